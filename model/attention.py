@@ -1,0 +1,152 @@
+"""Attention for both families, split into queries, cacheable key/value entries, and attend.
+
+- `GQAttention` (qwen3_moe): grouped-query attention with per-head RMSNorm on q and k before rotary.
+  Its cache entries are K and V per kv head.
+- `MLAttention` (deepseek_v3): multi-head latent attention. Its cache entries are the normalised latent
+  c_BSC and the rotated shared rope key k_BSR, not full per-head K/V; `attend` expands the latent.
+
+Scores and softmax run in float32; masked scores use the most negative finite float so that a query row
+with every key masked (padding) gives a uniform, finite distribution instead of NaN.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from model.config import ModelConfig
+from model.layers import RMSNorm, Stack, apply_rope, apply_rope_interleaved, dtype_of, make_param
+from sharding.context import constrain
+
+
+def masked_softmax(scores: jax.Array, mask: jax.Array) -> jax.Array:
+    """Softmax over the last axis in float32 where `mask` is True."""
+    scores = jnp.where(mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(scores, axis=-1)
+
+
+def causal_mask(valid_BS: jax.Array, num_queries: int) -> jax.Array:
+    """[B, T, S] mask for a full sequence: key s visible to query t when s <= t and s is a real token."""
+    s = valid_BS.shape[1]
+    causal_TS = jnp.arange(num_queries)[:, None] >= jnp.arange(s)[None, :]
+    return causal_TS[None] & valid_BS[:, None, :].astype(bool)
+
+
+class GQAttention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, stack: Stack = ()):
+        d, n, k, h = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.q_proj = make_param(rngs, cfg, (d, n, h), ("embed", "heads", "head_dim"), stack)
+        self.k_proj = make_param(rngs, cfg, (d, k, h), ("embed", "kv_heads", "head_dim"), stack)
+        self.v_proj = make_param(rngs, cfg, (d, k, h), ("embed", "kv_heads", "head_dim"), stack)
+        self.o_proj = make_param(rngs, cfg, (n, h, d), ("heads", "head_dim", "embed"), stack)
+        if cfg.attention_bias:
+            self.q_bias = make_param(rngs, cfg, (n, h), ("heads", "head_dim"), stack, init="zeros")
+            self.k_bias = make_param(rngs, cfg, (k, h), ("kv_heads", "head_dim"), stack, init="zeros")
+            self.v_bias = make_param(rngs, cfg, (k, h), ("kv_heads", "head_dim"), stack, init="zeros")
+            self.o_bias = make_param(rngs, cfg, (d,), ("embed",), stack, init="zeros")
+        self.q_norm = RMSNorm(h, cfg, rngs, stack)
+        self.k_norm = RMSNorm(h, cfg, rngs, stack)
+        self.has_bias = cfg.attention_bias
+        self.scale = h ** -0.5
+        self.dt = dtype_of(cfg.compute_dtype)
+
+    def _project(self, x_BTD, w, bias_name):
+        y = jnp.einsum("BTD,DNH->BTNH", x_BTD, w[...].astype(self.dt))
+        return y + getattr(self, bias_name)[...].astype(self.dt) if self.has_bias else y
+
+    def queries(self, x_BTD, cos, sin):
+        q_BTNH = self.q_norm(self._project(x_BTD, self.q_proj, "q_bias"))
+        return constrain(apply_rope(q_BTNH, cos, sin), ("batch", "length", "act_heads", None))
+
+    def entries(self, x_BTD, cos, sin):
+        """The cacheable K and V for these positions."""
+        k_BSKH = apply_rope(self.k_norm(self._project(x_BTD, self.k_proj, "k_bias")), cos, sin)
+        v_BSKH = self._project(x_BTD, self.v_proj, "v_bias")
+        axes = ("batch", "length", "act_kv_heads", None)
+        return constrain(k_BSKH, axes), constrain(v_BSKH, axes)
+
+    def attend(self, q_BTNH, entries, mask_BTS):
+        k_BSKH, v_BSKH = entries
+        b, t, n, h = q_BTNH.shape
+        kv_heads = k_BSKH.shape[2]
+        q_BTKGH = q_BTNH.reshape(b, t, kv_heads, n // kv_heads, h)
+        with jax.named_scope("attention"):
+            scores = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH) * self.scale
+            probs = masked_softmax(scores, mask_BTS[:, None, None]).astype(self.dt)
+            out_BTKGH = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v_BSKH)
+        out_BTNH = out_BTKGH.reshape(b, t, n, h)
+        y = jnp.einsum("BTNH,NHD->BTD", out_BTNH, self.o_proj[...].astype(self.dt))
+        return y + self.o_bias[...].astype(self.dt) if self.has_bias else y
+
+    def __call__(self, x_BTD, cos, sin, mask_BTS):
+        return self.attend(self.queries(x_BTD, cos, sin), self.entries(x_BTD, cos, sin), mask_BTS)
+
+
+class MLAttention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, stack: Stack = ()):
+        d, n = cfg.hidden_size, cfg.num_attention_heads
+        c, r = cfg.kv_lora_rank, cfg.qk_rope_head_dim
+        self.q_lora = cfg.q_lora_rank is not None
+        if self.q_lora:
+            self.q_a_proj = make_param(rngs, cfg, (d, cfg.q_lora_rank), ("embed", "q_lora"), stack)
+            self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, cfg, rngs, stack)
+            self.q_b_proj = make_param(rngs, cfg, (cfg.q_lora_rank, n, cfg.qk_head_dim),
+                                       ("q_lora", "heads", "head_dim"), stack)
+        else:
+            self.q_proj = make_param(rngs, cfg, (d, n, cfg.qk_head_dim), ("embed", "heads", "head_dim"), stack)
+        self.kv_a_proj_with_mqa = make_param(rngs, cfg, (d, c + r), ("embed", "kv_lora"), stack)
+        self.kv_a_layernorm = RMSNorm(c, cfg, rngs, stack)
+        self.kv_b_proj = make_param(rngs, cfg, (c, n, cfg.qk_nope_head_dim + cfg.v_head_dim),
+                                    ("kv_lora", "heads", "head_dim"), stack)
+        self.o_proj = make_param(rngs, cfg, (n, cfg.v_head_dim, d), ("heads", "head_dim", "embed"), stack)
+        self.has_bias = cfg.attention_bias
+        if self.has_bias:
+            if self.q_lora:
+                self.q_a_bias = make_param(rngs, cfg, (cfg.q_lora_rank,), ("q_lora",), stack, init="zeros")
+            self.kv_a_bias = make_param(rngs, cfg, (c + r,), ("kv_lora",), stack, init="zeros")
+            self.o_bias = make_param(rngs, cfg, (d,), ("embed",), stack, init="zeros")
+        self.nope, self.rope, self.kv_rank = cfg.qk_nope_head_dim, r, c
+        self.rotate = apply_rope_interleaved if cfg.rope_interleave else apply_rope
+        self.scale = cfg.qk_head_dim ** -0.5
+        self.dt = dtype_of(cfg.compute_dtype)
+
+    def _w(self, name):
+        return getattr(self, name)[...].astype(self.dt)
+
+    def queries(self, x_BTD, cos, sin):
+        if self.q_lora:
+            q_BTC = jnp.einsum("BTD,DC->BTC", x_BTD, self._w("q_a_proj"))
+            if self.has_bias:
+                q_BTC = q_BTC + self._w("q_a_bias")
+            q_BTNH = jnp.einsum("BTC,CNH->BTNH", self.q_a_layernorm(q_BTC), self._w("q_b_proj"))
+        else:
+            q_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, self._w("q_proj"))
+        q_BTNH = constrain(q_BTNH, ("batch", "length", "act_heads", None))
+        q_nope, q_rope = q_BTNH[..., : self.nope], q_BTNH[..., self.nope:]
+        return q_nope, self.rotate(q_rope, cos, sin)
+
+    def entries(self, x_BTD, cos, sin):
+        """The cacheable normalised latent c_BSC and rotated shared rope key k_BSR."""
+        ckv = jnp.einsum("BTD,DC->BTC", x_BTD, self._w("kv_a_proj_with_mqa"))
+        if self.has_bias:
+            ckv = ckv + self._w("kv_a_bias")
+        c_BSC = self.kv_a_layernorm(ckv[..., : self.kv_rank])
+        k_BSR = self.rotate(ckv[..., self.kv_rank:][:, :, None, :], cos, sin)[:, :, 0, :]
+        return constrain(c_BSC, ("batch", "length", None)), constrain(k_BSR, ("batch", "length", None))
+
+    def attend(self, queries, entries, mask_BTS):
+        q_nope_BTNH, q_rope_BTNR = queries
+        c_BSC, k_rope_BSR = entries
+        kv_BSNH = jnp.einsum("BSC,CNH->BSNH", c_BSC, self._w("kv_b_proj"))
+        k_nope_BSNH, v_BSNH = kv_BSNH[..., : self.nope], kv_BSNH[..., self.nope:]
+        with jax.named_scope("attention"):
+            scores = (jnp.einsum("BTNH,BSNH->BNTS", q_nope_BTNH, k_nope_BSNH)
+                      + jnp.einsum("BTNR,BSR->BNTS", q_rope_BTNR, k_rope_BSR)) * self.scale
+            probs = masked_softmax(scores, mask_BTS[:, None]).astype(self.dt)
+            out_BTNH = jnp.einsum("BNTS,BSNH->BTNH", probs, v_BSNH)
+        y = jnp.einsum("BTNH,NHD->BTD", out_BTNH, self._w("o_proj"))
+        return y + self._w("o_bias") if self.has_bias else y
+
+    def __call__(self, x_BTD, cos, sin, mask_BTS):
+        return self.attend(self.queries(x_BTD, cos, sin), self.entries(x_BTD, cos, sin), mask_BTS)

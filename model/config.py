@@ -1,0 +1,155 @@
+"""The policy's architecture config: one typed, frozen dataclass for both families.
+
+Field names follow Hugging Face's `DeepseekV3Config` and `Qwen3MoeConfig` so that conversion is a renaming,
+not a translation. Fields that only one family reads are ignored (and not validated) for the other.
+Validation happens on construction and names the offending key as `model.<field>`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from model.errors import UserError
+
+FAMILIES = ("deepseek_v3", "qwen3_moe")
+DTYPES = ("float32", "bfloat16")
+MOE_IMPLS = ("auto", "ragged", "blocked")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    family: str = "qwen3_moe"
+    vocab_size: int = 512
+    hidden_size: int = 64
+    intermediate_size: int = 128  # width of the dense (non-MoE) MLP layers
+    moe_intermediate_size: int = 32  # width of one routed (and one shared) expert
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2  # qwen3_moe GQA; deepseek_v3 attends with one latent per token
+    head_dim: int = 16  # qwen3_moe
+    # Multi-head latent attention (deepseek_v3).
+    q_lora_rank: Optional[int] = None  # None: a plain q_proj, as DeepSeek-V2-Lite
+    kv_lora_rank: int = 32
+    qk_nope_head_dim: int = 16
+    qk_rope_head_dim: int = 8
+    v_head_dim: int = 16
+    rope_interleave: bool = True
+    # Mixture of experts.
+    n_routed_experts: int = 8  # HF: n_routed_experts (deepseek_v3), num_experts (qwen3_moe)
+    num_experts_per_tok: int = 2
+    n_shared_experts: int = 0  # deepseek_v3 only
+    norm_topk_prob: bool = True
+    routed_scaling_factor: float = 1.0  # deepseek_v3 only
+    n_group: int = 1  # deepseek_v3 group-limited routing
+    topk_group: int = 1
+    first_k_dense_replace: int = 0  # deepseek_v3: the first k layers are dense
+    mlp_only_layers: tuple[int, ...] = ()  # qwen3_moe: these layers are dense
+    decoder_sparse_step: int = 1  # qwen3_moe: layer i is MoE when (i + 1) % step == 0
+    # Aux-loss-free balancing (DeepSeek-V3 §2.1.2): bias += rate * sign(mean_load - load).
+    routing_bias_update_rate: float = 0.001
+    # Both families.
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    initializer_range: float = 0.02
+    # Numerics and kernels.
+    param_dtype: str = "float32"
+    compute_dtype: str = "float32"  # router, softmax, norms and logits always run in float32
+    moe_impl: str = "auto"  # auto: ragged_dot on TPU/GPU, blocked scan on CPU (see MEASURED.md)
+    moe_block_size: int = 64  # rows per block of the blocked grouped matmul
+    remat: bool = False  # rematerialise each layer in the backward pass
+
+    def __post_init__(self) -> None:
+        _check_choice("family", self.family, FAMILIES)
+        _check_choice("param_dtype", self.param_dtype, DTYPES)
+        _check_choice("compute_dtype", self.compute_dtype, DTYPES)
+        _check_choice("moe_impl", self.moe_impl, MOE_IMPLS)
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_size",
+                     "num_hidden_layers", "num_attention_heads", "n_routed_experts",
+                     "num_experts_per_tok", "moe_block_size", "max_position_embeddings"):
+            _check_positive(name, getattr(self, name))
+        if self.num_experts_per_tok > self.n_routed_experts:
+            _fail("num_experts_per_tok", self.num_experts_per_tok,
+                  f"must be <= n_routed_experts ({self.n_routed_experts})")
+        if self.family == "deepseek_v3":
+            self._check_deepseek()
+        else:
+            self._check_qwen()
+
+    def _check_deepseek(self) -> None:
+        for name in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "n_group",
+                     "topk_group"):
+            _check_positive(name, getattr(self, name))
+        if self.q_lora_rank is not None:
+            _check_positive("q_lora_rank", self.q_lora_rank)
+        if self.qk_rope_head_dim % 2:
+            _fail("qk_rope_head_dim", self.qk_rope_head_dim, "must be even")
+        if self.n_routed_experts % self.n_group:
+            _fail("n_group", self.n_group, f"must divide n_routed_experts ({self.n_routed_experts})")
+        if self.n_routed_experts // self.n_group < 2:
+            _fail("n_group", self.n_group, "each group needs at least 2 experts (groups score by top-2)")
+        if self.topk_group > self.n_group:
+            _fail("topk_group", self.topk_group, f"must be <= n_group ({self.n_group})")
+        if self.num_experts_per_tok > self.topk_group * (self.n_routed_experts // self.n_group):
+            _fail("num_experts_per_tok", self.num_experts_per_tok,
+                  "exceeds the experts in the topk_group selected groups")
+        if not 0 <= self.first_k_dense_replace <= self.num_hidden_layers:
+            _fail("first_k_dense_replace", self.first_k_dense_replace,
+                  f"must be in [0, num_hidden_layers={self.num_hidden_layers}]")
+        if self.n_shared_experts < 0:
+            _fail("n_shared_experts", self.n_shared_experts, "must be >= 0")
+
+    def _check_qwen(self) -> None:
+        _check_positive("num_key_value_heads", self.num_key_value_heads)
+        _check_positive("head_dim", self.head_dim)
+        _check_positive("decoder_sparse_step", self.decoder_sparse_step)
+        if self.head_dim % 2:
+            _fail("head_dim", self.head_dim, "must be even (rotary embedding)")
+        if self.num_attention_heads % self.num_key_value_heads:
+            _fail("num_key_value_heads", self.num_key_value_heads,
+                  f"must divide num_attention_heads ({self.num_attention_heads})")
+        bad = [i for i in self.mlp_only_layers if not 0 <= i < self.num_hidden_layers]
+        if bad:
+            _fail("mlp_only_layers", bad, f"layer indices must be in [0, {self.num_hidden_layers})")
+
+    @property
+    def is_deepseek(self) -> bool:
+        return self.family == "deepseek_v3"
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    def layer_is_moe(self, index: int) -> bool:
+        """Whether layer `index` is a MoE layer, by each family's Hugging Face rule."""
+        if self.is_deepseek:
+            return index >= self.first_k_dense_replace
+        return index not in self.mlp_only_layers and (index + 1) % self.decoder_sparse_step == 0
+
+    def layer_segments(self) -> tuple[tuple[str, int], ...]:
+        """Runs of consecutive same-kind layers, e.g. (("dense", 3), ("moe", 58)); each run is one scan."""
+        segments: list[list] = []
+        for i in range(self.num_hidden_layers):
+            kind = "moe" if self.layer_is_moe(i) else "dense"
+            if segments and segments[-1][0] == kind:
+                segments[-1][1] += 1
+            else:
+                segments.append([kind, 1])
+        return tuple((kind, count) for kind, count in segments)
+
+
+def _fail(name: str, value, why: str) -> None:
+    raise UserError(f"model.{name}={value!r}: {why}")
+
+
+def _check_positive(name: str, value: int) -> None:
+    if value is None or value <= 0:
+        _fail(name, value, "must be > 0")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        _fail(name, value, f"must be one of {', '.join(choices)}")

@@ -1,0 +1,123 @@
+"""The decoder stack and the policy model.
+
+Layers are grouped into segments of consecutive same-kind layers (dense or MoE; see
+`ModelConfig.layer_segments`). Each segment stores its layers' parameters stacked on a leading "layers"
+axis and runs them with one `lax.scan`, so compile time does not grow with depth.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from model.attention import GQAttention, MLAttention, causal_mask
+from model.config import ModelConfig
+from model.layers import MLP, RMSNorm, Stack, dtype_of, make_param, rope_cos_sin
+from model.moe import MoE, MoEAux
+from sharding.context import constrain
+
+
+class PolicyOutput(NamedTuple):
+    logits_BTV: jax.Array  # float32
+    aux: MoEAux  # every field stacked over the MoE layers (leading axis L of size #MoE layers)
+
+
+class Block(nnx.Module):
+    """Pre-norm decoder layer: x + attn(norm(x)), then x + ffn(norm(x)); ffn is an MLP or a MoE."""
+
+    def __init__(self, kind: str, cfg: ModelConfig, rngs: nnx.Rngs, stack: Stack = ()):
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg, rngs, stack)
+        self.self_attn = (MLAttention if cfg.is_deepseek else GQAttention)(cfg, rngs, stack)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg, rngs, stack)
+        self.is_moe = kind == "moe"
+        self.mlp = MoE(cfg, rngs, stack) if self.is_moe else MLP(cfg.intermediate_size, cfg, rngs, stack)
+
+    def __call__(self, x_BTD, cos, sin, mask_BTS, valid_BT, replay_BTK=None):
+        x_BTD = x_BTD + self.self_attn(self.input_layernorm(x_BTD), cos, sin, mask_BTS)
+        x_BTD = constrain(x_BTD, ("batch", "length", "act_embed"))
+        h_BTD = self.post_attention_layernorm(x_BTD)
+        aux = None
+        if self.is_moe:
+            h_BTD, aux = self.mlp(h_BTD, valid_BT, replay_BTK)
+        else:
+            h_BTD = self.mlp(h_BTD)
+        return constrain(x_BTD + h_BTD, ("batch", "length", "act_embed")), aux
+
+
+class Segment(nnx.Module):
+    """`count` consecutive layers of one kind, stacked and scanned."""
+
+    def __init__(self, kind: str, count: int, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.kind, self.count, self.remat = kind, count, cfg.remat
+        self.block = Block(kind, cfg, rngs, stack=(count,))
+
+    def __call__(self, x_BTD, cos, sin, mask_BTS, valid_BT, replay_LBTK=None):
+        graphdef, state = nnx.split(self.block)
+
+        def one_layer(x, inputs):
+            layer_state, replay_BTK = inputs
+            return nnx.merge(graphdef, layer_state)(x, cos, sin, mask_BTS, valid_BT, replay_BTK)
+
+        if self.remat:
+            one_layer = jax.checkpoint(one_layer)
+        return jax.lax.scan(one_layer, x_BTD, (state, replay_LBTK))
+
+
+class Policy(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed_tokens = make_param(rngs, cfg, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
+        self.segments = nnx.List([Segment(kind, n, cfg, rngs) for kind, n in cfg.layer_segments()])
+        self.norm = RMSNorm(cfg.hidden_size, cfg, rngs)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = make_param(rngs, cfg, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"))
+
+    def rope_dim(self) -> int:
+        return self.cfg.qk_rope_head_dim if self.cfg.is_deepseek else self.cfg.head_dim
+
+    def __call__(self, tokens_BT: jax.Array, positions_BT: jax.Array | None = None,
+                 valid_BT: jax.Array | None = None, replay_LBTK: jax.Array | None = None) -> PolicyOutput:
+        """Logits for every position. `valid_BT` marks real tokens (False: padding, never attended to);
+        `positions_BT` defaults to 0..T-1; `replay_LBTK` reuses the experts chosen per MoE layer."""
+        b, t = tokens_BT.shape
+        positions_BT = jnp.broadcast_to(jnp.arange(t), (b, t)) if positions_BT is None else positions_BT
+        valid_BT = jnp.ones((b, t), bool) if valid_BT is None else valid_BT.astype(bool)
+        x_BTD = self.embed(tokens_BT)
+        cos, sin = rope_cos_sin(positions_BT, self.rope_dim(), self.cfg.rope_theta)
+        x_BTD, aux = self.run_layers(x_BTD, cos, sin, causal_mask(valid_BT, t), valid_BT, replay_LBTK)
+        return PolicyOutput(self.logits(self.norm(x_BTD)), aux)
+
+    def embed(self, tokens_BT: jax.Array) -> jax.Array:
+        x_BTD = jnp.take(self.embed_tokens[...], tokens_BT, axis=0).astype(dtype_of(self.cfg.compute_dtype))
+        return constrain(x_BTD, ("batch", "length", "act_embed"))
+
+    def logits(self, x_BTD: jax.Array) -> jax.Array:
+        # cast to fp32: log-probs and sampling need full-precision logits
+        if self.cfg.tie_word_embeddings:
+            w_DV = self.embed_tokens[...].astype(jnp.float32).T
+        else:
+            w_DV = self.lm_head[...].astype(jnp.float32)
+        logits = jnp.einsum("BTD,DV->BTV", x_BTD.astype(jnp.float32), w_DV)
+        return constrain(logits, ("batch", "length", "act_vocab"))
+
+    def run_layers(self, x_BTD, cos, sin, mask_BTS, valid_BT, replay_LBTK=None):
+        auxes, moe_seen = [], 0
+        for segment in self.segments:
+            replay = None
+            if segment.kind == "moe" and replay_LBTK is not None:
+                replay = replay_LBTK[moe_seen: moe_seen + segment.count]
+            x_BTD, aux = segment(x_BTD, cos, sin, mask_BTS, valid_BT, replay)
+            if segment.kind == "moe":
+                auxes.append(aux)
+                moe_seen += segment.count
+        return x_BTD, self._stack_aux(auxes, x_BTD.shape[:2])
+
+    def _stack_aux(self, auxes: list[MoEAux], bt: tuple[int, int]) -> MoEAux:
+        if not auxes:
+            cfg = self.cfg
+            return MoEAux(jnp.zeros((0, cfg.n_routed_experts)), jnp.zeros((0,)), jnp.zeros((0,)),
+                          jnp.zeros((0, *bt, cfg.num_experts_per_tok), jnp.int32))
+        return MoEAux(*(jnp.concatenate(parts, axis=0) for parts in zip(*auxes)))

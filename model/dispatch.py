@@ -1,0 +1,129 @@
+"""Dropless expert dispatch: sort token copies by expert, run a grouped SwiGLU, combine.
+
+Compute scales with tokens x top-k, not with the number of experts. Two grouped-matmul kernels:
+- "ragged": `jax.lax.ragged_dot` (TPU/GPU).
+- "blocked": expert-sorted copies padded per expert to whole blocks of `block_size` rows, then a scan over
+  blocks, each multiplied by its own expert's weights. `ragged_dot` on CPU costs as much as a dense product
+  over all experts (MEASURED.md); this kernel is the CPU path.
+
+Expert parallelism (`expert_ffn` under a mesh): a shard_map over the mesh. Each device holds E/ep experts
+(and F/tp of their width). Tokens sharded over the expert axis are all-gathered along it, each device runs
+only the copies routed to its own experts, and the partial outputs are summed back (reduce-scatter over
+the expert axis, all-reduce over the tensor axis). Alphabet: A = token copies (T x K).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from sharding.context import active_rules, mesh_shape
+
+
+def resolve_impl(impl: str) -> str:
+    if impl != "auto":
+        return impl
+    return "blocked" if jax.default_backend() == "cpu" else "ragged"
+
+
+def swiglu_ragged(x_AD, group_sizes_E, w_gate_EDF, w_up_EDF, w_down_EFD):
+    gate_AF = jax.lax.ragged_dot(x_AD, w_gate_EDF, group_sizes_E)
+    up_AF = jax.lax.ragged_dot(x_AD, w_up_EDF, group_sizes_E)
+    return jax.lax.ragged_dot(jax.nn.silu(gate_AF) * up_AF, w_down_EFD, group_sizes_E)
+
+
+def swiglu_blocked(x_AD, group_sizes_E, w_gate_EDF, w_up_EDF, w_down_EFD, block_size: int):
+    """Grouped SwiGLU over rows sorted by group; rows past sum(group_sizes) come back as zeros."""
+    a, d = x_AD.shape
+    e = group_sizes_E.shape[0]
+    num_blocks = -(-a // block_size) + e  # enough for every group's last partial block
+    padded_E = -(-group_sizes_E // block_size) * block_size
+    ends_E, padded_ends_E = jnp.cumsum(group_sizes_E), jnp.cumsum(padded_E)
+    row_group_A = jnp.searchsorted(ends_E, jnp.arange(a), side="right")
+    group_A = jnp.minimum(row_group_A, e - 1)
+    rank_A = jnp.arange(a) - (ends_E - group_sizes_E)[group_A]
+    dest_A = jnp.where(row_group_A < e, (padded_ends_E - padded_E)[group_A] + rank_A, num_blocks * block_size)
+    x_pad = jnp.zeros((num_blocks * block_size, d), x_AD.dtype).at[dest_A].set(x_AD, mode="drop")
+    block_group = jnp.searchsorted(padded_ends_E, jnp.arange(num_blocks) * block_size, side="right")
+    block_group = jnp.minimum(block_group, e - 1)
+
+    def one_block(_, inputs):
+        x_bD, g = inputs
+        h_bF = jax.nn.silu(x_bD @ w_gate_EDF[g]) * (x_bD @ w_up_EDF[g])
+        return None, h_bF @ w_down_EFD[g]
+
+    _, y_blocks = jax.lax.scan(one_block, None, (x_pad.reshape(num_blocks, block_size, d), block_group))
+    y_pad = y_blocks.reshape(num_blocks * block_size, -1)
+    return jnp.where((row_group_A < e)[:, None], y_pad[jnp.minimum(dest_A, num_blocks * block_size - 1)], 0)
+
+
+def local_expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_EFD, *,
+                     expert_offset=0, impl: str = "auto", block_size: int = 64):
+    """The routed-expert output for these tokens, using only experts [offset, offset + E_local)."""
+    t, k = experts_TK.shape
+    num_local = w_gate_EDF.shape[0]
+    local_A = experts_TK.reshape(-1) - expert_offset
+    valid_A = (local_A >= 0) & (local_A < num_local)
+    key_A = jnp.where(valid_A, local_A, num_local)  # copies for other devices' experts sort last
+    order_A = jnp.argsort(key_A, stable=True)
+    group_sizes_E = jnp.bincount(key_A, length=num_local + 1)[:num_local].astype(jnp.int32)
+    token_A = order_A // k
+    x_AD = x_TD[token_A]
+    dt = x_TD.dtype
+    weights = (w_gate_EDF.astype(dt), w_up_EDF.astype(dt), w_down_EFD.astype(dt))
+    with jax.named_scope("expert_ffn"):
+        if resolve_impl(impl) == "ragged":
+            y_AD = swiglu_ragged(x_AD, group_sizes_E, *weights)
+        else:
+            y_AD = swiglu_blocked(x_AD, group_sizes_E, *weights, block_size=block_size)
+    combine_A = jnp.where(valid_A[order_A], weights_TK.reshape(-1)[order_A], 0.0).astype(dt)
+    y_AD = jnp.where(valid_A[order_A][:, None], y_AD, 0) * combine_A[:, None]
+    return jnp.zeros_like(x_TD).at[token_A].add(y_AD)
+
+
+def expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_EFD, *, impl="auto",
+               block_size=64):
+    """Routed-expert output for all tokens; expert-parallel under an active mesh."""
+    kwargs = dict(impl=impl, block_size=block_size)
+    rules = active_rules()
+    if rules is None:
+        return local_expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_EFD, **kwargs)
+    shape = mesh_shape()
+    batch = _present(rules.mesh_axes("batch"), shape, x_TD.shape[0])
+    ep = _present(rules.mesh_axes("experts"), shape, w_gate_EDF.shape[0])
+    tp = _present(rules.mesh_axes("expert_mlp"), shape, w_gate_EDF.shape[2])
+    gathered = tuple(a for a in batch if a in ep)  # token shards to gather before the local experts run
+    summed = tuple(a for a in ep if a not in batch) + tp  # partial outputs to all-reduce
+
+    def per_device(x, experts, weights, wg, wu, wd):
+        if gathered:
+            x, experts, weights = (jax.lax.all_gather(v, gathered, axis=0, tiled=True)
+                                   for v in (x, experts, weights))
+        offset = _linear_index(ep, shape) * wg.shape[0]
+        y = local_expert_ffn(x, experts, weights, wg, wu, wd, expert_offset=offset, **kwargs)
+        if summed:
+            y = jax.lax.psum(y, summed)
+        if gathered:
+            y = jax.lax.psum_scatter(y, gathered, scatter_dimension=0, tiled=True)
+        return y
+
+    tokens = P(batch or None, None)
+    w_in, w_out = P(ep or None, None, tp or None), P(ep or None, tp or None, None)
+    return jax.shard_map(per_device, in_specs=(tokens, tokens, tokens, w_in, w_in, w_out),
+                         out_specs=tokens)(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_EFD)
+
+
+def _present(axes, shape, dim_size):
+    """The mesh axes of `axes` that exist and divide `dim_size` (others leave the dimension unsharded)."""
+    axes = tuple(a for a in axes if a in shape)
+    return axes if axes and dim_size % math.prod(shape[a] for a in axes) == 0 else ()
+
+
+def _linear_index(axes, shape):
+    index = jnp.int32(0)
+    for axis in axes:
+        index = index * shape[axis] + jax.lax.axis_index(axis)
+    return index

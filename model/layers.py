@@ -1,0 +1,101 @@
+"""Small building blocks: parameter creation with logical axes, RMSNorm, rotary embeddings, SwiGLU MLP.
+
+Every parameter is an `nnx.Param` whose metadata `axes` holds one logical axis name per dimension
+(see sharding.rules). Layers that live in a scanned stack are created with `stack=(L,)`: their parameters
+get a leading "layers" axis, and the stack's forward scans over it (model.decoder).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from model.config import ModelConfig
+from sharding.context import constrain
+
+Stack = tuple[int, ...]
+
+
+def dtype_of(name: str) -> jnp.dtype:
+    return jnp.dtype(name)
+
+
+class RoutingBias(nnx.Variable):
+    """DeepSeek-V3's `e_score_correction_bias`: set by the load-balancing rule, never by the optimizer."""
+
+
+def make_param(rngs: nnx.Rngs, cfg: ModelConfig, shape: Sequence[int], axes: Sequence[str | None],
+               stack: Stack = (), init: str = "normal") -> nnx.Param:
+    """A parameter of `stack + shape`, initialised as Hugging Face does (normal(0, initializer_range))."""
+    full_shape = tuple(stack) + tuple(shape)
+    dtype = dtype_of(cfg.param_dtype)
+    if init == "normal":
+        value = cfg.initializer_range * jax.random.normal(rngs.params(), full_shape, dtype)
+    elif init == "ones":
+        value = jnp.ones(full_shape, dtype)
+    elif init == "zeros":
+        value = jnp.zeros(full_shape, dtype)
+    else:
+        raise ValueError(f"unknown init {init!r}")
+    return nnx.Param(value, axes=("layers",) * len(stack) + tuple(axes))
+
+
+class RMSNorm(nnx.Module):
+    """RMSNorm with Hugging Face's numerics: normalise in float32, cast back, then scale."""
+
+    def __init__(self, dim: int, cfg: ModelConfig, rngs: nnx.Rngs, stack: Stack = ()):
+        self.weight = make_param(rngs, cfg, (dim,), (None,), stack, init="ones")
+        self.eps = cfg.rms_norm_eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)  # cast to fp32 for the variance
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (self.weight[...] * normed.astype(x.dtype)).astype(x.dtype)
+
+
+def rope_cos_sin(positions_BT: jax.Array, dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos and sin of shape [B, T, dim], laid out as HF's cat((freqs, freqs)), in float32."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+    freqs = positions_BT.astype(jnp.float32)[..., None] * inv_freq
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x_BTNH: jax.Array, cos_BTH: jax.Array, sin_BTH: jax.Array) -> jax.Array:
+    """HF's apply_rotary_pos_emb: x * cos + rotate_half(x) * sin (heads on axis 2)."""
+    half = x_BTNH.shape[-1] // 2
+    rotated = jnp.concatenate([-x_BTNH[..., half:], x_BTNH[..., :half]], axis=-1)
+    cos, sin = cos_BTH[:, :, None, :], sin_BTH[:, :, None, :]
+    return (x_BTNH * cos + rotated * sin).astype(x_BTNH.dtype)
+
+
+def apply_rope_interleaved(x_BTNH: jax.Array, cos_BTH: jax.Array, sin_BTH: jax.Array) -> jax.Array:
+    """HF's apply_rotary_pos_emb_interleave: pairs (x0, x1), (x2, x3) ... each rotated by one frequency.
+
+    The output is de-interleaved, [evens rotated, odds rotated], exactly as HF returns it.
+    """
+    half = x_BTNH.shape[-1] // 2
+    cos, sin = cos_BTH[:, :, None, :half], sin_BTH[:, :, None, :half]
+    x1, x2 = x_BTNH[..., 0::2], x_BTNH[..., 1::2]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x_BTNH.dtype)
+
+
+class MLP(nnx.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x)). Used for dense layers and shared experts."""
+
+    def __init__(self, width: int, cfg: ModelConfig, rngs: nnx.Rngs, stack: Stack = ()):
+        d = cfg.hidden_size
+        self.gate_proj = make_param(rngs, cfg, (d, width), ("embed", "mlp"), stack)
+        self.up_proj = make_param(rngs, cfg, (d, width), ("embed", "mlp"), stack)
+        self.down_proj = make_param(rngs, cfg, (width, d), ("mlp", "embed"), stack)
+        self.compute_dtype = dtype_of(cfg.compute_dtype)
+
+    def __call__(self, x_BTD: jax.Array) -> jax.Array:
+        dt = self.compute_dtype
+        gate_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.gate_proj[...].astype(dt))
+        up_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.up_proj[...].astype(dt))
+        h_BTF = constrain(jax.nn.silu(gate_BTF) * up_BTF, ("batch", "length", "act_mlp"))
+        return jnp.einsum("BTF,FD->BTD", h_BTF, self.down_proj[...].astype(dt))

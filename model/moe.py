@@ -1,0 +1,62 @@
+"""The mixture-of-experts feed-forward layer: router, routed experts, optional shared experts.
+
+Returns its auxiliaries explicitly (`MoEAux`) instead of hiding them in module state.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from model.config import ModelConfig
+from model.dispatch import expert_ffn
+from model.layers import MLP, RoutingBias, Stack, make_param
+from model.routing import expert_counts, load_balance_loss, route, router_z_loss
+from sharding.context import constrain
+
+
+class MoEAux(NamedTuple):
+    counts_E: jax.Array  # float32 token copies per expert (padding excluded), global over the mesh
+    load_balance_loss: jax.Array  # float32 scalar, Switch/HF definition
+    z_loss: jax.Array  # float32 scalar
+    experts_BTK: jax.Array  # int32 chosen experts, for routing replay
+
+
+class MoE(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, stack: Stack = ()):
+        d, e, f = cfg.hidden_size, cfg.n_routed_experts, cfg.moe_intermediate_size
+        self.router = make_param(rngs, cfg, (d, e), ("embed", None), stack)
+        if cfg.is_deepseek:
+            self.e_score_correction_bias = RoutingBias(jnp.zeros(tuple(stack) + (e,), jnp.float32),
+                                                       axes=("layers",) * len(stack) + (None,))
+        self.gate_proj = make_param(rngs, cfg, (e, d, f), ("experts", "embed", "expert_mlp"), stack)
+        self.up_proj = make_param(rngs, cfg, (e, d, f), ("experts", "embed", "expert_mlp"), stack)
+        self.down_proj = make_param(rngs, cfg, (e, f, d), ("experts", "expert_mlp", "embed"), stack)
+        if cfg.is_deepseek and cfg.n_shared_experts:
+            self.shared_experts = MLP(f * cfg.n_shared_experts, cfg, rngs, stack)
+        self.cfg = cfg
+
+    def __call__(self, x_BTD: jax.Array, valid_BT: jax.Array,
+                 replay_BTK: jax.Array | None = None) -> tuple[jax.Array, MoEAux]:
+        cfg = self.cfg
+        b, t, d = x_BTD.shape
+        x_TD = x_BTD.reshape(b * t, d)
+        valid_T = valid_BT.reshape(-1)
+        bias = self.e_score_correction_bias[...] if cfg.is_deepseek else None
+        replay = None if replay_BTK is None else replay_BTK.reshape(b * t, -1)
+        with jax.named_scope("routing"):
+            routing = route(x_TD, self.router[...], bias, cfg, replay)
+        with jax.named_scope("dispatch"):
+            y_TD = expert_ffn(x_TD, routing.experts_TK, routing.weights_TK, self.gate_proj[...],
+                              self.up_proj[...], self.down_proj[...], impl=cfg.moe_impl,
+                              block_size=cfg.moe_block_size)
+        y_BTD = constrain(y_TD.reshape(b, t, d), ("batch", "length", "act_embed"))
+        if cfg.is_deepseek and cfg.n_shared_experts:
+            y_BTD = y_BTD + self.shared_experts(x_BTD)
+        counts_E = expert_counts(routing.experts_TK, valid_T, cfg.n_routed_experts)
+        aux = MoEAux(counts_E, load_balance_loss(routing.probs_TE, counts_E, valid_T),
+                     router_z_loss(routing.logits_TE, valid_T), routing.experts_TK.reshape(b, t, -1))
+        return y_BTD, aux

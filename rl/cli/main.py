@@ -1,0 +1,67 @@
+"""Entry point of the `r1jax` console script.
+
+Subcommand modules import JAX lazily (inside `run`), so that the global `--cpu-devices` option can set
+XLA's flags before JAX starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# (name, module, one-line help). A module defines add_arguments(parser) and run(args) -> int.
+COMMANDS = [
+    ("info", "rl.cli.info", "print a config's family and parameter counts as JSON"),
+    ("init", "rl.cli.init", "write a randomly initialised checkpoint"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="r1jax",
+        description="JAX/TPU-native GRPO trainer for mixture-of-experts policies (DeepSeek-R1 recipe).",
+    )
+    parser.add_argument(
+        "--cpu-devices", type=int, metavar="N", default=None,
+        help="fake N CPU devices (set before JAX starts) to run any command on a CPU mesh",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name, help_text in COMMANDS:
+        module = importlib.import_module(module_name)
+        cmd = sub.add_parser(name, help=help_text, description=module.__doc__)
+        module.add_arguments(cmd)
+        cmd.set_defaults(_module=module)
+    return parser
+
+
+def fake_cpu_devices(count: int) -> None:
+    """Make JAX see `count` CPU devices. Must run before JAX initialises its backends."""
+    if count < 1:
+        raise SystemExit(f"r1jax: --cpu-devices must be >= 1, got {count}")
+    if "jax" in sys.modules:
+        import jax
+
+        jax.config.update("jax_num_cpu_devices", count)
+    flags = os.environ.get("XLA_FLAGS", "")
+    flags = " ".join(f for f in flags.split() if not f.startswith("--xla_force_host_platform_device_count"))
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.cpu_devices is not None:
+        fake_cpu_devices(args.cpu_devices)
+    from model.errors import UserError
+
+    try:
+        return int(args._module.run(args) or 0)
+    except UserError as err:
+        print(f"r1jax {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

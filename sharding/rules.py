@@ -1,0 +1,84 @@
+"""Logical-axis rules: one table per preset mapping logical axis names to mesh axes.
+
+Parameter axes: vocab, embed, heads, kv_heads, head_dim, q_lora, kv_lora, mlp, experts, expert_mlp, layers.
+Activation axes: batch, length, act_embed, act_heads, act_kv_heads, act_mlp, act_vocab.
+A logical name missing from a table is replicated. One array never uses a mesh axis twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Mapping, Sequence
+
+from jax.sharding import PartitionSpec
+
+from model.errors import UserError
+
+MeshAxes = tuple[str, ...]
+
+# Every preset shards the batch over all data-parallel axes: `expert` doubles as a data axis outside the
+# MoE layers (the MoE dispatch gathers tokens over it), as in MaxText's expert-parallel presets.
+_BATCH = {"batch": ("data", "fsdp", "expert")}
+_FSDP = {"embed": ("fsdp",)}
+_TENSOR = {
+    "heads": ("tensor",), "kv_heads": ("tensor",), "mlp": ("tensor",), "expert_mlp": ("tensor",),
+    "vocab": ("tensor",), "act_heads": ("tensor",), "act_kv_heads": ("tensor",), "act_mlp": ("tensor",),
+    "act_vocab": ("tensor",),
+}
+_EXPERT = {"experts": ("expert",)}
+
+PRESETS: dict[str, dict[str, MeshAxes]] = {
+    "fsdp": {**_BATCH, **_FSDP},
+    "fsdp_tensor": {**_BATCH, **_FSDP, **_TENSOR},
+    "fsdp_expert": {**_BATCH, **_FSDP, **_EXPERT},
+    "fsdp_expert_tensor": {**_BATCH, **_FSDP, **_EXPERT, **_TENSOR},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Rules:
+    """A logical-to-mesh table. `table[name]` is a tuple of mesh axes (major to minor)."""
+
+    table: Mapping[str, MeshAxes]
+
+    @classmethod
+    def preset(cls, name: str, overrides: Mapping[str, Sequence[str]] | None = None) -> "Rules":
+        if name not in PRESETS:
+            raise UserError(f"sharding.preset={name!r}: unknown preset; choose one of {', '.join(PRESETS)}")
+        table = dict(PRESETS[name])
+        for logical, axes in (overrides or {}).items():
+            table[logical] = tuple(axes)
+        return cls(table)
+
+    def mesh_axes(self, logical: str | None) -> MeshAxes:
+        return tuple(self.table.get(logical, ())) if logical else ()
+
+    def spec(self, logical_axes: Sequence[str | None], shape: Sequence[int] | None = None,
+             mesh_shape: Mapping[str, int] | None = None, *, what: str = "array",
+             strict: bool = True) -> PartitionSpec:
+        """The PartitionSpec for an array with these logical axes.
+
+        With `shape` and `mesh_shape`, checks that each dimension divides by the product of its mesh axes:
+        strict raises a UserError naming the array, the logical axis and the mesh axes; lenient drops the
+        sharding of that dimension (used for activation hints such as a batch of 1 when decoding).
+        """
+        used: dict[str, str] = {}
+        entries = []
+        for dim, logical in enumerate(logical_axes):
+            axes = tuple(a for a in self.mesh_axes(logical) if mesh_shape is None or a in mesh_shape)
+            for axis in axes:
+                if axis in used:
+                    raise UserError(f"{what}: logical axes {used[axis]!r} and {logical!r} both map to mesh "
+                                    f"axis {axis!r}; one array cannot use a mesh axis twice")
+                used[axis] = logical
+            if axes and shape is not None and mesh_shape is not None:
+                ways = math.prod(mesh_shape[a] for a in axes)
+                if shape[dim] % ways:
+                    if strict:
+                        raise UserError(
+                            f"{what}: dimension {dim} ({logical!r}, size {shape[dim]}) does not divide by mesh "
+                            f"axes {'x'.join(axes)} of size {ways}; change the mesh or sharding.rules")
+                    axes = ()
+            entries.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+        return PartitionSpec(*entries)

@@ -1,0 +1,62 @@
+"""Tiny random Hugging Face models (transformers + torch, test-only) and their r1jax twins."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from model.config import ModelConfig
+
+# r1jax field -> HF config field, where the names differ.
+_RENAMES = {"qwen3_moe": {"n_routed_experts": "num_experts"}}
+
+
+def hf_config(cfg: ModelConfig):
+    """The transformers config for an r1jax ModelConfig (float32, eager attention)."""
+    import transformers
+
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    for ours, theirs in _RENAMES.get(cfg.family, {}).items():
+        fields[theirs] = fields.pop(ours)
+    common = dict(rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+                  dtype="float32", attn_implementation="eager", pad_token_id=None)
+    keep = {k: v for k, v in fields.items() if k not in ("family", "rope_theta", "param_dtype",
+                                                         "compute_dtype", "moe_impl", "moe_block_size",
+                                                         "remat", "routing_bias_update_rate")}
+    if cfg.is_deepseek:
+        for qwen_only in ("head_dim", "mlp_only_layers", "decoder_sparse_step"):
+            keep.pop(qwen_only)
+        keep["num_key_value_heads"] = cfg.num_attention_heads
+        return transformers.DeepseekV3Config(**keep, **common)
+    keep["mlp_only_layers"] = list(cfg.mlp_only_layers)
+    return transformers.Qwen3MoeConfig(**keep, **common)
+
+
+def random_hf_model(cfg: ModelConfig, seed: int = 0, bias_scale: float = 0.0):
+    """A randomly initialised HF model; `bias_scale` > 0 also randomises e_score_correction_bias."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(hf_config(cfg), dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:  # HF initialises norms to one; perturb them so the test sees their role
+                p.add_(0.1 * torch.randn_like(p))
+        if bias_scale:
+            for name, buf in model.named_buffers():
+                if name.endswith("e_score_correction_bias"):
+                    buf.copy_(bias_scale * torch.randn_like(buf))
+    return model.eval()
+
+
+def hf_tensors(model, tmp_path) -> dict[str, np.ndarray]:
+    """The model's tensors in the canonical hub layout, read back from `save_pretrained`."""
+    from safetensors.numpy import load_file
+
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    tensors = {}
+    for file in sorted(tmp_path.glob("*.safetensors")):
+        tensors.update(load_file(str(file)))
+    return tensors
