@@ -1,0 +1,63 @@
+"""Creating policies: abstractly (shapes only), initialised on a mesh, and parameter counts."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh
+
+from model.config import ModelConfig
+from model.decoder import Policy
+from sharding.rules import Rules
+
+
+def abstract_policy(cfg: ModelConfig) -> Policy:
+    """A Policy whose Variables hold ShapeDtypeStructs: no memory is allocated."""
+    return nnx.eval_shape(lambda: Policy(cfg, nnx.Rngs(0)))
+
+
+def init_policy(cfg: ModelConfig, seed: int = 0, mesh: Mesh | None = None,
+                rules: Rules | None = None) -> Policy:
+    """A randomly initialised Policy; with a mesh, every parameter is created directly in its shards."""
+    if mesh is None:
+        return Policy(cfg, nnx.Rngs(seed))
+    from sharding.params import state_shardings
+
+    graphdef, abstract_state = nnx.split(abstract_policy(cfg))
+    shardings = state_shardings(abstract_state, mesh, rules)
+
+    @jax.jit
+    def create():
+        return nnx.state(Policy(cfg, nnx.Rngs(seed)))
+
+    state = jax.jit(create, out_shardings=shardings)()
+    return nnx.merge(graphdef, state)
+
+
+def count_params(cfg: ModelConfig) -> dict[str, int]:
+    """Total and active (per-token) parameter counts, from abstract shapes.
+
+    Active = total minus, in every MoE layer, the routed experts a token does not use
+    ((n_routed_experts - num_experts_per_tok) experts' weights). Non-trainable state (the routing bias) is
+    not a parameter.
+    """
+    _, params, _ = nnx.split(abstract_policy(cfg), nnx.Param, ...)
+    sizes = {path: math.prod(v.shape) for path, v in
+             jax.tree_util.tree_leaves_with_path(params, is_leaf=lambda x: isinstance(x, nnx.Variable))}
+    total = sum(sizes.values())
+    moe_segments = {str(i) for i, (kind, _) in enumerate(cfg.layer_segments()) if kind == "moe"}
+    routed = sum(size for path, size in sizes.items() if _is_routed_expert(_keys(path), moe_segments))
+    unused = routed * (cfg.n_routed_experts - cfg.num_experts_per_tok) // cfg.n_routed_experts
+    return {"params_total": total, "params_active": total - unused}
+
+
+def _is_routed_expert(keys: tuple, moe_segments: set[str]) -> bool:
+    """("segments", i, "block", "mlp", "gate_proj"|"up_proj"|"down_proj") in a MoE segment."""
+    return (keys[0] == "segments" and keys[1] in moe_segments and keys[-2] == "mlp"
+            and keys[-1] in ("gate_proj", "up_proj", "down_proj"))
+
+
+def _keys(path) -> tuple:
+    return tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)

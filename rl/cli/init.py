@@ -1,0 +1,42 @@
+"""Write a randomly initialised checkpoint (Orbax, with its resolved config) for a config."""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+
+from rl.cli.common import split_config_and_overrides
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="a preset name or a YAML path")
+    parser.add_argument("out", help="checkpoint directory to create (must not hold a checkpoint yet)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    parser.add_argument("--seed", type=int, default=None, help="initialisation seed (default: config seed)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from model.errors import UserError
+    from model.factory import init_policy
+    from rl.checkpoint import save_policy
+    from rl.config import load_config
+    from sharding.context import use_mesh
+    from sharding.mesh import build_mesh
+    from sharding.rules import Rules
+
+    name, overrides = split_config_and_overrides(args.config, args.overrides)
+    config = load_config(name, overrides)
+    if args.seed is not None:
+        config = dataclasses.replace(config, seed=args.seed)
+    out = pathlib.Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"output directory {str(out)!r} exists and is not empty; refusing to overwrite")
+    mesh = build_mesh(config.sharding)
+    rules = Rules.preset(config.sharding.preset, config.sharding.rules)
+    with use_mesh(mesh, rules):
+        policy = init_policy(config.model, config.seed, mesh, rules)
+    step_dir = save_policy(out, config, policy)
+    print(f"wrote {step_dir} ({config.model.family}, seed {config.seed})")
+    return 0

@@ -1,0 +1,88 @@
+"""The run config: typed, frozen dataclasses per subsystem, loaded from YAML with dotted overrides.
+
+`load_config("tiny", ["model.num_hidden_layers=4"])` reads `configs/tiny.yaml` (or any YAML path), merges
+it over the schema, then the overrides, through OmegaConf structured configs: an unknown key or a value of
+the wrong type is a UserError naming the full key; each dataclass validates its values on construction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any, Sequence
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from model.config import ModelConfig
+from model.errors import UserError
+from sharding.mesh import ShardingConfig
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    sharding: ShardingConfig = dataclasses.field(default_factory=ShardingConfig)
+    seed: int = 0
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_path(name_or_path: str | pathlib.Path) -> pathlib.Path:
+    path = pathlib.Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise UserError(f"config file {str(path)!r} does not exist")
+        return path
+    preset = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not preset.is_file():
+        raise UserError(f"unknown config {str(name_or_path)!r}: not a YAML file and not one of the presets "
+                        f"({', '.join(preset_names())})")
+    return preset
+
+
+def load_config(name_or_path: str | pathlib.Path = "tiny", overrides: Sequence[str] = ()) -> Config:
+    path = resolve_path(name_or_path)
+    try:
+        yaml = OmegaConf.load(path)
+    except Exception as err:  # a YAML syntax error; name the file
+        raise UserError(f"config file {path}: cannot parse YAML: {err}") from err
+    return config_from_dicts(yaml, _parse_overrides(overrides), source=str(path))
+
+
+def config_from_dicts(*parts: Any, source: str = "config") -> Config:
+    """Merge dicts / OmegaConf nodes over the schema and build the validated Config."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), *parts)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise UserError(f"{source}: {_describe(err)}") from err
+
+
+def _parse_overrides(overrides: Sequence[str]):
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
+    if bad:
+        raise UserError(f"override {bad[0]!r} is not of the form dotted.key=value")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as err:
+        raise UserError(f"overrides: {_describe(err)}") from err
+
+
+def _describe(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None)
+    message = str(err).splitlines()[0]
+    return f"key {key!r}: {message}" if key else message
+
+
+def to_dict(config: Config) -> dict:
+    """The resolved config as plain data (for config.yaml in run directories and checkpoints)."""
+    return OmegaConf.to_container(OmegaConf.structured(config))
+
+
+def to_yaml(config: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))

@@ -1,0 +1,38 @@
+"""Shardings for NNX states from the logical axes each Variable carries in its `axes` metadata."""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from sharding.rules import Rules
+
+
+def _is_variable(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def _path_name(path) -> str:
+    return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules) -> nnx.State:
+    """A NamedSharding per Variable (same tree as `state`, leaves are shardings, not Variables).
+
+    Raises UserError naming the parameter, its logical axis and the mesh axes when a dimension does not
+    divide by the mesh axes it would be split over.
+    """
+    mesh_shape = dict(mesh.shape)
+
+    def one(path, var):
+        axes = var.get_metadata().get("axes") or (None,) * len(var.shape)
+        spec = rules.spec(axes, var.shape, mesh_shape, what=f"parameter {_path_name(path)}")
+        return NamedSharding(mesh, spec)
+
+    return jax.tree_util.tree_map_with_path(one, state, is_leaf=_is_variable)
+
+
+def logical_axes(state: nnx.State):
+    """The `axes` metadata of every Variable, as a tree of tuples."""
+    return jax.tree.map(lambda v: v.get_metadata().get("axes"), state, is_leaf=_is_variable)

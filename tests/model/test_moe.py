@@ -1,0 +1,124 @@
+"""Routing and dispatch: grouped kernels against a dense reference, a hand-computed DeepSeek routing case,
+replay, aux losses, and the aux-loss-free bias update."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from model.config import ModelConfig
+from model.dispatch import local_expert_ffn
+from model.routing import expert_counts, load_balance_loss, route, update_routing_bias
+
+
+def dense_reference(x_TD, experts_TK, weights_TK, wg, wu, wd):
+    """Every token through each of its experts, one at a time, in NumPy float64."""
+    x, wg, wu, wd = (np.asarray(a, np.float64) for a in (x_TD, wg, wu, wd))
+    out = np.zeros_like(x)
+    silu = lambda z: z / (1 + np.exp(-z))
+    for t in range(x.shape[0]):
+        for e, w in zip(np.asarray(experts_TK[t]), np.asarray(weights_TK[t])):
+            out[t] += w * ((silu(x[t] @ wg[e]) * (x[t] @ wu[e])) @ wd[e])
+    return out
+
+
+@pytest.mark.parametrize("impl", ["blocked", "ragged"])
+@pytest.mark.parametrize("tokens,experts,top_k,block", [(37, 8, 2, 8), (64, 16, 4, 16), (5, 8, 3, 4)])
+def test_grouped_dispatch_equals_dense_reference(impl, tokens, experts, top_k, block):
+    keys = jax.random.split(jax.random.key(tokens + experts), 6)
+    d, f = 16, 12
+    x = jax.random.normal(keys[0], (tokens, d))
+    logits = jax.random.normal(keys[1], (tokens, experts))
+    weights, chosen = jax.lax.top_k(jax.nn.softmax(logits), top_k)
+    wg, wu = (0.3 * jax.random.normal(k, (experts, d, f)) for k in keys[2:4])
+    wd = 0.3 * jax.random.normal(keys[4], (experts, f, d))
+    got = local_expert_ffn(x, chosen, weights, wg, wu, wd, impl=impl, block_size=block)
+    np.testing.assert_allclose(np.asarray(got), dense_reference(x, chosen, weights, wg, wu, wd), atol=1e-5)
+
+
+def test_dispatch_with_expert_offset_uses_only_local_experts():
+    keys = jax.random.split(jax.random.key(0), 5)
+    x = jax.random.normal(keys[0], (20, 8))
+    weights, chosen = jax.lax.top_k(jax.nn.softmax(jax.random.normal(keys[1], (20, 8))), 2)
+    wg, wu = (jax.random.normal(k, (8, 8, 4)) for k in keys[2:4])
+    wd = jax.random.normal(keys[4], (8, 4, 8))
+    halves = [local_expert_ffn(x, chosen, weights, wg[s:s + 4], wu[s:s + 4], wd[s:s + 4], expert_offset=s)
+              for s in (0, 4)]
+    np.testing.assert_allclose(np.asarray(halves[0] + halves[1]),
+                               dense_reference(x, chosen, weights, wg, wu, wd), atol=1e-4)
+
+
+def _deepseek_router_case():
+    cfg = ModelConfig(family="deepseek_v3", hidden_size=8, n_routed_experts=8, num_experts_per_tok=2,
+                      n_group=4, topk_group=2, routed_scaling_factor=2.0, norm_topk_prob=True)
+    scores = np.array([[0.9, 0.15, 0.5, 0.6, 0.8, 0.7, 0.2, 0.3]], np.float32)
+    bias = np.array([0, 0, 0.3, 0, -0.5, 0, 0, 0.4], np.float32)
+    x = np.log(scores / (1 - scores))  # with an identity router the logits are x, sigmoid(x) = scores
+    return cfg, jnp.asarray(x), jnp.eye(8), jnp.asarray(bias), scores
+
+
+def test_group_limited_sigmoid_routing_matches_hand_computed_case():
+    # choice = scores + bias = [.9, .15, .8, .6, .3, .7, .2, .7]; group sums of pairs: 1.05, 1.4, 1.0, .9.
+    # Groups 1 and 0 win, so expert 5 (.7, group 2) is out and expert 4 (score .8) is demoted by its bias.
+    # Top-2 in groups {0, 1}: experts 0 (.9) and 2 (.8). Weights: unbiased scores .9, .5, normalised, x 2.
+    cfg, x, router, bias, _ = _deepseek_router_case()
+    r = route(x, router, bias, cfg)
+    assert sorted(np.asarray(r.experts_TK[0]).tolist()) == [0, 2]
+    weights = dict(zip(np.asarray(r.experts_TK[0]).tolist(), np.asarray(r.weights_TK[0]).tolist()))
+    assert weights[0] == pytest.approx(2 * 0.9 / 1.4, rel=1e-5)
+    assert weights[2] == pytest.approx(2 * 0.5 / 1.4, rel=1e-5)
+
+
+def test_routing_without_bias_or_norm_uses_raw_scores():
+    cfg, x, router, _, scores = _deepseek_router_case()
+    cfg = dataclasses.replace(cfg, norm_topk_prob=False, n_group=1, topk_group=1)
+    r = route(x, router, jnp.zeros(8), cfg)
+    assert sorted(np.asarray(r.experts_TK[0]).tolist()) == [0, 4]  # .9 and .8 without bias or groups
+    np.testing.assert_allclose(sorted(np.asarray(r.weights_TK[0])), sorted(2 * scores[0, [0, 4]]), rtol=1e-6)
+
+
+def test_routing_replay_keeps_given_experts_and_recomputes_weights():
+    cfg = ModelConfig(family="qwen3_moe", hidden_size=8, n_routed_experts=8, num_experts_per_tok=2)
+    x = jax.random.normal(jax.random.key(1), (6, 8))
+    router = jax.random.normal(jax.random.key(2), (8, 8))
+    replay = jnp.tile(jnp.array([[3, 5]]), (6, 1))
+    r = route(x, router, None, cfg, replay_TK=replay)
+    assert np.array_equal(np.asarray(r.experts_TK), np.asarray(replay))
+    probs = np.asarray(jax.nn.softmax(x @ router))
+    expected = probs[:, [3, 5]] / probs[:, [3, 5]].sum(-1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(r.weights_TK), expected, rtol=1e-5)
+
+
+def test_counts_and_balance_loss_exclude_padding_and_match_hf_formula():
+    experts = jnp.array([[0, 1], [1, 2], [3, 0]])
+    valid = jnp.array([True, True, False])
+    counts = expert_counts(experts, valid, 4)
+    assert np.asarray(counts).tolist() == [1, 2, 1, 0]
+    probs = jnp.array([[0.4, 0.3, 0.2, 0.1], [0.1, 0.5, 0.3, 0.1], [9.0, 9.0, 9.0, 9.0]])
+    loss = load_balance_loss(probs, counts, valid)
+    frac = np.array([1, 2, 1, 0]) / 2  # per real token
+    mean_prob = (np.array([0.4, 0.3, 0.2, 0.1]) + np.array([0.1, 0.5, 0.3, 0.1])) / 2
+    assert float(loss) == pytest.approx(4 * np.sum(frac * mean_prob), rel=1e-6)
+
+
+def test_bias_update_moves_skewed_load_towards_balance():
+    cfg = ModelConfig(family="deepseek_v3", hidden_size=16, n_routed_experts=8, num_experts_per_tok=2,
+                      n_group=1, topk_group=1)
+    x = jax.random.normal(jax.random.key(0), (512, 16)).at[:, 0].set(1.0)  # feature 0 is constant
+    router = 0.3 * jax.random.normal(jax.random.key(1), (16, 8))
+    router = router.at[0].set(jnp.array([1.5, 1.0, 0, 0, 0, 0, 0, 0]))  # experts 0 and 1 favoured
+    valid = jnp.ones(512, bool)
+    bias = jnp.zeros((1, 8))
+
+    def load(b):
+        return expert_counts(route(x, router, b[0], cfg).experts_TK, valid, 8)
+
+    first = np.asarray(load(bias))
+    for _ in range(100):
+        bias = update_routing_bias(bias, load(bias)[None], rate=0.005)
+    last = np.asarray(load(bias))
+    cv = lambda c: c.std() / c.mean()
+    assert cv(last) < 0.5 * cv(first), (first, last)
+    assert last.max() < first.max()
