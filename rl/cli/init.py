@@ -38,5 +38,6 @@ def run(args: argparse.Namespace) -> int:
     with use_mesh(mesh, rules):
         policy = init_policy(config.model, config.seed, mesh, rules)
     step_dir = save_policy(out, config, policy)
-    print(f"wrote {step_dir} ({config.model.family}, seed {config.seed})")
+    mesh_text = " ".join(f"{axis}={size}" for axis, size in mesh.shape.items())
+    print(f"wrote {step_dir} ({config.model.family}, seed {config.seed}, mesh {mesh_text})")
     return 0

@@ -50,10 +50,20 @@ def fake_cpu_devices(count: int) -> None:
     os.environ["JAX_PLATFORMS"] = "cpu"
 
 
+def quiet_libraries() -> None:
+    """Keep the console readable: library chatter (absl/Orbax/TensorFlow-style logs) only on errors."""
+    import logging
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for name in ("absl", "orbax", "jax._src.xla_bridge"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.cpu_devices is not None:
         fake_cpu_devices(args.cpu_devices)
+    quiet_libraries()
     from model.errors import UserError
 
     try:

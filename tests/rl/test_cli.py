@@ -1,0 +1,87 @@
+"""The r1jax command line: help, info counts, init + checkpoint round trip, --cpu-devices, errors."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from model.factory import init_policy
+from rl.checkpoint import load_policy
+from rl.cli.main import COMMANDS, main
+from rl.config import load_config
+from sharding.mesh import ShardingConfig, build_mesh
+from sharding.rules import Rules
+
+
+def run_main(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("preset,total,active", [
+    ("deepseek_v3_671b", 671_026_404_352, 37_552_282_624),
+    ("qwen3_30b_a3b", 30_532_122_624, 3_353_032_704),
+])
+def test_info_reports_published_parameter_counts(capsys, preset, total, active):
+    code, out, _ = run_main(capsys, "info", preset)
+    report = json.loads(out)
+    assert code == 0
+    assert (report["params_total"], report["params_active"]) == (total, active)
+    assert report["family"] == preset.split("_")[0] + ("_v3" if preset.startswith("deepseek") else "_moe")
+
+
+def test_help_explains_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    top = capsys.readouterr().out
+    assert "--cpu-devices" in top
+    for name, _, _ in COMMANDS:
+        assert name in top
+        with pytest.raises(SystemExit) as exit_info:
+            main([name, "--help"])
+        assert exit_info.value.code == 0
+        assert len(capsys.readouterr().out.splitlines()) > 3
+
+
+def test_init_writes_a_checkpoint_that_restores_equal_params(capsys, tmp_path):
+    code, out, _ = run_main(capsys, "init", "tiny", str(tmp_path / "ck"), "model.num_hidden_layers=2",
+                            "--seed", "3")
+    assert code == 0 and "wrote" in out
+    config, restored = load_policy(tmp_path / "ck")
+    assert config.seed == 3 and config == load_config("tiny", ["seed=3"])
+    mesh = build_mesh(config.sharding)  # init creates the parameters sharded, as here
+    expected = nnx.state(init_policy(config.model, 3, mesh, Rules.preset(config.sharding.preset)))
+    for a, b in zip(jax.tree.leaves(nnx.state(restored)), jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    mesh = build_mesh(ShardingConfig(data=1, fsdp=2, expert=2, tensor=2))
+    _, resharded = load_policy(tmp_path / "ck", mesh, Rules.preset("fsdp_expert_tensor"))
+    gate = resharded.segments[1].block.mlp.gate_proj[...]
+    assert gate.sharding.spec[1] == "expert"
+    np.testing.assert_array_equal(np.asarray(gate), np.asarray(restored.segments[1].block.mlp.gate_proj[...]))
+
+
+def test_init_refuses_to_overwrite_and_bad_input_exits_2(capsys, tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("keep me")
+    code, _, err = run_main(capsys, "init", "tiny", str(tmp_path / "full"))
+    assert code == 2 and "not empty" in err
+    assert (tmp_path / "full" / "x").read_text() == "keep me"
+    code, _, err = run_main(capsys, "info", "tiny", "model.hiden_size=3")
+    assert code == 2 and "model.hiden_size" in err
+    code, _, err = run_main(capsys, "init", "tiny", str(tmp_path / "o"), "sharding.data=3")
+    assert code == 2 and "sharding" in err and not (tmp_path / "o").exists()
+
+
+def test_cpu_devices_flag_fakes_devices_before_jax_starts(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-m", "rl.cli.main", "--cpu-devices", "4", "init", "tiny",
+                             str(tmp_path / "ck"), "sharding.expert=2"], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "mesh data=1 fsdp=2 expert=2 tensor=1" in result.stdout

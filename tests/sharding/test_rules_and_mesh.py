@@ -1,0 +1,81 @@
+"""Logical rules, presets, mesh construction and the errors a mesh that cannot work gives."""
+
+import jax
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from model.errors import UserError
+from model.factory import abstract_policy
+from sharding.mesh import ShardingConfig, build_mesh
+from sharding.params import state_shardings
+from sharding.rules import PRESETS, Rules
+from tests.model.tiny import DEEPSEEK, QWEN
+
+
+def test_presets_map_logical_axes_to_mesh_axes():
+    full = Rules.preset("fsdp_expert_tensor")
+    assert full.spec(("experts", "embed", "expert_mlp")) == P("expert", "fsdp", "tensor")
+    assert full.spec(("batch", "length", "act_embed")) == P(("data", "fsdp", "expert"), None, None)
+    assert Rules.preset("fsdp").spec(("experts", "embed", "expert_mlp")) == P(None, "fsdp", None)
+    assert Rules.preset("fsdp_tensor").spec(("vocab", "embed")) == P("tensor", "fsdp")
+    assert Rules.preset("fsdp", {"vocab": ["tensor"]}).spec(("vocab",)) == P("tensor")
+    assert {"fsdp", "fsdp_tensor", "fsdp_expert"} <= set(PRESETS)
+
+
+def test_one_array_cannot_use_a_mesh_axis_twice():
+    rules = Rules.preset("fsdp", {"mlp": ["fsdp"]})
+    with pytest.raises(UserError, match="'embed' and 'mlp' both map to mesh axis 'fsdp'"):
+        rules.spec(("embed", "mlp"))
+
+
+def test_indivisible_dimension_names_parameter_axis_and_dimension():
+    mesh = build_mesh(ShardingConfig(data=1, fsdp=1, expert=8, tensor=1))
+    cfg = QWEN.__class__(**{**QWEN.__dict__, "n_routed_experts": 12})
+    _, state = nnx.split(abstract_policy(cfg))
+    with pytest.raises(UserError) as err:
+        state_shardings(state, mesh, Rules.preset("fsdp_expert"))
+    message = str(err.value)
+    assert "'experts'" in message and "size 12" in message and "mesh axes expert of size 8" in message and "mlp." in message
+
+
+def test_activation_hints_are_lenient_where_parameters_are_strict():
+    rules = Rules.preset("fsdp_expert_tensor")
+    shape = {"data": 1, "fsdp": 8, "expert": 1, "tensor": 1}
+    assert rules.spec(("batch", None), (1, 4), shape, strict=False) == P(None, None)
+    with pytest.raises(UserError, match="batch"):
+        rules.spec(("batch", None), (1, 4), shape)
+
+
+@pytest.mark.parametrize("sizes,devices,expected", [((1, -1, 1, 1), 8, (1, 8, 1, 1)),
+                                                    ((2, 2, -1, 1), 8, (2, 2, 2, 1)),
+                                                    ((1, 2, 2, 2), 8, (1, 2, 2, 2))])
+def test_mesh_shape_resolution(sizes, devices, expected):
+    assert ShardingConfig(*sizes).shape_for(devices) == expected
+
+
+def test_mesh_that_cannot_work_is_a_clear_error():
+    with pytest.raises(UserError, match="needs 16 devices but 8 are present"):
+        build_mesh(ShardingConfig(data=2, fsdp=2, expert=2, tensor=2))
+    with pytest.raises(UserError, match="does not divide the 8 devices"):
+        ShardingConfig(data=3, fsdp=-1).shape_for(8)
+    with pytest.raises(UserError, match="sharding.tensor=0"):
+        ShardingConfig(tensor=0)
+    with pytest.raises(UserError, match="at most one mesh axis may be -1"):
+        ShardingConfig(data=-1, fsdp=-1)
+    with pytest.raises(UserError, match="unknown mesh axes"):
+        ShardingConfig(rules={"vocab": ["model"]})
+
+
+def test_built_mesh_uses_all_devices_with_named_axes():
+    mesh = build_mesh(ShardingConfig(data=2, fsdp=-1, expert=2, tensor=1))
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "expert": 2, "tensor": 1}
+    assert mesh.devices.size == len(jax.devices()) == 8
+
+
+def test_every_deepseek_parameter_gets_a_sharding_on_the_full_preset():
+    mesh = build_mesh(ShardingConfig(data=1, fsdp=2, expert=2, tensor=2))
+    _, state = nnx.split(abstract_policy(DEEPSEEK))
+    shardings = state_shardings(state, mesh, Rules.preset("fsdp_expert_tensor"))
+    router_spec = shardings["segments"][1]["block"]["mlp"]["gate_proj"].spec
+    assert router_spec == P(None, "expert", "fsdp", "tensor")  # (layers, experts, embed, expert_mlp)
