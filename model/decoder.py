@@ -35,16 +35,27 @@ class Block(nnx.Module):
         self.is_moe = kind == "moe"
         self.mlp = MoE(cfg, rngs, stack) if self.is_moe else MLP(cfg.intermediate_size, cfg, rngs, stack)
 
-    def __call__(self, x_BTD, cos, sin, mask_BTS, valid_BT, replay_BTK=None):
-        x_BTD = x_BTD + self.self_attn(self.input_layernorm(x_BTD), cos, sin, mask_BTS)
-        x_BTD = constrain(x_BTD, ("batch", "length", "act_embed"))
+    def __call__(self, x_BTD, cos, sin, mask_BTS, valid_BT, replay_BTK=None, cache=None, cache_index=None):
+        """One layer; returns (x, (aux, cache)). With `cache` (this layer's entries, [B, S, ...] each), the
+        new positions' entries are written at slot `cache_index` and the queries attend over the cache."""
+        attn_BTD, cache = self.attention(self.input_layernorm(x_BTD), cos, sin, mask_BTS, cache, cache_index)
+        x_BTD = constrain(x_BTD + attn_BTD, ("batch", "length", "act_embed"))
         h_BTD = self.post_attention_layernorm(x_BTD)
         aux = None
         if self.is_moe:
             h_BTD, aux = self.mlp(h_BTD, valid_BT, replay_BTK)
         else:
             h_BTD = self.mlp(h_BTD)
-        return constrain(x_BTD + h_BTD, ("batch", "length", "act_embed")), aux
+        return constrain(x_BTD + h_BTD, ("batch", "length", "act_embed")), (aux, cache)
+
+    def attention(self, h_BTD, cos, sin, mask_BTS, cache, cache_index):
+        if cache is None:
+            return self.self_attn(h_BTD, cos, sin, mask_BTS), None
+        queries = self.self_attn.queries(h_BTD, cos, sin)
+        entries = self.self_attn.entries(h_BTD, cos, sin)
+        cache = tuple(jax.lax.dynamic_update_slice_in_dim(c, e.astype(c.dtype), cache_index, axis=1)
+                      for c, e in zip(cache, entries))
+        return self.self_attn.attend(queries, cache, mask_BTS), cache
 
 
 class Segment(nnx.Module):
@@ -54,16 +65,18 @@ class Segment(nnx.Module):
         self.kind, self.count, self.remat = kind, count, cfg.remat
         self.block = Block(kind, cfg, rngs, stack=(count,))
 
-    def __call__(self, x_BTD, cos, sin, mask_BTS, valid_BT, replay_LBTK=None):
+    def __call__(self, x_BTD, cos, sin, mask_BTS, valid_BT, replay_LBTK=None, cache_L=None, cache_index=None):
+        """Returns (x, (aux stacked over layers, updated cache stacked over layers))."""
         graphdef, state = nnx.split(self.block)
 
         def one_layer(x, inputs):
-            layer_state, replay_BTK = inputs
-            return nnx.merge(graphdef, layer_state)(x, cos, sin, mask_BTS, valid_BT, replay_BTK)
+            layer_state, replay_BTK, cache = inputs
+            block = nnx.merge(graphdef, layer_state)
+            return block(x, cos, sin, mask_BTS, valid_BT, replay_BTK, cache, cache_index)
 
         if self.remat:
             one_layer = jax.checkpoint(one_layer)
-        return jax.lax.scan(one_layer, x_BTD, (state, replay_LBTK))
+        return jax.lax.scan(one_layer, x_BTD, (state, replay_LBTK, cache_L))
 
 
 class Policy(nnx.Module):
@@ -92,7 +105,7 @@ class Policy(nnx.Module):
         positions_BT = jnp.broadcast_to(jnp.arange(t), (b, t)) if positions_BT is None else positions_BT
         valid_BT = jnp.ones((b, t), bool) if valid_BT is None else valid_BT.astype(bool)
         cos, sin = rope_cos_sin(positions_BT, self.rope_dim(), self.cfg.rope_theta)
-        x_BTD, aux = self.run_layers(x_BTD, cos, sin, causal_mask(valid_BT, t), valid_BT, replay_LBTK)
+        x_BTD, aux, _ = self.run_layers(x_BTD, cos, sin, causal_mask(valid_BT, t), valid_BT, replay_LBTK)
         return PolicyOutput(self.logits(self.norm(x_BTD)), aux)
 
     def embed(self, tokens_BT: jax.Array) -> jax.Array:
@@ -108,17 +121,45 @@ class Policy(nnx.Module):
         logits = jnp.einsum("BTD,DV->BTV", x_BTD.astype(jnp.float32), w_DV)
         return constrain(logits, ("batch", "length", "act_vocab"))
 
-    def run_layers(self, x_BTD, cos, sin, mask_BTS, valid_BT, replay_LBTK=None):
-        auxes, moe_seen = [], 0
-        for segment in self.segments:
+    def forward_cached(self, tokens_BT: jax.Array, positions_BT: jax.Array, valid_BT: jax.Array,
+                       caches: list, cache_index: jax.Array, kv_valid_BS: jax.Array,
+                       replay_LBTK: jax.Array | None = None) -> tuple[PolicyOutput, list]:
+        """Forward for new tokens placed at cache slots [cache_index, cache_index + T).
+
+        `kv_valid_BS` marks the cache slots holding real tokens (these new ones included); a query at slot s
+        attends to the valid slots <= s. Returns the output and the caches with these tokens' entries.
+        """
+        t, s = tokens_BT.shape[1], kv_valid_BS.shape[1]
+        query_slot_T = cache_index + jnp.arange(t)
+        mask_BTS = kv_valid_BS[:, None, :] & (jnp.arange(s)[None, None, :] <= query_slot_T[None, :, None])
+        cos, sin = rope_cos_sin(positions_BT, self.rope_dim(), self.cfg.rope_theta)
+        x_BTD, aux, caches = self.run_layers(self.embed(tokens_BT), cos, sin, mask_BTS, valid_BT.astype(bool),
+                                             replay_LBTK, caches, cache_index)
+        return PolicyOutput(self.logits(self.norm(x_BTD)), aux), caches
+
+    def init_cache(self, batch: int, length: int, dtype=None) -> list:
+        """Empty caches per segment: GQA (K, V) [L, B, S, K, H]; MLA (latent [L, B, S, C], rope key [L, B, S, R])."""
+        cfg = self.cfg
+        dtype = dtype or dtype_of(cfg.compute_dtype)
+        if cfg.is_deepseek:
+            shapes = [(batch, length, cfg.kv_lora_rank), (batch, length, cfg.qk_rope_head_dim)]
+        else:
+            shapes = [(batch, length, cfg.num_key_value_heads, cfg.head_dim)] * 2
+        return [tuple(jnp.zeros((seg.count, *shape), dtype) for shape in shapes) for seg in self.segments]
+
+    def run_layers(self, x_BTD, cos, sin, mask_BTS, valid_BT, replay_LBTK=None, caches=None, cache_index=None):
+        auxes, new_caches, moe_seen = [], [], 0
+        for i, segment in enumerate(self.segments):
             replay = None
             if segment.kind == "moe" and replay_LBTK is not None:
                 replay = replay_LBTK[moe_seen: moe_seen + segment.count]
-            x_BTD, aux = segment(x_BTD, cos, sin, mask_BTS, valid_BT, replay)
+            cache = None if caches is None else caches[i]
+            x_BTD, (aux, cache) = segment(x_BTD, cos, sin, mask_BTS, valid_BT, replay, cache, cache_index)
+            new_caches.append(cache)
             if segment.kind == "moe":
                 auxes.append(aux)
                 moe_seen += segment.count
-        return x_BTD, self._stack_aux(auxes, x_BTD.shape[:2])
+        return x_BTD, self._stack_aux(auxes, x_BTD.shape[:2]), (None if caches is None else new_caches)
 
     def _stack_aux(self, auxes: list[MoEAux], bt: tuple[int, int]) -> MoEAux:
         if not auxes:

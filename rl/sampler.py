@@ -1,0 +1,212 @@
+"""The jitted sampler: prefill, then KV-cache decoding inside one `lax.while_loop`.
+
+It runs the training policy's own code and weights (same NNX graph, same state, same mesh), so the log-probs
+it returns are the trainer's log-probs up to float rounding: no weight copy, no sampler/trainer mismatch.
+
+Layout of a rollout row: the prompt left-padded to a bucket length P, then N completion slots. Positions
+count real tokens only (`cumsum(valid) - 1`), so left padding changes nothing. Prompts are prefilled once and
+their caches repeated for the G samples of each prompt. Every token's MoE routing is recorded for replay.
+One compiled program per (batch, prompt bucket, token budget, G); temperature, top-p and top-k are traced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from model.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    max_new_tokens: int = 128
+    temperature: float = 1.0  # R1-Zero rollouts: 1.0; R1 evaluation: 0.6
+    top_p: float = 1.0  # R1 evaluation: 0.95
+    top_k: int = 0  # 0: off
+    prompt_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise UserError(f"sampling.max_new_tokens={self.max_new_tokens}: must be >= 1")
+        if self.temperature < 0:
+            raise UserError(f"sampling.temperature={self.temperature}: must be >= 0 (0 is greedy)")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"sampling.top_p={self.top_p}: must be in (0, 1]")
+        if self.top_k < 0:
+            raise UserError(f"sampling.top_k={self.top_k}: must be >= 0 (0 is off)")
+        if not self.prompt_buckets or list(self.prompt_buckets) != sorted(set(self.prompt_buckets)):
+            raise UserError(f"sampling.prompt_buckets={list(self.prompt_buckets)}: must be increasing")
+
+
+class Rollout(NamedTuple):
+    tokens_BT: jax.Array  # int32 [B, P + N]: left-padded prompt, then completion (pad after the stop)
+    valid_BT: jax.Array  # bool: real prompt tokens and generated tokens up to and including EOS
+    positions_BT: jax.Array  # int32: cumsum(valid) - 1
+    logprobs_BN: jax.Array  # float32: log-prob of each generated token, temperature-scaled, unfiltered
+    lengths_B: jax.Array  # int32: generated tokens per row (EOS included)
+    experts_LBTK: jax.Array  # int32: experts chosen per MoE layer and token, for routing replay
+    steps: jax.Array  # int32: decode iterations run (the loop exits once every row has stopped)
+    logits_BNV: jax.Array | None = None  # float32 raw logits of every step, only with keep_logits
+
+    @property
+    def prompt_length(self) -> int:
+        return self.tokens_BT.shape[1] - self.logprobs_BN.shape[1]
+
+    @property
+    def completion_BN(self) -> jax.Array:
+        return self.tokens_BT[:, self.prompt_length:]
+
+    @property
+    def completion_mask_BN(self) -> jax.Array:
+        return self.valid_BT[:, self.prompt_length:]
+
+
+def bucket_length(length: int, buckets: Sequence[int]) -> int:
+    for bucket in buckets:
+        if length <= bucket:
+            return bucket
+    raise UserError(f"prompt of {length} tokens is longer than the largest prompt bucket ({buckets[-1]}); "
+                    "raise sampling.prompt_buckets")
+
+
+def left_pad(prompts: Sequence[Sequence[int]], buckets: Sequence[int], pad_id: int):
+    """[B, P] tokens and valid mask, each prompt right-aligned in the smallest bucket that fits all."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise UserError("every prompt needs at least one token")
+    width = bucket_length(max(len(p) for p in prompts), buckets)
+    tokens = np.full((len(prompts), width), pad_id, np.int32)
+    valid = np.zeros((len(prompts), width), bool)
+    for row, prompt in enumerate(prompts):
+        tokens[row, width - len(prompt):] = prompt
+        valid[row, width - len(prompt):] = True
+    return tokens, valid
+
+
+def filter_logits(logits_BV: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Top-k (k = 0: off) then nucleus filtering; removed entries become -inf. k and p may be traced."""
+    vocab = logits_BV.shape[-1]
+    sorted_BV = -jnp.sort(-logits_BV, axis=-1)
+    kth_B1 = jnp.take_along_axis(sorted_BV, jnp.clip(top_k - 1, 0, vocab - 1)[None, None]
+                                 .repeat(logits_BV.shape[0], 0), axis=-1)
+    logits_BV = jnp.where((top_k > 0) & (logits_BV < kth_B1), -jnp.inf, logits_BV)
+    sorted_BV = -jnp.sort(-logits_BV, axis=-1)
+    probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+    keep_BV = (jnp.cumsum(probs_BV, axis=-1) - probs_BV) < top_p  # the top token is always kept
+    threshold_B1 = jnp.min(jnp.where(keep_BV, sorted_BV, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits_BV < threshold_B1, -jnp.inf, logits_BV)
+
+
+def sample_token(logits_BV, key, temperature, top_k, top_p):
+    """(token, log-prob under softmax(logits / T), unfiltered). Greedy when temperature == 0."""
+    safe_t = jnp.where(temperature > 0, temperature, 1.0)
+    scaled_BV = logits_BV.astype(jnp.float32) / safe_t  # cast to fp32: log-probs are compared at 1e-5
+    sampled_B = jax.random.categorical(key, filter_logits(scaled_BV, top_k, top_p), axis=-1)
+    token_B = jnp.where(temperature > 0, sampled_B, jnp.argmax(scaled_BV, axis=-1)).astype(jnp.int32)
+    logp_B = jnp.take_along_axis(jax.nn.log_softmax(scaled_BV, axis=-1), token_B[:, None], axis=-1)[:, 0]
+    return token_B, logp_B
+
+
+class _Loop(NamedTuple):
+    step: jax.Array
+    logits_BV: jax.Array
+    tokens_BN: jax.Array
+    logprobs_BN: jax.Array
+    done_B: jax.Array
+    caches: list
+    kv_valid_BS: jax.Array
+    next_pos_B: jax.Array
+    experts_LBNK: jax.Array
+    logits_BNV: jax.Array | None
+
+
+def _repeat_rows(tree, samples: int, axis: int):
+    return jax.tree.map(lambda x: jnp.repeat(x, samples, axis=axis), tree)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "samples", "eos_id", "pad_id",
+                                             "ignore_eos", "keep_logits"))
+def generate_padded(graphdef, state, prompt_BP, prompt_valid_BP, key, temperature, top_k, top_p, *,
+                    max_new: int, samples: int, eos_id: int, pad_id: int, ignore_eos: bool,
+                    keep_logits: bool = False) -> Rollout:
+    """Sample `samples` completions per left-padded prompt. Rows are prompt-major: row = prompt * G + g."""
+    policy = nnx.merge(graphdef, state)
+    prompts, p = prompt_BP.shape
+    total = p + max_new
+    positions_BP = jnp.maximum(jnp.cumsum(prompt_valid_BP, axis=1) - 1, 0).astype(jnp.int32)
+    kv_valid = jnp.zeros((prompts, total), bool).at[:, :p].set(prompt_valid_BP)
+    with jax.named_scope("prefill"):
+        out, caches = policy.forward_cached(prompt_BP, positions_BP, prompt_valid_BP,
+                                            policy.init_cache(prompts, total), jnp.int32(0), kv_valid)
+    batch = prompts * samples
+    prompt_experts_LBPK = _repeat_rows(out.aux.experts_BTK, samples, axis=1)
+    caches = [_repeat_rows(c, samples, axis=1) for c in caches]  # [L, B, S, ...]: batch is axis 1
+    moe_layers, k = out.aux.experts_BTK.shape[0], out.aux.experts_BTK.shape[-1]
+    init = _Loop(
+        step=jnp.int32(0), logits_BV=jnp.repeat(out.logits_BTV[:, -1], samples, axis=0),
+        tokens_BN=jnp.full((batch, max_new), pad_id, jnp.int32), logprobs_BN=jnp.zeros((batch, max_new)),
+        done_B=jnp.zeros((batch,), bool), caches=caches, kv_valid_BS=jnp.repeat(kv_valid, samples, axis=0),
+        next_pos_B=jnp.repeat(jnp.sum(prompt_valid_BP, axis=1).astype(jnp.int32), samples),
+        experts_LBNK=jnp.zeros((moe_layers, batch, max_new, k), jnp.int32),
+        logits_BNV=jnp.zeros((batch, max_new, out.logits_BTV.shape[-1])) if keep_logits else None)
+
+    def body(s: _Loop) -> _Loop:
+        token_B, logp_B = sample_token(s.logits_BV, jax.random.fold_in(key, s.step), temperature, top_k, top_p)
+        live_B = ~s.done_B
+        token_B = jnp.where(live_B, token_B, pad_id)
+        slot = p + s.step
+        kv_valid_BS = s.kv_valid_BS.at[:, slot].set(live_B)
+        out, caches = policy.forward_cached(token_B[:, None], s.next_pos_B[:, None], live_B[:, None],
+                                            s.caches, slot, kv_valid_BS)
+        stopped_B = live_B & (token_B == eos_id) & (not ignore_eos)
+        return _Loop(
+            step=s.step + 1, logits_BV=out.logits_BTV[:, 0],
+            tokens_BN=s.tokens_BN.at[:, s.step].set(token_B),
+            logprobs_BN=s.logprobs_BN.at[:, s.step].set(jnp.where(live_B, logp_B, 0.0)),
+            done_B=s.done_B | stopped_B, caches=caches, kv_valid_BS=kv_valid_BS,
+            next_pos_B=s.next_pos_B + live_B, experts_LBNK=s.experts_LBNK.at[:, :, s.step].set(
+                out.aux.experts_BTK[:, :, 0]),
+            logits_BNV=None if s.logits_BNV is None else s.logits_BNV.at[:, s.step].set(s.logits_BV))
+
+    def running(s: _Loop) -> jax.Array:
+        return (s.step < max_new) & ~jnp.all(s.done_B)
+
+    with jax.named_scope("decode"):
+        final = jax.lax.while_loop(running, body, init)
+    completion_valid_BN = final.kv_valid_BS[:, p:]
+    valid_BT = jnp.concatenate([jnp.repeat(prompt_valid_BP, samples, axis=0), completion_valid_BN], axis=1)
+    tokens_BT = jnp.concatenate([jnp.repeat(prompt_BP, samples, axis=0), final.tokens_BN], axis=1)
+    experts = jnp.concatenate([prompt_experts_LBPK, final.experts_LBNK], axis=2)
+    return Rollout(tokens_BT, valid_BT, jnp.maximum(jnp.cumsum(valid_BT, axis=1) - 1, 0).astype(jnp.int32),
+                   final.logprobs_BN, jnp.sum(completion_valid_BN, axis=1).astype(jnp.int32), experts,
+                   final.step, final.logits_BNV)
+
+
+class Sampler:
+    """Generates from a policy's graph and state; advances its own key so no two calls share one."""
+
+    def __init__(self, graphdef, config: SamplingConfig, eos_id: int, pad_id: int, seed: int = 0):
+        self.graphdef, self.config = graphdef, config
+        self.eos_id, self.pad_id = eos_id, pad_id
+        self.key = jax.random.key(seed)
+
+    def next_key(self) -> jax.Array:
+        self.key, key = jax.random.split(self.key)
+        return key
+
+    def generate(self, state, prompts: Sequence[Sequence[int]], samples: int = 1, *, key=None,
+                 ignore_eos: bool = False, keep_logits: bool = False, **overrides) -> Rollout:
+        """G = `samples` completions for each prompt (lists of token ids). `overrides` replace fields of
+        the SamplingConfig for this call (temperature, top_p, top_k, max_new_tokens)."""
+        cfg = dataclasses.replace(self.config, **overrides) if overrides else self.config
+        tokens, valid = left_pad(prompts, cfg.prompt_buckets, self.pad_id)
+        key = self.next_key() if key is None else key
+        return generate_padded(self.graphdef, state, jnp.asarray(tokens), jnp.asarray(valid), key,
+                               jnp.float32(cfg.temperature), jnp.int32(cfg.top_k), jnp.float32(cfg.top_p),
+                               max_new=cfg.max_new_tokens, samples=samples, eos_id=self.eos_id,
+                               pad_id=self.pad_id, ignore_eos=ignore_eos, keep_logits=keep_logits)

@@ -1,0 +1,130 @@
+"""The KV-cache sampler against full forward passes, the trainer's log-probs, EOS, seeds and sharding."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from model.factory import init_policy
+from rl.logprobs import completion_logprobs
+from rl.sampler import Sampler, SamplingConfig, filter_logits, generate_padded, left_pad
+from sharding.context import use_mesh
+from sharding.mesh import ShardingConfig, build_mesh
+from sharding.params import state_shardings
+from sharding.rules import Rules
+from tests.model.tiny import FAMILIES
+
+PROMPTS = [[5, 6, 7], [9, 10, 11, 12, 13, 14], [20], [30, 31]]
+CONFIG = SamplingConfig(max_new_tokens=10, prompt_buckets=(8, 16))
+
+
+def make(family, seed=0):
+    graphdef, state = nnx.split(init_policy(FAMILIES[family], seed))
+    return graphdef, state, Sampler(graphdef, CONFIG, eos_id=3, pad_id=0)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_greedy_step_logits_equal_full_forward(family):
+    graphdef, state, sampler = make(family)
+    r = sampler.generate(state, PROMPTS, temperature=0.0, ignore_eos=True, keep_logits=True)
+    policy = nnx.merge(graphdef, state)
+    full = jax.jit(lambda t, p, v: policy(t, p, v).logits_BTV)(r.tokens_BT, r.positions_BT, r.valid_BT)
+    expected_BNV = np.asarray(full)[:, r.prompt_length - 1: -1]
+    np.testing.assert_allclose(np.asarray(r.logits_BNV), expected_BNV, atol=1e-5, rtol=0)
+    assert np.array_equal(np.asarray(r.completion_BN), expected_BNV.argmax(-1))  # greedy = argmax
+    logp = jax.nn.log_softmax(expected_BNV, axis=-1)
+    chosen = np.take_along_axis(np.asarray(logp), np.asarray(r.completion_BN)[..., None], -1)[..., 0]
+    np.testing.assert_allclose(np.asarray(r.logprobs_BN), chosen, atol=1e-5)  # T = 0: log-softmax
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_sampler_logprobs_equal_trainer_logprobs(family):
+    graphdef, state, sampler = make(family)
+    r = sampler.generate(state, PROMPTS, samples=2, temperature=0.7, top_p=0.9)
+    policy = nnx.merge(graphdef, state)
+    for replay in (None, r.experts_LBTK):
+        logp, _ = completion_logprobs(policy, r.tokens_BT, r.valid_BT, r.positions_BT, r.prompt_length, 0.7,
+                                      replay)
+        mask = np.asarray(r.completion_mask_BN)
+        np.testing.assert_allclose(np.asarray(logp)[mask], np.asarray(r.logprobs_BN)[mask], atol=1e-5)
+
+
+def test_eos_stops_a_row_and_pads_after_it():
+    graphdef, state, sampler = make("qwen3_moe")
+    free = sampler.generate(state, PROMPTS, temperature=0.0, ignore_eos=True)
+    eos = int(free.completion_BN[0, 3])  # make row 0's fourth greedy token the stop token
+    stopping = Sampler(graphdef, CONFIG, eos_id=eos, pad_id=0)
+    r = stopping.generate(state, PROMPTS, temperature=0.0)
+    row = np.asarray(r.completion_BN[0])
+    stop = int(np.argmax(row == eos))
+    assert stop <= 3 and int(r.lengths_B[0]) == stop + 1
+    assert np.all(row[stop + 1:] == 0) and not np.any(np.asarray(r.completion_mask_BN[0, stop + 1:]))
+    assert np.all(np.asarray(r.logprobs_BN[0, stop + 1:]) == 0)
+    for i in range(len(PROMPTS)):  # every row stops at its first EOS or runs to the budget
+        hits = np.flatnonzero(np.asarray(r.completion_BN[i]) == eos)
+        assert int(r.lengths_B[i]) == (hits[0] + 1 if hits.size else CONFIG.max_new_tokens)
+
+
+def test_loop_exits_early_when_every_row_has_stopped():
+    graphdef, state, sampler = make("qwen3_moe")
+    free = sampler.generate(state, [[5, 6, 7]], temperature=0.0, ignore_eos=True)
+    r = Sampler(graphdef, CONFIG, eos_id=int(free.completion_BN[0, 1]), pad_id=0).generate(
+        state, [[5, 6, 7]], temperature=0.0)
+    assert int(r.steps) <= 2 < CONFIG.max_new_tokens
+
+
+def test_same_seed_reproduces_and_another_seed_differs():
+    graphdef, state, _ = make("deepseek_v3")
+    a = Sampler(graphdef, CONFIG, 3, 0, seed=1).generate(state, PROMPTS, samples=2, ignore_eos=True)
+    b = Sampler(graphdef, CONFIG, 3, 0, seed=1).generate(state, PROMPTS, samples=2, ignore_eos=True)
+    c = Sampler(graphdef, CONFIG, 3, 0, seed=2).generate(state, PROMPTS, samples=2, ignore_eos=True)
+    assert np.array_equal(np.asarray(a.tokens_BT), np.asarray(b.tokens_BT))
+    assert not np.array_equal(np.asarray(a.tokens_BT), np.asarray(c.tokens_BT))
+    sampler = Sampler(graphdef, CONFIG, 3, 0, seed=1)  # successive calls never reuse a key
+    first, second = (sampler.generate(state, PROMPTS, ignore_eos=True) for _ in range(2))
+    assert not np.array_equal(np.asarray(first.tokens_BT), np.asarray(second.tokens_BT))
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy():
+    graphdef, state, sampler = make("qwen3_moe")
+    greedy = sampler.generate(state, PROMPTS, temperature=0.0, ignore_eos=True)
+    for kwargs in ({"top_k": 1}, {"top_p": 1e-6}):
+        sampled = sampler.generate(state, PROMPTS, temperature=1.0, ignore_eos=True, **kwargs)
+        assert np.array_equal(np.asarray(sampled.tokens_BT), np.asarray(greedy.tokens_BT))
+
+
+def test_filter_logits_matches_numpy():
+    logits = jax.random.normal(jax.random.key(0), (3, 20))
+    out = np.asarray(filter_logits(logits, jnp.int32(5), jnp.float32(0.5)))
+    for row, kept in zip(np.asarray(logits), out):
+        top5 = np.sort(row)[::-1][:5]
+        probs = np.exp(top5 - top5.max()) / np.exp(top5 - top5.max()).sum()
+        n = int(np.searchsorted(np.cumsum(probs), 0.5) + 1)  # smallest prefix reaching p
+        assert set(np.flatnonzero(np.isfinite(kept))) == set(np.argsort(row)[::-1][:n])
+
+
+def test_prompts_in_one_bucket_share_one_compilation():
+    graphdef, state, sampler = make("qwen3_moe")
+    sampler.generate(state, [[1, 2, 3], [4, 5]], temperature=0.0)
+    before = generate_padded._cache_size()
+    sampler.generate(state, [[1, 2, 3, 4, 5, 6, 7], [4]], temperature=0.5, top_k=3)  # same bucket (8)
+    assert generate_padded._cache_size() == before
+    tokens, valid = left_pad([[1, 2, 3], [4]], (8, 16), pad_id=0)
+    assert tokens.shape == (2, 8) and valid.sum() == 4 and tokens[1, -1] == 4
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_sharded_sampling_equals_unsharded(family):
+    graphdef, state, sampler = make(family)
+    prompts = PROMPTS * 2  # 8 rows: the batch splits over the 8 devices
+    key = jax.random.key(11)
+    expected = sampler.generate(state, prompts, key=key, ignore_eos=True)
+    mesh = build_mesh(ShardingConfig(data=2, fsdp=2, expert=2, tensor=1))
+    rules = Rules.preset("fsdp_expert_tensor")
+    sharded = jax.device_put(state, state_shardings(state, mesh, rules))
+    with use_mesh(mesh, rules):
+        got = sampler.generate(sharded, prompts, key=key, ignore_eos=True)
+    assert np.array_equal(np.asarray(got.tokens_BT), np.asarray(expected.tokens_BT))
+    np.testing.assert_allclose(np.asarray(got.logprobs_BN), np.asarray(expected.logprobs_BN), atol=1e-5)
