@@ -138,13 +138,22 @@ class MLAttention(nnx.Module):
     def attend(self, queries, entries, mask_BTS):
         q_nope_BTNH, q_rope_BTNR = queries
         c_BSC, k_rope_BSR = entries
-        kv_BSNH = jnp.einsum("BSC,CNH->BSNH", c_BSC, self._w("kv_b_proj"))
-        k_nope_BSNH, v_BSNH = kv_BSNH[..., : self.nope], kv_BSNH[..., self.nope:]
+        w_CNH = self._w("kv_b_proj")
+        w_k_CNH, w_v_CNH = w_CNH[..., : self.nope], w_CNH[..., self.nope:]
+        absorb = q_nope_BTNH.shape[1] == 1  # decoding: never expand the cached latents to per-head K/V
         with jax.named_scope("attention"):
-            scores = (jnp.einsum("BTNH,BSNH->BNTS", q_nope_BTNH, k_nope_BSNH)
-                      + jnp.einsum("BTNR,BSR->BNTS", q_rope_BTNR, k_rope_BSR)) * self.scale
+            if absorb:  # DeepSeek-V2's weight absorption: score the query against the latent directly
+                q_lat_BTNC = jnp.einsum("BTNH,CNH->BTNC", q_nope_BTNH, w_k_CNH)
+                nope_scores = jnp.einsum("BTNC,BSC->BNTS", q_lat_BTNC, c_BSC)
+            else:
+                k_nope_BSNH = jnp.einsum("BSC,CNH->BSNH", c_BSC, w_k_CNH)
+                nope_scores = jnp.einsum("BTNH,BSNH->BNTS", q_nope_BTNH, k_nope_BSNH)
+            scores = (nope_scores + jnp.einsum("BTNR,BSR->BNTS", q_rope_BTNR, k_rope_BSR)) * self.scale
             probs = masked_softmax(scores, mask_BTS[:, None]).astype(self.dt)
-            out_BTNH = jnp.einsum("BNTS,BSNH->BTNH", probs, v_BSNH)
+            if absorb:
+                out_BTNH = jnp.einsum("BTNC,CNH->BTNH", jnp.einsum("BNTS,BSC->BTNC", probs, c_BSC), w_v_CNH)
+            else:
+                out_BTNH = jnp.einsum("BNTS,BSNH->BTNH", probs, jnp.einsum("BSC,CNH->BSNH", c_BSC, w_v_CNH))
         y = jnp.einsum("BTNH,NHD->BTD", out_BTNH, self._w("o_proj"))
         return y + self._w("o_bias") if self.has_bias else y
 

@@ -35,10 +35,13 @@ class Block(nnx.Module):
         self.is_moe = kind == "moe"
         self.mlp = MoE(cfg, rngs, stack) if self.is_moe else MLP(cfg.intermediate_size, cfg, rngs, stack)
 
-    def __call__(self, x_BTD, cos, sin, mask_BTS, valid_BT, replay_BTK=None, cache=None, cache_index=None):
-        """One layer; returns (x, (aux, cache)). With `cache` (this layer's entries, [B, S, ...] each), the
-        new positions' entries are written at slot `cache_index` and the queries attend over the cache."""
-        attn_BTD, cache = self.attention(self.input_layernorm(x_BTD), cos, sin, mask_BTS, cache, cache_index)
+    def __call__(self, x_BTD, cos, sin, mask_BTS, valid_BT, replay_BTK=None, cache=None, layer=None,
+                 cache_index=None):
+        """One layer; returns (x, aux, cache). `cache` is the segment's stacked entries ([L, B, S, ...] each):
+        this layer (`layer`) writes the new positions' entries at slot `cache_index`, then attends over its
+        slice. Writing into the stacked arrays in place avoids copying the cache every decode step."""
+        attn_BTD, cache = self.attention(self.input_layernorm(x_BTD), cos, sin, mask_BTS, cache, layer,
+                                         cache_index)
         x_BTD = constrain(x_BTD + attn_BTD, ("batch", "length", "act_embed"))
         h_BTD = self.post_attention_layernorm(x_BTD)
         aux = None
@@ -46,16 +49,18 @@ class Block(nnx.Module):
             h_BTD, aux = self.mlp(h_BTD, valid_BT, replay_BTK)
         else:
             h_BTD = self.mlp(h_BTD)
-        return constrain(x_BTD + h_BTD, ("batch", "length", "act_embed")), (aux, cache)
+        return constrain(x_BTD + h_BTD, ("batch", "length", "act_embed")), aux, cache
 
-    def attention(self, h_BTD, cos, sin, mask_BTS, cache, cache_index):
+    def attention(self, h_BTD, cos, sin, mask_BTS, cache, layer, cache_index):
         if cache is None:
             return self.self_attn(h_BTD, cos, sin, mask_BTS), None
         queries = self.self_attn.queries(h_BTD, cos, sin)
         entries = self.self_attn.entries(h_BTD, cos, sin)
-        cache = tuple(jax.lax.dynamic_update_slice_in_dim(c, e.astype(c.dtype), cache_index, axis=1)
+        cache = tuple(jax.lax.dynamic_update_slice(c, e[None].astype(c.dtype),
+                                                   (layer, 0, cache_index) + (0,) * (c.ndim - 3))
                       for c, e in zip(cache, entries))
-        return self.self_attn.attend(queries, cache, mask_BTS), cache
+        layer_view = tuple(jax.lax.dynamic_index_in_dim(c, layer, 0, keepdims=False) for c in cache)
+        return self.self_attn.attend(queries, layer_view, mask_BTS), cache
 
 
 class Segment(nnx.Module):
@@ -66,17 +71,21 @@ class Segment(nnx.Module):
         self.block = Block(kind, cfg, rngs, stack=(count,))
 
     def __call__(self, x_BTD, cos, sin, mask_BTS, valid_BT, replay_LBTK=None, cache_L=None, cache_index=None):
-        """Returns (x, (aux stacked over layers, updated cache stacked over layers))."""
+        """Returns (x, aux stacked over layers, updated cache); the cache rides in the scan's carry."""
         graphdef, state = nnx.split(self.block)
 
-        def one_layer(x, inputs):
-            layer_state, replay_BTK, cache = inputs
+        def one_layer(carry, inputs):
+            x, cache = carry
+            layer_state, replay_BTK, layer = inputs
             block = nnx.merge(graphdef, layer_state)
-            return block(x, cos, sin, mask_BTS, valid_BT, replay_BTK, cache, cache_index)
+            x, aux, cache = block(x, cos, sin, mask_BTS, valid_BT, replay_BTK, cache, layer, cache_index)
+            return (x, cache), aux
 
         if self.remat:
             one_layer = jax.checkpoint(one_layer)
-        return jax.lax.scan(one_layer, x_BTD, (state, replay_LBTK, cache_L))
+        layers = jnp.arange(self.count)
+        (x_BTD, cache_L), aux = jax.lax.scan(one_layer, (x_BTD, cache_L), (state, replay_LBTK, layers))
+        return x_BTD, aux, cache_L
 
 
 class Policy(nnx.Module):
@@ -154,7 +163,7 @@ class Policy(nnx.Module):
             if segment.kind == "moe" and replay_LBTK is not None:
                 replay = replay_LBTK[moe_seen: moe_seen + segment.count]
             cache = None if caches is None else caches[i]
-            x_BTD, (aux, cache) = segment(x_BTD, cos, sin, mask_BTS, valid_BT, replay, cache, cache_index)
+            x_BTD, aux, cache = segment(x_BTD, cos, sin, mask_BTS, valid_BT, replay, cache, cache_index)
             new_caches.append(cache)
             if segment.kind == "moe":
                 auxes.append(aux)
