@@ -1,0 +1,200 @@
+"""The policy's tokenizer: a sentencepiece model trained by r1jax, with R1's tags as single pieces.
+
+Conventions:
+- Ids 0-3 are <unk>, <s> (bos), </s> (eos), <pad>; then the tags <think> </think> <answer> </answer>
+  (user-defined pieces: always one token wherever they appear in text); then 256 byte pieces (byte
+  fallback, so no text is unrepresentable); then learned pieces. Text never encodes to bos/eos/pad: the
+  string "<s>" is ordinary characters.
+- encode -> decode is the identity on every valid Unicode string. Normalisation is off (identity rule, no
+  dummy prefix, whitespace kept). sentencepiece spells a space as U+2581 and decodes U+2581 as a space, so
+  that one character is escaped on the way in and restored on the way out (see `_escape`).
+- `vocab_size` is the real number of pieces, which can be below the requested size on a small corpus
+  (hard_vocab_limit off); the model's embedding needs at least that many rows.
+- A tokenizer is one file, `tokenizer.model` (the serialized sentencepiece proto), so a checkpoint can
+  carry it: `tok.save(dir)` / `Tokenizer.load(dir)`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import io
+import pathlib
+import re
+from typing import Iterable, Optional, Sequence
+
+from model.errors import UserError
+
+THINK, END_THINK, ANSWER, END_ANSWER = "<think>", "</think>", "<answer>", "</answer>"
+TAGS = (THINK, END_THINK, ANSWER, END_ANSWER)
+UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
+NUM_BYTES = 256
+MIN_LEARNED_CHARS = 8  # a vocabulary needs a few plain characters besides the byte pieces
+MIN_VOCAB = 4 + len(TAGS) + NUM_BYTES + MIN_LEARNED_CHARS
+FILE_NAME = "tokenizer.model"
+MODEL_TYPES = ("bpe", "unigram")
+
+R1_ZERO_TEMPLATE = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The "
+    "assistant first thinks about the reasoning process in the mind and then provides the user with the "
+    "answer. The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> "
+    "tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>. "
+    "User: {prompt}. Assistant:"
+)
+CHAT_TEMPLATE = "User: {prompt}\nAssistant:"
+TEMPLATES = {"r1_zero": R1_ZERO_TEMPLATE, "chat": CHAT_TEMPLATE}
+
+_META = "\u2581"  # sentencepiece's whitespace symbol
+_ESC = "\U000f0000"  # a private-use character; escapes _META and itself
+_UNESCAPE = re.compile(f"{_ESC}([{_ESC}_])")
+
+
+def _escape(text: str) -> str:
+    return text.replace(_ESC, _ESC + _ESC).replace(_META, _ESC + "_")
+
+
+def _unescape(text: str) -> str:
+    return _UNESCAPE.sub(lambda m: _ESC if m.group(1) == _ESC else _META, text)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerConfig:
+    vocab_size: int = 512  # requested pieces; at least MIN_VOCAB (byte fallback needs 256 of them)
+    model_type: str = "bpe"  # sentencepiece algorithm: "bpe" | "unigram"
+    template: str = "r1_zero"  # prompt template: "r1_zero" (R1-Zero paper, Table 1) | "chat"
+    path: Optional[str] = None  # a directory holding tokenizer.model; None: train one from the corpus
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < MIN_VOCAB:
+            raise UserError(f"tokenizer.vocab_size = {self.vocab_size}: must be >= {MIN_VOCAB} (4 control "
+                            f"pieces + {len(TAGS)} tags + {NUM_BYTES} byte-fallback pieces + "
+                            f"{MIN_LEARNED_CHARS} characters)")
+        if self.model_type not in MODEL_TYPES:
+            raise UserError(f"tokenizer.model_type = {self.model_type!r}: expected one of {MODEL_TYPES}")
+        if self.template not in TEMPLATES:
+            raise UserError(f"tokenizer.template = {self.template!r}: expected one of {sorted(TEMPLATES)}")
+
+
+def apply_template(template: str, prompt: str) -> str:
+    """The text the policy is conditioned on, e.g. apply_template("r1_zero", "Compute 3+4")."""
+    if template not in TEMPLATES:
+        raise UserError(f"unknown template {template!r}: expected one of {sorted(TEMPLATES)}")
+    return TEMPLATES[template].replace("{prompt}", prompt)  # not str.format: prompts may contain braces
+
+
+class Tokenizer:
+    """A loaded sentencepiece model with r1jax's ids and the escaping that makes decode(encode(s)) == s."""
+
+    def __init__(self, model_proto: bytes):
+        import sentencepiece as spm
+
+        self.model_proto = bytes(model_proto)
+        self._sp = spm.SentencePieceProcessor(model_proto=self.model_proto)
+        missing = [t for t in TAGS if self._sp.piece_to_id(t) == UNK_ID]
+        if missing or self._sp.bos_id() != BOS_ID or self._sp.pad_id() != PAD_ID:
+            raise UserError(f"not an r1jax tokenizer (missing {missing or 'bos/pad ids'}); "
+                            "train one with `r1jax tokenizer train`")
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.get_piece_size()
+
+    unk_id, bos_id, eos_id, pad_id = UNK_ID, BOS_ID, EOS_ID, PAD_ID
+
+    @property
+    def think_id(self) -> int:
+        return self._sp.piece_to_id(THINK)
+
+    @property
+    def end_think_id(self) -> int:
+        return self._sp.piece_to_id(END_THINK)
+
+    @property
+    def answer_id(self) -> int:
+        return self._sp.piece_to_id(ANSWER)
+
+    @property
+    def end_answer_id(self) -> int:
+        return self._sp.piece_to_id(END_ANSWER)
+
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        ids = self._sp.encode(_escape(text))
+        return ([BOS_ID] if add_bos else []) + ids + ([EOS_ID] if add_eos else [])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of `ids`; control ids (bos, eos, pad) decode to nothing, invalid byte runs to U+FFFD."""
+        return _unescape(self._sp.decode([int(i) for i in ids]))
+
+    def id_to_piece(self, token_id: int) -> str:
+        return self._sp.id_to_piece(int(token_id))
+
+    def save(self, directory: str | pathlib.Path) -> pathlib.Path:
+        path = pathlib.Path(directory) / FILE_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(self.model_proto)
+        return path
+
+    @classmethod
+    def load(cls, directory: str | pathlib.Path) -> "Tokenizer":
+        path = pathlib.Path(directory)
+        path = path / FILE_NAME if path.is_dir() else path
+        if not path.is_file():
+            raise UserError(f"tokenizer file {str(path)!r} does not exist")
+        try:
+            return cls(path.read_bytes())
+        except RuntimeError as err:  # sentencepiece's error for a file that is not a model proto
+            raise UserError(f"tokenizer file {str(path)!r} is not a sentencepiece model: {err}") from err
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Tokenizer) and self.model_proto == other.model_proto
+
+    def __hash__(self) -> int:
+        return hash(self.model_proto)
+
+
+def _read_corpus(corpus: Iterable[str] | str | pathlib.Path, max_lines: int) -> list[str]:
+    if isinstance(corpus, (str, pathlib.Path)):
+        path = pathlib.Path(corpus)
+        if not path.is_file():
+            raise UserError(f"tokenizer corpus {str(path)!r} is not a file")
+        corpus = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    lines = []
+    for text in corpus:  # sentencepiece reads lines; newlines reach the model through byte fallback
+        lines.extend(line for line in _escape(text).splitlines() if line.strip())
+        if len(lines) >= max_lines:
+            break
+    if not lines:
+        raise UserError("tokenizer corpus is empty")
+    return lines[:max_lines]
+
+
+def _keep_frequent_chars(lines: list[str], vocab_size: int) -> list[str]:
+    """Drop the rarest characters from the training text so the required characters fit the vocabulary.
+
+    sentencepiece insists that every kept character be a piece and refuses character_coverage < 0.98, so a
+    small vocabulary over varied text would fail to train. Dropped characters still encode, as bytes.
+    """
+    counts = collections.Counter(char for line in lines for char in line)
+    budget = vocab_size - (4 + len(TAGS) + NUM_BYTES) - 2  # -2: room for whitespace and a margin
+    if len(counts) <= budget:
+        return lines
+    keep = {char for char, _ in counts.most_common(max(budget, 1))} | {" "}
+    return ["".join(c for c in line if c in keep) for line in lines]
+
+
+def train_tokenizer(corpus: Iterable[str] | str | pathlib.Path, vocab_size: int = 512,
+                    model_type: str = "bpe", max_lines: int = 200_000) -> Tokenizer:
+    """Train on strings (or the lines of a text file); deterministic for a given corpus and size."""
+    import sentencepiece as spm
+
+    TokenizerConfig(vocab_size=vocab_size, model_type=model_type)  # validates both
+    lines = _keep_frequent_chars(_read_corpus(corpus, max_lines), vocab_size)
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=buffer, vocab_size=vocab_size, model_type=model_type,
+        byte_fallback=True, user_defined_symbols=list(TAGS), unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+        pad_id=PAD_ID, normalization_rule_name="identity", add_dummy_prefix=False,
+        remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, split_digits=True,
+        character_coverage=1.0, hard_vocab_limit=False, max_sentence_length=1 << 16, num_threads=1,
+        minloglevel=2)
+    return Tokenizer(buffer.getvalue())

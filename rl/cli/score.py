@@ -1,0 +1,74 @@
+"""Score saved completions offline with exactly the training rewards, in the same killable worker pool.
+
+Each input row (JSONL or Parquet) needs `completion` and `answer`; `task` (default math) picks the
+verifier, `prompt` and `length` (completion tokens, for the overlong penalty) are optional. One JSON line
+per row is printed in input order: the row plus `rewards` (name -> value) and `status` (ok, timeout,
+crashed, error; failures score 0 and add an `error` field).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+CHUNK = 256  # rows scored per pool batch, so output streams on large files
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE.jsonl", help="rows with completion and answer")
+    parser.add_argument("--rewards", default="accuracy,format", metavar="NAMES",
+                        help="comma-separated reward names (accuracy, format, language, overlong)")
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="per-row time limit; a row past it scores 0 with status timeout")
+    parser.add_argument("--workers", type=int, default=2, metavar="N", help="worker processes")
+    parser.add_argument("--memory-mb", type=int, default=2048, metavar="MB",
+                        help="address-space limit per worker (0: none)")
+    parser.add_argument("--language", default="en", help="target language of the language reward")
+    parser.add_argument("--max-length", type=int, default=1024, metavar="N",
+                        help="overlong penalty: the length budget L_max")
+    parser.add_argument("--overlong-buffer", type=int, default=256, metavar="N",
+                        help="overlong penalty: the soft zone L_cache before L_max")
+
+
+def read_items(path: str) -> tuple[list[dict], list]:
+    """Every row validated up front (a bad row fails before anything is scored)."""
+    from model.errors import UserError
+    from rl.data.records import check_task, read_rows, text_field
+    from rl.rewards import ScoreItem
+
+    rows, items = [], []
+    for number, row in read_rows(path):
+        where = f"{path}: row {number}"
+        completion = row.get("completion")
+        if not isinstance(completion, str):
+            raise UserError(f"{where}: field 'completion' must be a string, got {type(completion).__name__}")
+        length = row.get("length")
+        if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length < 0):
+            raise UserError(f"{where}: field 'length' must be a non-negative integer, got {length!r}")
+        items.append(ScoreItem(prompt=text_field(row, "prompt", where, required=False) or "",
+                               completion=completion,
+                               reference=text_field(row, "answer", where, required=True, numbers_ok=True),
+                               task=check_task(row, where, "math"), length=length))
+        rows.append(row)
+    return rows, items
+
+
+def run(args: argparse.Namespace) -> int:
+    from rl.rewards import PoolConfig, RewardPool, RewardsConfig
+    from rl.rewards.functions import check_names
+
+    names = tuple(n.strip() for n in args.rewards.split(",") if n.strip())
+    rewards = RewardsConfig(names=names, weights=(1.0,) * len(names), language=args.language,
+                            max_length=args.max_length, overlong_buffer=args.overlong_buffer)
+    pool_config = PoolConfig(workers=args.workers, timeout_s=args.timeout, memory_mb=args.memory_mb)
+    check_names(rewards)  # before reading a large file
+    rows, items = read_items(args.file)
+    with RewardPool(rewards, pool_config) as pool:
+        for start in range(0, len(items), CHUNK):
+            results = pool.score_batch(items[start:start + CHUNK])
+            for row, result in zip(rows[start:start + CHUNK], results):
+                out = {**row, "rewards": result.rewards, "status": result.status}
+                if result.error:
+                    out["error"] = result.error
+                print(json.dumps(out, ensure_ascii=False), flush=True)
+    return 0

@@ -1,0 +1,16 @@
+"""Data: user files (JSONL / Parquet), generated task sources, grain pipelines, tokenizer corpora.
+
+    it = make_iterator(DataConfig(tasks=("countdown",)), batch_size=8, process_index=0, process_count=1)
+    batch = next(it)                 # list of 8 problem dicts: task, prompt, answer, solution, difficulty
+    state = it.get_state()           # JSON-serialisable; it.set_state(state) resumes exactly
+    tokenizer = build_tokenizer(TokenizerConfig(), DataConfig())   # load tokenizer.path or train on the data
+"""
+
+from rl.data.config import DataConfig
+from rl.data.corpus import build_tokenizer, file_corpus, task_corpus
+from rl.data.pipeline import TaskSource, build_source, make_dataset, make_iterator
+from rl.data.records import load_problems, read_rows, text_field
+
+__all__ = ["DataConfig", "TaskSource", "build_source", "build_tokenizer", "file_corpus", "load_problems",
+           "make_dataset",
+           "make_iterator", "read_rows", "task_corpus", "text_field"]

@@ -1,0 +1,47 @@
+"""Text to train a tokenizer on: the tasks' own prompts and worked solutions, or a user's file.
+
+Every corpus starts with the prompt templates, which prefix every training sequence.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Iterator, Sequence
+
+from model.tokenizer import TEMPLATES, Tokenizer, TokenizerConfig, train_tokenizer
+from rl.data.config import DataConfig
+from rl.data.records import read_rows
+from rl.tasks import get_task
+
+
+def task_corpus(task_names: Sequence[str], problems_per_level: int = 400, seed: int = 0) -> Iterator[str]:
+    """The templates, then prompt and solution of problems at every difficulty level of each task."""
+    yield from TEMPLATES.values()
+    for name in task_names:
+        for level in get_task(name).levels:
+            task = get_task(name, level)
+            for index in range(problems_per_level):
+                problem = task.generate(seed, index)
+                yield problem.prompt
+                yield problem.solution
+
+
+def file_corpus(path: str | pathlib.Path) -> Iterator[str]:
+    """The templates, then the lines of a text file or the text fields of a JSONL / Parquet data file."""
+    yield from TEMPLATES.values()
+    path = pathlib.Path(path)
+    if path.suffix not in (".jsonl", ".parquet"):
+        yield from path.read_text(encoding="utf-8", errors="replace").splitlines()
+        return
+    for _, row in read_rows(path):
+        for field in ("prompt", "answer", "solution", "completion"):
+            if isinstance(row.get(field), str):
+                yield row[field]
+
+
+def build_tokenizer(tokenizer: TokenizerConfig, data: DataConfig) -> Tokenizer:
+    """The tokenizer of a run: `tokenizer.path` when set, else one trained on the run's data."""
+    if tokenizer.path is not None:
+        return Tokenizer.load(tokenizer.path)
+    corpus = file_corpus(data.path) if data.path is not None else task_corpus(data.tasks, seed=data.seed)
+    return train_tokenizer(corpus, tokenizer.vocab_size, tokenizer.model_type)

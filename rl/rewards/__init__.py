@@ -1,0 +1,21 @@
+"""Rule-based rewards (DeepSeek-R1 / DAPO) and the host-side worker pool that scores them.
+
+    config = RewardsConfig(names=("accuracy", "format"), weights=(1.0, 1.0))
+    item = ScoreItem(prompt="Compute 3+4", completion="<think> 3+4=7. </think> <answer> 7 </answer>",
+                     reference="7", task="arithmetic")
+    score_item(item, config)                 # {"accuracy": 1.0, "format": 1.0}, in this process
+    with RewardPool(config, PoolConfig(workers=2, timeout_s=5)) as pool:
+        results = pool.score_batch([item])   # [ScoreResult(rewards=..., total=2.0, status="ok", ...)]
+
+The trainer uses the pool, never `score_item` directly: model text is only parsed inside killable worker
+processes, and only through r1jax's own bounded parsers or math-verify's LaTeX grammar.
+"""
+
+from rl.rewards.config import LANGUAGE_SCRIPTS, PoolConfig, RewardsConfig
+from rl.rewards.extract import extract_answer, split_completion
+from rl.rewards.functions import REWARDS, ScoreItem, combine, register_reward, score_item
+from rl.rewards.pool import STATUSES, BatchHandle, RewardPool, ScoreResult, batch_metrics
+
+__all__ = ["LANGUAGE_SCRIPTS", "REWARDS", "STATUSES", "BatchHandle", "PoolConfig", "RewardPool",
+           "RewardsConfig", "ScoreItem", "ScoreResult", "batch_metrics", "combine", "extract_answer",
+           "register_reward", "score_item", "split_completion"]

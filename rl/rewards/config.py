@@ -1,0 +1,66 @@
+"""Reward and reward-pool configs: frozen, typed (OmegaConf-compatible), validated on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from model.errors import UserError
+
+# Language code -> Unicode script names (the first word of unicodedata.name) that count as that language.
+LANGUAGE_SCRIPTS = {
+    "en": ("LATIN",), "fr": ("LATIN",), "de": ("LATIN",), "es": ("LATIN",), "it": ("LATIN",),
+    "pt": ("LATIN",), "zh": ("CJK",), "ja": ("CJK", "HIRAGANA", "KATAKANA"), "ko": ("HANGUL",),
+    "ru": ("CYRILLIC",), "el": ("GREEK",), "ar": ("ARABIC",),
+}
+
+
+def _require(ok: bool, section: str, field: str, value: object, expected: str) -> None:
+    if not ok:
+        raise UserError(f"{section}.{field} = {value!r}: expected {expected}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardsConfig:
+    """Which rule-based rewards score a completion and how they add up (total = sum of weight * reward)."""
+
+    names: tuple[str, ...] = ("accuracy", "format")  # registered reward names (rl.rewards.REWARDS)
+    weights: tuple[float, ...] = (1.0, 1.0)  # R1-Zero: Reward_rule = Reward_acc + Reward_format (R1, Nature)
+    language: str = "en"  # target language of the chain of thought (R1's language-consistency reward)
+    max_length: int = 1024  # L_max of DAPO's soft overlong penalty, in completion tokens
+    overlong_buffer: int = 256  # L_cache: the penalty ramps from 0 to -1 over the last L_cache tokens (DAPO)
+    answer_max_chars: int = 256  # K: only the last K characters of an extracted answer are ever parsed
+
+    def __post_init__(self) -> None:
+        s = "rewards"
+        _require(len(self.names) > 0, s, "names", self.names, "at least one reward")
+        _require(len(set(self.names)) == len(self.names), s, "names", self.names, "no duplicates")
+        _require(len(self.weights) == len(self.names), s, "weights", self.weights,
+                 f"one weight per name ({len(self.names)})")
+        _require(self.language in LANGUAGE_SCRIPTS, s, "language", self.language,
+                 f"one of {sorted(LANGUAGE_SCRIPTS)}")
+        _require(self.max_length >= 1, s, "max_length", self.max_length, ">= 1")
+        _require(0 <= self.overlong_buffer <= self.max_length, s, "overlong_buffer", self.overlong_buffer,
+                 f"in [0, max_length={self.max_length}]")
+        _require(self.answer_max_chars >= 1, s, "answer_max_chars", self.answer_max_chars, ">= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolConfig:
+    """The host-side worker processes that score completions (never the trainer process)."""
+
+    workers: int = 2  # worker processes; each scores one completion at a time
+    timeout_s: float = 10.0  # per completion, from when a worker starts it; the hung worker is killed
+    batch_deadline_s: float = 600.0  # backstop per batch: whatever is unfinished then scores 0 (timeout)
+    max_tasks_per_worker: int = 1000  # a worker is replaced by a fresh process after this many completions
+    memory_mb: int = 2048  # address-space limit per worker (RLIMIT_AS); 0: no limit
+    import_modules: tuple[str, ...] = ()  # modules imported in every worker, e.g. ones registering rewards
+
+    def __post_init__(self) -> None:
+        s = "reward_pool"
+        _require(self.workers >= 1, s, "workers", self.workers, ">= 1")
+        _require(self.timeout_s > 0, s, "timeout_s", self.timeout_s, "> 0")
+        _require(self.batch_deadline_s > 0, s, "batch_deadline_s", self.batch_deadline_s, "> 0")
+        _require(self.max_tasks_per_worker >= 0, s, "max_tasks_per_worker", self.max_tasks_per_worker,
+                 ">= 0 (0: never recycle)")
+        _require(self.memory_mb == 0 or self.memory_mb >= 256, s, "memory_mb", self.memory_mb,
+                 "0 (no limit) or >= 256 (a warmed-up worker maps ~80 MB)")

@@ -1,0 +1,138 @@
+"""Rule-based rewards: pure functions (item, config) -> float, registered by name, combined by weight.
+
+An item is what the trainer knows about one completion: its prompt, the completion text, the reference
+answer, the task that verifies it and (optionally) the completion length in tokens. Every reward is a
+pure function of the item and the RewardsConfig, so scoring in a worker process equals scoring here.
+
+Built in (DeepSeek-R1 and DAPO):
+- accuracy: 1 when the final answer (see `extract.py`) verifies against the reference with the item's
+  task verifier (`math`: math-verify; `arithmetic`, `countdown`, `algebra`: their own exact verifiers).
+- format: 1 for exactly `<think> T </think> <answer> A </answer>` with non-empty T and A, else 0.
+- language: the share of chain-of-thought words written in the target language's script (R1's
+  language-consistency reward, 'Reasoning-oriented Reinforcement Learning');
+  0 without a chain of thought, 1 for one made only of numbers and symbols.
+- overlong: DAPO's soft overlong punishment, 0 below L_max - L_cache, a linear ramp to -1 at L_max, -1
+  beyond (DAPO §3.4, soft overlong punishment). Length in tokens when the item has it, else in characters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+import unicodedata
+from typing import Callable, Optional
+
+from model.errors import UserError
+from rl.rewards.config import LANGUAGE_SCRIPTS, RewardsConfig
+from rl.rewards.extract import ANSWER, END_ANSWER, END_THINK, THINK, extract_answer, split_completion
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreItem:
+    prompt: str
+    completion: str
+    reference: str
+    task: str = "math"
+    length: Optional[int] = None  # completion length in tokens, for the overlong penalty
+
+
+RewardFn = Callable[[ScoreItem, RewardsConfig], float]
+REWARDS: dict[str, RewardFn] = {}
+
+
+def register_reward(name: str):
+    """Decorator: make `fn(item, config) -> float` available as a reward named `name` in configs."""
+    def decorate(fn: RewardFn) -> RewardFn:
+        REWARDS[name] = fn
+        return fn
+    return decorate
+
+
+def check_names(config: RewardsConfig) -> None:
+    unknown = [n for n in config.names if n not in REWARDS]
+    if unknown:
+        raise UserError(f"rewards.names: unknown reward(s) {unknown}; registered: {', '.join(sorted(REWARDS))}"
+                        " (custom rewards need their module in reward_pool.import_modules)")
+
+
+@functools.lru_cache(maxsize=64)
+def _task(name: str):
+    from rl.tasks import TASKS, get_task
+
+    if name not in TASKS:
+        return get_task(name)  # the UserError naming the known tasks
+    return get_task(name, min(TASKS[name].levels))  # verifiers do not depend on the difficulty
+
+
+@register_reward("accuracy")
+def accuracy(item: ScoreItem, config: RewardsConfig) -> float:
+    answer = extract_answer(item.completion, config.answer_max_chars)
+    if answer is None:
+        return 0.0
+    return float(_task(item.task).verify(answer, item.reference, item.prompt))
+
+
+@register_reward("format")
+def format_reward(item: ScoreItem, config: RewardsConfig) -> float:
+    text = item.completion.strip()
+    if not (text.startswith(THINK) and text.endswith(END_ANSWER)):
+        return 0.0
+    if any(text.count(tag) != 1 for tag in (THINK, END_THINK, ANSWER, END_ANSWER)):
+        return 0.0
+    think_end, answer_start = text.index(END_THINK), text.index(ANSWER)
+    if answer_start < think_end or text[think_end + len(END_THINK):answer_start].strip():
+        return 0.0  # the answer must follow the thought, with only whitespace between
+    thought = text[len(THINK):think_end]
+    answer = text[answer_start + len(ANSWER):-len(END_ANSWER)]
+    return float(bool(thought.strip()) and bool(answer.strip()))
+
+
+_WORD = re.compile(r"[^\W\d_]+")  # runs of letters: numbers and symbols are neither language
+_IDEOGRAPHIC = ("CJK", "HIRAGANA", "KATAKANA")  # scripts written without spaces: each character is a word
+
+
+@functools.lru_cache(maxsize=8192)
+def _script(char: str) -> str:
+    return unicodedata.name(char, "UNKNOWN").split(" ")[0]
+
+
+def word_scripts(text: str) -> list[str]:
+    scripts = []
+    for word in _WORD.findall(text):
+        first = _script(word[0])
+        scripts.extend([_script(c) for c in word] if first in _IDEOGRAPHIC else [first])
+    return scripts
+
+
+@register_reward("language")
+def language_consistency(item: ScoreItem, config: RewardsConfig) -> float:
+    thought, _ = split_completion(item.completion)
+    if thought is None or not thought.strip():
+        return 0.0
+    scripts = word_scripts(thought)
+    if not scripts:
+        return 1.0  # only numbers and symbols ("3+4=7."): no word in another language
+    target = LANGUAGE_SCRIPTS[config.language]
+    return sum(s in target for s in scripts) / len(scripts)
+
+
+@register_reward("overlong")
+def overlong_penalty(item: ScoreItem, config: RewardsConfig) -> float:
+    length = item.length if item.length is not None else len(item.completion)
+    safe = config.max_length - config.overlong_buffer
+    if length <= safe:
+        return 0.0
+    if length > config.max_length:
+        return -1.0
+    return (safe - length) / config.overlong_buffer
+
+
+def score_item(item: ScoreItem, config: RewardsConfig) -> dict[str, float]:
+    """Every configured reward of one item, by name (the total is `combine`)."""
+    check_names(config)
+    return {name: float(REWARDS[name](item, config)) for name in config.names}
+
+
+def combine(rewards: dict[str, float], config: RewardsConfig) -> float:
+    return sum(weight * rewards.get(name, 0.0) for name, weight in zip(config.names, config.weights))

@@ -1,0 +1,185 @@
+"""The reward worker pool: scoring in killable processes, asynchronously, without ever raising.
+
+    with RewardPool(RewardsConfig(), PoolConfig(workers=4, timeout_s=5)) as pool:
+        handle = pool.submit(items)          # returns at once; workers score while the device works
+        ...                                  # the next rollout, the previous update
+        results = pool.collect(handle)       # list[ScoreResult], in the order of `items`
+
+Every result has a status: "ok"; "timeout" (the item ran past `timeout_s` and its worker was killed, or the
+batch passed `batch_deadline_s`); "crashed" (its worker died: a signal, a segfault, out of memory);
+"error" (a reward raised). A failed item scores 0 on every reward; only that item fails, and pebble
+replaces a killed worker so the pool is back to N workers. Counts by status feed the trainer's metrics.
+
+Workers are started with the "spawn" method: the trainer process runs JAX's threads, and forking a
+threaded process can deadlock the child.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import importlib
+import multiprocessing
+import time
+from typing import Sequence
+
+import pebble
+
+from model.errors import UserError
+from rl.rewards import worker
+from rl.rewards.config import PoolConfig, RewardsConfig
+from rl.rewards.functions import ScoreItem, check_names, combine
+
+STATUSES = ("ok", "timeout", "crashed", "error")
+STARTUP_TIMEOUT_S = 120.0  # a cold worker imports sympy and math-verify
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreResult:
+    rewards: dict[str, float]  # every configured reward by name (all 0.0 unless status is "ok")
+    total: float  # sum of weight * reward
+    status: str  # one of STATUSES
+    error: str | None = None  # what went wrong, for logs
+    pid: int | None = None  # the worker that scored it (None when unknown)
+
+
+@dataclasses.dataclass
+class BatchHandle:
+    """A submitted batch: collect it with `pool.collect(handle)`."""
+
+    futures: list
+    deadline: float  # time.monotonic() after which unfinished items count as timed out
+    submitted: float
+    results: list | None = None  # filled by the first collect; collecting again returns them
+
+    def done(self) -> bool:
+        """Whether `collect` would return without waiting."""
+        return all(future.done() for future in self.futures)
+
+
+class RewardPool:
+    def __init__(self, rewards: RewardsConfig | None = None, config: PoolConfig | None = None):
+        self.rewards = rewards or RewardsConfig()
+        self.config = config or PoolConfig()
+        for name in self.config.import_modules:  # here too, so that custom reward names validate
+            try:
+                importlib.import_module(name)
+            except ImportError as err:
+                raise UserError(f"reward_pool.import_modules: cannot import {name!r}: {err}") from err
+        check_names(self.rewards)
+        self.counts: collections.Counter = collections.Counter()
+        self.wait_s = 0.0  # time callers spent blocked in collect: how long scoring stalled the trainer
+        self._pool = pebble.ProcessPool(
+            max_workers=self.config.workers, max_tasks=self.config.max_tasks_per_worker,
+            initializer=worker.initialize, initargs=(self.config.memory_mb, tuple(self.config.import_modules)),
+            context=multiprocessing.get_context("spawn"))
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Wait for the workers (pebble starts them all at once) before the first timed batch, so that a
+        broken initializer (an import error, too little memory) fails here, as a UserError."""
+        futures = [self._pool.submit(worker.ping, None) for _ in range(self.config.workers)]
+        try:
+            for future in futures:
+                future.result(timeout=STARTUP_TIMEOUT_S)
+        except Exception as err:
+            self.close()
+            raise UserError(f"reward pool: workers failed to start ({type(err).__name__}: {err}); "
+                            f"check reward_pool.memory_mb and reward_pool.import_modules") from err
+
+    def submit(self, items: Sequence[ScoreItem]) -> BatchHandle:
+        now = time.monotonic()
+        futures = []
+        for item in items:
+            try:
+                futures.append(self._pool.submit(worker.score, self.config.timeout_s, item, self.rewards))
+            except Exception as err:  # the pool is closed or broken: this item fails, nothing raises
+                futures.append(_failed_future(err))
+        return BatchHandle(futures, deadline=now + self.config.batch_deadline_s, submitted=now)
+
+    def collect(self, handle: BatchHandle) -> list[ScoreResult]:
+        """Wait for a batch (at most until its deadline) and return its results in submission order."""
+        if handle.results is None:
+            start = time.monotonic()
+            concurrent.futures.wait(handle.futures, timeout=max(0.0, handle.deadline - start))
+            handle.results = [self._result(future) for future in handle.futures]
+            self.counts.update(r.status for r in handle.results)
+            self.wait_s += time.monotonic() - start
+        return handle.results
+
+    def score_batch(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:
+        return self.collect(self.submit(items))
+
+    def _result(self, future) -> ScoreResult:
+        if not future.done():
+            future.cancel()  # pebble kills the worker running it
+            return self._failure("timeout", "batch deadline passed")
+        try:
+            status, rewards, error, pid = future.result()
+        except concurrent.futures.TimeoutError:
+            return self._failure("timeout", f"took longer than {self.config.timeout_s} s; worker killed")
+        except pebble.ProcessExpired as err:
+            return self._failure("crashed", _describe_exit(err.exitcode, self.config.memory_mb), err.pid)
+        except concurrent.futures.CancelledError:
+            return self._failure("timeout", "cancelled")
+        except Exception as err:
+            return self._failure("error", f"{type(err).__name__}: {err}")
+        if status != "ok":
+            return self._failure(status, error, pid)
+        return ScoreResult(rewards, combine(rewards, self.rewards), "ok", None, pid)
+
+    def _failure(self, status: str, error: str | None, pid: int | None = None) -> ScoreResult:
+        zeros = {name: 0.0 for name in self.rewards.names}
+        return ScoreResult(zeros, 0.0, status, error, pid)
+
+    def metrics(self) -> dict[str, float]:
+        """Cumulative counts by status, the failed fraction and the time spent waiting in collect."""
+        scored = sum(self.counts.values())
+        out = {f"reward_pool/{s}": float(self.counts[s]) for s in STATUSES}
+        out["reward_pool/failed_fraction"] = (scored - self.counts["ok"]) / scored if scored else 0.0
+        out["reward_pool/wait_s"] = self.wait_s
+        return out
+
+    def worker_pids(self) -> list[int]:
+        """PIDs of the live workers (pebble's internals; for tests and diagnostics)."""
+        workers = self._pool._pool_manager.worker_manager.workers
+        return sorted(pid for pid, process in list(workers.items()) if process.is_alive())
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop every worker now (running items are abandoned) and wait for them to exit."""
+        self._pool.stop()
+        try:
+            self._pool.join(timeout=timeout_s)
+        except TimeoutError:  # pebble has already sent SIGKILL; never raise into the trainer's shutdown
+            pass
+
+    def __enter__(self) -> "RewardPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _failed_future(error: Exception) -> concurrent.futures.Future:
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    future.set_exception(error)
+    return future
+
+
+def _describe_exit(exitcode: int | None, memory_mb: int) -> str:
+    if exitcode == worker.OOM_EXIT_CODE:
+        return f"worker ran out of memory (reward_pool.memory_mb = {memory_mb})"
+    if exitcode is not None and exitcode < 0:
+        return f"worker killed by signal {-exitcode}"
+    return f"worker exited with code {exitcode}"
+
+
+def batch_metrics(results: Sequence[ScoreResult]) -> dict[str, float]:
+    """Per-batch means of each reward and of the total, and counts by status."""
+    out = {f"reward_status/{s}": float(sum(r.status == s for r in results)) for s in STATUSES}
+    if results:
+        for name in results[0].rewards:
+            out[f"reward/{name}"] = sum(r.rewards[name] for r in results) / len(results)
+        out["reward/total"] = sum(r.total for r in results) / len(results)
+    return out

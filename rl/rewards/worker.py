@@ -1,0 +1,69 @@
+"""What runs inside a reward worker process (spawned, never forked: the trainer runs JAX threads).
+
+`initialize` runs once per worker before any task: it hides accelerators (JAX_PLATFORMS=cpu, no visible
+CUDA/ROCm/TPU devices) so nothing in a worker can claim a chip the trainer owns, caps the address space
+(RLIMIT_AS) so a runaway allocation fails here and not in the host, ignores SIGINT (the trainer decides
+when workers stop), and imports the modules that register custom rewards and tasks.
+
+`score` never raises: it returns (status, rewards, error, pid). Out of memory is the exception to the
+rule: the worker exits with OOM_EXIT_CODE (its state may be damaged), the pool reports the item as
+crashed and starts a fresh worker.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import resource
+import signal
+from typing import Sequence
+
+OOM_EXIT_CODE = 75
+HIDDEN_DEVICES_ENV = {
+    "JAX_PLATFORMS": "cpu",
+    "CUDA_VISIBLE_DEVICES": "",
+    "HIP_VISIBLE_DEVICES": "",
+    "ROCR_VISIBLE_DEVICES": "",
+    "TPU_VISIBLE_CHIPS": "",
+    "TPU_VISIBLE_DEVICES": "",
+    "TPU_PROCESS_BOUNDS": "",
+    "TPU_CHIPS_PER_PROCESS_BOUNDS": "",
+}
+
+
+def initialize(memory_mb: int, modules: Sequence[str]) -> None:
+    os.environ.update(HIDDEN_DEVICES_ENV)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if memory_mb:
+        limit = memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout disabled" notice, per worker
+    import rl.rewards.functions  # noqa: F401  (the built-in rewards and tasks)
+
+    for name in modules:
+        importlib.import_module(name)
+    _warm_up()
+
+
+def _warm_up() -> None:
+    """Import sympy and math-verify now, so a fresh worker's first item is not charged for them."""
+    from rl.tasks import get_task
+
+    get_task("math").verify("x^2-1", "(x-1)(x+1)")  # parse, compare, simplify (imports sympy.physics)
+    get_task("algebra").verify("2x", "x+x")
+
+
+def score(item, config) -> tuple[str, dict, str | None, int]:
+    from rl.rewards.functions import score_item
+
+    try:
+        return "ok", score_item(item, config), None, os.getpid()
+    except MemoryError:
+        os._exit(OOM_EXIT_CODE)
+    except Exception as err:  # a bug in a reward or verifier: this item fails, the worker goes on
+        return "error", {}, f"{type(err).__name__}: {err}"[:500], os.getpid()
+
+
+def ping() -> int:
+    return os.getpid()

@@ -1,0 +1,75 @@
+"""Arithmetic: evaluate an integer expression of + - * with standard precedence.
+
+Knobs: `digits` (largest operand has this many digits), `operands` (how many numbers), `ops` (which
+operators appear). The worked solution reduces the leftmost highest-precedence operator one step at a time
+("37*4=148. 148-12=136."), which is also how a tiny model can learn it. The answer is a single integer; an
+expression such as "148-12" is not accepted as a final answer.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+from rl.tasks import safe_math
+from rl.tasks.base import Problem, Task, r1_solution, register_task, strip_markup
+
+_PRECEDENCE = {"*": 2, "+": 1, "-": 1}
+
+
+def _apply(a: int, op: str, b: int) -> int:
+    return a * b if op == "*" else a + b if op == "+" else a - b
+
+
+def reduce_steps(numbers: list[int], ops: list[str]) -> tuple[list[str], int]:
+    """Evaluate left to right by precedence, recording each step as 'a*b=c'."""
+    numbers, ops, steps = list(numbers), list(ops), []
+    while ops:
+        top = max(_PRECEDENCE[o] for o in ops)
+        i = next(i for i, o in enumerate(ops) if _PRECEDENCE[o] == top)
+        value = _apply(numbers[i], ops[i], numbers[i + 1])
+        steps.append(f"{_show(numbers[i])}{ops[i]}{_show(numbers[i + 1])}={value}.")
+        numbers[i:i + 2] = [value]
+        del ops[i]
+    return steps, numbers[0]
+
+
+def _show(n: int) -> str:
+    return f"({n})" if n < 0 else str(n)  # "5*(-3)", never the ambiguous "5*-3"
+
+
+def parse_number(text: str) -> Fraction | None:
+    """A signed number literal ("136", "-7", "1,360", "136.0"), or None for anything else."""
+    text = strip_markup(text).replace(" ", "")
+    if "," in text and all(len(g) == 3 for g in text.lstrip("-+").split(",")[1:]):
+        text = text.replace(",", "")  # thousands separators only: "1,360"
+    try:
+        node = safe_math.parse(text)
+    except safe_math.MathError:
+        return None
+    return safe_math.evaluate(node) if safe_math.is_number(node) else None
+
+
+@register_task
+class ArithmeticTask(Task):
+    name = "arithmetic"
+    levels = {
+        1: {"digits": 1, "operands": 2, "ops": "+-*"},
+        2: {"digits": 2, "operands": 2, "ops": "+-*"},
+        3: {"digits": 2, "operands": 3, "ops": "+-*"},
+        4: {"digits": 3, "operands": 3, "ops": "+-*"},
+        5: {"digits": 3, "operands": 4, "ops": "+-*"},
+    }
+
+    def generate(self, seed: int, index: int) -> Problem:
+        rng = self.rng(seed, index)
+        digits, count = self.knobs["digits"], self.knobs["operands"]
+        numbers = [rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10 ** digits - 1) for _ in range(count)]
+        ops = [rng.choice(self.knobs["ops"]) for _ in range(count - 1)]
+        expression = "".join(f"{n}{o}" for n, o in zip(numbers, ops)) + str(numbers[-1])
+        steps, value = reduce_steps(numbers, ops)
+        return Problem(task=self.name, prompt=f"Compute {expression}", answer=str(value),
+                       solution=r1_solution(steps, str(value)), difficulty=self.difficulty)
+
+    def verify(self, candidate: str, reference: str, prompt: str = "") -> bool:
+        got, want = parse_number(candidate), parse_number(reference)
+        return got is not None and want is not None and got == want

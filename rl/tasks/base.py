@@ -1,0 +1,113 @@
+"""The task protocol, problems, and the registry of tasks by name.
+
+A task is a deterministic generator plus a verifier. `task.generate(seed, index)` depends only on (task
+name, difficulty, seed, index): the random generator is seeded from those through `random.Random(str)`,
+which hashes with SHA-512 and so is identical in every process and Python run (no PYTHONHASHSEED
+dependence). Random access by index is what lets grain shuffle, shard and checkpoint a task source.
+
+`task.verify(candidate, reference, prompt)` answers whether an extracted final answer is correct. It must
+never raise on model text (garbage is simply wrong) and never hand it to `eval`/`sympify`/`parse_expr`.
+Worked solutions are in the R1 format `<think> steps </think> <answer> answer </answer>`, short enough for
+tiny models (prompts stay well under 60 characters).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+from typing import Callable
+
+from model.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    task: str
+    prompt: str
+    answer: str  # the reference answer the verifier checks against
+    solution: str  # a worked solution "<think> ... </think> <answer> ... </answer>" for cold-start SFT
+    difficulty: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def r1_solution(steps: list[str], answer: str) -> str:
+    return f"<think> {' '.join(steps)} </think> <answer> {answer} </answer>"
+
+
+class Task:
+    """Base class: subclasses set `name`, `levels` (difficulty -> knobs) and implement both methods."""
+
+    name: str = ""
+    levels: dict[int, dict] = {1: {}}
+
+    def __init__(self, difficulty: int = 1, **knobs):
+        if difficulty not in self.levels:
+            raise UserError(f"task {self.name!r}: difficulty {difficulty} is not one of {sorted(self.levels)}")
+        unknown = set(knobs) - set(self.levels[difficulty])
+        if unknown:
+            raise UserError(f"task {self.name!r}: unknown knob(s) {sorted(unknown)}; "
+                            f"known: {sorted(self.levels[difficulty])}")
+        self.difficulty = difficulty
+        self.knobs = {**self.levels[difficulty], **knobs}
+
+    def rng(self, seed: int, index: int) -> random.Random:
+        return random.Random(f"{self.name}:{self.difficulty}:{sorted(self.knobs.items())}:{seed}:{index}")
+
+    def generate(self, seed: int, index: int) -> Problem:
+        raise NotImplementedError
+
+    def verify(self, candidate: str, reference: str, prompt: str = "") -> bool:
+        raise NotImplementedError
+
+
+TASKS: dict[str, Callable[..., Task]] = {}
+
+
+def register_task(cls):
+    """Class decorator: make a task constructible by name (tasks and configs refer to it by `cls.name`)."""
+    TASKS[cls.name] = cls
+    return cls
+
+
+def task_names() -> list[str]:
+    return sorted(TASKS)
+
+
+def get_task(name: str, difficulty: int = 1, **knobs) -> Task:
+    if name not in TASKS:
+        raise UserError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}")
+    return TASKS[name](difficulty, **knobs)
+
+
+# Markup a model (or a user's reference) may wrap a plain answer in; removed before the strict parsers run.
+_WRAPPERS = re.compile(r"^(?:\\boxed|\\text|\\mathrm|\\textbf|\\mathbf)\s*\{(.*)\}$", re.DOTALL)
+_DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
+
+
+def strip_markup(text: str) -> str:
+    """'$\\boxed{42}$.' -> '42': outer math delimiters, one-argument wrappers, a final full stop."""
+    text = text.strip()
+    for _ in range(4):  # bounded: each round removes one layer
+        before = text
+        text = text.rstrip(".").strip()
+        for left, right in _DELIMITERS:
+            if len(text) >= len(left) + len(right) and text.startswith(left) and text.endswith(right):
+                text = text[len(left):len(text) - len(right)].strip()
+        match = _WRAPPERS.match(text)
+        if match and _balanced(match.group(1)):
+            text = match.group(1).strip()
+        if text == before:
+            break
+    return text
+
+
+def _balanced(text: str) -> bool:
+    depth = 0
+    for char in text:
+        depth += (char == "{") - (char == "}")
+        if depth < 0:
+            return False
+    return depth == 0

@@ -1,0 +1,270 @@
+"""A small, bounded parser for arithmetic and polynomial answers: the only way model text becomes math.
+
+Model text never reaches `eval`, `sympify` or `parse_expr` (those run Python). This module tokenises with one
+regular expression, parses by recursive descent into a tuple AST, and evaluates that AST either exactly
+(`Fraction`, for arithmetic and countdown) or into sympy objects built node by node (for algebra).
+
+Grammar, lowest precedence first (`^` is right-associative and binds tighter than unary minus, as in
+mathematics: -2^2 = -4):
+    expr  := term (('+' | '-') term)*
+    term  := unary (('*' | '/') unary | implicit)*     implicit product: 3x, 2(x+1), (x+1)(x-2)
+    unary := ('+' | '-') unary | power
+    power := atom ('^' unary)?
+    atom  := NUMBER | NAME | '(' expr ')' | FRAC atom atom
+AST nodes: ("num", Fraction) | ("var", str) | ("neg", a) | (op, a, b) with op in add sub mul div pow.
+
+Every dimension of the input is bounded before any arithmetic happens: text length, nesting depth, digits
+per number, exponent size, and the bit size of exact results, so a hostile answer fails fast with
+`MathError` instead of hanging (the reward pool's timeout is only the backstop).
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+from typing import Callable, Iterator
+
+MAX_CHARS = 400  # answers are short; the extractor already keeps only the last K characters
+MAX_DEPTH = 24  # nesting of brackets and unary signs
+MAX_DIGITS = 24  # per number literal
+MAX_EXPONENT = 64  # |integer exponent|
+MAX_BITS = 4096  # numerator or denominator of any exact intermediate result
+
+# LaTeX spellings folded to the plain grammar before tokenising (the order matters: longest first).
+_LATEX = (
+    (r"\left", ""), (r"\right", ""), (r"\cdot", "*"), (r"\times", "*"), (r"\div", "/"),
+    (r"\dfrac", r"\frac"), (r"\tfrac", r"\frac"), (r"\!", ""), (r"\,", ""), (r"\;", ""), (r"\ ", ""),
+    ("×", "*"), ("·", "*"), ("÷", "/"), ("−", "-"), ("**", "^"), ("[", "("), ("]", ")"),
+    ("{", "("), ("}", ")"),
+)
+_TOKEN = re.compile(r"\s*(?:(?P<num>\d+(?:\.\d+)?|\.\d+)|(?P<name>[a-zA-Z])|(?P<frac>\\frac)|(?P<op>[-+*/^()]))")
+_BINARY = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
+
+
+class MathError(ValueError):
+    """The text is not an answer this parser accepts, or evaluating it would exceed a bound."""
+
+
+def tokenize(text: str) -> list[tuple[str, str]]:
+    if len(text) > MAX_CHARS:
+        raise MathError(f"answer longer than {MAX_CHARS} characters")
+    for old, new in _LATEX:
+        text = text.replace(old, new)
+    tokens, pos, text = [], 0, text.rstrip()
+    while pos < len(text):
+        match = _TOKEN.match(text, pos)
+        if match is None:
+            raise MathError(f"unexpected character {text[pos]!r} at {pos}")
+        kind = match.lastgroup
+        value = match.group(kind)
+        if kind == "num" and len(value.replace(".", "")) > MAX_DIGITS:
+            raise MathError(f"number with more than {MAX_DIGITS} digits")
+        tokens.append((kind, value))
+        pos = match.end()
+    return tokens
+
+
+class _Parser:
+    def __init__(self, tokens: list[tuple[str, str]], names: frozenset[str]):
+        self.tokens, self.names, self.pos, self.depth = tokens, names, 0, 0
+
+    def peek(self) -> tuple[str, str] | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def take(self) -> tuple[str, str]:
+        token = self.peek()
+        if token is None:
+            raise MathError("unexpected end of answer")
+        self.pos += 1
+        return token
+
+    def nest(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise MathError(f"nesting deeper than {MAX_DEPTH}")
+
+    def expr(self) -> tuple:
+        node = self.term()
+        while (token := self.peek()) is not None and token[1] in "+-":
+            self.take()
+            node = (_BINARY[token[1]], node, self.term())
+        return node
+
+    def term(self) -> tuple:
+        node = self.unary()
+        while (token := self.peek()) is not None:
+            if token[1] in ("*", "/"):
+                self.take()
+                node = (_BINARY[token[1]], node, self.unary())
+            elif token[0] in ("name", "frac") or token[1] == "(":
+                node = ("mul", node, self.power())  # implicit product; never between two bare numbers
+            else:
+                break
+        return node
+
+    def unary(self) -> tuple:
+        token = self.peek()
+        if token is not None and token[1] in "+-":
+            self.take()
+            self.nest()
+            operand = self.unary()
+            self.depth -= 1
+            return ("neg", operand) if token[1] == "-" else operand
+        return self.power()
+
+    def power(self) -> tuple:
+        base = self.atom()
+        if (token := self.peek()) is not None and token[1] == "^":
+            self.take()
+            self.nest()
+            exponent = self.unary()
+            self.depth -= 1
+            return ("pow", base, exponent)
+        return base
+
+    def atom(self) -> tuple:
+        kind, value = self.take()
+        if kind == "num":
+            return ("num", Fraction(value))
+        if kind == "name":
+            if value not in self.names:
+                raise MathError(f"unexpected name {value!r}")
+            return ("var", value)
+        if kind == "frac":
+            self.nest()
+            node = ("div", self.atom(), self.atom())
+            self.depth -= 1
+            return node
+        if value == "(":
+            self.nest()
+            node = self.expr()
+            if self.take()[1] != ")":
+                raise MathError("unbalanced brackets")
+            self.depth -= 1
+            return node
+        raise MathError(f"unexpected {value!r}")
+
+
+def parse(text: str, names: str = "") -> tuple:
+    """Parse `text` into an AST; `names` lists the single-letter variables allowed (none by default)."""
+    tokens = tokenize(text)
+    if not tokens:
+        raise MathError("empty answer")
+    parser = _Parser(tokens, frozenset(names))
+    node = parser.expr()
+    if parser.peek() is not None:
+        raise MathError(f"unexpected {parser.peek()[1]!r} after the expression")
+    return node
+
+
+def _check_size(value: Fraction) -> Fraction:
+    if value.numerator.bit_length() > MAX_BITS or value.denominator.bit_length() > MAX_BITS:
+        raise MathError(f"intermediate result larger than {MAX_BITS} bits")
+    return value
+
+
+def _exact_pow(base: Fraction, exponent: Fraction) -> Fraction:
+    if exponent.denominator != 1 or abs(exponent) > MAX_EXPONENT:
+        raise MathError(f"exponent must be an integer of magnitude <= {MAX_EXPONENT}")
+    if base == 0 and exponent < 0:
+        raise MathError("division by zero")
+    bits = max(base.numerator.bit_length(), base.denominator.bit_length())
+    if bits * abs(int(exponent)) > MAX_BITS:  # checked before computing: 9^(9^9) never starts
+        raise MathError(f"power larger than {MAX_BITS} bits")
+    return base ** int(exponent)
+
+
+def _exact_div(a: Fraction, b: Fraction) -> Fraction:
+    if b == 0:
+        raise MathError("division by zero")
+    return a / b
+
+
+_EXACT: dict[str, Callable[[Fraction, Fraction], Fraction]] = {
+    "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
+    "div": _exact_div, "pow": _exact_pow,
+}
+
+
+def evaluate(node: tuple) -> Fraction:
+    """The exact value of a variable-free AST."""
+    kind = node[0]
+    if kind == "num":
+        return node[1]
+    if kind == "var":
+        raise MathError(f"unexpected variable {node[1]!r}")
+    if kind == "neg":
+        return -evaluate(node[1])
+    return _check_size(_EXACT[kind](evaluate(node[1]), evaluate(node[2])))
+
+
+def numbers(node: tuple) -> Iterator[Fraction]:
+    """The number literals of an AST, left to right (countdown checks each is used at most once)."""
+    if node[0] == "num":
+        yield node[1]
+    elif node[0] != "var":
+        for child in node[1:]:
+            yield from numbers(child)
+
+
+def is_number(node: tuple) -> bool:
+    """A literal, possibly signed: what arithmetic accepts as a final answer (not an expression)."""
+    return node[0] == "num" or (node[0] == "neg" and node[1][0] == "num")
+
+
+def _size(node: tuple, max_exponent: int) -> tuple[int, int]:
+    """Upper bounds on (polynomial degree, bits of any coefficient) of an AST, before sympy sees it."""
+    kind = node[0]
+    if kind == "num":
+        return 0, max(node[1].numerator.bit_length(), node[1].denominator.bit_length())
+    if kind == "var":
+        return 1, 1
+    if kind == "neg":
+        return _size(node[1], max_exponent)
+    (da, ba), (db, bb) = _size(node[1], max_exponent), _size(node[2], max_exponent)
+    if kind == "pow":
+        exponent = node[2][1] if node[2][0] == "num" else None
+        if node[2][0] == "neg" and node[2][1][0] == "num":
+            exponent = -node[2][1][1]
+        if exponent is None or exponent.denominator != 1 or abs(exponent) > max_exponent:
+            raise MathError(f"exponent must be an integer of magnitude <= {max_exponent}")
+        return da * abs(int(exponent)), ba * abs(int(exponent))
+    if kind in ("mul", "div"):
+        return da + db, ba + bb
+    return max(da, db), max(ba, bb) + 1
+
+
+def to_sympy(node: tuple, max_exponent: int = 16, max_degree: int = 32):
+    """Build a sympy expression node by node (no string ever reaches sympy's parser).
+
+    Degree and coefficient size are bounded first: sympy evaluates integer powers eagerly, so
+    ((2^16)^16)^16 or ((x+1)^16)^16 would otherwise run for minutes inside GMP or `expand`.
+    """
+    degree, bits = _size(node, max_exponent)
+    if degree > max_degree or bits > MAX_BITS:
+        raise MathError(f"expression too large (degree <= {degree}, coefficients <= {bits} bits)")
+    return _build_sympy(node)
+
+
+def _build_sympy(node: tuple):
+    import sympy
+
+    kind = node[0]
+    if kind == "num":
+        return sympy.Rational(node[1].numerator, node[1].denominator)
+    if kind == "var":
+        return sympy.Symbol(node[1])
+    if kind == "neg":
+        return -_build_sympy(node[1])
+    a, b = _build_sympy(node[1]), _build_sympy(node[2])
+    if kind == "add":
+        return a + b
+    if kind == "sub":
+        return a - b
+    if kind == "mul":
+        return a * b
+    if kind == "pow":
+        return a ** b
+    if b == 0:
+        raise MathError("division by zero")
+    return a / b

@@ -1,0 +1,64 @@
+"""`r1jax score`: offline scoring of saved completions with the training rewards, row order kept."""
+
+import json
+import subprocess
+import sys
+
+from rl.cli.main import main
+from tests.rl.test_data import ROOT, write_jsonl
+
+ROWS = [
+    {"id": 0, "completion": "<think> 3+4=7 </think> <answer> 7 </answer>", "answer": "7", "task": "arithmetic"},
+    {"id": 1, "completion": r"The answer is \boxed{\frac{1}{2}}", "answer": 0.5},
+    {"id": 2, "completion": "<think> x </think> <answer> 9^{9^{9^{9}}} </answer>", "answer": "1"},
+    {"id": 3, "completion": "<think> 8*2 </think> <answer> (3+5)*2 </answer>", "answer": "(3+5)*2",
+     "task": "countdown", "prompt": "Make 16 from 2, 3, 5 (+-*/, each at most once)"},
+    {"id": 4, "completion": "<think> expand </think> <answer> x^2+x-6 </answer>", "answer": "x^2-x-6",
+     "task": "algebra"},
+    {"id": 5, "completion": "", "answer": "3"},
+]
+
+
+def test_score_prints_each_row_with_rewards_and_status_in_input_order(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "c.jsonl", ROWS)
+    assert main(["score", str(path), "--timeout", "5", "--workers", "2"]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["id"] for row in out] == [0, 1, 2, 3, 4, 5]
+    assert [{k: v for k, v in row.items() if k not in ("rewards", "status")} for row in out] == ROWS
+    assert [row["rewards"] for row in out] == [
+        {"accuracy": 1.0, "format": 1.0}, {"accuracy": 1.0, "format": 0.0}, {"accuracy": 0.0, "format": 1.0},
+        {"accuracy": 1.0, "format": 1.0}, {"accuracy": 0.0, "format": 1.0}, {"accuracy": 0.0, "format": 0.0}]
+    assert {row["status"] for row in out} == {"ok"}
+
+
+def test_score_selects_rewards_and_applies_the_overlong_budget(tmp_path, capsys):
+    rows = [{"completion": "<think> deux </think> <answer> 2 </answer>", "answer": "2", "length": 900},
+            {"completion": "<think> two </think> <answer> 2 </answer>", "answer": "2", "length": 10}]
+    path = write_jsonl(tmp_path / "c.jsonl", rows)
+    assert main(["score", str(path), "--rewards", "language,overlong", "--language", "en", "--workers", "1",
+                 "--max-length", "1000", "--overlong-buffer", "200"]) == 0
+    out = [json.loads(line)["rewards"] for line in capsys.readouterr().out.splitlines()]
+    assert out == [{"language": 1.0, "overlong": -0.5}, {"language": 1.0, "overlong": 0.0}]
+
+
+def test_score_bad_input_fails_with_file_row_and_field_before_scoring(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "c.jsonl", [ROWS[0], {"completion": "x"}])
+    assert main(["score", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "c.jsonl: row 2: field 'answer' is missing" in captured.err
+    path = write_jsonl(tmp_path / "d.jsonl", [{"completion": None, "answer": "1"}])
+    assert main(["score", str(path)]) == 2
+    assert "row 1: field 'completion' must be a string" in capsys.readouterr().err
+    good = write_jsonl(tmp_path / "good.jsonl", ROWS[:1])
+    assert main(["score", str(good), "--rewards", "accuracy,bogus"]) == 2
+    assert "unknown reward(s) ['bogus']" in capsys.readouterr().err
+    assert main(["score", str(good), "--workers", "0"]) == 2
+    assert "reward_pool.workers" in capsys.readouterr().err
+
+
+def test_score_as_a_subprocess_streams_json_lines(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", ROWS[:2])
+    result = subprocess.run([sys.executable, "-m", "rl.cli.main", "score", str(path), "--workers", "1"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["rewards"]["accuracy"] for line in result.stdout.splitlines()] == [1.0, 1.0]

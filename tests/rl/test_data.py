@@ -1,0 +1,152 @@
+"""User data validation and grain pipelines: seed shuffle, process shards, repeat, exact iterator state."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from model.errors import UserError
+from rl.data import DataConfig, TaskSource, build_source, load_problems, make_dataset, make_iterator
+from rl.tasks import get_task
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def write_jsonl(path, rows):
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_user_jsonl_and_parquet_load_as_problems(tmp_path):
+    rows = [{"prompt": "1+1?", "answer": "2"}, {"prompt": "Solve 2x=4", "answer": 2, "task": "algebra",
+                                                 "solution": "<think> x=2 </think> <answer> 2 </answer>"}]
+    expected = [{"task": "math", "prompt": "1+1?", "answer": "2", "solution": "", "difficulty": 0},
+                {"task": "algebra", "prompt": "Solve 2x=4", "answer": "2",
+                 "solution": "<think> x=2 </think> <answer> 2 </answer>", "difficulty": 0}]
+    assert load_problems(write_jsonl(tmp_path / "d.jsonl", rows[:1] + [""] + rows[1:])) == expected
+    columns = {"task": None, "solution": None}  # Parquet nulls read as absent fields
+    pq.write_table(pa.Table.from_pylist([{**columns, **r, "answer": str(r["answer"])} for r in rows]),
+                   tmp_path / "d.parquet")
+    assert load_problems(tmp_path / "d.parquet") == expected
+
+
+@pytest.mark.parametrize("bad_row,message", [
+    ({"answer": "2"}, r"row 2: field 'prompt' is missing"),
+    ({"prompt": "q"}, r"row 2: field 'answer' is missing"),
+    ({"prompt": "q", "answer": "  "}, r"row 2: field 'answer' is empty"),
+    ({"prompt": ["q"], "answer": "2"}, r"row 2: field 'prompt' must be a string, got list"),
+    ({"prompt": "q", "answer": True}, r"row 2: field 'answer' must be a string, got bool"),
+    ({"prompt": "q", "answer": "2", "task": "chess"}, r"row 2: field 'task' = 'chess' is not a known task"),
+    ({"prompt": "q", "answer": "2", "solution": 3}, r"row 2: field 'solution' must be a string"),
+    ("{not json", r"row 2: not valid JSON"), ("[1, 2]", r"row 2: expected a JSON object, got list"),
+])
+def test_a_bad_jsonl_row_names_file_row_and_field(tmp_path, bad_row, message):
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "ok", "answer": "1"}, bad_row])
+    with pytest.raises(UserError, match=f"bad.jsonl: {message}"):
+        load_problems(path)
+
+
+def test_bad_parquet_rows_and_files_are_user_errors(tmp_path):
+    pq.write_table(pa.Table.from_pylist([{"prompt": "a", "answer": "1"}, {"prompt": None, "answer": "2"}]),
+                   tmp_path / "d.parquet")
+    with pytest.raises(UserError, match=r"d.parquet: row 2: field 'prompt' is missing"):
+        load_problems(tmp_path / "d.parquet")
+    (tmp_path / "junk.parquet").write_text("not parquet")
+    with pytest.raises(UserError, match="junk.parquet: cannot read Parquet"):
+        load_problems(tmp_path / "junk.parquet")
+    with pytest.raises(UserError, match="does not exist"):
+        load_problems(tmp_path / "missing.jsonl")
+    with pytest.raises(UserError, match="expected one of"):
+        load_problems(write_jsonl(tmp_path / "d.csv", ["a,b"]))
+
+
+def test_data_config_validates_fields():
+    with pytest.raises(UserError, match="data.tasks: unknown task 'chess'"):
+        DataConfig(tasks=("chess",))
+    with pytest.raises(UserError, match="data.difficulty"):
+        DataConfig(difficulty=0)
+    with pytest.raises(UserError, match="data.num_problems"):
+        DataConfig(num_problems=0)
+
+
+def source(n=40):
+    return list(range(n))
+
+
+def collect(dataset, batches):
+    it = iter(dataset)
+    return [next(it) for _ in range(batches)]
+
+
+def test_shuffle_is_a_function_of_the_seed():
+    a = collect(make_dataset(source(), batch_size=4, seed=1, process_index=0, process_count=1), 10)
+    b = collect(make_dataset(source(), batch_size=4, seed=1, process_index=0, process_count=1), 10)
+    c = collect(make_dataset(source(), batch_size=4, seed=2, process_index=0, process_count=1), 10)
+    assert a == b != c
+    assert sorted(x for batch in a for x in batch) == source()  # one epoch, each item once
+    unshuffled = collect(make_dataset(source(), batch_size=4, shuffle=False, process_index=0, process_count=1), 2)
+    assert unshuffled == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def test_process_shards_are_disjoint_cover_the_data_and_reshuffle_each_epoch():
+    epochs = {}
+    for index in range(4):
+        batches = collect(make_dataset(source(), batch_size=5, seed=3, process_index=index, process_count=4), 4)
+        assert all(len(b) == 5 for b in batches)
+        epochs[index] = (batches[0] + batches[1], batches[2] + batches[3])  # 10 items per process per epoch
+    for epoch in (0, 1):
+        seen = [x for index in range(4) for x in epochs[index][epoch]]
+        assert sorted(seen) == source()
+    assert epochs[0][0] != epochs[0][1]  # a new order in the second epoch
+
+
+def test_without_repeat_the_iterator_ends_and_small_sources_fail_clearly():
+    once = make_dataset(source(12), batch_size=4, repeat=False, process_index=0, process_count=1)
+    assert len(collect(once, 3)) == 3
+    with pytest.raises(StopIteration):
+        collect(make_dataset(source(12), batch_size=4, repeat=False, process_index=0, process_count=1), 4)
+    with pytest.raises(UserError, match="cannot fill a batch"):
+        make_dataset(source(6), batch_size=4, process_index=0, process_count=2)
+    with pytest.raises(UserError, match="process index 2"):
+        make_dataset(source(), batch_size=4, process_index=2, process_count=2)
+
+
+def test_task_source_mixes_tasks_by_index_and_builds_from_config(tmp_path):
+    tasks = [get_task("arithmetic"), get_task("countdown")]
+    src = TaskSource(tasks, seed=4, size=10)
+    assert [src[i]["task"] for i in range(4)] == ["arithmetic", "countdown"] * 2
+    assert src[3] == tasks[1].generate(4, 1).to_dict()
+    with pytest.raises(IndexError):
+        src[10]
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "q", "answer": "1"}])
+    assert build_source(DataConfig(path=str(path))) == load_problems(path)
+    assert len(build_source(DataConfig(tasks=("algebra",), num_problems=7))) == 7
+
+
+RESTORE = """
+import json, sys
+from rl.data import DataConfig, make_iterator
+it = make_iterator(DataConfig(tasks=("arithmetic", "countdown"), seed=9), 3, process_index=1, process_count=2)
+it.set_state(json.loads(sys.argv[1]))
+print(json.dumps([next(it) for _ in range(3)]))
+"""
+
+
+def test_iterator_state_restores_exactly_in_a_fresh_process():
+    config = DataConfig(tasks=("arithmetic", "countdown"), seed=9)
+    it = make_iterator(config, 3, process_index=1, process_count=2)
+    for _ in range(5):
+        next(it)
+    state = json.loads(json.dumps(it.get_state()))  # what a checkpoint stores
+    expected = [next(it) for _ in range(3)]
+    out = subprocess.run([sys.executable, "-c", RESTORE, json.dumps(state)], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == expected
+    fresh = make_iterator(config, 3, process_index=1, process_count=2)
+    fresh.set_state(state)
+    assert [next(fresh) for _ in range(3)] == expected

@@ -1,0 +1,194 @@
+"""The reward worker pool: isolation, timeouts that kill, crashes and OOM that fail one item, hostile input.
+
+Timeouts are short (2 s) and every pool has 2 workers or fewer, so the whole file runs in well under a
+minute on 2 cores. Every pool is closed by its fixture; `test_close_leaves_no_process` checks that closing
+really reaps the workers.
+"""
+
+import os
+import tempfile
+import time
+
+import psutil
+import pytest
+
+from model.errors import UserError
+from rl.rewards import PoolConfig, RewardPool, RewardsConfig, ScoreItem, batch_metrics
+from rl.rewards.worker import HIDDEN_DEVICES_ENV
+
+TIMEOUT_S = 2.0
+SLACK_S = 1.0  # the contract: a hostile item finishes within timeout + 1 s
+PROBES = ("tests.rl.reward_probes",)
+ENV_BEFORE_POOLS = dict(os.environ)
+
+
+def probe(command: str) -> ScoreItem:
+    return ScoreItem(prompt="", completion=command, reference="0", task="math")
+
+
+@pytest.fixture(scope="module")
+def pool():
+    config = PoolConfig(workers=2, timeout_s=TIMEOUT_S, memory_mb=1024, import_modules=PROBES)
+    with RewardPool(RewardsConfig(names=("probe",), weights=(1.0,)), config) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def accuracy_pool():
+    with RewardPool(RewardsConfig(names=("accuracy",), weights=(1.0,)),
+                    PoolConfig(workers=2, timeout_s=TIMEOUT_S, memory_mb=1024)) as p:
+        yield p
+
+
+def assert_full_pool_works(pool, workers=2):
+    """The pool is back to `workers` processes, all serving: `workers` items run at the same time.
+
+    A replacement worker imports sympy before it serves (~1 s), so the barrier gets a few tries."""
+    for _ in range(3):
+        with tempfile.TemporaryDirectory() as directory:
+            results = pool.score_batch([probe(f"barrier:{directory}:{workers}") for _ in range(workers)])
+            assert [r.status for r in results] == ["ok"] * workers
+            if [r.total for r in results] == [1.0] * workers:
+                assert len({r.pid for r in results}) == len(os.listdir(directory)) == workers
+                break
+    else:
+        raise AssertionError(f"{workers} items never ran at the same time")
+    assert len(pool.worker_pids()) == workers
+
+
+def test_items_are_scored_in_workers_with_accelerators_hidden(pool):
+    results = pool.score_batch([probe("env"), probe("env")])
+    assert [r.rewards for r in results] == [{"probe": 1.0}, {"probe": 1.0}]
+    assert all(r.pid != os.getpid() and r.pid in pool.worker_pids() for r in results)
+    for key in HIDDEN_DEVICES_ENV:  # hidden in the workers only: the trainer's own environment is untouched
+        assert os.environ.get(key) == ENV_BEFORE_POOLS.get(key)
+
+
+def test_each_failure_fails_only_its_item_and_results_keep_input_order(pool):
+    before = pool.metrics()
+    start = time.monotonic()
+    results = pool.score_batch([probe("ok"), probe("raise"), probe("sigkill"), probe("sleep:30"), probe("ok")])
+    elapsed = time.monotonic() - start
+    assert [r.status for r in results] == ["ok", "error", "crashed", "timeout", "ok"]
+    assert [r.total for r in results] == [1.0, 0.0, 0.0, 0.0, 1.0]
+    assert "probe asked to raise" in results[1].error and "signal 9" in results[2].error
+    assert elapsed < TIMEOUT_S + SLACK_S + 1.0  # +1: the killed worker's replacement starting
+    after = pool.metrics()
+    assert {s: after[f"reward_pool/{s}"] - before[f"reward_pool/{s}"]
+            for s in ("ok", "error", "crashed", "timeout")} == {"ok": 2, "error": 1, "crashed": 1, "timeout": 1}
+    assert after["reward_pool/wait_s"] - before["reward_pool/wait_s"] >= TIMEOUT_S
+    assert batch_metrics(results)["reward_status/timeout"] == 1.0
+    assert_full_pool_works(pool)
+
+
+def test_a_worker_over_its_memory_limit_fails_only_its_item(pool):
+    results = pool.score_batch([probe("hog"), probe("ok")])
+    assert [r.status for r in results] == ["crashed", "ok"]
+    assert "out of memory" in results[0].error and results[0].rewards == {"probe": 0.0}
+    assert_full_pool_works(pool)
+
+
+def test_a_tower_past_the_screen_is_killed_at_the_timeout(pool):
+    """The unguarded math-verify path hangs in GMP; the pool still returns each item by timeout + 1 s."""
+    towers = [probe("tower:$9^{9^{9^{9}}}$"), probe("tower:$5^{5^{5^{5^{5}}}}$")]
+    start = time.monotonic()
+    results = pool.score_batch(towers)
+    assert time.monotonic() - start < TIMEOUT_S + SLACK_S
+    assert all(r.status in ("timeout", "crashed") and r.total == 0.0 for r in results)
+    assert_full_pool_works(pool)
+
+
+def test_submit_returns_at_once_and_collect_in_any_order(pool):
+    start = time.monotonic()
+    first = pool.submit([probe("sleep:0.3"), probe("ok")])
+    second = pool.submit([probe("raise")])
+    assert time.monotonic() - start < 0.2  # scoring happens while the caller does other work
+    assert not first.done()
+    assert [r.status for r in pool.collect(second)] == ["error"]
+    assert [r.status for r in pool.collect(first)] == ["ok", "ok"]
+    assert first.done() and pool.collect(first) is pool.collect(first)  # collected once, counted once
+
+
+def hostile_completions(marker: str) -> list[str]:
+    injections = [f"__import__('os').system('touch {marker}')", f"open('{marker}', 'w').write('x')",
+                  f"exec(\"open('{marker}','w')\")", f"(lambda: __import__('os').mkdir('{marker}'))()"]
+    forms = []
+    for code in injections:
+        forms += [f"<think> x </think> <answer>{code}</answer>", f"\\boxed{{{code}}}",
+                  f"<think> x </think> <answer>\\text{{{code}}}</answer>", f"\\boxed{{\\text{{{code}}}}}"]
+    towers = ["9^{9^{9^{9}}}", "5^{5^{5^{5^{5}}}}", "9**9**9**9", "2^{99999999999}", "99999!"]
+    forms += [f"<think> x </think> <answer>{t}</answer>" for t in towers] + [f"\\boxed{{{t}}}" for t in towers]
+    forms += ["<answer>" + "7" * 1_000_000 + "</answer>", "\\boxed{" + "1" * 1_000_000 + "}",
+              "<answer>" + "(" * 10_000 + "1" + ")" * 10_000 + "</answer>",
+              "\\boxed{" + "{" * 10_000 + "1" + "}" * 10_000 + "}",
+              "<answer>" + "[" * 10_000 + "</answer>", "<think>" * 10_000 + "</answer>" * 10_000]
+    return forms
+
+
+@pytest.mark.parametrize("task,reference", [("math", "1"), ("arithmetic", "1"), ("countdown", "1+0"),
+                                            ("algebra", "1")])
+def test_hostile_completions_score_zero_in_time_and_leave_no_trace(accuracy_pool, tmp_path, task, reference):
+    marker = tmp_path / "pwned"
+    completions = hostile_completions(marker)
+    items = [ScoreItem("Make 1 from 1, 0 (+-*/, each at most once)", c, reference, task) for c in completions]
+    start = time.monotonic()
+    results = accuracy_pool.score_batch(items)
+    # The screens (answer cut to K characters, bounded parsers, the tower/nesting screen before
+    # math-verify) reject every one of them quickly: the whole batch ends within one item's allowance.
+    assert time.monotonic() - start < TIMEOUT_S + SLACK_S
+    assert [(r.status, r.rewards) for r in results] == [("ok", {"accuracy": 0.0})] * len(items)
+    assert not marker.exists() and list(tmp_path.iterdir()) == []
+    assert len(accuracy_pool.worker_pids()) == 2
+
+
+def test_batch_deadline_is_a_backstop_for_slow_items():
+    config = PoolConfig(workers=1, timeout_s=30.0, batch_deadline_s=1.0, import_modules=PROBES)
+    with RewardPool(RewardsConfig(names=("probe",), weights=(1.0,)), config) as pool:
+        [sleeper] = pool.worker_pids()
+        start = time.monotonic()
+        results = pool.score_batch([probe("ok"), probe("sleep:30")])
+        assert time.monotonic() - start < 1.0 + SLACK_S
+        assert [r.status for r in results] == ["ok", "timeout"]
+        assert "deadline" in results[1].error
+        # The sleeping worker is killed, not left running until its 30 s item timeout.
+        assert wait_until(lambda: not alive(sleeper), 5.0)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_until(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_workers_are_recycled_after_max_tasks_and_close_leaves_no_process():
+    config = PoolConfig(workers=1, timeout_s=TIMEOUT_S, max_tasks_per_worker=2, import_modules=PROBES)
+    pool = RewardPool(RewardsConfig(names=("probe",), weights=(1.0,)), config)
+    try:
+        pids = [r.pid for r in pool.score_batch([probe("ok") for _ in range(5)])]
+        # The warm-up ping was the first worker's first task, so it scores one item before retiring.
+        assert len(set(pids)) == 3 and pids[1] == pids[2] and pids[3] == pids[4]
+        workers = pool.worker_pids()
+    finally:
+        pool.close()
+    assert workers and not any(alive(pid) for pid in workers)
+
+
+def test_bad_pool_configuration_is_a_user_error_before_any_worker_starts():
+    with pytest.raises(UserError, match="no_such_module"):
+        RewardPool(RewardsConfig(), PoolConfig(import_modules=("no_such_module",)))
+    with pytest.raises(UserError, match="rewards.names.*nonexistent"):
+        RewardPool(RewardsConfig(names=("nonexistent",), weights=(1.0,)), PoolConfig())
+    with pytest.raises(UserError, match="reward_pool.workers"):
+        PoolConfig(workers=0)
+    with pytest.raises(UserError, match="reward_pool.memory_mb"):
+        PoolConfig(memory_mb=10)

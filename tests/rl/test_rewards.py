@@ -1,0 +1,148 @@
+"""Reward functions in-process: extraction, format, language, overlong, combination, and no eval of text."""
+
+import builtins
+
+import pytest
+
+from model.errors import UserError
+from rl.rewards import REWARDS, RewardsConfig, ScoreItem, combine, extract_answer, register_reward, score_item
+from rl.rewards.extract import split_completion
+from tests.rl.test_reward_pool import hostile_completions
+
+
+def score(name, completion, reference="7", task="math", length=None, **config):
+    cfg = RewardsConfig(names=(name,), weights=(1.0,), **config)
+    return score_item(ScoreItem("q", completion, reference, task, length), cfg)[name]
+
+
+@pytest.mark.parametrize("completion,answer", [
+    ("<think> a </think> <answer> 42 </answer>", "42"),
+    ("<answer>1</answer> <answer> 2 </answer>", "2"),
+    (r"<think> \boxed{1} </think> \boxed{\frac{1}{2}}", r"\frac{1}{2}"),
+    (r"\boxed{a{b}c} and \boxed{d", "a{b}c"),  # the last *balanced* box
+    ("</think> <answer> 3 </answer>", "3"),  # a template that opens <think> in the prompt
+    ("<think> <answer> 3 </answer>", None),  # unclosed thought: no final answer
+    ("<answer> 3", None), ("<answer>   </answer>", None), ("plain text", None),
+])
+def test_extract_answer(completion, answer):
+    assert extract_answer(completion) == answer
+
+
+def test_answers_are_cut_to_the_last_k_characters():
+    assert extract_answer("<answer>" + "9" * 1000 + "12</answer>", max_chars=5) == "99912"
+    assert score("accuracy", "<answer>" + "x" * 5000 + " 7</answer>", answer_max_chars=2) == 1.0
+    assert score("accuracy", "<answer>7" + " " * 300 + "</answer>") == 1.0  # stripped before the cut
+
+
+def test_split_completion():
+    assert split_completion("<think> t </think> rest") == (" t ", " rest")
+    assert split_completion("no tags") == (None, "no tags")
+    assert split_completion("<think> open") == (" open", "")
+
+
+@pytest.mark.parametrize("completion,expected", [
+    ("<think> 3+4=7 </think> <answer> 7 </answer>", 1.0),
+    ("  <think>\nstep\n</think>\n<answer>7</answer>\n", 1.0),
+    ("<think> step </think><answer>7</answer>", 1.0),
+    ("<think>  </think> <answer> 7 </answer>", 0.0),  # an empty thought does not count
+    ("<think> step </think> <answer>  </answer>", 0.0),
+    ("<think> step </think> <answer> 7 </answer> trailing", 0.0),
+    ("preamble <think> step </think> <answer> 7 </answer>", 0.0),
+    ("<think> step </think> between <answer> 7 </answer>", 0.0),
+    ("<answer> 7 </answer> <think> step </think>", 0.0),
+    ("<think> a <think> b </think> <answer> 7 </answer>", 0.0),
+    ("<think> a </think> <answer> 7 </answer> <answer> 8 </answer>", 0.0),
+    ("<think> step </think> <answer> 7 </think> </answer>", 0.0),
+    ("<think> step <answer> 7 </answer>", 0.0), (r"<think> step </think> \boxed{7}", 0.0), ("", 0.0),
+])
+def test_format_is_strict(completion, expected):
+    assert score("format", completion) == expected
+
+
+@pytest.mark.parametrize("thought,language,expected", [
+    ("First add three and four", "en", 1.0),
+    ("First add 三 and 四", "en", 0.6),
+    ("先 算 加法 then add", "zh", 4 / 6),  # each ideograph is a word
+    ("сначала сложим then add", "ru", 0.5),
+    ("3+4=7. 7*2=14.", "en", 1.0),  # numbers and symbols only: no foreign word
+    ("", "en", 0.0),
+])
+def test_language_consistency_is_the_share_of_target_language_words(thought, language, expected):
+    completion = f"<think>{thought}</think> <answer> 7 </answer>"
+    assert score("language", completion, language=language) == pytest.approx(expected)
+    assert score("language", "<answer> seven </answer>", language=language) == 0.0  # no thought at all
+
+
+@pytest.mark.parametrize("length,expected", [(0, 0.0), (768, 0.0), (769, -1 / 256), (896, -0.5),
+                                             (1024, -1.0), (1025, -1.0), (5000, -1.0)])
+def test_overlong_penalty_ramps_over_the_buffer(length, expected):
+    assert score("overlong", "x", length=length, max_length=1024, overlong_buffer=256) == pytest.approx(expected)
+
+
+def test_overlong_counts_characters_without_a_token_length():
+    assert score("overlong", "x" * 6, max_length=10, overlong_buffer=4) == 0.0
+    assert score("overlong", "x" * 8, max_length=10, overlong_buffer=4) == -0.5
+    assert score("overlong", "x" * 11, max_length=10, overlong_buffer=4) == -1.0
+
+
+def test_rewards_combine_with_config_weights_and_custom_rewards_register_by_name():
+    @register_reward("test_constant_half")
+    def half(item, config):
+        return 0.5
+
+    try:
+        config = RewardsConfig(names=("accuracy", "format", "test_constant_half"), weights=(1.0, 0.25, 2.0))
+        item = ScoreItem("q", "<think> 3+4 </think> <answer> 7 </answer>", "7", "arithmetic")
+        rewards = score_item(item, config)
+        assert rewards == {"accuracy": 1.0, "format": 1.0, "test_constant_half": 0.5}
+        assert combine(rewards, config) == pytest.approx(1.0 + 0.25 + 1.0)
+    finally:
+        del REWARDS["test_constant_half"]
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"names": ()}, "rewards.names"), ({"names": ("accuracy", "accuracy"), "weights": (1, 1)}, "rewards.names"),
+    ({"weights": (1.0,)}, "rewards.weights"), ({"language": "xx"}, "rewards.language"),
+    ({"overlong_buffer": 2000}, "rewards.overlong_buffer"), ({"answer_max_chars": 0}, "rewards.answer_max_chars"),
+])
+def test_rewards_config_errors_name_the_field(kwargs, field):
+    with pytest.raises(UserError, match=field.replace(".", r"\.")):
+        RewardsConfig(**kwargs)
+
+
+def test_unknown_reward_name_is_a_user_error():
+    with pytest.raises(UserError, match="unknown reward"):
+        score_item(ScoreItem("q", "c", "r"), RewardsConfig(names=("nope",), weights=(1.0,)))
+
+
+def test_model_text_never_reaches_eval_sympify_or_parse_expr(monkeypatch, tmp_path):
+    """Every string-evaluating entry point of sympy goes through parse_expr (sympify(str) too), which calls
+    eval; spy on all three while scoring valid, wrong and hostile answers with every verifier."""
+    import math_verify.parser
+    import sympy.parsing.sympy_parser as sympy_parser
+
+    import sympy.physics.units  # noqa: F401  (simplify imports it lazily; it sympifies its own constants)
+
+    calls = []
+    real_eval = builtins.eval
+
+    def spy(name, real):
+        def wrapped(*args, **kwargs):
+            calls.append((name, str(args[0])[:80]))
+            return real(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(sympy_parser, "parse_expr", spy("parse_expr", sympy_parser.parse_expr))
+    monkeypatch.setattr(math_verify.parser, "parse_expr", spy("math_verify.parse_expr", sympy_parser.parse_expr))
+    monkeypatch.setattr(builtins, "eval", spy("eval", real_eval))
+    completions = hostile_completions(tmp_path / "pwned")[:20] + [
+        "<think> a </think> <answer> x^2-x-6 </answer>", r"\boxed{\frac{1}{2}}", "<answer>(3+5)*2</answer>",
+        "<answer>1+1</answer>", "<answer>2*x + sin(x)</answer>", "<answer>x = 5</answer>"]
+    config = RewardsConfig(names=("accuracy", "format", "language"), weights=(1.0, 1.0, 1.0))
+    for task, reference in [("math", "x^2-x-6"), ("arithmetic", "2"), ("countdown", "(3+5)*2"),
+                            ("algebra", "x^2-x-6")]:
+        for completion in completions:
+            score_item(ScoreItem("Make 16 from 2, 3, 5 (+-*/, each at most once)", completion, reference, task),
+                       config)
+    assert calls == []
+    assert list(tmp_path.iterdir()) == []

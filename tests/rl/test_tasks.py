@@ -1,0 +1,163 @@
+"""Task generators and verifiers: determinism, self-verification, perturbation, knobs, the safe parser."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from fractions import Fraction
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from model.errors import UserError
+from rl.rewards import RewardsConfig, ScoreItem, score_item
+from rl.tasks import TASKS, get_task, safe_math
+from rl.tasks.arithmetic import reduce_steps
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+GENERATORS = ("arithmetic", "countdown", "algebra")
+LEVELS = [(name, level) for name in GENERATORS for level in sorted(TASKS[name].levels)]
+
+
+def perturb(task: str, answer: str) -> str:
+    """A reference that differs from `answer` by one: off-by-one value or constant term."""
+    return f"{answer}+1" if task != "arithmetic" else str(int(answer) + 1)
+
+
+@pytest.mark.parametrize("name,level", LEVELS)
+def test_every_reference_verifies_against_itself_and_fails_against_a_perturbed_one(name, level):
+    task = get_task(name, level)
+    for index in range(25):
+        problem = task.generate(seed=7, index=index)
+        assert task.verify(problem.answer, problem.answer, problem.prompt), problem
+        assert not task.verify(problem.answer, perturb(name, problem.answer), problem.prompt), problem
+        assert problem.task == name and problem.difficulty == level
+
+
+@pytest.mark.parametrize("name,level", LEVELS)
+def test_worked_solutions_are_well_formed_correct_and_short(name, level):
+    config = RewardsConfig(names=("accuracy", "format"), weights=(1.0, 1.0))
+    task = get_task(name, level)
+    for index in range(10):
+        problem = task.generate(seed=1, index=index)
+        item = ScoreItem(problem.prompt, problem.solution, problem.answer, name)
+        assert score_item(item, config) == {"accuracy": 1.0, "format": 1.0}, problem
+        assert len(problem.prompt) < 60 and len(problem.solution) < 200, problem
+        assert not problem.prompt.endswith(".")  # the R1-Zero template adds ". Assistant:"
+
+
+def test_generators_are_deterministic_across_processes_and_vary_with_seed_and_index():
+    problems = {name: [get_task(name, 3).generate(5, i).to_dict() for i in range(5)] for name in GENERATORS}
+    code = ("import json; from rl.tasks import get_task; print(json.dumps({n: [get_task(n, 3).generate(5, i)"
+            f".to_dict() for i in range(5)] for n in {GENERATORS!r}}}))")
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}  # str hashing must not leak into the generators
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                         cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == problems
+    for name in GENERATORS:
+        task = get_task(name, 3)
+        assert len({task.generate(5, i).prompt for i in range(20)}) > 15
+        assert [task.generate(6, i).prompt for i in range(5)] != [p["prompt"] for p in problems[name]]
+
+
+def test_arithmetic_knobs_set_operand_count_and_digits():
+    task = get_task("arithmetic", digits=3, operands=4, ops="*")
+    for index in range(20):
+        problem = task.generate(0, index)
+        numbers = re.findall(r"\d+", problem.prompt)
+        assert len(numbers) == 4 and all(len(n) == 3 for n in numbers)
+        assert int(problem.answer) == eval_product(numbers)
+
+
+def eval_product(numbers):
+    out = 1
+    for n in numbers:
+        out *= int(n)
+    return out
+
+
+def test_arithmetic_steps_respect_precedence():
+    assert reduce_steps([2, 3, 4], ["+", "*"]) == (["3*4=12.", "2+12=14."], 14)
+    assert reduce_steps([10, 3, 2], ["-", "-"]) == (["10-3=7.", "7-2=5."], 5)
+    assert reduce_steps([2, 5, 3], ["-", "*"]) == (["5*3=15.", "2-15=-13."], -13)
+
+
+def test_countdown_uses_prompt_numbers_at_most_once_and_distractors_are_optional():
+    task = get_task("countdown", 5)
+    for index in range(20):
+        problem = task.generate(3, index)
+        shown = [int(n) for n in re.search(r"from ([\d, ]+)\(", problem.prompt).group(1).split(", ")]
+        used = [int(n) for n in re.findall(r"\d+", problem.answer)]
+        assert len(shown) == 5 and len(used) == 4
+        assert all(used.count(n) <= shown.count(n) for n in used)
+        target = int(re.match(r"Make (\d+)", problem.prompt).group(1))
+        assert target not in shown and safe_math.evaluate(safe_math.parse(problem.answer)) == target
+
+
+def test_algebra_kinds_follow_the_knob():
+    for kind, word in [("linear", "Solve"), ("expand", "Expand"), ("simplify", "Simplify")]:
+        task = get_task("algebra", 3, kinds=kind)
+        assert all(task.generate(0, i).prompt.startswith(word) for i in range(10))
+
+
+def test_bad_task_requests_are_user_errors():
+    with pytest.raises(UserError, match="unknown task 'chess'"):
+        get_task("chess")
+    with pytest.raises(UserError, match="difficulty 9"):
+        get_task("arithmetic", 9)
+    with pytest.raises(UserError, match="unknown knob"):
+        get_task("countdown", 1, digits=3)
+    with pytest.raises(UserError, match="no generator"):
+        get_task("math").generate(0, 0)
+
+
+@pytest.mark.parametrize("text,value", [
+    ("1+2*3", 7), ("(1+2)*3", 9), ("2^3^2", 512), ("-2^2", -4), ("2*-3", -6), ("7/2", Fraction(7, 2)),
+    (r"\frac{3}{4}+1", Fraction(7, 4)), ("2(3+4)", 14), ("1.5*2", 3), ("10-2-3", 5), ("12/3/2", 2),
+])
+def test_safe_math_evaluates_exactly_with_standard_precedence(text, value):
+    assert safe_math.evaluate(safe_math.parse(text)) == value
+
+
+@pytest.mark.parametrize("text,reason", [
+    ("9^9^9^9", "exponent"), ("2^99999", "exponent"), ("(" * 100 + "1" + ")" * 100, "nesting"),
+    ("1" * 100, "digits"), ("1/0", "division by zero"), ("x+1", "name"), ("__import__('os')", "character"),
+    ("2 3", "after the expression"), ("(1+2", "end of answer"), ("1+", "end of answer"), ("", "empty"),
+    ("((2^60)^60)^60", "bits"), ("1" + "+1" * 300, "longer than"),
+])
+def test_safe_math_rejects_what_it_cannot_bound(text, reason):
+    with pytest.raises(safe_math.MathError, match=reason):
+        safe_math.evaluate(safe_math.parse(text))
+
+
+def test_safe_math_bounds_sympy_construction():
+    with pytest.raises(safe_math.MathError, match="too large"):
+        safe_math.to_sympy(safe_math.parse("((x+1)^16)^16", names="x"))
+    with pytest.raises(safe_math.MathError, match="exponent"):
+        safe_math.to_sympy(safe_math.parse("x^x", names="x"))
+    assert str(safe_math.to_sympy(safe_math.parse("3x(x+1)", names="x")).expand()) == "3*x**2 + 3*x"
+
+
+def _expressions():
+    leaf = st.integers(0, 99).map(lambda n: (str(n), Fraction(n)))
+
+    def combine(children):
+        def build(pair, op):
+            (ta, va), (tb, vb) = pair
+            if op == "/" and vb == 0:
+                return f"({ta})+({tb})", va + vb
+            value = {"+": va + vb, "-": va - vb, "*": va * vb, "/": va / vb if vb else 0}[op]
+            return f"({ta}){op}({tb})", value
+        return st.builds(build, st.tuples(children, children), st.sampled_from("+-*/"))
+
+    return st.recursive(leaf, combine, max_leaves=8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_expressions())
+def test_safe_math_agrees_with_exact_arithmetic(expression):
+    text, value = expression
+    assert safe_math.evaluate(safe_math.parse(text)) == value

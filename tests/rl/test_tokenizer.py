@@ -1,0 +1,123 @@
+"""The sentencepiece tokenizer: identity round trip, special pieces, small vocabularies, save/load, CLI."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from model.errors import UserError
+from model.tokenizer import (MIN_VOCAB, R1_ZERO_TEMPLATE, TAGS, Tokenizer, TokenizerConfig, apply_template,
+                             train_tokenizer)
+from rl.cli.main import main
+from rl.data import DataConfig, build_tokenizer, task_corpus
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(task_corpus(["arithmetic", "countdown", "algebra"], problems_per_level=60), 512)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A vocabulary barely above the byte pieces, trained on text with far more characters than fit."""
+    corpus = ["日本語のテキストと中文文本", "много разных символов ✓✗★☆", "plain English words"] * 30
+    return train_tokenizer(corpus, MIN_VOCAB)
+
+
+def test_special_tokens_have_fixed_ids_and_tags_are_single_pieces(tokenizer):
+    assert (tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id) == (0, 1, 2, 3)
+    tag_ids = [tokenizer.think_id, tokenizer.end_think_id, tokenizer.answer_id, tokenizer.end_answer_id]
+    assert tag_ids == [4, 5, 6, 7]
+    ids = tokenizer.encode("<think> 3+4=7 </think><answer>7</answer>")
+    assert [i for i in ids if i in tag_ids] == tag_ids
+    for tag, tag_id in zip(TAGS, tag_ids):
+        assert tokenizer.encode(tag) == [tag_id] and tokenizer.id_to_piece(tag_id) == tag
+    # Control tokens come only from add_bos/add_eos, never from text; decode drops them.
+    assert tokenizer.encode("x", add_bos=True, add_eos=True) == [1, *tokenizer.encode("x"), 2]
+    assert not {1, 2, 3} & set(tokenizer.encode("<s> </s> <pad> <unk>"))
+    assert tokenizer.decode([1, *tokenizer.encode("hi"), 2, 3, 3]) == "hi"
+
+
+def test_digits_are_split_and_the_vocabulary_is_learned_up_to_the_request(tokenizer):
+    assert tokenizer.vocab_size == 512
+    pieces = [tokenizer.id_to_piece(i) for i in tokenizer.encode("12345")]
+    assert pieces == list("12345")  # one token per digit: arithmetic stays learnable
+    assert len(tokenizer.encode("Compute 37*4-12")) < len("Compute 37*4-12")
+
+
+ROUND_TRIP = ["", " ", "  two  spaces\t\n\r\n", "\u2581 literal meta \u2581\u2581",
+              "\U000f0000_ escape \U000f0000", "<think>x</think>", "<s></s><pad><unk>", "e\u0301 é ﬁ ½ ２",
+              "日本語 🎉 \x00 \u200b", "\\boxed{1/2}"]
+
+
+@pytest.mark.parametrize("text", ROUND_TRIP)
+def test_round_trip_on_tricky_text(tokenizer, tiny, text):
+    for tok in (tokenizer, tiny):
+        assert tok.decode(tok.encode(text, add_bos=True)) == text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=60)
+       | st.text(alphabet=st.sampled_from("\u2581\U000f0000_ a<>/thinkanswer\n"), max_size=30))
+def test_encode_decode_is_the_identity_on_any_unicode_text(tokenizer, tiny, text):
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+    assert tiny.decode(tiny.encode(text)) == text
+
+
+def test_small_vocabularies_train_and_too_small_ones_fail_clearly(tiny):
+    assert tiny.vocab_size <= MIN_VOCAB
+    assert train_tokenizer(["a b c"] * 10, 300).vocab_size <= 300  # a small corpus learns fewer pieces
+    with pytest.raises(UserError, match=f"tokenizer.vocab_size = 256: must be >= {MIN_VOCAB}"):
+        train_tokenizer(["abc"], 256)
+    with pytest.raises(UserError, match="corpus is empty"):
+        train_tokenizer(["", "  "], 300)
+
+
+def test_training_is_deterministic_and_save_load_round_trips(tokenizer, tmp_path):
+    again = train_tokenizer(task_corpus(["arithmetic", "countdown", "algebra"], problems_per_level=60), 512)
+    assert again == tokenizer
+    path = tokenizer.save(tmp_path / "ck" / "tokenizer")
+    assert path.name == "tokenizer.model"
+    loaded = Tokenizer.load(tmp_path / "ck" / "tokenizer")
+    text = "Make 16 from 2, 3, 5"
+    assert loaded == tokenizer and loaded.encode(text) == tokenizer.encode(text)
+    with pytest.raises(UserError, match="does not exist"):
+        Tokenizer.load(tmp_path / "nowhere")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "tokenizer.model").write_bytes(b"not a model")
+    with pytest.raises(UserError, match="not a sentencepiece model"):
+        Tokenizer.load(tmp_path / "junk")
+
+
+def test_templates():
+    assert apply_template("r1_zero", "Compute 3+4") == R1_ZERO_TEMPLATE.replace("{prompt}", "Compute 3+4")
+    assert apply_template("r1_zero", "Compute 3+4").startswith("A conversation between User and Assistant.")
+    assert apply_template("r1_zero", "Compute 3+4").endswith("User: Compute 3+4. Assistant:")
+    assert apply_template("chat", "Solve {x}") == "User: Solve {x}\nAssistant:"
+    with pytest.raises(UserError, match="unknown template"):
+        apply_template("alpaca", "q")
+    with pytest.raises(UserError, match="tokenizer.template"):
+        TokenizerConfig(template="alpaca")
+    with pytest.raises(UserError, match="tokenizer.model_type"):
+        TokenizerConfig(model_type="wordpiece")
+
+
+def test_cli_trains_from_tasks_or_a_text_file(tmp_path, capsys):
+    assert main(["tokenizer", "train", "--input", "arithmetic,countdown", "--vocab-size", "300",
+                 "--problems-per-level", "20", "--out", str(tmp_path / "a")]) == 0
+    assert '"vocab_size": 300' in capsys.readouterr().out
+    assert Tokenizer.load(tmp_path / "a").encode("<answer>") == [6]
+    (tmp_path / "corpus.txt").write_text("the quick brown fox\njumps over the lazy dog\n" * 20)
+    assert main(["tokenizer", "train", "--input", str(tmp_path / "corpus.txt"), "--vocab-size", "320",
+                 "--out", str(tmp_path / "b"), "--model-type", "unigram"]) == 0
+    tok = Tokenizer.load(tmp_path / "b")
+    assert tok.decode(tok.encode("the lazy fox")) == "the lazy fox"
+    assert main(["tokenizer", "train", "--input", "chess", "--out", str(tmp_path / "c")]) == 2
+    assert "not a file and not task names" in capsys.readouterr().err
+
+
+def test_a_run_loads_its_tokenizer_or_trains_one_on_its_data(tokenizer, tmp_path):
+    tokenizer.save(tmp_path / "saved")
+    assert build_tokenizer(TokenizerConfig(path=str(tmp_path / "saved")), DataConfig()) == tokenizer
+    (tmp_path / "d.jsonl").write_text('{"prompt": "Wie viel ist zwei plus zwei", "answer": "vier"}\n' * 20)
+    trained = build_tokenizer(TokenizerConfig(vocab_size=300), DataConfig(path=str(tmp_path / "d.jsonl")))
+    assert trained.vocab_size <= 300 and len(trained.encode("zwei plus zwei")) < len("zwei plus zwei")
