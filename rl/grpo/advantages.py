@@ -1,0 +1,64 @@
+"""Group-relative advantage estimators, registered by name.
+
+Conventions: rewards arrive as `rewards_PG` (P prompts x G completions per prompt, float). A flat batch is
+prompt-major: row b = p * G + g, so `adv_PG.reshape(-1)` is `adv_B` in the rollout batch's order. Every
+estimator subtracts the group mean (the group baseline); they differ only in the scale. A group whose
+rewards are all equal (zero variance) gets exactly zero advantage, whatever the estimator and eps: the mean
+of identical floats need not equal them bit for bit, and a tiny residual divided by eps would be noise.
+Standard deviations are population ones (ddof = 0), so G = 1 is finite.
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+AdvantageFn = Callable[[jax.Array, float], jax.Array]
+
+
+def _centred_PG(rewards_PG: jax.Array) -> jax.Array:
+    return rewards_PG - rewards_PG.mean(axis=1, keepdims=True)
+
+
+def grpo_advantages(rewards_PG: jax.Array, eps: float) -> jax.Array:
+    # GRPO (DeepSeekMath, Shao et al. 2024, eq. 4; used by DeepSeek-R1): (r - mean_G) / (std_G + eps).
+    return _centred_PG(rewards_PG) / (rewards_PG.std(axis=1, keepdims=True) + eps)
+
+
+def dr_grpo_advantages(rewards_PG: jax.Array, eps: float) -> jax.Array:
+    # Dr.GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training", §3.1): r - mean_G, no std division.
+    del eps
+    return _centred_PG(rewards_PG)
+
+
+def batch_std_advantages(rewards_PG: jax.Array, eps: float) -> jax.Array:
+    # Group mean, batch std (Liu et al. 2025, "Tricks or Traps? A Deep Dive into RL for LLM Reasoning",
+    # Lite PPO; TRL's scale_rewards="batch"): (r - mean_G) / (std over all P*G rewards + eps).
+    return _centred_PG(rewards_PG) / (rewards_PG.std() + eps)
+
+
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {
+    "grpo": grpo_advantages,
+    "dr_grpo": dr_grpo_advantages,
+    "batch_std": batch_std_advantages,
+}
+
+
+def nonzero_std_mask_P(rewards_PG: jax.Array) -> jax.Array:
+    """True for prompts whose group rewards are not all equal (DAPO dynamic sampling keeps these)."""
+    return rewards_PG.max(axis=1) > rewards_PG.min(axis=1)
+
+
+def compute_advantages(
+    rewards_PG: jax.Array, estimator: str = "grpo", eps: float = 1e-6
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Returns (adv_PG float32, metrics) with metrics["frac_reward_zero_std"] the share of zero-variance groups."""
+    rewards_PG = jnp.asarray(rewards_PG, jnp.float32)  # float32 statistics whatever the rewards arrive as
+    keep_P = nonzero_std_mask_P(rewards_PG)
+    adv_PG = jnp.where(keep_P[:, None], ADVANTAGE_ESTIMATORS[estimator](rewards_PG, eps), 0.0)
+    metrics = {
+        "frac_reward_zero_std": 1.0 - keep_P.mean(dtype=jnp.float32),
+        "reward_mean": rewards_PG.mean(),
+        "reward_std": rewards_PG.std(),
+    }
+    return adv_PG, metrics

@@ -1,0 +1,107 @@
+"""GRPO and optimizer configuration: frozen, typed, validated on construction.
+
+Only types OmegaConf structured configs accept (int, float, str, bool, Optional, tuples). Names of
+variants are the keys of the registries beside each estimator, so a new variant needs no edit here. Every
+GRPO field cites its paper symbol and source; defaults follow DeepSeek-R1 (Guo et al. 2025, Nature,
+Supplementary "Training details of DeepSeek-R1-Zero") unless a later paper is named.
+"""
+
+import dataclasses
+from typing import Optional
+
+from model.errors import UserError
+from rl.grpo.advantages import ADVANTAGE_ESTIMATORS
+from rl.grpo.aggregation import AGGREGATIONS
+from rl.grpo.kl import KL_ESTIMATORS
+from rl.grpo.ratios import RATIO_LEVELS
+
+SCHEDULES = ("constant", "warmup_cosine")
+
+
+def _require(ok: bool, section: str, field: str, value: object, expected: str) -> None:
+    if not ok:
+        raise UserError(f"{section}.{field} = {value!r}: expected {expected}")
+
+
+def _require_name(section: str, field: str, value: str, names) -> None:
+    _require(value in names, section, field, value, f"one of {sorted(names)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    """The GRPO objective and its rollout shape."""
+
+    group_size: int = 16  # G, completions per prompt (R1: 16)
+    prompts_per_step: int = 32  # prompts per policy step (R1: 32 questions -> batch 512)
+    temperature: float = 1.0  # sampling temperature tau; log-probs are scored at logits / tau (R1: 1.0)
+    kl_coef: float = 0.001  # beta, KL-to-reference coefficient (R1: 0.001); 0 skips the reference model
+    kl_estimator: str = "k3"  # KL estimator (R1 / DeepSeekMath eq. 4: k3, Schulman 2020)
+    ref_reset_every: int = 400  # reference policy <- current policy every N steps (R1: 400); 0 = never
+    clip_low: float = 0.2  # epsilon_low, lower ratio clip 1 - eps_low (PPO; R1: 0.2 symmetric; DAPO: 0.2)
+    clip_high: float = 0.28  # epsilon_high, upper clip 1 + eps_high (DAPO clip-higher: 0.28; R1 used 0.2).
+    # With ratio_level="sequence" use GSPO's own range: clip_low=3e-4, clip_high=4e-4 (GSPO §5.1).
+    dual_clip: Optional[float] = None  # c > 1, dual-clip PPO (Ye et al. 2020): loss <= c*|A| when A < 0
+    advantage_estimator: str = "grpo"  # "grpo" (R1) | "dr_grpo" (Dr.GRPO, no std) | "batch_std" (Lite PPO)
+    adv_eps: float = 1e-6  # epsilon in (r - mean) / (std + eps) (DeepSeekMath eq. 4; TRL uses 1e-4)
+    loss_aggregation: str = "seq_mean_token_mean"  # "seq_mean_token_mean" (GRPO, R1) | "token_mean"
+    # (DAPO token-level loss) | "constant" (Dr.GRPO: token sum / (B * max completion length))
+    ratio_level: str = "token"  # "token" (PPO/GRPO) | "sequence" (GSPO, length-normalised sequence ratio)
+    max_logratio: float = 20.0  # clamp on every log-ratio before exp (numerical guard, not from a paper)
+    tis_cap: Optional[float] = None  # C, truncated IS against sampler log-probs (Yao et al. 2025: 2); None off
+    num_iterations: int = 1  # mu, policy updates per rollout batch (R1 / DeepSeekMath: 1)
+    dynamic_sampling: bool = False  # DAPO dynamic sampling: resample groups whose rewards are all equal
+    max_resample_rounds: int = 3  # bound on DAPO resampling rounds per step (DAPO: max_num_gen_batches)
+
+    def __post_init__(self) -> None:
+        s = "grpo"
+        _require(self.group_size >= 2, s, "group_size", self.group_size, "an integer >= 2")
+        _require(self.prompts_per_step >= 1, s, "prompts_per_step", self.prompts_per_step, "an integer >= 1")
+        _require(self.temperature > 0, s, "temperature", self.temperature, "> 0")
+        _require(self.kl_coef >= 0, s, "kl_coef", self.kl_coef, ">= 0")
+        _require_name(s, "kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+        _require(self.ref_reset_every >= 0, s, "ref_reset_every", self.ref_reset_every, ">= 0 (0 = never)")
+        _require(0 < self.clip_low < 1, s, "clip_low", self.clip_low, "in (0, 1)")
+        _require(self.clip_high > 0, s, "clip_high", self.clip_high, "> 0")
+        _require(self.dual_clip is None or self.dual_clip > 1, s, "dual_clip", self.dual_clip, "None or > 1")
+        _require_name(s, "advantage_estimator", self.advantage_estimator, ADVANTAGE_ESTIMATORS)
+        _require(self.adv_eps >= 0, s, "adv_eps", self.adv_eps, ">= 0")
+        _require_name(s, "loss_aggregation", self.loss_aggregation, AGGREGATIONS)
+        _require_name(s, "ratio_level", self.ratio_level, RATIO_LEVELS)
+        _require(self.max_logratio > 0, s, "max_logratio", self.max_logratio, "> 0")
+        _require(self.tis_cap is None or self.tis_cap > 0, s, "tis_cap", self.tis_cap, "None or > 0")
+        _require(self.num_iterations >= 1, s, "num_iterations", self.num_iterations, "an integer >= 1")
+        _require(self.max_resample_rounds >= 0, s, "max_resample_rounds", self.max_resample_rounds, ">= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with a learning-rate schedule, global-norm clipping and skipping of non-finite updates."""
+
+    lr: float = 3e-6  # peak learning rate (R1: 3e-6)
+    schedule: str = "constant"  # "constant" (R1) | "warmup_cosine"; both start with a linear warmup
+    warmup_steps: int = 0  # linear warmup: lr * (step + 1) / warmup_steps for step < warmup_steps
+    total_steps: Optional[int] = None  # end of the cosine decay, warmup included (warmup_cosine only)
+    min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
+    b1: float = 0.9  # Adam beta_1 (DeepSeek-V3 §4.2: 0.9)
+    b2: float = 0.95  # Adam beta_2 (DeepSeek-V3 §4.2: 0.95)
+    eps: float = 1e-8  # Adam epsilon
+    weight_decay: float = 0.1  # decoupled weight decay (DeepSeek-V3 §4.2: 0.1)
+    grad_clip_norm: Optional[float] = 1.0  # global-norm clip (DeepSeek-V3 §4.2: 1.0); None = no clipping
+    max_consecutive_skips: int = 5  # the trainer halts after this many non-finite updates in a row
+
+    def __post_init__(self) -> None:
+        s = "optimizer"
+        _require(self.lr > 0, s, "lr", self.lr, "> 0")
+        _require(self.schedule in SCHEDULES, s, "schedule", self.schedule, f"one of {list(SCHEDULES)}")
+        _require(self.warmup_steps >= 0, s, "warmup_steps", self.warmup_steps, ">= 0")
+        if self.schedule == "warmup_cosine":
+            ok = self.total_steps is not None and self.total_steps > self.warmup_steps
+            _require(ok, s, "total_steps", self.total_steps, "an integer > warmup_steps for warmup_cosine")
+        _require(0 <= self.min_lr_ratio <= 1, s, "min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
+        _require(0 <= self.b1 < 1, s, "b1", self.b1, "in [0, 1)")
+        _require(0 <= self.b2 < 1, s, "b2", self.b2, "in [0, 1)")
+        _require(self.eps > 0, s, "eps", self.eps, "> 0")
+        _require(self.weight_decay >= 0, s, "weight_decay", self.weight_decay, ">= 0")
+        clip = self.grad_clip_norm
+        _require(clip is None or clip > 0, s, "grad_clip_norm", clip, "None or > 0")
+        _require(self.max_consecutive_skips >= 1, s, "max_consecutive_skips", self.max_consecutive_skips, ">= 1")

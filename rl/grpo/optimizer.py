@@ -1,0 +1,96 @@
+"""AdamW with a learning-rate schedule, global-norm clipping, and skipping of non-finite updates.
+
+`make_optimizer(cfg)` is `skip_nonfinite(chain(clip_by_global_norm, adamw(schedule)))`. A step whose
+gradients or updates hold a NaN or inf is skipped: the returned updates are all -0.0, so
+`optax.apply_updates` leaves params bitwise unchanged (x + (-0.0) == x for every float x, -0.0 included,
+whereas x + 0.0 turns -0.0 into +0.0), the inner optimizer state is kept bitwise, and the skip counters in
+`SkipState` advance. The schedule's step count lives in the inner state, so skipped steps do not advance
+the learning-rate schedule.
+"""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from rl.grpo.config import OptimizerConfig
+
+
+def _cosine_factor(cfg: OptimizerConfig, step: jax.Array) -> jax.Array:
+    # Cosine decay (Loshchilov & Hutter 2017, SGDR) from 1 at warmup_steps to min_lr_ratio at total_steps.
+    progress = jnp.clip((step - cfg.warmup_steps) / (cfg.total_steps - cfg.warmup_steps), 0.0, 1.0)
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+
+
+DECAYS: dict[str, Callable[[OptimizerConfig, jax.Array], jax.Array]] = {
+    "constant": lambda cfg, step: jnp.ones_like(step),
+    "warmup_cosine": _cosine_factor,
+}
+
+
+def lr_schedule(cfg: OptimizerConfig) -> optax.Schedule:
+    """lr(step) = lr * min(1, (step + 1) / warmup_steps) * decay(step); the first update already moves."""
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)  # float32 step: the ratios below are fractional
+        warmup = jnp.minimum(1.0, (step + 1.0) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+        return cfg.lr * warmup * DECAYS[cfg.schedule](cfg, step)
+
+    return schedule
+
+
+class SkipState(NamedTuple):
+    inner_state: Any
+    consecutive_skips: jax.Array  # int32, reset to 0 by every applied step
+    total_skips: jax.Array  # int32
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = jax.tree.leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.array(True)
+
+
+def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """Wraps `inner` so that a step with non-finite grads or updates changes nothing but the skip counters."""
+
+    def init_fn(params):
+        zero = jnp.zeros([], jnp.int32)
+        return SkipState(inner.init(params), zero, zero)
+
+    def update_fn(grads, state: SkipState, params=None):
+        updates, inner_state = inner.update(grads, state.inner_state, params)
+        ok = _all_finite(grads) & _all_finite(updates)
+        inner_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), inner_state, state.inner_state)
+        updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.full_like(u, -0.0)), updates)
+        skipped = (~ok).astype(jnp.int32)
+        consecutive = jnp.where(ok, 0, state.consecutive_skips + 1)
+        return updates, SkipState(inner_state, consecutive, state.total_skips + skipped)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def make_optimizer(cfg: OptimizerConfig, weight_decay_mask=None) -> optax.GradientTransformation:
+    """AdamW (Loshchilov & Hutter 2019) on clipped gradients, skipping non-finite steps.
+
+    weight_decay_mask: optional pytree of bools or callable(params) (optax.adamw's `mask`), e.g. to spare
+    norms and biases from decay.
+    """
+    adamw = optax.adamw(
+        lr_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=weight_decay_mask
+    )
+    clip = [] if cfg.grad_clip_norm is None else [optax.clip_by_global_norm(cfg.grad_clip_norm)]
+    return skip_nonfinite(optax.chain(*clip, adamw))
+
+
+def skip_counts(opt_state: SkipState) -> tuple[jax.Array, jax.Array]:
+    """(consecutive_skips, total_skips) of a `make_optimizer` state; halt when the first reaches the cap."""
+    return opt_state.consecutive_skips, opt_state.total_skips
+
+
+def grad_norms(grads, max_norm: float | None) -> tuple[jax.Array, jax.Array]:
+    """(raw global L2 norm, norm after clip_by_global_norm(max_norm)); NaN/inf propagate to both."""
+    sq = [jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(grads)]  # float32 accumulation
+    raw = jnp.sqrt(sum(sq, jnp.float32(0.0)))
+    return raw, raw if max_norm is None else jnp.minimum(raw, max_norm)

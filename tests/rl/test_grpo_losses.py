@@ -1,0 +1,254 @@
+"""The GRPO loss against a loop-based NumPy reference, REINFORCE gradients, micro-batching, garbage safety."""
+
+import dataclasses
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from model.errors import UserError
+from rl.grpo import (
+    AGGREGATIONS, GRPOConfig, combine_stats, finalize_stats, global_normalisers, grpo_loss,
+    token_logp_and_entropy, token_weights_BT, zeros_like_stats,
+)
+
+B, T, L = 8, 9, 12  # rows, padded completion positions, Dr.GRPO's max completion length (> T)
+GARBAGE = np.array([np.inf, -np.inf, np.nan, 1e30, -1e30], np.float32)
+
+
+def make_batch(seed=0):
+    """Ragged rows (prompt zeros on the left, padding on the right, one empty row), garbage outside the mask."""
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, 3, B)
+    lengths = np.array([5, 1, 6, 0, 3, 4, 2, 6])
+    mask = np.zeros((B, T), bool)
+    for b in range(B):
+        mask[b, starts[b]:starts[b] + lengths[b]] = True
+    logp = -rng.exponential(1.0, (B, T)).astype(np.float32)
+    old = (logp + rng.normal(0, 0.35, (B, T))).astype(np.float32)
+    ref = (logp + rng.normal(0, 0.5, (B, T))).astype(np.float32)
+    sampler = (old + rng.normal(0, 0.5, (B, T))).astype(np.float32)
+    entropy = rng.exponential(2.0, (B, T)).astype(np.float32)
+    for x in (logp, old, ref, sampler, entropy):
+        x[~mask] = rng.choice(GARBAGE, (~mask).sum())
+    adv = rng.normal(0, 1, B).astype(np.float32)
+    return dict(logp=logp, old=old, ref=ref, sampler=sampler, entropy=entropy, adv=adv, mask=mask)
+
+
+def clamp(x, m):
+    return min(max(x, -m), m)
+
+
+def reference(d, cfg):
+    """Loop-based float64 GRPO loss and token-mean metrics, straight from the papers' formulas."""
+    lengths = d["mask"].sum(axis=1)
+    loss, n, sums, maxes = 0.0, 0, {}, {"ratio": 0.0, "absdiff": 0.0}
+    add = lambda k, v: sums.__setitem__(k, sums.get(k, 0.0) + v)
+    for b in range(B):
+        idx = [t for t in range(T) if d["mask"][b, t]]
+        if not idx:
+            continue
+        a = float(d["adv"][b])
+        seq_lr = sum(float(d["logp"][b, t]) - float(d["old"][b, t]) for t in idx) / len(idx)
+        for t in idx:
+            lp, old = float(d["logp"][b, t]), float(d["old"][b, t])
+            if cfg.ratio_level == "token":
+                r = math.exp(clamp(lp - old, cfg.max_logratio))
+            else:
+                r = math.exp(clamp(seq_lr, cfg.max_logratio))
+            pg = max(-a * r, -a * min(max(r, 1 - cfg.clip_low), 1 + cfg.clip_high))
+            if cfg.dual_clip is not None and a < 0:
+                pg = min(pg, -a * cfg.dual_clip)
+                add("dual_clip_frac", float(r > cfg.dual_clip))
+            diff = old - float(d["sampler"][b, t])
+            if cfg.tis_cap is not None:
+                w = min(math.exp(clamp(diff, cfg.max_logratio)), cfg.tis_cap)
+                pg *= w
+                add("tis_weight", w)
+                add("tis_capped_frac", float(w >= cfg.tis_cap))
+            per_token = pg
+            if cfg.kl_coef > 0:
+                lr = clamp(float(d["ref"][b, t]) - lp, cfg.max_logratio)
+                kl = {"k1": -lr, "k2": 0.5 * lr * lr, "k3": math.exp(lr) - lr - 1}[cfg.kl_estimator]
+                per_token += cfg.kl_coef * kl
+                add("kl", kl)
+            if cfg.loss_aggregation == "seq_mean_token_mean":
+                weight = 1.0 / (len(idx) * B)
+            elif cfg.loss_aggregation == "token_mean":
+                weight = 1.0 / lengths.sum()
+            else:
+                weight = 1.0 / (B * L)
+            loss += weight * per_token
+            n += 1
+            add("ratio", r)
+            add("clip_low_frac", float(a < 0 and r < 1 - cfg.clip_low))
+            add("clip_high_frac", float(a > 0 and r > 1 + cfg.clip_high))
+            add("sampler_logp_absdiff", abs(diff))
+            add("entropy", float(d["entropy"][b, t]))
+            maxes["ratio"] = max(maxes["ratio"], r)
+            maxes["absdiff"] = max(maxes["absdiff"], abs(diff))
+    means = {k: v / n for k, v in sums.items()}
+    return loss, means, maxes
+
+
+def run(d, cfg, rows=slice(None), logp=None, full_mask=None):
+    full_mask = d["mask"] if full_mask is None else full_mask
+    norms = global_normalisers(full_mask, L)
+    mask = d["mask"][rows]
+    weights = token_weights_BT(mask, cfg.loss_aggregation, norms)
+    return grpo_loss(
+        d["logp"][rows] if logp is None else logp, d["adv"][rows], mask, weights, cfg,
+        old_logp_BT=d["old"][rows], ref_logp_BT=d["ref"][rows], sampler_logp_BT=d["sampler"][rows],
+        entropy_BT=d["entropy"][rows],
+    )
+
+
+VARIANTS = list(itertools.product(
+    sorted(AGGREGATIONS), ["token", "sequence"], ["k1", "k2", "k3", None], [None, 1.5], [None, 1.2]))
+
+
+@pytest.mark.parametrize("aggregation,ratio_level,kl,dual_clip,tis_cap", VARIANTS)
+def test_loss_matches_numpy_reference(aggregation, ratio_level, kl, dual_clip, tis_cap):
+    cfg = GRPOConfig(loss_aggregation=aggregation, ratio_level=ratio_level, kl_estimator=kl or "k3",
+                     kl_coef=0.05 if kl else 0.0, dual_clip=dual_clip, tis_cap=tis_cap,
+                     clip_low=0.2 if ratio_level == "token" else 0.05,
+                     clip_high=0.28 if ratio_level == "token" else 0.06)
+    d = make_batch()
+    (loss, stats), grad = jax.value_and_grad(lambda lp: run(d, cfg, logp=lp), has_aux=True)(d["logp"])
+    ref_loss, ref_means, ref_maxes = reference(d, cfg)
+    np.testing.assert_allclose(loss, ref_loss, rtol=2e-5, atol=1e-7)
+    out = finalize_stats(stats)
+    for k, v in ref_means.items():
+        np.testing.assert_allclose(out[k], v, rtol=2e-5, atol=1e-7, err_msg=k)
+    np.testing.assert_allclose(out["ratio_max"], ref_maxes["ratio"], rtol=2e-5)
+    np.testing.assert_allclose(out["sampler_logp_absdiff_max"], ref_maxes["absdiff"], rtol=2e-5)
+    assert float(out["token_count"]) == d["mask"].sum()
+    np.testing.assert_allclose(out["loss"], loss)
+    assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad)[~d["mask"]] == 0.0)
+
+
+def test_the_variants_actually_clip():
+    """The reference data exercises every branch: both clips, the dual clip and the TIS cap bind somewhere."""
+    d = make_batch()
+    cfg = GRPOConfig(kl_coef=0.0, dual_clip=1.5, tis_cap=1.2)
+    out = finalize_stats(run(d, cfg)[1])
+    for k in ("clip_low_frac", "clip_high_frac", "dual_clip_frac", "tis_capped_frac"):
+        assert 0.0 < float(out[k]) < 1.0, k
+
+
+@pytest.mark.parametrize("aggregation,ratio_level", itertools.product(sorted(AGGREGATIONS), ["token", "sequence"]))
+def test_on_policy_gradient_is_reinforce_with_group_baseline(aggregation, ratio_level):
+    """mu = 1, ratio 1: d loss / d logp_bt = -A_b * weight_bt (and exactly 0 on prompt/padding)."""
+    cfg = GRPOConfig(loss_aggregation=aggregation, ratio_level=ratio_level, kl_coef=0.0)
+    d = make_batch(1)
+    weights = token_weights_BT(d["mask"], aggregation, global_normalisers(d["mask"], L))
+    for old in (None, d["logp"]):
+        grad = jax.grad(lambda lp: grpo_loss(lp, d["adv"], d["mask"], weights, cfg, old_logp_BT=old)[0])(d["logp"])
+        expected = np.where(d["mask"], -d["adv"][:, None] * np.asarray(weights), 0.0)
+        np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("aggregation,ratio_level", itertools.product(sorted(AGGREGATIONS), ["token", "sequence"]))
+def test_micro_batches_sum_to_the_full_batch(aggregation, ratio_level):
+    cfg = GRPOConfig(loss_aggregation=aggregation, ratio_level=ratio_level, kl_coef=0.05, tis_cap=1.2)
+    d = make_batch(2)
+    loss_and_grad = jax.value_and_grad(lambda lp, rows: run(d, cfg, rows, logp=lp), has_aux=True)
+    (full_loss, full_stats), full_grad = loss_and_grad(d["logp"], slice(None))
+    total, stats, grads = 0.0, None, []
+    for i in range(4):
+        rows = slice(2 * i, 2 * i + 2)
+        (loss, s), g = loss_and_grad(d["logp"][rows], rows)
+        total, stats = total + loss, combine_stats(stats or zeros_like_stats(s), s)
+        grads.append(g)
+    assert abs(float(total) - float(full_loss)) <= 1e-6
+    np.testing.assert_allclose(np.concatenate(grads), full_grad, rtol=1e-6, atol=1e-9)
+    for k, v in finalize_stats(full_stats).items():
+        np.testing.assert_allclose(finalize_stats(stats)[k], v, rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+def test_precomputed_global_weights_sliced_equal_per_micro_batch_weights():
+    d = make_batch(3)
+    norms = global_normalisers(d["mask"], L)
+    for name in AGGREGATIONS:
+        full = token_weights_BT(d["mask"], name, norms)
+        np.testing.assert_array_equal(full[2:4], token_weights_BT(d["mask"][2:4], name, norms))
+
+
+def test_dual_clip_bounds_negative_advantage_loss():
+    cfg = GRPOConfig(kl_coef=0.0, dual_clip=3.0, max_logratio=20.0)
+    one = np.ones((1, 1), np.float32)
+    logp, old = 5.0 * one, 0.0 * one
+    loss, _ = grpo_loss(logp, np.array([-2.0]), one, one, cfg, old_logp_BT=old)
+    assert float(loss) == pytest.approx(3.0 * 2.0)  # -A * ratio = 2 e^5 without the dual clip
+    loss, _ = grpo_loss(logp, np.array([2.0]), one, one, cfg, old_logp_BT=old)
+    assert float(loss) == pytest.approx(-2.0 * 1.28)  # positive advantages: the ordinary upper clip
+
+
+def test_shape_mismatch_raises():
+    one = np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match="adv_B"):
+        grpo_loss(one, np.ones(4), one, one, GRPOConfig(kl_coef=0.0))
+
+
+def test_log_ratio_is_clamped():
+    cfg = GRPOConfig(kl_coef=0.0, max_logratio=2.0, clip_high=100.0)
+    loss, stats = grpo_loss(np.array([[50.0]]), np.array([1.0]), np.ones((1, 1)), np.ones((1, 1)), cfg,
+                            old_logp_BT=np.zeros((1, 1)))
+    np.testing.assert_allclose(stats["ratio_max"], math.exp(2.0), rtol=1e-6)
+
+
+def test_zero_kl_coef_never_reads_the_reference():
+    d = make_batch()
+    cfg = GRPOConfig(kl_coef=0.0)
+    weights = token_weights_BT(d["mask"], cfg.loss_aggregation, global_normalisers(d["mask"], L))
+    a, sa = grpo_loss(d["logp"], d["adv"], d["mask"], weights, cfg, old_logp_BT=d["old"])
+    b, sb = grpo_loss(d["logp"], d["adv"], d["mask"], weights, cfg, old_logp_BT=d["old"],
+                      ref_logp_BT=np.full((B, T), np.nan, np.float32))
+    assert float(a) == float(b) and "kl_sum" not in sa and "kl_sum" not in sb
+
+
+def test_missing_inputs_raise():
+    d = make_batch()
+    w = np.ones((B, T), np.float32)
+    with pytest.raises(ValueError, match="ref_logp_BT"):
+        grpo_loss(d["logp"], d["adv"], d["mask"], w, GRPOConfig(kl_coef=0.1))
+    with pytest.raises(ValueError, match="sampler_logp_BT"):
+        grpo_loss(d["logp"], d["adv"], d["mask"], w, GRPOConfig(kl_coef=0.0, tis_cap=2.0))
+
+
+def test_token_logp_and_entropy_match_numpy_and_ignore_garbage():
+    rng = np.random.default_rng(4)
+    V, temperature = 11, 0.7
+    logits = rng.normal(0, 3, (2, 5, V)).astype(np.float32)
+    targets = rng.integers(0, V, (2, 5))
+    mask = np.array([[0, 1, 1, 1, 0], [1, 1, 0, 0, 0]], bool)
+    logits[~mask] = np.nan
+    logits[0, 0, 3] = np.inf
+    targets[~mask] = -7  # out of range
+    logp, ent = map(np.asarray, token_logp_and_entropy(logits, targets, mask, temperature))
+    for b, t in zip(*np.nonzero(mask)):
+        x = logits[b, t].astype(np.float64) / temperature
+        logq = x - np.log(np.sum(np.exp(x - x.max()))) - x.max()
+        np.testing.assert_allclose(logp[b, t], logq[targets[b, t]], rtol=1e-5)
+        np.testing.assert_allclose(ent[b, t], -np.sum(np.exp(logq) * logq), rtol=1e-5)
+    assert np.all(logp[~mask] == 0) and np.all(ent[~mask] == 0)
+    grad = jax.grad(lambda z: jnp.sum(token_logp_and_entropy(z, targets, mask, temperature)[0]))(logits)
+    assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad)[~mask] == 0)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("clip_low", -0.1), ("clip_high", -0.2), ("kl_estimator", "k4"), ("advantage_estimator", "ppo"),
+    ("loss_aggregation", "sum"), ("ratio_level", "tokens"), ("group_size", 1), ("temperature", 0.0),
+    ("kl_coef", -1.0), ("dual_clip", 0.5), ("tis_cap", 0.0), ("num_iterations", 0), ("max_logratio", 0.0),
+])
+def test_bad_grpo_config_names_the_field(field, value):
+    with pytest.raises(UserError, match=rf"grpo\.{field}\b"):
+        GRPOConfig(**{field: value})
+
+
+def test_grpo_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        GRPOConfig().kl_coef = 0.1

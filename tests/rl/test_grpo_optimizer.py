@@ -1,0 +1,134 @@
+"""The optimizer: bitwise-unchanged skips of non-finite steps, schedules, norms, config validation."""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from model.errors import UserError
+from rl.grpo import OptimizerConfig, grad_norms, lr_schedule, make_optimizer, skip_counts
+from rl.grpo.config import SCHEDULES
+from rl.grpo.optimizer import DECAYS
+
+
+def make_params():
+    return {
+        "w": jnp.array([[1.0, -0.0], [0.0, -2.5]], jnp.float32),  # signed zeros: 0.0 + -0.0 would flip one
+        "b": jnp.array([0.5, -0.0, 3.0], jnp.bfloat16),
+    }
+
+
+def grads_like(params, value):
+    return jax.tree.map(lambda p: jnp.full_like(p, value), params)
+
+
+def bitwise_equal(a, b):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(la) == len(lb) and all(
+        np.asarray(x).dtype == np.asarray(y).dtype and np.asarray(x).tobytes() == np.asarray(y).tobytes()
+        for x, y in zip(la, lb))
+
+
+def test_non_finite_steps_change_nothing_but_the_counters():
+    opt = make_optimizer(OptimizerConfig(lr=1e-2))
+
+    @jax.jit
+    def step(params, state, grads):
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    params = make_params()
+    state = opt.init(params)
+    # (bad entry or None, expected (consecutive, total) skips); the first skip sees the signed zeros intact.
+    plan = [(np.nan, (1, 1)), (None, (0, 1)), (np.inf, (1, 2)), (-np.inf, (2, 3)), (None, (0, 3))]
+    for bad, counts in plan:
+        grads = grads_like(params, 0.1)
+        if bad is not None:
+            grads["w"] = grads["w"].at[1, 0].set(bad)
+        new_params, new_state = step(params, state, grads)
+        if bad is None:
+            assert not np.array_equal(new_params["w"], params["w"])
+            assert all(np.all(np.isfinite(np.asarray(x, np.float32))) for x in jax.tree.leaves(new_state))
+        else:
+            assert bitwise_equal(new_params, params)
+            assert bitwise_equal(new_state.inner_state, state.inner_state)
+        assert tuple(map(int, skip_counts(new_state))) == counts
+        params, state = new_params, new_state
+
+
+def test_adam_count_and_schedule_do_not_advance_on_skips():
+    opt = make_optimizer(OptimizerConfig(lr=1.0, warmup_steps=4))
+    params = make_params()
+    state = opt.init(params)
+    _, state = opt.update(grads_like(params, np.nan), state, params)
+    counts = [x for x in jax.tree.leaves(state.inner_state) if np.asarray(x).dtype == np.int32]
+    assert counts and all(int(c) == 0 for c in counts)
+
+
+def test_first_update_uses_the_scheduled_lr():
+    cfg = OptimizerConfig(lr=0.1, warmup_steps=4, weight_decay=0.0, grad_clip_norm=None)
+    opt = make_optimizer(cfg)
+    params = {"w": jnp.ones(3)}
+    updates, _ = opt.update({"w": jnp.array([1.0, -2.0, 0.5])}, opt.init(params), params)
+    # Adam's first step is -lr * g / (|g| + eps) = -lr * sign(g).
+    np.testing.assert_allclose(updates["w"], -0.1 / 4 * np.array([1.0, -1.0, 1.0]), rtol=1e-5)
+
+
+def test_warmup_cosine_schedule_matches_formula():
+    cfg = OptimizerConfig(lr=3e-6, schedule="warmup_cosine", warmup_steps=10, total_steps=110, min_lr_ratio=0.1)
+    schedule = lr_schedule(cfg)
+
+    def expected(step):
+        if step < 10:
+            return 3e-6 * (step + 1) / 10
+        progress = min((step - 10) / 100, 1.0)
+        return 3e-6 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    for step in [0, 4, 9, 10, 35, 60, 109, 110, 500]:
+        np.testing.assert_allclose(schedule(step), expected(step), rtol=1e-5, err_msg=str(step))
+    np.testing.assert_allclose(schedule(60), 3e-6 * 0.55, rtol=1e-5)  # half-way: mean of peak and floor
+
+
+def test_constant_schedule_with_and_without_warmup():
+    np.testing.assert_allclose([lr_schedule(OptimizerConfig(lr=2.0))(s) for s in (0, 7)], [2.0, 2.0])
+    warm = lr_schedule(OptimizerConfig(lr=2.0, warmup_steps=4))
+    np.testing.assert_allclose([warm(s) for s in (0, 1, 3, 100)], [0.5, 1.0, 2.0, 2.0])
+
+
+def test_schedule_names_match_the_registry():
+    assert set(SCHEDULES) == set(DECAYS)
+
+
+def test_grad_norms_raw_and_clipped():
+    grads = {"a": jnp.array([3.0, 0.0]), "b": jnp.array([[4.0]], jnp.bfloat16)}
+    raw, clipped = grad_norms(grads, 1.0)
+    assert float(raw) == pytest.approx(5.0) and float(clipped) == pytest.approx(1.0)
+    after, _ = optax.clip_by_global_norm(1.0).update(grads, None)
+    assert float(grad_norms(after, None)[0]) == pytest.approx(float(clipped), rel=1e-2)  # bf16 leaf
+    assert tuple(map(float, grad_norms(grads, 10.0))) == pytest.approx((5.0, 5.0))
+    assert np.isnan(grad_norms({"a": jnp.array([np.nan])}, 1.0)[1])
+
+
+@pytest.mark.parametrize("field,value", [
+    ("lr", -1e-6), ("schedule", "linear"), ("warmup_steps", -1), ("min_lr_ratio", 1.5), ("b2", 1.0),
+    ("weight_decay", -0.1), ("grad_clip_norm", 0.0), ("max_consecutive_skips", 0),
+])
+def test_bad_optimizer_config_names_the_field(field, value):
+    with pytest.raises(UserError, match=rf"optimizer\.{field}\b"):
+        OptimizerConfig(**{field: value})
+
+
+def test_warmup_cosine_needs_total_steps():
+    with pytest.raises(UserError, match=r"optimizer\.total_steps"):
+        OptimizerConfig(schedule="warmup_cosine", warmup_steps=10)
+    with pytest.raises(UserError, match=r"optimizer\.total_steps"):
+        OptimizerConfig(schedule="warmup_cosine", warmup_steps=10, total_steps=10)
+
+
+def test_optimizer_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        OptimizerConfig().lr = 1.0
