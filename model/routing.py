@@ -25,7 +25,7 @@ from model.config import ModelConfig
 class Routing(NamedTuple):
     experts_TK: jax.Array  # int32 expert index per token copy
     weights_TK: jax.Array  # float32 combine weight per token copy
-    probs_TE: jax.Array  # float32 router probabilities (softmax or sigmoid), for the balance loss
+    probs_TE: jax.Array  # float32 router probabilities summing to 1 per token, for the balance loss
     logits_TE: jax.Array  # float32 router logits, for the z-loss
 
 
@@ -40,6 +40,8 @@ def route(x_TD: jax.Array, router_DE: jax.Array, bias_E: jax.Array | None, cfg: 
         if cfg.norm_topk_prob:
             weights_TK = weights_TK / (jnp.sum(weights_TK, axis=-1, keepdims=True) + 1e-20)
         weights_TK = weights_TK * cfg.routed_scaling_factor
+        # the balance loss uses scores normalised over experts (DeepSeek-V3 eq. 18's s'_{i,t})
+        probs_TE = probs_TE / jnp.sum(probs_TE, axis=-1, keepdims=True)
     else:
         probs_TE = jax.nn.softmax(logits_TE, axis=-1)
         if replay_TK is None:

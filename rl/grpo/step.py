@@ -1,0 +1,80 @@
+"""The GRPO update step: the per-micro-batch loss on the policy, and rollout -> training batch.
+
+Training batch (a dict; rows on axis 0, targets aligned with `tokens[:, 1:]`, so per-token arrays are
+[B, T - 1]): `tokens`, `positions`, `valid` [B, T]; `mask` (completion targets), `weight` (loss weights from
+the GLOBAL batch), `sampler_logp` [B, T - 1]; `adv` [B]; optionally `old_logp` [B, T - 1] (mu > 1: log-probs
+recomputed before the first update) and `replay` [B, L, T, K] (routing replay).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from model.config import ModelConfig
+from rl.grpo.aggregation import global_normalisers, token_weights_BT
+from rl.grpo.config import GRPOConfig
+from rl.grpo.logprobs import token_logp_and_entropy
+from rl.grpo.losses import grpo_loss
+from rl.update import UpdateConfig, make_update_step
+
+
+def rollout_batch(rollout, adv_B: jax.Array, cfg: GRPOConfig, max_new_tokens: int,
+                  with_replay: bool = False) -> dict:
+    """The training batch for a sampler Rollout (rl.sampler) and one advantage per row."""
+    tokens_BT = rollout.tokens_BT
+    p = rollout.prompt_length
+    mask_BT = jnp.zeros(tokens_BT[:, 1:].shape, bool).at[:, p - 1:].set(rollout.completion_mask_BN)
+    sampler_logp_BT = jnp.zeros(mask_BT.shape, jnp.float32).at[:, p - 1:].set(rollout.logprobs_BN)
+    norms = global_normalisers(mask_BT, max_new_tokens)
+    batch = {
+        "tokens": tokens_BT, "positions": rollout.positions_BT, "valid": rollout.valid_BT, "mask": mask_BT,
+        "weight": token_weights_BT(mask_BT, cfg.loss_aggregation, norms), "sampler_logp": sampler_logp_BT,
+        "adv": jnp.asarray(adv_B, jnp.float32),
+    }
+    if with_replay:
+        batch["replay"] = jnp.moveaxis(rollout.experts_LBTK, 1, 0)
+    return batch
+
+
+def _policy_logp(graphdef, params, bias, mb: dict, temperature: float, replay, with_entropy: bool):
+    policy = nnx.merge(graphdef, params, bias)
+    out = policy(mb["tokens"], mb["positions"], mb["valid"], replay)
+    logp, entropy = token_logp_and_entropy(out.logits_BTV[:, :-1], mb["tokens"][:, 1:], mb["mask"], temperature,
+                                           with_entropy=with_entropy)
+    return logp, entropy, out.aux
+
+
+def grpo_micro_loss(graphdef, cfg: GRPOConfig, update: UpdateConfig, micro_batches: int) -> Callable:
+    def loss_fn(params, bias, ref, mb):
+        replay = jnp.moveaxis(mb["replay"], 0, 1) if "replay" in mb else None
+        logp, entropy, aux = _policy_logp(graphdef, params, bias, mb, cfg.temperature, replay, True)
+        ref_logp = None
+        if cfg.kl_coef > 0:
+            ref_logp, _, _ = _policy_logp(graphdef, *jax.lax.stop_gradient(ref), mb, cfg.temperature, replay,
+                                          False)
+        loss, stats = grpo_loss(logp, mb["adv"], mb["mask"], mb["weight"], cfg, old_logp_BT=mb.get("old_logp"),
+                                ref_logp_BT=ref_logp, sampler_logp_BT=mb["sampler_logp"], entropy_BT=entropy)
+        return _with_router_losses(loss, stats, aux, update, micro_batches)
+    return loss_fn
+
+
+def _with_router_losses(loss, stats, aux, update: UpdateConfig, micro_batches: int):
+    """Adds the weighted balance and z losses (each micro-batch contributes 1 / M of its mean)."""
+    if aux.load_balance_loss.shape[0]:
+        balance = jnp.mean(aux.load_balance_loss) / micro_batches
+        z = jnp.mean(aux.z_loss) / micro_batches
+        loss = loss + update.aux_loss_coef * balance + update.z_loss_coef * z
+        stats = {**stats, "aux_loss": jax.lax.stop_gradient(balance), "z_loss": jax.lax.stop_gradient(z)}
+    return loss, (stats, jax.lax.stop_gradient(aux.counts_E))
+
+
+def make_grpo_step(graphdef, optimizer: optax.GradientTransformation, cfg: GRPOConfig, update: UpdateConfig,
+                   model: ModelConfig, grad_clip_norm: float | None, bias_rate: float | None = None) -> Callable:
+    """`step(state, batch) -> (state, metrics)`, not yet jitted (the trainer jits with shardings)."""
+    loss_fn = grpo_micro_loss(graphdef, cfg, update, update.micro_batches)
+    return make_update_step(graphdef, optimizer, loss_fn, update, model, bias_rate, grad_clip_norm)

@@ -1,0 +1,151 @@
+"""The one jitted update step shared by every stage (SFT, GRPO): micro-batches, optimizer, MoE bias.
+
+`make_update_step(graphdef, optimizer, micro_loss, cfg)` returns `step(state, batch) -> (state, metrics)`:
+- the batch (a dict of arrays, rows on axis 0) is split into `micro_batches` strided micro-batches
+  (micro-batch i holds rows i, i + M, ...: with rows sharded contiguously over devices every micro-batch
+  still spans all devices); gradients, loss stats and expert counts are summed over them in a `lax.scan`;
+  losses are normalised by global-batch quantities inside `micro_loss`, so the sum equals the full batch;
+- optax update (AdamW, clipping, non-finite skipping: rl.grpo.optimizer);
+- DeepSeek's aux-loss-free balancing: the routing bias moves by the global expert load of this step,
+  outside the optimizer (unchanged on a skipped step, like the parameters).
+
+`micro_loss(params, bias, ref, micro_batch) -> (loss, (stats, counts_LE))` where stats follow
+rl.grpo.stats (additive, finalized once).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+from model.config import ModelConfig
+from model.errors import UserError
+from model.layers import RoutingBias
+from model.routing import update_routing_bias
+from rl.grpo.optimizer import grad_norms
+from rl.grpo.stats import combine_stats, finalize_stats
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateConfig:
+    micro_batches: int = 1  # gradient accumulation: the batch is split into this many micro-batches
+    aux_loss_coef: float = 0.001  # Switch load-balancing loss weight (HF Qwen3-MoE router_aux_loss_coef)
+    z_loss_coef: float = 0.0  # router z-loss weight (ST-MoE uses 1e-3)
+    routing_replay: bool = False  # the training forward reuses the experts the sampler chose (R3)
+
+    def __post_init__(self) -> None:
+        if self.micro_batches < 1:
+            raise UserError(f"update.micro_batches={self.micro_batches}: must be >= 1")
+        for name in ("aux_loss_coef", "z_loss_coef"):
+            if getattr(self, name) < 0:
+                raise UserError(f"update.{name}={getattr(self, name)}: must be >= 0")
+
+
+@struct.dataclass
+class TrainState:
+    params: Any  # nnx.State of the trainable parameters
+    bias: Any  # nnx.State of the routing biases (not trained by the optimizer)
+    opt_state: Any
+    step: jax.Array
+    ref: Any = None  # (params, bias) of the reference policy, or None when no KL term is used
+
+
+def split_policy(policy) -> tuple[Any, Any, Any]:
+    """(graphdef, params, bias) of a Policy."""
+    return nnx.split(policy, nnx.Param, RoutingBias)
+
+
+def init_train_state(policy, optimizer: optax.GradientTransformation, with_ref: bool) -> tuple[Any, TrainState]:
+    graphdef, params, bias = split_policy(policy)
+    ref = (jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, bias)) if with_ref else None
+    return graphdef, TrainState(params, bias, optimizer.init(params), jnp.zeros([], jnp.int32), ref)
+
+
+def reset_reference(state: TrainState) -> TrainState:
+    """The reference policy becomes a copy of the current one (R1: every 400 steps)."""
+    return state.replace(ref=(jax.tree.map(jnp.copy, state.params), jax.tree.map(jnp.copy, state.bias)))
+
+
+def _micro_split(batch: dict, micro: int) -> dict:
+    """[B, ...] -> [M, B / M, ...] with micro-batch i = rows i, i + M, i + 2M, ..."""
+    def split(x):
+        rows = x.shape[0]
+        if rows % micro:
+            raise UserError(f"batch of {rows} rows does not split into update.micro_batches={micro}")
+        return jnp.swapaxes(x.reshape(rows // micro, micro, *x.shape[1:]), 0, 1)
+    return jax.tree.map(split, batch)
+
+
+def expert_load_metrics(counts_LE: jax.Array) -> dict[str, jax.Array]:
+    """min / max / coefficient of variation of the per-expert load, as fractions of the mean load."""
+    if counts_LE.shape[0] == 0:
+        return {}
+    mean_L1 = jnp.maximum(jnp.mean(counts_LE, axis=-1, keepdims=True), 1e-9)
+    load_LE = counts_LE / mean_L1
+    return {"expert_load/min": jnp.min(load_LE), "expert_load/max": jnp.max(load_LE),
+            "expert_load/cv": jnp.mean(jnp.std(load_LE, axis=-1))}
+
+
+def make_update_step(graphdef, optimizer: optax.GradientTransformation, micro_loss: Callable,
+                     cfg: UpdateConfig, model: ModelConfig, bias_rate: float | None,
+                     grad_clip_norm: float | None) -> Callable:
+    """`bias_rate` None: the model's `routing_bias_update_rate`; 0 turns the bias update off."""
+    segments = model.layer_segments()
+    bias_rate = model.routing_bias_update_rate if bias_rate is None else bias_rate
+
+    def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        micro = _micro_split(batch, cfg.micro_batches)
+        grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+        def accumulate(carry, micro_batch):
+            (_, (stats, counts)), grads = grad_fn(state.params, state.bias, state.ref, micro_batch)
+            if carry is None:
+                return grads, stats, counts
+            return (jax.tree.map(jnp.add, carry[0], grads), combine_stats(carry[1], stats), carry[2] + counts)
+
+        first = accumulate(None, jax.tree.map(lambda x: x[0], micro))
+        rest = jax.tree.map(lambda x: x[1:], micro)
+        totals, _ = jax.lax.scan(lambda c, mb: (accumulate(c, mb), None), first, rest)
+        grads, stats, counts_LE = totals
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        applied = opt_state.consecutive_skips == 0
+        bias = state.bias
+        if bias_rate and jax.tree.leaves(bias):
+            bias = jax.tree.map(lambda old, new: jnp.where(applied, new, old), bias,
+                                _updated_bias(segments, bias, counts_LE, bias_rate))
+        raw_norm, clipped_norm = grad_norms(grads, grad_clip_norm)
+        metrics = {**finalize_stats(stats), **expert_load_metrics(counts_LE),
+                   "grad_norm": raw_norm, "grad_norm_clipped": clipped_norm,
+                   "skipped": (~applied).astype(jnp.int32), "consecutive_skips": opt_state.consecutive_skips,
+                   "total_skips": opt_state.total_skips}
+        new_state = state.replace(params=params, bias=bias, opt_state=opt_state, step=state.step + 1)
+        return new_state, metrics
+
+    return step
+
+
+def _updated_bias(segments, bias, counts_LE, rate):
+    """Apply the sign rule to every MoE segment's stacked bias ([L_seg, E]), layers in model order.
+
+    Pure: works on the bias tree by path (segments.<i>....), never mutating module state under trace."""
+    offsets, start = {}, 0
+    for index, (kind, count) in enumerate(segments):
+        if kind == "moe":
+            offsets[index] = (start, count)
+            start += count
+
+    def one(path, leaf):
+        first, count = offsets[int(_key(path[1]))]
+        return update_routing_bias(leaf, counts_LE[first:first + count], rate)
+
+    return jax.tree_util.tree_map_with_path(one, bias)
+
+
+def _key(entry):
+    return getattr(entry, "key", getattr(entry, "idx", entry))
