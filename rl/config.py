@@ -16,16 +16,43 @@ from omegaconf.errors import OmegaConfBaseException
 
 from model.config import ModelConfig
 from model.errors import UserError
+from model.tokenizer import TokenizerConfig
+from rl.data.config import DataConfig
+from rl.grpo.config import GRPOConfig, OptimizerConfig
+from rl.rewards.config import PoolConfig, RewardsConfig
+from rl.sampler import SamplingConfig
+from rl.train.config import CheckpointConfig, EvalConfig, StageConfig
+from rl.update import UpdateConfig
 from sharding.mesh import ShardingConfig
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
+def _default(cls):
+    return dataclasses.field(default_factory=cls)
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    sharding: ShardingConfig = dataclasses.field(default_factory=ShardingConfig)
+    model: ModelConfig = _default(ModelConfig)
+    sharding: ShardingConfig = _default(ShardingConfig)
+    tokenizer: TokenizerConfig = _default(TokenizerConfig)
+    data: DataConfig = _default(DataConfig)
+    rewards: RewardsConfig = _default(RewardsConfig)
+    reward_pool: PoolConfig = _default(PoolConfig)
+    sampling: SamplingConfig = _default(SamplingConfig)
+    grpo: GRPOConfig = _default(GRPOConfig)
+    optimizer: OptimizerConfig = _default(OptimizerConfig)
+    update: UpdateConfig = _default(UpdateConfig)
+    eval: EvalConfig = _default(EvalConfig)
+    checkpoint: CheckpointConfig = _default(CheckpointConfig)
+    stages: list[StageConfig] = dataclasses.field(default_factory=lambda: [StageConfig()])
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise UserError(f"stages: names must be unique, got {names}")
 
 
 def preset_names() -> list[str]:

@@ -134,8 +134,11 @@ def _repeat_rows(tree, samples: int, axis: int):
 def generate_padded(graphdef, state, prompt_BP, prompt_valid_BP, key, temperature, top_k, top_p, *,
                     max_new: int, samples: int, eos_id: int, pad_id: int, ignore_eos: bool,
                     keep_logits: bool = False) -> Rollout:
-    """Sample `samples` completions per left-padded prompt. Rows are prompt-major: row = prompt * G + g."""
-    policy = nnx.merge(graphdef, state)
+    """Sample `samples` completions per left-padded prompt. Rows are prompt-major: row = prompt * G + g.
+
+    `state` is the policy's nnx.State, or a tuple of States (e.g. trainable params and routing bias) that
+    `nnx.merge(graphdef, *state)` reassembles."""
+    policy = nnx.merge(graphdef, *state) if isinstance(state, tuple) else nnx.merge(graphdef, state)
     prompts, p = prompt_BP.shape
     total = p + max_new
     positions_BP = jnp.maximum(jnp.cumsum(prompt_valid_BP, axis=1) - 1, 0).astype(jnp.int32)

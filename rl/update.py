@@ -81,6 +81,16 @@ def _micro_split(batch: dict, micro: int) -> dict:
     return jax.tree.map(split, batch)
 
 
+def add_router_losses(loss, stats, aux, update: UpdateConfig, micro_batches: int):
+    """Adds the weighted balance and z losses (each micro-batch contributes 1 / M of its mean)."""
+    if aux.load_balance_loss.shape[0]:
+        balance = jnp.mean(aux.load_balance_loss) / micro_batches
+        z = jnp.mean(aux.z_loss) / micro_batches
+        loss = loss + update.aux_loss_coef * balance + update.z_loss_coef * z
+        stats = {**stats, "aux_loss": jax.lax.stop_gradient(balance), "z_loss": jax.lax.stop_gradient(z)}
+    return loss, (stats, jax.lax.stop_gradient(aux.counts_E))
+
+
 def expert_load_metrics(counts_LE: jax.Array) -> dict[str, jax.Array]:
     """min / max / coefficient of variation of the per-expert load, as fractions of the mean load."""
     if counts_LE.shape[0] == 0:

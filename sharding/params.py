@@ -36,3 +36,18 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules) -> nnx.State:
 def logical_axes(state: nnx.State):
     """The `axes` metadata of every Variable, as a tree of tuples."""
     return jax.tree.map(lambda v: v.get_metadata().get("axes"), state, is_leaf=_is_variable)
+
+
+def tree_shardings(tree, mesh: Mesh, rules: Rules):
+    """Shardings for any tree holding NNX Variables (params, optimizer moments) and plain arrays: Variables
+    by their logical axes, plain arrays (step counters, scalars) replicated."""
+    mesh_shape = dict(mesh.shape)
+    replicated = NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    def one(path, leaf):
+        if _is_variable(leaf):
+            axes = leaf.get_metadata().get("axes") or (None,) * len(leaf.shape)
+            return NamedSharding(mesh, rules.spec(axes, leaf.shape, mesh_shape, what=_path_name(path)))
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(one, tree, is_leaf=_is_variable)

@@ -55,9 +55,8 @@ def _all_finite(tree) -> jax.Array:
 def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransformation:
     """Wraps `inner` so that a step with non-finite grads or updates changes nothing but the skip counters."""
 
-    def init_fn(params):
-        zero = jnp.zeros([], jnp.int32)
-        return SkipState(inner.init(params), zero, zero)
+    def init_fn(params):  # two distinct zeros: a donated state must not hold one buffer twice
+        return SkipState(inner.init(params), jnp.zeros([], jnp.int32), jnp.zeros([], jnp.int32))
 
     def update_fn(grads, state: SkipState, params=None):
         updates, inner_state = inner.update(grads, state.inner_state, params)

@@ -3,7 +3,8 @@
 Training batch (a dict; rows on axis 0, targets aligned with `tokens[:, 1:]`, so per-token arrays are
 [B, T - 1]): `tokens`, `positions`, `valid` [B, T]; `mask` (completion targets), `weight` (loss weights from
 the GLOBAL batch), `sampler_logp` [B, T - 1]; `adv` [B]; optionally `old_logp` [B, T - 1] (mu > 1: log-probs
-recomputed before the first update) and `replay` [B, L, T, K] (routing replay).
+recomputed before the first update), `ref_logp` [B, T - 1] (reference log-probs computed ahead, see
+`reference_logprobs`) and `replay` [B, L, T, K] (routing replay).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from rl.grpo.aggregation import global_normalisers, token_weights_BT
 from rl.grpo.config import GRPOConfig
 from rl.grpo.logprobs import token_logp_and_entropy
 from rl.grpo.losses import grpo_loss
-from rl.update import UpdateConfig, make_update_step
+from rl.update import UpdateConfig, add_router_losses, make_update_step
 
 
 def rollout_batch(rollout, adv_B: jax.Array, cfg: GRPOConfig, max_new_tokens: int,
@@ -53,24 +54,22 @@ def grpo_micro_loss(graphdef, cfg: GRPOConfig, update: UpdateConfig, micro_batch
     def loss_fn(params, bias, ref, mb):
         replay = jnp.moveaxis(mb["replay"], 0, 1) if "replay" in mb else None
         logp, entropy, aux = _policy_logp(graphdef, params, bias, mb, cfg.temperature, replay, True)
-        ref_logp = None
-        if cfg.kl_coef > 0:
+        ref_logp = mb.get("ref_logp")  # precomputed by `reference_logprobs` while rewards are scored
+        if cfg.kl_coef > 0 and ref_logp is None:
             ref_logp, _, _ = _policy_logp(graphdef, *jax.lax.stop_gradient(ref), mb, cfg.temperature, replay,
                                           False)
         loss, stats = grpo_loss(logp, mb["adv"], mb["mask"], mb["weight"], cfg, old_logp_BT=mb.get("old_logp"),
                                 ref_logp_BT=ref_logp, sampler_logp_BT=mb["sampler_logp"], entropy_BT=entropy)
-        return _with_router_losses(loss, stats, aux, update, micro_batches)
+        return add_router_losses(loss, stats, aux, update, micro_batches)
     return loss_fn
 
 
-def _with_router_losses(loss, stats, aux, update: UpdateConfig, micro_batches: int):
-    """Adds the weighted balance and z losses (each micro-batch contributes 1 / M of its mean)."""
-    if aux.load_balance_loss.shape[0]:
-        balance = jnp.mean(aux.load_balance_loss) / micro_batches
-        z = jnp.mean(aux.z_loss) / micro_batches
-        loss = loss + update.aux_loss_coef * balance + update.z_loss_coef * z
-        stats = {**stats, "aux_loss": jax.lax.stop_gradient(balance), "z_loss": jax.lax.stop_gradient(z)}
-    return loss, (stats, jax.lax.stop_gradient(aux.counts_E))
+def reference_logprobs(graphdef, ref, batch: dict, temperature: float) -> jax.Array:
+    """log-probs of the batch's targets under the reference policy ([B, T - 1]); jit it and dispatch it
+    before waiting on the reward pool, so the reference forward overlaps reward scoring."""
+    replay = jnp.moveaxis(batch["replay"], 0, 1) if "replay" in batch else None
+    logp, _, _ = _policy_logp(graphdef, *ref, batch, temperature, replay, False)
+    return logp
 
 
 def make_grpo_step(graphdef, optimizer: optax.GradientTransformation, cfg: GRPOConfig, update: UpdateConfig,

@@ -1,0 +1,108 @@
+"""Evaluation with DeepSeek-R1's protocol: k samples per problem at temperature 0.6, top-p 0.95.
+
+- pass@1: the fraction of correct samples, averaged over problems (R1 reports this, "averaged over k").
+- cons@k: the majority answer among the k samples is correct (ties go to the earliest answer).
+- pass@k: the unbiased estimator 1 - C(n - c, k) / C(n, k) with n = k samples (Chen et al. 2021).
+- by difficulty, mean response length (tokens), format rate.
+Held-out problems come from another seed and skip every prompt the training source contains.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from typing import Sequence
+
+import numpy as np
+
+from rl.data import DataConfig
+from rl.data.pipeline import TaskSource
+from rl.rewards import RewardPool, extract_answer
+from rl.tasks import get_task
+from rl.train.config import EvalConfig
+from rl.train.rollouts import decode_completions, encode_prompts, reflection_rate, score_items
+
+
+def held_out_problems(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | None = None) -> list[dict]:
+    """`cfg.num_problems` problems from `cfg.seed` whose prompts never occur in the training source."""
+    tasks = list(tasks or data.tasks)
+    difficulty = cfg.difficulty or data.difficulty
+    seen = set()
+    if data.path is None:
+        train = TaskSource([get_task(t, data.difficulty) for t in data.tasks], data.seed, data.num_problems)
+        seen = {train[i]["prompt"] for i in range(len(train))}
+    source = TaskSource([get_task(t, difficulty) for t in tasks], cfg.seed, 50 * cfg.num_problems)
+    problems, prompts = [], set()
+    for i in range(len(source)):
+        problem = source[i]
+        if problem["prompt"] in seen or problem["prompt"] in prompts:
+            continue
+        problems.append(problem)
+        prompts.add(problem["prompt"])
+        if len(problems) == cfg.num_problems:
+            return problems
+    raise ValueError(f"only {len(problems)} held-out problems differ from the training data; the task space "
+                     f"is too small for eval.num_problems={cfg.num_problems} (raise the difficulty)")
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def majority_correct(answers: Sequence[str | None], correct: Sequence[bool]) -> bool:
+    votes = collections.Counter(a for a in answers if a)
+    if not votes:
+        return False
+    top = max(votes.values())
+    winner = next(a for a in answers if a and votes[a] == top)
+    return any(ok for a, ok in zip(answers, correct) if a == winner)
+
+
+def summarize(problems, texts, lengths, results, k: int, answer_max_chars: int = 256) -> dict:
+    """Eval figures from k completions per problem (prompt-major rows)."""
+    per_problem, by_difficulty = [], collections.defaultdict(list)
+    for i, problem in enumerate(problems):
+        rows = range(i * k, (i + 1) * k)
+        correct = [results[r].rewards.get("accuracy", 0.0) >= 1.0 for r in rows]
+        answers = [_normalize(extract_answer(texts[r], answer_max_chars)) for r in rows]
+        entry = {"pass@1": float(np.mean(correct)), "cons": majority_correct(answers, correct),
+                 "pass@k": pass_at_k(k, sum(correct), k)}
+        per_problem.append(entry)
+        by_difficulty[str(problem.get("difficulty", 0))].append(entry["pass@1"])
+    return {
+        "pass@1": float(np.mean([e["pass@1"] for e in per_problem])),
+        f"cons@{k}": float(np.mean([e["cons"] for e in per_problem])),
+        f"pass@{k}": float(np.mean([e["pass@k"] for e in per_problem])),
+        "k": k, "n_problems": len(problems),
+        "accuracy_by_difficulty": {d: float(np.mean(v)) for d, v in sorted(by_difficulty.items())},
+        "response_length": float(np.mean(lengths)),
+        "format_rate": float(np.mean([r.rewards.get("format", 0.0) >= 1.0 for r in results])),
+        "reflection_rate": reflection_rate(texts),
+        "pool_failures": sum(r.status != "ok" for r in results),
+    }
+
+
+def _normalize(answer: str | None) -> str | None:
+    return None if answer is None else "".join(answer.split())
+
+
+def evaluate(sampler, states, tokenizer, template: str, problems: Sequence[dict], pool: RewardPool,
+             cfg: EvalConfig, max_new_tokens: int, answer_max_chars: int = 256) -> tuple[dict, list[dict]]:
+    """(figures, sample rows) for `problems` under the policy `states`."""
+    texts, lengths = [], []
+    for start in range(0, len(problems), cfg.batch_size):
+        chunk = problems[start:start + cfg.batch_size]
+        rollout = sampler.generate(states, encode_prompts(tokenizer, template, chunk), samples=cfg.samples,
+                                   temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
+                                   max_new_tokens=max_new_tokens)
+        texts += decode_completions(tokenizer, rollout)
+        lengths += np.asarray(rollout.lengths_B).tolist()
+    results = pool.score_batch(score_items(problems, texts, lengths, cfg.samples))
+    figures = summarize(problems, texts, lengths, results, cfg.samples, answer_max_chars)
+    samples = [{"prompt": problems[i // cfg.samples]["prompt"], "answer": problems[i // cfg.samples]["answer"],
+                "completion": texts[i], "rewards": results[i].rewards, "status": results[i].status}
+               for i in range(min(len(texts), cfg.num_logged_samples))]
+    return figures, samples

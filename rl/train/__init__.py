@@ -1,0 +1,1 @@
+"""The trainer: run directory, stages (SFT, GRPO, ...), checkpoints, metrics and plots."""

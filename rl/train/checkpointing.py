@@ -1,0 +1,93 @@
+"""Trainer checkpoints: everything a bit-exact resume needs, saved asynchronously with Orbax.
+
+Each step directory holds `config` and `meta` (JSON: stage, steps, RNG key data, data-iterator state, pool
+counters, eval metrics) plus one PyTree item per state tree (`params`, `opt_state`, `ref_params`, ...).
+Orbax writes a step into a temporary directory and renames it on commit, so a process killed mid-save leaves
+no step that restore would load half-written; restore only ever sees committed steps.
+
+Retention: the latest `keep` steps plus the best `keep_best` by evaluation accuracy (`eval/pass@1`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any, Mapping
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+from model.errors import UserError
+from rl.config import Config, config_from_dicts, to_dict
+
+BEST_METRIC = "eval/pass@1"
+
+
+class TrainCheckpointer:
+    def __init__(self, root: str | pathlib.Path, keep: int = 3, keep_best: int = 1, async_save: bool = True):
+        self.root = pathlib.Path(root).absolute()
+        policies = [checkpoint_managers.LatestN(n=keep)]
+        if keep_best:
+            policies.append(checkpoint_managers.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=keep_best,
+                                                      keep_checkpoints_without_metrics=False))
+        options = ocp.CheckpointManagerOptions(
+            enable_async_checkpointing=async_save,
+            preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies))
+        self.manager = ocp.CheckpointManager(self.root, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, config: Config, trees: Mapping[str, Any], meta: Mapping[str, Any],
+             metrics: Mapping[str, float] | None = None) -> None:
+        """Start an asynchronous save of `trees` (pure PyTrees of arrays) with `config` and `meta`."""
+        items = {name: ocp.args.StandardSave(tree) for name, tree in trees.items()}
+        items["config"] = ocp.args.JsonSave(to_dict(config))
+        items["meta"] = ocp.args.JsonSave(dict(meta))
+        metrics = dict(metrics) if metrics and BEST_METRIC in metrics else None
+        self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+
+    def restore_config_and_meta(self, step: int) -> tuple[Config, dict]:
+        restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore(),
+                                                                      meta=ocp.args.JsonRestore()))
+        config = config_from_dicts(restored.config, source=f"checkpoint {self.root / str(step)} config")
+        return config, dict(restored.meta)
+
+    def restore_trees(self, step: int, targets: Mapping[str, Any]) -> dict[str, Any]:
+        """Restore the named trees into the shapes, dtypes and shardings of `targets` (abstract arrays)."""
+        available = set(self.manager.item_metadata(step).keys())
+        missing = sorted(set(targets) - available)
+        if missing:
+            raise UserError(f"checkpoint {self.root / str(step)} lacks items {missing} (has {sorted(available)})")
+        args = {name: ocp.args.StandardRestore(target) for name, target in targets.items()}
+        return dict(self.manager.restore(step, args=ocp.args.Composite(**args)))
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def check_compatible(saved: Config, current: Config, where: str) -> None:
+    """Fail before compilation when a checkpoint's architecture differs from the run's, naming the fields."""
+    diffs = [f"model.{f.name}: checkpoint {getattr(saved.model, f.name)!r} vs config "
+             f"{getattr(current.model, f.name)!r}"
+             for f in dataclasses.fields(saved.model)
+             if f.name not in _RUNTIME_FIELDS and getattr(saved.model, f.name) != getattr(current.model, f.name)]
+    if diffs:
+        raise UserError(f"checkpoint {where} does not match the config: " + "; ".join(diffs))
+
+
+# Fields that change how the model runs, not what its parameters are: a checkpoint may resume under others.
+_RUNTIME_FIELDS = {"compute_dtype", "moe_impl", "moe_block_size", "remat", "routing_bias_update_rate"}
+
+
+def abstract_like(tree: Any, shardings: Any = None) -> Any:
+    """ShapeDtypeStructs of `tree` (optionally with shardings) to restore into."""
+    if shardings is None:
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+                            tree)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

@@ -1,0 +1,75 @@
+"""Trainer configs: stages, evaluation, checkpointing (typed, frozen, validated)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from model.errors import UserError
+
+STAGE_KINDS = ("sft", "grpo", "rejection_sampling", "distill")
+
+
+@dataclasses.dataclass(frozen=True)
+class StageConfig:
+    """One stage of a run. Each starts from the previous stage's final checkpoint unless `init_from`."""
+
+    name: str = "grpo"
+    kind: str = "grpo"  # sft | grpo | rejection_sampling | distill
+    steps: int = 100  # optimizer steps (sft, grpo, distill) or sampling rounds (rejection_sampling)
+    lr: Optional[float] = None  # overrides optimizer.lr for this stage
+    batch_size: int = 32  # sft/distill: sequences per step; rejection_sampling: prompts per round
+    init_from: Optional[str] = None  # an r1jax checkpoint or a Hugging Face directory
+    data_path: Optional[str] = None  # sft/distill: a JSONL of prompt/solution (default: task solutions)
+    # rejection sampling (R1 §2.3.3): K samples per prompt, keep those with reward >= threshold
+    samples_per_prompt: int = 4
+    reward_threshold: float = 2.0
+    max_new_tokens: Optional[int] = None  # default: sampling.max_new_tokens
+    teacher: Optional[str] = None  # distill: the stage whose samples (or a JSONL) the student learns from
+    student_overrides: tuple[str, ...] = ()  # distill: dotted model.* overrides of the student config
+
+    def __post_init__(self) -> None:
+        where = f"stages[{self.name}]"
+        if self.kind not in STAGE_KINDS:
+            raise UserError(f"{where}.kind={self.kind!r}: choose one of {', '.join(STAGE_KINDS)}")
+        if self.steps < 0:
+            raise UserError(f"{where}.steps={self.steps}: must be >= 0")
+        if self.batch_size < 1:
+            raise UserError(f"{where}.batch_size={self.batch_size}: must be >= 1")
+        if self.lr is not None and self.lr <= 0:
+            raise UserError(f"{where}.lr={self.lr}: must be > 0")
+        if self.samples_per_prompt < 1:
+            raise UserError(f"{where}.samples_per_prompt={self.samples_per_prompt}: must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """R1's protocol: pass@1 averaged over k samples at temperature 0.6, top-p 0.95; cons@k by vote."""
+
+    num_problems: int = 200  # held-out problems, never seen in training
+    samples: int = 4  # k
+    temperature: float = 0.6
+    top_p: float = 0.95
+    every: int = 0  # GRPO steps between evaluations; 0: only at the end of each stage
+    seed: int = 1_000_003  # held-out generation seed (problems equal to training prompts are skipped)
+    difficulty: Optional[int] = None  # default: data.difficulty
+    batch_size: int = 64  # prompts per sampler call
+    num_logged_samples: int = 16  # completions written to samples/ per evaluation
+
+    def __post_init__(self) -> None:
+        if self.num_problems < 1 or self.samples < 1 or self.batch_size < 1:
+            raise UserError("eval.num_problems, eval.samples and eval.batch_size must be >= 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise UserError(f"eval.temperature={self.temperature} / eval.top_p={self.top_p}: out of range")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 50  # steps between checkpoints (and at the end of every stage)
+    keep: int = 3  # latest checkpoints kept
+    keep_best: int = 1  # plus the best by eval/pass@1
+    async_save: bool = True
+
+    def __post_init__(self) -> None:
+        if self.every < 1 or self.keep < 1 or self.keep_best < 0:
+            raise UserError("checkpoint.every and checkpoint.keep must be >= 1, checkpoint.keep_best >= 0")

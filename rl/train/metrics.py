@@ -1,0 +1,93 @@
+"""Metrics out of a run: metrics.jsonl (one object per step), TensorBoard scalars, and refreshed plots.
+
+Only the primary process (JAX process 0) writes. On resume, rows past the restored step are dropped first,
+so a resumed run's metrics.jsonl equals an uninterrupted run's (wall time aside).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe scalars: numpy/JAX scalars to Python, non-finite floats to None."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and np.ndim(value) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_rows(path: pathlib.Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a kill mid-write: the run resumes before it
+                break
+    return rows
+
+
+def truncate_after(path: pathlib.Path, global_step: int) -> None:
+    """Keep only rows with global_step <= `global_step` (used when resuming from a checkpoint)."""
+    rows = [r for r in read_rows(path) if r.get("global_step", 0) <= global_step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+class MetricsWriter:
+    def __init__(self, run_dir: pathlib.Path, primary: bool = True, plot_every: int = 10):
+        self.run_dir, self.primary, self.plot_every = pathlib.Path(run_dir), primary, plot_every
+        self.path = self.run_dir / "metrics.jsonl"
+        self._tb = None
+        self._rows_since_plot = 0
+        self.start = time.time()
+
+    def _tensorboard(self):
+        if self._tb is None:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), flush_secs=10)
+        return self._tb
+
+    def write(self, row: Mapping[str, Any]) -> dict:
+        """Append one step's row (must hold `global_step`, `step` and `stage`); returns the row written."""
+        row = _plain({**row, "wall_time": round(time.time() - self.start, 3)})
+        if not self.primary:
+            return row
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        tb = self._tensorboard()
+        for key, value in row.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "global_step":
+                tb.add_scalar(f"{row['stage']}/{key}", value, row["global_step"])
+        self._rows_since_plot += 1
+        if self._rows_since_plot >= self.plot_every:
+            self.refresh_plots()
+        return row
+
+    def refresh_plots(self) -> None:
+        if not self.primary:
+            return
+        from rl.train.plots import write_plots
+
+        write_plots(read_rows(self.path), self.run_dir / "plots")
+        self._rows_since_plot = 0
+
+    def close(self) -> None:
+        if self.primary:
+            self.refresh_plots()
+            if self._tb is not None:
+                self._tb.close()

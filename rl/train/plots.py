@@ -1,0 +1,58 @@
+"""Training curves as PNGs: one figure per concept, every stage on one step axis."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Sequence
+
+# figure name -> (title, metric keys drawn on it)
+PLOTS = {
+    "reward": ("Reward", ["reward/total", "reward/accuracy", "reward/format"]),
+    "accuracy": ("Accuracy", ["reward/accuracy", "eval/pass@1"]),
+    "response_length": ("Response length (tokens)", ["response_length/mean", "response_length/max"]),
+    "kl": ("KL to the reference policy", ["kl"]),
+    "entropy": ("Entropy", ["entropy"]),
+    "clip_fraction": ("Clip fraction", ["clip_frac/low", "clip_frac/high"]),
+    "expert_load": ("Expert load", ["expert_load/min", "expert_load/max", "expert_load/cv"]),
+    "loss": ("Loss", ["loss", "sft/loss"]),
+    "reflection": ("Reflection words per completion", ["reflection_rate"]),
+}
+
+
+def write_plots(rows: Sequence[dict], out_dir: pathlib.Path) -> list[pathlib.Path]:
+    """Draw every figure that has data; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, (title, keys) in PLOTS.items():
+        series = {k: [(r["global_step"], r[k]) for r in rows if r.get(k) is not None] for k in keys}
+        series = {k: v for k, v in series.items() if v}
+        if not series:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for key, points in series.items():
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, label=key, marker="." if len(points) < 30 else None)
+        _mark_stages(ax, rows)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / f"{name}.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _mark_stages(ax, rows: Sequence[dict]) -> None:
+    previous = None
+    for row in rows:
+        if previous is not None and row.get("stage") != previous:
+            ax.axvline(row["global_step"], color="grey", linestyle=":", linewidth=1)
+        previous = row.get("stage")

@@ -1,0 +1,108 @@
+"""Between tokens and text: prompts in, completions out, scored by the reward pool.
+
+Rows are prompt-major (row = prompt * G + g), as the sampler returns them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from model.tokenizer import Tokenizer, apply_template
+from rl.rewards import RewardPool, ScoreItem, ScoreResult
+from rl.sampler import Rollout
+
+DEFAULT_REFLECTION_WORDS = ("wait", "verify", "check", "re-examine", "recheck", "reconsider", "double-check",
+                            "mistake", "however", "actually")
+
+
+def encode_prompts(tokenizer: Tokenizer, template: str, problems: Sequence[dict]) -> list[list[int]]:
+    return [tokenizer.encode(apply_template(template, p["prompt"]), add_bos=True) for p in problems]
+
+
+def completion_ids(rollout: Rollout, eos_id: int) -> list[list[int]]:
+    """Generated ids per row, up to and excluding the stop token."""
+    completions = np.asarray(rollout.completion_BN)
+    lengths = np.asarray(rollout.lengths_B)
+    rows = []
+    for row, length in zip(completions, lengths):
+        ids = row[:length].tolist()
+        rows.append(ids[:-1] if ids and ids[-1] == eos_id else ids)
+    return rows
+
+
+def decode_completions(tokenizer: Tokenizer, rollout: Rollout) -> list[str]:
+    return [tokenizer.decode(ids) for ids in completion_ids(rollout, tokenizer.eos_id)]
+
+
+def score_items(problems: Sequence[dict], texts: Sequence[str], lengths: Sequence[int],
+                samples: int) -> list[ScoreItem]:
+    return [ScoreItem(prompt=problems[i // samples]["prompt"], completion=text,
+                      reference=str(problems[i // samples]["answer"]), task=problems[i // samples]["task"],
+                      length=int(length))
+            for i, (text, length) in enumerate(zip(texts, lengths))]
+
+
+def submit(pool: RewardPool, problems, texts, rollout: Rollout, samples: int):
+    return pool.submit(score_items(problems, texts, np.asarray(rollout.lengths_B), samples))
+
+
+def reward_metrics(results: Sequence[ScoreResult], names: Sequence[str]) -> dict[str, float]:
+    out = {"reward/total": float(np.mean([r.total for r in results]))}
+    for name in names:
+        out[f"reward/{name}"] = float(np.mean([r.rewards.get(name, 0.0) for r in results]))
+    for status in {r.status for r in results} | {"ok"}:
+        out[f"pool/{status}"] = sum(r.status == status for r in results)
+    return out
+
+
+def length_metrics(rollout: Rollout, max_new_tokens: int) -> dict[str, float]:
+    lengths = np.asarray(rollout.lengths_B)
+    completions = np.asarray(rollout.completion_BN)
+    truncated = lengths >= max_new_tokens
+    return {"response_length/mean": float(lengths.mean()), "response_length/max": int(lengths.max()),
+            "truncation_rate": float(truncated.mean()), "generated_tokens": int(lengths.sum()),
+            "completion_columns": int(completions.shape[1])}
+
+
+def reflection_rate(texts: Sequence[str], words: Sequence[str] = DEFAULT_REFLECTION_WORDS) -> float:
+    """Mean number of reflection words ("wait", "verify", ...) per completion, R1's "aha" signal."""
+    if not texts:
+        return 0.0
+    pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
+    return float(np.mean([len(pattern.findall(t)) for t in texts]))
+
+
+def merge_rollouts(parts: Sequence[Rollout], pad_id: int) -> Rollout:
+    """Concatenate rollouts (rows) whose prompts were padded to different widths: left-pad to the widest."""
+    width = max(p.prompt_length for p in parts)
+
+    def widen(x, fill, p: Rollout, axis=1):
+        extra = width - p.prompt_length
+        if extra == 0:
+            return x
+        pad = [(0, 0)] * x.ndim
+        pad[axis] = (extra, 0)
+        return jnp.pad(x, pad, constant_values=fill)
+
+    fields = {
+        "tokens_BT": [widen(p.tokens_BT, pad_id, p) for p in parts],
+        "valid_BT": [widen(p.valid_BT, False, p) for p in parts],
+        "positions_BT": [widen(p.positions_BT, 0, p) for p in parts],
+        "logprobs_BN": [p.logprobs_BN for p in parts],
+        "lengths_B": [p.lengths_B for p in parts],
+        "experts_LBTK": [widen(p.experts_LBTK, 0, p, axis=2) for p in parts],
+    }
+    axes = {"experts_LBTK": 1}
+    merged = {k: jnp.concatenate(v, axis=axes.get(k, 0)) for k, v in fields.items()}
+    return Rollout(**merged, steps=max(p.steps for p in parts))
+
+
+def take_rows(rollout: Rollout, rows: Sequence[int]) -> Rollout:
+    index = jnp.asarray(rows, jnp.int32)
+    return Rollout(rollout.tokens_BT[index], rollout.valid_BT[index], rollout.positions_BT[index],
+                   rollout.logprobs_BN[index], rollout.lengths_B[index], rollout.experts_LBTK[:, index],
+                   rollout.steps)

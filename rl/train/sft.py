@@ -1,0 +1,66 @@
+"""Supervised fine-tuning (cold start, post-rejection-sampling SFT, distillation): next-token loss on the
+completion only, token mean over the global batch, through the shared update step (rl.update)."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from model.config import ModelConfig
+from model.errors import UserError
+from model.tokenizer import Tokenizer, apply_template
+from rl.grpo.logprobs import token_logp_and_entropy
+from rl.sampler import bucket_length
+from rl.update import UpdateConfig, add_router_losses, make_update_step
+
+
+def sft_batch(tokenizer: Tokenizer, template: str, rows: Sequence[dict], buckets: Sequence[int]) -> dict:
+    """Prompt (templated, with BOS) + completion + EOS, right-padded to a length bucket.
+
+    `rows` hold `prompt` and `solution`. `mask` marks the completion targets (aligned with tokens[:, 1:]);
+    `weight` = mask / (completion tokens in the batch): the global token mean."""
+    sequences, starts = [], []
+    for row in rows:
+        prompt = tokenizer.encode(apply_template(template, row["prompt"]), add_bos=True)
+        completion = tokenizer.encode(row["solution"]) + [tokenizer.eos_id]
+        sequences.append(prompt + completion)
+        starts.append(len(prompt))
+    width = bucket_length(max(len(s) for s in sequences), buckets)
+    tokens = np.full((len(rows), width), tokenizer.pad_id, np.int32)
+    valid = np.zeros((len(rows), width), bool)
+    mask = np.zeros((len(rows), width - 1), bool)
+    for i, (seq, start) in enumerate(zip(sequences, starts)):
+        tokens[i, :len(seq)] = seq
+        valid[i, :len(seq)] = True
+        mask[i, start - 1:len(seq) - 1] = True  # logits at column t - 1 predict the token at column t
+    if not mask.any():
+        raise UserError("an SFT batch has no completion tokens")
+    return {"tokens": tokens, "positions": np.broadcast_to(np.arange(width), tokens.shape).astype(np.int32),
+            "valid": valid, "mask": mask, "weight": (mask / mask.sum()).astype(np.float32)}
+
+
+def sft_micro_loss(graphdef, update: UpdateConfig) -> Callable:
+    def loss_fn(params, bias, ref, mb):
+        del ref
+        policy = nnx.merge(graphdef, params, bias)
+        out = policy(mb["tokens"], mb["positions"], mb["valid"])
+        logp, _ = token_logp_and_entropy(out.logits_BTV[:, :-1], mb["tokens"][:, 1:], mb["mask"],
+                                         with_entropy=False)
+        valid = mb["mask"].astype(bool)
+        hits = (jnp.argmax(out.logits_BTV[:, :-1], axis=-1) == mb["tokens"][:, 1:]) & valid
+        loss = -jnp.sum(mb["weight"] * logp)
+        stats = {"loss": jax.lax.stop_gradient(loss), "token_count": jnp.sum(valid, dtype=jnp.float32),
+                 "token_accuracy_sum": jnp.sum(hits, dtype=jnp.float32)}
+        return add_router_losses(loss, stats, out.aux, update, update.micro_batches)
+    return loss_fn
+
+
+def make_sft_step(graphdef, optimizer: optax.GradientTransformation, update: UpdateConfig, model: ModelConfig,
+                  grad_clip_norm: float | None) -> Callable:
+    return make_update_step(graphdef, optimizer, sft_micro_loss(graphdef, update), update, model, None,
+                            grad_clip_norm)
