@@ -15,6 +15,7 @@ import sys
 COMMANDS = [
     ("info", "rl.cli.info", "print a config's family and parameter counts as JSON"),
     ("init", "rl.cli.init", "write a randomly initialised checkpoint"),
+    ("train", "rl.cli.train", "run a config's stages (SFT, GRPO, ...) into a run directory; resumes"),
     ("score", "rl.cli.score", "score saved completions with the training rewards (JSON lines out)"),
     ("tokenizer", "rl.cli.tokenizer", "train the policy's sentencepiece tokenizer"),
 ]
