@@ -25,10 +25,17 @@ class Tensor:
     path: Path
     index: tuple[int, ...]  # position inside the stacked r1jax array: (layer,) or (layer, expert) or ()
     n_in: int | None  # number of leading input dims of a linear map; None: copy as is (norms, biases)
+    keep_shape: bool = False  # with n_in None: the HF tensor has our shape (embeddings), else it is flat
+
+    def hf_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The HF shape of one slot of ours (a layer's / an expert's slice) of shape `shape`."""
+        if self.n_in is None:
+            return tuple(shape) if self.keep_shape or len(shape) <= 1 else (math.prod(shape),)
+        return (math.prod(shape[self.n_in:]), math.prod(shape[: self.n_in]))
 
     def to_hf(self, ours: np.ndarray) -> np.ndarray:
         if self.n_in is None:
-            return ours.reshape(-1) if ours.ndim > 1 else ours
+            return ours.reshape(self.hf_shape(ours.shape))
         rows = math.prod(ours.shape[: self.n_in])
         return np.ascontiguousarray(ours.reshape(rows, -1).T)
 
@@ -68,7 +75,7 @@ _MLP = [("gate_proj.weight", ("gate_proj",), 1), ("up_proj.weight", ("up_proj",)
 
 def tensor_map(cfg: ModelConfig) -> list[Tensor]:
     """Every HF tensor of this architecture with where it lives in r1jax, in HF's layer order."""
-    out = [Tensor("model.embed_tokens.weight", ("embed_tokens",), (), None)]
+    out = [Tensor("model.embed_tokens.weight", ("embed_tokens",), (), None, keep_shape=True)]
     layer = 0
     for seg_index, (kind, count) in enumerate(cfg.layer_segments()):
         block = ("segments", seg_index, "block")

@@ -18,6 +18,8 @@ COMMANDS = [
     ("train", "rl.cli.train", "run a config's stages (SFT, GRPO, ...) into a run directory; resumes"),
     ("score", "rl.cli.score", "score saved completions with the training rewards (JSON lines out)"),
     ("tokenizer", "rl.cli.tokenizer", "train the policy's sentencepiece tokenizer"),
+    ("export-hf", "rl.cli.export_hf", "export a checkpoint as a Hugging Face checkpoint (safetensors)"),
+    ("import-hf", "rl.cli.import_hf", "convert a Hugging Face checkpoint into an r1jax checkpoint"),
 ]
 
 

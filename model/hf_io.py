@@ -1,0 +1,387 @@
+"""Hugging Face checkpoints in and out: streaming safetensors export, lazy sharded import.
+
+Export (`export_hf`) walks `hf_weights.tensor_map` one HF tensor at a time. Each tensor is cut out of its
+stacked, possibly sharded and multi-host parameter on the devices (`_gather`: a shard_map in which the
+devices holding the wanted layer/expert contribute it bit for bit and the other dimensions are
+all-gathered), so every process receives exactly that one tensor, replicated; nothing larger than one
+tensor is ever gathered. Process 0 writes it straight into its shard file, whose safetensors header was
+written first (every shape is known in advance), so host memory stays near one tensor. Files: config.json,
+generation_config.json, `model.safetensors` or `model-0000i-of-0000n.safetensors` shards of at most
+`max_shard_bytes` plus `model.safetensors.index.json`. `e_score_correction_bias` is always float32, as
+transformers keeps it.
+
+Import (`import_params`, `load_hf_policy`) reads tensors lazily with safetensors' `safe_open`. Each
+parameter is assembled per distinct device shard: only the HF tensors that intersect the shard are read,
+sliced and put on the devices holding it, so host memory stays near one device shard plus one HF tensor and
+each process reads only what its devices hold (a tensor shared by several shards is read once per shard;
+the OS page cache absorbs the repeats). Conversion is reshapes and transposes only: HF -> r1jax -> HF is
+bitwise exact.
+
+Neither direction imports transformers or torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import logging
+import math
+import pathlib
+from collections import defaultdict
+from typing import Any, Iterator, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from model.config import ModelConfig
+from model.decoder import Policy
+from model.errors import UserError
+from model.factory import abstract_policy
+from model.hf_config import from_hf_config, generation_config, model_fields, mtp_layers, to_hf_config
+from model.hf_weights import Tensor, tensor_map
+from sharding.rules import Rules
+
+SHARD_LIMIT = 5 * 10**9  # transformers' default max_shard_size ("5GB")
+INDEX_FILE = "model.safetensors.index.json"
+_CODES = {"float32": "F32", "bfloat16": "BF16"}
+_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+_FP32_TENSORS = ("e_score_correction_bias",)  # stored in float32 whatever the export dtype
+
+log = logging.getLogger(__name__)
+
+
+def _leaves(tree: Mapping) -> dict[tuple, Any]:
+    """{path: leaf} of a pure parameter dict, paths as in `hf_weights` (str and int keys)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {tuple(k.key for k in path): leaf for path, leaf in flat}
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    tensor: Tensor
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * _DTYPES[self.dtype].itemsize
+
+
+def _plan(cfg: ModelConfig, params: Mapping, dtype: str, max_shard_bytes: int) -> list[list[_Entry]]:
+    """HF tensors in order, cut into shards of at most `max_shard_bytes` (a larger tensor is alone)."""
+    leaves = _leaves(params)
+    shards: list[list[_Entry]] = [[]]
+    size = 0
+    for t in tensor_map(cfg):
+        stacked = leaves[t.path]
+        entry_dtype = "float32" if t.hf_name.endswith(_FP32_TENSORS) else dtype
+        entry = _Entry(t, t.hf_shape(stacked.shape[len(t.index):]), entry_dtype)
+        if shards[-1] and size + entry.nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(entry)
+        size += entry.nbytes
+    return shards
+
+
+def _header(entries: Sequence[_Entry]) -> bytes:
+    """A safetensors header: 8-byte little-endian length, then JSON padded with spaces to 8 bytes."""
+    meta: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for e in entries:
+        meta[e.tensor.hf_name] = {"dtype": _CODES[e.dtype], "shape": list(e.shape),
+                                  "data_offsets": [offset, offset + e.nbytes]}
+        offset += e.nbytes
+    text = json.dumps(meta, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text
+
+
+def _axes(entry) -> tuple[str, ...]:
+    return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+@functools.lru_cache(maxsize=None)
+def _gather_fn(sharding, ndim: int, n_index: int, dtype: str):
+    """jit(x, idx) -> x[idx] cast to `dtype`, replicated on every device (see the module docstring)."""
+    out_dtype = _DTYPES[dtype]
+    if not isinstance(sharding, NamedSharding) or sharding.mesh.size == 1:
+        return jax.jit(lambda x, idx: x[tuple(idx[i] for i in range(n_index))].astype(out_dtype))
+    spec = tuple(sharding.spec) + (None,) * (ndim - len(sharding.spec))
+
+    def local(x, idx):
+        hit, starts = jnp.bool_(True), []
+        for d in range(n_index):
+            axes = _axes(spec[d])
+            offset = jax.lax.axis_index(axes) * x.shape[d] if axes else 0
+            hit &= (idx[d] >= offset) & (idx[d] < offset + x.shape[d])
+            starts.append(jnp.clip(idx[d] - offset, 0, x.shape[d] - 1))
+        y = x[tuple(starts)].astype(out_dtype)
+        owners = tuple(a for d in range(n_index) for a in _axes(spec[d]))
+        if owners:  # exactly one device along these axes holds the slot: sum its bits with zeros (exact)
+            bits = jax.lax.bitcast_convert_type(y, jnp.dtype(f"uint{8 * out_dtype.itemsize}"))
+            total = jax.lax.psum(jnp.where(hit, bits.astype(jnp.uint32), 0), owners)
+            y = jax.lax.bitcast_convert_type(total.astype(bits.dtype), out_dtype)
+        for d in range(n_index, ndim):
+            if _axes(spec[d]):
+                y = jax.lax.all_gather(y, _axes(spec[d]), axis=d - n_index, tiled=True)
+        return y
+
+    return jax.jit(jax.shard_map(local, mesh=sharding.mesh, in_specs=(PartitionSpec(*spec), PartitionSpec()),
+                                 out_specs=PartitionSpec(), check_vma=False))
+
+
+def host_slot(x: jax.Array, index: tuple[int, ...], dtype: str) -> np.ndarray:
+    """`x[index]` in `dtype` as a host array on every process (a collective when `x` is sharded)."""
+    fn = _gather_fn(x.sharding, x.ndim, len(index), dtype)
+    out = fn(x, np.asarray(index, np.int32).reshape(len(index)))
+    return np.asarray(out.addressable_data(0))
+
+
+def shard_names(count: int) -> list[str]:
+    if count == 1:
+        return ["model.safetensors"]
+    return [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+
+
+def export_hf(policy: Policy, out_dir: str | pathlib.Path, dtype: str | None = None,
+              max_shard_bytes: int = SHARD_LIMIT, token_ids: Mapping[str, int | None] | None = None,
+              ) -> list[pathlib.Path]:
+    """Write `policy` as a Hugging Face checkpoint; returns the files written (on process 0).
+
+    `dtype` defaults to the parameter dtype; `token_ids` may give bos_token_id / eos_token_id /
+    pad_token_id for the configs. Every process must call this (the gathers are collectives).
+    """
+    cfg = policy.cfg
+    dtype = dtype or cfg.param_dtype
+    if dtype not in _DTYPES:
+        raise UserError(f"export dtype {dtype!r}: expected one of {', '.join(_DTYPES)}")
+    out = pathlib.Path(out_dir)
+    writer = jax.process_index() == 0
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+    params = nnx.to_pure_dict(nnx.state(policy))
+    leaves = _leaves(params)
+    shards = _plan(cfg, params, dtype, max_shard_bytes)
+    names = shard_names(len(shards))
+    for name, entries in zip(names, shards):
+        with (open(out / name, "wb") if writer else contextlib.nullcontext()) as f:
+            if writer:
+                f.write(_header(entries))
+            for e in entries:
+                slot = host_slot(leaves[e.tensor.path], e.tensor.index, e.dtype)
+                if writer:
+                    f.write(e.tensor.to_hf(slot).tobytes())
+    if not writer:
+        return []
+    files = [out / n for n in names]
+    if len(shards) > 1:
+        weight_map = {e.tensor.hf_name: n for n, entries in zip(names, shards) for e in entries}
+        total = sum(e.nbytes for entries in shards for e in entries)
+        _write_json(out / INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map})
+        files.append(out / INDEX_FILE)
+    ids = dict(token_ids or {})
+    _write_json(out / "config.json", to_hf_config(cfg, dtype, **ids))
+    _write_json(out / "generation_config.json", generation_config(**ids))
+    return files + [out / "config.json", out / "generation_config.json"]
+
+
+def _write_json(path: pathlib.Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------- import
+
+
+class HFCheckpoint:
+    """A local HF checkpoint directory opened for lazy reading: its config and a name -> file map."""
+
+    def __init__(self, hf_dir: str | pathlib.Path):
+        from safetensors import safe_open
+
+        self.dir = pathlib.Path(hf_dir)
+        config_path = self.dir / "config.json"
+        if not config_path.is_file():
+            raise UserError(f"HF checkpoint {str(self.dir)!r}: no config.json")
+        self.config = json.loads(config_path.read_text())
+        self._stack = contextlib.ExitStack()
+        self._handles = {file: self._stack.enter_context(safe_open(str(file), framework="numpy"))
+                         for file in self._files()}
+        self.files = {name: file for file, h in self._handles.items() for name in h.keys()}
+
+    def _files(self) -> list[pathlib.Path]:
+        index = self.dir / INDEX_FILE
+        if index.is_file():
+            files = sorted({self.dir / f for f in json.loads(index.read_text())["weight_map"].values()})
+            missing = [str(f.name) for f in files if not f.is_file()]
+            if missing:
+                raise UserError(f"{index}: lists shard files that do not exist: {', '.join(missing)}")
+            return files
+        files = sorted(self.dir.glob("*.safetensors"))
+        if not files:
+            raise UserError(f"HF checkpoint {str(self.dir)!r}: no *.safetensors files (convert .bin first)")
+        return files
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._handles[self.files[name]].get_slice(name).get_shape())
+
+    def get(self, name: str) -> np.ndarray:
+        return self._handles[self.files[name]].get_tensor(name)
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> "HFCheckpoint":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _ignored(name: str, cfg: ModelConfig, mtp: int) -> bool:
+    """Tensors transformers also skips: rotary caches, a tied lm_head, multi-token-prediction layers."""
+    if name.endswith("rotary_emb.inv_freq") or (cfg.tie_word_embeddings and name == "lm_head.weight"):
+        return True
+    parts = name.split(".")
+    return bool(mtp and name.startswith("model.layers.") and int(parts[2]) >= cfg.num_hidden_layers)
+
+
+def _listing(what: str, names: Sequence[str], limit: int = 20) -> str:
+    more = f" ... and {len(names) - limit} more" if len(names) > limit else ""
+    return f"{what} ({len(names)}): {', '.join(names[:limit])}{more}"
+
+
+def check_tensors(ckpt: HFCheckpoint, cfg: ModelConfig, shapes: Mapping) -> None:
+    """UserError listing missing, unexpected and wrongly shaped tensors (headers only; no data read)."""
+    leaves = _leaves(shapes)
+    expected = {t.hf_name: t.hf_shape(leaves[t.path].shape[len(t.index):]) for t in tensor_map(cfg)}
+    mtp = mtp_layers(ckpt.config)
+    present = set(ckpt.files)
+    missing = sorted(set(expected) - present)
+    unexpected = sorted(n for n in present - set(expected) if not _ignored(n, cfg, mtp))
+    wrong = sorted(f"{n} {list(ckpt.shape(n))} (expected {list(s)})" for n, s in expected.items()
+                   if n in present and ckpt.shape(n) != s)
+    problems = [_listing(w, names) for w, names in (("missing tensors", missing),
+                                                      ("unexpected tensors", unexpected),
+                                                      ("tensors of the wrong shape", wrong)) if names]
+    if problems:
+        raise UserError(f"HF checkpoint {str(ckpt.dir)!r} does not match its config.json: " + "; ".join(problems))
+
+
+def _block(tensors: Sequence[Tensor], shape: tuple[int, ...], dtype, slices: tuple[slice, ...],
+           ckpt: HFCheckpoint) -> np.ndarray:
+    """The part `slices` of one stacked parameter, read from the HF tensors that intersect it."""
+    out = np.empty(tuple(s.stop - s.start for s in slices), dtype)
+    for t in tensors:
+        lead = slices[: len(t.index)]
+        if not all(s.start <= i < s.stop for i, s in zip(t.index, lead)):
+            continue
+        value = t.from_hf(ckpt.get(t.hf_name), shape[len(t.index):])[slices[len(t.index):]]
+        out[tuple(i - s.start for i, s in zip(t.index, lead))] = value.astype(dtype)
+    return out
+
+
+def _normalise(index: tuple, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    index = tuple(index) + (slice(None),) * (len(shape) - len(index))
+    return tuple(slice(*s.indices(n)[:2]) for s, n in zip(index, shape))
+
+
+def _place(tensors: Sequence[Tensor], abstract, sharding, ckpt: HFCheckpoint) -> jax.Array:
+    shape, dtype = tuple(abstract.shape), abstract.dtype
+    if sharding is None:
+        return jnp.asarray(_block(tensors, shape, dtype, _normalise((), shape), ckpt))
+    by_slices: dict[tuple, list] = defaultdict(list)
+    for device, index in sharding.addressable_devices_indices_map(shape).items():
+        slices = _normalise(index, shape)
+        by_slices[tuple((s.start, s.stop) for s in slices)].append((device, slices))
+    arrays = []
+    for group in by_slices.values():
+        block = _block(tensors, shape, dtype, group[0][1], ckpt)
+        arrays += [jax.device_put(block, device) for device, _ in group]
+    return jax.make_array_from_single_device_arrays(shape, sharding, arrays)
+
+
+def import_params(ckpt: HFCheckpoint, cfg: ModelConfig, mesh: Mesh | None = None,
+                  rules: Rules | None = None) -> Policy:
+    """A Policy of architecture `cfg` filled from `ckpt`, placed in the mesh's shards when given one."""
+    graphdef, abstract_state = nnx.split(abstract_policy(cfg))
+    shapes = nnx.to_pure_dict(abstract_state)
+    check_tensors(ckpt, cfg, shapes)
+    by_path: dict[tuple, list[Tensor]] = defaultdict(list)
+    for t in tensor_map(cfg):
+        by_path[t.path].append(t)
+    shardings = None
+    if mesh is not None:
+        from sharding.params import state_shardings
+
+        shardings = _leaves(nnx.to_pure_dict(state_shardings(abstract_state, mesh, rules or Rules.preset(
+            "fsdp_expert_tensor"))))
+    leaves = _leaves(shapes)
+    uncovered = sorted(str(p) for p in leaves if p not in by_path)
+    assert not uncovered, f"parameters without an HF tensor: {uncovered}"  # a tensor_map bug, not input
+    values = {p: _place(by_path[p], a, shardings and shardings[p], ckpt) for p, a in leaves.items()}
+    nnx.replace_by_pure_dict(abstract_state, _unflatten(values))
+    return nnx.merge(graphdef, abstract_state)
+
+
+def _unflatten(flat: Mapping[tuple, Any]) -> dict:
+    tree: dict = {}
+    for path, value in flat.items():
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return tree
+
+
+def read_hf_config(hf_dir: str | pathlib.Path) -> tuple[ModelConfig, list[str]]:
+    """(ModelConfig, notes) from `hf_dir/config.json`; UserError naming unsupported settings."""
+    path = pathlib.Path(hf_dir) / "config.json"
+    if not path.is_file():
+        raise UserError(f"HF checkpoint {str(hf_dir)!r}: no config.json")
+    try:
+        hf = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON: {err}") from err
+    return from_hf_config(hf, source=str(path))
+
+
+def hf_run_config(hf_dir: str | pathlib.Path, overrides: Sequence[str] = ()):
+    """(rl.config.Config, notes): the HF architecture as the model section, then dotted `overrides`."""
+    from rl.config import _parse_overrides, config_from_dicts
+
+    cfg, notes = read_hf_config(hf_dir)
+    config = config_from_dicts({"model": model_fields(cfg)}, _parse_overrides(overrides),
+                               source=f"HF checkpoint {hf_dir}")
+    return config, notes
+
+
+def load_hf_policy(hf_dir: str | pathlib.Path, mesh: Mesh | None = None, rules: Rules | None = None,
+                   overrides: Sequence[str] = ()):
+    """(Config, Policy) from a local HF checkpoint directory, for `init_from`; notes go to the log.
+
+    The Config holds the HF architecture (r1jax-only fields at their defaults, then `overrides` such as
+    "model.param_dtype=bfloat16"); with a mesh, every parameter is placed directly in its shards.
+    """
+    config, notes = hf_run_config(hf_dir, overrides)
+    for note in notes:
+        log.warning("%s: %s", hf_dir, note)
+    with HFCheckpoint(hf_dir) as ckpt:
+        policy = import_params(ckpt, config.model, mesh, rules)
+    return config, policy
+
+
+def iter_hf_tensors(hf_dir: str | pathlib.Path) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, array) of every tensor of an HF checkpoint directory, one at a time (tests, tools)."""
+    with HFCheckpoint(hf_dir) as ckpt:
+        for name in sorted(ckpt.files):
+            yield name, ckpt.get(name)

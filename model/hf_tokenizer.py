@@ -1,0 +1,168 @@
+"""The r1jax sentencepiece tokenizer as Hugging Face tokenizer files, written without transformers.
+
+`save_hf_tokenizer` writes `tokenizer.json` (the `tokenizers` format `AutoTokenizer` loads as a fast
+tokenizer), `tokenizer_config.json` (special tokens, `chat_template`) and `special_tokens_map.json`:
+- the model is the sentencepiece model's own: BPE (vocabulary plus merges recovered from the piece scores,
+  as transformers' SentencePieceExtractor does) or Unigram (pieces and log-probabilities), byte fallback on;
+- <unk> <s> </s> <pad> are special added tokens; the R1 tags are added tokens that are not special, so they
+  stay one token wherever they appear and survive `skip_special_tokens`;
+- normalizer and decoder mirror `model.tokenizer`: identity normalisation, no dummy prefix, spaces spelled
+  U+2581, and r1jax's escape of U+2581 / U+F0000 undone after decoding.
+Decoding ids gives r1jax's text (control ids dropped with `skip_special_tokens=True`, as r1jax always
+drops them). Known gaps: an invalid byte run may yield a different number of U+FFFD than sentencepiece;
+the two escape rules are applied one after the other, so text containing U+F0000 followed by "_" differs.
+The sentencepiece proto is read with a few lines of wire-format parsing (no protobuf dependency).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import struct
+from typing import Iterator
+
+from model.errors import UserError
+from model.tokenizer import TEMPLATES, Tokenizer
+
+_META, _ESC = "\u2581", "\U000f0000"  # as model.tokenizer
+_KINDS = {1: "normal", 2: "unknown", 3: "control", 4: "user_defined", 5: "unused", 6: "byte"}
+_MODEL_TYPES = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}
+
+
+# ------------------------------------------------------------------------ sentencepiece proto (wire format)
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        value |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if byte < 0x80:
+            return value, pos
+
+
+def _fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
+    """(field number, value) of a protobuf message: ints for varints, bytes otherwise."""
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 2:
+            size, pos = _varint(buf, pos)
+            value, pos = buf[pos: pos + size], pos + size
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            value, pos = buf[pos: pos + size], pos + size
+        else:
+            raise UserError(f"tokenizer model: unsupported protobuf wire type {wire}")
+        yield field, value
+
+
+def read_model_proto(proto: bytes) -> tuple[str, list[tuple[str, float, str]]]:
+    """(model type, [(piece, score, kind)] in id order) of a serialized sentencepiece ModelProto."""
+    model_type, pieces = "unigram", []  # unigram: the proto default
+    for field, value in _fields(proto):
+        if field == 1:  # SentencePiece {piece = 1, score = 2, type = 3}
+            piece = dict(_fields(value))
+            score = struct.unpack("<f", piece[2])[0] if 2 in piece else 0.0
+            pieces.append((piece[1].decode("utf-8"), score, _KINDS[piece.get(3, 1)]))
+        elif field == 2:  # TrainerSpec {model_type = 3}
+            model_type = _MODEL_TYPES[dict(_fields(value)).get(3, 1)]
+    return model_type, pieces
+
+
+# ------------------------------------------------------------------------------------------ tokenizer.json
+
+
+def _bpe_merges(pieces: list[tuple[str, float, str]]) -> list[list[str]]:
+    """Merges in priority order: every split of a normal piece into two pieces, by the merged piece's score."""
+    vocab = {piece: i for i, (piece, _, _) in enumerate(pieces)}
+    merges = []
+    for piece, score, kind in pieces:
+        if kind != "normal":
+            continue
+        splits = [(piece[:k], piece[k:]) for k in range(1, len(piece)) if piece[:k] in vocab and piece[k:] in vocab]
+        merges += [(score, vocab[a], vocab[b], a, b) for a, b in splits]
+    merges.sort(key=lambda m: (-m[0], m[1], m[2]))
+    return [[a, b] for _, _, _, a, b in merges]
+
+
+def _replace(old: str, new: str) -> dict:
+    return {"type": "Replace", "pattern": {"String": old}, "content": new}
+
+
+def tokenizer_json(model_proto: bytes) -> dict:
+    """The `tokenizers` serialisation of a sentencepiece model (see the module docstring)."""
+    model_type, pieces = read_model_proto(model_proto)
+    unk_id = next((i for i, (_, _, kind) in enumerate(pieces) if kind == "unknown"), 0)
+    if model_type == "bpe":
+        model = {"type": "BPE", "dropout": None, "unk_token": pieces[unk_id][0], "continuing_subword_prefix": None,
+                 "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
+                 "vocab": {piece: i for i, (piece, _, _) in enumerate(pieces)}, "merges": _bpe_merges(pieces)}
+    elif model_type == "unigram":
+        model = {"type": "Unigram", "unk_id": unk_id, "byte_fallback": True,
+                 "vocab": [[piece, score] for piece, score, _ in pieces]}
+    else:
+        raise UserError(f"tokenizer model type {model_type!r}: only bpe and unigram convert to Hugging Face")
+    added = [{"id": i, "content": piece, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": kind != "user_defined"}
+             for i, (piece, _, kind) in enumerate(pieces) if kind in ("unknown", "control", "user_defined")]
+    return {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+        # r1jax escapes U+F0000 and U+2581 before sentencepiece, which spells a space U+2581.
+        "normalizer": {"type": "Sequence", "normalizers": [_replace(_ESC, _ESC + _ESC), _replace(_META, _ESC + "_"),
+                                                           _replace(" ", _META)]},
+        "pre_tokenizer": None, "post_processor": None,
+        "decoder": {"type": "Sequence", "decoders": [
+            _replace(_META, " "), {"type": "ByteFallback"}, {"type": "Fuse"},
+            _replace(_ESC + "_", _META), _replace(_ESC + _ESC, _ESC)]},
+        "model": model,
+    }
+
+
+# ---------------------------------------------------------------------------------------- config + files
+
+
+def chat_template(template: str) -> str:
+    """A Jinja chat template rendering a user turn as r1jax's `apply_template(template, content)`."""
+    if template not in TEMPLATES:
+        raise UserError(f"unknown template {template!r}: expected one of {sorted(TEMPLATES)}")
+    prefix, suffix = TEMPLATES[template].split("{prompt}")
+    return ("{%- for message in messages -%}"
+            "{%- if message['role'] == 'user' -%}"
+            f"{{{{ {json.dumps(prefix)} + message['content'] + {json.dumps(suffix)} }}}}"
+            "{%- elif message['role'] == 'assistant' -%}"
+            "{{ ' ' + message['content'] + eos_token }}"
+            "{%- endif -%}"
+            "{%- endfor -%}")
+
+
+def save_hf_tokenizer(tok: Tokenizer, out_dir: str | pathlib.Path, template: str = "r1_zero",
+                      model_max_length: int | None = None) -> list[pathlib.Path]:
+    """Write the tokenizer files into `out_dir`; returns their paths."""
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = tokenizer_json(tok.model_proto)
+    names = {t["id"]: t["content"] for t in data["added_tokens"]}
+    special = {"bos_token": names[tok.bos_id], "eos_token": names[tok.eos_id], "unk_token": names[tok.unk_id],
+               "pad_token": names[tok.pad_id]}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast", **special, "add_bos_token": False,
+        "add_eos_token": False, "clean_up_tokenization_spaces": False, "chat_template": chat_template(template),
+        "added_tokens_decoder": {str(t["id"]): {k: v for k, v in t.items() if k != "id"}
+                                 for t in data["added_tokens"]},
+    }
+    if model_max_length:
+        config["model_max_length"] = model_max_length
+    files = {"tokenizer.json": data, "tokenizer_config.json": config, "special_tokens_map.json": special}
+    for name, content in files.items():
+        (out / name).write_text(json.dumps(content, ensure_ascii=False, indent=1) + "\n")
+    return [out / name for name in files]
+
+
+def token_ids(tok: Tokenizer) -> dict[str, int]:
+    """The special ids for config.json / generation_config.json."""
+    return {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}

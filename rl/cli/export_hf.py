@@ -1,0 +1,88 @@
+"""Export an r1jax checkpoint as a Hugging Face checkpoint (DeepseekV3ForCausalLM / Qwen3MoeForCausalLM).
+
+Writes config.json, generation_config.json and safetensors in the canonical hub layout (per-expert tensors),
+sharded with model.safetensors.index.json above --max-shard-size, and with --tokenizer the tokenizer files
+AutoTokenizer loads (chat template from --template). Tensors stream one at a time from the (possibly
+sharded, multi-host) checkpoint; process 0 writes. sharding.KEY=VALUE overrides adapt the mesh to the
+devices at hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import re
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a run directory, checkpoint directory or step directory")
+    parser.add_argument("out", help="directory to write the HF checkpoint into (must be empty or absent)")
+    parser.add_argument("overrides", nargs="*", metavar="sharding.KEY=VALUE",
+                        help="mesh overrides for loading, e.g. sharding.fsdp=-1")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
+                        help="weight dtype in the files (default: the checkpoint's param_dtype)")
+    parser.add_argument("--max-shard-size", default="5GB",
+                        help="largest safetensors file, e.g. 5GB, 500MB or a byte count (default 5GB)")
+    parser.add_argument("--tokenizer", default=None, metavar="PATH",
+                        help="the r1jax tokenizer (tokenizer.model or its directory) to export beside the "
+                             "weights; its bos/eos/pad ids go into the configs")
+    parser.add_argument("--template", default="r1_zero",
+                        help="prompt template that becomes the chat template (r1_zero or chat)")
+
+
+def parse_size(text: str) -> int:
+    from model.errors import UserError
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    if not match or match.group(2).upper() not in _UNITS or float(match.group(1)) <= 0:
+        raise UserError(f"--max-shard-size {text!r}: expected a size such as 5GB, 500MB or 1000000")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def run(args: argparse.Namespace) -> int:
+    import jax
+
+    from model.errors import UserError
+    from model.hf_io import export_hf
+    from model.hf_tokenizer import chat_template, save_hf_tokenizer, token_ids
+    from rl.checkpoint import load_config, load_policy
+    from rl.config import _parse_overrides, config_from_dicts, to_dict
+    from sharding.mesh import build_mesh
+    from sharding.rules import Rules
+
+    bad = [o for o in args.overrides if not o.startswith("sharding.")]
+    if bad:
+        raise UserError(f"override {bad[0]!r}: export-hf only takes sharding.KEY=VALUE overrides")
+    max_bytes = parse_size(args.max_shard_size)
+    out = pathlib.Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"output directory {str(out)!r} exists and is not empty; refusing to overwrite")
+    config = load_config(args.checkpoint)
+    config = config_from_dicts(to_dict(config), _parse_overrides(args.overrides), source="overrides")
+    tok = _tokenizer(args.tokenizer, config.model.vocab_size)
+    chat_template(args.template)  # validates the name before the long part
+    mesh = build_mesh(config.sharding)
+    _, policy = load_policy(args.checkpoint, mesh, Rules.preset(config.sharding.preset, config.sharding.rules))
+    files = export_hf(policy, out, args.dtype, max_bytes, token_ids(tok) if tok else None)
+    weights = [f for f in files if f.suffix == ".safetensors"]
+    if tok is not None and jax.process_index() == 0:
+        save_hf_tokenizer(tok, out, args.template, config.model.max_position_embeddings)
+    print(f"wrote {out} ({config.model.family}, {len(weights)} safetensors file(s), "
+          f"dtype {args.dtype or config.model.param_dtype}, "
+          f"{'with the tokenizer' if tok else 'no tokenizer: pass --tokenizer to include one'})")
+    return 0
+
+
+def _tokenizer(path: str | None, vocab_size: int):
+    from model.errors import UserError
+    from model.tokenizer import Tokenizer
+
+    if path is None:
+        return None
+    tok = Tokenizer.load(path)
+    if tok.vocab_size > vocab_size:
+        raise UserError(f"--tokenizer {path}: {tok.vocab_size} pieces do not fit the model's vocab_size "
+                        f"{vocab_size}")
+    return tok

@@ -1,0 +1,40 @@
+"""Convert a local Hugging Face checkpoint (DeepSeek-V3 or Qwen3-MoE safetensors) into an r1jax checkpoint.
+
+Tensors are read lazily and placed directly in their shards on the mesh of the config's sharding section
+(override it with sharding.KEY=VALUE, as for `r1jax init`). Unsupported settings or missing/unexpected
+tensors are errors that list them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("hf_dir", help="a local HF checkpoint directory (config.json + *.safetensors)")
+    parser.add_argument("out", help="checkpoint directory to create (must not hold a checkpoint yet)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="dotted config overrides, e.g. sharding.expert=2 model.param_dtype=bfloat16")
+
+
+def run(args: argparse.Namespace) -> int:
+    from model.errors import UserError
+    from model.hf_io import HFCheckpoint, hf_run_config, import_params
+    from rl.checkpoint import save_policy
+    from sharding.mesh import build_mesh
+    from sharding.rules import Rules
+
+    config, notes = hf_run_config(args.hf_dir, args.overrides)
+    for note in notes:
+        print(f"note: {note}")
+    out = pathlib.Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"output directory {str(out)!r} exists and is not empty; refusing to overwrite")
+    mesh = build_mesh(config.sharding)
+    rules = Rules.preset(config.sharding.preset, config.sharding.rules)
+    with HFCheckpoint(args.hf_dir) as ckpt:
+        policy = import_params(ckpt, config.model, mesh, rules)
+    step_dir = save_policy(out, config, policy)
+    print(f"wrote {step_dir} ({config.model.family}, {config.model.num_hidden_layers} layers, from {args.hf_dir})")
+    return 0
