@@ -12,7 +12,7 @@ PLOTS = {
     "response_length": ("Response length (tokens)", ["response_length/mean", "response_length/max"]),
     "kl": ("KL to the reference policy", ["kl"]),
     "entropy": ("Entropy", ["entropy"]),
-    "clip_fraction": ("Clip fraction", ["clip_frac/low", "clip_frac/high"]),
+    "clip_fraction": ("Clip fraction", ["clip_low_frac", "clip_high_frac"]),
     "expert_load": ("Expert load", ["expert_load/min", "expert_load/max", "expert_load/cv"]),
     "loss": ("Loss", ["loss", "sft/loss"]),
     "reflection": ("Reflection words per completion", ["reflection_rate"]),

@@ -1,0 +1,139 @@
+"""`r1jax train` end to end on a seconds-scale config: artifacts and schema, exact resume after SIGTERM and
+SIGKILL of real subprocesses, restore on another mesh, and a mismatched checkpoint refused early."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from model.errors import UserError
+from rl.checkpoint import load_policy
+from rl.config import load_config
+from sharding.mesh import ShardingConfig, build_mesh
+from sharding.rules import Rules
+
+CONFIG = pathlib.Path(__file__).parent / "data" / "train_tiny.yaml"
+TIMING = {"wall_time", "tokens_per_s", "step_time_s"}
+TOTAL_STEPS = 5  # 2 SFT + 3 GRPO
+
+
+def train_command(run_dir):
+    return [sys.executable, "-m", "rl.cli.main", "--cpu-devices", "2", "train", str(CONFIG), "--run-dir",
+            str(run_dir)]
+
+
+def env():
+    keep = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS",)}
+    return {**keep, "JAX_PLATFORMS": "cpu"}
+
+
+def run_to_end(run_dir):
+    result = subprocess.run(train_command(run_dir), env=env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def start_and_signal(run_dir, sig, after_global_step):
+    """Start a training subprocess and send `sig` once metrics.jsonl reaches `after_global_step`."""
+    process = subprocess.Popen(train_command(run_dir), env=env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None:
+        path = run_dir / "metrics.jsonl"
+        if path.exists() and any(r["global_step"] >= after_global_step for r in rows(run_dir)):
+            process.send_signal(sig)
+            break
+        time.sleep(0.2)
+    _, err = process.communicate(timeout=300)
+    return process.returncode, err
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    run_to_end(run_dir)
+    return run_dir
+
+
+def final_params(run_dir):
+    _, policy = load_policy(run_dir)
+    from flax import nnx
+
+    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(policy))]
+
+
+def comparable(rows_):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows_]
+
+
+def test_run_directory_has_every_artifact_and_schema(finished_run):
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "tokenizer/tokenizer.model"):
+        assert (finished_run / name).exists(), name
+    assert any((finished_run / "tensorboard").iterdir())
+    assert {"reward.png", "response_length.png", "kl.png", "entropy.png", "clip_fraction.png",
+            "expert_load.png", "loss.png"} <= {p.name for p in (finished_run / "plots").iterdir()}
+    assert list((finished_run / "samples").glob("*.jsonl"))
+    metrics = rows(finished_run)
+    assert [r["global_step"] for r in metrics] == list(range(1, TOTAL_STEPS + 1))
+    for row in metrics:
+        assert {"global_step", "step", "stage", "wall_time", "tokens_per_s", "grad_norm", "skipped",
+                "expert_load/cv"} <= set(row)
+    grpo = [r for r in metrics if r["stage"] == "grpo"]
+    for row in grpo:
+        assert {"loss", "pg_loss", "kl", "entropy", "clip_low_frac", "clip_high_frac", "ratio_max",
+                "sampler_logp_absdiff", "reward/total", "reward/accuracy", "reward/format", "pool/ok",
+                "response_length/mean", "response_length/max", "truncation_rate", "frac_reward_zero_std",
+                "reflection_rate", "aux_loss"} <= set(row)
+        assert row["pool/ok"] == 8 and row["sampler_logp_absdiff"] < 1e-4
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert [e["stage"] for e in summary["evals"]] == ["sft", "grpo"]
+    for entry in summary["evals"]:
+        assert {"stage", "checkpoint", "pass@1", "k", "n_problems", "cons@2", "pass@2", "format_rate",
+                "response_length"} <= set(entry)
+        assert entry["k"] == 2 and entry["n_problems"] == 4 and 0 <= entry["pass@1"] <= 1
+
+
+def test_sigterm_checkpoints_and_exits_0_then_resume_is_exact(finished_run, tmp_path):
+    run_dir = tmp_path / "interrupted"
+    code, err = start_and_signal(run_dir, signal.SIGTERM, after_global_step=3)
+    assert code == 0, err[-3000:]
+    stopped_at = max(r["global_step"] for r in rows(run_dir))
+    assert stopped_at < TOTAL_STEPS
+    assert (run_dir / "checkpoints" / str(stopped_at)).is_dir()  # a checkpoint at the step it stopped
+    code, err = start_and_signal(run_dir, signal.SIGKILL, after_global_step=stopped_at + 1)
+    assert code == -signal.SIGKILL or code == 0, err[-3000:]
+    result = run_to_end(run_dir)
+    assert "resuming" in result.stderr
+    assert comparable(rows(run_dir)) == comparable(rows(finished_run))
+    for a, b in zip(final_params(run_dir), final_params(finished_run)):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_restore_on_another_mesh_gives_equal_params(finished_run):
+    mesh = build_mesh(ShardingConfig(data=1, fsdp=2, expert=2, tensor=2))
+    _, sharded = load_policy(finished_run, mesh, Rules.preset("fsdp_expert_tensor"))
+    from flax import nnx
+
+    leaves = jax.tree.leaves(nnx.state(sharded))
+    assert any(len(x.sharding.device_set) == 8 for x in leaves)
+    for a, b in zip(leaves, final_params(finished_run)):
+        assert np.asarray(a).tobytes() == b.tobytes()
+
+
+def test_checkpoint_that_does_not_match_the_config_is_refused(finished_run):
+    from rl.train.trainer import Trainer
+
+    config = load_config(finished_run / "config.yaml", ["model.hidden_size=48"])
+    with pytest.raises(UserError, match="model.hidden_size: checkpoint 32 vs config 48"):
+        Trainer(config, finished_run).run()
