@@ -79,3 +79,25 @@ def load_policy(path: str | pathlib.Path, mesh: Mesh | None = None,
         restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
     nnx.replace_by_pure_dict(abstract_state, restored.params)
     return config, nnx.merge(graphdef, abstract_state)
+
+
+def find_tokenizer(path: str | pathlib.Path):
+    """The tokenizer a checkpoint carries (the trainer keeps it beside the steps), or None."""
+    from model.tokenizer import Tokenizer
+
+    root, step = resolve(path)
+    for candidate in (root / str(step) / "tokenizer", root / "tokenizer", root.parent / "tokenizer"):
+        if (candidate / "tokenizer.model").exists():
+            return Tokenizer.load(candidate)
+    return None
+
+
+def open_for_inference(path: str | pathlib.Path):
+    """(config, policy on the config's mesh, mesh, rules, tokenizer or None) for generate/eval."""
+    from sharding.mesh import build_mesh
+
+    config = load_config(path)
+    mesh = build_mesh(config.sharding)
+    rules = Rules.preset(config.sharding.preset, config.sharding.rules)
+    config, policy = load_policy(path, mesh, rules)
+    return config, policy, mesh, rules, find_tokenizer(path)

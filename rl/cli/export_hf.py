@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest safetensors file, e.g. 5GB, 500MB or a byte count (default 5GB)")
     parser.add_argument("--tokenizer", default=None, metavar="PATH",
                         help="the r1jax tokenizer (tokenizer.model or its directory) to export beside the "
-                             "weights; its bos/eos/pad ids go into the configs")
+                             "weights (default: the one the checkpoint carries); its bos/eos/pad ids go "
+                             "into the configs")
     parser.add_argument("--template", default="r1_zero",
                         help="prompt template that becomes the chat template (r1_zero or chat)")
 
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"output directory {str(out)!r} exists and is not empty; refusing to overwrite")
     config = load_config(args.checkpoint)
     config = config_from_dicts(to_dict(config), _parse_overrides(args.overrides), source="overrides")
-    tok = _tokenizer(args.tokenizer, config.model.vocab_size)
+    tok = _tokenizer(args.tokenizer, config.model.vocab_size, args.checkpoint)
     chat_template(args.template)  # validates the name before the long part
     mesh = build_mesh(config.sharding)
     _, policy = load_policy(args.checkpoint, mesh, Rules.preset(config.sharding.preset, config.sharding.rules))
@@ -75,12 +76,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tokenizer(path: str | None, vocab_size: int):
+def _tokenizer(path: str | None, vocab_size: int, checkpoint: str):
     from model.errors import UserError
     from model.tokenizer import Tokenizer
+    from rl.checkpoint import find_tokenizer
 
-    if path is None:
-        return None
+    if path is None:  # the tokenizer a trainer checkpoint carries, if any
+        return find_tokenizer(checkpoint)
     tok = Tokenizer.load(path)
     if tok.vocab_size > vocab_size:
         raise UserError(f"--tokenizer {path}: {tok.vocab_size} pieces do not fit the model's vocab_size "

@@ -16,10 +16,13 @@ COMMANDS = [
     ("info", "rl.cli.info", "print a config's family and parameter counts as JSON"),
     ("init", "rl.cli.init", "write a randomly initialised checkpoint"),
     ("train", "rl.cli.train", "run a config's stages (SFT, GRPO, ...) into a run directory; resumes"),
+    ("generate", "rl.cli.generate", "sample completions from a checkpoint"),
+    ("eval", "rl.cli.eval", "evaluate a checkpoint: pass@1 over k samples, cons@k, pass@k"),
     ("score", "rl.cli.score", "score saved completions with the training rewards (JSON lines out)"),
     ("tokenizer", "rl.cli.tokenizer", "train the policy's sentencepiece tokenizer"),
     ("export-hf", "rl.cli.export_hf", "export a checkpoint as a Hugging Face checkpoint (safetensors)"),
     ("import-hf", "rl.cli.import_hf", "convert a Hugging Face checkpoint into an r1jax checkpoint"),
+    ("compile", "rl.cli.compile", "compile a GRPO step for a TPU slice on this host; report memory per chip"),
 ]
 
 

@@ -2,11 +2,8 @@
 SIGKILL of real subprocesses, restore on another mesh, and a mismatched checkpoint refused early."""
 
 import json
-import os
-import pathlib
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -19,25 +16,10 @@ from rl.config import load_config
 from sharding.mesh import ShardingConfig, build_mesh
 from sharding.rules import Rules
 
-CONFIG = pathlib.Path(__file__).parent / "data" / "train_tiny.yaml"
+from tests.rl.conftest import run_to_end, subprocess_env, train_command
+
 TIMING = {"wall_time", "tokens_per_s", "step_time_s"}
 TOTAL_STEPS = 5  # 2 SFT + 3 GRPO
-
-
-def train_command(run_dir):
-    return [sys.executable, "-m", "rl.cli.main", "--cpu-devices", "2", "train", str(CONFIG), "--run-dir",
-            str(run_dir)]
-
-
-def env():
-    keep = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS",)}
-    return {**keep, "JAX_PLATFORMS": "cpu"}
-
-
-def run_to_end(run_dir):
-    result = subprocess.run(train_command(run_dir), env=env(), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 def rows(run_dir):
@@ -46,7 +28,7 @@ def rows(run_dir):
 
 def start_and_signal(run_dir, sig, after_global_step):
     """Start a training subprocess and send `sig` once metrics.jsonl reaches `after_global_step`."""
-    process = subprocess.Popen(train_command(run_dir), env=env(), stdout=subprocess.PIPE,
+    process = subprocess.Popen(train_command(run_dir), env=subprocess_env(), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
     while time.time() < deadline and process.poll() is None:
@@ -57,13 +39,6 @@ def start_and_signal(run_dir, sig, after_global_step):
         time.sleep(0.2)
     _, err = process.communicate(timeout=300)
     return process.returncode, err
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("uninterrupted")
-    run_to_end(run_dir)
-    return run_dir
 
 
 def final_params(run_dir):

@@ -1,0 +1,79 @@
+"""Evaluate a checkpoint with R1's protocol: pass@1 averaged over K samples at temperature 0.6, top-p 0.95,
+cons@K (majority vote), pass@K (unbiased), accuracy by difficulty, response length, format rate.
+
+Problems: --data FILE (JSONL/Parquet with prompt, answer[, task]), or held-out problems of --task (default:
+the checkpoint's training tasks), generated from another seed and never equal to a training prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a run directory, checkpoint directory or step directory")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--task", help="a task name (arithmetic, countdown, algebra)")
+    source.add_argument("--data", help="a JSONL or Parquet file of prompt/answer rows")
+    parser.add_argument("--samples", type=int, default=None, help="K (default: the checkpoint's eval.samples)")
+    parser.add_argument("--temperature", type=float, default=0.6)
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--num-problems", type=int, default=None)
+    parser.add_argument("--difficulty", type=int, default=None)
+    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=None, help="reward worker processes")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from flax import nnx
+
+    from model.errors import UserError
+    from rl.checkpoint import open_for_inference
+    from rl.data import load_problems
+    from rl.evaluate import evaluate, held_out_problems
+    from rl.rewards import RewardPool
+    from rl.sampler import Sampler
+    from sharding.context import use_mesh
+
+    config, policy, mesh, rules, tokenizer = open_for_inference(args.checkpoint)
+    if tokenizer is None:
+        raise UserError(f"checkpoint {args.checkpoint!r} carries no tokenizer; evaluation needs one")
+    fields = {"samples": args.samples, "temperature": args.temperature, "top_p": args.top_p,
+              "num_problems": args.num_problems, "difficulty": args.difficulty}
+    eval_cfg = dataclasses.replace(config.eval, **{k: v for k, v in fields.items() if v is not None})
+    if args.data:
+        problems = load_problems(args.data, config.data.default_task)[: args.num_problems or None]
+    else:
+        problems = held_out_problems(config.data, eval_cfg, [args.task] if args.task else None)
+    pool_cfg = config.reward_pool if args.workers is None else dataclasses.replace(config.reward_pool,
+                                                                                  workers=args.workers)
+    max_new = args.max_new_tokens or config.sampling.max_new_tokens
+    graphdef, state = nnx.split(policy)
+    sampler = Sampler(graphdef, config.sampling, tokenizer.eos_id, tokenizer.pad_id, config.seed)
+    with RewardPool(config.rewards, pool_cfg) as pool, use_mesh(mesh, rules):
+        figures, _ = evaluate(sampler, state, tokenizer, config.tokenizer.template, problems, pool, eval_cfg,
+                              max_new, config.rewards.answer_max_chars)
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        _print_table(figures)
+    return 0
+
+
+def _print_table(figures: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    k = figures["k"]
+    table = Table(title=f"{figures['n_problems']} problems x {k} samples")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("pass@1", f"cons@{k}", f"pass@{k}", "format_rate", "response_length", "reflection_rate"):
+        table.add_row(key, f"{figures[key]:.3f}")
+    for difficulty, value in figures["accuracy_by_difficulty"].items():
+        table.add_row(f"pass@1 difficulty {difficulty}", f"{value:.3f}")
+    Console().print(table)

@@ -1,0 +1,87 @@
+"""Generate completions from a checkpoint with the training sampler (KV cache, one compiled program).
+
+--prompt applies the checkpoint's prompt template (unless --raw) and needs the checkpoint's tokenizer;
+--ids takes token ids as given. --json prints one object per sample: ids (generated only), logprobs (one per
+id, under the temperature-scaled distribution; at temperature 0 the log-softmax of the logits), text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a run directory, checkpoint directory or step directory")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="prompt text (templated as in training)")
+    source.add_argument("--ids", help="comma-separated prompt token ids, e.g. 1,2,3")
+    parser.add_argument("--raw", action="store_true", help="do not apply the prompt template to --prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=0.6, help="0 is greedy (default 0.6, as R1)")
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--top-k", type=int, default=0, help="0: off")
+    parser.add_argument("--samples", type=int, default=1, help="completions per prompt")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
+    parser.add_argument("--json", action="store_true", help="one JSON object per sample per line")
+
+
+def parse_ids(text: str) -> list[int]:
+    from model.errors import UserError
+
+    try:
+        ids = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--ids {text!r}: expected comma-separated integers such as 1,2,3") from None
+    if not ids:
+        raise UserError("--ids is empty")
+    return ids
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import numpy as np
+    from flax import nnx
+
+    from model.errors import UserError
+    from model.tokenizer import apply_template
+    from rl.checkpoint import open_for_inference
+    from rl.sampler import Sampler
+    from sharding.context import use_mesh
+
+    if args.samples < 1 or args.max_new_tokens < 1:
+        raise UserError("--samples and --max-new-tokens must be >= 1")
+    config, policy, mesh, rules, tokenizer = open_for_inference(args.checkpoint)
+    if args.prompt is not None:
+        if tokenizer is None:
+            raise UserError(f"checkpoint {args.checkpoint!r} carries no tokenizer; use --ids")
+        text = args.prompt if args.raw else apply_template(config.tokenizer.template, args.prompt)
+        ids = tokenizer.encode(text, add_bos=True)
+    else:
+        ids = parse_ids(args.ids)
+    bad = [i for i in ids if not 0 <= i < config.model.vocab_size]
+    if bad:
+        raise UserError(f"--ids: {bad[0]} is outside the vocabulary [0, {config.model.vocab_size})")
+    sampling = dataclasses.replace(config.sampling, max_new_tokens=args.max_new_tokens,
+                                   temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+    graphdef, state = nnx.split(policy)
+    eos = tokenizer.eos_id if tokenizer else -1
+    pad = tokenizer.pad_id if tokenizer else 0
+    with use_mesh(mesh, rules):
+        rollout = Sampler(graphdef, sampling, eos, pad, args.seed).generate(state, [ids], args.samples,
+                                                                           ignore_eos=args.ignore_eos)
+    completions = np.asarray(rollout.completion_BN)
+    logprobs = np.asarray(rollout.logprobs_BN)
+    for row, length in enumerate(np.asarray(rollout.lengths_B)):
+        generated = completions[row, :length].tolist()
+        text = tokenizer.decode([t for t in generated if t != eos]) if tokenizer else None
+        if args.json:
+            record = {"sample": row, "ids": generated, "logprobs": logprobs[row, :length].tolist()}
+            if text is not None:
+                record["text"] = text
+            print(json.dumps(record))
+        else:
+            print(text if text is not None else " ".join(map(str, generated)))
+    return 0

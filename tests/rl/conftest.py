@@ -1,0 +1,34 @@
+"""A finished seconds-scale training run, shared by the trainer and CLI tests of this package."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+TRAIN_CONFIG = pathlib.Path(__file__).parent / "data" / "train_tiny.yaml"
+
+
+def train_command(run_dir):
+    return [sys.executable, "-m", "rl.cli.main", "--cpu-devices", "2", "train", str(TRAIN_CONFIG), "--run-dir",
+            str(run_dir)]
+
+
+def subprocess_env():
+    keep = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return {**keep, "JAX_PLATFORMS": "cpu"}
+
+
+def run_to_end(run_dir):
+    result = subprocess.run(train_command(run_dir), env=subprocess_env(), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    run_to_end(run_dir)
+    return run_dir
