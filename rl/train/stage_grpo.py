@@ -46,6 +46,9 @@ def run_grpo(trainer, index: int, stage: StageConfig, resume: dict | None) -> No
         batch["adv"] = trainer.place_batch({"adv": adv_PG.reshape(-1)})["adv"]
         if ref_logp is not None:
             batch["ref_logp"] = ref_logp
+        if g.num_iterations > 1:  # mu > 1: ratios against the policy before the first of the mu updates
+            batch["old_logp"] = ref_fn(trainer.graphdef, (runner.state.params, runner.state.bias), batch,
+                                       g.temperature)
         metrics = runner.update(batch, g.num_iterations)
         if runner.state.ref is not None and g.ref_reset_every and (runner.stage_step + 1) % g.ref_reset_every == 0:
             runner.state = reset_reference(runner.state)
