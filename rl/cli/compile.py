@@ -1,0 +1,98 @@
+"""Compile a GRPO step (sampler, reference log-probs, update) for a TPU slice on this host, no TPU needed,
+and report per-chip memory against HBM plus XLA's cost estimate. Exit 0 when it fits, 1 when it does not
+(the other mesh presets are then tried and those that fit are listed). Needs libtpu: pip install 'r1jax[tpu]'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from rl.cli.common import add_config_arguments, split_config_and_overrides
+
+GIB = 2**30
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from sharding.mesh_presets import MESH_PRESETS
+
+    add_config_arguments(parser)
+    parser.add_argument("--topology", required=True,
+                        help="a Cloud TPU name (v5p-128, v6e-256, v5e-16) or a topology (v5p:4x4x4, v6e:16x16)")
+    parser.add_argument("--mesh", default="config",
+                        help=f"mesh preset: config (the config's sharding section) or one of "
+                             f"{', '.join(MESH_PRESETS)}; default: config")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--prompt-len", type=int, default=None,
+                        help="prompt tokens, rounded up to a sampling.prompt_buckets bucket; default 512 "
+                             "(or the largest bucket when smaller)")
+    parser.add_argument("--new-tokens", type=int, default=None,
+                        help="sampled tokens per completion; default sampling.max_new_tokens")
+    parser.add_argument("--micro-batches", type=int, default=None,
+                        help="update micro-batches; default update.micro_batches")
+    parser.add_argument("--hbm-gib", type=float, default=None,
+                        help="judge against this HBM per chip (GiB) instead of the compiler's own figure")
+    parser.add_argument("--no-alternatives", action="store_true",
+                        help="when it does not fit, do not try the other mesh presets")
+
+
+def run(args: argparse.Namespace) -> int:
+    _host_compiles_on_cpu()
+    from rl.config import load_config
+    from sharding.aot import alternatives, compile_report, workload_for
+    from sharding.mesh_presets import resolve_mesh
+    from sharding.topology import device_hbm_bytes, parse_topology
+
+    name, overrides = split_config_and_overrides(args.config, args.overrides)
+    config = load_config(name, overrides)
+    topology = parse_topology(args.topology)
+    resolve_mesh(args.mesh, config.sharding)  # an unknown preset fails before anything compiles
+    work = workload_for(config, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+                        micro_batches=args.micro_batches)
+    hbm = (int(args.hbm_gib * GIB), "override") if args.hbm_gib else device_hbm_bytes(topology)
+    report = compile_report(config, topology, args.mesh, work, hbm)
+    if not report.fits and not args.no_alternatives:
+        report.alternatives = alternatives(config, topology, work, hbm, skip=args.mesh)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else describe(report.to_dict()))
+    return 0 if report.fits else 1
+
+
+def _host_compiles_on_cpu() -> None:
+    """This host traces on its CPU; the TPU is only the compile target (never open a local TPU)."""
+    if not os.environ.get("JAX_PLATFORMS"):
+        os.environ["JAX_PLATFORMS"] = "cpu"
+        if "jax" in sys.modules:
+            sys.modules["jax"].config.update("jax_platforms", "cpu")
+
+
+def describe(r: dict) -> str:
+    topo, work = r["topology"], r["workload"]
+    shape = " ".join(f"{k}={v}" for k, v in r["mesh_shape"].items())
+    lines = [
+        f"{topo['name']} ({topo['topology']}, {topo['chips']} chips, {topo['devices']} devices), mesh "
+        f"{r['mesh']} ({shape}; rules {r['rules_preset']}{' + overrides' if r['rules_overrides'] else ''})",
+        f"workload: {work['prompts']} prompts x {work['group_size']} = {work['rows']} rows of "
+        f"{work['prompt_len']} + {work['new_tokens']} tokens, {work['micro_batches']} micro-batch(es)",
+        "per chip: " + ", ".join(f"{k} {_gib(v)}" for k, v in r["breakdown"].items()),
+    ]
+    for name, p in r["programs"].items():
+        cost = f", {p['flops']:.3g} flops" if p["flops"] else ""
+        state = f"  REFUSED: {p['error']}" if p["error"] else ""
+        lines.append(f"  {name:9s} {_gib(r['program_totals'][name])} with resident state "
+                     f"(compiled in {p['compile_seconds']:.0f} s{cost}){state}")
+    verdict = "fits" if r["fits"] else "DOES NOT FIT"
+    lines.append(f"peak {_gib(r['per_chip_bytes'])} of {_gib(r['hbm_bytes'])} HBM per chip "
+                 f"({r['peak_program']}; HBM from {r['hbm_source']}): {verdict}")
+    if r["alternatives"]:
+        for alt in r["alternatives"]:
+            size = f"{_gib(alt['per_chip_bytes'])}" if "per_chip_bytes" in alt else ""
+            why = f" ({alt['reason']})" if "reason" in alt else ""
+            lines.append(f"  mesh {alt['mesh']}: {'fits' if alt['fits'] else 'no'} {size}{why}")
+        lines.append("meshes that fit: " + (", ".join(r["fitting_meshes"]) or "none"))
+    return "\n".join(lines)
+
+
+def _gib(n: int | None) -> str:
+    return "unknown" if n is None else f"{n / GIB:.2f} GiB"

@@ -1,0 +1,373 @@
+"""Ahead-of-time compilation of a GRPO step's programs for a TPU slice, on any host (needs libtpu).
+
+A GRPO step runs three device programs (rl.train.stage_grpo): the sampler (`rl.sampler.generate_padded`),
+the reference log-probs (`rl.grpo.step.reference_logprobs`, only when kl_coef > 0) and the update step
+(`make_grpo_step`, jitted with the state donated). `compile_report` lowers each with abstract inputs
+(ShapeDtypeStructs carrying the trainer's NamedShardings) on a mesh of libtpu's compile-only devices and
+compiles it for TPU. Nothing is allocated and no TPU is needed.
+
+Memory per device (the report's `per_chip_bytes` is the largest program total):
+- resident state, exact from shapes and shardings: parameters (with the routing bias), optimizer state,
+  reference parameters;
+- a program's peak from `compiled.memory_analysis()`: the TPU compiler's own peak (buffers live at once,
+  its arguments included; where absent, arguments + outputs - aliased (donated) + temporaries) plus the
+  generated code. A program whose arguments do not hold the whole state adds the rest: the sampler runs
+  while the optimizer state and the reference stay in HBM;
+- `activations` is the update step's temporaries; `kv_cache` is computed from the sampler's cache shapes,
+  the batch axis sharded as the rules shard "batch" (the cache is made inside the program).
+When libtpu refuses a program for lack of memory, its peak is the requirement libtpu states.
+XLA's cost estimate (flops, bytes accessed) is reported per program as XLA gives it.
+
+Workload (`Workload`): rows = prompts x group size, each prompt_len + new_tokens long; the sampler
+prefills `prompts` prompts of prompt_len tokens (rounded up to the sampler's prompt bucket, as at run
+time) and decodes new_tokens for every row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from model.config import ModelConfig
+from model.errors import UserError
+from model.factory import abstract_policy
+from rl.grpo.optimizer import make_optimizer
+from rl.grpo.step import make_grpo_step, reference_logprobs
+from rl.sampler import bucket_length, generate_padded
+from rl.update import TrainState, split_policy
+from sharding.context import use_mesh
+from sharding.mesh import ShardingConfig, build_mesh
+from sharding.params import tree_shardings
+from sharding.rules import Rules
+from sharding.topology import Topology, abstract_devices, parse_oom
+
+DEFAULT_PROMPT_LEN = 512  # R1-style math prompts with the chat template fit well within this bucket
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    prompts: int  # prompts per step
+    group_size: int  # G completions per prompt
+    prompt_len: int  # P, the sampler's prompt bucket
+    new_tokens: int  # N, the sampler's token budget
+    micro_batches: int = 1  # the update step's gradient-accumulation micro-batches
+
+    @property
+    def rows(self) -> int:
+        return self.prompts * self.group_size
+
+    @property
+    def seq_len(self) -> int:
+        return self.prompt_len + self.new_tokens
+
+
+def workload_for(config, *, prompts: int | None = None, group_size: int | None = None,
+                 prompt_len: int | None = None, new_tokens: int | None = None,
+                 micro_batches: int | None = None) -> Workload:
+    """The run config's rollout shape (grpo, sampling, update sections), each field overridable. The prompt
+    length defaults to 512 tokens (or the largest prompt bucket when smaller)."""
+    grpo, sampling, update = config.grpo, config.sampling, config.update
+    work = Workload(prompts or grpo.prompts_per_step, group_size or grpo.group_size,
+                    bucket_length(prompt_len or min(DEFAULT_PROMPT_LEN, sampling.prompt_buckets[-1]),
+                                  sampling.prompt_buckets),
+                    new_tokens or sampling.max_new_tokens, micro_batches or update.micro_batches)
+    if min(dataclasses.astuple(work)) < 1:
+        raise UserError(f"workload {work}: every size must be >= 1")
+    return work
+
+
+def for_tpu(model: ModelConfig) -> ModelConfig:
+    """`moe_impl: auto` picks its kernel from the host's backend (CPU here); the target is a TPU."""
+    return dataclasses.replace(model, moe_impl="ragged") if model.moe_impl == "auto" else model
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramStats:
+    """One compiled program on one device, from `memory_analysis()` and `cost_analysis()`."""
+
+    argument_bytes: int = 0
+    output_bytes: int = 0
+    alias_bytes: int = 0
+    temp_bytes: int = 0
+    code_bytes: int = 0
+    peak_bytes: int = 0  # what the program needs in HBM while it runs, its own arguments included
+    flops: float | None = None
+    bytes_accessed: float | None = None
+    compile_seconds: float = 0.0
+    error: str | None = None  # libtpu's refusal (out of memory); peak_bytes is then its stated need
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_COMPILED: dict[str, ProgramStats] = {}  # by program text: one compile per program and process
+
+
+def compile_stats(lowered, mesh) -> ProgramStats:
+    """Compile for the mesh's TPU devices; the same program on the same devices is compiled once per
+    process (e.g. a report judged again against another HBM figure)."""
+    devices = [(d.device_kind, d.id, getattr(d, "coords", None)) for d in mesh.devices.flat]
+    key = hashlib.sha256(f"{devices}\n{lowered.as_text()}".encode()).hexdigest()
+    if key not in _COMPILED:
+        _COMPILED[key] = _compile(lowered)
+    return _COMPILED[key]
+
+
+def _compile(lowered) -> ProgramStats:
+    start = time.perf_counter()
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as err:
+        required, _ = parse_oom(str(err))
+        if required is None:
+            raise
+        return ProgramStats(peak_bytes=required, compile_seconds=time.perf_counter() - start,
+                            error=str(err).splitlines()[0][:500])
+    seconds = time.perf_counter() - start
+    mem = compiled.memory_analysis()
+    fields = dict(argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
+                  alias_bytes=mem.alias_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
+                  code_bytes=mem.generated_code_size_in_bytes)
+    peak = getattr(mem, "peak_memory_in_bytes", 0) or (
+        fields["argument_bytes"] + fields["output_bytes"] - fields["alias_bytes"] + fields["temp_bytes"])
+    cost = compiled.cost_analysis()
+    cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else (cost or {})
+    return ProgramStats(**fields, peak_bytes=peak + fields["code_bytes"], flops=cost.get("flops"),
+                        bytes_accessed=cost.get("bytes accessed"), compile_seconds=seconds)
+
+
+def device_bytes(tree) -> int:
+    """Bytes one device holds of a tree of sharded ShapeDtypeStructs (even shardings: every device alike)."""
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
+               for x in jax.tree.leaves(tree))
+
+
+def with_shardings(tree, shardings):
+    """ShapeDtypeStructs of `tree`'s leaves carrying `shardings` (one per NNX Variable or plain leaf)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    targets = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+    assert len(leaves) == len(targets), (len(leaves), len(targets))
+    return jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+                                        for x, s in zip(leaves, targets)])
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything a compile needs: the mesh of compile-only devices, the abstract state and batch."""
+
+    config: Any  # rl.config.Config, model made TPU-ready
+    workload: Workload
+    mesh: jax.sharding.Mesh
+    rules: Rules
+    graphdef: Any
+    state: TrainState  # of sharded ShapeDtypeStructs
+    shardings: Any
+    batch: dict
+    optimizer: Any
+
+    def resident(self) -> dict[str, int]:
+        return {"parameters": device_bytes((self.state.params, self.state.bias)),
+                "optimizer": device_bytes((self.state.opt_state, self.state.step)),
+                "reference": device_bytes(self.state.ref) if self.state.ref is not None else 0}
+
+
+def make_setup(config, topology: Topology, sharding: ShardingConfig, workload: Workload) -> Setup:
+    """The abstract TrainState and GRPO batch on `sharding`'s mesh over the topology's devices."""
+    config = dataclasses.replace(config, model=for_tpu(config.model), sharding=sharding)
+    mesh = build_mesh(sharding, list(abstract_devices(topology.topology_string)))
+    rules = Rules.preset(sharding.preset, sharding.rules)
+    optimizer = make_optimizer(config.optimizer)
+    graphdef, params, bias = split_policy(abstract_policy(config.model))
+    state = TrainState(params, bias, jax.eval_shape(optimizer.init, params), jax.ShapeDtypeStruct((), jnp.int32),
+                       (params, bias) if config.grpo.kl_coef > 0 else None)
+    shardings = tree_shardings(state, mesh, rules)
+    batch = abstract_batch(config, workload, mesh, rules)
+    return Setup(config, workload, mesh, rules, graphdef, with_shardings(state, shardings), shardings, batch,
+                 optimizer)
+
+
+def batch_axes(mesh, rules: Rules) -> tuple[str, ...]:
+    return tuple(a for a in rules.mesh_axes("batch") if a in mesh.shape)
+
+
+def abstract_batch(config, work: Workload, mesh, rules: Rules) -> dict:
+    """The update step's batch (rl.grpo.step's layout), rows split over the batch axes as the trainer
+    places it; `ref_logp` is there when kl_coef > 0 (computed ahead by the reference program)."""
+    axes = batch_axes(mesh, rules)
+    ways = math.prod(mesh.shape[a] for a in axes)
+    if work.rows % ways:
+        raise UserError(f"a batch of {work.rows} rows does not split over the {ways} data-parallel devices "
+                        f"({'x'.join(axes)}); change grpo.prompts_per_step / group_size or the mesh")
+    rows = NamedSharding(mesh, P(axes or None))
+    b, t, model = work.rows, work.seq_len, config.model
+    shapes = {"tokens": ((b, t), jnp.int32), "positions": ((b, t), jnp.int32), "valid": ((b, t), jnp.bool_),
+              "mask": ((b, t - 1), jnp.bool_), "weight": ((b, t - 1), jnp.float32),
+              "sampler_logp": ((b, t - 1), jnp.float32), "adv": ((b,), jnp.float32)}
+    if config.grpo.kl_coef > 0:
+        shapes["ref_logp"] = ((b, t - 1), jnp.float32)
+    if config.update.routing_replay:
+        moe_layers = sum(count for kind, count in model.layer_segments() if kind == "moe")
+        shapes["replay"] = ((b, moe_layers, t, model.num_experts_per_tok), jnp.int32)
+    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=rows) for k, (shape, dtype) in shapes.items()}
+
+
+def compile_update(setup: Setup) -> ProgramStats:
+    cfg = setup.config
+    update = dataclasses.replace(cfg.update, micro_batches=setup.workload.micro_batches)
+    step = make_grpo_step(setup.graphdef, setup.optimizer, cfg.grpo, update, cfg.model,
+                          cfg.optimizer.grad_clip_norm)
+    with use_mesh(setup.mesh, setup.rules):
+        lowered = jax.jit(step, out_shardings=(setup.shardings, None), donate_argnums=0).lower(
+            setup.state, setup.batch)
+    return compile_stats(lowered, setup.mesh)
+
+
+def compile_reference(setup: Setup) -> ProgramStats:
+    batch = {k: v for k, v in setup.batch.items() if k != "ref_logp"}
+    with use_mesh(setup.mesh, setup.rules):
+        lowered = jax.jit(reference_logprobs, static_argnums=(0, 3)).lower(
+            setup.graphdef, setup.state.ref, batch, setup.config.grpo.temperature)
+    return compile_stats(lowered, setup.mesh)
+
+
+def compile_sampler(setup: Setup) -> ProgramStats:
+    work, replicated = setup.workload, NamedSharding(setup.mesh, P())
+
+    def scalar(dtype, shape=()):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=replicated)
+
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    prompts = (work.prompts, work.prompt_len)
+    with use_mesh(setup.mesh, setup.rules):
+        lowered = generate_padded.lower(
+            setup.graphdef, (setup.state.params, setup.state.bias), scalar(jnp.int32, prompts),
+            scalar(jnp.bool_, prompts), scalar(key.dtype, key.shape), scalar(jnp.float32), scalar(jnp.int32),
+            scalar(jnp.float32), max_new=work.new_tokens, samples=work.group_size, eos_id=1, pad_id=0,
+            ignore_eos=False)
+    return compile_stats(lowered, setup.mesh)
+
+
+def kv_cache_bytes(setup: Setup) -> int:
+    """Per-device bytes of the sampler's cache ([L, B, S, ...] per segment), batch sharded by the rules."""
+    model, work = setup.config.model, setup.workload
+    b, s = work.rows, work.seq_len
+    if model.is_deepseek:
+        entries = [((b, s, model.kv_lora_rank), ("batch", "length", None)),
+                   ((b, s, model.qk_rope_head_dim), ("batch", "length", None))]
+    else:
+        shape = (b, s, model.num_key_value_heads, model.head_dim)
+        entries = [(shape, ("batch", "length", "act_kv_heads", None))] * 2
+    itemsize = jnp.dtype(model.compute_dtype).itemsize
+    total = 0
+    for _, count in model.layer_segments():
+        for shape, axes in entries:
+            spec = setup.rules.spec((None, *axes), (count, *shape), dict(setup.mesh.shape), strict=False)
+            total += math.prod(NamedSharding(setup.mesh, spec).shard_shape((count, *shape))) * itemsize
+    return total
+
+
+@dataclasses.dataclass
+class Report:
+    """The compile of one mesh for one topology and workload, judged against `hbm_bytes` per device."""
+
+    topology: Topology
+    mesh: str  # the mesh preset's name ("config": the config's own sharding section)
+    sharding: ShardingConfig
+    mesh_shape: dict[str, int]
+    workload: Workload
+    hbm_bytes: int
+    hbm_source: str  # "compiler" (libtpu's stated capacity), "table" (spec sheet) or "override"
+    resident: dict[str, int]
+    batch_bytes: int
+    kv_cache_bytes: int
+    programs: dict[str, ProgramStats]
+    alternatives: list[dict] = dataclasses.field(default_factory=list)
+
+    def program_totals(self) -> dict[str, int]:
+        """Each program's peak plus the resident state it does not take as arguments."""
+        r = self.resident
+        besides = {"sampler": r["optimizer"] + r["reference"], "reference": r["parameters"] + r["optimizer"],
+                   "update": 0}
+        return {name: stats.peak_bytes + besides[name] for name, stats in self.programs.items()}
+
+    @property
+    def per_chip_bytes(self) -> int:
+        return max(self.program_totals().values())
+
+    @property
+    def fits(self) -> bool:
+        return all(p.error is None for p in self.programs.values()) and self.per_chip_bytes <= self.hbm_bytes
+
+    def breakdown(self) -> dict[str, int | None]:
+        """Per-device bytes by kind; a program libtpu refused has no temporaries figure (None)."""
+        update, sampler = self.programs["update"], self.programs["sampler"]
+        return {**self.resident, "batch": self.batch_bytes,
+                "activations": None if update.error else update.temp_bytes, "kv_cache": self.kv_cache_bytes,
+                "sampler_temporaries": None if sampler.error else sampler.temp_bytes}
+
+    def to_dict(self) -> dict:
+        totals = self.program_totals()
+        return {
+            "fits": self.fits, "per_chip_bytes": self.per_chip_bytes, "hbm_bytes": self.hbm_bytes,
+            "hbm_source": self.hbm_source, "peak_program": max(totals, key=totals.get),
+            "topology": self.topology.to_dict(), "mesh": self.mesh, "mesh_shape": self.mesh_shape,
+            "rules_preset": self.sharding.preset, "rules_overrides": self.sharding.rules or {},
+            "workload": {**dataclasses.asdict(self.workload), "rows": self.workload.rows,
+                         "seq_len": self.workload.seq_len},
+            "breakdown": self.breakdown(), "program_totals": totals,
+            "programs": {name: stats.to_dict() for name, stats in self.programs.items()},
+            "alternatives": self.alternatives,
+            "fitting_meshes": [a["mesh"] for a in self.alternatives if a["fits"]],
+        }
+
+
+def compile_setup(setup: Setup) -> dict[str, ProgramStats]:
+    programs = {"sampler": compile_sampler(setup)}
+    if setup.state.ref is not None:
+        programs["reference"] = compile_reference(setup)
+    programs["update"] = compile_update(setup)
+    return programs
+
+
+def compile_report(config, topology: Topology, mesh: str, workload: Workload, hbm: tuple[int, str]) -> Report:
+    """Compile the GRPO programs under mesh preset `mesh`; `hbm` is (bytes per device, its source)."""
+    from sharding.mesh_presets import resolve_mesh
+
+    setup = make_setup(config, topology, resolve_mesh(mesh, config.sharding), workload)
+    return _report(setup, topology, mesh, hbm)
+
+
+def _report(setup: Setup, topology: Topology, mesh: str, hbm: tuple[int, str]) -> Report:
+    return Report(topology, mesh, setup.config.sharding, dict(setup.mesh.shape), setup.workload, hbm[0], hbm[1],
+                  setup.resident(), device_bytes(setup.batch), kv_cache_bytes(setup), compile_setup(setup))
+
+
+def alternatives(config, topology: Topology, workload: Workload, hbm: tuple[int, str], skip: str) -> list[dict]:
+    """Every other mesh preset, judged: invalid ones (a mesh that does not divide) with the reason; those
+    whose resident state and batch alone exceed HBM without compiling; the rest compiled."""
+    from sharding.mesh_presets import MESH_PRESETS, resolve_mesh
+
+    out = []
+    for name in MESH_PRESETS:
+        if name == skip:
+            continue
+        try:
+            setup = make_setup(config, topology, resolve_mesh(name, config.sharding), workload)
+        except UserError as err:
+            out.append({"mesh": name, "fits": False, "reason": str(err)})
+            continue
+        floor = sum(setup.resident().values()) + device_bytes(setup.batch)
+        if floor > hbm[0]:
+            out.append({"mesh": name, "fits": False, "per_chip_bytes": floor,
+                        "reason": "resident state and batch alone exceed HBM (not compiled)"})
+            continue
+        report = _report(setup, topology, name, hbm)
+        out.append({"mesh": name, "fits": report.fits, "per_chip_bytes": report.per_chip_bytes})
+    return out

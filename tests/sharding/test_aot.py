@@ -1,0 +1,125 @@
+"""TPU names, and `r1jax compile` of a tiny GRPO step for a 4-chip v5p slice on this CPU host (libtpu)."""
+
+import contextlib
+import dataclasses
+import io
+import json
+
+import pytest
+import yaml
+
+from model.errors import UserError
+from model.factory import count_params
+from rl.cli.main import main
+from sharding.mesh_presets import MESH_PRESETS
+from sharding.topology import parse_oom, parse_topology
+from tests.model.tiny import DEEPSEEK
+
+GIB = 2**30
+MODEL = dataclasses.replace(DEEPSEEK, num_hidden_layers=2)
+
+
+@pytest.mark.parametrize("name, topology, chips", [
+    ("v5p-128", "v5p:4x4x4", 64), ("v5p-512", "v5p:4x8x8", 256), ("v5p-16", "v5p:2x2x2", 8),
+    ("v5p-8", "v5p:2x2x1", 4), ("v5p-384", "v5p:4x4x12", 192), ("v6e-256", "v6e:16x16", 256),
+    ("v5e-16", "v5e:4x4", 16), ("v5litepod-8", "v5e:2x4", 8), ("v4-32", "v4:2x2x4", 16),
+    ("v5p:4x4x4", "v5p:4x4x4", 64), (" V6E:2x2 ", "v6e:2x2", 4), ("v5litepod:4x4", "v5e:4x4", 16)])
+def test_cloud_names_and_topology_strings(name, topology, chips):
+    parsed = parse_topology(name)
+    assert (parsed.topology_string, parsed.chips) == (topology, chips)
+
+
+@pytest.mark.parametrize("name, why", [
+    ("v5p-7", "must be even"), ("v7x-8", "unknown TPU type"), ("v5p:4x4", "needs 3 positive dimensions"),
+    ("v6e:2x2x2", "needs 2 positive dimensions"), ("tpu", "Cloud TPU name"), ("v5e-3", "slices have"),
+    ("v5p-12", "6 chips"), ("v5p:0x2x2", "positive")])
+def test_bad_names_are_user_errors(name, why):
+    with pytest.raises(UserError, match=why):
+        parse_topology(name)
+
+
+def test_out_of_memory_messages_parse_in_binary_units():
+    temporaries = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+                   "temporaries (18.12G) exceeds available HBM (15.75G).")
+    used = "RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space hbm. " \
+           "Used 120.50G of 95.74G hbm. Exceeded hbm capacity by 24.76G."
+    assert parse_oom(temporaries) == (int(18.12 * GIB), int(15.75 * GIB))
+    assert parse_oom(used) == (int(120.5 * GIB), int(95.74 * GIB))
+    assert parse_oom("INTERNAL: something else") == (None, None)
+
+
+def _config_file(tmp_path):
+    model = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(MODEL).items()}
+    body = {"model": model,
+            "sharding": {"data": 1, "fsdp": 2, "expert": 2, "tensor": 1, "preset": "fsdp_expert"},
+            "grpo": {"prompts_per_step": 2, "group_size": 4, "kl_coef": 0.01},
+            "sampling": {"max_new_tokens": 8, "prompt_buckets": [8, 16]}}
+    path = tmp_path / "tiny_aot.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return str(path)
+
+
+def _compile(*args) -> tuple[int, dict]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["compile", *args, "--topology", "v5p:2x2x1", "--prompt-len", "12", "--json"])
+    return code, json.loads(out.getvalue())
+
+
+@pytest.fixture(scope="module")
+def config_path(tmp_path_factory):
+    return _config_file(tmp_path_factory.mktemp("aot"))
+
+
+@pytest.fixture(scope="module")
+def report(config_path):
+    return _compile(config_path)
+
+
+def test_tiny_grpo_step_fits_a_v5p_slice(report):
+    code, r = report
+    assert code == 0 and r["fits"] is True
+    assert r["mesh_shape"] == {"data": 1, "fsdp": 2, "expert": 2, "tensor": 1}
+    assert r["workload"] == {"prompts": 2, "group_size": 4, "prompt_len": 16, "new_tokens": 8, "micro_batches": 1,
+                             "rows": 8, "seq_len": 24}
+    assert r["hbm_source"] == "compiler" and 90 * GIB < r["hbm_bytes"] < 100 * GIB  # v5p: 95 GiB per chip
+    assert set(r["programs"]) == {"sampler", "reference", "update"}
+    for stats in r["programs"].values():
+        assert stats["error"] is None and stats["flops"] > 0 and stats["peak_bytes"] > 0
+
+
+def test_report_memory_is_consistent(report):
+    _, r = report
+    parts = r["breakdown"]
+    params = count_params(MODEL)["params_total"] * 4  # float32, no array split more than 4 ways on 4 chips
+    assert params / 4 <= parts["parameters"] < params / 2  # (the routing bias adds a few bytes)
+    assert parts["reference"] == parts["parameters"]  # same shapes, same shardings
+    assert parts["optimizer"] >= 2 * parts["parameters"] - 1024  # AdamW mu and nu (routing bias excluded)
+    assert parts["kv_cache"] > 0 and parts["activations"] == r["programs"]["update"]["temp_bytes"]
+    assert r["per_chip_bytes"] == max(r["program_totals"].values())
+    assert r["per_chip_bytes"] > parts["parameters"] + parts["optimizer"] + parts["reference"]
+    assert r["program_totals"][r["peak_program"]] == r["per_chip_bytes"]
+
+
+def test_tiny_hbm_does_not_fit_and_lists_the_other_meshes(config_path, report):
+    code, r = _compile(config_path, "--hbm-gib", "0.0001")  # the same programs: compiled once per process
+    assert code == 1 and r["fits"] is False and r["hbm_source"] == "override"
+    assert r["per_chip_bytes"] == report[1]["per_chip_bytes"]
+    assert {a["mesh"] for a in r["alternatives"]} == set(MESH_PRESETS)
+    assert r["fitting_meshes"] == []
+    by_name = {a["mesh"]: a for a in r["alternatives"]}
+    assert "does not divide the 4 devices" in by_name["ep8"]["reason"]  # no 8-way expert axis on 4 chips
+    assert by_name["fsdp"]["per_chip_bytes"] > 0.0001 * GIB  # judged from its resident state, not compiled
+
+
+def test_text_report_names_the_verdict(config_path, report, capsys):
+    assert main(["compile", config_path, "--topology", "v5p:2x2x1", "--prompt-len", "12"]) == 0  # cached
+    text = capsys.readouterr().out
+    assert "v5p:2x2x1, 4 chips" in text and "; HBM from compiler): fits" in text
+
+
+def test_bad_topology_and_mesh_are_clean_errors(config_path, capsys):
+    assert main(["compile", config_path, "--topology", "v5p-7"]) == 2
+    assert main(["compile", config_path, "--topology", "v5p-8", "--mesh", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "must be even" in err and "unknown mesh preset 'nope'" in err
