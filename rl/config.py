@@ -53,6 +53,44 @@ class Config:
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise UserError(f"stages: names must be unique, got {names}")
+        for index, stage in enumerate(self.stages):
+            _check_stage_data(self.stages, index, "teacher" if stage.kind == "distill" else "data_path")
+            if stage.student_overrides:
+                student_model(self.model, stage.student_overrides, where=f"stages[{stage.name}]")
+
+
+def _check_stage_data(stages: Sequence[StageConfig], index: int, field: str) -> None:
+    """A stage's data named by stage name must come from an earlier rejection_sampling stage."""
+    stage = stages[index]
+    value = getattr(stage, field)
+    by_name = {s.name: (i, s) for i, s in enumerate(stages)}
+    if value is None or value not in by_name:
+        return
+    source_index, source = by_name[value]
+    if source.kind != "rejection_sampling" or source_index >= index:
+        raise UserError(f"stages[{stage.name}].{field}={value!r}: a stage named as data must be an earlier "
+                        f"rejection_sampling stage (it is {source.kind!r} at position {source_index + 1})")
+
+
+def student_model(model: ModelConfig, overrides: Sequence[str], where: str = "student_overrides") -> ModelConfig:
+    """`model` with a distill stage's overrides ("hidden_size=64", "num_hidden_layers=1") applied."""
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
+    if bad:
+        raise UserError(f"{where}.student_overrides: {bad[0]!r} is not of the form key=value")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(model), OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise UserError(f"{where}.student_overrides: {_describe(err)}") from err
+
+
+def stage_config(config: Config, index: int) -> Config:
+    """The config in effect at stage `index`: from a distill stage on, the model is its student."""
+    model = config.model
+    for stage in config.stages[:index + 1]:
+        if stage.kind == "distill":
+            model = student_model(config.model, stage.student_overrides, where=f"stages[{stage.name}]")
+    return config if model == config.model else dataclasses.replace(config, model=model)
 
 
 def preset_names() -> list[str]:

@@ -8,6 +8,7 @@ from typing import Optional
 from model.errors import UserError
 
 STAGE_KINDS = ("sft", "grpo", "rejection_sampling", "distill")
+REJECTION_FILTERS = ("format", "language", "length", "repetition")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,8 +26,11 @@ class StageConfig:
     samples_per_prompt: int = 4
     reward_threshold: float = 2.0
     max_new_tokens: Optional[int] = None  # default: sampling.max_new_tokens
+    temperature: Optional[float] = None  # rejection_sampling: default sampling.temperature
+    filters: tuple[str, ...] = REJECTION_FILTERS  # readability filters a kept sample must pass
+    max_repetition: float = 0.5  # "repetition" filter: at most this share of repeated word 4-grams
     teacher: Optional[str] = None  # distill: the stage whose samples (or a JSONL) the student learns from
-    student_overrides: tuple[str, ...] = ()  # distill: dotted model.* overrides of the student config
+    student_overrides: tuple[str, ...] = ()  # distill: model overrides of the student ("hidden_size=64")
 
     def __post_init__(self) -> None:
         where = f"stages[{self.name}]"
@@ -40,6 +44,18 @@ class StageConfig:
             raise UserError(f"{where}.lr={self.lr}: must be > 0")
         if self.samples_per_prompt < 1:
             raise UserError(f"{where}.samples_per_prompt={self.samples_per_prompt}: must be >= 1")
+        unknown = sorted(set(self.filters) - set(REJECTION_FILTERS))
+        if unknown:
+            raise UserError(f"{where}.filters: unknown {unknown}; choose from {', '.join(REJECTION_FILTERS)}")
+        if not 0 < self.max_repetition <= 1:
+            raise UserError(f"{where}.max_repetition={self.max_repetition}: must be in (0, 1]")
+        if self.temperature is not None and self.temperature < 0:
+            raise UserError(f"{where}.temperature={self.temperature}: must be >= 0")
+        if self.kind == "distill" and not self.teacher:
+            raise UserError(f"{where}.teacher: a distill stage needs the rejection_sampling stage (or a JSONL "
+                            f"of prompt/solution rows) whose samples the student learns from")
+        if self.student_overrides and self.kind != "distill":
+            raise UserError(f"{where}.student_overrides: only a distill stage changes the model")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,7 @@ def run_grpo(trainer, index: int, stage: StageConfig, resume: dict | None) -> No
     g = cfg.grpo
     iterator = make_iterator(cfg.data, batch_size=g.prompts_per_step // jax.process_count())
     sampler = trainer.sampler(cfg.seed * 1000 + index)
-    make_step = lambda graphdef, opt, clip: make_grpo_step(graphdef, opt, g, cfg.update, cfg.model, clip)
+    make_step = lambda graphdef, opt, clip: make_grpo_step(graphdef, opt, g, cfg.update, trainer.model_config, clip)
     runner = UpdateStage(trainer, index, stage, resume, with_ref=g.kl_coef > 0, make_step=make_step)
     if resume is not None:
         iterator.set_state(resume["data_state"])

@@ -108,12 +108,15 @@ def _abstract(tree):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-def run_sft(trainer, index: int, stage: StageConfig, resume: dict | None) -> None:
+def run_sft(trainer, index: int, stage: StageConfig, resume: dict | None, data_path: str | None = None) -> None:
+    """SFT on `data_path` (a JSONL/Parquet of prompt/solution rows), else `stage.data_path` (a file or an
+    earlier rejection_sampling stage's name), else the tasks' worked solutions (the training problems)."""
     cfg = trainer.config
-    data = dataclasses.replace(cfg.data, seed=cfg.data.seed + index,
-                               path=stage.data_path if stage.data_path else cfg.data.path)
+    data_path = data_path or (stage_data_path(trainer, stage.data_path) if stage.data_path else cfg.data.path)
+    data = dataclasses.replace(cfg.data, path=data_path)
     iterator = make_iterator(data, batch_size=stage.batch_size // jax.process_count())
-    make_step = lambda g, opt, clip: make_sft_step(g, opt, cfg.update, cfg.model, clip)
+    model = trainer.model_config
+    make_step = lambda g, opt, clip: make_sft_step(g, opt, cfg.update, model, clip)
     runner = UpdateStage(trainer, index, stage, resume, with_ref=False, make_step=make_step)
     if resume is not None:
         iterator.set_state(resume["data_state"])
@@ -139,8 +142,24 @@ def _grpo(trainer, index, stage, resume):
     return run_grpo(trainer, index, stage, resume)
 
 
-def _not_yet(trainer, index, stage, resume):
-    raise UserError(f"stage {stage.name}: kind {stage.kind!r} is not implemented yet")
+def _rejection_sampling(trainer, index, stage, resume):
+    from rl.train.stage_rejection import run_rejection_sampling
+
+    return run_rejection_sampling(trainer, index, stage, resume)
 
 
-STAGE_RUNNERS = {"sft": run_sft, "grpo": _grpo, "rejection_sampling": _not_yet, "distill": _not_yet}
+def _distill(trainer, index, stage, resume):
+    """SFT of the student (the trainer starts it fresh from `student_overrides`) on the teacher's samples."""
+    return run_sft(trainer, index, stage, resume, data_path=stage_data_path(trainer, stage.teacher))
+
+
+def stage_data_path(trainer, name_or_path: str) -> str:
+    """An earlier rejection_sampling stage's dataset (by stage name) or a user's file."""
+    from rl.train.stage_rejection import dataset_path
+
+    if any(s.name == name_or_path for s in trainer.config.stages):
+        return str(dataset_path(trainer.run_dir, name_or_path))
+    return name_or_path
+
+
+STAGE_RUNNERS = {"sft": run_sft, "grpo": _grpo, "rejection_sampling": _rejection_sampling, "distill": _distill}

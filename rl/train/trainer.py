@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from model.errors import UserError
 from model.factory import abstract_policy, init_policy
 from model.tokenizer import Tokenizer
-from rl.config import Config, to_yaml
+from rl.config import Config, stage_config, to_yaml
 from rl.data import build_tokenizer
 from rl.evaluate import evaluate, held_out_problems
 from rl.rewards import RewardPool
@@ -67,6 +67,7 @@ class Trainer:
         self.metrics = MetricsWriter(self.run_dir, self.primary)
         self.tokenizer = self._tokenizer()
         self.graphdef, self.policy = None, None  # (params, bias) of the current policy between stages
+        self.stage_index = 0  # the stage running (its config may swap the model: distillation)
         self.summary: dict[str, Any] = {"evals": [], "stages": []}
         self._pool: RewardPool | None = None
         self._eval_problems: list[dict] | None = None
@@ -97,6 +98,11 @@ class Trainer:
         if self._eval_problems is None:
             self._eval_problems = held_out_problems(self.config.data, self.config.eval)
         return self._eval_problems
+
+    @property
+    def model_config(self):
+        """The architecture of the current stage's policy (a distill stage's student from that stage on)."""
+        return stage_config(self.config, self.stage_index).model
 
     def sampler(self, seed: int) -> Sampler:
         return Sampler(self.graphdef, self.config.sampling, self.tokenizer.eos_id, self.tokenizer.pad_id, seed)
@@ -134,7 +140,9 @@ class Trainer:
             self.global_step = 0
             return Position()
         saved, meta = self.checkpointer.restore_config_and_meta(step)
-        check_compatible(saved, self.config, str(self.run_dir / "checkpoints" / str(step)))
+        self.stage_index = int(meta["stage_index"])
+        check_compatible(saved, stage_config(self.config, self.stage_index),
+                         str(self.run_dir / "checkpoints" / str(step)))
         self.global_step = int(meta["global_step"])
         self.summary = meta.get("summary", self.summary)
         if self.primary:
@@ -149,6 +157,7 @@ class Trainer:
     def _run_stage(self, index: int, stage: StageConfig, resume: Position | None) -> None:
         from rl.train.stages import STAGE_RUNNERS
 
+        self.stage_index = index
         if resume is None or resume.meta is None:
             self._enter_stage(stage)
         self.console.log(f"stage {index + 1}/{len(self.config.stages)}: {stage.name} ({stage.kind}, "
@@ -158,10 +167,14 @@ class Trainer:
 
     def _enter_stage(self, stage: StageConfig) -> None:
         """The policy a stage starts from: `init_from`, else the previous stage's, else a fresh one."""
+        model = self.model_config
+        if self.tokenizer.vocab_size > model.vocab_size:
+            raise UserError(f"stages[{stage.name}]: model.vocab_size={model.vocab_size} is smaller than the "
+                            f"tokenizer's {self.tokenizer.vocab_size} pieces")
         if stage.init_from:
             self.graphdef, params, bias = self._load_init(stage.init_from)
-        elif self.policy is None:
-            policy = init_policy(self.config.model, self.config.seed, self.mesh, self.rules)
+        elif self.policy is None or stage.kind == "distill":  # a distilled student starts fresh
+            policy = init_policy(model, self.config.seed + self.stage_index, self.mesh, self.rules)
             self.graphdef, params, bias = split_policy(policy)
         else:
             return
@@ -177,7 +190,7 @@ class Trainer:
             config, policy = load_hf_policy(location, self.mesh, self.rules)
         else:
             config, policy = load_policy(location, self.mesh, self.rules)
-        check_compatible(config, self.config, path)
+        check_compatible(config, stage_config(self.config, self.stage_index), path)
         return split_policy(policy)
 
     # -- checkpoints ----------------------------------------------------------------------------------
@@ -191,7 +204,8 @@ class Trainer:
                 "global_step": self.global_step, "stage_done": stage_done, "summary": self.summary,
                 **extra_meta}
         trees = {"params": self.policy_state(params, bias), **trees}
-        self.checkpointer.save(self.global_step, self.config, trees, meta, metrics)
+        config = stage_config(self.config, index)  # a student's checkpoint opens as the student
+        self.checkpointer.save(self.global_step, config, trees, meta, metrics)
         self._save_tokenizer_copy()
 
     def _save_tokenizer_copy(self) -> None:
@@ -200,7 +214,7 @@ class Trainer:
             self.tokenizer.save(self.run_dir / "checkpoints" / "tokenizer")
 
     def _abstract_policy_state(self):
-        graphdef, state = nnx.split(abstract_policy(self.config.model))
+        graphdef, state = nnx.split(abstract_policy(self.model_config))
         shardings = tree_shardings(state, self.mesh, self.rules)
         abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                                 nnx.to_pure_dict(state), nnx.to_pure_dict(shardings))
@@ -209,7 +223,7 @@ class Trainer:
     def _restore_policy(self, step: int):
         abstract = self._abstract_policy_state()[2]
         restored = self.checkpointer.restore_trees(step, {"params": abstract})["params"]
-        graphdef = split_policy(abstract_policy(self.config.model))[0]
+        graphdef = split_policy(abstract_policy(self.model_config))[0]
         return (graphdef, *self.split_policy_dict(restored))
 
     def split_policy_dict(self, pure: dict):

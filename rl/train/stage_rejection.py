@@ -1,0 +1,125 @@
+"""The rejection-sampling stage (R1 §2.3.3): K completions per prompt from the current policy; keep those whose
+reward reaches the threshold and that pass the readability filters; write an SFT set and its statistics.
+
+Output, in the run directory: `datasets/<stage>.jsonl` (rows `task`, `prompt`, `answer`, `solution`,
+`difficulty`, `reward`: what `sft`/`distill` stages and `data.path` read) and `datasets/<stage>.stats.json`
+(candidates, kept, kept rate overall / per task / per difficulty, rejections by reason). Both are written
+once, at the end, through a temporary file: an interrupted stage leaves no partial dataset and reruns from
+its first round on resume (the sampler seed makes the rerun identical). Duplicate (prompt, solution) pairs
+are kept once. The policy does not change: the stage's checkpoint repeats the previous stage's weights.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import pathlib
+
+import jax
+import numpy as np
+
+from model.errors import UserError
+from rl.data import make_iterator
+from rl.train.config import StageConfig
+from rl.train.filters import rejection_reason
+from rl.train.rollouts import decode_completions, encode_prompts, reward_metrics, score_items
+
+
+def dataset_path(run_dir: str | pathlib.Path, stage_name: str) -> pathlib.Path:
+    return pathlib.Path(run_dir) / "datasets" / f"{stage_name}.jsonl"
+
+
+class KeptSet:
+    """Kept samples and the counts behind the statistics."""
+
+    def __init__(self):
+        self.rows, self.seen = [], set()
+        self.candidates = collections.Counter()  # by ("task", name) / ("difficulty", level)
+        self.kept = collections.Counter()
+        self.reasons = collections.Counter()
+
+    def add(self, problem: dict, text: str, total: float, reason: str | None) -> bool:
+        groups = [("task", problem["task"]), ("difficulty", str(problem.get("difficulty", 0)))]
+        self.candidates.update(groups)
+        key = (problem["prompt"], text.strip())
+        if reason is None and key in self.seen:
+            reason = "duplicate"
+        if reason is not None:
+            self.reasons[reason] += 1
+            return False
+        self.seen.add(key)
+        self.kept.update(groups)
+        self.rows.append({"task": problem["task"], "prompt": problem["prompt"], "answer": str(problem["answer"]),
+                          "solution": text.strip(), "difficulty": problem.get("difficulty", 0), "reward": total})
+        return True
+
+    def stats(self) -> dict:
+        total = sum(v for (kind, _), v in self.candidates.items() if kind == "task")
+        by = lambda kind: {name: {"candidates": n, "kept": self.kept[(kind, name)],
+                                  "kept_rate": self.kept[(kind, name)] / n}
+                           for (k, name), n in sorted(self.candidates.items()) if k == kind}
+        return {"candidates": total, "kept": len(self.rows), "kept_rate": len(self.rows) / max(total, 1),
+                "by_task": by("task"), "by_difficulty": by("difficulty"), "rejected": dict(self.reasons)}
+
+
+def run_rejection_sampling(trainer, index: int, stage: StageConfig, resume: dict | None) -> None:
+    del resume  # never checkpointed mid-stage: a resumed run reruns it from the first round
+    cfg = trainer.config
+    data = dataclasses.replace(cfg.data, path=stage.data_path or cfg.data.path)
+    iterator = make_iterator(data, batch_size=stage.batch_size // jax.process_count())
+    sampler = trainer.sampler(cfg.seed * 1000 + index)
+    budget = stage.max_new_tokens or cfg.sampling.max_new_tokens
+    temperature = cfg.sampling.temperature if stage.temperature is None else stage.temperature
+    kept, k, start_step = KeptSet(), stage.samples_per_prompt, trainer.global_step
+    trainer.console.start_stage(stage.name, stage.steps, 0)
+    for round_index in range(stage.steps):
+        if trainer.stop:  # nothing to save: the previous stage's checkpoint is where a resume starts
+            from rl.train.trainer import Stopped
+
+            trainer.global_step = start_step
+            raise Stopped()
+        problems = next(iterator)
+        rollout = sampler.generate(trainer.policy, encode_prompts(trainer.tokenizer, cfg.tokenizer.template,
+                                                                  problems),
+                                   samples=k, temperature=temperature, max_new_tokens=budget)
+        texts = decode_completions(trainer.tokenizer, rollout)
+        items = score_items(problems, texts, np.asarray(rollout.lengths_B), k)
+        results = trainer.pool.collect(trainer.pool.submit(items))
+        before = len(kept.rows)
+        for row, (item, result) in enumerate(zip(items, results)):
+            reason = rejection_reason(item, result.total, result.status, threshold=stage.reward_threshold,
+                                      filters=stage.filters, max_new_tokens=budget,
+                                      max_repetition=stage.max_repetition, rewards=cfg.rewards)
+            kept.add(problems[row // k], texts[row], result.total, reason)
+        trainer.global_step += 1
+        row = trainer.write_metrics({"global_step": trainer.global_step, "step": round_index + 1,
+                                     "stage": stage.name, **reward_metrics(results, cfg.rewards.names),
+                                     "rs/candidates": len(items), "rs/kept": len(kept.rows) - before,
+                                     "rs/kept_rate": (len(kept.rows) - before) / len(items)})
+        trainer.console.update(round_index + 1, row)
+    trainer.console.end_stage()
+    stats = _write(trainer, stage, kept)
+    if not kept.rows:
+        raise UserError(f"stages[{stage.name}]: kept none of {stats['candidates']} samples (rejected by "
+                        f"{stats['rejected']}); lower reward_threshold, relax filters or sample more")
+    trainer.summary.setdefault("datasets", []).append({"stage": stage.name, **stats})
+    trainer.console.log(f"{stage.name}: kept {stats['kept']} of {stats['candidates']} samples "
+                        f"({stats['kept_rate']:.1%}) -> {stats['path']}")
+    trainer.save(index, stage, stage.steps, {}, {}, stage_done=True)
+
+
+def _write(trainer, stage: StageConfig, kept: KeptSet) -> dict:
+    path = dataset_path(trainer.run_dir, stage.name)
+    stats = {"path": str(path), **kept.stats()}
+    if trainer.primary:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, "".join(json.dumps(row) + "\n" for row in kept.rows))
+        _atomic_write(path.with_suffix(".stats.json"), json.dumps(stats, indent=2))
+    return stats
+
+
+def _atomic_write(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -1,0 +1,67 @@
+"""The whole R1 pipeline in one `r1jax train` (tests/rl/data/pipeline_tiny.yaml): cold start, GRPO, rejection
+sampling into a dataset, SFT on the kept samples, distillation into a smaller student; every artifact."""
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from rl.checkpoint import load_config, load_policy
+from tests.rl.conftest import subprocess_env
+
+import subprocess
+import sys
+
+CONFIG = pathlib.Path(__file__).parent / "data" / "pipeline_tiny.yaml"
+STAGES = [("sft", 2), ("grpo", 2), ("rs", 2), ("sft_rs", 2), ("distill", 2)]
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("pipeline")
+    command = [sys.executable, "-m", "rl.cli.main", "--cpu-devices", "2", "train", str(CONFIG), "--run-dir",
+               str(run_dir)]
+    result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def test_stages_run_in_order_with_contiguous_steps(pipeline_run):
+    rows = [json.loads(line) for line in (pipeline_run / "metrics.jsonl").read_text().splitlines()]
+    expected = [name for name, steps in STAGES for _ in range(steps)]
+    assert [r["stage"] for r in rows] == expected
+    assert [r["global_step"] for r in rows] == list(range(1, len(expected) + 1))
+    for row in rows:
+        if row["stage"] == "rs":
+            assert row["rs/candidates"] == 8 and 0 <= row["rs/kept"] <= 8
+    summary = json.loads((pipeline_run / "summary.json").read_text())
+    assert [e["stage"] for e in summary["evals"]] == ["sft", "grpo", "sft_rs", "distill"]
+    assert [d["stage"] for d in summary["datasets"]] == ["rs"]
+
+
+def test_rejection_sampling_writes_the_kept_set_and_its_statistics(pipeline_run):
+    path = pipeline_run / "datasets" / "rs.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    stats = json.loads(path.with_suffix(".stats.json").read_text())
+    assert stats["candidates"] == 16 and stats["kept"] == len(rows) > 0
+    assert stats["kept_rate"] == pytest.approx(len(rows) / 16)
+    assert sum(stats["rejected"].values()) + stats["kept"] == 16
+    assert stats["by_task"]["arithmetic"]["kept"] == len(rows)
+    assert sum(v["candidates"] for v in stats["by_difficulty"].values()) == 16
+    pairs = {(r["prompt"], r["solution"]) for r in rows}
+    assert len(pairs) == len(rows)  # duplicates kept once
+    for row in rows:
+        assert row["solution"].strip() and row["reward"] >= 0.0 and row["task"] == "arithmetic"
+
+
+def test_the_distilled_student_has_its_own_architecture(pipeline_run):
+    config, policy = load_policy(pipeline_run)
+    assert (config.model.hidden_size, config.model.kv_lora_rank, config.model.num_attention_heads) == (16, 8, 1)
+    embedding = [x for x in jax.tree.leaves(nnx.state(policy)) if x.ndim == 2 and x.shape[0] == 512][0]
+    assert embedding.shape == (512, 16)
+    assert np.all(np.isfinite(np.asarray(embedding)))
+    teacher = load_config(pipeline_run / "checkpoints" / "4")  # the end of GRPO
+    assert teacher.model.hidden_size == 32

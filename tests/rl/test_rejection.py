@@ -1,0 +1,84 @@
+"""Rejection-sampling filters and bookkeeping, and the config rules of pipeline stages."""
+
+import pytest
+
+from model.errors import UserError
+from rl.config import load_config, stage_config
+from rl.rewards.config import RewardsConfig
+from rl.rewards.functions import ScoreItem
+from rl.train.filters import rejection_reason, repetition
+from rl.train.stage_rejection import KeptSet
+
+GOOD = "<think> 2+3=5. </think> <answer> 5 </answer>"
+
+
+def item(text, length=10):
+    return ScoreItem(prompt="Compute 2+3", completion=text, reference="5", task="arithmetic", length=length)
+
+
+def reason(text, total=2.0, status="ok", length=10, filters=("format", "language", "length", "repetition")):
+    return rejection_reason(item(text, length), total, status, threshold=2.0, filters=filters, max_new_tokens=40,
+                            max_repetition=0.5, rewards=RewardsConfig())
+
+
+def test_repetition_is_the_share_of_repeated_word_4grams():
+    assert repetition("a b c d a b c d a b c d") == pytest.approx(1 - 4 / 9)  # 9 grams, 4 distinct
+    assert repetition("one two three four five") == 0.0
+    assert repetition("too short") == 0.0
+
+
+@pytest.mark.parametrize("text,kwargs,expected", [
+    (GOOD, {}, None),
+    (GOOD, {"total": 1.0}, "reward"),
+    (GOOD, {"status": "timeout"}, "status"),
+    ("   ", {"total": 5.0}, "empty"),
+    ("<answer> 5 </answer>", {}, "format"),
+    ("<think> 2+3 равно 5. </think> <answer> 5 </answer>", {}, "language"),
+    (GOOD, {"length": 40}, "length"),
+    ("<think> " + "so 2+3=5 . " * 12 + "</think> <answer> 5 </answer>", {}, "repetition"),
+    ("<answer> 5 </answer>", {"filters": ("repetition",)}, None),  # only the configured filters apply
+])
+def test_rejection_reason_names_the_first_failing_check(text, kwargs, expected):
+    assert reason(text, **kwargs) == expected
+
+
+def test_kept_set_keeps_duplicates_once_and_counts_by_task_and_difficulty():
+    kept = KeptSet()
+    problem = {"task": "arithmetic", "prompt": "Compute 2+3", "answer": "5", "difficulty": 1}
+    other = {"task": "algebra", "prompt": "Solve x+1=2", "answer": "1", "difficulty": 2}
+    assert kept.add(problem, GOOD, 2.0, None)
+    assert not kept.add(problem, GOOD + "  ", 2.0, None)  # the same solution once stripped
+    assert not kept.add(other, "x", 0.0, "reward")
+    assert kept.add(other, "<think> x=1 </think> <answer> 1 </answer>", 2.0, None)
+    stats = kept.stats()
+    assert (stats["candidates"], stats["kept"], stats["kept_rate"]) == (4, 2, 0.5)
+    assert stats["rejected"] == {"duplicate": 1, "reward": 1}
+    assert stats["by_task"]["arithmetic"] == {"candidates": 2, "kept": 1, "kept_rate": 0.5}
+    assert stats["by_difficulty"]["2"] == {"candidates": 2, "kept": 1, "kept_rate": 0.5}
+    assert [r["solution"] for r in kept.rows] == [GOOD, "<think> x=1 </think> <answer> 1 </answer>"]
+
+
+def stages(*entries):
+    return "stages=[" + ", ".join(entries) + "]"
+
+
+def test_distill_stage_swaps_the_model_from_its_position_on():
+    config = load_config("tiny", [stages("{name: rs, kind: rejection_sampling}",
+                                         "{name: d, kind: distill, teacher: rs, student_overrides: [hidden_size=64]}",
+                                         "{name: g, kind: grpo}")])
+    assert [stage_config(config, i).model.hidden_size for i in range(3)] == [128, 64, 64]
+
+
+@pytest.mark.parametrize("entries,message", [
+    (["{name: d, kind: distill}"], r"stages\[d\].teacher: a distill stage needs"),
+    (["{name: g, kind: grpo}", "{name: d, kind: distill, teacher: g}"], "earlier rejection_sampling stage"),
+    (["{name: d, kind: distill, teacher: rs}", "{name: rs, kind: rejection_sampling}"], "earlier rejection_sampl"),
+    (["{name: s, kind: sft, data_path: s}"], r"stages\[s\].data_path='s'"),
+    (["{name: rs, kind: rejection_sampling}", "{name: d, kind: distill, teacher: rs, student_overrides: [hiden=3]}"],
+     r"stages\[d\].student_overrides: key 'hiden'"),
+    (["{name: s, kind: sft, student_overrides: [hidden_size=64]}"], "only a distill stage changes the model"),
+    (["{name: rs, kind: rejection_sampling, filters: [format, vibes]}"], r"filters: unknown \['vibes'\]"),
+])
+def test_bad_pipeline_stages_are_refused_naming_the_field(entries, message):
+    with pytest.raises(UserError, match=message):
+        load_config("tiny", [stages(*entries)])
