@@ -68,9 +68,11 @@ class UpdateStage:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         metrics["lr"] = float(self.schedule(self.stage_step))
         if metrics["consecutive_skips"] >= self.opt_cfg.max_consecutive_skips:
-            raise RuntimeError(f"stage {self.stage.name}: {int(metrics['consecutive_skips'])} consecutive "
-                               f"non-finite updates (optimizer.max_consecutive_skips="
-                               f"{self.opt_cfg.max_consecutive_skips}); halting")
+            raise UserError(f"stage {self.stage.name}: {int(metrics['consecutive_skips'])} consecutive "
+                            f"non-finite updates (optimizer.max_consecutive_skips="
+                            f"{self.opt_cfg.max_consecutive_skips}); halting at step {self.stage_step + 1} "
+                            f"without applying them: the latest checkpoint holds the last good state; lower "
+                            f"the learning rate or check the data")
         return metrics
 
     def trees(self) -> dict:

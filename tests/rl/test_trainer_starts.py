@@ -1,0 +1,44 @@
+"""What a stage starts from and when it stops: `init_from` a Hugging Face directory through the trainer, and
+the halt after `optimizer.max_consecutive_skips` non-finite updates in a row (in-process, 8 CPU devices)."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from model.errors import UserError
+from model.hf_io import export_hf
+from rl.checkpoint import load_policy
+from rl.config import load_config
+from rl.train.trainer import Trainer
+
+from tests.rl.conftest import TRAIN_CONFIG
+
+
+def leaves(policy):
+    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(policy))]
+
+
+def test_a_stage_starts_from_a_hugging_face_directory(finished_run, tmp_path):
+    _, trained = load_policy(finished_run)
+    export_hf(trained, tmp_path / "hf")
+    config = load_config(TRAIN_CONFIG, [f"stages=[{{name: sft, kind: sft, steps: 0, init_from: {tmp_path / 'hf'}}}]"])
+    summary = Trainer(config, tmp_path / "run").run()
+    assert [e["stage"] for e in summary["evals"]] == ["sft"]
+    _, started = load_policy(tmp_path / "run")  # zero steps: the stage's checkpoint is the imported policy
+    for a, b in zip(leaves(started), leaves(trained)):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_consecutive_non_finite_updates_halt_the_run_with_a_clear_error(tmp_path):
+    config = load_config(TRAIN_CONFIG, ["stages=[{name: sft, kind: sft, steps: 6, batch_size: 8, lr: 1.0e+30}]",
+                                        "optimizer.max_consecutive_skips=2", "optimizer.grad_clip_norm=null"])
+    with pytest.raises(UserError, match=r"stage sft: 2 consecutive non-finite updates .* halting"):
+        Trainer(config, tmp_path / "run").run()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in rows][-1:] == [1.0] and rows[-1]["consecutive_skips"] == 1.0
+    assert rows[-1]["grad_norm"] is None  # non-finite figures are JSON null
+    assert not (tmp_path / "run" / "summary.json").exists() or "final_eval" not in json.loads(
+        (tmp_path / "run" / "summary.json").read_text())
