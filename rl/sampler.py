@@ -209,7 +209,19 @@ class Sampler:
         cfg = dataclasses.replace(self.config, **overrides) if overrides else self.config
         tokens, valid = left_pad(prompts, cfg.prompt_buckets, self.pad_id)
         key = self.next_key() if key is None else key
-        return generate_padded(self.graphdef, state, jnp.asarray(tokens), jnp.asarray(valid), key,
-                               jnp.float32(cfg.temperature), jnp.int32(cfg.top_k), jnp.float32(cfg.top_p),
-                               max_new=cfg.max_new_tokens, samples=samples, eos_id=self.eos_id,
-                               pad_id=self.pad_id, ignore_eos=ignore_eos, keep_logits=keep_logits)
+        rollout = generate_padded(self.graphdef, state, jnp.asarray(tokens), jnp.asarray(valid), key,
+                                  jnp.float32(cfg.temperature), jnp.int32(cfg.top_k), jnp.float32(cfg.top_p),
+                                  max_new=cfg.max_new_tokens, samples=samples, eos_id=self.eos_id,
+                                  pad_id=self.pad_id, ignore_eos=ignore_eos, keep_logits=keep_logits)
+        return _host_readable(rollout)
+
+
+def _host_readable(rollout: Rollout) -> Rollout:
+    """Under several JAX processes, the fields the host reads (tokens, lengths, log-probs: small) are
+    gathered onto every device so each process can decode and score every row; the rest stays sharded."""
+    if jax.process_count() == 1:
+        return rollout
+    from sharding.distributed import replicated
+
+    return rollout._replace(tokens_BT=replicated(rollout.tokens_BT), lengths_B=replicated(rollout.lengths_B),
+                            logprobs_BN=replicated(rollout.logprobs_BN))

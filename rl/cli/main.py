@@ -73,9 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         fake_cpu_devices(args.cpu_devices)
     quiet_libraries()
     from model.errors import UserError
+    from sharding.distributed import PeerLost
 
     try:
         return int(args._module.run(args) or 0)
+    except PeerLost as err:  # exit now: a normal exit would wait for the lost peer in JAX's shutdown barrier
+        print(f"r1jax {args.command}: error: {err}", file=sys.stderr, flush=True)
+        os._exit(3)
     except UserError as err:
         print(f"r1jax {args.command}: error: {err}", file=sys.stderr)
         return 2

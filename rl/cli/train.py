@@ -2,6 +2,11 @@
 
 With --run-dir on an existing run, resume from its latest checkpoint (the run's saved config is used;
 overrides are applied on top and must not change the architecture). SIGTERM/SIGINT checkpoint and exit 0.
+
+Several processes (hosts) run one job when each is started with the same command plus --coordinator
+HOST:PORT --num-processes N --process-id I (or R1JAX_COORDINATOR / R1JAX_NUM_PROCESSES / R1JAX_PROCESS_ID),
+or --distributed auto on a Cloud TPU VM; they share one --run-dir. A SIGTERM to any of them stops all at the
+same step with a checkpoint; a process that stops answering fails the others within --peer-timeout-s.
 """
 
 from __future__ import annotations
@@ -18,12 +23,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     parser.add_argument("--run-dir", default=None,
                         help="run directory; an existing one resumes (default: runs/<config>-<time>)")
+    hosts = parser.add_argument_group("several processes (hosts) as one run")
+    hosts.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                       help="process 0's address for jax.distributed (env R1JAX_COORDINATOR)")
+    hosts.add_argument("--num-processes", type=int, metavar="N", default=None,
+                       help="processes in the run (env R1JAX_NUM_PROCESSES)")
+    hosts.add_argument("--process-id", type=int, metavar="I", default=None,
+                       help="this process, 0 to N-1 (env R1JAX_PROCESS_ID)")
+    hosts.add_argument("--distributed", choices=["auto"], default=None,
+                       help="auto: JAX detects the cluster (Cloud TPU VM, Slurm, Open MPI; env R1JAX_DISTRIBUTED)")
+    hosts.add_argument("--peer-timeout-s", type=float, metavar="S", default=None,
+                       help="how long to wait for another process (start-up, heartbeats, each step) before "
+                            "failing with its name (default 300; env R1JAX_PEER_TIMEOUT_S)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from rl.config import load_config
+    from model.errors import UserError
+    from sharding import distributed
+
+    launch = distributed.Launch.resolve(args.coordinator, args.num_processes, args.process_id, args.distributed,
+                                        args.peer_timeout_s)
+    if args.run_dir is not None and "://" in args.run_dir:
+        raise UserError(f"--run-dir {args.run_dir}: the run directory is written with local file APIs; mount the "
+                        "bucket on every host (Cloud Storage FUSE: gcsfuse) and pass the mount path")
+    distributed.initialize(launch)  # before anything touches a JAX device
+    import jax
+
+    if jax.process_count() > 1 and args.run_dir is None:
+        raise UserError("--run-dir is required with several processes: they all write one run directory")
+    return _train(args, primary=jax.process_index() == 0)
+
+
+def _train(args: argparse.Namespace, primary: bool) -> int:
+    from rl.config import load_config, to_yaml
     from rl.train.console import RunConsole, silence_libraries
     from rl.train.trainer import Trainer
+    from sharding import distributed
 
     silence_libraries()
     name, overrides = split_config_and_overrides(args.config, args.overrides)
@@ -31,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         "runs") / f"{pathlib.Path(name).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     saved = run_dir / "config.yaml"
     config = load_config(saved if saved.exists() else name, overrides)
-    console = RunConsole()
+    distributed.check_same("config", to_yaml(config), "the resolved config")  # before process 0 writes it
+    console = RunConsole(enabled=primary)
     console.log(f"run directory: {run_dir}")
     summary = Trainer(config, run_dir, console).run()
     _print_outcome(console, summary)

@@ -7,6 +7,10 @@ disjoint. A batch is a list of problem dicts (task, prompt, answer, solution, di
 
 The iterator's state (`it.get_state()`, a small JSON-serialisable dict) restores exactly with
 `it.set_state(state)` on an iterator built from the same config, in any process: the trainer checkpoints it.
+
+The trainer runs its host work (tokenising, decoding, reward scoring) identically on every JAX process and
+hands JAX host values as global ones (sharding.distributed), so `make_iterator` without an explicit process
+gives every process the whole global batch; a run on N processes then sees exactly a one-process run's data.
 """
 
 from __future__ import annotations
@@ -77,7 +81,16 @@ def make_dataset(source, *, batch_size: int, seed: int = 0, shuffle: bool = True
 
 def make_iterator(config: DataConfig, batch_size: int, *, repeat: bool = True,
                   process_index: Optional[int] = None, process_count: Optional[int] = None):
-    """The training iterator for a data config; `get_state()` / `set_state()` checkpoint it."""
+    """The training iterator for a data config; `get_state()` / `set_state()` checkpoint it.
+
+    `batch_size` rows per process. Given a process, the iterator yields that process's shard; without one,
+    under several JAX processes, every process yields the global batch (batch_size x process count rows, in
+    the order one process drawing batches of that size would see)."""
+    if process_index is None and process_count is None:
+        import jax
+
+        if jax.process_count() > 1:
+            batch_size, process_index, process_count = batch_size * jax.process_count(), 0, 1
     dataset = make_dataset(build_source(config), batch_size=batch_size, seed=config.seed,
                            shuffle=config.shuffle, repeat=repeat, process_index=process_index,
                            process_count=process_count)

@@ -1,27 +1,59 @@
-"""SIGTERM / SIGINT become a request to checkpoint and stop at the next step boundary (exit code 0)."""
+"""SIGTERM / SIGINT become a request to checkpoint and stop at a step boundary (exit code 0).
+
+One process: the handler sets a flag that the next step boundary sees.
+
+Several JAX processes must stop at the same step, since the checkpoint is written by all of them together.
+`jax.distributed.initialize` installs JAX's preemption notifier as the C-level SIGTERM handler (a Python
+handler would replace it), so SIGTERM is left to it: the notice reaches every process through the
+coordination service, which picks the first step every process can still reach (the largest step reported,
+plus one; `multihost_utils.reached_preemption_sync_point`). Our SIGINT handler forwards SIGINT to that
+notifier as a SIGTERM. Each step boundary is also a barrier bounded by the peer timeout, so a peer that stops
+answering fails the others with its name instead of hanging them (sharding.distributed.PeerLost).
+"""
 
 from __future__ import annotations
 
 import signal
+from typing import Callable, Optional
+
+from sharding import distributed
 
 
 class StopRequest:
-    def __init__(self):
+    def __init__(self, step: Optional[Callable[[], int]] = None):
+        """`step()` gives the current global step; with it, a multi-process run agrees on stops per step."""
         self.signal: int | None = None
         self._previous = {}
+        self._step = step
+        self._peers = step is not None and distributed.multi_process()
+        self._decided: tuple[int, bool] | None = None  # (step, stop) agreed at the last step boundary
 
     def __enter__(self) -> "StopRequest":
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        owned = (signal.SIGINT,) if self._peers else (signal.SIGTERM, signal.SIGINT)
+        for sig in owned:
             self._previous[sig] = signal.signal(sig, self._handle)
+        if self._peers:  # the sync manager counts from the step this run starts at (resumed or 0)
+            distributed.reached_preemption_sync_point(self._step())
         return self
 
     def _handle(self, signum, frame) -> None:
         if self.signal is not None and signum == signal.SIGINT:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
         self.signal = signum
+        if self._peers:
+            signal.raise_signal(signal.SIGTERM)  # to JAX's notifier, which tells every process
 
     def __bool__(self) -> bool:
-        return self.signal is not None
+        if not self._peers:
+            return self.signal is not None
+        step = self._step()
+        if self._decided is None or self._decided[0] != step:
+            distributed.barrier(f"step-{step}", f"the end of step {step}")
+            stop = distributed.reached_preemption_sync_point(step)
+            if stop and self.signal is None:
+                self.signal = signal.SIGTERM  # received by JAX's notifier here or in a peer
+            self._decided = (step, stop)
+        return self._decided[1]
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():

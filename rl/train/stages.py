@@ -90,7 +90,8 @@ class UpdateStage:
                                      "stage": self.stage.name, **row})
         trainer.console.update(self.stage_step, row)
         due = self.stage_step % trainer.config.checkpoint.every == 0
-        if (due or trainer.stop) and self.stage_step < self.stage.steps:
+        # a stop in the stage's last step saves it too: the resumed run then only evaluates and closes the stage
+        if (due and self.stage_step < self.stage.steps) or trainer.stop:
             trainer.save(self.index, self.stage, self.stage_step, self.trees(), extra_meta, stage_done=False)
         if trainer.stop:
             trainer.checkpointer.wait()

@@ -32,8 +32,10 @@ from rl.train.checkpointing import TrainCheckpointer, check_compatible
 from rl.train.config import StageConfig
 from rl.train.console import RunConsole
 from rl.train.metrics import MetricsWriter, truncate_after
+from rl.train.outcome import rl_gain
 from rl.train.preemption import StopRequest
 from rl.update import split_policy
+from sharding import distributed
 from sharding.context import use_mesh
 from sharding.mesh import build_mesh
 from sharding.params import tree_shardings
@@ -54,6 +56,18 @@ class Stopped(Exception):
     """Raised inside a stage after a SIGTERM/SIGINT checkpoint; the run exits cleanly."""
 
 
+def _check_process_batches(config: Config, processes: int) -> None:
+    """Stages ask the data pipeline for batch / process-count rows (rl.data.make_iterator): it must divide."""
+    if processes == 1:
+        return
+    sizes = {"grpo.prompts_per_step": config.grpo.prompts_per_step}
+    sizes.update({f"stages[{s.name}].batch_size": s.batch_size for s in config.stages if s.kind != "grpo"})
+    for name, size in sizes.items():
+        if size % processes:
+            raise UserError(f"{name}={size} does not split over the {processes} processes of this run; make "
+                            f"it a multiple of {processes}")
+
+
 class Trainer:
     def __init__(self, config: Config, run_dir: str | pathlib.Path, console: RunConsole | None = None):
         self.config, self.run_dir = config, pathlib.Path(run_dir)
@@ -61,6 +75,7 @@ class Trainer:
         self.console = console or RunConsole(self.primary)
         self.mesh = build_mesh(config.sharding)
         self.rules = Rules.preset(config.sharding.preset, config.sharding.rules)
+        _check_process_batches(config, jax.process_count())
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.checkpointer = TrainCheckpointer(self.run_dir / "checkpoints", config.checkpoint.keep,
                                               config.checkpoint.keep_best, config.checkpoint.async_save)
@@ -71,17 +86,22 @@ class Trainer:
         self.summary: dict[str, Any] = {"evals": [], "stages": []}
         self._pool: RewardPool | None = None
         self._eval_problems: list[dict] | None = None
-        self.stop = StopRequest()
+        self.stop = StopRequest(step=lambda: self.global_step)  # agreed across processes per step
+        self._batches_placed = 0
 
     # -- set-up ---------------------------------------------------------------------------------------
     def _tokenizer(self) -> Tokenizer:
-        saved = self.run_dir / "tokenizer"
-        if (saved / "tokenizer.model").exists():
-            tokenizer = Tokenizer.load(saved)
-        else:
-            tokenizer = build_tokenizer(self.config.tokenizer, self.config.data)
-            if self.primary:
+        """Process 0 loads or trains the run's tokenizer and saves it; the other processes load that copy."""
+        saved, tokenizer = self.run_dir / "tokenizer", None
+        if self.primary:
+            if (saved / "tokenizer.model").exists():
+                tokenizer = Tokenizer.load(saved)
+            else:
+                tokenizer = build_tokenizer(self.config.tokenizer, self.config.data)
                 tokenizer.save(saved)
+        distributed.barrier("tokenizer", "the saved tokenizer (process 0 trains it)", timeout_s=3600)
+        if tokenizer is None:
+            tokenizer = Tokenizer.load(saved)
         if tokenizer.vocab_size > self.config.model.vocab_size:
             raise UserError(f"model.vocab_size={self.config.model.vocab_size} is smaller than the tokenizer's "
                             f"{tokenizer.vocab_size} pieces; raise model.vocab_size")
@@ -120,10 +140,16 @@ class Trainer:
                     self._run_stage(index, stage, resume)
                     position = Position(index + 1, 0, self.global_step, None)
         except Stopped:
-            self.console.log(f"stopped by signal {self.stop.signal}: checkpoint at step {self.global_step}")
+            latest = self.checkpointer.latest_step()  # a stop in a stage's last step has none of its own
+            self.console.log(f"stopped by signal {self.stop.signal} at step {self.global_step}; latest checkpoint: "
+                             f"{'none' if latest is None else f'step {latest}'}")
             self.summary["stopped_at_step"] = self.global_step
+        except distributed.PeerLost:
+            self.checkpointer = None  # closing waits for the lost peer in Orbax's barriers: leave it
+            raise
         finally:
-            self.checkpointer.close()
+            if self.checkpointer is not None:
+                self.checkpointer.close()
             self.metrics.close()
             if self._pool is not None:
                 self._pool.close()
@@ -238,7 +264,13 @@ class Trainer:
 
     # -- helpers the stages share ---------------------------------------------------------------------
     def place_batch(self, batch: dict) -> dict:
-        """Put a host batch (rows first) on the mesh, rows split over the batch axes."""
+        """Put a host batch (rows first) on the mesh, rows split over the batch axes.
+
+        Every process brings the same batch. With several, they first meet at a bounded barrier: a peer stuck
+        in host work (reward scoring, tokenising) is then named instead of this process blocking in the next
+        program's collectives."""
+        self._batches_placed += 1
+        distributed.barrier(f"batch-{self._batches_placed}", f"a batch of step {self.global_step + 1}")
         axes = tuple(a for a in self.rules.mesh_axes("batch") if a in self.mesh.shape)
         ways = int(np.prod([self.mesh.shape[a] for a in axes])) if axes else 1
         rows = len(next(iter(batch.values())))
@@ -280,4 +312,7 @@ class Trainer:
         self.summary["final_step"] = self.global_step
         if evals:
             self.summary["final_eval"] = evals[-1]
+        gain = rl_gain(evals, self.config.stages)
+        if gain is not None:
+            self.summary["rl_gain"] = gain
         (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=2))

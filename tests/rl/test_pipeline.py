@@ -40,6 +40,11 @@ def test_stages_run_in_order_with_contiguous_steps(pipeline_run):
     summary = json.loads((pipeline_run / "summary.json").read_text())
     assert [e["stage"] for e in summary["evals"]] == ["sft", "grpo", "sft_rs", "distill"]
     assert [d["stage"] for d in summary["datasets"]] == ["rs"]
+    sft, grpo = summary["evals"][0], summary["evals"][1]
+    gain = summary["rl_gain"]  # the cold-start model against the end of GRPO
+    assert (gain["before_stage"], gain["after_stage"]) == ("sft", "grpo")
+    assert gain["gain_points"] == pytest.approx(100 * (grpo["pass@1"] - sft["pass@1"]))
+    assert gain["format_rate"] == grpo["format_rate"]
 
 
 def test_rejection_sampling_writes_the_kept_set_and_its_statistics(pipeline_run):

@@ -66,7 +66,9 @@ def test_distill_stage_swaps_the_model_from_its_position_on():
     config = load_config("tiny", [stages("{name: rs, kind: rejection_sampling}",
                                          "{name: d, kind: distill, teacher: rs, student_overrides: [hidden_size=64]}",
                                          "{name: g, kind: grpo}")])
-    assert [stage_config(config, i).model.hidden_size for i in range(3)] == [128, 64, 64]
+    teacher = config.model.hidden_size
+    assert teacher != 64
+    assert [stage_config(config, i).model.hidden_size for i in range(3)] == [teacher, 64, 64]
 
 
 @pytest.mark.parametrize("entries,message", [

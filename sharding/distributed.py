@@ -1,0 +1,233 @@
+"""Several JAX processes (hosts) as one run: start-up, bounded waits for peers, host copies of global arrays.
+
+`Launch.resolve(...)` reads the coordinator address, process count and process id from flags or the
+environment (R1JAX_COORDINATOR, R1JAX_NUM_PROCESSES, R1JAX_PROCESS_ID, R1JAX_DISTRIBUTED=auto,
+R1JAX_PEER_TIMEOUT_S); `initialize(launch)` starts `jax.distributed` before JAX touches a device. `auto` lets
+JAX detect the cluster (Cloud TPU VM, Slurm, Open MPI).
+
+Every process runs the same program on the same host values: JAX takes a host array given to a jitted
+function or to `device_put` onto a global sharding as the global value, so the trainer's host work
+(tokenising, decoding, reward scoring) is replicated and its device work is sharded over all processes.
+
+A peer that stops answering must not hang the others forever: `initialize` bounds start-up and JAX's
+heartbeats by the peer timeout, and `barrier` waits at most that long, raising `PeerLost` naming the
+processes that did not arrive (the coordination service reports them). Two cases end inside JAX instead, with
+a fatal error after the same timeout: a peer that never starts ("RegisterTask ... Deadline Exceeded", no
+name) and a silent peer while this process waits in a collective ("The following tasks are unhealthy
+(stopped sending heartbeats): 1").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import re
+from typing import Mapping, Optional
+
+from model.errors import UserError
+
+ENV_COORDINATOR = "R1JAX_COORDINATOR"
+ENV_NUM_PROCESSES = "R1JAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "R1JAX_PROCESS_ID"
+ENV_DISTRIBUTED = "R1JAX_DISTRIBUTED"
+ENV_PEER_TIMEOUT = "R1JAX_PEER_TIMEOUT_S"
+DEFAULT_PEER_TIMEOUT_S = 300.0
+
+_peer_timeout_s = DEFAULT_PEER_TIMEOUT_S
+
+
+class PeerLost(UserError):
+    """Another process of the run stopped answering (stopped, hung or dead): this one cannot go on."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    coordinator: Optional[str] = None  # HOST:PORT of process 0's coordination service
+    num_processes: Optional[int] = None
+    process_id: Optional[int] = None
+    auto: bool = False  # let jax.distributed detect the cluster (Cloud TPU, Slurm, Open MPI)
+    peer_timeout_s: float = DEFAULT_PEER_TIMEOUT_S
+
+    @property
+    def enabled(self) -> bool:
+        return self.auto or self.coordinator is not None
+
+    @classmethod
+    def resolve(cls, coordinator: Optional[str] = None, num_processes: Optional[int] = None,
+                process_id: Optional[int] = None, mode: Optional[str] = None,
+                peer_timeout_s: Optional[float] = None, environ: Mapping[str, str] = os.environ) -> "Launch":
+        """Flags first, then the R1JAX_* environment variables; errors name the flag."""
+        coordinator = coordinator or environ.get(ENV_COORDINATOR) or None
+        num_processes = _int(num_processes, environ.get(ENV_NUM_PROCESSES), "--num-processes")
+        process_id = _int(process_id, environ.get(ENV_PROCESS_ID), "--process-id")
+        mode = mode or environ.get(ENV_DISTRIBUTED) or None
+        timeout = peer_timeout_s if peer_timeout_s is not None else float(
+            environ.get(ENV_PEER_TIMEOUT, DEFAULT_PEER_TIMEOUT_S))
+        if mode not in (None, "auto"):
+            raise UserError(f"--distributed {mode!r}: the only mode is 'auto' (give --coordinator otherwise)")
+        if timeout <= 0:
+            raise UserError(f"--peer-timeout-s {timeout:g}: must be > 0")
+        launch = cls(coordinator, num_processes, process_id, mode == "auto", timeout)
+        launch._check()
+        return launch
+
+    def _check(self) -> None:
+        if self.coordinator is not None and not re.fullmatch(r"\[?[\w.:-]+\]?:\d+", self.coordinator):
+            raise UserError(f"--coordinator {self.coordinator!r}: expected HOST:PORT")
+        if self.auto:
+            return
+        given = [n for n, v in (("--num-processes", self.num_processes), ("--process-id", self.process_id))
+                 if v is not None]
+        if self.coordinator is None:
+            if given:
+                raise UserError(f"{' and '.join(given)} without --coordinator HOST:PORT (or --distributed auto)")
+            return
+        if len(given) < 2:
+            raise UserError("--coordinator needs --num-processes N and --process-id I (or the environment "
+                            f"variables {ENV_NUM_PROCESSES} and {ENV_PROCESS_ID})")
+        if self.num_processes < 1 or not 0 <= self.process_id < self.num_processes:
+            raise UserError(f"--process-id {self.process_id} is not in [0, {self.num_processes}) "
+                            f"(--num-processes {self.num_processes})")
+
+
+def _int(flag: Optional[int], env: Optional[str], name: str) -> Optional[int]:
+    if flag is not None:
+        return flag
+    if env in (None, ""):
+        return None
+    try:
+        return int(env)
+    except ValueError:
+        raise UserError(f"{name}: environment value {env!r} is not an integer") from None
+
+
+def initialize(launch: Launch) -> None:
+    """Start jax.distributed for `launch` (nothing for a single process). Must run before JAX uses a device."""
+    global _peer_timeout_s
+    _peer_timeout_s = launch.peer_timeout_s
+    if not launch.enabled:
+        return
+    import jax
+
+    # CPU processes reach each other's devices through gloo; TPU/GPU collectives ignore this setting
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    seconds = max(1, math.ceil(launch.peer_timeout_s))
+    try:
+        jax.distributed.initialize(launch.coordinator, launch.num_processes, launch.process_id,
+                                   initialization_timeout=seconds, heartbeat_timeout_seconds=seconds,
+                                   shutdown_timeout_seconds=seconds)
+    except (RuntimeError, ValueError) as err:  # e.g. auto-detection found no cluster
+        hint = " (--distributed auto found no cluster: give --coordinator, --num-processes, --process-id)" \
+            if launch.auto else ""
+        raise UserError(f"jax.distributed.initialize failed: {_first_line(err)}{hint}") from None
+
+
+def _client():
+    from jax._src import distributed
+
+    return distributed.global_state.client
+
+
+def multi_process() -> bool:
+    import jax
+
+    return _client() is not None and jax.process_count() > 1
+
+
+def barrier(name: str, what: str, timeout_s: Optional[float] = None) -> None:
+    """Wait until every process reaches `name`, at most `timeout_s` (default: the peer timeout); PeerLost
+    names those missing. A longer timeout suits a wait on work only process 0 does; a dead peer is still
+    caught by JAX's heartbeats within the peer timeout."""
+    if not multi_process():
+        return
+    timeout_s = _peer_timeout_s if timeout_s is None else max(timeout_s, _peer_timeout_s)
+    try:
+        _client().wait_at_barrier(f"r1jax/{name}", int(timeout_s * 1000))
+    except Exception as err:  # JaxRuntimeError: DEADLINE_EXCEEDED, or a peer already reported dead
+        raise PeerLost(describe_barrier_failure(str(err), what, timeout_s)) from None
+
+
+def check_same(name: str, text: str, what: str) -> None:
+    """Every process must hold the same `text` (e.g. the resolved config): UserError names those that differ."""
+    if not multi_process():
+        return
+    import hashlib
+
+    import jax
+
+    client = _client()
+    client.key_value_set(f"r1jax/{name}/{jax.process_index()}", hashlib.sha256(text.encode()).hexdigest())
+    barrier(f"{name}-published", what)
+    digests = {int(key.rsplit("/", 1)[1]): value for key, value in client.key_value_dir_get(f"r1jax/{name}/")}
+    differ = sorted(p for p, digest in digests.items() if digest != digests[0])
+    if differ:
+        raise UserError(f"{what} of process{'es' if len(differ) > 1 else ''} {', '.join(map(str, differ))} "
+                        "differs from process 0's: start every process with the same command")
+
+
+def describe_barrier_failure(message: str, what: str, timeout_s: float) -> str:
+    """A readable reason from the coordination service's barrier error, naming the missing processes."""
+    missing = _missing_tasks(message)
+    if missing:
+        who = ", ".join(str(t) for t in missing)
+        return (f"process{'es' if len(missing) > 1 else ''} {who} did not reach {what} within {timeout_s:g} s "
+                "(stopped, hung or dead: see its log). Restart every process with the same command; the run "
+                "resumes from its latest checkpoint")
+    return f"the processes of this run lost each other at {what}: {_first_line(message)}"
+
+
+def _missing_tasks(message: str) -> list[int]:
+    """Task ids after "timed out task names:" (plain ids or /job:.../task:N), or of unhealthy tasks."""
+    match = re.search(r"(?:timed out task names|stopped sending heartbeats\)):\s*(.*?)(?:\n\s*\n|RPC:|$)",
+                      message, re.S)
+    if match:
+        body = match.group(1)
+        return sorted({int(t) for t in re.findall(r"task:(\d+)", body) or re.findall(r"^\s*(\d+)\s*$", body, re.M)})
+    return sorted({int(t) for t in re.findall(r"Task (\d+) heartbeat timeout", message)})
+
+
+def _first_line(err) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def reached_preemption_sync_point(step: int) -> bool:
+    """JAX's agreement on where to stop after a SIGTERM to any process: True on every process at the same
+    step (the largest step any process had reached when the notice spread, plus one)."""
+    if not multi_process():
+        return False
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.reached_preemption_sync_point(step)
+
+
+def replicated(x):
+    """`x` (a jax.Array) readable on every host: unchanged when it already is, else gathered to every device."""
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+        return x
+    mesh = getattr(x.sharding, "mesh", None)
+    if mesh is None:
+        from jax.experimental import multihost_utils
+
+        return jax.numpy.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return _reshard(x, NamedSharding(mesh, PartitionSpec()))
+
+
+def _reshard(x, sharding):
+    return _identity_to(sharding)(x)
+
+
+@functools.lru_cache(maxsize=None)
+def _identity_to(sharding):
+    import jax
+
+    return jax.jit(_identity, out_shardings=sharding)
+
+
+def _identity(x):
+    return x
