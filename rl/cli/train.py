@@ -83,3 +83,7 @@ def _print_outcome(console, summary: dict) -> None:
                     f"({entry['n_problems']} held-out problems x {k})")
     if summary.get("stopped_at_step") is not None:
         console.log(f"stopped at step {summary['stopped_at_step']}; resume with --run-dir")
+    elif summary.get("rl_gain"):
+        from rl.train.outcome import describe
+
+        console.log(describe(summary["rl_gain"]))
