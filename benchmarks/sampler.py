@@ -2,76 +2,23 @@
 
     python benchmarks/sampler.py [--preset tiny|bench] [--batch 64] [--new 128] [--json]
 
-Numbers are for the machine it runs on; `r1jax bench` will fold this in.
+A thin script over `rl.bench.sampler`; `r1jax bench` reports these figures with all the others.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
+import os
+import sys
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from model.factory import init_policy
-from rl.config import load_config
-from rl.sampler import generate_padded
+from flax import nnx  # noqa: E402
 
-
-def timed(fn, *args, repeats=3):
-    jax.block_until_ready(fn(*args))  # compile and warm up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def decode_step_seconds(graphdef, state, batch, position, vocab):
-    policy = nnx.merge(graphdef, state)
-    cache_len = position + 8
-
-    @jax.jit
-    def step(state, caches, token):
-        p = nnx.merge(graphdef, state)
-        kv_valid = jnp.arange(cache_len)[None, :] <= position
-        out, _ = p.forward_cached(token, jnp.full_like(token, position), jnp.ones_like(token, bool), caches,
-                                  jnp.int32(position), jnp.broadcast_to(kv_valid, (batch, cache_len)))
-        return out.logits_BTV
-
-    caches = policy.init_cache(batch, cache_len)
-    token = jnp.ones((batch, 1), jnp.int32) % vocab
-    return timed(step, state, caches, token)
-
-
-def run(preset: str, batch: int, new_tokens: int, prompt_len: int = 32) -> dict:
-    cfg = load_config(preset).model
-    graphdef, state = nnx.split(init_policy(cfg, 0))
-    prompts = jnp.asarray(np.random.RandomState(0).randint(4, cfg.vocab_size, (batch, prompt_len)), jnp.int32)
-    valid = jnp.ones_like(prompts, bool)
-    args = (jax.random.key(0), jnp.float32(1.0), jnp.int32(0), jnp.float32(1.0))
-
-    def gen(max_new):
-        return lambda: generate_padded(graphdef, state, prompts, valid, *args, max_new=max_new, samples=1,
-                                       eos_id=-1, pad_id=0, ignore_eos=True)
-
-    prefill_s = timed(gen(1))  # prefill plus one decode step
-    full_s = timed(gen(new_tokens))
-    decode_s = max(full_s - prefill_s, 1e-9)
-    step_128 = decode_step_seconds(graphdef, state, batch, 128, cfg.vocab_size)
-    step_1024 = decode_step_seconds(graphdef, state, batch, 1024, cfg.vocab_size)
-    return {
-        "preset": preset, "backend": jax.default_backend(), "batch": batch, "new_tokens": new_tokens,
-        "prefill_tokens_per_s": batch * prompt_len / prefill_s,
-        "decode_tokens_per_s": batch * (new_tokens - 1) / decode_s,
-        "generate_tokens_per_s": batch * new_tokens / full_s,
-        "decode_step_ms_at_128": 1e3 * step_128, "decode_step_ms_at_1024": 1e3 * step_1024,
-        "decode_step_ratio_1024_vs_128": step_1024 / step_128,
-    }
+from model.factory import init_policy  # noqa: E402
+from rl.bench.sampler import bench_prompts, sampler_figures  # noqa: E402
+from rl.config import load_config  # noqa: E402
 
 
 def main() -> None:
@@ -81,7 +28,10 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=128)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    result = run(args.preset, args.batch, args.new)
+    cfg = load_config(args.preset).model
+    graphdef, state = nnx.split(init_policy(cfg, 0))
+    prompts_BP = bench_prompts(cfg.vocab_size, args.batch, 32)
+    result = {"preset": args.preset, **sampler_figures(graphdef, state, prompts_BP, args.new)}
     if args.json:
         print(json.dumps(result))
     else:

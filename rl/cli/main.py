@@ -23,6 +23,7 @@ COMMANDS = [
     ("export-hf", "rl.cli.export_hf", "export a checkpoint as a Hugging Face checkpoint (safetensors)"),
     ("import-hf", "rl.cli.import_hf", "convert a Hugging Face checkpoint into an r1jax checkpoint"),
     ("compile", "rl.cli.compile", "compile a GRPO step for a TPU slice on this host; report memory per chip"),
+    ("bench", "rl.cli.bench", "measure this machine: sampler, train step and MFU, reward pool, MoE, vs HF"),
 ]
 
 

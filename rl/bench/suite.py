@@ -1,0 +1,97 @@
+"""One bench run: the sizes, the shared policy, and the figures in order.
+
+Order: the sampler, HF generate on the same weights, the matmul peak right before the train step (MFU
+divides one by the other, so both see the same load on a shared machine), the MoE layers, then the reward
+pool (its worker processes last, so they never share the CPU with the JAX work). The policy is randomly
+initialised from the config on its mesh; throughput does not depend on the weights' values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from typing import Sequence
+
+import numpy as np
+from flax import nnx
+
+from model.factory import count_params, init_policy
+from rl.bench import hf
+from rl.bench.matmul import matmul_peak
+from rl.bench.moe import moe_figures
+from rl.bench.report import with_goals
+from rl.bench.reward_pool import pool_figures
+from rl.bench.sampler import bench_prompts, greedy_generate, sampler_figures
+from rl.bench.timing import device_info
+from rl.bench.train_step import train_figures
+from rl.config import load_config
+from sharding.context import use_mesh
+from sharding.mesh import build_mesh
+from sharding.rules import Rules
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchSize:
+    batch: int = 64  # sampler rows (one sample per prompt), also the HF batch
+    prompt_len: int = 32
+    new_tokens: int = 128
+    train_rows: int = 64  # update-step rows of prompt_len + new_tokens tokens
+    moe_tokens: int = 8192  # tokens through the MoE layer
+    matmul_n: int = 4096  # the peak's [n, n] @ [n, n] per device
+    pool_items: int = 600
+    repeats: int = 3  # timed repeats after a warm-up; the best counts
+
+
+FULL = BenchSize()
+QUICK = BenchSize(batch=4, prompt_len=8, new_tokens=16, train_rows=4, moe_tokens=256, matmul_n=256,
+                  pool_items=16, repeats=1)
+
+
+def default_workers() -> tuple[int, ...]:
+    cpus = os.cpu_count() or 1
+    return (1, cpus) if cpus > 1 else (1,)
+
+
+_START = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    print(f"bench [{time.perf_counter() - _START:6.1f} s]: {message}", file=sys.stderr, flush=True)
+
+
+def run_bench(preset: str = "bench", overrides: Sequence[str] = (), quick: bool = False,
+              against_hf: bool = False, workers: Sequence[int] | None = None, say=progress) -> dict:
+    """Every figure (see rl.bench.report), its goal, and what it was measured on, as one dict."""
+    size = QUICK if quick else FULL
+    config = load_config(preset, overrides)
+    mesh = build_mesh(config.sharding)
+    rules = Rules.preset(config.sharding.preset, config.sharding.rules)
+    result = {"preset": preset, "overrides": list(overrides), "quick": quick, "device": device_info(),
+              "size": dataclasses.asdict(size), "family": config.model.family, **count_params(config.model)}
+    prompts_BP = bench_prompts(config.model.vocab_size, size.batch, size.prompt_len)
+    with use_mesh(mesh, rules):
+        policy = init_policy(config.model, config.seed, mesh, rules)
+        graphdef, state = nnx.split(policy)
+        say(f"sampler ({size.batch} x {size.prompt_len} prompt + {size.new_tokens} new tokens)")
+        result.update(sampler_figures(graphdef, state, prompts_BP, size.new_tokens, size.repeats))
+        result.update(dict.fromkeys(hf.KEYS))
+        if against_hf:
+            say("HF transformers generate on the exported weights")
+            ours_BN = np.asarray(greedy_generate(graphdef, state, prompts_BP, size.new_tokens)().completion_BN)
+            result.update(hf.hf_figures(policy, prompts_BP, size.new_tokens, result["decode_tokens_per_s"],
+                                        ours_BN, size.repeats))
+        say(f"matmul peak ({size.matmul_n}^2 float32 per device)")
+        result.update(matmul_peak(size.matmul_n, size.repeats))
+        say(f"GRPO train step ({size.train_rows} x {size.prompt_len + size.new_tokens} tokens)")
+        result.update(train_figures(config, policy, mesh, rules, size.train_rows, size.prompt_len,
+                                    size.new_tokens, result["matmul_peak_flops"], size.repeats))
+    say(f"MoE layer, 8 vs 64 experts ({size.moe_tokens} tokens)")
+    result.update(moe_figures(config.model, size.moe_tokens, size.repeats))
+    workers = tuple(workers or default_workers())
+    say(f"reward pool ({size.pool_items} items, workers {', '.join(map(str, workers))})")
+    result.update(pool_figures(size.pool_items, workers))
+    say("done")
+    result["device"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    return with_goals(result)

@@ -1,0 +1,54 @@
+"""Wall-clock timing of jitted work: compile and warm up once, then the best of a few repeats.
+
+Best-of (not mean) because the development machine is shared: the minimum is the least disturbed run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+import jax
+
+
+def best_seconds(fn: Callable, *args, repeats: int = 3, warm_up: bool = True) -> float:
+    """Seconds of the fastest of `repeats` calls of `fn(*args)`, after one untimed call that compiles
+    (`warm_up=False`: the caller made it)."""
+    if warm_up:
+        jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(max(repeats, 1)):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def best_seconds_threaded(step: Callable, state, *args, repeats: int = 3):
+    """Like `best_seconds` for a step that consumes its state (donated): `state = step(state, *args)[0]`.
+
+    Returns (seconds, final state)."""
+    state = jax.block_until_ready(step(state, *args))[0]
+    best = float("inf")
+    for _ in range(max(repeats, 1)):
+        start = time.perf_counter()
+        state = jax.block_until_ready(step(state, *args))[0]
+        best = min(best, time.perf_counter() - start)
+    return best, state
+
+
+def decode_tokens_per_s(batch: int, new_tokens: int, prefill_s: float, full_s: float) -> float:
+    """B * (N - 1) tokens over the full generate's seconds minus the one-token generate's. When noise (a
+    shared machine) makes that difference non-positive, the full generate's seconds are used instead: a
+    lower bound on the rate, never a division by ~0."""
+    decode_s = full_s - prefill_s if full_s > prefill_s else full_s
+    return batch * (new_tokens - 1) / decode_s
+
+
+def device_info() -> dict:
+    """What the figures were measured on, including the load of a possibly shared machine."""
+    devices = jax.local_devices()
+    return {"backend": jax.default_backend(), "device_kind": devices[0].device_kind,
+            "local_devices": len(devices), "processes": jax.process_count(), "cpu_count": os.cpu_count(),
+            "jax_version": jax.__version__, "load_average": [round(x, 2) for x in os.getloadavg()]}

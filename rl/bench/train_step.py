@@ -1,0 +1,72 @@
+"""Train-step throughput of the jitted GRPO update (the trainer's own step) and its MFU.
+
+The step runs on the config's mesh, state donated and laid out as the trainer lays it out, on a synthetic
+batch of B rows of P prompt + N completion tokens (every position valid, completion tokens trained,
+random advantages). With a KL term the reference log-probs are in the batch, as the trainer computes them
+ahead of the step. MFU = `flops.train_step_flops` / step seconds / the measured matmul peak.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from model.errors import UserError
+from rl.bench.flops import train_step_flops
+from rl.bench.timing import best_seconds_threaded
+from rl.grpo.aggregation import global_normalisers, token_weights_BT
+from rl.grpo.optimizer import make_optimizer
+from rl.grpo.step import make_grpo_step
+from rl.update import init_train_state
+from sharding.params import tree_shardings
+
+
+def synthetic_batch(config, rows: int, prompt_len: int, new_tokens: int, seed: int = 0) -> dict:
+    """A GRPO training batch (rl.grpo.step's layout) of full-length random completions."""
+    t = prompt_len + new_tokens
+    keys = jax.random.split(jax.random.key(seed), 3)
+    tokens_BT = jax.random.randint(keys[0], (rows, t), 4, config.model.vocab_size, jnp.int32)
+    mask_BT = jnp.broadcast_to(jnp.arange(1, t) >= prompt_len, (rows, t - 1))
+    norms = global_normalisers(mask_BT, new_tokens)
+    logp_BT = jnp.where(mask_BT, -2.0 + 0.1 * jax.random.normal(keys[1], mask_BT.shape), 0.0)
+    batch = {"tokens": tokens_BT, "positions": jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (rows, t)),
+             "valid": jnp.ones((rows, t), bool), "mask": mask_BT,
+             "weight": token_weights_BT(mask_BT, config.grpo.loss_aggregation, norms), "sampler_logp": logp_BT,
+             "adv": jax.random.normal(keys[2], (rows,))}
+    if config.grpo.kl_coef > 0:
+        batch["ref_logp"] = logp_BT
+    return batch
+
+
+def place_rows(batch: dict, mesh, rules) -> dict:
+    """Rows split over the mesh's batch axes, as the trainer places a batch."""
+    axes = tuple(a for a in rules.mesh_axes("batch") if a in mesh.shape)
+    ways = 1
+    for axis in axes:
+        ways *= mesh.shape[axis]
+    rows = batch["tokens"].shape[0]
+    if rows % ways:
+        raise UserError(f"bench: {rows} train rows do not split over {ways} data-parallel devices")
+    return jax.device_put(batch, NamedSharding(mesh, P(axes or None)))
+
+
+def train_figures(config, policy, mesh, rules, rows: int, prompt_len: int, new_tokens: int,
+                  peak_flops: float, repeats: int = 3) -> dict:
+    """`train_tokens_per_s`, `train_step_flops` and `mfu` of the GRPO update on `policy` (left untouched)."""
+    optimizer = make_optimizer(config.optimizer)
+    graphdef, state = init_train_state(policy, optimizer, with_ref=False)
+    shardings = tree_shardings(state, mesh, rules)
+    state = jax.jit(lambda s: jax.tree.map(jnp.copy, s), out_shardings=shardings)(state)  # own buffers
+    update = dataclasses.replace(config.update, routing_replay=False)
+    step = make_grpo_step(graphdef, optimizer, config.grpo, update, config.model, config.optimizer.grad_clip_norm)
+    step = jax.jit(step, out_shardings=(shardings, None), donate_argnums=0)
+    batch = place_rows(synthetic_batch(config, rows, prompt_len, new_tokens), mesh, rules)
+    seconds, _ = best_seconds_threaded(step, state, batch, repeats=repeats)
+    t = prompt_len + new_tokens
+    flops = train_step_flops(config.model, rows, t)
+    return {"train_rows": rows, "train_seq_len": t, "train_step_seconds": seconds,
+            "train_tokens_per_s": rows * t / seconds, "train_step_flops": flops,
+            "train_flops_per_s": flops / seconds, "mfu": flops / seconds / peak_flops}

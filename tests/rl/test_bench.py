@@ -1,0 +1,109 @@
+"""r1jax bench: one quick run through the CLI has every figure and goal; the matmul peak counts 2n^3 FLOPs
+per product (checked against XLA's own count and NumPy); the train-step FLOP formula matches a hand count;
+the 64-expert MoE layer matches the 8-expert one's active parameters."""
+
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+from flax import nnx
+
+from model.config import ModelConfig
+from model.moe import MoE
+from rl.bench.flops import train_step_flops
+from rl.bench.matmul import matmul_flops, matmul_peak, sharded_operands
+from rl.bench.moe import moe_active_params, with_experts
+from rl.bench.report import FIGURES
+from rl.config import load_config
+from tests.rl.conftest import subprocess_env
+
+HEADLINE = ["prefill_tokens_per_s", "decode_tokens_per_s", "generate_tokens_per_s", "train_tokens_per_s",
+            "train_step_flops", "mfu", "matmul_peak_flops", "moe_step_ratio_64_vs_8",
+            "decode_step_ratio_1024_vs_128", "decode_step_ms_at_128", "decode_step_ms_at_1024",
+            "hf_decode_tokens_per_s", "hf_prefill_tokens_per_s", "decode_speedup_vs_hf", "pool_scaling"]
+
+
+def positive_finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_quick_bench_against_hf_reports_every_figure_with_its_goal():
+    # the smallest model: one MoE layer of the tiny preset; a subprocess sees one CPU device, as users do
+    command = [sys.executable, "-m", "rl.cli.main", "bench", "--preset", "tiny", "--quick", "--against", "hf",
+               "--json", "--workers", "1,2", "model.num_hidden_layers=1", "model.first_k_dense_replace=0"]
+    result = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)  # stdout is the JSON object alone; progress goes to stderr
+    assert "reward pool" in result.stderr
+    for key in HEADLINE:
+        assert positive_finite(report[key]), (key, report[key])
+    assert 0 < report["mfu"] <= 1
+    assert set(report["pool_verifications_per_s"]) == {"1", "2"}
+    assert all(positive_finite(v) for v in report["pool_verifications_per_s"].values())
+    assert all(positive_finite(v) for v in report["moe_step_ms"].values())
+    assert 0 <= report["hf_greedy_token_match"] <= 1
+    by_threads = report["hf_decode_tokens_per_s_by_threads"]  # HF's baseline is its faster thread count
+    assert "1" in by_threads and report["hf_decode_tokens_per_s"] == max(by_threads.values())
+    assert report["preset"] == "tiny" and report["quick"] is True
+    assert report["device"]["backend"] == "cpu" and report["device"]["local_devices"] >= 1
+    assert report["train_step_flops"] == train_step_flops(tiny_one_layer(), report["train_rows"],
+                                                          report["train_seq_len"])
+    goals = report["goals"]
+    assert set(goals) == {f.key for f in FIGURES}
+    assert goals["mfu"]["target"] == ">= 0.5" and goals["decode_speedup_vs_hf"]["target"] == ">= 5"
+    assert goals["moe_step_ratio_64_vs_8"]["target"] == "<= 1.3"
+    assert goals["decode_step_ratio_1024_vs_128"]["target"] == "<= 2"
+    assert goals["decode_speedup_vs_hf"]["met"] == (report["decode_speedup_vs_hf"] >= 5)
+    assert goals["prefill_tokens_per_s"] == {"target": None, "met": None}
+
+
+def tiny_one_layer() -> ModelConfig:
+    return load_config("tiny", ["model.num_hidden_layers=1", "model.first_k_dense_replace=0"]).model
+
+
+def test_matmul_peak_counts_two_n_cubed_flops_per_product():
+    n = 64
+    a, b, matmul = sharded_operands(n)  # one [n, n] @ [n, n] on each of the 8 test devices
+    devices = a.shape[0]
+    assert devices == 8
+    per_device = matmul.lower(a, b).compile().cost_analysis()["flops"]  # XLA's count, per device program
+    assert per_device == 2 * n**3
+    np.testing.assert_allclose(np.asarray(matmul(a, b)), np.einsum("dij,djk->dik", np.asarray(a), np.asarray(b)),
+                               rtol=1e-4, atol=1e-3)
+    peak = matmul_peak(n, repeats=1)
+    assert matmul_flops(n) == 2 * n**3
+    assert peak["matmul_flops_per_call"] == devices * 2 * n**3
+    assert peak["matmul_peak_flops"] == peak["matmul_flops_per_call"] / peak["matmul_seconds"]
+
+
+def test_train_step_flops_match_a_hand_count():
+    cfg = ModelConfig(family="qwen3_moe", vocab_size=64, hidden_size=16, moe_intermediate_size=8,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                      n_routed_experts=4, num_experts_per_tok=2)
+    attention = 16 * 4 * 8 + 2 * (16 * 2 * 8) + 4 * 8 * 16 + 8 + 8  # q, k and v, o, q_norm and k_norm
+    moe = 16 * 4 + 2 * 3 * 16 * 8  # router, two active SwiGLU experts
+    layer = attention + 2 * 16 + moe  # plus the two layer norms
+    n = 2 * layer + 16 + 16 * 64  # final norm, LM head; the embedding lookup is not a matmul
+    rows, seq = 3, 10
+    attention_scores = 3 * 2 * rows * seq * seq * 4 * (8 + 8) * 2  # fwd + bwd, QK^T and PV, 2 layers
+    assert n == 5872
+    assert train_step_flops(cfg, rows, seq) == 6 * n * rows * seq + attention_scores == 1_287_360
+    tied = dataclasses.replace(cfg, tie_word_embeddings=True)  # the table is the head: counted once
+    assert train_step_flops(tied, rows, seq) == 6 * n * rows * seq + attention_scores
+
+
+def test_moe_comparison_keeps_top_k_and_active_parameters():
+    base = with_experts(tiny_one_layer(), 8)
+    wide = with_experts(base, 64, active=moe_active_params(base))
+    assert wide.num_experts_per_tok == base.num_experts_per_tok and wide.n_routed_experts == 64
+    per_width = 3 * base.hidden_size * (base.num_experts_per_tok + base.n_shared_experts)
+    assert abs(moe_active_params(wide) - moe_active_params(base)) <= per_width / 2
+    for cfg in (base, wide):  # the formula against the layer's real parameters
+        _, params, _ = nnx.split(nnx.eval_shape(lambda: MoE(cfg, nnx.Rngs(0))), nnx.Param, ...)
+        sizes = {path: math.prod(v.shape) for path, v in nnx.to_flat_state(params)}
+        routed = sum(s for p, s in sizes.items() if p[0] in ("gate_proj", "up_proj", "down_proj"))
+        unused = routed * (cfg.n_routed_experts - cfg.num_experts_per_tok) // cfg.n_routed_experts
+        assert sum(sizes.values()) - unused == moe_active_params(cfg)
