@@ -80,7 +80,7 @@ class OptimizerConfig:
     lr: float = 3e-6  # peak learning rate (R1: 3e-6)
     schedule: str = "constant"  # "constant" (R1) | "warmup_cosine"; both start with a linear warmup
     warmup_steps: int = 0  # linear warmup: lr * (step + 1) / warmup_steps for step < warmup_steps
-    total_steps: Optional[int] = None  # end of the cosine decay, warmup included (warmup_cosine only)
+    total_steps: Optional[int] = None  # end of the cosine decay, warmup included; None: the stage's steps
     min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
     b1: float = 0.9  # Adam beta_1 (DeepSeek-V3 §4.2: 0.9)
     b2: float = 0.95  # Adam beta_2 (DeepSeek-V3 §4.2: 0.95)
@@ -95,8 +95,8 @@ class OptimizerConfig:
         _require(self.schedule in SCHEDULES, s, "schedule", self.schedule, f"one of {list(SCHEDULES)}")
         _require(self.warmup_steps >= 0, s, "warmup_steps", self.warmup_steps, ">= 0")
         if self.schedule == "warmup_cosine":
-            ok = self.total_steps is not None and self.total_steps > self.warmup_steps
-            _require(ok, s, "total_steps", self.total_steps, "an integer > warmup_steps for warmup_cosine")
+            ok = self.total_steps is None or self.total_steps > self.warmup_steps  # None: each stage's steps
+            _require(ok, s, "total_steps", self.total_steps, "null or an integer > warmup_steps for warmup_cosine")
         _require(0 <= self.min_lr_ratio <= 1, s, "min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
         _require(0 <= self.b1 < 1, s, "b1", self.b1, "in [0, 1)")
         _require(0 <= self.b2 < 1, s, "b2", self.b2, "in [0, 1)")

@@ -20,7 +20,9 @@ from rl.grpo.config import OptimizerConfig
 
 def _cosine_factor(cfg: OptimizerConfig, step: jax.Array) -> jax.Array:
     # Cosine decay (Loshchilov & Hutter 2017, SGDR) from 1 at warmup_steps to min_lr_ratio at total_steps.
-    progress = jnp.clip((step - cfg.warmup_steps) / (cfg.total_steps - cfg.warmup_steps), 0.0, 1.0)
+    # total_steps None: the trainer sets it to each stage's steps; elsewhere (compile, bench) only shapes matter
+    total = cfg.total_steps if cfg.total_steps is not None else cfg.warmup_steps + 1
+    progress = jnp.clip((step - cfg.warmup_steps) / (total - cfg.warmup_steps), 0.0, 1.0)
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
 
 

@@ -122,9 +122,8 @@ def test_bad_optimizer_config_names_the_field(field, value):
         OptimizerConfig(**{field: value})
 
 
-def test_warmup_cosine_needs_total_steps():
-    with pytest.raises(UserError, match=r"optimizer\.total_steps"):
-        OptimizerConfig(schedule="warmup_cosine", warmup_steps=10)
+def test_warmup_cosine_total_steps_is_null_or_after_the_warmup():
+    assert OptimizerConfig(schedule="warmup_cosine", warmup_steps=10).total_steps is None  # each stage's steps
     with pytest.raises(UserError, match=r"optimizer\.total_steps"):
         OptimizerConfig(schedule="warmup_cosine", warmup_steps=10, total_steps=10)
 
