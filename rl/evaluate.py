@@ -18,7 +18,6 @@ import numpy as np
 from rl.data import DataConfig
 from rl.data.pipeline import TaskSource
 from rl.rewards import RewardPool, extract_answer
-from rl.tasks import get_task
 from rl.train.config import EvalConfig
 from rl.train.rollouts import decode_completions, encode_prompts, reflection_rate, score_items
 
@@ -29,9 +28,9 @@ def held_out_problems(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | 
     difficulty = cfg.difficulty or data.difficulty
     seen = set()
     if data.path is None:
-        train = TaskSource([get_task(t, data.difficulty) for t in data.tasks], data.seed, data.num_problems)
+        train = TaskSource([data.task(t) for t in data.tasks], data.seed, data.num_problems)
         seen = {train[i]["prompt"] for i in range(len(train))}
-    source = TaskSource([get_task(t, difficulty) for t in tasks], cfg.seed, 50 * cfg.num_problems)
+    source = TaskSource([data.task(t, difficulty) for t in tasks], cfg.seed, 50 * cfg.num_problems)
     problems, prompts = [], set()
     for i in range(len(source)):
         problem = source[i]

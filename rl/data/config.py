@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Dict, Optional
 
 from model.errors import UserError
 
@@ -12,6 +12,7 @@ from model.errors import UserError
 class DataConfig:
     tasks: tuple[str, ...] = ("arithmetic",)  # generated tasks, interleaved round-robin (ignored with `path`)
     difficulty: int = 1  # difficulty level of every generated task (1-5)
+    task_knobs: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)  # {task: {knob: value}}
     path: Optional[str] = None  # user data: JSONL or Parquet with prompt, answer[, task, solution]
     num_problems: int = 100_000  # generated problems per epoch (a generator is unbounded; grain needs a size)
     seed: int = 0  # problem generation and shuffling
@@ -30,3 +31,16 @@ class DataConfig:
             raise UserError(f"data.difficulty = {self.difficulty}: expected 1..5")
         if self.num_problems < 1:
             raise UserError(f"data.num_problems = {self.num_problems}: expected >= 1")
+        for name, knobs in self.task_knobs.items():
+            if name not in self.tasks:
+                raise UserError(f"data.task_knobs.{name}: {name!r} is not in data.tasks {list(self.tasks)}")
+            try:
+                self.task(name)
+            except UserError as err:
+                raise UserError(f"data.task_knobs.{name}: {err}") from None
+
+    def task(self, name: str, difficulty: Optional[int] = None):
+        """Task `name` at `difficulty` (default: data.difficulty) with this config's knobs for it."""
+        from rl.tasks import get_task
+
+        return get_task(name, difficulty or self.difficulty, **self.task_knobs.get(name, {}))

@@ -22,7 +22,7 @@ import grain
 from model.errors import UserError
 from rl.data.config import DataConfig
 from rl.data.records import load_problems
-from rl.tasks import Task, get_task
+from rl.tasks import Task
 
 
 class TaskSource:
@@ -47,7 +47,7 @@ def build_source(config: DataConfig):
     """The user's file when `config.path` is set, otherwise the generated tasks."""
     if config.path is not None:
         return load_problems(config.path, config.default_task)
-    tasks = [get_task(name, config.difficulty) for name in config.tasks]
+    tasks = [config.task(name) for name in config.tasks]
     return TaskSource(tasks, config.seed, config.num_problems)
 
 

@@ -7,13 +7,16 @@ accepted when it is symbolically equal to the reference: `cancel(candidate - ref
 both accepted.
 
 Knobs: `kinds` (which of linear / expand / simplify), `coef` (coefficients in [-coef, coef]),
-`integer_roots` (linear equations with integer solutions only).
+`integer_roots` (linear equations with integer solutions only), and at every level `constant` (a linear
+equation's left-hand constant in [-constant, constant], default `coef`): a wider constant range multiplies
+the number of distinct equations without harder division, so a small model cannot memorise them.
 """
 
 from __future__ import annotations
 
 import re
 
+from model.errors import UserError
 from rl.tasks import safe_math
 from rl.tasks.base import Problem, Task, r1_solution, register_task, strip_markup
 
@@ -59,12 +62,12 @@ def _constant(c: int) -> str:
     return _signed(c) if c else ""
 
 
-def _linear(rng, coef: int, integer_roots: bool) -> tuple[str, str, list[str]]:
+def _linear(rng, coef: int, integer_roots: bool, constant: int) -> tuple[str, str, list[str]]:
     import sympy
 
     a = _nonzero(rng, coef)
     root = rng.randint(-coef, coef) if integer_roots else sympy.Rational(rng.randint(-coef, coef), a)
-    b = rng.randint(-coef, coef)
+    b = rng.randint(-constant, constant)
     c = a * root + b
     solution = sympy.Rational(c - b, a)
     lhs = format_poly(a * sympy.Symbol("x") + b)
@@ -113,12 +116,21 @@ class AlgebraTask(Task):
         5: {"kinds": "linear,expand", "coef": 20, "integer_roots": False},
     }
 
+    optional_knobs = ("constant",)
+
+    def __init__(self, difficulty: int = 1, **knobs):
+        super().__init__(difficulty, **knobs)
+        constant = self.knobs["constant"]
+        if constant is not None and (isinstance(constant, bool) or not isinstance(constant, int) or constant < 0):
+            raise UserError(f"task 'algebra': knob constant = {constant!r}: expected an integer >= 0")
+
     def generate(self, seed: int, index: int) -> Problem:
         rng = self.rng(seed, index)
         kind = rng.choice(self.knobs["kinds"].split(","))
         coef = self.knobs["coef"]
         if kind == "linear":
-            prompt, answer, steps = _linear(rng, coef, self.knobs["integer_roots"])
+            constant = coef if self.knobs["constant"] is None else self.knobs["constant"]
+            prompt, answer, steps = _linear(rng, coef, self.knobs["integer_roots"], constant)
         elif kind == "expand":
             prompt, answer, steps = _expand(rng, coef)
         else:

@@ -42,19 +42,21 @@ class Task:
 
     name: str = ""
     levels: dict[int, dict] = {1: {}}
+    optional_knobs: tuple[str, ...] = ()  # knobs every level accepts; unset (None) they follow the level
 
     def __init__(self, difficulty: int = 1, **knobs):
         if difficulty not in self.levels:
             raise UserError(f"task {self.name!r}: difficulty {difficulty} is not one of {sorted(self.levels)}")
-        unknown = set(knobs) - set(self.levels[difficulty])
+        known = sorted({*self.levels[difficulty], *self.optional_knobs})
+        unknown = set(knobs) - set(known)
         if unknown:
-            raise UserError(f"task {self.name!r}: unknown knob(s) {sorted(unknown)}; "
-                            f"known: {sorted(self.levels[difficulty])}")
+            raise UserError(f"task {self.name!r}: unknown knob(s) {sorted(unknown)}; known: {known}")
         self.difficulty = difficulty
-        self.knobs = {**self.levels[difficulty], **knobs}
+        self.knobs = {**dict.fromkeys(self.optional_knobs), **self.levels[difficulty], **knobs}
 
     def rng(self, seed: int, index: int) -> random.Random:
-        return random.Random(f"{self.name}:{self.difficulty}:{sorted(self.knobs.items())}:{seed}:{index}")
+        knobs = sorted((k, v) for k, v in self.knobs.items() if v is not None)  # unset knobs keep old streams
+        return random.Random(f"{self.name}:{self.difficulty}:{knobs}:{seed}:{index}")
 
     def generate(self, seed: int, index: int) -> Problem:
         raise NotImplementedError

@@ -71,6 +71,24 @@ def test_data_config_validates_fields():
         DataConfig(difficulty=0)
     with pytest.raises(UserError, match="data.num_problems"):
         DataConfig(num_problems=0)
+    with pytest.raises(UserError, match="data.task_knobs.countdown: 'countdown' is not in data.tasks"):
+        DataConfig(tasks=("algebra",), task_knobs={"countdown": {"distractors": 1}})
+    with pytest.raises(UserError, match="data.task_knobs.algebra: .*unknown knob.*'digits'"):
+        DataConfig(tasks=("algebra",), task_knobs={"algebra": {"digits": 2}})
+
+
+def test_task_knobs_reach_the_training_source_and_the_held_out_set():
+    from rl.evaluate import held_out_problems
+    from rl.train.config import EvalConfig
+
+    data = DataConfig(tasks=("algebra",), task_knobs={"algebra": {"constant": 40}}, num_problems=50)
+    train = build_source(data)
+    assert [train[i] for i in range(50)] == [get_task("algebra", 1, constant=40).generate(0, i).to_dict()
+                                           for i in range(50)]
+    held_out = held_out_problems(data, EvalConfig(num_problems=20))
+    expected = get_task("algebra", 1, constant=40)
+    assert {p["prompt"] for p in held_out} <= {expected.generate(EvalConfig().seed, i).prompt for i in range(100)}
+    assert not {p["prompt"] for p in held_out} & {train[i]["prompt"] for i in range(50)}
 
 
 def source(n=40):

@@ -103,6 +103,26 @@ def test_algebra_kinds_follow_the_knob():
         assert all(task.generate(0, i).prompt.startswith(word) for i in range(10))
 
 
+def test_algebra_constant_knob_widens_equations_and_leaves_default_problems_unchanged():
+    import re
+
+    default, widened = get_task("algebra", 1), get_task("algebra", 1, constant=30)
+    assert default.knobs["constant"] is None
+    assert get_task("algebra", 1, constant=None).generate(3, 7) == default.generate(3, 7)
+    constants, divisors = set(), set()
+    for i in range(300):
+        problem = widened.generate(0, i)
+        a, b, c = re.fullmatch(r"Solve (-?\d*)x([+-]\d+)?=(-?\d+)", problem.prompt).groups()
+        a, b, c = int(a + "1" if a in ("", "-") else a), int(b or 0), int(c)
+        constants.add(b)
+        divisors.add(abs(a))
+        assert (c - b) % a == 0 and problem.answer == str((c - b) // a)
+    assert 20 < max(map(abs, constants)) <= 30
+    assert divisors <= set(range(1, 6))  # the division stays at level 1
+    with pytest.raises(UserError, match="constant = -1"):
+        get_task("algebra", 1, constant=-1)
+
+
 def test_bad_task_requests_are_user_errors():
     with pytest.raises(UserError, match="unknown task 'chess'"):
         get_task("chess")
