@@ -74,14 +74,12 @@ def _check_stage_data(stages: Sequence[StageConfig], index: int, field: str) -> 
 
 def student_model(model: ModelConfig, overrides: Sequence[str], where: str = "student_overrides") -> ModelConfig:
     """`model` with a distill stage's overrides ("hidden_size=64", "num_hidden_layers=1") applied."""
-    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
-    if bad:
-        raise UserError(f"{where}.student_overrides: {bad[0]!r} is not of the form key=value")
+    where = f"{where}.student_overrides"
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(model), OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(OmegaConf.structured(model), _parse_overrides(overrides, where, "key=value"))
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
-        raise UserError(f"{where}.student_overrides: {_describe(err)}") from err
+        raise UserError(f"{where}: {_describe(err)}") from err
 
 
 def stage_config(config: Config, index: int) -> Config:
@@ -128,14 +126,15 @@ def config_from_dicts(*parts: Any, source: str = "config") -> Config:
         raise UserError(f"{source}: {_describe(err)}") from err
 
 
-def _parse_overrides(overrides: Sequence[str]):
+def _parse_overrides(overrides: Sequence[str], where: str = "overrides", form: str = "dotted.key=value"):
+    """"key=value" strings as an OmegaConf node; a malformed one is a UserError naming `where`."""
     bad = [o for o in overrides if "=" not in o or o.startswith("=")]
     if bad:
-        raise UserError(f"override {bad[0]!r} is not of the form dotted.key=value")
+        raise UserError(f"{where}: {bad[0]!r} is not of the form {form}")
     try:
         return OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as err:
-        raise UserError(f"overrides: {_describe(err)}") from err
+        raise UserError(f"{where}: {_describe(err)}") from err
 
 
 def _describe(err: OmegaConfBaseException) -> str:

@@ -83,14 +83,11 @@ def make_iterator(config: DataConfig, batch_size: int, *, repeat: bool = True,
                   process_index: Optional[int] = None, process_count: Optional[int] = None):
     """The training iterator for a data config; `get_state()` / `set_state()` checkpoint it.
 
-    `batch_size` rows per process. Given a process, the iterator yields that process's shard; without one,
-    under several JAX processes, every process yields the global batch (batch_size x process count rows, in
-    the order one process drawing batches of that size would see)."""
+    Without a process, every JAX process yields the same global batches of `batch_size` rows (the trainer's
+    processes all do the host work on the whole batch). Given one (index and count), the iterator yields
+    that process's shard: `batch_size` rows of its own per batch."""
     if process_index is None and process_count is None:
-        import jax
-
-        if jax.process_count() > 1:
-            batch_size, process_index, process_count = batch_size * jax.process_count(), 0, 1
+        process_index, process_count = 0, 1
     dataset = make_dataset(build_source(config), batch_size=batch_size, seed=config.seed,
                            shuffle=config.shuffle, repeat=repeat, process_index=process_index,
                            process_count=process_count)

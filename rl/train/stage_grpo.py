@@ -22,7 +22,7 @@ from rl.update import reset_reference
 def run_grpo(trainer, index: int, stage: StageConfig, resume: dict | None) -> None:
     cfg = trainer.config
     g = cfg.grpo
-    iterator = make_iterator(cfg.data, batch_size=g.prompts_per_step // jax.process_count())
+    iterator = make_iterator(cfg.data, batch_size=g.prompts_per_step)
     sampler = trainer.sampler(cfg.seed * 1000 + index)
     make_step = lambda graphdef, opt, clip: make_grpo_step(graphdef, opt, g, cfg.update, trainer.model_config, clip)
     runner = UpdateStage(trainer, index, stage, resume, with_ref=g.kl_coef > 0, make_step=make_step)

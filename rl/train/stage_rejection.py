@@ -16,7 +16,6 @@ import dataclasses
 import json
 import pathlib
 
-import jax
 import numpy as np
 
 from model.errors import UserError
@@ -67,7 +66,7 @@ def run_rejection_sampling(trainer, index: int, stage: StageConfig, resume: dict
     del resume  # never checkpointed mid-stage: a resumed run reruns it from the first round
     cfg = trainer.config
     data = dataclasses.replace(cfg.data, path=stage.data_path or cfg.data.path)
-    iterator = make_iterator(data, batch_size=stage.batch_size // jax.process_count())
+    iterator = make_iterator(data, batch_size=stage.batch_size)
     sampler = trainer.sampler(cfg.seed * 1000 + index)
     budget = stage.max_new_tokens or cfg.sampling.max_new_tokens
     temperature = cfg.sampling.temperature if stage.temperature is None else stage.temperature

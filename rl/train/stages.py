@@ -117,7 +117,7 @@ def run_sft(trainer, index: int, stage: StageConfig, resume: dict | None, data_p
     cfg = trainer.config
     data_path = data_path or (stage_data_path(trainer, stage.data_path) if stage.data_path else cfg.data.path)
     data = dataclasses.replace(cfg.data, path=data_path)
-    iterator = make_iterator(data, batch_size=stage.batch_size // jax.process_count())
+    iterator = make_iterator(data, batch_size=stage.batch_size)
     model = trainer.model_config
     make_step = lambda g, opt, clip: make_sft_step(g, opt, cfg.update, model, clip)
     runner = UpdateStage(trainer, index, stage, resume, with_ref=False, make_step=make_step)

@@ -86,6 +86,7 @@ class Trainer:
         self.summary: dict[str, Any] = {"evals": [], "stages": []}
         self._pool: RewardPool | None = None
         self._eval_problems: list[dict] | None = None
+        self._model_configs: dict = {}  # stage index -> the ModelConfig of that stage's policy
         self.stop = StopRequest(step=lambda: self.global_step)  # agreed across processes per step
         self._batches_placed = 0
 
@@ -122,7 +123,9 @@ class Trainer:
     @property
     def model_config(self):
         """The architecture of the current stage's policy (a distill stage's student from that stage on)."""
-        return stage_config(self.config, self.stage_index).model
+        if self.stage_index not in self._model_configs:
+            self._model_configs[self.stage_index] = stage_config(self.config, self.stage_index).model
+        return self._model_configs[self.stage_index]
 
     def sampler(self, seed: int) -> Sampler:
         return Sampler(self.graphdef, self.config.sampling, self.tokenizer.eos_id, self.tokenizer.pad_id, seed)

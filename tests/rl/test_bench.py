@@ -26,6 +26,11 @@ HEADLINE = ["prefill_tokens_per_s", "decode_tokens_per_s", "generate_tokens_per_
             "hf_decode_tokens_per_s", "hf_prefill_tokens_per_s", "decode_speedup_vs_hf", "pool_scaling"]
 
 
+# the tiny preset cut to one narrow MoE layer: the figures' plumbing, not their size, is under test
+SMALL = ["model.num_hidden_layers=1", "model.first_k_dense_replace=0", "model.hidden_size=64",
+         "model.intermediate_size=128", "model.moe_intermediate_size=64"]
+
+
 def positive_finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
@@ -33,7 +38,7 @@ def positive_finite(value) -> bool:
 def test_quick_bench_against_hf_reports_every_figure_with_its_goal():
     # the smallest model: one MoE layer of the tiny preset; a subprocess sees one CPU device, as users do
     command = [sys.executable, "-m", "rl.cli.main", "bench", "--preset", "tiny", "--quick", "--against", "hf",
-               "--json", "--workers", "1,2", "model.num_hidden_layers=1", "model.first_k_dense_replace=0"]
+               "--json", "--workers", "1,2", *SMALL]
     result = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)  # stdout is the JSON object alone; progress goes to stderr
@@ -61,7 +66,7 @@ def test_quick_bench_against_hf_reports_every_figure_with_its_goal():
 
 
 def tiny_one_layer() -> ModelConfig:
-    return load_config("tiny", ["model.num_hidden_layers=1", "model.first_k_dense_replace=0"]).model
+    return load_config("tiny", SMALL).model
 
 
 def test_matmul_peak_counts_two_n_cubed_flops_per_product():
