@@ -16,8 +16,15 @@ def train_command(run_dir):
 
 
 def subprocess_env():
+    """The environment of a CLI subprocess: one CPU device unless told (no test XLA_FLAGS), and the test
+    session's shared compilation cache."""
     keep = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    return {**keep, "JAX_PLATFORMS": "cpu"}
+    env = {**keep, "JAX_PLATFORMS": "cpu"}
+    cache = os.environ.get("R1JAX_TEST_COMPILATION_CACHE")
+    if cache:
+        env.update({"JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
+    return env
 
 
 def run_to_end(run_dir):
