@@ -193,6 +193,7 @@ def test_every_process_draws_the_global_batch(monkeypatch):
     one = make_iterator(config, 8, process_index=0, process_count=1)
     expected = [next(one) for _ in range(3)]
     monkeypatch.setattr(jax, "process_count", lambda: 2)
-    each = make_iterator(config, 4)  # what a stage asks for: the batch over the process count
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    each = make_iterator(config, 8)  # what a stage asks for under 2 processes: the global batch
     assert [next(each) for _ in range(3)] == expected
     assert each.get_state() == one.get_state()
