@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple, Sequence
 
-import jax.numpy as jnp
 import numpy as np
 
 from rl.grpo.advantages import nonzero_std_mask_P
@@ -33,14 +32,13 @@ class Round(NamedTuple):
 class Filled(NamedTuple):
     round: Round  # the batch: `prompts` groups, informative first
     rounds: int  # sampling rounds drawn
-    informative: int  # informative groups in the batch
-    seconds: float  # generation time over all rounds
+    informative: int  # informative groups in the batch (round.seconds: generation time over all rounds)
     tokens: int  # tokens generated over all rounds
 
 
 def informative_groups(results: Sequence[ScoreResult], group_size: int) -> np.ndarray:
     rewards = np.array([r.total for r in results], np.float32).reshape(-1, group_size)
-    return np.asarray(nonzero_std_mask_P(jnp.asarray(rewards)))
+    return nonzero_std_mask_P(rewards)  # on the host: NumPy in, NumPy out
 
 
 def fill_informative(draw: Callable[[], Round], prompts: int, group_size: int, rounds: int,
@@ -57,7 +55,7 @@ def fill_informative(draw: Callable[[], Round], prompts: int, group_size: int, r
             break
     chosen = (informative + other)[:prompts]
     return Filled(_assemble(drawn, chosen, group_size, pad_id), len(drawn), min(len(informative), prompts),
-                  sum(p.seconds for p in drawn), sum(int(np.asarray(p.rollout.lengths_B).sum()) for p in drawn))
+                  sum(int(np.asarray(p.rollout.lengths_B).sum()) for p in drawn))
 
 
 def _assemble(drawn: list[Round], chosen: list[tuple[int, int]], group_size: int, pad_id: int) -> Round:

@@ -44,7 +44,7 @@ def test_informative_groups_of_later_rounds_replace_uninformative_ones_and_rows_
     draw, calls = drawer(first, second)
     filled = fill_informative(draw, prompts=4, group_size=G, rounds=3, pad_id=0)
     assert len(calls) == 2 and filled.rounds == 2 and filled.informative == 4
-    assert filled.seconds == 2.0 and filled.tokens == 2 * 8 * N
+    assert filled.round.seconds == 2.0 and filled.tokens == 2 * 8 * N
     batch = filled.round
     assert [p["prompt"] for p in batch.problems] == ["a0", "a3", "b1", "b2"]
     assert batch.texts == ["a0.0", "a0.1", "a3.0", "a3.1", "b1.0", "b1.1", "b2.0", "b2.1"]
