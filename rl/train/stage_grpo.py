@@ -39,14 +39,15 @@ def run_grpo(trainer, index: int, stage: StageConfig, resume: dict | None) -> No
             filled = fill_informative(draw, g.prompts_per_step, g.group_size, g.max_resample_rounds,
                                       trainer.tokenizer.pad_id)
             rollout, problems, texts, results, sample_seconds = filled.round
-            extra = {"dynamic/rounds": filled.rounds, "dynamic/informative_groups": filled.informative,
-                     "tokens_per_s": filled.tokens / max(sample_seconds, 1e-9)}
+            extra = {"dynamic/rounds": filled.rounds, "dynamic/informative_groups": filled.informative}
+            generated = filled.tokens
             batch, ref_logp = _device_batch(trainer, runner, rollout, ref_fn)
         else:  # score on the host while the device computes the reference log-probs
             rollout, problems, texts, sample_seconds = _sample(trainer, iterator, sampler, runner)
             handle = submit(trainer.pool, problems, texts, rollout, g.group_size)
             batch, ref_logp = _device_batch(trainer, runner, rollout, ref_fn)
             results = trainer.pool.collect(handle)
+            generated = float(np.asarray(rollout.lengths_B).sum())
         rewards_PG = np.array([r.total for r in results], np.float32).reshape(-1, g.group_size)
         adv_PG, adv_metrics = compute_advantages(jnp.asarray(rewards_PG), g.advantage_estimator, g.adv_eps)
         batch["adv"] = trainer.place_batch({"adv": adv_PG.reshape(-1)})["adv"]
@@ -63,7 +64,7 @@ def run_grpo(trainer, index: int, stage: StageConfig, resume: dict | None) -> No
         row = {**metrics, **reward_metrics(results, cfg.rewards.names), **length_metrics(rollout,
                cfg.sampling.max_new_tokens), **{k: float(v) for k, v in adv_metrics.items()},
                "reflection_rate": reflection_rate(texts), "pool/recycled": trainer.pool.metrics().get("recycled", 0),
-               "tokens_per_s": float(np.asarray(rollout.lengths_B).sum()) / max(sample_seconds, 1e-9),
+               "tokens_per_s": generated / max(sample_seconds, 1e-9),
                "step_time_s": time.time() - start, "time/sample_s": sample_seconds,
                "time/rollout_s": update_start - start, "time/update_s": update_seconds, **extra}
         meta = {"data_state": iterator.get_state(), "sampler_key": _key_data(sampler.key)}
