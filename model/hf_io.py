@@ -7,8 +7,8 @@ all-gathered), so every process receives exactly that one tensor, replicated; no
 tensor is ever gathered. Process 0 writes it straight into its shard file, whose safetensors header was
 written first (every shape is known in advance), so host memory stays near one tensor. Files: config.json,
 generation_config.json, `model.safetensors` or `model-0000i-of-0000n.safetensors` shards of at most
-`max_shard_bytes` plus `model.safetensors.index.json`. `e_score_correction_bias` is always float32, as
-transformers keeps it.
+`max_shard_bytes` plus `model.safetensors.index.json`. DeepSeek-V3's router (`mlp.gate.weight` and
+`mlp.gate.e_score_correction_bias`) is always float32, as transformers keeps it (`_keep_in_fp32_modules_strict`).
 
 Import (`import_params`, `load_hf_policy`) reads tensors lazily with safetensors' `safe_open`. Each
 parameter is assembled per distinct device shard: only the HF tensors that intersect the shard are read,
@@ -51,7 +51,8 @@ SHARD_LIMIT = 5 * 10**9  # transformers' default max_shard_size ("5GB")
 INDEX_FILE = "model.safetensors.index.json"
 _CODES = {"float32": "F32", "bfloat16": "BF16"}
 _DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
-_FP32_TENSORS = ("e_score_correction_bias",)  # stored in float32 whatever the export dtype
+# stored in float32 whatever the export dtype: transformers (>= 5.24) loads and saves DeepSeek-V3's router so
+_FP32_TENSORS = {"deepseek_v3": ("mlp.gate.weight", "mlp.gate.e_score_correction_bias"), "qwen3_moe": ()}
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +82,10 @@ def _plan(cfg: ModelConfig, params: Mapping, dtype: str, max_shard_bytes: int) -
     leaves = _leaves(params)
     shards: list[list[_Entry]] = [[]]
     size = 0
+    keep_fp32 = _FP32_TENSORS[cfg.family]
     for t in tensor_map(cfg):
         stacked = leaves[t.path]
-        entry_dtype = "float32" if t.hf_name.endswith(_FP32_TENSORS) else dtype
+        entry_dtype = "float32" if keep_fp32 and t.hf_name.endswith(keep_fp32) else dtype
         entry = _Entry(t, t.hf_shape(stacked.shape[len(t.index):]), entry_dtype)
         if shards[-1] and size + entry.nbytes > max_shard_bytes:
             shards.append([])

@@ -117,12 +117,14 @@ def test_round_trip_logits_and_greedy_generation(case, tmp_path):
 def test_bfloat16_checkpoint_round_trips_bitwise(tmp_path):
     random_hf_model(DEEPSEEK, seed=2, bias_scale=0.05).save_pretrained(tmp_path / "f32")
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "f32", dtype=torch.bfloat16)
-    hf.save_pretrained(tmp_path / "hf")  # the hub layout: bfloat16 weights, float32 routing bias
+    hf.save_pretrained(tmp_path / "hf")  # the hub layout: bfloat16 weights, float32 router (weight and bias)
     config, policy = load_hf_policy(tmp_path / "hf")
     assert config.model.param_dtype == "float32"  # widened exactly; training keeps float32 masters
     export_hf(policy, tmp_path / "out", dtype="bfloat16")
     source, ours = tensors(tmp_path / "hf"), tensors(tmp_path / "out")
     assert ours["model.layers.1.mlp.gate.e_score_correction_bias"].dtype == np.float32  # as HF keeps it
+    assert ours["model.layers.1.mlp.gate.weight"].dtype == np.float32
+    assert ours["model.layers.1.mlp.experts.0.gate_proj.weight"].dtype == ml_dtypes.bfloat16
     assert ours["model.embed_tokens.weight"].dtype == ml_dtypes.bfloat16
     assert_bitwise_equal(ours, source)
     assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == "bfloat16"
