@@ -89,25 +89,38 @@ def left_pad(prompts: Sequence[Sequence[int]], buckets: Sequence[int], pad_id: i
 
 
 def filter_logits(logits_BV: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
-    """Top-k (k = 0: off) then nucleus filtering; removed entries become -inf. k and p may be traced."""
+    """Top-k (k = 0: off) then nucleus filtering; removed entries become -inf. k and p may be traced.
+
+    One descending sort serves both: the top-k filter of a sorted row keeps it sorted, so the nucleus is
+    computed on it directly (the k-th value's ties are kept, as a filter `logits < kth` keeps them)."""
     vocab = logits_BV.shape[-1]
     sorted_BV = -jnp.sort(-logits_BV, axis=-1)
-    kth_B1 = jnp.take_along_axis(sorted_BV, jnp.clip(top_k - 1, 0, vocab - 1)[None, None]
-                                 .repeat(logits_BV.shape[0], 0), axis=-1)
-    logits_BV = jnp.where((top_k > 0) & (logits_BV < kth_B1), -jnp.inf, logits_BV)
-    sorted_BV = -jnp.sort(-logits_BV, axis=-1)
+    k = jnp.where(top_k > 0, jnp.clip(top_k, 1, vocab), vocab)
+    kth_B1 = jax.lax.dynamic_slice_in_dim(sorted_BV, k - 1, 1, axis=-1)
+    sorted_BV = jnp.where(sorted_BV < kth_B1, -jnp.inf, sorted_BV)
     probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
     keep_BV = (jnp.cumsum(probs_BV, axis=-1) - probs_BV) < top_p  # the top token is always kept
-    threshold_B1 = jnp.min(jnp.where(keep_BV, sorted_BV, jnp.inf), axis=-1, keepdims=True)
-    return jnp.where(logits_BV < threshold_B1, -jnp.inf, logits_BV)
+    nucleus_B1 = jnp.min(jnp.where(keep_BV, sorted_BV, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits_BV < jnp.maximum(kth_B1, nucleus_B1), -jnp.inf, logits_BV)
 
 
 def sample_token(logits_BV, key, temperature, top_k, top_p):
-    """(token, log-prob under softmax(logits / T), unfiltered). Greedy when temperature == 0."""
+    """(token, log-prob under softmax(logits / T), unfiltered). Greedy when temperature == 0.
+
+    The filters (a sort of the vocabulary) run only when they can remove something, and neither they nor
+    the random draw run when decoding greedily: on a CPU they cost more than the model's decode step."""
     safe_t = jnp.where(temperature > 0, temperature, 1.0)
     scaled_BV = logits_BV.astype(jnp.float32) / safe_t  # cast to fp32: log-probs are compared at 1e-5
-    sampled_B = jax.random.categorical(key, filter_logits(scaled_BV, top_k, top_p), axis=-1)
-    token_B = jnp.where(temperature > 0, sampled_B, jnp.argmax(scaled_BV, axis=-1)).astype(jnp.int32)
+
+    def draw():
+        filtering = (top_k > 0) | (top_p < 1)
+        filtered_BV = jax.lax.cond(filtering, filter_logits, lambda x, *_: x, scaled_BV, top_k, top_p)
+        return jax.random.categorical(key, filtered_BV, axis=-1).astype(jnp.int32)
+
+    def greedy():
+        return jnp.argmax(scaled_BV, axis=-1).astype(jnp.int32)
+
+    token_B = jax.lax.cond(temperature > 0, draw, greedy)
     logp_B = jnp.take_along_axis(jax.nn.log_softmax(scaled_BV, axis=-1), token_B[:, None], axis=-1)[:, 0]
     return token_B, logp_B
 

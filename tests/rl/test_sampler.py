@@ -9,7 +9,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from model.factory import init_policy
 from rl.logprobs import completion_logprobs
-from rl.sampler import Sampler, SamplingConfig, filter_logits, generate_padded, left_pad
+from rl.sampler import Sampler, SamplingConfig, filter_logits, generate_padded, left_pad, sample_token
 from sharding.context import use_mesh
 from sharding.mesh import ShardingConfig, build_mesh
 from sharding.params import state_shardings
@@ -95,14 +95,39 @@ def test_top_k_one_and_tiny_top_p_are_greedy():
         assert np.array_equal(np.asarray(sampled.tokens_BT), np.asarray(greedy.tokens_BT))
 
 
-def test_filter_logits_matches_numpy():
-    logits = jax.random.normal(jax.random.key(0), (3, 20))
-    out = np.asarray(filter_logits(logits, jnp.int32(5), jnp.float32(0.5)))
-    for row, kept in zip(np.asarray(logits), out):
-        top5 = np.sort(row)[::-1][:5]
-        probs = np.exp(top5 - top5.max()) / np.exp(top5 - top5.max()).sum()
-        n = int(np.searchsorted(np.cumsum(probs), 0.5) + 1)  # smallest prefix reaching p
-        assert set(np.flatnonzero(np.isfinite(kept))) == set(np.argsort(row)[::-1][:n])
+def numpy_filter(row: np.ndarray, k: int, p: float) -> np.ndarray:
+    """Reference: keep the top k (ties with the k-th kept), then the smallest prefix of them, by
+    probability renormalised over the kept ones, whose mass before it is below p (its ties kept)."""
+    keep = np.ones(row.shape, bool) if k == 0 else row >= np.sort(row)[::-1][min(k, row.size) - 1]
+    values = np.sort(row[keep])[::-1]
+    probs = np.exp(values - values.max()) / np.exp(values - values.max()).sum()
+    prefix = (np.cumsum(probs) - probs) < p
+    return keep & (row >= values[prefix].min())
+
+
+@pytest.mark.parametrize("top_k,top_p", [(5, 0.5), (0, 0.9), (3, 1.0), (0, 1.0), (1, 0.9), (40, 0.3), (0, 1e-6)])
+def test_filter_logits_matches_numpy(top_k, top_p):
+    logits = np.array(jax.random.normal(jax.random.key(0), (4, 20)))
+    logits[3, :6] = 2.5  # a tie across the k-th value and inside the nucleus
+    out = np.asarray(filter_logits(jnp.asarray(logits), jnp.int32(top_k), jnp.float32(top_p)))
+    for row, kept in zip(logits, out):
+        expected = numpy_filter(row, top_k, top_p)
+        assert np.array_equal(np.isfinite(kept), expected)
+        assert np.array_equal(kept[expected], row[expected])
+
+
+def test_sample_token_skips_no_op_filters_and_draws_greedy_without_noise():
+    logits = jax.random.normal(jax.random.key(1), (6, 50)) * 3
+    key = jax.random.key(2)
+    token, logp = sample_token(logits, key, jnp.float32(1.0), jnp.int32(0), jnp.float32(1.0))
+    assert np.array_equal(token, jax.random.categorical(key, logits, axis=-1))
+    np.testing.assert_allclose(logp, jnp.take_along_axis(jax.nn.log_softmax(logits), token[:, None], -1)[:, 0],
+                               rtol=1e-6)
+    token, logp = sample_token(logits, key, jnp.float32(0.0), jnp.int32(0), jnp.float32(0.9))
+    assert np.array_equal(token, jnp.argmax(logits, axis=-1))
+    token, _ = sample_token(logits, key, jnp.float32(0.5), jnp.int32(2), jnp.float32(1.0))
+    top2 = np.argsort(np.asarray(logits), axis=-1)[:, -2:]
+    assert all(t in row for t, row in zip(np.asarray(token), top2))
 
 
 def test_prompts_in_one_bucket_share_one_compilation():
