@@ -1,5 +1,8 @@
 """Metrics out of a run: metrics.jsonl (one object per step), TensorBoard scalars, and refreshed plots.
 
+Held-out evaluations (after each stage and periodically) are the summary's `evals`; they reach TensorBoard
+as `eval/*` and the accuracy plot as `eval/pass@1`, end-of-stage ones included.
+
 Only the primary process (JAX process 0) writes. On resume, rows past the restored step are dropped first,
 so a resumed run's metrics.jsonl equals an uninterrupted run's (wall time aside).
 """
@@ -10,7 +13,7 @@ import json
 import math
 import pathlib
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -48,8 +51,11 @@ def truncate_after(path: pathlib.Path, global_step: int) -> None:
 
 
 class MetricsWriter:
-    def __init__(self, run_dir: pathlib.Path, primary: bool = True, plot_every: int = 10):
+    def __init__(self, run_dir: pathlib.Path, primary: bool = True, plot_every: int = 10,
+                 evals: Callable[[], Sequence[Mapping]] = tuple):
+        """`evals` gives the run's held-out evaluations so far (the summary's `evals`), which the plots draw."""
         self.run_dir, self.primary, self.plot_every = pathlib.Path(run_dir), primary, plot_every
+        self.evals = evals
         self.path = self.run_dir / "metrics.jsonl"
         self._tb = None
         self._rows_since_plot = 0
@@ -78,12 +84,24 @@ class MetricsWriter:
             self.refresh_plots()
         return row
 
+    def log_eval(self, entry: Mapping[str, Any]) -> None:
+        """One held-out evaluation (a summary `evals` entry): TensorBoard `eval/*` at its step, on one axis
+        across stages, and the plots redrawn with it."""
+        if not self.primary:
+            return
+        k = entry["k"]
+        tb = self._tensorboard()
+        for key in ("pass@1", f"cons@{k}", f"pass@{k}", "format_rate", "response_length", "reflection_rate"):
+            if isinstance(entry.get(key), (int, float)):
+                tb.add_scalar(f"eval/{key}", entry[key], entry["step"])
+        self.refresh_plots()
+
     def refresh_plots(self) -> None:
         if not self.primary:
             return
         from rl.train.plots import write_plots
 
-        write_plots(read_rows(self.path), self.run_dir / "plots")
+        write_plots(read_rows(self.path), self.run_dir / "plots", self.evals())
         self._rows_since_plot = 0
 
     def close(self) -> None:

@@ -19,8 +19,18 @@ PLOTS = {
 }
 
 
-def write_plots(rows: Sequence[dict], out_dir: pathlib.Path) -> list[pathlib.Path]:
-    """Draw every figure that has data; returns the files written."""
+def _series(key: str, rows: Sequence[dict], evals: Sequence[dict] | None) -> list[tuple[int, float]]:
+    """(global step, value) points of a metric; `eval/X` comes from the evaluations when given (they include
+    the end-of-stage ones, which have no metrics row)."""
+    if key.startswith("eval/") and evals is not None:
+        field = key.removeprefix("eval/")
+        return [(e["step"], e[field]) for e in evals if e.get(field) is not None]
+    return [(r["global_step"], r[key]) for r in rows if r.get(key) is not None]
+
+
+def write_plots(rows: Sequence[dict], out_dir: pathlib.Path,
+                evals: Sequence[dict] | None = None) -> list[pathlib.Path]:
+    """Draw every figure that has data; returns the files written. `evals`: the summary's evaluations."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -29,7 +39,7 @@ def write_plots(rows: Sequence[dict], out_dir: pathlib.Path) -> list[pathlib.Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, (title, keys) in PLOTS.items():
-        series = {k: [(r["global_step"], r[k]) for r in rows if r.get(k) is not None] for k in keys}
+        series = {k: _series(k, rows, evals) for k in keys}
         series = {k: v for k, v in series.items() if v}
         if not series:
             continue

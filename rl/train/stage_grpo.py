@@ -67,9 +67,10 @@ def run_grpo(trainer, index: int, stage: StageConfig, resume: dict | None) -> No
                "tokens_per_s": generated / max(sample_seconds, 1e-9),
                "step_time_s": time.time() - start, "time/sample_s": sample_seconds,
                "time/rollout_s": update_start - start, "time/update_s": update_seconds, **extra}
-        meta = {"data_state": iterator.get_state(), "sampler_key": _key_data(sampler.key)}
         if cfg.eval.every and (runner.stage_step + 1) % cfg.eval.every == 0 and runner.stage_step + 1 < stage.steps:
-            row["eval/pass@1"] = trainer.run_eval(stage, sampler, trainer.policy)["pass@1"]
+            row["eval/pass@1"] = trainer.run_eval(stage, sampler, trainer.policy, trainer.global_step + 1)["pass@1"]
+        # after the evaluation, which draws from the sampler's key: a resume continues from the same key
+        meta = {"data_state": iterator.get_state(), "sampler_key": _key_data(sampler.key)}
         runner.finish_step(row, meta)
     runner.finish_stage({"data_state": iterator.get_state(), "sampler_key": _key_data(sampler.key)}, sampler)
 

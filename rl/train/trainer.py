@@ -79,7 +79,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.checkpointer = TrainCheckpointer(self.run_dir / "checkpoints", config.checkpoint.keep,
                                               config.checkpoint.keep_best, config.checkpoint.async_save)
-        self.metrics = MetricsWriter(self.run_dir, self.primary)
+        self.metrics = MetricsWriter(self.run_dir, self.primary, evals=lambda: self.summary["evals"])
         self.tokenizer = self._tokenizer()
         self.graphdef, self.policy = None, None  # (params, bias) of the current policy between stages
         self.stage_index = 0  # the stage running (its config may swap the model: distillation)
@@ -289,21 +289,25 @@ class Trainer:
     def write_metrics(self, row: dict) -> dict:
         return self.metrics.write(row)
 
-    def run_eval(self, stage: StageConfig, sampler: Sampler, states) -> dict:
+    def run_eval(self, stage: StageConfig, sampler: Sampler, states, step: int | None = None) -> dict:
+        """Held-out evaluation of `states`, the policy after global step `step` (default: the last counted
+        one; an evaluation inside a step, after its update, passes that step)."""
         cfg = self.config
+        step = self.global_step if step is None else step
         figures, samples = evaluate(sampler, states, self.tokenizer, cfg.tokenizer.template, self.eval_problems,
                                     self.pool, cfg.eval, cfg.sampling.max_new_tokens, cfg.rewards.answer_max_chars)
-        entry = {"stage": stage.name, "checkpoint": str(self.run_dir / "checkpoints" / str(self.global_step)),
-                 "step": self.global_step, **figures}
+        entry = {"stage": stage.name, "checkpoint": str(self.run_dir / "checkpoints" / str(step)),
+                 "step": step, **figures}
         self.summary["evals"].append(entry)
         if self.primary:
             out = self.run_dir / "samples"
             out.mkdir(exist_ok=True)
-            with (out / f"{stage.name}-step{self.global_step}.jsonl").open("w") as f:
+            with (out / f"{stage.name}-step{step}.jsonl").open("w") as f:
                 for row in samples:
                     f.write(json.dumps(row) + "\n")
+        self.metrics.log_eval(entry)
         k = figures["k"]
-        self.console.log(f"eval after {stage.name} step {self.global_step}: pass@1 {figures['pass@1']:.3f}, "
+        self.console.log(f"eval after {stage.name} step {step}: pass@1 {figures['pass@1']:.3f}, "
                          f"cons@{k} {figures[f'cons@{k}']:.3f}, format {figures['format_rate']:.2f}, "
                          f"length {figures['response_length']:.1f}")
         return entry

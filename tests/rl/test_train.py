@@ -56,7 +56,7 @@ def test_run_directory_has_every_artifact_and_schema(finished_run):
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "tokenizer/tokenizer.model"):
         assert (finished_run / name).exists(), name
     assert any((finished_run / "tensorboard").iterdir())
-    assert {"reward.png", "response_length.png", "kl.png", "entropy.png", "clip_fraction.png",
+    assert {"reward.png", "accuracy.png", "response_length.png", "kl.png", "entropy.png", "clip_fraction.png",
             "expert_load.png", "loss.png"} <= {p.name for p in (finished_run / "plots").iterdir()}
     assert list((finished_run / "samples").glob("*.jsonl"))
     metrics = rows(finished_run)
@@ -73,11 +73,17 @@ def test_run_directory_has_every_artifact_and_schema(finished_run):
         assert 0 < row["time/sample_s"] <= row["time/rollout_s"] < row["step_time_s"]
         assert row["pool/ok"] == 8 and row["sampler_logp_absdiff"] < 1e-4
     summary = json.loads((finished_run / "summary.json").read_text())
-    assert [e["stage"] for e in summary["evals"]] == ["sft", "grpo"]
+    # after SFT (step 2), GRPO's periodic eval (eval.every 2: inside GRPO step 2, after its update = global
+    # step 4), and the end of GRPO (5); each labelled with the step whose policy it evaluated
+    assert [(e["stage"], e["step"]) for e in summary["evals"]] == [("sft", 2), ("grpo", 4), ("grpo", 5)]
+    assert metrics[3]["eval/pass@1"] == summary["evals"][1]["pass@1"]
+    assert {f"{e['stage']}-step{e['step']}.jsonl" for e in summary["evals"]} == \
+        {p.name for p in (finished_run / "samples").iterdir()}
     for entry in summary["evals"]:
         assert {"stage", "checkpoint", "pass@1", "k", "n_problems", "cons@2", "pass@2", "format_rate",
                 "response_length"} <= set(entry)
         assert entry["k"] == 2 and entry["n_problems"] == 4 and 0 <= entry["pass@1"] <= 1
+        assert entry["checkpoint"].endswith(f"checkpoints/{entry['step']}")
 
 
 def test_sigterm_checkpoints_and_exits_0_then_resume_is_exact(finished_run, tmp_path):

@@ -1,0 +1,22 @@
+"""Training plots: the accuracy figure carries every held-out evaluation, end-of-stage ones included."""
+
+from rl.train.plots import _series, write_plots
+
+ROWS = [{"global_step": 1, "stage": "sft", "sft/loss": 2.0},
+        {"global_step": 2, "stage": "sft", "sft/loss": 1.5},
+        {"global_step": 3, "stage": "grpo", "reward/accuracy": 0.25, "loss": 0.1},
+        {"global_step": 4, "stage": "grpo", "reward/accuracy": 0.5, "loss": 0.2, "eval/pass@1": 0.4}]
+EVALS = [{"stage": "sft", "step": 2, "pass@1": 0.3}, {"stage": "grpo", "step": 4, "pass@1": 0.4},
+         {"stage": "grpo", "step": 5, "pass@1": 0.6}]
+
+
+def test_eval_series_come_from_the_evaluations_and_others_from_the_rows():
+    assert _series("eval/pass@1", ROWS, EVALS) == [(2, 0.3), (4, 0.4), (5, 0.6)]
+    assert _series("eval/pass@1", ROWS, None) == [(4, 0.4)]  # without evaluations: the rows' periodic ones
+    assert _series("reward/accuracy", ROWS, EVALS) == [(3, 0.25), (4, 0.5)]
+
+
+def test_write_plots_draws_the_evaluations_even_before_any_grpo_row(tmp_path):
+    written = {p.name for p in write_plots(ROWS[:2], tmp_path, EVALS[:1])}  # right after SFT's evaluation
+    assert written == {"accuracy.png", "loss.png"}
+    assert all((tmp_path / name).stat().st_size > 0 for name in written)
