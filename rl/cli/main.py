@@ -59,6 +59,25 @@ def fake_cpu_devices(count: int) -> None:
     os.environ["JAX_PLATFORMS"] = "cpu"
 
 
+def pin_cpu_without_accelerators() -> None:
+    """On a host with no TPU and no GPU attached, JAX still loads an installed libtpu (the `test` and `tpu`
+    extras bring it), which prints pages of TPU-initialisation errors before falling back to the CPU. Pin
+    the CPU backend there instead, with JAX's own hardware probe. JAX_PLATFORMS set by the user wins."""
+    if os.environ.get("JAX_PLATFORMS") or os.environ.get("JAX_FORCE_TPU_INIT"):
+        return
+    try:
+        from jax._src import hardware_utils
+    except ImportError:  # a JAX without the probe: leave the choice to JAX
+        return
+    tpu_chips, _ = hardware_utils.num_available_tpu_chips_and_device_id()
+    if tpu_chips or hardware_utils.has_visible_nvidia_gpu() or hardware_utils.num_available_amd_gpus(stop_at=1):
+        return
+    import jax
+
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    jax.config.update("jax_platforms", "cpu")
+
+
 def quiet_libraries() -> None:
     """Keep the console readable: library chatter (absl/Orbax/TensorFlow-style logs) only on errors."""
     import logging
@@ -72,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.cpu_devices is not None:
         fake_cpu_devices(args.cpu_devices)
+    pin_cpu_without_accelerators()
     quiet_libraries()
     from model.errors import UserError
     from sharding.distributed import PeerLost

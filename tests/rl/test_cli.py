@@ -78,6 +78,29 @@ def test_init_refuses_to_overwrite_and_bad_input_exits_2(capsys, tmp_path):
     assert code == 2 and "sharding" in err and not (tmp_path / "o").exists()
 
 
+PROBE = """
+import logging, sys
+logging.getLogger("jax").setLevel(logging.ERROR)  # as `r1jax train` sets it: libtpu's errors then reach stderr
+if sys.argv[1] == "pin":
+    from rl.cli.main import pin_cpu_without_accelerators
+    pin_cpu_without_accelerators()
+import jax
+print(jax.default_backend())
+"""
+
+
+def test_a_host_without_accelerators_runs_on_the_cpu_without_probing_libtpu(tmp_path):
+    from jax._src import hardware_utils
+
+    assert hardware_utils.num_available_tpu_chips_and_device_id()[0] == 0  # the test's premise: no TPU here
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # no JAX_PLATFORMS; libtpu comes with the test extra
+    runs = {how: subprocess.run([sys.executable, "-c", PROBE, how], capture_output=True, text=True, env=env,
+                                timeout=300) for how in ("pin", "unpinned")}
+    assert runs["unpinned"].returncode == 0 and "TPU" in runs["unpinned"].stderr  # what users saw
+    assert runs["pin"].returncode == 0 and runs["pin"].stdout.strip() == "cpu"
+    assert "TPU" not in runs["pin"].stderr, runs["pin"].stderr
+
+
 def test_cpu_devices_flag_fakes_devices_before_jax_starts(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "JAX_PLATFORMS": "cpu"}
     result = subprocess.run([sys.executable, "-m", "rl.cli.main", "--cpu-devices", "4", "init", "tiny",
