@@ -2,8 +2,9 @@
 
 Compute scales with tokens x top-k, not with the number of experts. Two grouped-matmul kernels:
 - "ragged": `jax.lax.ragged_dot` (TPU/GPU).
-- "blocked": expert-sorted copies padded per expert to whole blocks of `block_size` rows, then a scan over
-  blocks, each multiplied by its own expert's weights. `ragged_dot` on CPU costs as much as a dense product
+- "blocked": expert-sorted copies padded per expert to whole blocks of `block_size` rows (fewer when the
+  copies per expert are fewer, as in decoding), then a scan over blocks, each multiplied by its own
+  expert's weights. `ragged_dot` on CPU costs as much as a dense product
   over all experts (MEASURED.md); this kernel is the CPU path.
 
 Expert parallelism (`expert_ffn` under a mesh): a shard_map over the mesh. Each device holds E/ep experts
@@ -35,10 +36,19 @@ def swiglu_ragged(x_AD, group_sizes_E, w_gate_EDF, w_up_EDF, w_down_EFD):
     return jax.lax.ragged_dot(jax.nn.silu(gate_AF) * up_AF, w_down_EFD, group_sizes_E)
 
 
+def fitted_block_size(copies: int, experts: int, block_size: int) -> int:
+    """The configured block, shrunk to the copies an expert gets on average (a power of two, at least 8) when
+    those are fewer: every expert's last block is padded, so a decode step (a few copies per expert) would
+    otherwise multiply experts x block_size rows for far fewer real ones."""
+    per_expert = -(-copies // experts)
+    return min(block_size, max(8, 1 << (per_expert - 1).bit_length()))
+
+
 def swiglu_blocked(x_AD, group_sizes_E, w_gate_EDF, w_up_EDF, w_down_EFD, block_size: int):
     """Grouped SwiGLU over rows sorted by group; rows past sum(group_sizes) come back as zeros."""
     a, d = x_AD.shape
     e = group_sizes_E.shape[0]
+    block_size = fitted_block_size(a, e, block_size)
     num_blocks = -(-a // block_size) + e  # enough for every group's last partial block
     padded_E = -(-group_sizes_E // block_size) * block_size
     ends_E, padded_ends_E = jnp.cumsum(group_sizes_E), jnp.cumsum(padded_E)

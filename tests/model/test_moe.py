@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from model.config import ModelConfig
-from model.dispatch import local_expert_ffn
+from model.dispatch import fitted_block_size, local_expert_ffn
 from model.routing import expert_counts, load_balance_loss, route, update_routing_bias
 
 
@@ -25,7 +25,8 @@ def dense_reference(x_TD, experts_TK, weights_TK, wg, wu, wd):
 
 
 @pytest.mark.parametrize("impl", ["blocked", "ragged"])
-@pytest.mark.parametrize("tokens,experts,top_k,block", [(37, 8, 2, 8), (64, 16, 4, 16), (5, 8, 3, 4)])
+@pytest.mark.parametrize("tokens,experts,top_k,block", [(37, 8, 2, 8), (64, 16, 4, 16), (5, 8, 3, 4),
+                                                        (6, 16, 2, 64)])  # last: a decode step, block fitted
 def test_grouped_dispatch_equals_dense_reference(impl, tokens, experts, top_k, block):
     keys = jax.random.split(jax.random.key(tokens + experts), 6)
     d, f = 16, 12
@@ -36,6 +37,17 @@ def test_grouped_dispatch_equals_dense_reference(impl, tokens, experts, top_k, b
     wd = 0.3 * jax.random.normal(keys[4], (experts, f, d))
     got = local_expert_ffn(x, chosen, weights, wg, wu, wd, impl=impl, block_size=block)
     np.testing.assert_allclose(np.asarray(got), dense_reference(x, chosen, weights, wg, wu, wd), atol=1e-5)
+
+
+@pytest.mark.parametrize("copies,experts,block,fitted", [
+    (128, 16, 128, 8),  # a decode step of 64 rows, top-2 over 16 experts: 8 copies per expert on average
+    (12, 16, 64, 8),  # fewer copies than experts: the floor of 8 rows
+    (100, 8, 64, 16),  # 12.5 per expert: the next power of two
+    (20480, 16, 128, 128),  # a training batch: the configured block
+    (256, 8, 32, 32),  # the default run's GRPO decode: unchanged
+])
+def test_block_size_fits_the_copies_per_expert(copies, experts, block, fitted):
+    assert fitted_block_size(copies, experts, block) == fitted
 
 
 def test_dispatch_with_expert_offset_uses_only_local_experts():
