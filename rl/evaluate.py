@@ -18,7 +18,7 @@ import numpy as np
 from rl.data import DataConfig
 from rl.data.pipeline import TaskSource
 from rl.rewards import RewardPool, extract_answer
-from rl.train.config import EvalConfig
+from rl.train.config import DEFAULT_REFLECTION_WORDS, EvalConfig
 from rl.train.rollouts import decode_completions, encode_prompts, reflection_rate, score_items
 
 
@@ -60,7 +60,8 @@ def majority_correct(answers: Sequence[str | None], correct: Sequence[bool]) -> 
     return any(ok for a, ok in zip(answers, correct) if a == winner)
 
 
-def summarize(problems, texts, lengths, results, k: int, answer_max_chars: int = 256) -> dict:
+def summarize(problems, texts, lengths, results, k: int, answer_max_chars: int = 256,
+              reflection_words: Sequence[str] = DEFAULT_REFLECTION_WORDS) -> dict:
     """Eval figures from k completions per problem (prompt-major rows)."""
     per_problem, by_difficulty = [], collections.defaultdict(list)
     for i, problem in enumerate(problems):
@@ -79,7 +80,7 @@ def summarize(problems, texts, lengths, results, k: int, answer_max_chars: int =
         "accuracy_by_difficulty": {d: float(np.mean(v)) for d, v in sorted(by_difficulty.items())},
         "response_length": float(np.mean(lengths)),
         "format_rate": float(np.mean([r.rewards.get("format", 0.0) >= 1.0 for r in results])),
-        "reflection_rate": reflection_rate(texts),
+        "reflection_rate": reflection_rate(texts, reflection_words),
         "pool_failures": sum(r.status != "ok" for r in results),
     }
 
@@ -100,7 +101,7 @@ def evaluate(sampler, states, tokenizer, template: str, problems: Sequence[dict]
         texts += decode_completions(tokenizer, rollout)
         lengths += np.asarray(rollout.lengths_B).tolist()
     results = pool.score_batch(score_items(problems, texts, lengths, cfg.samples))
-    figures = summarize(problems, texts, lengths, results, cfg.samples, answer_max_chars)
+    figures = summarize(problems, texts, lengths, results, cfg.samples, answer_max_chars, cfg.reflection_words)
     samples = [{"prompt": problems[i // cfg.samples]["prompt"], "answer": problems[i // cfg.samples]["answer"],
                 "completion": texts[i], "rewards": results[i].rewards, "status": results[i].status}
                for i in range(min(len(texts), cfg.num_logged_samples))]

@@ -9,6 +9,9 @@ from model.errors import UserError
 
 STAGE_KINDS = ("sft", "grpo", "rejection_sampling", "distill")
 REJECTION_FILTERS = ("format", "language", "length", "repetition")
+# R1's "aha moment": words of self-reflection, counted per completion (whole words, any case)
+DEFAULT_REFLECTION_WORDS = ("wait", "verify", "check", "re-examine", "recheck", "reconsider", "double-check",
+                            "mistake", "however", "actually")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +74,14 @@ class EvalConfig:
     difficulty: Optional[int] = None  # default: data.difficulty
     batch_size: int = 64  # prompts per sampler call
     num_logged_samples: int = 16  # completions written to samples/ per evaluation
+    reflection_words: tuple[str, ...] = DEFAULT_REFLECTION_WORDS  # counted in GRPO rows and evaluations
 
     def __post_init__(self) -> None:
         if self.num_problems < 1 or self.samples < 1 or self.batch_size < 1:
             raise UserError("eval.num_problems, eval.samples and eval.batch_size must be >= 1")
+        if not self.reflection_words or not all(isinstance(w, str) and w.strip() for w in self.reflection_words):
+            raise UserError(f"eval.reflection_words={list(self.reflection_words)}: expected a non-empty list of "
+                            "non-empty words")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise UserError(f"eval.temperature={self.temperature} / eval.top_p={self.top_p}: out of range")
 

@@ -14,9 +14,7 @@ import numpy as np
 from model.tokenizer import Tokenizer, apply_template
 from rl.rewards import RewardPool, ScoreItem, ScoreResult
 from rl.sampler import Rollout
-
-DEFAULT_REFLECTION_WORDS = ("wait", "verify", "check", "re-examine", "recheck", "reconsider", "double-check",
-                            "mistake", "however", "actually")
+from rl.train.config import DEFAULT_REFLECTION_WORDS
 
 
 def encode_prompts(tokenizer: Tokenizer, template: str, problems: Sequence[dict]) -> list[list[int]]:

@@ -63,7 +63,8 @@ def run_grpo(trainer, index: int, stage: StageConfig, resume: dict | None) -> No
             runner.state = reset_reference(runner.state)
         row = {**metrics, **reward_metrics(results, cfg.rewards.names), **length_metrics(rollout,
                cfg.sampling.max_new_tokens), **{k: float(v) for k, v in adv_metrics.items()},
-               "reflection_rate": reflection_rate(texts), "pool/recycled": trainer.pool.metrics().get("recycled", 0),
+               "reflection_rate": reflection_rate(texts, cfg.eval.reflection_words),
+               "pool/recycled": trainer.pool.metrics().get("recycled", 0),
                "tokens_per_s": generated / max(sample_seconds, 1e-9),
                "step_time_s": time.time() - start, "time/sample_s": sample_seconds,
                "time/rollout_s": update_start - start, "time/update_s": update_seconds, **extra}

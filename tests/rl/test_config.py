@@ -21,6 +21,8 @@ def test_overrides_apply_with_types():
     config = load_config("tiny", ["model.num_hidden_layers=4", "model.q_lora_rank=8", "sharding.tensor=2"])
     assert config.model.num_hidden_layers == 4 and config.model.q_lora_rank == 8
     assert config.sharding.tensor == 2
+    config = load_config("tiny", ["eval.reflection_words=[hmm,wait]"])
+    assert config.eval.reflection_words == ("hmm", "wait")
 
 
 @pytest.mark.parametrize("override,named", [
@@ -33,6 +35,8 @@ def test_overrides_apply_with_types():
     ("sharding.preset=nope", "sharding.preset"),
     ("model.compute_dtype=float16", "model.compute_dtype"),
     ("novalue", "novalue"),
+    ("eval.reflection_words=[]", "eval.reflection_words"),
+    ("eval.reflection_words=[wait,' ']", "eval.reflection_words"),
 ])
 def test_bad_key_or_value_names_it(override, named):
     with pytest.raises(UserError, match=named.replace(".", r"\.")):
