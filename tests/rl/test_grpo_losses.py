@@ -139,7 +139,10 @@ def test_the_variants_actually_clip():
         assert 0.0 < float(out[k]) < 1.0, k
 
 
-@pytest.mark.parametrize("aggregation,ratio_level", itertools.product(sorted(AGGREGATIONS), ["token", "sequence"]))
+AGGREGATION_BY_RATIO_LEVEL = list(itertools.product(sorted(AGGREGATIONS), ["token", "sequence"]))
+
+
+@pytest.mark.parametrize("aggregation,ratio_level", AGGREGATION_BY_RATIO_LEVEL)
 def test_on_policy_gradient_is_reinforce_with_group_baseline(aggregation, ratio_level):
     """mu = 1, ratio 1: d loss / d logp_bt = -A_b * weight_bt (and exactly 0 on prompt/padding)."""
     cfg = GRPOConfig(loss_aggregation=aggregation, ratio_level=ratio_level, kl_coef=0.0)
@@ -151,7 +154,7 @@ def test_on_policy_gradient_is_reinforce_with_group_baseline(aggregation, ratio_
         np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("aggregation,ratio_level", itertools.product(sorted(AGGREGATIONS), ["token", "sequence"]))
+@pytest.mark.parametrize("aggregation,ratio_level", AGGREGATION_BY_RATIO_LEVEL)
 def test_micro_batches_sum_to_the_full_batch(aggregation, ratio_level):
     cfg = GRPOConfig(loss_aggregation=aggregation, ratio_level=ratio_level, kl_coef=0.05, tis_cap=1.2)
     d = make_batch(2)
