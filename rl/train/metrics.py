@@ -52,8 +52,9 @@ def truncate_after(path: pathlib.Path, global_step: int) -> None:
 
 class MetricsWriter:
     def __init__(self, run_dir: pathlib.Path, primary: bool = True, plot_every: int = 10,
-                 evals: Callable[[], Sequence[Mapping]] = tuple):
-        """`evals` gives the run's held-out evaluations so far (the summary's `evals`), which the plots draw."""
+                 evals: Callable[[], Sequence[Mapping] | None] = lambda: None):
+        """`evals` gives the run's held-out evaluations so far (the summary's `evals`), which the plots draw;
+        without them, the plots take evaluation figures from the metrics rows."""
         self.run_dir, self.primary, self.plot_every = pathlib.Path(run_dir), primary, plot_every
         self.evals = evals
         self.path = self.run_dir / "metrics.jsonl"

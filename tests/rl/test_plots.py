@@ -20,3 +20,14 @@ def test_write_plots_draws_the_evaluations_even_before_any_grpo_row(tmp_path):
     written = {p.name for p in write_plots(ROWS[:2], tmp_path, EVALS[:1])}  # right after SFT's evaluation
     assert written == {"accuracy.png", "loss.png"}
     assert all((tmp_path / name).stat().st_size > 0 for name in written)
+
+
+def test_a_writer_without_evaluations_plots_the_rows_own(tmp_path):
+    from rl.train.metrics import MetricsWriter
+
+    writer = MetricsWriter(tmp_path, plot_every=1000)
+    for row in ROWS:
+        writer.write(row)
+    assert writer.evals() is None
+    writer.close()
+    assert (tmp_path / "plots" / "accuracy.png").exists()
