@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rl.bench.reward_pool import make_items, measure  # noqa: E402
+from r1jax.rl.bench.reward_pool import make_items, measure  # noqa: E402
 
 
 def main() -> None:

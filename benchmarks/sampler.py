@@ -16,9 +16,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from flax import nnx  # noqa: E402
 
-from model.factory import init_policy  # noqa: E402
-from rl.bench.sampler import bench_prompts, sampler_figures  # noqa: E402
-from rl.config import load_config  # noqa: E402
+from r1jax.model.factory import init_policy  # noqa: E402
+from r1jax.rl.bench.sampler import bench_prompts, sampler_figures  # noqa: E402
+from r1jax.rl.config import load_config  # noqa: E402
 
 
 def main() -> None:

@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model.config import ModelConfig
-from model.layers import RMSNorm, Stack, apply_rope, apply_rope_interleaved, dtype_of, make_param
-from sharding.context import constrain
+from r1jax.model.config import ModelConfig
+from r1jax.model.layers import RMSNorm, Stack, apply_rope, apply_rope_interleaved, dtype_of, make_param
+from r1jax.sharding.context import constrain
 
 
 def masked_softmax(scores: jax.Array, mask: jax.Array) -> jax.Array:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from model.errors import UserError
+from r1jax.errors import UserError
 
 FAMILIES = ("deepseek_v3", "qwen3_moe")
 DTYPES = ("float32", "bfloat16")

@@ -13,11 +13,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model.attention import GQAttention, MLAttention, causal_mask
-from model.config import ModelConfig
-from model.layers import MLP, RMSNorm, Stack, dtype_of, make_param, rope_cos_sin
-from model.moe import MoE, MoEAux
-from sharding.context import constrain
+from r1jax.model.attention import GQAttention, MLAttention, causal_mask
+from r1jax.model.config import ModelConfig
+from r1jax.model.layers import MLP, RMSNorm, Stack, dtype_of, make_param, rope_cos_sin
+from r1jax.model.moe import MoE, MoEAux
+from r1jax.sharding.context import constrain
 
 
 class PolicyOutput(NamedTuple):

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from sharding.context import active_rules, mesh_shape
+from r1jax.sharding.context import active_rules, mesh_shape
 
 
 def resolve_impl(impl: str) -> str:

@@ -8,9 +8,9 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh
 
-from model.config import ModelConfig
-from model.decoder import Policy
-from sharding.rules import Rules
+from r1jax.model.config import ModelConfig
+from r1jax.model.decoder import Policy
+from r1jax.sharding.rules import Rules
 
 
 def abstract_policy(cfg: ModelConfig) -> Policy:
@@ -23,7 +23,7 @@ def init_policy(cfg: ModelConfig, seed: int = 0, mesh: Mesh | None = None,
     """A randomly initialised Policy; with a mesh, every parameter is created directly in its shards."""
     if mesh is None:
         return Policy(cfg, nnx.Rngs(seed))
-    from sharding.params import state_shardings
+    from r1jax.sharding.params import state_shardings
 
     graphdef, abstract_state = nnx.split(abstract_policy(cfg))
     shardings = state_shardings(abstract_state, mesh, rules)

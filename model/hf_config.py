@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from model.config import ModelConfig
-from model.errors import UserError
+from r1jax.model.config import ModelConfig
+from r1jax.errors import UserError
 
 ARCHITECTURES = {"deepseek_v3": "DeepseekV3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
 DEFAULT_THETA = 10000.0  # transformers' default_theta when a config names none

@@ -39,13 +39,13 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from model.config import ModelConfig
-from model.decoder import Policy
-from model.errors import UserError
-from model.factory import abstract_policy
-from model.hf_config import from_hf_config, generation_config, model_fields, mtp_layers, to_hf_config
-from model.hf_weights import Tensor, tensor_map
-from sharding.rules import Rules
+from r1jax.model.config import ModelConfig
+from r1jax.model.decoder import Policy
+from r1jax.errors import UserError
+from r1jax.model.factory import abstract_policy
+from r1jax.model.hf_config import from_hf_config, generation_config, model_fields, mtp_layers, to_hf_config
+from r1jax.model.hf_weights import Tensor, tensor_map
+from r1jax.sharding.rules import Rules
 
 SHARD_LIMIT = 5 * 10**9  # transformers' default max_shard_size ("5GB")
 INDEX_FILE = "model.safetensors.index.json"
@@ -323,7 +323,7 @@ def import_params(ckpt: HFCheckpoint, cfg: ModelConfig, mesh: Mesh | None = None
         by_path[t.path].append(t)
     shardings = None
     if mesh is not None:
-        from sharding.params import state_shardings
+        from r1jax.sharding.params import state_shardings
 
         shardings = _leaves(nnx.to_pure_dict(state_shardings(abstract_state, mesh, rules or Rules.preset(
             "fsdp_expert_tensor"))))
@@ -359,7 +359,7 @@ def read_hf_config(hf_dir: str | pathlib.Path) -> tuple[ModelConfig, list[str]]:
 
 def hf_run_config(hf_dir: str | pathlib.Path, overrides: Sequence[str] = ()):
     """(rl.config.Config, notes): the HF architecture as the model section, then dotted `overrides`."""
-    from rl.config import _parse_overrides, config_from_dicts
+    from r1jax.rl.config import _parse_overrides, config_from_dicts
 
     cfg, notes = read_hf_config(hf_dir)
     config = config_from_dicts({"model": model_fields(cfg)}, _parse_overrides(overrides),

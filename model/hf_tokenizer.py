@@ -21,8 +21,8 @@ import pathlib
 import struct
 from typing import Iterator
 
-from model.errors import UserError
-from model.tokenizer import TEMPLATES, Tokenizer
+from r1jax.errors import UserError
+from r1jax.model.tokenizer import TEMPLATES, Tokenizer
 
 _META, _ESC = "\u2581", "\U000f0000"  # as model.tokenizer
 _KINDS = {1: "normal", 2: "unknown", 3: "control", 4: "user_defined", 5: "unused", 6: "byte"}

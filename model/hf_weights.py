@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
-from model.config import ModelConfig
+from r1jax.model.config import ModelConfig
 
 Path = tuple  # keys into the pure parameter dict, e.g. ("segments", 0, "block", "mlp", "router")
 

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model.config import ModelConfig
-from sharding.context import constrain
+from r1jax.model.config import ModelConfig
+from r1jax.sharding.context import constrain
 
 Stack = tuple[int, ...]
 

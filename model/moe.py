@@ -11,11 +11,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model.config import ModelConfig
-from model.dispatch import expert_ffn
-from model.layers import MLP, RoutingBias, Stack, make_param
-from model.routing import expert_counts, load_balance_loss, route, router_z_loss
-from sharding.context import constrain
+from r1jax.model.config import ModelConfig
+from r1jax.model.dispatch import expert_ffn
+from r1jax.model.layers import MLP, RoutingBias, Stack, make_param
+from r1jax.model.routing import expert_counts, load_balance_loss, route, router_z_loss
+from r1jax.sharding.context import constrain
 
 
 class MoEAux(NamedTuple):

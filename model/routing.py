@@ -19,7 +19,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from model.config import ModelConfig
+from r1jax.model.config import ModelConfig
 
 
 class Routing(NamedTuple):

@@ -23,7 +23,7 @@ import pathlib
 import re
 from typing import Iterable, Optional, Sequence
 
-from model.errors import UserError
+from r1jax.errors import UserError
 
 THINK, END_THINK, ANSWER, END_ANSWER = "<think>", "</think>", "<answer>", "</answer>"
 TAGS = (THINK, END_THINK, ANSWER, END_ANSWER)

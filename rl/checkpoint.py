@@ -17,11 +17,11 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
 
-from model.decoder import Policy
-from model.errors import UserError
-from model.factory import abstract_policy
-from rl.config import Config, config_from_dicts, to_dict
-from sharding.rules import Rules
+from r1jax.model.decoder import Policy
+from r1jax.errors import UserError
+from r1jax.model.factory import abstract_policy
+from r1jax.rl.config import Config, config_from_dicts, to_dict
+from r1jax.sharding.rules import Rules
 
 
 def _manager(root: pathlib.Path, **options) -> ocp.CheckpointManager:
@@ -70,7 +70,7 @@ def load_policy(path: str | pathlib.Path, mesh: Mesh | None = None,
     graphdef, abstract_state = nnx.split(abstract_policy(config.model))
     target = nnx.to_pure_dict(abstract_state)
     if mesh is not None:
-        from sharding.params import state_shardings
+        from r1jax.sharding.params import state_shardings
 
         shardings = nnx.to_pure_dict(state_shardings(abstract_state, mesh, rules))
         target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
@@ -83,7 +83,7 @@ def load_policy(path: str | pathlib.Path, mesh: Mesh | None = None,
 
 def find_tokenizer(path: str | pathlib.Path):
     """The tokenizer a checkpoint carries (the trainer keeps it beside the steps), or None."""
-    from model.tokenizer import Tokenizer
+    from r1jax.model.tokenizer import Tokenizer
 
     root, step = resolve(path)
     for candidate in (root / str(step) / "tokenizer", root / "tokenizer", root.parent / "tokenizer"):
@@ -94,7 +94,7 @@ def find_tokenizer(path: str | pathlib.Path):
 
 def open_for_inference(path: str | pathlib.Path):
     """(config, policy on the config's mesh, mesh, rules, tokenizer or None) for generate/eval."""
-    from sharding.mesh import build_mesh
+    from r1jax.sharding.mesh import build_mesh
 
     config = load_config(path)
     mesh = build_mesh(config.sharding)

@@ -14,16 +14,16 @@ from typing import Any, Sequence
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from model.config import ModelConfig
-from model.errors import UserError
-from model.tokenizer import TokenizerConfig
-from rl.data.config import DataConfig
-from rl.grpo.config import GRPOConfig, OptimizerConfig
-from rl.rewards.config import PoolConfig, RewardsConfig
-from rl.sampler import SamplingConfig
-from rl.train.config import CheckpointConfig, EvalConfig, StageConfig
-from rl.update import UpdateConfig
-from sharding.mesh import ShardingConfig
+from r1jax.model.config import ModelConfig
+from r1jax.errors import UserError
+from r1jax.model.tokenizer import TokenizerConfig
+from r1jax.rl.data.config import DataConfig
+from r1jax.rl.grpo.config import GRPOConfig, OptimizerConfig
+from r1jax.rl.rewards.config import PoolConfig, RewardsConfig
+from r1jax.rl.sampler import SamplingConfig
+from r1jax.rl.train.config import CheckpointConfig, EvalConfig, StageConfig
+from r1jax.rl.update import UpdateConfig
+from r1jax.sharding.mesh import ShardingConfig
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 

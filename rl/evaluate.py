@@ -15,11 +15,11 @@ from typing import Sequence
 
 import numpy as np
 
-from rl.data import DataConfig
-from rl.data.pipeline import TaskSource
-from rl.rewards import RewardPool, extract_answer
-from rl.train.config import DEFAULT_REFLECTION_WORDS, EvalConfig
-from rl.train.rollouts import decode_completions, encode_prompts, reflection_rate, score_items
+from r1jax.rl.data import DataConfig
+from r1jax.rl.data.pipeline import TaskSource
+from r1jax.rl.rewards import RewardPool, extract_answer
+from r1jax.rl.train.config import DEFAULT_REFLECTION_WORDS, EvalConfig
+from r1jax.rl.train.rollouts import decode_completions, encode_prompts, reflection_rate, score_items
 
 
 def held_out_problems(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | None = None) -> list[dict]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from model.decoder import Policy, PolicyOutput
+from r1jax.model.decoder import Policy, PolicyOutput
 
 
 def completion_logprobs(policy: Policy, tokens_BT: jax.Array, valid_BT: jax.Array, positions_BT: jax.Array,

@@ -23,12 +23,12 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
-from model.config import ModelConfig
-from model.errors import UserError
-from model.layers import RoutingBias
-from model.routing import update_routing_bias
-from rl.grpo.optimizer import grad_norms
-from rl.grpo.stats import combine_stats, finalize_stats
+from r1jax.model.config import ModelConfig
+from r1jax.errors import UserError
+from r1jax.model.layers import RoutingBias
+from r1jax.model.routing import update_routing_bias
+from r1jax.rl.grpo.optimizer import grad_norms
+from r1jax.rl.grpo.stats import combine_stats, finalize_stats
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,18 +35,18 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from model.config import ModelConfig
-from model.errors import UserError
-from model.factory import abstract_policy
-from rl.grpo.optimizer import make_optimizer
-from rl.grpo.step import make_grpo_step, reference_logprobs
-from rl.sampler import bucket_length, generate_padded
-from rl.update import TrainState, split_policy
-from sharding.context import use_mesh
-from sharding.mesh import ShardingConfig, build_mesh
-from sharding.params import tree_shardings
-from sharding.rules import Rules
-from sharding.topology import Topology, abstract_devices, parse_oom
+from r1jax.model.config import ModelConfig
+from r1jax.errors import UserError
+from r1jax.model.factory import abstract_policy
+from r1jax.rl.grpo.optimizer import make_optimizer
+from r1jax.rl.grpo.step import make_grpo_step, reference_logprobs
+from r1jax.rl.sampler import bucket_length, generate_padded
+from r1jax.rl.update import TrainState, split_policy
+from r1jax.sharding.context import use_mesh
+from r1jax.sharding.mesh import ShardingConfig, build_mesh
+from r1jax.sharding.params import tree_shardings
+from r1jax.sharding.rules import Rules
+from r1jax.sharding.topology import Topology, abstract_devices, parse_oom
 
 DEFAULT_PROMPT_LEN = 512  # R1-style math prompts with the chat template fit well within this bucket
 
@@ -338,7 +338,7 @@ def compile_setup(setup: Setup) -> dict[str, ProgramStats]:
 
 def compile_report(config, topology: Topology, mesh: str, workload: Workload, hbm: tuple[int, str]) -> Report:
     """Compile the GRPO programs under mesh preset `mesh`; `hbm` is (bytes per device, its source)."""
-    from sharding.mesh_presets import resolve_mesh
+    from r1jax.sharding.mesh_presets import resolve_mesh
 
     setup = make_setup(config, topology, resolve_mesh(mesh, config.sharding), workload)
     return _report(setup, topology, mesh, hbm)
@@ -352,7 +352,7 @@ def _report(setup: Setup, topology: Topology, mesh: str, hbm: tuple[int, str]) -
 def alternatives(config, topology: Topology, workload: Workload, hbm: tuple[int, str], skip: str) -> list[dict]:
     """Every other mesh preset, judged: invalid ones (a mesh that does not divide) with the reason; those
     whose resident state and batch alone exceed HBM without compiling; the rest compiled."""
-    from sharding.mesh_presets import MESH_PRESETS, resolve_mesh
+    from r1jax.sharding.mesh_presets import MESH_PRESETS, resolve_mesh
 
     out = []
     for name in MESH_PRESETS:

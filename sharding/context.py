@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 import jax
 from jax.sharding import Mesh
 
-from sharding.rules import Rules
+from r1jax.sharding.rules import Rules
 
 _RULES: contextvars.ContextVar[Rules | None] = contextvars.ContextVar("r1jax_rules", default=None)
 

@@ -26,7 +26,7 @@ import os
 import re
 from typing import Mapping, Optional
 
-from model.errors import UserError
+from r1jax.errors import UserError
 
 ENV_COORDINATOR = "R1JAX_COORDINATOR"
 ENV_NUM_PROCESSES = "R1JAX_NUM_PROCESSES"

@@ -10,8 +10,9 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh
 
-from model.errors import UserError
-from sharding import MESH_AXES
+from r1jax.errors import UserError
+from r1jax.sharding import MESH_AXES
+from r1jax.sharding.rules import PRESETS, Rules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,8 +26,11 @@ class ShardingConfig:
     preset: str = "fsdp_expert_tensor"  # see sharding.rules.PRESETS
     rules: Optional[dict[str, list[str]]] = None  # per-name overrides of the preset's table
 
+    def logical_rules(self) -> "Rules":
+        """The logical-to-mesh table this config names: its preset with its per-name overrides."""
+        return Rules.preset(self.preset, self.rules)
+
     def __post_init__(self) -> None:
-        from sharding.rules import PRESETS
 
         sizes = [getattr(self, a) for a in MESH_AXES]
         for axis, size in zip(MESH_AXES, sizes):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from model.errors import UserError
+from r1jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +28,7 @@ class MeshPreset:
         return dataclasses.replace(self, description=description, **changes)
 
     def sharding(self):
-        from sharding.mesh import ShardingConfig
+        from r1jax.sharding.mesh import ShardingConfig
 
         return ShardingConfig(self.data, self.fsdp, self.expert, self.tensor, self.preset, self.rules)
 

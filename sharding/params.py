@@ -6,7 +6,7 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from sharding.rules import Rules
+from r1jax.sharding.rules import Rules
 
 
 def _is_variable(x) -> bool:
@@ -51,3 +51,13 @@ def tree_shardings(tree, mesh: Mesh, rules: Rules):
         return replicated
 
     return jax.tree_util.tree_map_with_path(one, tree, is_leaf=_is_variable)
+
+
+def abstract_sharded(tree, mesh: Mesh, rules: Rules):
+    """ShapeDtypeStructs of `tree`'s leaves (arrays or ShapeDtypeStructs, inside NNX Variables or plain), each
+    carrying the sharding `tree_shardings` gives it: a restore target or a compile argument, same structure."""
+    shardings = jax.tree.leaves(tree_shardings(tree, mesh, rules),
+                                is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+    leaves, treedef = jax.tree.flatten(tree)
+    return jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+                                        for x, s in zip(leaves, shardings, strict=True)])

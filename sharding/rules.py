@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 
 from jax.sharding import PartitionSpec
 
-from model.errors import UserError
+from r1jax.errors import UserError
 
 MeshAxes = tuple[str, ...]
 

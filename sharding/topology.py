@@ -20,7 +20,7 @@ import math
 import os
 import re
 
-from model.errors import UserError
+from r1jax.errors import UserError
 
 # HBM per chip in GiB, from the Cloud TPU system-architecture pages (cloud.google.com/tpu/docs/v4, v5e,
 # v5p, v6e): v4 32 GiB, v5e 16 GiB, v5p 95 GiB, v6e (Trillium) 32 GiB. Used only when the compiler's own

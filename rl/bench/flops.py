@@ -20,8 +20,8 @@ B rows of T tokens: padding is computed like real tokens, so every position coun
 
 from __future__ import annotations
 
-from model.config import ModelConfig
-from model.factory import count_params
+from r1jax.model.config import ModelConfig
+from r1jax.model.factory import count_params
 
 
 def matmul_params(cfg: ModelConfig) -> int:

@@ -15,8 +15,8 @@ import tempfile
 
 import numpy as np
 
-from model.hf_io import export_hf
-from rl.bench.timing import best_seconds, decode_tokens_per_s
+from r1jax.model.hf_io import export_hf
+from r1jax.rl.bench.timing import best_seconds, decode_tokens_per_s
 
 # null in the JSON of a run without --against hf
 KEYS = ("hf_prefill_tokens_per_s", "hf_decode_tokens_per_s", "hf_decode_tokens_per_s_by_threads",

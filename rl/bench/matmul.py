@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from rl.bench.timing import best_seconds
+from r1jax.rl.bench.timing import best_seconds
 
 
 def matmul_flops(n: int) -> int:

@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model.config import ModelConfig
-from model.moe import MoE
-from rl.bench.timing import best_seconds
+from r1jax.model.config import ModelConfig
+from r1jax.model.moe import MoE
+from r1jax.rl.bench.timing import best_seconds
 
 EXPERTS = (8, 64)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from rl.rewards import PoolConfig, RewardPool, RewardsConfig, ScoreItem
-from rl.tasks import get_task
+from r1jax.rl.rewards import PoolConfig, RewardPool, RewardsConfig, ScoreItem
+from r1jax.rl.tasks import get_task
 
 # Distinct per index (math-verify caches recent parses): fractions, polynomials, sets, intervals, roots.
 MATH = [(r"\frac{{{i}}}{{{j}}}", "{i}/{j}"), ("x^2-{k}", "(x-{i})(x+{i})"), (r"\{{{i},{j}\}}", r"\{{{j},{i}\}}"),

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rl.bench.timing import best_seconds, best_seconds_threaded, decode_tokens_per_s
-from rl.sampler import generate_padded
+from r1jax.rl.bench.timing import best_seconds, best_seconds_threaded, decode_tokens_per_s
+from r1jax.rl.sampler import generate_padded
 
 DECODE_POSITIONS = (128, 1024)
 

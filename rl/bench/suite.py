@@ -17,19 +17,19 @@ from typing import Sequence
 import numpy as np
 from flax import nnx
 
-from model.factory import count_params, init_policy
-from rl.bench import hf
-from rl.bench.matmul import matmul_peak
-from rl.bench.moe import moe_figures
-from rl.bench.report import with_goals
-from rl.bench.reward_pool import pool_figures
-from rl.bench.sampler import bench_prompts, greedy_generate, sampler_figures
-from rl.bench.timing import device_info
-from rl.bench.train_step import train_figures
-from rl.config import load_config
-from sharding.context import use_mesh
-from sharding.mesh import build_mesh
-from sharding.rules import Rules
+from r1jax.model.factory import count_params, init_policy
+from r1jax.rl.bench import hf
+from r1jax.rl.bench.matmul import matmul_peak
+from r1jax.rl.bench.moe import moe_figures
+from r1jax.rl.bench.report import with_goals
+from r1jax.rl.bench.reward_pool import pool_figures
+from r1jax.rl.bench.sampler import bench_prompts, greedy_generate, sampler_figures
+from r1jax.rl.bench.timing import device_info
+from r1jax.rl.bench.train_step import train_figures
+from r1jax.rl.config import load_config
+from r1jax.sharding.context import use_mesh
+from r1jax.sharding.mesh import build_mesh
+from r1jax.sharding.rules import Rules
 
 
 @dataclasses.dataclass(frozen=True)

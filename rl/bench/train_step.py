@@ -14,14 +14,14 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from model.errors import UserError
-from rl.bench.flops import train_step_flops
-from rl.bench.timing import best_seconds_threaded
-from rl.grpo.aggregation import global_normalisers, token_weights_BT
-from rl.grpo.optimizer import make_optimizer
-from rl.grpo.step import make_grpo_step
-from rl.update import init_train_state
-from sharding.params import tree_shardings
+from r1jax.errors import UserError
+from r1jax.rl.bench.flops import train_step_flops
+from r1jax.rl.bench.timing import best_seconds_threaded
+from r1jax.rl.grpo.aggregation import global_normalisers, token_weights_BT
+from r1jax.rl.grpo.optimizer import make_optimizer
+from r1jax.rl.grpo.step import make_grpo_step
+from r1jax.rl.update import init_train_state
+from r1jax.sharding.params import tree_shardings
 
 
 def synthetic_batch(config, rows: int, prompt_len: int, new_tokens: int, seed: int = 0) -> dict:

@@ -26,9 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.errors import UserError
-    from rl.bench.report import render_table
-    from rl.bench.suite import run_bench
+    from r1jax.errors import UserError
+    from r1jax.rl.bench.report import render_table
+    from r1jax.rl.bench.suite import run_bench
 
     workers = None
     if args.workers:
@@ -53,7 +53,7 @@ def _require_hf() -> None:
     """Fail before any measuring when the HF comparison cannot run."""
     import importlib.util
 
-    from model.errors import UserError
+    from r1jax.errors import UserError
 
     missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
     if missing:

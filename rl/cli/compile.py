@@ -10,13 +10,13 @@ import json
 import os
 import sys
 
-from rl.cli.common import add_config_arguments, split_config_and_overrides
+from r1jax.rl.cli.common import add_config_arguments, split_config_and_overrides
 
 GIB = 2**30
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from sharding.mesh_presets import MESH_PRESETS
+    from r1jax.sharding.mesh_presets import MESH_PRESETS
 
     add_config_arguments(parser)
     parser.add_argument("--topology", required=True,
@@ -40,10 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _host_compiles_on_cpu()
-    from rl.config import load_config
-    from sharding.aot import alternatives, compile_report, workload_for
-    from sharding.mesh_presets import resolve_mesh
-    from sharding.topology import device_hbm_bytes, parse_topology
+    from r1jax.rl.config import load_config
+    from r1jax.sharding.aot import alternatives, compile_report, workload_for
+    from r1jax.sharding.mesh_presets import resolve_mesh
+    from r1jax.sharding.topology import device_hbm_bytes, parse_topology
 
     name, overrides = split_config_and_overrides(args.config, args.overrides)
     config = load_config(name, overrides)

@@ -31,13 +31,13 @@ def run(args: argparse.Namespace) -> int:
 
     from flax import nnx
 
-    from model.errors import UserError
-    from rl.checkpoint import open_for_inference
-    from rl.data import load_problems
-    from rl.evaluate import evaluate, held_out_problems
-    from rl.rewards import RewardPool
-    from rl.sampler import Sampler
-    from sharding.context import use_mesh
+    from r1jax.errors import UserError
+    from r1jax.rl.checkpoint import open_for_inference
+    from r1jax.rl.data import load_problems
+    from r1jax.rl.evaluate import evaluate, held_out_problems
+    from r1jax.rl.rewards import RewardPool
+    from r1jax.rl.sampler import Sampler
+    from r1jax.sharding.context import use_mesh
 
     config, policy, mesh, rules, tokenizer = open_for_inference(args.checkpoint)
     if tokenizer is None:

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_size(text: str) -> int:
-    from model.errors import UserError
+    from r1jax.errors import UserError
 
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
     if not match or match.group(2).upper() not in _UNITS or float(match.group(1)) <= 0:
@@ -45,13 +45,13 @@ def parse_size(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     import jax
 
-    from model.errors import UserError
-    from model.hf_io import export_hf
-    from model.hf_tokenizer import chat_template, save_hf_tokenizer, token_ids
-    from rl.checkpoint import load_config, load_policy
-    from rl.config import _parse_overrides, config_from_dicts, to_dict
-    from sharding.mesh import build_mesh
-    from sharding.rules import Rules
+    from r1jax.errors import UserError
+    from r1jax.model.hf_io import export_hf
+    from r1jax.model.hf_tokenizer import chat_template, save_hf_tokenizer, token_ids
+    from r1jax.rl.checkpoint import load_config, load_policy
+    from r1jax.rl.config import _parse_overrides, config_from_dicts, to_dict
+    from r1jax.sharding.mesh import build_mesh
+    from r1jax.sharding.rules import Rules
 
     bad = [o for o in args.overrides if not o.startswith("sharding.")]
     if bad:
@@ -77,9 +77,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _tokenizer(path: str | None, vocab_size: int, checkpoint: str):
-    from model.errors import UserError
-    from model.tokenizer import Tokenizer
-    from rl.checkpoint import find_tokenizer
+    from r1jax.errors import UserError
+    from r1jax.model.tokenizer import Tokenizer
+    from r1jax.rl.checkpoint import find_tokenizer
 
     if path is None:  # the tokenizer a trainer checkpoint carries, if any
         return find_tokenizer(checkpoint)

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_ids(text: str) -> list[int]:
-    from model.errors import UserError
+    from r1jax.errors import UserError
 
     try:
         ids = [int(part) for part in text.split(",") if part.strip()]
@@ -45,11 +45,11 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from flax import nnx
 
-    from model.errors import UserError
-    from model.tokenizer import apply_template
-    from rl.checkpoint import open_for_inference
-    from rl.sampler import Sampler
-    from sharding.context import use_mesh
+    from r1jax.errors import UserError
+    from r1jax.model.tokenizer import apply_template
+    from r1jax.rl.checkpoint import open_for_inference
+    from r1jax.rl.sampler import Sampler
+    from r1jax.sharding.context import use_mesh
 
     if args.samples < 1 or args.max_new_tokens < 1:
         raise UserError("--samples and --max-new-tokens must be >= 1")

@@ -19,11 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.errors import UserError
-    from model.hf_io import HFCheckpoint, hf_run_config, import_params
-    from rl.checkpoint import save_policy
-    from sharding.mesh import build_mesh
-    from sharding.rules import Rules
+    from r1jax.errors import UserError
+    from r1jax.model.hf_io import HFCheckpoint, hf_run_config, import_params
+    from r1jax.rl.checkpoint import save_policy
+    from r1jax.sharding.mesh import build_mesh
+    from r1jax.sharding.rules import Rules
 
     config, notes = hf_run_config(args.hf_dir, args.overrides)
     for note in notes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from rl.cli.common import add_config_arguments, split_config_and_overrides
+from r1jax.rl.cli.common import add_config_arguments, split_config_and_overrides
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,8 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.factory import count_params
-    from rl.config import load_config
+    from r1jax.model.factory import count_params
+    from r1jax.rl.config import load_config
 
     name, overrides = split_config_and_overrides(args.config, args.overrides)
     config = load_config(name, overrides)

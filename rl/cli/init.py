@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-from rl.cli.common import split_config_and_overrides
+from r1jax.rl.cli.common import split_config_and_overrides
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,13 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from model.errors import UserError
-    from model.factory import init_policy
-    from rl.checkpoint import save_policy
-    from rl.config import load_config
-    from sharding.context import use_mesh
-    from sharding.mesh import build_mesh
-    from sharding.rules import Rules
+    from r1jax.errors import UserError
+    from r1jax.model.factory import init_policy
+    from r1jax.rl.checkpoint import save_policy
+    from r1jax.rl.config import load_config
+    from r1jax.sharding.context import use_mesh
+    from r1jax.sharding.mesh import build_mesh
+    from r1jax.sharding.rules import Rules
 
     name, overrides = split_config_and_overrides(args.config, args.overrides)
     config = load_config(name, overrides)

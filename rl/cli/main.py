@@ -13,17 +13,17 @@ import sys
 
 # (name, module, one-line help). A module defines add_arguments(parser) and run(args) -> int.
 COMMANDS = [
-    ("info", "rl.cli.info", "print a config's family and parameter counts as JSON"),
-    ("init", "rl.cli.init", "write a randomly initialised checkpoint"),
-    ("train", "rl.cli.train", "run a config's stages (SFT, GRPO, ...) into a run directory; resumes"),
-    ("generate", "rl.cli.generate", "sample completions from a checkpoint"),
-    ("eval", "rl.cli.eval", "evaluate a checkpoint: pass@1 over k samples, cons@k, pass@k"),
-    ("score", "rl.cli.score", "score saved completions with the training rewards (JSON lines out)"),
-    ("tokenizer", "rl.cli.tokenizer", "train the policy's sentencepiece tokenizer"),
-    ("export-hf", "rl.cli.export_hf", "export a checkpoint as a Hugging Face checkpoint (safetensors)"),
-    ("import-hf", "rl.cli.import_hf", "convert a Hugging Face checkpoint into an r1jax checkpoint"),
-    ("compile", "rl.cli.compile", "compile a GRPO step for a TPU slice on this host; report memory per chip"),
-    ("bench", "rl.cli.bench", "measure this machine: sampler, train step and MFU, reward pool, MoE, vs HF"),
+    ("info", "r1jax.rl.cli.info", "print a config's family and parameter counts as JSON"),
+    ("init", "r1jax.rl.cli.init", "write a randomly initialised checkpoint"),
+    ("train", "r1jax.rl.cli.train", "run a config's stages (SFT, GRPO, ...) into a run directory; resumes"),
+    ("generate", "r1jax.rl.cli.generate", "sample completions from a checkpoint"),
+    ("eval", "r1jax.rl.cli.eval", "evaluate a checkpoint: pass@1 over k samples, cons@k, pass@k"),
+    ("score", "r1jax.rl.cli.score", "score saved completions with the training rewards (JSON lines out)"),
+    ("tokenizer", "r1jax.rl.cli.tokenizer", "train the policy's sentencepiece tokenizer"),
+    ("export-hf", "r1jax.rl.cli.export_hf", "export a checkpoint as a Hugging Face checkpoint (safetensors)"),
+    ("import-hf", "r1jax.rl.cli.import_hf", "convert a Hugging Face checkpoint into an r1jax checkpoint"),
+    ("compile", "r1jax.rl.cli.compile", "compile a GRPO step for a TPU slice on this host; report memory per chip"),
+    ("bench", "r1jax.rl.cli.bench", "measure this machine: sampler, train step and MFU, reward pool, MoE, vs HF"),
 ]
 
 
@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         fake_cpu_devices(args.cpu_devices)
     pin_cpu_without_accelerators()
     quiet_libraries()
-    from model.errors import UserError
-    from sharding.distributed import PeerLost
+    from r1jax.errors import UserError
+    from r1jax.sharding.distributed import PeerLost
 
     try:
         return int(args._module.run(args) or 0)

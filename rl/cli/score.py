@@ -32,9 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_items(path: str) -> tuple[list[dict], list]:
     """Every row validated up front (a bad row fails before anything is scored)."""
-    from model.errors import UserError
-    from rl.data.records import check_task, read_rows, text_field
-    from rl.rewards import ScoreItem
+    from r1jax.errors import UserError
+    from r1jax.rl.data.records import check_task, read_rows, text_field
+    from r1jax.rl.rewards import ScoreItem
 
     rows, items = [], []
     for number, row in read_rows(path):
@@ -54,8 +54,8 @@ def read_items(path: str) -> tuple[list[dict], list]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rl.rewards import PoolConfig, RewardPool, RewardsConfig
-    from rl.rewards.functions import check_names
+    from r1jax.rl.rewards import PoolConfig, RewardPool, RewardsConfig
+    from r1jax.rl.rewards.functions import check_names
 
     names = tuple(n.strip() for n in args.rewards.split(",") if n.strip())
     rewards = RewardsConfig(names=names, weights=(1.0,) * len(names), language=args.language,

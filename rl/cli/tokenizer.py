@@ -30,9 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def corpus_for(spec: str, problems_per_level: int, seed: int):
-    from model.errors import UserError
-    from rl.data import file_corpus, task_corpus
-    from rl.tasks import TASKS
+    from r1jax.errors import UserError
+    from r1jax.rl.data import file_corpus, task_corpus
+    from r1jax.rl.tasks import TASKS
 
     if pathlib.Path(spec).is_file():
         return file_corpus(spec)
@@ -45,7 +45,7 @@ def corpus_for(spec: str, problems_per_level: int, seed: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.tokenizer import train_tokenizer
+    from r1jax.model.tokenizer import train_tokenizer
 
     corpus = corpus_for(args.input, args.problems_per_level, args.seed)
     tokenizer = train_tokenizer(corpus, args.vocab_size, args.model_type)

@@ -15,7 +15,7 @@ import argparse
 import pathlib
 import time
 
-from rl.cli.common import split_config_and_overrides
+from r1jax.rl.cli.common import split_config_and_overrides
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.errors import UserError
-    from sharding import distributed
+    from r1jax.errors import UserError
+    from r1jax.sharding import distributed
 
     launch = distributed.Launch.resolve(args.coordinator, args.num_processes, args.process_id, args.distributed,
                                         args.peer_timeout_s)
@@ -55,10 +55,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, primary: bool) -> int:
-    from rl.config import load_config, to_yaml
-    from rl.train.console import RunConsole, silence_libraries
-    from rl.train.trainer import Trainer
-    from sharding import distributed
+    from r1jax.rl.config import load_config, to_yaml
+    from r1jax.rl.train.console import RunConsole, silence_libraries
+    from r1jax.rl.train.trainer import Trainer
+    from r1jax.sharding import distributed
 
     silence_libraries()
     name, overrides = split_config_and_overrides(args.config, args.overrides)
@@ -84,6 +84,6 @@ def _print_outcome(console, summary: dict) -> None:
     if summary.get("stopped_at_step") is not None:
         console.log(f"stopped at step {summary['stopped_at_step']}; resume with --run-dir")
     elif summary.get("rl_gain"):
-        from rl.train.outcome import describe
+        from r1jax.rl.train.outcome import describe
 
         console.log(describe(summary["rl_gain"]))

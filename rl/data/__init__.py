@@ -6,10 +6,10 @@
     tokenizer = build_tokenizer(TokenizerConfig(), DataConfig())   # load tokenizer.path or train on the data
 """
 
-from rl.data.config import DataConfig
-from rl.data.corpus import build_tokenizer, file_corpus, task_corpus
-from rl.data.pipeline import TaskSource, build_source, make_dataset, make_iterator
-from rl.data.records import load_problems, read_rows, text_field
+from r1jax.rl.data.config import DataConfig
+from r1jax.rl.data.corpus import build_tokenizer, file_corpus, task_corpus
+from r1jax.rl.data.pipeline import TaskSource, build_source, make_dataset, make_iterator
+from r1jax.rl.data.records import load_problems, read_rows, text_field
 
 __all__ = ["DataConfig", "TaskSource", "build_source", "build_tokenizer", "file_corpus", "load_problems",
            "make_dataset",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Optional
 
-from model.errors import UserError
+from r1jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,7 +20,7 @@ class DataConfig:
     default_task: str = "math"  # verifier for user rows without a `task` field
 
     def __post_init__(self) -> None:
-        from rl.tasks import TASKS
+        from r1jax.rl.tasks import TASKS
 
         if not self.tasks and self.path is None:
             raise UserError("data.tasks is empty and data.path is not set: nothing to train on")
@@ -41,6 +41,6 @@ class DataConfig:
 
     def task(self, name: str, difficulty: Optional[int] = None):
         """Task `name` at `difficulty` (default: data.difficulty) with this config's knobs for it."""
-        from rl.tasks import get_task
+        from r1jax.rl.tasks import get_task
 
         return get_task(name, difficulty or self.difficulty, **self.task_knobs.get(name, {}))

@@ -8,10 +8,10 @@ from __future__ import annotations
 import pathlib
 from typing import Iterator, Sequence
 
-from model.tokenizer import TEMPLATES, Tokenizer, TokenizerConfig, train_tokenizer
-from rl.data.config import DataConfig
-from rl.data.records import read_rows
-from rl.tasks import get_task
+from r1jax.model.tokenizer import TEMPLATES, Tokenizer, TokenizerConfig, train_tokenizer
+from r1jax.rl.data.config import DataConfig
+from r1jax.rl.data.records import read_rows
+from r1jax.rl.tasks import get_task
 
 
 def task_corpus(task_names: Sequence[str], problems_per_level: int = 400, seed: int = 0) -> Iterator[str]:

@@ -19,10 +19,10 @@ from typing import Optional, Sequence
 
 import grain
 
-from model.errors import UserError
-from rl.data.config import DataConfig
-from rl.data.records import load_problems
-from rl.tasks import Task
+from r1jax.errors import UserError
+from r1jax.rl.data.config import DataConfig
+from r1jax.rl.data.records import load_problems
+from r1jax.rl.tasks import Task
 
 
 class TaskSource:

@@ -11,7 +11,7 @@ import json
 import pathlib
 from typing import Iterator
 
-from model.errors import UserError
+from r1jax.errors import UserError
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -71,7 +71,7 @@ def text_field(row: dict, field: str, where: str, required: bool, numbers_ok: bo
 
 
 def check_task(row: dict, where: str, default: str) -> str:
-    from rl.tasks import TASKS
+    from r1jax.rl.tasks import TASKS
 
     task = text_field(row, "task", where, required=False) or default
     if task not in TASKS:

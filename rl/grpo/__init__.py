@@ -15,15 +15,15 @@ A train step, per rollout batch:
   sum the losses (and grads), combine_stats the stats, finalize_stats once.
 """
 
-from rl.grpo.advantages import ADVANTAGE_ESTIMATORS, compute_advantages, nonzero_std_mask_P
-from rl.grpo.aggregation import AGGREGATIONS, Normalisers, global_normalisers, token_weights_BT
-from rl.grpo.config import GRPOConfig, OptimizerConfig
-from rl.grpo.kl import KL_ESTIMATORS
-from rl.grpo.logprobs import token_logp_and_entropy
-from rl.grpo.losses import clipped_surrogate_BT, grpo_loss, kl_penalty_BT
-from rl.grpo.optimizer import SkipState, grad_norms, lr_schedule, make_optimizer, skip_counts, skip_nonfinite
-from rl.grpo.ratios import RATIO_LEVELS, masked_log_ratio_BT, tis_weight_BT
-from rl.grpo.stats import combine_stats, finalize_stats, zeros_like_stats
+from r1jax.rl.grpo.advantages import ADVANTAGE_ESTIMATORS, compute_advantages, nonzero_std_mask_P
+from r1jax.rl.grpo.aggregation import AGGREGATIONS, Normalisers, global_normalisers, token_weights_BT
+from r1jax.rl.grpo.config import GRPOConfig, OptimizerConfig
+from r1jax.rl.grpo.kl import KL_ESTIMATORS
+from r1jax.rl.grpo.logprobs import token_logp_and_entropy
+from r1jax.rl.grpo.losses import clipped_surrogate_BT, grpo_loss, kl_penalty_BT
+from r1jax.rl.grpo.optimizer import SkipState, grad_norms, lr_schedule, make_optimizer, skip_counts, skip_nonfinite
+from r1jax.rl.grpo.ratios import RATIO_LEVELS, masked_log_ratio_BT, tis_weight_BT
+from r1jax.rl.grpo.stats import combine_stats, finalize_stats, zeros_like_stats
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS", "AGGREGATIONS", "KL_ESTIMATORS", "RATIO_LEVELS",

@@ -9,11 +9,11 @@ Supplementary "Training details of DeepSeek-R1-Zero") unless a later paper is na
 import dataclasses
 from typing import Optional
 
-from model.errors import UserError
-from rl.grpo.advantages import ADVANTAGE_ESTIMATORS
-from rl.grpo.aggregation import AGGREGATIONS
-from rl.grpo.kl import KL_ESTIMATORS
-from rl.grpo.ratios import RATIO_LEVELS
+from r1jax.errors import UserError
+from r1jax.rl.grpo.advantages import ADVANTAGE_ESTIMATORS
+from r1jax.rl.grpo.aggregation import AGGREGATIONS
+from r1jax.rl.grpo.kl import KL_ESTIMATORS
+from r1jax.rl.grpo.ratios import RATIO_LEVELS
 
 SCHEDULES = ("constant", "warmup_cosine")
 

@@ -10,10 +10,10 @@ Per-token loss: loss_BT = tis_BT * pg_BT + beta * kl_BT, pg_BT the clipped surro
 import jax
 import jax.numpy as jnp
 
-from rl.grpo.config import GRPOConfig
-from rl.grpo.kl import KL_ESTIMATORS
-from rl.grpo.ratios import RATIO_LEVELS, masked_log_ratio_BT, tis_weight_BT
-from rl.grpo.stats import Stats, masked_max, masked_sum
+from r1jax.rl.grpo.config import GRPOConfig
+from r1jax.rl.grpo.kl import KL_ESTIMATORS
+from r1jax.rl.grpo.ratios import RATIO_LEVELS, masked_log_ratio_BT, tis_weight_BT
+from r1jax.rl.grpo.stats import Stats, masked_max, masked_sum
 
 
 def clipped_surrogate_BT(

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rl.grpo.config import OptimizerConfig
+from r1jax.rl.grpo.config import OptimizerConfig
 
 
 def _cosine_factor(cfg: OptimizerConfig, step: jax.Array) -> jax.Array:

@@ -16,12 +16,12 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from model.config import ModelConfig
-from rl.grpo.aggregation import global_normalisers, token_weights_BT
-from rl.grpo.config import GRPOConfig
-from rl.grpo.logprobs import token_logp_and_entropy
-from rl.grpo.losses import grpo_loss
-from rl.update import UpdateConfig, add_router_losses, make_update_step
+from r1jax.model.config import ModelConfig
+from r1jax.rl.grpo.aggregation import global_normalisers, token_weights_BT
+from r1jax.rl.grpo.config import GRPOConfig
+from r1jax.rl.grpo.logprobs import token_logp_and_entropy
+from r1jax.rl.grpo.losses import grpo_loss
+from r1jax.rl.update import UpdateConfig, add_router_losses, make_update_step
 
 
 def rollout_batch(rollout, adv_B: jax.Array, cfg: GRPOConfig, max_new_tokens: int,

@@ -11,10 +11,10 @@ The trainer uses the pool, never `score_item` directly: model text is only parse
 processes, and only through r1jax's own bounded parsers or math-verify's LaTeX grammar.
 """
 
-from rl.rewards.config import LANGUAGE_SCRIPTS, PoolConfig, RewardsConfig
-from rl.rewards.extract import extract_answer, split_completion
-from rl.rewards.functions import REWARDS, ScoreItem, combine, register_reward, score_item
-from rl.rewards.pool import STATUSES, BatchHandle, RewardPool, ScoreResult, batch_metrics
+from r1jax.rl.rewards.config import LANGUAGE_SCRIPTS, PoolConfig, RewardsConfig
+from r1jax.rl.rewards.extract import extract_answer, split_completion
+from r1jax.rl.rewards.functions import REWARDS, ScoreItem, combine, register_reward, score_item
+from r1jax.rl.rewards.pool import STATUSES, BatchHandle, RewardPool, ScoreResult, batch_metrics
 
 __all__ = ["LANGUAGE_SCRIPTS", "REWARDS", "STATUSES", "BatchHandle", "PoolConfig", "RewardPool",
            "RewardsConfig", "ScoreItem", "ScoreResult", "batch_metrics", "combine", "extract_answer",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from model.errors import UserError
+from r1jax.errors import UserError
 
 # Language code -> Unicode script names (the first word of unicodedata.name) that count as that language.
 LANGUAGE_SCRIPTS = {

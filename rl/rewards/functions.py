@@ -23,9 +23,9 @@ import re
 import unicodedata
 from typing import Callable, Optional
 
-from model.errors import UserError
-from rl.rewards.config import LANGUAGE_SCRIPTS, RewardsConfig
-from rl.rewards.extract import ANSWER, END_ANSWER, END_THINK, THINK, extract_answer, split_completion
+from r1jax.errors import UserError
+from r1jax.rl.rewards.config import LANGUAGE_SCRIPTS, RewardsConfig
+from r1jax.rl.rewards.extract import ANSWER, END_ANSWER, END_THINK, THINK, extract_answer, split_completion
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +58,7 @@ def check_names(config: RewardsConfig) -> None:
 
 @functools.lru_cache(maxsize=64)
 def _task(name: str):
-    from rl.tasks import TASKS, get_task
+    from r1jax.rl.tasks import TASKS, get_task
 
     if name not in TASKS:
         return get_task(name)  # the UserError naming the known tasks

@@ -26,10 +26,10 @@ from typing import Sequence
 
 import pebble
 
-from model.errors import UserError
-from rl.rewards import worker
-from rl.rewards.config import PoolConfig, RewardsConfig
-from rl.rewards.functions import ScoreItem, check_names, combine
+from r1jax.errors import UserError
+from r1jax.rl.rewards import worker
+from r1jax.rl.rewards.config import PoolConfig, RewardsConfig
+from r1jax.rl.rewards.functions import ScoreItem, check_names, combine
 
 STATUSES = ("ok", "timeout", "crashed", "error")
 STARTUP_TIMEOUT_S = 120.0  # a cold worker imports sympy and math-verify

@@ -39,7 +39,7 @@ def initialize(memory_mb: int, modules: Sequence[str]) -> None:
         limit = memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout disabled" notice, per worker
-    import rl.rewards.functions  # noqa: F401  (the built-in rewards and tasks)
+    import r1jax.rl.rewards.functions  # noqa: F401  (the built-in rewards and tasks)
 
     for name in modules:
         importlib.import_module(name)
@@ -48,14 +48,14 @@ def initialize(memory_mb: int, modules: Sequence[str]) -> None:
 
 def _warm_up() -> None:
     """Import sympy and math-verify now, so a fresh worker's first item is not charged for them."""
-    from rl.tasks import get_task
+    from r1jax.rl.tasks import get_task
 
     get_task("math").verify("x^2-1", "(x-1)(x+1)")  # parse, compare, simplify (imports sympy.physics)
     get_task("algebra").verify("2x", "x+x")
 
 
 def score(item, config) -> tuple[str, dict, str | None, int]:
-    from rl.rewards.functions import score_item
+    from r1jax.rl.rewards.functions import score_item
 
     try:
         return "ok", score_item(item, config), None, os.getpid()

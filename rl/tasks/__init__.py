@@ -9,7 +9,7 @@ user data: math-verify equivalence of LaTeX / plain answers). Verifiers never ra
 pass it to eval, sympify or parse_expr.
 """
 
-from rl.tasks import algebra, arithmetic, countdown, math_answer  # noqa: F401  (register the built-ins)
-from rl.tasks.base import TASKS, Problem, Task, get_task, register_task, strip_markup, task_names
+from r1jax.rl.tasks import algebra, arithmetic, countdown, math_answer  # noqa: F401  (register the built-ins)
+from r1jax.rl.tasks.base import TASKS, Problem, Task, get_task, register_task, strip_markup, task_names
 
 __all__ = ["TASKS", "Problem", "Task", "get_task", "register_task", "strip_markup", "task_names"]

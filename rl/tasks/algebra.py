@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import re
 
-from model.errors import UserError
-from rl.tasks import safe_math
-from rl.tasks.base import Problem, Task, r1_solution, register_task, strip_markup
+from r1jax.errors import UserError
+from r1jax.rl.tasks import safe_math
+from r1jax.rl.tasks.base import Problem, Task, r1_solution, register_task, strip_markup
 
 _LEADING_VAR = re.compile(r"^\s*x\s*=(?!=)")
 

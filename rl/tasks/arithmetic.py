@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from rl.tasks import safe_math
-from rl.tasks.base import Problem, Task, r1_solution, register_task, strip_markup
+from r1jax.rl.tasks import safe_math
+from r1jax.rl.tasks.base import Problem, Task, r1_solution, register_task, strip_markup
 
 _PRECEDENCE = {"*": 2, "+": 1, "-": 1}
 

@@ -18,7 +18,7 @@ import random
 import re
 from typing import Callable
 
-from model.errors import UserError
+from r1jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,8 +15,8 @@ import re
 from collections import Counter
 from fractions import Fraction
 
-from rl.tasks import safe_math
-from rl.tasks.base import Problem, Task, r1_solution, register_task, strip_markup
+from r1jax.rl.tasks import safe_math
+from r1jax.rl.tasks.base import Problem, Task, r1_solution, register_task, strip_markup
 
 MAX_TARGET = 1000
 MAX_TRIES = 20

@@ -17,8 +17,8 @@ from __future__ import annotations
 import re
 import threading
 
-from model.errors import UserError
-from rl.tasks.base import Problem, Task, register_task, strip_markup
+from r1jax.errors import UserError
+from r1jax.rl.tasks.base import Problem, Task, register_task, strip_markup
 
 MAX_NESTING = 16  # brackets of any kind; real answers rarely pass 4
 MAX_EXPONENT_DIGITS = 4  # 2^{9999} is cheap, 2^{99999999} is not

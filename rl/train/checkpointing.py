@@ -18,8 +18,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from model.errors import UserError
-from rl.config import Config, config_from_dicts, to_dict
+from r1jax.errors import UserError
+from r1jax.rl.config import Config, config_from_dicts, to_dict
 
 BEST_METRIC = "eval/pass@1"
 

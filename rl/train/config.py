@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from model.errors import UserError
+from r1jax.errors import UserError
 
 STAGE_KINDS = ("sft", "grpo", "rejection_sampling", "distill")
 REJECTION_FILTERS = ("format", "language", "length", "repetition")

@@ -13,10 +13,10 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from rl.grpo.advantages import nonzero_std_mask_P
-from rl.rewards import ScoreResult
-from rl.sampler import Rollout
-from rl.train.rollouts import merge_rollouts, take_rows
+from r1jax.rl.grpo.advantages import nonzero_std_mask_P
+from r1jax.rl.rewards import ScoreResult
+from r1jax.rl.sampler import Rollout
+from r1jax.rl.train.rollouts import merge_rollouts, take_rows
 
 
 class Round(NamedTuple):

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from rl.rewards.config import RewardsConfig
-from rl.rewards.functions import ScoreItem, format_reward, language_consistency
+from r1jax.rl.rewards.config import RewardsConfig
+from r1jax.rl.rewards.functions import ScoreItem, format_reward, language_consistency
 
 NGRAM = 4  # repetition is measured over word 4-grams
 

@@ -100,7 +100,7 @@ class MetricsWriter:
     def refresh_plots(self) -> None:
         if not self.primary:
             return
-        from rl.train.plots import write_plots
+        from r1jax.rl.train.plots import write_plots
 
         write_plots(read_rows(self.path), self.run_dir / "plots", self.evals())
         self._rows_since_plot = 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from rl.train.config import StageConfig
+from r1jax.rl.train.config import StageConfig
 
 
 def rl_gain(evals: Sequence[dict], stages: Sequence[StageConfig]) -> dict | None:

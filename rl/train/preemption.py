@@ -16,7 +16,7 @@ from __future__ import annotations
 import signal
 from typing import Callable, Optional
 
-from sharding import distributed
+from r1jax.sharding import distributed
 
 
 class StopRequest:

@@ -11,10 +11,10 @@ from typing import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from model.tokenizer import Tokenizer, apply_template
-from rl.rewards import RewardPool, ScoreItem, ScoreResult
-from rl.sampler import Rollout
-from rl.train.config import DEFAULT_REFLECTION_WORDS
+from r1jax.model.tokenizer import Tokenizer, apply_template
+from r1jax.rl.rewards import RewardPool, ScoreItem, ScoreResult
+from r1jax.rl.sampler import Rollout
+from r1jax.rl.train.config import DEFAULT_REFLECTION_WORDS
 
 
 def encode_prompts(tokenizer: Tokenizer, template: str, problems: Sequence[dict]) -> list[list[int]]:

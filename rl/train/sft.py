@@ -11,12 +11,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from model.config import ModelConfig
-from model.errors import UserError
-from model.tokenizer import Tokenizer, apply_template
-from rl.grpo.logprobs import token_logp_and_entropy
-from rl.sampler import bucket_length
-from rl.update import UpdateConfig, add_router_losses, make_update_step
+from r1jax.model.config import ModelConfig
+from r1jax.errors import UserError
+from r1jax.model.tokenizer import Tokenizer, apply_template
+from r1jax.rl.grpo.logprobs import token_logp_and_entropy
+from r1jax.rl.sampler import bucket_length
+from r1jax.rl.update import UpdateConfig, add_router_losses, make_update_step
 
 
 def sft_batch(tokenizer: Tokenizer, template: str, rows: Sequence[dict], buckets: Sequence[int]) -> dict:

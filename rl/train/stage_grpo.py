@@ -9,15 +9,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rl.data import make_iterator
-from rl.grpo.advantages import compute_advantages
-from rl.grpo.step import make_grpo_step, reference_logprobs, rollout_batch
-from rl.train.config import StageConfig
-from rl.train.dynamic_sampling import Round, fill_informative
-from rl.train.rollouts import (decode_completions, encode_prompts, length_metrics, reflection_rate, reward_metrics,
+from r1jax.rl.data import make_iterator
+from r1jax.rl.grpo.advantages import compute_advantages
+from r1jax.rl.grpo.step import make_grpo_step, reference_logprobs, rollout_batch
+from r1jax.rl.train.config import StageConfig
+from r1jax.rl.train.dynamic_sampling import Round, fill_informative
+from r1jax.rl.train.rollouts import (decode_completions, encode_prompts, length_metrics, reflection_rate, reward_metrics,
                                submit)
-from rl.train.stages import UpdateStage
-from rl.update import reset_reference
+from r1jax.rl.train.stages import UpdateStage
+from r1jax.rl.update import reset_reference
 
 
 def run_grpo(trainer, index: int, stage: StageConfig, resume: dict | None) -> None:

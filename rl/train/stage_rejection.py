@@ -18,11 +18,11 @@ import pathlib
 
 import numpy as np
 
-from model.errors import UserError
-from rl.data import make_iterator
-from rl.train.config import StageConfig
-from rl.train.filters import rejection_reason
-from rl.train.rollouts import decode_completions, encode_prompts, reward_metrics, score_items
+from r1jax.errors import UserError
+from r1jax.rl.data import make_iterator
+from r1jax.rl.train.config import StageConfig
+from r1jax.rl.train.filters import rejection_reason
+from r1jax.rl.train.rollouts import decode_completions, encode_prompts, reward_metrics, score_items
 
 
 def dataset_path(run_dir: str | pathlib.Path, stage_name: str) -> pathlib.Path:
@@ -74,7 +74,7 @@ def run_rejection_sampling(trainer, index: int, stage: StageConfig, resume: dict
     trainer.console.start_stage(stage.name, stage.steps, 0)
     for round_index in range(stage.steps):
         if trainer.stop:  # nothing to save: the previous stage's checkpoint is where a resume starts
-            from rl.train.trainer import Stopped
+            from r1jax.rl.train.trainer import Stopped
 
             trainer.global_step = start_step
             raise Stopped()

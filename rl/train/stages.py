@@ -12,12 +12,12 @@ import time
 import jax
 import jax.numpy as jnp
 
-from model.errors import UserError
-from rl.data import make_iterator
-from rl.grpo.optimizer import lr_schedule, make_optimizer
-from rl.train.config import StageConfig
-from rl.train.sft import make_sft_step, sft_batch
-from rl.update import TrainState, split_policy
+from r1jax.errors import UserError
+from r1jax.rl.data import make_iterator
+from r1jax.rl.grpo.optimizer import lr_schedule, make_optimizer
+from r1jax.rl.train.config import StageConfig
+from r1jax.rl.train.sft import make_sft_step, sft_batch
+from r1jax.rl.update import TrainState, split_policy
 
 SEQUENCE_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -95,7 +95,7 @@ class UpdateStage:
             trainer.save(self.index, self.stage, self.stage_step, self.trees(), extra_meta, stage_done=False)
         if trainer.stop:
             trainer.checkpointer.wait()
-            from rl.train.trainer import Stopped
+            from r1jax.rl.train.trainer import Stopped
 
             raise Stopped()
 
@@ -140,13 +140,13 @@ def run_sft(trainer, index: int, stage: StageConfig, resume: dict | None, data_p
 
 
 def _grpo(trainer, index, stage, resume):
-    from rl.train.stage_grpo import run_grpo
+    from r1jax.rl.train.stage_grpo import run_grpo
 
     return run_grpo(trainer, index, stage, resume)
 
 
 def _rejection_sampling(trainer, index, stage, resume):
-    from rl.train.stage_rejection import run_rejection_sampling
+    from r1jax.rl.train.stage_rejection import run_rejection_sampling
 
     return run_rejection_sampling(trainer, index, stage, resume)
 
@@ -158,7 +158,7 @@ def _distill(trainer, index, stage, resume):
 
 def stage_data_path(trainer, name_or_path: str) -> str:
     """An earlier rejection_sampling stage's dataset (by stage name) or a user's file."""
-    from rl.train.stage_rejection import dataset_path
+    from r1jax.rl.train.stage_rejection import dataset_path
 
     if any(s.name == name_or_path for s in trainer.config.stages):
         return str(dataset_path(trainer.run_dir, name_or_path))

@@ -20,26 +20,26 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from model.errors import UserError
-from model.factory import abstract_policy, init_policy
-from model.tokenizer import Tokenizer
-from rl.config import Config, stage_config, to_yaml
-from rl.data import build_tokenizer
-from rl.evaluate import evaluate, held_out_problems
-from rl.rewards import RewardPool
-from rl.sampler import Sampler
-from rl.train.checkpointing import TrainCheckpointer, check_compatible
-from rl.train.config import StageConfig
-from rl.train.console import RunConsole
-from rl.train.metrics import MetricsWriter, truncate_after
-from rl.train.outcome import rl_gain
-from rl.train.preemption import StopRequest
-from rl.update import split_policy
-from sharding import distributed
-from sharding.context import use_mesh
-from sharding.mesh import build_mesh
-from sharding.params import tree_shardings
-from sharding.rules import Rules
+from r1jax.errors import UserError
+from r1jax.model.factory import abstract_policy, init_policy
+from r1jax.model.tokenizer import Tokenizer
+from r1jax.rl.config import Config, stage_config, to_yaml
+from r1jax.rl.data import build_tokenizer
+from r1jax.rl.evaluate import evaluate, held_out_problems
+from r1jax.rl.rewards import RewardPool
+from r1jax.rl.sampler import Sampler
+from r1jax.rl.train.checkpointing import TrainCheckpointer, check_compatible
+from r1jax.rl.train.config import StageConfig
+from r1jax.rl.train.console import RunConsole
+from r1jax.rl.train.metrics import MetricsWriter, truncate_after
+from r1jax.rl.train.outcome import rl_gain
+from r1jax.rl.train.preemption import StopRequest
+from r1jax.rl.update import split_policy
+from r1jax.sharding import distributed
+from r1jax.sharding.context import use_mesh
+from r1jax.sharding.mesh import build_mesh
+from r1jax.sharding.params import tree_shardings
+from r1jax.sharding.rules import Rules
 
 
 @dataclasses.dataclass
@@ -184,7 +184,7 @@ class Trainer:
         return Position(meta["stage_index"], meta["stage_step"], self.global_step, {**meta, "checkpoint": step})
 
     def _run_stage(self, index: int, stage: StageConfig, resume: Position | None) -> None:
-        from rl.train.stages import STAGE_RUNNERS
+        from r1jax.rl.train.stages import STAGE_RUNNERS
 
         self.stage_index = index
         if resume is None or resume.meta is None:
@@ -210,11 +210,11 @@ class Trainer:
         self.policy = (params, bias)
 
     def _load_init(self, path: str):
-        from rl.checkpoint import load_policy
+        from r1jax.rl.checkpoint import load_policy
 
         location = pathlib.Path(path)
         if (location / "config.json").exists():
-            from model.hf_io import load_hf_policy
+            from r1jax.model.hf_io import load_hf_policy
 
             config, policy = load_hf_policy(location, self.mesh, self.rules)
         else:

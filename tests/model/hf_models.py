@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from model.config import ModelConfig
+from r1jax.model.config import ModelConfig
 
 # r1jax field -> HF config field, where the names differ.
 _RENAMES = {"qwen3_moe": {"n_routed_experts": "num_experts"}}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from model.factory import init_policy
+from r1jax.model.factory import init_policy
 from tests.model.tiny import FAMILIES
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from flax import nnx
 
-from model.factory import abstract_policy
-from model.hf_weights import import_tensors, tensor_map
+from r1jax.model.factory import abstract_policy
+from r1jax.model.hf_weights import import_tensors, tensor_map
 from tests.model.hf_models import hf_tensors, random_hf_model
 from tests.model.tiny import DEEPSEEK, QWEN
 

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from model.config import ModelConfig
-from model.dispatch import fitted_block_size, local_expert_ffn
-from model.routing import expert_counts, load_balance_loss, route, update_routing_bias
+from r1jax.model.config import ModelConfig
+from r1jax.model.dispatch import fitted_block_size, local_expert_ffn
+from r1jax.model.routing import expert_counts, load_balance_loss, route, update_routing_bias
 
 
 def dense_reference(x_TD, experts_TK, weights_TK, wg, wu, wd):

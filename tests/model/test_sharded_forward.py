@@ -7,11 +7,11 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from model.factory import init_policy
-from sharding.context import use_mesh
-from sharding.mesh import ShardingConfig, build_mesh
-from sharding.params import state_shardings
-from sharding.rules import Rules
+from r1jax.model.factory import init_policy
+from r1jax.sharding.context import use_mesh
+from r1jax.sharding.mesh import ShardingConfig, build_mesh
+from r1jax.sharding.params import state_shardings
+from r1jax.sharding.rules import Rules
 from tests.model.tiny import FAMILIES
 
 MESHES = [(8, 1, 1, 1), (2, 2, 2, 1), (1, 2, 2, 2), (1, 1, 8, 1)]

@@ -1,6 +1,6 @@
 """Tiny configs of both families whose dimensions divide every test mesh (8 devices)."""
 
-from model.config import ModelConfig
+from r1jax.model.config import ModelConfig
 
 QWEN = ModelConfig(
     family="qwen3_moe", vocab_size=128, hidden_size=32, intermediate_size=64, moe_intermediate_size=16,

@@ -11,7 +11,7 @@ TRAIN_CONFIG = pathlib.Path(__file__).parent / "data" / "train_tiny.yaml"
 
 
 def train_command(run_dir):
-    return [sys.executable, "-m", "rl.cli.main", "--cpu-devices", "2", "train", str(TRAIN_CONFIG), "--run-dir",
+    return [sys.executable, "-m", "r1jax", "--cpu-devices", "2", "train", str(TRAIN_CONFIG), "--run-dir",
             str(run_dir)]
 
 

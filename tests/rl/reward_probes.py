@@ -13,7 +13,7 @@ import os
 import signal
 import time
 
-from rl.rewards import register_reward
+from r1jax.rl.rewards import register_reward
 
 
 @register_reward("probe")

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from model.config import ModelConfig
-from model.moe import MoE
-from rl.bench.flops import train_step_flops
-from rl.bench.matmul import matmul_flops, matmul_peak, sharded_operands
-from rl.bench.moe import moe_active_params, with_experts
-from rl.bench.report import FIGURES
-from rl.config import load_config
+from r1jax.model.config import ModelConfig
+from r1jax.model.moe import MoE
+from r1jax.rl.bench.flops import train_step_flops
+from r1jax.rl.bench.matmul import matmul_flops, matmul_peak, sharded_operands
+from r1jax.rl.bench.moe import moe_active_params, with_experts
+from r1jax.rl.bench.report import FIGURES
+from r1jax.rl.config import load_config
 from tests.rl.conftest import subprocess_env
 
 HEADLINE = ["prefill_tokens_per_s", "decode_tokens_per_s", "generate_tokens_per_s", "train_tokens_per_s",
@@ -38,7 +38,7 @@ def positive_finite(value) -> bool:
 
 def test_quick_bench_against_hf_reports_every_figure_with_its_goal():
     # the smallest model: one MoE layer of the tiny preset; a subprocess sees one CPU device, as users do
-    command = [sys.executable, "-m", "rl.cli.main", "bench", "--preset", "tiny", "--quick", "--against", "hf",
+    command = [sys.executable, "-m", "r1jax", "bench", "--preset", "tiny", "--quick", "--against", "hf",
                "--json", "--workers", "1,2", *SMALL]
     result = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -11,13 +11,13 @@ import jax
 import numpy as np
 import pytest
 
-from rl.config import Config
-from rl.train.checkpointing import TrainCheckpointer
+from r1jax.rl.config import Config
+from r1jax.rl.train.checkpointing import TrainCheckpointer
 
 CHILD = textwrap.dedent("""
     import sys, numpy as np, jax.numpy as jnp
-    from rl.config import Config
-    from rl.train.checkpointing import TrainCheckpointer
+    from r1jax.rl.config import Config
+    from r1jax.rl.train.checkpointing import TrainCheckpointer
     checkpointer = TrainCheckpointer(sys.argv[1], keep=2, keep_best=0, async_save=True)
     for step in range(1, 1000):
         trees = {"params": {"w": jnp.full((1024, 1024), float(step)), "b": jnp.full((3000,), float(step))},

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from model.factory import init_policy
-from rl.checkpoint import load_policy
-from rl.cli.main import COMMANDS, main
-from rl.config import load_config
-from sharding.mesh import ShardingConfig, build_mesh
-from sharding.rules import Rules
+from r1jax.model.factory import init_policy
+from r1jax.rl.checkpoint import load_policy
+from r1jax.rl.cli.main import COMMANDS, main
+from r1jax.rl.config import load_config
+from r1jax.sharding.mesh import ShardingConfig, build_mesh
+from r1jax.sharding.rules import Rules
 
 
 def run_main(capsys, *argv):
@@ -82,7 +82,7 @@ PROBE = """
 import logging, sys
 logging.getLogger("jax").setLevel(logging.ERROR)  # as `r1jax train` sets it: libtpu's errors then reach stderr
 if sys.argv[1] == "pin":
-    from rl.cli.main import pin_cpu_without_accelerators
+    from r1jax.rl.cli.main import pin_cpu_without_accelerators
     pin_cpu_without_accelerators()
 import jax
 print(jax.default_backend())
@@ -103,7 +103,7 @@ def test_a_host_without_accelerators_runs_on_the_cpu_without_probing_libtpu(tmp_
 
 def test_cpu_devices_flag_fakes_devices_before_jax_starts(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-m", "rl.cli.main", "--cpu-devices", "4", "init", "tiny",
+    result = subprocess.run([sys.executable, "-m", "r1jax", "--cpu-devices", "4", "init", "tiny",
                              str(tmp_path / "ck"), "sharding.expert=2"], capture_output=True, text=True,
                             env=env, timeout=300)
     assert result.returncode == 0, result.stderr

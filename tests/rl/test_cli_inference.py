@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from rl.cli.main import main
+from r1jax.rl.cli.main import main
 
 
 def run_main(capsys, *argv):

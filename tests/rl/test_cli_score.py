@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from rl.cli.main import main
+from r1jax.rl.cli.main import main
 from tests.rl.test_data import ROOT, write_jsonl
 
 ROWS = [
@@ -58,7 +58,7 @@ def test_score_bad_input_fails_with_file_row_and_field_before_scoring(tmp_path, 
 
 def test_score_as_a_subprocess_streams_json_lines(tmp_path):
     path = write_jsonl(tmp_path / "c.jsonl", ROWS[:2])
-    result = subprocess.run([sys.executable, "-m", "rl.cli.main", "score", str(path), "--workers", "1"],
+    result = subprocess.run([sys.executable, "-m", "r1jax", "score", str(path), "--workers", "1"],
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     assert [json.loads(line)["rewards"]["accuracy"] for line in result.stdout.splitlines()] == [1.0, 1.0]

@@ -2,8 +2,8 @@
 
 import pytest
 
-from model.errors import UserError
-from rl.config import CONFIG_DIR, load_config, preset_names, to_dict, config_from_dicts
+from r1jax.errors import UserError
+from r1jax.rl.config import CONFIG_DIR, load_config, preset_names, to_dict, config_from_dicts
 
 
 @pytest.mark.parametrize("name", preset_names())

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from model.errors import UserError
-from rl.data import DataConfig, TaskSource, build_source, load_problems, make_dataset, make_iterator
-from rl.tasks import get_task
+from r1jax.errors import UserError
+from r1jax.rl.data import DataConfig, TaskSource, build_source, load_problems, make_dataset, make_iterator
+from r1jax.rl.tasks import get_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -78,8 +78,8 @@ def test_data_config_validates_fields():
 
 
 def test_task_knobs_reach_the_training_source_and_the_held_out_set():
-    from rl.evaluate import held_out_problems
-    from rl.train.config import EvalConfig
+    from r1jax.rl.evaluate import held_out_problems
+    from r1jax.rl.train.config import EvalConfig
 
     data = DataConfig(tasks=("algebra",), task_knobs={"algebra": {"constant": 40}}, num_problems=50)
     train = build_source(data)
@@ -147,7 +147,7 @@ def test_task_source_mixes_tasks_by_index_and_builds_from_config(tmp_path):
 
 RESTORE = """
 import json, sys
-from rl.data import DataConfig, make_iterator
+from r1jax.rl.data import DataConfig, make_iterator
 it = make_iterator(DataConfig(tasks=("arithmetic", "countdown"), seed=9), 3, process_index=1, process_count=2)
 it.set_state(json.loads(sys.argv[1]))
 print(json.dumps([next(it) for _ in range(3)]))

@@ -4,9 +4,9 @@ were padded to different widths."""
 
 import numpy as np
 
-from rl.rewards import ScoreResult
-from rl.sampler import Rollout
-from rl.train.dynamic_sampling import Round, fill_informative
+from r1jax.rl.rewards import ScoreResult
+from r1jax.rl.sampler import Rollout
+from r1jax.rl.train.dynamic_sampling import Round, fill_informative
 
 G = 2  # samples per prompt
 N = 3  # generated tokens per row

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from rl.grpo import ADVANTAGE_ESTIMATORS, compute_advantages, nonzero_std_mask_P
+from r1jax.rl.grpo import ADVANTAGE_ESTIMATORS, compute_advantages, nonzero_std_mask_P
 
 REWARDS_PG = np.array([[1, 0, 0, 1], [1, 1, 1, 1], [0, 0, 0, 1]], np.float32)
 

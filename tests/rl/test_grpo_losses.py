@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from model.errors import UserError
-from rl.grpo import (
+from r1jax.errors import UserError
+from r1jax.rl.grpo import (
     AGGREGATIONS, GRPOConfig, combine_stats, finalize_stats, global_normalisers, grpo_loss,
     token_logp_and_entropy, token_weights_BT, zeros_like_stats,
 )

@@ -9,10 +9,10 @@ import numpy as np
 import optax
 import pytest
 
-from model.errors import UserError
-from rl.grpo import OptimizerConfig, grad_norms, lr_schedule, make_optimizer, skip_counts
-from rl.grpo.config import SCHEDULES
-from rl.grpo.optimizer import DECAYS
+from r1jax.errors import UserError
+from r1jax.rl.grpo import OptimizerConfig, grad_norms, lr_schedule, make_optimizer, skip_counts
+from r1jax.rl.grpo.config import SCHEDULES
+from r1jax.rl.grpo.optimizer import DECAYS
 
 
 def make_params():

@@ -10,16 +10,16 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from model.factory import init_policy
-from rl.grpo.aggregation import global_normalisers, token_weights_BT
-from rl.grpo.config import GRPOConfig
-from rl.grpo.optimizer import skip_nonfinite
-from rl.grpo.step import make_grpo_step
-from rl.update import TrainState, UpdateConfig, init_train_state
-from sharding.context import use_mesh
-from sharding.mesh import ShardingConfig, build_mesh
-from sharding.params import state_shardings
-from sharding.rules import Rules
+from r1jax.model.factory import init_policy
+from r1jax.rl.grpo.aggregation import global_normalisers, token_weights_BT
+from r1jax.rl.grpo.config import GRPOConfig
+from r1jax.rl.grpo.optimizer import skip_nonfinite
+from r1jax.rl.grpo.step import make_grpo_step
+from r1jax.rl.update import TrainState, UpdateConfig, init_train_state
+from r1jax.sharding.context import use_mesh
+from r1jax.sharding.mesh import ShardingConfig, build_mesh
+from r1jax.sharding.params import state_shardings
+from r1jax.sharding.rules import Rules
 from tests.model.tiny import DEEPSEEK
 
 CFG = dataclasses.replace(DEEPSEEK, num_hidden_layers=2)

@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 import yaml
 
-from rl.checkpoint import load_policy
-from sharding.mesh import ShardingConfig, build_mesh
-from sharding.rules import Rules
+from r1jax.rl.checkpoint import load_policy
+from r1jax.sharding.mesh import ShardingConfig, build_mesh
+from r1jax.sharding.rules import Rules
 
 from tests.rl.conftest import TRAIN_CONFIG, subprocess_env
 
@@ -59,7 +59,7 @@ def env():
 @pytest.fixture(scope="module")
 def one_process_run(config_path, env, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("one-process")
-    result = subprocess.run([sys.executable, "-m", "rl.cli.main", "--cpu-devices", "8", "train", str(config_path),
+    result = subprocess.run([sys.executable, "-m", "r1jax", "--cpu-devices", "8", "train", str(config_path),
                              "--run-dir", str(run_dir)], env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
@@ -80,7 +80,7 @@ class Pair:
         for index in range(2):
             log = run_dir.parent / f"{run_dir.name}.{index}.{time.time_ns()}.log"
             self.logs.append(log)
-            command = [sys.executable, "-m", "rl.cli.main", "--cpu-devices", "4", "train", str(config_path),
+            command = [sys.executable, "-m", "r1jax", "--cpu-devices", "4", "train", str(config_path),
                        "--run-dir", str(run_dir), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
                        "--process-id", str(index), *extra]
             with log.open("w") as out:
@@ -187,7 +187,7 @@ def test_a_stopped_peer_makes_the_other_fail_naming_it_within_the_timeout(config
 
 
 def test_every_process_draws_the_global_batch(monkeypatch):
-    from rl.data import DataConfig, make_iterator
+    from r1jax.rl.data import DataConfig, make_iterator
 
     config = DataConfig(tasks=("arithmetic",), seed=5)
     one = make_iterator(config, 8, process_index=0, process_count=1)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rl.checkpoint import load_config, load_policy
+from r1jax.rl.checkpoint import load_config, load_policy
 from tests.rl.conftest import subprocess_env
 
 import subprocess
@@ -22,7 +22,7 @@ STAGES = [("sft", 2), ("grpo", 2), ("rs", 2), ("sft_rs", 2), ("distill", 2)]
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("pipeline")
-    command = [sys.executable, "-m", "rl.cli.main", "--cpu-devices", "2", "train", str(CONFIG), "--run-dir",
+    command = [sys.executable, "-m", "r1jax", "--cpu-devices", "2", "train", str(CONFIG), "--run-dir",
                str(run_dir)]
     result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

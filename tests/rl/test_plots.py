@@ -1,6 +1,6 @@
 """Training plots: the accuracy figure carries every held-out evaluation, end-of-stage ones included."""
 
-from rl.train.plots import _series, write_plots
+from r1jax.rl.train.plots import _series, write_plots
 
 ROWS = [{"global_step": 1, "stage": "sft", "sft/loss": 2.0},
         {"global_step": 2, "stage": "sft", "sft/loss": 1.5},
@@ -23,7 +23,7 @@ def test_write_plots_draws_the_evaluations_even_before_any_grpo_row(tmp_path):
 
 
 def test_a_writer_without_evaluations_plots_the_rows_own(tmp_path):
-    from rl.train.metrics import MetricsWriter
+    from r1jax.rl.train.metrics import MetricsWriter
 
     writer = MetricsWriter(tmp_path, plot_every=1000)
     for row in ROWS:

@@ -2,12 +2,12 @@
 
 import pytest
 
-from model.errors import UserError
-from rl.config import load_config, stage_config
-from rl.rewards.config import RewardsConfig
-from rl.rewards.functions import ScoreItem
-from rl.train.filters import rejection_reason, repetition
-from rl.train.stage_rejection import KeptSet
+from r1jax.errors import UserError
+from r1jax.rl.config import load_config, stage_config
+from r1jax.rl.rewards.config import RewardsConfig
+from r1jax.rl.rewards.functions import ScoreItem
+from r1jax.rl.train.filters import rejection_reason, repetition
+from r1jax.rl.train.stage_rejection import KeptSet
 
 GOOD = "<think> 2+3=5. </think> <answer> 5 </answer>"
 

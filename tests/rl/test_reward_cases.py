@@ -7,7 +7,7 @@ content of the last <answer> after the chain of thought, else the last \\boxed{}
 
 import pytest
 
-from rl.rewards import RewardsConfig, ScoreItem, score_item
+from r1jax.rl.rewards import RewardsConfig, ScoreItem, score_item
 
 CONFIG = RewardsConfig(names=("accuracy",), weights=(1.0,))
 COUNTDOWN_PROMPT = "Make 16 from 2, 3, 5 (+-*/, each at most once)"

@@ -12,9 +12,9 @@ import time
 import psutil
 import pytest
 
-from model.errors import UserError
-from rl.rewards import PoolConfig, RewardPool, RewardsConfig, ScoreItem, batch_metrics
-from rl.rewards.worker import HIDDEN_DEVICES_ENV
+from r1jax.errors import UserError
+from r1jax.rl.rewards import PoolConfig, RewardPool, RewardsConfig, ScoreItem, batch_metrics
+from r1jax.rl.rewards.worker import HIDDEN_DEVICES_ENV
 
 TIMEOUT_S = 2.0
 SLACK_S = 1.0  # the contract: a hostile item finishes within timeout + 1 s

@@ -4,9 +4,9 @@ import builtins
 
 import pytest
 
-from model.errors import UserError
-from rl.rewards import REWARDS, RewardsConfig, ScoreItem, combine, extract_answer, register_reward, score_item
-from rl.rewards.extract import split_completion
+from r1jax.errors import UserError
+from r1jax.rl.rewards import REWARDS, RewardsConfig, ScoreItem, combine, extract_answer, register_reward, score_item
+from r1jax.rl.rewards.extract import split_completion
 from tests.rl.test_reward_pool import hostile_completions
 
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-from rl.evaluate import summarize
-from rl.rewards import ScoreResult
-from rl.train.rollouts import reflection_rate
+from r1jax.rl.evaluate import summarize
+from r1jax.rl.rewards import ScoreResult
+from r1jax.rl.train.rollouts import reflection_rate
 
 TEXTS = ["Wait, let me verify: 2+2=4. Wait.", "x = 3, checked twice", "no reflection here",
          "However, actually re-examine: CHECK it"]

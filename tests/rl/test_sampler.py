@@ -7,13 +7,13 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from model.factory import init_policy
-from rl.logprobs import completion_logprobs
-from rl.sampler import Sampler, SamplingConfig, filter_logits, generate_padded, left_pad, sample_token
-from sharding.context import use_mesh
-from sharding.mesh import ShardingConfig, build_mesh
-from sharding.params import state_shardings
-from sharding.rules import Rules
+from r1jax.model.factory import init_policy
+from r1jax.rl.logprobs import completion_logprobs
+from r1jax.rl.sampler import Sampler, SamplingConfig, filter_logits, generate_padded, left_pad, sample_token
+from r1jax.sharding.context import use_mesh
+from r1jax.sharding.mesh import ShardingConfig, build_mesh
+from r1jax.sharding.params import state_shardings
+from r1jax.sharding.rules import Rules
 from tests.model.tiny import FAMILIES
 
 PROMPTS = [[5, 6, 7], [9, 10, 11, 12, 13, 14], [20], [30, 31]]

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.errors import UserError
-from rl.rewards import RewardsConfig, ScoreItem, score_item
-from rl.tasks import TASKS, get_task, safe_math
-from rl.tasks.arithmetic import reduce_steps
+from r1jax.errors import UserError
+from r1jax.rl.rewards import RewardsConfig, ScoreItem, score_item
+from r1jax.rl.tasks import TASKS, get_task, safe_math
+from r1jax.rl.tasks.arithmetic import reduce_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GENERATORS = ("arithmetic", "countdown", "algebra")

@@ -4,11 +4,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.errors import UserError
-from model.tokenizer import (MIN_VOCAB, R1_ZERO_TEMPLATE, TAGS, Tokenizer, TokenizerConfig, apply_template,
+from r1jax.errors import UserError
+from r1jax.model.tokenizer import (MIN_VOCAB, R1_ZERO_TEMPLATE, TAGS, Tokenizer, TokenizerConfig, apply_template,
                              train_tokenizer)
-from rl.cli.main import main
-from rl.data import DataConfig, build_tokenizer, task_corpus
+from r1jax.rl.cli.main import main
+from r1jax.rl.data import DataConfig, build_tokenizer, task_corpus
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import jax
 import numpy as np
 import pytest
 
-from model.errors import UserError
-from rl.checkpoint import load_policy
-from rl.config import load_config
-from sharding.mesh import ShardingConfig, build_mesh
-from sharding.rules import Rules
+from r1jax.errors import UserError
+from r1jax.rl.checkpoint import load_policy
+from r1jax.rl.config import load_config
+from r1jax.sharding.mesh import ShardingConfig, build_mesh
+from r1jax.sharding.rules import Rules
 
 from tests.rl.conftest import run_to_end, subprocess_env, train_command
 
@@ -114,7 +114,7 @@ def test_restore_on_another_mesh_gives_equal_params(finished_run):
 
 
 def test_checkpoint_that_does_not_match_the_config_is_refused(finished_run):
-    from rl.train.trainer import Trainer
+    from r1jax.rl.train.trainer import Trainer
 
     config = load_config(finished_run / "config.yaml", ["model.hidden_size=48"])
     with pytest.raises(UserError, match="model.hidden_size: checkpoint 32 vs config 48"):

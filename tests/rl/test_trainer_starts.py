@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from model.errors import UserError
-from model.hf_io import export_hf
-from rl.checkpoint import load_policy
-from rl.config import load_config
-from rl.train.trainer import Trainer
+from r1jax.errors import UserError
+from r1jax.model.hf_io import export_hf
+from r1jax.rl.checkpoint import load_policy
+from r1jax.rl.config import load_config
+from r1jax.rl.train.trainer import Trainer
 
 from tests.rl.conftest import TRAIN_CONFIG
 

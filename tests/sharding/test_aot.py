@@ -8,11 +8,11 @@ import json
 import pytest
 import yaml
 
-from model.errors import UserError
-from model.factory import count_params
-from rl.cli.main import main
-from sharding.mesh_presets import MESH_PRESETS
-from sharding.topology import parse_oom, parse_topology
+from r1jax.errors import UserError
+from r1jax.model.factory import count_params
+from r1jax.rl.cli.main import main
+from r1jax.sharding.mesh_presets import MESH_PRESETS
+from r1jax.sharding.topology import parse_oom, parse_topology
 from tests.model.tiny import DEEPSEEK
 
 GIB = 2**30

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from model.errors import UserError
-from sharding.distributed import Launch, describe_barrier_failure
+from r1jax.errors import UserError
+from r1jax.sharding.distributed import Launch, describe_barrier_failure
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -53,8 +53,8 @@ def test_barrier_errors_name_the_missing_processes():
 
 PEER = """
 import os, sys, time
-from model.errors import UserError
-from sharding import distributed
+from r1jax.errors import UserError
+from r1jax.sharding import distributed
 launch = distributed.Launch.resolve(sys.argv[1], 2, int(sys.argv[2]), peer_timeout_s=3)
 distributed.initialize(launch)
 import jax

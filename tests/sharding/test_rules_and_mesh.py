@@ -5,11 +5,11 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from model.errors import UserError
-from model.factory import abstract_policy
-from sharding.mesh import ShardingConfig, build_mesh
-from sharding.params import state_shardings
-from sharding.rules import PRESETS, Rules
+from r1jax.errors import UserError
+from r1jax.model.factory import abstract_policy
+from r1jax.sharding.mesh import ShardingConfig, build_mesh
+from r1jax.sharding.params import state_shardings
+from r1jax.sharding.rules import PRESETS, Rules
 from tests.model.tiny import DEEPSEEK, QWEN
 
 
