@@ -83,3 +83,18 @@ def _multihost_device_array(shape, devices):
         return mesh_utils.create_device_mesh(shape, devices)
     except (AssertionError, NotImplementedError, ValueError):
         return np.asarray(devices).reshape(shape)
+
+
+def batch_axes(mesh: Mesh, rules: Rules) -> tuple[str, ...]:
+    """The mesh axes that split a batch's rows (the rules' "batch" axes present in this mesh)."""
+    return tuple(a for a in rules.mesh_axes("batch") if a in mesh.shape)
+
+
+def check_batch_rows(rows: int, mesh: Mesh, rules: Rules, what: str = "a batch") -> tuple[str, ...]:
+    """The batch axes, after checking that `rows` splits evenly over them (UserError naming both if not)."""
+    axes = batch_axes(mesh, rules)
+    ways = math.prod(mesh.shape[a] for a in axes)
+    if rows % ways:
+        raise UserError(f"{what} of {rows} rows does not split over the {ways} data-parallel devices "
+                        f"({'x'.join(axes)}); make it a multiple of {ways}")
+    return axes
