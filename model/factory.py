@@ -10,6 +10,7 @@ from jax.sharding import Mesh
 
 from r1jax.model.config import ModelConfig
 from r1jax.model.decoder import Policy
+from r1jax.sharding.params import path_name, state_shardings
 from r1jax.sharding.rules import Rules
 
 
@@ -23,8 +24,6 @@ def init_policy(cfg: ModelConfig, seed: int = 0, mesh: Mesh | None = None,
     """A randomly initialised Policy; with a mesh, every parameter is created directly in its shards."""
     if mesh is None:
         return Policy(cfg, nnx.Rngs(seed))
-    from r1jax.sharding.params import state_shardings
-
     graphdef, abstract_state = nnx.split(abstract_policy(cfg))
     shardings = state_shardings(abstract_state, mesh, rules)
 
@@ -48,7 +47,8 @@ def count_params(cfg: ModelConfig) -> dict[str, int]:
              jax.tree_util.tree_leaves_with_path(params, is_leaf=lambda x: isinstance(x, nnx.Variable))}
     total = sum(sizes.values())
     moe_segments = {str(i) for i, (kind, _) in enumerate(cfg.layer_segments()) if kind == "moe"}
-    routed = sum(size for path, size in sizes.items() if _is_routed_expert(_keys(path), moe_segments))
+    routed = sum(size for path, size in sizes.items()
+                 if _is_routed_expert(tuple(path_name(path).split(".")), moe_segments))
     unused = routed * (cfg.n_routed_experts - cfg.num_experts_per_tok) // cfg.n_routed_experts
     return {"params_total": total, "params_active": total - unused}
 
@@ -57,7 +57,3 @@ def _is_routed_expert(keys: tuple, moe_segments: set[str]) -> bool:
     """("segments", i, "block", "mlp", "gate_proj"|"up_proj"|"down_proj") in a MoE segment."""
     return (keys[0] == "segments" and keys[1] in moe_segments and keys[-2] == "mlp"
             and keys[-1] in ("gate_proj", "up_proj", "down_proj"))
-
-
-def _keys(path) -> tuple:
-    return tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)

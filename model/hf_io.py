@@ -10,12 +10,12 @@ generation_config.json, `model.safetensors` or `model-0000i-of-0000n.safetensors
 `max_shard_bytes` plus `model.safetensors.index.json`. DeepSeek-V3's router (`mlp.gate.weight` and
 `mlp.gate.e_score_correction_bias`) is always float32, as transformers keeps it (`_keep_in_fp32_modules_strict`).
 
-Import (`import_params`, `load_hf_policy`) reads tensors lazily with safetensors' `safe_open`. Each
-parameter is assembled per distinct device shard: only the HF tensors that intersect the shard are read,
-sliced and put on the devices holding it, so host memory stays near one device shard plus one HF tensor and
-each process reads only what its devices hold (a tensor shared by several shards is read once per shard;
-the OS page cache absorbs the repeats). Conversion is reshapes and transposes only: HF -> r1jax -> HF is
-bitwise exact.
+Import (`read_hf_config` gives the ModelConfig, `import_params` the Policy; `rl.hf_policy` builds a run config
+from them) reads tensors lazily with safetensors' `safe_open`. Each parameter is assembled per distinct
+device shard: only the HF tensors that intersect the shard are read, sliced and put on the devices holding
+it, so host memory stays near one device shard plus one HF tensor and each process reads only what its
+devices hold (a tensor shared by several shards is read once per shard; the OS page cache absorbs the
+repeats). Conversion is reshapes and transposes only: HF -> r1jax -> HF is bitwise exact.
 
 Neither direction imports transformers or torch.
 """
@@ -26,7 +26,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import logging
 import math
 import pathlib
 from collections import defaultdict
@@ -43,8 +42,9 @@ from r1jax.model.config import ModelConfig
 from r1jax.model.decoder import Policy
 from r1jax.errors import UserError
 from r1jax.model.factory import abstract_policy
-from r1jax.model.hf_config import from_hf_config, generation_config, model_fields, mtp_layers, to_hf_config
+from r1jax.model.hf_config import from_hf_config, generation_config, mtp_layers, to_hf_config
 from r1jax.model.hf_weights import Tensor, tensor_map
+from r1jax.sharding.params import path_keys, state_shardings
 from r1jax.sharding.rules import Rules
 
 SHARD_LIMIT = 5 * 10**9  # transformers' default max_shard_size ("5GB")
@@ -54,13 +54,11 @@ _DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloa
 # stored in float32 whatever the export dtype: transformers (>= 5.24) loads and saves DeepSeek-V3's router so
 _FP32_TENSORS = {"deepseek_v3": ("mlp.gate.weight", "mlp.gate.e_score_correction_bias"), "qwen3_moe": ()}
 
-log = logging.getLogger(__name__)
-
 
 def _leaves(tree: Mapping) -> dict[tuple, Any]:
     """{path: leaf} of a pure parameter dict, paths as in `hf_weights` (str and int keys)."""
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {tuple(k.key for k in path): leaf for path, leaf in flat}
+    return {path_keys(path): leaf for path, leaf in flat}
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -323,8 +321,6 @@ def import_params(ckpt: HFCheckpoint, cfg: ModelConfig, mesh: Mesh | None = None
         by_path[t.path].append(t)
     shardings = None
     if mesh is not None:
-        from r1jax.sharding.params import state_shardings
-
         shardings = _leaves(nnx.to_pure_dict(state_shardings(abstract_state, mesh, rules or Rules.preset(
             "fsdp_expert_tensor"))))
     leaves = _leaves(shapes)
@@ -355,31 +351,6 @@ def read_hf_config(hf_dir: str | pathlib.Path) -> tuple[ModelConfig, list[str]]:
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: not valid JSON: {err}") from err
     return from_hf_config(hf, source=str(path))
-
-
-def hf_run_config(hf_dir: str | pathlib.Path, overrides: Sequence[str] = ()):
-    """(rl.config.Config, notes): the HF architecture as the model section, then dotted `overrides`."""
-    from r1jax.rl.config import _parse_overrides, config_from_dicts
-
-    cfg, notes = read_hf_config(hf_dir)
-    config = config_from_dicts({"model": model_fields(cfg)}, _parse_overrides(overrides),
-                               source=f"HF checkpoint {hf_dir}")
-    return config, notes
-
-
-def load_hf_policy(hf_dir: str | pathlib.Path, mesh: Mesh | None = None, rules: Rules | None = None,
-                   overrides: Sequence[str] = ()):
-    """(Config, Policy) from a local HF checkpoint directory, for `init_from`; notes go to the log.
-
-    The Config holds the HF architecture (r1jax-only fields at their defaults, then `overrides` such as
-    "model.param_dtype=bfloat16"); with a mesh, every parameter is placed directly in its shards.
-    """
-    config, notes = hf_run_config(hf_dir, overrides)
-    for note in notes:
-        log.warning("%s: %s", hf_dir, note)
-    with HFCheckpoint(hf_dir) as ckpt:
-        policy = import_params(ckpt, config.model, mesh, rules)
-    return config, policy
 
 
 def iter_hf_tensors(hf_dir: str | pathlib.Path) -> Iterator[tuple[str, np.ndarray]]:

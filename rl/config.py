@@ -76,7 +76,7 @@ def student_model(model: ModelConfig, overrides: Sequence[str], where: str = "st
     """`model` with a distill stage's overrides ("hidden_size=64", "num_hidden_layers=1") applied."""
     where = f"{where}.student_overrides"
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(model), _parse_overrides(overrides, where, "key=value"))
+        merged = OmegaConf.merge(OmegaConf.structured(model), parse_overrides(overrides, where, "key=value"))
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise UserError(f"{where}: {_describe(err)}") from err
@@ -114,7 +114,7 @@ def load_config(name_or_path: str | pathlib.Path = "tiny", overrides: Sequence[s
         yaml = OmegaConf.load(path)
     except Exception as err:  # a YAML syntax error; name the file
         raise UserError(f"config file {path}: cannot parse YAML: {err}") from err
-    return config_from_dicts(yaml, _parse_overrides(overrides), source=str(path))
+    return config_from_dicts(yaml, parse_overrides(overrides), source=str(path))
 
 
 def config_from_dicts(*parts: Any, source: str = "config") -> Config:
@@ -126,7 +126,7 @@ def config_from_dicts(*parts: Any, source: str = "config") -> Config:
         raise UserError(f"{source}: {_describe(err)}") from err
 
 
-def _parse_overrides(overrides: Sequence[str], where: str = "overrides", form: str = "dotted.key=value"):
+def parse_overrides(overrides: Sequence[str], where: str = "overrides", form: str = "dotted.key=value"):
     """"key=value" strings as an OmegaConf node; a malformed one is a UserError naming `where`."""
     bad = [o for o in overrides if "=" not in o or o.startswith("=")]
     if bad:

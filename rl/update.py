@@ -29,6 +29,7 @@ from r1jax.model.layers import RoutingBias
 from r1jax.model.routing import update_routing_bias
 from r1jax.rl.grpo.optimizer import grad_norms
 from r1jax.rl.grpo.stats import combine_stats, finalize_stats
+from r1jax.sharding.params import path_keys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,11 +152,7 @@ def _updated_bias(segments, bias, counts_LE, rate):
             start += count
 
     def one(path, leaf):
-        first, count = offsets[int(_key(path[1]))]
+        first, count = offsets[int(path_keys(path)[1])]
         return update_routing_bias(leaf, counts_LE[first:first + count], rate)
 
     return jax.tree_util.tree_map_with_path(one, bias)
-
-
-def _key(entry):
-    return getattr(entry, "key", getattr(entry, "idx", entry))

@@ -125,9 +125,9 @@ def initialize(launch: Launch) -> None:
 
 
 def _client():
-    from jax._src import distributed
+    from r1jax.sharding.jax_private import distributed_client  # imports JAX, which this module defers
 
-    return distributed.global_state.client
+    return distributed_client()
 
 
 def multi_process() -> bool:

@@ -13,8 +13,15 @@ def _is_variable(x) -> bool:
     return isinstance(x, nnx.Variable)
 
 
-def _path_name(path) -> str:
-    return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+def path_keys(path) -> tuple:
+    """The plain keys of a JAX key path, as stored: dict keys (str or int), sequence indices, attribute names
+    (`DictKey.key`, `SequenceKey.idx`, `GetAttrKey.name`); any other entry as itself."""
+    return tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
+
+
+def path_name(path) -> str:
+    """A JAX key path as a dotted name ("segments.0.block.mlp.gate_proj"), for messages and matching."""
+    return ".".join(str(k) for k in path_keys(path))
 
 
 def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules) -> nnx.State:
@@ -27,7 +34,7 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules) -> nnx.State:
 
     def one(path, var):
         axes = var.get_metadata().get("axes") or (None,) * len(var.shape)
-        spec = rules.spec(axes, var.shape, mesh_shape, what=f"parameter {_path_name(path)}")
+        spec = rules.spec(axes, var.shape, mesh_shape, what=f"parameter {path_name(path)}")
         return NamedSharding(mesh, spec)
 
     return jax.tree_util.tree_map_with_path(one, state, is_leaf=_is_variable)
@@ -47,7 +54,7 @@ def tree_shardings(tree, mesh: Mesh, rules: Rules):
     def one(path, leaf):
         if _is_variable(leaf):
             axes = leaf.get_metadata().get("axes") or (None,) * len(leaf.shape)
-            return NamedSharding(mesh, rules.spec(axes, leaf.shape, mesh_shape, what=_path_name(path)))
+            return NamedSharding(mesh, rules.spec(axes, leaf.shape, mesh_shape, what=path_name(path)))
         return replicated
 
     return jax.tree_util.tree_map_with_path(one, tree, is_leaf=_is_variable)

@@ -29,7 +29,6 @@ from r1jax.rl.bench.train_step import train_figures
 from r1jax.rl.config import load_config
 from r1jax.sharding.context import use_mesh
 from r1jax.sharding.mesh import build_mesh
-from r1jax.sharding.rules import Rules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +66,7 @@ def run_bench(preset: str = "bench", overrides: Sequence[str] = (), quick: bool 
     size = QUICK if quick else FULL
     config = load_config(preset, overrides)
     mesh = build_mesh(config.sharding)
-    rules = Rules.preset(config.sharding.preset, config.sharding.rules)
+    rules = config.sharding.logical_rules()
     result = {"preset": preset, "overrides": list(overrides), "quick": quick, "device": device_info(),
               "size": dataclasses.asdict(size), "family": config.model.family, **count_params(config.model)}
     prompts_BP = bench_prompts(config.model.vocab_size, size.batch, size.prompt_len)

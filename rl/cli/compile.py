@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     _host_compiles_on_cpu()
     from r1jax.rl.config import load_config
-    from r1jax.sharding.aot import alternatives, compile_report, workload_for
+    from r1jax.rl.aot import alternatives, compile_report, workload_for
     from r1jax.sharding.mesh_presets import resolve_mesh
     from r1jax.sharding.topology import device_hbm_bytes, parse_topology
 

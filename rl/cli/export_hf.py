@@ -49,9 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from r1jax.model.hf_io import export_hf
     from r1jax.model.hf_tokenizer import chat_template, save_hf_tokenizer, token_ids
     from r1jax.rl.checkpoint import load_config, load_policy
-    from r1jax.rl.config import _parse_overrides, config_from_dicts, to_dict
+    from r1jax.rl.config import config_from_dicts, parse_overrides, to_dict
     from r1jax.sharding.mesh import build_mesh
-    from r1jax.sharding.rules import Rules
 
     bad = [o for o in args.overrides if not o.startswith("sharding.")]
     if bad:
@@ -61,11 +60,11 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()):
         raise UserError(f"output directory {str(out)!r} exists and is not empty; refusing to overwrite")
     config = load_config(args.checkpoint)
-    config = config_from_dicts(to_dict(config), _parse_overrides(args.overrides), source="overrides")
+    config = config_from_dicts(to_dict(config), parse_overrides(args.overrides), source="overrides")
     tok = _tokenizer(args.tokenizer, config.model.vocab_size, args.checkpoint)
     chat_template(args.template)  # validates the name before the long part
     mesh = build_mesh(config.sharding)
-    _, policy = load_policy(args.checkpoint, mesh, Rules.preset(config.sharding.preset, config.sharding.rules))
+    _, policy = load_policy(args.checkpoint, mesh, config.sharding.logical_rules())
     files = export_hf(policy, out, args.dtype, max_bytes, token_ids(tok) if tok else None)
     weights = [f for f in files if f.suffix == ".safetensors"]
     if tok is not None and jax.process_index() == 0:

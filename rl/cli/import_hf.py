@@ -20,10 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from r1jax.errors import UserError
-    from r1jax.model.hf_io import HFCheckpoint, hf_run_config, import_params
+    from r1jax.model.hf_io import HFCheckpoint, import_params
     from r1jax.rl.checkpoint import save_policy
+    from r1jax.rl.hf_policy import hf_run_config
     from r1jax.sharding.mesh import build_mesh
-    from r1jax.sharding.rules import Rules
 
     config, notes = hf_run_config(args.hf_dir, args.overrides)
     for note in notes:
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()):
         raise UserError(f"output directory {str(out)!r} exists and is not empty; refusing to overwrite")
     mesh = build_mesh(config.sharding)
-    rules = Rules.preset(config.sharding.preset, config.sharding.rules)
+    rules = config.sharding.logical_rules()
     with HFCheckpoint(args.hf_dir) as ckpt:
         policy = import_params(ckpt, config.model, mesh, rules)
     step_dir = save_policy(out, config, policy)

@@ -24,7 +24,6 @@ def run(args: argparse.Namespace) -> int:
     from r1jax.rl.config import load_config
     from r1jax.sharding.context import use_mesh
     from r1jax.sharding.mesh import build_mesh
-    from r1jax.sharding.rules import Rules
 
     name, overrides = split_config_and_overrides(args.config, args.overrides)
     config = load_config(name, overrides)
@@ -34,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()):
         raise UserError(f"output directory {str(out)!r} exists and is not empty; refusing to overwrite")
     mesh = build_mesh(config.sharding)
-    rules = Rules.preset(config.sharding.preset, config.sharding.rules)
+    rules = config.sharding.logical_rules()
     with use_mesh(mesh, rules):
         policy = init_policy(config.model, config.seed, mesh, rules)
     step_dir = save_policy(out, config, policy)

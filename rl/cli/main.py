@@ -65,15 +65,12 @@ def pin_cpu_without_accelerators() -> None:
     the CPU backend there instead, with JAX's own hardware probe. JAX_PLATFORMS set by the user wins."""
     if os.environ.get("JAX_PLATFORMS") or os.environ.get("JAX_FORCE_TPU_INIT"):
         return
-    try:
-        from jax._src import hardware_utils
-    except ImportError:  # a JAX without the probe: leave the choice to JAX
-        return
-    tpu_chips, _ = hardware_utils.num_available_tpu_chips_and_device_id()
-    if tpu_chips or hardware_utils.has_visible_nvidia_gpu() or hardware_utils.num_available_amd_gpus(stop_at=1):
-        return
     import jax
 
+    from r1jax.sharding.jax_private import accelerators_visible
+
+    if accelerators_visible() is not False:  # attached, or a JAX without the probe: JAX chooses
+        return
     os.environ["JAX_PLATFORMS"] = "cpu"
     jax.config.update("jax_platforms", "cpu")
 
@@ -82,8 +79,10 @@ def quiet_libraries() -> None:
     """Keep the console readable: library chatter (absl/Orbax/TensorFlow-style logs) only on errors."""
     import logging
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    for name in ("absl", "orbax", "jax._src.xla_bridge"):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # read when JAX's C++ loads: set it first
+    from r1jax.sharding.jax_private import BACKEND_LOGGER
+
+    for name in ("absl", "orbax", BACKEND_LOGGER):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 

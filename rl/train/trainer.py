@@ -214,7 +214,7 @@ class Trainer:
 
         location = pathlib.Path(path)
         if (location / "config.json").exists():
-            from r1jax.model.hf_io import load_hf_policy
+            from r1jax.rl.hf_policy import load_hf_policy
 
             config, policy = load_hf_policy(location, self.mesh, self.rules)
         else:

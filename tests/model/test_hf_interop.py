@@ -22,11 +22,12 @@ from safetensors.numpy import save_file
 
 from r1jax.errors import UserError
 from r1jax.model.hf_config import from_hf_config, to_hf_config
-from r1jax.model.hf_io import export_hf, host_slot, iter_hf_tensors, load_hf_policy
+from r1jax.model.hf_io import export_hf, host_slot, iter_hf_tensors
 from r1jax.model.hf_tokenizer import save_hf_tokenizer
 from r1jax.model.tokenizer import MIN_VOCAB, apply_template, train_tokenizer
 from r1jax.rl.checkpoint import load_config
 from r1jax.rl.cli.main import main
+from r1jax.rl.hf_policy import load_hf_policy
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.rules import Rules
 from tests.model.hf_models import random_hf_model

@@ -3,19 +3,18 @@
 A GRPO step runs three device programs (rl.train.stage_grpo): the sampler (`rl.sampler.generate_padded`),
 the reference log-probs (`rl.grpo.step.reference_logprobs`, only when kl_coef > 0) and the update step
 (`make_grpo_step`, jitted with the state donated). `compile_report` lowers each with abstract inputs
-(ShapeDtypeStructs carrying the trainer's NamedShardings) on a mesh of libtpu's compile-only devices and
-compiles it for TPU. Nothing is allocated and no TPU is needed.
+(ShapeDtypeStructs carrying the trainer's NamedShardings, `sharding.params.abstract_sharded`) on a mesh of
+libtpu's compile-only devices (`sharding.topology.abstract_devices`) and compiles it for TPU
+(`sharding.compile_stats`). Nothing is allocated and no TPU is needed.
 
 Memory per device (the report's `per_chip_bytes` is the largest program total):
 - resident state, exact from shapes and shardings: parameters (with the routing bias), optimizer state,
   reference parameters;
-- a program's peak from `compiled.memory_analysis()`: the TPU compiler's own peak (buffers live at once,
-  its arguments included; where absent, arguments + outputs - aliased (donated) + temporaries) plus the
-  generated code. A program whose arguments do not hold the whole state adds the rest: the sampler runs
-  while the optimizer state and the reference stay in HBM;
+- a program's peak (`sharding.compile_stats.ProgramStats.peak_bytes`: the compiler's peak plus the generated
+  code, or libtpu's stated need when it refuses the program). A program whose arguments do not hold the
+  whole state adds the rest: the sampler runs while the optimizer state and the reference stay in HBM;
 - `activations` is the update step's temporaries; `kv_cache` is computed from the sampler's cache shapes,
   the batch axis sharded as the rules shard "batch" (the cache is made inside the program).
-When libtpu refuses a program for lack of memory, its peak is the requirement libtpu states.
 XLA's cost estimate (flops, bytes accessed) is reported per program as XLA gives it.
 
 Workload (`Workload`): rows = prompts x group size, each prompt_len + new_tokens long; the sampler
@@ -26,27 +25,27 @@ time) and decodes new_tokens for every row.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
-import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from r1jax.model.config import ModelConfig
 from r1jax.errors import UserError
+from r1jax.model.config import ModelConfig
 from r1jax.model.factory import abstract_policy
 from r1jax.rl.grpo.optimizer import make_optimizer
 from r1jax.rl.grpo.step import make_grpo_step, reference_logprobs
 from r1jax.rl.sampler import bucket_length, generate_padded
 from r1jax.rl.update import TrainState, split_policy
+from r1jax.sharding.compile_stats import ProgramStats, compile_stats, device_bytes
 from r1jax.sharding.context import use_mesh
-from r1jax.sharding.mesh import ShardingConfig, build_mesh
-from r1jax.sharding.params import tree_shardings
+from r1jax.sharding.mesh import ShardingConfig, build_mesh, check_batch_rows
+from r1jax.sharding.mesh_presets import MESH_PRESETS, resolve_mesh
+from r1jax.sharding.params import abstract_sharded
 from r1jax.sharding.rules import Rules
-from r1jax.sharding.topology import Topology, abstract_devices, parse_oom
+from r1jax.sharding.topology import Topology, abstract_devices
 
 DEFAULT_PROMPT_LEN = 512  # R1-style math prompts with the chat template fit well within this bucket
 
@@ -88,76 +87,6 @@ def for_tpu(model: ModelConfig) -> ModelConfig:
     return dataclasses.replace(model, moe_impl="ragged") if model.moe_impl == "auto" else model
 
 
-@dataclasses.dataclass(frozen=True)
-class ProgramStats:
-    """One compiled program on one device, from `memory_analysis()` and `cost_analysis()`."""
-
-    argument_bytes: int = 0
-    output_bytes: int = 0
-    alias_bytes: int = 0
-    temp_bytes: int = 0
-    code_bytes: int = 0
-    peak_bytes: int = 0  # what the program needs in HBM while it runs, its own arguments included
-    flops: float | None = None
-    bytes_accessed: float | None = None
-    compile_seconds: float = 0.0
-    error: str | None = None  # libtpu's refusal (out of memory); peak_bytes is then its stated need
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-_COMPILED: dict[str, ProgramStats] = {}  # by program text: one compile per program and process
-
-
-def compile_stats(lowered, mesh) -> ProgramStats:
-    """Compile for the mesh's TPU devices; the same program on the same devices is compiled once per
-    process (e.g. a report judged again against another HBM figure)."""
-    devices = [(d.device_kind, d.id, getattr(d, "coords", None)) for d in mesh.devices.flat]
-    key = hashlib.sha256(f"{devices}\n{lowered.as_text()}".encode()).hexdigest()
-    if key not in _COMPILED:
-        _COMPILED[key] = _compile(lowered)
-    return _COMPILED[key]
-
-
-def _compile(lowered) -> ProgramStats:
-    start = time.perf_counter()
-    try:
-        compiled = lowered.compile()
-    except jax.errors.JaxRuntimeError as err:
-        required, _ = parse_oom(str(err))
-        if required is None:
-            raise
-        return ProgramStats(peak_bytes=required, compile_seconds=time.perf_counter() - start,
-                            error=str(err).splitlines()[0][:500])
-    seconds = time.perf_counter() - start
-    mem = compiled.memory_analysis()
-    fields = dict(argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
-                  alias_bytes=mem.alias_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
-                  code_bytes=mem.generated_code_size_in_bytes)
-    peak = getattr(mem, "peak_memory_in_bytes", 0) or (
-        fields["argument_bytes"] + fields["output_bytes"] - fields["alias_bytes"] + fields["temp_bytes"])
-    cost = compiled.cost_analysis()
-    cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else (cost or {})
-    return ProgramStats(**fields, peak_bytes=peak + fields["code_bytes"], flops=cost.get("flops"),
-                        bytes_accessed=cost.get("bytes accessed"), compile_seconds=seconds)
-
-
-def device_bytes(tree) -> int:
-    """Bytes one device holds of a tree of sharded ShapeDtypeStructs (even shardings: every device alike)."""
-    return sum(math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
-               for x in jax.tree.leaves(tree))
-
-
-def with_shardings(tree, shardings):
-    """ShapeDtypeStructs of `tree`'s leaves carrying `shardings` (one per NNX Variable or plain leaf)."""
-    leaves, treedef = jax.tree.flatten(tree)
-    targets = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
-    assert len(leaves) == len(targets), (len(leaves), len(targets))
-    return jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-                                        for x, s in zip(leaves, targets)])
-
-
 @dataclasses.dataclass
 class Setup:
     """Everything a compile needs: the mesh of compile-only devices, the abstract state and batch."""
@@ -168,7 +97,6 @@ class Setup:
     rules: Rules
     graphdef: Any
     state: TrainState  # of sharded ShapeDtypeStructs
-    shardings: Any
     batch: dict
     optimizer: Any
 
@@ -182,29 +110,19 @@ def make_setup(config, topology: Topology, sharding: ShardingConfig, workload: W
     """The abstract TrainState and GRPO batch on `sharding`'s mesh over the topology's devices."""
     config = dataclasses.replace(config, model=for_tpu(config.model), sharding=sharding)
     mesh = build_mesh(sharding, list(abstract_devices(topology.topology_string)))
-    rules = Rules.preset(sharding.preset, sharding.rules)
+    rules = sharding.logical_rules()
     optimizer = make_optimizer(config.optimizer)
     graphdef, params, bias = split_policy(abstract_policy(config.model))
     state = TrainState(params, bias, jax.eval_shape(optimizer.init, params), jax.ShapeDtypeStruct((), jnp.int32),
                        (params, bias) if config.grpo.kl_coef > 0 else None)
-    shardings = tree_shardings(state, mesh, rules)
     batch = abstract_batch(config, workload, mesh, rules)
-    return Setup(config, workload, mesh, rules, graphdef, with_shardings(state, shardings), shardings, batch,
-                 optimizer)
-
-
-def batch_axes(mesh, rules: Rules) -> tuple[str, ...]:
-    return tuple(a for a in rules.mesh_axes("batch") if a in mesh.shape)
+    return Setup(config, workload, mesh, rules, graphdef, abstract_sharded(state, mesh, rules), batch, optimizer)
 
 
 def abstract_batch(config, work: Workload, mesh, rules: Rules) -> dict:
     """The update step's batch (rl.grpo.step's layout), rows split over the batch axes as the trainer
     places it; `ref_logp` is there when kl_coef > 0 (computed ahead by the reference program)."""
-    axes = batch_axes(mesh, rules)
-    ways = math.prod(mesh.shape[a] for a in axes)
-    if work.rows % ways:
-        raise UserError(f"a batch of {work.rows} rows does not split over the {ways} data-parallel devices "
-                        f"({'x'.join(axes)}); change grpo.prompts_per_step / group_size or the mesh")
+    axes = check_batch_rows(work.rows, mesh, rules, "a GRPO batch (grpo.prompts_per_step x group_size)")
     rows = NamedSharding(mesh, P(axes or None))
     b, t, model = work.rows, work.seq_len, config.model
     shapes = {"tokens": ((b, t), jnp.int32), "positions": ((b, t), jnp.int32), "valid": ((b, t), jnp.bool_),
@@ -223,8 +141,9 @@ def compile_update(setup: Setup) -> ProgramStats:
     update = dataclasses.replace(cfg.update, micro_batches=setup.workload.micro_batches)
     step = make_grpo_step(setup.graphdef, setup.optimizer, cfg.grpo, update, cfg.model,
                           cfg.optimizer.grad_clip_norm)
+    shardings = jax.tree.map(lambda x: x.sharding, setup.state)  # the state keeps its shardings
     with use_mesh(setup.mesh, setup.rules):
-        lowered = jax.jit(step, out_shardings=(setup.shardings, None), donate_argnums=0).lower(
+        lowered = jax.jit(step, out_shardings=(shardings, None), donate_argnums=0).lower(
             setup.state, setup.batch)
     return compile_stats(lowered, setup.mesh)
 
@@ -338,8 +257,6 @@ def compile_setup(setup: Setup) -> dict[str, ProgramStats]:
 
 def compile_report(config, topology: Topology, mesh: str, workload: Workload, hbm: tuple[int, str]) -> Report:
     """Compile the GRPO programs under mesh preset `mesh`; `hbm` is (bytes per device, its source)."""
-    from r1jax.sharding.mesh_presets import resolve_mesh
-
     setup = make_setup(config, topology, resolve_mesh(mesh, config.sharding), workload)
     return _report(setup, topology, mesh, hbm)
 
@@ -352,8 +269,6 @@ def _report(setup: Setup, topology: Topology, mesh: str, hbm: tuple[int, str]) -
 def alternatives(config, topology: Topology, workload: Workload, hbm: tuple[int, str], skip: str) -> list[dict]:
     """Every other mesh preset, judged: invalid ones (a mesh that does not divide) with the reason; those
     whose resident state and batch alone exceed HBM without compiling; the rest compiled."""
-    from r1jax.sharding.mesh_presets import MESH_PRESETS, resolve_mesh
-
     out = []
     for name in MESH_PRESETS:
         if name == skip:

@@ -1,4 +1,4 @@
-"""TPU names, and `r1jax compile` of a tiny GRPO step for a 4-chip v5p slice on this CPU host (libtpu)."""
+"""`r1jax compile` (rl.aot) of a tiny GRPO step for a 4-chip v5p slice on this CPU host (libtpu)."""
 
 import contextlib
 import dataclasses
@@ -10,42 +10,15 @@ import yaml
 
 from r1jax.errors import UserError
 from r1jax.model.factory import count_params
+from r1jax.rl.aot import make_setup, workload_for
 from r1jax.rl.cli.main import main
+from r1jax.rl.config import load_config
 from r1jax.sharding.mesh_presets import MESH_PRESETS
-from r1jax.sharding.topology import parse_oom, parse_topology
+from r1jax.sharding.topology import parse_topology
 from tests.model.tiny import DEEPSEEK
 
 GIB = 2**30
 MODEL = dataclasses.replace(DEEPSEEK, num_hidden_layers=2)
-
-
-@pytest.mark.parametrize("name, topology, chips", [
-    ("v5p-128", "v5p:4x4x4", 64), ("v5p-512", "v5p:4x8x8", 256), ("v5p-16", "v5p:2x2x2", 8),
-    ("v5p-8", "v5p:2x2x1", 4), ("v5p-384", "v5p:4x4x12", 192), ("v6e-256", "v6e:16x16", 256),
-    ("v5e-16", "v5e:4x4", 16), ("v5litepod-8", "v5e:2x4", 8), ("v4-32", "v4:2x2x4", 16),
-    ("v5p:4x4x4", "v5p:4x4x4", 64), (" V6E:2x2 ", "v6e:2x2", 4), ("v5litepod:4x4", "v5e:4x4", 16)])
-def test_cloud_names_and_topology_strings(name, topology, chips):
-    parsed = parse_topology(name)
-    assert (parsed.topology_string, parsed.chips) == (topology, chips)
-
-
-@pytest.mark.parametrize("name, why", [
-    ("v5p-7", "must be even"), ("v7x-8", "unknown TPU type"), ("v5p:4x4", "needs 3 positive dimensions"),
-    ("v6e:2x2x2", "needs 2 positive dimensions"), ("tpu", "Cloud TPU name"), ("v5e-3", "slices have"),
-    ("v5p-12", "6 chips"), ("v5p:0x2x2", "positive")])
-def test_bad_names_are_user_errors(name, why):
-    with pytest.raises(UserError, match=why):
-        parse_topology(name)
-
-
-def test_out_of_memory_messages_parse_in_binary_units():
-    temporaries = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
-                   "temporaries (18.12G) exceeds available HBM (15.75G).")
-    used = "RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space hbm. " \
-           "Used 120.50G of 95.74G hbm. Exceeded hbm capacity by 24.76G."
-    assert parse_oom(temporaries) == (int(18.12 * GIB), int(15.75 * GIB))
-    assert parse_oom(used) == (int(120.5 * GIB), int(95.74 * GIB))
-    assert parse_oom("INTERNAL: something else") == (None, None)
 
 
 def _config_file(tmp_path):
@@ -123,3 +96,11 @@ def test_bad_topology_and_mesh_are_clean_errors(config_path, capsys):
     assert main(["compile", config_path, "--topology", "v5p-8", "--mesh", "nope"]) == 2
     err = capsys.readouterr().err
     assert "must be even" in err and "unknown mesh preset 'nope'" in err
+
+
+def test_a_batch_that_does_not_split_names_the_config_fields(config_path):
+    config = load_config(config_path)
+    work = workload_for(config, prompts=3, group_size=1)  # 3 rows over 4 data-parallel devices
+    with pytest.raises(UserError, match=r"GRPO batch \(grpo.prompts_per_step x group_size\) of 3 rows does not "
+                                        r"split over the 4 data-parallel devices"):
+        make_setup(config, parse_topology("v5p:2x2x1"), config.sharding, work)

@@ -1,0 +1,81 @@
+"""Compiling a lowered program for a mesh's devices (real or libtpu's compile-only ones) and reading what it
+needs per device: XLA's memory analysis and cost estimate, or libtpu's stated need when it refuses.
+
+Memory per device of a compiled program (`ProgramStats.peak_bytes`): the TPU compiler's own peak (buffers
+live at once, its arguments included; where absent, arguments + outputs - aliased (donated) + temporaries)
+plus the generated code. When libtpu refuses a program for lack of memory, its peak is the requirement libtpu
+states (`topology.parse_oom`). XLA's cost estimate (flops, bytes accessed) is kept as XLA gives it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+
+from r1jax.sharding.topology import parse_oom
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramStats:
+    """One compiled program on one device, from `memory_analysis()` and `cost_analysis()`."""
+
+    argument_bytes: int = 0
+    output_bytes: int = 0
+    alias_bytes: int = 0
+    temp_bytes: int = 0
+    code_bytes: int = 0
+    peak_bytes: int = 0  # what the program needs in HBM while it runs, its own arguments included
+    flops: float | None = None
+    bytes_accessed: float | None = None
+    compile_seconds: float = 0.0
+    error: str | None = None  # libtpu's refusal (out of memory); peak_bytes is then its stated need
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_COMPILED: dict[str, ProgramStats] = {}  # by program text: one compile per program and process
+
+
+def compile_stats(lowered, mesh) -> ProgramStats:
+    """Compile for the mesh's devices; the same program on the same devices is compiled once per process
+    (e.g. a report judged again against another HBM figure)."""
+    devices = [(d.device_kind, d.id, getattr(d, "coords", None)) for d in mesh.devices.flat]
+    key = hashlib.sha256(f"{devices}\n{lowered.as_text()}".encode()).hexdigest()
+    if key not in _COMPILED:
+        _COMPILED[key] = _compile(lowered)
+    return _COMPILED[key]
+
+
+def _compile(lowered) -> ProgramStats:
+    start = time.perf_counter()
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as err:
+        required, _ = parse_oom(str(err))
+        if required is None:
+            raise
+        return ProgramStats(peak_bytes=required, compile_seconds=time.perf_counter() - start,
+                            error=str(err).splitlines()[0][:500])
+    seconds = time.perf_counter() - start
+    mem = compiled.memory_analysis()
+    fields = dict(argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
+                  alias_bytes=mem.alias_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
+                  code_bytes=mem.generated_code_size_in_bytes)
+    peak = getattr(mem, "peak_memory_in_bytes", 0) or (
+        fields["argument_bytes"] + fields["output_bytes"] - fields["alias_bytes"] + fields["temp_bytes"])
+    cost = compiled.cost_analysis()
+    cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else (cost or {})
+    return ProgramStats(**fields, peak_bytes=peak + fields["code_bytes"], flops=cost.get("flops"),
+                        bytes_accessed=cost.get("bytes accessed"), compile_seconds=seconds)
+
+
+def device_bytes(tree) -> int:
+    """Bytes one device holds of a tree of sharded ShapeDtypeStructs (even shardings: every device alike)."""
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
+               for x in jax.tree.leaves(tree))

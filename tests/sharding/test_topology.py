@@ -1,0 +1,37 @@
+"""TPU names and topologies, and libtpu's out-of-memory messages (sharding.topology)."""
+
+import pytest
+
+from r1jax.errors import UserError
+from r1jax.sharding.topology import parse_oom, parse_topology
+
+GIB = 2**30
+
+
+@pytest.mark.parametrize("name, topology, chips", [
+    ("v5p-128", "v5p:4x4x4", 64), ("v5p-512", "v5p:4x8x8", 256), ("v5p-16", "v5p:2x2x2", 8),
+    ("v5p-8", "v5p:2x2x1", 4), ("v5p-384", "v5p:4x4x12", 192), ("v6e-256", "v6e:16x16", 256),
+    ("v5e-16", "v5e:4x4", 16), ("v5litepod-8", "v5e:2x4", 8), ("v4-32", "v4:2x2x4", 16),
+    ("v5p:4x4x4", "v5p:4x4x4", 64), (" V6E:2x2 ", "v6e:2x2", 4), ("v5litepod:4x4", "v5e:4x4", 16)])
+def test_cloud_names_and_topology_strings(name, topology, chips):
+    parsed = parse_topology(name)
+    assert (parsed.topology_string, parsed.chips) == (topology, chips)
+
+
+@pytest.mark.parametrize("name, why", [
+    ("v5p-7", "must be even"), ("v7x-8", "unknown TPU type"), ("v5p:4x4", "needs 3 positive dimensions"),
+    ("v6e:2x2x2", "needs 2 positive dimensions"), ("tpu", "Cloud TPU name"), ("v5e-3", "slices have"),
+    ("v5p-12", "6 chips"), ("v5p:0x2x2", "positive")])
+def test_bad_names_are_user_errors(name, why):
+    with pytest.raises(UserError, match=why):
+        parse_topology(name)
+
+
+def test_out_of_memory_messages_parse_in_binary_units():
+    temporaries = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+                   "temporaries (18.12G) exceeds available HBM (15.75G).")
+    used = "RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space hbm. " \
+           "Used 120.50G of 95.74G hbm. Exceeded hbm capacity by 24.76G."
+    assert parse_oom(temporaries) == (int(18.12 * GIB), int(15.75 * GIB))
+    assert parse_oom(used) == (int(120.5 * GIB), int(95.74 * GIB))
+    assert parse_oom("INTERNAL: something else") == (None, None)

@@ -1,0 +1,116 @@
+"""The repository's layout: one direction of dependencies, and every package folder shipped in the wheel.
+
+`sharding` imports nothing of the project but `r1jax.errors`; `model` also imports `sharding`; `rl` imports
+both. Imports are read with `ast` from every module under sharding/, model/ and rl/, at module level and
+inside functions alike (and `importlib.import_module("...")` with a literal name); relative imports are
+resolved against the importing module. A bare `model` / `rl` / `sharding` import (no `r1jax.`) is an error
+anywhere: installed, those names do not exist.
+"""
+
+import ast
+import pathlib
+import tomllib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PACKAGES = ("sharding", "model", "rl")
+MAY_IMPORT = {"sharding": set(), "model": {"sharding"}, "rl": {"sharding", "model"}}
+SHARED = {"errors"}  # r1jax's own modules every package may use
+
+
+def module_name(path: pathlib.Path, root: pathlib.Path = ROOT) -> str:
+    """The installed name of a source file: sharding/params.py -> r1jax.sharding.params (a package's
+    __init__.py -> the package)."""
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(["r1jax", *parts])
+
+
+def imported_names(source: str, module: str, is_package: bool = False) -> list[str]:
+    """Every absolute module (or `from` target) name `source` imports, wherever the import statement is."""
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    names = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            stem = ".".join(base + ([node.module] if node.module else []))
+            names += [stem] + [f"{stem}.{alias.name}" for alias in node.names if alias.name != "*"]
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None))
+              == "import_module" and node.args and isinstance(node.args[0], ast.Constant)):
+            names.append(str(node.args[0].value))
+    return names
+
+
+def violations(source: str, module: str, is_package: bool = False) -> list[str]:
+    """What `module` (an r1jax.<package>... name) imports against the direction of dependencies."""
+    own = module.split(".")[1]
+    allowed = MAY_IMPORT[own] | SHARED
+    found = {}
+    for name in imported_names(source, module, is_package):
+        parts = name.split(".")
+        if parts[0] in PACKAGES:
+            found[name] = f"{module} imports bare {name!r}: use r1jax.{name}"
+        elif parts[0] == "r1jax" and len(parts) > 1 and parts[1] not in allowed | {own}:
+            found[name] = f"{module} imports {name} ({own} may import only r1jax.{{{', '.join(sorted(allowed))}}})"
+    # `from a.b import c` names both a.b and a.b.c: report the module, not each name taken from it
+    return sorted(text for name, text in found.items() if not any(name.startswith(f"{m}.") for m in found))
+
+
+def source_files():
+    return sorted(p for package in PACKAGES for p in (ROOT / package).rglob("*.py"))
+
+
+def test_the_packages_depend_in_one_direction():
+    found = [v for path in source_files()
+             for v in violations(path.read_text(), module_name(path), path.name == "__init__.py")]
+    assert found == []
+
+
+@pytest.mark.parametrize("module, source, expected", [
+    ("r1jax.sharding.aot", "import jax\n\ndef f():\n    from r1jax.rl.sampler import generate\n",
+     ["r1jax.sharding.aot imports r1jax.rl.sampler (sharding may import only r1jax.{errors})"]),
+    ("r1jax.model.hf_io", "def f():\n    from ..rl import config\n",
+     ["r1jax.model.hf_io imports r1jax.rl (model may import only r1jax.{errors, sharding})"]),
+    ("r1jax.sharding.mesh", "from r1jax import model\n",
+     ["r1jax.sharding.mesh imports r1jax.model (sharding may import only r1jax.{errors})"]),
+    ("r1jax.rl.sampler", "import model.config\n", ["r1jax.rl.sampler imports bare 'model.config': use "
+                                                   "r1jax.model.config"]),
+    ("r1jax.model.factory", "import importlib\nimportlib.import_module('r1jax.rl.update')\n",
+     ["r1jax.model.factory imports r1jax.rl.update (model may import only r1jax.{errors, sharding})"]),
+    ("r1jax.rl.aot", "from r1jax.model.factory import abstract_policy\nfrom ..sharding.mesh import build_mesh\n"
+                     "from r1jax.errors import UserError\nfrom . import sampler\n", []),
+    ("r1jax.model.hf_io", "from r1jax.sharding.params import path_keys\nfrom .config import ModelConfig\n", []),
+])
+def test_the_checker_finds_imports_against_the_direction(module, source, expected):
+    assert violations(source, module) == expected
+
+
+def test_relative_imports_resolve_from_a_package_init():
+    assert "r1jax.rl.cli.main" in imported_names("from . import main\n", "r1jax.rl.cli", is_package=True)
+    assert "r1jax.rl.config" in imported_names("from ..config import Config\n", "r1jax.rl.cli.main")
+
+
+def package_folders(root: pathlib.Path) -> set[str]:
+    """The installed name of every folder under model/, rl/, sharding/ holding an __init__.py."""
+    return {module_name(p, root) for package in PACKAGES for p in (root / package).rglob("__init__.py")}
+
+
+def test_every_package_folder_ships_in_the_wheel():
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setuptools["packages"])
+    assert package_folders(ROOT) - listed == set()  # a new subpackage must be added to [tool.setuptools]
+    in_packages = {name for name in listed if name.partition(".")[2].split(".")[0] in PACKAGES}
+    assert in_packages == package_folders(ROOT)  # and nothing listed is gone
+    assert {setuptools["package-dir"][f"r1jax.{p}"] for p in PACKAGES} == set(PACKAGES)
+
+
+def test_a_new_subpackage_is_found(tmp_path):
+    for folder in ("rl", "rl/new", "model", "sharding"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "__init__.py").write_text("")
+    (tmp_path / "rl" / "data_only").mkdir()  # no __init__.py: not a package
+    assert package_folders(tmp_path) == {"r1jax.rl", "r1jax.rl.new", "r1jax.model", "r1jax.sharding"}
