@@ -113,6 +113,23 @@ def test_grad_norms_raw_and_clipped():
     assert np.isnan(grad_norms({"a": jnp.array([np.nan])}, 1.0)[1])
 
 
+def test_grad_norm_is_bitwise_the_float32_sum_of_squares():
+    """optax.tree.norm replaced a hand sum: the logged grad_norm must keep its bits (the default run's numbers)."""
+    def hand_sum(grads):
+        sq = [jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(grads)]
+        return jnp.sqrt(sum(sq, jnp.float32(0.0)))
+
+    rng = np.random.default_rng(0)
+    for scale in (1e-20, 1e-3, 1.0, 7e5, 1e19):
+        grads = {"a": jnp.asarray(rng.normal(size=(37, 5)) * scale, jnp.float32),
+                 "b": {"c": jnp.asarray(rng.normal(size=(3, 4, 129)) * scale, jnp.bfloat16),
+                       "d": jnp.asarray(rng.normal() * scale, jnp.float32)}}
+        for fn, ref in ((grad_norms, hand_sum), (jax.jit(grad_norms, static_argnums=1), jax.jit(hand_sum))):
+            raw, clipped = fn(grads, 1.0)
+            assert raw.dtype == jnp.float32 and raw.tobytes() == ref(grads).tobytes(), scale
+            assert clipped.tobytes() == jnp.minimum(ref(grads), 1.0).tobytes()
+
+
 @pytest.mark.parametrize("field,value", [
     ("lr", -1e-6), ("schedule", "linear"), ("warmup_steps", -1), ("min_lr_ratio", 1.5), ("b2", 1.0),
     ("weight_decay", -0.1), ("grad_clip_norm", 0.0), ("max_consecutive_skips", 0),
