@@ -30,7 +30,7 @@ import logging
 import math
 import pathlib
 from collections import defaultdict
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -380,10 +380,3 @@ def load_hf_policy(hf_dir: str | pathlib.Path, mesh: Mesh | None = None, rules: 
     with HFCheckpoint(hf_dir) as ckpt:
         policy = import_params(ckpt, config.model, mesh, rules)
     return config, policy
-
-
-def iter_hf_tensors(hf_dir: str | pathlib.Path) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, array) of every tensor of an HF checkpoint directory, one at a time (tests, tools)."""
-    with HFCheckpoint(hf_dir) as ckpt:
-        for name in sorted(ckpt.files):
-            yield name, ckpt.get(name)

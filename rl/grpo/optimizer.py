@@ -95,11 +95,6 @@ def make_optimizer(cfg: OptimizerConfig, weight_decay_mask=None) -> optax.Gradie
     return skip_nonfinite(optax.chain(*clip, adamw))
 
 
-def skip_counts(opt_state: SkipState) -> tuple[jax.Array, jax.Array]:
-    """(consecutive_skips, total_skips) of a `make_optimizer` state; halt when the first reaches the cap."""
-    return opt_state.consecutive_skips, opt_state.total_skips
-
-
 def grad_norms(grads, max_norm: float | None) -> tuple[jax.Array, jax.Array]:
     """(raw global L2 norm, norm after clip_by_global_norm(max_norm)); NaN/inf propagate to both."""
     raw = optax.tree.norm(jax.tree.map(lambda g: g.astype(jnp.float32), grads))  # float32 accumulation
