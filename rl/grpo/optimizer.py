@@ -7,7 +7,7 @@ whereas x + 0.0 turns -0.0 into +0.0), the inner optimizer state is kept bitwise
 `SkipState` advance. The schedule's step count lives in the inner state, so skipped steps do not advance
 the learning-rate schedule.
 
-Kept instead of optax's own (checked bit for bit against them):
+Kept instead of optax's own, which behave differently:
 - `skip_nonfinite`, not `optax.apply_if_finite`: that one checks only the gradients, returns +0.0 updates
   (turning -0.0 params into +0.0), and applies non-finite updates after `max_consecutive_errors`; here the
   trainer halts instead (`optimizer.max_consecutive_skips`, read from `consecutive_skips`).
