@@ -58,7 +58,7 @@ class ModelConfig:
     # Numerics and kernels.
     param_dtype: str = "float32"
     compute_dtype: str = "float32"  # router, softmax, norms and logits always run in float32
-    moe_impl: str = "auto"  # auto: ragged_dot on TPU/GPU, blocked scan on CPU (see MEASURED.md)
+    moe_impl: str = "auto"  # auto: ragged_dot on TPU/GPU, blocked scan on CPU (see model.dispatch)
     moe_block_size: int = 64  # rows per block of the blocked grouped matmul (at most; see model.dispatch)
     remat: bool = False  # rematerialise each layer in the backward pass
 

@@ -4,8 +4,9 @@ Compute scales with tokens x top-k, not with the number of experts. Two grouped-
 - "ragged": `jax.lax.ragged_dot` (TPU/GPU).
 - "blocked": expert-sorted copies padded per expert to whole blocks of `block_size` rows (fewer when the
   copies per expert are fewer, as in decoding), then a scan over blocks, each multiplied by its own
-  expert's weights. `ragged_dot` on CPU costs as much as a dense product
-  over all experts (MEASURED.md); this kernel is the CPU path.
+  expert's weights. `ragged_dot` on CPU (jax 0.10.2) costs as much as a dense product over all experts
+  (8192x256 @ [E,256,512]: 161 ms at E = 8, 1,131 ms at E = 64, vs 12.6 ms as one dense matmul of the
+  same FLOPs, on a 2-core CPU); this kernel is the CPU path.
 
 Expert parallelism (`expert_ffn` under a mesh): a shard_map over the mesh. Each device holds E/ep experts
 (and F/tp of their width). Tokens sharded over the expert axis are all-gathered along it, each device runs

@@ -29,7 +29,7 @@ import json
 import math
 import pathlib
 from collections import defaultdict
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -353,8 +353,3 @@ def read_hf_config(hf_dir: str | pathlib.Path) -> tuple[ModelConfig, list[str]]:
     return from_hf_config(hf, source=str(path))
 
 
-def iter_hf_tensors(hf_dir: str | pathlib.Path) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, array) of every tensor of an HF checkpoint directory, one at a time (tests, tools)."""
-    with HFCheckpoint(hf_dir) as ckpt:
-        for name in sorted(ckpt.files):
-            yield name, ckpt.get(name)

@@ -11,67 +11,34 @@ tokenizer), `tokenizer_config.json` (special tokens, `chat_template`) and `speci
 Decoding ids gives r1jax's text (control ids dropped with `skip_special_tokens=True`, as r1jax always
 drops them). Known gaps: an invalid byte run may yield a different number of U+FFFD than sentencepiece;
 the two escape rules are applied one after the other, so text containing U+F0000 followed by "_" differs.
-The sentencepiece proto is read with a few lines of wire-format parsing (no protobuf dependency).
+The sentencepiece proto is read with the message classes sentencepiece ships (`sentencepiece_model_pb2`).
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
-import struct
-from typing import Iterator
+
+from sentencepiece import sentencepiece_model_pb2
 
 from r1jax.errors import UserError
 from r1jax.model.tokenizer import TEMPLATES, Tokenizer
 
 _META, _ESC = "\u2581", "\U000f0000"  # as model.tokenizer
-_KINDS = {1: "normal", 2: "unknown", 3: "control", 4: "user_defined", 5: "unused", 6: "byte"}
-_MODEL_TYPES = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}
 
 
-# ------------------------------------------------------------------------ sentencepiece proto (wire format)
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = buf[pos]
-        value |= (byte & 0x7F) << shift
-        pos, shift = pos + 1, shift + 7
-        if byte < 0x80:
-            return value, pos
-
-
-def _fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
-    """(field number, value) of a protobuf message: ints for varints, bytes otherwise."""
-    pos = 0
-    while pos < len(buf):
-        key, pos = _varint(buf, pos)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-        elif wire == 2:
-            size, pos = _varint(buf, pos)
-            value, pos = buf[pos: pos + size], pos + size
-        elif wire in (1, 5):
-            size = 8 if wire == 1 else 4
-            value, pos = buf[pos: pos + size], pos + size
-        else:
-            raise UserError(f"tokenizer model: unsupported protobuf wire type {wire}")
-        yield field, value
+# ------------------------------------------------------------------------------------ sentencepiece proto
 
 
 def read_model_proto(proto: bytes) -> tuple[str, list[tuple[str, float, str]]]:
-    """(model type, [(piece, score, kind)] in id order) of a serialized sentencepiece ModelProto."""
-    model_type, pieces = "unigram", []  # unigram: the proto default
-    for field, value in _fields(proto):
-        if field == 1:  # SentencePiece {piece = 1, score = 2, type = 3}
-            piece = dict(_fields(value))
-            score = struct.unpack("<f", piece[2])[0] if 2 in piece else 0.0
-            pieces.append((piece[1].decode("utf-8"), score, _KINDS[piece.get(3, 1)]))
-        elif field == 2:  # TrainerSpec {model_type = 3}
-            model_type = _MODEL_TYPES[dict(_fields(value)).get(3, 1)]
-    return model_type, pieces
+    """(model type, [(piece, score, kind)] in id order) of a serialized sentencepiece ModelProto.
+
+    Model type and kinds are the proto's enum names in lower case ("bpe", "unigram"; "normal", "control", ...).
+    """
+    model = sentencepiece_model_pb2.ModelProto.FromString(proto)
+    model_type = sentencepiece_model_pb2.TrainerSpec.ModelType.Name(model.trainer_spec.model_type).lower()
+    kind = sentencepiece_model_pb2.ModelProto.SentencePiece.Type.Name
+    return model_type, [(p.piece, p.score, kind(p.type).lower()) for p in model.pieces]
 
 
 # ------------------------------------------------------------------------------------------ tokenizer.json

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Iterator, Mapping
+from typing import Iterator
 
 import numpy as np
 
@@ -108,32 +108,3 @@ def _layer(cfg: ModelConfig, kind: str, prefix: str, block: Path, i: int) -> Ite
     if cfg.is_deepseek and cfg.n_shared_experts:
         for name, sub, n_in in _MLP:
             yield Tensor(prefix + "mlp.shared_experts." + name, mlp + ("shared_experts",) + sub, (i,), n_in)
-
-
-def _get(tree: Mapping, path: Path):
-    for key in path:
-        tree = tree[key]
-    return tree
-
-
-def export_tensors(cfg: ModelConfig, params: Mapping) -> Iterator[tuple[str, np.ndarray]]:
-    """(HF name, array) pairs from a pure parameter dict, one tensor at a time."""
-    for t in tensor_map(cfg):
-        stacked = _get(params, t.path)
-        yield t.hf_name, t.to_hf(np.asarray(stacked[t.index] if t.index else stacked))
-
-
-def import_tensors(cfg: ModelConfig, shapes: Mapping, get: Callable[[str], np.ndarray]) -> dict:
-    """A pure parameter dict (numpy) with the structure and shapes of `shapes`, filled from `get(name)`."""
-    import jax
-
-    params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-    for t in tensor_map(cfg):
-        target = _get(params, t.path)
-        slot_shape = target[t.index].shape if t.index else target.shape
-        value = t.from_hf(np.asarray(get(t.hf_name)), slot_shape).astype(target.dtype)
-        if t.index:
-            target[t.index] = value
-        else:
-            target[...] = value
-    return params

@@ -101,22 +101,6 @@ class Tokenizer:
 
     unk_id, bos_id, eos_id, pad_id = UNK_ID, BOS_ID, EOS_ID, PAD_ID
 
-    @property
-    def think_id(self) -> int:
-        return self._sp.piece_to_id(THINK)
-
-    @property
-    def end_think_id(self) -> int:
-        return self._sp.piece_to_id(END_THINK)
-
-    @property
-    def answer_id(self) -> int:
-        return self._sp.piece_to_id(ANSWER)
-
-    @property
-    def end_answer_id(self) -> int:
-        return self._sp.piece_to_id(END_ANSWER)
-
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         ids = self._sp.encode(_escape(text))
         return ([BOS_ID] if add_bos else []) + ids + ([EOS_ID] if add_eos else [])

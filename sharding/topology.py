@@ -158,13 +158,27 @@ def abstract_devices(topology_string: str) -> tuple:
         raise UserError(f"libtpu rejected topology {topology_string!r}: {err}") from err
 
 
-_SIZE = r"([\d.]+)\s*([KMGTPE]?)i?B?"
-_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "P": 2**50, "E": 2**60}
+# A size: a number and an optional unit, e.g. "5GB", "95.74G", "16 GiB", "1000000".
+_SIZE = r"\d+(?:\.\d+)?\s*[KMGTPE]?i?B?"
+_SIZE_UNITS = {"": 1, "B": 1} | {
+    spelling: factor for power, prefix in enumerate("KMGTPE", start=1)
+    for spelling, factor in ((prefix, 2**(10 * power)), (prefix + "IB", 2**(10 * power)),
+                             (prefix + "B", 10**(3 * power)))}
 
 
-def parse_size(number: str, unit: str) -> int:
-    """XLA's human-readable sizes ("95.74G") are binary: G = GiB."""
-    return int(float(number) * _UNITS[unit])
+def parse_size(text: str, what: str = "size") -> int:
+    """Bytes in a size such as "5GB", "95.74G", "16GiB" or "1000000" (units case-insensitive).
+
+    KB, MB, GB, TB, PB, EB are decimal (10**3 steps: SI, and Hugging Face's `max_shard_size="5GB"`);
+    KiB, MiB, GiB, ... and the bare letters K, M, G, ... are binary (2**10 steps: libtpu prints HBM sizes
+    as "95.74G", meaning GiB, the unit of the TPU docs' HBM figures). No unit or "B": bytes. Fractions
+    round down to whole bytes. Anything else is a UserError naming `what`.
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    if not match or match.group(2).upper() not in _SIZE_UNITS:
+        raise UserError(f"{what} {text!r}: expected a size such as 5GB (10**9 bytes), 4GiB (2**32), "
+                        "500MB or 1000000")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
 
 
 def parse_oom(message: str) -> tuple[int | None, int | None]:
@@ -172,11 +186,11 @@ def parse_oom(message: str) -> tuple[int | None, int | None]:
 
     Two forms: "the total memory required for HLO temporaries (X) exceeds available HBM (Y)" and
     "Used X of Y hbm. Exceeded hbm capacity by Z"."""
-    for pattern in (rf"required[^(]*\({_SIZE}\)\s*exceeds available HBM \({_SIZE}\)",
-                    rf"Used {_SIZE} of {_SIZE} hbm"):
+    for pattern in (rf"required[^(]*\(({_SIZE})\)\s*exceeds available HBM \(({_SIZE})\)",
+                    rf"Used ({_SIZE}) of ({_SIZE}) hbm"):
         match = re.search(pattern, message)
         if match:
-            return parse_size(*match.group(1, 2)), parse_size(*match.group(3, 4))
+            return parse_size(match.group(1), "required HBM"), parse_size(match.group(2), "available HBM")
     return None, None
 
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import re
 
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+from r1jax.sharding.topology import parse_size
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,22 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
                         help="weight dtype in the files (default: the checkpoint's param_dtype)")
     parser.add_argument("--max-shard-size", default="5GB",
-                        help="largest safetensors file, e.g. 5GB, 500MB or a byte count (default 5GB)")
+                        help="largest safetensors file, e.g. 5GB (10**9 bytes, as Hugging Face), 4GiB "
+                             "(2**32), 500MB or a byte count (default 5GB)")
     parser.add_argument("--tokenizer", default=None, metavar="PATH",
                         help="the r1jax tokenizer (tokenizer.model or its directory) to export beside the "
                              "weights (default: the one the checkpoint carries); its bos/eos/pad ids go "
                              "into the configs")
     parser.add_argument("--template", default="r1_zero",
                         help="prompt template that becomes the chat template (r1_zero or chat)")
-
-
-def parse_size(text: str) -> int:
-    from r1jax.errors import UserError
-
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
-    if not match or match.group(2).upper() not in _UNITS or float(match.group(1)) <= 0:
-        raise UserError(f"--max-shard-size {text!r}: expected a size such as 5GB, 500MB or 1000000")
-    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
     bad = [o for o in args.overrides if not o.startswith("sharding.")]
     if bad:
         raise UserError(f"override {bad[0]!r}: export-hf only takes sharding.KEY=VALUE overrides")
-    max_bytes = parse_size(args.max_shard_size)
+    max_bytes = parse_size(args.max_shard_size, "--max-shard-size")
+    if max_bytes <= 0:
+        raise UserError(f"--max-shard-size {args.max_shard_size!r}: must be at least one byte")
     out = pathlib.Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"output directory {str(out)!r} exists and is not empty; refusing to overwrite")

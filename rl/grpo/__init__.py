@@ -21,9 +21,9 @@ from r1jax.rl.grpo.config import GRPOConfig, OptimizerConfig
 from r1jax.rl.grpo.kl import KL_ESTIMATORS
 from r1jax.rl.grpo.logprobs import token_logp_and_entropy
 from r1jax.rl.grpo.losses import clipped_surrogate_BT, grpo_loss, kl_penalty_BT
-from r1jax.rl.grpo.optimizer import SkipState, grad_norms, lr_schedule, make_optimizer, skip_counts, skip_nonfinite
+from r1jax.rl.grpo.optimizer import SkipState, grad_norms, lr_schedule, make_optimizer, skip_nonfinite
 from r1jax.rl.grpo.ratios import RATIO_LEVELS, masked_log_ratio_BT, tis_weight_BT
-from r1jax.rl.grpo.stats import combine_stats, finalize_stats, zeros_like_stats
+from r1jax.rl.grpo.stats import combine_stats, finalize_stats
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS", "AGGREGATIONS", "KL_ESTIMATORS", "RATIO_LEVELS",
@@ -32,6 +32,6 @@ __all__ = [
     "global_normalisers", "token_weights_BT",
     "token_logp_and_entropy", "masked_log_ratio_BT", "tis_weight_BT",
     "clipped_surrogate_BT", "kl_penalty_BT", "grpo_loss",
-    "combine_stats", "finalize_stats", "zeros_like_stats",
-    "make_optimizer", "skip_nonfinite", "skip_counts", "grad_norms", "lr_schedule",
+    "combine_stats", "finalize_stats",
+    "make_optimizer", "skip_nonfinite", "grad_norms", "lr_schedule",
 ]

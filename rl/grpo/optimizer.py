@@ -6,6 +6,16 @@ gradients or updates hold a NaN or inf is skipped: the returned updates are all 
 whereas x + 0.0 turns -0.0 into +0.0), the inner optimizer state is kept bitwise, and the skip counters in
 `SkipState` advance. The schedule's step count lives in the inner state, so skipped steps do not advance
 the learning-rate schedule.
+
+Kept instead of optax's own, which behave differently:
+- `skip_nonfinite`, not `optax.apply_if_finite`: that one checks only the gradients, returns +0.0 updates
+  (turning -0.0 params into +0.0), and applies non-finite updates after `max_consecutive_errors`; here the
+  trainer halts instead (`optimizer.max_consecutive_skips`, read from `consecutive_skips`).
+- `lr_schedule`, not `optax.warmup_cosine_decay_schedule`: that one is `init_value` at step 0 and peaks at
+  `warmup_steps` (here the first update already moves: lr * (step + 1) / warmup_steps), and its float32
+  cosine rounds differently (about a quarter of the steps differ in the last bit).
+`grad_norms` is `optax.tree.norm` of the float32 gradients (the same compiled program as the hand sum it
+replaced); gradient clipping is `optax.clip_by_global_norm`.
 """
 
 from collections.abc import Callable
@@ -85,13 +95,7 @@ def make_optimizer(cfg: OptimizerConfig, weight_decay_mask=None) -> optax.Gradie
     return skip_nonfinite(optax.chain(*clip, adamw))
 
 
-def skip_counts(opt_state: SkipState) -> tuple[jax.Array, jax.Array]:
-    """(consecutive_skips, total_skips) of a `make_optimizer` state; halt when the first reaches the cap."""
-    return opt_state.consecutive_skips, opt_state.total_skips
-
-
 def grad_norms(grads, max_norm: float | None) -> tuple[jax.Array, jax.Array]:
     """(raw global L2 norm, norm after clip_by_global_norm(max_norm)); NaN/inf propagate to both."""
-    sq = [jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(grads)]  # float32 accumulation
-    raw = jnp.sqrt(sum(sq, jnp.float32(0.0)))
+    raw = optax.tree.norm(jax.tree.map(lambda g: g.astype(jnp.float32), grads))  # float32 accumulation
     return raw, raw if max_norm is None else jnp.minimum(raw, max_norm)

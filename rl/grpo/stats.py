@@ -4,7 +4,6 @@ A stats dict maps names to float32 scalars, combined by the name's suffix:
   `*_sum`  summed over micro-batches, then divided by `token_count` (valid tokens) in `finalize_stats`;
   `*_max`  combined by maximum (every such quantity is >= 0, so 0 is the identity);
   others   summed and reported as they are (the loss terms, already normalised by the global batch).
-`zeros_like_stats(stats)` is the identity for `combine_stats`, for a scan or fori_loop carry.
 """
 
 import jax
@@ -25,10 +24,6 @@ def masked_max(x_BT: jax.Array, valid_BT: jax.Array) -> jax.Array:
 def combine_stats(a: Stats, b: Stats) -> Stats:
     """Stats of the union of two disjoint sets of rows."""
     return {k: jnp.maximum(a[k], b[k]) if k.endswith("_max") else a[k] + b[k] for k in a}
-
-
-def zeros_like_stats(stats: Stats) -> Stats:
-    return jax.tree.map(jnp.zeros_like, stats)
 
 
 def finalize_stats(stats: Stats) -> Stats:

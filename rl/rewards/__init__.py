@@ -14,8 +14,8 @@ processes, and only through r1jax's own bounded parsers or math-verify's LaTeX g
 from r1jax.rl.rewards.config import LANGUAGE_SCRIPTS, PoolConfig, RewardsConfig
 from r1jax.rl.rewards.extract import extract_answer, split_completion
 from r1jax.rl.rewards.functions import REWARDS, ScoreItem, combine, register_reward, score_item
-from r1jax.rl.rewards.pool import STATUSES, BatchHandle, RewardPool, ScoreResult, batch_metrics
+from r1jax.rl.rewards.pool import STATUSES, BatchHandle, RewardPool, ScoreResult
 
 __all__ = ["LANGUAGE_SCRIPTS", "REWARDS", "STATUSES", "BatchHandle", "PoolConfig", "RewardPool",
-           "RewardsConfig", "ScoreItem", "ScoreResult", "batch_metrics", "combine", "extract_answer",
+           "RewardsConfig", "ScoreItem", "ScoreResult", "combine", "extract_answer",
            "register_reward", "score_item", "split_completion"]

@@ -50,7 +50,6 @@ class BatchHandle:
 
     futures: list
     deadline: float  # time.monotonic() after which unfinished items count as timed out
-    submitted: float
     results: list | None = None  # filled by the first collect; collecting again returns them
 
     def done(self) -> bool:
@@ -96,7 +95,7 @@ class RewardPool:
                 futures.append(self._pool.submit(worker.score, self.config.timeout_s, item, self.rewards))
             except Exception as err:  # the pool is closed or broken: this item fails, nothing raises
                 futures.append(_failed_future(err))
-        return BatchHandle(futures, deadline=now + self.config.batch_deadline_s, submitted=now)
+        return BatchHandle(futures, deadline=now + self.config.batch_deadline_s)
 
     def collect(self, handle: BatchHandle) -> list[ScoreResult]:
         """Wait for a batch (at most until its deadline) and return its results in submission order."""
@@ -141,11 +140,6 @@ class RewardPool:
         out["reward_pool/wait_s"] = self.wait_s
         return out
 
-    def worker_pids(self) -> list[int]:
-        """PIDs of the live workers (pebble's internals; for tests and diagnostics)."""
-        workers = self._pool._pool_manager.worker_manager.workers
-        return sorted(pid for pid, process in list(workers.items()) if process.is_alive())
-
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop every worker now (running items are abandoned) and wait for them to exit."""
         self._pool.stop()
@@ -173,13 +167,3 @@ def _describe_exit(exitcode: int | None, memory_mb: int) -> str:
     if exitcode is not None and exitcode < 0:
         return f"worker killed by signal {-exitcode}"
     return f"worker exited with code {exitcode}"
-
-
-def batch_metrics(results: Sequence[ScoreResult]) -> dict[str, float]:
-    """Per-batch means of each reward and of the total, and counts by status."""
-    out = {f"reward_status/{s}": float(sum(r.status == s for r in results)) for s in STATUSES}
-    if results:
-        for name in results[0].rewards:
-            out[f"reward/{name}"] = sum(r.rewards[name] for r in results) / len(results)
-        out["reward/total"] = sum(r.total for r in results) / len(results)
-    return out

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 
 import numpy as np
+from safetensors.numpy import load_file
 
 from r1jax.model.config import ModelConfig
 
@@ -51,12 +53,15 @@ def random_hf_model(cfg: ModelConfig, seed: int = 0, bias_scale: float = 0.0):
     return model.eval()
 
 
-def hf_tensors(model, tmp_path) -> dict[str, np.ndarray]:
-    """The model's tensors in the canonical hub layout, read back from `save_pretrained`."""
-    from safetensors.numpy import load_file
-
-    model.save_pretrained(tmp_path, safe_serialization=True)
+def read_safetensors(directory) -> dict[str, np.ndarray]:
+    """Every tensor of the *.safetensors files in `directory`, read with safetensors itself."""
     tensors = {}
-    for file in sorted(tmp_path.glob("*.safetensors")):
+    for file in sorted(pathlib.Path(directory).glob("*.safetensors")):
         tensors.update(load_file(str(file)))
     return tensors
+
+
+def hf_tensors(model, tmp_path) -> dict[str, np.ndarray]:
+    """The model's tensors in the canonical hub layout, read back from `save_pretrained`."""
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    return read_safetensors(tmp_path)

@@ -22,7 +22,7 @@ from safetensors.numpy import save_file
 
 from r1jax.errors import UserError
 from r1jax.model.hf_config import from_hf_config, to_hf_config
-from r1jax.model.hf_io import export_hf, host_slot, iter_hf_tensors
+from r1jax.model.hf_io import export_hf, host_slot
 from r1jax.model.hf_tokenizer import save_hf_tokenizer
 from r1jax.model.tokenizer import MIN_VOCAB, apply_template, train_tokenizer
 from r1jax.rl.checkpoint import load_config
@@ -30,7 +30,7 @@ from r1jax.rl.cli.main import main
 from r1jax.rl.hf_policy import load_hf_policy
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.rules import Rules
-from tests.model.hf_models import random_hf_model
+from tests.model.hf_models import random_hf_model, read_safetensors
 from tests.model.tiny import DEEPSEEK, QWEN
 
 CASES = {  # together: group-limited routing, shared experts, first_k_dense_replace 0 and 1, q_lora_rank
@@ -46,10 +46,6 @@ CASES = {  # together: group-limited routing, shared experts, first_k_dense_repl
 MESH = ShardingConfig(data=1, fsdp=2, expert=2, tensor=2)
 SHARDED = ("qwen_tied_no_norm_topk_dense_layer", "deepseek_groups_shared_dense_first")
 torch.set_num_threads(1)  # torch's threads spinning beside XLA's slow both down tenfold on a small machine
-
-
-def tensors(directory) -> dict[str, np.ndarray]:
-    return dict(iter_hf_tensors(directory))
 
 
 def assert_bitwise_equal(ours: dict, theirs: dict) -> None:
@@ -99,7 +95,7 @@ def test_round_trip_logits_and_greedy_generation(case, tmp_path):
     assert {k: getattr(config.model, k) for k in arch} == {k: getattr(cfg, k) for k in arch}
     files = export_hf(policy, export, max_shard_bytes=30_000)
     assert (export / "model.safetensors.index.json") in files
-    assert_bitwise_equal(tensors(export), tensors(source))
+    assert_bitwise_equal(read_safetensors(export), read_safetensors(source))
 
     theirs = transformers.AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32).eval()
     _, policy = load_hf_policy(export)  # unsharded, from our own export
@@ -122,7 +118,7 @@ def test_bfloat16_checkpoint_round_trips_bitwise(tmp_path):
     config, policy = load_hf_policy(tmp_path / "hf")
     assert config.model.param_dtype == "float32"  # widened exactly; training keeps float32 masters
     export_hf(policy, tmp_path / "out", dtype="bfloat16")
-    source, ours = tensors(tmp_path / "hf"), tensors(tmp_path / "out")
+    source, ours = read_safetensors(tmp_path / "hf"), read_safetensors(tmp_path / "out")
     assert ours["model.layers.1.mlp.gate.e_score_correction_bias"].dtype == np.float32  # as HF keeps it
     assert ours["model.layers.1.mlp.gate.weight"].dtype == np.float32
     assert ours["model.layers.1.mlp.experts.0.gate_proj.weight"].dtype == ml_dtypes.bfloat16
@@ -187,7 +183,7 @@ def test_all_unsupported_deepseek_settings_are_listed_together():
 def test_missing_unexpected_and_misshaped_tensors_are_listed(tmp_path):
     hf = random_hf_model(QWEN, seed=3)
     hf.save_pretrained(tmp_path)
-    weights = tensors(tmp_path)
+    weights = read_safetensors(tmp_path)
     del weights["model.layers.0.mlp.experts.3.up_proj.weight"]
     weights["model.layers.0.mlp.router.weight"] = np.zeros((8, 32), np.float32)
     weights["model.norm.weight"] = np.zeros((33,), np.float32)
@@ -204,7 +200,7 @@ def test_missing_unexpected_and_misshaped_tensors_are_listed(tmp_path):
 def test_multi_token_prediction_layers_are_skipped(tmp_path):
     hf = random_hf_model(DEEPSEEK, seed=4)
     hf.save_pretrained(tmp_path / "hf")
-    weights = tensors(tmp_path / "hf")
+    weights = read_safetensors(tmp_path / "hf")
     weights["model.layers.3.eh_proj.weight"] = np.ones((32, 64), np.float32)  # layer 3 = the MTP module
     save_file(weights, str(tmp_path / "hf" / "model.safetensors"))
     config, _ = load_hf_policy(tmp_path / "hf")
@@ -258,7 +254,7 @@ def test_cli_import_then_export(tmp_path, capsys):
     train_tokenizer(["plain text for a tiny tokenizer"] * 20, MIN_VOCAB).save(tmp_path / "tok")
     assert main(["export-hf", str(tmp_path / "ck"), str(tmp_path / "out"), "--dtype", "float32",
                  "--tokenizer", str(tmp_path / "tok"), "--template", "chat"]) == 0
-    assert_bitwise_equal(tensors(tmp_path / "out"), tensors(tmp_path / "hf"))
+    assert_bitwise_equal(read_safetensors(tmp_path / "out"), read_safetensors(tmp_path / "hf"))
     assert transformers.AutoConfig.from_pretrained(tmp_path / "out").eos_token_id == 2
     theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
     assert theirs.apply_chat_template([{"role": "user", "content": "1+1"}], tokenize=False) == "User: 1+1\nAssistant:"

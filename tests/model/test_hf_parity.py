@@ -2,15 +2,13 @@
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from flax import nnx
 
-from r1jax.model.factory import abstract_policy
-from r1jax.model.hf_weights import import_tensors, tensor_map
+from r1jax.model.hf_io import HFCheckpoint, import_params
+from r1jax.model.hf_weights import tensor_map
 from tests.model.hf_models import hf_tensors, random_hf_model
 from tests.model.tiny import DEEPSEEK, QWEN
 
@@ -25,20 +23,14 @@ CASES = {
 }
 
 
-def policy_from_hf(cfg, tensors):
-    graphdef, state = nnx.split(abstract_policy(cfg))
-    params = import_tensors(cfg, nnx.to_pure_dict(state), tensors.__getitem__)
-    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
-    return nnx.merge(graphdef, state)
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_logits_match_transformers(case, tmp_path):
     cfg = CASES[case]
     hf = random_hf_model(cfg, seed=1, bias_scale=0.05)
     tensors = hf_tensors(hf, tmp_path)
     assert sorted(tensors) == sorted(t.hf_name for t in tensor_map(cfg))
-    policy = policy_from_hf(cfg, tensors)
+    with HFCheckpoint(tmp_path) as ckpt:  # the import path load_hf_policy takes
+        policy = import_params(ckpt, cfg)
     tokens = np.random.RandomState(0).randint(0, cfg.vocab_size, (3, 10))
     mask = np.ones((3, 10), bool)
     mask[1, 6:] = False  # right padding

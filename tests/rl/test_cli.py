@@ -107,3 +107,10 @@ def test_cpu_devices_flag_fakes_devices_before_jax_starts(tmp_path):
                             env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "mesh data=1 fsdp=2 expert=2 tensor=1" in result.stdout
+
+
+@pytest.mark.parametrize("size, why", [("5 gigs", "expected a size"), ("0GB", "at least one byte"),
+                                       ("0.0001KB", "at least one byte")])
+def test_export_hf_rejects_bad_shard_sizes_before_reading_the_checkpoint(tmp_path, capsys, size, why):
+    assert main(["export-hf", str(tmp_path / "missing"), str(tmp_path / "out"), "--max-shard-size", size]) == 2
+    assert why in capsys.readouterr().err and not (tmp_path / "out").exists()

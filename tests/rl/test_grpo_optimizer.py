@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from r1jax.errors import UserError
-from r1jax.rl.grpo import OptimizerConfig, grad_norms, lr_schedule, make_optimizer, skip_counts
+from r1jax.rl.grpo import OptimizerConfig, grad_norms, lr_schedule, make_optimizer
 from r1jax.rl.grpo.config import SCHEDULES
 from r1jax.rl.grpo.optimizer import DECAYS
 
@@ -56,7 +56,7 @@ def test_non_finite_steps_change_nothing_but_the_counters():
         else:
             assert bitwise_equal(new_params, params)
             assert bitwise_equal(new_state.inner_state, state.inner_state)
-        assert tuple(map(int, skip_counts(new_state))) == counts
+        assert (int(new_state.consecutive_skips), int(new_state.total_skips)) == counts
         params, state = new_params, new_state
 
 
@@ -111,6 +111,23 @@ def test_grad_norms_raw_and_clipped():
     assert float(grad_norms(after, None)[0]) == pytest.approx(float(clipped), rel=1e-2)  # bf16 leaf
     assert tuple(map(float, grad_norms(grads, 10.0))) == pytest.approx((5.0, 5.0))
     assert np.isnan(grad_norms({"a": jnp.array([np.nan])}, 1.0)[1])
+
+
+def test_grad_norm_is_bitwise_the_float32_sum_of_squares():
+    """optax.tree.norm replaced a hand sum: the logged grad_norm must keep its bits (the default run's numbers)."""
+    def hand_sum(grads):
+        sq = [jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(grads)]
+        return jnp.sqrt(sum(sq, jnp.float32(0.0)))
+
+    rng = np.random.default_rng(0)
+    for scale in (1e-20, 1e-3, 1.0, 7e5, 1e19):
+        grads = {"a": jnp.asarray(rng.normal(size=(37, 5)) * scale, jnp.float32),
+                 "b": {"c": jnp.asarray(rng.normal(size=(3, 4, 129)) * scale, jnp.bfloat16),
+                       "d": jnp.asarray(rng.normal() * scale, jnp.float32)}}
+        for fn, ref in ((grad_norms, hand_sum), (jax.jit(grad_norms, static_argnums=1), jax.jit(hand_sum))):
+            raw, clipped = fn(grads, 1.0)
+            assert raw.dtype == jnp.float32 and raw.tobytes() == ref(grads).tobytes(), scale
+            assert clipped.tobytes() == jnp.minimum(ref(grads), 1.0).tobytes()
 
 
 @pytest.mark.parametrize("field,value", [

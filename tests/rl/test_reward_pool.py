@@ -13,13 +13,19 @@ import psutil
 import pytest
 
 from r1jax.errors import UserError
-from r1jax.rl.rewards import PoolConfig, RewardPool, RewardsConfig, ScoreItem, batch_metrics
+from r1jax.rl.rewards import PoolConfig, RewardPool, RewardsConfig, ScoreItem
 from r1jax.rl.rewards.worker import HIDDEN_DEVICES_ENV
 
 TIMEOUT_S = 2.0
 SLACK_S = 1.0  # the contract: a hostile item finishes within timeout + 1 s
 PROBES = ("tests.rl.reward_probes",)
 ENV_BEFORE_POOLS = dict(os.environ)
+
+
+def worker_pids(pool: RewardPool) -> list[int]:
+    """PIDs of the pool's live workers (read from pebble's internals)."""
+    workers = pool._pool._pool_manager.worker_manager.workers
+    return sorted(pid for pid, process in list(workers.items()) if process.is_alive())
 
 
 def probe(command: str) -> ScoreItem:
@@ -53,13 +59,13 @@ def assert_full_pool_works(pool, workers=2):
                 break
     else:
         raise AssertionError(f"{workers} items never ran at the same time")
-    assert len(pool.worker_pids()) == workers
+    assert len(worker_pids(pool)) == workers
 
 
 def test_items_are_scored_in_workers_with_accelerators_hidden(pool):
     results = pool.score_batch([probe("env"), probe("env")])
     assert [r.rewards for r in results] == [{"probe": 1.0}, {"probe": 1.0}]
-    assert all(r.pid != os.getpid() and r.pid in pool.worker_pids() for r in results)
+    assert all(r.pid != os.getpid() and r.pid in worker_pids(pool) for r in results)
     for key in HIDDEN_DEVICES_ENV:  # hidden in the workers only: the trainer's own environment is untouched
         assert os.environ.get(key) == ENV_BEFORE_POOLS.get(key)
 
@@ -77,7 +83,6 @@ def test_each_failure_fails_only_its_item_and_results_keep_input_order(pool):
     assert {s: after[f"reward_pool/{s}"] - before[f"reward_pool/{s}"]
             for s in ("ok", "error", "crashed", "timeout")} == {"ok": 2, "error": 1, "crashed": 1, "timeout": 1}
     assert after["reward_pool/wait_s"] - before["reward_pool/wait_s"] >= TIMEOUT_S
-    assert batch_metrics(results)["reward_status/timeout"] == 1.0
     assert_full_pool_works(pool)
 
 
@@ -138,13 +143,13 @@ def test_hostile_completions_score_zero_in_time_and_leave_no_trace(accuracy_pool
     assert time.monotonic() - start < TIMEOUT_S + SLACK_S
     assert [(r.status, r.rewards) for r in results] == [("ok", {"accuracy": 0.0})] * len(items)
     assert not marker.exists() and list(tmp_path.iterdir()) == []
-    assert len(accuracy_pool.worker_pids()) == 2
+    assert len(worker_pids(accuracy_pool)) == 2
 
 
 def test_batch_deadline_is_a_backstop_for_slow_items():
     config = PoolConfig(workers=1, timeout_s=30.0, batch_deadline_s=1.0, import_modules=PROBES)
     with RewardPool(RewardsConfig(names=("probe",), weights=(1.0,)), config) as pool:
-        [sleeper] = pool.worker_pids()
+        [sleeper] = worker_pids(pool)
         start = time.monotonic()
         results = pool.score_batch([probe("ok"), probe("sleep:30")])
         assert time.monotonic() - start < 1.0 + SLACK_S
@@ -177,7 +182,7 @@ def test_workers_are_recycled_after_max_tasks_and_close_leaves_no_process():
         pids = [r.pid for r in pool.score_batch([probe("ok") for _ in range(5)])]
         # The warm-up ping was the first worker's first task, so it scores one item before retiring.
         assert len(set(pids)) == 3 and pids[1] == pids[2] and pids[3] == pids[4]
-        workers = pool.worker_pids()
+        workers = worker_pids(pool)
     finally:
         pool.close()
     assert workers and not any(alive(pid) for pid in workers)

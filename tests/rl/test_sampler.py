@@ -8,8 +8,10 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from r1jax.model.factory import init_policy
-from r1jax.rl.logprobs import completion_logprobs
+from r1jax.rl.grpo.config import GRPOConfig
+from r1jax.rl.grpo.step import reference_logprobs, rollout_batch
 from r1jax.rl.sampler import Sampler, SamplingConfig, filter_logits, generate_padded, left_pad, sample_token
+from r1jax.rl.update import split_policy
 from r1jax.sharding.context import use_mesh
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.params import state_shardings
@@ -41,14 +43,17 @@ def test_greedy_step_logits_equal_full_forward(family):
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_sampler_logprobs_equal_trainer_logprobs(family):
+    """The GRPO trainer's own path (rollout_batch, then the policy's log-probs as reference_logprobs scores
+    them), with and without routing replay."""
     graphdef, state, sampler = make(family)
     r = sampler.generate(state, PROMPTS, samples=2, temperature=0.7, top_p=0.9)
-    policy = nnx.merge(graphdef, state)
-    for replay in (None, r.experts_LBTK):
-        logp, _ = completion_logprobs(policy, r.tokens_BT, r.valid_BT, r.positions_BT, r.prompt_length, 0.7,
-                                      replay)
-        mask = np.asarray(r.completion_mask_BN)
-        np.testing.assert_allclose(np.asarray(logp)[mask], np.asarray(r.logprobs_BN)[mask], atol=1e-5)
+    graphdef, params, bias = split_policy(nnx.merge(graphdef, state))
+    for with_replay in (False, True):
+        batch = rollout_batch(r, jnp.zeros(len(r.tokens_BT)), GRPOConfig(), CONFIG.max_new_tokens, with_replay)
+        logp = reference_logprobs(graphdef, (params, bias), batch, 0.7)
+        mask = np.asarray(batch["mask"])
+        assert mask.sum() == np.asarray(r.completion_mask_BN).sum() > 0
+        np.testing.assert_allclose(np.asarray(logp)[mask], np.asarray(batch["sampler_logp"])[mask], atol=1e-5)
 
 
 def test_eos_stops_a_row_and_pads_after_it():
