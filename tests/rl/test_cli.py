@@ -108,3 +108,13 @@ def test_cpu_devices_flag_fakes_devices_before_jax_starts(tmp_path):
                             env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "mesh data=1 fsdp=2 expert=2 tensor=1" in result.stdout
+
+
+def test_list_overrides_through_the_command_line(capsys):
+    code, out, _ = run_main(capsys, "info", "tiny", "stages.0.steps=5", "rewards.names=[accuracy,format]")
+    assert code == 0 and json.loads(out)["family"] == "deepseek_v3"
+    for override, named in [("stages.0.steps=abc", "stages.0.steps=abc"), ("stages.9.steps=1", "2 items"),
+                            ("stages.x.steps=1", "stages.x.steps=1"), ("a..b=1", "a..b=1"),
+                            ("stages.0.nope=1", "nope")]:
+        code, out, err = run_main(capsys, "info", "tiny", override)
+        assert code == 2 and named in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
