@@ -11,17 +11,25 @@ or one step directory.
 from __future__ import annotations
 
 import pathlib
+import sys
+from typing import Mapping
 
-import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
 
-from r1jax.model.decoder import Policy
 from r1jax.errors import UserError
+from r1jax.model.decoder import Policy
 from r1jax.model.factory import abstract_policy
+from r1jax.model.tokenizer import Tokenizer
 from r1jax.rl.config import Config, config_from_dicts, to_dict
+from r1jax.sharding.mesh import build_mesh
+from r1jax.sharding.params import abstract_sharded
 from r1jax.sharding.rules import Rules
+
+# What Orbax and tensorstore raise for a missing, truncated or mismatched item (KeyError: no such item;
+# ValueError: unreadable data, bad JSON, a tree that differs from the target; OSError: missing files).
+RESTORE_ERRORS = (KeyError, ValueError, OSError)
 
 
 def _manager(root: pathlib.Path, **options) -> ocp.CheckpointManager:
@@ -40,25 +48,91 @@ def save_policy(root: str | pathlib.Path, config: Config, policy: Policy, step: 
     return root / str(step)
 
 
+def _steps(path: pathlib.Path) -> list[int]:
+    return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and p.is_dir())
+
+
 def resolve(path: str | pathlib.Path) -> tuple[pathlib.Path, int]:
-    """(checkpoint root, step) for a run directory, a checkpoint root or a step directory."""
+    """(checkpoint root, step) for a run directory, a checkpoint root (its latest step) or a step directory.
+
+    The latest step is the highest-numbered step directory (Orbax renames a step into place only once it is
+    complete); if it is damaged, opening it fails naming it rather than falling back to an older step."""
     path = pathlib.Path(path)
     if not path.exists():
         raise UserError(f"checkpoint {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise UserError(f"checkpoint {str(path)!r} is a file, not a checkpoint directory")
     if (path / "checkpoints").is_dir():
+        if not _steps(path / "checkpoints"):
+            raise UserError(f"run directory {str(path)!r} has no checkpoint yet ({path / 'checkpoints'} holds "
+                            f"no step directory)")
         path = path / "checkpoints"
-    if path.name.isdigit() and (path / "params").exists():
+    steps = _steps(path)
+    if path.name.isdigit() and not steps:
         return path.parent, int(path.name)
-    steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / "params").exists())
     if not steps:
-        raise UserError(f"checkpoint {str(path)!r} holds no complete checkpoint step (no N/params)")
+        raise UserError(f"checkpoint {str(path)!r} holds no checkpoint step (no numbered step directory)")
     return path, steps[-1]
+
+
+def restore_items(manager: ocp.CheckpointManager, step_dir: pathlib.Path,
+                  items: Mapping[str, ocp.args.CheckpointArgs]):
+    """`manager.restore` of `items` from the step in `step_dir`; an item that is missing or cannot be read
+    is a UserError naming the step directory and the item."""
+    missing = [name for name in items if not (step_dir / name).is_dir()]
+    if missing:
+        present = sorted(p.name for p in step_dir.iterdir() if p.is_dir()) if step_dir.is_dir() else []
+        raise UserError(f"checkpoint {step_dir} is incomplete: it lacks {_items(missing)} (it holds "
+                        f"{_items(present) if present else 'no items'})")
+    _drop_closed_loop_reports()
+    step = int(step_dir.name)
+    try:
+        return manager.restore(step, args=ocp.args.Composite(**items))
+    except RESTORE_ERRORS as err:
+        culprit, cause = list(items), err
+        if len(items) > 1:  # name the item that fails alone (a failed restore does not say which one did)
+            for name, args in items.items():
+                try:
+                    manager.restore(step, args=ocp.args.Composite(**{name: args}))
+                except RESTORE_ERRORS as item_err:
+                    culprit, cause = [name], item_err
+                    break
+        raise UserError(f"checkpoint {step_dir} is damaged: {_items(culprit)} cannot be read "
+                        f"({_reason(cause)})") from err
+
+
+def _drop_closed_loop_reports() -> None:
+    """After a failed restore, tensorstore still finishes the reads Orbax started and hands each result to
+    Orbax's event loop, which the failure closed; every hand-off then reports "Event loop is closed" through
+    sys.unraisablehook, a page of tracebacks around the error, before or after it. Drop those reports (only
+    those; a restore that succeeds makes none) from the first restore on."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_reports", False):
+        return
+
+    def hook(unraisable) -> None:
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.drops_closed_loop_reports = True
+    sys.unraisablehook = hook
+
+
+def _items(names) -> str:
+    return ("the item " if len(names) == 1 else "the items ") + ", ".join(repr(n) for n in names)
+
+
+def _reason(err: Exception) -> str:
+    """The first line of an Orbax / tensorstore error, without the tensorstore spec it appends."""
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0].split(" [tensorstore_spec")[0]
+    return f"{type(err).__name__}: {text if len(text) <= 600 else text[:600] + ' ...'}"
 
 
 def load_config(path: str | pathlib.Path) -> Config:
     root, step = resolve(path)
     with _manager(root, read_only=True) as manager:
-        restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        restored = restore_items(manager, root / str(step), {"config": ocp.args.JsonRestore()})
     return config_from_dicts(restored.config, source=f"checkpoint {root / str(step)} config")
 
 
@@ -68,23 +142,16 @@ def load_policy(path: str | pathlib.Path, mesh: Mesh | None = None,
     config = load_config(path)
     root, step = resolve(path)
     graphdef, abstract_state = nnx.split(abstract_policy(config.model))
-    target = nnx.to_pure_dict(abstract_state)
-    if mesh is not None:
-        from r1jax.sharding.params import state_shardings
-
-        shardings = nnx.to_pure_dict(state_shardings(abstract_state, mesh, rules))
-        target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                              target, shardings)
+    target = abstract_state if mesh is None else abstract_sharded(abstract_state, mesh, rules)
     with _manager(root, read_only=True) as manager:
-        restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
+        restored = restore_items(manager, root / str(step),
+                                 {"params": ocp.args.StandardRestore(nnx.to_pure_dict(target))})
     nnx.replace_by_pure_dict(abstract_state, restored.params)
     return config, nnx.merge(graphdef, abstract_state)
 
 
-def find_tokenizer(path: str | pathlib.Path):
+def find_tokenizer(path: str | pathlib.Path) -> Tokenizer | None:
     """The tokenizer a checkpoint carries (the trainer keeps it beside the steps), or None."""
-    from r1jax.model.tokenizer import Tokenizer
-
     root, step = resolve(path)
     for candidate in (root / str(step) / "tokenizer", root / "tokenizer", root.parent / "tokenizer"):
         if (candidate / "tokenizer.model").exists():
@@ -94,10 +161,8 @@ def find_tokenizer(path: str | pathlib.Path):
 
 def open_for_inference(path: str | pathlib.Path):
     """(config, policy on the config's mesh, mesh, rules, tokenizer or None) for generate/eval."""
-    from r1jax.sharding.mesh import build_mesh
-
     config = load_config(path)
     mesh = build_mesh(config.sharding)
-    rules = Rules.preset(config.sharding.preset, config.sharding.rules)
+    rules = config.sharding.logical_rules()
     config, policy = load_policy(path, mesh, rules)
     return config, policy, mesh, rules, find_tokenizer(path)

@@ -1,14 +1,23 @@
 """The run config: typed, frozen dataclasses per subsystem, loaded from YAML with dotted overrides.
 
 `load_config("tiny", ["model.num_hidden_layers=4"])` reads `configs/tiny.yaml` (or any YAML path), merges
-it over the schema, then the overrides, through OmegaConf structured configs: an unknown key or a value of
-the wrong type is a UserError naming the full key; each dataclass validates its values on construction.
+it over the schema, then applies the overrides in order, through OmegaConf structured configs: an unknown key
+or a value of the wrong type is a UserError naming the full key; each dataclass validates its values on
+construction.
+
+An override is `dotted.key=value`: the value is read as YAML (`grpo.kl_coef=0`, `rewards.names=[accuracy]`,
+a list field takes a whole list), and a list item is named by its index as one more dotted part
+(`stages.0.steps=5`, `stages.1.lr=1e-5`). A malformed override (no `=`, an empty or bracketed key part) or
+one that does not fit the config (an index out of range, an unknown field, a bad value) is a UserError
+naming the override.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import pathlib
+import re
 from typing import Any, Sequence
 
 from omegaconf import OmegaConf
@@ -75,11 +84,7 @@ def _check_stage_data(stages: Sequence[StageConfig], index: int, field: str) -> 
 def student_model(model: ModelConfig, overrides: Sequence[str], where: str = "student_overrides") -> ModelConfig:
     """`model` with a distill stage's overrides ("hidden_size=64", "num_hidden_layers=1") applied."""
     where = f"{where}.student_overrides"
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(model), parse_overrides(overrides, where, "key=value"))
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as err:
-        raise UserError(f"{where}: {_describe(err)}") from err
+    return _build(OmegaConf.structured(model), [parse_overrides(overrides, where, "key=value")], where)
 
 
 def stage_config(config: Config, index: int) -> Config:
@@ -118,23 +123,105 @@ def load_config(name_or_path: str | pathlib.Path = "tiny", overrides: Sequence[s
 
 
 def config_from_dicts(*parts: Any, source: str = "config") -> Config:
-    """Merge dicts / OmegaConf nodes over the schema and build the validated Config."""
+    """Merge dicts / OmegaConf nodes over the schema, apply `Overrides` parts, build the validated Config."""
+    return _build(OmegaConf.structured(Config), parts, source)
+
+
+@dataclasses.dataclass(frozen=True)
+class Overrides:
+    """Parsed overrides, applied in order over a config by `config_from_dicts` (and `student_model`)."""
+
+    items: tuple[tuple[str, tuple[str, ...], Any], ...]  # (as written, key parts, value read as YAML)
+    where: str = "overrides"  # what the overrides are, for error messages
+
+
+# a key part: a field or dict-key name, or a list index (digits)
+_KEY_PART = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*|[0-9]+")
+
+
+def parse_overrides(overrides: Sequence[str], where: str = "overrides",
+                    form: str = "dotted.key=value (a list item by its index: stages.0.steps=5)") -> Overrides:
+    """"key=value" strings as `Overrides`; a malformed one is a UserError naming `where` and the override."""
+    items = []
+    for text in overrides:
+        key, equals, raw = text.partition("=")
+        parts = tuple(key.split("."))
+        if not equals or not all(_KEY_PART.fullmatch(part) for part in parts) or parts[0].isdigit():
+            raise UserError(f"{where}: {text!r} is not of the form {form}")
+        try:  # the value as OmegaConf's own dotlist parser reads it (YAML: numbers, lists, null, ...)
+            value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={raw}"]))["value"]
+        except OmegaConfBaseException as err:
+            raise UserError(f"{where}: {text!r}: {_describe(err)}") from err
+        items.append((text, parts, value))
+    return Overrides(tuple(items), where)
+
+
+def _build(schema, parts: Sequence[Any], source: str):
+    """The dataclass object of `schema` with dict / OmegaConf-node parts merged and `Overrides` applied."""
+    merged = schema
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Config), *parts)
+        for part in parts:
+            if isinstance(part, Overrides):
+                _apply_overrides(merged, part)
+            else:
+                merged = OmegaConf.merge(merged, part)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise UserError(f"{source}: {_describe(err)}") from err
 
 
-def parse_overrides(overrides: Sequence[str], where: str = "overrides", form: str = "dotted.key=value"):
-    """"key=value" strings as an OmegaConf node; a malformed one is a UserError naming `where`."""
-    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
-    if bad:
-        raise UserError(f"{where}: {bad[0]!r} is not of the form {form}")
-    try:
-        return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as err:
-        raise UserError(f"{where}: {_describe(err)}") from err
+def _apply_overrides(node, overrides: Overrides) -> None:
+    _make_writable(node)  # frozen dataclasses make read-only nodes; the result is frozen again by to_object
+    for text, parts, value in overrides.items:
+        try:
+            parts, value = _resolve_key(node, parts, value)
+            OmegaConf.update(node, ".".join(parts), value, merge=True)
+        except _BadKey as err:
+            raise UserError(f"{overrides.where}: {text!r}: {err}") from None
+        except OmegaConfBaseException as err:
+            raise UserError(f"{overrides.where}: {text!r}: {_describe(err)}") from err
+
+
+class _BadKey(Exception):
+    pass
+
+
+def _resolve_key(node, parts: tuple[str, ...], value: Any) -> tuple[tuple[str, ...], Any]:
+    """Walk `parts` through the config as far as it exists: list parts must be indices in range, and only
+    groups (not values) have fields. Unknown names and bad values are left to OmegaConf, which names them.
+    An item of an immutable sequence (a tuple field under OmegaConf 2.4; a list under 2.3) is set by
+    replacing the whole sequence, so both versions accept `rewards.names.0=format`."""
+    for depth, part in enumerate(parts):
+        where = ".".join(parts[:depth])
+        if OmegaConf.is_config(node) and isinstance(node, collections.abc.Sequence):
+            if not part.isdigit():
+                raise _BadKey(f"{where} is a list: name an item by its index ({where}.0, ...), not {part!r}")
+            if int(part) >= len(node):
+                raise _BadKey(f"{where} has {len(node)} items (indices 0..{len(node) - 1}); {part} is out of "
+                              f"range" if len(node) else f"{where} is empty; there is no item {part}")
+            if not isinstance(node, collections.abc.MutableSequence):
+                if depth != len(parts) - 1:
+                    raise _BadKey(f"{where} is set as a whole list ({where}=[...]) or item by item")
+                items = OmegaConf.to_container(node)
+                return parts[:depth], [*items[:int(part)], value, *items[int(part) + 1:]]
+            node = node[int(part)]
+        elif OmegaConf.is_dict(node):
+            if part not in node:
+                break
+            node = node[part]
+        elif node is None:
+            raise _BadKey(f"{where} is null: set it whole ({where}=...) before its fields")
+        else:
+            raise _BadKey(f"{where} is a single value, it has no field {part!r}")
+    return parts, value
+
+
+def _make_writable(node) -> None:
+    OmegaConf.set_readonly(node, False)
+    children = node.values() if OmegaConf.is_dict(node) else node if OmegaConf.is_config(node) else ()
+    for child in children:
+        if OmegaConf.is_config(child):
+            _make_writable(child)
 
 
 def _describe(err: OmegaConfBaseException) -> str:

@@ -10,7 +10,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a preset name (tiny, bench, deepseek_v3_671b, qwen3_30b_a3b) or a YAML path; "
                              "default: tiny")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="dotted config overrides, e.g. model.num_hidden_layers=4")
+                        help="dotted config overrides, e.g. model.num_hidden_layers=4; a list item by its "
+                             "index: stages.0.steps=5; a whole list: rewards.names=[accuracy,format]")
 
 
 def split_config_and_overrides(config: str, overrides: list[str]) -> tuple[str, list[str]]:

@@ -48,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
     if args.data:
         problems = load_problems(args.data, config.data.default_task)[: args.num_problems or None]
     else:
-        problems = held_out_problems(config.data, eval_cfg, [args.task] if args.task else None)
+        try:
+            problems = held_out_problems(config.data, eval_cfg, [args.task] if args.task else None)
+        except ValueError as err:  # the task space is too small for --num-problems
+            raise UserError(f"--num-problems / --difficulty: {err}") from None
     pool_cfg = config.reward_pool if args.workers is None else dataclasses.replace(config.reward_pool,
                                                                                   workers=args.workers)
     max_new = args.max_new_tokens or config.sampling.max_new_tokens

@@ -19,8 +19,10 @@ SUFFIXES = (".jsonl", ".json", ".parquet")
 def read_rows(path: str | pathlib.Path) -> Iterator[tuple[int, dict]]:
     """(row number, row object) for every row of a JSONL or Parquet file."""
     path = pathlib.Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"data file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise UserError(f"data file {str(path)!r} is not a file")
     if path.suffix == ".parquet":
         yield from _parquet_rows(path)
     elif path.suffix in (".jsonl", ".json"):
@@ -30,8 +32,16 @@ def read_rows(path: str | pathlib.Path) -> Iterator[tuple[int, dict]]:
 
 
 def _jsonl_rows(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
+    try:
+        handle = path.open("rb")  # bytes: each line is decoded alone, so a bad one is named by its number
+    except OSError as err:
+        raise UserError(f"data file {str(path)!r} cannot be read: {err.strerror or err}") from err
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise UserError(f"{path}: row {number}: not UTF-8 text ({err.reason})") from err
             if not line.strip():
                 continue
             try:
@@ -79,8 +89,10 @@ def check_task(row: dict, where: str, default: str) -> str:
     return task
 
 
-def load_problems(path: str | pathlib.Path, default_task: str = "math") -> list[dict]:
-    """Training rows as problem dicts: prompt, answer, task, solution ("" when absent), difficulty 0."""
+def load_problems(path: str | pathlib.Path, default_task: str = "math", *, need_solution: bool = False
+                  ) -> list[dict]:
+    """Training rows as problem dicts: prompt, answer, task, solution ("" when absent), difficulty 0.
+    With `need_solution` (SFT data), a row without a non-empty `solution` is a UserError naming it."""
     problems = []
     for number, row in read_rows(path):
         where = f"{path}: row {number}"
@@ -88,7 +100,7 @@ def load_problems(path: str | pathlib.Path, default_task: str = "math") -> list[
             "task": check_task(row, where, default_task),
             "prompt": text_field(row, "prompt", where, required=True),
             "answer": text_field(row, "answer", where, required=True, numbers_ok=True),
-            "solution": text_field(row, "solution", where, required=False) or "",
+            "solution": text_field(row, "solution", where, required=need_solution) or "",
             "difficulty": 0,
         })
     if not problems:

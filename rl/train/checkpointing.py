@@ -6,6 +6,9 @@ Orbax writes a step into a temporary directory and renames it on commit, so a pr
 no step that restore would load half-written; restore only ever sees committed steps.
 
 Retention: the latest `keep` steps plus the best `keep_best` by evaluation accuracy (`eval/pass@1`).
+
+A resume opens the latest step: if it lacks an item or an item cannot be read, that is a UserError naming
+the step directory and the item (rl.checkpoint.restore_items), never a silent fall-back to an older step.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from r1jax.errors import UserError
+from r1jax.rl.checkpoint import restore_items
 from r1jax.rl.config import Config, config_from_dicts, to_dict
 
 BEST_METRIC = "eval/pass@1"
@@ -49,19 +53,17 @@ class TrainCheckpointer:
         self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
     def restore_config_and_meta(self, step: int) -> tuple[Config, dict]:
-        restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore(),
-                                                                      meta=ocp.args.JsonRestore()))
+        """The step's config and meta; a missing or unreadable item is a UserError naming the step."""
+        restored = restore_items(self.manager, self.root / str(step),
+                                 {"config": ocp.args.JsonRestore(), "meta": ocp.args.JsonRestore()})
         config = config_from_dicts(restored.config, source=f"checkpoint {self.root / str(step)} config")
         return config, dict(restored.meta)
 
     def restore_trees(self, step: int, targets: Mapping[str, Any]) -> dict[str, Any]:
-        """Restore the named trees into the shapes, dtypes and shardings of `targets` (abstract arrays)."""
-        available = set(self.manager.item_metadata(step).keys())
-        missing = sorted(set(targets) - available)
-        if missing:
-            raise UserError(f"checkpoint {self.root / str(step)} lacks items {missing} (has {sorted(available)})")
+        """Restore the named trees into the shapes, dtypes and shardings of `targets` (abstract arrays); a
+        missing or unreadable tree is a UserError naming the step directory and the tree."""
         args = {name: ocp.args.StandardRestore(target) for name, target in targets.items()}
-        return dict(self.manager.restore(step, args=ocp.args.Composite(**args)))
+        return dict(restore_items(self.manager, self.root / str(step), args))
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from r1jax.model.factory import init_policy
-from r1jax.rl.checkpoint import load_policy
+from r1jax.rl.checkpoint import load_config as load_checkpoint_config, load_policy
 from r1jax.rl.cli.main import COMMANDS, main
 from r1jax.rl.config import load_config
 from r1jax.sharding.jax_private import accelerators_visible
@@ -114,3 +114,18 @@ def test_cpu_devices_flag_fakes_devices_before_jax_starts(tmp_path):
 def test_export_hf_rejects_bad_shard_sizes_before_reading_the_checkpoint(tmp_path, capsys, size, why):
     assert main(["export-hf", str(tmp_path / "missing"), str(tmp_path / "out"), "--max-shard-size", size]) == 2
     assert why in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_list_overrides_through_the_command_line(capsys, tmp_path):
+    code, _, _ = run_main(capsys, "init", "tiny", str(tmp_path / "ck"), "stages.0.steps=5", "stages.1.lr=1e-5",
+                          "rewards.names=[format,accuracy]")
+    saved = load_checkpoint_config(tmp_path / "ck")
+    assert code == 0 and [s.steps for s in saved.stages] == [5, load_config("tiny").stages[1].steps]
+    assert saved.stages[1].lr == 1e-5 and saved.rewards.names == ("format", "accuracy")
+    for override, named in [("stages.0.steps=abc", "stages.0.steps=abc"), ("stages.9.steps=1", "2 items"),
+                            ("stages.x.steps=1", "stages.x.steps=1"), ("a..b=1", "a..b=1"),
+                            ("stages.0.nope=1", "nope")]:
+        code, out, err = run_main(capsys, "info", "tiny", override)
+        assert code == 2 and named in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    code, _, err = run_main(capsys, "train", "tiny", "stages.0.steps=x5", "--run-dir", str(tmp_path / "run"))
+    assert code == 2 and "stages.0.steps=x5" in err and not (tmp_path / "run").exists()

@@ -54,3 +54,8 @@ def test_eval_json_reports_r1_protocol_figures(capsys, finished_run, tmp_path):
     assert 0 <= figures["pass@1"] <= figures["pass@2"] <= 1
     code, _, err = run_main(capsys, "eval", str(finished_run), "--data", str(tmp_path / "missing.jsonl"))
     assert code == 2
+
+
+def test_eval_with_a_held_out_set_too_large_for_the_task_space_exits_2(capsys, finished_run):
+    code, _, err = run_main(capsys, "eval", str(finished_run), "--difficulty", "1", "--num-problems", "5000")
+    assert code == 2 and "held-out" in err and len(err.strip().splitlines()) == 1

@@ -1,5 +1,7 @@
 """Every shipped YAML parses and validates; bad keys and values fail naming them."""
 
+import re
+
 import pytest
 
 from r1jax.errors import UserError
@@ -50,3 +52,52 @@ def test_bad_yaml_file_is_named(tmp_path):
         load_config(bad)
     with pytest.raises(UserError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_list_items_are_overridden_by_index():
+    base = load_config("tiny")
+    config = load_config("tiny", ["stages.0.steps=5", "stages.1.lr=1e-5", "stages.0.filters=[format]"])
+    assert [s.steps for s in config.stages] == [5, base.stages[1].steps]
+    assert config.stages[1].lr == 1e-5 and config.stages[0].filters == ("format",)
+    assert config.stages[0].name == base.stages[0].name and config.model == base.model
+    config = load_config("tiny", ["stages.1={steps: 7, batch_size: 4}"])  # a dict merges into the item
+    assert (config.stages[1].steps, config.stages[1].batch_size, config.stages[1].kind) == (7, 4, "grpo")
+    later_wins = load_config("tiny", ["stages.0.steps=5", "stages.0.steps=6"])
+    assert later_wins.stages[0].steps == 6
+
+
+def test_list_fields_take_a_whole_list():
+    config = load_config("tiny", ["rewards.names=[format,accuracy]", "rewards.weights=[0.5,2]",
+                                  "sampling.prompt_buckets=[16,32]"])
+    assert config.rewards.names == ("format", "accuracy") and config.rewards.weights == (0.5, 2.0)
+    assert config.sampling.prompt_buckets == (16, 32)
+    config = load_config("tiny", ["rewards.names.0=language", "sampling.prompt_buckets.1=128"])
+    assert config.rewards.names == ("language", "format") and config.sampling.prompt_buckets == (32, 128)
+    config = load_config("tiny", ["stages=[{name: only, kind: sft, steps: 2}]"])
+    assert [(s.name, s.kind, s.steps) for s in config.stages] == [("only", "sft", 2)]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("stages.5.steps=1", "stages has 2 items"),
+    ("stages.0.bogus=1", "bogus"),
+    ("stages.0.steps=abc", "stages[0].steps"),
+    ("stages.1.steps=-1", "stages[grpo].steps=-1"),  # a dataclass check: names the stage's field
+    ("stages.x.steps=1", "stages is a list"),
+    ("stages[0].steps=5", "not of the form"),
+    ("stages.-1.steps=5", "not of the form"),
+    ("=5", "not of the form"),
+    ("a..b=1", "not of the form"),
+    ("model.=1", "not of the form"),
+    ("0.steps=1", "not of the form"),
+    ("stages.0.steps", "not of the form"),
+    ("seed.x=1", "seed is a single value"),
+    ("stages.0.steps.x=1", "single value"),
+    ("rewards.names=accuracy", "rewards.names"),
+    ("rewards.names.2=format", "rewards.names has 2 items"),
+])
+def test_a_bad_list_or_malformed_override_names_the_override(override, message):
+    with pytest.raises(UserError, match=re.escape(message)) as info:
+        load_config("tiny", [override])
+    assert "\n" not in str(info.value)
+    if not message.startswith("stages["):
+        assert repr(override) in str(info.value)

@@ -64,6 +64,20 @@ def test_bad_parquet_rows_and_files_are_user_errors(tmp_path):
         load_problems(write_jsonl(tmp_path / "d.csv", ["a,b"]))
 
 
+def test_sft_data_needs_solutions_and_unreadable_files_are_named(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "answer": "1", "solution": "s"},
+                                              {"prompt": "b", "answer": "2"}])
+    assert [p["solution"] for p in load_problems(path)] == ["s", ""]
+    with pytest.raises(UserError, match=r"d.jsonl: row 2: field 'solution' is missing"):
+        load_problems(path, need_solution=True)
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"prompt": "a", "answer": "1"}\n{"prompt": "caf\xe9", "answer": "1"}\n')
+    with pytest.raises(UserError, match=r"latin1.jsonl: row 2: not UTF-8 text"):
+        load_problems(tmp_path / "latin1.jsonl")
+    (tmp_path / "dir.jsonl").mkdir()
+    with pytest.raises(UserError, match=r"dir.jsonl' is not a file"):
+        load_problems(tmp_path / "dir.jsonl")
+
+
 def test_data_config_validates_fields():
     with pytest.raises(UserError, match="data.tasks: unknown task 'chess'"):
         DataConfig(tasks=("chess",))

@@ -77,7 +77,7 @@ def test_distill_stage_swaps_the_model_from_its_position_on():
     (["{name: d, kind: distill, teacher: rs}", "{name: rs, kind: rejection_sampling}"], "earlier rejection_sampl"),
     (["{name: s, kind: sft, data_path: s}"], r"stages\[s\].data_path='s'"),
     (["{name: rs, kind: rejection_sampling}", "{name: d, kind: distill, teacher: rs, student_overrides: [hiden=3]}"],
-     r"stages\[d\].student_overrides: key 'hiden'"),
+     r"stages\[d\].student_overrides: 'hiden=3': key 'hiden'"),
     (["{name: rs, kind: rejection_sampling}", "{name: d, kind: distill, teacher: rs, student_overrides: [wide]}"],
      r"stages\[d\].student_overrides: 'wide' is not of the form key=value"),
     (["{name: s, kind: sft, student_overrides: [hidden_size=64]}"], "only a distill stage changes the model"),

@@ -1,0 +1,205 @@
+"""Everything about a run that can be checked before its first step, checked before it.
+
+`preflight(config, tokenizer, mesh, rules)` is a function of its arguments and the files they name. It raises
+UserError naming the culprit (the config field, the stage, the file and row) when:
+
+- the mesh does not fit the devices, a model's dimensions do not divide over the mesh axes they are split
+  over, or a batch does not split over the data-parallel devices (or the processes of the run);
+- the tokenizer has more pieces than some stage's model vocabulary;
+- a stage's data cannot be read: a data file (`data.path`, a stage's `data_path` or `teacher`) that is
+  missing, unreadable or malformed, whose rows lack prompt/answer (and `solution` for the SFT data of sft and
+  distill stages), hold an unknown task, are too few for one batch, or whose prompts do not fit the largest
+  prompt bucket when the stage samples from them;
+- a stage names data that no earlier rejection_sampling stage writes, or `init_from` names a path that is not
+  a readable r1jax or Hugging Face checkpoint, or one whose architecture differs from the stage's model;
+- the held-out evaluation set cannot be built (its task space is too small) or its prompts are too long.
+
+It returns the held-out problems it built, so the trainer need not build them twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Sequence
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh
+
+from r1jax.errors import UserError
+from r1jax.model.factory import abstract_policy
+from r1jax.model.hf_io import read_hf_config
+from r1jax.model.tokenizer import Tokenizer, apply_template
+from r1jax.rl.checkpoint import load_config
+from r1jax.rl.config import Config, stage_config
+from r1jax.rl.data import DataConfig, build_source, load_problems
+from r1jax.rl.evaluate import held_out_problems
+from r1jax.rl.train.checkpointing import check_compatible
+from r1jax.rl.train.config import StageConfig
+from r1jax.sharding.mesh import check_batch_rows
+from r1jax.sharding.params import abstract_sharded
+from r1jax.sharding.rules import Rules
+
+# the stage kinds that train on `solution` rows (SFT on worked solutions)
+SFT_KINDS = ("sft", "distill")
+
+
+def preflight(config: Config, tokenizer: Tokenizer, mesh: Mesh, rules: Rules) -> list[dict]:
+    """Check `config` against the tokenizer, mesh and files (module docstring); the held-out problems."""
+    check_mesh(config, mesh)
+    for index in range(len(config.stages)):
+        check_model(config, index, tokenizer, mesh, rules)
+    check_batches(config, mesh, rules)
+    for index in range(len(config.stages)):
+        check_stage_data(config, index, tokenizer)
+        check_init_from(config, index)
+    return check_held_out(config, tokenizer)
+
+
+def check_mesh(config: Config, mesh: Mesh) -> None:
+    """The config's mesh fits this run's devices and is the mesh the run was given."""
+    shape = config.sharding.shape_for(jax.device_count())
+    if tuple(mesh.shape.values()) != tuple(shape):
+        raise UserError(f"sharding: the mesh {dict(mesh.shape)} is not the config's {shape} over "
+                        f"{jax.device_count()} devices")
+
+
+def check_model(config: Config, index: int, tokenizer: Tokenizer, mesh: Mesh, rules: Rules) -> None:
+    """Stage `index`'s model holds the tokenizer's pieces and its parameters split over the mesh."""
+    stage = config.stages[index]
+    model = stage_config(config, index).model
+    field = (f"stages[{stage.name}] student model.vocab_size" if model != config.model else "model.vocab_size")
+    if tokenizer.vocab_size > model.vocab_size:
+        raise UserError(f"{field}={model.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size} "
+                        f"pieces (stage {stage.name}); raise it")
+    if index == 0 or model != stage_config(config, index - 1).model:
+        try:
+            abstract_sharded(nnx.state(abstract_policy(model)), mesh, rules)
+        except UserError as err:  # it names the parameter and the mesh axes; add whose model it is
+            raise UserError(f"the model of stage {stage.name} does not fit the mesh {dict(mesh.shape)}: "
+                            f"{err}") from None
+
+
+def check_batches(config: Config, mesh: Mesh, rules: Rules) -> None:
+    """The rows each stage places on the mesh split over the data-parallel devices, and the prompts or
+    sequences it draws split over the processes (each process does the host work of the whole batch)."""
+    g = config.grpo
+    processes = jax.process_count()
+    for stage in config.stages:
+        if stage.kind == "grpo":
+            drawn, what = g.prompts_per_step, "grpo.prompts_per_step"
+            check_batch_rows(g.prompts_per_step * g.group_size, mesh, rules,
+                             f"a GRPO batch (grpo.prompts_per_step x grpo.group_size = "
+                             f"{g.prompts_per_step} x {g.group_size})")
+        else:
+            drawn, what = stage.batch_size, f"stages[{stage.name}].batch_size"
+            if stage.kind in SFT_KINDS:
+                check_batch_rows(stage.batch_size, mesh, rules, what)
+        if drawn % processes:
+            raise UserError(f"{what}={drawn} does not split over the {processes} processes of this run; make "
+                            f"it a multiple of {processes}")
+
+
+def stage_data(config: Config, stage: StageConfig) -> DataConfig | None:
+    """The data config a stage's iterator reads, or None when it reads an earlier stage's samples."""
+    stage_names = {s.name for s in config.stages}
+    if stage.kind == "distill":
+        source = stage.teacher
+    elif stage.kind == "grpo":
+        source = None
+    else:
+        source = stage.data_path
+    if source in stage_names:
+        if stage.kind == "rejection_sampling":
+            raise UserError(f"stages[{stage.name}].data_path={source!r}: a rejection_sampling stage samples "
+                            f"prompts from a data file, not from another stage's samples")
+        return None
+    return dataclasses.replace(config.data, path=source or config.data.path)
+
+
+def _field(stage: StageConfig) -> str:
+    """The config field that names a stage's data file."""
+    if stage.kind == "distill":
+        return f"stages[{stage.name}].teacher"
+    if stage.kind != "grpo" and stage.data_path:
+        return f"stages[{stage.name}].data_path"
+    return "data.path"
+
+
+def check_stage_data(config: Config, index: int, tokenizer: Tokenizer) -> None:
+    """Stage `index`'s rows exist, hold the fields it needs, fill one batch and (when it samples from their
+    prompts) fit the largest prompt bucket."""
+    stage = config.stages[index]
+    data = stage_data(config, stage)
+    if data is None:
+        return
+    if stage.kind == "grpo":
+        batch, batch_field = config.grpo.prompts_per_step, "grpo.prompts_per_step"
+    else:
+        batch, batch_field = stage.batch_size, f"stages[{stage.name}].batch_size"
+    needs_solution = stage.kind in SFT_KINDS
+    if data.path is None:  # generated tasks: one problem of each shows they generate (and solve)
+        source = build_source(data)
+        problems = [source[i] for i in range(min(len(source), len(data.tasks)))]
+        size, what = len(source), f"data.tasks {list(data.tasks)} (data.num_problems={data.num_problems})"
+    else:
+        field = f"{_field(stage)}={data.path!r}"
+        if not pathlib.Path(data.path).exists():
+            raise UserError(f"{field}: no such file (stage {stage.name})")
+        try:
+            problems = load_problems(data.path, data.default_task, need_solution=needs_solution)
+        except UserError as err:
+            raise UserError(f"{field} (stage {stage.name}): {err}") from None
+        size, what = len(problems), field
+    if size < batch:
+        raise UserError(f"{batch_field}={batch}: {what} holds only {size} problems, fewer than one batch "
+                        f"(stage {stage.name})")
+    if needs_solution:
+        unsolved = [p for p in problems if not p["solution"]]
+        if unsolved:
+            raise UserError(f"stage {stage.name}: task {unsolved[0]['task']!r} gives no worked solutions to "
+                            f"train on; give the stage a data_path")
+    else:
+        check_prompt_lengths(config, tokenizer, [p["prompt"] for p in problems], what)
+
+
+def check_prompt_lengths(config: Config, tokenizer: Tokenizer, prompts: Sequence[str], what: str) -> None:
+    """Every templated prompt fits the largest of sampling.prompt_buckets."""
+    if not prompts:
+        return
+    lengths = [len(tokenizer.encode(apply_template(config.tokenizer.template, p), add_bos=True)) for p in prompts]
+    longest = max(range(len(prompts)), key=lengths.__getitem__)
+    limit = config.sampling.prompt_buckets[-1]
+    if lengths[longest] > limit:
+        raise UserError(f"{what}: the prompt {prompts[longest][:60]!r} is {lengths[longest]} tokens with the "
+                        f"template, longer than the largest of sampling.prompt_buckets ({limit}); raise it")
+
+
+def check_init_from(config: Config, index: int) -> None:
+    """A stage's `init_from` is a readable r1jax or Hugging Face checkpoint of the stage's architecture."""
+    stage = config.stages[index]
+    if not stage.init_from:
+        return
+    path = pathlib.Path(stage.init_from)
+    where = f"stages[{stage.name}].init_from={stage.init_from!r}"
+    if not path.exists():
+        raise UserError(f"{where}: no such checkpoint")
+    if (path / "config.json").exists():
+        saved = dataclasses.replace(config, model=read_hf_config(path)[0])
+    else:
+        try:
+            saved = load_config(path)
+        except UserError as err:
+            raise UserError(f"{where}: {err}") from None
+    check_compatible(saved, stage_config(config, index), where)
+
+
+def check_held_out(config: Config, tokenizer: Tokenizer) -> list[dict]:
+    """The held-out evaluation problems, after checking they can be built and their prompts fit."""
+    try:
+        problems = held_out_problems(config.data, config.eval)
+    except ValueError as err:  # the task space is too small for eval.num_problems
+        raise UserError(f"eval: {err}") from None
+    check_prompt_lengths(config, tokenizer, [p["prompt"] for p in problems], "the held-out eval set")
+    return problems

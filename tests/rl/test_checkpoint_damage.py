@@ -1,0 +1,145 @@
+"""A damaged, partial or absent checkpoint is a one-line UserError naming the directory and what is missing:
+through `r1jax generate` / `r1jax eval` (exit code 2) and through the trainer's checkpointer on resume."""
+
+import pathlib
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from r1jax.errors import UserError
+from r1jax.rl.checkpoint import load_config, load_policy, resolve
+from r1jax.rl.cli.main import main
+from r1jax.rl.config import load_config as load_run_config
+from r1jax.rl.train.checkpointing import TrainCheckpointer
+
+from tests.rl.conftest import TRAIN_CONFIG
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A small randomly initialised checkpoint: root/0/{config,params}."""
+    root = tmp_path_factory.mktemp("ck") / "ck"
+    assert main(["init", str(TRAIN_CONFIG), str(root)]) == 0
+    return root
+
+
+def damaged(checkpoint, tmp_path, damage):
+    copy = tmp_path / "copy"
+    shutil.copytree(checkpoint, copy)
+    damage(copy)
+    return copy
+
+
+def truncate_files(directory: pathlib.Path, keep_fraction: float) -> None:
+    for path in directory.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            path.write_bytes(data[:int(len(data) * keep_fraction)])
+
+
+def generate(capsys, path):
+    code = main(["generate", str(path), "--ids", "1,2", "--max-new-tokens", "2", "--json"])
+    return code, capsys.readouterr()
+
+
+DAMAGES = {
+    "params item removed": (lambda c: shutil.rmtree(c / "0" / "params"), ["0", "lacks the item 'params'"]),
+    "config item removed": (lambda c: shutil.rmtree(c / "0" / "config"), ["0", "lacks the item 'config'"]),
+    "step emptied": (lambda c: [shutil.rmtree(p) for p in (c / "0").iterdir() if p.is_dir()],
+                     ["0", "lacks the item 'config'", "holds no items"]),
+    "params truncated to half": (lambda c: truncate_files(c / "0" / "params", 0.5), ["0", "'params' cannot be read"]),
+    "params truncated to nothing": (lambda c: truncate_files(c / "0" / "params", 0), ["0", "'params' cannot be read"]),
+    "config not JSON": (lambda c: truncate_files(c / "0" / "config", 0.3), ["0", "'config' cannot be read"]),
+    "step directory deleted": (lambda c: shutil.rmtree(c / "0"), ["holds no checkpoint step"]),
+    # a newer step that is damaged is named, not skipped in favour of the older complete one
+    "newer step without params": (lambda c: (shutil.copytree(c / "0", c / "7"), shutil.rmtree(c / "7" / "params")),
+                                  ["7", "lacks the item 'params'"]),
+}
+
+
+@pytest.mark.parametrize("name", list(DAMAGES))
+def test_generate_on_a_damaged_checkpoint_names_the_directory_and_what_is_missing(capsys, checkpoint, tmp_path,
+                                                                                    name):
+    damage, expected = DAMAGES[name]
+    path = damaged(checkpoint, tmp_path, damage)
+    code, out = generate(capsys, path)
+    assert code == 2 and out.out == ""
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("r1jax generate: error: checkpoint "), out.err
+    assert str(path) in lines[0]
+    for fragment in expected:
+        assert fragment in lines[0], lines[0]
+
+
+def test_missing_paths_empty_directories_and_run_dirs_without_checkpoints_are_named(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "file.txt").write_text("x")
+    for path, expected in [(tmp_path / "missing", "does not exist"), (tmp_path / "empty", "no checkpoint step"),
+                           (tmp_path / "run", "has no checkpoint yet"), (tmp_path / "file.txt", "is a file")]:
+        for command in (["generate", str(path), "--ids", "1"], ["eval", str(path)]):
+            code = main(command)
+            err = capsys.readouterr().err.strip()
+            assert code == 2 and expected in err and str(path) in err and len(err.splitlines()) == 1, err
+
+
+def test_a_complete_checkpoint_opens_from_its_root_or_step_and_a_missing_metadata_file_is_tolerated(
+        checkpoint, tmp_path):
+    assert resolve(checkpoint) == (checkpoint, 0) and resolve(checkpoint / "0") == (checkpoint, 0)
+    config, policy = load_policy(checkpoint)
+    # Orbax reads a step without its _CHECKPOINT_METADATA file (it only warns): the same parameters
+    path = damaged(checkpoint, tmp_path, lambda c: (c / "0" / "_CHECKPOINT_METADATA").unlink())
+    again_config, again = load_policy(path)
+    assert again_config == config == load_config(path)
+    leaves, again_leaves = jax.tree.leaves(nnx.state(policy)), jax.tree.leaves(nnx.state(again))
+    assert len(leaves) == len(again_leaves) > 10
+    for a, b in zip(leaves, again_leaves):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.fixture()
+def train_checkpoints(tmp_path):
+    """A trainer checkpoint directory with steps 1 and 2 (config, meta and two trees each)."""
+    config = load_run_config(TRAIN_CONFIG)
+    checkpointer = TrainCheckpointer(tmp_path / "checkpoints", keep=5, keep_best=0, async_save=False)
+    for step in (1, 2):
+        trees = {"params": {"w": np.full((4, 3), step, np.float32)}, "opt_state": {"m": np.zeros(3, np.float32)}}
+        checkpointer.save(step, config, trees, {"stage_index": 0, "global_step": step})
+    checkpointer.close()
+    return tmp_path / "checkpoints", config
+
+
+def restore_latest(root):
+    checkpointer = TrainCheckpointer(root, keep=5, keep_best=0, async_save=False)
+    step = checkpointer.latest_step()
+    try:
+        _, meta = checkpointer.restore_config_and_meta(step)
+        target = {"params": {"w": np.zeros((4, 3), np.float32)}, "opt_state": {"m": np.zeros(3, np.float32)}}
+        trees = checkpointer.restore_trees(step, target)
+    finally:
+        checkpointer.close()
+    return step, meta, trees
+
+
+def test_resume_restores_the_latest_step(train_checkpoints):
+    step, meta, trees = restore_latest(train_checkpoints[0])
+    assert step == 2 and meta["global_step"] == 2
+    np.testing.assert_array_equal(np.asarray(trees["params"]["w"]), np.full((4, 3), 2, np.float32))
+
+
+@pytest.mark.parametrize("damage,expected", [
+    (lambda step: shutil.rmtree(step / "meta"), "lacks the item 'meta'"),
+    (lambda step: shutil.rmtree(step / "opt_state"), "lacks the item 'opt_state'"),
+    (lambda step: truncate_files(step / "params", 0.5), "'params' cannot be read"),
+    (lambda step: truncate_files(step / "config", 0.5), "'config' cannot be read"),
+])
+def test_resume_from_a_damaged_latest_step_names_it_instead_of_skipping_it(train_checkpoints, damage, expected):
+    root, _ = train_checkpoints
+    damage(root / "2")
+    with pytest.raises(UserError) as info:
+        restore_latest(root)
+    message = str(info.value)
+    assert str(root / "2") in message and expected in message and "\n" not in message

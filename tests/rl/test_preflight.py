@@ -1,0 +1,140 @@
+"""preflight: every check that can run before the first step fails on a tiny bad config naming the culprit,
+and a good config passes, returning the trainer's held-out problems."""
+
+import json
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from r1jax.errors import UserError
+from r1jax.rl.cli.main import main
+from r1jax.rl.config import load_config
+from r1jax.rl.data import build_tokenizer
+from r1jax.rl.evaluate import held_out_problems
+from r1jax.rl.train.preflight import preflight
+from r1jax.sharding.mesh import ShardingConfig, build_mesh
+
+from tests.rl.conftest import TRAIN_CONFIG
+
+SOLUTION = "<think> 2+2=4 </think> <answer> 4 </answer>"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    config = load_config(TRAIN_CONFIG)
+    return build_tokenizer(config.tokenizer, config.data)  # 512 pieces
+
+
+def check(tokenizer, *overrides, mesh=None):
+    """preflight on the test run's config (8 CPU devices: fsdp=8) with `overrides`."""
+    config = load_config(TRAIN_CONFIG, list(overrides))
+    mesh = build_mesh(config.sharding) if mesh is None else mesh
+    return preflight(config, tokenizer, mesh, config.sharding.logical_rules())
+
+
+def fails(tokenizer, *overrides, named, mesh=None):
+    with pytest.raises(UserError) as info:
+        check(tokenizer, *overrides, mesh=mesh)
+    message = str(info.value)
+    for fragment in [named] if isinstance(named, str) else named:
+        assert fragment in message, message
+    assert "\n" not in message
+    return message
+
+
+def write_rows(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def rows(n, solution=True, **extra):
+    return [{"prompt": f"Compute {i}+{i}", "answer": str(2 * i), "task": "arithmetic",
+             **({"solution": SOLUTION} if solution else {}), **extra} for i in range(n)]
+
+
+def test_a_good_config_passes_and_returns_the_held_out_problems(tokenizer):
+    problems = check(tokenizer)
+    config = load_config(TRAIN_CONFIG)
+    assert problems == held_out_problems(config.data, config.eval) and len(problems) == config.eval.num_problems
+
+
+def test_a_held_out_set_that_cannot_be_built_fails_before_training(tokenizer):
+    # arithmetic at difficulty 1 has fewer distinct problems than 2000 training + 5000 held-out ones
+    fails(tokenizer, "data.difficulty=1", "eval.num_problems=5000", named=["eval", "eval.num_problems=5000"])
+
+
+def test_prompts_longer_than_the_largest_bucket_are_named(tokenizer):
+    fails(tokenizer, "sampling.prompt_buckets=[4]", named=["sampling.prompt_buckets", "(4)", "Compute"])
+
+
+def test_tokenizer_larger_than_a_stage_vocabulary_is_named(tokenizer):
+    fails(tokenizer, "model.vocab_size=384", named=["model.vocab_size=384", "512"])
+    stages = ("stages=[{name: rs, kind: rejection_sampling, steps: 1, batch_size: 8}, {name: student, kind: distill, "
+              "steps: 1, batch_size: 8, teacher: rs, student_overrides: [vocab_size=384]}]")
+    fails(tokenizer, stages, named=["stages[student]", "vocab_size=384"])
+
+
+def test_a_mesh_that_does_not_fit_the_devices_or_the_model_is_named(tokenizer):
+    fails(tokenizer, "sharding.fsdp=3", named="sharding")
+    other = build_mesh(ShardingConfig(data=2, fsdp=4))
+    fails(tokenizer, mesh=other, named=["sharding", "the mesh"])
+    # 2 attention heads do not split over tensor=8
+    fails(tokenizer, "sharding.fsdp=1", "sharding.tensor=8", named=["heads", "tensor"])
+
+
+def test_batches_that_do_not_split_over_the_data_parallel_devices_are_named(tokenizer):
+    fails(tokenizer, "grpo.prompts_per_step=3", named=["grpo.prompts_per_step", "6 rows", "8 data-parallel"])
+    fails(tokenizer, "stages.0.batch_size=12", named=["stages[sft].batch_size", "12 rows"])
+
+
+@pytest.mark.parametrize("content,named", [
+    (None, "no such file"),
+    (["{not json"], "row 1: not valid JSON"),
+    ([json.dumps({"prompt": "Compute 1+1"})] * 8, "field 'answer' is missing"),
+    ([json.dumps({"prompt": "Compute 1+1", "answer": "2", "task": "nope"})] * 8, "'task'"),
+    ("binary", "not UTF-8"),
+    ([json.dumps(r) for r in rows(3)], "holds only 3 problems"),
+])
+def test_a_bad_data_file_is_named_with_its_field(tokenizer, tmp_path, content, named):
+    path = tmp_path / "data.jsonl"
+    if content == "binary":
+        path.write_bytes(b"\xff\xfe\x00garbage\n")
+    elif content is not None:
+        write_rows(path, content)
+    fails(tokenizer, f"data.path={path}", named=["data.path", str(path), named])
+
+
+def test_sft_rows_need_a_solution_and_other_stages_do_not(tokenizer, tmp_path):
+    path = write_rows(tmp_path / "prompts.jsonl", rows(7, solution=False) + rows(1))
+    fails(tokenizer, f"data.path={path}", named=["data.path", "row 1", "'solution'"])
+    check(tokenizer, f"data.path={path}", "stages=[{name: grpo, kind: grpo, steps: 1}]")  # GRPO: no solution
+    solved = write_rows(tmp_path / "solved.jsonl", rows(8))
+    check(tokenizer, f"data.path={path}", f"stages.0.data_path={solved}")  # the SFT stage reads its own file
+    fails(tokenizer, f"stages.0.data_path={tmp_path / 'missing.jsonl'}", named=["stages[sft].data_path", "no such"])
+
+
+def test_stage_references_must_name_an_earlier_rejection_stage_or_an_existing_file(tokenizer, tmp_path):
+    rs = "{name: rs, kind: rejection_sampling, steps: 1, batch_size: 8}"
+    check(tokenizer, f"stages=[{rs}, {{name: student, kind: distill, steps: 1, batch_size: 8, teacher: rs}}]")
+    check(tokenizer, f"stages=[{rs}, {{name: sft, kind: sft, steps: 1, batch_size: 8, data_path: rs}}]")
+    fails(tokenizer, "stages=[{name: student, kind: distill, steps: 1, batch_size: 8, teacher: nothere.jsonl}]",
+          named=["stages[student].teacher='nothere.jsonl'", "no such file"])
+    fails(tokenizer, f"stages=[{rs}, {{name: rs2, kind: rejection_sampling, steps: 1, batch_size: 8, data_path: rs}}]",
+          named=["stages[rs2].data_path='rs'"])
+
+
+def test_init_from_must_be_a_checkpoint_of_the_stage_architecture(tokenizer, tmp_path, capsys):
+    fails(tokenizer, f"stages.1.init_from={tmp_path / 'nothing'}", named=["stages[grpo].init_from", "no such"])
+    (tmp_path / "empty").mkdir()
+    fails(tokenizer, f"stages.1.init_from={tmp_path / 'empty'}", named=["stages[grpo].init_from", "no checkpoint"])
+    assert main(["init", str(TRAIN_CONFIG), str(tmp_path / "same")]) == 0
+    check(tokenizer, f"stages.1.init_from={tmp_path / 'same'}")
+    assert main(["init", str(TRAIN_CONFIG), str(tmp_path / "wider"), "model.hidden_size=64"]) == 0
+    fails(tokenizer, f"stages.1.init_from={tmp_path / 'wider'}", named=["does not match", "model.hidden_size"])
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("{broken")
+    fails(tokenizer, f"stages.1.init_from={hf}", named=["config.json", "not valid JSON"])
+    capsys.readouterr()
