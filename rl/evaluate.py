@@ -19,7 +19,7 @@ from r1jax.rl.data import DataConfig
 from r1jax.rl.data.pipeline import TaskSource
 from r1jax.rl.rewards import RewardPool, extract_answer
 from r1jax.rl.train.config import DEFAULT_REFLECTION_WORDS, EvalConfig
-from r1jax.rl.train.rollouts import decode_completions, encode_prompts, reflection_rate, score_items
+from r1jax.rl.train.rollouts import reflection_rate, sample_and_submit
 
 
 def held_out_problems(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | None = None) -> list[dict]:
@@ -91,16 +91,17 @@ def _normalize(answer: str | None) -> str | None:
 
 def evaluate(sampler, states, tokenizer, template: str, problems: Sequence[dict], pool: RewardPool,
              cfg: EvalConfig, max_new_tokens: int, answer_max_chars: int = 256) -> tuple[dict, list[dict]]:
-    """(figures, sample rows) for `problems` under the policy `states`."""
-    texts, lengths = [], []
+    """(figures, sample rows) for `problems` under the policy `states`: `cfg.batch_size` problems per sampler
+    call, each call's completions scored by the pool while the next one generates."""
+    chunks = []
     for start in range(0, len(problems), cfg.batch_size):
-        chunk = problems[start:start + cfg.batch_size]
-        rollout = sampler.generate(states, encode_prompts(tokenizer, template, chunk), samples=cfg.samples,
-                                   temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
-                                   max_new_tokens=max_new_tokens)
-        texts += decode_completions(tokenizer, rollout)
-        lengths += np.asarray(rollout.lengths_B).tolist()
-    results = pool.score_batch(score_items(problems, texts, lengths, cfg.samples))
+        sampled = sample_and_submit(sampler, states, tokenizer, template, problems[start:start + cfg.batch_size],
+                                    pool, cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
+                                    max_new_tokens=max_new_tokens)
+        chunks.append((sampled.texts, sampled.items, sampled.pending))  # not the rollout: free its arrays
+    texts = [text for chunk_texts, _, _ in chunks for text in chunk_texts]
+    lengths = [item.length for _, items, _ in chunks for item in items]
+    results = [result for _, _, pending in chunks for result in pool.collect(pending)]
     figures = summarize(problems, texts, lengths, results, cfg.samples, answer_max_chars, cfg.reflection_words)
     samples = [{"prompt": problems[i // cfg.samples]["prompt"], "answer": problems[i // cfg.samples]["answer"],
                 "completion": texts[i], "rewards": results[i].rewards, "status": results[i].status}

@@ -1,7 +1,7 @@
 """Metrics out of a run: metrics.jsonl (one object per step), TensorBoard scalars, and refreshed plots.
 
-Held-out evaluations (after each stage and periodically) are the summary's `evals`; they reach TensorBoard
-as `eval/*` and the accuracy plot as `eval/pass@1`, end-of-stage ones included.
+Held-out evaluations (after each stage and periodically; the summary's `evals`) reach TensorBoard as `eval/*`
+and the accuracy plot as `eval/pass@1`, end-of-stage ones included.
 
 Only the primary process (JAX process 0) writes. On resume, rows past the restored step are dropped first,
 so a resumed run's metrics.jsonl equals an uninterrupted run's (wall time aside).
@@ -13,9 +13,11 @@ import json
 import math
 import pathlib
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from r1jax.rl.train.plots import write_plots
 
 
 def _plain(value: Any) -> Any:
@@ -51,20 +53,28 @@ def truncate_after(path: pathlib.Path, global_step: int) -> None:
 
 
 class MetricsWriter:
-    def __init__(self, run_dir: pathlib.Path, primary: bool = True, plot_every: int = 10,
-                 evals: Callable[[], Sequence[Mapping] | None] = lambda: None):
-        """`evals` gives the run's held-out evaluations so far (the summary's `evals`), which the plots draw;
-        without them, the plots take evaluation figures from the metrics rows."""
+    def __init__(self, run_dir: pathlib.Path, primary: bool = True, plot_every: int = 10):
         self.run_dir, self.primary, self.plot_every = pathlib.Path(run_dir), primary, plot_every
-        self.evals = evals
         self.path = self.run_dir / "metrics.jsonl"
+        self._evals: list[Mapping] | None = None
         self._tb = None
         self._rows_since_plot = 0
         self.start = time.time()
 
+    def evals(self) -> Sequence[Mapping] | None:
+        """The run's held-out evaluations so far (logged, or restored by `resume`), which the plots draw;
+        None when there are none: the plots then take evaluation figures from the metrics rows."""
+        return self._evals
+
+    def resume(self, global_step: int, evals: Sequence[Mapping]) -> None:
+        """Continue a run from `global_step` whose evaluations so far are `evals`: later rows are dropped."""
+        self._evals = list(evals)
+        if self.primary:
+            truncate_after(self.path, global_step)
+
     def _tensorboard(self):
         if self._tb is None:
-            from tensorboardX import SummaryWriter
+            from tensorboardX import SummaryWriter  # slow to import (protobuf): only once something is written
 
             self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), flush_secs=10)
         return self._tb
@@ -88,6 +98,7 @@ class MetricsWriter:
     def log_eval(self, entry: Mapping[str, Any]) -> None:
         """One held-out evaluation (a summary `evals` entry): TensorBoard `eval/*` at its step, on one axis
         across stages, and the plots redrawn with it."""
+        self._evals = [*(self._evals or []), entry]
         if not self.primary:
             return
         k = entry["k"]
@@ -100,8 +111,6 @@ class MetricsWriter:
     def refresh_plots(self) -> None:
         if not self.primary:
             return
-        from r1jax.rl.train.plots import write_plots
-
         write_plots(read_rows(self.path), self.run_dir / "plots", self.evals())
         self._rows_since_plot = 0
 

@@ -45,15 +45,17 @@ from r1jax.sharding.rules import Rules
 SFT_KINDS = ("sft", "distill")
 
 
-def preflight(config: Config, tokenizer: Tokenizer, mesh: Mesh, rules: Rules) -> list[dict]:
-    """Check `config` against the tokenizer, mesh and files (module docstring); the held-out problems."""
+def preflight(config: Config, tokenizer: Tokenizer, mesh: Mesh, rules: Rules, first_stage: int = 0) -> list[dict]:
+    """Check `config` against the tokenizer, mesh and files (module docstring); the held-out problems.
+    A resumed run passes the first stage it still runs: finished stages' `init_from` sources may be gone."""
     check_mesh(config, mesh)
     for index in range(len(config.stages)):
         check_model(config, index, tokenizer, mesh, rules)
     check_batches(config, mesh, rules)
     for index in range(len(config.stages)):
         check_stage_data(config, index, tokenizer)
-        check_init_from(config, index)
+        if index >= first_stage:
+            check_init_from(config, index)
     return check_held_out(config, tokenizer)
 
 

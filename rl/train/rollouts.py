@@ -1,19 +1,24 @@
 """Between tokens and text: prompts in, completions out, scored by the reward pool.
 
-Rows are prompt-major (row = prompt * G + g), as the sampler returns them.
+`sample_and_submit` is the one path from problems to scores that GRPO, rejection sampling and evaluation
+share: encode the prompts, generate, decode, and hand the completions to the reward pool, which scores them
+in its worker processes while the caller goes on (GRPO dispatches its device work meanwhile);
+`pool.collect(sampled.pending)` waits for the results. Rows are prompt-major (row = prompt * G + g), as the
+sampler returns them.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Sequence
+import time
+from typing import NamedTuple, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
 from r1jax.model.tokenizer import Tokenizer, apply_template
-from r1jax.rl.rewards import RewardPool, ScoreItem, ScoreResult
-from r1jax.rl.sampler import Rollout
+from r1jax.rl.rewards import BatchHandle, RewardPool, ScoreItem, ScoreResult
+from r1jax.rl.sampler import Rollout, Sampler
 from r1jax.rl.train.config import DEFAULT_REFLECTION_WORDS
 
 
@@ -44,8 +49,27 @@ def score_items(problems: Sequence[dict], texts: Sequence[str], lengths: Sequenc
             for i, (text, length) in enumerate(zip(texts, lengths))]
 
 
-def submit(pool: RewardPool, problems, texts, rollout: Rollout, samples: int):
-    return pool.submit(score_items(problems, texts, np.asarray(rollout.lengths_B), samples))
+class Sampled(NamedTuple):
+    """`samples` completions of each problem, submitted to the reward pool."""
+
+    problems: Sequence[dict]
+    rollout: Rollout
+    texts: list[str]  # decoded completions, up to and excluding the stop token
+    items: list[ScoreItem]  # what the pool scores, one per row
+    pending: BatchHandle  # `pool.collect(pending)` gives the ScoreResults in row order
+    seconds: float  # encoding, generation and decoding
+
+
+def sample_and_submit(sampler: Sampler, policy, tokenizer: Tokenizer, template: str, problems: Sequence[dict],
+                      pool: RewardPool, samples: int, **generate) -> Sampled:
+    """Generate `samples` completions per problem under `policy` with one draw of the sampler's key, decode
+    them and submit them for scoring; `generate` overrides the sampling config (temperature, top_p, ...)."""
+    start = time.time()
+    rollout = sampler.generate(policy, encode_prompts(tokenizer, template, problems), samples=samples, **generate)
+    texts = decode_completions(tokenizer, rollout)
+    seconds = time.time() - start
+    items = score_items(problems, texts, np.asarray(rollout.lengths_B), samples)
+    return Sampled(problems, rollout, texts, items, pool.submit(items), seconds)
 
 
 def reward_metrics(results: Sequence[ScoreResult], names: Sequence[str]) -> dict[str, float]:

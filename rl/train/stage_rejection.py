@@ -16,13 +16,12 @@ import dataclasses
 import json
 import pathlib
 
-import numpy as np
-
 from r1jax.errors import UserError
 from r1jax.rl.data import make_iterator
 from r1jax.rl.train.config import StageConfig
+from r1jax.rl.train.context import StageContext, StageResult, StageStart, Stopped, summary_with
 from r1jax.rl.train.filters import rejection_reason
-from r1jax.rl.train.rollouts import decode_completions, encode_prompts, reward_metrics, score_items
+from r1jax.rl.train.rollouts import reward_metrics, sample_and_submit
 
 
 def dataset_path(run_dir: str | pathlib.Path, stage_name: str) -> pathlib.Path:
@@ -62,56 +61,54 @@ class KeptSet:
                 "by_task": by("task"), "by_difficulty": by("difficulty"), "rejected": dict(self.reasons)}
 
 
-def run_rejection_sampling(trainer, index: int, stage: StageConfig, resume: dict | None) -> None:
-    del resume  # never checkpointed mid-stage: a resumed run reruns it from the first round
-    cfg = trainer.config
+def run_rejection_sampling(ctx: StageContext, index: int, stage: StageConfig, start: StageStart) -> StageResult:
+    """Never checkpointed mid-stage (`start.resume` is unused): a resumed run reruns it from the first round."""
+    cfg = ctx.config
     data = dataclasses.replace(cfg.data, path=stage.data_path or cfg.data.path)
     iterator = make_iterator(data, batch_size=stage.batch_size)
-    sampler = trainer.sampler(cfg.seed * 1000 + index)
+    sampler = ctx.sampler(cfg.seed * 1000 + index)
     budget = stage.max_new_tokens or cfg.sampling.max_new_tokens
     temperature = cfg.sampling.temperature if stage.temperature is None else stage.temperature
-    kept, k, start_step = KeptSet(), stage.samples_per_prompt, trainer.global_step
-    trainer.console.start_stage(stage.name, stage.steps, 0)
+    kept, k, global_step = KeptSet(), stage.samples_per_prompt, start.global_step
+    ctx.console.start_stage(stage.name, stage.steps, 0)
     for round_index in range(stage.steps):
-        if trainer.stop:  # nothing to save: the previous stage's checkpoint is where a resume starts
-            from r1jax.rl.train.trainer import Stopped
-
-            trainer.global_step = start_step
-            raise Stopped()
-        problems = next(iterator)
-        rollout = sampler.generate(trainer.policy, encode_prompts(trainer.tokenizer, cfg.tokenizer.template,
-                                                                  problems),
-                                   samples=k, temperature=temperature, max_new_tokens=budget)
-        texts = decode_completions(trainer.tokenizer, rollout)
-        items = score_items(problems, texts, np.asarray(rollout.lengths_B), k)
-        results = trainer.pool.collect(trainer.pool.submit(items))
+        if ctx.stop.requested(global_step):
+            # nothing to save: the previous stage's checkpoint is where a resume starts
+            raise Stopped(StageResult(start.policy, start.global_step))
+        sampled = sample_and_submit(sampler, start.policy, ctx.tokenizer, cfg.tokenizer.template, next(iterator),
+                                    ctx.pool, k, temperature=temperature, max_new_tokens=budget)
+        results = ctx.pool.collect(sampled.pending)
         before = len(kept.rows)
-        for row, (item, result) in enumerate(zip(items, results)):
+        for row, (item, result) in enumerate(zip(sampled.items, results)):
             reason = rejection_reason(item, result.total, result.status, threshold=stage.reward_threshold,
                                       filters=stage.filters, max_new_tokens=budget,
                                       max_repetition=stage.max_repetition, rewards=cfg.rewards)
-            kept.add(problems[row // k], texts[row], result.total, reason)
-        trainer.global_step += 1
-        row = trainer.write_metrics({"global_step": trainer.global_step, "step": round_index + 1,
-                                     "stage": stage.name, **reward_metrics(results, cfg.rewards.names),
-                                     "rs/candidates": len(items), "rs/kept": len(kept.rows) - before,
-                                     "rs/kept_rate": (len(kept.rows) - before) / len(items)})
-        trainer.console.update(round_index + 1, row)
-    trainer.console.end_stage()
-    stats = _write(trainer, stage, kept)
+            kept.add(sampled.problems[row // k], sampled.texts[row], result.total, reason)
+        global_step += 1
+        candidates = len(sampled.items)
+        row = ctx.metrics.write({"global_step": global_step, "step": round_index + 1, "stage": stage.name,
+                                 **reward_metrics(results, cfg.rewards.names), "rs/candidates": candidates,
+                                 "rs/kept": len(kept.rows) - before,
+                                 "rs/kept_rate": (len(kept.rows) - before) / candidates})
+        ctx.console.update(round_index + 1, row)
+    ctx.console.end_stage()
+    stats = _write(ctx, stage, kept)
     if not kept.rows:
         raise UserError(f"stages[{stage.name}]: kept none of {stats['candidates']} samples (rejected by "
                         f"{stats['rejected']}); lower reward_threshold, relax filters or sample more")
-    trainer.summary.setdefault("datasets", []).append({"stage": stage.name, **stats})
-    trainer.console.log(f"{stage.name}: kept {stats['kept']} of {stats['candidates']} samples "
-                        f"({stats['kept_rate']:.1%}) -> {stats['path']}")
-    trainer.save(index, stage, stage.steps, {}, {}, stage_done=True)
+    result = StageResult(start.policy, global_step, datasets=({"stage": stage.name, **stats},))
+    ctx.console.log(f"{stage.name}: kept {stats['kept']} of {stats['candidates']} samples "
+                    f"({stats['kept_rate']:.1%}) -> {stats['path']}")
+    ctx.checkpoints.save(index, stage, graphdef=ctx.graphdef, policy=start.policy, global_step=global_step,
+                         stage_step=stage.steps, summary=summary_with(start.summary, datasets=result.datasets),
+                         stage_done=True)
+    return result
 
 
-def _write(trainer, stage: StageConfig, kept: KeptSet) -> dict:
-    path = dataset_path(trainer.run_dir, stage.name)
+def _write(ctx: StageContext, stage: StageConfig, kept: KeptSet) -> dict:
+    path = dataset_path(ctx.run_dir, stage.name)
     stats = {"path": str(path), **kept.stats()}
-    if trainer.primary:
+    if ctx.primary:
         path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(path, "".join(json.dumps(row) + "\n" for row in kept.rows))
         _atomic_write(path.with_suffix(".stats.json"), json.dumps(stats, indent=2))

@@ -1,10 +1,14 @@
-"""Completion text instrumentation: reflection words per completion (R1's "aha" signal)."""
+"""Between tokens and text: the one sample-and-score path (rows prompt-major, texts cut at EOS, the items
+submitted for scoring), and completion instrumentation: reflection words per completion (R1's "aha")."""
 
+import numpy as np
 import pytest
 
+from r1jax.model.tokenizer import apply_template
 from r1jax.rl.evaluate import summarize
 from r1jax.rl.rewards import ScoreResult
-from r1jax.rl.train.rollouts import reflection_rate
+from r1jax.rl.sampler import Rollout
+from r1jax.rl.train.rollouts import reflection_rate, sample_and_submit
 
 TEXTS = ["Wait, let me verify: 2+2=4. Wait.", "x = 3, checked twice", "no reflection here",
          "However, actually re-examine: CHECK it"]
@@ -26,3 +30,57 @@ def test_evaluation_reports_the_configured_reflection_rate():
     results = [ScoreResult(status="ok", rewards={"accuracy": 1.0, "format": 1.0}, total=2.0) for _ in TEXTS]
     figures = summarize(problems, TEXTS, [5] * 4, results, k=2, reflection_words=("wait", "check"))
     assert figures["reflection_rate"] == pytest.approx((2 + 0 + 0 + 1) / 4)
+
+
+class FakeTokenizer:
+    """Characters as ids (ord), EOS 1, pad 0."""
+
+    eos_id, pad_id = 1, 0
+
+    def encode(self, text, add_bos=False):
+        return [2] * add_bos + [ord(c) for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids)
+
+
+class FakeSampler:
+    """Returns completions "<prompt index><sample>" + EOS (row 0 hits no EOS: it fills the budget)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, policy, prompts, samples, **overrides):
+        self.calls.append((policy, prompts, samples, overrides))
+        rows = [f"{p}{g}" for p in range(len(prompts)) for g in range(samples)]
+        width = 3
+        completion = np.array([[ord(c) for c in r] + ([1] if i else [ord("x")]) for i, r in enumerate(rows)], np.int32)
+        prompt = np.full((len(rows), 4), 5, np.int32)
+        lengths = np.array([width] * len(rows), np.int32)
+        tokens = np.concatenate([prompt, completion], axis=1)
+        return Rollout(tokens, np.ones_like(tokens, bool), np.zeros_like(tokens), np.zeros((len(rows), width)),
+                       lengths, np.zeros((1, len(rows), tokens.shape[1], 2), np.int32), np.int32(width))
+
+
+class FakePool:
+    def __init__(self):
+        self.submitted = []
+
+    def submit(self, items):
+        self.submitted.append(items)
+        return f"handle-{len(self.submitted)}"
+
+
+def test_sample_and_submit_keeps_rows_prompt_major_and_submits_what_it_returns():
+    sampler, pool = FakeSampler(), FakePool()
+    problems = [{"prompt": "a", "answer": 1, "task": "t"}, {"prompt": "b", "answer": "2", "task": "u"}]
+    sampled = sample_and_submit(sampler, "policy", FakeTokenizer(), "r1_zero", problems, pool, 2,
+                                temperature=0.5, max_new_tokens=3)
+    (policy, prompts, samples, overrides), = sampler.calls
+    assert (policy, samples, overrides) == ("policy", 2, {"temperature": 0.5, "max_new_tokens": 3})
+    assert prompts[1] == [2] + [ord(c) for c in apply_template("r1_zero", "b")]
+    assert sampled.texts == ["00x", "01", "10", "11"]  # up to and excluding EOS
+    assert [(i.prompt, i.reference, i.task, i.completion, i.length) for i in sampled.items] == [
+        ("a", "1", "t", "00x", 3), ("a", "1", "t", "01", 3), ("b", "2", "u", "10", 3), ("b", "2", "u", "11", 3)]
+    assert pool.submitted == [sampled.items] and sampled.pending == "handle-1"
+    assert sampled.problems is problems and sampled.seconds >= 0

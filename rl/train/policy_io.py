@@ -1,0 +1,113 @@
+"""The policy in and out of a run: the policy a stage starts from, and the run's checkpoints.
+
+A policy travels between stages as `(params, bias)`: the nnx States of its trainable parameters and of its
+routing biases (rl.update.split_policy), with the graphdef that merges them. Checkpoints store it as one pure
+state dict (`policy_state`), as `r1jax generate/eval/export-hf` read it.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Mapping
+
+from flax import nnx
+
+from r1jax.errors import UserError
+from r1jax.model.config import ModelConfig
+from r1jax.model.factory import abstract_policy, init_policy
+from r1jax.rl.hf_policy import load_hf_policy
+from r1jax.model.tokenizer import Tokenizer
+from r1jax.rl.checkpoint import load_policy
+from r1jax.rl.config import Config, stage_config
+from r1jax.rl.train.checkpointing import TrainCheckpointer, check_compatible
+from r1jax.rl.train.config import StageConfig
+from r1jax.rl.update import split_policy
+from r1jax.sharding.params import abstract_sharded
+from r1jax.sharding.rules import Rules
+
+
+def policy_state(graphdef, params, bias) -> dict:
+    """The pure state dict of the policy (params, bias), as checkpoints store it."""
+    return nnx.to_pure_dict(nnx.state(nnx.merge(graphdef, params, bias)))
+
+
+def abstract_policy_state(model: ModelConfig, mesh, rules: Rules):
+    """(graphdef, abstract nnx State, pure dict of sharded ShapeDtypeStructs: a restore target) of `model`."""
+    graphdef, state = nnx.split(abstract_policy(model))
+    return graphdef, state, nnx.to_pure_dict(abstract_sharded(state, mesh, rules))
+
+
+def policy_from_state(pure: dict, model: ModelConfig, mesh, rules: Rules):
+    """(params, bias) States from a pure policy-state dict (as checkpoints store it)."""
+    graphdef, state, _ = abstract_policy_state(model, mesh, rules)
+    nnx.replace_by_pure_dict(state, pure)
+    _, params, bias = split_policy(nnx.merge(graphdef, state))
+    return params, bias
+
+
+def starting_policy(config: Config, index: int, stage: StageConfig, tokenizer: Tokenizer, previous, mesh,
+                    rules: Rules):
+    """(graphdef, (params, bias)) a stage starts from: `init_from`, else a fresh one (the first stage, or a
+    distilled student), else None: the previous stage's policy `previous` goes on."""
+    model = stage_config(config, index).model
+    if tokenizer.vocab_size > model.vocab_size:
+        raise UserError(f"stages[{stage.name}]: model.vocab_size={model.vocab_size} is smaller than the "
+                        f"tokenizer's {tokenizer.vocab_size} pieces")
+    if stage.init_from:
+        location = pathlib.Path(stage.init_from)
+        if (location / "config.json").exists():
+            loaded, policy = load_hf_policy(location, mesh, rules)
+        else:
+            loaded, policy = load_policy(location, mesh, rules)
+        check_compatible(loaded, stage_config(config, index), stage.init_from)
+    elif previous is None or stage.kind == "distill":  # a distilled student starts fresh
+        policy = init_policy(model, config.seed + index, mesh, rules)
+    else:
+        return None
+    graphdef, params, bias = split_policy(policy)
+    return graphdef, (params, bias)
+
+
+class RunCheckpoints:
+    """The run's checkpoints (rl.train.checkpointing) and what every save of a stage adds: the policy, the
+    config in effect at the stage (a student's opens as the student), the run's position and summary in
+    `meta`, and a copy of the tokenizer beside them."""
+
+    def __init__(self, checkpointer: TrainCheckpointer, config: Config, run_dir: pathlib.Path, tokenizer: Tokenizer,
+                 primary: bool):
+        self.checkpointer, self.config, self.run_dir = checkpointer, config, run_dir
+        self.tokenizer, self.primary = tokenizer, primary
+
+    def save(self, index: int, stage: StageConfig, *, graphdef, policy, global_step: int, stage_step: int,
+             summary: Mapping[str, Any], stage_done: bool, trees: Mapping[str, Any] | None = None,
+             extra_meta: Mapping[str, Any] | None = None, metrics: Mapping[str, float] | None = None) -> None:
+        """Start saving global step `global_step`: `policy` as `params`, the stage's `trees` (optimizer
+        state, reference policy), and the meta a resume reads (`summary`: the run's, up to this save)."""
+        meta = {"stage_index": index, "stage_name": stage.name, "stage_step": stage_step,
+                "global_step": global_step, "stage_done": stage_done, "summary": summary, **(extra_meta or {})}
+        trees = {"params": policy_state(graphdef, *policy), **(trees or {})}
+        self.checkpointer.save(global_step, stage_config(self.config, index), trees, meta, metrics)
+        if self.primary:  # so that `r1jax generate/eval/export-hf` open a checkpoint unaided
+            self.tokenizer.save(self.run_dir / "checkpoints" / "tokenizer")
+
+    def latest_step(self) -> int | None:
+        return self.checkpointer.latest_step()
+
+    def restore_config_and_meta(self, step: int) -> tuple[Config, dict]:
+        return self.checkpointer.restore_config_and_meta(step)
+
+    def restore_trees(self, step: int, targets: Mapping[str, Any]) -> dict:
+        return self.checkpointer.restore_trees(step, targets)
+
+    def restore_policy(self, step: int, model: ModelConfig, mesh, rules: Rules):
+        """(graphdef, (params, bias)) of checkpoint `step`, restored into the mesh's shards."""
+        abstract = abstract_policy_state(model, mesh, rules)[2]
+        restored = self.restore_trees(step, {"params": abstract})["params"]
+        graphdef = split_policy(abstract_policy(model))[0]
+        return graphdef, policy_from_state(restored, model, mesh, rules)
+
+    def wait(self) -> None:
+        self.checkpointer.wait()
+
+    def close(self) -> None:
+        self.checkpointer.close()

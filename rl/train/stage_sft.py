@@ -1,0 +1,58 @@
+"""The SFT stages: supervised fine-tuning (cold start, or on a rejection-sampling stage's dataset) and
+distillation (SFT of a fresh student on a teacher's samples)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from r1jax.errors import UserError
+from r1jax.rl.data import make_iterator
+from r1jax.rl.train.config import StageConfig
+from r1jax.rl.train.context import StageContext, StageResult, StageStart
+from r1jax.rl.train.sft import make_sft_step, sft_batch
+from r1jax.rl.train.stage_rejection import dataset_path
+from r1jax.rl.train.update_stage import UpdateStage
+
+SEQUENCE_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def run_sft(ctx: StageContext, index: int, stage: StageConfig, start: StageStart,
+            data_path: str | None = None) -> StageResult:
+    """SFT on `data_path` (a JSONL/Parquet of prompt/solution rows), else `stage.data_path` (a file or an
+    earlier rejection_sampling stage's name), else the tasks' worked solutions (the training problems)."""
+    cfg = ctx.config
+    data_path = data_path or (stage_data_path(ctx, stage.data_path) if stage.data_path else cfg.data.path)
+    data = dataclasses.replace(cfg.data, path=data_path)
+    iterator = make_iterator(data, batch_size=stage.batch_size)
+    make_step = lambda g, opt, clip: make_sft_step(g, opt, cfg.update, ctx.model, clip)
+    runner = UpdateStage(ctx, index, stage, start, with_ref=False, make_step=make_step)
+    if start.resume is not None:
+        iterator.set_state(start.resume["data_state"])
+    ctx.console.start_stage(stage.name, stage.steps, runner.stage_step)
+    while runner.stage_step < stage.steps:
+        step_start = time.time()
+        rows = next(iterator)
+        missing = [r["prompt"] for r in rows if not r.get("solution")]
+        if missing:
+            raise UserError(f"stage {stage.name}: SFT rows need a `solution`; none for prompt {missing[0]!r}")
+        batch = ctx.place(sft_batch(ctx.tokenizer, cfg.tokenizer.template, rows, SEQUENCE_BUCKETS),
+                          runner.global_step + 1)
+        metrics = runner.update(batch)
+        tokens = float(metrics["token_count"])
+        metrics = {("sft/loss" if k == "loss" else k): v for k, v in metrics.items()}
+        runner.finish_step({**metrics, "tokens_per_s": tokens / max(time.time() - step_start, 1e-9)},
+                           {"data_state": iterator.get_state()})
+    return runner.finish_stage({"data_state": iterator.get_state()}, ctx.sampler(cfg.seed))
+
+
+def run_distill(ctx: StageContext, index: int, stage: StageConfig, start: StageStart) -> StageResult:
+    """SFT of the student (the trainer starts it fresh from `student_overrides`) on the teacher's samples."""
+    return run_sft(ctx, index, stage, start, data_path=stage_data_path(ctx, stage.teacher))
+
+
+def stage_data_path(ctx: StageContext, name_or_path: str) -> str:
+    """An earlier rejection_sampling stage's dataset (by stage name) or a user's file."""
+    if any(s.name == name_or_path for s in ctx.config.stages):
+        return str(dataset_path(ctx.run_dir, name_or_path))
+    return name_or_path

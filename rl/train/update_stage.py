@@ -1,0 +1,122 @@
+"""The scaffold of a stage that trains (sft, grpo, distill): optimizer, sharded TrainState, the jitted step,
+step accounting, checkpoints, the stage's evaluations and its result."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from r1jax.errors import UserError
+from r1jax.rl.grpo.optimizer import lr_schedule, make_optimizer
+from r1jax.rl.sampler import Sampler
+from r1jax.rl.train.config import StageConfig
+from r1jax.rl.train.context import StageContext, StageResult, StageStart, Stopped, summary_with
+from r1jax.rl.train.policy_io import abstract_policy_state, policy_from_state, policy_state
+from r1jax.rl.update import TrainState
+from r1jax.sharding.params import abstract_sharded, tree_shardings
+
+
+class UpdateStage:
+    """`make_step(graphdef, optimizer, grad_clip_norm)` builds the stage's update step (rl.update)."""
+
+    def __init__(self, ctx: StageContext, index: int, stage: StageConfig, start: StageStart, with_ref: bool,
+                 make_step: Callable):
+        self.ctx, self.index, self.stage, self.start = ctx, index, stage, start
+        opt_cfg = ctx.config.optimizer
+        if stage.lr is not None:
+            opt_cfg = dataclasses.replace(opt_cfg, lr=stage.lr)
+        if opt_cfg.schedule == "warmup_cosine" and opt_cfg.total_steps is None:
+            opt_cfg = dataclasses.replace(opt_cfg, total_steps=max(stage.steps, opt_cfg.warmup_steps + 1))
+        self.opt_cfg, self.schedule = opt_cfg, lr_schedule(opt_cfg)
+        self.optimizer = make_optimizer(opt_cfg)
+        params, bias = start.policy
+        ref = (jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, bias)) if with_ref else None
+        state = TrainState(params, bias, self.optimizer.init(params), jnp.zeros([], jnp.int32), ref)
+        self.shardings = tree_shardings(state, ctx.mesh, ctx.rules)
+        # a jitted copy lays the state out on the mesh in distinct buffers (the step donates them)
+        state = jax.jit(lambda s: jax.tree.map(jnp.copy, s), out_shardings=self.shardings)(state)
+        self.stage_step, self.global_step = 0, start.global_step
+        self.evals: list[dict] = []
+        if start.resume is not None:
+            state = self._restore(state, start.resume)
+            self.stage_step = int(start.resume["stage_step"])
+        self.state = state
+        step = make_step(ctx.graphdef, self.optimizer, opt_cfg.grad_clip_norm)
+        self.step_fn = jax.jit(step, out_shardings=(self.shardings, None), donate_argnums=0)
+
+    def _restore(self, state: TrainState, meta: dict) -> TrainState:
+        ctx = self.ctx
+        targets = {"opt_state": abstract_sharded(state.opt_state, ctx.mesh, ctx.rules)}
+        if state.ref is not None:
+            targets["ref"] = abstract_policy_state(ctx.model, ctx.mesh, ctx.rules)[2]
+        restored = ctx.checkpoints.restore_trees(meta["checkpoint"], targets)
+        ref = state.ref
+        if state.ref is not None:
+            ref = policy_from_state(restored["ref"], ctx.model, ctx.mesh, ctx.rules)
+        return state.replace(opt_state=restored["opt_state"], ref=ref,
+                             step=jnp.asarray(meta["stage_step"], jnp.int32))
+
+    @property
+    def policy(self) -> tuple:
+        """(params, bias) of the policy as trained so far."""
+        return self.state.params, self.state.bias
+
+    def update(self, batch: dict, iterations: int = 1) -> dict:
+        for _ in range(iterations):
+            self.state, metrics = self.step_fn(self.state, batch)
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        metrics["lr"] = float(self.schedule(self.stage_step))
+        if metrics["consecutive_skips"] >= self.opt_cfg.max_consecutive_skips:
+            raise UserError(f"stage {self.stage.name}: {int(metrics['consecutive_skips'])} consecutive "
+                            f"non-finite updates (optimizer.max_consecutive_skips="
+                            f"{self.opt_cfg.max_consecutive_skips}); halting at step {self.stage_step + 1} "
+                            f"without applying them: the latest checkpoint holds the last good state; lower "
+                            f"the learning rate or check the data")
+        return metrics
+
+    def evaluate(self, sampler: Sampler, step: int) -> dict:
+        """Held-out evaluation of the current policy, the policy after global step `step`."""
+        entry = self.ctx.evaluate(self.stage.name, sampler, self.policy, step)
+        self.evals.append(entry)
+        return entry
+
+    def result(self) -> StageResult:
+        return StageResult(self.policy, self.global_step, tuple(self.evals))
+
+    def _trees(self) -> dict:
+        trees = {"opt_state": self.state.opt_state}
+        if self.state.ref is not None:
+            trees["ref"] = policy_state(self.ctx.graphdef, *self.state.ref)
+        return trees
+
+    def _save(self, extra_meta: dict, stage_done: bool, trees: dict, metrics: dict | None = None) -> None:
+        self.ctx.checkpoints.save(self.index, self.stage, graphdef=self.ctx.graphdef, policy=self.policy,
+                                  global_step=self.global_step, stage_step=self.stage_step,
+                                  summary=summary_with(self.start.summary, self.evals), stage_done=stage_done,
+                                  trees=trees, extra_meta=extra_meta, metrics=metrics)
+
+    def finish_step(self, row: dict, extra_meta: dict) -> None:
+        """Count the step, write its metrics, checkpoint when due or when a stop was requested."""
+        ctx = self.ctx
+        self.stage_step += 1
+        self.global_step += 1
+        row = ctx.metrics.write({"global_step": self.global_step, "step": self.stage_step, "stage": self.stage.name,
+                                 **row})
+        ctx.console.update(self.stage_step, row)
+        due = self.stage_step % ctx.config.checkpoint.every == 0
+        # a stop in the stage's last step saves it too: the resumed run then only evaluates and closes the stage
+        if (due and self.stage_step < self.stage.steps) or ctx.stop.requested(self.global_step):
+            self._save(extra_meta, stage_done=False, trees=self._trees())
+        if ctx.stop.requested(self.global_step):
+            ctx.checkpoints.wait()
+            raise Stopped(self.result())
+
+    def finish_stage(self, extra_meta: dict, sampler: Sampler) -> StageResult:
+        """Evaluate the stage's final policy and checkpoint it as done."""
+        self.ctx.console.end_stage()
+        entry = self.evaluate(sampler, self.global_step)
+        self._save(extra_meta, stage_done=True, trees={}, metrics={"eval/pass@1": entry["pass@1"]})
+        return self.result()
