@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from r1jax.errors import UserError
+from r1jax.sharding.distributed import replicated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,7 +235,5 @@ def _host_readable(rollout: Rollout) -> Rollout:
     gathered onto every device so each process can decode and score every row; the rest stays sharded."""
     if jax.process_count() == 1:
         return rollout
-    from r1jax.sharding.distributed import replicated
-
     return rollout._replace(tokens_BT=replicated(rollout.tokens_BT), lengths_B=replicated(rollout.lengths_B),
                             logprobs_BN=replicated(rollout.logprobs_BN))

@@ -12,6 +12,7 @@ import dataclasses
 from typing import Optional
 
 from r1jax.errors import UserError
+from r1jax.sharding.mesh import ShardingConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,8 +29,6 @@ class MeshPreset:
         return dataclasses.replace(self, description=description, **changes)
 
     def sharding(self):
-        from r1jax.sharding.mesh import ShardingConfig
-
         return ShardingConfig(self.data, self.fsdp, self.expert, self.tensor, self.preset, self.rules)
 
 

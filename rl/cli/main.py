@@ -11,6 +11,9 @@ import importlib
 import os
 import sys
 
+from r1jax.errors import UserError
+from r1jax.sharding.distributed import PeerLost  # defers JAX's import itself
+
 # (name, module, one-line help). A module defines add_arguments(parser) and run(args) -> int.
 COMMANDS = [
     ("info", "r1jax.rl.cli.info", "print a config's family and parameter counts as JSON"),
@@ -65,7 +68,7 @@ def pin_cpu_without_accelerators() -> None:
     the CPU backend there instead, with JAX's own hardware probe. JAX_PLATFORMS set by the user wins."""
     if os.environ.get("JAX_PLATFORMS") or os.environ.get("JAX_FORCE_TPU_INIT"):
         return
-    import jax
+    import jax  # only now: JAX must start after the flags above are set (and not at all for --help)
 
     from r1jax.sharding.jax_private import accelerators_visible
 
@@ -92,9 +95,6 @@ def main(argv: list[str] | None = None) -> int:
         fake_cpu_devices(args.cpu_devices)
     pin_cpu_without_accelerators()
     quiet_libraries()
-    from r1jax.errors import UserError
-    from r1jax.sharding.distributed import PeerLost
-
     try:
         return int(args._module.run(args) or 0)
     except PeerLost as err:  # exit now: a normal exit would wait for the lost peer in JAX's shutdown barrier

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any, Dict, Optional
 
 from r1jax.errors import UserError
+from r1jax.rl.tasks import TASKS, get_task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,8 +21,6 @@ class DataConfig:
     default_task: str = "math"  # verifier for user rows without a `task` field
 
     def __post_init__(self) -> None:
-        from r1jax.rl.tasks import TASKS
-
         if not self.tasks and self.path is None:
             raise UserError("data.tasks is empty and data.path is not set: nothing to train on")
         for name in (*self.tasks, self.default_task):
@@ -41,6 +40,4 @@ class DataConfig:
 
     def task(self, name: str, difficulty: Optional[int] = None):
         """Task `name` at `difficulty` (default: data.difficulty) with this config's knobs for it."""
-        from r1jax.rl.tasks import get_task
-
         return get_task(name, difficulty or self.difficulty, **self.task_knobs.get(name, {}))

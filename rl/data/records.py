@@ -12,6 +12,7 @@ import pathlib
 from typing import Iterator
 
 from r1jax.errors import UserError
+from r1jax.rl.tasks import TASKS
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -81,8 +82,6 @@ def text_field(row: dict, field: str, where: str, required: bool, numbers_ok: bo
 
 
 def check_task(row: dict, where: str, default: str) -> str:
-    from r1jax.rl.tasks import TASKS
-
     task = text_field(row, "task", where, required=False) or default
     if task not in TASKS:
         raise UserError(f"{where}: field 'task' = {task!r} is not a known task ({', '.join(sorted(TASKS))})")

@@ -25,6 +25,7 @@ from typing import Callable, Optional
 
 from r1jax.errors import UserError
 from r1jax.rl.rewards.config import LANGUAGE_SCRIPTS, RewardsConfig
+from r1jax.rl.tasks import TASKS, get_task
 from r1jax.rl.rewards.extract import ANSWER, END_ANSWER, END_THINK, THINK, extract_answer, split_completion
 
 
@@ -58,8 +59,6 @@ def check_names(config: RewardsConfig) -> None:
 
 @functools.lru_cache(maxsize=64)
 def _task(name: str):
-    from r1jax.rl.tasks import TASKS, get_task
-
     if name not in TASKS:
         return get_task(name)  # the UserError naming the known tasks
     return get_task(name, min(TASKS[name].levels))  # verifiers do not depend on the difficulty

@@ -39,6 +39,7 @@ def initialize(memory_mb: int, modules: Sequence[str]) -> None:
         limit = memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout disabled" notice, per worker
+    # project modules load only after the accelerators are hidden above, here and in the functions below
     import r1jax.rl.rewards.functions  # noqa: F401  (the built-in rewards and tasks)
 
     for name in modules:

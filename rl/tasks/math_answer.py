@@ -10,6 +10,9 @@ Two costs remain that no in-process timeout stops: sympy evaluates integer power
 screens those shapes out before parsing (they score 0); the reward pool's killable workers are the
 backstop for anything the screen misses. math-verify's own signal-based timeouts are used only on the main
 thread, where signals work.
+
+sympy, latex2sympy2 and math-verify are imported inside the functions that use them: they take seconds to
+import and are needed only where answers are verified (the reward workers), not in the trainer.
 """
 
 from __future__ import annotations
