@@ -1,4 +1,21 @@
-"""The data config: which problems the policy trains on and how they are shuffled."""
+"""The data config: which problems the policy trains on, how a data file's rows map to them, the shuffle.
+
+A data file (`path`: JSONL or Parquet) holds one problem per row. By default the columns are r1jax's own
+field names: `prompt`, `answer`, optional `task` (the verifier; default `default_task`) and `solution` (a
+worked solution, for SFT). Other datasets are read as they are through two settings:
+
+- `fields`: problem field -> the file's column, for any of prompt, answer, solution, task; unmapped fields
+  keep their own names. GSM8K: `{prompt: question}`; MATH: `{prompt: problem, answer: solution}`.
+- `answer_format`: how the answer column's text becomes the reference answer (rl.data.answers):
+  `raw` (as it is), `gsm8k` (the number after the last `####`, thousands commas removed; the reasoning
+  before it is the worked solution), `boxed` (the content of the last `\\boxed{...}`, `\\fbox{...}` or
+  `\\boxed 5`; the whole text is the worked solution). A row's own solution column, when present, wins.
+
+The mapping describes the run's user files: `path` and a stage's `data_path` or `teacher` file. The samples
+an earlier rejection_sampling stage writes are in r1jax's own field names: read them with
+`for_own_file(path)`. A row the mapping does not fit (a missing column, a GSM8K answer without `####`, a
+MATH solution without `\\boxed`) is a UserError naming the file, row and field.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +23,8 @@ import dataclasses
 from typing import Any, Dict, Optional
 
 from r1jax.errors import UserError
+from r1jax.rl.data.answers import ANSWER_FORMATS
+from r1jax.rl.data.records import PROBLEM_FIELDS, load_problems
 from r1jax.rl.tasks import TASKS, get_task
 
 
@@ -14,11 +33,13 @@ class DataConfig:
     tasks: tuple[str, ...] = ("arithmetic",)  # generated tasks, interleaved round-robin (ignored with `path`)
     difficulty: int = 1  # difficulty level of every generated task (1-5)
     task_knobs: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)  # {task: {knob: value}}
-    path: Optional[str] = None  # user data: JSONL or Parquet with prompt, answer[, task, solution]
+    path: Optional[str] = None  # user data: JSONL or Parquet, its columns per `fields` (module docstring)
     num_problems: int = 100_000  # generated problems per epoch (a generator is unbounded; grain needs a size)
     seed: int = 0  # problem generation and shuffling
     shuffle: bool = True  # reshuffled every epoch
     default_task: str = "math"  # verifier for user rows without a `task` field
+    fields: Dict[str, str] = dataclasses.field(default_factory=dict)  # problem field -> the file's column
+    answer_format: str = "raw"  # raw | gsm8k | boxed: how the answer column's text gives the answer
 
     def __post_init__(self) -> None:
         if not self.tasks and self.path is None:
@@ -30,6 +51,14 @@ class DataConfig:
             raise UserError(f"data.difficulty = {self.difficulty}: expected 1..5")
         if self.num_problems < 1:
             raise UserError(f"data.num_problems = {self.num_problems}: expected >= 1")
+        for name, column in self.fields.items():
+            if name not in PROBLEM_FIELDS:
+                raise UserError(f"data.fields.{name}: not a problem field; map any of {', '.join(PROBLEM_FIELDS)} "
+                                f"to the data file's column names, e.g. {{prompt: question}}")
+            if not isinstance(column, str) or not column.strip():
+                raise UserError(f"data.fields.{name}={column!r}: expected a column name")
+        if self.answer_format not in ANSWER_FORMATS:
+            raise UserError(f"data.answer_format={self.answer_format!r}: expected one of {', '.join(ANSWER_FORMATS)}")
         for name, knobs in self.task_knobs.items():
             if name not in self.tasks:
                 raise UserError(f"data.task_knobs.{name}: {name!r} is not in data.tasks {list(self.tasks)}")
@@ -41,3 +70,17 @@ class DataConfig:
     def task(self, name: str, difficulty: Optional[int] = None):
         """Task `name` at `difficulty` (default: data.difficulty) with this config's knobs for it."""
         return get_task(name, difficulty or self.difficulty, **self.task_knobs.get(name, {}))
+
+    def load_file(self, path: Optional[str] = None, *, need_solution: bool = False) -> list[dict]:
+        """The problems of `path` (default: data.path) read through this config's mapping: `fields`,
+        `answer_format` and `default_task` (rl.data.records.load_problems)."""
+        path = path if path is not None else self.path
+        if path is None:
+            raise UserError("data.path is not set: no data file to read")
+        return load_problems(path, self.default_task, need_solution=need_solution, fields=self.fields,
+                             answer_format=self.answer_format)
+
+    def for_own_file(self, path: str) -> "DataConfig":
+        """This config reading `path`, a file r1jax wrote in its own field names (an earlier stage's
+        samples): no field mapping, answers as they are."""
+        return dataclasses.replace(self, path=path, fields={}, answer_format="raw")

@@ -6,7 +6,7 @@ Every corpus starts with the prompt templates, which prefix every training seque
 from __future__ import annotations
 
 import pathlib
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from r1jax.model.tokenizer import TEMPLATES, Tokenizer, TokenizerConfig, train_tokenizer
 from r1jax.rl.data.config import DataConfig
@@ -26,8 +26,9 @@ def task_corpus(task_names: Sequence[str], problems_per_level: int = 400, seed: 
                 yield problem.solution
 
 
-def file_corpus(path: str | pathlib.Path) -> Iterator[str]:
-    """The templates, then the lines of a text file or the text fields of a JSONL / Parquet data file."""
+def file_corpus(path: str | pathlib.Path, fields: Mapping[str, str] | None = None) -> Iterator[str]:
+    """The templates, then the lines of a text file or the text fields of a JSONL / Parquet data file
+    (prompt, answer, solution, completion: the columns `fields` maps them to, else their own names)."""
     yield from TEMPLATES.values()
     path = pathlib.Path(path)
     if path.suffix not in (".jsonl", ".parquet"):
@@ -35,13 +36,14 @@ def file_corpus(path: str | pathlib.Path) -> Iterator[str]:
         return
     for _, row in read_rows(path):
         for field in ("prompt", "answer", "solution", "completion"):
-            if isinstance(row.get(field), str):
-                yield row[field]
+            column = (fields or {}).get(field, field)
+            if isinstance(row.get(column), str):
+                yield row[column]
 
 
 def build_tokenizer(tokenizer: TokenizerConfig, data: DataConfig) -> Tokenizer:
     """The tokenizer of a run: `tokenizer.path` when set, else one trained on the run's data."""
     if tokenizer.path is not None:
         return Tokenizer.load(tokenizer.path)
-    corpus = file_corpus(data.path) if data.path is not None else task_corpus(data.tasks, seed=data.seed)
+    corpus = file_corpus(data.path, data.fields) if data.path is not None else task_corpus(data.tasks, seed=data.seed)
     return train_tokenizer(corpus, tokenizer.vocab_size, tokenizer.model_type)

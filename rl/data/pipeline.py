@@ -21,7 +21,6 @@ import grain
 
 from r1jax.errors import UserError
 from r1jax.rl.data.config import DataConfig
-from r1jax.rl.data.records import load_problems
 from r1jax.rl.tasks import Task
 
 
@@ -46,7 +45,7 @@ class TaskSource:
 def build_source(config: DataConfig):
     """The user's file when `config.path` is set, otherwise the generated tasks."""
     if config.path is not None:
-        return load_problems(config.path, config.default_task)
+        return config.load_file()
     tasks = [config.task(name) for name in config.tasks]
     return TaskSource(tasks, config.seed, config.num_problems)
 

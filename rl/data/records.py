@@ -1,8 +1,16 @@
 """User data files: JSONL (one JSON object per line) or Parquet, validated row by row.
 
 Row numbers are 1-based: the line number in a JSONL file (blank lines count but are skipped), the row index
-in a Parquet file. A bad row raises UserError naming the file, the row number and the field. Numbers are
-accepted where a string is expected for `answer` (a JSON 42 is the answer "42"); booleans are not.
+in a Parquet file. A bad row raises UserError naming the file, the row number and the field: every row is
+checked when the file is loaded (before training), and the first bad one stops the load; no row is skipped.
+Numbers are accepted where a string is expected for a raw `answer` (a JSON 42 is the answer "42");
+booleans are not.
+
+A field mapping (`data.fields`: problem field -> the file's column, e.g. {prompt: question}) names the
+columns that hold a problem's `prompt`, `answer`, `solution` and `task`; unmapped fields keep their own
+names. The answer column's text goes through `data.answer_format` (rl.data.answers): GSM8K's `#### 42` or
+MATH's last `\\boxed{}` give the reference answer and, when the row has no solution column, the worked
+solution.
 """
 
 from __future__ import annotations
@@ -12,7 +20,10 @@ import pathlib
 from typing import Iterator
 
 from r1jax.errors import UserError
+from r1jax.rl.data.answers import split_answer
 from r1jax.rl.tasks import TASKS
+
+PROBLEM_FIELDS = ("prompt", "answer", "solution", "task")  # the problem fields a data.fields mapping may name
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -65,43 +76,58 @@ def _parquet_rows(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
         yield number, row
 
 
-def text_field(row: dict, field: str, where: str, required: bool, numbers_ok: bool = False) -> str | None:
-    """row[field] as a string; None when optional and absent; UserError otherwise."""
+def text_field(row: dict, field: str, where: str, required: bool, numbers_ok: bool = False,
+               mapped_from: str | None = None) -> str | None:
+    """row[field] as a string; None when optional and absent; UserError otherwise. `mapped_from` names the
+    problem field a data.fields mapping reads from this column, for the message."""
+    name = f"{field!r}" + (f" (data.fields.{mapped_from})" if mapped_from and mapped_from != field else "")
     value = row.get(field)
     if value is None:
         if required:
-            raise UserError(f"{where}: field {field!r} is missing")
+            raise UserError(f"{where}: field {name} is missing")
         return None
     if numbers_ok and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
-        raise UserError(f"{where}: field {field!r} must be a string, got {type(value).__name__}")
+        raise UserError(f"{where}: field {name} must be a string, got {type(value).__name__}")
     if required and not value.strip():
-        raise UserError(f"{where}: field {field!r} is empty")
+        raise UserError(f"{where}: field {name} is empty")
     return value
 
 
-def check_task(row: dict, where: str, default: str) -> str:
-    task = text_field(row, "task", where, required=False) or default
+def check_task(row: dict, where: str, default: str, field: str = "task") -> str:
+    task = text_field(row, field, where, required=False, mapped_from="task") or default
     if task not in TASKS:
-        raise UserError(f"{where}: field 'task' = {task!r} is not a known task ({', '.join(sorted(TASKS))})")
+        raise UserError(f"{where}: field {field!r} = {task!r} is not a known task ({', '.join(sorted(TASKS))})")
     return task
 
 
-def load_problems(path: str | pathlib.Path, default_task: str = "math", *, need_solution: bool = False
-                  ) -> list[dict]:
-    """Training rows as problem dicts: prompt, answer, task, solution ("" when absent), difficulty 0.
-    With `need_solution` (SFT data), a row without a non-empty `solution` is a UserError naming it."""
-    problems = []
-    for number, row in read_rows(path):
-        where = f"{path}: row {number}"
-        problems.append({
-            "task": check_task(row, where, default_task),
-            "prompt": text_field(row, "prompt", where, required=True),
-            "answer": text_field(row, "answer", where, required=True, numbers_ok=True),
-            "solution": text_field(row, "solution", where, required=need_solution) or "",
-            "difficulty": 0,
-        })
+def problem_from_row(row: dict, where: str, default_task: str = "math", *, need_solution: bool = False,
+                     fields: dict | None = None, answer_format: str = "raw") -> dict:
+    """A problem dict (task, prompt, answer, solution, difficulty 0) from one row, through the mapping.
+    The solution is the row's solution column when present, else what the answer format derives ("")."""
+    column = {name: (fields or {}).get(name, name) for name in PROBLEM_FIELDS}
+    task = check_task(row, where, default_task, column["task"])
+    prompt = text_field(row, column["prompt"], where, required=True, mapped_from="prompt")
+    text = text_field(row, column["answer"], where, required=True, numbers_ok=answer_format == "raw",
+                      mapped_from="answer")
+    try:
+        answer, derived = split_answer(text, answer_format)
+    except ValueError as err:
+        raise UserError(f"{where}: field {column['answer']!r} (data.answer_format={answer_format}): {err}") from None
+    solution = text_field(row, column["solution"], where, required=need_solution and not derived,
+                          mapped_from="solution") or derived
+    return {"task": task, "prompt": prompt, "answer": answer, "solution": solution, "difficulty": 0}
+
+
+def load_problems(path: str | pathlib.Path, default_task: str = "math", *, need_solution: bool = False,
+                  fields: dict | None = None, answer_format: str = "raw") -> list[dict]:
+    """Training rows as problem dicts: prompt, answer, task, solution ("" when absent), difficulty 0, read
+    through the field mapping and answer format (module docstring). With `need_solution` (SFT data), a row
+    without a worked solution is a UserError naming it."""
+    problems = [problem_from_row(row, f"{path}: row {number}", default_task, need_solution=need_solution,
+                                 fields=fields, answer_format=answer_format)
+                for number, row in read_rows(path)]
     if not problems:
         raise UserError(f"data file {str(path)!r} has no rows")
     return problems

@@ -8,8 +8,9 @@ UserError naming the culprit (the config field, the stage, the file and row) whe
 - the tokenizer has more pieces than some stage's model vocabulary;
 - a stage's data cannot be read: a data file (`data.path`, a stage's `data_path` or `teacher`) that is
   missing, unreadable or malformed, whose rows lack prompt/answer (and `solution` for the SFT data of sft and
-  distill stages), hold an unknown task, are too few for one batch, or whose prompts do not fit the largest
-  prompt bucket when the stage samples from them;
+  distill stages) under the `data.fields` mapping, whose answers do not fit `data.answer_format` (a GSM8K
+  answer without `####`, a MATH solution without `\\boxed`), hold an unknown task, are too few for one
+  batch, or whose prompts do not fit the largest prompt bucket when the stage samples from them;
 - a stage names data that no earlier rejection_sampling stage writes, or `init_from` names a path that is not
   a readable r1jax or Hugging Face checkpoint, or one whose architecture differs from the stage's model;
 - the held-out evaluation set cannot be built (its task space is too small) or its prompts are too long.
@@ -33,7 +34,7 @@ from r1jax.model.hf_io import read_hf_config
 from r1jax.model.tokenizer import Tokenizer, apply_template
 from r1jax.rl.checkpoint import load_config
 from r1jax.rl.config import Config, stage_config
-from r1jax.rl.data import DataConfig, build_source, load_problems
+from r1jax.rl.data import DataConfig, build_source
 from r1jax.rl.evaluate import held_out_problems
 from r1jax.rl.train.checkpointing import check_compatible
 from r1jax.rl.train.config import StageConfig
@@ -150,7 +151,7 @@ def check_stage_data(config: Config, index: int, tokenizer: Tokenizer) -> None:
         if not pathlib.Path(data.path).exists():
             raise UserError(f"{field}: no such file (stage {stage.name})")
         try:
-            problems = load_problems(data.path, data.default_task, need_solution=needs_solution)
+            problems = data.load_file(need_solution=needs_solution)
         except UserError as err:
             raise UserError(f"{field} (stage {stage.name}): {err}") from None
         size, what = len(problems), field
