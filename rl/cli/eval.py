@@ -33,7 +33,6 @@ def run(args: argparse.Namespace) -> int:
 
     from r1jax.errors import UserError
     from r1jax.rl.checkpoint import open_for_inference
-    from r1jax.rl.data import load_problems
     from r1jax.rl.evaluate import evaluate, held_out_problems
     from r1jax.rl.rewards import RewardPool
     from r1jax.rl.sampler import Sampler
@@ -46,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
               "num_problems": args.num_problems, "difficulty": args.difficulty}
     eval_cfg = dataclasses.replace(config.eval, **{k: v for k, v in fields.items() if v is not None})
     if args.data:
-        problems = load_problems(args.data, config.data.default_task)[: args.num_problems or None]
+        problems = config.data.load_file(args.data)[: args.num_problems or None]
     else:
         try:
             problems = held_out_problems(config.data, eval_cfg, [args.task] if args.task else None)

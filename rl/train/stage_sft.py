@@ -22,8 +22,9 @@ def run_sft(ctx: StageContext, index: int, stage: StageConfig, start: StageStart
     """SFT on `data_path` (a JSONL/Parquet of prompt/solution rows), else `stage.data_path` (a file or an
     earlier rejection_sampling stage's name), else the tasks' worked solutions (the training problems)."""
     cfg = ctx.config
-    data_path = data_path or (stage_data_path(ctx, stage.data_path) if stage.data_path else cfg.data.path)
-    data = dataclasses.replace(cfg.data, path=data_path)
+    if data_path is None and stage.data_path:
+        data_path = stage_data_path(ctx, stage.data_path)
+    data = _data_config(ctx, data_path)
     iterator = make_iterator(data, batch_size=stage.batch_size)
     make_step = lambda g, opt, clip: make_sft_step(g, opt, cfg.update, ctx.model, clip)
     runner = UpdateStage(ctx, index, stage, start, with_ref=False, make_step=make_step)
@@ -49,6 +50,16 @@ def run_sft(ctx: StageContext, index: int, stage: StageConfig, start: StageStart
 def run_distill(ctx: StageContext, index: int, stage: StageConfig, start: StageStart) -> StageResult:
     """SFT of the student (the trainer starts it fresh from `student_overrides`) on the teacher's samples."""
     return run_sft(ctx, index, stage, start, data_path=stage_data_path(ctx, stage.teacher))
+
+
+def _data_config(ctx: StageContext, path: str | None):
+    """The data config reading `path`: a user's file through data.fields / data.answer_format, a file this
+    run wrote (an earlier stage's samples) in r1jax's own field names; None: the run's data section."""
+    if path is None:
+        return ctx.config.data
+    own = any(s.kind == "rejection_sampling" and path == str(dataset_path(ctx.run_dir, s.name))
+              for s in ctx.config.stages)
+    return ctx.config.data.for_own_file(path) if own else dataclasses.replace(ctx.config.data, path=path)
 
 
 def stage_data_path(ctx: StageContext, name_or_path: str) -> str:
