@@ -1,8 +1,9 @@
 """Generate completions from a checkpoint with the training sampler (KV cache, one compiled program).
 
 --prompt is rendered in the checkpoint's prompt format (tokenizer.template; --template chooses another,
---raw is --template none) and needs the checkpoint's tokenizer; --ids takes token ids as given. --json prints one object per sample: ids (generated only), logprobs (one per
-id, under the temperature-scaled distribution; at temperature 0 the log-softmax of the logits), text.
+--raw is --template none) and needs the checkpoint's tokenizer; --ids takes token ids as given. --json
+prints one object per sample: ids (generated only), logprobs (one per id, under the temperature-scaled
+distribution; at temperature 0 the log-softmax of the logits), text.
 """
 
 from __future__ import annotations

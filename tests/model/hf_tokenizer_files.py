@@ -115,7 +115,7 @@ def corpus(lines: int = 300) -> list[str]:
         if i % 3 == 0:
             text.append(f"def f_{i}(x):\n    return x * {a} - {b}  # {sentence}")
         if i % 10 == 0:
-            text.append("数学の問題を解く。 Задача номер " + str(i) + " — ответ: " + str(a * b))
+            text.append(f"数学の問題を解く。 Задача номер {i} — ответ: {a * b}")
     return text
 
 

@@ -121,5 +121,6 @@ def test_template_and_its_variables_are_run_config():
     config = load_config("tiny", ["tokenizer.template=chat", "tokenizer.template_vars.enable_thinking=false"])
     assert config.tokenizer.template == "chat" and config.tokenizer.template_vars == {"enable_thinking": False}
     assert load_config("tiny").tokenizer.template_vars == {}
-    with pytest.raises(UserError, match=r"tokenizer.template = 'alpaca': expected one of \['r1_zero', 'chat', 'none'\]"):
+    with pytest.raises(UserError, match=r"tokenizer.template = 'alpaca': expected one of \['r1_zero', 'chat', "
+                                        r"'none'\]"):
         TokenizerConfig(template="alpaca")
