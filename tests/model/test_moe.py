@@ -115,6 +115,15 @@ def test_counts_and_balance_loss_exclude_padding_and_match_hf_formula():
     assert float(loss) == pytest.approx(4 * np.sum(frac * mean_prob), rel=1e-6)
 
 
+def test_bias_update_rises_for_under_loaded_and_falls_for_over_loaded_experts_by_the_rate():
+    bias_LE = jnp.array([[0.1, -0.2, 0.0, 0.05], [0.3, 0.3, 0.3, 0.3]])
+    counts_LE = jnp.array([[10.0, 2.0, 4.0, 0.0], [3.0, 3.0, 3.0, 3.0]])  # layer means 4 and 3
+    got = np.asarray(update_routing_bias(bias_LE, counts_LE, rate=0.01))
+    # layer 0: expert 0 over-loaded (10 > 4) falls, experts 1 and 3 under-loaded rise, expert 2 (= mean) stays;
+    # layer 1: balanced, unchanged
+    np.testing.assert_allclose(got, [[0.09, -0.19, 0.0, 0.06], [0.3, 0.3, 0.3, 0.3]], rtol=1e-6)
+
+
 def test_bias_update_moves_skewed_load_towards_balance():
     cfg = ModelConfig(family="deepseek_v3", hidden_size=16, n_routed_experts=8, num_experts_per_tok=2,
                       n_group=1, topk_group=1)

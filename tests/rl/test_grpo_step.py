@@ -106,13 +106,22 @@ def _state_shardings(state: TrainState, mesh, rules):
 
 
 def test_routing_bias_moves_by_the_sign_rule_on_global_load():
-    state, step = make(UpdateConfig(aux_loss_coef=0.0), rate=0.01)
-    new, metrics = step(state, synthetic_batch())
-    delta = np.concatenate([x.reshape(-1) for x in leaves(new.bias)]) - np.concatenate(
-        [x.reshape(-1) for x in leaves(state.bias)])
-    assert np.all(np.isclose(np.abs(delta), 0.01) | (delta == 0))
-    assert np.any(delta > 0) and np.any(delta < 0)
-    assert float(metrics["expert_load/max"]) > 1.0 > float(metrics["expert_load/min"])
+    # the 3-layer preset: one dense layer, then two MoE layers stacked in one segment (bias [2, 8])
+    graphdef, state = init_train_state(init_policy(DEEPSEEK, 0), SGD, with_ref=True)
+    step = jax.jit(make_grpo_step(graphdef, SGD, GRPO, UpdateConfig(aux_loss_coef=0.0), DEEPSEEK, None,
+                                  bias_rate=0.01))
+    batch = synthetic_batch()
+    new, metrics = step(state, batch)
+    # the load the step saw, recounted from a forward pass of the same policy on the same real tokens
+    counts_LE = np.asarray(init_policy(DEEPSEEK, 0)(batch["tokens"], batch["positions"], batch["valid"]).aux.counts_E)
+    assert counts_LE.shape == (2, 8) and counts_LE.sum() == 2 * 2 * int(batch["valid"].sum())  # top-2, 2 layers
+    mean_L1 = counts_LE.mean(-1, keepdims=True)
+    assert float(metrics["expert_load/max"]) == pytest.approx((counts_LE / mean_L1).max(), rel=1e-6)
+    # DeepSeek-V3: under-loaded experts (load < mean) rise by the rate, over-loaded ones fall, exact ones stay
+    expected = 0.01 * np.sign(mean_L1 - counts_LE)
+    (old_bias,), (new_bias,) = leaves(state.bias), leaves(new.bias)
+    np.testing.assert_allclose(new_bias - old_bias, expected, rtol=1e-6, atol=0)
+    assert np.any(expected > 0) and np.any(expected < 0)  # both directions occur in this batch
 
 
 def test_beta_zero_needs_no_reference():
