@@ -124,6 +124,31 @@ def test_routing_bias_moves_by_the_sign_rule_on_global_load():
     assert np.any(expected > 0) and np.any(expected < 0)  # both directions occur in this batch
 
 
+def primitive_names(jaxpr) -> set[str]:
+    """The primitives of a jaxpr and of every jaxpr nested in its equations (scan bodies, pjit, cond, ...)."""
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else [value]:
+                sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr holds its Jaxpr
+                if hasattr(sub, "eqns"):
+                    names |= primitive_names(sub)
+    return names
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_remat_puts_a_checkpoint_in_the_step_only_when_on(remat):
+    # the training step's gradient rematerialises each layer only if model.remat asks for it (JAX's
+    # `jax.checkpoint` primitive is named "remat2" or "checkpoint" depending on the version)
+    cfg = dataclasses.replace(CFG, remat=remat)
+    graphdef, state = init_train_state(init_policy(cfg, 0), SGD, with_ref=True)
+    step = make_grpo_step(graphdef, SGD, GRPO, UpdateConfig(aux_loss_coef=0.0), cfg, None, bias_rate=0.0)
+    names = primitive_names(jax.make_jaxpr(step)(state, synthetic_batch()).jaxpr)
+    assert "scan" in names  # the walk reaches the layer scan, where the checkpoint lives
+    assert any("remat" in n or "checkpoint" in n for n in names) == remat
+
+
 def test_beta_zero_needs_no_reference():
     state, step = make(grpo=dataclasses.replace(GRPO, kl_coef=0.0), with_ref=False)
     assert state.ref is None
