@@ -116,7 +116,8 @@ def test_routing_bias_moves_by_the_sign_rule_on_global_load():
     batch = synthetic_batch()
     new, metrics = step(state, batch)
     # the load the step saw, recounted from a forward pass of the same policy on the same real tokens
-    counts_LE = np.asarray(init_policy(DEEPSEEK, 0)(batch["tokens"], batch["positions"], batch["valid"]).aux.counts_E)
+    forward = nnx.jit(lambda policy, b: policy(b["tokens"], b["positions"], b["valid"]).aux.counts_E)
+    counts_LE = np.asarray(forward(init_policy(DEEPSEEK, 0), batch))
     assert counts_LE.shape == (2, 8) and counts_LE.sum() == 2 * 2 * int(batch["valid"].sum())  # top-2, 2 layers
     mean_L1 = counts_LE.mean(-1, keepdims=True)
     assert float(metrics["expert_load/max"]) == pytest.approx((counts_LE / mean_L1).max(), rel=1e-6)
@@ -152,7 +153,7 @@ def test_z_loss_coefficient_adds_its_gradient_to_the_step():
         out = nnx.merge(graphdef, p, bias)(batch["tokens"], batch["positions"], batch["valid"])
         return jnp.mean(out.aux.z_loss)
 
-    z, grad = jax.value_and_grad(z_loss)(params)
+    z, grad = jax.jit(jax.value_and_grad(z_loss))(params)
     assert float(metrics["z_loss"]) == pytest.approx(float(z), rel=1e-5)
     moved = 0.0
     for x, y, g in zip(leaves(b.params), leaves(a.params), leaves(grad)):
