@@ -1,5 +1,6 @@
 """The jitted GRPO update step: micro-batching is exact, NaNs are skipped bitwise, sharding changes
-nothing, the routing bias follows the load, and beta = 0 needs no reference policy."""
+nothing, the routing bias follows the load by the sign rule, the router losses enter with their coefficients,
+remat is in the program only when asked for, and beta = 0 needs no reference policy."""
 
 import dataclasses
 

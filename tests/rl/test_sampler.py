@@ -1,4 +1,5 @@
-"""The KV-cache sampler against full forward passes, the trainer's log-probs, EOS, seeds and sharding."""
+"""The KV-cache sampler against full forward passes, the trainer's log-probs (routing replay included),
+EOS, seeds and sharding."""
 
 import jax
 import jax.numpy as jnp
