@@ -7,10 +7,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from r1jax.model.config import ModelConfig
 from r1jax.model.dispatch import fitted_block_size, local_expert_ffn
-from r1jax.model.routing import expert_counts, load_balance_loss, route, update_routing_bias
+from r1jax.model.moe import MoE
+from r1jax.model.routing import expert_counts, load_balance_loss, route, router_z_loss, update_routing_bias
+from tests.model.tiny import FAMILIES
 
 
 def dense_reference(x_TD, experts_TK, weights_TK, wg, wu, wd):
@@ -113,6 +116,48 @@ def test_counts_and_balance_loss_exclude_padding_and_match_hf_formula():
     frac = np.array([1, 2, 1, 0]) / 2  # per real token
     mean_prob = (np.array([0.4, 0.3, 0.2, 0.1]) + np.array([0.1, 0.5, 0.3, 0.1])) / 2
     assert float(loss) == pytest.approx(4 * np.sum(frac * mean_prob), rel=1e-6)
+
+
+def test_router_z_loss_is_the_mean_squared_logsumexp_over_real_tokens():
+    logits = 3.0 * np.random.default_rng(0).normal(size=(5, 8))
+    valid = np.array([True, True, False, True, False])
+    expected = np.mean([np.log(np.sum(np.exp(row))) ** 2 for row in logits[valid]])  # float64
+    got = router_z_loss(jnp.asarray(logits, jnp.float32), jnp.asarray(valid))
+    assert float(got) == pytest.approx(expected, rel=1e-5)  # float32 logsumexp of O(10) values: ~1e-7 relative
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_moe_layer_aux_losses_equal_numpy_on_its_router_logits(family):
+    cfg = FAMILIES[family]
+    layer = MoE(cfg, nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(3), (2, 5, cfg.hidden_size))
+    valid = jnp.array([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]], bool)
+    _, aux = layer(x, valid)
+    real = np.asarray(valid).reshape(-1)
+    logits = (np.asarray(x, np.float64).reshape(10, -1) @ np.asarray(layer.router[...], np.float64))[real]
+    z = np.mean(np.log(np.exp(logits).sum(-1)) ** 2)
+    if cfg.is_deepseek:  # DeepSeek-V3 eq. 18: sigmoid scores normalised over experts
+        scores = 1 / (1 + np.exp(-logits))
+        probs = scores / scores.sum(-1, keepdims=True)
+    else:  # Switch / HF Qwen3-MoE: softmax over experts, top-k of them chosen
+        probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+        top = np.sort(np.argsort(-logits, axis=-1)[:, :cfg.num_experts_per_tok], axis=-1)
+        assert np.array_equal(np.sort(np.asarray(aux.experts_BTK).reshape(10, -1)[real], axis=-1), top)
+    chosen = np.asarray(aux.experts_BTK).reshape(10, -1)[real]
+    fraction = np.bincount(chosen.reshape(-1), minlength=cfg.n_routed_experts) / real.sum()  # per real token
+    balance = cfg.n_routed_experts * np.sum(fraction * probs.mean(0))
+    # float32 against float64 on O(1) values: agreement to ~1e-6 relative
+    assert float(aux.z_loss) == pytest.approx(z, rel=1e-5)
+    assert float(aux.load_balance_loss) == pytest.approx(balance, rel=1e-5)
+
+
+def test_bias_update_rises_for_under_loaded_and_falls_for_over_loaded_experts_by_the_rate():
+    bias_LE = jnp.array([[0.1, -0.2, 0.0, 0.05], [0.3, 0.3, 0.3, 0.3]])
+    counts_LE = jnp.array([[10.0, 2.0, 4.0, 0.0], [3.0, 3.0, 3.0, 3.0]])  # layer means 4 and 3
+    got = np.asarray(update_routing_bias(bias_LE, counts_LE, rate=0.01))
+    # layer 0: expert 0 over-loaded (10 > 4) falls, experts 1 and 3 under-loaded rise, expert 2 (= mean) stays;
+    # layer 1: balanced, unchanged
+    np.testing.assert_allclose(got, [[0.09, -0.19, 0.0, 0.06], [0.3, 0.3, 0.3, 0.3]], rtol=1e-6)
 
 
 def test_bias_update_moves_skewed_load_towards_balance():

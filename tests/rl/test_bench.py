@@ -53,7 +53,9 @@ def test_quick_bench_against_hf_reports_every_figure_with_its_goal():
     assert set(report["pool_verifications_per_s"]) == {"1", "2"}
     assert all(positive_finite(v) for v in report["pool_verifications_per_s"].values())
     assert all(positive_finite(v) for v in report["moe_step_ms"].values())
-    assert 0 <= report["hf_greedy_token_match"] <= 1
+    # the same weights decode the same greedy tokens in transformers (README: all tokens agree); measured 1.0
+    # on this model (random weights could make a near-tie flip late, which this would report)
+    assert report["hf_greedy_token_match"] == 1.0
     by_threads = report["hf_decode_tokens_per_s_by_threads"]  # HF's baseline is its faster thread count
     assert "1" in by_threads and report["hf_decode_tokens_per_s"] == max(by_threads.values())
     assert report["preset"] == "tiny" and report["quick"] is True

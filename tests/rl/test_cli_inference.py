@@ -5,7 +5,9 @@ import json
 import numpy as np
 import pytest
 
+from r1jax.rl import evaluate as evaluate_module
 from r1jax.rl.cli.main import main
+from r1jax.rl.sampler import Sampler
 
 
 def run_main(capsys, *argv):
@@ -84,3 +86,62 @@ def test_generate_and_eval_take_a_prompt_format(capsys, finished_run):
     with pytest.raises(SystemExit):  # argparse: not a prompt format
         main(["eval", str(finished_run), "--template", "alpaca"])
     assert "invalid choice: 'alpaca'" in capsys.readouterr().err
+
+
+def test_generate_top_k_one_is_greedy_at_any_temperature(capsys, finished_run):
+    def ids(*options):
+        code, out, _ = run_main(capsys, "generate", str(finished_run), "--prompt", "Compute 12+34", "--samples",
+                                "3", "--max-new-tokens", "6", "--ignore-eos", "--json", "--seed", "2", *options)
+        assert code == 0
+        return [json.loads(line)["ids"] for line in out.splitlines()]
+
+    greedy = ids("--temperature", "0")
+    assert ids("--temperature", "1.0", "--top-k", "1") == greedy  # one candidate left: the argmax, 3 times
+    assert len({tuple(r) for r in ids("--temperature", "1.0", "--top-k", "0")}) > 1  # unfiltered: they differ
+
+
+def spy_on_evaluation(monkeypatch):
+    """Records the problems `eval` evaluates and the rows the sampler returns (prompt-major, k per prompt)."""
+    seen = {"problems": [], "completions": []}
+    real_evaluate, real_generate = evaluate_module.evaluate, Sampler.generate
+
+    def evaluate(sampler, states, tokenizer, template, problems, *args, **kwargs):
+        seen["problems"] += problems
+        return real_evaluate(sampler, states, tokenizer, template, problems, *args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        rollout = real_generate(self, *args, **kwargs)
+        lengths = np.asarray(rollout.lengths_B)
+        seen["completions"] += [tuple(row[:n]) for row, n in zip(np.asarray(rollout.completion_BN).tolist(), lengths)]
+        return rollout
+
+    monkeypatch.setattr(evaluate_module, "evaluate", evaluate)  # the CLI imports it when it runs
+    monkeypatch.setattr(Sampler, "generate", generate)
+    return seen
+
+
+def test_eval_task_picks_its_problems_and_tiny_top_p_makes_the_k_samples_one(capsys, finished_run, monkeypatch):
+    # the run trained on arithmetic only; --task countdown must evaluate countdown problems
+    seen = spy_on_evaluation(monkeypatch)
+    k = 4
+    code, out, _ = run_main(capsys, "eval", str(finished_run), "--task", "countdown", "--num-problems", "3",
+                            "--samples", str(k), "--temperature", "1.0", "--top-p", "1e-6", "--workers", "1",
+                            "--json")
+    assert code == 0
+    figures = json.loads(out)
+    assert len(seen["problems"]) == 3 == figures["n_problems"]
+    assert all(p["task"] == "countdown" and p["prompt"].startswith("Make ") for p in seen["problems"])
+    groups = [seen["completions"][i:i + k] for i in range(0, len(seen["completions"]), k)]
+    assert len(groups) == 3 and all(len(set(g)) == 1 for g in groups)  # top-p 1e-6 keeps only the argmax
+    # k identical samples: each problem is all right or all wrong, so the three figures coincide
+    assert figures["pass@1"] == figures[f"cons@{k}"] == figures[f"pass@{k}"]
+
+    seen["problems"].clear()
+    seen["completions"].clear()
+    code, out, _ = run_main(capsys, "eval", str(finished_run), "--task", "arithmetic", "--num-problems", "3",
+                            "--samples", str(k), "--temperature", "1.0", "--top-p", "1.0", "--workers", "1",
+                            "--json")
+    assert code == 0
+    assert all(p["task"] == "arithmetic" and p["prompt"].startswith("Compute ") for p in seen["problems"])
+    groups = [seen["completions"][i:i + k] for i in range(0, len(seen["completions"]), k)]
+    assert any(len(set(g)) > 1 for g in groups)  # without the filter the samples of a prompt differ

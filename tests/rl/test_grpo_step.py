@@ -1,5 +1,6 @@
 """The jitted GRPO update step: micro-batching is exact, NaNs are skipped bitwise, sharding changes
-nothing, the routing bias follows the load, and beta = 0 needs no reference policy."""
+nothing, the routing bias follows the load by the sign rule, the router losses enter with their coefficients,
+remat is in the program only when asked for, and beta = 0 needs no reference policy."""
 
 import dataclasses
 
@@ -8,14 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from r1jax.model.factory import init_policy
+from r1jax.model.layers import RoutingBias
+from r1jax.model.moe import MoEAux
 from r1jax.rl.grpo.aggregation import global_normalisers, token_weights_BT
 from r1jax.rl.grpo.config import GRPOConfig
 from r1jax.rl.grpo.optimizer import skip_nonfinite
 from r1jax.rl.grpo.step import make_grpo_step
-from r1jax.rl.update import TrainState, UpdateConfig, init_train_state
+from r1jax.rl.update import TrainState, UpdateConfig, add_router_losses, init_train_state
 from r1jax.sharding.context import use_mesh
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.params import state_shardings
@@ -106,13 +110,82 @@ def _state_shardings(state: TrainState, mesh, rules):
 
 
 def test_routing_bias_moves_by_the_sign_rule_on_global_load():
-    state, step = make(UpdateConfig(aux_loss_coef=0.0), rate=0.01)
-    new, metrics = step(state, synthetic_batch())
-    delta = np.concatenate([x.reshape(-1) for x in leaves(new.bias)]) - np.concatenate(
-        [x.reshape(-1) for x in leaves(state.bias)])
-    assert np.all(np.isclose(np.abs(delta), 0.01) | (delta == 0))
-    assert np.any(delta > 0) and np.any(delta < 0)
-    assert float(metrics["expert_load/max"]) > 1.0 > float(metrics["expert_load/min"])
+    # the 3-layer preset: one dense layer, then two MoE layers stacked in one segment (bias [2, 8])
+    graphdef, state = init_train_state(init_policy(DEEPSEEK, 0), SGD, with_ref=True)
+    step = jax.jit(make_grpo_step(graphdef, SGD, GRPO, UpdateConfig(aux_loss_coef=0.0), DEEPSEEK, None,
+                                  bias_rate=0.01))
+    batch = synthetic_batch()
+    new, metrics = step(state, batch)
+    # the load the step saw, recounted from a forward pass of the same policy on the same real tokens
+    forward = nnx.jit(lambda policy, b: policy(b["tokens"], b["positions"], b["valid"]).aux.counts_E)
+    counts_LE = np.asarray(forward(init_policy(DEEPSEEK, 0), batch))
+    assert counts_LE.shape == (2, 8) and counts_LE.sum() == 2 * 2 * int(batch["valid"].sum())  # top-2, 2 layers
+    mean_L1 = counts_LE.mean(-1, keepdims=True)
+    assert float(metrics["expert_load/max"]) == pytest.approx((counts_LE / mean_L1).max(), rel=1e-6)
+    # DeepSeek-V3: under-loaded experts (load < mean) rise by the rate, over-loaded ones fall, exact ones stay
+    expected = 0.01 * np.sign(mean_L1 - counts_LE)
+    (old_bias,), (new_bias,) = leaves(state.bias), leaves(new.bias)
+    np.testing.assert_allclose(new_bias - old_bias, expected, rtol=1e-6, atol=0)
+    assert np.any(expected > 0) and np.any(expected < 0)  # both directions occur in this batch
+
+
+def test_router_losses_enter_the_loss_with_their_coefficients():
+    aux = MoEAux(counts_E=jnp.ones((2, 8)), load_balance_loss=jnp.array([1.2, 1.6]), z_loss=jnp.array([4.0, 6.0]),
+                 experts_BTK=jnp.zeros((2, 1, 1, 2), jnp.int32))
+    update = UpdateConfig(aux_loss_coef=0.01, z_loss_coef=0.001)
+    loss, (stats, counts) = add_router_losses(jnp.float32(0.5), {}, aux, update, micro_batches=2)
+    # each of the 2 micro-batches adds half of its layer-mean losses: balance 1.4 / 2, z 5.0 / 2
+    assert float(stats["aux_loss"]) == pytest.approx(0.7) and float(stats["z_loss"]) == pytest.approx(2.5)
+    assert float(loss) == pytest.approx(0.5 + 0.01 * 0.7 + 0.001 * 2.5, rel=1e-6)
+    assert np.array_equal(np.asarray(counts), np.ones((2, 8)))
+
+
+def test_z_loss_coefficient_adds_its_gradient_to_the_step():
+    # SGD(1): params move by -grad, so two steps that differ only in z_loss_coef differ by -coef * grad(z),
+    # z being the layer mean of the router z-loss of the batch's forward pass
+    batch = synthetic_batch()
+    state, plain = make(UpdateConfig(aux_loss_coef=0.0, z_loss_coef=0.0))
+    _, with_z = make(UpdateConfig(aux_loss_coef=0.0, z_loss_coef=0.1))
+    a, _ = plain(state, batch)
+    b, metrics = with_z(state, batch)
+    graphdef, params, bias = nnx.split(init_policy(CFG, 0), nnx.Param, RoutingBias)
+
+    def z_loss(p):
+        out = nnx.merge(graphdef, p, bias)(batch["tokens"], batch["positions"], batch["valid"])
+        return jnp.mean(out.aux.z_loss)
+
+    z, grad = jax.jit(jax.value_and_grad(z_loss))(params)
+    assert float(metrics["z_loss"]) == pytest.approx(float(z), rel=1e-5)
+    moved = 0.0
+    for x, y, g in zip(leaves(b.params), leaves(a.params), leaves(grad)):
+        np.testing.assert_allclose(x - y, -0.1 * g, atol=2e-6, rtol=0)  # measured <= 1e-7 (float32 rounding)
+        moved = max(moved, np.abs(0.1 * g).max())
+    assert moved > 1e-3  # the z-loss term is not lost in the tolerance
+
+
+def primitive_names(jaxpr) -> set[str]:
+    """The primitives of a jaxpr and of every jaxpr nested in its equations (scan bodies, pjit, cond, ...)."""
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else [value]:
+                sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr holds its Jaxpr
+                if hasattr(sub, "eqns"):
+                    names |= primitive_names(sub)
+    return names
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_remat_puts_a_checkpoint_in_the_step_only_when_on(remat):
+    # the training step's gradient rematerialises each layer only if model.remat asks for it (JAX's
+    # `jax.checkpoint` primitive is named "remat2" or "checkpoint" depending on the version)
+    cfg = dataclasses.replace(CFG, remat=remat)
+    graphdef, state = init_train_state(init_policy(cfg, 0), SGD, with_ref=True)
+    step = make_grpo_step(graphdef, SGD, GRPO, UpdateConfig(aux_loss_coef=0.0), cfg, None, bias_rate=0.0)
+    names = primitive_names(jax.make_jaxpr(step)(state, synthetic_batch()).jaxpr)
+    assert "scan" in names  # the walk reaches the layer scan, where the checkpoint lives
+    assert any("remat" in n or "checkpoint" in n for n in names) == remat
 
 
 def test_beta_zero_needs_no_reference():

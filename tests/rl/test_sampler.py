@@ -1,4 +1,5 @@
-"""The KV-cache sampler against full forward passes, the trainer's log-probs, EOS, seeds and sharding."""
+"""The KV-cache sampler against full forward passes, the trainer's log-probs (routing replay included),
+EOS, seeds and sharding."""
 
 import jax
 import jax.numpy as jnp
@@ -9,9 +10,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from r1jax.model.factory import init_policy
 from r1jax.rl.grpo.config import GRPOConfig
-from r1jax.rl.grpo.step import reference_logprobs, rollout_batch
+from r1jax.rl.grpo.step import grpo_micro_loss, reference_logprobs, rollout_batch
 from r1jax.rl.sampler import Sampler, SamplingConfig, filter_logits, generate_padded, left_pad, sample_token
-from r1jax.rl.update import split_policy
+from r1jax.rl.update import UpdateConfig, split_policy
 from r1jax.sharding.context import use_mesh
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.params import state_shardings
@@ -54,6 +55,37 @@ def test_sampler_logprobs_equal_trainer_logprobs(family):
         mask = np.asarray(batch["mask"])
         assert mask.sum() == np.asarray(r.completion_mask_BN).sum() > 0
         np.testing.assert_allclose(np.asarray(logp)[mask], np.asarray(batch["sampler_logp"])[mask], atol=1e-5)
+
+
+def test_routing_replay_reproduces_sampling_time_routes_after_the_router_changes():
+    # DeepSeek's e_score_correction_bias steers which experts are chosen and nothing else (the combine
+    # weights are the unbiased scores). Changing it after sampling makes the policy route differently; with
+    # the sampler's routes replayed, the trainer must still get the sampler's log-probs, without them not.
+    graphdef, state, sampler = make("deepseek_v3")
+    r = sampler.generate(state, PROMPTS, samples=2, temperature=0.7, top_p=0.9)
+    split_graphdef, params, bias = split_policy(nnx.merge(graphdef, state))
+    moved = jax.tree.map(lambda b: jax.random.normal(jax.random.key(7), b.shape), bias)  # scores are in (0, 1)
+    mask = np.asarray(r.completion_mask_BN)
+    logp = {}
+    for with_replay in (True, False):  # the trainer's path: rollout_batch, then the policy's log-probs
+        batch = rollout_batch(r, jnp.zeros(len(r.tokens_BT)), GRPOConfig(), CONFIG.max_new_tokens, with_replay)
+        assert np.array_equal(np.asarray(batch["mask"]).sum(), mask.sum())
+        target = np.asarray(batch["mask"])
+        sampled = np.asarray(batch["sampler_logp"])[target]
+        logp[with_replay] = np.asarray(reference_logprobs(split_graphdef, (params, moved), batch, 0.7))[target]
+    # measured: 5e-7 apart replayed (float rounding), 0.035 apart unreplayed (91% of the routes moved); the
+    # bounds 1e-5 and 1e-3 sit far from both
+    np.testing.assert_allclose(logp[True], sampled, atol=1e-5)
+    assert np.abs(logp[False] - sampled).max() > 1e-3
+
+    # the GRPO step's loss replays the batch's routes too: its sampler/trainer mismatch vanishes
+    cfg = GRPOConfig(group_size=2, kl_coef=0.0, temperature=0.7)  # the sampling temperature
+    loss_fn = grpo_micro_loss(split_graphdef, cfg, UpdateConfig(routing_replay=True), micro_batches=1)
+    adv = jnp.linspace(-1.0, 1.0, len(PROMPTS) * 2)
+    for with_replay, low, high in ((True, 0.0, 1e-5), (False, 1e-3, np.inf)):
+        batch = rollout_batch(r, adv, cfg, CONFIG.max_new_tokens, with_replay=with_replay)
+        _, (stats, _) = loss_fn(params, moved, None, batch)
+        assert low <= float(stats["sampler_logp_absdiff_max"]) <= high, with_replay
 
 
 def test_eos_stops_a_row_and_pads_after_it():
