@@ -7,6 +7,10 @@ older readers use (`rope_theta` beside `rope_parameters`, `torch_dtype` beside `
 sliding windows, attention dropout, an activation other than silu, quantised weights, another routing
 function) is collected and reported in one UserError. Multi-token-prediction layers
 (`num_nextn_predict_layers` > 0) are ignored by transformers too, so they are accepted with a note.
+
+A config.json states the architecture (`architecture_fields` of its family) and the dtype its weights are
+stored in (`stored_dtype`, import's `param_dtype`); the other ModelConfig fields (`R1JAX_FIELDS`: compute
+dtype, MoE kernel, remat, ...) are r1jax's own and keep their defaults on import.
 """
 
 from __future__ import annotations
@@ -27,6 +31,17 @@ _DEEPSEEK = ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_di
              "rope_interleave", "n_routed_experts", "n_shared_experts", "routed_scaling_factor", "n_group",
              "topk_group", "first_k_dense_replace")
 _QWEN = ("num_key_value_heads", "head_dim", "mlp_only_layers", "decoder_sparse_step")
+
+
+def architecture_fields(family: str) -> tuple[str, ...]:
+    """The ModelConfig fields a config.json of `family` sets (those the other family reads are not among them)."""
+    return ("family", "rope_theta", "n_routed_experts", *_COMMON,
+            *(_DEEPSEEK if family == "deepseek_v3" else _QWEN))
+
+
+# ModelConfig fields no config.json carries: how r1jax stores and runs the model, not what the model is
+R1JAX_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig)
+                     if f.name not in {*architecture_fields("deepseek_v3"), *architecture_fields("qwen3_moe")})
 
 # transformers 5 class defaults for the keys r1jax reads (DeepseekV3Config, Qwen3MoeConfig).
 HF_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -82,7 +97,8 @@ def generation_config(bos_token_id: int | None = None, eos_token_id: int | None 
 def from_hf_config(hf: Mapping[str, Any], source: str = "config.json") -> tuple[ModelConfig, list[str]]:
     """(ModelConfig, notes) for a hub config; UserError listing every unsupported setting.
 
-    r1jax-only fields (param_dtype, compute_dtype, moe_impl, ...) keep their defaults.
+    param_dtype is the dtype the weights are stored in (`stored_dtype`); the other r1jax-only fields
+    (compute_dtype, moe_impl, ...) keep their defaults.
     """
     family = _family(hf, source)
     problems = _unsupported(hf, family)
@@ -115,7 +131,8 @@ def _get(hf: Mapping[str, Any], family: str, key: str, *aliases: str):
 
 
 def _fields(hf: Mapping[str, Any], family: str) -> dict[str, Any]:
-    fields: dict[str, Any] = {"family": family, "rope_theta": float(_rope_theta(hf))}
+    fields: dict[str, Any] = {"family": family, "rope_theta": float(_rope_theta(hf)),
+                              "param_dtype": stored_dtype(hf)}
     for key in _COMMON:
         fields[key] = _get(hf, family, key)
     if family == "deepseek_v3":
@@ -130,6 +147,12 @@ def _fields(hf: Mapping[str, Any], family: str) -> dict[str, Any]:
         fields["mlp_only_layers"] = tuple(_get(hf, family, "mlp_only_layers") or ())
         fields["decoder_sparse_step"] = _get(hf, family, "decoder_sparse_step")
     return fields
+
+
+def stored_dtype(hf: Mapping[str, Any]) -> str:
+    """The r1jax dtype that holds the checkpoint's weights exactly: bfloat16 for a bfloat16 checkpoint
+    (`dtype`, or the legacy `torch_dtype`), else float32 (float16 widens exactly; r1jax has no float16)."""
+    return "bfloat16" if (hf.get("dtype") or hf.get("torch_dtype")) == "bfloat16" else "float32"
 
 
 def _rope(hf: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,9 +7,11 @@ the reference log-probs (`rl.grpo.step.reference_logprobs`, only when kl_coef > 
 libtpu's compile-only devices (`sharding.topology.abstract_devices`) and compiles it for TPU
 (`sharding.compile_stats`). Nothing is allocated and no TPU is needed.
 
-Memory per device (the report's `per_chip_bytes` is the largest program total):
-- resident state, exact from shapes and shardings: parameters (with the routing bias), optimizer state,
-  reference parameters;
+Memory per device (the report's `per_chip_bytes` is the largest program total), in the config's dtypes (the
+report's `dtypes`: model.param_dtype for the parameters and the reference, optimizer.state_dtype for Adam's
+moments, model.compute_dtype for activations and the KV cache):
+- resident state, exact from shapes and shardings: parameters (with the routing bias, always float32),
+  optimizer state, reference parameters;
 - a program's peak (`sharding.compile_stats.ProgramStats.peak_bytes`: the compiler's peak plus the generated
   code, or libtpu's stated need when it refuses the program). A program whose arguments do not hold the
   whole state adds the rest: the sampler runs while the optimizer state and the reference stay in HBM;
@@ -99,6 +101,11 @@ class Setup:
     state: TrainState  # of sharded ShapeDtypeStructs
     batch: dict
     optimizer: Any
+
+    def dtypes(self) -> dict[str, str]:
+        model = self.config.model
+        return {"parameters": model.param_dtype, "optimizer_state": self.config.optimizer.state_dtype or
+                model.param_dtype, "compute": model.compute_dtype}
 
     def resident(self) -> dict[str, int]:
         return {"parameters": device_bytes((self.state.params, self.state.bias)),
@@ -207,6 +214,7 @@ class Report:
     batch_bytes: int
     kv_cache_bytes: int
     programs: dict[str, ProgramStats]
+    dtypes: dict[str, str]  # parameters, optimizer_state, compute
     alternatives: list[dict] = dataclasses.field(default_factory=list)
 
     def program_totals(self) -> dict[str, int]:
@@ -238,6 +246,7 @@ class Report:
             "hbm_source": self.hbm_source, "peak_program": max(totals, key=totals.get),
             "topology": self.topology.to_dict(), "mesh": self.mesh, "mesh_shape": self.mesh_shape,
             "rules_preset": self.sharding.preset, "rules_overrides": self.sharding.rules or {},
+            "dtypes": self.dtypes,
             "workload": {**dataclasses.asdict(self.workload), "rows": self.workload.rows,
                          "seq_len": self.workload.seq_len},
             "breakdown": self.breakdown(), "program_totals": totals,
@@ -263,7 +272,8 @@ def compile_report(config, topology: Topology, mesh: str, workload: Workload, hb
 
 def _report(setup: Setup, topology: Topology, mesh: str, hbm: tuple[int, str]) -> Report:
     return Report(topology, mesh, setup.config.sharding, dict(setup.mesh.shape), setup.workload, hbm[0], hbm[1],
-                  setup.resident(), device_bytes(setup.batch), kv_cache_bytes(setup), compile_setup(setup))
+                  setup.resident(), device_bytes(setup.batch), kv_cache_bytes(setup), compile_setup(setup),
+                  setup.dtypes())
 
 
 def alternatives(config, topology: Topology, workload: Workload, hbm: tuple[int, str], skip: str) -> list[dict]:

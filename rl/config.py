@@ -3,7 +3,9 @@
 `load_config("tiny", ["model.num_hidden_layers=4"])` reads `configs/tiny.yaml` (or any YAML path), merges
 it over the schema, then applies the overrides in order, through OmegaConf structured configs: an unknown key
 or a value of the wrong type is a UserError naming the full key; each dataclass validates its values on
-construction.
+construction. When a stage starts from a Hugging Face directory (`init_from: HF_DIR`), the model's
+architecture is that directory's config.json (rl.hf_architecture): the YAML gives only r1jax's own model
+fields, and an architecture field it or an override gives must agree with the checkpoint.
 
 An override is `dotted.key=value`: the value is read as YAML (`grpo.kl_coef=0`, `rewards.names=[accuracy]`,
 a list field takes a whole list), and a list item is named by its index as one more dotted part
@@ -28,6 +30,7 @@ from r1jax.errors import UserError
 from r1jax.model.tokenizer import TokenizerConfig
 from r1jax.rl.data.config import DataConfig
 from r1jax.rl.grpo.config import GRPOConfig, OptimizerConfig
+from r1jax.rl.hf_architecture import run_model
 from r1jax.rl.rewards.config import PoolConfig, RewardsConfig
 from r1jax.rl.sampler import SamplingConfig
 from r1jax.rl.train.config import CheckpointConfig, EvalConfig, StageConfig
@@ -119,7 +122,28 @@ def load_config(name_or_path: str | pathlib.Path = "tiny", overrides: Sequence[s
         yaml = OmegaConf.load(path)
     except Exception as err:  # a YAML syntax error; name the file
         raise UserError(f"config file {path}: cannot parse YAML: {err}") from err
-    return config_from_dicts(yaml, parse_overrides(overrides), source=str(path))
+    parsed = parse_overrides(overrides)
+    config = config_from_dicts(yaml, parsed, source=str(path))
+    return with_hf_architecture(config, model_fields_given(yaml, parsed, str(path)))
+
+
+def with_hf_architecture(config: Config, given: dict[str, str] | None) -> Config:
+    """`config` with the architecture of the Hugging Face directory its stages start from, if any
+    (rl.hf_architecture; `given`: the model fields the user set -> where)."""
+    model = run_model(config.model, config.stages, given)
+    return config if model == config.model else dataclasses.replace(config, model=model)
+
+
+def model_fields_given(yaml: Any, overrides: Overrides, source: str) -> dict[str, str]:
+    """{model field: where it was set} for the fields the YAML's `model` section and the overrides name."""
+    section = yaml.get("model") if OmegaConf.is_dict(yaml) else None
+    given = {str(key): source for key in section.keys()} if OmegaConf.is_dict(section) else {}
+    for text, parts, value in overrides.items:
+        if parts[0] != "model":
+            continue
+        keys = parts[1:2] if len(parts) > 1 else list(value) if isinstance(value, dict) else []
+        given.update({str(key): f"override {text!r}" for key in keys})
+    return given
 
 
 def config_from_dicts(*parts: Any, source: str = "config") -> Config:

@@ -75,6 +75,7 @@ def describe(r: dict) -> str:
         f"{r['mesh']} ({shape}; rules {r['rules_preset']}{' + overrides' if r['rules_overrides'] else ''})",
         f"workload: {work['prompts']} prompts x {work['group_size']} = {work['rows']} rows of "
         f"{work['prompt_len']} + {work['new_tokens']} tokens, {work['micro_batches']} micro-batch(es)",
+        "dtypes: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in r["dtypes"].items()),
         "per chip: " + ", ".join(f"{k} {_gib(v)}" for k, v in r["breakdown"].items()),
     ]
     for name, p in r["programs"].items():

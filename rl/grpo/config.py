@@ -10,6 +10,7 @@ import dataclasses
 from typing import Optional
 
 from r1jax.errors import UserError
+from r1jax.model.config import DTYPES
 from r1jax.rl.grpo.advantages import ADVANTAGE_ESTIMATORS
 from r1jax.rl.grpo.aggregation import AGGREGATIONS
 from r1jax.rl.grpo.kl import KL_ESTIMATORS
@@ -88,6 +89,8 @@ class OptimizerConfig:
     weight_decay: float = 0.1  # decoupled weight decay (DeepSeek-V3 §4.2: 0.1)
     grad_clip_norm: Optional[float] = 1.0  # global-norm clip (DeepSeek-V3 §4.2: 1.0); None = no clipping
     max_consecutive_skips: int = 5  # the trainer halts after this many non-finite updates in a row
+    # dtype of Adam's moments (mu and nu): float32 | bfloat16; null: the parameters' dtype (optax's own rule)
+    state_dtype: Optional[str] = None
 
     def __post_init__(self) -> None:
         s = "optimizer"
@@ -105,3 +108,5 @@ class OptimizerConfig:
         clip = self.grad_clip_norm
         _require(clip is None or clip > 0, s, "grad_clip_norm", clip, "None or > 0")
         _require(self.max_consecutive_skips >= 1, s, "max_consecutive_skips", self.max_consecutive_skips, ">= 1")
+        _require(self.state_dtype is None or self.state_dtype in DTYPES, s, "state_dtype", self.state_dtype,
+                 f"null or one of {list(DTYPES)}")

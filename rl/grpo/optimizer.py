@@ -14,6 +14,9 @@ Kept instead of optax's own, which behave differently:
 - `lr_schedule`, not `optax.warmup_cosine_decay_schedule`: that one is `init_value` at step 0 and peaks at
   `warmup_steps` (here the first update already moves: lr * (step + 1) / warmup_steps), and its float32
   cosine rounds differently (about a quarter of the steps differ in the last bit).
+`optimizer.state_dtype` keeps Adam's moments in that dtype whatever the parameters' (`state_in`): float32
+moments beside bfloat16 parameters, or bfloat16 moments beside float32 ones; unset, optax's own rule holds
+(moments in the parameters' dtype) and nothing is wrapped.
 `grad_norms` is `optax.tree.norm` of the float32 gradients (the same compiled program as the hand sum it
 replaced); gradient clipping is `optax.clip_by_global_norm`.
 """
@@ -82,6 +85,27 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def state_in(inner: optax.GradientTransformation, dtype: str) -> optax.GradientTransformation:
+    """`inner` with its floating-point state in `dtype`: initialised from the parameters cast to `dtype`
+    (optax's Adam makes mu and nu like the parameters); gradients narrower than `dtype` are widened first, so
+    float32 moments of bfloat16 parameters are computed in float32; every update's new state is cast to the
+    dtypes of the old (float32 arithmetic on bfloat16 moments is stored back in bfloat16). Integer state
+    such as step counts is untouched."""
+
+    def floating(fn):
+        return lambda x: fn(x) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    def init_fn(params):
+        return inner.init(jax.tree.map(floating(lambda p: p.astype(dtype)), params))
+
+    def update_fn(updates, state, params=None):
+        updates = jax.tree.map(floating(lambda g: g.astype(jnp.promote_types(g.dtype, dtype))), updates)
+        updates, new_state = inner.update(updates, state, params)
+        return updates, jax.tree.map(lambda new, old: new.astype(old.dtype), new_state, state)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
 def make_optimizer(cfg: OptimizerConfig, weight_decay_mask=None) -> optax.GradientTransformation:
     """AdamW (Loshchilov & Hutter 2019) on clipped gradients, skipping non-finite steps.
 
@@ -91,6 +115,8 @@ def make_optimizer(cfg: OptimizerConfig, weight_decay_mask=None) -> optax.Gradie
     adamw = optax.adamw(
         lr_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=weight_decay_mask
     )
+    if cfg.state_dtype is not None:
+        adamw = state_in(adamw, cfg.state_dtype)
     clip = [] if cfg.grad_clip_norm is None else [optax.clip_by_global_norm(cfg.grad_clip_norm)]
     return skip_nonfinite(optax.chain(*clip, adamw))
 

@@ -15,10 +15,11 @@ from flax import nnx
 from r1jax.errors import UserError
 from r1jax.model.config import ModelConfig
 from r1jax.model.factory import abstract_policy, init_policy
-from r1jax.rl.hf_policy import load_hf_policy
 from r1jax.model.tokenizer import Tokenizer
 from r1jax.rl.checkpoint import load_policy
 from r1jax.rl.config import Config, stage_config
+from r1jax.rl.hf_architecture import is_hf_dir
+from r1jax.rl.hf_policy import import_hf_policy
 from r1jax.rl.train.checkpointing import TrainCheckpointer, check_compatible
 from r1jax.rl.train.config import StageConfig
 from r1jax.rl.update import split_policy
@@ -53,12 +54,13 @@ def starting_policy(config: Config, index: int, stage: StageConfig, tokenizer: T
     if tokenizer.vocab_size > model.vocab_size:
         raise UserError(f"stages[{stage.name}]: model.vocab_size={model.vocab_size} is smaller than the "
                         f"tokenizer's {tokenizer.vocab_size} pieces")
-    if stage.init_from:
-        location = pathlib.Path(stage.init_from)
-        if (location / "config.json").exists():
-            loaded, policy = load_hf_policy(location, mesh, rules)
-        else:
-            loaded, policy = load_policy(location, mesh, rules)
+    if stage.init_from and is_hf_dir(stage.init_from):  # converted to the stage's param_dtype
+        try:
+            policy = import_hf_policy(stage.init_from, model, mesh, rules)
+        except UserError as err:
+            raise UserError(f"stages[{stage.name}].init_from={stage.init_from!r}: {err}") from None
+    elif stage.init_from:
+        loaded, policy = load_policy(pathlib.Path(stage.init_from), mesh, rules)
         check_compatible(loaded, stage_config(config, index), stage.init_from)
     elif previous is None or stage.kind == "distill":  # a distilled student starts fresh
         policy = init_policy(model, config.seed + index, mesh, rules)

@@ -30,12 +30,12 @@ from jax.sharding import Mesh
 
 from r1jax.errors import UserError
 from r1jax.model.factory import abstract_policy
-from r1jax.model.hf_io import read_hf_config
 from r1jax.model.tokenizer import Tokenizer, apply_template
 from r1jax.rl.checkpoint import load_config
 from r1jax.rl.config import Config, stage_config
 from r1jax.rl.data import DataConfig, build_source
 from r1jax.rl.evaluate import held_out_problems
+from r1jax.rl.hf_architecture import hf_model, is_hf_dir
 from r1jax.rl.train.checkpointing import check_compatible
 from r1jax.rl.train.config import StageConfig
 from r1jax.sharding.mesh import check_batch_rows
@@ -188,13 +188,13 @@ def check_init_from(config: Config, index: int) -> None:
     where = f"stages[{stage.name}].init_from={stage.init_from!r}"
     if not path.exists():
         raise UserError(f"{where}: no such checkpoint")
-    if (path / "config.json").exists():
-        saved = dataclasses.replace(config, model=read_hf_config(path)[0])
-    else:
-        try:
-            saved = load_config(path)
-        except UserError as err:
-            raise UserError(f"{where}: {err}") from None
+    try:
+        if is_hf_dir(path):  # its architecture; any param_dtype (the weights are converted on import)
+            hf_model(stage_config(config, index).model, path)
+            return
+        saved = load_config(path)
+    except UserError as err:
+        raise UserError(f"{where}: {err}") from None
     check_compatible(saved, stage_config(config, index), where)
 
 

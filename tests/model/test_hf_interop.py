@@ -27,7 +27,7 @@ from r1jax.model.hf_tokenizer import save_hf_tokenizer
 from r1jax.model.tokenizer import MIN_VOCAB, apply_template, train_tokenizer
 from r1jax.rl.checkpoint import load_config
 from r1jax.rl.cli.main import main
-from r1jax.rl.hf_policy import load_hf_policy
+from r1jax.rl.hf_policy import hf_run_config, load_hf_policy
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.rules import Rules
 from tests.model.hf_models import random_hf_model, read_safetensors
@@ -115,8 +115,9 @@ def test_bfloat16_checkpoint_round_trips_bitwise(tmp_path):
     random_hf_model(DEEPSEEK, seed=2, bias_scale=0.05).save_pretrained(tmp_path / "f32")
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "f32", dtype=torch.bfloat16)
     hf.save_pretrained(tmp_path / "hf")  # the hub layout: bfloat16 weights, float32 router (weight and bias)
-    config, policy = load_hf_policy(tmp_path / "hf")
-    assert config.model.param_dtype == "float32"  # widened exactly; training keeps float32 masters
+    assert hf_run_config(tmp_path / "hf")[0].model.param_dtype == "bfloat16"  # as stored, unless told:
+    config, policy = load_hf_policy(tmp_path / "hf", overrides=["model.param_dtype=float32"])
+    assert config.model.param_dtype == "float32"  # widened exactly (the float32 router too); float32 masters
     export_hf(policy, tmp_path / "out", dtype="bfloat16")
     source, ours = read_safetensors(tmp_path / "hf"), read_safetensors(tmp_path / "out")
     assert ours["model.layers.1.mlp.gate.e_score_correction_bias"].dtype == np.float32  # as HF keeps it

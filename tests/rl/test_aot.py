@@ -13,6 +13,7 @@ from r1jax.model.factory import count_params
 from r1jax.rl.aot import make_setup, workload_for
 from r1jax.rl.cli.main import main
 from r1jax.rl.config import load_config
+from r1jax.sharding.compile_stats import device_bytes
 from r1jax.sharding.mesh_presets import MESH_PRESETS
 from r1jax.sharding.topology import parse_topology
 from tests.model.tiny import DEEPSEEK
@@ -74,6 +75,20 @@ def test_report_memory_is_consistent(report):
     assert r["program_totals"][r["peak_program"]] == r["per_chip_bytes"]
 
 
+def test_the_report_counts_memory_in_the_configs_dtypes(config_path, report):
+    code, r = _compile(config_path, "model.param_dtype=bfloat16", "optimizer.state_dtype=bfloat16")
+    assert code == 0 and r["dtypes"] == {"parameters": "bfloat16", "optimizer_state": "bfloat16",
+                                         "compute": "float32"}
+    assert report[1]["dtypes"] == {"parameters": "float32", "optimizer_state": "float32", "compute": "float32"}
+    config = load_config(config_path)
+    setup = make_setup(config, parse_topology("v5p:2x2x1"), config.sharding, workload_for(config))
+    bias = device_bytes(setup.state.bias)  # DeepSeek's routing bias stays float32
+    wide, narrow = report[1]["breakdown"], r["breakdown"]
+    assert narrow["parameters"] - bias == (wide["parameters"] - bias) / 2  # bfloat16 halves the weights
+    assert narrow["reference"] == narrow["parameters"]
+    assert wide["optimizer"] - narrow["optimizer"] == wide["parameters"] - bias  # mu and nu: 8 -> 4 bytes
+
+
 def test_tiny_hbm_does_not_fit_and_lists_the_other_meshes(config_path, report):
     code, r = _compile(config_path, "--hbm-gib", "0.0001")  # the same programs: compiled once per process
     assert code == 1 and r["fits"] is False and r["hbm_source"] == "override"
@@ -89,6 +104,7 @@ def test_text_report_names_the_verdict(config_path, report, capsys):
     assert main(["compile", config_path, "--topology", "v5p:2x2x1", "--prompt-len", "12"]) == 0  # cached
     text = capsys.readouterr().out
     assert "v5p:2x2x1, 4 chips" in text and "; HBM from compiler): fits" in text
+    assert "dtypes: parameters float32, optimizer state float32, compute float32" in text
 
 
 def test_bad_topology_and_mesh_are_clean_errors(config_path, capsys):

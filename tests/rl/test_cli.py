@@ -27,6 +27,7 @@ def run_main(capsys, *argv):
 @pytest.mark.parametrize("preset,total,active", [
     ("deepseek_v3_671b", 671_026_404_352, 37_552_282_624),
     ("qwen3_30b_a3b", 30_532_122_624, 3_353_032_704),
+    ("qwen3_30b_a3b_r1zero", 30_532_122_624, 3_353_032_704),
 ])
 def test_info_reports_published_parameter_counts(capsys, preset, total, active):
     code, out, _ = run_main(capsys, "info", preset)

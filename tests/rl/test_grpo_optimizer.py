@@ -132,7 +132,7 @@ def test_grad_norm_is_bitwise_the_float32_sum_of_squares():
 
 @pytest.mark.parametrize("field,value", [
     ("lr", -1e-6), ("schedule", "linear"), ("warmup_steps", -1), ("min_lr_ratio", 1.5), ("b2", 1.0),
-    ("weight_decay", -0.1), ("grad_clip_norm", 0.0), ("max_consecutive_skips", 0),
+    ("weight_decay", -0.1), ("grad_clip_norm", 0.0), ("max_consecutive_skips", 0), ("state_dtype", "float16"),
 ])
 def test_bad_optimizer_config_names_the_field(field, value):
     with pytest.raises(UserError, match=rf"optimizer\.{field}\b"):
@@ -148,3 +148,32 @@ def test_warmup_cosine_total_steps_is_null_or_after_the_warmup():
 def test_optimizer_config_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         OptimizerConfig().lr = 1.0
+
+
+def adam_moments(state):
+    """(mu, nu) of make_optimizer's state: skip wrapper -> chain(clip, adamw) -> adamw's chain -> Adam."""
+    adam = state.inner_state[1][0]
+    return adam.mu, adam.nu
+
+
+@pytest.mark.parametrize("param_dtype,state_dtype,moments", [
+    ("bfloat16", "float32", "float32"), ("float32", "bfloat16", "bfloat16"),
+    ("bfloat16", None, "bfloat16"), ("float32", None, "float32"),  # unset: optax's rule, the params' dtype
+])
+def test_adam_moments_are_kept_in_the_state_dtype(param_dtype, state_dtype, moments):
+    cfg = OptimizerConfig(lr=1e-3, b1=0.9, b2=0.95, state_dtype=state_dtype)
+    opt = make_optimizer(cfg)
+    params = {"w": jnp.asarray([[0.5, -1.25], [2.0, 0.75]], param_dtype)}
+    grads = {"w": jnp.asarray([[0.3, -0.7], [0.1, 0.05]], param_dtype)}
+    state = opt.init(params)
+    for _ in range(2):  # the dtype survives updates (Adam's arithmetic promotes mixed dtypes)
+        updates, state = jax.jit(opt.update)(grads, state, params)
+        for tree in adam_moments(state):
+            assert tree["w"].dtype == jnp.dtype(moments)
+    params = optax.apply_updates(params, updates)
+    assert params["w"].dtype == jnp.dtype(param_dtype)
+    mu, nu = adam_moments(opt.update(grads, opt.init(params), params)[1])  # one step from zero moments
+    # computed in the wider of the two dtypes (unset: optax's own bfloat16 arithmetic), then stored
+    g = grads["w"].astype(jnp.promote_types(param_dtype, state_dtype or param_dtype))
+    np.testing.assert_array_equal(mu["w"], ((1 - 0.9) * g).astype(moments))
+    np.testing.assert_array_equal(nu["w"], ((1 - 0.95) * (g * g)).astype(moments))
