@@ -22,7 +22,7 @@ import pathlib
 from sentencepiece import sentencepiece_model_pb2
 
 from r1jax.errors import UserError
-from r1jax.model.tokenizer import TEMPLATES, Tokenizer
+from r1jax.model.tokenizer import TEMPLATE_NAMES, TEMPLATES, Tokenizer
 
 _META, _ESC = "\u2581", "\U000f0000"  # as model.tokenizer
 
@@ -95,9 +95,9 @@ def tokenizer_json(model_proto: bytes) -> dict:
 
 def chat_template(template: str) -> str:
     """A Jinja chat template rendering a user turn as r1jax's `apply_template(template, content)`."""
-    if template not in TEMPLATES:
-        raise UserError(f"unknown template {template!r}: expected one of {sorted(TEMPLATES)}")
-    prefix, suffix = TEMPLATES[template].split("{prompt}")
+    if template not in TEMPLATE_NAMES:
+        raise UserError(f"unknown template {template!r}: expected one of {list(TEMPLATE_NAMES)}")
+    prefix, suffix = TEMPLATES.get(template, "{prompt}").split("{prompt}")  # "none": the prompt as is
     return ("{%- for message in messages -%}"
             "{%- if message['role'] == 'user' -%}"
             f"{{{{ {json.dumps(prefix)} + message['content'] + {json.dumps(suffix)} }}}}"

@@ -12,6 +12,10 @@ Conventions:
   (hard_vocab_limit off); the model's embedding needs at least that many rows.
 - A tokenizer is one file, `tokenizer.model` (the serialized sentencepiece proto), so a checkpoint can
   carry it: `tok.save(dir)` / `Tokenizer.load(dir)`.
+
+Both back ends (this one and `HFTokenizer`, a checkpoint's tokenizer.json) offer `TokenizerLike`;
+`load_tokenizer(dir)` picks one by the files present, and `render_prompt` gives a problem's prompt ids in a
+run's prompt format (`TEMPLATE_NAMES`).
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ import dataclasses
 import io
 import pathlib
 import re
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence
 
 from r1jax.errors import UserError
+from r1jax.model.tokenizer_json import TOKENIZER_JSON, HFTokenizer
 
 THINK, END_THINK, ANSWER, END_ANSWER = "<think>", "</think>", "<answer>", "</answer>"
 TAGS = (THINK, END_THINK, ANSWER, END_ANSWER)
@@ -41,8 +46,11 @@ R1_ZERO_TEMPLATE = (
     "tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>. "
     "User: {prompt}. Assistant:"
 )
-CHAT_TEMPLATE = "User: {prompt}\nAssistant:"
-TEMPLATES = {"r1_zero": R1_ZERO_TEMPLATE, "chat": CHAT_TEMPLATE}
+CHAT_TEMPLATE = "User: {prompt}\nAssistant:"  # "chat" for this tokenizer; an HF one uses its own template
+TEMPLATES = {"r1_zero": R1_ZERO_TEMPLATE, "chat": CHAT_TEMPLATE}  # r1jax's prompt texts (corpora start with them)
+# Prompt formats: r1_zero (for base models), chat (the checkpoint's own chat template, for instruct and
+# distilled models), none (the prompt as is).
+TEMPLATE_NAMES = ("r1_zero", "chat", "none")
 
 _META = "\u2581"  # sentencepiece's whitespace symbol
 _ESC = "\U000f0000"  # a private-use character; escapes _META and itself
@@ -61,8 +69,11 @@ def _unescape(text: str) -> str:
 class TokenizerConfig:
     vocab_size: int = 512  # requested pieces; at least MIN_VOCAB (byte fallback needs 256 of them)
     model_type: str = "bpe"  # sentencepiece algorithm: "bpe" | "unigram"
-    template: str = "r1_zero"  # prompt template: "r1_zero" (R1-Zero paper, Table 1) | "chat"
-    path: Optional[str] = None  # a directory holding tokenizer.model; None: train one from the corpus
+    template: str = "r1_zero"  # prompt format: "r1_zero" (R1-Zero paper, Table 1) | "chat" | "none"
+    # variables the chat template reads besides messages, e.g. {enable_thinking: false} (Qwen3); chat only
+    template_vars: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # a directory holding tokenizer.json (Hugging Face) or tokenizer.model (r1jax); None: train one on the data
+    path: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.vocab_size < MIN_VOCAB:
@@ -71,15 +82,48 @@ class TokenizerConfig:
                             f"{MIN_LEARNED_CHARS} characters)")
         if self.model_type not in MODEL_TYPES:
             raise UserError(f"tokenizer.model_type = {self.model_type!r}: expected one of {MODEL_TYPES}")
-        if self.template not in TEMPLATES:
-            raise UserError(f"tokenizer.template = {self.template!r}: expected one of {sorted(TEMPLATES)}")
+        if self.template not in TEMPLATE_NAMES:
+            raise UserError(f"tokenizer.template = {self.template!r}: expected one of {list(TEMPLATE_NAMES)}")
 
 
 def apply_template(template: str, prompt: str) -> str:
-    """The text the policy is conditioned on, e.g. apply_template("r1_zero", "Compute 3+4")."""
-    if template not in TEMPLATES:
-        raise UserError(f"unknown template {template!r}: expected one of {sorted(TEMPLATES)}")
-    return TEMPLATES[template].replace("{prompt}", prompt)  # not str.format: prompts may contain braces
+    """r1jax's prompt text, e.g. apply_template("r1_zero", "Compute 3+4"); "none" is the prompt itself.
+
+    "chat" here is r1jax's own "User: ...\nAssistant:"; `prompt_text` uses an HF tokenizer's chat template."""
+    if template not in TEMPLATE_NAMES:
+        raise UserError(f"unknown template {template!r}: expected one of {list(TEMPLATE_NAMES)}")
+    return TEMPLATES.get(template, "{prompt}").replace("{prompt}", prompt)  # not str.format: prompts hold braces
+
+
+class TokenizerLike(Protocol):
+    """What the trainer, sampler and CLI use of a tokenizer; `Tokenizer` and `HFTokenizer` both offer it.
+
+    eos_ids: every id that stops a row (eos_id is the first: the one a completion is closed with);
+    pad_id: fills rows after they stopped; bos_id: None when the tokenizer has none;
+    encode(text, add_bos=True): text as a sequence start (bos only where the tokenizer puts one, never twice);
+    decode(ids): text without control / special tokens; save(dir): the files `load_tokenizer(dir)` reads.
+    """
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def bos_id(self) -> Optional[int]: ...
+
+    @property
+    def eos_id(self) -> int: ...
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]: ...
+
+    @property
+    def pad_id(self) -> int: ...
+
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def save(self, directory: str | pathlib.Path) -> pathlib.Path: ...
 
 
 class Tokenizer:
@@ -100,6 +144,7 @@ class Tokenizer:
         return self._sp.get_piece_size()
 
     unk_id, bos_id, eos_id, pad_id = UNK_ID, BOS_ID, EOS_ID, PAD_ID
+    eos_ids = (EOS_ID,)
 
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         ids = self._sp.encode(_escape(text))
@@ -134,6 +179,53 @@ class Tokenizer:
 
     def __hash__(self) -> int:
         return hash(self.model_proto)
+
+
+def is_tokenizer_dir(path: str | pathlib.Path) -> bool:
+    """Whether `path` is a directory holding a tokenizer `load_tokenizer` can read."""
+    path = pathlib.Path(path)
+    return (path / TOKENIZER_JSON).is_file() or (path / FILE_NAME).is_file()
+
+
+def load_tokenizer(path: str | pathlib.Path) -> TokenizerLike:
+    """The tokenizer in directory `path`: tokenizer.json -> HFTokenizer (checked first, as transformers prefers
+    it), else tokenizer.model -> r1jax's sentencepiece Tokenizer. `path` may also name either file."""
+    path = pathlib.Path(path)
+    if path.is_file():
+        return HFTokenizer.load(path.parent) if path.name == TOKENIZER_JSON else Tokenizer.load(path)
+    if (path / TOKENIZER_JSON).is_file():
+        return HFTokenizer.load(path)
+    if (path / FILE_NAME).is_file():
+        return Tokenizer.load(path)
+    what = "has neither" if path.is_dir() else "does not exist: expected a directory with"
+    raise UserError(f"tokenizer directory {str(path)!r} {what} {TOKENIZER_JSON} (Hugging Face) nor {FILE_NAME} "
+                    "(r1jax sentencepiece)")
+
+
+def _uses_chat_template(tokenizer: TokenizerLike, template: str) -> bool:
+    return template == "chat" and isinstance(tokenizer, HFTokenizer)
+
+
+def prompt_text(tokenizer: TokenizerLike, template: str, prompt: str,
+                template_vars: Optional[Mapping[str, Any]] = None) -> str:
+    """The text a problem's prompt becomes in prompt format `template` (TEMPLATE_NAMES).
+
+    "chat" with an HF tokenizer is its chat template on one user message with the generation prompt
+    (`apply_chat_template(..., add_generation_prompt=True, **template_vars)`); with r1jax's own tokenizer it
+    is `apply_template("chat", prompt)`. `template_vars` are read by chat templates only."""
+    if _uses_chat_template(tokenizer, template):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                             **dict(template_vars or {}))
+    return apply_template(template, prompt)
+
+
+def render_prompt(tokenizer: TokenizerLike, template: str, prompt: str,
+                  template_vars: Optional[Mapping[str, Any]] = None) -> list[int]:
+    """The prompt ids the policy is conditioned on: `prompt_text` encoded as a sequence start. A chat
+    template writes its own special tokens (bos included), so its text is encoded as is, as transformers'
+    `apply_chat_template(..., tokenize=True)` does; other formats get bos where the tokenizer puts one."""
+    text = prompt_text(tokenizer, template, prompt, template_vars)
+    return tokenizer.encode(text, add_bos=not _uses_chat_template(tokenizer, template))
 
 
 def _read_corpus(corpus: Iterable[str] | str | pathlib.Path, max_lines: int) -> list[str]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from r1jax.model.tokenizer import TEMPLATE_NAMES
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a run directory, checkpoint directory or step directory")
@@ -22,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-problems", type=int, default=None)
     parser.add_argument("--difficulty", type=int, default=None)
     parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--template", choices=TEMPLATE_NAMES, default=None,
+                        help="prompt format: r1_zero, chat (the tokenizer's chat template) or none (default: the "
+                             "checkpoint's tokenizer.template)")
     parser.add_argument("--workers", type=int, default=None, help="reward worker processes")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -54,11 +59,12 @@ def run(args: argparse.Namespace) -> int:
     pool_cfg = config.reward_pool if args.workers is None else dataclasses.replace(config.reward_pool,
                                                                                   workers=args.workers)
     max_new = args.max_new_tokens or config.sampling.max_new_tokens
+    template = args.template or config.tokenizer.template
     graphdef, state = nnx.split(policy)
     sampler = Sampler(graphdef, config.sampling, tokenizer.eos_id, tokenizer.pad_id, config.seed)
     with RewardPool(config.rewards, pool_cfg) as pool, use_mesh(mesh, rules):
-        figures, _ = evaluate(sampler, state, tokenizer, config.tokenizer.template, problems, pool, eval_cfg,
-                              max_new, config.rewards.answer_max_chars)
+        figures, _ = evaluate(sampler, state, tokenizer, template, problems, pool, eval_cfg, max_new,
+                              config.rewards.answer_max_chars)
     if args.json:
         print(json.dumps(figures))
     else:

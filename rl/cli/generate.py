@@ -1,8 +1,9 @@
 """Generate completions from a checkpoint with the training sampler (KV cache, one compiled program).
 
---prompt applies the checkpoint's prompt template (unless --raw) and needs the checkpoint's tokenizer;
---ids takes token ids as given. --json prints one object per sample: ids (generated only), logprobs (one per
-id, under the temperature-scaled distribution; at temperature 0 the log-softmax of the logits), text.
+--prompt is rendered in the checkpoint's prompt format (tokenizer.template; --template chooses another,
+--raw is --template none) and needs the checkpoint's tokenizer; --ids takes token ids as given. --json
+prints one object per sample: ids (generated only), logprobs (one per id, under the temperature-scaled
+distribution; at temperature 0 the log-softmax of the logits), text.
 """
 
 from __future__ import annotations
@@ -10,13 +11,19 @@ from __future__ import annotations
 import argparse
 import json
 
+from r1jax.model.tokenizer import TEMPLATE_NAMES
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a run directory, checkpoint directory or step directory")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="prompt text (templated as in training)")
     source.add_argument("--ids", help="comma-separated prompt token ids, e.g. 1,2,3")
-    parser.add_argument("--raw", action="store_true", help="do not apply the prompt template to --prompt")
+    template = parser.add_mutually_exclusive_group()
+    template.add_argument("--template", choices=TEMPLATE_NAMES, default=None,
+                          help="prompt format for --prompt: r1_zero, chat (the tokenizer's chat template) or "
+                               "none (default: the checkpoint's tokenizer.template)")
+    template.add_argument("--raw", action="store_true", help="do not format --prompt (--template none)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.6, help="0 is greedy (default 0.6, as R1)")
     parser.add_argument("--top-p", type=float, default=0.95)
@@ -46,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from flax import nnx
 
     from r1jax.errors import UserError
-    from r1jax.model.tokenizer import apply_template
+    from r1jax.model.tokenizer import render_prompt
     from r1jax.rl.checkpoint import open_for_inference
     from r1jax.rl.sampler import Sampler
     from r1jax.sharding.context import use_mesh
@@ -57,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
     if args.prompt is not None:
         if tokenizer is None:
             raise UserError(f"checkpoint {args.checkpoint!r} carries no tokenizer; use --ids")
-        text = args.prompt if args.raw else apply_template(config.tokenizer.template, args.prompt)
-        ids = tokenizer.encode(text, add_bos=True)
+        template = "none" if args.raw else args.template or config.tokenizer.template
+        ids = render_prompt(tokenizer, template, args.prompt, config.tokenizer.template_vars)
     else:
         ids = parse_ids(args.ids)
     bad = [i for i in ids if not 0 <= i < config.model.vocab_size]
@@ -76,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     logprobs = np.asarray(rollout.logprobs_BN)
     for row, length in enumerate(np.asarray(rollout.lengths_B)):
         generated = completions[row, :length].tolist()
-        text = tokenizer.decode([t for t in generated if t != eos]) if tokenizer else None
+        text = tokenizer.decode([t for t in generated if t not in tokenizer.eos_ids]) if tokenizer else None
         if args.json:
             record = {"sample": row, "ids": generated, "logprobs": logprobs[row, :length].tolist()}
             if text is not None:

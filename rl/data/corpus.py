@@ -8,7 +8,7 @@ from __future__ import annotations
 import pathlib
 from typing import Iterator, Mapping, Sequence
 
-from r1jax.model.tokenizer import TEMPLATES, Tokenizer, TokenizerConfig, train_tokenizer
+from r1jax.model.tokenizer import TEMPLATES, TokenizerConfig, TokenizerLike, load_tokenizer, train_tokenizer
 from r1jax.rl.data.config import DataConfig
 from r1jax.rl.data.records import read_rows
 from r1jax.rl.tasks import get_task
@@ -41,9 +41,10 @@ def file_corpus(path: str | pathlib.Path, fields: Mapping[str, str] | None = Non
                 yield row[column]
 
 
-def build_tokenizer(tokenizer: TokenizerConfig, data: DataConfig) -> Tokenizer:
-    """The tokenizer of a run: `tokenizer.path` when set, else one trained on the run's data."""
+def build_tokenizer(tokenizer: TokenizerConfig, data: DataConfig) -> TokenizerLike:
+    """The tokenizer of a run: the one in `tokenizer.path` (Hugging Face tokenizer.json or r1jax
+    tokenizer.model) when set, else a sentencepiece tokenizer trained on the run's data."""
     if tokenizer.path is not None:
-        return Tokenizer.load(tokenizer.path)
+        return load_tokenizer(tokenizer.path)
     corpus = file_corpus(data.path, data.fields) if data.path is not None else task_corpus(data.tasks, seed=data.seed)
     return train_tokenizer(corpus, tokenizer.vocab_size, tokenizer.model_type)

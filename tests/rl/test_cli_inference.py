@@ -59,3 +59,28 @@ def test_eval_json_reports_r1_protocol_figures(capsys, finished_run, tmp_path):
 def test_eval_with_a_held_out_set_too_large_for_the_task_space_exits_2(capsys, finished_run):
     code, _, err = run_main(capsys, "eval", str(finished_run), "--difficulty", "1", "--num-problems", "5000")
     assert code == 2 and "held-out" in err and len(err.strip().splitlines()) == 1
+
+
+def test_generate_and_eval_take_a_prompt_format(capsys, finished_run):
+    """--template formats --prompt (default: the run's, chat): greedy generation equals that of the formatted
+    prompt's ids; --raw is --template none."""
+    from r1jax.rl.checkpoint import find_tokenizer
+
+    tok = find_tokenizer(finished_run)
+    greedy = ("--temperature", "0", "--max-new-tokens", "3", "--ignore-eos", "--json")
+
+    def generated(*source):
+        code, out, _ = run_main(capsys, "generate", str(finished_run), *source, *greedy)
+        assert code == 0
+        return json.loads(out)["ids"]
+
+    texts = {"none": "Compute 12+34", "chat": "User: Compute 12+34\nAssistant:"}
+    for template, text in texts.items():
+        expected = generated("--ids", ",".join(map(str, tok.encode(text, add_bos=True))))
+        assert generated("--prompt", "Compute 12+34", "--template", template) == expected, template
+    assert generated("--prompt", "Compute 12+34") == generated("--prompt", "Compute 12+34", "--template", "chat")
+    assert generated("--prompt", "Compute 12+34", "--raw") == generated("--prompt", "Compute 12+34", "--template",
+                                                                          "none")
+    with pytest.raises(SystemExit):  # argparse: not a prompt format
+        main(["eval", str(finished_run), "--template", "alpaca"])
+    assert "invalid choice: 'alpaca'" in capsys.readouterr().err

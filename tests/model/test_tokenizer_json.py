@@ -1,0 +1,152 @@
+"""The Hugging Face tokenizer back end against transformers' AutoTokenizer on the same files (made in the test),
+the loader that picks a back end, byte-identical saving, and the errors for bad files."""
+
+import json
+import shutil
+
+import pytest
+import transformers
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from r1jax.errors import UserError
+from r1jax.model.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
+from r1jax.model.tokenizer_json import FILES, HFTokenizer
+from tests.model.hf_tokenizer_files import DEEPSEEK_BOS, STYLES, write_hf_tokenizer
+
+TEXTS = ["", "Hello world", "What is 12 + 35? The answer is 47.", "  two  spaces\t\n\r\n  ", "\n\n\n",
+         "日本語のテキスト 🎉 é e\u0301 ﬁ ½ ２", "\x00 \u200b \U000f0000", "don't stop , he said !",
+         "<|im_start|>user\nhi<|im_end|>\n", "a<|endoftext|>b<|im_end|><|im_end|>", "<think>x</think> <think>",
+         "<think\n", DEEPSEEK_BOS + "hi" + "<｜end▁of▁sentence｜>", "<｜User｜>q<｜Assistant｜>",
+         "def f(x):\n    return x * 2  # comment"]
+
+
+@pytest.fixture(scope="module", params=STYLES)
+def pair(request, tmp_path_factory):
+    """(style, our HFTokenizer, transformers' tokenizer) on one directory of files."""
+    directory = write_hf_tokenizer(tmp_path_factory.mktemp(request.param), request.param)
+    auto = transformers.AutoTokenizer.from_pretrained(str(directory))
+    assert isinstance(auto, transformers.PreTrainedTokenizerFast)
+    return request.param, load_tokenizer(directory), auto
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_ids_and_text_equal_transformers(pair, text):
+    _, tok, auto = pair
+    ids = tok.encode(text)
+    assert ids == auto(text, add_special_tokens=False)["input_ids"]
+    if not text.startswith(DEEPSEEK_BOS):  # transformers would add a second bos there; we do not (below)
+        assert tok.encode(text, add_bos=True) == auto(text)["input_ids"]
+    assert tok.decode(ids) == auto.decode(ids, skip_special_tokens=True)
+    assert tok.decode(ids, skip_special_tokens=False) == auto.decode(ids)
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
+       | st.lists(st.sampled_from(["<|im_end|>", "<think>", "</think>", " ", "\n", "a", "12", "é", "<|", "|>",
+                                   DEEPSEEK_BOS]), max_size=12).map("".join))
+def test_any_text_encodes_and_decodes_as_transformers_does(pair, text):
+    _, tok, auto = pair
+    ids = tok.encode(text)
+    assert ids == auto(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == auto.decode(ids, skip_special_tokens=True)
+
+
+def test_special_ids_follow_the_configs(pair):
+    style, tok, auto = pair
+    assert tok.vocab_size == len(auto)
+    assert tok.bos_id == auto.bos_token_id and tok.pad_id == auto.pad_token_id
+    assert tok.eos_id == auto.eos_token_id  # the config's eos first: the one a completion is closed with
+    generation = json.loads(tok.files["generation_config.json"])
+    assert len(generation["eos_token_id"]) == 2 and set(tok.eos_ids) == {auto.eos_token_id,
+                                                                        *generation["eos_token_id"]}
+    if style == "qwen":  # no bos at all; a sequence start is the text alone
+        assert tok.bos_id is None and tok.encode("hi", add_bos=True) == tok.encode("hi")
+        assert tok.eos_ids == (auto.convert_tokens_to_ids("<|im_end|>"), auto.convert_tokens_to_ids("<|endoftext|>"))
+    else:  # the post-processor puts bos first, once, also when the text already begins with it
+        assert tok.encode("hi", add_bos=True) == [tok.bos_id, *tok.encode("hi")]
+        assert tok.encode(DEEPSEEK_BOS + "hi", add_bos=True) == [tok.bos_id, *tok.encode("hi")]
+    assert tok.encode("hi", add_eos=True) == [*tok.encode("hi"), tok.eos_id]
+    assert tok.decode([*tok.encode("ok"), *tok.eos_ids, tok.pad_id, tok.vocab_size + 5]) == "ok"
+
+
+@pytest.mark.parametrize("template_file", [False, True])
+def test_save_writes_the_original_files_byte_for_byte(tmp_path, template_file):
+    source = write_hf_tokenizer(tmp_path / "src", "qwen", template_file=template_file)
+    (source / "tokenizer.model.unrelated").write_text("not carried")
+    tok = load_tokenizer(source)
+    path = tok.save(tmp_path / "ck" / "tokenizer")
+    assert path == tmp_path / "ck" / "tokenizer" / "tokenizer.json"
+    expected = sorted(p.name for p in source.iterdir() if p.name in FILES)
+    assert len(expected) == 5 if template_file else 4
+    assert sorted(p.name for p in path.parent.iterdir()) == expected
+    for name in expected:
+        assert (path.parent / name).read_bytes() == (source / name).read_bytes(), name
+    again = load_tokenizer(path.parent)
+    assert again == tok and hash(again) == hash(tok)
+    auto = transformers.AutoTokenizer.from_pretrained(str(path.parent))
+    assert again.encode("What is 2+2?<|im_end|>") == auto("What is 2+2?<|im_end|>")["input_ids"]
+
+
+@pytest.mark.parametrize("split_special_tokens", [False, True])
+def test_truncation_padding_and_split_special_tokens_apply_as_in_transformers(tmp_path, split_special_tokens):
+    """tokenizer.json's own truncation / padding do not apply to encoding (transformers turns them off unless
+    asked); tokenizer_config's split_special_tokens makes special tokens in text ordinary characters."""
+    directory = write_hf_tokenizer(tmp_path, "qwen")
+    data = json.loads((directory / "tokenizer.json").read_text())
+    data["truncation"] = {"direction": "Right", "max_length": 3, "strategy": "LongestFirst", "stride": 0}
+    data["padding"] = {"strategy": {"Fixed": 64}, "direction": "Right", "pad_to_multiple_of": None, "pad_id": 0,
+                       "pad_type_id": 0, "pad_token": "<|endoftext|>"}
+    (directory / "tokenizer.json").write_text(json.dumps(data))
+    _edit_json("tokenizer_config.json", split_special_tokens=split_special_tokens)(directory)
+    tok, auto = load_tokenizer(directory), transformers.AutoTokenizer.from_pretrained(str(directory))
+    text = "a longer text than three tokens <|im_end|> <think>"
+    assert tok.encode(text) == auto(text, add_special_tokens=False)["input_ids"]
+    assert len(tok.encode(text)) > 10
+    assert (auto.convert_tokens_to_ids("<|im_end|>") in tok.encode(text)) != split_special_tokens
+
+
+def test_load_tokenizer_picks_the_back_end_by_the_files_present(tmp_path):
+    hf_dir = write_hf_tokenizer(tmp_path / "hf", "qwen")
+    sp = train_tokenizer(["plain words and numbers 12 34"] * 20, 300)
+    sp.save(tmp_path / "sp")
+    assert isinstance(load_tokenizer(hf_dir), HFTokenizer)
+    assert isinstance(load_tokenizer(hf_dir / "tokenizer.json"), HFTokenizer)
+    assert load_tokenizer(tmp_path / "sp") == sp and load_tokenizer(tmp_path / "sp" / "tokenizer.model") == sp
+    shutil.copy(tmp_path / "sp" / "tokenizer.model", hf_dir)
+    assert isinstance(load_tokenizer(hf_dir), HFTokenizer)  # both: tokenizer.json, as transformers prefers
+    assert isinstance(load_tokenizer(tmp_path / "sp"), Tokenizer) and sp.eos_ids == (sp.eos_id,) == (2,)
+    (tmp_path / "empty").mkdir()
+    for where in ("empty", "missing"):
+        with pytest.raises(UserError, match=f"{where}.*tokenizer.json .*tokenizer.model"):
+            load_tokenizer(tmp_path / where)
+
+
+def _broken(tmp_path, name: str, edit) -> str:
+    directory = write_hf_tokenizer(tmp_path / name, "qwen")
+    edit(directory)
+    with pytest.raises(UserError) as err:
+        load_tokenizer(directory)
+    return str(err.value)
+
+
+def _edit_json(file: str, **changes):
+    def edit(directory):
+        content = json.loads((directory / file).read_text())
+        content.update(changes)
+        (directory / file).write_text(json.dumps(content))
+    return edit
+
+
+def test_bad_files_are_named(tmp_path):
+    message = _broken(tmp_path, "a", lambda d: (d / "tokenizer.json").write_text("{not json"))
+    assert "tokenizer.json is not a tokenizers file" in message
+    message = _broken(tmp_path, "b", lambda d: (d / "tokenizer_config.json").write_text("[1, "))
+    assert "tokenizer_config.json is not valid JSON" in message
+    message = _broken(tmp_path, "c", _edit_json("tokenizer_config.json", eos_token="<|nope|>"))
+    assert "tokenizer_config.json: eos_token '<|nope|>' is not a token" in message
+    message = _broken(tmp_path, "d", _edit_json("generation_config.json", eos_token_id=[2, 10 ** 6]))
+    assert "generation_config.json eos_token_id = 1000000" in message
+    message = _broken(tmp_path, "e", lambda d: (_edit_json("tokenizer_config.json", eos_token=None)(d),
+                                               _edit_json("generation_config.json", eos_token_id=None)(d)))
+    assert "no eos token" in message

@@ -1,0 +1,126 @@
+"""Chat templates rendered as transformers renders them, prompt formats per run (r1_zero / chat / none) for
+both tokenizer back ends, and the errors of a missing or broken template."""
+
+import datetime
+
+import pytest
+import transformers
+
+from r1jax.errors import UserError
+from r1jax.model.tokenizer import (R1_ZERO_TEMPLATE, TEMPLATE_NAMES, TokenizerConfig, load_tokenizer, prompt_text,
+                                   render_prompt, train_tokenizer)
+from r1jax.rl.config import load_config
+from tests.model.hf_tokenizer_files import DEEPSEEK_BOS, STYLES, write_hf_tokenizer
+
+TOOL = {"type": "function", "function": {"name": "add", "description": "a + b — «exact»",
+                                         "parameters": {"type": "object", "properties": {"a": {"type": "number"}}}}}
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is 2+2?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "日本語で: 3×4 = ?"}],
+    [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "<think>\nadd them\n</think>\n\n4"},
+     {"role": "user", "content": "Q2 <|im_end|> {braces}"}],
+    [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A", "reasoning_content": "because",
+                                        "tool_calls": [{"name": "add", "arguments": {"a": 1}}]}],
+]
+VARIABLES = [{}, {"enable_thinking": False}, {"enable_thinking": True}, {"tools": [TOOL]}]
+
+
+@pytest.fixture(scope="module", params=[(style, file) for style in STYLES for file in (False, True)],
+                ids=lambda p: f"{p[0]}-{'jinja_file' if p[1] else 'config'}")
+def pair(request, tmp_path_factory):
+    style, template_file = request.param
+    directory = write_hf_tokenizer(tmp_path_factory.mktemp(style), style, template_file=template_file)
+    return load_tokenizer(directory), transformers.AutoTokenizer.from_pretrained(str(directory))
+
+
+@pytest.mark.parametrize("messages", CONVERSATIONS)
+@pytest.mark.parametrize("variables", VARIABLES)
+@pytest.mark.parametrize("add_generation_prompt", [True, False])
+def test_chat_template_text_and_ids_equal_transformers(pair, messages, variables, add_generation_prompt):
+    tok, auto = pair
+    text = tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, **variables)
+    assert text == auto.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                            **variables)
+    assert tok.encode(text) == auto.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                                        **variables)["input_ids"]
+
+
+@pytest.mark.parametrize("prompt", ["Compute 3+4", "Solve {x} with <think> tags", "  spaced\nlines  "])
+def test_prompt_formats_of_an_hf_tokenizer(pair, prompt):
+    tok, auto = pair
+    user = [{"role": "user", "content": prompt}]
+    assert render_prompt(tok, "chat", prompt) == auto.apply_chat_template(user, add_generation_prompt=True)["input_ids"]
+    assert render_prompt(tok, "chat", prompt, {"enable_thinking": False}) == auto.apply_chat_template(
+        user, add_generation_prompt=True, enable_thinking=False)["input_ids"]
+    r1_zero = R1_ZERO_TEMPLATE.replace("{prompt}", prompt)
+    assert prompt_text(tok, "r1_zero", prompt) == r1_zero
+    assert render_prompt(tok, "r1_zero", prompt) == auto(r1_zero)["input_ids"]
+    assert render_prompt(tok, "none", prompt) == auto(prompt)["input_ids"]
+    bos_count = [render_prompt(tok, name, prompt).count(auto.bos_token_id) for name in TEMPLATE_NAMES]
+    assert bos_count == ([1, 1, 1] if auto.bos_token == DEEPSEEK_BOS else [0, 0, 0])  # once, from template or tokenizer
+
+
+def test_prompt_formats_of_the_sentencepiece_tokenizer_are_unchanged():
+    tok = train_tokenizer(["User: Assistant: A conversation between", "Compute 3+4 = 7"] * 20, 300)
+    prompt = "Compute 3+4"
+    assert render_prompt(tok, "chat", prompt, {"enable_thinking": False}) == tok.encode(
+        "User: Compute 3+4\nAssistant:", add_bos=True)
+    assert render_prompt(tok, "r1_zero", prompt) == tok.encode(R1_ZERO_TEMPLATE.replace("{prompt}", prompt),
+                                                               add_bos=True)
+    assert render_prompt(tok, "none", prompt) == [tok.bos_id, *tok.encode(prompt)]
+    with pytest.raises(UserError, match="unknown template 'alpaca'"):
+        render_prompt(tok, "alpaca", prompt)
+
+
+def _hf_dir(tmp_path, template, template_file=False):
+    return load_tokenizer(write_hf_tokenizer(tmp_path, "qwen", template_file=template_file, chat_template=template))
+
+
+def test_chat_without_a_template_or_with_a_broken_one_is_a_user_error_naming_the_file(tmp_path):
+    tok = _hf_dir(tmp_path / "none", "")
+    assert render_prompt(tok, "r1_zero", "q") == tok.encode(R1_ZERO_TEMPLATE.replace("{prompt}", "q"))
+    with pytest.raises(UserError, match=r"none has no chat template \(neither chat_template.jinja nor a "
+                                        r"chat_template in tokenizer_config.json\)"):
+        render_prompt(tok, "chat", "q")
+    with pytest.raises(UserError, match=r"tokenizer_config.json's chat_template is not a valid Jinja template "
+                                        r"\(line 1"):
+        render_prompt(_hf_dir(tmp_path / "syntax", "{% if %}"), "chat", "q")
+    with pytest.raises(UserError, match=r"chat_template.jinja failed to render: TemplateError: only system"):
+        render_prompt(_hf_dir(tmp_path / "raise", "{{ raise_exception('only system') }}", True), "chat", "q")
+    with pytest.raises(UserError, match="failed to render: TypeError"):
+        render_prompt(_hf_dir(tmp_path / "type", "{{ messages[0].content + 1 }}"), "chat", "q")
+
+
+@pytest.mark.parametrize("template,refusal", [
+    ("{{ messages.__class__.__mro__ }}", "unsafe"),                         # no reach into Python internals
+    ("{% set xs = [] %}{{ xs.append(1) }}", "unsafe"),                      # immutable sandbox
+    ("{% set ns = namespace() %}{% set ns._x = 1 %}", "cannot set '_x'"),   # transformers' namespace
+])
+def test_templates_run_sandboxed(tmp_path, template, refusal):
+    with pytest.raises(UserError, match=f"failed to render: SecurityError: .*{refusal}"):
+        render_prompt(_hf_dir(tmp_path, template), "chat", "q")
+
+
+def test_environment_features_render_as_in_transformers(tmp_path):
+    template = ("{{ strftime_now('%Y') }}|{{ dict(a=1) | tojson }}|{{ {'é': '<b>'} | tojson }}|"
+                "{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}"
+                "{% generation %}{{ m.content }}{% endgeneration %}{% endfor %}|{{ eos_token }}|{{ custom }}|"
+                "{{ bos_token is defined }}|\n"
+                "{% for m in messages %}\n    {% if m.content %}\n  [{{ m.role }}]\n    {% endif %}\n{% endfor %}\n")
+    directory = write_hf_tokenizer(tmp_path, "qwen", chat_template=template)
+    tok, auto = load_tokenizer(directory), transformers.AutoTokenizer.from_pretrained(str(directory))
+    messages = [{"role": "user", "content": "one"}, {"role": "user", "content": "two"}]
+    text = tok.apply_chat_template(messages, custom="x")
+    assert text == auto.apply_chat_template(messages, tokenize=False, custom="x")
+    assert text == (f'{datetime.datetime.now().year}|{{"a": 1}}|{{"é": "<b>"}}|one|<|im_end|>|x|False|\n'
+                    "  [user]\n  [user]\n")  # trim_blocks, lstrip_blocks: block tags leave no whitespace
+
+
+def test_template_and_its_variables_are_run_config():
+    assert TEMPLATE_NAMES == ("r1_zero", "chat", "none")
+    config = load_config("tiny", ["tokenizer.template=chat", "tokenizer.template_vars.enable_thinking=false"])
+    assert config.tokenizer.template == "chat" and config.tokenizer.template_vars == {"enable_thinking": False}
+    assert load_config("tiny").tokenizer.template_vars == {}
+    with pytest.raises(UserError, match=r"tokenizer.template = 'alpaca': expected one of \['r1_zero', 'chat', "
+                                        r"'none'\]"):
+        TokenizerConfig(template="alpaca")
