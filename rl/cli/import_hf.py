@@ -1,10 +1,10 @@
 """Convert a local Hugging Face checkpoint (DeepSeek-V3 or Qwen3-MoE safetensors) into an r1jax checkpoint.
 
-The directory's tokenizer files (tokenizer.json, tokenizer_config.json, special_tokens_map.json,
-generation_config.json, chat_template.jinja; or an r1jax tokenizer.model), when it has them, are copied byte
-for byte into OUT/tokenizer/, where `r1jax generate / eval / export-hf` find them. Tensors are read lazily and placed directly in their shards on the mesh of the config's sharding section
+Tensors are read lazily and placed directly in their shards on the mesh of the config's sharding section
 (override it with sharding.KEY=VALUE, as for `r1jax init`). Unsupported settings or missing/unexpected
-tensors are errors that list them.
+tensors are errors that list them. The directory's tokenizer files (tokenizer.json, tokenizer_config.json,
+special_tokens_map.json, generation_config.json, chat_template.jinja; or an r1jax tokenizer.model), when it
+has them, are copied byte for byte into OUT/tokenizer/, where `r1jax generate / eval / export-hf` find them.
 """
 
 from __future__ import annotations
