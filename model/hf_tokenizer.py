@@ -7,7 +7,11 @@ tokenizer), `tokenizer_config.json` (special tokens, `chat_template`) and `speci
 - <unk> <s> </s> <pad> are special added tokens; the R1 tags are added tokens that are not special, so they
   stay one token wherever they appear and survive `skip_special_tokens`;
 - normalizer and decoder mirror `model.tokenizer`: identity normalisation, no dummy prefix, spaces spelled
-  U+2581, and r1jax's escape of U+2581 / U+F0000 undone after decoding.
+  U+2581, and r1jax's escape of U+2581 / U+F0000 undone after decoding;
+- <s> (bos) starts every sequence, as every sequence r1jax trains on starts with it: the post-processor puts
+  it before a text (`tokenizer(text)`, r1jax's `encode(text, add_bos=True)`), and the chat template writes
+  it itself (transformers' `apply_chat_template` tokenizes without special tokens), so
+  `apply_chat_template([user turn], add_generation_prompt=True)` gives r1jax's `render_prompt` ids.
 Decoding ids gives r1jax's text (control ids dropped with `skip_special_tokens=True`, as r1jax always
 drops them). Known gaps: an invalid byte run may yield a different number of U+FFFD than sentencepiece;
 the two escape rules are applied one after the other, so text containing U+F0000 followed by "_" differs.
@@ -22,7 +26,7 @@ import pathlib
 from sentencepiece import sentencepiece_model_pb2
 
 from r1jax.errors import UserError
-from r1jax.model.tokenizer import TEMPLATE_NAMES, TEMPLATES, Tokenizer
+from r1jax.model.tokenizer import BOS_ID, TEMPLATE_NAMES, TEMPLATES, Tokenizer, TokenizerLike
 
 _META, _ESC = "\u2581", "\U000f0000"  # as model.tokenizer
 
@@ -61,6 +65,17 @@ def _replace(old: str, new: str) -> dict:
     return {"type": "Replace", "pattern": {"String": old}, "content": new}
 
 
+def _bos_first(pieces: list[tuple[str, float, str]]) -> dict:
+    """A post-processor putting bos (r1jax's BOS_ID) before a sequence (and before the second of a pair)."""
+    bos = pieces[BOS_ID][0]
+
+    def sequence(name: str, type_id: int) -> list[dict]:
+        return [{"SpecialToken": {"id": bos, "type_id": type_id}}, {"Sequence": {"id": name, "type_id": type_id}}]
+
+    return {"type": "TemplateProcessing", "single": sequence("A", 0), "pair": sequence("A", 0) + sequence("B", 1),
+            "special_tokens": {bos: {"id": bos, "ids": [BOS_ID], "tokens": [bos]}}}
+
+
 def tokenizer_json(model_proto: bytes) -> dict:
     """The `tokenizers` serialisation of a sentencepiece model (see the module docstring)."""
     model_type, pieces = read_model_proto(model_proto)
@@ -82,7 +97,7 @@ def tokenizer_json(model_proto: bytes) -> dict:
         # r1jax escapes U+F0000 and U+2581 before sentencepiece, which spells a space U+2581.
         "normalizer": {"type": "Sequence", "normalizers": [_replace(_ESC, _ESC + _ESC), _replace(_META, _ESC + "_"),
                                                            _replace(" ", _META)]},
-        "pre_tokenizer": None, "post_processor": None,
+        "pre_tokenizer": None, "post_processor": _bos_first(pieces),
         "decoder": {"type": "Sequence", "decoders": [
             _replace(_META, " "), {"type": "ByteFallback"}, {"type": "Fuse"},
             _replace(_ESC + "_", _META), _replace(_ESC + _ESC, _ESC)]},
@@ -94,11 +109,12 @@ def tokenizer_json(model_proto: bytes) -> dict:
 
 
 def chat_template(template: str) -> str:
-    """A Jinja chat template rendering a user turn as r1jax's `apply_template(template, content)`."""
+    """A Jinja chat template rendering bos, then a user turn as r1jax's `apply_template(template, content)`."""
     if template not in TEMPLATE_NAMES:
         raise UserError(f"unknown template {template!r}: expected one of {list(TEMPLATE_NAMES)}")
     prefix, suffix = TEMPLATES.get(template, "{prompt}").split("{prompt}")  # "none": the prompt as is
-    return ("{%- for message in messages -%}"
+    return ("{{- bos_token -}}"
+            "{%- for message in messages -%}"
             "{%- if message['role'] == 'user' -%}"
             f"{{{{ {json.dumps(prefix)} + message['content'] + {json.dumps(suffix)} }}}}"
             "{%- elif message['role'] == 'assistant' -%}"
@@ -117,7 +133,7 @@ def save_hf_tokenizer(tok: Tokenizer, out_dir: str | pathlib.Path, template: str
     special = {"bos_token": names[tok.bos_id], "eos_token": names[tok.eos_id], "unk_token": names[tok.unk_id],
                "pad_token": names[tok.pad_id]}
     config = {
-        "tokenizer_class": "PreTrainedTokenizerFast", **special, "add_bos_token": False,
+        "tokenizer_class": "PreTrainedTokenizerFast", **special, "add_bos_token": True,
         "add_eos_token": False, "clean_up_tokenization_spaces": False, "chat_template": chat_template(template),
         "added_tokens_decoder": {str(t["id"]): {k: v for k, v in t.items() if k != "id"}
                                  for t in data["added_tokens"]},
@@ -130,6 +146,8 @@ def save_hf_tokenizer(tok: Tokenizer, out_dir: str | pathlib.Path, template: str
     return [out / name for name in files]
 
 
-def token_ids(tok: Tokenizer) -> dict[str, int]:
-    """The special ids for config.json / generation_config.json."""
-    return {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
+def token_ids(tok: TokenizerLike) -> dict[str, int | list[int] | None]:
+    """The special ids for config.json / generation_config.json, of either tokenizer back end: eos_token_id
+    is a list when several ids stop generation (as Qwen3's and R1's generation_config.json write it)."""
+    eos = tok.eos_ids[0] if len(tok.eos_ids) == 1 else list(tok.eos_ids)
+    return {"bos_token_id": tok.bos_id, "eos_token_id": eos, "pad_token_id": tok.pad_id}

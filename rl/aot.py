@@ -175,7 +175,7 @@ def compile_sampler(setup: Setup) -> ProgramStats:
         lowered = generate_padded.lower(
             setup.graphdef, (setup.state.params, setup.state.bias), scalar(jnp.int32, prompts),
             scalar(jnp.bool_, prompts), scalar(key.dtype, key.shape), scalar(jnp.float32), scalar(jnp.int32),
-            scalar(jnp.float32), max_new=work.new_tokens, samples=work.group_size, eos_id=1, pad_id=0,
+            scalar(jnp.float32), max_new=work.new_tokens, samples=work.group_size, stop_ids=(1,), pad_id=0,
             ignore_eos=False)
     return compile_stats(lowered, setup.mesh)
 

@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from r1jax.errors import UserError
 from r1jax.model.decoder import Policy
 from r1jax.model.factory import abstract_policy
-from r1jax.model.tokenizer import Tokenizer
+from r1jax.model.tokenizer import TokenizerLike, is_tokenizer_dir, load_tokenizer
 from r1jax.rl.config import Config, config_from_dicts, to_dict
 from r1jax.sharding.mesh import build_mesh
 from r1jax.sharding.params import abstract_sharded
@@ -150,12 +150,14 @@ def load_policy(path: str | pathlib.Path, mesh: Mesh | None = None,
     return config, nnx.merge(graphdef, abstract_state)
 
 
-def find_tokenizer(path: str | pathlib.Path) -> Tokenizer | None:
-    """The tokenizer a checkpoint carries (the trainer keeps it beside the steps), or None."""
+def find_tokenizer(path: str | pathlib.Path) -> TokenizerLike | None:
+    """The tokenizer a checkpoint carries, or None: a `tokenizer/` directory (Hugging Face tokenizer.json or
+    r1jax tokenizer.model) in the step, beside the steps (the trainer's and `r1jax import-hf`'s) or beside
+    the checkpoint root (a run directory's)."""
     root, step = resolve(path)
     for candidate in (root / str(step) / "tokenizer", root / "tokenizer", root.parent / "tokenizer"):
-        if (candidate / "tokenizer.model").exists():
-            return Tokenizer.load(candidate)
+        if is_tokenizer_dir(candidate):
+            return load_tokenizer(candidate)
     return None
 
 

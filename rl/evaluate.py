@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from r1jax.model.tokenizer import TokenizerLike
 from r1jax.rl.data import DataConfig
 from r1jax.rl.data.pipeline import TaskSource
 from r1jax.rl.rewards import RewardPool, extract_answer
@@ -89,15 +90,17 @@ def _normalize(answer: str | None) -> str | None:
     return None if answer is None else "".join(answer.split())
 
 
-def evaluate(sampler, states, tokenizer, template: str, problems: Sequence[dict], pool: RewardPool,
-             cfg: EvalConfig, max_new_tokens: int, answer_max_chars: int = 256) -> tuple[dict, list[dict]]:
-    """(figures, sample rows) for `problems` under the policy `states`: `cfg.batch_size` problems per sampler
-    call, each call's completions scored by the pool while the next one generates."""
+def evaluate(sampler, states, tokenizer: TokenizerLike, template: str, problems: Sequence[dict], pool: RewardPool,
+             cfg: EvalConfig, max_new_tokens: int, answer_max_chars: int = 256,
+             template_vars: Mapping[str, Any] | None = None) -> tuple[dict, list[dict]]:
+    """(figures, sample rows) for `problems` under the policy `states`, prompted in format `template` (with
+    the chat template's `template_vars`): `cfg.batch_size` problems per sampler call, each call's
+    completions scored by the pool while the next one generates."""
     chunks = []
     for start in range(0, len(problems), cfg.batch_size):
         sampled = sample_and_submit(sampler, states, tokenizer, template, problems[start:start + cfg.batch_size],
-                                    pool, cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
-                                    max_new_tokens=max_new_tokens)
+                                    pool, cfg.samples, template_vars, temperature=cfg.temperature, top_p=cfg.top_p,
+                                    top_k=0, max_new_tokens=max_new_tokens)
         chunks.append((sampled.texts, sampled.items, sampled.pending))  # not the rollout: free its arrays
     texts = [text for chunk_texts, _, _ in chunks for text in chunk_texts]
     lengths = [item.length for _, items, _ in chunks for item in items]

@@ -7,12 +7,21 @@ Layout of a rollout row: the prompt left-padded to a bucket length P, then N com
 count real tokens only (`cumsum(valid) - 1`), so left padding changes nothing. Prompts are prefilled once and
 their caches repeated for the G samples of each prompt. Every token's MoE routing is recorded for replay.
 One compiled program per (batch, prompt bucket, token budget, G); temperature, top-p and top-k are traced.
+
+Stopping and the vocabulary: a row stops at the first token in `stop_ids` (a tokenizer's eos ids: Qwen3
+stops on <|im_end|> and <|endoftext|>), and is padded with `pad_id` after it. A model whose embedding is
+padded past its tokenizer (Qwen3: 151,936 rows for 151,669 tokens) never samples an id at or past the
+tokenizer's `vocab_size`: those logits are -inf for the draw. Log-probs stay those of the model's whole
+vocabulary, as the trainer computes them (like the top-p / top-k filters, the mask changes what is drawn,
+not the distribution a log-prob is taken under). When the tokenizer fills the model's vocabulary the mask is
+not compiled at all.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import operator
 from typing import NamedTuple, Sequence
 
 import jax
@@ -105,21 +114,25 @@ def filter_logits(logits_BV: jax.Array, top_k: jax.Array, top_p: jax.Array) -> j
     return jnp.where(logits_BV < jnp.maximum(kth_B1, nucleus_B1), -jnp.inf, logits_BV)
 
 
-def sample_token(logits_BV, key, temperature, top_k, top_p):
+def sample_token(logits_BV, key, temperature, top_k, top_p, vocab_size: int | None = None):
     """(token, log-prob under softmax(logits / T), unfiltered). Greedy when temperature == 0.
 
-    The filters (a sort of the vocabulary) run only when they can remove something, and neither they nor
-    the random draw run when decoding greedily: on a CPU they cost more than the model's decode step."""
+    Ids at or past `vocab_size` (static; None: every id) are never drawn. The filters (a sort of the
+    vocabulary) run only when they can remove something, and neither they nor the random draw run when
+    decoding greedily: on a CPU they cost more than the model's decode step."""
     safe_t = jnp.where(temperature > 0, temperature, 1.0)
     scaled_BV = logits_BV.astype(jnp.float32) / safe_t  # cast to fp32: log-probs are compared at 1e-5
+    drawable_BV = scaled_BV
+    if vocab_size is not None and vocab_size < logits_BV.shape[-1]:
+        drawable_BV = jnp.where(jnp.arange(logits_BV.shape[-1]) < vocab_size, scaled_BV, -jnp.inf)
 
     def draw():
         filtering = (top_k > 0) | (top_p < 1)
-        filtered_BV = jax.lax.cond(filtering, filter_logits, lambda x, *_: x, scaled_BV, top_k, top_p)
+        filtered_BV = jax.lax.cond(filtering, filter_logits, lambda x, *_: x, drawable_BV, top_k, top_p)
         return jax.random.categorical(key, filtered_BV, axis=-1).astype(jnp.int32)
 
     def greedy():
-        return jnp.argmax(scaled_BV, axis=-1).astype(jnp.int32)
+        return jnp.argmax(drawable_BV, axis=-1).astype(jnp.int32)
 
     token_B = jax.lax.cond(temperature > 0, draw, greedy)
     logp_B = jnp.take_along_axis(jax.nn.log_softmax(scaled_BV, axis=-1), token_B[:, None], axis=-1)[:, 0]
@@ -143,12 +156,19 @@ def _repeat_rows(tree, samples: int, axis: int):
     return jax.tree.map(lambda x: jnp.repeat(x, samples, axis=axis), tree)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "samples", "eos_id", "pad_id",
-                                             "ignore_eos", "keep_logits"))
+def _is_stop(token_B: jax.Array, stop_ids: tuple[int, ...]) -> jax.Array:
+    hits = [token_B == i for i in stop_ids]  # one id: exactly `token_B == eos_id`
+    return functools.reduce(operator.or_, hits) if hits else jnp.zeros(token_B.shape, bool)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "samples", "stop_ids", "pad_id",
+                                             "ignore_eos", "keep_logits", "vocab_size"))
 def generate_padded(graphdef, state, prompt_BP, prompt_valid_BP, key, temperature, top_k, top_p, *,
-                    max_new: int, samples: int, eos_id: int, pad_id: int, ignore_eos: bool,
-                    keep_logits: bool = False) -> Rollout:
+                    max_new: int, samples: int, stop_ids: tuple[int, ...], pad_id: int, ignore_eos: bool,
+                    keep_logits: bool = False, vocab_size: int | None = None) -> Rollout:
     """Sample `samples` completions per left-padded prompt. Rows are prompt-major: row = prompt * G + g.
+
+    A row stops at its first id in `stop_ids`; ids at or past `vocab_size` (None: none) are never sampled.
 
     `state` is the policy's nnx.State, or a tuple of States (e.g. trainable params and routing bias) that
     `nnx.merge(graphdef, *state)` reassembles."""
@@ -173,14 +193,15 @@ def generate_padded(graphdef, state, prompt_BP, prompt_valid_BP, key, temperatur
         logits_BNV=jnp.zeros((batch, max_new, out.logits_BTV.shape[-1])) if keep_logits else None)
 
     def body(s: _Loop) -> _Loop:
-        token_B, logp_B = sample_token(s.logits_BV, jax.random.fold_in(key, s.step), temperature, top_k, top_p)
+        token_B, logp_B = sample_token(s.logits_BV, jax.random.fold_in(key, s.step), temperature, top_k, top_p,
+                                       vocab_size)
         live_B = ~s.done_B
         token_B = jnp.where(live_B, token_B, pad_id)
         slot = p + s.step
         kv_valid_BS = s.kv_valid_BS.at[:, slot].set(live_B)
         out, caches = policy.forward_cached(token_B[:, None], s.next_pos_B[:, None], live_B[:, None],
                                             s.caches, slot, kv_valid_BS)
-        stopped_B = live_B & (token_B == eos_id) & (not ignore_eos)
+        stopped_B = live_B & _is_stop(token_B, stop_ids) & (not ignore_eos)
         return _Loop(
             step=s.step + 1, logits_BV=out.logits_BTV[:, 0],
             tokens_BN=s.tokens_BN.at[:, s.step].set(token_B),
@@ -205,11 +226,16 @@ def generate_padded(graphdef, state, prompt_BP, prompt_valid_BP, key, temperatur
 
 
 class Sampler:
-    """Generates from a policy's graph and state; advances its own key so no two calls share one."""
+    """Generates from a policy's graph and state; advances its own key so no two calls share one.
 
-    def __init__(self, graphdef, config: SamplingConfig, eos_id: int, pad_id: int, seed: int = 0):
+    `stop_ids`: the ids that stop a row (a tokenizer's `eos_ids`); `pad_id` fills prompts' left padding and
+    rows after they stopped; `vocab_size`: the tokenizer's, when the model's vocabulary is padded past it
+    (None: every id of the model may be sampled)."""
+
+    def __init__(self, graphdef, config: SamplingConfig, stop_ids: Sequence[int], pad_id: int, seed: int = 0,
+                 vocab_size: int | None = None):
         self.graphdef, self.config = graphdef, config
-        self.eos_id, self.pad_id = eos_id, pad_id
+        self.stop_ids, self.pad_id, self.vocab_size = tuple(int(i) for i in stop_ids), pad_id, vocab_size
         self.key = jax.random.key(seed)
 
     def next_key(self) -> jax.Array:
@@ -225,8 +251,9 @@ class Sampler:
         key = self.next_key() if key is None else key
         rollout = generate_padded(self.graphdef, state, jnp.asarray(tokens), jnp.asarray(valid), key,
                                   jnp.float32(cfg.temperature), jnp.int32(cfg.top_k), jnp.float32(cfg.top_p),
-                                  max_new=cfg.max_new_tokens, samples=samples, eos_id=self.eos_id,
-                                  pad_id=self.pad_id, ignore_eos=ignore_eos, keep_logits=keep_logits)
+                                  max_new=cfg.max_new_tokens, samples=samples, stop_ids=self.stop_ids,
+                                  pad_id=self.pad_id, ignore_eos=ignore_eos, keep_logits=keep_logits,
+                                  vocab_size=self.vocab_size)
         return _host_readable(rollout)
 
 

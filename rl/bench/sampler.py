@@ -33,7 +33,7 @@ def greedy_generate(graphdef, state, prompts_BP: np.ndarray, new_tokens: int):
     valid = jnp.ones_like(prompts, bool)
     args = (jax.random.key(0), jnp.float32(0.0), jnp.int32(0), jnp.float32(1.0))
     return lambda: generate_padded(graphdef, state, prompts, valid, *args, max_new=new_tokens, samples=1,
-                                   eos_id=-1, pad_id=0, ignore_eos=True)
+                                   stop_ids=(), pad_id=0, ignore_eos=True)
 
 
 def decode_step_seconds(graphdef, state, batch: int, position: int, repeats: int = 3) -> float:

@@ -61,10 +61,11 @@ def run(args: argparse.Namespace) -> int:
     max_new = args.max_new_tokens or config.sampling.max_new_tokens
     template = args.template or config.tokenizer.template
     graphdef, state = nnx.split(policy)
-    sampler = Sampler(graphdef, config.sampling, tokenizer.eos_id, tokenizer.pad_id, config.seed)
+    sampler = Sampler(graphdef, config.sampling, tokenizer.eos_ids, tokenizer.pad_id, config.seed,
+                      tokenizer.vocab_size)
     with RewardPool(config.rewards, pool_cfg) as pool, use_mesh(mesh, rules):
         figures, _ = evaluate(sampler, state, tokenizer, template, problems, pool, eval_cfg, max_new,
-                              config.rewards.answer_max_chars)
+                              config.rewards.answer_max_chars, config.tokenizer.template_vars)
     if args.json:
         print(json.dumps(figures))
     else:

@@ -1,10 +1,16 @@
 """Export an r1jax checkpoint as a Hugging Face checkpoint (DeepseekV3ForCausalLM / Qwen3MoeForCausalLM).
 
 Writes config.json, generation_config.json and safetensors in the canonical hub layout (per-expert tensors),
-sharded with model.safetensors.index.json above --max-shard-size, and with --tokenizer the tokenizer files
-AutoTokenizer loads (chat template from --template). Tensors stream one at a time from the (possibly
-sharded, multi-host) checkpoint; process 0 writes. sharding.KEY=VALUE overrides adapt the mesh to the
-devices at hand.
+sharded with model.safetensors.index.json above --max-shard-size, and the tokenizer the checkpoint carries
+(or --tokenizer) beside them, with its bos / eos / pad ids in the configs:
+- a Hugging Face tokenizer (a model that came from the hub) is written back byte for byte: its
+  tokenizer.json, tokenizer_config.json (its own chat template), special_tokens_map.json, chat_template.jinja
+  and generation_config.json (which replaces the model export's, so its eos_token_id list is kept);
+- an r1jax sentencepiece tokenizer becomes the files AutoTokenizer loads, with a chat template that renders
+  the prompt format the checkpoint was trained with (its tokenizer.template; --template chooses another), so
+  `apply_chat_template([user turn], add_generation_prompt=True)` gives the ids r1jax prompted it with.
+Tensors stream one at a time from the (possibly sharded, multi-host) checkpoint; process 0 writes.
+sharding.KEY=VALUE overrides adapt the mesh to the devices at hand.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 
+from r1jax.model.tokenizer import TEMPLATE_NAMES
 from r1jax.sharding.topology import parse_size
 
 
@@ -26,11 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest safetensors file, e.g. 5GB (10**9 bytes, as Hugging Face), 4GiB "
                              "(2**32), 500MB or a byte count (default 5GB)")
     parser.add_argument("--tokenizer", default=None, metavar="PATH",
-                        help="the r1jax tokenizer (tokenizer.model or its directory) to export beside the "
-                             "weights (default: the one the checkpoint carries); its bos/eos/pad ids go "
-                             "into the configs")
-    parser.add_argument("--template", default="r1_zero",
-                        help="prompt template that becomes the chat template (r1_zero or chat)")
+                        help="a tokenizer directory (Hugging Face tokenizer.json or r1jax tokenizer.model) to "
+                             "export beside the weights (default: the one the checkpoint carries)")
+    parser.add_argument("--template", choices=TEMPLATE_NAMES, default=None,
+                        help="for an r1jax tokenizer: the prompt format the chat template renders (default: the "
+                             "checkpoint's tokenizer.template, the format it was trained with); a Hugging Face "
+                             "tokenizer keeps its own chat template")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
     from r1jax.errors import UserError
     from r1jax.model.hf_io import export_hf
-    from r1jax.model.hf_tokenizer import chat_template, save_hf_tokenizer, token_ids
+    from r1jax.model.hf_tokenizer import save_hf_tokenizer, token_ids
+    from r1jax.model.tokenizer import Tokenizer
     from r1jax.rl.checkpoint import load_config, load_policy
     from r1jax.rl.config import config_from_dicts, parse_overrides, to_dict
     from r1jax.sharding.mesh import build_mesh
@@ -55,27 +64,45 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.checkpoint)
     config = config_from_dicts(to_dict(config), parse_overrides(args.overrides), source="overrides")
     tok = _tokenizer(args.tokenizer, config.model.vocab_size, args.checkpoint)
-    chat_template(args.template)  # validates the name before the long part
+    own_format = tok is not None and isinstance(tok, Tokenizer)  # r1jax's: the chat template is written here
+    if tok is not None and not own_format and args.template not in (None, "chat"):
+        raise UserError(f"--template {args.template}: the tokenizer is a Hugging Face one, whose files are "
+                        "exported as they came, with their own chat template")
+    template = args.template or config.tokenizer.template
     mesh = build_mesh(config.sharding)
     _, policy = load_policy(args.checkpoint, mesh, config.sharding.logical_rules())
     files = export_hf(policy, out, args.dtype, max_bytes, token_ids(tok) if tok else None)
     weights = [f for f in files if f.suffix == ".safetensors"]
     if tok is not None and jax.process_index() == 0:
-        save_hf_tokenizer(tok, out, args.template, config.model.max_position_embeddings)
+        if own_format:
+            save_hf_tokenizer(tok, out, template, config.model.max_position_embeddings)
+        else:  # after the model export: the tokenizer's own generation_config.json replaces the one it wrote
+            tok.save(out)
     print(f"wrote {out} ({config.model.family}, {len(weights)} safetensors file(s), "
           f"dtype {args.dtype or config.model.param_dtype}, "
-          f"{'with the tokenizer' if tok else 'no tokenizer: pass --tokenizer to include one'})")
+          f"{_tokenizer_note(tok, own_format, template)})")
     return 0
+
+
+def _tokenizer_note(tok, own_format: bool, template: str) -> str:
+    if tok is None:
+        return "no tokenizer: pass --tokenizer to include one"
+    if own_format:
+        return f"with the tokenizer; its chat template renders the {template} prompt format"
+    if template != "chat":
+        return (f"with the Hugging Face tokenizer's files as they came; note: the checkpoint was trained with the "
+                f"{template} prompt format, not this chat template: prompt it with that text")
+    return "with the Hugging Face tokenizer's files as they came"
 
 
 def _tokenizer(path: str | None, vocab_size: int, checkpoint: str):
     from r1jax.errors import UserError
-    from r1jax.model.tokenizer import Tokenizer
+    from r1jax.model.tokenizer import load_tokenizer
     from r1jax.rl.checkpoint import find_tokenizer
 
-    if path is None:  # the tokenizer a trainer checkpoint carries, if any
+    if path is None:  # the tokenizer a checkpoint carries, if any
         return find_tokenizer(checkpoint)
-    tok = Tokenizer.load(path)
+    tok = load_tokenizer(path)
     if tok.vocab_size > vocab_size:
         raise UserError(f"--tokenizer {path}: {tok.vocab_size} pieces do not fit the model's vocab_size "
                         f"{vocab_size}")

@@ -74,11 +74,11 @@ def run(args: argparse.Namespace) -> int:
     sampling = dataclasses.replace(config.sampling, max_new_tokens=args.max_new_tokens,
                                    temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
     graphdef, state = nnx.split(policy)
-    eos = tokenizer.eos_id if tokenizer else -1
-    pad = tokenizer.pad_id if tokenizer else 0
+    # without a tokenizer (--ids on a bare checkpoint) nothing stops a row and every id may be sampled
+    stop_ids, pad = (tokenizer.eos_ids, tokenizer.pad_id) if tokenizer else ((), 0)
+    sampler = Sampler(graphdef, sampling, stop_ids, pad, args.seed, tokenizer.vocab_size if tokenizer else None)
     with use_mesh(mesh, rules):
-        rollout = Sampler(graphdef, sampling, eos, pad, args.seed).generate(state, [ids], args.samples,
-                                                                           ignore_eos=args.ignore_eos)
+        rollout = sampler.generate(state, [ids], args.samples, ignore_eos=args.ignore_eos)
     completions = np.asarray(rollout.completion_BN)
     logprobs = np.asarray(rollout.logprobs_BN)
     for row, length in enumerate(np.asarray(rollout.lengths_B)):

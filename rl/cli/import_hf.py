@@ -2,7 +2,9 @@
 
 Tensors are read lazily and placed directly in their shards on the mesh of the config's sharding section
 (override it with sharding.KEY=VALUE, as for `r1jax init`). Unsupported settings or missing/unexpected
-tensors are errors that list them.
+tensors are errors that list them. The directory's tokenizer files (tokenizer.json, tokenizer_config.json,
+special_tokens_map.json, generation_config.json, chat_template.jinja; or an r1jax tokenizer.model), when it
+has them, are copied byte for byte into OUT/tokenizer/, where `r1jax generate / eval / export-hf` find them.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import jax
+
     from r1jax.errors import UserError
     from r1jax.model.hf_io import HFCheckpoint, import_params
+    from r1jax.model.tokenizer import is_tokenizer_dir, load_tokenizer
     from r1jax.rl.checkpoint import save_policy
     from r1jax.rl.hf_policy import hf_run_config
     from r1jax.sharding.mesh import build_mesh
@@ -31,10 +36,18 @@ def run(args: argparse.Namespace) -> int:
     out = pathlib.Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"output directory {str(out)!r} exists and is not empty; refusing to overwrite")
+    # loaded before the weights, so a broken tokenizer file fails fast, naming it
+    tokenizer = load_tokenizer(args.hf_dir) if is_tokenizer_dir(args.hf_dir) else None
+    if tokenizer is not None and tokenizer.vocab_size > config.model.vocab_size:
+        raise UserError(f"{args.hf_dir}: the tokenizer's {tokenizer.vocab_size} tokens do not fit the model's "
+                        f"vocab_size {config.model.vocab_size}")
     mesh = build_mesh(config.sharding)
     rules = config.sharding.logical_rules()
     with HFCheckpoint(args.hf_dir) as ckpt:
         policy = import_params(ckpt, config.model, mesh, rules)
     step_dir = save_policy(out, config, policy)
-    print(f"wrote {step_dir} ({config.model.family}, {config.model.num_hidden_layers} layers, from {args.hf_dir})")
+    if tokenizer is not None and jax.process_index() == 0:
+        tokenizer.save(out / "tokenizer")
+    print(f"wrote {step_dir} ({config.model.family}, {config.model.num_hidden_layers} layers, from {args.hf_dir}; "
+          f"{'with its tokenizer' if tokenizer is not None else 'no tokenizer files there: generate needs --ids'})")
     return 0

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from r1jax.model.config import ModelConfig
-from r1jax.model.tokenizer import Tokenizer
+from r1jax.model.tokenizer import TokenizerLike
 from r1jax.rl.config import Config
 from r1jax.rl.rewards import RewardPool
 from r1jax.rl.sampler import Sampler
@@ -122,7 +122,7 @@ class StageContext:
     primary: bool  # JAX process 0: the one that writes files
     mesh: Mesh
     rules: Rules
-    tokenizer: Tokenizer
+    tokenizer: TokenizerLike
     pool: RewardPool
     model: ModelConfig  # this stage's architecture (a distill stage's student)
     graphdef: Any  # merges the policy's (params, bias)
@@ -134,5 +134,7 @@ class StageContext:
     evaluate: HeldOutEval
 
     def sampler(self, seed: int) -> Sampler:
-        """A sampler of this stage's policy whose key starts from `seed`."""
-        return Sampler(self.graphdef, self.config.sampling, self.tokenizer.eos_id, self.tokenizer.pad_id, seed)
+        """A sampler of this stage's policy whose key starts from `seed`: it stops a row at any of the
+        tokenizer's eos ids and never samples an id the tokenizer cannot decode."""
+        return Sampler(self.graphdef, self.config.sampling, self.tokenizer.eos_ids, self.tokenizer.pad_id, seed,
+                       self.tokenizer.vocab_size)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-from r1jax.model.tokenizer import Tokenizer
+from r1jax.model.tokenizer import TokenizerLike
 from r1jax.rl.config import Config
 from r1jax.rl.evaluate import evaluate
 from r1jax.rl.rewards import RewardPool
@@ -17,7 +17,7 @@ from r1jax.rl.train.metrics import MetricsWriter
 
 
 class HeldOutEval:
-    def __init__(self, config: Config, run_dir: pathlib.Path, primary: bool, tokenizer: Tokenizer,
+    def __init__(self, config: Config, run_dir: pathlib.Path, primary: bool, tokenizer: TokenizerLike,
                  pool: RewardPool, metrics: MetricsWriter, console: RunConsole, problems: list[dict]):
         """`problems`: the held-out set (rl.evaluate.held_out_problems; the trainer's preflight builds it)."""
         self.config, self.run_dir, self.primary, self.tokenizer = config, run_dir, primary, tokenizer
@@ -27,7 +27,8 @@ class HeldOutEval:
         """Evaluate `policy`, the policy after global step `step`; returns the summary entry."""
         cfg = self.config
         figures, samples = evaluate(sampler, policy, self.tokenizer, cfg.tokenizer.template, self.problems,
-                                    self.pool, cfg.eval, cfg.sampling.max_new_tokens, cfg.rewards.answer_max_chars)
+                                    self.pool, cfg.eval, cfg.sampling.max_new_tokens, cfg.rewards.answer_max_chars,
+                                    cfg.tokenizer.template_vars)
         entry = {"stage": stage_name, "checkpoint": str(self.run_dir / "checkpoints" / str(step)), "step": step,
                  **figures}
         if self.primary:

@@ -1,4 +1,12 @@
-"""The policy in and out of a run: the policy a stage starts from, and the run's checkpoints.
+"""The policy in and out of a run: the run's tokenizer, the policy a stage starts from, and the run's
+checkpoints.
+
+The run's tokenizer (`run_tokenizer`) is read from `tokenizer.path` when it is set; else, when the first
+stage starts from a Hugging Face checkpoint directory (`init_from: HF_DIR`) that holds tokenizer files
+(tokenizer.json or tokenizer.model), from that directory, so a pretrained model keeps its own vocabulary;
+else r1jax trains a sentencepiece tokenizer on the run's data. Every stage of a run shares that tokenizer, so
+a later stage that starts from an HF directory with another tokenizer is an error before the first step
+(rl.train.preflight), unless `tokenizer.path` says which tokenizer to use.
 
 A policy travels between stages as `(params, bias)`: the nnx States of its trainable parameters and of its
 routing biases (rl.update.split_policy), with the graphdef that merges them. Checkpoints store it as one pure
@@ -7,6 +15,7 @@ state dict (`policy_state`), as `r1jax generate/eval/export-hf` read it.
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from typing import Any, Mapping
 
@@ -15,9 +24,10 @@ from flax import nnx
 from r1jax.errors import UserError
 from r1jax.model.config import ModelConfig
 from r1jax.model.factory import abstract_policy, init_policy
-from r1jax.model.tokenizer import Tokenizer
+from r1jax.model.tokenizer import TokenizerLike, is_tokenizer_dir
 from r1jax.rl.checkpoint import load_policy
 from r1jax.rl.config import Config, stage_config
+from r1jax.rl.data import build_tokenizer
 from r1jax.rl.hf_architecture import is_hf_dir
 from r1jax.rl.hf_policy import import_hf_policy
 from r1jax.rl.train.checkpointing import TrainCheckpointer, check_compatible
@@ -25,6 +35,21 @@ from r1jax.rl.train.config import StageConfig
 from r1jax.rl.update import split_policy
 from r1jax.sharding.params import abstract_sharded
 from r1jax.sharding.rules import Rules
+
+
+def tokenizer_source(config: Config) -> str | None:
+    """The directory the run's tokenizer is read from (module docstring), or None: trained on the data."""
+    if config.tokenizer.path is not None:
+        return config.tokenizer.path
+    init_from = config.stages[0].init_from if config.stages else None
+    if init_from and is_hf_dir(init_from) and is_tokenizer_dir(init_from):
+        return init_from
+    return None
+
+
+def run_tokenizer(config: Config) -> TokenizerLike:
+    """The run's tokenizer: loaded from `tokenizer_source(config)`, else trained on the run's data."""
+    return build_tokenizer(dataclasses.replace(config.tokenizer, path=tokenizer_source(config)), config.data)
 
 
 def policy_state(graphdef, params, bias) -> dict:
@@ -46,7 +71,7 @@ def policy_from_state(pure: dict, model: ModelConfig, mesh, rules: Rules):
     return params, bias
 
 
-def starting_policy(config: Config, index: int, stage: StageConfig, tokenizer: Tokenizer, previous, mesh,
+def starting_policy(config: Config, index: int, stage: StageConfig, tokenizer: TokenizerLike, previous, mesh,
                     rules: Rules):
     """(graphdef, (params, bias)) a stage starts from: `init_from`, else a fresh one (the first stage, or a
     distilled student), else None: the previous stage's policy `previous` goes on."""
@@ -75,8 +100,8 @@ class RunCheckpoints:
     config in effect at the stage (a student's opens as the student), the run's position and summary in
     `meta`, and a copy of the tokenizer beside them."""
 
-    def __init__(self, checkpointer: TrainCheckpointer, config: Config, run_dir: pathlib.Path, tokenizer: Tokenizer,
-                 primary: bool):
+    def __init__(self, checkpointer: TrainCheckpointer, config: Config, run_dir: pathlib.Path,
+                 tokenizer: TokenizerLike, primary: bool):
         self.checkpointer, self.config, self.run_dir = checkpointer, config, run_dir
         self.tokenizer, self.primary = tokenizer, primary
 

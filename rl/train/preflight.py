@@ -12,8 +12,11 @@ UserError naming the culprit (the config field, the stage, the file and row) whe
   answer without `####`, a MATH solution without `\\boxed`), hold an unknown task, are too few for one
   batch, or whose prompts do not fit the largest prompt bucket when the stage samples from them;
 - a stage names data that no earlier rejection_sampling stage writes, or `init_from` names a path that is not
-  a readable r1jax or Hugging Face checkpoint, or one whose architecture differs from the stage's model;
-- the held-out evaluation set cannot be built (its task space is too small) or its prompts are too long.
+  a readable r1jax or Hugging Face checkpoint, or one whose architecture differs from the stage's model, or
+  a Hugging Face directory whose tokenizer is not the run's (rl.train.policy_io: the run has one tokenizer);
+- the held-out evaluation set cannot be built (its task space is too small) or its prompts are too long;
+- a prompt cannot be rendered in the run's prompt format (`template: chat` with a tokenizer that has no chat
+  template, or a chat template that fails on the prompt): the held-out prompts are always rendered.
 
 It returns the held-out problems it built, so the trainer need not build them twice.
 """
@@ -30,7 +33,7 @@ from jax.sharding import Mesh
 
 from r1jax.errors import UserError
 from r1jax.model.factory import abstract_policy
-from r1jax.model.tokenizer import Tokenizer, apply_template
+from r1jax.model.tokenizer import TokenizerLike, is_tokenizer_dir, load_tokenizer, render_prompt
 from r1jax.rl.checkpoint import load_config
 from r1jax.rl.config import Config, stage_config
 from r1jax.rl.data import DataConfig, build_source
@@ -46,7 +49,7 @@ from r1jax.sharding.rules import Rules
 SFT_KINDS = ("sft", "distill")
 
 
-def preflight(config: Config, tokenizer: Tokenizer, mesh: Mesh, rules: Rules, first_stage: int = 0) -> list[dict]:
+def preflight(config: Config, tokenizer: TokenizerLike, mesh: Mesh, rules: Rules, first_stage: int = 0) -> list[dict]:
     """Check `config` against the tokenizer, mesh and files (module docstring); the held-out problems.
     A resumed run passes the first stage it still runs: finished stages' `init_from` sources may be gone."""
     check_mesh(config, mesh)
@@ -56,7 +59,7 @@ def preflight(config: Config, tokenizer: Tokenizer, mesh: Mesh, rules: Rules, fi
     for index in range(len(config.stages)):
         check_stage_data(config, index, tokenizer)
         if index >= first_stage:
-            check_init_from(config, index)
+            check_init_from(config, index, tokenizer)
     return check_held_out(config, tokenizer)
 
 
@@ -68,7 +71,7 @@ def check_mesh(config: Config, mesh: Mesh) -> None:
                         f"{jax.device_count()} devices")
 
 
-def check_model(config: Config, index: int, tokenizer: Tokenizer, mesh: Mesh, rules: Rules) -> None:
+def check_model(config: Config, index: int, tokenizer: TokenizerLike, mesh: Mesh, rules: Rules) -> None:
     """Stage `index`'s model holds the tokenizer's pieces and its parameters split over the mesh."""
     stage = config.stages[index]
     model = stage_config(config, index).model
@@ -130,7 +133,7 @@ def _field(stage: StageConfig) -> str:
     return "data.path"
 
 
-def check_stage_data(config: Config, index: int, tokenizer: Tokenizer) -> None:
+def check_stage_data(config: Config, index: int, tokenizer: TokenizerLike) -> None:
     """Stage `index`'s rows exist, hold the fields it needs, fill one batch and (when it samples from their
     prompts) fit the largest prompt bucket."""
     stage = config.stages[index]
@@ -167,11 +170,16 @@ def check_stage_data(config: Config, index: int, tokenizer: Tokenizer) -> None:
         check_prompt_lengths(config, tokenizer, [p["prompt"] for p in problems], what)
 
 
-def check_prompt_lengths(config: Config, tokenizer: Tokenizer, prompts: Sequence[str], what: str) -> None:
-    """Every templated prompt fits the largest of sampling.prompt_buckets."""
+def check_prompt_lengths(config: Config, tokenizer: TokenizerLike, prompts: Sequence[str], what: str) -> None:
+    """Every prompt, rendered in the run's prompt format as sampling renders it, fits the largest of
+    sampling.prompt_buckets."""
     if not prompts:
         return
-    lengths = [len(tokenizer.encode(apply_template(config.tokenizer.template, p), add_bos=True)) for p in prompts]
+    template, template_vars = config.tokenizer.template, config.tokenizer.template_vars
+    try:
+        lengths = [len(render_prompt(tokenizer, template, p, template_vars)) for p in prompts]
+    except UserError as err:  # no chat template, or one that fails to render: it names the file
+        raise UserError(f"tokenizer.template={template!r} ({what}): {err}") from None
     longest = max(range(len(prompts)), key=lengths.__getitem__)
     limit = config.sampling.prompt_buckets[-1]
     if lengths[longest] > limit:
@@ -179,8 +187,9 @@ def check_prompt_lengths(config: Config, tokenizer: Tokenizer, prompts: Sequence
                         f"template, longer than the largest of sampling.prompt_buckets ({limit}); raise it")
 
 
-def check_init_from(config: Config, index: int) -> None:
-    """A stage's `init_from` is a readable r1jax or Hugging Face checkpoint of the stage's architecture."""
+def check_init_from(config: Config, index: int, tokenizer: TokenizerLike) -> None:
+    """A stage's `init_from` is a readable r1jax or Hugging Face checkpoint of the stage's architecture; an
+    HF directory's own tokenizer is the run's (`tokenizer`) unless tokenizer.path chose the run's."""
     stage = config.stages[index]
     if not stage.init_from:
         return
@@ -188,6 +197,11 @@ def check_init_from(config: Config, index: int) -> None:
     where = f"stages[{stage.name}].init_from={stage.init_from!r}"
     if not path.exists():
         raise UserError(f"{where}: no such checkpoint")
+    if is_hf_dir(path) and config.tokenizer.path is None and is_tokenizer_dir(path) \
+            and load_tokenizer(path) != tokenizer:
+        raise UserError(f"{where}: the directory's tokenizer is not the run's (a run has one tokenizer: "
+                        f"tokenizer.path, else the first stage's init_from directory's, else trained); "
+                        f"set tokenizer.path={stage.init_from!r} to use it")
     try:
         if is_hf_dir(path):  # its architecture; any param_dtype (the weights are converted on import)
             hf_model(stage_config(config, index).model, path)
@@ -198,7 +212,7 @@ def check_init_from(config: Config, index: int) -> None:
     check_compatible(saved, stage_config(config, index), where)
 
 
-def check_held_out(config: Config, tokenizer: Tokenizer) -> list[dict]:
+def check_held_out(config: Config, tokenizer: TokenizerLike) -> list[dict]:
     """The held-out evaluation problems, after checking they can be built and their prompts fit."""
     try:
         problems = held_out_problems(config.data, config.eval)

@@ -11,34 +11,36 @@ from __future__ import annotations
 
 import re
 import time
-from typing import NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax.model.tokenizer import Tokenizer, apply_template
+from r1jax.model.tokenizer import TokenizerLike, render_prompt
 from r1jax.rl.rewards import BatchHandle, RewardPool, ScoreItem, ScoreResult
 from r1jax.rl.sampler import Rollout, Sampler
 from r1jax.rl.train.config import DEFAULT_REFLECTION_WORDS
 
 
-def encode_prompts(tokenizer: Tokenizer, template: str, problems: Sequence[dict]) -> list[list[int]]:
-    return [tokenizer.encode(apply_template(template, p["prompt"]), add_bos=True) for p in problems]
+def encode_prompts(tokenizer: TokenizerLike, template: str, problems: Sequence[dict],
+                   template_vars: Optional[Mapping[str, Any]] = None) -> list[list[int]]:
+    """Each problem's prompt ids in prompt format `template` (model.tokenizer.render_prompt)."""
+    return [render_prompt(tokenizer, template, p["prompt"], template_vars) for p in problems]
 
 
-def completion_ids(rollout: Rollout, eos_id: int) -> list[list[int]]:
-    """Generated ids per row, up to and excluding the stop token."""
+def completion_ids(rollout: Rollout, stop_ids: Sequence[int]) -> list[list[int]]:
+    """Generated ids per row, up to and excluding the stop token (any of `stop_ids`)."""
     completions = np.asarray(rollout.completion_BN)
     lengths = np.asarray(rollout.lengths_B)
     rows = []
     for row, length in zip(completions, lengths):
         ids = row[:length].tolist()
-        rows.append(ids[:-1] if ids and ids[-1] == eos_id else ids)
+        rows.append(ids[:-1] if ids and ids[-1] in stop_ids else ids)
     return rows
 
 
-def decode_completions(tokenizer: Tokenizer, rollout: Rollout) -> list[str]:
-    return [tokenizer.decode(ids) for ids in completion_ids(rollout, tokenizer.eos_id)]
+def decode_completions(tokenizer: TokenizerLike, rollout: Rollout) -> list[str]:
+    return [tokenizer.decode(ids) for ids in completion_ids(rollout, tokenizer.eos_ids)]
 
 
 def score_items(problems: Sequence[dict], texts: Sequence[str], lengths: Sequence[int],
@@ -60,12 +62,15 @@ class Sampled(NamedTuple):
     seconds: float  # encoding, generation and decoding
 
 
-def sample_and_submit(sampler: Sampler, policy, tokenizer: Tokenizer, template: str, problems: Sequence[dict],
-                      pool: RewardPool, samples: int, **generate) -> Sampled:
+def sample_and_submit(sampler: Sampler, policy, tokenizer: TokenizerLike, template: str, problems: Sequence[dict],
+                      pool: RewardPool, samples: int, template_vars: Optional[Mapping[str, Any]] = None,
+                      **generate) -> Sampled:
     """Generate `samples` completions per problem under `policy` with one draw of the sampler's key, decode
-    them and submit them for scoring; `generate` overrides the sampling config (temperature, top_p, ...)."""
+    them and submit them for scoring. Prompts are in format `template` with the chat template's
+    `template_vars`; `generate` overrides the sampling config (temperature, top_p, ...)."""
     start = time.time()
-    rollout = sampler.generate(policy, encode_prompts(tokenizer, template, problems), samples=samples, **generate)
+    prompts = encode_prompts(tokenizer, template, problems, template_vars)
+    rollout = sampler.generate(policy, prompts, samples=samples, **generate)
     texts = decode_completions(tokenizer, rollout)
     seconds = time.time() - start
     items = score_items(problems, texts, np.asarray(rollout.lengths_B), samples)

@@ -1,9 +1,13 @@
 """Supervised fine-tuning (cold start, post-rejection-sampling SFT, distillation): next-token loss on the
-completion only, token mean over the global batch, through the shared update step (rl.update)."""
+completion only, token mean over the global batch, through the shared update step (rl.update).
+
+A row is the prompt in the run's prompt format (`render_prompt`: with a chat template, the user turn and the
+assistant header it opens), then the solution and the eos id that closes it: the tokens the policy
+generates after that prompt when sampled. Only those completion tokens are targets."""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -13,20 +17,22 @@ from flax import nnx
 
 from r1jax.model.config import ModelConfig
 from r1jax.errors import UserError
-from r1jax.model.tokenizer import Tokenizer, apply_template
+from r1jax.model.tokenizer import TokenizerLike, render_prompt
 from r1jax.rl.grpo.logprobs import token_logp_and_entropy
 from r1jax.rl.sampler import bucket_length
 from r1jax.rl.update import UpdateConfig, add_router_losses, make_update_step
 
 
-def sft_batch(tokenizer: Tokenizer, template: str, rows: Sequence[dict], buckets: Sequence[int]) -> dict:
-    """Prompt (templated, with BOS) + completion + EOS, right-padded to a length bucket.
+def sft_batch(tokenizer: TokenizerLike, template: str, rows: Sequence[dict], buckets: Sequence[int],
+              template_vars: Optional[Mapping[str, Any]] = None) -> dict:
+    """Prompt (in format `template`, as sampling renders it) + completion + EOS, right-padded to a length
+    bucket.
 
     `rows` hold `prompt` and `solution`. `mask` marks the completion targets (aligned with tokens[:, 1:]);
     `weight` = mask / (completion tokens in the batch): the global token mean."""
     sequences, starts = [], []
     for row in rows:
-        prompt = tokenizer.encode(apply_template(template, row["prompt"]), add_bos=True)
+        prompt = render_prompt(tokenizer, template, row["prompt"], template_vars)
         completion = tokenizer.encode(row["solution"]) + [tokenizer.eos_id]
         sequences.append(prompt + completion)
         starts.append(len(prompt))

@@ -91,7 +91,7 @@ def _sample(ctx: StageContext, problems: list[dict], sampler, runner: UpdateStag
     """G completions of each problem under the current policy, submitted to the reward pool."""
     g = ctx.config.grpo
     return sample_and_submit(sampler, runner.policy, ctx.tokenizer, ctx.config.tokenizer.template, problems,
-                             ctx.pool, g.group_size, temperature=g.temperature)
+                             ctx.pool, g.group_size, ctx.config.tokenizer.template_vars, temperature=g.temperature)
 
 
 def _scored_round(ctx: StageContext, problems: list[dict], sampler, runner: UpdateStage) -> Round:

@@ -76,7 +76,8 @@ def run_rejection_sampling(ctx: StageContext, index: int, stage: StageConfig, st
             # nothing to save: the previous stage's checkpoint is where a resume starts
             raise Stopped(StageResult(start.policy, start.global_step))
         sampled = sample_and_submit(sampler, start.policy, ctx.tokenizer, cfg.tokenizer.template, next(iterator),
-                                    ctx.pool, k, temperature=temperature, max_new_tokens=budget)
+                                    ctx.pool, k, cfg.tokenizer.template_vars, temperature=temperature,
+                                    max_new_tokens=budget)
         results = ctx.pool.collect(sampled.pending)
         before = len(kept.rows)
         for row, (item, result) in enumerate(zip(sampled.items, results)):

@@ -37,8 +37,8 @@ def run_sft(ctx: StageContext, index: int, stage: StageConfig, start: StageStart
         missing = [r["prompt"] for r in rows if not r.get("solution")]
         if missing:
             raise UserError(f"stage {stage.name}: SFT rows need a `solution`; none for prompt {missing[0]!r}")
-        batch = ctx.place(sft_batch(ctx.tokenizer, cfg.tokenizer.template, rows, SEQUENCE_BUCKETS),
-                          runner.global_step + 1)
+        batch = ctx.place(sft_batch(ctx.tokenizer, cfg.tokenizer.template, rows, SEQUENCE_BUCKETS,
+                                    cfg.tokenizer.template_vars), runner.global_step + 1)
         metrics = runner.update(batch)
         tokens = float(metrics["token_count"])
         metrics = {("sft/loss" if k == "loss" else k): v for k, v in metrics.items()}

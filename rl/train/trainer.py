@@ -20,9 +20,8 @@ from typing import Any
 import jax
 
 from r1jax.model.config import ModelConfig
-from r1jax.model.tokenizer import Tokenizer
+from r1jax.model.tokenizer import TokenizerLike, is_tokenizer_dir, load_tokenizer
 from r1jax.rl.config import Config, stage_config, to_yaml
-from r1jax.rl.data import build_tokenizer
 from r1jax.rl.rewards import RewardPool
 from r1jax.rl.train.checkpointing import TrainCheckpointer, check_compatible
 from r1jax.rl.train.config import StageConfig
@@ -33,7 +32,7 @@ from r1jax.rl.train.held_out import HeldOutEval
 from r1jax.rl.train.metrics import MetricsWriter
 from r1jax.rl.train.outcome import rl_gain
 from r1jax.rl.train.preflight import preflight
-from r1jax.rl.train.policy_io import RunCheckpoints, starting_policy
+from r1jax.rl.train.policy_io import RunCheckpoints, run_tokenizer, starting_policy
 from r1jax.rl.train.stages import STAGE_RUNNERS
 from r1jax.sharding import distributed
 from r1jax.sharding.context import use_mesh
@@ -73,18 +72,19 @@ class Trainer:
         self._held_out: list[dict] = []  # the held-out problems, built by preflight
         self._models: dict[int, ModelConfig] = {}  # stage index -> the architecture of that stage's policy
 
-    def _tokenizer(self) -> Tokenizer:
-        """Process 0 loads or trains the run's tokenizer and saves it; the other processes load that copy."""
+    def _tokenizer(self) -> TokenizerLike:
+        """Process 0 loads or trains the run's tokenizer (rl.train.policy_io.run_tokenizer) and saves it in
+        the run directory, where a resume finds it; the other processes load that copy."""
         saved, tokenizer = self.run_dir / "tokenizer", None
         if self.primary:
-            if (saved / "tokenizer.model").exists():
-                tokenizer = Tokenizer.load(saved)
+            if is_tokenizer_dir(saved):
+                tokenizer = load_tokenizer(saved)
             else:
-                tokenizer = build_tokenizer(self.config.tokenizer, self.config.data)
+                tokenizer = run_tokenizer(self.config)
                 tokenizer.save(saved)
         distributed.barrier("tokenizer", "the saved tokenizer (process 0 trains it)", timeout_s=3600)
         if tokenizer is None:
-            tokenizer = Tokenizer.load(saved)
+            tokenizer = load_tokenizer(saved)
         return tokenizer
 
     def _model(self, index: int) -> ModelConfig:

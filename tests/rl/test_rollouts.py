@@ -36,6 +36,7 @@ class FakeTokenizer:
     """Characters as ids (ord), EOS 1, pad 0."""
 
     eos_id, pad_id = 1, 0
+    eos_ids = (1,)
 
     def encode(self, text, add_bos=False):
         return [2] * add_bos + [ord(c) for c in text]

@@ -25,7 +25,7 @@ CONFIG = SamplingConfig(max_new_tokens=10, prompt_buckets=(8, 16))
 
 def make(family, seed=0):
     graphdef, state = nnx.split(init_policy(FAMILIES[family], seed))
-    return graphdef, state, Sampler(graphdef, CONFIG, eos_id=3, pad_id=0)
+    return graphdef, state, Sampler(graphdef, CONFIG, stop_ids=(3,), pad_id=0)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -92,7 +92,7 @@ def test_eos_stops_a_row_and_pads_after_it():
     graphdef, state, sampler = make("qwen3_moe")
     free = sampler.generate(state, PROMPTS, temperature=0.0, ignore_eos=True)
     eos = int(free.completion_BN[0, 3])  # make row 0's fourth greedy token the stop token
-    stopping = Sampler(graphdef, CONFIG, eos_id=eos, pad_id=0)
+    stopping = Sampler(graphdef, CONFIG, stop_ids=(eos,), pad_id=0)
     r = stopping.generate(state, PROMPTS, temperature=0.0)
     row = np.asarray(r.completion_BN[0])
     stop = int(np.argmax(row == eos))
@@ -107,19 +107,19 @@ def test_eos_stops_a_row_and_pads_after_it():
 def test_loop_exits_early_when_every_row_has_stopped():
     graphdef, state, sampler = make("qwen3_moe")
     free = sampler.generate(state, [[5, 6, 7]], temperature=0.0, ignore_eos=True)
-    r = Sampler(graphdef, CONFIG, eos_id=int(free.completion_BN[0, 1]), pad_id=0).generate(
+    r = Sampler(graphdef, CONFIG, stop_ids=(int(free.completion_BN[0, 1]),), pad_id=0).generate(
         state, [[5, 6, 7]], temperature=0.0)
     assert int(r.steps) <= 2 < CONFIG.max_new_tokens
 
 
 def test_same_seed_reproduces_and_another_seed_differs():
     graphdef, state, _ = make("deepseek_v3")
-    a = Sampler(graphdef, CONFIG, 3, 0, seed=1).generate(state, PROMPTS, samples=2, ignore_eos=True)
-    b = Sampler(graphdef, CONFIG, 3, 0, seed=1).generate(state, PROMPTS, samples=2, ignore_eos=True)
-    c = Sampler(graphdef, CONFIG, 3, 0, seed=2).generate(state, PROMPTS, samples=2, ignore_eos=True)
+    a = Sampler(graphdef, CONFIG, (3,), 0, seed=1).generate(state, PROMPTS, samples=2, ignore_eos=True)
+    b = Sampler(graphdef, CONFIG, (3,), 0, seed=1).generate(state, PROMPTS, samples=2, ignore_eos=True)
+    c = Sampler(graphdef, CONFIG, (3,), 0, seed=2).generate(state, PROMPTS, samples=2, ignore_eos=True)
     assert np.array_equal(np.asarray(a.tokens_BT), np.asarray(b.tokens_BT))
     assert not np.array_equal(np.asarray(a.tokens_BT), np.asarray(c.tokens_BT))
-    sampler = Sampler(graphdef, CONFIG, 3, 0, seed=1)  # successive calls never reuse a key
+    sampler = Sampler(graphdef, CONFIG, (3,), 0, seed=1)  # successive calls never reuse a key
     first, second = (sampler.generate(state, PROMPTS, ignore_eos=True) for _ in range(2))
     assert not np.array_equal(np.asarray(first.tokens_BT), np.asarray(second.tokens_BT))
 
@@ -190,3 +190,52 @@ def test_sharded_sampling_equals_unsharded(family):
         got = sampler.generate(sharded, prompts, key=key, ignore_eos=True)
     assert np.array_equal(np.asarray(got.tokens_BT), np.asarray(expected.tokens_BT))
     np.testing.assert_allclose(np.asarray(got.logprobs_BN), np.asarray(expected.logprobs_BN), atol=1e-5)
+
+
+def test_a_row_stops_at_any_of_several_stop_ids():
+    """Two stop ids (Qwen3's <|im_end|> and <|endoftext|>): each row stops at the first of either."""
+    graphdef, state, sampler = make("qwen3_moe")
+    free = np.asarray(sampler.generate(state, PROMPTS, temperature=0.0, ignore_eos=True).completion_BN)
+    first, second = int(free[0, 2]), int(free[1, 4])  # row 0 meets `first`, row 1 meets `second`
+    r = Sampler(graphdef, CONFIG, stop_ids=(first, second), pad_id=0).generate(state, PROMPTS, temperature=0.0)
+    for i, row in enumerate(free):
+        hits = np.flatnonzero(np.isin(row, (first, second)))
+        expected = hits[0] + 1 if hits.size else CONFIG.max_new_tokens
+        assert int(r.lengths_B[i]) == expected
+        assert np.array_equal(np.asarray(r.completion_BN[i, :expected]), row[:expected])
+    assert int(r.lengths_B[0]) <= 3 and int(r.lengths_B[1]) <= 5
+    alone = Sampler(graphdef, CONFIG, stop_ids=(first,), pad_id=0).generate(state, PROMPTS, temperature=0.0)
+    assert int(alone.lengths_B[1]) > int(r.lengths_B[1])  # the second id is what stopped row 1
+
+
+def test_a_model_vocabulary_padded_past_the_tokenizer_never_samples_a_padded_id():
+    """Ids >= the tokenizer's vocab_size get -inf before the draw, even when their logits are huge; the
+    log-probs stay those of the whole vocabulary (the trainer's)."""
+    graphdef, state, _ = make("qwen3_moe")
+    limit = 100  # a tokenizer of 100 tokens on a model of 128 rows
+    pure = nnx.to_pure_dict(state)
+    pure["lm_head"] = pure["lm_head"].at[:, limit:].multiply(1000.0)  # padded rows: logits of +-1000s
+    nnx.replace_by_pure_dict(state, pure)
+    for kwargs in ({"temperature": 0.0}, {"temperature": 1.0}, {"temperature": 1.0, "top_k": 5, "top_p": 0.9}):
+        unmasked = Sampler(graphdef, CONFIG, (), 0, seed=3).generate(state, PROMPTS, samples=2, **kwargs)
+        assert np.any(np.asarray(unmasked.completion_BN) >= limit), kwargs  # without the mask they win
+        masked = Sampler(graphdef, CONFIG, (), 0, seed=3, vocab_size=limit).generate(
+            state, PROMPTS, samples=2, keep_logits=True, **kwargs)
+        completion = np.asarray(masked.completion_BN)
+        assert completion.max() < limit, kwargs
+        logits = np.asarray(masked.logits_BNV) / (kwargs["temperature"] or 1.0)
+        expected = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), completion[..., None], -1)[..., 0]
+        np.testing.assert_allclose(np.asarray(masked.logprobs_BN), expected, atol=1e-4)
+
+
+def test_a_tokenizer_filling_the_vocabulary_compiles_no_mask():
+    """vocab_size == the model's: the same program and samples as no limit (the default run's case)."""
+    graphdef, state, _ = make("qwen3_moe")
+    plain = Sampler(graphdef, CONFIG, (3,), 0, seed=4).generate(state, PROMPTS, samples=2)
+    full = Sampler(graphdef, CONFIG, (3,), 0, seed=4, vocab_size=FAMILIES["qwen3_moe"].vocab_size)
+    same = full.generate(state, PROMPTS, samples=2)
+    assert np.array_equal(np.asarray(plain.tokens_BT), np.asarray(same.tokens_BT))
+    assert np.array_equal(np.asarray(plain.logprobs_BN), np.asarray(same.logprobs_BN))
+    args = (jnp.zeros((2, 128)), jax.random.key(0), jnp.float32(1.0), jnp.int32(0), jnp.float32(1.0))
+    assert str(jax.make_jaxpr(sample_token)(*args)) == str(
+        jax.make_jaxpr(lambda *a: sample_token(*a, vocab_size=128))(*args))
