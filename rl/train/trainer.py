@@ -106,7 +106,7 @@ class Trainer:
                         self._run_stage(index, stage, position.meta if index == position.stage_index else None)
         except Stopped as stopped:
             self._apply(stopped.result)
-            latest = self.checkpoints.latest_step()  # a stop in a stage's last step has none of its own
+            latest = self.checkpoints.latest_step()  # a stopped rejection-sampling stage saves none
             self.console.log(f"stopped by signal {self.stop.signal} at step {self.global_step}; latest checkpoint: "
                              f"{'none' if latest is None else f'step {latest}'}")
             self.summary["stopped_at_step"] = self.global_step
