@@ -94,6 +94,7 @@ def test_sigterm_checkpoints_and_exits_0_then_resume_is_exact(finished_run, tmp_
     result = run_to_end(run_dir)
     assert f"from step {stopped_at} (stage grpo)" in console(result.stderr)  # the checkpoint before the kill
     assert comparable(metrics_rows(run_dir)) == comparable(metrics_rows(finished_run))
+    assert summary(run_dir) == summary(finished_run)
     for a, b in zip(final_params(run_dir), final_params(finished_run)):
         assert a.tobytes() == b.tobytes()
 
