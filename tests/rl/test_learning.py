@@ -9,7 +9,6 @@ the task and reward are tests/rl/learning_probes.py's. Runs are deterministic on
 seed, and its threshold comes from five seeds measured per variant (numbers above each test).
 """
 
-import json
 import pathlib
 
 import jax.numpy as jnp
@@ -21,6 +20,7 @@ from r1jax.rl.train import sft, stage_grpo, stage_sft
 from r1jax.rl.train.trainer import Trainer
 
 import tests.rl.learning_probes  # noqa: F401  (registers the probe task here; the workers import it too)
+from tests.rl.conftest import metrics_rows
 
 CONFIG = pathlib.Path(__file__).parent / "data" / "learn_tiny.yaml"
 GRPO_STEPS, SFT_STEPS = 20, 50
@@ -28,7 +28,7 @@ GRPO_STEPS, SFT_STEPS = 20, 50
 
 def train(run_dir, *overrides) -> list[dict]:
     Trainer(load_config(CONFIG, ["seed=0", *overrides]), run_dir).run()
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return metrics_rows(run_dir)
 
 
 def flip_advantages(compute):

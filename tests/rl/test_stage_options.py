@@ -3,12 +3,12 @@
 replay in training (`update.routing_replay`), the router loss coefficients (`update.z_loss_coef`,
 `update.aux_loss_coef`) and keeping the best checkpoint by held-out pass@1 (`checkpoint.keep_best`).
 
-The runs are in-process (8 CPU devices) on tests/rl/data/learn_tiny.yaml's policy with its one MoE layer
-switched on; they share compiled programs where their configs allow (the sampler, the reference forward).
+The runs are in-process (8 CPU devices) on tests/rl/data/learn_tiny.yaml's policy, its one layer made MoE
+for GRPO (the GRPO runs share the sampler's compiled program); the router losses are checked on the loss
+functions of a tiny model, without a run.
 """
 
 import dataclasses
-import json
 import pathlib
 
 import jax
@@ -28,13 +28,11 @@ from r1jax.rl.update import UpdateConfig, split_policy
 from tests.model.tiny import DEEPSEEK
 
 import tests.rl.learning_probes  # noqa: F401  (registers the probe task here; the workers import it too)
+from tests.rl.conftest import metrics_rows
 
 CONFIG = pathlib.Path(__file__).parent / "data" / "learn_tiny.yaml"
-MOE = ["model.first_k_dense_replace=0", "optimizer.lr=0.05"]
-
-
-def rows(run_dir) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+# GRPO on the MoE policy, at a learning rate that moves it visibly in one step
+GRPO_MOE = ["model.first_k_dense_replace=0", "optimizer.lr=0.05"]
 
 
 def replay_expert_0_twice(rollout_batch):
@@ -53,12 +51,12 @@ def replay_expert_0_twice(rollout_batch):
 def grpo_rows(tmp_path_factory):
     """4 GRPO steps, KL to a reference reset every 2 steps, one update per batch, replayed routes."""
     run_dir = tmp_path_factory.mktemp("grpo_options")
-    config = load_config(CONFIG, [*MOE, "stages.0.steps=4", "grpo.kl_coef=0.01", "grpo.ref_reset_every=2",
+    config = load_config(CONFIG, [*GRPO_MOE, "stages.0.steps=4", "grpo.kl_coef=0.01", "grpo.ref_reset_every=2",
                                   "update.routing_replay=true"])
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(stage_grpo, "rollout_batch", replay_expert_0_twice(stage_grpo.rollout_batch))
         Trainer(config, run_dir).run()
-    return rows(run_dir)
+    return metrics_rows(run_dir)
 
 
 def test_the_reference_equals_the_policy_right_after_a_reset(grpo_rows):
@@ -85,8 +83,8 @@ def test_one_update_per_batch_has_ratio_one(grpo_rows):
 def test_several_updates_per_batch_use_the_old_log_probs(tmp_path):
     """mu = 2: the second update's ratios are against the policy that sampled, which the first update moved
     (with mu = 1 they are exactly 1, previous test); at lr 0.05 some leave the clip range."""
-    Trainer(load_config(CONFIG, [*MOE, "stages.0.steps=2", "grpo.num_iterations=2"]), tmp_path).run()
-    for row in rows(tmp_path):
+    Trainer(load_config(CONFIG, [*GRPO_MOE, "stages.0.steps=2", "grpo.num_iterations=2"]), tmp_path).run()
+    for row in metrics_rows(tmp_path):
         assert row["ratio_max"] > 1.05, row
         assert row["clip_low_frac"] + row["clip_high_frac"] > 0, row
 
