@@ -45,11 +45,15 @@ class TrainCheckpointer:
 
     def save(self, step: int, config: Config, trees: Mapping[str, Any], meta: Mapping[str, Any],
              metrics: Mapping[str, float] | None = None) -> None:
-        """Start an asynchronous save of `trees` (pure PyTrees of arrays) with `config` and `meta`."""
+        """Start an asynchronous save of `trees` (pure PyTrees of arrays) with `config` and `meta`. A step that
+        exists is replaced: a stop in a stage's last step saves that step unfinished, and the resumed run saves
+        it again as the stage's end (with its evaluation)."""
         items = {name: ocp.args.StandardSave(tree) for name, tree in trees.items()}
         items["config"] = ocp.args.JsonSave(to_dict(config))
         items["meta"] = ocp.args.JsonSave(dict(meta))
         metrics = dict(metrics) if metrics and BEST_METRIC in metrics else None
+        if step in self.manager.all_steps():
+            self.manager.delete(step)
         self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
     def restore_config_and_meta(self, step: int) -> tuple[Config, dict]:

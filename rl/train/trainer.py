@@ -106,7 +106,7 @@ class Trainer:
                         self._run_stage(index, stage, position.meta if index == position.stage_index else None)
         except Stopped as stopped:
             self._apply(stopped.result)
-            latest = self.checkpoints.latest_step()  # a stop in a stage's last step has none of its own
+            latest = self.checkpoints.latest_step()  # a stopped rejection-sampling stage saves none
             self.console.log(f"stopped by signal {self.stop.signal} at step {self.global_step}; latest checkpoint: "
                              f"{'none' if latest is None else f'step {latest}'}")
             self.summary["stopped_at_step"] = self.global_step
@@ -139,7 +139,8 @@ class Trainer:
         self.graphdef, self.policy = self.checkpoints.restore_policy(step, self._model(index), self.mesh,
                                                                      self.rules)
         self.console.log(f"resuming {self.run_dir} from step {self.global_step} (stage {meta['stage_name']})")
-        if meta["stage_done"]:
+        if meta["stage_done"]:  # its checkpoint's summary is the one the stage started with, plus its results
+            self._record_stage(index)
             return Position(index + 1)
         return Position(index, {**meta, "checkpoint": step})
 
@@ -153,6 +154,11 @@ class Trainer:
                          f"{stage.steps} steps)")
         start = StageStart(self.policy, self.global_step, self.summary, resume)
         self._apply(STAGE_RUNNERS[stage.kind](self._context(index), index, stage, start))
+        self._record_stage(index)
+
+    def _record_stage(self, index: int) -> None:
+        """The summary's entry for stage `index`, which has just ended (at the current global step)."""
+        stage = self.config.stages[index]
         self.summary["stages"].append({"name": stage.name, "kind": stage.kind, "end_step": self.global_step})
 
     def _context(self, index: int) -> StageContext:

@@ -1,5 +1,7 @@
-"""A finished seconds-scale training run, shared by the trainer and CLI tests of this package."""
+"""A finished seconds-scale training run, shared by the trainer and CLI tests of this package, and the helpers
+that start, stop and compare `r1jax train` subprocesses."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -7,11 +9,13 @@ import sys
 
 import pytest
 
+REPO = pathlib.Path(__file__).parents[2]
 TRAIN_CONFIG = pathlib.Path(__file__).parent / "data" / "train_tiny.yaml"
+TIMING = {"wall_time", "tokens_per_s", "step_time_s"}
 
 
-def train_command(run_dir):
-    return [sys.executable, "-m", "r1jax", "--cpu-devices", "2", "train", str(TRAIN_CONFIG), "--run-dir",
+def train_command(run_dir, config=TRAIN_CONFIG):
+    return [sys.executable, "-m", "r1jax", "--cpu-devices", "2", "train", str(config), "--run-dir",
             str(run_dir)]
 
 
@@ -27,11 +31,43 @@ def subprocess_env():
     return env
 
 
-def run_to_end(run_dir):
-    result = subprocess.run(train_command(run_dir), env=subprocess_env(), capture_output=True, text=True,
-                            timeout=600)
+def run_to_end(run_dir, config=TRAIN_CONFIG):
+    result = subprocess.run(train_command(run_dir, config), env=subprocess_env(), capture_output=True, text=True,
+                            timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def run_signalled_at(run_dir, sig, global_step, config=TRAIN_CONFIG):
+    """(exit code, stderr) of the training command with `sig` sent from inside the process right after the
+    row of `global_step` (tests/rl/signal_at_step.py): a signal at a known step boundary."""
+    command = [sys.executable, "-m", "tests.rl.signal_at_step", sig.name[len("SIG"):], str(global_step),
+               *train_command(run_dir, config)[3:]]
+    result = subprocess.run(command, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
+    return result.returncode, result.stderr
+
+
+def console(stderr: str) -> str:
+    """The run's console log as one line: rich wraps long lines at the terminal's width."""
+    return " ".join(stderr.split())
+
+
+def metrics_rows(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def comparable(rows):
+    """Metrics rows without their timings."""
+    return [{k: v for k, v in r.items() if k not in TIMING and not k.startswith("time/")} for r in rows]
+
+
+def summary(run_dir) -> dict:
+    """summary.json with the run directory's path replaced (its checkpoint and dataset paths name it)."""
+    return json.loads((run_dir / "summary.json").read_text().replace(str(run_dir), "RUN_DIR"))
+
+
+def latest_checkpoint(run_dir) -> int:
+    return max(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
 
 
 @pytest.fixture(scope="session")

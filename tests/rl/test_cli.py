@@ -130,3 +130,11 @@ def test_list_overrides_through_the_command_line(capsys, tmp_path):
         assert code == 2 and named in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     code, _, err = run_main(capsys, "train", "tiny", "stages.0.steps=x5", "--run-dir", str(tmp_path / "run"))
     assert code == 2 and "stages.0.steps=x5" in err and not (tmp_path / "run").exists()
+
+
+def test_train_refuses_a_cloud_storage_run_directory(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where a gs:// path taken as local would be created
+    code, _, err = run_main(capsys, "train", "tiny", "--run-dir", "gs://bucket/run")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "--run-dir gs://bucket/run" in err and "local file APIs" in err and "gcsfuse" in err
+    assert not any(tmp_path.iterdir())

@@ -1,8 +1,10 @@
 """The whole R1 pipeline in one `r1jax train` (tests/rl/data/pipeline_tiny.yaml): cold start, GRPO, rejection
-sampling into a dataset, SFT on the kept samples, distillation into a smaller student; every artifact."""
+sampling into a dataset, SFT on the kept samples, distillation into a smaller student; every artifact; and
+stops inside rejection sampling and inside distillation, each resumed to the uninterrupted run's result."""
 
 import json
 import pathlib
+import signal
 
 import jax
 import numpy as np
@@ -10,10 +12,8 @@ import pytest
 from flax import nnx
 
 from r1jax.rl.checkpoint import load_config, load_policy
-from tests.rl.conftest import subprocess_env
-
-import subprocess
-import sys
+from tests.rl.conftest import (comparable, console, latest_checkpoint, metrics_rows, run_signalled_at,
+                               run_to_end, summary)
 
 CONFIG = pathlib.Path(__file__).parent / "data" / "pipeline_tiny.yaml"
 STAGES = [("sft", 2), ("grpo", 2), ("rs", 2), ("sft_rs", 2), ("distill", 2)]
@@ -22,10 +22,7 @@ STAGES = [("sft", 2), ("grpo", 2), ("rs", 2), ("sft_rs", 2), ("distill", 2)]
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("pipeline")
-    command = [sys.executable, "-m", "r1jax", "--cpu-devices", "2", "train", str(CONFIG), "--run-dir",
-               str(run_dir)]
-    result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_to_end(run_dir, CONFIG)
     return run_dir
 
 
@@ -73,3 +70,36 @@ def test_the_distilled_student_has_its_own_architecture(pipeline_run):
     assert np.all(np.isfinite(np.asarray(embedding)))
     teacher = load_config(pipeline_run / "checkpoints" / "4")  # the end of GRPO
     assert teacher.model.hidden_size == 32
+
+
+def leaves(run_dir):
+    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(load_policy(run_dir)[1]))]
+
+
+def test_stops_inside_rejection_sampling_and_distillation_resume_to_the_same_result(pipeline_run, tmp_path):
+    run_dir = tmp_path / "stopped"
+    # SIGINT in rejection-sampling round 1 (global step 5): the stage stops before round 2 and saves nothing;
+    # the run stands at the end of GRPO (4) and no partial dataset exists
+    code, err = run_signalled_at(run_dir, signal.SIGINT, 5, CONFIG)
+    assert code == 0, err[-3000:]
+    assert f"stopped by signal {int(signal.SIGINT)} at step 4" in console(err)
+    assert latest_checkpoint(run_dir) == 4
+    assert not (run_dir / "datasets").exists() or not any((run_dir / "datasets").iterdir())
+    # resumed: rejection sampling reruns from its first round; SIGINT in distillation step 1 (global step 9)
+    # saves that step
+    code, err = run_signalled_at(run_dir, signal.SIGINT, 9, CONFIG)
+    assert code == 0, err[-3000:]
+    assert "from step 4 (stage grpo)" in console(err)
+    assert f"stopped by signal {int(signal.SIGINT)} at step 9" in console(err)
+    assert latest_checkpoint(run_dir) == 9
+    result = run_to_end(run_dir, CONFIG)
+    assert "from step 9 (stage distill)" in console(result.stderr)
+    assert comparable(metrics_rows(run_dir)) == comparable(metrics_rows(pipeline_run))
+    assert summary(run_dir) == summary(pipeline_run)
+    for name in ("rs.jsonl", "rs.stats.json"):
+        texts = [(d / "datasets" / name).read_text().replace(str(d), "RUN_DIR") for d in (run_dir, pipeline_run)]
+        assert texts[0] == texts[1], name
+    resumed, uninterrupted = leaves(run_dir), leaves(pipeline_run)  # the distilled student
+    assert len(resumed) == len(uninterrupted)
+    for a, b in zip(resumed, uninterrupted):
+        assert a.tobytes() == b.tobytes()

@@ -1,5 +1,6 @@
-"""`r1jax train` end to end on a seconds-scale config: artifacts and schema, exact resume after SIGTERM and
-SIGKILL of real subprocesses, restore on another mesh, and a mismatched checkpoint refused early."""
+"""`r1jax train` end to end on a seconds-scale config: artifacts and schema, exact resume after SIGTERM,
+SIGINT and SIGKILL of real subprocesses (a stop on a stage's last step included), restore on another mesh,
+and a mismatched checkpoint refused early."""
 
 import json
 import signal
@@ -16,14 +17,10 @@ from r1jax.rl.config import load_config
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.rules import Rules
 
-from tests.rl.conftest import run_to_end, subprocess_env, train_command
+from tests.rl.conftest import (comparable, console, latest_checkpoint, metrics_rows, run_signalled_at,
+                               run_to_end, subprocess_env, summary, train_command)
 
-TIMING = {"wall_time", "tokens_per_s", "step_time_s"}
 TOTAL_STEPS = 5  # 2 SFT + 3 GRPO
-
-
-def rows(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def start_and_signal(run_dir, sig, after_global_step):
@@ -33,7 +30,7 @@ def start_and_signal(run_dir, sig, after_global_step):
     deadline = time.time() + 600
     while time.time() < deadline and process.poll() is None:
         path = run_dir / "metrics.jsonl"
-        if path.exists() and any(r["global_step"] >= after_global_step for r in rows(run_dir)):
+        if path.exists() and any(r["global_step"] >= after_global_step for r in metrics_rows(run_dir)):
             process.send_signal(sig)
             break
         time.sleep(0.2)
@@ -48,10 +45,6 @@ def final_params(run_dir):
     return [np.asarray(x) for x in jax.tree.leaves(nnx.state(policy))]
 
 
-def comparable(rows_):
-    return [{k: v for k, v in r.items() if k not in TIMING and not k.startswith("time/")} for r in rows_]
-
-
 def test_run_directory_has_every_artifact_and_schema(finished_run):
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "tokenizer/tokenizer.model"):
         assert (finished_run / name).exists(), name
@@ -59,7 +52,7 @@ def test_run_directory_has_every_artifact_and_schema(finished_run):
     assert {"reward.png", "accuracy.png", "response_length.png", "kl.png", "entropy.png", "clip_fraction.png",
             "expert_load.png", "loss.png"} <= {p.name for p in (finished_run / "plots").iterdir()}
     assert list((finished_run / "samples").glob("*.jsonl"))
-    metrics = rows(finished_run)
+    metrics = metrics_rows(finished_run)
     assert [r["global_step"] for r in metrics] == list(range(1, TOTAL_STEPS + 1))
     for row in metrics:
         assert {"global_step", "step", "stage", "wall_time", "tokens_per_s", "grad_norm", "skipped",
@@ -90,14 +83,38 @@ def test_sigterm_checkpoints_and_exits_0_then_resume_is_exact(finished_run, tmp_
     run_dir = tmp_path / "interrupted"
     code, err = start_and_signal(run_dir, signal.SIGTERM, after_global_step=3)
     assert code == 0, err[-3000:]
-    stopped_at = max(r["global_step"] for r in rows(run_dir))
+    stopped_at = max(r["global_step"] for r in metrics_rows(run_dir))
     assert stopped_at < TOTAL_STEPS
     assert (run_dir / "checkpoints" / str(stopped_at)).is_dir()  # a checkpoint at the step it stopped
-    code, err = start_and_signal(run_dir, signal.SIGKILL, after_global_step=stopped_at + 1)
-    assert code == -signal.SIGKILL or code == 0, err[-3000:]
+    # killed after the next step's row, before that step's boundary: its checkpoint is never written
+    code, err = run_signalled_at(run_dir, signal.SIGKILL, stopped_at + 1)
+    assert code == -signal.SIGKILL, err[-3000:]
+    assert max(r["global_step"] for r in metrics_rows(run_dir)) == stopped_at + 1
+    assert latest_checkpoint(run_dir) == stopped_at
     result = run_to_end(run_dir)
-    assert "resuming" in result.stderr
-    assert comparable(rows(run_dir)) == comparable(rows(finished_run))
+    assert f"from step {stopped_at} (stage grpo)" in console(result.stderr)  # the checkpoint before the kill
+    assert comparable(metrics_rows(run_dir)) == comparable(metrics_rows(finished_run))
+    assert summary(run_dir) == summary(finished_run)
+    for a, b in zip(final_params(run_dir), final_params(finished_run)):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_sigint_on_a_stage_last_step_checkpoints_then_resume_only_closes_the_stage(finished_run, tmp_path):
+    """SIGINT, like SIGTERM: a checkpoint and exit 0. Landing on the SFT stage's last step (global step 2),
+    it saves that step unfinished; the resumed run trains nothing of SFT, evaluates and closes it, then runs
+    GRPO: metrics, summary and parameters equal the uninterrupted run's."""
+    run_dir = tmp_path / "stopped"
+    code, err = run_signalled_at(run_dir, signal.SIGINT, 2)
+    assert code == 0, err[-3000:]
+    assert f"stopped by signal {int(signal.SIGINT)} at step 2" in console(err)
+    stopped = metrics_rows(run_dir)
+    assert [r["global_step"] for r in stopped] == [1, 2] and latest_checkpoint(run_dir) == 2
+    assert json.loads((run_dir / "summary.json").read_text())["evals"] == []  # SFT's evaluation not yet run
+    result = run_to_end(run_dir)
+    assert "from step 2 (stage sft)" in console(result.stderr)
+    assert metrics_rows(run_dir)[:2] == stopped  # SFT's rows, wall times included, are the first process's
+    assert comparable(metrics_rows(run_dir)) == comparable(metrics_rows(finished_run))
+    assert summary(run_dir) == summary(finished_run)
     for a, b in zip(final_params(run_dir), final_params(finished_run)):
         assert a.tobytes() == b.tobytes()
 
