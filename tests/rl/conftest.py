@@ -32,8 +32,9 @@ def subprocess_env():
 
 
 def run_to_end(run_dir, config=TRAIN_CONFIG):
-    result = subprocess.run(train_command(run_dir, config), env=subprocess_env(), capture_output=True, text=True,
-                            timeout=900)
+    # from the repository root: configs may load test modules into the reward workers (tests.rl.*)
+    result = subprocess.run(train_command(run_dir, config), env=subprocess_env(), cwd=REPO, capture_output=True,
+                            text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
