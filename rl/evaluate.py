@@ -100,7 +100,7 @@ def evaluate(sampler, states, tokenizer: TokenizerLike, template: str, problems:
     for start in range(0, len(problems), cfg.batch_size):
         sampled = sample_and_submit(sampler, states, tokenizer, template, problems[start:start + cfg.batch_size],
                                     pool, cfg.samples, template_vars, temperature=cfg.temperature, top_p=cfg.top_p,
-                                    top_k=0, max_new_tokens=max_new_tokens)
+                                    top_k=cfg.top_k, max_new_tokens=max_new_tokens)
         chunks.append((sampled.texts, sampled.items, sampled.pending))  # not the rollout: free its arrays
     texts = [text for chunk_texts, _, _ in chunks for text in chunk_texts]
     lengths = [item.length for _, items, _ in chunks for item in items]

@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=None, help="K (default: the checkpoint's eval.samples)")
     parser.add_argument("--temperature", type=float, default=0.6)
     parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--top-k", type=int, default=None, help="keep the K likeliest tokens (default: the "
+                        "checkpoint's eval.top_k, 0: no filter)")
     parser.add_argument("--num-problems", type=int, default=None)
     parser.add_argument("--difficulty", type=int, default=None)
     parser.add_argument("--max-new-tokens", type=int, default=None)
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     config, policy, mesh, rules, tokenizer = open_for_inference(args.checkpoint)
     if tokenizer is None:
         raise UserError(f"checkpoint {args.checkpoint!r} carries no tokenizer; evaluation needs one")
-    fields = {"samples": args.samples, "temperature": args.temperature, "top_p": args.top_p,
+    fields = {"samples": args.samples, "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
               "num_problems": args.num_problems, "difficulty": args.difficulty}
     eval_cfg = dataclasses.replace(config.eval, **{k: v for k, v in fields.items() if v is not None})
     if args.data:

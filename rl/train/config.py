@@ -69,6 +69,7 @@ class EvalConfig:
     samples: int = 4  # k
     temperature: float = 0.6
     top_p: float = 0.95
+    top_k: int = 0  # 0: no top-k filter (R1's protocol uses none)
     every: int = 0  # GRPO steps between evaluations; 0: only at the end of each stage
     seed: int = 1_000_003  # held-out generation seed (problems equal to training prompts are skipped)
     difficulty: Optional[int] = None  # default: data.difficulty
@@ -84,6 +85,8 @@ class EvalConfig:
                             "non-empty words")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise UserError(f"eval.temperature={self.temperature} / eval.top_p={self.top_p}: out of range")
+        if self.top_k < 0:
+            raise UserError(f"eval.top_k={self.top_k}: expected >= 0 (0: no top-k filter)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -145,3 +145,18 @@ def test_eval_task_picks_its_problems_and_tiny_top_p_makes_the_k_samples_one(cap
     assert all(p["task"] == "arithmetic" and p["prompt"].startswith("Compute ") for p in seen["problems"])
     groups = [seen["completions"][i:i + k] for i in range(0, len(seen["completions"]), k)]
     assert any(len(set(g)) > 1 for g in groups)  # without the filter the samples of a prompt differ
+
+
+def test_eval_top_k_one_makes_the_k_samples_one_and_a_negative_top_k_is_refused(capsys, finished_run, monkeypatch):
+    seen = spy_on_evaluation(monkeypatch)
+    k = 3
+    code, out, _ = run_main(capsys, "eval", str(finished_run), "--task", "arithmetic", "--num-problems", "2",
+                            "--samples", str(k), "--temperature", "1.0", "--top-p", "1.0", "--top-k", "1",
+                            "--workers", "1", "--json")
+    assert code == 0
+    figures = json.loads(out)
+    groups = [seen["completions"][i:i + k] for i in range(0, len(seen["completions"]), k)]
+    assert len(groups) == 2 and all(len(set(g)) == 1 for g in groups)  # one candidate left: the argmax
+    assert figures["pass@1"] == figures[f"cons@{k}"] == figures[f"pass@{k}"]
+    code, _, err = run_main(capsys, "eval", str(finished_run), "--top-k", "-1")
+    assert code == 2 and "eval.top_k=-1" in err

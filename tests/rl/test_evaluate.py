@@ -121,7 +121,7 @@ def test_unbiased_pass_at_k_equals_chen_estimator_and_subset_count(n):
 class CharTokenizer:
     """One id per character (offset past the control ids); enough for `evaluate`'s encode and decode."""
 
-    eos_id, pad_id = 2, 3
+    eos_id, pad_id, eos_ids = 2, 3, (2,)
 
     def encode(self, text, add_bos=False):
         return [1] * add_bos + [ord(ch) + 8 for ch in text]

@@ -7,11 +7,13 @@ Also: export of an r1jax tokenizer writes the chat template of the format the ch
 
 import dataclasses
 import json
+import pathlib
 
 import numpy as np
 import pytest
 import torch
 import transformers
+import yaml
 
 from r1jax.errors import UserError
 from r1jax.model.hf_io import read_hf_config
@@ -116,13 +118,18 @@ def test_export_writes_the_tokenizer_files_back_byte_for_byte(qwen_dir, tmp_path
 
 
 def run_config(hf_dir, *overrides):
-    """The trainer tests' run, its first stage starting from `hf_dir` (whose architecture the model section
-    states), prompted with the directory's chat template."""
+    """The trainer tests' run without its model section (the architecture comes from `hf_dir/config.json`),
+    its first stage starting from `hf_dir`, prompted with the directory's chat template."""
+    run = yaml.safe_load(TRAIN_CONFIG.read_text())
+    run["model"] = {"moe_block_size": run["model"]["moe_block_size"]}  # r1jax's own field only
+    path = pathlib.Path(hf_dir).parent / f"{pathlib.Path(hf_dir).name}-run.yaml"
+    path.write_text(yaml.safe_dump(run))
     stages = (f"stages=[{{name: sft, kind: sft, steps: 2, batch_size: 8, lr: 0.003, init_from: {hf_dir}}}, "
               "{name: grpo, kind: grpo, steps: 2}]")
-    config = load_config(TRAIN_CONFIG, [stages, "tokenizer.template=chat", "sampling.prompt_buckets=[64,128]",
-                                        *overrides])
-    return dataclasses.replace(config, model=read_hf_config(hf_dir)[0])
+    config = load_config(path, [stages, "tokenizer.template=chat", "sampling.prompt_buckets=[64,128]", *overrides])
+    assert config.model == dataclasses.replace(read_hf_config(hf_dir)[0], moe_block_size=config.model.moe_block_size,
+                                               param_dtype=config.model.param_dtype)
+    return config
 
 
 def test_a_run_from_a_hugging_face_directory_trains_and_evaluates_with_its_tokenizer(qwen_dir, tmp_path, capsys):

@@ -76,10 +76,10 @@ def test_grpo_raises_the_reward_only_when_rewards_reach_their_rows(tmp_path, mon
 
 def labels_one_row_off(sft_batch):
     """Each prompt gets its neighbour's solution (the batch's solutions rolled by one row)."""
-    def misaligned(tokenizer, template, rows, buckets):
+    def misaligned(tokenizer, template, rows, *args, **kwargs):
         solutions = [row["solution"] for row in rows]
         rolled = [{**row, "solution": s} for row, s in zip(rows, solutions[-1:] + solutions[:-1])]
-        return sft_batch(tokenizer, template, rolled, buckets)
+        return sft_batch(tokenizer, template, rolled, *args, **kwargs)
     return misaligned
 
 
