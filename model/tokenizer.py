@@ -220,12 +220,37 @@ def prompt_text(tokenizer: TokenizerLike, template: str, prompt: str,
     return apply_template(template, prompt)
 
 
+def opens_think(prompt_text: str) -> bool:
+    """Whether a rendered prompt ends inside a chain of thought it opened itself (the chat templates of
+    Qwen3's thinking models, the R1 distills and QwQ end in `<think>\\n`). The completion then continues
+    the thought: the response it stands for, which the rewards read, is THINK + completion."""
+    return prompt_text.rstrip().endswith(THINK)
+
+
+def response_text(prompt_text: str, completion: str) -> str:
+    """The model's whole turn after `prompt_text`: the completion, after the THINK its prompt opened."""
+    return THINK + completion if opens_think(prompt_text) else completion
+
+
+def completion_text(prompt_text: str, response: str) -> str:
+    """What the model writes after `prompt_text` to give `response` (inverse of `response_text`): without
+    the leading THINK when the prompt opened one. SFT targets are this."""
+    stripped = response.lstrip()
+    if opens_think(prompt_text) and stripped.startswith(THINK):
+        return stripped[len(THINK):].lstrip()
+    return response
+
+
 def render_prompt(tokenizer: TokenizerLike, template: str, prompt: str,
                   template_vars: Optional[Mapping[str, Any]] = None) -> list[int]:
     """The prompt ids the policy is conditioned on: `prompt_text` encoded as a sequence start. A chat
     template writes its own special tokens (bos included), so its text is encoded as is, as transformers'
     `apply_chat_template(..., tokenize=True)` does; other formats get bos where the tokenizer puts one."""
-    text = prompt_text(tokenizer, template, prompt, template_vars)
+    return encode_prompt(tokenizer, template, prompt_text(tokenizer, template, prompt, template_vars))
+
+
+def encode_prompt(tokenizer: TokenizerLike, template: str, text: str) -> list[int]:
+    """The ids of a prompt already rendered in format `template` (`prompt_text`), as `render_prompt` gives."""
     return tokenizer.encode(text, add_bos=not _uses_chat_template(tokenizer, template))
 
 

@@ -16,16 +16,16 @@ from typing import Any, Mapping, NamedTuple, Optional, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax.model.tokenizer import TokenizerLike, render_prompt
+from r1jax.model.tokenizer import TokenizerLike, encode_prompt, prompt_text, response_text
 from r1jax.rl.rewards import BatchHandle, RewardPool, ScoreItem, ScoreResult
 from r1jax.rl.sampler import Rollout, Sampler
 from r1jax.rl.train.config import DEFAULT_REFLECTION_WORDS
 
 
-def encode_prompts(tokenizer: TokenizerLike, template: str, problems: Sequence[dict],
-                   template_vars: Optional[Mapping[str, Any]] = None) -> list[list[int]]:
-    """Each problem's prompt ids in prompt format `template` (model.tokenizer.render_prompt)."""
-    return [render_prompt(tokenizer, template, p["prompt"], template_vars) for p in problems]
+def prompt_texts(tokenizer: TokenizerLike, template: str, problems: Sequence[dict],
+                 template_vars: Optional[Mapping[str, Any]] = None) -> list[str]:
+    """Each problem's prompt rendered in prompt format `template` (model.tokenizer.prompt_text)."""
+    return [prompt_text(tokenizer, template, p["prompt"], template_vars) for p in problems]
 
 
 def completion_ids(rollout: Rollout, stop_ids: Sequence[int]) -> list[list[int]]:
@@ -56,7 +56,7 @@ class Sampled(NamedTuple):
 
     problems: Sequence[dict]
     rollout: Rollout
-    texts: list[str]  # decoded completions, up to and excluding the stop token
+    texts: list[str]  # decoded responses: completions up to the stop token, after the THINK a prompt opened
     items: list[ScoreItem]  # what the pool scores, one per row
     pending: BatchHandle  # `pool.collect(pending)` gives the ScoreResults in row order
     seconds: float  # encoding, generation and decoding
@@ -67,11 +67,15 @@ def sample_and_submit(sampler: Sampler, policy, tokenizer: TokenizerLike, templa
                       **generate) -> Sampled:
     """Generate `samples` completions per problem under `policy` with one draw of the sampler's key, decode
     them and submit them for scoring. Prompts are in format `template` with the chat template's
-    `template_vars`; `generate` overrides the sampling config (temperature, top_p, ...)."""
+    `template_vars`; `generate` overrides the sampling config (temperature, top_p, ...). What is scored is
+    the response (`model.tokenizer.response_text`): after a prompt that opened `<think>` itself, the
+    completion is read as `<think>` + completion."""
     start = time.time()
-    prompts = encode_prompts(tokenizer, template, problems, template_vars)
+    rendered = prompt_texts(tokenizer, template, problems, template_vars)
+    prompts = [encode_prompt(tokenizer, template, text) for text in rendered]
     rollout = sampler.generate(policy, prompts, samples=samples, **generate)
-    texts = decode_completions(tokenizer, rollout)
+    texts = [response_text(rendered[row // samples], completion)
+             for row, completion in enumerate(decode_completions(tokenizer, rollout))]
     seconds = time.time() - start
     items = score_items(problems, texts, np.asarray(rollout.lengths_B), samples)
     return Sampled(problems, rollout, texts, items, pool.submit(items), seconds)

@@ -17,7 +17,7 @@ from flax import nnx
 
 from r1jax.model.config import ModelConfig
 from r1jax.errors import UserError
-from r1jax.model.tokenizer import TokenizerLike, render_prompt
+from r1jax.model.tokenizer import TokenizerLike, completion_text, encode_prompt, prompt_text
 from r1jax.rl.grpo.logprobs import token_logp_and_entropy
 from r1jax.rl.sampler import bucket_length
 from r1jax.rl.update import UpdateConfig, add_router_losses, make_update_step
@@ -28,12 +28,14 @@ def sft_batch(tokenizer: TokenizerLike, template: str, rows: Sequence[dict], buc
     """Prompt (in format `template`, as sampling renders it) + completion + EOS, right-padded to a length
     bucket.
 
-    `rows` hold `prompt` and `solution`. `mask` marks the completion targets (aligned with tokens[:, 1:]);
+    `rows` hold `prompt` and `solution` (a whole response; after a prompt that opened `<think>` itself the
+    target is the solution without its leading `<think>`: `model.tokenizer.completion_text`). `mask` marks the completion targets (aligned with tokens[:, 1:]);
     `weight` = mask / (completion tokens in the batch): the global token mean."""
     sequences, starts = [], []
     for row in rows:
-        prompt = render_prompt(tokenizer, template, row["prompt"], template_vars)
-        completion = tokenizer.encode(row["solution"]) + [tokenizer.eos_id]
+        text = prompt_text(tokenizer, template, row["prompt"], template_vars)
+        prompt = encode_prompt(tokenizer, template, text)
+        completion = tokenizer.encode(completion_text(text, row["solution"])) + [tokenizer.eos_id]
         sequences.append(prompt + completion)
         starts.append(len(prompt))
     width = bucket_length(max(len(s) for s in sequences), buckets)

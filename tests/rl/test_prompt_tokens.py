@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from r1jax.model.factory import init_policy
-from r1jax.model.tokenizer import TEMPLATE_NAMES, apply_template, load_tokenizer, render_prompt
+from r1jax.model.tokenizer import TEMPLATE_NAMES, apply_template, encode_prompt, load_tokenizer, render_prompt
 from r1jax.rl.config import load_config
 from r1jax.rl.data import build_source, build_tokenizer
 from r1jax.rl.evaluate import held_out_problems
-from r1jax.rl.train.rollouts import encode_prompts
+from r1jax.rl.train.rollouts import prompt_texts
 from r1jax.rl.train.sft import sft_batch, sft_micro_loss
 from r1jax.rl.update import UpdateConfig, split_policy
 from tests.model.hf_tokenizer_files import write_hf_tokenizer
@@ -41,6 +41,12 @@ def qwen(tmp_path_factory):
 def old_prompt_ids(tokenizer, template, prompt):
     """How prompts were encoded before prompt formats: r1jax's template text, BOS first."""
     return tokenizer.encode(apply_template(template, prompt), add_bos=True)
+
+
+def encode_prompts(tokenizer, template, problems, template_vars):
+    """The prompt ids sampling gives the policy (rl.train.rollouts.sample_and_submit)."""
+    return [encode_prompt(tokenizer, template, text) for text in prompt_texts(tokenizer, template, problems,
+                                                                              template_vars)]
 
 
 def test_the_default_run_prompts_the_policy_with_the_same_ids(default_run):
