@@ -39,6 +39,7 @@ FIGURES = (
     Figure("matmul_peak_flops", "matmul peak (measured)", "FLOP/s"),
     Figure("train_tokens_per_s", "GRPO train step", "tokens/s"),
     Figure("mfu", "train-step MFU", "fraction", (">=", 0.5)),
+    Figure("grpo_generated_tokens_per_s", "GRPO step (sample, score, update)", "tokens/s"),
     Figure("pool_verifications_per_s", "reward pool (workers: rate)", "verifications/s"),
     Figure("pool_scaling", "reward pool, N vs 1 workers", "x"),
     Figure("moe_step_ratio_64_vs_8", "MoE layer step, 64 vs 8 experts", "x", ("<=", 1.3)),

@@ -19,6 +19,7 @@ from flax import nnx
 
 from r1jax.model.factory import count_params, init_policy
 from r1jax.rl.bench import hf
+from r1jax.rl.bench.grpo_step import grpo_step_figures, side_by_side
 from r1jax.rl.bench.matmul import matmul_peak
 from r1jax.rl.bench.moe import moe_figures
 from r1jax.rl.bench.report import with_goals
@@ -38,6 +39,9 @@ class BenchSize:
     new_tokens: int = 128
     train_rows: int = 64  # update-step rows of prompt_len + new_tokens tokens
     moe_tokens: int = 8192  # tokens through the MoE layer
+    grpo_steps: int = 8  # whole GRPO steps on the side-by-side workload (rl.bench.grpo_step), warm-up included
+    grpo_warmup: int = 2
+    grpo_new_tokens: int | None = None  # None: the workload's 64
     matmul_n: int = 4096  # the peak's [n, n] @ [n, n] per device
     pool_items: int = 600
     repeats: int = 3  # timed repeats after a warm-up; the best counts
@@ -45,7 +49,7 @@ class BenchSize:
 
 FULL = BenchSize()
 QUICK = BenchSize(batch=4, prompt_len=8, new_tokens=16, train_rows=4, moe_tokens=256, matmul_n=256,
-                  pool_items=16, repeats=1)
+                  pool_items=16, repeats=1, grpo_steps=2, grpo_warmup=1, grpo_new_tokens=8)
 
 
 def default_workers() -> tuple[int, ...]:
@@ -86,6 +90,8 @@ def run_bench(preset: str = "bench", overrides: Sequence[str] = (), quick: bool 
         say(f"GRPO train step ({size.train_rows} x {size.prompt_len + size.new_tokens} tokens)")
         result.update(train_figures(config, policy, mesh, rules, size.train_rows, size.prompt_len,
                                     size.new_tokens, result["matmul_peak_flops"], size.repeats))
+    say(f"GRPO steps on the side-by-side workload ({size.grpo_steps} steps, {size.grpo_warmup} warm-up)")
+    result.update(grpo_step_figures(side_by_side(config, size.grpo_steps, size.grpo_new_tokens), size.grpo_warmup))
     say(f"MoE layer, 8 vs 64 experts ({size.moe_tokens} tokens)")
     result.update(moe_figures(config.model, size.moe_tokens, size.repeats))
     workers = tuple(workers or default_workers())

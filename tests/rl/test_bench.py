@@ -14,7 +14,9 @@ from flax import nnx
 
 from r1jax.model.config import ModelConfig
 from r1jax.model.moe import MoE
+from r1jax.errors import UserError
 from r1jax.rl.bench.flops import train_step_flops
+from r1jax.rl.bench.grpo_step import side_by_side, summarize_steps
 from r1jax.rl.bench.matmul import matmul_flops, matmul_peak, sharded_operands
 from r1jax.rl.bench.moe import moe_active_params, with_experts
 from r1jax.rl.bench.report import FIGURES
@@ -24,7 +26,9 @@ from tests.rl.conftest import subprocess_env
 HEADLINE = ["prefill_tokens_per_s", "decode_tokens_per_s", "generate_tokens_per_s", "train_tokens_per_s",
             "train_step_flops", "mfu", "matmul_peak_flops", "moe_step_ratio_64_vs_8",
             "decode_step_ratio_1024_vs_128", "decode_step_ms_at_128", "decode_step_ms_at_1024",
-            "hf_decode_tokens_per_s", "hf_prefill_tokens_per_s", "decode_speedup_vs_hf", "pool_scaling"]
+            "hf_decode_tokens_per_s", "hf_prefill_tokens_per_s", "decode_speedup_vs_hf", "pool_scaling",
+            "grpo_step_seconds", "grpo_sample_seconds", "grpo_update_seconds", "grpo_generated_tokens",
+            "grpo_generated_tokens_per_s"]
 
 
 # the tiny preset cut to one narrow MoE layer: the figures' plumbing, not their size, is under test
@@ -58,6 +62,12 @@ def test_quick_bench_against_hf_reports_every_figure_with_its_goal():
     assert report["hf_greedy_token_match"] == 1.0
     by_threads = report["hf_decode_tokens_per_s_by_threads"]  # HF's baseline is its faster thread count
     assert "1" in by_threads and report["hf_decode_tokens_per_s"] == max(by_threads.values())
+    # the whole GRPO step holds its parts (the rest is metrics and bookkeeping); quick: 2 steps, 1 timed
+    parts = report["grpo_sample_seconds"] + report["grpo_score_seconds"] + report["grpo_update_seconds"]
+    assert report["grpo_score_seconds"] >= 0 and parts <= report["grpo_step_seconds"]
+    assert report["grpo_steps_timed"] == 1
+    assert report["grpo_generated_tokens_per_s"] == pytest.approx(
+        report["grpo_generated_tokens"] / report["grpo_step_seconds"], rel=1e-9)
     assert report["preset"] == "tiny" and report["quick"] is True
     assert report["device"]["backend"] == "cpu" and report["device"]["local_devices"] >= 1
     assert report["train_step_flops"] == train_step_flops(tiny_one_layer(), report["train_rows"],
@@ -69,6 +79,26 @@ def test_quick_bench_against_hf_reports_every_figure_with_its_goal():
     assert goals["decode_step_ratio_1024_vs_128"]["target"] == "<= 2"
     assert goals["decode_speedup_vs_hf"]["met"] == (report["decode_speedup_vs_hf"] >= 5)
     assert goals["prefill_tokens_per_s"] == {"target": None, "met": None}
+
+
+def test_grpo_step_figures_are_medians_after_the_warm_up():
+    rows = [{"step_time_s": t, "time/sample_s": t / 2, "time/rollout_s": t / 2 + 0.1, "time/update_s": t / 4,
+             "generated_tokens": n} for t, n in ((60.0, 10), (2.0, 100), (4.0, 100), (3.0, 300))]
+    figures = summarize_steps(rows, warmup=1)  # the first (compiling) step is dropped
+    assert figures == {"grpo_step_seconds": 3.0, "grpo_sample_seconds": 1.5, "grpo_score_seconds": pytest.approx(0.1),
+                       "grpo_update_seconds": 0.75, "grpo_generated_tokens": 100.0,
+                       "grpo_generated_tokens_per_s": 50.0, "grpo_steps_timed": 3}  # median of 50, 25, 100
+    with pytest.raises(UserError, match="none after 4 warm-up"):
+        summarize_steps(rows, warmup=4)
+
+
+def test_the_side_by_side_workload_keeps_the_presets_model():
+    config = side_by_side(load_config("bench"), steps=3, max_new_tokens=8)
+    workload = load_config("bench_qwen3")
+    assert config.model == load_config("bench").model and config.sharding == load_config("bench").sharding
+    assert [(s.kind, s.steps) for s in config.stages] == [("grpo", 3)] and config.sampling.max_new_tokens == 8
+    assert (config.grpo, config.data, config.tokenizer) == (workload.grpo, workload.data, workload.tokenizer)
+    assert workload.model.family == "qwen3_moe" and workload.grpo.kl_coef == 0 and not workload.grpo.dynamic_sampling
 
 
 def tiny_one_layer() -> ModelConfig:

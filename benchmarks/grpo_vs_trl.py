@@ -1,0 +1,117 @@
+"""GRPO steps side by side with TRL's GRPOTrainer: same weights, tokenizer, prompts, rewards and settings.
+
+    pip install trl==1.16.0   # benchmark only: r1jax never imports TRL
+    python benchmarks/grpo_vs_trl.py [--preset bench_qwen3] [--steps 8] [--warmup 2] [--json] [KEY=VALUE ...]
+
+1. r1jax: `r1jax.rl.bench.grpo_step` runs the preset's GRPO stage through the trainer (from its random
+   initialisation) and takes the medians of the steps after the warm-up.
+2. The run's final policy and tokenizer are exported with `r1jax export-hf` (float32), so TRL starts from
+   the weights r1jax ended with, and its prompts are rendered by the same chat template.
+3. TRL: `GRPOTrainer` on that directory with the preset's settings: P prompts x G samples per step (one
+   generation batch per optimizer step), the token budget, temperature, learning rate, beta = 0, one
+   iteration per batch, no gradient checkpointing (as the preset), the same training problems in the same
+   order, and the same rule rewards (r1jax's accuracy + format, called in-process). Each step is timed from TRL's step-begin to step-end callbacks;
+   generated tokens are its logged mean completion length x rows.
+Completion lengths differ with each implementation's end-of-sequence odds, so the comparison is per
+generated token: `speedup = r1jax generated tokens/s / TRL generated tokens/s` (issue #19's goal: >= 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from r1jax.rl.bench.grpo_step import grpo_rows, summarize_steps  # noqa: E402
+from r1jax.rl.config import load_config  # noqa: E402
+from r1jax.rl.data import build_source  # noqa: E402
+from r1jax.rl.rewards import ScoreItem, combine, score_item  # noqa: E402
+
+
+def trl_figures(config, model_dir: str, steps: int, warmup: int) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    grpo, sampling = config.grpo, config.sampling
+    source = build_source(config.data)
+    problems = [source[i] for i in range(steps * grpo.prompts_per_step)]
+    by_prompt = {p["prompt"]: p for p in problems}
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": p["prompt"]}], "question": p["prompt"]}
+                                 for p in problems])
+
+    def rule_rewards(completions, question, **_):
+        out = []
+        for messages, prompt in zip(completions, question):
+            problem = by_prompt[prompt]
+            item = ScoreItem(prompt=prompt, completion=messages[0]["content"], reference=str(problem["answer"]),
+                             task=problem["task"])
+            out.append(combine(score_item(item, config.rewards), config.rewards))
+        return out
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.seconds, self.start = [], 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.seconds.append(time.perf_counter() - self.start)
+
+    rows = grpo.prompts_per_step * grpo.group_size
+    args = GRPOConfig(output_dir=tempfile.mkdtemp(prefix="trl-grpo-"), per_device_train_batch_size=rows,
+                      num_generations=grpo.group_size, max_completion_length=sampling.max_new_tokens,
+                      temperature=grpo.temperature, top_p=1.0, learning_rate=config.optimizer.lr, beta=0.0,
+                      num_iterations=1, max_steps=steps, logging_steps=1, use_cpu=True, report_to="none",
+                      save_strategy="no", bf16=False, seed=config.seed, shuffle_dataset=False,
+                      gradient_checkpointing=False)  # TRL's default recomputes activations; r1jax's preset does not
+    timer = StepTimer()
+    trainer = GRPOTrainer(model=model_dir, reward_funcs=rule_rewards, args=args, train_dataset=dataset,
+                          callbacks=[timer])
+    trainer.train()
+    lengths = [row["completions/mean_length"] for row in trainer.state.log_history
+               if "completions/mean_length" in row]
+    timed_s, timed_len = timer.seconds[warmup:], lengths[warmup:]
+    per_s = [length * rows / s for length, s in zip(timed_len, timed_s)]
+    return {"trl_step_seconds": float(np.median(timed_s)), "trl_generated_tokens": float(np.median(timed_len)) * rows,
+            "trl_generated_tokens_per_s": float(np.median(per_s)), "trl_steps_timed": len(per_s),
+            "torch_threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="bench_qwen3")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    config = load_config(args.preset, [f"stages.0.steps={args.steps}", *args.overrides])
+    with tempfile.TemporaryDirectory(prefix="grpo-vs-trl-") as work:
+        run_dir, model_dir = os.path.join(work, "run"), os.path.join(work, "hf")
+        ours = summarize_steps(grpo_rows(config, run_dir), args.warmup)
+        subprocess.run([sys.executable, "-m", "r1jax", "export-hf", run_dir, model_dir, "--dtype", "float32"],
+                       check=True, stdout=subprocess.DEVNULL)
+        theirs = trl_figures(config, model_dir, args.steps, args.warmup)
+    result = {"preset": args.preset, "overrides": args.overrides, **ours, **theirs,
+              "speedup_per_generated_token": ours["grpo_generated_tokens_per_s"] / theirs["trl_generated_tokens_per_s"],
+              "load_average_end": [round(x, 2) for x in os.getloadavg()]}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:32s} {value}")
+
+
+if __name__ == "__main__":
+    main()

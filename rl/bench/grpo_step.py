@@ -1,0 +1,68 @@
+"""A whole GRPO step, as the trainer runs it: sample, score, update, and generated tokens per second.
+
+The figure runs the config's stages (a GRPO stage; `configs/bench_qwen3.yaml` is the side-by-side workload
+of `benchmarks/grpo_vs_trl.py`) through `Trainer` in a temporary run directory and reads its metric rows:
+the first `warmup` steps compile and are dropped, the figures are the medians of the rest. Generated tokens
+per second is per generated token (the sum of completion lengths over the step's wall time), so policies
+whose end-of-sequence odds differ compare fairly. Parts: `sample` (encode, generate, decode), `score`
+(the rest of the rollout: waiting for rewards, advantages, the batch placed on the devices) and `update`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import tempfile
+from typing import Sequence
+
+import numpy as np
+
+from r1jax.errors import UserError
+from r1jax.rl.config import Config, load_config
+from r1jax.rl.train.console import RunConsole
+from r1jax.rl.train.metrics import read_rows
+from r1jax.rl.train.trainer import Trainer
+
+KEYS = ("grpo_step_seconds", "grpo_sample_seconds", "grpo_score_seconds", "grpo_update_seconds",
+        "grpo_generated_tokens", "grpo_generated_tokens_per_s", "grpo_steps_timed")
+
+
+WORKLOAD = "bench_qwen3"  # the side-by-side workload's data, sampling, GRPO settings and stage
+
+
+def side_by_side(config: Config, steps: int, max_new_tokens: int | None = None) -> Config:
+    """`config`'s model, mesh and seed on the side-by-side workload (configs/bench_qwen3.yaml), `steps` GRPO
+    steps long."""
+    overrides = [f"stages.0.steps={steps}"]
+    if max_new_tokens is not None:
+        overrides.append(f"sampling.max_new_tokens={max_new_tokens}")
+    workload = load_config(WORKLOAD, overrides)
+    return dataclasses.replace(workload, model=config.model, sharding=config.sharding, seed=config.seed)
+
+
+def grpo_rows(config: Config, run_dir: str | pathlib.Path) -> list[dict]:
+    """The GRPO metric rows of `config`'s run in `run_dir` (the run is made there, quietly)."""
+    if not any(stage.kind == "grpo" for stage in config.stages):
+        raise UserError("bench grpo_step: the config has no grpo stage")
+    Trainer(config, run_dir, RunConsole(False)).run()
+    return [row for row in read_rows(pathlib.Path(run_dir) / "metrics.jsonl") if "time/update_s" in row]
+
+
+def summarize_steps(rows: Sequence[dict], warmup: int) -> dict:
+    """Medians over the rows after the first `warmup` (see the module docstring)."""
+    timed = list(rows)[warmup:]
+    if not timed:
+        raise UserError(f"bench grpo_step: {len(rows)} GRPO steps leave none after {warmup} warm-up steps")
+    median = lambda key: float(np.median([row[key] for row in timed]))
+    step, sample, rollout = median("step_time_s"), median("time/sample_s"), median("time/rollout_s")
+    tokens = median("generated_tokens")
+    return {"grpo_step_seconds": step, "grpo_sample_seconds": sample, "grpo_score_seconds": rollout - sample,
+            "grpo_update_seconds": median("time/update_s"), "grpo_generated_tokens": tokens,
+            "grpo_generated_tokens_per_s": float(np.median([row["generated_tokens"] / row["step_time_s"]
+                                                            for row in timed])),
+            "grpo_steps_timed": len(timed)}
+
+
+def grpo_step_figures(config: Config, warmup: int = 2) -> dict:
+    with tempfile.TemporaryDirectory(prefix="r1jax-bench-grpo-") as run_dir:
+        return summarize_steps(grpo_rows(config, run_dir), warmup)
