@@ -14,7 +14,7 @@ from r1jax.errors import UserError
 
 FAMILIES = ("deepseek_v3", "qwen3_moe")
 DTYPES = ("float32", "bfloat16")
-MOE_IMPLS = ("auto", "ragged", "blocked")
+MOE_IMPLS = ("auto", "ragged", "blocked", "blocked_autodiff")  # the kernels of model.dispatch
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,10 +27,7 @@ def dense_reference(x_TD, experts_TK, weights_TK, wg, wu, wd):
     return out
 
 
-@pytest.mark.parametrize("impl", ["blocked", "ragged"])
-@pytest.mark.parametrize("tokens,experts,top_k,block", [(37, 8, 2, 8), (64, 16, 4, 16), (5, 8, 3, 4),
-                                                        (6, 16, 2, 64)])  # last: a decode step, block fitted
-def test_grouped_dispatch_equals_dense_reference(impl, tokens, experts, top_k, block):
+def dispatch_case(tokens, experts, top_k):
     keys = jax.random.split(jax.random.key(tokens + experts), 6)
     d, f = 16, 12
     x = jax.random.normal(keys[0], (tokens, d))
@@ -38,8 +35,42 @@ def test_grouped_dispatch_equals_dense_reference(impl, tokens, experts, top_k, b
     weights, chosen = jax.lax.top_k(jax.nn.softmax(logits), top_k)
     wg, wu = (0.3 * jax.random.normal(k, (experts, d, f)) for k in keys[2:4])
     wd = 0.3 * jax.random.normal(keys[4], (experts, f, d))
+    return x, chosen, weights, wg, wu, wd
+
+
+CASES = [(37, 8, 2, 8), (64, 16, 4, 16), (5, 8, 3, 4), (6, 16, 2, 64)]  # last: a decode step, block fitted
+
+
+@pytest.mark.parametrize("impl", ["blocked", "blocked_autodiff", "ragged"])
+@pytest.mark.parametrize("tokens,experts,top_k,block", CASES)
+def test_grouped_dispatch_equals_dense_reference(impl, tokens, experts, top_k, block):
+    x, chosen, weights, wg, wu, wd = dispatch_case(tokens, experts, top_k)
     got = local_expert_ffn(x, chosen, weights, wg, wu, wd, impl=impl, block_size=block)
     np.testing.assert_allclose(np.asarray(got), dense_reference(x, chosen, weights, wg, wu, wd), atol=1e-5)
+
+
+def dense_loss(x, weights, wg, wu, wd, chosen):
+    """A non-linear function of the dense, one-hot-combined expert outputs (every expert on every token)."""
+    h = jax.nn.silu(jnp.einsum("td,edf->tef", x, wg)) * jnp.einsum("td,edf->tef", x, wu)
+    y_TED = jnp.einsum("tef,efd->ted", h, wd)
+    combine_TE = jnp.sum(jax.nn.one_hot(chosen, wg.shape[0]) * weights[..., None], axis=1)
+    y = jnp.einsum("ted,te->td", y_TED, combine_TE)
+    return jnp.sum(jnp.sin(y) * y)
+
+
+@pytest.mark.parametrize("impl", ["blocked", "blocked_autodiff"])
+@pytest.mark.parametrize("tokens,experts,top_k,block", CASES)
+def test_blocked_gradients_equal_the_dense_formulas(impl, tokens, experts, top_k, block):
+    """The written-out backward (and JAX's) against autodiff of the dense computation: inputs, all three
+    weights and the routing weights, including experts that get no token."""
+    x, chosen, weights, wg, wu, wd = dispatch_case(tokens, experts, top_k)
+    sparse = lambda x, weights, wg, wu, wd: jnp.sum(
+        jnp.sin(y := local_expert_ffn(x, chosen, weights, wg, wu, wd, impl=impl, block_size=block)) * y)
+    args = (x, weights, wg, wu, wd)
+    got = jax.grad(sparse, argnums=range(5))(*args)
+    expected = jax.grad(lambda *a: dense_loss(*a, chosen), argnums=range(5))(*args)
+    for name, g, e in zip(("x", "routing weights", "w_gate", "w_up", "w_down"), got, expected):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(e), atol=2e-5, rtol=1e-4, err_msg=name)
 
 
 @pytest.mark.parametrize("copies,experts,block,fitted", [
