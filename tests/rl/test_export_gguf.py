@@ -220,11 +220,17 @@ def test_quantised_exports_keep_norms_router_and_biases_in_f32(dtype, tokenizer,
 
 
 def test_cli_writes_the_file_and_refuses_bad_input_leaving_nothing_behind(tokenizer, tmp_path, capsys, monkeypatch):
-    save_checkpoint(tmp_path / "ck", CONFIGS["qwen3_moe"], tokenizer)
+    policy = save_checkpoint(tmp_path / "ck", CONFIGS["qwen3_moe"], tokenizer)
     out = tmp_path / "m.gguf"
     assert main(["export-gguf", str(tmp_path / "ck"), str(out)]) == 0
     assert "qwen3_moe as llama.cpp's qwen3moe, dtype f32" in capsys.readouterr().out
     assert read(out)[0]["tokenizer.chat_template"] == chat_template("chat")  # the checkpoint's prompt format
+    # gathered from the checkpoint's sharded mesh: the same tensors as an export of the unsharded policy
+    (tmp_path / "direct").mkdir()
+    export_gguf(policy, tmp_path / "direct" / "m.gguf", tokenizer, "f32")
+    sharded, direct = read(out)[1], read(tmp_path / "direct" / "m.gguf")[1]
+    assert sharded.keys() == direct.keys()
+    assert all(np.array_equal(np.asarray(sharded[k].data), np.asarray(direct[k].data)) for k in sharded)
     before = out.read_bytes()
     assert main(["export-gguf", str(tmp_path / "ck"), str(out), "--dtype", "q8_0"]) == 2
     assert f"output {str(out)!r} exists; pass --force" in capsys.readouterr().err
@@ -243,11 +249,11 @@ def test_cli_writes_the_file_and_refuses_bad_input_leaving_nothing_behind(tokeni
     monkeypatch.setattr("r1jax.rl.gguf_export.tensor_data", failing)
     with pytest.raises(OSError, match="disk full"):
         main(["export-gguf", str(tmp_path / "ck"), str(out), "--force"])
-    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["ck", "m.gguf"]
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["ck", "direct", "m.gguf"]
     monkeypatch.undo()
     assert main(["export-gguf", str(tmp_path / "ck"), str(out), "--dtype", "bf16", "--force"]) == 0
     assert read(out)[0]["general.file_type"] == gguf.LlamaFileType.MOSTLY_BF16
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "m.gguf"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "direct", "m.gguf"]
 
 
 @pytest.mark.parametrize("change, why", [

@@ -89,15 +89,18 @@ def test_llama_cpp_generates_what_r1jax_generates(case, tokenizer, tmp_path):
 
 
 def test_llama_cpp_tokenizes_as_r1jax(tokenizer, tmp_path):
-    texts = ["What is 12 + 35?", "The quick brown fox <think> jumps </think> over", "x^2 - 4 = 0 <answer>2</answer>"]
-    export_gguf(init_policy(dataclasses.replace(QWEN, vocab_size=320, mlp_only_layers=()), 0),
-                tmp_path / "sp.gguf", tokenizer, "f32")
-    hf = HFTokenizer.load(write_hf_tokenizer(tmp_path / "qwen", "qwen"))
-    export_gguf(init_policy(dataclasses.replace(QWEN, vocab_size=640, mlp_only_layers=()), 0),
-                tmp_path / "hf.gguf", hf, "f32")
-    for path, tok in ((tmp_path / "sp.gguf", tokenizer), (tmp_path / "hf.gguf", hf)):
+    """The file's tokenizer in llama.cpp: r1jax's sentencepiece (SPM) and tokenizer.json files of both styles
+    (byte-level BPE with Qwen's split regexes; the DeepSeek style's post-processor adds bos)."""
+    texts = ["What is 12 + 35?", "The quick brown fox <think> jumps </think> over", "x^2 - 4 = 0 <answer>2</answer>",
+             "数学の問題 — ответ: 42\n  two  spaces"]
+    cases = [("sp", tokenizer, 320)]
+    for style in ("qwen", "deepseek"):
+        cases.append((style, HFTokenizer.load(write_hf_tokenizer(tmp_path / style, style)), 640))
+    for name, tok, vocab in cases:
+        path = tmp_path / f"{name}.gguf"
+        export_gguf(init_policy(dataclasses.replace(QWEN, vocab_size=vocab, mlp_only_layers=()), 0), path, tok, "f32")
         llm = load(path, vocab_only=True)
         for text in texts:
             theirs = llm.tokenize(text.encode(), add_bos=True, special=False)
-            assert theirs == tok.encode(text, add_bos=True), (path.name, text)
-            assert llm.detokenize(theirs).decode() == text
+            assert theirs == tok.encode(text, add_bos=True), (name, text)
+            assert llm.detokenize(theirs).decode() == text, (name, text)
