@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from r1jax.errors import UserError
+from r1jax.model.config import ModelConfig
 from r1jax.model.decoder import Policy
 from r1jax.model.hf_io import parameter_leaves
 from r1jax.model.tokenizer import TokenizerLike
@@ -33,7 +34,7 @@ from r1jax.rl.gguf_export.vocab import write_tokenizer
 DTYPES = tuple(QTYPES)  # f32 f16 bf16 q8_0
 
 
-def check_exportable(policy_cfg, dtype: str) -> None:
+def check_exportable(policy_cfg: ModelConfig, dtype: str) -> None:
     """UserError naming an unsupported dtype or what llama.cpp cannot run in this model."""
     if dtype not in DTYPES:
         raise UserError(f"GGUF dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
