@@ -55,7 +55,7 @@ _DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloa
 _FP32_TENSORS = {"deepseek_v3": ("mlp.gate.weight", "mlp.gate.e_score_correction_bias"), "qwen3_moe": ()}
 
 
-def _leaves(tree: Mapping) -> dict[tuple, Any]:
+def parameter_leaves(tree: Mapping) -> dict[tuple, Any]:
     """{path: leaf} of a pure parameter dict, paths as in `hf_weights` (str and int keys)."""
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
     return {path_keys(path): leaf for path, leaf in flat}
@@ -77,7 +77,7 @@ class _Entry:
 
 def _plan(cfg: ModelConfig, params: Mapping, dtype: str, max_shard_bytes: int) -> list[list[_Entry]]:
     """HF tensors in order, cut into shards of at most `max_shard_bytes` (a larger tensor is alone)."""
-    leaves = _leaves(params)
+    leaves = parameter_leaves(params)
     shards: list[list[_Entry]] = [[]]
     size = 0
     keep_fp32 = _FP32_TENSORS[cfg.family]
@@ -170,7 +170,7 @@ def export_hf(policy: Policy, out_dir: str | pathlib.Path, dtype: str | None = N
     if writer:
         out.mkdir(parents=True, exist_ok=True)
     params = nnx.to_pure_dict(nnx.state(policy))
-    leaves = _leaves(params)
+    leaves = parameter_leaves(params)
     shards = _plan(cfg, params, dtype, max_shard_bytes)
     names = shard_names(len(shards))
     for name, entries in zip(names, shards):
@@ -262,7 +262,7 @@ def _listing(what: str, names: Sequence[str], limit: int = 20) -> str:
 
 def check_tensors(ckpt: HFCheckpoint, cfg: ModelConfig, shapes: Mapping) -> None:
     """UserError listing missing, unexpected and wrongly shaped tensors (headers only; no data read)."""
-    leaves = _leaves(shapes)
+    leaves = parameter_leaves(shapes)
     expected = {t.hf_name: t.hf_shape(leaves[t.path].shape[len(t.index):]) for t in tensor_map(cfg)}
     mtp = mtp_layers(ckpt.config)
     present = set(ckpt.files)
@@ -321,9 +321,9 @@ def import_params(ckpt: HFCheckpoint, cfg: ModelConfig, mesh: Mesh | None = None
         by_path[t.path].append(t)
     shardings = None
     if mesh is not None:
-        shardings = _leaves(nnx.to_pure_dict(state_shardings(abstract_state, mesh, rules or Rules.preset(
+        shardings = parameter_leaves(nnx.to_pure_dict(state_shardings(abstract_state, mesh, rules or Rules.preset(
             "fsdp_expert_tensor"))))
-    leaves = _leaves(shapes)
+    leaves = parameter_leaves(shapes)
     uncovered = sorted(str(p) for p in leaves if p not in by_path)
     assert not uncovered, f"parameters without an HF tensor: {uncovered}"  # a tensor_map bug, not input
     values = {p: _place(by_path[p], a, shardings and shardings[p], ckpt) for p, a in leaves.items()}

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"output directory {str(out)!r} exists and is not empty; refusing to overwrite")
     config = load_config(args.checkpoint)
     config = config_from_dicts(to_dict(config), parse_overrides(args.overrides), source="overrides")
-    tok = _tokenizer(args.tokenizer, config.model.vocab_size, args.checkpoint)
+    tok = resolve_tokenizer(args.tokenizer, config.model.vocab_size, args.checkpoint)
     own_format = tok is not None and isinstance(tok, Tokenizer)  # r1jax's: the chat template is written here
     if tok is not None and not own_format and args.template not in (None, "chat"):
         raise UserError(f"--template {args.template}: the tokenizer is a Hugging Face one, whose files are "
@@ -95,7 +95,8 @@ def _tokenizer_note(tok, own_format: bool, template: str) -> str:
     return "with the Hugging Face tokenizer's files as they came"
 
 
-def _tokenizer(path: str | None, vocab_size: int, checkpoint: str):
+def resolve_tokenizer(path: str | None, vocab_size: int, checkpoint: str):
+    """`path`'s tokenizer (UserError when it does not fit `vocab_size`), else the one `checkpoint` carries or None."""
     from r1jax.errors import UserError
     from r1jax.model.tokenizer import load_tokenizer
     from r1jax.rl.checkpoint import find_tokenizer

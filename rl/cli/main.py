@@ -24,6 +24,7 @@ COMMANDS = [
     ("score", "r1jax.rl.cli.score", "score saved completions with the training rewards (JSON lines out)"),
     ("tokenizer", "r1jax.rl.cli.tokenizer", "train the policy's sentencepiece tokenizer"),
     ("export-hf", "r1jax.rl.cli.export_hf", "export a checkpoint as a Hugging Face checkpoint (safetensors)"),
+    ("export-gguf", "r1jax.rl.cli.export_gguf", "export a checkpoint as one GGUF file for llama.cpp"),
     ("import-hf", "r1jax.rl.cli.import_hf", "convert a Hugging Face checkpoint into an r1jax checkpoint"),
     ("compile", "r1jax.rl.cli.compile", "compile a GRPO step for a TPU slice on this host; report memory per chip"),
     ("bench", "r1jax.rl.cli.bench", "measure this machine: sampler, train step and MFU, reward pool, MoE, vs HF"),

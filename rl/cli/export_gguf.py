@@ -1,0 +1,66 @@
+"""Export an r1jax checkpoint as one GGUF file for llama.cpp (Qwen3-MoE as qwen3moe, DeepSeek-V3 as deepseek2).
+
+The file holds the weights in llama.cpp's layout (experts stacked per layer; DeepSeek-V3's MLA with kv_b split
+per head into attn_k_b / attn_v_b), every architecture and routing field written explicitly (sigmoid gating,
+group-limited routing, the routing bias and scaling factor for DeepSeek-V3), and the tokenizer: the
+checkpoint's (or --tokenizer's) sentencepiece model as llama.cpp's SPM tokenizer, or its Hugging Face
+tokenizer.json as a byte-level BPE with a pre-tokenizer llama.cpp knows (qwen2, deepseek-v3), with the special
+token ids and the chat template (for an r1jax tokenizer: the prompt format the checkpoint was trained with).
+--dtype: f32 (exact), f16, bf16 or q8_0; norms, the router and biases stay f32 as llama.cpp's converter keeps
+them. Tensors stream one at a time; the file appears only when complete. sharding.KEY=VALUE overrides adapt
+the mesh to the devices at hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+DTYPE_CHOICES = ("f32", "f16", "bf16", "q8_0")  # as r1jax.rl.gguf_export.DTYPES (kept import-free for --help)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a run directory, checkpoint directory or step directory")
+    parser.add_argument("out", help="the GGUF file to write, e.g. model.gguf")
+    parser.add_argument("overrides", nargs="*", metavar="sharding.KEY=VALUE",
+                        help="mesh overrides for loading, e.g. sharding.fsdp=-1")
+    parser.add_argument("--dtype", default="f32", metavar="{" + ",".join(DTYPE_CHOICES) + "}",
+                        help="weight type in the file (default f32: exact)")
+    parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    parser.add_argument("--tokenizer", default=None, metavar="PATH",
+                        help="a tokenizer directory (Hugging Face tokenizer.json or r1jax tokenizer.model) to put "
+                             "in the file (default: the one the checkpoint carries)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import pathlib
+
+    from r1jax.errors import UserError
+    from r1jax.rl.checkpoint import load_config, load_policy
+    from r1jax.rl.cli.export_hf import resolve_tokenizer
+    from r1jax.rl.config import config_from_dicts, parse_overrides, to_dict
+    from r1jax.rl.gguf_export import check_exportable, export_gguf
+    from r1jax.sharding.mesh import build_mesh
+
+    if args.dtype not in DTYPE_CHOICES:
+        raise UserError(f"--dtype {args.dtype!r}: expected one of {', '.join(DTYPE_CHOICES)}")
+    bad = [o for o in args.overrides if not o.startswith("sharding.")]
+    if bad:
+        raise UserError(f"override {bad[0]!r}: export-gguf only takes sharding.KEY=VALUE overrides")
+    out = pathlib.Path(args.out)
+    if out.exists() and not args.force:
+        raise UserError(f"output {str(out)!r} exists; pass --force to replace it")
+    config = load_config(args.checkpoint)
+    config = config_from_dicts(to_dict(config), parse_overrides(args.overrides), source="overrides")
+    check_exportable(config.model, args.dtype)  # before loading the weights
+    tok = resolve_tokenizer(args.tokenizer, config.model.vocab_size, args.checkpoint)
+    if tok is None:
+        raise UserError(f"checkpoint {args.checkpoint!r} carries no tokenizer, and llama.cpp needs one in the "
+                        "file: pass --tokenizer")
+    mesh = build_mesh(config.sharding)
+    _, policy = load_policy(args.checkpoint, mesh, config.sharding.logical_rules())
+    written = export_gguf(policy, out, tok, args.dtype, config.tokenizer.template, args.force)
+    if written is not None:
+        print(f"wrote {written} ({config.model.family} as llama.cpp's "
+              f"{'deepseek2' if config.model.is_deepseek else 'qwen3moe'}, dtype {args.dtype}, "
+              f"{written.stat().st_size} bytes)")
+    return 0

@@ -1,0 +1,136 @@
+"""The tokenizer inside a GGUF file, so llama.cpp needs nothing else.
+
+- r1jax's sentencepiece tokenizer -> `tokenizer.ggml.model = llama` (llama.cpp's SPM tokenizer): the pieces,
+  their scores and types (normal, unknown, control, user-defined for R1's tags, byte for the 256 byte-fallback
+  pieces), no space prefix (r1jax trains without a dummy prefix), bos added to every sequence (every
+  sequence r1jax trains on starts with <s>). The chat template renders the checkpoint's prompt format, as
+  `export-hf` writes it (`model.hf_tokenizer.chat_template`). Known gap: r1jax escapes U+2581 and U+F0000
+  in text before sentencepiece; llama.cpp does not, so text containing those two characters tokenizes
+  differently there.
+- a Hugging Face tokenizer.json (a byte-level BPE, as Qwen3's and DeepSeek-V3's) -> `tokenizer.ggml.model =
+  gpt2`: the vocabulary in id order, the merges, token types (special added tokens control, other added
+  tokens user-defined) and `tokenizer.ggml.pre`, the name of llama.cpp's built-in pre-tokenizer regexes,
+  chosen by comparing the file's split regexes with those of Qwen2/Qwen3 (`qwen2`) and DeepSeek-V3
+  (`deepseek-v3`); any other pre-tokenizer is refused, since llama.cpp would split text differently. bos is
+  added when the tokenizer's post-processor adds it; the chat template is the tokenizer's own.
+Ids: bos (when the tokenizer has one), eos (the first of its eos ids; llama.cpp also ends generation at
+well-known end tokens such as <|endoftext|> by their text), pad, unk (sentencepiece). Ids past the
+tokenizer up to the model's vocab_size are `[PAD<id>]` tokens of type unused, as llama.cpp's converter
+writes them: the token list must have one entry per embedding row.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import gguf
+
+from r1jax.errors import UserError
+from r1jax.model.hf_tokenizer import chat_template, read_model_proto
+from r1jax.model.tokenizer import Tokenizer, TokenizerLike
+from r1jax.model.tokenizer_json import TOKENIZER_JSON, HFTokenizer
+
+_SP_TYPES = {"normal": gguf.TokenType.NORMAL, "unknown": gguf.TokenType.UNKNOWN, "control": gguf.TokenType.CONTROL,
+             "user_defined": gguf.TokenType.USER_DEFINED, "unused": gguf.TokenType.UNUSED,
+             "byte": gguf.TokenType.BYTE}
+# tokenizer.json split regexes -> llama.cpp's pre-tokenizer name (src/llama-vocab.cpp)
+PRE_TOKENIZERS = {
+    ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+     "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",): "qwen2",
+    ("\\p{N}{1,3}", "[一-龥぀-ゟ゠-ヿ]+",
+     "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+"
+     "| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+"): "deepseek-v3",
+}
+PAD_SCORE = -1000.0  # the score llama.cpp's converter gives padding pieces
+
+
+def write_tokenizer(writer: gguf.GGUFWriter, tok: TokenizerLike, vocab_size: int, template: str) -> None:
+    """The tokenizer keys for `tok`, padded to the model's `vocab_size`; `template` is the prompt format an
+    r1jax tokenizer's chat template renders (a Hugging Face tokenizer keeps its own)."""
+    if tok.vocab_size > vocab_size:
+        raise UserError(f"the tokenizer has {tok.vocab_size} tokens, more than the model's vocab_size {vocab_size}")
+    if isinstance(tok, Tokenizer):
+        _sentencepiece(writer, tok, vocab_size, template)
+    elif isinstance(tok, HFTokenizer):
+        _byte_level_bpe(writer, tok, vocab_size)
+    else:  # a new TokenizerLike back end without a GGUF form
+        raise UserError(f"tokenizer {type(tok).__name__}: no GGUF form (expected sentencepiece or tokenizer.json)")
+
+
+def _sentencepiece(writer: gguf.GGUFWriter, tok: Tokenizer, vocab_size: int, template: str) -> None:
+    _, pieces = read_model_proto(tok.model_proto)
+    pad = range(len(pieces), vocab_size)
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list([piece for piece, _, _ in pieces] + [f"[PAD{i}]" for i in pad])
+    writer.add_token_scores([score for _, score, _ in pieces] + [PAD_SCORE] * len(pad))
+    writer.add_token_types([_SP_TYPES[kind] for _, _, kind in pieces] + [gguf.TokenType.UNUSED] * len(pad))
+    writer.add_add_space_prefix(False)
+    writer.add_bos_token_id(tok.bos_id)
+    writer.add_eos_token_id(tok.eos_id)
+    writer.add_unk_token_id(tok.unk_id)
+    writer.add_pad_token_id(tok.pad_id)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+    writer.add_chat_template(chat_template(template))
+
+
+def _split_patterns(pre: Any) -> tuple[str, ...]:
+    """The regexes of a tokenizer.json pre_tokenizer's Split steps, in order."""
+    if not isinstance(pre, dict):
+        return ()
+    if pre.get("type") == "Sequence":
+        return tuple(p for step in pre.get("pretokenizers", []) for p in _split_patterns(step))
+    if pre.get("type") == "Split":
+        pattern = pre.get("pattern", {})
+        return (pattern.get("Regex", pattern.get("String")),)
+    return ()
+
+
+def _has_byte_level(pre: Any) -> bool:
+    if not isinstance(pre, dict):
+        return False
+    return pre.get("type") == "ByteLevel" or any(_has_byte_level(p) for p in pre.get("pretokenizers", []))
+
+
+def _byte_level_bpe(writer: gguf.GGUFWriter, tok: HFTokenizer, vocab_size: int) -> None:
+    where = f"{tok.origin}/{TOKENIZER_JSON}"
+    data = json.loads(tok.files[TOKENIZER_JSON].decode("utf-8"))
+    model = data.get("model", {})
+    if model.get("type") != "BPE" or not _has_byte_level(data.get("pre_tokenizer")):
+        raise UserError(f"{where}: a {model.get('type')} model without a ByteLevel pre-tokenizer; llama.cpp's "
+                        "gpt2 tokenizer reads byte-level BPE tokenizers (as Qwen3's and DeepSeek-V3's)")
+    patterns = _split_patterns(data.get("pre_tokenizer"))
+    pre = PRE_TOKENIZERS.get(patterns)
+    if pre is None:
+        raise UserError(f"{where}: pre-tokenizer split regexes {list(patterns)} are not those of a pre-tokenizer "
+                        f"llama.cpp knows by name (Qwen2/Qwen3's qwen2 or DeepSeek-V3's deepseek-v3)")
+    added = {t["id"]: t for t in data.get("added_tokens", [])}
+    by_id = {i: text for text, i in model.get("vocab", {}).items()}
+    by_id.update({i: t["content"] for i, t in added.items()})
+    tokens, types = [], []
+    for i in range(vocab_size):
+        if i not in by_id:
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+        else:
+            tokens.append(by_id[i])
+            types.append(gguf.TokenType.NORMAL if i not in added else
+                         gguf.TokenType.CONTROL if added[i].get("special") else gguf.TokenType.USER_DEFINED)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    probe = tok.encode("a")
+    adds_bos = tok.bos_id is not None and len(tok.encode("a", add_bos=True)) > len(probe)
+    if tok.bos_id is not None:
+        writer.add_bos_token_id(tok.bos_id)
+    writer.add_eos_token_id(tok.eos_id)
+    writer.add_pad_token_id(tok.pad_id)
+    writer.add_add_bos_token(adds_bos)
+    writer.add_add_eos_token(False)
+    if tok.chat_template is not None:
+        writer.add_chat_template(tok.chat_template.source)

@@ -1,0 +1,280 @@
+"""`r1jax export-gguf`: the file read back with llama.cpp's own reader (gguf.GGUFReader).
+
+Tensors are compared with an independent reference: the same policy exported by `export-hf` (itself checked
+against transformers), rearranged here as llama.cpp's converter does (experts stacked per layer, kv_b split
+per head into a transposed k_b and v_b), by a name table written out in this file. Metadata, tokenizer keys,
+storage types of the quantised exports, and the CLI's refusals (existing output, dtype, models llama.cpp
+cannot run, no partial file) are checked too. Running the files in llama.cpp: test_export_gguf_llama.py.
+"""
+
+import dataclasses
+import json
+import re
+
+import gguf
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from r1jax.errors import UserError
+from r1jax.model.factory import init_policy
+from r1jax.model.hf_io import export_hf
+from r1jax.model.hf_tokenizer import chat_template, read_model_proto
+from r1jax.model.tokenizer import HFTokenizer, train_tokenizer
+from r1jax.rl.checkpoint import save_policy
+from r1jax.rl.cli.main import main
+from r1jax.rl.config import load_config
+from r1jax.rl.gguf_export import export_gguf, layout
+from r1jax.rl.gguf_export.vocab import PRE_TOKENIZERS
+from tests.model.hf_tokenizer_files import write_hf_tokenizer
+from tests.model.tiny import DEEPSEEK, QWEN
+from tests.rl.conftest import TRAIN_CONFIG
+
+VOCAB = 320  # model rows; the sentencepiece tokenizer has 300 pieces
+CONFIGS = {"qwen3_moe": dataclasses.replace(QWEN, vocab_size=VOCAB, mlp_only_layers=()),  # qwen3moe: all MoE
+           "deepseek_v3": dataclasses.replace(DEEPSEEK, vocab_size=VOCAB)}
+CORPUS = ["What is 12 + 35? <think> 12 + 35 = 47 </think> <answer>47</answer>",
+          "The quick brown fox jumps over the lazy dog.", "Solve x^2 - 4 = 0 for x, then check."] * 30
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(CORPUS, 300)
+
+
+def save_checkpoint(directory, cfg, tok, template="chat"):
+    """A checkpoint of a random `cfg` policy carrying `tok`; returns the policy."""
+    config = dataclasses.replace(load_config(TRAIN_CONFIG, [f"tokenizer.template={template}"]), model=cfg)
+    policy = init_policy(cfg, 3)
+    save_policy(directory, config, policy)
+    tok.save(directory / "tokenizer")
+    return policy
+
+
+def read(path) -> tuple[dict[str, object], dict[str, gguf.ReaderTensor]]:
+    reader = gguf.GGUFReader(path)
+    return {k: f.contents() for k, f in reader.fields.items()}, {t.name: t for t in reader.tensors}
+
+
+def expected_tensors(cfg, hf: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """llama.cpp's layout of an HF checkpoint, written out independently of rl.gguf_export."""
+    out = {"token_embd.weight": hf["model.embed_tokens.weight"], "output_norm.weight": hf["model.norm.weight"],
+           "output.weight": hf["lm_head.weight"]}
+    for i in range(cfg.num_hidden_layers):
+        p, b = f"model.layers.{i}.", f"blk.{i}."
+        names = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+                 "attn_output": "self_attn.o_proj"}
+        if cfg.is_deepseek:
+            names.update(attn_q_a="self_attn.q_a_proj", attn_q_b="self_attn.q_b_proj",
+                         attn_q_a_norm="self_attn.q_a_layernorm", attn_kv_a_mqa="self_attn.kv_a_proj_with_mqa",
+                         attn_kv_a_norm="self_attn.kv_a_layernorm")
+            kv_b = hf[p + "self_attn.kv_b_proj.weight"].reshape(
+                cfg.num_attention_heads, cfg.qk_nope_head_dim + cfg.v_head_dim, cfg.kv_lora_rank)
+            out[b + "attn_k_b.weight"] = kv_b[:, :cfg.qk_nope_head_dim].transpose(0, 2, 1)
+            out[b + "attn_v_b.weight"] = kv_b[:, cfg.qk_nope_head_dim:]
+        else:
+            names.update(attn_q="self_attn.q_proj", attn_k="self_attn.k_proj", attn_v="self_attn.v_proj",
+                         attn_q_norm="self_attn.q_norm", attn_k_norm="self_attn.k_norm")
+        if not cfg.layer_is_moe(i):
+            names.update(ffn_gate="mlp.gate_proj", ffn_up="mlp.up_proj", ffn_down="mlp.down_proj")
+        else:
+            names["ffn_gate_inp"] = "mlp.gate"
+            for proj in ("gate", "up", "down"):
+                out[f"{b}ffn_{proj}_exps.weight"] = np.stack(
+                    [hf[f"{p}mlp.experts.{e}.{proj}_proj.weight"] for e in range(cfg.n_routed_experts)])
+            if cfg.is_deepseek:
+                out[b + "exp_probs_b.bias"] = hf[p + "mlp.gate.e_score_correction_bias"]
+                names.update(ffn_gate_shexp="mlp.shared_experts.gate_proj", ffn_up_shexp="mlp.shared_experts.up_proj",
+                             ffn_down_shexp="mlp.shared_experts.down_proj")
+        out.update({f"{b}{ours}.weight": hf[f"{p}{theirs}.weight"] for ours, theirs in names.items()})
+    return out
+
+
+@pytest.mark.parametrize("family", list(CONFIGS))
+def test_f32_tensors_equal_the_checkpoint_in_llama_cpp_layout(family, tokenizer, tmp_path):
+    cfg = CONFIGS[family]
+    policy = init_policy(cfg, 3)
+    export_hf(policy, tmp_path / "hf", "float32")
+    export_gguf(policy, tmp_path / "m.gguf", tokenizer, "f32")
+    _, tensors = read(tmp_path / "m.gguf")
+    expected = expected_tensors(cfg, load_file(str(tmp_path / "hf" / "model.safetensors")))
+    assert sorted(tensors) == sorted(expected)
+    for name, want in expected.items():
+        assert tensors[name].tensor_type == gguf.GGMLQuantizationType.F32, name
+        assert np.array_equal(np.asarray(tensors[name].data), want), name
+
+
+def test_metadata_states_every_architecture_and_routing_field(tokenizer, tmp_path):
+    ds, qw = CONFIGS["deepseek_v3"], CONFIGS["qwen3_moe"]
+    export_gguf(init_policy(ds, 0), tmp_path / "ds.gguf", tokenizer, "f32")
+    fields, _ = read(tmp_path / "ds.gguf")
+    a = "deepseek2."
+    assert fields["general.architecture"] == "deepseek2" and fields["general.file_type"] == 0
+    assert {k[len(a):]: v for k, v in fields.items() if k.startswith(a)} == pytest.approx({
+        "vocab_size": VOCAB, "context_length": ds.max_position_embeddings, "embedding_length": 32,
+        "block_count": 3, "feed_forward_length": 64, "attention.head_count": 4, "attention.head_count_kv": 1,
+        "attention.layer_norm_rms_epsilon": 1e-6, "rope.freq_base": 10000.0, "rope.scaling.type": "none",
+        "rope.dimension_count": 8, "leading_dense_block_count": 1, "attention.q_lora_rank": 16,
+        "attention.kv_lora_rank": 16, "attention.key_length": 16 + 8, "attention.value_length": 16,
+        "attention.key_length_mla": 16, "attention.value_length_mla": 8, "expert_count": 8,
+        "expert_used_count": 2, "expert_feed_forward_length": 16, "expert_shared_count": 1,
+        "expert_weights_scale": 2.0, "expert_weights_norm": True,
+        "expert_gating_func": int(gguf.ExpertGatingFuncType.SIGMOID), "expert_group_count": 4,
+        "expert_group_used_count": 2})
+    # every group kept (topk_group == n_group) is routing without groups: one group, as llama.cpp requires
+    export_gguf(init_policy(dataclasses.replace(ds, topk_group=4), 0), tmp_path / "all.gguf", tokenizer, "f32")
+    fields, _ = read(tmp_path / "all.gguf")
+    assert (fields[a + "expert_group_count"], fields[a + "expert_group_used_count"]) == (1, 1)
+    export_gguf(init_policy(qw, 0), tmp_path / "qw.gguf", tokenizer, "f32")
+    fields, _ = read(tmp_path / "qw.gguf")
+    q = "qwen3moe."
+    assert fields["general.architecture"] == "qwen3moe"
+    assert {k: fields[q + k] for k in ("attention.head_count_kv", "attention.key_length", "attention.value_length",
+                                        "rope.dimension_count", "expert_count", "expert_used_count",
+                                        "expert_feed_forward_length", "expert_weights_norm", "expert_gating_func",
+                                        "expert_shared_count", "expert_group_count")} == {
+        "attention.head_count_kv": 2, "attention.key_length": 8, "attention.value_length": 8,
+        "rope.dimension_count": 8, "expert_count": 8, "expert_used_count": 2, "expert_feed_forward_length": 16,
+        "expert_weights_norm": True, "expert_gating_func": int(gguf.ExpertGatingFuncType.SOFTMAX),
+        "expert_shared_count": 0, "expert_group_count": 0}
+
+
+def test_sentencepiece_tokenizer_keys(tokenizer, tmp_path):
+    export_gguf(init_policy(CONFIGS["qwen3_moe"], 0), tmp_path / "m.gguf", tokenizer, "f32", template="r1_zero")
+    fields, _ = read(tmp_path / "m.gguf")
+    _, pieces = read_model_proto(tokenizer.model_proto)
+    pad = VOCAB - len(pieces)
+    assert fields["tokenizer.ggml.model"] == "llama"
+    assert fields["tokenizer.ggml.tokens"] == [p for p, _, _ in pieces] + [f"[PAD{i}]" for i in range(300, VOCAB)]
+    assert fields["tokenizer.ggml.scores"] == pytest.approx([s for _, s, _ in pieces] + [-1000.0] * pad)
+    types = fields["tokenizer.ggml.token_type"]
+    assert types[:4] == [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL,
+                         gguf.TokenType.CONTROL]  # <unk> <s> </s> <pad>
+    assert types[4:8] == [gguf.TokenType.USER_DEFINED] * 4  # <think> </think> <answer> </answer>
+    assert types[8:8 + 256] == [gguf.TokenType.BYTE] * 256 and types[-pad:] == [gguf.TokenType.UNUSED] * pad
+    assert [fields[f"tokenizer.ggml.{k}"] for k in ("bos_token_id", "eos_token_id", "unknown_token_id",
+                                                    "padding_token_id", "add_bos_token", "add_eos_token",
+                                                    "add_space_prefix")] == [1, 2, 0, 3, True, False, False]
+    assert fields["tokenizer.chat_template"] == chat_template("r1_zero")
+
+
+def test_hugging_face_tokenizer_keys_and_pre_tokenizer_names(tmp_path):
+    tok = HFTokenizer.load(write_hf_tokenizer(tmp_path / "qwen", "qwen"))
+    cfg = dataclasses.replace(CONFIGS["qwen3_moe"], vocab_size=640)
+    policy = init_policy(cfg, 0)
+    export_gguf(policy, tmp_path / "q.gguf", tok, "f32")
+    fields, _ = read(tmp_path / "q.gguf")
+    data = json.loads((tmp_path / "qwen" / "tokenizer.json").read_text())
+    assert (fields["tokenizer.ggml.model"], fields["tokenizer.ggml.pre"]) == ("gpt2", "qwen2")
+    tokens, types = fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.token_type"]
+    assert len(tokens) == 640 and all(tokens[i] == t for t, i in data["model"]["vocab"].items())
+    im_end, think = tok.eos_ids[0], tok.encode("<think>")[0]
+    assert (tokens[im_end], types[im_end]) == ("<|im_end|>", gguf.TokenType.CONTROL)
+    assert (tokens[think], types[think]) == ("<think>", gguf.TokenType.USER_DEFINED)
+    assert fields["tokenizer.ggml.merges"] == [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
+    assert (fields["tokenizer.ggml.eos_token_id"], fields["tokenizer.ggml.add_bos_token"]) == (im_end, False)
+    assert "tokenizer.ggml.bos_token_id" not in fields  # Qwen has no bos
+    assert fields["tokenizer.chat_template"] == tok.chat_template.source
+    # DeepSeek-V3's three split regexes name llama.cpp's deepseek-v3 pre-tokenizer; unknown regexes are refused
+    def split(regex):
+        return {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False}
+
+    deepseek = [split(r) for r in next(k for k, v in PRE_TOKENIZERS.items() if v == "deepseek-v3")]
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+    for splits, outcome in ((deepseek, "deepseek-v3"), ([split(r"\w+")], None)):
+        data["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [*splits, byte_level]}
+        files = {**tok.files, "tokenizer.json": json.dumps(data).encode()}
+        other = HFTokenizer(files, str(tmp_path / "edited"))
+        if outcome is None:
+            with pytest.raises(UserError, match=r"edited/tokenizer.json: pre-tokenizer split regexes \['\\\\w\+'\]"):
+                export_gguf(policy, tmp_path / "x.gguf", other, "f32")
+            assert not list(tmp_path.glob("*x.gguf*"))  # no partial file
+        else:
+            export_gguf(policy, tmp_path / "d.gguf", other, "f32")
+            assert read(tmp_path / "d.gguf")[0]["tokenizer.ggml.pre"] == outcome
+
+
+@pytest.mark.parametrize("dtype", ["q8_0", "bf16"])
+def test_quantised_exports_keep_norms_router_and_biases_in_f32(dtype, tokenizer, tmp_path):
+    cfg = dataclasses.replace(CONFIGS["deepseek_v3"], hidden_size=64)  # rows of 64: q8_0 blocks of 32 fit
+    policy = init_policy(cfg, 3)
+    export_gguf(policy, tmp_path / "f32.gguf", tokenizer, "f32")
+    export_gguf(policy, tmp_path / "q.gguf", tokenizer, dtype)
+    fields, tensors = read(tmp_path / "q.gguf")
+    _, exact = read(tmp_path / "f32.gguf")
+    assert fields["general.file_type"] == layout.FILE_TYPES[dtype]
+    wanted = layout.QTYPES[dtype]
+    for name, t in tensors.items():
+        shape = tuple(int(n) for n in reversed(t.shape))
+        if len(shape) == 1 or name.endswith(("_norm.weight", "ffn_gate_inp.weight", ".bias")):
+            assert t.tensor_type == gguf.GGMLQuantizationType.F32, name
+        elif shape[-1] % 32:  # e.g. attn_k_b's rows of qk_nope 8: as llama.cpp's converter, f16
+            assert t.tensor_type == (gguf.GGMLQuantizationType.F16 if dtype == "q8_0" else wanted), name
+        else:
+            assert t.tensor_type == wanted, name
+        values = gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape)
+        want = np.asarray(exact[name].data)
+        scale = np.abs(want).max()
+        assert np.abs(values - want).max() <= (1 / 127 if dtype == "q8_0" else 2 ** -8) * scale, name
+    assert "ffn_gate_exps.weight" in "".join(tensors) and wanted in {t.tensor_type for t in tensors.values()}
+
+
+def test_cli_writes_the_file_and_refuses_bad_input_leaving_nothing_behind(tokenizer, tmp_path, capsys, monkeypatch):
+    policy = save_checkpoint(tmp_path / "ck", CONFIGS["qwen3_moe"], tokenizer)
+    out = tmp_path / "m.gguf"
+    assert main(["export-gguf", str(tmp_path / "ck"), str(out)]) == 0
+    assert "qwen3_moe as llama.cpp's qwen3moe, dtype f32" in capsys.readouterr().out
+    assert read(out)[0]["tokenizer.chat_template"] == chat_template("chat")  # the checkpoint's prompt format
+    # gathered from the checkpoint's sharded mesh: the same tensors as an export of the unsharded policy
+    (tmp_path / "direct").mkdir()
+    export_gguf(policy, tmp_path / "direct" / "m.gguf", tokenizer, "f32")
+    sharded, direct = read(out)[1], read(tmp_path / "direct" / "m.gguf")[1]
+    assert sharded.keys() == direct.keys()
+    assert all(np.array_equal(np.asarray(sharded[k].data), np.asarray(direct[k].data)) for k in sharded)
+    before = out.read_bytes()
+    assert main(["export-gguf", str(tmp_path / "ck"), str(out), "--dtype", "q8_0"]) == 2
+    assert f"output {str(out)!r} exists; pass --force" in capsys.readouterr().err
+    assert main(["export-gguf", str(tmp_path / "ck"), str(tmp_path / "x.gguf"), "--dtype", "q4_k"]) == 2
+    assert "--dtype 'q4_k': expected one of f32, f16, bf16, q8_0" in capsys.readouterr().err
+    # a failure while writing leaves neither the output nor a temporary file, and an existing output intact
+    calls = []
+
+    def failing(entry, leaves):
+        calls.append(entry.name)
+        if len(calls) == 5:
+            raise OSError("disk full")
+        return real(entry, leaves)
+
+    real = layout.tensor_data
+    monkeypatch.setattr("r1jax.rl.gguf_export.tensor_data", failing)
+    with pytest.raises(OSError, match="disk full"):
+        main(["export-gguf", str(tmp_path / "ck"), str(out), "--force"])
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["ck", "direct", "m.gguf"]
+    monkeypatch.undo()
+    assert main(["export-gguf", str(tmp_path / "ck"), str(out), "--dtype", "bf16", "--force"]) == 0
+    assert read(out)[0]["general.file_type"] == gguf.LlamaFileType.MOSTLY_BF16
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "direct", "m.gguf"]
+
+
+@pytest.mark.parametrize("change, why", [
+    (dict(family="qwen3_moe", mlp_only_layers=(1,)), r"dense layers \[1\] .* qwen3moe makes every layer a MoE"),
+    (dict(family="qwen3_moe", norm_topk_prob=False), "norm_topk_prob=false"),
+    (dict(family="deepseek_v3", n_shared_experts=0), "n_shared_experts=0"),
+    (dict(family="deepseek_v3", q_lora_rank=None), "q_lora_rank=null"),
+    (dict(family="qwen3_moe", attention_bias=True), "attention_bias=true"),
+])
+def test_models_llama_cpp_cannot_run_are_refused_before_loading_weights(change, why, tokenizer, tmp_path, capsys):
+    family = change.pop("family")
+    save_checkpoint(tmp_path / "ck", dataclasses.replace(CONFIGS[family], **change), tokenizer)
+    assert main(["export-gguf", str(tmp_path / "ck"), str(tmp_path / "m.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert f"this {family} model cannot run in llama.cpp as" in err
+    assert re.search(why, err), err
+    assert not (tmp_path / "m.gguf").exists()
+
+
+def test_cli_needs_a_tokenizer(tmp_path, capsys):
+    config = dataclasses.replace(load_config(TRAIN_CONFIG), model=CONFIGS["deepseek_v3"])
+    save_policy(tmp_path / "ck", config, init_policy(CONFIGS["deepseek_v3"], 0))
+    assert main(["export-gguf", str(tmp_path / "ck"), str(tmp_path / "m.gguf")]) == 2
+    assert "carries no tokenizer, and llama.cpp needs one in the file: pass --tokenizer" in capsys.readouterr().err

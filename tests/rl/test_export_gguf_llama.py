@@ -1,0 +1,106 @@
+"""Exported GGUF files run in llama.cpp itself (the `llama-cpp-python` bindings of the test extra) and give
+r1jax's outputs: for small random DeepSeek-V3 and Qwen3-MoE policies, greedy generation equals r1jax's sampler
+at temperature 0 (what `r1jax generate --temperature 0` runs) token for token, the logits of every prompt position agree with r1jax's
+forward pass within LOGIT_TOL, and the log-probabilities of the generated tokens with r1jax's within
+LOGPROB_TOL (f32 export, f32 KV cache in llama.cpp). llama.cpp also tokenizes text as r1jax does, with the
+tokenizer the file carries (sentencepiece as llama.cpp's SPM, a Qwen-style tokenizer.json as its qwen2 BPE).
+"""
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from r1jax.model.tokenizer import HFTokenizer, train_tokenizer
+from r1jax.model.factory import init_policy
+from r1jax.rl.gguf_export import export_gguf
+from r1jax.rl.sampler import Sampler, SamplingConfig
+from tests.model.hf_tokenizer_files import write_hf_tokenizer
+from tests.model.tiny import DEEPSEEK, QWEN
+from tests.rl.test_export_gguf import CORPUS
+
+llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (the test extra) is not installed")
+
+GGML_TYPE_F32 = 0
+# measured on x86-64 CPUs: max |difference| 2.6e-6 in logits, 1.7e-6 in log-probs (logits of magnitude ~1-10)
+LOGIT_TOL = 2e-5
+LOGPROB_TOL = 2e-5
+NEW_TOKENS = 8
+PROMPT = [1, 30, 41, 52, 63, 74, 85, 96, 107, 118, 129]  # bos, then ordinary pieces
+# a spread of logits well above the numeric difference, so greedy choices are not near-ties
+SCALE = dict(initializer_range=0.2)
+CONFIGS = {"deepseek_v3": dataclasses.replace(DEEPSEEK, **SCALE),
+           # HF's non-interleaved rope: the export permutes the rope rows into llama.cpp's adjacent pairs
+           "deepseek_v3_rope_halves": dataclasses.replace(DEEPSEEK, rope_interleave=False, **SCALE),
+           "qwen3_moe": dataclasses.replace(QWEN, mlp_only_layers=(), **SCALE)}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(CORPUS, 300)
+
+
+def load(path, **options):
+    # one thread: ggml's worker threads spin-wait for each other, which stalls on a busy shared CI runner
+    return llama_cpp.Llama(model_path=str(path), n_ctx=64, n_batch=64, logits_all=True, verbose=False,
+                           n_threads=1, type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, **options)
+
+
+def llama_greedy(llm, prompt: list[int], steps: int) -> tuple[np.ndarray, list[int], list[float]]:
+    """(prompt logits [T, V], greedy ids, their log-probs) from llama.cpp's forward pass alone."""
+    llm.reset()
+    llm.eval(prompt)
+    prompt_logits = np.array(llm.scores[:len(prompt)], np.float64)
+    ids, logprobs = [], []
+    for _ in range(steps):
+        logits = np.array(llm.scores[llm.n_tokens - 1], np.float64)
+        token = int(np.argmax(logits))
+        ids.append(token)
+        logprobs.append(float(logits[token] - np.logaddexp.reduce(logits)))
+        llm.eval([token])
+    return prompt_logits, ids, logprobs
+
+
+def r1jax_greedy(policy, tok, prompt: list[int]) -> tuple[list[int], list[float]]:
+    """(ids, log-probs) of r1jax's sampler at temperature 0, as `r1jax generate --temperature 0` runs it."""
+    graphdef, state = nnx.split(policy)
+    sampler = Sampler(graphdef, SamplingConfig(max_new_tokens=NEW_TOKENS, temperature=0.0, prompt_buckets=(16,)),
+                      tok.eos_ids, tok.pad_id, vocab_size=tok.vocab_size)
+    rollout = sampler.generate(state, [prompt], ignore_eos=True)
+    return np.asarray(rollout.completion_BN)[0].tolist(), np.asarray(rollout.logprobs_BN, np.float64)[0].tolist()
+
+
+@pytest.mark.parametrize("case", list(CONFIGS))
+def test_llama_cpp_generates_what_r1jax_generates(case, tokenizer, tmp_path):
+    cfg = dataclasses.replace(CONFIGS[case], vocab_size=tokenizer.vocab_size)  # no padded ids to mask
+    policy = init_policy(cfg, 3)
+    export_gguf(policy, tmp_path / "m.gguf", tokenizer, "f32")
+    our_ids, our_logprobs = r1jax_greedy(policy, tokenizer, PROMPT)
+    prompt_logits, ids, logprobs = llama_greedy(load(tmp_path / "m.gguf"), PROMPT, NEW_TOKENS)
+    reference = np.asarray(policy(jnp.asarray([PROMPT])).logits_BTV[0], np.float64)
+    top2 = np.sort(reference[-1])[-2:]
+    print(f"{case}: max |logit diff| {np.abs(prompt_logits - reference).max():.2e}, max |logprob diff| "
+          f"{np.abs(np.array(logprobs) - our_logprobs).max():.2e}, top-2 margin {top2[1] - top2[0]:.3f}")
+    assert ids == our_ids
+    np.testing.assert_allclose(prompt_logits, reference, rtol=0, atol=LOGIT_TOL)
+    np.testing.assert_allclose(logprobs, our_logprobs, rtol=0, atol=LOGPROB_TOL)
+
+
+def test_llama_cpp_tokenizes_as_r1jax(tokenizer, tmp_path):
+    """The file's tokenizer in llama.cpp: r1jax's sentencepiece (SPM) and tokenizer.json files of both styles
+    (byte-level BPE with Qwen's split regexes; the DeepSeek style's post-processor adds bos)."""
+    texts = ["What is 12 + 35?", "The quick brown fox <think> jumps </think> over", "x^2 - 4 = 0 <answer>2</answer>",
+             "数学の問題 — ответ: 42\n  two  spaces"]
+    cases = [("sp", tokenizer, 320)]
+    for style in ("qwen", "deepseek"):
+        cases.append((style, HFTokenizer.load(write_hf_tokenizer(tmp_path / style, style)), 640))
+    for name, tok, vocab in cases:
+        path = tmp_path / f"{name}.gguf"
+        export_gguf(init_policy(dataclasses.replace(QWEN, vocab_size=vocab, mlp_only_layers=()), 0), path, tok, "f32")
+        llm = load(path, vocab_only=True)
+        for text in texts:
+            theirs = llm.tokenize(text.encode(), add_bos=True, special=False)
+            assert theirs == tok.encode(text, add_bos=True), (name, text)
+            assert llm.detokenize(theirs).decode() == text, (name, text)
