@@ -49,7 +49,8 @@ def run_grpo(ctx: StageContext, index: int, stage: StageConfig, start: StageStar
             results = ctx.pool.collect(sampled.pending)
             generated = float(np.asarray(rollout.lengths_B).sum())
         rewards_PG = np.array([r.total for r in results], np.float32).reshape(-1, g.group_size)
-        adv_PG, adv_metrics = compute_advantages(jnp.asarray(rewards_PG), g.advantage_estimator, g.adv_eps)
+        adv_PG, adv_metrics = compute_advantages(jnp.asarray(rewards_PG), g.advantage_estimator, g.adv_eps,
+                                                   g.adv_std)
         batch["adv"] = ctx.place({"adv": adv_PG.reshape(-1)}, runner.global_step + 1)["adv"]
         if ref_logp is not None:
             batch["ref_logp"] = ref_logp
