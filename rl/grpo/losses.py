@@ -54,7 +54,8 @@ def grpo_loss(
 
     old_logp_BT None means mu = 1 (old = stop_gradient(logp)). ref_logp_BT is read only when
     cfg.kl_coef > 0. sampler_logp_BT enables the sampler/trainer mismatch metrics and, with cfg.tis_cap and
-    the token / sequence mask bands, truncated importance sampling and masking. entropy_BT (from `token_logp_and_entropy`) only feeds a metric.
+    the token / sequence mask bands, truncated importance sampling and masking. entropy_BT (from
+    `token_logp_and_entropy`) only feeds a metric.
     """
     valid_BT = jnp.asarray(mask_BT).astype(bool)
     logp_BT = jnp.asarray(logp_BT, jnp.float32)  # float32 log-probs: ratios and KL need the mantissa

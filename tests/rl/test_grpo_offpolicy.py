@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from r1jax.errors import UserError
-from r1jax.rl.grpo import GRPOConfig, compute_advantages, finalize_stats, global_normalisers, grpo_loss, token_weights_BT
+from r1jax.rl.grpo import (
+    GRPOConfig, compute_advantages, finalize_stats, global_normalisers, grpo_loss, token_weights_BT,
+)
 from tests.rl.test_grpo_losses import B, L, T, make_batch
 
 TOKEN_BAND, SEQ_BAND = (0.7, 1.4), (0.85, 1.15)
