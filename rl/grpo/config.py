@@ -69,6 +69,10 @@ class GRPOConfig:
     seq_mask_low: Optional[float] = None
     seq_mask_high: Optional[float] = None
     num_iterations: int = 1  # mu, policy updates per rollout batch (R1 / DeepSeekMath: 1)
+    # Pack the update's sequences (prompt + completion) into shared rows, attention kept within each
+    # (rl.grpo.packing): the same loss up to float summation order on fewer token slots. Off by default,
+    # so a run's numbers stay those of the padded layout.
+    pack: bool = False
     dynamic_sampling: bool = False  # DAPO dynamic sampling: resample groups whose rewards are all equal
     max_resample_rounds: int = 3  # bound on DAPO resampling rounds per step (DAPO: max_num_gen_batches)
 
