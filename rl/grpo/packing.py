@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from r1jax.errors import UserError
+
 SHAPES = 8  # distinct packed row counts at most (a jit compile each)
 
 
@@ -74,7 +76,9 @@ def plan_packing(valid_BT: np.ndarray, micro_batches: int = 1, devices: int = 1)
     valid_BT = np.asarray(valid_BT, bool)
     b_rows, t = valid_BT.shape
     if b_rows % (micro_batches * devices):
-        raise ValueError(f"pack: {b_rows} rows do not split into {micro_batches} micro-batches x {devices} devices")
+        raise UserError(f"grpo.pack: a batch of {b_rows} rows does not split into update.micro_batches="
+                        f"{micro_batches} x {devices} data-parallel devices; make it a multiple of "
+                        f"{micro_batches * devices}")
     start_B, length_B = sequence_spans(valid_BT)
     per_device = b_rows // devices
     groups = {(i, d): [b for b in range(d * per_device, (d + 1) * per_device) if b % micro_batches == i]

@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from r1jax.errors import UserError
 from r1jax.model.factory import init_policy
 from r1jax.rl.grpo.config import GRPOConfig
 from r1jax.rl.grpo.optimizer import skip_nonfinite
@@ -62,6 +63,11 @@ def test_plan_moves_every_real_token_once_within_its_group(micro, devices):
 def test_non_contiguous_rows_are_refused():
     with pytest.raises(ValueError, match="contiguous"):
         sequence_spans(np.array([[True, False, True]]))
+
+
+def test_rows_that_do_not_split_into_the_groups_are_a_user_error():
+    with pytest.raises(UserError, match="grpo.pack: a batch of 6 rows .* multiple of 4"):
+        plan_packing(np.ones((6, 4), bool), micro_batches=2, devices=2)
 
 
 def test_attention_stays_within_a_segment():
