@@ -73,6 +73,9 @@ class GRPOConfig:
     # (rl.grpo.packing): the same loss up to float summation order on fewer token slots. Off by default,
     # so a run's numbers stay those of the padded layout.
     pack: bool = False
+    pack_length: Optional[int] = None  # packed row length in tokens; null: the padded row length (prompt bucket
+    # + max_new_tokens), which packs nothing when every sequence is longer than half of it; a shorter value
+    # than a step's padded rows is raised to theirs
     dynamic_sampling: bool = False  # DAPO dynamic sampling: resample groups whose rewards are all equal
     max_resample_rounds: int = 3  # bound on DAPO resampling rounds per step (DAPO: max_num_gen_batches)
 
@@ -96,6 +99,8 @@ class GRPOConfig:
         _require(self.tis_cap is None or self.tis_cap > 0, s, "tis_cap", self.tis_cap, "None or > 0")
         _require_band(s, "token_mask", self.token_mask_low, self.token_mask_high)
         _require_band(s, "seq_mask", self.seq_mask_low, self.seq_mask_high)
+        _require(self.pack_length is None or self.pack_length >= 2, s, "pack_length", self.pack_length,
+                 "null or an integer >= 2")
         _require(self.num_iterations >= 1, s, "num_iterations", self.num_iterations, "an integer >= 1")
         _require(self.max_resample_rounds >= 0, s, "max_resample_rounds", self.max_resample_rounds, ">= 0")
 

@@ -1,9 +1,10 @@
-"""Packed update batches: whole sequences (prompt + completion) laid end to end in rows of the same length.
+"""Packed update batches: whole sequences (prompt + completion) laid end to end in shared rows.
 
 The padded update batch (`rl.grpo.step.rollout_batch`) holds one sequence per row of length T (prompt bucket +
 token budget), mostly padding when completions stop early. Packing copies each sequence's real tokens (which
 are contiguous in its padded row: left-padded prompt, completion, padding after the stop) into shared rows of
-length T, each sequence a segment: segment ids 1, 2, ... within a row (0 = padding), positions restarting at 0
+length L >= T (`row_length`, default T; a sequence longer than L / 2 shares a row only with shorter ones),
+each sequence a segment: segment ids 1, 2, ... within a row (0 = padding), positions restarting at 0
 (copied: the padded positions already count from the first real token). The policy attends within a segment
 only (`Policy(..., segment_ids_BT=...)`), so every real token sees the keys it saw padded.
 
@@ -33,11 +34,11 @@ SHAPES = 8  # distinct packed row counts at most (a jit compile each)
 
 @dataclasses.dataclass(frozen=True)
 class PackPlan:
-    """Where each padded token goes. B padded rows, R packed rows, both of length T."""
+    """Where each padded token goes. B padded rows of length T, R packed rows of length L."""
 
-    src_RT: np.ndarray  # int32 flat padded index b * T + t of the token at packed (r, j); 0 on padding
-    segments_RT: np.ndarray  # int32 segment id within the row, 0 on padding
-    unpack_BT: np.ndarray  # int32 [B, T - 1]: micro-batch-local flat index r' * (T - 1) + j of the packed
+    src_RT: np.ndarray  # int32 [R, L]: flat padded index b * T + t of the token at packed (r, j); 0 on padding
+    segments_RT: np.ndarray  # int32 [R, L]: segment id within the row, 0 on padding
+    unpack_BT: np.ndarray  # int32 [B, T - 1]: micro-batch-local flat index r' * (L - 1) + j of the packed
     # target holding padded target (b, t) (r' = r // M); 0 where (b, t) is not inside a sequence
 
     @property
@@ -71,10 +72,13 @@ def _first_fit_decreasing(rows: list[int], length_B: np.ndarray, capacity: int) 
     return bins
 
 
-def plan_packing(valid_BT: np.ndarray, micro_batches: int = 1, devices: int = 1) -> PackPlan:
-    """The packing of the sequences in `valid_BT` ([B, T] bool) for M micro-batches on D devices."""
+def plan_packing(valid_BT: np.ndarray, micro_batches: int = 1, devices: int = 1,
+                 row_length: int | None = None) -> PackPlan:
+    """The packing of the sequences in `valid_BT` ([B, T] bool) for M micro-batches on D devices into rows of
+    max(row_length, T) tokens (None: T)."""
     valid_BT = np.asarray(valid_BT, bool)
     b_rows, t = valid_BT.shape
+    length = max(row_length or t, t)
     if b_rows % (micro_batches * devices):
         raise UserError(f"grpo.pack: a batch of {b_rows} rows does not split into update.micro_batches="
                         f"{micro_batches} x {devices} data-parallel devices; make it a multiple of "
@@ -83,12 +87,13 @@ def plan_packing(valid_BT: np.ndarray, micro_batches: int = 1, devices: int = 1)
     per_device = b_rows // devices
     groups = {(i, d): [b for b in range(d * per_device, (d + 1) * per_device) if b % micro_batches == i]
               for i in range(micro_batches) for d in range(devices)}
-    bins = {key: _first_fit_decreasing([b for b in rows if length_B[b]], length_B, t) for key, rows in groups.items()}
+    bins = {key: _first_fit_decreasing([b for b in rows if length_B[b]], length_B, length)
+            for key, rows in groups.items()}
     group_rows = max(len(rows) for rows in groups.values())
     step = -(-group_rows // SHAPES)
     needed = max(1, max(len(b) for b in bins.values()))
     rows_per_group = min(group_rows, -(-needed // step) * step)
-    src_RT = np.zeros((rows_per_group * micro_batches * devices, t), np.int32)
+    src_RT = np.zeros((rows_per_group * micro_batches * devices, length), np.int32)
     segments_RT = np.zeros_like(src_RT)
     unpack_BT = np.zeros((b_rows, t - 1), np.int32)
     for (i, d), group_bins in bins.items():
@@ -100,15 +105,16 @@ def plan_packing(valid_BT: np.ndarray, micro_batches: int = 1, devices: int = 1)
                 src_RT[r, offset:offset + n] = b * t + np.arange(s, s + n)
                 segments_RT[r, offset:offset + n] = segment
                 # padded target t' (predicting token t' + 1) sits at packed target offset + t' - s
-                unpack_BT[b, s:s + n - 1] = (r // micro_batches) * (t - 1) + offset + np.arange(n - 1)
+                unpack_BT[b, s:s + n - 1] = (r // micro_batches) * (length - 1) + offset + np.arange(n - 1)
                 offset += n
     return PackPlan(src_RT, segments_RT, unpack_BT)
 
 
 def pack_batch(batch: dict, plan: PackPlan) -> dict:
     """The padded training batch (`rollout_batch`'s keys) with its forward inputs packed: `tokens`,
-    `positions`, `valid` and `replay` become [R, ...], `segments` and `target_mask` [R, T - 1] (the packed
-    targets to score) join; `unpack` [B, T - 1] maps them back. The loss inputs stay padded."""
+    `positions`, `valid` and `replay` become [R, ...] (rows of length L), `segments` [R, L] and `target_mask`
+    [R, L - 1] (the packed targets to score) join; `unpack` [B, T - 1] maps them back. The loss inputs stay
+    padded."""
     src_RT, seg_RT = plan.src_RT, plan.segments_RT
     real_RT = seg_RT > 0
     tokens_BT = np.asarray(batch["tokens"])
@@ -129,8 +135,8 @@ def unpack_targets(x_RT: jax.Array, unpack_BT: jax.Array, mask_BT: jax.Array) ->
     return jnp.where(mask_BT, x_RT.reshape(-1)[unpack_BT], 0.0)
 
 
-def padding_fraction(valid_BT, rows: int | None = None) -> float:
-    """Share of the token slots that are padding: of `valid_BT`'s own rows, or of `rows` rows as long."""
+def padding_fraction(valid_BT, slots: int | None = None) -> float:
+    """Share of the token slots that are padding: of `valid_BT`'s own, or of `slots` (a packed layout's R * L)."""
     valid_BT = np.asarray(valid_BT, bool)
-    rows = valid_BT.shape[0] if rows is None else rows
-    return 1.0 - float(valid_BT.sum()) / (rows * valid_BT.shape[1])
+    slots = valid_BT.size if slots is None else slots
+    return 1.0 - float(valid_BT.sum()) / slots

@@ -92,9 +92,9 @@ def _device_batch(ctx: StageContext, runner: UpdateStage, rollout, ref_fn):
     layout = {"padding_fraction": padding_fraction(valid_BT)}
     if g.pack:
         devices = math.prod(ctx.mesh.shape[a] for a in batch_axes(ctx.mesh, ctx.rules))
-        plan = plan_packing(valid_BT, cfg.update.micro_batches, devices)
+        plan = plan_packing(valid_BT, cfg.update.micro_batches, devices, g.pack_length)
         batch = pack_batch(batch, plan)
-        layout["padding_fraction_packed"] = padding_fraction(valid_BT, plan.rows)
+        layout["padding_fraction_packed"] = padding_fraction(valid_BT, plan.src_RT.size)
     batch = ctx.place(batch, runner.global_step + 1)
     ref_logp = ref_fn(ctx.graphdef, runner.state.ref, batch, g.temperature) if g.kl_coef > 0 else None
     return batch, ref_logp, layout

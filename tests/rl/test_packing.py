@@ -40,14 +40,15 @@ def make_rollout(cfg, rows=8, seed=0):
                    jnp.asarray(gen_len, jnp.int32), jnp.asarray(experts), jnp.asarray(NEW, jnp.int32))
 
 
-@pytest.mark.parametrize("micro,devices", [(1, 1), (2, 2), (4, 1)])
-def test_plan_moves_every_real_token_once_within_its_group(micro, devices):
+@pytest.mark.parametrize("micro,devices,row_length", [(1, 1, None), (2, 2, None), (4, 1, None), (2, 1, 40)])
+def test_plan_moves_every_real_token_once_within_its_group(micro, devices, row_length):
     rows, t = 16, 14
     rng = np.random.default_rng(micro * 10 + devices)
     start, length = rng.integers(0, 7, rows), rng.integers(0, 8, rows)
     valid = (np.arange(t) >= start[:, None]) & (np.arange(t) < (start + length)[:, None])
-    plan = plan_packing(valid, micro, devices)
+    plan = plan_packing(valid, micro, devices, row_length)
     real = plan.segments_RT > 0
+    assert plan.src_RT.shape[1] == (row_length or t)
     assert plan.rows <= rows and plan.rows % (micro * devices) == 0
     np.testing.assert_array_equal(np.sort(plan.src_RT[real]), np.flatnonzero(valid))  # each real token once
     b_of = plan.src_RT // t
@@ -57,7 +58,7 @@ def test_plan_moves_every_real_token_once_within_its_group(micro, devices):
             members = np.unique(b_of[r][plan.segments_RT[r] == seg])
             assert len(members) == 1  # a segment is one sequence, in its micro-batch and on its device
             assert members[0] % micro == r % micro and members[0] // (rows // devices) == r // packed_rows
-    assert padding_fraction(valid, plan.rows) <= padding_fraction(valid)
+    assert padding_fraction(valid, plan.src_RT.size) <= padding_fraction(valid)
 
 
 def test_non_contiguous_rows_are_refused():
@@ -83,10 +84,11 @@ def test_attention_stays_within_a_segment():
     assert not np.allclose(np.asarray(base)[0, :3], np.asarray(changed)[0, :3])
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_packed_step_equals_padded(family):
+@pytest.mark.parametrize("family,row_length,packed_rows", [("qwen3_moe", None, 4), ("deepseek_v3", 28, 2)])
+def test_packed_step_equals_padded(family, row_length, packed_rows):
     """The jitted GRPO step (SGD at lr 1: the parameters move by the gradient) on the packed and the padded
-    batch, with 2 micro-batches, routing replay, TIS and the balance loss: equal metrics and updates."""
+    batch, with 2 micro-batches, routing replay, TIS and the balance loss: equal metrics and updates. Rows of
+    T = 14 hold two of these sequences, rows of 28 a micro-batch's four."""
     cfg = dataclasses.replace(FAMILIES[family], num_hidden_layers=2)
     optimizer = skip_nonfinite(optax.sgd(1.0))
     graphdef, state = init_train_state(init_policy(cfg, 0), optimizer, with_ref=False)
@@ -95,8 +97,8 @@ def test_packed_step_equals_padded(family):
     step = jax.jit(make_grpo_step(graphdef, optimizer, grpo, update, cfg, None, bias_rate=0.01))
     rollout = make_rollout(cfg)
     padded = rollout_batch(rollout, jnp.linspace(-1.0, 1.0, 8), grpo, NEW, with_replay=True)
-    plan = plan_packing(np.asarray(rollout.valid_BT), micro_batches=2)
-    assert plan.rows == 4  # the test packs: two sequences a row
+    plan = plan_packing(np.asarray(rollout.valid_BT), micro_batches=2, row_length=row_length)
+    assert plan.rows == packed_rows
     a, metrics_a = step(state, padded)
     b, metrics_b = step(state, jax.tree.map(jnp.asarray, pack_batch(padded, plan)))
     for key in metrics_a:
