@@ -60,12 +60,12 @@ class GRPOConfig:
     tis_cap: Optional[float] = None  # C, truncated IS against sampler log-probs (Yao et al. 2025: 2); None off
     # Masks against the sampler (keep in [low, high], None = no bound on that side, both None = off, the
     # default: they drop data, so a run opts in). Masked tokens add 0 to the policy gradient; the loss
-    # normalisers are not changed. IcePop token mask on pi_old / pi_sampler per token (inclusionAI 2025,
-    # "Small Leak Can Sink a Great Ship: Boost RL Training on MoE with IcePop!": low 0.5, high 5).
+    # normalisers are not changed. IcePop token mask on pi_old / pi_sampler per token, the blog's [alpha, beta]
+    # (Ling team 2025, "Small Leak Can Sink a Great Ship: Boost RL Training on MoE with IcePop!").
     token_mask_low: Optional[float] = None
     token_mask_high: Optional[float] = None
-    # Geometric-mean sequence mask on exp(mean_t log(pi_old / pi_sampler)) per row (Liu, Li et al. 2025,
-    # "When Speed Kills Stability", Geo-Mask; verl rollout_is "geometric" suggests 0.9998 and 1.0002).
+    # Sequence mask on the geometric mean exp(mean_t log(pi_old / pi_sampler)) per row (the length-normalised
+    # form of the sequence-level masked IS in Liu, Li et al. 2025, "When Speed Kills Stability").
     seq_mask_low: Optional[float] = None
     seq_mask_high: Optional[float] = None
     num_iterations: int = 1  # mu, policy updates per rollout batch (R1 / DeepSeekMath: 1)

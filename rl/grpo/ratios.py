@@ -69,18 +69,18 @@ def outside_band(log_ratio: jax.Array, low: float | None, high: float | None) ->
 
 def token_mask_BT(old_logp_BT: jax.Array, sampler_logp_BT: jax.Array, valid_BT: jax.Array, low: float | None,
                   high: float | None) -> jax.Array:
-    # IcePop (inclusionAI, "Small Leak Can Sink a Great Ship: Boost RL Training on MoE with IcePop!", 2025;
-    # Ring-1T, arXiv 2510.18855): a token whose trainer/sampler ratio pi_old / pi_sampler lies outside
-    # [low, high] is dropped from the policy gradient. True = kept; invalid tokens are kept (they weigh 0).
+    # IcePop (Ant Group's Ling team, "Small Leak Can Sink a Great Ship: Boost RL Training on MoE with IcePop!",
+    # 2025, used for Ring-1T): a token whose trainer/sampler ratio pi_old / pi_sampler lies outside
+    # [alpha, beta] is dropped from the policy gradient. True = kept; invalid tokens are kept (they weigh 0).
     diff_BT = jnp.where(valid_BT, old_logp_BT - sampler_logp_BT, 0.0)
     return jax.lax.stop_gradient(~outside_band(diff_BT, low, high))
 
 
 def sequence_mask_B(old_logp_BT: jax.Array, sampler_logp_BT: jax.Array, valid_BT: jax.Array, low: float | None,
                     high: float | None) -> jax.Array:
-    # Geometric-mean sequence masking (Liu, Li et al. 2025, "When Speed Kills Stability: Demystifying RL
-    # Collapse from the Training-Inference Mismatch", Geo-Mask; verl's rollout_is level "geometric"): a row
-    # whose exp(mean_t (old_logp - sampler_logp)) lies outside [low, high] is dropped. True = kept.
+    # Sequence-level masked importance sampling (Liu, Li et al. 2025, "When Speed Kills Stability:
+    # Demystifying RL Collapse from the Training-Inference Mismatch") in its length-normalised, geometric-mean
+    # form: a row whose exp(mean_t (old_logp - sampler_logp)) lies outside [low, high] is dropped. True = kept.
     diff_BT = jnp.where(valid_BT, old_logp_BT - sampler_logp_BT, 0.0)
     mean_B = diff_BT.sum(axis=1) / jnp.maximum(valid_BT.sum(axis=1), 1)
     return jax.lax.stop_gradient(~outside_band(mean_B, low, high))
