@@ -26,11 +26,15 @@ def masked_softmax(scores: jax.Array, mask: jax.Array) -> jax.Array:
     return jax.nn.softmax(scores, axis=-1)
 
 
-def causal_mask(valid_BS: jax.Array, num_queries: int) -> jax.Array:
-    """[B, T, S] mask for a full sequence: key s visible to query t when s <= t and s is a real token."""
+def causal_mask(valid_BS: jax.Array, num_queries: int, segment_ids_BS: jax.Array | None = None) -> jax.Array:
+    """[B, T, S] mask for a full sequence: key s visible to query t when s <= t and s is a real token, and,
+    with `segment_ids_BS` (packed rows, T = S), when s and t belong to the same segment."""
     s = valid_BS.shape[1]
     causal_TS = jnp.arange(num_queries)[:, None] >= jnp.arange(s)[None, :]
-    return causal_TS[None] & valid_BS[:, None, :].astype(bool)
+    mask_BTS = causal_TS[None] & valid_BS[:, None, :].astype(bool)
+    if segment_ids_BS is None:
+        return mask_BTS
+    return mask_BTS & (segment_ids_BS[:, :, None] == segment_ids_BS[:, None, :])
 
 
 class GQAttention(nnx.Module):

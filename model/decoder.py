@@ -101,20 +101,24 @@ class Policy(nnx.Module):
         return self.cfg.qk_rope_head_dim if self.cfg.is_deepseek else self.cfg.head_dim
 
     def __call__(self, tokens_BT: jax.Array, positions_BT: jax.Array | None = None,
-                 valid_BT: jax.Array | None = None, replay_LBTK: jax.Array | None = None) -> PolicyOutput:
+                 valid_BT: jax.Array | None = None, replay_LBTK: jax.Array | None = None,
+                 segment_ids_BT: jax.Array | None = None) -> PolicyOutput:
         """Logits for every position. `valid_BT` marks real tokens (False: padding, never attended to);
-        `positions_BT` defaults to 0..T-1; `replay_LBTK` reuses the experts chosen per MoE layer."""
-        return self.forward_embeddings(self.embed(tokens_BT), positions_BT, valid_BT, replay_LBTK)
+        `positions_BT` defaults to 0..T-1; `replay_LBTK` reuses the experts chosen per MoE layer;
+        `segment_ids_BT` (packed rows) keeps attention within each segment (positions then restart per
+        segment through `positions_BT`)."""
+        return self.forward_embeddings(self.embed(tokens_BT), positions_BT, valid_BT, replay_LBTK, segment_ids_BT)
 
     def forward_embeddings(self, x_BTD: jax.Array, positions_BT: jax.Array | None = None,
-                           valid_BT: jax.Array | None = None,
-                           replay_LBTK: jax.Array | None = None) -> PolicyOutput:
+                           valid_BT: jax.Array | None = None, replay_LBTK: jax.Array | None = None,
+                           segment_ids_BT: jax.Array | None = None) -> PolicyOutput:
         """The forward pass from input embeddings (what `__call__` runs after the token lookup)."""
         b, t, _ = x_BTD.shape
         positions_BT = jnp.broadcast_to(jnp.arange(t), (b, t)) if positions_BT is None else positions_BT
         valid_BT = jnp.ones((b, t), bool) if valid_BT is None else valid_BT.astype(bool)
         cos, sin = rope_cos_sin(positions_BT, self.rope_dim(), self.cfg.rope_theta)
-        x_BTD, aux, _ = self.run_layers(x_BTD, cos, sin, causal_mask(valid_BT, t), valid_BT, replay_LBTK)
+        x_BTD, aux, _ = self.run_layers(x_BTD, cos, sin, causal_mask(valid_BT, t, segment_ids_BT), valid_BT,
+                                         replay_LBTK)
         return PolicyOutput(self.logits(self.norm(x_BTD)), aux)
 
     def embed(self, tokens_BT: jax.Array) -> jax.Array:

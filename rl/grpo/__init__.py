@@ -6,7 +6,7 @@ tokens trained on; prompt and padding positions may hold garbage in any input an
 jnp.where before any exp, so they reach neither values nor gradients.
 
 A train step, per rollout batch:
-  adv_PG, m = compute_advantages(rewards_PG, cfg.advantage_estimator, cfg.adv_eps)
+  adv_PG, m = compute_advantages(rewards_PG, cfg.advantage_estimator, cfg.adv_eps, cfg.adv_std)
   norms = global_normalisers(mask_BT_full, max_completion_length)      # once, on the GLOBAL batch
   per micro-batch (whole rows):
     logp_BT, ent_BT = token_logp_and_entropy(logits_BTV, targets_BT, mask_BT, cfg.temperature)

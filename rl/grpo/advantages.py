@@ -5,7 +5,8 @@ prompt-major: row b = p * G + g, so `adv_PG.reshape(-1)` is `adv_B` in the rollo
 estimator subtracts the group mean (the group baseline); they differ only in the scale. A group whose
 rewards are all equal (zero variance) gets exactly zero advantage, whatever the estimator and eps: the mean
 of identical floats need not equal them bit for bit, and a tiny residual divided by eps would be noise.
-Standard deviations are population ones (ddof = 0), so G = 1 is finite.
+Standard deviations are population ones (ddof = 0, so G = 1 is finite) unless `ddof = 1` asks for the sample
+std (TRL's and verl's torch.std); `STD_KINDS` maps the config's names to ddof.
 """
 
 from collections.abc import Callable
@@ -13,28 +14,29 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-AdvantageFn = Callable[[jax.Array, float], jax.Array]
+AdvantageFn = Callable[[jax.Array, float, int], jax.Array]
+STD_KINDS = {"population": 0, "sample": 1}
 
 
 def _centred_PG(rewards_PG: jax.Array) -> jax.Array:
     return rewards_PG - rewards_PG.mean(axis=1, keepdims=True)
 
 
-def grpo_advantages(rewards_PG: jax.Array, eps: float) -> jax.Array:
+def grpo_advantages(rewards_PG: jax.Array, eps: float, ddof: int = 0) -> jax.Array:
     # GRPO (DeepSeekMath, Shao et al. 2024, eq. 4; used by DeepSeek-R1): (r - mean_G) / (std_G + eps).
-    return _centred_PG(rewards_PG) / (rewards_PG.std(axis=1, keepdims=True) + eps)
+    return _centred_PG(rewards_PG) / (rewards_PG.std(axis=1, keepdims=True, ddof=ddof) + eps)
 
 
-def dr_grpo_advantages(rewards_PG: jax.Array, eps: float) -> jax.Array:
+def dr_grpo_advantages(rewards_PG: jax.Array, eps: float, ddof: int = 0) -> jax.Array:
     # Dr.GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training", §3.1): r - mean_G, no std division.
-    del eps
+    del eps, ddof
     return _centred_PG(rewards_PG)
 
 
-def batch_std_advantages(rewards_PG: jax.Array, eps: float) -> jax.Array:
+def batch_std_advantages(rewards_PG: jax.Array, eps: float, ddof: int = 0) -> jax.Array:
     # Group mean, batch std (Liu et al. 2025, "Tricks or Traps? A Deep Dive into RL for LLM Reasoning",
     # Lite PPO; TRL's scale_rewards="batch"): (r - mean_G) / (std over all P*G rewards + eps).
-    return _centred_PG(rewards_PG) / (rewards_PG.std() + eps)
+    return _centred_PG(rewards_PG) / (rewards_PG.std(ddof=ddof) + eps)
 
 
 ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {
@@ -50,12 +52,13 @@ def nonzero_std_mask_P(rewards_PG: jax.Array) -> jax.Array:
 
 
 def compute_advantages(
-    rewards_PG: jax.Array, estimator: str = "grpo", eps: float = 1e-6
+    rewards_PG: jax.Array, estimator: str = "grpo", eps: float = 1e-6, std: str = "population"
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Returns (adv_PG float32, metrics) with metrics["frac_reward_zero_std"] the share of zero-variance groups."""
+    """Returns (adv_PG float32, metrics) with metrics["frac_reward_zero_std"] the share of zero-variance groups.
+    `std` is a key of STD_KINDS; the logged reward_std stays the population std whatever it is."""
     rewards_PG = jnp.asarray(rewards_PG, jnp.float32)  # float32 statistics whatever the rewards arrive as
     keep_P = nonzero_std_mask_P(rewards_PG)
-    adv_PG = jnp.where(keep_P[:, None], ADVANTAGE_ESTIMATORS[estimator](rewards_PG, eps), 0.0)
+    adv_PG = jnp.where(keep_P[:, None], ADVANTAGE_ESTIMATORS[estimator](rewards_PG, eps, STD_KINDS[std]), 0.0)
     metrics = {
         "frac_reward_zero_std": 1.0 - keep_P.mean(dtype=jnp.float32),
         "reward_mean": rewards_PG.mean(),

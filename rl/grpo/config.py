@@ -11,7 +11,7 @@ from typing import Optional
 
 from r1jax.errors import UserError
 from r1jax.model.config import DTYPES
-from r1jax.rl.grpo.advantages import ADVANTAGE_ESTIMATORS
+from r1jax.rl.grpo.advantages import ADVANTAGE_ESTIMATORS, STD_KINDS
 from r1jax.rl.grpo.aggregation import AGGREGATIONS
 from r1jax.rl.grpo.kl import KL_ESTIMATORS
 from r1jax.rl.grpo.ratios import RATIO_LEVELS
@@ -26,6 +26,12 @@ def _require(ok: bool, section: str, field: str, value: object, expected: str) -
 
 def _require_name(section: str, field: str, value: str, names) -> None:
     _require(value in names, section, field, value, f"one of {sorted(names)}")
+
+
+def _require_band(section: str, name: str, low: Optional[float], high: Optional[float]) -> None:
+    """A keep band [low, high] of ratios around 1: 0 < low < 1 < high, either side may be None."""
+    _require(low is None or 0 < low < 1, section, f"{name}_low", low, "null or in (0, 1)")
+    _require(high is None or high > 1, section, f"{name}_high", high, "null or > 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,13 +49,33 @@ class GRPOConfig:
     # With ratio_level="sequence" use GSPO's own range: clip_low=3e-4, clip_high=4e-4 (GSPO §5.1).
     dual_clip: Optional[float] = None  # c > 1, dual-clip PPO (Ye et al. 2020): loss <= c*|A| when A < 0
     advantage_estimator: str = "grpo"  # "grpo" (R1) | "dr_grpo" (Dr.GRPO, no std) | "batch_std" (Lite PPO)
+    # std in the advantage's scale: "population" (ddof 0, the R1 / DeepSeekMath formula as written) |
+    # "sample" (ddof 1, Bessel-corrected: TRL's and verl's torch.std; advantages ~3% smaller at G = 16)
+    adv_std: str = "population"
     adv_eps: float = 1e-6  # epsilon in (r - mean) / (std + eps) (DeepSeekMath eq. 4; TRL uses 1e-4)
     loss_aggregation: str = "seq_mean_token_mean"  # "seq_mean_token_mean" (GRPO, R1) | "token_mean"
     # (DAPO token-level loss) | "constant" (Dr.GRPO: token sum / (B * max completion length))
     ratio_level: str = "token"  # "token" (PPO/GRPO) | "sequence" (GSPO, length-normalised sequence ratio)
     max_logratio: float = 20.0  # clamp on every log-ratio before exp (numerical guard, not from a paper)
     tis_cap: Optional[float] = None  # C, truncated IS against sampler log-probs (Yao et al. 2025: 2); None off
+    # Masks against the sampler (keep in [low, high], None = no bound on that side, both None = off, the
+    # default: they drop data, so a run opts in). Masked tokens add 0 to the policy gradient; the loss
+    # normalisers are not changed. IcePop token mask on pi_old / pi_sampler per token, the blog's [alpha, beta]
+    # (Ling team 2025, "Small Leak Can Sink a Great Ship: Boost RL Training on MoE with IcePop!").
+    token_mask_low: Optional[float] = None
+    token_mask_high: Optional[float] = None
+    # Sequence mask on the geometric mean exp(mean_t log(pi_old / pi_sampler)) per row (the length-normalised
+    # form of the sequence-level masked IS in Liu, Li et al. 2025, "When Speed Kills Stability").
+    seq_mask_low: Optional[float] = None
+    seq_mask_high: Optional[float] = None
     num_iterations: int = 1  # mu, policy updates per rollout batch (R1 / DeepSeekMath: 1)
+    # Pack the update's sequences (prompt + completion) into shared rows, attention kept within each
+    # (rl.grpo.packing): the same loss up to float summation order on fewer token slots. Off by default,
+    # so a run's numbers stay those of the padded layout.
+    pack: bool = False
+    pack_length: Optional[int] = None  # packed row length in tokens; null: the padded row length (prompt bucket
+    # + max_new_tokens), which packs nothing when every sequence is longer than half of it; a shorter value
+    # than a step's padded rows is raised to theirs
     dynamic_sampling: bool = False  # DAPO dynamic sampling: resample groups whose rewards are all equal
     max_resample_rounds: int = 3  # bound on DAPO resampling rounds per step (DAPO: max_num_gen_batches)
 
@@ -66,12 +92,23 @@ class GRPOConfig:
         _require(self.dual_clip is None or self.dual_clip > 1, s, "dual_clip", self.dual_clip, "None or > 1")
         _require_name(s, "advantage_estimator", self.advantage_estimator, ADVANTAGE_ESTIMATORS)
         _require(self.adv_eps >= 0, s, "adv_eps", self.adv_eps, ">= 0")
+        _require_name(s, "adv_std", self.adv_std, STD_KINDS)
         _require_name(s, "loss_aggregation", self.loss_aggregation, AGGREGATIONS)
         _require_name(s, "ratio_level", self.ratio_level, RATIO_LEVELS)
         _require(self.max_logratio > 0, s, "max_logratio", self.max_logratio, "> 0")
         _require(self.tis_cap is None or self.tis_cap > 0, s, "tis_cap", self.tis_cap, "None or > 0")
+        _require_band(s, "token_mask", self.token_mask_low, self.token_mask_high)
+        _require_band(s, "seq_mask", self.seq_mask_low, self.seq_mask_high)
+        _require(self.pack_length is None or self.pack_length >= 2, s, "pack_length", self.pack_length,
+                 "null or an integer >= 2")
         _require(self.num_iterations >= 1, s, "num_iterations", self.num_iterations, "an integer >= 1")
         _require(self.max_resample_rounds >= 0, s, "max_resample_rounds", self.max_resample_rounds, ">= 0")
+
+    @property
+    def corrects_sampler(self) -> bool:
+        """True when the loss reads the sampler's log-probs: TIS or a token / sequence mask is on."""
+        bounds = (self.token_mask_low, self.token_mask_high, self.seq_mask_low, self.seq_mask_high)
+        return self.tis_cap is not None or any(b is not None for b in bounds)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,8 @@ Conventions: B rows (completions), T completion positions. `mask_BT` marks the c
 on (prompt and padding are 0 and may hold garbage in every other input). `adv_B` is one advantage per row
 (`adv_PG.reshape(-1)`). `weight_BT` comes from `rl.grpo.aggregation.token_weights_BT` with GLOBAL-batch
 normalisers, so `loss = sum_{b,t} weight_BT * loss_BT` summed over micro-batches is the full-batch loss.
-Per-token loss: loss_BT = tis_BT * pg_BT + beta * kl_BT, pg_BT the clipped surrogate (a loss: minimised).
+Per-token loss: loss_BT = keep_BT * tis_BT * pg_BT + beta * kl_BT, pg_BT the clipped surrogate (a loss:
+minimised), keep_BT the token and sequence masks against the sampler (1 when off), tis_BT the TIS weight.
 """
 
 import jax
@@ -12,7 +13,7 @@ import jax.numpy as jnp
 
 from r1jax.rl.grpo.config import GRPOConfig
 from r1jax.rl.grpo.kl import KL_ESTIMATORS
-from r1jax.rl.grpo.ratios import RATIO_LEVELS, masked_log_ratio_BT, tis_weight_BT
+from r1jax.rl.grpo.ratios import RATIO_LEVELS, masked_log_ratio_BT, sequence_mask_B, tis_weight_BT, token_mask_BT
 from r1jax.rl.grpo.stats import Stats, masked_max, masked_sum
 
 
@@ -52,8 +53,9 @@ def grpo_loss(
     """Returns (loss, stats): loss = sum weight_BT * loss_BT (a scalar to minimise), stats additive.
 
     old_logp_BT None means mu = 1 (old = stop_gradient(logp)). ref_logp_BT is read only when
-    cfg.kl_coef > 0. sampler_logp_BT enables the sampler/trainer mismatch metrics and, with cfg.tis_cap,
-    truncated importance sampling. entropy_BT (from `token_logp_and_entropy`) only feeds a metric.
+    cfg.kl_coef > 0. sampler_logp_BT enables the sampler/trainer mismatch metrics and, with cfg.tis_cap and
+    the token / sequence mask bands, truncated importance sampling and masking. entropy_BT (from
+    `token_logp_and_entropy`) only feeds a metric.
     """
     valid_BT = jnp.asarray(mask_BT).astype(bool)
     logp_BT = jnp.asarray(logp_BT, jnp.float32)  # float32 log-probs: ratios and KL need the mantissa
@@ -74,6 +76,8 @@ def grpo_loss(
             tis_BT = tis_weight_BT(old_logp_BT, sampler_logp_BT, valid_BT, cfg.tis_cap, cfg.max_logratio)
             pg_BT = pg_BT * tis_BT
         stats |= _sampler_stats(old_logp_BT, sampler_logp_BT, valid_BT, tis_BT, cfg.tis_cap)
+        pg_BT, mask_stats = _apply_sampler_masks(pg_BT, old_logp_BT, sampler_logp_BT, valid_BT, cfg)
+        stats |= mask_stats
     weight_BT = jnp.where(valid_BT, jnp.asarray(weight_BT, jnp.float32), 0.0)
     stats["pg_loss"] = jnp.sum(weight_BT * jnp.where(valid_BT, pg_BT, 0.0))
     loss = stats["pg_loss"]
@@ -92,8 +96,8 @@ def _check_inputs(cfg: GRPOConfig, shape_BT: tuple[int, ...], **arrays) -> None:
     """Rejects missing inputs and silently-broadcasting shapes (a micro-batch's logp with the full adv)."""
     if cfg.kl_coef > 0 and arrays["ref_logp_BT"] is None:
         raise ValueError("grpo_loss: ref_logp_BT is required when kl_coef > 0")
-    if cfg.tis_cap is not None and arrays["sampler_logp_BT"] is None:
-        raise ValueError("grpo_loss: sampler_logp_BT is required when tis_cap is set")
+    if cfg.corrects_sampler and arrays["sampler_logp_BT"] is None:
+        raise ValueError("grpo_loss: sampler_logp_BT is required when tis_cap or a sampler mask is set")
     for name, x in arrays.items():
         expected = shape_BT[:1] if name == "adv_B" else shape_BT
         if x is not None and tuple(jnp.shape(x)) != tuple(expected):
@@ -130,3 +134,20 @@ def _sampler_stats(
         stats["tis_weight_sum"] = masked_sum(tis_BT, valid_BT)
         stats["tis_capped_frac_sum"] = masked_sum((tis_BT >= cap).astype(jnp.float32), valid_BT)
     return stats
+
+
+def _apply_sampler_masks(pg_BT: jax.Array, old_logp_BT: jax.Array, sampler_logp_BT: jax.Array, valid_BT: jax.Array,
+                         cfg: GRPOConfig) -> tuple[jax.Array, Stats]:
+    """pg_BT with the tokens the IcePop token mask or the geometric sequence mask drop set to 0, and the
+    share of valid tokens each drops (`token_mask_frac`, `seq_mask_frac`: a row's tokens count for the row)."""
+    stats = {}
+    if cfg.token_mask_low is not None or cfg.token_mask_high is not None:
+        keep_BT = token_mask_BT(old_logp_BT, sampler_logp_BT, valid_BT, cfg.token_mask_low, cfg.token_mask_high)
+        pg_BT = jnp.where(keep_BT, pg_BT, 0.0)
+        stats["token_mask_frac_sum"] = masked_sum((~keep_BT).astype(jnp.float32), valid_BT)
+    if cfg.seq_mask_low is not None or cfg.seq_mask_high is not None:
+        keep_B = sequence_mask_B(old_logp_BT, sampler_logp_BT, valid_BT, cfg.seq_mask_low, cfg.seq_mask_high)
+        pg_BT = jnp.where(keep_B[:, None], pg_BT, 0.0)
+        dropped_BT = jnp.broadcast_to(~keep_B[:, None], valid_BT.shape).astype(jnp.float32)
+        stats["seq_mask_frac_sum"] = masked_sum(dropped_BT, valid_BT)
+    return pg_BT, stats

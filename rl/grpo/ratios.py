@@ -1,4 +1,5 @@
-"""Importance ratios, registered by level, and truncated importance sampling against the sampler.
+"""Importance ratios, registered by level, and the corrections against the sampler: truncated importance
+sampling (a weight) and token / sequence masking (a keep mask).
 
 Conventions: `logp_BT` are the trainer policy's per-token log-probs of the completion tokens (float32,
 differentiable), `old_logp_BT` those of the policy that produced the rollouts as the trainer computes them
@@ -8,6 +9,7 @@ garbage (inf, NaN): every difference is masked with jnp.where and clamped BEFORE
 gradients see it.
 """
 
+import math
 from collections.abc import Callable
 
 import jax
@@ -33,8 +35,12 @@ def sequence_ratio_BT(
     # used per token as s_{i,t} = sg[s_i] * pi(o_t) / sg[pi(o_t)]: value s_i, gradient sg[s_i] * grad logp.
     diff_BT = jnp.where(valid_BT, logp_BT - old_logp_BT, 0.0)
     len_B = jnp.maximum(valid_BT.sum(axis=1), 1)
-    s_B = jnp.exp(jnp.clip(diff_BT.sum(axis=1) / len_B, -max_logratio, max_logratio))
-    unit_BT = jnp.exp(jnp.where(valid_BT, logp_BT - jax.lax.stop_gradient(logp_BT), 0.0))
+    mean_B = diff_BT.sum(axis=1) / len_B
+    s_B = jnp.exp(jnp.clip(mean_B, -max_logratio, max_logratio))
+    # A row whose mean log-ratio is clamped has a constant ratio, so its gradient is 0, as the clamp's own
+    # derivative says; the unit factor stays exactly 1 in value either way.
+    inside_B = jax.lax.stop_gradient(jnp.abs(mean_B) <= max_logratio)
+    unit_BT = jnp.exp(jnp.where(valid_BT & inside_B[:, None], logp_BT - jax.lax.stop_gradient(logp_BT), 0.0))
     return jax.lax.stop_gradient(s_B)[:, None] * unit_BT
 
 
@@ -48,3 +54,33 @@ def tis_weight_BT(
     # Training"): min(pi_old / pi_sampler, C), a stop-gradient per-token weight; 1 on invalid tokens.
     log_w_BT = masked_log_ratio_BT(old_logp_BT, sampler_logp_BT, valid_BT, max_logratio)
     return jax.lax.stop_gradient(jnp.minimum(jnp.exp(log_w_BT), cap))
+
+
+def outside_band(log_ratio: jax.Array, low: float | None, high: float | None) -> jax.Array:
+    """True where exp(log_ratio) lies outside [low, high] (None: no bound on that side) or is NaN; the
+    comparison is in log space so no exp overflows."""
+    inside = ~jnp.isnan(log_ratio)
+    if low is not None:
+        inside &= log_ratio >= math.log(low)
+    if high is not None:
+        inside &= log_ratio <= math.log(high)
+    return ~inside
+
+
+def token_mask_BT(old_logp_BT: jax.Array, sampler_logp_BT: jax.Array, valid_BT: jax.Array, low: float | None,
+                  high: float | None) -> jax.Array:
+    # IcePop (Ant Group's Ling team, "Small Leak Can Sink a Great Ship: Boost RL Training on MoE with IcePop!",
+    # 2025, used for Ring-1T): a token whose trainer/sampler ratio pi_old / pi_sampler lies outside
+    # [alpha, beta] is dropped from the policy gradient. True = kept; invalid tokens are kept (they weigh 0).
+    diff_BT = jnp.where(valid_BT, old_logp_BT - sampler_logp_BT, 0.0)
+    return jax.lax.stop_gradient(~outside_band(diff_BT, low, high))
+
+
+def sequence_mask_B(old_logp_BT: jax.Array, sampler_logp_BT: jax.Array, valid_BT: jax.Array, low: float | None,
+                    high: float | None) -> jax.Array:
+    # Sequence-level masked importance sampling (Liu, Li et al. 2025, "When Speed Kills Stability:
+    # Demystifying RL Collapse from the Training-Inference Mismatch") in its length-normalised, geometric-mean
+    # form: a row whose exp(mean_t (old_logp - sampler_logp)) lies outside [low, high] is dropped. True = kept.
+    diff_BT = jnp.where(valid_BT, old_logp_BT - sampler_logp_BT, 0.0)
+    mean_B = diff_BT.sum(axis=1) / jnp.maximum(valid_BT.sum(axis=1), 1)
+    return jax.lax.stop_gradient(~outside_band(mean_B, low, high))

@@ -4,7 +4,9 @@ Training batch (a dict; rows on axis 0, targets aligned with `tokens[:, 1:]`, so
 [B, T - 1]): `tokens`, `positions`, `valid` [B, T]; `mask` (completion targets), `weight` (loss weights from
 the GLOBAL batch), `sampler_logp` [B, T - 1]; `adv` [B]; optionally `old_logp` [B, T - 1] (mu > 1: log-probs
 recomputed before the first update), `ref_logp` [B, T - 1] (reference log-probs computed ahead, see
-`reference_logprobs`) and `replay` [B, L, T, K] (routing replay).
+`reference_logprobs`) and `replay` [B, L, T, K] (routing replay). A packed batch (`rl.grpo.packing.pack_batch`)
+has its forward inputs (`tokens`, `positions`, `valid`, `replay`) in packed rows with `segments`, `target_mask`
+and `unpack`; log-probs come back padded, so the loss code is the same for both layouts.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from r1jax.rl.grpo.aggregation import global_normalisers, token_weights_BT
 from r1jax.rl.grpo.config import GRPOConfig
 from r1jax.rl.grpo.logprobs import token_logp_and_entropy
 from r1jax.rl.grpo.losses import grpo_loss
+from r1jax.rl.grpo.packing import unpack_targets
 from r1jax.rl.update import UpdateConfig, add_router_losses, make_update_step
 
 
@@ -44,9 +47,14 @@ def rollout_batch(rollout, adv_B: jax.Array, cfg: GRPOConfig, max_new_tokens: in
 
 def _policy_logp(graphdef, params, bias, mb: dict, temperature: float, replay, with_entropy: bool):
     policy = nnx.merge(graphdef, params, bias)
-    out = policy(mb["tokens"], mb["positions"], mb["valid"], replay)
-    logp, entropy = token_logp_and_entropy(out.logits_BTV[:, :-1], mb["tokens"][:, 1:], mb["mask"], temperature,
+    packed = "segments" in mb
+    out = policy(mb["tokens"], mb["positions"], mb["valid"], replay, mb["segments"] if packed else None)
+    targets = mb["target_mask"] if packed else mb["mask"]
+    logp, entropy = token_logp_and_entropy(out.logits_BTV[:, :-1], mb["tokens"][:, 1:], targets, temperature,
                                            with_entropy=with_entropy)
+    if packed:  # back to the padded layout the loss reads
+        logp = unpack_targets(logp, mb["unpack"], mb["mask"])
+        entropy = None if entropy is None else unpack_targets(entropy, mb["unpack"], mb["mask"])
     return logp, entropy, out.aux
 
 

@@ -3,6 +3,7 @@ reference log-probs, group-normalise advantages, run mu updates, log, evaluate, 
 
 from __future__ import annotations
 
+import math
 import time
 
 import jax
@@ -11,6 +12,7 @@ import numpy as np
 
 from r1jax.rl.data import make_iterator
 from r1jax.rl.grpo.advantages import compute_advantages
+from r1jax.rl.grpo.packing import pack_batch, padding_fraction, plan_packing
 from r1jax.rl.grpo.step import make_grpo_step, reference_logprobs, rollout_batch
 from r1jax.rl.train.config import StageConfig
 from r1jax.rl.train.context import StageContext, StageResult, StageStart
@@ -18,6 +20,7 @@ from r1jax.rl.train.dynamic_sampling import Round, fill_informative
 from r1jax.rl.train.rollouts import length_metrics, reflection_rate, reward_metrics, sample_and_submit
 from r1jax.rl.train.update_stage import UpdateStage
 from r1jax.rl.update import reset_reference
+from r1jax.sharding.mesh import batch_axes
 
 
 def run_grpo(ctx: StageContext, index: int, stage: StageConfig, start: StageStart) -> StageResult:
@@ -41,15 +44,16 @@ def run_grpo(ctx: StageContext, index: int, stage: StageConfig, start: StageStar
             rollout, _, texts, results, sample_seconds = filled.round
             extra = {"dynamic/rounds": filled.rounds, "dynamic/informative_groups": filled.informative}
             generated = filled.tokens
-            batch, ref_logp = _device_batch(ctx, runner, rollout, ref_fn)
+            batch, ref_logp, layout = _device_batch(ctx, runner, rollout, ref_fn)
         else:  # score on the host while the device computes the reference log-probs
             sampled = _sample(ctx, next(iterator), sampler, runner)
             rollout, texts, sample_seconds = sampled.rollout, sampled.texts, sampled.seconds
-            batch, ref_logp = _device_batch(ctx, runner, rollout, ref_fn)
+            batch, ref_logp, layout = _device_batch(ctx, runner, rollout, ref_fn)
             results = ctx.pool.collect(sampled.pending)
             generated = float(np.asarray(rollout.lengths_B).sum())
         rewards_PG = np.array([r.total for r in results], np.float32).reshape(-1, g.group_size)
-        adv_PG, adv_metrics = compute_advantages(jnp.asarray(rewards_PG), g.advantage_estimator, g.adv_eps)
+        adv_PG, adv_metrics = compute_advantages(jnp.asarray(rewards_PG), g.advantage_estimator, g.adv_eps,
+                                                   g.adv_std)
         batch["adv"] = ctx.place({"adv": adv_PG.reshape(-1)}, runner.global_step + 1)["adv"]
         if ref_logp is not None:
             batch["ref_logp"] = ref_logp
@@ -61,7 +65,7 @@ def run_grpo(ctx: StageContext, index: int, stage: StageConfig, start: StageStar
         if runner.state.ref is not None and g.ref_reset_every and (runner.stage_step + 1) % g.ref_reset_every == 0:
             runner.state = reset_reference(runner.state)
         row = {**metrics, **reward_metrics(results, cfg.rewards.names), **length_metrics(rollout,
-               cfg.sampling.max_new_tokens), **{k: float(v) for k, v in adv_metrics.items()},
+               cfg.sampling.max_new_tokens), **{k: float(v) for k, v in adv_metrics.items()}, **layout,
                "reflection_rate": reflection_rate(texts, cfg.eval.reflection_words),
                "pool/recycled": ctx.pool.metrics().get("recycled", 0),
                "tokens_per_s": generated / max(sample_seconds, 1e-9),
@@ -77,14 +81,23 @@ def run_grpo(ctx: StageContext, index: int, stage: StageConfig, start: StageStar
 
 
 def _device_batch(ctx: StageContext, runner: UpdateStage, rollout, ref_fn):
-    """The placed training batch (advantages filled in later) and, when beta > 0, the reference
-    log-probs, dispatched asynchronously."""
+    """The placed training batch (advantages filled in later), when beta > 0 the reference log-probs,
+    dispatched asynchronously, and the layout's metrics: `padding_fraction` of the padded rows and, with
+    `grpo.pack`, `padding_fraction_packed` of the packed rows the forward runs on."""
     g, cfg = ctx.config.grpo, ctx.config
     rows = rollout.tokens_BT.shape[0]
-    batch = ctx.place(rollout_batch(rollout, jnp.zeros((rows,)), g, cfg.sampling.max_new_tokens,
-                                    with_replay=cfg.update.routing_replay), runner.global_step + 1)
+    batch = rollout_batch(rollout, jnp.zeros((rows,)), g, cfg.sampling.max_new_tokens,
+                          with_replay=cfg.update.routing_replay)
+    valid_BT = np.asarray(rollout.valid_BT)
+    layout = {"padding_fraction": padding_fraction(valid_BT)}
+    if g.pack:
+        devices = math.prod(ctx.mesh.shape[a] for a in batch_axes(ctx.mesh, ctx.rules))
+        plan = plan_packing(valid_BT, cfg.update.micro_batches, devices, g.pack_length)
+        batch = pack_batch(batch, plan)
+        layout["padding_fraction_packed"] = padding_fraction(valid_BT, plan.src_RT.size)
+    batch = ctx.place(batch, runner.global_step + 1)
     ref_logp = ref_fn(ctx.graphdef, runner.state.ref, batch, g.temperature) if g.kl_coef > 0 else None
-    return batch, ref_logp
+    return batch, ref_logp, layout
 
 
 def _sample(ctx: StageContext, problems: list[dict], sampler, runner: UpdateStage):

@@ -1,7 +1,8 @@
 """The README's training options, each run once with an assertion about its effect: the reference reset
-(`grpo.ref_reset_every`), old log-probs with several updates per batch (`grpo.num_iterations`), routing
-replay in training (`update.routing_replay`), the router loss coefficients (`update.z_loss_coef`,
-`update.aux_loss_coef`) and keeping the best checkpoint by held-out pass@1 (`checkpoint.keep_best`).
+(`grpo.ref_reset_every`) on packed batches (`grpo.pack`), old log-probs with several updates per batch
+(`grpo.num_iterations`), routing replay in training (`update.routing_replay`), the router loss coefficients
+(`update.z_loss_coef`, `update.aux_loss_coef`) and keeping the best checkpoint by held-out pass@1
+(`checkpoint.keep_best`).
 
 The runs are in-process (8 CPU devices) on tests/rl/data/learn_tiny.yaml's policy, its one layer made MoE
 for GRPO (the GRPO runs share the sampler's compiled program); the router losses are checked on the loss
@@ -49,10 +50,11 @@ def replay_expert_0_twice(rollout_batch):
 
 @pytest.fixture(scope="module")
 def grpo_rows(tmp_path_factory):
-    """4 GRPO steps, KL to a reference reset every 2 steps, one update per batch, replayed routes."""
+    """4 GRPO steps, KL to a reference reset every 2 steps, one update per batch, replayed routes, all on
+    packed update batches (`grpo.pack`: the reference, the replayed routes and the loss go through it)."""
     run_dir = tmp_path_factory.mktemp("grpo_options")
     config = load_config(CONFIG, [*GRPO_MOE, "stages.0.steps=4", "grpo.kl_coef=0.01", "grpo.ref_reset_every=2",
-                                  "update.routing_replay=true"])
+                                  "update.routing_replay=true", "grpo.pack=true"])
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(stage_grpo, "rollout_batch", replay_expert_0_twice(stage_grpo.rollout_batch))
         Trainer(config, run_dir).run()
@@ -73,6 +75,11 @@ def test_routing_replay_reaches_the_update(grpo_rows):
         assert (row["expert_load/min"], row["expert_load/max"]) == (0.0, 4.0), row
         # the sampler routed by itself, the update did not: their log-probs differ (~1e-7 when they agree)
         assert row["sampler_logp_absdiff"] > 1e-4, row
+
+
+def test_packing_reports_the_padding_it_leaves(grpo_rows):
+    for row in grpo_rows:  # each device packs its own 8 rows of prompt bucket 16 + 1 token
+        assert 0.0 <= row["padding_fraction_packed"] <= row["padding_fraction"] < 1.0, row
 
 
 def test_one_update_per_batch_has_ratio_one(grpo_rows):
