@@ -36,6 +36,8 @@ class ScoreItem:
     reference: str
     task: str = "math"
     length: Optional[int] = None  # completion length in tokens, for the overlong penalty
+    tests: Optional[str] = None  # code items: the tests as JSON (rl.rewards.code); None for every other task
+    entry_point: Optional[str] = None  # code items: the function assertion tests call (optional)
 
 
 RewardFn = Callable[[ScoreItem, RewardsConfig], float]

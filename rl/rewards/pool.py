@@ -8,7 +8,12 @@
 Every result has a status: "ok"; "timeout" (the item ran past `timeout_s` and its worker was killed, or the
 batch passed `batch_deadline_s`); "crashed" (its worker died: a signal, a segfault, out of memory);
 "error" (a reward raised). A failed item scores 0 on every reward; only that item fails, and pebble
-replaces a killed worker so the pool is back to N workers. Counts by status feed the trainer's metrics.
+replaces a killed worker so the pool is back to N workers. Counts by status feed the trainer's metrics,
+and so do code items' statuses (rl.rewards.code.CODE_STATUSES: passed, failed, timeout, ...) and the number
+of workers replaced (recycled after max_tasks_per_worker, or after a crash or a timeout).
+
+With the `code` reward configured, the pool checks at start that the sandbox works in the configured mode
+(rl.rewards.sandbox.check_sandbox: a UserError saying what the host lacks) and says which mode in `sandbox`.
 
 Workers are started with the "spawn" method: the trainer process runs JAX's threads, and forking a
 threaded process can deadlock the child.
@@ -28,8 +33,10 @@ import pebble
 
 from r1jax.errors import UserError
 from r1jax.rl.rewards import worker
+from r1jax.rl.rewards.code import CODE_STATUSES
 from r1jax.rl.rewards.config import PoolConfig, RewardsConfig
 from r1jax.rl.rewards.functions import ScoreItem, check_names, combine
+from r1jax.rl.rewards.sandbox import check_sandbox
 
 STATUSES = ("ok", "timeout", "crashed", "error")
 STARTUP_TIMEOUT_S = 120.0  # a cold worker imports sympy and math-verify
@@ -42,6 +49,7 @@ class ScoreResult:
     status: str  # one of STATUSES
     error: str | None = None  # what went wrong, for logs
     pid: int | None = None  # the worker that scored it (None when unknown)
+    code_status: str | None = None  # code items scored by the `code` reward: one of CODE_STATUSES
 
 
 @dataclasses.dataclass
@@ -67,7 +75,14 @@ class RewardPool:
             except ImportError as err:
                 raise UserError(f"reward_pool.import_modules: cannot import {name!r}: {err}") from err
         check_names(self.rewards)
+        if "code" in self.rewards.names and 0 < self.config.memory_mb <= self.rewards.code.memory_mb:
+            raise UserError(f"rewards.code.memory_mb = {self.rewards.code.memory_mb} must be below "
+                            f"reward_pool.memory_mb = {self.config.memory_mb}: programs inherit the worker's limit")
+        # the sandbox mode in words, for the run's log (None: no code reward, no program ever runs)
+        self.sandbox = check_sandbox(self.rewards.code.sandbox) if "code" in self.rewards.names else None
         self.counts: collections.Counter = collections.Counter()
+        self.code_counts: collections.Counter = collections.Counter()
+        self.worker_pids: set[int] = set()  # every worker seen: more than `workers` means some were replaced
         self.wait_s = 0.0  # time callers spent blocked in collect: how long scoring stalled the trainer
         self._pool = pebble.ProcessPool(
             max_workers=self.config.workers, max_tasks=self.config.max_tasks_per_worker,
@@ -81,7 +96,7 @@ class RewardPool:
         futures = [self._pool.submit(worker.ping, None) for _ in range(self.config.workers)]
         try:
             for future in futures:
-                future.result(timeout=STARTUP_TIMEOUT_S)
+                self.worker_pids.add(future.result(timeout=STARTUP_TIMEOUT_S))
         except Exception as err:
             self.close()
             raise UserError(f"reward pool: workers failed to start ({type(err).__name__}: {err}); "
@@ -104,6 +119,8 @@ class RewardPool:
             concurrent.futures.wait(handle.futures, timeout=max(0.0, handle.deadline - start))
             handle.results = [self._result(future) for future in handle.futures]
             self.counts.update(r.status for r in handle.results)
+            self.code_counts.update(r.code_status for r in handle.results if r.code_status)
+            self.worker_pids.update(r.pid for r in handle.results if r.pid is not None)
             self.wait_s += time.monotonic() - start
         return handle.results
 
@@ -115,7 +132,7 @@ class RewardPool:
             future.cancel()  # pebble kills the worker running it
             return self._failure("timeout", "batch deadline passed")
         try:
-            status, rewards, error, pid = future.result()
+            status, rewards, error, pid, code_status = future.result()
         except concurrent.futures.TimeoutError:
             return self._failure("timeout", f"took longer than {self.config.timeout_s} s; worker killed")
         except pebble.ProcessExpired as err:
@@ -126,16 +143,19 @@ class RewardPool:
             return self._failure("error", f"{type(err).__name__}: {err}")
         if status != "ok":
             return self._failure(status, error, pid)
-        return ScoreResult(rewards, combine(rewards, self.rewards), "ok", None, pid)
+        return ScoreResult(rewards, combine(rewards, self.rewards), "ok", None, pid, code_status)
 
     def _failure(self, status: str, error: str | None, pid: int | None = None) -> ScoreResult:
         zeros = {name: 0.0 for name in self.rewards.names}
         return ScoreResult(zeros, 0.0, status, error, pid)
 
     def metrics(self) -> dict[str, float]:
-        """Cumulative counts by status, the failed fraction and the time spent waiting in collect."""
+        """Cumulative counts by status and by code status, the failed fraction, the workers replaced and the
+        time spent waiting in collect."""
         scored = sum(self.counts.values())
         out = {f"reward_pool/{s}": float(self.counts[s]) for s in STATUSES}
+        out.update({f"reward_pool/code_{s}": float(self.code_counts[s]) for s in CODE_STATUSES})
+        out["reward_pool/recycled"] = float(max(0, len(self.worker_pids) - self.config.workers))
         out["reward_pool/failed_fraction"] = (scored - self.counts["ok"]) / scored if scored else 0.0
         out["reward_pool/wait_s"] = self.wait_s
         return out
