@@ -164,8 +164,9 @@ class Trainer:
     def _context(self, index: int) -> StageContext:
         if self._pool is None:
             self._pool = RewardPool(self.config.rewards, self.config.reward_pool)
-            if self._pool.sandbox is not None:
+            if self._pool.sandbox is not None:  # the run's log and its summary say how programs ran
                 self.console.log(f"code sandbox: {self._pool.sandbox}")
+                self.summary["code_sandbox"] = self._pool.sandbox
             self._evaluate = HeldOutEval(self.config, self.run_dir, self.primary, self.tokenizer, self._pool,
                                          self.metrics, self.console, self._held_out)
         return StageContext(config=self.config, run_dir=self.run_dir, primary=self.primary, mesh=self.mesh,
