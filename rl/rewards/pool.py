@@ -15,6 +15,10 @@ of workers replaced (recycled after max_tasks_per_worker, or after a crash or a 
 With the `code` reward configured, the pool checks at start that the sandbox works in the configured mode
 (rl.rewards.sandbox.check_sandbox: a UserError saying what the host lacks) and says which mode in `sandbox`.
 
+Under several JAX processes, a `share` (rl.rewards.share) makes each process score only its rows of the
+global batch; `collect` then exchanges the results, so every process returns the whole batch's, equal to a
+single process's. `collect` is then a collective: every process collects the same batches in the same order.
+
 Workers are started with the "spawn" method: the trainer process runs JAX's threads, and forking a
 threaded process can deadlock the child.
 """
@@ -37,6 +41,7 @@ from r1jax.rl.rewards.code import CODE_STATUSES
 from r1jax.rl.rewards.config import PoolConfig, RewardsConfig
 from r1jax.rl.rewards.functions import ScoreItem, check_names, combine
 from r1jax.rl.rewards.sandbox import check_sandbox
+from r1jax.rl.rewards.share import ScoreShare
 
 STATUSES = ("ok", "timeout", "crashed", "error")
 STARTUP_TIMEOUT_S = 120.0  # a cold worker imports sympy and math-verify
@@ -56,8 +61,10 @@ class ScoreResult:
 class BatchHandle:
     """A submitted batch: collect it with `pool.collect(handle)`."""
 
-    futures: list
+    futures: list  # this process's rows (all rows without a share)
     deadline: float  # time.monotonic() after which unfinished items count as timed out
+    size: int = 0  # rows in the batch
+    batch: int = 0  # the pool's batch counter when submitted (names the batch in a share's exchange)
     results: list | None = None  # filled by the first collect; collecting again returns them
 
     def done(self) -> bool:
@@ -66,9 +73,12 @@ class BatchHandle:
 
 
 class RewardPool:
-    def __init__(self, rewards: RewardsConfig | None = None, config: PoolConfig | None = None):
+    def __init__(self, rewards: RewardsConfig | None = None, config: PoolConfig | None = None,
+                 share: ScoreShare | None = None):
         self.rewards = rewards or RewardsConfig()
         self.config = config or PoolConfig()
+        self.share = share  # None: this process scores every row
+        self.batches = 0  # batches submitted
         for name in self.config.import_modules:  # here too, so that custom reward names validate
             try:
                 importlib.import_module(name)
@@ -105,22 +115,30 @@ class RewardPool:
     def submit(self, items: Sequence[ScoreItem]) -> BatchHandle:
         now = time.monotonic()
         futures = []
-        for item in items:
+        rows = self.share.rows(len(items)) if self.share else range(len(items))
+        for item in (items[row] for row in rows):
             try:
                 futures.append(self._pool.submit(worker.score, self.config.timeout_s, item, self.rewards))
             except Exception as err:  # the pool is closed or broken: this item fails, nothing raises
                 futures.append(_failed_future(err))
-        return BatchHandle(futures, deadline=now + self.config.batch_deadline_s)
+        self.batches += 1
+        return BatchHandle(futures, deadline=now + self.config.batch_deadline_s, size=len(items),
+                           batch=self.batches - 1)
 
     def collect(self, handle: BatchHandle) -> list[ScoreResult]:
         """Wait for a batch (at most until its deadline) and return its results in submission order."""
         if handle.results is None:
             start = time.monotonic()
             concurrent.futures.wait(handle.futures, timeout=max(0.0, handle.deadline - start))
-            handle.results = [self._result(future) for future in handle.futures]
+            own = [self._result(future) for future in handle.futures]
+            self.worker_pids.update(r.pid for r in own if r.pid is not None)
+            if self.share is None:
+                handle.results = own
+            else:  # the other processes' rows (waits for them)
+                everyone = self.share.gather(handle.batch, handle.size, [dataclasses.asdict(r) for r in own])
+                handle.results = [ScoreResult(**r) for r in everyone]
             self.counts.update(r.status for r in handle.results)
             self.code_counts.update(r.code_status for r in handle.results if r.code_status)
-            self.worker_pids.update(r.pid for r in handle.results if r.pid is not None)
             self.wait_s += time.monotonic() - start
         return handle.results
 
