@@ -50,7 +50,7 @@ SYNTAX_EXIT, MEMORY_EXIT = 65, 66  # as in sandbox_runner.py
 CPU_SIGNALS = (signal.SIGXCPU, signal.SIGKILL)  # the soft and the hard RLIMIT_CPU
 CLEAN_ENV = {"PATH": "/usr/bin:/bin", "LC_CTYPE": "C.UTF-8"}
 LINKER_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d")
-SANDBOX_UID_BASE = 2_000_000  # as root, run r's program as uid BASE + (pid of the scoring process % 1e6)
+SANDBOX_UID_BASE = 2_000_000  # as root, programs run as uid BASE + (pid of the scoring process % 1e6)
 STDERR_KEEP = 4096  # bytes of the program's stderr kept for diagnostics
 
 
