@@ -27,8 +27,8 @@ class CodeConfig:
 
     sandbox: str = "bwrap"  # bwrap | rlimits_only (explicitly accepts running without namespaces)
     partial: bool = False  # False: 1 when every test passes, else 0; True: the passed fraction
-    wall_s: float = 5.0  # per run, wall clock; the whole process group is killed at the limit
-    cpu_s: int = 4  # per run, RLIMIT_CPU
+    wall_s: float = 3.0  # per run, wall clock; the whole process group is killed at the limit
+    cpu_s: int = 2  # per run, RLIMIT_CPU
     memory_mb: int = 512  # per process, RLIMIT_AS
     processes: int = 16  # RLIMIT_NPROC inside the sandbox
     file_mb: int = 16  # RLIMIT_FSIZE: the largest file a program can write

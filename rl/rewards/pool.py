@@ -85,9 +85,13 @@ class RewardPool:
             except ImportError as err:
                 raise UserError(f"reward_pool.import_modules: cannot import {name!r}: {err}") from err
         check_names(self.rewards)
-        if "code" in self.rewards.names and 0 < self.config.memory_mb <= self.rewards.code.memory_mb:
-            raise UserError(f"rewards.code.memory_mb = {self.rewards.code.memory_mb} must be below "
+        code = self.rewards.code
+        if "code" in self.rewards.names and 0 < self.config.memory_mb <= code.memory_mb:
+            raise UserError(f"rewards.code.memory_mb = {code.memory_mb} must be below "
                             f"reward_pool.memory_mb = {self.config.memory_mb}: programs inherit the worker's limit")
+        if "code" in self.rewards.names and self.config.timeout_s <= code.wall_s:
+            raise UserError(f"reward_pool.timeout_s = {self.config.timeout_s} must exceed rewards.code.wall_s = "
+                            f"{code.wall_s}: an item's program runs (one per stdin/stdout test) share that time")
         # the sandbox mode in words, for the run's log (None: no code reward, no program ever runs)
         self.sandbox = check_sandbox(self.rewards.code.sandbox) if "code" in self.rewards.names else None
         self.counts: collections.Counter = collections.Counter()

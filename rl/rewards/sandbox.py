@@ -1,6 +1,6 @@
 """Running untrusted Python programs: one isolated process tree per run, limited, killed as a whole.
 
-    limits = SandboxLimits(wall_s=5, cpu_s=4, memory_mb=512)
+    limits = SandboxLimits(wall_s=3, cpu_s=2, memory_mb=512)
     run = run_python(program_source, stdin=b"3\\n", mode="bwrap", limits=limits)
     run.status, run.stdout          # ("ok", b"6\\n"); statuses: see RUN_STATUSES
 
@@ -56,8 +56,8 @@ STDERR_KEEP = 4096  # bytes of the program's stderr kept for diagnostics
 
 @dataclasses.dataclass(frozen=True)
 class SandboxLimits:
-    wall_s: float = 5.0  # wall-clock time, from start to the SIGKILL of the whole process group
-    cpu_s: int = 4  # RLIMIT_CPU (soft; SIGKILL one second later)
+    wall_s: float = 3.0  # wall-clock time, from start to the SIGKILL of the whole process group
+    cpu_s: int = 2  # RLIMIT_CPU (soft; SIGKILL one second later)
     memory_mb: int = 512  # RLIMIT_AS of every process
     processes: int = 16  # RLIMIT_NPROC: processes and threads of the sandbox's user
     file_mb: int = 16  # RLIMIT_FSIZE: the largest file it can write

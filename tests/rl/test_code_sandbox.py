@@ -195,3 +195,11 @@ def test_a_missing_bwrap_is_a_clear_error_naming_the_weaker_mode(monkeypatch):
     assert sandbox.run_python("print(1)").status == "sandbox_error"
     with pytest.raises(UserError, match="rewards.code.sandbox"):
         CodeConfig(sandbox="none")
+
+
+def test_pool_limits_that_cannot_hold_a_program_run_are_user_errors():
+    code = RewardsConfig(names=("code",), weights=(1.0,))  # programs: 3 s wall, 512 MB by default
+    with pytest.raises(UserError, match="reward_pool.timeout_s = 2.0 must exceed rewards.code.wall_s = 3.0"):
+        RewardPool(code, PoolConfig(timeout_s=2.0))
+    with pytest.raises(UserError, match="rewards.code.memory_mb = 512 must be below reward_pool.memory_mb = 512"):
+        RewardPool(code, PoolConfig(memory_mb=512))
