@@ -67,7 +67,8 @@ def summarize(problems, texts, lengths, results, k: int, answer_max_chars: int =
     per_problem, by_difficulty = [], collections.defaultdict(list)
     for i, problem in enumerate(problems):
         rows = range(i * k, (i + 1) * k)
-        correct = [results[r].rewards.get("accuracy", 0.0) >= 1.0 for r in rows]
+        judge = "code" if problem.get("task") == "code" else "accuracy"  # code: every test passed
+        correct = [results[r].rewards.get(judge, 0.0) >= 1.0 for r in rows]
         answers = [_normalize(extract_answer(texts[r], answer_max_chars)) for r in rows]
         entry = {"pass@1": float(np.mean(correct)), "cons": majority_correct(answers, correct),
                  "pass@k": pass_at_k(k, sum(correct), k)}

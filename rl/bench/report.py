@@ -42,6 +42,8 @@ FIGURES = (
     Figure("grpo_generated_tokens_per_s", "GRPO step (sample, score, update)", "tokens/s"),
     Figure("pool_verifications_per_s", "reward pool (workers: rate)", "verifications/s"),
     Figure("pool_scaling", "reward pool, N vs 1 workers", "x"),
+    Figure("code_verifications_per_s", "code in the sandbox (workers: rate)", "verifications/s"),
+    Figure("code_scaling", "code in the sandbox, N vs 1 workers", "x"),
     Figure("moe_step_ratio_64_vs_8", "MoE layer step, 64 vs 8 experts", "x", ("<=", 1.3)),
     Figure("hf_decode_tokens_per_s", "HF generate decode", "tokens/s"),
     Figure("decode_speedup_vs_hf", "sampler decode vs HF generate", "x", (">=", 5.0)),

@@ -1,8 +1,10 @@
-"""Reward pool throughput: verifications per second with 1 and N workers.
+"""Reward pool throughput: verifications per second with 1 and N workers, for math and for code.
 
-The items are the worked solutions of generated arithmetic, countdown and algebra problems (half of them
-with a wrong final answer) and math-verify answers in LaTeX, so every verifier is exercised. The pool is
-warmed up first (workers started, sympy and math-verify imported) so the numbers are steady-state throughput.
+The math items are the worked solutions of generated arithmetic, countdown and algebra problems (half of them
+with a wrong final answer) and math-verify answers in LaTeX, so every verifier is exercised. The code items
+are the worked solutions of generated code problems (half of them wrong), each run against its tests in the
+sandbox (rewards.code.sandbox's default, bwrap). The pool is warmed up first (workers started, sympy and
+math-verify imported) so the numbers are steady-state throughput.
 """
 
 from __future__ import annotations
@@ -10,8 +12,12 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
+from r1jax.errors import UserError
 from r1jax.rl.rewards import PoolConfig, RewardPool, RewardsConfig, ScoreItem
 from r1jax.rl.tasks import get_task
+
+MATH_REWARDS = RewardsConfig(names=("accuracy", "format", "language"), weights=(1.0, 1.0, 0.1))
+CODE_REWARDS = RewardsConfig(names=("code", "format"), weights=(1.0, 1.0))
 
 # Distinct per index (math-verify caches recent parses): fractions, polynomials, sets, intervals, roots.
 MATH = [(r"\frac{{{i}}}{{{j}}}", "{i}/{j}"), ("x^2-{k}", "(x-{i})(x+{i})"), (r"\{{{i},{j}\}}", r"\{{{j},{i}\}}"),
@@ -35,9 +41,20 @@ def make_items(count: int) -> list[ScoreItem]:
     return items
 
 
-def measure(workers: int, items: list[ScoreItem]) -> dict:
-    config = RewardsConfig(names=("accuracy", "format", "language"), weights=(1.0, 1.0, 0.1))
-    with RewardPool(config, PoolConfig(workers=workers, timeout_s=10.0)) as pool:
+def make_code_items(count: int) -> list[ScoreItem]:
+    """Generated code problems of both test forms; odd indices get a worked solution, even ones a wrong one."""
+    task = get_task("code", 3)
+    items = []
+    for index in range(count):
+        problem = task.generate(0, index)
+        completion = problem.solution if index % 2 else "<think> guess </think> <answer> print(0) </answer>"
+        items.append(ScoreItem(problem.prompt, completion, problem.answer, "code", tests=problem.tests,
+                               entry_point=problem.entry_point))
+    return items
+
+
+def measure(workers: int, items: list[ScoreItem], config: RewardsConfig = MATH_REWARDS) -> dict:
+    with RewardPool(config, PoolConfig(workers=workers, timeout_s=30.0)) as pool:
         pool.score_batch(items[:4 * workers])  # warm-up: imports sympy / math-verify in every worker
         start = time.perf_counter()
         results = pool.score_batch(items)
@@ -45,7 +62,7 @@ def measure(workers: int, items: list[ScoreItem]) -> dict:
     ok = sum(r.status == "ok" for r in results)
     return {"workers": workers, "items": len(items), "seconds": round(seconds, 3),
             "verifications_per_s": round(len(items) / seconds, 1), "ok": ok,
-            "accuracy_mean": round(sum(r.rewards["accuracy"] for r in results) / len(results), 3)}
+            "reward_mean": round(sum(r.rewards[config.names[0]] for r in results) / len(results), 3)}
 
 
 def pool_figures(items: int, workers: Sequence[int]) -> dict:
@@ -55,3 +72,17 @@ def pool_figures(items: int, workers: Sequence[int]) -> dict:
     first, last = rates[str(workers[0])], rates[str(workers[-1])]
     return {"pool_items": items, "pool_verifications_per_s": rates,
             "pool_scaling": last / first if first else float("nan")}
+
+
+def code_figures(items: int, workers: Sequence[int]) -> dict:
+    """`code_verifications_per_s` {workers: rate} (one verification: a program against all its tests) and
+    the N-vs-1 scaling; None with the reason in `code_sandbox` where the sandbox does not work here."""
+    batch = make_code_items(items)
+    try:
+        rates = {str(w): measure(w, batch, CODE_REWARDS)["verifications_per_s"] for w in workers}
+    except UserError as err:
+        return {"code_items": items, "code_verifications_per_s": None, "code_scaling": None,
+                "code_sandbox": str(err)}
+    first, last = rates[str(workers[0])], rates[str(workers[-1])]
+    return {"code_items": items, "code_verifications_per_s": rates, "code_sandbox": "bwrap",
+            "code_scaling": last / first if first else float("nan")}

@@ -23,7 +23,7 @@ from r1jax.rl.bench.grpo_step import grpo_step_figures, side_by_side
 from r1jax.rl.bench.matmul import matmul_peak
 from r1jax.rl.bench.moe import moe_figures
 from r1jax.rl.bench.report import with_goals
-from r1jax.rl.bench.reward_pool import pool_figures
+from r1jax.rl.bench.reward_pool import code_figures, pool_figures
 from r1jax.rl.bench.sampler import bench_prompts, greedy_generate, sampler_figures
 from r1jax.rl.bench.timing import device_info
 from r1jax.rl.bench.train_step import train_figures
@@ -44,12 +44,13 @@ class BenchSize:
     grpo_new_tokens: int | None = None  # None: the workload's 64
     matmul_n: int = 4096  # the peak's [n, n] @ [n, n] per device
     pool_items: int = 600
+    code_items: int = 200  # code verifications: each a sandboxed run of a program against its tests
     repeats: int = 3  # timed repeats after a warm-up; the best counts
 
 
 FULL = BenchSize()
 QUICK = BenchSize(batch=4, prompt_len=8, new_tokens=16, train_rows=4, moe_tokens=256, matmul_n=256,
-                  pool_items=16, repeats=1, grpo_steps=2, grpo_warmup=1, grpo_new_tokens=8)
+                  pool_items=16, code_items=8, repeats=1, grpo_steps=2, grpo_warmup=1, grpo_new_tokens=8)
 
 
 def default_workers() -> tuple[int, ...]:
@@ -97,6 +98,8 @@ def run_bench(preset: str = "bench", overrides: Sequence[str] = (), quick: bool 
     workers = tuple(workers or default_workers())
     say(f"reward pool ({size.pool_items} items, workers {', '.join(map(str, workers))})")
     result.update(pool_figures(size.pool_items, workers))
+    say(f"code verifications ({size.code_items} programs in the sandbox, workers {', '.join(map(str, workers))})")
+    result.update(code_figures(size.code_items, workers))
     say("done")
     result["device"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     return with_goals(result)

@@ -1,9 +1,12 @@
 """Score saved completions offline with exactly the training rewards, in the same killable worker pool.
 
 Each input row (JSONL or Parquet) needs `completion` and `answer`; `task` (default math) picks the
-verifier, `prompt` and `length` (completion tokens, for the overlong penalty) are optional. One JSON line
-per row is printed in input order: the row plus `rewards` (name -> value) and `status` (ok, timeout,
-crashed, error; failures score 0 and add an `error` field).
+verifier, `prompt` and `length` (completion tokens, for the overlong penalty) are optional. Code rows
+(`task: code`) need `tests` instead of `answer` (assertion strings or {input, output} objects, optional
+`entry_point`: rl.rewards.code) and are scored by `--rewards code[,format]`, their programs run in the
+sandbox (`--sandbox`). One JSON line per row is printed in input order: the row plus `rewards` (name ->
+value) and `status` (ok, timeout, crashed, error; failures score 0 and add an `error` field), and for code
+rows scored by `code` its `code_status` (passed, failed, syntax_error, timeout, memory, crashed, sandbox_error).
 """
 
 from __future__ import annotations
@@ -17,7 +20,11 @@ CHUNK = 256  # rows scored per pool batch, so output streams on large files
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE.jsonl", help="rows with completion and answer")
     parser.add_argument("--rewards", default="accuracy,format", metavar="NAMES",
-                        help="comma-separated reward names (accuracy, format, language, overlong)")
+                        help="comma-separated reward names (accuracy, format, language, overlong, code)")
+    parser.add_argument("--sandbox", default="bwrap", choices=("bwrap", "rlimits_only"),
+                        help="how the code reward isolates programs (rlimits_only: no namespaces, weaker)")
+    parser.add_argument("--partial", action="store_true",
+                        help="code reward: the fraction of tests passed instead of all-or-nothing")
     parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                         help="per-row time limit; a row past it scores 0 with status timeout")
     parser.add_argument("--workers", type=int, default=2, metavar="N", help="worker processes")
@@ -35,6 +42,7 @@ def read_items(path: str) -> tuple[list[dict], list]:
     from r1jax.errors import UserError
     from r1jax.rl.data.records import check_task, read_rows, text_field
     from r1jax.rl.rewards import ScoreItem
+    from r1jax.rl.rewards.code import check_entry_point, encode_tests
 
     rows, items = [], []
     for number, row in read_rows(path):
@@ -45,21 +53,27 @@ def read_items(path: str) -> tuple[list[dict], list]:
         length = row.get("length")
         if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length < 0):
             raise UserError(f"{where}: field 'length' must be a non-negative integer, got {length!r}")
+        task = check_task(row, where, "math")
+        code = task == "code"
+        if code and row.get("tests") is None:
+            raise UserError(f"{where}: field 'tests' is missing (code rows need tests)")
         items.append(ScoreItem(prompt=text_field(row, "prompt", where, required=False) or "",
                                completion=completion,
-                               reference=text_field(row, "answer", where, required=True, numbers_ok=True),
-                               task=check_task(row, where, "math"), length=length))
+                               reference=text_field(row, "answer", where, required=not code, numbers_ok=True) or "",
+                               task=task, length=length, tests=encode_tests(row["tests"], where) if code else None,
+                               entry_point=check_entry_point(row.get("entry_point"), where) if code else None))
         rows.append(row)
     return rows, items
 
 
 def run(args: argparse.Namespace) -> int:
-    from r1jax.rl.rewards import PoolConfig, RewardPool, RewardsConfig
+    from r1jax.rl.rewards import CodeConfig, PoolConfig, RewardPool, RewardsConfig
     from r1jax.rl.rewards.functions import check_names
 
     names = tuple(n.strip() for n in args.rewards.split(",") if n.strip())
     rewards = RewardsConfig(names=names, weights=(1.0,) * len(names), language=args.language,
-                            max_length=args.max_length, overlong_buffer=args.overlong_buffer)
+                            max_length=args.max_length, overlong_buffer=args.overlong_buffer,
+                            code=CodeConfig(sandbox=args.sandbox, partial=args.partial))
     pool_config = PoolConfig(workers=args.workers, timeout_s=args.timeout, memory_mb=args.memory_mb)
     check_names(rewards)  # before reading a large file
     rows, items = read_items(args.file)
@@ -68,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
             results = pool.score_batch(items[start:start + CHUNK])
             for row, result in zip(rows[start:start + CHUNK], results):
                 out = {**row, "rewards": result.rewards, "status": result.status}
+                if result.code_status is not None:
+                    out["code_status"] = result.code_status
                 if result.error:
                     out["error"] = result.error
                 print(json.dumps(out, ensure_ascii=False), flush=True)

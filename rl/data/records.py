@@ -7,10 +7,14 @@ Numbers are accepted where a string is expected for a raw `answer` (a JSON 42 is
 booleans are not.
 
 A field mapping (`data.fields`: problem field -> the file's column, e.g. {prompt: question}) names the
-columns that hold a problem's `prompt`, `answer`, `solution` and `task`; unmapped fields keep their own
-names. The answer column's text goes through `data.answer_format` (rl.data.answers): GSM8K's `#### 42` or
+columns that hold a problem's `prompt`, `answer`, `solution`, `task`, `tests` and `entry_point`; unmapped
+fields keep their own names. The answer column's text goes through `data.answer_format` (rl.data.answers): GSM8K's `#### 42` or
 MATH's last `\\boxed{}` give the reference answer and, when the row has no solution column, the worked
 solution.
+
+Code rows (`task: code`) have `tests` instead of an answer: a list of assertion strings or of
+{input, output} objects (or that list as a JSON string), and an optional `entry_point` (rl.rewards.code);
+the problem carries the tests as JSON. Their `answer` is optional (a reference program, never scored).
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ from typing import Iterator
 
 from r1jax.errors import UserError
 from r1jax.rl.data.answers import split_answer
+from r1jax.rl.rewards.code import check_entry_point, encode_tests
 from r1jax.rl.tasks import TASKS
 
-PROBLEM_FIELDS = ("prompt", "answer", "solution", "task")  # the problem fields a data.fields mapping may name
+PROBLEM_FIELDS = ("prompt", "answer", "solution", "task", "tests", "entry_point")  # the problem fields a data.fields mapping may name
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -109,6 +114,8 @@ def problem_from_row(row: dict, where: str, default_task: str = "math", *, need_
     column = {name: (fields or {}).get(name, name) for name in PROBLEM_FIELDS}
     task = check_task(row, where, default_task, column["task"])
     prompt = text_field(row, column["prompt"], where, required=True, mapped_from="prompt")
+    if task == "code":
+        return _code_problem(row, where, column, prompt, need_solution)
     text = text_field(row, column["answer"], where, required=True, numbers_ok=answer_format == "raw",
                       mapped_from="answer")
     try:
@@ -118,6 +125,27 @@ def problem_from_row(row: dict, where: str, default_task: str = "math", *, need_
     solution = text_field(row, column["solution"], where, required=need_solution and not derived,
                           mapped_from="solution") or derived
     return {"task": task, "prompt": prompt, "answer": answer, "solution": solution, "difficulty": 0}
+
+
+def _code_problem(row: dict, where: str, column: dict, prompt: str, need_solution: bool) -> dict:
+    tests = row.get(column["tests"])
+    if isinstance(tests, str):  # datasets that store the list as JSON text
+        try:
+            tests = json.loads(tests)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{where}: field {column['tests']!r} is a string but not a JSON list ({err.msg})") from None
+    if tests is None:
+        raise UserError(f"{where}: field {column['tests']!r} is missing (code rows need tests)")
+    encoded = encode_tests(tests, where + (f" (column {column['tests']!r})" if column["tests"] != "tests" else ""))
+    entry_point = check_entry_point(row.get(column["entry_point"]), where)
+    problem = {"task": "code", "prompt": prompt,
+               "answer": text_field(row, column["answer"], where, required=False, mapped_from="answer") or "",
+               "solution": text_field(row, column["solution"], where, required=need_solution,
+                                      mapped_from="solution") or "",
+               "difficulty": 0, "tests": encoded}
+    if entry_point is not None:
+        problem["entry_point"] = entry_point
+    return problem
 
 
 def load_problems(path: str | pathlib.Path, default_task: str = "math", *, need_solution: bool = False,

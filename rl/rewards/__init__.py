@@ -11,11 +11,13 @@ The trainer uses the pool, never `score_item` directly: model text is only parse
 processes, and only through r1jax's own bounded parsers or math-verify's LaTeX grammar.
 """
 
-from r1jax.rl.rewards.config import LANGUAGE_SCRIPTS, PoolConfig, RewardsConfig
+from r1jax.rl.rewards.code import CODE_STATUSES, extract_program
+from r1jax.rl.rewards.config import LANGUAGE_SCRIPTS, CodeConfig, PoolConfig, RewardsConfig
 from r1jax.rl.rewards.extract import extract_answer, split_completion
 from r1jax.rl.rewards.functions import REWARDS, ScoreItem, combine, register_reward, score_item
 from r1jax.rl.rewards.pool import STATUSES, BatchHandle, RewardPool, ScoreResult
 
-__all__ = ["LANGUAGE_SCRIPTS", "REWARDS", "STATUSES", "BatchHandle", "PoolConfig", "RewardPool",
+__all__ = ["CODE_STATUSES", "LANGUAGE_SCRIPTS", "REWARDS", "STATUSES", "BatchHandle", "CodeConfig",
+           "PoolConfig", "RewardPool", "extract_program",
            "RewardsConfig", "ScoreItem", "ScoreResult", "combine", "extract_answer",
            "register_reward", "score_item", "split_completion"]

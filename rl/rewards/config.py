@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from r1jax.errors import UserError
+from r1jax.rl.rewards.sandbox import MODES, SandboxLimits
 
 # Language code -> Unicode script names (the first word of unicodedata.name) that count as that language.
 LANGUAGE_SCRIPTS = {
@@ -20,6 +21,39 @@ def _require(ok: bool, section: str, field: str, value: object, expected: str) -
 
 
 @dataclasses.dataclass(frozen=True)
+class CodeConfig:
+    """How the `code` reward runs programs (rl.rewards.sandbox): the isolation mode and each run's limits.
+    A stdin/stdout test is one run; all assertion tests of an item are one run."""
+
+    sandbox: str = "bwrap"  # bwrap | rlimits_only (explicitly accepts running without namespaces)
+    partial: bool = False  # False: 1 when every test passes, else 0; True: the passed fraction
+    wall_s: float = 3.0  # per run, wall clock; the whole process group is killed at the limit
+    cpu_s: int = 2  # per run, RLIMIT_CPU
+    memory_mb: int = 512  # per process, RLIMIT_AS
+    processes: int = 16  # RLIMIT_NPROC inside the sandbox
+    file_mb: int = 16  # RLIMIT_FSIZE: the largest file a program can write
+    open_files: int = 64  # RLIMIT_NOFILE
+    output_bytes: int = 1 << 20  # stdout read per run; more ends the run
+    tmp_mb: int = 64  # size of the private /tmp (bwrap)
+    max_program_chars: int = 65536  # a longer program is not run (it fails)
+
+    def __post_init__(self) -> None:
+        s = "rewards.code"
+        _require(self.sandbox in MODES, s, "sandbox", self.sandbox, f"one of {', '.join(MODES)}")
+        _require(self.wall_s > 0, s, "wall_s", self.wall_s, "> 0")
+        for field in ("cpu_s", "processes", "file_mb", "tmp_mb", "max_program_chars"):
+            _require(getattr(self, field) >= 1, s, field, getattr(self, field), ">= 1")
+        _require(self.memory_mb >= 64, s, "memory_mb", self.memory_mb, ">= 64 (the interpreter maps ~20 MB)")
+        _require(self.open_files >= 8, s, "open_files", self.open_files, ">= 8")
+        _require(self.output_bytes >= 1024, s, "output_bytes", self.output_bytes, ">= 1024")
+
+    def limits(self) -> SandboxLimits:
+        return SandboxLimits(wall_s=self.wall_s, cpu_s=self.cpu_s, memory_mb=self.memory_mb,
+                             processes=self.processes, file_mb=self.file_mb, open_files=self.open_files,
+                             output_bytes=self.output_bytes, tmp_mb=self.tmp_mb)
+
+
+@dataclasses.dataclass(frozen=True)
 class RewardsConfig:
     """Which rule-based rewards score a completion and how they add up (total = sum of weight * reward)."""
 
@@ -29,6 +63,7 @@ class RewardsConfig:
     max_length: int = 1024  # L_max of DAPO's soft overlong penalty, in completion tokens
     overlong_buffer: int = 256  # L_cache: the penalty ramps from 0 to -1 over the last L_cache tokens (DAPO)
     answer_max_chars: int = 256  # K: only the last K characters of an extracted answer are ever parsed
+    code: CodeConfig = dataclasses.field(default_factory=CodeConfig)  # the `code` reward's sandbox
 
     def __post_init__(self) -> None:
         s = "rewards"

@@ -13,6 +13,8 @@ Built in (DeepSeek-R1 and DAPO):
   0 without a chain of thought, 1 for one made only of numbers and symbols.
 - overlong: DAPO's soft overlong punishment, 0 below L_max - L_cache, a linear ramp to -1 at L_max, -1
   beyond (DAPO §3.4, soft overlong punishment). Length in tokens when the item has it, else in characters.
+- code (rl.rewards.code): the completion's program run against the item's tests in the sandbox; 0 for
+  items without tests. `accuracy` scores code items 0 (the code task's verifier never runs a program).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class ScoreItem:
     reference: str
     task: str = "math"
     length: Optional[int] = None  # completion length in tokens, for the overlong penalty
+    tests: Optional[str] = None  # code items: the tests as JSON (rl.rewards.code); None for every other task
+    entry_point: Optional[str] = None  # code items: the function assertion tests call (optional)
 
 
 RewardFn = Callable[[ScoreItem, RewardsConfig], float]

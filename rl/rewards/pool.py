@@ -8,7 +8,16 @@
 Every result has a status: "ok"; "timeout" (the item ran past `timeout_s` and its worker was killed, or the
 batch passed `batch_deadline_s`); "crashed" (its worker died: a signal, a segfault, out of memory);
 "error" (a reward raised). A failed item scores 0 on every reward; only that item fails, and pebble
-replaces a killed worker so the pool is back to N workers. Counts by status feed the trainer's metrics.
+replaces a killed worker so the pool is back to N workers. Counts by status feed the trainer's metrics,
+and so do code items' statuses (rl.rewards.code.CODE_STATUSES: passed, failed, timeout, ...) and the number
+of workers replaced (recycled after max_tasks_per_worker, or after a crash or a timeout).
+
+With the `code` reward configured, the pool checks at start that the sandbox works in the configured mode
+(rl.rewards.sandbox.check_sandbox: a UserError saying what the host lacks) and says which mode in `sandbox`.
+
+Under several JAX processes, a `share` (rl.rewards.share) makes each process score only its rows of the
+global batch; `collect` then exchanges the results, so every process returns the whole batch's, equal to a
+single process's. `collect` is then a collective: every process collects the same batches in the same order.
 
 Workers are started with the "spawn" method: the trainer process runs JAX's threads, and forking a
 threaded process can deadlock the child.
@@ -28,8 +37,11 @@ import pebble
 
 from r1jax.errors import UserError
 from r1jax.rl.rewards import worker
+from r1jax.rl.rewards.code import CODE_STATUSES
 from r1jax.rl.rewards.config import PoolConfig, RewardsConfig
 from r1jax.rl.rewards.functions import ScoreItem, check_names, combine
+from r1jax.rl.rewards.sandbox import check_sandbox
+from r1jax.rl.rewards.share import ScoreShare
 
 STATUSES = ("ok", "timeout", "crashed", "error")
 STARTUP_TIMEOUT_S = 120.0  # a cold worker imports sympy and math-verify
@@ -42,14 +54,17 @@ class ScoreResult:
     status: str  # one of STATUSES
     error: str | None = None  # what went wrong, for logs
     pid: int | None = None  # the worker that scored it (None when unknown)
+    code_status: str | None = None  # code items scored by the `code` reward: one of CODE_STATUSES
 
 
 @dataclasses.dataclass
 class BatchHandle:
     """A submitted batch: collect it with `pool.collect(handle)`."""
 
-    futures: list
+    futures: list  # this process's rows (all rows without a share)
     deadline: float  # time.monotonic() after which unfinished items count as timed out
+    size: int = 0  # rows in the batch
+    batch: int = 0  # the pool's batch counter when submitted (names the batch in a share's exchange)
     results: list | None = None  # filled by the first collect; collecting again returns them
 
     def done(self) -> bool:
@@ -58,16 +73,30 @@ class BatchHandle:
 
 
 class RewardPool:
-    def __init__(self, rewards: RewardsConfig | None = None, config: PoolConfig | None = None):
+    def __init__(self, rewards: RewardsConfig | None = None, config: PoolConfig | None = None,
+                 share: ScoreShare | None = None):
         self.rewards = rewards or RewardsConfig()
         self.config = config or PoolConfig()
+        self.share = share  # None: this process scores every row
+        self.batches = 0  # batches submitted
         for name in self.config.import_modules:  # here too, so that custom reward names validate
             try:
                 importlib.import_module(name)
             except ImportError as err:
                 raise UserError(f"reward_pool.import_modules: cannot import {name!r}: {err}") from err
         check_names(self.rewards)
+        code = self.rewards.code
+        if "code" in self.rewards.names and 0 < self.config.memory_mb <= code.memory_mb:
+            raise UserError(f"rewards.code.memory_mb = {code.memory_mb} must be below "
+                            f"reward_pool.memory_mb = {self.config.memory_mb}: programs inherit the worker's limit")
+        if "code" in self.rewards.names and self.config.timeout_s <= code.wall_s:
+            raise UserError(f"reward_pool.timeout_s = {self.config.timeout_s} must exceed rewards.code.wall_s = "
+                            f"{code.wall_s}: an item's program runs (one per stdin/stdout test) share that time")
+        # the sandbox mode in words, for the run's log (None: no code reward, no program ever runs)
+        self.sandbox = check_sandbox(self.rewards.code.sandbox) if "code" in self.rewards.names else None
         self.counts: collections.Counter = collections.Counter()
+        self.code_counts: collections.Counter = collections.Counter()
+        self.worker_pids: set[int] = set()  # every worker seen: more than `workers` means some were replaced
         self.wait_s = 0.0  # time callers spent blocked in collect: how long scoring stalled the trainer
         self._pool = pebble.ProcessPool(
             max_workers=self.config.workers, max_tasks=self.config.max_tasks_per_worker,
@@ -81,7 +110,7 @@ class RewardPool:
         futures = [self._pool.submit(worker.ping, None) for _ in range(self.config.workers)]
         try:
             for future in futures:
-                future.result(timeout=STARTUP_TIMEOUT_S)
+                self.worker_pids.add(future.result(timeout=STARTUP_TIMEOUT_S))
         except Exception as err:
             self.close()
             raise UserError(f"reward pool: workers failed to start ({type(err).__name__}: {err}); "
@@ -90,20 +119,30 @@ class RewardPool:
     def submit(self, items: Sequence[ScoreItem]) -> BatchHandle:
         now = time.monotonic()
         futures = []
-        for item in items:
+        rows = self.share.rows(len(items)) if self.share else range(len(items))
+        for item in (items[row] for row in rows):
             try:
                 futures.append(self._pool.submit(worker.score, self.config.timeout_s, item, self.rewards))
             except Exception as err:  # the pool is closed or broken: this item fails, nothing raises
                 futures.append(_failed_future(err))
-        return BatchHandle(futures, deadline=now + self.config.batch_deadline_s)
+        self.batches += 1
+        return BatchHandle(futures, deadline=now + self.config.batch_deadline_s, size=len(items),
+                           batch=self.batches - 1)
 
     def collect(self, handle: BatchHandle) -> list[ScoreResult]:
         """Wait for a batch (at most until its deadline) and return its results in submission order."""
         if handle.results is None:
             start = time.monotonic()
             concurrent.futures.wait(handle.futures, timeout=max(0.0, handle.deadline - start))
-            handle.results = [self._result(future) for future in handle.futures]
+            own = [self._result(future) for future in handle.futures]
+            self.worker_pids.update(r.pid for r in own if r.pid is not None)
+            if self.share is None:
+                handle.results = own
+            else:  # the other processes' rows (waits for them)
+                everyone = self.share.gather(handle.batch, handle.size, [dataclasses.asdict(r) for r in own])
+                handle.results = [ScoreResult(**r) for r in everyone]
             self.counts.update(r.status for r in handle.results)
+            self.code_counts.update(r.code_status for r in handle.results if r.code_status)
             self.wait_s += time.monotonic() - start
         return handle.results
 
@@ -115,7 +154,7 @@ class RewardPool:
             future.cancel()  # pebble kills the worker running it
             return self._failure("timeout", "batch deadline passed")
         try:
-            status, rewards, error, pid = future.result()
+            status, rewards, error, pid, code_status = future.result()
         except concurrent.futures.TimeoutError:
             return self._failure("timeout", f"took longer than {self.config.timeout_s} s; worker killed")
         except pebble.ProcessExpired as err:
@@ -126,16 +165,19 @@ class RewardPool:
             return self._failure("error", f"{type(err).__name__}: {err}")
         if status != "ok":
             return self._failure(status, error, pid)
-        return ScoreResult(rewards, combine(rewards, self.rewards), "ok", None, pid)
+        return ScoreResult(rewards, combine(rewards, self.rewards), "ok", None, pid, code_status)
 
     def _failure(self, status: str, error: str | None, pid: int | None = None) -> ScoreResult:
         zeros = {name: 0.0 for name in self.rewards.names}
         return ScoreResult(zeros, 0.0, status, error, pid)
 
     def metrics(self) -> dict[str, float]:
-        """Cumulative counts by status, the failed fraction and the time spent waiting in collect."""
+        """Cumulative counts by status and by code status, the failed fraction, the workers replaced and the
+        time spent waiting in collect."""
         scored = sum(self.counts.values())
         out = {f"reward_pool/{s}": float(self.counts[s]) for s in STATUSES}
+        out.update({f"reward_pool/code_{s}": float(self.code_counts[s]) for s in CODE_STATUSES})
+        out["reward_pool/recycled"] = float(max(0, len(self.worker_pids) - self.config.workers))
         out["reward_pool/failed_fraction"] = (scored - self.counts["ok"]) / scored if scored else 0.0
         out["reward_pool/wait_s"] = self.wait_s
         return out

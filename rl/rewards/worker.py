@@ -5,7 +5,7 @@ CUDA/ROCm/TPU devices) so nothing in a worker can claim a chip the trainer owns,
 (RLIMIT_AS) so a runaway allocation fails here and not in the host, ignores SIGINT (the trainer decides
 when workers stop), and imports the modules that register custom rewards and tasks.
 
-`score` never raises: it returns (status, rewards, error, pid). Out of memory is the exception to the
+`score` never raises: it returns (status, rewards, error, pid, code status or None: rl.rewards.code). Out of memory is the exception to the
 rule: the worker exits with OOM_EXIT_CODE (its state may be damaged), the pool reports the item as
 crashed and starts a fresh worker.
 """
@@ -55,15 +55,19 @@ def _warm_up() -> None:
     get_task("algebra").verify("2x", "x+x")
 
 
-def score(item, config) -> tuple[str, dict, str | None, int]:
+def score(item, config) -> tuple[str, dict, str | None, int, str | None]:
+    from r1jax.rl.rewards.code import code_outcome
     from r1jax.rl.rewards.functions import score_item
 
     try:
-        return "ok", score_item(item, config), None, os.getpid()
+        rewards = score_item(item, config)
+        ran_code = item.tests is not None and "code" in config.names
+        code_status = code_outcome(item, config.code).status if ran_code else None  # cached: no second run
+        return "ok", rewards, None, os.getpid(), code_status
     except MemoryError:
         os._exit(OOM_EXIT_CODE)
     except Exception as err:  # a bug in a reward or verifier: this item fails, the worker goes on
-        return "error", {}, f"{type(err).__name__}: {err}"[:500], os.getpid()
+        return "error", {}, f"{type(err).__name__}: {err}"[:500], os.getpid(), None
 
 
 def ping() -> int:

@@ -28,9 +28,13 @@ class Problem:
     answer: str  # the reference answer the verifier checks against
     solution: str  # a worked solution "<think> ... </think> <answer> ... </answer>" for cold-start SFT
     difficulty: int
+    tests: str | None = None  # code problems: their tests as JSON (rl.rewards.code); None otherwise
+    entry_point: str | None = None  # code problems checked by assertions: the function they call
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The problem as a dict; `tests` and `entry_point` only when set (other tasks' dicts are unchanged)."""
+        out = dataclasses.asdict(self)
+        return {k: v for k, v in out.items() if v is not None or k not in ("tests", "entry_point")}
 
 
 def r1_solution(steps: list[str], answer: str) -> str:

@@ -14,6 +14,8 @@ UserError naming the culprit (the config field, the stage, the file and row) whe
 - a stage names data that no earlier rejection_sampling stage writes, or `init_from` names a path that is not
   a readable r1jax or Hugging Face checkpoint, or one whose architecture differs from the stage's model, or
   a Hugging Face directory whose tokenizer is not the run's (rl.train.policy_io: the run has one tokenizer);
+- a stage's data holds code rows (task `code`) but `rewards.names` has no `code` reward, or the code sandbox
+  does not work on this host in `rewards.code.sandbox`'s mode (rl.rewards.sandbox.check_sandbox);
 - the held-out evaluation set cannot be built (its task space is too small) or its prompts are too long;
 - a prompt cannot be rendered in the run's prompt format (`template: chat` with a tokenizer that has no chat
   template, or a chat template that fails on the prompt): the held-out prompts are always rendered.
@@ -39,6 +41,7 @@ from r1jax.rl.config import Config, stage_config
 from r1jax.rl.data import DataConfig, build_source
 from r1jax.rl.evaluate import held_out_problems
 from r1jax.rl.hf_architecture import hf_model, is_hf_dir
+from r1jax.rl.rewards.sandbox import check_sandbox
 from r1jax.rl.train.checkpointing import check_compatible
 from r1jax.rl.train.config import StageConfig
 from r1jax.sharding.mesh import check_batch_rows
@@ -158,6 +161,7 @@ def check_stage_data(config: Config, index: int, tokenizer: TokenizerLike) -> No
         except UserError as err:
             raise UserError(f"{field} (stage {stage.name}): {err}") from None
         size, what = len(problems), field
+    check_code_rows(config, problems, what)
     if size < batch:
         raise UserError(f"{batch_field}={batch}: {what} holds only {size} problems, fewer than one batch "
                         f"(stage {stage.name})")
@@ -168,6 +172,17 @@ def check_stage_data(config: Config, index: int, tokenizer: TokenizerLike) -> No
                             f"train on; give the stage a data_path")
     else:
         check_prompt_lengths(config, tokenizer, [p["prompt"] for p in problems], what)
+
+
+def check_code_rows(config: Config, problems: Sequence[dict], what: str) -> None:
+    """Code rows need the `code` reward (nothing else scores them) and a sandbox that works here."""
+    if not any(p["task"] == "code" for p in problems):
+        return
+    if "code" not in config.rewards.names:
+        raise UserError(f"{what} holds code problems but rewards.names={list(config.rewards.names)} has no "
+                        f"'code' reward to score them (accuracy scores them 0): add it, e.g. "
+                        f"rewards.names=[code,format] rewards.weights=[1.0,1.0]")
+    check_sandbox(config.rewards.code.sandbox)
 
 
 def check_prompt_lengths(config: Config, tokenizer: TokenizerLike, prompts: Sequence[str], what: str) -> None:

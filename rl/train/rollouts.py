@@ -45,9 +45,11 @@ def decode_completions(tokenizer: TokenizerLike, rollout: Rollout) -> list[str]:
 
 def score_items(problems: Sequence[dict], texts: Sequence[str], lengths: Sequence[int],
                 samples: int) -> list[ScoreItem]:
+    """One item per row; a code problem's `tests` (JSON) and `entry_point` ride along (rl.rewards.code)."""
     return [ScoreItem(prompt=problems[i // samples]["prompt"], completion=text,
                       reference=str(problems[i // samples]["answer"]), task=problems[i // samples]["task"],
-                      length=int(length))
+                      length=int(length), tests=problems[i // samples].get("tests"),
+                      entry_point=problems[i // samples].get("entry_point"))
             for i, (text, length) in enumerate(zip(texts, lengths))]
 
 
@@ -87,6 +89,8 @@ def reward_metrics(results: Sequence[ScoreResult], names: Sequence[str]) -> dict
         out[f"reward/{name}"] = float(np.mean([r.rewards.get(name, 0.0) for r in results]))
     for status in {r.status for r in results} | {"ok"}:
         out[f"pool/{status}"] = sum(r.status == status for r in results)
+    for status in {r.code_status for r in results} - {None}:  # only batches with code items have these
+        out[f"code/{status}"] = sum(r.code_status == status for r in results)
     return out
 
 

@@ -67,7 +67,7 @@ def run_grpo(ctx: StageContext, index: int, stage: StageConfig, start: StageStar
         row = {**metrics, **reward_metrics(results, cfg.rewards.names), **length_metrics(rollout,
                cfg.sampling.max_new_tokens), **{k: float(v) for k, v in adv_metrics.items()}, **layout,
                "reflection_rate": reflection_rate(texts, cfg.eval.reflection_words),
-               "pool/recycled": ctx.pool.metrics().get("recycled", 0),
+               "pool/recycled": ctx.pool.metrics()["reward_pool/recycled"],
                "tokens_per_s": generated / max(sample_seconds, 1e-9),
                "step_time_s": time.time() - step_start, "time/sample_s": sample_seconds,
                "time/rollout_s": update_start - step_start, "time/update_s": update_seconds, **extra}

@@ -49,7 +49,8 @@ class KeptSet:
         self.seen.add(key)
         self.kept.update(groups)
         self.rows.append({"task": problem["task"], "prompt": problem["prompt"], "answer": str(problem["answer"]),
-                          "solution": text.strip(), "difficulty": problem.get("difficulty", 0), "reward": total})
+                          "solution": text.strip(), "difficulty": problem.get("difficulty", 0), "reward": total,
+                          **{k: problem[k] for k in ("tests", "entry_point") if k in problem}})  # code rows
         return True
 
     def stats(self) -> dict:

@@ -23,6 +23,7 @@ from r1jax.model.config import ModelConfig
 from r1jax.model.tokenizer import TokenizerLike, is_tokenizer_dir, load_tokenizer
 from r1jax.rl.config import Config, stage_config, to_yaml
 from r1jax.rl.rewards import RewardPool
+from r1jax.rl.rewards.share import ScoreShare
 from r1jax.rl.train.checkpointing import TrainCheckpointer, check_compatible
 from r1jax.rl.train.config import StageConfig
 from r1jax.rl.train.console import RunConsole
@@ -163,7 +164,13 @@ class Trainer:
 
     def _context(self, index: int) -> StageContext:
         if self._pool is None:
-            self._pool = RewardPool(self.config.rewards, self.config.reward_pool)
+            # under several processes each scores its share of every batch (rl.rewards.share)
+            share = ScoreShare.of_jax_processes(self.config.reward_pool.batch_deadline_s
+                                                + distributed.DEFAULT_PEER_TIMEOUT_S)
+            self._pool = RewardPool(self.config.rewards, self.config.reward_pool, share=share)
+            if self._pool.sandbox is not None:  # the run's log and its summary say how programs ran
+                self.console.log(f"code sandbox: {self._pool.sandbox}")
+                self.summary["code_sandbox"] = self._pool.sandbox
             self._evaluate = HeldOutEval(self.config, self.run_dir, self.primary, self.tokenizer, self._pool,
                                          self.metrics, self.console, self._held_out)
         return StageContext(config=self.config, run_dir=self.run_dir, primary=self.primary, mesh=self.mesh,

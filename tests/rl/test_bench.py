@@ -56,6 +56,8 @@ def test_quick_bench_against_hf_reports_every_figure_with_its_goal():
                                                         rel=1e-9)
     assert set(report["pool_verifications_per_s"]) == {"1", "2"}
     assert all(positive_finite(v) for v in report["pool_verifications_per_s"].values())
+    assert set(report["code_verifications_per_s"]) == {"1", "2"}, report["code_sandbox"]
+    assert all(positive_finite(v) for v in report["code_verifications_per_s"].values())
     assert all(positive_finite(v) for v in report["moe_step_ms"].values())
     # the same weights decode the same greedy tokens in transformers (README: all tokens agree); measured 1.0
     # on this model (random weights could make a near-tie flip late, which this would report)

@@ -62,3 +62,26 @@ def test_score_as_a_subprocess_streams_json_lines(tmp_path):
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     assert [json.loads(line)["rewards"]["accuracy"] for line in result.stdout.splitlines()] == [1.0, 1.0]
+
+
+def test_score_runs_code_rows_in_the_sandbox_and_prints_their_code_reward(tmp_path, capsys):
+    doubled = ["assert f(2) == 4", "assert f(5) == 10"]
+    rows = [{"task": "code", "completion": "<think> t </think> <answer> def f(x): return 2*x </answer>",
+             "tests": doubled, "entry_point": "f"},
+            {"task": "code", "completion": "```python\ndef f(x):\n    return x + 2\n```", "tests": doubled},
+            {"task": "code", "completion": "```python\nprint(2 * int(input()))\n```",
+             "tests": [{"input": "4\n", "output": "8\n"}]},
+            {"task": "code", "completion": "<answer> while True: pass </answer>",
+             "tests": [{"input": "", "output": "1"}]},
+            {"completion": "<think> 3+4=7 </think> <answer> 7 </answer>", "answer": "7", "task": "arithmetic"}]
+    path = write_jsonl(tmp_path / "c.jsonl", rows)
+    assert main(["score", str(path), "--rewards", "code,format", "--timeout", "20", "--workers", "2",
+                 "--partial"]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["rewards"] for row in out] == [{"code": 1.0, "format": 1.0}, {"code": 0.5, "format": 0.0},
+                                                {"code": 1.0, "format": 0.0}, {"code": 0.0, "format": 0.0},
+                                                {"code": 0.0, "format": 1.0}]
+    assert [row.get("code_status") for row in out] == ["passed", "failed", "passed", "timeout", None]
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"task": "code", "completion": "x"}])
+    assert main(["score", str(path), "--rewards", "code"]) == 2
+    assert "bad.jsonl: row 1: field 'tests' is missing" in capsys.readouterr().err

@@ -182,3 +182,13 @@ def test_evaluate_scores_every_completion_against_its_own_problem_across_chunks(
     assert figures["accuracy_by_difficulty"] == pytest.approx({"1": (3 + 1 + 3) / 3 / 3, "2": (0 + 2) / 3 / 2})
     assert [s["prompt"] for s in samples] == ["Compute 0+0"] * 3 + ["Compute 1+1"]
     assert [s["rewards"]["accuracy"] for s in samples] == [1.0, 1.0, 1.0, 0.0]
+
+
+def test_code_problems_are_judged_by_the_code_reward():
+    problems = [{"prompt": "p", "answer": "", "task": "code", "difficulty": 1},
+                {"prompt": "q", "answer": "7", "task": "arithmetic", "difficulty": 1}]
+    texts = [answer_text("def f(x): return x")] * 2 + [answer_text("7")] * 2
+    code = [ScoreResult(rewards={"accuracy": 0.0, "code": c, "format": 1.0}, total=c, status="ok") for c in (1.0, 0.5)]
+    figures = summarize(problems, texts, [3] * 4, code + [ok(1.0), ok(0.0)], k=2)
+    assert figures["accuracy_by_difficulty"] == {"1": 0.5}  # code: 1 of 2 (0.5 passed half the tests)
+    assert figures["pass@1"] == 0.5 and figures["pass@2"] == 1.0

@@ -182,6 +182,7 @@ def test_workers_are_recycled_after_max_tasks_and_close_leaves_no_process():
         pids = [r.pid for r in pool.score_batch([probe("ok") for _ in range(5)])]
         # The warm-up ping was the first worker's first task, so it scores one item before retiring.
         assert len(set(pids)) == 3 and pids[1] == pids[2] and pids[3] == pids[4]
+        assert pool.metrics()["reward_pool/recycled"] == 2.0  # the first worker and the second were replaced
         workers = worker_pids(pool)
     finally:
         pool.close()

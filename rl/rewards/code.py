@@ -1,0 +1,172 @@
+"""The `code` reward: the completion's program run against the item's tests in the sandbox.
+
+Tests (a code item's `tests`, stored on the ScoreItem as JSON) come in two forms, never mixed:
+- assertions around a named function (HumanEval/MBPP): `["assert f(2) == 4", ...]`, with an optional
+  `entry_point` ("f"), which must then be defined and callable, and is also bound to `candidate`. All
+  assertions of an item run in one sandboxed process, after the program is defined as a module that is not
+  `__main__` (a main guard does not run); each assertion passes when it raises nothing.
+- standard input/output pairs (competitive programming): `[{"input": "3\\n", "output": "6\\n"}, ...]`. Each
+  pair is one sandboxed run of the program as `__main__`; it passes when it exits 0 and its output equals
+  the expected one up to trailing whitespace on each line and trailing blank lines.
+
+The program is the completion's last fenced ```python (or ```py) block, else the content of its final
+`<answer>` (rl.rewards.extract), itself unwrapped when it is one ``` block. The reward is 1 when every test
+passes, else 0; with `rewards.code.partial` the passed fraction. Items of other tasks score 0.
+
+Every item gets a status (CODE_STATUSES, counted by the pool): passed, failed (ran, a test failed), syntax_error
+(does not compile, or no program found), timeout, memory, crashed (exited abnormally or printed past the
+output limit), sandbox_error (the sandbox failed: nothing is known about the program). Without `partial`,
+stdio tests stop at the first failure.
+
+Only the sandbox runs model text. Assertion verdicts come back as a line marked with a random nonce; a
+program that deliberately inspects the harness's memory could forge it (it runs in the same interpreter),
+one that exits early or prints fake verdicts cannot. Stdio verdicts are decided here and cannot be forged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import secrets
+
+from r1jax.errors import UserError
+from r1jax.rl.rewards.config import CodeConfig, RewardsConfig
+from r1jax.rl.rewards.extract import ANSWER, END_ANSWER, split_completion
+from r1jax.rl.rewards.functions import ScoreItem, register_reward
+from r1jax.rl.rewards.sandbox import RunResult, run_python
+
+CODE_STATUSES = ("passed", "failed", "syntax_error", "timeout", "memory", "crashed", "sandbox_error")
+FENCES = ("```python", "```py", "```Python")
+_RUN_TO_CODE = {"exit": "crashed", "output_limit": "crashed", "syntax_error": "syntax_error",
+                "timeout": "timeout", "memory": "memory", "sandbox_error": "sandbox_error"}
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeOutcome:
+    status: str  # one of CODE_STATUSES
+    passed: int
+    total: int
+    detail: str = ""
+
+
+def extract_program(completion: str) -> str | None:
+    """The last ```python block (anywhere in the completion), else the final <answer>'s content."""
+    start = max(completion.rfind(fence) for fence in FENCES)
+    if start >= 0:
+        body = completion.find("\n", start)
+        end = completion.find("```", body + 1) if body >= 0 else -1
+        if end >= 0:
+            return completion[body + 1:end]
+    _, tail = split_completion(completion)
+    start = tail.rfind(ANSWER)
+    end = tail.find(END_ANSWER, start) if start >= 0 else -1
+    if end < 0:
+        return None
+    answer = tail[start + len(ANSWER):end].strip()
+    if answer.startswith("```") and answer.endswith("```") and len(answer) > 6:
+        answer = answer[answer.find("\n") + 1 if "\n" in answer else 3:-3]
+    return answer if answer.strip() else None
+
+
+def parse_tests(tests, where: str) -> tuple[str, list]:
+    """("assert", [statement, ...]) or ("stdio", [(input, output), ...]); UserError naming `where`."""
+    if not isinstance(tests, (list, tuple)) or not tests:
+        raise UserError(f"{where}: field 'tests' must be a non-empty list (assertion strings or "
+                        f"{{input, output}} objects), got {type(tests).__name__}")
+    if all(isinstance(t, str) for t in tests):
+        if not all(t.strip() for t in tests):
+            raise UserError(f"{where}: field 'tests' holds an empty assertion")
+        return "assert", list(tests)
+    pairs = []
+    for number, test in enumerate(tests):
+        if not (isinstance(test, dict) and isinstance(test.get("input"), str)
+                and isinstance(test.get("output"), str)):
+            raise UserError(f"{where}: tests[{number}] must be an assertion string or an object with string "
+                            f"'input' and 'output' (one form per row), got {test!r:.80}")
+        pairs.append((test["input"], test["output"]))
+    return "stdio", pairs
+
+
+def check_entry_point(entry_point, where: str) -> str | None:
+    if entry_point is None:
+        return None
+    if not isinstance(entry_point, str) or not entry_point.isidentifier():
+        raise UserError(f"{where}: field 'entry_point' must be a Python identifier, got {entry_point!r}")
+    return entry_point
+
+
+def encode_tests(tests, where: str) -> str:
+    """The tests as the JSON a ScoreItem carries (rows' dicts keep only input and output)."""
+    kind, parsed = parse_tests(tests, where)
+    if kind == "stdio":
+        return json.dumps([{"input": i, "output": o} for i, o in parsed])
+    return json.dumps(parsed)
+
+
+def same_output(got: bytes, expected: str) -> bool:
+    def lines(text: str) -> list[str]:
+        rows = [line.rstrip() for line in text.splitlines()]
+        while rows and not rows[-1]:
+            rows.pop()
+        return rows
+    return lines(got.decode("utf-8", "replace")) == lines(expected)
+
+
+@functools.lru_cache(maxsize=8)  # the reward and the pool's status read one outcome: run the tests once
+def code_outcome(item: ScoreItem, config: CodeConfig) -> CodeOutcome:
+    kind, tests = parse_tests(json.loads(item.tests), "item")
+    program = extract_program(item.completion)
+    if program is None:
+        return CodeOutcome("syntax_error", 0, len(tests), "no ```python block or <answer> in the completion")
+    if len(program) > config.max_program_chars:
+        return CodeOutcome("failed", 0, len(tests), f"program longer than {config.max_program_chars} chars")
+    if kind == "assert":
+        return _assertions(program, tests, item.entry_point, config)
+    return _stdio(program, tests, config)
+
+
+def _assertions(program: str, tests: list[str], entry_point: str | None, config: CodeConfig) -> CodeOutcome:
+    nonce = secrets.token_hex(16)
+    run = run_python(program, stdin=f"{nonce}\n".encode(), mode=config.sandbox, limits=config.limits(),
+                     kind="assert", tests=tests, entry_point=entry_point)
+    if run.status != "ok":
+        return CodeOutcome(_RUN_TO_CODE[run.status], 0, len(tests), run.detail)
+    marker = f"\n{nonce} ".encode()
+    at = run.stdout.rfind(marker)
+    try:
+        flags = json.loads(run.stdout[at + len(marker):].decode()) if at >= 0 else None
+    except ValueError:
+        flags = None
+    if not (isinstance(flags, list) and len(flags) == len(tests) and all(f in (0, 1) for f in flags)):
+        return CodeOutcome("crashed", 0, len(tests), "the program ended before its tests ran")
+    passed = sum(flags)
+    return CodeOutcome("passed" if passed == len(tests) else "failed", passed, len(tests))
+
+
+def _stdio(program: str, tests: list[tuple[str, str]], config: CodeConfig) -> CodeOutcome:
+    passed, status, detail = 0, "passed", ""
+    for stdin, expected in tests:
+        run = run_python(program, stdin=stdin.encode(), mode=config.sandbox, limits=config.limits())
+        if run.status == "ok" and same_output(run.stdout, expected):
+            passed += 1
+            continue
+        if status == "passed":
+            status, detail = _run_status(run), run.detail
+        if status == "syntax_error" or not config.partial:
+            break  # the rest cannot change a 0 (or a program that does not compile)
+    return CodeOutcome(status, passed, len(tests), detail)
+
+
+def _run_status(run: RunResult) -> str:
+    return "failed" if run.status == "ok" else _RUN_TO_CODE[run.status]
+
+
+@register_reward("code")
+def code_reward(item: ScoreItem, config: RewardsConfig) -> float:
+    if item.tests is None:
+        return 0.0
+    outcome = code_outcome(item, config.code)
+    if config.code.partial:
+        return outcome.passed / outcome.total
+    return float(outcome.passed == outcome.total)

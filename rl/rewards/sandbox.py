@@ -1,0 +1,238 @@
+"""Running untrusted Python programs: one isolated process tree per run, limited, killed as a whole.
+
+    limits = SandboxLimits(wall_s=3, cpu_s=2, memory_mb=512)
+    run = run_python(program_source, stdin=b"3\\n", mode="bwrap", limits=limits)
+    run.status, run.stdout          # ("ok", b"6\\n"); statuses: see RUN_STATUSES
+
+Modes (`rewards.code.sandbox`):
+- `bwrap` (default): bubblewrap namespaces. No network (--unshare-net: only a down loopback), no view of
+  other processes (--unshare-pid: the program's tree is pid 1's, and the kernel kills all of it when bwrap
+  exits), own IPC and hostname, a new session (no terminal), an empty environment but PATH, a read-only
+  /usr (+ the /lib, /bin links) and the host Python's install directories, a private size-capped tmpfs at
+  /tmp (the only writable place; the working directory), a fresh /proc and minimal /dev, nothing else: no
+  home directory, no /etc beyond the dynamic linker's cache, no project or data files.
+- `rlimits_only`: the same limits, environment and process group, without namespaces: the program can
+  read what the user can, reach the network and escape the process group with setsid. Only for hosts
+  without bubblewrap or user namespaces, and only when the config says so explicitly.
+
+In both modes the runner (sandbox_runner.py) sets RLIMIT_CPU, _AS (memory), _NPROC (processes), _FSIZE
+(each file), _NOFILE and _CORE before the program runs, and as root it first drops to an unprivileged user
+id (`sandbox_uid`): root is exempt from RLIMIT_NPROC. The trainer side enforces wall time (SIGKILL to the
+whole process group at the limit) and reads at most `output_bytes` of stdout (the run is killed when it
+prints more). The interpreter is the host's own (sys.executable), started with -I (no PYTHON* variables,
+no user site) and -B.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import pathlib
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from r1jax.errors import UserError
+
+MODES = ("bwrap", "rlimits_only")
+# ok: exited 0; exit: another exit code; syntax_error: does not compile; timeout: wall or CPU limit;
+# memory: the address-space limit; output_limit: printed more than output_bytes; sandbox_error: the sandbox
+# itself failed (bwrap missing or refused), which says nothing about the program.
+RUN_STATUSES = ("ok", "exit", "syntax_error", "timeout", "memory", "output_limit", "sandbox_error")
+RUNNER = pathlib.Path(__file__).with_name("sandbox_runner.py")
+SYNTAX_EXIT, MEMORY_EXIT = 65, 66  # as in sandbox_runner.py
+CPU_SIGNALS = (signal.SIGXCPU, signal.SIGKILL)  # the soft and the hard RLIMIT_CPU
+CLEAN_ENV = {"PATH": "/usr/bin:/bin", "LC_CTYPE": "C.UTF-8"}
+LINKER_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d")
+SANDBOX_UID_BASE = 2_000_000  # as root, programs run as uid BASE + (pid of the scoring process % 1e6)
+STDERR_KEEP = 4096  # bytes of the program's stderr kept for diagnostics
+
+
+@dataclasses.dataclass(frozen=True)
+class SandboxLimits:
+    wall_s: float = 3.0  # wall-clock time, from start to the SIGKILL of the whole process group
+    cpu_s: int = 2  # RLIMIT_CPU (soft; SIGKILL one second later)
+    memory_mb: int = 512  # RLIMIT_AS of every process
+    processes: int = 16  # RLIMIT_NPROC: processes and threads of the sandbox's user
+    file_mb: int = 16  # RLIMIT_FSIZE: the largest file it can write
+    open_files: int = 64  # RLIMIT_NOFILE
+    output_bytes: int = 1 << 20  # stdout read at most; more ends the run (output_limit)
+    tmp_mb: int = 64  # size of the private /tmp (bwrap mode)
+
+    def runner_limits(self) -> str:
+        return json.dumps({"cpu_s": self.cpu_s, "memory_mb": self.memory_mb, "processes": self.processes,
+                           "file_mb": self.file_mb, "open_files": self.open_files})
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    status: str  # one of RUN_STATUSES
+    stdout: bytes
+    returncode: int | None
+    detail: str = ""  # for logs: the end of stderr, or what the sandbox reported
+
+
+def _python_dirs() -> list[str]:
+    """The host interpreter's install directories (venv and base), bound read-only in the sandbox."""
+    dirs = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix,
+            os.path.dirname(os.path.realpath(sys.executable))}
+    kept = sorted(d for d in dirs if d and not d.startswith("/usr/") and d != "/usr")
+    return [d for d in kept if not any(d != o and d.startswith(o + "/") for o in kept)]
+
+
+def _bind_with_parents(path: str) -> list[str]:
+    """--dir for each missing ancestor (mode 0755, so the dropped user can traverse it) then the bind."""
+    args, parts = [], pathlib.PurePosixPath(path).parts[1:-1]
+    for depth in range(1, len(parts) + 1):
+        args += ["--perms", "0755", "--dir", "/" + "/".join(parts[:depth])]
+    return args + ["--ro-bind", path, path]
+
+
+def bwrap_args(limits: SandboxLimits, run_dir: str) -> list[str]:
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise FileNotFoundError("bwrap")
+    args = [bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--die-with-parent",
+            "--new-session", "--clearenv", *sum((["--setenv", k, v] for k, v in CLEAN_ENV.items()), []),
+            "--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64"):
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    args += sum((["--ro-bind-try", f, f] for f in LINKER_FILES), [])
+    for directory in _python_dirs():
+        args += _bind_with_parents(directory)
+    args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(limits.tmp_mb << 20),
+             "--tmpfs", "/tmp", "--ro-bind", run_dir, "/sandbox", "--chdir", "/tmp"]
+    if os.geteuid() == 0:  # no user namespace: the runner needs these two to drop to its own uid
+        args += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:
+        args += ["--unshare-user"]
+    return args + ["--"]
+
+
+def sandbox_uid() -> int:
+    """-1 (stay) unless root; then a per-process unprivileged uid, so that RLIMIT_NPROC counts only the
+    programs of this scoring process."""
+    return SANDBOX_UID_BASE + os.getpid() % 1_000_000 if os.geteuid() == 0 else -1
+
+
+def run_python(source: str, *, stdin: bytes = b"", mode: str = "bwrap", limits: SandboxLimits = SandboxLimits(),
+               kind: str = "stdio", tests: list[str] | None = None, entry_point: str | None = None) -> RunResult:
+    """Run `source` in the sandbox: `kind` "stdio" runs it as a script on `stdin`; "assert" runs `tests`
+    (assertion statements) against it, stdin then holding the nonce line (sandbox_runner.py)."""
+    if mode not in MODES:
+        raise UserError(f"rewards.code.sandbox = {mode!r}: expected one of {', '.join(MODES)}")
+    with tempfile.TemporaryDirectory(prefix="r1jax-sandbox-") as run_dir:
+        os.chmod(run_dir, 0o755)
+        files = {"program.py": source, "runner.py": RUNNER.read_text(),
+                 "tests.json": json.dumps([tests or [], entry_point])}
+        for name, text in files.items():
+            (pathlib.Path(run_dir) / name).write_text(text, encoding="utf-8")
+            os.chmod(pathlib.Path(run_dir) / name, 0o644)
+        (pathlib.Path(run_dir) / "stdin").write_bytes(stdin)
+        uid = sandbox_uid()
+        if mode == "bwrap":
+            try:
+                prefix, root, cwd = bwrap_args(limits, run_dir), "/sandbox", "/"
+            except FileNotFoundError:
+                return RunResult("sandbox_error", b"", None, "bwrap is not installed")
+        else:
+            work = tempfile.mkdtemp(dir=run_dir)
+            if uid >= 0:
+                os.chown(work, uid, uid)
+            prefix, root, cwd = [], run_dir, work
+        argv = prefix + [sys.executable, "-I", "-B", f"{root}/runner.py", limits.runner_limits(), kind, str(uid)]
+        with open(pathlib.Path(run_dir) / "stdin", "rb") as stdin_file:
+            return _run(argv, stdin_file, cwd, limits)
+
+
+def _run(argv: list[str], stdin_file, cwd: str, limits: SandboxLimits) -> RunResult:
+    try:
+        proc = subprocess.Popen(argv, stdin=stdin_file, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                cwd=cwd, env=CLEAN_ENV, start_new_session=True, close_fds=True)
+    except OSError as err:
+        return RunResult("sandbox_error", b"", None, f"cannot start: {err}")
+    deadline = time.monotonic() + limits.wall_s
+    out, err, over, timed_out = bytearray(), bytearray(), False, False
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ, out)
+        selector.register(proc.stderr, selectors.EVENT_READ, err)
+        while selector.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            for key, _ in selector.select(timeout=left):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                    continue
+                buffer = key.data
+                room = (limits.output_bytes if buffer is out else STDERR_KEEP) - len(buffer)
+                buffer += chunk[:max(room, 0)]
+                if buffer is out and len(chunk) > room:
+                    over = True
+            if over:
+                break
+    _kill_group(proc)
+    proc.stdout.close()
+    proc.stderr.close()
+    return _classify(proc.returncode, bytes(out), err.decode("utf-8", "replace"), timed_out, over, limits)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the whole process group (bwrap's own tree dies with it: --die-with-parent, pid namespace)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _classify(code: int, stdout: bytes, stderr: str, timed_out: bool, over: bool,
+              limits: SandboxLimits) -> RunResult:
+    tail = stderr[-500:]
+    if timed_out:
+        return RunResult("timeout", stdout, code, f"wall time over {limits.wall_s} s")
+    if over:
+        return RunResult("output_limit", stdout, code, f"printed more than {limits.output_bytes} bytes")
+    if stderr.startswith("bwrap:"):  # bubblewrap's own errors (a program's stderr cannot make it fail more)
+        return RunResult("sandbox_error", stdout, code, tail)
+    signal_number = -code if code < 0 else code - 128 if code > 128 else 0  # bwrap reports 128 + signal
+    if signal_number in CPU_SIGNALS:
+        return RunResult("timeout", stdout, code, f"CPU time over {limits.cpu_s} s")
+    if code == MEMORY_EXIT:
+        return RunResult("memory", stdout, code, f"memory over {limits.memory_mb} MB")
+    if code == SYNTAX_EXIT:
+        return RunResult("syntax_error", stdout, code, tail)
+    return RunResult("ok" if code == 0 else "exit", stdout, code, tail)
+
+
+@functools.lru_cache(maxsize=4)
+def check_sandbox(mode: str) -> str:
+    """Run a trivial program in `mode`; UserError saying what the host lacks when it does not work.
+    Returns a one-line description of the mode for the run's log."""
+    if mode not in MODES:
+        raise UserError(f"rewards.code.sandbox = {mode!r}: expected one of {', '.join(MODES)}")
+    if mode == "bwrap" and shutil.which("bwrap") is None:
+        raise UserError("code rewards run programs in a bubblewrap sandbox, but `bwrap` is not installed "
+                        "(apt-get install bubblewrap); or set rewards.code.sandbox=rlimits_only to accept "
+                        "running them with resource limits only (no namespaces: see the README)")
+    result = run_python("print(6 * 7)", mode=mode, limits=SandboxLimits(wall_s=30))
+    if result.status != "ok" or result.stdout.strip() != b"42":
+        hint = ("bubblewrap cannot create its namespaces: unprivileged user namespaces may be disabled "
+                "(sysctl kernel.unprivileged_userns_clone=1, or user.max_user_namespaces > 0; inside a "
+                "container, allow them); or set rewards.code.sandbox=rlimits_only" if mode == "bwrap" else
+                "the host Python could not run a program")
+        raise UserError(f"code sandbox ({mode}) does not work: {result.status}: {result.detail.strip()}; {hint}")
+    if mode == "bwrap":
+        return "bwrap (namespaces: no network, no other processes, read-only file system, private /tmp) + rlimits"
+    return "rlimits_only (WEAKER: no namespaces; the program can read the file system and reach the network)"

@@ -1,0 +1,99 @@
+"""Code problems in the data path: user rows (JSONL and Parquet, both test forms), the built-in generator whose
+worked solutions pass their own tests in the sandbox, and a tiny training run that scores code rows."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from r1jax.errors import UserError
+from r1jax.rl.config import load_config
+from r1jax.rl.data.records import load_problems
+from r1jax.rl.rewards import CodeConfig, ScoreItem
+from r1jax.rl.rewards.code import code_outcome, parse_tests
+from r1jax.rl.tasks import get_task
+from r1jax.rl.train.trainer import Trainer
+
+from tests.rl.conftest import TRAIN_CONFIG, metrics_rows
+
+FAST = CodeConfig(wall_s=5.0, cpu_s=2, memory_mb=256)
+ASSERT_ROW = {"task": "code", "prompt": "Write f(x) that doubles x.", "tests": ["assert f(2) == 4"],
+              "entry_point": "f"}
+STDIO_ROW = {"task": "code", "prompt": "Read n, print 2n.", "tests": [{"input": "3\n", "output": "6\n"}]}
+
+
+def write_jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_code_rows_load_from_jsonl_and_parquet_with_both_test_forms(tmp_path):
+    math_row = {"prompt": "1+1?", "answer": "2"}
+    expected = [{"task": "math", "prompt": "1+1?", "answer": "2", "solution": "", "difficulty": 0},
+                {"task": "code", "prompt": ASSERT_ROW["prompt"], "answer": "", "solution": "", "difficulty": 0,
+                 "tests": '["assert f(2) == 4"]', "entry_point": "f"},
+                {"task": "code", "prompt": STDIO_ROW["prompt"], "answer": "", "solution": "", "difficulty": 0,
+                 "tests": '[{"input": "3\\n", "output": "6\\n"}]'}]
+    assert load_problems(write_jsonl(tmp_path / "d.jsonl", [math_row, ASSERT_ROW, STDIO_ROW])) == expected
+    pq.write_table(pa.Table.from_pylist([ASSERT_ROW]), tmp_path / "a.parquet")
+    pq.write_table(pa.Table.from_pylist([STDIO_ROW]), tmp_path / "s.parquet")
+    assert load_problems(tmp_path / "a.parquet") + load_problems(tmp_path / "s.parquet") == expected[1:]
+    as_text = {**STDIO_ROW, "tests": json.dumps(STDIO_ROW["tests"])}  # a JSON string column reads the same
+    assert load_problems(write_jsonl(tmp_path / "t.jsonl", [as_text])) == expected[2:]
+
+
+@pytest.mark.parametrize("row,message", [
+    ({"task": "code", "prompt": "p"}, r"row 1: field 'tests' is missing"),
+    ({"task": "code", "prompt": "p", "tests": []}, r"row 1: field 'tests' must be a non-empty list"),
+    ({"task": "code", "prompt": "p", "tests": ["assert f(1)", {"input": "", "output": ""}]},
+     r"row 1: tests\[0\] must be an assertion string or an object"),
+    ({"task": "code", "prompt": "p", "tests": [{"input": "1"}]}, r"row 1: tests\[0\] must be"),
+    ({"task": "code", "prompt": "p", "tests": "not json"}, r"row 1: field 'tests' is a string but not a JSON"),
+    ({"task": "code", "prompt": "p", "tests": ["assert f(1)"], "entry_point": "f()"},
+     r"row 1: field 'entry_point' must be a Python identifier"),
+])
+def test_a_bad_code_row_names_file_row_and_field(tmp_path, row, message):
+    with pytest.raises(UserError, match=f"bad.jsonl: {message}"):
+        load_problems(write_jsonl(tmp_path / "bad.jsonl", [row]))
+
+
+@pytest.mark.parametrize("level", [2, 3, 5])
+def test_generated_worked_solutions_pass_their_tests_and_a_wrong_program_does_not(level):
+    task = get_task("code", level)
+    problems = [task.generate(seed=3, index=i) for i in range(6)]
+    kinds = set()
+    for problem in problems:
+        kinds.add(parse_tests(json.loads(problem.tests), "generated")[0])
+        solved = ScoreItem(problem.prompt, problem.solution, problem.answer, "code", tests=problem.tests,
+                           entry_point=problem.entry_point)
+        assert code_outcome(solved, FAST).status == "passed", problem
+        wrong = solved.completion.replace("</answer>", "+1 </answer>") if problem.entry_point else \
+            "<answer> print(0) </answer>"
+        assert code_outcome(ScoreItem(problem.prompt, wrong, "", "code", tests=problem.tests,
+                                      entry_point=problem.entry_point), FAST).status != "passed", problem
+        assert not task.verify(problem.answer, problem.answer)  # only the sandbox judges programs
+    assert kinds == {"assert", "stdio"}  # both forms from level 2 on
+    assert len(problems[0].prompt) < 60
+
+
+def test_code_rows_without_the_code_reward_are_refused(tmp_path):
+    config = load_config(TRAIN_CONFIG, ["data.tasks=[code]", "eval.difficulty=5",
+                                        "stages=[{name: grpo, kind: grpo, steps: 1}]"])
+    with pytest.raises(UserError, match=r"code problems but rewards.names=\['accuracy', 'format'\] has no 'code'"):
+        Trainer(config, tmp_path / "run").run()
+
+
+def test_a_tiny_run_on_code_tasks_scores_code_rows(tmp_path):
+    config = load_config(TRAIN_CONFIG, [
+        "data.tasks=[code]", "data.difficulty=2", "eval.difficulty=5", "eval.every=0",
+        "rewards.names=[code,format]", "rewards.code.wall_s=5", "reward_pool.timeout_s=30",
+        "stages=[{name: grpo, kind: grpo, steps: 1}]"])
+    summary = Trainer(config, tmp_path / "run").run()
+    assert summary["code_sandbox"].startswith("bwrap")
+    grpo = [r for r in metrics_rows(tmp_path / "run") if r.get("stage") == "grpo" and "reward/code" in r]
+    assert len(grpo) == 1
+    statuses = {k: v for k, v in grpo[0].items() if k.startswith("code/")}
+    rows = config.grpo.prompts_per_step * config.grpo.group_size
+    assert sum(statuses.values()) == rows  # every sampled completion was run against its tests
+    assert 0.0 <= grpo[0]["reward/code"] <= 1.0

@@ -1,0 +1,53 @@
+"""Scoring split across 2 JAX processes (rl.rewards.share): each process scores half of every batch, and
+both return exactly what one process scoring the whole batch returns."""
+
+import dataclasses
+import json
+import socket
+import subprocess
+import sys
+
+from r1jax.rl.rewards import CodeConfig, PoolConfig, RewardPool, RewardsConfig, ScoreItem
+from r1jax.rl.tasks import get_task
+
+from tests.rl.conftest import REPO, subprocess_env
+
+REWARDS = RewardsConfig(names=("accuracy", "code", "format", "language"), weights=(1.0, 1.0, 0.5, 0.1),
+                        code=CodeConfig(wall_s=5.0, cpu_s=2, memory_mb=256))
+
+
+def batches() -> list[list[ScoreItem]]:
+    """Two batches (odd sizes: the shares differ by one row) of math and code items, right and wrong."""
+    items = []
+    for index, name in enumerate(["arithmetic", "code", "algebra", "code", "countdown", "code", "arithmetic"]):
+        problem = get_task(name, 3).generate(seed=1, index=index)
+        completion = problem.solution if index % 3 else "<think> guess </think> <answer> print(1) </answer>"
+        items.append(ScoreItem(problem.prompt, completion, problem.answer, name, tests=problem.tests,
+                               entry_point=problem.entry_point))
+    items.append(ScoreItem("q", "<think> 思考 then words </think> <answer> \\frac{1}{2} </answer>", "0.5"))
+    return [items[:5], items[3:]]
+
+
+def without_pid(results: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "pid"} for r in results]
+
+
+def test_two_processes_each_score_half_and_return_what_one_process_returns():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "tests.rl.score_split_worker"]
+    procs = [subprocess.Popen([*command, str(p), str(port)], cwd=REPO, env=subprocess_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in (0, 1)]
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+    reports = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    with RewardPool(REWARDS, PoolConfig(workers=1, timeout_s=20)) as pool:
+        alone = [[dataclasses.asdict(r) for r in pool.score_batch(batch)] for batch in batches()]
+    assert [len(b) for b in batches()] == [5, 5]
+    assert [r["own_rows"] for r in reports] == [6, 4]  # rows 0, 2, 4 and 1, 3 of each batch
+    for report in reports:
+        assert [without_pid(b) for b in report["results"]] == [without_pid(b) for b in alone]
+        assert report["counts"] == dict(pool.counts) and report["code_counts"] == dict(pool.code_counts)
+    assert {r["code_status"] for b in alone for r in b} == {"passed", "failed", None}  # right, wrong, math
