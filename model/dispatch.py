@@ -69,10 +69,24 @@ def swiglu_blocked(x_AD, group_sizes_E, w_gate_EDF, w_up_EDF, w_down_EFD, block_
     x_pad = jnp.zeros((num_blocks * block_size, d), x_AD.dtype).at[dest_A].set(x_AD, mode="drop")
     block_group = jnp.searchsorted(padded_ends_E, jnp.arange(num_blocks) * block_size, side="right")
     block_group = jnp.minimum(block_group, e - 1)
-    blocks = _blocks if written_backward else _blocks_autodiff
-    y_blocks = blocks(x_pad.reshape(num_blocks, block_size, d), block_group, w_gate_EDF, w_up_EDF, w_down_EFD)
+    if written_backward:
+        # inside a shard_map rows and weights vary over different mesh axes (rows: data, fsdp; weights:
+        # tensor): give all operands the union, so the backward's carries have one type; JAX's transpose of
+        # these casts sums the gradients over the added axes, as it does for the autodiff kernel
+        operands = _vary_together(x_pad.reshape(num_blocks, block_size, d), w_gate_EDF, w_up_EDF, w_down_EFD)
+        y_blocks = _blocks(operands[0], block_group, *operands[1:])
+    else:
+        y_blocks = _blocks_autodiff(x_pad.reshape(num_blocks, block_size, d), block_group, w_gate_EDF, w_up_EDF,
+                                    w_down_EFD)
     y_pad = y_blocks.reshape(num_blocks * block_size, -1)
     return jnp.where((row_group_A < e)[:, None], y_pad[jnp.minimum(dest_A, num_blocks * block_size - 1)], 0)
+
+
+def _vary_together(*arrays):
+    varying = [jax.typeof(a).manual_axis_type.varying for a in arrays]
+    union = frozenset().union(*varying)
+    return tuple(jax.lax.pcast(a, tuple(sorted(union - v)), to="varying") if union - v else a
+                 for a, v in zip(arrays, varying))
 
 
 def _blocks_forward(x_NbD, group_N, w_gate_EDF, w_up_EDF, w_down_EFD):
