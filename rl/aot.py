@@ -41,13 +41,15 @@ from r1jax.rl.grpo.optimizer import make_optimizer
 from r1jax.rl.grpo.step import make_grpo_step, reference_logprobs
 from r1jax.rl.sampler import bucket_length, generate_padded
 from r1jax.rl.update import TrainState, split_policy
+from r1jax.sharding.chips import CHIPS
 from r1jax.sharding.compile_stats import ProgramStats, compile_stats, device_bytes
+from r1jax.sharding.decode_stats import decode_report
 from r1jax.sharding.context import use_mesh
 from r1jax.sharding.mesh import ShardingConfig, build_mesh, check_batch_rows
 from r1jax.sharding.mesh_presets import MESH_PRESETS, resolve_mesh
 from r1jax.sharding.params import abstract_sharded
 from r1jax.sharding.rules import Rules
-from r1jax.sharding.topology import Topology, abstract_devices
+from r1jax.sharding.topology import DEVICES_PER_CHIP, Topology, abstract_devices
 
 DEFAULT_PROMPT_LEN = 512  # R1-style math prompts with the chat template fit well within this bucket
 
@@ -106,6 +108,11 @@ class Setup:
         model = self.config.model
         return {"parameters": model.param_dtype, "optimizer_state": self.config.optimizer.state_dtype or
                 model.param_dtype, "compute": model.compute_dtype}
+
+    def weight_bytes(self) -> int:
+        """The policy's parameters (and routing bias), whole: what all chips together hold once."""
+        return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize
+                   for x in jax.tree.leaves((self.state.params, self.state.bias)))
 
     def resident(self) -> dict[str, int]:
         return {"parameters": device_bytes((self.state.params, self.state.bias)),
@@ -215,6 +222,7 @@ class Report:
     kv_cache_bytes: int
     programs: dict[str, ProgramStats]
     dtypes: dict[str, str]  # parameters, optimizer_state, compute
+    weight_bytes: int = 0  # the whole policy, once (Setup.weight_bytes)
     alternatives: list[dict] = dataclasses.field(default_factory=list)
 
     def program_totals(self) -> dict[str, int]:
@@ -253,7 +261,20 @@ class Report:
             "programs": {name: stats.to_dict() for name, stats in self.programs.items()},
             "alternatives": self.alternatives,
             "fitting_meshes": [a["mesh"] for a in self.alternatives if a["fits"]],
+            "decode": self.decode(),
         }
+
+    def decode(self) -> dict | None:
+        """The sampler's decode step per chip and token (`sharding.decode_stats.decode_report`); the HBM-read
+        limit reads the chip's even share of the weights and its KV cache once per step."""
+        stats = self.programs["sampler"].decode
+        if stats is None:
+            return None
+        per_chip = DEVICES_PER_CHIP[self.topology.kind]
+        return decode_report(stats, CHIPS[self.topology.kind], devices_per_chip=per_chip,
+                             rows=self.workload.rows, chips=self.topology.chips,
+                             min_read_bytes_per_chip=self.weight_bytes // self.topology.chips
+                             + self.kv_cache_bytes * per_chip)
 
 
 def compile_setup(setup: Setup) -> dict[str, ProgramStats]:
@@ -273,7 +294,7 @@ def compile_report(config, topology: Topology, mesh: str, workload: Workload, hb
 def _report(setup: Setup, topology: Topology, mesh: str, hbm: tuple[int, str]) -> Report:
     return Report(topology, mesh, setup.config.sharding, dict(setup.mesh.shape), setup.workload, hbm[0], hbm[1],
                   setup.resident(), device_bytes(setup.batch), kv_cache_bytes(setup), compile_setup(setup),
-                  setup.dtypes())
+                  setup.dtypes(), setup.weight_bytes())
 
 
 def alternatives(config, topology: Topology, workload: Workload, hbm: tuple[int, str], skip: str) -> list[dict]:

@@ -120,3 +120,17 @@ def test_a_batch_that_does_not_split_names_the_config_fields(config_path):
     with pytest.raises(UserError, match=r"GRPO batch \(grpo.prompts_per_step x group_size\) of 3 rows does not "
                                         r"split over the 4 data-parallel devices"):
         make_setup(config, parse_topology("v5p:2x2x1"), config.sharding, work)
+
+
+def test_the_report_has_the_decode_step_per_chip_and_token(report):
+    _, r = report
+    d = r["decode"]
+    assert set(d["collective_bytes_per_token"]) == {"all-gather", "all-reduce", "reduce-scatter", "all-to-all",
+                                                    "collective-permute"}
+    # the config's fsdp mesh splits the weights: the decode loop gathers them at every token
+    assert 0 < d["weight_allgather_bytes_per_token"] <= d["collective_bytes_per_token"]["all-gather"]
+    assert d["weight_allgathers_per_token"] >= MODEL.num_hidden_layers
+    assert d["hbm_bytes_per_token"] > 0 and d["flops_per_token"] > 0
+    assert d["est_step_s"] == pytest.approx(max(d["est_compute_s"], d["est_hbm_s"]) + d["est_collective_s"])
+    assert d["est_tokens_per_s_per_chip"] == pytest.approx(r["workload"]["rows"] / d["est_step_s"] / 4)
+    assert d["chip"]["hbm_bytes_per_s"] == 2765e9  # v5p
