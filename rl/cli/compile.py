@@ -83,6 +83,8 @@ def describe(r: dict) -> str:
         state = f"  REFUSED: {p['error']}" if p["error"] else ""
         lines.append(f"  {name:9s} {_gib(r['program_totals'][name])} with resident state "
                      f"(compiled in {p['compile_seconds']:.0f} s{cost}){state}")
+    lines.append(r["sampler_layout"] + (f", a weight copy of {_gib(r['sampler_weight_bytes'])} per chip"
+                                        if r["sampler_weight_bytes"] else ""))
     if r["decode"]:
         lines.append(describe_decode(r["decode"], r["workload"]["rows"]))
     verdict = "fits" if r["fits"] else "DOES NOT FIT"
