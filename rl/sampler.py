@@ -256,8 +256,8 @@ class Sampler:
         tokens, valid = left_pad(prompts, cfg.prompt_buckets, self.pad_id)
         key = self.next_key() if key is None else key
         run = self.layout.run if self.layout is not None else lambda placed, generate: generate(placed)
-        rollout = run(state, lambda placed: generate_padded(
-            self.graphdef, placed, jnp.asarray(tokens), jnp.asarray(valid), key, jnp.float32(cfg.temperature),
+        rollout = run((state, key), lambda placed: generate_padded(
+            self.graphdef, placed[0], jnp.asarray(tokens), jnp.asarray(valid), placed[1], jnp.float32(cfg.temperature),
             jnp.int32(cfg.top_k), jnp.float32(cfg.top_p), max_new=cfg.max_new_tokens, samples=samples,
             stop_ids=self.stop_ids, pad_id=self.pad_id, ignore_eos=ignore_eos, keep_logits=keep_logits,
             vocab_size=self.vocab_size))

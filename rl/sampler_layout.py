@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from typing import Any, Callable, Optional
 
@@ -56,7 +57,8 @@ class SamplerLayout:
     reshard_seconds: float = 0.0
 
     def reshard(self, state):
-        """`state` (the policy's params / bias, any layout) in this layout, waited for and timed."""
+        """`state` (the policy's params / bias, any layout; plain arrays such as a key replicated) in this
+        layout, waited for and timed."""
         start = time.perf_counter()
         placed = jax.block_until_ready(jax.device_put(state, tree_shardings(state, self.mesh, self.rules)))
         self.reshard_seconds += time.perf_counter() - start
@@ -64,7 +66,8 @@ class SamplerLayout:
 
     def run(self, state, generate: Callable[[Any], Any]):
         """`generate(state in this layout)` traced under this layout's rules, its rows put back on the
-        trainer's mesh (split over its batch axes)."""
+        trainer's mesh (split over its batch axes). Every array `generate` takes from outside must come in
+        `state` (e.g. its random key): JAX does not mix arrays of two meshes in one program."""
         placed = self.reshard(state)
         with use_mesh(self.mesh, self.rules):
             rollout = generate(placed)
@@ -164,3 +167,12 @@ def choose_layout(sampling, model: ModelConfig, train_mesh: Mesh, train_rules: R
         return None, f"sampler layout: train ({message})"
     return (SamplerLayout(sharding, mesh, rules, train_mesh, train_rules),
             f"sampler layout: inference ({shape}; {need / 2**30:.2f} GiB of weights per device)")
+
+
+def inference_layout(config, state, mesh: Mesh, rules: Rules):
+    """For commands that only sample (eval, generate): (the layout, `state` moved into it once, so a single
+    copy is held), the layout's line on stderr (stdout may be JSON)."""
+    layout, note = choose_layout(config.sampling, config.model, mesh, rules)
+    if note:
+        print(note, file=sys.stderr)
+    return layout, state if layout is None else layout.reshard(state)

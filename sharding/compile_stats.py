@@ -4,8 +4,9 @@ needs per device: XLA's memory analysis and cost estimate, or libtpu's stated ne
 Memory per device of a compiled program (`ProgramStats.peak_bytes`): the TPU compiler's own peak (buffers
 live at once, its arguments included; where absent, arguments + outputs - aliased (donated) + temporaries)
 plus the generated code. When libtpu refuses a program for lack of memory, its peak is the requirement libtpu
-states (`topology.parse_oom`). XLA's cost estimate (flops, bytes accessed) is kept as XLA gives it. A program with a decode loop (the
-sampler) also gets its per-iteration costs read from its HLO text (`sharding.decode_stats`).
+states (`topology.parse_oom`). XLA's cost estimate (flops, bytes accessed) is kept as XLA gives it. A program
+with a decode loop (the sampler) also gets its per-iteration costs read from its HLO text
+(`sharding.decode_stats`).
 """
 
 from __future__ import annotations

@@ -37,11 +37,11 @@ def _trained_layout(family):
     return graphdef, state, mesh, layout, note
 
 
-def _weight_allgather_bytes(graphdef, state, mesh, rules) -> int:
+def _weight_allgather_bytes(graphdef, state_key, mesh, rules) -> int:
     """The sampler's program as `Sampler.generate` compiles it above (same arguments: a cache hit)."""
     tokens, valid = left_pad(PROMPTS, CONFIG.prompt_buckets, 0)
     with use_mesh(mesh, rules):
-        lowered = generate_padded.lower(graphdef, state, jnp.asarray(tokens), jnp.asarray(valid), jax.random.key(7),
+        lowered = generate_padded.lower(graphdef, state_key[0], jnp.asarray(tokens), jnp.asarray(valid), state_key[1],
                                         jnp.float32(0), jnp.int32(0), jnp.float32(1),
                                         max_new=CONFIG.max_new_tokens, samples=1, stop_ids=(3,), pad_id=0,
                                         ignore_eos=True, keep_logits=False, vocab_size=None)
@@ -54,8 +54,8 @@ def test_the_inference_layout_samples_the_same_without_gathering_weights_in_the_
     assert layout is not None and note.startswith("sampler layout: inference")
     trained = Sampler(graphdef, CONFIG, stop_ids=(3,), pad_id=0)
     inferring = Sampler(graphdef, CONFIG, stop_ids=(3,), pad_id=0, layout=layout)
-    key = jax.random.key(7)
-    with use_mesh(mesh, TRAIN_RULES):
+    with use_mesh(mesh, TRAIN_RULES):  # the key made on the trainer's mesh, as the trainer makes it
+        key = jax.random.split(jax.random.key(7))[0]
         expected = trained.generate(state, PROMPTS, key=key, temperature=0.0, ignore_eos=True)
         got = inferring.generate(state, PROMPTS, key=key, temperature=0.0, ignore_eos=True)
     assert np.array_equal(np.asarray(got.tokens_BT), np.asarray(expected.tokens_BT))
@@ -64,8 +64,8 @@ def test_the_inference_layout_samples_the_same_without_gathering_weights_in_the_
     assert got.tokens_BT.sharding.mesh.shape == mesh.shape  # results come back on the trainer's mesh
     assert reshard_metrics(inferring)["time/reshard_s"] > 0 and reshard_metrics(inferring)["time/reshard_s"] == 0
     assert reshard_metrics(trained) == {}
-    assert _weight_allgather_bytes(graphdef, state, mesh, TRAIN_RULES) > 0
-    assert _weight_allgather_bytes(graphdef, layout.reshard(state), layout.mesh, layout.rules) == 0
+    assert _weight_allgather_bytes(graphdef, (state, key), mesh, TRAIN_RULES) > 0
+    assert _weight_allgather_bytes(graphdef, layout.reshard((state, key)), layout.mesh, layout.rules) == 0
 
 
 def test_family_defaults_split_experts_and_deepseek_heads():
