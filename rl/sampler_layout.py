@@ -60,7 +60,7 @@ class SamplerLayout:
         """`state` (the policy's params / bias, any layout; plain arrays such as a key replicated) in this
         layout, waited for and timed."""
         start = time.perf_counter()
-        placed = jax.block_until_ready(jax.device_put(state, tree_shardings(state, self.mesh, self.rules)))
+        placed = jax.block_until_ready(_move(state, tree_shardings(state, self.mesh, self.rules)))
         self.reshard_seconds += time.perf_counter() - start
         return placed
 
@@ -71,18 +71,25 @@ class SamplerLayout:
         placed = self.reshard(state)
         with use_mesh(self.mesh, self.rules):
             rollout = generate(placed)
-        return jax.tree.map(self._to_train, rollout, _batch_dims(rollout))
+        return _move(rollout, jax.tree.map(self._train_sharding, rollout, _batch_dims(rollout)))
 
-    def _to_train(self, x, batch_dim: int):
+    def _train_sharding(self, x, batch_dim: int) -> NamedSharding:
         axes = [None] * x.ndim
         if x.ndim:
             axes[batch_dim] = "batch"
         spec = self.train_rules.spec(axes, x.shape, dict(self.train_mesh.shape), strict=False)
-        return jax.device_put(x, NamedSharding(self.train_mesh, spec))
+        return NamedSharding(self.train_mesh, spec)
 
     def take_seconds(self) -> float:
         seconds, self.reshard_seconds = self.reshard_seconds, 0.0
         return seconds
+
+
+def _move(tree, shardings):
+    """`tree` laid out by `shardings` (a prefix tree). A jitted identity rather than `jax.device_put`: under
+    several processes it moves arrays between meshes of the same devices, and takes host-local inputs (a
+    random key) as replicated."""
+    return jax.jit(lambda x: x, out_shardings=shardings)(tree)
 
 
 def _batch_dims(rollout):
