@@ -3,7 +3,7 @@
 The decode loop is the `while` whose op_name ends in `decode/while` (the sampler runs its token loop under
 `jax.named_scope("decode")`). One iteration of its body decodes one token for every row, so everything
 counted in the body is per decoded token (one step of the batch), per device. Nested loops (the layer scan)
-count once per iteration: their body's figures are multiplied by their trip count. A conditional counts its
+count once per iteration: their body's figures are multiplied by their trip count (`_Module.trip_count`). A conditional counts its
 costliest branch.
 
 Collective bytes, per device, by kind: an all-gather counts its gathered result, every other collective
@@ -13,7 +13,7 @@ transpose, convert, slices, fusions of those), it reaches a decode-loop value th
 unchanged, i.e. a parameter the loop closes over.
 
 HBM bytes: every instruction's operands read and result written (XLA's own cost model, per device): a slice
-of a parameter reads the slice, an in-place update writes the update; tuples, parameters, bitcasts and
+or gather of a parameter reads what it takes, an in-place update writes the update; tuples, parameters, bitcasts and
 control flow move nothing; arrays in on-chip memory (`S(1)` layouts) are not HBM traffic.
 
 Roofline (`estimate`): max(compute, HBM) time plus collective time at the interconnect's bandwidth (decode
@@ -63,6 +63,7 @@ class DecodeStats:
 class _Module:
     def __init__(self, text: str):
         self.comps = parse_module(text)
+        self._user_maps: dict[str, dict[str, list[Instruction]]] = {}
         self.callers: dict[str, tuple[Computation, Instruction]] = {}
         for comp in self.comps.values():
             for inst in comp.instructions.values():
@@ -140,6 +141,35 @@ class _Module:
         return (inst is not None and inst.opcode == "tuple"
                 and self.is_invariant(comp, inst.operands[index], decode_body, depth + 1))
 
+    def trip_count(self, parent: Computation, loop: Instruction) -> int:
+        """The compiler's stated trip count, else read from the loop: a condition `counter < N` on a tuple
+        element whose initial value is a constant (libtpu states none); 1 when neither can be had."""
+        if loop.trip_count is not None:
+            return loop.trip_count
+        cond = self.comps.get(loop.attr("condition"))
+        root = cond.root if cond is not None else None
+        operands = root.operands if root is not None else []
+        if root is not None and root.opcode == "fusion":  # CPU wraps the compare in a fusion
+            fused = self.comps.get(root.attr("calls"))
+            inner = fused.root if fused is not None else None
+            if inner is None or not all(fused.instructions[o].opcode == "parameter" for o in inner.operands):
+                return 1
+            operands = [root.operands[int(fused.instructions[o].attrs)] for o in inner.operands]
+            root = inner
+        if root is None or root.opcode != "compare" or "direction=LT" not in root.attrs or len(operands) != 2:
+            return 1
+        counter, bound = (cond.instructions.get(o) for o in operands)
+        if counter is None or bound is None or counter.opcode != "get-tuple-element" or bound.integer is None:
+            return 1
+        init = parent.instructions.get(loop.operands[0]) if loop.operands else None
+        start = 0
+        if init is not None and init.opcode == "tuple" and counter.tuple_index < len(init.operands):
+            first = parent.instructions.get(init.operands[counter.tuple_index])
+            while first is not None and first.opcode == "copy":
+                first = parent.instructions.get(first.operands[0])
+            start = first.integer if first is not None and first.integer is not None else 0
+        return max(bound.integer - start, 0)
+
     # -- costs ----------------------------------------------------------------------------------------
     def operand_bytes(self, comp: Computation, inst: Instruction) -> list[int]:
         return [shape_bytes(comp.instructions[o].shape, hbm_only=True) if o in comp.instructions else 0
@@ -158,7 +188,7 @@ class _Module:
         reads = self.operand_bytes(comp, inst)
         write = shape_bytes(inst.shape, hbm_only=True)
         fused = self.comps.get(inst.attr("calls")) if inst.opcode == "fusion" else None
-        if inst.opcode == "dynamic-slice":
+        if inst.opcode in ("dynamic-slice", "gather"):
             return 2 * write
         if inst.opcode == "dynamic-update-slice":
             update = reads[1] if len(reads) > 1 else 0
@@ -170,23 +200,51 @@ class _Module:
         return sum(reads) + write
 
     def _fused_traffic(self, fused: Computation, reads: list[int], write: int) -> tuple[list[int], int]:
-        """A fusion reads only the slices it takes of a parameter and writes only an in-place update."""
-        users: dict[str, list[Instruction]] = {}
-        for inst in fused.instructions.values():
-            for operand in inst.operands:
-                users.setdefault(operand, []).append(inst)
+        """A fusion reads only the slices (or gathered rows) it takes of a parameter, through bitcasts and
+        nested fusions, and writes only an in-place update."""
         reads = list(reads)
         for inst in fused.instructions.values():
             if inst.opcode != "parameter" or not inst.attrs.isdigit() or int(inst.attrs) >= len(reads):
                 continue
-            uses = users.get(inst.name, [])
-            if uses and all(u.opcode == "dynamic-slice" and u.operands[0] == inst.name for u in uses):
-                reads[int(inst.attrs)] = min(reads[int(inst.attrs)], sum(u.bytes for u in uses))
-            elif uses and all(u.opcode == "dynamic-update-slice" and u.operands[0] == inst.name for u in uses):
-                reads[int(inst.attrs)] = 0
-                update = sum(fused.instructions[u.operands[1]].bytes for u in uses)
-                write = min(write, update)
+            index = int(inst.attrs)
+            reads[index] = min(reads[index], self._read_bytes(fused, inst.name, reads[index]))
+            uses = self._users(fused).get(inst.name, [])
+            if uses and all(u.opcode == "dynamic-update-slice" and u.operands[0] == inst.name for u in uses):
+                write = min(write, sum(fused.instructions[u.operands[1]].bytes for u in uses))
         return reads, write
+
+    def _users(self, comp: Computation) -> dict[str, list[Instruction]]:
+        if comp.name not in self._user_maps:
+            users: dict[str, list[Instruction]] = {}
+            for inst in comp.instructions.values():
+                for operand in inst.operands:
+                    users.setdefault(operand, []).append(inst)
+            self._user_maps[comp.name] = users
+        return self._user_maps[comp.name]
+
+    def _read_bytes(self, comp: Computation, name: str, full: int, depth: int = 0) -> int:
+        """Bytes of value `name` (of `full` bytes) that `comp` reads: slices and gathers read what they take,
+        an in-place update's buffer nothing, bitcasts and nested fusions pass it on; anything else all."""
+        uses = self._users(comp).get(name, [])
+        if not uses or depth > 20:
+            return full
+        total = 0
+        for use in uses:
+            if use.opcode in ("dynamic-slice", "gather") and use.operands[0] == name:
+                total += use.bytes
+            elif use.opcode == "dynamic-update-slice" and use.operands[0] == name:
+                continue
+            elif use.opcode == "bitcast":
+                total += self._read_bytes(comp, use.name, full, depth + 1)
+            elif use.opcode == "fusion" and use.attr("calls") in self.comps:
+                nested = self.comps[use.attr("calls")]
+                for index, operand in enumerate(use.operands):
+                    param = nested.parameter(index) if operand == name else None
+                    if param is not None:
+                        total += self._read_bytes(nested, param.name, full, depth + 1)
+            else:
+                return full
+        return min(total, full)
 
     def flops(self, comp: Computation, inst: Instruction) -> float:
         """2 x result elements x contracted size for dots (CPU) and convolutions (TPU lowers dots to them:
@@ -235,7 +293,7 @@ def _walk(module: _Module, comp: Computation, decode_body: str, seen: tuple = ()
         if inst.opcode == "while":
             body = module.comps.get(inst.attr("body"))
             if body is not None and body.name not in seen:
-                _add(totals, _walk(module, body, decode_body, seen + (body.name,)), inst.trip_count or 1)
+                _add(totals, _walk(module, body, decode_body, seen + (body.name,)), module.trip_count(comp, inst))
         elif inst.opcode == "conditional":
             branches = [_walk(module, module.comps[c], decode_body, seen + (c,)) for c in called]
             if branches:

@@ -77,6 +77,12 @@ class Instruction:
         return int(match.group(1)) if match else None
 
     @property
+    def integer(self) -> int | None:
+        """A scalar integer constant's value."""
+        match = re.match(r"-?\d+\b", self.attrs) if self.opcode == "constant" else None
+        return int(match.group(0)) if match else None
+
+    @property
     def tuple_index(self) -> int | None:
         match = re.search(r"\bindex=(\d+)", self.attrs)
         return int(match.group(1)) if match else None
@@ -124,8 +130,8 @@ def parse_instruction(line: str) -> Instruction | None:
     args, attrs = rest[paren + 1:close - 1], rest[close:].lstrip(", ")
     if opcode == "parameter":  # attrs holds the parameter's number
         return Instruction(name, shape, opcode, [], args.strip(), root)
-    if opcode == "constant":
-        return Instruction(name, shape, opcode, [], attrs, root)
+    if opcode == "constant":  # attrs starts with the literal ("48, metadata=...")
+        return Instruction(name, shape, opcode, [], ", ".join(filter(None, (args.strip(), attrs))), root)
     return Instruction(name, shape, opcode, re.findall(r"%([\w.\-]+)", args), attrs, root)
 
 

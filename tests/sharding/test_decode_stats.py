@@ -1,5 +1,7 @@
 """The decode-step reader (sharding.decode_stats) on hand-made programs compiled for the 8-device CPU mesh."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -52,6 +54,14 @@ def test_weight_allgathers_in_the_layer_scan_are_counted_per_layer(mesh):
     assert stats.weight_allgather_bytes == LAYERS * layer_weight
     assert stats.collective_bytes["all-gather"] == LAYERS * layer_weight
     assert stats.flops == LAYERS * 2 * (ROWS // 8) * D * D  # each device's rows through each layer
+
+
+def test_a_trip_count_the_compiler_does_not_state_is_read_from_the_loop_condition(mesh):
+    """libtpu states no `known_trip_count`: the layer scan's `i < L` condition gives it."""
+    text = _decode_program(mesh, gather_rows=False)
+    stated = decode_stats(text)
+    unstated = decode_stats(re.sub(r'"known_trip_count":\{"n":"\d+"\},?', "", text))
+    assert "known_trip_count" in text and unstated == stated
 
 
 def test_gathering_carried_rows_is_not_a_weight_allgather(mesh):
