@@ -92,3 +92,44 @@ def test_the_roofline_adds_collectives_to_the_slower_of_compute_and_hbm(mesh):
     report = decode_report(stats, v5p, devices_per_chip=1, rows=ROWS, chips=8, min_read_bytes_per_chip=1000)
     assert report["est_tokens_per_s_per_chip"] == pytest.approx(ROWS / roof.step_s / 8)
     assert report["est_vs_hbm_read_limit"] == pytest.approx(roof.step_s / (1000 / v5p.hbm_bytes_per_s))
+
+
+HAND_WRITTEN = """HloModule m
+%inner (p0: f32[4,8]) -> f32[1,8] {
+  %p0 = f32[4,8]{1,0} parameter(0)
+  %c = s32[] constant(0)
+  ROOT %ds = f32[1,8]{1,0} dynamic-slice(%p0, %c, %c), dynamic_slice_sizes={1,8}
+}
+%outer (q0: f32[4,8]) -> f32[1,8] {
+  %q0 = f32[4,8]{1,0} parameter(0)
+  ROOT %f = f32[1,8]{1,0} fusion(%q0), kind=kLoop, calls=%inner
+}
+%body (t: (s32[], f32[4,8])) -> (s32[], f32[4,8]) {
+  %t = (s32[], f32[4,8]{1,0}) parameter(0)
+  %i = s32[] get-tuple-element(%t), index=0
+  %w = f32[4,8]{1,0} get-tuple-element(%t), index=1
+  %row = f32[1,8]{1,0} fusion(%w), kind=kLoop, calls=%outer
+  %one = s32[] constant(1)
+  %next = s32[] add(%i, %one)
+  ROOT %out = (s32[], f32[4,8]{1,0}) tuple(%next, %w)
+}
+%cond (u: (s32[], f32[4,8])) -> pred[] {
+  %u = (s32[], f32[4,8]{1,0}) parameter(0)
+  %j = s32[] get-tuple-element(%u), index=0
+  %n = s32[] constant(5)
+  ROOT %lt = pred[] compare(%j, %n), direction=LT
+}
+ENTRY %main (a: f32[4,8]) -> (s32[], f32[4,8]) {
+  %a = f32[4,8]{1,0} parameter(0)
+  %z = s32[] constant(0)
+  %init = (s32[], f32[4,8]{1,0}) tuple(%z, %a)
+  ROOT %loop = (s32[], f32[4,8]{1,0}) while(%init), condition=%cond, body=%body, metadata={op_name="f/decode/while"}
+}
+"""
+
+
+def test_a_slice_taken_inside_nested_fusions_reads_only_the_slice():
+    stats = decode_stats(HAND_WRITTEN)
+    # the row fusion reads one 8-float row (not the 4 x 8 weight) and writes it; the counter's add 4 + 4 + 4
+    assert stats.hbm_bytes == 2 * 8 * 4 + 3 * 4
+    assert stats.loops == 1 and sum(stats.collective_bytes.values()) == 0
