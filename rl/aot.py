@@ -19,6 +19,11 @@ moments, model.compute_dtype for activations and the KV cache):
   the batch axis sharded as the rules shard "batch" (the cache is made inside the program).
 XLA's cost estimate (flops, bytes accessed) is reported per program as XLA gives it.
 
+The sampler compiles in the layout it would run in (`rl.sampler_layout.choose_layout`, fit-checked against
+the HBM the resident state leaves): on the inference layout its weights are a second copy, added beside the
+training parameters. Its decode loop is read per token (`sharding.decode_stats`): collectives by kind, weight
+all-gathers, HBM bytes and a roofline time from the chip's published figures (`sharding.chips`).
+
 Workload (`Workload`): rows = prompts x group size, each prompt_len + new_tokens long; the sampler
 prefills `prompts` prompts of prompt_len tokens (rounded up to the sampler's prompt bucket, as at run
 time) and decodes new_tokens for every row.
@@ -40,14 +45,17 @@ from r1jax.model.factory import abstract_policy
 from r1jax.rl.grpo.optimizer import make_optimizer
 from r1jax.rl.grpo.step import make_grpo_step, reference_logprobs
 from r1jax.rl.sampler import bucket_length, generate_padded
+from r1jax.rl.sampler_layout import SamplerLayout, choose_layout
 from r1jax.rl.update import TrainState, split_policy
+from r1jax.sharding.chips import CHIPS
 from r1jax.sharding.compile_stats import ProgramStats, compile_stats, device_bytes
+from r1jax.sharding.decode_stats import decode_report
 from r1jax.sharding.context import use_mesh
 from r1jax.sharding.mesh import ShardingConfig, build_mesh, check_batch_rows
 from r1jax.sharding.mesh_presets import MESH_PRESETS, resolve_mesh
 from r1jax.sharding.params import abstract_sharded
 from r1jax.sharding.rules import Rules
-from r1jax.sharding.topology import Topology, abstract_devices
+from r1jax.sharding.topology import DEVICES_PER_CHIP, Topology, abstract_devices
 
 DEFAULT_PROMPT_LEN = 512  # R1-style math prompts with the chat template fit well within this bucket
 
@@ -107,6 +115,11 @@ class Setup:
         return {"parameters": model.param_dtype, "optimizer_state": self.config.optimizer.state_dtype or
                 model.param_dtype, "compute": model.compute_dtype}
 
+    def weight_bytes(self) -> int:
+        """The policy's parameters (and routing bias), whole: what all chips together hold once."""
+        return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize
+                   for x in jax.tree.leaves((self.state.params, self.state.bias)))
+
     def resident(self) -> dict[str, int]:
         return {"parameters": device_bytes((self.state.params, self.state.bias)),
                 "optimizer": device_bytes((self.state.opt_state, self.state.step)),
@@ -163,21 +176,26 @@ def compile_reference(setup: Setup) -> ProgramStats:
     return compile_stats(lowered, setup.mesh)
 
 
-def compile_sampler(setup: Setup) -> ProgramStats:
-    work, replicated = setup.workload, NamedSharding(setup.mesh, P())
+def compile_sampler(setup: Setup, layout: SamplerLayout | None = None) -> ProgramStats:
+    """The sampler's program, on the training layout or (with `layout`) on the sampler's inference layout."""
+    mesh, rules = (setup.mesh, setup.rules) if layout is None else (layout.mesh, layout.rules)
+    work, replicated = setup.workload, NamedSharding(mesh, P())
 
     def scalar(dtype, shape=()):
         return jax.ShapeDtypeStruct(shape, dtype, sharding=replicated)
 
     key = jax.eval_shape(lambda: jax.random.key(0))
     prompts = (work.prompts, work.prompt_len)
-    with use_mesh(setup.mesh, setup.rules):
+    weights = (setup.state.params, setup.state.bias)
+    if layout is not None:
+        weights = abstract_sharded(weights, mesh, rules)
+    with use_mesh(mesh, rules):
         lowered = generate_padded.lower(
-            setup.graphdef, (setup.state.params, setup.state.bias), scalar(jnp.int32, prompts),
+            setup.graphdef, weights, scalar(jnp.int32, prompts),
             scalar(jnp.bool_, prompts), scalar(key.dtype, key.shape), scalar(jnp.float32), scalar(jnp.int32),
             scalar(jnp.float32), max_new=work.new_tokens, samples=work.group_size, stop_ids=(1,), pad_id=0,
             ignore_eos=False)
-    return compile_stats(lowered, setup.mesh)
+    return compile_stats(lowered, mesh)
 
 
 def kv_cache_bytes(setup: Setup) -> int:
@@ -215,13 +233,16 @@ class Report:
     kv_cache_bytes: int
     programs: dict[str, ProgramStats]
     dtypes: dict[str, str]  # parameters, optimizer_state, compute
+    weight_bytes: int = 0  # the whole policy, once (Setup.weight_bytes)
+    sampler_layout: str = "train"  # rl.sampler_layout's line saying which layout the sampler ran in
+    sampler_weight_bytes: int = 0  # per device, the inference layout's weight copy (0: the training layout)
     alternatives: list[dict] = dataclasses.field(default_factory=list)
 
     def program_totals(self) -> dict[str, int]:
         """Each program's peak plus the resident state it does not take as arguments."""
         r = self.resident
-        besides = {"sampler": r["optimizer"] + r["reference"], "reference": r["parameters"] + r["optimizer"],
-                   "update": 0}
+        besides = {"sampler": r["optimizer"] + r["reference"] + (r["parameters"] if self.sampler_weight_bytes else 0),
+                   "reference": r["parameters"] + r["optimizer"], "update": 0}
         return {name: stats.peak_bytes + besides[name] for name, stats in self.programs.items()}
 
     @property
@@ -246,18 +267,40 @@ class Report:
             "hbm_source": self.hbm_source, "peak_program": max(totals, key=totals.get),
             "topology": self.topology.to_dict(), "mesh": self.mesh, "mesh_shape": self.mesh_shape,
             "rules_preset": self.sharding.preset, "rules_overrides": self.sharding.rules or {},
-            "dtypes": self.dtypes,
+            "dtypes": self.dtypes, "sampler_layout": self.sampler_layout,
+            "sampler_weight_bytes": self.sampler_weight_bytes,
             "workload": {**dataclasses.asdict(self.workload), "rows": self.workload.rows,
                          "seq_len": self.workload.seq_len},
             "breakdown": self.breakdown(), "program_totals": totals,
             "programs": {name: stats.to_dict() for name, stats in self.programs.items()},
             "alternatives": self.alternatives,
             "fitting_meshes": [a["mesh"] for a in self.alternatives if a["fits"]],
+            "decode": self.decode(),
         }
 
+    def decode(self) -> dict | None:
+        """The sampler's decode step per chip and token (`sharding.decode_stats.decode_report`); the HBM-read
+        limit reads the chip's even share of the weights and its KV cache once per step."""
+        stats = self.programs["sampler"].decode
+        if stats is None:
+            return None
+        per_chip = DEVICES_PER_CHIP[self.topology.kind]
+        return decode_report(stats, CHIPS[self.topology.kind], devices_per_chip=per_chip,
+                             rows=self.workload.rows, chips=self.topology.chips,
+                             min_read_bytes_per_chip=self.weight_bytes // self.topology.chips
+                             + self.kv_cache_bytes * per_chip)
 
-def compile_setup(setup: Setup) -> dict[str, ProgramStats]:
-    programs = {"sampler": compile_sampler(setup)}
+
+def sampler_layout(setup: Setup, hbm_bytes: int) -> tuple[SamplerLayout | None, str]:
+    """The layout the sampler would run in (rl.sampler_layout.choose_layout), judged against the HBM the
+    trainer's resident state leaves free."""
+    free = hbm_bytes - sum(setup.resident().values())
+    layout, note = choose_layout(setup.config.sampling, setup.config.model, setup.mesh, setup.rules, free)
+    return layout, note or "sampler layout: train (one device)"
+
+
+def compile_setup(setup: Setup, layout: SamplerLayout | None = None) -> dict[str, ProgramStats]:
+    programs = {"sampler": compile_sampler(setup, layout)}
     if setup.state.ref is not None:
         programs["reference"] = compile_reference(setup)
     programs["update"] = compile_update(setup)
@@ -271,9 +314,12 @@ def compile_report(config, topology: Topology, mesh: str, workload: Workload, hb
 
 
 def _report(setup: Setup, topology: Topology, mesh: str, hbm: tuple[int, str]) -> Report:
+    layout, note = sampler_layout(setup, hbm[0])
+    copy = 0 if layout is None else device_bytes(
+        abstract_sharded((setup.state.params, setup.state.bias), layout.mesh, layout.rules))
     return Report(topology, mesh, setup.config.sharding, dict(setup.mesh.shape), setup.workload, hbm[0], hbm[1],
-                  setup.resident(), device_bytes(setup.batch), kv_cache_bytes(setup), compile_setup(setup),
-                  setup.dtypes())
+                  setup.resident(), device_bytes(setup.batch), kv_cache_bytes(setup), compile_setup(setup, layout),
+                  setup.dtypes(), setup.weight_bytes(), note, copy)
 
 
 def alternatives(config, topology: Topology, workload: Workload, hbm: tuple[int, str], skip: str) -> list[dict]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import operator
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +40,11 @@ class SamplingConfig:
     top_p: float = 1.0  # R1 evaluation: 0.95
     top_k: int = 0  # 0: off
     prompt_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048)
+    # The sampler's weight layout (rl.sampler_layout): auto | inference | train; an inference mesh
+    # ({data, fsdp, expert, tensor}) and rule overrides replacing the family default.
+    layout: str = "auto"
+    mesh: Optional[dict[str, int]] = None
+    rules: Optional[dict[str, list[str]]] = None
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -230,11 +235,12 @@ class Sampler:
 
     `stop_ids`: the ids that stop a row (a tokenizer's `eos_ids`); `pad_id` fills prompts' left padding and
     rows after they stopped; `vocab_size`: the tokenizer's, when the model's vocabulary is padded past it
-    (None: every id of the model may be sampled)."""
+    (None: every id of the model may be sampled). `layout` (rl.sampler_layout.SamplerLayout; None: the
+    state's own layout) reshards the state before each rollout and traces the sampler under its rules."""
 
     def __init__(self, graphdef, config: SamplingConfig, stop_ids: Sequence[int], pad_id: int, seed: int = 0,
-                 vocab_size: int | None = None):
-        self.graphdef, self.config = graphdef, config
+                 vocab_size: int | None = None, layout=None):
+        self.graphdef, self.config, self.layout = graphdef, config, layout
         self.stop_ids, self.pad_id, self.vocab_size = tuple(int(i) for i in stop_ids), pad_id, vocab_size
         self.key = jax.random.key(seed)
 
@@ -249,11 +255,12 @@ class Sampler:
         cfg = dataclasses.replace(self.config, **overrides) if overrides else self.config
         tokens, valid = left_pad(prompts, cfg.prompt_buckets, self.pad_id)
         key = self.next_key() if key is None else key
-        rollout = generate_padded(self.graphdef, state, jnp.asarray(tokens), jnp.asarray(valid), key,
-                                  jnp.float32(cfg.temperature), jnp.int32(cfg.top_k), jnp.float32(cfg.top_p),
-                                  max_new=cfg.max_new_tokens, samples=samples, stop_ids=self.stop_ids,
-                                  pad_id=self.pad_id, ignore_eos=ignore_eos, keep_logits=keep_logits,
-                                  vocab_size=self.vocab_size)
+        run = self.layout.run if self.layout is not None else lambda placed, generate: generate(placed)
+        rollout = run((state, key), lambda placed: generate_padded(
+            self.graphdef, placed[0], jnp.asarray(tokens), jnp.asarray(valid), placed[1], jnp.float32(cfg.temperature),
+            jnp.int32(cfg.top_k), jnp.float32(cfg.top_p), max_new=cfg.max_new_tokens, samples=samples,
+            stop_ids=self.stop_ids, pad_id=self.pad_id, ignore_eos=ignore_eos, keep_logits=keep_logits,
+            vocab_size=self.vocab_size))
         return _host_readable(rollout)
 
 

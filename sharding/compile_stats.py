@@ -4,7 +4,9 @@ needs per device: XLA's memory analysis and cost estimate, or libtpu's stated ne
 Memory per device of a compiled program (`ProgramStats.peak_bytes`): the TPU compiler's own peak (buffers
 live at once, its arguments included; where absent, arguments + outputs - aliased (donated) + temporaries)
 plus the generated code. When libtpu refuses a program for lack of memory, its peak is the requirement libtpu
-states (`topology.parse_oom`). XLA's cost estimate (flops, bytes accessed) is kept as XLA gives it.
+states (`topology.parse_oom`). XLA's cost estimate (flops, bytes accessed) is kept as XLA gives it. A program
+with a decode loop (the sampler) also gets its per-iteration costs read from its HLO text
+(`sharding.decode_stats`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from r1jax.sharding.decode_stats import DecodeStats, decode_stats
 from r1jax.sharding.topology import parse_oom
 
 
@@ -34,9 +37,12 @@ class ProgramStats:
     bytes_accessed: float | None = None
     compile_seconds: float = 0.0
     error: str | None = None  # libtpu's refusal (out of memory); peak_bytes is then its stated need
+    decode: DecodeStats | None = None  # per decode-loop iteration, when the program has one
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        out.pop("decode")  # reported per token beside the programs (rl.aot.Report)
+        return out
 
 
 _COMPILED: dict[str, ProgramStats] = {}  # by program text: one compile per program and process
@@ -71,8 +77,10 @@ def _compile(lowered) -> ProgramStats:
         fields["argument_bytes"] + fields["output_bytes"] - fields["alias_bytes"] + fields["temp_bytes"])
     cost = compiled.cost_analysis()
     cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else (cost or {})
+    text = compiled.as_text()
     return ProgramStats(**fields, peak_bytes=peak + fields["code_bytes"], flops=cost.get("flops"),
-                        bytes_accessed=cost.get("bytes accessed"), compile_seconds=seconds)
+                        bytes_accessed=cost.get("bytes accessed"), compile_seconds=seconds,
+                        decode=decode_stats(text) if "decode/while" in text else None)
 
 
 def device_bytes(tree) -> int:

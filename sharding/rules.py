@@ -29,6 +29,9 @@ _TENSOR = {
 _EXPERT = {"experts": ("expert",)}
 
 PRESETS: dict[str, dict[str, MeshAxes]] = {
+    # The sampler's inference layout (rl.sampler_layout): no weight is split on `fsdp` (decoding would gather
+    # it at every token); experts over `expert`, heads/MLP/vocabulary over `tensor`, rows over the rest.
+    "inference": {**_BATCH, **_EXPERT, **_TENSOR},
     "fsdp": {**_BATCH, **_FSDP},
     "fsdp_tensor": {**_BATCH, **_FSDP, **_TENSOR},
     "fsdp_expert": {**_BATCH, **_FSDP, **_EXPERT},

@@ -83,6 +83,10 @@ def describe(r: dict) -> str:
         state = f"  REFUSED: {p['error']}" if p["error"] else ""
         lines.append(f"  {name:9s} {_gib(r['program_totals'][name])} with resident state "
                      f"(compiled in {p['compile_seconds']:.0f} s{cost}){state}")
+    lines.append(r["sampler_layout"] + (f", a weight copy of {_gib(r['sampler_weight_bytes'])} per chip"
+                                        if r["sampler_weight_bytes"] else ""))
+    if r["decode"]:
+        lines.append(describe_decode(r["decode"], r["workload"]["rows"]))
     verdict = "fits" if r["fits"] else "DOES NOT FIT"
     lines.append(f"peak {_gib(r['per_chip_bytes'])} of {_gib(r['hbm_bytes'])} HBM per chip "
                  f"({r['peak_program']}; HBM from {r['hbm_source']}): {verdict}")
@@ -93,6 +97,28 @@ def describe(r: dict) -> str:
             lines.append(f"  mesh {alt['mesh']}: {'fits' if alt['fits'] else 'no'} {size}{why}")
         lines.append("meshes that fit: " + (", ".join(r["fitting_meshes"]) or "none"))
     return "\n".join(lines)
+
+
+def describe_decode(d: dict, rows: int) -> str:
+    moved = ", ".join(f"{k} {_size(v)}" for k, v in d["collective_bytes_per_token"].items() if v)
+    ratio = d["est_vs_hbm_read_limit"]
+    return "\n".join([
+        f"decode step per chip (one token for each of {rows} rows): HBM {_size(d['hbm_bytes_per_token'])}, "
+        f"collectives: {moved or 'none'}",
+        f"  weight all-gathers in the decode loop: {d['weight_allgathers_per_token']} "
+        f"({_size(d['weight_allgather_bytes_per_token'])})",
+        f"  roofline: {d['est_step_s'] * 1e3:.2f} ms per step (compute {d['est_compute_s'] * 1e3:.2f}, HBM "
+        f"{d['est_hbm_s'] * 1e3:.2f}, collectives {d['est_collective_s'] * 1e3:.2f}), "
+        f"{d['est_tokens_per_s_per_chip']:.0f} tokens/s per chip; HBM-read limit "
+        f"{d['hbm_read_limit_s'] * 1e3:.2f} ms" + (f" ({ratio:.2f}x)" if ratio else "")])
+
+
+def _size(n: float) -> str:
+    """Decimal units, from bytes to GB (decode-step figures span KB to tens of GB)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f} B"
 
 
 def _gib(n: int | None) -> str:

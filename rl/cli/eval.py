@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from r1jax.rl.evaluate import evaluate, held_out_problems
     from r1jax.rl.rewards import RewardPool
     from r1jax.rl.sampler import Sampler
+    from r1jax.rl.sampler_layout import inference_layout
     from r1jax.sharding.context import use_mesh
 
     config, policy, mesh, rules, tokenizer = open_for_inference(args.checkpoint)
@@ -63,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
     max_new = args.max_new_tokens or config.sampling.max_new_tokens
     template = args.template or config.tokenizer.template
     graphdef, state = nnx.split(policy)
+    layout, state = inference_layout(config, state, mesh, rules)
     sampler = Sampler(graphdef, config.sampling, tokenizer.eos_ids, tokenizer.pad_id, config.seed,
-                      tokenizer.vocab_size)
+                      tokenizer.vocab_size, layout)
     with RewardPool(config.rewards, pool_cfg) as pool, use_mesh(mesh, rules):
         figures, _ = evaluate(sampler, state, tokenizer, template, problems, pool, eval_cfg, max_new,
                               config.rewards.answer_max_chars, config.tokenizer.template_vars)

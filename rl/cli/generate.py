@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from r1jax.model.tokenizer import render_prompt
     from r1jax.rl.checkpoint import open_for_inference
     from r1jax.rl.sampler import Sampler
+    from r1jax.rl.sampler_layout import inference_layout
     from r1jax.sharding.context import use_mesh
 
     if args.samples < 1 or args.max_new_tokens < 1:
@@ -76,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
     graphdef, state = nnx.split(policy)
     # without a tokenizer (--ids on a bare checkpoint) nothing stops a row and every id may be sampled
     stop_ids, pad = (tokenizer.eos_ids, tokenizer.pad_id) if tokenizer else ((), 0)
-    sampler = Sampler(graphdef, sampling, stop_ids, pad, args.seed, tokenizer.vocab_size if tokenizer else None)
+    layout, state = inference_layout(config, state, mesh, rules)
+    sampler = Sampler(graphdef, sampling, stop_ids, pad, args.seed, tokenizer.vocab_size if tokenizer else None,
+                      layout)
     with use_mesh(mesh, rules):
         rollout = sampler.generate(state, [ids], args.samples, ignore_eos=args.ignore_eos)
     completions = np.asarray(rollout.completion_BN)

@@ -27,6 +27,7 @@ from r1jax.model.tokenizer import TokenizerLike
 from r1jax.rl.config import Config
 from r1jax.rl.rewards import RewardPool
 from r1jax.rl.sampler import Sampler
+from r1jax.rl.sampler_layout import choose_layout
 from r1jax.rl.train.console import RunConsole
 from r1jax.rl.train.held_out import HeldOutEval
 from r1jax.rl.train.metrics import MetricsWriter
@@ -135,6 +136,10 @@ class StageContext:
 
     def sampler(self, seed: int) -> Sampler:
         """A sampler of this stage's policy whose key starts from `seed`: it stops a row at any of the
-        tokenizer's eos ids and never samples an id the tokenizer cannot decode."""
+        tokenizer's eos ids and never samples an id the tokenizer cannot decode. It samples in the layout
+        `sampling.layout` chooses (rl.sampler_layout), said on the console."""
+        layout, note = choose_layout(self.config.sampling, self.model, self.mesh, self.rules)
+        if note and self.primary:
+            self.console.log(note)
         return Sampler(self.graphdef, self.config.sampling, self.tokenizer.eos_ids, self.tokenizer.pad_id, seed,
-                       self.tokenizer.vocab_size)
+                       self.tokenizer.vocab_size, layout)

@@ -14,6 +14,7 @@ from r1jax.rl.data import make_iterator
 from r1jax.rl.grpo.advantages import compute_advantages
 from r1jax.rl.grpo.packing import pack_batch, padding_fraction, plan_packing
 from r1jax.rl.grpo.step import make_grpo_step, reference_logprobs, rollout_batch
+from r1jax.rl.sampler_layout import reshard_metrics
 from r1jax.rl.train.config import StageConfig
 from r1jax.rl.train.context import StageContext, StageResult, StageStart
 from r1jax.rl.train.dynamic_sampling import Round, fill_informative
@@ -70,7 +71,8 @@ def run_grpo(ctx: StageContext, index: int, stage: StageConfig, start: StageStar
                "pool/recycled": ctx.pool.metrics()["reward_pool/recycled"],
                "tokens_per_s": generated / max(sample_seconds, 1e-9),
                "step_time_s": time.time() - step_start, "time/sample_s": sample_seconds,
-               "time/rollout_s": update_start - step_start, "time/update_s": update_seconds, **extra}
+               "time/rollout_s": update_start - step_start, "time/update_s": update_seconds,
+               **reshard_metrics(sampler), **extra}
         if cfg.eval.every and (runner.stage_step + 1) % cfg.eval.every == 0 and runner.stage_step + 1 < stage.steps:
             row["eval/pass@1"] = runner.evaluate(sampler, runner.global_step + 1)["pass@1"]
         # after the evaluation, which draws from the sampler's key: a resume continues from the same key

@@ -120,3 +120,23 @@ def test_a_batch_that_does_not_split_names_the_config_fields(config_path):
     with pytest.raises(UserError, match=r"GRPO batch \(grpo.prompts_per_step x group_size\) of 3 rows does not "
                                         r"split over the 4 data-parallel devices"):
         make_setup(config, parse_topology("v5p:2x2x1"), config.sharding, work)
+
+
+def test_the_report_has_the_decode_step_per_chip_and_token(config_path, report):
+    _, r = report
+    d = r["decode"]
+    assert set(d["collective_bytes_per_token"]) == {"all-gather", "all-reduce", "reduce-scatter", "all-to-all",
+                                                    "collective-permute"}
+    # the sampler's inference layout (4 heads over tensor=4) gathers no weight in the decode loop ...
+    assert r["sampler_layout"].startswith("sampler layout: inference (data=1 fsdp=1 expert=1 tensor=4")
+    assert r["sampler_weight_bytes"] > 0 and d["weight_allgather_bytes_per_token"] == 0
+    # ... where the training layout (fsdp) gathers the layers' weights at every token
+    code, train = _compile(config_path, "sampling.layout=train")
+    assert code == 0 and train["sampler_layout"].startswith("sampler layout: train")
+    assert train["sampler_weight_bytes"] == 0
+    assert 0 < train["decode"]["weight_allgather_bytes_per_token"] <= train["decode"][
+        "collective_bytes_per_token"]["all-gather"]
+    assert d["hbm_bytes_per_token"] > 0 and d["flops_per_token"] > 0
+    assert d["est_step_s"] == pytest.approx(max(d["est_compute_s"], d["est_hbm_s"]) + d["est_collective_s"])
+    assert d["est_tokens_per_s_per_chip"] == pytest.approx(r["workload"]["rows"] / d["est_step_s"] / 4)
+    assert d["chip"]["hbm_bytes_per_s"] == 2765e9  # v5p

@@ -1,0 +1,185 @@
+"""The sampler's weight layout: before a rollout the policy is resharded once into an inference layout.
+
+Why: the training layouts split every weight over `fsdp`, which the update amortises over a whole batch, but
+a decode loop would all-gather every layer's weights again at every token. The inference layout
+(`sharding.rules.PRESETS["inference"]`) splits no weight over `fsdp`: experts over `expert`, heads, MLP and
+vocabulary over `tensor`, rows over the rest; the sampler traces its activation constraints under it.
+
+Config (`sampling:` section): `layout` is `auto` (default), `inference` or `train` (the trainer's own
+layout, no copy). `mesh` ({data, fsdp, expert, tensor}, one of them -1) and `rules` (overrides of the
+inference preset) replace the family default mesh, which is:
+- qwen3_moe: experts over as many devices as divide the expert count (`expert` = gcd(devices, experts));
+- deepseek_v3: MLA's 128 heads hold most non-expert weights, so heads, MLP and vocabulary over `tensor` =
+  the largest of 16, 8, 4, 2 dividing both the devices and the heads, experts over what divides the rest.
+`auto` keeps the training layout on a single device (every layout is the same there) and falls back to it
+when the inference layout cannot be had: a dimension that does not divide its mesh axes, or a weight copy
+that does not fit. The fit check: the inference copy must take at most `HBM_SHARE` of the HBM a device has
+free (the trainer's state stays resident while sampling; the rest is left for the KV cache and
+activations). Devices that state no memory (CPU) are taken to fit. An explicit `inference` that cannot be
+had is a UserError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from typing import Any, Callable, Optional
+
+import jax
+from jax.sharding import Mesh, NamedSharding
+
+from r1jax.errors import UserError
+from r1jax.model.config import ModelConfig
+from r1jax.model.factory import abstract_policy
+from r1jax.rl.update import split_policy
+from r1jax.sharding.compile_stats import device_bytes
+from r1jax.sharding.context import use_mesh
+from r1jax.sharding.mesh import ShardingConfig, build_mesh
+from r1jax.sharding.params import abstract_sharded, tree_shardings
+from r1jax.sharding.rules import Rules
+
+LAYOUTS = ("auto", "inference", "train")
+HBM_SHARE = 0.5
+
+
+@dataclasses.dataclass
+class SamplerLayout:
+    """Where the sampler's weights live and which rules its activations follow; `train_*` is the trainer's
+    layout, where a rollout's results are put back. `reshard_seconds` adds up the time spent resharding."""
+
+    sharding: ShardingConfig
+    mesh: Mesh
+    rules: Rules
+    train_mesh: Mesh
+    train_rules: Rules
+    reshard_seconds: float = 0.0
+
+    def reshard(self, state):
+        """`state` (the policy's params / bias, any layout; plain arrays such as a key replicated) in this
+        layout, waited for and timed."""
+        start = time.perf_counter()
+        placed = jax.block_until_ready(_move(state, tree_shardings(state, self.mesh, self.rules)))
+        self.reshard_seconds += time.perf_counter() - start
+        return placed
+
+    def run(self, state, generate: Callable[[Any], Any]):
+        """`generate(state in this layout)` traced under this layout's rules, its rows put back on the
+        trainer's mesh (split over its batch axes). Every array `generate` takes from outside must come in
+        `state` (e.g. its random key): JAX does not mix arrays of two meshes in one program."""
+        placed = self.reshard(state)
+        with use_mesh(self.mesh, self.rules):
+            rollout = generate(placed)
+        return _move(rollout, jax.tree.map(self._train_sharding, rollout, _batch_dims(rollout)))
+
+    def _train_sharding(self, x, batch_dim: int) -> NamedSharding:
+        axes = [None] * x.ndim
+        if x.ndim:
+            axes[batch_dim] = "batch"
+        spec = self.train_rules.spec(axes, x.shape, dict(self.train_mesh.shape), strict=False)
+        return NamedSharding(self.train_mesh, spec)
+
+    def take_seconds(self) -> float:
+        seconds, self.reshard_seconds = self.reshard_seconds, 0.0
+        return seconds
+
+
+def _move(tree, shardings):
+    """`tree` laid out by `shardings` (a prefix tree). A jitted identity rather than `jax.device_put`: under
+    several processes it moves arrays between meshes of the same devices, and takes host-local inputs (a
+    random key) as replicated."""
+    return jax.jit(lambda x: x, out_shardings=shardings)(tree)
+
+
+def _batch_dims(rollout):
+    """The row axis of each field of a Rollout: 1 for the routing record [L, B, T, K], else 0."""
+    dims = {name: 0 for name in rollout._fields}
+    dims["experts_LBTK"] = 1
+    return type(rollout)(**{name: None if getattr(rollout, name) is None else dims[name]
+                            for name in rollout._fields})
+
+
+def reshard_metrics(sampler) -> dict[str, float]:
+    """`time/reshard_s` since the last call, for a sampler that reshards (none for the training layout)."""
+    layout = getattr(sampler, "layout", None)
+    return {} if layout is None else {"time/reshard_s": layout.take_seconds()}
+
+
+def default_sharding(model: ModelConfig, devices: int) -> ShardingConfig:
+    """The family's inference mesh for `devices` devices (module docstring)."""
+    tensor = 1
+    if model.is_deepseek:
+        tensor = next(t for t in (16, 8, 4, 2, 1) if devices % t == 0 and model.num_attention_heads % t == 0)
+    experts = model.n_routed_experts or 1
+    expert = math.gcd(devices // tensor, experts)
+    return ShardingConfig(data=1, fsdp=-1, expert=expert, tensor=tensor, preset="inference")
+
+
+def inference_sharding(sampling, model: ModelConfig, devices: int) -> ShardingConfig:
+    if sampling.mesh is None:
+        base = default_sharding(model, devices)
+    else:
+        unknown = set(sampling.mesh) - {"data", "fsdp", "expert", "tensor"}
+        if unknown:
+            raise UserError(f"sampling.mesh: unknown axes {sorted(unknown)}; use data, fsdp, expert, tensor")
+        base = ShardingConfig(**{"data": 1, "fsdp": -1, "expert": 1, "tensor": 1, **sampling.mesh},
+                              preset="inference")
+    return dataclasses.replace(base, rules=dict(sampling.rules) if sampling.rules else None)
+
+
+def free_hbm_bytes(mesh: Mesh) -> Optional[int]:
+    """The least free memory of this process's devices in the mesh, None where devices state none (CPU)."""
+    free = []
+    for device in mesh.devices.flat:
+        if device.process_index != jax.process_index():
+            continue
+        stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+        if not stats or "bytes_limit" not in stats:
+            return None
+        free.append(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    return min(free) if free else None
+
+
+def choose_layout(sampling, model: ModelConfig, train_mesh: Mesh, train_rules: Rules,
+                  free_bytes: Optional[int] = None) -> tuple[Optional[SamplerLayout], str]:
+    """(the sampler's layout, None for the training layout; a line saying which layout runs and why).
+
+    `free_bytes`: HBM free per device for the fit check (default: what the devices state now)."""
+    if sampling.layout not in LAYOUTS:
+        raise UserError(f"sampling.layout={sampling.layout!r}: choose one of {', '.join(LAYOUTS)}")
+    if sampling.layout == "train":
+        return None, "sampler layout: train (sampling.layout=train)"
+    if sampling.layout == "auto" and train_mesh.size == 1 and sampling.mesh is None:
+        return None, ""  # one device: every layout is the same
+    devices = list(train_mesh.devices.flat)
+    try:
+        sharding = inference_sharding(sampling, model, len(devices))
+        mesh = build_mesh(sharding, devices)
+        rules = sharding.logical_rules()
+        _, params, bias = split_policy(abstract_policy(model))
+        need = device_bytes(abstract_sharded((params, bias), mesh, rules))
+    except UserError as err:
+        if sampling.layout == "inference":
+            raise
+        return None, f"sampler layout: train (the inference layout does not apply: {err})"
+    free = free_hbm_bytes(train_mesh) if free_bytes is None else free_bytes
+    shape = " ".join(f"{k}={v}" for k, v in mesh.shape.items())
+    if free is not None and need > HBM_SHARE * free:
+        message = (f"the inference layout ({shape}) needs {need / 2**30:.2f} GiB per device for its weight "
+                   f"copy, more than {HBM_SHARE:.0%} of the {free / 2**30:.2f} GiB free")
+        if sampling.layout == "inference":
+            raise UserError(f"sampling.layout=inference: {message}; set sampling.mesh to split more, or "
+                            "sampling.layout=train")
+        return None, f"sampler layout: train ({message})"
+    return (SamplerLayout(sharding, mesh, rules, train_mesh, train_rules),
+            f"sampler layout: inference ({shape}; {need / 2**30:.2f} GiB of weights per device)")
+
+
+def inference_layout(config, state, mesh: Mesh, rules: Rules):
+    """For commands that only sample (eval, generate): (the layout, `state` moved into it once, so a single
+    copy is held), the layout's line on stderr (stdout may be JSON)."""
+    layout, note = choose_layout(config.sampling, config.model, mesh, rules)
+    if note:
+        print(note, file=sys.stderr)
+    return layout, state if layout is None else layout.reshard(state)

@@ -1,0 +1,363 @@
+"""What one decode step costs per chip, read from a compiled sampler's HLO text, and its roofline time.
+
+The decode loop is the `while` whose op_name ends in `decode/while` (the sampler runs its token loop under
+`jax.named_scope("decode")`). One iteration of its body decodes one token for every row, so everything
+counted in the body is per decoded token (one step of the batch), per device. Nested loops (the layer scan)
+count once per iteration: their body's figures are multiplied by their trip count (`_Module.trip_count`). A conditional counts its
+costliest branch.
+
+Collective bytes, per device, by kind: an all-gather counts its gathered result, every other collective
+(all-reduce, reduce-scatter, all-to-all, collective-permute) its operand. A weight all-gather is one whose
+data is loop-invariant in the decode loop: followed back through data movement (bitcast, copy, reshape,
+transpose, convert, slices, fusions of those), it reaches a decode-loop value that every iteration passes on
+unchanged, i.e. a parameter the loop closes over.
+
+HBM bytes: every instruction's operands read and result written (XLA's own cost model, per device): a slice
+or gather of a parameter reads what it takes, an in-place update writes the update; tuples, parameters, bitcasts and
+control flow move nothing; arrays in on-chip memory (`S(1)` layouts) are not HBM traffic.
+
+Roofline (`estimate`): max(compute, HBM) time plus collective time at the interconnect's bandwidth (decode
+does not overlap its collectives with compute: each layer waits for its own).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Optional
+
+from r1jax.sharding.chips import ChipSpec
+from r1jax.sharding.hlo_text import Computation, Instruction, leaf_bytes, parse_module, shape_bytes
+
+COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+_FREE = {"parameter", "get-tuple-element", "tuple", "constant", "bitcast", "while", "call", "conditional",
+         "after-all", "partition-id", "replica-id", "iota", "copy-done", "opt-barrier"}
+_MOVES_DATA = {"bitcast", "copy", "reshape", "transpose", "convert", "slice", "dynamic-slice", "broadcast",
+               "bitcast-convert", "copy-start", "copy-done", "all-gather", "all-gather-start",
+               "all-gather-done", "get-tuple-element", "fusion", "pad", "concatenate"}
+
+
+def collective_kind(opcode: str) -> Optional[str]:
+    base = opcode.removesuffix("-start")
+    if base in COLLECTIVES:
+        return base
+    return "all-to-all" if base == "ragged-all-to-all" else None
+
+
+@dataclasses.dataclass
+class DecodeStats:
+    """Per device, per decode-loop iteration (one token for every row)."""
+
+    collective_bytes: dict[str, int]
+    weight_allgather_bytes: int
+    weight_allgathers: int  # how many weight all-gathers run per iteration (nested trip counts applied)
+    hbm_bytes: int
+    flops: float  # dot FLOPs per device (2 x output elements x contracted size)
+    loops: int  # decode loops found
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class _Module:
+    def __init__(self, text: str):
+        self.comps = parse_module(text)
+        self._user_maps: dict[str, dict[str, list[Instruction]]] = {}
+        self.callers: dict[str, tuple[Computation, Instruction]] = {}
+        for comp in self.comps.values():
+            for inst in comp.instructions.values():
+                for name in inst.called():
+                    self.callers.setdefault(name, (comp, inst))
+
+    def decode_loops(self) -> list[tuple[Computation, Instruction]]:
+        return [(comp, inst) for comp in self.comps.values() for inst in comp.instructions.values()
+                if inst.opcode == "while" and re.search(r"(^|/)decode/while$", inst.op_name)]
+
+    # -- where data comes from ------------------------------------------------------------------------
+    def invariant_index(self, body: Computation, index: int) -> bool:
+        """Does the loop with this body pass tuple element `index` on unchanged?"""
+        root = body.root
+        if root.opcode != "tuple" or index >= len(root.operands):
+            return False
+        inst = body.instructions.get(root.operands[index])
+        while inst is not None and inst.opcode in ("copy", "bitcast"):
+            inst = body.instructions.get(inst.operands[0])
+        return (inst is not None and inst.opcode == "get-tuple-element" and inst.tuple_index == index
+                and body.instructions[inst.operands[0]].opcode == "parameter")
+
+    def is_invariant(self, comp: Computation, name: str, decode_body: str, depth: int = 0) -> bool:
+        """Is value `name` of `comp` loop-invariant data of the decode loop (see the module docstring)?"""
+        inst = comp.instructions.get(name)
+        if inst is None or depth > 200:
+            return False
+        if inst.opcode == "get-tuple-element":
+            source = comp.instructions.get(inst.operands[0])
+            index = inst.tuple_index
+            if source is not None and source.opcode == "parameter":
+                return self._loop_parameter(comp, index, decode_body, depth)
+            if source is not None and source.opcode == "tuple":
+                return self.is_invariant(comp, source.operands[index], decode_body, depth + 1)
+            if source is not None and source.opcode == "while":
+                body = self.comps[source.attr("body")]
+                init = comp.instructions.get(source.operands[0])
+                return (self.invariant_index(body, index) and init is not None and init.opcode == "tuple"
+                        and self.is_invariant(comp, init.operands[index], decode_body, depth + 1))
+            return False
+        if inst.opcode == "parameter":  # a fused or called computation's parameter: the caller's operand
+            if comp.name not in self.callers:
+                return False
+            parent, caller = self.callers[comp.name]
+            if caller.opcode == "while":
+                return False  # a whole loop tuple is carried state
+            index = int(inst.attrs)
+            return index < len(caller.operands) and self.is_invariant(parent, caller.operands[index],
+                                                                      decode_body, depth + 1)
+        if inst.opcode not in _MOVES_DATA or not inst.operands:
+            return False
+        if inst.opcode == "fusion":
+            fused = self.comps.get(inst.attr("calls"))
+            return fused is not None and self.is_invariant(fused, fused.root.name, decode_body, depth + 1)
+        data = max(inst.operands, key=lambda o: comp.instructions[o].bytes if o in comp.instructions else 0)
+        return self.is_invariant(comp, data, decode_body, depth + 1)
+
+    def _loop_parameter(self, comp: Computation, index: int, decode_body: str, depth: int) -> bool:
+        if comp.name not in self.callers:
+            return False
+        parent, caller = self.callers[comp.name]
+        if caller.opcode != "while":  # a called computation's tuple parameter: follow the caller's operand
+            return bool(caller.operands) and self._tuple_element(parent, caller.operands[0], index, decode_body,
+                                                                   depth)
+        if not self.invariant_index(comp, index):
+            return False
+        if comp.name == decode_body:
+            return True
+        init = parent.instructions.get(caller.operands[0])
+        return init is not None and init.opcode == "tuple" and self.is_invariant(
+            parent, init.operands[index], decode_body, depth + 1)
+
+    def _tuple_element(self, comp, name, index, decode_body, depth) -> bool:
+        inst = comp.instructions.get(name)
+        return (inst is not None and inst.opcode == "tuple"
+                and self.is_invariant(comp, inst.operands[index], decode_body, depth + 1))
+
+    def trip_count(self, parent: Computation, loop: Instruction) -> int:
+        """The compiler's stated trip count, else read from the loop: a condition `counter < N` on a tuple
+        element whose initial value is a constant (libtpu states none); 1 when neither can be had."""
+        if loop.trip_count is not None:
+            return loop.trip_count
+        cond = self.comps.get(loop.attr("condition"))
+        root = cond.root if cond is not None else None
+        operands = root.operands if root is not None else []
+        if root is not None and root.opcode == "fusion":  # CPU wraps the compare in a fusion
+            fused = self.comps.get(root.attr("calls"))
+            inner = fused.root if fused is not None else None
+            if inner is None or not all(fused.instructions[o].opcode == "parameter" for o in inner.operands):
+                return 1
+            operands = [root.operands[int(fused.instructions[o].attrs)] for o in inner.operands]
+            root = inner
+        if root is None or root.opcode != "compare" or "direction=LT" not in root.attrs or len(operands) != 2:
+            return 1
+        counter, bound = (cond.instructions.get(o) for o in operands)
+        if counter is None or bound is None or counter.opcode != "get-tuple-element" or bound.integer is None:
+            return 1
+        init = parent.instructions.get(loop.operands[0]) if loop.operands else None
+        start = 0
+        if init is not None and init.opcode == "tuple" and counter.tuple_index < len(init.operands):
+            first = parent.instructions.get(init.operands[counter.tuple_index])
+            while first is not None and first.opcode == "copy":
+                first = parent.instructions.get(first.operands[0])
+            start = first.integer if first is not None and first.integer is not None else 0
+        return max(bound.integer - start, 0)
+
+    # -- costs ----------------------------------------------------------------------------------------
+    def operand_bytes(self, comp: Computation, inst: Instruction) -> list[int]:
+        return [shape_bytes(comp.instructions[o].shape, hbm_only=True) if o in comp.instructions else 0
+                for o in inst.operands]
+
+    def collective_bytes(self, comp: Computation, inst: Instruction, kind: str) -> int:
+        operands = sum(self.operand_bytes(comp, inst))
+        if kind != "all-gather":
+            return operands
+        total = inst.bytes
+        return total - operands if inst.opcode.endswith("-start") else total
+
+    def hbm_bytes(self, comp: Computation, inst: Instruction) -> int:
+        if inst.opcode in _FREE or inst.opcode.endswith("-done"):
+            return 0
+        reads = self.operand_bytes(comp, inst)
+        write = shape_bytes(inst.shape, hbm_only=True)
+        fused = self.comps.get(inst.attr("calls")) if inst.opcode == "fusion" else None
+        if inst.opcode in ("dynamic-slice", "gather"):
+            return 2 * write
+        if inst.opcode == "dynamic-update-slice":
+            update = reads[1] if len(reads) > 1 else 0
+            return 2 * update + sum(reads[2:])
+        if inst.opcode == "copy-start":
+            return reads[0] if reads else 0
+        if fused is not None:
+            reads, write = self._fused_traffic(fused, reads, write)
+        return sum(reads) + write
+
+    def _fused_traffic(self, fused: Computation, reads: list[int], write: int) -> tuple[list[int], int]:
+        """A fusion reads only the slices (or gathered rows) it takes of a parameter, through bitcasts and
+        nested fusions, and writes only an in-place update."""
+        reads = list(reads)
+        for inst in fused.instructions.values():
+            if inst.opcode != "parameter" or not inst.attrs.isdigit() or int(inst.attrs) >= len(reads):
+                continue
+            index = int(inst.attrs)
+            reads[index] = min(reads[index], self._read_bytes(fused, inst.name, reads[index]))
+            uses = self._users(fused).get(inst.name, [])
+            if uses and all(u.opcode == "dynamic-update-slice" and u.operands[0] == inst.name for u in uses):
+                write = min(write, sum(fused.instructions[u.operands[1]].bytes for u in uses))
+        return reads, write
+
+    def _users(self, comp: Computation) -> dict[str, list[Instruction]]:
+        if comp.name not in self._user_maps:
+            users: dict[str, list[Instruction]] = {}
+            for inst in comp.instructions.values():
+                for operand in inst.operands:
+                    users.setdefault(operand, []).append(inst)
+            self._user_maps[comp.name] = users
+        return self._user_maps[comp.name]
+
+    def _read_bytes(self, comp: Computation, name: str, full: int, depth: int = 0) -> int:
+        """Bytes of value `name` (of `full` bytes) that `comp` reads: slices and gathers read what they take,
+        an in-place update's buffer nothing, bitcasts and nested fusions pass it on; anything else all."""
+        uses = self._users(comp).get(name, [])
+        if not uses or depth > 20:
+            return full
+        total = 0
+        for use in uses:
+            if use.opcode in ("dynamic-slice", "gather") and use.operands[0] == name:
+                total += use.bytes
+            elif use.opcode == "dynamic-update-slice" and use.operands[0] == name:
+                continue
+            elif use.opcode == "bitcast":
+                total += self._read_bytes(comp, use.name, full, depth + 1)
+            elif use.opcode == "fusion" and use.attr("calls") in self.comps:
+                nested = self.comps[use.attr("calls")]
+                for index, operand in enumerate(use.operands):
+                    param = nested.parameter(index) if operand == name else None
+                    if param is not None:
+                        total += self._read_bytes(nested, param.name, full, depth + 1)
+            else:
+                return full
+        return min(total, full)
+
+    def flops(self, comp: Computation, inst: Instruction) -> float:
+        """2 x result elements x contracted size for dots (CPU) and convolutions (TPU lowers dots to them:
+        the contracted size is the kernel's input-feature dimension; windows are not counted)."""
+        if inst.opcode not in ("dot", "convolution") or len(inst.operands) < 2:
+            return 0.0
+        if inst.opcode == "dot":
+            operand, found = inst.operands[0], re.search(r"lhs_contracting_dims=\{([0-9,]*)\}", inst.attrs)
+        else:
+            labels = re.search(r"dim_labels=\w+_(\w+)->", inst.attrs)
+            operand, found = inst.operands[1], labels
+        if operand not in comp.instructions or not found:
+            return 0.0
+        sizes = _dims(comp.instructions[operand].shape)
+        if inst.opcode == "dot":
+            contracted = [sizes[int(d)] for d in found.group(1).split(",") if d]
+        else:
+            contracted = [sizes[i] for i, label in enumerate(found.group(1)) if label == "i"]
+        return 2.0 * math.prod(_dims(inst.shape)) * math.prod(contracted)
+
+
+def _dims(shape: str) -> list[int]:
+    found = re.search(r"\[([0-9,]*)\]", shape)
+    return [int(d) for d in found.group(1).split(",") if d] if found else []
+
+
+def _add(into: dict, other: dict, scale: float = 1) -> None:
+    for key, value in other.items():
+        into[key] = into.get(key, 0) + value * scale
+
+
+def _walk(module: _Module, comp: Computation, decode_body: str, seen: tuple = ()) -> dict:
+    """Per-iteration totals of one computation (and everything it calls)."""
+    totals = {"hbm": 0, "flops": 0.0, "weight_ag": 0, "weight_ag_count": 0}
+    for inst in comp.instructions.values():
+        kind = collective_kind(inst.opcode)
+        if kind is not None:
+            moved = module.collective_bytes(comp, inst, kind)
+            _add(totals, {kind: moved})
+            if kind == "all-gather" and inst.operands and all(
+                    module.is_invariant(comp, o, decode_body) for o in inst.operands):
+                _add(totals, {"weight_ag": moved, "weight_ag_count": 1})
+        totals["hbm"] += module.hbm_bytes(comp, inst)
+        totals["flops"] += module.flops(comp, inst)
+        called = [c for c in inst.called() if c in module.comps and c not in seen]
+        if inst.opcode == "while":
+            body = module.comps.get(inst.attr("body"))
+            if body is not None and body.name not in seen:
+                _add(totals, _walk(module, body, decode_body, seen + (body.name,)), module.trip_count(comp, inst))
+        elif inst.opcode == "conditional":
+            branches = [_walk(module, module.comps[c], decode_body, seen + (c,)) for c in called]
+            if branches:
+                _add(totals, max(branches, key=lambda b: b["hbm"] + sum(b.get(k, 0) for k in COLLECTIVES)))
+        elif inst.opcode in ("fusion", "call", "async-start", "custom-call"):
+            for c in called:
+                inner = _walk(module, module.comps[c], decode_body, seen + (c,))
+                inner["hbm"] = inner["hbm"] if inst.opcode == "call" else 0  # a fusion's traffic is its own
+                _add(totals, inner)
+    return totals
+
+
+def decode_stats(hlo_text: str) -> Optional[DecodeStats]:
+    """The decode loop's per-iteration costs per device (summed over decode loops), None if none is found."""
+    module = _Module(hlo_text)
+    loops = module.decode_loops()
+    if not loops:
+        return None
+    totals: dict = {}
+    for _, loop in loops:
+        body = module.comps[loop.attr("body")]
+        _add(totals, _walk(module, body, body.name, (body.name,)))
+    return DecodeStats({k: int(totals.get(k, 0)) for k in COLLECTIVES}, int(totals["weight_ag"]),
+                       int(totals["weight_ag_count"]), int(totals["hbm"]), float(totals["flops"]), len(loops))
+
+
+@dataclasses.dataclass(frozen=True)
+class Roofline:
+    compute_s: float
+    hbm_s: float
+    collective_s: float
+
+    @property
+    def step_s(self) -> float:
+        return max(self.compute_s, self.hbm_s) + self.collective_s
+
+
+def estimate(stats: DecodeStats, chip: ChipSpec, devices_per_chip: int = 1) -> Roofline:
+    """Roofline time of one decode step on one chip (its devices' work added; per-device stats)."""
+    scale = devices_per_chip
+    collective = sum(stats.collective_bytes.values()) * scale
+    ici = chip.ici_bytes_per_s
+    return Roofline(stats.flops * scale / chip.peak_flops, stats.hbm_bytes * scale / chip.hbm_bytes_per_s,
+                    collective / ici if ici else 0.0)
+
+
+def decode_report(stats: DecodeStats, chip: ChipSpec, *, devices_per_chip: int, rows: int, chips: int,
+                  min_read_bytes_per_chip: int) -> dict:
+    """The `decode` object of `r1jax compile --json`: per chip, per decode step ("per token": one token for
+    every row), and the roofline against the HBM-read limit (reading `min_read_bytes_per_chip`, the chip's
+    even share of the weights plus its KV cache, once per step)."""
+    scale = devices_per_chip
+    roof = estimate(stats, chip, devices_per_chip)
+    limit_s = min_read_bytes_per_chip / chip.hbm_bytes_per_s
+    return {
+        "weight_allgather_bytes_per_token": stats.weight_allgather_bytes * scale,
+        "weight_allgathers_per_token": stats.weight_allgathers,
+        "collective_bytes_per_token": {k: v * scale for k, v in stats.collective_bytes.items()},
+        "hbm_bytes_per_token": stats.hbm_bytes * scale,
+        "flops_per_token": stats.flops * scale,
+        "est_compute_s": roof.compute_s, "est_hbm_s": roof.hbm_s, "est_collective_s": roof.collective_s,
+        "est_step_s": roof.step_s,
+        "est_tokens_per_s_per_chip": rows / roof.step_s / chips if roof.step_s > 0 else None,
+        "hbm_read_limit_bytes": min_read_bytes_per_chip, "hbm_read_limit_s": limit_s,
+        "est_vs_hbm_read_limit": roof.step_s / limit_s if limit_s > 0 else None,
+        "chip": chip.to_dict(),
+    }

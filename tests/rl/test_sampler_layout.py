@@ -1,0 +1,95 @@
+"""The sampler's inference layout (rl.sampler_layout) on the 8-device CPU mesh: same samples as the training
+layout, and no weight all-gather left in the compiled decode loop."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from r1jax.errors import UserError
+from r1jax.model.factory import init_policy
+from r1jax.rl.sampler import Sampler, SamplingConfig, generate_padded, left_pad
+from r1jax.rl.sampler_layout import choose_layout, default_sharding, reshard_metrics
+from r1jax.rl.update import split_policy
+from r1jax.sharding.context import use_mesh
+from r1jax.sharding.decode_stats import decode_stats
+from r1jax.sharding.mesh import ShardingConfig, build_mesh
+from r1jax.sharding.params import tree_shardings
+from r1jax.sharding.rules import Rules
+from tests.model.tiny import DEEPSEEK, FAMILIES, QWEN
+
+PROMPTS = [[5, 6, 7], [9, 10, 11, 12, 13, 14], [20], [30, 31]] * 2  # 8 rows: one per device
+CONFIG = SamplingConfig(max_new_tokens=6, prompt_buckets=(8, 16), layout="inference")
+TRAIN_RULES = Rules.preset("fsdp")
+# Qwen's layers in one scan of 3 (an MLP-only layer would split it into scans of 1, whose weights XLA's CPU
+# backend gathers once before the decode loop): each layer's gather then stays in the loop.
+MODELS = {"qwen3_moe": dataclasses.replace(QWEN, mlp_only_layers=()), "deepseek_v3": DEEPSEEK}
+
+
+def _trained_layout(family):
+    """The policy as the trainer holds it on an 8-way FSDP mesh, and the sampler's inference layout."""
+    graphdef, params, bias = split_policy(init_policy(MODELS[family], 0))
+    mesh = build_mesh(ShardingConfig(fsdp=8, preset="fsdp"))
+    state = jax.device_put((params, bias), tree_shardings((params, bias), mesh, TRAIN_RULES))
+    layout, note = choose_layout(CONFIG, MODELS[family], mesh, TRAIN_RULES)
+    return graphdef, state, mesh, layout, note
+
+
+def _weight_allgather_bytes(graphdef, state_key, mesh, rules) -> int:
+    """The sampler's program as `Sampler.generate` compiles it above (same arguments: a cache hit)."""
+    tokens, valid = left_pad(PROMPTS, CONFIG.prompt_buckets, 0)
+    with use_mesh(mesh, rules):
+        lowered = generate_padded.lower(graphdef, state_key[0], jnp.asarray(tokens), jnp.asarray(valid), state_key[1],
+                                        jnp.float32(0), jnp.int32(0), jnp.float32(1),
+                                        max_new=CONFIG.max_new_tokens, samples=1, stop_ids=(3,), pad_id=0,
+                                        ignore_eos=True, keep_logits=False, vocab_size=None)
+    return decode_stats(lowered.compile().as_text()).weight_allgather_bytes
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_inference_layout_samples_the_same_without_gathering_weights_in_the_decode_loop(family):
+    graphdef, state, mesh, layout, note = _trained_layout(family)
+    assert layout is not None and note.startswith("sampler layout: inference")
+    trained = Sampler(graphdef, CONFIG, stop_ids=(3,), pad_id=0)
+    inferring = Sampler(graphdef, CONFIG, stop_ids=(3,), pad_id=0, layout=layout)
+    with use_mesh(mesh, TRAIN_RULES):  # the key made on the trainer's mesh, as the trainer makes it
+        key = jax.random.split(jax.random.key(7))[0]
+        expected = trained.generate(state, PROMPTS, key=key, temperature=0.0, ignore_eos=True)
+        got = inferring.generate(state, PROMPTS, key=key, temperature=0.0, ignore_eos=True)
+    assert np.array_equal(np.asarray(got.tokens_BT), np.asarray(expected.tokens_BT))
+    np.testing.assert_allclose(np.asarray(got.logprobs_BN), np.asarray(expected.logprobs_BN), atol=1e-5)
+    assert np.array_equal(np.asarray(got.experts_LBTK), np.asarray(expected.experts_LBTK))
+    assert got.tokens_BT.sharding.mesh.shape == mesh.shape  # results come back on the trainer's mesh
+    assert reshard_metrics(inferring)["time/reshard_s"] > 0 and reshard_metrics(inferring)["time/reshard_s"] == 0
+    assert reshard_metrics(trained) == {}
+    assert _weight_allgather_bytes(graphdef, (state, key), mesh, TRAIN_RULES) > 0
+    assert _weight_allgather_bytes(graphdef, layout.reshard((state, key)), layout.mesh, layout.rules) == 0
+
+
+def test_family_defaults_split_experts_and_deepseek_heads():
+    qwen = default_sharding(QWEN, 8)
+    assert (qwen.expert, qwen.tensor, qwen.preset) == (8, 1, "inference")
+    deepseek = default_sharding(DEEPSEEK, 8)  # 4 heads: tensor 4, experts over the other 2 devices
+    assert (deepseek.expert, deepseek.tensor) == (2, 4)
+    big = dataclasses.replace(DEEPSEEK, num_attention_heads=128, n_routed_experts=256)
+    assert (default_sharding(big, 256).expert, default_sharding(big, 256).tensor) == (16, 16)
+
+
+def test_one_device_keeps_the_training_layout():
+    mesh = build_mesh(ShardingConfig(fsdp=1), jax.devices()[:1])
+    assert choose_layout(dataclasses.replace(CONFIG, layout="auto"), QWEN, mesh, TRAIN_RULES) == (None, "")
+
+
+def test_a_weight_copy_that_does_not_fit_falls_back_to_the_training_layout():
+    mesh = build_mesh(ShardingConfig(fsdp=8, preset="fsdp"))
+    auto = dataclasses.replace(CONFIG, layout="auto")
+    layout, note = choose_layout(auto, QWEN, mesh, TRAIN_RULES, free_bytes=1000)
+    assert layout is None and note.startswith("sampler layout: train (the inference layout") and "GiB free" in note
+    with pytest.raises(UserError, match="sampling.layout=inference: the inference layout"):
+        choose_layout(CONFIG, QWEN, mesh, TRAIN_RULES, free_bytes=1000)
+    with pytest.raises(UserError, match="sampling.mesh: unknown axes"):
+        choose_layout(dataclasses.replace(CONFIG, mesh={"pipeline": 2}), QWEN, mesh, TRAIN_RULES)
+    layout, _ = choose_layout(dataclasses.replace(auto, mesh={"expert": 2, "tensor": 2}), QWEN, mesh, TRAIN_RULES)
+    assert dict(layout.mesh.shape) == {"data": 1, "fsdp": 2, "expert": 2, "tensor": 2}

@@ -1,0 +1,135 @@
+"""The decode-step reader (sharding.decode_stats) on hand-made programs compiled for the 8-device CPU mesh."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+from r1jax.sharding.chips import CHIPS
+from r1jax.sharding.decode_stats import decode_report, decode_stats, estimate
+from r1jax.sharding.hlo_text import leaf_bytes, parse_instruction
+
+LAYERS, D, ROWS, STEPS = 3, 64, 16, 5
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    return jax.make_mesh((8,), ("x",), axis_types=(AxisType.Auto,))
+
+
+def _decode_program(mesh, gather_rows: bool):
+    """A `decode` while loop over a layer scan whose stacked weights [L, D, D] are split on their rows: each
+    layer iteration all-gathers its weight (the loop-invariant code motion cannot hoist a gather of a slice
+    that depends on the layer counter). With `gather_rows`, each step also gathers the carried rows."""
+    rows = NamedSharding(mesh, P("x"))
+
+    def program(weights_LDD, x_BD):
+        def step(carry):
+            i, x_BD = carry
+
+            def layer(x_BD, w_DD):
+                return jax.lax.with_sharding_constraint(jnp.tanh(x_BD @ w_DD), rows), None
+
+            x_BD, _ = jax.lax.scan(layer, x_BD, weights_LDD)
+            if gather_rows:
+                x_BD = jax.lax.with_sharding_constraint(x_BD, NamedSharding(mesh, P()))
+                x_BD = jax.lax.with_sharding_constraint(x_BD + jnp.sum(x_BD, axis=0), rows)
+            return i + 1, x_BD
+
+        with jax.named_scope("decode"):
+            return jax.lax.while_loop(lambda c: c[0] < STEPS, step, (0, x_BD))
+
+    weights = jax.ShapeDtypeStruct((LAYERS, D, D), jnp.float32, sharding=NamedSharding(mesh, P(None, "x")))
+    x = jax.ShapeDtypeStruct((ROWS, D), jnp.float32, sharding=rows)
+    return jax.jit(program).lower(weights, x).compile().as_text()
+
+
+def test_weight_allgathers_in_the_layer_scan_are_counted_per_layer(mesh):
+    stats = decode_stats(_decode_program(mesh, gather_rows=False))
+    layer_weight = D * D * 4  # each layer's whole float32 weight, gathered on every device
+    assert stats.loops == 1
+    assert stats.weight_allgathers == LAYERS
+    assert stats.weight_allgather_bytes == LAYERS * layer_weight
+    assert stats.collective_bytes["all-gather"] == LAYERS * layer_weight
+    assert stats.flops == LAYERS * 2 * (ROWS // 8) * D * D  # each device's rows through each layer
+
+
+def test_a_trip_count_the_compiler_does_not_state_is_read_from_the_loop_condition(mesh):
+    """libtpu states no `known_trip_count`: the layer scan's `i < L` condition gives it."""
+    text = _decode_program(mesh, gather_rows=False)
+    stated = decode_stats(text)
+    unstated = decode_stats(re.sub(r'"known_trip_count":\{"n":"\d+"\},?', "", text))
+    assert "known_trip_count" in text and unstated == stated
+
+
+def test_gathering_carried_rows_is_not_a_weight_allgather(mesh):
+    stats = decode_stats(_decode_program(mesh, gather_rows=True))
+    assert stats.weight_allgather_bytes == LAYERS * D * D * 4
+    assert stats.collective_bytes["all-gather"] == LAYERS * D * D * 4 + ROWS * D * 4  # + the whole rows
+
+
+def test_a_program_without_a_decode_loop_has_no_decode_stats(mesh):
+    text = jax.jit(lambda x: x * 2).lower(jnp.ones((8,))).compile().as_text()
+    assert decode_stats(text) is None
+
+
+def test_shapes_count_bytes_per_array_and_vmem_is_not_hbm():
+    assert leaf_bytes("(s32[], bf16[4,8]{1,0}, f32[2,3]{1,0:T(8,128)S(1)})") == [4, 64, 24]
+    assert leaf_bytes("f32[2,3]{1,0:T(8,128)S(1)}", hbm_only=True) == [0]
+    inst = parse_instruction('  ROOT %t = (f32[2]{0}, s4[4]{0}) tuple(%a, %b), metadata={op_name="x"}')
+    assert inst.root and inst.opcode == "tuple" and inst.operands == ["a", "b"] and inst.bytes == 10
+
+
+def test_the_roofline_adds_collectives_to_the_slower_of_compute_and_hbm(mesh):
+    stats = decode_stats(_decode_program(mesh, gather_rows=False))
+    v5p = CHIPS["v5p"]
+    roof = estimate(stats, v5p)
+    assert roof.hbm_s == stats.hbm_bytes / v5p.hbm_bytes_per_s
+    assert roof.collective_s == stats.weight_allgather_bytes / v5p.ici_bytes_per_s
+    assert roof.step_s == max(roof.compute_s, roof.hbm_s) + roof.collective_s
+    report = decode_report(stats, v5p, devices_per_chip=1, rows=ROWS, chips=8, min_read_bytes_per_chip=1000)
+    assert report["est_tokens_per_s_per_chip"] == pytest.approx(ROWS / roof.step_s / 8)
+    assert report["est_vs_hbm_read_limit"] == pytest.approx(roof.step_s / (1000 / v5p.hbm_bytes_per_s))
+
+
+HAND_WRITTEN = """HloModule m
+%inner (p0: f32[4,8]) -> f32[1,8] {
+  %p0 = f32[4,8]{1,0} parameter(0)
+  %c = s32[] constant(0)
+  ROOT %ds = f32[1,8]{1,0} dynamic-slice(%p0, %c, %c), dynamic_slice_sizes={1,8}
+}
+%outer (q0: f32[4,8]) -> f32[1,8] {
+  %q0 = f32[4,8]{1,0} parameter(0)
+  ROOT %f = f32[1,8]{1,0} fusion(%q0), kind=kLoop, calls=%inner
+}
+%body (t: (s32[], f32[4,8])) -> (s32[], f32[4,8]) {
+  %t = (s32[], f32[4,8]{1,0}) parameter(0)
+  %i = s32[] get-tuple-element(%t), index=0
+  %w = f32[4,8]{1,0} get-tuple-element(%t), index=1
+  %row = f32[1,8]{1,0} fusion(%w), kind=kLoop, calls=%outer
+  %one = s32[] constant(1)
+  %next = s32[] add(%i, %one)
+  ROOT %out = (s32[], f32[4,8]{1,0}) tuple(%next, %w)
+}
+%cond (u: (s32[], f32[4,8])) -> pred[] {
+  %u = (s32[], f32[4,8]{1,0}) parameter(0)
+  %j = s32[] get-tuple-element(%u), index=0
+  %n = s32[] constant(5)
+  ROOT %lt = pred[] compare(%j, %n), direction=LT
+}
+ENTRY %main (a: f32[4,8]) -> (s32[], f32[4,8]) {
+  %a = f32[4,8]{1,0} parameter(0)
+  %z = s32[] constant(0)
+  %init = (s32[], f32[4,8]{1,0}) tuple(%z, %a)
+  ROOT %loop = (s32[], f32[4,8]{1,0}) while(%init), condition=%cond, body=%body, metadata={op_name="f/decode/while"}
+}
+"""
+
+
+def test_a_slice_taken_inside_nested_fusions_reads_only_the_slice():
+    stats = decode_stats(HAND_WRITTEN)
+    # the row fusion reads one 8-float row (not the 4 x 8 weight) and writes it; the counter's add 4 + 4 + 4
+    assert stats.hbm_bytes == 2 * 8 * 4 + 3 * 4
+    assert stats.loops == 1 and sum(stats.collective_bytes.values()) == 0
