@@ -40,6 +40,9 @@ class SamplingConfig:
     top_p: float = 1.0  # R1 evaluation: 0.95
     top_k: int = 0  # 0: off
     prompt_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048)
+    # decode attention reads the KV cache in blocks of this many slots up to the longest row (online
+    # softmax; equal to the dense read up to float rounding); 0: every step reads the whole budget
+    kv_block: int = 0
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -52,6 +55,8 @@ class SamplingConfig:
             raise UserError(f"sampling.top_k={self.top_k}: must be >= 0 (0 is off)")
         if not self.prompt_buckets or list(self.prompt_buckets) != sorted(set(self.prompt_buckets)):
             raise UserError(f"sampling.prompt_buckets={list(self.prompt_buckets)}: must be increasing")
+        if self.kv_block < 0:
+            raise UserError(f"sampling.kv_block={self.kv_block}: must be >= 0 (0 reads the whole cache)")
 
 
 class Rollout(NamedTuple):
@@ -162,13 +167,14 @@ def _is_stop(token_B: jax.Array, stop_ids: tuple[int, ...]) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "samples", "stop_ids", "pad_id",
-                                             "ignore_eos", "keep_logits", "vocab_size"))
+                                             "ignore_eos", "keep_logits", "vocab_size", "kv_block"))
 def generate_padded(graphdef, state, prompt_BP, prompt_valid_BP, key, temperature, top_k, top_p, *,
                     max_new: int, samples: int, stop_ids: tuple[int, ...], pad_id: int, ignore_eos: bool,
-                    keep_logits: bool = False, vocab_size: int | None = None) -> Rollout:
+                    keep_logits: bool = False, vocab_size: int | None = None, kv_block: int = 0) -> Rollout:
     """Sample `samples` completions per left-padded prompt. Rows are prompt-major: row = prompt * G + g.
 
     A row stops at its first id in `stop_ids`; ids at or past `vocab_size` (None: none) are never sampled.
+    `kv_block` > 0: decode steps read the cache block-wise up to the filled slots (`SamplingConfig.kv_block`).
 
     `state` is the policy's nnx.State, or a tuple of States (e.g. trainable params and routing bias) that
     `nnx.merge(graphdef, *state)` reassembles."""
@@ -200,7 +206,7 @@ def generate_padded(graphdef, state, prompt_BP, prompt_valid_BP, key, temperatur
         slot = p + s.step
         kv_valid_BS = s.kv_valid_BS.at[:, slot].set(live_B)
         out, caches = policy.forward_cached(token_B[:, None], s.next_pos_B[:, None], live_B[:, None],
-                                            s.caches, slot, kv_valid_BS)
+                                            s.caches, slot, kv_valid_BS, kv_block=kv_block)
         stopped_B = live_B & _is_stop(token_B, stop_ids) & (not ignore_eos)
         return _Loop(
             step=s.step + 1, logits_BV=out.logits_BTV[:, 0],
@@ -253,7 +259,7 @@ class Sampler:
                                   jnp.float32(cfg.temperature), jnp.int32(cfg.top_k), jnp.float32(cfg.top_p),
                                   max_new=cfg.max_new_tokens, samples=samples, stop_ids=self.stop_ids,
                                   pad_id=self.pad_id, ignore_eos=ignore_eos, keep_logits=keep_logits,
-                                  vocab_size=self.vocab_size)
+                                  vocab_size=self.vocab_size, kv_block=cfg.kv_block)
         return _host_readable(rollout)
 
 

@@ -74,11 +74,13 @@ def run_bench(preset: str = "bench", overrides: Sequence[str] = (), quick: bool 
         policy = init_policy(config.model, config.seed, mesh, rules)
         graphdef, state = nnx.split(policy)
         say(f"sampler ({size.batch} x {size.prompt_len} prompt + {size.new_tokens} new tokens)")
-        result.update(sampler_figures(graphdef, state, prompts_BP, size.new_tokens, size.repeats))
+        result.update(sampler_figures(graphdef, state, prompts_BP, size.new_tokens, size.repeats,
+                                      kv_block=config.sampling.kv_block))
         result.update(dict.fromkeys(hf.KEYS))
         if against_hf:
             say("HF transformers generate on the exported weights")
-            ours_BN = np.asarray(greedy_generate(graphdef, state, prompts_BP, size.new_tokens)().completion_BN)
+            ours_BN = np.asarray(greedy_generate(graphdef, state, prompts_BP, size.new_tokens,
+                                                 config.sampling.kv_block)().completion_BN)
             result.update(hf.hf_figures(policy, prompts_BP, size.new_tokens, result["decode_tokens_per_s"],
                                         ours_BN, size.repeats))
         say(f"matmul peak ({size.matmul_n}^2 float32 per device)")
