@@ -109,7 +109,8 @@ def generate_continuous(graphdef, state, prompt_PP, prompt_valid_PP, key, temper
         request_S=jnp.full((slots,), requests, jnp.int32), count_S=jnp.zeros((slots,), jnp.int32),
         active_S=jnp.zeros((slots,), bool), logits_SV=jnp.zeros((slots, vocab), out.logits_BTV.dtype),
         caches=policy.init_cache(slots, total), kv_valid_SC=jnp.zeros((slots, total), bool),
-        next_pos_S=jnp.zeros((slots,), jnp.int32), tokens_RN=jnp.full((requests + 1, max_new), pad_id, jnp.int32),
+        next_pos_S=jnp.zeros((slots,), jnp.int32),
+        tokens_RN=jnp.full((requests + 1, max_new), pad_id, jnp.int32),
         logprobs_RN=jnp.zeros((requests + 1, max_new)), lengths_R=jnp.zeros((requests + 1,), jnp.int32),
         experts_LRNK=jnp.zeros((moe_layers, requests + 1, max_new, k), jnp.int32),
         logits_RNV=jnp.zeros((requests + 1, max_new, vocab)) if keep_logits else None)
@@ -146,7 +147,8 @@ def generate_continuous(graphdef, state, prompt_PP, prompt_valid_PP, key, temper
     completion_valid_RN = jnp.arange(max_new)[None, :] < lengths_R[:, None]
     valid_RT = jnp.concatenate([jnp.repeat(prompt_valid_PP, samples, axis=0), completion_valid_RN], axis=1)
     tokens_RT = jnp.concatenate([jnp.repeat(prompt_PP, samples, axis=0), final.tokens_RN[:requests]], axis=1)
-    experts = jnp.concatenate([jnp.repeat(out.aux.experts_BTK, samples, axis=1), final.experts_LRNK[:, :requests]], axis=2)
+    experts = jnp.concatenate([jnp.repeat(out.aux.experts_BTK, samples, axis=1),
+                               final.experts_LRNK[:, :requests]], axis=2)
     return Rollout(tokens_RT, valid_RT, jnp.maximum(jnp.cumsum(valid_RT, axis=1) - 1, 0).astype(jnp.int32),
                    final.logprobs_RN[:requests], lengths_R, experts, final.step,
                    None if final.logits_RNV is None else final.logits_RNV[:requests])

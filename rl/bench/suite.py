@@ -19,6 +19,7 @@ from flax import nnx
 
 from r1jax.model.factory import count_params, init_policy
 from r1jax.rl.bench import hf
+from r1jax.rl.bench.longtail import longtail_figures
 from r1jax.rl.bench.matmul import matmul_peak
 from r1jax.rl.bench.moe import moe_figures
 from r1jax.rl.bench.report import with_goals
@@ -40,12 +41,15 @@ class BenchSize:
     moe_tokens: int = 8192  # tokens through the MoE layer
     matmul_n: int = 4096  # the peak's [n, n] @ [n, n] per device
     pool_items: int = 600
+    longtail_prompts: int = 8  # the long-tail rollout: P x G rows decoded by `longtail_slots` slots
+    longtail_samples: int = 8
+    longtail_slots: int = 16
     repeats: int = 3  # timed repeats after a warm-up; the best counts
 
 
 FULL = BenchSize()
 QUICK = BenchSize(batch=4, prompt_len=8, new_tokens=16, train_rows=4, moe_tokens=256, matmul_n=256,
-                  pool_items=16, repeats=1)
+                  pool_items=16, longtail_prompts=2, longtail_samples=4, longtail_slots=2, repeats=1)
 
 
 def default_workers() -> tuple[int, ...]:
@@ -76,6 +80,11 @@ def run_bench(preset: str = "bench", overrides: Sequence[str] = (), quick: bool 
         say(f"sampler ({size.batch} x {size.prompt_len} prompt + {size.new_tokens} new tokens)")
         result.update(sampler_figures(graphdef, state, prompts_BP, size.new_tokens, size.repeats,
                                       kv_block=config.sampling.kv_block))
+        say(f"long-tail rollout ({size.longtail_prompts} x {size.longtail_samples} rows, "
+            f"{size.longtail_slots} slots vs a fixed batch)")
+        result.update(longtail_figures(graphdef, state, prompts_BP[:size.longtail_prompts], size.longtail_samples,
+                                       size.new_tokens, size.longtail_slots, config.sampling.kv_block,
+                                       size.repeats))
         result.update(dict.fromkeys(hf.KEYS))
         if against_hf:
             say("HF transformers generate on the exported weights")
