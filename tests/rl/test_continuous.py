@@ -7,6 +7,9 @@ from flax import nnx
 
 from r1jax.model.factory import init_policy
 from r1jax.rl.sampler import Sampler, SamplingConfig
+from r1jax.sharding.context import use_mesh
+from r1jax.sharding.mesh import ShardingConfig, build_mesh
+from r1jax.sharding.params import state_shardings
 from tests.model.tiny import FAMILIES
 
 PROMPTS = [[5, 6, 7], [9, 10, 11, 12, 13, 14], [20], [30, 31]]
@@ -78,3 +81,17 @@ def test_a_stop_id_frees_the_slot_and_pads_after_it():
     assert fixed["lengths_B"][1] <= 3
     for name in ("tokens_BT", "lengths_B", "valid_BT"):
         assert np.array_equal(ours[name], fixed[name]), name
+
+
+def test_sharded_continuous_batching_equals_unsharded():
+    state, sampler = make("qwen3_moe")
+    prompts, key = PROMPTS * 2, jax.random.key(5)  # 8 slots: they split over the 8 devices
+    options = dict(samples=2, key=key, slots=8, kv_block=4, row_max_new=ROW_MAX_NEW * 2)
+    expected = sampler.generate(state, prompts, **options)
+    mesh = build_mesh(ShardingConfig(data=2, fsdp=2, expert=2, tensor=1))
+    rules = ShardingConfig(preset="fsdp_expert_tensor").logical_rules()
+    sharded = jax.device_put(state, state_shardings(state, mesh, rules))
+    with use_mesh(mesh, rules):
+        got = sampler.generate(sharded, prompts, **options)
+    assert np.array_equal(np.asarray(got.tokens_BT), np.asarray(expected.tokens_BT))
+    np.testing.assert_allclose(np.asarray(got.logprobs_BN), np.asarray(expected.logprobs_BN), atol=1e-5)
