@@ -7,6 +7,7 @@ Layout of a rollout row: the prompt left-padded to a bucket length P, then N com
 count real tokens only (`cumsum(valid) - 1`), so left padding changes nothing. Prompts are prefilled once and
 their caches repeated for the G samples of each prompt. Every token's MoE routing is recorded for replay.
 One compiled program per (batch, prompt bucket, token budget, G); temperature, top-p and top-k are traced.
+With `sampling.slots` > 0, `Sampler.generate` decodes the same rollout by continuous batching (rl.continuous).
 
 Stopping and the vocabulary: a row stops at the first token in `stop_ids` (a tokenizer's eos ids: Qwen3
 stops on <|im_end|> and <|endoftext|>), and is padded with `pad_id` after it. A model whose embedding is
