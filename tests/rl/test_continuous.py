@@ -34,7 +34,7 @@ def test_greedy_rollout_equals_the_fixed_batch_sampler_whatever_the_slot_count(f
                                      keep_logits=True)
     fixed = arrays(fixed_rollout)
     assert fixed["lengths_B"].tolist() == ROW_MAX_NEW  # the hook stops rows early
-    for slots in (1, 3, 8):
+    for slots in (1, 3):
         rollout = sampler.generate(state, PROMPTS, samples=2, temperature=0.0, row_max_new=ROW_MAX_NEW,
                                    slots=slots, keep_logits=True)
         ours = arrays(rollout)
@@ -52,23 +52,21 @@ def test_greedy_rollout_equals_the_fixed_batch_sampler_whatever_the_slot_count(f
 def test_greedy_completions_equal_one_prompt_at_a_time(family):
     state, sampler = make(family)
     alone = [np.asarray(sampler.generate(state, [prompt], temperature=0.0).completion_BN)[0] for prompt in PROMPTS]
-    for slots in (1, 3):
-        together = sampler.generate(state, PROMPTS, temperature=0.0, slots=slots)
-        assert np.array_equal(np.asarray(together.completion_BN), np.stack(alone)), slots
+    together = sampler.generate(state, PROMPTS, temperature=0.0, slots=2)
+    assert np.array_equal(np.asarray(together.completion_BN), np.stack(alone))
 
 
 def test_sampled_completions_do_not_depend_on_the_slot_count():
     state, sampler = make("deepseek_v3")
     key = jax.random.key(3)
-    runs = {slots: arrays(sampler.generate(state, PROMPTS, samples=3, key=key, temperature=1.0, slots=slots))
-            for slots in (1, 4, 12)}
-    for slots in (4, 12):
-        assert np.array_equal(runs[slots]["tokens_BT"], runs[1]["tokens_BT"]), slots
-        np.testing.assert_allclose(runs[slots]["logprobs_BN"], runs[1]["logprobs_BN"], atol=1e-5)
-    completions = runs[1]["tokens_BT"][:, 8:]
+    one, five = (arrays(sampler.generate(state, PROMPTS, samples=3, key=key, temperature=1.0, slots=slots))
+                 for slots in (1, 5))
+    assert np.array_equal(five["tokens_BT"], one["tokens_BT"])
+    np.testing.assert_allclose(five["logprobs_BN"], one["logprobs_BN"], atol=1e-5)
+    completions = one["tokens_BT"][:, 8:]
     assert len({tuple(row) for row in completions}) > len(PROMPTS)  # the samples of a prompt differ
-    other = sampler.generate(state, PROMPTS, samples=3, key=jax.random.key(4), temperature=1.0, slots=4)
-    assert not np.array_equal(np.asarray(other.tokens_BT), runs[1]["tokens_BT"])
+    other = sampler.generate(state, PROMPTS, samples=3, key=jax.random.key(4), temperature=1.0, slots=5)
+    assert not np.array_equal(np.asarray(other.tokens_BT), one["tokens_BT"])
 
 
 def test_a_stop_id_frees_the_slot_and_pads_after_it():
