@@ -41,9 +41,9 @@ class BenchSize:
     moe_tokens: int = 8192  # tokens through the MoE layer
     matmul_n: int = 4096  # the peak's [n, n] @ [n, n] per device
     pool_items: int = 600
-    longtail_prompts: int = 8  # the long-tail rollout: P x G rows decoded by `longtail_slots` slots
+    longtail_prompts: int = 32  # the long-tail rollout: P x G rows decoded by `longtail_slots` slots
     longtail_samples: int = 8
-    longtail_slots: int = 16
+    longtail_slots: int = 32
     repeats: int = 3  # timed repeats after a warm-up; the best counts
 
 
