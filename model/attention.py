@@ -7,9 +7,17 @@
 
 Scores and softmax run in float32; masked scores use the most negative finite float so that a query row
 with every key masked (padding) gives a uniform, finite distribution instead of NaN.
+
+Decoding can instead read the layer-stacked cache block by block (`attend_blocks`): a while loop over KV
+blocks up to the live length with an online softmax (the running max, normaliser and weighted sum of the
+FlashAttention papers), so a step's attention costs what the longest row holds, not the cache's budget, and
+no layer's whole cache is sliced out (XLA's CPU dots copy such a slice). It equals the dense softmax up to
+float rounding (the sums run in another order); a row with every key masked gives zeros, not a uniform mix.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +43,45 @@ def causal_mask(valid_BS: jax.Array, num_queries: int, segment_ids_BS: jax.Array
     if segment_ids_BS is None:
         return mask_BTS
     return mask_BTS & (segment_ids_BS[:, :, None] == segment_ids_BS[:, None, :])
+
+
+class KVRead(NamedTuple):
+    """How a decode step reads the cache: blocks of `block` slots up to slot `live` (exclusive, traced)."""
+    live: jax.Array
+    block: int
+
+
+def attend_blocks(block_scores, block_values, acc_shape, cache, layer, mask_BS, read: KVRead) -> jax.Array:
+    """Online softmax over the cache's blocks [0, ceil(live / block)) of layer `layer`.
+
+    `cache`: the segment's stacked entries ([L, B, S, ...] each); `block_scores(entries)` gives float32 scores
+    [B, ..., blk] of one block (the key axis last), `block_values(probs, entries)` the probs-weighted values,
+    float32 of `acc_shape`. A last block that would run past S is read at S - blk, its already-read keys
+    masked. Returns the softmax-weighted values, float32 [acc_shape]."""
+    length = cache[0].shape[2]
+    block = min(read.block, length)
+    batch = mask_BS.shape[0]
+    idx_K = jnp.arange(block)
+
+    def body(j, carry):
+        max_M, norm_M, acc = carry
+        start = jnp.minimum(j * block, length - block)
+        entries = tuple(jax.lax.dynamic_slice(c, (layer, 0, start) + (0,) * (c.ndim - 3),
+                                              (1, batch, block) + c.shape[3:])[0] for c in cache)
+        keep_BK = jax.lax.dynamic_slice_in_dim(mask_BS, start, block, axis=1) & (start + idx_K >= j * block)
+        scores = block_scores(entries)
+        keep = keep_BK.reshape((batch,) + (1,) * (scores.ndim - 2) + (block,))
+        new_max_M = jnp.maximum(max_M, jnp.max(jnp.where(keep, scores, -jnp.inf), axis=-1))
+        probs = jnp.where(keep, jnp.exp(scores - new_max_M[..., None]), 0.0)
+        rescale_M = jnp.exp(max_M - new_max_M)
+        acc = acc * rescale_M.reshape(rescale_M.shape + (1,) * (acc.ndim - rescale_M.ndim))
+        return new_max_M, norm_M * rescale_M + jnp.sum(probs, axis=-1), acc + block_values(probs, entries)
+
+    stats_shape = acc_shape[:-1]
+    init = (jnp.full(stats_shape, jnp.finfo(jnp.float32).min), jnp.zeros(stats_shape), jnp.zeros(acc_shape))
+    _, norm_M, acc = jax.lax.fori_loop(0, (read.live + block - 1) // block, body, init)
+    norm_M = jnp.maximum(norm_M, jnp.finfo(jnp.float32).tiny)  # every key masked: zeros, not NaN
+    return acc / norm_M.reshape(norm_M.shape + (1,) * (acc.ndim - norm_M.ndim))
 
 
 class GQAttention(nnx.Module):
@@ -79,7 +126,28 @@ class GQAttention(nnx.Module):
             scores = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH) * self.scale
             probs = masked_softmax(scores, mask_BTS[:, None, None]).astype(self.dt)
             out_BTKGH = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v_BSKH)
-        out_BTNH = out_BTKGH.reshape(b, t, n, h)
+        return self._output(out_BTKGH.reshape(b, t, n, h))
+
+    def attend_cached(self, q_BTNH, cache, layer, mask_BS, read: KVRead):
+        """One query per row (T = 1) against layer `layer` of the stacked cache, read block-wise."""
+        b, _, n, h = q_BTNH.shape
+        kv_heads = cache[0].shape[3]
+        q_BKGH = q_BTNH.reshape(b, kv_heads, n // kv_heads, h)
+        f32 = jnp.float32
+
+        def scores(entries):  # a multiply-reduce over the block as laid out: no transposed copy for a dot
+            prod = entries[0].astype(f32)[:, :, :, None, :] * q_BKGH.astype(f32)[:, None]
+            return jnp.moveaxis(jnp.sum(prod, axis=-1), 1, -1) * self.scale
+
+        def values(probs, entries):
+            weighted = jnp.moveaxis(probs, -1, 1)[..., None] * entries[1].astype(f32)[:, :, :, None, :]
+            return jnp.sum(weighted, axis=1)
+
+        with jax.named_scope("attention"):
+            out_BKGH = attend_blocks(scores, values, q_BKGH.shape, cache, layer, mask_BS, read)
+        return self._output(out_BKGH.astype(self.dt).reshape(b, 1, n, h))
+
+    def _output(self, out_BTNH):
         y = jnp.einsum("BTNH,NHD->BTD", out_BTNH, self.o_proj[...].astype(self.dt))
         return y + self.o_bias[...].astype(self.dt) if self.has_bias else y
 
@@ -158,6 +226,33 @@ class MLAttention(nnx.Module):
                 out_BTNH = jnp.einsum("BTNC,CNH->BTNH", jnp.einsum("BNTS,BSC->BTNC", probs, c_BSC), w_v_CNH)
             else:
                 out_BTNH = jnp.einsum("BNTS,BSNH->BTNH", probs, jnp.einsum("BSC,CNH->BSNH", c_BSC, w_v_CNH))
+        return self._output(out_BTNH)
+
+    def attend_cached(self, queries, cache, layer, mask_BS, read: KVRead):
+        """One query per row (T = 1) against layer `layer` of the stacked latent cache, read block-wise, with
+        the weights absorbed: scores and values stay in the latent space, expanded once per step."""
+        q_nope_BTNH, q_rope_BTNR = queries
+        w_CNH = self._w("kv_b_proj")
+        w_k_CNH, w_v_CNH = w_CNH[..., : self.nope], w_CNH[..., self.nope:]
+        f32 = jnp.float32
+        q_lat_BNC = jnp.einsum("BNH,CNH->BNC", q_nope_BTNH[:, 0], w_k_CNH)
+        q_rope_BNR = q_rope_BTNR[:, 0]
+
+        def scores(entries):
+            c_BSC, k_rope_BSR = entries
+            nope = jnp.einsum("BNC,BSC->BNS", q_lat_BNC, c_BSC, preferred_element_type=f32)
+            return (nope + jnp.einsum("BNR,BSR->BNS", q_rope_BNR, k_rope_BSR, preferred_element_type=f32)
+                    ) * self.scale
+
+        def values(probs, entries):
+            return jnp.einsum("BNS,BSC->BNC", probs.astype(self.dt), entries[0], preferred_element_type=f32)
+
+        with jax.named_scope("attention"):
+            out_BNC = attend_blocks(scores, values, q_lat_BNC.shape, cache, layer, mask_BS, read)
+            out_BTNH = jnp.einsum("BNC,CNH->BNH", out_BNC.astype(self.dt), w_v_CNH)[:, None]
+        return self._output(out_BTNH)
+
+    def _output(self, out_BTNH):
         y = jnp.einsum("BTNH,NHD->BTD", out_BTNH, self._w("o_proj"))
         return y + self._w("o_bias") if self.has_bias else y
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from r1jax.model.attention import GQAttention, MLAttention, causal_mask
+from r1jax.model.attention import GQAttention, KVRead, MLAttention, causal_mask
 from r1jax.model.config import ModelConfig
 from r1jax.model.layers import MLP, RMSNorm, Stack, dtype_of, make_param, rope_cos_sin
 from r1jax.model.moe import MoE, MoEAux
@@ -36,12 +36,13 @@ class Block(nnx.Module):
         self.mlp = MoE(cfg, rngs, stack) if self.is_moe else MLP(cfg.intermediate_size, cfg, rngs, stack)
 
     def __call__(self, x_BTD, cos, sin, mask_BTS, valid_BT, replay_BTK=None, cache=None, layer=None,
-                 cache_index=None):
+                 cache_index=None, kv_read: KVRead | None = None):
         """One layer; returns (x, aux, cache). `cache` is the segment's stacked entries ([L, B, S, ...] each):
-        this layer (`layer`) writes the new positions' entries at slot `cache_index`, then attends over its
-        slice. Writing into the stacked arrays in place avoids copying the cache every decode step."""
+        this layer (`layer`) writes the new positions' entries at slot `cache_index` (a scalar, or one slot per
+        row when decoding one token), then attends over its slice, or reads it block-wise with `kv_read`.
+        Writing into the stacked arrays in place avoids copying the cache every decode step."""
         attn_BTD, cache = self.attention(self.input_layernorm(x_BTD), cos, sin, mask_BTS, cache, layer,
-                                         cache_index)
+                                         cache_index, kv_read)
         x_BTD = constrain(x_BTD + attn_BTD, ("batch", "length", "act_embed"))
         h_BTD = self.post_attention_layernorm(x_BTD)
         aux = None
@@ -51,14 +52,20 @@ class Block(nnx.Module):
             h_BTD = self.mlp(h_BTD)
         return constrain(x_BTD + h_BTD, ("batch", "length", "act_embed")), aux, cache
 
-    def attention(self, h_BTD, cos, sin, mask_BTS, cache, layer, cache_index):
+    def attention(self, h_BTD, cos, sin, mask_BTS, cache, layer, cache_index, kv_read=None):
         if cache is None:
             return self.self_attn(h_BTD, cos, sin, mask_BTS), None
         queries = self.self_attn.queries(h_BTD, cos, sin)
         entries = self.self_attn.entries(h_BTD, cos, sin)
-        cache = tuple(jax.lax.dynamic_update_slice(c, e[None].astype(c.dtype),
-                                                   (layer, 0, cache_index) + (0,) * (c.ndim - 3))
-                      for c, e in zip(cache, entries))
+        if jnp.ndim(cache_index) == 0:
+            cache = tuple(jax.lax.dynamic_update_slice(c, e[None].astype(c.dtype),
+                                                       (layer, 0, cache_index) + (0,) * (c.ndim - 3))
+                          for c, e in zip(cache, entries))
+        else:  # one slot per row (continuous batching): one token per row
+            rows = jnp.arange(h_BTD.shape[0])
+            cache = tuple(c.at[layer, rows, cache_index].set(e[:, 0].astype(c.dtype)) for c, e in zip(cache, entries))
+        if kv_read is not None:
+            return self.self_attn.attend_cached(queries, cache, layer, mask_BTS[:, 0], kv_read), cache
         layer_view = tuple(jax.lax.dynamic_index_in_dim(c, layer, 0, keepdims=False) for c in cache)
         return self.self_attn.attend(queries, layer_view, mask_BTS), cache
 
@@ -70,7 +77,8 @@ class Segment(nnx.Module):
         self.kind, self.count, self.remat = kind, count, cfg.remat
         self.block = Block(kind, cfg, rngs, stack=(count,))
 
-    def __call__(self, x_BTD, cos, sin, mask_BTS, valid_BT, replay_LBTK=None, cache_L=None, cache_index=None):
+    def __call__(self, x_BTD, cos, sin, mask_BTS, valid_BT, replay_LBTK=None, cache_L=None, cache_index=None,
+                 kv_read: KVRead | None = None):
         """Returns (x, aux stacked over layers, updated cache); the cache rides in the scan's carry."""
         graphdef, state = nnx.split(self.block)
 
@@ -78,11 +86,16 @@ class Segment(nnx.Module):
             x, cache = carry
             layer_state, replay_BTK, layer = inputs
             block = nnx.merge(graphdef, layer_state)
-            x, aux, cache = block(x, cos, sin, mask_BTS, valid_BT, replay_BTK, cache, layer, cache_index)
+            x, aux, cache = block(x, cos, sin, mask_BTS, valid_BT, replay_BTK, cache, layer, cache_index,
+                                  kv_read)
             return (x, cache), aux
 
         if self.remat:
             one_layer = jax.checkpoint(one_layer)
+        if cache_L is not None and self.count == 1:  # a one-layer scan copies the cache it carries
+            first = jax.tree.map(lambda x: x[0], (state, replay_LBTK))
+            (x_BTD, cache_L), aux = one_layer((x_BTD, cache_L), (*first, jnp.int32(0)))
+            return x_BTD, jax.tree.map(lambda x: x[None], aux), cache_L
         layers = jnp.arange(self.count)
         (x_BTD, cache_L), aux = jax.lax.scan(one_layer, (x_BTD, cache_L), (state, replay_LBTK, layers))
         return x_BTD, aux, cache_L
@@ -136,18 +149,22 @@ class Policy(nnx.Module):
 
     def forward_cached(self, tokens_BT: jax.Array, positions_BT: jax.Array, valid_BT: jax.Array,
                        caches: list, cache_index: jax.Array, kv_valid_BS: jax.Array,
-                       replay_LBTK: jax.Array | None = None) -> tuple[PolicyOutput, list]:
+                       replay_LBTK: jax.Array | None = None, kv_block: int = 0) -> tuple[PolicyOutput, list]:
         """Forward for new tokens placed at cache slots [cache_index, cache_index + T).
 
         `kv_valid_BS` marks the cache slots holding real tokens (these new ones included); a query at slot s
-        attends to the valid slots <= s. Returns the output and the caches with these tokens' entries.
+        attends to the valid slots <= s. `cache_index` is a scalar, or [B] (one slot per row) when T = 1.
+        `kv_block` > 0 (T = 1 only): attention reads the cache in blocks of that many slots up to the
+        furthest row's slot (model.attention.attend_blocks); 0: the whole cache. Returns the output and the
+        caches with these tokens' entries.
         """
         t, s = tokens_BT.shape[1], kv_valid_BS.shape[1]
-        query_slot_T = cache_index + jnp.arange(t)
-        mask_BTS = kv_valid_BS[:, None, :] & (jnp.arange(s)[None, None, :] <= query_slot_T[None, :, None])
+        query_slot_BT = jnp.reshape(cache_index, (-1, 1)) + jnp.arange(t)[None, :]
+        mask_BTS = kv_valid_BS[:, None, :] & (jnp.arange(s)[None, None, :] <= query_slot_BT[:, :, None])
+        kv_read = KVRead(jnp.max(cache_index) + t, kv_block) if kv_block > 0 and t == 1 else None
         cos, sin = rope_cos_sin(positions_BT, self.rope_dim(), self.cfg.rope_theta)
         x_BTD, aux, caches = self.run_layers(self.embed(tokens_BT), cos, sin, mask_BTS, valid_BT.astype(bool),
-                                             replay_LBTK, caches, cache_index)
+                                             replay_LBTK, caches, cache_index, kv_read)
         return PolicyOutput(self.logits(self.norm(x_BTD)), aux), caches
 
     def init_cache(self, batch: int, length: int, dtype=None) -> list:
@@ -160,14 +177,16 @@ class Policy(nnx.Module):
             shapes = [(batch, length, cfg.num_key_value_heads, cfg.head_dim)] * 2
         return [tuple(jnp.zeros((seg.count, *shape), dtype) for shape in shapes) for seg in self.segments]
 
-    def run_layers(self, x_BTD, cos, sin, mask_BTS, valid_BT, replay_LBTK=None, caches=None, cache_index=None):
+    def run_layers(self, x_BTD, cos, sin, mask_BTS, valid_BT, replay_LBTK=None, caches=None, cache_index=None,
+                   kv_read: KVRead | None = None):
         auxes, new_caches, moe_seen = [], [], 0
         for i, segment in enumerate(self.segments):
             replay = None
             if segment.kind == "moe" and replay_LBTK is not None:
                 replay = replay_LBTK[moe_seen: moe_seen + segment.count]
             cache = None if caches is None else caches[i]
-            x_BTD, aux, cache = segment(x_BTD, cos, sin, mask_BTS, valid_BT, replay, cache, cache_index)
+            x_BTD, aux, cache = segment(x_BTD, cos, sin, mask_BTS, valid_BT, replay, cache, cache_index,
+                                        kv_read)
             new_caches.append(cache)
             if segment.kind == "moe":
                 auxes.append(aux)

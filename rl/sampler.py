@@ -7,6 +7,7 @@ Layout of a rollout row: the prompt left-padded to a bucket length P, then N com
 count real tokens only (`cumsum(valid) - 1`), so left padding changes nothing. Prompts are prefilled once and
 their caches repeated for the G samples of each prompt. Every token's MoE routing is recorded for replay.
 One compiled program per (batch, prompt bucket, token budget, G); temperature, top-p and top-k are traced.
+With `sampling.slots` > 0, `Sampler.generate` decodes the same rollout by continuous batching (rl.continuous).
 
 Stopping and the vocabulary: a row stops at the first token in `stop_ids` (a tokenizer's eos ids: Qwen3
 stops on <|im_end|> and <|endoftext|>), and is padded with `pad_id` after it. A model whose embedding is
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import operator
 from typing import NamedTuple, Optional, Sequence
 
 import jax
@@ -30,6 +30,8 @@ import numpy as np
 from flax import nnx
 
 from r1jax.errors import UserError
+from r1jax.rl.continuous import generate_continuous
+from r1jax.rl.decoding import Rollout, filter_logits, is_stop, sample_token  # noqa: F401 (this module's API)
 from r1jax.sharding.distributed import replicated
 
 
@@ -45,6 +47,12 @@ class SamplingConfig:
     layout: str = "auto"
     mesh: Optional[dict[str, int]] = None
     rules: Optional[dict[str, list[str]]] = None
+    # decode attention reads the KV cache in blocks of this many slots up to the longest row (online
+    # softmax; equal to the dense read up to float rounding); 0: every step reads the whole budget
+    kv_block: int = 0
+    # continuous batching: this many decode slots serve all P x G rows, a stopped row's slot taking the next
+    # pending one (rl.continuous); 0: the fixed-batch sampler, every row decoded together
+    slots: int = 0
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -57,29 +65,10 @@ class SamplingConfig:
             raise UserError(f"sampling.top_k={self.top_k}: must be >= 0 (0 is off)")
         if not self.prompt_buckets or list(self.prompt_buckets) != sorted(set(self.prompt_buckets)):
             raise UserError(f"sampling.prompt_buckets={list(self.prompt_buckets)}: must be increasing")
-
-
-class Rollout(NamedTuple):
-    tokens_BT: jax.Array  # int32 [B, P + N]: left-padded prompt, then completion (pad after the stop)
-    valid_BT: jax.Array  # bool: real prompt tokens and generated tokens up to and including EOS
-    positions_BT: jax.Array  # int32: cumsum(valid) - 1
-    logprobs_BN: jax.Array  # float32: log-prob of each generated token, temperature-scaled, unfiltered
-    lengths_B: jax.Array  # int32: generated tokens per row (EOS included)
-    experts_LBTK: jax.Array  # int32: experts chosen per MoE layer and token, for routing replay
-    steps: jax.Array  # int32: decode iterations run (the loop exits once every row has stopped)
-    logits_BNV: jax.Array | None = None  # float32 raw logits of every step, only with keep_logits
-
-    @property
-    def prompt_length(self) -> int:
-        return self.tokens_BT.shape[1] - self.logprobs_BN.shape[1]
-
-    @property
-    def completion_BN(self) -> jax.Array:
-        return self.tokens_BT[:, self.prompt_length:]
-
-    @property
-    def completion_mask_BN(self) -> jax.Array:
-        return self.valid_BT[:, self.prompt_length:]
+        if self.kv_block < 0:
+            raise UserError(f"sampling.kv_block={self.kv_block}: must be >= 0 (0 reads the whole cache)")
+        if self.slots < 0:
+            raise UserError(f"sampling.slots={self.slots}: must be >= 0 (0 is the fixed-batch sampler)")
 
 
 def bucket_length(length: int, buckets: Sequence[int]) -> int:
@@ -103,47 +92,6 @@ def left_pad(prompts: Sequence[Sequence[int]], buckets: Sequence[int], pad_id: i
     return tokens, valid
 
 
-def filter_logits(logits_BV: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
-    """Top-k (k = 0: off) then nucleus filtering; removed entries become -inf. k and p may be traced.
-
-    One descending sort serves both: the top-k filter of a sorted row keeps it sorted, so the nucleus is
-    computed on it directly (the k-th value's ties are kept, as a filter `logits < kth` keeps them)."""
-    vocab = logits_BV.shape[-1]
-    sorted_BV = -jnp.sort(-logits_BV, axis=-1)
-    k = jnp.where(top_k > 0, jnp.clip(top_k, 1, vocab), vocab)
-    kth_B1 = jax.lax.dynamic_slice_in_dim(sorted_BV, k - 1, 1, axis=-1)
-    sorted_BV = jnp.where(sorted_BV < kth_B1, -jnp.inf, sorted_BV)
-    probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
-    keep_BV = (jnp.cumsum(probs_BV, axis=-1) - probs_BV) < top_p  # the top token is always kept
-    nucleus_B1 = jnp.min(jnp.where(keep_BV, sorted_BV, jnp.inf), axis=-1, keepdims=True)
-    return jnp.where(logits_BV < jnp.maximum(kth_B1, nucleus_B1), -jnp.inf, logits_BV)
-
-
-def sample_token(logits_BV, key, temperature, top_k, top_p, vocab_size: int | None = None):
-    """(token, log-prob under softmax(logits / T), unfiltered). Greedy when temperature == 0.
-
-    Ids at or past `vocab_size` (static; None: every id) are never drawn. The filters (a sort of the
-    vocabulary) run only when they can remove something, and neither they nor the random draw run when
-    decoding greedily: on a CPU they cost more than the model's decode step."""
-    safe_t = jnp.where(temperature > 0, temperature, 1.0)
-    scaled_BV = logits_BV.astype(jnp.float32) / safe_t  # cast to fp32: log-probs are compared at 1e-5
-    drawable_BV = scaled_BV
-    if vocab_size is not None and vocab_size < logits_BV.shape[-1]:
-        drawable_BV = jnp.where(jnp.arange(logits_BV.shape[-1]) < vocab_size, scaled_BV, -jnp.inf)
-
-    def draw():
-        filtering = (top_k > 0) | (top_p < 1)
-        filtered_BV = jax.lax.cond(filtering, filter_logits, lambda x, *_: x, drawable_BV, top_k, top_p)
-        return jax.random.categorical(key, filtered_BV, axis=-1).astype(jnp.int32)
-
-    def greedy():
-        return jnp.argmax(drawable_BV, axis=-1).astype(jnp.int32)
-
-    token_B = jax.lax.cond(temperature > 0, draw, greedy)
-    logp_B = jnp.take_along_axis(jax.nn.log_softmax(scaled_BV, axis=-1), token_B[:, None], axis=-1)[:, 0]
-    return token_B, logp_B
-
-
 class _Loop(NamedTuple):
     step: jax.Array
     logits_BV: jax.Array
@@ -161,19 +109,17 @@ def _repeat_rows(tree, samples: int, axis: int):
     return jax.tree.map(lambda x: jnp.repeat(x, samples, axis=axis), tree)
 
 
-def _is_stop(token_B: jax.Array, stop_ids: tuple[int, ...]) -> jax.Array:
-    hits = [token_B == i for i in stop_ids]  # one id: exactly `token_B == eos_id`
-    return functools.reduce(operator.or_, hits) if hits else jnp.zeros(token_B.shape, bool)
-
-
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "samples", "stop_ids", "pad_id",
-                                             "ignore_eos", "keep_logits", "vocab_size"))
+                                             "ignore_eos", "keep_logits", "vocab_size", "kv_block"))
 def generate_padded(graphdef, state, prompt_BP, prompt_valid_BP, key, temperature, top_k, top_p, *,
                     max_new: int, samples: int, stop_ids: tuple[int, ...], pad_id: int, ignore_eos: bool,
-                    keep_logits: bool = False, vocab_size: int | None = None) -> Rollout:
+                    keep_logits: bool = False, vocab_size: int | None = None, kv_block: int = 0,
+                    row_max_new_B: jax.Array | None = None) -> Rollout:
     """Sample `samples` completions per left-padded prompt. Rows are prompt-major: row = prompt * G + g.
 
     A row stops at its first id in `stop_ids`; ids at or past `vocab_size` (None: none) are never sampled.
+    `kv_block` > 0: decode steps read the cache block-wise up to the filled slots (`SamplingConfig.kv_block`).
+    `row_max_new_B` (optional, [B]): a row also stops after that many tokens (a test and bench hook).
 
     `state` is the policy's nnx.State, or a tuple of States (e.g. trainable params and routing bias) that
     `nnx.merge(graphdef, *state)` reassembles."""
@@ -205,8 +151,10 @@ def generate_padded(graphdef, state, prompt_BP, prompt_valid_BP, key, temperatur
         slot = p + s.step
         kv_valid_BS = s.kv_valid_BS.at[:, slot].set(live_B)
         out, caches = policy.forward_cached(token_B[:, None], s.next_pos_B[:, None], live_B[:, None],
-                                            s.caches, slot, kv_valid_BS)
-        stopped_B = live_B & _is_stop(token_B, stop_ids) & (not ignore_eos)
+                                            s.caches, slot, kv_valid_BS, kv_block=kv_block)
+        stopped_B = live_B & is_stop(token_B, stop_ids) & (not ignore_eos)
+        if row_max_new_B is not None:
+            stopped_B = stopped_B | (live_B & (s.step + 1 >= row_max_new_B))
         return _Loop(
             step=s.step + 1, logits_BV=out.logits_BTV[:, 0],
             tokens_BN=s.tokens_BN.at[:, s.step].set(token_B),
@@ -249,18 +197,31 @@ class Sampler:
         return key
 
     def generate(self, state, prompts: Sequence[Sequence[int]], samples: int = 1, *, key=None,
-                 ignore_eos: bool = False, keep_logits: bool = False, **overrides) -> Rollout:
+                 ignore_eos: bool = False, keep_logits: bool = False, row_max_new: Sequence[int] | None = None,
+                 **overrides) -> Rollout:
         """G = `samples` completions for each prompt (lists of token ids). `overrides` replace fields of
-        the SamplingConfig for this call (temperature, top_p, top_k, max_new_tokens)."""
+        the SamplingConfig for this call (temperature, top_p, top_k, max_new_tokens, slots, ...).
+        `row_max_new` (a test and bench hook): per row (prompt-major), stop after that many tokens."""
         cfg = dataclasses.replace(self.config, **overrides) if overrides else self.config
         tokens, valid = left_pad(prompts, cfg.prompt_buckets, self.pad_id)
         key = self.next_key() if key is None else key
+        rows = len(prompts) * samples
+        if row_max_new is not None and len(row_max_new) != rows:
+            raise UserError(f"row_max_new has {len(row_max_new)} entries for {rows} rows")
+        options = dict(max_new=cfg.max_new_tokens, samples=samples, stop_ids=self.stop_ids, pad_id=self.pad_id,
+                       ignore_eos=ignore_eos, keep_logits=keep_logits, vocab_size=self.vocab_size,
+                       kv_block=cfg.kv_block)
+
+        def decode(placed):  # `placed`: (state, key), in the sampler's layout
+            limits = None if row_max_new is None else jnp.asarray(row_max_new, jnp.int32)
+            args = (self.graphdef, placed[0], jnp.asarray(tokens), jnp.asarray(valid), placed[1],
+                    jnp.float32(cfg.temperature), jnp.int32(cfg.top_k), jnp.float32(cfg.top_p))
+            if cfg.slots > 0:  # more slots than rows would decode idle slots
+                return generate_continuous(*args, limits, slots=min(cfg.slots, rows), **options)
+            return generate_padded(*args, row_max_new_B=limits, **options)
+
         run = self.layout.run if self.layout is not None else lambda placed, generate: generate(placed)
-        rollout = run((state, key), lambda placed: generate_padded(
-            self.graphdef, placed[0], jnp.asarray(tokens), jnp.asarray(valid), placed[1], jnp.float32(cfg.temperature),
-            jnp.int32(cfg.top_k), jnp.float32(cfg.top_p), max_new=cfg.max_new_tokens, samples=samples,
-            stop_ids=self.stop_ids, pad_id=self.pad_id, ignore_eos=ignore_eos, keep_logits=keep_logits,
-            vocab_size=self.vocab_size))
+        rollout = run((state, key), decode)
         return _host_readable(rollout)
 
 

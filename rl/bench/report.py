@@ -1,7 +1,8 @@
 """The figures of a bench run: their goals, the JSON object and the table.
 
 Goals (issue #9): decode >= 5x HF generate, train-step MFU >= 50% (on the bench preset), MoE layer step at
-64 experts <= 1.3x that at 8, decode step at cache position 1024 <= 2x that at 128. The other figures are
+64 experts <= 1.3x that at 8, decode step at cache position 1024 <= 2x that at 128; issue #18: a long-tail
+rollout's generated tokens/s with continuous batching >= 3x the fixed batch's. The other figures are
 reported without a goal. In the JSON every figure of `FIGURES` has a `goals` entry: `target` (e.g.
 ">= 5", or null) and `met` (true / false, or null without a goal or a value).
 """
@@ -36,6 +37,7 @@ FIGURES = (
     Figure("prefill_tokens_per_s", "sampler prefill", "tokens/s"),
     Figure("decode_tokens_per_s", "sampler decode", "tokens/s"),
     Figure("decode_step_ratio_1024_vs_128", "decode step, position 1024 vs 128", "x", ("<=", 2.0)),
+    Figure("longtail_speedup", "long-tail rollout, continuous vs fixed batch", "x", (">=", 3.0)),
     Figure("matmul_peak_flops", "matmul peak (measured)", "FLOP/s"),
     Figure("train_tokens_per_s", "GRPO train step", "tokens/s"),
     Figure("mfu", "train-step MFU", "fraction", (">=", 0.5)),

@@ -27,16 +27,16 @@ def bench_prompts(vocab: int, batch: int, prompt_len: int, seed: int = 0) -> np.
     return np.random.RandomState(seed).randint(4, vocab, (batch, prompt_len)).astype(np.int32)
 
 
-def greedy_generate(graphdef, state, prompts_BP: np.ndarray, new_tokens: int):
+def greedy_generate(graphdef, state, prompts_BP: np.ndarray, new_tokens: int, kv_block: int = 0):
     """A no-argument function running the jitted sampler greedily on the prompts."""
     prompts = jnp.asarray(prompts_BP)
     valid = jnp.ones_like(prompts, bool)
     args = (jax.random.key(0), jnp.float32(0.0), jnp.int32(0), jnp.float32(1.0))
     return lambda: generate_padded(graphdef, state, prompts, valid, *args, max_new=new_tokens, samples=1,
-                                   stop_ids=(), pad_id=0, ignore_eos=True)
+                                   stop_ids=(), pad_id=0, ignore_eos=True, kv_block=kv_block)
 
 
-def decode_step_seconds(graphdef, state, batch: int, position: int, repeats: int = 3) -> float:
+def decode_step_seconds(graphdef, state, batch: int, position: int, repeats: int = 3, kv_block: int = 0) -> float:
     """Seconds of one jitted decode step for `batch` rows at cache slot `position`. The caches are donated
     and updated in place, as they are in the sampler's decode loop."""
     cache_len = position + 8
@@ -46,7 +46,8 @@ def decode_step_seconds(graphdef, state, batch: int, position: int, repeats: int
         policy = nnx.merge(graphdef, state)
         kv_valid_BS = jnp.broadcast_to(jnp.arange(cache_len)[None, :] <= position, (batch, cache_len))
         out, caches = policy.forward_cached(token_B1, jnp.full_like(token_B1, position),
-                                            jnp.ones_like(token_B1, bool), caches, jnp.int32(position), kv_valid_BS)
+                                            jnp.ones_like(token_B1, bool), caches, jnp.int32(position), kv_valid_BS,
+                                            kv_block=kv_block)
         return caches, out.logits_BTV
 
     caches = nnx.merge(graphdef, state).init_cache(batch, cache_len)
@@ -55,13 +56,13 @@ def decode_step_seconds(graphdef, state, batch: int, position: int, repeats: int
 
 
 def sampler_figures(graphdef, state, prompts_BP: np.ndarray, new_tokens: int, repeats: int = 3,
-                    positions: tuple[int, int] = DECODE_POSITIONS) -> dict:
+                    positions: tuple[int, int] = DECODE_POSITIONS, kv_block: int = 0) -> dict:
     batch, prompt_len = prompts_BP.shape
-    prefill_s = best_seconds(greedy_generate(graphdef, state, prompts_BP, 1), repeats=repeats)
-    full_s = best_seconds(greedy_generate(graphdef, state, prompts_BP, new_tokens), repeats=repeats)
+    prefill_s = best_seconds(greedy_generate(graphdef, state, prompts_BP, 1, kv_block), repeats=repeats)
+    full_s = best_seconds(greedy_generate(graphdef, state, prompts_BP, new_tokens, kv_block), repeats=repeats)
     near, far = positions
-    step_near = decode_step_seconds(graphdef, state, batch, near, repeats)
-    step_far = decode_step_seconds(graphdef, state, batch, far, repeats)
+    step_near = decode_step_seconds(graphdef, state, batch, near, repeats, kv_block)
+    step_far = decode_step_seconds(graphdef, state, batch, far, repeats, kv_block)
     return {
         "sampler_batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens,
         "prefill_tokens_per_s": batch * prompt_len / prefill_s,

@@ -20,6 +20,7 @@ from flax import nnx
 from r1jax.model.factory import count_params, init_policy
 from r1jax.rl.bench import hf
 from r1jax.rl.bench.grpo_step import grpo_step_figures, side_by_side
+from r1jax.rl.bench.longtail import longtail_figures
 from r1jax.rl.bench.matmul import matmul_peak
 from r1jax.rl.bench.moe import moe_figures
 from r1jax.rl.bench.report import with_goals
@@ -45,12 +46,16 @@ class BenchSize:
     matmul_n: int = 4096  # the peak's [n, n] @ [n, n] per device
     pool_items: int = 600
     code_items: int = 200  # code verifications: each a sandboxed run of a program against its tests
+    longtail_prompts: int = 32  # the long-tail rollout: P x G rows decoded by `longtail_slots` slots
+    longtail_samples: int = 8
+    longtail_slots: int = 32
     repeats: int = 3  # timed repeats after a warm-up; the best counts
 
 
 FULL = BenchSize()
 QUICK = BenchSize(batch=4, prompt_len=8, new_tokens=16, train_rows=4, moe_tokens=256, matmul_n=256,
-                  pool_items=16, code_items=8, repeats=1, grpo_steps=2, grpo_warmup=1, grpo_new_tokens=8)
+                  pool_items=16, code_items=8, repeats=1, grpo_steps=2, grpo_warmup=1, grpo_new_tokens=8,
+                  longtail_prompts=2, longtail_samples=4, longtail_slots=2)
 
 
 def default_workers() -> tuple[int, ...]:
@@ -79,11 +84,18 @@ def run_bench(preset: str = "bench", overrides: Sequence[str] = (), quick: bool 
         policy = init_policy(config.model, config.seed, mesh, rules)
         graphdef, state = nnx.split(policy)
         say(f"sampler ({size.batch} x {size.prompt_len} prompt + {size.new_tokens} new tokens)")
-        result.update(sampler_figures(graphdef, state, prompts_BP, size.new_tokens, size.repeats))
+        result.update(sampler_figures(graphdef, state, prompts_BP, size.new_tokens, size.repeats,
+                                      kv_block=config.sampling.kv_block))
+        say(f"long-tail rollout ({size.longtail_prompts} x {size.longtail_samples} rows, "
+            f"{size.longtail_slots} slots vs a fixed batch)")
+        result.update(longtail_figures(graphdef, state, prompts_BP[:size.longtail_prompts], size.longtail_samples,
+                                       size.new_tokens, size.longtail_slots, config.sampling.kv_block,
+                                       size.repeats))
         result.update(dict.fromkeys(hf.KEYS))
         if against_hf:
             say("HF transformers generate on the exported weights")
-            ours_BN = np.asarray(greedy_generate(graphdef, state, prompts_BP, size.new_tokens)().completion_BN)
+            ours_BN = np.asarray(greedy_generate(graphdef, state, prompts_BP, size.new_tokens,
+                                                 config.sampling.kv_block)().completion_BN)
             result.update(hf.hf_figures(policy, prompts_BP, size.new_tokens, result["decode_tokens_per_s"],
                                         ours_BN, size.repeats))
         say(f"matmul peak ({size.matmul_n}^2 float32 per device)")

@@ -17,6 +17,7 @@ from r1jax.model.moe import MoE
 from r1jax.errors import UserError
 from r1jax.rl.bench.flops import train_step_flops
 from r1jax.rl.bench.grpo_step import side_by_side, summarize_steps
+from r1jax.rl.bench.longtail import longtail_lengths
 from r1jax.rl.bench.matmul import matmul_flops, matmul_peak, sharded_operands
 from r1jax.rl.bench.moe import moe_active_params, with_experts
 from r1jax.rl.bench.report import FIGURES
@@ -28,7 +29,8 @@ HEADLINE = ["prefill_tokens_per_s", "decode_tokens_per_s", "generate_tokens_per_
             "decode_step_ratio_1024_vs_128", "decode_step_ms_at_128", "decode_step_ms_at_1024",
             "hf_decode_tokens_per_s", "hf_prefill_tokens_per_s", "decode_speedup_vs_hf", "pool_scaling",
             "grpo_step_seconds", "grpo_sample_seconds", "grpo_update_seconds", "grpo_generated_tokens",
-            "grpo_generated_tokens_per_s"]
+            "grpo_generated_tokens_per_s",
+            "longtail_speedup", "longtail_fixed_tokens_per_s", "longtail_continuous_tokens_per_s"]
 
 
 # the tiny preset cut to one narrow MoE layer: the figures' plumbing, not their size, is under test
@@ -150,3 +152,11 @@ def test_moe_comparison_keeps_top_k_and_active_parameters():
         routed = sum(s for p, s in sizes.items() if p[0] in ("gate_proj", "up_proj", "down_proj"))
         unused = routed * (cfg.n_routed_experts - cfg.num_experts_per_tok) // cfg.n_routed_experts
         assert sum(sizes.values()) - unused == moe_active_params(cfg)
+
+
+def test_longtail_lengths_are_mostly_an_eighth_of_the_budget_with_a_few_full_rows():
+    for rows, budget in ((8, 16), (64, 128), (256, 1024)):
+        lengths = longtail_lengths(rows, budget)
+        assert set(lengths.tolist()) <= {budget // 8, budget} and (lengths == budget).sum() >= 1
+        assert (lengths == budget // 8).mean() >= 0.75
+    assert np.array_equal(longtail_lengths(64, 128), longtail_lengths(64, 128))  # stable from run to run

@@ -1,0 +1,154 @@
+"""Continuous batching inside one compiled loop: a fixed number of decode slots serve all P x G rows.
+
+The fixed-batch sampler (rl.sampler.generate_padded) decodes every row together, so a batch runs as long as
+its longest row while stopped rows idle. Here S slots decode at once; a slot whose row stops takes the next
+pending request (prompt-major: request r = prompt * G + g) at the next iteration, until every row is done.
+
+- Prefill runs once per prompt, before the loop, exactly as the fixed-batch sampler's (same cache length);
+  admitting a request copies its prompt's cache, last-position logits and valid mask into the slot.
+- A slot's row writes its n-th token at cache slot P + n and positions count its real tokens, as a
+  fixed-batch row does; its cache row past P is masked until written.
+- Random draws are keyed by (prompt, sample, token index) (`fold_in` of the call's key), so a row's
+  completion does not depend on the number of slots or on which slot served it.
+- Results are scattered into [R, N] arrays by request (an extra sink row takes idle slots' writes) and come
+  back as the fixed-batch sampler's Rollout: prompt-major, log-probs, lengths and routing for replay. Positions
+  past a row's end hold pad tokens, zero log-probs and expert 0 (the fixed-batch sampler records the routes
+  of the pads it forwards there; neither is read, both are masked).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from r1jax.rl.decoding import Rollout, is_stop, sample_token
+
+
+class _Slots(NamedTuple):
+    step: jax.Array  # loop iterations run
+    next_request: jax.Array  # the first request not yet admitted
+    finished: jax.Array  # rows done
+    request_S: jax.Array  # the request each slot serves (R: none)
+    count_S: jax.Array  # tokens its row has generated
+    active_S: jax.Array
+    logits_SV: jax.Array  # the logits its next token is drawn from
+    caches: list  # [L, S, P + N, ...] per segment
+    kv_valid_SC: jax.Array
+    next_pos_S: jax.Array
+    tokens_RN: jax.Array  # by request, plus the sink row R
+    logprobs_RN: jax.Array
+    lengths_R: jax.Array
+    experts_LRNK: jax.Array
+    logits_RNV: jax.Array | None
+
+
+def _row_keys(key, request_S, count_S, samples: int):
+    """One key per slot: the call's key folded with (prompt, sample, token index)."""
+    def one(request, count):
+        return jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, request // samples),
+                                                     request % samples), count)
+    return jax.vmap(one)(request_S, count_S)
+
+
+def _sample_rows(logits_SV, keys_S, temperature, top_k, top_p, vocab_size):
+    """`sample_token` row by row, each row with its own key."""
+    def one(logits_V, key):
+        token, logp = sample_token(logits_V[None], key, temperature, top_k, top_p, vocab_size)
+        return token[0], logp[0]
+    return jax.vmap(one)(logits_SV, keys_S)
+
+
+def _admit(s: _Slots, prompt_caches, prompt_logits_PV, prompt_valid_PP, prompt_len_P, samples: int,
+           requests: int) -> _Slots:
+    """Free slots take the next pending requests, in order, with their prompts' prefilled state."""
+    free_S = ~s.active_S
+    request_S = s.next_request + jnp.cumsum(free_S) - 1
+    admit_S = free_S & (request_S < requests)
+    prompt_S = jnp.where(admit_S, request_S, 0) // samples
+    slots = s.active_S.shape[0]
+    target_S = jnp.where(admit_S, jnp.arange(slots), slots)  # out of range: dropped
+    p = prompt_valid_PP.shape[1]
+    caches = [tuple(c.at[:, target_S, :p].set(pc[:, prompt_S], mode="drop") for c, pc in zip(seg, pseg))
+              for seg, pseg in zip(s.caches, prompt_caches)]
+    fresh_SC = jnp.zeros_like(s.kv_valid_SC).at[:, :p].set(prompt_valid_PP[prompt_S])
+    return s._replace(
+        next_request=s.next_request + jnp.sum(admit_S), request_S=jnp.where(admit_S, request_S, s.request_S),
+        count_S=jnp.where(admit_S, 0, s.count_S), active_S=s.active_S | admit_S,
+        logits_SV=jnp.where(admit_S[:, None], prompt_logits_PV[prompt_S], s.logits_SV), caches=caches,
+        kv_valid_SC=jnp.where(admit_S[:, None], fresh_SC, s.kv_valid_SC),
+        next_pos_S=jnp.where(admit_S, prompt_len_P[prompt_S], s.next_pos_S))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "samples", "slots", "stop_ids", "pad_id",
+                                             "ignore_eos", "keep_logits", "vocab_size", "kv_block"))
+def generate_continuous(graphdef, state, prompt_PP, prompt_valid_PP, key, temperature, top_k, top_p,
+                        row_max_new_R=None, *, max_new: int, samples: int, slots: int,
+                        stop_ids: tuple[int, ...], pad_id: int, ignore_eos: bool, keep_logits: bool = False,
+                        vocab_size: int | None = None, kv_block: int = 0) -> Rollout:
+    """`generate_padded`'s rollout (same arguments and conventions) decoded by `slots` slots.
+
+    `row_max_new_R` (optional, [P * G]): a row also stops after that many tokens (a test and bench hook)."""
+    policy = nnx.merge(graphdef, *state) if isinstance(state, tuple) else nnx.merge(graphdef, state)
+    prompts, p = prompt_PP.shape
+    requests, total = prompts * samples, p + max_new
+    positions_PP = jnp.maximum(jnp.cumsum(prompt_valid_PP, axis=1) - 1, 0).astype(jnp.int32)
+    kv_valid_PC = jnp.zeros((prompts, total), bool).at[:, :p].set(prompt_valid_PP)
+    with jax.named_scope("prefill"):
+        out, prompt_caches = policy.forward_cached(prompt_PP, positions_PP, prompt_valid_PP,
+                                                   policy.init_cache(prompts, total), jnp.int32(0), kv_valid_PC)
+    prompt_caches = [tuple(c[:, :, :p] for c in seg) for seg in prompt_caches]
+    moe_layers, k = out.aux.experts_BTK.shape[0], out.aux.experts_BTK.shape[-1]
+    vocab = out.logits_BTV.shape[-1]
+    row_max_new_R = jnp.full((requests,), max_new, jnp.int32) if row_max_new_R is None else row_max_new_R
+    init = _Slots(
+        step=jnp.int32(0), next_request=jnp.int32(0), finished=jnp.int32(0),
+        request_S=jnp.full((slots,), requests, jnp.int32), count_S=jnp.zeros((slots,), jnp.int32),
+        active_S=jnp.zeros((slots,), bool), logits_SV=jnp.zeros((slots, vocab), out.logits_BTV.dtype),
+        caches=policy.init_cache(slots, total), kv_valid_SC=jnp.zeros((slots, total), bool),
+        next_pos_S=jnp.zeros((slots,), jnp.int32),
+        tokens_RN=jnp.full((requests + 1, max_new), pad_id, jnp.int32),
+        logprobs_RN=jnp.zeros((requests + 1, max_new)), lengths_R=jnp.zeros((requests + 1,), jnp.int32),
+        experts_LRNK=jnp.zeros((moe_layers, requests + 1, max_new, k), jnp.int32),
+        logits_RNV=jnp.zeros((requests + 1, max_new, vocab)) if keep_logits else None)
+    admit = functools.partial(_admit, prompt_caches=prompt_caches, prompt_logits_PV=out.logits_BTV[:, -1],
+                              prompt_valid_PP=prompt_valid_PP,
+                              prompt_len_P=jnp.sum(prompt_valid_PP, axis=1).astype(jnp.int32),
+                              samples=samples, requests=requests)
+
+    def body(s: _Slots) -> _Slots:
+        s = jax.lax.cond(jnp.any(~s.active_S) & (s.next_request < requests), admit, lambda s: s, s)
+        live_S, count_S = s.active_S, s.count_S
+        token_S, logp_S = _sample_rows(s.logits_SV, _row_keys(key, s.request_S, count_S, samples), temperature,
+                                       top_k, top_p, vocab_size)
+        token_S = jnp.where(live_S, token_S, pad_id)
+        slot_S = jnp.where(live_S, p + count_S, p)  # an idle slot writes a masked entry at P
+        kv_valid_SC = s.kv_valid_SC.at[jnp.arange(slots), slot_S].set(live_S)
+        out, caches = policy.forward_cached(token_S[:, None], s.next_pos_S[:, None], live_S[:, None], s.caches,
+                                            slot_S, kv_valid_SC, kv_block=kv_block)
+        row_S = jnp.where(live_S, s.request_S, requests)  # idle slots write to the sink row
+        stopped_S = live_S & ((is_stop(token_S, stop_ids) & (not ignore_eos)) | (count_S + 1 >= max_new)
+                              | (count_S + 1 >= row_max_new_R[jnp.minimum(s.request_S, requests - 1)]))
+        return s._replace(
+            step=s.step + 1, finished=s.finished + jnp.sum(stopped_S), count_S=count_S + live_S,
+            active_S=live_S & ~stopped_S, logits_SV=out.logits_BTV[:, 0], caches=caches, kv_valid_SC=kv_valid_SC,
+            next_pos_S=s.next_pos_S + live_S, tokens_RN=s.tokens_RN.at[row_S, count_S].set(token_S),
+            logprobs_RN=s.logprobs_RN.at[row_S, count_S].set(jnp.where(live_S, logp_S, 0.0)),
+            lengths_R=s.lengths_R.at[jnp.where(stopped_S, s.request_S, requests)].set(count_S + 1),
+            experts_LRNK=s.experts_LRNK.at[:, row_S, count_S].set(out.aux.experts_BTK[:, :, 0]),
+            logits_RNV=None if s.logits_RNV is None else s.logits_RNV.at[row_S, count_S].set(s.logits_SV))
+
+    with jax.named_scope("decode"):
+        final = jax.lax.while_loop(lambda s: s.finished < requests, body, init)
+    lengths_R = final.lengths_R[:requests]
+    completion_valid_RN = jnp.arange(max_new)[None, :] < lengths_R[:, None]
+    valid_RT = jnp.concatenate([jnp.repeat(prompt_valid_PP, samples, axis=0), completion_valid_RN], axis=1)
+    tokens_RT = jnp.concatenate([jnp.repeat(prompt_PP, samples, axis=0), final.tokens_RN[:requests]], axis=1)
+    experts = jnp.concatenate([jnp.repeat(out.aux.experts_BTK, samples, axis=1),
+                               final.experts_LRNK[:, :requests]], axis=2)
+    return Rollout(tokens_RT, valid_RT, jnp.maximum(jnp.cumsum(valid_RT, axis=1) - 1, 0).astype(jnp.int32),
+                   final.logprobs_RN[:requests], lengths_R, experts, final.step,
+                   None if final.logits_RNV is None else final.logits_RNV[:requests])

@@ -1,0 +1,80 @@
+"""Per-token pieces the fixed-batch and continuous-batching samplers share: the rollout record, the draw of a
+token (filters, greedy, vocabulary mask) and the stop test. See rl.sampler for the conventions."""
+
+from __future__ import annotations
+
+import functools
+import operator
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Rollout(NamedTuple):
+    tokens_BT: jax.Array  # int32 [B, P + N]: left-padded prompt, then completion (pad after the stop)
+    valid_BT: jax.Array  # bool: real prompt tokens and generated tokens up to and including EOS
+    positions_BT: jax.Array  # int32: cumsum(valid) - 1
+    logprobs_BN: jax.Array  # float32: log-prob of each generated token, temperature-scaled, unfiltered
+    lengths_B: jax.Array  # int32: generated tokens per row (EOS included)
+    experts_LBTK: jax.Array  # int32: experts chosen per MoE layer and token, for routing replay
+    steps: jax.Array  # int32: decode iterations run (the loop exits once every row has stopped)
+    logits_BNV: jax.Array | None = None  # float32 raw logits of every step, only with keep_logits
+
+    @property
+    def prompt_length(self) -> int:
+        return self.tokens_BT.shape[1] - self.logprobs_BN.shape[1]
+
+    @property
+    def completion_BN(self) -> jax.Array:
+        return self.tokens_BT[:, self.prompt_length:]
+
+    @property
+    def completion_mask_BN(self) -> jax.Array:
+        return self.valid_BT[:, self.prompt_length:]
+
+
+def filter_logits(logits_BV: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Top-k (k = 0: off) then nucleus filtering; removed entries become -inf. k and p may be traced.
+
+    One descending sort serves both: the top-k filter of a sorted row keeps it sorted, so the nucleus is
+    computed on it directly (the k-th value's ties are kept, as a filter `logits < kth` keeps them)."""
+    vocab = logits_BV.shape[-1]
+    sorted_BV = -jnp.sort(-logits_BV, axis=-1)
+    k = jnp.where(top_k > 0, jnp.clip(top_k, 1, vocab), vocab)
+    kth_B1 = jax.lax.dynamic_slice_in_dim(sorted_BV, k - 1, 1, axis=-1)
+    sorted_BV = jnp.where(sorted_BV < kth_B1, -jnp.inf, sorted_BV)
+    probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+    keep_BV = (jnp.cumsum(probs_BV, axis=-1) - probs_BV) < top_p  # the top token is always kept
+    nucleus_B1 = jnp.min(jnp.where(keep_BV, sorted_BV, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits_BV < jnp.maximum(kth_B1, nucleus_B1), -jnp.inf, logits_BV)
+
+
+def sample_token(logits_BV, key, temperature, top_k, top_p, vocab_size: int | None = None):
+    """(token, log-prob under softmax(logits / T), unfiltered). Greedy when temperature == 0.
+
+    Ids at or past `vocab_size` (static; None: every id) are never drawn. The filters (a sort of the
+    vocabulary) run only when they can remove something, and neither they nor the random draw run when
+    decoding greedily: on a CPU they cost more than the model's decode step."""
+    safe_t = jnp.where(temperature > 0, temperature, 1.0)
+    scaled_BV = logits_BV.astype(jnp.float32) / safe_t  # cast to fp32: log-probs are compared at 1e-5
+    drawable_BV = scaled_BV
+    if vocab_size is not None and vocab_size < logits_BV.shape[-1]:
+        drawable_BV = jnp.where(jnp.arange(logits_BV.shape[-1]) < vocab_size, scaled_BV, -jnp.inf)
+
+    def draw():
+        filtering = (top_k > 0) | (top_p < 1)
+        filtered_BV = jax.lax.cond(filtering, filter_logits, lambda x, *_: x, drawable_BV, top_k, top_p)
+        return jax.random.categorical(key, filtered_BV, axis=-1).astype(jnp.int32)
+
+    def greedy():
+        return jnp.argmax(drawable_BV, axis=-1).astype(jnp.int32)
+
+    token_B = jax.lax.cond(temperature > 0, draw, greedy)
+    logp_B = jnp.take_along_axis(jax.nn.log_softmax(scaled_BV, axis=-1), token_B[:, None], axis=-1)[:, 0]
+    return token_B, logp_B
+
+
+def is_stop(token_B: jax.Array, stop_ids: tuple[int, ...]) -> jax.Array:
+    hits = [token_B == i for i in stop_ids]  # one id: exactly `token_B == eos_id`
+    return functools.reduce(operator.or_, hits) if hits else jnp.zeros(token_B.shape, bool)

@@ -1,0 +1,76 @@
+"""Block-wise decode attention (`forward_cached(..., kv_block=n)`) against the dense read of the whole cache."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from r1jax.model.factory import init_policy
+from r1jax.rl.sampler import Sampler, SamplingConfig
+from tests.model.tiny import FAMILIES
+
+CACHE_LEN, BLOCK, ROWS = 13, 4, 3  # 13 = 3 blocks + 1: the last block is read overlapping, its repeats masked
+
+
+def filled_cache(policy, seed: int):
+    """A cache of random entries, and a valid mask with a few holes (left padding, stopped rows)."""
+    keys = iter(jax.random.split(jax.random.key(seed), 64))
+    caches = [tuple(jax.random.normal(next(keys), c.shape, c.dtype) for c in seg)
+              for seg in policy.init_cache(ROWS, CACHE_LEN)]
+    valid_BS = np.array(jax.random.uniform(next(keys), (ROWS, CACHE_LEN)) > 0.25)
+    valid_BS[:, 0] = True  # every row has a visible key
+    return caches, valid_BS
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "kv_block"))
+def decode_step(graphdef, state, caches, valid_BS, cache_index, *, kv_block):
+    token_B1 = jnp.arange(ROWS, dtype=jnp.int32)[:, None] + 5
+    positions_B1 = jnp.broadcast_to(jnp.reshape(cache_index, (-1, 1)), (ROWS, 1))
+    out, caches = nnx.merge(graphdef, state).forward_cached(
+        token_B1, positions_B1, jnp.ones((ROWS, 1), bool), caches, cache_index, valid_BS, kv_block=kv_block)
+    return out.logits_BTV, caches
+
+
+def decode_logits(policy, caches, valid_BS, cache_index, kv_block):
+    graphdef, state = nnx.split(policy)
+    return decode_step(graphdef, state, caches, jnp.asarray(valid_BS), jnp.asarray(cache_index, jnp.int32),
+                       kv_block=kv_block)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("index", [0, 3, 4, 7, 8, 12, (2, 12, 5)])  # block ends, starts, one slot per row
+def test_blockwise_decode_equals_the_dense_read(family, index):
+    policy = init_policy(FAMILIES[family], seed=0)
+    caches, valid_BS = filled_cache(policy, seed=1)
+    cache_index = index
+    dense_logits, dense_caches = decode_logits(policy, caches, valid_BS, cache_index, 0)
+    block_logits, block_caches = decode_logits(policy, caches, valid_BS, cache_index, BLOCK)
+    np.testing.assert_allclose(np.asarray(block_logits), np.asarray(dense_logits), atol=2e-5, rtol=1e-5)
+    for dense, block in zip(jax.tree.leaves(dense_caches), jax.tree.leaves(block_caches)):
+        np.testing.assert_allclose(np.asarray(block), np.asarray(dense), atol=2e-5)  # later layers: rounding
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_blockwise_reads_nothing_past_the_live_slots(family):
+    """Entries past the furthest row's slot (the unfilled budget) are never read: NaNs there change nothing."""
+    policy = init_policy(FAMILIES[family], seed=0)
+    caches, valid_BS = filled_cache(policy, seed=2)
+    index = (2, 5, 3)
+    poisoned = [tuple(c.at[:, :, 8:].set(jnp.nan) for c in seg) for seg in caches]
+    clean, _ = decode_logits(policy, caches, valid_BS, index, BLOCK)
+    assert np.array_equal(np.asarray(decode_logits(policy, poisoned, valid_BS, index, BLOCK)[0]), np.asarray(clean))
+    assert np.isnan(np.asarray(decode_logits(policy, poisoned, valid_BS, index, 0)[0])).all()  # the dense read does
+
+
+def test_sampler_with_blockwise_attention_equals_the_dense_sampler():
+    # deepseek_v3 (the default run's family); tests/rl/test_continuous.py samples qwen3_moe block-wise
+    graphdef, state = nnx.split(init_policy(FAMILIES["deepseek_v3"], seed=0))
+    prompts = [[5, 6, 7], [9, 10, 11, 12, 13, 14], [20]]
+    rollouts = {block: Sampler(graphdef, SamplingConfig(max_new_tokens=9, prompt_buckets=(8,), kv_block=block),
+                               stop_ids=(3,), pad_id=0).generate(state, prompts, samples=2, temperature=0.0)
+                for block in (0, 4)}
+    assert np.array_equal(np.asarray(rollouts[4].tokens_BT), np.asarray(rollouts[0].tokens_BT))
+    np.testing.assert_allclose(np.asarray(rollouts[4].logprobs_BN), np.asarray(rollouts[0].logprobs_BN), atol=1e-5)
