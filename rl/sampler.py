@@ -226,9 +226,10 @@ class Sampler:
 
 
 def _host_readable(rollout: Rollout) -> Rollout:
-    """Under several JAX processes, the fields the host reads (tokens, lengths, log-probs: small) are
-    gathered onto every device so each process can decode and score every row; the rest stays sharded."""
+    """Under several JAX processes, the fields the host reads (tokens, the valid mask, lengths, log-probs:
+    small) are gathered onto every device so each process can decode, score and lay out every row (GRPO's
+    padding and packing read the mask); the rest stays sharded."""
     if jax.process_count() == 1:
         return rollout
-    return rollout._replace(tokens_BT=replicated(rollout.tokens_BT), lengths_B=replicated(rollout.lengths_B),
-                            logprobs_BN=replicated(rollout.logprobs_BN))
+    return rollout._replace(tokens_BT=replicated(rollout.tokens_BT), valid_BT=replicated(rollout.valid_BT),
+                            lengths_B=replicated(rollout.lengths_B), logprobs_BN=replicated(rollout.logprobs_BN))
