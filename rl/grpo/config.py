@@ -78,6 +78,11 @@ class GRPOConfig:
     # than a step's padded rows is raised to theirs
     dynamic_sampling: bool = False  # DAPO dynamic sampling: resample groups whose rewards are all equal
     max_resample_rounds: int = 3  # bound on DAPO resampling rounds per step (DAPO: max_num_gen_batches)
+    # k, bounded staleness (rl.train.ahead): 0 = on-policy, each batch sampled by the weights it updates;
+    # k >= 1: the batch of step n is sampled (and scored on the host) while steps n-k..n-1 update, with the
+    # weights of version n-k, and its ratios and sampler corrections are taken against those weights'
+    # log-probs (the behaviour policy, as `old_logp` with mu > 1). Not with dynamic_sampling.
+    max_staleness: int = 0
 
     def __post_init__(self) -> None:
         s = "grpo"
@@ -103,6 +108,11 @@ class GRPOConfig:
                  "null or an integer >= 2")
         _require(self.num_iterations >= 1, s, "num_iterations", self.num_iterations, "an integer >= 1")
         _require(self.max_resample_rounds >= 0, s, "max_resample_rounds", self.max_resample_rounds, ">= 0")
+        _require(type(self.max_staleness) is int and self.max_staleness >= 0, s, "max_staleness",
+                 self.max_staleness, "an integer >= 0 (0: on-policy)")
+        # DAPO's resampling rounds score each round before the next is drawn: nothing left to overlap
+        _require(not (self.max_staleness and self.dynamic_sampling), s, "max_staleness", self.max_staleness,
+                 "0 with grpo.dynamic_sampling: true")
 
     @property
     def corrects_sampler(self) -> bool:

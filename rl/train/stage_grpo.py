@@ -1,8 +1,11 @@
 """The GRPO stage: sample G completions per prompt, score them in the reward pool while the device computes
-reference log-probs, group-normalise advantages, run mu updates, log, evaluate, checkpoint."""
+reference log-probs, group-normalise advantages, run mu updates, log, evaluate, checkpoint. With
+`grpo.max_staleness` = k >= 1 the batches of the next k steps are sampled ahead by older weights and scored
+while the devices update (rl.train.ahead)."""
 
 from __future__ import annotations
 
+import collections
 import math
 import time
 
@@ -15,6 +18,7 @@ from r1jax.rl.grpo.advantages import compute_advantages
 from r1jax.rl.grpo.packing import pack_batch, padding_fraction, plan_packing
 from r1jax.rl.grpo.step import make_grpo_step, reference_logprobs, rollout_batch
 from r1jax.rl.sampler_layout import reshard_metrics
+from r1jax.rl.train.ahead import SampledBatch, behaviour_logp, queue_saver, restore_queue
 from r1jax.rl.train.config import StageConfig
 from r1jax.rl.train.context import StageContext, StageResult, StageStart
 from r1jax.rl.train.dynamic_sampling import Round, fill_informative
@@ -31,61 +35,85 @@ def run_grpo(ctx: StageContext, index: int, stage: StageConfig, start: StageStar
     sampler = ctx.sampler(cfg.seed * 1000 + index)
     make_step = lambda graphdef, opt, clip: make_grpo_step(graphdef, opt, g, cfg.update, ctx.model, clip)
     runner = UpdateStage(ctx, index, stage, start, with_ref=g.kl_coef > 0, make_step=make_step)
+    ref_fn = jax.jit(reference_logprobs, static_argnums=(0, 3))
+    queue: collections.deque[SampledBatch] = collections.deque()  # batches sampled, not yet updated on
     if start.resume is not None:
         iterator.set_state(start.resume["data_state"])
         sampler.key = jax.random.wrap_key_data(jnp.asarray(start.resume["sampler_key"], jnp.uint32))
-    ref_fn = jax.jit(reference_logprobs, static_argnums=(0, 3))
+        queue = restore_queue(start.resume, lambda targets: ctx.checkpoints.restore_trees(
+            start.resume["checkpoint"], targets), lambda rollout: _device_batch(ctx, runner, rollout))
     ctx.console.start_stage(stage.name, stage.steps, runner.stage_step)
     while runner.stage_step < stage.steps:
-        step_start, extra = time.time(), {}
-        if g.dynamic_sampling:
-            draw = lambda: _scored_round(ctx, next(iterator), sampler, runner)
-            filled = fill_informative(draw, g.prompts_per_step, g.group_size, g.max_resample_rounds,
-                                      ctx.tokenizer.pad_id)
-            rollout, _, texts, results, sample_seconds = filled.round
-            extra = {"dynamic/rounds": filled.rounds, "dynamic/informative_groups": filled.informative}
-            generated = filled.tokens
-            batch, ref_logp, layout = _device_batch(ctx, runner, rollout, ref_fn)
-        else:  # score on the host while the device computes the reference log-probs
-            sampled = _sample(ctx, next(iterator), sampler, runner)
-            rollout, texts, sample_seconds = sampled.rollout, sampled.texts, sampled.seconds
-            batch, ref_logp, layout = _device_batch(ctx, runner, rollout, ref_fn)
-            results = ctx.pool.collect(sampled.pending)
-            generated = float(np.asarray(rollout.lengths_B).sum())
+        step_start = time.time()
+        # the batches of this step and the next max_staleness ones, each sampled by the weights of now
+        while len(queue) <= g.max_staleness and runner.stage_step + len(queue) < stage.steps:
+            queue.append(_draw(ctx, iterator, sampler, runner, ref_fn, ahead=len(queue)))
+        sampled = queue.popleft()
+        batch = sampled.batch
+        # the reference forward is dispatched first: it runs while the host waits for the rewards
+        ref_logp = ref_fn(ctx.graphdef, runner.state.ref, batch, g.temperature) if g.kl_coef > 0 else None
+        wait_start = time.time()
+        results = sampled.collect(ctx.pool)
+        host_wait = time.time() - wait_start
         rewards_PG = np.array([r.total for r in results], np.float32).reshape(-1, g.group_size)
         adv_PG, adv_metrics = compute_advantages(jnp.asarray(rewards_PG), g.advantage_estimator, g.adv_eps,
                                                    g.adv_std)
         batch["adv"] = ctx.place({"adv": adv_PG.reshape(-1)}, runner.global_step + 1)["adv"]
         if ref_logp is not None:
             batch["ref_logp"] = ref_logp
-        if g.num_iterations > 1:  # mu > 1: ratios against the policy before the first of the mu updates
-            batch["old_logp"] = ref_fn(ctx.graphdef, runner.policy, batch, g.temperature)
+        if g.num_iterations > 1 and "old_logp" not in batch:  # mu > 1: ratios against the policy before the
+            batch["old_logp"] = ref_fn(ctx.graphdef, runner.policy, batch, g.temperature)  # first of mu updates
+        staleness = runner.global_step - sampled.version
         update_start = time.time()
         metrics = runner.update(batch, g.num_iterations)
         update_seconds = time.time() - update_start
         if runner.state.ref is not None and g.ref_reset_every and (runner.stage_step + 1) % g.ref_reset_every == 0:
             runner.state = reset_reference(runner.state)
-        row = {**metrics, **reward_metrics(results, cfg.rewards.names), **length_metrics(rollout,
-               cfg.sampling.max_new_tokens), **{k: float(v) for k, v in adv_metrics.items()}, **layout,
-               "reflection_rate": reflection_rate(texts, cfg.eval.reflection_words),
+        row = {**metrics, **reward_metrics(results, cfg.rewards.names), **length_metrics(sampled.rollout,
+               cfg.sampling.max_new_tokens), **{k: float(v) for k, v in adv_metrics.items()}, **sampled.layout,
+               "reflection_rate": reflection_rate(sampled.texts, cfg.eval.reflection_words),
                "pool/recycled": ctx.pool.metrics()["reward_pool/recycled"],
-               "tokens_per_s": generated / max(sample_seconds, 1e-9),
-               "step_time_s": time.time() - step_start, "time/sample_s": sample_seconds,
+               "tokens_per_s": sampled.generated / max(sampled.seconds, 1e-9),
+               "step_time_s": time.time() - step_start, "time/sample_s": sampled.seconds,
                "time/rollout_s": update_start - step_start, "time/update_s": update_seconds,
-               **reshard_metrics(sampler), **extra}
+               "time/host_wait_s": host_wait, "staleness": staleness, **reshard_metrics(sampler), **sampled.extra}
         if cfg.eval.every and (runner.stage_step + 1) % cfg.eval.every == 0 and runner.stage_step + 1 < stage.steps:
             row["eval/pass@1"] = runner.evaluate(sampler, runner.global_step + 1)["pass@1"]
         # after the evaluation, which draws from the sampler's key: a resume continues from the same key
         meta = {"data_state": iterator.get_state(), "sampler_key": _key_data(sampler.key)}
-        runner.finish_step(row, meta)
+        runner.finish_step(row, meta, saved_with=queue_saver(queue, ctx.pool))
     return runner.finish_stage({"data_state": iterator.get_state(), "sampler_key": _key_data(sampler.key)},
                                sampler)
 
 
-def _device_batch(ctx: StageContext, runner: UpdateStage, rollout, ref_fn):
-    """The placed training batch (advantages filled in later), when beta > 0 the reference log-probs,
-    dispatched asynchronously, and the layout's metrics: `padding_fraction` of the padded rows and, with
-    `grpo.pack`, `padding_fraction_packed` of the packed rows the forward runs on."""
+def _draw(ctx: StageContext, iterator, sampler, runner: UpdateStage, ref_fn, ahead: int) -> SampledBatch:
+    """The next batch, sampled by the current policy and submitted to the reward pool (with dynamic sampling:
+    scored), on the mesh; `ahead`: batches already queued before it. With max_staleness >= 1 it carries its
+    behaviour log-probs (rl.train.ahead)."""
+    g = ctx.config.grpo
+    pending, results, extra = None, None, {}
+    if g.dynamic_sampling:
+        draw = lambda: _scored_round(ctx, next(iterator), sampler, runner)
+        filled = fill_informative(draw, g.prompts_per_step, g.group_size, g.max_resample_rounds,
+                                  ctx.tokenizer.pad_id)
+        rollout, _, texts, results, seconds = filled.round
+        extra = {"dynamic/rounds": filled.rounds, "dynamic/informative_groups": filled.informative}
+        generated = filled.tokens
+    else:
+        sampled = _sample(ctx, next(iterator), sampler, runner)
+        rollout, texts, seconds, pending = sampled.rollout, sampled.texts, sampled.seconds, sampled.pending
+        generated = float(np.asarray(rollout.lengths_B).sum())
+    batch, layout = _device_batch(ctx, runner, rollout, ahead)
+    if g.max_staleness > 0:
+        batch["old_logp"] = behaviour_logp(ref_fn, ctx.graphdef, runner.policy, batch, g.temperature)
+    return SampledBatch(rollout, texts, seconds, generated, extra, runner.global_step, batch, layout, pending,
+                        results)
+
+
+def _device_batch(ctx: StageContext, runner: UpdateStage, rollout, ahead: int = 0):
+    """The placed training batch (advantages filled in later) and the layout's metrics: `padding_fraction`
+    of the padded rows and, with `grpo.pack`, `padding_fraction_packed` of the packed rows the forward runs
+    on. `ahead`: how many steps after the next one it is for."""
     g, cfg = ctx.config.grpo, ctx.config
     rows = rollout.tokens_BT.shape[0]
     batch = rollout_batch(rollout, jnp.zeros((rows,)), g, cfg.sampling.max_new_tokens,
@@ -97,9 +125,7 @@ def _device_batch(ctx: StageContext, runner: UpdateStage, rollout, ref_fn):
         plan = plan_packing(valid_BT, cfg.update.micro_batches, devices, g.pack_length)
         batch = pack_batch(batch, plan)
         layout["padding_fraction_packed"] = padding_fraction(valid_BT, plan.src_RT.size)
-    batch = ctx.place(batch, runner.global_step + 1)
-    ref_logp = ref_fn(ctx.graphdef, runner.state.ref, batch, g.temperature) if g.kl_coef > 0 else None
-    return batch, ref_logp, layout
+    return ctx.place(batch, runner.global_step + 1 + ahead), layout
 
 
 def _sample(ctx: StageContext, problems: list[dict], sampler, runner: UpdateStage):

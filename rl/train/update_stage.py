@@ -98,8 +98,10 @@ class UpdateStage:
                                   summary=summary_with(self.start.summary, self.evals), stage_done=stage_done,
                                   trees=trees, extra_meta=extra_meta, metrics=metrics)
 
-    def finish_step(self, row: dict, extra_meta: dict) -> None:
-        """Count the step, write its metrics, checkpoint when due or when a stop was requested."""
+    def finish_step(self, row: dict, extra_meta: dict, saved_with: Callable[[], tuple[dict, dict]] | None = None
+                    ) -> None:
+        """Count the step, write its metrics, checkpoint when due or when a stop was requested.
+        `saved_with()` gives more (trees, meta) for that checkpoint (GRPO's rollouts sampled ahead)."""
         ctx = self.ctx
         self.stage_step += 1
         self.global_step += 1
@@ -109,7 +111,11 @@ class UpdateStage:
         due = self.stage_step % ctx.config.checkpoint.every == 0
         # a stop in the stage's last step saves it too: the resumed run then only evaluates and closes the stage
         if (due and self.stage_step < self.stage.steps) or ctx.stop.requested(self.global_step):
-            self._save(extra_meta, stage_done=False, trees=self._trees())
+            trees, meta = self._trees(), dict(extra_meta)
+            if saved_with is not None:
+                more_trees, more_meta = saved_with()
+                trees, meta = {**trees, **more_trees}, {**meta, **more_meta}
+            self._save(meta, stage_done=False, trees=trees)
         if ctx.stop.requested(self.global_step):
             ctx.checkpoints.wait()
             raise Stopped(self.result())

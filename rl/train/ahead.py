@@ -1,0 +1,111 @@
+"""Rollouts sampled ahead of their update: the pipeline of `grpo.max_staleness` = k, and its checkpoint item.
+
+A GRPO stage keeps a queue of sampled batches. At the start of step n (the policy has had n updates in the
+stage: version n) it samples until the queue holds the batches of steps n..n+k (never past the stage's
+last step), each with the weights of the moment, submits each to the reward pool at once, then updates on
+the queue's head. So with k = 0 the step samples its own batch and updates on it (today's on-policy loop,
+in the same order); with k >= 1 step n updates on the batch sampled at step n-k by weights k versions old
+(fewer in the stage's first k steps: `staleness` = updates between the sampler's weights and the weights
+updated), and the host scores batch n+k in the pool's workers while the devices run update n.
+
+Behaviour log-probs: a batch sampled ahead (k >= 1) carries `old_logp`, the log-probs of its targets under
+the weights that sampled it as the trainer computes them, dispatched right after sampling. The GRPO ratio is
+taken against them (pi_theta / pi_behaviour, as with mu > 1 updates per batch), and TIS and the token /
+sequence masks compare them with the sampler's own log-probs (`sampler_logp`): the mismatch between trainer
+and sampler for the same weights, which is what those corrections are for (rl.grpo.ratios).
+
+Exact resume: a checkpoint holds the queue (the batches of the next k steps, sampled and scored by weights no
+longer anywhere): the rollouts and behaviour log-probs as the Orbax item `ahead`, texts, scores and timings in
+the meta. Saving waits for the queue's scores, so a resumed run never rescores. The training batches are
+rebuilt from the saved rollouts by the same code, so the resumed run's updates are the uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from r1jax.rl.rewards import BatchHandle, RewardPool, ScoreResult
+from r1jax.rl.sampler import Rollout
+from r1jax.sharding.distributed import replicated
+
+ITEM = "ahead"  # the checkpoint's Orbax item of the queued rollouts
+ROLLOUT_FIELDS = ("tokens_BT", "valid_BT", "positions_BT", "logprobs_BN", "lengths_B", "experts_LBTK")
+
+
+@dataclasses.dataclass
+class SampledBatch:
+    """One step's rollout, from its sampling to its update."""
+
+    rollout: Rollout
+    texts: list[str]  # decoded responses (rl.train.rollouts.Sampled.texts)
+    seconds: float  # encoding, generation and decoding
+    generated: float  # completion tokens generated for it (with dynamic sampling: over all its rounds)
+    extra: dict  # row metrics of its sampling (dynamic sampling's rounds)
+    version: int  # the run's global step when sampled: the sampler's weights had that many updates
+    batch: dict  # the training batch on the mesh, advantages still zero; `old_logp` when sampled ahead
+    layout: dict  # padding metrics of its layout (rl.train.stage_grpo)
+    pending: BatchHandle | None = None  # its scoring in the reward pool, until collected
+    results: list[ScoreResult] | None = None
+
+    def collect(self, pool: RewardPool) -> list[ScoreResult]:
+        """Its scores, waiting for the pool the first time."""
+        if self.results is None:
+            self.results = pool.collect(self.pending)
+        return self.results
+
+
+def behaviour_logp(ref_fn: Callable, graphdef, policy: tuple, batch: dict, temperature: float) -> jax.Array:
+    """`batch`'s target log-probs under `policy` (the sampler's weights), laid out like its per-token
+    arrays: the sharding a restored copy gets too, so an uninterrupted and a resumed run compile one step."""
+    return jax.device_put(ref_fn(graphdef, policy, batch, temperature), batch["mask"].sharding)
+
+
+def _host(x) -> np.ndarray:
+    return np.asarray(replicated(x))
+
+
+def save_queue(queue, pool: RewardPool) -> tuple[dict, dict]:
+    """(trees, meta) that hold `queue` (SampledBatches in step order) in a checkpoint; scores are awaited."""
+    if not queue:
+        return {}, {ITEM: []}
+    arrays = {str(i): {**{f: _host(getattr(b.rollout, f)) for f in ROLLOUT_FIELDS},
+                       "old_logp": _host(b.batch["old_logp"])} for i, b in enumerate(queue)}
+    meta = [{"texts": list(b.texts), "seconds": b.seconds, "generated": b.generated, "extra": b.extra,
+             "version": b.version, "steps": int(np.asarray(b.rollout.steps)),
+             "results": [dataclasses.asdict(r) for r in b.collect(pool)],
+             "shapes": {name: [list(a.shape), a.dtype.name] for name, a in arrays[str(i)].items()}}
+            for i, b in enumerate(queue)]
+    return {ITEM: arrays}, {ITEM: meta}
+
+
+def restore_queue(meta: dict, restore_trees: Callable[[dict], dict],
+                  place: Callable[[Rollout], tuple[dict, dict]]) -> collections.deque:
+    """The queue a checkpoint's `meta` describes (empty for a checkpoint without one). `restore_trees(targets)`
+    reads the checkpoint's items; `place(rollout)` builds a rollout's training batch and layout metrics."""
+    entries = meta.get(ITEM) or []
+    queue: collections.deque = collections.deque()
+    if not entries:
+        return queue
+    targets = {str(i): {name: np.zeros(shape, dtype) for name, (shape, dtype) in e["shapes"].items()}
+               for i, e in enumerate(entries)}
+    arrays = restore_trees({ITEM: targets})[ITEM]
+    for i, entry in enumerate(entries):
+        saved = arrays[str(i)]
+        rollout = Rollout(*(np.asarray(saved[f]) for f in ROLLOUT_FIELDS), steps=np.int32(entry["steps"]))
+        batch, layout = place(rollout)
+        batch["old_logp"] = jax.device_put(jnp.asarray(saved["old_logp"]), batch["mask"].sharding)
+        queue.append(SampledBatch(rollout, entry["texts"], entry["seconds"], entry["generated"], entry["extra"],
+                                  entry["version"], batch, layout,
+                                  results=[ScoreResult(**r) for r in entry["results"]]))
+    return queue
+
+
+def queue_saver(queue, pool: RewardPool) -> Callable[[], tuple[dict, Any]]:
+    """What UpdateStage.finish_step calls when it saves: the queue's trees and meta at that moment."""
+    return lambda: save_queue(list(queue), pool)
