@@ -42,6 +42,7 @@ FIGURES = (
     Figure("train_tokens_per_s", "GRPO train step", "tokens/s"),
     Figure("mfu", "train-step MFU", "fraction", (">=", 0.5)),
     Figure("grpo_generated_tokens_per_s", "GRPO step (sample, score, update)", "tokens/s"),
+    Figure("staleness_speedup", "GRPO step, max_staleness 1 vs 0 (20 ms reward)", "x"),
     Figure("pool_verifications_per_s", "reward pool (workers: rate)", "verifications/s"),
     Figure("pool_scaling", "reward pool, N vs 1 workers", "x"),
     Figure("code_verifications_per_s", "code in the sandbox (workers: rate)", "verifications/s"),

@@ -1,7 +1,8 @@
 """One bench run: the sizes, the shared policy, and the figures in order.
 
 Order: the sampler, HF generate on the same weights, the matmul peak right before the train step (MFU
-divides one by the other, so both see the same load on a shared machine), the MoE layers, then the reward
+divides one by the other, so both see the same load on a shared machine), whole GRPO steps (and with
+`grpo.max_staleness` 1 vs 0 under a 20 ms reward, rl.bench.staleness), the MoE layers, then the reward
 pool (its worker processes last, so they never share the CPU with the JAX work). The policy is randomly
 initialised from the config on its mesh; throughput does not depend on the weights' values.
 """
@@ -26,6 +27,7 @@ from r1jax.rl.bench.moe import moe_figures
 from r1jax.rl.bench.report import with_goals
 from r1jax.rl.bench.reward_pool import code_figures, pool_figures
 from r1jax.rl.bench.sampler import bench_prompts, greedy_generate, sampler_figures
+from r1jax.rl.bench.staleness import KEYS as STALENESS_KEYS, staleness_figures
 from r1jax.rl.bench.timing import device_info
 from r1jax.rl.bench.train_step import train_figures
 from r1jax.rl.config import load_config
@@ -43,6 +45,8 @@ class BenchSize:
     grpo_steps: int = 8  # whole GRPO steps on the side-by-side workload (rl.bench.grpo_step), warm-up included
     grpo_warmup: int = 2
     grpo_new_tokens: int | None = None  # None: the workload's 64
+    staleness_steps: int = 6  # GRPO steps at max_staleness 0 and at 1 with a 20 ms reward (0: not measured)
+    staleness_warmup: int = 2
     matmul_n: int = 4096  # the peak's [n, n] @ [n, n] per device
     pool_items: int = 600
     code_items: int = 200  # code verifications: each a sandboxed run of a program against its tests
@@ -55,7 +59,7 @@ class BenchSize:
 FULL = BenchSize()
 QUICK = BenchSize(batch=4, prompt_len=8, new_tokens=16, train_rows=4, moe_tokens=256, matmul_n=256,
                   pool_items=16, code_items=8, repeats=1, grpo_steps=2, grpo_warmup=1, grpo_new_tokens=8,
-                  longtail_prompts=2, longtail_samples=4, longtail_slots=2)
+                  longtail_prompts=2, longtail_samples=4, longtail_slots=2, staleness_steps=0)
 
 
 def default_workers() -> tuple[int, ...]:
@@ -105,6 +109,12 @@ def run_bench(preset: str = "bench", overrides: Sequence[str] = (), quick: bool 
                                     size.new_tokens, result["matmul_peak_flops"], size.repeats))
     say(f"GRPO steps on the side-by-side workload ({size.grpo_steps} steps, {size.grpo_warmup} warm-up)")
     result.update(grpo_step_figures(side_by_side(config, size.grpo_steps, size.grpo_new_tokens), size.grpo_warmup))
+    result.update(dict.fromkeys(STALENESS_KEYS))
+    if size.staleness_steps:
+        say(f"GRPO steps, max_staleness 1 vs 0, scoring 20 ms per completion ({size.staleness_steps} steps each, "
+            f"{size.staleness_warmup} warm-up)")
+        result.update(staleness_figures(side_by_side(config, size.staleness_steps, size.grpo_new_tokens),
+                                        size.staleness_warmup))
     say(f"MoE layer, 8 vs 64 experts ({size.moe_tokens} tokens)")
     result.update(moe_figures(config.model, size.moe_tokens, size.repeats))
     workers = tuple(workers or default_workers())
