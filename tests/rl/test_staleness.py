@@ -20,6 +20,7 @@ from r1jax.rl.sampler import Sampler
 from r1jax.rl.sampler_layout import reshard_metrics
 from r1jax.rl.train import stage_grpo
 from r1jax.rl.train.console import RunConsole
+from r1jax.rl.train.metrics import MetricsWriter
 from r1jax.rl.train.rollouts import length_metrics, reflection_rate, reward_metrics
 from r1jax.rl.train.stages import STAGE_RUNNERS
 from r1jax.rl.train.trainer import Trainer
@@ -30,6 +31,7 @@ from tests.rl.conftest import comparable, latest_checkpoint, metrics_rows, run_s
 
 CONFIG = pathlib.Path(__file__).parent / "data" / "stale_tiny.yaml"
 STEPS = 4
+logprobs = jax.jit(reference_logprobs, static_argnums=(0, 3))  # one compiled program for the checks
 
 
 def sequential_grpo(ctx, index, stage, start):
@@ -68,6 +70,12 @@ def sequential_grpo(ctx, index, stage, start):
                "pool/recycled": ctx.pool.metrics()["reward_pool/recycled"], **reshard_metrics(sampler)}
         runner.finish_step(row, {})
     return runner.finish_stage({}, sampler)
+
+
+@pytest.fixture(autouse=True)
+def no_plots(monkeypatch):
+    """In-process runs skip drawing the plots (seconds of matplotlib per run, and not under test here)."""
+    monkeypatch.setattr(MetricsWriter, "refresh_plots", lambda self: None)
 
 
 def train(run_dir, overrides=()):
@@ -118,9 +126,7 @@ def test_max_staleness_1_samples_with_the_previous_weights_and_corrects_against_
 
     def recording_update(self, batch, iterations=1):
         versions.append((fingerprint(self.policy), jax.tree.map(np.asarray, self.policy)))
-        now = reference_logprobs(self.ctx.graphdef, self.policy, batch, self.ctx.config.grpo.temperature)
-        updates.append({k: np.asarray(batch[k]) for k in ("old_logp", "sampler_logp", "mask")}
-                       | {"now": np.asarray(now), "batch": jax.tree.map(np.asarray, batch), "graphdef": self.ctx.graphdef})
+        updates.append({"graphdef": self.ctx.graphdef, "batch": jax.tree.map(np.asarray, batch)})
         return update(self, batch, iterations)
 
     monkeypatch.setattr(Sampler, "generate", recording_generate)
@@ -130,13 +136,14 @@ def test_max_staleness_1_samples_with_the_previous_weights_and_corrects_against_
     # batches 0 and 1 by version 0 (step 0 samples one batch ahead), batch 2 by version 1 at step 1
     version_of = {fp: v for v, (fp, _) in enumerate(versions)}
     assert [version_of.get(fp) for fp in sampled_with[:3]] == [0, 0, 1]
-    fresh_logp = jax.jit(reference_logprobs, static_argnums=(0, 3))
     for step, u in enumerate(updates):
-        mask, behaviour = u["mask"], step - rows[step]["staleness"]
-        fresh = np.asarray(fresh_logp(u["graphdef"], versions[behaviour][1], u["batch"], 1.0))
-        np.testing.assert_allclose(u["old_logp"][mask], fresh[mask], atol=1e-5)
-        stale = np.abs(u["old_logp"] - u["sampler_logp"])[mask].max()
-        drift = np.abs(u["now"] - u["sampler_logp"])[mask].max()
+        batch, behaviour = u["batch"], step - rows[step]["staleness"]
+        mask = batch["mask"]
+        recomputed = np.asarray(logprobs(u["graphdef"], versions[behaviour][1], batch, 1.0))
+        updated = np.asarray(logprobs(u["graphdef"], versions[step][1], batch, 1.0))
+        np.testing.assert_allclose(batch["old_logp"][mask], recomputed[mask], atol=1e-5)
+        stale = np.abs(batch["old_logp"] - batch["sampler_logp"])[mask].max()
+        drift = np.abs(updated - batch["sampler_logp"])[mask].max()
         assert stale < 1e-4, (step, stale)  # the sampler's weights, as the trainer computes them
         if step > 0:
             assert drift > 100 * stale, (step, drift, stale)  # the updated weights differ: not those
