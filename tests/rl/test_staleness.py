@@ -1,88 +1,40 @@
 """`grpo.max_staleness` (rl.train.ahead): 0 is the sequential on-policy loop to the last digit, 1 samples each
 batch with the previous step's weights and takes its ratios and sampler corrections against their log-probs,
-a resume after SIGKILL continues exactly, and bad values are UserErrors naming the key."""
+a resume after SIGKILL continues exactly, and bad values are UserErrors naming the key. The runs are real
+`r1jax train` processes (tests/rl/staleness_probe.py), which share the session's compilation cache."""
 
 import json
 import pathlib
 import signal
+import subprocess
+import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from r1jax.errors import UserError
+from r1jax.rl.checkpoint import load_policy
 from r1jax.rl.config import load_config
-from r1jax.rl.data import make_iterator
-from r1jax.rl.grpo.advantages import compute_advantages
-from r1jax.rl.grpo.step import make_grpo_step, reference_logprobs, rollout_batch
-from r1jax.rl.sampler import Sampler
-from r1jax.rl.sampler_layout import reshard_metrics
-from r1jax.rl.train import stage_grpo
-from r1jax.rl.train.console import RunConsole
-from r1jax.rl.train.metrics import MetricsWriter
-from r1jax.rl.train.rollouts import length_metrics, reflection_rate, reward_metrics
-from r1jax.rl.train.stages import STAGE_RUNNERS
-from r1jax.rl.train.trainer import Trainer
-from r1jax.rl.train.update_stage import UpdateStage
-from r1jax.rl.update import reset_reference
 
-from tests.rl.conftest import comparable, latest_checkpoint, metrics_rows, run_signalled_at, run_to_end
+from tests.rl.conftest import REPO, comparable, latest_checkpoint, metrics_rows, run_to_end, subprocess_env
 
 CONFIG = pathlib.Path(__file__).parent / "data" / "stale_tiny.yaml"
 STEPS = 4
-logprobs = jax.jit(reference_logprobs, static_argnums=(0, 3))  # one compiled program for the checks
 
 
-def sequential_grpo(ctx, index, stage, start):
-    """The GRPO loop as it was before `max_staleness` (sample, score, update in turn; no dynamic sampling,
-    no packing, no resume), kept as the reference that max_staleness 0 must reproduce."""
-    g = ctx.config.grpo
-    iterator = make_iterator(ctx.config.data, batch_size=g.prompts_per_step)
-    sampler = ctx.sampler(ctx.config.seed * 1000 + index)
-    make_step = lambda graphdef, opt, clip: make_grpo_step(graphdef, opt, g, ctx.config.update, ctx.model, clip)
-    runner = UpdateStage(ctx, index, stage, start, with_ref=g.kl_coef > 0, make_step=make_step)
-    ref_fn = jax.jit(reference_logprobs, static_argnums=(0, 3))
-    while runner.stage_step < stage.steps:
-        sampled = stage_grpo._sample(ctx, next(iterator), sampler, runner)
-        rollout = sampled.rollout
-        batch = rollout_batch(rollout, jnp.zeros((rollout.tokens_BT.shape[0],)), g,
-                              ctx.config.sampling.max_new_tokens, with_replay=ctx.config.update.routing_replay)
-        batch = ctx.place(batch, runner.global_step + 1)
-        ref_logp = ref_fn(ctx.graphdef, runner.state.ref, batch, g.temperature) if g.kl_coef > 0 else None
-        results = ctx.pool.collect(sampled.pending)
-        rewards_PG = np.array([r.total for r in results], np.float32).reshape(-1, g.group_size)
-        adv_PG, adv_metrics = compute_advantages(jnp.asarray(rewards_PG), g.advantage_estimator, g.adv_eps,
-                                                   g.adv_std)
-        batch["adv"] = ctx.place({"adv": adv_PG.reshape(-1)}, runner.global_step + 1)["adv"]
-        if ref_logp is not None:
-            batch["ref_logp"] = ref_logp
-        if g.num_iterations > 1:
-            batch["old_logp"] = ref_fn(ctx.graphdef, runner.policy, batch, g.temperature)
-        metrics = runner.update(batch, g.num_iterations)
-        if runner.state.ref is not None and g.ref_reset_every and (runner.stage_step + 1) % g.ref_reset_every == 0:
-            runner.state = reset_reference(runner.state)
-        row = {**metrics, **reward_metrics(results, ctx.config.rewards.names),
-               **length_metrics(rollout, ctx.config.sampling.max_new_tokens),
-               **{k: float(v) for k, v in adv_metrics.items()},
-               "padding_fraction": float(1 - np.asarray(rollout.valid_BT).mean()),
-               "reflection_rate": reflection_rate(sampled.texts, ctx.config.eval.reflection_words),
-               "pool/recycled": ctx.pool.metrics()["reward_pool/recycled"], **reshard_metrics(sampler)}
-        runner.finish_step(row, {})
-    return runner.finish_stage({}, sampler)
+def run(run_dir, *probe, overrides=()):
+    """`r1jax train CONFIG` in a subprocess under tests/rl/staleness_probe.py's `probe` arguments; its
+    (exit code, stderr)."""
+    command = [sys.executable, "-m", "tests.rl.staleness_probe", *probe, "--cpu-devices", "2", "train",
+               str(CONFIG), *overrides, "--run-dir", str(run_dir)]
+    result = subprocess.run(command, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
+    return result.returncode, result.stderr
 
 
-@pytest.fixture(autouse=True)
-def no_plots(monkeypatch):
-    """In-process runs skip drawing the plots (seconds of matplotlib per run, and not under test here)."""
-    monkeypatch.setattr(MetricsWriter, "refresh_plots", lambda self: None)
-
-
-def train(run_dir, overrides=()):
-    """(metric rows, final policy leaves as NumPy) of an in-process run of CONFIG."""
-    trainer = Trainer(load_config(CONFIG, ["checkpoint.every=100", *overrides]), run_dir, RunConsole(False))
-    trainer.run()
-    return metrics_rows(run_dir), [np.asarray(x) for x in jax.tree.leaves(trainer.policy)]
+def final_params(run_dir):
+    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(load_policy(run_dir)[1]))]
 
 
 @pytest.mark.parametrize("value, message", [(-1, "grpo.max_staleness = -1: expected an integer >= 0"),
@@ -98,73 +50,47 @@ def test_max_staleness_with_dynamic_sampling_is_refused():
         load_config(CONFIG, ["grpo.dynamic_sampling=true"])
 
 
-def test_max_staleness_0_is_the_sequential_loop_to_the_last_digit(tmp_path, monkeypatch):
-    options = ["grpo.max_staleness=0", "stages.0.steps=3"]
-    rows, params = train(tmp_path / "pipelined", options)
-    monkeypatch.setitem(STAGE_RUNNERS, "grpo", sequential_grpo)
-    reference_rows, reference_params = train(tmp_path / "sequential", options)
+def test_max_staleness_0_is_the_sequential_loop_to_the_last_digit(tmp_path):
+    """The trainer at max_staleness 0 against the loop as it was before (staleness_probe.sequential_grpo): the
+    same rows but the new `staleness` (0) and timings, and the same final weights, bit for bit."""
+    options = ["grpo.max_staleness=0", "stages.0.steps=3", "checkpoint.every=100"]
+    for name, probe in (("pipelined", ["run"]), ("sequential", ["sequential"])):
+        code, err = run(tmp_path / name, *probe, overrides=options)
+        assert code == 0, err[-3000:]
+    rows, reference = metrics_rows(tmp_path / "pipelined"), metrics_rows(tmp_path / "sequential")
     assert [r["staleness"] for r in rows] == [0, 0, 0]
-    assert all(r["time/host_wait_s"] >= 0 for r in rows)
-    new_keys = {"staleness"}
-    assert comparable([{k: v for k, v in r.items() if k not in new_keys} for r in rows]) == \
-        comparable(reference_rows)
-    for a, b in zip(params, reference_params):
+    assert all(0 <= r["time/host_wait_s"] <= r["time/rollout_s"] for r in rows)
+    assert comparable([{k: v for k, v in r.items() if k != "staleness"} for r in rows]) == comparable(reference)
+    for a, b in zip(final_params(tmp_path / "pipelined"), final_params(tmp_path / "sequential")):
         assert a.tobytes() == b.tobytes()
 
 
-def test_max_staleness_1_samples_with_the_previous_weights_and_corrects_against_them(tmp_path, monkeypatch):
-    """Each generate call's weights are recorded by the version of the policy they equal; each update's
-    batch carries the log-probs of the weights that sampled it (checked against a fresh reference forward
-    under those weights), which the sampler's own log-probs match while the updated weights' do not."""
-    versions, sampled_with, updates = [], [], []
-    fingerprint = lambda policy: b"".join(np.asarray(x).tobytes() for x in jax.tree.leaves(policy))
-    generate, update = Sampler.generate, UpdateStage.update
-
-    def recording_generate(self, state, *args, **kwargs):
-        sampled_with.append(fingerprint(state))
-        return generate(self, state, *args, **kwargs)
-
-    def recording_update(self, batch, iterations=1):
-        versions.append((fingerprint(self.policy), jax.tree.map(np.asarray, self.policy)))
-        updates.append({"graphdef": self.ctx.graphdef, "batch": jax.tree.map(np.asarray, batch)})
-        return update(self, batch, iterations)
-
-    monkeypatch.setattr(Sampler, "generate", recording_generate)
-    monkeypatch.setattr(UpdateStage, "update", recording_update)
-    rows, _ = train(tmp_path / "run", ["stages.0.steps=3"])
-    assert [r["staleness"] for r in rows] == [0, 1, 1]
-    # batches 0 and 1 by version 0 (step 0 samples one batch ahead), batch 2 by version 1 at step 1
-    version_of = {fp: v for v, (fp, _) in enumerate(versions)}
-    assert [version_of.get(fp) for fp in sampled_with[:3]] == [0, 0, 1]
-    for step, u in enumerate(updates):
-        batch, behaviour = u["batch"], step - rows[step]["staleness"]
-        mask = batch["mask"]
-        recomputed = np.asarray(logprobs(u["graphdef"], versions[behaviour][1], batch, 1.0))
-        updated = np.asarray(logprobs(u["graphdef"], versions[step][1], batch, 1.0))
-        np.testing.assert_allclose(batch["old_logp"][mask], recomputed[mask], atol=1e-5)
-        stale = np.abs(batch["old_logp"] - batch["sampler_logp"])[mask].max()
-        drift = np.abs(updated - batch["sampler_logp"])[mask].max()
-        assert stale < 1e-4, (step, stale)  # the sampler's weights, as the trainer computes them
-        if step > 0:
-            assert drift > 100 * stale, (step, drift, stale)  # the updated weights differ: not those
-        assert rows[step]["sampler_logp_absdiff_max"] < 1e-4  # what TIS and the token mask compared
-        assert rows[step]["token_mask_frac"] == 0.0
-    assert rows[0]["ratio_max"] < 1 + 1e-4 < rows[1]["ratio_max"]  # step 1's ratio is against the old weights
-
-
-def test_max_staleness_1_resume_after_sigkill_continues_exactly(tmp_path):
-    """Killed right after the row of step 4, before its step boundary: the latest checkpoint is step 2's, which
-    holds batch 3 (sampled by version 1, not yet used). The resumed run's rows 3 and 4 are the killed run's."""
-    run_dir = tmp_path / "run"
-    code, err = run_signalled_at(run_dir, signal.SIGKILL, STEPS, CONFIG)
+def test_max_staleness_1_samples_with_the_previous_weights_and_resumes_exactly_after_sigkill(tmp_path):
+    """Killed right after the row of step 4, before its step boundary: the latest checkpoint is step 2's,
+    holding batch 3 (sampled by version 1 and scored, not yet used). Until the kill, the probe sees each
+    update's batch sampled one generate call ahead by the weights of one update before, with `old_logp`
+    those weights' log-probs: what the ratio, TIS and the token mask compare. The resumed run's rows 3 and
+    4 are the killed run's."""
+    run_dir, probe = tmp_path / "run", tmp_path / "probe.jsonl"
+    code, err = run(run_dir, "watch", str(probe), "KILL", str(STEPS))
     assert code == -signal.SIGKILL, err[-3000:]
     killed = metrics_rows(run_dir)
     assert [r["global_step"] for r in killed] == [1, 2, 3, 4] and latest_checkpoint(run_dir) == 2
+    assert [r["staleness"] for r in killed] == [0, 1, 1, 1]
+    seen = [json.loads(line) for line in probe.read_text().splitlines()]
+    # step 0 samples batches 0 and 1 with version 0; step n >= 1 samples batch n + 1 with version n
+    assert [s["sampled_by_call"] for s in seen] == [0, 1, 2, 3]
+    assert [s["sampler_weights_version"] for s in seen] == [0, 0, 1, 2]
+    for s, row in zip(seen, killed):
+        assert s["old_vs_sampling_weights"] < 1e-5, s  # old_logp: the sampling weights, recomputed
+        assert s["old_vs_sampler"] < 1e-4 and row["sampler_logp_absdiff_max"] < 1e-4, s
+        assert row["token_mask_frac"] == 0.0  # nothing outside [0.5, 2]: the same weights on both sides
+    for s in seen[1:]:  # the weights being updated are not the ones the corrections see
+        assert s["updated_vs_sampler"] > 100 * s["old_vs_sampler"], s
+    assert killed[0]["ratio_max"] < 1 + 1e-4 < killed[1]["ratio_max"]  # step 1's ratio: against older weights
     meta = json.loads((run_dir / "checkpoints" / "2" / "meta" / "metadata").read_text())
     assert [b["version"] for b in meta["ahead"]] == [1]
     run_to_end(run_dir, CONFIG)
     resumed = metrics_rows(run_dir)
-    assert [r["global_step"] for r in resumed] == [1, 2, 3, 4]
-    assert [r["staleness"] for r in resumed] == [0, 1, 1, 1]
     assert comparable(resumed) == comparable(killed)
     assert resumed[:2] == killed[:2]  # the first process's rows, timings included

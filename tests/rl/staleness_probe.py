@@ -1,0 +1,120 @@
+"""`r1jax` runs for tests/rl/test_staleness.py, in a real process (the runs share the test session's compilation
+cache, so the programs they have in common compile once):
+
+- `python -m tests.rl.staleness_probe run ARGS...` is `r1jax ARGS...`;
+- `python -m tests.rl.staleness_probe sequential ARGS...` runs `r1jax ARGS...` with GRPO's loop replaced by
+  `sequential_grpo`, the loop as it was before `grpo.max_staleness`: the reference max_staleness 0 reproduces;
+- `python -m tests.rl.staleness_probe watch OUT SIGNAL STEP ARGS...` runs `r1jax ARGS...` as
+  tests/rl/signal_at_step.py does (SIGNAL after the row of global step STEP) and writes one JSON line per
+  GRPO update to OUT, found without the trainer's own bookkeeping: which generate call sampled the batch
+  (matched by its tokens), the version of the weights that call was given (the update whose starting weights
+  they equal), and the largest differences on completion tokens between the batch's `old_logp`, the
+  sampler's log-probs, and fresh log-probs under the sampling weights and under the weights being updated.
+"""
+
+import hashlib
+import json
+import signal
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from r1jax.rl.cli.main import main
+from r1jax.rl.data import make_iterator
+from r1jax.rl.grpo.advantages import compute_advantages
+from r1jax.rl.grpo.step import make_grpo_step, reference_logprobs, rollout_batch
+from r1jax.rl.sampler import Sampler
+from r1jax.rl.sampler_layout import reshard_metrics
+from r1jax.rl.train import stage_grpo
+from r1jax.rl.train.rollouts import length_metrics, reflection_rate, reward_metrics
+from r1jax.rl.train.stages import STAGE_RUNNERS
+from r1jax.rl.train.update_stage import UpdateStage
+from r1jax.rl.update import reset_reference
+
+from tests.rl.signal_at_step import signal_after_row
+
+
+def sequential_grpo(ctx, index, stage, start):
+    """Sample, score, update in turn (no dynamic sampling, packing or resume): the GRPO loop before
+    `max_staleness`, the same calls in the same order."""
+    g = ctx.config.grpo
+    iterator = make_iterator(ctx.config.data, batch_size=g.prompts_per_step)
+    sampler = ctx.sampler(ctx.config.seed * 1000 + index)
+    make_step = lambda graphdef, opt, clip: make_grpo_step(graphdef, opt, g, ctx.config.update, ctx.model, clip)
+    runner = UpdateStage(ctx, index, stage, start, with_ref=g.kl_coef > 0, make_step=make_step)
+    ref_fn = jax.jit(reference_logprobs, static_argnums=(0, 3))
+    while runner.stage_step < stage.steps:
+        sampled = stage_grpo._sample(ctx, next(iterator), sampler, runner)
+        rollout = sampled.rollout
+        batch = rollout_batch(rollout, jnp.zeros((rollout.tokens_BT.shape[0],)), g,
+                              ctx.config.sampling.max_new_tokens, with_replay=ctx.config.update.routing_replay)
+        batch = ctx.place(batch, runner.global_step + 1)
+        ref_logp = ref_fn(ctx.graphdef, runner.state.ref, batch, g.temperature) if g.kl_coef > 0 else None
+        results = ctx.pool.collect(sampled.pending)
+        rewards_PG = np.array([r.total for r in results], np.float32).reshape(-1, g.group_size)
+        adv_PG, adv_metrics = compute_advantages(jnp.asarray(rewards_PG), g.advantage_estimator, g.adv_eps,
+                                                   g.adv_std)
+        batch["adv"] = ctx.place({"adv": adv_PG.reshape(-1)}, runner.global_step + 1)["adv"]
+        if ref_logp is not None:
+            batch["ref_logp"] = ref_logp
+        if g.num_iterations > 1:
+            batch["old_logp"] = ref_fn(ctx.graphdef, runner.policy, batch, g.temperature)
+        metrics = runner.update(batch, g.num_iterations)
+        if runner.state.ref is not None and g.ref_reset_every and (runner.stage_step + 1) % g.ref_reset_every == 0:
+            runner.state = reset_reference(runner.state)
+        row = {**metrics, **reward_metrics(results, ctx.config.rewards.names),
+               **length_metrics(rollout, ctx.config.sampling.max_new_tokens),
+               **{k: float(v) for k, v in adv_metrics.items()},
+               "padding_fraction": float(1 - np.asarray(rollout.valid_BT).mean()),
+               "reflection_rate": reflection_rate(sampled.texts, ctx.config.eval.reflection_words),
+               "pool/recycled": ctx.pool.metrics()["reward_pool/recycled"], **reshard_metrics(sampler)}
+        runner.finish_step(row, {})
+    return runner.finish_stage({}, sampler)
+
+
+def _fingerprint(policy) -> str:
+    return hashlib.sha1(b"".join(np.asarray(x).tobytes() for x in jax.tree.leaves(policy))).hexdigest()
+
+
+def watch_grpo(out_path: str) -> None:
+    """Wrap Sampler.generate and UpdateStage.update to write the lines the module docstring describes."""
+    generate, update = Sampler.generate, UpdateStage.update
+    calls, versions = [], []  # (weights fingerprint, host weights, tokens) per generate call; per update
+    logprobs = jax.jit(reference_logprobs, static_argnums=(0, 3))
+
+    def watched_generate(self, state, *args, **kwargs):
+        rollout = generate(self, state, *args, **kwargs)
+        calls.append((_fingerprint(state), jax.tree.map(np.asarray, state), np.asarray(rollout.tokens_BT)))
+        return rollout
+
+    def watched_update(self, batch, iterations=1):
+        versions.append(_fingerprint(self.policy))
+        host = jax.tree.map(np.asarray, batch)
+        call = next(i for i, (_, _, tokens) in enumerate(calls) if np.array_equal(tokens, host["tokens"]))
+        fingerprint, weights, _ = calls[call]
+        mask, temperature = host["mask"], self.ctx.config.grpo.temperature
+        sampling = np.asarray(logprobs(self.ctx.graphdef, weights, host, temperature))
+        updated = np.asarray(logprobs(self.ctx.graphdef, jax.tree.map(np.asarray, self.policy), host, temperature))
+        largest = lambda a, b: float(np.abs(a - b)[mask].max())
+        line = {"step": len(versions) - 1, "sampled_by_call": call,
+                "sampler_weights_version": versions.index(fingerprint) if fingerprint in versions else None,
+                "old_vs_sampling_weights": largest(host["old_logp"], sampling),
+                "old_vs_sampler": largest(host["old_logp"], host["sampler_logp"]),
+                "updated_vs_sampler": largest(updated, host["sampler_logp"])}
+        with open(out_path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+        return update(self, batch, iterations)
+
+    Sampler.generate, UpdateStage.update = watched_generate, watched_update
+
+
+if __name__ == "__main__":
+    if sys.argv[1] in ("run", "sequential"):
+        if sys.argv[1] == "sequential":
+            STAGE_RUNNERS["grpo"] = sequential_grpo
+        sys.exit(main(sys.argv[2:]))
+    watch_grpo(sys.argv[2])
+    signal_after_row(signal.Signals[f"SIG{sys.argv[3]}"], int(sys.argv[4]))
+    sys.exit(main(sys.argv[5:]))
