@@ -16,7 +16,8 @@ and sampler for the same weights, which is what those corrections are for (rl.gr
 
 Exact resume: a checkpoint holds the queue (the batches of the next k steps, sampled and scored by weights no
 longer anywhere): the rollouts and behaviour log-probs as the Orbax item `ahead`, texts, scores and timings in
-the meta. Saving waits for the queue's scores, so a resumed run never rescores. The training batches are
+the meta (the routing record only with `update.routing_replay`, the one reader of it). Saving waits for the
+queue's scores, so a resumed run never rescores. The training batches are
 rebuilt from the saved rollouts by the same code, so the resumed run's updates are the uninterrupted run's.
 """
 
@@ -70,11 +71,13 @@ def _host(x) -> np.ndarray:
     return np.asarray(replicated(x))
 
 
-def save_queue(queue, pool: RewardPool) -> tuple[dict, dict]:
-    """(trees, meta) that hold `queue` (SampledBatches in step order) in a checkpoint; scores are awaited."""
+def save_queue(queue, pool: RewardPool, with_experts: bool) -> tuple[dict, dict]:
+    """(trees, meta) that hold `queue` (SampledBatches in step order) in a checkpoint; scores are awaited.
+    The routing record (`experts_LBTK`, the largest field) is kept only `with_experts` (routing replay)."""
     if not queue:
         return {}, {ITEM: []}
-    arrays = {str(i): {**{f: _host(getattr(b.rollout, f)) for f in ROLLOUT_FIELDS},
+    fields = [f for f in ROLLOUT_FIELDS if with_experts or f != "experts_LBTK"]
+    arrays = {str(i): {**{f: _host(getattr(b.rollout, f)) for f in fields},
                        "old_logp": _host(b.batch["old_logp"])} for i, b in enumerate(queue)}
     meta = [{"texts": list(b.texts), "seconds": b.seconds, "generated": b.generated, "extra": b.extra,
              "version": b.version, "steps": int(np.asarray(b.rollout.steps)),
@@ -97,7 +100,8 @@ def restore_queue(meta: dict, restore_trees: Callable[[dict], dict],
     arrays = restore_trees({ITEM: targets})[ITEM]
     for i, entry in enumerate(entries):
         saved = arrays[str(i)]
-        rollout = Rollout(*(np.asarray(saved[f]) for f in ROLLOUT_FIELDS), steps=np.int32(entry["steps"]))
+        fields = {f: np.asarray(saved[f]) if f in saved else np.zeros((0,), np.int32) for f in ROLLOUT_FIELDS}
+        rollout = Rollout(**fields, steps=np.int32(entry["steps"]))
         batch, layout = place(rollout)
         batch["old_logp"] = jax.device_put(jnp.asarray(saved["old_logp"]), batch["mask"].sharding)
         queue.append(SampledBatch(rollout, entry["texts"], entry["seconds"], entry["generated"], entry["extra"],
@@ -106,6 +110,6 @@ def restore_queue(meta: dict, restore_trees: Callable[[dict], dict],
     return queue
 
 
-def queue_saver(queue, pool: RewardPool) -> Callable[[], tuple[dict, Any]]:
+def queue_saver(queue, pool: RewardPool, with_experts: bool) -> Callable[[], tuple[dict, Any]]:
     """What UpdateStage.finish_step calls when it saves: the queue's trees and meta at that moment."""
-    return lambda: save_queue(list(queue), pool)
+    return lambda: save_queue(list(queue), pool, with_experts)

@@ -81,7 +81,7 @@ def run_grpo(ctx: StageContext, index: int, stage: StageConfig, start: StageStar
             row["eval/pass@1"] = runner.evaluate(sampler, runner.global_step + 1)["pass@1"]
         # after the evaluation, which draws from the sampler's key: a resume continues from the same key
         meta = {"data_state": iterator.get_state(), "sampler_key": _key_data(sampler.key)}
-        runner.finish_step(row, meta, saved_with=queue_saver(queue, ctx.pool))
+        runner.finish_step(row, meta, saved_with=queue_saver(queue, ctx.pool, cfg.update.routing_replay))
     return runner.finish_stage({"data_state": iterator.get_state(), "sampler_key": _key_data(sampler.key)},
                                sampler)
 
