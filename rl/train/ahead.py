@@ -3,7 +3,7 @@
 A GRPO stage keeps a queue of sampled batches. At the start of step n (the policy has had n updates in the
 stage: version n) it samples until the queue holds the batches of steps n..n+k (never past the stage's
 last step), each with the weights of the moment, submits each to the reward pool at once, then updates on
-the queue's head. So with k = 0 the step samples its own batch and updates on it (today's on-policy loop,
+the queue's head. So with k = 0 the step samples its own batch and updates on it (the on-policy loop,
 in the same order); with k >= 1 step n updates on the batch sampled at step n-k by weights k versions old
 (fewer in the stage's first k steps: `staleness` = updates between the sampler's weights and the weights
 updated), and the host scores batch n+k in the pool's workers while the devices run update n.
@@ -15,10 +15,10 @@ sequence masks compare them with the sampler's own log-probs (`sampler_logp`): t
 and sampler for the same weights, which is what those corrections are for (rl.grpo.ratios).
 
 Exact resume: a checkpoint holds the queue (the batches of the next k steps, sampled and scored by weights no
-longer anywhere): the rollouts and behaviour log-probs as the Orbax item `ahead`, texts, scores and timings in
-the meta (the routing record only with `update.routing_replay`, the one reader of it). Saving waits for the
-queue's scores, so a resumed run never rescores. The training batches are
-rebuilt from the saved rollouts by the same code, so the resumed run's updates are the uninterrupted run's.
+longer anywhere): the rollouts and behaviour log-probs as the Orbax item `ahead` (the routing record only
+with `update.routing_replay`, its one reader), texts, scores and timings in the meta. Saving waits for the
+queue's scores, so a resumed run never rescores. The training batches are rebuilt from the saved rollouts by
+the same code and placed alike, so the resumed run's updates are the uninterrupted run's.
 """
 
 from __future__ import annotations
