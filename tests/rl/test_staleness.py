@@ -15,6 +15,7 @@ import pytest
 from flax import nnx
 
 from r1jax.errors import UserError
+from r1jax.rl.bench.staleness import summarize_staleness
 from r1jax.rl.checkpoint import load_policy
 from r1jax.rl.config import load_config
 
@@ -94,3 +95,14 @@ def test_max_staleness_1_samples_with_the_previous_weights_and_resumes_exactly_a
     resumed = metrics_rows(run_dir)
     assert comparable(resumed) == comparable(killed)
     assert resumed[:2] == killed[:2]  # the first process's rows, timings included
+
+
+def test_staleness_bench_figures_are_medians_after_the_warm_up():
+    rows = {0: [{"step_time_s": t, "time/host_wait_s": w} for t, w in ((9, 9), (2.0, 0.5), (2.4, 0.7), (2.2, 0.6))],
+            1: [{"step_time_s": t, "time/host_wait_s": w} for t, w in ((9, 9), (1.6, 0.1), (1.5, 0.0), (1.7, 0.1))]}
+    assert summarize_staleness(rows, warmup=1) == {
+        "staleness_reward_seconds": 0.02, "staleness_step_seconds_k0": 2.2, "staleness_step_seconds_k1": 1.6,
+        "staleness_host_wait_seconds_k0": 0.6, "staleness_host_wait_seconds_k1": 0.1,
+        "staleness_speedup": pytest.approx(2.2 / 1.6)}
+    with pytest.raises(UserError, match="none after 4 warm-up steps"):
+        summarize_staleness(rows, warmup=4)
