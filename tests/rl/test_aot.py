@@ -12,6 +12,7 @@ from r1jax.errors import UserError
 from r1jax.model.factory import count_params
 from r1jax.rl import aot
 from r1jax.rl.aot import make_setup, sampler_layout, workload_for
+from r1jax.rl.bench.flops import train_step_flops
 from r1jax.rl.cli.main import main
 from r1jax.rl.config import load_config
 from r1jax.sharding.compile_stats import device_bytes
@@ -141,6 +142,22 @@ def test_the_report_has_the_decode_step_per_chip_and_token(config_path, report):
     assert d["est_step_s"] == pytest.approx(max(d["est_compute_s"], d["est_hbm_s"]) + d["est_collective_s"])
     assert d["est_tokens_per_s_per_chip"] == pytest.approx(r["workload"]["rows"] / d["est_step_s"] / 4)
     assert d["chip"]["hbm_bytes_per_s"] == 2765e9  # v5p
+
+
+
+def test_the_report_estimates_the_update_step_per_chip(report):
+    _, r = report
+    u = r["update"]
+    assert set(u["collective_bytes_per_chip"]) == {"all-gather", "all-reduce", "reduce-scatter", "all-to-all",
+                                                   "collective-permute"}
+    assert u["collective_bytes_per_chip"]["all-gather"] > 0  # the fsdp mesh gathers the weights
+    assert u["flops_per_chip"] > 0 and u["hbm_bytes_per_chip"] > 0
+    # the model's own FLOPs (8 rows of 24 tokens, forward + backward), split over the 4 chips
+    assert u["model_flops_per_chip"] == train_step_flops(MODEL, 8, 24) / 4
+    peak = u["chip"]["peak_flops"]
+    assert u["est_step_s"] == pytest.approx(max(u["est_compute_s"], u["est_hbm_s"]) + u["est_collective_s"])
+    assert u["est_mfu"] == pytest.approx(u["model_flops_per_chip"] / (u["est_step_s"] * peak))
+    assert u["est_mfu"] <= u["est_mfu_overlapped"] and 0 < u["est_mfu"] < 1
 
 
 def _lowered_sampler(config_path, *overrides) -> str:
