@@ -38,6 +38,9 @@ _MOVES_DATA = {"bitcast", "copy", "reshape", "transpose", "convert", "slice", "d
                "all-gather-done", "get-tuple-element", "fusion", "pad", "concatenate"}
 
 
+_RAGGED_DOT = re.compile(r"(^|/)ragged-dot-(?!metadata)[\w.-]*$")  # op_name of XLA TPU's ragged-dot kernel
+
+
 def collective_kind(opcode: str) -> Optional[str]:
     base = opcode.removesuffix("-start")
     if base in COLLECTIVES:
@@ -252,7 +255,13 @@ class _Module:
 
     def flops(self, comp: Computation, inst: Instruction) -> float:
         """2 x result elements x contracted size for dots (CPU) and convolutions (TPU lowers dots to them:
-        the contracted size is the kernel's input-feature dimension; windows are not counted)."""
+        the contracted size is the kernel's input-feature dimension; windows are not counted); a ragged dot
+        (TPU: a Mosaic kernel, lhs [A, K] x groups' rhs [G, K, N] -> [A, N]) 2 x A x K x N."""
+        if inst.opcode == "custom-call" and _RAGGED_DOT.search(inst.op_name):
+            lhs = next((comp.instructions[o] for o in inst.operands if o in comp.instructions
+                        and len(_dims(comp.instructions[o].shape)) == 2
+                        and comp.instructions[o].shape.startswith(("bf16", "f32", "f16", "f8"))), None)
+            return 2.0 * math.prod(_dims(lhs.shape)) * _dims(inst.shape)[-1] if lhs is not None else 0.0
         if inst.opcode not in ("dot", "convolution") or len(inst.operands) < 2:
             return 0.0
         if inst.opcode == "dot":

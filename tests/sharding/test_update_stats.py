@@ -83,3 +83,27 @@ def test_a_memory_bound_step_is_timed_by_hbm():
     stats = StepStats({}, hbm_bytes=int(6e12), flops=4e14)
     u = update_report(stats, V5P_LIKE, devices_per_chip=1, model_flops_per_chip=4e14)
     assert u["est_step_s"] == pytest.approx(3.0) and u["est_mfu"] == pytest.approx(1 / 3)
+
+
+TPU_TEXT = """HloModule m
+%region (a: s32[], b: s32[]) -> s32[] {
+  %a = s32[]{:T(128)S(7)} parameter(0)
+  %b = s32[]{:T(128)S(7)} parameter(1)
+  ROOT %add = s32[]{:T(128)S(7)} add(%a, %b)
+}, execution_thread="sparsecore"
+
+ENTRY %main (g: s32[5], x: bf16[64,32], w: bf16[4,32,16]) -> bf16[64,16] {
+  %g = s32[5]{0} parameter(0)
+  %x = bf16[64,32]{1,0} parameter(1)
+  %w = bf16[4,32,16]{2,1,0} parameter(2)
+  ROOT %ragged-dot-none.3 = bf16[64,16]{1,0} custom-call(%g, %x, %w), custom_call_target="tpu_custom_call", metadata={op_name="jit(f)/expert_ffn/ragged_dot_general/ragged-dot-none"}
+}
+"""
+
+
+def test_a_tpu_ragged_dot_kernel_counts_its_grouped_product_after_a_sparsecore_computation():
+    """XLA TPU runs ragged_dot as a Mosaic kernel (a custom call): lhs [A, K] x rhs [G, K, N] -> [A, N] is
+    2 A K N FLOPs; the module's computations may end in `}, execution_thread=...`."""
+    stats = StepStats.from_hlo(TPU_TEXT)
+    assert stats.flops == 2 * 64 * 32 * 16
+    assert stats.hbm_bytes == 5 * 4 + 64 * 32 * 2 + 4 * 32 * 16 * 2 + 64 * 16 * 2  # operands read, result written
