@@ -107,6 +107,7 @@ def test_text_report_names_the_verdict(config_path, report, capsys):
     text = capsys.readouterr().out
     assert "v5p:2x2x1, 4 chips" in text and "; HBM from compiler): fits" in text
     assert "dtypes: parameters float32, optimizer state float32, compute float32" in text
+    assert "update step per chip: " in text and "MFU " in text
 
 
 def test_bad_topology_and_mesh_are_clean_errors(config_path, capsys):
