@@ -256,7 +256,8 @@ class _Module:
     def flops(self, comp: Computation, inst: Instruction) -> float:
         """2 x result elements x contracted size for dots (CPU) and convolutions (TPU lowers dots to them:
         the contracted size is the kernel's input-feature dimension; windows are not counted); a ragged dot
-        (TPU: a Mosaic kernel, lhs [A, K] x groups' rhs [G, K, N] -> [A, N]) 2 x A x K x N."""
+        (TPU: a Mosaic kernel, lhs [A, K] x groups' rhs [G, K, N] -> [A, N]) 2 x A x K x N, all A rows: the
+        worst case of a dropless dispatch (at run time the kernel skips rows past the groups' sizes)."""
         if inst.opcode == "custom-call" and _RAGGED_DOT.search(inst.op_name):
             lhs = next((comp.instructions[o] for o in inst.operands if o in comp.instructions
                         and len(_dims(comp.instructions[o].shape)) == 2
