@@ -334,7 +334,8 @@ class Report:
 
     def decode(self) -> dict | None:
         """The sampler's decode step per chip and token (`sharding.decode_stats.decode_report`); the HBM-read
-        limit reads the chip's even share of the weights and its KV cache once per step."""
+        limit reads the chip's even share of the weights and, once per step, the KV cache its rows hold in the
+        sampler's layout (`kv_cache_bytes(read=True)`)."""
         stats = self.programs["sampler"].decode
         if stats is None:
             return None
