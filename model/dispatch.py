@@ -148,12 +148,18 @@ def local_expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_
     key_A = jnp.where(valid_A, local_A, num_local)  # copies for other devices' experts sort last
     order_A = jnp.argsort(key_A, stable=True)
     group_sizes_E = jnp.bincount(key_A, length=num_local + 1)[:num_local].astype(jnp.int32)
+    impl = resolve_impl(impl)
+    if impl == "ragged" and num_local < k:
+        # a token's top-k experts are distinct, so at most num_local of its copies are local: the first
+        # t x num_local sorted copies hold every local one (exact; the rest would only add zeros). Fewer
+        # experts per device than top-k (e.g. DeepSeek-V3's sampler layout, one expert per device) shrinks
+        # the [copies, D] activations the dispatch gathers, multiplies and scatters by k / num_local.
+        order_A = order_A[:t * num_local]
     token_A = order_A // k
     x_AD = x_TD[token_A]
     dt = x_TD.dtype
     weights = (w_gate_EDF.astype(dt), w_up_EDF.astype(dt), w_down_EFD.astype(dt))
     with jax.named_scope("expert_ffn"):
-        impl = resolve_impl(impl)
         if impl == "ragged":
             y_AD = swiglu_ragged(x_AD, group_sizes_E, *weights)
         else:

@@ -16,8 +16,10 @@ moments, model.compute_dtype for activations and the KV cache):
   code, or libtpu's stated need when it refuses the program). A program whose arguments do not hold the
   whole state adds the rest: the sampler runs while the optimizer state and the reference stay in HBM;
 - `activations` is the update step's temporaries; `kv_cache` is computed from the sampler's cache shapes,
-  the batch axis sharded as the rules shard "batch" (the cache is made inside the program).
-XLA's cost estimate (flops, bytes accessed) is reported per program as XLA gives it.
+  the batch axis sharded as the sampler layout's rules shard "batch" (the cache is made inside the program).
+XLA's cost estimate (flops, bytes accessed) is reported per program as XLA gives it. The update step is read
+from its compiled text (`sharding.update_stats`): FLOPs, HBM and collective bytes per chip, a roofline time
+and MFU.
 
 The sampler compiles in the layout it would run in (`rl.sampler_layout.choose_layout`, fit-checked against
 the HBM the resident state leaves): on the inference layout its weights are a second copy, added beside the
@@ -42,6 +44,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from r1jax.errors import UserError
 from r1jax.model.config import ModelConfig
 from r1jax.model.factory import abstract_policy
+from r1jax.rl.bench.flops import train_step_flops
+from r1jax.rl.continuous import generate_continuous
 from r1jax.rl.grpo.optimizer import make_optimizer
 from r1jax.rl.grpo.step import make_grpo_step, reference_logprobs
 from r1jax.rl.sampler import bucket_length, generate_padded
@@ -56,6 +60,7 @@ from r1jax.sharding.mesh_presets import MESH_PRESETS, resolve_mesh
 from r1jax.sharding.params import abstract_sharded
 from r1jax.sharding.rules import Rules
 from r1jax.sharding.topology import DEVICES_PER_CHIP, Topology, abstract_devices
+from r1jax.sharding.update_stats import update_report
 
 DEFAULT_PROMPT_LEN = 512  # R1-style math prompts with the chat template fit well within this bucket
 
@@ -67,6 +72,13 @@ class Workload:
     prompt_len: int  # P, the sampler's prompt bucket
     new_tokens: int  # N, the sampler's token budget
     micro_batches: int = 1  # the update step's gradient-accumulation micro-batches
+    slots: int = 0  # the sampler's decode slots (sampling.slots, at most rows; 0: every row decoded at once)
+    kv_block: int = 0  # decode attention reads the cache in blocks of this many slots (0: all of it)
+
+    @property
+    def decode_rows(self) -> int:
+        """Rows one decode step advances: the slots under continuous batching, else every row."""
+        return self.slots or self.rows
 
     @property
     def rows(self) -> int:
@@ -83,11 +95,13 @@ def workload_for(config, *, prompts: int | None = None, group_size: int | None =
     """The run config's rollout shape (grpo, sampling, update sections), each field overridable. The prompt
     length defaults to 512 tokens (or the largest prompt bucket when smaller)."""
     grpo, sampling, update = config.grpo, config.sampling, config.update
-    work = Workload(prompts or grpo.prompts_per_step, group_size or grpo.group_size,
+    prompts, group_size = prompts or grpo.prompts_per_step, group_size or grpo.group_size
+    work = Workload(prompts, group_size,
                     bucket_length(prompt_len or min(DEFAULT_PROMPT_LEN, sampling.prompt_buckets[-1]),
                                   sampling.prompt_buckets),
-                    new_tokens or sampling.max_new_tokens, micro_batches or update.micro_batches)
-    if min(dataclasses.astuple(work)) < 1:
+                    new_tokens or sampling.max_new_tokens, micro_batches or update.micro_batches,
+                    min(sampling.slots, prompts * group_size), sampling.kv_block)
+    if min(dataclasses.astuple(work)[:5]) < 1:
         raise UserError(f"workload {work}: every size must be >= 1")
     return work
 
@@ -177,7 +191,9 @@ def compile_reference(setup: Setup) -> ProgramStats:
 
 
 def compile_sampler(setup: Setup, layout: SamplerLayout | None = None) -> ProgramStats:
-    """The sampler's program, on the training layout or (with `layout`) on the sampler's inference layout."""
+    """The sampler's program as the config runs it (rl.sampler.Sampler.generate: continuous batching over
+    `workload.slots` slots, else the fixed batch; decode attention in blocks of `workload.kv_block`), on the
+    training layout or (with `layout`) on the sampler's inference layout."""
     mesh, rules = (setup.mesh, setup.rules) if layout is None else (layout.mesh, layout.rules)
     work, replicated = setup.workload, NamedSharding(mesh, P())
 
@@ -189,19 +205,43 @@ def compile_sampler(setup: Setup, layout: SamplerLayout | None = None) -> Progra
     weights = (setup.state.params, setup.state.bias)
     if layout is not None:
         weights = abstract_sharded(weights, mesh, rules)
+    args = (setup.graphdef, weights, scalar(jnp.int32, prompts), scalar(jnp.bool_, prompts),
+            scalar(key.dtype, key.shape), scalar(jnp.float32), scalar(jnp.int32), scalar(jnp.float32))
+    options = dict(max_new=work.new_tokens, samples=work.group_size, stop_ids=(1,), pad_id=0, ignore_eos=False,
+                   kv_block=work.kv_block)
     with use_mesh(mesh, rules):
-        lowered = generate_padded.lower(
-            setup.graphdef, weights, scalar(jnp.int32, prompts),
-            scalar(jnp.bool_, prompts), scalar(key.dtype, key.shape), scalar(jnp.float32), scalar(jnp.int32),
-            scalar(jnp.float32), max_new=work.new_tokens, samples=work.group_size, stop_ids=(1,), pad_id=0,
-            ignore_eos=False)
-    return compile_stats(lowered, mesh)
+        if work.slots:
+            lowered = generate_continuous.lower(*args, slots=work.slots, **options)
+        else:
+            lowered = generate_padded.lower(*args, **options)
+    return compile_stats(lowered, mesh, dynamic_trips=dynamic_trips(work))
 
 
-def kv_cache_bytes(setup: Setup) -> int:
-    """Per-device bytes of the sampler's cache ([L, B, S, ...] per segment), batch sharded by the rules."""
-    model, work = setup.config.model, setup.workload
-    b, s = work.rows, work.seq_len
+def dynamic_trips(work: Workload) -> int:
+    """The trip count taken for a decode-step loop whose bound is traced (the block-wise cache read runs
+    ceil(live / kv_block) blocks): the blocks of the mean live length over the decode, prompt + half the
+    new tokens."""
+    return -(-(work.prompt_len + work.new_tokens // 2) // work.kv_block) if work.kv_block else 1
+
+
+def kv_cache_bytes(setup: Setup, layout: SamplerLayout | None = None, *, read: bool = False) -> int:
+    """Per-device bytes of the sampler's cache ([L, B, S, ...] per segment), batch sharded by the rules of
+    `layout` (default: the trainer's). Continuous batching holds the slots' caches and the prompts'
+    (prompt-long). With `read`, what one decode step reads: its rows' caches, up to the mean live length
+    (`dynamic_trips` blocks) when the cache is read block-wise."""
+    work = setup.workload
+    if read:
+        length = min(work.seq_len, dynamic_trips(work) * work.kv_block) if work.kv_block else work.seq_len
+        return _cache_bytes(setup, layout, work.decode_rows, length)
+    if work.slots:
+        return (_cache_bytes(setup, layout, work.slots, work.seq_len)
+                + _cache_bytes(setup, layout, work.prompts, work.prompt_len))
+    return _cache_bytes(setup, layout, work.rows, work.seq_len)
+
+
+def _cache_bytes(setup: Setup, layout: SamplerLayout | None, b: int, s: int) -> int:
+    model = setup.config.model
+    mesh, rules = (setup.mesh, setup.rules) if layout is None else (layout.mesh, layout.rules)
     if model.is_deepseek:
         entries = [((b, s, model.kv_lora_rank), ("batch", "length", None)),
                    ((b, s, model.qk_rope_head_dim), ("batch", "length", None))]
@@ -212,8 +252,8 @@ def kv_cache_bytes(setup: Setup) -> int:
     total = 0
     for _, count in model.layer_segments():
         for shape, axes in entries:
-            spec = setup.rules.spec((None, *axes), (count, *shape), dict(setup.mesh.shape), strict=False)
-            total += math.prod(NamedSharding(setup.mesh, spec).shard_shape((count, *shape))) * itemsize
+            spec = rules.spec((None, *axes), (count, *shape), dict(mesh.shape), strict=False)
+            total += math.prod(NamedSharding(mesh, spec).shard_shape((count, *shape))) * itemsize
     return total
 
 
@@ -237,6 +277,8 @@ class Report:
     sampler_layout: str = "train"  # rl.sampler_layout's line saying which layout the sampler ran in
     sampler_weight_bytes: int = 0  # per device, the inference layout's weight copy (0: the training layout)
     alternatives: list[dict] = dataclasses.field(default_factory=list)
+    model: ModelConfig | None = None  # for the update's model FLOPs
+    decode_cache_read_bytes: int = 0  # per device, the KV cache one decode step reads (kv_cache_bytes(read=True))
 
     def program_totals(self) -> dict[str, int]:
         """Each program's peak plus the resident state it does not take as arguments."""
@@ -276,19 +318,32 @@ class Report:
             "alternatives": self.alternatives,
             "fitting_meshes": [a["mesh"] for a in self.alternatives if a["fits"]],
             "decode": self.decode(),
+            "update": self.update(),
         }
+
+    def update(self) -> dict | None:
+        """The update step per chip (`sharding.update_stats.update_report`): its roofline time and MFU, the
+        model FLOPs (`rl.bench.flops.train_step_flops` on the workload's rows x seq_len) split evenly."""
+        stats = self.programs["update"].step
+        if stats is None or self.model is None:
+            return None
+        model_flops = train_step_flops(self.model, self.workload.rows, self.workload.seq_len)
+        kind = self.topology.kind
+        return update_report(stats, CHIPS[kind], devices_per_chip=DEVICES_PER_CHIP[kind],
+                             model_flops_per_chip=model_flops / self.topology.chips)
 
     def decode(self) -> dict | None:
         """The sampler's decode step per chip and token (`sharding.decode_stats.decode_report`); the HBM-read
-        limit reads the chip's even share of the weights and its KV cache once per step."""
+        limit reads the chip's even share of the weights and, once per step, the KV cache its rows hold in the
+        sampler's layout (`kv_cache_bytes(read=True)`)."""
         stats = self.programs["sampler"].decode
         if stats is None:
             return None
         per_chip = DEVICES_PER_CHIP[self.topology.kind]
         return decode_report(stats, CHIPS[self.topology.kind], devices_per_chip=per_chip,
-                             rows=self.workload.rows, chips=self.topology.chips,
+                             rows=self.workload.decode_rows, chips=self.topology.chips,
                              min_read_bytes_per_chip=self.weight_bytes // self.topology.chips
-                             + self.kv_cache_bytes * per_chip)
+                             + self.decode_cache_read_bytes * per_chip)
 
 
 def sampler_layout(setup: Setup, hbm_bytes: int) -> tuple[SamplerLayout | None, str]:
@@ -318,8 +373,9 @@ def _report(setup: Setup, topology: Topology, mesh: str, hbm: tuple[int, str]) -
     copy = 0 if layout is None else device_bytes(
         abstract_sharded((setup.state.params, setup.state.bias), layout.mesh, layout.rules))
     return Report(topology, mesh, setup.config.sharding, dict(setup.mesh.shape), setup.workload, hbm[0], hbm[1],
-                  setup.resident(), device_bytes(setup.batch), kv_cache_bytes(setup), compile_setup(setup, layout),
-                  setup.dtypes(), setup.weight_bytes(), note, copy)
+                  setup.resident(), device_bytes(setup.batch), kv_cache_bytes(setup, layout),
+                  compile_setup(setup, layout), setup.dtypes(), setup.weight_bytes(), note, copy,
+                  model=setup.config.model, decode_cache_read_bytes=kv_cache_bytes(setup, layout, read=True))
 
 
 def alternatives(config, topology: Topology, workload: Workload, hbm: tuple[int, str], skip: str) -> list[dict]:

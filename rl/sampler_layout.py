@@ -10,7 +10,9 @@ layout, no copy). `mesh` ({data, fsdp, expert, tensor}, one of them -1) and `rul
 inference preset) replace the family default mesh, which is:
 - qwen3_moe: experts over as many devices as divide the expert count (`expert` = gcd(devices, experts));
 - deepseek_v3: MLA's 128 heads hold most non-expert weights, so heads, MLP and vocabulary over `tensor` =
-  the largest of 16, 8, 4, 2 dividing both the devices and the heads, experts over what divides the rest.
+  the largest of 16, 8, 4, 2 dividing both the devices and the heads, experts over what divides the rest;
+  whole experts over `expert` x `tensor` where that divides the expert count (`EXPERTS_OVER_TENSOR`),
+  else each expert's width over `tensor`. `sampling.rules` applies on top.
 `auto` keeps the training layout on a single device (every layout is the same there) and falls back to it
 when the inference layout cannot be had: a dimension that does not divide its mesh axes, or a weight copy
 that does not fit. The fit check: the inference copy must take at most `HBM_SHARE` of the HBM a device has
@@ -42,6 +44,11 @@ from r1jax.sharding.rules import Rules
 
 LAYOUTS = ("auto", "inference", "train")
 HBM_SHARE = 0.5
+# DeepSeek-V3's default: whole experts over `expert` x `tensor` (one expert per device on 256 devices), not
+# each expert's width over `tensor`: a decode step's copies per device shrink to at most tokens x local
+# experts (model.dispatch.local_expert_ffn), where a width split makes every tensor shard carry all tokens x
+# top-k copies at full hidden size
+EXPERTS_OVER_TENSOR = {"experts": ["expert", "tensor"], "expert_mlp": []}
 
 
 @dataclasses.dataclass
@@ -113,7 +120,10 @@ def default_sharding(model: ModelConfig, devices: int) -> ShardingConfig:
         tensor = next(t for t in (16, 8, 4, 2, 1) if devices % t == 0 and model.num_attention_heads % t == 0)
     experts = model.n_routed_experts or 1
     expert = math.gcd(devices // tensor, experts)
-    return ShardingConfig(data=1, fsdp=-1, expert=expert, tensor=tensor, preset="inference")
+    rules = None
+    if model.is_deepseek and tensor > 1 and experts % (expert * tensor) == 0:
+        rules = EXPERTS_OVER_TENSOR
+    return ShardingConfig(data=1, fsdp=-1, expert=expert, tensor=tensor, preset="inference", rules=rules)
 
 
 def inference_sharding(sampling, model: ModelConfig, devices: int) -> ShardingConfig:
@@ -125,7 +135,8 @@ def inference_sharding(sampling, model: ModelConfig, devices: int) -> ShardingCo
             raise UserError(f"sampling.mesh: unknown axes {sorted(unknown)}; use data, fsdp, expert, tensor")
         base = ShardingConfig(**{"data": 1, "fsdp": -1, "expert": 1, "tensor": 1, **sampling.mesh},
                               preset="inference")
-    return dataclasses.replace(base, rules=dict(sampling.rules) if sampling.rules else None)
+    rules = {**(base.rules or {}), **(sampling.rules or {})}
+    return dataclasses.replace(base, rules=rules or None)
 
 
 def free_hbm_bytes(mesh: Mesh) -> Optional[int]:

@@ -6,7 +6,7 @@ live at once, its arguments included; where absent, arguments + outputs - aliase
 plus the generated code. When libtpu refuses a program for lack of memory, its peak is the requirement libtpu
 states (`topology.parse_oom`). XLA's cost estimate (flops, bytes accessed) is kept as XLA gives it. A program
 with a decode loop (the sampler) also gets its per-iteration costs read from its HLO text
-(`sharding.decode_stats`).
+(`sharding.decode_stats`); every program's whole run is read the same way (`sharding.update_stats`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from r1jax.sharding.decode_stats import DecodeStats, decode_stats
 from r1jax.sharding.topology import parse_oom
+from r1jax.sharding.update_stats import StepStats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,27 +39,30 @@ class ProgramStats:
     compile_seconds: float = 0.0
     error: str | None = None  # libtpu's refusal (out of memory); peak_bytes is then its stated need
     decode: DecodeStats | None = None  # per decode-loop iteration, when the program has one
+    step: StepStats | None = None  # one run of the whole program, loops times their trip counts
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out.pop("decode")  # reported per token beside the programs (rl.aot.Report)
+        out.pop("step")  # the update's is reported beside the programs
         return out
 
 
 _COMPILED: dict[str, ProgramStats] = {}  # by program text: one compile per program and process
 
 
-def compile_stats(lowered, mesh) -> ProgramStats:
+def compile_stats(lowered, mesh, *, dynamic_trips: int = 1) -> ProgramStats:
     """Compile for the mesh's devices; the same program on the same devices is compiled once per process
-    (e.g. a report judged again against another HBM figure)."""
+    (e.g. a report judged again against another HBM figure). `dynamic_trips`: the trip count the decode
+    step's reader takes for a loop whose bound is traced (`sharding.decode_stats.decode_stats`)."""
     devices = [(d.device_kind, d.id, getattr(d, "coords", None)) for d in mesh.devices.flat]
     key = hashlib.sha256(f"{devices}\n{lowered.as_text()}".encode()).hexdigest()
     if key not in _COMPILED:
-        _COMPILED[key] = _compile(lowered)
+        _COMPILED[key] = _compile(lowered, dynamic_trips)
     return _COMPILED[key]
 
 
-def _compile(lowered) -> ProgramStats:
+def _compile(lowered, dynamic_trips: int) -> ProgramStats:
     start = time.perf_counter()
     try:
         compiled = lowered.compile()
@@ -80,7 +84,8 @@ def _compile(lowered) -> ProgramStats:
     text = compiled.as_text()
     return ProgramStats(**fields, peak_bytes=peak + fields["code_bytes"], flops=cost.get("flops"),
                         bytes_accessed=cost.get("bytes accessed"), compile_seconds=seconds,
-                        decode=decode_stats(text) if "decode/while" in text else None)
+                        decode=decode_stats(text, dynamic_trips) if "decode/while" in text else None,
+                        step=StepStats.from_hlo(text))
 
 
 def device_bytes(tree) -> int:

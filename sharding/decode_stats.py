@@ -38,6 +38,9 @@ _MOVES_DATA = {"bitcast", "copy", "reshape", "transpose", "convert", "slice", "d
                "all-gather-done", "get-tuple-element", "fusion", "pad", "concatenate"}
 
 
+_RAGGED_DOT = re.compile(r"(^|/)ragged-dot-(?!metadata)[\w.-]*$")  # op_name of XLA TPU's ragged-dot kernel
+
+
 def collective_kind(opcode: str) -> Optional[str]:
     base = opcode.removesuffix("-start")
     if base in COLLECTIVES:
@@ -61,8 +64,9 @@ class DecodeStats:
 
 
 class _Module:
-    def __init__(self, text: str):
+    def __init__(self, text: str, dynamic_trips: int = 1):
         self.comps = parse_module(text)
+        self.dynamic_trips = dynamic_trips
         self._user_maps: dict[str, dict[str, list[Instruction]]] = {}
         self.callers: dict[str, tuple[Computation, Instruction]] = {}
         for comp in self.comps.values():
@@ -143,7 +147,8 @@ class _Module:
 
     def trip_count(self, parent: Computation, loop: Instruction) -> int:
         """The compiler's stated trip count, else read from the loop: a condition `counter < N` on a tuple
-        element whose initial value is a constant (libtpu states none); 1 when neither can be had."""
+        element whose initial value is a constant (libtpu states none); `dynamic_trips` when N is not a
+        constant; 1 when the condition is not of that form."""
         if loop.trip_count is not None:
             return loop.trip_count
         cond = self.comps.get(loop.attr("condition"))
@@ -159,8 +164,10 @@ class _Module:
         if root is None or root.opcode != "compare" or "direction=LT" not in root.attrs or len(operands) != 2:
             return 1
         counter, bound = (cond.instructions.get(o) for o in operands)
-        if counter is None or bound is None or counter.opcode != "get-tuple-element" or bound.integer is None:
+        if counter is None or bound is None or counter.opcode != "get-tuple-element":
             return 1
+        if bound.integer is None:  # a traced bound (e.g. the block-wise cache read's live blocks)
+            return self.dynamic_trips
         init = parent.instructions.get(loop.operands[0]) if loop.operands else None
         start = 0
         if init is not None and init.opcode == "tuple" and counter.tuple_index < len(init.operands):
@@ -248,7 +255,14 @@ class _Module:
 
     def flops(self, comp: Computation, inst: Instruction) -> float:
         """2 x result elements x contracted size for dots (CPU) and convolutions (TPU lowers dots to them:
-        the contracted size is the kernel's input-feature dimension; windows are not counted)."""
+        the contracted size is the kernel's input-feature dimension; windows are not counted); a ragged dot
+        (TPU: a Mosaic kernel, lhs [A, K] x groups' rhs [G, K, N] -> [A, N]) 2 x A x K x N, all A rows: the
+        worst case of a dropless dispatch (at run time the kernel skips rows past the groups' sizes)."""
+        if inst.opcode == "custom-call" and _RAGGED_DOT.search(inst.op_name):
+            lhs = next((comp.instructions[o] for o in inst.operands if o in comp.instructions
+                        and len(_dims(comp.instructions[o].shape)) == 2
+                        and comp.instructions[o].shape.startswith(("bf16", "f32", "f16", "f8"))), None)
+            return 2.0 * math.prod(_dims(lhs.shape)) * _dims(inst.shape)[-1] if lhs is not None else 0.0
         if inst.opcode not in ("dot", "convolution") or len(inst.operands) < 2:
             return 0.0
         if inst.opcode == "dot":
@@ -276,15 +290,16 @@ def _add(into: dict, other: dict, scale: float = 1) -> None:
         into[key] = into.get(key, 0) + value * scale
 
 
-def _walk(module: _Module, comp: Computation, decode_body: str, seen: tuple = ()) -> dict:
-    """Per-iteration totals of one computation (and everything it calls)."""
+def _walk(module: _Module, comp: Computation, decode_body: Optional[str], seen: tuple = ()) -> dict:
+    """Per-iteration totals of one computation (and everything it calls); weight all-gathers are told apart
+    only inside a decode loop (`decode_body`, None elsewhere)."""
     totals = {"hbm": 0, "flops": 0.0, "weight_ag": 0, "weight_ag_count": 0}
     for inst in comp.instructions.values():
         kind = collective_kind(inst.opcode)
         if kind is not None:
             moved = module.collective_bytes(comp, inst, kind)
             _add(totals, {kind: moved})
-            if kind == "all-gather" and inst.operands and all(
+            if kind == "all-gather" and decode_body is not None and inst.operands and all(
                     module.is_invariant(comp, o, decode_body) for o in inst.operands):
                 _add(totals, {"weight_ag": moved, "weight_ag_count": 1})
         totals["hbm"] += module.hbm_bytes(comp, inst)
@@ -306,9 +321,11 @@ def _walk(module: _Module, comp: Computation, decode_body: str, seen: tuple = ()
     return totals
 
 
-def decode_stats(hlo_text: str) -> Optional[DecodeStats]:
-    """The decode loop's per-iteration costs per device (summed over decode loops), None if none is found."""
-    module = _Module(hlo_text)
+def decode_stats(hlo_text: str, dynamic_trips: int = 1) -> Optional[DecodeStats]:
+    """The decode loop's per-iteration costs per device (summed over decode loops), None if none is found.
+    `dynamic_trips`: the trip count taken for a loop inside it whose bound is traced (a block-wise cache
+    read's live blocks; the caller's mean)."""
+    module = _Module(hlo_text, dynamic_trips)
     loops = module.decode_loops()
     if not loops:
         return None
@@ -318,6 +335,15 @@ def decode_stats(hlo_text: str) -> Optional[DecodeStats]:
         _add(totals, _walk(module, body, body.name, (body.name,)))
     return DecodeStats({k: int(totals.get(k, 0)) for k in COLLECTIVES}, int(totals["weight_ag"]),
                        int(totals["weight_ag_count"]), int(totals["hbm"]), float(totals["flops"]), len(loops))
+
+
+def program_costs(hlo_text: str) -> tuple[dict[str, int], int, float]:
+    """A whole program's costs per device, counted as in a decode step (loops times their trip counts):
+    (collective bytes by kind, HBM bytes, dot FLOPs)."""
+    module = _Module(hlo_text)
+    entry = next(c for c in module.comps.values() if c.entry)
+    totals = _walk(module, entry, None, (entry.name,))
+    return {k: int(totals.get(k, 0)) for k in COLLECTIVES}, int(totals["hbm"]), float(totals["flops"])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -145,7 +145,7 @@ def parse_module(text: str) -> dict[str, Computation]:
             if header:
                 current = Computation(header.group(2), {}, entry=bool(header.group(1)))
             continue
-        if line.strip() == "}":
+        if line.startswith("}"):  # "}" or e.g. `}, execution_thread="sparsecore"` (TPU)
             comps[current.name] = current
             current = None
             continue

@@ -87,6 +87,8 @@ def describe(r: dict) -> str:
                                         if r["sampler_weight_bytes"] else ""))
     if r["decode"]:
         lines.append(describe_decode(r["decode"], r["workload"]["rows"]))
+    if r["update"]:
+        lines.append(describe_update(r["update"]))
     verdict = "fits" if r["fits"] else "DOES NOT FIT"
     lines.append(f"peak {_gib(r['per_chip_bytes'])} of {_gib(r['hbm_bytes'])} HBM per chip "
                  f"({r['peak_program']}; HBM from {r['hbm_source']}): {verdict}")
@@ -111,6 +113,16 @@ def describe_decode(d: dict, rows: int) -> str:
         f"{d['est_hbm_s'] * 1e3:.2f}, collectives {d['est_collective_s'] * 1e3:.2f}), "
         f"{d['est_tokens_per_s_per_chip']:.0f} tokens/s per chip; HBM-read limit "
         f"{d['hbm_read_limit_s'] * 1e3:.2f} ms" + (f" ({ratio:.2f}x)" if ratio else "")])
+
+
+def describe_update(u: dict) -> str:
+    moved = ", ".join(f"{k} {_size(v)}" for k, v in u["collective_bytes_per_chip"].items() if v)
+    return "\n".join([
+        f"update step per chip: {u['flops_per_chip']:.3g} FLOPs compiled ({u['model_flops_per_chip']:.3g} "
+        f"model), HBM {_size(u['hbm_bytes_per_chip'])}, collectives: {moved or 'none'}",
+        f"  roofline: {u['est_step_s']:.2f} s per step (compute {u['est_compute_s']:.2f}, HBM "
+        f"{u['est_hbm_s']:.2f}, collectives {u['est_collective_s']:.2f}; {u['est_step_overlapped_s']:.2f} "
+        f"if every collective overlaps), MFU {u['est_mfu']:.1%} ({u['est_mfu_overlapped']:.1%} overlapped)"])
 
 
 def _size(n: float) -> str:

@@ -96,6 +96,23 @@ def test_dispatch_with_expert_offset_uses_only_local_experts():
                                dense_reference(x, chosen, weights, wg, wu, wd), atol=1e-4)
 
 
+@pytest.mark.parametrize("impl", ["blocked", "ragged"])
+def test_fewer_local_experts_than_top_k_dispatch_every_local_copy(impl):
+    """One or two experts per device under top-3 routing: the ragged kernel then runs only tokens x local
+    experts copies (every local one, whatever the routing), and the devices' outputs still add up."""
+    x, chosen, weights, wg, wu, wd = dispatch_case(24, 8, 3)
+    for per_device in (1, 2):
+        parts = [local_expert_ffn(x, chosen, weights, wg[s:s + per_device], wu[s:s + per_device],
+                                  wd[s:s + per_device], expert_offset=s, impl=impl, block_size=8)
+                 for s in range(0, 8, per_device)]
+        np.testing.assert_allclose(np.asarray(sum(parts)), dense_reference(x, chosen, weights, wg, wu, wd),
+                                   atol=1e-4)
+    # a token whose copies all go to one device's two experts: both are kept
+    crowded = jnp.tile(jnp.array([[0, 1, 5]]), (24, 1))
+    local = local_expert_ffn(x, crowded, weights, wg[:2], wu[:2], wd[:2], impl=impl, block_size=8)
+    reference = dense_reference(x, crowded.at[:, 2].set(0), weights.at[:, 2].set(0), wg, wu, wd)
+    np.testing.assert_allclose(np.asarray(local), reference, atol=1e-4)
+
 def _deepseek_router_case():
     cfg = ModelConfig(family="deepseek_v3", hidden_size=8, n_routed_experts=8, num_experts_per_tok=2,
                       n_group=4, topk_group=2, routed_scaling_factor=2.0, norm_topk_prob=True)

@@ -10,7 +10,9 @@ import yaml
 
 from r1jax.errors import UserError
 from r1jax.model.factory import count_params
-from r1jax.rl.aot import make_setup, workload_for
+from r1jax.rl import aot
+from r1jax.rl.aot import make_setup, sampler_layout, workload_for
+from r1jax.rl.bench.flops import train_step_flops
 from r1jax.rl.cli.main import main
 from r1jax.rl.config import load_config
 from r1jax.sharding.compile_stats import device_bytes
@@ -55,7 +57,7 @@ def test_tiny_grpo_step_fits_a_v5p_slice(report):
     assert code == 0 and r["fits"] is True
     assert r["mesh_shape"] == {"data": 1, "fsdp": 2, "expert": 2, "tensor": 1}
     assert r["workload"] == {"prompts": 2, "group_size": 4, "prompt_len": 16, "new_tokens": 8, "micro_batches": 1,
-                             "rows": 8, "seq_len": 24}
+                             "slots": 0, "kv_block": 0, "rows": 8, "seq_len": 24}
     assert r["hbm_source"] == "compiler" and 90 * GIB < r["hbm_bytes"] < 100 * GIB  # v5p: 95 GiB per chip
     assert set(r["programs"]) == {"sampler", "reference", "update"}
     for stats in r["programs"].values():
@@ -105,6 +107,7 @@ def test_text_report_names_the_verdict(config_path, report, capsys):
     text = capsys.readouterr().out
     assert "v5p:2x2x1, 4 chips" in text and "; HBM from compiler): fits" in text
     assert "dtypes: parameters float32, optimizer state float32, compute float32" in text
+    assert "update step per chip: " in text and "MFU " in text
 
 
 def test_bad_topology_and_mesh_are_clean_errors(config_path, capsys):
@@ -140,3 +143,59 @@ def test_the_report_has_the_decode_step_per_chip_and_token(config_path, report):
     assert d["est_step_s"] == pytest.approx(max(d["est_compute_s"], d["est_hbm_s"]) + d["est_collective_s"])
     assert d["est_tokens_per_s_per_chip"] == pytest.approx(r["workload"]["rows"] / d["est_step_s"] / 4)
     assert d["chip"]["hbm_bytes_per_s"] == 2765e9  # v5p
+
+
+
+def test_the_report_estimates_the_update_step_per_chip(report):
+    _, r = report
+    u = r["update"]
+    assert set(u["collective_bytes_per_chip"]) == {"all-gather", "all-reduce", "reduce-scatter", "all-to-all",
+                                                   "collective-permute"}
+    assert u["collective_bytes_per_chip"]["all-gather"] > 0  # the fsdp mesh gathers the weights
+    assert u["flops_per_chip"] > 0 and u["hbm_bytes_per_chip"] > 0
+    # the model's own FLOPs (8 rows of 24 tokens, forward + backward), split over the 4 chips
+    assert u["model_flops_per_chip"] == train_step_flops(MODEL, 8, 24) / 4
+    peak = u["chip"]["peak_flops"]
+    assert u["est_step_s"] == pytest.approx(max(u["est_compute_s"], u["est_hbm_s"]) + u["est_collective_s"])
+    assert u["est_mfu"] == pytest.approx(u["model_flops_per_chip"] / (u["est_step_s"] * peak))
+    assert u["est_mfu"] <= u["est_mfu_overlapped"] and 0 < u["est_mfu"] < 1
+
+
+def _lowered_sampler(config_path, *overrides) -> str:
+    """The sampler's lowered program text as `r1jax compile` would compile it (not compiled here)."""
+    config = load_config(config_path, list(overrides))
+    setup = make_setup(config, parse_topology("v5p:2x2x1"), config.sharding, workload_for(config, prompt_len=12))
+    layout, _ = sampler_layout(setup, 95 * GIB)
+    captured = []
+    original = aot.compile_stats
+    aot.compile_stats = lambda lowered, mesh, **_: captured.append(lowered.as_text())
+    try:
+        aot.compile_sampler(setup, layout)
+    finally:
+        aot.compile_stats = original
+    return captured[0]
+
+
+def test_the_sampler_compiles_as_the_config_runs_it(config_path):
+    fixed = _lowered_sampler(config_path)
+    continuous = _lowered_sampler(config_path, "sampling.slots=4")
+    blocked = _lowered_sampler(config_path, "sampling.slots=4", "sampling.kv_block=8")
+    assert "jit_generate_padded" in fixed and "jit_generate_continuous" not in fixed
+    assert "jit_generate_continuous" in continuous
+    # the block-wise cache read is a loop of its own in every attention layer
+    assert blocked.count("stablehlo.while") > continuous.count("stablehlo.while")
+
+
+def test_continuous_batching_reports_the_slots_and_their_cache(config_path):
+    code, r = _compile(config_path, "sampling.slots=4", "sampling.kv_block=4")
+    assert code == 0 and r["workload"]["slots"] == 4 and r["workload"]["kv_block"] == 4
+    d = r["decode"]
+    assert d["est_tokens_per_s_per_chip"] == pytest.approx(4 / d["est_step_s"] / 4)  # 4 slots, 4 chips
+    # the slots' caches (24 long) and the prompts' (16 long), MLA's latent + rope key, float32, 2 layers;
+    # rows are not split: the inference layout's batch axes have one device
+    entry = (MODEL.kv_lora_rank + MODEL.qk_rope_head_dim) * 4
+    assert r["breakdown"]["kv_cache"] == MODEL.num_hidden_layers * (4 * 24 + 2 * 16) * entry
+    # a decode step reads the slots' caches up to the mean live length, 16 + 8 // 2 = 20 (5 blocks of 4),
+    # and a quarter of the weights (float32, the one MoE layer's routing bias included)
+    weights = (count_params(MODEL)["params_total"] + MODEL.n_routed_experts) * 4
+    assert d["hbm_read_limit_bytes"] == weights // 4 + MODEL.num_hidden_layers * 4 * 20 * entry

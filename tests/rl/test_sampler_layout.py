@@ -11,7 +11,7 @@ import pytest
 from r1jax.errors import UserError
 from r1jax.model.factory import init_policy
 from r1jax.rl.sampler import Sampler, SamplingConfig, generate_padded, left_pad
-from r1jax.rl.sampler_layout import choose_layout, default_sharding, reshard_metrics
+from r1jax.rl.sampler_layout import EXPERTS_OVER_TENSOR, choose_layout, default_sharding, reshard_metrics
 from r1jax.rl.update import split_policy
 from r1jax.sharding.context import use_mesh
 from r1jax.sharding.decode_stats import decode_stats
@@ -73,8 +73,18 @@ def test_family_defaults_split_experts_and_deepseek_heads():
     assert (qwen.expert, qwen.tensor, qwen.preset) == (8, 1, "inference")
     deepseek = default_sharding(DEEPSEEK, 8)  # 4 heads: tensor 4, experts over the other 2 devices
     assert (deepseek.expert, deepseek.tensor) == (2, 4)
+    # whole experts over expert x tensor where that divides the experts (8 over 2 x 4: one per device) ...
+    assert deepseek.rules == EXPERTS_OVER_TENSOR and qwen.rules is None
+    assert deepseek.logical_rules().mesh_axes("experts") == ("expert", "tensor")
+    assert deepseek.logical_rules().mesh_axes("expert_mlp") == ()
     big = dataclasses.replace(DEEPSEEK, num_attention_heads=128, n_routed_experts=256)
     assert (default_sharding(big, 256).expert, default_sharding(big, 256).tensor) == (16, 16)
+    # ... else each expert's width over tensor (256 experts do not split over 32 x 16 devices)
+    assert default_sharding(big, 512).rules is None and default_sharding(big, 256).rules == EXPERTS_OVER_TENSOR
+    # sampling.rules apply on top of the family default
+    mesh = build_mesh(ShardingConfig(fsdp=8, preset="fsdp"))
+    layout, _ = choose_layout(dataclasses.replace(CONFIG, rules={"vocab": []}), DEEPSEEK, mesh, TRAIN_RULES)
+    assert layout.rules.mesh_axes("experts") == ("expert", "tensor") and layout.rules.mesh_axes("vocab") == ()
 
 
 def test_one_device_keeps_the_training_layout():

@@ -133,3 +133,19 @@ def test_a_slice_taken_inside_nested_fusions_reads_only_the_slice():
     # the row fusion reads one 8-float row (not the 4 x 8 weight) and writes it; the counter's add 4 + 4 + 4
     assert stats.hbm_bytes == 2 * 8 * 4 + 3 * 4
     assert stats.loops == 1 and sum(stats.collective_bytes.values()) == 0
+
+
+def test_a_loop_with_a_traced_bound_counts_the_given_trip_count(mesh):
+    """The block-wise cache read runs ceil(live / block) blocks: a traced bound, taken as `dynamic_trips`."""
+    def program(w_DD, x_BD, live):
+        def step(carry):
+            i, x_BD = carry
+            x_BD = jax.lax.fori_loop(0, live + i, lambda _, x: jnp.tanh(x @ w_DD), x_BD)
+            return i + 1, x_BD
+
+        with jax.named_scope("decode"):
+            return jax.lax.while_loop(lambda c: c[0] < STEPS, step, (0, x_BD))
+
+    text = jax.jit(program).lower(jnp.ones((D, D)), jnp.ones((ROWS, D)), 2).compile().as_text()
+    one, three = decode_stats(text), decode_stats(text, dynamic_trips=3)
+    assert one.flops == 2 * ROWS * D * D and three.flops == 3 * one.flops

@@ -1,0 +1,109 @@
+"""The update-step reader and estimate (sharding.update_stats) on hand-made programs for the 8-device CPU mesh."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+from r1jax.sharding.chips import ChipSpec
+from r1jax.sharding.update_stats import StepStats, update_report
+
+LAYERS, D, ROWS = 4, 64, 32
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    return jax.make_mesh((8,), ("x",), axis_types=(AxisType.Auto,))
+
+
+def _train_like(mesh):
+    """A layer scan over weights [L, D, D] split on their rows (FSDP-like: each layer all-gathers its weight)
+    and rows split over the devices, differentiated: forward and backward scans."""
+    rows = NamedSharding(mesh, P("x"))
+
+    def loss(weights_LDD, x_BD):
+        def layer(x_BD, w_DD):
+            return jax.lax.with_sharding_constraint(jnp.tanh(x_BD @ w_DD), rows), None
+
+        y_BD, _ = jax.lax.scan(layer, x_BD, weights_LDD)
+        return jnp.sum(y_BD)
+
+    weights = jax.ShapeDtypeStruct((LAYERS, D, D), jnp.float32, sharding=NamedSharding(mesh, P(None, "x")))
+    x = jax.ShapeDtypeStruct((ROWS, D), jnp.float32, sharding=rows)
+    return jax.jit(jax.grad(loss)).lower(weights, x).compile()
+
+
+def test_a_layer_scan_is_counted_once_per_layer(mesh):
+    compiled = _train_like(mesh)
+    stats = StepStats.from_hlo(compiled.as_text())
+    per_device_rows = ROWS // 8
+    # forward x @ w; backward dx = dy @ w.T and dw = x.T @ dy: three [rows, D] x [D, D] products per layer
+    assert stats.flops == LAYERS * 3 * 2 * per_device_rows * D * D
+    # each layer's whole weight is gathered at least once (forward; the backward may gather it again)
+    assert stats.collective_bytes["all-gather"] >= LAYERS * D * D * 4
+    assert stats.collective_bytes["all-gather"] % (D * D * 4) == 0
+    # the weight gradient, split like the weight, is reduced over the rows' devices
+    assert stats.collective_bytes["reduce-scatter"] + stats.collective_bytes["all-reduce"] >= LAYERS * D * D * 4
+    assert stats.hbm_bytes >= LAYERS * D * D * 4  # every layer's weight read at least once
+
+
+def test_xla_cost_analysis_counts_the_scan_body_once(mesh):
+    """Why the estimate reads the compiled text: XLA's own figure misses the other layers."""
+    compiled = _train_like(mesh)
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    assert cost["flops"] < StepStats.from_hlo(compiled.as_text()).flops / 2
+
+
+V5P_LIKE = ChipSpec(peak_flops=400e12, hbm_bytes_per_s=2e12, ici_bytes_per_s=1e12, source="test")
+
+
+def test_the_estimate_adds_collectives_to_the_slower_of_compute_and_hbm():
+    stats = StepStats({"all-gather": 3e11, "reduce-scatter": 2e11}, hbm_bytes=int(4e12), flops=1.2e15)
+    u = update_report(stats, V5P_LIKE, devices_per_chip=1, model_flops_per_chip=8e14)
+    assert u["est_compute_s"] == pytest.approx(3.0) and u["est_hbm_s"] == pytest.approx(2.0)
+    assert u["est_collective_s"] == pytest.approx(0.5)
+    assert u["est_step_s"] == pytest.approx(3.5) and u["est_step_overlapped_s"] == pytest.approx(3.0)
+    assert u["est_mfu"] == pytest.approx(8e14 / (3.5 * 400e12))
+    assert u["est_mfu_overlapped"] == pytest.approx(8e14 / (3.0 * 400e12))
+    assert u["est_hfu"] == pytest.approx(1.2e15 / (3.5 * 400e12))
+    moved = u["collective_bytes_per_chip"]
+    assert moved["reduce-scatter"] == 2e11 and moved["all-to-all"] == 0
+
+
+def test_a_chip_of_two_devices_does_both_devices_work():
+    stats = StepStats({"all-reduce": 1e11}, hbm_bytes=int(1e12), flops=1e15)
+    one, two = (update_report(stats, V5P_LIKE, devices_per_chip=n, model_flops_per_chip=1e15) for n in (1, 2))
+    assert two["flops_per_chip"] == 2 * one["flops_per_chip"] and two["hbm_bytes_per_chip"] == 2e12
+    assert two["est_step_s"] == pytest.approx(2 * one["est_step_s"])
+    assert two["est_mfu"] == pytest.approx(one["est_mfu"] / 2)
+
+
+def test_a_memory_bound_step_is_timed_by_hbm():
+    stats = StepStats({}, hbm_bytes=int(6e12), flops=4e14)
+    u = update_report(stats, V5P_LIKE, devices_per_chip=1, model_flops_per_chip=4e14)
+    assert u["est_step_s"] == pytest.approx(3.0) and u["est_mfu"] == pytest.approx(1 / 3)
+
+
+TPU_TEXT = """HloModule m
+%region (a: s32[], b: s32[]) -> s32[] {
+  %a = s32[]{:T(128)S(7)} parameter(0)
+  %b = s32[]{:T(128)S(7)} parameter(1)
+  ROOT %add = s32[]{:T(128)S(7)} add(%a, %b)
+}, execution_thread="sparsecore"
+
+ENTRY %main (g: s32[5], x: bf16[64,32], w: bf16[4,32,16]) -> bf16[64,16] {
+  %g = s32[5]{0} parameter(0)
+  %x = bf16[64,32]{1,0} parameter(1)
+  %w = bf16[4,32,16]{2,1,0} parameter(2)
+  ROOT %ragged-dot-none.3 = bf16[64,16]{1,0} custom-call(%g, %x, %w), custom_call_target="tpu_custom_call", metadata={op_name="jit(f)/expert_ffn/ragged_dot_general/ragged-dot-none"}
+}
+"""
+
+
+def test_a_tpu_ragged_dot_kernel_counts_its_grouped_product_after_a_sparsecore_computation():
+    """XLA TPU runs ragged_dot as a Mosaic kernel (a custom call): lhs [A, K] x rhs [G, K, N] -> [A, N] is
+    2 A K N FLOPs; the module's computations may end in `}, execution_thread=...`."""
+    stats = StepStats.from_hlo(TPU_TEXT)
+    assert stats.flops == 2 * 64 * 32 * 16
+    assert stats.hbm_bytes == 5 * 4 + 64 * 32 * 2 + 4 * 32 * 16 * 2 + 64 * 16 * 2  # operands read, result written
