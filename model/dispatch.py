@@ -115,7 +115,10 @@ def _used_blocks(x_NbD, group_N, used, w_gate_EDF, w_up_EDF, w_down_EFD):
         x_bD, g = x_NbD[i], group_N[i]
         return y_NbD.at[i].set((jax.nn.silu(x_bD @ w_gate_EDF[g]) * (x_bD @ w_up_EDF[g])) @ w_down_EFD[g])
 
-    return jax.lax.fori_loop(0, used, one_block, jnp.zeros(x_NbD.shape[:2] + w_down_EFD.shape[-1:], x_NbD.dtype))
+    zeros = jnp.zeros(x_NbD.shape[:2] + w_down_EFD.shape[-1:], x_NbD.dtype)
+    # inside a shard_map the blocks' outputs vary over the operands' mesh axes: so must the loop's carry
+    zeros = _vary_together(zeros, x_NbD, group_N, w_gate_EDF, w_up_EDF, w_down_EFD)[0]
+    return jax.lax.fori_loop(0, used, one_block, zeros)
 
 
 def _blocks_autodiff(x_NbD, group_N, w_gate_EDF, w_up_EDF, w_down_EFD):

@@ -12,6 +12,9 @@ from flax import nnx
 from r1jax.model.dispatch import local_expert_ffn
 from r1jax.model.factory import init_policy
 from r1jax.rl.sampler import Sampler, SamplingConfig
+from r1jax.sharding.context import use_mesh
+from r1jax.sharding.mesh import ShardingConfig, build_mesh
+from r1jax.sharding.params import state_shardings
 from tests.model.test_moe import dense_reference, dispatch_case
 from tests.model.tiny import FAMILIES
 
@@ -56,3 +59,19 @@ def test_the_option_leaves_multi_token_forwards_alone():
     tokens = jnp.arange(12).reshape(2, 6) + 4
     grad = jax.grad(lambda s: jnp.sum(nnx.merge(graphdef, s)(tokens).logits_BTV ** 2))(state)  # no while loop
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grad))
+
+
+def test_the_decode_kernel_under_an_expert_parallel_mesh_equals_unsharded():
+    """Inside the dispatch's shard_map (each device its own experts and token shards)."""
+    model = dataclasses.replace(FAMILIES["deepseek_v3"], moe_impl="blocked", moe_decode_used_blocks=True)
+    graphdef, state = nnx.split(init_policy(model, 0))
+    sampler = Sampler(graphdef, SamplingConfig(max_new_tokens=6, prompt_buckets=(8,)), stop_ids=(3,), pad_id=0)
+    prompts, key = [[5, 6, 7], [9, 10, 11, 12], [20], [30, 31]] * 2, jax.random.key(2)  # 8 rows over 8 devices
+    expected = sampler.generate(state, prompts, key=key, ignore_eos=True)
+    mesh = build_mesh(ShardingConfig(data=2, fsdp=2, expert=2, tensor=1))
+    rules = ShardingConfig(preset="fsdp_expert_tensor").logical_rules()
+    with use_mesh(mesh, rules):
+        got = sampler.generate(jax.device_put(state, state_shardings(state, mesh, rules)), prompts, key=key,
+                               ignore_eos=True)
+    np.testing.assert_array_equal(np.asarray(got.tokens_BT), np.asarray(expected.tokens_BT))
+    np.testing.assert_allclose(np.asarray(got.logprobs_BN), np.asarray(expected.logprobs_BN), atol=1e-5)
