@@ -60,6 +60,9 @@ class ModelConfig:
     compute_dtype: str = "float32"  # router, softmax, norms and logits always run in float32
     moe_impl: str = "auto"  # auto: ragged_dot on TPU/GPU, blocked scan on CPU (see model.dispatch)
     moe_block_size: int = 64  # rows per block of the blocked grouped matmul (at most; see model.dispatch)
+    # a one-token-per-row forward (a decode step) runs only the blocked kernel's non-empty blocks: the same
+    # outputs, fewer loop iterations (model.dispatch._used_blocks); forward only, so never in training
+    moe_decode_used_blocks: bool = False
     remat: bool = False  # rematerialise each layer in the backward pass
 
     def __post_init__(self) -> None:

@@ -52,7 +52,7 @@ class MoE(nnx.Module):
         with jax.named_scope("dispatch"):
             y_TD = expert_ffn(x_TD, routing.experts_TK, routing.weights_TK, self.gate_proj[...],
                               self.up_proj[...], self.down_proj[...], impl=cfg.moe_impl,
-                              block_size=cfg.moe_block_size)
+                              block_size=cfg.moe_block_size, used_blocks_only=cfg.moe_decode_used_blocks and t == 1)
         y_BTD = constrain(y_TD.reshape(b, t, d), ("batch", "length", "act_embed"))
         if cfg.is_deepseek and cfg.n_shared_experts:
             y_BTD = y_BTD + self.shared_experts(x_BTD)
