@@ -61,6 +61,11 @@ class ModelConfig:
     moe_impl: str = "auto"  # auto: ragged_dot on TPU/GPU, blocked scan on CPU (see model.dispatch)
     moe_block_size: int = 64  # rows per block of the blocked grouped matmul (at most; see model.dispatch)
     remat: bool = False  # rematerialise each layer in the backward pass
+    # False: the forward without a KV cache (training, log-probs) runs a segment's layers one after another
+    # instead of in a `lax.scan`; the backward then keeps each layer's residuals apart instead of stacking
+    # them (XLA's CPU backend zero-fills and copies those stacks every step). Float rounding differs from
+    # the scan (XLA fuses the unrolled layers differently); decoding with a KV cache always scans.
+    scan_layers: bool = True
 
     def __post_init__(self) -> None:
         _check_choice("family", self.family, FAMILIES)

@@ -88,7 +88,8 @@ def check_compatible(saved: Config, current: Config, where: str) -> None:
 
 
 # Fields that change how the model runs, not what its parameters are: a checkpoint may resume under others.
-_RUNTIME_FIELDS = {"compute_dtype", "moe_impl", "moe_block_size", "remat", "routing_bias_update_rate"}
+_RUNTIME_FIELDS = {"compute_dtype", "moe_impl", "moe_block_size", "remat", "scan_layers",
+                   "routing_bias_update_rate"}
 
 
 def abstract_like(tree: Any, shardings: Any = None) -> Any:
