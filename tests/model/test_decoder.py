@@ -81,10 +81,15 @@ def test_unrolled_layers_match_the_scan(family):
     cfg = dataclasses.replace(FAMILIES[family], mlp_only_layers=())  # Qwen: one 3-layer MoE segment
     tokens = jax.random.randint(jax.random.key(6), (2, 8), 0, cfg.vocab_size)
 
-    def run(c):
+    def run(c):  # (policy output, gradient of a loss on the logits), one compiled program
         graphdef, state = nnx.split(init_policy(c, seed=0))
-        loss = lambda s: jnp.mean(nnx.merge(graphdef, s)(tokens).logits_BTV ** 2)
-        return jax.jit(lambda s: nnx.merge(graphdef, s)(tokens))(state), jax.jit(jax.grad(loss))(state)
+
+        def loss(s):
+            out = nnx.merge(graphdef, s)(tokens)
+            return jnp.mean(out.logits_BTV ** 2), out
+
+        (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(state)
+        return out, grads
 
     (scanned, grads_scanned), (unrolled, grads_unrolled) = run(cfg), run(dataclasses.replace(cfg, scan_layers=False))
     assert any(count > 1 for kind, count in cfg.layer_segments())  # a segment really is unrolled
