@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 from r1jax.rl.bench.grpo_step import grpo_rows, summarize_steps  # noqa: E402
 from r1jax.rl.config import load_config  # noqa: E402
 from r1jax.rl.data import build_source  # noqa: E402
+from r1jax.rl.host_allocator import retain_freed_memory  # noqa: E402
 from r1jax.rl.rewards import ScoreItem, combine, score_item  # noqa: E402
 
 
@@ -96,6 +97,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    retain_freed_memory()  # as `r1jax` does on a CPU-only host (before JAX starts; TRL's torch gets it too)
     config = load_config(args.preset, [f"stages.0.steps={args.steps}", *args.overrides])
     with tempfile.TemporaryDirectory(prefix="grpo-vs-trl-") as work:
         run_dir, model_dir = os.path.join(work, "run"), os.path.join(work, "hf")

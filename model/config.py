@@ -64,6 +64,11 @@ class ModelConfig:
     # outputs, fewer loop iterations (model.dispatch._used_blocks); forward only, so never in training
     moe_decode_used_blocks: bool = False
     remat: bool = False  # rematerialise each layer in the backward pass
+    # False: the forward without a KV cache (training, log-probs) runs a segment's layers one after another
+    # instead of in a `lax.scan`; the backward then keeps each layer's residuals apart instead of stacking
+    # them (XLA's CPU backend zero-fills and copies those stacks every step). Float rounding differs from
+    # the scan (XLA fuses the unrolled layers differently); decoding with a KV cache always scans.
+    scan_layers: bool = True
 
     def __post_init__(self) -> None:
         _check_choice("family", self.family, FAMILIES)

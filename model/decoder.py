@@ -74,7 +74,7 @@ class Segment(nnx.Module):
     """`count` consecutive layers of one kind, stacked and scanned."""
 
     def __init__(self, kind: str, count: int, cfg: ModelConfig, rngs: nnx.Rngs):
-        self.kind, self.count, self.remat = kind, count, cfg.remat
+        self.kind, self.count, self.remat, self.scan_layers = kind, count, cfg.remat, cfg.scan_layers
         self.block = Block(kind, cfg, rngs, stack=(count,))
 
     def __call__(self, x_BTD, cos, sin, mask_BTS, valid_BT, replay_LBTK=None, cache_L=None, cache_index=None,
@@ -92,6 +92,8 @@ class Segment(nnx.Module):
 
         if self.remat:
             one_layer = jax.checkpoint(one_layer)
+        if cache_L is None and not self.scan_layers:
+            return self._unrolled(one_layer, x_BTD, state, replay_LBTK)
         if cache_L is not None and self.count == 1:  # a one-layer scan copies the cache it carries
             first = jax.tree.map(lambda x: x[0], (state, replay_LBTK))
             (x_BTD, cache_L), aux = one_layer((x_BTD, cache_L), (*first, jnp.int32(0)))
@@ -99,6 +101,16 @@ class Segment(nnx.Module):
         layers = jnp.arange(self.count)
         (x_BTD, cache_L), aux = jax.lax.scan(one_layer, (x_BTD, cache_L), (state, replay_LBTK, layers))
         return x_BTD, aux, cache_L
+
+    def _unrolled(self, one_layer, x_BTD, state, replay_LBTK):
+        """`model.scan_layers: false` without a cache: the scan's body called once per layer on that layer's
+        slice of the stacked parameters; the per-layer auxiliaries are stacked as the scan stacks them."""
+        auxes = []
+        for layer in range(self.count):
+            inputs = jax.tree.map(lambda x: x[layer], (state, replay_LBTK))
+            (x_BTD, _), aux = one_layer((x_BTD, None), (*inputs, jnp.int32(layer)))
+            auxes.append(aux)
+        return x_BTD, jax.tree.map(lambda *parts: jnp.stack(parts), *auxes), None
 
 
 class Policy(nnx.Module):

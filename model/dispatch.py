@@ -160,14 +160,21 @@ _blocks.defvjp(_blocks_fwd, _blocks_bwd)
 
 
 def local_expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_EFD, *,
-                     expert_offset=0, impl: str = "auto", block_size: int = 64, used_blocks_only: bool = False):
+                     expert_offset=None, impl: str = "auto", block_size: int = 64, used_blocks_only: bool = False):
     """The routed-expert output for these tokens, using only experts [offset, offset + E_local).
+
+    `expert_offset` None: the weights hold every expert, so every copy is local and none is masked (the
+    same numbers as offset 0 over all experts, without the masks' [copies, D] selects in the backward).
     `used_blocks_only`: the blocked kernels skip empty blocks (forward only; see `_used_blocks`)."""
     t, k = experts_TK.shape
     num_local = w_gate_EDF.shape[0]
-    local_A = experts_TK.reshape(-1) - expert_offset
-    valid_A = (local_A >= 0) & (local_A < num_local)
-    key_A = jnp.where(valid_A, local_A, num_local)  # copies for other devices' experts sort last
+    if expert_offset is None:
+        key_A = experts_TK.reshape(-1)
+        valid_A = None
+    else:
+        local_A = experts_TK.reshape(-1) - expert_offset
+        valid_A = (local_A >= 0) & (local_A < num_local)
+        key_A = jnp.where(valid_A, local_A, num_local)  # copies for other devices' experts sort last
     order_A = jnp.argsort(key_A, stable=True)
     group_sizes_E = jnp.bincount(key_A, length=num_local + 1)[:num_local].astype(jnp.int32)
     impl = resolve_impl(impl)
@@ -187,8 +194,11 @@ def local_expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_
         else:
             y_AD = swiglu_blocked(x_AD, group_sizes_E, *weights, block_size=block_size,
                                   written_backward=impl == "blocked", used_blocks_only=used_blocks_only)
-    combine_A = jnp.where(valid_A[order_A], weights_TK.reshape(-1)[order_A], 0.0).astype(dt)
-    y_AD = jnp.where(valid_A[order_A][:, None], y_AD, 0) * combine_A[:, None]
+    combine_A = weights_TK.reshape(-1)[order_A]
+    if valid_A is not None:
+        combine_A = jnp.where(valid_A[order_A], combine_A, 0.0)
+        y_AD = jnp.where(valid_A[order_A][:, None], y_AD, 0)
+    y_AD = y_AD * combine_A.astype(dt)[:, None]
     return jnp.zeros_like(x_TD).at[token_A].add(y_AD)
 
 
@@ -210,7 +220,7 @@ def expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_EFD, *
         if gathered:
             x, experts, weights = (jax.lax.all_gather(v, gathered, axis=0, tiled=True)
                                    for v in (x, experts, weights))
-        offset = _linear_index(ep, shape) * wg.shape[0]
+        offset = _linear_index(ep, shape) * wg.shape[0] if ep else None  # None: every expert is here
         y = local_expert_ffn(x, experts, weights, wg, wu, wd, expert_offset=offset, **kwargs)
         if summed:
             y = jax.lax.psum(y, summed)

@@ -3,7 +3,7 @@
 A stage with `init_from: HF_DIR` (a directory holding config.json) makes HF_DIR/config.json the source of
 the architecture (`model.hf_config.architecture_fields` of its family). The config's `model` section then
 needs only r1jax's own fields (`model.hf_config.R1JAX_FIELDS`: param_dtype, compute_dtype, moe_impl,
-moe_block_size, remat, routing_bias_update_rate); an architecture field it does give must equal the
+moe_block_size, remat, scan_layers, routing_bias_update_rate); an architecture field it does give must equal the
 checkpoint's, else a UserError names it (`model.hidden_size: run.yaml says 64, HF_DIR/config.json says
 2048`). `param_dtype`, unless the config gives it, is the dtype the checkpoint stores (a bfloat16 checkpoint
 stays bfloat16). Fields only the other family reads keep the config's values.

@@ -12,6 +12,7 @@ import os
 import sys
 
 from r1jax.errors import UserError
+from r1jax.rl.host_allocator import retain_freed_memory
 from r1jax.sharding.distributed import PeerLost  # defers JAX's import itself
 
 # (name, module, one-line help). A module defines add_arguments(parser) and run(args) -> int.
@@ -95,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu_devices is not None:
         fake_cpu_devices(args.cpu_devices)
     pin_cpu_without_accelerators()
+    if os.environ.get("JAX_PLATFORMS") == "cpu":  # before JAX's backend starts (rl.host_allocator)
+        retain_freed_memory()
     quiet_libraries()
     try:
         return int(args._module.run(args) or 0)

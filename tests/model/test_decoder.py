@@ -1,4 +1,4 @@
-"""Decoder behaviour: causality, padding, positions, dtype policy, remat."""
+"""Decoder behaviour: causality, padding, positions, dtype policy, remat, unrolled layers."""
 
 import dataclasses
 
@@ -72,3 +72,29 @@ def test_remat_gives_identical_gradients():
 
     for a, b in zip(jax.tree.leaves(grads(cfg)), jax.tree.leaves(grads(dataclasses.replace(cfg, remat=True)))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_unrolled_layers_match_the_scan(family):
+    # model.scan_layers: false runs the same layers one by one; only XLA's fusion (float rounding) differs.
+    # Measured: logits differ by <= 1.2e-7 and gradients by <= 2.3e-9 here; the tolerances are ~10-40x that.
+    cfg = dataclasses.replace(FAMILIES[family], mlp_only_layers=())  # Qwen: one 3-layer MoE segment
+    tokens = jax.random.randint(jax.random.key(6), (2, 8), 0, cfg.vocab_size)
+
+    def run(c):  # (policy output, gradient of a loss on the logits), one compiled program
+        graphdef, state = nnx.split(init_policy(c, seed=0))
+
+        def loss(s):
+            out = nnx.merge(graphdef, s)(tokens)
+            return jnp.mean(out.logits_BTV ** 2), out
+
+        (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(state)
+        return out, grads
+
+    (scanned, grads_scanned), (unrolled, grads_unrolled) = run(cfg), run(dataclasses.replace(cfg, scan_layers=False))
+    assert any(count > 1 for kind, count in cfg.layer_segments())  # a segment really is unrolled
+    np.testing.assert_allclose(np.asarray(unrolled.logits_BTV), np.asarray(scanned.logits_BTV), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(unrolled.aux.experts_BTK), np.asarray(scanned.aux.experts_BTK))
+    np.testing.assert_allclose(np.asarray(unrolled.aux.counts_E), np.asarray(scanned.aux.counts_E))
+    for a, b in zip(jax.tree.leaves(grads_unrolled), jax.tree.leaves(grads_scanned)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-7, rtol=1e-5)

@@ -109,9 +109,28 @@ def test_fewer_local_experts_than_top_k_dispatch_every_local_copy(impl):
                                    atol=1e-4)
     # a token whose copies all go to one device's two experts: both are kept
     crowded = jnp.tile(jnp.array([[0, 1, 5]]), (24, 1))
-    local = local_expert_ffn(x, crowded, weights, wg[:2], wu[:2], wd[:2], impl=impl, block_size=8)
+    local = local_expert_ffn(x, crowded, weights, wg[:2], wu[:2], wd[:2], expert_offset=0, impl=impl, block_size=8)
     reference = dense_reference(x, crowded.at[:, 2].set(0), weights.at[:, 2].set(0), wg, wu, wd)
     np.testing.assert_allclose(np.asarray(local), reference, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["blocked", "blocked_autodiff"])
+def test_all_local_experts_skip_the_masks_with_identical_numbers(impl):
+    # expert_offset None (every expert on this device, as without expert parallelism) drops the validity
+    # masks; offset 0 over all experts keeps them. Outputs and gradients must be bitwise equal.
+    keys = jax.random.split(jax.random.key(7), 5)
+    x = jax.random.normal(keys[0], (20, 8))
+    weights, chosen = jax.lax.top_k(jax.nn.softmax(jax.random.normal(keys[1], (20, 8))), 2)
+    wg, wu = (jax.random.normal(k, (8, 8, 4)) for k in keys[2:4])
+    wd = jax.random.normal(keys[4], (8, 4, 8))
+
+    def value_and_grads(offset):
+        f = lambda *a: jnp.sum(jnp.sin(local_expert_ffn(a[0], chosen, a[1], *a[2:], expert_offset=offset,
+                                                        impl=impl, block_size=8)))
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3, 4)))(x, weights, wg, wu, wd)
+
+    for a, b in zip(jax.tree.leaves(value_and_grads(None)), jax.tree.leaves(value_and_grads(0))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 def _deepseek_router_case():
     cfg = ModelConfig(family="deepseek_v3", hidden_size=8, n_routed_experts=8, num_experts_per_tok=2,
