@@ -208,7 +208,9 @@ class _Module:
 
     def _fused_traffic(self, fused: Computation, reads: list[int], write: int) -> tuple[list[int], int]:
         """A fusion reads only the slices (or gathered rows) it takes of a parameter, through bitcasts and
-        nested fusions, and writes only an in-place update."""
+        nested fusions, and writes only an in-place update: a buffer that the fusion only updates and slices
+        (a read-modify-write of one slice, `x.at[i].add(v)`) is updated in place, as XLA's buffer assignment
+        shares a dynamic-update-slice fusion's output with that operand."""
         reads = list(reads)
         for inst in fused.instructions.values():
             if inst.opcode != "parameter" or not inst.attrs.isdigit() or int(inst.attrs) >= len(reads):
@@ -216,8 +218,9 @@ class _Module:
             index = int(inst.attrs)
             reads[index] = min(reads[index], self._read_bytes(fused, inst.name, reads[index]))
             uses = self._users(fused).get(inst.name, [])
-            if uses and all(u.opcode == "dynamic-update-slice" and u.operands[0] == inst.name for u in uses):
-                write = min(write, sum(fused.instructions[u.operands[1]].bytes for u in uses))
+            updates = [u for u in uses if u.opcode == "dynamic-update-slice" and u.operands[0] == inst.name]
+            if updates and all(u in updates or u.opcode == "dynamic-slice" for u in uses):
+                write = min(write, sum(fused.instructions[u.operands[1]].bytes for u in updates))
         return reads, write
 
     def _users(self, comp: Computation) -> dict[str, list[Instruction]]:

@@ -107,3 +107,31 @@ def test_a_tpu_ragged_dot_kernel_counts_its_grouped_product_after_a_sparsecore_c
     stats = StepStats.from_hlo(TPU_TEXT)
     assert stats.flops == 2 * 64 * 32 * 16
     assert stats.hbm_bytes == 5 * 4 + 64 * 32 * 2 + 4 * 32 * 16 * 2 + 64 * 16 * 2  # operands read, result written
+
+
+SLICE_ADD_TEXT = """HloModule m
+%slice_add (buf: f32[16,8,4], i: s32[], v: f32[1,8,4]) -> f32[16,8,4] {
+  %buf = f32[16,8,4]{2,1,0} parameter(0)
+  %i = s32[] parameter(1)
+  %v = f32[1,8,4]{2,1,0} parameter(2)
+  %z = s32[] constant(0)
+  %old = f32[1,8,4]{2,1,0} dynamic-slice(%buf, %i, %z, %z), dynamic_slice_sizes={1,8,4}
+  %sum = f32[1,8,4]{2,1,0} add(%old, %v)
+  ROOT %dus = f32[16,8,4]{2,1,0} dynamic-update-slice(%buf, %sum, %i, %z, %z)
+}
+
+ENTRY %main (b: f32[16,8,4], j: s32[], u: f32[1,8,4]) -> f32[16,8,4] {
+  %b = f32[16,8,4]{2,1,0} parameter(0)
+  %j = s32[] parameter(1)
+  %u = f32[1,8,4]{2,1,0} parameter(2)
+  ROOT %f = f32[16,8,4]{2,1,0} fusion(%b, %j, %u), kind=kLoop, calls=%slice_add
+}
+"""
+
+
+def test_a_fusion_adding_into_one_slice_of_a_buffer_moves_only_that_slice():
+    """`dw.at[g].add(v)` (the blocked MoE kernel's weight gradient, one expert per block) compiles to a
+    fusion that slices the buffer, adds and updates it in place: it reads the slice, the index and the update
+    and writes the slice, not the 16 x larger buffer."""
+    slice_bytes = 8 * 4 * 4
+    assert StepStats.from_hlo(SLICE_ADD_TEXT).hbm_bytes == slice_bytes + 4 + slice_bytes + slice_bytes
