@@ -63,6 +63,10 @@ class ModelConfig:
     # a one-token-per-row forward (a decode step) runs only the blocked kernel's non-empty blocks: the same
     # outputs, fewer loop iterations (model.dispatch._used_blocks); forward only, so never in training
     moe_decode_used_blocks: bool = False
+    # the kernel of a one-token-per-row forward (a decode step); "" = moe_impl. On TPU the update wants
+    # `blocked` (XLA's ragged_dot weight gradient is a dense product over every local expert) while decoding
+    # wants `ragged` (one pass over each expert's weights per step): configs/qwen3_30b_a3b.yaml sets both
+    moe_decode_impl: str = ""
     remat: bool = False  # rematerialise each layer in the backward pass
     # False: the forward without a KV cache (training, log-probs) runs a segment's layers one after another
     # instead of in a `lax.scan`; the backward then keeps each layer's residuals apart instead of stacking
@@ -75,6 +79,8 @@ class ModelConfig:
         _check_choice("param_dtype", self.param_dtype, DTYPES)
         _check_choice("compute_dtype", self.compute_dtype, DTYPES)
         _check_choice("moe_impl", self.moe_impl, MOE_IMPLS)
+        if self.moe_decode_impl:
+            _check_choice("moe_decode_impl", self.moe_decode_impl, MOE_IMPLS)
         for name in ("vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_size",
                      "num_hidden_layers", "num_attention_heads", "n_routed_experts",
                      "num_experts_per_tok", "moe_block_size", "max_position_embeddings"):

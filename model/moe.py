@@ -49,10 +49,12 @@ class MoE(nnx.Module):
         replay = None if replay_BTK is None else replay_BTK.reshape(b * t, -1)
         with jax.named_scope("routing"):
             routing = route(x_TD, self.router[...], bias, cfg, replay)
+        decode = t == 1  # one token per row: a decode step (model.config's moe_decode_* fields)
+        impl = cfg.moe_decode_impl or cfg.moe_impl if decode else cfg.moe_impl
         with jax.named_scope("dispatch"):
             y_TD = expert_ffn(x_TD, routing.experts_TK, routing.weights_TK, self.gate_proj[...],
-                              self.up_proj[...], self.down_proj[...], impl=cfg.moe_impl,
-                              block_size=cfg.moe_block_size, used_blocks_only=cfg.moe_decode_used_blocks and t == 1)
+                              self.up_proj[...], self.down_proj[...], impl=impl,
+                              block_size=cfg.moe_block_size, used_blocks_only=cfg.moe_decode_used_blocks and decode)
         y_BTD = constrain(y_TD.reshape(b, t, d), ("batch", "length", "act_embed"))
         if cfg.is_deepseek and cfg.n_shared_experts:
             y_BTD = y_BTD + self.shared_experts(x_BTD)

@@ -107,8 +107,9 @@ def workload_for(config, *, prompts: int | None = None, group_size: int | None =
 
 
 def for_tpu(model: ModelConfig) -> ModelConfig:
-    """`moe_impl: auto` picks its kernel from the host's backend (CPU here); the target is a TPU."""
-    return dataclasses.replace(model, moe_impl="ragged") if model.moe_impl == "auto" else model
+    """`auto` kernels (`moe_impl`, `moe_decode_impl`) follow the host's backend (CPU here); the target is a TPU."""
+    tpu = lambda impl: "ragged" if impl == "auto" else impl
+    return dataclasses.replace(model, moe_impl=tpu(model.moe_impl), moe_decode_impl=tpu(model.moe_decode_impl))
 
 
 @dataclasses.dataclass

@@ -75,3 +75,29 @@ def test_the_decode_kernel_under_an_expert_parallel_mesh_equals_unsharded():
                                ignore_eos=True)
     np.testing.assert_array_equal(np.asarray(got.tokens_BT), np.asarray(expected.tokens_BT))
     np.testing.assert_allclose(np.asarray(got.logprobs_BN), np.asarray(expected.logprobs_BN), atol=1e-5)
+
+
+def test_decode_steps_take_the_decode_kernel_and_training_forwards_the_update_kernel():
+    """`model.moe_decode_impl`: a one-token-per-row forward runs it, a multi-token forward runs `moe_impl`
+    (read from the traced programs: ragged_dot appears only where `ragged` runs); rollouts agree with the
+    all-`blocked` policy (the kernels sum the same products in another order)."""
+    model = dataclasses.replace(FAMILIES["qwen3_moe"], moe_impl="blocked", moe_decode_impl="ragged")
+    policy = init_policy(model, 0)
+    tokens = jnp.arange(12).reshape(2, 6) + 4
+    graphdef, state = nnx.split(policy)
+    forward = lambda t: lambda s: nnx.merge(graphdef, s)(t).logits_BTV
+    assert "ragged_dot" in str(jax.make_jaxpr(forward(tokens[:, :1]))(state))
+    assert "ragged_dot" not in str(jax.make_jaxpr(jax.grad(lambda s: jnp.sum(forward(tokens)(s))))(state))
+    prompts = [[5, 6, 7], [9, 10, 11, 12, 13, 14], [20], [30, 31]]
+    config = SamplingConfig(max_new_tokens=8, prompt_buckets=(8,))
+    rollouts = []
+    for decode_impl in ("ragged", ""):
+        graphdef, state = nnx.split(init_policy(dataclasses.replace(model, moe_decode_impl=decode_impl), 0))
+        rollouts.append(Sampler(graphdef, config, stop_ids=(3,), pad_id=0).generate(state, prompts, samples=2))
+    np.testing.assert_array_equal(np.asarray(rollouts[0].tokens_BT), np.asarray(rollouts[1].tokens_BT))
+    np.testing.assert_allclose(np.asarray(rollouts[0].logprobs_BN), np.asarray(rollouts[1].logprobs_BN), atol=1e-5)
+
+
+def test_an_unknown_decode_kernel_is_refused_by_name():
+    with pytest.raises(ValueError, match="moe_decode_impl"):
+        dataclasses.replace(FAMILIES["qwen3_moe"], moe_decode_impl="dense")
