@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu_devices is not None:
         fake_cpu_devices(args.cpu_devices)
     pin_cpu_without_accelerators()
-    if os.environ.get("JAX_PLATFORMS") == "cpu":  # before JAX's backend starts (rl.host_allocator)
+    # The malloc options are process-wide and act best before JAX's backend starts: set them only when this is
+    # the program (argv from the command line), never in a caller's process (a test runner, a notebook).
+    if argv is None and os.environ.get("JAX_PLATFORMS") == "cpu":
         retain_freed_memory()
     quiet_libraries()
     try:

@@ -23,14 +23,16 @@ class HeldOutEval:
         self.config, self.run_dir, self.primary, self.tokenizer = config, run_dir, primary, tokenizer
         self.pool, self.metrics, self.console, self.problems = pool, metrics, console, problems
 
-    def __call__(self, stage_name: str, sampler: Sampler, policy, step: int) -> dict:
-        """Evaluate `policy`, the policy after global step `step`; returns the summary entry."""
+    def __call__(self, stage_name: str, sampler: Sampler, policy, step: int, checkpointed: bool) -> dict:
+        """Evaluate `policy`, the policy after global step `step`; returns the summary entry. Its `checkpoint`
+        names the step's checkpoint directory, or is None when the run saves no checkpoint at that step
+        (`checkpointed`: an evaluation between two of `checkpoint.every`'s saves)."""
         cfg = self.config
         figures, samples = evaluate(sampler, policy, self.tokenizer, cfg.tokenizer.template, self.problems,
                                     self.pool, cfg.eval, cfg.sampling.max_new_tokens, cfg.rewards.answer_max_chars,
                                     cfg.tokenizer.template_vars)
-        entry = {"stage": stage_name, "checkpoint": str(self.run_dir / "checkpoints" / str(step)), "step": step,
-                 **figures}
+        checkpoint = str(self.run_dir / "checkpoints" / str(step)) if checkpointed else None
+        entry = {"stage": stage_name, "checkpoint": checkpoint, "step": step, **figures}
         if self.primary:
             out = self.run_dir / "samples"
             out.mkdir(exist_ok=True)

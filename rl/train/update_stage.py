@@ -78,8 +78,11 @@ class UpdateStage:
         return metrics
 
     def evaluate(self, sampler: Sampler, step: int) -> dict:
-        """Held-out evaluation of the current policy, the policy after global step `step`."""
-        entry = self.ctx.evaluate(self.stage.name, sampler, self.policy, step)
+        """Held-out evaluation of the current policy, the policy after global step `step` (this stage's
+        current step, or the next one while that step is being finished)."""
+        stage_step = self.stage_step + step - self.global_step
+        entry = self.ctx.evaluate(self.stage.name, sampler, self.policy, step,
+                                  checkpointed=stage_step == self.stage.steps or self._save_due(stage_step))
         self.evals.append(entry)
         return entry
 
@@ -108,9 +111,8 @@ class UpdateStage:
         row = ctx.metrics.write({"global_step": self.global_step, "step": self.stage_step, "stage": self.stage.name,
                                  **row})
         ctx.console.update(self.stage_step, row)
-        due = self.stage_step % ctx.config.checkpoint.every == 0
         # a stop in the stage's last step saves it too: the resumed run then only evaluates and closes the stage
-        if (due and self.stage_step < self.stage.steps) or ctx.stop.requested(self.global_step):
+        if self._save_due(self.stage_step) or ctx.stop.requested(self.global_step):
             trees, meta = self._trees(), dict(extra_meta)
             if saved_with is not None:
                 more_trees, more_meta = saved_with()
@@ -119,6 +121,10 @@ class UpdateStage:
         if ctx.stop.requested(self.global_step):
             ctx.checkpoints.wait()
             raise Stopped(self.result())
+
+    def _save_due(self, stage_step: int) -> bool:
+        """A periodic checkpoint at this stage step (the stage's last step is saved by finish_stage)."""
+        return stage_step % self.ctx.config.checkpoint.every == 0 and stage_step < self.stage.steps
 
     def finish_stage(self, extra_meta: dict, sampler: Sampler) -> StageResult:
         """Evaluate the stage's final policy and checkpoint it as done."""

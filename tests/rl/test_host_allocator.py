@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from r1jax.rl.cli import main as cli_main
+
 # mallocs, touches and frees a 64 MB block 20 times in a worker thread (XLA's CPU runtime allocates from
 # its own threads) and prints the minor page faults that took.
 SCRIPT = """
@@ -42,3 +44,15 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again():
     assert ok == "True"
     assert default >= 15 * pages  # glibc mmaps and unmaps each block: every touch faults, every time
     assert retained <= 3 * pages  # faulted in once, then reused
+
+
+def test_only_the_command_line_program_sets_the_malloc_options(monkeypatch, tmp_path):
+    """`main(argv)` called from another program (a test runner, a notebook) leaves that process's malloc as
+    it is; `r1jax ...` itself (argv from the command line) sets the options before JAX starts."""
+    calls = []
+    monkeypatch.setattr(cli_main, "retain_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    args = ["export-hf", str(tmp_path / "missing"), str(tmp_path / "out")]
+    assert cli_main.main(args) == 2 and calls == []  # a missing checkpoint: a one-line error either way
+    monkeypatch.setattr(sys, "argv", ["r1jax", *args])
+    assert cli_main.main() == 2 and calls == [1]

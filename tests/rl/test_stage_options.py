@@ -10,6 +10,7 @@ functions of a tiny model, without a run.
 """
 
 import dataclasses
+import json
 import pathlib
 
 import jax
@@ -90,10 +91,15 @@ def test_one_update_per_batch_has_ratio_one(grpo_rows):
 def test_several_updates_per_batch_use_the_old_log_probs(tmp_path):
     """mu = 2: the second update's ratios are against the policy that sampled, which the first update moved
     (with mu = 1 they are exactly 1, previous test); at lr 0.05 some leave the clip range."""
-    Trainer(load_config(CONFIG, [*GRPO_MOE, "stages.0.steps=2", "grpo.num_iterations=2"]), tmp_path).run()
+    Trainer(load_config(CONFIG, [*GRPO_MOE, "stages.0.steps=2", "grpo.num_iterations=2", "eval.every=1"]),
+            tmp_path).run()
     for row in metrics_rows(tmp_path):
         assert row["ratio_max"] > 1.05, row
         assert row["clip_low_frac"] + row["clip_high_frac"] > 0, row
+    # the evaluation after step 1 has no checkpoint (checkpoint.every is 1000), the stage's last one has
+    evals = json.loads((tmp_path / "summary.json").read_text())["evals"]
+    assert [(e["step"], e["checkpoint"]) for e in evals] == [(1, None), (2, str(tmp_path / "checkpoints" / "2"))]
+    assert (tmp_path / "checkpoints" / "2").is_dir() and not (tmp_path / "checkpoints" / "1").exists()
 
 
 def test_the_router_loss_coefficients_add_their_terms():
