@@ -18,8 +18,7 @@ moments, model.compute_dtype for activations and the KV cache):
 - `activations` is the update step's temporaries; `kv_cache` is computed from the sampler's cache shapes,
   the batch axis sharded as the sampler layout's rules shard "batch" (the cache is made inside the program).
 XLA's cost estimate (flops, bytes accessed) is reported per program as XLA gives it. The update step is read
-from its compiled text (`sharding.update_stats`): FLOPs, HBM and collective bytes per chip, a roofline time
-and MFU.
+from its compiled text (`sharding.update_stats`): FLOPs, HBM and collective bytes per chip, time and MFU.
 
 The sampler compiles in the layout it would run in (`rl.sampler_layout.choose_layout`, fit-checked against
 the HBM the resident state leaves): on the inference layout its weights are a second copy, added beside the
