@@ -9,7 +9,8 @@ Scores and softmax run in float32; masked scores use the most negative finite fl
 with every key masked (padding) gives a uniform, finite distribution instead of NaN.
 
 Decoding can instead read the layer-stacked cache block by block (`attend_blocks`): a while loop over KV
-blocks up to the live length with an online softmax (the running max, normaliser and weighted sum of the
+blocks up to the live length (the last one short when the block does not divide the cache, so a step never
+reads more than the dense read) with an online softmax (the running max, normaliser and weighted sum of the
 FlashAttention papers), so a step's attention costs what the longest row holds, not the cache's budget, and
 no layer's whole cache is sliced out (XLA's CPU dots copy such a slice). It equals the dense softmax up to
 float rounding (the sums run in another order); a row with every key masked gives zeros, not a uniform mix.
@@ -51,26 +52,41 @@ class KVRead(NamedTuple):
     block: int
 
 
+# A cache of at most this many blocks is read whole (the dense read), not block-wise: there the loop saves at
+# most a block's read and pays for its trips (on a CPU, 64-slot blocks were a few percent slower than the
+# dense read of caches up to 136 slots and faster from about 150 on).
+DENSE_READ_BLOCKS = 2
+
+
+def reads_blockwise(cache_len: int, kv_block: int) -> bool:
+    """Whether a decode step over a cache of `cache_len` slots reads it block-wise (`kv_block` > 0 and the
+    cache longer than `DENSE_READ_BLOCKS` blocks) rather than whole."""
+    return 0 < kv_block and DENSE_READ_BLOCKS * kv_block < cache_len
+
+
 def attend_blocks(block_scores, block_values, acc_shape, cache, layer, mask_BS, read: KVRead) -> jax.Array:
-    """Online softmax over the cache's blocks [0, ceil(live / block)) of layer `layer`.
+    """Online softmax over the cache slots [0, live) of layer `layer`, read in whole blocks from slot 0.
 
     `cache`: the segment's stacked entries ([L, B, S, ...] each); `block_scores(entries)` gives float32 scores
-    [B, ..., blk] of one block (the key axis last), `block_values(probs, entries)` the probs-weighted values,
-    float32 of `acc_shape`. A last block that would run past S is read at S - blk, its already-read keys
-    masked. Returns the softmax-weighted values, float32 [acc_shape]."""
+    [B, ..., size] of one piece of `size` slots (the key axis last), `block_values(probs, entries)` the
+    probs-weighted values, float32 of `acc_shape`. The slots tile as floor(S / block) blocks and, when `block`
+    does not divide S, a last piece of S mod block slots, read only once `live` reaches into it: a step never
+    reads more slots than the dense read (S), nor any block past the one holding slot `live` - 1.
+    Returns the softmax-weighted values, float32 [acc_shape]."""
     length = cache[0].shape[2]
     block = min(read.block, length)
+    full, tail = divmod(length, block)
     batch = mask_BS.shape[0]
-    idx_K = jnp.arange(block)
 
-    def body(j, carry):
-        max_M, norm_M, acc = carry
-        start = jnp.minimum(j * block, length - block)
+    def piece(start, size):  # (entries, keep) of slots [start, start + size) of this layer
         entries = tuple(jax.lax.dynamic_slice(c, (layer, 0, start) + (0,) * (c.ndim - 3),
-                                              (1, batch, block) + c.shape[3:])[0] for c in cache)
-        keep_BK = jax.lax.dynamic_slice_in_dim(mask_BS, start, block, axis=1) & (start + idx_K >= j * block)
+                                              (1, batch, size) + c.shape[3:])[0] for c in cache)
+        return entries, jax.lax.dynamic_slice_in_dim(mask_BS, start, size, axis=1)
+
+    def accumulate(carry, entries, keep_BK):
+        max_M, norm_M, acc = carry
         scores = block_scores(entries)
-        keep = keep_BK.reshape((batch,) + (1,) * (scores.ndim - 2) + (block,))
+        keep = keep_BK.reshape((batch,) + (1,) * (scores.ndim - 2) + (keep_BK.shape[1],))
         new_max_M = jnp.maximum(max_M, jnp.max(jnp.where(keep, scores, -jnp.inf), axis=-1))
         probs = jnp.where(keep, jnp.exp(scores - new_max_M[..., None]), 0.0)
         rescale_M = jnp.exp(max_M - new_max_M)
@@ -78,8 +94,18 @@ def attend_blocks(block_scores, block_values, acc_shape, cache, layer, mask_BS, 
         return new_max_M, norm_M * rescale_M + jnp.sum(probs, axis=-1), acc + block_values(probs, entries)
 
     stats_shape = acc_shape[:-1]
-    init = (jnp.full(stats_shape, jnp.finfo(jnp.float32).min), jnp.zeros(stats_shape), jnp.zeros(acc_shape))
-    _, norm_M, acc = jax.lax.fori_loop(0, (read.live + block - 1) // block, body, init)
+    carry = (jnp.full(stats_shape, jnp.finfo(jnp.float32).min), jnp.zeros(stats_shape), jnp.zeros(acc_shape))
+
+    def read_block(j, c):
+        if not tail:
+            return accumulate(c, *piece(j * block, block))
+        # the last piece is read by the loop's last trip, its slice starting at the trip's index: a slice
+        # outside the loop is fused with this step's cache write by XLA, which then copies the whole cache
+        return jax.lax.cond(j < full, lambda c: accumulate(c, *piece(j * block, block)),
+                            lambda c: accumulate(c, *piece(j * block, tail)), c)
+
+    carry = jax.lax.fori_loop(0, (read.live + block - 1) // block, read_block, carry)
+    _, norm_M, acc = carry
     norm_M = jnp.maximum(norm_M, jnp.finfo(jnp.float32).tiny)  # every key masked: zeros, not NaN
     return acc / norm_M.reshape(norm_M.shape + (1,) * (acc.ndim - norm_M.ndim))
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from r1jax.model.attention import GQAttention, KVRead, MLAttention, causal_mask
+from r1jax.model.attention import GQAttention, KVRead, MLAttention, causal_mask, reads_blockwise
 from r1jax.model.config import ModelConfig
 from r1jax.model.layers import MLP, RMSNorm, Stack, dtype_of, make_param, rope_cos_sin
 from r1jax.model.moe import MoE, MoEAux
@@ -167,13 +167,14 @@ class Policy(nnx.Module):
         `kv_valid_BS` marks the cache slots holding real tokens (these new ones included); a query at slot s
         attends to the valid slots <= s. `cache_index` is a scalar, or [B] (one slot per row) when T = 1.
         `kv_block` > 0 (T = 1 only): attention reads the cache in blocks of that many slots up to the
-        furthest row's slot (model.attention.attend_blocks); 0: the whole cache. Returns the output and the
-        caches with these tokens' entries.
+        furthest row's slot (model.attention.attend_blocks), unless the cache holds at most
+        `DENSE_READ_BLOCKS` blocks (`reads_blockwise`); 0: the whole cache. Returns the output and the caches
+        with these tokens' entries.
         """
         t, s = tokens_BT.shape[1], kv_valid_BS.shape[1]
         query_slot_BT = jnp.reshape(cache_index, (-1, 1)) + jnp.arange(t)[None, :]
         mask_BTS = kv_valid_BS[:, None, :] & (jnp.arange(s)[None, None, :] <= query_slot_BT[:, :, None])
-        kv_read = KVRead(jnp.max(cache_index) + t, kv_block) if kv_block > 0 and t == 1 else None
+        kv_read = KVRead(jnp.max(cache_index) + t, kv_block) if t == 1 and reads_blockwise(s, kv_block) else None
         cos, sin = rope_cos_sin(positions_BT, self.rope_dim(), self.cfg.rope_theta)
         x_BTD, aux, caches = self.run_layers(self.embed(tokens_BT), cos, sin, mask_BTS, valid_BT.astype(bool),
                                              replay_LBTK, caches, cache_index, kv_read)

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from r1jax.errors import UserError
+from r1jax.model.attention import reads_blockwise
 from r1jax.model.config import ModelConfig
 from r1jax.model.factory import abstract_policy
 from r1jax.rl.bench.flops import train_step_flops
@@ -221,7 +222,9 @@ def dynamic_trips(work: Workload) -> int:
     """The trip count taken for a decode-step loop whose bound is traced (the block-wise cache read runs
     ceil(live / kv_block) blocks): the blocks of the mean live length over the decode, prompt + half the
     new tokens."""
-    return -(-(work.prompt_len + work.new_tokens // 2) // work.kv_block) if work.kv_block else 1
+    if not reads_blockwise(work.seq_len, work.kv_block):
+        return 1
+    return -(-(work.prompt_len + work.new_tokens // 2) // work.kv_block)
 
 
 def kv_cache_bytes(setup: Setup, layout: SamplerLayout | None = None, *, read: bool = False) -> int:
@@ -231,7 +234,8 @@ def kv_cache_bytes(setup: Setup, layout: SamplerLayout | None = None, *, read: b
     (`dynamic_trips` blocks) when the cache is read block-wise."""
     work = setup.workload
     if read:
-        length = min(work.seq_len, dynamic_trips(work) * work.kv_block) if work.kv_block else work.seq_len
+        blockwise = reads_blockwise(work.seq_len, work.kv_block)
+        length = min(work.seq_len, dynamic_trips(work) * work.kv_block) if blockwise else work.seq_len
         return _cache_bytes(setup, layout, work.decode_rows, length)
     if work.slots:
         return (_cache_bytes(setup, layout, work.slots, work.seq_len)

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from r1jax.model.attention import DENSE_READ_BLOCKS
 from r1jax.model.factory import init_policy
 from r1jax.rl.sampler import Sampler, SamplingConfig
 from tests.model.tiny import FAMILIES
 
-CACHE_LEN, BLOCK, ROWS = 13, 4, 3  # 13 = 3 blocks + 1: the last block is read overlapping, its repeats masked
+CACHE_LEN, BLOCK, ROWS = 13, 4, 3  # 13 = 3 blocks + 1: the last piece is one slot, read from live = 13
 
 
 def filled_cache(policy, seed: int):
@@ -74,3 +75,19 @@ def test_sampler_with_blockwise_attention_equals_the_dense_sampler():
                 for block in (0, 4)}
     assert np.array_equal(np.asarray(rollouts[4].tokens_BT), np.asarray(rollouts[0].tokens_BT))
     np.testing.assert_allclose(np.asarray(rollouts[4].logprobs_BN), np.asarray(rollouts[0].logprobs_BN), atol=1e-5)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_cache_of_at_most_two_blocks_is_read_whole(family):
+    """Both sides of `DENSE_READ_BLOCKS`: 13 slots in blocks of 7 (two blocks) are read exactly as the dense
+    read does, bit for bit; in blocks of 6 (two and a bit) block-wise, so the unfilled slots are not read."""
+    assert DENSE_READ_BLOCKS == 2
+    policy = init_policy(FAMILIES[family], seed=0)
+    caches, valid_BS = filled_cache(policy, seed=3)
+    index = (2, 5, 3)
+    dense, _ = decode_logits(policy, caches, valid_BS, index, 0)
+    assert np.array_equal(np.asarray(decode_logits(policy, caches, valid_BS, index, 7)[0]), np.asarray(dense))
+    poisoned = [tuple(c.at[:, :, 6:].set(jnp.nan) for c in seg) for seg in caches]
+    blockwise = np.asarray(decode_logits(policy, poisoned, valid_BS, index, 6)[0])
+    np.testing.assert_allclose(blockwise, np.asarray(dense), atol=2e-5, rtol=1e-5)
+    assert np.isnan(np.asarray(decode_logits(policy, poisoned, valid_BS, index, 7)[0])).all()  # read whole
