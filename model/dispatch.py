@@ -7,18 +7,19 @@ Compute scales with tokens x top-k, not with the number of experts. Two grouped-
   by its own expert's weights. The static layout has room for the worst case (every copy on this device's
   experts, plus a partial block per expert); the loop runs only the used blocks (sum of the padded group
   sizes / block, a traced count), so under expert parallelism the work follows the copies routed to the
-  local experts (DeepSeek-V3's update: ~160 of 2,576 blocks per layer and device). `ragged_dot` on CPU (jax 0.10.2) costs as much as a dense product over all experts
-  (8192x256 @ [E,256,512]: 161 ms at E = 8, 1,131 ms at E = 64, vs 12.6 ms as one dense matmul of the
-  same FLOPs, on a 2-core CPU); this kernel is the CPU path. Its backward is written out (`_blocks`): a
-  second loop over the same blocks that adds each block's weight gradient into its expert's [E, D, F] slot.
+  local experts (DeepSeek-V3's update: ~160 of 2,576 blocks per layer and device). `ragged_dot` on CPU
+  (jax 0.10.2) costs as much as a dense product over all experts (8192x256 @ [E,256,512]: 161 ms at E = 8,
+  1,131 ms at E = 64, vs 12.6 ms as one dense matmul of the same FLOPs, on a 2-core CPU); this kernel is the
+  CPU path. Its backward is written out (`_blocks`): a second loop over the same blocks that adds each
+  block's weight gradient into its expert's [E, D, F] slot.
   Differentiating the forward scan instead stacks one [D, F] weight slice and one weight gradient per block
   ([blocks, D, F], 51 MB per matrix and layer on the side-by-side workload); the written-out backward moves
   0.48 GB instead of 0.74 GB and took 0.16-0.37 s instead of 0.32-0.61 s per layer there (6,144 tokens,
   top-2 of 8 experts, D 256, F 128, forward + backward, measured on a loaded 2-core CPU).
-- "blocked_autodiff": the same forward as a scan over every block, differentiated by JAX (a loop of traced
-  length has no reverse-mode derivative; the kernel before the written-out backward;
-  gradients differ from "blocked" in float rounding only). configs/tiny.yaml keeps it, because the default
-  run's measured figures were made with it.
+- "blocked_autodiff": the kernel before the written-out backward: the same forward as a scan over every
+  block (a loop of traced length has no reverse-mode derivative), differentiated by JAX; gradients differ
+  from "blocked" in float rounding only. configs/tiny.yaml keeps it, because the default run's measured
+  figures were made with it.
 
 Expert parallelism (`expert_ffn` under a mesh): a shard_map over the mesh. Each device holds E/ep experts
 (and F/tp of their width). Tokens sharded over the expert axis are all-gathered along it, each device runs
