@@ -60,8 +60,9 @@ class ModelConfig:
     compute_dtype: str = "float32"  # router, softmax, norms and logits always run in float32
     moe_impl: str = "auto"  # auto: ragged_dot on TPU/GPU, blocked scan on CPU (see model.dispatch)
     moe_block_size: int = 64  # rows per block of the blocked grouped matmul (at most; see model.dispatch)
-    # a one-token-per-row forward (a decode step) runs only the blocked kernel's non-empty blocks: the same
-    # outputs, fewer loop iterations (model.dispatch._used_blocks); forward only, so never in training
+    # a one-token-per-row forward (a decode step) runs only `blocked_autodiff`'s non-empty blocks: the same
+    # outputs, fewer loop iterations (model.dispatch._used_blocks); forward only, so never in training.
+    # `blocked` runs only its non-empty blocks in every forward and backward, whatever this says
     moe_decode_used_blocks: bool = False
     # the kernel of a one-token-per-row forward (a decode step); "" = moe_impl. On TPU the update wants
     # `blocked` (XLA's ragged_dot weight gradient is a dense product over every local expert) while decoding

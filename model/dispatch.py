@@ -3,18 +3,23 @@
 Compute scales with tokens x top-k, not with the number of experts. Two grouped-matmul kernels:
 - "ragged": `jax.lax.ragged_dot` (TPU/GPU).
 - "blocked": expert-sorted copies padded per expert to whole blocks of `block_size` rows (fewer when the
-  copies per expert are fewer, as in decoding), then a scan over blocks, each multiplied by its own
-  expert's weights. `ragged_dot` on CPU (jax 0.10.2) costs as much as a dense product over all experts
-  (8192x256 @ [E,256,512]: 161 ms at E = 8, 1,131 ms at E = 64, vs 12.6 ms as one dense matmul of the
-  same FLOPs, on a 2-core CPU); this kernel is the CPU path. Its backward is written out (`_blocks`): a
-  second scan over the blocks that adds each block's weight gradient into its expert's [E, D, F] slot.
+  copies per expert are fewer, as in decoding), then a loop over the blocks that hold rows, each multiplied
+  by its own expert's weights. The static layout has room for the worst case (every copy on this device's
+  experts, plus a partial block per expert); the loop runs only the used blocks (sum of the padded group
+  sizes / block, a traced count), so under expert parallelism the work follows the copies routed to the
+  local experts (DeepSeek-V3's update: ~160 of 2,576 blocks per layer and device). `ragged_dot` on CPU
+  (jax 0.10.2) costs as much as a dense product over all experts (8192x256 @ [E,256,512]: 161 ms at E = 8,
+  1,131 ms at E = 64, vs 12.6 ms as one dense matmul of the same FLOPs, on a 2-core CPU); this kernel is the
+  CPU path. Its backward is written out (`_blocks`): a second loop over the same blocks that adds each
+  block's weight gradient into its expert's [E, D, F] slot.
   Differentiating the forward scan instead stacks one [D, F] weight slice and one weight gradient per block
   ([blocks, D, F], 51 MB per matrix and layer on the side-by-side workload); the written-out backward moves
   0.48 GB instead of 0.74 GB and took 0.16-0.37 s instead of 0.32-0.61 s per layer there (6,144 tokens,
   top-2 of 8 experts, D 256, F 128, forward + backward, measured on a loaded 2-core CPU).
-- "blocked_autodiff": the same forward, differentiated by JAX (the kernel before the written-out backward;
-  gradients differ from "blocked" in float rounding only). configs/tiny.yaml keeps it, because the default
-  run's measured figures were made with it.
+- "blocked_autodiff": the kernel before the written-out backward: the same forward as a scan over every
+  block (a loop of traced length has no reverse-mode derivative), differentiated by JAX; gradients differ
+  from "blocked" in float rounding only. configs/tiny.yaml keeps it, because the default run's measured
+  figures were made with it.
 
 Expert parallelism (`expert_ffn` under a mesh): a shard_map over the mesh. Each device holds E/ep experts
 (and F/tp of their width). Tokens sharded over the expert axis are all-gathered along it, each device runs
@@ -24,6 +29,7 @@ the expert axis, all-reduce over the tensor axis). Alphabet: A = token copies (T
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -54,10 +60,13 @@ def fitted_block_size(copies: int, experts: int, block_size: int) -> int:
 
 
 def swiglu_blocked(x_AD, group_sizes_E, w_gate_EDF, w_up_EDF, w_down_EFD, block_size: int,
-                   written_backward: bool = True, used_blocks_only: bool = False):
+                   written_backward: bool = True, used_blocks_only: bool = False, expected_rows: int | None = None):
     """Grouped SwiGLU over rows sorted by group; rows past sum(group_sizes) come back as zeros.
 
-    `used_blocks_only` (forward only, no gradient): run only the blocks holding rows (`_used_blocks`)."""
+    `used_blocks_only`: run only the blocks holding rows (`_used_blocks`), else a scan over every block of
+    the static layout (the worst case); the same numbers either way. With `written_backward` both have a
+    gradient; without it (`blocked_autodiff`) the used-blocks loop is forward only (decoding).
+    `expected_rows`: the rows expected to be in groups (None: all `a`), for the loop's trip-count estimate."""
     a, d = x_AD.shape
     e = group_sizes_E.shape[0]
     block_size = fitted_block_size(a, e, block_size)
@@ -71,18 +80,20 @@ def swiglu_blocked(x_AD, group_sizes_E, w_gate_EDF, w_up_EDF, w_down_EFD, block_
     x_pad = jnp.zeros((num_blocks * block_size, d), x_AD.dtype).at[dest_A].set(x_AD, mode="drop")
     block_group = jnp.searchsorted(padded_ends_E, jnp.arange(num_blocks) * block_size, side="right")
     block_group = jnp.minimum(block_group, e - 1)
-    if used_blocks_only:
-        y_blocks = _used_blocks(x_pad.reshape(num_blocks, block_size, d), block_group, padded_ends_E[-1] // block_size,
-                                w_gate_EDF, w_up_EDF, w_down_EFD)
-    elif written_backward:
+    x_NbD = x_pad.reshape(num_blocks, block_size, d)
+    # blocks [0, used) hold rows (each group's padded blocks are contiguous and start full); the rest are empty
+    used = padded_ends_E[-1] // block_size if used_blocks_only else None  # None: every block
+    expected = min(num_blocks, -(-(a if expected_rows is None else expected_rows) // block_size) + e)
+    if written_backward:
         # inside a shard_map rows and weights vary over different mesh axes (rows: data, fsdp; weights:
-        # tensor): give all operands the union, so the backward's carries have one type; JAX's transpose of
+        # tensor): give all operands the union, so the loops' carries have one type; JAX's transpose of
         # these casts sums the gradients over the added axes, as it does for the autodiff kernel
-        operands = _vary_together(x_pad.reshape(num_blocks, block_size, d), w_gate_EDF, w_up_EDF, w_down_EFD)
-        y_blocks = _blocks(operands[0], block_group, *operands[1:])
+        x_NbD, *weights = _vary_together(x_NbD, w_gate_EDF, w_up_EDF, w_down_EFD)
+        y_blocks = _blocks(x_NbD, block_group, used, expected, *weights)
+    elif used_blocks_only:
+        y_blocks = _used_blocks(x_NbD, block_group, used, expected, w_gate_EDF, w_up_EDF, w_down_EFD)[0]
     else:
-        y_blocks = _blocks_autodiff(x_pad.reshape(num_blocks, block_size, d), block_group, w_gate_EDF, w_up_EDF,
-                                    w_down_EFD)
+        y_blocks = _blocks_autodiff(x_NbD, block_group, w_gate_EDF, w_up_EDF, w_down_EFD)
     y_pad = y_blocks.reshape(num_blocks * block_size, -1)
     return jnp.where((row_group_A < e)[:, None], y_pad[jnp.minimum(dest_A, num_blocks * block_size - 1)], 0)
 
@@ -94,78 +105,102 @@ def _vary_together(*arrays):
                  for a, v in zip(arrays, varying))
 
 
+def _block_forward(x_bD, g, w_gate_EDF, w_up_EDF, w_down_EFD):
+    """One block of rows through expert g's SwiGLU: (output, gate and up pre-activations)."""
+    gate_bF, up_bF = x_bD @ w_gate_EDF[g], x_bD @ w_up_EDF[g]
+    return (jax.nn.silu(gate_bF) * up_bF) @ w_down_EFD[g], gate_bF, up_bF
+
+
 def _blocks_forward(x_NbD, group_N, w_gate_EDF, w_up_EDF, w_down_EFD):
-    """Each block of rows through its own expert's SwiGLU: (outputs, gate and up pre-activations)."""
+    """Every block through its own expert's SwiGLU, a scan: (outputs, gate and up pre-activations)."""
     def one_block(_, inputs):
-        x_bD, g = inputs
-        gate_bF, up_bF = x_bD @ w_gate_EDF[g], x_bD @ w_up_EDF[g]
-        return None, ((jax.nn.silu(gate_bF) * up_bF) @ w_down_EFD[g], gate_bF, up_bF)
+        return None, _block_forward(*inputs, w_gate_EDF, w_up_EDF, w_down_EFD)
 
     _, outputs = jax.lax.scan(one_block, None, (x_NbD, group_N))
     return outputs
 
 
-def _used_blocks(x_NbD, group_N, used, w_gate_EDF, w_up_EDF, w_down_EFD):
-    """`_blocks_forward`'s outputs for blocks [0, used) (a traced count), zeros for the rest: a loop of `used`
-    iterations instead of a scan over all of them. The layout reserves a last partial block for every
-    expert, so a decode step's blocks are mostly empty (64 tokens x top-2 over 16 experts: 32 blocks of 8
-    rows, about 20 used). Each block runs the same products as in the scan; a while loop of traced length
-    has no reverse-mode derivative, so this is the decoding path only."""
-    def one_block(i, y_NbD):
-        x_bD, g = x_NbD[i], group_N[i]
-        return y_NbD.at[i].set((jax.nn.silu(x_bD @ w_gate_EDF[g]) * (x_bD @ w_up_EDF[g])) @ w_down_EFD[g])
+def _block_loop(used, expected: int, num_blocks: int, body, init):
+    """`body(i, carry)` for blocks i in [0, used): a while loop of traced length, or a scan over all
+    `num_blocks` when `used` is None. A traced trip count is unknown to the compiled program, so the loop
+    states the count to assume in its name scope (`expected_trips_N`, read by `sharding.decode_stats`)."""
+    if used is None:
+        return jax.lax.fori_loop(0, num_blocks, body, init)
+    with jax.named_scope(f"expected_trips_{expected}"):
+        return jax.lax.fori_loop(0, used, body, init)
 
-    zeros = jnp.zeros(x_NbD.shape[:2] + w_down_EFD.shape[-1:], x_NbD.dtype)
+
+def _used_blocks(x_NbD, group_N, used, expected: int, w_gate_EDF, w_up_EDF, w_down_EFD,
+                 keep_activations: bool = False):
+    """`_block_forward` for blocks [0, used) (a traced count; None: every block), zeros for the rest:
+    (outputs, and with `keep_activations` the gate and up pre-activations, else None). The layout reserves a
+    last partial block for every group and, under expert parallelism, room for every gathered copy, so most
+    blocks may be empty (a decode step, 64 tokens x top-2 over 16 experts: 32 blocks of 8 rows, about 20
+    used; DeepSeek-V3's update, 16 of 256 experts per device: 2,576 blocks, about 160 used). Each block runs
+    the same products as in the scan."""
+    def one_block(i, buffers):
+        outputs = _block_forward(x_NbD[i], group_N[i], w_gate_EDF, w_up_EDF, w_down_EFD)
+        return tuple(buf.at[i].set(out) for buf, out in zip(buffers, outputs))  # y (and gate, up)
+
+    rows = x_NbD.shape[:2]
+    shapes = [rows + w_down_EFD.shape[-1:]] + [rows + w_gate_EDF.shape[-1:]] * (2 if keep_activations else 0)
     # inside a shard_map the blocks' outputs vary over the operands' mesh axes: so must the loop's carry
-    zeros = _vary_together(zeros, x_NbD, group_N, w_gate_EDF, w_up_EDF, w_down_EFD)[0]
-    return jax.lax.fori_loop(0, used, one_block, zeros)
+    zeros = tuple(_vary_together(jnp.zeros(s, x_NbD.dtype), x_NbD, group_N, w_gate_EDF, w_up_EDF, w_down_EFD)[0]
+                  for s in shapes)
+    outputs = _block_loop(used, expected, x_NbD.shape[0], one_block, zeros)
+    return outputs[0], (outputs[1:] if keep_activations else None)
 
 
 def _blocks_autodiff(x_NbD, group_N, w_gate_EDF, w_up_EDF, w_down_EFD):
     return _blocks_forward(x_NbD, group_N, w_gate_EDF, w_up_EDF, w_down_EFD)[0]
 
 
-@jax.custom_vjp
-def _blocks(x_NbD, group_N, w_gate_EDF, w_up_EDF, w_down_EFD):
-    return _blocks_forward(x_NbD, group_N, w_gate_EDF, w_up_EDF, w_down_EFD)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _blocks(x_NbD, group_N, used, expected, w_gate_EDF, w_up_EDF, w_down_EFD):
+    return _used_blocks(x_NbD, group_N, used, expected, w_gate_EDF, w_up_EDF, w_down_EFD)[0]
 
 
-def _blocks_fwd(x_NbD, group_N, w_gate_EDF, w_up_EDF, w_down_EFD):
-    y_NbD, gate_NbF, up_NbF = _blocks_forward(x_NbD, group_N, w_gate_EDF, w_up_EDF, w_down_EFD)
-    return y_NbD, (x_NbD, group_N, w_gate_EDF, w_up_EDF, w_down_EFD, gate_NbF, up_NbF)
+def _blocks_fwd(x_NbD, group_N, used, expected, w_gate_EDF, w_up_EDF, w_down_EFD):
+    y_NbD, (gate_NbF, up_NbF) = _used_blocks(x_NbD, group_N, used, expected, w_gate_EDF, w_up_EDF, w_down_EFD,
+                                             keep_activations=True)
+    return y_NbD, (x_NbD, group_N, used, w_gate_EDF, w_up_EDF, w_down_EFD, gate_NbF, up_NbF)
 
 
-def _blocks_bwd(residuals, dy_NbD):
-    """y = (silu(x Wg) * (x Wu)) Wd per block; weight gradients accumulate in the scan's carry."""
-    x_NbD, group_N, w_gate_EDF, w_up_EDF, w_down_EFD, gate_NbF, up_NbF = residuals
+def _blocks_bwd(expected, residuals, dy_NbD):
+    """y = (silu(x Wg) * (x Wu)) Wd per block, over the forward's blocks [0, used) in the same order; weight
+    gradients accumulate in the loop's carry, in place; the input gradient of an empty block is zero."""
+    x_NbD, group_N, used, w_gate_EDF, w_up_EDF, w_down_EFD, gate_NbF, up_NbF = residuals
 
-    def one_block(grads, inputs):
-        dw_gate, dw_up, dw_down = grads
-        x_bD, g, gate_bF, up_bF, dy_bD = inputs
+    def one_block(i, carry):
+        dw_gate, dw_up, dw_down, dx_NbD = carry
+        x_bD, g, gate_bF, up_bF, dy_bD = x_NbD[i], group_N[i], gate_NbF[i], up_NbF[i], dy_NbD[i]
         sigmoid_bF = jax.nn.sigmoid(gate_bF)
         act_bF = gate_bF * sigmoid_bF  # silu
         dh_bF = dy_bD @ w_down_EFD[g].T
         dup_bF = dh_bF * act_bF
         dgate_bF = dh_bF * up_bF * (sigmoid_bF * (1 + gate_bF * (1 - sigmoid_bF)))  # silu'
-        grads = (dw_gate.at[g].add(x_bD.T @ dgate_bF), dw_up.at[g].add(x_bD.T @ dup_bF),
-                 dw_down.at[g].add((act_bF * up_bF).T @ dy_bD))
-        return grads, dgate_bF @ w_gate_EDF[g].T + dup_bF @ w_up_EDF[g].T
+        return (dw_gate.at[g].add(x_bD.T @ dgate_bF), dw_up.at[g].add(x_bD.T @ dup_bF),
+                dw_down.at[g].add((act_bF * up_bF).T @ dy_bD),
+                dx_NbD.at[i].set(dgate_bF @ w_gate_EDF[g].T + dup_bF @ w_up_EDF[g].T))
 
-    zeros = tuple(jnp.zeros_like(w) for w in (w_gate_EDF, w_up_EDF, w_down_EFD))
-    (dw_gate, dw_up, dw_down), dx_NbD = jax.lax.scan(one_block, zeros, (x_NbD, group_N, gate_NbF, up_NbF, dy_NbD))
-    return dx_NbD, None, dw_gate, dw_up, dw_down
+    zeros = tuple(jnp.zeros_like(w) for w in (w_gate_EDF, w_up_EDF, w_down_EFD, x_NbD))
+    dw_gate, dw_up, dw_down, dx_NbD = _block_loop(used, expected, x_NbD.shape[0], one_block, zeros)
+    return dx_NbD, None, None, dw_gate, dw_up, dw_down
 
 
 _blocks.defvjp(_blocks_fwd, _blocks_bwd)
 
 
 def local_expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_EFD, *,
-                     expert_offset=None, impl: str = "auto", block_size: int = 64, used_blocks_only: bool = False):
+                     expert_offset=None, impl: str = "auto", block_size: int = 64, used_blocks_only: bool = False,
+                     expected_copies: int | None = None):
     """The routed-expert output for these tokens, using only experts [offset, offset + E_local).
 
     `expert_offset` None: the weights hold every expert, so every copy is local and none is masked (the
     same numbers as offset 0 over all experts, without the masks' [copies, D] selects in the backward).
-    `used_blocks_only`: the blocked kernels skip empty blocks (forward only; see `_used_blocks`)."""
+    `used_blocks_only`: `blocked_autodiff` skips empty blocks too (forward only; `blocked` always skips them:
+    see `_used_blocks`). `expected_copies`: the copies these experts get on average (None: all t x k), the
+    blocked kernel's trip-count estimate (`_block_loop`)."""
     t, k = experts_TK.shape
     num_local = w_gate_EDF.shape[0]
     if expert_offset is None:
@@ -193,7 +228,8 @@ def local_expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_
             y_AD = swiglu_ragged(x_AD, group_sizes_E, *weights)
         else:
             y_AD = swiglu_blocked(x_AD, group_sizes_E, *weights, block_size=block_size,
-                                  written_backward=impl == "blocked", used_blocks_only=used_blocks_only)
+                                  written_backward=impl == "blocked",
+                                  used_blocks_only=used_blocks_only or impl == "blocked", expected_rows=expected_copies)
     combine_A = weights_TK.reshape(-1)[order_A]
     if valid_A is not None:
         combine_A = jnp.where(valid_A[order_A], combine_A, 0.0)
@@ -221,7 +257,10 @@ def expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_EFD, *
             x, experts, weights = (jax.lax.all_gather(v, gathered, axis=0, tiled=True)
                                    for v in (x, experts, weights))
         offset = _linear_index(ep, shape) * wg.shape[0] if ep else None  # None: every expert is here
-        y = local_expert_ffn(x, experts, weights, wg, wu, wd, expert_offset=offset, **kwargs)
+        # an even load: each device's experts get their share of the gathered copies
+        expected = -(-experts.size * wg.shape[0] // w_gate_EDF.shape[0])
+        y = local_expert_ffn(x, experts, weights, wg, wu, wd, expert_offset=offset, expected_copies=expected,
+                             **kwargs)
         if summed:
             y = jax.lax.psum(y, summed)
         if gathered:

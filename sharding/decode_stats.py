@@ -38,6 +38,7 @@ _MOVES_DATA = {"bitcast", "copy", "reshape", "transpose", "convert", "slice", "d
                "all-gather-done", "get-tuple-element", "fusion", "pad", "concatenate"}
 
 
+_EXPECTED_TRIPS = re.compile(r"(?:^|/)expected_trips_(\d+)/while$")  # a traced loop's stated trip count
 _RAGGED_DOT = re.compile(r"(^|/)ragged-dot-(?!metadata)[\w.-]*$")  # op_name of XLA TPU's ragged-dot kernel
 
 
@@ -147,10 +148,13 @@ class _Module:
 
     def trip_count(self, parent: Computation, loop: Instruction) -> int:
         """The compiler's stated trip count, else read from the loop: a condition `counter < N` on a tuple
-        element whose initial value is a constant (libtpu states none); `dynamic_trips` when N is not a
-        constant; 1 when the condition is not of that form."""
+        element whose initial value is a constant (libtpu states none); when N is not a constant, the count
+        a loop made under the name scope `expected_trips_M` states (the blocked MoE kernel's used blocks:
+        `model.dispatch._block_loop`), else `dynamic_trips`; when the condition is not of that form, M or 1."""
         if loop.trip_count is not None:
             return loop.trip_count
+        stated = _EXPECTED_TRIPS.search(loop.op_name)
+        fallback = int(stated.group(1)) if stated else 1
         cond = self.comps.get(loop.attr("condition"))
         root = cond.root if cond is not None else None
         operands = root.operands if root is not None else []
@@ -158,16 +162,16 @@ class _Module:
             fused = self.comps.get(root.attr("calls"))
             inner = fused.root if fused is not None else None
             if inner is None or not all(fused.instructions[o].opcode == "parameter" for o in inner.operands):
-                return 1
+                return fallback
             operands = [root.operands[int(fused.instructions[o].attrs)] for o in inner.operands]
             root = inner
         if root is None or root.opcode != "compare" or "direction=LT" not in root.attrs or len(operands) != 2:
-            return 1
+            return fallback
         counter, bound = (cond.instructions.get(o) for o in operands)
         if counter is None or bound is None or counter.opcode != "get-tuple-element":
-            return 1
+            return fallback
         if bound.integer is None:  # a traced bound (e.g. the block-wise cache read's live blocks)
-            return self.dynamic_trips
+            return fallback if stated else self.dynamic_trips
         init = parent.instructions.get(loop.operands[0]) if loop.operands else None
         start = 0
         if init is not None and init.opcode == "tuple" and counter.tuple_index < len(init.operands):

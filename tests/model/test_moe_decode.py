@@ -1,7 +1,9 @@
-"""The decode-step MoE kernel (`model.moe_decode_used_blocks`: only the non-empty blocks run) against the
-full blocked scan: the same outputs to the bit, and the same rollouts."""
+"""The blocked MoE kernels' loop over only the non-empty blocks (always for `blocked`, forward and backward; in
+decode steps for `blocked_autodiff` with `model.moe_decode_used_blocks`) against the scan over every block: the
+same outputs and gradients to the bit, the same rollouts, and the trip count the compile estimate assumes."""
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -9,12 +11,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from r1jax.model.dispatch import local_expert_ffn
+from r1jax.model.dispatch import expert_ffn, local_expert_ffn, swiglu_blocked
 from r1jax.model.factory import init_policy
 from r1jax.rl.sampler import Sampler, SamplingConfig
 from r1jax.sharding.context import use_mesh
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.params import state_shardings
+from r1jax.sharding.update_stats import StepStats
 from tests.model.test_moe import dense_reference, dispatch_case
 from tests.model.tiny import FAMILIES
 
@@ -22,11 +25,12 @@ from tests.model.tiny import FAMILIES
 @pytest.mark.parametrize("impl", ["blocked", "blocked_autodiff"])
 @pytest.mark.parametrize("tokens,experts,block,offset", [(64, 16, 128, 0), (5, 8, 8, 0), (24, 8, 16, 4)])
 def test_used_blocks_equal_the_full_scan_to_the_bit(impl, tokens, experts, block, offset):
+    """The full scan: `blocked_autodiff` without the option (`blocked` always loops over the used blocks)."""
     x, chosen, weights, wg, wu, wd = dispatch_case(tokens, experts, 2)
     local = (wg, wu, wd) if offset == 0 else tuple(w[offset:] for w in (wg, wu, wd))  # other experts elsewhere
-    run = jax.jit(lambda used: local_expert_ffn(x, chosen, weights, *local, expert_offset=offset, impl=impl,
-                                                block_size=block, used_blocks_only=used), static_argnums=0)
-    full, used = np.asarray(run(False)), np.asarray(run(True))
+    run = jax.jit(lambda impl, used: local_expert_ffn(x, chosen, weights, *local, expert_offset=offset, impl=impl,
+                                                      block_size=block, used_blocks_only=used), static_argnums=(0, 1))
+    full, used = np.asarray(run("blocked_autodiff", False)), np.asarray(run(impl, True))
     np.testing.assert_array_equal(used, full)
     if offset == 0:
         np.testing.assert_allclose(used, dense_reference(x, chosen, weights, wg, wu, wd), atol=1e-5)
@@ -51,10 +55,64 @@ def test_rollouts_with_the_decode_kernel_equal_the_default(family):
         np.testing.assert_array_equal(np.asarray(decode_kernel.experts_LBTK), np.asarray(default.experts_LBTK))
 
 
+@pytest.mark.parametrize("sizes,rows,block", [
+    ([5, 0, 17, 3], 40, 8),  # an expert without rows; 15 rows for other devices' experts sort last
+    ([0, 0, 9, 0], 64, 16),  # one used block of an 8-block layout
+    ([8, 8, 8, 8], 32, 8),  # every block full
+    ([0, 0, 0, 0], 16, 8),  # no local row: no block runs
+])
+def test_the_written_backward_over_used_blocks_equals_the_full_scan_to_the_bit(sizes, rows, block):
+    """`swiglu_blocked` with the written-out backward: outputs and all gradients (rows, three weights) over the
+    used blocks equal those of the scan over every block of the static layout (the kernel before the loop)."""
+    keys = jax.random.split(jax.random.key(rows + block), 5)
+    x_AD = jax.random.normal(keys[0], (rows, 16))
+    wg, wu = (0.3 * jax.random.normal(k, (4, 16, 12)) for k in keys[1:3])
+    wd = 0.3 * jax.random.normal(keys[3], (4, 12, 16))
+    probe = jax.random.normal(keys[4], (rows, 16))
+    group_sizes = jnp.array(sizes, jnp.int32)
+
+    def value_and_grads(used):
+        loss = lambda *a: jnp.sum(jnp.sin(swiglu_blocked(a[0], group_sizes, *a[1:], block_size=block,
+                                                         used_blocks_only=used)) * probe)
+        return jax.jit(jax.value_and_grad(loss, argnums=range(4)))(x_AD, wg, wu, wd)
+
+    full, used = value_and_grads(False), value_and_grads(True)
+    for name, a, b in zip(("loss", "x", "w_gate", "w_up", "w_down"), jax.tree.leaves(used), jax.tree.leaves(full)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
+    assert np.any(np.asarray(full[1][0]) != 0) == (sum(sizes) > 0)
+
+
+def test_under_expert_parallelism_the_loops_state_the_even_share_of_blocks_and_the_estimate_counts_it():
+    """8 devices (fsdp 2 x expert 4), 8 experts top-2: each device gathers 4 x 8 tokens x 2 = 64 copies, of
+    which its 2 experts expect 64 x 2 / 8 = 16, i.e. 2 blocks of 8 rows plus one partial block per local
+    expert: 4 of the static layout's 64 / 8 + 2 = 10. The forward and backward loops state it, the update
+    estimate counts each block's products that many times (forward 3, backward 6 [8, 16] x [16, 12]-sized
+    products), and the gradients equal the unsharded kernel's."""
+    tokens, experts, d, f, block, devices_per_expert_group = 64, 8, 16, 12, 8, 4
+    x, chosen, weights, wg, wu, wd = dispatch_case(tokens, experts, 2)
+    mesh = build_mesh(ShardingConfig(data=1, fsdp=2, expert=4, tensor=1))
+    rules = ShardingConfig(preset="fsdp_expert_tensor").logical_rules()
+    loss = lambda x, weights, *w: jnp.sum(jnp.sin(expert_ffn(x, chosen, weights, *w, impl="blocked", block_size=block)))
+    grads = jax.jit(jax.value_and_grad(loss, argnums=range(5)))
+    expected = grads(x, weights, wg, wu, wd)
+    with use_mesh(mesh, rules):
+        compiled = grads.lower(x, weights, wg, wu, wd).compile()
+        got = compiled(x, weights, wg, wu, wd)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
+    text = compiled.as_text()
+    gathered_copies = tokens // 8 * 4 * 2  # tokens sharded over fsdp x expert (8), gathered over expert (4)
+    local = experts // devices_per_expert_group
+    trips = -(-gathered_copies * local // experts // block) + local
+    assert trips == 2 + 2 < gathered_copies // block + local
+    assert sorted(set(re.findall(r"expected_trips_(\d+)/while", text))) == [str(trips)]
+    assert StepStats.from_hlo(text).flops == trips * (3 + 6) * 2 * block * d * f
+
+
 def test_the_option_leaves_multi_token_forwards_alone():
-    """A forward of several tokens per row (training, prefill) never takes the decode kernel: it has no
-    gradient."""
-    model = dataclasses.replace(FAMILIES["qwen3_moe"], moe_impl="blocked", moe_decode_used_blocks=True)
+    """A forward of several tokens per row (training, prefill) never takes `blocked_autodiff`'s used-blocks
+    loop: it has no gradient."""
+    model = dataclasses.replace(FAMILIES["qwen3_moe"], moe_impl="blocked_autodiff", moe_decode_used_blocks=True)
     graphdef, state = nnx.split(init_policy(model, 0))
     tokens = jnp.arange(12).reshape(2, 6) + 4
     grad = jax.grad(lambda s: jnp.sum(nnx.merge(graphdef, s)(tokens).logits_BTV ** 2))(state)  # no while loop

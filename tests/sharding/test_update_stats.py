@@ -135,3 +135,16 @@ def test_a_fusion_adding_into_one_slice_of_a_buffer_moves_only_that_slice():
     and writes the slice, not the 16 x larger buffer."""
     slice_bytes = 8 * 4 * 4
     assert StepStats.from_hlo(SLICE_ADD_TEXT).hbm_bytes == slice_bytes + 4 + slice_bytes + slice_bytes
+
+
+def test_a_loop_of_traced_length_counts_the_trips_its_name_scope_states():
+    """A trip count known only at run time (the blocked MoE kernel's used blocks) is counted as the loop's
+    `expected_trips_N` name scope states; a loop of traced length without one counts once."""
+    def program(w_DD, x_BD, used):
+        body = lambda _, x: jnp.tanh(x @ w_DD)
+        with jax.named_scope("expected_trips_5"):
+            x_BD = jax.lax.fori_loop(0, used, body, x_BD)
+        return jax.lax.fori_loop(0, used, body, x_BD)  # unstated: once
+
+    text = jax.jit(program).lower(jnp.ones((D, D)), jnp.ones((ROWS, D)), 3).compile().as_text()
+    assert StepStats.from_hlo(text).flops == (5 + 1) * 2 * ROWS * D * D
