@@ -7,16 +7,15 @@ the reference log-probs (`rl.grpo.step.reference_logprobs`, only when kl_coef > 
 libtpu's compile-only devices (`sharding.topology.abstract_devices`) and compiles it for TPU
 (`sharding.compile_stats`). Nothing is allocated and no TPU is needed.
 
-Memory per device (the report's `per_chip_bytes` is the largest program total), in the config's dtypes (the
-report's `dtypes`: model.param_dtype for the parameters and the reference, optimizer.state_dtype for Adam's
-moments, model.compute_dtype for activations and the KV cache):
-- resident state, exact from shapes and shardings: parameters (with the routing bias, always float32),
-  optimizer state, reference parameters;
-- a program's peak (`sharding.compile_stats.ProgramStats.peak_bytes`: the compiler's peak plus the generated
-  code, or libtpu's stated need when it refuses the program). A program whose arguments do not hold the
-  whole state adds the rest: the sampler runs while the optimizer state and the reference stay in HBM;
-- `activations` is the update step's temporaries; `kv_cache` is computed from the sampler's cache shapes,
-  the batch axis sharded as the sampler layout's rules shard "batch" (the cache is made inside the program).
+Memory per device (the report's `per_chip_bytes` is the largest program total), in the config's dtypes
+(`dtypes`: model.param_dtype for parameters and reference, optimizer.state_dtype for Adam's moments,
+model.compute_dtype for activations and the KV cache): the resident state, exact from shapes and shardings
+(parameters with the float32 routing bias, optimizer state, reference), plus a program's peak
+(`sharding.compile_stats.ProgramStats.peak_bytes`: the compiler's peak plus the generated code, or libtpu's
+stated need when it refuses the program); a program whose arguments do not hold the whole state adds the
+rest (the sampler runs while the optimizer state and the reference stay in HBM). `activations` is the update
+step's temporaries; `kv_cache` comes from the sampler's cache shapes, the batch axis sharded as the sampler
+layout's rules shard "batch" (the cache is made inside the program).
 XLA's cost estimate (flops, bytes accessed) is reported per program as XLA gives it. The update step is read
 from its compiled text (`sharding.update_stats`): FLOPs, HBM and collective bytes per chip, time and MFU.
 
