@@ -19,11 +19,17 @@ def train_command(run_dir, config=TRAIN_CONFIG):
             str(run_dir)]
 
 
-def subprocess_env():
-    """The environment of a CLI subprocess: one CPU device unless told (no test XLA_FLAGS), and the test
-    session's shared compilation cache."""
+def subprocess_env(fast_compile: bool = True):
+    """The environment of a CLI subprocess: one CPU device unless told (no test XLA_FLAGS), the test session's
+    shared compilation cache, and (`fast_compile`) XLA's most expensive optimisations off
+    (JAX_DISABLE_MOST_OPTIMIZATIONS: LLVM at -O0). These runs are seconds of compute behind tens of seconds of
+    compiling; the tests compare subprocess runs with each other, never with a program compiled in the test
+    process, and the quick bench asserts its figures' plumbing, not their speed (its run: 110 s -> 67 s on a
+    loaded 2-core host). The last bits of a result can differ from the optimised build's."""
     keep = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env = {**keep, "JAX_PLATFORMS": "cpu"}
+    if fast_compile:
+        env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
     cache = os.environ.get("R1JAX_TEST_COMPILATION_CACHE")
     if cache:
         env.update({"JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",

@@ -4,6 +4,7 @@ remat is in the program only when asked for, unrolled layers give the scan's los
 beta = 0 needs no reference policy."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,8 @@ from r1jax.sharding.params import state_shardings
 from r1jax.sharding.rules import Rules
 from tests.model.tiny import DEEPSEEK
 
+pytestmark = pytest.mark.usefixtures("fast_xla_compile")  # tests/conftest.py
+
 CFG = dataclasses.replace(DEEPSEEK, num_hidden_layers=2)
 GRPO = GRPOConfig(group_size=4, kl_coef=0.05, loss_aggregation="token_mean")
 SGD = skip_nonfinite(optax.sgd(1.0))  # params move by exactly -grad: steps compare gradients
@@ -45,6 +48,7 @@ def synthetic_batch(rows=8, length=12, prompt=4, seed=0):
             "adv": jax.random.normal(keys[3], (rows,))}
 
 
+@functools.cache  # one (state, jitted step) per setting: tests asking for the same one share its trace
 def make(update=UpdateConfig(aux_loss_coef=0.0), grpo=GRPO, optimizer=SGD, with_ref=True, rate=0.0):
     graphdef, state = init_train_state(init_policy(CFG, 0), optimizer, with_ref=with_ref)
     return state, jax.jit(make_grpo_step(graphdef, optimizer, grpo, update, CFG, None, bias_rate=rate))
