@@ -1,7 +1,8 @@
 """`r1jax train` as 2 JAX processes x 4 CPU devices (gloo collectives) against 1 process with 8 devices.
 
 - A SIGTERM to one process stops both at the same step with a checkpoint (exit 0); the resumed 2-process run
-  then equals the 1-process run: the same data, samples, rewards, evaluations and discrete metrics exactly;
+  then equals the 1-process run (GRPO sampling two batches ahead, `grpo.max_staleness` 2, so the checkpoint
+  holds the queue of batches sampled ahead): the same data, samples, rewards, evaluations and discrete metrics exactly;
   losses and parameters to float rounding. Bit equality is not on offer: cross-process sums go through gloo,
   whose summation order differs from the in-process one (the last bits of a loss differ, ~1e-7 relative).
 - A stopped (SIGSTOP) process makes the other exit non-zero within the peer timeout, naming it.
@@ -43,6 +44,7 @@ def config_path(tmp_path_factory):
     config = yaml.safe_load(TRAIN_CONFIG.read_text())
     config["stages"] = [{"name": "sft", "kind": "sft", "steps": 1, "batch_size": 8, "lr": 0.003},
                         {"name": "grpo", "kind": "grpo", "steps": 3}]
+    config["grpo"]["max_staleness"] = 2  # GRPO's steps update on batches sampled 0, 1 and 2 versions back
     config["eval"] = {"num_problems": 4, "samples": 2, "batch_size": 4, "num_logged_samples": 2}
     config["checkpoint"] = {"every": 1, "keep": 10}
     path = tmp_path_factory.mktemp("multihost") / "train.yaml"
@@ -167,6 +169,8 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_resumed_run_equal
     assert re.search(rf"resuming .* from step {stopped} ", " ".join(pair.output(0).split()))  # rich wraps lines
     assert "resuming" not in pair.output(1)  # only process 0 logs
     assert_rows_match(rows(run_dir), rows(one_process_run))
+    # GRPO's updates ran on batches 0, 1 and 2 versions old, across the stop and the resume
+    assert [r["staleness"] for r in rows(run_dir) if "staleness" in r] == [0, 1, 2]
     assert evals(run_dir) == evals(one_process_run)
     for a, b in zip(params(run_dir), params(one_process_run)):
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-5)
