@@ -33,6 +33,7 @@ from jax.experimental.pallas import tpu as pltpu
 from jax.sharding import PartitionSpec
 
 from r1jax.sharding.context import active_rules, mesh_shape
+from r1jax.sharding.decode_stats import KV_READ_SCOPE
 
 F32_MIN = float(jnp.finfo(jnp.float32).min)
 
@@ -112,7 +113,8 @@ def decode_attention_local(q_BKGH, k_cache, v_cache, layer, mask_BS, *, block: i
         out_shape=jax.ShapeDtypeStruct(q_BKGH.shape, jnp.float32),
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
         interpret=pltpu.InterpretParams() if interpret else False)
-    return call(jnp.reshape(layer, (1,)).astype(jnp.int32), lengths_B, q_BKGH, k_cache, v_cache, keep)
+    with jax.named_scope(f"{KV_READ_SCOPE}{block}"):  # sharding.decode_stats counts its reads by this name
+        return call(jnp.reshape(layer, (1,)).astype(jnp.int32), lengths_B, q_BKGH, k_cache, v_cache, keep)
 
 
 def decode_attention(q_BKGH, k_cache, v_cache, layer, mask_BS, *, block: int, scale: float,

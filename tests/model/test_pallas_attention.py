@@ -16,6 +16,7 @@ from r1jax.model.attention import GQAttention, KVRead
 from r1jax.model.factory import init_policy
 from r1jax.model.pallas_attention import decode_attention, decode_attention_local
 from r1jax.sharding.context import use_mesh
+from r1jax.sharding.decode_stats import decode_stats
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.topology import abstract_devices
 from tests.model.test_decode_attention import decode_logits, decode_step, filled_cache
@@ -137,3 +138,26 @@ def test_a_decode_step_lowered_for_tpu_on_this_cpu_host_calls_the_kernel_per_lay
 def test_an_unknown_decode_attention_names_the_field():
     with pytest.raises(UserError, match=r"model\.decode_attention='mosaic': must be one of auto, pallas, xla"):
         dataclasses.replace(QWEN, decode_attention="mosaic")
+
+
+def test_the_decode_report_counts_the_kernel_reading_one_layer_up_to_the_live_slots():
+    """sharding.decode_stats reads a compiled decode loop's HBM traffic: the kernel's call takes the whole
+    stacked cache as operands but reads one layer's `dynamic_trips` blocks of each row, as the XLA read
+    is counted (4 layers of 1,024 slots, blocks of 128, 2 live blocks: 1/16 of the stacked K and V)."""
+    sharding = jax.sharding.SingleDeviceSharding(abstract_devices("v5p:1x1x1")[0])
+    cache = jax.ShapeDtypeStruct((4, 8, 1024, 4, 128), jnp.bfloat16, sharding=sharding)
+    scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding)
+    q = jax.ShapeDtypeStruct((8, 4, 2, 128), jnp.float32, sharding=sharding)
+
+    def decode(q_BKGH, k_cache, v_cache, steps):
+        def step(carry):
+            i, q_BKGH = carry
+            visible = jnp.arange(1024)[None, :] < 200 + i + jnp.arange(8)[:, None]
+            return i + 1, decode_attention(q_BKGH, k_cache, v_cache, i % 4, visible, block=128, scale=0.1)
+        with jax.named_scope("decode"):
+            return jax.lax.while_loop(lambda c: c[0] < steps, step, (jnp.int32(0), q_BKGH))[1]
+
+    hlo = jax.jit(decode).lower(q, cache, cache, scalar).compile().as_text()
+    stats = decode_stats(hlo, dynamic_trips=2)
+    live_kv = 2 * (8 * 256 * 4 * 128 * 2)  # K and V: 8 rows of 256 slots of 4 x 128 bfloat16
+    assert live_kv <= stats.hbm_bytes < live_kv * 1.1, stats.hbm_bytes
