@@ -7,9 +7,10 @@ folds it into an online softmax (running max, normaliser and weighted sum in flo
 the row's query heads, the G heads of a kv group at once. The layer index and the rows' live lengths (one
 past the last visible slot) are scalar-prefetched: the index maps clamp j to the row's last live block, so
 the blocks past it repeat the previous block index and cost no DMA, and `pl.when` skips their compute. So a
-step reads what each row holds, and the cache is neither transposed nor sliced per step (JAX's own
-paged_attention / ragged_paged_attention kernels want [kv_heads, pages, page, head_dim] or combined-KV
-pages, which would cost a copy of this layout every step).
+step reads what each row holds (the grid still steps through the dead blocks, each at the pipeline's
+fixed per-step cost: long budgets want a larger `sampling.kv_block`), and the cache is neither transposed
+nor sliced (JAX's own paged_attention / ragged_paged_attention kernels want [kv_heads, pages, page,
+head_dim] or combined-KV pages, which would cost a copy of this layout every step).
 
 Masked slots inside the live range (left padding, stopped rows) score the most negative float and weigh 0;
 values past a row's live length are zeroed before they are weighted, so whatever lies there (the cache's
