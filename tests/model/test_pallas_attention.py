@@ -104,10 +104,11 @@ def test_decoding_with_the_kernel_equals_the_xla_read_and_auto_is_the_xla_read_o
     np.testing.assert_allclose(logits["pallas"], logits["xla"], atol=2e-5, rtol=1e-5)
 
 
-def test_mosaic_compiles_the_kernel_for_tpu_reading_the_cache_in_place():
-    """Compiled for a v5p chip (bfloat16, 4 kv heads of 128, a short last block): one Mosaic kernel call,
-    and no copy or transpose of a cache-shaped array before it."""
-    device = abstract_devices("v5p:1x1x1")[0]
+@pytest.mark.parametrize("topology", ["v5p:1x1x1", "v6e:1x1"])
+def test_mosaic_compiles_the_kernel_for_tpu_reading_the_cache_in_place(topology):
+    """Compiled for one chip (bfloat16, 4 kv heads of 128, a short last block): one Mosaic kernel call, and
+    no copy or transpose of a cache-shaped array before it."""
+    device = abstract_devices(topology)[0]
     sharding = jax.sharding.SingleDeviceSharding(device)
     cache = jax.ShapeDtypeStruct((2, 8, 300, 4, 128), jnp.bfloat16, sharding=sharding)
     args = (jax.ShapeDtypeStruct((8, 4, 2, 128), jnp.bfloat16, sharding=sharding), cache, cache,
