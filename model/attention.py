@@ -14,10 +14,13 @@ reads more than the dense read) with an online softmax (the running max, normali
 FlashAttention papers), so a step's attention costs what the longest row holds, not the cache's budget, and
 no layer's whole cache is sliced out (XLA's CPU dots copy such a slice). It equals the dense softmax up to
 float rounding (the sums run in another order); a row with every key masked gives zeros, not a uniform mix.
+GQA's block-wise read runs as a Pallas kernel when compiled for TPU (model.pallas_attention, the same
+online softmax over the same blocks); MLA's latent read always runs as the XLA loop here.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -26,6 +29,7 @@ from flax import nnx
 
 from r1jax.model.config import ModelConfig
 from r1jax.model.layers import RMSNorm, Stack, apply_rope, apply_rope_interleaved, dtype_of, make_param
+from r1jax.model.pallas_attention import decode_attention
 from r1jax.sharding.context import constrain
 
 
@@ -127,6 +131,7 @@ class GQAttention(nnx.Module):
         self.has_bias = cfg.attention_bias
         self.scale = h ** -0.5
         self.dt = dtype_of(cfg.compute_dtype)
+        self.decode_attention = cfg.decode_attention
 
     def _project(self, x_BTD, w, bias_name):
         y = jnp.einsum("BTD,DNH->BTNH", x_BTD, w[...].astype(self.dt))
@@ -155,10 +160,25 @@ class GQAttention(nnx.Module):
         return self._output(out_BTKGH.reshape(b, t, n, h))
 
     def attend_cached(self, q_BTNH, cache, layer, mask_BS, read: KVRead):
-        """One query per row (T = 1) against layer `layer` of the stacked cache, read block-wise."""
+        """One query per row (T = 1) against layer `layer` of the stacked cache, read block-wise: by the Pallas
+        kernel (model.pallas_attention) when compiled for TPU, by `attend_blocks` elsewhere; `model.
+        decode_attention` forces either. The choice is the lowering platform's, so `r1jax compile` for TPU on
+        a CPU host compiles the kernel."""
         b, _, n, h = q_BTNH.shape
         kv_heads = cache[0].shape[3]
         q_BKGH = q_BTNH.reshape(b, kv_heads, n // kv_heads, h)
+        xla = functools.partial(self._read_blocks, read=read)
+        kernel = functools.partial(decode_attention, block=read.block, scale=self.scale)
+        with jax.named_scope("attention"):
+            if self.decode_attention == "xla":
+                out_BKGH = xla(q_BKGH, *cache, layer, mask_BS)
+            else:
+                off_tpu = xla if self.decode_attention == "auto" else functools.partial(kernel, interpret=True)
+                out_BKGH = jax.lax.platform_dependent(q_BKGH, *cache, layer, mask_BS, tpu=kernel, default=off_tpu)
+        return self._output(out_BKGH.astype(self.dt).reshape(b, 1, n, h))
+
+    def _read_blocks(self, q_BKGH, k_cache, v_cache, layer, mask_BS, read: KVRead):
+        """`attend_blocks` for one query per row: float32 [B, kv_heads, G, head_dim]."""
         f32 = jnp.float32
 
         def scores(entries):  # a multiply-reduce over the block as laid out: no transposed copy for a dot
@@ -169,9 +189,7 @@ class GQAttention(nnx.Module):
             weighted = jnp.moveaxis(probs, -1, 1)[..., None] * entries[1].astype(f32)[:, :, :, None, :]
             return jnp.sum(weighted, axis=1)
 
-        with jax.named_scope("attention"):
-            out_BKGH = attend_blocks(scores, values, q_BKGH.shape, cache, layer, mask_BS, read)
-        return self._output(out_BKGH.astype(self.dt).reshape(b, 1, n, h))
+        return attend_blocks(scores, values, q_BKGH.shape, (k_cache, v_cache), layer, mask_BS, read)
 
     def _output(self, out_BTNH):
         y = jnp.einsum("BTNH,NHD->BTD", out_BTNH, self.o_proj[...].astype(self.dt))

@@ -15,6 +15,7 @@ from r1jax.errors import UserError
 FAMILIES = ("deepseek_v3", "qwen3_moe")
 DTYPES = ("float32", "bfloat16")
 MOE_IMPLS = ("auto", "ragged", "blocked", "blocked_autodiff")  # the kernels of model.dispatch
+DECODE_ATTENTIONS = ("auto", "pallas", "xla")  # the block-wise decode reads of model.attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +69,10 @@ class ModelConfig:
     # `blocked` (XLA's ragged_dot weight gradient is a dense product over every local expert) while decoding
     # wants `ragged` (one pass over each expert's weights per step): configs/qwen3_30b_a3b.yaml sets both
     moe_decode_impl: str = ""
+    # the block-wise decode read of qwen3_moe's cache (`sampling.kv_block` > 0): auto = the Pallas kernel
+    # (model.pallas_attention) when compiled for TPU, the XLA loop elsewhere; pallas = the kernel everywhere
+    # (off TPU in Pallas's interpret mode: slow, for tests); xla = the XLA loop everywhere. MLA: always XLA
+    decode_attention: str = "auto"
     remat: bool = False  # rematerialise each layer in the backward pass
     # False: the forward without a KV cache (training, log-probs) runs a segment's layers one after another
     # instead of in a `lax.scan`; the backward then keeps each layer's residuals apart instead of stacking
@@ -80,6 +85,7 @@ class ModelConfig:
         _check_choice("param_dtype", self.param_dtype, DTYPES)
         _check_choice("compute_dtype", self.compute_dtype, DTYPES)
         _check_choice("moe_impl", self.moe_impl, MOE_IMPLS)
+        _check_choice("decode_attention", self.decode_attention, DECODE_ATTENTIONS)
         if self.moe_decode_impl:
             _check_choice("moe_decode_impl", self.moe_decode_impl, MOE_IMPLS)
         for name in ("vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_size",

@@ -14,7 +14,9 @@ unchanged, i.e. a parameter the loop closes over.
 
 HBM bytes: every instruction's operands read and result written (XLA's own cost model, per device): a slice
 or gather of a parameter reads what it takes, an in-place update writes the update; tuples, parameters, bitcasts and
-control flow move nothing; arrays in on-chip memory (`S(1)` layouts) are not HBM traffic.
+control flow move nothing; arrays in on-chip memory (`S(1)` layouts) are not HBM traffic. The Pallas
+decode-attention kernel (a custom call under the name scope `kv_read_block_N`) reads one layer of the cache
+up to the live slots, counted as the XLA block-wise read is (`dynamic_trips` blocks of N slots).
 
 Roofline (`estimate`): max(compute, HBM) time plus collective time at the interconnect's bandwidth (decode
 does not overlap its collectives with compute: each layer waits for its own).
@@ -40,6 +42,9 @@ _MOVES_DATA = {"bitcast", "copy", "reshape", "transpose", "convert", "slice", "d
 
 _EXPECTED_TRIPS = re.compile(r"(?:^|/)expected_trips_(\d+)/while$")  # a traced loop's stated trip count
 _RAGGED_DOT = re.compile(r"(^|/)ragged-dot-(?!metadata)[\w.-]*$")  # op_name of XLA TPU's ragged-dot kernel
+# the name scope of model.pallas_attention's kernel call, which reads `block`-slot blocks up to the live slots
+KV_READ_SCOPE = "kv_read_block_"
+_KV_READ = re.compile(rf"(?:^|/){KV_READ_SCOPE}(\d+)/")
 
 
 def collective_kind(opcode: str) -> Optional[str]:
@@ -206,9 +211,24 @@ class _Module:
             return 2 * update + sum(reads[2:])
         if inst.opcode == "copy-start":
             return reads[0] if reads else 0
+        kv_read = _KV_READ.search(inst.op_name) if inst.opcode == "custom-call" else None
+        if kv_read is not None:
+            return self._kv_read_bytes(comp, inst, reads, int(kv_read.group(1))) + write
         if fused is not None:
             reads, write = self._fused_traffic(fused, reads, write)
         return sum(reads) + write
+
+    def _kv_read_bytes(self, comp: Computation, inst: Instruction, reads: list[int], block: int) -> int:
+        """What the decode-attention kernel reads: of each layer-stacked cache operand [L, B, S, kv_heads,
+        head_dim], one layer's rows up to the live slots (`dynamic_trips` blocks of `block` slots, at most S),
+        as the XLA block-wise read is counted; its other operands whole."""
+        total = 0
+        for operand, read in zip(inst.operands, reads):
+            dims = _dims(comp.instructions[operand].shape) if operand in comp.instructions else []
+            if len(dims) == 5 and dims[0] * dims[2]:
+                read = read * min(dims[2], self.dynamic_trips * block) // (dims[0] * dims[2])
+            total += read
+        return total
 
     def _fused_traffic(self, fused: Computation, reads: list[int], write: int) -> tuple[list[int], int]:
         """A fusion reads only the slices (or gathered rows) it takes of a parameter, through bitcasts and

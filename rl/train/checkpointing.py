@@ -89,7 +89,7 @@ def check_compatible(saved: Config, current: Config, where: str) -> None:
 
 # Fields that change how the model runs, not what its parameters are: a checkpoint may resume under others.
 _RUNTIME_FIELDS = {"compute_dtype", "moe_impl", "moe_block_size", "moe_decode_used_blocks", "moe_decode_impl", "remat",
-                   "scan_layers",
+                   "scan_layers", "decode_attention",
                    "routing_bias_update_rate"}
 
 

@@ -26,6 +26,7 @@ def hf_config(cfg: ModelConfig):
     keep = {k: v for k, v in fields.items() if k not in ("family", "rope_theta", "param_dtype",
                                                          "compute_dtype", "moe_impl", "moe_block_size",
                                                          "moe_decode_used_blocks", "moe_decode_impl", "remat", "scan_layers",
+                                                         "decode_attention",
                                                          "routing_bias_update_rate")}
     if cfg.is_deepseek:
         for qwen_only in ("head_dim", "mlp_only_layers", "decoder_sparse_step"):
