@@ -81,6 +81,7 @@ def run_grpo(ctx: StageContext, index: int, stage: StageConfig, start: StageStar
         update_start = time.time()
         metrics = runner.update(batch, g.num_iterations, meanwhile=finish_ahead)
         update_seconds = time.time() - update_start
+        finish_ahead = None  # lets go of its copy of the sampling weights
         if runner.state.ref is not None and g.ref_reset_every and (runner.stage_step + 1) % g.ref_reset_every == 0:
             runner.state = reset_reference(runner.state)
         row = {**metrics, **reward_metrics(results, cfg.rewards.names), **length_metrics(sampled.rollout,
