@@ -5,7 +5,6 @@ with its arrays where they belong and the generation dispatched before the updat
 naming the key. The runs are real `r1jax train` processes on tests/rl/data/stale_tiny.yaml (max_staleness 1)."""
 
 import json
-import signal
 import subprocess
 import sys
 
