@@ -69,6 +69,12 @@ class Config:
             _check_stage_data(self.stages, index, "teacher" if stage.kind == "distill" else "data_path")
             if stage.student_overrides:
                 student_model(self.model, stage.student_overrides, where=f"stages[{stage.name}]")
+        if self.sampling.devices and not self.grpo.max_staleness:
+            # the sampler's devices generate the next batch while the trainer's update: with k = 0 each batch
+            # waits for the update before it, so they would only idle in turn
+            raise UserError(f"sampling.devices={self.sampling.devices}: needs grpo.max_staleness >= 1; at 0 "
+                            "every batch is sampled by the weights of the update before it, so there is no "
+                            "generation to overlap with an update (set sampling.devices=0)")
 
 
 def _check_stage_data(stages: Sequence[StageConfig], index: int, field: str) -> None:

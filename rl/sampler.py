@@ -54,6 +54,9 @@ class SamplingConfig:
     # continuous batching: this many decode slots serve all P x G rows, a stopped row's slot taking the next
     # pending one (rl.continuous); 0: the fixed-batch sampler, every row decoded together
     slots: int = 0
+    # the sampler on devices of its own (rl.sampler_devices): the last `devices` of the process's devices
+    # sample while the trainer's mesh is built on the others; 0: it shares the trainer's devices
+    devices: int = 0
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -70,6 +73,9 @@ class SamplingConfig:
             raise UserError(f"sampling.kv_block={self.kv_block}: must be >= 0 (0 reads the whole cache)")
         if self.slots < 0:
             raise UserError(f"sampling.slots={self.slots}: must be >= 0 (0 is the fixed-batch sampler)")
+        if type(self.devices) is not int or self.devices < 0:
+            raise UserError(f"sampling.devices={self.devices}: must be an integer >= 0 (0 shares the trainer's "
+                            "devices)")
 
 
 def bucket_length(length: int, buckets: Sequence[int]) -> int:

@@ -67,7 +67,7 @@ class SamplerLayout:
         """`state` (the policy's params / bias, any layout; plain arrays such as a key replicated) in this
         layout, waited for and timed."""
         start = time.perf_counter()
-        placed = jax.block_until_ready(_move(state, tree_shardings(state, self.mesh, self.rules)))
+        placed = jax.block_until_ready(self._move(state, tree_shardings(state, self.mesh, self.rules)))
         self.reshard_seconds += time.perf_counter() - start
         return placed
 
@@ -78,7 +78,14 @@ class SamplerLayout:
         placed = self.reshard(state)
         with use_mesh(self.mesh, self.rules):
             rollout = generate(placed)
-        return _move(rollout, jax.tree.map(self._train_sharding, rollout, _batch_dims(rollout)))
+        return self._move(rollout, jax.tree.map(self._train_sharding, rollout, _batch_dims(rollout)))
+
+    def _move(self, tree, shardings):
+        """`_move`, or between the disjoint device sets of a sampler on devices of its own
+        (rl.sampler_devices, single-process) a `jax.device_put`: one program cannot span both sets."""
+        if set(self.mesh.devices.flat).isdisjoint(self.train_mesh.devices.flat):
+            return jax.device_put(tree, shardings)
+        return _move(tree, shardings)
 
     def _train_sharding(self, x, batch_dim: int) -> NamedSharding:
         axes = [None] * x.ndim
@@ -153,17 +160,19 @@ def free_hbm_bytes(mesh: Mesh) -> Optional[int]:
 
 
 def choose_layout(sampling, model: ModelConfig, train_mesh: Mesh, train_rules: Rules,
-                  free_bytes: Optional[int] = None) -> tuple[Optional[SamplerLayout], str]:
+                  free_bytes: Optional[int] = None, devices: Optional[list] = None
+                  ) -> tuple[Optional[SamplerLayout], str]:
     """(the sampler's layout, None for the training layout; a line saying which layout runs and why).
 
-    `free_bytes`: HBM free per device for the fit check (default: what the devices state now)."""
+    `free_bytes`: HBM free per device for the fit check (default: what the devices state now). `devices`:
+    the sampler's devices (default: the trainer's; rl.sampler_devices passes its own)."""
     if sampling.layout not in LAYOUTS:
         raise UserError(f"sampling.layout={sampling.layout!r}: choose one of {', '.join(LAYOUTS)}")
     if sampling.layout == "train":
         return None, "sampler layout: train (sampling.layout=train)"
-    if sampling.layout == "auto" and train_mesh.size == 1 and sampling.mesh is None:
+    devices = list(train_mesh.devices.flat) if devices is None else list(devices)
+    if sampling.layout == "auto" and len(devices) == 1 and sampling.mesh is None:
         return None, ""  # one device: every layout is the same
-    devices = list(train_mesh.devices.flat)
     try:
         sharding = inference_sharding(sampling, model, len(devices))
         mesh = build_mesh(sharding, devices)
@@ -174,7 +183,7 @@ def choose_layout(sampling, model: ModelConfig, train_mesh: Mesh, train_rules: R
         if sampling.layout == "inference":
             raise
         return None, f"sampler layout: train (the inference layout does not apply: {err})"
-    free = free_hbm_bytes(train_mesh) if free_bytes is None else free_bytes
+    free = free_hbm_bytes(mesh) if free_bytes is None else free_bytes
     shape = " ".join(f"{k}={v}" for k, v in mesh.shape.items())
     if free is not None and need > HBM_SHARE * free:
         message = (f"the inference layout ({shape}) needs {need / 2**30:.2f} GiB per device for its weight "

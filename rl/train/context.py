@@ -27,6 +27,7 @@ from r1jax.model.tokenizer import TokenizerLike
 from r1jax.rl.config import Config
 from r1jax.rl.rewards import RewardPool
 from r1jax.rl.sampler import Sampler
+from r1jax.rl.sampler_devices import own_devices_layout
 from r1jax.rl.sampler_layout import choose_layout
 from r1jax.rl.train.console import RunConsole
 from r1jax.rl.train.held_out import HeldOutEval
@@ -133,12 +134,18 @@ class StageContext:
     stop: StopFlag
     place: BatchPlacer
     evaluate: HeldOutEval
+    sampler_devices: tuple = ()  # the sampler's own devices (`sampling.devices`); empty: it shares the mesh's
 
     def sampler(self, seed: int) -> Sampler:
         """A sampler of this stage's policy whose key starts from `seed`: it stops a row at any of the
         tokenizer's eos ids and never samples an id the tokenizer cannot decode. It samples in the layout
-        `sampling.layout` chooses (rl.sampler_layout), said on the console."""
-        layout, note = choose_layout(self.config.sampling, self.model, self.mesh, self.rules)
+        `sampling.layout` chooses (rl.sampler_layout), on its own devices where it has some
+        (rl.sampler_devices), said on the console."""
+        if self.sampler_devices:
+            layout, note = own_devices_layout(self.config.sampling, self.config.sharding, self.model, self.mesh,
+                                              self.rules, list(self.sampler_devices))
+        else:
+            layout, note = choose_layout(self.config.sampling, self.model, self.mesh, self.rules)
         if note and self.primary:
             self.console.log(note)
         return Sampler(self.graphdef, self.config.sampling, self.tokenizer.eos_ids, self.tokenizer.pad_id, seed,

@@ -42,6 +42,7 @@ from r1jax.rl.data import DataConfig, build_source
 from r1jax.rl.evaluate import held_out_problems
 from r1jax.rl.hf_architecture import hf_model, is_hf_dir
 from r1jax.rl.rewards.sandbox import check_sandbox
+from r1jax.rl.sampler_devices import split_devices
 from r1jax.rl.train.checkpointing import check_compatible
 from r1jax.rl.train.config import StageConfig
 from r1jax.sharding.mesh import check_batch_rows
@@ -67,11 +68,13 @@ def preflight(config: Config, tokenizer: TokenizerLike, mesh: Mesh, rules: Rules
 
 
 def check_mesh(config: Config, mesh: Mesh) -> None:
-    """The config's mesh fits this run's devices and is the mesh the run was given."""
-    shape = config.sharding.shape_for(jax.device_count())
+    """The config's mesh fits this run's trainer devices (all but `sampling.devices`) and is the mesh the
+    run was given."""
+    devices = len(split_devices(config.sampling)[0])
+    shape = config.sharding.shape_for(devices)
     if tuple(mesh.shape.values()) != tuple(shape):
         raise UserError(f"sharding: the mesh {dict(mesh.shape)} is not the config's {shape} over "
-                        f"{jax.device_count()} devices")
+                        f"{devices} devices")
 
 
 def check_model(config: Config, index: int, tokenizer: TokenizerLike, mesh: Mesh, rules: Rules) -> None:

@@ -30,7 +30,9 @@ def prompt_texts(tokenizer: TokenizerLike, template: str, problems: Sequence[dic
 
 def completion_ids(rollout: Rollout, stop_ids: Sequence[int]) -> list[list[int]]:
     """Generated ids per row, up to and excluding the stop token (any of `stop_ids`)."""
-    completions = np.asarray(rollout.completion_BN)
+    # sliced on the host: a slice on the device would queue behind the update a sampler on devices of its
+    # own overlaps with (rl.sampler_devices), where the tokens themselves arrive by a copy
+    completions = np.asarray(rollout.tokens_BT)[:, rollout.prompt_length:]
     lengths = np.asarray(rollout.lengths_B)
     rows = []
     for row, length in zip(completions, lengths):
@@ -72,13 +74,38 @@ def sample_and_submit(sampler: Sampler, policy, tokenizer: TokenizerLike, templa
     `template_vars`; `generate` overrides the sampling config (temperature, top_p, ...). What is scored is
     the response (`model.tokenizer.response_text`): after a prompt that opened `<think>` itself, the
     completion is read as `<think>` + completion."""
+    generating = dispatch_sample(sampler, policy, tokenizer, template, problems, samples, template_vars,
+                                 **generate)
+    return submit_sample(generating, tokenizer, pool)
+
+
+class Generating(NamedTuple):
+    """A generation dispatched (JAX runs it asynchronously); `submit_sample` waits for its tokens."""
+
+    problems: Sequence[dict]
+    rendered: list[str]  # the prompts' texts
+    rollout: Rollout  # arrays still being computed
+    samples: int
+    start: float  # time.time() when it began
+
+
+def dispatch_sample(sampler: Sampler, policy, tokenizer: TokenizerLike, template: str, problems: Sequence[dict],
+                    samples: int, template_vars: Optional[Mapping[str, Any]] = None, **generate) -> Generating:
+    """The first half of `sample_and_submit`: the prompts encoded and their generation dispatched, no wait
+    for its tokens (the caller may dispatch other device work meanwhile: rl.train.stage_grpo)."""
     start = time.time()
     rendered = prompt_texts(tokenizer, template, problems, template_vars)
     prompts = [encode_prompt(tokenizer, template, text) for text in rendered]
     rollout = sampler.generate(policy, prompts, samples=samples, **generate)
+    return Generating(problems, rendered, rollout, samples, start)
+
+
+def submit_sample(generating: Generating, tokenizer: TokenizerLike, pool: RewardPool) -> Sampled:
+    """The second half of `sample_and_submit`: wait for the tokens, decode them and submit them for scoring."""
+    problems, rendered, rollout, samples, _ = generating
     texts = [response_text(rendered[row // samples], completion)
              for row, completion in enumerate(decode_completions(tokenizer, rollout))]
-    seconds = time.time() - start
+    seconds = time.time() - generating.start
     items = score_items(problems, texts, np.asarray(rollout.lengths_B), samples)
     return Sampled(problems, rollout, texts, items, pool.submit(items), seconds)
 

@@ -1,13 +1,21 @@
 """The GRPO stage: sample G completions per prompt, score them in the reward pool while the device computes
 reference log-probs, group-normalise advantages, run mu updates, log, evaluate, checkpoint. With
 `grpo.max_staleness` = k >= 1 the batches of the next k steps are sampled ahead by older weights and scored
-while the devices update (rl.train.ahead)."""
+while the devices update (rl.train.ahead).
+
+With a sampler on devices of its own (`sampling.devices`, rl.sampler_devices; k >= 1) step n dispatches the
+generation of batch n + k on the sampler's devices, then update n on the trainer's, and only then waits for
+the generated tokens, decodes them and submits them to the reward pool (the `meanwhile` of the update). The
+batch's behaviour log-probs are taken by the weights that sampled it, copied on the trainer's devices before
+the update donates them (one more copy of the weights there while it runs). Every batch is sampled by the
+same weights, with the same key and prompts, in the same order as with shared devices."""
 
 from __future__ import annotations
 
 import collections
 import math
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +30,8 @@ from r1jax.rl.train.ahead import SampledBatch, behaviour_logp, queue_saver, rest
 from r1jax.rl.train.config import StageConfig
 from r1jax.rl.train.context import StageContext, StageResult, StageStart
 from r1jax.rl.train.dynamic_sampling import Round, fill_informative
-from r1jax.rl.train.rollouts import length_metrics, reflection_rate, reward_metrics, sample_and_submit
+from r1jax.rl.train.rollouts import (dispatch_sample, length_metrics, reflection_rate, reward_metrics,
+                                     sample_and_submit, submit_sample)
 from r1jax.rl.train.update_stage import UpdateStage
 from r1jax.rl.update import reset_reference
 from r1jax.sharding.mesh import batch_axes
@@ -42,12 +51,17 @@ def run_grpo(ctx: StageContext, index: int, stage: StageConfig, start: StageStar
         sampler.key = jax.random.wrap_key_data(jnp.asarray(start.resume["sampler_key"], jnp.uint32))
         queue = restore_queue(start.resume, lambda targets: ctx.checkpoints.restore_trees(
             start.resume["checkpoint"], targets), lambda rollout: _device_batch(ctx, runner, rollout))
+    # the sampler on devices of its own: the last batch ahead is generated while the update runs
+    overlap = bool(ctx.sampler_devices)
     ctx.console.start_stage(stage.name, stage.steps, runner.stage_step)
     while runner.stage_step < stage.steps:
         step_start = time.time()
         # the batches of this step and the next max_staleness ones, each sampled by the weights of now
-        while len(queue) <= g.max_staleness and runner.stage_step + len(queue) < stage.steps:
+        while len(queue) < g.max_staleness + (not overlap) and runner.stage_step + len(queue) < stage.steps:
             queue.append(_draw(ctx, iterator, sampler, runner, ref_fn, ahead=len(queue)))
+        finish_ahead = None
+        if overlap and runner.stage_step + len(queue) < stage.steps:
+            finish_ahead = _dispatch_draw(ctx, iterator, sampler, runner, ref_fn, queue)
         sampled = queue.popleft()
         batch = sampled.batch
         # the reference forward is dispatched first: it runs while the host waits for the rewards
@@ -65,8 +79,9 @@ def run_grpo(ctx: StageContext, index: int, stage: StageConfig, start: StageStar
             batch["old_logp"] = ref_fn(ctx.graphdef, runner.policy, batch, g.temperature)  # first of mu updates
         staleness = runner.global_step - sampled.version
         update_start = time.time()
-        metrics = runner.update(batch, g.num_iterations)
+        metrics = runner.update(batch, g.num_iterations, meanwhile=finish_ahead)
         update_seconds = time.time() - update_start
+        finish_ahead = None  # lets go of its copy of the sampling weights
         if runner.state.ref is not None and g.ref_reset_every and (runner.stage_step + 1) % g.ref_reset_every == 0:
             runner.state = reset_reference(runner.state)
         row = {**metrics, **reward_metrics(results, cfg.rewards.names), **length_metrics(sampled.rollout,
@@ -103,11 +118,43 @@ def _draw(ctx: StageContext, iterator, sampler, runner: UpdateStage, ref_fn, ahe
         sampled = _sample(ctx, next(iterator), sampler, runner)
         rollout, texts, seconds, pending = sampled.rollout, sampled.texts, sampled.seconds, sampled.pending
         generated = float(np.asarray(rollout.lengths_B).sum())
-    batch, layout = _device_batch(ctx, runner, rollout, ahead)
-    if g.max_staleness > 0:
-        batch["old_logp"] = behaviour_logp(ref_fn, ctx.graphdef, runner.policy, batch, g.temperature)
+    batch, layout = _training_batch(ctx, runner, ref_fn, rollout, runner.policy, ahead)
     return SampledBatch(rollout, texts, seconds, generated, extra, runner.global_step, batch, layout, pending,
                         results)
+
+
+def _dispatch_draw(ctx: StageContext, iterator, sampler, runner: UpdateStage, ref_fn, queue) -> Callable[[], None]:
+    """The next batch's generation dispatched on the sampler's own devices with the current weights, which are
+    also copied on the trainer's for its behaviour log-probs; what appends it to `queue` once the update is
+    dispatched: waits for its tokens, decodes and submits them, places the batch and takes those log-probs.
+    (Without dynamic sampling, which max_staleness >= 1 excludes.)"""
+    g = ctx.config.grpo
+    version, ahead, behaviour = runner.global_step, len(queue), _copy_weights(runner.policy)
+    generating = dispatch_sample(sampler, runner.policy, ctx.tokenizer, ctx.config.tokenizer.template,
+                                 next(iterator), g.group_size, ctx.config.tokenizer.template_vars,
+                                 temperature=g.temperature)
+
+    def finish() -> None:
+        sampled = submit_sample(generating, ctx.tokenizer, ctx.pool)
+        generated = float(np.asarray(sampled.rollout.lengths_B).sum())
+        batch, layout = _training_batch(ctx, runner, ref_fn, sampled.rollout, behaviour, ahead)
+        queue.append(SampledBatch(sampled.rollout, sampled.texts, sampled.seconds, generated, {}, version, batch,
+                                  layout, sampled.pending))
+    return finish
+
+
+# distinct buffers: the update donates the weights it is given
+_copy_weights = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+
+
+def _training_batch(ctx: StageContext, runner: UpdateStage, ref_fn, rollout, behaviour: tuple, ahead: int):
+    """`_device_batch`, with the behaviour log-probs under `behaviour` (the weights that sampled the rollout)
+    when batches are sampled ahead (max_staleness >= 1)."""
+    g = ctx.config.grpo
+    batch, layout = _device_batch(ctx, runner, rollout, ahead)
+    if g.max_staleness > 0:
+        batch["old_logp"] = behaviour_logp(ref_fn, ctx.graphdef, behaviour, batch, g.temperature)
+    return batch, layout
 
 
 def _device_batch(ctx: StageContext, runner: UpdateStage, rollout, ahead: int = 0):

@@ -24,6 +24,7 @@ from r1jax.model.tokenizer import TokenizerLike, is_tokenizer_dir, load_tokenize
 from r1jax.rl.config import Config, stage_config, to_yaml
 from r1jax.rl.rewards import RewardPool
 from r1jax.rl.rewards.share import ScoreShare
+from r1jax.rl.sampler_devices import split_devices
 from r1jax.rl.train.checkpointing import TrainCheckpointer, check_compatible
 from r1jax.rl.train.config import StageConfig
 from r1jax.rl.train.console import RunConsole
@@ -53,7 +54,9 @@ class Trainer:
         self.config, self.run_dir = config, pathlib.Path(run_dir)
         self.primary = jax.process_index() == 0
         self.console = console or RunConsole(self.primary)
-        self.mesh = build_mesh(config.sharding)
+        # with `sampling.devices` > 0 the trainer's mesh leaves the last devices to the sampler (rl.sampler_devices)
+        train_devices, self.sampler_devices = split_devices(config.sampling)
+        self.mesh = build_mesh(config.sharding, train_devices)
         self.rules = config.sharding.logical_rules()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         checkpointer = TrainCheckpointer(self.run_dir / "checkpoints", config.checkpoint.keep,
@@ -176,7 +179,8 @@ class Trainer:
         return StageContext(config=self.config, run_dir=self.run_dir, primary=self.primary, mesh=self.mesh,
                             rules=self.rules, tokenizer=self.tokenizer, pool=self._pool, model=self._model(index),
                             graphdef=self.graphdef, checkpoints=self.checkpoints, metrics=self.metrics,
-                            console=self.console, stop=self.stop, place=self.place, evaluate=self._evaluate)
+                            console=self.console, stop=self.stop, place=self.place, evaluate=self._evaluate,
+                            sampler_devices=tuple(self.sampler_devices))
 
     def _apply(self, result: StageResult) -> None:
         """Take on what a stage changed."""

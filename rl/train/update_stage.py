@@ -64,9 +64,14 @@ class UpdateStage:
         """(params, bias) of the policy as trained so far."""
         return self.state.params, self.state.bias
 
-    def update(self, batch: dict, iterations: int = 1) -> dict:
+    def update(self, batch: dict, iterations: int = 1, meanwhile: Callable[[], None] | None = None) -> dict:
+        """`iterations` steps on `batch`, their last metrics. `meanwhile()` runs on the host once they are
+        dispatched, before their metrics are waited for (GRPO finishes a batch its own sampler devices
+        generated: rl.train.stage_grpo)."""
         for _ in range(iterations):
             self.state, metrics = self.step_fn(self.state, batch)
+        if meanwhile is not None:
+            meanwhile()
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         metrics["lr"] = float(self.schedule(self.stage_step))
         if metrics["consecutive_skips"] >= self.opt_cfg.max_consecutive_skips:

@@ -89,7 +89,7 @@ def watch_grpo(out_path: str) -> None:
         calls.append((_fingerprint(state), jax.tree.map(np.asarray, state), np.asarray(rollout.tokens_BT)))
         return rollout
 
-    def watched_update(self, batch, iterations=1):
+    def watched_update(self, batch, iterations=1, **options):
         versions.append(_fingerprint(self.policy))
         host = jax.tree.map(np.asarray, batch)
         call = next(i for i, (_, _, tokens) in enumerate(calls) if np.array_equal(tokens, host["tokens"]))
@@ -105,7 +105,7 @@ def watch_grpo(out_path: str) -> None:
                 "updated_vs_sampler": largest(updated, host["sampler_logp"])}
         with open(out_path, "a") as f:
             f.write(json.dumps(line) + "\n")
-        return update(self, batch, iterations)
+        return update(self, batch, iterations, **options)
 
     Sampler.generate, UpdateStage.update = watched_generate, watched_update
 

@@ -1,0 +1,115 @@
+"""`sampling.devices` (rl.sampler_devices): the sampler on devices of its own, generating the batch sampled ahead
+while the trainer's devices update. A run on 2 CPU devices (trainer on device 0, sampler on device 1) stopped
+at a step and resumed gives the rows and final weights of the shared-device run on 1 device, to the last digit,
+with its arrays where they belong and the generation dispatched before the update; bad values are UserErrors
+naming the key. The runs are real `r1jax train` processes on tests/rl/data/stale_tiny.yaml (max_staleness 1)."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from r1jax.errors import UserError
+from r1jax.rl.checkpoint import load_policy
+from r1jax.rl.config import load_config
+from r1jax.rl.sampler import SamplingConfig
+from r1jax.rl.sampler_devices import own_devices_layout, split_devices
+from r1jax.sharding.mesh import ShardingConfig, build_mesh
+
+from tests.model.tiny import QWEN
+from tests.rl.conftest import REPO, comparable, latest_checkpoint, metrics_rows, subprocess_env
+from tests.rl.test_staleness import CONFIG
+
+OPTIONS = ["stages.0.steps=3", "checkpoint.every=100"]  # the stop at step 1 writes the one checkpoint
+
+
+def train(run_dir, cpu_devices: int, *overrides, probe=()):
+    """`r1jax --cpu-devices N train CONFIG` (under tests/rl/sampler_devices_probe.py's `probe` arguments); its
+    exit code and stderr."""
+    entry = ["tests.rl.sampler_devices_probe", *probe] if probe else ["r1jax"]
+    command = [sys.executable, "-m", *entry, "--cpu-devices", str(cpu_devices), "train", str(CONFIG), *OPTIONS,
+               *overrides, "--run-dir", str(run_dir)]
+    result = subprocess.run(command, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
+    return result.returncode, result.stderr
+
+
+def final_params(run_dir):
+    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(load_policy(run_dir)[1]))]
+
+
+def test_own_sampler_devices_stop_resume_and_equal_the_shared_run(tmp_path):
+    """The trainer on device 0 and the sampler on device 1 against both on one device: the same batches (same
+    key, prompts and weights versions), so the same rows to the last digit (both devices are this CPU, and
+    each side's programs are the one-device programs of the shared run); stopped by SIGTERM after step 1
+    (its checkpoint holds batch 2, sampled ahead on device 1) and resumed."""
+    shared, own, events = tmp_path / "shared", tmp_path / "own", tmp_path / "events.jsonl"
+    code, err = train(shared, 1)
+    assert code == 0, err[-3000:]
+    code, err = train(own, 2, "sampling.devices=1", probe=(str(events), "TERM", "1"))
+    assert code == 0 and "stopped by signal" in err, err[-3000:]
+    assert latest_checkpoint(own) == 1
+    seen = [json.loads(line) for line in events.read_text().splitlines()]
+    # step 1 samples batch 1 (its own: batch 0, sampled before it) on device 1 while device 0 updates
+    assert [e["event"] for e in seen if e["event"] != "reshard"] == ["generate", "update", "decode"]
+    for e in seen:
+        expected = {"reshard": [1], "generate": [0], "update": [0], "decode": None}[e["event"]]
+        assert e["devices"] == expected, e  # the sampler's copy on 1; the state and the rollout it gets on 0
+    code, err = train(own, 2, "sampling.devices=1")
+    assert code == 0 and "resuming" in err, err[-3000:]
+    rows = metrics_rows(own)
+    assert [r["staleness"] for r in rows] == [0, 1, 1]
+    # the weights cross to the sampler's device in each step that samples (the last one has its batch)
+    assert [r["time/reshard_s"] > 0 for r in rows] == [True, True, False]
+    assert comparable(rows) == comparable(metrics_rows(shared))
+    for a, b in zip(final_params(own), final_params(shared)):
+        assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["sampling.devices=-1"], r"sampling.devices=-1: must be an integer >= 0"),
+    (["sampling.devices=1.5"], r"key 'sampling.devices'"),
+    (["sampling.devices=1", "grpo.max_staleness=0"],
+     r"sampling.devices=1: needs grpo.max_staleness >= 1; at 0 .* no generation to overlap")])
+def test_bad_sampling_devices_are_user_errors_naming_the_key(overrides, message):
+    with pytest.raises(UserError, match=message):
+        load_config(CONFIG, overrides)
+
+
+def test_the_sampler_takes_the_last_devices_and_leaves_the_trainer_at_least_one(monkeypatch):
+    devices = jax.devices()  # 8 in the tests
+    assert split_devices(SamplingConfig()) == (devices, [])
+    assert split_devices(SamplingConfig(devices=3)) == (devices[:5], devices[5:])
+    with pytest.raises(UserError, match=r"sampling.devices=8: leaves no trainer device of the 8; at most 7"):
+        split_devices(SamplingConfig(devices=8))
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    assert split_devices(SamplingConfig()) == (devices, [])
+    with pytest.raises(UserError, match=r"sampling.devices=2: .* single-process for now; this run has 2 process"):
+        split_devices(SamplingConfig(devices=2))
+
+
+@pytest.mark.parametrize("layout, shape", [("auto", {"expert": 2}), ("inference", {"expert": 2}),
+                                           ("train", {"fsdp": 2})])
+def test_the_sampler_layout_is_built_over_its_own_devices(layout, shape):
+    """Every layout choice (rl.sampler_layout) over the sampler's 2 devices, the trainer's mesh over the other
+    6; the training layout is the sharding config over the sampler's devices."""
+    train_devices, devices = split_devices(SamplingConfig(devices=2))
+    sharding = ShardingConfig()
+    train_mesh = build_mesh(sharding, train_devices)
+    sampling = SamplingConfig(devices=2, layout=layout)
+    placed, note = own_devices_layout(sampling, sharding, QWEN, train_mesh, sharding.logical_rules(), devices)
+    assert list(placed.mesh.devices.flat) == devices and placed.train_mesh is train_mesh
+    assert {k: v for k, v in placed.mesh.shape.items() if v > 1} == shape
+    assert f"on devices of its own: {[d.id for d in devices]}" in note
+
+
+def test_a_training_layout_that_does_not_fit_the_sampler_devices_is_a_user_error():
+    train_devices, devices = split_devices(SamplingConfig(devices=1), jax.devices()[:3])
+    sharding = ShardingConfig(data=-1, fsdp=2)  # fits the trainer's 2 devices, not the sampler's 1
+    train_mesh = build_mesh(sharding, train_devices)
+    with pytest.raises(UserError, match=r"sampling.devices=1: the sampler's training layout .* does not fit"):
+        own_devices_layout(SamplingConfig(devices=1, layout="train"), sharding, QWEN, train_mesh,
+                           sharding.logical_rules(), devices)
