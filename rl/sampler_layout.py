@@ -19,6 +19,11 @@ that does not fit. The fit check: the inference copy must take at most `HBM_SHAR
 free (the trainer's state stays resident while sampling; the rest is left for the KV cache and
 activations). Devices that state no memory (CPU) are taken to fit. An explicit `inference` that cannot be
 had is a UserError.
+
+The inference copy holds each layer's parameters as arrays of their own (model.decoder.unstack_layers,
+part of the one reshard, so counted in `time/reshard_s`), and the sampler runs it with the graph of the
+per-layer policy (`SamplerLayout.graphdef`): on TPU, XLA feeds a kernel (the experts' ragged dot) only
+whole buffers, so a layer's slice of stacked weights would be copied at every decode step.
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ import time
 from typing import Any, Callable, Optional
 
 import jax
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from r1jax.errors import UserError
 from r1jax.model.config import ModelConfig
+from r1jax.model.decoder import unstack_layers
 from r1jax.model.factory import abstract_policy
 from r1jax.rl.update import split_policy
 from r1jax.sharding.compile_stats import device_bytes
@@ -54,22 +61,31 @@ EXPERTS_OVER_TENSOR = {"experts": ["expert", "tensor"], "expert_mlp": []}
 @dataclasses.dataclass
 class SamplerLayout:
     """Where the sampler's weights live and which rules its activations follow; `train_*` is the trainer's
-    layout, where a rollout's results are put back. `reshard_seconds` adds up the time spent resharding."""
+    layout, where a rollout's results are put back; `graphdef` merges the per-layer copy `reshard` makes
+    (its params and routing bias, or its whole state). `reshard_seconds` adds up the time spent resharding."""
 
     sharding: ShardingConfig
     mesh: Mesh
     rules: Rules
     train_mesh: Mesh
     train_rules: Rules
+    graphdef: Any
     reshard_seconds: float = 0.0
 
     def reshard(self, state):
-        """`state` (the policy's params / bias, any layout; plain arrays such as a key replicated) in this
-        layout, waited for and timed."""
+        """`state` (the policy's params / bias, stacked or per layer, any layout; plain arrays such as a key
+        replicated) in this layout, each layer's parameters apart (`unstack_layers`), waited for and timed."""
         start = time.perf_counter()
-        placed = jax.block_until_ready(_move(state, tree_shardings(state, self.mesh, self.rules)))
+        placed = jax.block_until_ready(jax.jit(_unstacked, out_shardings=self._shardings(state))(state))
         self.reshard_seconds += time.perf_counter() - start
         return placed
+
+    def abstract(self, state):
+        """ShapeDtypeStructs of what `reshard(state)` gives (`state` may be abstract), with their shardings."""
+        return abstract_sharded(jax.eval_shape(_unstacked, state), self.mesh, self.rules)
+
+    def _shardings(self, state):
+        return tree_shardings(jax.eval_shape(_unstacked, state), self.mesh, self.rules)
 
     def run(self, state, generate: Callable[[Any], Any]):
         """`generate(state in this layout)` traced under this layout's rules, its rows put back on the
@@ -90,6 +106,12 @@ class SamplerLayout:
     def take_seconds(self) -> float:
         seconds, self.reshard_seconds = self.reshard_seconds, 0.0
         return seconds
+
+
+def _unstacked(tree):
+    """Every nnx.State in `tree` with each layer's variables apart (model.decoder.unstack_layers)."""
+    return jax.tree.map(lambda x: unstack_layers(x) if isinstance(x, nnx.State) else x, tree,
+                        is_leaf=lambda x: isinstance(x, nnx.State))
 
 
 def _move(tree, shardings):
@@ -183,7 +205,8 @@ def choose_layout(sampling, model: ModelConfig, train_mesh: Mesh, train_rules: R
             raise UserError(f"sampling.layout=inference: {message}; set sampling.mesh to split more, or "
                             "sampling.layout=train")
         return None, f"sampler layout: train ({message})"
-    return (SamplerLayout(sharding, mesh, rules, train_mesh, train_rules),
+    graphdef = split_policy(abstract_policy(model, stacked=False))[0]
+    return (SamplerLayout(sharding, mesh, rules, train_mesh, train_rules, graphdef),
             f"sampler layout: inference ({shape}; {need / 2**30:.2f} GiB of weights per device)")
 
 
