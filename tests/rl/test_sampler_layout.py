@@ -29,12 +29,12 @@ TRAIN_RULES = Rules.preset("fsdp")
 MODELS = {"qwen3_moe": dataclasses.replace(QWEN, mlp_only_layers=()), "deepseek_v3": DEEPSEEK}
 
 
-def _trained_layout(family):
+def _trained_layout(family, per_layer=None):
     """The policy as the trainer holds it on an 8-way FSDP mesh, and the sampler's inference layout."""
     graphdef, params, bias = split_policy(init_policy(MODELS[family], 0))
     mesh = build_mesh(ShardingConfig(fsdp=8, preset="fsdp"))
     state = jax.device_put((params, bias), tree_shardings((params, bias), mesh, TRAIN_RULES))
-    layout, note = choose_layout(CONFIG, MODELS[family], mesh, TRAIN_RULES)
+    layout, note = choose_layout(CONFIG, MODELS[family], mesh, TRAIN_RULES, per_layer=per_layer)
     return graphdef, state, mesh, layout, note
 
 
@@ -80,7 +80,9 @@ def _sample(graphdef, weights, key, layout):
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_the_inference_copy_holds_each_layer_apart_and_samples_the_same_bits_as_the_stacked_layers(family):
-    graphdef, state, _, layout, _ = _trained_layout(family)
+    """What an accelerator's sampler runs (on CPU the copy stays stacked: `per_layer` defaults to False)."""
+    assert not _trained_layout(family)[3].per_layer
+    graphdef, state, _, layout, _ = _trained_layout(family, per_layer=True)
     key = jax.random.key(3)
     per_layer, key = layout.reshard((state, key))
     # on TPU a kernel (the experts' ragged dot) takes whole buffers: no weight of the copy is a slice of a
