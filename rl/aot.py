@@ -193,7 +193,8 @@ def compile_reference(setup: Setup) -> ProgramStats:
 def compile_sampler(setup: Setup, layout: SamplerLayout | None = None) -> ProgramStats:
     """The sampler's program as the config runs it (rl.sampler.Sampler.generate: continuous batching over
     `workload.slots` slots, else the fixed batch; decode attention in blocks of `workload.kv_block`), on the
-    training layout or (with `layout`) on the sampler's inference layout."""
+    training layout or (with `layout`) on the sampler's inference layout (on the target's TPUs: its copy holds
+    each layer's weights apart, `SamplerLayout.per_layer`)."""
     mesh, rules = (setup.mesh, setup.rules) if layout is None else (layout.mesh, layout.rules)
     work, replicated = setup.workload, NamedSharding(mesh, P())
 

@@ -1,7 +1,8 @@
 """The jitted sampler: prefill, then KV-cache decoding inside one `lax.while_loop`.
 
-It runs the training policy's own code and weights (same NNX graph, same state, same mesh), so the log-probs
-it returns are the trainer's log-probs up to float rounding: no weight copy, no sampler/trainer mismatch.
+It runs the training policy's own code and weights (same NNX graph, same state, same mesh; or their copy in
+the sampler's inference layout, rl.sampler_layout, on accelerators with each layer's weights apart), so the
+log-probs it returns are the trainer's log-probs up to float rounding: no sampler/trainer mismatch.
 
 Layout of a rollout row: the prompt left-padded to a bucket length P, then N completion slots. Positions
 count real tokens only (`cumsum(valid) - 1`), so left padding changes nothing. Prompts are prefilled once and
