@@ -2,7 +2,8 @@
 
 Layers are grouped into segments of consecutive same-kind layers (dense or MoE; see
 `ModelConfig.layer_segments`). Each segment stores its layers' parameters stacked on a leading "layers"
-axis and runs them with one `lax.scan`, so compile time does not grow with depth.
+axis and runs them with one `lax.scan`, so compile time does not grow with depth. The sampler's inference
+copy holds each layer's parameters apart instead (`Policy(..., stacked=False)`, `unstack_layers`).
 """
 
 from __future__ import annotations
@@ -71,16 +72,24 @@ class Block(nnx.Module):
 
 
 class Segment(nnx.Module):
-    """`count` consecutive layers of one kind, stacked and scanned."""
+    """`count` consecutive layers of one kind. `stacked` (training): their parameters stacked on a leading
+    "layers" axis and scanned. Not stacked (the sampler's inference copy, rl.sampler_layout): each layer's
+    parameters are arrays of their own and the layers run one after another, so a layer's expert weights
+    reach XLA's TPU ragged-dot kernel as a whole buffer (a kernel takes only whole buffers: a layer's slice
+    of a stack is copied first, scanned or unrolled). Both run the same per-layer body on the same values."""
 
-    def __init__(self, kind: str, count: int, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, kind: str, count: int, cfg: ModelConfig, rngs: nnx.Rngs, stacked: bool = True):
         self.kind, self.count, self.remat, self.scan_layers = kind, count, cfg.remat, cfg.scan_layers
-        self.block = Block(kind, cfg, rngs, stack=(count,))
+        self.stacked = stacked
+        if stacked:
+            self.block = Block(kind, cfg, rngs, stack=(count,))
+        else:
+            self.layers = nnx.List([Block(kind, cfg, rngs) for _ in range(count)])
 
     def __call__(self, x_BTD, cos, sin, mask_BTS, valid_BT, replay_LBTK=None, cache_L=None, cache_index=None,
                  kv_read: KVRead | None = None):
         """Returns (x, aux stacked over layers, updated cache); the cache rides in the scan's carry."""
-        graphdef, state = nnx.split(self.block)
+        graphdef, state = nnx.split(self.block if self.stacked else self.layers[0])
 
         def one_layer(carry, inputs):
             x, cache = carry
@@ -92,32 +101,52 @@ class Segment(nnx.Module):
 
         if self.remat:
             one_layer = jax.checkpoint(one_layer)
-        if cache_L is None and not self.scan_layers:
-            return self._unrolled(one_layer, x_BTD, state, replay_LBTK)
-        if cache_L is not None and self.count == 1:  # a one-layer scan copies the cache it carries
-            first = jax.tree.map(lambda x: x[0], (state, replay_LBTK))
-            (x_BTD, cache_L), aux = one_layer((x_BTD, cache_L), (*first, jnp.int32(0)))
-            return x_BTD, jax.tree.map(lambda x: x[None], aux), cache_L
+        if not self.stacked:
+            return self._unrolled(one_layer, x_BTD, [nnx.state(block) for block in self.layers], replay_LBTK,
+                                  cache_L)
+        # without a cache and `scan_layers: false`; with a cache, a one-layer scan would copy the cache it carries
+        if (cache_L is None and not self.scan_layers) or (cache_L is not None and self.count == 1):
+            layer_states = [jax.tree.map(lambda x: x[layer], state) for layer in range(self.count)]
+            return self._unrolled(one_layer, x_BTD, layer_states, replay_LBTK, cache_L)
         layers = jnp.arange(self.count)
         (x_BTD, cache_L), aux = jax.lax.scan(one_layer, (x_BTD, cache_L), (state, replay_LBTK, layers))
         return x_BTD, aux, cache_L
 
-    def _unrolled(self, one_layer, x_BTD, state, replay_LBTK):
-        """`model.scan_layers: false` without a cache: the scan's body called once per layer on that layer's
-        slice of the stacked parameters; the per-layer auxiliaries are stacked as the scan stacks them."""
+    def _unrolled(self, one_layer, x_BTD, layer_states, replay_LBTK, cache_L):
+        """The scan's body called once per layer on that layer's parameters (`layer_states`); the per-layer
+        auxiliaries are stacked as the scan stacks them."""
         auxes = []
-        for layer in range(self.count):
-            inputs = jax.tree.map(lambda x: x[layer], (state, replay_LBTK))
-            (x_BTD, _), aux = one_layer((x_BTD, None), (*inputs, jnp.int32(layer)))
+        for layer, layer_state in enumerate(layer_states):
+            replay_BTK = None if replay_LBTK is None else replay_LBTK[layer]
+            (x_BTD, cache_L), aux = one_layer((x_BTD, cache_L), (layer_state, replay_BTK, jnp.int32(layer)))
             auxes.append(aux)
-        return x_BTD, jax.tree.map(lambda *parts: jnp.stack(parts), *auxes), None
+        return x_BTD, jax.tree.map(lambda *parts: jnp.stack(parts), *auxes), cache_L
+
+
+def unstack_layers(state: nnx.State) -> nnx.State:
+    """`state` (a stacked Policy's, or a part of it: its params, its routing bias) as the state of the same
+    Policy built with `stacked=False`: each segment's `block` variable [L, ...] becomes L variables
+    `layers/<l>` [...], the leading "layers" axis dropped from their `axes`. Variables already per layer are
+    kept as they are. Traced (jit, eval_shape): it slices values."""
+    flat = []
+    for path, var in nnx.to_flat_state(state):
+        if len(path) > 2 and path[0] == "segments" and path[2] == "block":
+            axes = var.get_metadata().get("axes")
+            flat += [((*path[:2], "layers", layer, *path[3:]), var.replace(var[...][layer], axes=axes[1:]))
+                     for layer in range(var.shape[0])]
+        else:
+            flat.append((path, var))
+    return nnx.from_flat_state(flat)
 
 
 class Policy(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    """The decoder. `stacked=False`: every segment's layers hold arrays of their own (`Segment`); the
+    sampler's inference copy (`unstack_layers` converts a stacked state)."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, stacked: bool = True):
         self.cfg = cfg
         self.embed_tokens = make_param(rngs, cfg, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
-        self.segments = nnx.List([Segment(kind, n, cfg, rngs) for kind, n in cfg.layer_segments()])
+        self.segments = nnx.List([Segment(kind, n, cfg, rngs, stacked) for kind, n in cfg.layer_segments()])
         self.norm = RMSNorm(cfg.hidden_size, cfg, rngs)
         if not cfg.tie_word_embeddings:
             self.lm_head = make_param(rngs, cfg, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"))

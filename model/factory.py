@@ -14,9 +14,10 @@ from r1jax.sharding.params import path_name, state_shardings
 from r1jax.sharding.rules import Rules
 
 
-def abstract_policy(cfg: ModelConfig) -> Policy:
-    """A Policy whose Variables hold ShapeDtypeStructs: no memory is allocated."""
-    return nnx.eval_shape(lambda: Policy(cfg, nnx.Rngs(0)))
+def abstract_policy(cfg: ModelConfig, stacked: bool = True) -> Policy:
+    """A Policy whose Variables hold ShapeDtypeStructs: no memory is allocated. `stacked=False`: each layer's
+    parameters apart (the sampler's inference copy, model.decoder.unstack_layers)."""
+    return nnx.eval_shape(lambda: Policy(cfg, nnx.Rngs(0), stacked))
 
 
 def init_policy(cfg: ModelConfig, seed: int = 0, mesh: Mesh | None = None,

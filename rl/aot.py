@@ -193,7 +193,8 @@ def compile_reference(setup: Setup) -> ProgramStats:
 def compile_sampler(setup: Setup, layout: SamplerLayout | None = None) -> ProgramStats:
     """The sampler's program as the config runs it (rl.sampler.Sampler.generate: continuous batching over
     `workload.slots` slots, else the fixed batch; decode attention in blocks of `workload.kv_block`), on the
-    training layout or (with `layout`) on the sampler's inference layout."""
+    training layout or (with `layout`) on the sampler's inference layout (on the target's TPUs: its copy holds
+    each layer's weights apart, `SamplerLayout.per_layer`)."""
     mesh, rules = (setup.mesh, setup.rules) if layout is None else (layout.mesh, layout.rules)
     work, replicated = setup.workload, NamedSharding(mesh, P())
 
@@ -202,10 +203,10 @@ def compile_sampler(setup: Setup, layout: SamplerLayout | None = None) -> Progra
 
     key = jax.eval_shape(lambda: jax.random.key(0))
     prompts = (work.prompts, work.prompt_len)
-    weights = (setup.state.params, setup.state.bias)
-    if layout is not None:
-        weights = abstract_sharded(weights, mesh, rules)
-    args = (setup.graphdef, weights, scalar(jnp.int32, prompts), scalar(jnp.bool_, prompts),
+    weights, graphdef = (setup.state.params, setup.state.bias), setup.graphdef
+    if layout is not None:  # the inference copy: each layer's parameters apart, merged by its own graph
+        weights, graphdef = layout.abstract(weights), layout.graphdef
+    args = (graphdef, weights, scalar(jnp.int32, prompts), scalar(jnp.bool_, prompts),
             scalar(key.dtype, key.shape), scalar(jnp.float32), scalar(jnp.int32), scalar(jnp.float32))
     options = dict(max_new=work.new_tokens, samples=work.group_size, stop_ids=(1,), pad_id=0, ignore_eos=False,
                    kv_block=work.kv_block)
@@ -373,8 +374,7 @@ def compile_report(config, topology: Topology, mesh: str, workload: Workload, hb
 
 def _report(setup: Setup, topology: Topology, mesh: str, hbm: tuple[int, str]) -> Report:
     layout, note = sampler_layout(setup, hbm[0])
-    copy = 0 if layout is None else device_bytes(
-        abstract_sharded((setup.state.params, setup.state.bias), layout.mesh, layout.rules))
+    copy = 0 if layout is None else device_bytes(layout.abstract((setup.state.params, setup.state.bias)))
     return Report(topology, mesh, setup.config.sharding, dict(setup.mesh.shape), setup.workload, hbm[0], hbm[1],
                   setup.resident(), device_bytes(setup.batch), kv_cache_bytes(setup, layout),
                   compile_setup(setup, layout), setup.dtypes(), setup.weight_bytes(), note, copy,

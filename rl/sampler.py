@@ -1,7 +1,8 @@
 """The jitted sampler: prefill, then KV-cache decoding inside one `lax.while_loop`.
 
-It runs the training policy's own code and weights (same NNX graph, same state, same mesh), so the log-probs
-it returns are the trainer's log-probs up to float rounding: no weight copy, no sampler/trainer mismatch.
+It runs the training policy's own code and weights (same NNX graph, same state, same mesh; or their copy in
+the sampler's inference layout, rl.sampler_layout, on accelerators with each layer's weights apart), so the
+log-probs it returns are the trainer's log-probs up to float rounding: no sampler/trainer mismatch.
 
 Layout of a rollout row: the prompt left-padded to a bucket length P, then N completion slots. Positions
 count real tokens only (`cumsum(valid) - 1`), so left padding changes nothing. Prompts are prefilled once and
@@ -191,7 +192,8 @@ class Sampler:
     `stop_ids`: the ids that stop a row (a tokenizer's `eos_ids`); `pad_id` fills prompts' left padding and
     rows after they stopped; `vocab_size`: the tokenizer's, when the model's vocabulary is padded past it
     (None: every id of the model may be sampled). `layout` (rl.sampler_layout.SamplerLayout; None: the
-    state's own layout) reshards the state before each rollout and traces the sampler under its rules."""
+    state's own layout) reshards the state before each rollout (each layer's parameters apart, merged by
+    `layout.graphdef`) and traces the sampler under its rules."""
 
     def __init__(self, graphdef, config: SamplingConfig, stop_ids: Sequence[int], pad_id: int, seed: int = 0,
                  vocab_size: int | None = None, layout=None):
@@ -219,9 +221,12 @@ class Sampler:
                        ignore_eos=ignore_eos, keep_logits=keep_logits, vocab_size=self.vocab_size,
                        kv_block=cfg.kv_block)
 
+        # the inference layout's copy holds each layer's parameters apart: its own graph merges it
+        graphdef = self.graphdef if self.layout is None else self.layout.graphdef
+
         def decode(placed):  # `placed`: (state, key), in the sampler's layout
             limits = None if row_max_new is None else jnp.asarray(row_max_new, jnp.int32)
-            args = (self.graphdef, placed[0], jnp.asarray(tokens), jnp.asarray(valid), placed[1],
+            args = (graphdef, placed[0], jnp.asarray(tokens), jnp.asarray(valid), placed[1],
                     jnp.float32(cfg.temperature), jnp.int32(cfg.top_k), jnp.float32(cfg.top_p))
             if cfg.slots > 0:  # more slots than rows would decode idle slots
                 return generate_continuous(*args, limits, slots=min(cfg.slots, rows), **options)

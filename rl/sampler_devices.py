@@ -57,7 +57,9 @@ def own_devices_layout(sampling, sharding: ShardingConfig, model: ModelConfig, t
         except UserError as err:
             raise UserError(f"sampling.devices={len(devices)}: the sampler's training layout (the sharding "
                             f"config) does not fit its {len(devices)} devices: {err}") from None
-        layout = SamplerLayout(sharding, mesh, train_rules, train_mesh, train_rules)
+        # the training layout, stacked as trained (a per-layer copy is the inference layout's)
+        graphdef = split_policy(abstract_policy(model))[0]
+        layout = SamplerLayout(sharding, mesh, train_rules, train_mesh, train_rules, graphdef, False)
         note = f"{note or 'sampler layout: train'} ({' '.join(f'{k}={v}' for k, v in mesh.shape.items())})"
     ids = [d.id for d in devices]
     return layout, f"{note}; on devices of its own: {ids} (the trainer's: {[d.id for d in train_mesh.devices.flat]})"

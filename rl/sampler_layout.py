@@ -19,6 +19,15 @@ that does not fit. The fit check: the inference copy must take at most `HBM_SHAR
 free (the trainer's state stays resident while sampling; the rest is left for the KV cache and
 activations). Devices that state no memory (CPU) are taken to fit. An explicit `inference` that cannot be
 had is a UserError.
+
+On accelerators (devices that are not CPUs: a TPU, or `r1jax compile`'s abstract TPU devices) the
+inference copy holds each layer's parameters as arrays of their own (`per_layer`; model.decoder.
+unstack_layers, part of the one reshard, so counted in `time/reshard_s`), and the sampler runs it with the
+graph of the per-layer policy (`SamplerLayout.graphdef`): XLA feeds a TPU kernel (the experts' ragged dot)
+only whole buffers, so a layer's slice of stacked weights would be copied at every decode step. On CPU the
+copy stays stacked: no kernel there needs whole buffers, and XLA's CPU backend rounds the unrolled layers
+differently from their scan in places (continuous batching's log-probs, in the last bit), so CPU runs keep
+their numbers. The per-layer copy's outputs equal the stacked copy's bit for bit in the fixed-batch sampler.
 """
 
 from __future__ import annotations
@@ -30,10 +39,12 @@ import time
 from typing import Any, Callable, Optional
 
 import jax
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from r1jax.errors import UserError
 from r1jax.model.config import ModelConfig
+from r1jax.model.decoder import unstack_layers
 from r1jax.model.factory import abstract_policy
 from r1jax.rl.update import split_policy
 from r1jax.sharding.compile_stats import device_bytes
@@ -54,22 +65,45 @@ EXPERTS_OVER_TENSOR = {"experts": ["expert", "tensor"], "expert_mlp": []}
 @dataclasses.dataclass
 class SamplerLayout:
     """Where the sampler's weights live and which rules its activations follow; `train_*` is the trainer's
-    layout, where a rollout's results are put back. `reshard_seconds` adds up the time spent resharding."""
+    layout, where a rollout's results are put back; `graphdef` merges the copy `reshard` makes (its params
+    and routing bias, or its whole state): each layer's parameters apart with `per_layer` (module docstring),
+    else stacked as trained. `reshard_seconds` adds up the time spent resharding."""
 
     sharding: ShardingConfig
     mesh: Mesh
     rules: Rules
     train_mesh: Mesh
     train_rules: Rules
+    graphdef: Any
+    per_layer: bool
     reshard_seconds: float = 0.0
 
     def reshard(self, state):
-        """`state` (the policy's params / bias, any layout; plain arrays such as a key replicated) in this
-        layout, waited for and timed."""
+        """`state` (the policy's params / bias, stacked or per layer, any layout; plain arrays such as a key
+        replicated) in this layout, each layer's parameters apart with `per_layer`, waited for and timed."""
         start = time.perf_counter()
-        placed = jax.block_until_ready(self._move(state, tree_shardings(state, self.mesh, self.rules)))
+        shardings = self._shardings(state)
+        if self._disjoint():  # one program cannot span both device sets: arrange here, then move
+            placed = jax.device_put(jax.jit(self._arranged)(state) if self.per_layer else state, shardings)
+        else:
+            placed = jax.jit(self._arranged, out_shardings=shardings)(state)
+        placed = jax.block_until_ready(placed)
         self.reshard_seconds += time.perf_counter() - start
         return placed
+
+    def abstract(self, state):
+        """ShapeDtypeStructs of what `reshard(state)` gives (`state` may be abstract), with their shardings."""
+        return abstract_sharded(jax.eval_shape(self._arranged, state), self.mesh, self.rules)
+
+    def _shardings(self, state):
+        return tree_shardings(jax.eval_shape(self._arranged, state), self.mesh, self.rules)
+
+    def _arranged(self, tree):
+        """Every nnx.State in `tree` with each layer's variables apart (`unstack_layers`) with `per_layer`."""
+        if not self.per_layer:
+            return tree
+        return jax.tree.map(lambda x: unstack_layers(x) if isinstance(x, nnx.State) else x, tree,
+                            is_leaf=lambda x: isinstance(x, nnx.State))
 
     def run(self, state, generate: Callable[[Any], Any]):
         """`generate(state in this layout)` traced under this layout's rules, its rows put back on the
@@ -80,12 +114,14 @@ class SamplerLayout:
             rollout = generate(placed)
         return self._move(rollout, jax.tree.map(self._train_sharding, rollout, _batch_dims(rollout)))
 
+    def _disjoint(self) -> bool:
+        """Whether the sampler has devices of its own (rl.sampler_devices, single-process)."""
+        return set(self.mesh.devices.flat).isdisjoint(self.train_mesh.devices.flat)
+
     def _move(self, tree, shardings):
-        """`_move`, or between the disjoint device sets of a sampler on devices of its own
-        (rl.sampler_devices, single-process) a `jax.device_put`: one program cannot span both sets."""
-        if set(self.mesh.devices.flat).isdisjoint(self.train_mesh.devices.flat):
-            return jax.device_put(tree, shardings)
-        return _move(tree, shardings)
+        """`_move`, or between the disjoint device sets of a sampler on devices of its own a
+        `jax.device_put`: one program cannot span both sets."""
+        return jax.device_put(tree, shardings) if self._disjoint() else _move(tree, shardings)
 
     def _train_sharding(self, x, batch_dim: int) -> NamedSharding:
         axes = [None] * x.ndim
@@ -160,12 +196,13 @@ def free_hbm_bytes(mesh: Mesh) -> Optional[int]:
 
 
 def choose_layout(sampling, model: ModelConfig, train_mesh: Mesh, train_rules: Rules,
-                  free_bytes: Optional[int] = None, devices: Optional[list] = None
-                  ) -> tuple[Optional[SamplerLayout], str]:
+                  free_bytes: Optional[int] = None, devices: Optional[list] = None,
+                  per_layer: Optional[bool] = None) -> tuple[Optional[SamplerLayout], str]:
     """(the sampler's layout, None for the training layout; a line saying which layout runs and why).
 
-    `free_bytes`: HBM free per device for the fit check (default: what the devices state now). `devices`:
-    the sampler's devices (default: the trainer's; rl.sampler_devices passes its own)."""
+    `free_bytes`: HBM free per device for the fit check (default: what the devices state now); `devices`:
+    the sampler's devices (default: the trainer's; rl.sampler_devices passes its own); `per_layer`: the copy
+    holds each layer apart (default: on devices that are not CPUs; module docstring)."""
     if sampling.layout not in LAYOUTS:
         raise UserError(f"sampling.layout={sampling.layout!r}: choose one of {', '.join(LAYOUTS)}")
     if sampling.layout == "train":
@@ -192,7 +229,10 @@ def choose_layout(sampling, model: ModelConfig, train_mesh: Mesh, train_rules: R
             raise UserError(f"sampling.layout=inference: {message}; set sampling.mesh to split more, or "
                             "sampling.layout=train")
         return None, f"sampler layout: train ({message})"
-    return (SamplerLayout(sharding, mesh, rules, train_mesh, train_rules),
+    if per_layer is None:
+        per_layer = devices[0].platform != "cpu"
+    graphdef = split_policy(abstract_policy(model, stacked=not per_layer))[0]
+    return (SamplerLayout(sharding, mesh, rules, train_mesh, train_rules, graphdef, per_layer),
             f"sampler layout: inference ({shape}; {need / 2**30:.2f} GiB of weights per device)")
 
 

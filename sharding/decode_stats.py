@@ -40,6 +40,9 @@ _MOVES_DATA = {"bitcast", "copy", "reshape", "transpose", "convert", "slice", "d
                "all-gather-done", "get-tuple-element", "fusion", "pad", "concatenate"}
 
 
+# read only what they take of their operand: a static slice (a constant layer's cache in an unrolled stack)
+# as a traced one
+_SLICES = ("dynamic-slice", "slice", "gather")
 _EXPECTED_TRIPS = re.compile(r"(?:^|/)expected_trips_(\d+)/while$")  # a traced loop's stated trip count
 _RAGGED_DOT = re.compile(r"(^|/)ragged-dot-(?!metadata)[\w.-]*$")  # op_name of XLA TPU's ragged-dot kernel
 # the name scope of model.pallas_attention's kernel call, which reads `block`-slot blocks up to the live slots
@@ -204,7 +207,7 @@ class _Module:
         reads = self.operand_bytes(comp, inst)
         write = shape_bytes(inst.shape, hbm_only=True)
         fused = self.comps.get(inst.attr("calls")) if inst.opcode == "fusion" else None
-        if inst.opcode in ("dynamic-slice", "gather"):
+        if inst.opcode in _SLICES:
             return 2 * write
         if inst.opcode == "dynamic-update-slice":
             update = reads[1] if len(reads) > 1 else 0
@@ -243,7 +246,7 @@ class _Module:
             reads[index] = min(reads[index], self._read_bytes(fused, inst.name, reads[index]))
             uses = self._users(fused).get(inst.name, [])
             updates = [u for u in uses if u.opcode == "dynamic-update-slice" and u.operands[0] == inst.name]
-            if updates and all(u in updates or u.opcode == "dynamic-slice" for u in uses):
+            if updates and all(u in updates or u.opcode in ("dynamic-slice", "slice") for u in uses):
                 write = min(write, sum(fused.instructions[u.operands[1]].bytes for u in updates))
         return reads, write
 
@@ -264,7 +267,7 @@ class _Module:
             return full
         total = 0
         for use in uses:
-            if use.opcode in ("dynamic-slice", "gather") and use.operands[0] == name:
+            if use.opcode in _SLICES and use.operands[0] == name:
                 total += use.bytes
             elif use.opcode == "dynamic-update-slice" and use.operands[0] == name:
                 continue

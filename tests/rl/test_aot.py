@@ -5,8 +5,10 @@ import dataclasses
 import io
 import json
 
+import jax
 import pytest
 import yaml
+from flax import nnx
 
 from r1jax.errors import UserError
 from r1jax.model.factory import count_params
@@ -184,6 +186,18 @@ def test_the_sampler_compiles_as_the_config_runs_it(config_path):
     assert "jit_generate_continuous" in continuous
     # the block-wise cache read is a loop of its own in every attention layer
     assert blocked.count("stablehlo.while") > continuous.count("stablehlo.while")
+
+
+def test_the_sampler_compiles_each_layers_weights_as_a_buffer_of_its_own(config_path):
+    """On TPU a kernel (the experts' ragged dot) takes whole buffers: a layer's slice of stacked weights would be
+    copied at every decode step, so the compiled sampler's weights hold no axis of stacked layers."""
+    config = load_config(config_path)
+    setup = make_setup(config, parse_topology("v5p:2x2x1"), config.sharding, workload_for(config, prompt_len=12))
+    layout, _ = sampler_layout(setup, 95 * GIB)
+    weights = layout.abstract((setup.state.params, setup.state.bias))
+    axes = [v.get_metadata()["axes"] for v in jax.tree.leaves(weights, is_leaf=lambda x: isinstance(x, nnx.Variable))]
+    assert layout.per_layer and axes and not any("layers" in a for a in axes)
+    assert device_bytes(weights) == device_bytes(layout.abstract(weights))  # resharding it again: the same
 
 
 def test_continuous_batching_reports_the_slots_and_their_cache(config_path):

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from r1jax.errors import UserError
 from r1jax.model.factory import init_policy
@@ -28,12 +29,12 @@ TRAIN_RULES = Rules.preset("fsdp")
 MODELS = {"qwen3_moe": dataclasses.replace(QWEN, mlp_only_layers=()), "deepseek_v3": DEEPSEEK}
 
 
-def _trained_layout(family):
+def _trained_layout(family, per_layer=None):
     """The policy as the trainer holds it on an 8-way FSDP mesh, and the sampler's inference layout."""
     graphdef, params, bias = split_policy(init_policy(MODELS[family], 0))
     mesh = build_mesh(ShardingConfig(fsdp=8, preset="fsdp"))
     state = jax.device_put((params, bias), tree_shardings((params, bias), mesh, TRAIN_RULES))
-    layout, note = choose_layout(CONFIG, MODELS[family], mesh, TRAIN_RULES)
+    layout, note = choose_layout(CONFIG, MODELS[family], mesh, TRAIN_RULES, per_layer=per_layer)
     return graphdef, state, mesh, layout, note
 
 
@@ -65,7 +66,38 @@ def test_the_inference_layout_samples_the_same_without_gathering_weights_in_the_
     assert reshard_metrics(inferring)["time/reshard_s"] > 0 and reshard_metrics(inferring)["time/reshard_s"] == 0
     assert reshard_metrics(trained) == {}
     assert _weight_allgather_bytes(graphdef, (state, key), mesh, TRAIN_RULES) > 0
-    assert _weight_allgather_bytes(graphdef, layout.reshard((state, key)), layout.mesh, layout.rules) == 0
+    assert _weight_allgather_bytes(layout.graphdef, layout.reshard((state, key)), layout.mesh, layout.rules) == 0
+
+
+def _sample(graphdef, weights, key, layout):
+    """The fixed-batch sampler's rollout (temperature 1: draws and log-probs) in `layout`'s mesh and rules."""
+    tokens, valid = left_pad(PROMPTS, CONFIG.prompt_buckets, 0)
+    with use_mesh(layout.mesh, layout.rules):
+        return generate_padded(graphdef, weights, jnp.asarray(tokens), jnp.asarray(valid), key, jnp.float32(1),
+                               jnp.int32(0), jnp.float32(1), max_new=CONFIG.max_new_tokens, samples=2,
+                               stop_ids=(3,), pad_id=0, ignore_eos=False)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_inference_copy_holds_each_layer_apart_and_samples_the_same_bits_as_the_stacked_layers(family):
+    """What an accelerator's sampler runs (on CPU the copy stays stacked: `per_layer` defaults to False)."""
+    assert not _trained_layout(family)[3].per_layer
+    graphdef, state, _, layout, _ = _trained_layout(family, per_layer=True)
+    key = jax.random.key(3)
+    per_layer, key = layout.reshard((state, key))
+    # on TPU a kernel (the experts' ragged dot) takes whole buffers: no weight of the copy is a slice of a
+    # stack of layers, which XLA would copy at every decode step
+    axes = [v.get_metadata()["axes"] for v in jax.tree.leaves(per_layer, is_leaf=lambda x: isinstance(x, nnx.Variable))]
+    assert axes and not any("layers" in a for a in axes)
+    cfg = MODELS[family]
+    moe = [kind for kind, _ in cfg.layer_segments()].index("moe")  # resharding it again keeps it per layer
+    assert layout.reshard(per_layer)[0]["segments"][moe]["layers"][0]["mlp"]["gate_proj"].shape == (
+        cfg.n_routed_experts, cfg.hidden_size, cfg.moe_intermediate_size)
+    stacked = jax.device_put(state, tree_shardings(state, layout.mesh, layout.rules))
+    expected = _sample(graphdef, stacked, key, layout)
+    got = _sample(layout.graphdef, per_layer, key, layout)
+    for name in ("tokens_BT", "valid_BT", "logprobs_BN", "lengths_B", "experts_LBTK"):
+        assert np.array_equal(np.asarray(getattr(got, name)), np.asarray(getattr(expected, name))), name
 
 
 def test_family_defaults_split_experts_and_deepseek_heads():

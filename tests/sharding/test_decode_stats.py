@@ -128,8 +128,15 @@ ENTRY %main (a: f32[4,8]) -> (s32[], f32[4,8]) {
 """
 
 
-def test_a_slice_taken_inside_nested_fusions_reads_only_the_slice():
-    stats = decode_stats(HAND_WRITTEN)
+STATIC_SLICE = "  ROOT %ds = f32[1,8]{1,0} slice(%p0), slice={[2:3], [0:8]}"
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_a_slice_taken_inside_nested_fusions_reads_only_the_slice(static):
+    """A traced slice (a layer scan's weight) or a static one (an unrolled stack's layer of the KV cache)."""
+    text = re.sub(r"  ROOT %ds = .*", STATIC_SLICE, HAND_WRITTEN) if static else HAND_WRITTEN
+    assert ("slice(%p0)" in text) == static
+    stats = decode_stats(text)
     # the row fusion reads one 8-float row (not the 4 x 8 weight) and writes it; the counter's add 4 + 4 + 4
     assert stats.hbm_bytes == 2 * 8 * 4 + 3 * 4
     assert stats.loops == 1 and sum(stats.collective_bytes.values()) == 0
