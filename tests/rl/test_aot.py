@@ -20,7 +20,7 @@ from r1jax.rl.config import load_config
 from r1jax.sharding.compile_stats import device_bytes
 from r1jax.sharding.mesh_presets import MESH_PRESETS
 from r1jax.sharding.topology import parse_topology
-from tests.model.tiny import DEEPSEEK
+from tests.model.tiny import DEEPSEEK, QWEN
 
 GIB = 2**30
 MODEL = dataclasses.replace(DEEPSEEK, num_hidden_layers=2)
@@ -188,15 +188,20 @@ def test_the_sampler_compiles_as_the_config_runs_it(config_path):
     assert blocked.count("stablehlo.while") > continuous.count("stablehlo.while")
 
 
-def test_the_sampler_compiles_each_layers_weights_as_a_buffer_of_its_own(config_path):
+@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v3"])
+def test_the_qwen3_sampler_compiles_each_layers_weights_as_a_buffer_of_its_own(config_path, family):
     """On TPU a kernel (the experts' ragged dot) takes whole buffers: a layer's slice of stacked weights would be
-    copied at every decode step, so the compiled sampler's weights hold no axis of stacked layers."""
+    copied at every decode step, so Qwen3's compiled sampler weights hold no axis of stacked layers; DeepSeek-V3
+    keeps them stacked (its per-layer decode read more: rl.sampler_layout)."""
     config = load_config(config_path)
+    if family == "qwen3_moe":
+        config = dataclasses.replace(config, model=dataclasses.replace(QWEN, num_hidden_layers=2))
     setup = make_setup(config, parse_topology("v5p:2x2x1"), config.sharding, workload_for(config, prompt_len=12))
     layout, _ = sampler_layout(setup, 95 * GIB)
     weights = layout.abstract((setup.state.params, setup.state.bias))
     axes = [v.get_metadata()["axes"] for v in jax.tree.leaves(weights, is_leaf=lambda x: isinstance(x, nnx.Variable))]
-    assert layout.per_layer and axes and not any("layers" in a for a in axes)
+    stacked = any("layers" in a for a in axes)
+    assert axes and layout.per_layer == (family == "qwen3_moe") and stacked == (family == "deepseek_v3")
     assert device_bytes(weights) == device_bytes(layout.abstract(weights))  # resharding it again: the same
 
 
