@@ -185,6 +185,7 @@ class Policy(nnx.Module):
             w_DV = self.embed_tokens[...].astype(jnp.float32).T
         else:
             w_DV = self.lm_head[...].astype(jnp.float32)
+        x_BTD = constrain(x_BTD, ("batch", "length", "act_embed"))
         logits = jnp.einsum("BTD,DV->BTV", x_BTD.astype(jnp.float32), w_DV)
         return constrain(logits, ("batch", "length", "act_vocab"))
 

@@ -24,7 +24,9 @@ Compute scales with tokens x top-k, not with the number of experts. Two grouped-
 Expert parallelism (`expert_ffn` under a mesh): a shard_map over the mesh. Each device holds E/ep experts
 (and F/tp of their width). Tokens sharded over the expert axis are all-gathered along it, each device runs
 only the copies routed to its own experts, and the partial outputs are summed back (reduce-scatter over
-the expert axis, all-reduce over the tensor axis). Alphabet: A = token copies (T x K).
+the expert axis, then all-reduce over the tensor axis). In a decode step the ragged kernel runs the local
+copies in chunks of a few even shares (`_ragged_chunks`), so its work follows the copies routed here, not the
+layout's worst case. Alphabet: A = token copies (T x K).
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from r1jax.sharding.context import active_rules, mesh_shape
+
+
+# A decode step's chunk of local copies (`chunk_rows`): this many times an even load's share, so an uneven
+# step still takes one trip
+CHUNK_OVER_EVEN_SHARE = 4
 
 
 def resolve_impl(impl: str) -> str:
@@ -193,14 +200,15 @@ _blocks.defvjp(_blocks_fwd, _blocks_bwd)
 
 def local_expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_EFD, *,
                      expert_offset=None, impl: str = "auto", block_size: int = 64, used_blocks_only: bool = False,
-                     expected_copies: int | None = None):
+                     expected_copies: int | None = None, chunked: bool = False):
     """The routed-expert output for these tokens, using only experts [offset, offset + E_local).
 
     `expert_offset` None: the weights hold every expert, so every copy is local and none is masked (the
     same numbers as offset 0 over all experts, without the masks' [copies, D] selects in the backward).
     `used_blocks_only`: `blocked_autodiff` skips empty blocks too (forward only; `blocked` always skips them:
     see `_used_blocks`). `expected_copies`: the copies these experts get on average (None: all t x k), the
-    blocked kernel's trip-count estimate (`_block_loop`)."""
+    blocked kernel's trip-count estimate (`_block_loop`). `chunked` (forward only, "ragged" with
+    `expected_copies`): the ragged dot runs over the local copies in chunks (`_ragged_chunks`)."""
     t, k = experts_TK.shape
     num_local = w_gate_EDF.shape[0]
     if expert_offset is None:
@@ -220,9 +228,17 @@ def local_expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_
         # the [copies, D] activations the dispatch gathers, multiplies and scatters by k / num_local.
         order_A = order_A[:t * num_local]
     token_A = order_A // k
-    x_AD = x_TD[token_A]
     dt = x_TD.dtype
     weights = (w_gate_EDF.astype(dt), w_up_EDF.astype(dt), w_down_EFD.astype(dt))
+    rows = chunk_rows(order_A.shape[0], expected_copies) if chunked and impl == "ragged" else None
+    if rows is not None:
+        combine_A = weights_TK.reshape(-1)[order_A]
+        if valid_A is not None:
+            combine_A = jnp.where(valid_A[order_A], combine_A, 0.0)
+        with jax.named_scope("expert_ffn"):
+            return _ragged_chunks(x_TD, token_A, combine_A.astype(dt), group_sizes_E, weights, rows,
+                                  -(-expected_copies // rows))
+    x_AD = x_TD[token_A]
     with jax.named_scope("expert_ffn"):
         if impl == "ragged":
             y_AD = swiglu_ragged(x_AD, group_sizes_E, *weights)
@@ -238,9 +254,47 @@ def local_expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_
     return jnp.zeros_like(x_TD).at[token_A].add(y_AD)
 
 
+def chunk_rows(copies: int, expected_copies: int | None) -> int | None:
+    """The rows of one chunk of `_ragged_chunks`: `CHUNK_OVER_EVEN_SHARE` x the expected copies, a power of two
+    (at least 8); None (one pass over every copy) when that is not fewer than the `copies` the layout holds."""
+    if expected_copies is None:
+        return None
+    rows = max(8, 1 << (CHUNK_OVER_EVEN_SHARE * expected_copies - 1).bit_length())
+    return rows if rows < copies else None
+
+
+def _ragged_chunks(x_TD, token_A, combine_A, group_sizes_E, weights, rows: int, expected_trips: int):
+    """The local copies (sorted by expert: groups [0, sum(group_sizes)) of `token_A`) through their experts'
+    SwiGLU in chunks of `rows` copies, each chunk's output weighted by `combine_A` and added to its tokens:
+    a loop of traced length over the chunks that hold copies (`_block_loop`, stating `expected_trips`).
+
+    Why: the layout must hold every copy a device might get (a dropless dispatch's worst case: DeepSeek-V3's
+    sampler, one expert per device, holds all 512 gathered tokens, where an even load routes 16 to it), and
+    a TPU ragged dot runs over all the rows it is given. Chunked, a decode step multiplies and moves what
+    its experts got, rounded up to a chunk, and still takes any load (more trips, each reading the local
+    experts' weights again). Every copy is multiplied and added as in one pass, chunk after chunk."""
+    a = token_A.shape[0]
+    pad = -a % rows  # padded copies: token 0 with weight 0, past every group (the ragged dot gives zeros)
+    token_A, combine_A = jnp.pad(token_A, (0, pad)), jnp.pad(combine_A, (0, pad))
+    ends_E = jnp.cumsum(group_sizes_E)
+    starts_E = ends_E - group_sizes_E
+
+    def one_chunk(i, out_TD):
+        start = i * rows
+        tokens = jax.lax.dynamic_slice_in_dim(token_A, start, rows)
+        sizes_E = jnp.clip(jnp.minimum(ends_E, start + rows) - jnp.maximum(starts_E, start), 0)
+        y_CD = swiglu_ragged(x_TD[tokens], sizes_E.astype(group_sizes_E.dtype), *weights)
+        return out_TD.at[tokens].add(y_CD * jax.lax.dynamic_slice_in_dim(combine_A, start, rows)[:, None])
+
+    used = (ends_E[-1] + rows - 1) // rows
+    out = _vary_together(jnp.zeros_like(x_TD), x_TD, token_A, *weights)[0]
+    return _block_loop(used, expected_trips, (a + pad) // rows, one_chunk, out)
+
+
 def expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_EFD, *, impl="auto",
-               block_size=64, used_blocks_only: bool = False):
-    """Routed-expert output for all tokens; expert-parallel under an active mesh."""
+               block_size=64, used_blocks_only: bool = False, chunked: bool = False):
+    """Routed-expert output for all tokens; expert-parallel under an active mesh. `chunked` (decode steps):
+    under expert parallelism the ragged kernel runs over the local copies in chunks (`_ragged_chunks`)."""
     kwargs = dict(impl=impl, block_size=block_size, used_blocks_only=used_blocks_only)
     rules = active_rules()
     if rules is None:
@@ -260,11 +314,13 @@ def expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_EFD, *
         # an even load: each device's experts get their share of the gathered copies
         expected = -(-experts.size * wg.shape[0] // w_gate_EDF.shape[0])
         y = local_expert_ffn(x, experts, weights, wg, wu, wd, expert_offset=offset, expected_copies=expected,
-                             **kwargs)
-        if summed:
-            y = jax.lax.psum(y, summed)
+                             chunked=chunked and bool(ep), **kwargs)
+        # the sum over the gathered axes first: it scatters the rows back, so the all-reduce that follows
+        # moves this device's rows only
         if gathered:
             y = jax.lax.psum_scatter(y, gathered, scatter_dimension=0, tiled=True)
+        if summed:
+            y = jax.lax.psum(y, summed)
         return y
 
     tokens = P(batch or None, None)

@@ -28,7 +28,7 @@ class MoEAux(NamedTuple):
 class MoE(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, stack: Stack = ()):
         d, e, f = cfg.hidden_size, cfg.n_routed_experts, cfg.moe_intermediate_size
-        self.router = make_param(rngs, cfg, (d, e), ("embed", None), stack)
+        self.router = make_param(rngs, cfg, (d, e), ("embed_in", None), stack)  # sharding.rules: embed_in
         if cfg.is_deepseek:
             self.e_score_correction_bias = RoutingBias(jnp.zeros(tuple(stack) + (e,), jnp.float32),
                                                        axes=("layers",) * len(stack) + (None,))
@@ -54,7 +54,8 @@ class MoE(nnx.Module):
         with jax.named_scope("dispatch"):
             y_TD = expert_ffn(x_TD, routing.experts_TK, routing.weights_TK, self.gate_proj[...],
                               self.up_proj[...], self.down_proj[...], impl=impl,
-                              block_size=cfg.moe_block_size, used_blocks_only=cfg.moe_decode_used_blocks and decode)
+                              block_size=cfg.moe_block_size, used_blocks_only=cfg.moe_decode_used_blocks and decode,
+                              chunked=decode)
         y_BTD = constrain(y_TD.reshape(b, t, d), ("batch", "length", "act_embed"))
         if cfg.is_deepseek and cfg.n_shared_experts:
             y_BTD = y_BTD + self.shared_experts(x_BTD)

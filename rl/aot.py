@@ -52,7 +52,7 @@ from r1jax.rl.sampler_layout import SamplerLayout, choose_layout
 from r1jax.rl.update import TrainState, split_policy
 from r1jax.sharding.chips import CHIPS
 from r1jax.sharding.compile_stats import ProgramStats, compile_stats, device_bytes
-from r1jax.sharding.decode_stats import decode_report
+from r1jax.sharding.roofline import decode_report
 from r1jax.sharding.context import use_mesh
 from r1jax.sharding.mesh import ShardingConfig, build_mesh, check_batch_rows
 from r1jax.sharding.mesh_presets import MESH_PRESETS, resolve_mesh
@@ -337,7 +337,7 @@ class Report:
                              model_flops_per_chip=model_flops / self.topology.chips)
 
     def decode(self) -> dict | None:
-        """The sampler's decode step per chip and token (`sharding.decode_stats.decode_report`); the HBM-read
+        """The sampler's decode step per chip and token (`sharding.roofline.decode_report`); the HBM-read
         limit reads the chip's even share of the weights and, once per step, the KV cache its rows hold in the
         sampler's layout (`kv_cache_bytes(read=True)`)."""
         stats = self.programs["sampler"].decode

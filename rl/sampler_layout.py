@@ -20,17 +20,20 @@ free (the trainer's state stays resident while sampling; the rest is left for th
 activations). Devices that state no memory (CPU) are taken to fit. An explicit `inference` that cannot be
 had is a UserError.
 
-For qwen3_moe on accelerators (devices that are not CPUs: a TPU, or `r1jax compile`'s abstract TPU devices)
-the inference copy holds each layer's parameters as arrays of their own (`per_layer`; model.decoder.
+On accelerators (devices that are not CPUs: a TPU, or `r1jax compile`'s abstract TPU devices) the inference
+copy holds each layer's parameters as arrays of their own (`per_layer`; model.decoder.
 unstack_layers, part of the one reshard, so counted in `time/reshard_s`), and the sampler runs it with the
 graph of the per-layer policy (`SamplerLayout.graphdef`): XLA feeds a TPU kernel (the experts' ragged dot)
 only whole buffers, so a layer's slice of stacked weights would be copied at every decode step. On CPU the
 copy stays stacked: no kernel there needs whole buffers, and XLA's CPU backend rounds the unrolled layers
 differently from their scan in places (continuous batching's log-probs, in the last bit), so CPU runs keep
-their numbers. The per-layer copy's outputs equal the stacked copy's bit for bit in the fixed-batch sampler.
-DeepSeek-V3 keeps the stacked copy: compiled for v5p-512 (`deepseek_v3_671b`), its per-layer decode step read
-more, not less (17.8 against 16.6 GB of HBM per step, est. 7.22 against 6.77 ms) and its sampler took 308
-instead of 33 s to compile, where Qwen3's fell from 35.3 to 20.7 GB (`PER_LAYER_FAMILIES`).
+their numbers. The per-layer copy's outputs equal the stacked copy's in the fixed-batch sampler (Qwen3's bit
+for bit; DeepSeek-V3's tokens and routing, its log-probs to float rounding: the `tensor`-split down-projections
+sum in another order). Compiled for TPU, each layer apart took Qwen3's decode step from 35.3 to 20.7 GB of HBM
+(`qwen3_30b_a3b`, v5p-16); for DeepSeek-V3 (`deepseek_v3_671b`, v5p-512) it is what lets the decode's chunked
+expert dispatch (model.dispatch) pay off: with its layers stacked, the chunk loop made XLA copy each layer's
+expert weights again (the README's decode table: 16.6 GB per step before, 11.3 GB now). The price is compile
+time: the sampler's unrolled layers take minutes to compile (DeepSeek-V3's: 322 s, was 33 s stacked).
 """
 
 from __future__ import annotations
@@ -63,9 +66,6 @@ HBM_SHARE = 0.5
 # experts (model.dispatch.local_expert_ffn), where a width split makes every tensor shard carry all tokens x
 # top-k copies at full hidden size
 EXPERTS_OVER_TENSOR = {"experts": ["expert", "tensor"], "expert_mlp": []}
-
-# the families whose inference copy holds each layer apart on accelerators (module docstring: measured)
-PER_LAYER_FAMILIES = ("qwen3_moe",)
 
 
 @dataclasses.dataclass
@@ -208,7 +208,7 @@ def choose_layout(sampling, model: ModelConfig, train_mesh: Mesh, train_rules: R
 
     `free_bytes`: HBM free per device for the fit check (default: what the devices state now); `devices`:
     the sampler's devices (default: the trainer's; rl.sampler_devices passes its own); `per_layer`: the copy
-    holds each layer apart (default: for `PER_LAYER_FAMILIES` on devices that are not CPUs; module docstring)."""
+    holds each layer apart (default: on devices that are not CPUs; module docstring)."""
     if sampling.layout not in LAYOUTS:
         raise UserError(f"sampling.layout={sampling.layout!r}: choose one of {', '.join(LAYOUTS)}")
     if sampling.layout == "train":
@@ -236,7 +236,7 @@ def choose_layout(sampling, model: ModelConfig, train_mesh: Mesh, train_rules: R
                             "sampling.layout=train")
         return None, f"sampler layout: train ({message})"
     if per_layer is None:
-        per_layer = devices[0].platform != "cpu" and model.family in PER_LAYER_FAMILIES
+        per_layer = devices[0].platform != "cpu"
     graphdef = split_policy(abstract_policy(model, stacked=not per_layer))[0]
     return (SamplerLayout(sharding, mesh, rules, train_mesh, train_rules, graphdef, per_layer),
             f"sampler layout: inference ({shape}; {need / 2**30:.2f} GiB of weights per device)")

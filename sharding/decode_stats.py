@@ -18,8 +18,7 @@ control flow move nothing; arrays in on-chip memory (`S(1)` layouts) are not HBM
 decode-attention kernel (a custom call under the name scope `kv_read_block_N`) reads one layer of the cache
 up to the live slots, counted as the XLA block-wise read is (`dynamic_trips` blocks of N slots).
 
-Roofline (`estimate`): max(compute, HBM) time plus collective time at the interconnect's bandwidth (decode
-does not overlap its collectives with compute: each layer waits for its own).
+Its roofline time and the `decode` report: `sharding.roofline`.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ import math
 import re
 from typing import Optional
 
-from r1jax.sharding.chips import ChipSpec
 from r1jax.sharding.hlo_text import Computation, Instruction, leaf_bytes, parse_module, shape_bytes
 
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
@@ -236,8 +234,9 @@ class _Module:
     def _fused_traffic(self, fused: Computation, reads: list[int], write: int) -> tuple[list[int], int]:
         """A fusion reads only the slices (or gathered rows) it takes of a parameter, through bitcasts and
         nested fusions, and writes only an in-place update: a buffer that the fusion only updates and slices
-        (a read-modify-write of one slice, `x.at[i].add(v)`) is updated in place, as XLA's buffer assignment
-        shares a dynamic-update-slice fusion's output with that operand."""
+        (a read-modify-write of one slice, `x.at[i].add(v)`, or of scattered rows, `x.at[rows].add(v)`) is
+        updated in place, as XLA's buffer assignment shares a dynamic-update-slice or scatter fusion's
+        output with that operand; a scatter reads and writes the rows of its updates."""
         reads = list(reads)
         for inst in fused.instructions.values():
             if inst.opcode != "parameter" or not inst.attrs.isdigit() or int(inst.attrs) >= len(reads):
@@ -245,10 +244,17 @@ class _Module:
             index = int(inst.attrs)
             reads[index] = min(reads[index], self._read_bytes(fused, inst.name, reads[index]))
             uses = self._users(fused).get(inst.name, [])
-            updates = [u for u in uses if u.opcode == "dynamic-update-slice" and u.operands[0] == inst.name]
+            updates = [u for u in uses if u.opcode in ("dynamic-update-slice", "scatter") and u.operands[0] == inst.name]
             if updates and all(u in updates or u.opcode in ("dynamic-slice", "slice") for u in uses):
-                write = min(write, sum(fused.instructions[u.operands[1]].bytes for u in updates))
+                write = min(write, sum(self._operand(fused, u, 1 if u.opcode == "dynamic-update-slice" else 2)
+                                       for u in updates))
         return reads, write
+
+    @staticmethod
+    def _operand(comp: Computation, inst: Instruction, index: int) -> int:
+        """Bytes of operand `index` of `inst` (0 when it has none there)."""
+        name = inst.operands[index] if index < len(inst.operands) else None
+        return comp.instructions[name].bytes if name in comp.instructions else 0
 
     def _users(self, comp: Computation) -> dict[str, list[Instruction]]:
         if comp.name not in self._user_maps:
@@ -271,6 +277,8 @@ class _Module:
                 total += use.bytes
             elif use.opcode == "dynamic-update-slice" and use.operands[0] == name:
                 continue
+            elif use.opcode == "scatter" and use.operands[0] == name:  # read-modify-write of the updated rows
+                total += self._operand(comp, use, 2)
             elif use.opcode == "bitcast":
                 total += self._read_bytes(comp, use.name, full, depth + 1)
             elif use.opcode == "fusion" and use.attr("calls") in self.comps:
@@ -374,46 +382,3 @@ def program_costs(hlo_text: str) -> tuple[dict[str, int], int, float]:
     entry = next(c for c in module.comps.values() if c.entry)
     totals = _walk(module, entry, None, (entry.name,))
     return {k: int(totals.get(k, 0)) for k in COLLECTIVES}, int(totals["hbm"]), float(totals["flops"])
-
-
-@dataclasses.dataclass(frozen=True)
-class Roofline:
-    compute_s: float
-    hbm_s: float
-    collective_s: float
-
-    @property
-    def step_s(self) -> float:
-        return max(self.compute_s, self.hbm_s) + self.collective_s
-
-
-def estimate(stats: DecodeStats, chip: ChipSpec, devices_per_chip: int = 1) -> Roofline:
-    """Roofline time of one decode step on one chip (its devices' work added; per-device stats)."""
-    scale = devices_per_chip
-    collective = sum(stats.collective_bytes.values()) * scale
-    ici = chip.ici_bytes_per_s
-    return Roofline(stats.flops * scale / chip.peak_flops, stats.hbm_bytes * scale / chip.hbm_bytes_per_s,
-                    collective / ici if ici else 0.0)
-
-
-def decode_report(stats: DecodeStats, chip: ChipSpec, *, devices_per_chip: int, rows: int, chips: int,
-                  min_read_bytes_per_chip: int) -> dict:
-    """The `decode` object of `r1jax compile --json`: per chip, per decode step ("per token": one token for
-    every row), and the roofline against the HBM-read limit (reading `min_read_bytes_per_chip`, the chip's
-    even share of the weights plus its KV cache, once per step)."""
-    scale = devices_per_chip
-    roof = estimate(stats, chip, devices_per_chip)
-    limit_s = min_read_bytes_per_chip / chip.hbm_bytes_per_s
-    return {
-        "weight_allgather_bytes_per_token": stats.weight_allgather_bytes * scale,
-        "weight_allgathers_per_token": stats.weight_allgathers,
-        "collective_bytes_per_token": {k: v * scale for k, v in stats.collective_bytes.items()},
-        "hbm_bytes_per_token": stats.hbm_bytes * scale,
-        "flops_per_token": stats.flops * scale,
-        "est_compute_s": roof.compute_s, "est_hbm_s": roof.hbm_s, "est_collective_s": roof.collective_s,
-        "est_step_s": roof.step_s,
-        "est_tokens_per_s_per_chip": rows / roof.step_s / chips if roof.step_s > 0 else None,
-        "hbm_read_limit_bytes": min_read_bytes_per_chip, "hbm_read_limit_s": limit_s,
-        "est_vs_hbm_read_limit": roof.step_s / limit_s if limit_s > 0 else None,
-        "chip": chip.to_dict(),
-    }

@@ -1,6 +1,11 @@
 """Logical-axis rules: one table per preset mapping logical axis names to mesh axes.
 
-Parameter axes: vocab, embed, heads, kv_heads, head_dim, q_lora, kv_lora, mlp, experts, expert_mlp, layers.
+Parameter axes: vocab, embed, embed_in, heads, kv_heads, head_dim, q_lora, kv_lora, mlp, experts, expert_mlp,
+layers. `embed_in` is the hidden-size (input) axis of the projections with small outputs that read the
+residual stream: MLA's down-projections (q_a_proj, kv_a_proj_with_mqa) and the MoE router. The training
+presets split it as `embed`; the inference preset splits it over `tensor`, where `embed` stays whole: a
+replicated copy would be read whole by every device at every decoded token (2 GB per step for
+DeepSeek-V3); split, each device reads its share and the small partial products are summed.
 Activation axes: batch, length, act_embed, act_heads, act_kv_heads, act_mlp, act_vocab.
 A logical name missing from a table is replicated. One array never uses a mesh axis twice.
 """
@@ -20,7 +25,7 @@ MeshAxes = tuple[str, ...]
 # Every preset shards the batch over all data-parallel axes: `expert` doubles as a data axis outside the
 # MoE layers (the MoE dispatch gathers tokens over it), as in MaxText's expert-parallel presets.
 _BATCH = {"batch": ("data", "fsdp", "expert")}
-_FSDP = {"embed": ("fsdp",)}
+_FSDP = {"embed": ("fsdp",), "embed_in": ("fsdp",)}
 _TENSOR = {
     "heads": ("tensor",), "kv_heads": ("tensor",), "mlp": ("tensor",), "expert_mlp": ("tensor",),
     "vocab": ("tensor",), "act_heads": ("tensor",), "act_kv_heads": ("tensor",), "act_mlp": ("tensor",),
@@ -31,7 +36,7 @@ _EXPERT = {"experts": ("expert",)}
 PRESETS: dict[str, dict[str, MeshAxes]] = {
     # The sampler's inference layout (rl.sampler_layout): no weight is split on `fsdp` (decoding would gather
     # it at every token); experts over `expert`, heads/MLP/vocabulary over `tensor`, rows over the rest.
-    "inference": {**_BATCH, **_EXPERT, **_TENSOR},
+    "inference": {**_BATCH, **_EXPERT, **_TENSOR, "embed_in": ("tensor",)},
     "fsdp": {**_BATCH, **_FSDP},
     "fsdp_tensor": {**_BATCH, **_FSDP, **_TENSOR},
     "fsdp_expert": {**_BATCH, **_FSDP, **_EXPERT},

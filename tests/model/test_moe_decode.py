@@ -1,6 +1,7 @@
 """The blocked MoE kernels' loop over only the non-empty blocks (always for `blocked`, forward and backward; in
 decode steps for `blocked_autodiff` with `model.moe_decode_used_blocks`) against the scan over every block: the
-same outputs and gradients to the bit, the same rollouts, and the trip count the compile estimate assumes."""
+same outputs and gradients to the bit, the same rollouts, and the trip count the compile estimate assumes.
+The ragged kernel's decode chunks (under expert parallelism) against one pass and a NumPy reference."""
 
 import dataclasses
 import re
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from r1jax.model.dispatch import expert_ffn, local_expert_ffn, swiglu_blocked
+from r1jax.model.dispatch import chunk_rows, expert_ffn, local_expert_ffn, swiglu_blocked
 from r1jax.model.factory import init_policy
 from r1jax.rl.sampler import Sampler, SamplingConfig
 from r1jax.sharding.context import use_mesh
@@ -159,3 +160,57 @@ def test_decode_steps_take_the_decode_kernel_and_training_forwards_the_update_ke
 def test_an_unknown_decode_kernel_is_refused_by_name():
     with pytest.raises(ValueError, match="moe_decode_impl"):
         dataclasses.replace(FAMILIES["qwen3_moe"], moe_decode_impl="dense")
+
+
+@pytest.mark.parametrize("copies,expected,rows", [(512, 16, 64), (4096, 512, 2048), (512, 200, None), (24, 1, 8)])
+def test_a_decode_chunk_holds_four_even_shares_and_is_not_taken_when_it_would_hold_every_copy(copies, expected, rows):
+    assert chunk_rows(copies, expected) == rows
+
+
+@pytest.mark.parametrize("per_device,crowded", [(1, False), (2, False), (2, True)])
+def test_ragged_decode_chunks_equal_one_pass_and_the_dense_reference(per_device, crowded):
+    """40 tokens, top-3 of 8 experts; each device's experts run in chunks of 8 copies (expected 1 or 2 per
+    device of 15 or 30: 2 to 4 trips). Crowded: every token sends two copies to this device's two experts
+    (80 copies, 10 trips where the expected count states 1): nothing is dropped, the sum is the same."""
+    x, chosen, weights, wg, wu, wd = dispatch_case(40, 8, 3)
+    if crowded:
+        chosen = jnp.tile(jnp.array([[0, 1, 5]]), (40, 1))
+    total = jnp.zeros_like(x)
+    for start in range(0, 2 if crowded else 8, per_device):
+        part = lambda chunked: local_expert_ffn(
+            x, chosen, weights, wg[start:start + per_device], wu[start:start + per_device],
+            wd[start:start + per_device], expert_offset=start, impl="ragged", expected_copies=1, chunked=chunked)
+        chunked = jax.jit(lambda: part(True))
+        assert "expected_trips_1/while" in chunked.lower().as_text(debug_info=True)
+        np.testing.assert_allclose(np.asarray(chunked()), np.asarray(part(False)), atol=1e-6)
+        total = total + chunked()
+    if crowded:
+        chosen, weights = chosen.at[:, 2].set(0), weights.at[:, 2].set(0)  # expert 5 lives on no device here
+    np.testing.assert_allclose(np.asarray(total), dense_reference(x, chosen, weights, wg, wu, wd), atol=1e-4)
+
+
+def test_ragged_decode_under_expert_parallelism_runs_chunks_and_samples_as_unsharded():
+    """16 experts top-2 over expert 8: each device gathers all 128 tokens (256 copies) and expects 32 on its 2
+    experts, so it runs chunks of 128 copies, stating 1 trip; the sum over devices equals the reference.
+    DeepSeek-V3's tiny policy with 16 experts decodes so (16 rows: 32 copies, chunks of 16) and samples as
+    the unsharded policy."""
+    x, chosen, weights, wg, wu, wd = dispatch_case(128, 16, 2)
+    mesh = build_mesh(ShardingConfig(data=1, fsdp=1, expert=8, tensor=1))
+    rules = ShardingConfig(preset="fsdp_expert_tensor").logical_rules()
+    ffn = jax.jit(lambda *a: expert_ffn(*a, impl="ragged", chunked=True))
+    with use_mesh(mesh, rules):
+        assert "expected_trips_1/while" in ffn.lower(x, chosen, weights, wg, wu, wd).as_text(debug_info=True)
+        got = ffn(x, chosen, weights, wg, wu, wd)
+    np.testing.assert_allclose(np.asarray(got), dense_reference(x, chosen, weights, wg, wu, wd), atol=1e-4)
+
+    model = dataclasses.replace(FAMILIES["deepseek_v3"], n_routed_experts=16, moe_impl="blocked",
+                                moe_decode_impl="ragged")
+    graphdef, state = nnx.split(init_policy(model, 0))
+    sampler = Sampler(graphdef, SamplingConfig(max_new_tokens=6, prompt_buckets=(8,)), stop_ids=(3,), pad_id=0)
+    prompts, key = [[5, 6, 7], [9, 10, 11, 12], [20], [30, 31]] * 4, jax.random.key(2)  # 16 rows over 8 devices
+    expected = sampler.generate(state, prompts, key=key, ignore_eos=True)
+    with use_mesh(mesh, rules):
+        got = sampler.generate(jax.device_put(state, state_shardings(state, mesh, rules)), prompts, key=key,
+                               ignore_eos=True)
+    np.testing.assert_array_equal(np.asarray(got.tokens_BT), np.asarray(expected.tokens_BT))
+    np.testing.assert_allclose(np.asarray(got.logprobs_BN), np.asarray(expected.logprobs_BN), atol=1e-5)

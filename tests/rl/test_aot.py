@@ -189,10 +189,9 @@ def test_the_sampler_compiles_as_the_config_runs_it(config_path):
 
 
 @pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v3"])
-def test_the_qwen3_sampler_compiles_each_layers_weights_as_a_buffer_of_its_own(config_path, family):
+def test_the_tpu_sampler_compiles_each_layers_weights_as_a_buffer_of_its_own(config_path, family):
     """On TPU a kernel (the experts' ragged dot) takes whole buffers: a layer's slice of stacked weights would be
-    copied at every decode step, so Qwen3's compiled sampler weights hold no axis of stacked layers; DeepSeek-V3
-    keeps them stacked (its per-layer decode read more: rl.sampler_layout)."""
+    copied at every decode step, so both families' compiled sampler weights hold no axis of stacked layers."""
     config = load_config(config_path)
     if family == "qwen3_moe":
         config = dataclasses.replace(config, model=dataclasses.replace(QWEN, num_hidden_layers=2))
@@ -201,7 +200,7 @@ def test_the_qwen3_sampler_compiles_each_layers_weights_as_a_buffer_of_its_own(c
     weights = layout.abstract((setup.state.params, setup.state.bias))
     axes = [v.get_metadata()["axes"] for v in jax.tree.leaves(weights, is_leaf=lambda x: isinstance(x, nnx.Variable))]
     stacked = any("layers" in a for a in axes)
-    assert axes and layout.per_layer == (family == "qwen3_moe") and stacked == (family == "deepseek_v3")
+    assert axes and layout.per_layer and not stacked
     assert device_bytes(weights) == device_bytes(layout.abstract(weights))  # resharding it again: the same
 
 

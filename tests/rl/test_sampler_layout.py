@@ -96,8 +96,13 @@ def test_the_inference_copy_holds_each_layer_apart_and_samples_the_same_bits_as_
     stacked = jax.device_put(state, tree_shardings(state, layout.mesh, layout.rules))
     expected = _sample(graphdef, stacked, key, layout)
     got = _sample(layout.graphdef, per_layer, key, layout)
-    for name in ("tokens_BT", "valid_BT", "logprobs_BN", "lengths_B", "experts_LBTK"):
+    for name in ("tokens_BT", "valid_BT", "lengths_B", "experts_LBTK"):
         assert np.array_equal(np.asarray(getattr(got, name)), np.asarray(getattr(expected, name))), name
+    if family == "qwen3_moe":
+        np.testing.assert_array_equal(np.asarray(got.logprobs_BN), np.asarray(expected.logprobs_BN))
+    else:  # MLA's down-projections and the router sum partial products over `tensor` (sharding.rules'
+        # embed_in), which XLA's CPU backend adds in another order in the unrolled layers than in their scan
+        np.testing.assert_allclose(np.asarray(got.logprobs_BN), np.asarray(expected.logprobs_BN), atol=1e-6)
 
 
 def test_family_defaults_split_experts_and_deepseek_heads():

@@ -8,7 +8,8 @@ import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from r1jax.sharding.chips import CHIPS
-from r1jax.sharding.decode_stats import decode_report, decode_stats, estimate
+from r1jax.sharding.decode_stats import decode_stats
+from r1jax.sharding.roofline import decode_report, estimate
 from r1jax.sharding.hlo_text import leaf_bytes, parse_instruction
 
 LAYERS, D, ROWS, STEPS = 3, 64, 16, 5
@@ -156,3 +157,57 @@ def test_a_loop_with_a_traced_bound_counts_the_given_trip_count(mesh):
     text = jax.jit(program).lower(jnp.ones((D, D)), jnp.ones((ROWS, D)), 2).compile().as_text()
     one, three = decode_stats(text), decode_stats(text, dynamic_trips=3)
     assert one.flops == 2 * ROWS * D * D and three.flops == 3 * one.flops
+
+
+SCATTER_IN_LOOP = """HloModule scatter_in_loop
+
+%add (x: f32[], y: f32[]) -> f32[] {
+  %x = f32[] parameter(0)
+  %y = f32[] parameter(1)
+  ROOT %s = f32[] add(%x, %y)
+}
+%scatter_fused (p0: f32[64,8], p1: s32[2,1], p2: f32[2,8]) -> f32[64,8] {
+  %p0 = f32[64,8]{1,0} parameter(0)
+  %p1 = s32[2,1]{1,0} parameter(1)
+  %p2 = f32[2,8]{1,0} parameter(2)
+  ROOT %sc = f32[64,8]{1,0} scatter(%p0, %p1, %p2), update_window_dims={1}, inserted_window_dims={0}, scatter_dims_to_operand_dims={0}, index_vector_dim=1, to_apply=%add
+}
+%body (t: (s32[], f32[64,8], s32[2,1], f32[2,8])) -> (s32[], f32[64,8], s32[2,1], f32[2,8]) {
+  %t = (s32[], f32[64,8]{1,0}, s32[2,1]{1,0}, f32[2,8]{1,0}) parameter(0)
+  %i = s32[] get-tuple-element(%t), index=0
+  %buf = f32[64,8]{1,0} get-tuple-element(%t), index=1
+  %idx = s32[2,1]{1,0} get-tuple-element(%t), index=2
+  %upd = f32[2,8]{1,0} get-tuple-element(%t), index=3
+  %new = f32[64,8]{1,0} fusion(%buf, %idx, %upd), kind=kCustom, calls=%scatter_fused
+  %one = s32[] constant(1)
+  %next = s32[] add(%i, %one)
+  ROOT %out = (s32[], f32[64,8]{1,0}, s32[2,1]{1,0}, f32[2,8]{1,0}) tuple(%next, %new, %idx, %upd)
+}
+%cond (u: (s32[], f32[64,8], s32[2,1], f32[2,8])) -> pred[] {
+  %u = (s32[], f32[64,8]{1,0}, s32[2,1]{1,0}, f32[2,8]{1,0}) parameter(0)
+  %j = s32[] get-tuple-element(%u), index=0
+  %n = s32[] constant(5)
+  ROOT %lt = pred[] compare(%j, %n), direction=LT
+}
+ENTRY %main (a: f32[64,8], b: s32[2,1], c: f32[2,8]) -> (s32[], f32[64,8], s32[2,1], f32[2,8]) {
+  %a = f32[64,8]{1,0} parameter(0)
+  %b = s32[2,1]{1,0} parameter(1)
+  %c = f32[2,8]{1,0} parameter(2)
+  %z = s32[] constant(0)
+  %init = (s32[], f32[64,8]{1,0}, s32[2,1]{1,0}, f32[2,8]{1,0}) tuple(%z, %a, %b, %c)
+  ROOT %loop = (s32[], f32[64,8]{1,0}, s32[2,1]{1,0}, f32[2,8]{1,0}) while(%init), condition=%cond, body=%body, metadata={op_name="f/decode/while"}
+}
+"""
+
+
+def test_a_scatter_fusion_updates_its_buffer_in_place_reading_and_writing_the_updated_rows():
+    """`out.at[rows].add(v)` on a carried [64, 8] buffer (the chunked expert dispatch's combine): XLA shares a
+    scatter fusion's output with its buffer, so a step moves the 2 updated rows, not the 64."""
+    rows = 2 * 8 * 4
+    # the buffer's 2 rows read and written, the indices and updates read; the counter's add 4 + 4 + 4
+    assert decode_stats(SCATTER_IN_LOOP).hbm_bytes == rows + 2 * 4 + rows + rows + 3 * 4
+    # scattering into a value computed from the buffer (not the buffer itself): read and written whole
+    whole = SCATTER_IN_LOOP.replace("ROOT %sc = f32[64,8]{1,0} scatter(%p0,",
+                                    "%neg = f32[64,8]{1,0} negate(%p0)\n  ROOT %sc = f32[64,8]{1,0} scatter(%neg,")
+    assert "negate(%p0)" in whole
+    assert decode_stats(whole).hbm_bytes == 64 * 8 * 4 + 2 * 4 + rows + 64 * 8 * 4 + 3 * 4

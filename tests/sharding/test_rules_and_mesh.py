@@ -23,6 +23,20 @@ def test_presets_map_logical_axes_to_mesh_axes():
     assert {"fsdp", "fsdp_tensor", "fsdp_expert"} <= set(PRESETS)
 
 
+def test_the_small_projections_input_axis_follows_embed_when_training_and_tensor_when_sampling():
+    """`embed_in` (MLA's down-projections, the router): split like `embed` by every training preset, over
+    `tensor` by the inference preset, whose `embed` stays whole (its weights would be read whole per token)."""
+    for name in PRESETS:
+        if name != "inference":
+            assert Rules.preset(name).mesh_axes("embed_in") == Rules.preset(name).mesh_axes("embed") == ("fsdp",)
+    inference = Rules.preset("inference")
+    assert inference.spec(("embed_in", "q_lora")) == P("tensor", None) and inference.mesh_axes("embed") == ()
+    _, state = nnx.split(abstract_policy(DEEPSEEK))
+    moe = state["segments"][1]["block"]
+    for weight in (moe["self_attn"]["q_a_proj"], moe["self_attn"]["kv_a_proj_with_mqa"], moe["mlp"]["router"]):
+        assert weight.get_metadata()["axes"][1] == "embed_in"
+
+
 def test_one_array_cannot_use_a_mesh_axis_twice():
     rules = Rules.preset("fsdp", {"mlp": ["fsdp"]})
     with pytest.raises(UserError, match="'embed' and 'mlp' both map to mesh axis 'fsdp'"):
