@@ -260,10 +260,12 @@ class MLAttention(nnx.Module):
         w_k_CNH, w_v_CNH = w_CNH[..., : self.nope], w_CNH[..., self.nope:]
         absorb = q_nope_BTNH.shape[1] == 1  # decoding: never expand the cached latents to per-head K/V
         if absorb:
-            # the scores and the values both read the latent: a barrier makes the layer's slice of the cache
-            # one buffer, read by both (XLA stages it in a TPU's on-chip memory), where a slice fused into each
-            # dot reads the cache from HBM twice (+1.3 GB per step for DeepSeek-V3 with its layers unrolled)
-            c_BSC, k_rope_BSR = jax.lax.optimization_barrier((c_BSC, k_rope_BSR))
+            # the scores and the values both read the latent: on TPU a barrier makes the layer's slice of the
+            # cache one buffer, read by both (XLA stages it in on-chip memory), where a slice fused into each dot
+            # reads the cache from HBM twice (+1.3 GB per DeepSeek-V3 step with its layers unrolled); elsewhere
+            # the program is left as it was
+            c_BSC, k_rope_BSR = jax.lax.platform_dependent(
+                c_BSC, k_rope_BSR, tpu=lambda *e: jax.lax.optimization_barrier(e), default=lambda *e: e)
         with jax.named_scope("attention"):
             if absorb:  # DeepSeek-V2's weight absorption: score the query against the latent directly
                 q_lat_BTNC = jnp.einsum("BTNH,CNH->BTNC", q_nope_BTNH, w_k_CNH)

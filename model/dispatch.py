@@ -270,9 +270,10 @@ def _ragged_chunks(x_TD, token_A, combine_A, group_sizes_E, weights, rows: int, 
 
     Why: the layout must hold every copy a device might get (a dropless dispatch's worst case: DeepSeek-V3's
     sampler, one expert per device, holds all 512 gathered tokens, where an even load routes 16 to it), and
-    a TPU ragged dot runs over all the rows it is given. Chunked, a decode step multiplies and moves what
-    its experts got, rounded up to a chunk, and still takes any load (more trips, each reading the local
-    experts' weights again). Every copy is multiplied and added as in one pass, chunk after chunk."""
+    the compiled ragged dot's shape covers every row it is given (its activations are gathered, multiplied
+    and scattered at that size). Chunked, a decode step's shapes follow what its experts got, rounded up to a
+    chunk, and still take any load (more trips, each reading the local experts' weights again). Every copy
+    is multiplied and added as in one pass, chunk after chunk."""
     a = token_A.shape[0]
     pad = -a % rows  # padded copies: token 0 with weight 0, past every group (the ragged dot gives zeros)
     token_A, combine_A = jnp.pad(token_A, (0, pad)), jnp.pad(combine_A, (0, pad))
@@ -284,7 +285,9 @@ def _ragged_chunks(x_TD, token_A, combine_A, group_sizes_E, weights, rows: int, 
         tokens = jax.lax.dynamic_slice_in_dim(token_A, start, rows)
         sizes_E = jnp.clip(jnp.minimum(ends_E, start + rows) - jnp.maximum(starts_E, start), 0)
         y_CD = swiglu_ragged(x_TD[tokens], sizes_E.astype(group_sizes_E.dtype), *weights)
-        return out_TD.at[tokens].add(y_CD * jax.lax.dynamic_slice_in_dim(combine_A, start, rows)[:, None])
+        combine_C1 = jax.lax.dynamic_slice_in_dim(combine_A, start, rows)[:, None]
+        # copies of other devices' experts and padding (weight 0) add nothing, whatever the kernel left there
+        return out_TD.at[tokens].add(jnp.where(combine_C1 != 0, y_CD * combine_C1, 0))
 
     used = (ends_E[-1] + rows - 1) // rows
     out = _vary_together(jnp.zeros_like(x_TD), x_TD, token_A, *weights)[0]

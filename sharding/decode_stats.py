@@ -1,4 +1,4 @@
-"""What one decode step costs per chip, read from a compiled sampler's HLO text, and its roofline time.
+"""What one decode step costs per chip, read from a compiled sampler's HLO text (its roofline: sharding.roofline).
 
 The decode loop is the `while` whose op_name ends in `decode/while` (the sampler runs its token loop under
 `jax.named_scope("decode")`). One iteration of its body decodes one token for every row, so everything
@@ -244,10 +244,11 @@ class _Module:
             index = int(inst.attrs)
             reads[index] = min(reads[index], self._read_bytes(fused, inst.name, reads[index]))
             uses = self._users(fused).get(inst.name, [])
-            updates = [u for u in uses if u.opcode in ("dynamic-update-slice", "scatter") and u.operands[0] == inst.name]
+            updates = [u for u in uses if u.operands[0] == inst.name and (
+                u.opcode == "dynamic-update-slice" or (u.opcode == "scatter" and u is fused.root))]
             if updates and all(u in updates or u.opcode in ("dynamic-slice", "slice") for u in uses):
-                write = min(write, sum(self._operand(fused, u, 1 if u.opcode == "dynamic-update-slice" else 2)
-                                       for u in updates))
+                write = min(write, sum(self._operand(fused, u, 1) if u.opcode == "dynamic-update-slice"
+                                       else self._scatter_updates(fused, u) for u in updates))
         return reads, write
 
     @staticmethod
@@ -255,6 +256,11 @@ class _Module:
         """Bytes of operand `index` of `inst` (0 when it has none there)."""
         name = inst.operands[index] if index < len(inst.operands) else None
         return comp.instructions[name].bytes if name in comp.instructions else 0
+
+    def _scatter_updates(self, comp: Computation, scatter: Instruction) -> int:
+        """Bytes of a scatter's updates: its last N of 2N + 1 operands (N buffers, the indices, N updates)."""
+        n = len(scatter.operands)
+        return sum(self._operand(comp, scatter, i) for i in range((n + 1) // 2, n))
 
     def _users(self, comp: Computation) -> dict[str, list[Instruction]]:
         if comp.name not in self._user_maps:
@@ -278,7 +284,7 @@ class _Module:
             elif use.opcode == "dynamic-update-slice" and use.operands[0] == name:
                 continue
             elif use.opcode == "scatter" and use.operands[0] == name:  # read-modify-write of the updated rows
-                total += self._operand(comp, use, 2)
+                total += self._scatter_updates(comp, use)
             elif use.opcode == "bitcast":
                 total += self._read_bytes(comp, use.name, full, depth + 1)
             elif use.opcode == "fusion" and use.attr("calls") in self.comps:
@@ -295,7 +301,8 @@ class _Module:
         """2 x result elements x contracted size for dots (CPU) and convolutions (TPU lowers dots to them:
         the contracted size is the kernel's input-feature dimension; windows are not counted); a ragged dot
         (TPU: a Mosaic kernel, lhs [A, K] x groups' rhs [G, K, N] -> [A, N]) 2 x A x K x N, all A rows: the
-        worst case of a dropless dispatch (at run time the kernel skips rows past the groups' sizes)."""
+        worst case of a dropless dispatch (whether the kernel skips rows past the groups' sizes at run time is not
+        measured here; model.dispatch's decode chunks keep the rows near what the copies need either way)."""
         if inst.opcode == "custom-call" and _RAGGED_DOT.search(inst.op_name):
             lhs = next((comp.instructions[o] for o in inst.operands if o in comp.instructions
                         and len(_dims(comp.instructions[o].shape)) == 2

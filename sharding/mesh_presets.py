@@ -35,7 +35,7 @@ class MeshPreset:
 _FSDP = MeshPreset("ZeRO-3: every device one FSDP shard, each weight split on its embed axis")
 # MLA's up-projections (q_b: q_lora x heads x head_dim, kv_b: kv_lora x heads x head_dim) have no embed axis,
 # so FSDP alone leaves them replicated (3.3B parameters in DeepSeek-V3); split their latent axis over the
-# expert axis (the down-projections' embed axis is on fsdp, so the two never share a mesh axis).
+# expert axis (the down-projections' input axis, `embed_in`, is on fsdp, so the two never share a mesh axis).
 _LORA_ON_EXPERT = {"q_lora": ["expert"], "kv_lora": ["expert"]}
 
 MESH_PRESETS: dict[str, MeshPreset] = {

@@ -2,10 +2,12 @@
 
 Parameter axes: vocab, embed, embed_in, heads, kv_heads, head_dim, q_lora, kv_lora, mlp, experts, expert_mlp,
 layers. `embed_in` is the hidden-size (input) axis of the projections with small outputs that read the
-residual stream: MLA's down-projections (q_a_proj, kv_a_proj_with_mqa) and the MoE router. The training
-presets split it as `embed`; the inference preset splits it over `tensor`, where `embed` stays whole: a
-replicated copy would be read whole by every device at every decoded token (2 GB per step for
-DeepSeek-V3); split, each device reads its share and the small partial products are summed.
+residual stream (MLA's down-projections q_a_proj and kv_a_proj_with_mqa, the MoE router). It follows `embed`
+wherever a table does not name it (so a `sharding.rules` override of `embed` moves it too); only the
+inference preset names it, over `tensor`, where `embed` stays whole: replicated, these weights would be read
+whole by every device at every decoded token (about 2 GB per DeepSeek-V3 step); split, each device reads
+its share and the small partial products are summed. The hidden size must then divide by `tensor`, or
+`auto` samples in the training layout.
 Activation axes: batch, length, act_embed, act_heads, act_kv_heads, act_mlp, act_vocab.
 A logical name missing from a table is replicated. One array never uses a mesh axis twice.
 """
@@ -25,13 +27,16 @@ MeshAxes = tuple[str, ...]
 # Every preset shards the batch over all data-parallel axes: `expert` doubles as a data axis outside the
 # MoE layers (the MoE dispatch gathers tokens over it), as in MaxText's expert-parallel presets.
 _BATCH = {"batch": ("data", "fsdp", "expert")}
-_FSDP = {"embed": ("fsdp",), "embed_in": ("fsdp",)}
+_FSDP = {"embed": ("fsdp",)}
 _TENSOR = {
     "heads": ("tensor",), "kv_heads": ("tensor",), "mlp": ("tensor",), "expert_mlp": ("tensor",),
     "vocab": ("tensor",), "act_heads": ("tensor",), "act_kv_heads": ("tensor",), "act_mlp": ("tensor",),
     "act_vocab": ("tensor",),
 }
 _EXPERT = {"experts": ("expert",)}
+
+# hidden-size axes split as `embed` unless a table names them (module docstring)
+_FOLLOWS_EMBED = ("embed_in",)
 
 PRESETS: dict[str, dict[str, MeshAxes]] = {
     # The sampler's inference layout (rl.sampler_layout): no weight is split on `fsdp` (decoding would gather
@@ -60,6 +65,8 @@ class Rules:
         return cls(table)
 
     def mesh_axes(self, logical: str | None) -> MeshAxes:
+        if logical in _FOLLOWS_EMBED and logical not in self.table:
+            logical = "embed"
         return tuple(self.table.get(logical, ())) if logical else ()
 
     def spec(self, logical_axes: Sequence[str | None], shape: Sequence[int] | None = None,

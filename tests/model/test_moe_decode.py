@@ -167,14 +167,15 @@ def test_a_decode_chunk_holds_four_even_shares_and_is_not_taken_when_it_would_ho
     assert chunk_rows(copies, expected) == rows
 
 
-@pytest.mark.parametrize("per_device,crowded", [(1, False), (2, False), (2, True)])
-def test_ragged_decode_chunks_equal_one_pass_and_the_dense_reference(per_device, crowded):
-    """40 tokens, top-3 of 8 experts; each device's experts run in chunks of 8 copies (expected 1 or 2 per
-    device of 15 or 30: 2 to 4 trips). Crowded: every token sends two copies to this device's two experts
-    (80 copies, 10 trips where the expected count states 1): nothing is dropped, the sum is the same."""
-    x, chosen, weights, wg, wu, wd = dispatch_case(40, 8, 3)
+@pytest.mark.parametrize("tokens,per_device,crowded", [(36, 1, False), (40, 2, False), (40, 2, True)])
+def test_ragged_decode_chunks_equal_one_pass_and_the_dense_reference(tokens, per_device, crowded):
+    """Top-3 of 8 experts, one or two per device: each device's tokens x local-experts copies (36 or 80) run in
+    chunks of 8 (the last of 36 padded with 4), stating 1 trip where the local copies (about 13 or 30) take 2
+    to 4. Crowded: every token sends two copies to the first device's two experts (80 copies, 10 trips):
+    nothing is dropped, the sum is the same."""
+    x, chosen, weights, wg, wu, wd = dispatch_case(tokens, 8, 3)
     if crowded:
-        chosen = jnp.tile(jnp.array([[0, 1, 5]]), (40, 1))
+        chosen = jnp.tile(jnp.array([[0, 1, 5]]), (tokens, 1))
     total = jnp.zeros_like(x)
     for start in range(0, 2 if crowded else 8, per_device):
         part = lambda chunked: local_expert_ffn(

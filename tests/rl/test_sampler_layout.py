@@ -79,7 +79,7 @@ def _sample(graphdef, weights, key, layout):
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_the_inference_copy_holds_each_layer_apart_and_samples_the_same_bits_as_the_stacked_layers(family):
+def test_the_inference_copy_holds_each_layer_apart_and_samples_as_the_stacked_layers(family):
     """What an accelerator's sampler runs (on CPU the copy stays stacked: `per_layer` defaults to False)."""
     assert not _trained_layout(family)[3].per_layer
     graphdef, state, _, layout, _ = _trained_layout(family, per_layer=True)

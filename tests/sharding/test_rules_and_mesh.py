@@ -23,14 +23,17 @@ def test_presets_map_logical_axes_to_mesh_axes():
     assert {"fsdp", "fsdp_tensor", "fsdp_expert"} <= set(PRESETS)
 
 
-def test_the_small_projections_input_axis_follows_embed_when_training_and_tensor_when_sampling():
-    """`embed_in` (MLA's down-projections, the router): split like `embed` by every training preset, over
-    `tensor` by the inference preset, whose `embed` stays whole (its weights would be read whole per token)."""
+def test_the_small_projections_input_axis_follows_embed_unless_the_inference_preset_splits_it():
+    """`embed_in` (MLA's down-projections, the router): split as `embed` by every training preset and by an
+    override of `embed`; over `tensor` in the inference preset, whose `embed` stays whole (those weights
+    would be read whole per decoded token)."""
     for name in PRESETS:
         if name != "inference":
-            assert Rules.preset(name).mesh_axes("embed_in") == Rules.preset(name).mesh_axes("embed") == ("fsdp",)
+            assert Rules.preset(name).mesh_axes("embed_in") == ("fsdp",)
+            assert Rules.preset(name, {"embed": ["tensor"]}).mesh_axes("embed_in") == ("tensor",)
     inference = Rules.preset("inference")
     assert inference.spec(("embed_in", "q_lora")) == P("tensor", None) and inference.mesh_axes("embed") == ()
+    assert Rules.preset("inference", {"embed_in": []}).mesh_axes("embed_in") == ()
     _, state = nnx.split(abstract_policy(DEEPSEEK))
     moe = state["segments"][1]["block"]
     for weight in (moe["self_attn"]["q_a_proj"], moe["self_attn"]["kv_a_proj_with_mqa"], moe["mlp"]["router"]):
