@@ -204,10 +204,10 @@ def test_ragged_decode_under_expert_parallelism_runs_chunks_and_samples_as_unsha
         got = ffn(x, chosen, weights, wg, wu, wd)
     np.testing.assert_allclose(np.asarray(got), dense_reference(x, chosen, weights, wg, wu, wd), atol=1e-4)
 
-    model = dataclasses.replace(FAMILIES["deepseek_v3"], n_routed_experts=16, moe_impl="blocked",
-                                moe_decode_impl="ragged")
+    model = dataclasses.replace(FAMILIES["deepseek_v3"], n_routed_experts=16, num_hidden_layers=2,
+                                moe_impl="blocked", moe_decode_impl="ragged")  # one dense, one MoE layer
     graphdef, state = nnx.split(init_policy(model, 0))
-    sampler = Sampler(graphdef, SamplingConfig(max_new_tokens=6, prompt_buckets=(8,)), stop_ids=(3,), pad_id=0)
+    sampler = Sampler(graphdef, SamplingConfig(max_new_tokens=4, prompt_buckets=(8,)), stop_ids=(3,), pad_id=0)
     prompts, key = [[5, 6, 7], [9, 10, 11, 12], [20], [30, 31]] * 4, jax.random.key(2)  # 16 rows over 8 devices
     expected = sampler.generate(state, prompts, key=key, ignore_eos=True)
     with use_mesh(mesh, rules):
