@@ -55,8 +55,9 @@ class SamplingConfig:
     # continuous batching: this many decode slots serve all P x G rows, a stopped row's slot taking the next
     # pending one (rl.continuous); 0: the fixed-batch sampler, every row decoded together
     slots: int = 0
-    # the sampler on devices of its own (rl.sampler_devices): the last `devices` of the process's devices
-    # sample while the trainer's mesh is built on the others; 0: it shares the trainer's devices
+    # the sampler on devices of its own (rl.sampler_devices): `devices` in all, the last devices/P of each of
+    # the P processes' devices, sample while the trainer's mesh is built on the others; 0: it shares the
+    # trainer's devices
     devices: int = 0
 
     def __post_init__(self) -> None:

@@ -1,12 +1,15 @@
 """The sampler on devices of its own (`sampling.devices` = N > 0), as disaggregated RL trainers (slime, verl)
-run rollouts: the last N of the process's devices hold the sampler's copy of the weights and generate, the
-trainer's mesh (the `sharding` config as with shared devices) is built on the others.
+run rollouts: N devices hold the sampler's copy of the weights and generate, the trainer's mesh (the
+`sharding` config as with shared devices) is built on the others. Under P processes (hosts) each gives the
+sampler its last N / P devices, and keeps a multiple of that share for the trainer (`split_devices`), so the
+weights can go to the sampler device to device within each host (sharding.transfer); in one process, its last
+N devices.
 
 With `grpo.max_staleness` = k >= 1 (required: at 0 every batch waits for the update before it) the GRPO stage
 dispatches the generation of the batch it samples ahead before the update, so the two device sets work at
 once (rl.train.stage_grpo). The weight copy after each update (`time/reshard_s`) goes from the trainer's
-devices to the sampler's (`jax.device_put`), the rollout back to the trainer's. Single-process for now: under
-several processes the copy would have to cross hosts' device sets, which `jax.device_put` does not do.
+devices to the sampler's, the rollout back to the trainer's (sharding.transfer.copy_to: `jax.device_put` in
+one process; under several, a reshard on the sending devices, then copies within each process).
 
 Layout on the sampler's devices: `sampling.layout` and `sampling.mesh` as rl.sampler_layout chooses them over
 those devices; where that is the training layout (`layout: train`; `auto` on one sampler device or falling
@@ -32,18 +35,31 @@ from r1jax.sharding.rules import Rules
 
 def split_devices(sampling, devices: Optional[list] = None) -> tuple[list, list]:
     """(the trainer's devices, the sampler's own: empty when `sampling.devices` is 0 and it shares the
-    trainer's) out of `devices` (default: all of the run's)."""
+    trainer's) out of `devices` (default: all of the run's): the sampler takes the last `sampling.devices` / P
+    of each of the P processes' devices (module docstring)."""
     devices = list(jax.devices() if devices is None else devices)
     count = sampling.devices
     if count == 0:
         return devices, []
-    if jax.process_count() > 1:
-        raise UserError(f"sampling.devices={count}: a sampler on devices of its own is single-process for now; "
-                        f"this run has {jax.process_count()} processes (set sampling.devices=0)")
+    by_process = {}
+    for device in devices:
+        by_process.setdefault(device.process_index, []).append(device)
+    processes = len(by_process)
     if count >= len(devices):
         raise UserError(f"sampling.devices={count}: leaves no trainer device of the {len(devices)}; at most "
-                        f"{len(devices) - 1}")
-    return devices[:-count], devices[-count:]
+                        f"{len(devices) - processes}")
+    if processes > 1:
+        local = min(len(d) for d in by_process.values())
+        if count % processes or (local - count // processes) % (count // processes):
+            fits = [n * processes for n in range(1, local) if (local - n) % n == 0]
+            raise UserError(f"sampling.devices={count}: under {processes} processes of {local} devices each, "
+                            f"each process gives the sampler the same share, and its other devices must be a "
+                            f"multiple of that share (the weights copy device to device within a process: "
+                            f"sharding.transfer); one of {fits}")
+    share = count // processes
+    train = [d for local in by_process.values() for d in local[:-share]]
+    own = [d for local in by_process.values() for d in local[-share:]]
+    return train, own
 
 
 def own_devices_layout(sampling, sharding: ShardingConfig, model: ModelConfig, train_mesh: Mesh,

@@ -58,6 +58,7 @@ from r1jax.sharding.context import use_mesh
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.params import abstract_sharded, tree_shardings
 from r1jax.sharding.rules import Rules
+from r1jax.sharding.transfer import copy_to
 
 LAYOUTS = ("auto", "inference", "train")
 HBM_SHARE = 0.5
@@ -90,7 +91,7 @@ class SamplerLayout:
         start = time.perf_counter()
         shardings = self._shardings(state)
         if self._disjoint():  # one program cannot span both device sets: arrange here, then move
-            placed = jax.device_put(jax.jit(self._arranged)(state) if self.per_layer else state, shardings)
+            placed = copy_to(jax.jit(self._arranged)(state) if self.per_layer else state, shardings)
         else:
             placed = jax.jit(self._arranged, out_shardings=shardings)(state)
         placed = jax.block_until_ready(placed)
@@ -121,13 +122,13 @@ class SamplerLayout:
         return self._move(rollout, jax.tree.map(self._train_sharding, rollout, _batch_dims(rollout)))
 
     def _disjoint(self) -> bool:
-        """Whether the sampler has devices of its own (rl.sampler_devices, single-process)."""
+        """Whether the sampler has devices of its own (rl.sampler_devices)."""
         return set(self.mesh.devices.flat).isdisjoint(self.train_mesh.devices.flat)
 
     def _move(self, tree, shardings):
-        """`_move`, or between the disjoint device sets of a sampler on devices of its own a
-        `jax.device_put`: one program cannot span both sets."""
-        return jax.device_put(tree, shardings) if self._disjoint() else _move(tree, shardings)
+        """`_move`, or between the disjoint device sets of a sampler on devices of its own a copy
+        (sharding.transfer.copy_to, under several processes too): one program cannot span both sets."""
+        return copy_to(tree, shardings) if self._disjoint() else _move(tree, shardings)
 
     def _train_sharding(self, x, batch_dim: int) -> NamedSharding:
         axes = [None] * x.ndim

@@ -1,11 +1,15 @@
 """`r1jax train` as 2 JAX processes x 4 CPU devices (gloo collectives) against 1 process with 8 devices.
 
-- A SIGTERM to one process stops both at the same step with a checkpoint (exit 0); the resumed 2-process run
-  then equals the 1-process run (GRPO sampling two batches ahead, `grpo.max_staleness` 2, so the checkpoint
-  holds the queue of batches sampled ahead): the same data, samples, rewards, evaluations and discrete metrics exactly;
-  losses and parameters to float rounding. Bit equality is not on offer: cross-process sums go through gloo,
-  whose summation order differs from the in-process one (the last bits of a loss differ, ~1e-7 relative).
-- A stopped (SIGSTOP) process makes the other exit non-zero within the peer timeout, naming it.
+- With the sampler on devices of its own (`sampling.devices` 4: the last 2 of each process; the weights go to
+  it by sharding.transfer's copy within each process), a SIGTERM to one process stops both at the same step
+  with a checkpoint (exit 0); the resumed 2-process run then equals the 1-process run (GRPO sampling two
+  batches ahead, `grpo.max_staleness` 2, so the checkpoint holds the queue of batches sampled ahead): the same
+  data, samples, rewards, evaluations and discrete metrics exactly; losses and parameters to float rounding.
+  Bit equality is not on offer: cross-process sums go through gloo, whose summation order differs from the
+  in-process one (the last bits of a loss differ, ~1e-7 relative).
+- With the sampler sharing the trainer's devices, the 2-process run's first GRPO step equals the same
+  1-process run's; then a stopped (SIGSTOP) process makes the other exit non-zero within the peer timeout,
+  naming it.
 - Under several processes every process draws the global batch (what one process would draw).
 
 The runs share JAX's persistent compilation cache (in pytest's cache directory): the resume and the
@@ -34,22 +38,33 @@ from r1jax.sharding.rules import Rules
 from tests.rl.conftest import TRAIN_CONFIG, subprocess_env
 
 TIMING = {"wall_time", "tokens_per_s", "step_time_s"}
-TOTAL_STEPS = 4  # 1 SFT + 3 GRPO
+TOTAL_STEPS = 6  # 1 SFT + 5 GRPO
+
+
+def write_config(path, sampler_devices: int):
+    """train_tiny.yaml shrunk: 1 SFT step, 5 GRPO steps, a checkpoint every step, evaluation shaped like a
+    GRPO batch (4 prompts x 2 samples) so it reuses the sampler's compiled program."""
+    config = yaml.safe_load(TRAIN_CONFIG.read_text())
+    config["sampling"]["devices"] = sampler_devices
+    config["stages"] = [{"name": "sft", "kind": "sft", "steps": 1, "batch_size": 8, "lr": 0.003},
+                        {"name": "grpo", "kind": "grpo", "steps": 5}]
+    config["grpo"]["max_staleness"] = 2  # GRPO's steps update on batches sampled 0, 1 and 2 versions back
+    config["eval"] = {"num_problems": 4, "samples": 2, "batch_size": 4, "num_logged_samples": 2}
+    config["checkpoint"] = {"every": 1, "keep": 10}
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 @pytest.fixture(scope="module")
 def config_path(tmp_path_factory):
-    """train_tiny.yaml shrunk: 1 SFT step, 3 GRPO steps, a checkpoint every step, evaluation shaped like a
-    GRPO batch (4 prompts x 2 samples) so it reuses the sampler's compiled program."""
-    config = yaml.safe_load(TRAIN_CONFIG.read_text())
-    config["stages"] = [{"name": "sft", "kind": "sft", "steps": 1, "batch_size": 8, "lr": 0.003},
-                        {"name": "grpo", "kind": "grpo", "steps": 3}]
-    config["grpo"]["max_staleness"] = 2  # GRPO's steps update on batches sampled 0, 1 and 2 versions back
-    config["eval"] = {"num_problems": 4, "samples": 2, "batch_size": 4, "num_logged_samples": 2}
-    config["checkpoint"] = {"every": 1, "keep": 10}
-    path = tmp_path_factory.mktemp("multihost") / "train.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    """The sampler on devices of its own: 4 of the 8."""
+    return write_config(tmp_path_factory.mktemp("multihost") / "train.yaml", 4)
+
+
+@pytest.fixture(scope="module")
+def shared_config_path(tmp_path_factory):
+    """The sampler on the trainer's devices."""
+    return write_config(tmp_path_factory.mktemp("multihost") / "shared.yaml", 0)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +163,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_resumed_run_equal
     run_dir = tmp_path / "two-processes"
     pair = Pair(run_dir, config_path, env)
     try:
-        pair.wait_for_step(2)  # inside GRPO: steps 2 and 3 checkpoint, the stage's last (4) would not
+        pair.wait_for_step(2)  # inside GRPO (the notice takes a step or two to spread: steps sampled ahead are quick)
         pair.procs[1].send_signal(signal.SIGTERM)
         assert pair.wait() == [0, 0], pair.output(0)[-3000:] + pair.output(1)[-3000:]
     finally:
@@ -156,7 +171,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_resumed_run_equal
     stopped = json.loads((run_dir / "summary.json").read_text())["stopped_at_step"]
     # the signal comes from outside, so the agreed step can be the stage's last: that stop checkpoints too (a
     # resume then only evaluates and closes the stage), and everything below holds for it
-    assert 2 <= stopped <= TOTAL_STEPS
+    assert 3 <= stopped <= TOTAL_STEPS
     assert max(r["global_step"] for r in rows(run_dir)) == stopped
     assert (run_dir / "checkpoints" / str(stopped)).is_dir()  # one collective checkpoint at the agreed step
     assert f"stopped by signal 15 at step {stopped}; latest checkpoint: step {stopped}" in pair.output(0)
@@ -169,18 +184,19 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_resumed_run_equal
     assert re.search(rf"resuming .* from step {stopped} ", " ".join(pair.output(0).split()))  # rich wraps lines
     assert "resuming" not in pair.output(1)  # only process 0 logs
     assert_rows_match(rows(run_dir), rows(one_process_run))
-    # GRPO's updates ran on batches 0, 1 and 2 versions old, across the stop and the resume
-    assert [r["staleness"] for r in rows(run_dir) if "staleness" in r] == [0, 1, 2]
+    # GRPO's updates ran on batches 0, 1, then 2 versions old, across the stop and the resume
+    assert [r["staleness"] for r in rows(run_dir) if "staleness" in r] == [0, 1, 2, 2, 2]
     assert evals(run_dir) == evals(one_process_run)
     for a, b in zip(params(run_dir), params(one_process_run)):
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-5)
 
 
-def test_a_stopped_peer_makes_the_other_fail_naming_it_within_the_timeout(config_path, env, tmp_path):
+def test_with_a_shared_sampler_a_step_equals_one_process_then_a_stopped_peer_makes_the_other_fail(
+        one_process_run, shared_config_path, env, tmp_path):
     timeout = 10
-    pair = Pair(tmp_path / "stalled", config_path, env, "--peer-timeout-s", str(timeout))
+    pair = Pair(tmp_path / "stalled", shared_config_path, env, "--peer-timeout-s", str(timeout))
     try:
-        pair.wait_for_step(1)
+        pair.wait_for_step(2)  # the first GRPO step: sampled on the trainer's devices, across both processes
         pair.procs[1].send_signal(signal.SIGSTOP)
         stopped_at = time.time()
         code = pair.procs[0].wait(timeout=timeout + 60)
@@ -189,6 +205,8 @@ def test_a_stopped_peer_makes_the_other_fail_naming_it_within_the_timeout(config
         pair.kill()
     assert code != 0
     assert waited < timeout + 30
+    shared = [r for r in rows(tmp_path / "stalled") if r["global_step"] <= 2]
+    assert_rows_match(shared, [r for r in rows(one_process_run) if r["global_step"] <= 2])
     # Blocked in a collective: JAX's heartbeat check ends the process naming the task; at a barrier: ours
     assert re.search(r"process 1 did not reach|stopped sending heartbeats\):\s*1\b|Task 1 heartbeat timeout",
                      pair.output(0)), pair.output(0)[-3000:]

@@ -4,6 +4,7 @@ at a step and resumed gives the rows and final weights of the shared-device run 
 with its arrays where they belong and the generation dispatched before the update; bad values are UserErrors
 naming the key. The runs are real `r1jax train` processes on tests/rl/data/stale_tiny.yaml (max_staleness 1)."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -79,16 +80,33 @@ def test_bad_sampling_devices_are_user_errors_naming_the_key(overrides, message)
         load_config(CONFIG, overrides)
 
 
-def test_the_sampler_takes_the_last_devices_and_leaves_the_trainer_at_least_one(monkeypatch):
+def test_the_sampler_takes_the_last_devices_and_leaves_the_trainer_at_least_one():
     devices = jax.devices()  # 8 in the tests
     assert split_devices(SamplingConfig()) == (devices, [])
     assert split_devices(SamplingConfig(devices=3)) == (devices[:5], devices[5:])
     with pytest.raises(UserError, match=r"sampling.devices=8: leaves no trainer device of the 8; at most 7"):
         split_devices(SamplingConfig(devices=8))
-    monkeypatch.setattr(jax, "process_count", lambda: 2)
-    assert split_devices(SamplingConfig()) == (devices, [])
-    with pytest.raises(UserError, match=r"sampling.devices=2: .* single-process for now; this run has 2 process"):
-        split_devices(SamplingConfig(devices=2))
+
+
+@dataclasses.dataclass(frozen=True)
+class Fake:
+    id: int
+    process_index: int
+
+
+def test_under_several_processes_each_gives_the_sampler_an_even_share():
+    """2 processes of 4 devices (ids 0-3, 4-7): the sampler takes the last devices/2 of each; the trainer keeps a
+    multiple of that share (the weights copy within each process, sharding.transfer)."""
+    devices = [Fake(i, i // 4) for i in range(8)]
+    train, own = split_devices(SamplingConfig(devices=2), devices)
+    assert ([d.id for d in train], [d.id for d in own]) == ([0, 1, 2, 4, 5, 6], [3, 7])
+    train, own = split_devices(SamplingConfig(devices=4), devices)
+    assert ([d.id for d in train], [d.id for d in own]) == ([0, 1, 4, 5], [2, 3, 6, 7])
+    assert split_devices(SamplingConfig(), devices) == (devices, [])
+    for count in (3, 6):  # an odd count; 3 per process would leave 1, not a multiple of 3
+        with pytest.raises(UserError, match=rf"sampling.devices={count}: under 2 processes of 4 devices each, "
+                                            r".* one of \[2, 4\]"):
+            split_devices(SamplingConfig(devices=count), devices)
 
 
 @pytest.mark.parametrize("layout, shape", [("auto", {"expert": 2}), ("inference", {"expert": 2}),
