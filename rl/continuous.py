@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from r1jax.rl.decoding import Rollout, is_stop, sample_token
+from r1jax.sharding.context import constrain_whole_rows
 
 
 class _Slots(NamedTuple):
@@ -56,6 +57,8 @@ def _row_keys(key, request_S, count_S, samples: int):
 
 def _sample_rows(logits_SV, keys_S, temperature, top_k, top_p, vocab_size):
     """`sample_token` row by row, each row with its own key."""
+    logits_SV = constrain_whole_rows(logits_SV)  # as sample_token does for a batch
+
     def one(logits_V, key):
         token, logp = sample_token(logits_V[None], key, temperature, top_k, top_p, vocab_size)
         return token[0], logp[0]

@@ -10,6 +10,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from r1jax.sharding.context import constrain_whole_rows
+
 
 class Rollout(NamedTuple):
     tokens_BT: jax.Array  # int32 [B, P + N]: left-padded prompt, then completion (pad after the stop)
@@ -76,6 +78,7 @@ def sample_token(logits_BV, key, temperature, top_k, top_p, vocab_size: int | No
     Ids at or past `vocab_size` (static; None: every id) are never drawn. The filters (a sort of the
     vocabulary) run only when they can remove something, and neither they nor the random draw run when
     decoding greedily: on a CPU they cost more than the model's decode step."""
+    logits_BV = constrain_whole_rows(logits_BV)  # each row's draw on one device, not repeated per vocab shard
     safe_t = jnp.where(temperature > 0, temperature, 1.0)
     scaled_BV = logits_BV.astype(jnp.float32) / safe_t  # cast to fp32: log-probs are compared at 1e-5
     drawable_BV = scaled_BV

@@ -1,12 +1,14 @@
 """The active mesh and rules while model code is traced, and the activation-sharding hint.
 
-`with use_mesh(mesh, rules):` sets JAX's mesh and r1jax's rules; `constrain(x, logical_axes)` is a no-op
-outside it, so the same model code runs unsharded (one device, tests, export) and sharded.
+`with use_mesh(mesh, rules):` sets JAX's mesh and r1jax's rules; `constrain(x, logical_axes)` and
+`constrain_whole_rows(x)` are no-ops outside it, so the same model code runs unsharded (one device, tests,
+export) and sharded.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import contextvars
 from typing import Iterator, Sequence
 
@@ -48,3 +50,22 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
         return x
     spec = rules.spec(logical_axes, x.shape, mesh_shape(), strict=False)
     return jax.lax.with_sharding_constraint(x, spec)
+
+
+def constrain_whole_rows(x_BV: jax.Array) -> jax.Array:
+    """Hint that each row of `x_BV` lies whole on one device, the rows split over the batch's mesh axes and
+    then the vocabulary's: for work over whole rows (the token draw's sort, softmax and argmax over the
+    vocabulary). Logits leave the LM head with the vocabulary split over `tensor`; left so, that work would
+    gather every row to each `tensor` shard and repeat it there (an all-to-all moves 1/tensor of those
+    bytes). Trailing axes that do not divide the rows are dropped."""
+    rules = active_rules()
+    if rules is None:
+        return x_BV
+    shape = mesh_shape()
+    axes = []
+    for axis in rules.mesh_axes("batch") + rules.mesh_axes("act_vocab"):
+        ways = math.prod(shape[a] for a in axes) * shape.get(axis, 0)
+        if axis in shape and axis not in axes and x_BV.shape[0] % ways == 0:
+            axes.append(axis)
+    spec = jax.sharding.PartitionSpec(tuple(axes) or None, *([None] * (x_BV.ndim - 1)))
+    return jax.lax.with_sharding_constraint(x_BV, spec)

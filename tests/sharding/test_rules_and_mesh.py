@@ -96,3 +96,20 @@ def test_every_deepseek_parameter_gets_a_sharding_on_the_full_preset():
     shardings = state_shardings(state, mesh, Rules.preset("fsdp_expert_tensor"))
     router_spec = shardings["segments"][1]["block"]["mlp"]["gate_proj"].spec
     assert router_spec == P(None, "expert", "fsdp", "tensor")  # (layers, experts, embed, expert_mlp)
+
+
+@pytest.mark.parametrize("rows, expected", [(8, P(("expert", "tensor"), None)), (4, P(("expert",), None)),
+                                            (2, P(("expert",), None)), (3, P(None, None))])
+def test_whole_rows_split_over_the_batch_axes_then_the_vocabularys(rows, expected):
+    """The token draw's logits: each row on one device, the rows over `expert` then `tensor` (the vocabulary's
+    axis in the inference preset), an axis that does not divide the rows dropped; a no-op outside a mesh."""
+    from r1jax.sharding.context import constrain_whole_rows, use_mesh
+
+    mesh = build_mesh(ShardingConfig(data=1, fsdp=1, expert=2, tensor=4))
+    vocab_split = jax.sharding.NamedSharding(mesh, P(("expert",), "tensor"))
+    x = jax.device_put(jax.numpy.arange(rows * 16.0).reshape(rows, 16), vocab_split if rows % 2 == 0 else None)
+    with use_mesh(mesh, Rules.preset("inference")):
+        y = jax.jit(constrain_whole_rows)(x)
+    assert y.sharding.is_equivalent_to(jax.sharding.NamedSharding(mesh, expected), 2), y.sharding.spec
+    assert (y == x).all()
+    assert constrain_whole_rows(x) is x
