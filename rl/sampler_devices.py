@@ -9,7 +9,7 @@ With `grpo.max_staleness` = k >= 1 (required: at 0 every batch waits for the upd
 dispatches the generation of the batch it samples ahead before the update, so the two device sets work at
 once (rl.train.stage_grpo). The weight copy after each update (`time/reshard_s`) goes from the trainer's
 devices to the sampler's, the rollout back to the trainer's (sharding.transfer.copy_to: `jax.device_put` in
-one process; under several, a reshard on the sending devices, then copies within each process).
+one process; under several, copies between paired devices of each process and one reshard on one side).
 
 Layout on the sampler's devices: `sampling.layout` and `sampling.mesh` as rl.sampler_layout chooses them over
 those devices; where that is the training layout (`layout: train`; `auto` on one sampler device or falling
@@ -44,21 +44,27 @@ def split_devices(sampling, devices: Optional[list] = None) -> tuple[list, list]
     by_process = {}
     for device in devices:
         by_process.setdefault(device.process_index, []).append(device)
-    processes = len(by_process)
-    if count >= len(devices):
-        raise UserError(f"sampling.devices={count}: leaves no trainer device of the {len(devices)}; at most "
-                        f"{len(devices) - processes}")
-    if processes > 1:
-        local = min(len(d) for d in by_process.values())
-        if count % processes or (local - count // processes) % (count // processes):
+    processes, local = len(by_process), min(len(d) for d in by_process.values())
+    if processes == 1:
+        if count >= len(devices):
+            raise UserError(f"sampling.devices={count}: leaves no trainer device of the {len(devices)}; at most "
+                            f"{len(devices) - 1}")
+    else:
+        if any(len(d) != local for d in by_process.values()):
+            counts = sorted(len(d) for d in by_process.values())
+            raise UserError(f"sampling.devices={count}: the processes hold unequal device counts ({counts}); a "
+                            f"sampler of its own needs equal ones")
+        share = count // processes
+        if count % processes or not 0 < share < local or (local - share) % share:
             fits = [n * processes for n in range(1, local) if (local - n) % n == 0]
+            hint = f"one of {fits}" if fits else "a sampler of its own needs at least 2 devices per process"
             raise UserError(f"sampling.devices={count}: under {processes} processes of {local} devices each, "
                             f"each process gives the sampler the same share, and its other devices must be a "
                             f"multiple of that share (the weights copy device to device within a process: "
-                            f"sharding.transfer); one of {fits}")
+                            f"sharding.transfer); {hint}")
     share = count // processes
-    train = [d for local in by_process.values() for d in local[:-share]]
-    own = [d for local in by_process.values() for d in local[-share:]]
+    train = [d for each in by_process.values() for d in each[:-share]]
+    own = [d for each in by_process.values() for d in each[-share:]]
     return train, own
 
 

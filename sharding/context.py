@@ -8,8 +8,8 @@ export) and sharded.
 from __future__ import annotations
 
 import contextlib
-import math
 import contextvars
+import math
 from typing import Iterator, Sequence
 
 import jax
@@ -57,7 +57,7 @@ def constrain_whole_rows(x_BV: jax.Array) -> jax.Array:
     then the vocabulary's: for work over whole rows (the token draw's sort, softmax and argmax over the
     vocabulary). Logits leave the LM head with the vocabulary split over `tensor`; left so, that work would
     gather every row to each `tensor` shard and repeat it there (an all-to-all moves 1/tensor of those
-    bytes). Trailing axes that do not divide the rows are dropped."""
+    bytes). Axes that would not divide the rows are skipped; with none left, `x_BV` is left as it is."""
     rules = active_rules()
     if rules is None:
         return x_BV
@@ -65,7 +65,9 @@ def constrain_whole_rows(x_BV: jax.Array) -> jax.Array:
     axes = []
     for axis in rules.mesh_axes("batch") + rules.mesh_axes("act_vocab"):
         ways = math.prod(shape[a] for a in axes) * shape.get(axis, 0)
-        if axis in shape and axis not in axes and x_BV.shape[0] % ways == 0:
+        if shape.get(axis, 1) > 1 and axis not in axes and x_BV.shape[0] % ways == 0:
             axes.append(axis)
-    spec = jax.sharding.PartitionSpec(tuple(axes) or None, *([None] * (x_BV.ndim - 1)))
+    if not axes:
+        return x_BV
+    spec = jax.sharding.PartitionSpec(tuple(axes), *([None] * (x_BV.ndim - 1)))
     return jax.lax.with_sharding_constraint(x_BV, spec)

@@ -7,9 +7,9 @@
   data, samples, rewards, evaluations and discrete metrics exactly; losses and parameters to float rounding.
   Bit equality is not on offer: cross-process sums go through gloo, whose summation order differs from the
   in-process one (the last bits of a loss differ, ~1e-7 relative).
-- With the sampler sharing the trainer's devices, the 2-process run's first GRPO step equals the same
-  1-process run's; then a stopped (SIGSTOP) process makes the other exit non-zero within the peer timeout,
-  naming it.
+- A stopped (SIGSTOP) process makes the other exit non-zero within the peer timeout, naming it.
+Two processes whose sampler shares the trainer's devices are not run here any more (the stop/resume pair did
+until it moved to devices of its own; the suite's time allows one such pair): one process runs that path.
 - Under several processes every process draws the global batch (what one process would draw).
 
 The runs share JAX's persistent compilation cache (in pytest's cache directory): the resume and the
@@ -41,30 +41,21 @@ TIMING = {"wall_time", "tokens_per_s", "step_time_s"}
 TOTAL_STEPS = 6  # 1 SFT + 5 GRPO
 
 
-def write_config(path, sampler_devices: int):
+@pytest.fixture(scope="module")
+def config_path(tmp_path_factory):
     """train_tiny.yaml shrunk: 1 SFT step, 5 GRPO steps, a checkpoint every step, evaluation shaped like a
-    GRPO batch (4 prompts x 2 samples) so it reuses the sampler's compiled program."""
+    GRPO batch (4 prompts x 2 samples) so it reuses the sampler's compiled program; the sampler on devices of
+    its own, 4 of the 8."""
     config = yaml.safe_load(TRAIN_CONFIG.read_text())
-    config["sampling"]["devices"] = sampler_devices
+    config["sampling"]["devices"] = 4
     config["stages"] = [{"name": "sft", "kind": "sft", "steps": 1, "batch_size": 8, "lr": 0.003},
                         {"name": "grpo", "kind": "grpo", "steps": 5}]
     config["grpo"]["max_staleness"] = 2  # GRPO's steps update on batches sampled 0, 1 and 2 versions back
     config["eval"] = {"num_problems": 4, "samples": 2, "batch_size": 4, "num_logged_samples": 2}
     config["checkpoint"] = {"every": 1, "keep": 10}
+    path = tmp_path_factory.mktemp("multihost") / "train.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-@pytest.fixture(scope="module")
-def config_path(tmp_path_factory):
-    """The sampler on devices of its own: 4 of the 8."""
-    return write_config(tmp_path_factory.mktemp("multihost") / "train.yaml", 4)
-
-
-@pytest.fixture(scope="module")
-def shared_config_path(tmp_path_factory):
-    """The sampler on the trainer's devices."""
-    return write_config(tmp_path_factory.mktemp("multihost") / "shared.yaml", 0)
 
 
 @pytest.fixture(scope="module")
@@ -191,12 +182,11 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_resumed_run_equal
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-5)
 
 
-def test_with_a_shared_sampler_a_step_equals_one_process_then_a_stopped_peer_makes_the_other_fail(
-        one_process_run, shared_config_path, env, tmp_path):
+def test_a_stopped_peer_makes_the_other_fail_naming_it_within_the_timeout(config_path, env, tmp_path):
     timeout = 10
-    pair = Pair(tmp_path / "stalled", shared_config_path, env, "--peer-timeout-s", str(timeout))
+    pair = Pair(tmp_path / "stalled", config_path, env, "--peer-timeout-s", str(timeout))
     try:
-        pair.wait_for_step(2)  # the first GRPO step: sampled on the trainer's devices, across both processes
+        pair.wait_for_step(1)
         pair.procs[1].send_signal(signal.SIGSTOP)
         stopped_at = time.time()
         code = pair.procs[0].wait(timeout=timeout + 60)
@@ -205,8 +195,6 @@ def test_with_a_shared_sampler_a_step_equals_one_process_then_a_stopped_peer_mak
         pair.kill()
     assert code != 0
     assert waited < timeout + 30
-    shared = [r for r in rows(tmp_path / "stalled") if r["global_step"] <= 2]
-    assert_rows_match(shared, [r for r in rows(one_process_run) if r["global_step"] <= 2])
     # Blocked in a collective: JAX's heartbeat check ends the process naming the task; at a barrier: ours
     assert re.search(r"process 1 did not reach|stopped sending heartbeats\):\s*1\b|Task 1 heartbeat timeout",
                      pair.output(0)), pair.output(0)[-3000:]

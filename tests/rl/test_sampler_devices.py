@@ -2,7 +2,8 @@
 while the trainer's devices update. A run on 2 CPU devices (trainer on device 0, sampler on device 1) gives the
 rows and final weights of the shared-device run on 1 device, to the last digit, with its arrays where they
 belong and the generation dispatched before the update; under several processes each gives the sampler an even
-share of its devices; bad values are UserErrors naming the key. The runs are real `r1jax train` processes on tests/rl/data/stale_tiny.yaml (max_staleness 1)."""
+share of its devices; bad values are UserErrors naming the key. The runs are real `r1jax train` processes on
+tests/rl/data/stale_tiny.yaml (max_staleness 1)."""
 
 import dataclasses
 import json
@@ -101,10 +102,14 @@ def test_under_several_processes_each_gives_the_sampler_an_even_share():
     train, own = split_devices(SamplingConfig(devices=4), devices)
     assert ([d.id for d in train], [d.id for d in own]) == ([0, 1, 4, 5], [2, 3, 6, 7])
     assert split_devices(SamplingConfig(), devices) == (devices, [])
-    for count in (3, 6):  # an odd count; 3 per process would leave 1, not a multiple of 3
+    for count in (3, 6, 8):  # odd; 3 per process would leave 1, not a multiple of 3; none left
         with pytest.raises(UserError, match=rf"sampling.devices={count}: under 2 processes of 4 devices each, "
                                             r".* one of \[2, 4\]"):
             split_devices(SamplingConfig(devices=count), devices)
+    with pytest.raises(UserError, match=r"sampling.devices=2: .* 1 devices each, .* needs at least 2 devices per"):
+        split_devices(SamplingConfig(devices=2), [Fake(0, 0), Fake(1, 1)])
+    with pytest.raises(UserError, match=r"sampling.devices=2: the processes hold unequal device counts \(\[3, 4"):
+        split_devices(SamplingConfig(devices=2), devices[1:])
 
 
 @pytest.mark.parametrize("layout, shape", [("auto", {"expert": 2}), ("inference", {"expert": 2}),

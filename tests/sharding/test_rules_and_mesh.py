@@ -99,17 +99,19 @@ def test_every_deepseek_parameter_gets_a_sharding_on_the_full_preset():
 
 
 @pytest.mark.parametrize("rows, expected", [(8, P(("expert", "tensor"), None)), (4, P(("expert",), None)),
-                                            (2, P(("expert",), None)), (3, P(None, None))])
+                                            (2, P(("expert",), None))])
 def test_whole_rows_split_over_the_batch_axes_then_the_vocabularys(rows, expected):
     """The token draw's logits: each row on one device, the rows over `expert` then `tensor` (the vocabulary's
-    axis in the inference preset), an axis that does not divide the rows dropped; a no-op outside a mesh."""
+    axis in the inference preset), an axis that does not divide the rows skipped; a no-op outside a mesh."""
     from r1jax.sharding.context import constrain_whole_rows, use_mesh
 
     mesh = build_mesh(ShardingConfig(data=1, fsdp=1, expert=2, tensor=4))
-    vocab_split = jax.sharding.NamedSharding(mesh, P(("expert",), "tensor"))
-    x = jax.device_put(jax.numpy.arange(rows * 16.0).reshape(rows, 16), vocab_split if rows % 2 == 0 else None)
+    x = jax.device_put(jax.numpy.arange(rows * 16.0).reshape(rows, 16),
+                       jax.sharding.NamedSharding(mesh, P(("expert",), "tensor")))
     with use_mesh(mesh, Rules.preset("inference")):
         y = jax.jit(constrain_whole_rows)(x)
+        odd = jax.numpy.ones((3, 16))
+        assert constrain_whole_rows(odd) is odd  # no axis divides 3 rows: left as it is, not replicated
     assert y.sharding.is_equivalent_to(jax.sharding.NamedSharding(mesh, expected), 2), y.sharding.spec
     assert (y == x).all()
     assert constrain_whole_rows(x) is x
