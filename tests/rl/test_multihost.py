@@ -60,10 +60,11 @@ def config_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def env():
-    """The subprocesses' environment, with the session's persistent compilation cache (tests/conftest.py).
-    Compiled with XLA's optimisations: the parameter tolerance below is the optimised build's (at -O0 the
-    2-process sums drift from the 1-process ones to 2.5e-5 in a weight by the last step)."""
-    return subprocess_env(fast_compile=False)
+    """The subprocesses' environment, with the session's persistent compilation cache (tests/conftest.py),
+    compiled fast (LLVM at -O0: the module's runs took 126 s optimised, 91 s so). At -O0 the 2-process sums
+    drift further from the 1-process ones: the weights differed by up to 3.7e-6 at the last step here, and by
+    2.5e-5 in an earlier config; the parameter tolerance below is twice that."""
+    return subprocess_env(fast_compile=True)
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +180,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_resumed_run_equal
     assert [r["staleness"] for r in rows(run_dir) if "staleness" in r] == [0, 1, 2, 2, 2]
     assert evals(run_dir) == evals(one_process_run)
     for a, b in zip(params(run_dir), params(one_process_run)):
-        np.testing.assert_allclose(a, b, rtol=0, atol=2e-5)
+        np.testing.assert_allclose(a, b, rtol=0, atol=5e-5)
 
 
 def test_a_stopped_peer_makes_the_other_fail_naming_it_within_the_timeout(config_path, env, tmp_path):
