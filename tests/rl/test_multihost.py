@@ -161,9 +161,11 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_resumed_run_equal
     finally:
         pair.kill()
     stopped = json.loads((run_dir / "summary.json").read_text())["stopped_at_step"]
-    # the signal comes from outside, so the agreed step can be the stage's last: that stop checkpoints too (a
-    # resume then only evaluates and closes the stage), and everything below holds for it
-    assert 3 <= stopped <= TOTAL_STEPS
+    # the signal comes after step 2's row is written, before or after that step's boundary agrees on stopping
+    # (the coordination service picks the first step every process can still reach), so the stop is at step 2
+    # or later; it can be the stage's last: that stop checkpoints too (a resume then only evaluates and closes
+    # the stage), and everything below holds for it
+    assert 2 <= stopped <= TOTAL_STEPS
     assert max(r["global_step"] for r in rows(run_dir)) == stopped
     assert (run_dir / "checkpoints" / str(stopped)).is_dir()  # one collective checkpoint at the agreed step
     assert f"stopped by signal 15 at step {stopped}; latest checkpoint: step {stopped}" in pair.output(0)
