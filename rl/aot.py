@@ -23,6 +23,9 @@ The sampler compiles in the layout it would run in (`rl.sampler_layout.choose_la
 the HBM the resident state leaves): on the inference layout its weights are a second copy, added beside the
 training parameters. Its decode loop is read per token (`sharding.decode_stats`): collectives by kind, weight
 all-gathers, HBM bytes and a roofline time from the chip's published figures (`sharding.chips`).
+With `sampling.devices` (rl.sampler_devices) the topology's devices are split as a run splits them: the
+trainer's mesh over the others, the sampler's layout over its own (fit-checked against their whole HBM), and
+the report (rl.aot_report) counts each side on its own chips.
 
 Workload (`Workload`): rows = prompts x group size, each prompt_len + new_tokens long; the sampler
 prefills `prompts` prompts of prompt_len tokens (rounded up to the sampler's prompt bucket, as at run
@@ -43,23 +46,21 @@ from r1jax.errors import UserError
 from r1jax.model.attention import reads_blockwise
 from r1jax.model.config import ModelConfig
 from r1jax.model.factory import abstract_policy
-from r1jax.rl.bench.flops import train_step_flops
 from r1jax.rl.continuous import generate_continuous
 from r1jax.rl.grpo.optimizer import make_optimizer
 from r1jax.rl.grpo.step import make_grpo_step, reference_logprobs
 from r1jax.rl.sampler import bucket_length, generate_padded
+from r1jax.rl.aot_report import Report
+from r1jax.rl.sampler_devices import own_devices_layout, split_devices
 from r1jax.rl.sampler_layout import SamplerLayout, choose_layout
 from r1jax.rl.update import TrainState, split_policy
-from r1jax.sharding.chips import CHIPS
 from r1jax.sharding.compile_stats import ProgramStats, compile_stats, device_bytes
-from r1jax.sharding.roofline import decode_report
 from r1jax.sharding.context import use_mesh
 from r1jax.sharding.mesh import ShardingConfig, build_mesh, check_batch_rows
 from r1jax.sharding.mesh_presets import MESH_PRESETS, resolve_mesh
 from r1jax.sharding.params import abstract_sharded
 from r1jax.sharding.rules import Rules
-from r1jax.sharding.topology import DEVICES_PER_CHIP, Topology, abstract_devices
-from r1jax.sharding.update_stats import update_report
+from r1jax.sharding.topology import Topology, abstract_devices
 
 DEFAULT_PROMPT_LEN = 512  # R1-style math prompts with the chat template fit well within this bucket
 
@@ -123,6 +124,7 @@ class Setup:
     state: TrainState  # of sharded ShapeDtypeStructs
     batch: dict
     optimizer: Any
+    sampler_devices: tuple = ()  # `sampling.devices`: the sampler's own devices (empty: it shares `mesh`'s)
 
     def dtypes(self) -> dict[str, str]:
         model = self.config.model
@@ -141,16 +143,20 @@ class Setup:
 
 
 def make_setup(config, topology: Topology, sharding: ShardingConfig, workload: Workload) -> Setup:
-    """The abstract TrainState and GRPO batch on `sharding`'s mesh over the topology's devices."""
+    """The abstract TrainState and GRPO batch on `sharding`'s mesh over the topology's devices, or, with
+    `sampling.devices`, over those the run would leave the trainer (rl.sampler_devices.split_devices: the
+    compile-only devices know their hosts)."""
     config = dataclasses.replace(config, model=for_tpu(config.model), sharding=sharding)
-    mesh = build_mesh(sharding, list(abstract_devices(topology.topology_string)))
+    train_devices, own = split_devices(config.sampling, list(abstract_devices(topology.topology_string)))
+    mesh = build_mesh(sharding, train_devices)
     rules = sharding.logical_rules()
     optimizer = make_optimizer(config.optimizer)
     graphdef, params, bias = split_policy(abstract_policy(config.model))
     state = TrainState(params, bias, jax.eval_shape(optimizer.init, params), jax.ShapeDtypeStruct((), jnp.int32),
                        (params, bias) if config.grpo.kl_coef > 0 else None)
     batch = abstract_batch(config, workload, mesh, rules)
-    return Setup(config, workload, mesh, rules, graphdef, abstract_sharded(state, mesh, rules), batch, optimizer)
+    return Setup(config, workload, mesh, rules, graphdef, abstract_sharded(state, mesh, rules), batch, optimizer,
+                 tuple(own))
 
 
 def abstract_batch(config, work: Workload, mesh, rules: Rules) -> dict:
@@ -261,98 +267,12 @@ def _cache_bytes(setup: Setup, layout: SamplerLayout | None, b: int, s: int) -> 
     return total
 
 
-@dataclasses.dataclass
-class Report:
-    """The compile of one mesh for one topology and workload, judged against `hbm_bytes` per device."""
-
-    topology: Topology
-    mesh: str  # the mesh preset's name ("config": the config's own sharding section)
-    sharding: ShardingConfig
-    mesh_shape: dict[str, int]
-    workload: Workload
-    hbm_bytes: int
-    hbm_source: str  # "compiler" (libtpu's stated capacity), "table" (spec sheet) or "override"
-    resident: dict[str, int]
-    batch_bytes: int
-    kv_cache_bytes: int
-    programs: dict[str, ProgramStats]
-    dtypes: dict[str, str]  # parameters, optimizer_state, compute
-    weight_bytes: int = 0  # the whole policy, once (Setup.weight_bytes)
-    sampler_layout: str = "train"  # rl.sampler_layout's line saying which layout the sampler ran in
-    sampler_weight_bytes: int = 0  # per device, the inference layout's weight copy (0: the training layout)
-    alternatives: list[dict] = dataclasses.field(default_factory=list)
-    model: ModelConfig | None = None  # for the update's model FLOPs
-    decode_cache_read_bytes: int = 0  # per device, the KV cache one decode step reads (kv_cache_bytes(read=True))
-
-    def program_totals(self) -> dict[str, int]:
-        """Each program's peak plus the resident state it does not take as arguments."""
-        r = self.resident
-        besides = {"sampler": r["optimizer"] + r["reference"] + (r["parameters"] if self.sampler_weight_bytes else 0),
-                   "reference": r["parameters"] + r["optimizer"], "update": 0}
-        return {name: stats.peak_bytes + besides[name] for name, stats in self.programs.items()}
-
-    @property
-    def per_chip_bytes(self) -> int:
-        return max(self.program_totals().values())
-
-    @property
-    def fits(self) -> bool:
-        return all(p.error is None for p in self.programs.values()) and self.per_chip_bytes <= self.hbm_bytes
-
-    def breakdown(self) -> dict[str, int | None]:
-        """Per-device bytes by kind; a program libtpu refused has no temporaries figure (None)."""
-        update, sampler = self.programs["update"], self.programs["sampler"]
-        return {**self.resident, "batch": self.batch_bytes,
-                "activations": None if update.error else update.temp_bytes, "kv_cache": self.kv_cache_bytes,
-                "sampler_temporaries": None if sampler.error else sampler.temp_bytes}
-
-    def to_dict(self) -> dict:
-        totals = self.program_totals()
-        return {
-            "fits": self.fits, "per_chip_bytes": self.per_chip_bytes, "hbm_bytes": self.hbm_bytes,
-            "hbm_source": self.hbm_source, "peak_program": max(totals, key=totals.get),
-            "topology": self.topology.to_dict(), "mesh": self.mesh, "mesh_shape": self.mesh_shape,
-            "rules_preset": self.sharding.preset, "rules_overrides": self.sharding.rules or {},
-            "dtypes": self.dtypes, "sampler_layout": self.sampler_layout,
-            "sampler_weight_bytes": self.sampler_weight_bytes,
-            "workload": {**dataclasses.asdict(self.workload), "rows": self.workload.rows,
-                         "seq_len": self.workload.seq_len},
-            "breakdown": self.breakdown(), "program_totals": totals,
-            "programs": {name: stats.to_dict() for name, stats in self.programs.items()},
-            "alternatives": self.alternatives,
-            "fitting_meshes": [a["mesh"] for a in self.alternatives if a["fits"]],
-            "decode": self.decode(),
-            "update": self.update(),
-        }
-
-    def update(self) -> dict | None:
-        """The update step per chip (`sharding.update_stats.update_report`): its roofline time and MFU, the
-        model FLOPs (`rl.bench.flops.train_step_flops` on the workload's rows x seq_len) split evenly."""
-        stats = self.programs["update"].step
-        if stats is None or self.model is None:
-            return None
-        model_flops = train_step_flops(self.model, self.workload.rows, self.workload.seq_len)
-        kind = self.topology.kind
-        return update_report(stats, CHIPS[kind], devices_per_chip=DEVICES_PER_CHIP[kind],
-                             model_flops_per_chip=model_flops / self.topology.chips)
-
-    def decode(self) -> dict | None:
-        """The sampler's decode step per chip and token (`sharding.roofline.decode_report`); the HBM-read
-        limit reads the chip's even share of the weights and, once per step, the KV cache its rows hold in the
-        sampler's layout (`kv_cache_bytes(read=True)`)."""
-        stats = self.programs["sampler"].decode
-        if stats is None:
-            return None
-        per_chip = DEVICES_PER_CHIP[self.topology.kind]
-        return decode_report(stats, CHIPS[self.topology.kind], devices_per_chip=per_chip,
-                             rows=self.workload.decode_rows, chips=self.topology.chips,
-                             min_read_bytes_per_chip=self.weight_bytes // self.topology.chips
-                             + self.decode_cache_read_bytes * per_chip)
-
-
 def sampler_layout(setup: Setup, hbm_bytes: int) -> tuple[SamplerLayout | None, str]:
     """The layout the sampler would run in (rl.sampler_layout.choose_layout), judged against the HBM the
-    trainer's resident state leaves free."""
+    trainer's resident state leaves free; on devices of its own, against their whole HBM."""
+    if setup.sampler_devices:
+        return own_devices_layout(setup.config.sampling, setup.config.sharding, setup.config.model, setup.mesh,
+                                  setup.rules, list(setup.sampler_devices), hbm_bytes)
     free = hbm_bytes - sum(setup.resident().values())
     layout, note = choose_layout(setup.config.sampling, setup.config.model, setup.mesh, setup.rules, free)
     return layout, note or "sampler layout: train (one device)"
@@ -378,7 +298,8 @@ def _report(setup: Setup, topology: Topology, mesh: str, hbm: tuple[int, str]) -
     return Report(topology, mesh, setup.config.sharding, dict(setup.mesh.shape), setup.workload, hbm[0], hbm[1],
                   setup.resident(), device_bytes(setup.batch), kv_cache_bytes(setup, layout),
                   compile_setup(setup, layout), setup.dtypes(), setup.weight_bytes(), note, copy,
-                  model=setup.config.model, decode_cache_read_bytes=kv_cache_bytes(setup, layout, read=True))
+                  model=setup.config.model, decode_cache_read_bytes=kv_cache_bytes(setup, layout, read=True),
+                  sampler_devices=len(setup.sampler_devices))
 
 
 def alternatives(config, topology: Topology, workload: Workload, hbm: tuple[int, str], skip: str) -> list[dict]:

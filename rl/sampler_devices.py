@@ -69,9 +69,12 @@ def split_devices(sampling, devices: Optional[list] = None) -> tuple[list, list]
 
 
 def own_devices_layout(sampling, sharding: ShardingConfig, model: ModelConfig, train_mesh: Mesh,
-                       train_rules: Rules, devices: list) -> tuple[SamplerLayout, str]:
-    """The sampler's layout on its own `devices` and the console's line about it (module docstring)."""
-    layout, note = choose_layout(sampling, model, train_mesh, train_rules, devices=devices)
+                       train_rules: Rules, devices: list, free_bytes: Optional[int] = None
+                       ) -> tuple[SamplerLayout, str]:
+    """The sampler's layout on its own `devices` and the console's line about it (module docstring).
+    `free_bytes`: the HBM free per sampler device for the inference layout's fit check (default: what the
+    devices state now; `r1jax compile` passes a chip's whole HBM: no trainer state lives there)."""
+    layout, note = choose_layout(sampling, model, train_mesh, train_rules, free_bytes, devices=devices)
     if layout is None:
         try:
             mesh = build_mesh(sharding, devices)
@@ -83,5 +86,16 @@ def own_devices_layout(sampling, sharding: ShardingConfig, model: ModelConfig, t
         graphdef = split_policy(abstract_policy(model))[0]
         layout = SamplerLayout(sharding, mesh, train_rules, train_mesh, train_rules, graphdef, False)
         note = f"{note or 'sampler layout: train'} ({' '.join(f'{k}={v}' for k, v in mesh.shape.items())})"
-    ids = [d.id for d in devices]
-    return layout, f"{note}; on devices of its own: {ids} (the trainer's: {[d.id for d in train_mesh.devices.flat]})"
+    return layout, (f"{note}; on devices of its own: {id_ranges(devices)} (the trainer's: "
+                    f"{id_ranges(train_mesh.devices.flat)})")
+
+
+def id_ranges(devices) -> str:
+    """Device ids as runs, e.g. "[0-3, 8, 10-11]" (a TPU slice's hundreds of ids on one line)."""
+    ids, runs = sorted(d.id for d in devices), []
+    for i in ids:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return "[" + ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs) + "]"

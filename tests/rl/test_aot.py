@@ -217,3 +217,30 @@ def test_continuous_batching_reports_the_slots_and_their_cache(config_path):
     # and a quarter of the weights (float32, the one MoE layer's routing bias included)
     weights = (count_params(MODEL)["params_total"] + MODEL.n_routed_experts) * 4
     assert d["hbm_read_limit_bytes"] == weights // 4 + MODEL.num_hidden_layers * 4 * 20 * entry
+
+
+def test_a_sampler_on_devices_of_its_own_compiles_there_and_leaves_the_trainer_the_rest(config_path, report, capsys):
+    """`sampling.devices: 4` on 8 chips in 2 hosts: each host gives the sampler 2 chips (as a run splits them),
+    the config's 4-device mesh holds the trainer's state on the other 4, and the sampler's chips hold no
+    trainer state."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["compile", config_path, "sampling.devices=4", "grpo.max_staleness=1", "--topology", "v5p:2x2x2",
+                     "--prompt-len", "12", "--json"])
+    r = json.loads(out.getvalue())
+    assert code == 0 and r["fits"] is True
+    assert (r["sampler_devices"], r["trainer_chips"], r["sampler_chips"]) == (4, 4, 4)
+    assert r["mesh_shape"] == report[1]["mesh_shape"]  # the trainer's mesh: the config's, over 4 devices
+    assert "on devices of its own: [2-3, 6-7] (the trainer's: [0-1, 4-5])" in r["sampler_layout"]
+    assert r["sampler_layout"].startswith("sampler layout: inference")
+    # the trainer's chips hold what the shared 4-chip slice's do; the sampler's, its program alone
+    for part in ("parameters", "optimizer", "reference"):
+        assert r["breakdown"][part] == report[1]["breakdown"][part]
+    assert r["program_totals"]["sampler"] == r["programs"]["sampler"]["peak_bytes"]
+    # per-chip figures over each program's own chips
+    assert r["update"]["model_flops_per_chip"] == pytest.approx(train_step_flops(MODEL, 8, 24) / 4)
+    d = r["decode"]
+    assert d["est_tokens_per_s_per_chip"] == pytest.approx(8 / d["est_step_s"] / 4)
+    # a share the hosts cannot split evenly is the run's own error, naming the counts that fit
+    assert main(["compile", config_path, "sampling.devices=3", "grpo.max_staleness=1", "--topology", "v5p:2x2x2"]) == 2
+    assert "under 2 processes of 4 devices each" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -19,7 +20,7 @@ from r1jax.errors import UserError
 from r1jax.rl.checkpoint import load_policy
 from r1jax.rl.config import load_config
 from r1jax.rl.sampler import SamplingConfig
-from r1jax.rl.sampler_devices import own_devices_layout, split_devices
+from r1jax.rl.sampler_devices import id_ranges, own_devices_layout, split_devices
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
 
 from tests.model.tiny import QWEN
@@ -124,7 +125,14 @@ def test_the_sampler_layout_is_built_over_its_own_devices(layout, shape):
     placed, note = own_devices_layout(sampling, sharding, QWEN, train_mesh, sharding.logical_rules(), devices)
     assert list(placed.mesh.devices.flat) == devices and placed.train_mesh is train_mesh
     assert {k: v for k, v in placed.mesh.shape.items() if v > 1} == shape
-    assert f"on devices of its own: {[d.id for d in devices]}" in note
+    assert "on devices of its own: [6-7] (the trainer's: [0-5])" in note
+
+
+def test_device_ids_print_as_runs():
+    fake = lambda *ids: [types.SimpleNamespace(id=i) for i in ids]
+    assert id_ranges(fake(3, 0, 1, 2, 8, 10, 11)) == "[0-3, 8, 10-11]"
+    assert id_ranges(fake(5)) == "[5]"
+    assert id_ranges(fake(*range(2048, 2304))) == "[2048-2303]"
 
 
 def test_a_training_layout_that_does_not_fit_the_sampler_devices_is_a_user_error():
