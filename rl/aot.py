@@ -46,11 +46,11 @@ from r1jax.errors import UserError
 from r1jax.model.attention import reads_blockwise
 from r1jax.model.config import ModelConfig
 from r1jax.model.factory import abstract_policy
+from r1jax.rl.aot_report import Report
 from r1jax.rl.continuous import generate_continuous
 from r1jax.rl.grpo.optimizer import make_optimizer
 from r1jax.rl.grpo.step import make_grpo_step, reference_logprobs
 from r1jax.rl.sampler import bucket_length, generate_padded
-from r1jax.rl.aot_report import Report
 from r1jax.rl.sampler_devices import own_devices_layout, split_devices
 from r1jax.rl.sampler_layout import SamplerLayout, choose_layout
 from r1jax.rl.update import TrainState, split_policy
@@ -60,7 +60,7 @@ from r1jax.sharding.mesh import ShardingConfig, build_mesh, check_batch_rows
 from r1jax.sharding.mesh_presets import MESH_PRESETS, resolve_mesh
 from r1jax.sharding.params import abstract_sharded
 from r1jax.sharding.rules import Rules
-from r1jax.sharding.topology import Topology, abstract_devices
+from r1jax.sharding.topology import DEVICES_PER_CHIP, Topology, abstract_devices
 
 DEFAULT_PROMPT_LEN = 512  # R1-style math prompts with the chat template fit well within this bucket
 
@@ -148,6 +148,11 @@ def make_setup(config, topology: Topology, sharding: ShardingConfig, workload: W
     compile-only devices know their hosts)."""
     config = dataclasses.replace(config, model=for_tpu(config.model), sharding=sharding)
     train_devices, own = split_devices(config.sampling, list(abstract_devices(topology.topology_string)))
+    per_chip, hosts = DEVICES_PER_CHIP[topology.kind], len({d.process_index for d in train_devices})
+    if own and (len(own) // hosts) % per_chip:
+        raise UserError(f"sampling.devices={len(own)}: a {topology.kind} chip holds {per_chip} devices, and each "
+                        f"of the {hosts} hosts gives the sampler {len(own) // hosts}; give it whole chips (a "
+                        f"multiple of {per_chip * hosts})")
     mesh = build_mesh(sharding, train_devices)
     rules = sharding.logical_rules()
     optimizer = make_optimizer(config.optimizer)

@@ -225,8 +225,8 @@ def test_a_sampler_on_devices_of_its_own_compiles_there_and_leaves_the_trainer_t
     trainer state."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = main(["compile", config_path, "sampling.devices=4", "grpo.max_staleness=1", "--topology", "v5p:2x2x2",
-                     "--prompt-len", "12", "--json"])
+        code = main(["compile", config_path, "sampling.devices=4", "grpo.max_staleness=1", "grpo.kl_coef=0",
+                     "--topology", "v5p:2x2x2", "--prompt-len", "12", "--json"])
     r = json.loads(out.getvalue())
     assert code == 0 and r["fits"] is True
     assert (r["sampler_devices"], r["trainer_chips"], r["sampler_chips"]) == (4, 4, 4)
@@ -234,8 +234,9 @@ def test_a_sampler_on_devices_of_its_own_compiles_there_and_leaves_the_trainer_t
     assert "on devices of its own: [2-3, 6-7] (the trainer's: [0-1, 4-5])" in r["sampler_layout"]
     assert r["sampler_layout"].startswith("sampler layout: inference")
     # the trainer's chips hold what the shared 4-chip slice's do; the sampler's, its program alone
-    for part in ("parameters", "optimizer", "reference"):
+    for part in ("parameters", "optimizer"):  # (no reference: kl_coef 0 spares its compile)
         assert r["breakdown"][part] == report[1]["breakdown"][part]
+    assert set(r["programs"]) == {"sampler", "update"}
     assert r["program_totals"]["sampler"] == r["programs"]["sampler"]["peak_bytes"]
     # per-chip figures over each program's own chips
     assert r["update"]["model_flops_per_chip"] == pytest.approx(train_step_flops(MODEL, 8, 24) / 4)
@@ -244,3 +245,7 @@ def test_a_sampler_on_devices_of_its_own_compiles_there_and_leaves_the_trainer_t
     # a share the hosts cannot split evenly is the run's own error, naming the counts that fit
     assert main(["compile", config_path, "sampling.devices=3", "grpo.max_staleness=1", "--topology", "v5p:2x2x2"]) == 2
     assert "under 2 processes of 4 devices each" in capsys.readouterr().err
+    # v4's compile-only devices are 2 per chip: the sampler gets whole chips
+    assert main(["compile", config_path, "sampling.devices=2", "grpo.max_staleness=1", "--topology", "v4-16"]) == 2
+    assert ("a v4 chip holds 2 devices, and each of the 2 hosts gives the sampler 1; give it whole chips (a multiple "
+            "of 4)") in capsys.readouterr().err
