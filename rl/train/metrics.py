@@ -3,6 +3,10 @@
 Held-out evaluations (after each stage and periodically; the summary's `evals`) reach TensorBoard as `eval/*`
 and the accuracy plot as `eval/pass@1`, end-of-stage ones included.
 
+The PNG plots are redrawn at most once every `PLOT_INTERVAL_S` seconds (after an evaluation, or every
+`plot_every` rows) and always when the run closes: drawing the nine figures takes about a second of CPU
+(matplotlib), which a seconds-long step should not pay at every evaluation; TensorBoard is the live view.
+
 Only the primary process (JAX process 0) writes. On resume, rows past the restored step are dropped first,
 so a resumed run's metrics.jsonl equals an uninterrupted run's (wall time aside).
 """
@@ -52,14 +56,20 @@ def truncate_after(path: pathlib.Path, global_step: int) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+PLOT_INTERVAL_S = 60.0
+
+
 class MetricsWriter:
-    def __init__(self, run_dir: pathlib.Path, primary: bool = True, plot_every: int = 10):
+    def __init__(self, run_dir: pathlib.Path, primary: bool = True, plot_every: int = 10,
+                 plot_interval_s: float = PLOT_INTERVAL_S):
         self.run_dir, self.primary, self.plot_every = pathlib.Path(run_dir), primary, plot_every
+        self.plot_interval_s = plot_interval_s
         self.path = self.run_dir / "metrics.jsonl"
         self._evals: list[Mapping] | None = None
         self._tb = None
         self._rows_since_plot = 0
         self.start = time.time()
+        self._plotted_at = time.monotonic()  # the first plots come after an interval, or at close
 
     def evals(self) -> Sequence[Mapping] | None:
         """The run's held-out evaluations so far (logged, or restored by `resume`), which the plots draw;
@@ -108,14 +118,16 @@ class MetricsWriter:
                 tb.add_scalar(f"eval/{key}", entry[key], entry["step"])
         self.refresh_plots()
 
-    def refresh_plots(self) -> None:
-        if not self.primary:
+    def refresh_plots(self, force: bool = False) -> None:
+        """Redraw the plots, unless they were drawn less than `plot_interval_s` ago (`force`: regardless)."""
+        if not self.primary or (not force and time.monotonic() - self._plotted_at < self.plot_interval_s):
             return
         write_plots(read_rows(self.path), self.run_dir / "plots", self.evals())
         self._rows_since_plot = 0
+        self._plotted_at = time.monotonic()
 
     def close(self) -> None:
         if self.primary:
-            self.refresh_plots()
+            self.refresh_plots(force=True)
             if self._tb is not None:
                 self._tb.close()

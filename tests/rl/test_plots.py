@@ -31,3 +31,21 @@ def test_a_writer_without_evaluations_plots_the_rows_own(tmp_path):
     assert writer.evals() is None
     writer.close()
     assert (tmp_path / "plots" / "accuracy.png").exists()
+
+
+def test_plots_are_redrawn_at_most_once_an_interval_and_always_at_close(tmp_path):
+    from r1jax.rl.train.metrics import MetricsWriter
+
+    for name in ("throttled", "eager"):
+        (tmp_path / name).mkdir()
+    throttled = MetricsWriter(tmp_path / "throttled", plot_every=1, plot_interval_s=3600)
+    for row in ROWS:
+        throttled.write(row)
+    throttled.log_eval({**EVALS[0], "k": 2})
+    assert not (tmp_path / "throttled" / "plots").exists()  # within the interval: nothing drawn yet
+    throttled.close()
+    assert (tmp_path / "throttled" / "plots" / "accuracy.png").exists()
+
+    eager = MetricsWriter(tmp_path / "eager", plot_every=1, plot_interval_s=0)
+    eager.write(ROWS[0])
+    assert (tmp_path / "eager" / "plots" / "loss.png").exists()  # the interval passed: drawn with the row
