@@ -149,10 +149,10 @@ def make_setup(config, topology: Topology, sharding: ShardingConfig, workload: W
     config = dataclasses.replace(config, model=for_tpu(config.model), sharding=sharding)
     train_devices, own = split_devices(config.sampling, list(abstract_devices(topology.topology_string)))
     per_chip, hosts = DEVICES_PER_CHIP[topology.kind], len({d.process_index for d in train_devices})
-    if own and (len(own) // hosts) % per_chip:
-        raise UserError(f"sampling.devices={len(own)}: a {topology.kind} chip holds {per_chip} devices, and each "
-                        f"of the {hosts} hosts gives the sampler {len(own) // hosts}; give it whole chips (a "
-                        f"multiple of {per_chip * hosts})")
+    if own and (len(own) // hosts) % per_chip:  # v4: counts are TensorCores, as the mesh's (sharding.topology)
+        raise UserError(f"sampling.devices={len(own)}: a {topology.kind} chip holds {per_chip} compile-only devices "
+                        f"(TensorCores), and each of the {hosts} hosts gives the sampler {len(own) // hosts}; give "
+                        f"it whole chips (a multiple of {per_chip * hosts})")
     mesh = build_mesh(sharding, train_devices)
     rules = sharding.logical_rules()
     optimizer = make_optimizer(config.optimizer)
@@ -324,6 +324,10 @@ def alternatives(config, topology: Topology, workload: Workload, hbm: tuple[int,
             out.append({"mesh": name, "fits": False, "per_chip_bytes": floor,
                         "reason": "resident state and batch alone exceed HBM (not compiled)"})
             continue
-        report = _report(setup, topology, name, hbm)
+        try:
+            report = _report(setup, topology, name, hbm)
+        except UserError as err:  # e.g. a sampler layout that cannot be had over the sampler's own devices
+            out.append({"mesh": name, "fits": False, "reason": str(err)})
+            continue
         out.append({"mesh": name, "fits": report.fits, "per_chip_bytes": report.per_chip_bytes})
     return out

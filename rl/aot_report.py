@@ -55,13 +55,16 @@ class Report:
         return devices // DEVICES_PER_CHIP[self.topology.kind]
 
     def program_totals(self) -> dict[str, int]:
-        """Each program's peak plus the resident state it does not take as arguments (none for a sampler on
-        devices of its own: the trainer's state lives on the others)."""
+        """Each program's peak plus the resident state it does not take as arguments. With a sampler on devices
+        of its own: none beside the sampler (the trainer's state lives on the others), and one more copy of the
+        parameters beside the trainer's programs (the weights that sampled the batch ahead, kept on the
+        trainer's devices for its behaviour log-probs while the update runs: rl.train.stage_grpo)."""
         r = self.resident
         besides = {"sampler": r["optimizer"] + r["reference"] + (r["parameters"] if self.sampler_weight_bytes else 0),
                    "reference": r["parameters"] + r["optimizer"], "update": 0}
         if self.sampler_devices:
-            besides["sampler"] = 0
+            besides = {"sampler": 0, "reference": besides["reference"] + r["parameters"],
+                       "update": r["parameters"]}
         return {name: stats.peak_bytes + besides[name] for name, stats in self.programs.items()}
 
     @property

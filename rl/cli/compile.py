@@ -76,12 +76,21 @@ def describe(r: dict) -> str:
         f"workload: {work['prompts']} prompts x {work['group_size']} = {work['rows']} rows of "
         f"{work['prompt_len']} + {work['new_tokens']} tokens, {work['micro_batches']} micro-batch(es)",
         "dtypes: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in r["dtypes"].items()),
-        "per chip: " + ", ".join(f"{k} {_gib(v)}" for k, v in r["breakdown"].items()),
     ]
+    own = r["sampler_devices"] > 0
+    if own:  # the breakdown's figures are per chip of the side that holds them
+        sampler_parts = ("kv_cache", "sampler_temporaries")
+        lines[0] += f"; the trainer on {r['trainer_chips']} chips, the sampler on {r['sampler_chips']} of its own"
+        lines.append("per trainer chip: " + ", ".join(f"{k} {_gib(v)}" for k, v in r["breakdown"].items()
+                                                      if k not in sampler_parts))
+        lines.append("per sampler chip: " + ", ".join(f"{k} {_gib(r['breakdown'][k])}" for k in sampler_parts))
+    else:
+        lines.append("per chip: " + ", ".join(f"{k} {_gib(v)}" for k, v in r["breakdown"].items()))
     for name, p in r["programs"].items():
         cost = f", {p['flops']:.3g} flops" if p["flops"] else ""
         state = f"  REFUSED: {p['error']}" if p["error"] else ""
-        lines.append(f"  {name:9s} {_gib(r['program_totals'][name])} with resident state "
+        beside = "alone on its chips" if own and name == "sampler" else "with resident state"
+        lines.append(f"  {name:9s} {_gib(r['program_totals'][name])} {beside} "
                      f"(compiled in {p['compile_seconds']:.0f} s{cost}){state}")
     lines.append(r["sampler_layout"] + (f", a weight copy of {_gib(r['sampler_weight_bytes'])} per chip"
                                         if r["sampler_weight_bytes"] else ""))

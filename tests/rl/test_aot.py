@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import re
 
 import jax
 import pytest
@@ -15,6 +16,7 @@ from r1jax.model.factory import count_params
 from r1jax.rl import aot
 from r1jax.rl.aot import make_setup, sampler_layout, workload_for
 from r1jax.rl.bench.flops import train_step_flops
+from r1jax.rl.cli.compile import describe
 from r1jax.rl.cli.main import main
 from r1jax.rl.config import load_config
 from r1jax.sharding.compile_stats import device_bytes
@@ -238,6 +240,12 @@ def test_a_sampler_on_devices_of_its_own_compiles_there_and_leaves_the_trainer_t
         assert r["breakdown"][part] == report[1]["breakdown"][part]
     assert set(r["programs"]) == {"sampler", "update"}
     assert r["program_totals"]["sampler"] == r["programs"]["sampler"]["peak_bytes"]
+    # the trainer's chips keep the weights that sampled the batch ahead while the update runs
+    assert r["program_totals"]["update"] == r["programs"]["update"]["peak_bytes"] + r["breakdown"]["parameters"]
+    text = describe(r)
+    assert "; the trainer on 4 chips, the sampler on 4 of its own" in text
+    assert "per sampler chip: kv_cache " in text and "per trainer chip: parameters " in text
+    assert re.search(r"sampler +[0-9.]+ GiB alone on its chips", text)
     # per-chip figures over each program's own chips
     assert r["update"]["model_flops_per_chip"] == pytest.approx(train_step_flops(MODEL, 8, 24) / 4)
     d = r["decode"]
@@ -247,5 +255,5 @@ def test_a_sampler_on_devices_of_its_own_compiles_there_and_leaves_the_trainer_t
     assert "under 2 processes of 4 devices each" in capsys.readouterr().err
     # v4's compile-only devices are 2 per chip: the sampler gets whole chips
     assert main(["compile", config_path, "sampling.devices=2", "grpo.max_staleness=1", "--topology", "v4-16"]) == 2
-    assert ("a v4 chip holds 2 devices, and each of the 2 hosts gives the sampler 1; give it whole chips (a multiple "
-            "of 4)") in capsys.readouterr().err
+    assert ("a v4 chip holds 2 compile-only devices (TensorCores), and each of the 2 hosts gives the sampler 1; "
+            "give it whole chips (a multiple of 4)") in capsys.readouterr().err
