@@ -121,6 +121,6 @@ class Report:
         if stats is None:
             return None
         per_chip, chips = DEVICES_PER_CHIP[self.topology.kind], self.chips("sampler")
+        read_bytes = self.weight_bytes // chips + self.decode_cache_read_bytes * per_chip
         return decode_report(stats, CHIPS[self.topology.kind], devices_per_chip=per_chip,
-                             rows=self.workload.decode_rows, chips=chips,
-                             min_read_bytes_per_chip=self.weight_bytes // chips + self.decode_cache_read_bytes * per_chip)
+                             rows=self.workload.decode_rows, chips=chips, min_read_bytes_per_chip=read_bytes)
