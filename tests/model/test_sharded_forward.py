@@ -14,6 +14,8 @@ from r1jax.sharding.params import state_shardings
 from r1jax.sharding.rules import Rules
 from tests.model.tiny import FAMILIES
 
+pytestmark = pytest.mark.usefixtures("fast_xla_compile")  # tests/conftest.py
+
 MESHES = [(8, 1, 1, 1), (2, 2, 2, 1), (1, 2, 2, 2), (1, 1, 8, 1)]
 
 
