@@ -112,28 +112,37 @@ def _vary_together(*arrays):
                  for a, v in zip(arrays, varying))
 
 
-def _dot(a, b):
-    """a @ b summed and returned in float32: for float32 operands the plain product. For bfloat16 ones the
-    sum a bfloat16 product runs on TPU, and on a CPU the fast one: XLA's bfloat16 dot with a bfloat16 result
-    ran a 4096^3 product at 353 GFLOP/s, with a float32 result at 769 (float32: 420) on the 2-core host."""
-    return jnp.matmul(a, b, preferred_element_type=jnp.float32)
+def _on_cpu_in_float32(dtype, kernel):
+    """`kernel(acc)`, `acc` the dtype of the blocks' products, loop buffers and sums: float32 when lowered for a
+    CPU, else `dtype` (the operands'). On a CPU, XLA widens a bfloat16 loop buffer to float32 and back around
+    each trip's write (the whole buffer, every block: a bfloat16 update step took 3x the float32 one), runs a
+    bfloat16 product with a bfloat16 result slowly (a 4096^3 one at 353 GFLOP/s, with a float32 result at 769;
+    float32: 420, on the 2-core host) and would sum an expert's weight gradient over its blocks in bfloat16.
+    A TPU or GPU program keeps its operands' dtype (its memory figures are `r1jax compile`'s); for float32
+    operands both are the same program."""
+    if dtype == jnp.float32:
+        return kernel(jnp.float32)
+    return jax.lax.platform_dependent(cpu=lambda: kernel(jnp.float32), default=lambda: kernel(dtype))
 
 
-def _block_forward(x_bD, g, w_gate_EDF, w_up_EDF, w_down_EFD):
-    """One block of rows through expert g's SwiGLU: (output, gate and up pre-activations), in float32; the
+def _dot(a, b, acc):
+    return jnp.matmul(a, b, preferred_element_type=acc)
+
+
+def _block_forward(x_bD, g, w_gate_EDF, w_up_EDF, w_down_EFD, acc):
+    """One block of rows through expert g's SwiGLU: (output, gate and up pre-activations), in `acc`; the
     hidden activation enters the down projection in x's dtype."""
-    gate_bF, up_bF = _dot(x_bD, w_gate_EDF[g]), _dot(x_bD, w_up_EDF[g])
-    return _dot((jax.nn.silu(gate_bF) * up_bF).astype(x_bD.dtype), w_down_EFD[g]), gate_bF, up_bF
+    gate_bF, up_bF = _dot(x_bD, w_gate_EDF[g], acc), _dot(x_bD, w_up_EDF[g], acc)
+    return _dot((jax.nn.silu(gate_bF) * up_bF).astype(x_bD.dtype), w_down_EFD[g], acc), gate_bF, up_bF
 
 
 def _blocks_forward(x_NbD, group_N, w_gate_EDF, w_up_EDF, w_down_EFD):
-    """Every block through its own expert's SwiGLU, a scan: (outputs in x's dtype, gate and up
-    pre-activations in float32)."""
+    """Every block through its own expert's SwiGLU, a scan: (outputs, gate and up pre-activations)."""
     def one_block(_, inputs):
-        return None, _block_forward(*inputs, w_gate_EDF, w_up_EDF, w_down_EFD)
+        return None, _block_forward(*inputs, w_gate_EDF, w_up_EDF, w_down_EFD, x_NbD.dtype)
 
-    _, (y_NbD, gate_NbF, up_NbF) = jax.lax.scan(one_block, None, (x_NbD, group_N))
-    return y_NbD.astype(x_NbD.dtype), gate_NbF, up_NbF
+    _, outputs = jax.lax.scan(one_block, None, (x_NbD, group_N))
+    return outputs
 
 
 def _block_loop(used, expected: int, num_blocks: int, body, init):
@@ -149,24 +158,27 @@ def _block_loop(used, expected: int, num_blocks: int, body, init):
 def _used_blocks(x_NbD, group_N, used, expected: int, w_gate_EDF, w_up_EDF, w_down_EFD,
                  keep_activations: bool = False):
     """`_block_forward` for blocks [0, used) (a traced count; None: every block), zeros for the rest:
-    (outputs in x's dtype, and with `keep_activations` the gate and up pre-activations in float32, else None).
-    The loop writes float32 buffers: on a CPU, XLA widens a bfloat16 buffer to float32 and back around each
-    trip's write (the whole buffer, every block: a bfloat16 update step took 3x the float32 one). The layout reserves a
-    last partial block for every group and, under expert parallelism, room for every gathered copy, so most
-    blocks may be empty (a decode step, 64 tokens x top-2 over 16 experts: 32 blocks of 8 rows, about 20
-    used; DeepSeek-V3's update, 16 of 256 experts per device: 2,576 blocks, about 160 used). Each block runs
-    the same products as in the scan."""
-    def one_block(i, buffers):
-        outputs = _block_forward(x_NbD[i], group_N[i], w_gate_EDF, w_up_EDF, w_down_EFD)
-        return tuple(buf.at[i].set(out) for buf, out in zip(buffers, outputs))  # y (and gate, up)
-
+    (outputs, and with `keep_activations` the gate and up pre-activations, else None), in x's dtype, computed
+    in `_on_cpu_in_float32`'s. The layout reserves a last partial block for every group and, under expert
+    parallelism, room for every gathered copy, so most blocks may be empty (a decode step, 64 tokens x top-2
+    over 16 experts: 32 blocks of 8 rows, about 20 used; DeepSeek-V3's update, 16 of 256 experts per device:
+    2,576 blocks, about 160 used). Each block runs the same products as in the scan."""
     rows = x_NbD.shape[:2]
     shapes = [rows + w_down_EFD.shape[-1:]] + [rows + w_gate_EDF.shape[-1:]] * (2 if keep_activations else 0)
-    # inside a shard_map the blocks' outputs vary over the operands' mesh axes: so must the loop's carry
-    zeros = tuple(_vary_together(jnp.zeros(s, jnp.float32), x_NbD, group_N, w_gate_EDF, w_up_EDF, w_down_EFD)[0]
-                  for s in shapes)
-    outputs = _block_loop(used, expected, x_NbD.shape[0], one_block, zeros)
-    return outputs[0].astype(x_NbD.dtype), (outputs[1:] if keep_activations else None)
+
+    def kernel(acc):
+        def one_block(i, buffers):
+            outputs = _block_forward(x_NbD[i], group_N[i], w_gate_EDF, w_up_EDF, w_down_EFD, acc)
+            return tuple(buf.at[i].set(out) for buf, out in zip(buffers, outputs))  # y (and gate, up)
+
+        # inside a shard_map the blocks' outputs vary over the operands' mesh axes: so must the loop's carry
+        zeros = tuple(_vary_together(jnp.zeros(s, acc), x_NbD, group_N, w_gate_EDF, w_up_EDF, w_down_EFD)[0]
+                      for s in shapes)
+        outputs = _block_loop(used, expected, x_NbD.shape[0], one_block, zeros)
+        return tuple(out.astype(x_NbD.dtype) for out in outputs)
+
+    outputs = _on_cpu_in_float32(x_NbD.dtype, kernel)
+    return outputs[0], (outputs[1:] if keep_activations else None)
 
 
 def _blocks_autodiff(x_NbD, group_N, w_gate_EDF, w_up_EDF, w_down_EFD):
@@ -186,28 +198,32 @@ def _blocks_fwd(x_NbD, group_N, used, expected, w_gate_EDF, w_up_EDF, w_down_EFD
 
 def _blocks_bwd(expected, residuals, dy_NbD):
     """y = (silu(x Wg) * (x Wu)) Wd per block, over the forward's blocks [0, used) in the same order; weight
-    gradients accumulate in the loop's carry, in place, in float32 (a bfloat16 sum over an expert's blocks
-    would drop each addition's low bits), and come back in the weights' dtype; the input gradient of an empty
-    block is zero. The products take operands in x's dtype, as the forward's do."""
+    gradients accumulate in the loop's carry, in place (on a CPU in float32: `_on_cpu_in_float32`), and come
+    back in the weights' dtype; the input gradient of an empty block is zero. The products take operands in
+    x's dtype, as the forward's do."""
     x_NbD, group_N, used, w_gate_EDF, w_up_EDF, w_down_EFD, gate_NbF, up_NbF = residuals
+    lo = x_NbD.dtype
 
-    def one_block(i, carry):
-        dw_gate, dw_up, dw_down, dx_NbD = carry
-        x_bD, g, gate_bF, up_bF, dy_bD = x_NbD[i], group_N[i], gate_NbF[i], up_NbF[i], dy_NbD[i]
-        sigmoid_bF = jax.nn.sigmoid(gate_bF)
-        act_bF = gate_bF * sigmoid_bF  # silu
-        dh_bF = _dot(dy_bD, w_down_EFD[g].T)
-        dup_bF = (dh_bF * act_bF).astype(x_bD.dtype)
-        dgate_bF = (dh_bF * up_bF * (sigmoid_bF * (1 + gate_bF * (1 - sigmoid_bF)))).astype(x_bD.dtype)  # silu'
-        hidden_bF = (act_bF * up_bF).astype(x_bD.dtype)
-        return (dw_gate.at[g].add(_dot(x_bD.T, dgate_bF)), dw_up.at[g].add(_dot(x_bD.T, dup_bF)),
-                dw_down.at[g].add(_dot(hidden_bF.T, dy_bD)),
-                dx_NbD.at[i].set(_dot(dgate_bF, w_gate_EDF[g].T) + _dot(dup_bF, w_up_EDF[g].T)))
+    def kernel(acc):
+        def one_block(i, carry):
+            dw_gate, dw_up, dw_down, dx_NbD = carry
+            x_bD, g, gate_bF, up_bF, dy_bD = (x_NbD[i], group_N[i], gate_NbF[i].astype(acc), up_NbF[i].astype(acc),
+                                              dy_NbD[i])
+            sigmoid_bF = jax.nn.sigmoid(gate_bF)
+            act_bF = gate_bF * sigmoid_bF  # silu
+            dh_bF = _dot(dy_bD, w_down_EFD[g].T, acc)
+            dup_bF = (dh_bF * act_bF).astype(lo)
+            dgate_bF = (dh_bF * up_bF * (sigmoid_bF * (1 + gate_bF * (1 - sigmoid_bF)))).astype(lo)  # silu'
+            return (dw_gate.at[g].add(_dot(x_bD.T, dgate_bF, acc)), dw_up.at[g].add(_dot(x_bD.T, dup_bF, acc)),
+                    dw_down.at[g].add(_dot((act_bF * up_bF).astype(lo).T, dy_bD, acc)),
+                    dx_NbD.at[i].set(_dot(dgate_bF, w_gate_EDF[g].T, acc) + _dot(dup_bF, w_up_EDF[g].T, acc)))
 
-    zeros = tuple(jnp.zeros_like(w, jnp.float32) for w in (w_gate_EDF, w_up_EDF, w_down_EFD, x_NbD))
-    dw_gate, dw_up, dw_down, dx_NbD = _block_loop(used, expected, x_NbD.shape[0], one_block, zeros)
-    return (dx_NbD.astype(x_NbD.dtype), None, None, dw_gate.astype(w_gate_EDF.dtype),
-            dw_up.astype(w_up_EDF.dtype), dw_down.astype(w_down_EFD.dtype))
+        zeros = tuple(jnp.zeros_like(a, acc) for a in (w_gate_EDF, w_up_EDF, w_down_EFD, x_NbD))
+        grads = _block_loop(used, expected, x_NbD.shape[0], one_block, zeros)
+        return tuple(grad.astype(a.dtype) for grad, a in zip(grads, (w_gate_EDF, w_up_EDF, w_down_EFD, x_NbD)))
+
+    dw_gate, dw_up, dw_down, dx_NbD = _on_cpu_in_float32(lo, kernel)
+    return dx_NbD, None, None, dw_gate, dw_up, dw_down
 
 
 _blocks.defvjp(_blocks_fwd, _blocks_bwd)

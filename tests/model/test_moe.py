@@ -73,12 +73,12 @@ def test_blocked_gradients_equal_the_dense_formulas(impl, tokens, experts, top_k
         np.testing.assert_allclose(np.asarray(g), np.asarray(e), atol=2e-5, rtol=1e-4, err_msg=name)
 
 
-def test_blocked_bfloat16_gradients_sum_each_experts_blocks_in_float32():
-    """bfloat16 operands: 512 tokens top-1 over 2 experts in blocks of 8 (about 32 blocks per expert). Against
-    float32 autodiff of the dense computation on the same bfloat16 values, the written-out backward's weight
-    and input gradients stay within 0.75% (measured: 0.29-0.51% for the weights, 1.07% for x); the float32
-    sums are what hold them there: summing the blocks in bfloat16 gave 1.01-1.26% and 1.89%. The results
-    come back in the operands' dtype."""
+def test_blocked_bfloat16_gradients_on_a_cpu_come_from_float32_products_and_sums():
+    """bfloat16 operands on a CPU (model.dispatch._on_cpu_in_float32): 512 tokens top-1 over 2 experts in
+    blocks of 8, about 32 blocks per expert. Against float32 autodiff of the dense computation on the same
+    bfloat16 values, the written-out backward's gradients stay within 0.75% for the weights (measured 0.29%,
+    0.35%, 0.52%) and 1.2% for x and the routing weights (0.86%, 0.69%); with bfloat16 products and sums, as
+    before, they were 1.05%, 1.01%, 1.26%, 1.89% and 1.78%. The gradients come back in bfloat16."""
     x, chosen, weights, wg, wu, wd = dispatch_case(512, 2, 1)
     args = tuple(a.astype(jnp.bfloat16) for a in (x, weights, wg, wu, wd))
     sparse = lambda x, weights, wg, wu, wd: jnp.sum(jnp.sin(y := local_expert_ffn(
@@ -87,7 +87,7 @@ def test_blocked_bfloat16_gradients_sum_each_experts_blocks_in_float32():
     expected = jax.grad(lambda *a: dense_loss(*a, chosen), argnums=range(5))(
         *(a.astype(jnp.float32) for a in args))
     for name, g, e, bound in zip(("x", "routing weights", "w_gate", "w_up", "w_down"), got, expected,
-                                 (0.015, 0.015, 0.0075, 0.0075, 0.0075)):
+                                 (0.012, 0.012, 0.0075, 0.0075, 0.0075)):
         assert g.dtype == jnp.bfloat16, name
         error = float(jnp.max(jnp.abs(g.astype(jnp.float32) - e)) / jnp.max(jnp.abs(e)))
         assert error < bound, (name, error)
