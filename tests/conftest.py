@@ -1,6 +1,6 @@
 """Test session setup: 8 fake CPU devices, set before JAX initialises (tests build meshes on them), JAX's
-persistent compilation cache for the test processes and their subprocesses, and `fast_xla_compile` for
-modules dominated by compiling."""
+persistent compilation cache for the test processes and their subprocesses, and programs compiled with XLA's
+most expensive optimisations off unless a module asks for `optimized_xla_compile`."""
 
 import os
 
@@ -35,21 +35,25 @@ def pytest_configure(config):
         compilation_cache._UNSUPPORTED_RUNTIMES.add("compile_only_runtime")
 
 
+# The session's programs are compiled with XLA's most expensive optimisations off (jax_disable_most_optimizations:
+# LLVM at -O0), as the `r1jax` subprocesses' are (tests/rl/conftest.py): XLA's part of compiling a tiny model's
+# programs drops 1.4-4x (tests/rl/test_grpo_step.py's sharded step 21.6 s -> 15.4 s, the quick bench's update
+# step 13.0 s -> 3.2 s, on a loaded 2-core host; tracing is unchanged), and the programs compute the same thing.
+# Only the backend's code generation is cut (jax._src.compiler: xla_backend_optimization_level 0, LLVM's
+# expensive passes off): every HLO pass runs, so a compiled program's collectives, loops and FLOPs (what tests
+# read from `as_text()`) are the optimised build's. Results can differ from the optimised build's in the last
+# bits (1.5e-8 in that step's parameters): a module whose figures were measured on the optimised build (or
+# that compiles for TPU) asks for `optimized_xla_compile`.
+jax.config.update("jax_disable_most_optimizations", True)
+
+
 @pytest.fixture(scope="module")
-def fast_xla_compile():
-    """A module's programs compiled with XLA's most expensive optimisations off (jax_disable_most_optimizations:
-    LLVM at -O0): XLA's part of compiling a tiny model's programs drops 1.4-4x (tests/rl/test_grpo_step.py's
-    sharded step 21.6 s -> 15.4 s, the quick bench's update step 13.0 s -> 3.2 s, on a loaded 2-core host;
-    tracing is unchanged), and the programs compute the same thing. Results can differ from the optimised
-    build's in the last bits (1.5e-8 in that step's parameters), so a module using this compares only
-    programs compiled under it; JAX's in-memory caches are cleared on entry and exit so no executable
-    crosses that line (the persistent cache keys on the setting). Only the backend's code generation is cut
-    (jax._src.compiler: xla_backend_optimization_level 0): every HLO pass runs, so a compiled program's
-    collectives, loops and FLOPs (what tests read from `as_text()`) are the optimised build's. Used by the
-    modules whose time went mostly to compiling: 8 of them moved here took 350 s alone before, 217 s after."""
-    before = jax.config.read("jax_disable_most_optimizations")
+def optimized_xla_compile():
+    """A module's programs compiled with every XLA optimisation, as a run compiles them; JAX's in-memory caches
+    are cleared on entry and exit so no executable crosses that line (the persistent cache keys on the
+    setting)."""
     jax.clear_caches()
-    jax.config.update("jax_disable_most_optimizations", True)
+    jax.config.update("jax_disable_most_optimizations", False)
     yield
-    jax.config.update("jax_disable_most_optimizations", before)
+    jax.config.update("jax_disable_most_optimizations", True)
     jax.clear_caches()

@@ -11,8 +11,6 @@ from flax import nnx
 from r1jax.model.factory import init_policy
 from tests.model.tiny import FAMILIES
 
-pytestmark = pytest.mark.usefixtures("fast_xla_compile")  # tests/conftest.py
-
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_logits_at_t_do_not_depend_on_later_tokens(family):

@@ -22,8 +22,6 @@ from r1jax.sharding.update_stats import StepStats
 from tests.model.test_moe import dense_reference, dispatch_case
 from tests.model.tiny import FAMILIES
 
-pytestmark = pytest.mark.usefixtures("fast_xla_compile")  # tests/conftest.py
-
 
 @pytest.mark.parametrize("impl", ["blocked", "blocked_autodiff"])
 @pytest.mark.parametrize("tokens,experts,block,offset", [(64, 16, 128, 0), (5, 8, 8, 0), (24, 8, 16, 4)])

@@ -22,6 +22,8 @@ from r1jax.sharding.topology import abstract_devices
 from tests.model.test_decode_attention import decode_logits, decode_step, filled_cache
 from tests.model.tiny import QWEN
 
+pytestmark = pytest.mark.usefixtures("optimized_xla_compile")  # compiles for TPU (tests/conftest.py)
+
 LAYERS, SLOTS, KV_HEADS, GROUP, HEAD_DIM = 3, 37, 2, 3, 16
 # one filled slot, the whole cache, mid-block, a block's end (blocks of 8), none (gives zeros, as the XLA read)
 LENGTHS = (1, SLOTS, 9, 16, 0)

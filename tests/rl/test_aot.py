@@ -24,6 +24,8 @@ from r1jax.sharding.mesh_presets import MESH_PRESETS
 from r1jax.sharding.topology import parse_topology
 from tests.model.tiny import DEEPSEEK, QWEN
 
+pytestmark = pytest.mark.usefixtures("optimized_xla_compile")  # compiles for TPU (tests/conftest.py)
+
 GIB = 2**30
 MODEL = dataclasses.replace(DEEPSEEK, num_hidden_layers=2)
 

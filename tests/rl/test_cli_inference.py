@@ -9,8 +9,6 @@ from r1jax.rl import evaluate as evaluate_module
 from r1jax.rl.cli.main import main
 from r1jax.rl.sampler import Sampler
 
-pytestmark = pytest.mark.usefixtures("fast_xla_compile")  # tests/conftest.py
-
 
 def run_main(capsys, *argv):
     code = main(list(argv))

@@ -22,6 +22,8 @@ from r1jax.rl.train.trainer import Trainer
 import tests.rl.learning_probes  # noqa: F401  (registers the probe task here; the workers import it too)
 from tests.rl.conftest import metrics_rows
 
+pytestmark = pytest.mark.usefixtures("optimized_xla_compile")  # thresholds calibrated on the optimised build
+
 CONFIG = pathlib.Path(__file__).parent / "data" / "learn_tiny.yaml"
 GRPO_STEPS, SFT_STEPS = 20, 50
 

@@ -10,6 +10,8 @@ from r1jax.sharding.compile_stats import compile_stats, device_bytes
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.topology import abstract_devices
 
+pytestmark = pytest.mark.usefixtures("optimized_xla_compile")  # compiles for TPU (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def mesh():
