@@ -13,7 +13,6 @@ from r1jax.model.factory import init_policy
 from r1jax.rl.sampler import Sampler, SamplingConfig
 from tests.model.tiny import FAMILIES
 
-
 CACHE_LEN, BLOCK, ROWS = 13, 4, 3  # 13 = 3 blocks + 1: the last piece is one slot, read from live = 13
 
 

@@ -14,7 +14,6 @@ from r1jax.sharding.params import state_shardings
 from r1jax.sharding.rules import Rules
 from tests.model.tiny import FAMILIES
 
-
 MESHES = [(8, 1, 1, 1), (2, 2, 2, 1), (1, 2, 2, 2), (1, 1, 8, 1)]
 
 
@@ -39,6 +38,8 @@ def _inputs(cfg):
     tokens = jax.random.randint(jax.random.key(0), (8, 12), 0, cfg.vocab_size)
     valid = jnp.arange(12)[None, :] < jnp.array([12, 9, 12, 5, 12, 12, 7, 12])[:, None]
     return tokens, valid
+
+
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

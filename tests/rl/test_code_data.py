@@ -17,7 +17,6 @@ from r1jax.rl.train.trainer import Trainer
 
 from tests.rl.conftest import TRAIN_CONFIG, metrics_rows
 
-
 FAST = CodeConfig(wall_s=5.0, cpu_s=2, memory_mb=256)
 ASSERT_ROW = {"task": "code", "prompt": "Write f(x) that doubles x.", "tests": ["assert f(2) == 4"],
               "entry_point": "f"}

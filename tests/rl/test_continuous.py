@@ -12,7 +12,6 @@ from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.params import state_shardings
 from tests.model.tiny import FAMILIES
 
-
 PROMPTS = [[5, 6, 7], [9, 10, 11, 12, 13, 14], [20], [30, 31]]
 CONFIG = SamplingConfig(max_new_tokens=8, prompt_buckets=(8,))
 ROW_MAX_NEW = [8, 2, 5, 1, 3, 8, 2, 6]  # per row: rows stop at different steps, so slots are reused

@@ -28,7 +28,6 @@ from r1jax.sharding.params import state_shardings
 from r1jax.sharding.rules import Rules
 from tests.model.tiny import DEEPSEEK
 
-
 CFG = dataclasses.replace(DEEPSEEK, num_hidden_layers=2)
 GRPO = GRPOConfig(group_size=4, kl_coef=0.05, loss_aggregation="token_mean")
 SGD = skip_nonfinite(optax.sgd(1.0))  # params move by exactly -grad: steps compare gradients

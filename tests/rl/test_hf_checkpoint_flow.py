@@ -34,7 +34,6 @@ from tests.model.hf_tokenizer_files import write_hf_tokenizer
 from tests.model.tiny import DEEPSEEK, QWEN
 from tests.rl.conftest import TRAIN_CONFIG
 
-
 PADDED_VOCAB = 640  # model rows; the tokenizers have about 420 tokens
 FAMILIES = {"qwen": QWEN, "deepseek": DEEPSEEK}
 PROMPT = "What is 12 + 35? Answer in <answer> tags."

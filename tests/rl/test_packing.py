@@ -19,7 +19,6 @@ from r1jax.rl.sampler import Rollout
 from r1jax.rl.update import UpdateConfig, init_train_state
 from tests.model.tiny import FAMILIES
 
-
 PROMPT, NEW = 6, 8  # prompt bucket, token budget: rows of T = 14
 
 

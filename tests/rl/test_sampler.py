@@ -19,7 +19,6 @@ from r1jax.sharding.params import state_shardings
 from r1jax.sharding.rules import Rules
 from tests.model.tiny import FAMILIES
 
-
 PROMPTS = [[5, 6, 7], [9, 10, 11, 12, 13, 14], [20], [30, 31]]
 CONFIG = SamplingConfig(max_new_tokens=10, prompt_buckets=(8, 16))
 

@@ -22,7 +22,6 @@ from r1jax.sharding.params import tree_shardings
 from r1jax.sharding.rules import Rules
 from tests.model.tiny import DEEPSEEK, FAMILIES, QWEN
 
-
 PROMPTS = [[5, 6, 7], [9, 10, 11, 12, 13, 14], [20], [30, 31]] * 2  # 8 rows: one per device
 CONFIG = SamplingConfig(max_new_tokens=6, prompt_buckets=(8, 16), layout="inference")
 TRAIN_RULES = Rules.preset("fsdp")
