@@ -59,7 +59,10 @@ class ModelConfig:
     # Numerics and kernels.
     param_dtype: str = "float32"
     compute_dtype: str = "float32"  # router, softmax, norms and logits always run in float32
-    moe_impl: str = "auto"  # auto: ragged_dot on TPU/GPU, blocked scan on CPU (see model.dispatch)
+    # auto: `blocked` (model.dispatch) on CPU and TPU, but `ragged` (ragged_dot) for a TPU decode step and on
+    # GPU: XLA compiles ragged_dot's weight gradient for TPU as a dense product over every local expert
+    # (dispatch.resolve_impl)
+    moe_impl: str = "auto"
     moe_block_size: int = 64  # rows per block of the blocked grouped matmul (at most; see model.dispatch)
     # a one-token-per-row forward (a decode step) runs only `blocked_autodiff`'s non-empty blocks: the same
     # outputs, fewer loop iterations (model.dispatch._used_blocks); forward only, so never in training.
@@ -67,7 +70,7 @@ class ModelConfig:
     moe_decode_used_blocks: bool = False
     # the kernel of a one-token-per-row forward (a decode step); "" = moe_impl. On TPU the update wants
     # `blocked` (XLA's ragged_dot weight gradient is a dense product over every local expert) while decoding
-    # wants `ragged` (one pass over each expert's weights per step): configs/qwen3_30b_a3b.yaml sets both
+    # wants `ragged` (one pass over each expert's weights per step): what `auto` picks for each
     moe_decode_impl: str = ""
     # the block-wise decode read of qwen3_moe's cache (`sampling.kv_block` > 0): auto = the Pallas kernel
     # (model.pallas_attention) when compiled for TPU, the XLA loop elsewhere; pallas = the kernel everywhere

@@ -46,10 +46,19 @@ from r1jax.sharding.context import active_rules, mesh_shape
 CHUNK_OVER_EVEN_SHARE = 4
 
 
-def resolve_impl(impl: str) -> str:
+def resolve_impl(impl: str, *, decode: bool = False, backend: str | None = None) -> str:
+    """The kernel `auto` stands for on `backend` (None: JAX's default). CPU: `blocked` (`ragged_dot` costs a
+    dense product over all experts there). TPU: `ragged` for a decode step (one pass over each expert's
+    weights per step), else `blocked`: any other forward may be differentiated (the update), and XLA compiles
+    `ragged_dot`'s weight gradient for TPU as a dense product over every local expert (`qwen3_30b_a3b`'s
+    update step estimated at 43.1 s per v5p chip with ragged, 8.15 s blocked; README, "Estimated ... one
+    update step"). Other backends (GPU): `ragged`, not measured against `blocked`."""
     if impl != "auto":
         return impl
-    return "blocked" if jax.default_backend() == "cpu" else "ragged"
+    backend = backend or jax.default_backend()
+    if backend == "cpu":
+        return "blocked"
+    return "ragged" if decode or backend != "tpu" else "blocked"
 
 
 def swiglu_ragged(x_AD, group_sizes_E, w_gate_EDF, w_up_EDF, w_down_EFD):

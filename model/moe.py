@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from r1jax.model.config import ModelConfig
-from r1jax.model.dispatch import expert_ffn
+from r1jax.model.dispatch import expert_ffn, resolve_impl
 from r1jax.model.layers import MLP, RoutingBias, Stack, make_param
 from r1jax.model.routing import expert_counts, load_balance_loss, route, router_z_loss
 from r1jax.sharding.context import constrain
@@ -50,7 +50,7 @@ class MoE(nnx.Module):
         with jax.named_scope("routing"):
             routing = route(x_TD, self.router[...], bias, cfg, replay)
         decode = t == 1  # one token per row: a decode step (model.config's moe_decode_* fields)
-        impl = cfg.moe_decode_impl or cfg.moe_impl if decode else cfg.moe_impl
+        impl = resolve_impl(cfg.moe_decode_impl or cfg.moe_impl if decode else cfg.moe_impl, decode=decode)
         with jax.named_scope("dispatch"):
             y_TD = expert_ffn(x_TD, routing.experts_TK, routing.weights_TK, self.gate_proj[...],
                               self.up_proj[...], self.down_proj[...], impl=impl,

@@ -45,6 +45,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from r1jax.errors import UserError
 from r1jax.model.attention import reads_blockwise
 from r1jax.model.config import ModelConfig
+from r1jax.model.dispatch import resolve_impl
 from r1jax.model.factory import abstract_policy
 from r1jax.rl.aot_report import Report
 from r1jax.rl.continuous import generate_continuous
@@ -108,8 +109,9 @@ def workload_for(config, *, prompts: int | None = None, group_size: int | None =
 
 def for_tpu(model: ModelConfig) -> ModelConfig:
     """`auto` kernels (`moe_impl`, `moe_decode_impl`) follow the host's backend (CPU here); the target is a TPU."""
-    tpu = lambda impl: "ragged" if impl == "auto" else impl
-    return dataclasses.replace(model, moe_impl=tpu(model.moe_impl), moe_decode_impl=tpu(model.moe_decode_impl))
+    return dataclasses.replace(model, moe_impl=resolve_impl(model.moe_impl, backend="tpu"),
+                               moe_decode_impl=resolve_impl(model.moe_decode_impl or model.moe_impl, decode=True,
+                                                            backend="tpu"))
 
 
 @dataclasses.dataclass

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from r1jax.model.config import ModelConfig
-from r1jax.model.dispatch import fitted_block_size, local_expert_ffn
+from r1jax.model.dispatch import fitted_block_size, local_expert_ffn, resolve_impl
 from r1jax.model.moe import MoE
 from r1jax.model.routing import expert_counts, load_balance_loss, route, router_z_loss, update_routing_bias
 from tests.model.tiny import FAMILIES
@@ -102,6 +102,15 @@ def test_blocked_bfloat16_gradients_on_a_cpu_come_from_float32_products_and_sums
 ])
 def test_block_size_fits_the_copies_per_expert(copies, experts, block, fitted):
     assert fitted_block_size(copies, experts, block) == fitted
+
+
+def test_auto_kernel_per_backend_and_step():
+    """`auto`: blocked on CPU; on TPU blocked except a decode step (ragged_dot's weight gradient compiles as a
+    dense product over every local expert there: tests/rl/test_aot.py); GPU keeps ragged_dot."""
+    got = {(b, d): resolve_impl("auto", decode=d, backend=b) for b in ("cpu", "tpu", "gpu") for d in (False, True)}
+    assert got == {("cpu", False): "blocked", ("cpu", True): "blocked", ("tpu", False): "blocked",
+                   ("tpu", True): "ragged", ("gpu", False): "ragged", ("gpu", True): "ragged"}
+    assert resolve_impl("blocked_autodiff", decode=True, backend="tpu") == "blocked_autodiff"
 
 
 def test_dispatch_with_expert_offset_uses_only_local_experts():

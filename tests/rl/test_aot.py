@@ -167,19 +167,32 @@ def test_the_report_estimates_the_update_step_per_chip(report):
     assert u["est_mfu"] <= u["est_mfu_overlapped"] and 0 < u["est_mfu"] < 1
 
 
-def _lowered_sampler(config_path, *overrides) -> str:
-    """The sampler's lowered program text as `r1jax compile` would compile it (not compiled here)."""
+def _lowered_sampler(config_path, *overrides, program: str = "sampler") -> str:
+    """The sampler's (or with `program="update"` the update's) lowered program text as `r1jax compile` would
+    compile it (not compiled here)."""
     config = load_config(config_path, list(overrides))
     setup = make_setup(config, parse_topology("v5p:2x2x1"), config.sharding, workload_for(config, prompt_len=12))
-    layout, _ = sampler_layout(setup, 95 * GIB)
     captured = []
     original = aot.compile_stats
     aot.compile_stats = lambda lowered, mesh, **_: captured.append(lowered.as_text())
     try:
-        aot.compile_sampler(setup, layout)
+        if program == "update":
+            aot.compile_update(setup)
+        else:
+            aot.compile_sampler(setup, sampler_layout(setup, 95 * GIB)[0])
     finally:
         aot.compile_stats = original
     return captured[0]
+
+
+def test_auto_kernels_on_tpu_are_blocked_for_the_update_and_ragged_for_decoding(config_path):
+    """`moe_impl: auto` (the tiny config's): XLA compiles ragged_dot's weight gradient for TPU as a dense
+    product over every local expert, so the update runs the blocked kernel; a decode step runs ragged_dot
+    (one pass over each expert's weights per step), the sampler's prefill the blocked kernel."""
+    assert "ragged_dot" not in _lowered_sampler(config_path, program="update")
+    assert "ragged_dot" in _lowered_sampler(config_path, "model.moe_impl=ragged", program="update")  # what the check would see
+    assert "chlo.ragged_dot" in _lowered_sampler(config_path)
+    assert "ragged_dot" not in _lowered_sampler(config_path, "model.moe_decode_impl=blocked")
 
 
 def test_the_sampler_compiles_as_the_config_runs_it(config_path):
