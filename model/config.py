@@ -59,13 +59,13 @@ class ModelConfig:
     # Numerics and kernels.
     param_dtype: str = "float32"
     compute_dtype: str = "float32"  # router, softmax, norms and logits always run in float32
-    # auto: `blocked` (model.dispatch) on CPU and TPU, but `ragged` (ragged_dot) for a TPU decode step and on
+    # auto: `blocked` (model.blocked) on CPU and TPU, but `ragged` (ragged_dot) for a TPU decode step and on
     # GPU: XLA compiles ragged_dot's weight gradient for TPU as a dense product over every local expert
     # (dispatch.resolve_impl)
     moe_impl: str = "auto"
-    moe_block_size: int = 64  # rows per block of the blocked grouped matmul (at most; see model.dispatch)
+    moe_block_size: int = 64  # rows per block of the blocked grouped matmul (at most; see model.blocked)
     # a one-token-per-row forward (a decode step) runs only `blocked_autodiff`'s non-empty blocks: the same
-    # outputs, fewer loop iterations (model.dispatch._used_blocks); forward only, so never in training.
+    # outputs, fewer loop iterations (model.blocked._used_blocks); forward only, so never in training.
     # `blocked` runs only its non-empty blocks in every forward and backward, whatever this says
     moe_decode_used_blocks: bool = False
     # the kernel of a one-token-per-row forward (a decode step); "" = moe_impl. On TPU the update wants

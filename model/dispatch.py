@@ -1,25 +1,9 @@
 """Dropless expert dispatch: sort token copies by expert, run a grouped SwiGLU, combine.
 
 Compute scales with tokens x top-k, not with the number of experts. Two grouped-matmul kernels:
-- "ragged": `jax.lax.ragged_dot` (TPU/GPU).
-- "blocked": expert-sorted copies padded per expert to whole blocks of `block_size` rows (fewer when the
-  copies per expert are fewer, as in decoding), then a loop over the blocks that hold rows, each multiplied
-  by its own expert's weights. The static layout has room for the worst case (every copy on this device's
-  experts, plus a partial block per expert); the loop runs only the used blocks (sum of the padded group
-  sizes / block, a traced count), so under expert parallelism the work follows the copies routed to the
-  local experts (DeepSeek-V3's update: ~160 of 2,576 blocks per layer and device). `ragged_dot` on CPU
-  (jax 0.10.2) costs as much as a dense product over all experts (8192x256 @ [E,256,512]: 161 ms at E = 8,
-  1,131 ms at E = 64, vs 12.6 ms as one dense matmul of the same FLOPs, on a 2-core CPU); this kernel is the
-  CPU path. Its backward is written out (`_blocks`): a second loop over the same blocks that adds each
-  block's weight gradient into its expert's [E, D, F] slot.
-  Differentiating the forward scan instead stacks one [D, F] weight slice and one weight gradient per block
-  ([blocks, D, F], 51 MB per matrix and layer on the side-by-side workload); the written-out backward moves
-  0.48 GB instead of 0.74 GB and took 0.16-0.37 s instead of 0.32-0.61 s per layer there (6,144 tokens,
-  top-2 of 8 experts, D 256, F 128, forward + backward, measured on a loaded 2-core CPU).
-- "blocked_autodiff": the kernel before the written-out backward: the same forward as a scan over every
-  block (a loop of traced length has no reverse-mode derivative), differentiated by JAX; gradients differ
-  from "blocked" in float rounding only. configs/tiny.yaml keeps it, because the default run's measured
-  figures were made with it.
+- "ragged": `jax.lax.ragged_dot` (TPU decode steps, GPU).
+- "blocked" and "blocked_autodiff": copies in blocks of rows, each block multiplied by its own expert's
+  weights (model.blocked). `resolve_impl` says which `auto` means where.
 
 Expert parallelism (`expert_ffn` under a mesh): a shard_map over the mesh. Each device holds E/ep experts
 (and F/tp of their width). Tokens sharded over the expert axis are all-gathered along it, each device runs
@@ -31,13 +15,13 @@ layout's worst case. Alphabet: A = token copies (T x K).
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from r1jax.model.blocked import block_layout, block_loop, swiglu_blocked, swiglu_blocked_to_tokens, vary_together
 from r1jax.sharding.context import active_rules, mesh_shape
 
 
@@ -65,177 +49,6 @@ def swiglu_ragged(x_AD, group_sizes_E, w_gate_EDF, w_up_EDF, w_down_EFD):
     gate_AF = jax.lax.ragged_dot(x_AD, w_gate_EDF, group_sizes_E)
     up_AF = jax.lax.ragged_dot(x_AD, w_up_EDF, group_sizes_E)
     return jax.lax.ragged_dot(jax.nn.silu(gate_AF) * up_AF, w_down_EFD, group_sizes_E)
-
-
-def fitted_block_size(copies: int, experts: int, block_size: int) -> int:
-    """The configured block, shrunk to the copies an expert gets on average (a power of two, at least 8) when
-    those are fewer: every expert's last block is padded, so a decode step (a few copies per expert) would
-    otherwise multiply experts x block_size rows for far fewer real ones."""
-    per_expert = -(-copies // experts)
-    return min(block_size, max(8, 1 << (per_expert - 1).bit_length()))
-
-
-def swiglu_blocked(x_AD, group_sizes_E, w_gate_EDF, w_up_EDF, w_down_EFD, block_size: int,
-                   written_backward: bool = True, used_blocks_only: bool = False, expected_rows: int | None = None):
-    """Grouped SwiGLU over rows sorted by group; rows past sum(group_sizes) come back as zeros.
-
-    `used_blocks_only`: run only the blocks holding rows (`_used_blocks`), else a scan over every block of
-    the static layout (the worst case); the same numbers either way. With `written_backward` both have a
-    gradient; without it (`blocked_autodiff`) the used-blocks loop is forward only (decoding).
-    `expected_rows`: the rows expected to be in groups (None: all `a`), for the loop's trip-count estimate."""
-    a, d = x_AD.shape
-    e = group_sizes_E.shape[0]
-    block_size = fitted_block_size(a, e, block_size)
-    num_blocks = -(-a // block_size) + e  # enough for every group's last partial block
-    padded_E = -(-group_sizes_E // block_size) * block_size
-    ends_E, padded_ends_E = jnp.cumsum(group_sizes_E), jnp.cumsum(padded_E)
-    row_group_A = jnp.searchsorted(ends_E, jnp.arange(a), side="right")
-    group_A = jnp.minimum(row_group_A, e - 1)
-    rank_A = jnp.arange(a) - (ends_E - group_sizes_E)[group_A]
-    dest_A = jnp.where(row_group_A < e, (padded_ends_E - padded_E)[group_A] + rank_A, num_blocks * block_size)
-    x_pad = jnp.zeros((num_blocks * block_size, d), x_AD.dtype).at[dest_A].set(x_AD, mode="drop")
-    block_group = jnp.searchsorted(padded_ends_E, jnp.arange(num_blocks) * block_size, side="right")
-    block_group = jnp.minimum(block_group, e - 1)
-    x_NbD = x_pad.reshape(num_blocks, block_size, d)
-    # blocks [0, used) hold rows (each group's padded blocks are contiguous and start full); the rest are empty
-    used = padded_ends_E[-1] // block_size if used_blocks_only else None  # None: every block
-    expected = min(num_blocks, -(-(a if expected_rows is None else expected_rows) // block_size) + e)
-    if written_backward:
-        # inside a shard_map rows and weights vary over different mesh axes (rows: data, fsdp; weights:
-        # tensor): give all operands the union, so the loops' carries have one type; JAX's transpose of
-        # these casts sums the gradients over the added axes, as it does for the autodiff kernel
-        x_NbD, *weights = _vary_together(x_NbD, w_gate_EDF, w_up_EDF, w_down_EFD)
-        y_blocks = _blocks(x_NbD, block_group, used, expected, *weights)
-    elif used_blocks_only:
-        y_blocks = _used_blocks(x_NbD, block_group, used, expected, w_gate_EDF, w_up_EDF, w_down_EFD)[0]
-    else:
-        y_blocks = _blocks_autodiff(x_NbD, block_group, w_gate_EDF, w_up_EDF, w_down_EFD)
-    y_pad = y_blocks.reshape(num_blocks * block_size, -1)
-    return jnp.where((row_group_A < e)[:, None], y_pad[jnp.minimum(dest_A, num_blocks * block_size - 1)], 0)
-
-
-def _vary_together(*arrays):
-    varying = [jax.typeof(a).manual_axis_type.varying for a in arrays]
-    union = frozenset().union(*varying)
-    return tuple(jax.lax.pcast(a, tuple(sorted(union - v)), to="varying") if union - v else a
-                 for a, v in zip(arrays, varying))
-
-
-def _on_cpu_in_float32(dtype, kernel):
-    """`kernel(acc)`, `acc` the dtype of the blocks' products, loop buffers and sums: float32 when lowered for a
-    CPU, else `dtype` (the operands'). On a CPU, XLA widens a bfloat16 loop buffer to float32 and back around
-    each trip's write (the whole buffer, every block: a bfloat16 update step took 3x the float32 one), runs a
-    bfloat16 product with a bfloat16 result slowly (a 4096^3 one at 353 GFLOP/s, with a float32 result at 769;
-    float32: 420, on the 2-core host) and would sum an expert's weight gradient over its blocks in bfloat16.
-    A TPU or GPU program keeps its operands' dtype (its memory figures are `r1jax compile`'s); for float32
-    operands both are the same program."""
-    if dtype == jnp.float32:
-        return kernel(jnp.float32)
-    return jax.lax.platform_dependent(cpu=lambda: kernel(jnp.float32), default=lambda: kernel(dtype))
-
-
-def _dot(a, b, acc):
-    return jnp.matmul(a, b, preferred_element_type=acc)
-
-
-def _block_forward(x_bD, g, w_gate_EDF, w_up_EDF, w_down_EFD, acc):
-    """One block of rows through expert g's SwiGLU: (output, gate and up pre-activations), in `acc`; the
-    hidden activation enters the down projection in x's dtype."""
-    gate_bF, up_bF = _dot(x_bD, w_gate_EDF[g], acc), _dot(x_bD, w_up_EDF[g], acc)
-    return _dot((jax.nn.silu(gate_bF) * up_bF).astype(x_bD.dtype), w_down_EFD[g], acc), gate_bF, up_bF
-
-
-def _blocks_forward(x_NbD, group_N, w_gate_EDF, w_up_EDF, w_down_EFD):
-    """Every block through its own expert's SwiGLU, a scan: (outputs, gate and up pre-activations)."""
-    def one_block(_, inputs):
-        return None, _block_forward(*inputs, w_gate_EDF, w_up_EDF, w_down_EFD, x_NbD.dtype)
-
-    _, outputs = jax.lax.scan(one_block, None, (x_NbD, group_N))
-    return outputs
-
-
-def _block_loop(used, expected: int, num_blocks: int, body, init):
-    """`body(i, carry)` for blocks i in [0, used): a while loop of traced length, or a scan over all
-    `num_blocks` when `used` is None. A traced trip count is unknown to the compiled program, so the loop
-    states the count to assume in its name scope (`expected_trips_N`, read by `sharding.decode_stats`)."""
-    if used is None:
-        return jax.lax.fori_loop(0, num_blocks, body, init)
-    with jax.named_scope(f"expected_trips_{expected}"):
-        return jax.lax.fori_loop(0, used, body, init)
-
-
-def _used_blocks(x_NbD, group_N, used, expected: int, w_gate_EDF, w_up_EDF, w_down_EFD,
-                 keep_activations: bool = False):
-    """`_block_forward` for blocks [0, used) (a traced count; None: every block), zeros for the rest:
-    (outputs, and with `keep_activations` the gate and up pre-activations, else None), in x's dtype, computed
-    in `_on_cpu_in_float32`'s. The layout reserves a last partial block for every group and, under expert
-    parallelism, room for every gathered copy, so most blocks may be empty (a decode step, 64 tokens x top-2
-    over 16 experts: 32 blocks of 8 rows, about 20 used; DeepSeek-V3's update, 16 of 256 experts per device:
-    2,576 blocks, about 160 used). Each block runs the same products as in the scan."""
-    rows = x_NbD.shape[:2]
-    shapes = [rows + w_down_EFD.shape[-1:]] + [rows + w_gate_EDF.shape[-1:]] * (2 if keep_activations else 0)
-
-    def kernel(acc):
-        def one_block(i, buffers):
-            outputs = _block_forward(x_NbD[i], group_N[i], w_gate_EDF, w_up_EDF, w_down_EFD, acc)
-            return tuple(buf.at[i].set(out) for buf, out in zip(buffers, outputs))  # y (and gate, up)
-
-        # inside a shard_map the blocks' outputs vary over the operands' mesh axes: so must the loop's carry
-        zeros = tuple(_vary_together(jnp.zeros(s, acc), x_NbD, group_N, w_gate_EDF, w_up_EDF, w_down_EFD)[0]
-                      for s in shapes)
-        outputs = _block_loop(used, expected, x_NbD.shape[0], one_block, zeros)
-        return tuple(out.astype(x_NbD.dtype) for out in outputs)
-
-    outputs = _on_cpu_in_float32(x_NbD.dtype, kernel)
-    return outputs[0], (outputs[1:] if keep_activations else None)
-
-
-def _blocks_autodiff(x_NbD, group_N, w_gate_EDF, w_up_EDF, w_down_EFD):
-    return _blocks_forward(x_NbD, group_N, w_gate_EDF, w_up_EDF, w_down_EFD)[0]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _blocks(x_NbD, group_N, used, expected, w_gate_EDF, w_up_EDF, w_down_EFD):
-    return _used_blocks(x_NbD, group_N, used, expected, w_gate_EDF, w_up_EDF, w_down_EFD)[0]
-
-
-def _blocks_fwd(x_NbD, group_N, used, expected, w_gate_EDF, w_up_EDF, w_down_EFD):
-    y_NbD, (gate_NbF, up_NbF) = _used_blocks(x_NbD, group_N, used, expected, w_gate_EDF, w_up_EDF, w_down_EFD,
-                                             keep_activations=True)
-    return y_NbD, (x_NbD, group_N, used, w_gate_EDF, w_up_EDF, w_down_EFD, gate_NbF, up_NbF)
-
-
-def _blocks_bwd(expected, residuals, dy_NbD):
-    """y = (silu(x Wg) * (x Wu)) Wd per block, over the forward's blocks [0, used) in the same order; weight
-    gradients accumulate in the loop's carry, in place (on a CPU in float32: `_on_cpu_in_float32`), and come
-    back in the weights' dtype; the input gradient of an empty block is zero. The products take operands in
-    x's dtype, as the forward's do."""
-    x_NbD, group_N, used, w_gate_EDF, w_up_EDF, w_down_EFD, gate_NbF, up_NbF = residuals
-    lo = x_NbD.dtype
-
-    def kernel(acc):
-        def one_block(i, carry):
-            dw_gate, dw_up, dw_down, dx_NbD = carry
-            x_bD, g, gate_bF, up_bF, dy_bD = (x_NbD[i], group_N[i], gate_NbF[i].astype(acc), up_NbF[i].astype(acc),
-                                              dy_NbD[i])
-            sigmoid_bF = jax.nn.sigmoid(gate_bF)
-            act_bF = gate_bF * sigmoid_bF  # silu
-            dh_bF = _dot(dy_bD, w_down_EFD[g].T, acc)
-            dup_bF = (dh_bF * act_bF).astype(lo)
-            dgate_bF = (dh_bF * up_bF * (sigmoid_bF * (1 + gate_bF * (1 - sigmoid_bF)))).astype(lo)  # silu'
-            return (dw_gate.at[g].add(_dot(x_bD.T, dgate_bF, acc)), dw_up.at[g].add(_dot(x_bD.T, dup_bF, acc)),
-                    dw_down.at[g].add(_dot((act_bF * up_bF).astype(lo).T, dy_bD, acc)),
-                    dx_NbD.at[i].set(_dot(dgate_bF, w_gate_EDF[g].T, acc) + _dot(dup_bF, w_up_EDF[g].T, acc)))
-
-        zeros = tuple(jnp.zeros_like(a, acc) for a in (w_gate_EDF, w_up_EDF, w_down_EFD, x_NbD))
-        grads = _block_loop(used, expected, x_NbD.shape[0], one_block, zeros)
-        return tuple(grad.astype(a.dtype) for grad, a in zip(grads, (w_gate_EDF, w_up_EDF, w_down_EFD, x_NbD)))
-
-    dw_gate, dw_up, dw_down, dx_NbD = _on_cpu_in_float32(lo, kernel)
-    return dx_NbD, None, None, dw_gate, dw_up, dw_down
-
-
-_blocks.defvjp(_blocks_fwd, _blocks_bwd)
 
 
 def local_expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_EFD, *,
@@ -278,14 +91,17 @@ def local_expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_
         with jax.named_scope("expert_ffn"):
             return _ragged_chunks(x_TD, token_A, combine_A.astype(dt), group_sizes_E, weights, rows,
                                   -(-expected_copies // rows))
+    if impl == "blocked":
+        lay = block_layout(group_sizes_E, order_A.shape[0], block_size, expected_copies)
+        with jax.named_scope("expert_ffn"):
+            return swiglu_blocked_to_tokens(x_TD, weights_TK.reshape(-1).astype(dt), order_A, k, lay, *weights)
     x_AD = x_TD[token_A]
     with jax.named_scope("expert_ffn"):
         if impl == "ragged":
             y_AD = swiglu_ragged(x_AD, group_sizes_E, *weights)
         else:
             y_AD = swiglu_blocked(x_AD, group_sizes_E, *weights, block_size=block_size,
-                                  written_backward=impl == "blocked",
-                                  used_blocks_only=used_blocks_only or impl == "blocked", expected_rows=expected_copies)
+                                  used_blocks_only=used_blocks_only, expected_rows=expected_copies)
     combine_A = weights_TK.reshape(-1)[order_A]
     if valid_A is not None:
         combine_A = jnp.where(valid_A[order_A], combine_A, 0.0)
@@ -330,8 +146,8 @@ def _ragged_chunks(x_TD, token_A, combine_A, group_sizes_E, weights, rows: int, 
         return out_TD.at[tokens].add(jnp.where(combine_C1 != 0, y_CD * combine_C1, 0))
 
     used = (ends_E[-1] + rows - 1) // rows
-    out = _vary_together(jnp.zeros_like(x_TD), x_TD, token_A, *weights)[0]
-    return _block_loop(used, expected_trips, (a + pad) // rows, one_chunk, out)
+    out = vary_together(jnp.zeros_like(x_TD), x_TD, token_A, *weights)[0]
+    return block_loop(used, expected_trips, (a + pad) // rows, one_chunk, out)
 
 
 def expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_EFD, *, impl="auto",

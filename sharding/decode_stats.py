@@ -156,7 +156,7 @@ class _Module:
         """The compiler's stated trip count, else read from the loop: a condition `counter < N` on a tuple
         element whose initial value is a constant (libtpu states none); when N is not a constant, the count
         a loop made under the name scope `expected_trips_M` states (the blocked MoE kernel's used blocks:
-        `model.dispatch._block_loop`), else `dynamic_trips`; when the condition is not of that form, M or 1."""
+        `model.blocked.block_loop`), else `dynamic_trips`; when the condition is not of that form, M or 1."""
         if loop.trip_count is not None:
             return loop.trip_count
         stated = _EXPECTED_TRIPS.search(loop.op_name)

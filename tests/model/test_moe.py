@@ -10,7 +10,8 @@ import pytest
 from flax import nnx
 
 from r1jax.model.config import ModelConfig
-from r1jax.model.dispatch import fitted_block_size, local_expert_ffn, resolve_impl
+from r1jax.model.blocked import fitted_block_size
+from r1jax.model.dispatch import local_expert_ffn, resolve_impl
 from r1jax.model.moe import MoE
 from r1jax.model.routing import expert_counts, load_balance_loss, route, router_z_loss, update_routing_bias
 from tests.model.tiny import FAMILIES
@@ -74,7 +75,7 @@ def test_blocked_gradients_equal_the_dense_formulas(impl, tokens, experts, top_k
 
 
 def test_blocked_bfloat16_gradients_on_a_cpu_come_from_float32_products_and_sums():
-    """bfloat16 operands on a CPU (model.dispatch._on_cpu_in_float32): 512 tokens top-1 over 2 experts in
+    """bfloat16 operands on a CPU (model.blocked._on_cpu_in_float32): 512 tokens top-1 over 2 experts in
     blocks of 8, about 32 blocks per expert. Against float32 autodiff of the dense computation on the same
     bfloat16 values, the written-out backward's gradients stay within 0.75% for the weights (measured 0.29%,
     0.35%, 0.52%) and 1.2% for x and the routing weights (0.86%, 0.69%); with bfloat16 products and sums, as

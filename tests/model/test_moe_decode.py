@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from r1jax.model.dispatch import chunk_rows, expert_ffn, local_expert_ffn, swiglu_blocked
+from r1jax.model.blocked import block_layout, swiglu_blocked, swiglu_blocked_to_tokens
+from r1jax.model.dispatch import chunk_rows, expert_ffn, local_expert_ffn
 from r1jax.model.factory import init_policy
 from r1jax.rl.sampler import Sampler, SamplingConfig
 from r1jax.sharding.context import use_mesh
@@ -62,33 +63,36 @@ def test_rollouts_with_the_decode_kernel_equal_the_default(family):
     ([8, 8, 8, 8], 32, 8),  # every block full
     ([0, 0, 0, 0], 16, 8),  # no local row: no block runs
 ])
-def test_the_written_backward_over_used_blocks_equals_the_full_scan_to_the_bit(sizes, rows, block):
-    """`swiglu_blocked` with the written-out backward: outputs and all gradients (rows, three weights) over the
-    used blocks equal those of the scan over every block of the static layout (the kernel before the loop)."""
-    keys = jax.random.split(jax.random.key(rows + block), 5)
+def test_the_kernel_that_adds_into_the_tokens_equals_the_full_scan(sizes, rows, block):
+    """`blocked`'s kernel (each used block gathers its rows and adds its weighted output into the tokens, with a
+    written-out backward) against JAX's autodiff of the scan over every block of the static layout, the
+    outputs weighted and added by hand: outputs and gradients (rows, routing weights, three weights) to float
+    rounding (the sums run in another order). Here each copy is its own token (top-1, in sorted order)."""
+    keys = jax.random.split(jax.random.key(rows + block), 6)
     x_AD = jax.random.normal(keys[0], (rows, 16))
     wg, wu = (0.3 * jax.random.normal(k, (4, 16, 12)) for k in keys[1:3])
     wd = 0.3 * jax.random.normal(keys[3], (4, 12, 16))
-    probe = jax.random.normal(keys[4], (rows, 16))
+    weights_A = jax.random.uniform(keys[4], (rows,))
+    probe = jax.random.normal(keys[5], (rows, 16))
     group_sizes = jnp.array(sizes, jnp.int32)
-
-    def value_and_grads(used):
-        loss = lambda *a: jnp.sum(jnp.sin(swiglu_blocked(a[0], group_sizes, *a[1:], block_size=block,
-                                                         used_blocks_only=used)) * probe)
-        return jax.jit(jax.value_and_grad(loss, argnums=range(4)))(x_AD, wg, wu, wd)
-
-    full, used = value_and_grads(False), value_and_grads(True)
-    for name, a, b in zip(("loss", "x", "w_gate", "w_up", "w_down"), jax.tree.leaves(used), jax.tree.leaves(full)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
-    assert np.any(np.asarray(full[1][0]) != 0) == (sum(sizes) > 0)
+    lay = block_layout(group_sizes, rows, block)
+    kernel = lambda x, w, *ws: swiglu_blocked_to_tokens(x, w, jnp.arange(rows), 1, lay, *ws)
+    scan = lambda x, w, *ws: swiglu_blocked(x, group_sizes, *ws, block_size=block) * w[:, None]
+    got, want = ([jax.jit(jax.value_and_grad(lambda *a: jnp.sum(jnp.sin(f(*a)) * probe), argnums=range(5)))(
+        x_AD, weights_A, wg, wu, wd)] for f in (kernel, scan))
+    for name, a, b in zip(("loss", "x", "weights", "w_gate", "w_up", "w_down"), jax.tree.leaves(got),
+                          jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6, err_msg=name)
+    assert np.any(np.asarray(got[0][1][0]) != 0) == (sum(sizes) > 0)
+    assert int(lay.used) == sum(-(-n // block) for n in sizes)
 
 
 def test_under_expert_parallelism_the_loops_state_the_even_share_of_blocks_and_the_estimate_counts_it():
     """8 devices (fsdp 2 x expert 4), 8 experts top-2: each device gathers 4 x 8 tokens x 2 = 64 copies, of
     which its 2 experts expect 64 x 2 / 8 = 16, i.e. 2 blocks of 8 rows plus one partial block per local
     expert: 4 of the static layout's 64 / 8 + 2 = 10. The forward and backward loops state it, the update
-    estimate counts each block's products that many times (forward 3, backward 6 [8, 16] x [16, 12]-sized
-    products), and the gradients equal the unsharded kernel's."""
+    estimate counts each block's products that many times (forward 3, backward 9 [8, 16] x [16, 12]-sized
+    products: the forward's 3 again, then 6), and the gradients equal the unsharded kernel's."""
     tokens, experts, d, f, block, devices_per_expert_group = 64, 8, 16, 12, 8, 4
     x, chosen, weights, wg, wu, wd = dispatch_case(tokens, experts, 2)
     mesh = build_mesh(ShardingConfig(data=1, fsdp=2, expert=4, tensor=1))
@@ -107,7 +111,7 @@ def test_under_expert_parallelism_the_loops_state_the_even_share_of_blocks_and_t
     trips = -(-gathered_copies * local // experts // block) + local
     assert trips == 2 + 2 < gathered_copies // block + local
     assert sorted(set(re.findall(r"expected_trips_(\d+)/while", text))) == [str(trips)]
-    assert StepStats.from_hlo(text).flops == trips * (3 + 6) * 2 * block * d * f
+    assert StepStats.from_hlo(text).flops == trips * (3 + 3 + 6) * 2 * block * d * f
 
 
 def test_the_option_leaves_multi_token_forwards_alone():
