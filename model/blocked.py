@@ -49,7 +49,7 @@ class BlockLayout(NamedTuple):
     Blocks [0, used) hold rows (each group's padded blocks are contiguous and start full); the rest are empty."""
     block: int
     num_blocks: int  # the static layout: every row (a) in blocks, plus a last partial block per group
-    expected: int  # the used blocks to assume for a compile estimate (`_block_loop`)
+    expected: int  # the used blocks to assume for a compile estimate (`block_loop`)
     sizes_E: jax.Array  # rows per group
     starts_E: jax.Array  # first sorted row of each group
     padded_starts_E: jax.Array  # first padded row of each group
@@ -155,7 +155,7 @@ def _used_blocks(x_NbD, group_N, used, expected: int, w_gate_EDF, w_up_EDF, w_do
 
         # inside a shard_map the blocks' outputs vary over the operands' mesh axes: so must the loop's carry
         zeros = vary_together(jnp.zeros(x_NbD.shape[:2] + w_down_EFD.shape[-1:], acc), x_NbD, group_N,
-                               w_gate_EDF, w_up_EDF, w_down_EFD)[0]
+                              w_gate_EDF, w_up_EDF, w_down_EFD)[0]
         return block_loop(used, expected, x_NbD.shape[0], one_block, zeros).astype(x_NbD.dtype)
 
     return _on_cpu_in_float32(x_NbD.dtype, kernel)
@@ -206,10 +206,12 @@ def _to_tokens_fwd(statics, x_TD, weights_A, w_gate_EDF, w_up_EDF, w_down_EFD, i
         def one_block(i, out_TD):
             g, real_b, copy_b, token_b = _block_rows(i, statics, index)
             y_bD = _block_forward(x_TD[token_b], g, w_gate_EDF, w_up_EDF, w_down_EFD, acc)[0]
-            return out_TD.at[token_b].add(y_bD * jnp.where(real_b, weights_A[copy_b], 0).astype(acc)[:, None])
+            # a padding row repeats a real copy's product: it adds zero (a where: an overflow there adds no NaN)
+            y_bD = jnp.where(real_b[:, None], y_bD * weights_A[copy_b].astype(acc)[:, None], 0)
+            return out_TD.at[token_b].add(y_bD)
 
         zeros = vary_together(jnp.zeros(x_TD.shape, acc), x_TD, weights_A, w_gate_EDF, w_up_EDF, w_down_EFD,
-                               *index)[0]
+                              *index)[0]
         return block_loop(index[-1], expected, num_blocks, one_block, zeros).astype(x_TD.dtype)
 
     return (_on_cpu_in_float32(x_TD.dtype, kernel),

@@ -59,8 +59,8 @@ def local_expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_
     `expert_offset` None: the weights hold every expert, so every copy is local and none is masked (the
     same numbers as offset 0 over all experts, without the masks' [copies, D] selects in the backward).
     `used_blocks_only`: `blocked_autodiff` skips empty blocks too (forward only; `blocked` always skips them:
-    see `_used_blocks`). `expected_copies`: the copies these experts get on average (None: all t x k), the
-    blocked kernel's trip-count estimate (`_block_loop`). `chunked` (forward only, "ragged" with
+    see `model.blocked`). `expected_copies`: the copies these experts get on average (None: all t x k), the
+    blocked kernel's trip-count estimate (`block_loop`). `chunked` (forward only, "ragged" with
     `expected_copies`): the ragged dot runs over the local copies in chunks (`_ragged_chunks`)."""
     t, k = experts_TK.shape
     num_local = w_gate_EDF.shape[0]
@@ -122,7 +122,7 @@ def chunk_rows(copies: int, expected_copies: int | None) -> int | None:
 def _ragged_chunks(x_TD, token_A, combine_A, group_sizes_E, weights, rows: int, expected_trips: int):
     """The local copies (sorted by expert: groups [0, sum(group_sizes)) of `token_A`) through their experts'
     SwiGLU in chunks of `rows` copies, each chunk's output weighted by `combine_A` and added to its tokens:
-    a loop of traced length over the chunks that hold copies (`_block_loop`, stating `expected_trips`).
+    a loop of traced length over the chunks that hold copies (`block_loop`, stating `expected_trips`).
 
     Why: the layout must hold every copy a device might get (a dropless dispatch's worst case: DeepSeek-V3's
     sampler, one expert per device, holds all 512 gathered tokens, where an even load routes 16 to it), and
