@@ -134,12 +134,10 @@ def _blocks_forward(x_NbD, group_N, w_gate_EDF, w_up_EDF, w_down_EFD):
     return outputs
 
 
-def block_loop(used, expected: int, num_blocks: int, body, init):
-    """`body(i, carry)` for blocks i in [0, used): a while loop of traced length, or a scan over all
-    `num_blocks` when `used` is None. A traced trip count is unknown to the compiled program, so the loop
-    states the count to assume in its name scope (`expected_trips_N`, read by `sharding.decode_stats`)."""
-    if used is None:
-        return jax.lax.fori_loop(0, num_blocks, body, init)
+def block_loop(used, expected: int, body, init):
+    """`body(i, carry)` for blocks i in [0, used): a while loop of traced length. A traced trip count is unknown
+    to the compiled program, so the loop states the count to assume in its name scope (`expected_trips_N`,
+    read by `sharding.decode_stats`)."""
     with jax.named_scope(f"expected_trips_{expected}"):
         return jax.lax.fori_loop(0, used, body, init)
 
@@ -156,7 +154,7 @@ def _used_blocks(x_NbD, group_N, used, expected: int, w_gate_EDF, w_up_EDF, w_do
         # inside a shard_map the blocks' outputs vary over the operands' mesh axes: so must the loop's carry
         zeros = vary_together(jnp.zeros(x_NbD.shape[:2] + w_down_EFD.shape[-1:], acc), x_NbD, group_N,
                               w_gate_EDF, w_up_EDF, w_down_EFD)[0]
-        return block_loop(used, expected, x_NbD.shape[0], one_block, zeros).astype(x_NbD.dtype)
+        return block_loop(used, expected, one_block, zeros).astype(x_NbD.dtype)
 
     return _on_cpu_in_float32(x_NbD.dtype, kernel)
 
@@ -179,13 +177,13 @@ def swiglu_blocked_to_tokens(x_TD, weights_A, order_A, top_k: int, lay: BlockLay
     # give all operands the union, so the loops' carries have one type; JAX's transpose of these casts sums
     # the gradients over the added axes, as it does for the autodiff kernel
     x_TD, weights_A, *weights = vary_together(x_TD, weights_A, w_gate_EDF, w_up_EDF, w_down_EFD)
-    return _to_tokens((lay.block, lay.num_blocks, lay.expected, top_k), x_TD, weights_A, *weights,
+    return _to_tokens((lay.block, lay.expected, top_k), x_TD, weights_A, *weights,
                       (order_A, lay.sizes_E, lay.starts_E, lay.padded_starts_E, lay.group_N, lay.used))
 
 
 def _block_rows(i, statics, index):
     """Block i's expert, which of its rows hold a copy, those copies and their tokens."""
-    block, _, _, top_k = statics
+    block, _, top_k = statics
     order_A, sizes_E, starts_E, padded_starts_E, group_N, _ = index
     g = group_N[i]
     rank_b = i * block + jnp.arange(block) - padded_starts_E[g]
@@ -200,7 +198,7 @@ def _to_tokens(statics, x_TD, weights_A, w_gate_EDF, w_up_EDF, w_down_EFD, index
 
 
 def _to_tokens_fwd(statics, x_TD, weights_A, w_gate_EDF, w_up_EDF, w_down_EFD, index):
-    _, num_blocks, expected, _ = statics
+    expected = statics[1]
 
     def kernel(acc):
         def one_block(i, out_TD):
@@ -212,7 +210,7 @@ def _to_tokens_fwd(statics, x_TD, weights_A, w_gate_EDF, w_up_EDF, w_down_EFD, i
 
         zeros = vary_together(jnp.zeros(x_TD.shape, acc), x_TD, weights_A, w_gate_EDF, w_up_EDF, w_down_EFD,
                               *index)[0]
-        return block_loop(index[-1], expected, num_blocks, one_block, zeros).astype(x_TD.dtype)
+        return block_loop(index[-1], expected, one_block, zeros).astype(x_TD.dtype)
 
     return (_on_cpu_in_float32(x_TD.dtype, kernel),
             (x_TD, weights_A, w_gate_EDF, w_up_EDF, w_down_EFD, index))
@@ -223,7 +221,7 @@ def _to_tokens_bwd(statics, residuals, dout_TD):
     Gradients accumulate in the loop's carry, in place (on a CPU in float32: `_on_cpu_in_float32`), and come
     back in their inputs' dtypes; the products take operands in x's dtype, as the forward's do."""
     x_TD, weights_A, w_gate_EDF, w_up_EDF, w_down_EFD, index = residuals
-    _, num_blocks, expected, _ = statics
+    expected = statics[1]
     lo = x_TD.dtype
 
     def kernel(acc):
@@ -248,7 +246,7 @@ def _to_tokens_bwd(statics, residuals, dout_TD):
 
         inputs = (w_gate_EDF, w_up_EDF, w_down_EFD, x_TD, weights_A)
         zeros = tuple(vary_together(jnp.zeros(a.shape, acc), *inputs, dout_TD, *index)[0] for a in inputs)
-        grads = block_loop(index[-1], expected, num_blocks, one_block, zeros)
+        grads = block_loop(index[-1], expected, one_block, zeros)
         return tuple(grad.astype(a.dtype) for grad, a in zip(grads, inputs))
 
     dw_gate, dw_up, dw_down, dx_TD, dweights_A = _on_cpu_in_float32(lo, kernel)

@@ -35,7 +35,7 @@ def resolve_impl(impl: str, *, decode: bool = False, backend: str | None = None)
     dense product over all experts there). TPU: `ragged` for a decode step (one pass over each expert's
     weights per step), else `blocked`: any other forward may be differentiated (the update), and XLA compiles
     `ragged_dot`'s weight gradient for TPU as a dense product over every local expert (`qwen3_30b_a3b`'s
-    update step estimated at 43.1 s per v5p chip with ragged, 8.15 s blocked; README, "Estimated ... one
+    update step estimated at 43.1 s per v5p chip with ragged, 8.15 s blocked in blocks of 64 rows; README, "Estimated ... one
     update step"). Other backends (GPU): `ragged`, not measured against `blocked`."""
     if impl != "auto":
         return impl
@@ -147,7 +147,7 @@ def _ragged_chunks(x_TD, token_A, combine_A, group_sizes_E, weights, rows: int, 
 
     used = (ends_E[-1] + rows - 1) // rows
     out = vary_together(jnp.zeros_like(x_TD), x_TD, token_A, *weights)[0]
-    return block_loop(used, expected_trips, (a + pad) // rows, one_chunk, out)
+    return block_loop(used, expected_trips, one_chunk, out)
 
 
 def expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_EFD, *, impl="auto",

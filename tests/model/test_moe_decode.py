@@ -1,6 +1,7 @@
 """The blocked MoE kernels' loop over only the non-empty blocks (always for `blocked`, forward and backward; in
 decode steps for `blocked_autodiff` with `model.moe_decode_used_blocks`) against the scan over every block: the
-same outputs and gradients to the bit, the same rollouts, and the trip count the compile estimate assumes.
+same outputs (to the bit for `blocked_autodiff`, to float rounding for `blocked`, whose sums run in another
+order) and gradients, the same rollouts, and the trip count the compile estimate assumes.
 The ragged kernel's decode chunks (under expert parallelism) against one pass and a NumPy reference."""
 
 import dataclasses
@@ -46,7 +47,7 @@ def test_rollouts_with_the_decode_kernel_equal_the_default(family):
     config = SamplingConfig(max_new_tokens=8, prompt_buckets=(8,))
     rollouts = []
     for used in (False, True):
-        model = dataclasses.replace(FAMILIES[family], moe_impl="blocked", moe_decode_used_blocks=used)
+        model = dataclasses.replace(FAMILIES[family], moe_impl="blocked_autodiff", moe_decode_used_blocks=used)
         graphdef, state = nnx.split(init_policy(model, 0))
         sampler = Sampler(graphdef, config, stop_ids=(3,), pad_id=0)
         rollouts.append([sampler.generate(state, prompts, samples=2, key=jax.random.key(1), temperature=t)
