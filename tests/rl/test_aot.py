@@ -190,7 +190,8 @@ def test_auto_kernels_on_tpu_are_blocked_for_the_update_and_ragged_for_decoding(
     product over every local expert, so the update runs the blocked kernel; a decode step runs ragged_dot
     (one pass over each expert's weights per step), the sampler's prefill the blocked kernel."""
     assert "ragged_dot" not in _lowered_sampler(config_path, program="update")
-    assert "ragged_dot" in _lowered_sampler(config_path, "model.moe_impl=ragged", program="update")  # what the check would see
+    # the check sees ragged_dot where the update runs it
+    assert "ragged_dot" in _lowered_sampler(config_path, "model.moe_impl=ragged", program="update")
     assert "chlo.ragged_dot" in _lowered_sampler(config_path)
     assert "ragged_dot" not in _lowered_sampler(config_path, "model.moe_decode_impl=blocked")
 
