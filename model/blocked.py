@@ -199,6 +199,7 @@ def _to_tokens(statics, x_TD, weights_A, w_gate_EDF, w_up_EDF, w_down_EFD, index
 
 def _to_tokens_fwd(statics, x_TD, weights_A, w_gate_EDF, w_up_EDF, w_down_EFD, index):
     expected = statics[1]
+    lo = x_TD.dtype
 
     def kernel(acc):
         def one_block(i, out_TD):
@@ -210,16 +211,18 @@ def _to_tokens_fwd(statics, x_TD, weights_A, w_gate_EDF, w_up_EDF, w_down_EFD, i
 
         zeros = vary_together(jnp.zeros(x_TD.shape, acc), x_TD, weights_A, w_gate_EDF, w_up_EDF, w_down_EFD,
                               *index)[0]
-        return block_loop(index[-1], expected, one_block, zeros).astype(x_TD.dtype)
+        return block_loop(index[-1], expected, one_block, zeros).astype(lo)
 
-    return (_on_cpu_in_float32(x_TD.dtype, kernel),
+    return (_on_cpu_in_float32(lo, kernel),
             (x_TD, weights_A, w_gate_EDF, w_up_EDF, w_down_EFD, index))
 
 
 def _to_tokens_bwd(statics, residuals, dout_TD):
     """y = (silu(x Wg) * (x Wu)) Wd per block, out[token] += w * y; over the forward's blocks in the same order.
-    Gradients accumulate in the loop's carry, in place (on a CPU in float32: `_on_cpu_in_float32`), and come
-    back in their inputs' dtypes; the products take operands in x's dtype, as the forward's do."""
+    Eleven block-sized products in all (the forward's three, then gate and up recomputed, dout Wd^T, which
+    gives both the hidden gradient and the routing weight's, two for the input gradient, three for the
+    weights'). Gradients accumulate in the loop's carry, in place (on a CPU in float32: `_on_cpu_in_float32`),
+    and come back in their inputs' dtypes; the products take operands in x's dtype, as the forward's do."""
     x_TD, weights_A, w_gate_EDF, w_up_EDF, w_down_EFD, index = residuals
     expected = statics[1]
     lo = x_TD.dtype
@@ -233,10 +236,12 @@ def _to_tokens_bwd(statics, residuals, dout_TD):
             sigmoid_bF = jax.nn.sigmoid(gate_bF)
             act_bF = gate_bF * sigmoid_bF  # silu
             h_bF = (act_bF * up_bF).astype(lo)
-            dout_bD = dout_TD[token_b].astype(acc)
-            dweight_b = jnp.where(real_b, jnp.sum(_dot(h_bF, w_down_EFD[g], acc) * dout_bD, axis=-1), 0)
-            dy_bD = (dout_bD * jnp.where(real_b, weights_A[copy_b], 0).astype(acc)[:, None]).astype(lo)
-            dh_bF = _dot(dy_bD, w_down_EFD[g].T, acc)
+            dout_bD = dout_TD[token_b].astype(lo)
+            dhw_bF = _dot(dout_bD, w_down_EFD[g].T, acc)  # d(out)/d(h) for a weight of 1
+            weight_b = jnp.where(real_b, weights_A[copy_b], 0).astype(acc)
+            dweight_b = jnp.where(real_b, jnp.sum(h_bF.astype(acc) * dhw_bF, axis=-1), 0)
+            dh_bF = jnp.where(real_b[:, None], dhw_bF * weight_b[:, None], 0)
+            dy_bD = (dout_bD.astype(acc) * weight_b[:, None]).astype(lo)
             dup_bF = (dh_bF * act_bF).astype(lo)
             dgate_bF = (dh_bF * up_bF * (sigmoid_bF * (1 + gate_bF * (1 - sigmoid_bF)))).astype(lo)  # silu'
             dx_bD = _dot(dgate_bF, w_gate_EDF[g].T, acc) + _dot(dup_bF, w_up_EDF[g].T, acc)
