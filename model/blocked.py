@@ -219,9 +219,9 @@ def _to_tokens_fwd(statics, x_TD, weights_A, w_gate_EDF, w_up_EDF, w_down_EFD, i
 
 def _to_tokens_bwd(statics, residuals, dout_TD):
     """y = (silu(x Wg) * (x Wu)) Wd per block, out[token] += w * y; over the forward's blocks in the same order.
-    Eleven block-sized products in all (the forward's three, then gate and up recomputed, dout Wd^T, which
+    Eight block-sized products (eleven with the forward's three): gate and up recomputed, dout Wd^T, which
     gives both the hidden gradient and the routing weight's, two for the input gradient, three for the
-    weights'). Gradients accumulate in the loop's carry, in place (on a CPU in float32: `_on_cpu_in_float32`),
+    weights'. Gradients accumulate in the loop's carry, in place (on a CPU in float32: `_on_cpu_in_float32`),
     and come back in their inputs' dtypes; the products take operands in x's dtype, as the forward's do."""
     x_TD, weights_A, w_gate_EDF, w_up_EDF, w_down_EFD, index = residuals
     expected = statics[1]
