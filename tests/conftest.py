@@ -57,17 +57,3 @@ def optimized_xla_compile():
     yield
     jax.config.update("jax_disable_most_optimizations", True)
     jax.clear_caches()
-
-
-def pytest_collection_modifyitems(items):
-    """Under `pytest -n 2` (`--dist loadgroup`, pyproject.toml) the tests that use a module-scoped fixture go to
-    one worker, as a group per module, so the fixture (a training run, a trained tokenizer, a TPU compile, the
-    cache reset of `optimized_xla_compile`) is set up once: spread over both workers, or interleaved with
-    other modules' tests on one, pytest sets it up again each time the module's tests resume. Every other test
-    is balanced one by one."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        if info is None:
-            continue
-        if any(defs[-1].scope == "module" for name in item.fixturenames if (defs := info.name2fixturedefs.get(name))):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

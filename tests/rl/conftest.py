@@ -1,11 +1,9 @@
 """A finished seconds-scale training run, shared by the trainer and CLI tests of this package, and the helpers
 that start, stop and compare `r1jax train` subprocesses."""
 
-import fcntl
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 
@@ -80,19 +78,7 @@ def latest_checkpoint(run_dir) -> int:
 
 
 @pytest.fixture(scope="session")
-def finished_run(tmp_path_factory, worker_id):
-    """The tiny config's run to its end, once per test session: under xdist the first worker to ask runs it
-    while the other waits on a file lock, then both read the same directory (a session fixture would run it
-    in each worker: ~35-60 s more on a 2-core host). Tests only read it."""
-    root = tmp_path_factory.getbasetemp()
-    if worker_id != "master":
-        root = root.parent  # the session's directory, above the workers' own
-    run_dir, done = root / "uninterrupted", root / "uninterrupted.done"
-    with (root / "uninterrupted.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not done.exists():
-            shutil.rmtree(run_dir, ignore_errors=True)
-            run_dir.mkdir()
-            run_to_end(run_dir)
-            done.touch()
+def finished_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    run_to_end(run_dir)
     return run_dir
