@@ -14,6 +14,7 @@ import pathlib
 import sys
 from typing import Mapping
 
+import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
@@ -138,11 +139,16 @@ def load_config(path: str | pathlib.Path) -> Config:
 
 def load_policy(path: str | pathlib.Path, mesh: Mesh | None = None,
                 rules: Rules | None = None) -> tuple[Config, Policy]:
-    """The checkpoint's config and policy, restored directly into the mesh's shards when given one."""
+    """The checkpoint's config and policy, restored directly into the mesh's shards when given one, else onto
+    this process's first device (the layout it was saved in may span devices this process does not have)."""
     config = load_config(path)
     root, step = resolve(path)
     graphdef, abstract_state = nnx.split(abstract_policy(config.model))
-    target = abstract_state if mesh is None else abstract_sharded(abstract_state, mesh, rules)
+    if mesh is None:
+        one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), abstract_state)
+    else:
+        target = abstract_sharded(abstract_state, mesh, rules)
     with _manager(root, read_only=True) as manager:
         restored = restore_items(manager, root / str(step),
                                  {"params": ocp.args.StandardRestore(nnx.to_pure_dict(target))})

@@ -261,9 +261,11 @@ def _describe(err: OmegaConfBaseException) -> str:
 
 
 def to_dict(config: Config) -> dict:
-    """The resolved config as plain data (for config.yaml in run directories and checkpoints)."""
-    return OmegaConf.to_container(OmegaConf.structured(config))
+    """The resolved config as plain data (for config.yaml in run directories and checkpoints): what
+    `OmegaConf.to_container(OmegaConf.structured(config))` gives (tuples stay tuples), without rebuilding
+    and validating the structured config again (0.15 s a call on a 2-core host, three calls a run)."""
+    return dataclasses.asdict(config)
 
 
 def to_yaml(config: Config) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(config))
+    return OmegaConf.to_yaml(to_dict(config))

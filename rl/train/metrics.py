@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import sys
 import time
 from typing import Any, Mapping, Sequence
 
@@ -61,6 +62,23 @@ def truncate_after(path: pathlib.Path, global_step: int) -> None:
 PLOT_INTERVAL_S = 60.0
 
 
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter. Its module imports torch when torch is installed, only to accept torch
+    tensors (2 s of a CLI run's start on a 2-core host); the rows here are Python numbers, so unless torch is
+    already loaded the import runs with torch hidden (`sys.modules["torch"] = None` makes `import torch` an
+    ImportError, which tensorboardX handles) and torch stays importable afterwards."""
+    if "torch" in sys.modules or "tensorboardX" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricsWriter:
     def __init__(self, run_dir: pathlib.Path, primary: bool = True, plot_every: int = 10,
                  plot_interval_s: float = PLOT_INTERVAL_S):
@@ -85,10 +103,8 @@ class MetricsWriter:
             truncate_after(self.path, global_step)
 
     def _tensorboard(self):
-        if self._tb is None:
-            from tensorboardX import SummaryWriter  # slow to import (protobuf): only once something is written
-
-            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), flush_secs=10)
+        if self._tb is None:  # imported once something is written
+            self._tb = _summary_writer_class()(str(self.run_dir / "tensorboard"), flush_secs=10)
         return self._tb
 
     def write(self, row: Mapping[str, Any]) -> dict:

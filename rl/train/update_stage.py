@@ -32,12 +32,16 @@ class UpdateStage:
             opt_cfg = dataclasses.replace(opt_cfg, total_steps=max(stage.steps, opt_cfg.warmup_steps + 1))
         self.opt_cfg, self.schedule = opt_cfg, lr_schedule(opt_cfg)
         self.optimizer = make_optimizer(opt_cfg)
-        params, bias = start.policy
-        ref = (jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, bias)) if with_ref else None
-        state = TrainState(params, bias, self.optimizer.init(params), jnp.zeros([], jnp.int32), ref)
-        self.shardings = tree_shardings(state, ctx.mesh, ctx.rules)
-        # a jitted copy lays the state out on the mesh in distinct buffers (the step donates them)
-        state = jax.jit(lambda s: jax.tree.map(jnp.copy, s), out_shardings=self.shardings)(state)
+
+        def fresh_state(params, bias):
+            ref = (params, bias) if with_ref else None
+            state = TrainState(params, bias, self.optimizer.init(params), jnp.zeros([], jnp.int32), ref)
+            return jax.tree.map(jnp.copy, state)  # distinct buffers, none the input's: the step donates them
+
+        # one program builds the whole state on the mesh: the optimizer's moments are born sharded (not whole
+        # on one device, then moved), and no leaf costs an eager op (28 of them for a tiny run's two stages)
+        self.shardings = tree_shardings(jax.eval_shape(fresh_state, *start.policy), ctx.mesh, ctx.rules)
+        state = jax.jit(fresh_state, out_shardings=self.shardings)(*start.policy)
         self.stage_step, self.global_step = 0, start.global_step
         self.evals: list[dict] = []
         if start.resume is not None:

@@ -1,10 +1,11 @@
 """`r1jax train` end to end on a seconds-scale config: artifacts and schema, exact resume after SIGTERM,
-SIGINT and SIGKILL of real subprocesses (a stop on a stage's last step included), restore on another mesh,
-and a mismatched checkpoint refused early."""
+SIGINT and SIGKILL of real subprocesses (a stop on a stage's last step included), restore on another mesh
+and in a process with fewer devices, and a mismatched checkpoint refused early."""
 
 import json
 import signal
 import subprocess
+import sys
 import time
 
 import jax
@@ -128,6 +129,22 @@ def test_restore_on_another_mesh_gives_equal_params(finished_run):
     assert any(len(x.sharding.device_set) == 8 for x in leaves)
     for a, b in zip(leaves, final_params(finished_run)):
         assert np.asarray(a).tobytes() == b.tobytes()
+
+
+def test_a_process_with_fewer_devices_than_the_run_loads_its_policy_on_one_device(finished_run, tmp_path):
+    """The run trained on 2 devices; a 1-device process (a notebook on a laptop) loads its policy without a
+    mesh onto that device, with the very bytes this 8-device process reads."""
+    out = tmp_path / "leaves.npz"
+    code = ("import sys, jax, numpy as np; from flax import nnx; from r1jax.rl.checkpoint import load_policy; "
+            "leaves = jax.tree.leaves(nnx.state(load_policy(sys.argv[1])[1])); "
+            "assert len(jax.devices()) == 1 and all(len(x.sharding.device_set) == 1 for x in leaves); "
+            "np.savez(sys.argv[2], *[np.asarray(x) for x in leaves])")
+    result = subprocess.run([sys.executable, "-c", code, str(finished_run), str(out)], env=subprocess_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with np.load(out) as loaded:
+        assert [loaded[f"arr_{i}"].tobytes() for i in range(len(loaded.files))] == \
+            [b.tobytes() for b in final_params(finished_run)]
 
 
 def test_checkpoint_that_does_not_match_the_config_is_refused(finished_run):
