@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from tests.conftest import FAST_COMPILE_XLA_FLAGS
+
 REPO = pathlib.Path(__file__).parents[2]
 TRAIN_CONFIG = pathlib.Path(__file__).parent / "data" / "train_tiny.yaml"
 TIMING = {"wall_time", "tokens_per_s", "step_time_s"}
@@ -22,7 +24,8 @@ def train_command(run_dir, config=TRAIN_CONFIG):
 def subprocess_env(fast_compile: bool = True):
     """The environment of a CLI subprocess: one CPU device unless told (no test XLA_FLAGS), the test session's
     shared compilation cache, and (`fast_compile`) XLA's most expensive optimisations off
-    (JAX_DISABLE_MOST_OPTIMIZATIONS: LLVM at -O0). These runs are seconds of compute behind tens of seconds of
+    (JAX_DISABLE_MOST_OPTIMIZATIONS: LLVM at -O0) and its quicker-to-compile CPU fusion emitters
+    (tests/conftest.py). These runs are seconds of compute behind tens of seconds of
     compiling; the tests compare subprocess runs with each other, never with a program compiled in the test
     process, and the quick bench asserts its figures' plumbing, not their speed (its run: 110 s -> 67 s on a
     loaded 2-core host). The last bits of a result can differ from the optimised build's."""
@@ -30,6 +33,7 @@ def subprocess_env(fast_compile: bool = True):
     env = {**keep, "JAX_PLATFORMS": "cpu"}
     if fast_compile:
         env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
+        env["XLA_FLAGS"] = " ".join(FAST_COMPILE_XLA_FLAGS)
     cache = os.environ.get("R1JAX_TEST_COMPILATION_CACHE")
     if cache:
         env.update({"JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
