@@ -80,30 +80,12 @@ def test_run_directory_has_every_artifact_and_schema(finished_run):
         assert entry["checkpoint"].endswith(f"checkpoints/{entry['step']}")
 
 
-def test_sigterm_checkpoints_and_exits_0_then_resume_is_exact(finished_run, tmp_path):
-    run_dir = tmp_path / "interrupted"
-    code, err = start_and_signal(run_dir, signal.SIGTERM, after_global_step=3)
-    assert code == 0, err[-3000:]
-    stopped_at = max(r["global_step"] for r in metrics_rows(run_dir))
-    assert stopped_at < TOTAL_STEPS
-    assert (run_dir / "checkpoints" / str(stopped_at)).is_dir()  # a checkpoint at the step it stopped
-    # killed after the next step's row, before that step's boundary: its checkpoint is never written
-    code, err = run_signalled_at(run_dir, signal.SIGKILL, stopped_at + 1)
-    assert code == -signal.SIGKILL, err[-3000:]
-    assert max(r["global_step"] for r in metrics_rows(run_dir)) == stopped_at + 1
-    assert latest_checkpoint(run_dir) == stopped_at
-    result = run_to_end(run_dir)
-    assert f"from step {stopped_at} (stage grpo)" in console(result.stderr)  # the checkpoint before the kill
-    assert comparable(metrics_rows(run_dir)) == comparable(metrics_rows(finished_run))
-    assert summary(run_dir) == summary(finished_run)
-    for a, b in zip(final_params(run_dir), final_params(finished_run)):
-        assert a.tobytes() == b.tobytes()
-
-
-def test_sigint_on_a_stage_last_step_checkpoints_then_resume_only_closes_the_stage(finished_run, tmp_path):
-    """SIGINT, like SIGTERM: a checkpoint and exit 0. Landing on the SFT stage's last step (global step 2),
-    it saves that step unfinished; the resumed run trains nothing of SFT, evaluates and closes it, then runs
-    GRPO: metrics, summary and parameters equal the uninterrupted run's."""
+def test_sigint_sigterm_and_sigkill_then_each_resume_continues_and_the_end_is_exact(finished_run, tmp_path):
+    """One run stopped three ways, each resumed: SIGINT on the SFT stage's last step (global step 2) saves that
+    step unfinished (exit 0); the resumed run trains nothing of SFT, evaluates and closes it, and a SIGTERM in
+    GRPO stops it with a checkpoint (exit 0); the next is killed (SIGKILL) after one more step's row, before
+    that step's boundary, so its checkpoint is never written; the last resumes from the SIGTERM's checkpoint.
+    Metrics, summary and parameters equal the uninterrupted run's, bit for bit."""
     run_dir = tmp_path / "stopped"
     code, err = run_signalled_at(run_dir, signal.SIGINT, 2)
     assert code == 0, err[-3000:]
@@ -111,8 +93,21 @@ def test_sigint_on_a_stage_last_step_checkpoints_then_resume_only_closes_the_sta
     stopped = metrics_rows(run_dir)
     assert [r["global_step"] for r in stopped] == [1, 2] and latest_checkpoint(run_dir) == 2
     assert json.loads((run_dir / "summary.json").read_text())["evals"] == []  # SFT's evaluation not yet run
+
+    code, err = start_and_signal(run_dir, signal.SIGTERM, after_global_step=3)
+    assert code == 0, err[-3000:]
+    assert "from step 2 (stage sft)" in console(err)
+    stopped_at = max(r["global_step"] for r in metrics_rows(run_dir))
+    assert 3 <= stopped_at < TOTAL_STEPS
+    assert (run_dir / "checkpoints" / str(stopped_at)).is_dir()  # a checkpoint at the step it stopped
+
+    code, err = run_signalled_at(run_dir, signal.SIGKILL, stopped_at + 1)
+    assert code == -signal.SIGKILL, err[-3000:]
+    assert max(r["global_step"] for r in metrics_rows(run_dir)) == stopped_at + 1
+    assert latest_checkpoint(run_dir) == stopped_at
+
     result = run_to_end(run_dir)
-    assert "from step 2 (stage sft)" in console(result.stderr)
+    assert f"from step {stopped_at} (stage grpo)" in console(result.stderr)  # the checkpoint before the kill
     assert metrics_rows(run_dir)[:2] == stopped  # SFT's rows, wall times included, are the first process's
     assert comparable(metrics_rows(run_dir)) == comparable(metrics_rows(finished_run))
     assert summary(run_dir) == summary(finished_run)
