@@ -99,11 +99,11 @@ class Trainer:
 
     # -- the run --------------------------------------------------------------------------------------
     def run(self) -> dict:
-        self._write_config()
         try:
             position = self._resume_position()
             # everything checkable is checked before the first step (a resumed run: before its next one)
             self._held_out = preflight(self.config, self.tokenizer, self.mesh, self.rules, position.stage_index)
+            self._write_config()  # after the checks: a refused resume leaves the run's config.yaml as it was
             with self.stop.watching(self.global_step), use_mesh(self.mesh, self.rules):
                 for index, stage in enumerate(self.config.stages):
                     if index >= position.stage_index:

@@ -145,6 +145,8 @@ def test_a_process_with_fewer_devices_than_the_run_loads_its_policy_on_one_devic
 def test_checkpoint_that_does_not_match_the_config_is_refused(finished_run):
     from r1jax.rl.train.trainer import Trainer
 
+    written = (finished_run / "config.yaml").read_text()
     config = load_config(finished_run / "config.yaml", ["model.hidden_size=48"])
     with pytest.raises(UserError, match="model.hidden_size: checkpoint 32 vs config 48"):
         Trainer(config, finished_run).run()
+    assert (finished_run / "config.yaml").read_text() == written  # the refused config never replaced the run's
