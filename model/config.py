@@ -80,7 +80,10 @@ class ModelConfig:
     # False: the forward without a KV cache (training, log-probs) runs a segment's layers one after another
     # instead of in a `lax.scan`; the backward then keeps each layer's residuals apart instead of stacking
     # them (XLA's CPU backend zero-fills and copies those stacks every step). Float rounding differs from
-    # the scan (XLA fuses the unrolled layers differently); decoding with a KV cache always scans.
+    # the scan (XLA fuses the unrolled layers differently). Decoding then runs them one after another too, each
+    # layer with a KV cache of its own and its weights sliced out of the stack once per rollout
+    # (model.decoder: `Segment.unrolled`, `Policy.for_decoding`): XLA's CPU dots copy a layer's slice of a
+    # stacked cache, and XLA leaves the weight slices inside the decode loop.
     scan_layers: bool = True
 
     def __post_init__(self) -> None:

@@ -38,7 +38,8 @@ class Block(nnx.Module):
 
     def __call__(self, x_BTD, cos, sin, mask_BTS, valid_BT, replay_BTK=None, cache=None, layer=None,
                  cache_index=None, kv_read: KVRead | None = None):
-        """One layer; returns (x, aux, cache). `cache` is the segment's stacked entries ([L, B, S, ...] each):
+        """One layer; returns (x, aux, cache). `cache` is the segment's stacked entries ([L, B, S, ...] each; L = 1
+        for a layer with a cache of its own):
         this layer (`layer`) writes the new positions' entries at slot `cache_index` (a scalar, or one slot per
         row when decoding one token), then attends over its slice, or reads it block-wise with `kv_read`.
         Writing into the stacked arrays in place avoids copying the cache every decode step."""
@@ -104,23 +105,32 @@ class Segment(nnx.Module):
         if not self.stacked:
             return self._unrolled(one_layer, x_BTD, [nnx.state(block) for block in self.layers], replay_LBTK,
                                   cache_L)
-        # without a cache and `scan_layers: false`; with a cache, a one-layer scan would copy the cache it carries
-        if (cache_L is None and not self.scan_layers) or (cache_L is not None and self.count == 1):
+        if self.unrolled if cache_L is not None else not self.scan_layers:
             layer_states = [jax.tree.map(lambda x: x[layer], state) for layer in range(self.count)]
             return self._unrolled(one_layer, x_BTD, layer_states, replay_LBTK, cache_L)
         layers = jnp.arange(self.count)
         (x_BTD, cache_L), aux = jax.lax.scan(one_layer, (x_BTD, cache_L), (state, replay_LBTK, layers))
         return x_BTD, aux, cache_L
 
+    @property
+    def unrolled(self) -> bool:
+        """Whether the layers run one after another rather than in a `lax.scan`: held apart (`stacked=False`),
+        `scan_layers: false`, or a single layer. Such a segment's cache is one entry tuple per layer, each
+        [1, B, S, ...] (`Policy.init_cache`): a layer reads and writes a buffer of its own, where a layer's
+        slice of a stacked cache is copied before a dot reads it (XLA's CPU dots)."""
+        return not self.stacked or not self.scan_layers or self.count == 1
+
     def _unrolled(self, one_layer, x_BTD, layer_states, replay_LBTK, cache_L):
-        """The scan's body called once per layer on that layer's parameters (`layer_states`); the per-layer
-        auxiliaries are stacked as the scan stacks them."""
-        auxes = []
+        """The scan's body called once per layer on that layer's parameters (`layer_states`) and its own cache
+        (`cache_L[layer]`, at layer index 0); the per-layer auxiliaries are stacked as the scan stacks them."""
+        auxes, new_cache = [], []
         for layer, layer_state in enumerate(layer_states):
             replay_BTK = None if replay_LBTK is None else replay_LBTK[layer]
-            (x_BTD, cache_L), aux = one_layer((x_BTD, cache_L), (layer_state, replay_BTK, jnp.int32(layer)))
+            cache = None if cache_L is None else cache_L[layer]
+            (x_BTD, cache), aux = one_layer((x_BTD, cache), (layer_state, replay_BTK, jnp.int32(0)))
             auxes.append(aux)
-        return x_BTD, jax.tree.map(lambda *parts: jnp.stack(parts), *auxes), cache_L
+            new_cache.append(cache)
+        return x_BTD, jax.tree.map(lambda *parts: jnp.stack(parts), *auxes), (None if cache_L is None else new_cache)
 
 
 def unstack_layers(state: nnx.State) -> nnx.State:
@@ -210,15 +220,31 @@ class Policy(nnx.Module):
                                              replay_LBTK, caches, cache_index, kv_read)
         return PolicyOutput(self.logits(self.norm(x_BTD)), aux), caches
 
+    def for_decoding(self) -> "Policy":
+        """The policy a decode loop runs: itself, or, when its stacked layers run unrolled (`scan_layers:
+        false`), a copy holding each layer's parameters apart (`unstack_layers`; the same values, so the same
+        outputs). Called before the loop, it slices each layer's weights out of their stack once per rollout:
+        XLA does not hoist those slices out of a while loop, so the stacked policy copies every layer's
+        weights at every decoded token."""
+        if self.cfg.scan_layers or not any(segment.stacked for segment in self.segments):
+            return self
+        per_layer = nnx.eval_shape(lambda: Policy(self.cfg, nnx.Rngs(0), stacked=False))
+        return nnx.merge(nnx.graphdef(per_layer), unstack_layers(nnx.state(self)))
+
     def init_cache(self, batch: int, length: int, dtype=None) -> list:
-        """Empty caches per segment: GQA (K, V) [L, B, S, K, H]; MLA (latent [L, B, S, C], rope key [L, B, S, R])."""
+        """Empty caches per segment: GQA (K, V) [L, B, S, K, H]; MLA (latent [L, B, S, C], rope key [L, B, S, R]).
+        A segment whose layers run unrolled (`Segment.unrolled`) holds a list of L such tuples with L = 1."""
         cfg = self.cfg
         dtype = dtype or dtype_of(cfg.compute_dtype)
         if cfg.is_deepseek:
             shapes = [(batch, length, cfg.kv_lora_rank), (batch, length, cfg.qk_rope_head_dim)]
         else:
             shapes = [(batch, length, cfg.num_key_value_heads, cfg.head_dim)] * 2
-        return [tuple(jnp.zeros((seg.count, *shape), dtype) for shape in shapes) for seg in self.segments]
+
+        def entries(layers):
+            return tuple(jnp.zeros((layers, *shape), dtype) for shape in shapes)
+        return [[entries(1) for _ in range(seg.count)] if seg.unrolled else entries(seg.count)
+                for seg in self.segments]
 
     def run_layers(self, x_BTD, cos, sin, mask_BTS, valid_BT, replay_LBTK=None, caches=None, cache_index=None,
                    kv_read: KVRead | None = None):

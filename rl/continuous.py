@@ -37,7 +37,7 @@ class _Slots(NamedTuple):
     count_S: jax.Array  # tokens its row has generated
     active_S: jax.Array
     logits_SV: jax.Array  # the logits its next token is drawn from
-    caches: list  # [L, S, P + N, ...] per segment
+    caches: list  # [L, S, P + N, ...] per segment (model.decoder.Policy.init_cache)
     kv_valid_SC: jax.Array
     next_pos_S: jax.Array
     tokens_RN: jax.Array  # by request, plus the sink row R
@@ -75,8 +75,8 @@ def _admit(s: _Slots, prompt_caches, prompt_logits_PV, prompt_valid_PP, prompt_l
     slots = s.active_S.shape[0]
     target_S = jnp.where(admit_S, jnp.arange(slots), slots)  # out of range: dropped
     p = prompt_valid_PP.shape[1]
-    caches = [tuple(c.at[:, target_S, :p].set(pc[:, prompt_S], mode="drop") for c, pc in zip(seg, pseg))
-              for seg, pseg in zip(s.caches, prompt_caches)]
+    caches = jax.tree.map(lambda c, pc: c.at[:, target_S, :p].set(pc[:, prompt_S], mode="drop"), s.caches,
+                          prompt_caches)
     fresh_SC = jnp.zeros_like(s.kv_valid_SC).at[:, :p].set(prompt_valid_PP[prompt_S])
     return s._replace(
         next_request=s.next_request + jnp.sum(admit_S), request_S=jnp.where(admit_S, request_S, s.request_S),
@@ -96,6 +96,7 @@ def generate_continuous(graphdef, state, prompt_PP, prompt_valid_PP, key, temper
 
     `row_max_new_R` (optional, [P * G]): a row also stops after that many tokens (a test and bench hook)."""
     policy = nnx.merge(graphdef, *state) if isinstance(state, tuple) else nnx.merge(graphdef, state)
+    policy = policy.for_decoding()
     prompts, p = prompt_PP.shape
     requests, total = prompts * samples, p + max_new
     positions_PP = jnp.maximum(jnp.cumsum(prompt_valid_PP, axis=1) - 1, 0).astype(jnp.int32)
@@ -103,7 +104,7 @@ def generate_continuous(graphdef, state, prompt_PP, prompt_valid_PP, key, temper
     with jax.named_scope("prefill"):
         out, prompt_caches = policy.forward_cached(prompt_PP, positions_PP, prompt_valid_PP,
                                                    policy.init_cache(prompts, total), jnp.int32(0), kv_valid_PC)
-    prompt_caches = [tuple(c[:, :, :p] for c in seg) for seg in prompt_caches]
+    prompt_caches = jax.tree.map(lambda c: c[:, :, :p], prompt_caches)
     moe_layers, k = out.aux.experts_BTK.shape[0], out.aux.experts_BTK.shape[-1]
     vocab = out.logits_BTV.shape[-1]
     row_max_new_R = jnp.full((requests,), max_new, jnp.int32) if row_max_new_R is None else row_max_new_R

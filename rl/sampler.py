@@ -133,6 +133,7 @@ def generate_padded(graphdef, state, prompt_BP, prompt_valid_BP, key, temperatur
     `state` is the policy's nnx.State, or a tuple of States (e.g. trainable params and routing bias) that
     `nnx.merge(graphdef, *state)` reassembles."""
     policy = nnx.merge(graphdef, *state) if isinstance(state, tuple) else nnx.merge(graphdef, state)
+    policy = policy.for_decoding()
     prompts, p = prompt_BP.shape
     total = p + max_new
     positions_BP = jnp.maximum(jnp.cumsum(prompt_valid_BP, axis=1) - 1, 0).astype(jnp.int32)

@@ -40,6 +40,7 @@ def decode_step_seconds(graphdef, state, batch: int, position: int, repeats: int
     """Seconds of one jitted decode step for `batch` rows at cache slot `position`. The caches are donated
     and updated in place, as they are in the sampler's decode loop."""
     cache_len = position + 8
+    graphdef, state = nnx.split(nnx.merge(graphdef, state).for_decoding())  # as the sampler's loop runs it
 
     @functools.partial(jax.jit, donate_argnums=0)
     def step(caches, state, token_B1):

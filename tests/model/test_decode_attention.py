@@ -19,8 +19,8 @@ CACHE_LEN, BLOCK, ROWS = 13, 4, 3  # 13 = 3 blocks + 1: the last piece is one sl
 def filled_cache(policy, seed: int):
     """A cache of random entries, and a valid mask with a few holes (left padding, stopped rows)."""
     keys = iter(jax.random.split(jax.random.key(seed), 64))
-    caches = [tuple(jax.random.normal(next(keys), c.shape, c.dtype) for c in seg)
-              for seg in policy.init_cache(ROWS, CACHE_LEN)]
+    caches = jax.tree.map(lambda c: jax.random.normal(next(keys), c.shape, c.dtype),
+                          policy.init_cache(ROWS, CACHE_LEN))
     valid_BS = np.array(jax.random.uniform(next(keys), (ROWS, CACHE_LEN)) > 0.25)
     valid_BS[:, 0] = True  # every row has a visible key
     return caches, valid_BS
@@ -60,7 +60,7 @@ def test_blockwise_reads_nothing_past_the_live_slots(family):
     policy = init_policy(FAMILIES[family], seed=0)
     caches, valid_BS = filled_cache(policy, seed=2)
     index = (2, 5, 3)
-    poisoned = [tuple(c.at[:, :, 8:].set(jnp.nan) for c in seg) for seg in caches]
+    poisoned = jax.tree.map(lambda c: c.at[:, :, 8:].set(jnp.nan), caches)
     clean, _ = decode_logits(policy, caches, valid_BS, index, BLOCK)
     assert np.array_equal(np.asarray(decode_logits(policy, poisoned, valid_BS, index, BLOCK)[0]), np.asarray(clean))
     assert np.isnan(np.asarray(decode_logits(policy, poisoned, valid_BS, index, 0)[0])).all()  # the dense read does
@@ -87,7 +87,7 @@ def test_a_cache_of_at_most_two_blocks_is_read_whole(family):
     index = (2, 5, 3)
     dense, _ = decode_logits(policy, caches, valid_BS, index, 0)
     assert np.array_equal(np.asarray(decode_logits(policy, caches, valid_BS, index, 7)[0]), np.asarray(dense))
-    poisoned = [tuple(c.at[:, :, 6:].set(jnp.nan) for c in seg) for seg in caches]
+    poisoned = jax.tree.map(lambda c: c.at[:, :, 6:].set(jnp.nan), caches)
     blockwise = np.asarray(decode_logits(policy, poisoned, valid_BS, index, 6)[0])
     np.testing.assert_allclose(blockwise, np.asarray(dense), atol=2e-5, rtol=1e-5)
     assert np.isnan(np.asarray(decode_logits(policy, poisoned, valid_BS, index, 7)[0])).all()  # read whole

@@ -98,3 +98,35 @@ def test_unrolled_layers_match_the_scan(family):
     np.testing.assert_allclose(np.asarray(unrolled.aux.counts_E), np.asarray(scanned.aux.counts_E))
     for a, b in zip(jax.tree.leaves(grads_unrolled), jax.tree.leaves(grads_scanned)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_unrolled_decoding_matches_the_scan(family):
+    # scan_layers: false also decodes layer by layer: each layer's cache a buffer of its own ([1, B, S, ...]) and,
+    # in the sampler's loop, each layer's weights sliced out of their stack once per rollout (`for_decoding`)
+    from r1jax.rl.sampler import Sampler, SamplingConfig
+
+    cfg = dataclasses.replace(FAMILIES[family], mlp_only_layers=())  # Qwen: one 3-layer MoE segment
+    scanned, unrolled = init_policy(cfg, seed=0), init_policy(dataclasses.replace(cfg, scan_layers=False), seed=0)
+    segment = max(range(len(cfg.layer_segments())), key=lambda i: cfg.layer_segments()[i][1])
+    count = cfg.layer_segments()[segment][1]
+    assert count > 1
+    stacked_cache, own_caches = scanned.init_cache(2, 5)[segment], unrolled.init_cache(2, 5)[segment]
+    assert all(c.shape[:3] == (count, 2, 5) for c in stacked_cache)
+    assert len(own_caches) == count and all(c.shape[:3] == (1, 2, 5) for entries in own_caches for c in entries)
+    assert scanned.for_decoding() is scanned
+    per_layer = unrolled.for_decoding()
+    assert not per_layer.segments[segment].stacked
+    np.testing.assert_array_equal(  # layer 1's weights are layer 1's slice of the stack
+        np.asarray(per_layer.segments[segment].layers[1].self_attn.o_proj[...]),
+        np.asarray(unrolled.segments[segment].block.self_attn.o_proj[...][1]))
+
+    prompts = [[5, 6, 7], [9, 10, 11, 12, 13]]
+    for overrides in ({}, {"kv_block": 4}, {"kv_block": 4, "slots": 3}):  # dense, block-wise, continuous reads
+        config = SamplingConfig(max_new_tokens=12, prompt_buckets=(8,), temperature=1.0, **overrides)
+        rollouts = [Sampler(nnx.graphdef(p), config, stop_ids=(), pad_id=0).generate(
+                    nnx.state(p), prompts, samples=2, key=jax.random.key(3)) for p in (scanned, unrolled)]
+        np.testing.assert_array_equal(np.asarray(rollouts[1].tokens_BT), np.asarray(rollouts[0].tokens_BT))
+        np.testing.assert_array_equal(np.asarray(rollouts[1].experts_LBTK), np.asarray(rollouts[0].experts_LBTK))
+        np.testing.assert_allclose(np.asarray(rollouts[1].logprobs_BN), np.asarray(rollouts[0].logprobs_BN),
+                                   atol=1e-5)
