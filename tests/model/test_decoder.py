@@ -122,7 +122,7 @@ def test_unrolled_decoding_matches_the_scan(family):
         np.asarray(unrolled.segments[segment].block.self_attn.o_proj[...][1]))
 
     prompts = [[5, 6, 7], [9, 10, 11, 12, 13]]
-    for overrides in ({}, {"kv_block": 4}, {"kv_block": 4, "slots": 3}):  # dense, block-wise, continuous reads
+    for overrides in ({}, {"kv_block": 4, "slots": 3}):  # the dense read, fixed batch; block-wise, continuous
         config = SamplingConfig(max_new_tokens=12, prompt_buckets=(8,), temperature=1.0, **overrides)
         rollouts = [Sampler(nnx.graphdef(p), config, stop_ids=(), pad_id=0).generate(
                     nnx.state(p), prompts, samples=2, key=jax.random.key(3)) for p in (scanned, unrolled)]
