@@ -60,6 +60,7 @@ class Config:
     checkpoint: CheckpointConfig = _default(CheckpointConfig)
     stages: list[StageConfig] = dataclasses.field(default_factory=lambda: [StageConfig()])
     seed: int = 0
+    plots: bool = True  # plots/*.png; false: none drawn (metrics.jsonl and TensorBoard are written either way)
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.stages]

@@ -41,10 +41,11 @@ def side_by_side(config: Config, steps: int, max_new_tokens: int | None = None) 
 
 
 def grpo_rows(config: Config, run_dir: str | pathlib.Path) -> list[dict]:
-    """The GRPO metric rows of `config`'s run in `run_dir` (the run is made there, quietly)."""
+    """The GRPO metric rows of `config`'s run in `run_dir` (the run is made there, quietly, drawing no plots:
+    a draw between steps would be timed as part of one, and the run directory is thrown away)."""
     if not any(stage.kind == "grpo" for stage in config.stages):
         raise UserError("bench grpo_step: the config has no grpo stage")
-    Trainer(config, run_dir, RunConsole(False)).run()
+    Trainer(dataclasses.replace(config, plots=False), run_dir, RunConsole(False)).run()
     return [row for row in read_rows(pathlib.Path(run_dir) / "metrics.jsonl") if "time/update_s" in row]
 
 

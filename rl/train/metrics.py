@@ -7,7 +7,7 @@ The PNG plots are redrawn at most once every `PLOT_INTERVAL_S` seconds (after an
 `plot_every` rows) and always when the run closes (a stop by signal included; a run killed outright keeps
 its last draw): each draw of the nine figures takes about a second of CPU (matplotlib; four draws and the
 import were 6 s of tests/rl/data/train_tiny.yaml's 25 s run), which a seconds-long step should not pay at every
-evaluation; TensorBoard is the live view.
+evaluation; TensorBoard is the live view. A config with `plots: false` draws none.
 
 Only the primary process (JAX process 0) writes. On resume, rows past the restored step are dropped first,
 so a resumed run's metrics.jsonl equals an uninterrupted run's (wall time aside).
@@ -81,8 +81,9 @@ def _summary_writer_class():
 
 class MetricsWriter:
     def __init__(self, run_dir: pathlib.Path, primary: bool = True, plot_every: int = 10,
-                 plot_interval_s: float = PLOT_INTERVAL_S):
+                 plot_interval_s: float = PLOT_INTERVAL_S, plots: bool = True):
         self.run_dir, self.primary, self.plot_every = pathlib.Path(run_dir), primary, plot_every
+        self.plots = plots  # the config's `plots`: false draws none
         self.plot_interval_s = plot_interval_s
         self.path = self.run_dir / "metrics.jsonl"
         self._evals: list[Mapping] | None = None
@@ -138,7 +139,8 @@ class MetricsWriter:
 
     def refresh_plots(self, force: bool = False) -> None:
         """Redraw the plots, unless they were drawn less than `plot_interval_s` ago (`force`: regardless)."""
-        if not self.primary or (not force and time.monotonic() - self._plotted_at < self.plot_interval_s):
+        if not (self.primary and self.plots) or (
+                not force and time.monotonic() - self._plotted_at < self.plot_interval_s):
             return
         write_plots(read_rows(self.path), self.run_dir / "plots", self.evals())
         self._rows_since_plot = 0

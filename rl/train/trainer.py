@@ -61,7 +61,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         checkpointer = TrainCheckpointer(self.run_dir / "checkpoints", config.checkpoint.keep,
                                          config.checkpoint.keep_best, config.checkpoint.async_save)
-        self.metrics = MetricsWriter(self.run_dir, self.primary)
+        self.metrics = MetricsWriter(self.run_dir, self.primary, plots=config.plots)
         self.tokenizer = self._tokenizer()
         self.checkpoints: RunCheckpoints | None = RunCheckpoints(checkpointer, config, self.run_dir,
                                                                  self.tokenizer, self.primary)

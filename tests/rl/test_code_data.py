@@ -88,7 +88,7 @@ def test_a_tiny_run_on_code_tasks_scores_code_rows(tmp_path):
     config = load_config(TRAIN_CONFIG, [
         "data.tasks=[code]", "data.difficulty=2", "eval.difficulty=5", "eval.every=0",
         "rewards.names=[code,format]", "rewards.code.wall_s=5", "reward_pool.timeout_s=30",
-        "stages=[{name: grpo, kind: grpo, steps: 1}]"])
+        "stages=[{name: grpo, kind: grpo, steps: 1}]", "plots=false"])
     summary = Trainer(config, tmp_path / "run").run()
     assert summary["code_sandbox"].startswith("bwrap")
     grpo = [r for r in metrics_rows(tmp_path / "run") if r.get("stage") == "grpo" and "reward/code" in r]

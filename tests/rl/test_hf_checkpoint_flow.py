@@ -126,7 +126,8 @@ def run_config(hf_dir, *overrides):
     path.write_text(yaml.safe_dump(run))
     stages = (f"stages=[{{name: sft, kind: sft, steps: 2, batch_size: 8, lr: 0.003, init_from: {hf_dir}}}, "
               "{name: grpo, kind: grpo, steps: 2}]")
-    config = load_config(path, [stages, "tokenizer.template=chat", "sampling.prompt_buckets=[64,128]", *overrides])
+    config = load_config(path, [stages, "tokenizer.template=chat", "sampling.prompt_buckets=[64,128]", "plots=false",
+                                *overrides])
     assert config.model == dataclasses.replace(read_hf_config(hf_dir)[0], moe_block_size=config.model.moe_block_size,
                                                param_dtype=config.model.param_dtype)
     return config

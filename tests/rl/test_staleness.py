@@ -60,6 +60,7 @@ def test_max_staleness_0_is_the_sequential_loop_to_the_last_digit(tmp_path):
         assert code == 0, err[-3000:]
     rows, reference = metrics_rows(tmp_path / "pipelined"), metrics_rows(tmp_path / "sequential")
     assert [r["staleness"] for r in rows] == [0, 0, 0]
+    assert not (tmp_path / "pipelined" / "plots").exists()  # the config's `plots: false`
     assert all(0 <= r["time/host_wait_s"] <= r["time/rollout_s"] for r in rows)
     assert comparable([{k: v for k, v in r.items() if k != "staleness"} for r in rows]) == comparable(reference)
     for a, b in zip(final_params(tmp_path / "pipelined"), final_params(tmp_path / "sequential")):
