@@ -1,34 +1,42 @@
 """Attention for both families, split into queries, cacheable key/value entries, and attend.
 
 - `GQAttention` (qwen3_moe): grouped-query attention with per-head RMSNorm on q and k before rotary.
-  Its cache entries are K and V per kv head.
+  Its cache entries are K and V per kv head, laid out for a decode step's two products: K transposed,
+  [B, kv_heads, head_dim, S] (slots last), V [B, kv_heads, S, head_dim]. A step's scores are then one product
+  per (row, kv head) over the slots as they lie, [G, head_dim] x [head_dim, S], and its values another,
+  [G, S] x [S, head_dim]: on a CPU 3-5x faster than reading a [B, S, kv_heads, head_dim] cache, whose slots
+  are not the minor axis of either product (the README's decode figures).
 - `MLAttention` (deepseek_v3): multi-head latent attention. Its cache entries are the normalised latent
   c_BSC and the rotated shared rope key k_BSR, not full per-head K/V; `attend` expands the latent.
 
 Scores and softmax run in float32; masked scores use the most negative finite float so that a query row
 with every key masked (padding) gives a uniform, finite distribution instead of NaN.
 
-Decoding can instead read the layer-stacked cache block by block (`attend_blocks`): a while loop over KV
-blocks up to the live length (the last one short when the block does not divide the cache, so a step never
-reads more than the dense read) with an online softmax (the running max, normaliser and weighted sum of the
-FlashAttention papers), so a step's attention costs what the longest row holds, not the cache's budget, and
-no layer's whole cache is sliced out (XLA's CPU dots copy such a slice). It equals the dense softmax up to
-float rounding (the sums run in another order); a row with every key masked gives zeros, not a uniform mix.
-GQA's block-wise read runs as a Pallas kernel when compiled for TPU (model.pallas_attention, the same
-online softmax over the same blocks); elsewhere its blocks are read by two batched matrix products per row
-with block-diagonal queries (`GQAttention._read_blocks`). MLA's latent read always runs as the XLA loop here.
+A decode step (one new token per row) reads one layer's whole cache by default: `attend_step` scores the
+cache as it was before the step and the step's own new entry apart and takes one softmax over both
+(model.kv_cache.step_softmax); the entry is written after the read, in place. Or it reads the cache block by
+block up to the live length (`attend_blocks`, `sampling.kv_block`): an online softmax (the running max,
+normaliser and weighted sum of the FlashAttention papers), so a step costs what the longest row holds, not
+the cache's budget. Both equal the dense softmax up to float rounding; a row with every key masked gives
+zeros from the blocks, a finite mix from the whole read. On a CPU every block is copied out of the cache
+before its products read it (XLA's dots take whole buffers), so there the whole read is faster up to caches
+of about a thousand slots (README, decode figures). GQA's block-wise read runs as a Pallas kernel when
+compiled for TPU (model.pallas_attention, the same online softmax over the same blocks, reading the cache
+where it lies). MLA's latent read always runs as the XLA loop here.
+
+The cache's slots, the block-wise read and a step's softmax live in model.kv_cache.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from r1jax.model.config import ModelConfig
+from r1jax.model.kv_cache import KVRead, attend_blocks, step_softmax
 from r1jax.model.layers import RMSNorm, Stack, apply_rope, apply_rope_interleaved, dtype_of, make_param
 from r1jax.model.pallas_attention import decode_attention
 from r1jax.sharding.context import constrain
@@ -51,71 +59,9 @@ def causal_mask(valid_BS: jax.Array, num_queries: int, segment_ids_BS: jax.Array
     return mask_BTS & (segment_ids_BS[:, :, None] == segment_ids_BS[:, None, :])
 
 
-class KVRead(NamedTuple):
-    """How a decode step reads the cache: blocks of `block` slots up to slot `live` (exclusive, traced)."""
-    live: jax.Array
-    block: int
-
-
-# A cache of at most this many blocks is read whole (the dense read), not block-wise: there the loop saves at
-# most a block's read and pays for its trips (on a CPU, 64-slot blocks were a few percent slower than the
-# dense read of caches up to 136 slots and faster from about 150 on).
-DENSE_READ_BLOCKS = 2
-
-
-def reads_blockwise(cache_len: int, kv_block: int) -> bool:
-    """Whether a decode step over a cache of `cache_len` slots reads it block-wise (`kv_block` > 0 and the
-    cache longer than `DENSE_READ_BLOCKS` blocks) rather than whole."""
-    return 0 < kv_block and DENSE_READ_BLOCKS * kv_block < cache_len
-
-
-def attend_blocks(block_scores, block_values, acc_shape, cache, layer, mask_BS, read: KVRead) -> jax.Array:
-    """Online softmax over the cache slots [0, live) of layer `layer`, read in whole blocks from slot 0.
-
-    `cache`: the segment's stacked entries ([L, B, S, ...] each); `block_scores(entries)` gives float32 scores
-    [B, ..., size] of one piece of `size` slots (the key axis last), `block_values(probs, entries)` the
-    probs-weighted values, float32 of `acc_shape`. The slots tile as floor(S / block) blocks and, when `block`
-    does not divide S, a last piece of S mod block slots, read only once `live` reaches into it: a step never
-    reads more slots than the dense read (S), nor any block past the one holding slot `live` - 1.
-    Returns the softmax-weighted values, float32 [acc_shape]."""
-    length = cache[0].shape[2]
-    block = min(read.block, length)
-    full, tail = divmod(length, block)
-    batch = mask_BS.shape[0]
-
-    def piece(start, size):  # (entries, keep) of slots [start, start + size) of this layer
-        entries = tuple(jax.lax.dynamic_slice(c, (layer, 0, start) + (0,) * (c.ndim - 3),
-                                              (1, batch, size) + c.shape[3:])[0] for c in cache)
-        return entries, jax.lax.dynamic_slice_in_dim(mask_BS, start, size, axis=1)
-
-    def accumulate(carry, entries, keep_BK):
-        max_M, norm_M, acc = carry
-        scores = block_scores(entries)
-        keep = keep_BK.reshape((batch,) + (1,) * (scores.ndim - 2) + (keep_BK.shape[1],))
-        new_max_M = jnp.maximum(max_M, jnp.max(jnp.where(keep, scores, -jnp.inf), axis=-1))
-        probs = jnp.where(keep, jnp.exp(scores - new_max_M[..., None]), 0.0)
-        rescale_M = jnp.exp(max_M - new_max_M)
-        acc = acc * rescale_M.reshape(rescale_M.shape + (1,) * (acc.ndim - rescale_M.ndim))
-        return new_max_M, norm_M * rescale_M + jnp.sum(probs, axis=-1), acc + block_values(probs, entries)
-
-    stats_shape = acc_shape[:-1]
-    carry = (jnp.full(stats_shape, jnp.finfo(jnp.float32).min), jnp.zeros(stats_shape), jnp.zeros(acc_shape))
-
-    def read_block(j, c):
-        if not tail:
-            return accumulate(c, *piece(j * block, block))
-        # the last piece is read by the loop's last trip, its slice starting at the trip's index: a slice
-        # outside the loop is fused with this step's cache write by XLA, which then copies the whole cache
-        return jax.lax.cond(j < full, lambda c: accumulate(c, *piece(j * block, block)),
-                            lambda c: accumulate(c, *piece(j * block, tail)), c)
-
-    carry = jax.lax.fori_loop(0, (read.live + block - 1) // block, read_block, carry)
-    _, norm_M, acc = carry
-    norm_M = jnp.maximum(norm_M, jnp.finfo(jnp.float32).tiny)  # every key masked: zeros, not NaN
-    return acc / norm_M.reshape(norm_M.shape + (1,) * (acc.ndim - norm_M.ndim))
-
-
 class GQAttention(nnx.Module):
+    CACHE_SLOT_AXES = (3, 2)  # K [B, kv_heads, head_dim, S], V [B, kv_heads, S, head_dim]
+
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, stack: Stack = ()):
         d, n, k, h = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.q_proj = make_param(rngs, cfg, (d, n, h), ("embed", "heads", "head_dim"), stack)
@@ -149,6 +95,47 @@ class GQAttention(nnx.Module):
         axes = ("batch", "length", "act_kv_heads", None)
         return constrain(k_BSKH, axes), constrain(v_BSKH, axes)
 
+    @staticmethod
+    def cache_shapes(cfg: ModelConfig, batch: int, length: int) -> tuple:
+        k, h = cfg.num_key_value_heads, cfg.head_dim
+        return (batch, k, h, length), (batch, k, length, h)
+
+    @staticmethod
+    def to_cache(entries):
+        """`entries()`'s K and V ([B, T, kv_heads, head_dim]) in the cache's layout."""
+        k_BSKH, v_BSKH = entries
+        return jnp.transpose(k_BSKH, (0, 2, 3, 1)), jnp.transpose(v_BSKH, (0, 2, 1, 3))
+
+    def attend_cache(self, q_BTNH, layer_view, mask_BTS):
+        """`attend` against one layer's whole cache (K [B, kv_heads, head_dim, S], V [B, kv_heads, S,
+        head_dim]): the same products over the cache's own layout."""
+        k_BKHS, v_BKSH = layer_view
+        b, t, n, h = q_BTNH.shape
+        kv_heads = k_BKHS.shape[1]
+        q_BKGTH = jnp.swapaxes(q_BTNH.reshape(b, t, kv_heads, n // kv_heads, h), 1, 2).swapaxes(2, 3)
+        with jax.named_scope("attention"):
+            scores = jnp.einsum("BKGTH,BKHS->BKGTS", q_BKGTH, k_BKHS.astype(self.dt)) * self.scale
+            probs = masked_softmax(scores, mask_BTS[:, None, None]).astype(self.dt)
+            out_BKGTH = jnp.einsum("BKGTS,BKSH->BKGTH", probs, v_BKSH.astype(self.dt))
+        return self._output(jnp.transpose(out_BKGTH, (0, 3, 1, 2, 4)).reshape(b, t, n, h))
+
+    def attend_step(self, q_BTNH, layer_view, new_entries, keep_BS, keep_new_B):
+        """One query per row (T = 1) against one layer's cache as it was before this step (`keep_BS`: its
+        visible slots, the new one excluded) and the step's own K and V (`new_entries`, the cache's layout,
+        visible where `keep_new_B`): `attend_cache` over the written cache, up to float rounding."""
+        k_BKHS, v_BKSH = layer_view
+        k_BKH1, v_BK1H = new_entries
+        b, _, n, h = q_BTNH.shape
+        kv_heads = k_BKHS.shape[1]
+        q_BKGH = q_BTNH.reshape(b, kv_heads, n // kv_heads, h)
+        with jax.named_scope("attention"):
+            old = jnp.einsum("BKGH,BKHS->BKGS", q_BKGH, k_BKHS.astype(self.dt)) * self.scale
+            new = jnp.einsum("BKGH,BKH->BKG", q_BKGH, k_BKH1[..., 0].astype(self.dt)) * self.scale
+            p_old, p_new = step_softmax(old, new, keep_BS[:, None, None], keep_new_B[:, None, None])
+            out_BKGH = (jnp.einsum("BKGS,BKSH->BKGH", p_old.astype(self.dt), v_BKSH.astype(self.dt))
+                        + p_new[..., None].astype(self.dt) * v_BK1H[:, :, :1].astype(self.dt))
+        return self._output(out_BKGH.reshape(b, 1, n, h))
+
     def attend(self, q_BTNH, entries, mask_BTS):
         k_BSKH, v_BSKH = entries
         b, t, n, h = q_BTNH.shape
@@ -166,7 +153,7 @@ class GQAttention(nnx.Module):
         decode_attention` forces either. The choice is the lowering platform's, so `r1jax compile` for TPU on
         a CPU host compiles the kernel."""
         b, _, n, h = q_BTNH.shape
-        kv_heads = cache[0].shape[3]
+        kv_heads = cache[0].shape[2]
         q_BKGH = q_BTNH.reshape(b, kv_heads, n // kv_heads, h)
         xla = functools.partial(self._read_blocks, read=read)
         kernel = functools.partial(decode_attention, block=read.block, scale=self.scale)
@@ -179,33 +166,19 @@ class GQAttention(nnx.Module):
         return self._output(out_BKGH.astype(self.dt).reshape(b, 1, n, h))
 
     def _read_blocks(self, q_BKGH, k_cache, v_cache, layer, mask_BS, read: KVRead):
-        """`attend_blocks` for one query per row: float32 [B, kv_heads, G, head_dim].
-
-        Each block is read by one batched matrix product per row over its slots as they lie ([block,
-        kv_heads * head_dim], no transposed copy): the queries enter as a block-diagonal [kv_heads * head_dim,
-        kv_heads * G] matrix (kv head k's G queries in its own rows, zeros elsewhere), so one product gives the
-        scores of every kv head ([B, kv_heads * G, block]) and one more the values of every (query, kv head)
-        pair ([B, kv_heads * G, kv_heads * head_dim]), of which the diagonal pairs are kept. That multiplies
-        the FLOPs by kv_heads where a decode step is bound by reading the cache: on a CPU the step of the
-        bench_qwen3 preset reads its blocks about twice as fast as with a multiply-reduce over head_dim (the
-        README's decode figures)."""
-        b, kv_heads, g, h = q_BKGH.shape
+        """`attend_blocks` for one query per row: float32 [B, kv_heads, G, head_dim]. A block's scores are one
+        product per (row, kv head) over K's slots as they lie, its values another over V's."""
         f32 = jnp.float32
-        eye_KJ = jnp.eye(kv_heads, dtype=f32)
-        q_BFC = jnp.einsum("BKGH,KJ->BKHJG", q_BKGH.astype(f32), eye_KJ).reshape(b, kv_heads * h, kv_heads * g)
-
-        def rows(entry):  # [B, block, kv_heads * head_dim]: a bitcast
-            return entry.astype(f32).reshape(b, entry.shape[1], kv_heads * h)
+        q_BKGH = q_BKGH.astype(f32)
 
         def scores(entries):
-            return jnp.swapaxes(jnp.einsum("BSF,BFC->BSC", rows(entries[0]), q_BFC), 1, 2) * self.scale
+            return jnp.einsum("BKGH,BKHS->BKGS", q_BKGH, entries[0].astype(f32)) * self.scale
 
-        def values(probs_BCS, entries):
-            return jnp.einsum("BCS,BSF->BCF", probs_BCS, rows(entries[1]))
+        def values(probs_BKGS, entries):
+            return jnp.einsum("BKGS,BKSH->BKGH", probs_BKGS, entries[1].astype(f32))
 
-        out_BCF = attend_blocks(scores, values, (b, kv_heads * g, kv_heads * h), (k_cache, v_cache), layer,
-                                mask_BS, read)
-        return jnp.einsum("BKGJH,KJ->BKGH", out_BCF.reshape(b, kv_heads, g, kv_heads, h), eye_KJ)
+        return attend_blocks(scores, values, q_BKGH.shape, (k_cache, v_cache), self.CACHE_SLOT_AXES, layer,
+                             mask_BS, read)
 
     def _output(self, out_BTNH):
         y = jnp.einsum("BTNH,NHD->BTD", out_BTNH, self.o_proj[...].astype(self.dt))
@@ -216,6 +189,8 @@ class GQAttention(nnx.Module):
 
 
 class MLAttention(nnx.Module):
+    CACHE_SLOT_AXES = (1, 1)  # latent [B, S, C], rope key [B, S, R]
+
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, stack: Stack = ()):
         d, n = cfg.hidden_size, cfg.num_attention_heads
         c, r = cfg.kv_lora_rank, cfg.qk_rope_head_dim
@@ -269,6 +244,37 @@ class MLAttention(nnx.Module):
         k_BSR = self.rotate(ckv[..., self.kv_rank:][:, :, None, :], cos, sin)[:, :, 0, :]
         return constrain(c_BSC, ("batch", "length", None)), constrain(k_BSR, ("batch", "length", None))
 
+    @staticmethod
+    def cache_shapes(cfg: ModelConfig, batch: int, length: int) -> tuple:
+        return (batch, length, cfg.kv_lora_rank), (batch, length, cfg.qk_rope_head_dim)
+
+    @staticmethod
+    def to_cache(entries):
+        return entries
+
+    def attend_cache(self, queries, layer_view, mask_BTS):
+        return self.attend(queries, layer_view, mask_BTS)
+
+    def attend_step(self, queries, layer_view, new_entries, keep_BS, keep_new_B):
+        """`GQAttention.attend_step` for the latent cache, with the weights absorbed as in `attend`."""
+        q_nope_BTNH, q_rope_BTNR = queries
+        c_BSC, k_rope_BSR = layer_view
+        c_new_BC, k_rope_new_BR = new_entries[0][:, 0], new_entries[1][:, 0]
+        w_CNH = self._w("kv_b_proj")
+        w_k_CNH, w_v_CNH = w_CNH[..., : self.nope], w_CNH[..., self.nope:]
+        with jax.named_scope("attention"):
+            q_lat_BNC = jnp.einsum("BNH,CNH->BNC", q_nope_BTNH[:, 0], w_k_CNH)
+            q_rope_BNR = q_rope_BTNR[:, 0]
+            old = (jnp.einsum("BNC,BSC->BNS", q_lat_BNC, c_BSC)
+                   + jnp.einsum("BNR,BSR->BNS", q_rope_BNR, k_rope_BSR)) * self.scale
+            new = (jnp.einsum("BNC,BC->BN", q_lat_BNC, c_new_BC)
+                   + jnp.einsum("BNR,BR->BN", q_rope_BNR, k_rope_new_BR)) * self.scale
+            p_old, p_new = step_softmax(old, new, keep_BS[:, None], keep_new_B[:, None])
+            lat_BNC = (jnp.einsum("BNS,BSC->BNC", p_old.astype(self.dt), c_BSC)
+                       + p_new[..., None].astype(self.dt) * c_new_BC[:, None])
+            out_BTNH = jnp.einsum("BNC,CNH->BNH", lat_BNC, w_v_CNH)[:, None]
+        return self._output(out_BTNH)
+
     def attend(self, queries, entries, mask_BTS):
         q_nope_BTNH, q_rope_BTNR = queries
         c_BSC, k_rope_BSR = entries
@@ -317,7 +323,8 @@ class MLAttention(nnx.Module):
             return jnp.einsum("BNS,BSC->BNC", probs.astype(self.dt), entries[0], preferred_element_type=f32)
 
         with jax.named_scope("attention"):
-            out_BNC = attend_blocks(scores, values, q_lat_BNC.shape, cache, layer, mask_BS, read)
+            out_BNC = attend_blocks(scores, values, q_lat_BNC.shape, cache, self.CACHE_SLOT_AXES, layer, mask_BS,
+                                    read)
             out_BTNH = jnp.einsum("BNC,CNH->BNH", out_BNC.astype(self.dt), w_v_CNH)[:, None]
         return self._output(out_BTNH)
 

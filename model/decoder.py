@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from r1jax.model.attention import GQAttention, KVRead, MLAttention, causal_mask, reads_blockwise
+from r1jax.model.attention import GQAttention, MLAttention, causal_mask
+from r1jax.model.kv_cache import KVRead, reads_blockwise, write_slots
 from r1jax.model.config import ModelConfig
 from r1jax.model.layers import MLP, RMSNorm, Stack, dtype_of, make_param, rope_cos_sin
 from r1jax.model.moe import MoE, MoEAux
@@ -38,8 +39,8 @@ class Block(nnx.Module):
 
     def __call__(self, x_BTD, cos, sin, mask_BTS, valid_BT, replay_BTK=None, cache=None, layer=None,
                  cache_index=None, kv_read: KVRead | None = None):
-        """One layer; returns (x, aux, cache). `cache` is the segment's stacked entries ([L, B, S, ...] each; L = 1
-        for a layer with a cache of its own):
+        """One layer; returns (x, aux, cache). `cache` is the segment's stacked entries ([L, B, ...] each, the
+        slots on the attention's `CACHE_SLOT_AXES`; L = 1 for a layer with a cache of its own):
         this layer (`layer`) writes the new positions' entries at slot `cache_index` (a scalar, or one slot per
         row when decoding one token), then attends over its slice, or reads it block-wise with `kv_read`.
         Writing into the stacked arrays in place avoids copying the cache every decode step."""
@@ -57,19 +58,42 @@ class Block(nnx.Module):
     def attention(self, h_BTD, cos, sin, mask_BTS, cache, layer, cache_index, kv_read=None):
         if cache is None:
             return self.self_attn(h_BTD, cos, sin, mask_BTS), None
-        queries = self.self_attn.queries(h_BTD, cos, sin)
-        entries = self.self_attn.entries(h_BTD, cos, sin)
-        if jnp.ndim(cache_index) == 0:
-            cache = tuple(jax.lax.dynamic_update_slice(c, e[None].astype(c.dtype),
-                                                       (layer, 0, cache_index) + (0,) * (c.ndim - 3))
-                          for c, e in zip(cache, entries))
-        else:  # one slot per row (continuous batching): one token per row
-            rows = jnp.arange(h_BTD.shape[0])
-            cache = tuple(c.at[layer, rows, cache_index].set(e[:, 0].astype(c.dtype)) for c, e in zip(cache, entries))
+        attn = self.self_attn
+        queries = attn.queries(h_BTD, cos, sin)
+        entries = attn.to_cache(attn.entries(h_BTD, cos, sin))
+
+        def written(cache):  # a scalar index: T slots per row; else one slot per row (one token per row)
+            return tuple(write_slots(c, layer, cache_index, e, axis)
+                         for c, e, axis in zip(cache, entries, attn.CACHE_SLOT_AXES))
+
+        def view(cache):
+            return tuple(jax.lax.dynamic_index_in_dim(c, layer, 0, keepdims=False) for c in cache)
+
         if kv_read is not None:
-            return self.self_attn.attend_cached(queries, cache, layer, mask_BTS[:, 0], kv_read), cache
-        layer_view = tuple(jax.lax.dynamic_index_in_dim(c, layer, 0, keepdims=False) for c in cache)
-        return self.self_attn.attend(queries, layer_view, mask_BTS), cache
+            cache = written(cache)
+            return attn.attend_cached(queries, cache, layer, mask_BTS[:, 0], kv_read), cache
+        if h_BTD.shape[1] == 1:
+            # a decode step reads the cache as it was and its own new entry apart, then writes the entry: a read
+            # of the written cache makes XLA's CPU fusion repeat the write inside the read's operand, copying
+            # the whole cache for it (4 copies of each entry per step)
+            mask_BS = mask_BTS[:, 0]
+            new_BS = jnp.arange(mask_BS.shape[1])[None, :] == jnp.reshape(cache_index, (-1, 1))
+            out_BTD = attn.attend_step(queries, view(cache), entries, mask_BS & ~new_BS,
+                                       jnp.any(mask_BS & new_BS, axis=1))
+            entries = _after(entries, out_BTD)
+            return out_BTD, written(cache)
+        cache = written(cache)
+        return attn.attend_cache(queries, view(cache), mask_BTS), cache
+
+
+def _after(values, anchor):
+    """`values` plus an exact zero computed from `anchor`: whatever reads `values` now runs after `anchor`.
+
+    A decode step reads the cache, then writes its new entries into it; unordered, XLA's copy insertion
+    cannot prove the read comes first and copies the whole cache before the in-place write (each entry,
+    every step). An optimization barrier does not keep that order on the CPU (it is expanded first)."""
+    zero = jnp.nan_to_num(jnp.sum(anchor[:1, :1, :1]).astype(jnp.float32) * 0.0, nan=0.0, posinf=0.0, neginf=0.0)
+    return tuple(v + zero.astype(v.dtype) for v in values)
 
 
 class Segment(nnx.Module):
@@ -207,7 +231,7 @@ class Policy(nnx.Module):
         `kv_valid_BS` marks the cache slots holding real tokens (these new ones included); a query at slot s
         attends to the valid slots <= s. `cache_index` is a scalar, or [B] (one slot per row) when T = 1.
         `kv_block` > 0 (T = 1 only): attention reads the cache in blocks of that many slots up to the
-        furthest row's slot (model.attention.attend_blocks), unless the cache holds at most
+        furthest row's slot (model.kv_cache.attend_blocks), unless the cache holds at most
         `DENSE_READ_BLOCKS` blocks (`reads_blockwise`); 0: the whole cache. Returns the output and the caches
         with these tokens' entries.
         """
@@ -231,20 +255,27 @@ class Policy(nnx.Module):
         per_layer = nnx.eval_shape(lambda: Policy(self.cfg, nnx.Rngs(0), stacked=False))
         return nnx.merge(nnx.graphdef(per_layer), unstack_layers(nnx.state(self)))
 
+    @property
+    def attention_class(self):
+        return MLAttention if self.cfg.is_deepseek else GQAttention
+
     def init_cache(self, batch: int, length: int, dtype=None) -> list:
-        """Empty caches per segment: GQA (K, V) [L, B, S, K, H]; MLA (latent [L, B, S, C], rope key [L, B, S, R]).
-        A segment whose layers run unrolled (`Segment.unrolled`) holds a list of L such tuples with L = 1."""
+        """Empty caches per segment: GQA (K [L, B, K, H, S], V [L, B, K, S, H]); MLA (latent [L, B, S, C], rope
+        key [L, B, S, R]). A segment whose layers run unrolled (`Segment.unrolled`) holds a list of L such
+        tuples with L = 1. `cache_slot_axes` gives each entry's slot axis in the same structure."""
         cfg = self.cfg
         dtype = dtype or dtype_of(cfg.compute_dtype)
-        if cfg.is_deepseek:
-            shapes = [(batch, length, cfg.kv_lora_rank), (batch, length, cfg.qk_rope_head_dim)]
-        else:
-            shapes = [(batch, length, cfg.num_key_value_heads, cfg.head_dim)] * 2
+        shapes = self.attention_class.cache_shapes(cfg, batch, length)
 
         def entries(layers):
             return tuple(jnp.zeros((layers, *shape), dtype) for shape in shapes)
         return [[entries(1) for _ in range(seg.count)] if seg.unrolled else entries(seg.count)
                 for seg in self.segments]
+
+    def cache_slot_axes(self) -> list:
+        """Each cache entry's slot axis (of the stacked [L, B, ...] entry), in `init_cache`'s structure."""
+        axes = tuple(axis + 1 for axis in self.attention_class.CACHE_SLOT_AXES)
+        return [[axes] * seg.count if seg.unrolled else axes for seg in self.segments]
 
     def run_layers(self, x_BTD, cos, sin, mask_BTS, valid_BT, replay_LBTK=None, caches=None, cache_index=None,
                    kv_read: KVRead | None = None):

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from r1jax.errors import UserError
-from r1jax.model.attention import reads_blockwise
+from r1jax.model.kv_cache import reads_blockwise
 from r1jax.model.config import ModelConfig
 from r1jax.model.dispatch import resolve_impl
 from r1jax.model.factory import abstract_policy
@@ -241,7 +241,7 @@ def dynamic_trips(work: Workload) -> int:
 
 
 def kv_cache_bytes(setup: Setup, layout: SamplerLayout | None = None, *, read: bool = False) -> int:
-    """Per-device bytes of the sampler's cache ([L, B, S, ...] per segment), batch sharded by the rules of
+    """Per-device bytes of the sampler's cache (per segment, `Policy.init_cache`), batch sharded by the rules of
     `layout` (default: the trainer's). Continuous batching holds the slots' caches and the prompts'
     (prompt-long). With `read`, what one decode step reads: its rows' caches, up to the mean live length
     (`dynamic_trips` blocks) when the cache is read block-wise."""

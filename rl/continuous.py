@@ -37,7 +37,7 @@ class _Slots(NamedTuple):
     count_S: jax.Array  # tokens its row has generated
     active_S: jax.Array
     logits_SV: jax.Array  # the logits its next token is drawn from
-    caches: list  # [L, S, P + N, ...] per segment (model.decoder.Policy.init_cache)
+    caches: list  # [L, S, ...] per segment, P + N slots (model.decoder.Policy.init_cache)
     kv_valid_SC: jax.Array
     next_pos_S: jax.Array
     tokens_RN: jax.Array  # by request, plus the sink row R
@@ -65,7 +65,7 @@ def _sample_rows(logits_SV, keys_S, temperature, top_k, top_p, vocab_size):
     return jax.vmap(one)(logits_SV, keys_S)
 
 
-def _admit(s: _Slots, prompt_caches, prompt_logits_PV, prompt_valid_PP, prompt_len_P, samples: int,
+def _admit(s: _Slots, prompt_caches, slot_axes, prompt_logits_PV, prompt_valid_PP, prompt_len_P, samples: int,
            requests: int) -> _Slots:
     """Free slots take the next pending requests, in order, with their prompts' prefilled state."""
     free_S = ~s.active_S
@@ -75,8 +75,12 @@ def _admit(s: _Slots, prompt_caches, prompt_logits_PV, prompt_valid_PP, prompt_l
     slots = s.active_S.shape[0]
     target_S = jnp.where(admit_S, jnp.arange(slots), slots)  # out of range: dropped
     p = prompt_valid_PP.shape[1]
-    caches = jax.tree.map(lambda c, pc: c.at[:, target_S, :p].set(pc[:, prompt_S], mode="drop"), s.caches,
-                          prompt_caches)
+
+    def admitted(c, pc, axis):  # the prompt's p slots (pc's whole slot axis) into the admitted slots' rows
+        where = (slice(None), target_S) + (slice(None),) * (axis - 2) + (slice(0, p),)
+        return c.at[where].set(pc[:, prompt_S], mode="drop")
+
+    caches = jax.tree.map(admitted, s.caches, prompt_caches, slot_axes)
     fresh_SC = jnp.zeros_like(s.kv_valid_SC).at[:, :p].set(prompt_valid_PP[prompt_S])
     return s._replace(
         next_request=s.next_request + jnp.sum(admit_S), request_S=jnp.where(admit_S, request_S, s.request_S),
@@ -104,7 +108,8 @@ def generate_continuous(graphdef, state, prompt_PP, prompt_valid_PP, key, temper
     with jax.named_scope("prefill"):
         out, prompt_caches = policy.forward_cached(prompt_PP, positions_PP, prompt_valid_PP,
                                                    policy.init_cache(prompts, total), jnp.int32(0), kv_valid_PC)
-    prompt_caches = jax.tree.map(lambda c: c[:, :, :p], prompt_caches)
+    slot_axes = policy.cache_slot_axes()
+    prompt_caches = jax.tree.map(lambda c, axis: jax.lax.slice_in_dim(c, 0, p, axis=axis), prompt_caches, slot_axes)
     moe_layers, k = out.aux.experts_BTK.shape[0], out.aux.experts_BTK.shape[-1]
     vocab = out.logits_BTV.shape[-1]
     row_max_new_R = jnp.full((requests,), max_new, jnp.int32) if row_max_new_R is None else row_max_new_R
@@ -118,7 +123,7 @@ def generate_continuous(graphdef, state, prompt_PP, prompt_valid_PP, key, temper
         logprobs_RN=jnp.zeros((requests + 1, max_new)), lengths_R=jnp.zeros((requests + 1,), jnp.int32),
         experts_LRNK=jnp.zeros((moe_layers, requests + 1, max_new, k), jnp.int32),
         logits_RNV=jnp.zeros((requests + 1, max_new, vocab)) if keep_logits else None)
-    admit = functools.partial(_admit, prompt_caches=prompt_caches, prompt_logits_PV=out.logits_BTV[:, -1],
+    admit = functools.partial(_admit, prompt_caches=prompt_caches, slot_axes=slot_axes, prompt_logits_PV=out.logits_BTV[:, -1],
                               prompt_valid_PP=prompt_valid_PP,
                               prompt_len_P=jnp.sum(prompt_valid_PP, axis=1).astype(jnp.int32),
                               samples=samples, requests=requests)

@@ -50,7 +50,7 @@ class SamplingConfig:
     rules: Optional[dict[str, list[str]]] = None
     # decode attention reads the KV cache in blocks of this many slots up to the longest row (online
     # softmax; equal to the dense read up to float rounding); 0: every step reads the whole budget. A cache
-    # of at most two blocks is read whole all the same (model.attention.DENSE_READ_BLOCKS)
+    # of at most two blocks is read whole all the same (model.kv_cache.DENSE_READ_BLOCKS)
     kv_block: int = 0
     # continuous batching: this many decode slots serve all P x G rows, a stopped row's slot taking the next
     # pending one (rl.continuous); 0: the fixed-batch sampler, every row decoded together

@@ -45,6 +45,8 @@ _EXPECTED_TRIPS = re.compile(r"(?:^|/)expected_trips_(\d+)/while$")  # a traced 
 _RAGGED_DOT = re.compile(r"(^|/)ragged-dot-(?!metadata)[\w.-]*$")  # op_name of XLA TPU's ragged-dot kernel
 # the name scope of model.pallas_attention's kernel call, which reads `block`-slot blocks up to the live slots
 KV_READ_SCOPE = "kv_read_block_"
+# the kernel call's operands are (layer, lengths, q, K, V, keep); K's slots are its dim 4, V's its dim 3
+KV_READ_SLOT_DIMS = {3: 4, 4: 3}
 _KV_READ = re.compile(rf"(?:^|/){KV_READ_SCOPE}(\d+)/")
 
 
@@ -220,14 +222,16 @@ class _Module:
         return sum(reads) + write
 
     def _kv_read_bytes(self, comp: Computation, inst: Instruction, reads: list[int], block: int) -> int:
-        """What the decode-attention kernel reads: of each layer-stacked cache operand [L, B, S, kv_heads,
-        head_dim], one layer's rows up to the live slots (`dynamic_trips` blocks of `block` slots, at most S),
-        as the XLA block-wise read is counted; its other operands whole."""
+        """What the decode-attention kernel reads: of each layer-stacked cache operand (K [L, B, kv_heads,
+        head_dim, S], V [L, B, kv_heads, S, head_dim]: `KV_READ_SLOT_DIMS`), one layer's rows up to the live
+        slots (`dynamic_trips` blocks of `block` slots, at most S), as the XLA block-wise read is counted; its
+        other operands whole."""
         total = 0
-        for operand, read in zip(inst.operands, reads):
+        for position, (operand, read) in enumerate(zip(inst.operands, reads)):
             dims = _dims(comp.instructions[operand].shape) if operand in comp.instructions else []
-            if len(dims) == 5 and dims[0] * dims[2]:
-                read = read * min(dims[2], self.dynamic_trips * block) // (dims[0] * dims[2])
+            slot_dim = KV_READ_SLOT_DIMS.get(position)
+            if slot_dim is not None and len(dims) == 5 and dims[0] * dims[slot_dim]:
+                read = read * min(dims[slot_dim], self.dynamic_trips * block) // (dims[0] * dims[slot_dim])
             total += read
         return total
 

@@ -1,5 +1,6 @@
 """Block-wise decode attention (`forward_cached(..., kv_block=n)`) against the dense read of the whole cache."""
 
+import dataclasses
 import functools
 
 import jax
@@ -8,12 +9,20 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from r1jax.model.attention import DENSE_READ_BLOCKS
+from r1jax.model.kv_cache import DENSE_READ_BLOCKS
 from r1jax.model.factory import init_policy
-from r1jax.rl.sampler import Sampler, SamplingConfig
+from r1jax.rl.sampler import Sampler, SamplingConfig, generate_padded
 from tests.model.tiny import FAMILIES
 
 CACHE_LEN, BLOCK, ROWS = 13, 4, 3  # 13 = 3 blocks + 1: the last piece is one slot, read from live = 13
+
+
+def poison_slots(policy, caches, start: int):
+    """The caches with NaN in every slot from `start` on (each entry's slots on its own axis)."""
+    def poison(c, axis):
+        where = (slice(None),) * axis + (slice(start, None),)
+        return c.at[where].set(jnp.nan)
+    return jax.tree.map(poison, caches, policy.cache_slot_axes())
 
 
 def filled_cache(policy, seed: int):
@@ -60,7 +69,7 @@ def test_blockwise_reads_nothing_past_the_live_slots(family):
     policy = init_policy(FAMILIES[family], seed=0)
     caches, valid_BS = filled_cache(policy, seed=2)
     index = (2, 5, 3)
-    poisoned = jax.tree.map(lambda c: c.at[:, :, 8:].set(jnp.nan), caches)
+    poisoned = poison_slots(policy, caches, 8)
     clean, _ = decode_logits(policy, caches, valid_BS, index, BLOCK)
     assert np.array_equal(np.asarray(decode_logits(policy, poisoned, valid_BS, index, BLOCK)[0]), np.asarray(clean))
     assert np.isnan(np.asarray(decode_logits(policy, poisoned, valid_BS, index, 0)[0])).all()  # the dense read does
@@ -87,7 +96,25 @@ def test_a_cache_of_at_most_two_blocks_is_read_whole(family):
     index = (2, 5, 3)
     dense, _ = decode_logits(policy, caches, valid_BS, index, 0)
     assert np.array_equal(np.asarray(decode_logits(policy, caches, valid_BS, index, 7)[0]), np.asarray(dense))
-    poisoned = jax.tree.map(lambda c: c.at[:, :, 6:].set(jnp.nan), caches)
+    poisoned = poison_slots(policy, caches, 6)
     blockwise = np.asarray(decode_logits(policy, poisoned, valid_BS, index, 6)[0])
     np.testing.assert_allclose(blockwise, np.asarray(dense), atol=2e-5, rtol=1e-5)
     assert np.isnan(np.asarray(decode_logits(policy, poisoned, valid_BS, index, 7)[0])).all()  # read whole
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_compiled_decode_loop_never_copies_a_whole_cache(family, scan_layers):
+    """The sampler's decode loop (the cache read whole) writes each step's entries in place: XLA copies no
+    cache-shaped buffer. Before a step read the cache as it was and wrote after (`model.decoder._after`),
+    XLA's CPU program copied every cache entry up to four times per step."""
+    cfg = dataclasses.replace(FAMILIES[family], scan_layers=scan_layers)
+    policy = init_policy(cfg, seed=0)
+    graphdef, state = nnx.split(policy)
+    prompts, valid = jnp.full((2, 4), 5, jnp.int32), jnp.ones((2, 4), bool)
+    args = (jax.random.key(0), jnp.float32(1.0), jnp.int32(0), jnp.float32(1.0))
+    hlo = generate_padded.lower(graphdef, state, prompts, valid, *args, max_new=6, samples=3, stop_ids=(3,), pad_id=0,
+                                ignore_eos=False).compile().as_text()
+    shapes = {"f32[" + ",".join(map(str, c.shape)) + "]" for c in jax.tree.leaves(policy.for_decoding().init_cache(6, 10))}
+    copies = [line for line in hlo.splitlines() if " copy(" in line and any(f"= {s}" in line for s in shapes)]
+    assert not copies, copies

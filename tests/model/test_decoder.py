@@ -102,7 +102,7 @@ def test_unrolled_layers_match_the_scan(family):
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_unrolled_decoding_matches_the_scan(family):
-    # scan_layers: false also decodes layer by layer: each layer's cache a buffer of its own ([1, B, S, ...]) and,
+    # scan_layers: false also decodes layer by layer: each layer's cache a buffer of its own ([1, B, ...]) and,
     # in the sampler's loop, each layer's weights sliced out of their stack once per rollout (`for_decoding`)
     from r1jax.rl.sampler import Sampler, SamplingConfig
 
@@ -112,8 +112,10 @@ def test_unrolled_decoding_matches_the_scan(family):
     count = cfg.layer_segments()[segment][1]
     assert count > 1
     stacked_cache, own_caches = scanned.init_cache(2, 5)[segment], unrolled.init_cache(2, 5)[segment]
-    assert all(c.shape[:3] == (count, 2, 5) for c in stacked_cache)
-    assert len(own_caches) == count and all(c.shape[:3] == (1, 2, 5) for entries in own_caches for c in entries)
+    assert all(c.shape[:2] == (count, 2) and c.shape[axis] == 5
+               for c, axis in zip(stacked_cache, scanned.cache_slot_axes()[segment]))
+    assert len(own_caches) == count and all(c.shape == (1,) + s.shape[1:] for entries in own_caches
+                                            for c, s in zip(entries, stacked_cache))
     assert scanned.for_decoding() is scanned
     per_layer = unrolled.for_decoding()
     assert not per_layer.segments[segment].stacked

@@ -12,7 +12,8 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from r1jax.errors import UserError
-from r1jax.model.attention import GQAttention, KVRead
+from r1jax.model.attention import GQAttention
+from r1jax.model.kv_cache import KVRead
 from r1jax.model.factory import init_policy
 from r1jax.model.pallas_attention import decode_attention, decode_attention_local
 from r1jax.sharding.context import use_mesh
@@ -32,8 +33,8 @@ LENGTHS = (1, SLOTS, 9, 16, 0)
 
 
 def cache_and_query(seed: int, lengths=LENGTHS):
-    """q [B, kv_heads, G, head_dim], K and V [L, B, S, kv_heads, head_dim], and the visible slots: each row's
-    first lengths[b] slots, less a left-padding hole in row 2."""
+    """q [B, kv_heads, G, head_dim], K and V [L, B, S, kv_heads, head_dim] (`in_cache_layout` gives the
+    cache's), and the visible slots: each row's first lengths[b] slots, less a left-padding hole in row 2."""
     rng = np.random.default_rng(seed)
     rows = len(lengths)
     q = rng.normal(size=(rows, KV_HEADS, GROUP, HEAD_DIM)).astype(np.float32)
@@ -41,6 +42,11 @@ def cache_and_query(seed: int, lengths=LENGTHS):
     visible = np.arange(SLOTS)[None, :] < np.array(lengths)[:, None]
     visible[2, :3] = False
     return q, k, v, visible
+
+
+def in_cache_layout(k, v):
+    """K [L, B, kv_heads, head_dim, S] and V [L, B, kv_heads, S, head_dim], as model.attention caches them."""
+    return np.transpose(k, (0, 1, 3, 4, 2)), np.transpose(v, (0, 1, 3, 2, 4))
 
 
 def dense_reference(q, k, v, visible, layer):
@@ -56,7 +62,7 @@ def xla_read(q, k, v, visible, layer, block):
     cfg = dataclasses.replace(QWEN, num_attention_heads=KV_HEADS * GROUP, num_key_value_heads=KV_HEADS,
                               head_dim=HEAD_DIM)
     attention = GQAttention(cfg, nnx.Rngs(0))
-    return attention._read_blocks(q, k, v, layer, visible, read=KVRead(jnp.int32(SLOTS), block))
+    return attention._read_blocks(q, *in_cache_layout(k, v), layer, visible, read=KVRead(jnp.int32(SLOTS), block))
 
 
 @pytest.mark.parametrize("layer,block", [(0, 8), (2, 64)])  # a short last block; one block for the cache
@@ -72,7 +78,7 @@ def test_kernel_equals_the_dense_softmax_and_the_xla_read(layer, block):
         cache[np.arange(LAYERS) != layer] = np.nan
         cache[layer][past_live] = np.nan
         poisoned.append(cache)
-    got = np.asarray(decode_attention_local(q, *poisoned, jnp.int32(layer), visible, block=block,
+    got = np.asarray(decode_attention_local(q, *in_cache_layout(*poisoned), jnp.int32(layer), visible, block=block,
                                             scale=HEAD_DIM ** -0.5, interpret=True))
     np.testing.assert_allclose(got, expected, atol=2e-6, rtol=1e-5)
     xla = np.asarray(xla_read(q, k, v, visible, layer, block))
@@ -87,8 +93,10 @@ def test_under_a_mesh_the_kernel_runs_per_shard_without_gathering_the_cache():
     mesh, rules = build_mesh(config), config.logical_rules()
     place = lambda x, axes: jax.device_put(x, NamedSharding(mesh, rules.spec(axes, x.shape, mesh.shape)))
     run = jax.jit(lambda *args: decode_attention(*args, block=8, scale=HEAD_DIM ** -0.5, interpret=True))
-    args = (place(q, ("batch", "act_kv_heads", None, None)), place(k, (None, "batch", None, "act_kv_heads", None)),
-            place(v, (None, "batch", None, "act_kv_heads", None)), jnp.int32(1), place(visible, ("batch", None)))
+    k_cache, v_cache = in_cache_layout(k, v)
+    cache_axes = (None, "batch", "act_kv_heads", None, None)
+    args = (place(q, ("batch", "act_kv_heads", None, None)), place(k_cache, cache_axes), place(v_cache, cache_axes),
+            jnp.int32(1), place(visible, ("batch", None)))
     with use_mesh(mesh, rules):
         hlo = run.lower(*args).compile().as_text()
         got = np.asarray(run(*args))
@@ -110,18 +118,21 @@ def test_decoding_with_the_kernel_equals_the_xla_read_and_auto_is_the_xla_read_o
 
 @pytest.mark.parametrize("topology", ["v5p:1x1x1", "v6e:1x1"])
 def test_mosaic_compiles_the_kernel_for_tpu_reading_the_cache_in_place(topology):
-    """Compiled for one chip (bfloat16, 4 kv heads of 128, a short last block): one Mosaic kernel call, and
-    no copy or transpose of a cache-shaped array before it."""
+    """Compiled for one chip (bfloat16, 4 kv heads of 128, 384 slots in blocks of 256: a short last block): one
+    Mosaic kernel call, and no copy or transpose of a cache-shaped array before it. (A cache passed in as an
+    argument with slots that do not fill K's 128-slot lane tiles is laid out by XLA to avoid the padding,
+    then copied to the kernel's layout; the sampler's caches are made inside its program, laid out for it.)"""
     device = abstract_devices(topology)[0]
     sharding = jax.sharding.SingleDeviceSharding(device)
-    cache = jax.ShapeDtypeStruct((2, 8, 300, 4, 128), jnp.bfloat16, sharding=sharding)
-    args = (jax.ShapeDtypeStruct((8, 4, 2, 128), jnp.bfloat16, sharding=sharding), cache, cache,
+    k_cache = jax.ShapeDtypeStruct((2, 8, 4, 128, 384), jnp.bfloat16, sharding=sharding)
+    v_cache = jax.ShapeDtypeStruct((2, 8, 4, 384, 128), jnp.bfloat16, sharding=sharding)
+    args = (jax.ShapeDtypeStruct((8, 4, 2, 128), jnp.bfloat16, sharding=sharding), k_cache, v_cache,
             jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding),
-            jax.ShapeDtypeStruct((8, 300), jnp.bool_, sharding=sharding))
-    run = jax.jit(lambda *a: decode_attention(*a, block=128, scale=128 ** -0.5))
+            jax.ShapeDtypeStruct((8, 384), jnp.bool_, sharding=sharding))
+    run = jax.jit(lambda *a: decode_attention(*a, block=256, scale=128 ** -0.5))
     hlo = run.lower(*args).compile().as_text()
     assert hlo.count('custom_call_target="tpu_custom_call"') == 1
-    moves = [line for line in hlo.splitlines() if "bf16[2,8,300,4,128]" in line
+    moves = [line for line in hlo.splitlines() if ("bf16[2,8,4,128,384]" in line or "bf16[2,8,4,384,128]" in line)
              and any(op in line for op in (" copy(", " copy-start(", " transpose("))]
     assert not moves, moves
 
@@ -150,7 +161,8 @@ def test_the_decode_report_counts_the_kernel_reading_one_layer_up_to_the_live_sl
     stacked cache as operands but reads one layer's `dynamic_trips` blocks of each row, as the XLA read
     is counted (4 layers of 1,024 slots, blocks of 128, 2 live blocks: 1/16 of the stacked K and V)."""
     sharding = jax.sharding.SingleDeviceSharding(abstract_devices("v5p:1x1x1")[0])
-    cache = jax.ShapeDtypeStruct((4, 8, 1024, 4, 128), jnp.bfloat16, sharding=sharding)
+    k_cache = jax.ShapeDtypeStruct((4, 8, 4, 128, 1024), jnp.bfloat16, sharding=sharding)
+    v_cache = jax.ShapeDtypeStruct((4, 8, 4, 1024, 128), jnp.bfloat16, sharding=sharding)
     scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding)
     q = jax.ShapeDtypeStruct((8, 4, 2, 128), jnp.float32, sharding=sharding)
 
@@ -162,7 +174,7 @@ def test_the_decode_report_counts_the_kernel_reading_one_layer_up_to_the_live_sl
         with jax.named_scope("decode"):
             return jax.lax.while_loop(lambda c: c[0] < steps, step, (jnp.int32(0), q_BKGH))[1]
 
-    hlo = jax.jit(decode).lower(q, cache, cache, scalar).compile().as_text()
+    hlo = jax.jit(decode).lower(q, k_cache, v_cache, scalar).compile().as_text()
     stats = decode_stats(hlo, dynamic_trips=2)
     live_kv = 2 * (8 * 256 * 4 * 128 * 2)  # K and V: 8 rows of 256 slots of 4 x 128 bfloat16
     assert live_kv <= stats.hbm_bytes < live_kv * 1.1, stats.hbm_bytes
