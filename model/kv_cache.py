@@ -29,11 +29,9 @@ def write_slots(entry, layer, index, new, slot_axis: int):
     return entry.at[where].set(jnp.take(new, 0, axis=slot_axis))
 
 
-def slot_range(entry, start, size: int, slot_axis: int, layer=None):
-    """Slots [start, start + size) of `entry` ([L, B, ...], slots on axis `slot_axis` + 1): of layer `layer`
-    only ([B, ...]), or of every layer (None)."""
-    if layer is None:
-        return jax.lax.dynamic_slice_in_dim(entry, start, size, axis=slot_axis + 1)
+def slot_range(entry, start, size: int, slot_axis: int, layer):
+    """Slots [start, start + size) of layer `layer` of `entry` ([L, B, ...], slots on axis `slot_axis` + 1):
+    [B, ...] with `size` slots on `slot_axis`."""
     starts = [0] * entry.ndim
     starts[0], starts[slot_axis + 1] = layer, start
     sizes = list(entry.shape)
@@ -48,8 +46,8 @@ class KVRead(NamedTuple):
 
 
 # A cache of at most this many blocks is read whole (the dense read), not block-wise: there the loop saves at
-# most a block's read and pays for its trips (on a CPU, 64-slot blocks were a few percent slower than the
-# dense read of caches up to 136 slots and faster from about 150 on).
+# most a block's read and pays for its trips. (On a CPU the whole read, which copies nothing, is as fast as
+# 64-slot blocks at ~128 slots and faster at ~1,024, where each block is copied out before it is read; README.)
 DENSE_READ_BLOCKS = 2
 
 
@@ -63,8 +61,9 @@ def attend_blocks(block_scores, block_values, acc_shape, cache, slot_axes, layer
                   ) -> jax.Array:
     """Online softmax over the cache slots [0, live) of layer `layer`, read in whole blocks from slot 0.
 
-    `cache`: the segment's stacked entries ([L, B, ...] each, slots on `slot_axes` + 1); `block_scores(entries)` gives float32 scores
-    [B, ..., size] of one piece of `size` slots (the key axis last), `block_values(probs, entries)` the
+    `cache`: the segment's stacked entries ([L, B, ...] each, slots on `slot_axes` + 1); `block_scores(entries)`
+    gives float32 scores [B, ..., size] of one piece of `size` slots (the key axis last), `block_values(probs,
+    entries)` the
     probs-weighted values, float32 of `acc_shape`. The slots tile as floor(S / block) blocks and, when `block`
     does not divide S, a last piece of S mod block slots, read only once `live` reaches into it: a step never
     reads more slots than the dense read (S), nor any block past the one holding slot `live` - 1.

@@ -44,7 +44,8 @@ F32_MIN = float(jnp.finfo(jnp.float32).min)
 def _kernel(layer_ref, length_ref, q_ref, k_ref, v_ref, keep_ref, out_ref, max_ref, norm_ref, acc_ref, *,
             block: int, scale: float):
     """One (row, block) program. q_ref/out_ref [kv_heads, G, head_dim]; k_ref [kv_heads, head_dim, block], v_ref
-    [kv_heads, block, head_dim]; keep_ref [1, block] (int32, nonzero: visible); scratch max/norm [kv_heads, G, 1], acc as out."""
+    [kv_heads, block, head_dim]; keep_ref [1, block] (int32, nonzero: visible); scratch max/norm [kv_heads, G, 1],
+    acc as out."""
     del layer_ref  # used by the index maps only
     row, j = pl.program_id(0), pl.program_id(1)
     length = length_ref[row]

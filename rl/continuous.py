@@ -123,7 +123,8 @@ def generate_continuous(graphdef, state, prompt_PP, prompt_valid_PP, key, temper
         logprobs_RN=jnp.zeros((requests + 1, max_new)), lengths_R=jnp.zeros((requests + 1,), jnp.int32),
         experts_LRNK=jnp.zeros((moe_layers, requests + 1, max_new, k), jnp.int32),
         logits_RNV=jnp.zeros((requests + 1, max_new, vocab)) if keep_logits else None)
-    admit = functools.partial(_admit, prompt_caches=prompt_caches, slot_axes=slot_axes, prompt_logits_PV=out.logits_BTV[:, -1],
+    admit = functools.partial(_admit, prompt_caches=prompt_caches, slot_axes=slot_axes,
+                              prompt_logits_PV=out.logits_BTV[:, -1],
                               prompt_valid_PP=prompt_valid_PP,
                               prompt_len_P=jnp.sum(prompt_valid_PP, axis=1).astype(jnp.int32),
                               samples=samples, requests=requests)
