@@ -4,7 +4,7 @@
   Its cache entries are K and V per kv head, laid out for a decode step's two products: K transposed,
   [B, kv_heads, head_dim, S] (slots last), V [B, kv_heads, S, head_dim]. A step's scores are then one product
   per (row, kv head) over the slots as they lie, [G, head_dim] x [head_dim, S], and its values another,
-  [G, S] x [S, head_dim]: on a CPU 3-5x faster than reading a [B, S, kv_heads, head_dim] cache, whose slots
+  [G, S] x [S, head_dim]: on a CPU 2.5-5x faster than reading a [B, S, kv_heads, head_dim] cache, whose slots
   are not the minor axis of either product (the README's decode figures).
 - `MLAttention` (deepseek_v3): multi-head latent attention. Its cache entries are the normalised latent
   c_BSC and the rotated shared rope key k_BSR, not full per-head K/V; `attend` expands the latent.
