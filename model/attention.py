@@ -60,7 +60,9 @@ def causal_mask(valid_BS: jax.Array, num_queries: int, segment_ids_BS: jax.Array
 
 
 class GQAttention(nnx.Module):
-    CACHE_SLOT_AXES = (3, 2)  # K [B, kv_heads, head_dim, S], V [B, kv_heads, S, head_dim]
+    # the cache entries' logical axes: K [B, kv_heads, head_dim, S], V [B, kv_heads, S, head_dim]
+    CACHE_AXES = (("batch", "act_kv_heads", None, "length"), ("batch", "act_kv_heads", "length", None))
+    CACHE_SLOT_AXES = tuple(axes.index("length") for axes in CACHE_AXES)
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, stack: Stack = ()):
         d, n, k, h = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -133,7 +135,7 @@ class GQAttention(nnx.Module):
             new = jnp.einsum("BKGH,BKH->BKG", q_BKGH, k_BKH1[..., 0].astype(self.dt)) * self.scale
             p_old, p_new = step_softmax(old, new, keep_BS[:, None, None], keep_new_B[:, None, None])
             out_BKGH = (jnp.einsum("BKGS,BKSH->BKGH", p_old.astype(self.dt), v_BKSH.astype(self.dt))
-                        + p_new[..., None].astype(self.dt) * v_BK1H[:, :, :1].astype(self.dt))
+                        + p_new[..., None].astype(self.dt) * v_BK1H.astype(self.dt))
         return self._output(out_BKGH.reshape(b, 1, n, h))
 
     def attend(self, q_BTNH, entries, mask_BTS):
@@ -189,7 +191,8 @@ class GQAttention(nnx.Module):
 
 
 class MLAttention(nnx.Module):
-    CACHE_SLOT_AXES = (1, 1)  # latent [B, S, C], rope key [B, S, R]
+    CACHE_AXES = (("batch", "length", None),) * 2  # latent [B, S, C], rope key [B, S, R]
+    CACHE_SLOT_AXES = tuple(axes.index("length") for axes in CACHE_AXES)
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, stack: Stack = ()):
         d, n = cfg.hidden_size, cfg.num_attention_heads
@@ -255,72 +258,75 @@ class MLAttention(nnx.Module):
     def attend_cache(self, queries, layer_view, mask_BTS):
         return self.attend(queries, layer_view, mask_BTS)
 
-    def attend_step(self, queries, layer_view, new_entries, keep_BS, keep_new_B):
-        """`GQAttention.attend_step` for the latent cache, with the weights absorbed as in `attend`."""
+    def _absorbed(self, queries):
+        """DeepSeek-V2's weight absorption for one query per row (T = 1): the query's no-rope half moved into the
+        latent space through K's half of kv_b_proj, (q_lat_BNC, q_rope_BNR, w_v_CNH); scores then read the
+        cached latent directly and values stay latent until one product with V's half."""
         q_nope_BTNH, q_rope_BTNR = queries
-        c_BSC, k_rope_BSR = layer_view
-        c_new_BC, k_rope_new_BR = new_entries[0][:, 0], new_entries[1][:, 0]
         w_CNH = self._w("kv_b_proj")
-        w_k_CNH, w_v_CNH = w_CNH[..., : self.nope], w_CNH[..., self.nope:]
+        q_lat_BNC = jnp.einsum("BNH,CNH->BNC", q_nope_BTNH[:, 0], w_CNH[..., : self.nope])
+        return q_lat_BNC, q_rope_BTNR[:, 0], w_CNH[..., self.nope:]
+
+    def _latent_scores(self, q_lat_BNC, q_rope_BNR, c_BSC, k_rope_BSR):
+        """float32 scores [B, N, S] of absorbed queries against latents and rope keys."""
+        f32 = jnp.float32
+        nope = jnp.einsum("BNC,BSC->BNS", q_lat_BNC, c_BSC, preferred_element_type=f32)
+        return (nope + jnp.einsum("BNR,BSR->BNS", q_rope_BNR, k_rope_BSR, preferred_element_type=f32)) * self.scale
+
+    def attend_step(self, queries, layer_view, new_entries, keep_BS, keep_new_B):
+        """`GQAttention.attend_step` for the latent cache, with the weights absorbed (`_absorbed`)."""
+        c_BSC, k_rope_BSR = layer_view
+        c_new_B1C, k_rope_new_B1R = new_entries
         with jax.named_scope("attention"):
-            q_lat_BNC = jnp.einsum("BNH,CNH->BNC", q_nope_BTNH[:, 0], w_k_CNH)
-            q_rope_BNR = q_rope_BTNR[:, 0]
-            old = (jnp.einsum("BNC,BSC->BNS", q_lat_BNC, c_BSC)
-                   + jnp.einsum("BNR,BSR->BNS", q_rope_BNR, k_rope_BSR)) * self.scale
-            new = (jnp.einsum("BNC,BC->BN", q_lat_BNC, c_new_BC)
-                   + jnp.einsum("BNR,BR->BN", q_rope_BNR, k_rope_new_BR)) * self.scale
+            q_lat_BNC, q_rope_BNR, w_v_CNH = self._absorbed(queries)
+            old = self._latent_scores(q_lat_BNC, q_rope_BNR, c_BSC, k_rope_BSR)
+            new = self._latent_scores(q_lat_BNC, q_rope_BNR, c_new_B1C, k_rope_new_B1R)[..., 0]
             p_old, p_new = step_softmax(old, new, keep_BS[:, None], keep_new_B[:, None])
             lat_BNC = (jnp.einsum("BNS,BSC->BNC", p_old.astype(self.dt), c_BSC)
-                       + p_new[..., None].astype(self.dt) * c_new_BC[:, None])
+                       + p_new[..., None].astype(self.dt) * c_new_B1C)
             out_BTNH = jnp.einsum("BNC,CNH->BNH", lat_BNC, w_v_CNH)[:, None]
         return self._output(out_BTNH)
 
     def attend(self, queries, entries, mask_BTS):
+        if queries[0].shape[1] == 1:  # decoding: never expand the cached latents to per-head K/V
+            return self._attend_absorbed(queries, entries, mask_BTS[:, 0])
         q_nope_BTNH, q_rope_BTNR = queries
         c_BSC, k_rope_BSR = entries
         w_CNH = self._w("kv_b_proj")
-        w_k_CNH, w_v_CNH = w_CNH[..., : self.nope], w_CNH[..., self.nope:]
-        absorb = q_nope_BTNH.shape[1] == 1  # decoding: never expand the cached latents to per-head K/V
-        if absorb:
-            # the scores and the values both read the latent: on TPU a barrier makes the layer's slice of the
-            # cache one buffer, read by both (XLA stages it in on-chip memory), where a slice fused into each dot
-            # reads the cache from HBM twice (+1.3 GB per DeepSeek-V3 step with its layers unrolled); elsewhere
-            # the program is left as it was
-            c_BSC, k_rope_BSR = jax.lax.platform_dependent(
-                c_BSC, k_rope_BSR, tpu=lambda *e: jax.lax.optimization_barrier(e), default=lambda *e: e)
         with jax.named_scope("attention"):
-            if absorb:  # DeepSeek-V2's weight absorption: score the query against the latent directly
-                q_lat_BTNC = jnp.einsum("BTNH,CNH->BTNC", q_nope_BTNH, w_k_CNH)
-                nope_scores = jnp.einsum("BTNC,BSC->BNTS", q_lat_BTNC, c_BSC)
-            else:
-                k_nope_BSNH = jnp.einsum("BSC,CNH->BSNH", c_BSC, w_k_CNH)
-                nope_scores = jnp.einsum("BTNH,BSNH->BNTS", q_nope_BTNH, k_nope_BSNH)
-            scores = (nope_scores + jnp.einsum("BTNR,BSR->BNTS", q_rope_BTNR, k_rope_BSR)) * self.scale
+            k_nope_BSNH = jnp.einsum("BSC,CNH->BSNH", c_BSC, w_CNH[..., : self.nope])
+            scores = (jnp.einsum("BTNH,BSNH->BNTS", q_nope_BTNH, k_nope_BSNH)
+                      + jnp.einsum("BTNR,BSR->BNTS", q_rope_BTNR, k_rope_BSR)) * self.scale
             probs = masked_softmax(scores, mask_BTS[:, None]).astype(self.dt)
-            if absorb:
-                out_BTNH = jnp.einsum("BTNC,CNH->BTNH", jnp.einsum("BNTS,BSC->BTNC", probs, c_BSC), w_v_CNH)
-            else:
-                out_BTNH = jnp.einsum("BNTS,BSNH->BTNH", probs, jnp.einsum("BSC,CNH->BSNH", c_BSC, w_v_CNH))
+            v_BSNH = jnp.einsum("BSC,CNH->BSNH", c_BSC, w_CNH[..., self.nope:])
+            out_BTNH = jnp.einsum("BNTS,BSNH->BTNH", probs, v_BSNH)
+        return self._output(out_BTNH)
+
+    def _attend_absorbed(self, queries, entries, mask_BS):
+        """One query per row against whole latents, weights absorbed."""
+        # the scores and the values both read the latent: on TPU a barrier makes the layer's slice of the cache
+        # one buffer, read by both (XLA stages it in on-chip memory), where a slice fused into each dot reads the
+        # cache from HBM twice (+1.3 GB per DeepSeek-V3 step with its layers unrolled); elsewhere the program is
+        # left as it was
+        c_BSC, k_rope_BSR = jax.lax.platform_dependent(
+            *entries, tpu=lambda *e: jax.lax.optimization_barrier(e), default=lambda *e: e)
+        with jax.named_scope("attention"):
+            q_lat_BNC, q_rope_BNR, w_v_CNH = self._absorbed(queries)
+            scores = self._latent_scores(q_lat_BNC, q_rope_BNR, c_BSC, k_rope_BSR)
+            probs = masked_softmax(scores, mask_BS[:, None]).astype(self.dt)
+            out_BTNH = jnp.einsum("BNC,CNH->BNH", jnp.einsum("BNS,BSC->BNC", probs, c_BSC), w_v_CNH)[:, None]
         return self._output(out_BTNH)
 
     def attend_cached(self, queries, cache, layer, mask_BS, read: KVRead):
         """One query per row (T = 1) against layer `layer` of the stacked latent cache, read block-wise, with
         the weights absorbed: scores and values stay in the latent space, expanded once per step."""
-        q_nope_BTNH, q_rope_BTNR = queries
-        w_CNH = self._w("kv_b_proj")
-        w_k_CNH, w_v_CNH = w_CNH[..., : self.nope], w_CNH[..., self.nope:]
-        f32 = jnp.float32
-        q_lat_BNC = jnp.einsum("BNH,CNH->BNC", q_nope_BTNH[:, 0], w_k_CNH)
-        q_rope_BNR = q_rope_BTNR[:, 0]
+        q_lat_BNC, q_rope_BNR, w_v_CNH = self._absorbed(queries)
 
         def scores(entries):
-            c_BSC, k_rope_BSR = entries
-            nope = jnp.einsum("BNC,BSC->BNS", q_lat_BNC, c_BSC, preferred_element_type=f32)
-            return (nope + jnp.einsum("BNR,BSR->BNS", q_rope_BNR, k_rope_BSR, preferred_element_type=f32)
-                    ) * self.scale
+            return self._latent_scores(q_lat_BNC, q_rope_BNR, *entries)
 
         def values(probs, entries):
-            return jnp.einsum("BNS,BSC->BNC", probs.astype(self.dt), entries[0], preferred_element_type=f32)
+            return jnp.einsum("BNS,BSC->BNC", probs.astype(self.dt), entries[0], preferred_element_type=jnp.float32)
 
         with jax.named_scope("attention"):
             out_BNC = attend_blocks(scores, values, q_lat_BNC.shape, cache, self.CACHE_SLOT_AXES, layer, mask_BS,
@@ -334,3 +340,8 @@ class MLAttention(nnx.Module):
 
     def __call__(self, x_BTD, cos, sin, mask_BTS):
         return self.attend(self.queries(x_BTD, cos, sin), self.entries(x_BTD, cos, sin), mask_BTS)
+
+
+def attention_class(cfg: ModelConfig):
+    """The family's attention: `MLAttention` for deepseek_v3, `GQAttention` for qwen3_moe."""
+    return MLAttention if cfg.is_deepseek else GQAttention

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from r1jax.model.attention import GQAttention, MLAttention, causal_mask
+from r1jax.model.attention import attention_class, causal_mask
 from r1jax.model.kv_cache import KVRead, reads_blockwise, write_slots
 from r1jax.model.config import ModelConfig
 from r1jax.model.layers import MLP, RMSNorm, Stack, dtype_of, make_param, rope_cos_sin
@@ -32,7 +32,7 @@ class Block(nnx.Module):
 
     def __init__(self, kind: str, cfg: ModelConfig, rngs: nnx.Rngs, stack: Stack = ()):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg, rngs, stack)
-        self.self_attn = (MLAttention if cfg.is_deepseek else GQAttention)(cfg, rngs, stack)
+        self.self_attn = attention_class(cfg)(cfg, rngs, stack)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg, rngs, stack)
         self.is_moe = kind == "moe"
         self.mlp = MoE(cfg, rngs, stack) if self.is_moe else MLP(cfg.intermediate_size, cfg, rngs, stack)
@@ -192,9 +192,10 @@ class Policy(nnx.Module):
                  valid_BT: jax.Array | None = None, replay_LBTK: jax.Array | None = None,
                  segment_ids_BT: jax.Array | None = None) -> PolicyOutput:
         """Logits for every position. `valid_BT` marks real tokens (False: padding, never attended to);
-        `positions_BT` defaults to 0..T-1; `replay_LBTK` reuses the experts chosen per MoE layer;
-        `segment_ids_BT` (packed rows) keeps attention within each segment (positions then restart per
-        segment through `positions_BT`)."""
+        `positions_BT` defaults to 0..T-1 and must lie in [0, T) (a token's position counts the real tokens
+        before it in its row or segment; outside, rotary gives NaN: `layers.rope_cos_sin`'s `within_rows`);
+        `replay_LBTK` reuses the experts chosen per MoE layer; `segment_ids_BT` (packed rows) keeps attention
+        within each segment (positions then restart per segment through `positions_BT`)."""
         return self.forward_embeddings(self.embed(tokens_BT), positions_BT, valid_BT, replay_LBTK, segment_ids_BT)
 
     def forward_embeddings(self, x_BTD: jax.Array, positions_BT: jax.Array | None = None,
@@ -204,7 +205,7 @@ class Policy(nnx.Module):
         b, t, _ = x_BTD.shape
         positions_BT = jnp.broadcast_to(jnp.arange(t), (b, t)) if positions_BT is None else positions_BT
         valid_BT = jnp.ones((b, t), bool) if valid_BT is None else valid_BT.astype(bool)
-        cos, sin = rope_cos_sin(positions_BT, self.rope_dim(), self.cfg.rope_theta)
+        cos, sin = rope_cos_sin(positions_BT, self.rope_dim(), self.cfg.rope_theta, within_rows=True)
         x_BTD, aux, _ = self.run_layers(x_BTD, cos, sin, causal_mask(valid_BT, t, segment_ids_BT), valid_BT,
                                          replay_LBTK)
         return PolicyOutput(self.logits(self.norm(x_BTD)), aux)
@@ -257,7 +258,7 @@ class Policy(nnx.Module):
 
     @property
     def attention_class(self):
-        return MLAttention if self.cfg.is_deepseek else GQAttention
+        return attention_class(self.cfg)
 
     def init_cache(self, batch: int, length: int, dtype=None) -> list:
         """Empty caches per segment: GQA (K [L, B, K, H, S], V [L, B, K, S, H]); MLA (latent [L, B, S, C], rope

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from r1jax.errors import UserError
+from r1jax.model.attention import attention_class
 from r1jax.model.kv_cache import reads_blockwise
 from r1jax.model.config import ModelConfig
 from r1jax.model.dispatch import resolve_impl
@@ -259,12 +260,8 @@ def kv_cache_bytes(setup: Setup, layout: SamplerLayout | None = None, *, read: b
 def _cache_bytes(setup: Setup, layout: SamplerLayout | None, b: int, s: int) -> int:
     model = setup.config.model
     mesh, rules = (setup.mesh, setup.rules) if layout is None else (layout.mesh, layout.rules)
-    if model.is_deepseek:
-        entries = [((b, s, model.kv_lora_rank), ("batch", "length", None)),
-                   ((b, s, model.qk_rope_head_dim), ("batch", "length", None))]
-    else:
-        shape = (b, s, model.num_key_value_heads, model.head_dim)
-        entries = [(shape, ("batch", "length", "act_kv_heads", None))] * 2
+    attention = attention_class(model)
+    entries = list(zip(attention.cache_shapes(model, b, s), attention.CACHE_AXES))
     itemsize = jnp.dtype(model.compute_dtype).itemsize
     total = 0
     for _, count in model.layer_segments():
