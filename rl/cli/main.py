@@ -7,6 +7,8 @@ XLA's flags before JAX starts.
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import importlib
 import os
 import sys
@@ -80,6 +82,19 @@ def pin_cpu_without_accelerators() -> None:
     jax.config.update("jax_platforms", "cpu")
 
 
+def collect_garbage_less_often() -> None:
+    """Python's cyclic garbage collector, tuned for a process that traces JAX programs: tracing allocates
+    millions of short-lived objects, so the default thresholds (700, 10, 10) run a full collection over the
+    whole heap (JAX, Flax, Orbax and their caches: 0.25 s each) every few seconds, and interpreter shutdown
+    walks that heap once more. Gen-0 collections every 10,000 allocations in place of 700, and the heap frozen
+    at exit (the process is ending: nothing left is worth a collection). An `r1jax train` of
+    tests/rl/data/train_tiny.yaml, every program in the compilation cache: collections 2.7-3.4 s -> 1.1-1.3 s,
+    exit after the last atexit handler 1.5-2.2 s -> 0.3-0.5 s (24.5-29.6 s -> 21.7-24.3 s wall, a loaded
+    2-core host). Garbage is still collected, later: reference counting frees most of it at once anyway."""
+    gc.set_threshold(10_000, 10, 10)
+    atexit.register(gc.freeze)
+
+
 def quiet_libraries() -> None:
     """Keep the console readable: library chatter (absl/Orbax/TensorFlow-style logs) only on errors."""
     import logging
@@ -96,10 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu_devices is not None:
         fake_cpu_devices(args.cpu_devices)
     pin_cpu_without_accelerators()
-    # The malloc options are process-wide and act best before JAX's backend starts: set them only when this is
-    # the program (argv from the command line), never in a caller's process (a test runner, a notebook).
+    # The malloc options and the collector's are process-wide, and the malloc options act best before JAX's
+    # backend starts: set them only when this is the program (argv from the command line), never in a caller's
+    # process (a test runner, a notebook).
     if argv is None and os.environ.get("JAX_PLATFORMS") == "cpu":
         retain_freed_memory()
+    if argv is None:
+        collect_garbage_less_often()
     quiet_libraries()
     try:
         return int(args._module.run(args) or 0)

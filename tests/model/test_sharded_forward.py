@@ -1,4 +1,10 @@
-"""The sharded forward pass (and its gradient) equals the single-device one, for every mesh shape."""
+"""The sharded forward pass (and its gradient) equals the single-device one, for every mesh shape.
+
+Each family's policy, inputs and single-device results are computed once for all its meshes
+(`single_device`): they do not depend on the mesh, and each jit of a new closure traces and lowers the model
+again (the module, warm compilation cache: 38.8 s -> 28.0 s)."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -40,15 +46,27 @@ def _inputs(cfg):
     return tokens, valid
 
 
+def _probe(cfg):
+    return jax.random.normal(jax.random.key(5), (8, 12, cfg.vocab_size))
+
+
+@functools.cache
+def single_device(family: str, what: str):
+    """(graphdef, state, tokens, valid, the single-device forward or gradient) of a family, built once."""
+    cfg = FAMILIES[family]
+    graphdef, state = nnx.split(_policy_with_bias(cfg))
+    tokens, valid = _inputs(cfg)
+    if what == "forward":
+        expected = jax.jit(_forward(graphdef))(state, tokens, valid)
+    else:
+        expected = jax.jit(_loss(graphdef))(state, tokens, valid, _probe(cfg))
+    return graphdef, state, tokens, valid, expected
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("mesh_shape", MESHES, ids=lambda s: "x".join(map(str, s)))
 def test_sharded_forward_equals_single_device(family, mesh_shape):
-    cfg = FAMILIES[family]
-    graphdef, state = nnx.split(_policy_with_bias(cfg))
-    tokens, valid = _inputs(cfg)
-    expected = jax.jit(_forward(graphdef))(state, tokens, valid)
+    graphdef, state, tokens, valid, expected = single_device(family, "forward")
     mesh = build_mesh(ShardingConfig(*mesh_shape))
     rules = Rules.preset("fsdp_expert_tensor")
     sharded_state = jax.device_put(state, state_shardings(state, mesh, rules))
@@ -75,11 +93,8 @@ def _loss(graphdef):
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("mesh_shape", [(2, 2, 2, 1), (1, 2, 2, 2)], ids=lambda s: "x".join(map(str, s)))
 def test_sharded_gradient_equals_single_device(family, mesh_shape):
-    cfg = FAMILIES[family]
-    graphdef, state = nnx.split(_policy_with_bias(cfg))
-    tokens, valid = _inputs(cfg)
-    probe = jax.random.normal(jax.random.key(5), (8, 12, cfg.vocab_size))
-    expected = jax.jit(_loss(graphdef))(state, tokens, valid, probe)
+    graphdef, state, tokens, valid, expected = single_device(family, "gradient")
+    probe = _probe(FAMILIES[family])
     mesh = build_mesh(ShardingConfig(*mesh_shape))
     rules = Rules.preset("fsdp_expert_tensor")
     sharded_state = jax.device_put(state, state_shardings(state, mesh, rules))

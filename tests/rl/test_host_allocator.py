@@ -47,12 +47,14 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again():
 
 
 def test_only_the_command_line_program_sets_the_malloc_options(monkeypatch, tmp_path):
-    """`main(argv)` called from another program (a test runner, a notebook) leaves that process's malloc as
-    it is; `r1jax ...` itself (argv from the command line) sets the options before JAX starts."""
+    """`main(argv)` called from another program (a test runner, a notebook) leaves that process's malloc and
+    garbage collector as they are; `r1jax ...` itself (argv from the command line) sets the malloc options
+    before JAX starts, and the collector's (rl.cli.main.collect_garbage_less_often)."""
     calls = []
-    monkeypatch.setattr(cli_main, "retain_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(cli_main, "retain_freed_memory", lambda: calls.append("malloc") or True)
+    monkeypatch.setattr(cli_main, "collect_garbage_less_often", lambda: calls.append("gc"))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     args = ["export-hf", str(tmp_path / "missing"), str(tmp_path / "out")]
     assert cli_main.main(args) == 2 and calls == []  # a missing checkpoint: a one-line error either way
     monkeypatch.setattr(sys, "argv", ["r1jax", *args])
-    assert cli_main.main() == 2 and calls == [1]
+    assert cli_main.main() == 2 and calls == ["malloc", "gc"]
