@@ -55,6 +55,7 @@ from r1jax.model.factory import abstract_policy
 from r1jax.rl.update import split_policy
 from r1jax.sharding.compile_stats import device_bytes
 from r1jax.sharding.context import use_mesh
+from r1jax.sharding.distributed import identity_to
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.params import abstract_sharded, tree_shardings
 from r1jax.sharding.rules import Rules
@@ -84,19 +85,31 @@ class SamplerLayout:
     graphdef: Any
     per_layer: bool
     reshard_seconds: float = 0.0
+    _arrangements: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def reshard(self, state):
         """`state` (the policy's params / bias, stacked or per layer, any layout; plain arrays such as a key
         replicated) in this layout, each layer's parameters apart with `per_layer`, waited for and timed."""
         start = time.perf_counter()
-        shardings = self._shardings(state)
+        arrange, shardings = self._arrangement(state)
         if self._disjoint():  # one program cannot span both device sets: arrange here, then move
-            placed = copy_to(jax.jit(self._arranged)(state) if self.per_layer else state, shardings)
+            placed = copy_to(arrange(state) if self.per_layer else state, shardings)
         else:
-            placed = jax.jit(self._arranged, out_shardings=shardings)(state)
+            placed = arrange(state)
         placed = jax.block_until_ready(placed)
         self.reshard_seconds += time.perf_counter() - start
         return placed
+
+    def _arrangement(self, state):
+        """(the jitted `_arranged`, onto this layout's devices unless they are the sampler's own; the shardings
+        of its result), made once per structure and shapes of `state`: every rollout after the first reuses
+        the compiled program (a jit made at each reshard was traced and compiled again at every rollout)."""
+        key = jax.tree.structure(state), tuple((x.shape, x.dtype) for x in jax.tree.leaves(state))
+        if key not in self._arrangements:
+            shardings = self._shardings(state)
+            self._arrangements[key] = (jax.jit(self._arranged, out_shardings=None if self._disjoint() else shardings),
+                                       shardings)
+        return self._arrangements[key]
 
     def abstract(self, state):
         """ShapeDtypeStructs of what `reshard(state)` gives (`state` may be abstract), with their shardings."""
@@ -145,8 +158,8 @@ class SamplerLayout:
 def _move(tree, shardings):
     """`tree` laid out by `shardings` (a prefix tree). A jitted identity rather than `jax.device_put`: under
     several processes it moves arrays between meshes of the same devices, and takes host-local inputs (a
-    random key) as replicated."""
-    return jax.jit(lambda x: x, out_shardings=shardings)(tree)
+    random key) as replicated. Compiled once per `shardings` (sharding.distributed.identity_to)."""
+    return identity_to(shardings)(tree)
 
 
 def _batch_dims(rollout):

@@ -219,14 +219,17 @@ def replicated(x):
 
 
 def _reshard(x, sharding):
-    return _identity_to(sharding)(x)
+    return identity_to(sharding)(x)
 
 
 @functools.lru_cache(maxsize=None)
-def _identity_to(sharding):
+def identity_to(shardings):
+    """A jitted identity whose outputs are laid out by `shardings` (a sharding or a hashable tree prefix of
+    them), made once per `shardings`: the program is traced and compiled once, where a jit made at each call
+    is traced and compiled again every time."""
     import jax
 
-    return jax.jit(_identity, out_shardings=sharding)
+    return jax.jit(_identity, out_shardings=shardings)
 
 
 def _identity(x):

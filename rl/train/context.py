@@ -19,7 +19,7 @@ import pathlib
 from typing import Any, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from r1jax.model.config import ModelConfig
@@ -114,7 +114,10 @@ class BatchPlacer:
         rows = len(next(iter(batch.values())))
         axes = check_batch_rows(rows, self.mesh, self.rules, "a batch")
         sharding = NamedSharding(self.mesh, P(axes or None))
-        return jax.tree.map(lambda x: jax.device_put(jnp.asarray(x), sharding), batch)
+        # host arrays go straight to their shards (`jnp.asarray` first would compile a conversion and a
+        # reshard per new shape); device_put gives them JAX's dtypes as jnp.asarray does (int64 -> int32)
+        return jax.tree.map(lambda x: jax.device_put(x if isinstance(x, jax.Array) else np.asarray(x), sharding),
+                            batch)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -64,6 +64,8 @@ def test_the_inference_layout_samples_the_same_without_gathering_weights_in_the_
         key = jax.random.split(jax.random.key(7))[0]
         expected = trained.generate(state, PROMPTS, key=key, temperature=0.0, ignore_eos=True)
         got = inferring.generate(state, PROMPTS, key=key, temperature=0.0, ignore_eos=True)
+        # a later rollout reuses the compiled reshard, sampler and move back: nothing is traced again
+        assert _traces(lambda: inferring.generate(state, PROMPTS, key=key, temperature=0.0, ignore_eos=True)) == 0
     assert np.array_equal(np.asarray(got.tokens_BT), np.asarray(expected.tokens_BT))
     np.testing.assert_allclose(np.asarray(got.logprobs_BN), np.asarray(expected.logprobs_BN), atol=1e-5)
     assert np.array_equal(np.asarray(got.experts_LBTK), np.asarray(expected.experts_LBTK))
@@ -77,6 +79,21 @@ def test_the_inference_layout_samples_the_same_without_gathering_weights_in_the_
     # vocabulary over `tensor` (4 in DeepSeek's layout), are not gathered to every `tensor` device
     vocab = MODELS[family].vocab_size
     assert not re.search(rf"= \w+\[[\d,]*\b{vocab}\]\S* all-gather(-start)?\(", program)
+
+
+def _traces(run) -> int:
+    """How many programs (a jit's or an eager operation's) JAX traced while `run()` ran."""
+    events = []
+
+    def listener(event, duration, **_):
+        events.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        run()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    return events.count("/jax/core/compile/jaxpr_trace_duration")
 
 
 def _sample(graphdef, weights, key, layout):
