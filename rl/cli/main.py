@@ -106,17 +106,20 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, as_program: bool | None = None) -> int:
+    """Run one command. `as_program` (default: when `argv` comes from the command line) says the process is
+    the `r1jax` program, not a caller's (a test runner, a notebook): the malloc options and the collector's
+    are process-wide, so only the program sets them, and the malloc options act best before JAX's backend
+    starts. A script that wraps the program (tests/rl/signal_at_step.py) passes its own argv with True."""
     args = build_parser().parse_args(argv)
     if args.cpu_devices is not None:
         fake_cpu_devices(args.cpu_devices)
     pin_cpu_without_accelerators()
-    # The malloc options and the collector's are process-wide, and the malloc options act best before JAX's
-    # backend starts: set them only when this is the program (argv from the command line), never in a caller's
-    # process (a test runner, a notebook).
-    if argv is None and os.environ.get("JAX_PLATFORMS") == "cpu":
+    if as_program is None:
+        as_program = argv is None
+    if as_program and os.environ.get("JAX_PLATFORMS") == "cpu":
         retain_freed_memory()
-    if argv is None:
+    if as_program:
         collect_garbage_less_often()
     quiet_libraries()
     try:

@@ -18,7 +18,7 @@ import sys
 
 import jax
 
-from r1jax.rl.cli.main import collect_garbage_less_often, main
+from r1jax.rl.cli.main import main
 from r1jax.rl.sampler_layout import SamplerLayout
 from r1jax.rl.train import stage_grpo
 from r1jax.rl.train.update_stage import UpdateStage
@@ -62,6 +62,5 @@ def watch(out_path: str) -> None:
 
 if __name__ == "__main__":
     watch(sys.argv[1])
-    collect_garbage_less_often()  # what main() does when it is the program (argv from the command line)
     signal_after_row(signal.Signals[f"SIG{sys.argv[2]}"], int(sys.argv[3]))
-    sys.exit(main(sys.argv[4:]))
+    sys.exit(main(sys.argv[4:], as_program=True))

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 
-from r1jax.rl.cli.main import collect_garbage_less_often, main
+from r1jax.rl.cli.main import main
 from r1jax.rl.train.metrics import MetricsWriter
 
 
@@ -29,5 +29,4 @@ def signal_after_row(sig: signal.Signals, global_step: int) -> None:
 
 if __name__ == "__main__":
     signal_after_row(signal.Signals[f"SIG{sys.argv[1]}"], int(sys.argv[2]))
-    collect_garbage_less_often()  # what main() does when it is the program (argv from the command line)
-    sys.exit(main(sys.argv[3:]))
+    sys.exit(main(sys.argv[3:], as_program=True))

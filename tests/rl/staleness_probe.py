@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax.rl.cli.main import collect_garbage_less_often, main
+from r1jax.rl.cli.main import main
 from r1jax.rl.data import make_iterator
 from r1jax.rl.grpo.advantages import compute_advantages
 from r1jax.rl.grpo.step import make_grpo_step, reference_logprobs, rollout_batch
@@ -111,11 +111,10 @@ def watch_grpo(out_path: str) -> None:
 
 
 if __name__ == "__main__":
-    collect_garbage_less_often()  # what main() does when it is the program (argv from the command line)
     if sys.argv[1] in ("run", "sequential"):
         if sys.argv[1] == "sequential":
             STAGE_RUNNERS["grpo"] = sequential_grpo
-        sys.exit(main(sys.argv[2:]))
+        sys.exit(main(sys.argv[2:], as_program=True))
     watch_grpo(sys.argv[2])
     signal_after_row(signal.Signals[f"SIG{sys.argv[3]}"], int(sys.argv[4]))
-    sys.exit(main(sys.argv[5:]))
+    sys.exit(main(sys.argv[5:], as_program=True))

@@ -49,7 +49,8 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again():
 def test_only_the_command_line_program_sets_the_malloc_options(monkeypatch, tmp_path):
     """`main(argv)` called from another program (a test runner, a notebook) leaves that process's malloc and
     garbage collector as they are; `r1jax ...` itself (argv from the command line) sets the malloc options
-    before JAX starts, and the collector's (rl.cli.main.collect_garbage_less_often)."""
+    before JAX starts, and the collector's (rl.cli.main.collect_garbage_less_often); so does `main(argv,
+    as_program=True)`."""
     calls = []
     monkeypatch.setattr(cli_main, "retain_freed_memory", lambda: calls.append("malloc") or True)
     monkeypatch.setattr(cli_main, "collect_garbage_less_often", lambda: calls.append("gc"))
@@ -58,3 +59,5 @@ def test_only_the_command_line_program_sets_the_malloc_options(monkeypatch, tmp_
     assert cli_main.main(args) == 2 and calls == []  # a missing checkpoint: a one-line error either way
     monkeypatch.setattr(sys, "argv", ["r1jax", *args])
     assert cli_main.main() == 2 and calls == ["malloc", "gc"]
+    # a script that wraps the program (tests/rl/signal_at_step.py) says so with its own argv
+    assert cli_main.main(args, as_program=True) == 2 and calls == ["malloc", "gc"] * 2
