@@ -31,8 +31,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import pallas as pl
-from jax.experimental.pallas import tpu as pltpu
 from jax.sharding import PartitionSpec
 
 from r1jax.sharding.context import active_rules, mesh_shape
@@ -46,6 +44,8 @@ def _kernel(layer_ref, length_ref, q_ref, k_ref, v_ref, keep_ref, out_ref, max_r
     """One (row, block) program. q_ref/out_ref [kv_heads, G, head_dim]; k_ref [kv_heads, head_dim, block], v_ref
     [kv_heads, block, head_dim]; keep_ref [1, block] (int32, nonzero: visible); scratch max/norm [kv_heads, G, 1],
     acc as out."""
+    from jax.experimental import pallas as pl  # (Pallas is imported where a kernel is traced: ~0.2 s at start-up)
+
     del layer_ref  # used by the index maps only
     row, j = pl.program_id(0), pl.program_id(1)
     length = length_ref[row]
@@ -87,6 +87,9 @@ def decode_attention_local(q_BKGH, k_cache, v_cache, layer, mask_BS, *, block: i
     `k_cache` [L, B, kv_heads, head_dim, S], `v_cache` [L, B, kv_heads, S, head_dim]; `mask_BS`: the visible
     slots; `block`: slots per program (the last block may run past S; a cache of fewer slots is one block;
     compiled, a multiple of 128 below S, K's lane tiling)."""
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import tpu as pltpu
+
     _, batch, kv_heads, head_dim, length = k_cache.shape
     if not interpret and block < length:
         block = -(-block // 128) * 128
