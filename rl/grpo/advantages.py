@@ -7,12 +7,17 @@ rewards are all equal (zero variance) gets exactly zero advantage, whatever the 
 of identical floats need not equal them bit for bit, and a tiny residual divided by eps would be noise.
 Standard deviations are population ones (ddof = 0, so G = 1 is finite) unless `ddof = 1` asks for the sample
 std (TRL's and verl's torch.std); `STD_KINDS` maps the config's names to ddof.
+
+The estimators take NumPy or JAX arrays alike (array methods only); `compute_advantages`, what a GRPO step calls,
+runs on the host in NumPy: the rewards arrive there from the reward pool, and on a device each of its dozen
+operations was a program of its own, traced, compiled and dispatched (rl.train.stage_grpo places the result).
 """
 
+import warnings
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 
 AdvantageFn = Callable[[jax.Array, float, int], jax.Array]
 STD_KINDS = {"population": 0, "sample": 1}
@@ -52,16 +57,19 @@ def nonzero_std_mask_P(rewards_PG: jax.Array) -> jax.Array:
 
 
 def compute_advantages(
-    rewards_PG: jax.Array, estimator: str = "grpo", eps: float = 1e-6, std: str = "population"
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Returns (adv_PG float32, metrics) with metrics["frac_reward_zero_std"] the share of zero-variance groups.
-    `std` is a key of STD_KINDS; the logged reward_std stays the population std whatever it is."""
-    rewards_PG = jnp.asarray(rewards_PG, jnp.float32)  # float32 statistics whatever the rewards arrive as
+    rewards_PG, estimator: str = "grpo", eps: float = 1e-6, std: str = "population"
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Returns (adv_PG float32 NumPy, metrics) with metrics["frac_reward_zero_std"] the share of zero-variance
+    groups. `std` is a key of STD_KINDS; the logged reward_std stays the population std whatever it is."""
+    rewards_PG = np.asarray(rewards_PG, np.float32)  # float32 statistics whatever the rewards arrive as
     keep_P = nonzero_std_mask_P(rewards_PG)
-    adv_PG = jnp.where(keep_P[:, None], ADVANTAGE_ESTIMATORS[estimator](rewards_PG, eps, STD_KINDS[std]), 0.0)
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # eps 0 or G 1 at ddof 1: only in groups masked below
+        adv_PG = ADVANTAGE_ESTIMATORS[estimator](rewards_PG, eps, STD_KINDS[std])
+    adv_PG = np.where(keep_P[:, None], adv_PG, np.float32(0.0)).astype(np.float32)
     metrics = {
-        "frac_reward_zero_std": 1.0 - keep_P.mean(dtype=jnp.float32),
-        "reward_mean": rewards_PG.mean(),
-        "reward_std": rewards_PG.std(),
+        "frac_reward_zero_std": 1.0 - float(keep_P.mean()),
+        "reward_mean": float(rewards_PG.mean()),
+        "reward_std": float(rewards_PG.std()),
     }
     return adv_PG, metrics

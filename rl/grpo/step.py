@@ -11,6 +11,7 @@ and `unpack`; log-probs come back padded, so the loss code is the same for both 
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -27,9 +28,14 @@ from r1jax.rl.grpo.packing import unpack_targets
 from r1jax.rl.update import UpdateConfig, add_router_losses, make_update_step
 
 
-def rollout_batch(rollout, adv_B: jax.Array, cfg: GRPOConfig, max_new_tokens: int,
-                  with_replay: bool = False) -> dict:
-    """The training batch for a sampler Rollout (rl.sampler) and one advantage per row."""
+def rollout_batch(rollout, adv_B, cfg: GRPOConfig, max_new_tokens: int, with_replay: bool = False) -> dict:
+    """The training batch for a sampler Rollout (rl.sampler) and one advantage per row: one jitted program (op by
+    op, its dozen scatters, sums and divisions were as many programs, each traced, compiled and dispatched)."""
+    return _rollout_batch(rollout, adv_B, cfg.loss_aggregation, max_new_tokens, with_replay)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _rollout_batch(rollout, adv_B, aggregation: str, max_new_tokens: int, with_replay: bool) -> dict:
     tokens_BT = rollout.tokens_BT
     p = rollout.prompt_length
     mask_BT = jnp.zeros(tokens_BT[:, 1:].shape, bool).at[:, p - 1:].set(rollout.completion_mask_BN)
@@ -37,7 +43,7 @@ def rollout_batch(rollout, adv_B: jax.Array, cfg: GRPOConfig, max_new_tokens: in
     norms = global_normalisers(mask_BT, max_new_tokens)
     batch = {
         "tokens": tokens_BT, "positions": rollout.positions_BT, "valid": rollout.valid_BT, "mask": mask_BT,
-        "weight": token_weights_BT(mask_BT, cfg.loss_aggregation, norms), "sampler_logp": sampler_logp_BT,
+        "weight": token_weights_BT(mask_BT, aggregation, norms), "sampler_logp": sampler_logp_BT,
         "adv": jnp.asarray(adv_B, jnp.float32),
     }
     if with_replay:

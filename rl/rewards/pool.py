@@ -74,7 +74,9 @@ class BatchHandle:
 
 class RewardPool:
     def __init__(self, rewards: RewardsConfig | None = None, config: PoolConfig | None = None,
-                 share: ScoreShare | None = None):
+                 share: ScoreShare | None = None, tasks: Sequence[str] | None = None):
+        """`tasks`: the tasks whose verifiers the workers load before their first item (None: every registered
+        task's; rl.tasks.Task.warm_up); an item of another task pays for its verifier's imports itself."""
         self.rewards = rewards or RewardsConfig()
         self.config = config or PoolConfig()
         self.share = share  # None: this process scores every row
@@ -98,9 +100,10 @@ class RewardPool:
         self.code_counts: collections.Counter = collections.Counter()
         self.worker_pids: set[int] = set()  # every worker seen: more than `workers` means some were replaced
         self.wait_s = 0.0  # time callers spent blocked in collect: how long scoring stalled the trainer
+        warm = None if tasks is None else tuple(tasks)
         self._pool = pebble.ProcessPool(
             max_workers=self.config.workers, max_tasks=self.config.max_tasks_per_worker,
-            initializer=worker.initialize, initargs=(self.config.memory_mb, tuple(self.config.import_modules)),
+            initializer=worker.initialize, initargs=(self.config.memory_mb, tuple(self.config.import_modules), warm),
             context=multiprocessing.get_context("spawn"))
         self._warm_up()
 

@@ -32,7 +32,7 @@ HIDDEN_DEVICES_ENV = {
 }
 
 
-def initialize(memory_mb: int, modules: Sequence[str]) -> None:
+def initialize(memory_mb: int, modules: Sequence[str], tasks: Sequence[str] | None = None) -> None:
     os.environ.update(HIDDEN_DEVICES_ENV)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if memory_mb:
@@ -44,15 +44,17 @@ def initialize(memory_mb: int, modules: Sequence[str]) -> None:
 
     for name in modules:
         importlib.import_module(name)
-    _warm_up()
+    _warm_up(tasks)
 
 
-def _warm_up() -> None:
-    """Import sympy and math-verify now, so a fresh worker's first item is not charged for them."""
-    from r1jax.rl.tasks import get_task
+def _warm_up(tasks: Sequence[str] | None) -> None:
+    """Load what the verifiers of `tasks` (None: every registered task) need now, so that a fresh worker's first
+    item is not charged for it (math and algebra: sympy and math-verify, ~1 s of imports)."""
+    from r1jax.rl.tasks import TASKS, Task, get_task
 
-    get_task("math").verify("x^2-1", "(x-1)(x+1)")  # parse, compare, simplify (imports sympy.physics)
-    get_task("algebra").verify("2x", "x+x")
+    for name in TASKS if tasks is None else tasks:
+        if TASKS[name].warm_up is not Task.warm_up:  # (the others have nothing to load)
+            get_task(name).warm_up()
 
 
 def score(item, config) -> tuple[str, dict, str | None, int, str | None]:

@@ -138,6 +138,9 @@ class AlgebraTask(Task):
         return Problem(task=self.name, prompt=prompt, answer=answer, solution=r1_solution(steps, answer),
                        difficulty=self.difficulty)
 
+    def warm_up(self) -> None:
+        self.verify("2x", "x+x")  # sympy, through the safe parser
+
     def verify(self, candidate: str, reference: str, prompt: str = "") -> bool:
         import sympy
 

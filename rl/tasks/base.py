@@ -68,6 +68,10 @@ class Task:
     def verify(self, candidate: str, reference: str, prompt: str = "") -> bool:
         raise NotImplementedError
 
+    def warm_up(self) -> None:
+        """Load what `verify` needs (a reward worker calls this before its first item, so that no item is charged
+        for imports); tasks whose verifier is plain Python need nothing."""
+
 
 TASKS: dict[str, Callable[..., Task]] = {}
 

@@ -141,6 +141,9 @@ class MathTask(Task):
         raise UserError("task 'math' has no generator: it verifies user data (give a data file, "
                         "or use the arithmetic / countdown / algebra tasks)")
 
+    def warm_up(self) -> None:
+        self.verify("x^2-1", "(x-1)(x+1)")  # math-verify and sympy: parse, compare, simplify (sympy.physics)
+
     def verify(self, candidate: str, reference: str, prompt: str = "") -> bool:
         from math_verify import verify
 

@@ -123,11 +123,10 @@ def reward_metrics(results: Sequence[ScoreResult], names: Sequence[str]) -> dict
 
 def length_metrics(rollout: Rollout, max_new_tokens: int) -> dict[str, float]:
     lengths = np.asarray(rollout.lengths_B)
-    completions = np.asarray(rollout.completion_BN)
     truncated = lengths >= max_new_tokens
     return {"response_length/mean": float(lengths.mean()), "response_length/max": int(lengths.max()),
             "truncation_rate": float(truncated.mean()), "generated_tokens": int(lengths.sum()),
-            "completion_columns": int(completions.shape[1])}
+            "completion_columns": rollout.logprobs_BN.shape[1]}
 
 
 def reflection_rate(texts: Sequence[str], words: Sequence[str] = DEFAULT_REFLECTION_WORDS) -> float:

@@ -70,8 +70,7 @@ def run_grpo(ctx: StageContext, index: int, stage: StageConfig, start: StageStar
         results = sampled.collect(ctx.pool)
         host_wait = time.time() - wait_start
         rewards_PG = np.array([r.total for r in results], np.float32).reshape(-1, g.group_size)
-        adv_PG, adv_metrics = compute_advantages(jnp.asarray(rewards_PG), g.advantage_estimator, g.adv_eps,
-                                                   g.adv_std)
+        adv_PG, adv_metrics = compute_advantages(rewards_PG, g.advantage_estimator, g.adv_eps, g.adv_std)
         batch["adv"] = ctx.place({"adv": adv_PG.reshape(-1)}, runner.global_step + 1)["adv"]
         if ref_logp is not None:
             batch["ref_logp"] = ref_logp
@@ -163,7 +162,7 @@ def _device_batch(ctx: StageContext, runner: UpdateStage, rollout, ahead: int = 
     on. `ahead`: how many steps after the next one it is for."""
     g, cfg = ctx.config.grpo, ctx.config
     rows = rollout.tokens_BT.shape[0]
-    batch = rollout_batch(rollout, jnp.zeros((rows,)), g, cfg.sampling.max_new_tokens,
+    batch = rollout_batch(rollout, np.zeros((rows,), np.float32), g, cfg.sampling.max_new_tokens,
                           with_replay=cfg.update.routing_replay)
     valid_BT = np.asarray(rollout.valid_BT)
     layout = {"padding_fraction": padding_fraction(valid_BT)}

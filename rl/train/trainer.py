@@ -170,7 +170,9 @@ class Trainer:
             # under several processes each scores its share of every batch (rl.rewards.share)
             share = ScoreShare.of_jax_processes(self.config.reward_pool.batch_deadline_s
                                                 + distributed.DEFAULT_PEER_TIMEOUT_S)
-            self._pool = RewardPool(self.config.rewards, self.config.reward_pool, share=share)
+            data = self.config.data  # generated tasks: their verifiers alone are warmed up; a data file's: all
+            self._pool = RewardPool(self.config.rewards, self.config.reward_pool, share=share,
+                                    tasks=None if data.path else data.tasks)
             if self._pool.sandbox is not None:  # the run's log and its summary say how programs ran
                 self.console.log(f"code sandbox: {self._pool.sandbox}")
                 self.summary["code_sandbox"] = self._pool.sandbox

@@ -6,11 +6,13 @@ The completion is the command:
 - "sigkill": the worker kills itself; "hog": allocate 8 GiB; "raise": raise ValueError;
 - "env": 1.0 when the worker's accelerators are hidden;
 - "tower:LATEX": math-verify on LATEX with no screen and no timeout, the unguarded path that hangs in GMP;
+- "loaded:MODULE": 1.0 when the worker has imported MODULE;
 - anything else: 1.0.
 """
 
 import os
 import signal
+import sys
 import time
 
 from r1jax.rl.rewards import register_reward
@@ -32,6 +34,8 @@ def probe(item, config) -> float:
     elif command == "env":
         return float(os.environ.get("JAX_PLATFORMS") == "cpu" and os.environ.get("CUDA_VISIBLE_DEVICES") == ""
                      and os.environ.get("TPU_VISIBLE_CHIPS") == "")
+    elif command.startswith("loaded:"):
+        return float(command[len("loaded:"):] in sys.modules)
     elif command.startswith("tower:"):
         from math_verify import LatexExtractionConfig, parse, verify
 

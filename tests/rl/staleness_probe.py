@@ -18,7 +18,6 @@ import signal
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from r1jax.rl.cli.main import main
@@ -48,14 +47,13 @@ def sequential_grpo(ctx, index, stage, start):
     while runner.stage_step < stage.steps:
         sampled = stage_grpo._sample(ctx, next(iterator), sampler, runner)
         rollout = sampled.rollout
-        batch = rollout_batch(rollout, jnp.zeros((rollout.tokens_BT.shape[0],)), g,
+        batch = rollout_batch(rollout, np.zeros((rollout.tokens_BT.shape[0],), np.float32), g,
                               ctx.config.sampling.max_new_tokens, with_replay=ctx.config.update.routing_replay)
         batch = ctx.place(batch, runner.global_step + 1)
         ref_logp = ref_fn(ctx.graphdef, runner.state.ref, batch, g.temperature) if g.kl_coef > 0 else None
         results = ctx.pool.collect(sampled.pending)
         rewards_PG = np.array([r.total for r in results], np.float32).reshape(-1, g.group_size)
-        adv_PG, adv_metrics = compute_advantages(jnp.asarray(rewards_PG), g.advantage_estimator, g.adv_eps,
-                                                   g.adv_std)
+        adv_PG, adv_metrics = compute_advantages(rewards_PG, g.advantage_estimator, g.adv_eps, g.adv_std)
         batch["adv"] = ctx.place({"adv": adv_PG.reshape(-1)}, runner.global_step + 1)["adv"]
         if ref_logp is not None:
             batch["ref_logp"] = ref_logp

@@ -14,7 +14,6 @@ within a hundredth (GRPO gains 0.586 / -0.305 / -0.121, SFT losses 0.040 / 1.046
 
 import pathlib
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -44,7 +43,7 @@ def flip_advantages(compute):
 def rewards_one_row_off(compute):
     """Each completion gets its neighbour's reward (rows are prompt-major: 7 of 8 stay in the group)."""
     def misaligned(rewards, *args):
-        return compute(jnp.roll(rewards.reshape(-1), 1).reshape(rewards.shape), *args)
+        return compute(np.roll(rewards.reshape(-1), 1).reshape(rewards.shape), *args)
     return misaligned
 
 

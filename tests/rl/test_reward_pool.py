@@ -189,6 +189,18 @@ def test_workers_are_recycled_after_max_tasks_and_close_leaves_no_process():
     assert workers and not any(alive(pid) for pid in workers)
 
 
+@pytest.mark.parametrize("tasks, loaded", [
+    (("arithmetic", "countdown"), [0.0, 0.0]),  # plain-Python verifiers: nothing to load
+    (("algebra",), [1.0, 0.0]),  # sympy, through the safe parser
+    (None, [1.0, 1.0]),  # tasks unknown (a data file's rows): every verifier's imports
+])
+def test_workers_load_the_verifiers_of_their_tasks_before_the_first_item(tasks, loaded):
+    config = PoolConfig(workers=1, timeout_s=TIMEOUT_S, import_modules=PROBES)
+    with RewardPool(RewardsConfig(names=("probe",), weights=(1.0,)), config, tasks=tasks) as pool:
+        results = pool.score_batch([probe("loaded:sympy"), probe("loaded:math_verify")])
+    assert [r.total for r in results] == loaded
+
+
 def test_bad_pool_configuration_is_a_user_error_before_any_worker_starts():
     with pytest.raises(UserError, match="no_such_module"):
         RewardPool(RewardsConfig(), PoolConfig(import_modules=("no_such_module",)))
