@@ -106,7 +106,7 @@ class SamplerLayout:
         the compiled program (a jit made at each reshard was traced and compiled again at every rollout)."""
         key = jax.tree.structure(state), tuple((x.shape, x.dtype) for x in jax.tree.leaves(state))
         if key not in self._arrangements:
-            shardings = self._shardings(state)
+            shardings = tree_shardings(jax.eval_shape(self._arranged, state), self.mesh, self.rules)
             self._arrangements[key] = (jax.jit(self._arranged, out_shardings=None if self._disjoint() else shardings),
                                        shardings)
         return self._arrangements[key]
@@ -114,9 +114,6 @@ class SamplerLayout:
     def abstract(self, state):
         """ShapeDtypeStructs of what `reshard(state)` gives (`state` may be abstract), with their shardings."""
         return abstract_sharded(jax.eval_shape(self._arranged, state), self.mesh, self.rules)
-
-    def _shardings(self, state):
-        return tree_shardings(jax.eval_shape(self._arranged, state), self.mesh, self.rules)
 
     def _arranged(self, tree):
         """Every nnx.State in `tree` with each layer's variables apart (`unstack_layers`) with `per_layer`."""
