@@ -42,6 +42,7 @@ from r1jax.rl.rewards.config import PoolConfig, RewardsConfig
 from r1jax.rl.rewards.functions import ScoreItem, check_names, combine
 from r1jax.rl.rewards.sandbox import check_sandbox
 from r1jax.rl.rewards.share import ScoreShare
+from r1jax.rl.tasks import TASKS
 
 STATUSES = ("ok", "timeout", "crashed", "error")
 STARTUP_TIMEOUT_S = 120.0  # a cold worker imports sympy and math-verify
@@ -87,6 +88,10 @@ class RewardPool:
             except ImportError as err:
                 raise UserError(f"reward_pool.import_modules: cannot import {name!r}: {err}") from err
         check_names(self.rewards)
+        unknown = sorted(set(tasks or ()) - set(TASKS))
+        if unknown:  # (custom tasks register in the modules imported above, here as in the workers)
+            raise UserError(f"reward pool: unknown task(s) {unknown}; known: {', '.join(sorted(TASKS))} (a custom "
+                            f"task's module belongs in reward_pool.import_modules)")
         code = self.rewards.code
         if "code" in self.rewards.names and 0 < self.config.memory_mb <= code.memory_mb:
             raise UserError(f"rewards.code.memory_mb = {code.memory_mb} must be below "

@@ -204,6 +204,8 @@ def test_workers_load_the_verifiers_of_their_tasks_before_the_first_item(tasks, 
 def test_bad_pool_configuration_is_a_user_error_before_any_worker_starts():
     with pytest.raises(UserError, match="no_such_module"):
         RewardPool(RewardsConfig(), PoolConfig(import_modules=("no_such_module",)))
+    with pytest.raises(UserError, match=r"unknown task\(s\) \['no_such_task'\].*reward_pool.import_modules"):
+        RewardPool(RewardsConfig(), PoolConfig(), tasks=("arithmetic", "no_such_task"))
     with pytest.raises(UserError, match="rewards.names.*nonexistent"):
         RewardPool(RewardsConfig(names=("nonexistent",), weights=(1.0,)), PoolConfig())
     with pytest.raises(UserError, match="reward_pool.workers"):
