@@ -3,8 +3,8 @@
 The math items are the worked solutions of generated arithmetic, countdown and algebra problems (half of them
 with a wrong final answer) and math-verify answers in LaTeX, so every verifier is exercised. The code items
 are the worked solutions of generated code problems (half of them wrong), each run against its tests in the
-sandbox (rewards.code.sandbox's default, bwrap). The pool is warmed up first (workers started, sympy and
-math-verify imported) so the numbers are steady-state throughput.
+sandbox (rewards.code.sandbox's default, bwrap). The pool is warmed up first (workers started, the items' tasks'
+verifiers loaded: sympy and math-verify for the math items) so the numbers are steady-state throughput.
 """
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ def make_code_items(count: int) -> list[ScoreItem]:
 
 
 def measure(workers: int, items: list[ScoreItem], config: RewardsConfig = MATH_REWARDS) -> dict:
-    with RewardPool(config, PoolConfig(workers=workers, timeout_s=30.0)) as pool:
-        pool.score_batch(items[:4 * workers])  # warm-up: imports sympy / math-verify in every worker
+    tasks = sorted({item.task for item in items})
+    with RewardPool(config, PoolConfig(workers=workers, timeout_s=30.0), tasks=tasks) as pool:
+        pool.score_batch(items[:4 * workers])  # warm-up: every worker started and its first items scored
         start = time.perf_counter()
         results = pool.score_batch(items)
         seconds = time.perf_counter() - start

@@ -67,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
     layout, state = inference_layout(config, state, mesh, rules)
     sampler = Sampler(graphdef, config.sampling, tokenizer.eos_ids, tokenizer.pad_id, config.seed,
                       tokenizer.vocab_size, layout)
-    with RewardPool(config.rewards, pool_cfg) as pool, use_mesh(mesh, rules):
+    # the workers warm up the verifiers of the problems' tasks only (rl.tasks.Task.warm_up)
+    tasks = sorted({problem["task"] for problem in problems})
+    with RewardPool(config.rewards, pool_cfg, tasks=tasks) as pool, use_mesh(mesh, rules):
         figures, _ = evaluate(sampler, state, tokenizer, template, problems, pool, eval_cfg, max_new,
                               config.rewards.answer_max_chars, config.tokenizer.template_vars)
     if args.json:

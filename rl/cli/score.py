@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     pool_config = PoolConfig(workers=args.workers, timeout_s=args.timeout, memory_mb=args.memory_mb)
     check_names(rewards)  # before reading a large file
     rows, items = read_items(args.file)
-    with RewardPool(rewards, pool_config) as pool:
+    with RewardPool(rewards, pool_config, tasks=sorted({item.task for item in items})) as pool:
         for start in range(0, len(items), CHUNK):
             results = pool.score_batch(items[start:start + CHUNK])
             for row, result in zip(rows[start:start + CHUNK], results):

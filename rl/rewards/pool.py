@@ -45,7 +45,7 @@ from r1jax.rl.rewards.share import ScoreShare
 from r1jax.rl.tasks import TASKS
 
 STATUSES = ("ok", "timeout", "crashed", "error")
-STARTUP_TIMEOUT_S = 120.0  # a cold worker imports sympy and math-verify
+STARTUP_TIMEOUT_S = 120.0  # a cold worker may import sympy and math-verify (its tasks' warm_up), on a busy host
 
 
 @dataclasses.dataclass(frozen=True)
