@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from r1jax.rl import evaluate as evaluate_module
+from r1jax.rl import rewards as rewards_module
 from r1jax.rl.cli.main import main
 from r1jax.rl.sampler import Sampler
 
@@ -102,9 +103,14 @@ def test_generate_top_k_one_is_greedy_at_any_temperature(capsys, finished_run):
 
 
 def spy_on_evaluation(monkeypatch):
-    """Records the problems `eval` evaluates and the rows the sampler returns (prompt-major, k per prompt)."""
-    seen = {"problems": [], "completions": []}
-    real_evaluate, real_generate = evaluate_module.evaluate, Sampler.generate
+    """Records the problems `eval` evaluates, the rows the sampler returns (prompt-major, k per prompt) and the
+    tasks whose verifiers the reward pool's workers load."""
+    seen = {"problems": [], "completions": [], "pool_tasks": []}
+    real_evaluate, real_generate, real_pool = evaluate_module.evaluate, Sampler.generate, rewards_module.RewardPool
+
+    def pool(*args, tasks=None, **kwargs):
+        seen["pool_tasks"].append(tasks)
+        return real_pool(*args, tasks=tasks, **kwargs)
 
     def evaluate(sampler, states, tokenizer, template, problems, *args, **kwargs):
         seen["problems"] += problems
@@ -118,6 +124,7 @@ def spy_on_evaluation(monkeypatch):
 
     monkeypatch.setattr(evaluate_module, "evaluate", evaluate)  # the CLI imports it when it runs
     monkeypatch.setattr(Sampler, "generate", generate)
+    monkeypatch.setattr(rewards_module, "RewardPool", pool)
     return seen
 
 
@@ -132,6 +139,7 @@ def test_eval_task_picks_its_problems_and_tiny_top_p_makes_the_k_samples_one(cap
     figures = json.loads(out)
     assert len(seen["problems"]) == 3 == figures["n_problems"]
     assert all(p["task"] == "countdown" and p["prompt"].startswith("Make ") for p in seen["problems"])
+    assert seen["pool_tasks"] == [["countdown"]]  # its workers load no other task's verifier
     groups = [seen["completions"][i:i + k] for i in range(0, len(seen["completions"]), k)]
     assert len(groups) == 3 and all(len(set(g)) == 1 for g in groups)  # top-p 1e-6 keeps only the argmax
     # k identical samples: each problem is all right or all wrong, so the three figures coincide
