@@ -110,7 +110,6 @@ def make_update_step(graphdef, optimizer: optax.GradientTransformation, micro_lo
     bias_rate = model.routing_bias_update_rate if bias_rate is None else bias_rate
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        micro = _micro_split(batch, cfg.micro_batches)
         grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
         def accumulate(carry, micro_batch):
@@ -119,10 +118,13 @@ def make_update_step(graphdef, optimizer: optax.GradientTransformation, micro_lo
                 return grads, stats, counts
             return (jax.tree.map(jnp.add, carry[0], grads), combine_stats(carry[1], stats), carry[2] + counts)
 
-        first = accumulate(None, jax.tree.map(lambda x: x[0], micro))
-        rest = jax.tree.map(lambda x: x[1:], micro)
-        totals, _ = jax.lax.scan(lambda c, mb: (accumulate(c, mb), None), first, rest)
-        grads, stats, counts_LE = totals
+        if cfg.micro_batches == 1:  # the forward and backward traced once (the scan below traces them again)
+            grads, stats, counts_LE = accumulate(None, batch)
+        else:  # the first micro-batch starts the sums, a scan adds the others
+            micro = _micro_split(batch, cfg.micro_batches)
+            first = accumulate(None, jax.tree.map(lambda x: x[0], micro))
+            rest = jax.tree.map(lambda x: x[1:], micro)
+            (grads, stats, counts_LE), _ = jax.lax.scan(lambda c, mb: (accumulate(c, mb), None), first, rest)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         applied = opt_state.consecutive_skips == 0

@@ -16,6 +16,7 @@ from r1jax.rl.config import load_config
 from r1jax.sharding.jax_private import accelerators_visible
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.rules import Rules
+from tests.rl.conftest import subprocess_env
 
 
 def run_main(capsys, *argv):
@@ -102,7 +103,11 @@ def test_a_host_without_accelerators_runs_on_the_cpu_without_probing_libtpu(tmp_
 
 
 def test_cpu_devices_flag_fakes_devices_before_jax_starts(tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "JAX_PLATFORMS": "cpu"}
+    # no device count in the environment; JAX's and XLA's settings are the tests' (the compilation cache and the
+    # quick-to-compile flags: the init program compiled optimised and uncached took ~5 s of the run's ~15 s)
+    compile_settings = {k: v for k, v in subprocess_env().items() if k.startswith(("JAX_", "XLA_"))}
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **compile_settings}
+    assert env["JAX_PLATFORMS"] == "cpu" and "device_count" not in env.get("XLA_FLAGS", "")
     result = subprocess.run([sys.executable, "-m", "r1jax", "--cpu-devices", "4", "init", "tiny",
                              str(tmp_path / "ck"), "sharding.expert=2"], capture_output=True, text=True,
                             env=env, timeout=300)
