@@ -112,19 +112,19 @@ def make_update_step(graphdef, optimizer: optax.GradientTransformation, micro_lo
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
-        def accumulate(carry, micro_batch):
+        def micro_step(grads_sum, micro_batch):
             (_, (stats, counts)), grads = grad_fn(state.params, state.bias, state.ref, micro_batch)
-            if carry is None:
-                return grads, stats, counts
-            return (jax.tree.map(jnp.add, carry[0], grads), combine_stats(carry[1], stats), carry[2] + counts)
+            return jax.tree.map(jnp.add, grads_sum, grads), (stats, counts)
 
-        if cfg.micro_batches == 1:  # the forward and backward traced once (the scan below traces them again)
-            grads, stats, counts_LE = accumulate(None, batch)
-        else:  # the first micro-batch starts the sums, a scan adds the others
-            micro = _micro_split(batch, cfg.micro_batches)
-            first = accumulate(None, jax.tree.map(lambda x: x[0], micro))
-            rest = jax.tree.map(lambda x: x[1:], micro)
-            (grads, stats, counts_LE), _ = jax.lax.scan(lambda c, mb: (accumulate(c, mb), None), first, rest)
+        if cfg.micro_batches == 1:
+            (_, (stats, counts_LE)), grads = grad_fn(state.params, state.bias, state.ref, batch)
+        else:  # one scan over the micro-batches: the forward and backward are traced and compiled once
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            grads, (stats_M, counts_MLE) = jax.lax.scan(micro_step, zeros, _micro_split(batch, cfg.micro_batches))
+            per_micro = [jax.tree.map(lambda x, i=i: x[i], (stats_M, counts_MLE)) for i in range(cfg.micro_batches)]
+            stats, counts_LE = per_micro[0]
+            for more_stats, more_counts in per_micro[1:]:  # in micro-batch order, as they were accumulated
+                stats, counts_LE = combine_stats(stats, more_stats), counts_LE + more_counts
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         applied = opt_state.consecutive_skips == 0

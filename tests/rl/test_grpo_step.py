@@ -7,6 +7,7 @@ import dataclasses
 import functools
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -66,6 +67,26 @@ def test_four_micro_batches_equal_one_batch():
         np.testing.assert_allclose(x, y, atol=1e-6, rtol=0)
     for key in ("loss", "pg_loss", "kl", "entropy", "token_count"):
         assert float(metrics_a[key]) == pytest.approx(float(metrics_b[key]), abs=1e-6), key
+
+
+def products(jaxpr) -> int:
+    """dot_general equations in a jaxpr and every jaxpr nested in it (scan and loop bodies, custom rules)."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        count += eqn.primitive.name == "dot_general"
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            count += products(sub)
+    return count
+
+
+def test_micro_batches_trace_the_forward_and_backward_once():
+    """The update program holds one forward and one backward whatever the micro-batch count (a scan body runs
+    them M times): compiling M = 4 costs what M = 1 does, not twice as much."""
+    batch = synthetic_batch()
+    state, one = make(UpdateConfig(micro_batches=1, aux_loss_coef=0.0))
+    _, four = make(UpdateConfig(micro_batches=4, aux_loss_coef=0.0))
+    counts = [products(jax.make_jaxpr(step)(state, batch).jaxpr) for step in (one, four)]
+    assert counts[0] > 0 and counts[1] == counts[0], counts
 
 
 def test_nan_gradients_leave_state_bitwise_unchanged():
