@@ -108,22 +108,26 @@ def leaves(run_dir):
 
 
 def test_stops_inside_rejection_sampling_and_distillation_resume_to_the_same_result(pipeline_run, tmp_path):
+    # the stopped and resumed runs draw no plots (test_plots_draw_the_metrics_and_evaluations checks the
+    # uninterrupted run's); the summary, metrics, datasets and weights compared below do not depend on them
+    config = tmp_path / "pipeline_no_plots.yaml"
+    config.write_text(CONFIG.read_text() + "plots: false\n")
     run_dir = tmp_path / "stopped"
     # SIGINT in rejection-sampling round 1 (global step 5): the stage stops before round 2 and saves nothing;
     # the run stands at the end of GRPO (4) and no partial dataset exists
-    code, err = run_signalled_at(run_dir, signal.SIGINT, 5, CONFIG)
+    code, err = run_signalled_at(run_dir, signal.SIGINT, 5, config)
     assert code == 0, err[-3000:]
     assert f"stopped by signal {int(signal.SIGINT)} at step 4" in console(err)
     assert latest_checkpoint(run_dir) == 4
     assert not (run_dir / "datasets").exists() or not any((run_dir / "datasets").iterdir())
     # resumed: rejection sampling reruns from its first round; SIGINT in distillation step 1 (global step 9)
     # saves that step
-    code, err = run_signalled_at(run_dir, signal.SIGINT, 9, CONFIG)
+    code, err = run_signalled_at(run_dir, signal.SIGINT, 9, config)
     assert code == 0, err[-3000:]
     assert "from step 4 (stage grpo)" in console(err)
     assert f"stopped by signal {int(signal.SIGINT)} at step 9" in console(err)
     assert latest_checkpoint(run_dir) == 9
-    result = run_to_end(run_dir, CONFIG)
+    result = run_to_end(run_dir, config)
     assert "from step 9 (stage distill)" in console(result.stderr)
     assert comparable(metrics_rows(run_dir)) == comparable(metrics_rows(pipeline_run))
     assert summary(run_dir) == summary(pipeline_run)
