@@ -229,6 +229,8 @@ def test_plots_draw_the_metrics_and_evaluations(pipeline_run, tmp_path, monkeypa
             expected[title] = series
     assert dict(by_title) == expected
     names = {p.name for p in written}
+    assert {"reward.png", "accuracy.png", "response_length.png", "entropy.png", "clip_fraction.png",
+            "expert_load.png", "loss.png"} <= names  # (no KL term in this config: no kl.png, test_plots.py)
     assert names == {p.name for p in (pipeline_run / "plots").iterdir()}
     for name in names:  # the run's figures: 6 x 3.5 inches at 80 dpi, and the very images drawn here
         assert png_size(pipeline_run / "plots" / name) == (480, 280)

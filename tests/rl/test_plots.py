@@ -49,3 +49,9 @@ def test_plots_are_redrawn_at_most_once_an_interval_and_always_at_close(tmp_path
     eager = MetricsWriter(tmp_path / "eager", plot_every=1, plot_interval_s=0)
     eager.write(ROWS[0])
     assert (tmp_path / "eager" / "plots" / "loss.png").exists()  # the interval passed: drawn with the row
+
+
+def test_a_kl_term_gets_its_figure(tmp_path):
+    rows = [{**row, "kl": 0.01 * row["global_step"]} if row["stage"] == "grpo" else row for row in ROWS]
+    written = {p.name for p in write_plots(rows, tmp_path, EVALS)}
+    assert "kl.png" in written and "kl.png" not in {p.name for p in write_plots(ROWS, tmp_path / "none", EVALS)}
