@@ -11,6 +11,8 @@ from typing import Callable
 
 import jax
 
+from r1jax.rl.host_info import host_info
+
 
 def best_seconds(fn: Callable, *args, repeats: int = 3, warm_up: bool = True) -> float:
     """Seconds of the fastest of `repeats` calls of `fn(*args)`, after one untimed call that compiles
@@ -47,8 +49,5 @@ def decode_tokens_per_s(batch: int, new_tokens: int, prefill_s: float, full_s: f
 
 
 def device_info() -> dict:
-    """What the figures were measured on, including the load of a possibly shared machine."""
-    devices = jax.local_devices()
-    return {"backend": jax.default_backend(), "device_kind": devices[0].device_kind,
-            "local_devices": len(devices), "processes": jax.process_count(), "cpu_count": os.cpu_count(),
-            "jax_version": jax.__version__, "load_average": [round(x, 2) for x in os.getloadavg()]}
+    """What the figures were measured on (rl.host_info), with the load of a possibly shared machine."""
+    return {**host_info(), "load_average": [round(x, 2) for x in os.getloadavg()]}

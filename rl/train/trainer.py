@@ -22,6 +22,7 @@ import jax
 from r1jax.model.config import ModelConfig
 from r1jax.model.tokenizer import TokenizerLike, is_tokenizer_dir, load_tokenizer
 from r1jax.rl.config import Config, stage_config, to_yaml
+from r1jax.rl.host_info import host_info
 from r1jax.rl.rewards import RewardPool
 from r1jax.rl.rewards.share import ScoreShare
 from r1jax.rl.sampler_devices import split_devices
@@ -194,6 +195,7 @@ class Trainer:
             return
         evals = self.summary["evals"]
         self.summary["final_step"] = self.global_step
+        self.summary["host"] = host_info()  # the process that wrote it last: a resumed run's is its new host
         if evals:
             self.summary["final_eval"] = evals[-1]
         gain = rl_gain(evals, self.config.stages)

@@ -15,6 +15,7 @@ import pytest
 from r1jax.errors import UserError
 from r1jax.rl.checkpoint import load_policy
 from r1jax.rl.config import load_config
+from r1jax.rl.host_info import cpu_model_and_flags, vector_isa
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.rules import Rules
 
@@ -69,6 +70,11 @@ def test_run_directory_has_every_artifact_and_schema(finished_run):
     # after SFT (step 2), GRPO's periodic eval (eval.every 2: inside GRPO step 2, after its update = global
     # step 4), and the end of GRPO (5); each labelled with the step whose policy it evaluated
     assert [(e["stage"], e["step"]) for e in summary["evals"]] == [("sft", 2), ("grpo", 4), ("grpo", 5)]
+    # what the run ran on (rl.host_info): the subprocess's two CPU devices and this host's vector instructions
+    host = summary["host"]
+    assert (host["backend"], host["local_devices"], host["processes"]) == ("cpu", 2, 1)
+    assert host["jax_version"] == jax.__version__
+    assert host["cpu_vector_isa"] == vector_isa(cpu_model_and_flags()[1])
     assert metrics[3]["eval/pass@1"] == summary["evals"][1]["pass@1"]
     assert {f"{e['stage']}-step{e['step']}.jsonl" for e in summary["evals"]} == \
         {p.name for p in (finished_run / "samples").iterdir()}
