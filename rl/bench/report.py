@@ -80,7 +80,8 @@ def describe(result: dict) -> str:
     device = result["device"]
     return (f"r1jax bench: preset {result['preset']}{' (quick)' if result['quick'] else ''}, "
             f"{device['local_devices']} x {device['device_kind']} ({device['backend']}), "
-            f"{device['cpu_count']} CPUs ({device.get('cpu_vector_isa') or 'ISA unknown'}), load average {device['load_average']} -> {device['load_average_end']}")
+            f"{device['cpu_count']} CPUs ({device.get('cpu_vector_isa') or 'ISA unknown'}), "
+            f"load average {device['load_average']} -> {device['load_average_end']}")
 
 
 def render_table(result: dict) -> None:

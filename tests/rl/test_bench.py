@@ -20,8 +20,9 @@ from r1jax.rl.bench.grpo_step import side_by_side, summarize_steps
 from r1jax.rl.bench.longtail import longtail_lengths
 from r1jax.rl.bench.matmul import matmul_flops, matmul_peak, sharded_operands
 from r1jax.rl.bench.moe import moe_active_params, with_experts
-from r1jax.rl.bench.report import FIGURES
+from r1jax.rl.bench.report import FIGURES, describe
 from r1jax.rl.config import load_config
+from r1jax.rl.host_info import cpu_model_and_flags, vector_isa
 from tests.rl.conftest import subprocess_env
 
 HEADLINE = ["prefill_tokens_per_s", "decode_tokens_per_s", "generate_tokens_per_s", "train_tokens_per_s",
@@ -74,6 +75,7 @@ def test_quick_bench_against_hf_reports_every_figure_with_its_goal():
         report["grpo_generated_tokens"] / report["grpo_step_seconds"], rel=1e-9)
     assert report["preset"] == "tiny" and report["quick"] is True
     assert report["device"]["backend"] == "cpu" and report["device"]["local_devices"] >= 1
+    assert report["device"]["cpu_vector_isa"] == vector_isa(cpu_model_and_flags()[1])  # rl.host_info
     assert report["train_step_flops"] == train_step_flops(tiny_one_layer(), report["train_rows"],
                                                           report["train_seq_len"])
     goals = report["goals"]
@@ -83,6 +85,15 @@ def test_quick_bench_against_hf_reports_every_figure_with_its_goal():
     assert goals["decode_step_ratio_1024_vs_128"]["target"] == "<= 2"
     assert goals["decode_speedup_vs_hf"]["met"] == (report["decode_speedup_vs_hf"] >= 5)
     assert goals["prefill_tokens_per_s"] == {"target": None, "met": None}
+
+
+def test_the_reports_title_names_the_cpus_vector_instructions():
+    device = {"local_devices": 1, "device_kind": "cpu", "backend": "cpu", "cpu_count": 2, "cpu_vector_isa": "avx2",
+              "load_average": [1.0, 1.0, 1.0], "load_average_end": [2.0, 1.0, 1.0]}
+    result = {"preset": "bench", "quick": False, "device": device}
+    assert ", 2 CPUs (avx2), load average [1.0, 1.0, 1.0] -> [2.0, 1.0, 1.0]" in describe(result)
+    device["cpu_vector_isa"] = None
+    assert "2 CPUs (ISA unknown)" in describe(result)
 
 
 def test_grpo_step_figures_are_medians_after_the_warm_up():
