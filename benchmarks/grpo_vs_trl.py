@@ -34,6 +34,7 @@ from r1jax.rl.bench.grpo_step import grpo_rows, summarize_steps  # noqa: E402
 from r1jax.rl.config import load_config  # noqa: E402
 from r1jax.rl.data import build_source  # noqa: E402
 from r1jax.rl.host_allocator import retain_freed_memory  # noqa: E402
+from r1jax.rl.host_info import host_info  # noqa: E402
 from r1jax.rl.rewards import ScoreItem, combine, score_item  # noqa: E402
 
 
@@ -107,7 +108,7 @@ def main() -> None:
         theirs = trl_figures(config, model_dir, args.steps, args.warmup)
     result = {"preset": args.preset, "overrides": args.overrides, **ours, **theirs,
               "speedup_per_generated_token": ours["grpo_generated_tokens_per_s"] / theirs["trl_generated_tokens_per_s"],
-              "load_average_end": [round(x, 2) for x in os.getloadavg()]}
+              "load_average_end": [round(x, 2) for x in os.getloadavg()], "host": host_info()}
     if args.json:
         print(json.dumps(result))
     else:
