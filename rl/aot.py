@@ -76,6 +76,7 @@ class Workload:
     micro_batches: int = 1  # the update step's gradient-accumulation micro-batches
     slots: int = 0  # the sampler's decode slots (sampling.slots, at most rows; 0: every row decoded at once)
     kv_block: int = 0  # decode attention reads the cache in blocks of this many slots (0: all of it)
+    tail_slots: tuple[int, ...] = ()  # sampling.tail_slots: the tail's smaller slot counts
 
     @property
     def decode_rows(self) -> int:
@@ -102,7 +103,7 @@ def workload_for(config, *, prompts: int | None = None, group_size: int | None =
                     bucket_length(prompt_len or min(DEFAULT_PROMPT_LEN, sampling.prompt_buckets[-1]),
                                   sampling.prompt_buckets),
                     new_tokens or sampling.max_new_tokens, micro_batches or update.micro_batches,
-                    min(sampling.slots, prompts * group_size), sampling.kv_block)
+                    min(sampling.slots, prompts * group_size), sampling.kv_block, tuple(sampling.tail_slots))
     if min(dataclasses.astuple(work)[:5]) < 1:
         raise UserError(f"workload {work}: every size must be >= 1")
     return work
@@ -226,7 +227,7 @@ def compile_sampler(setup: Setup, layout: SamplerLayout | None = None) -> Progra
                    kv_block=work.kv_block)
     with use_mesh(mesh, rules):
         if work.slots:
-            lowered = generate_continuous.lower(*args, slots=work.slots, **options)
+            lowered = generate_continuous.lower(*args, slots=work.slots, tail_slots=work.tail_slots, **options)
         else:
             lowered = generate_padded.lower(*args, **options)
     return compile_stats(lowered, mesh, dynamic_trips=dynamic_trips(work))

@@ -10,6 +10,8 @@ pending request (prompt-major: request r = prompt * G + g) at the next iteration
   fixed-batch row does; its cache row past P is masked until written.
 - Random draws are keyed by (prompt, sample, token index) (`fold_in` of the call's key), so a row's
   completion does not depend on the number of slots or on which slot served it.
+- The tail (`tail_slots`): once nothing is pending, a loop over fewer slots takes over whenever the live rows
+  fit it (compacted into its first slots), so a step of the rollout's last long rows costs their rows only.
 - Results are scattered into [R, N] arrays by request (an extra sink row takes idle slots' writes) and come
   back as the fixed-batch sampler's Rollout: prompt-major, log-probs, lengths and routing for replay. Positions
   past a row's end hold pad tokens, zero log-probs and expert 0 (the fixed-batch sampler records the routes
@@ -90,14 +92,37 @@ def _admit(s: _Slots, prompt_caches, slot_axes, prompt_logits_PV, prompt_valid_P
         next_pos_S=jnp.where(admit_S, prompt_len_P[prompt_S], s.next_pos_S))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "samples", "slots", "stop_ids", "pad_id",
-                                             "ignore_eos", "keep_logits", "vocab_size", "kv_block"))
+def _compact(s: _Slots, size: int) -> _Slots:
+    """The state of the first `size` slots after the live ones moved there, in slot order (at most `size` are
+    live; the rest are idle slots, whose writes go to the sink row)."""
+    keep_S = jnp.argsort(~s.active_S, stable=True)[:size]
+
+    def take(x, axis=0):
+        return jnp.take(x, keep_S, axis=axis)
+    return s._replace(request_S=take(s.request_S), count_S=take(s.count_S), active_S=take(s.active_S),
+                      logits_SV=take(s.logits_SV), caches=jax.tree.map(lambda c: take(c, 1), s.caches),
+                      kv_valid_SC=take(s.kv_valid_SC), next_pos_S=take(s.next_pos_S))
+
+
+def slot_phases(slots: int, tail_slots: tuple[int, ...]) -> tuple[int, ...]:
+    """The slot counts the loop runs with, in order: `slots`, then each smaller tail count, largest first."""
+    return (slots,) + tuple(sorted({n for n in tail_slots if 0 < n < slots}, reverse=True))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "samples", "slots", "tail_slots", "stop_ids",
+                                             "pad_id", "ignore_eos", "keep_logits", "vocab_size", "kv_block"))
 def generate_continuous(graphdef, state, prompt_PP, prompt_valid_PP, key, temperature, top_k, top_p,
                         row_max_new_R=None, *, max_new: int, samples: int, slots: int,
                         stop_ids: tuple[int, ...], pad_id: int, ignore_eos: bool, keep_logits: bool = False,
-                        vocab_size: int | None = None, kv_block: int = 0) -> Rollout:
+                        vocab_size: int | None = None, kv_block: int = 0,
+                        tail_slots: tuple[int, ...] = ()) -> Rollout:
     """`generate_padded`'s rollout (same arguments and conventions) decoded by `slots` slots.
 
+    `tail_slots`: smaller slot counts for the rollout's tail. Once no request is pending and at most N rows
+    are live, the loop stops, the live rows move into the first N slots (their caches, logits and positions
+    with them) and a loop over N slots runs on; each count is one more compiled loop. A step's cost follows
+    its slots (the cache rows read, the MoE's row blocks), so the tail, where a few long rows run on alone,
+    costs what those rows need. The same tokens; log-probs to float rounding (a batch of another size).
     `row_max_new_R` (optional, [P * G]): a row also stops after that many tokens (a test and bench hook)."""
     policy = nnx.merge(graphdef, *state) if isinstance(state, tuple) else nnx.merge(graphdef, state)
     policy = policy.for_decoding()
@@ -129,14 +154,15 @@ def generate_continuous(graphdef, state, prompt_PP, prompt_valid_PP, key, temper
                               prompt_len_P=jnp.sum(prompt_valid_PP, axis=1).astype(jnp.int32),
                               samples=samples, requests=requests)
 
-    def body(s: _Slots) -> _Slots:
-        s = jax.lax.cond(jnp.any(~s.active_S) & (s.next_request < requests), admit, lambda s: s, s)
+    def body(s: _Slots, admitting: bool) -> _Slots:
+        if admitting:  # the tail's loops start with every request admitted
+            s = jax.lax.cond(jnp.any(~s.active_S) & (s.next_request < requests), admit, lambda s: s, s)
         live_S, count_S = s.active_S, s.count_S
         token_S, logp_S = _sample_rows(s.logits_SV, _row_keys(key, s.request_S, count_S, samples), temperature,
                                        top_k, top_p, vocab_size)
         token_S = jnp.where(live_S, token_S, pad_id)
         slot_S = jnp.where(live_S, p + count_S, p)  # an idle slot writes a masked entry at P
-        kv_valid_SC = s.kv_valid_SC.at[jnp.arange(slots), slot_S].set(live_S)
+        kv_valid_SC = s.kv_valid_SC.at[jnp.arange(live_S.shape[0]), slot_S].set(live_S)
         out, caches = policy.forward_cached(token_S[:, None], s.next_pos_S[:, None], live_S[:, None], s.caches,
                                             slot_S, kv_valid_SC, kv_block=kv_block)
         row_S = jnp.where(live_S, s.request_S, requests)  # idle slots write to the sink row
@@ -151,8 +177,21 @@ def generate_continuous(graphdef, state, prompt_PP, prompt_valid_PP, key, temper
             experts_LRNK=s.experts_LRNK.at[:, row_S, count_S].set(out.aux.experts_BTK[:, :, 0]),
             logits_RNV=None if s.logits_RNV is None else s.logits_RNV.at[row_S, count_S].set(s.logits_SV))
 
-    with jax.named_scope("decode"):
-        final = jax.lax.while_loop(lambda s: s.finished < requests, body, init)
+    phases = slot_phases(slots, tail_slots)
+    final = init
+    for i, size in enumerate(phases):
+        following = phases[i + 1] if i + 1 < len(phases) else 0
+
+        def running(s: _Slots, following=following):
+            more = s.finished < requests
+            if following:  # on until nothing is pending and the live rows fit the next count
+                more &= (s.next_request < requests) | (jnp.sum(s.active_S) > following)
+            return more
+        if i:
+            final = _compact(final, size)
+        # the first loop is the decode step `r1jax compile` reads (sharding.decode_stats: "decode/while")
+        with jax.named_scope("decode" if i == 0 else f"decode_tail_{size}"):
+            final = jax.lax.while_loop(running, functools.partial(body, admitting=i == 0), final)
     lengths_R = final.lengths_R[:requests]
     completion_valid_RN = jnp.arange(max_new)[None, :] < lengths_R[:, None]
     valid_RT = jnp.concatenate([jnp.repeat(prompt_valid_PP, samples, axis=0), completion_valid_RN], axis=1)

@@ -55,6 +55,10 @@ class SamplingConfig:
     # continuous batching: this many decode slots serve all P x G rows, a stopped row's slot taking the next
     # pending one (rl.continuous); 0: the fixed-batch sampler, every row decoded together
     slots: int = 0
+    # continuous batching's tail: once no row is pending and at most N rows are live, the live rows move into
+    # N slots and decoding goes on with N (for each N here below `slots`; each is one more compiled loop), so
+    # the few long rows at a rollout's end do not pay for every slot; e.g. [16, 4, 1] after slots 64
+    tail_slots: tuple[int, ...] = ()
     # the sampler on devices of its own (rl.sampler_devices): `devices` in all, the last devices/P of each of
     # the P processes' devices, sample while the trainer's mesh is built on the others; 0: it shares the
     # trainer's devices
@@ -75,6 +79,12 @@ class SamplingConfig:
             raise UserError(f"sampling.kv_block={self.kv_block}: must be >= 0 (0 reads the whole cache)")
         if self.slots < 0:
             raise UserError(f"sampling.slots={self.slots}: must be >= 0 (0 is the fixed-batch sampler)")
+        if self.tail_slots and not self.slots:
+            raise UserError(f"sampling.tail_slots={list(self.tail_slots)}: needs continuous batching "
+                            "(sampling.slots > 0)")
+        if any(type(n) is not int or not 0 < n < self.slots for n in self.tail_slots):
+            raise UserError(f"sampling.tail_slots={list(self.tail_slots)}: each must be an integer in "
+                            f"[1, sampling.slots={self.slots})")
         if type(self.devices) is not int or self.devices < 0:
             raise UserError(f"sampling.devices={self.devices}: must be an integer >= 0 (0 shares the trainer's "
                             "devices)")
@@ -231,7 +241,8 @@ class Sampler:
             args = (graphdef, placed[0], jnp.asarray(tokens), jnp.asarray(valid), placed[1],
                     jnp.float32(cfg.temperature), jnp.int32(cfg.top_k), jnp.float32(cfg.top_p))
             if cfg.slots > 0:  # more slots than rows would decode idle slots
-                return generate_continuous(*args, limits, slots=min(cfg.slots, rows), **options)
+                return generate_continuous(*args, limits, slots=min(cfg.slots, rows),
+                                           tail_slots=tuple(cfg.tail_slots), **options)
             return generate_padded(*args, row_max_new_B=limits, **options)
 
         run = self.layout.run if self.layout is not None else lambda placed, generate: generate(placed)

@@ -53,13 +53,15 @@ class BenchSize:
     longtail_prompts: int = 32  # the long-tail rollout: P x G rows decoded by `longtail_slots` slots
     longtail_samples: int = 8
     longtail_slots: int = 32
+    longtail_tail_slots: tuple[int, ...] = (16, 8, 4, 2, 1)  # sampling.tail_slots: the slots halve in the tail
     repeats: int = 3  # timed repeats after a warm-up; the best counts
 
 
 FULL = BenchSize()
 QUICK = BenchSize(batch=4, prompt_len=8, new_tokens=16, train_rows=4, moe_tokens=256, matmul_n=256,
                   pool_items=16, code_items=8, repeats=1, grpo_steps=2, grpo_warmup=1, grpo_new_tokens=8,
-                  longtail_prompts=2, longtail_samples=4, longtail_slots=2, staleness_steps=0)
+                  longtail_prompts=2, longtail_samples=4, longtail_slots=2, longtail_tail_slots=(1,),
+                  staleness_steps=0)
 
 
 def default_workers() -> tuple[int, ...]:
@@ -91,9 +93,10 @@ def run_bench(preset: str = "bench", overrides: Sequence[str] = (), quick: bool 
         result.update(sampler_figures(graphdef, state, prompts_BP, size.new_tokens, size.repeats,
                                       kv_block=config.sampling.kv_block))
         say(f"long-tail rollout ({size.longtail_prompts} x {size.longtail_samples} rows, "
-            f"{size.longtail_slots} slots vs a fixed batch)")
+            f"{size.longtail_slots} slots, then {list(size.longtail_tail_slots)} in the tail, vs a fixed batch)")
         result.update(longtail_figures(graphdef, state, prompts_BP[:size.longtail_prompts], size.longtail_samples,
-                                       size.new_tokens, size.longtail_slots, config.sampling.kv_block,
+                                       size.new_tokens, size.longtail_slots, size.longtail_tail_slots,
+                                       config.sampling.kv_block,
                                        size.repeats))
         result.update(dict.fromkeys(hf.KEYS))
         if against_hf:

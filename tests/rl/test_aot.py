@@ -65,7 +65,7 @@ def test_tiny_grpo_step_fits_a_v5p_slice(report):
     assert code == 0 and r["fits"] is True
     assert r["mesh_shape"] == {"data": 1, "fsdp": 2, "expert": 2, "tensor": 1}
     assert r["workload"] == {"prompts": 2, "group_size": 4, "prompt_len": 16, "new_tokens": 8, "micro_batches": 1,
-                             "slots": 0, "kv_block": 0, "rows": 8, "seq_len": 24}
+                             "slots": 0, "kv_block": 0, "tail_slots": [], "rows": 8, "seq_len": 24}
     assert r["hbm_source"] == "compiler" and 90 * GIB < r["hbm_bytes"] < 100 * GIB  # v5p: 95 GiB per chip
     assert set(r["programs"]) == {"sampler", "reference", "update"}
     for stats in r["programs"].values():
@@ -208,10 +208,13 @@ def test_the_sampler_compiles_as_the_config_runs_it(config_path):
     fixed = _lowered_sampler(config_path)
     continuous = _lowered_sampler(config_path, "sampling.slots=4")
     blocked = _lowered_sampler(config_path, "sampling.slots=4", "sampling.kv_block=8")
+    tail = _lowered_sampler(config_path, "sampling.slots=4", "sampling.tail_slots=[2]")
     assert "jit_generate_padded" in fixed and "jit_generate_continuous" not in fixed
     assert "jit_generate_continuous" in continuous
     # the block-wise cache read is a loop of its own in every attention layer
     assert blocked.count("stablehlo.while") > continuous.count("stablehlo.while")
+    # the tail's 2 slots: one more decode loop, over 2 rows (a TPU decode step's ragged MoE holds no loop)
+    assert tail.count("stablehlo.while") == continuous.count("stablehlo.while") + 1
 
 
 @pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v3"])

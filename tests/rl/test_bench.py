@@ -74,6 +74,8 @@ def test_quick_bench_against_hf_reports_every_figure_with_its_goal():
     assert report["grpo_generated_tokens_per_s"] == pytest.approx(
         report["grpo_generated_tokens"] / report["grpo_step_seconds"], rel=1e-9)
     assert report["preset"] == "tiny" and report["quick"] is True
+    assert report["longtail_slots"] == 2 and report["longtail_tail_slots"] == [1]  # the quick size's tail
+    assert report["longtail_tokens"] == int(longtail_lengths(report["longtail_rows"], 16).sum())
     assert report["device"]["backend"] == "cpu" and report["device"]["local_devices"] >= 1
     assert report["device"]["cpu_vector_isa"] == vector_isa(cpu_model_and_flags()[1])  # rl.host_info
     assert report["train_step_flops"] == train_step_flops(tiny_one_layer(), report["train_rows"],

@@ -1,11 +1,14 @@
 """Continuous batching (sampling.slots > 0) against the fixed-batch sampler and one prompt at a time."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from r1jax.model.factory import init_policy
+from r1jax.rl import continuous
+from r1jax.errors import UserError
 from r1jax.rl.sampler import Sampler, SamplingConfig
 from r1jax.sharding.context import use_mesh
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
@@ -49,6 +52,59 @@ def test_greedy_rollout_equals_the_fixed_batch_sampler_whatever_the_slot_count(f
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_tail_s_fewer_slots_give_the_fixed_batch_rollout(family, monkeypatch):
+    """4 slots, then 2, then 1: the live rows move into fewer slots once nothing is pending."""
+    compacted = []
+
+    def recording(s, size):  # runs while tracing: one call per tail loop built
+        compacted.append((s.active_S.shape[0], size))
+        return compact(s, size)
+    compact = continuous._compact
+    monkeypatch.setattr(continuous, "_compact", recording)
+    state, sampler = make(family)
+    fixed = arrays(sampler.generate(state, PROMPTS, samples=2, temperature=0.0, row_max_new=ROW_MAX_NEW))
+    tail = arrays(sampler.generate(state, PROMPTS, samples=2, temperature=0.0, row_max_new=ROW_MAX_NEW, slots=4,
+                                   tail_slots=(1, 2)))
+    assert compacted == [(4, 2), (2, 1)]
+    for name in ("tokens_BT", "valid_BT", "positions_BT", "lengths_B"):
+        assert np.array_equal(tail[name], fixed[name]), name
+    np.testing.assert_allclose(tail["logprobs_BN"], fixed["logprobs_BN"], atol=1e-5)
+    real = np.broadcast_to(fixed["valid_BT"][None, :, :, None], fixed["experts_LBTK"].shape)
+    assert np.array_equal(tail["experts_LBTK"][real], fixed["experts_LBTK"][real])
+
+
+def test_compacting_moves_the_live_slots_first_in_order():
+    state, sampler = make("qwen3_moe")
+    policy = nnx.merge(sampler.graphdef, state)
+    caches = jax.tree.map(lambda c: c + jnp.arange(5).reshape((1, 5) + (1,) * (c.ndim - 2)).astype(c.dtype),
+                          policy.init_cache(5, 6))  # slot s's cache rows hold s
+    slots = continuous._Slots(
+        step=jnp.int32(7), next_request=jnp.int32(9), finished=jnp.int32(6), request_S=jnp.asarray([9, 4, 9, 7, 8]),
+        count_S=jnp.asarray([0, 3, 0, 5, 2]), active_S=jnp.asarray([False, True, False, True, True]),
+        logits_SV=jnp.arange(5.0)[:, None] * jnp.ones((5, 3)), caches=caches,
+        kv_valid_SC=jnp.arange(5)[:, None] < jnp.arange(6)[None, :], next_pos_S=jnp.asarray([0, 13, 0, 15, 12]),
+        tokens_RN=jnp.zeros((10, 4), jnp.int32), logprobs_RN=jnp.zeros((10, 4)), lengths_R=jnp.zeros(10, jnp.int32),
+        experts_LRNK=jnp.zeros((1, 10, 4, 2), jnp.int32), logits_RNV=None)
+    three = continuous._compact(slots, 3)
+    assert three.request_S.tolist() == [4, 7, 8] and three.count_S.tolist() == [3, 5, 2]
+    assert three.active_S.tolist() == [True] * 3 and three.next_pos_S.tolist() == [13, 15, 12]
+    assert three.logits_SV[:, 0].tolist() == [1.0, 3.0, 4.0]
+    assert np.array_equal(three.kv_valid_SC, np.asarray(slots.kv_valid_SC)[[1, 3, 4]])
+    for entry in jax.tree.leaves(three.caches):
+        assert entry.shape[1] == 3 and np.asarray(entry)[0, :, ...].reshape(3, -1)[:, 0].tolist() == [1, 3, 4]
+    assert int(three.step) == 7 and three.tokens_RN.shape == (10, 4)  # by request: unchanged
+    four = continuous._compact(slots, 4)  # an idle slot after the live ones
+    assert four.request_S.tolist() == [4, 7, 8, 9] and four.active_S.tolist() == [True, True, True, False]
+
+
+def test_tail_slots_need_continuous_batching_and_fewer_slots():
+    for bad in (dict(tail_slots=(2,)), dict(slots=4, tail_slots=(4,)), dict(slots=4, tail_slots=(0,))):
+        with pytest.raises(UserError, match="sampling.tail_slots"):
+            SamplingConfig(**bad)
+    assert continuous.slot_phases(8, (1, 4, 4, 16)) == (8, 4, 1)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_greedy_completions_equal_one_prompt_at_a_time(family):
     state, sampler = make(family)
     alone = [np.asarray(sampler.generate(state, [prompt], temperature=0.0).completion_BN)[0] for prompt in PROMPTS]
@@ -59,10 +115,11 @@ def test_greedy_completions_equal_one_prompt_at_a_time(family):
 def test_sampled_completions_do_not_depend_on_the_slot_count():
     state, sampler = make("deepseek_v3")
     key = jax.random.key(3)
-    one, five = (arrays(sampler.generate(state, PROMPTS, samples=3, key=key, temperature=1.0, slots=slots))
-                 for slots in (1, 5))
-    assert np.array_equal(five["tokens_BT"], one["tokens_BT"])
-    np.testing.assert_allclose(five["logprobs_BN"], one["logprobs_BN"], atol=1e-5)
+    one, five, tail = (arrays(sampler.generate(state, PROMPTS, samples=3, key=key, temperature=1.0, **slots))
+                       for slots in (dict(slots=1), dict(slots=5), dict(slots=5, tail_slots=(2,))))
+    for other in (five, tail):
+        assert np.array_equal(other["tokens_BT"], one["tokens_BT"])
+        np.testing.assert_allclose(other["logprobs_BN"], one["logprobs_BN"], atol=1e-5)
     completions = one["tokens_BT"][:, 8:]
     assert len({tuple(row) for row in completions}) > len(PROMPTS)  # the samples of a prompt differ
     other = sampler.generate(state, PROMPTS, samples=3, key=jax.random.key(4), temperature=1.0, slots=5)
