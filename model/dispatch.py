@@ -164,8 +164,18 @@ def expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_EFD, *
     tp = _present(rules.mesh_axes("expert_mlp"), shape, w_gate_EDF.shape[2])
     gathered = tuple(a for a in batch if a in ep)  # token shards to gather before the local experts run
     summed = tuple(a for a in ep if a not in batch) + tp  # partial outputs to all-reduce
+    # the weights' hidden axis as the parameters lie (FSDP), gathered inside: the gradient's way back is then
+    # a reduce-scatter to each device's shard, where a gather outside made it an all-reduce of the whole
+    # gradient (sliced afterwards: twice the interconnect bytes)
+    embed = tuple(a for a in _present(rules.mesh_axes("embed"), shape, w_gate_EDF.shape[1]) if a not in ep + tp)
 
     def per_device(x, experts, weights, wg, wu, wd):
+        if embed:
+            # varying as the tokens are before the gather, so the gradient's sum over the other token axes
+            # (data) also runs on this device's shard, after the reduce-scatter
+            wg, wu, wd = vary_together(wg, wu, wd, x, experts, weights)[:3]
+            wg, wu = (jax.lax.all_gather(w, embed, axis=1, tiled=True) for w in (wg, wu))
+            wd = jax.lax.all_gather(wd, embed, axis=2, tiled=True)
         if gathered:
             x, experts, weights = (jax.lax.all_gather(v, gathered, axis=0, tiled=True)
                                    for v in (x, experts, weights))
@@ -183,7 +193,7 @@ def expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_EFD, *
         return y
 
     tokens = P(batch or None, None)
-    w_in, w_out = P(ep or None, None, tp or None), P(ep or None, tp or None, None)
+    w_in, w_out = P(ep or None, embed or None, tp or None), P(ep or None, tp or None, embed or None)
     return jax.shard_map(per_device, in_specs=(tokens, tokens, tokens, w_in, w_in, w_out),
                          out_specs=tokens)(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_EFD)
 

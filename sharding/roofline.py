@@ -3,6 +3,13 @@
 max(compute, HBM) time plus collective time at the interconnect's bandwidth, from the chip's published
 figures (`sharding.chips`) and a decode step's costs per device (`sharding.decode_stats`). Decode does not
 overlap its collectives with compute: each layer waits for its own.
+
+Collective time (`collective_seconds`, the update's estimate too): each collective's bytes (an all-gather's
+result, the others' operands: `DecodeStats.collective_bytes`) over the chip's interconnect bandwidth, an
+all-reduce's twice: it is a reduce-scatter of its operand and an all-gather of the result, each moving
+about the operand's bytes through every chip (ring or torus alike), where an all-gather of the same result
+or a reduce-scatter of the same operand moves it once. Counted once (before 2026-12-02), a gradient
+all-reduce looked as cheap as the reduce-scatter that could replace it.
 """
 
 from __future__ import annotations
@@ -11,6 +18,14 @@ import dataclasses
 
 from r1jax.sharding.chips import ChipSpec
 from r1jax.sharding.decode_stats import DecodeStats
+
+
+def collective_seconds(bytes_by_kind: dict[str, float], chip: ChipSpec) -> float:
+    """Time on the chip's interconnect for these collective bytes (module docstring: all-reduces twice);
+    0 where the chip's bandwidth is not published."""
+    if not chip.ici_bytes_per_s:
+        return 0.0
+    return (sum(bytes_by_kind.values()) + bytes_by_kind.get("all-reduce", 0)) / chip.ici_bytes_per_s
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,10 +42,9 @@ class Roofline:
 def estimate(stats: DecodeStats, chip: ChipSpec, devices_per_chip: int = 1) -> Roofline:
     """Roofline time of one decode step on one chip (its devices' work added; per-device stats)."""
     scale = devices_per_chip
-    collective = sum(stats.collective_bytes.values()) * scale
-    ici = chip.ici_bytes_per_s
+    collectives = {kind: moved * scale for kind, moved in stats.collective_bytes.items()}
     return Roofline(stats.flops * scale / chip.peak_flops, stats.hbm_bytes * scale / chip.hbm_bytes_per_s,
-                    collective / ici if ici else 0.0)
+                    collective_seconds(collectives, chip))
 
 
 def decode_report(stats: DecodeStats, chip: ChipSpec, *, devices_per_chip: int, rows: int, chips: int,

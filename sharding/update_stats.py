@@ -8,7 +8,7 @@ layer scan (and its backward) would be counted for one layer only; its figures s
 gives them (`programs.update.flops`) but the estimate does not use them.
 
 Roofline (`update_report`): est_step_s = max(FLOPs / peak, HBM bytes / HBM bandwidth) + collective bytes /
-interconnect bandwidth. Overlap assumption: none between collectives and compute (the collectives' time is
+interconnect bandwidth (an all-reduce's bytes twice: `sharding.roofline.collective_seconds`). Overlap assumption: none between collectives and compute (the collectives' time is
 added). XLA's scheduler on TPU runs collectives asynchronously and hides some of them behind the layers'
 matmuls (FSDP's all-gathers of the next layer, the gradients' reduce-scatters), so the step takes somewhere
 between `est_step_overlapped_s` (every collective hidden: the max of the three times) and `est_step_s`;
@@ -27,6 +27,7 @@ import dataclasses
 
 from r1jax.sharding.chips import ChipSpec
 from r1jax.sharding.decode_stats import COLLECTIVES, program_costs
+from r1jax.sharding.roofline import collective_seconds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +53,7 @@ def update_report(stats: StepStats, chip: ChipSpec, *, devices_per_chip: int,
     flops, hbm = stats.flops * scale, stats.hbm_bytes * scale
     collectives = {k: stats.collective_bytes.get(k, 0) * scale for k in COLLECTIVES}
     compute_s, hbm_s = flops / chip.peak_flops, hbm / chip.hbm_bytes_per_s
-    collective_s = sum(collectives.values()) / chip.ici_bytes_per_s if chip.ici_bytes_per_s else 0.0
+    collective_s = collective_seconds(collectives, chip)
     step_s = max(compute_s, hbm_s) + collective_s
     overlapped_s = max(compute_s, hbm_s, collective_s)
     return {

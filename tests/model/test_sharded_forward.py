@@ -5,6 +5,7 @@ Each family's policy, inputs and single-device results are computed once for all
 again (the module, warm compilation cache: 38.8 s -> 28.0 s)."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -105,3 +106,31 @@ def test_sharded_gradient_equals_single_device(family, mesh_shape):
         scale = max(1.0, float(np.abs(np.asarray(b)).max()))
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5 * scale, rtol=0,
                                    err_msg=jax.tree_util.keystr(path))
+
+
+def _collectives(hlo_text: str, opcode: str) -> list[str]:
+    """The result shapes (tuple elements one by one) of `opcode`'s instructions in a compiled program."""
+    lines = [line for line in hlo_text.splitlines() if re.search(rf" {opcode}(-start)?\(", line)]
+    return [shape for line in lines for shape in re.findall(r"f32\[[\d,]*\]", line.split(" = ")[1].split(opcode)[0])]
+
+
+def test_the_experts_weight_gradient_is_reduce_scattered_to_each_devices_shard():
+    """The dispatch gathers the experts' hidden axis (FSDP) inside its shard_map: the gradient goes back by a
+    reduce-scatter over fsdp and a sum over data of each device's shard. Gathered outside, it was an
+    all-reduce of the whole [local experts, D, F] gradient (twice a reduce-scatter's interconnect bytes)."""
+    family = "qwen3_moe"
+    cfg = FAMILIES[family]
+    graphdef, state, tokens, valid, _ = single_device(family, "gradient")
+    mesh = build_mesh(ShardingConfig(2, 2, 2, 1))  # data, fsdp, expert, tensor
+    rules = Rules.preset("fsdp_expert_tensor")
+    sharded_state = jax.device_put(state, state_shardings(state, mesh, rules))
+    batch = NamedSharding(mesh, P(("data", "fsdp", "expert")))
+    with use_mesh(mesh, rules):
+        text = jax.jit(_loss(graphdef)).lower(
+            sharded_state, *(jax.device_put(x, batch) for x in (tokens, valid, _probe(cfg)))).compile().as_text()
+    e, d, f = cfg.n_routed_experts // 2, cfg.hidden_size, cfg.moe_intermediate_size
+    whole = {f"f32[{e},{d},{f}]", f"f32[{e},{f},{d}]"}
+    shards = {f"f32[{e},{d // 2},{f}]", f"f32[{e},{f},{d // 2}]"}  # gate and up; down
+    assert not whole & set(_collectives(text, "all-reduce") + _collectives(text, "reduce-scatter"))
+    assert shards <= set(_collectives(text, "reduce-scatter"))
+    assert shards <= set(_collectives(text, "all-reduce"))  # the sum over data, on the shard

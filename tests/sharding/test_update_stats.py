@@ -71,6 +71,17 @@ def test_the_estimate_adds_collectives_to_the_slower_of_compute_and_hbm():
     assert moved["reduce-scatter"] == 2e11 and moved["all-to-all"] == 0
 
 
+def test_an_all_reduce_moves_its_bytes_twice():
+    """A reduce-scatter of the operand, then an all-gather of the result: twice what either moves alone."""
+    reduce_scatter, all_reduce = (update_report(StepStats({kind: 1e11}, hbm_bytes=0, flops=4e14), V5P_LIKE,
+                                                devices_per_chip=1, model_flops_per_chip=4e14)
+                                  for kind in ("reduce-scatter", "all-reduce"))
+    assert reduce_scatter["est_collective_s"] == pytest.approx(0.1)
+    assert all_reduce["est_collective_s"] == pytest.approx(0.2)
+    assert all_reduce["est_step_s"] == pytest.approx(1.0 + 0.2)  # compute 4e14 / 4e14 FLOP/s
+    assert all_reduce["collective_bytes_per_chip"]["all-reduce"] == 1e11  # the bytes as counted
+
+
 def test_a_chip_of_two_devices_does_both_devices_work():
     stats = StepStats({"all-reduce": 1e11}, hbm_bytes=int(1e12), flops=1e15)
     one, two = (update_report(stats, V5P_LIKE, devices_per_chip=n, model_flops_per_chip=1e15) for n in (1, 2))
