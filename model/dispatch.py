@@ -10,7 +10,10 @@ Expert parallelism (`expert_ffn` under a mesh): a shard_map over the mesh. Each 
 only the copies routed to its own experts, and the partial outputs are summed back (reduce-scatter over
 the expert axis, then all-reduce over the tensor axis). In a decode step the ragged kernel runs the local
 copies in chunks of a few even shares (`_ragged_chunks`), so its work follows the copies routed here, not the
-layout's worst case. Alphabet: A = token copies (T x K).
+layout's worst case; and where each device's experts get few of a device's copies (DeepSeek-V3's sampler: one
+expert per device, about one copy from each other device per step), the copies are exchanged instead of the
+tokens gathered (`_exchange`: an all-to-all to the devices holding their experts and back). Alphabet:
+A = token copies (T x K), G = devices along the gathered axes, C = rows a device sends each of them per trip.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from r1jax.sharding.context import active_rules, mesh_shape
 
 
 # A decode step's chunk of local copies (`chunk_rows`): this many times an even load's share, so an uneven
-# step still takes one trip
+# step still takes one trip; the same margin sizes the exchange's rows per destination (`exchange_capacity`)
 CHUNK_OVER_EVEN_SHARE = 4
+MIN_EXCHANGE_ROWS = 8
 
 
 def resolve_impl(impl: str, *, decode: bool = False, backend: str | None = None) -> str:
@@ -150,10 +154,71 @@ def _ragged_chunks(x_TD, token_A, combine_A, group_sizes_E, weights, rows: int, 
     return block_loop(used, expected_trips, one_chunk, out)
 
 
+def exchange_capacity(rows: int, top_k: int, destinations: int, columns: int) -> int | None:
+    """Rows one device sends each destination per trip of `_exchange`: `CHUNK_OVER_EVEN_SHARE` x an even
+    load's share (its `rows` x `top_k` copies spread over `destinations` x `columns` devices' experts), a power
+    of two, at least `MIN_EXCHANGE_ROWS`; None when that is not fewer than its rows (gathering every token moves
+    no more)."""
+    even = -(-rows * top_k // (destinations * columns))
+    capacity = max(MIN_EXCHANGE_ROWS, 1 << (CHUNK_OVER_EVEN_SHARE * even - 1).bit_length())
+    return capacity if capacity < rows else None
+
+
+def _exchange(x_TD, experts_TK, weights_TK, weights, *, gathered, columns, offset, capacity: int, impl: str,
+              block_size: int):
+    """A decode step's routed output for this device's tokens, each copy sent to the device holding its expert
+    (an all-to-all over `gathered`, `capacity` rows per destination and trip) and its output sent back, where
+    the gather path all-gathers every token to every device and reduce-scatters a [gathered tokens, D] sum
+    back (DeepSeek-V3's sampler on v5p-512: 512 tokens x 7,168 each way per MoE layer, for about 16 copies a
+    device's one expert gets). This device sends the copies of the experts in its own `columns` coordinate
+    (the expert-parallel axes the tokens are replicated over; the devices at the other coordinates send the
+    rest); the caller sums the columns' outputs. A loop of traced length, ceil(most copies any device sends one
+    destination / capacity) trips, stating 1 (`block_loop`): dropless under any load; each trip moves
+    [G, capacity, D] each way. The combine weights stay here: only the rows and their experts travel."""
+    k = experts_TK.shape[1]
+    num_local = weights[0].shape[0]
+    mesh = mesh_shape()
+    g, r = math.prod(mesh[a] for a in gathered), math.prod(mesh[a] for a in columns)
+    expert_A = experts_TK.reshape(-1)
+    device_A = expert_A // num_local  # linear over gathered + columns (the experts' axes, major to minor)
+    column = _linear_index(columns, mesh) if columns else 0
+    key_A = jnp.where(device_A % r == column, device_A // r, g)  # the destination; g: another column's copy
+    order_A = jnp.argsort(key_A, stable=True)
+    counts_G = jnp.bincount(key_A, length=g + 1)[:g]
+    starts_G = jnp.cumsum(counts_G) - counts_G
+    trips = jax.lax.pmax((jnp.max(counts_G) + capacity - 1) // capacity, gathered + columns)
+    combine_A = weights_TK.reshape(-1).astype(x_TD.dtype)
+
+    def one_trip(i, out_TD):
+        rank_GC = i * capacity + jnp.arange(capacity)[None, :]
+        sent_GC = rank_GC < counts_G[:, None]
+        copy_GC = order_A[jnp.minimum(starts_G[:, None] + rank_GC, order_A.shape[0] - 1)]
+        token_GC = copy_GC // k
+        rows_GCD = jnp.where(sent_GC[..., None], x_TD[token_GC], 0)
+        experts_GC = jnp.where(sent_GC, expert_A[copy_GC], -1)  # -1: an empty row, no expert's
+        rows_ND = jax.lax.all_to_all(rows_GCD, gathered, 0, 0, tiled=True).reshape(g * capacity, -1)
+        if num_local == 1:  # every row received is this expert's, or empty (zeros, whose SwiGLU is zeros)
+            y_ND = swiglu_ragged(rows_ND, jnp.full((1,), g * capacity, jnp.int32),
+                                 *(w.astype(x_TD.dtype) for w in weights))
+        else:
+            experts_N1 = jax.lax.all_to_all(experts_GC, gathered, 0, 0, tiled=True).reshape(-1, 1)
+            y_ND = local_expert_ffn(rows_ND, experts_N1, jnp.ones_like(experts_N1, x_TD.dtype), *weights,
+                                    expert_offset=offset, impl=impl, block_size=block_size)
+        y_GCD = jax.lax.all_to_all(y_ND.reshape(rows_GCD.shape), gathered, 0, 0, tiled=True)
+        y_GCD = jnp.where(sent_GC[..., None], y_GCD * combine_A[copy_GC][..., None], 0)
+        return out_TD.at[token_GC].add(y_GCD)
+
+    out = vary_together(jnp.zeros_like(x_TD), x_TD, experts_TK, *weights)[0]
+    with jax.named_scope("exchange"):
+        return block_loop(trips, 1, one_trip, out)
+
+
 def expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_EFD, *, impl="auto",
                block_size=64, used_blocks_only: bool = False, chunked: bool = False):
     """Routed-expert output for all tokens; expert-parallel under an active mesh. `chunked` (decode steps):
-    under expert parallelism the ragged kernel runs over the local copies in chunks (`_ragged_chunks`)."""
+    under expert parallelism the copies are exchanged (`_exchange`) where `exchange_capacity` says that moves
+    fewer rows than gathering the tokens, else the ragged kernel runs over the local copies in chunks
+    (`_ragged_chunks`)."""
     kwargs = dict(impl=impl, block_size=block_size, used_blocks_only=used_blocks_only)
     rules = active_rules()
     if rules is None:
@@ -163,7 +228,13 @@ def expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_EFD, *
     ep = _present(rules.mesh_axes("experts"), shape, w_gate_EDF.shape[0])
     tp = _present(rules.mesh_axes("expert_mlp"), shape, w_gate_EDF.shape[2])
     gathered = tuple(a for a in batch if a in ep)  # token shards to gather before the local experts run
-    summed = tuple(a for a in ep if a not in batch) + tp  # partial outputs to all-reduce
+    columns = tuple(a for a in ep if a not in batch)  # expert axes the tokens are replicated over
+    summed = columns + tp  # partial outputs to all-reduce
+    # a decode step whose devices' experts get few of a device's copies: exchange the copies (`_exchange`);
+    # the experts' axes must run gathered (major) then columns, as the devices' linear index counts them
+    capacity = (exchange_capacity(x_TD.shape[0] // math.prod(shape[a] for a in batch), experts_TK.shape[1],
+                                  math.prod(shape[a] for a in gathered), math.prod(shape[a] for a in columns))
+                if chunked and gathered and ep == tuple(a for a in ep if a in gathered) + columns else None)
     # the weights' hidden axis as the parameters lie (FSDP), gathered inside: the gradient's way back is then
     # a reduce-scatter to each device's shard, where a gather outside made it an all-reduce of the whole
     # gradient (sliced afterwards: twice the interconnect bytes)
@@ -176,10 +247,14 @@ def expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_EFD, *
             wg, wu, wd = vary_together(wg, wu, wd, x, experts, weights)[:3]
             wg, wu = (jax.lax.all_gather(w, embed, axis=1, tiled=True) for w in (wg, wu))
             wd = jax.lax.all_gather(wd, embed, axis=2, tiled=True)
+        offset = _linear_index(ep, shape) * wg.shape[0] if ep else None  # None: every expert is here
+        if capacity is not None:
+            y = _exchange(x, experts, weights, (wg, wu, wd), gathered=tuple(a for a in ep if a in gathered),
+                          columns=columns, offset=offset, capacity=capacity, impl=impl, block_size=block_size)
+            return jax.lax.psum(y, summed) if summed else y
         if gathered:
             x, experts, weights = (jax.lax.all_gather(v, gathered, axis=0, tiled=True)
                                    for v in (x, experts, weights))
-        offset = _linear_index(ep, shape) * wg.shape[0] if ep else None  # None: every expert is here
         # an even load: each device's experts get their share of the gathered copies
         expected = -(-experts.size * wg.shape[0] // w_gate_EDF.shape[0])
         y = local_expert_ffn(x, experts, weights, wg, wu, wd, expert_offset=offset, expected_copies=expected,

@@ -5,6 +5,7 @@ order) and gradients, the same rollouts, and the trip count the compile estimate
 The ragged kernel's decode chunks (under expert parallelism) against one pass and a NumPy reference."""
 
 import dataclasses
+import math
 import re
 
 import jax
@@ -14,15 +15,20 @@ import pytest
 from flax import nnx
 
 from r1jax.model.blocked import block_layout, swiglu_blocked, swiglu_blocked_to_tokens
-from r1jax.model.dispatch import chunk_rows, expert_ffn, local_expert_ffn
+from r1jax.model import dispatch
+from r1jax.model.dispatch import chunk_rows, exchange_capacity, expert_ffn, local_expert_ffn
 from r1jax.model.factory import init_policy
 from r1jax.rl.sampler import Sampler, SamplingConfig
+from r1jax.rl.sampler_layout import EXPERTS_OVER_TENSOR
 from r1jax.sharding.context import use_mesh
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.params import state_shardings
+from r1jax.sharding.rules import Rules
 from r1jax.sharding.update_stats import StepStats
 from tests.model.test_moe import dense_reference, dispatch_case
 from tests.model.tiny import FAMILIES
+
+exchange = dispatch._exchange
 
 
 @pytest.mark.parametrize("impl", ["blocked", "blocked_autodiff"])
@@ -219,4 +225,68 @@ def test_ragged_decode_under_expert_parallelism_runs_chunks_and_samples_as_unsha
         got = sampler.generate(jax.device_put(state, state_shardings(state, mesh, rules)), prompts, key=key,
                                ignore_eos=True)
     np.testing.assert_array_equal(np.asarray(got.tokens_BT), np.asarray(expected.tokens_BT))
+    np.testing.assert_allclose(np.asarray(got.logprobs_BN), np.asarray(expected.logprobs_BN), atol=1e-5)
+
+
+@pytest.mark.parametrize("rows,top_k,destinations,columns,capacity", [
+    (32, 8, 16, 16, 8),  # DeepSeek-V3's sampler on v5p-512: about 1 copy per destination, 8 rows sent, not 32
+    (64, 8, 8, 1, None),  # Qwen3's on v5p-16: 64 copies per destination; gathering the 64 tokens moves less
+    (16, 1, 4, 2, 8), (16, 2, 4, 2, None), (128, 1, 4, 2, 64)])
+def test_the_exchange_sends_four_even_shares_per_destination_where_that_is_fewer_than_the_rows(
+        rows, top_k, destinations, columns, capacity):
+    assert exchange_capacity(rows, top_k, destinations, columns) == capacity
+
+
+def _experts_over_expert_and_tensor():
+    """8 devices (expert 4 x tensor 2), the sampler's layout for DeepSeek-V3: tokens over `expert`, replicated
+    over `tensor`; whole experts over both."""
+    mesh = build_mesh(ShardingConfig(data=1, fsdp=1, expert=4, tensor=2))
+    return mesh, Rules.preset("inference", EXPERTS_OVER_TENSOR)
+
+
+@pytest.mark.parametrize("impl", ["ragged", "blocked"])
+@pytest.mark.parametrize("experts,crowded", [(8, False), (8, True), (16, False), (16, True)])
+def test_an_exchanged_decode_step_equals_the_dense_reference_and_moves_copies_not_tokens(impl, experts, crowded):
+    """64 tokens top-1 (16 per `expert` group): each device sends 8 rows to each of the 4 devices of its
+    `tensor` column and gets their outputs back, no token gathered. Crowded, 40 tokens pick expert 3 (one
+    device's), 10 of each group's: the loop takes 2 trips where it states 1, and drops none.
+    With 16 experts a device holds 2 and sorts what it gets; with 8 it holds one and multiplies what it gets."""
+    x, chosen, weights, wg, wu, wd = dispatch_case(64, experts, 1)
+    if crowded:
+        chosen = jnp.where(jnp.arange(64)[:, None] % 8 < 5, 3, chosen)
+    mesh, rules = _experts_over_expert_and_tensor()
+    ffn = jax.jit(lambda *a: expert_ffn(*a, impl=impl, chunked=True))
+    with use_mesh(mesh, rules):
+        lowered = ffn.lower(x, chosen, weights, wg, wu, wd)
+        got = ffn(x, chosen, weights, wg, wu, wd)
+    np.testing.assert_allclose(np.asarray(got), dense_reference(x, chosen, weights, wg, wu, wd), atol=1e-5)
+    assert "exchange/expected_trips_1/while" in lowered.as_text(debug_info=True)
+    text = lowered.compile().as_text()
+    assert re.findall(r"all-to-all\(", text) and not re.findall(r"all-gather\(|reduce-scatter\(", text)
+    # the rows and their outputs, each [destinations 4, capacity 8, D 16] floats (on a CPU, a tuple of pieces)
+    moved = [sum(math.prod(map(int, dims.split(",")))
+                 for dims in re.findall(r"f32\[([\d,]+)\]", line.split(" all-to-all(")[0]))
+             for line in text.splitlines() if " all-to-all(" in line]
+    assert sorted(m for m in moved if m) == [4 * 8 * 16] * 2
+
+
+def test_the_sampler_decodes_with_the_exchange_as_unsharded(monkeypatch):
+    """DeepSeek-V3's tiny policy, 8 experts top-1, one per device: 64 rows decode through the exchange (seen
+    at trace time) and sample the unsharded policy's tokens."""
+    calls = []
+    monkeypatch.setattr(dispatch, "_exchange", lambda *a, **k: calls.append(k["capacity"]) or exchange(*a, **k))
+    model = dataclasses.replace(FAMILIES["deepseek_v3"], num_hidden_layers=2, num_experts_per_tok=1,
+                                moe_decode_impl="ragged")  # one dense, one MoE layer
+    graphdef, state = nnx.split(init_policy(model, 0))
+    sampler = Sampler(graphdef, SamplingConfig(max_new_tokens=4, prompt_buckets=(8,)), stop_ids=(3,), pad_id=0)
+    prompts, key = [[5, 6, 7], [9, 10, 11, 12], [20], [30, 31]] * 16, jax.random.key(2)
+    expected = sampler.generate(state, prompts, key=key, ignore_eos=True)
+    assert not calls
+    mesh, rules = _experts_over_expert_and_tensor()
+    with use_mesh(mesh, rules):
+        got = sampler.generate(jax.device_put(state, state_shardings(state, mesh, rules)), prompts, key=key,
+                               ignore_eos=True)
+    assert calls == [8]
+    np.testing.assert_array_equal(np.asarray(got.tokens_BT), np.asarray(expected.tokens_BT))
+    np.testing.assert_array_equal(np.asarray(got.experts_LBTK), np.asarray(expected.experts_LBTK))
     np.testing.assert_allclose(np.asarray(got.logprobs_BN), np.asarray(expected.logprobs_BN), atol=1e-5)
