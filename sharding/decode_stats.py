@@ -195,7 +195,9 @@ class _Module:
                 for o in inst.operands]
 
     def collective_bytes(self, comp: Computation, inst: Instruction, kind: str) -> int:
-        operands = sum(self.operand_bytes(comp, inst))
+        # what crosses the interconnect, wherever the chip holds it (HBM or on-chip memory, `S(1)` on TPU):
+        # an operand staged on chip moves as many bytes (counted only as HBM traffic, it was missed: 2026-12-02)
+        operands = sum(shape_bytes(comp.instructions[o].shape) for o in inst.operands if o in comp.instructions)
         if kind != "all-gather":
             return operands
         total = inst.bytes
