@@ -28,7 +28,7 @@ import math
 import re
 from typing import Optional
 
-from r1jax.sharding.hlo_text import Computation, Instruction, leaf_bytes, parse_module, shape_bytes
+from r1jax.sharding.hlo_text import Computation, Instruction, parse_module, shape_bytes
 
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
 _FREE = {"parameter", "get-tuple-element", "tuple", "constant", "bitcast", "while", "call", "conditional",
