@@ -1,7 +1,8 @@
 """GRPO steps side by side with TRL's GRPOTrainer: same weights, tokenizer, prompts, rewards and settings.
 
     pip install trl==1.16.0   # benchmark only: r1jax never imports TRL
-    python benchmarks/grpo_vs_trl.py [--preset bench_qwen3] [--steps 8] [--warmup 2] [--json] [KEY=VALUE ...]
+    python benchmarks/grpo_vs_trl.py [--preset bench_qwen3] [--steps 8] [--warmup 2] [--cpu-devices N] [--json]
+                                     [KEY=VALUE ...]
 
 1. r1jax: `r1jax.rl.bench.grpo_step` runs the preset's GRPO stage through the trainer (from its random
    initialisation) and takes the medians of the steps after the warm-up.
@@ -31,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from r1jax.rl.bench.grpo_step import grpo_rows, summarize_steps  # noqa: E402
+from r1jax.rl.cli.main import fake_cpu_devices  # noqa: E402
 from r1jax.rl.config import load_config  # noqa: E402
 from r1jax.rl.data import build_source  # noqa: E402
 from r1jax.rl.host_allocator import retain_freed_memory  # noqa: E402
@@ -96,8 +98,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--cpu-devices", type=int, metavar="N", default=None,
+                        help="r1jax runs on N CPU devices (as `r1jax --cpu-devices N`; e.g. one per core)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    if args.cpu_devices is not None:
+        fake_cpu_devices(args.cpu_devices)  # before JAX starts its backends
     retain_freed_memory()  # as `r1jax` does on a CPU-only host (before JAX starts; TRL's torch gets it too)
     config = load_config(args.preset, [f"stages.0.steps={args.steps}", *args.overrides])
     with tempfile.TemporaryDirectory(prefix="grpo-vs-trl-") as work:
@@ -106,7 +112,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "r1jax", "export-hf", run_dir, model_dir, "--dtype", "float32"],
                        check=True, stdout=subprocess.DEVNULL)
         theirs = trl_figures(config, model_dir, args.steps, args.warmup)
-    result = {"preset": args.preset, "overrides": args.overrides, **ours, **theirs,
+    result = {"preset": args.preset, "overrides": args.overrides, "cpu_devices": args.cpu_devices, **ours, **theirs,
               "speedup_per_generated_token": ours["grpo_generated_tokens_per_s"] / theirs["trl_generated_tokens_per_s"],
               "load_average_end": [round(x, 2) for x in os.getloadavg()], "host": host_info()}
     if args.json:

@@ -25,9 +25,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
-from r1jax.rl.decoding import Rollout, is_stop, sample_token
+from r1jax.rl.decoding import Rollout, is_stop, merged_policy, sample_token
 from r1jax.sharding.context import constrain_whole_rows
 
 
@@ -124,7 +123,7 @@ def generate_continuous(graphdef, state, prompt_PP, prompt_valid_PP, key, temper
     its slots (the cache rows read, the MoE's row blocks), so the tail, where a few long rows run on alone,
     costs what those rows need. The same tokens; log-probs to float rounding (a batch of another size).
     `row_max_new_R` (optional, [P * G]): a row also stops after that many tokens (a test and bench hook)."""
-    policy = nnx.merge(graphdef, *state) if isinstance(state, tuple) else nnx.merge(graphdef, state)
+    policy = merged_policy(graphdef, state)
     policy = policy.for_decoding()
     prompts, p = prompt_PP.shape
     requests, total = prompts * samples, p + max_new

@@ -1,5 +1,6 @@
-"""Per-token pieces the fixed-batch and continuous-batching samplers share: the rollout record, the draw of a
-token (filters, greedy, vocabulary mask) and the stop test. See rl.sampler for the conventions."""
+"""Per-token pieces the fixed-batch and continuous-batching samplers share: the rollout record, the policy a
+state merges into, the draw of a token (filters, greedy, vocabulary mask) and the stop test. See rl.sampler
+for the conventions."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from r1jax.sharding.context import constrain_whole_rows
 
@@ -34,6 +36,12 @@ class Rollout(NamedTuple):
     @property
     def completion_mask_BN(self) -> jax.Array:
         return self.valid_BT[:, self.prompt_length:]
+
+
+def merged_policy(graphdef, state):
+    """The policy of `graphdef` and `state`: an nnx.State, or a tuple of States (e.g. trainable params and
+    routing bias) that `nnx.merge(graphdef, *state)` reassembles."""
+    return nnx.merge(graphdef, *state) if isinstance(state, tuple) else nnx.merge(graphdef, state)
 
 
 def filter_logits(logits_BV: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:

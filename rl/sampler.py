@@ -28,11 +28,11 @@ from typing import NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from r1jax.errors import UserError
 from r1jax.rl.continuous import generate_continuous
-from r1jax.rl.decoding import Rollout, filter_logits, is_stop, sample_token  # noqa: F401 (this module's API)
+from r1jax.rl.decoding import (Rollout, filter_logits, is_stop, merged_policy,  # noqa: F401 (this module's API)
+                               sample_token)
 from r1jax.sharding.distributed import replicated
 
 
@@ -142,7 +142,7 @@ def generate_padded(graphdef, state, prompt_BP, prompt_valid_BP, key, temperatur
 
     `state` is the policy's nnx.State, or a tuple of States (e.g. trainable params and routing bias) that
     `nnx.merge(graphdef, *state)` reassembles."""
-    policy = nnx.merge(graphdef, *state) if isinstance(state, tuple) else nnx.merge(graphdef, state)
+    policy = merged_policy(graphdef, state)
     policy = policy.for_decoding()
     prompts, p = prompt_BP.shape
     total = p + max_new

@@ -31,13 +31,16 @@ WORKLOAD = "bench_qwen3"  # the side-by-side workload's data, sampling, GRPO set
 
 
 def side_by_side(config: Config, steps: int, max_new_tokens: int | None = None) -> Config:
-    """`config`'s model, mesh and seed on the side-by-side workload (configs/bench_qwen3.yaml), `steps` GRPO
-    steps long."""
+    """`config`'s model, meshes (the trainer's and the sampler's layout: `sampling.layout`, `mesh`, `rules`)
+    and seed on the side-by-side workload (configs/bench_qwen3.yaml), `steps` GRPO steps long."""
     overrides = [f"stages.0.steps={steps}"]
     if max_new_tokens is not None:
         overrides.append(f"sampling.max_new_tokens={max_new_tokens}")
     workload = load_config(WORKLOAD, overrides)
-    return dataclasses.replace(workload, model=config.model, sharding=config.sharding, seed=config.seed)
+    sampling = dataclasses.replace(workload.sampling, layout=config.sampling.layout, mesh=config.sampling.mesh,
+                                   rules=config.sampling.rules)
+    return dataclasses.replace(workload, model=config.model, sharding=config.sharding, sampling=sampling,
+                               seed=config.seed)
 
 
 def grpo_rows(config: Config, run_dir: str | pathlib.Path) -> list[dict]:

@@ -17,7 +17,10 @@ import numpy as np
 from flax import nnx
 
 from r1jax.rl.bench.timing import best_seconds, best_seconds_threaded, decode_tokens_per_s
+from r1jax.rl.decoding import merged_policy
 from r1jax.rl.sampler import generate_padded
+from r1jax.rl.sampler_layout import choose_layout
+from r1jax.rl.update import split_policy
 
 DECODE_POSITIONS = (128, 1024)
 
@@ -40,7 +43,7 @@ def decode_step_seconds(graphdef, state, batch: int, position: int, repeats: int
     """Seconds of one jitted decode step for `batch` rows at cache slot `position`. The caches are donated
     and updated in place, as they are in the sampler's decode loop."""
     cache_len = position + 8
-    graphdef, state = nnx.split(nnx.merge(graphdef, state).for_decoding())  # as the sampler's loop runs it
+    graphdef, state = nnx.split(merged_policy(graphdef, state).for_decoding())  # as the sampler's loop runs it
 
     @functools.partial(jax.jit, donate_argnums=0)
     def step(caches, state, token_B1):
@@ -54,6 +57,19 @@ def decode_step_seconds(graphdef, state, batch: int, position: int, repeats: int
     caches = nnx.merge(graphdef, state).init_cache(batch, cache_len)
     seconds, _ = best_seconds_threaded(step, caches, state, jnp.ones((batch, 1), jnp.int32), repeats=repeats)
     return seconds
+
+
+def sampler_policy(config, policy, mesh, rules):
+    """(graphdef, state, mesh, rules, the layout's line) the trainer's sampler decodes `policy` with: its
+    weights resharded into the sampler's layout (rl.sampler_layout.choose_layout: on several devices the
+    inference layout, rows over the data-parallel axes), the mesh and rules to trace the sampler under.
+    The bench's sampler figures on the training layout would time a layout no rollout runs in (on a
+    multi-device mesh: weights gathered at every token)."""
+    graphdef, params, bias = split_policy(policy)
+    layout, note = choose_layout(config.sampling, config.model, mesh, rules)
+    if layout is None:
+        return graphdef, (params, bias), mesh, rules, note
+    return layout.graphdef, layout.reshard((params, bias)), layout.mesh, layout.rules, note
 
 
 def sampler_figures(graphdef, state, prompts_BP: np.ndarray, new_tokens: int, repeats: int = 3,

@@ -16,7 +16,6 @@ import time
 from typing import Sequence
 
 import numpy as np
-from flax import nnx
 
 from r1jax.model.factory import count_params, init_policy
 from r1jax.rl.bench import hf
@@ -26,7 +25,7 @@ from r1jax.rl.bench.matmul import matmul_peak
 from r1jax.rl.bench.moe import moe_figures
 from r1jax.rl.bench.report import with_goals
 from r1jax.rl.bench.reward_pool import code_figures, pool_figures
-from r1jax.rl.bench.sampler import bench_prompts, greedy_generate, sampler_figures
+from r1jax.rl.bench.sampler import bench_prompts, greedy_generate, sampler_figures, sampler_policy
 from r1jax.rl.bench.staleness import KEYS as STALENESS_KEYS, staleness_figures
 from r1jax.rl.bench.timing import device_info
 from r1jax.rl.bench.train_step import train_figures
@@ -88,23 +87,29 @@ def run_bench(preset: str = "bench", overrides: Sequence[str] = (), quick: bool 
     prompts_BP = bench_prompts(config.model.vocab_size, size.batch, size.prompt_len)
     with use_mesh(mesh, rules):
         policy = init_policy(config.model, config.seed, mesh, rules)
-        graphdef, state = nnx.split(policy)
-        say(f"sampler ({size.batch} x {size.prompt_len} prompt + {size.new_tokens} new tokens)")
-        result.update(sampler_figures(graphdef, state, prompts_BP, size.new_tokens, size.repeats,
+    sample_graphdef, sample_state, sample_mesh, sample_rules, layout_note = sampler_policy(config, policy, mesh,
+                                                                                       rules)
+    result["sampler_layout"] = layout_note or "one device: the training layout"
+    with use_mesh(sample_mesh, sample_rules):
+        say(f"sampler ({size.batch} x {size.prompt_len} prompt + {size.new_tokens} new tokens; "
+            f"{result['sampler_layout']})")
+        result.update(sampler_figures(sample_graphdef, sample_state, prompts_BP, size.new_tokens, size.repeats,
                                       kv_block=config.sampling.kv_block))
         say(f"long-tail rollout ({size.longtail_prompts} x {size.longtail_samples} rows, "
             f"{size.longtail_slots} slots, then {list(size.longtail_tail_slots)} in the tail, vs a fixed batch)")
-        result.update(longtail_figures(graphdef, state, prompts_BP[:size.longtail_prompts], size.longtail_samples,
-                                       size.new_tokens, size.longtail_slots, size.longtail_tail_slots,
-                                       config.sampling.kv_block,
-                                       size.repeats))
+        result.update(longtail_figures(sample_graphdef, sample_state, prompts_BP[:size.longtail_prompts],
+                                       size.longtail_samples, size.new_tokens, size.longtail_slots,
+                                       size.longtail_tail_slots, config.sampling.kv_block, size.repeats))
         result.update(dict.fromkeys(hf.KEYS))
         if against_hf:
-            say("HF transformers generate on the exported weights")
-            ours_BN = np.asarray(greedy_generate(graphdef, state, prompts_BP, size.new_tokens,
+            ours_BN = np.asarray(greedy_generate(sample_graphdef, sample_state, prompts_BP, size.new_tokens,
                                                  config.sampling.kv_block)().completion_BN)
-            result.update(hf.hf_figures(policy, prompts_BP, size.new_tokens, result["decode_tokens_per_s"],
-                                        ours_BN, size.repeats))
+    del sample_state
+    if against_hf:
+        say("HF transformers generate on the exported weights")
+        result.update(hf.hf_figures(policy, prompts_BP, size.new_tokens, result["decode_tokens_per_s"], ours_BN,
+                                    size.repeats))
+    with use_mesh(mesh, rules):
         say(f"matmul peak ({size.matmul_n}^2 float32 per device)")
         result.update(matmul_peak(size.matmul_n, size.repeats))
         say(f"GRPO train step ({size.train_rows} x {size.prompt_len + size.new_tokens} tokens)")

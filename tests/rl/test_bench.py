@@ -8,11 +8,13 @@ import math
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
 
 from r1jax.model.config import ModelConfig
+from r1jax.model.factory import init_policy
 from r1jax.model.moe import MoE
 from r1jax.errors import UserError
 from r1jax.rl.bench.flops import train_step_flops
@@ -20,9 +22,13 @@ from r1jax.rl.bench.grpo_step import side_by_side, summarize_steps
 from r1jax.rl.bench.longtail import longtail_lengths
 from r1jax.rl.bench.matmul import matmul_flops, matmul_peak, sharded_operands
 from r1jax.rl.bench.moe import moe_active_params, with_experts
+from r1jax.rl.bench.sampler import bench_prompts, greedy_generate, sampler_policy
 from r1jax.rl.bench.report import FIGURES, describe
 from r1jax.rl.config import load_config
 from r1jax.rl.host_info import cpu_model_and_flags, vector_isa
+from r1jax.sharding.context import use_mesh
+from r1jax.sharding.mesh import build_mesh
+from r1jax.sharding.params import tree_shardings
 from tests.rl.conftest import subprocess_env
 
 HEADLINE = ["prefill_tokens_per_s", "decode_tokens_per_s", "generate_tokens_per_s", "train_tokens_per_s",
@@ -116,6 +122,9 @@ def test_the_side_by_side_workload_keeps_the_presets_model():
     assert [(s.kind, s.steps) for s in config.stages] == [("grpo", 3)] and config.sampling.max_new_tokens == 8
     assert (config.grpo, config.data, config.tokenizer) == (workload.grpo, workload.data, workload.tokenizer)
     assert workload.model.family == "qwen3_moe" and workload.grpo.kl_coef == 0 and not workload.grpo.dynamic_sampling
+    # the sampler's layout is the preset's (where it runs), the rest of sampling the workload's
+    assert config.sampling.mesh == load_config("bench").sampling.mesh == {"fsdp": 1, "expert": -1}
+    assert config.sampling.kv_block == workload.sampling.kv_block == 0 and workload.sampling.mesh is None
 
 
 def tiny_one_layer() -> ModelConfig:
@@ -173,3 +182,30 @@ def test_longtail_lengths_are_mostly_an_eighth_of_the_budget_with_a_few_full_row
         assert set(lengths.tolist()) <= {budget // 8, budget} and (lengths == budget).sum() >= 1
         assert (lengths == budget // 8).mean() >= 0.75
     assert np.array_equal(longtail_lengths(64, 128), longtail_lengths(64, 128))  # stable from run to run
+
+
+def test_the_bench_samples_in_the_layout_the_trainer_samples_in():
+    """On a multi-device mesh the sampler's figures run in the sampler's own layout (rl.sampler_layout), not in
+    the training layout, where every decode step would gather the FSDP-split weights; the tokens are the
+    one-device policy's."""
+    config = load_config("tiny", SMALL)
+    mesh = build_mesh(config.sharding)  # the preset's training mesh on the 8 test devices: fsdp 8
+    rules = config.sharding.logical_rules()
+    with use_mesh(mesh, rules):
+        policy = init_policy(config.model, config.seed, mesh, rules)
+    graphdef, state, sample_mesh, sample_rules, note = sampler_policy(config, policy, mesh, rules)
+    assert mesh.shape["fsdp"] == 8 and note.startswith("sampler layout: inference")
+    assert sample_mesh.shape["fsdp"] == 1 and sample_mesh.shape["tensor"] * sample_mesh.shape["expert"] == 8
+    placed = tree_shardings(state, sample_mesh, sample_rules)
+    assert all(leaf.sharding == want for leaf, want in zip(jax.tree.leaves(state), jax.tree.leaves(placed)))
+    prompts_BP = bench_prompts(config.model.vocab_size, 8, 6)
+    with use_mesh(sample_mesh, sample_rules):
+        got = greedy_generate(graphdef, state, prompts_BP, 5)()
+    one_device = jax.device_put(nnx.split(policy), jax.devices()[0])
+    expected = greedy_generate(*one_device, prompts_BP, 5)()
+    assert np.array_equal(np.asarray(got.tokens_BT), np.asarray(expected.tokens_BT))
+    # one device: the training layout's graph and state as they are, no line
+    single = build_mesh(config.sharding, jax.devices()[:1])
+    with use_mesh(single, rules):
+        alone = init_policy(config.model, config.seed, single, rules)
+    assert sampler_policy(config, alone, single, rules)[4] == ""
