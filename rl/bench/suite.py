@@ -84,6 +84,10 @@ def run_bench(preset: str = "bench", overrides: Sequence[str] = (), quick: bool 
     rules = config.sharding.logical_rules()
     result = {"preset": preset, "overrides": list(overrides), "quick": quick, "device": device_info(),
               "size": dataclasses.asdict(size), "family": config.model.family, **count_params(config.model)}
+    device = result["device"]
+    if device["backend"] == "cpu" and device["local_devices"] == 1 and (device["cpu_count"] or 1) > 1:
+        say(f"one CPU device on {device['cpu_count']} cores: `r1jax --cpu-devices {device['cpu_count']} bench ...` "
+            "runs a device per core (README, Benchmarks)")
     prompts_BP = bench_prompts(config.model.vocab_size, size.batch, size.prompt_len)
     with use_mesh(mesh, rules):
         policy = init_policy(config.model, config.seed, mesh, rules)

@@ -5,6 +5,7 @@ the 64-expert MoE layer matches the 8-expert one's active parameters."""
 import dataclasses
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -57,6 +58,9 @@ def test_quick_bench_against_hf_reports_every_figure_with_its_goal():
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)  # stdout is the JSON object alone; progress goes to stderr
     assert "reward pool" in result.stderr
+    # one device on a host of several cores: the run says how to use them all
+    assert (f"`r1jax --cpu-devices {os.cpu_count()} bench" in result.stderr) == (os.cpu_count() > 1)
+    assert report["sampler_layout"] == "one device: the training layout"
     for key in HEADLINE:
         assert positive_finite(report[key]), (key, report[key])
     # MFU divides two timings taken at different moments; on a shared CPU it can exceed 1, so check its parts
