@@ -19,7 +19,7 @@ from flax import nnx
 from r1jax.rl.bench.timing import best_seconds, best_seconds_threaded, decode_tokens_per_s
 from r1jax.rl.decoding import merged_policy
 from r1jax.rl.sampler import generate_padded
-from r1jax.rl.sampler_layout import choose_layout
+from r1jax.rl.sampler_layout import inference_layout
 from r1jax.rl.update import split_policy
 
 DECODE_POSITIONS = (128, 1024)
@@ -60,16 +60,17 @@ def decode_step_seconds(graphdef, state, batch: int, position: int, repeats: int
 
 
 def sampler_policy(config, policy, mesh, rules):
-    """(graphdef, state, mesh, rules, the layout's line) the trainer's sampler decodes `policy` with: its
-    weights resharded into the sampler's layout (rl.sampler_layout.choose_layout: on several devices the
-    inference layout, rows over the data-parallel axes), the mesh and rules to trace the sampler under.
-    The bench's sampler figures on the training layout would time a layout no rollout runs in (on a
+    """(graphdef, state, mesh, rules, which layout) the trainer's sampler decodes `policy` with: its weights
+    moved into the sampler's layout (rl.sampler_layout.inference_layout, as `r1jax eval` does: on several
+    devices the inference layout, rows over the data-parallel axes), the mesh and rules to trace the sampler
+    under. The bench's sampler figures on the training layout would time a layout no rollout runs in (on a
     multi-device mesh: weights gathered at every token)."""
     graphdef, params, bias = split_policy(policy)
-    layout, note = choose_layout(config.sampling, config.model, mesh, rules)
+    layout, state = inference_layout(config, (params, bias), mesh, rules)
     if layout is None:
-        return graphdef, (params, bias), mesh, rules, note
-    return layout.graphdef, layout.reshard((params, bias)), layout.mesh, layout.rules, note
+        return graphdef, state, mesh, rules, "training"
+    shape = " ".join(f"{k}={v}" for k, v in layout.mesh.shape.items())
+    return layout.graphdef, state, layout.mesh, layout.rules, f"inference ({shape})"
 
 
 def sampler_figures(graphdef, state, prompts_BP: np.ndarray, new_tokens: int, repeats: int = 3,

@@ -91,12 +91,11 @@ def run_bench(preset: str = "bench", overrides: Sequence[str] = (), quick: bool 
     prompts_BP = bench_prompts(config.model.vocab_size, size.batch, size.prompt_len)
     with use_mesh(mesh, rules):
         policy = init_policy(config.model, config.seed, mesh, rules)
-    sample_graphdef, sample_state, sample_mesh, sample_rules, layout_note = sampler_policy(config, policy, mesh,
-                                                                                       rules)
-    result["sampler_layout"] = layout_note or "one device: the training layout"
+    sample_graphdef, sample_state, sample_mesh, sample_rules, result["sampler_layout"] = sampler_policy(
+        config, policy, mesh, rules)
     with use_mesh(sample_mesh, sample_rules):
-        say(f"sampler ({size.batch} x {size.prompt_len} prompt + {size.new_tokens} new tokens; "
-            f"{result['sampler_layout']})")
+        say(f"sampler ({size.batch} x {size.prompt_len} prompt + {size.new_tokens} new tokens, "
+            f"{result['sampler_layout']} layout)")
         result.update(sampler_figures(sample_graphdef, sample_state, prompts_BP, size.new_tokens, size.repeats,
                                       kv_block=config.sampling.kv_block))
         say(f"long-tail rollout ({size.longtail_prompts} x {size.longtail_samples} rows, "

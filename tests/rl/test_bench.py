@@ -60,7 +60,7 @@ def test_quick_bench_against_hf_reports_every_figure_with_its_goal():
     assert "reward pool" in result.stderr
     # one device on a host of several cores: the run says how to use them all
     assert (f"`r1jax --cpu-devices {os.cpu_count()} bench" in result.stderr) == (os.cpu_count() > 1)
-    assert report["sampler_layout"] == "one device: the training layout"
+    assert report["sampler_layout"] == "training"  # one device: every layout is the same
     for key in HEADLINE:
         assert positive_finite(report[key]), (key, report[key])
     # MFU divides two timings taken at different moments; on a shared CPU it can exceed 1, so check its parts
@@ -197,8 +197,8 @@ def test_the_bench_samples_in_the_layout_the_trainer_samples_in():
     rules = config.sharding.logical_rules()
     with use_mesh(mesh, rules):
         policy = init_policy(config.model, config.seed, mesh, rules)
-    graphdef, state, sample_mesh, sample_rules, note = sampler_policy(config, policy, mesh, rules)
-    assert mesh.shape["fsdp"] == 8 and note.startswith("sampler layout: inference")
+    graphdef, state, sample_mesh, sample_rules, which = sampler_policy(config, policy, mesh, rules)
+    assert mesh.shape["fsdp"] == 8 and which.startswith("inference (data=1 fsdp=1 ")
     assert sample_mesh.shape["fsdp"] == 1 and sample_mesh.shape["tensor"] * sample_mesh.shape["expert"] == 8
     placed = tree_shardings(state, sample_mesh, sample_rules)
     assert all(leaf.sharding == want for leaf, want in zip(jax.tree.leaves(state), jax.tree.leaves(placed)))
@@ -208,8 +208,8 @@ def test_the_bench_samples_in_the_layout_the_trainer_samples_in():
     one_device = jax.device_put(nnx.split(policy), jax.devices()[0])
     expected = greedy_generate(*one_device, prompts_BP, 5)()
     assert np.array_equal(np.asarray(got.tokens_BT), np.asarray(expected.tokens_BT))
-    # one device: the training layout's graph and state as they are, no line
+    # one device: the training layout
     single = build_mesh(config.sharding, jax.devices()[:1])
     with use_mesh(single, rules):
         alone = init_policy(config.model, config.seed, single, rules)
-    assert sampler_policy(config, alone, single, rules)[4] == ""
+    assert sampler_policy(config, alone, single, rules)[4] == "training"
