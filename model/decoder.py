@@ -63,8 +63,8 @@ class Block(nnx.Module):
         entries = attn.to_cache(attn.entries(h_BTD, cos, sin))
 
         def written(cache):  # a scalar index: T slots per row; else one slot per row (one token per row)
-            return tuple(write_slots(c, layer, cache_index, e, axis)
-                         for c, e, axis in zip(cache, entries, attn.CACHE_SLOT_AXES))
+            return tuple(write_slots(c, layer, cache_index, e, axis, axes)
+                         for c, e, axis, axes in zip(cache, entries, attn.CACHE_SLOT_AXES, attn.CACHE_AXES))
 
         def view(cache):
             return tuple(jax.lax.dynamic_index_in_dim(c, layer, 0, keepdims=False) for c in cache)

@@ -9,21 +9,41 @@ read whole, model.decoder). `attend_blocks`: the cache read block by block up to
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from r1jax.sharding.context import active_rules, mesh_shape
 
 
-def write_slots(entry, layer, index, new, slot_axis: int):
+def write_slots(entry, layer, index, new, slot_axis: int, logical_axes=None):
     """`entry` ([L, B, ...], slots on axis `slot_axis` + 1) with layer `layer`'s slots from `index` set to
     `new` ([B, ...], the new slots on `slot_axis`): `index` a scalar (T new slots per row, in place), or one
-    slot per row ([B], T = 1)."""
+    slot per row ([B], T = 1). `logical_axes`: the entry's per-row axes (the attention class's `CACHE_AXES`);
+    under a mesh that splits the rows, each device writes its own rows (below)."""
     new = new.astype(entry.dtype)
     if jnp.ndim(index) == 0:
         start = [0] * entry.ndim
         start[0], start[slot_axis + 1] = layer, index
         return jax.lax.dynamic_update_slice(entry, new[None], tuple(start))
+    write = functools.partial(_write_rows, slot_axis=slot_axis)
+    rules = active_rules()
+    spec = None if rules is None or logical_axes is None else rules.spec(logical_axes, new.shape, mesh_shape(),
+                                                                          strict=False)
+    if spec is None or spec[0] is None:
+        return write(entry, layer, index, new)
+    # a write at (layer, row, slot) indices over rows split across devices: XLA's partitioner gathers every
+    # row's entries and slots to every device (two collectives per cache entry and layer at every step);
+    # the same write on each device's own rows moves nothing
+    return jax.shard_map(write, in_specs=(P(None, *spec), P(), P(spec[0]), spec), out_specs=P(None, *spec))(
+        entry, layer, index, new)
+
+
+def _write_rows(entry, layer, index, new, slot_axis: int):
+    """`write_slots` with one slot per row, on the rows at hand."""
     rows = jnp.arange(new.shape[0])
     where = (layer, rows) + (slice(None),) * (slot_axis - 1) + (index,)
     return entry.at[where].set(jnp.take(new, 0, axis=slot_axis))

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from r1jax.rl.decoding import Rollout, is_stop, merged_policy, sample_token
-from r1jax.sharding.context import constrain_whole_rows
+from r1jax.sharding.context import constrain, constrain_whole_rows
 
 
 class _Slots(NamedTuple):
@@ -73,13 +73,15 @@ def _admit(s: _Slots, prompt_caches, slot_axes, prompt_logits_PV, prompt_valid_P
     request_S = s.next_request + jnp.cumsum(free_S) - 1
     admit_S = free_S & (request_S < requests)
     prompt_S = jnp.where(admit_S, request_S, 0) // samples
-    slots = s.active_S.shape[0]
-    target_S = jnp.where(admit_S, jnp.arange(slots), slots)  # out of range: dropped
     p = prompt_valid_PP.shape[1]
 
     def admitted(c, pc, axis):  # the prompt's p slots (pc's whole slot axis) into the admitted slots' rows
-        where = (slice(None), target_S) + (slice(None),) * (axis - 2) + (slice(0, p),)
-        return c.at[where].set(pc[:, prompt_S], mode="drop")
+        # every slot's first p slots rewritten, from its prompt or as they were: a write at a fixed slot, which
+        # a mesh splitting the slots runs where they lie (a write at the admitted slots' indices gathers every
+        # slot's rows to every device)
+        admit = admit_S.reshape((1, -1) + (1,) * (c.ndim - 2))
+        rows = jnp.where(admit, pc[:, prompt_S].astype(c.dtype), jax.lax.slice_in_dim(c, 0, p, axis=axis))
+        return jax.lax.dynamic_update_slice_in_dim(c, rows, 0, axis=axis)
 
     caches = jax.tree.map(admitted, s.caches, prompt_caches, slot_axes)
     fresh_SC = jnp.zeros_like(s.kv_valid_SC).at[:, :p].set(prompt_valid_PP[prompt_S])
@@ -101,6 +103,29 @@ def _compact(s: _Slots, size: int) -> _Slots:
     return s._replace(request_S=take(s.request_S), count_S=take(s.count_S), active_S=take(s.active_S),
                       logits_SV=take(s.logits_SV), caches=jax.tree.map(lambda c: take(c, 1), s.caches),
                       kv_valid_SC=take(s.kv_valid_SC), next_pos_S=take(s.next_pos_S))
+
+
+def _on_every_device(row_S, count_S, token_S, stopped_S, logp_S, experts_LSK):
+    """A step's per-slot results (request row, token index, token, stopped, log-prob, [L, S, K] experts), whole
+    on every device: packed as int32 columns (the log-prob's bits) and gathered at once. Under a mesh that
+    splits the slots, scattering them into the [R, N] results row by request makes XLA gather each array
+    separately: on a CPU mesh each gather is a rendezvous of all devices, ~26 of them per step."""
+    layers, slots, k = experts_LSK.shape
+    packed_SX = jnp.concatenate([
+        jnp.stack([row_S, count_S, token_S, stopped_S.astype(jnp.int32),
+                   jax.lax.bitcast_convert_type(logp_S.astype(jnp.float32), jnp.int32)], axis=1),
+        jnp.transpose(experts_LSK, (1, 0, 2)).reshape(slots, layers * k).astype(jnp.int32)], axis=1)
+    packed_SX = constrain(packed_SX, (None, None))
+    row_S, count_S, token_S, stopped_S, bits_S = (packed_SX[:, i] for i in range(5))
+    experts_LSK = jnp.transpose(packed_SX[:, 5:].reshape(slots, layers, k), (1, 0, 2))
+    return (row_S, count_S, token_S, stopped_S.astype(bool), jax.lax.bitcast_convert_type(bits_S, jnp.float32),
+            experts_LSK)
+
+
+def _live_rows(s: _Slots) -> jax.Array:
+    """The rows in the slots: admitted, not finished (counted on every device, where the sum of `active_S`
+    would be a collective over the devices holding the slots)."""
+    return s.next_request - s.finished
 
 
 def slot_phases(slots: int, tail_slots: tuple[int, ...]) -> tuple[int, ...]:
@@ -155,25 +180,28 @@ def generate_continuous(graphdef, state, prompt_PP, prompt_valid_PP, key, temper
 
     def body(s: _Slots, admitting: bool) -> _Slots:
         if admitting:  # the tail's loops start with every request admitted
-            s = jax.lax.cond(jnp.any(~s.active_S) & (s.next_request < requests), admit, lambda s: s, s)
+            s = jax.lax.cond((_live_rows(s) < slots) & (s.next_request < requests), admit, lambda s: s, s)
         live_S, count_S = s.active_S, s.count_S
         token_S, logp_S = _sample_rows(s.logits_SV, _row_keys(key, s.request_S, count_S, samples), temperature,
                                        top_k, top_p, vocab_size)
         token_S = jnp.where(live_S, token_S, pad_id)
         slot_S = jnp.where(live_S, p + count_S, p)  # an idle slot writes a masked entry at P
-        kv_valid_SC = s.kv_valid_SC.at[jnp.arange(live_S.shape[0]), slot_S].set(live_S)
+        kv_valid_SC = jax.vmap(lambda row, slot, live: row.at[slot].set(live))(s.kv_valid_SC, slot_S, live_S)
         out, caches = policy.forward_cached(token_S[:, None], s.next_pos_S[:, None], live_S[:, None], s.caches,
                                             slot_S, kv_valid_SC, kv_block=kv_block)
         row_S = jnp.where(live_S, s.request_S, requests)  # idle slots write to the sink row
         stopped_S = live_S & ((is_stop(token_S, stop_ids) & (not ignore_eos)) | (count_S + 1 >= max_new)
                               | (count_S + 1 >= row_max_new_R[jnp.minimum(s.request_S, requests - 1)]))
+        # the scatters by request need every slot's results on every device: one gather of them all
+        at_row_S, at_S, token_S, ended_S, logp_S, experts_LSK = _on_every_device(
+            row_S, count_S, token_S, stopped_S, jnp.where(live_S, logp_S, 0.0), out.aux.experts_BTK[:, :, 0])
         return s._replace(
-            step=s.step + 1, finished=s.finished + jnp.sum(stopped_S), count_S=count_S + live_S,
+            step=s.step + 1, finished=s.finished + jnp.sum(ended_S), count_S=count_S + live_S,
             active_S=live_S & ~stopped_S, logits_SV=out.logits_BTV[:, 0], caches=caches, kv_valid_SC=kv_valid_SC,
-            next_pos_S=s.next_pos_S + live_S, tokens_RN=s.tokens_RN.at[row_S, count_S].set(token_S),
-            logprobs_RN=s.logprobs_RN.at[row_S, count_S].set(jnp.where(live_S, logp_S, 0.0)),
-            lengths_R=s.lengths_R.at[jnp.where(stopped_S, s.request_S, requests)].set(count_S + 1),
-            experts_LRNK=s.experts_LRNK.at[:, row_S, count_S].set(out.aux.experts_BTK[:, :, 0]),
+            next_pos_S=s.next_pos_S + live_S, tokens_RN=s.tokens_RN.at[at_row_S, at_S].set(token_S),
+            logprobs_RN=s.logprobs_RN.at[at_row_S, at_S].set(logp_S),
+            lengths_R=s.lengths_R.at[jnp.where(ended_S, at_row_S, requests)].set(at_S + 1),
+            experts_LRNK=s.experts_LRNK.at[:, at_row_S, at_S].set(experts_LSK),
             logits_RNV=None if s.logits_RNV is None else s.logits_RNV.at[row_S, count_S].set(s.logits_SV))
 
     phases = slot_phases(slots, tail_slots)
@@ -184,7 +212,7 @@ def generate_continuous(graphdef, state, prompt_PP, prompt_valid_PP, key, temper
         def running(s: _Slots, following=following):
             more = s.finished < requests
             if following:  # on until nothing is pending and the live rows fit the next count
-                more &= (s.next_request < requests) | (jnp.sum(s.active_S) > following)
+                more &= (s.next_request < requests) | (_live_rows(s) > following)
             return more
         if i:
             final = _compact(final, size)

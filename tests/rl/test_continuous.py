@@ -1,5 +1,7 @@
 """Continuous batching (sampling.slots > 0) against the fixed-batch sampler and one prompt at a time."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,7 @@ from flax import nnx
 from r1jax.model.factory import init_policy
 from r1jax.rl import continuous
 from r1jax.errors import UserError
-from r1jax.rl.sampler import Sampler, SamplingConfig
+from r1jax.rl.sampler import Sampler, SamplingConfig, generate_padded
 from r1jax.sharding.context import use_mesh
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.params import state_shardings
@@ -150,3 +152,34 @@ def test_sharded_continuous_batching_equals_unsharded():
         got = sampler.generate(sharded, prompts, **options)
     assert np.array_equal(np.asarray(got.tokens_BT), np.asarray(expected.tokens_BT))
     np.testing.assert_allclose(np.asarray(got.logprobs_BN), np.asarray(expected.logprobs_BN), atol=1e-5)
+
+
+def _step_collectives(hlo: str) -> list[str]:
+    """The collectives a compiled sampler runs at every decode step: its decode loop's, outside conditional
+    branches (continuous batching's admission runs only when a slot is free)."""
+    return [line for line in hlo.splitlines()
+            if re.search(r" (all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)(-start)?\(", line)
+            and "/decode/while/body/" in line and "/cond/" not in line]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_sharded_continuous_step_adds_one_gather_to_the_fixed_batch_step(family):
+    """The slots split over 8 devices: a step writes each slot's cache entries and valid slot where the slot
+    lies and gathers the step's results (token, log-prob, routes, ...) to every device once, for the
+    scatter by request. Indexed by (row, slot) those writes gathered every slot's entries to every device,
+    and each result scattered by request was gathered on its own: 25 more collectives per step than the
+    fixed batch on bench_qwen3's two-device mesh (each a rendezvous of all devices on a CPU)."""
+    graphdef, state = nnx.split(init_policy(FAMILIES[family], seed=0))
+    mesh = build_mesh(ShardingConfig(data=2, expert=4))
+    rules = ShardingConfig(preset="inference").logical_rules()
+    sharded = jax.device_put(state, state_shardings(state, mesh, rules))
+    prompts = jnp.full((8, 4), 5, jnp.int32)
+    args = (graphdef, sharded, prompts, jnp.ones_like(prompts, bool), jax.random.key(0), jnp.float32(1.0),
+            jnp.int32(0), jnp.float32(1.0))
+    options = dict(max_new=6, samples=2, stop_ids=(3,), pad_id=0, ignore_eos=False)
+    with use_mesh(mesh, rules):
+        fixed = _step_collectives(generate_padded.lower(*args, **options).compile().as_text())
+        ours = _step_collectives(continuous.generate_continuous.lower(*args, slots=8, **options).compile().as_text())
+    def gathers(lines):
+        return sum(" all-gather(" in line for line in lines)
+    assert len(ours) == len(fixed) + 1 and gathers(ours) == gathers(fixed) + 1, "\n".join(ours)
