@@ -258,8 +258,7 @@ def expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_EFD, *
                           columns=columns, offset=offset, capacity=capacity, impl=impl, block_size=block_size)
             return jax.lax.psum(y, summed) if summed else y
         if gathered:
-            x, experts, weights = (jax.lax.all_gather(v, gathered, axis=0, tiled=True)
-                                   for v in (x, experts, weights))
+            x, experts, weights = _gather_tokens(x, experts, weights, gathered)
         # an even load: each device's experts get their share of the gathered copies
         expected = -(-experts.size * wg.shape[0] // w_gate_EDF.shape[0])
         y = local_expert_ffn(x, experts, weights, wg, wu, wd, expert_offset=offset, expected_copies=expected,
@@ -278,9 +277,26 @@ def expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_EFD, *
                          out_specs=tokens)(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_EFD)
 
 
+def _gather_tokens(x_TD, experts_TK, weights_TK, axes):
+    """The tokens, their experts and combine weights all-gathered along `axes`, in one collective where the
+    tokens are float32 (two otherwise): the experts travel as float32 numbers beside the weights (exact below
+    2^24), the three as one array. On a CPU mesh each collective is a rendezvous of every device."""
+    k = experts_TK.shape[1]
+    routes = jnp.concatenate([experts_TK.astype(jnp.float32), weights_TK.astype(jnp.float32)], axis=1)
+    if x_TD.dtype == jnp.float32:
+        both = jax.lax.all_gather(jnp.concatenate([x_TD, routes], axis=1), axes, axis=0, tiled=True)
+        x_TD, routes = both[:, : x_TD.shape[1]], both[:, x_TD.shape[1]:]
+    else:
+        x_TD = jax.lax.all_gather(x_TD, axes, axis=0, tiled=True)
+        routes = jax.lax.all_gather(routes, axes, axis=0, tiled=True)
+    return x_TD, routes[:, :k].astype(experts_TK.dtype), routes[:, k:].astype(weights_TK.dtype)
+
+
 def _present(axes, shape, dim_size):
-    """The mesh axes of `axes` that exist and divide `dim_size` (others leave the dimension unsharded)."""
-    axes = tuple(a for a in axes if a in shape)
+    """The mesh axes of `axes` that exist, split something (size > 1) and divide `dim_size` (others leave the
+    dimension unsharded). An axis of size 1 would only add collectives over one device each (a sum over
+    `tensor` = 1 was an all-reduce at every MoE layer of every decode step)."""
+    axes = tuple(a for a in axes if shape.get(a, 1) > 1)
     return axes if axes and dim_size % math.prod(shape[a] for a in axes) == 0 else ()
 
 

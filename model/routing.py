@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from r1jax.model.config import ModelConfig
+from r1jax.sharding.context import active_rules
 
 
 class Routing(NamedTuple):
@@ -45,7 +46,7 @@ def route(x_TD: jax.Array, router_DE: jax.Array, bias_E: jax.Array | None, cfg: 
     else:
         probs_TE = jax.nn.softmax(logits_TE, axis=-1)
         if replay_TK is None:
-            weights_TK, experts_TK = jax.lax.top_k(probs_TE, cfg.num_experts_per_tok)
+            weights_TK, experts_TK = top_k(probs_TE, cfg.num_experts_per_tok)
         else:
             experts_TK = replay_TK
             weights_TK = jnp.take_along_axis(probs_TE, experts_TK, axis=-1)
@@ -58,12 +59,22 @@ def _select_grouped(choice_TE: jax.Array, cfg: ModelConfig) -> jax.Array:
     """DeepSeek-V3's group-limited top-k on bias-shifted scores."""
     t, e = choice_TE.shape
     per_group = e // cfg.n_group
-    group_scores_TG = jnp.sum(jax.lax.top_k(choice_TE.reshape(t, cfg.n_group, per_group), 2)[0], axis=-1)
-    _, groups_TK = jax.lax.top_k(group_scores_TG, cfg.topk_group)
+    group_scores_TG = jnp.sum(top_k(choice_TE.reshape(t, cfg.n_group, per_group), 2)[0], axis=-1)
+    _, groups_TK = top_k(group_scores_TG, cfg.topk_group)
     group_mask_TG = jnp.sum(jax.nn.one_hot(groups_TK, cfg.n_group, dtype=jnp.int32), axis=1) > 0
     expert_mask_TE = jnp.repeat(group_mask_TG, per_group, axis=-1)
     masked_TE = jnp.where(expert_mask_TE, choice_TE, -jnp.inf)
-    return jax.lax.top_k(masked_TE, cfg.num_experts_per_tok)[1]
+    return top_k(masked_TE, cfg.num_experts_per_tok)[1]
+
+
+def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """`jax.lax.top_k` over the last axis: the k largest values and their indices, ties to the lower index.
+    Under a mesh, as a stable sort: XLA's partitioner sorts each device's own rows, where for `lax.top_k` it
+    gathers every row to every device (at each MoE layer of every decode step, when the rows are split)."""
+    if active_rules() is None:
+        return jax.lax.top_k(x, k)
+    order = jnp.argsort(-x, axis=-1, stable=True)[..., :k].astype(jnp.int32)
+    return jnp.take_along_axis(x, order, axis=-1), order
 
 
 def expert_counts(experts_TK: jax.Array, valid_T: jax.Array, num_experts: int) -> jax.Array:

@@ -13,7 +13,10 @@ from r1jax.model.config import ModelConfig
 from r1jax.model.blocked import fitted_block_size
 from r1jax.model.dispatch import local_expert_ffn, resolve_impl
 from r1jax.model.moe import MoE
-from r1jax.model.routing import expert_counts, load_balance_loss, route, router_z_loss, update_routing_bias
+from r1jax.model.routing import expert_counts, load_balance_loss, route, router_z_loss, top_k, update_routing_bias
+from r1jax.sharding.context import use_mesh
+from r1jax.sharding.mesh import ShardingConfig, build_mesh
+from r1jax.sharding.rules import Rules
 from tests.model.tiny import FAMILIES
 
 
@@ -276,3 +279,19 @@ def test_bias_update_moves_skewed_load_towards_balance():
     cv = lambda c: c.std() / c.mean()
     assert cv(last) < 0.5 * cv(first), (first, last)
     assert last.max() < first.max()
+
+
+def test_top_k_under_a_mesh_picks_what_lax_top_k_picks_ties_to_the_lower_index():
+    """Under a mesh the router's top-k is a stable sort (it runs on each device's rows); the same values and
+    indices as `jax.lax.top_k`: ties to the lower index, -inf (DeepSeek's masked groups) last, negatives."""
+    rng = np.random.RandomState(0)
+    x = rng.randint(-3, 4, (16, 8)).astype(np.float32)  # many ties
+    x[::3, 5:] = -np.inf
+    x[1] = 0.0  # a row all tied
+    x = jnp.asarray(x)
+    expected = jax.lax.top_k(x, 3)
+    with use_mesh(build_mesh(ShardingConfig(data=2, fsdp=1, expert=4, tensor=1)), Rules.preset("inference")):
+        got = jax.jit(lambda x: top_k(x, 3))(x)
+    assert np.array_equal(np.asarray(got[1]), np.asarray(expected[1]))
+    assert np.array_equal(np.asarray(got[0]), np.asarray(expected[0]))
+    assert np.asarray(got[1])[1].tolist() == [0, 1, 2]

@@ -134,3 +134,33 @@ def test_the_experts_weight_gradient_is_reduce_scattered_to_each_devices_shard()
     assert not whole & set(_collectives(text, "all-reduce") + _collectives(text, "reduce-scatter"))
     assert shards <= set(_collectives(text, "reduce-scatter"))
     assert shards <= set(_collectives(text, "all-reduce"))  # the sum over data, on the shard
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_moe_layer_over_split_rows_gathers_its_tokens_and_routes_once(family):
+    """The sampler's layout over 8 devices (rows over data 2 x expert 4, tensor 1): each MoE layer's forward
+    gathers its tokens with their experts and combine weights in one all-gather and sums the outputs back
+    with one reduce-scatter; the router's top-k runs on each device's rows. Before, `lax.top_k` gathered every
+    row's scores to every device, the tokens, experts and weights were gathered one by one, and a sum over
+    `tensor` (one device) added an all-reduce: six collectives per layer at every decode step."""
+    graphdef, state, tokens, valid, expected = single_device(family, "forward")
+    mesh = build_mesh(ShardingConfig(2, 1, 4, 1))
+    rules = Rules.preset("inference")
+    sharded_state = jax.device_put(state, state_shardings(state, mesh, rules))
+    batch = NamedSharding(mesh, P(("data", "expert")))
+    forward = jax.jit(_forward(graphdef))
+    with use_mesh(mesh, rules):
+        sharded = (sharded_state, jax.device_put(tokens, batch), jax.device_put(valid, batch))
+        got = forward(*sharded)
+        text = forward.lower(*sharded).compile().as_text()
+    valid_np = np.asarray(valid)
+    np.testing.assert_allclose(np.asarray(got[0])[valid_np], np.asarray(expected[0])[valid_np], atol=1e-5, rtol=0)
+    assert np.array_equal(np.asarray(got[1]), np.asarray(expected[1]))  # every token routed as on one device
+    # per MoE layer in the program (a scanned segment's layers share one): an all-gather and a reduce-scatter
+    routed = [(found.group(1), line) for line in text.splitlines() if re.search(r"/(dispatch|routing)/", line)
+              for found in [re.search(r" (all-gather|all-reduce|reduce-scatter|all-to-all)(?:-start)?\(", line)]
+              if found]
+    kinds = [kind for kind, _ in routed]
+    assert kinds and set(kinds) == {"all-gather", "reduce-scatter"}, "\n".join(line for _, line in routed)
+    assert kinds.count("all-gather") == kinds.count("reduce-scatter")
+    assert not [line for _, line in routed if "/routing/" in line]
