@@ -11,8 +11,8 @@
 3. TRL: `GRPOTrainer` on that directory with the preset's settings: P prompts x G samples per step (one
    generation batch per optimizer step), the token budget, temperature, learning rate, beta = 0, one
    iteration per batch, no gradient checkpointing (as the preset), the same training problems in the same
-   order, and the same rule rewards (r1jax's accuracy + format, called in-process). Each step is timed from TRL's step-begin to step-end callbacks;
-   generated tokens are its logged mean completion length x rows.
+   order, and the same rule rewards (r1jax's accuracy + format, called in-process). Each step is timed from
+   TRL's step-begin to step-end callbacks; generated tokens are its logged mean completion length x rows.
 Completion lengths differ with each implementation's end-of-sequence odds, so the comparison is per
 generated token: `speedup = r1jax generated tokens/s / TRL generated tokens/s` (issue #19's goal: >= 3).
 """
