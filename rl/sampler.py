@@ -52,6 +52,11 @@ class SamplingConfig:
     # softmax; equal to the dense read up to float rounding); 0: every step reads the whole budget. A cache
     # of at most two blocks is read whole all the same (model.kv_cache.DENSE_READ_BLOCKS)
     kv_block: int = 0
+    # the fixed-batch sampler's decode loop in this many phases, each over a cache just long enough for it (the
+    # prompt bucket + the slots its last step fills, rounded up to 8): a step reads the slots its phase can
+    # hold, not the whole budget's, and the cache grows between phases (one copy each). Each phase is one more
+    # compiled loop; 1: one loop over the budget's cache. Continuous batching keeps one cache whatever this is
+    cache_phases: int = 1
     # continuous batching: this many decode slots serve all P x G rows, a stopped row's slot taking the next
     # pending one (rl.continuous); 0: the fixed-batch sampler, every row decoded together
     slots: int = 0
@@ -77,6 +82,9 @@ class SamplingConfig:
             raise UserError(f"sampling.prompt_buckets={list(self.prompt_buckets)}: must be increasing")
         if self.kv_block < 0:
             raise UserError(f"sampling.kv_block={self.kv_block}: must be >= 0 (0 reads the whole cache)")
+        if type(self.cache_phases) is not int or self.cache_phases < 1:
+            raise UserError(f"sampling.cache_phases={self.cache_phases}: must be an integer >= 1 (1 decodes over "
+                            "the whole budget's cache)")
         if self.slots < 0:
             raise UserError(f"sampling.slots={self.slots}: must be >= 0 (0 is the fixed-batch sampler)")
         if self.tail_slots and not self.slots:
@@ -128,16 +136,43 @@ def _repeat_rows(tree, samples: int, axis: int):
     return jax.tree.map(lambda x: jnp.repeat(x, samples, axis=axis), tree)
 
 
+PHASE_ALIGN = 8  # a phase's cache ends on a multiple of this many completion slots (or at the budget)
+
+
+def phase_ends(max_new: int, phases: int) -> tuple[int, ...]:
+    """The completion slots filled by the end of each decode phase (`SamplingConfig.cache_phases`): the budget
+    split evenly, each end rounded up to `PHASE_ALIGN`, the last = `max_new`; phases that would be empty go."""
+    ends: list[int] = []
+    for j in range(1, phases + 1):
+        even = -(-max_new * j // phases)  # ceil(max_new * j / phases)
+        end = min(max_new, -(-even // PHASE_ALIGN) * PHASE_ALIGN)
+        if not ends or end > ends[-1]:
+            ends.append(end)
+    return tuple(ends)
+
+
+def _grown(s: "_Loop", length: int, slot_axes) -> "_Loop":
+    """The loop's caches and valid slots with empty slots appended up to `length`."""
+    def pad(x, axis):
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (0, length - x.shape[axis])
+        return jnp.pad(x, widths)
+    return s._replace(caches=jax.tree.map(pad, s.caches, slot_axes), kv_valid_BS=pad(s.kv_valid_BS, 1))
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "samples", "stop_ids", "pad_id",
-                                             "ignore_eos", "keep_logits", "vocab_size", "kv_block"))
+                                             "ignore_eos", "keep_logits", "vocab_size", "kv_block",
+                                             "cache_phases"))
 def generate_padded(graphdef, state, prompt_BP, prompt_valid_BP, key, temperature, top_k, top_p, *,
                     max_new: int, samples: int, stop_ids: tuple[int, ...], pad_id: int, ignore_eos: bool,
                     keep_logits: bool = False, vocab_size: int | None = None, kv_block: int = 0,
-                    row_max_new_B: jax.Array | None = None) -> Rollout:
+                    cache_phases: int = 1, row_max_new_B: jax.Array | None = None) -> Rollout:
     """Sample `samples` completions per left-padded prompt. Rows are prompt-major: row = prompt * G + g.
 
     A row stops at its first id in `stop_ids`; ids at or past `vocab_size` (None: none) are never sampled.
     `kv_block` > 0: decode steps read the cache block-wise up to the filled slots (`SamplingConfig.kv_block`).
+    `cache_phases` > 1: the decode loop runs in phases over caches that grow (`SamplingConfig.cache_phases`);
+    the same tokens and log-probs up to float rounding.
     `row_max_new_B` (optional, [B]): a row also stops after that many tokens (a test and bench hook).
 
     `state` is the policy's nnx.State, or a tuple of States (e.g. trainable params and routing bias) that
@@ -145,7 +180,8 @@ def generate_padded(graphdef, state, prompt_BP, prompt_valid_BP, key, temperatur
     policy = merged_policy(graphdef, state)
     policy = policy.for_decoding()
     prompts, p = prompt_BP.shape
-    total = p + max_new
+    ends = phase_ends(max_new, cache_phases)
+    total = p + ends[0]  # the first phase's cache; later phases grow it
     positions_BP = jnp.maximum(jnp.cumsum(prompt_valid_BP, axis=1) - 1, 0).astype(jnp.int32)
     kv_valid = jnp.zeros((prompts, total), bool).at[:, :p].set(prompt_valid_BP)
     with jax.named_scope("prefill"):
@@ -184,11 +220,15 @@ def generate_padded(graphdef, state, prompt_BP, prompt_valid_BP, key, temperatur
                 out.aux.experts_BTK[:, :, 0]),
             logits_BNV=None if s.logits_BNV is None else s.logits_BNV.at[:, s.step].set(s.logits_BV))
 
-    def running(s: _Loop) -> jax.Array:
-        return (s.step < max_new) & ~jnp.all(s.done_B)
+    def running(s: _Loop, end: int) -> jax.Array:
+        return (s.step < end) & ~jnp.all(s.done_B)
 
-    with jax.named_scope("decode"):
-        final = jax.lax.while_loop(running, body, init)
+    final, slot_axes = init, policy.cache_slot_axes()
+    for phase, end in enumerate(ends):
+        if phase:
+            final = _grown(final, p + end, slot_axes)
+        with jax.named_scope("decode"):
+            final = jax.lax.while_loop(functools.partial(running, end=end), body, final)
     completion_valid_BN = final.kv_valid_BS[:, p:]
     valid_BT = jnp.concatenate([jnp.repeat(prompt_valid_BP, samples, axis=0), completion_valid_BN], axis=1)
     tokens_BT = jnp.concatenate([jnp.repeat(prompt_BP, samples, axis=0), final.tokens_BN], axis=1)
@@ -243,7 +283,7 @@ class Sampler:
             if cfg.slots > 0:  # more slots than rows would decode idle slots
                 return generate_continuous(*args, limits, slots=min(cfg.slots, rows),
                                            tail_slots=tuple(cfg.tail_slots), **options)
-            return generate_padded(*args, row_max_new_B=limits, **options)
+            return generate_padded(*args, row_max_new_B=limits, cache_phases=cfg.cache_phases, **options)
 
         run = self.layout.run if self.layout is not None else lambda placed, generate: generate(placed)
         rollout = run((state, key), decode)

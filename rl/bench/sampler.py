@@ -30,13 +30,16 @@ def bench_prompts(vocab: int, batch: int, prompt_len: int, seed: int = 0) -> np.
     return np.random.RandomState(seed).randint(4, vocab, (batch, prompt_len)).astype(np.int32)
 
 
-def greedy_generate(graphdef, state, prompts_BP: np.ndarray, new_tokens: int, kv_block: int = 0):
-    """A no-argument function running the jitted sampler greedily on the prompts."""
+def greedy_generate(graphdef, state, prompts_BP: np.ndarray, new_tokens: int, kv_block: int = 0,
+                    cache_phases: int = 1):
+    """A no-argument function running the jitted sampler greedily on the prompts (`kv_block`, `cache_phases`:
+    the SamplingConfig's)."""
     prompts = jnp.asarray(prompts_BP)
     valid = jnp.ones_like(prompts, bool)
     args = (jax.random.key(0), jnp.float32(0.0), jnp.int32(0), jnp.float32(1.0))
     return lambda: generate_padded(graphdef, state, prompts, valid, *args, max_new=new_tokens, samples=1,
-                                   stop_ids=(), pad_id=0, ignore_eos=True, kv_block=kv_block)
+                                   stop_ids=(), pad_id=0, ignore_eos=True, kv_block=kv_block,
+                                   cache_phases=cache_phases)
 
 
 def decode_step_seconds(graphdef, state, batch: int, position: int, repeats: int = 3, kv_block: int = 0) -> float:
@@ -74,10 +77,11 @@ def sampler_policy(config, policy, mesh, rules):
 
 
 def sampler_figures(graphdef, state, prompts_BP: np.ndarray, new_tokens: int, repeats: int = 3,
-                    positions: tuple[int, int] = DECODE_POSITIONS, kv_block: int = 0) -> dict:
+                    positions: tuple[int, int] = DECODE_POSITIONS, kv_block: int = 0, cache_phases: int = 1) -> dict:
     batch, prompt_len = prompts_BP.shape
     prefill_s = best_seconds(greedy_generate(graphdef, state, prompts_BP, 1, kv_block), repeats=repeats)
-    full_s = best_seconds(greedy_generate(graphdef, state, prompts_BP, new_tokens, kv_block), repeats=repeats)
+    full_s = best_seconds(greedy_generate(graphdef, state, prompts_BP, new_tokens, kv_block, cache_phases),
+                          repeats=repeats)
     near, far = positions
     step_near = decode_step_seconds(graphdef, state, batch, near, repeats, kv_block)
     step_far = decode_step_seconds(graphdef, state, batch, far, repeats, kv_block)

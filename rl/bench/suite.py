@@ -97,16 +97,19 @@ def run_bench(preset: str = "bench", overrides: Sequence[str] = (), quick: bool 
         say(f"sampler ({size.batch} x {size.prompt_len} prompt + {size.new_tokens} new tokens, "
             f"{result['sampler_layout']} layout)")
         result.update(sampler_figures(sample_graphdef, sample_state, prompts_BP, size.new_tokens, size.repeats,
-                                      kv_block=config.sampling.kv_block))
+                                      kv_block=config.sampling.kv_block,
+                                      cache_phases=config.sampling.cache_phases))
         say(f"long-tail rollout ({size.longtail_prompts} x {size.longtail_samples} rows, "
             f"{size.longtail_slots} slots, then {list(size.longtail_tail_slots)} in the tail, vs a fixed batch)")
         result.update(longtail_figures(sample_graphdef, sample_state, prompts_BP[:size.longtail_prompts],
                                        size.longtail_samples, size.new_tokens, size.longtail_slots,
-                                       size.longtail_tail_slots, config.sampling.kv_block, size.repeats))
+                                       size.longtail_tail_slots, config.sampling.kv_block, size.repeats,
+                                       config.sampling.cache_phases))
         result.update(dict.fromkeys(hf.KEYS))
         if against_hf:
             ours_BN = np.asarray(greedy_generate(sample_graphdef, sample_state, prompts_BP, size.new_tokens,
-                                                 config.sampling.kv_block)().completion_BN)
+                                                 config.sampling.kv_block, config.sampling.cache_phases
+                                                 )().completion_BN)
     del sample_state
     if against_hf:
         say("HF transformers generate on the exported weights")

@@ -1,0 +1,108 @@
+"""The fixed-batch sampler's decode loop in phases over a cache that grows (`sampling.cache_phases`)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from r1jax.errors import UserError
+from r1jax.model.factory import init_policy
+from r1jax.rl.sampler import Sampler, SamplingConfig, generate_padded, left_pad, phase_ends
+from r1jax.sharding.context import use_mesh
+from r1jax.sharding.mesh import ShardingConfig, build_mesh
+from r1jax.sharding.params import state_shardings
+from r1jax.sharding.rules import Rules
+from tests.model.tiny import FAMILIES
+
+PROMPTS = [[5, 6, 7], [9, 10, 11, 12, 13, 14], [20], [30, 31]]
+ONE_LOOP = SamplingConfig(max_new_tokens=20, prompt_buckets=(8, 16))
+PHASED = dataclasses.replace(ONE_LOOP, cache_phases=3)  # phases end at completion slots 8, 16, 20
+
+
+def test_phase_ends_split_the_budget_evenly_rounded_up_to_eight_slots():
+    assert phase_ends(128, 4) == (32, 64, 96, 128)
+    assert phase_ends(100, 3) == (40, 72, 100)  # ceil(100 / 3) = 34 -> 40, ceil(200 / 3) = 67 -> 72
+    assert phase_ends(20, 3) == (8, 16, 20)
+    assert phase_ends(10, 4) == (8, 10)  # 3 -> 8, 5 -> 8 (an empty phase, dropped), 8 -> 8, 10
+    assert phase_ends(5, 4) == (5,)  # a budget under the alignment: one phase
+    assert phase_ends(128, 1) == (128,)
+
+
+def test_cache_phases_must_be_a_positive_integer():
+    for bad in (0, -2, 1.5):
+        with pytest.raises(UserError, match="sampling.cache_phases"):
+            SamplingConfig(cache_phases=bad)
+
+
+def _rollouts(family, config, stop_ids=(), **kwargs):
+    graphdef, state = nnx.split(init_policy(FAMILIES[family], 0))
+    sampler = Sampler(graphdef, config, stop_ids=stop_ids, pad_id=0)
+    return sampler.generate(state, PROMPTS, key=jax.random.key(5), keep_logits=True, **kwargs)
+
+
+def _assert_same_rollout(got, want):
+    for field in ("tokens_BT", "valid_BT", "positions_BT", "lengths_B", "steps"):
+        assert np.array_equal(np.asarray(getattr(got, field)), np.asarray(getattr(want, field))), field
+    valid = np.asarray(want.valid_BT)  # a padding position attends to no key: its route means nothing
+    assert np.array_equal(np.asarray(got.experts_LBTK)[:, valid], np.asarray(want.experts_LBTK)[:, valid])
+    np.testing.assert_allclose(np.asarray(got.logprobs_BN), np.asarray(want.logprobs_BN), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(got.logits_BNV), np.asarray(want.logits_BNV), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_phased_decoding_gives_the_one_loop_rollout(family):
+    """Greedy and sampled (G = 2, a fixed key), running to the budget; then rows that stop at an id in
+    different phases and rows cut by `row_max_new`, one of them inside the first phase."""
+    greedy = _rollouts(family, PHASED, temperature=0.0, ignore_eos=True)
+    _assert_same_rollout(greedy, _rollouts(family, ONE_LOOP, temperature=0.0, ignore_eos=True))
+    _assert_same_rollout(_rollouts(family, PHASED, samples=2, ignore_eos=True),
+                         _rollouts(family, ONE_LOOP, samples=2, ignore_eos=True))
+    completions = np.asarray(greedy.completion_BN)
+    stop = int(completions[1, 11])  # row 1 stops in the second phase (slots 8..15), others where they meet it
+    stopped = _rollouts(family, PHASED, stop_ids=(stop,), temperature=0.0)
+    assert int(stopped.lengths_B[1]) <= 12 < ONE_LOOP.max_new_tokens
+    _assert_same_rollout(stopped, _rollouts(family, ONE_LOOP, stop_ids=(stop,), temperature=0.0))
+    cut = [3, 20, 9, 17]
+    phased = _rollouts(family, PHASED, temperature=0.7, row_max_new=cut)
+    assert np.array_equal(np.asarray(phased.lengths_B), cut)
+    _assert_same_rollout(phased, _rollouts(family, ONE_LOOP, temperature=0.7, row_max_new=cut))
+
+
+def test_each_phase_decodes_over_a_cache_as_long_as_its_last_slot():
+    """The traced program: one decode loop per phase, each carrying the valid-slot mask (and caches) of
+    prompt bucket + the phase's end, so a step reads no slot its phase cannot fill."""
+    graphdef, state = nnx.split(init_policy(FAMILIES["qwen3_moe"], 0))
+    tokens, valid = left_pad(PROMPTS, (8,), 0)
+    rows = len(PROMPTS)
+    jaxpr = jax.make_jaxpr(lambda s, t, v: generate_padded(
+        graphdef, s, t, v, jax.random.key(0), jnp.float32(1.0), jnp.int32(0), jnp.float32(1.0), max_new=20,
+        samples=1, stop_ids=(3,), pad_id=0, ignore_eos=False, cache_phases=3))(state, tokens, valid)
+    inner, = [e.params["jaxpr"].jaxpr for e in jaxpr.eqns  # generate_padded's own (jitted) program
+              if e.params.get("name") == "generate_padded"]
+    decode_slots = []
+    for eqn in inner.eqns:
+        if eqn.primitive.name == "while":
+            masks = [v.aval.shape[1] for v in eqn.outvars if v.aval.dtype == jnp.bool_ and v.aval.ndim == 2
+                     and v.aval.shape[0] == rows]
+            caches = {v.aval.shape for v in eqn.outvars if v.aval.ndim == 5}  # K [1, B, kv, H, S], V [1, B, kv, S, H]
+            assert masks and caches
+            assert all(masks[0] in shape[3:] for shape in caches)
+            decode_slots.append(masks[0])
+    assert decode_slots == [8 + 8, 8 + 16, 8 + 20]
+
+
+def test_phased_decoding_on_a_mesh_equals_one_device():
+    graphdef, state = nnx.split(init_policy(FAMILIES["deepseek_v3"], 0))
+    prompts = PROMPTS * 2  # 8 rows over the data and fsdp axes
+    key = jax.random.key(11)
+    expected = Sampler(graphdef, ONE_LOOP, (3,), 0).generate(state, prompts, key=key, ignore_eos=True)
+    mesh = build_mesh(ShardingConfig(data=2, fsdp=2, expert=2, tensor=1))
+    rules = Rules.preset("fsdp_expert_tensor")
+    sharded = jax.device_put(state, state_shardings(state, mesh, rules))
+    with use_mesh(mesh, rules):
+        got = Sampler(graphdef, PHASED, (3,), 0).generate(sharded, prompts, key=key, ignore_eos=True)
+    assert np.array_equal(np.asarray(got.tokens_BT), np.asarray(expected.tokens_BT))
+    np.testing.assert_allclose(np.asarray(got.logprobs_BN), np.asarray(expected.logprobs_BN), atol=1e-5)
