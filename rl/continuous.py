@@ -26,7 +26,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from r1jax.rl.decoding import Rollout, is_stop, merged_policy, sample_token
+from r1jax.rl.decoding import Rollout, grown_slots, is_stop, merged_policy, phase_ends, sample_token
 from r1jax.sharding.context import constrain, constrain_whole_rows
 
 
@@ -34,11 +34,12 @@ class _Slots(NamedTuple):
     step: jax.Array  # loop iterations run
     next_request: jax.Array  # the first request not yet admitted
     finished: jax.Array  # rows done
+    longest: jax.Array  # the most tokens a live row has generated (on every device: the step's gathered counts)
     request_S: jax.Array  # the request each slot serves (R: none)
     count_S: jax.Array  # tokens its row has generated
     active_S: jax.Array
     logits_SV: jax.Array  # the logits its next token is drawn from
-    caches: list  # [L, S, ...] per segment, P + N slots (model.decoder.Policy.init_cache)
+    caches: list  # [L, S, ...] per segment, P + the phase's end slots (model.decoder.Policy.init_cache)
     kv_valid_SC: jax.Array
     next_pos_S: jax.Array
     tokens_RN: jax.Array  # by request, plus the sink row R
@@ -134,12 +135,13 @@ def slot_phases(slots: int, tail_slots: tuple[int, ...]) -> tuple[int, ...]:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "samples", "slots", "tail_slots", "stop_ids",
-                                             "pad_id", "ignore_eos", "keep_logits", "vocab_size", "kv_block"))
+                                             "pad_id", "ignore_eos", "keep_logits", "vocab_size", "kv_block",
+                                             "cache_phases"))
 def generate_continuous(graphdef, state, prompt_PP, prompt_valid_PP, key, temperature, top_k, top_p,
                         row_max_new_R=None, *, max_new: int, samples: int, slots: int,
                         stop_ids: tuple[int, ...], pad_id: int, ignore_eos: bool, keep_logits: bool = False,
                         vocab_size: int | None = None, kv_block: int = 0,
-                        tail_slots: tuple[int, ...] = ()) -> Rollout:
+                        tail_slots: tuple[int, ...] = (), cache_phases: int = 1) -> Rollout:
     """`generate_padded`'s rollout (same arguments and conventions) decoded by `slots` slots.
 
     `tail_slots`: smaller slot counts for the rollout's tail. Once no request is pending and at most N rows
@@ -147,11 +149,15 @@ def generate_continuous(graphdef, state, prompt_PP, prompt_valid_PP, key, temper
     with them) and a loop over N slots runs on; each count is one more compiled loop. A step's cost follows
     its slots (the cache rows read, the MoE's row blocks), so the tail, where a few long rows run on alone,
     costs what those rows need. The same tokens; log-probs to float rounding (a batch of another size).
+    `cache_phases` > 1: the loop over `slots` runs in phases over a cache that grows (as `generate_padded`'s),
+    the next phase starting once the longest live row fills its phase's slots; the tail's loops read the
+    whole budget's cache.
     `row_max_new_R` (optional, [P * G]): a row also stops after that many tokens (a test and bench hook)."""
     policy = merged_policy(graphdef, state)
     policy = policy.for_decoding()
     prompts, p = prompt_PP.shape
     requests, total = prompts * samples, p + max_new
+    ends = phase_ends(max_new, cache_phases)
     positions_PP = jnp.maximum(jnp.cumsum(prompt_valid_PP, axis=1) - 1, 0).astype(jnp.int32)
     kv_valid_PC = jnp.zeros((prompts, total), bool).at[:, :p].set(prompt_valid_PP)
     with jax.named_scope("prefill"):
@@ -163,10 +169,10 @@ def generate_continuous(graphdef, state, prompt_PP, prompt_valid_PP, key, temper
     vocab = out.logits_BTV.shape[-1]
     row_max_new_R = jnp.full((requests,), max_new, jnp.int32) if row_max_new_R is None else row_max_new_R
     init = _Slots(
-        step=jnp.int32(0), next_request=jnp.int32(0), finished=jnp.int32(0),
+        step=jnp.int32(0), next_request=jnp.int32(0), finished=jnp.int32(0), longest=jnp.int32(0),
         request_S=jnp.full((slots,), requests, jnp.int32), count_S=jnp.zeros((slots,), jnp.int32),
         active_S=jnp.zeros((slots,), bool), logits_SV=jnp.zeros((slots, vocab), out.logits_BTV.dtype),
-        caches=policy.init_cache(slots, total), kv_valid_SC=jnp.zeros((slots, total), bool),
+        caches=policy.init_cache(slots, p + ends[0]), kv_valid_SC=jnp.zeros((slots, p + ends[0]), bool),
         next_pos_S=jnp.zeros((slots,), jnp.int32),
         tokens_RN=jnp.full((requests + 1, max_new), pad_id, jnp.int32),
         logprobs_RN=jnp.zeros((requests + 1, max_new)), lengths_R=jnp.zeros((requests + 1,), jnp.int32),
@@ -195,8 +201,10 @@ def generate_continuous(graphdef, state, prompt_PP, prompt_valid_PP, key, temper
         # the scatters by request need every slot's results on every device: one gather of them all
         at_row_S, at_S, token_S, ended_S, logp_S, experts_LSK = _on_every_device(
             row_S, count_S, token_S, stopped_S, jnp.where(live_S, logp_S, 0.0), out.aux.experts_BTK[:, :, 0])
+        running_on_S = (at_row_S < requests) & ~ended_S
         return s._replace(
             step=s.step + 1, finished=s.finished + jnp.sum(ended_S), count_S=count_S + live_S,
+            longest=jnp.max(jnp.where(running_on_S, at_S + 1, 0)),
             active_S=live_S & ~stopped_S, logits_SV=out.logits_BTV[:, 0], caches=caches, kv_valid_SC=kv_valid_SC,
             next_pos_S=s.next_pos_S + live_S, tokens_RN=s.tokens_RN.at[at_row_S, at_S].set(token_S),
             logprobs_RN=s.logprobs_RN.at[at_row_S, at_S].set(logp_S),
@@ -216,9 +224,17 @@ def generate_continuous(graphdef, state, prompt_PP, prompt_valid_PP, key, temper
             return more
         if i:
             final = _compact(final, size)
-        # the first loop is the decode step `r1jax compile` reads (sharding.decode_stats: "decode/while")
-        with jax.named_scope("decode" if i == 0 else f"decode_tail_{size}"):
-            final = jax.lax.while_loop(running, functools.partial(body, admitting=i == 0), final)
+        for j, end in enumerate(ends if i == 0 else ends[-1:]):  # the tail runs on the whole cache
+            if i == 0 and j:
+                final = final._replace(caches=grown_slots(final.caches, slot_axes, p + end),
+                                       kv_valid_SC=grown_slots(final.kv_valid_SC, 1, p + end))
+
+            def in_phase(s: _Slots, running=running, end=end):  # the next step writes below slot P + end
+                return running(s) & (s.longest < end) if end < max_new else running(s)
+            # the first loop is the decode step `r1jax compile` reads (sharding.decode_stats: "decode/while")
+            name = "decode" if i == j == 0 else f"decode_phase_{end}" if i == 0 else f"decode_tail_{size}"
+            with jax.named_scope(name):
+                final = jax.lax.while_loop(in_phase, functools.partial(body, admitting=i == 0), final)
     lengths_R = final.lengths_R[:requests]
     completion_valid_RN = jnp.arange(max_new)[None, :] < lengths_R[:, None]
     valid_RT = jnp.concatenate([jnp.repeat(prompt_valid_PP, samples, axis=0), completion_valid_RN], axis=1)

@@ -15,6 +15,31 @@ from flax import nnx
 from r1jax.sharding.context import constrain_whole_rows
 
 
+PHASE_ALIGN = 8  # a decode phase's cache ends on a multiple of this many completion slots (or at the budget)
+
+
+def phase_ends(max_new: int, phases: int) -> tuple[int, ...]:
+    """The completion slots filled by the end of each decode phase (`SamplingConfig.cache_phases`): the budget
+    split evenly, each end rounded up to `PHASE_ALIGN`, the last = `max_new`; phases that would be empty go."""
+    ends: list[int] = []
+    for j in range(1, phases + 1):
+        even = -(-max_new * j // phases)  # ceil(max_new * j / phases)
+        end = min(max_new, -(-even // PHASE_ALIGN) * PHASE_ALIGN)
+        if not ends or end > ends[-1]:
+            ends.append(end)
+    return tuple(ends)
+
+
+def grown_slots(tree, slot_axes, length: int):
+    """Caches (or a valid-slot mask) with empty slots appended on their slot axes up to `length` slots: the
+    next decode phase's. `slot_axes`: an int, or `tree`'s structure of them (Policy.cache_slot_axes)."""
+    def pad(x, axis):
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (0, length - x.shape[axis])
+        return jnp.pad(x, widths)
+    return pad(tree, slot_axes) if isinstance(slot_axes, int) else jax.tree.map(pad, tree, slot_axes)
+
+
 class Rollout(NamedTuple):
     tokens_BT: jax.Array  # int32 [B, P + N]: left-padded prompt, then completion (pad after the stop)
     valid_BT: jax.Array  # bool: real prompt tokens and generated tokens up to and including EOS

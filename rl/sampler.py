@@ -31,8 +31,8 @@ import numpy as np
 
 from r1jax.errors import UserError
 from r1jax.rl.continuous import generate_continuous
-from r1jax.rl.decoding import (Rollout, filter_logits, is_stop, merged_policy,  # noqa: F401 (this module's API)
-                               sample_token)
+from r1jax.rl.decoding import (Rollout, filter_logits, grown_slots, is_stop, merged_policy,  # noqa: F401
+                               phase_ends, sample_token)
 from r1jax.sharding.distributed import replicated
 
 
@@ -52,10 +52,12 @@ class SamplingConfig:
     # softmax; equal to the dense read up to float rounding); 0: every step reads the whole budget. A cache
     # of at most two blocks is read whole all the same (model.kv_cache.DENSE_READ_BLOCKS)
     kv_block: int = 0
-    # the fixed-batch sampler's decode loop in this many phases, each over a cache just long enough for it (the
-    # prompt bucket + the slots its last step fills, rounded up to 8): a step reads the slots its phase can
-    # hold, not the whole budget's, and the cache grows between phases (one copy each). Each phase is one more
-    # compiled loop; 1: one loop over the budget's cache. Continuous batching keeps one cache whatever this is
+    # the decode loop in this many phases, each over a cache just long enough for it (the prompt bucket + the
+    # slots its last step fills, rounded up to 8): a step reads the slots its phase can hold, not the whole
+    # budget's, and the cache grows between phases (one copy each). Each phase is one more compiled loop;
+    # 1: one loop over the budget's cache. Continuous batching's loop over `slots` runs in the
+    # same phases, the next starting once its longest live row fills the phase's slots; its tail loops read
+    # the whole budget's cache
     cache_phases: int = 1
     # continuous batching: this many decode slots serve all P x G rows, a stopped row's slot taking the next
     # pending one (rl.continuous); 0: the fixed-batch sampler, every row decoded together
@@ -136,30 +138,6 @@ def _repeat_rows(tree, samples: int, axis: int):
     return jax.tree.map(lambda x: jnp.repeat(x, samples, axis=axis), tree)
 
 
-PHASE_ALIGN = 8  # a phase's cache ends on a multiple of this many completion slots (or at the budget)
-
-
-def phase_ends(max_new: int, phases: int) -> tuple[int, ...]:
-    """The completion slots filled by the end of each decode phase (`SamplingConfig.cache_phases`): the budget
-    split evenly, each end rounded up to `PHASE_ALIGN`, the last = `max_new`; phases that would be empty go."""
-    ends: list[int] = []
-    for j in range(1, phases + 1):
-        even = -(-max_new * j // phases)  # ceil(max_new * j / phases)
-        end = min(max_new, -(-even // PHASE_ALIGN) * PHASE_ALIGN)
-        if not ends or end > ends[-1]:
-            ends.append(end)
-    return tuple(ends)
-
-
-def _grown(s: "_Loop", length: int, slot_axes) -> "_Loop":
-    """The loop's caches and valid slots with empty slots appended up to `length`."""
-    def pad(x, axis):
-        widths = [(0, 0)] * x.ndim
-        widths[axis] = (0, length - x.shape[axis])
-        return jnp.pad(x, widths)
-    return s._replace(caches=jax.tree.map(pad, s.caches, slot_axes), kv_valid_BS=pad(s.kv_valid_BS, 1))
-
-
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "samples", "stop_ids", "pad_id",
                                              "ignore_eos", "keep_logits", "vocab_size", "kv_block",
                                              "cache_phases"))
@@ -226,8 +204,10 @@ def generate_padded(graphdef, state, prompt_BP, prompt_valid_BP, key, temperatur
     final, slot_axes = init, policy.cache_slot_axes()
     for phase, end in enumerate(ends):
         if phase:
-            final = _grown(final, p + end, slot_axes)
-        with jax.named_scope("decode"):
+            final = final._replace(caches=grown_slots(final.caches, slot_axes, p + end),
+                                   kv_valid_BS=grown_slots(final.kv_valid_BS, 1, p + end))
+        # the first loop is the decode step `r1jax compile` reads (sharding.decode_stats: "decode/while")
+        with jax.named_scope("decode" if phase == 0 else f"decode_phase_{end}"):
             final = jax.lax.while_loop(functools.partial(running, end=end), body, final)
     completion_valid_BN = final.kv_valid_BS[:, p:]
     valid_BT = jnp.concatenate([jnp.repeat(prompt_valid_BP, samples, axis=0), completion_valid_BN], axis=1)
@@ -271,7 +251,7 @@ class Sampler:
             raise UserError(f"row_max_new has {len(row_max_new)} entries for {rows} rows")
         options = dict(max_new=cfg.max_new_tokens, samples=samples, stop_ids=self.stop_ids, pad_id=self.pad_id,
                        ignore_eos=ignore_eos, keep_logits=keep_logits, vocab_size=self.vocab_size,
-                       kv_block=cfg.kv_block)
+                       kv_block=cfg.kv_block, cache_phases=cfg.cache_phases)
 
         # the inference layout's copy holds each layer's parameters apart: its own graph merges it
         graphdef = self.graphdef if self.layout is None else self.layout.graphdef
@@ -283,7 +263,7 @@ class Sampler:
             if cfg.slots > 0:  # more slots than rows would decode idle slots
                 return generate_continuous(*args, limits, slots=min(cfg.slots, rows),
                                            tail_slots=tuple(cfg.tail_slots), **options)
-            return generate_padded(*args, row_max_new_B=limits, cache_phases=cfg.cache_phases, **options)
+            return generate_padded(*args, row_max_new_B=limits, **options)
 
         run = self.layout.run if self.layout is not None else lambda placed, generate: generate(placed)
         rollout = run((state, key), decode)

@@ -33,16 +33,15 @@ def longtail_lengths(rows: int, budget: int, seed: int = 0) -> np.ndarray:
 def longtail_figures(graphdef, state, prompts_PP: np.ndarray, samples: int, budget: int, slots: int,
                      tail_slots: tuple[int, ...] = (), kv_block: int = 0, repeats: int = 3,
                      cache_phases: int = 1) -> dict:
-    """The figures; `cache_phases` is the fixed batch's (SamplingConfig.cache_phases: continuous batching keeps
-    one cache)."""
+    """The figures; `cache_phases`: SamplingConfig.cache_phases, for both samplers."""
     prompts, prompt_len = prompts_PP.shape
     lengths_R = longtail_lengths(prompts * samples, budget)
     args = (graphdef, state, jnp.asarray(prompts_PP), jnp.ones(prompts_PP.shape, bool), jax.random.key(0),
             jnp.float32(0.0), jnp.int32(0), jnp.float32(1.0))
-    options = dict(max_new=budget, samples=samples, stop_ids=(), pad_id=0, ignore_eos=True, kv_block=kv_block)
+    options = dict(max_new=budget, samples=samples, stop_ids=(), pad_id=0, ignore_eos=True, kv_block=kv_block,
+                   cache_phases=cache_phases)
     row_max_new = jnp.asarray(lengths_R)
-    fixed_s = best_seconds(lambda: generate_padded(*args, row_max_new_B=row_max_new, cache_phases=cache_phases,
-                                                   **options), repeats=repeats)
+    fixed_s = best_seconds(lambda: generate_padded(*args, row_max_new_B=row_max_new, **options), repeats=repeats)
     continuous_s = best_seconds(lambda: generate_continuous(*args, row_max_new, slots=slots,
                                                             tail_slots=tuple(tail_slots), **options),
                                 repeats=repeats)

@@ -10,7 +10,9 @@ from flax import nnx
 
 from r1jax.errors import UserError
 from r1jax.model.factory import init_policy
-from r1jax.rl.sampler import Sampler, SamplingConfig, generate_padded, left_pad, phase_ends
+from r1jax.rl.continuous import generate_continuous
+from r1jax.rl.decoding import phase_ends
+from r1jax.rl.sampler import Sampler, SamplingConfig, generate_padded, left_pad
 from r1jax.sharding.context import use_mesh
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.params import state_shardings
@@ -49,7 +51,9 @@ def _assert_same_rollout(got, want):
     valid = np.asarray(want.valid_BT)  # a padding position attends to no key: its route means nothing
     assert np.array_equal(np.asarray(got.experts_LBTK)[:, valid], np.asarray(want.experts_LBTK)[:, valid])
     np.testing.assert_allclose(np.asarray(got.logprobs_BN), np.asarray(want.logprobs_BN), atol=1e-5, rtol=0)
-    np.testing.assert_allclose(np.asarray(got.logits_BNV), np.asarray(want.logits_BNV), atol=1e-4, rtol=0)
+    drawn = np.asarray(want.completion_mask_BN)  # the logits each token was drawn from
+    np.testing.assert_allclose(np.asarray(got.logits_BNV)[drawn], np.asarray(want.logits_BNV)[drawn], atol=1e-4,
+                               rtol=0)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -71,27 +75,47 @@ def test_phased_decoding_gives_the_one_loop_rollout(family):
     _assert_same_rollout(phased, _rollouts(family, ONE_LOOP, temperature=0.7, row_max_new=cut))
 
 
-def test_each_phase_decodes_over_a_cache_as_long_as_its_last_slot():
-    """The traced program: one decode loop per phase, each carrying the valid-slot mask (and caches) of
-    prompt bucket + the phase's end, so a step reads no slot its phase cannot fill."""
+def _decode_loop_slots(generate, name, rows, **options):
+    """The cache slots of each top-level loop of the traced sampler `generate` (named `name`), read from its
+    valid-slot mask ([rows, slots]) and checked against its K and V caches."""
     graphdef, state = nnx.split(init_policy(FAMILIES["qwen3_moe"], 0))
     tokens, valid = left_pad(PROMPTS, (8,), 0)
-    rows = len(PROMPTS)
-    jaxpr = jax.make_jaxpr(lambda s, t, v: generate_padded(
+    jaxpr = jax.make_jaxpr(lambda s, t, v: generate(
         graphdef, s, t, v, jax.random.key(0), jnp.float32(1.0), jnp.int32(0), jnp.float32(1.0), max_new=20,
-        samples=1, stop_ids=(3,), pad_id=0, ignore_eos=False, cache_phases=3))(state, tokens, valid)
-    inner, = [e.params["jaxpr"].jaxpr for e in jaxpr.eqns  # generate_padded's own (jitted) program
-              if e.params.get("name") == "generate_padded"]
+        samples=2, stop_ids=(3,), pad_id=0, ignore_eos=False, **options))(state, tokens, valid)
+    inner, = [e.params["jaxpr"].jaxpr for e in jaxpr.eqns if e.params.get("name") == name]  # the jitted program
     decode_slots = []
     for eqn in inner.eqns:
         if eqn.primitive.name == "while":
             masks = [v.aval.shape[1] for v in eqn.outvars if v.aval.dtype == jnp.bool_ and v.aval.ndim == 2
-                     and v.aval.shape[0] == rows]
+                     and v.aval.shape[0] in rows]
             caches = {v.aval.shape for v in eqn.outvars if v.aval.ndim == 5}  # K [1, B, kv, H, S], V [1, B, kv, S, H]
-            assert masks and caches
+            assert len(masks) == 1 and caches
             assert all(masks[0] in shape[3:] for shape in caches)
             decode_slots.append(masks[0])
-    assert decode_slots == [8 + 8, 8 + 16, 8 + 20]
+    return decode_slots
+
+
+def test_each_phase_decodes_over_a_cache_as_long_as_its_last_slot():
+    """The traced programs: one decode loop per phase, each carrying the valid-slot mask (and caches) of
+    prompt bucket + the phase's end, so a step reads no slot its phase cannot fill; continuous batching's
+    tail loops (1 slot here) read the whole budget's cache."""
+    assert _decode_loop_slots(generate_padded, "generate_padded", (8,), cache_phases=3) == [8 + 8, 8 + 16, 8 + 20]
+    assert _decode_loop_slots(generate_padded, "generate_padded", (8,)) == [8 + 20]
+    assert _decode_loop_slots(generate_continuous, "generate_continuous", (3, 1), slots=3, tail_slots=(1,),
+                              cache_phases=3) == [8 + 8, 8 + 16, 8 + 20, 8 + 20]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_continuous_batching_in_phases_gives_the_one_loop_fixed_batch_rollout(family):
+    """3 slots, then 1 in the tail, over rows of 2 to 20 tokens: long rows cross the phases' ends (8, 16) while
+    short ones are admitted behind them, so a phase ends on the longest live row, not on the loop's step."""
+    cut = [20, 3, 9, 17, 2, 12, 5, 20]
+    fixed = _rollouts(family, ONE_LOOP, samples=2, temperature=0.0, row_max_new=cut)
+    for kwargs in ({"slots": 3, "tail_slots": (1,)}, {"slots": 2}):
+        phased = _rollouts(family, PHASED, samples=2, temperature=0.0, row_max_new=cut, **kwargs)
+        assert np.array_equal(np.asarray(phased.lengths_B), cut)
+        _assert_same_rollout(phased._replace(steps=fixed.steps), fixed)  # continuous batching runs more steps
 
 
 def test_phased_decoding_on_a_mesh_equals_one_device():
