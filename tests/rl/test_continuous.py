@@ -81,7 +81,8 @@ def test_compacting_moves_the_live_slots_first_in_order():
     caches = jax.tree.map(lambda c: c + jnp.arange(5).reshape((1, 5) + (1,) * (c.ndim - 2)).astype(c.dtype),
                           policy.init_cache(5, 6))  # slot s's cache rows hold s
     slots = continuous._Slots(
-        step=jnp.int32(7), next_request=jnp.int32(9), finished=jnp.int32(6), request_S=jnp.asarray([9, 4, 9, 7, 8]),
+        step=jnp.int32(7), next_request=jnp.int32(9), finished=jnp.int32(6), longest=jnp.int32(5),
+        request_S=jnp.asarray([9, 4, 9, 7, 8]),
         count_S=jnp.asarray([0, 3, 0, 5, 2]), active_S=jnp.asarray([False, True, False, True, True]),
         logits_SV=jnp.arange(5.0)[:, None] * jnp.ones((5, 3)), caches=caches,
         kv_valid_SC=jnp.arange(5)[:, None] < jnp.arange(6)[None, :], next_pos_S=jnp.asarray([0, 13, 0, 15, 12]),
@@ -94,7 +95,7 @@ def test_compacting_moves_the_live_slots_first_in_order():
     assert np.array_equal(three.kv_valid_SC, np.asarray(slots.kv_valid_SC)[[1, 3, 4]])
     for entry in jax.tree.leaves(three.caches):
         assert entry.shape[1] == 3 and np.asarray(entry)[0, :, ...].reshape(3, -1)[:, 0].tolist() == [1, 3, 4]
-    assert int(three.step) == 7 and three.tokens_RN.shape == (10, 4)  # by request: unchanged
+    assert int(three.step) == 7 and int(three.longest) == 5 and three.tokens_RN.shape == (10, 4)  # unchanged
     four = continuous._compact(slots, 4)  # an idle slot after the live ones
     assert four.request_S.tolist() == [4, 7, 8, 9] and four.active_S.tolist() == [True, True, True, False]
 
