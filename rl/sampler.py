@@ -55,9 +55,8 @@ class SamplingConfig:
     # the decode loop in this many phases, each over a cache just long enough for it (the prompt bucket + the
     # slots its last step fills, rounded up to 8): a step reads the slots its phase can hold, not the whole
     # budget's, and the cache grows between phases (one copy each). Each phase is one more compiled loop;
-    # 1: one loop over the budget's cache. Continuous batching's loop over `slots` runs in the
-    # same phases, the next starting once its longest live row fills the phase's slots; its tail loops read
-    # the whole budget's cache
+    # 1: one loop over the budget's cache. Continuous batching's loop over `slots` runs in the same phases,
+    # the next starting once its longest live row fills the phase's slots; its tail loops read the whole cache
     cache_phases: int = 1
     # continuous batching: this many decode slots serve all P x G rows, a stopped row's slot taking the next
     # pending one (rl.continuous); 0: the fixed-batch sampler, every row decoded together
