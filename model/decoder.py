@@ -91,9 +91,11 @@ def _after(values, anchor):
 
     A decode step reads the cache, then writes its new entries into it; unordered, XLA's copy insertion
     cannot prove the read comes first and copies the whole cache before the in-place write (each entry,
-    every step). An optimization barrier does not keep that order on the CPU (it is expanded first)."""
-    zero = jnp.nan_to_num(jnp.sum(anchor[:1, :1, :1]).astype(jnp.float32) * 0.0, nan=0.0, posinf=0.0, neginf=0.0)
-    return tuple(v + zero.astype(v.dtype) for v in values)
+    every step). An optimization barrier does not keep that order on the CPU (it is expanded first).
+    The zero is one per row, from that row's anchor: under a mesh that splits the rows, a zero taken from row 0
+    alone would be sent to every device (an all-reduce per step)."""
+    zero_B = jnp.nan_to_num(anchor[:, 0, 0].astype(jnp.float32) * 0.0, nan=0.0, posinf=0.0, neginf=0.0)
+    return tuple(v + zero_B.reshape((-1,) + (1,) * (v.ndim - 1)).astype(v.dtype) for v in values)
 
 
 class Segment(nnx.Module):

@@ -184,3 +184,24 @@ def test_a_sharded_continuous_step_adds_one_gather_to_the_fixed_batch_step(famil
     def gathers(lines):
         return sum(" all-gather(" in line for line in lines)
     assert len(ours) == len(fixed) + 1 and gathers(ours) == gathers(fixed) + 1, "\n".join(ours)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_decode_step_over_rows_split_across_devices_runs_no_collective(family):
+    """Rows split over 8 devices, every weight whole on each (the inference layout's data axis): a fixed-batch
+    step needs nothing from another device, continuous batching only its one gather of the step's results.
+    The zero that orders a step's cache read before its write was taken from row 0 alone, so every device
+    received it: an all-reduce per step (two in a scanned segment)."""
+    graphdef, state = nnx.split(init_policy(FAMILIES[family], seed=0))
+    mesh = build_mesh(ShardingConfig(data=8))
+    rules = ShardingConfig(preset="inference").logical_rules()
+    sharded = jax.device_put(state, state_shardings(state, mesh, rules))
+    prompts = jnp.full((8, 4), 5, jnp.int32)
+    args = (graphdef, sharded, prompts, jnp.ones_like(prompts, bool), jax.random.key(0), jnp.float32(1.0),
+            jnp.int32(0), jnp.float32(1.0))
+    options = dict(max_new=6, samples=2, stop_ids=(3,), pad_id=0, ignore_eos=False)
+    with use_mesh(mesh, rules):
+        fixed = _step_collectives(generate_padded.lower(*args, **options).compile().as_text())
+        ours = _step_collectives(continuous.generate_continuous.lower(*args, slots=8, **options).compile().as_text())
+    assert fixed == [], "\n".join(fixed)
+    assert len(ours) == 1 and " all-gather(" in ours[0], "\n".join(ours)
