@@ -163,15 +163,11 @@ def _step_collectives(hlo: str) -> list[str]:
             and "/decode/while/body/" in line and "/cond/" not in line]
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_a_sharded_continuous_step_adds_one_gather_to_the_fixed_batch_step(family):
-    """The slots split over 8 devices: a step writes each slot's cache entries and valid slot where the slot
-    lies and gathers the step's results (token, log-prob, routes, ...) to every device once, for the
-    scatter by request. Indexed by (row, slot) those writes gathered every slot's entries to every device,
-    and each result scattered by request was gathered on its own: 25 more collectives per step than the
-    fixed batch on bench_qwen3's two-device mesh (each a rendezvous of all devices on a CPU)."""
+def _samplers_step_collectives(family, mesh_config: ShardingConfig):
+    """The per-step collectives of the fixed-batch sampler and of continuous batching (8 slots), 16 rows over
+    `mesh_config`'s mesh with the inference rules."""
     graphdef, state = nnx.split(init_policy(FAMILIES[family], seed=0))
-    mesh = build_mesh(ShardingConfig(data=2, expert=4))
+    mesh = build_mesh(mesh_config)
     rules = ShardingConfig(preset="inference").logical_rules()
     sharded = jax.device_put(state, state_shardings(state, mesh, rules))
     prompts = jnp.full((8, 4), 5, jnp.int32)
@@ -181,6 +177,18 @@ def test_a_sharded_continuous_step_adds_one_gather_to_the_fixed_batch_step(famil
     with use_mesh(mesh, rules):
         fixed = _step_collectives(generate_padded.lower(*args, **options).compile().as_text())
         ours = _step_collectives(continuous.generate_continuous.lower(*args, slots=8, **options).compile().as_text())
+    return fixed, ours
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_sharded_continuous_step_adds_one_gather_to_the_fixed_batch_step(family):
+    """The slots split over 8 devices: a step writes each slot's cache entries and valid slot where the slot
+    lies and gathers the step's results (token, log-prob, routes, ...) to every device once, for the
+    scatter by request. Indexed by (row, slot) those writes gathered every slot's entries to every device,
+    and each result scattered by request was gathered on its own: 25 more collectives per step than the
+    fixed batch on bench_qwen3's two-device mesh (each a rendezvous of all devices on a CPU)."""
+    fixed, ours = _samplers_step_collectives(family, ShardingConfig(data=2, expert=4))
+
     def gathers(lines):
         return sum(" all-gather(" in line for line in lines)
     assert len(ours) == len(fixed) + 1 and gathers(ours) == gathers(fixed) + 1, "\n".join(ours)
@@ -192,16 +200,6 @@ def test_a_decode_step_over_rows_split_across_devices_runs_no_collective(family)
     step needs nothing from another device, continuous batching only its one gather of the step's results.
     The zero that orders a step's cache read before its write was taken from row 0 alone, so every device
     received it: an all-reduce per step (two in a scanned segment)."""
-    graphdef, state = nnx.split(init_policy(FAMILIES[family], seed=0))
-    mesh = build_mesh(ShardingConfig(data=8))
-    rules = ShardingConfig(preset="inference").logical_rules()
-    sharded = jax.device_put(state, state_shardings(state, mesh, rules))
-    prompts = jnp.full((8, 4), 5, jnp.int32)
-    args = (graphdef, sharded, prompts, jnp.ones_like(prompts, bool), jax.random.key(0), jnp.float32(1.0),
-            jnp.int32(0), jnp.float32(1.0))
-    options = dict(max_new=6, samples=2, stop_ids=(3,), pad_id=0, ignore_eos=False)
-    with use_mesh(mesh, rules):
-        fixed = _step_collectives(generate_padded.lower(*args, **options).compile().as_text())
-        ours = _step_collectives(continuous.generate_continuous.lower(*args, slots=8, **options).compile().as_text())
+    fixed, ours = _samplers_step_collectives(family, ShardingConfig(data=8))
     assert fixed == [], "\n".join(fixed)
     assert len(ours) == 1 and " all-gather(" in ours[0], "\n".join(ours)
