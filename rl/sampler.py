@@ -31,7 +31,7 @@ import numpy as np
 
 from r1jax.errors import UserError
 from r1jax.rl.continuous import generate_continuous
-from r1jax.rl.decoding import (Rollout, filter_logits, grown_slots, is_stop, merged_policy,  # noqa: F401
+from r1jax.rl.decoding import (Rollout, filter_logits, grown_slots, is_stop, merged_policy,  # noqa: F401 (API)
                                phase_ends, sample_token)
 from r1jax.sharding.distributed import replicated
 
