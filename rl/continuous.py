@@ -4,8 +4,9 @@ The fixed-batch sampler (rl.sampler.generate_padded) decodes every row together,
 its longest row while stopped rows idle. Here S slots decode at once; a slot whose row stops takes the next
 pending request (prompt-major: request r = prompt * G + g) at the next iteration, until every row is done.
 
-- Prefill runs once per prompt, before the loop, exactly as the fixed-batch sampler's (same cache length);
-  admitting a request copies its prompt's cache, last-position logits and valid mask into the slot.
+- Prefill runs once per prompt, before the loop, into caches of the prompts' P slots (the fixed-batch
+  sampler's also holds its first phase's decode slots, masked); admitting a request copies its prompt's
+  cache, last-position logits and valid mask into the slot.
 - A slot's row writes its n-th token at cache slot P + n and positions count its real tokens, as a
   fixed-batch row does; its cache row past P is masked until written.
 - Random draws are keyed by (prompt, sample, token index) (`fold_in` of the call's key), so a row's
@@ -156,15 +157,13 @@ def generate_continuous(graphdef, state, prompt_PP, prompt_valid_PP, key, temper
     policy = merged_policy(graphdef, state)
     policy = policy.for_decoding()
     prompts, p = prompt_PP.shape
-    requests, total = prompts * samples, p + max_new
+    requests = prompts * samples
     ends = phase_ends(max_new, cache_phases)
     positions_PP = jnp.maximum(jnp.cumsum(prompt_valid_PP, axis=1) - 1, 0).astype(jnp.int32)
-    kv_valid_PC = jnp.zeros((prompts, total), bool).at[:, :p].set(prompt_valid_PP)
-    with jax.named_scope("prefill"):
+    with jax.named_scope("prefill"):  # into caches of the prompts' P slots: admission copies those
         out, prompt_caches = policy.forward_cached(prompt_PP, positions_PP, prompt_valid_PP,
-                                                   policy.init_cache(prompts, total), jnp.int32(0), kv_valid_PC)
+                                                   policy.init_cache(prompts, p), jnp.int32(0), prompt_valid_PP)
     slot_axes = policy.cache_slot_axes()
-    prompt_caches = jax.tree.map(lambda c, axis: jax.lax.slice_in_dim(c, 0, p, axis=axis), prompt_caches, slot_axes)
     moe_layers, k = out.aux.experts_BTK.shape[0], out.aux.experts_BTK.shape[-1]
     vocab = out.logits_BTV.shape[-1]
     row_max_new_R = jnp.full((requests,), max_new, jnp.int32) if row_max_new_R is None else row_max_new_R

@@ -75,17 +75,23 @@ def test_phased_decoding_gives_the_one_loop_rollout(family):
     _assert_same_rollout(phased, _rollouts(family, ONE_LOOP, temperature=0.7, row_max_new=cut))
 
 
-def _decode_loop_slots(generate, name, rows, **options):
-    """The cache slots of each top-level loop of the traced sampler `generate` (named `name`), read from its
-    valid-slot mask ([rows, slots]) and checked against its K and V caches."""
+def _traced_sampler(generate, name, **options):
+    """The jitted program of sampler `generate` (named `name`): Qwen3-MoE, 4 prompts in a bucket of 8, 20
+    new tokens, G = 2."""
     graphdef, state = nnx.split(init_policy(FAMILIES["qwen3_moe"], 0))
     tokens, valid = left_pad(PROMPTS, (8,), 0)
     jaxpr = jax.make_jaxpr(lambda s, t, v: generate(
         graphdef, s, t, v, jax.random.key(0), jnp.float32(1.0), jnp.int32(0), jnp.float32(1.0), max_new=20,
         samples=2, stop_ids=(3,), pad_id=0, ignore_eos=False, **options))(state, tokens, valid)
-    inner, = [e.params["jaxpr"].jaxpr for e in jaxpr.eqns if e.params.get("name") == name]  # the jitted program
+    inner, = [e.params["jaxpr"].jaxpr for e in jaxpr.eqns if e.params.get("name") == name]
+    return inner
+
+
+def _decode_loop_slots(generate, name, rows, **options):
+    """The cache slots of each top-level loop of the traced sampler `generate` (named `name`), read from its
+    valid-slot mask ([rows, slots]) and checked against its K and V caches."""
     decode_slots = []
-    for eqn in inner.eqns:
+    for eqn in _traced_sampler(generate, name, **options).eqns:
         if eqn.primitive.name == "while":
             masks = [v.aval.shape[1] for v in eqn.outvars if v.aval.dtype == jnp.bool_ and v.aval.ndim == 2
                      and v.aval.shape[0] in rows]
@@ -104,6 +110,15 @@ def test_each_phase_decodes_over_a_cache_as_long_as_its_last_slot():
     assert _decode_loop_slots(generate_padded, "generate_padded", (8,)) == [8 + 20]
     assert _decode_loop_slots(generate_continuous, "generate_continuous", (3, 1), slots=3, tail_slots=(1,),
                               cache_phases=3) == [8 + 8, 8 + 16, 8 + 20, 8 + 20]
+
+
+def test_continuous_batching_prefills_its_prompts_into_caches_of_their_slots_only():
+    """Prefill (outside the loops) runs over the 4 prompts' 8 slots: a cache of the whole budget (8 + 20) there
+    would attend and write 3.5x the slots, which admission never copies."""
+    inner = _traced_sampler(generate_continuous, "generate_continuous", slots=3)
+    prompt_caches = {v.aval.shape for eqn in inner.eqns if eqn.primitive.name != "while" for v in eqn.outvars
+                     if v.aval.ndim == 5 and v.aval.shape[1] == len(PROMPTS)}  # K and V, [1, prompts, ...]
+    assert prompt_caches and all(8 in shape[3:] and 28 not in shape[3:] for shape in prompt_caches)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
