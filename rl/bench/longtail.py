@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax.rl.bench.timing import best_seconds
+from r1jax.rl.bench.timing import best_seconds_in_turns
 from r1jax.rl.continuous import generate_continuous
 from r1jax.rl.sampler import generate_padded
 
@@ -41,10 +41,10 @@ def longtail_figures(graphdef, state, prompts_PP: np.ndarray, samples: int, budg
     options = dict(max_new=budget, samples=samples, stop_ids=(), pad_id=0, ignore_eos=True, kv_block=kv_block,
                    cache_phases=cache_phases)
     row_max_new = jnp.asarray(lengths_R)
-    fixed_s = best_seconds(lambda: generate_padded(*args, row_max_new_B=row_max_new, **options), repeats=repeats)
-    continuous_s = best_seconds(lambda: generate_continuous(*args, row_max_new, slots=slots,
-                                                            tail_slots=tuple(tail_slots), **options),
-                                repeats=repeats)
+    fixed_s, continuous_s = best_seconds_in_turns(
+        lambda: generate_padded(*args, row_max_new_B=row_max_new, **options),
+        lambda: generate_continuous(*args, row_max_new, slots=slots, tail_slots=tuple(tail_slots), **options),
+        repeats=repeats)
     tokens = int(lengths_R.sum())
     return {"longtail_rows": prompts * samples, "longtail_slots": slots,
             "longtail_tail_slots": list(tail_slots), "longtail_budget": budget,

@@ -19,7 +19,7 @@ from flax import nnx
 
 from r1jax.model.config import ModelConfig
 from r1jax.model.moe import MoE
-from r1jax.rl.bench.timing import best_seconds
+from r1jax.rl.bench.timing import best_seconds_in_turns
 
 EXPERTS = (8, 64)
 
@@ -43,7 +43,8 @@ def with_experts(cfg: ModelConfig, experts: int, active: int | None = None) -> M
     return dataclasses.replace(cfg, moe_intermediate_size=width)
 
 
-def moe_step_seconds(cfg: ModelConfig, tokens: int, repeats: int = 3, seed: int = 0) -> float:
+def moe_step_call(cfg: ModelConfig, tokens: int, seed: int = 0):
+    """A no-argument function: the MoE layer's jitted forward and backward over `tokens` random tokens."""
     graphdef, state = nnx.split(MoE(cfg, nnx.Rngs(seed), stack=()))
     x_BTD = jax.random.normal(jax.random.key(seed + 1), (1, tokens, cfg.hidden_size), jnp.float32)
     valid_BT = jnp.ones((1, tokens), bool)
@@ -53,14 +54,15 @@ def moe_step_seconds(cfg: ModelConfig, tokens: int, repeats: int = 3, seed: int 
         return jnp.mean(y_BTD.astype(jnp.float32) ** 2) + aux.load_balance_loss
 
     step = jax.jit(jax.grad(loss, argnums=(0, 1)))
-    return best_seconds(step, state, x_BTD, repeats=repeats)
+    return lambda: step(state, x_BTD)
 
 
 def moe_figures(model: ModelConfig, tokens: int, repeats: int = 3) -> dict:
     few, many = EXPERTS
     base = with_experts(model, few)
     wide = with_experts(model, many, active=moe_active_params(base))
-    seconds = {few: moe_step_seconds(base, tokens, repeats), many: moe_step_seconds(wide, tokens, repeats)}
+    seconds = dict(zip((few, many), best_seconds_in_turns(moe_step_call(base, tokens), moe_step_call(wide, tokens),
+                                                          repeats=repeats)))
     return {"moe_tokens": tokens, "moe_top_k": model.num_experts_per_tok,
             "moe_expert_width": {str(few): base.moe_intermediate_size, str(many): wide.moe_intermediate_size},
             "moe_active_params": {str(few): moe_active_params(base), str(many): moe_active_params(wide)},

@@ -16,13 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from r1jax.rl.bench.timing import best_seconds, best_seconds_threaded, decode_tokens_per_s
+from r1jax.rl.bench.timing import best_seconds_in_turns, decode_tokens_per_s
 from r1jax.rl.decoding import merged_policy
 from r1jax.rl.sampler import generate_padded
 from r1jax.rl.sampler_layout import inference_layout
 from r1jax.rl.update import split_policy
 
 DECODE_POSITIONS = (128, 1024)
+STEP_ROUNDS_PER_REPEAT = 3
 
 
 def bench_prompts(vocab: int, batch: int, prompt_len: int, seed: int = 0) -> np.ndarray:
@@ -42,9 +43,11 @@ def greedy_generate(graphdef, state, prompts_BP: np.ndarray, new_tokens: int, kv
                                    cache_phases=cache_phases)
 
 
-def decode_step_seconds(graphdef, state, batch: int, position: int, repeats: int = 3, kv_block: int = 0) -> float:
-    """Seconds of one jitted decode step for `batch` rows at cache slot `position`. The caches are donated
-    and updated in place, as they are in the sampler's decode loop."""
+def decode_step_call(graphdef, state, batch: int, position: int, kv_block: int = 0):
+    """A no-argument function running one jitted decode step for `batch` rows at cache slot `position` (its
+    logits). The caches are donated and updated in place, as they are in the sampler's decode loop; it has
+    run twice (on a mesh the first call's outputs may be laid out otherwise than its inputs were placed, and
+    the second call compiles for that layout)."""
     cache_len = position + 8
     graphdef, state = nnx.split(merged_policy(graphdef, state).for_decoding())  # as the sampler's loop runs it
 
@@ -58,8 +61,16 @@ def decode_step_seconds(graphdef, state, batch: int, position: int, repeats: int
         return caches, out.logits_BTV
 
     caches = nnx.merge(graphdef, state).init_cache(batch, cache_len)
-    seconds, _ = best_seconds_threaded(step, caches, state, jnp.ones((batch, 1), jnp.int32), repeats=repeats)
-    return seconds
+    token_B1 = jnp.ones((batch, 1), jnp.int32)
+
+    def call():
+        nonlocal caches
+        caches, logits = step(caches, state, token_B1)
+        return logits
+
+    for _ in range(2):
+        jax.block_until_ready(call())
+    return call
 
 
 def sampler_policy(config, policy, mesh, rules):
@@ -78,13 +89,16 @@ def sampler_policy(config, policy, mesh, rules):
 
 def sampler_figures(graphdef, state, prompts_BP: np.ndarray, new_tokens: int, repeats: int = 3,
                     positions: tuple[int, int] = DECODE_POSITIONS, kv_block: int = 0, cache_phases: int = 1) -> dict:
+    """Decode tokens/s from a one-token and a full generate timed in turns; one decode step at the two
+    positions timed in turns, `STEP_ROUNDS_PER_REPEAT` x `repeats` rounds (a step takes milliseconds)."""
     batch, prompt_len = prompts_BP.shape
-    prefill_s = best_seconds(greedy_generate(graphdef, state, prompts_BP, 1, kv_block), repeats=repeats)
-    full_s = best_seconds(greedy_generate(graphdef, state, prompts_BP, new_tokens, kv_block, cache_phases),
-                          repeats=repeats)
+    prefill_s, full_s = best_seconds_in_turns(
+        greedy_generate(graphdef, state, prompts_BP, 1, kv_block),
+        greedy_generate(graphdef, state, prompts_BP, new_tokens, kv_block, cache_phases), repeats=repeats)
     near, far = positions
-    step_near = decode_step_seconds(graphdef, state, batch, near, repeats, kv_block)
-    step_far = decode_step_seconds(graphdef, state, batch, far, repeats, kv_block)
+    step_near, step_far = best_seconds_in_turns(
+        *(decode_step_call(graphdef, state, batch, position, kv_block) for position in (near, far)),
+        repeats=STEP_ROUNDS_PER_REPEAT * repeats, warm_up=False)
     return {
         "sampler_batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens,
         "prefill_tokens_per_s": batch * prompt_len / prefill_s,

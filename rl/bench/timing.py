@@ -27,6 +27,24 @@ def best_seconds(fn: Callable, *args, repeats: int = 3, warm_up: bool = True) ->
     return best
 
 
+def best_seconds_in_turns(*fns: Callable, repeats: int = 3, warm_up: bool = True) -> list[float]:
+    """Seconds of the fastest call of each no-argument `fn`, the calls made in turns (each fn once a round,
+    `repeats` rounds) after one untimed call of each. For the figures that are ratios of two timings (decode
+    step at 1024 vs 128 slots, continuous vs fixed batch, 64 vs 8 experts): timed in turns, both sides of a
+    ratio see the same moments of a shared machine's load, where timed one after the other a change in the
+    neighbours' load between them moves the ratio by itself."""
+    if warm_up:
+        for fn in fns:
+            jax.block_until_ready(fn())
+    best = [float("inf")] * len(fns)
+    for _ in range(max(repeats, 1)):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
+
+
 def best_seconds_threaded(step: Callable, state, *args, repeats: int = 3):
     """Like `best_seconds` for a step that consumes its state (donated): `state = step(state, *args)[0]`.
     Two untimed calls: on a mesh the first call's outputs may be laid out otherwise than its inputs were

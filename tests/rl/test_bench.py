@@ -25,6 +25,7 @@ from r1jax.rl.bench.matmul import matmul_flops, matmul_peak, sharded_operands
 from r1jax.rl.bench.moe import moe_active_params, with_experts
 from r1jax.rl.bench.sampler import bench_prompts, greedy_generate, sampler_policy
 from r1jax.rl.bench.report import FIGURES, describe
+from r1jax.rl.bench import timing
 from r1jax.rl.config import load_config
 from r1jax.rl.host_info import cpu_model_and_flags, vector_isa
 from r1jax.sharding.context import use_mesh
@@ -106,6 +107,23 @@ def test_the_reports_title_names_the_cpus_vector_instructions():
     assert ", 2 CPUs (avx2), load average [1.0, 1.0, 1.0] -> [2.0, 1.0, 1.0]" in describe(result)
     device["cpu_vector_isa"] = None
     assert "2 CPUs (ISA unknown)" in describe(result)
+
+
+def test_ratio_timings_are_made_in_turns_and_each_keeps_its_best(monkeypatch):
+    """A fake clock that each call advances: the calls alternate (warm-up of each first), and each function's
+    best is its own fastest timed call, whatever the other's calls took."""
+    clock, calls = [0.0], []
+    durations = {"a": iter([9.0, 3.0, 1.0, 2.0]), "b": iter([9.0, 5.0, 6.0, 4.0])}  # warm-up, then 3 rounds
+
+    def call(name):
+        def fn():
+            calls.append(name)
+            clock[0] += next(durations[name])
+            return np.zeros(())
+        return fn
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+    assert timing.best_seconds_in_turns(call("a"), call("b"), repeats=3) == [1.0, 4.0]
+    assert calls == ["a", "b"] * 4
 
 
 def test_grpo_step_figures_are_medians_after_the_warm_up():
