@@ -36,10 +36,21 @@ def sharded_operands(n: int, seed: int = 0):
     return a, b, matmul
 
 
-def matmul_peak(n: int = 4096, repeats: int = 3) -> dict:
-    """`matmul_peak_flops` (all local devices together) with what it was measured on."""
+def peak_call(n: int = 4096):
+    """(a no-argument function: one call of the sharded matmul, `peak_figures`' arguments but the seconds)."""
     a, b, matmul = sharded_operands(n)
-    seconds = best_seconds(matmul, a, b, repeats=repeats)
-    flops = a.shape[0] * matmul_flops(n)
-    return {"matmul_n": n, "matmul_devices": a.shape[0], "matmul_flops_per_call": flops,
+    return (lambda: matmul(a, b)), (n, a.shape[0])
+
+
+def peak_figures(n: int, devices: int, seconds: float) -> dict:
+    """`matmul_peak_flops` (all local devices together) from the fastest call's `seconds`, with what it was
+    measured on."""
+    flops = devices * matmul_flops(n)
+    return {"matmul_n": n, "matmul_devices": devices, "matmul_flops_per_call": flops,
             "matmul_seconds": seconds, "matmul_peak_flops": flops / seconds}
+
+
+def matmul_peak(n: int = 4096, repeats: int = 3) -> dict:
+    """`peak_figures` of the best of `repeats` calls."""
+    call, shape = peak_call(n)
+    return peak_figures(*shape, best_seconds(call, repeats=repeats))

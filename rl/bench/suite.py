@@ -21,7 +21,6 @@ from r1jax.model.factory import count_params, init_policy
 from r1jax.rl.bench import hf
 from r1jax.rl.bench.grpo_step import grpo_step_figures, side_by_side
 from r1jax.rl.bench.longtail import longtail_figures
-from r1jax.rl.bench.matmul import matmul_peak
 from r1jax.rl.bench.moe import moe_figures
 from r1jax.rl.bench.report import with_goals
 from r1jax.rl.bench.reward_pool import code_figures, pool_figures
@@ -116,11 +115,10 @@ def run_bench(preset: str = "bench", overrides: Sequence[str] = (), quick: bool 
         result.update(hf.hf_figures(policy, prompts_BP, size.new_tokens, result["decode_tokens_per_s"], ours_BN,
                                     size.repeats))
     with use_mesh(mesh, rules):
-        say(f"matmul peak ({size.matmul_n}^2 float32 per device)")
-        result.update(matmul_peak(size.matmul_n, size.repeats))
-        say(f"GRPO train step ({size.train_rows} x {size.prompt_len + size.new_tokens} tokens)")
+        say(f"GRPO train step ({size.train_rows} x {size.prompt_len + size.new_tokens} tokens) and, in turns with it, "
+            f"the matmul peak ({size.matmul_n}^2 float32 per device)")
         result.update(train_figures(config, policy, mesh, rules, size.train_rows, size.prompt_len,
-                                    size.new_tokens, result["matmul_peak_flops"], size.repeats))
+                                    size.new_tokens, size.matmul_n, size.repeats))
     say(f"GRPO steps on the side-by-side workload ({size.grpo_steps} steps, {size.grpo_warmup} warm-up)")
     result.update(grpo_step_figures(side_by_side(config, size.grpo_steps, size.grpo_new_tokens), size.grpo_warmup))
     result.update(dict.fromkeys(STALENESS_KEYS))

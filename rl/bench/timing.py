@@ -45,22 +45,6 @@ def best_seconds_in_turns(*fns: Callable, repeats: int = 3, warm_up: bool = True
     return best
 
 
-def best_seconds_threaded(step: Callable, state, *args, repeats: int = 3):
-    """Like `best_seconds` for a step that consumes its state (donated): `state = step(state, *args)[0]`.
-    Two untimed calls: on a mesh the first call's outputs may be laid out otherwise than its inputs were
-    placed, and the second call compiles for that layout.
-
-    Returns (seconds, final state)."""
-    for _ in range(2):
-        state = jax.block_until_ready(step(state, *args))[0]
-    best = float("inf")
-    for _ in range(max(repeats, 1)):
-        start = time.perf_counter()
-        state = jax.block_until_ready(step(state, *args))[0]
-        best = min(best, time.perf_counter() - start)
-    return best, state
-
-
 def decode_tokens_per_s(batch: int, new_tokens: int, prefill_s: float, full_s: float) -> float:
     """B * (N - 1) tokens over the full generate's seconds minus the one-token generate's. When noise (a
     shared machine) makes that difference non-positive, the full generate's seconds are used instead: a

@@ -3,7 +3,7 @@
 The step runs on the config's mesh, state donated and laid out as the trainer lays it out, on a synthetic
 batch of B rows of P prompt + N completion tokens (every position valid, completion tokens trained,
 random advantages). With a KL term the reference log-probs are in the batch, as the trainer computes them
-ahead of the step. MFU = `flops.train_step_flops` / step seconds / the measured matmul peak.
+ahead of the step. MFU = `flops.train_step_flops` / step seconds / the measured matmul peak, the two timed in turns.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from r1jax.errors import UserError
 from r1jax.rl.bench.flops import train_step_flops
-from r1jax.rl.bench.timing import best_seconds_threaded
+from r1jax.rl.bench.matmul import peak_call, peak_figures
+from r1jax.rl.bench.timing import best_seconds_in_turns
 from r1jax.rl.grpo.aggregation import global_normalisers, token_weights_BT
 from r1jax.rl.grpo.optimizer import make_optimizer
 from r1jax.rl.grpo.step import make_grpo_step
@@ -53,9 +54,11 @@ def place_rows(batch: dict, mesh, rules) -> dict:
     return jax.device_put(batch, NamedSharding(mesh, P(axes or None)))
 
 
-def train_figures(config, policy, mesh, rules, rows: int, prompt_len: int, new_tokens: int,
-                  peak_flops: float, repeats: int = 3) -> dict:
-    """`train_tokens_per_s`, `train_step_flops` and `mfu` of the GRPO update on `policy` (left untouched)."""
+def train_figures(config, policy, mesh, rules, rows: int, prompt_len: int, new_tokens: int, matmul_n: int,
+                  repeats: int = 3) -> dict:
+    """`train_tokens_per_s`, `train_step_flops` and `mfu` of the GRPO update on `policy` (left untouched), and
+    the matmul peak's figures (`rl.bench.matmul`, [matmul_n, matmul_n] per device) that `mfu` divides by: the
+    update step and the peak's matmul timed in turns (`best_seconds_in_turns`), so both see the same load."""
     optimizer = make_optimizer(config.optimizer)
     graphdef, state = init_train_state(policy, optimizer, with_ref=False)
     shardings = tree_shardings(state, mesh, rules)
@@ -64,9 +67,18 @@ def train_figures(config, policy, mesh, rules, rows: int, prompt_len: int, new_t
     step = make_grpo_step(graphdef, optimizer, config.grpo, update, config.model, config.optimizer.grad_clip_norm)
     step = jax.jit(step, out_shardings=(shardings, None), donate_argnums=0)
     batch = place_rows(synthetic_batch(config, rows, prompt_len, new_tokens), mesh, rules)
-    seconds, _ = best_seconds_threaded(step, state, batch, repeats=repeats)
+    for _ in range(2):  # on a mesh the second call compiles for the first's output layout
+        state = jax.block_until_ready(step(state, batch))[0]
+
+    def call():
+        nonlocal state
+        state, metrics = step(state, batch)
+        return metrics
+    matmul, shape = peak_call(matmul_n)
+    seconds, matmul_s = best_seconds_in_turns(call, matmul, repeats=repeats)
+    peak = peak_figures(*shape, matmul_s)
     t = prompt_len + new_tokens
     flops = train_step_flops(config.model, rows, t)
-    return {"train_rows": rows, "train_seq_len": t, "train_step_seconds": seconds,
+    return {**peak, "train_rows": rows, "train_seq_len": t, "train_step_seconds": seconds,
             "train_tokens_per_s": rows * t / seconds, "train_step_flops": flops,
-            "train_flops_per_s": flops / seconds, "mfu": flops / seconds / peak_flops}
+            "train_flops_per_s": flops / seconds, "mfu": flops / seconds / peak["matmul_peak_flops"]}
