@@ -275,6 +275,12 @@ class Policy(nnx.Module):
         return [[entries(1) for _ in range(seg.count)] if seg.unrolled else entries(seg.count)
                 for seg in self.segments]
 
+    def cache_logical_axes(self) -> list:
+        """Each cache entry's logical axes (of the stacked [L, B, ...] entry; None for L), in `init_cache`'s
+        structure."""
+        axes = tuple((None, *entry) for entry in self.attention_class.CACHE_AXES)
+        return [[axes] * seg.count if seg.unrolled else axes for seg in self.segments]
+
     def cache_slot_axes(self) -> list:
         """Each cache entry's slot axis (of the stacked [L, B, ...] entry), in `init_cache`'s structure."""
         axes = tuple(axis + 1 for axis in self.attention_class.CACHE_SLOT_AXES)

@@ -164,6 +164,11 @@ def generate_continuous(graphdef, state, prompt_PP, prompt_valid_PP, key, temper
         out, prompt_caches = policy.forward_cached(prompt_PP, positions_PP, prompt_valid_PP,
                                                    policy.init_cache(prompts, p), jnp.int32(0), prompt_valid_PP)
     slot_axes = policy.cache_slot_axes()
+    # every prompt's cache rows on every device that holds slots: an admission then copies any prompt into the
+    # slots at hand, where prompts split over the devices like the slots were gathered to every device at every
+    # admission (an all-gather per cache entry and layer: 8 on bench_qwen3, each a rendezvous on a CPU mesh)
+    prompt_caches = jax.tree.map(lambda c, axes: constrain(c, (None, None, *axes[2:])), prompt_caches,
+                                 policy.cache_logical_axes())
     moe_layers, k = out.aux.experts_BTK.shape[0], out.aux.experts_BTK.shape[-1]
     vocab = out.logits_BTV.shape[-1]
     row_max_new_R = jnp.full((requests,), max_new, jnp.int32) if row_max_new_R is None else row_max_new_R
@@ -178,7 +183,7 @@ def generate_continuous(graphdef, state, prompt_PP, prompt_valid_PP, key, temper
         experts_LRNK=jnp.zeros((moe_layers, requests + 1, max_new, k), jnp.int32),
         logits_RNV=jnp.zeros((requests + 1, max_new, vocab)) if keep_logits else None)
     admit = functools.partial(_admit, prompt_caches=prompt_caches, slot_axes=slot_axes,
-                              prompt_logits_PV=out.logits_BTV[:, -1],
+                              prompt_logits_PV=constrain(out.logits_BTV[:, -1], (None, None)),
                               prompt_valid_PP=prompt_valid_PP,
                               prompt_len_P=jnp.sum(prompt_valid_PP, axis=1).astype(jnp.int32),
                               samples=samples, requests=requests)

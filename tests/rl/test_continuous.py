@@ -155,17 +155,17 @@ def test_sharded_continuous_batching_equals_unsharded():
     np.testing.assert_allclose(np.asarray(got.logprobs_BN), np.asarray(expected.logprobs_BN), atol=1e-5)
 
 
-def _step_collectives(hlo: str) -> list[str]:
+def _step_collectives(hlo: str, admission: bool = False) -> list[str]:
     """The collectives a compiled sampler runs at every decode step: its decode loop's, outside conditional
-    branches (continuous batching's admission runs only when a slot is free)."""
+    branches (continuous batching's admission runs only when a slot is free); `admission`: those inside them."""
     return [line for line in hlo.splitlines()
             if re.search(r" (all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)(-start)?\(", line)
-            and "/decode/while/body/" in line and "/cond/" not in line]
+            and "/decode/while/body/" in line and ("/cond/" in line) == admission]
 
 
-def _samplers_step_collectives(family, mesh_config: ShardingConfig):
+def _samplers_step_collectives(family, mesh_config: ShardingConfig, admission: bool = False):
     """The per-step collectives of the fixed-batch sampler and of continuous batching (8 slots), 16 rows over
-    `mesh_config`'s mesh with the inference rules."""
+    `mesh_config`'s mesh with the inference rules (`admission`: those of continuous batching's admission)."""
     graphdef, state = nnx.split(init_policy(FAMILIES[family], seed=0))
     mesh = build_mesh(mesh_config)
     rules = ShardingConfig(preset="inference").logical_rules()
@@ -175,8 +175,9 @@ def _samplers_step_collectives(family, mesh_config: ShardingConfig):
             jnp.int32(0), jnp.float32(1.0))
     options = dict(max_new=6, samples=2, stop_ids=(3,), pad_id=0, ignore_eos=False)
     with use_mesh(mesh, rules):
-        fixed = _step_collectives(generate_padded.lower(*args, **options).compile().as_text())
-        ours = _step_collectives(continuous.generate_continuous.lower(*args, slots=8, **options).compile().as_text())
+        fixed = _step_collectives(generate_padded.lower(*args, **options).compile().as_text(), admission)
+        ours = _step_collectives(continuous.generate_continuous.lower(*args, slots=8, **options).compile().as_text(),
+                                 admission)
     return fixed, ours
 
 
@@ -203,3 +204,14 @@ def test_a_decode_step_over_rows_split_across_devices_runs_no_collective(family)
     fixed, ours = _samplers_step_collectives(family, ShardingConfig(data=8))
     assert fixed == [], "\n".join(fixed)
     assert len(ours) == 1 and " all-gather(" in ours[0], "\n".join(ours)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_an_admission_over_slots_split_across_devices_moves_no_cache(family):
+    """Slots split over 2 x 4 devices: every device holds every prompt's cache rows and last logits (placed
+    once, after the prefill), so an admission copies them into its own slots; what it exchanges is which
+    slots are free (an integer gather and sum). With the prompts split like the slots it gathered every
+    prompt's K and V (latent and rope key) per layer, and their logits, at every admission."""
+    _, admission = _samplers_step_collectives(family, ShardingConfig(data=2, expert=4), admission=True)
+    assert admission and not [line for line in admission if re.search(r"= \(?(f32|bf16)\[", line)], \
+        "\n".join(admission)
