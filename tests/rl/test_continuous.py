@@ -165,7 +165,8 @@ def _step_collectives(hlo: str, admission: bool = False) -> list[str]:
 
 def _samplers_step_collectives(family, mesh_config: ShardingConfig, admission: bool = False):
     """The per-step collectives of the fixed-batch sampler and of continuous batching (8 slots), 16 rows over
-    `mesh_config`'s mesh with the inference rules (`admission`: those of continuous batching's admission)."""
+    `mesh_config`'s mesh with the inference rules (`admission`: continuous batching's admission's alone, the
+    fixed batch's None)."""
     graphdef, state = nnx.split(init_policy(FAMILIES[family], seed=0))
     mesh = build_mesh(mesh_config)
     rules = ShardingConfig(preset="inference").logical_rules()
@@ -175,7 +176,7 @@ def _samplers_step_collectives(family, mesh_config: ShardingConfig, admission: b
             jnp.int32(0), jnp.float32(1.0))
     options = dict(max_new=6, samples=2, stop_ids=(3,), pad_id=0, ignore_eos=False)
     with use_mesh(mesh, rules):
-        fixed = _step_collectives(generate_padded.lower(*args, **options).compile().as_text(), admission)
+        fixed = None if admission else _step_collectives(generate_padded.lower(*args, **options).compile().as_text())
         ours = _step_collectives(continuous.generate_continuous.lower(*args, slots=8, **options).compile().as_text(),
                                  admission)
     return fixed, ours
