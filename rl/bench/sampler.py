@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from r1jax.rl.bench.timing import best_seconds_in_turns, decode_tokens_per_s
+from r1jax.rl.bench.timing import best_seconds_in_turns, decode_tokens_per_s, threaded_call
 from r1jax.rl.decoding import merged_policy
 from r1jax.rl.sampler import generate_padded
 from r1jax.rl.sampler_layout import inference_layout
@@ -45,9 +45,8 @@ def greedy_generate(graphdef, state, prompts_BP: np.ndarray, new_tokens: int, kv
 
 def decode_step_call(graphdef, state, batch: int, position: int, kv_block: int = 0):
     """A no-argument function running one jitted decode step for `batch` rows at cache slot `position` (its
-    logits). The caches are donated and updated in place, as they are in the sampler's decode loop; it has
-    run twice (on a mesh the first call's outputs may be laid out otherwise than its inputs were placed, and
-    the second call compiles for that layout)."""
+    logits). The caches are donated and updated in place, as they are in the sampler's decode loop
+    (`timing.threaded_call`: it has run twice)."""
     cache_len = position + 8
     graphdef, state = nnx.split(merged_policy(graphdef, state).for_decoding())  # as the sampler's loop runs it
 
@@ -61,16 +60,7 @@ def decode_step_call(graphdef, state, batch: int, position: int, kv_block: int =
         return caches, out.logits_BTV
 
     caches = nnx.merge(graphdef, state).init_cache(batch, cache_len)
-    token_B1 = jnp.ones((batch, 1), jnp.int32)
-
-    def call():
-        nonlocal caches
-        caches, logits = step(caches, state, token_B1)
-        return logits
-
-    for _ in range(2):
-        jax.block_until_ready(call())
-    return call
+    return threaded_call(step, caches, state, jnp.ones((batch, 1), jnp.int32))
 
 
 def sampler_policy(config, policy, mesh, rules):

@@ -45,6 +45,20 @@ def best_seconds_in_turns(*fns: Callable, repeats: int = 3, warm_up: bool = True
     return best
 
 
+def threaded_call(step: Callable, state, *args) -> Callable:
+    """A no-argument function for a step that consumes its state (donated): each call runs
+    `state, out = step(state, *args)` and returns `out`. It has run twice: on a mesh the first call's outputs may
+    be laid out otherwise than its inputs were placed, and the second call compiles for that layout."""
+    def call():
+        nonlocal state
+        state, out = step(state, *args)
+        return out
+
+    for _ in range(2):
+        jax.block_until_ready(call())
+    return call
+
+
 def decode_tokens_per_s(batch: int, new_tokens: int, prefill_s: float, full_s: float) -> float:
     """B * (N - 1) tokens over the full generate's seconds minus the one-token generate's. When noise (a
     shared machine) makes that difference non-positive, the full generate's seconds are used instead: a

@@ -17,7 +17,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from r1jax.errors import UserError
 from r1jax.rl.bench.flops import train_step_flops
 from r1jax.rl.bench.matmul import peak_call, peak_figures
-from r1jax.rl.bench.timing import best_seconds_in_turns
+from r1jax.rl.bench.timing import best_seconds_in_turns, threaded_call
 from r1jax.rl.grpo.aggregation import global_normalisers, token_weights_BT
 from r1jax.rl.grpo.optimizer import make_optimizer
 from r1jax.rl.grpo.step import make_grpo_step
@@ -67,15 +67,8 @@ def train_figures(config, policy, mesh, rules, rows: int, prompt_len: int, new_t
     step = make_grpo_step(graphdef, optimizer, config.grpo, update, config.model, config.optimizer.grad_clip_norm)
     step = jax.jit(step, out_shardings=(shardings, None), donate_argnums=0)
     batch = place_rows(synthetic_batch(config, rows, prompt_len, new_tokens), mesh, rules)
-    for _ in range(2):  # on a mesh the second call compiles for the first's output layout
-        state = jax.block_until_ready(step(state, batch))[0]
-
-    def call():
-        nonlocal state
-        state, metrics = step(state, batch)
-        return metrics
     matmul, shape = peak_call(matmul_n)
-    seconds, matmul_s = best_seconds_in_turns(call, matmul, repeats=repeats)
+    seconds, matmul_s = best_seconds_in_turns(threaded_call(step, state, batch), matmul, repeats=repeats)
     peak = peak_figures(*shape, matmul_s)
     t = prompt_len + new_tokens
     flops = train_step_flops(config.model, rows, t)
