@@ -29,7 +29,8 @@ the report (rl.aot_report) counts each side on its own chips.
 
 Workload (`Workload`): rows = prompts x group size, each prompt_len + new_tokens long; the sampler
 prefills `prompts` prompts of prompt_len tokens (rounded up to the sampler's prompt bucket, as at run
-time) and decodes new_tokens for every row.
+time) and decodes new_tokens for every row; with `sampling.cache_phases` in phases over caches that grow,
+each phase's decode loop read by its share of the steps (`Workload.phase_shares`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from r1jax.model.dispatch import resolve_impl
 from r1jax.model.factory import abstract_policy
 from r1jax.rl.aot_report import Report
 from r1jax.rl.continuous import generate_continuous
+from r1jax.rl.decoding import phase_ends
 from r1jax.rl.grpo.optimizer import make_optimizer
 from r1jax.rl.grpo.step import make_grpo_step, reference_logprobs
 from r1jax.rl.sampler import bucket_length, generate_padded
@@ -77,6 +79,7 @@ class Workload:
     slots: int = 0  # the sampler's decode slots (sampling.slots, at most rows; 0: every row decoded at once)
     kv_block: int = 0  # decode attention reads the cache in blocks of this many slots (0: all of it)
     tail_slots: tuple[int, ...] = ()  # sampling.tail_slots: the tail's smaller slot counts
+    cache_phases: int = 1  # sampling.cache_phases: decode loops over caches that grow (rl.decoding.phase_ends)
 
     @property
     def decode_rows(self) -> int:
@@ -91,6 +94,15 @@ class Workload:
     def seq_len(self) -> int:
         return self.prompt_len + self.new_tokens
 
+    @property
+    def phase_ends(self) -> tuple[int, ...]:
+        return phase_ends(self.new_tokens, self.cache_phases)
+
+    def phase_shares(self) -> list[tuple[float, int]]:
+        """(share of the decode steps, cache slots) of each decode phase, for a rollout run to the budget."""
+        ends = self.phase_ends
+        return [((end - start) / ends[-1], self.prompt_len + end) for start, end in zip((0, *ends[:-1]), ends)]
+
 
 def workload_for(config, *, prompts: int | None = None, group_size: int | None = None,
                  prompt_len: int | None = None, new_tokens: int | None = None,
@@ -103,7 +115,8 @@ def workload_for(config, *, prompts: int | None = None, group_size: int | None =
                     bucket_length(prompt_len or min(DEFAULT_PROMPT_LEN, sampling.prompt_buckets[-1]),
                                   sampling.prompt_buckets),
                     new_tokens or sampling.max_new_tokens, micro_batches or update.micro_batches,
-                    min(sampling.slots, prompts * group_size), sampling.kv_block, tuple(sampling.tail_slots))
+                    min(sampling.slots, prompts * group_size), sampling.kv_block, tuple(sampling.tail_slots),
+                    sampling.cache_phases)
     if min(dataclasses.astuple(work)[:5]) < 1:
         raise UserError(f"workload {work}: every size must be >= 1")
     return work
@@ -224,13 +237,13 @@ def compile_sampler(setup: Setup, layout: SamplerLayout | None = None) -> Progra
     args = (graphdef, weights, scalar(jnp.int32, prompts), scalar(jnp.bool_, prompts),
             scalar(key.dtype, key.shape), scalar(jnp.float32), scalar(jnp.int32), scalar(jnp.float32))
     options = dict(max_new=work.new_tokens, samples=work.group_size, stop_ids=(1,), pad_id=0, ignore_eos=False,
-                   kv_block=work.kv_block)
+                   kv_block=work.kv_block, cache_phases=work.cache_phases)
     with use_mesh(mesh, rules):
         if work.slots:
             lowered = generate_continuous.lower(*args, slots=work.slots, tail_slots=work.tail_slots, **options)
         else:
             lowered = generate_padded.lower(*args, **options)
-    return compile_stats(lowered, mesh, dynamic_trips=dynamic_trips(work))
+    return compile_stats(lowered, mesh, dynamic_trips=dynamic_trips(work), phase_ends=work.phase_ends)
 
 
 def dynamic_trips(work: Workload) -> int:
@@ -246,12 +259,15 @@ def kv_cache_bytes(setup: Setup, layout: SamplerLayout | None = None, *, read: b
     """Per-device bytes of the sampler's cache (per segment, `Policy.init_cache`), batch sharded by the rules of
     `layout` (default: the trainer's). Continuous batching holds the slots' caches and the prompts'
     (prompt-long). With `read`, what one decode step reads: its rows' caches, up to the mean live length
-    (`dynamic_trips` blocks) when the cache is read block-wise."""
+    (`dynamic_trips` blocks) when the cache is read block-wise, else whole: with decode phases, each phase's
+    cache by its share of the steps (`Workload.phase_shares`)."""
     work = setup.workload
     if read:
-        blockwise = reads_blockwise(work.seq_len, work.kv_block)
-        length = min(work.seq_len, dynamic_trips(work) * work.kv_block) if blockwise else work.seq_len
-        return _cache_bytes(setup, layout, work.decode_rows, length)
+        if reads_blockwise(work.seq_len, work.kv_block):
+            length = min(work.seq_len, dynamic_trips(work) * work.kv_block)
+            return _cache_bytes(setup, layout, work.decode_rows, length)
+        return round(sum(share * _cache_bytes(setup, layout, work.decode_rows, length)
+                         for share, length in work.phase_shares()))
     if work.slots:
         return (_cache_bytes(setup, layout, work.slots, work.seq_len)
                 + _cache_bytes(setup, layout, work.prompts, work.prompt_len))

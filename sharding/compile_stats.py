@@ -51,18 +51,19 @@ class ProgramStats:
 _COMPILED: dict[str, ProgramStats] = {}  # by program text: one compile per program and process
 
 
-def compile_stats(lowered, mesh, *, dynamic_trips: int = 1) -> ProgramStats:
+def compile_stats(lowered, mesh, *, dynamic_trips: int = 1, phase_ends: tuple[int, ...] = ()) -> ProgramStats:
     """Compile for the mesh's devices; the same program on the same devices is compiled once per process
-    (e.g. a report judged again against another HBM figure). `dynamic_trips`: the trip count the decode
-    step's reader takes for a loop whose bound is traced (`sharding.decode_stats.decode_stats`)."""
+    (e.g. a report judged again against another HBM figure). `dynamic_trips`, `phase_ends`: how the decode
+    step's reader counts a loop whose bound is traced and the decode phases' loops
+    (`sharding.decode_stats.decode_stats`)."""
     devices = [(d.device_kind, d.id, getattr(d, "coords", None)) for d in mesh.devices.flat]
-    key = hashlib.sha256(f"{devices}\n{lowered.as_text()}".encode()).hexdigest()
+    key = hashlib.sha256(f"{devices}\n{dynamic_trips} {phase_ends}\n{lowered.as_text()}".encode()).hexdigest()
     if key not in _COMPILED:
-        _COMPILED[key] = _compile(lowered, dynamic_trips)
+        _COMPILED[key] = _compile(lowered, dynamic_trips, phase_ends)
     return _COMPILED[key]
 
 
-def _compile(lowered, dynamic_trips: int) -> ProgramStats:
+def _compile(lowered, dynamic_trips: int, phase_ends: tuple[int, ...]) -> ProgramStats:
     start = time.perf_counter()
     try:
         compiled = lowered.compile()
@@ -84,7 +85,7 @@ def _compile(lowered, dynamic_trips: int) -> ProgramStats:
     text = compiled.as_text()
     return ProgramStats(**fields, peak_bytes=peak + fields["code_bytes"], flops=cost.get("flops"),
                         bytes_accessed=cost.get("bytes accessed"), compile_seconds=seconds,
-                        decode=decode_stats(text, dynamic_trips) if "decode/while" in text else None,
+                        decode=decode_stats(text, dynamic_trips, phase_ends) if "decode/while" in text else None,
                         step=StepStats.from_hlo(text))
 
 

@@ -1,7 +1,8 @@
 """What one decode step costs per chip, read from a compiled sampler's HLO text (its roofline: sharding.roofline).
 
 The decode loop is the `while` whose op_name ends in `decode/while` (the sampler runs its token loop under
-`jax.named_scope("decode")`). One iteration of its body decodes one token for every row, so everything
+`jax.named_scope("decode")`; with `sampling.cache_phases` the later phases' loops, over longer caches, end in
+`decode_phase_{end}/while` and each counts by its share of the steps: `decode_stats`). One iteration of its body decodes one token for every row, so everything
 counted in the body is per decoded token (one step of the batch), per device. Nested loops (the layer scan)
 count once per iteration: their body's figures are multiplied by their trip count (`_Module.trip_count`). A conditional counts its
 costliest branch.
@@ -48,6 +49,9 @@ KV_READ_SCOPE = "kv_read_block_"
 # the kernel call's operands are (layer, lengths, q, K, V, keep); K's slots are its dim 4, V's its dim 3
 KV_READ_SLOT_DIMS = {3: 4, 4: 3}
 _KV_READ = re.compile(rf"(?:^|/){KV_READ_SCOPE}(\d+)/")
+# a decode loop: the first (or only) phase's, or a later phase's over a cache grown to prompt + `end` slots
+# (rl.decoding.phase_ends; the loops of continuous batching's tail, `decode_tail_N`, are not read)
+_DECODE_LOOP = re.compile(r"(?:^|/)decode(?:_phase_(\d+))?/while$")
 
 
 def collective_kind(opcode: str) -> Optional[str]:
@@ -84,8 +88,9 @@ class _Module:
                     self.callers.setdefault(name, (comp, inst))
 
     def decode_loops(self) -> list[tuple[Computation, Instruction]]:
+        """The first phase's loops (`decode/while`) and the later phases' (`decode_phase_{end}/while`)."""
         return [(comp, inst) for comp in self.comps.values() for inst in comp.instructions.values()
-                if inst.opcode == "while" and re.search(r"(^|/)decode/while$", inst.op_name)]
+                if inst.opcode == "while" and _DECODE_LOOP.search(inst.op_name)]
 
     # -- where data comes from ------------------------------------------------------------------------
     def invariant_index(self, body: Computation, index: int) -> bool:
@@ -372,20 +377,32 @@ def _walk(module: _Module, comp: Computation, decode_body: Optional[str], seen: 
     return totals
 
 
-def decode_stats(hlo_text: str, dynamic_trips: int = 1) -> Optional[DecodeStats]:
-    """The decode loop's per-iteration costs per device (summed over decode loops), None if none is found.
-    `dynamic_trips`: the trip count taken for a loop inside it whose bound is traced (a block-wise cache
-    read's live blocks; the caller's mean)."""
+def decode_stats(hlo_text: str, dynamic_trips: int = 1, phase_ends: tuple[int, ...] = ()
+                 ) -> Optional[DecodeStats]:
+    """The decode loop's per-iteration costs per device, None if none is found. `dynamic_trips`: the trip
+    count taken for a loop inside it whose bound is traced (a block-wise cache read's live blocks; the caller's
+    mean). `phase_ends`: the completion slots filled by the end of each decode phase (rl.decoding.phase_ends):
+    each phase's loop counts by the share of the budget's steps it runs (phase i: (end_i - end_i-1) / budget),
+    so the figures are a decode step's mean over a rollout that runs to the budget. Without phases, every
+    decode loop found counts once (summed)."""
     module = _Module(hlo_text, dynamic_trips)
     loops = module.decode_loops()
     if not loops:
         return None
+    weight = {}  # a loop's phase (None: the first) -> its share of the steps
+    if len(phase_ends) > 1:
+        starts = (0, *phase_ends[:-1])
+        weight = {(None if i == 0 else str(end)): (end - start) / phase_ends[-1]
+                  for i, (start, end) in enumerate(zip(starts, phase_ends))}
     totals: dict = {}
     for _, loop in loops:
         body = module.comps[loop.attr("body")]
-        _add(totals, _walk(module, body, body.name, (body.name,)))
-    return DecodeStats({k: int(totals.get(k, 0)) for k in COLLECTIVES}, int(totals["weight_ag"]),
-                       int(totals["weight_ag_count"]), int(totals["hbm"]), float(totals["flops"]), len(loops))
+        phase = _DECODE_LOOP.search(loop.op_name).group(1)
+        if weight and phase not in weight:
+            raise ValueError(f"decode loop {loop.op_name!r} belongs to no phase of {phase_ends}")
+        _add(totals, _walk(module, body, body.name, (body.name,)), weight.get(phase, 1))
+    return DecodeStats({k: round(totals.get(k, 0)) for k in COLLECTIVES}, round(totals["weight_ag"]),
+                       round(totals["weight_ag_count"]), round(totals["hbm"]), float(totals["flops"]), len(loops))
 
 
 def program_costs(hlo_text: str) -> tuple[dict[str, int], int, float]:

@@ -74,7 +74,8 @@ def describe(r: dict) -> str:
         f"{topo['name']} ({topo['topology']}, {topo['chips']} chips, {topo['devices']} devices), mesh "
         f"{r['mesh']} ({shape}; rules {r['rules_preset']}{' + overrides' if r['rules_overrides'] else ''})",
         f"workload: {work['prompts']} prompts x {work['group_size']} = {work['rows']} rows of "
-        f"{work['prompt_len']} + {work['new_tokens']} tokens, {work['micro_batches']} micro-batch(es)",
+        f"{work['prompt_len']} + {work['new_tokens']} tokens, {work['micro_batches']} micro-batch(es)"
+        + (f", decoded in {work['cache_phases']} cache phases" if work.get("cache_phases", 1) > 1 else ""),
         "dtypes: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in r["dtypes"].items()),
     ]
     own = r["sampler_devices"] > 0

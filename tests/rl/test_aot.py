@@ -65,7 +65,7 @@ def test_tiny_grpo_step_fits_a_v5p_slice(report):
     assert code == 0 and r["fits"] is True
     assert r["mesh_shape"] == {"data": 1, "fsdp": 2, "expert": 2, "tensor": 1}
     assert r["workload"] == {"prompts": 2, "group_size": 4, "prompt_len": 16, "new_tokens": 8, "micro_batches": 1,
-                             "slots": 0, "kv_block": 0, "tail_slots": [], "rows": 8, "seq_len": 24}
+                             "slots": 0, "kv_block": 0, "tail_slots": [], "cache_phases": 1, "rows": 8, "seq_len": 24}
     assert r["hbm_source"] == "compiler" and 90 * GIB < r["hbm_bytes"] < 100 * GIB  # v5p: 95 GiB per chip
     assert set(r["programs"]) == {"sampler", "reference", "update"}
     for stats in r["programs"].values():
@@ -245,6 +245,29 @@ def test_continuous_batching_reports_the_slots_and_their_cache(config_path):
     # and a quarter of the weights (float32, the one MoE layer's routing bias included)
     weights = (count_params(MODEL)["params_total"] + MODEL.n_routed_experts) * 4
     assert d["hbm_read_limit_bytes"] == weights // 4 + MODEL.num_hidden_layers * 4 * 20 * entry
+
+
+def _sampler_decode(config_path, *overrides, new_tokens: int):
+    """The compiled sampler's decode step and the cache bytes a step reads (the HBM-read limit's)."""
+    config = load_config(config_path, list(overrides))
+    setup = make_setup(config, parse_topology("v5p:2x2x1"), config.sharding,
+                       workload_for(config, prompt_len=12, new_tokens=new_tokens))
+    layout = sampler_layout(setup, 95 * GIB)[0]
+    return aot.compile_sampler(setup, layout).decode, aot.kv_cache_bytes(setup, layout, read=True)
+
+
+def test_decode_phases_are_read_by_their_share_of_the_steps(config_path):
+    """`sampling.cache_phases: 4` over 32 new tokens: four decode loops over caches of 16 + 8, 16, 24 and 32
+    slots, each a quarter of the steps; a step reads the mean, 16 + 20 = 36 slots of each row's cache, where
+    the one loop reads all 48 at every step."""
+    one, one_read = _sampler_decode(config_path, new_tokens=32)
+    phased, phased_read = _sampler_decode(config_path, "sampling.cache_phases=4", new_tokens=32)
+    entry = (MODEL.kv_lora_rank + MODEL.qk_rope_head_dim) * 4  # MLA's latent + rope key, float32
+    assert one_read == MODEL.num_hidden_layers * 8 * 48 * entry  # 8 rows, not split (inference layout)
+    assert phased_read == MODEL.num_hidden_layers * 8 * 36 * entry
+    assert (one.loops, phased.loops) == (1, 4)
+    assert phased.flops == one.flops  # the same products per step (attention's are not dots here)
+    assert phased.hbm_bytes < one.hbm_bytes
 
 
 def test_a_sampler_on_devices_of_its_own_compiles_there_and_leaves_the_trainer_the_rest(config_path, report, capsys):

@@ -159,6 +159,34 @@ def test_a_loop_with_a_traced_bound_counts_the_given_trip_count(mesh):
     assert one.flops == 2 * ROWS * D * D and three.flops == 3 * one.flops
 
 
+def test_decode_phases_count_by_their_share_of_the_steps(mesh):
+    """`sampling.cache_phases`: the first phase's loop (`decode`) and a later one's (`decode_phase_48`, here
+    twice the products a step) count by the steps they run of a 48-token budget, 16 and 32; the tail's loop
+    (continuous batching's `decode_tail_2`) is not read; without phases the decode loops are summed."""
+    def program(w_DD, x_BD):
+        def loop(products):
+            def step(carry):
+                i, x_BD = carry
+                for _ in range(products):
+                    x_BD = jnp.tanh(x_BD @ w_DD)
+                return i + 1, x_BD
+            return step
+
+        carry = (0, x_BD)
+        for name, products in (("decode", 1), ("decode_phase_48", 2), ("decode_tail_2", 5)):
+            with jax.named_scope(name):
+                carry = jax.lax.while_loop(lambda c: c[0] < STEPS, loop(products), carry)
+        return carry
+
+    text = jax.jit(program).lower(jnp.ones((D, D)), jnp.ones((ROWS, D))).compile().as_text()
+    product = 2 * ROWS * D * D
+    phased = decode_stats(text, phase_ends=(16, 48))
+    assert phased.loops == 2 and phased.flops == pytest.approx(product * (16 / 48 + 2 * 32 / 48))
+    assert decode_stats(text).flops == 3 * product  # one phase: each loop once
+    with pytest.raises(ValueError, match="decode_phase_48.* belongs to no phase of \\(16, 24\\)"):
+        decode_stats(text, phase_ends=(16, 24))  # a loop over 48 slots where the phases end at 24
+
+
 SCATTER_IN_LOOP = """HloModule scatter_in_loop
 
 %add (x: f32[], y: f32[]) -> f32[] {
