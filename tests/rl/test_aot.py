@@ -257,15 +257,15 @@ def _sampler_decode(config_path, *overrides, new_tokens: int):
 
 
 def test_decode_phases_are_read_by_their_share_of_the_steps(config_path):
-    """`sampling.cache_phases: 4` over 32 new tokens: four decode loops over caches of 16 + 8, 16, 24 and 32
-    slots, each a quarter of the steps; a step reads the mean, 16 + 20 = 36 slots of each row's cache, where
-    the one loop reads all 48 at every step."""
-    one, one_read = _sampler_decode(config_path, new_tokens=32)
-    phased, phased_read = _sampler_decode(config_path, "sampling.cache_phases=4", new_tokens=32)
+    """`sampling.cache_phases: 2` over 16 new tokens: two decode loops over caches of 16 + 8 and 16 + 16 slots,
+    each half the steps; a step reads the mean, 16 + 12 = 28 slots of each row's cache, where the one loop
+    reads all 32 at every step."""
+    one, one_read = _sampler_decode(config_path, new_tokens=16)
+    phased, phased_read = _sampler_decode(config_path, "sampling.cache_phases=2", new_tokens=16)
     entry = (MODEL.kv_lora_rank + MODEL.qk_rope_head_dim) * 4  # MLA's latent + rope key, float32
-    assert one_read == MODEL.num_hidden_layers * 8 * 48 * entry  # 8 rows, not split (inference layout)
-    assert phased_read == MODEL.num_hidden_layers * 8 * 36 * entry
-    assert (one.loops, phased.loops) == (1, 4)
+    assert one_read == MODEL.num_hidden_layers * 8 * 32 * entry  # 8 rows, not split (inference layout)
+    assert phased_read == MODEL.num_hidden_layers * 8 * 28 * entry
+    assert (one.loops, phased.loops) == (1, 2)
     assert phased.flops == one.flops  # the same products per step (attention's are not dots here)
     assert phased.hbm_bytes < one.hbm_bytes
 
