@@ -56,23 +56,54 @@ def _assert_same_rollout(got, want):
                                rtol=0)
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_phased_decoding_gives_the_one_loop_rollout(family):
-    """Greedy and sampled (G = 2, a fixed key), running to the budget; then rows that stop at an id in
-    different phases and rows cut by `row_max_new`, one of them inside the first phase."""
-    greedy = _rollouts(family, PHASED, temperature=0.0, ignore_eos=True)
-    _assert_same_rollout(greedy, _rollouts(family, ONE_LOOP, temperature=0.0, ignore_eos=True))
-    _assert_same_rollout(_rollouts(family, PHASED, samples=2, ignore_eos=True),
-                         _rollouts(family, ONE_LOOP, samples=2, ignore_eos=True))
-    completions = np.asarray(greedy.completion_BN)
-    stop = int(completions[1, 11])  # row 1 stops in the second phase (slots 8..15), others where they meet it
-    stopped = _rollouts(family, PHASED, stop_ids=(stop,), temperature=0.0)
-    assert int(stopped.lengths_B[1]) <= 12 < ONE_LOOP.max_new_tokens
-    _assert_same_rollout(stopped, _rollouts(family, ONE_LOOP, stop_ids=(stop,), temperature=0.0))
-    cut = [3, 20, 9, 17]
-    phased = _rollouts(family, PHASED, temperature=0.7, row_max_new=cut)
-    assert np.array_equal(np.asarray(phased.lengths_B), cut)
-    _assert_same_rollout(phased, _rollouts(family, ONE_LOOP, temperature=0.7, row_max_new=cut))
+CUT = [20, 3, 9, 17, 2, 12, 5, 20]  # per row (prompt-major, G = 2): one row inside the first phase
+
+
+def _first_stop_lengths(completion_BN, stop_ids, cut):
+    """Each row's length when it stops after its first id in `stop_ids` or after its cut, whichever comes first."""
+    lengths = []
+    for row, limit in zip(np.asarray(completion_BN), cut):
+        hits = np.flatnonzero(np.isin(row[:limit], stop_ids))
+        lengths.append(int(hits[0]) + 1 if hits.size else limit)
+    return lengths
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def reference(request):
+    """One family's one-loop rollouts (G = 2, a fixed key), sampled (temperature 0.7) and greedy (the same
+    programs): run to the budget, and stopped at the ids row 0 drew at completion slot 11 in either (inside the
+    second phase) with rows cut by `CUT`. The phased and continuous-batching tests compare against these."""
+    family = request.param
+    to_budget = {t: _rollouts(family, ONE_LOOP, samples=2, temperature=t, ignore_eos=True) for t in (0.7, 0.0)}
+    stop_ids = tuple(sorted({int(np.asarray(r.completion_BN)[0, 11]) for r in to_budget.values()}))
+    stopped = {}
+    for t, rollout in to_budget.items():
+        stopped[t] = _rollouts(family, ONE_LOOP, stop_ids=stop_ids, samples=2, temperature=t, row_max_new=CUT)
+        lengths = _first_stop_lengths(rollout.completion_BN, stop_ids, CUT)
+        assert np.array_equal(np.asarray(stopped[t].lengths_B), lengths)
+        assert lengths[0] <= 12 and max(lengths) > 16  # row 0 stops in phase 2; a row runs into phase 3
+    return family, to_budget, stop_ids, stopped
+
+
+def test_phased_decoding_gives_the_one_loop_rollout(reference):
+    """Sampled and greedy, running to the budget; then rows that stop at an id in different phases and rows cut
+    by `row_max_new`, one of them inside the first phase."""
+    family, to_budget, stop_ids, stopped = reference
+    for t in (0.7, 0.0):
+        _assert_same_rollout(_rollouts(family, PHASED, samples=2, temperature=t, ignore_eos=True), to_budget[t])
+        _assert_same_rollout(_rollouts(family, PHASED, stop_ids=stop_ids, samples=2, temperature=t,
+                                       row_max_new=CUT), stopped[t])
+
+
+def test_continuous_batching_in_phases_gives_the_one_loop_fixed_batch_rollout(reference):
+    """3 slots, then 1 in the tail, over rows of 2 to 20 tokens, greedy: long rows cross the phases' ends (8, 16)
+    while short ones are admitted behind them, so a phase ends on the longest live row, not on the loop's step.
+    (Sampled, continuous batching keys its draws by row and position, the fixed batch by step; that its
+    completions do not depend on the slot count is tests/rl/test_continuous.py's.)"""
+    family, _, stop_ids, stopped = reference
+    greedy = _rollouts(family, PHASED, temperature=0.0, stop_ids=stop_ids, samples=2, row_max_new=CUT, slots=3,
+                       tail_slots=(1,))
+    _assert_same_rollout(greedy._replace(steps=stopped[0.0].steps), stopped[0.0])  # it runs more steps
 
 
 def _traced_sampler(generate, name, **options):
@@ -119,18 +150,6 @@ def test_continuous_batching_prefills_its_prompts_into_caches_of_their_slots_onl
     prompt_caches = {v.aval.shape for eqn in inner.eqns if eqn.primitive.name != "while" for v in eqn.outvars
                      if v.aval.ndim == 5 and v.aval.shape[1] == len(PROMPTS)}  # K and V, [1, prompts, ...]
     assert prompt_caches and all(8 in shape[3:] and 28 not in shape[3:] for shape in prompt_caches)
-
-
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_continuous_batching_in_phases_gives_the_one_loop_fixed_batch_rollout(family):
-    """3 slots, then 1 in the tail, over rows of 2 to 20 tokens: long rows cross the phases' ends (8, 16) while
-    short ones are admitted behind them, so a phase ends on the longest live row, not on the loop's step."""
-    cut = [20, 3, 9, 17, 2, 12, 5, 20]
-    fixed = _rollouts(family, ONE_LOOP, samples=2, temperature=0.0, row_max_new=cut)
-    for kwargs in ({"slots": 3, "tail_slots": (1,)}, {"slots": 2}):
-        phased = _rollouts(family, PHASED, samples=2, temperature=0.0, row_max_new=cut, **kwargs)
-        assert np.array_equal(np.asarray(phased.lengths_B), cut)
-        _assert_same_rollout(phased._replace(steps=fixed.steps), fixed)  # continuous batching runs more steps
 
 
 def test_phased_decoding_on_a_mesh_equals_one_device():
