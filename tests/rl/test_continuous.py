@@ -33,15 +33,25 @@ def arrays(rollout):
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_greedy_rollout_equals_the_fixed_batch_sampler_whatever_the_slot_count(family):
+def test_greedy_rollouts_equal_the_fixed_batch_and_one_prompt_at_a_time_whatever_the_slot_count(family,
+                                                                                               monkeypatch):
+    """3 slots; 4, then 2, then 1 in the tail (the live rows move into fewer slots once nothing is pending):
+    both give the fixed batch's rollout (logits, log-probs, routes to replay), and the fixed batch gives
+    each prompt's completion alone."""
+    compacted = []
+
+    def recording(s, size):  # runs while tracing: one call per tail loop built
+        compacted.append((s.active_S.shape[0], size))
+        return compact(s, size)
+    compact = continuous._compact
+    monkeypatch.setattr(continuous, "_compact", recording)
     state, sampler = make(family)
-    fixed_rollout = sampler.generate(state, PROMPTS, samples=2, temperature=0.0, row_max_new=ROW_MAX_NEW,
-                                     keep_logits=True)
+    options = dict(samples=2, temperature=0.0, row_max_new=ROW_MAX_NEW, keep_logits=True)
+    fixed_rollout = sampler.generate(state, PROMPTS, **options)
     fixed = arrays(fixed_rollout)
     assert fixed["lengths_B"].tolist() == ROW_MAX_NEW  # the hook stops rows early
-    for slots in (1, 3):
-        rollout = sampler.generate(state, PROMPTS, samples=2, temperature=0.0, row_max_new=ROW_MAX_NEW,
-                                   slots=slots, keep_logits=True)
+    for slots in (dict(slots=3), dict(slots=4, tail_slots=(1, 2))):
+        rollout = sampler.generate(state, PROMPTS, **options, **slots)
         ours = arrays(rollout)
         completion = np.asarray(rollout.completion_mask_BN)
         np.testing.assert_allclose(np.asarray(rollout.logits_BNV)[completion],
@@ -51,28 +61,12 @@ def test_greedy_rollout_equals_the_fixed_batch_sampler_whatever_the_slot_count(f
         np.testing.assert_allclose(ours["logprobs_BN"], fixed["logprobs_BN"], atol=1e-5)
         real = np.broadcast_to(fixed["valid_BT"][None, :, :, None], fixed["experts_LBTK"].shape)
         assert np.array_equal(ours["experts_LBTK"][real], fixed["experts_LBTK"][real]), slots  # routes to replay
-
-
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_the_tail_s_fewer_slots_give_the_fixed_batch_rollout(family, monkeypatch):
-    """4 slots, then 2, then 1: the live rows move into fewer slots once nothing is pending."""
-    compacted = []
-
-    def recording(s, size):  # runs while tracing: one call per tail loop built
-        compacted.append((s.active_S.shape[0], size))
-        return compact(s, size)
-    compact = continuous._compact
-    monkeypatch.setattr(continuous, "_compact", recording)
-    state, sampler = make(family)
-    fixed = arrays(sampler.generate(state, PROMPTS, samples=2, temperature=0.0, row_max_new=ROW_MAX_NEW))
-    tail = arrays(sampler.generate(state, PROMPTS, samples=2, temperature=0.0, row_max_new=ROW_MAX_NEW, slots=4,
-                                   tail_slots=(1, 2)))
     assert compacted == [(4, 2), (2, 1)]
-    for name in ("tokens_BT", "valid_BT", "positions_BT", "lengths_B"):
-        assert np.array_equal(tail[name], fixed[name]), name
-    np.testing.assert_allclose(tail["logprobs_BN"], fixed["logprobs_BN"], atol=1e-5)
-    real = np.broadcast_to(fixed["valid_BT"][None, :, :, None], fixed["experts_LBTK"].shape)
-    assert np.array_equal(tail["experts_LBTK"][real], fixed["experts_LBTK"][real])
+    completions = np.asarray(fixed_rollout.completion_BN)
+    for p, prompt in enumerate(PROMPTS):
+        alone = np.asarray(sampler.generate(state, [prompt], temperature=0.0).completion_BN)[0]
+        for row in (2 * p, 2 * p + 1):  # greedy: both samples; each cut after ROW_MAX_NEW[row] tokens
+            assert np.array_equal(completions[row, :ROW_MAX_NEW[row]], alone[:ROW_MAX_NEW[row]]), (p, row)
 
 
 def test_compacting_moves_the_live_slots_first_in_order():
@@ -107,22 +101,13 @@ def test_tail_slots_need_continuous_batching_and_fewer_slots():
     assert continuous.slot_phases(8, (1, 4, 4, 16)) == (8, 4, 1)
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_greedy_completions_equal_one_prompt_at_a_time(family):
-    state, sampler = make(family)
-    alone = [np.asarray(sampler.generate(state, [prompt], temperature=0.0).completion_BN)[0] for prompt in PROMPTS]
-    together = sampler.generate(state, PROMPTS, temperature=0.0, slots=2)
-    assert np.array_equal(np.asarray(together.completion_BN), np.stack(alone))
-
-
 def test_sampled_completions_do_not_depend_on_the_slot_count():
     state, sampler = make("deepseek_v3")
     key = jax.random.key(3)
-    one, five, tail = (arrays(sampler.generate(state, PROMPTS, samples=3, key=key, temperature=1.0, **slots))
-                       for slots in (dict(slots=1), dict(slots=5), dict(slots=5, tail_slots=(2,))))
-    for other in (five, tail):
-        assert np.array_equal(other["tokens_BT"], one["tokens_BT"])
-        np.testing.assert_allclose(other["logprobs_BN"], one["logprobs_BN"], atol=1e-5)
+    one, tail = (arrays(sampler.generate(state, PROMPTS, samples=3, key=key, temperature=1.0, **slots))
+                 for slots in (dict(slots=1), dict(slots=5, tail_slots=(2,))))  # 5 slots, then 2
+    assert np.array_equal(tail["tokens_BT"], one["tokens_BT"])
+    np.testing.assert_allclose(tail["logprobs_BN"], one["logprobs_BN"], atol=1e-5)
     completions = one["tokens_BT"][:, 8:]
     assert len({tuple(row) for row in completions}) > len(PROMPTS)  # the samples of a prompt differ
     other = sampler.generate(state, PROMPTS, samples=3, key=jax.random.key(4), temperature=1.0, slots=5)
