@@ -60,6 +60,7 @@ from r1jax.rl.sampler_layout import SamplerLayout, choose_layout
 from r1jax.rl.update import TrainState, split_policy
 from r1jax.sharding.compile_stats import ProgramStats, compile_stats, device_bytes
 from r1jax.sharding.context import use_mesh
+from r1jax.sharding.decode_stats import phase_step_shares
 from r1jax.sharding.mesh import ShardingConfig, build_mesh, check_batch_rows
 from r1jax.sharding.mesh_presets import MESH_PRESETS, resolve_mesh
 from r1jax.sharding.params import abstract_sharded
@@ -95,13 +96,13 @@ class Workload:
         return self.prompt_len + self.new_tokens
 
     @property
-    def phase_ends(self) -> tuple[int, ...]:
+    def decode_phase_ends(self) -> tuple[int, ...]:
         return phase_ends(self.new_tokens, self.cache_phases)
 
     def phase_shares(self) -> list[tuple[float, int]]:
         """(share of the decode steps, cache slots) of each decode phase, for a rollout run to the budget."""
-        ends = self.phase_ends
-        return [((end - start) / ends[-1], self.prompt_len + end) for start, end in zip((0, *ends[:-1]), ends)]
+        ends = self.decode_phase_ends
+        return [(share, self.prompt_len + end) for end, share in zip(ends, phase_step_shares(ends))]
 
 
 def workload_for(config, *, prompts: int | None = None, group_size: int | None = None,
@@ -243,7 +244,7 @@ def compile_sampler(setup: Setup, layout: SamplerLayout | None = None) -> Progra
             lowered = generate_continuous.lower(*args, slots=work.slots, tail_slots=work.tail_slots, **options)
         else:
             lowered = generate_padded.lower(*args, **options)
-    return compile_stats(lowered, mesh, dynamic_trips=dynamic_trips(work), phase_ends=work.phase_ends)
+    return compile_stats(lowered, mesh, dynamic_trips=dynamic_trips(work), phase_ends=work.decode_phase_ends)
 
 
 def dynamic_trips(work: Workload) -> int:

@@ -377,12 +377,18 @@ def _walk(module: _Module, comp: Computation, decode_body: Optional[str], seen: 
     return totals
 
 
+def phase_step_shares(phase_ends: tuple[int, ...]) -> list[float]:
+    """Each decode phase's share of the steps of a rollout that runs to the budget: (end_i - end_i-1) / budget.
+    `phase_ends`: the completion slots filled by the end of each phase (rl.decoding.phase_ends)."""
+    return [(end - start) / phase_ends[-1] for start, end in zip((0, *phase_ends[:-1]), phase_ends)]
+
+
 def decode_stats(hlo_text: str, dynamic_trips: int = 1, phase_ends: tuple[int, ...] = ()
                  ) -> Optional[DecodeStats]:
     """The decode loop's per-iteration costs per device, None if none is found. `dynamic_trips`: the trip
     count taken for a loop inside it whose bound is traced (a block-wise cache read's live blocks; the caller's
     mean). `phase_ends`: the completion slots filled by the end of each decode phase (rl.decoding.phase_ends):
-    each phase's loop counts by the share of the budget's steps it runs (phase i: (end_i - end_i-1) / budget),
+    each phase's loop counts by the share of the budget's steps it runs (`phase_step_shares`),
     so the figures are a decode step's mean over a rollout that runs to the budget. Without phases, every
     decode loop found counts once (summed)."""
     module = _Module(hlo_text, dynamic_trips)
@@ -391,9 +397,8 @@ def decode_stats(hlo_text: str, dynamic_trips: int = 1, phase_ends: tuple[int, .
         return None
     weight = {}  # a loop's phase (None: the first) -> its share of the steps
     if len(phase_ends) > 1:
-        starts = (0, *phase_ends[:-1])
-        weight = {(None if i == 0 else str(end)): (end - start) / phase_ends[-1]
-                  for i, (start, end) in enumerate(zip(starts, phase_ends))}
+        weight = {(None if i == 0 else str(end)): share
+                  for i, (end, share) in enumerate(zip(phase_ends, phase_step_shares(phase_ends)))}
     totals: dict = {}
     for _, loop in loops:
         body = module.comps[loop.attr("body")]

@@ -8,7 +8,7 @@ import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from r1jax.sharding.chips import CHIPS
-from r1jax.sharding.decode_stats import decode_stats
+from r1jax.sharding.decode_stats import decode_stats, phase_step_shares
 from r1jax.sharding.roofline import decode_report, estimate
 from r1jax.sharding.hlo_text import leaf_bytes, parse_instruction
 
@@ -180,6 +180,7 @@ def test_decode_phases_count_by_their_share_of_the_steps(mesh):
 
     text = jax.jit(program).lower(jnp.ones((D, D)), jnp.ones((ROWS, D))).compile().as_text()
     product = 2 * ROWS * D * D
+    assert phase_step_shares((16, 48)) == [16 / 48, 32 / 48] and phase_step_shares((48,)) == [1.0]
     phased = decode_stats(text, phase_ends=(16, 48))
     assert phased.loops == 2 and phased.flops == pytest.approx(product * (16 / 48 + 2 * 32 / 48))
     assert decode_stats(text).flops == 3 * product  # one phase: each loop once
