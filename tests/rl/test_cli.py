@@ -115,6 +115,15 @@ def test_cpu_devices_flag_fakes_devices_before_jax_starts(tmp_path):
     assert "mesh data=1 fsdp=2 expert=2 tensor=1" in result.stdout
 
 
+@pytest.mark.parametrize("count, said", [("0", "got 0"), ("-2", "got -2"), ("two", "got 'two'")])
+def test_a_bad_cpu_device_count_is_a_usage_error_naming_the_flag(capsys, count, said):
+    with pytest.raises(SystemExit) as exit_:  # argparse's usage error, before JAX starts
+        main(["--cpu-devices", count, "info", "tiny"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"argument --cpu-devices: expected an integer >= 1, {said}" in err
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize("size, why", [("5 gigs", "expected a size"), ("0GB", "at least one byte"),
                                        ("0.0001KB", "at least one byte")])
 def test_export_hf_rejects_bad_shard_sizes_before_reading_the_checkpoint(tmp_path, capsys, size, why):
