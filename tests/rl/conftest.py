@@ -1,9 +1,11 @@
 """A finished seconds-scale training run, shared by the trainer and CLI tests of this package, and the helpers
 that start, stop and compare `r1jax train` subprocesses."""
 
+import fcntl
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -82,7 +84,21 @@ def latest_checkpoint(run_dir) -> int:
 
 
 @pytest.fixture(scope="session")
-def finished_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("uninterrupted")
-    run_to_end(run_dir)
+def finished_run(tmp_path_factory, worker_id):
+    """tests/rl/data/train_tiny.yaml run to its end, once a session: under xdist the first worker to ask runs
+    it into the session's shared temporary directory while holding a lock there, and the other reads it once
+    the lock is free (the tests read the run, never write into it). Each worker ran it on its own before (a
+    second 16 s run on a cold clone when test_train.py and test_cli_inference.py fell on different workers)."""
+    if worker_id == "master":  # no xdist
+        run_dir = tmp_path_factory.mktemp("uninterrupted")
+        run_to_end(run_dir)
+        return run_dir
+    shared = tmp_path_factory.getbasetemp().parent  # this session's, above each worker's own
+    run_dir, done = shared / "uninterrupted", shared / "uninterrupted.done"
+    with open(shared / "uninterrupted.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # what a failed attempt left
+            run_to_end(run_dir)
+            done.touch()
     return run_dir
