@@ -2,10 +2,10 @@
 
 The decode loop is the `while` whose op_name ends in `decode/while` (the sampler runs its token loop under
 `jax.named_scope("decode")`; with `sampling.cache_phases` the later phases' loops, over longer caches, end in
-`decode_phase_{end}/while` and each counts by its share of the steps: `decode_stats`). One iteration of its body decodes one token for every row, so everything
-counted in the body is per decoded token (one step of the batch), per device. Nested loops (the layer scan)
-count once per iteration: their body's figures are multiplied by their trip count (`_Module.trip_count`). A conditional counts its
-costliest branch.
+`decode_phase_{end}/while` and each counts by its share of the steps: `decode_stats`). One iteration of its
+body decodes one token for every row, so everything counted in the body is per decoded token (one step of the
+batch), per device. Nested loops (the layer scan) count once per iteration: their body's figures are
+multiplied by their trip count (`_Module.trip_count`). A conditional counts its costliest branch.
 
 Collective bytes, per device, by kind: an all-gather counts its gathered result, every other collective
 (all-reduce, reduce-scatter, all-to-all, collective-permute) its operand. A weight all-gather is one whose
