@@ -4,6 +4,9 @@ cache, so the programs they have in common compile once):
 - `python -m tests.rl.staleness_probe run ARGS...` is `r1jax ARGS...`;
 - `python -m tests.rl.staleness_probe sequential ARGS...` runs `r1jax ARGS...` with GRPO's loop replaced by
   `sequential_grpo`, the loop as it was before `grpo.max_staleness`: the reference max_staleness 0 reproduces;
+- `python -m tests.rl.staleness_probe both DIR SEQUENTIAL_DIR ARGS...` runs `r1jax ARGS... --run-dir DIR`, then
+  in the same process `sequential`'s run into SEQUENTIAL_DIR (the second run reuses the first's traced and
+  compiled programs: one process start and one tracing of the trainer instead of two);
 - `python -m tests.rl.staleness_probe watch OUT SIGNAL STEP ARGS...` runs `r1jax ARGS...` as
   tests/rl/signal_at_step.py does (SIGNAL after the row of global step STEP) and writes one JSON line per
   GRPO update to OUT, found without the trainer's own bookkeeping: which generate call sampled the batch
@@ -109,6 +112,10 @@ def watch_grpo(out_path: str) -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "both":
+        code = main([*sys.argv[4:], "--run-dir", sys.argv[2]], as_program=True)
+        STAGE_RUNNERS["grpo"] = sequential_grpo
+        sys.exit(code or main([*sys.argv[4:], "--run-dir", sys.argv[3]], as_program=True))
     if sys.argv[1] in ("run", "sequential"):
         if sys.argv[1] == "sequential":
             STAGE_RUNNERS["grpo"] = sequential_grpo
