@@ -1,5 +1,6 @@
 """Continuous batching (sampling.slots > 0) against the fixed-batch sampler and one prompt at a time."""
 
+import functools
 import re
 
 import jax
@@ -148,12 +149,13 @@ def _step_collectives(hlo: str, admission: bool = False) -> list[str]:
             and "/decode/while/body/" in line and ("/cond/" in line) == admission]
 
 
-def _samplers_step_collectives(family, mesh_config: ShardingConfig, admission: bool = False):
-    """The per-step collectives of the fixed-batch sampler and of continuous batching (8 slots), 16 rows over
-    `mesh_config`'s mesh with the inference rules (`admission`: continuous batching's admission's alone, the
-    fixed batch's None)."""
+@functools.lru_cache(maxsize=None)
+def _samplers_step_collectives(family, data: int, expert: int):
+    """The per-step collectives of the fixed-batch sampler and of continuous batching (8 slots), and those of
+    continuous batching's admission alone, 16 rows over a (data, expert) mesh with the inference rules; each
+    program compiled once for the tests that read it."""
     graphdef, state = nnx.split(init_policy(FAMILIES[family], seed=0))
-    mesh = build_mesh(mesh_config)
+    mesh = build_mesh(ShardingConfig(data=data, expert=expert))
     rules = ShardingConfig(preset="inference").logical_rules()
     sharded = jax.device_put(state, state_shardings(state, mesh, rules))
     prompts = jnp.full((8, 4), 5, jnp.int32)
@@ -161,10 +163,9 @@ def _samplers_step_collectives(family, mesh_config: ShardingConfig, admission: b
             jnp.int32(0), jnp.float32(1.0))
     options = dict(max_new=6, samples=2, stop_ids=(3,), pad_id=0, ignore_eos=False)
     with use_mesh(mesh, rules):
-        fixed = None if admission else _step_collectives(generate_padded.lower(*args, **options).compile().as_text())
-        ours = _step_collectives(continuous.generate_continuous.lower(*args, slots=8, **options).compile().as_text(),
-                                 admission)
-    return fixed, ours
+        fixed = generate_padded.lower(*args, **options).compile().as_text()
+        ours = continuous.generate_continuous.lower(*args, slots=8, **options).compile().as_text()
+    return _step_collectives(fixed), _step_collectives(ours), _step_collectives(ours, admission=True)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -174,7 +175,7 @@ def test_a_sharded_continuous_step_adds_one_gather_to_the_fixed_batch_step(famil
     scatter by request. Indexed by (row, slot) those writes gathered every slot's entries to every device,
     and each result scattered by request was gathered on its own: 25 more collectives per step than the
     fixed batch on bench_qwen3's two-device mesh (each a rendezvous of all devices on a CPU)."""
-    fixed, ours = _samplers_step_collectives(family, ShardingConfig(data=2, expert=4))
+    fixed, ours, _ = _samplers_step_collectives(family, data=2, expert=4)
 
     def gathers(lines):
         return sum(" all-gather(" in line for line in lines)
@@ -187,7 +188,7 @@ def test_a_decode_step_over_rows_split_across_devices_runs_no_collective(family)
     step needs nothing from another device, continuous batching only its one gather of the step's results.
     The zero that orders a step's cache read before its write was taken from row 0 alone, so every device
     received it: an all-reduce per step (two in a scanned segment)."""
-    fixed, ours = _samplers_step_collectives(family, ShardingConfig(data=8))
+    fixed, ours, _ = _samplers_step_collectives(family, data=8, expert=1)
     assert fixed == [], "\n".join(fixed)
     assert len(ours) == 1 and " all-gather(" in ours[0], "\n".join(ours)
 
@@ -198,6 +199,6 @@ def test_an_admission_over_slots_split_across_devices_moves_no_cache(family):
     once, after the prefill), so an admission copies them into its own slots; what it exchanges is which
     slots are free (an integer gather and sum). With the prompts split like the slots it gathered every
     prompt's K and V (latent and rope key) per layer, and their logits, at every admission."""
-    _, admission = _samplers_step_collectives(family, ShardingConfig(data=2, expert=4), admission=True)
+    _, _, admission = _samplers_step_collectives(family, data=2, expert=4)
     assert admission and not [line for line in admission if re.search(r"= \(?(f32|bf16)\[", line)], \
         "\n".join(admission)
