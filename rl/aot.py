@@ -214,8 +214,8 @@ def compile_update(setup: Setup) -> ProgramStats:
 def compile_reference(setup: Setup) -> ProgramStats:
     batch = {k: v for k, v in setup.batch.items() if k != "ref_logp"}
     with use_mesh(setup.mesh, setup.rules):
-        lowered = jax.jit(reference_logprobs, static_argnums=(0, 3)).lower(
-            setup.graphdef, setup.state.ref, batch, setup.config.grpo.temperature)
+        lowered = jax.jit(reference_logprobs, static_argnums=(0, 3, 4)).lower(
+            setup.graphdef, setup.state.ref, batch, setup.config.grpo.temperature, setup.workload.micro_batches)
     return compile_stats(lowered, setup.mesh)
 
 

@@ -72,7 +72,7 @@ def reset_reference(state: TrainState) -> TrainState:
     return state.replace(ref=(jax.tree.map(jnp.copy, state.params), jax.tree.map(jnp.copy, state.bias)))
 
 
-def _micro_split(batch: dict, micro: int) -> dict:
+def micro_split(batch: dict, micro: int) -> dict:
     """[B, ...] -> [M, B / M, ...] with micro-batch i = rows i, i + M, i + 2M, ..."""
     def split(x):
         rows = x.shape[0]
@@ -120,7 +120,7 @@ def make_update_step(graphdef, optimizer: optax.GradientTransformation, micro_lo
             (_, (stats, counts_LE)), grads = grad_fn(state.params, state.bias, state.ref, batch)
         else:  # one scan over the micro-batches: the forward and backward are traced and compiled once
             zeros = jax.tree.map(jnp.zeros_like, state.params)
-            grads, (stats_M, counts_MLE) = jax.lax.scan(micro_step, zeros, _micro_split(batch, cfg.micro_batches))
+            grads, (stats_M, counts_MLE) = jax.lax.scan(micro_step, zeros, micro_split(batch, cfg.micro_batches))
             per_micro = [jax.tree.map(lambda x, i=i: x[i], (stats_M, counts_MLE)) for i in range(cfg.micro_batches)]
             stats, counts_LE = per_micro[0]
             for more_stats, more_counts in per_micro[1:]:  # in micro-batch order, as they were accumulated

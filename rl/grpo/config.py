@@ -127,8 +127,9 @@ class OptimizerConfig:
 
     lr: float = 3e-6  # peak learning rate (R1: 3e-6)
     schedule: str = "constant"  # "constant" (R1) | "warmup_cosine"; both start with a linear warmup
+    # the schedule counts optimizer updates (GRPO's mu = num_iterations of them a step; a skipped one not)
     warmup_steps: int = 0  # linear warmup: lr * (step + 1) / warmup_steps for step < warmup_steps
-    total_steps: Optional[int] = None  # end of the cosine decay, warmup included; None: the stage's steps
+    total_steps: Optional[int] = None  # end of the cosine decay, warmup included; None: the stage's updates
     min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
     b1: float = 0.9  # Adam beta_1 (DeepSeek-V3 §4.2: 0.9)
     b2: float = 0.95  # Adam beta_2 (DeepSeek-V3 §4.2: 0.95)

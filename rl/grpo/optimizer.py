@@ -121,6 +121,15 @@ def make_optimizer(cfg: OptimizerConfig, weight_decay_mask=None) -> optax.Gradie
     return skip_nonfinite(optax.chain(*clip, adamw))
 
 
+def applied_updates(opt_state) -> jax.Array:
+    """How many updates `make_optimizer`'s state has applied: its schedule's count (skipped steps excluded)."""
+    is_schedule = lambda x: isinstance(x, optax.ScaleByScheduleState)
+    counts = [x.count for x in jax.tree.leaves(opt_state, is_leaf=is_schedule) if is_schedule(x)]
+    if len(counts) != 1:
+        raise ValueError(f"expected one learning-rate schedule in the optimizer state, found {len(counts)}")
+    return counts[0]
+
+
 def grad_norms(grads, max_norm: float | None) -> tuple[jax.Array, jax.Array]:
     """(raw global L2 norm, norm after clip_by_global_norm(max_norm)); NaN/inf propagate to both."""
     raw = optax.tree.norm(jax.tree.map(lambda g: g.astype(jnp.float32), grads))  # float32 accumulation

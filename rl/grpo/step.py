@@ -25,7 +25,7 @@ from r1jax.rl.grpo.config import GRPOConfig
 from r1jax.rl.grpo.logprobs import token_logp_and_entropy
 from r1jax.rl.grpo.losses import grpo_loss
 from r1jax.rl.grpo.packing import unpack_targets
-from r1jax.rl.update import UpdateConfig, add_router_losses, make_update_step
+from r1jax.rl.update import UpdateConfig, add_router_losses, make_update_step, micro_split
 
 
 def rollout_batch(rollout, adv_B, cfg: GRPOConfig, max_new_tokens: int, with_replay: bool = False) -> dict:
@@ -78,12 +78,21 @@ def grpo_micro_loss(graphdef, cfg: GRPOConfig, update: UpdateConfig, micro_batch
     return loss_fn
 
 
-def reference_logprobs(graphdef, ref, batch: dict, temperature: float) -> jax.Array:
+def reference_logprobs(graphdef, ref, batch: dict, temperature: float, micro_batches: int = 1) -> jax.Array:
     """log-probs of the batch's targets under the reference policy ([B, T - 1]); jit it and dispatch it
-    before waiting on the reward pool, so the reference forward overlaps reward scoring."""
-    replay = jnp.moveaxis(batch["replay"], 0, 1) if "replay" in batch else None
-    logp, _, _ = _policy_logp(graphdef, *ref, batch, temperature, replay, False)
-    return logp
+    before waiting on the reward pool, so the reference forward overlaps reward scoring. Also the old
+    log-probs (mu > 1) and the behaviour log-probs of a batch sampled ahead. Runs over the update's
+    `micro_batches` strided micro-batches one after another, as the update does: a packed batch's `unpack`
+    indexes within its micro-batch (`rl.grpo.packing`), and a forward holds one micro-batch's logits at a
+    time."""
+    def logp(mb):
+        replay = jnp.moveaxis(mb["replay"], 0, 1) if "replay" in mb else None
+        return _policy_logp(graphdef, *ref, mb, temperature, replay, False)[0]
+
+    if micro_batches == 1:
+        return logp(batch)
+    logp_MBT = jax.lax.map(logp, micro_split(batch, micro_batches))
+    return jnp.swapaxes(logp_MBT, 0, 1).reshape(-1, logp_MBT.shape[-1])  # row i + k M <- micro-batch i's row k
 
 
 def make_grpo_step(graphdef, optimizer: optax.GradientTransformation, cfg: GRPOConfig, update: UpdateConfig,

@@ -13,6 +13,7 @@ same weights, with the same key and prompts, in the same order as with shared de
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import time
 from typing import Callable
@@ -43,8 +44,11 @@ def run_grpo(ctx: StageContext, index: int, stage: StageConfig, start: StageStar
     iterator = make_iterator(cfg.data, batch_size=g.prompts_per_step)
     sampler = ctx.sampler(cfg.seed * 1000 + index)
     make_step = lambda graphdef, opt, clip: make_grpo_step(graphdef, opt, g, cfg.update, ctx.model, clip)
-    runner = UpdateStage(ctx, index, stage, start, with_ref=g.kl_coef > 0, make_step=make_step)
-    ref_fn = jax.jit(reference_logprobs, static_argnums=(0, 3))
+    runner = UpdateStage(ctx, index, stage, start, with_ref=g.kl_coef > 0, make_step=make_step,
+                         updates_per_step=g.num_iterations)
+    # reference, old (mu > 1) and behaviour log-probs, over the update's micro-batches
+    ref_fn = jax.jit(functools.partial(reference_logprobs, micro_batches=cfg.update.micro_batches),
+                     static_argnums=(0, 3))
     queue: collections.deque[SampledBatch] = collections.deque()  # batches sampled, not yet updated on
     if start.resume is not None:
         iterator.set_state(start.resume["data_state"])

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from r1jax.errors import UserError
-from r1jax.rl.grpo.optimizer import lr_schedule, make_optimizer
+from r1jax.rl.grpo.optimizer import applied_updates, lr_schedule, make_optimizer
 from r1jax.rl.sampler import Sampler
 from r1jax.rl.train.config import StageConfig
 from r1jax.rl.train.context import StageContext, StageResult, StageStart, Stopped, summary_with
@@ -20,16 +20,20 @@ from r1jax.sharding.params import abstract_sharded, tree_shardings
 
 
 class UpdateStage:
-    """`make_step(graphdef, optimizer, grad_clip_norm)` builds the stage's update step (rl.update)."""
+    """`make_step(graphdef, optimizer, grad_clip_norm)` builds the stage's update step (rl.update).
+    `updates_per_step`: the optimizer updates a stage step applies (GRPO's mu, `grpo.num_iterations`); the
+    learning-rate schedule counts updates, so its default end (`optimizer.total_steps` unset) is the stage's
+    steps times that."""
 
     def __init__(self, ctx: StageContext, index: int, stage: StageConfig, start: StageStart, with_ref: bool,
-                 make_step: Callable):
+                 make_step: Callable, updates_per_step: int = 1):
         self.ctx, self.index, self.stage, self.start = ctx, index, stage, start
         opt_cfg = ctx.config.optimizer
         if stage.lr is not None:
             opt_cfg = dataclasses.replace(opt_cfg, lr=stage.lr)
         if opt_cfg.schedule == "warmup_cosine" and opt_cfg.total_steps is None:
-            opt_cfg = dataclasses.replace(opt_cfg, total_steps=max(stage.steps, opt_cfg.warmup_steps + 1))
+            updates = stage.steps * updates_per_step
+            opt_cfg = dataclasses.replace(opt_cfg, total_steps=max(updates, opt_cfg.warmup_steps + 1))
         self.opt_cfg, self.schedule = opt_cfg, lr_schedule(opt_cfg)
         self.optimizer = make_optimizer(opt_cfg)
 
@@ -77,7 +81,9 @@ class UpdateStage:
         if meanwhile is not None:
             meanwhile()
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        metrics["lr"] = float(self.schedule(self.stage_step))
+        # the rate of the step's last applied update (the schedule counts applied updates: mu a GRPO step, none
+        # for a skipped one)
+        metrics["lr"] = float(self.schedule(max(int(applied_updates(self.state.opt_state)) - 1, 0)))
         if metrics["consecutive_skips"] >= self.opt_cfg.max_consecutive_skips:
             raise UserError(f"stage {self.stage.name}: {int(metrics['consecutive_skips'])} consecutive "
                             f"non-finite updates (optimizer.max_consecutive_skips="

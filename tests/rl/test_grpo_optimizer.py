@@ -12,7 +12,7 @@ import pytest
 from r1jax.errors import UserError
 from r1jax.rl.grpo import OptimizerConfig, grad_norms, lr_schedule, make_optimizer
 from r1jax.rl.grpo.config import SCHEDULES
-from r1jax.rl.grpo.optimizer import DECAYS
+from r1jax.rl.grpo.optimizer import DECAYS, applied_updates
 
 
 def make_params():
@@ -67,6 +67,10 @@ def test_adam_count_and_schedule_do_not_advance_on_skips():
     _, state = opt.update(grads_like(params, np.nan), state, params)
     counts = [x for x in jax.tree.leaves(state.inner_state) if np.asarray(x).dtype == np.int32]
     assert counts and all(int(c) == 0 for c in counts)
+    assert int(applied_updates(state)) == 0  # what the trainer logs the rate of
+    _, state = opt.update(grads_like(params, 0.1), state, params)
+    _, state = opt.update(grads_like(params, 0.1), state, params)
+    assert int(applied_updates(state)) == 2 and int(state.total_skips) == 1
 
 
 def test_first_update_uses_the_scheduled_lr():

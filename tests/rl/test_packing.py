@@ -2,6 +2,7 @@
 loss, its statistics and its gradients equal the padded layout's for both model families."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -14,9 +15,9 @@ from r1jax.model.factory import init_policy
 from r1jax.rl.grpo.config import GRPOConfig
 from r1jax.rl.grpo.optimizer import skip_nonfinite
 from r1jax.rl.grpo.packing import pack_batch, padding_fraction, plan_packing, sequence_spans
-from r1jax.rl.grpo.step import make_grpo_step, rollout_batch
+from r1jax.rl.grpo.step import make_grpo_step, reference_logprobs, rollout_batch
 from r1jax.rl.sampler import Rollout
-from r1jax.rl.update import UpdateConfig, init_train_state
+from r1jax.rl.update import UpdateConfig, init_train_state, split_policy
 from tests.model.tiny import FAMILIES
 
 PROMPT, NEW = 6, 8  # prompt bucket, token budget: rows of T = 14
@@ -87,20 +88,33 @@ def test_attention_stays_within_a_segment():
 @pytest.mark.parametrize("family,row_length,packed_rows", [("qwen3_moe", None, 4), ("deepseek_v3", 28, 2)])
 def test_packed_step_equals_padded(family, row_length, packed_rows):
     """The jitted GRPO step (SGD at lr 1: the parameters move by the gradient) on the packed and the padded
-    batch, with 2 micro-batches, routing replay, TIS and the balance loss: equal metrics and updates. Rows of
-    T = 14 hold two of these sequences, rows of 28 a micro-batch's four."""
+    batch, with 2 micro-batches, routing replay, TIS, the balance loss, the KL to a reference and mu > 1's old
+    log-probs, those two computed ahead on each layout as the trainer computes them (`reference_logprobs`
+    over the update's micro-batches): equal metrics and updates. Rows of T = 14 hold two of these sequences,
+    rows of 28 a micro-batch's four."""
     cfg = dataclasses.replace(FAMILIES[family], num_hidden_layers=2)
     optimizer = skip_nonfinite(optax.sgd(1.0))
     graphdef, state = init_train_state(init_policy(cfg, 0), optimizer, with_ref=False)
-    grpo = GRPOConfig(group_size=4, kl_coef=0.0, temperature=0.7, tis_cap=2.0)
+    reference = split_policy(init_policy(cfg, 1))[1:]  # other weights: a KL far from 0
+    grpo = GRPOConfig(group_size=4, kl_coef=0.05, temperature=0.7, tis_cap=2.0, num_iterations=2)
     update = UpdateConfig(micro_batches=2, aux_loss_coef=0.01, routing_replay=True)
     step = jax.jit(make_grpo_step(graphdef, optimizer, grpo, update, cfg, None, bias_rate=0.01))
+    logp = jax.jit(functools.partial(reference_logprobs, micro_batches=2), static_argnums=(0, 3))
     rollout = make_rollout(cfg)
     padded = rollout_batch(rollout, jnp.linspace(-1.0, 1.0, 8), grpo, NEW, with_replay=True)
     plan = plan_packing(np.asarray(rollout.valid_BT), micro_batches=2, row_length=row_length)
     assert plan.rows == packed_rows
+    packed = jax.tree.map(jnp.asarray, pack_batch(padded, plan))
+    for batch in (padded, packed):
+        batch["ref_logp"] = logp(graphdef, reference, batch, grpo.temperature)
+        batch["old_logp"] = logp(graphdef, (state.params, state.bias), batch, grpo.temperature)
+    # the micro-batch split leaves each row's log-probs as one forward over the whole padded batch has them
+    whole = jax.jit(reference_logprobs, static_argnums=(0, 3))(graphdef, reference, padded, grpo.temperature)
+    np.testing.assert_allclose(np.asarray(packed["ref_logp"]), np.asarray(whole), atol=2e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(padded["ref_logp"]), np.asarray(whole), atol=2e-5, rtol=0)
     a, metrics_a = step(state, padded)
-    b, metrics_b = step(state, jax.tree.map(jnp.asarray, pack_batch(padded, plan)))
+    b, metrics_b = step(state, packed)
+    assert float(metrics_a["kl"]) > 0.01  # (0.024 here: small random weights)
     for key in metrics_a:
         assert float(metrics_b[key]) == pytest.approx(float(metrics_a[key]), rel=1e-5, abs=1e-6), key
     for x, y in zip(jax.tree.leaves((a.params, a.bias)), jax.tree.leaves((b.params, b.bias))):

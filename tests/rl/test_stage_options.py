@@ -90,12 +90,16 @@ def test_one_update_per_batch_has_ratio_one(grpo_rows):
 
 def test_several_updates_per_batch_use_the_old_log_probs(tmp_path):
     """mu = 2: the second update's ratios are against the policy that sampled, which the first update moved
-    (with mu = 1 they are exactly 1, previous test); at lr 0.05 some leave the clip range."""
-    Trainer(load_config(CONFIG, [*GRPO_MOE, "stages.0.steps=2", "grpo.num_iterations=2", "eval.every=1"]),
-            tmp_path).run()
-    for row in metrics_rows(tmp_path):
+    (with mu = 1 they are exactly 1, previous test); at lr 0.05 some leave the clip range. The cosine schedule
+    runs over the stage's 4 updates (2 steps x mu), and each row logs the rate of its step's last update."""
+    Trainer(load_config(CONFIG, [*GRPO_MOE, "stages.0.steps=2", "grpo.num_iterations=2", "eval.every=1",
+                                 "optimizer.schedule=warmup_cosine", "optimizer.min_lr_ratio=0.1"]), tmp_path).run()
+    rows = metrics_rows(tmp_path)
+    for row in rows:
         assert row["ratio_max"] > 1.05, row
         assert row["clip_low_frac"] + row["clip_high_frac"] > 0, row
+    cosine = lambda update: 0.05 * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * update / 4)))  # updates 0..3 of 4
+    assert [r["lr"] for r in rows] == pytest.approx([cosine(1), cosine(3)], rel=1e-6)
     # the evaluation after step 1 has no checkpoint (checkpoint.every is 1000), the stage's last one has
     evals = json.loads((tmp_path / "summary.json").read_text())["evals"]
     assert [(e["step"], e["checkpoint"]) for e in evals] == [(1, None), (2, str(tmp_path / "checkpoints" / "2"))]
