@@ -40,6 +40,7 @@ class ScoreItem:
     length: Optional[int] = None  # completion length in tokens, for the overlong penalty
     tests: Optional[str] = None  # code items: the tests as JSON (rl.rewards.code); None for every other task
     entry_point: Optional[str] = None  # code items: the function assertion tests call (optional)
+    truncated: bool = False  # cut off by the token budget: it ran to the budget and ended with no stop token
 
 
 RewardFn = Callable[[ScoreItem, RewardsConfig], float]

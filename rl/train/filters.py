@@ -24,7 +24,7 @@ def repetition(text: str, n: int = NGRAM) -> float:
 
 
 def rejection_reason(item: ScoreItem, total: float, status: str, *, threshold: float, filters: Sequence[str],
-                     max_new_tokens: int, max_repetition: float, rewards: RewardsConfig) -> str | None:
+                     max_repetition: float, rewards: RewardsConfig) -> str | None:
     """None when the sample is kept, else why not: status, empty, reward, or the first failing filter."""
     if status != "ok":
         return "status"
@@ -35,7 +35,7 @@ def rejection_reason(item: ScoreItem, total: float, status: str, *, threshold: f
     checks = {
         "format": lambda: format_reward(item, rewards) >= 1.0,
         "language": lambda: language_consistency(item, rewards) >= 1.0,
-        "length": lambda: item.length is None or item.length < max_new_tokens,  # not cut off by the budget
+        "length": lambda: not item.truncated,  # not cut off by the budget
         "repetition": lambda: repetition(item.completion) <= max_repetition,
     }
     for name in filters:

@@ -28,17 +28,22 @@ def prompt_texts(tokenizer: TokenizerLike, template: str, problems: Sequence[dic
     return [prompt_text(tokenizer, template, p["prompt"], template_vars) for p in problems]
 
 
+def stopped_rows(rollout: Rollout, stop_ids: Sequence[int]) -> np.ndarray:
+    """[B] bool: the row's last generated token is one of `stop_ids` (a stop id on the budget's last token
+    included); the others ran to the budget."""
+    # on the host: a slice on the device would queue behind the update a sampler on devices of its own
+    # overlaps with (rl.sampler_devices), where the tokens themselves arrive by a copy
+    completions = np.asarray(rollout.tokens_BT)[:, rollout.prompt_length:]
+    last = completions[np.arange(len(completions)), np.maximum(np.asarray(rollout.lengths_B) - 1, 0)]
+    return np.isin(last, np.asarray(stop_ids, last.dtype)) & (np.asarray(rollout.lengths_B) > 0)
+
+
 def completion_ids(rollout: Rollout, stop_ids: Sequence[int]) -> list[list[int]]:
     """Generated ids per row, up to and excluding the stop token (any of `stop_ids`)."""
-    # sliced on the host: a slice on the device would queue behind the update a sampler on devices of its
-    # own overlaps with (rl.sampler_devices), where the tokens themselves arrive by a copy
     completions = np.asarray(rollout.tokens_BT)[:, rollout.prompt_length:]
     lengths = np.asarray(rollout.lengths_B)
-    rows = []
-    for row, length in zip(completions, lengths):
-        ids = row[:length].tolist()
-        rows.append(ids[:-1] if ids and ids[-1] in stop_ids else ids)
-    return rows
+    return [row[:length - stopped].tolist()
+            for row, length, stopped in zip(completions, lengths, stopped_rows(rollout, stop_ids))]
 
 
 def decode_completions(tokenizer: TokenizerLike, rollout: Rollout) -> list[str]:
@@ -46,13 +51,14 @@ def decode_completions(tokenizer: TokenizerLike, rollout: Rollout) -> list[str]:
 
 
 def score_items(problems: Sequence[dict], texts: Sequence[str], lengths: Sequence[int],
-                samples: int) -> list[ScoreItem]:
+                samples: int, truncated: Sequence[bool] | None = None) -> list[ScoreItem]:
     """One item per row; a code problem's `tests` (JSON) and `entry_point` ride along (rl.rewards.code)."""
+    truncated = [False] * len(texts) if truncated is None else truncated
     return [ScoreItem(prompt=problems[i // samples]["prompt"], completion=text,
                       reference=str(problems[i // samples]["answer"]), task=problems[i // samples]["task"],
                       length=int(length), tests=problems[i // samples].get("tests"),
-                      entry_point=problems[i // samples].get("entry_point"))
-            for i, (text, length) in enumerate(zip(texts, lengths))]
+                      entry_point=problems[i // samples].get("entry_point"), truncated=bool(cut))
+            for i, (text, length, cut) in enumerate(zip(texts, lengths, truncated))]
 
 
 class Sampled(NamedTuple):
@@ -106,7 +112,8 @@ def submit_sample(generating: Generating, tokenizer: TokenizerLike, pool: Reward
     texts = [response_text(rendered[row // samples], completion)
              for row, completion in enumerate(decode_completions(tokenizer, rollout))]
     seconds = time.time() - generating.start
-    items = score_items(problems, texts, np.asarray(rollout.lengths_B), samples)
+    items = score_items(problems, texts, np.asarray(rollout.lengths_B), samples,
+                        truncated=~stopped_rows(rollout, tokenizer.eos_ids))
     return Sampled(problems, rollout, texts, items, pool.submit(items), seconds)
 
 
@@ -121,9 +128,10 @@ def reward_metrics(results: Sequence[ScoreResult], names: Sequence[str]) -> dict
     return out
 
 
-def length_metrics(rollout: Rollout, max_new_tokens: int) -> dict[str, float]:
+def length_metrics(rollout: Rollout, max_new_tokens: int, stop_ids: Sequence[int]) -> dict[str, float]:
+    """Completion lengths; `truncation_rate`, the share of rows the budget cut off (no stop token at its end)."""
     lengths = np.asarray(rollout.lengths_B)
-    truncated = lengths >= max_new_tokens
+    truncated = (lengths >= max_new_tokens) & ~stopped_rows(rollout, stop_ids)
     return {"response_length/mean": float(lengths.mean()), "response_length/max": int(lengths.max()),
             "truncation_rate": float(truncated.mean()), "generated_tokens": int(lengths.sum()),
             "completion_columns": rollout.logprobs_BN.shape[1]}

@@ -83,8 +83,8 @@ def run_rejection_sampling(ctx: StageContext, index: int, stage: StageConfig, st
         before = len(kept.rows)
         for row, (item, result) in enumerate(zip(sampled.items, results)):
             reason = rejection_reason(item, result.total, result.status, threshold=stage.reward_threshold,
-                                      filters=stage.filters, max_new_tokens=budget,
-                                      max_repetition=stage.max_repetition, rewards=cfg.rewards)
+                                      filters=stage.filters, max_repetition=stage.max_repetition,
+                                      rewards=cfg.rewards)
             kept.add(sampled.problems[row // k], sampled.texts[row], result.total, reason)
         global_step += 1
         candidates = len(sampled.items)

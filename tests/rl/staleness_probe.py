@@ -66,7 +66,7 @@ def sequential_grpo(ctx, index, stage, start):
         if runner.state.ref is not None and g.ref_reset_every and (runner.stage_step + 1) % g.ref_reset_every == 0:
             runner.state = reset_reference(runner.state)
         row = {**metrics, **reward_metrics(results, ctx.config.rewards.names),
-               **length_metrics(rollout, ctx.config.sampling.max_new_tokens),
+               **length_metrics(rollout, ctx.config.sampling.max_new_tokens, ctx.tokenizer.eos_ids),
                **{k: float(v) for k, v in adv_metrics.items()},
                "padding_fraction": float(1 - np.asarray(rollout.valid_BT).mean()),
                "reflection_rate": reflection_rate(sampled.texts, ctx.config.eval.reflection_words),

@@ -12,12 +12,14 @@ from r1jax.rl.train.stage_rejection import KeptSet
 GOOD = "<think> 2+3=5. </think> <answer> 5 </answer>"
 
 
-def item(text, length=10):
-    return ScoreItem(prompt="Compute 2+3", completion=text, reference="5", task="arithmetic", length=length)
+def item(text, length=10, truncated=False):
+    return ScoreItem(prompt="Compute 2+3", completion=text, reference="5", task="arithmetic", length=length,
+                     truncated=truncated)
 
 
-def reason(text, total=2.0, status="ok", length=10, filters=("format", "language", "length", "repetition")):
-    return rejection_reason(item(text, length), total, status, threshold=2.0, filters=filters, max_new_tokens=40,
+def reason(text, total=2.0, status="ok", length=10, truncated=False,
+           filters=("format", "language", "length", "repetition")):
+    return rejection_reason(item(text, length, truncated), total, status, threshold=2.0, filters=filters,
                             max_repetition=0.5, rewards=RewardsConfig())
 
 
@@ -34,7 +36,8 @@ def test_repetition_is_the_share_of_repeated_word_4grams():
     ("   ", {"total": 5.0}, "empty"),
     ("<answer> 5 </answer>", {}, "format"),
     ("<think> 2+3 равно 5. </think> <answer> 5 </answer>", {}, "language"),
-    (GOOD, {"length": 40}, "length"),
+    (GOOD, {"length": 40, "truncated": True}, "length"),
+    (GOOD, {"length": 40}, None),  # its stop id on the budget's last token: not cut off
     ("<think> " + "so 2+3=5 . " * 12 + "</think> <answer> 5 </answer>", {}, "repetition"),
     ("<answer> 5 </answer>", {"filters": ("repetition",)}, None),  # only the configured filters apply
 ])

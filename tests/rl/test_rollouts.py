@@ -1,5 +1,6 @@
 """Between tokens and text: the one sample-and-score path (rows prompt-major, texts cut at EOS, the items
-submitted for scoring), and completion instrumentation: reflection words per completion (R1's "aha")."""
+submitted for scoring, rows cut off by the budget told from rows that stopped on its last token), and completion
+instrumentation: reflection words per completion (R1's "aha")."""
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ from r1jax.model.tokenizer import apply_template
 from r1jax.rl.evaluate import summarize
 from r1jax.rl.rewards import ScoreResult
 from r1jax.rl.sampler import Rollout
-from r1jax.rl.train.rollouts import reflection_rate, sample_and_submit
+from r1jax.rl.train.rollouts import length_metrics, reflection_rate, sample_and_submit
 
 TEXTS = ["Wait, let me verify: 2+2=4. Wait.", "x = 3, checked twice", "no reflection here",
          "However, actually re-examine: CHECK it"]
@@ -85,3 +86,8 @@ def test_sample_and_submit_keeps_rows_prompt_major_and_submits_what_it_returns()
         ("a", "1", "t", "00x", 3), ("a", "1", "t", "01", 3), ("b", "2", "u", "10", 3), ("b", "2", "u", "11", 3)]
     assert pool.submitted == [sampled.items] and sampled.pending == "handle-1"
     assert sampled.problems is problems and sampled.seconds >= 0
+    # every row fills the 3-token budget; rows 1-3 end with EOS there, so only row 0 was cut off by it (the
+    # rejection filter "length" and `truncation_rate` read this)
+    assert [i.truncated for i in sampled.items] == [True, False, False, False]
+    figures = length_metrics(sampled.rollout, 3, FakeTokenizer.eos_ids)
+    assert figures["truncation_rate"] == 0.25 and figures["response_length/max"] == 3
