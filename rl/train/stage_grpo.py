@@ -87,8 +87,9 @@ def run_grpo(ctx: StageContext, index: int, stage: StageConfig, start: StageStar
         finish_ahead = None  # lets go of its copy of the sampling weights
         if runner.state.ref is not None and g.ref_reset_every and (runner.stage_step + 1) % g.ref_reset_every == 0:
             runner.state = reset_reference(runner.state)
-        row = {**metrics, **reward_metrics(results, cfg.rewards.names), **length_metrics(sampled.rollout,
-               cfg.sampling.max_new_tokens, ctx.tokenizer.eos_ids), **{k: float(v) for k, v in adv_metrics.items()}, **sampled.layout,
+        lengths = length_metrics(sampled.rollout, cfg.sampling.max_new_tokens, ctx.tokenizer.eos_ids)
+        row = {**metrics, **reward_metrics(results, cfg.rewards.names), **lengths,
+               **{k: float(v) for k, v in adv_metrics.items()}, **sampled.layout,
                "reflection_rate": reflection_rate(sampled.texts, cfg.eval.reflection_words),
                "pool/recycled": ctx.pool.metrics()["reward_pool/recycled"],
                "tokens_per_s": sampled.generated / max(sampled.seconds, 1e-9),
