@@ -18,9 +18,12 @@ Every item gets a status (CODE_STATUSES, counted by the pool): passed, failed (r
 output limit), sandbox_error (the sandbox failed: nothing is known about the program). Without `partial`,
 stdio tests stop at the first failure.
 
-Only the sandbox runs model text. Assertion verdicts come back as a line marked with a random nonce; a
-program that deliberately inspects the harness's memory could forge it (it runs in the same interpreter),
-one that exits early or prints fake verdicts cannot. Stdio verdicts are decided here and cannot be forged.
+Only the sandbox runs model text. Assertion verdicts come back as a line marked with a random nonce, which
+reaches the runner by a pipe it empties before the program runs (a file in the sandbox could be read again:
+a program read it and forged a passing line); one that exits early or prints fake verdicts cannot forge it.
+Assertions run in the program's own interpreter, so a program written against the harness can still pass
+them: by finding the nonce in the runner's memory, or by returning an object whose `__eq__` is always true.
+Stdio verdicts are decided here, on the program's output, and cannot be forged.
 """
 
 from __future__ import annotations

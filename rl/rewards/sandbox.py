@@ -137,7 +137,8 @@ def run_python(source: str, *, stdin: bytes = b"", mode: str = "bwrap", limits: 
         for name, text in files.items():
             (pathlib.Path(run_dir) / name).write_text(text, encoding="utf-8")
             os.chmod(pathlib.Path(run_dir) / name, 0o644)
-        (pathlib.Path(run_dir) / "stdin").write_bytes(stdin)
+        if kind == "stdio":  # a program's input is no secret; the assert mode's nonce goes by a pipe (_run): read
+            (pathlib.Path(run_dir) / "stdin").write_bytes(stdin)  # by the runner, it is gone from there
         uid = sandbox_uid()
         if mode == "bwrap":
             try:
@@ -150,16 +151,32 @@ def run_python(source: str, *, stdin: bytes = b"", mode: str = "bwrap", limits: 
                 os.chown(work, uid, uid)
             prefix, root, cwd = [], run_dir, work
         argv = prefix + [sys.executable, "-I", "-B", f"{root}/runner.py", limits.runner_limits(), kind, str(uid)]
+        if kind != "stdio":
+            return _run(argv, stdin, cwd, limits)
         with open(pathlib.Path(run_dir) / "stdin", "rb") as stdin_file:
             return _run(argv, stdin_file, cwd, limits)
 
 
-def _run(argv: list[str], stdin_file, cwd: str, limits: SandboxLimits) -> RunResult:
+def _run(argv: list[str], stdin, cwd: str, limits: SandboxLimits) -> RunResult:
+    """`stdin`: an open file, or a few bytes written to a pipe and closed (never a file the program could read
+    again: the assert mode's nonce)."""
+    piped = isinstance(stdin, bytes)
     try:
-        proc = subprocess.Popen(argv, stdin=stdin_file, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                cwd=cwd, env=CLEAN_ENV, start_new_session=True, close_fds=True)
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE if piped else stdin, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, cwd=cwd, env=CLEAN_ENV, start_new_session=True,
+                                close_fds=True)
     except OSError as err:
         return RunResult("sandbox_error", b"", None, f"cannot start: {err}")
+    if piped:  # well under a pipe's buffer: the write does not wait for the reader
+        try:
+            proc.stdin.write(stdin)
+        except BrokenPipeError:  # it ended already: its status below says how
+            pass
+        finally:
+            try:
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
     deadline = time.monotonic() + limits.wall_s
     out, err, over, timed_out = bytearray(), bytearray(), False, False
     with selectors.DefaultSelector() as selector:

@@ -48,6 +48,12 @@ def hostile_programs(canary: pathlib.Path, port: int) -> dict[str, ScoreItem]:
         "background_process": item("import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', "
                                    f"'import time; time.sleep(300)  # {MARKER}'], start_new_session=True)\n"
                                    "def f(x):\n    return x"),
+        # the verdict line's nonce, read where the harness's input could be read again, then a forged line
+        "forge_verdicts": item("import os\nnonce = ''\nfor path in ('/sandbox/stdin', '/proc/self/fd/0'):\n"
+                               "    try:\n        nonce = nonce or open(path).read().strip()\n"
+                               "    except OSError:\n        pass\n"
+                               f"print('\\n' + nonce + ' ' + str([1] * {len(json.loads(DOUBLE))}), flush=True)\n"
+                               "os._exit(0)"),
     }
 
 
@@ -97,7 +103,7 @@ def scored_batch(tmp_path_factory):
 
 
 HOSTILE = ["infinite_loop", "fork_bomb", "allocate_8gb", "write_10gb_file", "print_100mb", "network",
-           "read_secret", "write_outside_tmp", "kill_parent", "background_process"]
+           "read_secret", "write_outside_tmp", "kill_parent", "background_process", "forge_verdicts"]
 
 
 @pytest.mark.parametrize("name", HOSTILE)
