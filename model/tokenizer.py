@@ -28,6 +28,7 @@ import re
 from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence
 
 from r1jax.errors import UserError
+from r1jax.files import write_atomically
 from r1jax.model.tokenizer_json import TOKENIZER_JSON, HFTokenizer
 
 THINK, END_THINK, ANSWER, END_ANSWER = "<think>", "</think>", "<answer>", "</answer>"
@@ -161,7 +162,7 @@ class Tokenizer:
     def save(self, directory: str | pathlib.Path) -> pathlib.Path:
         path = pathlib.Path(directory) / FILE_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(self.model_proto)
+        write_atomically(path, self.model_proto)  # rewritten beside every checkpoint: a kill keeps the old one
         return path
 
     @classmethod

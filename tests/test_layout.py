@@ -1,10 +1,10 @@
 """The repository's layout: one direction of dependencies, and every package folder shipped in the wheel.
 
-`sharding` imports nothing of the project but `r1jax.errors`; `model` also imports `sharding`; `rl` imports
-both. Imports are read with `ast` from every module under sharding/, model/ and rl/, at module level and
-inside functions alike (and `importlib.import_module("...")` with a literal name); relative imports are
-resolved against the importing module. A bare `model` / `rl` / `sharding` import (no `r1jax.`) is an error
-anywhere: installed, those names do not exist.
+`sharding` imports nothing of the project but `r1jax.errors` and `r1jax.files`; `model` also imports
+`sharding`; `rl` imports both. Imports are read with `ast` from every module under sharding/, model/ and rl/,
+at module level and inside functions alike (and `importlib.import_module("...")` with a literal name);
+relative imports are resolved against the importing module. A bare `model` / `rl` / `sharding` import (no
+`r1jax.`) is an error anywhere: installed, those names do not exist.
 """
 
 import ast
@@ -16,7 +16,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("sharding", "model", "rl")
 MAY_IMPORT = {"sharding": set(), "model": {"sharding"}, "rl": {"sharding", "model"}}
-SHARED = {"errors"}  # r1jax's own modules every package may use
+SHARED = {"errors", "files"}  # r1jax's own modules every package may use
 
 
 def module_name(path: pathlib.Path, root: pathlib.Path = ROOT) -> str:
@@ -72,15 +72,15 @@ def test_the_packages_depend_in_one_direction():
 
 @pytest.mark.parametrize("module, source, expected", [
     ("r1jax.sharding.aot", "import jax\n\ndef f():\n    from r1jax.rl.sampler import generate\n",
-     ["r1jax.sharding.aot imports r1jax.rl.sampler (sharding may import only r1jax.{errors})"]),
+     ["r1jax.sharding.aot imports r1jax.rl.sampler (sharding may import only r1jax.{errors, files})"]),
     ("r1jax.model.hf_io", "def f():\n    from ..rl import config\n",
-     ["r1jax.model.hf_io imports r1jax.rl (model may import only r1jax.{errors, sharding})"]),
+     ["r1jax.model.hf_io imports r1jax.rl (model may import only r1jax.{errors, files, sharding})"]),
     ("r1jax.sharding.mesh", "from r1jax import model\n",
-     ["r1jax.sharding.mesh imports r1jax.model (sharding may import only r1jax.{errors})"]),
+     ["r1jax.sharding.mesh imports r1jax.model (sharding may import only r1jax.{errors, files})"]),
     ("r1jax.rl.sampler", "import model.config\n", ["r1jax.rl.sampler imports bare 'model.config': use "
                                                    "r1jax.model.config"]),
     ("r1jax.model.factory", "import importlib\nimportlib.import_module('r1jax.rl.update')\n",
-     ["r1jax.model.factory imports r1jax.rl.update (model may import only r1jax.{errors, sharding})"]),
+     ["r1jax.model.factory imports r1jax.rl.update (model may import only r1jax.{errors, files, sharding})"]),
     ("r1jax.rl.aot", "from r1jax.model.factory import abstract_policy\nfrom ..sharding.mesh import build_mesh\n"
                      "from r1jax.errors import UserError\nfrom . import sampler\n", []),
     ("r1jax.model.hf_io", "from r1jax.sharding.params import path_keys\nfrom .config import ModelConfig\n", []),

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from r1jax.files import write_atomically
 from r1jax.rl.train.plots import write_plots
 
 
@@ -56,7 +57,7 @@ def read_rows(path: pathlib.Path) -> list[dict]:
 def truncate_after(path: pathlib.Path, global_step: int) -> None:
     """Keep only rows with global_step <= `global_step` (used when resuming from a checkpoint)."""
     rows = [r for r in read_rows(path) if r.get("global_step", 0) <= global_step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_atomically(path, "".join(json.dumps(r) + "\n" for r in rows))  # a kill here keeps the rows
 
 
 PLOT_INTERVAL_S = 60.0
@@ -98,8 +99,9 @@ class MetricsWriter:
         return self._evals
 
     def resume(self, global_step: int, evals: Sequence[Mapping]) -> None:
-        """Continue a run from `global_step` whose evaluations so far are `evals`: later rows are dropped."""
-        self._evals = list(evals)
+        """Continue a run from `global_step` (0: from the start) whose evaluations so far are `evals`: later rows
+        are dropped."""
+        self._evals = list(evals) or None
         if self.primary:
             truncate_after(self.path, global_step)
 

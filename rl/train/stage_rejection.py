@@ -17,6 +17,7 @@ import json
 import pathlib
 
 from r1jax.errors import UserError
+from r1jax.files import write_atomically
 from r1jax.rl.data import make_iterator
 from r1jax.rl.train.config import StageConfig
 from r1jax.rl.train.context import StageContext, StageResult, StageStart, Stopped, summary_with
@@ -112,12 +113,6 @@ def _write(ctx: StageContext, stage: StageConfig, kept: KeptSet) -> dict:
     stats = {"path": str(path), **kept.stats()}
     if ctx.primary:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, "".join(json.dumps(row) + "\n" for row in kept.rows))
-        _atomic_write(path.with_suffix(".stats.json"), json.dumps(stats, indent=2))
+        write_atomically(path, "".join(json.dumps(row) + "\n" for row in kept.rows))
+        write_atomically(path.with_suffix(".stats.json"), json.dumps(stats, indent=2))
     return stats
-
-
-def _atomic_write(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

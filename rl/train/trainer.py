@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 
+from r1jax.files import write_atomically
 from r1jax.model.config import ModelConfig
 from r1jax.model.tokenizer import TokenizerLike, is_tokenizer_dir, load_tokenizer
 from r1jax.rl.config import Config, stage_config, to_yaml
@@ -129,11 +130,12 @@ class Trainer:
 
     def _write_config(self) -> None:
         if self.primary:
-            (self.run_dir / "config.yaml").write_text(to_yaml(self.config))
+            write_atomically(self.run_dir / "config.yaml", to_yaml(self.config))
 
     def _resume_position(self) -> Position:
         step = self.checkpoints.latest_step()
-        if step is None:
+        if step is None:  # a new run, or one stopped or killed before its first checkpoint: it starts over
+            self.metrics.resume(0, ())
             return Position()
         saved, meta = self.checkpoints.restore_config_and_meta(step)
         index = int(meta["stage_index"])
@@ -201,4 +203,4 @@ class Trainer:
         gain = rl_gain(evals, self.config.stages)
         if gain is not None:
             self.summary["rl_gain"] = gain
-        (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=2))
+        write_atomically(self.run_dir / "summary.json", json.dumps(self.summary, indent=2))

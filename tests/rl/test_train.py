@@ -15,10 +15,11 @@ from r1jax.errors import UserError
 from r1jax.rl.checkpoint import load_policy
 from r1jax.rl.config import load_config
 from r1jax.rl.host_info import cpu_model_and_flags, vector_isa
+from r1jax.rl.train.trainer import Position, Trainer
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.rules import Rules
 
-from tests.rl.conftest import (comparable, console, latest_checkpoint, metrics_rows, run_signalled_at,
+from tests.rl.conftest import (TRAIN_CONFIG, comparable, console, latest_checkpoint, metrics_rows, run_signalled_at,
                                run_to_end, subprocess_env, summary)
 
 TOTAL_STEPS = 5  # 2 SFT + 3 GRPO
@@ -105,6 +106,20 @@ def test_sigint_sigterm_and_sigkill_then_each_resume_continues_and_the_end_is_ex
     assert summary(run_dir) == summary(finished_run)
     for a, b in zip(final_params(run_dir), final_params(finished_run)):
         assert a.tobytes() == b.tobytes()
+
+
+def test_a_run_resumed_before_its_first_checkpoint_starts_its_metrics_over(tmp_path):
+    """Killed before its first checkpoint (or stopped inside a first rejection-sampling stage, which saves none),
+    a run resumed in the same directory starts over: the rows the first process wrote go, a line cut by the
+    kill too, where they were kept and the new rows appended after them (global steps 1, 2, 1, 2, ...)."""
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"global_step": 1, "step": 1, "stage": "sft"}) + "\n"
+                                            + '{"global_step": 2, "st')
+    trainer = Trainer(load_config(TRAIN_CONFIG), tmp_path)
+    try:
+        assert trainer._resume_position() == Position()
+    finally:
+        trainer.checkpoints.close()
+    assert (tmp_path / "metrics.jsonl").read_text() == ""
 
 
 def test_restore_on_another_mesh_gives_equal_params(finished_run):

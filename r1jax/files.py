@@ -1,0 +1,22 @@
+"""Files a kill must not leave half-written: run state rewritten in place (config.yaml, summary.json, metrics.jsonl
+cut back on resume, the tokenizer saved beside every checkpoint, datasets)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+
+def write_atomically(path: str | os.PathLike, data: str | bytes) -> None:
+    """`path` holds `data` whole, or what it held before: written beside it, then renamed over it (a rename
+    within one directory is atomic on POSIX file systems)."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,29 @@
+"""r1jax.files.write_atomically: the new content whole, or the old one, never a cut file or a stray temporary."""
+
+import os
+
+import pytest
+
+from r1jax import files
+
+
+def test_a_write_replaces_the_content_whole(tmp_path):
+    path = tmp_path / "summary.json"
+    path.write_text("old")
+    files.write_atomically(path, "new " * 1000)
+    files.write_atomically(tmp_path / "bytes.bin", b"\x00\xff")
+    assert path.read_text() == "new " * 1000 and (tmp_path / "bytes.bin").read_bytes() == b"\x00\xff"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bytes.bin", "summary.json"]
+
+
+def test_a_write_that_fails_midway_leaves_the_old_content_and_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "config.yaml"
+    path.write_text("stages: [sft, grpo]")
+
+    def killed(*args):  # what a kill between the write and the rename leaves
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        files.write_atomically(path, "stag")
+    assert path.read_text() == "stages: [sft, grpo]" and [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
