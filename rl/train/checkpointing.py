@@ -35,8 +35,11 @@ class TrainCheckpointer:
         if keep_best:
             policies.append(checkpoint_managers.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=keep_best,
                                                       keep_checkpoints_without_metrics=False))
+        # best_fn makes Orbax write each step's metrics beside it and read them back when a resumed run opens
+        # the directory: without it the scores lived in memory only, and after a resume BestN saw none and
+        # LatestN deleted the best step (retention is still the policies': best_fn sets no policy of its own)
         options = ocp.CheckpointManagerOptions(
-            enable_async_checkpointing=async_save,
+            enable_async_checkpointing=async_save, best_fn=(lambda m: m[BEST_METRIC]) if keep_best else None,
             preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies))
         self.manager = ocp.CheckpointManager(self.root, options=options)
 
