@@ -70,8 +70,9 @@ def metrics_rows(run_dir) -> list[dict]:
 
 
 def comparable(rows):
-    """Metrics rows without their timings."""
-    return [{k: v for k, v in r.items() if k not in TIMING and not k.startswith("time/")} for r in rows]
+    """Metrics rows without their timings and the process's own worker count (a resumed run's pool is new)."""
+    return [{k: v for k, v in r.items() if k not in TIMING | {"pool/recycled"} and not k.startswith("time/")}
+            for r in rows]
 
 
 def summary(run_dir) -> dict:

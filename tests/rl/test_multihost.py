@@ -37,7 +37,7 @@ from r1jax.sharding.rules import Rules
 
 from tests.rl.conftest import TRAIN_CONFIG, subprocess_env
 
-TIMING = {"wall_time", "tokens_per_s", "step_time_s"}
+TIMING = {"wall_time", "tokens_per_s", "step_time_s", "pool/recycled"}  # and the process's own worker count
 TOTAL_STEPS = 6  # 1 SFT + 5 GRPO
 
 
