@@ -74,9 +74,6 @@ def run_rejection_sampling(ctx: StageContext, index: int, stage: StageConfig, st
     kept, k, global_step = KeptSet(), stage.samples_per_prompt, start.global_step
     ctx.console.start_stage(stage.name, stage.steps, 0)
     for round_index in range(stage.steps):
-        if ctx.stop.requested(global_step):
-            # nothing to save: the previous stage's checkpoint is where a resume starts
-            raise Stopped(StageResult(start.policy, start.global_step))
         sampled = sample_and_submit(sampler, start.policy, ctx.tokenizer, cfg.tokenizer.template, next(iterator),
                                     ctx.pool, k, cfg.tokenizer.template_vars, temperature=temperature,
                                     max_new_tokens=budget)
@@ -94,6 +91,12 @@ def run_rejection_sampling(ctx: StageContext, index: int, stage: StageConfig, st
                                  "rs/kept": len(kept.rows) - before,
                                  "rs/kept_rate": (len(kept.rows) - before) / candidates})
         ctx.console.update(round_index + 1, row)
+        # asked at every step's end, as the training stages ask (several processes agree on a stop at the first
+        # step all can reach, and only a step asked about can be it); the last round's is asked once the stage
+        # is saved, below
+        if round_index + 1 < stage.steps and ctx.stop.requested(global_step):
+            # nothing to save: the previous stage's checkpoint is where a resume starts
+            raise Stopped(StageResult(start.policy, start.global_step))
     ctx.console.end_stage()
     stats = _write(ctx, stage, kept)
     if not kept.rows:
@@ -105,6 +108,9 @@ def run_rejection_sampling(ctx: StageContext, index: int, stage: StageConfig, st
     ctx.checkpoints.save(index, stage, graphdef=ctx.graphdef, policy=start.policy, global_step=global_step,
                          stage_step=stage.steps, summary=summary_with(start.summary, datasets=result.datasets),
                          stage_done=True)
+    if ctx.stop.requested(global_step):  # the stage is saved as done: a resume starts with the next one
+        ctx.checkpoints.wait()
+        raise Stopped(result)
     return result
 
 
