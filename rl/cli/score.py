@@ -86,5 +86,6 @@ def run(args: argparse.Namespace) -> int:
                     out["code_status"] = result.code_status
                 if result.error:
                     out["error"] = result.error
-                print(json.dumps(out, ensure_ascii=False), flush=True)
+                # default=str: a Parquet row may hold values JSON has no type for (datetime, bytes, Decimal)
+                print(json.dumps(out, ensure_ascii=False, default=str), flush=True)
     return 0

@@ -62,7 +62,7 @@ class RewardsConfig:
     language: str = "en"  # target language of the chain of thought (R1's language-consistency reward)
     max_length: int = 1024  # L_max of DAPO's soft overlong penalty, in completion tokens
     overlong_buffer: int = 256  # L_cache: the penalty ramps from 0 to -1 over the last L_cache tokens (DAPO)
-    answer_max_chars: int = 256  # K: only the last K characters of an extracted answer are ever parsed
+    answer_max_chars: int = 256  # K: a longer extracted answer is no answer (never shortened: rl.rewards.extract)
     code: CodeConfig = dataclasses.field(default_factory=CodeConfig)  # the `code` reward's sandbox
 
     def __post_init__(self) -> None:

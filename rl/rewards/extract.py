@@ -7,7 +7,8 @@ Conventions (R1 format `<think> ... </think> <answer> ... </answer>`):
 - The final answer is searched only after the chain of thought: the content of the last closed
   `<answer>...</answer>`, else the content of the last balanced `\\boxed{...}`. A `\\boxed{}` inside the
   thought does not count; an unclosed `<answer>` does not count.
-- Only the last K characters of the answer are kept (`max_chars`): nothing downstream ever parses more.
+- An answer longer than K characters (`max_chars`, after stripping) is no answer: nothing downstream ever
+  parses more, and it is never shortened (the last K characters of "-" + spaces + "7" would read "7").
 Only str.find/rfind and one forward scan are used (no backtracking regular expressions on model text).
 """
 
@@ -58,6 +59,5 @@ def extract_answer(completion: str, max_chars: int = 256) -> str | None:
         answer = tail[start + len(ANSWER):end] if end >= 0 else None
     else:
         answer = last_boxed(tail)
-    if answer is None or not answer.strip():
-        return None
-    return answer.strip()[-max_chars:]
+    answer = answer.strip() if answer is not None else ""
+    return answer if 0 < len(answer) <= max_chars else None

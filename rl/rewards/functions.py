@@ -7,7 +7,8 @@ pure function of the item and the RewardsConfig, so scoring in a worker process 
 Built in (DeepSeek-R1 and DAPO):
 - accuracy: 1 when the final answer (see `extract.py`) verifies against the reference with the item's
   task verifier (`math`: math-verify; `arithmetic`, `countdown`, `algebra`: their own exact verifiers).
-- format: 1 for exactly `<think> T </think> <answer> A </answer>` with non-empty T and A, else 0.
+- format: 1 for exactly `<think> T </think> <answer> A </answer>` with non-empty T and A (A of at most
+  `answer_max_chars` characters, the longest answer `extract.py` reads), else 0.
 - language: the share of chain-of-thought words written in the target language's script (R1's
   language-consistency reward, 'Reasoning-oriented Reinforcement Learning');
   0 without a chain of thought, 1 for one made only of numbers and symbols.
@@ -88,24 +89,41 @@ def format_reward(item: ScoreItem, config: RewardsConfig) -> float:
     if answer_start < think_end or text[think_end + len(END_THINK):answer_start].strip():
         return 0.0  # the answer must follow the thought, with only whitespace between
     thought = text[len(THINK):think_end]
-    answer = text[answer_start + len(ANSWER):-len(END_ANSWER)]
-    return float(bool(thought.strip()) and bool(answer.strip()))
+    answer = text[answer_start + len(ANSWER):-len(END_ANSWER)].strip()
+    return float(bool(thought.strip()) and 0 < len(answer) <= config.answer_max_chars)  # as extract_answer
 
 
 _WORD = re.compile(r"[^\W\d_]+")  # runs of letters: numbers and symbols are neither language
 _IDEOGRAPHIC = ("CJK", "HIRAGANA", "KATAKANA")  # scripts written without spaces: each character is a word
+_FORMS = ("HALFWIDTH ", "FULLWIDTH ", "VERTICAL ")  # presentation forms: the script is the next word
+# Japanese marks whose names start with no script: ー (KATAKANA-HIRAGANA PROLONGED SOUND MARK), the kana
+# repeat marks 〱-〵, and 々 〆 〇 〻 (IDEOGRAPHIC ITERATION MARK, ...).
+_SCRIPT_ALIASES = {"KATAKANA-HIRAGANA": "KATAKANA", "KANA": "KATAKANA", "IDEOGRAPHIC": "CJK"}
 
 
 @functools.lru_cache(maxsize=8192)
 def _script(char: str) -> str:
-    return unicodedata.name(char, "UNKNOWN").split(" ")[0]
+    name = unicodedata.name(char, "UNKNOWN")
+    for prefix in _FORMS:
+        name = name.removeprefix(prefix)
+    script = name.split(" ")[0]
+    return _SCRIPT_ALIASES.get(script, script)
 
 
 def word_scripts(text: str) -> list[str]:
+    """The script of each word: every CJK, hiragana or katakana character is a word wherever it stands
+    ("a我们" is three words), and each run of other letters between them is one word, of its first letter."""
     scripts = []
-    for word in _WORD.findall(text):
-        first = _script(word[0])
-        scripts.extend([_script(c) for c in word] if first in _IDEOGRAPHIC else [first])
+    for run in _WORD.findall(text):
+        in_word = False  # inside a word of a script written with spaces
+        for char in run:
+            script = _script(char)
+            if script in _IDEOGRAPHIC:
+                scripts.append(script)
+                in_word = False
+            elif not in_word:
+                scripts.append(script)
+                in_word = True
     return scripts
 
 

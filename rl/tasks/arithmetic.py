@@ -8,12 +8,14 @@ expression such as "148-12" is not accepted as a final answer.
 
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 
 from r1jax.rl.tasks import safe_math
 from r1jax.rl.tasks.base import Problem, Task, r1_solution, register_task, strip_markup
 
 _PRECEDENCE = {"*": 2, "+": 1, "-": 1}
+_GROUPED = re.compile(r"[-+−]?\s*\d{1,3}(?:,\d{3})+(?:\.\d+)?")  # one number with thousands separators
 
 
 def _apply(a: int, op: str, b: int) -> int:
@@ -38,10 +40,10 @@ def _show(n: int) -> str:
 
 
 def parse_number(text: str) -> Fraction | None:
-    """A signed number literal ("136", "-7", "1,360", "136.0"), or None for anything else."""
-    text = strip_markup(text).replace(" ", "")
-    if "," in text and all(len(g) == 3 for g in text.lstrip("-+").split(",")[1:]):
-        text = text.replace(",", "")  # thousands separators only: "1,360"
+    """A signed number literal ("136", "-7", "1,360", "136.0"), or None for anything else ("1 2", "2, 333")."""
+    text = strip_markup(text)
+    if _GROUPED.fullmatch(text):
+        text = text.replace(",", "")  # thousands separators only, in groups of 3: "1,360"
     try:
         node = safe_math.parse(text)
     except safe_math.MathError:

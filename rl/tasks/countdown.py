@@ -2,7 +2,8 @@
 
 The reference answer is one valid equation's left side, e.g. "(3+5)*2"; its exact value is the target.
 The numbers allowed are read from the prompt ("Make 16 from 2, 3, 5 (...)"); when the prompt is absent or
-in another format, the numbers of the reference are the allowed multiset. A candidate may be the expression
+in another format, the numbers of the reference are the allowed multiset. The operators allowed are the
+prompt's ("(+-*/, ...)"), else + - * /; any other (a power "2^3") fails. A candidate may be the expression
 alone or "expression = target"; it is evaluated exactly by `safe_math` (never `eval`).
 
 Knobs: `count` numbers that build the target, `max_value` of each number, `distractors` extra numbers
@@ -14,6 +15,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from fractions import Fraction
+from typing import Iterator
 
 from r1jax.rl.tasks import safe_math
 from r1jax.rl.tasks.base import Problem, Task, r1_solution, register_task, strip_markup
@@ -22,6 +24,8 @@ MAX_TARGET = 1000
 MAX_TRIES = 20
 _PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
 _PROMPT_NUMBERS = re.compile(r"from ([\d, ]+)\(")
+_PROMPT_OPERATORS = re.compile(r"from [\d, ]+\(([-+*/]+)[,)]")
+_OPERATORS = {"add": "+", "sub": "-", "neg": "-", "mul": "*", "div": "/", "pow": "^"}  # AST node -> symbol
 
 
 def _wrap(text: str, prec: int, parent: int, right_of_noncommutative: bool = False) -> str:
@@ -63,6 +67,21 @@ def allowed_numbers(prompt: str, reference_node: tuple) -> Counter:
     if match:
         return Counter(Fraction(n) for n in re.findall(r"\d+", match.group(1)))
     return Counter(safe_math.numbers(reference_node))
+
+
+def allowed_operators(prompt: str) -> str:
+    """The operator symbols the prompt lists ("(+-*/, each at most once)"), else + - * /."""
+    match = _PROMPT_OPERATORS.search(prompt or "")
+    return match.group(1) if match else "+-*/"
+
+
+def operators(node: tuple) -> Iterator[str]:
+    """The operator symbols of an AST (an implicit product "2(3+5)" is "*", a unary minus "-")."""
+    if node[0] in _OPERATORS:
+        yield _OPERATORS[node[0]]
+    if node[0] not in ("num", "var"):
+        for child in node[1:]:
+            yield from operators(child)
 
 
 def _split_equation(text: str, target: Fraction | None) -> tuple | None:
@@ -110,6 +129,8 @@ class CountdownTask(Task):
             if node is None or safe_math.evaluate(node) != target:
                 return False
         except (safe_math.MathError, TypeError):
+            return False
+        if not set(operators(node)) <= set(allowed_operators(prompt)):
             return False
         used = list(safe_math.numbers(node))
         if any(n.denominator != 1 for n in used):

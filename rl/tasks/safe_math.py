@@ -212,35 +212,45 @@ def is_number(node: tuple) -> bool:
     return node[0] == "num" or (node[0] == "neg" and node[1][0] == "num")
 
 
-def _size(node: tuple, max_exponent: int) -> tuple[int, int]:
-    """Upper bounds on (polynomial degree, bits of any coefficient) of an AST, before sympy sees it."""
+def _size(node: tuple, max_exponent: int) -> tuple[int, int, int]:
+    """Upper bounds on (numerator degree, denominator degree, bits of any coefficient) of an AST written as
+    one fraction, before sympy sees it: a sum of fractions has the product of their denominators
+    (what `cancel` builds), so 1/(x+1) + 1/(x+2) is degree 1 over degree 2."""
     kind = node[0]
     if kind == "num":
-        return 0, max(node[1].numerator.bit_length(), node[1].denominator.bit_length())
+        return 0, 0, max(node[1].numerator.bit_length(), node[1].denominator.bit_length())
     if kind == "var":
-        return 1, 1
+        return 1, 0, 1
     if kind == "neg":
         return _size(node[1], max_exponent)
-    (da, ba), (db, bb) = _size(node[1], max_exponent), _size(node[2], max_exponent)
+    (na, ma, ba), (nb, mb, bb) = _size(node[1], max_exponent), _size(node[2], max_exponent)
     if kind == "pow":
         exponent = node[2][1] if node[2][0] == "num" else None
         if node[2][0] == "neg" and node[2][1][0] == "num":
             exponent = -node[2][1][1]
         if exponent is None or exponent.denominator != 1 or abs(exponent) > max_exponent:
             raise MathError(f"exponent must be an integer of magnitude <= {max_exponent}")
-        return da * abs(int(exponent)), ba * abs(int(exponent))
-    if kind in ("mul", "div"):
-        return da + db, ba + bb
-    return max(da, db), max(ba, bb) + 1
+        e = abs(int(exponent))
+        return (na * e, ma * e, ba * e) if exponent >= 0 else (ma * e, na * e, ba * e)
+    if kind == "mul":
+        return na + nb, ma + mb, ba + bb
+    if kind == "div":
+        return na + mb, ma + nb, ba + bb
+    if ma == mb == 0:  # a sum of polynomials: the larger degree
+        return max(na, nb), 0, max(ba, bb) + 1
+    return max(na + mb, nb + ma), ma + mb, ba + bb + 1  # a/b + c/d = (ad + cb)/(bd)
 
 
 def to_sympy(node: tuple, max_exponent: int = 16, max_degree: int = 32):
     """Build a sympy expression node by node (no string ever reaches sympy's parser).
 
-    Degree and coefficient size are bounded first: sympy evaluates integer powers eagerly, so
-    ((2^16)^16)^16 or ((x+1)^16)^16 would otherwise run for minutes inside GMP or `expand`.
+    Degree (numerator plus denominator, as one fraction) and coefficient size are bounded first: sympy
+    evaluates integer powers eagerly, so ((2^16)^16)^16 or ((x+1)^16)^16 would otherwise run for minutes
+    inside GMP or `expand`, and `cancel` of a sum of fractions such as 1/(x+1)^16 + 1/(x+2)^16 + ... works
+    on the product of their denominators.
     """
-    degree, bits = _size(node, max_exponent)
+    numerator, denominator, bits = _size(node, max_exponent)
+    degree = numerator + denominator
     if degree > max_degree or bits > MAX_BITS:
         raise MathError(f"expression too large (degree <= {degree}, coefficients <= {bits} bits)")
     return _build_sympy(node)

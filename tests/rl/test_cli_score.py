@@ -56,6 +56,22 @@ def test_score_bad_input_fails_with_file_row_and_field_before_scoring(tmp_path, 
     assert "reward_pool.workers" in capsys.readouterr().err
 
 
+def test_score_prints_parquet_values_json_cannot_hold_as_strings(tmp_path, capsys):
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    when = datetime.datetime(2024, 5, 6, 7, 8, 9)
+    rows = [{**ROWS[0], "id": i, "created": when, "blob": b"\x00ab"} for i in range(2)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "c.parquet")
+    assert main(["score", str(tmp_path / "c.parquet"), "--workers", "1"]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(row["id"], row["created"], row["blob"]) for row in out] == [
+        (0, "2024-05-06 07:08:09", "b'\\x00ab'"), (1, "2024-05-06 07:08:09", "b'\\x00ab'")]
+    assert [row["rewards"] for row in out] == [{"accuracy": 1.0, "format": 1.0}] * 2
+
+
 def test_score_as_a_subprocess_streams_json_lines(tmp_path):
     path = write_jsonl(tmp_path / "c.jsonl", ROWS[:2])
     result = subprocess.run([sys.executable, "-m", "r1jax", "score", str(path), "--workers", "1"],

@@ -28,10 +28,18 @@ def test_extract_answer(completion, answer):
     assert extract_answer(completion) == answer
 
 
-def test_answers_are_cut_to_the_last_k_characters():
-    assert extract_answer("<answer>" + "9" * 1000 + "12</answer>", max_chars=5) == "99912"
-    assert score("accuracy", "<answer>" + "x" * 5000 + " 7</answer>", answer_max_chars=2) == 1.0
-    assert score("accuracy", "<answer>7" + " " * 300 + "</answer>") == 1.0  # stripped before the cut
+def test_answers_over_k_characters_are_no_answer_never_shortened():
+    assert extract_answer("<answer>" + "9" * 1000 + "12</answer>", max_chars=5) is None
+    assert extract_answer("<answer> 99912 </answer>", max_chars=5) == "99912"  # exactly K after stripping
+    assert score("accuracy", "<answer>" + "x" * 5000 + " 7</answer>", answer_max_chars=2) == 0.0
+    assert score("accuracy", "<answer>7" + " " * 300 + "</answer>") == 1.0  # stripped before the limit
+    flipped = "<answer>-" + " " * 300 + "7</answer>"  # the model wrote -7; its last 256 characters read 7
+    assert extract_answer(flipped) is None
+    assert score("accuracy", flipped, reference="7", task="arithmetic") == 0.0
+    assert score("accuracy", flipped, reference="-7", task="arithmetic") == 0.0
+    thought = "<think> t </think> "
+    assert score("format", thought + "<answer> 12345 </answer>", answer_max_chars=5) == 1.0
+    assert score("format", thought + "<answer> 123456 </answer>", answer_max_chars=5) == 0.0  # as extraction
 
 
 def test_split_completion():
@@ -65,6 +73,12 @@ def test_format_is_strict(completion, expected):
     ("先 算 加法 then add", "zh", 4 / 6),  # each ideograph is a word
     ("сначала сложим then add", "ru", 0.5),
     ("3+4=7. 7*2=14.", "en", 1.0),  # numbers and symbols only: no foreign word
+    ("我们先计算三加四", "en", 0.0),
+    ("a我们先计算三加四", "en", 1 / 9),  # a Latin letter before the ideographs does not make them one word
+    ("x等于三加四", "zh", 5 / 6), ("x 等于三加四", "zh", 5 / 6),  # the same with or without a space
+    ("先算x等于y", "zh", 4 / 6), ("abc我def", "en", 2 / 3),
+    ("コーヒー", "ja", 1.0), ("コーヒー", "en", 0.0),  # ー (prolonged sound mark) is Japanese
+    ("人々は〆切", "ja", 1.0), ("ｺｰﾋｰ", "ja", 1.0),  # iteration marks; halfwidth katakana
     ("", "en", 0.0),
 ])
 def test_language_consistency_is_the_share_of_target_language_words(thought, language, expected):

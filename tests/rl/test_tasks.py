@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from r1jax.errors import UserError
 from r1jax.rl.rewards import RewardsConfig, ScoreItem, score_item
 from r1jax.rl.tasks import TASKS, get_task, safe_math
-from r1jax.rl.tasks.arithmetic import reduce_steps
+from r1jax.rl.tasks.arithmetic import parse_number, reduce_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GENERATORS = ("arithmetic", "countdown", "algebra")
@@ -97,6 +97,27 @@ def test_countdown_uses_prompt_numbers_at_most_once_and_distractors_are_optional
         assert target not in shown and safe_math.evaluate(safe_math.parse(problem.answer)) == target
 
 
+def test_countdown_rejects_operators_the_prompt_does_not_allow():
+    task = get_task("countdown", 1)
+    prompt = "Make 8 from 2, 3, 5 (+-*/, each at most once)"
+    assert task.verify("5+3", "5+3", prompt) and task.verify("(5-3)*(2+2)", "5+3", "Make 8 from 2, 2, 3, 5 (+-*/)")
+    assert not task.verify("2^3", "5+3", prompt)  # 2^3 = 8 from 2 and 3, but ^ is not one of + - * /
+    assert not task.verify("2**3", "5+3", prompt)
+    assert not task.verify("(5-3)^3", "5+3", prompt)
+    assert not task.verify("2^3", "5+3")  # no prompt: still only + - * /
+    only_add_sub = "Make 10 from 2, 3, 5 (+-, each at most once)"
+    assert task.verify("2+3+5", "2+3+5", only_add_sub) and not task.verify("2*5", "2+3+5", only_add_sub)
+
+
+@pytest.mark.parametrize("text,value", [
+    ("2333", 2333), ("2,333", 2333), ("-1,234,567", -1234567), ("+12", 12), ("136.0", 136), (" 42 ", 42),
+    ("2, 333", None), ("1 2", None), ("12345,678", None), ("1,23", None), (",123", None), ("1,,234", None),
+    ("1,234.5,6", None), ("−1,234", -1234),
+])
+def test_arithmetic_parses_only_well_formed_numbers(text, value):
+    assert parse_number(text) == (None if value is None else Fraction(value))
+
+
 def test_algebra_kinds_follow_the_knob():
     for kind, word in [("linear", "Solve"), ("expand", "Expand"), ("simplify", "Simplify")]:
         task = get_task("algebra", 3, kinds=kind)
@@ -159,6 +180,22 @@ def test_safe_math_bounds_sympy_construction():
     with pytest.raises(safe_math.MathError, match="exponent"):
         safe_math.to_sympy(safe_math.parse("x^x", names="x"))
     assert str(safe_math.to_sympy(safe_math.parse("3x(x+1)", names="x")).expand()) == "3*x**2 + 3*x"
+
+
+def test_safe_math_bounds_sums_of_fractions_by_their_common_denominator():
+    """cancel() of a sum of fractions multiplies the denominators: eight 1/(x+k)^16 make degree 128."""
+    import time
+
+    text = "+".join(f"1/(x+{k})^16" for k in range(1, 9))
+    start = time.perf_counter()
+    with pytest.raises(safe_math.MathError, match="too large"):
+        safe_math.to_sympy(safe_math.parse(text, names="x"))
+    assert time.perf_counter() - start < 1.0
+    two = safe_math.parse("1/(x+1)+1/(x+2)", names="x")  # = (2x+3)/((x+1)(x+2)): degrees 1 over 2
+    with pytest.raises(safe_math.MathError, match="too large"):
+        safe_math.to_sympy(two, max_degree=2)
+    assert safe_math.to_sympy(two, max_degree=3) is not None
+    assert safe_math.to_sympy(safe_math.parse("x^3+x^2+x+1", names="x"), max_degree=3) is not None  # the max
 
 
 def _expressions():
