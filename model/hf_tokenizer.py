@@ -108,19 +108,32 @@ def tokenizer_json(model_proto: bytes) -> dict:
 # ---------------------------------------------------------------------------------------- config + files
 
 
+_ASSISTANT = "Assistant:"  # the assistant header r1jax's prompt texts end with: the generation prompt
+
+
 def chat_template(template: str) -> str:
-    """A Jinja chat template rendering bos, then a user turn as r1jax's `apply_template(template, content)`."""
+    """A Jinja chat template for r1jax's prompt format `template`: bos, then each user turn as r1jax's
+    `apply_template(template, content)` without its closing assistant header, each assistant turn as that
+    header, a space, the content and eos; the header again when `add_generation_prompt` is true. So one user
+    turn with the generation prompt is r1jax's prompt text. The formats have no system turn: any role other
+    than user and assistant raises an error naming it (transformers' `raise_exception`)."""
     if template not in TEMPLATE_NAMES:
         raise UserError(f"unknown template {template!r}: expected one of {list(TEMPLATE_NAMES)}")
     prefix, suffix = TEMPLATES.get(template, "{prompt}").split("{prompt}")  # "none": the prompt as is
+    header = _ASSISTANT if suffix.endswith(_ASSISTANT) else ""
+    close = suffix[:len(suffix) - len(header)]
+    unsupported = json.dumps(f" is not supported by r1jax's {template} prompt format (user and assistant turns only)")
     return ("{{- bos_token -}}"
             "{%- for message in messages -%}"
             "{%- if message['role'] == 'user' -%}"
-            f"{{{{ {json.dumps(prefix)} + message['content'] + {json.dumps(suffix)} }}}}"
+            f"{{{{ {json.dumps(prefix)} + message['content'] + {json.dumps(close)} }}}}"
             "{%- elif message['role'] == 'assistant' -%}"
-            "{{ ' ' + message['content'] + eos_token }}"
+            f"{{{{ {json.dumps(header + ' ')} + message['content'] + eos_token }}}}"
+            "{%- else -%}"
+            f"{{{{ raise_exception('role ' ~ message['role'] ~ {unsupported}) }}}}"
             "{%- endif -%}"
-            "{%- endfor -%}")
+            "{%- endfor -%}"
+            f"{{%- if add_generation_prompt -%}}{{{{ {json.dumps(header)} }}}}{{%- endif -%}}")
 
 
 def save_hf_tokenizer(tok: Tokenizer, out_dir: str | pathlib.Path, template: str = "r1_zero",

@@ -19,6 +19,11 @@ than one group. With topk_group == n_group every group is kept, which is routing
 case is written as one group of all experts (count 1, used 1): the same selection.
 
 `unsupported(cfg)` lists what llama.cpp cannot run as r1jax does; the export refuses such a model.
+llama.cpp's deepseek2 loader (`llama_model_deepseek2::load_arch_hparams`) takes a model for "lite"
+(DeepSeek-V2-Lite and kin: no q LoRA) by its shape alone: 26 or 27 layers, or 48 layers with a vocabulary
+(deepseek2.vocab_size) of 128256. It reads attention.q_lora_rank only for the others, and then looks for
+blk.N.attn_q_a / attn_q_b, else for blk.N.attn_q (what the export writes when q_lora_rank is null), so
+q_lora_rank must be set exactly when the model is not lite.
 """
 
 from __future__ import annotations
@@ -28,7 +33,18 @@ import gguf
 from r1jax.model.config import ModelConfig
 from r1jax.rl.gguf_export.layout import FILE_TYPES
 
-_LITE_LAYERS = (26, 27)  # deepseek2 models llama.cpp loads without q_lora_rank (DeepSeek-V2-Lite and kin)
+_LITE_LAYERS = (26, 27)  # deepseek2 models llama.cpp loads without q_lora_rank (DeepSeek-V2-Lite and kin) ...
+_LITE_LAYERS_VOCAB = (48, 128256)  # ... and this layer count with this vocabulary (Kanana-2-30B-A3B)
+
+
+def llama_cpp_lite(cfg: ModelConfig) -> bool:
+    """Whether llama.cpp's deepseek2 takes `cfg` for a lite model: it then reads no attention.q_lora_rank."""
+    return cfg.num_hidden_layers in _LITE_LAYERS or (cfg.num_hidden_layers, cfg.vocab_size) == _LITE_LAYERS_VOCAB
+
+
+_LITE_RULE = (f"llama.cpp's deepseek2 reads attention.q_lora_rank unless the model has "
+              f"{' or '.join(map(str, _LITE_LAYERS))} layers, or {_LITE_LAYERS_VOCAB[0]} layers with vocab_size "
+              f"{_LITE_LAYERS_VOCAB[1]} (a lite model, as DeepSeek-V2-Lite, whose q projection is one attn_q)")
 
 
 def unsupported(cfg: ModelConfig) -> list[str]:
@@ -37,9 +53,14 @@ def unsupported(cfg: ModelConfig) -> list[str]:
     if cfg.attention_bias:
         problems.append("attention_bias=true (llama.cpp's deepseek2 / qwen3moe have no attention biases)")
     if cfg.is_deepseek:
-        if cfg.q_lora_rank is None and cfg.num_hidden_layers not in _LITE_LAYERS:
-            problems.append("q_lora_rank=null (llama.cpp's deepseek2 reads attention.q_lora_rank unless the model "
-                            f"has {' or '.join(map(str, _LITE_LAYERS))} layers, as DeepSeek-V2-Lite)")
+        lite = llama_cpp_lite(cfg)
+        if cfg.q_lora_rank is None and not lite:
+            problems.append(f"q_lora_rank=null with num_hidden_layers={cfg.num_hidden_layers}, "
+                            f"vocab_size={cfg.vocab_size} ({_LITE_RULE})")
+        elif cfg.q_lora_rank is not None and lite:
+            problems.append(f"q_lora_rank={cfg.q_lora_rank} with num_hidden_layers={cfg.num_hidden_layers}, "
+                            f"vocab_size={cfg.vocab_size} ({_LITE_RULE}; it would ignore the q LoRA and look for "
+                            "blk.N.attn_q.weight)")
         if cfg.n_shared_experts < 1:
             problems.append("n_shared_experts=0 (llama.cpp's deepseek2 requires shared-expert tensors)")
     else:

@@ -13,10 +13,12 @@
   chosen by comparing the file's split regexes with those of Qwen2/Qwen3 (`qwen2`) and DeepSeek-V3
   (`deepseek-v3`); any other pre-tokenizer is refused, since llama.cpp would split text differently. bos is
   added when the tokenizer's post-processor adds it; the chat template is the tokenizer's own.
-Ids: bos (when the tokenizer has one), eos (the first of its eos ids; llama.cpp also ends generation at
-well-known end tokens such as <|endoftext|> by their text), pad, unk (sentencepiece). Ids past the
-tokenizer up to the model's vocab_size are `[PAD<id>]` tokens of type unused, as llama.cpp's converter
-writes them: the token list must have one entry per embedding row.
+Ids: bos, eos (the first of its eos ids; llama.cpp also ends generation at well-known end tokens such as
+<|endoftext|> by their text), pad, unk (sentencepiece). A tokenizer without bos (Qwen's) gets the id
+llama.cpp's converter writes, config.json's bos_token_id (else llama.cpp's gpt2 vocabulary takes token 11):
+generation_config.json, which the tokenizer carries, holds the same id; else <|endoftext|>, else the first
+eos. Ids past the tokenizer up to the model's vocab_size are `[PAD<id>]` tokens of type unused, as
+llama.cpp's converter writes them: the token list must have one entry per embedding row.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import gguf
 from r1jax.errors import UserError
 from r1jax.model.hf_tokenizer import chat_template, read_model_proto
 from r1jax.model.tokenizer import Tokenizer, TokenizerLike
-from r1jax.model.tokenizer_json import TOKENIZER_JSON, HFTokenizer
+from r1jax.model.tokenizer_json import GENERATION_JSON, TOKENIZER_JSON, HFTokenizer
 
 _SP_TYPES = {"normal": gguf.TokenType.NORMAL, "unknown": gguf.TokenType.UNKNOWN, "control": gguf.TokenType.CONTROL,
              "user_defined": gguf.TokenType.USER_DEFINED, "unused": gguf.TokenType.UNUSED,
@@ -43,6 +45,7 @@ PRE_TOKENIZERS = {
      "| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+"): "deepseek-v3",
 }
 PAD_SCORE = -1000.0  # the score llama.cpp's converter gives padding pieces
+END_OF_TEXT = "<|endoftext|>"  # bos of a tokenizer without one and without a bos_token_id (module docstring)
 
 
 def write_tokenizer(writer: gguf.GGUFWriter, tok: TokenizerLike, vocab_size: int, template: str) -> None:
@@ -126,11 +129,21 @@ def _byte_level_bpe(writer: gguf.GGUFWriter, tok: HFTokenizer, vocab_size: int) 
     writer.add_token_merges(merges)
     probe = tok.encode("a")
     adds_bos = tok.bos_id is not None and len(tok.encode("a", add_bos=True)) > len(probe)
-    if tok.bos_id is not None:
-        writer.add_bos_token_id(tok.bos_id)
+    writer.add_bos_token_id(_bos_id(tok, by_id))
     writer.add_eos_token_id(tok.eos_id)
     writer.add_pad_token_id(tok.pad_id)
     writer.add_add_bos_token(adds_bos)
     writer.add_add_eos_token(False)
     if tok.chat_template is not None:
         writer.add_chat_template(tok.chat_template.source)
+
+
+def _bos_id(tok: HFTokenizer, by_id: dict[int, str]) -> int:
+    """The tokenizer's bos; for one without (Qwen's), the bos id llama.cpp's converter writes (module docstring)."""
+    if tok.bos_id is not None:
+        return tok.bos_id
+    generation = json.loads(tok.files[GENERATION_JSON].decode("utf-8")) if GENERATION_JSON in tok.files else {}
+    bos = generation.get("bos_token_id")
+    if type(bos) is int and bos in by_id:
+        return bos
+    return next((i for i in sorted(by_id) if by_id[i] == END_OF_TEXT), tok.eos_id)

@@ -242,7 +242,7 @@ def test_tokenizer_round_trip_through_auto_tokenizer(tokenizer, tmp_path):
     assert theirs.decode(ids, skip_special_tokens=True) == tokenizer.decode(ids) == "hi <think>"
     assert (theirs.bos_token_id, theirs.eos_token_id, theirs.pad_token_id, theirs.unk_token_id) == (1, 2, 3, 0)
     prompt = "Compute {3} + 4"
-    chat = theirs.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False)
+    chat = theirs.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
     assert chat == "<s>" + apply_template("r1_zero", prompt)  # bos first, as r1jax prompts the policy
     assert theirs(prompt)["input_ids"] == tokenizer.encode(prompt, add_bos=True)
 
@@ -259,7 +259,8 @@ def test_cli_import_then_export(tmp_path, capsys):
     assert_bitwise_equal(read_safetensors(tmp_path / "out"), read_safetensors(tmp_path / "hf"))
     assert transformers.AutoConfig.from_pretrained(tmp_path / "out").eos_token_id == 2
     theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
-    assert theirs.apply_chat_template([{"role": "user", "content": "1+1"}], tokenize=False) == "<s>User: 1+1\nAssistant:"
+    chat = theirs.apply_chat_template([{"role": "user", "content": "1+1"}], tokenize=False, add_generation_prompt=True)
+    assert chat == "<s>User: 1+1\nAssistant:"
     assert main(["export-hf", str(tmp_path / "ck"), str(tmp_path / "out")]) == 2  # not empty
     assert main(["export-hf", str(tmp_path / "ck"), str(tmp_path / "o2"), "model.vocab_size=3"]) == 2
     train_tokenizer(["more text, and some other text"] * 20, MIN_VOCAB + 40).save(tmp_path / "big")

@@ -3,12 +3,14 @@ both tokenizer back ends, and the errors of a missing or broken template."""
 
 import datetime
 
+import jinja2
 import pytest
 import transformers
 
 from r1jax.errors import UserError
-from r1jax.model.tokenizer import (R1_ZERO_TEMPLATE, TEMPLATE_NAMES, TokenizerConfig, load_tokenizer, prompt_text,
-                                   render_prompt, train_tokenizer)
+from r1jax.model.hf_tokenizer import save_hf_tokenizer
+from r1jax.model.tokenizer import (R1_ZERO_TEMPLATE, TEMPLATE_NAMES, TokenizerConfig, apply_template, load_tokenizer,
+                                   prompt_text, render_prompt, train_tokenizer)
 from r1jax.rl.config import load_config
 from tests.model.hf_tokenizer_files import DEEPSEEK_BOS, STYLES, write_hf_tokenizer
 
@@ -70,6 +72,31 @@ def test_prompt_formats_of_the_sentencepiece_tokenizer_are_unchanged():
     assert render_prompt(tok, "none", prompt) == [tok.bos_id, *tok.encode(prompt)]
     with pytest.raises(UserError, match="unknown template 'alpaca'"):
         render_prompt(tok, "alpaca", prompt)
+
+
+@pytest.mark.parametrize("template", TEMPLATE_NAMES)
+def test_chat_template_written_for_the_sentencepiece_tokenizer_renders_its_prompt_format(template, tmp_path):
+    """export-hf's chat template, run by transformers: one user turn with the generation prompt is r1jax's
+    prompt; without it, the turn alone (the assistant header comes with the assistant turn); a system turn,
+    which the prompt formats lack, is an error naming the role. r1jax's own renderer agrees."""
+    tok = train_tokenizer(["User: Assistant: A conversation between", "Compute 3+4 = 7"] * 20, 300)
+    save_hf_tokenizer(tok, tmp_path, template)
+    auto, ours = transformers.AutoTokenizer.from_pretrained(str(tmp_path)), load_tokenizer(tmp_path)
+    prompt, header = "Compute {3}+4", "" if template == "none" else "Assistant:"
+    text = apply_template(template, prompt)
+    user = [{"role": "user", "content": prompt}]
+    cases = [(user, True, "<s>" + text), (user, False, "<s>" + text[:len(text) - len(header)]),
+             (user + [{"role": "assistant", "content": "7"}], False, "<s>" + text + " 7</s>")]
+    for messages, generation_prompt, want in cases:
+        assert auto.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt) == want
+        assert ours.apply_chat_template(messages, add_generation_prompt=generation_prompt) == want
+    assert auto.apply_chat_template(user, add_generation_prompt=True)["input_ids"] == render_prompt(tok, template,
+                                                                                                     prompt)
+    system = [{"role": "system", "content": "Be brief."}, *user]
+    with pytest.raises(jinja2.TemplateError, match=f"role system is not supported by r1jax's {template} prompt"):
+        auto.apply_chat_template(system, tokenize=False, add_generation_prompt=True)
+    with pytest.raises(UserError, match="TemplateError: role system is not supported"):
+        ours.apply_chat_template(system, add_generation_prompt=True)
 
 
 def _hf_dir(tmp_path, template, template_file=False):

@@ -14,17 +14,19 @@ import re
 import gguf
 import numpy as np
 import pytest
+from flax import nnx
 from safetensors.numpy import load_file
 
 from r1jax.errors import UserError
-from r1jax.model.factory import init_policy
-from r1jax.model.hf_io import export_hf
+from r1jax.model.factory import abstract_policy, init_policy
+from r1jax.model.hf_io import export_hf, parameter_leaves
 from r1jax.model.hf_tokenizer import chat_template, read_model_proto
 from r1jax.model.tokenizer import HFTokenizer, train_tokenizer
 from r1jax.rl.checkpoint import save_policy
 from r1jax.rl.cli.main import main
 from r1jax.rl.config import load_config
 from r1jax.rl.gguf_export import export_gguf, layout
+from r1jax.rl.gguf_export.metadata import unsupported
 from r1jax.rl.gguf_export.vocab import PRE_TOKENIZERS
 from tests.model.hf_tokenizer_files import write_hf_tokenizer
 from tests.model.tiny import DEEPSEEK, QWEN
@@ -173,7 +175,7 @@ def test_hugging_face_tokenizer_keys_and_pre_tokenizer_names(tmp_path):
     assert (tokens[think], types[think]) == ("<think>", gguf.TokenType.USER_DEFINED)
     assert fields["tokenizer.ggml.merges"] == [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
     assert (fields["tokenizer.ggml.eos_token_id"], fields["tokenizer.ggml.add_bos_token"]) == (im_end, False)
-    assert "tokenizer.ggml.bos_token_id" not in fields  # Qwen has no bos
+    assert fields["tokenizer.ggml.bos_token_id"] == tokens.index("<|endoftext|>")  # Qwen has no bos: see below
     assert fields["tokenizer.chat_template"] == tok.chat_template.source
     # DeepSeek-V3's three split regexes name llama.cpp's deepseek-v3 pre-tokenizer; unknown regexes are refused
     def split(regex):
@@ -192,6 +194,54 @@ def test_hugging_face_tokenizer_keys_and_pre_tokenizer_names(tmp_path):
         else:
             export_gguf(policy, tmp_path / "d.gguf", other, "f32")
             assert read(tmp_path / "d.gguf")[0]["tokenizer.ggml.pre"] == outcome
+
+
+def test_bos_of_a_tokenizer_without_one_is_what_llama_cpps_converter_writes(tmp_path):
+    """Qwen's tokenizer has no bos. llama.cpp's converter writes config.json's bos_token_id (<|endoftext|> in
+    Qwen3's, as in its generation_config.json, which the tokenizer carries); without the key llama.cpp's gpt2
+    vocabulary would take token 11. No such id: <|endoftext|> by its text, else the first eos."""
+    tok = HFTokenizer.load(write_hf_tokenizer(tmp_path / "qwen", "qwen"))
+    policy = init_policy(dataclasses.replace(CONFIGS["qwen3_moe"], vocab_size=640), 0)
+    generation = json.loads(tok.files["generation_config.json"])
+    end_of_text, im_start = generation["bos_token_id"], tok.encode("<|im_start|>")[0]
+    no_bos = json.dumps({k: v for k, v in generation.items() if k != "bos_token_id"}).encode()
+    renamed = {name: tok.files[name].replace(b"<|endoftext|>", b"<|eot|>")
+               for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")}
+
+    def bos(files):
+        export_gguf(policy, tmp_path / "m.gguf", HFTokenizer({**tok.files, **files}), "f32", force=True)
+        return read(tmp_path / "m.gguf")[0]["tokenizer.ggml.bos_token_id"]
+
+    assert bos({}) == end_of_text
+    assert bos({"generation_config.json": json.dumps({**generation, "bos_token_id": im_start}).encode()}) == im_start
+    assert bos({"generation_config.json": no_bos}) == end_of_text
+    assert bos({**renamed, "generation_config.json": no_bos}) == tok.eos_ids[0] != end_of_text
+
+
+@pytest.mark.parametrize("layers, vocab, lite", [(26, VOCAB, True), (27, VOCAB, True), (48, 128256, True),
+                                                 (3, VOCAB, False), (25, VOCAB, False), (48, VOCAB, False),
+                                                 (61, 128256, False)])
+def test_q_lora_rank_is_set_exactly_when_llama_cpp_reads_it(layers, vocab, lite):
+    """llama.cpp's deepseek2 (llama_model_deepseek2::load_arch_hparams) takes a model of 26 or 27 layers, or of
+    48 layers with a vocabulary of 128256, for lite: it reads no attention.q_lora_rank and loads blk.N.attn_q.
+    So a q LoRA is refused there and a model without one everywhere else; a lite model without one exports
+    attn_q."""
+    cfg = dataclasses.replace(CONFIGS["deepseek_v3"], num_hidden_layers=layers, vocab_size=vocab)
+    no_q_lora = dataclasses.replace(cfg, q_lora_rank=None)
+    rule = (r"\(llama.cpp's deepseek2 reads attention.q_lora_rank unless the model has 26 or 27 layers, or 48 "
+            r"layers with vocab_size 128256 \(a lite model")
+    if not lite:
+        assert unsupported(cfg) == []
+        [why] = unsupported(no_q_lora)
+        assert re.match(rf"q_lora_rank=null with num_hidden_layers={layers}, vocab_size={vocab} {rule}", why), why
+        return
+    [why] = unsupported(cfg)
+    assert re.match(rf"q_lora_rank=16 with num_hidden_layers={layers}, vocab_size={vocab} {rule}.*; it would "
+                    r"ignore the q LoRA and look for blk.N.attn_q.weight\)$", why), why
+    assert unsupported(no_q_lora) == []
+    leaves = parameter_leaves(nnx.to_pure_dict(nnx.state(abstract_policy(no_q_lora))))
+    names = {e.name for e in layout.plan(no_q_lora, {p: tuple(v.shape) for p, v in leaves.items()}, "f32")}
+    assert {f"blk.{i}.attn_q.weight" for i in range(layers)} <= names and not any("attn_q_a" in n for n in names)
 
 
 @pytest.mark.parametrize("dtype", ["q8_0", "bf16"])
