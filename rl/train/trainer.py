@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 
+from r1jax.errors import UserError
 from r1jax.files import write_atomically
 from r1jax.model.config import ModelConfig
 from r1jax.model.tokenizer import TokenizerLike, is_tokenizer_dir, load_tokenizer
@@ -138,8 +139,14 @@ class Trainer:
             self.metrics.resume(0, ())
             return Position()
         saved, meta = self.checkpoints.restore_config_and_meta(step)
-        index = int(meta["stage_index"])
-        check_compatible(saved, stage_config(self.config, index), str(self.run_dir / "checkpoints" / str(step)))
+        index, where = int(meta["stage_index"]), str(self.run_dir / "checkpoints" / str(step))
+        theirs, ours = saved.stages[index], self.config.stages[index:index + 1]
+        if [(s.name, s.kind) for s in ours] != [(theirs.name, theirs.kind)]:  # stages are resumed by position
+            found = f"'{ours[0].name}' ({ours[0].kind})" if ours else "absent"
+            raise UserError(f"checkpoint {where} was saved in stage {index + 1}, '{theirs.name}' ({theirs.kind}); "
+                            f"the config's stage {index + 1} is {found}: resume with the run's stages (its "
+                            "config.yaml), or start a new run directory")
+        check_compatible(saved, stage_config(self.config, index), where)
         self.global_step = int(meta["global_step"])
         self.summary = meta.get("summary", self.summary)
         self.metrics.resume(self.global_step, self.summary["evals"])

@@ -3,6 +3,7 @@ SIGINT and SIGKILL of real subprocesses at known steps (a stop on a stage's last
 another mesh and in a process with fewer devices, and a mismatched checkpoint refused early."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+import yaml
 
 from r1jax.errors import UserError
 from r1jax.rl.checkpoint import load_policy
@@ -147,6 +149,22 @@ def test_a_process_with_fewer_devices_than_the_run_loads_its_policy_on_one_devic
     with np.load(out) as loaded:
         assert [loaded[f"arr_{i}"].tobytes() for i in range(len(loaded.files))] == \
             [b.tobytes() for b in final_params(finished_run)]
+
+
+@pytest.mark.parametrize("stages, found", [(lambda s: [s[0], {**s[1], "name": "grpo_b"}], "'grpo_b' (grpo)"),
+                                           (lambda s: s[:1], "absent")])
+def test_a_checkpoint_saved_in_another_stage_than_the_configs_is_refused(finished_run, tmp_path, stages, found):
+    """The run's last checkpoint was saved in stage 2, 'grpo': a config whose stage 2 is another (or none) is
+    refused naming both, before anything runs (it was a KeyError from the stage's own resume)."""
+    config = yaml.safe_load((finished_run / "config.yaml").read_text())
+    config["stages"] = stages(config["stages"])
+    (tmp_path / "changed.yaml").write_text(yaml.safe_dump(config))
+    trainer = Trainer(load_config(tmp_path / "changed.yaml"), finished_run)
+    try:
+        with pytest.raises(UserError, match=re.escape(f"saved in stage 2, 'grpo' (grpo); the config's stage 2 is {found}:")):
+            trainer._resume_position()
+    finally:
+        trainer.checkpoints.close()
 
 
 def test_checkpoint_that_does_not_match_the_config_is_refused(finished_run):
