@@ -161,7 +161,8 @@ def test_a_checkpoint_saved_in_another_stage_than_the_configs_is_refused(finishe
     (tmp_path / "changed.yaml").write_text(yaml.safe_dump(config))
     trainer = Trainer(load_config(tmp_path / "changed.yaml"), finished_run)
     try:
-        with pytest.raises(UserError, match=re.escape(f"saved in stage 2, 'grpo' (grpo); the config's stage 2 is {found}:")):
+        expected = f"saved in stage 2, 'grpo' (grpo); the config's stage 2 is {found}:"
+        with pytest.raises(UserError, match=re.escape(expected)):
             trainer._resume_position()
     finally:
         trainer.checkpoints.close()
