@@ -1,8 +1,21 @@
-"""Arguments shared by several subcommands."""
+"""Arguments and checks shared by several subcommands."""
 
 from __future__ import annotations
 
 import argparse
+import pathlib
+
+from r1jax.errors import UserError
+
+
+def new_output_dir(out: str | pathlib.Path) -> pathlib.Path:
+    """`out` as a path, refused when it is a file or a directory that holds anything (nothing is overwritten)."""
+    out = pathlib.Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output directory {str(out)!r} is a file; give a new or empty directory")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"output directory {str(out)!r} exists and is not empty; refusing to overwrite")
+    return out
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

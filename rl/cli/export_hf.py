@@ -16,9 +16,9 @@ sharding.KEY=VALUE overrides adapt the mesh to the devices at hand.
 from __future__ import annotations
 
 import argparse
-import pathlib
 
 from r1jax.model.tokenizer import TEMPLATE_NAMES
+from r1jax.rl.cli.common import new_output_dir
 from r1jax.sharding.topology import parse_size
 
 
@@ -58,9 +58,7 @@ def run(args: argparse.Namespace) -> int:
     max_bytes = parse_size(args.max_shard_size, "--max-shard-size")
     if max_bytes <= 0:
         raise UserError(f"--max-shard-size {args.max_shard_size!r}: must be at least one byte")
-    out = pathlib.Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"output directory {str(out)!r} exists and is not empty; refusing to overwrite")
+    out = new_output_dir(args.out)
     config = load_config(args.checkpoint)
     config = config_from_dicts(to_dict(config), parse_overrides(args.overrides), source="overrides")
     tok = resolve_tokenizer(args.tokenizer, config.model.vocab_size, args.checkpoint)

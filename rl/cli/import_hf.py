@@ -10,7 +10,8 @@ has them, are copied byte for byte into OUT/tokenizer/, where `r1jax generate / 
 from __future__ import annotations
 
 import argparse
-import pathlib
+
+from r1jax.rl.cli.common import new_output_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,9 +34,7 @@ def run(args: argparse.Namespace) -> int:
     config, notes = hf_run_config(args.hf_dir, args.overrides)
     for note in notes:
         print(f"note: {note}")
-    out = pathlib.Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"output directory {str(out)!r} exists and is not empty; refusing to overwrite")
+    out = new_output_dir(args.out)
     # loaded before the weights, so a broken tokenizer file fails fast, naming it
     tokenizer = load_tokenizer(args.hf_dir) if is_tokenizer_dir(args.hf_dir) else None
     if tokenizer is not None and tokenizer.vocab_size > config.model.vocab_size:

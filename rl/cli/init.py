@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import pathlib
 
-from r1jax.rl.cli.common import split_config_and_overrides
+from r1jax.rl.cli.common import new_output_dir, split_config_and_overrides
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +17,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from r1jax.errors import UserError
     from r1jax.model.factory import init_policy
     from r1jax.rl.checkpoint import save_policy
     from r1jax.rl.config import load_config
@@ -29,9 +27,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(name, overrides)
     if args.seed is not None:
         config = dataclasses.replace(config, seed=args.seed)
-    out = pathlib.Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"output directory {str(out)!r} exists and is not empty; refusing to overwrite")
+    out = new_output_dir(args.out)
     mesh = build_mesh(config.sharding)
     rules = config.sharding.logical_rules()
     with use_mesh(mesh, rules):

@@ -75,6 +75,11 @@ def test_init_refuses_to_overwrite_and_bad_input_exits_2(capsys, tmp_path):
     code, _, err = run_main(capsys, "init", "tiny", str(tmp_path / "full"))
     assert code == 2 and "not empty" in err
     assert (tmp_path / "full" / "x").read_text() == "keep me"
+    # an output that is a file: a usage error (a traceback before; import-hf checks its output the same way)
+    for command in (["init", "tiny"], ["export-hf", str(tmp_path)]):
+        code, _, err = run_main(capsys, *command, str(tmp_path / "full" / "x"))
+        assert code == 2 and "is a file; give a new or empty directory" in err, (command, err)
+    assert (tmp_path / "full" / "x").read_text() == "keep me"
     code, _, err = run_main(capsys, "info", "tiny", "model.hiden_size=3")
     assert code == 2 and "model.hiden_size" in err
     code, _, err = run_main(capsys, "init", "tiny", str(tmp_path / "o"), "sharding.data=3")
