@@ -216,9 +216,18 @@ class HFCheckpoint:
         self._stack = contextlib.ExitStack()
         self._handles = {file: self._stack.enter_context(safe_open(str(file), framework="numpy"))
                          for file in self._files()}
-        self.files = {name: file for file, h in self._handles.items() for name in h.keys()}
+        self.files: dict[str, pathlib.Path] = {}
+        for file, handle in self._handles.items():
+            for name in handle.keys():
+                if name in self.files:  # which copy transformers would load is not for us to guess
+                    self.close()
+                    raise UserError(f"HF checkpoint {str(self.dir)!r}: tensor {name!r} is in both "
+                                    f"{self.files[name].name} and {file.name}; keep one copy")
+                self.files[name] = file
 
     def _files(self) -> list[pathlib.Path]:
+        """The index's shard files; without an index model.safetensors, as transformers loads it, else every
+        *.safetensors file."""
         index = self.dir / INDEX_FILE
         if index.is_file():
             files = sorted({self.dir / f for f in json.loads(index.read_text())["weight_map"].values()})
@@ -226,6 +235,8 @@ class HFCheckpoint:
             if missing:
                 raise UserError(f"{index}: lists shard files that do not exist: {', '.join(missing)}")
             return files
+        if (self.dir / "model.safetensors").is_file():
+            return [self.dir / "model.safetensors"]
         files = sorted(self.dir.glob("*.safetensors"))
         if not files:
             raise UserError(f"HF checkpoint {str(self.dir)!r}: no *.safetensors files (convert .bin first)")

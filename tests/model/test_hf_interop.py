@@ -198,6 +198,22 @@ def test_missing_unexpected_and_misshaped_tensors_are_listed(tmp_path):
     assert "model.norm.weight [33] (expected [32])" in message
 
 
+def test_stray_safetensors_files_are_left_or_named(tmp_path):
+    """Without an index, model.safetensors is the checkpoint, as transformers loads it (a stray adapter file
+    beside it is left alone); without either, every *.safetensors file is read, and a tensor found in two of
+    them is an error naming both files (one copy was taken, silently)."""
+    hf = random_hf_model(QWEN, seed=3)
+    hf.save_pretrained(tmp_path)
+    weights = read_safetensors(tmp_path)
+    save_file({"base_model.lora_A.weight": np.zeros((2, 2), np.float32)}, str(tmp_path / "adapter_model.safetensors"))
+    config, _ = load_hf_policy(tmp_path)  # the adapter's tensor is not read: no "unexpected tensors" error
+    assert config.model.num_hidden_layers == QWEN.num_hidden_layers
+    (tmp_path / "model.safetensors").rename(tmp_path / "a.safetensors")
+    save_file({"model.norm.weight": weights["model.norm.weight"]}, str(tmp_path / "b.safetensors"))
+    with pytest.raises(UserError, match="tensor 'model.norm.weight' is in both a.safetensors and b.safetensors"):
+        load_hf_policy(tmp_path)
+
+
 def test_multi_token_prediction_layers_are_skipped(tmp_path):
     hf = random_hf_model(DEEPSEEK, seed=4)
     hf.save_pretrained(tmp_path / "hf")
