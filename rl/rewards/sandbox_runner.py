@@ -15,6 +15,7 @@ Exit codes other than the program's own: SYNTAX_EXIT (the program does not compi
 import json
 import os
 import resource
+import signal
 import sys
 import traceback
 
@@ -41,10 +42,34 @@ def drop_root(uid: int) -> None:
         os.setuid(uid)
 
 
+def libc_prctl():
+    """libc's prctl, loaded while the runner may still read the whole Python install (as root, before the
+    user id drops); None where there is none."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
+def die_with_parent(prctl, parent: int) -> None:
+    """SIGKILL this process when its parent, the scoring worker, dies (Linux's PR_SET_PDEATHSIG): a worker the
+    reward pool kills mid-run then leaves no program running. bwrap's --die-with-parent does it for the sandbox;
+    this is for `rlimits_only`. Set after dropping root (a change of user id clears it)."""
+    if prctl is None:  # not Linux: the process group kill at the deadline remains
+        return
+    prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the setting took: nobody waits for this run
+        os._exit(1)
+
+
 def main() -> None:
+    parent, prctl = os.getppid(), libc_prctl()
     limits, mode, uid = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     limit(limits)
     drop_root(uid)
+    die_with_parent(prctl, parent)
     nonce = sys.stdin.readline().strip() if mode == "assert" else ""
     with open(os.path.join(HERE, "program.py"), encoding="utf-8") as handle:
         source = handle.read()

@@ -209,3 +209,46 @@ def test_pool_limits_that_cannot_hold_a_program_run_are_user_errors():
         RewardPool(code, PoolConfig(timeout_s=2.0))
     with pytest.raises(UserError, match="rewards.code.memory_mb = 512 must be below reward_pool.memory_mb = 512"):
         RewardPool(code, PoolConfig(memory_mb=512))
+
+
+def _proc_alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (killed, waiting to be reaped)."""
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_a_worker_killed_mid_run_leaves_no_program_running_without_namespaces():
+    """rlimits_only: the scoring process killed while its program runs (as the reward pool kills a worker past
+    its timeout) takes the program down with it (the runner's parent-death signal); it slept on for minutes."""
+    import multiprocessing
+    import shutil
+    import tempfile
+
+    shared = pathlib.Path(tempfile.mkdtemp(prefix="r1jax-test-"))  # where the dropped user id can write
+    shared.chmod(0o777)
+    pid_file = shared / "pid"
+    program = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)\n"
+    limits = sandbox.SandboxLimits(wall_s=100, cpu_s=100)
+    worker = multiprocessing.get_context("spawn").Process(
+        target=sandbox.run_python, args=(program,), kwargs={"mode": "rlimits_only", "limits": limits})
+    worker.start()
+    pid = None
+    try:
+        deadline = time.monotonic() + 30
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pid = int(pid_file.read_text())
+        assert _proc_alive(pid)
+        worker.kill()
+        worker.join()
+        deadline = time.monotonic() + 5
+        while _proc_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _proc_alive(pid)
+    finally:
+        worker.kill()
+        if pid is not None and _proc_alive(pid):
+            os.kill(pid, 9)
+        shutil.rmtree(shared, ignore_errors=True)
