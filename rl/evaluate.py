@@ -1,7 +1,7 @@
 """Evaluation with DeepSeek-R1's protocol: k samples per problem at temperature 0.6, top-p 0.95.
 
 - pass@1: the fraction of correct samples, averaged over problems (R1 reports this, "averaged over k").
-- cons@k: the majority answer among the k samples is correct (ties go to the earliest answer).
+- cons@k: the majority answer among the k samples is correct (correct samples vote as one: `majority_correct`).
 - pass@k: the unbiased estimator 1 - C(n - c, k) / C(n, k) with n = k samples (Chen et al. 2021).
 - by difficulty, mean response length (tokens), format rate.
 Held-out problems come from another seed and skip every prompt the training source contains.
@@ -52,13 +52,20 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
+_REFERENCE = ("the reference",)  # the vote of every correct sample (no answer text is a tuple)
+
+
 def majority_correct(answers: Sequence[str | None], correct: Sequence[bool]) -> bool:
-    votes = collections.Counter(a for a in answers if a)
+    """Whether the majority vote over the samples is correct. Every correct sample votes for the reference (the
+    task's checker found it equivalent to the reference: "136", "136.0" and "$136$" are one vote of three), every
+    other sample for its answer as written (whitespace aside), a sample with neither does not vote; ties go to
+    the earliest sample's vote."""
+    keys = [_REFERENCE if ok else answer for answer, ok in zip(answers, correct)]
+    votes = collections.Counter(key for key in keys if key)
     if not votes:
         return False
     top = max(votes.values())
-    winner = next(a for a in answers if a and votes[a] == top)
-    return any(ok for a, ok in zip(answers, correct) if a == winner)
+    return next(key for key in keys if key and votes[key] == top) is _REFERENCE
 
 
 def summarize(problems, texts, lengths, results, k: int, answer_max_chars: int = 256,

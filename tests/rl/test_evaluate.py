@@ -91,7 +91,12 @@ def test_summary_with_odd_k_names_its_figures_and_defaults_difficulty_to_zero():
     ([None, None, None, "5"], [False, False, False, True], True),  # missing answers do not vote
     ([None, "", None], [False, False, False], False),  # no votes at all: not correct
     (["4", "4", "5"], [False, False, True], False),  # the majority, not any correct sample
-    (["5", "5", "4"], [True, False, False], True),  # the winning answer is right if any of its samples is
+    (["5", "5", "4"], [True, False, False], True),  # a tie of three votes: the correct sample's is earliest
+    # correct samples vote as one, however they are written (the task's checker accepted each): 3 against 2
+    (["136", "136.0", "$136$", "7", "7"], [True, True, True, False, False], True),
+    (["(3+5)*2", "2*(3+5)", "(5+3)*2", "16", "16"], [True, True, True, False, False], True),
+    # answers the checker refused never count as right, even when they read alike ("1 2" is not 12)
+    (["12", "12", "12"], [False, False, True], False),
 ])
 def test_majority_vote_follows_the_documented_tie_rule(answers, correct, expected):
     assert majority_correct(answers, correct) is expected
