@@ -4,7 +4,8 @@
 - cons@k: the majority answer among the k samples is correct (correct samples vote as one: `majority_correct`).
 - pass@k: the unbiased estimator 1 - C(n - c, k) / C(n, k) with n = k samples (Chen et al. 2021).
 - by difficulty, mean response length (tokens), format rate.
-Held-out problems come from another seed and skip every prompt the training source contains.
+Held-out problems come from another seed and skip every problem the training source contains (by prompt, or
+what the task says makes two prompts one problem: `Task.problem_key`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from r1jax.model.tokenizer import TokenizerLike
 from r1jax.rl.data import DataConfig
 from r1jax.rl.data.pipeline import TaskSource
 from r1jax.rl.rewards import RewardPool, extract_answer
+from r1jax.rl.tasks import TASKS
 from r1jax.rl.train.config import DEFAULT_REFLECTION_WORDS, EvalConfig
 from r1jax.rl.train.rollouts import reflection_rate, sample_and_submit
 
@@ -30,19 +32,24 @@ def held_out_problems(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | 
     seen = set()
     if data.path is None:
         train = TaskSource([data.task(t) for t in data.tasks], data.seed, data.num_problems)
-        seen = {train[i]["prompt"] for i in range(len(train))}
+        seen = {_key(train[i]) for i in range(len(train))}
     source = TaskSource([data.task(t, difficulty) for t in tasks], cfg.seed, 50 * cfg.num_problems)
-    problems, prompts = [], set()
+    problems = []
     for i in range(len(source)):
         problem = source[i]
-        if problem["prompt"] in seen or problem["prompt"] in prompts:
+        if _key(problem) in seen:
             continue
         problems.append(problem)
-        prompts.add(problem["prompt"])
+        seen.add(_key(problem))
         if len(problems) == cfg.num_problems:
             return problems
     raise ValueError(f"only {len(problems)} held-out problems differ from the training data; the task space "
                      f"is too small for eval.num_problems={cfg.num_problems} (raise the difficulty)")
+
+
+def _key(problem: Mapping) -> tuple:
+    """One problem, however its prompt states it (`Task.problem_key`)."""
+    return problem["task"], TASKS[problem["task"]].problem_key(problem["prompt"])
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -68,6 +68,12 @@ class Task:
     def verify(self, candidate: str, reference: str, prompt: str = "") -> bool:
         raise NotImplementedError
 
+    @staticmethod
+    def problem_key(prompt: str) -> object:
+        """What makes two problems of this task the same problem (held-out problems skip every training
+        problem's key): its prompt, unless the prompt can state one problem in several ways."""
+        return prompt
+
     def warm_up(self) -> None:
         """Load what `verify` needs (a reward worker calls this before its first item, so that no item is charged
         for imports); tasks whose verifier is plain Python need nothing."""

@@ -182,3 +182,24 @@ def test_iterator_state_restores_exactly_in_a_fresh_process():
     fresh = make_iterator(config, 3, process_index=1, process_count=2)
     fresh.set_state(state)
     assert [next(fresh) for _ in range(3)] == expected
+
+
+def test_held_out_countdown_problems_are_not_training_problems_reordered():
+    """Countdown shows its numbers shuffled, so one problem has several prompts: held out by prompt alone,
+    most held-out problems were training problems with their numbers in another order. Checked here by
+    (target, sorted numbers), computed from the prompts independently of the task's own key."""
+    import re
+
+    from r1jax.rl.evaluate import held_out_problems
+    from r1jax.rl.train.config import EvalConfig
+
+    def problem(prompt):
+        target, numbers = re.match(r"Make (\d+) from ([\d, ]+) \(", prompt).groups()
+        return int(target), sorted(int(n) for n in numbers.split(", "))
+
+    data = DataConfig(tasks=("countdown",), num_problems=3000)
+    train = build_source(data)
+    trained = {tuple(map(str, problem(train[i]["prompt"]))) for i in range(len(train))}
+    held_out = held_out_problems(data, EvalConfig(num_problems=50))
+    assert len(held_out) == 50
+    assert not {tuple(map(str, problem(p["prompt"]))) for p in held_out} & trained
