@@ -65,6 +65,8 @@ def _jsonl_rows(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise UserError(f"{path}: row {number}: not valid JSON ({err.msg})") from err
+            except RecursionError as err:  # json's decoder recurses once per nested [ or {
+                raise UserError(f"{path}: row {number}: not valid JSON (nested too deeply)") from err
             if not isinstance(row, dict):
                 raise UserError(f"{path}: row {number}: expected a JSON object, got {type(row).__name__}")
             yield number, row

@@ -43,6 +43,7 @@ def test_user_jsonl_and_parquet_load_as_problems(tmp_path):
     ({"prompt": "q", "answer": "2", "task": "chess"}, r"row 2: field 'task' = 'chess' is not a known task"),
     ({"prompt": "q", "answer": "2", "solution": 3}, r"row 2: field 'solution' must be a string"),
     ("{not json", r"row 2: not valid JSON"), ("[1, 2]", r"row 2: expected a JSON object, got list"),
+    ("[" * 100_000 + "]" * 100_000, r"row 2: not valid JSON \(nested too deeply\)"),  # a RecursionError before
 ])
 def test_a_bad_jsonl_row_names_file_row_and_field(tmp_path, bad_row, message):
     path = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "ok", "answer": "1"}, bad_row])
