@@ -11,6 +11,7 @@ what the task says makes two prompts one problem: `Task.problem_key`).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 from typing import Any, Mapping, Sequence
 
@@ -19,7 +20,7 @@ import numpy as np
 from r1jax.model.tokenizer import TokenizerLike
 from r1jax.rl.data import DataConfig
 from r1jax.rl.data.pipeline import TaskSource
-from r1jax.rl.rewards import RewardPool, extract_answer
+from r1jax.rl.rewards import RewardPool, RewardsConfig, extract_answer
 from r1jax.rl.tasks import TASKS
 from r1jax.rl.train.config import DEFAULT_REFLECTION_WORDS, EvalConfig
 from r1jax.rl.train.rollouts import reflection_rate, sample_and_submit
@@ -45,6 +46,25 @@ def held_out_problems(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | 
             return problems
     raise ValueError(f"only {len(problems)} held-out problems differ from the training data; the task space "
                      f"is too small for eval.num_problems={cfg.num_problems} (raise the difficulty)")
+
+
+def judges(tasks: Sequence[str]) -> tuple[str, ...]:
+    """The rewards evaluation figures read: pass@1's (`code` for code problems, `accuracy` for the others) and
+    `format_rate`'s."""
+    return (*(["accuracy"] if set(tasks) - {"code"} else []), *(["code"] if "code" in tasks else []), "format")
+
+
+def evaluation_rewards(rewards: RewardsConfig, tasks: Sequence[str]) -> RewardsConfig:
+    """`rewards` (its settings: answer length, language, the code sandbox) scoring the judges of `tasks` alone:
+    what `r1jax eval` scores with, whatever the checkpoint trained on (`rewards.names=[accuracy]` reported
+    format_rate 0, a run without `accuracy` pass@1 0)."""
+    names = judges(tasks)
+    return dataclasses.replace(rewards, names=names, weights=(1.0,) * len(names))
+
+
+def missing_judges(rewards: RewardsConfig, tasks: Sequence[str]) -> list[str]:
+    """The judges of `tasks` a training run's rewards do not score (its evaluation would read them as 0)."""
+    return [name for name in judges(tasks) if name not in rewards.names]
 
 
 def _key(problem: Mapping) -> tuple:

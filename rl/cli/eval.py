@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     from r1jax.errors import UserError
     from r1jax.rl.checkpoint import open_for_inference
-    from r1jax.rl.evaluate import evaluate, held_out_problems
+    from r1jax.rl.evaluate import evaluate, evaluation_rewards, held_out_problems
     from r1jax.rl.rewards import RewardPool
     from r1jax.rl.sampler import Sampler
     from r1jax.rl.sampler_layout import inference_layout
@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
                       tokenizer.vocab_size, layout)
     # the workers warm up the verifiers of the problems' tasks only (rl.tasks.Task.warm_up)
     tasks = sorted({problem["task"] for problem in problems})
-    with RewardPool(config.rewards, pool_cfg, tasks=tasks) as pool, use_mesh(mesh, rules):
+    rewards = evaluation_rewards(config.rewards, tasks)  # pass@1's and format_rate's, whatever trained
+    with RewardPool(rewards, pool_cfg, tasks=tasks) as pool, use_mesh(mesh, rules):
         figures, _ = evaluate(sampler, state, tokenizer, template, problems, pool, eval_cfg, max_new,
                               config.rewards.answer_max_chars, config.tokenizer.template_vars)
     if args.json:

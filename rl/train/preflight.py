@@ -39,7 +39,7 @@ from r1jax.model.tokenizer import TokenizerLike, is_tokenizer_dir, load_tokenize
 from r1jax.rl.checkpoint import load_config
 from r1jax.rl.config import Config, stage_config
 from r1jax.rl.data import DataConfig, build_source
-from r1jax.rl.evaluate import held_out_problems
+from r1jax.rl.evaluate import held_out_problems, missing_judges
 from r1jax.rl.hf_architecture import hf_model, is_hf_dir
 from r1jax.rl.rewards.sandbox import check_sandbox
 from r1jax.rl.sampler_devices import split_devices
@@ -237,4 +237,11 @@ def check_held_out(config: Config, tokenizer: TokenizerLike) -> list[dict]:
     except ValueError as err:  # the task space is too small for eval.num_problems
         raise UserError(f"eval: {err}") from None
     check_prompt_lengths(config, tokenizer, [p["prompt"] for p in problems], "the held-out eval set")
+    missing = missing_judges(config.rewards, sorted({p["task"] for p in problems}))
+    if missing:  # the run's reward pool scores its evaluations: a reward it lacks would read 0
+        names, weights = [*config.rewards.names, *missing], [*config.rewards.weights, *[0.0] * len(missing)]
+        raise UserError(f"the held-out evaluation reads the {' and '.join(missing)} reward(s), which "
+                        f"rewards.names={list(config.rewards.names)} does not score (its pass@1 / format_rate "
+                        f"would read 0); add them with weight 0 to leave training as it is: "
+                        f"rewards.names=[{','.join(names)}] rewards.weights=[{','.join(map(str, weights))}]")
     return problems

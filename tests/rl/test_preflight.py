@@ -65,6 +65,26 @@ def test_a_held_out_set_that_cannot_be_built_fails_before_training(tokenizer):
     fails(tokenizer, "data.difficulty=1", "eval.num_problems=5000", named=["eval", "eval.num_problems=5000"])
 
 
+def test_rewards_that_the_evaluation_reads_must_be_scored(tokenizer):
+    """The run's reward pool scores its evaluations: without `accuracy` (or `format`) in rewards.names the
+    held-out pass@1 (or format_rate) read 0; the message gives the names with weight 0 that fix it."""
+    fails(tokenizer, "rewards.names=[format]", "rewards.weights=[1.0]",
+          named=["accuracy reward", "rewards.names=[format,accuracy] rewards.weights=[1.0,0.0]"])
+    fails(tokenizer, "rewards.names=[accuracy]", "rewards.weights=[1.0]",
+          named=["format reward", "rewards.names=[accuracy,format] rewards.weights=[1.0,0.0]"])
+
+
+def test_r1jax_eval_scores_the_judges_of_its_problems_whatever_trained():
+    from r1jax.rl.evaluate import evaluation_rewards
+    from r1jax.rl.rewards import RewardsConfig
+
+    trained = RewardsConfig(names=("format",), weights=(2.0,), answer_max_chars=64)
+    assert evaluation_rewards(trained, ["algebra"]).names == ("accuracy", "format")
+    assert evaluation_rewards(trained, ["code"]).names == ("code", "format")
+    both = evaluation_rewards(trained, ["code", "math"])
+    assert (both.names, both.weights, both.answer_max_chars) == (("accuracy", "code", "format"), (1.0,) * 3, 64)
+
+
 def test_prompts_longer_than_the_largest_bucket_are_named(tokenizer):
     fails(tokenizer, "sampling.prompt_buckets=[4]", named=["sampling.prompt_buckets", "(4)", "Compute"])
 
