@@ -63,12 +63,17 @@ class Launch:
         num_processes = _int(num_processes, environ.get(ENV_NUM_PROCESSES), "--num-processes")
         process_id = _int(process_id, environ.get(ENV_PROCESS_ID), "--process-id")
         mode = mode or environ.get(ENV_DISTRIBUTED) or None
-        timeout = peer_timeout_s if peer_timeout_s is not None else float(
-            environ.get(ENV_PEER_TIMEOUT, DEFAULT_PEER_TIMEOUT_S))
+        timeout = peer_timeout_s
+        if timeout is None:
+            try:
+                timeout = float(environ.get(ENV_PEER_TIMEOUT, DEFAULT_PEER_TIMEOUT_S))
+            except ValueError:
+                raise UserError(f"--peer-timeout-s: environment value {environ[ENV_PEER_TIMEOUT]!r} is not a "
+                                "number") from None
         if mode not in (None, "auto"):
             raise UserError(f"--distributed {mode!r}: the only mode is 'auto' (give --coordinator otherwise)")
-        if timeout <= 0:
-            raise UserError(f"--peer-timeout-s {timeout:g}: must be > 0")
+        if not 0 < timeout < math.inf:  # nan and inf too: JAX takes whole seconds
+            raise UserError(f"--peer-timeout-s {timeout:g}: must be a finite number > 0")
         launch = cls(coordinator, num_processes, process_id, mode == "auto", timeout)
         launch._check()
         return launch

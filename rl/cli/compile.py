@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from r1jax.rl.cli.common import add_config_arguments, split_config_and_overrides
+from r1jax.rl.cli.common import add_config_arguments, positive_int, positive_number, split_config_and_overrides
 
 GIB = 2**30
 
@@ -25,17 +25,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"mesh preset: config (the config's sharding section) or one of "
                              f"{', '.join(MESH_PRESETS)}; default: config")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--prompt-len", type=int, default=None,
+    parser.add_argument("--prompt-len", type=positive_int, default=None,
                         help="prompt tokens, rounded up to a sampling.prompt_buckets bucket; default 512 "
                              "(or the largest bucket when smaller)")
-    parser.add_argument("--new-tokens", type=int, default=None,
+    parser.add_argument("--new-tokens", type=positive_int, default=None,
                         help="sampled tokens per completion; default sampling.max_new_tokens")
-    parser.add_argument("--micro-batches", type=int, default=None,
+    parser.add_argument("--micro-batches", type=positive_int, default=None,
                         help="update micro-batches; default update.micro_batches")
-    parser.add_argument("--hbm-gib", type=float, default=None,
-                        help="judge against this HBM per chip (GiB) instead of the compiler's own figure")
+    parser.add_argument("--hbm-gib", type=positive_number, default=None,
+                        help="judge against this HBM per chip (GiB) instead of the compiler's own figure (split "
+                             "between a chip's devices: a v4 chip holds 2)")
     parser.add_argument("--no-alternatives", action="store_true",
                         help="when it does not fit, do not try the other mesh presets")
+
+
+def hbm_per_device(gib_per_chip: float, topology) -> int:
+    """--hbm-gib (per chip) as the bytes each compile-only device may use: a v4 chip holds 2 devices."""
+    from r1jax.sharding.topology import DEVICES_PER_CHIP
+
+    return int(gib_per_chip * GIB) // DEVICES_PER_CHIP[topology.kind]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     resolve_mesh(args.mesh, config.sharding)  # an unknown preset fails before anything compiles
     work = workload_for(config, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
                         micro_batches=args.micro_batches)
-    hbm = (int(args.hbm_gib * GIB), "override") if args.hbm_gib else device_hbm_bytes(topology)
+    hbm = (hbm_per_device(args.hbm_gib, topology), "override") if args.hbm_gib else device_hbm_bytes(topology)
     report = compile_report(config, topology, args.mesh, work, hbm)
     if not report.fits and not args.no_alternatives:
         report.alternatives = alternatives(config, topology, work, hbm, skip=args.mesh)
@@ -96,7 +104,7 @@ def describe(r: dict) -> str:
     lines.append(r["sampler_layout"] + (f", a weight copy of {_gib(r['sampler_weight_bytes'])} per chip"
                                         if r["sampler_weight_bytes"] else ""))
     if r["decode"]:
-        lines.append(describe_decode(r["decode"], r["workload"]["rows"]))
+        lines.append(describe_decode(r["decode"], r["workload"]["slots"] or r["workload"]["rows"]))  # a step's rows
     if r["update"]:
         lines.append(describe_update(r["update"]))
     verdict = "fits" if r["fits"] else "DOES NOT FIT"

@@ -14,6 +14,7 @@ import os
 import sys
 
 from r1jax.errors import UserError
+from r1jax.rl.cli.common import positive_int
 from r1jax.rl.host_allocator import retain_freed_memory
 from r1jax.sharding.distributed import PeerLost  # defers JAX's import itself
 
@@ -34,24 +35,13 @@ COMMANDS = [
 ]
 
 
-def _device_count(text: str) -> int:
-    """--cpu-devices' value: an integer >= 1 (argparse names the flag in its usage error, exit code 2)."""
-    try:
-        count = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if count < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {count}")
-    return count
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="r1jax",
         description="JAX/TPU-native GRPO trainer for mixture-of-experts policies (DeepSeek-R1 recipe).",
     )
     parser.add_argument(
-        "--cpu-devices", type=_device_count, metavar="N", default=None,
+        "--cpu-devices", type=positive_int, metavar="N", default=None,
         help="fake N CPU devices (set before JAX starts) to run any command on a CPU mesh",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -237,6 +237,7 @@ def test_continuous_batching_reports_the_slots_and_their_cache(config_path):
     assert code == 0 and r["workload"]["slots"] == 4 and r["workload"]["kv_block"] == 4
     d = r["decode"]
     assert d["est_tokens_per_s_per_chip"] == pytest.approx(4 / d["est_step_s"] / 4)  # 4 slots, 4 chips
+    assert "one token for each of 4 rows" in describe(r)  # a step's rows are the slots (it said the batch's 8)
     # the slots' caches (24 long) and the prompts' (16 long), MLA's latent + rope key, float32, 2 layers;
     # rows are not split: the inference layout's batch axes have one device
     entry = (MODEL.kv_lora_rank + MODEL.qk_rope_head_dim) * 4

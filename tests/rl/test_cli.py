@@ -129,6 +129,29 @@ def test_a_bad_cpu_device_count_is_a_usage_error_naming_the_flag(capsys, count, 
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("flag, value, said", [
+    ("--hbm-gib", "inf", "expected a finite number > 0, got 'inf'"),  # an OverflowError traceback before
+    ("--hbm-gib", "nan", "expected a finite number > 0, got 'nan'"),
+    ("--hbm-gib", "0", "expected a finite number > 0, got '0'"),  # 0 meant the compiler's figure, silently
+    ("--hbm-gib", "-1", "expected a finite number > 0, got '-1'"),
+    ("--prompt-len", "0", "expected an integer >= 1, got 0"), ("--new-tokens", "-3", "expected an integer >= 1"),
+    ("--micro-batches", "0", "expected an integer >= 1, got 0"),
+])
+def test_compile_sizes_are_usage_errors_naming_the_flag(capsys, flag, value, said):
+    with pytest.raises(SystemExit) as exit_:  # argparse's, before anything compiles
+        main(["compile", "tiny", "--topology", "v5p-8", flag, value])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"argument {flag}: {said}" in err and "Traceback" not in err
+
+
+def test_compile_hbm_override_is_per_chip_and_a_v4_chip_holds_two_devices():
+    from r1jax.rl.cli.compile import hbm_per_device
+    from r1jax.sharding.topology import parse_topology
+
+    assert hbm_per_device(32, parse_topology("v4-16")) == 16 * 2**30
+    assert hbm_per_device(95, parse_topology("v5p-16")) == 95 * 2**30
+
+
 @pytest.mark.parametrize("size, why", [("5 gigs", "expected a size"), ("0GB", "at least one byte"),
                                        ("0.0001KB", "at least one byte")])
 def test_export_hf_rejects_bad_shard_sizes_before_reading_the_checkpoint(tmp_path, capsys, size, why):

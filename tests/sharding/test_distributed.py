@@ -34,11 +34,14 @@ def test_launch_takes_flags_then_the_environment():
     (dict(num_processes=2, process_id=0), "without --coordinator"),
     (dict(coordinator="h:1", num_processes=2, process_id=2), r"--process-id 2 is not in \[0, 2\)"),
     (dict(mode="slurm"), "the only mode is 'auto'"),
-    (dict(peer_timeout_s=0), "must be > 0"),
+    (dict(peer_timeout_s=0), "must be a finite number > 0"),
+    (dict(peer_timeout_s=float("nan")), "--peer-timeout-s nan: must be a finite number > 0"),  # tracebacks before
+    (dict(peer_timeout_s=float("inf")), "--peer-timeout-s inf: must be a finite number > 0"),
+    (dict(environ={"R1JAX_PEER_TIMEOUT_S": "abc"}), "--peer-timeout-s: environment value 'abc' is not a number"),
 ])
 def test_bad_launch_options_are_named(kwargs, message):
     with pytest.raises(UserError, match=message):
-        Launch.resolve(environ={}, **kwargs)
+        Launch.resolve(**{"environ": {}, **kwargs})
 
 
 def test_barrier_errors_name_the_missing_processes():
