@@ -41,6 +41,10 @@ from r1jax.model.layers import RMSNorm, Stack, apply_rope, apply_rope_interleave
 from r1jax.model.pallas_attention import decode_attention
 from r1jax.sharding.context import constrain
 
+# MLA's q_a_layernorm and kv_a_layernorm: transformers builds them with RMSNorm's default eps, whatever the
+# config's rms_norm_eps (DeepseekV3RMSNorm(q_lora_rank)); the config's applies to the layers' and final norms
+MLA_NORM_EPS = 1e-6
+
 
 def masked_softmax(scores: jax.Array, mask: jax.Array) -> jax.Array:
     """Softmax over the last axis in float32 where `mask` is True."""
@@ -200,7 +204,7 @@ class MLAttention(nnx.Module):
         self.q_lora = cfg.q_lora_rank is not None
         if self.q_lora:
             self.q_a_proj = make_param(rngs, cfg, (d, cfg.q_lora_rank), ("embed_in", "q_lora"), stack)
-            self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, cfg, rngs, stack)
+            self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, cfg, rngs, stack, eps=MLA_NORM_EPS)
             self.q_b_proj = make_param(rngs, cfg, (cfg.q_lora_rank, n, cfg.qk_head_dim),
                                        ("q_lora", "heads", "head_dim"), stack)
         else:
@@ -208,7 +212,7 @@ class MLAttention(nnx.Module):
         # the down-projections' hidden-size axis is `embed_in` (sharding.rules: as `embed` when training, split
         # over `tensor` in the sampler's inference layout)
         self.kv_a_proj_with_mqa = make_param(rngs, cfg, (d, c + r), ("embed_in", "kv_lora"), stack)
-        self.kv_a_layernorm = RMSNorm(c, cfg, rngs, stack)
+        self.kv_a_layernorm = RMSNorm(c, cfg, rngs, stack, eps=MLA_NORM_EPS)
         self.kv_b_proj = make_param(rngs, cfg, (c, n, cfg.qk_nope_head_dim + cfg.v_head_dim),
                                     ("kv_lora", "heads", "head_dim"), stack)
         self.o_proj = make_param(rngs, cfg, (n, cfg.v_head_dim, d), ("heads", "head_dim", "embed"), stack)

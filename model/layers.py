@@ -46,9 +46,9 @@ def make_param(rngs: nnx.Rngs, cfg: ModelConfig, shape: Sequence[int], axes: Seq
 class RMSNorm(nnx.Module):
     """RMSNorm with Hugging Face's numerics: normalise in float32, cast back, then scale."""
 
-    def __init__(self, dim: int, cfg: ModelConfig, rngs: nnx.Rngs, stack: Stack = ()):
+    def __init__(self, dim: int, cfg: ModelConfig, rngs: nnx.Rngs, stack: Stack = (), eps: float | None = None):
         self.weight = make_param(rngs, cfg, (dim,), (None,), stack, init="ones")
-        self.eps = cfg.rms_norm_eps
+        self.eps = cfg.rms_norm_eps if eps is None else eps
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)  # cast to fp32 for the variance

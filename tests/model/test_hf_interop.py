@@ -34,14 +34,15 @@ from tests.model.hf_models import random_hf_model, read_safetensors
 from tests.model.tiny import DEEPSEEK, QWEN
 
 CASES = {  # together: group-limited routing, shared experts, first_k_dense_replace 0 and 1, q_lora_rank
-    # null, tied embeddings, norm_topk_prob false, non-zero e_score_correction_bias, dense Qwen layers
+    # null, tied embeddings, norm_topk_prob false, non-zero e_score_correction_bias, dense Qwen layers, an
+    # rms_norm_eps that MLA's kv_a_layernorm does not take (transformers keeps its default 1e-6 there)
     "qwen_sparse_step": dataclasses.replace(QWEN, mlp_only_layers=(), decoder_sparse_step=2),
     "qwen_tied_no_norm_topk_dense_layer": dataclasses.replace(QWEN, tie_word_embeddings=True,
                                                               norm_topk_prob=False, mlp_only_layers=(0,)),
     "deepseek_groups_shared_dense_first": DEEPSEEK,
     "deepseek_no_q_lora_no_dense": dataclasses.replace(DEEPSEEK, q_lora_rank=None, first_k_dense_replace=0,
                                                        n_group=1, topk_group=1, norm_topk_prob=False,
-                                                       n_shared_experts=2),
+                                                       n_shared_experts=2, rms_norm_eps=1e-2),
 }
 MESH = ShardingConfig(data=1, fsdp=2, expert=2, tensor=2)
 SHARDED = ("qwen_tied_no_norm_topk_dense_layer", "deepseek_groups_shared_dense_first")
@@ -212,6 +213,21 @@ def test_stray_safetensors_files_are_left_or_named(tmp_path):
     save_file({"model.norm.weight": weights["model.norm.weight"]}, str(tmp_path / "b.safetensors"))
     with pytest.raises(UserError, match="tensor 'model.norm.weight' is in both a.safetensors and b.safetensors"):
         load_hf_policy(tmp_path)
+
+
+def test_deepseek_without_shared_experts_imports_and_matches_transformers(tmp_path):
+    """transformers builds DeepSeek-V3's shared experts zero wide when there are none and saves them empty:
+    those empty tensors are no "unexpected tensors" (the import refused the checkpoint)."""
+    cfg = dataclasses.replace(DEEPSEEK, n_shared_experts=0)
+    hf = random_hf_model(cfg, seed=6)
+    hf.save_pretrained(tmp_path)
+    assert any(".shared_experts." in name for name in read_safetensors(tmp_path))
+    config, policy = load_hf_policy(tmp_path)
+    assert config.model.n_shared_experts == 0
+    tokens = np.random.RandomState(1).randint(0, cfg.vocab_size, (2, 8))
+    with torch.no_grad():
+        theirs = hf.float()(torch.tensor(tokens)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(policy(jnp.asarray(tokens)).logits_BTV), theirs, atol=1e-4, rtol=0)
 
 
 def test_multi_token_prediction_layers_are_skipped(tmp_path):
