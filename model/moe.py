@@ -20,7 +20,7 @@ from r1jax.sharding.context import constrain
 
 class MoEAux(NamedTuple):
     counts_E: jax.Array  # float32 token copies per expert (padding excluded), global over the mesh
-    load_balance_loss: jax.Array  # float32 scalar, Switch/HF definition
+    load_balance_loss: jax.Array  # float32 scalar: this layer's Switch balance loss
     z_loss: jax.Array  # float32 scalar
     experts_BTK: jax.Array  # int32 chosen experts, for routing replay
 

@@ -84,9 +84,12 @@ def expert_counts(experts_TK: jax.Array, valid_T: jax.Array, num_experts: int) -
 
 
 def load_balance_loss(probs_TE: jax.Array, counts_E: jax.Array, valid_T: jax.Array) -> jax.Array:
-    """Switch-Transformer balance loss as HF's `load_balancing_loss_func`: E * sum_e f_e * P_e.
+    """One layer's Switch-Transformer balance loss: E * sum_e f_e * P_e.
 
-    f_e = copies routed to e per real token (sums to top-k); P_e = mean router probability of e.
+    f_e = copies routed to e per real token (sums to top-k); P_e = mean router probability of e. The update
+    averages it over layers (a per-layer loss, as Switch, Megatron and DeepSeek-V3 apply it); HF's
+    `load_balancing_loss_func` pools every layer's tokens before the product, which equals this for one layer
+    only.
     """
     valid = valid_T.astype(jnp.float32)
     tokens = jnp.maximum(jnp.sum(valid), 1.0)

@@ -88,7 +88,7 @@ def _print_table(figures: dict) -> None:
     table = Table(title=f"{figures['n_problems']} problems x {k} samples")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("pass@1", f"cons@{k}", f"pass@{k}", "format_rate", "response_length", "reflection_rate"):
+    for key in dict.fromkeys(("pass@1", f"cons@{k}", f"pass@{k}", "format_rate", "response_length", "reflection_rate")):
         table.add_row(key, f"{figures[key]:.3f}")
     for difficulty, value in figures["accuracy_by_difficulty"].items():
         table.add_row(f"pass@1 difficulty {difficulty}", f"{value:.3f}")

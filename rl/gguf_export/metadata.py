@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import gguf
 
+from r1jax.model.attention import MLA_NORM_EPS
 from r1jax.model.config import ModelConfig
 from r1jax.rl.gguf_export.layout import FILE_TYPES
 
@@ -63,6 +64,9 @@ def unsupported(cfg: ModelConfig) -> list[str]:
                             "blk.N.attn_q.weight)")
         if cfg.n_shared_experts < 1:
             problems.append("n_shared_experts=0 (llama.cpp's deepseek2 requires shared-expert tensors)")
+        if cfg.rms_norm_eps != MLA_NORM_EPS:
+            problems.append(f"rms_norm_eps={cfg.rms_norm_eps} (llama.cpp's deepseek2 applies it to the MLA q_a / kv_a "
+                            f"norms, which transformers and r1jax compute with {MLA_NORM_EPS})")
     else:
         dense = [i for i in range(cfg.num_hidden_layers) if not cfg.layer_is_moe(i)]
         if dense:

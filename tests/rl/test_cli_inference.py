@@ -169,3 +169,13 @@ def test_eval_top_k_one_makes_the_k_samples_one_and_a_negative_top_k_is_refused(
     assert figures["pass@1"] == figures[f"cons@{k}"] == figures[f"pass@{k}"]
     code, _, err = run_main(capsys, "eval", str(finished_run), "--top-k", "-1")
     assert code == 2 and "eval.top_k=-1" in err
+
+
+def test_eval_table_names_each_figure_once_with_one_sample(capsys):
+    from r1jax.rl.cli.eval import _print_table
+    figures = {"k": 1, "n_problems": 3, "pass@1": 0.5, "cons@1": 0.5, "format_rate": 1.0, "response_length": 9.0,
+               "reflection_rate": 0.0, "accuracy_by_difficulty": {"1": 0.5}}
+    _print_table(figures)
+    rows = [line.split("│")[1].strip() for line in capsys.readouterr().out.splitlines() if line.count("│") == 3]
+    assert rows == ["pass@1", "cons@1", "format_rate", "response_length", "reflection_rate",
+                    "pass@1 difficulty 1"]
