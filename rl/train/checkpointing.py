@@ -90,6 +90,24 @@ def check_compatible(saved: Config, current: Config, where: str) -> None:
         raise UserError(f"checkpoint {where} does not match the config: " + "; ".join(diffs))
 
 
+def config_changes(saved: Config, current: Config) -> list[str]:
+    """Each setting where `current` differs from a checkpoint's `saved` config, as 'key: saved -> current'
+    (lists by index, e.g. 'stages.1.steps: 100 -> 200'): what a resume runs under that the saved run did not."""
+    def flat(node: Any, prefix: str) -> dict[str, Any]:
+        if isinstance(node, dict):
+            items = node.items()
+        elif isinstance(node, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) for v in node):
+            items = enumerate(node)
+        else:
+            return {prefix: node}
+        return {key: value for k, v in items for key, value in flat(v, f"{prefix}.{k}" if prefix else str(k)).items()}
+    before, after = flat(to_dict(saved), ""), flat(to_dict(current), "")
+    missing = object()
+    return [f"{key}: {before.get(key, missing)!r} -> {after.get(key, missing)!r}".replace(repr(missing), "absent")
+            for key in sorted(before.keys() | after.keys(), key=lambda k: (k.split(".")[0], k))
+            if before.get(key, missing) != after.get(key, missing)]
+
+
 # Fields that change how the model runs, not what its parameters are: a checkpoint may resume under others.
 _RUNTIME_FIELDS = {"compute_dtype", "moe_impl", "moe_block_size", "moe_decode_used_blocks", "moe_decode_impl", "remat",
                    "scan_layers", "decode_attention",

@@ -18,6 +18,7 @@ import pathlib
 from typing import Any
 
 import jax
+import rich.markup
 
 from r1jax.errors import UserError
 from r1jax.files import write_atomically
@@ -28,7 +29,7 @@ from r1jax.rl.host_info import host_info
 from r1jax.rl.rewards import RewardPool
 from r1jax.rl.rewards.share import ScoreShare
 from r1jax.rl.sampler_devices import split_devices
-from r1jax.rl.train.checkpointing import TrainCheckpointer, check_compatible
+from r1jax.rl.train.checkpointing import TrainCheckpointer, check_compatible, config_changes
 from r1jax.rl.train.config import StageConfig
 from r1jax.rl.train.console import RunConsole
 from r1jax.rl.train.context import (BatchPlacer, StageContext, StageResult, StageStart, StopFlag, Stopped,
@@ -147,6 +148,11 @@ class Trainer:
                             f"the config's stage {index + 1} is {found}: resume with the run's stages (its "
                             "config.yaml), or start a new run directory")
         check_compatible(saved, stage_config(self.config, index), where)
+        changes = config_changes(saved, stage_config(self.config, index))
+        if changes:  # allowed (a longer schedule, a new eval size), but the run is no longer the saved one's
+            shown = "; ".join(changes[:12]) + (f"; and {len(changes) - 12} more" if len(changes) > 12 else "")
+            self.console.log(rich.markup.escape(f"resuming under a config that differs from checkpoint {where}'s "
+                                                f"(the run will not equal an uninterrupted one): {shown}"))
         self.global_step = int(meta["global_step"])
         self.summary = meta.get("summary", self.summary)
         self.metrics.resume(self.global_step, self.summary["evals"])

@@ -168,6 +168,31 @@ def test_a_checkpoint_saved_in_another_stage_than_the_configs_is_refused(finishe
         trainer.checkpoints.close()
 
 
+def test_a_resume_under_changed_settings_names_each_change(finished_run, tmp_path):
+    """Overrides on resume are allowed (a longer schedule, a larger eval), but the run is no longer the saved
+    one's: the resume says which settings changed, from what to what; unchanged settings say nothing."""
+    import shutil
+
+    from r1jax.rl.train.checkpointing import config_changes
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    saved = load_config(run_dir / "config.yaml")
+    assert config_changes(saved, saved) == []
+    config = load_config(run_dir / "config.yaml", ["grpo.clip_high=0.3", "stages.1.steps=9", "seed=5"])
+    assert config_changes(saved, config) == [f"grpo.clip_high: {saved.grpo.clip_high!r} -> 0.3", "seed: 0 -> 5",
+                                             f"stages.1.steps: {saved.stages[1].steps} -> 9"]
+    logged = []
+    trainer = Trainer(config, run_dir)
+    trainer.console.log = logged.append
+    try:
+        trainer._resume_position()
+    finally:
+        trainer.checkpoints.close()
+    [line] = [line for line in logged if "differs" in line]
+    assert "(the run will not equal an uninterrupted one): grpo.clip_high:" in line and "stages.1.steps" in line
+
+
 def test_checkpoint_that_does_not_match_the_config_is_refused(finished_run):
     from r1jax.rl.train.trainer import Trainer
 
