@@ -2,7 +2,7 @@
 
 Every process builds the same shuffled order from the same seed and takes the slice [index::count], so
 processes see disjoint problems; `repeat` reshuffles each epoch with a derived seed and keeps the slices
-disjoint. A batch is a list of problem dicts (task, prompt, answer, solution, difficulty) of length
+disjoint (each epoch leaves out its order's last len % count problems, so the slices are equal). A batch is a list of problem dicts (task, prompt, answer, solution, difficulty) of length
 `batch_size` per process.
 
 The iterator's state (`it.get_state()`, a small JSON-serialisable dict) restores exactly with
@@ -72,7 +72,9 @@ def make_dataset(source, *, batch_size: int, seed: int = 0, shuffle: bool = True
     dataset = grain.MapDataset.source(source)
     if shuffle:
         dataset = dataset.shuffle(seed=seed)
-    dataset = dataset[index::count]
+    # equal shards (the last len % count rows of each epoch's order go): with unequal ones the processes'
+    # epochs start at different batches and one batch could hold a row twice
+    dataset = dataset[:len(source) - len(source) % count][index::count]
     if repeat:
         dataset = dataset.repeat(None)  # reseed_each_epoch: a new order every epoch, same on every process
     return dataset.batch(batch_size, drop_remainder=True, batch_fn=list)

@@ -137,6 +137,16 @@ def test_process_shards_are_disjoint_cover_the_data_and_reshuffle_each_epoch():
     assert epochs[0][0] != epochs[0][1]  # a new order in the second epoch
 
 
+def test_uneven_shards_stay_disjoint_across_epochs():
+    """10 problems on 3 processes: each takes 3 per epoch (one goes), so their epochs turn together and each
+    epoch's 9 rows are distinct; with shards of 4, 3, 3 the epochs drifted apart and a batch held a row twice."""
+    streams = [collect(make_dataset(source(10), batch_size=3, seed=3, process_index=index, process_count=3), 6)
+               for index in range(3)]
+    epochs = [[x for batch in batches for x in batch] for batches in zip(*streams)]
+    assert all(len(set(rows)) == len(rows) == 9 for rows in epochs), epochs
+    assert len({tuple(rows) for rows in epochs}) == 6  # reshuffled each epoch
+
+
 def test_without_repeat_the_iterator_ends_and_small_sources_fail_clearly():
     once = make_dataset(source(12), batch_size=4, repeat=False, process_index=0, process_count=1)
     assert len(collect(once, 3)) == 3
