@@ -41,7 +41,7 @@ class SamplingConfig:
     max_new_tokens: int = 128
     temperature: float = 1.0  # R1-Zero rollouts: 1.0; R1 evaluation: 0.6
     top_p: float = 1.0  # R1 evaluation: 0.95
-    top_k: int = 0  # 0: off
+    top_k: int = 0  # 0: off. Log-probs are the unfiltered softmax(logits / T)'s: see README, off-policy
     prompt_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048)
     # The sampler's weight layout (rl.sampler_layout): auto | inference | train; an inference mesh
     # ({data, fsdp, expert, tensor}) and rule overrides replacing the family default.
