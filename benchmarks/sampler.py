@@ -2,7 +2,8 @@
 
     python benchmarks/sampler.py [--preset tiny|bench] [--batch 64] [--new 128] [--json]
 
-A thin script over `rl.bench.sampler`; `r1jax bench` reports these figures with all the others.
+A thin script over `rl.bench.sampler`, set up as `r1jax bench` sets it up (the preset's mesh, sampler layout,
+`sampling.kv_block` and `cache_phases`), which reports these figures with all the others.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from flax import nnx  # noqa: E402
-
 from r1jax.model.factory import init_policy  # noqa: E402
-from r1jax.rl.bench.sampler import bench_prompts, sampler_figures  # noqa: E402
+from r1jax.rl.bench.sampler import bench_prompts, sampler_figures, sampler_policy  # noqa: E402
 from r1jax.rl.config import load_config  # noqa: E402
+from r1jax.sharding.context import use_mesh  # noqa: E402
+from r1jax.sharding.mesh import build_mesh  # noqa: E402
 
 
 def main() -> None:
@@ -28,10 +29,16 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=128)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    cfg = load_config(args.preset).model
-    graphdef, state = nnx.split(init_policy(cfg, 0))
-    prompts_BP = bench_prompts(cfg.vocab_size, args.batch, 32)
-    result = {"preset": args.preset, **sampler_figures(graphdef, state, prompts_BP, args.new)}
+    config = load_config(args.preset)
+    mesh, rules = build_mesh(config.sharding), config.sharding.logical_rules()
+    with use_mesh(mesh, rules):
+        policy = init_policy(config.model, config.seed, mesh, rules)
+    graphdef, state, sample_mesh, sample_rules, layout = sampler_policy(config, policy, mesh, rules)
+    prompts_BP = bench_prompts(config.model.vocab_size, args.batch, 32)
+    with use_mesh(sample_mesh, sample_rules):
+        figures = sampler_figures(graphdef, state, prompts_BP, args.new, kv_block=config.sampling.kv_block,
+                                  cache_phases=config.sampling.cache_phases)
+    result = {"preset": args.preset, "sampler_layout": layout, **figures}
     if args.json:
         print(json.dumps(result))
     else:
