@@ -18,7 +18,10 @@ from typing import Optional
 class ChipSpec:
     peak_flops: float  # dense bf16 FLOP/s per chip
     hbm_bytes_per_s: float  # HBM bandwidth per chip
-    ici_bytes_per_s: Optional[float]  # inter-chip interconnect, bidirectional, per chip (None: not published)
+    # inter-chip interconnect, per chip, bidirectional as published (None: not published): a chip receives at
+    # half of it on all its links at once (sharding.roofline.collective_seconds); a collective over one axis of
+    # the torus uses only that dimension's links, so the time estimated from it is a lower bound
+    ici_bytes_per_s: Optional[float]
     source: str
 
     def to_dict(self) -> dict:

@@ -7,11 +7,17 @@ body decodes one token for every row, so everything counted in the body is per d
 batch), per device. Nested loops (the layer scan) count once per iteration: their body's figures are
 multiplied by their trip count (`_Module.trip_count`). A conditional counts its costliest branch.
 
-Collective bytes, per device, by kind: an all-gather counts its gathered result, every other collective
-(all-reduce, reduce-scatter, all-to-all, collective-permute) its operand. A weight all-gather is one whose
-data is loop-invariant in the decode loop: followed back through data movement (bitcast, copy, reshape,
-transpose, convert, slices, fusions of those), it reaches a decode-loop value that every iteration passes on
-unchanged, i.e. a parameter the loop closes over.
+Collective bytes, per device, by kind: what a device receives over the interconnect
+(`_Module.collective_bytes`), for a group of n devices (the instruction's `replica_groups`,
+`hlo_text.replica_group_size`): an all-gather (n - 1) / n of its gathered result (the device holds its own 1/n
+already); a reduce-scatter or an all-to-all (n - 1) / n of its operand (its own share stays on the device; of
+a ragged all-to-all, its input: an upper bound); an all-reduce (n - 1) / n of its operand, one phase of the
+two it runs (a reduce-scatter then an all-gather: `sharding.roofline.collective_seconds` counts it twice); a
+collective-permute its whole operand. Before 2026-12-03 the whole result or operand was counted, 8/7 of what a
+device receives in a group of 8. A weight all-gather (counted the same way) is one whose data is
+loop-invariant in the decode loop: followed back through data movement (bitcast, copy, reshape, transpose,
+convert, slices, fusions of those), it reaches a decode-loop value that every iteration passes on unchanged,
+i.e. a parameter the loop closes over.
 
 HBM bytes: every instruction's operands read and result written (XLA's own cost model, per device): a slice
 or gather of a parameter reads what it takes, an in-place update writes the update; tuples, parameters, bitcasts and
@@ -29,7 +35,8 @@ import math
 import re
 from typing import Optional
 
-from r1jax.sharding.hlo_text import Computation, Instruction, parse_module, shape_bytes
+from r1jax.sharding.hlo_text import (Computation, Instruction, collective_group_size, module_devices, parse_module,
+                                     shape_bytes)
 
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
 _FREE = {"parameter", "get-tuple-element", "tuple", "constant", "bitcast", "while", "call", "conditional",
@@ -65,8 +72,8 @@ def collective_kind(opcode: str) -> Optional[str]:
 class DecodeStats:
     """Per device, per decode-loop iteration (one token for every row)."""
 
-    collective_bytes: dict[str, int]
-    weight_allgather_bytes: int
+    collective_bytes: dict[str, int]  # by kind, bytes received per device (an all-reduce's: one of its 2 phases)
+    weight_allgather_bytes: int  # of collective_bytes["all-gather"], the weight all-gathers' (received per device)
     weight_allgathers: int  # how many weight all-gathers run per iteration (nested trip counts applied)
     hbm_bytes: int
     flops: float  # dot FLOPs per device (2 x output elements x contracted size)
@@ -79,6 +86,7 @@ class DecodeStats:
 class _Module:
     def __init__(self, text: str, dynamic_trips: int = 1):
         self.comps = parse_module(text)
+        self.devices = module_devices(text)  # (replicas, partitions); None without the module's header line
         self.dynamic_trips = dynamic_trips
         self._user_maps: dict[str, dict[str, list[Instruction]]] = {}
         self.callers: dict[str, tuple[Computation, Instruction]] = {}
@@ -199,14 +207,27 @@ class _Module:
         return [shape_bytes(comp.instructions[o].shape, hbm_only=True) if o in comp.instructions else 0
                 for o in inst.operands]
 
-    def collective_bytes(self, comp: Computation, inst: Instruction, kind: str) -> int:
+    def collective_bytes(self, comp: Computation, inst: Instruction, kind: str) -> float:
+        """The bytes one device receives over the interconnect for this collective (the module docstring): of
+        the data it moves (an all-gather's result, another collective's operands, a ragged all-to-all's input),
+        the (n - 1) / n share of a group of n that comes from the other devices; a collective-permute's whole
+        operand. Where n is unknown (empty groups in a text without its module header) the whole data counts,
+        an overestimate of at most n / (n - 1)."""
         # what crosses the interconnect, wherever the chip holds it (HBM or on-chip memory, `S(1)` on TPU):
         # an operand staged on chip moves as many bytes (counted only as HBM traffic, it was missed: 2026-12-02)
-        operands = sum(shape_bytes(comp.instructions[o].shape) for o in inst.operands if o in comp.instructions)
-        if kind != "all-gather":
-            return operands
-        total = inst.bytes
-        return total - operands if inst.opcode.endswith("-start") else total
+        operands = [shape_bytes(comp.instructions[o].shape) if o in comp.instructions else 0
+                    for o in inst.operands]
+        if kind == "collective-permute":
+            return sum(operands)
+        if kind == "all-gather":  # an async start's shape holds its operands and its result
+            moved = inst.bytes - sum(operands) if inst.opcode.endswith("-start") else inst.bytes
+        elif inst.opcode.removesuffix("-start") == "ragged-all-to-all":
+            # operands: input, output buffer, offsets and sizes; only the input is sent (at most all of it)
+            moved = operands[0] if operands else 0
+        else:
+            moved = sum(operands)
+        n = collective_group_size(inst, kind, self.devices)
+        return moved if not n else moved * (n - 1) / n
 
     def hbm_bytes(self, comp: Computation, inst: Instruction) -> int:
         if inst.opcode in _FREE or inst.opcode.endswith("-done"):
@@ -412,8 +433,8 @@ def decode_stats(hlo_text: str, dynamic_trips: int = 1, phase_ends: tuple[int, .
 
 def program_costs(hlo_text: str) -> tuple[dict[str, int], int, float]:
     """A whole program's costs per device, counted as in a decode step (loops times their trip counts):
-    (collective bytes by kind, HBM bytes, dot FLOPs)."""
+    (collective bytes received by kind, HBM bytes, dot FLOPs)."""
     module = _Module(hlo_text)
     entry = next(c for c in module.comps.values() if c.entry)
     totals = _walk(module, entry, None, (entry.name,))
-    return {k: int(totals.get(k, 0)) for k in COLLECTIVES}, int(totals["hbm"]), float(totals["flops"])
+    return {k: round(totals.get(k, 0)) for k in COLLECTIVES}, int(totals["hbm"]), float(totals["flops"])

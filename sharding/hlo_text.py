@@ -2,7 +2,8 @@
 
 Only what `sharding.decode_stats` needs is parsed: each instruction's name, result shape, opcode, operand
 names, the computations it calls (fusions, calls, while bodies, conditional branches) and its attributes as
-text. Shapes are per device after SPMD partitioning, so bytes are per device. A layout carrying `S(1)` is in
+text; a collective's group size (`replica_group_size`) and the module's device counts (`module_devices`).
+Shapes are per device after SPMD partitioning, so bytes are per device. A layout carrying `S(1)` is in
 on-chip memory (TPU VMEM), not HBM.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from typing import Optional
 
 # Bytes per element; sub-byte integer types count as a fraction.
 DTYPE_BYTES = {
@@ -23,6 +25,10 @@ _ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\](\{[^}]*\})?")
 _HEADER = re.compile(r"^(ENTRY )?%?([\w.\-]+) \(.*\) -> .* \{\s*$")
 _CALLED = re.compile(r"\b(calls|to_apply|body|condition|true_computation|false_computation)=%([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
+_MODULE_COUNT = re.compile(r"\b(replica_count|num_partitions)=(\d+)")
+_IOTA_GROUPS = re.compile(r"\[(\d+(?:,\d+)*)\]<=\[")  # [groups,size]<=[8] or [2,4]<=[4,2]T(1,0)
+_MESH_AXIS = re.compile(r"^'?([^'=]+?)'?=(\d+)$")  # 'axis_0'=4 (a mesh's axis and its size)
+_GROUP_AXIS = re.compile(r"^'?([^':]+?)'?(?::\((\d+)\)(\d+))?$")  # 'axis_0', or a sub-axis 'axis_0':(1)2
 
 
 def leaf_bytes(shape: str, *, hbm_only: bool = False) -> list[int]:
@@ -39,6 +45,93 @@ def leaf_bytes(shape: str, *, hbm_only: bool = False) -> list[int]:
 
 def shape_bytes(shape: str, *, hbm_only: bool = False) -> int:
     return sum(leaf_bytes(shape, hbm_only=hbm_only))
+
+
+def module_devices(text: str) -> Optional[tuple[int, int]]:
+    """(replica_count, num_partitions) from the module's `HloModule` header line: XLA prints each only where it
+    is not 1, so an absent one is 1 (an SPMD program's devices are its partitions). None without a header."""
+    header = next((line for line in text.splitlines() if line.startswith("HloModule ")), None)
+    if header is None:
+        return None
+    counts = {key: int(value) for key, value in _MODULE_COUNT.findall(header)}
+    return counts.get("replica_count", 1), counts.get("num_partitions", 1)
+
+
+def replica_group_size(attrs: str) -> Optional[int]:
+    """The number of devices in each of a collective's groups, from its `replica_groups` attribute in any of
+    the formats XLA prints: explicit lists `{{0,1,2,3},{4,5,6,7}}` (the groups are of equal size), an iota list
+    `[2,4]<=[8]` or `[2,4]<=[4,2]T(1,0)` (groups x size: the first bracket's last dim), or mesh axes
+    `mesh['a'=2,'b'=4] {'b'}` (optionally `, device_ids=(...)` before the axes; a sub-axis `'b':(1)2` counts
+    its own size; the product of the named axes' sizes; `maximal_mesh[...] {}` is one device). None where the
+    groups are empty (`{}`: every device of the mode's kind in one group, `sharding.decode_stats`), absent or
+    unreadable."""
+    start = attrs.find("replica_groups=")
+    if start < 0:
+        return None
+    text = attrs[start + len("replica_groups="):]
+    if text.startswith("{"):
+        groups = text[:_balanced(text, 0)]
+        first = re.match(r"\{\{([^}]*)\}", groups)
+        size = len([d for d in first.group(1).split(",") if d.strip()]) if first else 0
+        return size or None
+    iota = _IOTA_GROUPS.match(text)
+    if iota:
+        return int(iota.group(1).split(",")[-1])
+    if text.startswith("maximal_mesh["):
+        return 1
+    if not text.startswith("mesh["):
+        return None
+    close = _balanced(text, len("mesh"))
+    sizes = {}
+    for axis in text[len("mesh") + 1:close - 1].split(","):
+        found = _MESH_AXIS.match(axis.strip())
+        if found is None:
+            return None
+        sizes[found.group(1)] = int(found.group(2))
+    rest = text[close:]
+    if rest.startswith(", device_ids="):  # a mesh whose devices are not in iota order: `device_ids=(...)`
+        paren = rest.find("(")
+        rest = rest[_balanced(rest, paren):]
+    rest = rest.lstrip()
+    if not rest.startswith("{"):
+        return None
+    size = 1
+    for axis in filter(None, (a.strip() for a in rest[1:_balanced(rest, 0) - 1].split(","))):
+        found = _GROUP_AXIS.match(axis)
+        if found is None or (found.group(3) is None and found.group(1) not in sizes):
+            return None
+        size *= int(found.group(3)) if found.group(3) is not None else sizes[found.group(1)]
+    return size
+
+
+# collectives whose `use_global_device_ids` decides what their groups' ids are (XLA's GetCollectiveOpGroupMode);
+# every other one with a channel_id groups partitions
+_GLOBAL_ID_KINDS = ("all-gather", "all-reduce", "reduce-scatter")
+
+
+def collective_group_size(inst: "Instruction", kind: str, devices: Optional[tuple[int, int]]) -> Optional[int]:
+    """How many devices take part in each group of this collective: its `replica_groups`' size, read as
+    XLA's group modes read the ids (GetCollectiveOpGroupMode): without a channel_id, replicas; with one,
+    partitions, except an all-gather, all-reduce or reduce-scatter without `use_global_device_ids=true`,
+    whose groups of replicas take every partition of theirs (n = group size x partitions); with it, global
+    device ids. Empty groups are every replica (or partition, or device) of the module. None where that
+    count is unknown (`devices`, the module's (replicas, partitions): None without its header)."""
+    size = inst.replica_group_size
+    if "channel_id=" not in inst.attrs:
+        mode = "replicas"
+    elif kind not in _GLOBAL_ID_KINDS:
+        mode = "partitions"
+    elif "use_global_device_ids=true" in inst.attrs:
+        mode = "devices"
+    else:
+        mode = "replicas x partitions"
+    if size is not None and mode != "replicas x partitions":
+        return size
+    if devices is None:
+        return None
+    replicas, partitions = devices
+    return {"replicas": replicas, "partitions": partitions, "devices": replicas * partitions,
+            "replicas x partitions": (size or replicas) * partitions}[mode]
 
 
 @dataclasses.dataclass
@@ -60,6 +153,11 @@ class Instruction:
         for group in _BRANCHES.findall(self.attrs):
             names += [n.strip().lstrip("%") for n in group.split(",") if n.strip()]
         return names
+
+    @property
+    def replica_group_size(self) -> Optional[int]:
+        """A collective's devices per group (`replica_group_size`); None where its groups are empty."""
+        return replica_group_size(self.attrs)
 
     def attr(self, key: str) -> str | None:
         match = re.search(rf"\b{key}=%?([\w.\-]+)", self.attrs)

@@ -4,12 +4,20 @@ max(compute, HBM) time plus collective time at the interconnect's bandwidth, fro
 figures (`sharding.chips`) and a decode step's costs per device (`sharding.decode_stats`). Decode does not
 overlap its collectives with compute: each layer waits for its own.
 
-Collective time (`collective_seconds`, the update's estimate too): each collective's bytes (an all-gather's
-result, the others' operands: `DecodeStats.collective_bytes`) over the chip's interconnect bandwidth, an
-all-reduce's twice: it is a reduce-scatter of its operand and an all-gather of the result, each moving
-about the operand's bytes through every chip (ring or torus alike), where an all-gather of the same result
-or a reduce-scatter of the same operand moves it once. Counted once (before 2026-12-02), a gradient
-all-reduce looked as cheap as the reduce-scatter that could replace it.
+Collective time (`collective_seconds`, the update's estimate too): the bytes each chip receives over the
+interconnect (`DecodeStats.collective_bytes`: (n - 1) / n of an all-gather's result or of a reduce-scatter's,
+all-to-all's or all-reduce's operand in a group of n, a collective-permute's whole operand), an all-reduce's
+twice (a reduce-scatter of its operand, then an all-gather of the result: each phase receives (n - 1) / n of
+the operand), over the chip's inbound bandwidth: half its published ICI bandwidth, which Google states
+bidirectional (a chip's links carry as much in as out; v5p's 1,200 GB/s is 600 GB/s in). Before 2026-12-03 the
+whole result or operand was divided by the bidirectional figure, an estimate about 2 (n - 1) / n too fast
+(1.75 x in a group of 8).
+
+It is a lower bound on the time. It assumes every ICI link of the chip busy receiving the collective's data,
+but a collective over one axis of a torus (a mesh axis laid along one dimension of the chips' 2D or 3D torus)
+uses only that dimension's links, a share of the chip's (one dimension of v5p's 3D torus, of v5e's 2D one), so
+it can take several times longer; and it counts no latency (a ring's n - 1 steps, each a hop and a wait), which
+can dominate small collectives.
 """
 
 from __future__ import annotations
@@ -21,11 +29,13 @@ from r1jax.sharding.decode_stats import DecodeStats
 
 
 def collective_seconds(bytes_by_kind: dict[str, float], chip: ChipSpec) -> float:
-    """Time on the chip's interconnect for these collective bytes (module docstring: all-reduces twice);
-    0 where the chip's bandwidth is not published."""
+    """Time on the chip's interconnect to receive these collective bytes (bytes received by the chip, by kind:
+    `DecodeStats.collective_bytes`), all-reduces twice, at the chip's inbound bandwidth (half the published
+    bidirectional figure); a lower bound (module docstring). 0 where the chip's bandwidth is not published."""
     if not chip.ici_bytes_per_s:
         return 0.0
-    return (sum(bytes_by_kind.values()) + bytes_by_kind.get("all-reduce", 0)) / chip.ici_bytes_per_s
+    inbound_bytes_per_s = chip.ici_bytes_per_s / 2
+    return (sum(bytes_by_kind.values()) + bytes_by_kind.get("all-reduce", 0)) / inbound_bytes_per_s
 
 
 @dataclasses.dataclass(frozen=True)

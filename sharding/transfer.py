@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding
 
 MIRROR_AXIS = "_mirror"
 

@@ -3,16 +3,18 @@ and MFU from the chip's published figures (`sharding.chips`, the table the decod
 
 Costs per device (`StepStats`, from `compiled.as_text()` by `sharding.decode_stats.program_costs`): dot and
 convolution FLOPs, HBM bytes (each instruction's operands read and result written) and collective bytes by
-kind, every loop counted times its trip count. XLA's own `cost_analysis()` counts a loop body once, so a
-layer scan (and its backward) would be counted for one layer only; its figures stay in the report as XLA
-gives them (`programs.update.flops`) but the estimate does not use them.
+kind (received per device: `sharding.decode_stats`), every loop counted times its trip count. XLA's own
+`cost_analysis()` counts a loop body once, so a layer scan (and its backward) would be counted for one layer
+only; its figures stay in the report as XLA gives them (`programs.update.flops`) but the estimate does not use
+them.
 
-Roofline (`update_report`): est_step_s = max(FLOPs / peak, HBM bytes / HBM bandwidth) + collective bytes /
-interconnect bandwidth (an all-reduce's bytes twice: `sharding.roofline.collective_seconds`). Overlap assumption: none between collectives and compute (the collectives' time is
-added). XLA's scheduler on TPU runs collectives asynchronously and hides some of them behind the layers'
-matmuls (FSDP's all-gathers of the next layer, the gradients' reduce-scatters), so the step takes somewhere
-between `est_step_overlapped_s` (every collective hidden: the max of the three times) and `est_step_s`;
-the report states both and estimates MFU from the conservative one.
+Roofline (`update_report`): est_step_s = max(FLOPs / peak, HBM bytes / HBM bandwidth) + collective bytes
+received / inbound interconnect bandwidth (half the published bidirectional figure, an all-reduce's bytes
+twice: `sharding.roofline.collective_seconds`, a lower bound). Overlap assumption: none between collectives
+and compute (the collectives' time is added). XLA's scheduler on TPU runs collectives asynchronously and hides
+some of them behind the layers' matmuls (FSDP's all-gathers of the next layer, the gradients'
+reduce-scatters), so the step takes somewhere between `est_step_overlapped_s` (every collective hidden: the
+max of the three times) and `est_step_s`; the report states both and estimates MFU from the conservative one.
 
 MFU = model FLOPs / (est_step_s x peak). Model FLOPs are the model's own (`rl.bench.flops.train_step_flops`:
 6 x active matmul parameters x tokens + attention), not the compiled program's: the standard definition
@@ -34,7 +36,7 @@ from r1jax.sharding.roofline import collective_seconds
 class StepStats:
     """One run of a whole compiled program, per device."""
 
-    collective_bytes: dict[str, int]
+    collective_bytes: dict[str, int]  # by kind, bytes received per device (an all-reduce's: one of its 2 phases)
     hbm_bytes: int
     flops: float
 

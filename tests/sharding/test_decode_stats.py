@@ -8,9 +8,9 @@ import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from r1jax.sharding.chips import CHIPS
-from r1jax.sharding.decode_stats import decode_stats, phase_step_shares
-from r1jax.sharding.roofline import decode_report, estimate
-from r1jax.sharding.hlo_text import leaf_bytes, parse_instruction
+from r1jax.sharding.decode_stats import decode_stats, phase_step_shares, program_costs
+from r1jax.sharding.roofline import collective_seconds, decode_report, estimate
+from r1jax.sharding.hlo_text import leaf_bytes, module_devices, parse_instruction
 
 LAYERS, D, ROWS, STEPS = 3, 64, 16, 5
 
@@ -50,10 +50,11 @@ def _decode_program(mesh, gather_rows: bool):
 def test_weight_allgathers_in_the_layer_scan_are_counted_per_layer(mesh):
     stats = decode_stats(_decode_program(mesh, gather_rows=False))
     layer_weight = D * D * 4  # each layer's whole float32 weight, gathered on every device
+    received = layer_weight * 7 // 8  # of 8 devices: a device holds its 1/8 and receives the other 7/8
     assert stats.loops == 1
     assert stats.weight_allgathers == LAYERS
-    assert stats.weight_allgather_bytes == LAYERS * layer_weight
-    assert stats.collective_bytes["all-gather"] == LAYERS * layer_weight
+    assert stats.weight_allgather_bytes == LAYERS * received
+    assert stats.collective_bytes["all-gather"] == LAYERS * received
     assert stats.flops == LAYERS * 2 * (ROWS // 8) * D * D  # each device's rows through each layer
 
 
@@ -67,8 +68,9 @@ def test_a_trip_count_the_compiler_does_not_state_is_read_from_the_loop_conditio
 
 def test_gathering_carried_rows_is_not_a_weight_allgather(mesh):
     stats = decode_stats(_decode_program(mesh, gather_rows=True))
-    assert stats.weight_allgather_bytes == LAYERS * D * D * 4
-    assert stats.collective_bytes["all-gather"] == LAYERS * D * D * 4 + ROWS * D * 4  # + the whole rows
+    # received per device, 7/8 of each gathered array (8 devices): the layers' weights + the whole rows
+    assert stats.weight_allgather_bytes == LAYERS * D * D * 4 * 7 // 8
+    assert stats.collective_bytes["all-gather"] == (LAYERS * D * D * 4 + ROWS * D * 4) * 7 // 8
 
 
 def test_a_program_without_a_decode_loop_has_no_decode_stats(mesh):
@@ -88,7 +90,10 @@ def test_the_roofline_adds_collectives_to_the_slower_of_compute_and_hbm(mesh):
     v5p = CHIPS["v5p"]
     roof = estimate(stats, v5p)
     assert roof.hbm_s == stats.hbm_bytes / v5p.hbm_bytes_per_s
-    assert roof.collective_s == stats.weight_allgather_bytes / v5p.ici_bytes_per_s
+    # the only collectives are the weight all-gathers: 3 layers x 7/8 of 16 KiB = 43,008 bytes received, at
+    # v5p's inbound 600 GB/s (half its bidirectional 1,200 GB/s)
+    assert stats.weight_allgather_bytes == stats.collective_bytes["all-gather"] == 3 * 16384 * 7 // 8 == 43008
+    assert roof.collective_s == pytest.approx(43008 / 600e9)
     assert roof.step_s == max(roof.compute_s, roof.hbm_s) + roof.collective_s
     report = decode_report(stats, v5p, devices_per_chip=1, rows=ROWS, chips=8, min_read_bytes_per_chip=1000)
     assert report["est_tokens_per_s_per_chip"] == pytest.approx(ROWS / roof.step_s / 8)
@@ -263,5 +268,93 @@ def test_a_collective_whose_operand_is_staged_on_chip_moves_its_bytes_all_the_sa
     operand = reduce.group(1)
     staged = re.sub(rf"({re.escape(operand)} = f32\[64\])\{{0\}}", r"\1{0:S(1)}", text)
     before, after = decode_stats(text), decode_stats(staged)
-    assert staged != text and before.collective_bytes["all-reduce"] == D * 4
+    # one phase of the all-reduce over 8 devices: a device receives 7/8 of the [D] float32 operand
+    assert staged != text and before.collective_bytes["all-reduce"] == D * 4 * 7 // 8
     assert after.collective_bytes == before.collective_bytes and after.hbm_bytes < before.hbm_bytes
+
+
+# replica_groups as XLA prints them (the mesh lines as this XLA prints a sharding constraint's collectives on a
+# 2 x 4 CPU mesh) -> devices per group
+REPLICA_GROUPS = {
+    "{{0,4},{1,5},{2,6},{3,7}}": 2,
+    "{{0,1,2,3},{4,5,6,7}}": 4,
+    "{{0,1,2,3,4,5,6,7}}": 8,
+    "[2,4]<=[8]": 4,  # 2 groups of 4: {0,1,2,3},{4,5,6,7}
+    "[4,2]<=[2,4]T(1,0)": 2,  # 4 groups of 2: {0,4},{1,5},{2,6},{3,7}
+    "[1,8]<=[8]": 8,
+    "mesh['axis_0'=8,'axis_1'=1] {'axis_0'}": 8,
+    "mesh['axis_0'=2,'axis_1'=4] {'axis_1'}": 4,
+    "mesh['axis_0'=4,'axis_1'=1,'axis_2'=2], device_ids=([2,4]T(1,0)) {'axis_0'}": 4,
+    "mesh['a'=2,'b'=4] {'a','b'}": 8,
+    "mesh['x'=8] {'x':(1)2}": 2,  # a sub-axis: 2 of x's 8
+    "{}": None,  # every device of the module: its replica_count / num_partitions
+}
+
+
+@pytest.mark.parametrize("groups, size", REPLICA_GROUPS.items())
+def test_a_collectives_group_size_is_read_from_each_replica_groups_format(groups, size):
+    line = (f"  %ag = f32[8,64]{{1,0}} all-gather(%p), channel_id=1, replica_groups={groups}, dimensions={{0}}, "
+            'use_global_device_ids=true, metadata={op_name="jit(f)/all_gather"}')
+    inst = parse_instruction(line)
+    assert inst.opcode == "all-gather" and inst.replica_group_size == size
+
+
+def test_the_modules_device_counts_are_read_from_its_header():
+    """XLA prints replica_count and num_partitions only where they are not 1."""
+    assert module_devices("HloModule jit_f, is_scheduled=true, entry_computation_layout={(f32[2]{0})->f32[2]{0}}, "
+                          "num_partitions=8\n\nENTRY %main () -> f32[] {\n}") == (1, 8)
+    assert module_devices("HloModule m, replica_count=4\n") == (4, 1)
+    assert module_devices("HloModule m\n") == (1, 1)
+    assert module_devices("ENTRY %main () -> f32[] {\n}") is None
+
+
+EMPTY_GROUPS = """HloModule m, replica_count=4, num_partitions=2
+
+%add (x: f32[], y: f32[]) -> f32[] {
+  %x = f32[] parameter(0)
+  %y = f32[] parameter(1)
+  ROOT %s = f32[] add(%x, %y)
+}
+
+ENTRY %main (a: f32[64]) -> (f32[64], f32[64]) {
+  %a = f32[64]{0} parameter(0)
+  %replicas = f32[64]{0} all-reduce(%a), replica_groups={}, to_apply=%add
+  %both = f32[64]{0} all-reduce(%a), channel_id=1, replica_groups={{0,1}}, to_apply=%add
+  ROOT %t = (f32[64]{0}, f32[64]{0}) tuple(%replicas, %both)
+}
+"""
+
+
+def test_empty_or_replica_groups_take_their_size_from_the_modules_device_counts():
+    """Without a channel_id the groups are replicas, `{}` all 4 of them: 3/4 of the 256-byte operand received.
+    With one but without `use_global_device_ids=true`, an all-reduce's group of replicas {0,1} takes both
+    partitions of each (XLA's cross-replica-and-partition mode): 4 devices, 3/4 again. Without the module's
+    header the first group's size is unknown: the whole operand counts; the second's, 2 replicas x ? partitions,
+    too."""
+    assert program_costs(EMPTY_GROUPS)[0]["all-reduce"] == 2 * 256 * 3 // 4
+    headerless = EMPTY_GROUPS.split("\n", 1)[1]
+    assert program_costs(headerless)[0]["all-reduce"] == 2 * 256
+
+
+def test_an_all_gather_of_4_mib_over_8_devices_takes_6_microseconds_on_v5p():
+    """The review's example: a [1M] float32 array (4 MiB) gathered from 8 devices' [128K] blocks: a device
+    receives 7/8 of 4,194,304 bytes = 3,670,016, which at v5p's 600 GB/s inbound (half its bidirectional
+    1,200 GB/s) takes 6.12 us (it was counted 4,194,304 bytes at 1,200 GB/s: 3.50 us)."""
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(AxisType.Explicit,))
+    gather = jax.shard_map(lambda x: jax.lax.all_gather(x, "x", tiled=True), mesh=mesh, in_specs=P("x"),
+                           out_specs=P(), check_vma=False)
+    x = jax.ShapeDtypeStruct((1 << 20,), jnp.float32, sharding=NamedSharding(mesh, P("x")))
+    moved = program_costs(jax.jit(gather).lower(x).compile().as_text())[0]
+    assert moved == {"all-gather": 3_670_016, "all-reduce": 0, "reduce-scatter": 0, "all-to-all": 0,
+                     "collective-permute": 0}
+    seconds = collective_seconds(moved, CHIPS["v5p"])
+    assert seconds == pytest.approx(3_670_016 / 600e9) and seconds == pytest.approx(6.12e-6, abs=0.005e-6)
+
+
+def test_collective_time_is_the_bytes_received_over_the_inbound_bandwidth_all_reduces_twice():
+    """v5p: 1,200 GB/s bidirectional, 600 GB/s in. An all-reduce's bytes (one phase's) count twice."""
+    moved = {"all-gather": 3e9, "reduce-scatter": 1e9, "all-to-all": 0.5e9, "all-reduce": 0.75e9,
+             "collective-permute": 0.25e9}
+    # (3 + 1 + 0.5 + 2 x 0.75 + 0.25) GB = 6.25 GB at 600 GB/s
+    assert collective_seconds(moved, CHIPS["v5p"]) == pytest.approx(6.25e9 / 600e9)
+    assert collective_seconds(moved, CHIPS["v4"]) == 0.0  # v4's per-chip ICI figure is not published
