@@ -131,7 +131,9 @@ class ChatTemplate:
             return template.render(messages=messages, tools=tools, documents=documents,
                                    add_generation_prompt=add_generation_prompt,
                                    **{**self.special_tokens, **variables})
-        except jinja2.TemplateError as err:  # raise_exception(...), sandbox refusals, undefined calls
-            raise UserError(f"{self.origin} failed to render: {type(err).__name__}: {err}") from None
-        except (TypeError, ValueError, AttributeError, KeyError, IndexError) as err:  # e.g. str + None in the template
+        # jinja2's: raise_exception(...), sandbox refusals (SecurityError), undefined calls; Python's, from the
+        # template's own expressions: str + None, 1/0, a range past the sandbox's limit (OverflowError), a macro
+        # calling itself without end
+        except (jinja2.TemplateError, TypeError, ValueError, AttributeError, KeyError, IndexError, ArithmeticError,
+                RecursionError) as err:
             raise UserError(f"{self.origin} failed to render: {type(err).__name__}: {err}") from None

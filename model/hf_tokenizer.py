@@ -14,7 +14,14 @@ tokenizer), `tokenizer_config.json` (special tokens, `chat_template`) and `speci
   `apply_chat_template([user turn], add_generation_prompt=True)` gives r1jax's `render_prompt` ids.
 Decoding ids gives r1jax's text (control ids dropped with `skip_special_tokens=True`, as r1jax always
 drops them). Known gaps: an invalid byte run may yield a different number of U+FFFD than sentencepiece;
-the two escape rules are applied one after the other, so text containing U+F0000 followed by "_" differs.
+the two escape rules are applied one after the other, so text containing U+F0000 followed by "_" differs;
+the control pieces are special added tokens, which transformers matches wherever their text appears, while
+r1jax encodes a literal "<s>" in text as characters (a tokenizer.json cannot make a token that is never
+matched in text). r1jax's ids: `tokenizer(text, split_special_tokens=True)`, and for chat templates
+`apply_chat_template(..., tokenize=True, sanitize_control_tokens=True)` (transformers 5.25; the config's
+empty `chat_control_tokens` keeps the R1 tags that r1_zero's text names ordinary added tokens there). Both
+hold for bpe only: a Unigram model's vocabulary holds the control pieces, so it still yields their ids from
+the text (and sanitize_control_tokens refuses it).
 The sentencepiece proto is read with the message classes sentencepiece ships (`sentencepiece_model_pb2`).
 """
 
@@ -148,6 +155,7 @@ def save_hf_tokenizer(tok: Tokenizer, out_dir: str | pathlib.Path, template: str
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast", **special, "add_bos_token": True,
         "add_eos_token": False, "clean_up_tokenization_spaces": False, "chat_template": chat_template(template),
+        "chat_control_tokens": [],  # sanitize_control_tokens: the special tokens only (module docstring)
         "added_tokens_decoder": {str(t["id"]): {k: v for k, v in t.items() if k != "id"}
                                  for t in data["added_tokens"]},
     }

@@ -8,7 +8,8 @@ sharded with model.safetensors.index.json above --max-shard-size, and the tokeni
   and generation_config.json (which replaces the model export's, so its eos_token_id list is kept);
 - an r1jax sentencepiece tokenizer becomes the files AutoTokenizer loads, with a chat template that renders
   the prompt format the checkpoint was trained with (its tokenizer.template; --template chooses another), so
-  `apply_chat_template([user turn], add_generation_prompt=True)` gives the ids r1jax prompted it with.
+  `apply_chat_template([user turn], add_generation_prompt=True)` gives the ids r1jax prompted it with
+  (known gaps, such as a literal "<s>" in the text, and how to get r1jax's ids then: model.hf_tokenizer).
 Tensors stream one at a time from the (possibly sharded, multi-host) checkpoint; process 0 writes.
 sharding.KEY=VALUE overrides adapt the mesh to the devices at hand.
 """

@@ -61,6 +61,9 @@ def export_gguf(policy: Policy, out: str | pathlib.Path, tokenizer: TokenizerLik
     if not out.parent.is_dir():
         raise UserError(f"output directory {str(out.parent)!r} does not exist")
     writes = jax.process_index() == 0
+    if not writes:  # the tokenizer's refusals, on every process before the gathers (process 0 writes it below)
+        write_tokenizer(gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[ARCHS[cfg.family]]), tokenizer, cfg.vocab_size,
+                        template)
     leaves = parameter_leaves(nnx.to_pure_dict(nnx.state(policy)))
     entries = plan(cfg, {path: tuple(leaf.shape) for path, leaf in leaves.items()}, dtype)
     tmp = out.parent / f".{out.name}.{os.getpid()}.partial"

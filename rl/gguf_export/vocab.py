@@ -1,14 +1,17 @@
 """The tokenizer inside a GGUF file, so llama.cpp needs nothing else.
 
-- r1jax's sentencepiece tokenizer -> `tokenizer.ggml.model = llama` (llama.cpp's SPM tokenizer): the pieces,
-  their scores and types (normal, unknown, control, user-defined for R1's tags, byte for the 256 byte-fallback
-  pieces), no space prefix (r1jax trains without a dummy prefix), bos added to every sequence (every
-  sequence r1jax trains on starts with <s>). The chat template renders the checkpoint's prompt format, as
-  `export-hf` writes it (`model.hf_tokenizer.chat_template`). Known gap: r1jax escapes U+2581 and U+F0000
-  in text before sentencepiece; llama.cpp does not, so text containing those two characters tokenizes
-  differently there.
+- r1jax's sentencepiece tokenizer (model_type bpe) -> `tokenizer.ggml.model = llama` (llama.cpp's SPM
+  tokenizer): the pieces, their scores and types (normal, unknown, control, user-defined for R1's tags, byte
+  for the 256 byte-fallback pieces), no space prefix (r1jax trains without a dummy prefix), bos added to
+  every sequence (every sequence r1jax trains on starts with <s>). The chat template renders the
+  checkpoint's prompt format, as `export-hf` writes it (`model.hf_tokenizer.chat_template`). A unigram
+  tokenizer is refused: SPM only merges pairs of vocabulary pieces, so it splits a unigram vocabulary's words
+  into other pieces (often characters), and llama.cpp's UGM (`t5`) tokenizer differs from it more still.
+  Known gap: r1jax escapes U+2581 and U+F0000 in text before sentencepiece; llama.cpp does not, so text
+  containing those two characters tokenizes differently there.
 - a Hugging Face tokenizer.json (a byte-level BPE, as Qwen3's and DeepSeek-V3's) -> `tokenizer.ggml.model =
-  gpt2`: the vocabulary in id order, the merges, token types (special added tokens control, other added
+  gpt2`: the vocabulary in id order, the merges, token types (typed as llama.cpp's convert_hf_to_gguf.py
+  types them: added tokens control when special or when they look special, `_looks_special`, other added
   tokens user-defined) and `tokenizer.ggml.pre`, the name of llama.cpp's built-in pre-tokenizer regexes,
   chosen by comparing the file's split regexes with those of Qwen2/Qwen3 (`qwen2`) and DeepSeek-V3
   (`deepseek-v3`); any other pre-tokenizer is refused, since llama.cpp would split text differently. bos is
@@ -62,7 +65,11 @@ def write_tokenizer(writer: gguf.GGUFWriter, tok: TokenizerLike, vocab_size: int
 
 
 def _sentencepiece(writer: gguf.GGUFWriter, tok: Tokenizer, vocab_size: int, template: str) -> None:
-    _, pieces = read_model_proto(tok.model_proto)
+    model_type, pieces = read_model_proto(tok.model_proto)
+    if model_type != "bpe":  # llama.cpp would tokenize text differently (module docstring)
+        raise UserError(f"the tokenizer is a sentencepiece {model_type} model; llama.cpp's SPM tokenizer "
+                        "(tokenizer.ggml.model llama) tokenizes only bpe ones as sentencepiece does, so text would "
+                        "tokenize differently there: retrain the tokenizer with tokenizer.model_type=bpe")
     pad = range(len(pieces), vocab_size)
     writer.add_tokenizer_model("llama")
     writer.add_tokenizer_pre("default")
@@ -120,7 +127,8 @@ def _byte_level_bpe(writer: gguf.GGUFWriter, tok: HFTokenizer, vocab_size: int) 
         else:
             tokens.append(by_id[i])
             types.append(gguf.TokenType.NORMAL if i not in added else
-                         gguf.TokenType.CONTROL if added[i].get("special") else gguf.TokenType.USER_DEFINED)
+                         gguf.TokenType.CONTROL if added[i].get("special") or _looks_special(by_id[i]) else
+                         gguf.TokenType.USER_DEFINED)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
@@ -136,6 +144,14 @@ def _byte_level_bpe(writer: gguf.GGUFWriter, tok: HFTokenizer, vocab_size: int) 
     writer.add_add_eos_token(False)
     if tok.chat_template is not None:
         writer.add_chat_template(tok.chat_template.source)
+
+
+def _looks_special(text: str) -> bool:
+    """An added token llama.cpp's converter types control though not marked special (convert_hf_to_gguf.py's
+    `does_token_look_special`: models such as deepseek-coder, gemma and Qwen's FIM tokens leave them unmarked)."""
+    return (text in ("<pad>", "<mask>", "<2mass>", "[@BOS@]") or (text.startswith("<|") and text.endswith("|>"))
+            or (text.startswith("<\uff5c") and text.endswith("\uff5c>"))  # fullwidth bars, as DeepSeek writes them
+            or (text.startswith("<unused") and text.endswith(">")))
 
 
 def _bos_id(tok: HFTokenizer, by_id: dict[int, str]) -> int:

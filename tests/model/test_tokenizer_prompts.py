@@ -2,6 +2,7 @@
 both tokenizer back ends, and the errors of a missing or broken template."""
 
 import datetime
+import inspect
 
 import jinja2
 import pytest
@@ -99,6 +100,27 @@ def test_chat_template_written_for_the_sentencepiece_tokenizer_renders_its_promp
         ours.apply_chat_template(system, add_generation_prompt=True)
 
 
+def test_control_pieces_written_in_text_need_split_special_tokens_in_transformers(tmp_path):
+    """export-hf's known gap (model.hf_tokenizer): transformers matches the special added tokens <s> </s> <pad>
+    <unk> wherever their text appears, r1jax encodes that text as characters. split_special_tokens=True gives
+    r1jax's ids, and sanitize_control_tokens=True through a chat template (the R1 tags r1_zero's text names
+    stay single tokens, as in r1jax)."""
+    text = "Strike <s>x</s> out <pad><unk> <think> 7 </think>"
+    tok = train_tokenizer(["User: Assistant: A conversation between", "Compute 3+4 = 7", text] * 20, 300)
+    save_hf_tokenizer(tok, tmp_path, "r1_zero")
+    auto = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    ours = tok.encode(text, add_bos=True)
+    assert tok.bos_id not in ours[1:] and tok.encode("<think>") == [auto.convert_tokens_to_ids("<think>")]
+    assert auto(text, split_special_tokens=True)["input_ids"] == ours
+    assert auto(text)["input_ids"].count(tok.bos_id) == 2  # the gap: the literal <s> is bos too
+    user = [{"role": "user", "content": text}]
+    prompt = render_prompt(tok, "r1_zero", text)
+    assert auto.apply_chat_template(user, add_generation_prompt=True)["input_ids"] != prompt
+    if "sanitize_control_tokens" in inspect.signature(auto.apply_chat_template).parameters:  # transformers 5.25
+        assert auto.apply_chat_template(user, add_generation_prompt=True,
+                                        sanitize_control_tokens=True)["input_ids"] == prompt
+
+
 def _hf_dir(tmp_path, template, template_file=False):
     return load_tokenizer(write_hf_tokenizer(tmp_path, "qwen", template_file=template_file, chat_template=template))
 
@@ -116,6 +138,16 @@ def test_chat_without_a_template_or_with_a_broken_one_is_a_user_error_naming_the
         render_prompt(_hf_dir(tmp_path / "raise", "{{ raise_exception('only system') }}", True), "chat", "q")
     with pytest.raises(UserError, match="failed to render: TypeError"):
         render_prompt(_hf_dir(tmp_path / "type", "{{ messages[0].content + 1 }}"), "chat", "q")
+
+
+@pytest.mark.parametrize("template,error", [
+    ("{{ 1/0 }}", "ZeroDivisionError: division by zero"),
+    ("{{ range(10**9)|length }}", "OverflowError: Range too big"),                  # the sandbox's range limit
+    ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "RecursionError: maximum recursion depth"),
+])
+def test_python_errors_in_a_template_are_user_errors_naming_the_file(tmp_path, template, error):
+    with pytest.raises(UserError, match=f"tokenizer_config.json's chat_template failed to render: {error}"):
+        render_prompt(_hf_dir(tmp_path, template), "chat", "q")
 
 
 @pytest.mark.parametrize("template,refusal", [

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from safetensors.numpy import load_file
+from tokenizers import AddedToken, Tokenizer
 
 from r1jax.errors import UserError
 from r1jax.model.factory import abstract_policy, init_policy
@@ -194,6 +195,40 @@ def test_hugging_face_tokenizer_keys_and_pre_tokenizer_names(tmp_path):
         else:
             export_gguf(policy, tmp_path / "d.gguf", other, "f32")
             assert read(tmp_path / "d.gguf")[0]["tokenizer.ggml.pre"] == outcome
+
+
+def test_added_tokens_that_look_special_are_control_as_llama_cpps_converter_types_them(tmp_path):
+    """convert_hf_to_gguf.py types an added token control when it is special or looks special
+    (does_token_look_special): Qwen's FIM tokens and DeepSeek's <｜...｜> placeholders ship unmarked. Other added
+    tokens, near misses included, stay user-defined."""
+    tok = HFTokenizer.load(write_hf_tokenizer(tmp_path / "qwen", "qwen"))
+    looks_special = ["<|fim_prefix|>", "<｜place▁holder▁no▁0｜>", "<pad>", "<mask>", "<2mass>", "[@BOS@]", "<unused0>"]
+    plain = ["<tool_call>", "<|fim_pad>", "<｜User|>", "<Pad>", "[BOS]", "<use0>"]
+    edited = Tokenizer.from_str(tok.files["tokenizer.json"].decode())
+    edited.add_tokens([AddedToken(t, special=False, normalized=False) for t in looks_special + plain])
+    other = HFTokenizer({**tok.files, "tokenizer.json": edited.to_str().encode()}, str(tmp_path / "edited"))
+    export_gguf(init_policy(dataclasses.replace(CONFIGS["qwen3_moe"], vocab_size=640), 0), tmp_path / "m.gguf",
+                other, "f32")
+    fields, _ = read(tmp_path / "m.gguf")
+    types = dict(zip(fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.token_type"]))
+    control, user_defined = gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED
+    assert {t: types[t] for t in looks_special + plain} == {**dict.fromkeys(looks_special, control),
+                                                           **dict.fromkeys(plain, user_defined)}
+    assert (types["<|im_end|>"], types["<think>"]) == (control, user_defined)  # marked special / not
+
+
+def test_a_unigram_sentencepiece_tokenizer_is_refused(tokenizer, tmp_path):
+    """llama.cpp's SPM tokenizer merges only pairs of vocabulary pieces, as sentencepiece's bpe does: it splits
+    a unigram vocabulary's words differently (into characters, often), and its UGM (t5) tokenizer differs more.
+    So a unigram tokenizer is refused, before any file is written; a bpe one exports."""
+    unigram = train_tokenizer(CORPUS, VOCAB, model_type="unigram")
+    policy = init_policy(CONFIGS["qwen3_moe"], 0)
+    with pytest.raises(UserError, match=r"the tokenizer is a sentencepiece unigram model; .* retrain the tokenizer "
+                                        r"with tokenizer.model_type=bpe"):
+        export_gguf(policy, tmp_path / "m.gguf", unigram, "f32")
+    assert list(tmp_path.iterdir()) == []
+    export_gguf(policy, tmp_path / "m.gguf", tokenizer, "f32")
+    assert [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
 
 
 def test_bos_of_a_tokenizer_without_one_is_what_llama_cpps_converter_writes(tmp_path):
