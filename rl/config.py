@@ -10,18 +10,22 @@ fields, and an architecture field it or an override gives must agree with the ch
 An override is `dotted.key=value`: the value is read as YAML (`grpo.kl_coef=0`, `rewards.names=[accuracy]`,
 a list field takes a whole list), and a list item is named by its index as one more dotted part
 (`stages.0.steps=5`, `stages.1.lr=1e-5`). A malformed override (no `=`, an empty or bracketed key part) or
-one that does not fit the config (an index out of range, an unknown field, a bad value) is a UserError
-naming the override.
+one that does not fit the config (an index out of range, an unknown field, a bad value, a value that is not
+YAML) is a UserError naming the override. No float anywhere in the config may be NaN or infinite (`.nan`,
+`.inf`: every range check such as `x < 0` would let them through): a UserError names the key and where it
+was set.
 """
 
 from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import math
 import pathlib
 import re
 from typing import Any, Sequence
 
+import yaml as pyyaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -63,6 +67,8 @@ class Config:
     plots: bool = True  # plots/*.png; false: none drawn (metrics.jsonl and TensorBoard are written either way)
 
     def __post_init__(self) -> None:
+        if not self.stages:
+            raise UserError("stages: empty; a run needs at least one stage (sft, grpo, rejection_sampling, distill)")
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise UserError(f"stages: names must be unique, got {names}")
@@ -129,6 +135,9 @@ def load_config(name_or_path: str | pathlib.Path = "tiny", overrides: Sequence[s
         yaml = OmegaConf.load(path)
     except Exception as err:  # a YAML syntax error; name the file
         raise UserError(f"config file {path}: cannot parse YAML: {err}") from err
+    if not OmegaConf.is_dict(yaml):
+        raise UserError(f"config file {path}: the top level must be a mapping of sections (model:, grpo:, "
+                        f"stages:, ...), not a {type(OmegaConf.to_container(yaml)).__name__}")
     parsed = parse_overrides(overrides)
     config = config_from_dicts(yaml, parsed, source=str(path))
     return with_hf_architecture(config, model_fields_given(yaml, parsed, str(path)))
@@ -183,6 +192,9 @@ def parse_overrides(overrides: Sequence[str], where: str = "overrides",
             value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={raw}"]))["value"]
         except OmegaConfBaseException as err:
             raise UserError(f"{where}: {text!r}: {_describe(err)}") from err
+        except pyyaml.YAMLError as err:  # an unclosed [ or {
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise UserError(f"{where}: {text!r}: not valid YAML ({problem})") from None
         items.append((text, parts, value))
     return Overrides(tuple(items), where)
 
@@ -194,11 +206,48 @@ def _build(schema, parts: Sequence[Any], source: str):
         for part in parts:
             if isinstance(part, Overrides):
                 _apply_overrides(merged, part)
-            else:
+                continue
+            try:
                 merged = OmegaConf.merge(merged, part)
+            except TypeError as err:  # a list where the schema has a group or a group where it has a list
+                raise UserError(f"{source}: {_container_mismatch(merged, part) or err}") from None
+            check_finite(OmegaConf.to_container(merged, resolve=True), source)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise UserError(f"{source}: {_describe(err)}") from err
+
+
+def check_finite(value: Any, where: str, key: str = "") -> None:
+    """The one finiteness check of the config: a UserError naming `where` and the dotted key of the first
+    NaN or infinite float in `value` (plain data: dicts, lists, tuples, numbers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{where}: {key or 'value'} = {value}: expected a finite number")
+    items = value.items() if isinstance(value, collections.abc.Mapping) else \
+        enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for name, item in items:
+        check_finite(item, where, f"{key}.{name}" if key else str(name))
+
+
+def _container_mismatch(node, part, key: str = "") -> str | None:
+    """Where `part` gives a list for a group of the config `node` or a group for a list, said; None if not found."""
+    def kind(value):
+        if isinstance(value, collections.abc.Mapping):
+            return "a mapping"
+        return "a list" if isinstance(value, collections.abc.Sequence) and not isinstance(value, str) else None
+
+    if not isinstance(part, collections.abc.Mapping) or not OmegaConf.is_dict(node):
+        return None
+    for name, value in part.items():
+        if name not in node:
+            continue
+        where = f"{key}.{name}" if key else str(name)
+        have, want = kind(value), kind(node[name])
+        if have and want and have != want:
+            return f"{where}: expected {want}, got {have}"
+        found = _container_mismatch(node[name], value, where)
+        if found:
+            return found
+    return None
 
 
 def _apply_overrides(node, overrides: Overrides) -> None:
@@ -207,6 +256,9 @@ def _apply_overrides(node, overrides: Overrides) -> None:
         try:
             parts, value = _resolve_key(node, parts, value)
             OmegaConf.update(node, ".".join(parts), value, merge=True)
+            written = OmegaConf.select(node, ".".join(parts))
+            check_finite(OmegaConf.to_container(written, resolve=True) if OmegaConf.is_config(written)
+                         else written, f"{overrides.where}: {text!r}", ".".join(parts))
         except _BadKey as err:
             raise UserError(f"{overrides.where}: {text!r}: {err}") from None
         except OmegaConfBaseException as err:

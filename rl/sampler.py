@@ -33,6 +33,8 @@ from r1jax.errors import UserError
 from r1jax.rl.continuous import generate_continuous
 from r1jax.rl.decoding import (Rollout, filter_logits, grown_slots, is_stop, merged_policy,  # noqa: F401 (API)
                                phase_ends, sample_token)
+from r1jax.rl.sampler_layout import LAYOUTS
+from r1jax.sharding import MESH_AXES
 from r1jax.sharding.distributed import replicated
 
 
@@ -79,8 +81,12 @@ class SamplingConfig:
             raise UserError(f"sampling.top_p={self.top_p}: must be in (0, 1]")
         if self.top_k < 0:
             raise UserError(f"sampling.top_k={self.top_k}: must be >= 0 (0 is off)")
-        if not self.prompt_buckets or list(self.prompt_buckets) != sorted(set(self.prompt_buckets)):
-            raise UserError(f"sampling.prompt_buckets={list(self.prompt_buckets)}: must be increasing")
+        if not self.prompt_buckets or list(self.prompt_buckets) != sorted(set(self.prompt_buckets)) \
+                or self.prompt_buckets[0] < 1:
+            raise UserError(f"sampling.prompt_buckets={list(self.prompt_buckets)}: must be increasing lengths >= 1")
+        if self.layout not in LAYOUTS:
+            raise UserError(f"sampling.layout={self.layout!r}: choose one of {', '.join(LAYOUTS)}")
+        self._check_mesh()
         if self.kv_block < 0:
             raise UserError(f"sampling.kv_block={self.kv_block}: must be >= 0 (0 reads the whole cache)")
         if type(self.cache_phases) is not int or self.cache_phases < 1:
@@ -97,6 +103,23 @@ class SamplingConfig:
         if type(self.devices) is not int or self.devices < 0:
             raise UserError(f"sampling.devices={self.devices}: must be an integer >= 0 (0 shares the trainer's "
                             "devices)")
+
+    def _check_mesh(self) -> None:
+        """`mesh` names mesh axes, each of size >= 1 or -1 (fill), one -1 at most (fsdp's unless it is given):
+        the `auto` layout would otherwise fall back to the training layout without a word."""
+        if self.mesh is None:
+            return
+        unknown = sorted(set(self.mesh) - set(MESH_AXES))
+        if unknown:
+            raise UserError(f"sampling.mesh: unknown axes {unknown}; use {', '.join(MESH_AXES)}")
+        for axis, size in self.mesh.items():
+            if type(size) is not int or not (size >= 1 or size == -1):
+                raise UserError(f"sampling.mesh.{axis}={size}: a mesh axis size must be >= 1 or -1 (fill with the "
+                                "remaining devices)")
+        fills = [a for a, size in {"fsdp": -1, **self.mesh}.items() if size == -1]
+        if len(fills) > 1:
+            raise UserError(f"sampling.mesh: {' and '.join(fills)} are both -1 (fsdp is -1 unless given); at most "
+                            "one axis fills the remaining devices")
 
 
 def bucket_length(length: int, buckets: Sequence[int]) -> int:

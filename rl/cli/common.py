@@ -3,31 +3,56 @@
 from __future__ import annotations
 
 import argparse
+import math
 import pathlib
 
 from r1jax.errors import UserError
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1 (argparse names the flag in its usage error, exit code 2)."""
+def _integer(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse names the flag in its usage error, exit code 2)."""
+    return _integer(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    return _integer(text, 0)
+
+
+def _number(text: str, ok, expected: str) -> float:
+    """`text` as a finite float for which `ok` holds (NaN and infinities are refused: they pass `x < 0`)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number {expected}, got {text!r}") from None
+    if not math.isfinite(value) or not ok(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number {expected}, got {text!r}")
     return value
 
 
 def positive_number(text: str) -> float:
     """An argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
+    return _number(text, lambda v: v > 0, "> 0")
+
+
+def non_negative_number(text: str) -> float:
+    """An argparse type: a finite number >= 0 (a temperature: 0 is greedy)."""
+    return _number(text, lambda v: v >= 0, ">= 0")
+
+
+def probability(text: str) -> float:
+    """An argparse type: a number in (0, 1] (top-p)."""
+    return _number(text, lambda v: 0 < v <= 1, "in (0, 1]")
 
 
 def new_output_dir(out: str | pathlib.Path) -> pathlib.Path:

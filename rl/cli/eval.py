@@ -11,6 +11,7 @@ import argparse
 import json
 
 from r1jax.model.tokenizer import TEMPLATE_NAMES
+from r1jax.rl.cli.common import non_negative_int, non_negative_number, positive_int, probability
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,18 +19,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--task", help="a task name (arithmetic, countdown, algebra)")
     source.add_argument("--data", help="a JSONL or Parquet file of prompt/answer rows")
-    parser.add_argument("--samples", type=int, default=None, help="K (default: the checkpoint's eval.samples)")
-    parser.add_argument("--temperature", type=float, default=0.6)
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--top-k", type=int, default=None, help="keep the K likeliest tokens (default: the "
-                        "checkpoint's eval.top_k, 0: no filter)")
-    parser.add_argument("--num-problems", type=int, default=None)
-    parser.add_argument("--difficulty", type=int, default=None)
-    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--samples", type=positive_int, default=None,
+                        help="K (default: the checkpoint's eval.samples)")
+    parser.add_argument("--temperature", type=non_negative_number, default=0.6, help="0 is greedy (default 0.6)")
+    parser.add_argument("--top-p", type=probability, default=0.95)
+    parser.add_argument("--top-k", type=non_negative_int, default=None, help="keep the K likeliest tokens "
+                        "(default: the checkpoint's eval.top_k, 0: no filter)")
+    parser.add_argument("--num-problems", type=positive_int, default=None)
+    parser.add_argument("--difficulty", type=positive_int, default=None,
+                        help="default: the checkpoint's eval.difficulty, else data.difficulty")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None,
+                        help="default: the checkpoint's sampling.max_new_tokens")
     parser.add_argument("--template", choices=TEMPLATE_NAMES, default=None,
                         help="prompt format: r1_zero, chat (the tokenizer's chat template) or none (default: the "
                              "checkpoint's tokenizer.template)")
-    parser.add_argument("--workers", type=int, default=None, help="reward worker processes")
+    parser.add_argument("--workers", type=positive_int, default=None, help="reward worker processes")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -44,8 +48,11 @@ def run(args: argparse.Namespace) -> int:
     from r1jax.rl.rewards import RewardPool
     from r1jax.rl.sampler import Sampler
     from r1jax.rl.sampler_layout import inference_layout
+    from r1jax.rl.tasks import task_names
     from r1jax.sharding.context import use_mesh
 
+    if args.task is not None and args.task not in task_names():  # before the checkpoint loads
+        raise UserError(f"--task {args.task!r}: unknown task; choose one of {', '.join(task_names())}")
     config, policy, mesh, rules, tokenizer = open_for_inference(args.checkpoint)
     if tokenizer is None:
         raise UserError(f"checkpoint {args.checkpoint!r} carries no tokenizer; evaluation needs one")
@@ -57,11 +64,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         try:
             problems = held_out_problems(config.data, eval_cfg, [args.task] if args.task else None)
-        except ValueError as err:  # the task space is too small for --num-problems
+        except ValueError as err:  # a difficulty the task lacks; a task space too small for --num-problems
             raise UserError(f"--num-problems / --difficulty: {err}") from None
     pool_cfg = config.reward_pool if args.workers is None else dataclasses.replace(config.reward_pool,
                                                                                   workers=args.workers)
-    max_new = args.max_new_tokens or config.sampling.max_new_tokens
+    max_new = config.sampling.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
     template = args.template or config.tokenizer.template
     graphdef, state = nnx.split(policy)
     layout, state = inference_layout(config, state, mesh, rules)

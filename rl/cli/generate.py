@@ -12,6 +12,7 @@ import argparse
 import json
 
 from r1jax.model.tokenizer import TEMPLATE_NAMES
+from r1jax.rl.cli.common import non_negative_int, non_negative_number, positive_int, probability
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,11 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="prompt format for --prompt: r1_zero, chat (the tokenizer's chat template) or "
                                "none (default: the checkpoint's tokenizer.template)")
     template.add_argument("--raw", action="store_true", help="do not format --prompt (--template none)")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=0.6, help="0 is greedy (default 0.6, as R1)")
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--top-k", type=int, default=0, help="0: off")
-    parser.add_argument("--samples", type=int, default=1, help="completions per prompt")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64)
+    parser.add_argument("--temperature", type=non_negative_number, default=0.6,
+                        help="0 is greedy (default 0.6, as R1)")
+    parser.add_argument("--top-p", type=probability, default=0.95)
+    parser.add_argument("--top-k", type=non_negative_int, default=0, help="0: off")
+    parser.add_argument("--samples", type=positive_int, default=1, help="completions per prompt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
     parser.add_argument("--json", action="store_true", help="one JSON object per sample per line")
@@ -59,8 +61,6 @@ def run(args: argparse.Namespace) -> int:
     from r1jax.rl.sampler_layout import inference_layout
     from r1jax.sharding.context import use_mesh
 
-    if args.samples < 1 or args.max_new_tokens < 1:
-        raise UserError("--samples and --max-new-tokens must be >= 1")
     config, policy, mesh, rules, tokenizer = open_for_inference(args.checkpoint)
     if args.prompt is not None:
         if tokenizer is None:

@@ -49,8 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(module_name)
         cmd = sub.add_parser(name, help=help_text, description=module.__doc__)
         module.add_arguments(cmd)
-        cmd.set_defaults(_module=module)
+        cmd.set_defaults(_module=module, _parser=cmd)
     return parser
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """`parser`'s parse_args, except that a command whose module sets INTERMIXED = True takes its positional
+    arguments (a train's KEY=VALUE overrides) after its options too: argparse alone takes them only before."""
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    if not getattr(args._module, "INTERMIXED", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    rest = argv[argv.index(args.command) + 1:]  # the top-level options before it take no command-like value
+    return argparse.Namespace(**{**vars(args), **vars(args._parser.parse_intermixed_args(rest))})
 
 
 def fake_cpu_devices(count: int) -> None:
@@ -112,7 +125,7 @@ def main(argv: list[str] | None = None, *, as_program: bool | None = None) -> in
     the `r1jax` program, not a caller's (a test runner, a notebook): the malloc options and the collector's
     are process-wide, so only the program sets them, and the malloc options act best before JAX's backend
     starts. A script that wraps the program (tests/rl/signal_at_step.py) passes its own argv with True."""
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(build_parser(), argv)
     if args.cpu_devices is not None:
         fake_cpu_devices(args.cpu_devices)
     pin_cpu_without_accelerators()

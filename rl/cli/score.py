@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from r1jax.rl.cli.common import non_negative_int, positive_int, positive_number
+
 CHUNK = 256  # rows scored per pool batch, so output streams on large files
 
 
@@ -25,15 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how the code reward isolates programs (rlimits_only: no namespaces, weaker)")
     parser.add_argument("--partial", action="store_true",
                         help="code reward: the fraction of tests passed instead of all-or-nothing")
-    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+    parser.add_argument("--timeout", type=positive_number, default=10.0, metavar="SECONDS",
                         help="per-row time limit; a row past it scores 0 with status timeout")
-    parser.add_argument("--workers", type=int, default=2, metavar="N", help="worker processes")
-    parser.add_argument("--memory-mb", type=int, default=2048, metavar="MB",
+    parser.add_argument("--workers", type=positive_int, default=2, metavar="N", help="worker processes")
+    parser.add_argument("--memory-mb", type=non_negative_int, default=2048, metavar="MB",
                         help="address-space limit per worker (0: none)")
     parser.add_argument("--language", default="en", help="target language of the language reward")
-    parser.add_argument("--max-length", type=int, default=1024, metavar="N",
+    parser.add_argument("--max-length", type=positive_int, default=1024, metavar="N",
                         help="overlong penalty: the length budget L_max")
-    parser.add_argument("--overlong-buffer", type=int, default=256, metavar="N",
+    parser.add_argument("--overlong-buffer", type=non_negative_int, default=256, metavar="N",
                         help="overlong penalty: the soft zone L_cache before L_max")
 
 
@@ -67,9 +69,19 @@ def read_items(path: str) -> tuple[list[dict], list]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from r1jax.errors import UserError
     from r1jax.rl.rewards import CodeConfig, PoolConfig, RewardPool, RewardsConfig
+    from r1jax.rl.rewards.config import LANGUAGE_SCRIPTS
     from r1jax.rl.rewards.functions import check_names
 
+    # the checks of the configs below that span more than one flag's type, naming the flags
+    if 0 < args.memory_mb < 256:
+        raise UserError(f"--memory-mb {args.memory_mb}: expected 0 (no limit) or >= 256 (a warmed-up worker maps "
+                        "~80 MB)")
+    if args.overlong_buffer > args.max_length:
+        raise UserError(f"--overlong-buffer {args.overlong_buffer}: must be <= --max-length {args.max_length}")
+    if args.language not in LANGUAGE_SCRIPTS:
+        raise UserError(f"--language {args.language!r}: choose one of {', '.join(sorted(LANGUAGE_SCRIPTS))}")
     names = tuple(n.strip() for n in args.rewards.split(",") if n.strip())
     rewards = RewardsConfig(names=names, weights=(1.0,) * len(names), language=args.language,
                             max_length=args.max_length, overlong_buffer=args.overlong_buffer,

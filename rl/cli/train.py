@@ -17,10 +17,13 @@ import time
 
 from r1jax.rl.cli.common import split_config_and_overrides
 
+INTERMIXED = True  # KEY=VALUE overrides after the options too: `r1jax train CFG --run-dir D key=value`
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", default="tiny", help="preset name or YAML path (default: tiny)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="dotted config overrides (before or after the options)")
     parser.add_argument("--run-dir", default=None,
                         help="run directory; an existing one resumes (default: runs/<config>-<time>)")
     hosts = parser.add_argument_group("several processes (hosts) as one run")

@@ -47,6 +47,9 @@ class StageConfig:
             raise UserError(f"{where}.lr={self.lr}: must be > 0")
         if self.samples_per_prompt < 1:
             raise UserError(f"{where}.samples_per_prompt={self.samples_per_prompt}: must be >= 1")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise UserError(f"{where}.max_new_tokens={self.max_new_tokens}: must be null (sampling.max_new_tokens) "
+                            "or >= 1")
         unknown = sorted(set(self.filters) - set(REJECTION_FILTERS))
         if unknown:
             raise UserError(f"{where}.filters: unknown {unknown}; choose from {', '.join(REJECTION_FILTERS)}")
@@ -87,6 +90,10 @@ class EvalConfig:
             raise UserError(f"eval.temperature={self.temperature} / eval.top_p={self.top_p}: out of range")
         if self.top_k < 0:
             raise UserError(f"eval.top_k={self.top_k}: expected >= 0 (0: no top-k filter)")
+        if self.every < 0:
+            raise UserError(f"eval.every={self.every}: expected >= 0 (0: only at the end of each stage)")
+        if self.num_logged_samples < 0:
+            raise UserError(f"eval.num_logged_samples={self.num_logged_samples}: expected >= 0 (0: none logged)")
 
 
 @dataclasses.dataclass(frozen=True)

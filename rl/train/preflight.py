@@ -4,7 +4,8 @@
 UserError naming the culprit (the config field, the stage, the file and row) when:
 
 - the mesh does not fit the devices, a model's dimensions do not divide over the mesh axes they are split
-  over, or a batch does not split over the data-parallel devices (or the processes of the run);
+  over, or a batch does not split over the data-parallel devices (or the processes of the run), or the rows
+  of a stage that updates (GRPO, SFT, distill) do not split into `update.micro_batches`;
 - the tokenizer has more pieces than some stage's model vocabulary;
 - a stage's data cannot be read: a data file (`data.path`, a stage's `data_path` or `teacher`) that is
   missing, unreadable or malformed, whose rows lack prompt/answer (and `solution` for the SFT data of sft and
@@ -26,6 +27,7 @@ It returns the held-out problems it built, so the trainer need not build them tw
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
 from typing import Sequence
 
@@ -94,23 +96,39 @@ def check_model(config: Config, index: int, tokenizer: TokenizerLike, mesh: Mesh
 
 
 def check_batches(config: Config, mesh: Mesh, rules: Rules) -> None:
-    """The rows each stage places on the mesh split over the data-parallel devices, and the prompts or
-    sequences it draws split over the processes (each process does the host work of the whole batch)."""
+    """The rows each stage places on the mesh split over the data-parallel devices and, in a stage that
+    updates, into `update.micro_batches` (rl.update.micro_split; with grpo.pack, the packing plan's micro-batches
+    x devices: rl.grpo.packing), and the prompts or sequences it draws split over the processes (each process
+    does the host work of the whole batch)."""
     g = config.grpo
     processes = jax.process_count()
     for stage in config.stages:
         if stage.kind == "grpo":
             drawn, what = g.prompts_per_step, "grpo.prompts_per_step"
-            check_batch_rows(g.prompts_per_step * g.group_size, mesh, rules,
-                             f"a GRPO batch (grpo.prompts_per_step x grpo.group_size = "
-                             f"{g.prompts_per_step} x {g.group_size})")
+            rows, rows_what = g.prompts_per_step * g.group_size, (
+                f"a GRPO batch (grpo.prompts_per_step x grpo.group_size = {g.prompts_per_step} x {g.group_size})")
         else:
             drawn, what = stage.batch_size, f"stages[{stage.name}].batch_size"
-            if stage.kind in SFT_KINDS:
-                check_batch_rows(stage.batch_size, mesh, rules, what)
+            rows, rows_what = stage.batch_size, what
+        if stage.kind == "grpo" or stage.kind in SFT_KINDS:
+            axes = check_batch_rows(rows, mesh, rules, rows_what)
+            packed = stage.kind == "grpo" and g.pack
+            check_micro_batches(config.update.micro_batches, rows, f"{rows_what} (stage {stage.name})",
+                                math.prod(mesh.shape[a] for a in axes) if packed else 1)
         if drawn % processes:
             raise UserError(f"{what}={drawn} does not split over the {processes} processes of this run; make "
                             f"it a multiple of {processes}")
+
+
+def check_micro_batches(micro_batches: int, rows: int, what: str, devices: int = 1) -> None:
+    """`rows` split into `update.micro_batches` (rl.update.micro_split), on each of `devices` data-parallel
+    devices when the rows are packed (rl.grpo.packing.plan_packing)."""
+    split = micro_batches * devices
+    if rows % split:
+        into = f"{micro_batches} micro-batches" + (f" x {devices} data-parallel devices (grpo.pack)" if devices > 1
+                                                   else "")
+        raise UserError(f"update.micro_batches={micro_batches}: {what} of {rows} rows does not split into {into}; "
+                        f"make the rows a multiple of {split}")
 
 
 def stage_data(config: Config, stage: StageConfig) -> DataConfig | None:

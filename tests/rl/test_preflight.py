@@ -109,6 +109,20 @@ def test_batches_that_do_not_split_over_the_data_parallel_devices_are_named(toke
     fails(tokenizer, "stages.0.batch_size=12", named=["stages[sft].batch_size", "12 rows"])
 
 
+def test_rows_that_do_not_split_into_micro_batches_are_named_before_any_stage_trains(tokenizer):
+    """rl.update.micro_split's rule (rows % update.micro_batches), checked for every stage that updates: it
+    failed when the GRPO stage started, after the SFT stage had trained."""
+    fails(tokenizer, "update.micro_batches=3", named=["update.micro_batches=3", "stages[sft].batch_size", "8 rows"])
+    fails(tokenizer, "update.micro_batches=16", "stages.0.batch_size=16",  # SFT's 16 rows split, GRPO's 4 x 2 not
+          named=["update.micro_batches=16", "a GRPO batch", "4 x 2", "8 rows", "stage grpo"])
+    # packed GRPO rows split into micro-batches on each data-parallel device (rl.grpo.packing): 2 x 8 > 8 rows
+    check(tokenizer, "update.micro_batches=2")
+    fails(tokenizer, "update.micro_batches=2", "grpo.pack=true", named=["2 micro-batches x 8 data-parallel", "16"])
+    check(tokenizer, "update.micro_batches=2", "grpo.pack=true", "grpo.prompts_per_step=8")
+    # a rejection_sampling stage makes no update
+    check(tokenizer, "update.micro_batches=3", "stages=[{name: rs, kind: rejection_sampling, steps: 1, batch_size: 8}]")
+
+
 @pytest.mark.parametrize("content,named", [
     (None, "no such file"),
     (["{not json"], "row 1: not valid JSON"),

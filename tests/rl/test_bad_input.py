@@ -1,0 +1,151 @@
+"""Bad config values, config files and command-line flags fail naming the culprit: no traceback, and no value
+accepted that a run would then ignore or misuse (found by a review: each case here was one of those)."""
+
+import pytest
+
+from r1jax.errors import UserError
+from r1jax.rl.cli.main import build_parser, main, parse_arguments
+from r1jax.rl.config import load_config
+
+from tests.rl.conftest import TRAIN_CONFIG
+
+
+def load_fails(*overrides, named, config=TRAIN_CONFIG):
+    with pytest.raises(UserError) as info:
+        load_config(config, list(overrides))
+    message = str(info.value)
+    for fragment in [named] if isinstance(named, str) else named:
+        assert fragment in message, message
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("override, problem", [("grpo.group_size=[unclosed", "did not find expected ',' or ']'"),
+                                               ("grpo.group_size={", "did not find expected node content")])
+def test_an_override_that_is_not_yaml_is_named(override, problem):
+    load_fails(override, named=[f"overrides: {override!r}: not valid YAML", problem])  # a ParserError before
+
+
+def test_a_config_file_of_the_wrong_shape_is_named(tmp_path):
+    top = tmp_path / "list.yaml"
+    top.write_text("- model\n- grpo\n")  # a TypeError "Cannot merge incompatible container types" before
+    load_fails(named=[str(top), "the top level must be a mapping", "not a list"], config=top)
+    stages = tmp_path / "stages.yaml"
+    stages.write_text("stages: {name: a}\n")
+    load_fails(named=[str(stages), "stages: expected a list, got a mapping"], config=stages)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("rewards.weights=[.nan,1]", "rewards.weights.0 = nan"),  # trained on NaN rewards, exit 0
+    ("rewards.weights=[1,nan]", "rewards.weights.1 = nan"),
+    ("rewards.weights.0=.inf", "rewards.weights.0 = inf"),
+    ("sampling.temperature=.nan", "sampling.temperature = nan"),  # was greedy decoding
+    ("eval.temperature=nan", "eval.temperature = nan"),
+    ("grpo.temperature=.inf", "grpo.temperature = inf"),
+    ("optimizer.lr=.inf", "optimizer.lr = inf"),
+    ("stages.0.lr=nan", "stages.0.lr = nan"),
+    ("stages.0.temperature=nan", "stages.0.temperature = nan"),
+    ("stages.0.reward_threshold=-.inf", "stages.0.reward_threshold = -inf"),
+    ("update.aux_loss_coef=.nan", "update.aux_loss_coef = nan"),  # any float field, in any section
+    ("model.rope_theta=.inf", "model.rope_theta = inf"),
+    ("reward_pool.timeout_s=.inf", "reward_pool.timeout_s = inf"),
+    ("rewards={weights: [.nan, 1]}", "rewards.weights.0 = nan"),  # a whole section
+])
+def test_nan_and_infinity_are_refused_in_every_float_field(override, key):
+    load_fails(override, named=[repr(override), key, "expected a finite number"])
+
+
+def test_nan_in_a_config_file_is_named_with_the_file(tmp_path):
+    path = tmp_path / "nan.yaml"
+    path.write_text("rewards:\n  weights: [.nan, 1]\n")
+    load_fails(named=[str(path), "rewards.weights.0 = nan", "finite"], config=path)
+    stages = ("stages=[{name: rs, kind: rejection_sampling, steps: 1, batch_size: 8}, {name: student, kind: "
+              "distill, steps: 1, batch_size: 8, teacher: rs, student_overrides: [rope_theta=.nan]}]")
+    load_fails(stages, named=["stages[student].student_overrides", "rope_theta = nan", "finite"])
+
+
+@pytest.mark.parametrize("override, named", [
+    ("eval.every=-1", "eval.every=-1"),  # n % -1 == 0: an evaluation after every step
+    ("eval.num_logged_samples=-1", "eval.num_logged_samples=-1"),  # logged nothing
+    ("stages=[]", "stages: empty"),  # exit 0, nothing trained
+    ("stages.0.max_new_tokens=-5", "stages[sft].max_new_tokens=-5"),  # named sampling.max_new_tokens, later
+    ("stages.0.max_new_tokens=0", "stages[sft].max_new_tokens=0"),  # meant sampling.max_new_tokens silently
+    ("sampling.layout=foo", "sampling.layout='foo'"),  # failed when the first sampler was built, after SFT
+    ("sampling.mesh={foo: 2}", "sampling.mesh: unknown axes ['foo']"),  # the training layout, silently
+    ("sampling.mesh={data: 0}", "sampling.mesh.data=0"),
+    ("sampling.mesh={data: -1}", "fsdp and data are both -1"),
+    ("sampling.prompt_buckets=[-5,64]", "sampling.prompt_buckets=[-5, 64]"),
+])
+def test_out_of_range_values_are_named_when_the_config_loads(override, named):
+    load_fails(override, named=named)
+
+
+def test_good_values_next_to_the_bad_ones_still_load():
+    config = load_config(TRAIN_CONFIG, ["eval.every=0", "eval.num_logged_samples=0", "stages.0.max_new_tokens=4",
+                                        "sampling.layout=train", "sampling.mesh={data: 2, fsdp: 1, tensor: -1}"])
+    assert config.stages[0].max_new_tokens == 4 and config.sampling.mesh == {"data": 2, "fsdp": 1, "tensor": -1}
+
+
+def usage_error(capsys, *argv):
+    """argparse's usage error for `argv` (exit code 2, before anything loads): its message."""
+    with pytest.raises(SystemExit) as exit_:
+        main(list(argv))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["eval", "CK", "--max-new-tokens", "-1"], "argument --max-new-tokens: expected an integer >= 1, got -1"),
+    (["eval", "CK", "--max-new-tokens", "0"], "argument --max-new-tokens: expected an integer >= 1, got 0"),
+    (["eval", "CK", "--difficulty", "0"], "argument --difficulty: expected an integer >= 1, got 0"),
+    (["eval", "CK", "--workers", "0"], "argument --workers: expected an integer >= 1, got 0"),
+    (["eval", "CK", "--samples", "0"], "argument --samples: expected an integer >= 1, got 0"),
+    (["eval", "CK", "--temperature", "nan"], "argument --temperature: expected a finite number >= 0, got 'nan'"),
+    (["eval", "CK", "--top-p", "1.5"], "argument --top-p: expected a finite number in (0, 1], got '1.5'"),
+    (["eval", "CK", "--top-k", "-1"], "argument --top-k: expected an integer >= 0, got -1"),
+    (["generate", "CK", "--ids", "1", "--temperature", "-1"], "argument --temperature: expected a finite number >= 0"),
+    (["generate", "CK", "--ids", "1", "--temperature", "inf"], "argument --temperature: expected a finite number"),
+    (["generate", "CK", "--ids", "1", "--top-p", "nan"], "argument --top-p: expected a finite number in (0, 1]"),
+    (["generate", "CK", "--ids", "1", "--samples", "0"], "argument --samples: expected an integer >= 1"),
+    (["score", "F.jsonl", "--timeout", "-1"], "argument --timeout: expected a finite number > 0, got '-1'"),
+    (["score", "F.jsonl", "--timeout", "nan"], "argument --timeout: expected a finite number > 0, got 'nan'"),
+    (["score", "F.jsonl", "--workers", "0"], "argument --workers: expected an integer >= 1, got 0"),
+    (["score", "F.jsonl", "--max-length", "0"], "argument --max-length: expected an integer >= 1, got 0"),
+])
+def test_bad_flag_values_are_usage_errors_naming_the_flag(capsys, argv, said):
+    assert said in usage_error(capsys, *argv)
+
+
+@pytest.mark.parametrize("flags, said", [
+    (["--memory-mb", "100"], "--memory-mb 100: expected 0 (no limit) or >= 256"),
+    (["--max-length", "8", "--overlong-buffer", "9"], "--overlong-buffer 9: must be <= --max-length 8"),
+    (["--language", "xx"], "--language 'xx': choose one of"),
+])
+def test_score_flags_checked_together_are_named(capsys, tmp_path, flags, said):
+    assert main(["score", str(tmp_path / "missing.jsonl"), *flags]) == 2  # before the file is read
+    err = capsys.readouterr().err
+    assert said in err and "rewards." not in err and "reward_pool." not in err, err
+
+
+def test_eval_names_an_unknown_task_before_anything_else(capsys, tmp_path):
+    # "--num-problems / --difficulty: unknown task 'bogus'" before; now before the checkpoint loads
+    assert main(["eval", str(tmp_path / "no-checkpoint"), "--task", "bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "--task 'bogus': unknown task" in err and "arithmetic" in err and "--num-problems" not in err
+
+
+def test_train_takes_overrides_after_its_options(capsys, tmp_path):
+    parser = build_parser()
+    args = parse_arguments(parser, ["train", "cfg.yaml", "--run-dir", "D", "a.b=1", "c=2"])
+    assert (args.config, args.overrides, args.run_dir) == ("cfg.yaml", ["a.b=1", "c=2"], "D")
+    args = parse_arguments(parser, ["--cpu-devices", "2", "train", "--run-dir", "D", "cfg.yaml", "a=1"])
+    assert (args.config, args.overrides, args.run_dir, args.cpu_devices) == ("cfg.yaml", ["a=1"], "D", 2)
+    # "unrecognized arguments: stages.0.steps=x5" before; now the override is read, and named
+    run = tmp_path / "run"
+    assert main(["train", "tiny", "--run-dir", str(run), "stages.0.steps=x5"]) == 2
+    err = capsys.readouterr().err
+    assert "stages.0.steps=x5" in err and "unrecognized" not in err and not run.exists()
+    # other commands still refuse what they do not take
+    assert "unrecognized arguments: --bogus" in usage_error(capsys, "info", "tiny", "--bogus")
+    assert "unrecognized arguments: --bogus" in usage_error(capsys, "train", "tiny", "--bogus")
