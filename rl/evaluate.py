@@ -5,7 +5,8 @@
 - pass@k: the unbiased estimator 1 - C(n - c, k) / C(n, k) with n = k samples (Chen et al. 2021).
 - by difficulty, mean response length (tokens), format rate.
 Held-out problems come from another seed and skip every problem the training source contains (by prompt, or
-what the task says makes two prompts one problem: `Task.problem_key`).
+what the task says makes two prompts one problem: `Task.problem_key`), keeping the mix of tasks and kinds of
+problem (`Task.problem_kind`) the held-out seed draws.
 """
 
 from __future__ import annotations
@@ -26,8 +27,16 @@ from r1jax.rl.train.config import DEFAULT_REFLECTION_WORDS, EvalConfig
 from r1jax.rl.train.rollouts import reflection_rate, sample_and_submit
 
 
-def held_out_problems(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | None = None) -> list[dict]:
-    """`cfg.num_problems` problems from `cfg.seed` whose prompts never occur in the training source."""
+def held_out_problems(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | None = None,
+                      left_out: list[str] | None = None) -> list[dict]:
+    """`cfg.num_problems` problems from `cfg.seed` whose prompts never occur in the training source, in the mix
+    of tasks and kinds the held-out seed draws: the i-th held-out problem is of the kind of the eval source's
+    i-th problem (`Task.problem_kind`; one kind per task unless it says otherwise), the next unseen one of
+    that kind. A kind training has used up (no unseen problem among the source's 50 x `cfg.num_problems`) is
+    left out, its turns skipped, and named in `left_out`: skipping seen problems alone filled algebra's level-3
+    set with Simplify problems (199 of 200) once training had used up the 190 Expand problems and most Solve
+    ones, where it now keeps Solve's and Simplify's shares and names Expand. A task of one kind gets the first
+    unseen problems in order, as before."""
     tasks = list(tasks or data.tasks)
     difficulty = cfg.difficulty or data.difficulty
     seen = set()
@@ -35,17 +44,37 @@ def held_out_problems(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | 
         train = TaskSource([data.task(t) for t in data.tasks], data.seed, data.num_problems)
         seen = {_key(train[i]) for i in range(len(train))}
     source = TaskSource([data.task(t, difficulty) for t in tasks], cfg.seed, 50 * cfg.num_problems)
-    problems = []
+    kinds: list[tuple] = []  # the kind of each problem of `source` read so far
+    unseen: dict[tuple, collections.deque] = collections.defaultdict(collections.deque)  # not yet taken, by kind
+
+    def read_next() -> None:
+        problem = source[len(kinds)]
+        kinds.append(_kind(problem))
+        if _key(problem) not in seen:
+            seen.add(_key(problem))
+            unseen[kinds[-1]].append(problem)
+
+    problems, exhausted = [], []
     for i in range(len(source)):
-        problem = source[i]
-        if _key(problem) in seen:
+        if i == len(kinds):
+            read_next()
+        while not unseen[kinds[i]] and kinds[i] not in exhausted and len(kinds) < len(source):
+            read_next()
+        if not unseen[kinds[i]]:  # none left unseen among the whole source
+            if kinds[i] not in exhausted:
+                exhausted.append(kinds[i])
             continue
-        problems.append(problem)
-        seen.add(_key(problem))
+        problems.append(unseen[kinds[i]].popleft())
         if len(problems) == cfg.num_problems:
+            if left_out is not None:
+                left_out += [_kind_name(kind) for kind in exhausted]
             return problems
-    raise ValueError(f"only {len(problems)} held-out problems differ from the training data; the task space "
-                     f"is too small for eval.num_problems={cfg.num_problems} (raise the difficulty)")
+    raise ValueError(f"only {len(problems)} held-out problems differ from the training data; the task space is "
+                     f"too small for eval.num_problems={cfg.num_problems} (raise the difficulty)")
+
+
+def _kind_name(kind: tuple) -> str:
+    return f"{kind[0]}'s {kind[1]}" if kind[1] is not None else kind[0]
 
 
 def judges(tasks: Sequence[str]) -> tuple[str, ...]:
@@ -70,6 +99,11 @@ def missing_judges(rewards: RewardsConfig, tasks: Sequence[str]) -> list[str]:
 def _key(problem: Mapping) -> tuple:
     """One problem, however its prompt states it (`Task.problem_key`)."""
     return problem["task"], TASKS[problem["task"]].problem_key(problem["prompt"])
+
+
+def _kind(problem: Mapping) -> tuple:
+    """The problem's task and kind of problem (`Task.problem_kind`)."""
+    return problem["task"], TASKS[problem["task"]].problem_kind(problem["prompt"])
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from r1jax.model.tokenizer import TEMPLATE_NAMES
 from r1jax.rl.cli.common import non_negative_int, non_negative_number, positive_int, probability
@@ -63,7 +64,11 @@ def run(args: argparse.Namespace) -> int:
         problems = config.data.load_file(args.data)[: args.num_problems or None]
     else:
         try:
-            problems = held_out_problems(config.data, eval_cfg, [args.task] if args.task else None)
+            left_out = []
+            problems = held_out_problems(config.data, eval_cfg, [args.task] if args.task else None, left_out)
+            for kind in left_out:
+                print(f"r1jax eval: training used every {kind} problem; the held-out set holds none of them",
+                      file=sys.stderr)
         except ValueError as err:  # a difficulty the task lacks; a task space too small for --num-problems
             raise UserError(f"--num-problems / --difficulty: {err}") from None
     pool_cfg = config.reward_pool if args.workers is None else dataclasses.replace(config.reward_pool,

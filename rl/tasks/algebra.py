@@ -1,10 +1,22 @@
 """Algebra in one variable x: solve a linear equation, expand a product, simplify a sum of like terms.
 
 Reference answers are computed by sympy from integer coefficients (trusted objects, never strings) and
-printed in plain notation ("x^2-x-6", "-7/3"). A candidate is parsed by `safe_math` into sympy objects and
-accepted when it is symbolically equal to the reference: `cancel(candidate - reference) == 0`, so
-"(x+2)(x-3)", "x^2 - x - 6" and "-6-x+x^2" are all the same answer. For equations, "x = 5" and "5" are
-both accepted.
+printed in plain notation ("x^2-x-6", "-7/3"). A candidate is parsed by `safe_math` into an AST and must be
+the answer in the reference's form (read from the reference, so a problem checked without its prompt is
+checked the same way), and equal to it:
+
+- a number when the reference is one (Solve, a Simplify whose x terms cancel): an integer or decimal, or an
+  integer over an integer, with signs: "5", "x = 5", "-7/3", "\\frac{-7}{3}", "10/2"; not "(7-(-2))/(18)".
+- a polynomial with like terms collected when the reference is one (Expand, Simplify): a sum of monomials, each
+  a number (as above) times at most one x or x^n, each power of x at most once, in any order: "x^2-x-6",
+  "-6-x+x^2", "(7/3)x", "7x/3"; not "(x+2)(x-3)", "x(x-1)-6", "3x+3x" or "x^2-(x+6)" (no sum inside a term).
+- anything equal when the reference is in neither form (a user's factored answer "(x+2)(x-3)"): symbolic
+  equality through sympy, `cancel(candidate - reference) == 0`, bounded by `safe_math.to_sympy`.
+
+So copying the question ("Expand (x+2)(x-3)", "Simplify 3x+3x", the formula of a solution) earns nothing:
+the work is the answer's form. In the first two cases the coefficients are compared exactly (`Fraction`s read
+off the monomials) and sympy never sees the candidate: a product of sums is refused, never expanded. For
+equations, "x = 5" and "5" are both accepted.
 
 Knobs: `kinds` (which of linear / expand / simplify), `coef` (coefficients in [-coef, coef]),
 `integer_roots` (linear equations with integer solutions only), and at every level `constant` (a linear
@@ -15,12 +27,14 @@ the number of distinct equations without harder division, so a small model canno
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 from r1jax.errors import UserError
 from r1jax.rl.tasks import safe_math
 from r1jax.rl.tasks.base import Problem, Task, r1_solution, register_task, strip_markup
 
 _LEADING_VAR = re.compile(r"^\s*x\s*=(?!=)")
+_SIMPLIFY_TERM = re.compile(r"[+-]?\d*x|[+-]?\d+")
 
 
 def _nonzero(rng, bound: int) -> int:
@@ -99,10 +113,90 @@ def _simplify(rng, coef: int) -> tuple[str, str, list[str]]:
     return f"Simplify {shown}", answer, steps
 
 
-def to_expression(text: str):
-    """A sympy expression in x from answer text, through the safe parser; raises MathError."""
-    text = _LEADING_VAR.sub("", strip_markup(text), count=1)
-    return safe_math.to_sympy(safe_math.parse(text, names="x"))
+def parse_answer(text: str) -> tuple:
+    """The safe parser's AST of answer text in x ("x = " before it dropped); raises MathError."""
+    return safe_math.parse(_LEADING_VAR.sub("", strip_markup(text), count=1), names="x")
+
+
+def _x_power(node: tuple) -> int:
+    """n for x or x^n (n a positive integer literal), else 0."""
+    if node == ("var", "x"):
+        return 1
+    if node[0] == "pow" and node[1] == ("var", "x") and node[2][0] == "num":
+        n = node[2][1]
+        return int(n) if n.denominator == 1 and n >= 1 else 0
+    return 0
+
+
+def monomial_degree(node: tuple) -> int | None:
+    """The power of x of a monomial: signs, at most one number (an integer or decimal) over at most one integer,
+    and at most one x or x^n, multiplied in any order ("3x^2", "-x", "(7/3)x", "7x/3", "\\frac{x}{2}", "5");
+    None for anything else (a sum, a product of two numbers or of x and x, x in a denominator)."""
+    numerators, denominators, degree = [], [], 0
+    stack = [(node, False)]  # (node, in a denominator)
+    while stack:
+        node, below = stack.pop()
+        kind = node[0]
+        if kind == "neg":
+            stack.append((node[1], below))
+        elif kind == "mul":
+            stack += [(node[1], below), (node[2], below)]
+        elif kind == "div" and not below:
+            stack += [(node[1], False), (node[2], True)]
+        elif kind == "num":
+            (denominators if below else numerators).append(node[1])
+        elif not below and not degree and _x_power(node):
+            degree = _x_power(node)
+        else:
+            return None
+    if len(numerators) > 1 or len(denominators) > 1:
+        return None
+    if denominators and (denominators[0].denominator != 1 or any(n.denominator != 1 for n in numerators)):
+        return None  # a ratio of two integers, not 2.5/3 or 2/0.5
+    return degree
+
+
+def _coefficient(node: tuple) -> Fraction:
+    """The number of a monomial (`monomial_degree` accepted it), x taken as 1."""
+    kind = node[0]
+    if kind == "num":
+        return node[1]
+    if kind == "neg":
+        return -_coefficient(node[1])
+    if kind == "mul":
+        return _coefficient(node[1]) * _coefficient(node[2])
+    if kind == "div":
+        divisor = _coefficient(node[2])
+        if divisor == 0:
+            raise safe_math.MathError("division by zero")
+        return _coefficient(node[1]) / divisor
+    return Fraction(1)  # x or x^n
+
+
+def collected(node: tuple) -> dict[int, Fraction] | None:
+    """Power of x -> coefficient of a polynomial written as a sum of monomials with like terms collected (each
+    power once), e.g. {2: 1, 1: -1, 0: -6} for "x^2-x-6"; None for any other form ("(x+2)(x-3)", "3x+3x",
+    "x^2-(x+6)"). Exact and cheap: at most two numbers of at most 24 digits per term."""
+    terms = []
+    while node[0] in ("add", "sub"):
+        if node[2][0] in ("add", "sub"):  # "a - (b + c)": a bracketed sum is not collected
+            return None
+        terms.append((node[2], -1 if node[0] == "sub" else 1))
+        node = node[1]
+    terms.append((node, 1))
+    coefficients = {}
+    for term, sign in terms:
+        degree = monomial_degree(term)
+        if degree is None or degree in coefficients:
+            return None
+        coefficients[degree] = sign * _coefficient(term)
+    return coefficients
+
+
+def answer_form(node: tuple) -> str | None:
+    """"number", "polynomial" (collected), or None: the form a reference asks of a candidate."""
+    coefficients = collected(node)
+    return None if coefficients is None else "number" if set(coefficients) == {0} else "polynomial"
 
 
 @register_task
@@ -138,14 +232,42 @@ class AlgebraTask(Task):
         return Problem(task=self.name, prompt=prompt, answer=answer, solution=r1_solution(steps, answer),
                        difficulty=self.difficulty)
 
+    @staticmethod
+    def problem_key(prompt: str) -> object:
+        """One problem however its prompt orders it: Expand's two factors and Simplify's terms as multisets
+        (held out by prompt, 41 of 199 held-out Simplify problems at level 3 were training problems with their
+        terms swapped); a Solve prompt, or one of another form, is its own key."""
+        kind, _, body = prompt.partition(" ")
+        factors = re.fullmatch(r"\((.+)\)\((.+)\)", body) if kind == "Expand" else None
+        if factors:
+            return kind, tuple(sorted(factors.groups()))
+        terms = re.findall(r"[+-]?[^+-]+", body) if kind == "Simplify" else []
+        if not terms or "".join(terms) != body or not all(_SIMPLIFY_TERM.fullmatch(t) for t in terms):
+            return prompt
+        xs = sorted(int(t[:-1] + "1" if t[:-1] in ("", "+", "-") else t[:-1]) for t in terms if t.endswith("x"))
+        return kind, tuple(xs), tuple(sorted(int(t) for t in terms if not t.endswith("x")))
+
+    @staticmethod
+    def problem_kind(prompt: str) -> object:
+        kind = prompt.partition(" ")[0]
+        return kind if kind in ("Solve", "Expand", "Simplify") else None
+
     def warm_up(self) -> None:
-        self.verify("2x", "x+x")  # sympy, through the safe parser
+        self.verify("2x", "(x+1)(x-1)")  # sympy (a reference in another form), through the safe parser
 
     def verify(self, candidate: str, reference: str, prompt: str = "") -> bool:
+        """Whether `candidate` is `reference` in the reference's form (the module docstring); the form is
+        read from the reference, so a problem without its prompt is checked the same way."""
         import sympy
 
         try:
-            got, want = to_expression(candidate), to_expression(reference)
-            return sympy.cancel(got - want) == 0
+            want, got = parse_answer(reference), parse_answer(candidate)
+            form = answer_form(want)
+            if form is None:  # a reference in another form (a user's): equality alone, through sympy
+                return sympy.cancel(safe_math.to_sympy(got) - safe_math.to_sympy(want)) == 0
+            have = collected(got)  # the form first: a product of sums is never expanded
+            if have is None or (form == "number" and set(have) != {0}):
+                return False
+            return {k: c for k, c in have.items() if c} == {k: c for k, c in collected(want).items() if c}
         except (safe_math.MathError, ZeroDivisionError, sympy.PolynomialError):
             return False

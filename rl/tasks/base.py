@@ -74,6 +74,13 @@ class Task:
         problem's key): its prompt, unless the prompt can state one problem in several ways."""
         return prompt
 
+    @staticmethod
+    def problem_kind(prompt: str) -> object:
+        """Which of this task's kinds of problem the prompt states (held-out selection keeps each kind's share of
+        the mix, so that a kind whose few problems training used up is not silently left out): None for a task
+        of one kind."""
+        return None
+
     def warm_up(self) -> None:
         """Load what `verify` needs (a reward worker calls this before its first item, so that no item is charged
         for imports); tasks whose verifier is plain Python need nothing."""

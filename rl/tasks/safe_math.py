@@ -10,7 +10,8 @@ mathematics: -2^2 = -4):
     term  := unary (('*' | '/') unary | implicit)*     implicit product: 3x, 2(x+1), (x+1)(x-2)
     unary := ('+' | '-') unary | power
     power := atom ('^' unary)?
-    atom  := NUMBER | NAME | '(' expr ')' | FRAC atom atom
+    atom  := NUMBER | NAME | '(' expr ')' | FRAC arg arg      arg := DIGIT | atom  ("\\frac12" = 1/2, as LaTeX)
+A number directly before FRAC ("2\\frac{1}{3}", a mixed number to some, 2/3 to the grammar) is refused.
 AST nodes: ("num", Fraction) | ("var", str) | ("neg", a) | (op, a, b) with op in add sub mul div pow.
 
 Every dimension of the input is bounded before any arithmetic happens: text length, nesting depth, digits
@@ -91,13 +92,17 @@ class _Parser:
         return node
 
     def term(self) -> tuple:
-        node = self.unary()
+        node = factor = self.unary()
         while (token := self.peek()) is not None:
             if token[1] in ("*", "/"):
                 self.take()
-                node = (_BINARY[token[1]], node, self.unary())
+                factor = self.unary()
+                node = (_BINARY[token[1]], node, factor)
             elif token[0] in ("name", "frac") or token[1] == "(":
-                node = ("mul", node, self.power())  # implicit product; never between two bare numbers
+                if token[0] == "frac" and is_number(factor):  # "-2\\frac{1}{3}": -7/3 or -2/3? neither
+                    raise MathError("a number before \\frac (a mixed number?) is ambiguous")
+                factor = self.power()
+                node = ("mul", node, factor)  # implicit product; never between two bare numbers
             else:
                 break
         return node
@@ -122,6 +127,16 @@ class _Parser:
             return ("pow", base, exponent)
         return base
 
+    def frac_argument(self) -> tuple:
+        """One argument of \\frac: as in LaTeX, a bare number gives its first digit alone ("\\frac12" is 1/2)."""
+        token = self.peek()
+        if token is not None and token[0] == "num" and len(token[1]) > 1 and token[1][0] != ".":
+            if token[1][1] == ".":
+                raise MathError(f"\\frac{token[1]} is ambiguous")
+            self.tokens[self.pos] = ("num", token[1][1:])  # the rest stays for what follows
+            return ("num", Fraction(token[1][0]))
+        return self.atom()
+
     def atom(self) -> tuple:
         kind, value = self.take()
         if kind == "num":
@@ -132,7 +147,7 @@ class _Parser:
             return ("var", value)
         if kind == "frac":
             self.nest()
-            node = ("div", self.atom(), self.atom())
+            node = ("div", self.frac_argument(), self.frac_argument())
             self.depth -= 1
             return node
         if value == "(":

@@ -55,8 +55,10 @@ from r1jax.sharding.rules import Rules
 SFT_KINDS = ("sft", "distill")
 
 
-def preflight(config: Config, tokenizer: TokenizerLike, mesh: Mesh, rules: Rules, first_stage: int = 0) -> list[dict]:
-    """Check `config` against the tokenizer, mesh and files (module docstring); the held-out problems.
+def preflight(config: Config, tokenizer: TokenizerLike, mesh: Mesh, rules: Rules, first_stage: int = 0,
+              left_out: list[str] | None = None) -> list[dict]:
+    """Check `config` against the tokenizer, mesh and files (module docstring); the held-out problems (the
+    kinds of problem training used up, which they lack, appended to `left_out`: rl.evaluate.held_out_problems).
     A resumed run passes the first stage it still runs: finished stages' `init_from` sources may be gone."""
     check_mesh(config, mesh)
     for index in range(len(config.stages)):
@@ -66,7 +68,7 @@ def preflight(config: Config, tokenizer: TokenizerLike, mesh: Mesh, rules: Rules
         check_stage_data(config, index, tokenizer)
         if index >= first_stage:
             check_init_from(config, index, tokenizer)
-    return check_held_out(config, tokenizer)
+    return check_held_out(config, tokenizer, left_out)
 
 
 def check_mesh(config: Config, mesh: Mesh) -> None:
@@ -248,10 +250,10 @@ def check_init_from(config: Config, index: int, tokenizer: TokenizerLike) -> Non
     check_compatible(saved, stage_config(config, index), where)
 
 
-def check_held_out(config: Config, tokenizer: TokenizerLike) -> list[dict]:
+def check_held_out(config: Config, tokenizer: TokenizerLike, left_out: list[str] | None = None) -> list[dict]:
     """The held-out evaluation problems, after checking they can be built and their prompts fit."""
     try:
-        problems = held_out_problems(config.data, config.eval)
+        problems = held_out_problems(config.data, config.eval, left_out=left_out)
     except ValueError as err:  # the task space is too small for eval.num_problems
         raise UserError(f"eval: {err}") from None
     check_prompt_lengths(config, tokenizer, [p["prompt"] for p in problems], "the held-out eval set")

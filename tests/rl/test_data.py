@@ -214,3 +214,71 @@ def test_held_out_countdown_problems_are_not_training_problems_reordered():
     held_out = held_out_problems(data, EvalConfig(num_problems=50))
     assert len(held_out) == 50
     assert not {tuple(map(str, problem(p["prompt"]))) for p in held_out} & trained
+
+
+def _algebra_problem(prompt):
+    """An algebra problem however its prompt orders it, computed here independently of the task's own key:
+    Expand's factors and Simplify's x terms and constants as sorted lists."""
+    import re
+
+    kind, body = prompt.split(" ", 1)
+    if kind == "Expand":
+        return kind, tuple(sorted(re.fullmatch(r"\((.*)\)\((.*)\)", body).groups()))
+    if kind == "Simplify":
+        terms = [t if t[0] in "+-" else "+" + t for t in re.findall(r"[+-]?\d*x?", body) if t]
+        return (kind, tuple(sorted(t.replace("+x", "+1x").replace("-x", "-1x") for t in terms if "x" in t)),
+                tuple(sorted(int(t) for t in terms if "x" not in t)))
+    return kind, body
+
+
+def test_held_out_algebra_keeps_the_kinds_mix_and_skips_reordered_training_problems():
+    """Held out by prompt alone, level 3's set (100,000 training problems) was 199 Simplify, 1 Solve, no Expand,
+    and 41 of the Simplify problems were training problems with their terms swapped. The held-out set now has
+    the kinds the held-out seed draws, in its order, and none of them is a training problem reordered."""
+    from r1jax.rl.evaluate import held_out_problems
+    from r1jax.rl.train.config import EvalConfig
+
+    data, evaluation = DataConfig(tasks=("algebra",), difficulty=3, num_problems=600), EvalConfig(num_problems=60)
+    train = build_source(data)
+    trained = {_algebra_problem(train[i]["prompt"]) for i in range(len(train))}
+    held_out = held_out_problems(data, evaluation)
+    drawn = [get_task("algebra", 3).generate(evaluation.seed, i).prompt.split()[0] for i in range(60)]
+    assert [p["prompt"].split()[0] for p in held_out] == drawn
+    problems = [_algebra_problem(p["prompt"]) for p in held_out]
+    assert len(set(problems)) == 60 and not set(problems) & trained
+
+
+def test_a_kind_training_used_up_is_left_out_of_the_held_out_set_and_named():
+    """Expand with coefficients in [-2, 2] has few problems, all in a large training set: the held-out set
+    skips Expand's turns (keeping the other kinds' order) and names it, where skipping seen problems alone
+    silently filled the set with the other kinds."""
+    from r1jax.rl.evaluate import held_out_problems
+    from r1jax.rl.train.config import EvalConfig
+
+    data = DataConfig(tasks=("algebra",), difficulty=3, num_problems=400,
+                      task_knobs={"algebra": {"kinds": "linear,expand", "coef": 2, "constant": 40}})
+    left_out = []
+    held_out = held_out_problems(data, EvalConfig(num_problems=20), left_out=left_out)
+    assert left_out == ["algebra's Expand"]
+    assert len(held_out) == 20 and all(p["prompt"].startswith("Solve") for p in held_out)
+    train = build_source(data)
+    assert not {p["prompt"] for p in held_out} & {train[i]["prompt"] for i in range(len(train))}
+
+
+def test_held_out_problems_of_one_kind_are_the_first_unseen_in_order():
+    """The default run's set (configs/tiny.yaml: algebra difficulty 1, Solve only; 1500 training problems) is the
+    first 200 problems of the eval seed whose prompts training does not have, as before kinds were kept."""
+    from r1jax.rl.evaluate import held_out_problems
+    from r1jax.rl.train.config import EvalConfig
+
+    data, evaluation = DataConfig(tasks=("algebra",), difficulty=1, num_problems=1500), EvalConfig()
+    task = get_task("algebra", 1)
+    seen, expected = {task.generate(data.seed, i).prompt for i in range(1500)}, []
+    for index in range(10_000):
+        problem = task.generate(evaluation.seed, index).to_dict()
+        if problem["prompt"] not in seen:
+            seen.add(problem["prompt"])
+            expected.append(problem)
+        if len(expected) == evaluation.num_problems:
+            break
+    assert held_out_problems(data, evaluation) == expected

@@ -218,3 +218,98 @@ def _expressions():
 def test_safe_math_agrees_with_exact_arithmetic(expression):
     text, value = expression
     assert safe_math.evaluate(safe_math.parse(text)) == value
+
+
+def _copied(prompt: str) -> str:
+    """The question as its own answer: an Expand or Simplify prompt's expression, a Solve prompt's formula
+    (c - b) / a for "ax+b=c" (equal to the answer, the division not done)."""
+    kind, body = prompt.split(" ", 1)
+    if kind != "Solve":
+        return body
+    a, b, c = re.fullmatch(r"(-?\d*)x([+-]\d+)?=(-?\d+)", body).groups()
+    return f"({c}-({b or 0}))/({a + '1' if a in ('', '-') else a})"
+
+
+@pytest.mark.parametrize("level", sorted(TASKS["algebra"].levels))
+def test_algebra_answers_must_be_worked_out_not_the_question_copied(level):
+    """Every answer equal to the reference scored 1, so the question copied scored 1 on every Expand and
+    Simplify problem and an unevaluated formula on every Solve problem. The reference and the worked
+    solution's answer (SFT data) pass; the copy, the formula and uncollected terms fail."""
+    from r1jax.rl.tasks.algebra import answer_form, parse_answer
+
+    task = get_task("algebra", level)
+    config = RewardsConfig(names=("accuracy",), weights=(1.0,))
+    for index in range(150):
+        problem = task.generate(seed=3, index=index)
+        kind = problem.prompt.split()[0]
+        form = answer_form(parse_answer(problem.answer))
+        assert form == "number" if kind == "Solve" else form in ("number", "polynomial"), problem
+        assert task.verify(problem.answer, problem.answer, problem.prompt), problem
+        assert score_item(ScoreItem(problem.prompt, problem.solution, problem.answer, "algebra"), config) == {
+            "accuracy": 1.0}, problem
+        copied = _copied(problem.prompt)
+        assert not task.verify(copied, problem.answer, problem.prompt), (problem, copied)
+        assert not task.verify(copied, problem.answer), (problem, copied)  # the form is the reference's
+        assert not task.verify(f"{problem.answer}+x-x", problem.answer, problem.prompt), problem
+
+
+@pytest.mark.parametrize("reference,candidate,expected", [
+    ("x^2-x-6", "-6 - x + x^2", True), ("x^2-x-6", "x^2 + (-1)x - 6", True), ("x^2-x-6", "1x^2-1x^1-6", True),
+    ("x^2-x-6", "(x+2)(x-3)", False), ("x^2-x-6", "x(x-1)-6", False), ("x^2-x-6", "x*x-x-6", False),
+    ("x^2-x-6", "x^2-x-4-2", False), ("x^2-x-6", "x^2-(x+6)", False), ("x^2-x-6", "(x^2-x-6)/1*1", False),
+    ("(7/3)x-1", r"\frac{7}{3}x-1", True), ("(7/3)x-1", "7x/3-1", True), ("(7/3)x-1", r"-1+\frac{7x}{3}", True),
+    ("(7/3)x-1", "7/3x-1", True), ("(7/3)x-1", "(14/6)x-1", True), ("(7/3)x-1", "2x+x/3-1", False),
+    ("-7/3", "-7/3", True), ("-7/3", "7/-3", True), ("-7/3", r"\frac{-14}{6}", True), ("-7/3", "x = -7/3", True),
+    ("-7/3", "-2-1/3", False), ("-7/3", "-(2+1/3)", False), ("-7/3", "-7/3*1", False), ("-7/3", "-7/3x^0", False),
+    ("0.5", "1/2", True), ("1/2", "0.5", True), ("1/2", "0.5/1", False), ("1/2", "1/2.0", True),
+    ("7", "7", True), ("7", "0x+7", False), ("7", "3+4", False),
+    ("(x+2)(x-3)", "x^2-x-6", True), ("(x+2)(x-3)", "(x-3)(x+2)", True),  # a reference in neither form
+])
+def test_algebra_accepts_each_form_of_the_answer_and_no_other(reference, candidate, expected):
+    assert get_task("algebra").verify(candidate, reference) is expected
+
+
+def test_algebra_refuses_products_of_sums_before_sympy_expands_them():
+    """(...)^8 * (...)^8 * (...)^8 * (...)^8 with 11-digit coefficients took ~300 ms to cancel; the form check
+    refuses any product of sums before sympy sees it."""
+    import time
+
+    task = get_task("algebra")
+    task.warm_up()
+    worst = ["(99999999999x+77777777777)^8*(33333333333x+1)^8*(5555555555x-3)^8*(7x-999999999999)^8",
+             "(x+1)^16(x+2)^16-(x+3)^16(x+4)^16", "((x+1)(x+2)(x+3)(x+4))^8", "(x^2+x+1)^16",
+             "(2x+3)^16*(3x+1)^16 - (2x+3)^16*(3x+1)^16 + x^2-x-6",
+             "+".join(f"{'9' * 24}x^{k}" for k in range(32, 0, -1))]
+    for candidate in worst:
+        for reference in ("x^2-x-6", "-7/3"):
+            start = time.perf_counter()
+            assert not task.verify(candidate, reference)
+            assert time.perf_counter() - start < 0.05, candidate
+
+
+def test_algebra_problem_key_ignores_factor_and_term_order():
+    key = TASKS["algebra"].problem_key
+    assert key("Expand (x+3)(x-2)") == key("Expand (x-2)(x+3)") != key("Expand (x+3)(x+2)")
+    assert key("Simplify 3x-4-x-2") == key("Simplify -x-2+3x-4") == key("Simplify 3x-2-x-4")
+    assert key("Simplify 3x-4-x-2") != key("Simplify 3x-4-x+2") != key("Simplify 3x-4+x-2")
+    assert key("Simplify x+5-x") == key("Simplify -x+x+5") != key("Simplify x+5+x")
+    assert key("Solve 2x+3=7") == "Solve 2x+3=7" and key("Factor x^2-1") == "Factor x^2-1"
+    kind = TASKS["algebra"].problem_kind
+    assert [kind(p) for p in ("Solve 2x=4", "Expand (x)(x+1)", "Simplify x+x", "Factor x")] == [
+        "Solve", "Expand", "Simplify", None]
+
+
+@pytest.mark.parametrize("text,value", [
+    (r"\frac12", Fraction(1, 2)), (r"\frac 34", Fraction(3, 4)), (r"\frac{1}2", Fraction(1, 2)),
+    (r"\frac12\frac13", Fraction(1, 6)), (r"2*\frac13", Fraction(2, 3)), (r"\frac{12}{5}", Fraction(12, 5)),
+    (r"-2\frac{1}{3}", None), (r"2 \frac13", None), (r"1+2\frac{1}{3}", None), (r"\frac123", None),
+    (r"\frac1.5", None),
+])
+def test_safe_math_reads_frac_as_latex_and_refuses_mixed_numbers(text, value):
+    """LaTeX takes one token per \\frac argument ("\\frac12" is 1/2; the parser read 12 as one number); a number
+    before \\frac is a mixed number to a reader (-7/3) and an implicit product to the grammar (-2/3): refused."""
+    if value is None:
+        with pytest.raises(safe_math.MathError):
+            safe_math.evaluate(safe_math.parse(text))
+    else:
+        assert safe_math.evaluate(safe_math.parse(text)) == value
