@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from r1jax.errors import UserError
 from r1jax.rl.rewards import BatchHandle, RewardPool, ScoreResult
 from r1jax.rl.sampler import Rollout
 from r1jax.sharding.distributed import replicated
@@ -88,13 +89,18 @@ def save_queue(queue, pool: RewardPool, with_experts: bool) -> tuple[dict, dict]
 
 
 def restore_queue(meta: dict, restore_trees: Callable[[dict], dict],
-                  place: Callable[[Rollout], tuple[dict, dict]]) -> collections.deque:
+                  place: Callable[[Rollout], tuple[dict, dict]], with_experts: bool = False) -> collections.deque:
     """The queue a checkpoint's `meta` describes (empty for a checkpoint without one). `restore_trees(targets)`
-    reads the checkpoint's items; `place(rollout)` builds a rollout's training batch and layout metrics."""
+    reads the checkpoint's items; `place(rollout)` builds a rollout's training batch and layout metrics;
+    `with_experts`: the run replays routing, so the queued batches must carry their routing record."""
     entries = meta.get(ITEM) or []
     queue: collections.deque = collections.deque()
     if not entries:
         return queue
+    if with_experts and any("experts_LBTK" not in e["shapes"] for e in entries):
+        raise UserError(f"update.routing_replay=true, but the checkpoint's {len(entries)} batch(es) sampled ahead "
+                        "were saved without their routing record (update.routing_replay was false): resume with "
+                        "update.routing_replay=false, or turn it on in a new run")
     targets = {str(i): {name: np.zeros(shape, dtype) for name, (shape, dtype) in e["shapes"].items()}
                for i, e in enumerate(entries)}
     arrays = restore_trees({ITEM: targets})[ITEM]
@@ -108,6 +114,14 @@ def restore_queue(meta: dict, restore_trees: Callable[[dict], dict],
                                   entry["version"], batch, layout,
                                   results=[ScoreResult(**r) for r in entry["results"]]))
     return queue
+
+
+def dispatch_ahead(queued: int, max_staleness: int, remaining: int) -> bool:
+    """With the sampler on devices of its own: whether a step whose queue holds `queued` batches (this one's
+    included, `remaining` steps left in the stage) dispatches one more ahead. Only while the queue is no longer
+    than k, so a queue saved under a larger max_staleness drains to k (it kept its length, and its staleness,
+    for the rest of the stage: each step took one and dispatched one)."""
+    return queued <= max_staleness and queued < remaining
 
 
 def queue_saver(queue, pool: RewardPool, with_experts: bool) -> Callable[[], tuple[dict, Any]]:

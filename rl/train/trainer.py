@@ -60,7 +60,13 @@ class Trainer:
         self.console = console or RunConsole(self.primary)
         # with `sampling.devices` > 0 the trainer's mesh leaves the last devices to the sampler (rl.sampler_devices)
         train_devices, self.sampler_devices = split_devices(config.sampling)
-        self.mesh = build_mesh(config.sharding, train_devices)
+        try:
+            self.mesh = build_mesh(config.sharding, train_devices)
+        except UserError as err:
+            if not self.sampler_devices:
+                raise
+            raise UserError(f"{err} (sampling.devices={config.sampling.devices} leaves the trainer "
+                            f"{len(train_devices)} of {len(train_devices) + len(self.sampler_devices)})") from None
         self.rules = config.sharding.logical_rules()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         checkpointer = TrainCheckpointer(self.run_dir / "checkpoints", config.checkpoint.keep,
@@ -106,7 +112,12 @@ class Trainer:
         try:
             position = self._resume_position()
             # everything checkable is checked before the first step (a resumed run: before its next one)
-            self._held_out = preflight(self.config, self.tokenizer, self.mesh, self.rules, position.stage_index)
+            left_out = []
+            self._held_out = preflight(self.config, self.tokenizer, self.mesh, self.rules, position.stage_index,
+                                       left_out)
+            for kind in left_out:
+                self.console.log(f"held-out set: training uses every {kind} problem, so it holds none of them "
+                                 "(the other kinds keep their shares)")
             self._write_config()  # after the checks: a refused resume leaves the run's config.yaml as it was
             with self.stop.watching(self.global_step), use_mesh(self.mesh, self.rules):
                 for index, stage in enumerate(self.config.stages):

@@ -142,3 +142,12 @@ def test_a_training_layout_that_does_not_fit_the_sampler_devices_is_a_user_error
     with pytest.raises(UserError, match=r"sampling.devices=1: the sampler's training layout .* does not fit"):
         own_devices_layout(SamplingConfig(devices=1, layout="train"), sharding, QWEN, train_mesh,
                            sharding.logical_rules(), devices)
+
+
+def test_a_trainer_mesh_that_does_not_fit_the_devices_left_says_how_many_the_sampler_took(tmp_path):
+    from r1jax.rl.train.trainer import Trainer
+
+    config = load_config(CONFIG, ["sampling.devices=1", "grpo.max_staleness=1", "sharding.data=8",
+                                  "sharding.fsdp=1"])
+    with pytest.raises(UserError, match=r"needs 8 devices .* \(sampling.devices=1 leaves the trainer 7 of 8\)"):
+        Trainer(config, tmp_path)

@@ -106,3 +106,31 @@ def test_staleness_bench_figures_are_medians_after_the_warm_up():
         "staleness_speedup": pytest.approx(2.2 / 1.6)}
     with pytest.raises(UserError, match="none after 4 warm-up steps"):
         summarize_staleness(rows, warmup=4)
+
+
+def test_a_queue_longer_than_max_staleness_drains_with_the_sampler_on_its_own_devices():
+    """Saved at k = 2 (two batches queued), resumed at k = 1 with the sampler on its own devices: each step takes
+    one batch and dispatches one only while the queue is no longer than k, so the queue falls to k and stays;
+    it kept its length (staleness 2 for the rest of the stage) when every step dispatched one."""
+    from r1jax.rl.train.ahead import dispatch_ahead
+
+    queued, lengths, steps = 2, [], 7
+    for step in range(steps):
+        while queued < 1 and queued < steps - step:  # the fill loop: up to k, none beyond it
+            queued += 1
+        ahead = dispatch_ahead(queued, 1, steps - step)
+        queued -= 1  # the step's batch
+        queued += ahead  # the batch dispatched ahead joins when the update ends
+        lengths.append(queued)
+    assert lengths == [1, 1, 1, 1, 1, 1, 0]
+    assert dispatch_ahead(1, 1, 5) and dispatch_ahead(2, 2, 5) and not dispatch_ahead(1, 1, 1)
+
+
+def test_routing_replay_turned_on_over_a_queue_saved_without_routing_is_a_user_error():
+    """The batches sampled ahead were saved without their routing record (replay was off): resuming with
+    routing replay on names the setting (it was a ValueError from jnp.moveaxis on the empty record)."""
+    from r1jax.rl.train.ahead import ITEM, restore_queue
+
+    meta = {ITEM: [{"shapes": {"tokens_BT": [[2, 3], "int32"], "old_logp": [[2, 3], "float32"]}}]}
+    with pytest.raises(UserError, match=r"update.routing_replay=true, but the checkpoint's 1 batch\(es\) sampled"):
+        restore_queue(meta, lambda targets: pytest.fail("read"), lambda rollout: pytest.fail("placed"), True)
