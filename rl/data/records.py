@@ -12,6 +12,11 @@ fields keep their own names. The answer column's text goes through `data.answer_
 MATH's last `\\boxed{}` give the reference answer and, when the row has no solution column, the worked
 solution.
 
+Countdown rows (`task: countdown`) need a reference the verifier can check (rl.tasks.countdown): an
+expression of the numbers such as "(3+5)*2", or the target alone when the prompt lists the numbers
+("[19, 36, 55, 7]"); a bare target ("65", the usual `target` column) with no numbers in the prompt is a
+UserError naming the row.
+
 Code rows (`task: code`) have `tests` instead of an answer: a list of assertion strings or of
 {input, output} objects (or that list as a JSON string), and an optional `entry_point` (rl.rewards.code);
 the problem carries the tests as JSON. Their `answer` is optional (a reference program, never scored).
@@ -27,6 +32,7 @@ from r1jax.errors import UserError
 from r1jax.rl.data.answers import split_answer
 from r1jax.rl.rewards.code import check_entry_point, encode_tests
 from r1jax.rl.tasks import TASKS
+from r1jax.rl.tasks.countdown import check_reference
 
 PROBLEM_FIELDS = ("prompt", "answer", "solution", "task", "tests", "entry_point")  # the problem fields a data.fields mapping may name
 
@@ -67,6 +73,8 @@ def _jsonl_rows(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
                 raise UserError(f"{path}: row {number}: not valid JSON ({err.msg})") from err
             except RecursionError as err:  # json's decoder recurses once per nested [ or {
                 raise UserError(f"{path}: row {number}: not valid JSON (nested too deeply)") from err
+            except ValueError as err:  # an integer past Python's 4,300 digits
+                raise UserError(f"{path}: row {number}: not readable JSON ({err})") from err
             if not isinstance(row, dict):
                 raise UserError(f"{path}: row {number}: expected a JSON object, got {type(row).__name__}")
             yield number, row
@@ -97,6 +105,11 @@ def text_field(row: dict, field: str, where: str, required: bool, numbers_ok: bo
         value = str(value)
     if not isinstance(value, str):
         raise UserError(f"{where}: field {name} must be a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:  # JSON's "\ud800": a lone surrogate, which no tokenizer can encode
+        raise UserError(f"{where}: field {name} is not valid Unicode (a lone surrogate at character "
+                        f"{err.start})") from None
     if required and not value.strip():
         raise UserError(f"{where}: field {name} is empty")
     return value
@@ -124,6 +137,10 @@ def problem_from_row(row: dict, where: str, default_task: str = "math", *, need_
         answer, derived = split_answer(text, answer_format)
     except ValueError as err:
         raise UserError(f"{where}: field {column['answer']!r} (data.answer_format={answer_format}): {err}") from None
+    if task == "countdown":
+        problem = check_reference(prompt, answer)
+        if problem:
+            raise UserError(f"{where}: field {column['answer']!r}: {problem}")
     solution = text_field(row, column["solution"], where, required=need_solution and not derived,
                           mapped_from="solution") or derived
     return {"task": task, "prompt": prompt, "answer": answer, "solution": solution, "difficulty": 0}
@@ -136,6 +153,9 @@ def _code_problem(row: dict, where: str, column: dict, prompt: str, need_solutio
             tests = json.loads(tests)
         except json.JSONDecodeError as err:
             raise UserError(f"{where}: field {column['tests']!r} is a string but not a JSON list ({err.msg})") from None
+        except (ValueError, RecursionError) as err:  # an integer past 4,300 digits, nesting too deep
+            raise UserError(f"{where}: field {column['tests']!r} is a string but not readable JSON "
+                            f"({type(err).__name__})") from None
     if tests is None:
         raise UserError(f"{where}: field {column['tests']!r} is missing (code rows need tests)")
     encoded = encode_tests(tests, where + (f" (column {column['tests']!r})" if column["tests"] != "tests" else ""))

@@ -40,8 +40,9 @@ def _show(n: int) -> str:
 
 
 def parse_number(text: str) -> Fraction | None:
-    """A signed number literal ("136", "-7", "1,360", "136.0"), or None for anything else ("1 2", "2, 333")."""
-    text = strip_markup(text)
+    """A signed number literal ("136", "-7", "1,360", "136.0"), or None for anything else ("1 2", "2, 333").
+    MATH's thousands separators "1{,}360" and "1,\\!360" are commas."""
+    text = strip_markup(text).replace("{,}", ",").replace(",\\!", ",")
     if _GROUPED.fullmatch(text):
         text = text.replace(",", "")  # thousands separators only, in groups of 3: "1,360"
     try:

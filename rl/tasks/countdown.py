@@ -1,13 +1,18 @@
 """Countdown: reach a target from given numbers with + - * /, each number used at most once.
 
-The reference answer is one valid equation's left side, e.g. "(3+5)*2"; its exact value is the target.
-The numbers allowed are read from the prompt ("Make 16 from 2, 3, 5 (...)"); when the prompt is absent or
-in another format, the numbers of the reference are the allowed multiset. The operators allowed are the
-prompt's ("(+-*/, ...)"), else + - * /; any other (a power "2^3") fails. A candidate may be the expression
-alone or "expression = target"; it is evaluated exactly by `safe_math` (never `eval`).
+The reference answer is one valid equation's left side, e.g. "(3+5)*2" (or "(3+5)*2 = 16"); its exact
+value is the target. The numbers allowed are read from the prompt: the generator's "Make 16 from 2, 3, 5
+(...)" or a list "[2, 3, 5]" (the usual Countdown prompt, "Using the numbers [19, 36, 55, 7], create an
+equation that equals 65"); with such a prompt the reference may be the target alone ("65"). When the prompt
+lists no numbers, the numbers of the reference are the allowed multiset, so the reference must be an
+expression of at least two numbers (a data file's row that is not is refused when it loads:
+`check_reference`; a bare target then scores nothing). The operators allowed are the prompt's ("(+-*/,
+...)"), else + - * /; any other (a power "2^3") fails. A candidate may be the expression alone or
+"expression = target"; it is evaluated exactly by `safe_math` (never `eval`).
 
 Knobs: `count` numbers that build the target, `max_value` of each number, `distractors` extra numbers
-that the target does not need.
+that the target does not need. Targets stay at most MAX_TARGET: a draw above it is drawn again, like one
+whose target is one of its numbers.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ MAX_TARGET = 1000
 MAX_TRIES = 20
 _PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
 _PROMPT_NUMBERS = re.compile(r"from ([\d, ]+)\(")
+_PROMPT_LIST = re.compile(r"\[\s*(\d+(?:\s*,\s*\d+)+)\s*\]")  # "[19, 36, 55, 7]"
 _PROMPT_OPERATORS = re.compile(r"from [\d, ]+\(([-+*/]+)[,)]")
 _OPERATORS = {"add": "+", "sub": "-", "neg": "-", "mul": "*", "div": "/", "pow": "^"}  # AST node -> symbol
 
@@ -62,11 +68,15 @@ def _distractor(rng, max_value: int, target: int) -> int:
     return value if value != target else value % max_value + 1  # never the trivial answer "target"
 
 
+def prompt_numbers(prompt: str) -> Counter | None:
+    """The numbers the prompt lists ("from 2, 3, 5 (" or "[2, 3, 5]"), or None when it lists none."""
+    match = _PROMPT_NUMBERS.search(prompt or "") or _PROMPT_LIST.search(prompt or "")
+    return Counter(Fraction(n) for n in re.findall(r"\d+", match.group(1))) if match else None
+
+
 def allowed_numbers(prompt: str, reference_node: tuple) -> Counter:
-    match = _PROMPT_NUMBERS.search(prompt or "")
-    if match:
-        return Counter(Fraction(n) for n in re.findall(r"\d+", match.group(1)))
-    return Counter(safe_math.numbers(reference_node))
+    listed = prompt_numbers(prompt)
+    return listed if listed is not None else Counter(safe_math.numbers(reference_node))
 
 
 def allowed_operators(prompt: str) -> str:
@@ -85,14 +95,36 @@ def operators(node: tuple) -> Iterator[str]:
 
 
 def _split_equation(text: str, target: Fraction | None) -> tuple | None:
-    """The expression side of 'expr', 'expr = target' or 'target = expr' (None when it is neither)."""
+    """The expression side of 'expr', 'expr = target' or 'target = expr' (None when it is neither). Without a
+    target (a reference), 'expr = n' is taken when n is the expression's value."""
     sides = [safe_math.parse(s) for s in strip_markup(text).split("=")]
     if len(sides) == 1:
         return sides[0]
-    if len(sides) == 2 and target is not None:
+    if len(sides) == 2:
         for expr, other in (sides, sides[::-1]):
-            if safe_math.is_number(other) and safe_math.evaluate(other) == target:
+            if safe_math.is_number(other) and safe_math.evaluate(other) == (
+                    safe_math.evaluate(expr) if target is None else target):
                 return expr
+    return None
+
+
+def check_reference(prompt: str, reference: str) -> str | None:
+    """Why a data row's reference cannot be checked (a message), or None when it can: it must be an
+    expression (or 'expression = target'), and one of at least two numbers unless the prompt lists them."""
+    try:
+        node = _split_equation(reference, None)
+        if node is None:
+            raise safe_math.MathError("an equation whose sides differ")
+        safe_math.evaluate(node)
+    except (safe_math.MathError, TypeError, ZeroDivisionError) as err:
+        return (f"the reference {reference[:60]!r} is not an arithmetic expression such as '(3+5)*2' ({err})")
+    used, listed = list(safe_math.numbers(node)), prompt_numbers(prompt)
+    if listed is None and len(used) < 2:
+        return (f"the reference {reference[:60]!r} is not an expression of the numbers, and the prompt does not "
+                "list them ('from 2, 3, 5 (' or '[2, 3, 5]'): give the expression that reaches the target, "
+                "e.g. '(3+5)*2' (data.fields.answer can name such a column), or list the numbers in the prompt")
+    if listed is not None and len(used) > 1 and Counter(used) - listed:
+        return f"the reference {reference[:60]!r} uses numbers that the prompt does not list"
     return None
 
 
@@ -109,10 +141,10 @@ class CountdownTask(Task):
 
     def generate(self, seed: int, index: int) -> Problem:
         rng = self.rng(seed, index)
-        for _ in range(MAX_TRIES):  # skip trivial problems whose target is one of the numbers
+        for _ in range(MAX_TRIES):  # skip trivial problems (a target among the numbers), targets past MAX_TARGET
             used = [rng.randint(1, self.knobs["max_value"]) for _ in range(self.knobs["count"])]
             expression, target, steps = build_equation(rng, used)
-            if target not in used:
+            if target not in used and target <= MAX_TARGET:
                 break
         extra = [_distractor(rng, self.knobs["max_value"], target) for _ in range(self.knobs["distractors"])]
         shown = used + extra
@@ -142,6 +174,8 @@ class CountdownTask(Task):
             return False
         if not set(operators(node)) <= set(allowed_operators(prompt)):
             return False
+        if prompt_numbers(prompt) is None and len(list(safe_math.numbers(reference_node))) < 2:
+            return False  # a bare target as the reference, no numbers in the prompt: nothing to check against
         used = list(safe_math.numbers(node))
         if any(n.denominator != 1 for n in used):
             return False

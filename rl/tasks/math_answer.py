@@ -5,11 +5,28 @@ math-verify parses LaTeX with an ANTLR grammar (latex2sympy2), so model text nev
 evaluates Python). It handles fractions, decimals, percentages, sets, intervals, equations ("x=5" equals
 "5") and symbolic equality.
 
-Two costs remain that no in-process timeout stops: sympy evaluates integer powers eagerly inside GMP
-(9^{9^{9^9}} runs for hours and ignores signals) and the ANTLR parser is slow on deep nesting. `risky`
-screens those shapes out before parsing (they score 0); the reward pool's killable workers are the
-backstop for anything the screen misses. math-verify's own signal-based timeouts are used only on the main
-thread, where signals work.
+Digit groups: "10\\,000", "10 000", "10~000", "10{,}000" and "10,\\!000" are 10000 (`join_digit_groups`:
+groups of exactly three digits after a first group of one to three); math-verify alone reads "1\\,000" as
+1*0 and "3 4" as 3+4. Two numbers still side by side with only spacing between ("3 4", "1 2", "5 \\quad 4",
+"1 000 00") are ambiguous: such an answer scores 0.
+
+Costs that no in-process timeout stops: sympy evaluates integer powers and factorials eagerly inside GMP
+(9^{9^{9^9}} runs for hours and ignores signals), expands powers of sums, and the ANTLR parser takes about
+0.1 s per level of nesting. `risky` screens these shapes out before parsing (they score 0):
+- brackets nested deeper than MAX_NESTING;
+- exponent towers and products in exponents ("9^{9^9}", "2^{9}^{9}", "9^9!"); a power of a bracketed group
+  is a tower too ("(10^{9999})^{9999}": the digits of its exponents add up) and, when the group holds a
+  letter or a function ("(x+1)^{999}", "\\cos(x)^{999}", expanded by sympy), its exponents' product is at
+  most MAX_SYMBOLIC_POWER;
+- factorials, \\binom and \\Gamma of anything but a small argument: a number of at most MAX_FACTORIAL_DIGITS
+  digits or one letter with a one-digit factor and offset ("5!", "(n+1)!", "\\binom{2n}{n}"; not
+  "(99999999)!", "(2^{99})!", "\\frac{1}{2}!", "\\Gamma(99999999)"); double factorials ("5!!");
+- \\sum, \\prod and \\choose outright (a final answer is a value, not an unevaluated sum or product).
+The screen covers the reference too, so a reference written with these never scores. It is a cheap first
+line, not a proof: some inputs still take up to math-verify's 2 s alarm per parse (a product of brackets
+with many variables expands), and the reward pool's killable workers are the backstop. math-verify's own
+signal-based timeouts are used only on the main thread, where signals work; a parse that timed out is not
+retried.
 
 sympy, latex2sympy2 and math-verify are imported inside the functions that use them: they take seconds to
 import and are needed only where answers are verified (the reward workers), not in the trainer.
@@ -17,20 +34,44 @@ import and are needed only where answers are verified (the reward workers), not 
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 
 from r1jax.errors import UserError
 from r1jax.rl.tasks.base import Problem, Task, register_task, strip_markup
 
-MAX_NESTING = 16  # brackets of any kind; real answers rarely pass 4
+MAX_NESTING = 6  # brackets of any kind; real answers rarely pass 4, and each level costs the parser ~0.1 s
 MAX_EXPONENT_DIGITS = 4  # 2^{9999} is cheap, 2^{99999999} is not
 MAX_FACTORIAL_DIGITS = 3  # 999! is cheap
+MAX_SYMBOLIC_POWER = 20  # (x+1)^{20} expands in ~50 ms, (x+1)^{999} outruns the 2 s alarm
 _OPENERS, _CLOSERS = "({[", ")}]"
 _FACTORIAL = re.compile(r"\d{%d,}\s*!" % (MAX_FACTORIAL_DIGITS + 1))
 _DIGITS = re.compile(r"\d+")
+_OPERAND = re.compile(r"\\[a-zA-Z]+|\d+|.")
 # Inside an exponent these make a tower or a product; a plain exponent is a number, a letter or a sum.
 _EXPONENT_FORBIDDEN = ("^", "*", "\\cdot", "\\times", "!", "\\exp", "\\binom", "\\uparrow")
+_REFUSED = re.compile(r"\\(?:sum|prod|choose)(?![a-zA-Z])")
+_SMALL_ARGUMENTS = re.compile(r"\\(?:[dt]?binom|Gamma)(?![a-zA-Z])")  # -> how many arguments: below
+# A number of at most 3 digits, or one letter with a 1-digit factor and offset ("n", "(2n)", "{n+1}").
+_SMALL_ARGUMENT = re.compile(r"[({]?\s*(?:\d{1,%d}|\d?\s*[a-zA-Z]\s*(?:[-+]\s*\d)?)\s*[)}]?" % MAX_FACTORIAL_DIGITS)
+# Commands that keep a group numeric ("\left(\frac{1}{2}\right)"); any other command or letter is symbolic.
+_NUMERIC_COMMANDS = re.compile(r"\\(?:[dt]?frac|sqrt|left|right|cdot|times|div|[,;:! ])")
+
+_SPACE = r"(?:\\,|\\ |~| |\u00a0|\u2009|\u202f)"  # thin, normal, non-breaking, narrow no-break
+_SEPARATOR = re.compile(r"\{,\}|,\\!|" + _SPACE)
+_GROUPED = re.compile(r"(?<![\d.^_])\d{1,3}(?:(?:\{,\}|,\\!|%s)\d{3})+(?!\d)" % _SPACE)
+_AMBIGUOUS = re.compile(r"\d(?:\s|\\[,;: !]|~|\\q?quad(?![a-zA-Z])|[\u00a0\u2009\u202f])+\d")
+
+
+def join_digit_groups(text: str) -> str:
+    """'10\\,000', '10 000', '1{,}234{,}567' -> '10000', '1234567': separators between digit groups of three."""
+    return _GROUPED.sub(lambda match: _SEPARATOR.sub("", match.group(0)), text)
+
+
+def ambiguous(text: str) -> bool:
+    """Two numbers side by side with only spacing between ("3 4"): a product, a sum, or a typo."""
+    return _AMBIGUOUS.search(text) is not None
 
 
 def _nesting(text: str) -> int:
@@ -44,12 +85,13 @@ def _nesting(text: str) -> int:
     return deepest
 
 
-def _exponent_at(text: str, start: int) -> str:
-    """The operand of the '^' just before `start`: a bracketed group, a command, a digit run or a char."""
+def _operand_at(text: str, start: int) -> tuple[str, int]:
+    """The operand that starts at `start` (after a '^' or a command) and where it ends: a bracketed group, a
+    command, a digit run or a char."""
     while start < len(text) and text[start] == " ":
         start += 1
     if start >= len(text):
-        return ""
+        return "", start
     if text[start] in _OPENERS:
         depth, end = 0, start
         while end < len(text):
@@ -57,9 +99,93 @@ def _exponent_at(text: str, start: int) -> str:
             end += 1
             if depth == 0:
                 break
-        return text[start:end]
-    match = re.compile(r"\\[a-zA-Z]+|\d+|.").match(text, start)
-    return match.group(0)
+        return text[start:end], end
+    match = _OPERAND.match(text, start)
+    return match.group(0), match.end()
+
+
+def _base_before(text: str, end: int) -> tuple[str, int]:
+    """The base that ends at `end` (a '^' or '!' follows) and where it starts, when it is more than a number
+    or a letter: groups side by side ("\\frac{x+1}{2}", "(x+1)(x+2)", "|x|") with the command before them,
+    or a bare command ("\\cos", "\\pi"); ("", end) for a number or a letter."""
+    start = end
+    while start > 0 and text[start - 1] == " ":
+        start -= 1
+    if start and text[start - 1] == "|":
+        start = max(text.rfind("|", 0, start - 1), 0)
+    else:
+        while start and text[start - 1] in _CLOSERS:  # walk back over "{...}{...}" or "(...)(...)"
+            depth, start = 0, start - 1
+            while start > 0:
+                depth += (text[start] in _CLOSERS) - (text[start] in _OPENERS)
+                if depth == 0:
+                    break
+                start -= 1
+    command = re.search(r"\\[a-zA-Z]+\s*$", text[:start])
+    if command:
+        start = command.start()
+    base = text[start:end].strip()
+    return (base, start) if base else ("", end)
+
+
+def _digits(exponent: str) -> int:
+    return sum(len(d) for d in _DIGITS.findall(exponent))
+
+
+def _power(exponent: str) -> int:
+    """An upper bound on a plain exponent's value: the sum of its numbers (a letter counts 1)."""
+    return max(1, sum(int(d) for d in _DIGITS.findall(exponent)))
+
+
+def _symbolic(base: str) -> bool:
+    return re.search(r"[a-zA-Z]", _NUMERIC_COMMANDS.sub("", base)) is not None
+
+
+def _risky_power(text: str, caret: int) -> str | None:
+    exponent, after = _operand_at(text, caret + 1)
+    if any(token in exponent for token in _EXPONENT_FORBIDDEN):
+        return "exponent tower or product in an exponent"
+    if any(len(d) > MAX_EXPONENT_DIGITS for d in _DIGITS.findall(exponent)):
+        return "exponent with too many digits"
+    if text[after:].lstrip().startswith("!"):
+        return "factorial in an exponent"  # "9^9!" is 9^(9!)
+    base, start = _base_before(text, caret)
+    if not base:
+        plain = re.search(r"(?:\d+|[a-zA-Z])\s*$", text[:caret])
+        start = plain.start() if plain else caret
+    if text[:start].rstrip().endswith("^"):
+        return "exponent tower"  # "2^{9}^{9}", "9^9^9": the base is itself an exponent
+    if not base:
+        return None
+    inner = [_operand_at(base, m.end())[0] for m in re.finditer(r"\^", base)]
+    if _digits(exponent) + sum(_digits(e) for e in inner) > MAX_EXPONENT_DIGITS:
+        return "power of a power with too many digits"  # (10^{999})^{999} = 10^{998001}
+    if _symbolic(base) and _power(exponent) * math.prod(_power(e) for e in inner) > MAX_SYMBOLIC_POWER:
+        return f"power of a symbolic group above {MAX_SYMBOLIC_POWER}"
+    return None
+
+
+def _risky_factorial(text: str, bang: int) -> str | None:
+    if text[bang + 1:].lstrip().startswith("!"):
+        return "double factorial"
+    base, start = _base_before(text, bang)
+    if base and not _SMALL_ARGUMENT.fullmatch(base):
+        return "factorial of more than a small number or a letter"  # "(99999999)!", "(2^{99})!"
+    if not base:
+        plain = re.search(r"(?:\d+|[a-zA-Z])\s*$", text[:bang])
+        start = plain.start() if plain else bang
+    if text[:start].rstrip().endswith("^"):
+        return "factorial in an exponent"  # "9^9!" is 9^(9!)
+    return None
+
+
+def _risky_arguments(text: str, command: re.Match) -> str | None:
+    end, count = command.end(), 1 if command.group(0) == "\\Gamma" else 2
+    for _ in range(count):
+        argument, end = _operand_at(text, end)
+        if not _SMALL_ARGUMENT.fullmatch(argument):
+            return f"{command.group(0)} of more than a small number or a letter"
+    return None
 
 
 def risky(text: str) -> str | None:
@@ -69,12 +195,15 @@ def risky(text: str) -> str | None:
         return f"brackets nested deeper than {MAX_NESTING}"
     if _FACTORIAL.search(text):
         return "factorial of a large number"
-    for match in re.finditer(r"\^", text):
-        exponent = _exponent_at(text, match.end())
-        if any(token in exponent for token in _EXPONENT_FORBIDDEN):
-            return "exponent tower or product in an exponent"
-        if any(len(d) > MAX_EXPONENT_DIGITS for d in _DIGITS.findall(exponent)):
-            return "exponent with too many digits"
+    if _REFUSED.search(text):
+        return "\\sum, \\prod or \\choose"
+    checks = ([(_risky_arguments, m) for m in _SMALL_ARGUMENTS.finditer(text)]
+              + [(_risky_factorial, m.start()) for m in re.finditer(r"(?<!\\)!", text)]
+              + [(_risky_power, m.start()) for m in re.finditer(r"\^", text)])
+    for check, where in checks:
+        reason = check(text, where)
+        if reason:
+            return reason
     return None
 
 
@@ -121,15 +250,27 @@ def harden_latex2sympy() -> None:
         _hardened = True
 
 
-def parse_answer(text: str) -> list:
-    """math-verify's parse, LaTeX only; bare answers such as "1/2" or "x=5" are retried inside $...$."""
+def _parse(text: str) -> tuple[list, bool]:
+    """math-verify's parse, LaTeX only: (the parsed answers, whether the parse timed out)."""
     from math_verify import LatexExtractionConfig, parse
+    from math_verify.errors import TimeoutException
 
+    try:
+        return parse(text, extraction_config=[LatexExtractionConfig()], parsing_timeout=_timeout(),
+                     raise_on_error=True), False
+    except TimeoutException:
+        return [], True
+    except Exception:  # noqa: BLE001 - what parse returns [] for without raise_on_error
+        return [], False
+
+
+def parse_answer(text: str) -> list:
+    """math-verify's parse, LaTeX only; bare answers such as "1/2" or "x=5" are retried inside $...$ (not after
+    a timeout: the retry would time out again)."""
     harden_latex2sympy()
-    config = [LatexExtractionConfig()]
-    parsed = parse(text, extraction_config=config, parsing_timeout=_timeout())
-    if not parsed:
-        parsed = parse(f"${strip_markup(text)}$", extraction_config=config, parsing_timeout=_timeout())
+    parsed, timed_out = _parse(text)
+    if not parsed and not timed_out:
+        parsed, _ = _parse(f"${strip_markup(text)}$")
     return parsed
 
 
@@ -147,7 +288,8 @@ class MathTask(Task):
     def verify(self, candidate: str, reference: str, prompt: str = "") -> bool:
         from math_verify import verify
 
-        if risky(candidate) or risky(reference):
+        candidate, reference = join_digit_groups(candidate), join_digit_groups(reference)
+        if ambiguous(candidate) or risky(candidate) or risky(reference):
             return False
         gold, pred = parse_answer(reference), parse_answer(candidate)
         if not gold or not pred:

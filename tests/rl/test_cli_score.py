@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from r1jax.rl.cli.main import main
 from tests.rl.test_data import ROOT, write_jsonl
 
@@ -52,8 +54,9 @@ def test_score_bad_input_fails_with_file_row_and_field_before_scoring(tmp_path, 
     good = write_jsonl(tmp_path / "good.jsonl", ROWS[:1])
     assert main(["score", str(good), "--rewards", "accuracy,bogus"]) == 2
     assert "unknown reward(s) ['bogus']" in capsys.readouterr().err
-    assert main(["score", str(good), "--workers", "0"]) == 2
-    assert "reward_pool.workers" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # a usage error naming the flag, as argparse gives it
+        main(["score", str(good), "--workers", "0"])
+    assert exit_info.value.code == 2 and "--workers: expected an integer >= 1, got 0" in capsys.readouterr().err
 
 
 def test_score_prints_parquet_values_json_cannot_hold_as_strings(tmp_path, capsys):

@@ -44,6 +44,10 @@ def test_user_jsonl_and_parquet_load_as_problems(tmp_path):
     ({"prompt": "q", "answer": "2", "solution": 3}, r"row 2: field 'solution' must be a string"),
     ("{not json", r"row 2: not valid JSON"), ("[1, 2]", r"row 2: expected a JSON object, got list"),
     ("[" * 100_000 + "]" * 100_000, r"row 2: not valid JSON \(nested too deeply\)"),  # a RecursionError before
+    pytest.param('{"prompt": "q", "answer": ' + "9" * 5000 + "}", r"row 2: not readable JSON \(Exceeds the limit",
+                 id="5000-digit-integer"),  # a ValueError traceback before
+    ('{"prompt": "a\\ud800b", "answer": "1"}', r"row 2: field 'prompt' is not valid Unicode \(a lone surrogate at "
+                                                r"character 1\)"),  # sentencepiece's RuntimeError in preflight
 ])
 def test_a_bad_jsonl_row_names_file_row_and_field(tmp_path, bad_row, message):
     path = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "ok", "answer": "1"}, bad_row])

@@ -186,6 +186,42 @@ def test_a_bad_mapping_is_named_when_the_config_loads(overrides, message):
     assert "\n" not in str(info.value)
 
 
+# Countdown rows as the usual dataset has them: the numbers in a list, the target in its own column.
+COUNTDOWN_PROMPT = "Using the numbers [19, 36, 55, 7], create an equation that equals 65. Use each number once."
+COUNTDOWN_ROWS = [{"task": "countdown", "prompt": COUNTDOWN_PROMPT, "target": 65, "expression": "55+36-19-7"},
+                  {"task": "countdown", "prompt": "Make 16 from 2, 3, 5 (+-*/)", "target": 16, "expression": "(3+5)*2"}]
+
+
+@pytest.mark.parametrize("column", ["target", "expression"])
+def test_countdown_rows_with_the_numbers_in_the_prompt_score_the_expression(tmp_path, column):
+    """The reference may be the target alone when the prompt lists the numbers: the expression scores 1 and
+    the target alone ("65", which the reference's own numbers would allow) scores 0."""
+    path = write(tmp_path / "countdown.jsonl", COUNTDOWN_ROWS)
+    problems = DataConfig(path=str(path), fields={"answer": column}).load_file()
+    rewards = RewardsConfig(names=("accuracy",), weights=(1.0,))
+    for problem, row in zip(problems, COUNTDOWN_ROWS, strict=True):
+        def accuracy(answer):
+            item = ScoreItem(prompt=problem["prompt"], completion=f"<think> ok </think> <answer> {answer} </answer>",
+                             reference=problem["answer"], task="countdown")
+            return score_item(item, rewards)["accuracy"]
+
+        assert (accuracy(row["expression"]), accuracy(row["target"]), accuracy(f"{row['target']} = {row['target']}")) \
+            == (1.0, 0.0, 0.0), problem
+
+
+@pytest.mark.parametrize("prompt,answer,message", [
+    ("Reach 65 with 19, 36, 55 and 7.", 65, "is not an expression of the numbers, and the prompt does not list them"),
+    ("Reach 65 with 19, 36, 55 and 7.", "55+36-19-7 = 64", "is not an arithmetic expression"),
+    (COUNTDOWN_PROMPT, "sixty-five", "is not an arithmetic expression"),
+    (COUNTDOWN_PROMPT, "50+15", "uses numbers that the prompt does not list"),
+])
+def test_a_countdown_row_whose_reference_cannot_be_checked_is_named(tmp_path, prompt, answer, message):
+    good = {"task": "countdown", "prompt": "Reach 65 with 19, 36, 55 and 7.", "answer": "55+36-19-7"}
+    path = write(tmp_path / "bad.jsonl", [good, good, {"task": "countdown", "prompt": prompt, "answer": answer}])
+    with pytest.raises(UserError, match=f"bad.jsonl: row 3: field 'answer': .*{message}"):
+        DataConfig(path=str(path)).load_file()
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
     config = load_config(TRAIN_CONFIG)

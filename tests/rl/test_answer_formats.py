@@ -1,0 +1,147 @@
+"""Answer formats and hostile shapes the verifiers must get right: digit groups in math answers ("10\\,000"),
+the `math` task's screen of costly inputs (refused fast, before math-verify), MATH's thousands separators
+in arithmetic, and countdown rows whose prompt lists the numbers and whose reference is the target alone."""
+
+import re
+import time
+
+import pytest
+
+from r1jax.rl.tasks import get_task
+from r1jax.rl.tasks.countdown import MAX_TARGET, check_reference, prompt_numbers
+from r1jax.rl.tasks.math_answer import ambiguous, join_digit_groups, parse_answer, risky
+
+
+@pytest.fixture(scope="module")
+def math_task():
+    task = get_task("math")
+    task.warm_up()
+    return task
+
+
+@pytest.mark.parametrize("reference,candidate,expected", [
+    # spaces inside a number are digit groups, never a product or a sum
+    ("0", r"1\,000", False), ("0", "2 000", False), ("0", r"5\,000\,000", False), ("357", r"12\,345", False),
+    ("10000", r"10\,000", True), ("10000", "10 000", True), ("10000", "10~000", True), ("12345", r"12\,345", True),
+    ("1000000", r"1\,000\,000", True), ("1000000", "1 000 000", True), ("10000", "10{,}000", True),
+    ("10000", r"10,\!000", True), (r"10\,000", "10000", True), ("5", r"5\,000", False), ("1000", "1,000", True),
+    # two numbers side by side with only spaces between: ambiguous, never scored
+    ("7", "3 4", False), ("7", r"3\,4", False), ("2", "1 1", False), ("9", r"5 \quad 4", False),
+    ("12", "1 2", False), ("100000", "1 000 00", False),
+])
+def test_math_digit_groups_keep_their_value(math_task, reference, candidate, expected):
+    assert math_task.verify(candidate, reference) is expected
+
+
+@pytest.mark.parametrize("text,joined", [
+    (r"10\,000", "10000"), ("1 234 567", "1234567"), ("1{,}234", "1234"), (r"-12\ 345.5", "-12345.5"),
+    ("x = 1, 000", "x = 1, 000"), ("(1, 000)", "(1, 000)"), ("0.123 456", "0.123 456"), ("2^3 000", "2^3 000"),
+    ("1 2 3", "1 2 3"), ("1234 567", "1234 567"), ("12 34", "12 34"),
+])
+def test_join_digit_groups_joins_only_groups_of_three(text, joined):
+    assert join_digit_groups(text) == joined
+
+
+def test_ambiguous_numbers_are_side_by_side_with_only_spacing():
+    assert ambiguous("3 4") and ambiguous(r"1\,2") and ambiguous(r"5 \quad 4") and ambiguous("0.123 456")
+    assert not any(ambiguous(t) for t in ["34", "3, 4", r"3 \cdot 4", r"x \in (3, 4)", "3 x 4", r"1 \\ 2"])
+
+
+SLOW = [  # each took about 2 s (math-verify's alarm) or more before the screen refused it
+    r"(10^{9999})^{9999}", r"\left(10^{9999}\right)^{9999}", r"((10^{999})^{999})^{999}", r"(10^{999})^{999}",
+    r"2^{9999}^{9999}", r"10^{999} ^ {999}", r"(99999999)!", r"{99999999}!", r"(2^{99})!", r"(99999)!!",
+    r"10^{9999}!", "9^9!", r"(x+1)^{9999}", r"((x+1)^{999})^{999}", r"\cos(\pi/7)^{9999}", r"\cos^{9999}(\pi/7)",
+    r"|x+1|^{999}", r"\frac{x+1}{2}^{999}", r"\binom{99999999}{49999999}", r"\Gamma(99999999)",
+    r"\sum_{k=1}^{9999} k^{9999}", r"\prod_{k=1}^{9999}k", "(" * 8 + "5" + ")" * 8, "{" * 15 + "5" + "}" * 15,
+    "(" * 15 + "5" + ")" * 15, r"9\,999\,999!",
+]
+
+
+@pytest.mark.parametrize("text", SLOW)
+def test_the_screen_refuses_slow_math_answers(text):
+    assert risky(join_digit_groups(text)) is not None
+
+
+def test_slow_math_answers_score_zero_fast(math_task):
+    start = time.perf_counter()
+    verdicts = [math_task.verify(text, "5") for text in SLOW] + [math_task.verify("5", text) for text in SLOW]
+    assert time.perf_counter() - start < 1.5  # ~2 ms in all; each took 2-4 s before
+    assert not any(verdicts)  # "(((...5...)))" 15 deep scored 1 after 4 s
+
+
+@pytest.mark.parametrize("reference,candidate,expected", [  # the screen keeps benign answers' verdicts
+    ("6", "3!", True), ("120", "5!", True), ("10", "10!", False), ("252", r"\binom{10}{5}", True),
+    ("24", r"\Gamma(5)", True), ("1024", "(2)^{10}", True), ("1.5", r"\left(\frac{3}{2}\right)", True),
+    ("x^4+2x^2+1", "(x^2+1)^2", True), ("x^3+3x^2+3x+1", "(x+1)^{3}", True), ("1024", "2^{10}", True),
+    ("32", r"\sqrt{2}^{10}", True), ("1000", "10^3", True), ("2", r"\sqrt{4}", True), ("x^2-1", "(x-1)(x+1)", True),
+    ("3", r"\left( 3 \right)", True), (r"\frac{1}{2}", "0.5", True), ("(1,2)", "(1, 2)", True),
+    (r"\{1,2\}", r"\{2,1\}", True), ("5", "x = 5", True), ("5", "45", False), ("5", "-5", False),
+    ("1000000", "1000001", False), (r"\pi", "3.14", False), ("x^2-1", "x^2+1", False), ("5", r"\pm 5", False),
+    ("5", "((((5))))", True), (r"\frac{1}{\sqrt{2}}", r"\frac{\sqrt{2}}{2}", True),
+])
+def test_benign_math_answers_keep_their_verdicts(math_task, reference, candidate, expected):
+    assert risky(candidate) is None
+    assert math_task.verify(candidate, reference) is expected
+
+
+def test_symbolic_reference_forms_pass_the_screen():
+    for text in ["(n+1)!", r"\frac{(2n)!}{n!}", r"\binom{2n}{n}", r"\Gamma(n+1)", r"\left(1+\frac{1}{n}\right)^{n}",
+                 "(1.05)^{30}", r"\left(\frac{5}{6}\right)^{100}", "e^{9999}", "x_1^2", r"\sqrt[3]{x}^{2}"]:
+        assert risky(text) is None, text
+
+
+def test_a_parse_that_timed_out_is_not_retried(monkeypatch):
+    import math_verify
+    from math_verify.errors import TimeoutException
+
+    calls = []
+
+    def slow_parse(text, extraction_config=(), parsing_timeout=None, raise_on_error=False, **_):
+        calls.append(text)
+        if raise_on_error:
+            raise TimeoutException("Operation timed out!")
+        return []  # what math-verify returns for a timeout without raise_on_error
+
+    monkeypatch.setattr(math_verify, "parse", slow_parse)
+    assert parse_answer("$(((5)))$") == []
+    assert calls == ["$(((5)))$"]  # the $...$ retry would time out again
+
+
+@pytest.mark.parametrize("candidate,expected", [
+    (r"1,\!360", True), ("1{,}360", True), (r"\boxed{1{,}360}", True), ("1,360", True), (r"1\,360", True),
+    ("1{,}36", False), ("13{,}60", False), (r"1,\!36", False), ("1{,}360{,}0", False),
+])
+def test_arithmetic_reads_math_thousands_separators(candidate, expected):
+    assert get_task("arithmetic").verify(candidate, "1360") is expected
+
+
+LISTED = "Using the numbers [19, 36, 55, 7], create an equation that equals 65. Use each number once."
+
+
+@pytest.mark.parametrize("reference,candidate,prompt,expected", [
+    ("65", "55+36-19-7", LISTED, True), ("65", "65", LISTED, False), ("65", "65 = 65", LISTED, False),
+    ("65", "55+7+3", LISTED, False), ("65", "(55+36-19-7)=65", LISTED, True),
+    ("55+36-19-7", "36+55-7-19", LISTED, True), ("55+36-19-7=65", "36+55-7-19", "", True),
+    ("65", "65", "Make 65 somehow", False), ("65", "55+36-19-7", "Make 65 somehow", False),  # nothing to check
+    ("(3+5)*2", "2*(5+3)", "Make 16 from 2, 3, 5 (+-*/, each at most once)", True),
+    ("16", "2*(5+3)", "Make 16 from 2, 3, 5 (+-*/, each at most once)", True),
+])
+def test_countdown_reads_the_numbers_a_prompt_lists(reference, candidate, prompt, expected):
+    assert get_task("countdown").verify(candidate, reference, prompt) is expected
+
+
+def test_countdown_references_that_cannot_be_checked_are_named():
+    assert prompt_numbers(LISTED) == prompt_numbers("Make 65 from 7, 19, 36, 55 (+-*/)")
+    assert prompt_numbers("Make 65 somehow [1]") is None
+    assert check_reference(LISTED, "65") is None and check_reference("", "(3+5)*2") is None
+    assert check_reference("", "(3+5)*2 = 16") is None
+    assert "not an expression of the numbers" in check_reference("Make 65 somehow", "65")
+    assert "not an arithmetic expression" in check_reference("", "(3+5)*2 = 15")
+    assert "not an arithmetic expression" in check_reference(LISTED, "sixty-five")
+    assert "does not list" in check_reference(LISTED, "50+15")
+
+
+def test_countdown_targets_stay_within_max_target():
+    task = get_task("countdown", 5)
+    targets = [int(re.match(r"Make (\d+) ", task.generate(0, i).prompt).group(1)) for i in range(2000)]
+    assert max(targets) <= MAX_TARGET  # 17 of these 2000 went past it (a sum after a capped product)
