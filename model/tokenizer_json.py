@@ -30,6 +30,7 @@ from typing import Any, Mapping, Optional, Sequence
 from tokenizers import Tokenizer as RustTokenizer
 
 from r1jax.errors import UserError
+from r1jax.files import write_atomically
 from r1jax.model.chat_template import ChatTemplate
 
 TOKENIZER_JSON = "tokenizer.json"
@@ -180,8 +181,8 @@ class HFTokenizer:
         """Write the loaded files unchanged into `directory`; returns the path of tokenizer.json."""
         directory = pathlib.Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        for name, content in self.files.items():
-            (directory / name).write_bytes(content)
+        for name, content in self.files.items():  # rewritten beside every checkpoint: never left half-written
+            write_atomically(directory / name, content)
         return directory / TOKENIZER_JSON
 
     # ---------------------------------------------------------------------------------------------- use

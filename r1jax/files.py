@@ -13,10 +13,15 @@ def write_atomically(path: str | os.PathLike, data: str | bytes) -> None:
     path = pathlib.Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        if isinstance(data, bytes):
-            tmp.write_bytes(data)
-        else:
-            tmp.write_text(data)
+        with open(tmp, "wb") as f:
+            f.write(data if isinstance(data, bytes) else data.encode())
+            f.flush()
+            os.fsync(f.fileno())  # the data on disk before the name points at it (a host crash, not only a kill)
         os.replace(tmp, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # and the rename
+        finally:
+            os.close(directory)
     finally:
         tmp.unlink(missing_ok=True)

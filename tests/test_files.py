@@ -27,3 +27,17 @@ def test_a_write_that_fails_midway_leaves_the_old_content_and_no_temporary(tmp_p
     with pytest.raises(KeyboardInterrupt):
         files.write_atomically(path, "stag")
     assert path.read_text() == "stages: [sft, grpo]" and [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+
+
+def test_the_data_and_the_rename_reach_the_disk(tmp_path, monkeypatch):
+    """A kill cannot cut the file; a host crash could still leave it empty unless the data is synced before
+    the rename and the directory after it."""
+    synced, fsync = [], os.fsync
+
+    def recording(fd):
+        synced.append(os.path.isdir(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    files.write_atomically(tmp_path / "summary.json", "{}")
+    assert synced == [False, True]  # the temporary file's data, then the directory holding the new name

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from r1jax.rl.cli.common import non_negative_int, positive_int, positive_number
 
@@ -86,7 +87,11 @@ def run(args: argparse.Namespace) -> int:
     rewards = RewardsConfig(names=names, weights=(1.0,) * len(names), language=args.language,
                             max_length=args.max_length, overlong_buffer=args.overlong_buffer,
                             code=CodeConfig(sandbox=args.sandbox, partial=args.partial))
-    pool_config = PoolConfig(workers=args.workers, timeout_s=args.timeout, memory_mb=args.memory_mb)
+    # each chunk's deadline leaves every row its --timeout, queued behind the others on the workers (the default
+    # 600 s per batch scored the last rows of a chunk of slow rows as timeouts that took less than --timeout)
+    deadline = math.ceil(CHUNK / args.workers) * args.timeout + 60
+    pool_config = PoolConfig(workers=args.workers, timeout_s=args.timeout, memory_mb=args.memory_mb,
+                             batch_deadline_s=max(deadline, PoolConfig.batch_deadline_s))
     check_names(rewards)  # before reading a large file
     rows, items = read_items(args.file)
     with RewardPool(rewards, pool_config, tasks=sorted({item.task for item in items})) as pool:

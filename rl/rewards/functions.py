@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 import unicodedata
 from typing import Callable, Optional
@@ -153,7 +154,11 @@ def overlong_penalty(item: ScoreItem, config: RewardsConfig) -> float:
 def score_item(item: ScoreItem, config: RewardsConfig) -> dict[str, float]:
     """Every configured reward of one item, by name (the total is `combine`)."""
     check_names(config)
-    return {name: float(REWARDS[name](item, config)) for name in config.names}
+    rewards = {name: float(REWARDS[name](item, config)) for name in config.names}
+    bad = {name: value for name, value in rewards.items() if not math.isfinite(value)}
+    if bad:  # NaN passed every threshold and filter as "ok"; inf made a group's advantages NaN
+        raise ValueError(f"reward(s) returned a non-finite value: {bad}")
+    return rewards
 
 
 def combine(rewards: dict[str, float], config: RewardsConfig) -> float:

@@ -68,8 +68,8 @@ def score(item, config) -> tuple[str, dict, str | None, int, str | None]:
         return "ok", rewards, None, os.getpid(), code_status
     except MemoryError:
         os._exit(OOM_EXIT_CODE)
-    except Exception as err:  # a bug in a reward or verifier: this item fails, the worker goes on
-        return "error", {}, f"{type(err).__name__}: {err}"[:500], os.getpid(), None
+    except BaseException as err:  # a bug in a reward or verifier (sys.exit() too): this item fails, the worker
+        return "error", {}, f"{type(err).__name__}: {err}"[:500], os.getpid(), None  # goes on
 
 
 def ping() -> int:

@@ -55,7 +55,8 @@ class TrainCheckpointer:
         items["config"] = ocp.args.JsonSave(to_dict(config))
         items["meta"] = ocp.args.JsonSave(dict(meta))
         metrics = dict(metrics) if metrics and BEST_METRIC in metrics else None
-        if step in self.manager.all_steps():
+        if step in self.manager.all_steps():  # listed while its save is still in flight: let that finish first
+            self.manager.wait_until_finished()  # (deleting it mid-write crashed one process and hung two)
             self.manager.delete(step)
         self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 

@@ -30,7 +30,7 @@ def rejection_reason(item: ScoreItem, total: float, status: str, *, threshold: f
         return "status"
     if not item.completion.strip():
         return "empty"
-    if total < threshold:
+    if total < threshold - 1e-9:  # a sum of weighted rewards: 0.6 + 0.3 is 0.8999999999999999
         return "reward"
     checks = {
         "format": lambda: format_reward(item, rewards) >= 1.0,

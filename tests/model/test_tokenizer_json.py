@@ -88,6 +88,24 @@ def test_save_writes_the_original_files_byte_for_byte(tmp_path, template_file):
     assert again.encode("What is 2+2?<|im_end|>") == auto("What is 2+2?<|im_end|>")["input_ids"]
 
 
+def test_a_save_cut_short_keeps_the_files_it_replaces(tmp_path, monkeypatch):
+    """Saved beside every checkpoint: a save that dies between writing and renaming (a kill, a full disk) keeps
+    the previous tokenizer.json whole (it was rewritten in place: 4,096 of 8,297 bytes, unloadable)."""
+    import os
+
+    tok = load_tokenizer(write_hf_tokenizer(tmp_path / "src", "qwen"))
+    path = tok.save(tmp_path / "ck")
+    before = path.read_bytes()
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        tok.save(tmp_path / "ck")
+    assert path.read_bytes() == before and load_tokenizer(path.parent) == tok
+
+
 @pytest.mark.parametrize("split_special_tokens", [False, True])
 def test_truncation_padding_and_split_special_tokens_apply_as_in_transformers(tmp_path, split_special_tokens):
     """tokenizer.json's own truncation / padding do not apply to encoding (transformers turns them off unless

@@ -4,6 +4,7 @@ The completion is the command:
 - "sleep:SECONDS": sleep, then score 1.0;
 - "barrier:DIR:N": 1.0 once N items run at the same time, each in its own process (0.0 after 1.5 s);
 - "sigkill": the worker kills itself; "hog": allocate 8 GiB; "raise": raise ValueError;
+- "nan" / "inf": return that float; "exit": call sys.exit(3);
 - "env": 1.0 when the worker's accelerators are hidden;
 - "tower:LATEX": math-verify on LATEX with no screen and no timeout, the unguarded path that hangs in GMP;
 - "loaded:MODULE": 1.0 when the worker has imported MODULE;
@@ -31,6 +32,10 @@ def probe(item, config) -> float:
         return float(len(bytearray(8 << 30)))
     elif command == "raise":
         raise ValueError("probe asked to raise")
+    elif command in ("nan", "inf"):
+        return float(command)
+    elif command == "exit":
+        sys.exit(3)
     elif command == "env":
         return float(os.environ.get("JAX_PLATFORMS") == "cpu" and os.environ.get("CUDA_VISIBLE_DEVICES") == ""
                      and os.environ.get("TPU_VISIBLE_CHIPS") == "")

@@ -163,3 +163,25 @@ def test_the_best_step_outlives_a_resume(tmp_path):
         kept.append(sorted(checkpointer.manager.all_steps()))
         checkpointer.close()
     assert kept == [[1, 3, 4], [1, 3, 4]]
+
+
+def test_a_step_saved_again_while_its_async_save_runs_is_replaced_whole(tmp_path):
+    """A stage of 0 steps saves the previous stage's step again at once: the re-save deleted the first save's
+    directory mid-write (a NOT_FOUND error, the step lost; two processes hung). It now waits for it."""
+    config = load_run_config(TRAIN_CONFIG)
+    checkpointer = TrainCheckpointer(tmp_path / "checkpoints", keep=5, keep_best=0, async_save=True)
+    big = {"params": {"w": np.ones((512, 1024), np.float32)}, "opt_state": {"m": np.zeros(3, np.float32)}}
+    try:
+        checkpointer.save(1, config, big, {"stage_index": 0, "global_step": 1})
+        checkpointer.save(1, config, {**big, "params": {"w": np.full((512, 1024), 2, np.float32)}},
+                          {"stage_index": 0, "global_step": 1, "again": True})
+    finally:
+        checkpointer.close()
+    reopened = TrainCheckpointer(tmp_path / "checkpoints", keep=5, keep_best=0, async_save=False)
+    try:
+        _, meta = reopened.restore_config_and_meta(1)
+        w = reopened.restore_trees(1, {"params": {"w": np.zeros((512, 1024), np.float32)}})["params"]["w"]
+    finally:
+        reopened.close()
+    assert meta["again"] is True and float(np.asarray(w).min()) == 2.0
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]

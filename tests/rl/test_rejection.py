@@ -45,6 +45,16 @@ def test_rejection_reason_names_the_first_failing_check(text, kwargs, expected):
     assert reason(text, **kwargs) == expected
 
 
+def test_the_threshold_holds_for_a_weighted_sum_that_rounds_below_it():
+    """Weights 0.6 and 0.3 on two perfect rewards total 0.8999999999999999: the threshold 0.9 keeps it."""
+    total = 0.6 * 1.0 + 0.3 * 1.0
+    assert total < 0.9
+    assert rejection_reason(item(GOOD), total, "ok", threshold=0.9, filters=(), max_repetition=0.5,
+                            rewards=RewardsConfig()) is None
+    assert rejection_reason(item(GOOD), 0.89, "ok", threshold=0.9, filters=(), max_repetition=0.5,
+                            rewards=RewardsConfig()) == "reward"
+
+
 def test_kept_set_keeps_duplicates_once_and_counts_by_task_and_difficulty():
     kept = KeptSet()
     problem = {"task": "arithmetic", "prompt": "Compute 2+3", "answer": "5", "difficulty": 1}

@@ -86,6 +86,15 @@ def test_each_failure_fails_only_its_item_and_results_keep_input_order(pool):
     assert_full_pool_works(pool)
 
 
+def test_a_non_finite_reward_or_a_reward_calling_exit_is_an_error_of_its_item(pool):
+    """NaN passed every threshold as "ok" (rejection sampling kept it and wrote invalid JSON), inf made its
+    group's advantages NaN; sys.exit() in a reward ended the trainer (pebble raised the SystemExit in it)."""
+    results = pool.score_batch([probe("nan"), probe("inf"), probe("exit"), probe("ok")])
+    assert [r.status for r in results] == ["error", "error", "error", "ok"]
+    assert [r.total for r in results] == [0.0, 0.0, 0.0, 1.0]
+    assert "non-finite value: {'probe': nan}" in results[0].error and "SystemExit: 3" in results[2].error
+
+
 def test_a_worker_over_its_memory_limit_fails_only_its_item(pool):
     results = pool.score_batch([probe("hog"), probe("ok")])
     assert [r.status for r in results] == ["crashed", "ok"]
