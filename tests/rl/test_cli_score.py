@@ -104,3 +104,21 @@ def test_score_runs_code_rows_in_the_sandbox_and_prints_their_code_reward(tmp_pa
     path = write_jsonl(tmp_path / "bad.jsonl", [{"task": "code", "completion": "x"}])
     assert main(["score", str(path), "--rewards", "code"]) == 2
     assert "bad.jsonl: row 1: field 'tests' is missing" in capsys.readouterr().err
+
+
+def test_each_chunk_leaves_every_row_its_timeout(tmp_path, monkeypatch):
+    """256 rows per chunk on 1 worker at --timeout 10 may take 2,560 s: the pool's default 600 s batch deadline
+    scored the chunk's last rows as timeouts that had not used their 10 s."""
+    from r1jax.rl import rewards
+    from r1jax.rl.cli.score import CHUNK
+
+    given = []
+
+    class Recording(rewards.RewardPool):
+        def __init__(self, names, config, **kwargs):
+            given.append(config)
+            super().__init__(names, config, **kwargs)
+
+    monkeypatch.setattr(rewards, "RewardPool", Recording)
+    assert main(["score", str(write_jsonl(tmp_path / "c.jsonl", ROWS[:1])), "--workers", "1", "--timeout", "10"]) == 0
+    assert given[0].batch_deadline_s >= CHUNK * 10
