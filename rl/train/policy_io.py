@@ -2,11 +2,13 @@
 checkpoints.
 
 The run's tokenizer (`run_tokenizer`) is read from `tokenizer.path` when it is set; else, when the first
-stage starts from a Hugging Face checkpoint directory (`init_from: HF_DIR`) that holds tokenizer files
-(tokenizer.json or tokenizer.model), from that directory, so a pretrained model keeps its own vocabulary;
-else r1jax trains a sentencepiece tokenizer on the run's data. Every stage of a run shares that tokenizer, so
-a later stage that starts from an HF directory with another tokenizer is an error before the first step
-(rl.train.preflight), unless `tokenizer.path` says which tokenizer to use.
+stage starts from a checkpoint that carries a tokenizer (`init_from_tokenizer`: a Hugging Face directory's
+tokenizer.json or tokenizer.model; an r1jax checkpoint's saved copy, as a run keeps it in
+`checkpoints/tokenizer`), that one, so a policy keeps the vocabulary its embeddings were trained on; else
+r1jax trains a sentencepiece tokenizer on the run's data (also when the first stage's checkpoint carries no
+tokenizer, of either kind). Every stage of a run shares that tokenizer, so a later stage that starts from a
+checkpoint with another tokenizer is an error before the first step (rl.train.preflight), unless
+`tokenizer.path` says which tokenizer to use.
 
 A policy travels between stages as `(params, bias)`: the nnx States of its trainable parameters and of its
 routing biases (rl.update.split_policy), with the graphdef that merges them. Checkpoints store it as one pure
@@ -15,7 +17,6 @@ state dict (`policy_state`), as `r1jax generate/eval/export-hf` read it.
 
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 from typing import Any, Mapping
 
@@ -24,8 +25,8 @@ from flax import nnx
 from r1jax.errors import UserError
 from r1jax.model.config import ModelConfig
 from r1jax.model.factory import abstract_policy, init_policy
-from r1jax.model.tokenizer import TokenizerLike, is_tokenizer_dir
-from r1jax.rl.checkpoint import load_policy
+from r1jax.model.tokenizer import TokenizerLike, is_tokenizer_dir, load_tokenizer
+from r1jax.rl.checkpoint import find_tokenizer, load_policy
 from r1jax.rl.config import Config, stage_config
 from r1jax.rl.data import build_tokenizer
 from r1jax.rl.hf_architecture import is_hf_dir
@@ -37,19 +38,28 @@ from r1jax.sharding.params import abstract_sharded
 from r1jax.sharding.rules import Rules
 
 
-def tokenizer_source(config: Config) -> str | None:
-    """The directory the run's tokenizer is read from (module docstring), or None: trained on the data."""
-    if config.tokenizer.path is not None:
-        return config.tokenizer.path
-    init_from = config.stages[0].init_from if config.stages else None
-    if init_from and is_hf_dir(init_from) and is_tokenizer_dir(init_from):
-        return init_from
-    return None
+def init_from_tokenizer(init_from: str) -> TokenizerLike | None:
+    """The tokenizer a stage's `init_from` checkpoint carries, or None when it carries none: a Hugging Face
+    directory's own tokenizer files; an r1jax checkpoint's saved tokenizer (rl.checkpoint.find_tokenizer: in
+    the step, beside the steps, as a run saves it, or in the run directory). A path that is no checkpoint is
+    a UserError (rl.checkpoint.resolve's)."""
+    if is_hf_dir(init_from):
+        return load_tokenizer(init_from) if is_tokenizer_dir(init_from) else None
+    return find_tokenizer(init_from)
 
 
 def run_tokenizer(config: Config) -> TokenizerLike:
-    """The run's tokenizer: loaded from `tokenizer_source(config)`, else trained on the run's data."""
-    return build_tokenizer(dataclasses.replace(config.tokenizer, path=tokenizer_source(config)), config.data)
+    """The run's tokenizer (module docstring): `tokenizer.path`'s, else the first stage's `init_from`
+    checkpoint's, else trained on the run's data."""
+    first = config.stages[0] if config.stages else None
+    if config.tokenizer.path is None and first is not None and first.init_from:
+        try:
+            carried = init_from_tokenizer(first.init_from)
+        except UserError as err:
+            raise UserError(f"stages[{first.name}].init_from={first.init_from!r}: {err}") from None
+        if carried is not None:
+            return carried
+    return build_tokenizer(config.tokenizer, config.data)
 
 
 def policy_state(graphdef, params, bias) -> dict:

@@ -11,10 +11,12 @@ UserError naming the culprit (the config field, the stage, the file and row) whe
   missing, unreadable or malformed, whose rows lack prompt/answer (and `solution` for the SFT data of sft and
   distill stages) under the `data.fields` mapping, whose answers do not fit `data.answer_format` (a GSM8K
   answer without `####`, a MATH solution without `\\boxed`), hold an unknown task, are too few for one
-  batch, or whose prompts do not fit the largest prompt bucket when the stage samples from them;
+  batch, or whose prompts do not fit the largest prompt bucket when the stage samples from them, or whose
+  rows (prompt + solution + eos) do not fit the largest SFT sequence bucket when it trains on them;
 - a stage names data that no earlier rejection_sampling stage writes, or `init_from` names a path that is not
   a readable r1jax or Hugging Face checkpoint, or one whose architecture differs from the stage's model, or
-  a Hugging Face directory whose tokenizer is not the run's (rl.train.policy_io: the run has one tokenizer);
+  one that carries a tokenizer that is not the run's (a Hugging Face directory's tokenizer files, an r1jax
+  checkpoint's saved tokenizer: rl.train.policy_io, the run has one tokenizer);
 - a stage's data holds code rows (task `code`) but `rewards.names` has no `code` reward, or the code sandbox
   does not work on this host in `rewards.code.sandbox`'s mode (rl.rewards.sandbox.check_sandbox);
 - the held-out evaluation set cannot be built (its task space is too small) or its prompts are too long;
@@ -37,7 +39,7 @@ from jax.sharding import Mesh
 
 from r1jax.errors import UserError
 from r1jax.model.factory import abstract_policy
-from r1jax.model.tokenizer import TokenizerLike, is_tokenizer_dir, load_tokenizer, render_prompt
+from r1jax.model.tokenizer import TokenizerLike, render_prompt
 from r1jax.rl.checkpoint import load_config
 from r1jax.rl.config import Config, stage_config
 from r1jax.rl.data import DataConfig, build_source
@@ -47,6 +49,8 @@ from r1jax.rl.rewards.sandbox import check_sandbox
 from r1jax.rl.sampler_devices import split_devices
 from r1jax.rl.train.checkpointing import check_compatible
 from r1jax.rl.train.config import StageConfig
+from r1jax.rl.train.policy_io import init_from_tokenizer
+from r1jax.rl.train.sft import check_sft_lengths
 from r1jax.sharding.mesh import check_batch_rows
 from r1jax.sharding.params import abstract_sharded
 from r1jax.sharding.rules import Rules
@@ -160,8 +164,10 @@ def _field(stage: StageConfig) -> str:
 
 
 def check_stage_data(config: Config, index: int, tokenizer: TokenizerLike) -> None:
-    """Stage `index`'s rows exist, hold the fields it needs, fill one batch and (when it samples from their
-    prompts) fit the largest prompt bucket."""
+    """Stage `index`'s rows exist, hold the fields it needs, fill one batch and fit: the largest prompt bucket
+    when it samples from their prompts, the largest SFT sequence bucket when it trains on them (sft, distill:
+    every row of a file, the first problem of each generated task; an earlier stage's samples are checked when
+    the stage starts, rl.train.stage_sft.check_samples)."""
     stage = config.stages[index]
     data = stage_data(config, stage)
     if data is None:
@@ -193,6 +199,9 @@ def check_stage_data(config: Config, index: int, tokenizer: TokenizerLike) -> No
         if unsolved:
             raise UserError(f"stage {stage.name}: task {unsolved[0]['task']!r} gives no worked solutions to "
                             f"train on; give the stage a data_path")
+        # every row of a file; of generated tasks the first of each (their worked solutions are short)
+        check_sft_lengths(tokenizer, config.tokenizer.template, problems, config.tokenizer.template_vars,
+                          f"{what} (stage {stage.name})", path=data.path)
     else:
         check_prompt_lengths(config, tokenizer, [p["prompt"] for p in problems], what)
 
@@ -226,8 +235,9 @@ def check_prompt_lengths(config: Config, tokenizer: TokenizerLike, prompts: Sequ
 
 
 def check_init_from(config: Config, index: int, tokenizer: TokenizerLike) -> None:
-    """A stage's `init_from` is a readable r1jax or Hugging Face checkpoint of the stage's architecture; an
-    HF directory's own tokenizer is the run's (`tokenizer`) unless tokenizer.path chose the run's."""
+    """A stage's `init_from` is a readable r1jax or Hugging Face checkpoint of the stage's architecture; the
+    tokenizer it carries, if any (rl.train.policy_io.init_from_tokenizer), is the run's (`tokenizer`) unless
+    tokenizer.path chose the run's."""
     stage = config.stages[index]
     if not stage.init_from:
         return
@@ -235,12 +245,13 @@ def check_init_from(config: Config, index: int, tokenizer: TokenizerLike) -> Non
     where = f"stages[{stage.name}].init_from={stage.init_from!r}"
     if not path.exists():
         raise UserError(f"{where}: no such checkpoint")
-    if is_hf_dir(path) and config.tokenizer.path is None and is_tokenizer_dir(path) \
-            and load_tokenizer(path) != tokenizer:
-        raise UserError(f"{where}: the directory's tokenizer is not the run's (a run has one tokenizer: "
-                        f"tokenizer.path, else the first stage's init_from directory's, else trained); "
-                        f"set tokenizer.path={stage.init_from!r} to use it")
     try:
+        carried = init_from_tokenizer(stage.init_from) if config.tokenizer.path is None else None
+        if carried is not None and carried != tokenizer:
+            use = (f"tokenizer.path={stage.init_from!r}" if is_hf_dir(path) else
+                   "tokenizer.path to the checkpoint's tokenizer directory (a run saves it in checkpoints/tokenizer)")
+            raise UserError(f"the checkpoint's tokenizer is not the run's (a run has one tokenizer: tokenizer.path, "
+                            f"else the first stage's init_from checkpoint's, else trained); set {use} to use it")
         if is_hf_dir(path):  # its architecture; any param_dtype (the weights are converted on import)
             hf_model(stage_config(config, index).model, path)
             return

@@ -7,6 +7,7 @@ generates after that prompt when sampled. Only those completion tokens are targe
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
@@ -18,27 +19,65 @@ from flax import nnx
 from r1jax.model.config import ModelConfig
 from r1jax.errors import UserError
 from r1jax.model.tokenizer import TokenizerLike, completion_text, encode_prompt, prompt_text
+from r1jax.rl.data.records import read_rows
 from r1jax.rl.grpo.logprobs import token_logp_and_entropy
 from r1jax.rl.sampler import bucket_length
 from r1jax.rl.update import UpdateConfig, add_router_losses, make_update_step
 
 
+# the lengths SFT pads a batch to; the largest bounds an SFT row (prompt + solution + eos): rows are not truncated
+SEQUENCE_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def sft_sequence(tokenizer: TokenizerLike, template: str, row: Mapping[str, Any],
+                 template_vars: Optional[Mapping[str, Any]] = None) -> tuple[list[int], int]:
+    """(tokens, completion start) of one SFT row: the prompt in format `template` (as sampling renders it),
+    then the completion and EOS (module docstring); the completion's first token is at column `start`."""
+    text = prompt_text(tokenizer, template, row["prompt"], template_vars)
+    prompt = encode_prompt(tokenizer, template, text)
+    completion = tokenizer.encode(completion_text(text, row["solution"])) + [tokenizer.eos_id]
+    return prompt + completion, len(prompt)
+
+
+def too_long(length: int, prompt: str, row: str = "an SFT row", buckets: Sequence[int] = SEQUENCE_BUCKETS) -> str:
+    """What is wrong with `row` (prompt `prompt`) of `length` tokens, over the largest of `buckets`, and the fix."""
+    return (f"{row} (prompt {prompt[:60]!r}) is {length} tokens as an SFT sequence (the prompt in the run's "
+            f"template + the solution + eos), longer than the largest SFT sequence bucket ({buckets[-1]} tokens; "
+            f"SFT does not truncate rows): shorten or remove the row")
+
+
+def check_sft_lengths(tokenizer: TokenizerLike, template: str, rows: Sequence[Mapping[str, Any]],
+                      template_vars: Optional[Mapping[str, Any]], what: str, advice: str = "",
+                      path: Optional[str] = None, buckets: Sequence[int] = SEQUENCE_BUCKETS) -> None:
+    """Every row fits the largest SFT bucket, else a UserError naming `what`, the row (its number in data file
+    `path` when given, else its position) and the bound, then `advice`."""
+    if not rows:
+        return
+    try:
+        lengths = [len(sft_sequence(tokenizer, template, row, template_vars)[0]) for row in rows]
+    except UserError as err:  # no chat template, or one that fails to render a prompt
+        raise UserError(f"tokenizer.template={template!r} ({what}): {err}") from None
+    longest = max(range(len(rows)), key=lengths.__getitem__)
+    if lengths[longest] <= buckets[-1]:
+        return
+    number = next(itertools.islice(read_rows(path), longest, None))[0] if path else longest + 1
+    raise UserError(f"{what}: {too_long(lengths[longest], rows[longest]['prompt'], f'row {number}', buckets)}"
+                    f"{'; ' + advice if advice else ''}")
+
+
 def sft_batch(tokenizer: TokenizerLike, template: str, rows: Sequence[dict], buckets: Sequence[int],
               template_vars: Optional[Mapping[str, Any]] = None) -> dict:
     """Prompt (in format `template`, as sampling renders it) + completion + EOS, right-padded to a length
-    bucket.
+    bucket (a row longer than the largest is a UserError naming SFT's bound).
 
     `rows` hold `prompt` and `solution` (a whole response; after a prompt that opened `<think>` itself the
     target is the solution without its leading `<think>`: `model.tokenizer.completion_text`). `mask` marks the completion targets (aligned with tokens[:, 1:]);
     `weight` = mask / (completion tokens in the batch): the global token mean."""
-    sequences, starts = [], []
-    for row in rows:
-        text = prompt_text(tokenizer, template, row["prompt"], template_vars)
-        prompt = encode_prompt(tokenizer, template, text)
-        completion = tokenizer.encode(completion_text(text, row["solution"])) + [tokenizer.eos_id]
-        sequences.append(prompt + completion)
-        starts.append(len(prompt))
-    width = bucket_length(max(len(s) for s in sequences), buckets)
+    sequences, starts = zip(*(sft_sequence(tokenizer, template, row, template_vars) for row in rows))
+    longest = max(range(len(rows)), key=lambda i: len(sequences[i]))
+    if len(sequences[longest]) > buckets[-1]:
+        raise UserError(too_long(len(sequences[longest]), rows[longest]["prompt"], buckets=buckets))
+    width = bucket_length(len(sequences[longest]), buckets)
     tokens = np.full((len(rows), width), tokenizer.pad_id, np.int32)
     valid = np.zeros((len(rows), width), bool)
     mask = np.zeros((len(rows), width - 1), bool)

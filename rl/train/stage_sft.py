@@ -10,11 +10,9 @@ from r1jax.errors import UserError
 from r1jax.rl.data import make_iterator
 from r1jax.rl.train.config import StageConfig
 from r1jax.rl.train.context import StageContext, StageResult, StageStart
-from r1jax.rl.train.sft import make_sft_step, sft_batch
+from r1jax.rl.train.sft import SEQUENCE_BUCKETS, check_sft_lengths, make_sft_step, sft_batch
 from r1jax.rl.train.stage_rejection import dataset_path
 from r1jax.rl.train.update_stage import UpdateStage
-
-SEQUENCE_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
 def run_sft(ctx: StageContext, index: int, stage: StageConfig, start: StageStart,
@@ -25,6 +23,7 @@ def run_sft(ctx: StageContext, index: int, stage: StageConfig, start: StageStart
     if data_path is None and stage.data_path:
         data_path = stage_data_path(ctx, stage.data_path)
     data = _data_config(ctx, data_path)
+    check_samples(ctx, stage, data_path)
     iterator = make_iterator(data, batch_size=stage.batch_size)
     make_step = lambda g, opt, clip: make_sft_step(g, opt, cfg.update, ctx.model, clip)
     runner = UpdateStage(ctx, index, stage, start, with_ref=False, make_step=make_step)
@@ -37,8 +36,12 @@ def run_sft(ctx: StageContext, index: int, stage: StageConfig, start: StageStart
         missing = [r["prompt"] for r in rows if not r.get("solution")]
         if missing:
             raise UserError(f"stage {stage.name}: SFT rows need a `solution`; none for prompt {missing[0]!r}")
-        batch = ctx.place(sft_batch(ctx.tokenizer, cfg.tokenizer.template, rows, SEQUENCE_BUCKETS,
-                                    cfg.tokenizer.template_vars), runner.global_step + 1)
+        try:
+            batch = sft_batch(ctx.tokenizer, cfg.tokenizer.template, rows, SEQUENCE_BUCKETS,
+                              cfg.tokenizer.template_vars)
+        except UserError as err:
+            raise UserError(f"stage {stage.name}: {err}") from None
+        batch = ctx.place(batch, runner.global_step + 1)
         metrics = runner.update(batch)
         tokens = float(metrics["token_count"])
         metrics = {("sft/loss" if k == "loss" else k): v for k, v in metrics.items()}
@@ -52,14 +55,33 @@ def run_distill(ctx: StageContext, index: int, stage: StageConfig, start: StageS
     return run_sft(ctx, index, stage, start, data_path=stage_data_path(ctx, stage.teacher))
 
 
+def check_samples(ctx: StageContext, stage: StageConfig, data_path: str | None) -> None:
+    """When `data_path` is an earlier rejection_sampling stage's samples (written after preflight read the
+    run's files), its rows fit the largest SFT sequence bucket: checked as the stage starts, before training."""
+    writer = _written_by(ctx, data_path)
+    if writer is None:  # a user's file or the generated tasks: preflight checked them
+        return
+    cfg = ctx.config
+    check_sft_lengths(ctx.tokenizer, cfg.tokenizer.template, _data_config(ctx, data_path).load_file(need_solution=True),
+                      cfg.tokenizer.template_vars, f"stage {stage.name}: {data_path}", path=data_path,
+                      advice=f"stages[{writer.name}].max_new_tokens (default sampling.max_new_tokens) bounds the "
+                             f"length of that stage's samples: lower it and run that stage again, or remove the row "
+                             f"from the file and resume")
+
+
 def _data_config(ctx: StageContext, path: str | None):
     """The data config reading `path`: a user's file through data.fields / data.answer_format, a file this
     run wrote (an earlier stage's samples) in r1jax's own field names; None: the run's data section."""
     if path is None:
         return ctx.config.data
-    own = any(s.kind == "rejection_sampling" and path == str(dataset_path(ctx.run_dir, s.name))
-              for s in ctx.config.stages)
+    own = _written_by(ctx, path) is not None
     return ctx.config.data.for_own_file(path) if own else dataclasses.replace(ctx.config.data, path=path)
+
+
+def _written_by(ctx: StageContext, path: str | None) -> StageConfig | None:
+    """The rejection_sampling stage of this run whose dataset `path` is, or None (a user's file, or none)."""
+    return next((s for s in ctx.config.stages
+                 if s.kind == "rejection_sampling" and path == str(dataset_path(ctx.run_dir, s.name))), None)
 
 
 def stage_data_path(ctx: StageContext, name_or_path: str) -> str:

@@ -1,0 +1,145 @@
+"""What a stage starts from and trains on, checked before it trains: the tokenizer an r1jax checkpoint carries
+(a run's `checkpoints/tokenizer`) is the run's when the first stage starts there, and a later stage's that
+differs is refused; SFT rows longer than the largest SFT sequence bucket are named before training (a data
+file in preflight, an earlier stage's samples when the stage starts), and in a batch by SFT's own bound."""
+
+import json
+import types
+
+import pytest
+
+from r1jax.errors import UserError
+from r1jax.model.tokenizer import load_tokenizer, train_tokenizer
+from r1jax.rl.cli.main import main
+from r1jax.rl.config import load_config
+from r1jax.rl.data import build_tokenizer
+from r1jax.rl.train.policy_io import run_tokenizer
+from r1jax.rl.train.preflight import preflight
+from r1jax.rl.train import stage_sft
+from r1jax.rl.train.stage_sft import SEQUENCE_BUCKETS, run_distill, run_sft, sft_batch
+from r1jax.sharding.mesh import build_mesh
+
+from tests.rl.conftest import TRAIN_CONFIG
+
+SOLUTION = "<think> 2+2=4 </think> <answer> 4 </answer>"
+LONG_SOLUTION = "<think> " + "1 + 1 = 2. " * 1200 + "</think> <answer>2</answer>"  # > 4096 tokens
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    config = load_config(TRAIN_CONFIG)
+    return build_tokenizer(config.tokenizer, config.data)  # what the test run trains: 512 pieces
+
+
+def run_checkpoint(run_dir, tokenizer=None):
+    """A run directory's checkpoint `checkpoints/0` of the test run's model, with `tokenizer` saved where a
+    run saves its own (rl.train.policy_io.RunCheckpoints.save: checkpoints/tokenizer); returns the step."""
+    assert main(["init", str(TRAIN_CONFIG), str(run_dir / "checkpoints")]) == 0
+    if tokenizer is not None:
+        tokenizer.save(run_dir / "checkpoints" / "tokenizer")
+    return run_dir / "checkpoints" / "0"
+
+
+def check(tokenizer, *overrides):
+    config = load_config(TRAIN_CONFIG, list(overrides))
+    return preflight(config, tokenizer, build_mesh(config.sharding), config.sharding.logical_rules())
+
+
+def fails(tokenizer, *overrides, named):
+    with pytest.raises(UserError) as info:
+        check(tokenizer, *overrides)
+    message = str(info.value)
+    for fragment in named:
+        assert fragment in message, message
+    assert "\n" not in message
+    return message
+
+
+def test_a_first_stage_from_an_r1jax_checkpoint_keeps_its_saved_tokenizer(tokenizer, tmp_path, capsys):
+    """Its embeddings were trained on that tokenizer's ids: a run that starts there on other data used to
+    train a new tokenizer (the same text encoded to other ids) and fine-tune the policy on those."""
+    step = run_checkpoint(tmp_path / "run", tokenizer)
+    other_data = load_config(TRAIN_CONFIG, ["data.tasks=[countdown]", f"stages.0.init_from={step}"])
+    assert build_tokenizer(other_data.tokenizer, other_data.data) != tokenizer  # what it trained before
+    assert run_tokenizer(other_data) == tokenizer == load_tokenizer(tmp_path / "run" / "checkpoints" / "tokenizer")
+    # the run directory (its latest checkpoint) and the checkpoint root name the same one
+    for init_from in (tmp_path / "run", tmp_path / "run" / "checkpoints"):
+        assert run_tokenizer(load_config(TRAIN_CONFIG, [f"stages.0.init_from={init_from}"])) == tokenizer
+    # tokenizer.path still chooses; a checkpoint that carries none leaves the tokenizer trained on the data
+    sentencepiece = train_tokenizer(["plain text for a tiny tokenizer"] * 20, 300)
+    sentencepiece.save(tmp_path / "sp")
+    chosen = load_config(TRAIN_CONFIG, [f"tokenizer.path={tmp_path / 'sp'}", f"stages.0.init_from={step}"])
+    assert run_tokenizer(chosen) == sentencepiece
+    bare = load_config(TRAIN_CONFIG, [f"stages.0.init_from={run_checkpoint(tmp_path / 'bare')}"])
+    assert run_tokenizer(bare) == tokenizer == build_tokenizer(bare.tokenizer, bare.data)
+    with pytest.raises(UserError, match=r"stages\[sft\]\.init_from=.*does not exist"):
+        run_tokenizer(load_config(TRAIN_CONFIG, [f"stages.0.init_from={tmp_path / 'nothing'}"]))
+    capsys.readouterr()
+
+
+def test_a_later_stage_from_an_r1jax_checkpoint_with_another_tokenizer_is_refused(tokenizer, tmp_path, capsys):
+    other = train_tokenizer(["plain text for a tiny tokenizer"] * 20, 300)
+    step = run_checkpoint(tmp_path / "other", other)
+    fails(tokenizer, f"stages.1.init_from={step}",
+          named=["stages[grpo].init_from=", "tokenizer is not the run's", "set tokenizer.path"])
+    check(tokenizer, f"stages.1.init_from={run_checkpoint(tmp_path / 'same', tokenizer)}")
+    tokenizer.save(tmp_path / "chosen")  # tokenizer.path chose the run's: a checkpoint's own is not compared
+    check(tokenizer, f"tokenizer.path={tmp_path / 'chosen'}", f"stages.1.init_from={step}")
+    capsys.readouterr()
+
+
+def write_rows(path, rows, blank_before=None):
+    lines = [json.dumps(r) + "\n" for r in rows]
+    if blank_before is not None:
+        lines.insert(blank_before, "\n")
+    path.write_text("".join(lines))
+    return path
+
+
+def rows(n, long_at=None, **extra):
+    return [{"prompt": f"Compute {i}+{i}", "answer": str(2 * i), "task": "arithmetic",
+             "solution": LONG_SOLUTION if i == long_at else SOLUTION, **extra} for i in range(n)]
+
+
+def test_sft_rows_longer_than_the_largest_sequence_bucket_are_named_before_training(tokenizer, tmp_path):
+    """They failed only when drawn, steps into the stage, advising sampling.prompt_buckets (no SFT setting)."""
+    path = write_rows(tmp_path / "sft.jsonl", rows(8, long_at=5), blank_before=2)  # the 6th row is line 7
+    message = fails(tokenizer, f"stages.0.data_path={path}",
+                    named=["stages[sft].data_path=", "(stage sft)", "row 7", "'Compute 5+5'", "(4096 tokens",
+                           "largest SFT sequence bucket", "shorten or remove the row"])
+    assert "prompt_buckets" not in message
+    fails(tokenizer, f"data.path={path}", named=["data.path=", "(stage sft)", "row 7"])
+    check(tokenizer, f"data.path={path}", "stages=[{name: grpo, kind: grpo, steps: 1}]")  # GRPO: no solution
+    check(tokenizer, f"stages.0.data_path={write_rows(tmp_path / 'ok.jsonl', rows(8))}")
+
+
+def test_an_sft_batch_too_long_names_the_sft_bound(tokenizer):
+    with pytest.raises(UserError) as info:
+        sft_batch(tokenizer, "chat", rows(2, long_at=1), SEQUENCE_BUCKETS)
+    message = str(info.value)
+    assert "largest SFT sequence bucket (4096 tokens" in message and "'Compute 1+1'" in message, message
+    assert "prompt_buckets" not in message
+    assert sft_batch(tokenizer, "chat", rows(2), SEQUENCE_BUCKETS)["tokens"].shape[0] == 2
+
+
+RS = "{name: rs, kind: rejection_sampling, steps: 1, batch_size: 8}"
+
+
+@pytest.mark.parametrize("stage,run", [
+    ("{name: sft2, kind: sft, steps: 1, batch_size: 8, data_path: rs}", run_sft),
+    ("{name: sft2, kind: distill, steps: 1, batch_size: 8, teacher: rs}", run_distill),
+])
+def test_an_earlier_stages_samples_too_long_are_named_when_the_stage_starts(tokenizer, tmp_path, stage, run):
+    """A rejection_sampling stage's dataset does not exist at preflight: its rows are checked as the SFT or
+    distill stage reading them starts, before it trains (the context here holds nothing a stage trains with)."""
+    config = load_config(TRAIN_CONFIG, [f"stages=[{RS}, {stage}]"])
+    ctx = types.SimpleNamespace(config=config, run_dir=tmp_path, tokenizer=tokenizer)
+    (tmp_path / "datasets").mkdir()
+    dataset = write_rows(tmp_path / "datasets" / "rs.jsonl", rows(8, long_at=3, difficulty=2, reward=3.0))
+    with pytest.raises(UserError) as info:
+        run(ctx, 1, config.stages[1], None)
+    message = str(info.value)
+    for fragment in ["stage sft2", str(dataset), "row 4", "(4096 tokens", "stages[rs].max_new_tokens"]:
+        assert fragment in message, message
+    write_rows(dataset, rows(8, difficulty=2, reward=3.0))
+    stage_sft.check_samples(ctx, config.stages[1], str(dataset))  # rows that fit
