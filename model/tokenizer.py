@@ -73,8 +73,8 @@ class TokenizerConfig:
     template: str = "r1_zero"  # prompt format: "r1_zero" (R1-Zero paper, Table 1) | "chat" | "none"
     # variables the chat template reads besides messages, e.g. {enable_thinking: false} (Qwen3); chat only
     template_vars: dict[str, Any] = dataclasses.field(default_factory=dict)
-    # a directory holding tokenizer.json (Hugging Face) or tokenizer.model (r1jax); None: the first stage's
-    # init_from directory's when it is a Hugging Face checkpoint with one, else one trained on the data
+    # a directory holding tokenizer.json (Hugging Face) or tokenizer.model (r1jax); None: the tokenizer the
+    # first stage's init_from carries (an HF directory's, an r1jax checkpoint's saved one), else one trained
     path: Optional[str] = None
 
     def __post_init__(self) -> None:

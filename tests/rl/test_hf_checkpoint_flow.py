@@ -152,7 +152,7 @@ def test_a_run_from_a_hugging_face_directory_trains_and_evaluates_with_its_token
 
 
 def test_the_run_tokenizer_comes_from_the_config_the_first_stage_or_the_data(qwen_dir, tmp_path):
-    """tokenizer.path, else the first stage's init_from directory's, else trained; a later stage whose HF
+    """tokenizer.path, else the tokenizer the first stage's init_from carries, else trained; a later stage whose HF
     directory holds another tokenizer is an error before the first step, unless tokenizer.path chose."""
     assert run_tokenizer(run_config(qwen_dir)) == load_tokenizer(qwen_dir)
     sentencepiece = train_tokenizer(["plain text for a tiny tokenizer"] * 20, 300)
