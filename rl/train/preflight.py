@@ -251,7 +251,9 @@ def check_init_from(config: Config, index: int, tokenizer: TokenizerLike) -> Non
             use = (f"tokenizer.path={stage.init_from!r}" if is_hf_dir(path) else
                    "tokenizer.path to the checkpoint's tokenizer directory (a run saves it in checkpoints/tokenizer)")
             raise UserError(f"the checkpoint's tokenizer is not the run's (a run has one tokenizer: tokenizer.path, "
-                            f"else the first stage's init_from checkpoint's, else trained); set {use} to use it")
+                            f"else the first stage's init_from checkpoint's, else trained); set {use} to use it "
+                            f"(a run that trained its own before r1jax read an r1jax checkpoint's, resumed: "
+                            f"tokenizer.path=RUN_DIR/tokenizer keeps it)")
         if is_hf_dir(path):  # its architecture; any param_dtype (the weights are converted on import)
             hf_model(stage_config(config, index).model, path)
             return
