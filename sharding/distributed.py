@@ -15,15 +15,24 @@ processes that did not arrive (the coordination service reports them). Two cases
 a fatal error after the same timeout: a peer that never starts ("RegisterTask ... Deadline Exceeded", no
 name) and a silent peer while this process waits in a collective ("The following tasks are unhealthy
 (stopped sending heartbeats): 1").
+
+A process that stops on an error must not leave the others waiting for it either (they would wait the peer
+timeout, then abort inside JAX without its reason): `stop_on_error` publishes the reason in the coordination
+service's key-value store and exits; every process's watcher thread (started by `initialize`) polls the store
+and exits at once, printing which process stopped and why.
 """
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import functools
 import math
 import os
 import re
+import sys
+import threading
+import time
 from typing import Mapping, Optional
 
 from r1jax.errors import UserError
@@ -34,8 +43,13 @@ ENV_PROCESS_ID = "R1JAX_PROCESS_ID"
 ENV_DISTRIBUTED = "R1JAX_DISTRIBUTED"
 ENV_PEER_TIMEOUT = "R1JAX_PEER_TIMEOUT_S"
 DEFAULT_PEER_TIMEOUT_S = 300.0
+ERRORS_KEY = "r1jax/error/"  # + process index: why that process stopped
+SEEN_KEY = "r1jax/error-seen/"  # + process index: that process read an error and is exiting
+DONE_KEY = "r1jax/error-done/"  # + process index: that process has stopped reading the store
+WATCH_INTERVAL_S = 0.5
 
 _peer_timeout_s = DEFAULT_PEER_TIMEOUT_S
+_stop_watching = threading.Event()  # set at exit and by stop_on_error: this process's own stop comes first
 
 
 class PeerLost(UserError):
@@ -126,7 +140,9 @@ def initialize(launch: Launch) -> None:
     except (RuntimeError, ValueError) as err:  # e.g. auto-detection found no cluster
         hint = " (--distributed auto found no cluster: give --coordinator, --num-processes, --process-id)" \
             if launch.auto else ""
-        raise UserError(f"jax.distributed.initialize failed: {_first_line(err)}{hint}") from None
+        raise UserError(f"jax.distributed.initialize failed: {first_line(err)}{hint}") from None
+    if multi_process():
+        _watch_peer_errors()
 
 
 def _client():
@@ -139,6 +155,11 @@ def multi_process() -> bool:
     import jax
 
     return _client() is not None and jax.process_count() > 1
+
+
+def several_processes() -> bool:
+    """`multi_process()` without importing JAX: False when JAX has not started (no run has)."""
+    return "jax" in sys.modules and multi_process()
 
 
 def barrier(name: str, what: str, timeout_s: Optional[float] = None) -> None:
@@ -172,6 +193,70 @@ def check_same(name: str, text: str, what: str) -> None:
                         "differs from process 0's: start every process with the same command")
 
 
+def stop_on_error(message: str, code: int) -> None:
+    """With several processes: tell the others why this one stops (their watchers exit them with `message`),
+    wait briefly until they have read it (process 0 hosts the store: it must outlive their reads), and exit
+    with `code` at once: a normal exit would wait for the peers in JAX's shutdown barrier, then abort. With
+    one process: return, for the caller's normal exit."""
+    if not several_processes():
+        return
+    import jax
+
+    _stop_watching.set()
+    me, count = jax.process_index(), jax.process_count()
+    client = _client()
+    deadline = time.monotonic() + 10 * WATCH_INTERVAL_S + 5
+    try:
+        client.key_value_set(f"{ERRORS_KEY}{me}", message)
+        while time.monotonic() < deadline:
+            seen = {int(key.rsplit("/", 1)[1]) for key, _ in client.key_value_dir_get(SEEN_KEY)}
+            errors = {int(key.rsplit("/", 1)[1]) for key, _ in client.key_value_dir_get(ERRORS_KEY)}
+            if len((seen | errors) - {me}) >= count - 1:  # each peer read it, or stopped on its own error
+                break
+            time.sleep(WATCH_INTERVAL_S / 5)
+        client.key_value_set(f"{DONE_KEY}{me}", "1")  # process 0 waits for this before it exits (the store)
+    except Exception:  # the store is gone (process 0 exited): the peers learn it from JAX's heartbeats
+        pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _watch_peer_errors() -> None:
+    """Start the thread that exits this process when another one publishes an error (`stop_on_error`)."""
+    import jax
+
+    me = jax.process_index()
+    client = _client()
+
+    def watch() -> None:
+        while not _stop_watching.wait(WATCH_INTERVAL_S):
+            try:
+                errors = sorted((int(key.rsplit("/", 1)[1]), text)
+                                for key, text in client.key_value_dir_get(ERRORS_KEY))
+            except Exception:  # shutting down, or the store is gone: JAX's heartbeats take it from here
+                return
+            errors = [(index, text) for index, text in errors if index != me]
+            if errors and not _stop_watching.is_set():
+                index, text = errors[0]
+                print(f"r1jax: error: process {index} of this run stopped: {text}", file=sys.stderr, flush=True)
+                try:
+                    client.key_value_set(f"{SEEN_KEY}{me}", "1")
+                    if me == 0:  # this process hosts the store: a process still reading it when it goes aborts
+                        deadline = time.monotonic() + 10 * WATCH_INTERVAL_S + 5
+                        done = f"{DONE_KEY}{index}"
+                        while time.monotonic() < deadline and done not in dict(client.key_value_dir_get(DONE_KEY)):
+                            time.sleep(WATCH_INTERVAL_S / 5)
+                        time.sleep(WATCH_INTERVAL_S / 2)  # the stopped process exits just after it writes
+                except Exception:
+                    pass
+                sys.stdout.flush()
+                os._exit(3)
+
+    threading.Thread(target=watch, name="r1jax-peer-errors", daemon=True).start()
+    atexit.register(_stop_watching.set)  # runs before JAX's own exit handler shuts the client down
+
+
 def describe_barrier_failure(message: str, what: str, timeout_s: float) -> str:
     """A readable reason from the coordination service's barrier error, naming the missing processes."""
     missing = _missing_tasks(message)
@@ -180,7 +265,7 @@ def describe_barrier_failure(message: str, what: str, timeout_s: float) -> str:
         return (f"process{'es' if len(missing) > 1 else ''} {who} did not reach {what} within {timeout_s:g} s "
                 "(stopped, hung or dead: see its log). Restart every process with the same command; the run "
                 "resumes from its latest checkpoint")
-    return f"the processes of this run lost each other at {what}: {_first_line(message)}"
+    return f"the processes of this run lost each other at {what}: {first_line(message)}"
 
 
 def _missing_tasks(message: str) -> list[int]:
@@ -193,7 +278,7 @@ def _missing_tasks(message: str) -> list[int]:
     return sorted({int(t) for t in re.findall(r"Task (\d+) heartbeat timeout", message)})
 
 
-def _first_line(err) -> str:
+def first_line(err) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
 

@@ -12,11 +12,13 @@ import gc
 import importlib
 import os
 import sys
+import traceback
 
 from r1jax.errors import UserError
 from r1jax.rl.cli.common import positive_int
 from r1jax.rl.host_allocator import retain_freed_memory
-from r1jax.sharding.distributed import PeerLost  # defers JAX's import itself
+# sharding.distributed defers JAX's import itself
+from r1jax.sharding.distributed import PeerLost, first_line, several_processes, stop_on_error
 
 # (name, module, one-line help). A module defines add_arguments(parser) and run(args) -> int.
 COMMANDS = [
@@ -140,10 +142,17 @@ def main(argv: list[str] | None = None, *, as_program: bool | None = None) -> in
         return int(args._module.run(args) or 0)
     except PeerLost as err:  # exit now: a normal exit would wait for the lost peer in JAX's shutdown barrier
         print(f"r1jax {args.command}: error: {err}", file=sys.stderr, flush=True)
+        stop_on_error(str(err), 3)
         os._exit(3)
     except UserError as err:
-        print(f"r1jax {args.command}: error: {err}", file=sys.stderr)
+        print(f"r1jax {args.command}: error: {err}", file=sys.stderr, flush=True)
+        stop_on_error(str(err), 2)  # with several processes: the others stop too, naming this one's error
         return 2
+    except Exception as err:  # a bug: with several processes, the others must not wait for this one
+        if several_processes():
+            traceback.print_exc()
+            stop_on_error(f"{type(err).__name__}: {first_line(err)} (the traceback is in its log)", 1)
+        raise
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Multi-process start-up options, and a bounded barrier that names the peer that never arrives (two real
-JAX processes on this machine)."""
+"""Multi-process start-up options, a bounded barrier that names the peer that never arrives, and a process
+that stops on an error stopping the others at once, naming it (two real JAX processes on this machine)."""
 
 import os
 import socket
@@ -74,17 +74,48 @@ except UserError as err:
 """
 
 
-def run_pair(mode: str):
-    """(return code, stdout) of process 0 of two processes running PEER; process 1 is killed after."""
+# A command of the `r1jax` program (rl.cli.main) that stops on process 1 with a UserError or a bug while process
+# 0 waits for it at a barrier, under a peer timeout far longer than the test waits
+FAILING_COMMAND = """
+import sys, types
+from r1jax.errors import UserError
+from r1jax.rl.cli import main as cli
+from r1jax.sharding import distributed
+
+def run(args):
+    distributed.initialize(distributed.Launch.resolve(sys.argv[1], 2, int(sys.argv[2]), peer_timeout_s=600))
+    import jax
+    if jax.process_index() == 1:
+        if sys.argv[3] == "user-error":
+            raise UserError("data row 7 of train.jsonl has no 'prompt'")
+        raise KeyError("prompt")
+    distributed.barrier("step-1", "the end of step 1")
+
+sys.modules["failing_command"] = types.SimpleNamespace(add_arguments=lambda parser: None, run=run, __doc__="")
+cli.COMMANDS.append(("fail", "failing_command", "stops on process 1"))
+sys.exit(cli.main(["fail"], as_program=False))
+"""
+
+
+def run_pair(mode: str, script: str = PEER):
+    """[(return code, stdout + stderr)] of two processes running `script`; process 1 is killed once process 0
+    has ended (or given 60 s more)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{s.getsockname()[1]}"
     env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_PLATFORMS": "cpu"}
-    procs = [subprocess.Popen([sys.executable, "-c", PEER, address, str(i), mode], cwd=ROOT, env=env, text=True,
+    procs = [subprocess.Popen([sys.executable, "-c", script, address, str(i), mode], cwd=ROOT, env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+    results = []
     try:
-        out, err = procs[0].communicate(timeout=120)
-        return procs[0].returncode, out + err
+        for p, timeout in zip(procs, (120, 60)):
+            try:
+                out, err = p.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                out, err = p.communicate()
+            results.append((p.returncode, out + err))
+        return results
     finally:
         for p in procs:
             if p.poll() is None:
@@ -94,13 +125,31 @@ def run_pair(mode: str):
 
 def test_a_peer_that_never_arrives_is_named_within_the_timeout():
     start = time.time()
-    code, out = run_pair("barrier")
+    (code, out), _ = run_pair("barrier")
     assert code == 3, out[-2000:]
     assert "process 1 did not reach the end of step 1 within 3 s" in out
     assert time.time() - start < 60
 
 
 def test_processes_started_with_different_configs_are_told_so():
-    code, out = run_pair("config")
+    (code, out), _ = run_pair("config")
     assert code == 3, out[-2000:]
     assert "the config of process 1 differs from process 0's" in out
+
+
+@pytest.mark.parametrize("mode, reason, code", [
+    ("user-error", "data row 7 of train.jsonl has no 'prompt'", 2),
+    ("bug", "KeyError: 'prompt' (the traceback is in its log)", 1),
+])
+def test_a_process_that_stops_on_an_error_stops_the_others_at_once_naming_it(mode, reason, code):
+    # before, the others waited the whole peer timeout (here 600 s), then aborted inside JAX without the reason
+    # (and the failed process waited as long in JAX's shutdown barrier)
+    start = time.time()
+    (code_0, out_0), (code_1, out_1) = run_pair(mode, FAILING_COMMAND)
+    assert time.time() - start < 60, (out_0[-2000:], out_1[-2000:])
+    assert code_0 == 3 and f"r1jax: error: process 1 of this run stopped: {reason}" in out_0, out_0[-2000:]
+    assert code_1 == code, out_1[-2000:]
+    if mode == "user-error":
+        assert f"r1jax fail: error: {reason}" in out_1
+    else:
+        assert "Traceback" in out_1 and "KeyError: 'prompt'" in out_1
