@@ -187,12 +187,10 @@ def default_sharding(model: ModelConfig, devices: int) -> ShardingConfig:
 
 
 def inference_sharding(sampling, model: ModelConfig, devices: int) -> ShardingConfig:
+    """The inference mesh: `sampling.mesh` (its axes checked by rl.sampler.SamplingConfig), else the family's."""
     if sampling.mesh is None:
         base = default_sharding(model, devices)
     else:
-        unknown = set(sampling.mesh) - {"data", "fsdp", "expert", "tensor"}
-        if unknown:
-            raise UserError(f"sampling.mesh: unknown axes {sorted(unknown)}; use data, fsdp, expert, tensor")
         base = ShardingConfig(**{"data": 1, "fsdp": -1, "expert": 1, "tensor": 1, **sampling.mesh},
                               preset="inference")
     rules = {**(base.rules or {}), **(sampling.rules or {})}
@@ -219,9 +217,8 @@ def choose_layout(sampling, model: ModelConfig, train_mesh: Mesh, train_rules: R
 
     `free_bytes`: HBM free per device for the fit check (default: what the devices state now); `devices`:
     the sampler's devices (default: the trainer's; rl.sampler_devices passes its own); `per_layer`: the copy
-    holds each layer apart (default: on devices that are not CPUs; module docstring)."""
-    if sampling.layout not in LAYOUTS:
-        raise UserError(f"sampling.layout={sampling.layout!r}: choose one of {', '.join(LAYOUTS)}")
+    holds each layer apart (default: on devices that are not CPUs; module docstring). `sampling` is a
+    SamplingConfig, its `layout` and `mesh` checked on construction."""
     if sampling.layout == "train":
         return None, "sampler layout: train (sampling.layout=train)"
     devices = list(train_mesh.devices.flat) if devices is None else list(devices)

@@ -18,6 +18,11 @@ import math
 from r1jax.rl.cli.common import non_negative_int, positive_int, positive_number
 
 CHUNK = 256  # rows scored per pool batch, so output streams on large files
+# the config field each flag sets, for the configs' errors (rl.rewards.config.FieldError.for_flags)
+FLAGS = {"rewards.language": "--language", "rewards.max_length": "--max-length",
+         "rewards.overlong_buffer": "--overlong-buffer", "rewards.code.sandbox": "--sandbox",
+         "reward_pool.workers": "--workers", "reward_pool.timeout_s": "--timeout",
+         "reward_pool.memory_mb": "--memory-mb"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,29 +74,30 @@ def read_items(path: str) -> tuple[list[dict], list]:
     return rows, items
 
 
-def run(args: argparse.Namespace) -> int:
-    from r1jax.errors import UserError
-    from r1jax.rl.rewards import CodeConfig, PoolConfig, RewardPool, RewardsConfig
-    from r1jax.rl.rewards.config import LANGUAGE_SCRIPTS
-    from r1jax.rl.rewards.functions import check_names
+def configs(args: argparse.Namespace):
+    """(RewardsConfig, PoolConfig) from the flags; their checks' errors name the flags (FLAGS)."""
+    from r1jax.rl.rewards import CodeConfig, PoolConfig, RewardsConfig
+    from r1jax.rl.rewards.config import FieldError
 
-    # the checks of the configs below that span more than one flag's type, naming the flags
-    if 0 < args.memory_mb < 256:
-        raise UserError(f"--memory-mb {args.memory_mb}: expected 0 (no limit) or >= 256 (a warmed-up worker maps "
-                        "~80 MB)")
-    if args.overlong_buffer > args.max_length:
-        raise UserError(f"--overlong-buffer {args.overlong_buffer}: must be <= --max-length {args.max_length}")
-    if args.language not in LANGUAGE_SCRIPTS:
-        raise UserError(f"--language {args.language!r}: choose one of {', '.join(sorted(LANGUAGE_SCRIPTS))}")
     names = tuple(n.strip() for n in args.rewards.split(",") if n.strip())
-    rewards = RewardsConfig(names=names, weights=(1.0,) * len(names), language=args.language,
-                            max_length=args.max_length, overlong_buffer=args.overlong_buffer,
-                            code=CodeConfig(sandbox=args.sandbox, partial=args.partial))
     # each chunk's deadline leaves every row its --timeout, queued behind the others on the workers (the default
     # 600 s per batch scored the last rows of a chunk of slow rows as timeouts that took less than --timeout)
     deadline = math.ceil(CHUNK / args.workers) * args.timeout + 60
-    pool_config = PoolConfig(workers=args.workers, timeout_s=args.timeout, memory_mb=args.memory_mb,
-                             batch_deadline_s=max(deadline, PoolConfig.batch_deadline_s))
+    try:
+        return (RewardsConfig(names=names, weights=(1.0,) * len(names), language=args.language,
+                              max_length=args.max_length, overlong_buffer=args.overlong_buffer,
+                              code=CodeConfig(sandbox=args.sandbox, partial=args.partial)),
+                PoolConfig(workers=args.workers, timeout_s=args.timeout, memory_mb=args.memory_mb,
+                           batch_deadline_s=max(deadline, PoolConfig.batch_deadline_s)))
+    except FieldError as err:
+        raise err.for_flags(FLAGS) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from r1jax.rl.rewards import RewardPool
+    from r1jax.rl.rewards.functions import check_names
+
+    rewards, pool_config = configs(args)
     check_names(rewards)  # before reading a large file
     rows, items = read_items(args.file)
     with RewardPool(rewards, pool_config, tasks=sorted({item.task for item in items})) as pool:

@@ -15,9 +15,34 @@ LANGUAGE_SCRIPTS = {
 }
 
 
-def _require(ok: bool, section: str, field: str, value: object, expected: str) -> None:
+class FieldError(UserError):
+    """A field's value refused on construction: "rewards.overlong_buffer = 9: expected in [0, max_length=8]".
+    `expected` names the other fields of its section it depends on as `{field}` (their values in `refs`), so
+    a command that sets the fields from its flags can say it again naming the flags (`for_flags`)."""
+
+    def __init__(self, section: str, field: str, value: object, expected: str, refs: dict[str, object]):
+        self.section, self.field, self.value, self.expected, self.refs = section, field, value, expected, refs
+        super().__init__(f"{section}.{field} = {value!r}: expected {self._expected({f: f + '=' for f in refs})}")
+
+    def _expected(self, names: dict[str, str]) -> str:
+        """`expected`, each field it names said as `names[field]` followed by its value."""
+        return self.expected.format(**{f: f"{names[f]}{v!r}" for f, v in self.refs.items()}) if self.refs \
+            else self.expected
+
+    def for_flags(self, flags: dict[str, str]) -> UserError:
+        """This refusal naming the flag `flags["section.field"]` of each field it names ("--overlong-buffer 9:
+        expected in [0, --max-length 8]"); itself where a field has no flag."""
+        names = {f: flags.get(f"{self.section}.{f}") for f in (self.field, *self.refs)}
+        if None in names.values():
+            return self
+        return UserError(f"{names[self.field]} {self.value!r}: expected "
+                         + self._expected({f: f"{flag} " for f, flag in names.items()}))
+
+
+def _require(ok: bool, section: str, field: str, value: object, expected: str, **refs: object) -> None:
+    """A FieldError unless `ok`; `refs`: the other fields `expected` names as `{field}`."""
     if not ok:
-        raise UserError(f"{section}.{field} = {value!r}: expected {expected}")
+        raise FieldError(section, field, value, expected, refs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +100,7 @@ class RewardsConfig:
                  f"one of {sorted(LANGUAGE_SCRIPTS)}")
         _require(self.max_length >= 1, s, "max_length", self.max_length, ">= 1")
         _require(0 <= self.overlong_buffer <= self.max_length, s, "overlong_buffer", self.overlong_buffer,
-                 f"in [0, max_length={self.max_length}]")
+                 "in [0, {max_length}]", max_length=self.max_length)
         _require(self.answer_max_chars >= 1, s, "answer_max_chars", self.answer_max_chars, ">= 1")
 
 

@@ -13,9 +13,10 @@ from fractions import Fraction
 
 from r1jax.rl.tasks import safe_math
 from r1jax.rl.tasks.base import Problem, Task, r1_solution, register_task, strip_markup
+from r1jax.rl.tasks.math_answer import join_digit_groups
 
 _PRECEDENCE = {"*": 2, "+": 1, "-": 1}
-_GROUPED = re.compile(r"[-+−]?\s*\d{1,3}(?:,\d{3})+(?:\.\d+)?")  # one number with thousands separators
+_GROUPED = re.compile(r"[-+−]?\s*\d{1,3}(?:,\d{3})+(?:\.\d+)?")  # one number with thousands commas
 
 
 def _apply(a: int, op: str, b: int) -> int:
@@ -41,8 +42,9 @@ def _show(n: int) -> str:
 
 def parse_number(text: str) -> Fraction | None:
     """A signed number literal ("136", "-7", "1,360", "136.0"), or None for anything else ("1 2", "2, 333").
-    MATH's thousands separators "1{,}360" and "1,\\!360" are commas."""
-    text = strip_markup(text).replace("{,}", ",").replace(",\\!", ",")
+    Digit groups read as the math task reads them ("1{,}360", "1,\\!360", "1\\,360", "1 360":
+    math_answer.join_digit_groups), and plain commas between groups of three ("1,360")."""
+    text = join_digit_groups(strip_markup(text))
     if _GROUPED.fullmatch(text):
         text = text.replace(",", "")  # thousands separators only, in groups of 3: "1,360"
     try:

@@ -6,6 +6,7 @@ import pytest
 
 from r1jax.errors import UserError
 from r1jax.rl.rewards import REWARDS, RewardsConfig, ScoreItem, combine, extract_answer, register_reward, score_item
+from r1jax.rl.rewards.config import FieldError
 from r1jax.rl.rewards.extract import split_completion
 from tests.rl.test_reward_pool import hostile_completions
 
@@ -122,6 +123,16 @@ def test_rewards_combine_with_config_weights_and_custom_rewards_register_by_name
 def test_rewards_config_errors_name_the_field(kwargs, field):
     with pytest.raises(UserError, match=field.replace(".", r"\.")):
         RewardsConfig(**kwargs)
+
+
+def test_config_errors_can_name_a_commands_flags():
+    with pytest.raises(FieldError) as refused:
+        RewardsConfig(max_length=8, overlong_buffer=9)
+    assert str(refused.value) == "rewards.overlong_buffer = 9: expected in [0, max_length=8]"
+    flags = {"rewards.overlong_buffer": "--overlong-buffer", "rewards.max_length": "--max-length"}
+    assert str(refused.value.for_flags(flags)) == "--overlong-buffer 9: expected in [0, --max-length 8]"
+    # a field without a flag: the config's own words
+    assert refused.value.for_flags({"rewards.overlong_buffer": "--overlong-buffer"}) is refused.value
 
 
 def test_unknown_reward_name_is_a_user_error():

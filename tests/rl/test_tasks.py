@@ -113,6 +113,8 @@ def test_countdown_rejects_operators_the_prompt_does_not_allow():
     ("2333", 2333), ("2,333", 2333), ("-1,234,567", -1234567), ("+12", 12), ("136.0", 136), (" 42 ", 42),
     ("2, 333", None), ("1 2", None), ("12345,678", None), ("1,23", None), (",123", None), ("1,,234", None),
     ("1,234.5,6", None), ("−1,234", -1234),
+    # digit groups as the math task joins them (math_answer.join_digit_groups)
+    ("1{,}360", 1360), (r"1,\!360", 1360), (r"1\,360", 1360), ("12 345", 12345), ("1\u2009360", 1360), ("1 36", None),
 ])
 def test_arithmetic_parses_only_well_formed_numbers(text, value):
     assert parse_number(text) == (None if value is None else Fraction(value))
