@@ -69,8 +69,11 @@ def held_out_problems(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | 
             if left_out is not None:
                 left_out += [_kind_name(kind) for kind in exhausted]
             return problems
+    used = (f"training's {data.num_problems} generated problems ({', '.join(data.tasks)} at difficulty "
+            f"{data.difficulty}: data.num_problems) use it up; " if data.path is None else "")
     raise ValueError(f"only {len(problems)} held-out problems differ from the training data; the task space is "
-                     f"too small for eval.num_problems={cfg.num_problems} (raise the difficulty)")
+                     f"too small for eval.num_problems={cfg.num_problems}: {used}raise the difficulty (data/eval), "
+                     "add tasks or lower the numbers of problems")
 
 
 def _kind_name(kind: tuple) -> str:
