@@ -6,6 +6,10 @@ bias). Later items (optimizer state, reference params, RNG, data iterator) join 
 
 A path given by a user may be a run directory (its `checkpoints/`), a checkpoint root (its latest step),
 or one step directory.
+
+A trainer that saves a step again first moves the committed copy aside as `N.previous` (a name neither Orbax
+nor `resolve` takes for a step) and drops it once the new copy is committed (rl.train.checkpointing); a kill
+in between leaves only `N.previous`, which the next run's start puts back.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from r1jax.rl.config import Config, config_from_dicts, to_dict
 from r1jax.sharding.mesh import build_mesh
 from r1jax.sharding.params import abstract_sharded
 from r1jax.sharding.rules import Rules
+
+PREVIOUS_SUFFIX = ".previous"  # step N's committed copy while N is saved again: N.previous
 
 # What Orbax and tensorstore raise for a missing, truncated or mismatched item (KeyError: no such item;
 # ValueError: unreadable data, bad JSON, a tree that differs from the target; OSError: missing files).
@@ -53,6 +59,24 @@ def _steps(path: pathlib.Path) -> list[int]:
     return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and p.is_dir())
 
 
+def previous_copies(root: pathlib.Path) -> dict[int, pathlib.Path]:
+    """Step -> its copy that a re-save moved aside (`N.previous`) and has not dropped or put back yet."""
+    if not root.is_dir():
+        return {}
+    return {int(p.name[:-len(PREVIOUS_SUFFIX)]): p for p in root.iterdir()
+            if p.name.endswith(PREVIOUS_SUFFIX) and p.name[:-len(PREVIOUS_SUFFIX)].isdigit() and p.is_dir()}
+
+
+def _interrupted_resave(root: pathlib.Path) -> str:
+    """What a checkpoint root without steps says when a killed re-save left a step's previous copy aside."""
+    aside = previous_copies(root)
+    if not aside:
+        return ""
+    step, copy = max(aside.items())
+    return (f"; a re-save of step {step} was interrupted and left its previous copy in {copy}: resuming the run "
+            f"puts it back (or rename it to {root / str(step)})")
+
+
 def resolve(path: str | pathlib.Path) -> tuple[pathlib.Path, int]:
     """(checkpoint root, step) for a run directory, a checkpoint root (its latest step) or a step directory.
 
@@ -66,13 +90,14 @@ def resolve(path: str | pathlib.Path) -> tuple[pathlib.Path, int]:
     if (path / "checkpoints").is_dir():
         if not _steps(path / "checkpoints"):
             raise UserError(f"run directory {str(path)!r} has no checkpoint yet ({path / 'checkpoints'} holds "
-                            f"no step directory)")
+                            f"no step directory{_interrupted_resave(path / 'checkpoints')})")
         path = path / "checkpoints"
     steps = _steps(path)
     if path.name.isdigit() and not steps:
         return path.parent, int(path.name)
     if not steps:
-        raise UserError(f"checkpoint {str(path)!r} holds no checkpoint step (no numbered step directory)")
+        raise UserError(f"checkpoint {str(path)!r} holds no checkpoint step (no numbered step directory"
+                        f"{_interrupted_resave(path)})")
     return path, steps[-1]
 
 
@@ -158,13 +183,25 @@ def load_policy(path: str | pathlib.Path, mesh: Mesh | None = None,
 
 def find_tokenizer(path: str | pathlib.Path) -> TokenizerLike | None:
     """The tokenizer a checkpoint carries, or None: a `tokenizer/` directory (Hugging Face tokenizer.json or
-    r1jax tokenizer.model) in the step, beside the steps (the trainer's and `r1jax import-hf`'s) or beside
-    the checkpoint root (a run directory's)."""
+    r1jax tokenizer.model) in the step or beside the steps (the trainer's and `r1jax import-hf`'s copy); for a
+    trainer's checkpoint in a run directory, also the run directory's own (`RUN/tokenizer` beside
+    `RUN/checkpoints`, as every version of the trainer writes it). A `tokenizer/` beside any other checkpoint
+    root is not its: `r1jax init` writes none, and the directory above the root may hold anything (another
+    run's tokenizer beside `r1jax init runs/init`)."""
     root, step = resolve(path)
-    for candidate in (root / str(step) / "tokenizer", root / "tokenizer", root.parent / "tokenizer"):
+    candidates = [root / str(step) / "tokenizer", root / "tokenizer"]
+    if _in_run_directory(root, step):
+        candidates.append(root.parent / "tokenizer")
+    for candidate in candidates:
         if is_tokenizer_dir(candidate):
             return load_tokenizer(candidate)
     return None
+
+
+def _in_run_directory(root: pathlib.Path, step: int) -> bool:
+    """Whether `root` is a run directory's `checkpoints/` that the trainer wrote (its steps hold `meta`, which
+    `r1jax init` and `import-hf` steps lack)."""
+    return root.name == "checkpoints" and (root / str(step) / "meta").is_dir()
 
 
 def open_for_inference(path: str | pathlib.Path):

@@ -7,6 +7,13 @@ no step that restore would load half-written; restore only ever sees committed s
 
 Retention: the latest `keep` steps plus the best `keep_best` by evaluation accuracy (`eval/pass@1`).
 
+Saving a step that exists (a stage's end saved again after a stop in its last step; a stage of no steps) moves
+the committed copy aside as `N.previous` (rl.checkpoint.PREVIOUS_SUFFIX) and drops it only once the new `N` is
+committed: deleting it first left a kill in the new save's window with no copy of the step, and under
+`keep: 1` no checkpoint at all. Opening the directory puts back a `N.previous` whose `N` never committed
+(and drops one whose `N` did). Process 0 renames and deletes, as Orbax's own deletes do; every process waits
+for it at a barrier, then reloads the manager's list of steps from the directory.
+
 A resume opens the latest step: if it lacks an item or an item cannot be read, that is a UserError naming
 the step directory and the item (rl.checkpoint.restore_items), never a silent fall-back to an older step.
 """
@@ -14,7 +21,9 @@ the step directory and the item (rl.checkpoint.restore_items), never a silent fa
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import pathlib
+import shutil
 from typing import Any, Mapping
 
 import jax
@@ -22,10 +31,12 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from r1jax.errors import UserError
-from r1jax.rl.checkpoint import restore_items
+from r1jax.rl.checkpoint import PREVIOUS_SUFFIX, previous_copies, restore_items
 from r1jax.rl.config import Config, config_from_dicts, to_dict
+from r1jax.sharding import distributed
 
 BEST_METRIC = "eval/pass@1"
+_SYNCS = itertools.count()  # barrier names: every process opens and saves in the same order
 
 
 class TrainCheckpointer:
@@ -42,6 +53,8 @@ class TrainCheckpointer:
             enable_async_checkpointing=async_save, best_fn=(lambda m: m[BEST_METRIC]) if keep_best else None,
             preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies))
         self.manager = ocp.CheckpointManager(self.root, options=options)
+        self._replacing = False  # a re-save's old copy is aside until the new one commits
+        self._settle_previous_copies()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -49,16 +62,49 @@ class TrainCheckpointer:
     def save(self, step: int, config: Config, trees: Mapping[str, Any], meta: Mapping[str, Any],
              metrics: Mapping[str, float] | None = None) -> None:
         """Start an asynchronous save of `trees` (pure PyTrees of arrays) with `config` and `meta`. A step that
-        exists is replaced: a stop in a stage's last step saves that step unfinished, and the resumed run saves
-        it again as the stage's end (with its evaluation)."""
+        exists is replaced (module docstring: its old copy stays aside until the new one commits): a stop in a
+        stage's last step saves that step unfinished, and the resumed run saves it again as the stage's end."""
         items = {name: ocp.args.StandardSave(tree) for name, tree in trees.items()}
         items["config"] = ocp.args.JsonSave(to_dict(config))
         items["meta"] = ocp.args.JsonSave(dict(meta))
         metrics = dict(metrics) if metrics and BEST_METRIC in metrics else None
-        if step in self.manager.all_steps():  # listed while its save is still in flight: let that finish first
-            self.manager.wait_until_finished()  # (deleting it mid-write crashed one process and hung two)
-            self.manager.delete(step)
+        if self._replacing or step in self.manager.all_steps():
+            self.manager.wait_until_finished()  # listed while still in flight: moving it mid-write breaks it
+            self._settle_previous_copies()
+            if step in self.manager.all_steps():
+                self._move_aside(step)
         self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+
+    def _move_aside(self, step: int) -> None:
+        self._change_on_primary(lambda: (self.root / str(step)).rename(self.root / f"{step}{PREVIOUS_SUFFIX}"),
+                                f"moving step {step}'s old copy aside")
+        self._replacing = True
+
+    def _settle_previous_copies(self) -> None:
+        """With no save in flight: drop each step's aside copy whose new copy committed, put back the others."""
+        def settle() -> None:
+            self.manager.reload()
+            committed = set(self.manager.all_steps())
+            for step, copy in previous_copies(self.root).items():
+                if step in committed:
+                    shutil.rmtree(copy)
+                else:  # the new save never committed (killed, or failed): the old copy is the step
+                    copy.rename(self.root / str(step))
+
+        self._change_on_primary(settle, "dropping or putting back re-saved steps' old copies")
+        self._replacing = False
+
+    def _change_on_primary(self, change, what: str) -> None:
+        """Process 0 makes `change` to the directory while no process reads it; then every process lists the
+        steps again, and none goes on before all have (a later change must not move a step another process is
+        still reading: that failed its listing with FileNotFoundError)."""
+        sync = f"checkpoint-aside-{next(_SYNCS)}"
+        distributed.barrier(f"{sync}-idle", f"{what} (its start)")
+        if _is_primary():
+            change()
+        distributed.barrier(f"{sync}-changed", f"{what} (process 0 does it)", timeout_s=3600)
+        self.manager.reload()
+        distributed.barrier(f"{sync}-listed", f"{what} (every process lists the steps again)")
 
     def restore_config_and_meta(self, step: int) -> tuple[Config, dict]:
         """The step's config and meta; a missing or unreadable item is a UserError naming the step."""
@@ -75,10 +121,17 @@ class TrainCheckpointer:
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
+        if self._replacing:
+            self._settle_previous_copies()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()
+
+
+def _is_primary() -> bool:
+    """Whether this process does the directory's renames and deletes (Orbax's primary host: process 0)."""
+    return jax.process_index() == 0
 
 
 def check_compatible(saved: Config, current: Config, where: str) -> None:
