@@ -18,15 +18,23 @@ Costs that no in-process timeout stops: sympy evaluates integer powers and facto
   is a tower too ("(10^{9999})^{9999}": the digits of its exponents add up) and, when the group holds a
   letter or a function ("(x+1)^{999}", "\\cos(x)^{999}", expanded by sympy), its exponents' product is at
   most MAX_SYMBOLIC_POWER;
-- factorials, \\binom and \\Gamma of anything but a small argument: a number of at most MAX_FACTORIAL_DIGITS
-  digits or one letter with a one-digit factor and offset ("5!", "(n+1)!", "\\binom{2n}{n}"; not
-  "(99999999)!", "(2^{99})!", "\\frac{1}{2}!", "\\Gamma(99999999)"); double factorials ("5!!");
+- factorials, \\binom and \\Gamma of anything but a small argument: a sum of numbers and of letters with a
+  one-digit factor ("5", "(n-k)!", "\\binom{n+k}{k}", "\\left(2n-k+1\\right)!"), whose numbers add up to at
+  most 9999 (MAX_FACTORIAL_DIGITS digits) or, with a letter in it or in the other \\binom argument, to at
+  most MAX_SYMBOLIC_OFFSET (sympy expands "(n+99)!/n!" and "\\binom{n}{99}" into 99 factors); not
+  "(99999999)!", "(2^{99})!", "(n^n)!", "(10n)!", "(n!)!", "\\frac{1}{2}!", "\\Gamma(99999999)"; double
+  factorials ("5!!");
+- what puts numbers in place of letters, so that "n!" could become (99999999)!: evaluation at a point
+  ("n!|_{n=99999999}"; a bar followed by a subscript, or by a superscript that holds a letter), \\lim and
+  \\int (math-verify evaluates them: "\\int_0^{N} \\frac{d}{dx} x! dx" is N!-1);
 - \\sum, \\prod and \\choose outright (a final answer is a value, not an unevaluated sum or product).
-The screen covers the reference too, so a reference written with these never scores. It is a cheap first
-line, not a proof: some inputs still take up to math-verify's 2 s alarm per parse (a product of brackets
-with many variables expands), and the reward pool's killable workers are the backstop. math-verify's own
-signal-based timeouts are used only on the main thread, where signals work; a parse that timed out is not
-retried.
+The screen covers the reference too, with the same limits: a reference costs what an answer costs to parse, and
+an answer written as its reference must pass exactly when the reference does. `check_reference` names a
+reference that can never score, for data loading to report (none of MATH's 12,500 answers nests deeper than 3
+or fails the screen). It is a cheap first line, not a proof: some inputs still take up to math-verify's 2 s
+alarm per parse (a product of brackets with many variables expands), and the reward pool's killable workers
+are the backstop. math-verify's own signal-based timeouts are used only on the main thread, where signals
+work; a parse that timed out is not retried.
 
 sympy, latex2sympy2 and math-verify are imported inside the functions that use them: they take seconds to
 import and are needed only where answers are verified (the reward workers), not in the trainer.
@@ -41,9 +49,10 @@ import threading
 from r1jax.errors import UserError
 from r1jax.rl.tasks.base import Problem, Task, register_task, strip_markup
 
-MAX_NESTING = 6  # brackets of any kind; real answers rarely pass 4, and each level costs the parser ~0.1 s
+MAX_NESTING = 6  # brackets of any kind; MATH's answers never pass 3, and each level costs the parser ~0.1 s
 MAX_EXPONENT_DIGITS = 4  # 2^{9999} is cheap, 2^{99999999} is not
-MAX_FACTORIAL_DIGITS = 3  # 999! is cheap
+MAX_FACTORIAL_DIGITS = 4  # 9999! (35,656 digits) takes a millisecond; MATH has 1/2004!
+MAX_SYMBOLIC_OFFSET = 9  # (n+9)!/n! and \binom{n}{9} expand to 9 factors; \binom{n}{99} outruns the 2 s alarm
 MAX_SYMBOLIC_POWER = 20  # (x+1)^{20} expands in ~50 ms, (x+1)^{999} outruns the 2 s alarm
 _OPENERS, _CLOSERS = "({[", ")}]"
 _FACTORIAL = re.compile(r"\d{%d,}\s*!" % (MAX_FACTORIAL_DIGITS + 1))
@@ -51,10 +60,13 @@ _DIGITS = re.compile(r"\d+")
 _OPERAND = re.compile(r"\\[a-zA-Z]+|\d+|.")
 # Inside an exponent these make a tower or a product; a plain exponent is a number, a letter or a sum.
 _EXPONENT_FORBIDDEN = ("^", "*", "\\cdot", "\\times", "!", "\\exp", "\\binom", "\\uparrow")
-_REFUSED = re.compile(r"\\(?:sum|prod|choose)(?![a-zA-Z])")
+_REFUSED = re.compile(r"\\(?:sum|prod|choose|lim(?:inf|sup)?|i{0,3}int|oint)(?![a-zA-Z])")
 _SMALL_ARGUMENTS = re.compile(r"\\(?:[dt]?binom|Gamma)(?![a-zA-Z])")  # -> how many arguments: below
-# A number of at most 3 digits, or one letter with a 1-digit factor and offset ("n", "(2n)", "{n+1}").
-_SMALL_ARGUMENT = re.compile(r"[({]?\s*(?:\d{1,%d}|\d?\s*[a-zA-Z]\s*(?:[-+]\s*\d)?)\s*[)}]?" % MAX_FACTORIAL_DIGITS)
+# A small argument: numbers and letters with a one-digit factor, added or subtracted ("5", "2n-k+1").
+_TERM = r"\s*(?:\d{1,%d}|\d?\s*[a-zA-Z])\s*" % MAX_FACTORIAL_DIGITS
+_SUM = re.compile(r"[-+]?{0}(?:[-+]{0})*".format(_TERM))
+_WRAPPED = re.compile(r"\\left\s*\((.*)\\right\s*\)|\((.*)\)|\{(.*)\}", re.DOTALL)
+_BAR = re.compile(r"(?<!\\)\|")  # "|x|", or an evaluation at a point: "n!|_{n=5}"
 # Commands that keep a group numeric ("\left(\frac{1}{2}\right)"); any other command or letter is symbolic.
 _NUMERIC_COMMANDS = re.compile(r"\\(?:[dt]?frac|sqrt|left|right|cdot|times|div|[,;:! ])")
 
@@ -165,12 +177,35 @@ def _risky_power(text: str, caret: int) -> str | None:
     return None
 
 
+def _argument(argument: str) -> tuple[int, bool] | None:
+    """(its numbers added up, whether it holds a letter) for a small argument of !, \\binom or \\Gamma: numbers
+    and letters with a one-digit factor, added or subtracted, maybe in (), {} or \\left( \\right); else None."""
+    wrapped = _WRAPPED.fullmatch(argument.strip())
+    inner = next(group for group in wrapped.groups() if group is not None) if wrapped else argument
+    if not _SUM.fullmatch(inner):
+        return None  # "\frac{1}{2}", "2^{99}", "n^n", "10n", "n!"
+    terms = [term.strip() for term in re.split(r"[-+]", inner) if term.strip()]
+    return sum(int(term) for term in terms if term.isdigit()), any(not term.isdigit() for term in terms)
+
+
+def _small(arguments: list[str]) -> bool:
+    """Arguments whose factorials stay cheap: numbers adding up to at most 9999, or to at most MAX_SYMBOLIC_OFFSET
+    beside a letter (a letter stays symbolic, as what substitutes numbers is refused, but sympy expands
+    "(n+9)!/n!" and "\\binom{n}{9}" into 9 factors)."""
+    parsed = [_argument(argument) for argument in arguments]
+    if None in parsed:
+        return False
+    symbolic = any(letter for _, letter in parsed)
+    bound = MAX_SYMBOLIC_OFFSET if symbolic else 10 ** MAX_FACTORIAL_DIGITS - 1
+    return all(total <= bound for total, _ in parsed)
+
+
 def _risky_factorial(text: str, bang: int) -> str | None:
     if text[bang + 1:].lstrip().startswith("!"):
         return "double factorial"
     base, start = _base_before(text, bang)
-    if base and not _SMALL_ARGUMENT.fullmatch(base):
-        return "factorial of more than a small number or a letter"  # "(99999999)!", "(2^{99})!"
+    if base and not _small([base]):
+        return "factorial of more than a small argument"  # "(99999999)!", "(2^{99})!", "(n+99)!"
     if not base:
         plain = re.search(r"(?:\d+|[a-zA-Z])\s*$", text[:bang])
         start = plain.start() if plain else bang
@@ -180,11 +215,31 @@ def _risky_factorial(text: str, bang: int) -> str | None:
 
 
 def _risky_arguments(text: str, command: re.Match) -> str | None:
-    end, count = command.end(), 1 if command.group(0) == "\\Gamma" else 2
-    for _ in range(count):
+    end, arguments = command.end(), []
+    for _ in range(1 if command.group(0) == "\\Gamma" else 2):
         argument, end = _operand_at(text, end)
-        if not _SMALL_ARGUMENT.fullmatch(argument):
-            return f"{command.group(0)} of more than a small number or a letter"
+        if argument == "\\left":  # "\Gamma\left(n+1\right)"
+            group, end = _operand_at(text, end)
+            argument += group
+        arguments.append(argument)
+    if not _small(arguments):
+        return f"{command.group(0)} of more than a small argument"
+    return None
+
+
+def _risky_bar(text: str, bar: int) -> str | None:
+    """A bar followed by a subscript, or by a superscript that holds a letter, evaluates at a point
+    ("n!|_{n=99999999}", "|^{n=5}_{n=3}"): it puts numbers in place of letters. "|x|^{2}" is a power."""
+    end = bar + 1
+    for _ in range(2):  # "|_{a}", "|^{b}" or "|^{b}_{a}"
+        while text[end:end + 1] == " ":
+            end += 1
+        mark = text[end:end + 1]
+        if mark not in ("_", "^"):
+            return None
+        script, end = _operand_at(text, end + 1)
+        if mark == "_" or _symbolic(script):
+            return "evaluation at a point (|_{n=...})"
     return None
 
 
@@ -196,15 +251,23 @@ def risky(text: str) -> str | None:
     if _FACTORIAL.search(text):
         return "factorial of a large number"
     if _REFUSED.search(text):
-        return "\\sum, \\prod or \\choose"
+        return "\\sum, \\prod, \\choose, \\lim or \\int"
     checks = ([(_risky_arguments, m) for m in _SMALL_ARGUMENTS.finditer(text)]
               + [(_risky_factorial, m.start()) for m in re.finditer(r"(?<!\\)!", text)]
+              + [(_risky_bar, m.start()) for m in _BAR.finditer(text)]
               + [(_risky_power, m.start()) for m in re.finditer(r"\^", text)])
     for check, where in checks:
         reason = check(text, where)
         if reason:
             return reason
     return None
+
+
+def check_reference(reference: str) -> str | None:
+    """Why a reference answer can never score (the screen refuses it), or None: for data loading to name the row,
+    as countdown's check_reference does."""
+    reason = risky(join_digit_groups(reference))
+    return f"the math verifier refuses this reference ({reason})" if reason else None
 
 
 def _timeout() -> int | None:

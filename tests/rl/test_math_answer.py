@@ -1,0 +1,78 @@
+"""The `math` task's screen on factorials, \\binom and \\Gamma (rl.tasks.math_answer): symbolic arguments such as
+"(n-k)!" and "\\binom{n+k}{k}" are verified, while arguments whose value can be huge, and the forms that put
+numbers in place of letters ("n!|_{n=99999999}", \\lim, \\int), are refused before math-verify sees them."""
+
+import time
+
+import pytest
+
+from r1jax.rl.tasks import get_task
+from r1jax.rl.tasks.math_answer import check_reference, join_digit_groups, risky
+from tests.rl.test_answer_formats import SLOW
+
+
+@pytest.fixture(scope="module")
+def math_task():
+    task = get_task("math")
+    task.warm_up()
+    return task
+
+
+SYMBOLIC = [r"(n-k)!", r"\binom{n+k}{k}", r"\left(n+1\right)!", r"(a+b)!", r"(2n-k+1)!", r"\Gamma\left(n+1\right)",
+            r"{n+1}!", r"\left( n + 1 \right) !", r"\binom{2n+2}{n+1}", r"\binom{n}{9}", r"\frac{1}{2004!}", "9999!",
+            r"(999+999)!", r"\binom{n}{k-1}", r"\frac{(2n)!}{n!(n+1)!}", r"|x|^{2}", r"\left|x-1\right|^3"]
+
+
+@pytest.mark.parametrize("text", SYMBOLIC)
+def test_symbolic_and_small_arguments_pass_the_screen(text):
+    assert risky(text) is None
+
+
+@pytest.mark.parametrize("reference,candidate,expected", [
+    (r"(n-k)!", r"(n-k)!", True), (r"\binom{n+k}{k}", r"\binom{n+k}{n}", True),
+    (r"\binom{n+k}{k}", r"\frac{(n+k)!}{n!\,k!}", True), (r"\left(n+1\right)!", r"(n+1)!", True),
+    (r"(a+b)!", r"(b+a)!", True), (r"\frac{(2n)!}{n!(n+1)!}", r"\frac{1}{n+1}\binom{2n}{n}", True),
+    (r"\binom{n}{k-1}", r"\frac{n!}{(k-1)!(n-k+1)!}", True), (r"n!", r"\Gamma\left(n+1\right)", True),
+    (r"(2n-k+1)!", r"(2n-k+1)!", True), (r"\frac{1}{2004!}", r"\frac{1}{2004!}", True),
+    (r"(n-k)!", r"(n+k)!", False), (r"\binom{n+k}{k}", r"\binom{n+k}{k+1}", False),
+])
+def test_equivalent_symbolic_forms_score(math_task, reference, candidate, expected):
+    assert math_task.verify(candidate, reference) is expected
+
+
+HUGE = [  # values that can be huge, or forms that put a number in place of a letter ("n" becomes 99999999)
+    r"(n+10)!", r"\binom{n}{99}", r"\binom{n}{999}", r"(9999+1)!", r"\binom{99999}{3}", r"\Gamma\left(99999999\right)",
+    r"(n^n)!", r"(10n)!", r"(n!)!", r"(\pi)!", r"\binom{n}{k}!", r"n!|_{n=99999999}", r"n! |^{n=99999999}",
+    r"n!|^{7}_{n=99999999}", r"\left.n!\right|_{n=99999999}", r"\lim_{n \to 99999999} n!",
+    r"\int_{0}^{99999999} \frac{d}{dx} x! dx", r"\iint x! \, dx",
+]
+
+
+@pytest.mark.parametrize("text", HUGE)
+def test_the_screen_refuses_huge_arguments_and_substitutions(text):
+    assert risky(text) is not None
+
+
+def test_huge_arguments_and_substitutions_score_zero_fast(math_task):
+    # bounded stand-ins for HUGE's: each ran into the 2 s alarm before the screen refused it
+    slow = [r"n!|_{n=999999}", r"n!|^{n=999999}", r"\lim_{n \to 999999} n!", r"\int_{0}^{999999} \frac{d}{dx} x! dx",
+            r"\binom{n}{999}"]
+    start = time.perf_counter()
+    verdicts = [math_task.verify(text, r"\binom{n}{2}") for text in slow]
+    verdicts += [math_task.verify(r"\binom{n}{2}", text) for text in slow]
+    assert time.perf_counter() - start < 1.0  # ~1 ms in all
+    assert not any(verdicts)
+
+
+def test_the_screen_stays_fast_on_the_hostile_corpus():
+    texts = [join_digit_groups(text) for text in SLOW + HUGE + SYMBOLIC]
+    start = time.perf_counter()
+    for text in texts:
+        risky(text)
+    assert time.perf_counter() - start < 0.05  # ~1 ms for these 60 (answers are at most 256 characters)
+
+
+def test_a_reference_the_screen_refuses_is_named():
+    assert "refuses this reference" in check_reference(r"(99999999)!")
+    assert "nested deeper" in check_reference("(" * 7 + "5" + ")" * 7)  # references get no looser limit
+    assert check_reference(r"\frac{1}{2004!}") is None and check_reference(r"10\,000") is None
