@@ -4,9 +4,9 @@
 - cons@k: the majority answer among the k samples is correct (correct samples vote as one: `majority_correct`).
 - pass@k: the unbiased estimator 1 - C(n - c, k) / C(n, k) with n = k samples (Chen et al. 2021).
 - by difficulty, mean response length (tokens), format rate.
-Held-out problems come from another seed and skip every problem the training source contains (by prompt, or
-what the task says makes two prompts one problem: `Task.problem_key`), keeping the mix of tasks and kinds of
-problem (`Task.problem_kind`) the held-out seed draws.
+Held-out problems come from another seed and skip every problem the training source contains (its generated
+problems, or its data file's: by prompt, or what the task says makes two prompts one problem:
+`Task.problem_key`), keeping the mix of tasks and kinds of problem (`Task.problem_kind`) the held-out seed draws.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from r1jax.errors import UserError
 from r1jax.model.tokenizer import TokenizerLike
 from r1jax.rl.data import DataConfig
 from r1jax.rl.data.pipeline import TaskSource
@@ -36,13 +37,12 @@ def held_out_problems(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | 
     left out, its turns skipped, and named in `left_out`: skipping seen problems alone filled algebra's level-3
     set with Simplify problems (199 of 200) once training had used up the 190 Expand problems and most Solve
     ones, where it now keeps Solve's and Simplify's shares and names Expand. A task of one kind gets the first
-    unseen problems in order, as before."""
+    unseen problems in order, as before. Training on a data file (`data.path`), the file is read once and its
+    problems are skipped too (`_training_keys`): a file drawn from the generators' space otherwise leaked into
+    the held-out set (20 of 20 held-out arithmetic prompts were rows of such a file)."""
     tasks = list(tasks or data.tasks)
     difficulty = cfg.difficulty or data.difficulty
-    seen = set()
-    if data.path is None:
-        train = TaskSource([data.task(t) for t in data.tasks], data.seed, data.num_problems)
-        seen = {_key(train[i]) for i in range(len(train))}
+    seen = _training_keys(data, tasks)
     source = TaskSource([data.task(t, difficulty) for t in tasks], cfg.seed, 50 * cfg.num_problems)
     kinds: list[tuple] = []  # the kind of each problem of `source` read so far
     unseen: dict[tuple, collections.deque] = collections.defaultdict(collections.deque)  # not yet taken, by kind
@@ -70,10 +70,27 @@ def held_out_problems(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | 
                 left_out += [_kind_name(kind) for kind in exhausted]
             return problems
     used = (f"training's {data.num_problems} generated problems ({', '.join(data.tasks)} at difficulty "
-            f"{data.difficulty}: data.num_problems) use it up; " if data.path is None else "")
+            f"{data.difficulty}: data.num_problems) use it up; " if data.path is None else
+            f"the training file data.path={data.path!r} holds its problems; ")
     raise ValueError(f"only {len(problems)} held-out problems differ from the training data; the task space is "
                      f"too small for eval.num_problems={cfg.num_problems}: {used}raise the difficulty (data/eval), "
                      "add tasks or lower the numbers of problems")
+
+
+def _training_keys(data: DataConfig, tasks: Sequence[str]) -> set[tuple]:
+    """The `_key`s of the problems training reads (its generated problems, or its data file's), for held-out
+    problems of `tasks`. A file row is keyed as a problem of each of `tasks`: its task column names the verifier
+    that scores it, and a prompt a held-out task generates is the same problem whichever verifier the file
+    gives it (a GSM8K-style file reads rows as `math` by default)."""
+    if data.path is None:
+        train = TaskSource([data.task(t) for t in data.tasks], data.seed, data.num_problems)
+        return {_key(train[i]) for i in range(len(train))}
+    try:
+        rows = data.load_file()
+    except UserError as err:  # `r1jax eval` of a checkpoint whose training file has moved
+        raise UserError(f"data.path={data.path!r} (the training file, whose problems the held-out set must "
+                        f"skip): {err}") from None
+    return {(task, TASKS[task].problem_key(row["prompt"])) for row in rows for task in set(tasks)}
 
 
 def _kind_name(kind: tuple) -> str:

@@ -69,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
             for kind in left_out:
                 print(f"r1jax eval: training used every {kind} problem; the held-out set holds none of them",
                       file=sys.stderr)
+        except UserError:  # names its culprit (the training file held-out problems must skip)
+            raise
         except ValueError as err:  # a difficulty the task lacks; a task space too small for --num-problems
             raise UserError(f"--num-problems / --difficulty: {err}") from None
     pool_cfg = config.reward_pool if args.workers is None else dataclasses.replace(config.reward_pool,

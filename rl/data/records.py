@@ -4,7 +4,7 @@ Row numbers are 1-based: the line number in a JSONL file (blank lines count but 
 in a Parquet file. A bad row raises UserError naming the file, the row number and the field: every row is
 checked when the file is loaded (before training), and the first bad one stops the load; no row is skipped.
 Numbers are accepted where a string is expected for a raw `answer` (a JSON 42 is the answer "42");
-booleans are not.
+booleans are not, nor non-finite floats (JSON's NaN, Infinity or 1e400, a Parquet NaN: no answer "nan").
 
 A field mapping (`data.fields`: problem field -> the file's column, e.g. {prompt: question}) names the
 columns that hold a problem's `prompt`, `answer`, `solution`, `task`, `tests` and `entry_point`; unmapped
@@ -25,6 +25,7 @@ the problem carries the tests as JSON. Their `answer` is optional (a reference p
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 from typing import Iterator
 
@@ -102,6 +103,9 @@ def text_field(row: dict, field: str, where: str, required: bool, numbers_ok: bo
             raise UserError(f"{where}: field {name} is missing")
         return None
     if numbers_ok and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):  # JSON NaN, Infinity, 1e400; a Parquet NaN
+            raise UserError(f"{where}: field {name} is {value}, not a finite number (a NaN, an infinity, or a "
+                            f"number past a float's range such as 1e400)")
         value = str(value)
     if not isinstance(value, str):
         raise UserError(f"{where}: field {name} must be a string, got {type(value).__name__}")

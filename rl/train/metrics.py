@@ -10,13 +10,17 @@ import were 6 s of tests/rl/data/train_tiny.yaml's 25 s run), which a seconds-lo
 evaluation; TensorBoard is the live view. A config with `plots: false` draws none.
 
 Only the primary process (JAX process 0) writes. On resume, rows past the restored step are dropped first,
-so a resumed run's metrics.jsonl equals an uninterrupted run's (wall time aside).
+so a resumed run's metrics.jsonl equals an uninterrupted run's (wall time aside). TensorBoard's event files are
+append-only: the resumed run's new event file opens with a purge event (SessionLog.START at the restored step + 1,
+tensorboardX's `purge_step`), so TensorBoard hides the earlier files' scalars from that step on (the steps
+and evaluations run again, and a restart without a checkpoint drops them all) and shows each step once.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -89,6 +93,7 @@ class MetricsWriter:
         self.path = self.run_dir / "metrics.jsonl"
         self._evals: list[Mapping] | None = None
         self._tb = None
+        self._purge_step: int | None = None  # set by `resume`: TensorBoard drops earlier files' steps from it on
         self._rows_since_plot = 0
         self.start = time.time()
         self._plotted_at = time.monotonic()  # the first plots come after an interval, or at close
@@ -100,14 +105,18 @@ class MetricsWriter:
 
     def resume(self, global_step: int, evals: Sequence[Mapping]) -> None:
         """Continue a run from `global_step` (0: from the start) whose evaluations so far are `evals`: later rows
-        are dropped."""
+        are dropped, here and (by a purge event) in TensorBoard. Called before anything is written."""
         self._evals = list(evals) or None
+        self._purge_step = global_step + 1
         if self.primary:
             truncate_after(self.path, global_step)
 
     def _tensorboard(self):
         if self._tb is None:  # imported once something is written
-            self._tb = _summary_writer_class()(str(self.run_dir / "tensorboard"), flush_secs=10)
+            # tensorboardX names a file by the second and the host: a suffix keeps a quick restart's file apart
+            self._tb = _summary_writer_class()(str(self.run_dir / "tensorboard"), flush_secs=10,
+                                               purge_step=self._purge_step,
+                                               filename_suffix=f".{self._purge_step or 1}.{os.getpid()}")
         return self._tb
 
     def write(self, row: Mapping[str, Any]) -> dict:
@@ -134,7 +143,9 @@ class MetricsWriter:
             return
         k = entry["k"]
         tb = self._tensorboard()
-        for key in ("pass@1", f"cons@{k}", f"pass@{k}", "format_rate", "response_length", "reflection_rate"):
+        # dict.fromkeys: with k = 1, pass@k is pass@1, written once
+        for key in dict.fromkeys(("pass@1", f"cons@{k}", f"pass@{k}", "format_rate", "response_length",
+                                  "reflection_rate")):
             if isinstance(entry.get(key), (int, float)):
                 tb.add_scalar(f"eval/{key}", entry[key], entry["step"])
         self.refresh_plots()

@@ -55,6 +55,21 @@ def test_a_bad_jsonl_row_names_file_row_and_field(tmp_path, bad_row, message):
         load_problems(path)
 
 
+@pytest.mark.parametrize("answer,shown", [("NaN", "nan"), ("Infinity", "inf"), ("-Infinity", "-inf"),
+                                          ("1e400", "inf")])
+def test_a_non_finite_number_is_no_answer(tmp_path, answer, shown):
+    """JSON's NaN and Infinity (and 1e400, which Python reads as inf) became the reference answers "nan" and
+    "inf"; a finite float is still an answer."""
+    path = write_jsonl(tmp_path / "bad.jsonl", ['{"prompt": "q", "answer": 4.5}',
+                                                 f'{{"prompt": "q", "answer": {answer}}}'])
+    with pytest.raises(UserError, match=f"bad.jsonl: row 2: field 'answer' is {shown}, not a finite number"):
+        load_problems(path)
+    pq.write_table(pa.table({"prompt": ["a", "b"], "answer": [1.5, float(shown)]}), tmp_path / "bad.parquet")
+    with pytest.raises(UserError, match=f"bad.parquet: row 2: field 'answer' is {shown}, not a finite number"):
+        load_problems(tmp_path / "bad.parquet")
+    assert load_problems(write_jsonl(tmp_path / "ok.jsonl", ['{"prompt": "q", "answer": 4.5}']))[0]["answer"] == "4.5"
+
+
 def test_bad_parquet_rows_and_files_are_user_errors(tmp_path):
     pq.write_table(pa.Table.from_pylist([{"prompt": "a", "answer": "1"}, {"prompt": None, "answer": "2"}]),
                    tmp_path / "d.parquet")
@@ -286,3 +301,23 @@ def test_held_out_problems_of_one_kind_are_the_first_unseen_in_order():
         if len(expected) == evaluation.num_problems:
             break
     assert held_out_problems(data, evaluation) == expected
+
+
+def test_held_out_problems_skip_the_rows_of_a_training_file(tmp_path):
+    """Training on a file drawn from the generators' space: every held-out prompt was a row of it (20 of 20),
+    as the held-out set was compared with generated training problems only. A row's task column does not hide
+    it: a prompt the held-out task generates is its problem whatever verifier the file names (`math` here)."""
+    import dataclasses
+
+    from r1jax.rl.evaluate import held_out_problems
+    from r1jax.rl.train.config import EvalConfig
+
+    data, evaluation = DataConfig(tasks=("arithmetic",), difficulty=2, num_problems=100), EvalConfig(num_problems=20)
+    first = held_out_problems(data, evaluation)
+    rows = [{"prompt": p["prompt"], "answer": p["answer"], "task": "arithmetic"} for p in first[:10]]
+    rows += [{"prompt": p["prompt"], "answer": p["answer"]} for p in first[10:]]  # read as task `math`
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    held_out = held_out_problems(dataclasses.replace(data, path=str(path)), evaluation)
+    assert len(held_out) == 20 and not {p["prompt"] for p in held_out} & {r["prompt"] for r in rows}
+    with pytest.raises(UserError, match="data.path='missing.jsonl' .the training file.* does not exist"):
+        held_out_problems(dataclasses.replace(data, path="missing.jsonl"), evaluation)
