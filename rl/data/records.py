@@ -32,8 +32,7 @@ from typing import Iterator
 from r1jax.errors import UserError
 from r1jax.rl.data.answers import split_answer
 from r1jax.rl.rewards.code import check_entry_point, encode_tests
-from r1jax.rl.tasks import TASKS
-from r1jax.rl.tasks.countdown import check_reference
+from r1jax.rl.tasks import TASKS, countdown, math_answer
 
 PROBLEM_FIELDS = ("prompt", "answer", "solution", "task", "tests", "entry_point")  # the problem fields a data.fields mapping may name
 
@@ -141,8 +140,10 @@ def problem_from_row(row: dict, where: str, default_task: str = "math", *, need_
         answer, derived = split_answer(text, answer_format)
     except ValueError as err:
         raise UserError(f"{where}: field {column['answer']!r} (data.answer_format={answer_format}): {err}") from None
-    if task == "countdown":
-        problem = check_reference(prompt, answer)
+    checks = {"countdown": lambda: countdown.check_reference(prompt, answer),
+              "math": lambda: math_answer.check_reference(answer)}
+    if task in checks:  # a reference that can never score: the row would train on rewards of 0 for every answer
+        problem = checks[task]()
         if problem:
             raise UserError(f"{where}: field {column['answer']!r}: {problem}")
     solution = text_field(row, column["solution"], where, required=need_solution and not derived,

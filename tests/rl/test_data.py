@@ -70,6 +70,16 @@ def test_a_non_finite_number_is_no_answer(tmp_path, answer, shown):
     assert load_problems(write_jsonl(tmp_path / "ok.jsonl", ['{"prompt": "q", "answer": 4.5}']))[0]["answer"] == "4.5"
 
 
+def test_a_math_reference_the_verifier_refuses_is_named_at_load(tmp_path):
+    """A reference the math screen refuses never scores: every answer to its row got 0 for the whole run."""
+    path = write_jsonl(tmp_path / "m.jsonl", [json.dumps({"prompt": "q", "answer": r"\binom{n+k}{k}"}),
+                                               json.dumps({"prompt": "q", "answer": r"\sum_{i=1}^{n} i"})])
+    with pytest.raises(UserError, match=r"m.jsonl: row 2: field 'answer': the math verifier refuses this "
+                                        r"reference \(\\sum"):
+        load_problems(path)
+    assert load_problems(write_jsonl(tmp_path / "ok.jsonl", [json.dumps({"prompt": "q", "answer": "(n-k)!"})]))
+
+
 def test_bad_parquet_rows_and_files_are_user_errors(tmp_path):
     pq.write_table(pa.Table.from_pylist([{"prompt": "a", "answer": "1"}, {"prompt": None, "answer": "2"}]),
                    tmp_path / "d.parquet")
