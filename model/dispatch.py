@@ -12,7 +12,8 @@ the expert axis, then all-reduce over the tensor axis). In a decode step the rag
 copies in chunks of a few even shares (`_ragged_chunks`), so its work follows the copies routed here, not the
 layout's worst case; and where each device's experts get few of a device's copies (DeepSeek-V3's sampler: one
 expert per device, about one copy from each other device per step), the copies are exchanged instead of the
-tokens gathered (`_exchange`: an all-to-all to the devices holding their experts and back). Alphabet:
+tokens gathered (`_exchange`: an all-to-all to the devices holding their experts and back). Under FSDP the
+tokens are split over the batch's axes even when their count does not divide them (`_pad_tokens`). Alphabet:
 A = token copies (T x K), G = devices along the gathered axes, C = rows a device sends each of them per trip.
 """
 
@@ -229,9 +230,20 @@ def expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_EFD, *
     if rules is None:
         return local_expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_EFD, **kwargs)
     shape = mesh_shape()
-    batch = _present(rules.mesh_axes("batch"), shape, x_TD.shape[0])
     ep = _present(rules.mesh_axes("experts"), shape, w_gate_EDF.shape[0])
     tp = _present(rules.mesh_axes("expert_mlp"), shape, w_gate_EDF.shape[2])
+    # the weights' hidden axis as the parameters lie (FSDP), gathered inside: the gradient's way back is then
+    # a reduce-scatter to each device's shard, where a gather outside made it an all-reduce of the whole
+    # gradient (sliced afterwards: twice the interconnect bytes)
+    embed = tuple(a for a in _present(rules.mesh_axes("embed"), shape, w_gate_EDF.shape[1]) if a not in ep + tp)
+    t = x_TD.shape[0]
+    if embed:  # split over the batch's axes, padded to divide them: the weights' gather needs split tokens
+        x_TD, experts_TK, weights_TK = _pad_tokens(x_TD, experts_TK, weights_TK, rules.mesh_axes("batch"), shape,
+                                                   w_gate_EDF.shape[0])
+    batch = _present(rules.mesh_axes("batch"), shape, x_TD.shape[0])
+    # gathered inside only along the tokens' axes (each device's output then varies as its tokens do); a table
+    # splitting `embed` over an axis the tokens are not split over gathers those weights before the shard_map
+    embed = tuple(a for a in embed if a in batch)
     gathered = tuple(a for a in batch if a in ep)  # token shards to gather before the local experts run
     columns = tuple(a for a in ep if a not in batch)  # expert axes the tokens are replicated over
     summed = columns + tp  # partial outputs to all-reduce
@@ -240,10 +252,6 @@ def expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_EFD, *
     capacity = (exchange_capacity(x_TD.shape[0] // math.prod(shape[a] for a in batch), experts_TK.shape[1],
                                   math.prod(shape[a] for a in gathered), math.prod(shape[a] for a in columns))
                 if chunked and gathered and ep == tuple(a for a in ep if a in gathered) + columns else None)
-    # the weights' hidden axis as the parameters lie (FSDP), gathered inside: the gradient's way back is then
-    # a reduce-scatter to each device's shard, where a gather outside made it an all-reduce of the whole
-    # gradient (sliced afterwards: twice the interconnect bytes)
-    embed = tuple(a for a in _present(rules.mesh_axes("embed"), shape, w_gate_EDF.shape[1]) if a not in ep + tp)
 
     def per_device(x, experts, weights, wg, wu, wd):
         if embed:
@@ -273,8 +281,31 @@ def expert_ffn(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_EFD, *
 
     tokens = P(batch or None, None)
     w_in, w_out = P(ep or None, embed or None, tp or None), P(ep or None, tp or None, embed or None)
-    return jax.shard_map(per_device, in_specs=(tokens, tokens, tokens, w_in, w_in, w_out),
+    y_TD = jax.shard_map(per_device, in_specs=(tokens, tokens, tokens, w_in, w_in, w_out),
                          out_specs=tokens)(x_TD, experts_TK, weights_TK, w_gate_EDF, w_up_EDF, w_down_EFD)
+    return y_TD[:t] if y_TD.shape[0] > t else y_TD
+
+
+def _pad_tokens(x_TD, experts_TK, weights_TK, batch_axes, shape, num_experts: int):
+    """The tokens with rows appended up to a multiple of the batch's axes that split something (as they are
+    when there are none to add): zero rows, each copy routed to expert `num_experts` with combine weight 0.
+    That expert is no device's: its copies sort past every local group, so no group, block or chunk counts
+    them (in `_exchange` they go to device `num_experts // local experts`: no destination), and whatever a
+    kernel leaves for them is added, times 0, into their own padded token only. Every real row's output is
+    that of the rows alone. Fewer padded rows than devices along those axes. Why: a count the axes do not
+    divide (a sampler's few rows or last partial batch in the training layout, a batch of one) left the
+    tokens whole on every device, and the FSDP weights, gathered inside the shard_map, made each device's
+    output vary over `fsdp` where its tokens did not (a trace-time error: no out_specs fits)."""
+    ways = math.prod(shape[a] for a in batch_axes if shape.get(a, 1) > 1)
+    pad = -x_TD.shape[0] % ways
+    if not pad:
+        return x_TD, experts_TK, weights_TK
+    rows = ((0, pad), (0, 0))
+    padded = jnp.pad(x_TD, rows), jnp.pad(experts_TK, rows, constant_values=num_experts), jnp.pad(weights_TK, rows)
+    # whole on each device, as rows the batch's axes do not divide are (sharding.context.constrain): stated, the
+    # partitioner slices them into the shard_map (and gathers the tokens' gradient) without, for a backward
+    # through a layer scan, resorting to a "full rematerialization" of them
+    return tuple(jax.lax.with_sharding_constraint(a, P()) for a in padded)
 
 
 def _gather_tokens(x_TD, experts_TK, weights_TK, axes):

@@ -192,6 +192,21 @@ def test_sharded_sampling_equals_unsharded(family):
     np.testing.assert_allclose(np.asarray(got.logprobs_BN), np.asarray(expected.logprobs_BN), atol=1e-5)
 
 
+def test_sampling_fewer_rows_than_devices_in_the_training_layout_equals_unsharded():
+    """3 rows (prefill 3 x 8 tokens, decode steps of 3) do not divide data x fsdp x expert: the dispatch pads
+    them to a multiple (model.dispatch._pad_tokens), where the FSDP-split experts failed to trace."""
+    graphdef, state, sampler = make("qwen3_moe")
+    prompts, key = PROMPTS[:3], jax.random.key(11)
+    expected = sampler.generate(state, prompts, key=key, ignore_eos=True)
+    mesh = build_mesh(ShardingConfig(data=1, fsdp=2, expert=2, tensor=2))
+    rules = Rules.preset("fsdp_expert_tensor")
+    with use_mesh(mesh, rules):
+        got = sampler.generate(jax.device_put(state, state_shardings(state, mesh, rules)), prompts, key=key,
+                               ignore_eos=True)
+    assert np.array_equal(np.asarray(got.tokens_BT), np.asarray(expected.tokens_BT))
+    np.testing.assert_allclose(np.asarray(got.logprobs_BN), np.asarray(expected.logprobs_BN), atol=1e-5)
+
+
 def test_a_row_stops_at_any_of_several_stop_ids():
     """Two stop ids (Qwen3's <|im_end|> and <|endoftext|>): each row stops at the first of either."""
     graphdef, state, sampler = make("qwen3_moe")
