@@ -15,8 +15,10 @@ pending request (prompt-major: request r = prompt * G + g) at the next iteration
   fit it (compacted into its first slots), so a step of the rollout's last long rows costs their rows only.
 - Results are scattered into [R, N] arrays by request (an extra sink row takes idle slots' writes) and come
   back as the fixed-batch sampler's Rollout: prompt-major, log-probs, lengths and routing for replay. Positions
-  past a row's end hold pad tokens, zero log-probs and expert 0 (the fixed-batch sampler records the routes
-  of the pads it forwards there; neither is read, both are masked).
+  past a row's end hold pad tokens, zero log-probs and `rl.decoding.padding_routes` (the fixed-batch sampler
+  records there the routes of the pads it forwards, and `padding_routes` past its last step). The loss masks
+  them, but a replayed forward of unpacked rows routes every position, pads included (`padding_routes` says
+  why theirs are K distinct experts).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from r1jax.rl.decoding import Rollout, grown_slots, is_stop, merged_policy, phase_ends, sample_token
+from r1jax.rl.decoding import Rollout, grown_slots, is_stop, merged_policy, padding_routes, phase_ends, sample_token
 from r1jax.sharding.context import constrain, constrain_whole_rows
 
 
@@ -180,7 +182,7 @@ def generate_continuous(graphdef, state, prompt_PP, prompt_valid_PP, key, temper
         next_pos_S=jnp.zeros((slots,), jnp.int32),
         tokens_RN=jnp.full((requests + 1, max_new), pad_id, jnp.int32),
         logprobs_RN=jnp.zeros((requests + 1, max_new)), lengths_R=jnp.zeros((requests + 1,), jnp.int32),
-        experts_LRNK=jnp.zeros((moe_layers, requests + 1, max_new, k), jnp.int32),
+        experts_LRNK=padding_routes((moe_layers, requests + 1, max_new, k)),
         logits_RNV=jnp.zeros((requests + 1, max_new, vocab)) if keep_logits else None)
     admit = functools.partial(_admit, prompt_caches=prompt_caches, slot_axes=slot_axes,
                               prompt_logits_PV=constrain(out.logits_BTV[:, -1], (None, None)),

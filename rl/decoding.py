@@ -134,3 +134,14 @@ def sample_token(logits_BV, key, temperature, top_k, top_p, vocab_size: int | No
 def is_stop(token_B: jax.Array, stop_ids: tuple[int, ...]) -> jax.Array:
     hits = [token_B == i for i in stop_ids]  # one id: exactly `token_B == eos_id`
     return functools.reduce(operator.or_, hits) if hits else jnp.zeros(token_B.shape, bool)
+
+
+def padding_routes(shape: tuple[int, ...]) -> jax.Array:
+    """int32 routes of `shape` ([..., K]) for positions no token was routed at (past a row's end, a merged
+    rollout's extra left padding): experts 0..K-1 at each, K distinct experts as a router's top-k are (K is at
+    most the routed experts: model.config checks it). A replayed forward routes these positions too, and a
+    kernel may count on each token's K copies going to K different experts (model.dispatch's ragged path with
+    fewer local experts than K keeps t x local copies): one expert repeated K times crowded real tokens'
+    copies out. Which experts is immaterial otherwise: pads are masked out of the loss, and replay skips the
+    selection (DeepSeek's group limit included)."""
+    return jnp.broadcast_to(jnp.arange(shape[-1], dtype=jnp.int32), shape)

@@ -32,7 +32,7 @@ import numpy as np
 from r1jax.errors import UserError
 from r1jax.rl.continuous import generate_continuous
 from r1jax.rl.decoding import (Rollout, filter_logits, grown_slots, is_stop, merged_policy,  # noqa: F401 (API)
-                               phase_ends, sample_token)
+                               padding_routes, phase_ends, sample_token)
 from r1jax.rl.sampler_layout import LAYOUTS
 from r1jax.sharding import MESH_AXES
 from r1jax.sharding.distributed import replicated
@@ -196,7 +196,7 @@ def generate_padded(graphdef, state, prompt_BP, prompt_valid_BP, key, temperatur
         tokens_BN=jnp.full((batch, max_new), pad_id, jnp.int32), logprobs_BN=jnp.zeros((batch, max_new)),
         done_B=jnp.zeros((batch,), bool), caches=caches, kv_valid_BS=jnp.repeat(kv_valid, samples, axis=0),
         next_pos_B=jnp.repeat(jnp.sum(prompt_valid_BP, axis=1).astype(jnp.int32), samples),
-        experts_LBNK=jnp.zeros((moe_layers, batch, max_new, k), jnp.int32),
+        experts_LBNK=padding_routes((moe_layers, batch, max_new, k)),  # the columns past the last step keep them
         logits_BNV=jnp.zeros((batch, max_new, out.logits_BTV.shape[-1])) if keep_logits else None)
 
     def body(s: _Loop) -> _Loop:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from r1jax.model.tokenizer import TokenizerLike, encode_prompt, prompt_text, response_text
+from r1jax.rl.decoding import padding_routes
 from r1jax.rl.rewards import BatchHandle, RewardPool, ScoreItem, ScoreResult
 from r1jax.rl.sampler import Rollout, Sampler
 from r1jax.rl.train.config import DEFAULT_REFLECTION_WORDS
@@ -146,16 +147,17 @@ def reflection_rate(texts: Sequence[str], words: Sequence[str] = DEFAULT_REFLECT
 
 
 def merge_rollouts(parts: Sequence[Rollout], pad_id: int) -> Rollout:
-    """Concatenate rollouts (rows) whose prompts were padded to different widths: left-pad to the widest."""
+    """Concatenate rollouts (rows) whose prompts were padded to different widths: left-pad to the widest. The
+    extra columns route to `padding_routes` (K distinct experts, as the samplers record past a row's end)."""
     width = max(p.prompt_length for p in parts)
 
-    def widen(x, fill, p: Rollout, axis=1):
-        extra = width - p.prompt_length
-        if extra == 0:
+    def widen(x, fill, p: Rollout, axis=1):  # `fill`: a value, or a function of the extra columns' shape
+        shape = list(x.shape)
+        shape[axis] = width - p.prompt_length
+        if shape[axis] == 0:
             return x
-        pad = [(0, 0)] * x.ndim
-        pad[axis] = (extra, 0)
-        return jnp.pad(x, pad, constant_values=fill)
+        columns = fill(tuple(shape)) if callable(fill) else jnp.full(shape, fill, x.dtype)
+        return jnp.concatenate([columns, x], axis=axis)
 
     fields = {
         "tokens_BT": [widen(p.tokens_BT, pad_id, p) for p in parts],
@@ -163,7 +165,7 @@ def merge_rollouts(parts: Sequence[Rollout], pad_id: int) -> Rollout:
         "positions_BT": [widen(p.positions_BT, 0, p) for p in parts],
         "logprobs_BN": [p.logprobs_BN for p in parts],
         "lengths_B": [p.lengths_B for p in parts],
-        "experts_LBTK": [widen(p.experts_LBTK, 0, p, axis=2) for p in parts],
+        "experts_LBTK": [widen(p.experts_LBTK, padding_routes, p, axis=2) for p in parts],
     }
     axes = {"experts_LBTK": 1}
     merged = {k: jnp.concatenate(v, axis=axes.get(k, 0)) for k, v in fields.items()}

@@ -1,5 +1,6 @@
 """Continuous batching (sampling.slots > 0) against the fixed-batch sampler and one prompt at a time."""
 
+import dataclasses
 import functools
 import re
 
@@ -139,6 +140,45 @@ def test_sharded_continuous_batching_equals_unsharded():
         got = sampler.generate(sharded, prompts, **options)
     assert np.array_equal(np.asarray(got.tokens_BT), np.asarray(expected.tokens_BT))
     np.testing.assert_allclose(np.asarray(got.logprobs_BN), np.asarray(expected.logprobs_BN), atol=1e-5)
+
+
+def distinct_experts(experts_LBTK) -> bool:
+    """Every position's K recorded experts differ from one another."""
+    return bool(np.all(np.diff(np.sort(np.asarray(experts_LBTK), axis=-1), axis=-1) != 0))
+
+
+SHORT_ROWS = [1, 2, 1, 1, 3, 1, 2, 1]  # most rows stop at once: most of their columns are past their end
+
+
+@pytest.mark.parametrize("slots", [{}, dict(slots=3)])
+def test_positions_past_a_rows_end_record_k_distinct_experts(slots):
+    """Past a row's end continuous batching never routes a token, and the fixed batch none past its last step
+    (3 of 8 here): both record `padding_routes` there, K distinct experts as a router's top-k are (the
+    replayed forward routes those positions too; one expert K times broke model.dispatch's ragged path)."""
+    state, sampler = make("qwen3_moe")
+    rollout = sampler.generate(state, PROMPTS, samples=2, temperature=0.0, row_max_new=SHORT_ROWS, **slots)
+    assert np.asarray(rollout.lengths_B).tolist() == SHORT_ROWS
+    assert distinct_experts(rollout.experts_LBTK)
+
+
+def test_replaying_continuous_batching_routes_under_expert_parallelism_equals_the_unsharded_forward():
+    """The replayed forward of a continuous-batching rollout's rows (pads included, as an unpacked GRPO batch
+    runs it) over 8 experts on expert=8, the ragged kernel (1 local expert < top-2): the logits at real tokens
+    are the unsharded forward's. With expert 0 recorded K times at each position past a row's end, the pads'
+    copies crowded real tokens' copies of expert 0 out of that device's kept t x 1 (row 7 off by 4e-3)."""
+    cfg = dataclasses.replace(FAMILIES["qwen3_moe"], moe_impl="ragged")
+    graphdef, state = nnx.split(init_policy(cfg, seed=0))
+    sampler = Sampler(graphdef, SamplingConfig(max_new_tokens=16, prompt_buckets=(8,)), stop_ids=(), pad_id=0)
+    r = sampler.generate(state, PROMPTS, samples=2, temperature=0.0, row_max_new=SHORT_ROWS, slots=3)
+    forward = jax.jit(lambda state, replay: nnx.merge(graphdef, state)(
+        r.tokens_BT, r.positions_BT, r.valid_BT, replay).logits_BTV)
+    expected = np.asarray(forward(state, r.experts_LBTK))
+    mesh = build_mesh(ShardingConfig(data=1, fsdp=1, expert=8, tensor=1))
+    rules = ShardingConfig(preset="fsdp_expert_tensor").logical_rules()
+    with use_mesh(mesh, rules):
+        got = np.asarray(forward(jax.device_put(state, state_shardings(state, mesh, rules)), r.experts_LBTK))
+    valid = np.asarray(r.valid_BT)
+    np.testing.assert_allclose(got[valid], expected[valid], atol=1e-5)
 
 
 def _step_collectives(hlo: str, admission: bool = False) -> list[str]:

@@ -9,7 +9,7 @@ from r1jax.model.tokenizer import apply_template
 from r1jax.rl.evaluate import summarize
 from r1jax.rl.rewards import ScoreResult
 from r1jax.rl.sampler import Rollout
-from r1jax.rl.train.rollouts import length_metrics, reflection_rate, sample_and_submit
+from r1jax.rl.train.rollouts import length_metrics, merge_rollouts, reflection_rate, sample_and_submit
 
 TEXTS = ["Wait, let me verify: 2+2=4. Wait.", "x = 3, checked twice", "no reflection here",
          "However, actually re-examine: CHECK it"]
@@ -91,3 +91,22 @@ def test_sample_and_submit_keeps_rows_prompt_major_and_submits_what_it_returns()
     assert [i.truncated for i in sampled.items] == [True, False, False, False]
     figures = length_metrics(sampled.rollout, 3, FakeTokenizer.eos_ids)
     assert figures["truncation_rate"] == 0.25 and figures["response_length/max"] == 3
+
+
+def test_merged_rollouts_route_the_extra_left_padding_to_k_distinct_experts():
+    """Rounds whose prompts were padded to 2 and 5 columns (DAPO's dynamic sampling merges them): the narrow
+    one's 3 extra columns record K distinct experts (`padding_routes`; a replayed forward routes them, and
+    one expert K times broke model.dispatch's ragged path); its own columns and the wide one's stay."""
+    def rollout(width, rows=2, n=3, k=4, layers=2):
+        rng = np.random.default_rng(width)
+        tokens = rng.integers(1, 50, (rows, width + n)).astype(np.int32)
+        experts = np.argsort(rng.random((layers, rows, width + n, 8)), axis=-1)[..., :k].astype(np.int32)
+        return Rollout(tokens, np.ones_like(tokens, bool), np.zeros_like(tokens), np.zeros((rows, n), np.float32),
+                       np.full((rows,), n, np.int32), experts, np.int32(n))
+    narrow, wide = rollout(2), rollout(5)
+    merged = merge_rollouts([narrow, wide], pad_id=0)
+    experts = np.asarray(merged.experts_LBTK)
+    assert experts.shape == (2, 4, 8, 4) and np.asarray(merged.tokens_BT)[:2, :3].tolist() == [[0] * 3] * 2
+    assert np.all(np.diff(np.sort(experts, axis=-1), axis=-1) != 0)
+    assert np.array_equal(experts[:, :2, 3:], narrow.experts_LBTK) and np.array_equal(experts[:, 2:], wide.experts_LBTK)
+    assert not np.asarray(merged.valid_BT)[:2, :3].any()
