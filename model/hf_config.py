@@ -6,7 +6,9 @@ older readers use (`rope_theta` beside `rope_parameters`, `torch_dtype` beside `
 (the table below), never r1jax's. Every HF setting r1jax does not implement (rope scaling such as yarn,
 sliding windows, attention dropout, an activation other than silu, quantised weights, another routing
 function) is collected and reported in one UserError. Multi-token-prediction layers
-(`num_nextn_predict_layers` > 0) are ignored by transformers too, so they are accepted with a note.
+(`num_nextn_predict_layers` > 0) are ignored by transformers too, so they are accepted with a note. A config
+that is not a JSON object, or a key r1jax reads whose value is of the wrong type (`"hidden_size": "2048"`),
+is a UserError naming the file and the keys, as transformers' strict config classes refuse them.
 
 A config.json states the architecture (`architecture_fields` of its family) and the dtype its weights are
 stored in (`stored_dtype`, import's `param_dtype`); the other ModelConfig fields (`R1JAX_FIELDS`: compute
@@ -16,7 +18,10 @@ dtype, MoE kernel, remat, ...) are r1jax's own and keep their defaults on import
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+import json
+import types
+import typing
+from typing import Any, Mapping, Optional
 
 from r1jax.model.config import ModelConfig
 from r1jax.errors import UserError
@@ -95,16 +100,20 @@ def generation_config(bos_token_id: int | None = None, eos_token_id: int | None 
 
 
 def from_hf_config(hf: Mapping[str, Any], source: str = "config.json") -> tuple[ModelConfig, list[str]]:
-    """(ModelConfig, notes) for a hub config; UserError listing every unsupported setting.
+    """(ModelConfig, notes) for a hub config; UserError listing every unsupported setting, or naming the keys
+    whose values are of the wrong type (as transformers' strict config classes refuse them).
 
     param_dtype is the dtype the weights are stored in (`stored_dtype`); the other r1jax-only fields
     (compute_dtype, moe_impl, ...) keep their defaults.
     """
+    if not isinstance(hf, Mapping):
+        raise UserError(f"{source}: expected a JSON object ({{...}}), found a {type(hf).__name__}")
+    _check_types(_settings(hf), source)
     family = _family(hf, source)
     problems = _unsupported(hf, family)
     if problems:
         raise UserError(f"{source}: settings r1jax does not implement: " + "; ".join(problems))
-    fields = _fields(hf, family)
+    fields = _fields(hf, family, source)
     try:
         cfg = ModelConfig(**fields)
     except UserError as err:
@@ -123,30 +132,80 @@ def _family(hf: Mapping[str, Any], source: str) -> str:
     return families[0]
 
 
-def _get(hf: Mapping[str, Any], family: str, key: str, *aliases: str):
+def _lookup(hf: Mapping[str, Any], family: str, key: str, *aliases: str) -> tuple[str, Any]:
+    """(the config.json key that gives `key`, its value); a key it lacks takes transformers' default."""
     for name in (key, *aliases):
         if name in hf:
-            return hf[name]
-    return HF_DEFAULTS[family].get(key)
+            return name, hf[name]
+    return key, HF_DEFAULTS[family].get(key)
 
 
-def _fields(hf: Mapping[str, Any], family: str) -> dict[str, Any]:
-    fields: dict[str, Any] = {"family": family, "rope_theta": float(_rope_theta(hf)),
-                              "param_dtype": stored_dtype(hf)}
-    for key in _COMMON:
-        fields[key] = _get(hf, family, key)
-    if family == "deepseek_v3":
-        for key in _DEEPSEEK:
-            fields[key] = _get(hf, family, key, *(("num_local_experts",) if key == "n_routed_experts" else ()))
-        for key, none_means in (("n_group", 1), ("topk_group", 1), ("first_k_dense_replace", 0)):
-            fields[key] = none_means if fields[key] is None else fields[key]
-    else:
-        fields["n_routed_experts"] = _get(hf, family, "n_routed_experts", "num_experts", "num_local_experts")
-        fields["num_key_value_heads"] = _get(hf, family, "num_key_value_heads")
-        fields["head_dim"] = hf.get("head_dim") or fields["hidden_size"] // fields["num_attention_heads"]
-        fields["mlp_only_layers"] = tuple(_get(hf, family, "mlp_only_layers") or ())
-        fields["decoder_sparse_step"] = _get(hf, family, "decoder_sparse_step")
+def _get(hf: Mapping[str, Any], family: str, key: str, *aliases: str):
+    return _lookup(hf, family, key, *aliases)[1]
+
+
+def _fields(hf: Mapping[str, Any], family: str, source: str) -> dict[str, Any]:
+    deepseek = family == "deepseek_v3"
+    aliases = {"n_routed_experts": ("num_local_experts",) if deepseek else ("num_experts", "num_local_experts")}
+    found = {"rope_theta": ("rope_theta", _rope_theta(hf))}
+    for key in dict.fromkeys(("n_routed_experts", *_COMMON, *(_DEEPSEEK if deepseek else _QWEN))):
+        found[key] = _lookup(hf, family, key, *aliases.get(key, ()))
+    # null means: DeepSeek's routing without groups, no dense layers; Qwen's head_dim = D / N, no dense layers
+    none_means = {"n_group": 1, "topk_group": 1, "first_k_dense_replace": 0, "mlp_only_layers": ()}
+    found = {k: (name, none_means[k] if value is None and k in none_means else value)
+             for k, (name, value) in found.items()}
+    if not deepseek and not found["head_dim"][1]:
+        found.pop("head_dim")
+    _check_types({name: (value, _HINTS[key]) for key, (name, value) in found.items()}, source)
+    fields = {key: value for key, (_, value) in found.items()}
+    fields.update(family=family, rope_theta=float(fields["rope_theta"]), param_dtype=stored_dtype(hf))
+    if not deepseek:
+        fields.setdefault("head_dim", fields["hidden_size"] // fields["num_attention_heads"])
+        fields["mlp_only_layers"] = tuple(fields["mlp_only_layers"])
     return fields
+
+
+# ---------------------------------------------------------------------------------------------- value types
+
+_HINTS = typing.get_type_hints(ModelConfig)
+_OBJECT, _COUNT = Optional[Mapping], Optional[int]  # the other settings r1jax reads (`_settings`)
+
+
+def _settings(hf: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{key: (value, type)} of the config.json keys other than ModelConfig's that r1jax reads (when given)."""
+    kinds = {"rope_scaling": _OBJECT, "rope_parameters": _OBJECT, "quantization_config": _OBJECT,
+             "num_nextn_predict_layers": _COUNT, "num_mtp_layers": _COUNT, "architectures": Optional[list]}
+    return {key: (hf[key], kind) for key, kind in kinds.items() if key in hf}
+
+
+def _check_types(values: Mapping[str, tuple[Any, Any]], source: str) -> None:
+    """UserError naming every key whose value is not of its type ({key: (value, type)})."""
+    wrong = [f"{key} is {json.dumps(value, default=repr)} (expected {_describe(kind)})"
+             for key, (value, kind) in values.items() if not _accepts(kind, value)]
+    if wrong:
+        raise UserError(f"{source}: values of the wrong type: " + "; ".join(wrong))
+
+
+def _accepts(kind, value) -> bool:
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return any(_accepts(k, value) for k in typing.get_args(kind))
+    if kind is type(None):
+        return value is None
+    if typing.get_origin(kind) is tuple:  # tuple[int, ...]: a JSON list of integers
+        return isinstance(value, (list, tuple)) and all(_accepts(int, v) for v in value)
+    if kind is float:  # JSON writes 1.0 as 1
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, typing.get_origin(kind) or kind)
+
+
+def _describe(kind) -> str:
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(k) for k in typing.get_args(kind))
+    names = {type(None): "null", int: "an integer", float: "a number", bool: "true or false", str: "a string",
+             list: "a list", Mapping: "an object"}
+    return "a list of integers" if typing.get_origin(kind) is tuple else names[kind]
 
 
 def stored_dtype(hf: Mapping[str, Any]) -> str:

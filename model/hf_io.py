@@ -11,11 +11,15 @@ generation_config.json, `model.safetensors` or `model-0000i-of-0000n.safetensors
 `mlp.gate.e_score_correction_bias`) is always float32, as transformers keeps it (`_keep_in_fp32_modules_strict`).
 
 Import (`read_hf_config` gives the ModelConfig, `import_params` the Policy; `rl.hf_policy` builds a run config
-from them) reads tensors lazily with safetensors' `safe_open`. Each parameter is assembled per distinct
-device shard: only the HF tensors that intersect the shard are read, sliced and put on the devices holding
-it, so host memory stays near one device shard plus one HF tensor and each process reads only what its
-devices hold (a tensor shared by several shards is read once per shard; the OS page cache absorbs the
-repeats). Conversion is reshapes and transposes only: HF -> r1jax -> HF is bitwise exact.
+from them) reads tensors lazily (`hf_checkpoint.HFCheckpoint`; a malformed file is a UserError naming it).
+Each parameter is assembled per distinct device shard: only the HF tensors that intersect the shard are read,
+sliced and put on the devices holding it, so host memory stays near one device shard plus one HF tensor and
+each process reads only what its devices hold (a tensor shared by several shards is read once per shard; the
+OS page cache absorbs the repeats). Each tensor takes its parameter's dtype: param_dtype (by default the
+config's), but float32 for DeepSeek-V3's router weight and bias whatever param_dtype, as transformers keeps
+them. A tensor stored wider than its parameter (in a bfloat16 checkpoint, a float32 tensor other than those)
+is rounded, with a warning naming it. Otherwise conversion is reshapes and transposes only: HF -> r1jax -> HF
+is bitwise exact.
 
 Neither direction imports transformers or torch.
 """
@@ -26,6 +30,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import logging
 import math
 import pathlib
 from collections import defaultdict
@@ -42,16 +47,20 @@ from r1jax.model.config import ModelConfig
 from r1jax.model.decoder import Policy
 from r1jax.errors import UserError
 from r1jax.model.factory import abstract_policy
-from r1jax.model.hf_config import from_hf_config, generation_config, mtp_layers, to_hf_config
+from r1jax.model.hf_checkpoint import INDEX_FILE, HFCheckpoint, read_json
+from r1jax.model.hf_config import from_hf_config, generation_config, mtp_layers, stored_dtype, to_hf_config
 from r1jax.model.hf_weights import Tensor, tensor_map
 from r1jax.sharding.params import path_keys, state_shardings
 from r1jax.sharding.rules import Rules
 
+log = logging.getLogger(__name__)
 SHARD_LIMIT = 5 * 10**9  # transformers' default max_shard_size ("5GB")
-INDEX_FILE = "model.safetensors.index.json"
 _CODES = {"float32": "F32", "bfloat16": "BF16"}
 _DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
-# stored in float32 whatever the export dtype: transformers (>= 5.24) loads and saves DeepSeek-V3's router so
+# safetensors dtypes that a parameter of each dtype holds exactly (float16 widens to float32 exactly)
+_HOLDS_EXACTLY = {"float32": ("F32", "BF16", "F16"), "bfloat16": ("BF16",)}
+# stored in float32 whatever the export dtype: transformers (>= 5.24) loads and saves DeepSeek-V3's router so;
+# r1jax's parameters are float32 too (model.moe.router_config, RoutingBias)
 _FP32_TENSORS = {"deepseek_v3": ("mlp.gate.weight", "mlp.gate.e_score_correction_bias"), "qwen3_moe": ()}
 
 
@@ -202,62 +211,6 @@ def _write_json(path: pathlib.Path, data: Any) -> None:
 # ---------------------------------------------------------------------------------------------- import
 
 
-class HFCheckpoint:
-    """A local HF checkpoint directory opened for lazy reading: its config and a name -> file map."""
-
-    def __init__(self, hf_dir: str | pathlib.Path):
-        from safetensors import safe_open
-
-        self.dir = pathlib.Path(hf_dir)
-        config_path = self.dir / "config.json"
-        if not config_path.is_file():
-            raise UserError(f"HF checkpoint {str(self.dir)!r}: no config.json")
-        self.config = json.loads(config_path.read_text())
-        self._stack = contextlib.ExitStack()
-        self._handles = {file: self._stack.enter_context(safe_open(str(file), framework="numpy"))
-                         for file in self._files()}
-        self.files: dict[str, pathlib.Path] = {}
-        for file, handle in self._handles.items():
-            for name in handle.keys():
-                if name in self.files:  # which copy transformers would load is not for us to guess
-                    self.close()
-                    raise UserError(f"HF checkpoint {str(self.dir)!r}: tensor {name!r} is in both "
-                                    f"{self.files[name].name} and {file.name}; keep one copy")
-                self.files[name] = file
-
-    def _files(self) -> list[pathlib.Path]:
-        """The index's shard files; without an index model.safetensors, as transformers loads it, else every
-        *.safetensors file."""
-        index = self.dir / INDEX_FILE
-        if index.is_file():
-            files = sorted({self.dir / f for f in json.loads(index.read_text())["weight_map"].values()})
-            missing = [str(f.name) for f in files if not f.is_file()]
-            if missing:
-                raise UserError(f"{index}: lists shard files that do not exist: {', '.join(missing)}")
-            return files
-        if (self.dir / "model.safetensors").is_file():
-            return [self.dir / "model.safetensors"]
-        files = sorted(self.dir.glob("*.safetensors"))
-        if not files:
-            raise UserError(f"HF checkpoint {str(self.dir)!r}: no *.safetensors files (convert .bin first)")
-        return files
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._handles[self.files[name]].get_slice(name).get_shape())
-
-    def get(self, name: str) -> np.ndarray:
-        return self._handles[self.files[name]].get_tensor(name)
-
-    def close(self) -> None:
-        self._stack.close()
-
-    def __enter__(self) -> "HFCheckpoint":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
 def _ignored(name: str, cfg: ModelConfig, mtp: int) -> bool:
     """Tensors transformers also skips: rotary caches, a tied lm_head, multi-token-prediction layers."""
     if name.endswith("rotary_emb.inv_freq") or (cfg.tie_word_embeddings and name == "lm_head.weight"):
@@ -288,6 +241,23 @@ def check_tensors(ckpt: HFCheckpoint, cfg: ModelConfig, shapes: Mapping) -> None
                                                       ("tensors of the wrong shape", wrong)) if names]
     if problems:
         raise UserError(f"HF checkpoint {str(ckpt.dir)!r} does not match its config.json: " + "; ".join(problems))
+
+
+def rounded_tensors(ckpt: HFCheckpoint, cfg: ModelConfig, shapes: Mapping) -> list[str]:
+    """The HF tensors stored in a dtype their parameter cannot hold exactly (headers only): import rounds them."""
+    leaves = parameter_leaves(shapes)
+    return [t.hf_name for t in tensor_map(cfg)
+            if ckpt.dtype(t.hf_name) not in _HOLDS_EXACTLY[np.dtype(leaves[t.path].dtype).name]]
+
+
+def _warn_rounded(ckpt: HFCheckpoint, cfg: ModelConfig, shapes: Mapping) -> None:
+    """Warn of tensors that import rounds, unless the user asked for it (param_dtype bfloat16 over a float32
+    checkpoint). transformers rounds them too when it loads the checkpoint in its config's dtype, so it is no
+    error; but an export then differs from the source, which param_dtype float32 would have kept exactly."""
+    rounded = rounded_tensors(ckpt, cfg, shapes)
+    if rounded and not (cfg.param_dtype == "bfloat16" and stored_dtype(ckpt.config) == "float32"):
+        log.warning("HF checkpoint %s: %s; import with model.param_dtype=float32 to keep them exact", ckpt.dir,
+                    _listing(f"tensors stored wider than param_dtype {cfg.param_dtype} are rounded to it", rounded))
 
 
 def _block(tensors: Sequence[Tensor], shape: tuple[int, ...], dtype, slices: tuple[slice, ...],
@@ -329,6 +299,7 @@ def import_params(ckpt: HFCheckpoint, cfg: ModelConfig, mesh: Mesh | None = None
     graphdef, abstract_state = nnx.split(abstract_policy(cfg))
     shapes = nnx.to_pure_dict(abstract_state)
     check_tensors(ckpt, cfg, shapes)
+    _warn_rounded(ckpt, cfg, shapes)
     by_path: dict[tuple, list[Tensor]] = defaultdict(list)
     for t in tensor_map(cfg):
         by_path[t.path].append(t)
@@ -359,10 +330,6 @@ def read_hf_config(hf_dir: str | pathlib.Path) -> tuple[ModelConfig, list[str]]:
     path = pathlib.Path(hf_dir) / "config.json"
     if not path.is_file():
         raise UserError(f"HF checkpoint {str(hf_dir)!r}: no config.json")
-    try:
-        hf = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not valid JSON: {err}") from err
-    return from_hf_config(hf, source=str(path))
+    return from_hf_config(read_json(path), source=str(path))
 
 

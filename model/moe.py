@@ -5,6 +5,7 @@ Returns its auxiliaries explicitly (`MoEAux`) instead of hiding them in module s
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -25,10 +26,18 @@ class MoEAux(NamedTuple):
     experts_BTK: jax.Array  # int32 chosen experts, for routing replay
 
 
+def router_config(cfg: ModelConfig) -> ModelConfig:
+    """`cfg` as the router's parameter is made: DeepSeek-V3's router is float32 whatever param_dtype, as
+    transformers keeps it (`_keep_in_fp32_modules_strict`: a bfloat16 hub checkpoint stores it float32);
+    Qwen3-MoE's is a plain nn.Linear in the model's dtype. Routing computes in float32 either way."""
+    return dataclasses.replace(cfg, param_dtype="float32") if cfg.is_deepseek else cfg
+
+
 class MoE(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, stack: Stack = ()):
         d, e, f = cfg.hidden_size, cfg.n_routed_experts, cfg.moe_intermediate_size
-        self.router = make_param(rngs, cfg, (d, e), ("embed_in", None), stack)  # sharding.rules: embed_in
+        # float32 for DeepSeek-V3 (router_config); axes as sharding.rules' embed_in
+        self.router = make_param(rngs, router_config(cfg), (d, e), ("embed_in", None), stack)
         if cfg.is_deepseek:
             self.e_score_correction_bias = RoutingBias(jnp.zeros(tuple(stack) + (e,), jnp.float32),
                                                        axes=("layers",) * len(stack) + (None,))

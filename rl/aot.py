@@ -10,7 +10,7 @@ libtpu's compile-only devices (`sharding.topology.abstract_devices`) and compile
 Memory per device (the report's `per_chip_bytes` is the largest program total), in the config's dtypes
 (`dtypes`: model.param_dtype for parameters and reference, optimizer.state_dtype for Adam's moments,
 model.compute_dtype for activations and the KV cache): the resident state, exact from shapes and shardings
-(parameters with the float32 routing bias, optimizer state, reference), plus a program's peak
+(parameters with the float32 routing bias and DeepSeek router, optimizer state, reference), plus a program's peak
 (`sharding.compile_stats.ProgramStats.peak_bytes`: the compiler's peak plus the generated code, or libtpu's
 stated need when it refuses the program); a program whose arguments do not hold the whole state adds the
 rest (the sampler runs while the optimizer state and the reference stay in HBM). `activations` is the update

@@ -38,7 +38,8 @@ def hf_run_config(hf_dir: str | pathlib.Path, overrides: Sequence[str] = ()) -> 
 def import_hf_policy(hf_dir: str | pathlib.Path, model: ModelConfig, mesh: Mesh | None = None,
                      rules: Rules | None = None) -> Policy:
     """The weights of `hf_dir` as a Policy of `model`, which must have the checkpoint's architecture (a
-    UserError names a field that differs); they are cast to model.param_dtype. With a mesh, every
+    UserError names a field that differs); they are cast to model.param_dtype (DeepSeek's router
+    and routing bias: float32, model.moe.router_config). With a mesh, every
     parameter is placed directly in its shards (`rules` default to model.hf_io.import_params' default)."""
     hf_model(model, hf_dir)
     with HFCheckpoint(hf_dir) as ckpt:

@@ -99,8 +99,15 @@ def test_the_report_counts_memory_in_the_configs_dtypes(config_path, report):
     assert {k: report[1]["breakdown"][k] for k in wide_setup.resident()} == wide_setup.resident()
     bias = device_bytes(wide_setup.state.bias)  # DeepSeek's routing bias stays float32
     assert device_bytes(narrow_setup.state.bias) == bias
+
+    def routers(setup):  # DeepSeek's router stays float32 too (model.moe.router_config), as transformers keeps it
+        flat = jax.tree_util.tree_flatten_with_path(setup.state.params)[0]
+        return [x for path, x in flat if "router" in jax.tree_util.keystr(path)]
+
+    float32 = bias + device_bytes(routers(wide_setup))
+    assert device_bytes(routers(narrow_setup)) == float32 - bias > 0
     wide, narrow = report[1]["breakdown"], narrow_setup.resident()
-    assert narrow["parameters"] - bias == (wide["parameters"] - bias) / 2  # bfloat16 halves the weights
+    assert narrow["parameters"] - float32 == (wide["parameters"] - float32) / 2  # bfloat16 halves the weights
     assert narrow["reference"] == narrow["parameters"]
     assert wide["optimizer"] - narrow["optimizer"] == wide["parameters"] - bias  # mu and nu: 8 -> 4 bytes
 

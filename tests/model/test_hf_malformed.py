@@ -1,0 +1,92 @@
+"""A malformed Hugging Face checkpoint is a UserError naming the file (and key), never a raw traceback:
+through `r1jax import-hf` (exit code 2) and through `model.hf_config.from_hf_config` itself."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from r1jax.errors import UserError
+from r1jax.model.hf_config import from_hf_config, to_hf_config
+from r1jax.model.hf_io import INDEX_FILE
+from r1jax.rl.cli.main import main
+from tests.model.hf_models import random_hf_model
+from tests.model.tiny import DEEPSEEK, QWEN
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    """A tiny Qwen3-MoE checkpoint in several shards with an index, as transformers saves it."""
+    directory = tmp_path_factory.mktemp("hf") / "qwen"
+    random_hf_model(QWEN, seed=3).save_pretrained(directory, max_shard_size="40KB")
+    assert (directory / INDEX_FILE).is_file()
+    return directory
+
+
+def write(name, text):
+    def damage(directory):
+        (directory / name).write_text(text)
+        return name
+    return damage
+
+
+def truncate_second_shard(directory):
+    shard = sorted(directory.glob("model-*.safetensors"))[1]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    return shard.name
+
+
+def string_hidden_size(directory):
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "hidden_size": "32"}))
+    return "config.json"
+
+
+CASES = {  # name: (damage(directory) -> the file the error names, what it says)
+    "index_not_json": (write(INDEX_FILE, "{"), "not valid JSON"),
+    "index_without_weight_map": (write(INDEX_FILE, '{"metadata": {}}'), "no 'weight_map' object"),
+    "truncated_shard": (truncate_second_shard, "not a complete safetensors file"),
+    "config_is_a_list": (write("config.json", "[]"), "expected a JSON object ({...}), found a list"),
+    "hidden_size_a_string": (string_hidden_size, 'hidden_size is "32" (expected an integer)'),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_malformed_checkpoint_is_a_user_error_naming_the_file(case, sharded, tmp_path, capsys):
+    damage, message = CASES[case]
+    directory = tmp_path / "hf"
+    shutil.copytree(sharded, directory)
+    named = damage(directory)
+    assert main(["import-hf", str(directory), str(tmp_path / "ck")]) == 2
+    err = capsys.readouterr().err
+    assert f"{directory / named}: " in err and message in err, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("cfg", [QWEN, DEEPSEEK])
+def test_every_key_of_the_wrong_type_is_named(cfg):
+    hf = to_hf_config(cfg)
+    assert from_hf_config(hf)[0].hidden_size == cfg.hidden_size  # as exported: accepted
+    bad = {**hf, "num_hidden_layers": 2.0, "tie_word_embeddings": "no", "rope_parameters": "default",
+           "rms_norm_eps": None, "num_nextn_predict_layers": "1"}
+    with pytest.raises(UserError) as err:
+        from_hf_config(bad, source="cfg.json")
+    assert str(err.value).startswith("cfg.json: values of the wrong type: rope_parameters is")  # checked first
+    hf_only = {**hf, "rope_parameters": {"rope_type": "default", "rope_theta": "1e4"}}
+    with pytest.raises(UserError, match=r'rope_theta is "1e4" \(expected a number\)'):
+        from_hf_config(hf_only)
+    del bad["rope_parameters"], bad["num_nextn_predict_layers"]
+    with pytest.raises(UserError) as err:
+        from_hf_config(bad)
+    for named in ("num_hidden_layers is 2.0 (expected an integer)", 'tie_word_embeddings is "no" (expected true '
+                  "or false)", "rms_norm_eps is null (expected a number)"):
+        assert named in str(err.value)
+    experts = "num_experts" if cfg.family == "qwen3_moe" else "n_routed_experts"
+    with pytest.raises(UserError, match=f"{experts} is \\[8\\]"):  # named by the key config.json gives
+        from_hf_config({**hf, experts: [8]})
+    with pytest.raises(UserError, match="expected a JSON object"):
+        from_hf_config([hf])
