@@ -30,6 +30,8 @@ import concurrent.futures
 import dataclasses
 import importlib
 import multiprocessing
+import os
+import shutil
 import time
 from typing import Sequence
 
@@ -40,7 +42,7 @@ from r1jax.rl.rewards import worker
 from r1jax.rl.rewards.code import CODE_STATUSES
 from r1jax.rl.rewards.config import PoolConfig, RewardsConfig
 from r1jax.rl.rewards.functions import ScoreItem, check_names, combine
-from r1jax.rl.rewards.sandbox import check_sandbox
+from r1jax.rl.rewards.sandbox import check_sandbox, make_run_root
 from r1jax.rl.rewards.share import ScoreShare
 from r1jax.rl.tasks import TASKS
 
@@ -101,6 +103,10 @@ class RewardPool:
                             f"{code.wall_s}: an item's program runs (one per stdin/stdout test) share that time")
         # the sandbox mode in words, for the run's log (None: no code reward, no program ever runs)
         self.sandbox = check_sandbox(self.rewards.code.sandbox) if "code" in self.rewards.names else None
+        if self.sandbox and self.rewards.code.sandbox == "rlimits_only" and os.geteuid() != 0:
+            worker.set_not_dumpable()  # programs run as the trainer's user: keep its environment and memory from them
+        # the workers' run directories: removed at close; a later pool removes those of a killed one
+        self.run_root = make_run_root() if self.sandbox else None
         self.counts: collections.Counter = collections.Counter()
         self.code_counts: collections.Counter = collections.Counter()
         self.worker_pids: set[int] = set()  # every worker seen: more than `workers` means some were replaced
@@ -108,7 +114,8 @@ class RewardPool:
         warm = None if tasks is None else tuple(tasks)
         self._pool = pebble.ProcessPool(
             max_workers=self.config.workers, max_tasks=self.config.max_tasks_per_worker,
-            initializer=worker.initialize, initargs=(self.config.memory_mb, tuple(self.config.import_modules), warm),
+            initializer=worker.initialize,
+            initargs=(self.config.memory_mb, tuple(self.config.import_modules), warm, self.run_root),
             context=multiprocessing.get_context("spawn"))
         self._warm_up()
 
@@ -197,6 +204,8 @@ class RewardPool:
             self._pool.join(timeout=timeout_s)
         except TimeoutError:  # pebble has already sent SIGKILL; never raise into the trainer's shutdown
             pass
+        if getattr(self, "run_root", None):
+            shutil.rmtree(self.run_root, ignore_errors=True)
 
     def __enter__(self) -> "RewardPool":
         return self

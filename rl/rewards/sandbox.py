@@ -9,7 +9,8 @@ Modes (`rewards.code.sandbox`):
   other processes (--unshare-pid: the program's tree is pid 1's, and the kernel kills all of it when bwrap
   exits), own IPC and hostname, a new session (no terminal), an empty environment but PATH, a read-only
   /usr (+ the /lib, /bin links) and the host Python's install directories, a private size-capped tmpfs at
-  /tmp (the only writable place; the working directory), a fresh /proc and minimal /dev, nothing else: no
+  /tmp (the only writable place; the working directory), a fresh /proc and minimal read-only /dev, a
+  seccomp filter (seccomp_filter: no namespaces, mounts or memfds; x86_64 only), nothing else: no
   home directory, no /etc beyond the dynamic linker's cache, no project or data files.
 - `rlimits_only`: the same limits, environment and process group, without namespaces: the program can
   read what the user can, reach the network and escape the process group with setsid. Only for hosts
@@ -28,14 +29,18 @@ no user site) and -B.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import errno
 import functools
 import json
 import os
 import pathlib
+import platform
 import selectors
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -55,6 +60,19 @@ CLEAN_ENV = {"PATH": "/usr/bin:/bin", "LC_CTYPE": "C.UTF-8"}
 LINKER_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d")
 SANDBOX_UID_BASE = 2_000_000  # as root, programs run as uid BASE + (pid of the scoring process % 1e6)
 STDERR_KEEP = 4096  # bytes of the program's stderr kept for diagnostics
+RUN_ROOT_PREFIX = "r1jax-sandbox-"  # run directories live in /tmp/r1jax-sandbox-PID-XXXX/ (PID: its owner)
+
+# The seccomp filter of bwrap mode (x86_64), in classic BPF over struct seccomp_data (nr at 0, arch at 4, args
+# from 16): every syscall that makes a namespace or a mount (a nested user namespace gives a program a tmpfs
+# of any size and CAP_SYS_ADMIN over it) or anonymous memory outside RLIMIT_AS (memfd) fails with EPERM;
+# clone3 with ENOSYS (its flags are behind a pointer; glibc falls back to clone, whose flags are checked).
+AUDIT_ARCH_X86_64 = 0xC000003E
+X32_SYSCALL_BIT = 0x40000000
+DENIED_SYSCALLS = {"mount": 165, "umount2": 166, "pivot_root": 155, "unshare": 272, "setns": 308,
+                   "memfd_create": 319, "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431,
+                   "fsmount": 432, "fspick": 433, "mount_setattr": 442, "memfd_secret": 447}
+CLONE, CLONE3 = 56, 435
+CLONE_NAMESPACES = 0x7E020000  # CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +115,39 @@ def _bind_with_parents(path: str) -> list[str]:
     return args + ["--ro-bind", path, path]
 
 
-def bwrap_args(limits: SandboxLimits, run_dir: str) -> list[str]:
+def _bpf(program: list[tuple]) -> bytes:
+    """Assemble (code, k, jump-if-true label, jump-if-false label) rows and "label" strings into sock_filter."""
+    labels, rows = {}, []
+    for entry in program:
+        if isinstance(entry, str):
+            labels[entry] = len(rows)
+        else:
+            rows.append(entry)
+    out = b""
+    for index, (code, k, true, false) in enumerate(rows):
+        jump = [labels[t] - index - 1 if t else 0 for t in (true, false)]
+        out += struct.pack("=HBBI", code, jump[0], jump[1], k)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def seccomp_filter() -> bytes | None:
+    """The BPF program for bwrap's --seccomp; None where it is not written for this machine (not x86_64)."""
+    if platform.machine() != "x86_64":
+        return None
+    load, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ/JGE/JSET|K, BPF_RET|K
+    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | errno.EPERM, 0x00050000 | errno.ENOSYS
+    program = [(load, 4, None, None), (jeq, AUDIT_ARCH_X86_64, None, "deny"),  # i386 (int 0x80): denied
+               (load, 0, None, None), (jge, X32_SYSCALL_BIT, "deny", None)]  # x32 numbers: denied
+    program += [(jeq, number, "deny", None) for number in DENIED_SYSCALLS.values()]
+    program += [(jeq, CLONE3, "enosys", None), (jeq, CLONE, None, "allow"),
+                (load, 16, None, None), (jset, CLONE_NAMESPACES, "deny", "allow"),  # clone's flags (low word)
+                "allow", (ret, allow, None, None), "deny", (ret, eperm, None, None),
+                "enosys", (ret, enosys, None, None)]
+    return _bpf(program)
+
+
+def bwrap_args(limits: SandboxLimits, run_dir: str, seccomp_fd: int | None = None) -> list[str]:
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise FileNotFoundError("bwrap")
@@ -112,8 +162,11 @@ def bwrap_args(limits: SandboxLimits, run_dir: str) -> list[str]:
     args += sum((["--ro-bind-try", f, f] for f in LINKER_FILES), [])
     for directory in _python_dirs():
         args += _bind_with_parents(directory)
-    args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(limits.tmp_mb << 20),
-             "--tmpfs", "/tmp", "--ro-bind", run_dir, "/sandbox", "--chdir", "/tmp"]
+    args += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",  # (a writable /dev/shm has no size cap)
+             "--perms", "1777", "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp",
+             "--ro-bind", run_dir, "/sandbox", "--chdir", "/tmp"]
+    if seccomp_fd is not None:
+        args += ["--seccomp", str(seccomp_fd)]
     if os.geteuid() == 0:  # no user namespace: the runner needs these two to drop to its own uid
         args += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
@@ -127,25 +180,55 @@ def sandbox_uid() -> int:
     return SANDBOX_UID_BASE + os.getpid() % 1_000_000 if os.geteuid() == 0 else -1
 
 
+_run_root: str | None = None  # this process's parent of run directories (set_run_root, or made on first use)
+
+
+def make_run_root() -> str:
+    """A fresh parent for run directories, mode 0711 (the sandbox users reach their own run directory, list no
+    one's), after removing those of processes that are gone (killed mid-run: their cleanup never ran)."""
+    for stale in pathlib.Path(tempfile.gettempdir()).glob(RUN_ROOT_PREFIX + "*"):
+        owner = stale.name[len(RUN_ROOT_PREFIX):].split("-")[0]
+        if owner.isdigit() and not os.path.exists(f"/proc/{owner}") and stale.owner() == _user_name():
+            shutil.rmtree(stale, ignore_errors=True)
+    root = tempfile.mkdtemp(prefix=f"{RUN_ROOT_PREFIX}{os.getpid()}-")
+    os.chmod(root, 0o711)
+    return root
+
+
+def _user_name() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def set_run_root(path: str) -> None:
+    """Put this process's run directories under `path` (the reward pool's, which it removes at close)."""
+    global _run_root
+    _run_root = path
+
+
+def _get_run_root() -> str:
+    global _run_root
+    if _run_root is None or not os.path.isdir(_run_root):
+        _run_root = make_run_root()
+        atexit.register(shutil.rmtree, _run_root, True)
+    return _run_root
+
+
 def run_python(source: str, *, stdin: bytes = b"", mode: str = "bwrap", limits: SandboxLimits = SandboxLimits(),
                kind: str = "stdio", tests: list[str] | None = None, entry_point: str | None = None) -> RunResult:
     """Run `source` in the sandbox: `kind` "stdio" runs it as a script on `stdin`; "assert" runs `tests`
     (assertion statements) against it, stdin then holding the nonce line (sandbox_runner.py)."""
     if mode not in MODES:
         raise UserError(f"rewards.code.sandbox = {mode!r}: expected one of {', '.join(MODES)}")
-    with tempfile.TemporaryDirectory(prefix="r1jax-sandbox-") as run_dir:
-        os.chmod(run_dir, 0o755)
-        files = {"program.py": source, "runner.py": RUNNER.read_text(),
-                 "tests.json": json.dumps([tests or [], entry_point])}
-        for name, text in files.items():
-            (pathlib.Path(run_dir) / name).write_text(text, encoding="utf-8")
-            os.chmod(pathlib.Path(run_dir) / name, 0o644)
-        if kind == "stdio":  # a program's input is no secret; the assert mode's nonce goes by a pipe (_run): read
-            (pathlib.Path(run_dir) / "stdin").write_bytes(stdin)  # by the runner, it is gone from there
-        uid = sandbox_uid()
+    uid = sandbox_uid()
+    with tempfile.TemporaryDirectory(prefix="run-", dir=_get_run_root()) as run_dir:
+        _write_run_files(run_dir, uid, source, stdin if kind == "stdio" else None, tests, entry_point)
+        seccomp = None
         if mode == "bwrap":
             try:
-                prefix, root, cwd = bwrap_args(limits, run_dir), "/sandbox", "/"
+                seccomp = _seccomp_pipe()
+                prefix, root, cwd = bwrap_args(limits, run_dir, seccomp), "/sandbox", "/"
             except FileNotFoundError:
                 return RunResult("sandbox_error", b"", None, "bwrap is not installed")
         else:
@@ -154,22 +237,69 @@ def run_python(source: str, *, stdin: bytes = b"", mode: str = "bwrap", limits: 
                 os.chown(work, uid, uid)
             prefix, root, cwd = [], run_dir, work
         argv = prefix + [sys.executable, "-I", "-B", f"{root}/runner.py", limits.runner_limits(), kind, str(uid)]
-        if kind != "stdio":
-            return _run(argv, stdin, cwd, limits)
-        with open(pathlib.Path(run_dir) / "stdin", "rb") as stdin_file:
-            return _run(argv, stdin_file, cwd, limits)
+        try:
+            if kind != "stdio":
+                return _run(argv, stdin, cwd, limits, seccomp)
+            with open(pathlib.Path(run_dir) / "stdin", "rb") as stdin_file:
+                return _run(argv, stdin_file, cwd, limits, seccomp)
+        finally:
+            if mode == "rlimits_only" and uid >= 0:
+                kill_user_processes(uid)
 
 
-def _run(argv: list[str], stdin, cwd: str, limits: SandboxLimits) -> RunResult:
+def _write_run_files(run_dir: str, uid: int, source: str, stdin: bytes | None, tests, entry_point) -> None:
+    """The run directory is 0750, as root owned by the sandbox user and group 0 (bwrap's root reads it without
+    CAP_DAC_OVERRIDE as the group): no other scoring process's programs can read it."""
+    os.chmod(run_dir, 0o750)
+    files = {"program.py": source, "runner.py": RUNNER.read_text(),
+             "tests.json": json.dumps([tests or [], entry_point])}
+    for name, text in files.items():
+        (pathlib.Path(run_dir) / name).write_text(text, encoding="utf-8")
+        os.chmod(pathlib.Path(run_dir) / name, 0o644)
+    if stdin is not None:  # a program's input is no secret; the assert mode's nonce goes by a pipe (_run): read
+        (pathlib.Path(run_dir) / "stdin").write_bytes(stdin)  # by the runner, it is gone from there
+    if uid >= 0:
+        os.chown(run_dir, uid, 0)
+
+
+def _seccomp_pipe() -> int | None:
+    """A pipe's read end holding the seccomp filter, for bwrap's --seccomp (it reads to the end)."""
+    program = seccomp_filter()
+    if program is None:
+        return None
+    read_end, write_end = os.pipe()
+    os.write(write_end, program)  # a few hundred bytes: well under a pipe's buffer
+    os.close(write_end)
+    return read_end
+
+
+def kill_user_processes(uid: int) -> None:
+    """SIGKILL every process of `uid` (rlimits_only as root: a daemon that left the process group would
+    otherwise live on, and kill or spy on the next programs of this scoring process, which share the uid).
+    kill(-1) run as that uid reaches exactly its processes (the interpreter starts as root, which can read it
+    where the uid may not, then drops to the uid as the runner does)."""
+    drop_and_kill = f"import os; os.setgroups([]); os.setgid({uid}); os.setuid({uid}); os.kill(-1, 9)"
+    try:
+        subprocess.run([sys.executable, "-I", "-S", "-c", drop_and_kill], env=CLEAN_ENV, cwd="/",
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        pass
+
+
+def _run(argv: list[str], stdin, cwd: str, limits: SandboxLimits, seccomp: int | None = None) -> RunResult:
     """`stdin`: an open file, or a few bytes written to a pipe and closed (never a file the program could read
-    again: the assert mode's nonce)."""
+    again: the assert mode's nonce). `seccomp`: a descriptor bwrap reads its filter from (closed here)."""
     piped = isinstance(stdin, bytes)
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE if piped else stdin, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, cwd=cwd, env=CLEAN_ENV, start_new_session=True,
-                                close_fds=True)
+                                close_fds=True, pass_fds=() if seccomp is None else (seccomp,))
     except OSError as err:
         return RunResult("sandbox_error", b"", None, f"cannot start: {err}")
+    finally:
+        if seccomp is not None:
+            os.close(seccomp)
     if piped:  # well under a pipe's buffer: the write does not wait for the reader
         try:
             proc.stdin.write(stdin)

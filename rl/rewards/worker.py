@@ -3,7 +3,10 @@
 `initialize` runs once per worker before any task: it hides accelerators (JAX_PLATFORMS=cpu, no visible
 CUDA/ROCm/TPU devices) so nothing in a worker can claim a chip the trainer owns, caps the address space
 (RLIMIT_AS) so a runaway allocation fails here and not in the host, ignores SIGINT (the trainer decides
-when workers stop), and imports the modules that register custom rewards and tasks.
+when workers stop), makes itself non-dumpable (PR_SET_DUMPABLE 0: a program run as the same user, in
+`rlimits_only` mode without root, can then neither read its /proc/PID/environ nor write its /proc/PID/mem),
+puts its programs' run directories under the pool's (rl.rewards.sandbox.set_run_root), and imports the
+modules that register custom rewards and tasks.
 
 `score` never raises: it returns (status, rewards, error, pid, code status or None: rl.rewards.code). Out of memory is the exception to the
 rule: the worker exits with OOM_EXIT_CODE (its state may be damaged), the pool reports the item as
@@ -32,12 +35,18 @@ HIDDEN_DEVICES_ENV = {
 }
 
 
-def initialize(memory_mb: int, modules: Sequence[str], tasks: Sequence[str] | None = None) -> None:
+def initialize(memory_mb: int, modules: Sequence[str], tasks: Sequence[str] | None = None,
+               run_root: str | None = None) -> None:
     os.environ.update(HIDDEN_DEVICES_ENV)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    set_not_dumpable()
     if memory_mb:
         limit = memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    if run_root is not None:
+        from r1jax.rl.rewards.sandbox import set_run_root
+
+        set_run_root(run_root)
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout disabled" notice, per worker
     # project modules load only after the accelerators are hidden above, here and in the functions below
     import r1jax.rl.rewards.functions  # noqa: F401  (the built-in rewards and tasks)
@@ -45,6 +54,17 @@ def initialize(memory_mb: int, modules: Sequence[str], tasks: Sequence[str] | No
     for name in modules:
         importlib.import_module(name)
     _warm_up(tasks)
+
+
+def set_not_dumpable() -> None:
+    """prctl(PR_SET_DUMPABLE, 0): /proc/PID/{environ,mem,...} of this process become root's, ptrace is refused to
+    the same user. A no-op where there is no prctl (not Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # 4: PR_SET_DUMPABLE
+    except (ImportError, OSError, AttributeError):
+        pass
 
 
 def _warm_up(tasks: Sequence[str] | None) -> None:

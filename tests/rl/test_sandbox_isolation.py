@@ -1,0 +1,144 @@
+"""The sandbox's second line: a seccomp filter (no nested namespaces, mounts or memfds), a read-only /dev,
+private run directories and no process that outlives its run (rl/rewards/sandbox.py, worker.py, pool.py)."""
+
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from r1jax.rl.rewards import CodeConfig, PoolConfig, RewardPool, RewardsConfig, ScoreItem, sandbox
+
+LIMITS = sandbox.SandboxLimits(wall_s=10, cpu_s=5, memory_mb=256, tmp_mb=16)
+needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None or platform.machine() != "x86_64",
+                                 reason="needs bwrap and an x86_64 host (the filter's syscall table)")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="rlimits_only drops to a sandbox uid only as root")
+
+ESCAPES = """import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+def errno_of(result):
+    return ctypes.get_errno() if result != 0 else 0
+print("unshare_user", errno_of(libc.unshare(0x10000000)))
+print("unshare_mount", errno_of(libc.unshare(0x20000)))
+print("mount", errno_of(libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)))
+try:
+    os.memfd_create("x")
+    print("memfd", 0)
+except OSError as err:
+    print("memfd", err.errno)
+try:
+    open("/dev/shm/fill", "wb").write(b"x")
+    print("dev_shm", 0)
+except OSError as err:
+    print("dev_shm", err.errno)
+"""
+ORDINARY = """import os, threading
+threads = [threading.Thread(target=lambda: None) for _ in range(3)]
+[t.start() for t in threads]; [t.join() for t in threads]
+pid = os.fork()
+if pid == 0:
+    os._exit(7)
+print("child", os.waitpid(pid, 0)[1] >> 8)
+open("/dev/null", "w").write("x")
+open("/tmp/f", "w").write("y")
+print("ok", open("/tmp/f").read())
+"""
+
+
+@needs_bwrap
+def test_bwrap_programs_cannot_nest_namespaces_mount_use_memfd_or_fill_dev_shm():
+    run = sandbox.run_python(ESCAPES, mode="bwrap", limits=LIMITS)
+    assert run.status == "ok", run.detail
+    results = dict(line.split() for line in run.stdout.decode().splitlines())
+    assert {k: int(v) != 0 for k, v in results.items()} == dict.fromkeys(results, True), results
+
+
+@needs_bwrap
+def test_bwrap_ordinary_programs_still_thread_fork_and_write_tmp():
+    run = sandbox.run_python(ORDINARY, mode="bwrap", limits=LIMITS)
+    assert (run.status, run.stdout) == ("ok", b"child 7\nok y\n"), run.detail
+
+
+@needs_bwrap
+def test_the_seccomp_filter_is_well_formed():
+    program = sandbox.seccomp_filter()
+    assert len(program) % 8 == 0 and 0 < len(program) // 8 < 256
+
+
+@needs_root
+def test_rlimits_only_runs_cannot_list_the_run_root_and_their_directory_is_private():
+    program = ("import os, stat\nrun = os.path.dirname(os.getcwd())\nst = os.stat(run)\n"
+               "print(oct(stat.S_IMODE(st.st_mode)), st.st_uid == os.getuid())\n"
+               "try:\n    os.listdir(os.path.dirname(run))\n    print('listed')\n"
+               "except PermissionError:\n    print('denied')\n")
+    run = sandbox.run_python(program, mode="rlimits_only", limits=LIMITS)
+    assert (run.status, run.stdout) == ("ok", b"0o750 True\ndenied\n"), run.detail
+
+
+@needs_root
+def test_rlimits_only_leaves_no_daemon_of_the_sandbox_user_behind():
+    shared = pathlib.Path(tempfile.mkdtemp(prefix="r1jax-test-"))  # where the dropped user id can write
+    shared.chmod(0o777)
+    pid_file = shared / "pid"
+    program = (f"import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+               f"        [os.close(fd) for fd in (0, 1, 2)]\n"
+               f"        open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n        time.sleep(60)\n"
+               f"    os._exit(0)\ntime.sleep(0.5)\n")
+    run = sandbox.run_python(program, mode="rlimits_only", limits=LIMITS)
+    assert run.status == "ok", run.detail
+    pid = int(pid_file.read_text())
+    try:
+        deadline = time.monotonic() + 3
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid)
+    finally:
+        if _alive(pid):
+            os.kill(pid, 9)
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_a_new_run_root_sweeps_those_of_dead_processes():
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = pathlib.Path(f"/tmp/{sandbox.RUN_ROOT_PREFIX}{dead.pid}-stale")
+    live = pathlib.Path(f"/tmp/{sandbox.RUN_ROOT_PREFIX}{os.getpid()}-live")
+    for directory in (stale, live):
+        (directory / "run-x").mkdir(parents=True, exist_ok=True)
+    try:
+        root = sandbox.make_run_root()
+        assert not stale.exists() and live.exists()
+        assert oct(os.stat(root).st_mode & 0o777) == "0o711"
+        os.rmdir(root)
+    finally:
+        shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(live, ignore_errors=True)
+
+
+def test_reward_workers_are_not_dumpable():
+    code = ("import ctypes\nfrom r1jax.rl.rewards import worker\nworker.initialize(0, (), ())\n"
+            "print(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))")  # 3: PR_GET_DUMPABLE
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "0", out.stderr[-500:]
+
+
+def test_the_pool_runs_programs_under_its_run_root_and_removes_it_at_close():
+    rewards = RewardsConfig(names=("code",), weights=(1.0,), code=CodeConfig(wall_s=5, sandbox="rlimits_only"))
+    item = ScoreItem("", "```python\nimport os\nprint(os.path.dirname(os.path.dirname(os.getcwd())))\n```", "",
+                     task="code", tests='[{"input": "", "output": "x\\n"}]')
+    with RewardPool(rewards, PoolConfig(workers=1, timeout_s=30)) as pool:
+        root = pool.run_root
+        assert os.path.isdir(root) and pool.score_batch([item])[0].status == "ok"
+    assert not os.path.exists(root)
