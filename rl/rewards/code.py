@@ -3,8 +3,14 @@
 Tests (a code item's `tests`, stored on the ScoreItem as JSON) come in two forms, never mixed:
 - assertions around a named function (HumanEval/MBPP): `["assert f(2) == 4", ...]`, with an optional
   `entry_point` ("f"), which must then be defined and callable, and is also bound to `candidate`. All
-  assertions of an item run in one sandboxed process, after the program is defined as a module that is not
-  `__main__` (a main guard does not run); each assertion passes when it raises nothing.
+  assertions of an item run in one sandboxed process, in order, in the program's namespace, after the program
+  is defined as a module that is not `__main__` (a main guard does not run). An assertion
+  `assert EXPR == LITERAL` (or `LITERAL == EXPR`; LITERAL: what `ast.literal_eval` reads) is split here:
+  only EXPR goes to the sandbox, which sends back its value (sandbox_runner.encode), and it passes when
+  that value == LITERAL, compared here. A value that is not of a builtin type (a custom object, a numpy
+  array) or an EXPR that raises fails; a subclass of a builtin type compares as its builtin value (a
+  namedtuple as a tuple; its own __eq__ is not called). Any other assertion (`assert abs(f(x) - y) < 1e-6`,
+  `def check(candidate): ...`, several statements) runs whole in the sandbox and passes when it raises nothing.
 - standard input/output pairs (competitive programming): `[{"input": "3\\n", "output": "6\\n"}, ...]`. Each
   pair is one sandboxed run of the program as `__main__`; it passes when it exits 0 and its output equals
   the expected one up to trailing whitespace on each line and trailing blank lines.
@@ -18,19 +24,25 @@ Every item gets a status (CODE_STATUSES, counted by the pool): passed, failed (r
 output limit), sandbox_error (the sandbox failed: nothing is known about the program). Without `partial`,
 stdio tests stop at the first failure.
 
-Only the sandbox runs model text. Assertion verdicts come back as a line marked with a random nonce, which
+Only the sandbox runs model text. Assertion results come back as a line marked with a random nonce, which
 reaches the runner by a pipe it empties before the program runs (a file in the sandbox could be read again:
-a program read it and forged a passing line); one that exits early or prints fake verdicts cannot forge it.
-Assertions run in the program's own interpreter, so a program written against the harness can still pass
-them: by finding the nonce in the runner's memory, or by returning an object whose `__eq__` is always true.
-Stdio verdicts are decided here, on the program's output, and cannot be forged.
+a program read it and forged a passing line), written to a private copy of stdout by a harness that bound
+its builtins before the program ran; one that exits early, prints fake verdicts, or replaces `builtins`,
+`json` or `sys.stdout` cannot forge it. A split assertion's expected value never enters the sandbox and
+equality is decided here, so a program passes it only by producing the right value. The assertions that
+run whole in the sandbox (with their expected values readable in its tests file) are judged in the
+program's own interpreter: a program written against the harness can still pass them by walking the
+frames (or the garbage collector) to the nonce and the harness, or by returning an object whose `__eq__`
+is always true. Stdio verdicts are decided here, on the program's output, and cannot be forged.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import json
+import re
 import secrets
 
 from r1jax.errors import UserError
@@ -41,6 +53,12 @@ from r1jax.rl.rewards.sandbox import RunResult, run_python
 
 CODE_STATUSES = ("passed", "failed", "syntax_error", "timeout", "memory", "crashed", "sandbox_error")
 FENCES = ("```python", "```py", "```Python")
+_IN_SANDBOX = object()  # the expected value of an assertion judged whole in the sandbox
+_MAX_DEPTH = 100  # sandbox_runner.MAX_DEPTH
+_HEX_INT = re.compile(r"-?[0-9a-f]+")
+_HEX_FLOAT = re.compile(r"-?(0x[0-9a-f]+(\.[0-9a-f]*)?p[+-][0-9]+|inf|nan)")
+_HEX_BYTES = re.compile(r"(?:[0-9a-f]{2})*")
+_CONTAINERS = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}
 _RUN_TO_CODE = {"exit": "crashed", "output_limit": "crashed", "syntax_error": "syntax_error",
                 "timeout": "timeout", "memory": "memory", "sandbox_error": "sandbox_error"}
 
@@ -131,20 +149,85 @@ def code_outcome(item: ScoreItem, config: CodeConfig) -> CodeOutcome:
 
 def _assertions(program: str, tests: list[str], entry_point: str | None, config: CodeConfig) -> CodeOutcome:
     nonce = secrets.token_hex(16)
+    sent, expected = zip(*map(split_assertion, tests))
     run = run_python(program, stdin=f"{nonce}\n".encode(), mode=config.sandbox, limits=config.limits(),
-                     kind="assert", tests=tests, entry_point=entry_point)
+                     kind="assert", tests=list(sent), entry_point=entry_point)
     if run.status != "ok":
         return CodeOutcome(_RUN_TO_CODE[run.status], 0, len(tests), run.detail)
     marker = f"\n{nonce} ".encode()
     at = run.stdout.rfind(marker)
+    line = run.stdout[at + len(marker):].split(b"\n", 1)[0] if at >= 0 else b""
     try:
-        flags = json.loads(run.stdout[at + len(marker):].decode()) if at >= 0 else None
-    except ValueError:
-        flags = None
-    if not (isinstance(flags, list) and len(flags) == len(tests) and all(f in (0, 1) for f in flags)):
+        results = json.loads(line.decode())
+        if not isinstance(results, list):
+            raise ValueError("not a list")
+        verdicts = [_judge(r, e) for r, e in zip(results, expected, strict=True)]
+    except (ValueError, TypeError, RecursionError):  # no line (or a malformed one): the run ended early
         return CodeOutcome("crashed", 0, len(tests), "the program ended before its tests ran")
-    passed = sum(flags)
+    passed = sum(verdicts)
     return CodeOutcome("passed" if passed == len(tests) else "failed", passed, len(tests))
+
+
+def split_assertion(test: str) -> tuple[str, object]:
+    """("eval EXPR", LITERAL's value) for `assert EXPR == LITERAL` or `assert LITERAL == EXPR` (one statement,
+    an optional message), the form sandbox_runner reads; else ("exec TEST", _IN_SANDBOX)."""
+    try:
+        tree = ast.parse(test)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return "exec " + test, _IN_SANDBOX
+    compare = tree.body[0].test if len(tree.body) == 1 and isinstance(tree.body[0], ast.Assert) else None
+    if isinstance(compare, ast.Compare) and len(compare.ops) == 1 and isinstance(compare.ops[0], ast.Eq):
+        for expr, literal in ((compare.left, compare.comparators[0]), (compare.comparators[0], compare.left)):
+            try:
+                return "eval " + ast.unparse(expr), ast.literal_eval(literal)
+            except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+                continue
+    return "exec " + test, _IN_SANDBOX
+
+
+def _judge(result, expected) -> bool:
+    """Whether one test passed; ValueError when `result` is not what the runner sends for it."""
+    if expected is _IN_SANDBOX:
+        if type(result) is not int or result not in (0, 1):
+            raise ValueError(f"not a flag: {result!r:.80}")
+        return result == 1
+    if result in ("raised", "unencodable"):
+        return False
+    if not (isinstance(result, list) and len(result) == 2 and result[0] == "value"):
+        raise ValueError(f"not a value: {result!r:.80}")
+    return bool(decode_value(result[1]) == expected)
+
+
+def decode_value(node, depth: int = 0):
+    """The value sandbox_runner.encode wrote, rebuilt from its JSON with builtin types only (never eval);
+    ValueError (or TypeError: an unhashable set item) on anything else."""
+    if not (isinstance(node, list) and node and isinstance(node[0], str)) or depth > _MAX_DEPTH:
+        raise ValueError(f"not an encoded value: {node!r:.80}")
+    tag, args = node[0], node[1:]
+    if not all(isinstance(a, str) for a in args) or tag in ("list", "tuple", "set", "frozenset", "dict"):
+        return _decode_container(tag, args, depth)
+    if (tag, args) in (("none", []), ("bool", ["0"]), ("bool", ["1"])):
+        return None if tag == "none" else args == ["1"]
+    if tag == "int" and len(args) == 1 and _HEX_INT.fullmatch(args[0]):
+        return int(args[0], 16)
+    if tag in ("float", "complex") and len(args) == (1 if tag == "float" else 2):
+        if not all(_HEX_FLOAT.fullmatch(a) for a in args):
+            raise ValueError(f"not a float.hex: {args!r:.80}")
+        return float.fromhex(args[0]) if tag == "float" else complex(*map(float.fromhex, args))
+    if tag in ("str", "bytes") and len(args) == 1 and _HEX_BYTES.fullmatch(args[0]):
+        raw = bytes.fromhex(args[0])
+        return raw if tag == "bytes" else raw.decode("utf-8", "surrogatepass")
+    raise ValueError(f"not an encoded value: {node!r:.80}")
+
+
+def _decode_container(tag: str, args: list, depth: int):
+    if len(args) != 1 or not isinstance(args[0], list):
+        raise ValueError(f"not an encoded {tag}: {args!r:.80}")
+    if tag in _CONTAINERS:
+        return _CONTAINERS[tag](decode_value(item, depth + 1) for item in args[0])
+    if tag != "dict" or not all(isinstance(pair, list) and len(pair) == 2 for pair in args[0]):
+        raise ValueError(f"not an encoded value: {tag!r:.80}")
+    return {decode_value(k, depth + 1): decode_value(v, depth + 1) for k, v in args[0]}
 
 
 def _stdio(program: str, tests: list[tuple[str, str]], config: CodeConfig) -> CodeOutcome:

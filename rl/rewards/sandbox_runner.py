@@ -8,7 +8,16 @@ anything untrusted runs (after bwrap created the namespaces, so the process coun
 UID >= 0 (the trainer runs as root): drop to that user id, so that the kernel enforces RLIMIT_NPROC (root
 is exempt from it). MODE `stdio`: run program.py as __main__ on this process's stdin. MODE `assert`: the first
 stdin line is a nonce; define the program (as module `__solution__`, so a main guard does not run), run
-each test of tests.json against it and print `NONCE [1, 0, ...]` (one flag per test) as the last line.
+each test of tests.json against it, in order, in the program's namespace, and write `NONCE [result, ...]` as
+the last line, one result per test:
+- `eval EXPR` (an `assert EXPR == LITERAL` the trainer split; the LITERAL never comes here): the value of
+  EXPR as `["value", ENCODED]` (encode()), or "unencodable", or "raised" (the trainer compares the value);
+- `exec STATEMENTS` (any other assertion, judged here): 1 when it raises nothing, else 0.
+What the harness uses after the program started (exec, eval, compile, the encoder's builtins, os.write and a
+private duplicate of stdout) is bound before it runs, and `__main__` no longer names this module then, so a
+program that replaces builtins, `json`, `sys.stdout` or fd 1 does not change the verdicts; one that walks the
+frames or the garbage collector to this module's objects still can (the `exec` results: an `eval` value is
+judged outside).
 Exit codes other than the program's own: SYNTAX_EXIT (the program does not compile), MEMORY_EXIT.
 """
 
@@ -18,9 +27,23 @@ import resource
 import signal
 import sys
 import traceback
+import types
 
 SYNTAX_EXIT, MEMORY_EXIT = 65, 66
+MAX_DEPTH = 100  # nesting of an encoded value; deeper (or self-containing) is "unencodable"
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Bound now, before any program runs: it can then replace the builtins and modules' names, not these.
+_exec, _eval, _compile, _write, _exit = exec, eval, compile, os.write, os._exit
+_type, _isinstance, _enumerate, _BaseException, _MemoryError = (type, isinstance, enumerate, BaseException,
+                                                                MemoryError)
+_int_hex, _float_hex, _complex_parts = int.__format__, float.hex, complex.__getnewargs__
+_str_bytes, _bytes_hex, _bytearray_hex = str.encode, bytes.hex, bytearray.hex
+_list_iter, _tuple_iter, _set_iter, _dict_items = list.__iter__, tuple.__iter__, set.__iter__, dict.items
+_frozenset_iter, _join = frozenset.__iter__, str.join
+_CONTAINERS = ((list, "list", _list_iter), (tuple, "tuple", _tuple_iter), (set, "set", _set_iter),
+               (frozenset, "frozenset", _frozenset_iter))
+_int, _float, _complex, _str, _bytes, _bytearray, _dict, _callable = (int, float, complex, str, bytes, bytearray,
+                                                                       dict, callable)
 
 
 def limit(limits: dict) -> None:
@@ -86,21 +109,84 @@ def main() -> None:
         return
     with open(os.path.join(HERE, "tests.json"), encoding="utf-8") as handle:
         tests, entry_point = json.load(handle)
+    verdict_fd = os.dup(1)  # the program may replace sys.stdout or fd 1: the verdict goes here
+    sys.modules["__main__"] = types.ModuleType("__main__")  # `import __main__` no longer reaches these names
     namespace = run(code, "__solution__", exit_on_error=False)
-    flags = [0] * len(tests)
-    if namespace is not None and (not entry_point or callable(namespace.get(entry_point))):
+    results = [0 if test[:4] == "exec" else '"raised"' for test in tests]  # also without the entry point
+    if namespace is not None and (not entry_point or _callable(namespace.get(entry_point))):
         if entry_point:
             namespace["candidate"] = namespace[entry_point]  # HumanEval's check(candidate) convention
-        for index, test in enumerate(tests):
-            try:
-                exec(compile(test, f"test_{index}", "exec"), namespace)
-                flags[index] = 1
-            except MemoryError:
-                os._exit(MEMORY_EXIT)
-            except BaseException:  # a failed assertion, an exception, sys.exit: this test fails
-                pass
-    sys.stdout.write(f"\n{nonce} {json.dumps(flags)}\n")
-    sys.stdout.flush()
+        for index, test in _enumerate(tests):
+            results[index] = run_test(test, index, namespace)
+    line = "\n" + nonce + " [" + _join(", ", [r if _type(r) is str else "1" if r else "0" for r in results]) + "]\n"
+    write_all(verdict_fd, _str_bytes(line, "ascii"))
+    _exit(0)  # no atexit handler, finalizer or buffered output of the program runs after the verdict
+
+
+def run_test(test: str, index: int, namespace: dict):
+    """1 or 0 for an `exec` test; the encoded value (a JSON string), "unencodable" or "raised" for `eval`."""
+    kind, source = test[:4], test[5:]
+    try:
+        if kind == "exec":
+            _exec(_compile(source, f"test_{index}", "exec"), namespace)
+            return 1
+        value = _eval(_compile(source, f"test_{index}", "eval"), namespace)
+    except _MemoryError:
+        _exit(MEMORY_EXIT)
+    except _BaseException:  # a failed assertion, an exception, sys.exit: this test fails
+        return 0 if kind == "exec" else '"raised"'
+    try:
+        return '["value", ' + encode(value, 0) + "]"
+    except _MemoryError:
+        _exit(MEMORY_EXIT)
+    except _BaseException:
+        return '"unencodable"'
+
+
+def encode(value, depth: int) -> str:
+    """A value of a builtin type as JSON `[tag, ...]` whose leaves are ASCII strings, so that the trainer
+    rebuilds an equal value: tags none, bool, int (hex), float (float.hex: nan and inf exact), complex, str
+    (UTF-8 hex), bytes (also bytearray), list, tuple, set, frozenset, dict. A subclass of one of them is
+    encoded as its builtin value, read with the builtin's own methods (its __eq__ is never called); anything
+    else (a custom object, a numpy array) raises TypeError: "unencodable"."""
+    if depth > MAX_DEPTH:
+        raise ValueError("nested too deeply")
+    if value is None:
+        return '["none"]'
+    if value is True or value is False:
+        return '["bool", "1"]' if value else '["bool", "0"]'
+    leaf = _leaf(value)
+    if leaf is not None:
+        return leaf
+    for base, tag, items in _CONTAINERS:
+        if _isinstance(value, base):
+            return '["' + tag + '", [' + _join(", ", [encode(v, depth + 1) for v in items(value)]) + "]]"
+    if _isinstance(value, _dict):
+        pairs = [encode(k, depth + 1) + ", " + encode(v, depth + 1) for k, v in _dict_items(value)]
+        return '["dict", [' + _join(", ", ["[" + p + "]" for p in pairs]) + "]]"
+    raise TypeError(f"cannot encode {_type(value).__name__}")
+
+
+def _leaf(value):
+    if _isinstance(value, _int):
+        return '["int", "' + _int_hex(value, "x") + '"]'
+    if _isinstance(value, _float):
+        return '["float", "' + _float_hex(value) + '"]'
+    if _isinstance(value, _complex):
+        real, imag = _complex_parts(value)
+        return '["complex", "' + _float_hex(real) + '", "' + _float_hex(imag) + '"]'
+    if _isinstance(value, _str):
+        return '["str", "' + _bytes_hex(_str_bytes(value, "utf-8", "surrogatepass")) + '"]'
+    if _isinstance(value, _bytes):
+        return '["bytes", "' + _bytes_hex(value) + '"]'
+    if _isinstance(value, _bytearray):  # bytearray(b"a") == b"a"
+        return '["bytes", "' + _bytearray_hex(value) + '"]'
+    return None
+
+
+def write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[_write(fd, data):]
 
 
 def run(code, name: str, exit_on_error: bool = True):

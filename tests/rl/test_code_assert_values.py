@@ -1,0 +1,96 @@
+"""Assertion tests `assert EXPR == LITERAL` are judged outside the sandbox (rl/rewards/code.py): the sandbox
+only sends EXPR's value back, so a program that rewrites the harness inside its interpreter gains nothing."""
+
+import json
+import shutil
+
+import pytest
+
+from r1jax.rl.rewards import CodeConfig, PoolConfig, RewardPool, RewardsConfig, ScoreItem
+from r1jax.rl.rewards.code import code_outcome, decode_value, split_assertion
+
+LIMITS = dict(wall_s=3.0, cpu_s=2, memory_mb=256, processes=16, file_mb=1, output_bytes=65536, tmp_mb=16)
+MODES = [pytest.param("bwrap", marks=pytest.mark.skipif(shutil.which("bwrap") is None, reason="no bwrap")),
+         "rlimits_only"]
+DOUBLE = ["assert f(2) == 4", "assert f(5) == 10"]
+# The reviewer's programs: each returned x (wrong) and passed 2/2 when the runner judged `f(2) == 4` inside.
+SPOOFS = {
+    "builtins_exec": "import builtins\nbuiltins.exec = lambda *a, **k: None\ndef f(x): return x",
+    "builtins_compile": "import builtins\n_c = builtins.compile\nbuiltins.compile = "
+                        "lambda src, name, mode, *a, **k: _c('pass', name, mode)\ndef f(x): return x",
+    "json_dumps": "import json\n_d = json.dumps\njson.dumps = lambda o, *a, **k: _d([1] * len(o)) "
+                  "if isinstance(o, list) else _d(o, *a, **k)\ndef f(x): return x",
+    "stdout_wrap": "import sys, re\nclass W:\n    def __init__(s, r): s.r = r\n    def write(s, t):\n"
+                   "        t = re.sub(r'(\\n[0-9a-f]{32} )\\[([01, ]*)\\]', lambda m: m.group(1) + '[' + "
+                   "', '.join('1' for _ in m.group(2).split(',')) + ']', t)\n        return s.r.write(t)\n"
+                   "    def __getattr__(s, n): return getattr(s.r, n)\nsys.stdout = W(sys.stdout)\ndef f(x): return x",
+    "read_tests_file": "import json, os\n"  # (no ast: rlimits_only's user may not import more of a /root Python)
+                       "_tests, _ = json.load(open(next(q for q in ('/sandbox/tests.json', '../tests.json') "
+                       "if os.path.exists(q))))\n_table = {}\nfor t in _tests:\n"
+                       "    x, want = t[len('assert f'):].split(' == ')\n    _table[eval(x)] = eval(want)\n"
+                       "def f(x): return _table[x]",
+}
+
+
+def outcome(program: str, tests: list[str], mode: str = "bwrap", entry_point: str | None = "f"):
+    item = ScoreItem("", f"```python\n{program}\n```", "", "code", tests=json.dumps(tests), entry_point=entry_point)
+    result = code_outcome(item, CodeConfig(**LIMITS, sandbox=mode, partial=True))
+    return result.passed, result.total, result.status
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", SPOOFS)
+def test_a_program_that_rewrites_the_harness_scores_zero(name, mode):
+    assert outcome(SPOOFS[name], DOUBLE, mode) == (0, 2, "failed")
+    assert outcome("def f(x): return 2 * x", DOUBLE, mode) == (2, 2, "passed")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_patching_builtins_no_longer_forges_an_assertion_judged_in_the_sandbox(mode):
+    tolerance = ["assert abs(f(2) - 4) < 1e-9"]
+    for name in ("builtins_exec", "builtins_compile", "json_dumps", "stdout_wrap"):
+        assert outcome(SPOOFS[name], tolerance, mode) == (0, 1, "failed"), name
+    assert outcome("def f(x): return 2 * x + 1e-12", tolerance, mode) == (1, 1, "passed")
+
+
+def test_spoofs_score_zero_through_the_reward_pool():
+    config = RewardsConfig(names=("code",), weights=(1.0,), code=CodeConfig(**LIMITS))
+    items = [ScoreItem("", f"```python\n{p}\n```", "", "code", tests=json.dumps(DOUBLE), entry_point="f")
+             for p in [*SPOOFS.values(), "def f(x): return 2 * x"]]
+    with RewardPool(config, PoolConfig(workers=2, timeout_s=20, memory_mb=0)) as pool:
+        rewards = [r.rewards["code"] for r in pool.score_batch(items)]
+    assert rewards == [0.0] * len(SPOOFS) + [1.0]
+
+
+@pytest.mark.parametrize("program,tests,passed", [
+    ("def f(): return [1, 2]", ["assert f() == (1, 2)", "assert f() == [1, 2]", "assert (1, 2) == tuple(f())"], 2),
+    ("def f(): return float('nan')", ["assert f() == 1.5", "assert str(f()) == 'nan'", "assert f() != f()"], 2),
+    ("def f(): return float('-inf'), 0.1 + 0.2, 2.0", ["assert f() == (-1e999, 0.30000000000000004, 2)",
+                                                       "assert f() == (-1e999, 0.3, 2)"], 1),
+    ("def f(): return {'a': [1, (2, 3.5)], 2: {None, True}, 'b': b'x\\xff', 'c': 'é\\ud800', 'd': -3+1j, "
+     "'e': frozenset({1}), 'n': -2**100}",
+     ["assert f() == {'a': [1, (2, 3.5)], 2: {None, 1}, 'b': b'x\\xff', 'c': 'é\\ud800', 'd': -3+1j, "
+      "'e': {1}, 'n': -1267650600228229401496703205376}", "assert f()['a'] == [1, (2, 3.5000001)]",
+      "assert f()['n'] == -2 ** 100"], 2),  # the last one is no literal: judged whole in the sandbox
+    ("def f(x): return 2 * x", ["assert f(2) == 4, 'message'", "x = f(5)\nassert x == 10",
+                                "def check(candidate):\n    assert candidate(1) == 2\ncheck(f)", "assert f(-1) == -2",
+                                "assert 8 == f(4)", "assert f(3) == 7"], 5),
+    ("import collections\ndef f(): return collections.OrderedDict(a=1)", ["assert f() == {'a': 1}"], 1),
+    ("class A:\n    def __eq__(self, other): return True\ndef f(): return A()", ["assert f() == 4"], 0),
+    ("class I(int):\n    def __eq__(self, other): return True\ndef f(): return I(3)", ["assert f() == 4"], 0),
+    ("def f(): raise SystemExit(0)", ["assert f() == 4", "assert 1 == 1"], 1),
+])
+def test_values_compare_as_python_compares_them(program, tests, passed):
+    assert outcome(program, tests, "rlimits_only") == (passed, len(tests), "passed" if passed == len(tests)
+                                                       else "failed")
+
+
+def test_split_keeps_the_expected_value_outside_and_decoding_is_strict():
+    assert split_assertion("assert f(2, 'x') == (-1, [None])") == ("eval f(2, 'x')", (-1, [None]))
+    assert split_assertion("assert {1: 2} == g()") == ("eval g()", {1: 2})
+    for whole in ("assert f(2) == 4 == g(2)", "assert f(2) != 4", "assert f(2) == float('inf')", "f(2) == 4"):
+        assert split_assertion(whole)[0] == "exec " + whole
+    assert decode_value(["tuple", [["float", "nan"], ["str", "c3a9"]]])[1] == "é"
+    for bad in (["int", "0x10"], ["eval", "1"], ["list", "ab"], ["set", [["list", []]]], ["float", "1e3"]):
+        with pytest.raises((ValueError, TypeError)):
+            decode_value(bad)
