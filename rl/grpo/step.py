@@ -84,7 +84,12 @@ def reference_logprobs(graphdef, ref, batch: dict, temperature: float, micro_bat
     log-probs (mu > 1) and the behaviour log-probs of a batch sampled ahead. Runs over the update's
     `micro_batches` strided micro-batches one after another, as the update does: a packed batch's `unpack`
     indexes within its micro-batch (`rl.grpo.packing`), and a forward holds one micro-batch's logits at a
-    time."""
+    time.
+
+    With routing replay (`update.routing_replay`: the batch holds `replay`) this forward reuses the experts
+    the sampler chose, as the policy's does (and so does `grpo_micro_loss`'s own reference forward when
+    `ref_logp` is absent): the KL term is measured against a routing-replayed reference, pi_ref routed as the
+    sampler routed, not pi_ref with its own router's choices."""
     def logp(mb):
         replay = jnp.moveaxis(mb["replay"], 0, 1) if "replay" in mb else None
         return _policy_logp(graphdef, *ref, mb, temperature, replay, False)[0]

@@ -3,7 +3,8 @@ and teaches nothing, so sample more prompts until the batch is made of informati
 
 `fill_informative(draw, prompts, group_size, rounds)` calls `draw()` for one scored round at a time, keeps
 informative groups (rewards not all equal) in sampling order, and stops once `prompts` of them are in hand
-or after `rounds` extra rounds; then it fills the batch up with uninformative groups, in sampling order.
+or after `rounds` extra rounds; then it fills the batch up with uninformative groups, in sampling order
+(which still count in the loss normalisers and so shrink the step's gradient: `fill_informative`).
 Rows stay prompt-major (row = group * G + g), as the sampler returns them.
 """
 
@@ -43,6 +44,17 @@ def informative_groups(results: Sequence[ScoreResult], group_size: int) -> np.nd
 
 def fill_informative(draw: Callable[[], Round], prompts: int, group_size: int, rounds: int,
                      pad_id: int = 0) -> Filled:
+    """The batch of `prompts` groups, informative ones first (module docstring).
+
+    Filling with uninformative groups when the rounds run out is not free: their advantages are exactly 0
+    (rl.grpo.advantages), so they add no policy-gradient term, but their rows and tokens still count in the
+    whole batch's loss normalisers (rl.grpo.aggregation: token_mean's token count, seq_mean_token_mean's and
+    constant's B). The step's policy gradient is therefore that of the informative groups shrunk by their
+    share of the batch's completion tokens (token_mean) or rows (the others), as in a batch sampled without
+    dynamic sampling, not renormalised to a batch of informative groups only; their KL term, when
+    `kl_coef` > 0, still counts. `Filled.informative` (logged as `dynamic/informative_groups`, out of
+    `prompts`) tells how many groups teach.
+    """
     drawn: list[Round] = []
     informative, other = [], []  # (round index, group index)
     while True:

@@ -8,7 +8,11 @@ generation of batch n + k on the sampler's devices, then update n on the trainer
 the generated tokens, decodes them and submits them to the reward pool (the `meanwhile` of the update). The
 batch's behaviour log-probs are taken by the weights that sampled it, copied on the trainer's devices before
 the update donates them (one more copy of the weights there while it runs). Every batch is sampled by the
-same weights, with the same key and prompts, in the same order as with shared devices."""
+same weights, with the same key and prompts, in the same order as with shared devices.
+
+With `update.routing_replay` the reference log-probs (the KL term), like the old and the policy's log-probs,
+are taken with the experts the sampler chose (rl.grpo.step.reference_logprobs): the KL is to a
+routing-replayed reference, not to pi_ref routed by its own router."""
 
 from __future__ import annotations
 

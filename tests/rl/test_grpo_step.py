@@ -1,7 +1,7 @@
-"""The jitted GRPO update step: micro-batching is exact, NaNs are skipped bitwise, sharding changes
-nothing, the routing bias follows the load by the sign rule, the router losses enter with their coefficients,
-remat is in the program only when asked for, unrolled layers give the scan's losses and gradients, and
-beta = 0 needs no reference policy."""
+"""The jitted GRPO update step: micro-batching is exact (bfloat16 gradients are summed in float32, the state
+keeps its dtypes), NaNs are skipped bitwise, sharding changes nothing, the routing bias follows the load by
+the sign rule, the router losses enter with their coefficients, remat is in the program only when asked for,
+unrolled layers give the scan's losses and gradients, and beta = 0 needs no reference policy."""
 
 import dataclasses
 import functools
@@ -19,10 +19,10 @@ from r1jax.model.factory import init_policy
 from r1jax.model.layers import RoutingBias
 from r1jax.model.moe import MoEAux
 from r1jax.rl.grpo.aggregation import global_normalisers, token_weights_BT
-from r1jax.rl.grpo.config import GRPOConfig
-from r1jax.rl.grpo.optimizer import skip_nonfinite
-from r1jax.rl.grpo.step import make_grpo_step
-from r1jax.rl.update import TrainState, UpdateConfig, add_router_losses, init_train_state
+from r1jax.rl.grpo.config import GRPOConfig, OptimizerConfig
+from r1jax.rl.grpo.optimizer import make_optimizer, skip_nonfinite
+from r1jax.rl.grpo.step import grpo_micro_loss, make_grpo_step
+from r1jax.rl.update import TrainState, UpdateConfig, add_router_losses, init_train_state, micro_split
 from r1jax.sharding.context import use_mesh
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.params import state_shardings
@@ -87,6 +87,56 @@ def test_micro_batches_trace_the_forward_and_backward_once():
     _, four = make(UpdateConfig(micro_batches=4, aux_loss_coef=0.0))
     counts = [products(jax.make_jaxpr(step)(state, batch).jaxpr) for step in (one, four)]
     assert counts[0] > 0 and counts[1] == counts[0], counts
+
+
+BF16 = dataclasses.replace(CFG, param_dtype="bfloat16")
+
+
+def _gradient_recorder() -> optax.GradientTransformation:
+    """An optimizer that moves nothing and keeps, as its state, the gradients the step handed it (in float32)."""
+    wide = lambda tree: jax.tree.map(lambda x: x.astype(jnp.float32), tree)
+    keep = lambda grads, state, params=None: (jax.tree.map(jnp.zeros_like, grads), wide(grads))
+    return skip_nonfinite(optax.GradientTransformation(wide, keep))
+
+
+def test_bfloat16_micro_batch_gradients_are_summed_in_float32():
+    """bfloat16 parameters, 4 micro-batches: the step hands the optimizer the float32 sum of the 4 micro-batch
+    gradients, not a running bfloat16 sum rounded at every add."""
+    update, recorder = UpdateConfig(micro_batches=4, aux_loss_coef=0.0), _gradient_recorder()
+    graphdef, state = init_train_state(init_policy(BF16, 0), recorder, with_ref=True)
+    step = jax.jit(make_grpo_step(graphdef, recorder, GRPO, update, BF16, None, bias_rate=0.0))
+    batch = synthetic_batch()
+    handed = leaves(step(state, batch)[0].opt_state.inner_state)
+    loss = grpo_micro_loss(graphdef, GRPO, update, 4)
+    grad = jax.jit(jax.grad(lambda params, mb: loss(params, state.bias, state.ref, mb)[0]))
+    micro = micro_split(batch, 4)
+    per_micro = [leaves(grad(state.params, jax.tree.map(lambda x, i=i: x[i], micro))) for i in range(4)]
+    assert any(g.dtype == jnp.bfloat16 for g in per_micro[0])  # gradients in the parameters' dtypes
+    wide = [sum(g[k].astype(np.float32) for g in per_micro) for k in range(len(handed))]
+    narrow = [functools.reduce(lambda a, b: (a + b).astype(jnp.bfloat16), (g[k] for g in per_micro))
+              for k in range(len(handed))]
+
+    def error(tree):  # relative L2 distance from the float32 sum, over all parameters
+        flat = lambda t: np.concatenate([np.asarray(x, np.float32).ravel() for x in t])
+        return np.linalg.norm(flat(tree) - flat(wide)) / np.linalg.norm(flat(wide))
+
+    assert error(narrow) > 1e-3  # what summing in bfloat16 costs here (measured 2.1e-3; the step's: 0)
+    assert error(handed) < error(narrow) / 20, (error(handed), error(narrow))
+
+
+def test_bfloat16_parameters_and_adam_state_keep_their_dtypes_through_micro_batches():
+    """float32 gradient sums reach AdamW (moments in the parameters' bfloat16): the step returns the state's
+    dtypes unchanged, so a donated state is reused and a checkpoint restores into the same arrays."""
+    optimizer = make_optimizer(OptimizerConfig(lr=1e-3))
+    graphdef, state = init_train_state(init_policy(BF16, 0), optimizer, with_ref=False)
+    step = jax.jit(make_grpo_step(graphdef, optimizer, dataclasses.replace(GRPO, kl_coef=0.0),
+                                  UpdateConfig(micro_batches=4, aux_loss_coef=0.0), BF16, None, bias_rate=0.0))
+    new, metrics = step(state, synthetic_batch())
+    assert int(metrics["skipped"]) == 0
+    dtypes = lambda tree: [x.dtype for x in jax.tree.leaves(tree)]
+    assert jnp.bfloat16 in dtypes(state.opt_state) and jnp.bfloat16 in dtypes(state.params)  # router: float32
+    assert dtypes(new.params) == dtypes(state.params) and dtypes(new.opt_state) == dtypes(state.opt_state)
+    assert any(not np.array_equal(x, y) for x, y in zip(leaves(new.params), leaves(state.params)))
 
 
 def test_nan_gradients_leave_state_bitwise_unchanged():
