@@ -67,8 +67,8 @@ def new_output_dir(out: str | pathlib.Path) -> pathlib.Path:
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", default="tiny",
-                        help="a preset name (tiny, bench, deepseek_v3_671b, qwen3_30b_a3b) or a YAML path; "
-                             "default: tiny")
+                        help="a preset name (tiny, bench, bench_qwen3, deepseek_v3_671b, qwen3_30b_a3b, "
+                             "qwen3_30b_a3b_r1zero: configs/) or a YAML path; default: tiny")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted config overrides, e.g. model.num_hidden_layers=4; a list item by its "
                              "index: stages.0.steps=5; a whole list: rewards.names=[accuracy,format]")

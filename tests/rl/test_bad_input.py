@@ -149,3 +149,11 @@ def test_train_takes_overrides_after_its_options(capsys, tmp_path):
     # other commands still refuse what they do not take
     assert "unrecognized arguments: --bogus" in usage_error(capsys, "info", "tiny", "--bogus")
     assert "unrecognized arguments: --bogus" in usage_error(capsys, "train", "tiny", "--bogus")
+
+
+def test_the_config_argument_help_names_every_shipped_preset():
+    from r1jax.rl.config import preset_names
+
+    command = build_parser()._subparsers._group_actions[0].choices["info"]
+    help_text = next(a.help for a in command._actions if a.dest == "config")
+    assert preset_names() and all(name in help_text for name in preset_names()), help_text
