@@ -18,14 +18,17 @@ from r1jax.errors import UserError
 from r1jax.rl.bench import slow_reward
 from r1jax.rl.bench.grpo_step import grpo_rows
 from r1jax.rl.config import Config
+from r1jax.rl.evaluate import judges
 
 KEYS = ("staleness_step_seconds_k0", "staleness_step_seconds_k1", "staleness_host_wait_seconds_k0",
         "staleness_host_wait_seconds_k1", "staleness_speedup", "staleness_reward_seconds")
 
 
 def with_slow_reward(config: Config, max_staleness: int) -> Config:
-    """`config` scored by the 20 ms reward alone, at `max_staleness`."""
-    rewards = dataclasses.replace(config.rewards, names=("host_20ms",), weights=(1.0,))
+    """`config` trained on the 20 ms reward alone, at `max_staleness`; the evaluation's judges (accuracy,
+    format) are scored beside it with weight 0, as a run must (rl.evaluate.missing_judges)."""
+    extra = judges(config.data.tasks)
+    rewards = dataclasses.replace(config.rewards, names=("host_20ms", *extra), weights=(1.0,) + (0.0,) * len(extra))
     pool = dataclasses.replace(config.reward_pool,
                                import_modules=(*config.reward_pool.import_modules, slow_reward.__name__))
     grpo = dataclasses.replace(config.grpo, max_staleness=max_staleness, dynamic_sampling=False)

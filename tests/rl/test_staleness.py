@@ -134,3 +134,16 @@ def test_routing_replay_turned_on_over_a_queue_saved_without_routing_is_a_user_e
     meta = {ITEM: [{"shapes": {"tokens_BT": [[2, 3], "int32"], "old_logp": [[2, 3], "float32"]}}]}
     with pytest.raises(UserError, match=r"update.routing_replay=true, but the checkpoint's 1 batch\(es\) sampled"):
         restore_queue(meta, lambda targets: pytest.fail("read"), lambda rollout: pytest.fail("placed"), True)
+
+
+@pytest.mark.parametrize("preset", ["bench", "bench_qwen3"])
+def test_the_staleness_benchmark_config_passes_the_evaluation_judges_check(preset):
+    """`r1jax bench` stopped at the staleness figure: its 20 ms reward alone left the held-out evaluation's
+    accuracy and format unscored, which a run refuses at start (rl.train.preflight)."""
+    from r1jax.rl.bench.staleness import with_slow_reward
+    from r1jax.rl.evaluate import missing_judges
+
+    config = with_slow_reward(load_config(preset), 1)
+    assert config.rewards.names[0] == "host_20ms" and config.rewards.weights[0] == 1.0
+    assert not missing_judges(config.rewards, config.data.tasks)
+    assert all(w == 0.0 for w in config.rewards.weights[1:]) and config.grpo.max_staleness == 1
