@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from r1jax.sharding.context import active_rules, mesh_shape
-from r1jax.sharding.decode_stats import KV_READ_SCOPE
+from r1jax.sharding.hlo_traffic import KV_READ_SCOPE
 
 F32_MIN = float(jnp.finfo(jnp.float32).min)
 
