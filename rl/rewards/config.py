@@ -24,6 +24,9 @@ class FieldError(UserError):
         self.section, self.field, self.value, self.expected, self.refs = section, field, value, expected, refs
         super().__init__(f"{section}.{field} = {value!r}: expected {self._expected({f: f + '=' for f in refs})}")
 
+    def __reduce__(self):  # pickled whole: it crosses process boundaries (reward workers, data loaders)
+        return FieldError, (self.section, self.field, self.value, self.expected, self.refs)
+
     def _expected(self, names: dict[str, str]) -> str:
         """`expected`, each field it names said as `names[field]` followed by its value."""
         return self.expected.format(**{f: f"{names[f]}{v!r}" for f, v in self.refs.items()}) if self.refs \

@@ -1,6 +1,7 @@
 """Reward functions in-process: extraction, format, language, overlong, combination, and no eval of text."""
 
 import builtins
+import pickle
 
 import pytest
 
@@ -133,6 +134,16 @@ def test_config_errors_can_name_a_commands_flags():
     assert str(refused.value.for_flags(flags)) == "--overlong-buffer 9: expected in [0, --max-length 8]"
     # a field without a flag: the config's own words
     assert refused.value.for_flags({"rewards.overlong_buffer": "--overlong-buffer"}) is refused.value
+
+
+def test_a_config_error_crosses_a_process_boundary_whole():
+    """Raised in a worker (reward pool, data loader), it is pickled back to the trainer: the same error there."""
+    with pytest.raises(FieldError) as refused:
+        RewardsConfig(max_length=8, overlong_buffer=9)
+    back = pickle.loads(pickle.dumps(refused.value))
+    assert type(back) is FieldError and str(back) == str(refused.value) and back.refs == {"max_length": 8}
+    assert str(back.for_flags({"rewards.overlong_buffer": "-o", "rewards.max_length": "-m"})) == \
+        "-o 9: expected in [0, -m 8]"
 
 
 def test_unknown_reward_name_is_a_user_error():
