@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -181,16 +181,20 @@ def _normalize(answer: str | None) -> str | None:
 
 def evaluate(sampler, states, tokenizer: TokenizerLike, template: str, problems: Sequence[dict], pool: RewardPool,
              cfg: EvalConfig, max_new_tokens: int, answer_max_chars: int = 256,
-             template_vars: Mapping[str, Any] | None = None) -> tuple[dict, list[dict]]:
+             template_vars: Mapping[str, Any] | None = None,
+             progress: Callable[[int], None] | None = None) -> tuple[dict, list[dict]]:
     """(figures, sample rows) for `problems` under the policy `states`, prompted in format `template` (with
     the chat template's `template_vars`): `cfg.batch_size` problems per sampler call, each call's
-    completions scored by the pool while the next one generates."""
+    completions scored by the pool while the next one generates. `progress`, when given, is told after each
+    sampler call how many problems have been sampled so far."""
     chunks = []
     for start in range(0, len(problems), cfg.batch_size):
         sampled = sample_and_submit(sampler, states, tokenizer, template, problems[start:start + cfg.batch_size],
                                     pool, cfg.samples, template_vars, temperature=cfg.temperature, top_p=cfg.top_p,
                                     top_k=cfg.top_k, max_new_tokens=max_new_tokens)
         chunks.append((sampled.texts, sampled.items, sampled.pending))  # not the rollout: free its arrays
+        if progress is not None:
+            progress(min(start + cfg.batch_size, len(problems)))
     texts = [text for chunk_texts, _, _ in chunks for text in chunk_texts]
     lengths = [item.length for _, items, _ in chunks for item in items]
     results = [result for _, _, pending in chunks for result in pool.collect(pending)]

@@ -1,8 +1,12 @@
-"""Evaluate a checkpoint with R1's protocol: pass@1 averaged over K samples at temperature 0.6, top-p 0.95,
-cons@K (majority vote), pass@K (unbiased), accuracy by difficulty, response length, format rate.
+"""Evaluate a checkpoint with R1's protocol: pass@1 averaged over K samples, cons@K (majority vote), pass@K
+(unbiased), accuracy by difficulty, response length, format rate.
 
-Problems: --data FILE (JSONL/Parquet with prompt, answer[, task]), or held-out problems of --task (default:
-the checkpoint's training tasks), generated from another seed and never equal to a training prompt.
+Sampling: each flag given, else the checkpoint's eval section (eval.samples, eval.temperature, eval.top_p,
+eval.top_k; R1's temperature 0.6, top-p 0.95 and no top-k unless the run set its own); the settings used, and
+where each came from, go to stderr. Problems: --data FILE (JSONL/Parquet with prompt, answer[, task]; the
+first --num-problems rows), or held-out problems of --task (default: the checkpoint's training tasks) at
+--difficulty, generated from another seed and never equal to a training prompt. Progress goes to stderr, so
+--json's object is stdout's only output.
 """
 
 from __future__ import annotations
@@ -10,9 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from r1jax.model.tokenizer import TEMPLATE_NAMES
 from r1jax.rl.cli.common import non_negative_int, non_negative_number, positive_int, probability
+
+# (flag, the EvalConfig field it sets), in the order the settings used are told
+SAMPLING_FLAGS = (("--samples", "samples"), ("--temperature", "temperature"), ("--top-p", "top_p"),
+                  ("--top-k", "top_k"))
+PROGRESS_LINE_INTERVAL_S = 30.0  # stderr not a terminal (a log): a progress line at most this often
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,13 +32,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--data", help="a JSONL or Parquet file of prompt/answer rows")
     parser.add_argument("--samples", type=positive_int, default=None,
                         help="K (default: the checkpoint's eval.samples)")
-    parser.add_argument("--temperature", type=non_negative_number, default=0.6, help="0 is greedy (default 0.6)")
-    parser.add_argument("--top-p", type=probability, default=0.95)
+    parser.add_argument("--temperature", type=non_negative_number, default=None,
+                        help="0 is greedy (default: the checkpoint's eval.temperature, R1's 0.6 unless the run "
+                             "set its own)")
+    parser.add_argument("--top-p", type=probability, default=None,
+                        help="default: the checkpoint's eval.top_p (R1's 0.95 unless the run set its own)")
     parser.add_argument("--top-k", type=non_negative_int, default=None, help="keep the K likeliest tokens "
                         "(default: the checkpoint's eval.top_k, 0: no filter)")
-    parser.add_argument("--num-problems", type=positive_int, default=None)
+    parser.add_argument("--num-problems", type=positive_int, default=None,
+                        help="default: the checkpoint's eval.num_problems (with --data: every row)")
     parser.add_argument("--difficulty", type=positive_int, default=None,
-                        help="default: the checkpoint's eval.difficulty, else data.difficulty")
+                        help="held-out problems only (not with --data): default the checkpoint's "
+                             "eval.difficulty, else data.difficulty")
     parser.add_argument("--max-new-tokens", type=positive_int, default=None,
                         help="default: the checkpoint's sampling.max_new_tokens")
     parser.add_argument("--template", choices=TEMPLATE_NAMES, default=None,
@@ -52,16 +67,25 @@ def run(args: argparse.Namespace) -> int:
     from r1jax.rl.tasks import task_names
     from r1jax.sharding.context import use_mesh
 
-    if args.task is not None and args.task not in task_names():  # before the checkpoint loads
+    # before the checkpoint loads
+    if args.task is not None and args.task not in task_names():
         raise UserError(f"--task {args.task!r}: unknown task; choose one of {', '.join(task_names())}")
+    if args.data and args.difficulty is not None:  # file rows are all read as difficulty 0 (rl.data.records)
+        raise UserError(f"--difficulty {args.difficulty} picks held-out problems, and --data {args.data!r} "
+                        "replaces them (a file's rows carry no difficulty): drop --difficulty or --data")
     config, policy, mesh, rules, tokenizer = open_for_inference(args.checkpoint)
     if tokenizer is None:
         raise UserError(f"checkpoint {args.checkpoint!r} carries no tokenizer; evaluation needs one")
     fields = {"samples": args.samples, "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
               "num_problems": args.num_problems, "difficulty": args.difficulty}
     eval_cfg = dataclasses.replace(config.eval, **{k: v for k, v in fields.items() if v is not None})
+    max_new = config.sampling.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
     if args.data:
-        problems = config.data.load_file(args.data)[: args.num_problems or None]
+        problems = config.data.load_file(args.data)
+        if args.num_problems is not None and len(problems) < args.num_problems:
+            print(f"r1jax eval: --num-problems {args.num_problems}: {args.data} holds {len(problems)} problems; "
+                  "evaluating them all", file=sys.stderr)
+        problems = problems[: args.num_problems or None]
     else:
         try:
             left_out = []
@@ -73,9 +97,9 @@ def run(args: argparse.Namespace) -> int:
             raise
         except ValueError as err:  # a difficulty the task lacks; a task space too small for --num-problems
             raise UserError(f"--num-problems / --difficulty: {err}") from None
+    print(f"r1jax eval: {sampling_settings(args, eval_cfg, max_new)}", file=sys.stderr)
     pool_cfg = config.reward_pool if args.workers is None else dataclasses.replace(config.reward_pool,
                                                                                   workers=args.workers)
-    max_new = config.sampling.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
     template = args.template or config.tokenizer.template
     graphdef, state = nnx.split(policy)
     layout, state = inference_layout(config, state, mesh, rules)
@@ -84,14 +108,69 @@ def run(args: argparse.Namespace) -> int:
     # the workers warm up the verifiers of the problems' tasks only (rl.tasks.Task.warm_up)
     tasks = sorted({problem["task"] for problem in problems})
     rewards = evaluation_rewards(config.rewards, tasks)  # pass@1's and format_rate's, whatever trained
-    with RewardPool(rewards, pool_cfg, tasks=tasks) as pool, use_mesh(mesh, rules):
+    with RewardPool(rewards, pool_cfg, tasks=tasks) as pool, use_mesh(mesh, rules), \
+            EvalProgress(len(problems)) as progress:
         figures, _ = evaluate(sampler, state, tokenizer, template, problems, pool, eval_cfg, max_new,
-                              config.rewards.answer_max_chars, config.tokenizer.template_vars)
+                              config.rewards.answer_max_chars, config.tokenizer.template_vars,
+                              progress=progress.update)
     if args.json:
         print(json.dumps(figures))
     else:
         _print_table(figures)
     return 0
+
+
+def sampling_settings(args: argparse.Namespace, eval_cfg, max_new_tokens: int) -> str:
+    """The sampling settings an evaluation uses, each with where it came from: its flag, else the checkpoint's
+    config ("samples 4 (checkpoint eval.samples), temperature 0.6 (checkpoint eval.temperature), top-p 0.5
+    (--top-p), ...")."""
+    told = [f"{flag.removeprefix('--')} {getattr(eval_cfg, field)} "
+            f"({flag if getattr(args, field) is not None else f'checkpoint eval.{field}'})"
+            for flag, field in SAMPLING_FLAGS]
+    source = "--max-new-tokens" if args.max_new_tokens is not None else "checkpoint sampling.max_new_tokens"
+    note = (f"; temperature 0 is greedy: a problem's {eval_cfg.samples} samples are one answer"
+            if eval_cfg.temperature == 0 and eval_cfg.samples > 1 else "")
+    return f"{', '.join(told)}, max-new-tokens {max_new_tokens} ({source}){note}"
+
+
+class EvalProgress:
+    """How many of `total` problems have been sampled, on stderr: a bar on a terminal, else (a log) a line at
+    most every PROGRESS_LINE_INTERVAL_S seconds, which a bar's redraws would fill with control codes."""
+
+    def __init__(self, total: int):
+        from rich.console import Console
+
+        self.total, self.started = total, time.monotonic()
+        self.told_at = self.started
+        self.console = Console(stderr=True, highlight=False)
+        self.bar = self.task = None
+
+    def __enter__(self) -> "EvalProgress":
+        if self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+                TimeRemainingColumn
+
+            # stdout left alone: --json's object goes there once the bar is gone
+            self.bar = Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TextColumn("problems"),
+                                TimeElapsedColumn(), TimeRemainingColumn(), console=self.console,
+                                refresh_per_second=2, redirect_stdout=False, redirect_stderr=False)
+            self.bar.start()
+            self.task = self.bar.add_task("eval", total=self.total)
+        return self
+
+    def update(self, done: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done)
+            return
+        now = time.monotonic()
+        if now - self.told_at >= PROGRESS_LINE_INTERVAL_S:
+            self.told_at = now
+            print(f"r1jax eval: {done}/{self.total} problems sampled in {now - self.started:.0f} s",
+                  file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 def _print_table(figures: dict) -> None:

@@ -4,7 +4,6 @@ summary lists under `evals`."""
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 from r1jax.model.tokenizer import TokenizerLike
@@ -33,12 +32,7 @@ class HeldOutEval:
                                     cfg.tokenizer.template_vars)
         checkpoint = str(self.run_dir / "checkpoints" / str(step)) if checkpointed else None
         entry = {"stage": stage_name, "checkpoint": checkpoint, "step": step, **figures}
-        if self.primary:
-            out = self.run_dir / "samples"
-            out.mkdir(exist_ok=True)
-            with (out / f"{stage_name}-step{step}.jsonl").open("w") as f:
-                for row in samples:
-                    f.write(json.dumps(row) + "\n")
+        self.metrics.write_samples(f"{stage_name}-step{step}", samples)  # whole or not at all; primary only
         self.metrics.log_eval(entry)
         k = figures["k"]
         self.console.log(f"eval after {stage_name} step {step}: pass@1 {figures['pass@1']:.3f}, "

@@ -9,6 +9,10 @@ its last draw): each draw of the nine figures takes about a second of CPU (matpl
 import were 6 s of tests/rl/data/train_tiny.yaml's 25 s run), which a seconds-long step should not pay at every
 evaluation; TensorBoard is the live view. A config with `plots: false` draws none.
 
+metrics.jsonl is appended a row at a time: a kill mid-write can cut its last line, which `read_rows` skips
+(and a resume rewrites the file without it); an evaluation's samples/*.jsonl (`write_samples`) and the plots
+are written whole, each replacing its file at once (`r1jax.files.write_atomically`).
+
 Only the primary process (JAX process 0) writes. On resume, rows past the restored step are dropped first,
 so a resumed run's metrics.jsonl equals an uninterrupted run's (wall time aside). TensorBoard's event files are
 append-only: the resumed run's new event file opens with a purge event (SessionLog.START at the restored step + 1,
@@ -149,6 +153,15 @@ class MetricsWriter:
             if isinstance(entry.get(key), (int, float)):
                 tb.add_scalar(f"eval/{key}", entry[key], entry["step"])
         self.refresh_plots()
+
+    def write_samples(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """An evaluation's decoded samples as `samples/<name>.jsonl`, written whole (`write_atomically`: a kill
+        mid-write keeps what the file held before, or no file)."""
+        if not self.primary:
+            return
+        out = self.run_dir / "samples"
+        out.mkdir(exist_ok=True)
+        write_atomically(out / f"{name}.jsonl", "".join(json.dumps(_plain(row)) + "\n" for row in rows))
 
     def refresh_plots(self, force: bool = False) -> None:
         """Redraw the plots, unless they were drawn less than `plot_interval_s` ago (`force`: regardless)."""

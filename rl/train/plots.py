@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import pathlib
 from typing import Sequence
+
+from r1jax.files import write_atomically
 
 # figure name -> (title, metric keys drawn on it)
 PLOTS = {
@@ -30,7 +33,9 @@ def _series(key: str, rows: Sequence[dict], evals: Sequence[dict] | None) -> lis
 
 def write_plots(rows: Sequence[dict], out_dir: pathlib.Path,
                 evals: Sequence[dict] | None = None) -> list[pathlib.Path]:
-    """Draw every figure that has data; returns the files written. `evals`: the summary's evaluations.
+    """Draw every figure that has data; returns the files written. `evals`: the summary's evaluations. Each
+    file is replaced whole (drawn into memory, then `write_atomically`): a run killed mid-draw keeps its last
+    complete plots, never a truncated PNG.
 
     Figures come from matplotlib's object API on the Agg canvas (no pyplot: no global figure state, 0.7 s
     less to import) with fixed margins in place of `tight_layout`, which lays each figure out twice (nine
@@ -58,7 +63,9 @@ def write_plots(rows: Sequence[dict], out_dir: pathlib.Path,
         ax.legend(fontsize=8)
         fig.subplots_adjust(left=0.12, right=0.97, top=0.9, bottom=0.15)
         path = out_dir / f"{name}.png"
-        fig.savefig(path, dpi=80)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=80)
+        write_atomically(path, png.getvalue())
         written.append(path)
     return written
 

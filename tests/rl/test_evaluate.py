@@ -197,3 +197,13 @@ def test_code_problems_are_judged_by_the_code_reward():
     figures = summarize(problems, texts, [3] * 4, code + [ok(1.0), ok(0.0)], k=2)
     assert figures["accuracy_by_difficulty"] == {"1": 0.5}  # code: 1 of 2 (0.5 passed half the tests)
     assert figures["pass@1"] == 0.5 and figures["pass@2"] == 1.0
+
+
+def test_evaluate_tells_its_progress_after_each_sampler_call():
+    problems = [{"prompt": f"Compute {i}+{i}", "answer": str(2 * i), "task": "arithmetic"} for i in range(5)]
+    tokenizer = CharTokenizer()
+    told = []
+    cfg = EvalConfig(num_problems=5, samples=2, batch_size=2)
+    evaluate(ScriptedSampler(tokenizer, problems, [1] * 5), None, tokenizer, "chat", problems, ExactMatchPool(), cfg,
+             max_new_tokens=32, progress=told.append)
+    assert told == [2, 4, 5]  # problems sampled after each of the three calls

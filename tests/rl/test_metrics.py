@@ -1,7 +1,10 @@
 """A run's metrics: a resumed run's TensorBoard scalars show each step once, as its metrics.jsonl does."""
 
+import json
+import os
 import struct
 
+import pytest
 from tensorboardX.proto.event_pb2 import Event, SessionLog
 
 from r1jax.rl.train.metrics import MetricsWriter, read_rows
@@ -70,3 +73,42 @@ def test_an_evaluation_with_one_sample_writes_its_pass_at_1_once(tmp_path):
     writer.log_eval({"stage": "grpo", "step": 1, "k": 1, "pass@1": 0.5, "cons@1": 0.5})
     writer.close()
     assert purged_scalars(tmp_path / "tensorboard") == {("eval/pass_1", 1): 0.5, ("eval/cons_1", 1): 0.5}
+
+
+class Killed(BaseException):
+    """The process killed mid-write (a BaseException, as a signal's exit is: no handler catches it)."""
+
+
+def test_an_evaluations_samples_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    writer = MetricsWriter(tmp_path, plots=False)
+    rows = [{"prompt": "p", "completion": "c", "rewards": {"accuracy": 1.0}, "status": "ok"}] * 3
+    writer.write_samples("grpo-step4", rows)
+    path = tmp_path / "samples" / "grpo-step4.jsonl"
+    assert [json.loads(line) for line in path.read_text().splitlines()] == rows
+
+    def killed(*args):
+        raise Killed
+
+    monkeypatch.setattr(os, "fsync", killed)  # after the new rows are written, before they replace the file
+    with pytest.raises(Killed):
+        writer.write_samples("grpo-step4", rows[:1])
+    assert [json.loads(line) for line in path.read_text().splitlines()] == rows  # the file as it was
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+    monkeypatch.undo()
+    MetricsWriter(tmp_path / "other", primary=False).write_samples("grpo-step4", rows)
+    assert not (tmp_path / "other" / "samples").exists()  # only the primary process writes
+
+
+def test_a_row_cut_by_a_kill_is_skipped_and_a_resume_writes_on_after_the_whole_rows(tmp_path):
+    writer = MetricsWriter(tmp_path, plots=False)
+    for step in (1, 2):
+        writer.write({"global_step": step, "step": step, "stage": "grpo", "loss": 0.5})
+    with (tmp_path / "metrics.jsonl").open("a") as f:  # step 3's row cut by a kill
+        f.write('{"global_step": 3, "step": 3, "stage": "gr')
+    assert [r["global_step"] for r in read_rows(tmp_path / "metrics.jsonl")] == [1, 2]
+    resumed = MetricsWriter(tmp_path, plots=False)
+    resumed.resume(2, ())
+    resumed.write({"global_step": 3, "step": 3, "stage": "grpo", "loss": 0.25})
+    resumed.close()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["global_step"] for line in lines] == [1, 2, 3]  # every line whole

@@ -1,5 +1,7 @@
 """Training plots: the accuracy figure carries every held-out evaluation, end-of-stage ones included."""
 
+import pytest
+
 from r1jax.rl.train.plots import _series, write_plots
 
 ROWS = [{"global_step": 1, "stage": "sft", "sft/loss": 2.0},
@@ -55,3 +57,27 @@ def test_a_kl_term_gets_its_figure(tmp_path):
     rows = [{**row, "kl": 0.01 * row["global_step"]} if row["stage"] == "grpo" else row for row in ROWS]
     written = {p.name for p in write_plots(rows, tmp_path, EVALS)}
     assert "kl.png" in written and "kl.png" not in {p.name for p in write_plots(ROWS, tmp_path / "none", EVALS)}
+
+
+class Killed(BaseException):
+    """The process killed mid-draw (a BaseException, as a signal's exit is: no handler catches it)."""
+
+
+def test_a_draw_killed_mid_write_keeps_the_last_complete_plot(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    write_plots(ROWS, tmp_path, EVALS)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def savefig(self, target, **options):  # matplotlib writes a PNG in pieces: the first, then the kill
+        if hasattr(target, "write"):
+            target.write(b"\x89PNG\r\n")
+        else:
+            with open(target, "wb") as f:
+                f.write(b"\x89PNG\r\n")
+        raise Killed
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    with pytest.raises(Killed):
+        write_plots(ROWS, tmp_path, EVALS)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no cut PNG, no temporary file left

@@ -1,0 +1,140 @@
+"""`r1jax eval`'s options: sampling settings from the flags, else the checkpoint's eval section (R1's
+temperature 0.6 / top-p 0.95 unless the run set its own), told on stderr; flags a combination would ignore are
+refused or told; progress on stderr at a modest rate, stdout left to --json's object."""
+
+import dataclasses
+import json
+
+from r1jax.rl import checkpoint as checkpoint_module
+from r1jax.rl import evaluate as evaluate_module
+from r1jax.rl.cli import eval as eval_cli
+from r1jax.rl.cli.main import main
+
+
+def run_main(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def problems_file(tmp_path, count):
+    path = tmp_path / "problems.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Compute {a}+{a}", "answer": str(2 * a), "task": "arithmetic"})
+                            + "\n" for a in range(10, 10 + count)))
+    return path
+
+
+def checkpoint_eval_section(monkeypatch, **eval_fields):
+    """The checkpoint `eval` opens carries `eval_fields` in its config's eval section."""
+    real = checkpoint_module.open_for_inference
+
+    def open_for_inference(path):
+        config, *rest = real(path)
+        return (dataclasses.replace(config, eval=dataclasses.replace(config.eval, **eval_fields)), *rest)
+
+    monkeypatch.setattr(checkpoint_module, "open_for_inference", open_for_inference)  # the CLI imports it late
+
+
+def record_evaluations(monkeypatch):
+    """Each evaluation's EvalConfig and problems, with made-up figures in place of sampling them."""
+    seen = []
+
+    def evaluate(sampler, states, tokenizer, template, problems, pool, cfg, *args, **kwargs):
+        seen.append({"cfg": cfg, "problems": problems})
+        return {"k": cfg.samples, "n_problems": len(problems)}, []
+
+    monkeypatch.setattr(evaluate_module, "evaluate", evaluate)
+    return seen
+
+
+def test_sampling_settings_are_the_flags_else_the_checkpoints_eval_section(capsys, finished_run, tmp_path,
+                                                                             monkeypatch):
+    checkpoint_eval_section(monkeypatch, temperature=1.0, top_p=0.5, top_k=3, samples=3)
+    seen = record_evaluations(monkeypatch)
+    data = str(problems_file(tmp_path, 2))
+    code, _, err = run_main(capsys, "eval", str(finished_run), "--data", data, "--workers", "1", "--json")
+    assert code == 0
+    cfg = seen[-1]["cfg"]
+    assert (cfg.temperature, cfg.top_p, cfg.top_k, cfg.samples) == (1.0, 0.5, 3, 3)  # not R1's 0.6 / 0.95
+    assert ("r1jax eval: samples 3 (checkpoint eval.samples), temperature 1.0 (checkpoint eval.temperature), top-p 0.5 "
+            "(checkpoint eval.top_p), top-k 3 (checkpoint eval.top_k), max-new-tokens 8 (checkpoint "
+            "sampling.max_new_tokens)") in err
+
+    code, _, err = run_main(capsys, "eval", str(finished_run), "--data", data, "--workers", "1", "--json",
+                            "--temperature", "0.3", "--top-k", "0", "--max-new-tokens", "5")
+    assert code == 0
+    cfg = seen[-1]["cfg"]
+    assert (cfg.temperature, cfg.top_p, cfg.top_k, cfg.samples) == (0.3, 0.5, 0, 3)  # a flag beats the config
+    assert ("temperature 0.3 (--temperature), top-p 0.5 (checkpoint eval.top_p), top-k 0 (--top-k), "
+            "max-new-tokens 5 (--max-new-tokens)") in err
+
+
+def test_a_checkpoint_without_its_own_settings_samples_at_r1s(capsys, finished_run, tmp_path, monkeypatch):
+    seen = record_evaluations(monkeypatch)  # tests/rl/data/train_tiny.yaml sets no eval temperature or top-p
+    code, _, err = run_main(capsys, "eval", str(finished_run), "--data", str(problems_file(tmp_path, 2)),
+                            "--workers", "1", "--json", "--temperature", "0", "--samples", "2")
+    assert code == 0 and (seen[-1]["cfg"].top_p, seen[-1]["cfg"].temperature) == (0.95, 0.0)
+    assert "temperature 0.0 (--temperature)" in err and "greedy: a problem's 2 samples are one answer" in err
+
+
+def test_difficulty_with_a_data_file_is_refused_naming_both_flags(capsys, finished_run, tmp_path, monkeypatch):
+    seen = record_evaluations(monkeypatch)
+    data = str(problems_file(tmp_path, 2))
+    code, out, err = run_main(capsys, "eval", str(finished_run), "--data", data, "--difficulty", "3", "--json")
+    assert code == 2 and not seen and out == ""  # nothing evaluated
+    assert err.startswith("r1jax eval: error: --difficulty 3") and f"--data {data!r}" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_more_problems_asked_than_a_data_file_holds_is_told(capsys, finished_run, tmp_path, monkeypatch):
+    seen = record_evaluations(monkeypatch)
+    data = str(problems_file(tmp_path, 3))
+    code, out, err = run_main(capsys, "eval", str(finished_run), "--data", data, "--num-problems", "5",
+                              "--workers", "1", "--json")
+    assert code == 0 and len(seen[-1]["problems"]) == 3 == json.loads(out)["n_problems"]
+    assert f"--num-problems 5: {data} holds 3 problems; evaluating them all" in err
+    code, _, err = run_main(capsys, "eval", str(finished_run), "--data", data, "--num-problems", "2",
+                            "--workers", "1", "--json")
+    assert code == 0 and len(seen[-1]["problems"]) == 2 and "--num-problems" not in err
+
+
+def test_progress_goes_to_stderr_and_json_alone_to_stdout(capsys, finished_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(eval_cli, "PROGRESS_LINE_INTERVAL_S", 0.0)  # a line per sampler call
+    # the run's eval.batch_size 4: two sampler calls for 8 problems
+    code, out, err = run_main(capsys, "eval", str(finished_run), "--data", str(problems_file(tmp_path, 8)),
+                              "--samples", "2", "--workers", "1", "--json")
+    assert code == 0 and json.loads(out)["n_problems"] == 8 and len(out.strip().splitlines()) == 1
+    progress = [line for line in err.splitlines() if "problems sampled" in line]
+    assert [line.split()[2] for line in progress] == ["4/8", "8/8"], err
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_progress_lines_in_a_log_come_at_most_once_an_interval(capsys, monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(eval_cli.time, "monotonic", clock)
+    with eval_cli.EvalProgress(total=50) as progress:  # capsys's stderr is no terminal: lines, no bar
+        for seconds, done in ((10, 10), (31, 20), (40, 30), (62, 40), (70, 50)):
+            clock.now = 100.0 + seconds
+            progress.update(done)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == ["r1jax eval: 20/50 problems sampled in 31 s",
+                                         "r1jax eval: 40/50 problems sampled in 62 s"]
+
+
+def test_progress_bar_on_a_terminal_leaves_stdout_alone(capsys, monkeypatch):
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich: stderr is a terminal
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    with eval_cli.EvalProgress(total=8) as progress:
+        assert progress.bar is not None
+        progress.update(4)
+        progress.update(8)
+    captured = capsys.readouterr()
+    assert captured.out == "" and "8/8" in captured.err
