@@ -8,9 +8,12 @@ Tests (a code item's `tests`, stored on the ScoreItem as JSON) come in two forms
   `assert EXPR == LITERAL` (or `LITERAL == EXPR`; LITERAL: what `ast.literal_eval` reads) is split here:
   only EXPR goes to the sandbox, which sends back its value (sandbox_runner.encode), and it passes when
   that value == LITERAL, compared here. A value that is not of a builtin type (a custom object, a numpy
-  array) or an EXPR that raises fails; a subclass of a builtin type compares as its builtin value (a
-  namedtuple as a tuple; its own __eq__ is not called). Any other assertion (`assert abs(f(x) - y) < 1e-6`,
-  `def check(candidate): ...`, several statements) runs whole in the sandbox and passes when it raises nothing.
+  array), one whose encoding would be longer than sandbox_runner.MAX_VALUE_CHARS (2**18 characters: ~18k
+  small ints, a 128k-character ASCII string; encoding stops there), or an EXPR that raises fails that
+  assertion only (the values of all of them together still count in the run's `output_bytes`); a subclass of
+  a builtin type compares as its builtin value (a namedtuple as a tuple; its own __eq__ is not called). Any
+  other assertion (`assert abs(f(x) - y) < 1e-6`, `def check(candidate): ...`, several statements) runs
+  whole in the sandbox and passes when it raises nothing.
 - standard input/output pairs (competitive programming): `[{"input": "3\\n", "output": "6\\n"}, ...]`. Each
   pair is one sandboxed run of the program as `__main__`; it passes when it exits 0 and its output equals
   the expected one up to trailing whitespace on each line and trailing blank lines.
@@ -191,7 +194,7 @@ def _judge(result, expected) -> bool:
         if type(result) is not int or result not in (0, 1):
             raise ValueError(f"not a flag: {result!r:.80}")
         return result == 1
-    if result in ("raised", "unencodable"):
+    if result in ("raised", "unencodable", "too_large"):
         return False
     if not (isinstance(result, list) and len(result) == 2 and result[0] == "value"):
         raise ValueError(f"not a value: {result!r:.80}")

@@ -9,12 +9,16 @@ Modes (`rewards.code.sandbox`):
   other processes (--unshare-pid: the program's tree is pid 1's, and the kernel kills all of it when bwrap
   exits), own IPC and hostname, a new session (no terminal), an empty environment but PATH, a read-only
   /usr (+ the /lib, /bin links) and the host Python's install directories, a private size-capped tmpfs at
-  /tmp (the only writable place; the working directory), a fresh /proc and minimal read-only /dev, a
-  seccomp filter (seccomp_filter: no namespaces, mounts or memfds; x86_64 only), nothing else: no
-  home directory, no /etc beyond the dynamic linker's cache, no project or data files.
-- `rlimits_only`: the same limits, environment and process group, without namespaces: the program can
-  read what the user can, reach the network and escape the process group with setsid. Only for hosts
-  without bubblewrap or user namespaces, and only when the config says so explicitly.
+  /tmp (the only writable place; the working directory), a fresh /proc and minimal read-only /dev, the
+  seccomp filter, nothing else: no home directory, no /etc beyond the dynamic linker's cache, no project or
+  data files.
+- `rlimits_only`: the same limits, environment, process group and seccomp filter, without namespaces: the
+  program can read what the user can, reach the network and escape the process group with setsid. Only for
+  hosts without bubblewrap or user namespaces, and only when the config says so explicitly.
+
+The seccomp filter (rl.rewards.seccomp: no namespaces, mounts or memfds) is loaded by bwrap (--seccomp) or,
+in `rlimits_only`, by the runner before the program runs; it is written for x86_64 only: elsewhere programs
+run without it (a warning in the log, and check_sandbox's description, say so).
 
 In both modes the runner (sandbox_runner.py) sets RLIMIT_CPU, _AS (memory), _NPROC (processes), _FSIZE
 (each file), _NOFILE and _CORE before the program runs, and as root it first drops to an unprivileged user
@@ -31,48 +35,36 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import errno
 import functools
 import json
 import os
 import pathlib
-import platform
+import re
 import selectors
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 
 from r1jax.errors import UserError
+from r1jax.rl.rewards.seccomp import filter_pipe, seccomp_filter
 
 MODES = ("bwrap", "rlimits_only")
 # ok: exited 0; exit: another exit code; syntax_error: does not compile; timeout: wall or CPU limit;
 # memory: the address-space limit; output_limit: printed more than output_bytes; sandbox_error: the sandbox
-# itself failed (bwrap missing or refused), which says nothing about the program.
+# itself failed (bwrap missing or refused, the seccomp filter not loaded), which says nothing about the program.
 RUN_STATUSES = ("ok", "exit", "syntax_error", "timeout", "memory", "output_limit", "sandbox_error")
 RUNNER = pathlib.Path(__file__).with_name("sandbox_runner.py")
-SYNTAX_EXIT, MEMORY_EXIT = 65, 66  # as in sandbox_runner.py
+SYNTAX_EXIT, MEMORY_EXIT, SECCOMP_EXIT = 65, 66, 67  # as in sandbox_runner.py
 CPU_SIGNALS = (signal.SIGXCPU, signal.SIGKILL)  # the soft and the hard RLIMIT_CPU
 CLEAN_ENV = {"PATH": "/usr/bin:/bin", "LC_CTYPE": "C.UTF-8"}
 LINKER_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d")
 SANDBOX_UID_BASE = 2_000_000  # as root, programs run as uid BASE + (pid of the scoring process % 1e6)
 STDERR_KEEP = 4096  # bytes of the program's stderr kept for diagnostics
 RUN_ROOT_PREFIX = "r1jax-sandbox-"  # run directories live in /tmp/r1jax-sandbox-PID-XXXX/ (PID: its owner)
-
-# The seccomp filter of bwrap mode (x86_64), in classic BPF over struct seccomp_data (nr at 0, arch at 4, args
-# from 16): every syscall that makes a namespace or a mount (a nested user namespace gives a program a tmpfs
-# of any size and CAP_SYS_ADMIN over it) or anonymous memory outside RLIMIT_AS (memfd) fails with EPERM;
-# clone3 with ENOSYS (its flags are behind a pointer; glibc falls back to clone, whose flags are checked).
-AUDIT_ARCH_X86_64 = 0xC000003E
-X32_SYSCALL_BIT = 0x40000000
-DENIED_SYSCALLS = {"mount": 165, "umount2": 166, "pivot_root": 155, "unshare": 272, "setns": 308,
-                   "memfd_create": 319, "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431,
-                   "fsmount": 432, "fspick": 433, "mount_setattr": 442, "memfd_secret": 447}
-CLONE, CLONE3 = 56, 435
-CLONE_NAMESPACES = 0x7E020000  # CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
+RUN_ROOT_NAME = re.compile(re.escape(RUN_ROOT_PREFIX) + r"([0-9]+)-[A-Za-z0-9_]+")  # tempfile.mkdtemp's suffix
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,38 +107,6 @@ def _bind_with_parents(path: str) -> list[str]:
     return args + ["--ro-bind", path, path]
 
 
-def _bpf(program: list[tuple]) -> bytes:
-    """Assemble (code, k, jump-if-true label, jump-if-false label) rows and "label" strings into sock_filter."""
-    labels, rows = {}, []
-    for entry in program:
-        if isinstance(entry, str):
-            labels[entry] = len(rows)
-        else:
-            rows.append(entry)
-    out = b""
-    for index, (code, k, true, false) in enumerate(rows):
-        jump = [labels[t] - index - 1 if t else 0 for t in (true, false)]
-        out += struct.pack("=HBBI", code, jump[0], jump[1], k)
-    return out
-
-
-@functools.lru_cache(maxsize=1)
-def seccomp_filter() -> bytes | None:
-    """The BPF program for bwrap's --seccomp; None where it is not written for this machine (not x86_64)."""
-    if platform.machine() != "x86_64":
-        return None
-    load, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ/JGE/JSET|K, BPF_RET|K
-    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | errno.EPERM, 0x00050000 | errno.ENOSYS
-    program = [(load, 4, None, None), (jeq, AUDIT_ARCH_X86_64, None, "deny"),  # i386 (int 0x80): denied
-               (load, 0, None, None), (jge, X32_SYSCALL_BIT, "deny", None)]  # x32 numbers: denied
-    program += [(jeq, number, "deny", None) for number in DENIED_SYSCALLS.values()]
-    program += [(jeq, CLONE3, "enosys", None), (jeq, CLONE, None, "allow"),
-                (load, 16, None, None), (jset, CLONE_NAMESPACES, "deny", "allow"),  # clone's flags (low word)
-                "allow", (ret, allow, None, None), "deny", (ret, eperm, None, None),
-                "enosys", (ret, enosys, None, None)]
-    return _bpf(program)
-
-
 def bwrap_args(limits: SandboxLimits, run_dir: str, seccomp_fd: int | None = None) -> list[str]:
     bwrap = shutil.which("bwrap")
     if bwrap is None:
@@ -185,20 +145,34 @@ _run_root: str | None = None  # this process's parent of run directories (set_ru
 
 def make_run_root() -> str:
     """A fresh parent for run directories, mode 0711 (the sandbox users reach their own run directory, list no
-    one's), after removing those of processes that are gone (killed mid-run: their cleanup never ran)."""
-    for stale in pathlib.Path(tempfile.gettempdir()).glob(RUN_ROOT_PREFIX + "*"):
-        owner = stale.name[len(RUN_ROOT_PREFIX):].split("-")[0]
-        if owner.isdigit() and not os.path.exists(f"/proc/{owner}") and stale.owner() == _user_name():
-            shutil.rmtree(stale, ignore_errors=True)
+    one's), after removing those of processes that are gone (sweep_stale_run_roots)."""
+    sweep_stale_run_roots()
     root = tempfile.mkdtemp(prefix=f"{RUN_ROOT_PREFIX}{os.getpid()}-")
     os.chmod(root, 0o711)
     return root
 
 
-def _user_name() -> str:
-    import pwd
-
-    return pwd.getpwuid(os.geteuid()).pw_name
+def sweep_stale_run_roots() -> list[str]:
+    """Remove the run roots of processes that are gone (killed: their cleanup never ran): only names
+    RUN_ROOT_NAME matches, only real directories (a symlink is never followed) owned by this user, only when
+    the owner pid in the name is not alive. Anything else, or a root another pool removes meanwhile, is left.
+    Returns the paths removed."""
+    removed, temp = [], tempfile.gettempdir()
+    try:
+        entries = list(os.scandir(temp))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = RUN_ROOT_NAME.fullmatch(entry.name)
+        try:
+            if (match is None or not entry.is_dir(follow_symlinks=False) or os.path.exists(f"/proc/{int(match[1])}")
+                    or entry.stat(follow_symlinks=False).st_uid != os.geteuid()):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)  # (rmtree itself refuses a symlink, follows none inside)
+        removed.append(entry.path)
+    return removed
 
 
 def set_run_root(path: str) -> None:
@@ -224,19 +198,18 @@ def run_python(source: str, *, stdin: bytes = b"", mode: str = "bwrap", limits: 
     uid = sandbox_uid()
     with tempfile.TemporaryDirectory(prefix="run-", dir=_get_run_root()) as run_dir:
         _write_run_files(run_dir, uid, source, stdin if kind == "stdio" else None, tests, entry_point)
-        seccomp = None
+        if mode == "bwrap" and shutil.which("bwrap") is None:
+            return RunResult("sandbox_error", b"", None, "bwrap is not installed")
+        seccomp = filter_pipe()  # read by bwrap (--seccomp), else by the runner; closed by _run
         if mode == "bwrap":
-            try:
-                seccomp = _seccomp_pipe()
-                prefix, root, cwd = bwrap_args(limits, run_dir, seccomp), "/sandbox", "/"
-            except FileNotFoundError:
-                return RunResult("sandbox_error", b"", None, "bwrap is not installed")
+            prefix, root, cwd, runner_seccomp = bwrap_args(limits, run_dir, seccomp), "/sandbox", "/", -1
         else:
             work = tempfile.mkdtemp(dir=run_dir)
             if uid >= 0:
                 os.chown(work, uid, uid)
-            prefix, root, cwd = [], run_dir, work
-        argv = prefix + [sys.executable, "-I", "-B", f"{root}/runner.py", limits.runner_limits(), kind, str(uid)]
+            prefix, root, cwd, runner_seccomp = [], run_dir, work, -1 if seccomp is None else seccomp
+        argv = prefix + [sys.executable, "-I", "-B", f"{root}/runner.py", limits.runner_limits(), kind, str(uid),
+                         str(runner_seccomp)]
         try:
             if kind != "stdio":
                 return _run(argv, stdin, cwd, limits, seccomp)
@@ -262,17 +235,6 @@ def _write_run_files(run_dir: str, uid: int, source: str, stdin: bytes | None, t
         os.chown(run_dir, uid, 0)
 
 
-def _seccomp_pipe() -> int | None:
-    """A pipe's read end holding the seccomp filter, for bwrap's --seccomp (it reads to the end)."""
-    program = seccomp_filter()
-    if program is None:
-        return None
-    read_end, write_end = os.pipe()
-    os.write(write_end, program)  # a few hundred bytes: well under a pipe's buffer
-    os.close(write_end)
-    return read_end
-
-
 def kill_user_processes(uid: int) -> None:
     """SIGKILL every process of `uid` (rlimits_only as root: a daemon that left the process group would
     otherwise live on, and kill or spy on the next programs of this scoring process, which share the uid).
@@ -289,7 +251,8 @@ def kill_user_processes(uid: int) -> None:
 
 def _run(argv: list[str], stdin, cwd: str, limits: SandboxLimits, seccomp: int | None = None) -> RunResult:
     """`stdin`: an open file, or a few bytes written to a pipe and closed (never a file the program could read
-    again: the assert mode's nonce). `seccomp`: a descriptor bwrap reads its filter from (closed here)."""
+    again: the assert mode's nonce). `seccomp`: a descriptor bwrap or the runner reads its filter from (closed
+    here)."""
     piped = isinstance(stdin, bytes)
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE if piped else stdin, stdout=subprocess.PIPE,
@@ -363,6 +326,8 @@ def _classify(code: int, stdout: bytes, stderr: str, timed_out: bool, over: bool
         return RunResult("memory", stdout, code, f"memory over {limits.memory_mb} MB")
     if code == SYNTAX_EXIT:
         return RunResult("syntax_error", stdout, code, tail)
+    if code == SECCOMP_EXIT:
+        return RunResult("sandbox_error", stdout, code, tail)
     return RunResult("ok" if code == 0 else "exit", stdout, code, tail)
 
 
@@ -381,8 +346,11 @@ def check_sandbox(mode: str) -> str:
         hint = ("bubblewrap cannot create its namespaces: unprivileged user namespaces may be disabled "
                 "(sysctl kernel.unprivileged_userns_clone=1, or user.max_user_namespaces > 0; inside a "
                 "container, allow them); or set rewards.code.sandbox=rlimits_only" if mode == "bwrap" else
-                "the host Python could not run a program")
+                "the host Python could not run a program, or the kernel refused the seccomp filter")
         raise UserError(f"code sandbox ({mode}) does not work: {result.status}: {result.detail.strip()}; {hint}")
+    filtered = "seccomp" if seccomp_filter() is not None else "NO seccomp filter (not x86_64)"
     if mode == "bwrap":
-        return "bwrap (namespaces: no network, no other processes, read-only file system, private /tmp) + rlimits"
-    return "rlimits_only (WEAKER: no namespaces; the program can read the file system and reach the network)"
+        return (f"bwrap (namespaces: no network, no other processes, read-only file system, private /tmp) + "
+                f"{filtered} + rlimits")
+    return (f"rlimits_only (WEAKER: no namespaces; the program can read the file system and reach the network) "
+            f"+ {filtered}")

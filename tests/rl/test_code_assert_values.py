@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from r1jax.rl.rewards import CodeConfig, PoolConfig, RewardPool, RewardsConfig, ScoreItem
+from r1jax.rl.rewards import CodeConfig, PoolConfig, RewardPool, RewardsConfig, ScoreItem, sandbox_runner
 from r1jax.rl.rewards.code import code_outcome, decode_value, split_assertion
 
 LIMITS = dict(wall_s=3.0, cpu_s=2, memory_mb=256, processes=16, file_mb=1, output_bytes=65536, tmp_mb=16)
@@ -94,3 +94,33 @@ def test_split_keeps_the_expected_value_outside_and_decoding_is_strict():
     for bad in (["int", "0x10"], ["eval", "1"], ["list", "ab"], ["set", [["list", []]]], ["float", "1e3"]):
         with pytest.raises((ValueError, TypeError)):
             decode_value(bad)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_value_too_large_to_send_back_fails_that_assertion_only(mode):
+    """An 80 MB list, a 50 MB string: their encodings stop at MAX_VALUE_CHARS (no memory blowup in the sandbox,
+    no huge verdict line), those two assertions fail and the others are judged."""
+    program = "def f(n): return [0] * n\ndef g(n): return 'x' * n"
+    tests = ["assert f(10**7) == [0]", "assert g(50 << 20) == 'x'", "assert f(1) == [0]", "assert g(3) == 'xxx'"]
+    assert outcome(program, tests, mode, entry_point=None) == (2, 4, "failed")
+
+
+def test_an_encoded_value_never_exceeds_the_cap():
+    cap = sandbox_runner.MAX_VALUE_CHARS
+
+    def encoded(value):
+        try:
+            return sandbox_runner.encode(value, 0, [cap])
+        except sandbox_runner.ValueTooLarge:
+            return None
+
+    shapes = {"ints": lambda n: list(range(n)), "dict": lambda n: {i: None for i in range(n)},
+              "str": lambda n: "é" * n, "bytes": lambda n: bytearray(n), "nested": lambda n: [[(), {""}]] * n,
+              "int": lambda n: 16 ** n}
+    for name, make in shapes.items():
+        fits, over = 0, 1 << 20  # the largest n known to fit, the smallest known not to
+        while over - fits > 1:
+            middle = (fits + over) // 2
+            fits, over = (middle, over) if encoded(make(middle)) is not None else (fits, middle)
+        largest = encoded(make(fits))
+        assert cap // 2 < len(largest) <= cap and decode_value(json.loads(largest)) == make(fits), name

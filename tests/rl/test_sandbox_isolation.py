@@ -1,6 +1,8 @@
-"""The sandbox's second line: a seccomp filter (no nested namespaces, mounts or memfds), a read-only /dev,
-private run directories and no process that outlives its run (rl/rewards/sandbox.py, worker.py, pool.py)."""
+"""The sandbox's second line: a seccomp filter (no nested namespaces, mounts or memfds) in both modes, a
+read-only /dev, private run directories (the roots of killed processes swept, nothing else) and no process
+that outlives its run (rl/rewards/sandbox.py, seccomp.py, worker.py, pool.py)."""
 
+import logging
 import os
 import pathlib
 import platform
@@ -18,6 +20,7 @@ LIMITS = sandbox.SandboxLimits(wall_s=10, cpu_s=5, memory_mb=256, tmp_mb=16)
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None or platform.machine() != "x86_64",
                                  reason="needs bwrap and an x86_64 host (the filter's syscall table)")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="rlimits_only drops to a sandbox uid only as root")
+needs_x86_64 = pytest.mark.skipif(platform.machine() != "x86_64", reason="the filter's syscall table is x86_64's")
 
 ESCAPES = """import ctypes, os
 libc = ctypes.CDLL(None, use_errno=True)
@@ -31,11 +34,19 @@ try:
     print("memfd", 0)
 except OSError as err:
     print("memfd", err.errno)
-try:
+"""
+FILL_DEV_SHM = """try:
     open("/dev/shm/fill", "wb").write(b"x")
     print("dev_shm", 0)
 except OSError as err:
     print("dev_shm", err.errno)
+"""
+OS_UNSHARE = """if hasattr(os, "unshare"):  # Python 3.12+
+    try:
+        os.unshare(os.CLONE_NEWUSER)
+        print("os_unshare", 0)
+    except OSError as err:
+        print("os_unshare", err.errno)
 """
 ORDINARY = """import os, threading
 threads = [threading.Thread(target=lambda: None) for _ in range(3)]
@@ -52,10 +63,49 @@ print("ok", open("/tmp/f").read())
 
 @needs_bwrap
 def test_bwrap_programs_cannot_nest_namespaces_mount_use_memfd_or_fill_dev_shm():
-    run = sandbox.run_python(ESCAPES, mode="bwrap", limits=LIMITS)
+    run = sandbox.run_python(ESCAPES + FILL_DEV_SHM, mode="bwrap", limits=LIMITS)
     assert run.status == "ok", run.detail
     results = dict(line.split() for line in run.stdout.decode().splitlines())
     assert {k: int(v) != 0 for k, v in results.items()} == dict.fromkeys(results, True), results
+
+
+@needs_x86_64
+def test_rlimits_only_programs_cannot_nest_namespaces_mount_or_use_memfd():
+    run = sandbox.run_python(ESCAPES + OS_UNSHARE, mode="rlimits_only", limits=LIMITS)
+    assert run.status == "ok", run.detail
+    results = dict(line.split() for line in run.stdout.decode().splitlines())
+    assert {"unshare_user", "unshare_mount", "mount", "memfd"} <= set(results)
+    assert {k: int(v) != 0 for k, v in results.items()} == dict.fromkeys(results, True), results
+
+
+@needs_root
+@needs_x86_64
+def test_rlimits_only_ordinary_programs_still_thread_and_fork_under_the_filter():
+    run = sandbox.run_python(ORDINARY.replace("/tmp/f", "f"), mode="rlimits_only", limits=LIMITS)
+    assert (run.status, run.stdout) == ("ok", b"child 7\nok y\n"), run.detail
+
+
+def test_rlimits_only_runs_no_program_when_the_filter_cannot_be_loaded(monkeypatch):
+    def invalid_filter():  # one row the kernel refuses (an undefined instruction)
+        read_end, write_end = os.pipe()
+        os.write(write_end, b"\xff\xff" + bytes(6))
+        os.close(write_end)
+        return read_end
+    monkeypatch.setattr(sandbox, "filter_pipe", invalid_filter)
+    run = sandbox.run_python("print('ran')", mode="rlimits_only", limits=LIMITS)
+    assert (run.status, run.stdout) == ("sandbox_error", b""), run
+    assert "seccomp" in run.detail
+
+
+def test_no_filter_is_built_for_another_architecture_and_a_warning_says_so(monkeypatch, caplog):
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    sandbox.seccomp_filter.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert sandbox.seccomp_filter() is None and sandbox.seccomp_filter() is None
+        assert len([r for r in caplog.records if "no seccomp filter on aarch64" in r.getMessage()]) == 1
+    finally:
+        sandbox.seccomp_filter.cache_clear()
 
 
 @needs_bwrap
@@ -125,6 +175,32 @@ def test_a_new_run_root_sweeps_those_of_dead_processes():
     finally:
         shutil.rmtree(stale, ignore_errors=True)
         shutil.rmtree(live, ignore_errors=True)
+
+
+@needs_root
+def test_the_sweep_leaves_what_is_not_our_own_directory_and_does_not_stop_at_it():
+    """Named like a dead process's root but another user's (one without a name: a program run as a sandbox
+    uid in rlimits_only can make it in /tmp), a symlink (to a directory of ours), or not quite our pattern:
+    left where they are, and the stale root beside them is still removed."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    named = pathlib.Path(tempfile.gettempdir(), f"{sandbox.RUN_ROOT_PREFIX}{dead.pid}")
+    stale, foreign, link = (pathlib.Path(f"{named}-{suffix}") for suffix in ("stale", "foreign", "link"))
+    target = pathlib.Path(tempfile.mkdtemp(prefix="r1jax-test-"))
+    (target / "keep").write_text("x")
+    (stale / "run-x").mkdir(parents=True)
+    foreign.mkdir()
+    os.chown(foreign, 2_999_999, 2_999_999)  # no user of that id
+    link.symlink_to(target)
+    named.mkdir()  # no mkdtemp suffix
+    try:
+        os.rmdir(sandbox.make_run_root())
+        assert not stale.exists()
+        assert foreign.is_dir() and link.is_symlink() and (target / "keep").exists() and named.is_dir()
+    finally:
+        for path in (stale, foreign, target, named):
+            shutil.rmtree(path, ignore_errors=True)
+        link.unlink(missing_ok=True)
 
 
 def test_reward_workers_are_not_dumpable():
