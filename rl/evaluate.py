@@ -29,7 +29,8 @@ from r1jax.rl.train.rollouts import reflection_rate, sample_and_submit
 
 
 def held_out_problems(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | None = None,
-                      left_out: list[str] | None = None) -> list[dict]:
+                      left_out: list[str] | None = None,
+                      other_files: Sequence[tuple[str, DataConfig]] = ()) -> list[dict]:
     """`cfg.num_problems` problems from `cfg.seed` whose prompts never occur in the training source, in the mix
     of tasks and kinds the held-out seed draws: the i-th held-out problem is of the kind of the eval source's
     i-th problem (`Task.problem_kind`; one kind per task unless it says otherwise), the next unseen one of
@@ -39,10 +40,15 @@ def held_out_problems(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | 
     ones, where it now keeps Solve's and Simplify's shares and names Expand. A task of one kind gets the first
     unseen problems in order, as before. Training on a data file (`data.path`), the file is read once and its
     problems are skipped too (`_training_keys`): a file drawn from the generators' space otherwise leaked into
-    the held-out set (20 of 20 held-out arithmetic prompts were rows of such a file)."""
+    the held-out set (20 of 20 held-out arithmetic prompts were rows of such a file). `other_files`: (the
+    config field naming it, its data config) of each other file the run trains on (SFT stages' data_path, a
+    distill stage's teacher: rl.train.preflight.other_training_files), whose prompts are skipped the same way
+    (a cold-start file's worked solutions to held-out problems were trained on, then evaluated)."""
     tasks = list(tasks or data.tasks)
     difficulty = cfg.difficulty or data.difficulty
     seen = _training_keys(data, tasks)
+    for field, other in other_files:
+        seen |= _file_keys(other, tasks, field)
     source = TaskSource([data.task(t, difficulty) for t in tasks], cfg.seed, 50 * cfg.num_problems)
     kinds: list[tuple] = []  # the kind of each problem of `source` read so far
     unseen: dict[tuple, collections.deque] = collections.defaultdict(collections.deque)  # not yet taken, by kind
@@ -85,10 +91,15 @@ def _training_keys(data: DataConfig, tasks: Sequence[str]) -> set[tuple]:
     if data.path is None:
         train = TaskSource([data.task(t) for t in data.tasks], data.seed, data.num_problems)
         return {_key(train[i]) for i in range(len(train))}
+    return _file_keys(data, tasks, "data.path")
+
+
+def _file_keys(data: DataConfig, tasks: Sequence[str], field: str) -> set[tuple]:
+    """The `_key`s of a training file's rows (`data.path`, named in errors as the config's `field`)."""
     try:
         rows = data.load_file()
     except UserError as err:  # `r1jax eval` of a checkpoint whose training file has moved
-        raise UserError(f"data.path={data.path!r} (the training file, whose problems the held-out set must "
+        raise UserError(f"{field}={data.path!r} (a training file, whose problems the held-out set must "
                         f"skip): {err}") from None
     return {(task, TASKS[task].problem_key(row["prompt"])) for row in rows for task in set(tasks)}
 

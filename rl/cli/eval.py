@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from r1jax.rl.rewards import RewardPool
     from r1jax.rl.sampler import Sampler
     from r1jax.rl.sampler_layout import inference_layout
+    from r1jax.rl.train.preflight import other_training_files
     from r1jax.rl.tasks import task_names
     from r1jax.sharding.context import use_mesh
 
@@ -89,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         try:
             left_out = []
-            problems = held_out_problems(config.data, eval_cfg, [args.task] if args.task else None, left_out)
+            problems = held_out_problems(config.data, eval_cfg, [args.task] if args.task else None, left_out,
+                                         other_training_files(config))
             for kind in left_out:
                 print(f"r1jax eval: training used every {kind} problem; the held-out set holds none of them",
                       file=sys.stderr)

@@ -154,6 +154,19 @@ def stage_data(config: Config, stage: StageConfig) -> DataConfig | None:
     return dataclasses.replace(config.data, path=source or config.data.path)
 
 
+def other_training_files(config: Config) -> list[tuple[str, DataConfig]]:
+    """(the config field naming it, its data config) of each file the run's stages train on besides
+    data.path (an SFT stage's data_path, a distill stage's teacher, a rejection_sampling stage's prompts),
+    each once; an earlier stage's samples are not among them (their prompts are the run's own)."""
+    files, seen = [], {config.data.path}
+    for stage in config.stages:
+        data = stage_data(config, stage)
+        if data is not None and data.path not in seen:
+            seen.add(data.path)
+            files.append((_field(stage), data))
+    return files
+
+
 def _field(stage: StageConfig) -> str:
     """The config field that names a stage's data file."""
     if stage.kind == "distill":
@@ -266,7 +279,8 @@ def check_init_from(config: Config, index: int, tokenizer: TokenizerLike) -> Non
 def check_held_out(config: Config, tokenizer: TokenizerLike, left_out: list[str] | None = None) -> list[dict]:
     """The held-out evaluation problems, after checking they can be built and their prompts fit."""
     try:
-        problems = held_out_problems(config.data, config.eval, left_out=left_out)
+        problems = held_out_problems(config.data, config.eval, left_out=left_out,
+                                     other_files=other_training_files(config))
     except ValueError as err:  # the task space is too small for eval.num_problems
         raise UserError(f"eval: {err}") from None
     check_prompt_lengths(config, tokenizer, [p["prompt"] for p in problems], "the held-out eval set")

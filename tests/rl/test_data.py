@@ -329,5 +329,5 @@ def test_held_out_problems_skip_the_rows_of_a_training_file(tmp_path):
     path = write_jsonl(tmp_path / "train.jsonl", rows)
     held_out = held_out_problems(dataclasses.replace(data, path=str(path)), evaluation)
     assert len(held_out) == 20 and not {p["prompt"] for p in held_out} & {r["prompt"] for r in rows}
-    with pytest.raises(UserError, match="data.path='missing.jsonl' .the training file.* does not exist"):
+    with pytest.raises(UserError, match="data.path='missing.jsonl' .a training file.* does not exist"):
         held_out_problems(dataclasses.replace(data, path="missing.jsonl"), evaluation)

@@ -149,6 +149,18 @@ def test_sft_rows_need_a_solution_and_other_stages_do_not(tokenizer, tmp_path):
     fails(tokenizer, f"stages.0.data_path={tmp_path / 'missing.jsonl'}", named=["stages[sft].data_path", "no such"])
 
 
+def test_held_out_problems_skip_the_prompts_of_every_file_the_run_trains_on(tokenizer, tmp_path):
+    """A cold-start SFT file holding held-out prompts (with worked solutions) was trained on, and the same
+    problems evaluated: the held-out set skipped only data.path's rows (or the generated problems)."""
+    first = check(tokenizer)
+    leaked = [{"prompt": p["prompt"], "answer": p["answer"], "task": p["task"], "solution": SOLUTION}
+              for p in first[:2]]
+    cold_start = write_rows(tmp_path / "cold_start.jsonl", leaked + rows(6))
+    held_out = check(tokenizer, f"stages.0.data_path={cold_start}")
+    assert len(held_out) == len(first) and not {p["prompt"] for p in held_out} & {r["prompt"] for r in leaked}
+    assert held_out[:len(first) - 2] == first[2:]  # the next unseen ones take their places
+
+
 def test_stage_references_must_name_an_earlier_rejection_stage_or_an_existing_file(tokenizer, tmp_path):
     rs = "{name: rs, kind: rejection_sampling, steps: 1, batch_size: 8}"
     check(tokenizer, f"stages=[{rs}, {{name: student, kind: distill, steps: 1, batch_size: 8, teacher: rs}}]")
