@@ -1,10 +1,20 @@
 """Files a kill must not leave half-written: run state rewritten in place (config.yaml, summary.json, metrics.jsonl
-cut back on resume, the tokenizer saved beside every checkpoint, datasets)."""
+cut back on resume, the tokenizer saved beside every checkpoint, datasets); and a run directory's lock, which
+keeps a second trainer out of it."""
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 import pathlib
+import socket
+import time
+from typing import IO
+
+from r1jax.errors import UserError
+
+LOCK_NAME = ".lock"  # in a run directory: who trains in it (a flock held while the trainer lives)
 
 
 def write_atomically(path: str | os.PathLike, data: str | bytes) -> None:
@@ -25,3 +35,30 @@ def write_atomically(path: str | os.PathLike, data: str | bytes) -> None:
             os.close(directory)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def lock_directory(directory: str | os.PathLike, what: str) -> IO | None:
+    """Hold an exclusive flock on `directory`/.lock for as long as the returned file stays open (the process
+    ending, even by SIGKILL, lets it go), with the holder's pid, host and start time in it. Held already: a
+    UserError naming `what` and the holder. A file system without flock (some FUSE mounts): a warning, and
+    None: the directory goes unguarded."""
+    path = pathlib.Path(directory) / LOCK_NAME
+    handle = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "a process that has not written its name yet"
+        handle.close()
+        raise UserError(f"{what} {directory} is in use by another trainer ({holder}; {path}): wait for it to end, "
+                        "or stop it (SIGTERM saves a checkpoint), then run again") from None
+    except OSError as err:
+        handle.close()
+        logging.getLogger(__name__).warning("%s %s cannot be locked (%s): nothing keeps a second trainer out",
+                                            what, directory, err)
+        return None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.flush()
+    return handle

@@ -1,7 +1,8 @@
 """Train: run a config's stages (tokenizer, cold-start SFT, GRPO, ...) into a run directory.
 
-With --run-dir on an existing run, resume from its latest checkpoint (the run's saved config is used;
-overrides are applied on top and must not change the architecture). SIGTERM/SIGINT checkpoint and exit 0.
+With --run-dir on an existing run, resume from its latest checkpoint: without CONFIG under the run's saved
+config.yaml, with CONFIG under that config; overrides apply on top either way; what differs from the
+checkpoint's config is logged, and an architecture change refused. SIGTERM/SIGINT checkpoint and exit 0.
 
 Several processes (hosts) run one job when each is started with the same command plus --coordinator
 HOST:PORT --num-processes N --process-id I (or R1JAX_COORDINATOR / R1JAX_NUM_PROCESSES / R1JAX_PROCESS_ID),
@@ -17,11 +18,13 @@ import time
 
 from r1jax.rl.cli.common import split_config_and_overrides
 
+DEFAULT_CONFIG = "tiny"
 INTERMIXED = True  # KEY=VALUE overrides after the options too: `r1jax train CFG --run-dir D key=value`
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", default="tiny", help="preset name or YAML path (default: tiny)")
+    parser.add_argument("config", nargs="?", default=None,
+                        help="preset name or YAML path (default: tiny; on an existing --run-dir: its config.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted config overrides (before or after the options)")
     parser.add_argument("--run-dir", default=None,
@@ -64,14 +67,21 @@ def _train(args: argparse.Namespace, primary: bool) -> int:
     from r1jax.sharding import distributed
 
     silence_libraries()
-    name, overrides = split_config_and_overrides(args.config, args.overrides)
+    name, overrides = (None, args.overrides) if args.config is None else split_config_and_overrides(
+        args.config, args.overrides)
+    if args.config is not None and name != args.config:  # `r1jax train key=value`: no config named
+        name = None
     run_dir = pathlib.Path(args.run_dir) if args.run_dir else pathlib.Path(
-        "runs") / f"{pathlib.Path(name).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        "runs") / f"{pathlib.Path(name or DEFAULT_CONFIG).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     saved = run_dir / "config.yaml"
-    config = load_config(saved if saved.exists() else name, overrides)
+    # an existing run goes on under its own config unless the command names one (an edited file is read again)
+    config = load_config(saved if saved.exists() and name is None else name or DEFAULT_CONFIG, overrides)
     distributed.check_same("config", to_yaml(config), "the resolved config")  # before process 0 writes it
     console = RunConsole(enabled=primary)
     console.log(f"run directory: {run_dir}")
+    if saved.exists():
+        source = "the run's config.yaml" if name is None else name
+        console.log(f"config: {source}" + (f" with {' '.join(overrides)}" if overrides else ""))
     summary = Trainer(config, run_dir, console).run()
     _print_outcome(console, summary)
     return 0

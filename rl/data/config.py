@@ -71,14 +71,15 @@ class DataConfig:
         """Task `name` at `difficulty` (default: data.difficulty) with this config's knobs for it."""
         return get_task(name, difficulty or self.difficulty, **self.task_knobs.get(name, {}))
 
-    def load_file(self, path: Optional[str] = None, *, need_solution: bool = False) -> list[dict]:
+    def load_file(self, path: Optional[str] = None, *, need_solution: bool = False, digest=None) -> list[dict]:
         """The problems of `path` (default: data.path) read through this config's mapping: `fields`,
-        `answer_format` and `default_task` (rl.data.records.load_problems)."""
+        `answer_format` and `default_task` (rl.data.records.load_problems); a `digest` (hashlib) hashes the
+        file's rows as they are read."""
         path = path if path is not None else self.path
         if path is None:
             raise UserError("data.path is not set: no data file to read")
         return load_problems(path, self.default_task, need_solution=need_solution, fields=self.fields,
-                             answer_format=self.answer_format)
+                             answer_format=self.answer_format, digest=digest)
 
     def for_own_file(self, path: str) -> "DataConfig":
         """This config reading `path`, a file r1jax wrote in its own field names (an earlier stage's

@@ -39,22 +39,24 @@ PROBLEM_FIELDS = ("prompt", "answer", "solution", "task", "tests", "entry_point"
 SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
-def read_rows(path: str | pathlib.Path) -> Iterator[tuple[int, dict]]:
-    """(row number, row object) for every row of a JSONL or Parquet file."""
+def read_rows(path: str | pathlib.Path, digest=None) -> Iterator[tuple[int, dict]]:
+    """(row number, row object) for every row of a JSONL or Parquet file. A `digest` (a hashlib object) is
+    updated with every row as it is read: a JSONL row's bytes (line endings aside), a Parquet row as
+    canonical JSON; a file with the same rows in the same order gives the same digest."""
     path = pathlib.Path(path)
     if not path.exists():
         raise UserError(f"data file {str(path)!r} does not exist")
     if not path.is_file():
         raise UserError(f"data file {str(path)!r} is not a file")
     if path.suffix == ".parquet":
-        yield from _parquet_rows(path)
+        yield from _parquet_rows(path, digest)
     elif path.suffix in (".jsonl", ".json"):
-        yield from _jsonl_rows(path)
+        yield from _jsonl_rows(path, digest)
     else:
         raise UserError(f"data file {str(path)!r}: expected one of {', '.join(SUFFIXES)}")
 
 
-def _jsonl_rows(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
+def _jsonl_rows(path: pathlib.Path, digest=None) -> Iterator[tuple[int, dict]]:
     try:
         handle = path.open("rb")  # bytes: each line is decoded alone, so a bad one is named by its number
     except OSError as err:
@@ -67,6 +69,8 @@ def _jsonl_rows(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
                 raise UserError(f"{path}: row {number}: not UTF-8 text ({err.reason})") from err
             if not line.strip():
                 continue
+            if digest is not None:
+                digest.update(raw.rstrip(b"\r\n") + b"\n")
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
@@ -80,7 +84,7 @@ def _jsonl_rows(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
             yield number, row
 
 
-def _parquet_rows(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
+def _parquet_rows(path: pathlib.Path, digest=None) -> Iterator[tuple[int, dict]]:
     import pyarrow.parquet as pq
 
     try:
@@ -88,6 +92,8 @@ def _parquet_rows(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
     except Exception as err:  # pyarrow raises several types for a file that is not Parquet
         raise UserError(f"{path}: cannot read Parquet: {err}") from err
     for number, row in enumerate(table.to_pylist(), start=1):
+        if digest is not None:
+            digest.update(json.dumps(row, sort_keys=True, default=repr).encode() + b"\n")
         yield number, row
 
 
@@ -176,13 +182,14 @@ def _code_problem(row: dict, where: str, column: dict, prompt: str, need_solutio
 
 
 def load_problems(path: str | pathlib.Path, default_task: str = "math", *, need_solution: bool = False,
-                  fields: dict | None = None, answer_format: str = "raw") -> list[dict]:
+                  fields: dict | None = None, answer_format: str = "raw", digest=None) -> list[dict]:
     """Training rows as problem dicts: prompt, answer, task, solution ("" when absent), difficulty 0, read
     through the field mapping and answer format (module docstring). With `need_solution` (SFT data), a row
-    without a worked solution is a UserError naming it."""
+    without a worked solution is a UserError naming it. A `digest` hashes the rows as they are read
+    (read_rows)."""
     problems = [problem_from_row(row, f"{path}: row {number}", default_task, need_solution=need_solution,
                                  fields=fields, answer_format=answer_format)
-                for number, row in read_rows(path)]
+                for number, row in read_rows(path, digest)]
     if not problems:
         raise UserError(f"data file {str(path)!r} has no rows")
     return problems

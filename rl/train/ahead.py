@@ -19,12 +19,22 @@ longer anywhere): the rollouts and behaviour log-probs as the Orbax item `ahead`
 with `update.routing_replay`, its one reader), texts, scores and timings in the meta. Saving waits for the
 queue's scores, so a resumed run never rescores. The training batches are rebuilt from the saved rollouts by
 the same code and placed alike, so the resumed run's updates are the uninterrupted run's.
+
+Resuming under another config: each queued batch records what its data means something under
+(`sampled_under`: its shape, how it was sampled, how it was scored) and the data iterator's position before its
+prompts. A restore keeps the queue's batches up to the first whose settings differ from the run's and drops that
+one and every later one (a G = 2 batch's scores regrouped by G = 4 normalise different prompts together; scores
+by a dropped reward train on a column no longer logged), with one log line; the iterator goes back to the first
+dropped batch's prompts, which are sampled and scored again in order, so no problem is skipped. A queue longer
+than `grpo.max_staleness` (a smaller k on resume, 0 included) is kept and drains: the next steps update on it,
+their rows logging its staleness, and only then are batches sampled at most k steps ahead.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 from typing import Any, Callable
 
 import jax
@@ -54,12 +64,44 @@ class SampledBatch:
     layout: dict  # padding metrics of its layout (rl.train.stage_grpo)
     pending: BatchHandle | None = None  # its scoring in the reward pool, until collected
     results: list[ScoreResult] | None = None
+    settings: dict | None = None  # `sampled_under` the config it was sampled and scored under
+    data_state: dict | None = None  # the data iterator's state before its prompts were drawn
 
     def collect(self, pool: RewardPool) -> list[ScoreResult]:
         """Its scores, waiting for the pool the first time."""
         if self.results is None:
             self.results = pool.collect(self.pending)
         return self.results
+
+
+def sampled_under(config) -> dict:
+    """The settings a sampled batch's data means something under, by config key ('grpo.group_size'), with
+    JSON's types (as a checkpoint's meta gives them back): its shape (prompts x G: G groups its scores), how
+    it was sampled (temperature, top-p / top-k, token budget, prompt template) and how it was scored (the
+    `rewards` section: names, weights and the rewards' options). Settings of the update (the loss, the KL,
+    the advantage estimator, packing) apply when it is updated on, under the run's config, and are not here."""
+    g, s, t = config.grpo, config.sampling, config.tokenizer
+    settings = {"grpo.group_size": g.group_size, "grpo.prompts_per_step": g.prompts_per_step,
+                "grpo.temperature": g.temperature, "sampling.max_new_tokens": s.max_new_tokens,
+                "sampling.top_p": s.top_p, "sampling.top_k": s.top_k, "tokenizer.template": t.template,
+                "tokenizer.template_vars": dict(t.template_vars)}
+    settings.update(_flat(dataclasses.asdict(config.rewards), "rewards"))
+    return json.loads(json.dumps(settings, default=str))
+
+
+def _flat(tree: dict, prefix: str) -> dict:
+    return {key: value for k, v in tree.items()
+            for key, value in (_flat(v, f"{prefix}.{k}") if isinstance(v, dict) else {f"{prefix}.{k}": v}).items()}
+
+
+def settings_changes(saved: dict | None, current: dict | None) -> list[str]:
+    """'key: saved -> current' for each setting a queued batch was sampled under that `current` changes. None
+    for a batch saved before batches recorded their settings (or a caller with none): nothing to compare. Only
+    keys both hold are compared, so a setting a later version records drops no batch saved without it."""
+    if saved is None or current is None:
+        return []
+    return [f"{key}: {saved[key]!r} -> {current[key]!r}" for key in sorted(saved.keys() & current.keys())
+            if saved[key] != current[key]]
 
 
 def behaviour_logp(ref_fn: Callable, graphdef, policy: tuple, batch: dict, temperature: float) -> jax.Array:
@@ -83,26 +125,47 @@ def save_queue(queue, pool: RewardPool, with_experts: bool) -> tuple[dict, dict]
     meta = [{"texts": list(b.texts), "seconds": b.seconds, "generated": b.generated, "extra": b.extra,
              "version": b.version, "steps": int(np.asarray(b.rollout.steps)),
              "results": [dataclasses.asdict(r) for r in b.collect(pool)],
+             "settings": b.settings, "data_state": b.data_state,
              "shapes": {name: [list(a.shape), a.dtype.name] for name, a in arrays[str(i)].items()}}
             for i, b in enumerate(queue)]
     return {ITEM: arrays}, {ITEM: meta}
 
 
+@dataclasses.dataclass
+class RestoredQueue:
+    batches: collections.deque  # the SampledBatches kept, in step order
+    rewind: dict | None = None  # the data iterator's state before the first dropped batch's prompts
+    note: str | None = None  # the log line: how many were dropped and why
+
+
 def restore_queue(meta: dict, restore_trees: Callable[[dict], dict],
-                  place: Callable[[Rollout], tuple[dict, dict]], with_experts: bool = False) -> collections.deque:
+                  place: Callable[[Rollout], tuple[dict, dict]], with_experts: bool = False,
+                  settings: dict | None = None) -> RestoredQueue:
     """The queue a checkpoint's `meta` describes (empty for a checkpoint without one). `restore_trees(targets)`
     reads the checkpoint's items; `place(rollout)` builds a rollout's training batch and layout metrics;
-    `with_experts`: the run replays routing, so the queued batches must carry their routing record."""
+    `with_experts`: the run replays routing, so the queued batches must carry their routing record;
+    `settings`: the run's `sampled_under`, which the batches kept were sampled under (module docstring)."""
     entries = meta.get(ITEM) or []
     queue: collections.deque = collections.deque()
+    changes = [settings_changes(e.get("settings"), settings) for e in entries]
+    kept = next((i for i, c in enumerate(changes) if c), len(entries))
+    restored = RestoredQueue(queue)
+    if kept < len(entries):
+        reasons = list(dict.fromkeys(c for change in changes[kept:] for c in change))
+        restored.rewind = entries[kept]["data_state"]
+        restored.note = (f"dropped {len(entries) - kept} of the {len(entries)} batch(es) sampled ahead in checkpoint "
+                         f"{meta.get('checkpoint')}, sampled and scored under other settings ({'; '.join(reasons)}):"
+                         " their prompts are sampled and scored again under this run's")
+        entries = entries[:kept]
     if not entries:
-        return queue
+        return restored
     if with_experts and any("experts_LBTK" not in e["shapes"] for e in entries):
         raise UserError(f"update.routing_replay=true, but the checkpoint's {len(entries)} batch(es) sampled ahead "
                         "were saved without their routing record (update.routing_replay was false): resume with "
                         "update.routing_replay=false, or turn it on in a new run")
+    all_entries = meta[ITEM]  # the checkpoint's item holds them all: read whole, the dropped ones left unused
     targets = {str(i): {name: np.zeros(shape, dtype) for name, (shape, dtype) in e["shapes"].items()}
-               for i, e in enumerate(entries)}
+               for i, e in enumerate(all_entries)}
     arrays = restore_trees({ITEM: targets})[ITEM]
     for i, entry in enumerate(entries):
         saved = arrays[str(i)]
@@ -112,8 +175,9 @@ def restore_queue(meta: dict, restore_trees: Callable[[dict], dict],
         batch["old_logp"] = jax.device_put(jnp.asarray(saved["old_logp"]), batch["mask"].sharding)
         queue.append(SampledBatch(rollout, entry["texts"], entry["seconds"], entry["generated"], entry["extra"],
                                   entry["version"], batch, layout,
-                                  results=[ScoreResult(**r) for r in entry["results"]]))
-    return queue
+                                  results=[ScoreResult(**r) for r in entry["results"]],
+                                  settings=entry.get("settings"), data_state=entry.get("data_state")))
+    return restored
 
 
 def dispatch_ahead(queued: int, max_staleness: int, remaining: int) -> bool:

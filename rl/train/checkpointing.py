@@ -119,6 +119,10 @@ class TrainCheckpointer:
         args = {name: ocp.args.StandardRestore(target) for name, target in targets.items()}
         return dict(restore_items(self.manager, self.root / str(step), args))
 
+    def has_item(self, step: int, name: str) -> bool:
+        """Did step `step` save the item `name` (a tree such as `ref`)?"""
+        return (self.root / str(step) / name).is_dir()
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
         if self._replacing:
@@ -134,14 +138,31 @@ def _is_primary() -> bool:
     return jax.process_index() == 0
 
 
-def check_compatible(saved: Config, current: Config, where: str) -> None:
-    """Fail before compilation when a checkpoint's architecture differs from the run's, naming the fields."""
+def check_compatible(saved: Config, current: Config, where: str, same_tokenizer: bool = False) -> None:
+    """Fail before compilation when a checkpoint's architecture differs from the run's, naming the fields;
+    `same_tokenizer` (a resume): also when the tokenizer settings differ (TOKENIZER_FIELDS), as the run keeps
+    the tokenizer it was built with (they were logged as changed, and ignored)."""
     diffs = [f"model.{f.name}: checkpoint {getattr(saved.model, f.name)!r} vs config "
              f"{getattr(current.model, f.name)!r}"
              for f in dataclasses.fields(saved.model)
              if f.name not in _RUNTIME_FIELDS and getattr(saved.model, f.name) != getattr(current.model, f.name)]
+    if same_tokenizer:
+        diffs += [f"tokenizer.{f}: checkpoint {getattr(saved.tokenizer, f)!r} vs config "
+                  f"{getattr(current.tokenizer, f)!r} (the run keeps the tokenizer it was built with)"
+                  for f in TOKENIZER_FIELDS if getattr(saved.tokenizer, f) != getattr(current.tokenizer, f)]
     if diffs:
         raise UserError(f"checkpoint {where} does not match the config: " + "; ".join(diffs))
+
+
+# The tokenizer settings that say which tokenizer a run has (not how prompts are templated)
+TOKENIZER_FIELDS = ("path", "vocab_size", "model_type")
+
+
+def tokenizer_settings(config: Config) -> tuple:
+    """What a run's tokenizer is built from (rl.train.policy_io.run_tokenizer): TOKENIZER_FIELDS, the first
+    stage's init_from (whose tokenizer it carries) and the data it is trained on."""
+    first = config.stages[0].init_from if config.stages else None
+    return (*(getattr(config.tokenizer, f) for f in TOKENIZER_FIELDS), first, config.data)
 
 
 def config_changes(saved: Config, current: Config) -> list[str]:

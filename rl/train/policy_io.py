@@ -20,6 +20,7 @@ from __future__ import annotations
 import pathlib
 from typing import Any, Mapping
 
+import jax
 from flax import nnx
 
 from r1jax.errors import UserError
@@ -121,7 +122,8 @@ class RunCheckpoints:
         """Start saving global step `global_step`: `policy` as `params`, the stage's `trees` (optimizer
         state, reference policy), and the meta a resume reads (`summary`: the run's, up to this save)."""
         meta = {"stage_index": index, "stage_name": stage.name, "stage_step": stage_step,
-                "global_step": global_step, "stage_done": stage_done, "summary": summary, **(extra_meta or {})}
+                "global_step": global_step, "stage_done": stage_done, "summary": summary,
+                "devices": jax.device_count(), "processes": jax.process_count(), **(extra_meta or {})}
         trees = {"params": policy_state(graphdef, *policy), **(trees or {})}
         self.checkpointer.save(global_step, stage_config(self.config, index), trees, meta, metrics)
         if self.primary:  # so that `r1jax generate/eval/export-hf` open a checkpoint unaided
@@ -135,6 +137,9 @@ class RunCheckpoints:
 
     def restore_trees(self, step: int, targets: Mapping[str, Any]) -> dict:
         return self.checkpointer.restore_trees(step, targets)
+
+    def has_tree(self, step: int, name: str) -> bool:
+        return self.checkpointer.has_item(step, name)
 
     def restore_policy(self, step: int, model: ModelConfig, mesh, rules: Rules):
         """(graphdef, (params, bias)) of checkpoint `step`, restored into the mesh's shards."""

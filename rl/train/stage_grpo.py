@@ -32,12 +32,14 @@ from r1jax.rl.grpo.advantages import compute_advantages
 from r1jax.rl.grpo.packing import pack_batch, padding_fraction, plan_packing
 from r1jax.rl.grpo.step import make_grpo_step, reference_logprobs, rollout_batch
 from r1jax.rl.sampler_layout import reshard_metrics
-from r1jax.rl.train.ahead import SampledBatch, behaviour_logp, dispatch_ahead, queue_saver, restore_queue
+from r1jax.rl.train.ahead import (SampledBatch, behaviour_logp, dispatch_ahead, queue_saver, restore_queue,
+                                  sampled_under)
 from r1jax.rl.train.config import StageConfig
 from r1jax.rl.train.context import StageContext, StageResult, StageStart
 from r1jax.rl.train.dynamic_sampling import Round, fill_informative
 from r1jax.rl.train.rollouts import (dispatch_sample, length_metrics, reflection_rate, reward_metrics,
                                      sample_and_submit, submit_sample)
+from r1jax.rl.train.stage_sft import checkpoint_dir
 from r1jax.rl.train.update_stage import UpdateStage
 from r1jax.rl.update import reset_reference
 from r1jax.sharding.mesh import batch_axes
@@ -47,6 +49,8 @@ def run_grpo(ctx: StageContext, index: int, stage: StageConfig, start: StageStar
     cfg = ctx.config
     g = cfg.grpo
     iterator = make_iterator(cfg.data, batch_size=g.prompts_per_step)
+    if start.resume is not None:  # before the weights are restored: a changed data file stops the resume
+        iterator.set_state(start.resume["data_state"], stage=stage.name, checkpoint=checkpoint_dir(ctx, start))
     sampler = ctx.sampler(cfg.seed * 1000 + index)
     make_step = lambda graphdef, opt, clip: make_grpo_step(graphdef, opt, g, cfg.update, ctx.model, clip)
     runner = UpdateStage(ctx, index, stage, start, with_ref=g.kl_coef > 0, make_step=make_step,
@@ -56,11 +60,19 @@ def run_grpo(ctx: StageContext, index: int, stage: StageConfig, start: StageStar
                      static_argnums=(0, 3))
     queue: collections.deque[SampledBatch] = collections.deque()  # batches sampled, not yet updated on
     if start.resume is not None:
-        iterator.set_state(start.resume["data_state"])
         sampler.key = jax.random.wrap_key_data(jnp.asarray(start.resume["sampler_key"], jnp.uint32))
-        queue = restore_queue(start.resume, lambda targets: ctx.checkpoints.restore_trees(
+        restored = restore_queue(start.resume, lambda targets: ctx.checkpoints.restore_trees(
             start.resume["checkpoint"], targets), lambda rollout: _device_batch(ctx, runner, rollout),
-            cfg.update.routing_replay)
+            cfg.update.routing_replay, sampled_under(cfg))
+        queue = restored.batches
+        if restored.note:  # batches sampled under settings this run changed: their prompts are drawn again
+            iterator.set_state(restored.rewind)
+            ctx.console.log(restored.note)
+        if len(queue) > g.max_staleness:  # a smaller k than the saved run's: the queue drains (rl.train.ahead)
+            oldest = max(runner.global_step + i - b.version for i, b in enumerate(queue))
+            ctx.console.log(f"grpo.max_staleness={g.max_staleness}: the next {len(queue)} steps update on the "
+                            f"checkpoint's {len(queue)} batch(es) sampled ahead (staleness up to {oldest}, as "
+                            f"their rows log); later batches are sampled at most {g.max_staleness} step(s) ahead")
     # the sampler on devices of its own: the last batch ahead is generated while the update runs
     overlap = bool(ctx.sampler_devices)
     ctx.console.start_stage(stage.name, stage.steps, runner.stage_step)
@@ -116,7 +128,7 @@ def _draw(ctx: StageContext, iterator, sampler, runner: UpdateStage, ref_fn, ahe
     scored), on the mesh; `ahead`: batches already queued before it. With max_staleness >= 1 it carries its
     behaviour log-probs (rl.train.ahead)."""
     g = ctx.config.grpo
-    pending, results, extra = None, None, {}
+    pending, results, extra, data_state = None, None, {}, iterator.get_state()
     if g.dynamic_sampling:
         draw = lambda: _scored_round(ctx, next(iterator), sampler, runner)
         filled = fill_informative(draw, g.prompts_per_step, g.group_size, g.max_resample_rounds,
@@ -130,7 +142,7 @@ def _draw(ctx: StageContext, iterator, sampler, runner: UpdateStage, ref_fn, ahe
         generated = float(np.asarray(rollout.lengths_B).sum())
     batch, layout = _training_batch(ctx, runner, ref_fn, rollout, runner.policy, ahead)
     return SampledBatch(rollout, texts, seconds, generated, extra, runner.global_step, batch, layout, pending,
-                        results)
+                        results, sampled_under(ctx.config), data_state)
 
 
 def _dispatch_draw(ctx: StageContext, iterator, sampler, runner: UpdateStage, ref_fn, queue) -> Callable[[], None]:
@@ -140,6 +152,7 @@ def _dispatch_draw(ctx: StageContext, iterator, sampler, runner: UpdateStage, re
     (Without dynamic sampling, which max_staleness >= 1 excludes.)"""
     g = ctx.config.grpo
     version, ahead, behaviour = runner.global_step, len(queue), _copy_weights(runner.policy)
+    data_state = iterator.get_state()  # before its prompts
     generating = dispatch_sample(sampler, runner.policy, ctx.tokenizer, ctx.config.tokenizer.template,
                                  next(iterator), g.group_size, ctx.config.tokenizer.template_vars,
                                  temperature=g.temperature)
@@ -157,7 +170,7 @@ def _dispatch_draw(ctx: StageContext, iterator, sampler, runner: UpdateStage, re
         generated = float(np.asarray(sampled.rollout.lengths_B).sum())
         batch, layout = _training_batch(ctx, runner, ref_fn, sampled.rollout, behaviour, ahead)
         queue.append(SampledBatch(sampled.rollout, sampled.texts, seconds, generated, {}, version, batch,
-                                  layout, sampled.pending))
+                                  layout, sampled.pending, settings=sampled_under(ctx.config), data_state=data_state))
     return finish
 
 

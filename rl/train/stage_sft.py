@@ -25,10 +25,10 @@ def run_sft(ctx: StageContext, index: int, stage: StageConfig, start: StageStart
     data = _data_config(ctx, data_path)
     check_samples(ctx, stage, data_path)
     iterator = make_iterator(data, batch_size=stage.batch_size)
+    if start.resume is not None:  # before the weights are restored: a changed data file stops the resume
+        iterator.set_state(start.resume["data_state"], stage=stage.name, checkpoint=checkpoint_dir(ctx, start))
     make_step = lambda g, opt, clip: make_sft_step(g, opt, cfg.update, ctx.model, clip)
     runner = UpdateStage(ctx, index, stage, start, with_ref=False, make_step=make_step)
-    if start.resume is not None:
-        iterator.set_state(start.resume["data_state"])
     ctx.console.start_stage(stage.name, stage.steps, runner.stage_step)
     while runner.stage_step < stage.steps:
         step_start = time.time()
@@ -53,6 +53,12 @@ def run_sft(ctx: StageContext, index: int, stage: StageConfig, start: StageStart
 def run_distill(ctx: StageContext, index: int, stage: StageConfig, start: StageStart) -> StageResult:
     """SFT of the student (the trainer starts it fresh from `student_overrides`) on the teacher's samples."""
     return run_sft(ctx, index, stage, start, data_path=stage_data_path(ctx, stage.teacher))
+
+
+def checkpoint_dir(ctx: StageContext, start: StageStart) -> str | None:
+    """The directory of the checkpoint a stage resumes from (for messages)."""
+    step = (start.resume or {}).get("checkpoint")
+    return None if step is None else str(ctx.run_dir / "checkpoints" / str(step))
 
 
 def check_samples(ctx: StageContext, stage: StageConfig, data_path: str | None) -> None:

@@ -21,15 +21,15 @@ import jax
 import rich.markup
 
 from r1jax.errors import UserError
-from r1jax.files import write_atomically
+from r1jax.files import lock_directory, write_atomically
 from r1jax.model.config import ModelConfig
 from r1jax.model.tokenizer import TokenizerLike, is_tokenizer_dir, load_tokenizer
-from r1jax.rl.config import Config, stage_config, to_yaml
+from r1jax.rl.config import Config, load_config, stage_config, to_yaml
 from r1jax.rl.host_info import host_info
 from r1jax.rl.rewards import RewardPool
 from r1jax.rl.rewards.share import ScoreShare
 from r1jax.rl.sampler_devices import split_devices
-from r1jax.rl.train.checkpointing import TrainCheckpointer, check_compatible, config_changes
+from r1jax.rl.train.checkpointing import TrainCheckpointer, check_compatible, config_changes, tokenizer_settings
 from r1jax.rl.train.config import StageConfig
 from r1jax.rl.train.console import RunConsole
 from r1jax.rl.train.context import (BatchPlacer, StageContext, StageResult, StageStart, StopFlag, Stopped,
@@ -69,10 +69,20 @@ class Trainer:
                             f"{len(train_devices)} of {len(train_devices) + len(self.sampler_devices)})") from None
         self.rules = config.sharding.logical_rules()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # one trainer at a time (process 0 holds it for the run): a second one's saves and metrics mixed with
+        # the first's (both ran to the end: two lines per step, checkpoints of either config)
+        self._lock = lock_directory(self.run_dir, "run directory") if self.primary else None
+        try:
+            self._open(config)
+        except BaseException:
+            self.release()
+            raise
+
+    def _open(self, config: Config) -> None:
         checkpointer = TrainCheckpointer(self.run_dir / "checkpoints", config.checkpoint.keep,
                                          config.checkpoint.keep_best, config.checkpoint.async_save)
         self.metrics = MetricsWriter(self.run_dir, self.primary, plots=config.plots)
-        self.tokenizer = self._tokenizer()
+        self.tokenizer = self._tokenizer(checkpointed=checkpointer.latest_step() is not None)
         self.checkpoints: RunCheckpoints | None = RunCheckpoints(checkpointer, config, self.run_dir,
                                                                  self.tokenizer, self.primary)
         # the run's state between stages: what the next stage starts from
@@ -86,12 +96,15 @@ class Trainer:
         self._held_out: list[dict] = []  # the held-out problems, built by preflight
         self._models: dict[int, ModelConfig] = {}  # stage index -> the architecture of that stage's policy
 
-    def _tokenizer(self) -> TokenizerLike:
+    def _tokenizer(self, checkpointed: bool) -> TokenizerLike:
         """Process 0 loads or trains the run's tokenizer (rl.train.policy_io.run_tokenizer) and saves it in
-        the run directory, where a resume finds it; the other processes load that copy."""
+        the run directory, where a resume finds it; the other processes load that copy. A run with a checkpoint
+        keeps its tokenizer (a resume refuses settings that name another one: checkpointing.check_compatible);
+        one without starts over, and builds its tokenizer again unless the settings it was built from are the
+        config's (the saved one was kept whatever the new settings said, with no word)."""
         saved, tokenizer = self.run_dir / "tokenizer", None
         if self.primary:
-            if is_tokenizer_dir(saved):
+            if is_tokenizer_dir(saved) and (checkpointed or self._same_tokenizer_settings()):
                 tokenizer = load_tokenizer(saved)
             else:
                 tokenizer = run_tokenizer(self.config)
@@ -101,6 +114,14 @@ class Trainer:
             tokenizer = load_tokenizer(saved)
         return tokenizer
 
+    def _same_tokenizer_settings(self) -> bool:
+        """Does the run's config.yaml (its last start's) name the tokenizer this config does?"""
+        try:
+            before = load_config(self.run_dir / "config.yaml")
+        except (UserError, OSError):  # none (a start refused before writing it), or unreadable
+            return False
+        return tokenizer_settings(before) == tokenizer_settings(self.config)
+
     def _model(self, index: int) -> ModelConfig:
         """The architecture of stage `index`'s policy (a distill stage's student from that stage on)."""
         if index not in self._models:
@@ -109,6 +130,18 @@ class Trainer:
 
     # -- the run --------------------------------------------------------------------------------------
     def run(self) -> dict:
+        try:
+            return self._run()
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Let the run directory go (another trainer may then open it)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def _run(self) -> dict:
         try:
             position = self._resume_position()
             # everything checkable is checked before the first step (a resumed run: before its next one)
@@ -158,7 +191,13 @@ class Trainer:
             raise UserError(f"checkpoint {where} was saved in stage {index + 1}, '{theirs.name}' ({theirs.kind}); "
                             f"the config's stage {index + 1} is {found}: resume with the run's stages (its "
                             "config.yaml), or start a new run directory")
-        check_compatible(saved, stage_config(self.config, index), where)
+        check_compatible(saved, stage_config(self.config, index), where, same_tokenizer=True)
+        if meta["stage_done"] and self.config.stages[index].steps > theirs.steps:
+            stage = self.config.stages[index]
+            raise UserError(f"stages[{stage.name}].steps={stage.steps}: the stage finished at {theirs.steps} steps "
+                            f"(checkpoint {where} holds its end, not its optimizer or data position); to train "
+                            f"it longer, add a stage after it ({{name: {stage.name}_more, kind: {stage.kind}, "
+                            f"steps: {stage.steps - theirs.steps}}}) or start a new run directory")
         changes = config_changes(saved, stage_config(self.config, index))
         if changes:  # allowed (a longer schedule, a new eval size), but the run is no longer the saved one's
             shown = "; ".join(changes[:12]) + (f"; and {len(changes) - 12} more" if len(changes) > 12 else "")
@@ -170,6 +209,11 @@ class Trainer:
         self.graphdef, self.policy = self.checkpoints.restore_policy(step, self._model(index), self.mesh,
                                                                      self.rules)
         self.console.log(f"resuming {self.run_dir} from step {self.global_step} (stage {meta['stage_name']})")
+        saved_on = (meta.get("devices"), meta.get("processes"))
+        if saved_on[0] is not None and saved_on != (jax.device_count(), jax.process_count()):
+            self.console.log(f"checkpoint {where} was saved on {saved_on[0]} devices in {saved_on[1]} process(es), "
+                             f"this run has {jax.device_count()} in {jax.process_count()}: the same computation "
+                             "laid out otherwise, equal to an uninterrupted run up to rounding")
         if meta["stage_done"]:  # its checkpoint's summary is the one the stage started with, plus its results
             self._record_stage(index)
             return Position(index + 1)

@@ -60,9 +60,15 @@ class UpdateStage:
         targets = {"opt_state": abstract_sharded(state.opt_state, ctx.mesh, ctx.rules)}
         if state.ref is not None:
             targets["ref"] = abstract_policy_state(ctx.model, ctx.mesh, ctx.rules)[2]
+        if state.ref is not None and not ctx.checkpoints.has_tree(meta["checkpoint"], "ref"):
+            # saved under grpo.kl_coef 0 (no reference kept), resumed with a KL term: the resumed policy is the
+            # reference from here, as a reference reset (grpo.ref_reset_every) would make it
+            del targets["ref"]
+            ctx.console.log(f"checkpoint {meta['checkpoint']} holds no reference policy (its run had no KL term): "
+                            "the KL reference starts from the resumed policy")
         restored = ctx.checkpoints.restore_trees(meta["checkpoint"], targets)
         ref = state.ref
-        if state.ref is not None:
+        if "ref" in restored:
             ref = policy_from_state(restored["ref"], ctx.model, ctx.mesh, ctx.rules)
         return state.replace(opt_state=restored["opt_state"], ref=ref,
                              step=jnp.asarray(meta["stage_step"], jnp.int32))

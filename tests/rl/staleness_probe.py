@@ -12,7 +12,11 @@ cache, so the programs they have in common compile once):
   GRPO update to OUT, found without the trainer's own bookkeeping: which generate call sampled the batch
   (matched by its tokens), the version of the weights that call was given (the update whose starting weights
   they equal), and the largest differences on completion tokens between the batch's `old_logp`, the
-  sampler's log-probs, and fresh log-probs under the sampling weights and under the weights being updated.
+  sampler's log-probs, and fresh log-probs under the sampling weights and under the weights being updated;
+- `python -m tests.rl.staleness_probe groups OUT STEP ARGS...` runs `r1jax ARGS...` (STEP > 0: SIGTERM after the
+  row of global step STEP, as `watch`) and writes one JSON line to OUT per generate call (its G and a hash of
+  each prompt) and per GRPO update (its rows, and whether each run of `grpo.group_size` rows, the rows its
+  advantages normalise together, holds one prompt).
 """
 
 import hashlib
@@ -111,6 +115,32 @@ def watch_grpo(out_path: str) -> None:
     Sampler.generate, UpdateStage.update = watched_generate, watched_update
 
 
+def record_groups(out_path: str) -> None:
+    """Wrap Sampler.generate and UpdateStage.update to write the `groups` lines the module docstring describes."""
+    generate, update = Sampler.generate, UpdateStage.update
+
+    def write(line: dict) -> None:
+        with open(out_path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+    def recorded_generate(self, state, prompts, samples=1, **kwargs):
+        write({"call": "generate", "samples": samples,
+               "prompts": [hashlib.sha1(np.asarray(p, np.int64).tobytes()).hexdigest() for p in prompts]})
+        return generate(self, state, prompts, samples, **kwargs)
+
+    def recorded_update(self, batch, iterations=1, **options):
+        tokens, mask = np.asarray(batch["tokens"]), np.asarray(batch["mask"])
+        prompt_length = int(mask.argmax(axis=1).min()) + 1  # mask[:, t] is token t + 1 a completion's
+        group_size = self.ctx.config.grpo.group_size
+        groups = tokens[:, :prompt_length].reshape(-1, group_size, prompt_length)
+        write({"call": "update", "rows": len(tokens),
+               "groups_of_one_prompt": bool((groups == groups[:, :1]).all()),
+               "prompts": len({g[0].tobytes() for g in groups})})
+        return update(self, batch, iterations, **options)
+
+    Sampler.generate, UpdateStage.update = recorded_generate, recorded_update
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "both":
         code = main([*sys.argv[4:], "--run-dir", sys.argv[2]], as_program=True)
@@ -120,6 +150,11 @@ if __name__ == "__main__":
         if sys.argv[1] == "sequential":
             STAGE_RUNNERS["grpo"] = sequential_grpo
         sys.exit(main(sys.argv[2:], as_program=True))
+    if sys.argv[1] == "groups":
+        record_groups(sys.argv[2])
+        if int(sys.argv[3]) > 0:
+            signal_after_row(signal.SIGTERM, int(sys.argv[3]))
+        sys.exit(main(sys.argv[4:], as_program=True))
     watch_grpo(sys.argv[2])
     signal_after_row(signal.Signals[f"SIG{sys.argv[3]}"], int(sys.argv[4]))
     sys.exit(main(sys.argv[5:], as_program=True))

@@ -151,6 +151,13 @@ def test_a_process_with_fewer_devices_than_the_run_loads_its_policy_on_one_devic
             [b.tobytes() for b in final_params(finished_run)]
 
 
+def copy_of(run_dir, tmp_path):
+    """A copy of a shared run to open a Trainer on (which locks and may write its directory)."""
+    import shutil
+
+    return shutil.copytree(run_dir, tmp_path / "run")
+
+
 @pytest.mark.parametrize("stages, found", [(lambda s: [s[0], {**s[1], "name": "grpo_b"}], "'grpo_b' (grpo)"),
                                            (lambda s: s[:1], "absent")])
 def test_a_checkpoint_saved_in_another_stage_than_the_configs_is_refused(finished_run, tmp_path, stages, found):
@@ -159,7 +166,7 @@ def test_a_checkpoint_saved_in_another_stage_than_the_configs_is_refused(finishe
     config = yaml.safe_load((finished_run / "config.yaml").read_text())
     config["stages"] = stages(config["stages"])
     (tmp_path / "changed.yaml").write_text(yaml.safe_dump(config))
-    trainer = Trainer(load_config(tmp_path / "changed.yaml"), finished_run)
+    trainer = Trainer(load_config(tmp_path / "changed.yaml"), copy_of(finished_run, tmp_path))
     try:
         expected = f"saved in stage 2, 'grpo' (grpo); the config's stage 2 is {found}:"
         with pytest.raises(UserError, match=re.escape(expected)):
@@ -171,17 +178,14 @@ def test_a_checkpoint_saved_in_another_stage_than_the_configs_is_refused(finishe
 def test_a_resume_under_changed_settings_names_each_change(finished_run, tmp_path):
     """Overrides on resume are allowed (a longer schedule, a larger eval), but the run is no longer the saved
     one's: the resume says which settings changed, from what to what; unchanged settings say nothing."""
-    import shutil
-
     from r1jax.rl.train.checkpointing import config_changes
 
-    run_dir = tmp_path / "run"
-    shutil.copytree(finished_run, run_dir)
+    run_dir = copy_of(finished_run, tmp_path)
     saved = load_config(run_dir / "config.yaml")
     assert config_changes(saved, saved) == []
-    config = load_config(run_dir / "config.yaml", ["grpo.clip_high=0.3", "stages.1.steps=9", "seed=5"])
+    config = load_config(run_dir / "config.yaml", ["grpo.clip_high=0.3", "stages.1.steps=2", "seed=5"])
     assert config_changes(saved, config) == [f"grpo.clip_high: {saved.grpo.clip_high!r} -> 0.3", "seed: 0 -> 5",
-                                             f"stages.1.steps: {saved.stages[1].steps} -> 9"]
+                                             f"stages.1.steps: {saved.stages[1].steps} -> 2"]
     logged = []
     trainer = Trainer(config, run_dir)
     trainer.console.log = logged.append
@@ -193,11 +197,12 @@ def test_a_resume_under_changed_settings_names_each_change(finished_run, tmp_pat
     assert "(the run will not equal an uninterrupted one): grpo.clip_high:" in line and "stages.1.steps" in line
 
 
-def test_checkpoint_that_does_not_match_the_config_is_refused(finished_run):
+def test_checkpoint_that_does_not_match_the_config_is_refused(finished_run, tmp_path):
     from r1jax.rl.train.trainer import Trainer
 
-    written = (finished_run / "config.yaml").read_text()
-    config = load_config(finished_run / "config.yaml", ["model.hidden_size=48"])
+    run_dir = copy_of(finished_run, tmp_path)
+    written = (run_dir / "config.yaml").read_text()
+    config = load_config(run_dir / "config.yaml", ["model.hidden_size=48"])
     with pytest.raises(UserError, match="model.hidden_size: checkpoint 32 vs config 48"):
-        Trainer(config, finished_run).run()
-    assert (finished_run / "config.yaml").read_text() == written  # the refused config never replaced the run's
+        Trainer(config, run_dir).run()
+    assert (run_dir / "config.yaml").read_text() == written  # the refused config never replaced the run's

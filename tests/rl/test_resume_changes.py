@@ -1,0 +1,120 @@
+"""A resume under changed inputs (found by a review of what a user changes between two starts): the config file
+given again is read again, a second trainer is kept out of a directory in use, a finished stage is not
+lengthened in silence, a changed tokenizer is refused (or, before any checkpoint, built again), a KL term turned
+on finds no reference in the checkpoint, and another device count is said."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from r1jax.errors import UserError
+from r1jax.files import lock_directory
+from r1jax.model.tokenizer import load_tokenizer
+from r1jax.rl.cli.main import main
+from r1jax.rl.config import load_config
+from r1jax.rl.train import trainer as trainer_module
+from r1jax.rl.train.trainer import Trainer
+
+from tests.rl.conftest import REPO, console, subprocess_env
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    """A copy of the shared finished run (2 SFT + 3 GRPO steps, checkpoints 2, 4 and 5) to resume or change."""
+    return shutil.copytree(finished_run, tmp_path / "run")
+
+
+def resume_position(config, run_dir, logged=None):
+    trainer = Trainer(config, run_dir)
+    if logged is not None:
+        trainer.console.log = logged.append
+    try:
+        return trainer._resume_position()
+    finally:
+        trainer.checkpoints.close()
+        trainer.release()
+
+
+def test_the_config_named_again_is_read_again_and_without_one_the_runs_own(run_copy, tmp_path, monkeypatch):
+    """`r1jax train CONFIG --run-dir DIR` on an existing run took DIR/config.yaml and dropped CONFIG's edits
+    in silence (an edited learning rate, another preset's whole model): CONFIG is read again now."""
+    seen = []
+
+    class Recorder:
+        def __init__(self, config, run_dir, console):
+            seen.append(config)
+
+        def run(self):
+            return {}
+
+    monkeypatch.setattr(trainer_module, "Trainer", Recorder)
+    edited = yaml.safe_load((run_copy / "config.yaml").read_text())
+    edited["optimizer"]["lr"] = 0.05
+    (tmp_path / "edited.yaml").write_text(yaml.safe_dump(edited))
+    assert main(["train", str(tmp_path / "edited.yaml"), "--run-dir", str(run_copy)]) == 0
+    assert main(["train", "--run-dir", str(run_copy), "seed=3"]) == 0  # no CONFIG: the run's own
+    assert main(["train", "seed=4", "--run-dir", str(run_copy)]) == 0  # an override in CONFIG's place: the same
+    assert [(c.optimizer.lr, c.seed) for c in seen] == [(0.05, 0), (0.001, 3), (0.001, 4)]
+
+
+def test_a_second_trainer_is_kept_out_of_a_directory_in_use(run_copy):
+    """Two trainers on one directory both ran to the end: each step's row twice, checkpoints of either config."""
+    config = load_config(run_copy / "config.yaml")
+    held = lock_directory(run_copy, "run directory")  # as another trainer's process holds it
+    try:
+        with pytest.raises(UserError, match=r"run directory .* is in use by another trainer \(pid \d+ on "):
+            Trainer(config, run_copy)
+    finally:
+        held.close()
+    trainer = Trainer(config, run_copy)  # let go: it opens
+    with pytest.raises(UserError, match="in use"):
+        Trainer(config, run_copy)
+    trainer.checkpoints.close()
+    trainer.release()
+    with pytest.raises(UserError, match="model.hidden_size"):  # a refused run lets the directory go as well
+        Trainer(load_config(run_copy / "config.yaml", ["model.hidden_size=48"]), run_copy).run()
+    assert resume_position(config, run_copy).stage_index == 2
+
+
+def test_a_finished_stage_made_longer_is_refused_and_a_shorter_one_logged(run_copy):
+    """stages.1.steps 3 -> 5 on a run whose grpo stage had finished was logged as a change and then ran
+    nothing; its end checkpoint holds no optimizer state or data position to go on from."""
+    with pytest.raises(UserError, match=r"stages\[grpo\]\.steps=5: the stage finished at 3 steps .*"
+                                        r"\{name: grpo_more, kind: grpo, steps: 2\}"):
+        resume_position(load_config(run_copy / "config.yaml", ["stages.1.steps=5"]), run_copy)
+    logged = []
+    resume_position(load_config(run_copy / "config.yaml", ["stages.1.steps=2"]), run_copy, logged)
+    assert any("stages.1.steps: 3 -> 2" in line for line in logged)
+
+
+def test_another_tokenizer_is_refused_on_resume_and_built_again_before_any_checkpoint(run_copy, monkeypatch):
+    """The run's tokenizer/ was kept whatever tokenizer.* said (logged as a change, and ignored); without a
+    checkpoint (the run starts over) the old one was kept too, with no word."""
+    with pytest.raises(UserError, match=r"tokenizer\.vocab_size: checkpoint 512 vs config 400"):
+        resume_position(load_config(run_copy / "config.yaml", ["tokenizer.vocab_size=400"]), run_copy)
+    shutil.rmtree(run_copy / "checkpoints")
+    saved = run_copy / "tokenizer"
+    built = []
+    real = trainer_module.run_tokenizer
+    monkeypatch.setattr(trainer_module, "run_tokenizer", lambda config: built.append(config) or real(config))
+    resume_position(load_config(run_copy / "config.yaml"), run_copy)  # the same settings: the saved one
+    assert built == [] and load_tokenizer(saved).vocab_size == 512
+    resume_position(load_config(run_copy / "config.yaml", ["tokenizer.vocab_size=400"]), run_copy)
+    assert len(built) == 1 and load_tokenizer(saved).vocab_size == 400
+
+
+def test_a_kl_term_turned_on_and_another_device_count_resume_saying_so(run_copy):
+    """A checkpoint saved without a KL term holds no reference: a resume with grpo.kl_coef > 0 failed with
+    "checkpoint ... is incomplete: it lacks the item 'ref'" (blaming a sound checkpoint); on another device count
+    the resume said nothing."""
+    shutil.rmtree(run_copy / "checkpoints" / "5")
+    shutil.rmtree(run_copy / "checkpoints" / "4" / "ref")  # as a run under grpo.kl_coef=0 saves it
+    command = [sys.executable, "-m", "r1jax", "--cpu-devices", "1", "train", "--run-dir", str(run_copy)]
+    result = subprocess.run(command, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = console(result.stderr)
+    assert "holds no reference policy (its run had no KL term): the KL reference starts from the resumed policy" in log
+    assert "was saved on 2 devices in 1 process(es), this run has 1 in 1" in log
