@@ -181,6 +181,10 @@ class Trainer:
     def _resume_position(self) -> Position:
         step = self.checkpoints.latest_step()
         if step is None:  # a new run, or one stopped or killed before its first checkpoint: it starts over
+            earlier = self.run_dir / "metrics.jsonl"
+            if earlier.exists() and earlier.stat().st_size:
+                self.console.log(f"{self.run_dir} holds no checkpoint: the run starts over, and the metrics rows of "
+                                 "its earlier start (metrics.jsonl) are dropped")
             self.metrics.resume(0, ())
             return Position()
         saved, meta = self.checkpoints.restore_config_and_meta(step)

@@ -117,11 +117,14 @@ def test_a_run_resumed_before_its_first_checkpoint_starts_its_metrics_over(tmp_p
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"global_step": 1, "step": 1, "stage": "sft"}) + "\n"
                                             + '{"global_step": 2, "st')
     trainer = Trainer(load_config(TRAIN_CONFIG), tmp_path)
+    logged = []
+    trainer.console.log = logged.append
     try:
         assert trainer._resume_position() == Position()
     finally:
         trainer.checkpoints.close()
     assert (tmp_path / "metrics.jsonl").read_text() == ""
+    assert any("holds no checkpoint: the run starts over" in line for line in logged)  # (was said nowhere)
 
 
 def test_restore_on_another_mesh_gives_equal_params(finished_run):
