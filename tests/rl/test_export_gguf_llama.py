@@ -34,7 +34,10 @@ SCALE = dict(initializer_range=0.2)
 CONFIGS = {"deepseek_v3": dataclasses.replace(DEEPSEEK, **SCALE),
            # HF's non-interleaved rope: the export permutes the rope rows into llama.cpp's adjacent pairs
            "deepseek_v3_rope_halves": dataclasses.replace(DEEPSEEK, rope_interleave=False, **SCALE),
-           "qwen3_moe": dataclasses.replace(QWEN, mlp_only_layers=(), **SCALE)}
+           "qwen3_moe": dataclasses.replace(QWEN, mlp_only_layers=(), **SCALE),
+           # tied embeddings: no output.weight in the file; llama.cpp reads the token embeddings for both
+           "deepseek_v3_tied": dataclasses.replace(DEEPSEEK, tie_word_embeddings=True, **SCALE),
+           "qwen3_moe_tied": dataclasses.replace(QWEN, mlp_only_layers=(), tie_word_embeddings=True, **SCALE)}
 
 
 @pytest.fixture(scope="module")
