@@ -2,18 +2,19 @@
 
 Every process builds the same shuffled order from the same seed and takes the slice [index::count], so
 processes see disjoint problems; `repeat` reshuffles each epoch with a derived seed and keeps the slices
-disjoint (each epoch leaves out its order's last len % count problems, so the slices are equal). A batch is a list of problem dicts (task, prompt, answer, solution, difficulty) of length
-`batch_size` per process.
+disjoint (each epoch leaves out its order's last len % count problems, so the slices are equal). A batch is a
+list of problem dicts (task, prompt, answer, solution, difficulty) of length `batch_size` per process.
 
 The iterator's state (`it.get_state()`, a small JSON-serialisable dict) restores exactly with
 `it.set_state(state)` on an iterator built from the same config, in any process: the trainer checkpoints it.
 It holds the position in rows (of this process's stream, epochs after one another), the batch size and the
-source's fingerprint: a file's row count and the SHA-256 of its rows (hashed as they are read), or what defines
-the generated tasks. An iterator of another batch size continues at the same row (batches start wherever the
-position is: no row skipped or repeated); a file that differs from the state's, or a file read in place of
-generated tasks (or the reverse), is a UserError naming what changed (rows then and now): the position would
-mean other rows. Changed settings of generated tasks (a harder curriculum) go on from the same position. A state without those (checkpoints before
-2026-12-04) is a batch index, read in batches of the iterator's size as before.
+source's fingerprint: a file's row count, the SHA-256 of its rows (hashed as they are read) and the order it
+is read in (data.seed, data.shuffle), or what defines the generated tasks. An iterator of another batch size
+continues at the same row (batches start wherever the position is: no row skipped or repeated); a file that
+differs from the state's or is read in another order, or a file read in place of generated tasks (or the
+reverse), is a UserError naming what changed (rows then and now): the position would mean other rows.
+Changed settings of generated tasks (a harder curriculum) go on from the same position. A state without
+those (checkpoints before 2026-12-04) is a batch index, read in batches of the iterator's size as before.
 
 The trainer runs its host work (tokenising, decoding, reward scoring) identically on every JAX process and
 hands JAX host values as global ones (sharding.distributed), so `make_iterator` without an explicit process
@@ -65,7 +66,8 @@ def read_source(config: DataConfig) -> tuple[Sequence, dict]:
     if config.path is not None:
         digest = hashlib.sha256()
         problems = config.load_file(digest=digest)
-        return problems, {"file": config.path, "rows": len(problems), "sha256": digest.hexdigest()}
+        return problems, {"file": config.path, "rows": len(problems), "sha256": digest.hexdigest(),
+                          "order": {"seed": config.seed, "shuffle": config.shuffle}}
     tasks = {"tasks": list(config.tasks), "difficulty": config.difficulty, "task_knobs": config.task_knobs,
              "seed": config.seed, "num_problems": config.num_problems}
     return build_source(config), {"tasks": json.loads(json.dumps(tasks, sort_keys=True, default=repr))}
@@ -153,7 +155,12 @@ def source_change(saved: dict, now: dict) -> Optional[str]:
     """What differs between a state's source fingerprint `saved` and `now`, or None: the same data."""
     if "file" in saved and "file" in now:
         if (saved["rows"], saved["sha256"]) == (now["rows"], now["sha256"]):
-            return None  # the same rows, wherever the file is now
+            # the same rows, wherever the file is now; in the same order (a state before 2026-12-04 has none)
+            then, order = saved.get("order", now["order"]), now["order"]
+            if then == order:
+                return None
+            return (f"data file {now['file']!r} is read in another order than at the checkpoint: data.seed "
+                    f"{then['seed']} -> {order['seed']}, data.shuffle {then['shuffle']} -> {order['shuffle']}")
         rows = (f"{saved['rows']} rows then, {now['rows']} now" if saved["rows"] != now["rows"] else
                 f"{now['rows']} rows then and now, but not the same rows in the same order")
         moved = f" (the checkpoint read {saved['file']!r})" if saved["file"] != now["file"] else ""
@@ -174,6 +181,8 @@ def _describe(source: dict) -> str:
 
 def changed_source_advice(saved: dict, checkpoint: Optional[str], stage: Optional[str]) -> str:
     what = f"the file {saved['file']!r} as it was" if "file" in saved else "the data settings as they were"
+    if "order" in saved:
+        what += f" and its order (data.seed={saved['order']['seed']}, data.shuffle={saved['order']['shuffle']})"
     start = f"init_from: {checkpoint}" if checkpoint else "init_from: RUN_DIR/checkpoints/STEP"
     stages = f"the config's stages from {stage!r} on, " if stage else "the config's stages from this one on, "
     return (f"; the checkpoint's position in it would skip or repeat rows. To resume, restore {what}; to train "

@@ -114,6 +114,23 @@ def test_the_same_rows_resume_wherever_the_file_is_and_however_its_lines_end(tmp
     assert resumed(DataConfig(path=str(moved), seed=1), state, 4, 6) == expected
 
 
+def test_the_same_file_read_in_another_order_is_refused(tmp_path):
+    """data.seed or data.shuffle changed on resume: the same rows in another order, where the checkpoint's
+    position skips some and repeats others."""
+    config = DataConfig(path=str(write_rows(tmp_path / "data.jsonl", problems(20))), seed=1)
+    iterator = make_iterator(config, 4)
+    next(iterator)
+    state = saved_state(iterator)
+    for changed, named in ((DataConfig(path=config.path, seed=2), "data.seed 1 -> 2, data.shuffle True -> True"),
+                           (DataConfig(path=config.path, seed=1, shuffle=False), "data.shuffle True -> False")):
+        with pytest.raises(UserError, match=re.escape(named) + ".*restore the file .* and its order "
+                                            r"\(data.seed=1, data.shuffle=True\)"):
+            make_iterator(changed, 4).set_state(state)
+    old = {k: v for k, v in state.items()}
+    old["source"] = {k: v for k, v in state["source"].items() if k != "order"}  # saved before it was recorded
+    make_iterator(DataConfig(path=config.path, seed=2), 4).set_state(old)
+
+
 def test_a_changed_parquet_file_is_refused_and_the_same_rows_rewritten_resume(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
