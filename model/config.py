@@ -17,6 +17,20 @@ DTYPES = ("float32", "bfloat16")
 MOE_IMPLS = ("auto", "ragged", "blocked", "blocked_autodiff")  # the kernels of model.dispatch
 DECODE_ATTENTIONS = ("auto", "pallas", "xla")  # the block-wise decode reads of model.attention
 
+# Upper bounds of the sizes: 16 x (or more than) the largest of published models (Gemma 3's vocabulary of 262,144;
+# Llama 3.1 405B's hidden size 16,384, 126 layers and 128 heads; its MLP width 53,248; Qwen3-Next's 512
+# experts, Qwen3's 10 per token; head dims <= 256; Kimi K2 and DeepSeek-V3's MLA ranks <= 1,536), and low enough
+# that every array's shape and element count fit the device's int32/int64 indexing (a hidden size of 1e20 or a
+# vocabulary of 2^63 failed inside XLA; 10^8 layers took minutes before any check).
+MAX_SIZES = {
+    "vocab_size": 1 << 22, "hidden_size": 1 << 18, "intermediate_size": 1 << 20, "moe_intermediate_size": 1 << 20,
+    "num_hidden_layers": 2048, "num_attention_heads": 2048, "num_key_value_heads": 2048, "head_dim": 4096,
+    "q_lora_rank": 1 << 15, "kv_lora_rank": 1 << 15, "qk_nope_head_dim": 4096, "qk_rope_head_dim": 4096,
+    "v_head_dim": 4096, "n_routed_experts": 8192, "num_experts_per_tok": 8192, "n_shared_experts": 8192,
+    "n_group": 8192, "topk_group": 8192, "first_k_dense_replace": 2048, "decoder_sparse_step": 2048,
+    "moe_block_size": 1 << 16, "max_position_embeddings": (1 << 31) - 1,
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -98,6 +112,15 @@ class ModelConfig:
                      "num_hidden_layers", "num_attention_heads", "n_routed_experts",
                      "num_experts_per_tok", "moe_block_size", "max_position_embeddings"):
             _check_positive(name, getattr(self, name))
+        for name, high in MAX_SIZES.items():  # both families' fields: an HF config.json's too
+            value = getattr(self, name)
+            if value is not None and value > high:
+                _fail(name, value, f"must be <= {high:,} (model.config.MAX_SIZES: 16 x the largest real models)")
+        for name in ("rope_theta", "rms_norm_eps", "initializer_range"):
+            if not getattr(self, name) > 0:
+                _fail(name, getattr(self, name), "must be > 0")
+        if self.routing_bias_update_rate < 0:
+            _fail("routing_bias_update_rate", self.routing_bias_update_rate, "must be >= 0 (0: the biases stay)")
         if self.num_experts_per_tok > self.n_routed_experts:
             _fail("num_experts_per_tok", self.num_experts_per_tok,
                   f"must be <= n_routed_experts ({self.n_routed_experts})")
@@ -128,6 +151,8 @@ class ModelConfig:
                   f"must be in [0, num_hidden_layers={self.num_hidden_layers}]")
         if self.n_shared_experts < 0:
             _fail("n_shared_experts", self.n_shared_experts, "must be >= 0")
+        if not self.routed_scaling_factor > 0:
+            _fail("routed_scaling_factor", self.routed_scaling_factor, "must be > 0")
 
     def _check_qwen(self) -> None:
         _check_positive("num_key_value_heads", self.num_key_value_heads)

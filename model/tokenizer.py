@@ -37,6 +37,7 @@ UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
 NUM_BYTES = 256
 MIN_LEARNED_CHARS = 8  # a vocabulary needs a few plain characters besides the byte pieces
 MIN_VOCAB = 4 + len(TAGS) + NUM_BYTES + MIN_LEARNED_CHARS
+INT32_MAX = 2**31 - 1
 FILE_NAME = "tokenizer.model"
 MODEL_TYPES = ("bpe", "unigram")
 
@@ -78,10 +79,10 @@ class TokenizerConfig:
     path: Optional[str] = None
 
     def __post_init__(self) -> None:
-        if self.vocab_size < MIN_VOCAB:
+        if not MIN_VOCAB <= self.vocab_size <= INT32_MAX:  # sentencepiece reads an int32
             raise UserError(f"tokenizer.vocab_size = {self.vocab_size}: must be >= {MIN_VOCAB} (4 control "
                             f"pieces + {len(TAGS)} tags + {NUM_BYTES} byte-fallback pieces + "
-                            f"{MIN_LEARNED_CHARS} characters)")
+                            f"{MIN_LEARNED_CHARS} characters) and <= 2^31-1")
         if self.model_type not in MODEL_TYPES:
             raise UserError(f"tokenizer.model_type = {self.model_type!r}: expected one of {MODEL_TYPES}")
         if self.template not in TEMPLATE_NAMES:
@@ -161,8 +162,12 @@ class Tokenizer:
 
     def save(self, directory: str | pathlib.Path) -> pathlib.Path:
         path = pathlib.Path(directory) / FILE_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, self.model_proto)  # rewritten beside every checkpoint: a kill keeps the old one
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, self.model_proto)  # rewritten beside every checkpoint: a kill keeps the old one
+        except OSError as err:  # a parent that is a file, a read-only or missing mount, a full disk
+            raise UserError(f"tokenizer {str(path)!r} cannot be written: {err.strerror or err}"
+                            f"{f' ({err.filename!r})' if err.filename else ''}") from None
         return path
 
     @classmethod

@@ -47,11 +47,15 @@ def _manager(root: pathlib.Path, **options) -> ocp.CheckpointManager:
 def save_policy(root: str | pathlib.Path, config: Config, policy: Policy, step: int = 0) -> pathlib.Path:
     """Write `policy` and `config` as step `step` under `root`; returns the step directory."""
     root = pathlib.Path(root)
-    with _manager(root) as manager:
-        state = nnx.to_pure_dict(nnx.state(policy))
-        manager.save(step, args=ocp.args.Composite(config=ocp.args.JsonSave(to_dict(config)),
-                                                   params=ocp.args.StandardSave(state)))
-        manager.wait_until_finished()
+    try:
+        with _manager(root) as manager:
+            state = nnx.to_pure_dict(nnx.state(policy))
+            manager.save(step, args=ocp.args.Composite(config=ocp.args.JsonSave(to_dict(config)),
+                                                       params=ocp.args.StandardSave(state)))
+            manager.wait_until_finished()
+    except OSError as err:  # a parent that is a file, a read-only or missing mount, a full disk
+        raise UserError(f"checkpoint {str(root)!r} cannot be written: {err.strerror or err}"
+                        f"{f' ({err.filename!r})' if err.filename else ''}") from None
     return root / str(step)
 
 

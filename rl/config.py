@@ -36,12 +36,14 @@ from r1jax.rl.data.config import DataConfig
 from r1jax.rl.grpo.config import GRPOConfig, OptimizerConfig
 from r1jax.rl.hf_architecture import run_model
 from r1jax.rl.rewards.config import PoolConfig, RewardsConfig
+from r1jax.rl.config_checks import INT32_MAX, check_bool, check_items, hint_at
 from r1jax.rl.sampler import SamplingConfig
 from r1jax.rl.train.config import CheckpointConfig, EvalConfig, StageConfig
 from r1jax.rl.update import UpdateConfig
 from r1jax.sharding.mesh import ShardingConfig
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+MAX_SEED = 2**53  # the run's seed: JAX keys of seed * 1000 + stage index (and seed + index) must fit int64
 
 
 def _default(cls):
@@ -67,6 +69,10 @@ class Config:
     plots: bool = True  # plots/*.png; false: none drawn (metrics.jsonl and TensorBoard are written either way)
 
     def __post_init__(self) -> None:
+        if type(self.seed) is not int or not -MAX_SEED <= self.seed <= MAX_SEED:
+            raise UserError(f"seed={self.seed!r}: expected an integer in [-2^53, 2^53]")
+        check_bool("plots", self.plots)
+        self._check_rollout_sizes()
         if not self.stages:
             raise UserError("stages: empty; a run needs at least one stage (sft, grpo, rejection_sampling, distill)")
         names = [s.name for s in self.stages]
@@ -82,6 +88,24 @@ class Config:
             raise UserError(f"sampling.devices={self.sampling.devices}: needs grpo.max_staleness >= 1; at 0 "
                             "every batch is sampled by the weights of the update before it, so there is no "
                             "generation to overlap with an update (set sampling.devices=0)")
+
+    def _check_rollout_sizes(self) -> None:
+        """top-k within the vocabulary; a sampler call's rows x (largest prompt bucket + token budget) x experts
+        per token within int32: the MoE dispatch indexes those token copies (grpo.group_size=1e11 overflowed)."""
+        vocab, k, bucket = self.model.vocab_size, self.model.num_experts_per_tok, self.sampling.prompt_buckets[-1]
+        for key, top_k in (("sampling.top_k", self.sampling.top_k), ("eval.top_k", self.eval.top_k)):
+            if top_k > vocab:
+                raise UserError(f"{key}={top_k}: must be at most model.vocab_size={vocab} (0: no top-k filter)")
+        new = self.sampling.max_new_tokens
+        calls = [("grpo.prompts_per_step x grpo.group_size", self.grpo.prompts_per_step * self.grpo.group_size, new),
+                 ("eval.batch_size x eval.samples", self.eval.batch_size * self.eval.samples, new)]
+        calls += [(f"stages[{s.name}].batch_size x samples_per_prompt", s.batch_size * s.samples_per_prompt,
+                   s.max_new_tokens or new) for s in self.stages if s.kind == "rejection_sampling"]
+        for what, rows, new in calls:
+            if rows * (bucket + new) * k > INT32_MAX:
+                raise UserError(f"{what} = {rows:,} rows: x ({bucket} + {new} tokens: the largest prompt bucket + "
+                                f"max_new_tokens) x model.num_experts_per_tok={k} is over 2^31-1 token copies (the "
+                                "MoE dispatch indexes them in int32); lower the rows or the token budget")
 
 
 def _check_stage_data(stages: Sequence[StageConfig], index: int, field: str) -> None:
@@ -202,11 +226,13 @@ def parse_overrides(overrides: Sequence[str], where: str = "overrides",
 def _build(schema, parts: Sequence[Any], source: str):
     """The dataclass object of `schema` with dict / OmegaConf-node parts merged and `Overrides` applied."""
     merged = schema
+    cls = OmegaConf.get_type(schema)
     try:
         for part in parts:
             if isinstance(part, Overrides):
-                _apply_overrides(merged, part)
+                _apply_overrides(merged, part, cls)
                 continue
+            check_items(cls, OmegaConf.to_container(part) if OmegaConf.is_config(part) else part, source)
             try:
                 merged = OmegaConf.merge(merged, part)
             except TypeError as err:  # a list where the schema has a group or a group where it has a list
@@ -250,11 +276,12 @@ def _container_mismatch(node, part, key: str = "") -> str | None:
     return None
 
 
-def _apply_overrides(node, overrides: Overrides) -> None:
+def _apply_overrides(node, overrides: Overrides, cls: type) -> None:
     _make_writable(node)  # frozen dataclasses make read-only nodes; the result is frozen again by to_object
     for text, parts, value in overrides.items:
         try:
             parts, value = _resolve_key(node, parts, value)
+            check_items(hint_at(cls, parts), value, f"{overrides.where}: {text!r}", ".".join(parts))
             OmegaConf.update(node, ".".join(parts), value, merge=True)
             written = OmegaConf.select(node, ".".join(parts))
             check_finite(OmegaConf.to_container(written, resolve=True) if OmegaConf.is_config(written)
@@ -309,7 +336,8 @@ def _make_writable(node) -> None:
 
 def _describe(err: OmegaConfBaseException) -> str:
     key = getattr(err, "full_key", None)
-    message = str(err).splitlines()[0]
+    # OmegaConf leaves a tuple item's template unfilled: "Value '$VALUE' of type '$VALUE_TYPE' could not be ..."
+    message = re.sub(r"Value '\$VALUE' of type '\$VALUE_TYPE'", "an item", str(err).splitlines()[0])
     return f"key {key!r}: {message}" if key else message
 
 

@@ -28,6 +28,10 @@ from r1jax.rl.train.config import DEFAULT_REFLECTION_WORDS, EvalConfig
 from r1jax.rl.train.rollouts import reflection_rate, sample_and_submit
 
 
+STALE_READS = 10_000  # held_out_problems stops reading after this many reads in a row found nothing new,
+STALE_READS_PER_PROBLEM = 20  # plus this many per problem known (training's and the held-out source's so far)
+
+
 def held_out_problems(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | None = None,
                       left_out: list[str] | None = None,
                       other_files: Sequence[tuple[str, DataConfig]] = ()) -> list[dict]:
@@ -43,7 +47,9 @@ def held_out_problems(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | 
     the held-out set (20 of 20 held-out arithmetic prompts were rows of such a file). `other_files`: (the
     config field naming it, its data config) of each other file the run trains on (SFT stages' data_path, a
     distill stage's teacher: rl.train.preflight.other_training_files), whose prompts are skipped the same way
-    (a cold-start file's worked solutions to held-out problems were trained on, then evaluated)."""
+    (a cold-start file's worked solutions to held-out problems were trained on, then evaluated). A scan that
+    finds nothing new for STALE_READS + STALE_READS_PER_PROBLEM x (problems known) reads in a row fails then,
+    unless the problems found make `cfg.num_problems` (a space too small was read to 50 x num_problems before)."""
     tasks = list(tasks or data.tasks)
     difficulty = cfg.difficulty or data.difficulty
     seen = _training_keys(data, tasks)
@@ -52,13 +58,26 @@ def held_out_problems(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | 
     source = TaskSource([data.task(t, difficulty) for t in tasks], cfg.seed, 50 * cfg.num_problems)
     kinds: list[tuple] = []  # the kind of each problem of `source` read so far
     unseen: dict[tuple, collections.deque] = collections.defaultdict(collections.deque)  # not yet taken, by kind
+    stale = 0  # reads in a row that found nothing new (a problem training or the source so far had)
 
     def read_next() -> None:
+        nonlocal stale
         problem = source[len(kinds)]
         kinds.append(_kind(problem))
         if _key(problem) not in seen:
             seen.add(_key(problem))
             unseen[kinds[-1]].append(problem)
+            stale = 0
+            return
+        stale += 1
+        # the task space looks used up: no later read adds a problem, so unless the ones found already make
+        # `cfg.num_problems`, the scan would end in the error below, after 50 x num_problems reads (hours for
+        # --num-problems 100000000 at difficulty 1). A space with k of M problems left unread shows none in
+        # this many reads with probability ~exp(-k x STALE_READS_PER_PROBLEM): never in practice.
+        if stale == STALE_READS + STALE_READS_PER_PROBLEM * len(seen):
+            found = len(problems) + sum(len(queue) for queue in unseen.values())
+            if found < cfg.num_problems:
+                raise _too_small(data, cfg, found)
 
     problems, exhausted = [], []
     for i in range(len(source)):
@@ -75,12 +94,16 @@ def held_out_problems(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | 
             if left_out is not None:
                 left_out += [_kind_name(kind) for kind in exhausted]
             return problems
+    raise _too_small(data, cfg, len(problems))
+
+
+def _too_small(data: DataConfig, cfg: EvalConfig, found: int) -> ValueError:
     used = (f"training's {data.num_problems} generated problems ({', '.join(data.tasks)} at difficulty "
             f"{data.difficulty}: data.num_problems) use it up; " if data.path is None else
             f"the training file data.path={data.path!r} holds its problems; ")
-    raise ValueError(f"only {len(problems)} held-out problems differ from the training data; the task space is "
-                     f"too small for eval.num_problems={cfg.num_problems}: {used}raise the difficulty (data/eval), "
-                     "add tasks or lower the numbers of problems")
+    return ValueError(f"only {found} held-out problems differ from the training data; the task space is "
+                      f"too small for eval.num_problems={cfg.num_problems}: {used}raise the difficulty (data/eval), "
+                      "add tasks or lower the numbers of problems")
 
 
 def _training_keys(data: DataConfig, tasks: Sequence[str]) -> set[tuple]:

@@ -34,8 +34,10 @@ from r1jax.rl.continuous import generate_continuous
 from r1jax.rl.decoding import (Rollout, filter_logits, grown_slots, is_stop, merged_policy,  # noqa: F401 (API)
                                padding_routes, phase_ends, sample_token)
 from r1jax.rl.sampler_layout import LAYOUTS
+from r1jax.rl.config_checks import INT32_MAX, check_temperature
 from r1jax.sharding import MESH_AXES
 from r1jax.sharding.distributed import replicated
+from r1jax.sharding.rules import check_rules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,18 +77,22 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise UserError(f"sampling.max_new_tokens={self.max_new_tokens}: must be >= 1")
-        if self.temperature < 0:
-            raise UserError(f"sampling.temperature={self.temperature}: must be >= 0 (0 is greedy)")
+        check_temperature("sampling.temperature", self.temperature)
         if not 0 < self.top_p <= 1:
             raise UserError(f"sampling.top_p={self.top_p}: must be in (0, 1]")
-        if self.top_k < 0:
-            raise UserError(f"sampling.top_k={self.top_k}: must be >= 0 (0 is off)")
+        if not 0 <= self.top_k <= INT32_MAX:
+            raise UserError(f"sampling.top_k={self.top_k}: must be in [0, 2^31-1] (0 is off; at most "
+                            "model.vocab_size)")
         if not self.prompt_buckets or list(self.prompt_buckets) != sorted(set(self.prompt_buckets)) \
                 or self.prompt_buckets[0] < 1:
             raise UserError(f"sampling.prompt_buckets={list(self.prompt_buckets)}: must be increasing lengths >= 1")
+        if self.prompt_buckets[-1] + self.max_new_tokens > INT32_MAX:  # token positions are int32
+            raise UserError(f"sampling.max_new_tokens={self.max_new_tokens}: the largest prompt bucket "
+                            f"({self.prompt_buckets[-1]}) plus max_new_tokens must be at most 2^31-1")
         if self.layout not in LAYOUTS:
             raise UserError(f"sampling.layout={self.layout!r}: choose one of {', '.join(LAYOUTS)}")
         self._check_mesh()
+        check_rules(self.rules, "sampling.rules")
         if self.kv_block < 0:
             raise UserError(f"sampling.kv_block={self.kv_block}: must be >= 0 (0 reads the whole cache)")
         if type(self.cache_phases) is not int or self.cache_phases < 1:

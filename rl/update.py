@@ -51,8 +51,8 @@ class UpdateConfig:
         if self.micro_batches < 1:
             raise UserError(f"update.micro_batches={self.micro_batches}: must be >= 1")
         for name in ("aux_loss_coef", "z_loss_coef"):
-            if getattr(self, name) < 0:
-                raise UserError(f"update.{name}={getattr(self, name)}: must be >= 0")
+            if not 0 <= getattr(self, name) <= 100:  # 1e308 made the loss inf
+                raise UserError(f"update.{name}={getattr(self, name)}: must be in [0, 100]")
 
 
 @struct.dataclass

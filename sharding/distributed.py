@@ -43,6 +43,8 @@ ENV_PROCESS_ID = "R1JAX_PROCESS_ID"
 ENV_DISTRIBUTED = "R1JAX_DISTRIBUTED"
 ENV_PEER_TIMEOUT = "R1JAX_PEER_TIMEOUT_S"
 DEFAULT_PEER_TIMEOUT_S = 300.0
+MAX_PEER_TIMEOUT_S = 1e6  # ~11.6 days (JAX takes whole seconds as a C integer: 1e300 overflowed it)
+MAX_PROCESSES = 2**31 - 1  # JAX's process count and ids are int32
 ERRORS_KEY = "r1jax/error/"  # + process index: why that process stopped
 SEEN_KEY = "r1jax/error-seen/"  # + process index: that process read an error and is exiting
 DONE_KEY = "r1jax/error-done/"  # + process index: that process has stopped reading the store
@@ -88,13 +90,19 @@ class Launch:
             raise UserError(f"--distributed {mode!r}: the only mode is 'auto' (give --coordinator otherwise)")
         if not 0 < timeout < math.inf:  # nan and inf too: JAX takes whole seconds
             raise UserError(f"--peer-timeout-s {timeout:g}: must be a finite number > 0")
+        if timeout > MAX_PEER_TIMEOUT_S:  # JAX takes whole seconds as a C integer
+            raise UserError(f"--peer-timeout-s {timeout:g}: must be at most {MAX_PEER_TIMEOUT_S:g} seconds")
         launch = cls(coordinator, num_processes, process_id, mode == "auto", timeout)
         launch._check()
         return launch
 
     def _check(self) -> None:
-        if self.coordinator is not None and not re.fullmatch(r"\[?[\w.:-]+\]?:\d+", self.coordinator):
-            raise UserError(f"--coordinator {self.coordinator!r}: expected HOST:PORT")
+        if self.coordinator is not None:
+            if not re.fullmatch(r"\[?[\w.:-]+\]?:\d+", self.coordinator):
+                raise UserError(f"--coordinator {self.coordinator!r}: expected HOST:PORT")
+            port = int(self.coordinator.rsplit(":", 1)[1])
+            if not 1 <= port <= 65535:
+                raise UserError(f"--coordinator {self.coordinator!r}: port {port} is not in [1, 65535]")
         if self.auto:
             return
         given = [n for n, v in (("--num-processes", self.num_processes), ("--process-id", self.process_id))
@@ -109,6 +117,8 @@ class Launch:
         if self.num_processes < 1 or not 0 <= self.process_id < self.num_processes:
             raise UserError(f"--process-id {self.process_id} is not in [0, {self.num_processes}) "
                             f"(--num-processes {self.num_processes})")
+        if self.num_processes > MAX_PROCESSES:
+            raise UserError(f"--num-processes {self.num_processes}: expected at most {MAX_PROCESSES} (2^31-1)")
 
 
 def _int(flag: Optional[int], env: Optional[str], name: str) -> Optional[int]:

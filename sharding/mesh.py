@@ -12,7 +12,7 @@ from jax.sharding import AxisType, Mesh
 
 from r1jax.errors import UserError
 from r1jax.sharding import MESH_AXES
-from r1jax.sharding.rules import PRESETS, Rules
+from r1jax.sharding.rules import PRESETS, Rules, check_rules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,10 +40,7 @@ class ShardingConfig:
             raise UserError("sharding: at most one mesh axis may be -1 (fill with the remaining devices)")
         if self.preset not in PRESETS:
             raise UserError(f"sharding.preset={self.preset!r}: unknown; choose one of {', '.join(PRESETS)}")
-        for logical, axes in (self.rules or {}).items():
-            bad = [a for a in axes if a not in MESH_AXES]
-            if bad:
-                raise UserError(f"sharding.rules.{logical}: unknown mesh axes {bad}; use {MESH_AXES}")
+        check_rules(self.rules, "sharding.rules")
 
     def shape_for(self, num_devices: int) -> tuple[int, ...]:
         """The mesh shape for `num_devices`, resolving -1; errors name the axes that do not fit."""

@@ -21,6 +21,7 @@ from typing import Mapping, Sequence
 from jax.sharding import PartitionSpec
 
 from r1jax.errors import UserError
+from r1jax.sharding import MESH_AXES
 
 MeshAxes = tuple[str, ...]
 
@@ -37,6 +38,29 @@ _EXPERT = {"experts": ("expert",)}
 
 # hidden-size axes split as `embed` unless a table names them (module docstring)
 _FOLLOWS_EMBED = ("embed_in",)
+
+# every logical axis name the model and the sampler use (module docstring): a rules table may name only these
+LOGICAL_AXES = ("vocab", "embed", "embed_in", "heads", "kv_heads", "head_dim", "q_lora", "kv_lora", "mlp",
+                "experts", "expert_mlp", "layers", "batch", "length", "act_embed", "act_heads", "act_kv_heads",
+                "act_mlp", "act_vocab")
+
+
+def check_rules(rules: Mapping[str, Sequence[str]] | None, where: str) -> None:
+    """A config's rule overrides (`sharding.rules`, `sampling.rules`): each key a logical axis name, each value
+    a list of distinct mesh axes; else a UserError naming `where` and the entry. (An unknown logical name was
+    silently never read; an unknown mesh axis only failed once the sampler's layout was built.)"""
+    for logical, axes in (rules or {}).items():
+        if logical not in LOGICAL_AXES:
+            raise UserError(f"{where}.{logical}: unknown logical axis {logical!r}; use one of "
+                            f"{', '.join(LOGICAL_AXES)}")
+        if isinstance(axes, str) or not isinstance(axes, Sequence):
+            raise UserError(f"{where}.{logical}={axes!r}: expected a list of mesh axes ({', '.join(MESH_AXES)})")
+        bad = [a for a in axes if a not in MESH_AXES]
+        if bad:
+            raise UserError(f"{where}.{logical}: unknown mesh axes {bad}; use {MESH_AXES}")
+        if len(set(axes)) != len(axes):
+            raise UserError(f"{where}.{logical}={list(axes)}: a mesh axis may appear once")
+
 
 PRESETS: dict[str, dict[str, MeshAxes]] = {
     # The sampler's inference layout (rl.sampler_layout): no weight is split on `fsdp` (decoding would gather

@@ -4,29 +4,86 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import pathlib
+import re
+import tempfile
+from typing import Mapping
 
 from r1jax.errors import UserError
+from r1jax.rl.config_checks import INT32_MAX  # counts reach the device as int32 (shapes, token ids, top-k)
 
 
-def _integer(text: str, low: int) -> int:
+SEED_MIN, SEED_MAX = -2**63, 2**63 - 1  # jax.random.key takes a 64-bit integer seed
+MAX_CPU_DEVICES = 4096  # --cpu-devices: XLA's CPU client crashed (SIGSEGV) creating 100,000
+MAX_NEW_TOKENS = 2**30  # token positions are int32: the prompt needs room too
+
+
+def _integer(text: str, low: int, high: int | None = INT32_MAX,
+             why: str = "2^31-1: sizes are int32 on the device") -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text[:40]!r}") from None
     if value < low:
         raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+    if high is not None and value > high:
+        raise argparse.ArgumentTypeError(f"expected an integer <= {high} ({why}), got {value}")
     return value
 
 
 def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1 (argparse names the flag in its usage error, exit code 2)."""
+    """An argparse type: an integer in [1, 2^31-1] (argparse names the flag in its usage error, exit code 2)."""
     return _integer(text, 1)
 
 
 def non_negative_int(text: str) -> int:
-    """An argparse type: an integer >= 0."""
+    """An argparse type: an integer in [0, 2^31-1]."""
     return _integer(text, 0)
+
+
+def pool_workers(text: str) -> int:
+    """An argparse type: an integer >= 1 that a config bounds above, its error naming the flag (`r1jax score`'s
+    --workers: rl.rewards.config.PoolConfig and FieldError.for_flags), so one message says the bound."""
+    return _integer(text, 1, None)
+
+
+def pool_memory_mb(text: str) -> int:
+    """An argparse type: an integer >= 0 that a config bounds (as `pool_workers`: --memory-mb)."""
+    return _integer(text, 0, None)
+
+
+def max_new_tokens(text: str) -> int:
+    """An argparse type: a completion length in [1, 2^30] (positions are int32, and the prompt needs room)."""
+    return _integer(text, 1, MAX_NEW_TOKENS, "2^30: token positions are int32, and the prompt needs room")
+
+
+def cpu_device_count(text: str) -> int:
+    """An argparse type: a number of fake CPU devices in [1, MAX_CPU_DEVICES]."""
+    return _integer(text, 1, MAX_CPU_DEVICES, "r1jax's limit on fake CPU devices")
+
+
+def seed(text: str) -> int:
+    """An argparse type: a random seed, any 64-bit integer (what jax.random.key takes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not SEED_MIN <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer seed in [-2^63, 2^63-1], got {text[:40]!r}")
+    return value
+
+
+def utf8_text(text: str) -> str:
+    """An argparse type: text that is valid UTF-8 (a byte that is not arrives as a surrogate escape, which the
+    tokenizer cannot encode)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        char = ord(err.object[err.start])
+        what = f"byte 0x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF else f"character U+{char:04X}"
+        raise argparse.ArgumentTypeError(f"not valid UTF-8 text: {what} at character {err.start}") from None
+    return text
 
 
 def _number(text: str, ok, expected: str) -> float:
@@ -55,14 +112,43 @@ def probability(text: str) -> float:
     return _number(text, lambda v: 0 < v <= 1, "in (0, 1]")
 
 
-def new_output_dir(out: str | pathlib.Path) -> pathlib.Path:
-    """`out` as a path, refused when it is a file or a directory that holds anything (nothing is overwritten)."""
+def new_output_dir(out: str | pathlib.Path, what: str | None = None) -> pathlib.Path:
+    """`out` as a path, refused when it is a file or a directory that holds anything (nothing is overwritten), or
+    when it cannot be created. `what` names it in the errors (default: "output directory 'OUT'")."""
     out = pathlib.Path(out)
+    what = what or f"output directory {str(out)!r}"
     if out.exists() and not out.is_dir():
-        raise UserError(f"output directory {str(out)!r} is a file; give a new or empty directory")
+        raise UserError(f"{what} is a file; give a new or empty directory")
     if out.exists() and any(out.iterdir()):
-        raise UserError(f"output directory {str(out)!r} exists and is not empty; refusing to overwrite")
+        raise UserError(f"{what} exists and is not empty; refusing to overwrite")
+    check_creatable(out, what)
     return out
+
+
+def check_creatable(directory: pathlib.Path, what: str) -> None:
+    """A UserError naming `what` unless files can be written in `directory` (made with its missing parents):
+    tried with a scratch directory in it, or in its nearest existing parent, removed at once (so nothing is left
+    behind when the command fails later)."""
+    parent = directory
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{what} cannot be created: {str(parent)!r} is a file, not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".r1jax-write-check-", dir=parent))
+    except OSError as err:
+        raise UserError(f"{what} cannot be created: no directory can be made in {str(parent)!r} "
+                        f"({err.strerror or err})") from None
+
+
+def flags_in_error(err: UserError, section: str, flags: Mapping[str, tuple[str, object]]) -> UserError:
+    """`err`, a config section's refusal of a value a flag set, said naming that flag ("--top-k 5: sampling.top_k=5:
+    must be ...") when it names one of `flags` (field -> (flag, value)); else `err` itself."""
+    message = str(err)
+    for field, (flag, value) in flags.items():
+        if re.search(rf"(?<![\w.]){re.escape(section)}\.{re.escape(field)}\b", message):
+            return UserError(f"{flag} {value}: {message}")
+    return err
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,8 @@ import sys
 import time
 
 from r1jax.model.tokenizer import TEMPLATE_NAMES
-from r1jax.rl.cli.common import non_negative_int, non_negative_number, positive_int, probability
+from r1jax.rl.cli.common import flags_in_error, max_new_tokens, non_negative_int, non_negative_number, pool_workers, \
+    positive_int, probability
 
 # (flag, the EvalConfig field it sets), in the order the settings used are told
 SAMPLING_FLAGS = (("--samples", "samples"), ("--temperature", "temperature"), ("--top-p", "top_p"),
@@ -44,12 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--difficulty", type=positive_int, default=None,
                         help="held-out problems only (not with --data): default the checkpoint's "
                              "eval.difficulty, else data.difficulty")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=None,
+    parser.add_argument("--max-new-tokens", type=max_new_tokens, default=None,
                         help="default: the checkpoint's sampling.max_new_tokens")
     parser.add_argument("--template", choices=TEMPLATE_NAMES, default=None,
                         help="prompt format: r1_zero, chat (the tokenizer's chat template) or none (default: the "
                              "checkpoint's tokenizer.template)")
-    parser.add_argument("--workers", type=positive_int, default=None, help="reward worker processes")
+    parser.add_argument("--workers", type=pool_workers, default=None, help="reward worker processes")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from r1jax.rl.checkpoint import open_for_inference
     from r1jax.rl.evaluate import evaluate, evaluation_rewards, held_out_problems
     from r1jax.rl.rewards import RewardPool
+    from r1jax.rl.rewards.config import FieldError
     from r1jax.rl.sampler import Sampler
     from r1jax.rl.sampler_layout import inference_layout
     from r1jax.rl.train.preflight import other_training_files
@@ -79,7 +81,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"checkpoint {args.checkpoint!r} carries no tokenizer; evaluation needs one")
     fields = {"samples": args.samples, "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
               "num_problems": args.num_problems, "difficulty": args.difficulty}
-    eval_cfg = dataclasses.replace(config.eval, **{k: v for k, v in fields.items() if v is not None})
+    given = {k: v for k, v in fields.items() if v is not None}
+    try:
+        eval_cfg = dataclasses.replace(config.eval, **given)
+    except UserError as err:  # a bound of the config's (eval.num_problems, ...): named as the flag too
+        raise flags_in_error(err, "eval", {k: (f"--{k.replace('_', '-')}", v) for k, v in given.items()}) from None
     max_new = config.sampling.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
     if args.data:
         problems = config.data.load_file(args.data)
@@ -100,8 +106,11 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as err:  # a difficulty the task lacks; a task space too small for --num-problems
             raise UserError(f"--num-problems / --difficulty: {err}") from None
     print(f"r1jax eval: {sampling_settings(args, eval_cfg, max_new)}", file=sys.stderr)
-    pool_cfg = config.reward_pool if args.workers is None else dataclasses.replace(config.reward_pool,
-                                                                                  workers=args.workers)
+    try:
+        pool_cfg = config.reward_pool if args.workers is None else dataclasses.replace(config.reward_pool,
+                                                                                      workers=args.workers)
+    except FieldError as err:  # a bound of the config's: named as the flag
+        raise err.for_flags({"reward_pool.workers": "--workers"}) from None
     template = args.template or config.tokenizer.template
     graphdef, state = nnx.split(policy)
     layout, state = inference_layout(config, state, mesh, rules)

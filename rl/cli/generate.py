@@ -12,26 +12,27 @@ import argparse
 import json
 
 from r1jax.model.tokenizer import TEMPLATE_NAMES
-from r1jax.rl.cli.common import non_negative_int, non_negative_number, positive_int, probability
+from r1jax.rl.cli.common import flags_in_error, max_new_tokens, non_negative_int, non_negative_number, \
+    positive_int, probability, seed, utf8_text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a run directory, checkpoint directory or step directory")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--prompt", help="prompt text (templated as in training)")
+    source.add_argument("--prompt", type=utf8_text, help="prompt text (templated as in training)")
     source.add_argument("--ids", help="comma-separated prompt token ids, e.g. 1,2,3")
     template = parser.add_mutually_exclusive_group()
     template.add_argument("--template", choices=TEMPLATE_NAMES, default=None,
                           help="prompt format for --prompt: r1_zero, chat (the tokenizer's chat template) or "
                                "none (default: the checkpoint's tokenizer.template)")
     template.add_argument("--raw", action="store_true", help="do not format --prompt (--template none)")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=64)
+    parser.add_argument("--max-new-tokens", type=max_new_tokens, default=64)
     parser.add_argument("--temperature", type=non_negative_number, default=0.6,
                         help="0 is greedy (default 0.6, as R1)")
     parser.add_argument("--top-p", type=probability, default=0.95)
     parser.add_argument("--top-k", type=non_negative_int, default=0, help="0: off")
     parser.add_argument("--samples", type=positive_int, default=1, help="completions per prompt")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
     parser.add_argument("--json", action="store_true", help="one JSON object per sample per line")
 
@@ -72,8 +73,12 @@ def run(args: argparse.Namespace) -> int:
     bad = [i for i in ids if not 0 <= i < config.model.vocab_size]
     if bad:
         raise UserError(f"--ids: {bad[0]} is outside the vocabulary [0, {config.model.vocab_size})")
-    sampling = dataclasses.replace(config.sampling, max_new_tokens=args.max_new_tokens,
-                                   temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+    flags = {"max_new_tokens": ("--max-new-tokens", args.max_new_tokens), "temperature": ("--temperature",
+             args.temperature), "top_p": ("--top-p", args.top_p), "top_k": ("--top-k", args.top_k)}
+    try:
+        sampling = dataclasses.replace(config.sampling, **{field: value for field, (_, value) in flags.items()})
+    except UserError as err:  # a bound of the config's: named as the flag too
+        raise flags_in_error(err, "sampling", flags) from None
     graphdef, state = nnx.split(policy)
     # without a tokenizer (--ids on a bare checkpoint) nothing stops a row and every id may be sampled
     stop_ids, pad = (tokenizer.eos_ids, tokenizer.pad_id) if tokenizer else ((), 0)

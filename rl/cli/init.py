@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from r1jax.rl.cli.common import new_output_dir, split_config_and_overrides
+from r1jax.rl.cli.common import new_output_dir, seed, split_config_and_overrides
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="a preset name or a YAML path")
     parser.add_argument("out", help="checkpoint directory to create (must not hold a checkpoint yet)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
-    parser.add_argument("--seed", type=int, default=None, help="initialisation seed (default: config seed)")
+    parser.add_argument("--seed", type=seed, default=None, help="initialisation seed (default: config seed)")
 
 
 def run(args: argparse.Namespace) -> int:

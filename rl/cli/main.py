@@ -15,7 +15,7 @@ import sys
 import traceback
 
 from r1jax.errors import UserError
-from r1jax.rl.cli.common import positive_int
+from r1jax.rl.cli.common import cpu_device_count
 from r1jax.rl.host_allocator import retain_freed_memory
 # sharding.distributed defers JAX's import itself
 from r1jax.sharding.distributed import PeerLost, first_line, several_processes, stop_on_error
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="JAX/TPU-native GRPO trainer for mixture-of-experts policies (DeepSeek-R1 recipe).",
     )
     parser.add_argument(
-        "--cpu-devices", type=positive_int, metavar="N", default=None,
+        "--cpu-devices", type=cpu_device_count, metavar="N", default=None,
         help="fake N CPU devices (set before JAX starts) to run any command on a CPU mesh",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

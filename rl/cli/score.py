@@ -15,7 +15,7 @@ import argparse
 import json
 import math
 
-from r1jax.rl.cli.common import non_negative_int, positive_int, positive_number
+from r1jax.rl.cli.common import non_negative_int, pool_memory_mb, pool_workers, positive_int, positive_number
 
 CHUNK = 256  # rows scored per pool batch, so output streams on large files
 # the config field each flag sets, for the configs' errors (rl.rewards.config.FieldError.for_flags)
@@ -35,8 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="code reward: the fraction of tests passed instead of all-or-nothing")
     parser.add_argument("--timeout", type=positive_number, default=10.0, metavar="SECONDS",
                         help="per-row time limit; a row past it scores 0 with status timeout")
-    parser.add_argument("--workers", type=positive_int, default=2, metavar="N", help="worker processes")
-    parser.add_argument("--memory-mb", type=non_negative_int, default=2048, metavar="MB",
+    parser.add_argument("--workers", type=pool_workers, default=2, metavar="N", help="worker processes")
+    parser.add_argument("--memory-mb", type=pool_memory_mb, default=2048, metavar="MB",
                         help="address-space limit per worker (0: none)")
     parser.add_argument("--language", default="en", help="target language of the language reward")
     parser.add_argument("--max-length", type=positive_int, default=1024, metavar="N",

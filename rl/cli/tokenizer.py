@@ -8,8 +8,26 @@ on a JSONL/Parquet data file's text fields. DIR receives tokenizer.model; a JSON
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import pathlib
+
+from r1jax.model.tokenizer import FILE_NAME, MIN_VOCAB, TEMPLATES, TOKENIZER_JSON
+from r1jax.rl.cli.common import INT32_MAX, check_creatable, positive_int, seed
+
+MIN_CORPUS_LINES = 10  # non-blank lines of text besides the prompt templates every corpus starts with
+
+
+def vocab_size(text: str) -> int:
+    """An argparse type: a requested vocabulary size in [MIN_VOCAB, 2^31-1] (sentencepiece reads an int32)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not MIN_VOCAB <= value <= INT32_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer in [{MIN_VOCAB}, 2^31-1], got {text[:40]!r} "
+                                         f"({MIN_VOCAB}: 4 control pieces, 4 tags, 256 bytes and 8 characters)")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,14 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--input", required=True, metavar="FILE_OR_TASKS",
                        help="a text / JSONL / Parquet file, or comma-separated task names "
                             "(arithmetic, countdown, algebra)")
-    train.add_argument("--vocab-size", type=int, default=512, metavar="N",
+    train.add_argument("--vocab-size", type=vocab_size, default=512, metavar="N",
                        help="requested vocabulary size (>= 272; may come out smaller on a small corpus)")
-    train.add_argument("--out", required=True, metavar="DIR", help="directory to write tokenizer.model to")
+    train.add_argument("--out", required=True, metavar="DIR",
+                       help="directory to write tokenizer.model to (not one that holds a tokenizer already)")
     train.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe",
                        help="sentencepiece algorithm (default: bpe)")
-    train.add_argument("--problems-per-level", type=int, default=400, metavar="N",
+    train.add_argument("--problems-per-level", type=positive_int, default=400, metavar="N",
                        help="with task names: problems generated per task and difficulty level")
-    train.add_argument("--seed", type=int, default=0, help="with task names: the problems' seed")
+    train.add_argument("--seed", type=seed, default=0, help="with task names: the problems' seed")
 
 
 def corpus_for(spec: str, problems_per_level: int, seed: int):
@@ -44,10 +63,50 @@ def corpus_for(spec: str, problems_per_level: int, seed: int):
     return task_corpus(names, problems_per_level, seed)
 
 
+def check_out(out: str) -> None:
+    """Refuse an --out that is a file, holds a tokenizer already (nothing is overwritten, as `r1jax init` and
+    the exports refuse a directory that holds anything) or cannot be created: before any training."""
+    from r1jax.errors import UserError
+
+    path = pathlib.Path(out)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {out!r} is a file; give a directory (tokenizer.model is written in it)")
+    held = [name for name in (FILE_NAME, TOKENIZER_JSON) if (path / name).exists()]
+    if held:
+        raise UserError(f"--out {out!r} already holds a tokenizer ({', '.join(held)}); refusing to overwrite: "
+                        "give a new directory, or remove the old tokenizer first")
+    check_creatable(path, f"--out {out!r}")
+
+
+def checked_corpus(corpus, spec: str):
+    """`corpus`, refused when it holds fewer than MIN_CORPUS_LINES non-blank lines besides the prompt templates
+    (a tokenizer trained on nothing, or on a line, is not one the user wanted); its items are read lazily, as
+    train_tokenizer reads them, past the lines counted here."""
+    from r1jax.errors import UserError
+
+    templates, items, lines = set(TEMPLATES.values()), [], 0
+    corpus = iter(corpus)
+    for item in corpus:
+        items.append(item)
+        if item not in templates:
+            lines += sum(1 for line in item.splitlines() if line.strip())
+        if lines >= MIN_CORPUS_LINES:
+            return itertools.chain(items, corpus)
+    if pathlib.Path(spec).suffix in (".jsonl", ".parquet"):
+        where = " in its rows' prompt, answer, solution and completion fields"
+    elif pathlib.Path(spec).is_file():
+        where = ""
+    else:
+        where = " (raise --problems-per-level)"
+    raise UserError(f"--input {spec!r} holds {lines} non-blank line{'' if lines == 1 else 's'} of text{where}; "
+                    f"a tokenizer needs at least {MIN_CORPUS_LINES}")
+
+
 def run(args: argparse.Namespace) -> int:
     from r1jax.model.tokenizer import train_tokenizer
 
-    corpus = corpus_for(args.input, args.problems_per_level, args.seed)
+    check_out(args.out)
+    corpus = checked_corpus(corpus_for(args.input, args.problems_per_level, args.seed), args.input)
     tokenizer = train_tokenizer(corpus, args.vocab_size, args.model_type)
     path = tokenizer.save(args.out)
     print(json.dumps({"path": str(path), "vocab_size": tokenizer.vocab_size,

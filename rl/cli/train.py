@@ -16,7 +16,7 @@ import argparse
 import pathlib
 import time
 
-from r1jax.rl.cli.common import split_config_and_overrides
+from r1jax.rl.cli.common import check_creatable, split_config_and_overrides
 
 DEFAULT_CONFIG = "tiny"
 INTERMIXED = True  # KEY=VALUE overrides after the options too: `r1jax train CFG --run-dir D key=value`
@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, primary: bool) -> int:
+    from r1jax.errors import UserError
     from r1jax.rl.config import load_config, to_yaml
     from r1jax.rl.train.console import RunConsole, silence_libraries
     from r1jax.rl.train.trainer import Trainer
@@ -73,6 +74,11 @@ def _train(args: argparse.Namespace, primary: bool) -> int:
         name = None
     run_dir = pathlib.Path(args.run_dir) if args.run_dir else pathlib.Path(
         "runs") / f"{pathlib.Path(name or DEFAULT_CONFIG).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    named = f"--run-dir {str(run_dir)!r}" if args.run_dir else f"run directory {str(run_dir)!r}"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{named} is a file; give a new run directory, or an existing one to resume")
+    if not run_dir.exists():
+        check_creatable(run_dir, named)
     saved = run_dir / "config.yaml"
     # an existing run goes on under its own config unless the command names one (an edited file is read again)
     config = load_config(saved if saved.exists() and name is None else name or DEFAULT_CONFIG, overrides)

@@ -27,6 +27,12 @@ from r1jax.rl.data.answers import ANSWER_FORMATS
 from r1jax.rl.data.records import PROBLEM_FIELDS, load_problems
 from r1jax.rl.tasks import TASKS, get_task
 
+# problems generated per epoch (a run reshuffles them each epoch): the held-out set generates every training
+# problem once to skip it (rl.evaluate; 0.05-0.2 ms each on a CPU core: about 1-3 minutes at this bound;
+# 99,999,999,999,999 hung there)
+MAX_NUM_PROBLEMS = 1_000_000
+MAX_SEED = 2**32 - 1  # grain's shuffle seed
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
@@ -49,8 +55,11 @@ class DataConfig:
                 raise UserError(f"data.tasks: unknown task {name!r}; known: {', '.join(sorted(TASKS))}")
         if not 1 <= self.difficulty <= 5:
             raise UserError(f"data.difficulty = {self.difficulty}: expected 1..5")
-        if self.num_problems < 1:
-            raise UserError(f"data.num_problems = {self.num_problems}: expected >= 1")
+        if not 1 <= self.num_problems <= MAX_NUM_PROBLEMS:
+            raise UserError(f"data.num_problems = {self.num_problems}: expected in [1, {MAX_NUM_PROBLEMS:,}] (an "
+                            "epoch's generated problems; a run reshuffles them every epoch)")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"data.seed = {self.seed}: expected an integer in [0, 2^32-1]")
         for name, column in self.fields.items():
             if name not in PROBLEM_FIELDS:
                 raise UserError(f"data.fields.{name}: not a problem field; map any of {', '.join(PROBLEM_FIELDS)} "

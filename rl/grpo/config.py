@@ -15,8 +15,17 @@ from r1jax.rl.grpo.advantages import ADVANTAGE_ESTIMATORS, STD_KINDS
 from r1jax.rl.grpo.aggregation import AGGREGATIONS
 from r1jax.rl.grpo.kl import KL_ESTIMATORS
 from r1jax.rl.grpo.ratios import RATIO_LEVELS
+from r1jax.rl.config_checks import MAX_TEMPERATURE, MIN_TEMPERATURE
 
 SCHEDULES = ("constant", "warmup_cosine")
+# Upper bounds of the loss's scalars: each far past any published setting, each low enough that the loss and its
+# gradient stay finite in float32 (kl_coef=1e308 or adv_eps=1e300 made them inf or 0 silently).
+MAX_GROUP_SIZE = 65536  # G (R1: 16); rows = prompts_per_step x G are bounded again with the token budget
+MAX_PROMPTS_PER_STEP = 1 << 20
+MAX_KL_COEF = 100.0  # beta (R1: 0.001)
+MAX_ADV_EPS = 1.0  # epsilon of the advantage's std (DeepSeekMath: 1e-6, TRL: 1e-4)
+MAX_CLIP = 100.0  # epsilon_high (DAPO: 0.28): a ratio above 101 is clipped whatever it is
+MAX_LOGRATIO = 80.0  # exp(88) overflows float32
 
 
 def _require(ok: bool, section: str, field: str, value: object, expected: str) -> None:
@@ -86,21 +95,25 @@ class GRPOConfig:
 
     def __post_init__(self) -> None:
         s = "grpo"
-        _require(self.group_size >= 2, s, "group_size", self.group_size, "an integer >= 2")
-        _require(self.prompts_per_step >= 1, s, "prompts_per_step", self.prompts_per_step, "an integer >= 1")
-        _require(self.temperature > 0, s, "temperature", self.temperature, "> 0")
-        _require(self.kl_coef >= 0, s, "kl_coef", self.kl_coef, ">= 0")
+        _require(2 <= self.group_size <= MAX_GROUP_SIZE, s, "group_size", self.group_size,
+                 f"an integer in [2, {MAX_GROUP_SIZE}]")
+        _require(1 <= self.prompts_per_step <= MAX_PROMPTS_PER_STEP, s, "prompts_per_step", self.prompts_per_step,
+                 f"an integer in [1, {MAX_PROMPTS_PER_STEP}]")
+        _require(MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE, s, "temperature", self.temperature,
+                 f"in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]")
+        _require(0 <= self.kl_coef <= MAX_KL_COEF, s, "kl_coef", self.kl_coef, f"in [0, {MAX_KL_COEF:g}]")
         _require_name(s, "kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         _require(self.ref_reset_every >= 0, s, "ref_reset_every", self.ref_reset_every, ">= 0 (0 = never)")
         _require(0 < self.clip_low < 1, s, "clip_low", self.clip_low, "in (0, 1)")
-        _require(self.clip_high > 0, s, "clip_high", self.clip_high, "> 0")
+        _require(0 < self.clip_high <= MAX_CLIP, s, "clip_high", self.clip_high, f"in (0, {MAX_CLIP:g}]")
         _require(self.dual_clip is None or self.dual_clip > 1, s, "dual_clip", self.dual_clip, "None or > 1")
         _require_name(s, "advantage_estimator", self.advantage_estimator, ADVANTAGE_ESTIMATORS)
-        _require(self.adv_eps >= 0, s, "adv_eps", self.adv_eps, ">= 0")
+        _require(0 <= self.adv_eps <= MAX_ADV_EPS, s, "adv_eps", self.adv_eps, f"in [0, {MAX_ADV_EPS:g}]")
         _require_name(s, "adv_std", self.adv_std, STD_KINDS)
         _require_name(s, "loss_aggregation", self.loss_aggregation, AGGREGATIONS)
         _require_name(s, "ratio_level", self.ratio_level, RATIO_LEVELS)
-        _require(self.max_logratio > 0, s, "max_logratio", self.max_logratio, "> 0")
+        _require(0 < self.max_logratio <= MAX_LOGRATIO, s, "max_logratio", self.max_logratio,
+                 f"in (0, {MAX_LOGRATIO:g}]")
         _require(self.tis_cap is None or self.tis_cap > 0, s, "tis_cap", self.tis_cap, "None or > 0")
         _require_band(s, "token_mask", self.token_mask_low, self.token_mask_high)
         _require_band(s, "seq_mask", self.seq_mask_low, self.seq_mask_high)
@@ -145,6 +158,8 @@ class OptimizerConfig:
         _require(self.lr > 0, s, "lr", self.lr, "> 0")
         _require(self.schedule in SCHEDULES, s, "schedule", self.schedule, f"one of {list(SCHEDULES)}")
         _require(self.warmup_steps >= 0, s, "warmup_steps", self.warmup_steps, ">= 0")
+        _require(self.total_steps is None or self.total_steps >= 1, s, "total_steps", self.total_steps,
+                 "null (each stage's updates) or an integer >= 1")
         if self.schedule == "warmup_cosine":
             ok = self.total_steps is None or self.total_steps > self.warmup_steps  # None: each stage's steps
             _require(ok, s, "total_steps", self.total_steps, "null or an integer > warmup_steps for warmup_cosine")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from r1jax.errors import UserError
 from r1jax.rl.rewards.sandbox import MODES, SandboxLimits
@@ -48,6 +49,17 @@ def _require(ok: bool, section: str, field: str, value: object, expected: str, *
         raise FieldError(section, field, value, expected, refs)
 
 
+# Upper bounds: each far past any real need, each within what the OS calls take (setrlimit's rlim_t takes
+# bytes < 2^63; a wait's timeout at most threading.TIMEOUT_MAX, ~9.2e9 s, counted from now)
+MAX_MEMORY_MB = 1 << 30  # 1 PiB of address space, per worker or program
+MAX_SECONDS = 1e6  # ~11.6 days: a worker's item, a program's wall or CPU time
+MAX_DEADLINE_S = 1e9  # a batch's deadline (`r1jax score` derives it: rows per worker x the item's timeout)
+MIN_SECONDS = 0.01  # a shorter timeout fails every item (1e-300 was accepted)
+MAX_WORKERS = 1024  # reward worker processes (a fixed cap, not the host's CPUs: a config means the same anywhere)
+MAX_WEIGHT = 1000.0  # |weight| of a reward (rewards are in [-1, 1]; 1e308 made the total inf)
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")  # an absolute dotted module name
+
+
 @dataclasses.dataclass(frozen=True)
 class CodeConfig:
     """How the `code` reward runs programs (rl.rewards.sandbox): the isolation mode and each run's limits.
@@ -68,12 +80,18 @@ class CodeConfig:
     def __post_init__(self) -> None:
         s = "rewards.code"
         _require(self.sandbox in MODES, s, "sandbox", self.sandbox, f"one of {', '.join(MODES)}")
-        _require(self.wall_s > 0, s, "wall_s", self.wall_s, "> 0")
-        for field in ("cpu_s", "processes", "file_mb", "tmp_mb", "max_program_chars"):
-            _require(getattr(self, field) >= 1, s, field, getattr(self, field), ">= 1")
-        _require(self.memory_mb >= 64, s, "memory_mb", self.memory_mb, ">= 64 (the interpreter maps ~20 MB)")
-        _require(self.open_files >= 8, s, "open_files", self.open_files, ">= 8")
-        _require(self.output_bytes >= 1024, s, "output_bytes", self.output_bytes, ">= 1024")
+        _require(MIN_SECONDS <= self.wall_s <= MAX_SECONDS, s, "wall_s", self.wall_s,
+                 f"in [{MIN_SECONDS:g}, {MAX_SECONDS:g}] seconds")
+        _require(1 <= self.cpu_s <= MAX_SECONDS, s, "cpu_s", self.cpu_s, f"an integer in [1, {MAX_SECONDS:g}]")
+        for field in ("file_mb", "tmp_mb"):
+            _require(1 <= getattr(self, field) <= MAX_MEMORY_MB, s, field, getattr(self, field),
+                     f"in [1, {MAX_MEMORY_MB}] (2^30 MB)")
+        for field, high in (("processes", 1 << 22), ("max_program_chars", 1 << 30)):  # 2^22: Linux's pid_max
+            _require(1 <= getattr(self, field) <= high, s, field, getattr(self, field), f"in [1, {high}]")
+        _require(64 <= self.memory_mb <= MAX_MEMORY_MB, s, "memory_mb", self.memory_mb,
+                 f">= 64 (the interpreter maps ~20 MB), at most {MAX_MEMORY_MB} (2^30 MB)")
+        _require(8 <= self.open_files <= 1 << 20, s, "open_files", self.open_files, "in [8, 2^20] (Linux's nr_open)")
+        _require(1024 <= self.output_bytes <= 1 << 30, s, "output_bytes", self.output_bytes, "in [1024, 2^30]")
 
     def limits(self) -> SandboxLimits:
         return SandboxLimits(wall_s=self.wall_s, cpu_s=self.cpu_s, memory_mb=self.memory_mb,
@@ -96,9 +114,13 @@ class RewardsConfig:
     def __post_init__(self) -> None:
         s = "rewards"
         _require(len(self.names) > 0, s, "names", self.names, "at least one reward")
+        _require(all(isinstance(n, str) and n for n in self.names), s, "names", self.names,
+                 "a list of reward names")
         _require(len(set(self.names)) == len(self.names), s, "names", self.names, "no duplicates")
         _require(len(self.weights) == len(self.names), s, "weights", self.weights,
                  f"one weight per name ({len(self.names)})")
+        _require(all(-MAX_WEIGHT <= w <= MAX_WEIGHT for w in self.weights), s, "weights", self.weights,
+                 f"numbers in [-{MAX_WEIGHT:g}, {MAX_WEIGHT:g}]")
         _require(self.language in LANGUAGE_SCRIPTS, s, "language", self.language,
                  f"one of {sorted(LANGUAGE_SCRIPTS)}")
         _require(self.max_length >= 1, s, "max_length", self.max_length, ">= 1")
@@ -120,10 +142,14 @@ class PoolConfig:
 
     def __post_init__(self) -> None:
         s = "reward_pool"
-        _require(self.workers >= 1, s, "workers", self.workers, ">= 1")
-        _require(self.timeout_s > 0, s, "timeout_s", self.timeout_s, "> 0")
-        _require(self.batch_deadline_s > 0, s, "batch_deadline_s", self.batch_deadline_s, "> 0")
+        _require(1 <= self.workers <= MAX_WORKERS, s, "workers", self.workers, f"in [1, {MAX_WORKERS}]")
+        for field, high in (("timeout_s", MAX_SECONDS), ("batch_deadline_s", MAX_DEADLINE_S)):
+            _require(MIN_SECONDS <= getattr(self, field) <= high, s, field, getattr(self, field),
+                     f"in [{MIN_SECONDS:g}, {high:g}] seconds")
         _require(self.max_tasks_per_worker >= 0, s, "max_tasks_per_worker", self.max_tasks_per_worker,
                  ">= 0 (0: never recycle)")
-        _require(self.memory_mb == 0 or self.memory_mb >= 256, s, "memory_mb", self.memory_mb,
-                 "0 (no limit) or >= 256 (a warmed-up worker maps ~80 MB)")
+        _require(self.memory_mb == 0 or 256 <= self.memory_mb <= MAX_MEMORY_MB, s, "memory_mb", self.memory_mb,
+                 f"0 (no limit) or >= 256 (a warmed-up worker maps ~80 MB), at most {MAX_MEMORY_MB} (2^30 MB)")
+        bad = [m for m in self.import_modules if not isinstance(m, str) or not _MODULE.fullmatch(m)]
+        _require(not bad, s, "import_modules", list(self.import_modules),
+                 f"absolute dotted module names (package.module); not {bad}")

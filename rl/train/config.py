@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Optional
 
 from r1jax.errors import UserError
+from r1jax.rl.config_checks import INT32_MAX, check_bool, check_temperature
 
 STAGE_KINDS = ("sft", "grpo", "rejection_sampling", "distill")
 REJECTION_FILTERS = ("format", "language", "length", "repetition")
 # R1's "aha moment": words of self-reflection, counted per completion (whole words, any case)
 DEFAULT_REFLECTION_WORDS = ("wait", "verify", "check", "re-examine", "recheck", "reconsider", "double-check",
                             "mistake", "however", "actually")
+MAX_EVAL_PROBLEMS = 1_000_000  # held-out problems (each sampled eval.samples times; R1's sets: <= ~1,000)
+STAGE_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a stage's name names its files (samples/NAME/, NAME.jsonl)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +40,9 @@ class StageConfig:
     student_overrides: tuple[str, ...] = ()  # distill: model overrides of the student ("hidden_size=64")
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not STAGE_NAME.fullmatch(self.name) or self.name in (".", ".."):
+            raise UserError(f"stages: name={self.name!r}: expected a non-empty name of letters, digits, '_', '.' "
+                            "and '-' (not '.' or '..'): it names the stage's files in the run directory")
         where = f"stages[{self.name}]"
         if self.kind not in STAGE_KINDS:
             raise UserError(f"{where}.kind={self.kind!r}: choose one of {', '.join(STAGE_KINDS)}")
@@ -47,16 +54,16 @@ class StageConfig:
             raise UserError(f"{where}.lr={self.lr}: must be > 0")
         if self.samples_per_prompt < 1:
             raise UserError(f"{where}.samples_per_prompt={self.samples_per_prompt}: must be >= 1")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+        if self.max_new_tokens is not None and not 1 <= self.max_new_tokens <= INT32_MAX:
             raise UserError(f"{where}.max_new_tokens={self.max_new_tokens}: must be null (sampling.max_new_tokens) "
-                            "or >= 1")
+                            "or in [1, 2^31-1]")
         unknown = sorted(set(self.filters) - set(REJECTION_FILTERS))
         if unknown:
             raise UserError(f"{where}.filters: unknown {unknown}; choose from {', '.join(REJECTION_FILTERS)}")
         if not 0 < self.max_repetition <= 1:
             raise UserError(f"{where}.max_repetition={self.max_repetition}: must be in (0, 1]")
-        if self.temperature is not None and self.temperature < 0:
-            raise UserError(f"{where}.temperature={self.temperature}: must be >= 0")
+        if self.temperature is not None:
+            check_temperature(f"{where}.temperature", self.temperature)
         if self.kind == "distill" and not self.teacher:
             raise UserError(f"{where}.teacher: a distill stage needs the rejection_sampling stage (or a JSONL "
                             f"of prompt/solution rows) whose samples the student learns from")
@@ -83,13 +90,19 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.num_problems < 1 or self.samples < 1 or self.batch_size < 1:
             raise UserError("eval.num_problems, eval.samples and eval.batch_size must be >= 1")
+        if self.num_problems > MAX_EVAL_PROBLEMS:
+            raise UserError(f"eval.num_problems={self.num_problems}: must be at most {MAX_EVAL_PROBLEMS:,}")
+        if self.difficulty is not None and not 1 <= self.difficulty <= 5:
+            raise UserError(f"eval.difficulty={self.difficulty}: expected null (data.difficulty) or 1..5")
         if not self.reflection_words or not all(isinstance(w, str) and w.strip() for w in self.reflection_words):
             raise UserError(f"eval.reflection_words={list(self.reflection_words)}: expected a non-empty list of "
                             "non-empty words")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise UserError(f"eval.temperature={self.temperature} / eval.top_p={self.top_p}: out of range")
-        if self.top_k < 0:
-            raise UserError(f"eval.top_k={self.top_k}: expected >= 0 (0: no top-k filter)")
+        check_temperature("eval.temperature", self.temperature)
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"eval.top_p={self.top_p}: expected in (0, 1]")
+        if not 0 <= self.top_k <= INT32_MAX:
+            raise UserError(f"eval.top_k={self.top_k}: expected in [0, 2^31-1] (0: no top-k filter; at most "
+                            "model.vocab_size)")
         if self.every < 0:
             raise UserError(f"eval.every={self.every}: expected >= 0 (0: only at the end of each stage)")
         if self.num_logged_samples < 0:
@@ -106,3 +119,4 @@ class CheckpointConfig:
     def __post_init__(self) -> None:
         if self.every < 1 or self.keep < 1 or self.keep_best < 0:
             raise UserError("checkpoint.every and checkpoint.keep must be >= 1, checkpoint.keep_best >= 0")
+        check_bool("checkpoint.async_save", self.async_save)

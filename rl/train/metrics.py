@@ -10,8 +10,9 @@ import were 6 s of tests/rl/data/train_tiny.yaml's 25 s run), which a seconds-lo
 evaluation; TensorBoard is the live view. A config with `plots: false` draws none.
 
 metrics.jsonl is appended a row at a time: a kill mid-write can cut its last line, which `read_rows` skips
-(and a resume rewrites the file without it); an evaluation's samples/*.jsonl (`write_samples`) and the plots
-are written whole, each replacing its file at once (`r1jax.files.write_atomically`).
+(and a resume rewrites the file without it; any other unreadable line is an error naming it); an evaluation's
+samples/*.jsonl (`write_samples`) and the plots are written whole, each replacing its file at once
+(`r1jax.files.write_atomically`).
 
 Only the primary process (JAX process 0) writes. On resume, rows past the restored step are dropped first,
 so a resumed run's metrics.jsonl equals an uninterrupted run's (wall time aside). TensorBoard's event files are
@@ -32,6 +33,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from r1jax.errors import UserError
 from r1jax.files import write_atomically
 from r1jax.rl.train.plots import write_plots
 
@@ -50,15 +52,29 @@ def _plain(value: Any) -> Any:
 
 
 def read_rows(path: pathlib.Path) -> list[dict]:
+    """metrics.jsonl's rows. A last line without its newline that does not parse is one a kill cut mid-write: it
+    is skipped (a resume rewrites the file without it). Any other line that is not a JSON object in UTF-8 is a
+    UserError naming the file and the line: skipping it, a resume would drop it and every row after it."""
     if not path.exists():
         return []
+    pieces = path.read_bytes().split(b"\n")  # the last piece: b"" after a final newline, else an unended line
     rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a kill mid-write: the run resumes before it
+    for number, raw in enumerate(pieces, start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            if number == len(pieces):  # cut by a kill mid-write: the run resumes before it
                 break
+            problem = f"not UTF-8 text ({err.reason})" if isinstance(err, UnicodeDecodeError) else \
+                f"not JSON ({err.msg})"
+            raise UserError(f"{path}: line {number}: {problem}; a metrics row is one JSON object per line: "
+                            "fix or delete that line") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}: line {number}: a metrics row must be a JSON object, got "
+                            f"{type(row).__name__}; fix or delete that line")
+        rows.append(row)
     return rows
 
 

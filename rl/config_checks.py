@@ -1,0 +1,89 @@
+"""Checks the config sections share: bounds (int32 sizes, temperatures, bools), and the types of a config's
+fields checked on the plain values a YAML file or an override gives, where OmegaConf reads a wrong one silently
+or names no key: a bool field given a non-bool (`plots: 2` was true), a list or dict item of the wrong kind
+(`rewards.weights: [a]` said "Value '$VALUE' ... could not be converted"; `rewards.names: [[a]]` "unhashable
+type")."""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import functools
+import typing
+from typing import Any, Sequence
+
+from r1jax.errors import UserError
+
+INT32_MAX = 2**31 - 1  # token ids, positions, top-k and row indices are int32 on the device
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 100.0  # below: logits / T overflow float32; above: uniform draws
+
+
+def check_temperature(key: str, value: float, greedy: bool = True) -> None:
+    """A temperature: 0 (greedy; when `greedy`) or in [1e-3, 100]; else a UserError naming `key`."""
+    if not ((greedy and value == 0) or MIN_TEMPERATURE <= value <= MAX_TEMPERATURE):
+        raise UserError(f"{key}={value}: must be {'0 (greedy) or ' if greedy else ''}in "
+                        f"[{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]")
+
+
+def check_bool(key: str, value: object) -> None:
+    """A bool field given a number or a string (`plots: 2` was read as true): a UserError naming `key`."""
+    if type(value) is not bool:
+        raise UserError(f"{key}={value!r}: expected true or false")
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+
+
+def _unwrap_optional(hint: Any) -> Any:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if typing.get_origin(hint) is typing.Union and len(args) == 1 else hint
+
+
+def hint_at(cls: type, parts: Sequence[str]) -> Any:
+    """The type of the config field at `parts` (a list item by its index), Any where it is not known."""
+    for part in parts:
+        cls = _unwrap_optional(cls)
+        origin, args = typing.get_origin(cls), typing.get_args(cls)
+        cls = _hints(cls).get(part, Any) if dataclasses.is_dataclass(cls) else \
+            args[0] if origin in (list, tuple) and args and part.isdigit() else \
+            args[1] if origin is dict and len(args) == 2 else Any
+    return cls
+
+
+_SCALARS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def check_items(hint: Any, value: Any, where: str, key: str = "", item: bool = False) -> None:
+    """`value` (plain data for a field of type `hint`) refused naming `where` and the key where OmegaConf reads
+    it silently or names no key: a bool field given a non-bool (`plots: 2` was true), a list or dict item of the
+    wrong kind (`weights: [a]`: "Value '$VALUE' ... could not be converted"; `names: [[a]]`: "unhashable")."""
+    hint = _unwrap_optional(hint)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if value is None or isinstance(value, str) and "${" in value:  # null: OmegaConf's check; interpolations
+        return
+    if dataclasses.is_dataclass(hint) and isinstance(value, collections.abc.Mapping):
+        for name, element in value.items():
+            if name in _hints(hint):
+                check_items(_hints(hint)[name], element, where, f"{key}.{name}" if key else str(name))
+    elif origin in (list, tuple) and args and isinstance(value, (list, tuple)):
+        for index, element in enumerate(value):
+            check_items(args[0], element, where, f"{key}.{index}", item=True)
+    elif origin is dict and len(args) == 2 and isinstance(value, collections.abc.Mapping):
+        for name, element in value.items():
+            check_items(args[1], element, where, f"{key}.{name}", item=True)
+    elif (item or hint is bool) and hint in _SCALARS and not _fits(hint, value):
+        raise UserError(f"{where}: {key} = {value!r}: expected {_SCALARS[hint]}")
+
+
+def _fits(hint: type, value: Any) -> bool:
+    """Whether OmegaConf may read `value` as a `hint` without a loss of meaning (a bool only from a bool)."""
+    if isinstance(value, (collections.abc.Mapping, list, tuple)) or hint is bool:
+        return hint is bool and type(value) is bool
+    if hint is str or type(value) is bool:
+        return hint is str
+    try:
+        return not isinstance(value, str) or hint(value) is not None
+    except ValueError:
+        return False

@@ -1,0 +1,140 @@
+"""Config values that crashed a run (a traceback, often after a whole stage had trained), wrote outside the run
+directory, or were silently read as something else: each is a UserError naming its key when the config loads."""
+
+import re
+
+import pytest
+
+from r1jax.errors import UserError
+from r1jax.rl.config import load_config
+from r1jax.rl.rewards.config import CodeConfig, FieldError, PoolConfig
+
+
+@pytest.mark.parametrize("override,named", [
+    # int32 on the device: tracebacks in the sampler or the MoE dispatch, in train after the SFT stage
+    ("sampling.top_k=99999999999", "sampling.top_k=99999999999"),
+    ("eval.top_k=99999999999", "eval.top_k=99999999999"),
+    ("sampling.top_k=513", "sampling.top_k=513: must be at most model.vocab_size=512"),
+    ("eval.top_k=513", "eval.top_k=513: must be at most model.vocab_size=512"),
+    ("sampling.max_new_tokens=99999999999", "sampling.max_new_tokens=99999999999"),
+    ("stages.1.max_new_tokens=99999999999", "stages[grpo].max_new_tokens=99999999999"),
+    ("grpo.group_size=99999999999", "grpo.group_size = 99999999999"),
+    (("grpo.group_size=65536", "sampling.max_new_tokens=1000"),
+     "grpo.prompts_per_step x grpo.group_size = 1,048,576 rows"),
+    ("eval.samples=99999999999", "eval.batch_size x eval.samples"),
+    ("eval.num_problems=99999999999", "eval.num_problems=99999999999"),
+    # seeds where they are used (JAX keys: int64; grain's shuffle: 0..2^32-1)
+    ("seed=9223372036854775808", "seed=9223372036854775808"),
+    ("data.seed=-5", "data.seed = -5"),
+    (f"data.seed={2**70}", f"data.seed = {2**70}"),
+    # the reward pool: import, waits (threading.TIMEOUT_MAX) and setrlimit
+    ("reward_pool.import_modules=['']", "reward_pool.import_modules"),
+    ("reward_pool.import_modules=[.relative]", "reward_pool.import_modules"),
+    ("reward_pool.timeout_s=1e300", "reward_pool.timeout_s = 1e+300"),
+    ("reward_pool.timeout_s=1e9", "reward_pool.timeout_s = 1000000000.0"),
+    ("reward_pool.timeout_s=1e-300", "reward_pool.timeout_s = 1e-300"),
+    ("reward_pool.batch_deadline_s=1e300", "reward_pool.batch_deadline_s"),
+    ("reward_pool.memory_mb=99999999999999999", "reward_pool.memory_mb = 99999999999999999"),
+    ("rewards.code.memory_mb=99999999999999999", "rewards.code.memory_mb = 99999999999999999"),
+    ("rewards.code.wall_s=1e300", "rewards.code.wall_s"),
+    ("rewards.code.file_mb=99999999999999999", "rewards.code.file_mb"),
+    ("reward_pool.workers=100000", "reward_pool.workers = 100000"),
+    # a stage's name names files in the run directory
+    ("stages.0.name=a/b", "name='a/b'"),
+    ("stages.1.name=../../escape", "name='../../escape'"),
+    ("stages.0.name=''", "name=''"),
+    ("stages.0.name=.", "name='.'"),
+    ("stages.0.name=..", "name='..'"),
+    ("stages.0.name=' '", "name=' '"),
+    # model sizes past any real model (tracebacks inside XLA, or minutes before any check)
+    ("model.hidden_size=99999999999999999999", "model.hidden_size=99999999999999999999"),
+    ("model.vocab_size=9223372036854775807", "model.vocab_size=9223372036854775807"),
+    ("model.num_hidden_layers=100000000", "model.num_hidden_layers=100000000"),
+    ("model.n_routed_experts=1000000", "model.n_routed_experts=1000000"),
+    ("data.num_problems=99999999999999", "data.num_problems = 99999999999999"),
+    # silently accepted nonsense
+    ("eval.difficulty=0", "eval.difficulty=0"),
+    ("eval.difficulty=-1", "eval.difficulty=-1"),
+    ("eval.difficulty=6", "eval.difficulty=6"),
+    ("model.rope_theta=0", "model.rope_theta=0"),
+    ("model.rope_theta=-1", "model.rope_theta=-1"),
+    ("model.rms_norm_eps=0", "model.rms_norm_eps=0"),
+    ("model.rms_norm_eps=-1", "model.rms_norm_eps=-1"),
+    ("model.initializer_range=0", "model.initializer_range=0"),
+    ("model.routed_scaling_factor=0", "model.routed_scaling_factor=0"),
+    ("model.routed_scaling_factor=-1", "model.routed_scaling_factor=-1"),
+    ("model.routing_bias_update_rate=-1", "model.routing_bias_update_rate=-1"),
+    ("sampling.rules={batch: [nope]}", "sampling.rules.batch: unknown mesh axes ['nope']"),
+    ("sampling.rules={nope: [data]}", "sampling.rules.nope: unknown logical axis"),
+    ("sharding.rules={nope: [data]}", "sharding.rules.nope: unknown logical axis"),
+    ("sharding.rules={batch: [data, data]}", "sharding.rules.batch"),
+    ("rewards.weights=[1e308,1e308]", "rewards.weights"),
+    ("grpo.kl_coef=1e308", "grpo.kl_coef = 1e+308"),
+    ("grpo.adv_eps=1e300", "grpo.adv_eps = 1e+300"),
+    ("grpo.clip_high=1e30", "grpo.clip_high = 1e+30"),
+    ("grpo.max_logratio=1e300", "grpo.max_logratio"),
+    ("grpo.temperature=1e-300", "grpo.temperature = 1e-300"),
+    ("sampling.temperature=1e300", "sampling.temperature=1e+300"),
+    ("sampling.temperature=1e-300", "sampling.temperature=1e-300"),
+    ("eval.temperature=1e300", "eval.temperature=1e+300"),
+    ("stages.1.temperature=1e300", "stages[grpo].temperature=1e+300"),
+    ("update.aux_loss_coef=1e308", "update.aux_loss_coef"),
+    ("optimizer.total_steps=-5", "optimizer.total_steps = -5"),
+    ("optimizer.total_steps=0", "optimizer.total_steps = 0"),
+    ("plots=2", "plots = 2: expected true or false"),
+    ("checkpoint.async_save=2", "checkpoint.async_save = 2: expected true or false"),
+    ("plots=yes_please", "plots = 'yes_please'"),
+    # messages that named no key
+    ("rewards.weights=[a,b]", "rewards.weights.0 = 'a': expected a number"),
+    ("model.mlp_only_layers=[a]", "model.mlp_only_layers.0 = 'a': expected an integer"),
+    ("rewards.names=[[a]]", "rewards.names.0 = ['a']: expected a string"),
+    ("data.tasks=[[algebra]]", "data.tasks.0"),
+    ("stages.0.filters=[[format]]", "stages.0.filters.0"),
+])
+def test_a_bad_value_is_a_user_error_naming_its_key(override, named):
+    with pytest.raises(UserError, match=re.escape(named)) as info:
+        load_config("tiny", [override] if isinstance(override, str) else list(override))
+    assert "$VALUE" not in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("body,named", [
+    ("rewards: {names: [accuracy, format], weights: [a, b]}\n", "rewards.weights.0 = 'a': expected a number"),
+    ("model: {mlp_only_layers: [a]}\n", "model.mlp_only_layers.0 = 'a': expected an integer"),
+    ("rewards: {names: [[a]]}\n", "rewards.names.0 = ['a']: expected a string"),
+    ("plots: 2\n", "plots = 2: expected true or false"),
+    ("checkpoint: {async_save: 2}\n", "checkpoint.async_save = 2: expected true or false"),
+    ("stages:\n  - {name: a/b, kind: sft}\n", "name='a/b'"),
+])
+def test_a_bad_value_in_a_yaml_file_names_the_file_and_key(tmp_path, body, named):
+    path = tmp_path / "c.yaml"
+    path.write_text(body)
+    with pytest.raises(UserError, match=re.escape(named)) as info:
+        load_config(path)
+    assert "$VALUE" not in str(info.value)
+    if "name=" not in named:
+        assert "c.yaml" in str(info.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["eval.difficulty=null", "eval.difficulty=5", "eval.top_k=512", "sampling.top_k=512"],
+    ["seed=-1", "seed=9007199254740992", "data.seed=0", "data.seed=4294967295"],
+    ["stages.0.name=cold-start_v1.2", "plots=false", "checkpoint.async_save=false"],
+    ["sampling.temperature=0", "eval.temperature=0", "grpo.kl_coef=0", "model.routing_bias_update_rate=0"],
+    ["reward_pool.import_modules=[tests.rl.reward_digit]", "reward_pool.memory_mb=0", "optimizer.total_steps=1"],
+    ["sampling.rules={vocab: []}", "sharding.rules={embed: [fsdp, data]}", "rewards.weights=['1.5', -2]"],
+])
+def test_values_at_the_bounds_still_load(overrides):
+    load_config("tiny", overrides)
+
+
+@pytest.mark.parametrize("make,named", [
+    (lambda: PoolConfig(timeout_s=1e300), "reward_pool.timeout_s = 1e+300"),
+    (lambda: PoolConfig(memory_mb=99999999999999999), "reward_pool.memory_mb = 99999999999999999"),
+    (lambda: PoolConfig(import_modules=("",)), "reward_pool.import_modules"),
+    (lambda: CodeConfig(memory_mb=99999999999999999), "rewards.code.memory_mb = 99999999999999999"),
+])
+def test_pool_and_code_bounds_are_field_errors(make, named):
+    """FieldError: `r1jax score` says them again naming its flags (--timeout, --memory-mb)."""
+    with pytest.raises(FieldError, match=re.escape(named)):
+        make()
+    assert PoolConfig(timeout_s=1e6, batch_deadline_s=256 * 1e6 + 60).timeout_s == 1e6  # score's derived deadline
