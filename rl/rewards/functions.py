@@ -8,10 +8,15 @@ Built in (DeepSeek-R1 and DAPO):
 - accuracy: 1 when the final answer (see `extract.py`) verifies against the reference with the item's
   task verifier (`math`: math-verify; `arithmetic`, `countdown`, `algebra`: their own exact verifiers).
 - format: 1 for exactly `<think> T </think> <answer> A </answer>` with non-empty T and A (A of at most
-  `answer_max_chars` characters, the longest answer `extract.py` reads), else 0.
+  `answer_max_chars` characters, the longest answer `extract.py` reads, except for `code` items: a program's
+  length is the code reward's business, `rewards.code.max_program_chars`), else 0.
 - language: the share of chain-of-thought words written in the target language's script (R1's
-  language-consistency reward, 'Reasoning-oriented Reinforcement Learning');
-  0 without a chain of thought, 1 for one made only of numbers and symbols.
+  language-consistency reward, 'Reasoning-oriented Reinforcement Learning': it targets mixed natural
+  languages, not notation); 0 without a chain of thought, 1 for one made only of numbers and symbols.
+  Letter-like symbols are of no language and are left out of the words (`word_scripts`): ℝ ℓ ℏ 𝐱 (Letterlike
+  Symbols, Mathematical Alphanumeric Symbols, other font variants), ⁿ ₐ ᵃ (superscripts, subscripts, modifier
+  letters), µ (micro sign), ² ½ Ⅻ (numbers). A Greek word of at most 2 letters (θ, Δx, αβ: a variable) is
+  left out unless the target language is Greek (`el`); longer Greek words count as Greek.
 - overlong: DAPO's soft overlong punishment, 0 below L_max - L_cache, a linear ramp to -1 at L_max, -1
   beyond (DAPO §3.4, soft overlong punishment). Length in tokens when the item has it, else in characters.
 - code (rl.rewards.code): the completion's program run against the item's tests in the sandbox; 0 for
@@ -91,41 +96,75 @@ def format_reward(item: ScoreItem, config: RewardsConfig) -> float:
         return 0.0  # the answer must follow the thought, with only whitespace between
     thought = text[len(THINK):think_end]
     answer = text[answer_start + len(ANSWER):-len(END_ANSWER)].strip()
-    return float(bool(thought.strip()) and 0 < len(answer) <= config.answer_max_chars)  # as extract_answer
+    if not thought.strip() or not answer:
+        return 0.0
+    # as extract_answer, except a program: the code reward reads the whole <answer> (extract_program)
+    return float(item.task == "code" or len(answer) <= config.answer_max_chars)
 
 
-_WORD = re.compile(r"[^\W\d_]+")  # runs of letters: numbers and symbols are neither language
+_WORD = re.compile(r"[^\W\d_]+")  # runs of letters (and numbers other than digits): digits are no word
 _IDEOGRAPHIC = ("CJK", "HIRAGANA", "KATAKANA")  # scripts written without spaces: each character is a word
 _FORMS = ("HALFWIDTH ", "FULLWIDTH ", "VERTICAL ")  # presentation forms: the script is the next word
 # Japanese marks whose names start with no script: ー (KATAKANA-HIRAGANA PROLONGED SOUND MARK), the kana
 # repeat marks 〱-〵, and 々 〆 〇 〻 (IDEOGRAPHIC ITERATION MARK, ...).
 _SCRIPT_ALIASES = {"KATAKANA-HIRAGANA": "KATAKANA", "KANA": "KATAKANA", "IDEOGRAPHIC": "CJK"}
+SYMBOL = ""  # the script of a letter-like symbol: of no language
+# Letter-like symbols, of no language: Letterlike Symbols (ℝ ℕ ℓ ℏ K Å ℵ) and Mathematical Alphanumeric
+# Symbols (𝐱 𝔽 𝟙); font variants (<font>: ℎ, Arabic mathematical letters), superscripts and subscripts
+# (<super>, <sub>: ⁿ ₐ ᵃ ª); and by name: µ, modifier letters (ʹ ˆ ʼ), the named prefixes of the above.
+_SYMBOL_BLOCKS = ((0x2100, 0x214F), (0x1D400, 0x1D7FF))
+_SYMBOL_DECOMPOSITIONS = ("<font>", "<super>", "<sub>")
+_SYMBOL_NAMES = ("MATHEMATICAL ", "DOUBLE-STRUCK ", "SCRIPT ", "BLACK-LETTER ", "SUPERSCRIPT ", "SUBSCRIPT ",
+                 "MODIFIER LETTER ", "MICRO SIGN")
+_LANGUAGE_SCRIPTS = frozenset(s for scripts in LANGUAGE_SCRIPTS.values() for s in scripts)
+GREEK_VARIABLE_LETTERS = 2  # a Greek word of at most this many letters is a variable (θ, Δx), not Greek text
 
 
 @functools.lru_cache(maxsize=8192)
 def _script(char: str) -> str:
+    """The script of a letter (the first word of its Unicode name, as LANGUAGE_SCRIPTS names them), or
+    SYMBOL for a letter-like symbol or a number not written in a language's script (² ½ Ⅻ, but 〇 is CJK)."""
     name = unicodedata.name(char, "UNKNOWN")
+    if (any(low <= ord(char) <= high for low, high in _SYMBOL_BLOCKS) or name.startswith(_SYMBOL_NAMES)
+            or unicodedata.decomposition(char).startswith(_SYMBOL_DECOMPOSITIONS)):
+        return SYMBOL
     for prefix in _FORMS:
         name = name.removeprefix(prefix)
     script = name.split(" ")[0]
-    return _SCRIPT_ALIASES.get(script, script)
+    script = _SCRIPT_ALIASES.get(script, script)
+    if unicodedata.category(char).startswith("N") and script not in _LANGUAGE_SCRIPTS:
+        return SYMBOL
+    return script
 
 
-def word_scripts(text: str) -> list[str]:
-    """The script of each word: every CJK, hiragana or katakana character is a word wherever it stands
-    ("a我们" is three words), and each run of other letters between them is one word, of its first letter."""
-    scripts = []
+def _words(text: str) -> list[tuple[str, int]]:
+    """(script, letters) of each word: every CJK, hiragana or katakana character is a word wherever it stands
+    ("a我们" is three words), and each run of other letters between them is one word, of its first letter;
+    letter-like symbols are left out as if absent ("5 µm" has the one word "m", "ℝⁿ" none)."""
+    words: list[tuple[str, int]] = []
     for run in _WORD.findall(text):
-        in_word = False  # inside a word of a script written with spaces
+        open_word = False  # inside a word of a script written with spaces (the last of `words`)
         for char in run:
             script = _script(char)
+            if script == SYMBOL:
+                continue
             if script in _IDEOGRAPHIC:
-                scripts.append(script)
-                in_word = False
-            elif not in_word:
-                scripts.append(script)
-                in_word = True
-    return scripts
+                words.append((script, 1))
+                open_word = False
+            elif open_word:
+                words[-1] = (words[-1][0], words[-1][1] + 1)
+            else:
+                words.append((script, 1))
+                open_word = True
+    return words
+
+
+def word_scripts(text: str, target: tuple[str, ...] = ()) -> list[str]:
+    """The script of each word that counts for a language written in the scripts `target`: every word (see
+    `_words`) but a Greek one of at most GREEK_VARIABLE_LETTERS letters (θ, Δx: a variable), unless `target`
+    is Greek ("Let θ = 5" is one Latin word and one Greek for `el`; "Η γωνία θ" is three Greek words)."""
+    return [script for script, letters in _words(text)
+            if script != "GREEK" or letters > GREEK_VARIABLE_LETTERS or "GREEK" in target]
 
 
 @register_reward("language")
@@ -133,10 +172,10 @@ def language_consistency(item: ScoreItem, config: RewardsConfig) -> float:
     thought, _ = split_completion(item.completion)
     if thought is None or not thought.strip():
         return 0.0
-    scripts = word_scripts(thought)
-    if not scripts:
-        return 1.0  # only numbers and symbols ("3+4=7."): no word in another language
     target = LANGUAGE_SCRIPTS[config.language]
+    scripts = word_scripts(thought, target)
+    if not scripts:
+        return 1.0  # only numbers and symbols ("3+4=7.", "θ ∈ ℝ"): no word in another language
     return sum(s in target for s in scripts) / len(scripts)
 
 

@@ -6,7 +6,8 @@ import pickle
 import pytest
 
 from r1jax.errors import UserError
-from r1jax.rl.rewards import REWARDS, RewardsConfig, ScoreItem, combine, extract_answer, register_reward, score_item
+from r1jax.rl.rewards import (REWARDS, CodeConfig, RewardsConfig, ScoreItem, combine, extract_answer,
+                              register_reward, score_item)
 from r1jax.rl.rewards.config import FieldError
 from r1jax.rl.rewards.extract import split_completion
 from tests.rl.test_reward_pool import hostile_completions
@@ -82,11 +83,46 @@ def test_format_is_strict(completion, expected):
     ("コーヒー", "ja", 1.0), ("コーヒー", "en", 0.0),  # ー (prolonged sound mark) is Japanese
     ("人々は〆切", "ja", 1.0), ("ｺｰﾋｰ", "ja", 1.0),  # iteration marks; halfwidth katakana
     ("", "en", 0.0),
+    # notation is of no language: letter-like symbols, numbers, and Greek variables (1-2 letters) unless Greek
+    ("Now x is in ℝ so we are done", "en", 1.0), ("n ∈ ℕ holds", "en", 1.0),
+    ("the length ℓ is 5", "en", 1.0), ("x ⁿ grows", "en", 1.0), ("5 µm long", "en", 1.0), ("Δ = b^2-4ac", "en", 1.0),
+    ("the angle θ is 30°", "en", 1.0), ("Δx is small, 𝐱 ∈ 𝔽 and ℏ is tiny", "en", 1.0),
+    ("x² + ½ = x₁ʹ with Ⅻ and aᵢ", "en", 1.0), ("θ ∈ ℝ", "ru", 1.0),
+    ("Let θ = 30°, 所以 the answer is 5", "en", 4 / 6),  # a Chinese word in English still counts
+    ("First add three and four. Πρώτα προσθέτουμε τρία και τέσσερα.", "en", 0.5),  # Greek text stays Greek
+    ("let αβγ be the angles", "en", 4 / 5),  # 3 letters: a word
+    ("Πρώτα προσθέτουμε το τρία και το τέσσερα, θ = 7", "el", 1.0), ("Let θ = 5", "el", 0.5),
+    ("Η γωνία θ ∈ ℝ είναι 30°", "el", 1.0), ("他 说 θ 和 ℝ", "zh", 1.0),
 ])
 def test_language_consistency_is_the_share_of_target_language_words(thought, language, expected):
     completion = f"<think>{thought}</think> <answer> 7 </answer>"
     assert score("language", completion, language=language) == pytest.approx(expected)
     assert score("language", "<answer> seven </answer>", language=language) == 0.0  # no thought at all
+
+
+def test_a_code_answer_is_not_held_to_answer_max_chars():
+    """A program in <answer> is as long as it needs (the code reward has its own limit, max_program_chars);
+    any other task's answer longer than answer_max_chars is still no answer, for format as for accuracy."""
+    steps = "".join(f"    # step {i}: double x, as the question asks for it\n" for i in range(5))
+    program = "def f(x):\n" + steps + "    return 2 * x\n"
+    program += "#" * (301 - len(program))
+    assert len(program) == 301
+    completion = f"<think> double x </think> <answer>\n{program}</answer>"
+    config = RewardsConfig(names=("code", "format", "accuracy"), weights=(1.0, 1.0, 1.0),
+                           code=CodeConfig(sandbox="rlimits_only", wall_s=2.0, cpu_s=1, memory_mb=256))
+    item = ScoreItem("Write f(x) that doubles x.", completion, "", "code", tests='["assert f(2) == 4"]',
+                     entry_point="f")
+    assert score_item(item, config) == {"code": 1.0, "format": 1.0, "accuracy": 0.0}
+    fenced = f"<think> t </think> <answer>\n```python\n{program}```\n</answer>"
+    assert score("format", fenced, task="code") == 1.0
+    assert score("format", "<think> t </think> <answer> 123456 </answer>", task="code", answer_max_chars=5) == 1.0
+    math_answer = "1" + " + 1" * 75  # 301 characters
+    assert len(math_answer) == 301
+    for task in ("math", "arithmetic"):
+        assert score("format", f"<think> t </think> <answer> {math_answer} </answer>", task=task) == 0.0
+        assert score("format", f"<think> t </think> <answer> {math_answer[:256]} </answer>", task=task) == 1.0
+    assert score("format", "<think> t </think> <answer>  </answer>", task="code") == 0.0  # still non-empty
+    assert score("format", f"<think>  </think> <answer>\n{program}</answer>", task="code") == 0.0
 
 
 @pytest.mark.parametrize("length,expected", [(0, 0.0), (768, 0.0), (769, -1 / 256), (896, -0.5),
