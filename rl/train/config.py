@@ -10,7 +10,12 @@ from r1jax.errors import UserError
 from r1jax.rl.config_checks import INT32_MAX, check_bool, check_temperature
 
 STAGE_KINDS = ("sft", "grpo", "rejection_sampling", "distill")
-REJECTION_FILTERS = ("format", "language", "length", "repetition")
+# readability filters of rejection sampling (rl.train.filters), applied in the order a stage lists them
+REJECTION_FILTERS = ("format", "language", "length", "repetition", "code_block", "paragraph")
+# the "paragraph" filter's default bound (R1 filters "long paragraphs" and gives no number): a written paragraph
+# runs 100-200 words, so 300 (about 400 tokens) between blank lines is a wall of text, while a thought that
+# breaks its steps into paragraphs keeps any length
+MAX_PARAGRAPH_WORDS = 300
 # R1's "aha moment": words of self-reflection, counted per completion (whole words, any case)
 DEFAULT_REFLECTION_WORDS = ("wait", "verify", "check", "re-examine", "recheck", "reconsider", "double-check",
                             "mistake", "however", "actually")
@@ -36,6 +41,10 @@ class StageConfig:
     temperature: Optional[float] = None  # rejection_sampling: default sampling.temperature
     filters: tuple[str, ...] = REJECTION_FILTERS  # readability filters a kept sample must pass
     max_repetition: float = 0.5  # "repetition" filter: at most this share of repeated word 4-grams
+    max_paragraph_words: int = MAX_PARAGRAPH_WORDS  # "paragraph" filter: words per paragraph of the thought
+    # keep only correct samples: full `accuracy` (`code` for code rows) when rewards.names scores it (R1); false:
+    # the threshold alone decides (a wrong answer in good format reaches 2.0 with accuracy + format + language)
+    correct_only: bool = True
     teacher: Optional[str] = None  # distill: the stage whose samples (or a JSONL) the student learns from
     student_overrides: tuple[str, ...] = ()  # distill: model overrides of the student ("hidden_size=64")
 
@@ -62,6 +71,9 @@ class StageConfig:
             raise UserError(f"{where}.filters: unknown {unknown}; choose from {', '.join(REJECTION_FILTERS)}")
         if not 0 < self.max_repetition <= 1:
             raise UserError(f"{where}.max_repetition={self.max_repetition}: must be in (0, 1]")
+        if not 1 <= self.max_paragraph_words <= INT32_MAX:
+            raise UserError(f"{where}.max_paragraph_words={self.max_paragraph_words}: must be >= 1")
+        check_bool(f"{where}.correct_only", self.correct_only)
         if self.temperature is not None:
             check_temperature(f"{where}.temperature", self.temperature)
         if self.kind == "distill" and not self.teacher:

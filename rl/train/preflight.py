@@ -13,6 +13,9 @@ UserError naming the culprit (the config field, the stage, the file and row) whe
   answer without `####`, a MATH solution without `\\boxed`), hold an unknown task, are too few for one
   batch, or whose prompts do not fit the largest prompt bucket when the stage samples from them, or whose
   rows (prompt + solution + eos) do not fit the largest SFT sequence bucket when it trains on them;
+- a rejection_sampling stage whose samples an sft or distill stage trains on samples longer sequences (the
+  largest of `sampling.prompt_buckets` + its `max_new_tokens` + eos) than the largest SFT sequence bucket
+  (rl.train.sft.SEQUENCE_BUCKETS; the stage drops a sample that does not fit, reason `sft_length`);
 - a stage names data that no earlier rejection_sampling stage writes, or `init_from` names a path that is not
   a readable r1jax or Hugging Face checkpoint, or one whose architecture differs from the stage's model, or
   one that carries a tokenizer that is not the run's (a Hugging Face directory's tokenizer files, an r1jax
@@ -50,7 +53,8 @@ from r1jax.rl.sampler_devices import split_devices
 from r1jax.rl.train.checkpointing import check_compatible
 from r1jax.rl.train.config import StageConfig
 from r1jax.rl.train.policy_io import init_from_tokenizer
-from r1jax.rl.train.sft import check_sft_lengths
+from r1jax.rl.train.sft import SEQUENCE_BUCKETS, check_sft_lengths
+from r1jax.rl.train.stage_rejection import readers
 from r1jax.sharding.mesh import check_batch_rows
 from r1jax.sharding.params import abstract_sharded
 from r1jax.sharding.rules import Rules
@@ -68,6 +72,7 @@ def preflight(config: Config, tokenizer: TokenizerLike, mesh: Mesh, rules: Rules
     for index in range(len(config.stages)):
         check_model(config, index, tokenizer, mesh, rules)
     check_batches(config, mesh, rules)
+    check_sample_lengths(config)
     for index in range(len(config.stages)):
         check_stage_data(config, index, tokenizer)
         if index >= first_stage:
@@ -124,6 +129,27 @@ def check_batches(config: Config, mesh: Mesh, rules: Rules) -> None:
         if drawn % processes:
             raise UserError(f"{what}={drawn} does not split over the {processes} processes of this run; make "
                             f"it a multiple of {processes}")
+
+
+def check_sample_lengths(config: Config, buckets: Sequence[int] = SEQUENCE_BUCKETS) -> None:
+    """A rejection_sampling stage whose samples an sft/distill stage trains on samples sequences that fit the
+    largest SFT bucket: the largest prompt bucket + the stage's max_new_tokens + eos (SFT adds one; a sample
+    longer than the bucket would be dropped, all of a long-thinking policy's best ones among them)."""
+    bucket, limit = config.sampling.prompt_buckets[-1], buckets[-1]
+    for stage in config.stages:
+        reader = next(iter(readers(config.stages, stage.name)), None) if stage.kind == "rejection_sampling" else None
+        if reader is None:
+            continue
+        budget = stage.max_new_tokens or config.sampling.max_new_tokens
+        field = (f"stages[{stage.name}].max_new_tokens={budget}" if stage.max_new_tokens else
+                 f"sampling.max_new_tokens={budget} (stages[{stage.name}].max_new_tokens unset)")
+        if bucket + budget + 1 > limit:
+            most = limit - bucket - 1
+            fix = f"set stages[{stage.name}].max_new_tokens to at most {most} or lower " if most >= 1 else "lower "
+            raise UserError(f"{field}: the largest of sampling.prompt_buckets ({bucket}) + {budget} new tokens + "
+                            f"eos = {bucket + budget + 1} tokens, longer than the largest SFT sequence bucket "
+                            f"({limit}) in which stage {reader.name} trains on stage {stage.name}'s samples; "
+                            f"{fix}the largest of sampling.prompt_buckets (the longest prompt sampled)")
 
 
 def check_micro_batches(micro_batches: int, rows: int, what: str, devices: int = 1) -> None:

@@ -25,7 +25,10 @@ from r1jax.rl.sampler import bucket_length
 from r1jax.rl.update import UpdateConfig, add_router_losses, make_update_step
 
 
-# the lengths SFT pads a batch to; the largest bounds an SFT row (prompt + solution + eos): rows are not truncated
+# the lengths SFT pads a batch to; the largest bounds an SFT row (prompt + solution + eos): rows are not truncated.
+# Not a setting: preflight refuses a rejection_sampling stage whose samples an SFT/distill stage reads when its
+# largest prompt bucket + max_new_tokens + 1 exceeds it, and that stage drops a sample that does not fit
+# (rejection reason `sft_length`), so its dataset holds no row SFT refuses (rl.train.preflight, stage_rejection)
 SEQUENCE_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
@@ -37,6 +40,12 @@ def sft_sequence(tokenizer: TokenizerLike, template: str, row: Mapping[str, Any]
     prompt = encode_prompt(tokenizer, template, text)
     completion = tokenizer.encode(completion_text(text, row["solution"])) + [tokenizer.eos_id]
     return prompt + completion, len(prompt)
+
+
+def fits_sft(tokenizer: TokenizerLike, template: str, row: Mapping[str, Any],
+             template_vars: Optional[Mapping[str, Any]] = None, buckets: Sequence[int] = SEQUENCE_BUCKETS) -> bool:
+    """Whether `row` (prompt, solution) fits the largest SFT bucket as an SFT sequence (`sft_sequence`)."""
+    return len(sft_sequence(tokenizer, template, row, template_vars)[0]) <= buckets[-1]
 
 
 def too_long(length: int, prompt: str, row: str = "an SFT row", buckets: Sequence[int] = SEQUENCE_BUCKETS) -> str:

@@ -1,5 +1,7 @@
-"""The rejection-sampling stage (R1 §2.3.3): K completions per prompt from the current policy; keep those whose
-reward reaches the threshold and that pass the readability filters; write an SFT set and its statistics.
+"""The rejection-sampling stage (R1 §2.3.3): K completions per prompt from the current policy; keep the correct
+ones whose reward reaches the threshold and that pass the readability filters (rl.train.filters) and fit SFT's
+largest sequence bucket (reason `sft_length`: the SFT stage reading them refuses a longer row); write an SFT
+set and its statistics.
 
 Output, in the run directory: `datasets/<stage>.jsonl` (rows `task`, `prompt`, `answer`, `solution`,
 `difficulty`, `reward`: what `sft`/`distill` stages and `data.path` read) and `datasets/<stage>.stats.json`
@@ -15,6 +17,10 @@ import collections
 import dataclasses
 import json
 import pathlib
+from typing import Sequence
+
+import jax
+import rich.markup
 
 from r1jax.errors import UserError
 from r1jax.files import write_atomically
@@ -23,6 +29,16 @@ from r1jax.rl.train.config import StageConfig
 from r1jax.rl.train.context import StageContext, StageResult, StageStart, Stopped, summary_with
 from r1jax.rl.train.filters import rejection_reason
 from r1jax.rl.train.rollouts import reward_metrics, sample_and_submit
+from r1jax.rl.train.sft import fits_sft
+
+SFT_LENGTH = "sft_length"  # the rejection reason of a sample longer than SFT's largest sequence bucket
+
+
+def readers(stages: Sequence[StageConfig], name: str) -> list[StageConfig]:
+    """The sft (`data_path`) and distill (`teacher`) stages that train on rejection_sampling stage `name`'s
+    samples."""
+    return [s for s in stages if (s.kind == "sft" and s.data_path == name) or (s.kind == "distill" and
+                                                                              s.teacher == name)]
 
 
 def dataset_path(run_dir: str | pathlib.Path, stage_name: str) -> pathlib.Path:
@@ -80,10 +96,17 @@ def run_rejection_sampling(ctx: StageContext, index: int, stage: StageConfig, st
         results = ctx.pool.collect(sampled.pending)
         before = len(kept.rows)
         for row, (item, result) in enumerate(zip(sampled.items, results)):
-            reason = rejection_reason(item, result.total, result.status, threshold=stage.reward_threshold,
-                                      filters=stage.filters, max_repetition=stage.max_repetition,
-                                      rewards=cfg.rewards)
-            kept.add(sampled.problems[row // k], sampled.texts[row], result.total, reason)
+            problem = sampled.problems[row // k]
+            reason = rejection_reason(item, result.total, result.status, scores=result.rewards,
+                                      threshold=stage.reward_threshold, filters=stage.filters,
+                                      max_repetition=stage.max_repetition, rewards=cfg.rewards,
+                                      max_paragraph_words=stage.max_paragraph_words,
+                                      correct_only=stage.correct_only)
+            if reason is None and not fits_sft(ctx.tokenizer, cfg.tokenizer.template,
+                                               {"prompt": problem["prompt"], "solution": sampled.texts[row].strip()},
+                                               cfg.tokenizer.template_vars):
+                reason = SFT_LENGTH  # a row SFT would refuse (longer than its largest sequence bucket)
+            kept.add(problem, sampled.texts[row], result.total, reason)
         global_step += 1
         candidates = len(sampled.items)
         row = ctx.metrics.write({"global_step": global_step, "step": round_index + 1, "stage": stage.name,
@@ -101,10 +124,20 @@ def run_rejection_sampling(ctx: StageContext, index: int, stage: StageConfig, st
     stats = _write(ctx, stage, kept)
     if not kept.rows:
         raise UserError(f"stages[{stage.name}]: kept none of {stats['candidates']} samples (rejected by "
-                        f"{stats['rejected']}); lower reward_threshold, relax filters or sample more")
+                        f"{stats['rejected']}); lower reward_threshold, relax filters or sample more"
+                        + ("; `incorrect`: wrong answers (correct_only: false leaves them to the threshold)"
+                           if "incorrect" in stats["rejected"] else ""))
     result = StageResult(start.policy, global_step, datasets=({"stage": stage.name, **stats},))
     ctx.console.log(f"{stage.name}: kept {stats['kept']} of {stats['candidates']} samples "
                     f"({stats['kept_rate']:.1%}) -> {stats['path']}")
+    for reader in readers(cfg.stages, stage.name):
+        processes = jax.process_count()
+        if stats["kept"] < reader.batch_size * processes:
+            ctx.console.log(rich.markup.escape(
+                f"warning: {stage.name} kept {stats['kept']} samples, fewer than one batch of stage {reader.name} "
+                f"that trains on them (stages[{reader.name}].batch_size={reader.batch_size} on each of {processes} "
+                f"processes): that stage will fail; lower its batch_size (a resume keeps these samples), or sample "
+                f"more here (steps, batch_size, samples_per_prompt) or keep more (reward_threshold, filters)"))
     ctx.checkpoints.save(index, stage, graphdef=ctx.graphdef, policy=start.policy, global_step=global_step,
                          stage_step=stage.steps, summary=summary_with(start.summary, datasets=result.datasets),
                          stage_done=True)

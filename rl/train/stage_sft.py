@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import time
 
+import jax
+
 from r1jax.errors import UserError
 from r1jax.rl.data import make_iterator
 from r1jax.rl.train.config import StageConfig
@@ -24,7 +26,12 @@ def run_sft(ctx: StageContext, index: int, stage: StageConfig, start: StageStart
         data_path = stage_data_path(ctx, stage.data_path)
     data = _data_config(ctx, data_path)
     check_samples(ctx, stage, data_path)
-    iterator = make_iterator(data, batch_size=stage.batch_size)
+    try:
+        iterator = make_iterator(data, batch_size=stage.batch_size)
+    except UserError as err:  # too few rows for one batch: name the stage, its data and the fix
+        where = data_path or data.path or "the tasks' worked solutions"
+        raise UserError(f"stage {stage.name} ({where}): {err}; lower "
+                        f"stages[{stage.name}].batch_size or give it more rows") from None
     if start.resume is not None:  # before the weights are restored: a changed data file stops the resume
         iterator.set_state(start.resume["data_state"], stage=stage.name, checkpoint=checkpoint_dir(ctx, start))
     make_step = lambda g, opt, clip: make_sft_step(g, opt, cfg.update, ctx.model, clip)
@@ -63,16 +70,27 @@ def checkpoint_dir(ctx: StageContext, start: StageStart) -> str | None:
 
 def check_samples(ctx: StageContext, stage: StageConfig, data_path: str | None) -> None:
     """When `data_path` is an earlier rejection_sampling stage's samples (written after preflight read the
-    run's files), its rows fit the largest SFT sequence bucket: checked as the stage starts, before training."""
+    run's files), they fill one batch on each process and fit the largest SFT sequence bucket: checked as the
+    stage starts, before training."""
     writer = _written_by(ctx, data_path)
     if writer is None:  # a user's file or the generated tasks: preflight checked them
         return
     cfg = ctx.config
-    check_sft_lengths(ctx.tokenizer, cfg.tokenizer.template, _data_config(ctx, data_path).load_file(need_solution=True),
-                      cfg.tokenizer.template_vars, f"stage {stage.name}: {data_path}", path=data_path,
+    rows = _data_config(ctx, data_path).load_file(need_solution=True)
+    processes = jax.process_count()
+    if len(rows) < stage.batch_size * processes:
+        raise UserError(f"stage {stage.name}: {data_path} (datasets/{writer.name}.jsonl, the samples stage "
+                        f"{writer.name} kept) holds {len(rows)} rows, fewer than one batch of "
+                        f"stages[{stage.name}].batch_size={stage.batch_size} on each of {processes} processes; "
+                        f"lower stages[{stage.name}].batch_size and resume, or sample more in stage {writer.name} "
+                        f"(steps, batch_size, samples_per_prompt; or keep more: reward_threshold, filters) in a new "
+                        f"run")
+    check_sft_lengths(ctx.tokenizer, cfg.tokenizer.template, rows, cfg.tokenizer.template_vars,
+                      f"stage {stage.name}: {data_path}", path=data_path,
                       advice=f"stages[{writer.name}].max_new_tokens (default sampling.max_new_tokens) bounds the "
-                             f"length of that stage's samples: lower it and run that stage again, or remove the row "
-                             f"from the file and resume")
+                             f"length of that stage's samples and it drops those that do not fit (rejection reason "
+                             f"sft_length), but this file holds one (written under another template, or by an "
+                             f"older r1jax): remove the row from the file and resume")
 
 
 def _data_config(ctx: StageContext, path: str | None):

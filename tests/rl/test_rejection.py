@@ -5,7 +5,7 @@ import pytest
 from r1jax.errors import UserError
 from r1jax.rl.config import load_config, stage_config
 from r1jax.rl.rewards.config import RewardsConfig
-from r1jax.rl.rewards.functions import ScoreItem
+from r1jax.rl.rewards.functions import ScoreItem, combine, score_item
 from r1jax.rl.train.filters import rejection_reason, repetition
 from r1jax.rl.train.stage_rejection import KeptSet
 
@@ -19,8 +19,9 @@ def item(text, length=10, truncated=False):
 
 def reason(text, total=2.0, status="ok", length=10, truncated=False,
            filters=("format", "language", "length", "repetition")):
-    return rejection_reason(item(text, length, truncated), total, status, threshold=2.0, filters=filters,
-                            max_repetition=0.5, rewards=RewardsConfig())
+    scored = item(text, length, truncated)
+    return rejection_reason(scored, total, status, scores=score_item(scored, RewardsConfig()), threshold=2.0,
+                            filters=filters, max_repetition=0.5, rewards=RewardsConfig())
 
 
 def test_repetition_is_the_share_of_repeated_word_4grams():
@@ -49,10 +50,83 @@ def test_the_threshold_holds_for_a_weighted_sum_that_rounds_below_it():
     """Weights 0.6 and 0.3 on two perfect rewards total 0.8999999999999999: the threshold 0.9 keeps it."""
     total = 0.6 * 1.0 + 0.3 * 1.0
     assert total < 0.9
-    assert rejection_reason(item(GOOD), total, "ok", threshold=0.9, filters=(), max_repetition=0.5,
+    correct = {"accuracy": 1.0, "format": 1.0}
+    assert rejection_reason(item(GOOD), total, "ok", scores=correct, threshold=0.9, filters=(), max_repetition=0.5,
                             rewards=RewardsConfig()) is None
-    assert rejection_reason(item(GOOD), 0.89, "ok", threshold=0.9, filters=(), max_repetition=0.5,
+    assert rejection_reason(item(GOOD), 0.89, "ok", scores=correct, threshold=0.9, filters=(), max_repetition=0.5,
                             rewards=RewardsConfig()) == "reward"
+
+
+WRONG = "<think> two plus three is six </think> <answer> 6 </answer>"
+ALL_FILTERS = ("format", "language", "length", "repetition", "code_block", "paragraph")
+
+
+def judged(text, names, task="arithmetic", scores=None, correct_only=True, filters=ALL_FILTERS):
+    """The rejection reason of `text` scored by the rewards `names` (each weight 1) at R1's threshold 2.0."""
+    rewards = RewardsConfig(names=names, weights=(1.0,) * len(names))
+    scored = ScoreItem(prompt="Compute 2+3", completion=text, reference="5", task=task)
+    scores = score_item(scored, rewards) if scores is None else scores
+    return rejection_reason(scored, combine(scores, rewards), "ok", scores=scores, threshold=2.0, filters=filters,
+                            max_repetition=0.5, rewards=rewards, correct_only=correct_only)
+
+
+def test_a_wrong_answer_is_rejected_whatever_the_other_rewards_add_up_to():
+    """accuracy + format + language at the README's threshold 2.0: a wrong answer in good English format scores
+    0 + 1 + 1 = 2 and was kept; R1 keeps correct samples only."""
+    names = ("accuracy", "format", "language")
+    assert judged(WRONG, names) == "incorrect"
+    assert judged(GOOD, names) is None
+    assert judged(WRONG, names, correct_only=False) is None  # the stage's opt-out: the threshold alone decides
+    # a run whose rewards hold no correctness reward (custom ones): the threshold alone decides
+    assert judged(WRONG, ("format", "language")) is None
+
+
+def test_code_rows_are_judged_by_the_code_reward():
+    """`accuracy` scores a code row 0 and `code` scores every other row 0: each row by its own task's judge."""
+    program = "<think> add them </think> <answer> def f(): return 5 </answer>"
+    both = ("accuracy", "code", "format")
+    assert judged(program, both, task="code", scores={"accuracy": 0.0, "code": 1.0, "format": 1.0}) is None
+    assert judged(program, both, task="code", scores={"accuracy": 0.0, "code": 0.0, "format": 1.0}) == "incorrect"
+    assert judged(GOOD, both, scores={"accuracy": 1.0, "code": 0.0, "format": 1.0}) is None
+    assert judged(WRONG, both, scores={"accuracy": 0.0, "code": 1.0, "format": 1.0}) == "incorrect"
+    assert judged(program, ("code", "format"), task="code", scores={"code": 0.5, "format": 1.0}) == "incorrect"
+
+
+def think(body):
+    return f"<think> {body} </think> <answer> 5 </answer>"
+
+
+LONG_PARAGRAPH = " ".join(f"step{i} adds to the sum." for i in range(80))  # 320 words, no blank line
+
+
+@pytest.mark.parametrize("text,task,expected", [
+    (think("Let me code it:\n```python\nprint(2+3)\n```\nIt prints 5."), "arithmetic", "code_block"),
+    (think("Let me code it:\n\n    x = 2 + 3\n    print(x)\n\nIt prints 5."), "arithmetic", "code_block"),
+    (think("Steps:\n1. add\n    2 and 3\n    give 5"), "arithmetic", None),  # a list's continuation lines
+    (think("a single\n\n    indented line\n\nis no block"), "arithmetic", None),
+    ("<think> 2+3=5 </think> <answer> ```5``` </answer>", "arithmetic", None),  # only the thought is read
+    (think("sketch:\n```python\ndef f(): return 5\n```"), "code", None),  # a code row may sketch code
+    (think(LONG_PARAGRAPH), "arithmetic", "paragraph"),
+    (think(LONG_PARAGRAPH.replace("step40 ", "\n\nstep40 ")), "arithmetic", None),  # two of 160 words
+    (think(LONG_PARAGRAPH.replace("step40 ", "\n  \nstep40 ")), "arithmetic", None),  # a blank line of spaces
+])
+def test_code_blocks_and_long_paragraphs_in_the_thought_are_filtered(text, task, expected):
+    scores = {"accuracy": 1.0, "code": 1.0, "format": 1.0}
+    assert judged(text, ("accuracy", "code", "format"), task=task, scores=scores,
+                  filters=("code_block", "paragraph")) == expected
+    assert judged(text, ("accuracy", "code", "format"), task=task, scores=scores, filters=()) is None
+
+
+def test_the_paragraph_bound_is_a_stage_setting():
+    text = think("one two three four five six")
+    rewards = RewardsConfig()
+    scores = {"accuracy": 1.0, "format": 1.0}
+    for words, expected in ((5, "paragraph"), (6, None)):
+        assert rejection_reason(item(text), 2.0, "ok", scores=scores, threshold=2.0, filters=("paragraph",),
+                                max_repetition=0.5, rewards=rewards, max_paragraph_words=words) == expected
+    config = load_config("tiny", [stages("{name: rs, kind: rejection_sampling, max_paragraph_words: 50}")])
+    assert config.stages[0].max_paragraph_words == 50 and config.stages[0].correct_only
+    assert set(config.stages[0].filters) >= {"code_block", "paragraph"}  # on by default, as every filter
 
 
 def test_kept_set_keeps_duplicates_once_and_counts_by_task_and_difficulty():
@@ -95,6 +169,8 @@ def test_distill_stage_swaps_the_model_from_its_position_on():
      r"stages\[d\].student_overrides: 'wide' is not of the form key=value"),
     (["{name: s, kind: sft, student_overrides: [hidden_size=64]}"], "only a distill stage changes the model"),
     (["{name: rs, kind: rejection_sampling, filters: [format, vibes]}"], r"filters: unknown \['vibes'\]"),
+    (["{name: rs, kind: rejection_sampling, max_paragraph_words: 0}"], r"stages\[rs\].max_paragraph_words=0"),
+    (["{name: rs, kind: rejection_sampling, correct_only: 1}"], "stages.0.correct_only = 1: expected true or false"),
 ])
 def test_bad_pipeline_stages_are_refused_naming_the_field(entries, message):
     with pytest.raises(UserError, match=message):

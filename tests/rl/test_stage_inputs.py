@@ -7,15 +7,19 @@ import json
 import types
 
 import pytest
+from rich.text import Text
 
 from r1jax.errors import UserError
 from r1jax.model.tokenizer import load_tokenizer, train_tokenizer
 from r1jax.rl.cli.main import main
 from r1jax.rl.config import load_config
 from r1jax.rl.data import build_tokenizer
+from r1jax.rl.rewards.functions import ScoreItem
+from r1jax.rl.rewards.pool import ScoreResult
+from r1jax.rl.train.context import StageStart
 from r1jax.rl.train.policy_io import run_tokenizer
 from r1jax.rl.train.preflight import preflight
-from r1jax.rl.train import stage_sft
+from r1jax.rl.train import stage_rejection, stage_sft
 from r1jax.rl.train.stage_sft import SEQUENCE_BUCKETS, run_distill, run_sft, sft_batch
 from r1jax.sharding.mesh import build_mesh
 
@@ -143,3 +147,91 @@ def test_an_earlier_stages_samples_too_long_are_named_when_the_stage_starts(toke
         assert fragment in message, message
     write_rows(dataset, rows(8, difficulty=2, reward=3.0))
     stage_sft.check_samples(ctx, config.stages[1], str(dataset))  # rows that fit
+
+
+def rejection_ctx(config, run_dir, tokenizer, logs):
+    """What run_rejection_sampling reads of a StageContext, without a policy, sampler or reward workers (the
+    test replaces rollouts with `fake_samples`)."""
+    noop = lambda *a, **k: None
+    console = types.SimpleNamespace(start_stage=noop, update=noop, end_stage=noop, log=logs.append)
+    return types.SimpleNamespace(
+        config=config, run_dir=run_dir, tokenizer=tokenizer, primary=True, graphdef=None, sampler=lambda seed: None,
+        pool=types.SimpleNamespace(collect=lambda pending: pending), console=console,
+        metrics=types.SimpleNamespace(write=lambda row: row), stop=types.SimpleNamespace(requested=lambda step: False),
+        checkpoints=types.SimpleNamespace(save=noop, wait=noop))
+
+
+def fake_samples(texts):
+    """sample_and_submit's stand-in: `texts` (a function of the problem) as each problem's samples, scored
+    by accuracy (1 for the problem's answer) and format (always 1), as the reward pool would."""
+    def sample_and_submit(sampler, policy, tokenizer, template, problems, pool, k, template_vars, **generate):
+        rows = [(p, text) for p in problems for text in texts(p)]
+        assert len(rows) == k * len(problems)
+        items = [ScoreItem(p["prompt"], text, str(p["answer"]), p["task"]) for p, text in rows]
+        results = []
+        for p, text in rows:
+            correct = float(f"<answer> {p['answer']} </answer>" in text)
+            results.append(ScoreResult({"accuracy": correct, "format": 1.0}, correct + 1.0, "ok"))
+        return types.SimpleNamespace(problems=problems, texts=[t for _, t in rows], items=items, pending=results)
+    return sample_and_submit
+
+
+def test_rejection_sampling_keeps_correct_samples_that_fit_sft(tokenizer, tmp_path, monkeypatch):
+    """At threshold 1.0 a wrong answer in good format (0 + 1) was kept, and a sample longer than SFT's
+    largest bucket was written to the dataset the next stage refused whole; both are rejected now, each under
+    its own reason; the end of the stage warns that the SFT stage reading it cannot fill a batch."""
+    config = load_config(TRAIN_CONFIG, [
+        "stages=[{name: rs, kind: rejection_sampling, steps: 1, batch_size: 2, samples_per_prompt: 3, "
+        "reward_threshold: 1.0, filters: []}, {name: s, kind: sft, steps: 1, batch_size: 8, data_path: rs}]"])
+    right = lambda p: f"<think> ok </think> <answer> {p['answer']} </answer>"
+    long = lambda p: "<think> " + "1 + 1 = 2. " * 1200 + f"</think> <answer> {p['answer']} </answer>"
+    texts = lambda p: [right(p), "<think> ok </think> <answer> -1 </answer>", long(p)]
+    monkeypatch.setattr(stage_rejection, "sample_and_submit", fake_samples(texts))
+    logs = []
+    ctx = rejection_ctx(config, tmp_path, tokenizer, logs)
+    start = StageStart(policy=(), global_step=0, summary={"evals": []})
+    result = stage_rejection.run_rejection_sampling(ctx, 0, config.stages[0], start)
+    dataset = tmp_path / "datasets" / "rs.jsonl"
+    rows = [json.loads(line) for line in dataset.read_text().splitlines()]
+    assert [r["solution"] for r in rows] == [right(r) for r in rows] and len(rows) == 2
+    stats = result.datasets[0]
+    assert (stats["candidates"], stats["kept"], stats["rejected"]) == (6, 2, {"incorrect": 2, "sft_length": 2})
+    stage_sft.check_sft_lengths(tokenizer, "chat", rows, None, "the dataset")  # every row fits SFT
+    warning = " ".join(Text.from_markup(line).plain for line in logs)  # as the run's console prints them
+    for fragment in ["warning: rs kept 2 samples", "stage s", "stages[s].batch_size=8"]:
+        assert fragment in warning, warning
+
+
+@pytest.mark.parametrize("stage,run", [
+    ("{name: s, kind: sft, steps: 1, batch_size: 8, data_path: rs}", run_sft),
+    ("{name: s, kind: distill, steps: 1, batch_size: 8, teacher: rs}", run_distill),
+])
+def test_too_few_samples_for_a_batch_name_the_stage_the_file_and_the_fix(tokenizer, tmp_path, stage, run):
+    """It read "4 problems cannot fill a batch of 8 on each of 1 processes", naming neither."""
+    config = load_config(TRAIN_CONFIG, [f"stages=[{RS}, {stage}]"])
+    (tmp_path / "datasets").mkdir()
+    dataset = write_rows(tmp_path / "datasets" / "rs.jsonl", rows(4, difficulty=2, reward=3.0))
+    with pytest.raises(UserError) as info:
+        run(types.SimpleNamespace(config=config, run_dir=tmp_path, tokenizer=tokenizer), 1, config.stages[1], None)
+    message = str(info.value)
+    for fragment in ["stage s", str(dataset), "datasets/rs.jsonl", "holds 4 rows", "stages[s].batch_size=8",
+                     "lower stages[s].batch_size", "sample more in stage rs"]:
+        assert fragment in message, message
+
+
+@pytest.mark.parametrize("reader", [
+    "{name: s, kind: sft, steps: 1, batch_size: 8, data_path: rs}",
+    "{name: s, kind: distill, steps: 1, batch_size: 8, teacher: rs}",
+])
+def test_rejection_samples_longer_than_the_sft_bucket_are_refused_in_preflight(tokenizer, reader):
+    """The largest prompt bucket (64 here) + the stage's max_new_tokens + eos must fit the largest SFT bucket
+    when an SFT stage trains on the samples: it failed after the stage had sampled, refusing the dataset."""
+    rs = "{{name: rs, kind: rejection_sampling, steps: 1, batch_size: 8{}}}"
+    limit = SEQUENCE_BUCKETS[-1]
+    fails(tokenizer, f"stages=[{rs.format(', max_new_tokens: 8000')}, {reader}]",
+          named=["stages[rs].max_new_tokens=8000", "sampling.prompt_buckets (64)", f"= {64 + 8000 + 1} tokens",
+                 f"largest SFT sequence bucket ({limit})", "stage s", f"at most {limit - 64 - 1}"])
+    fails(tokenizer, f"sampling.max_new_tokens={limit - 64}", f"stages=[{rs.format('')}, {reader}]",
+          named=[f"sampling.max_new_tokens={limit - 64} (stages[rs].max_new_tokens unset)", "prompt_buckets"])
+    check(tokenizer, f"stages=[{rs.format(f', max_new_tokens: {limit - 64 - 1}')}, {reader}]")  # it fits
+    check(tokenizer, f"stages=[{rs.format(', max_new_tokens: 8000')}]")  # no SFT stage reads its samples
