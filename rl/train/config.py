@@ -16,6 +16,8 @@ REJECTION_FILTERS = ("format", "language", "length", "repetition", "code_block",
 # runs 100-200 words, so 300 (about 400 tokens) between blank lines is a wall of text, while a thought that
 # breaks its steps into paragraphs keeps any length
 MAX_PARAGRAPH_WORDS = 300
+DEFAULT_MAX_SEQUENCE_LENGTH = 4096  # an SFT row's tokens (stages[X].max_sequence_length)
+MIN_SEQUENCE_LENGTH = 32  # the smallest SFT bucket
 # R1's "aha moment": words of self-reflection, counted per completion (whole words, any case)
 DEFAULT_REFLECTION_WORDS = ("wait", "verify", "check", "re-examine", "recheck", "reconsider", "double-check",
                             "mistake", "however", "actually")
@@ -36,6 +38,9 @@ class StageConfig:
     data_path: Optional[str] = None  # sft/distill: a JSONL of prompt/solution (default: task solutions)
     # rejection sampling (R1 §2.3.3): K samples per prompt, keep those with reward >= threshold
     samples_per_prompt: int = 4
+    # sft/distill: the longest row in tokens (prompt + solution + eos; never truncated), the largest of the
+    # power-of-two buckets rows are padded to (rl.train.sft.sequence_buckets)
+    max_sequence_length: int = DEFAULT_MAX_SEQUENCE_LENGTH
     reward_threshold: float = 2.0
     max_new_tokens: Optional[int] = None  # default: sampling.max_new_tokens
     temperature: Optional[float] = None  # rejection_sampling: default sampling.temperature
@@ -71,6 +76,9 @@ class StageConfig:
             raise UserError(f"{where}.filters: unknown {unknown}; choose from {', '.join(REJECTION_FILTERS)}")
         if not 0 < self.max_repetition <= 1:
             raise UserError(f"{where}.max_repetition={self.max_repetition}: must be in (0, 1]")
+        if not MIN_SEQUENCE_LENGTH <= self.max_sequence_length <= INT32_MAX:
+            raise UserError(f"{where}.max_sequence_length={self.max_sequence_length}: must be in "
+                            f"[{MIN_SEQUENCE_LENGTH}, 2^31-1]")
         if not 1 <= self.max_paragraph_words <= INT32_MAX:
             raise UserError(f"{where}.max_paragraph_words={self.max_paragraph_words}: must be >= 1")
         check_bool(f"{where}.correct_only", self.correct_only)

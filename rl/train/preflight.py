@@ -15,7 +15,8 @@ UserError naming the culprit (the config field, the stage, the file and row) whe
   rows (prompt + solution + eos) do not fit the largest SFT sequence bucket when it trains on them;
 - a rejection_sampling stage whose samples an sft or distill stage trains on samples longer sequences (the
   largest of `sampling.prompt_buckets` + its `max_new_tokens` + eos) than the largest SFT sequence bucket
-  (rl.train.sft.SEQUENCE_BUCKETS; the stage drops a sample that does not fit, reason `sft_length`);
+  (the reading stage's `max_sequence_length`: rl.train.sft.sequence_buckets; the stage drops a sample that
+  does not fit, reason `sft_length`);
 - a stage names data that no earlier rejection_sampling stage writes, or `init_from` names a path that is not
   a readable r1jax or Hugging Face checkpoint, or one whose architecture differs from the stage's model, or
   one that carries a tokenizer that is not the run's (a Hugging Face directory's tokenizer files, an r1jax
@@ -53,7 +54,7 @@ from r1jax.rl.sampler_devices import split_devices
 from r1jax.rl.train.checkpointing import check_compatible
 from r1jax.rl.train.config import StageConfig
 from r1jax.rl.train.policy_io import init_from_tokenizer
-from r1jax.rl.train.sft import SEQUENCE_BUCKETS, check_sft_lengths
+from r1jax.rl.train.sft import check_sft_lengths, sequence_buckets
 from r1jax.rl.train.stage_rejection import readers
 from r1jax.sharding.mesh import check_batch_rows
 from r1jax.sharding.params import abstract_sharded
@@ -131,15 +132,18 @@ def check_batches(config: Config, mesh: Mesh, rules: Rules) -> None:
                             f"it a multiple of {processes}")
 
 
-def check_sample_lengths(config: Config, buckets: Sequence[int] = SEQUENCE_BUCKETS) -> None:
-    """A rejection_sampling stage whose samples an sft/distill stage trains on samples sequences that fit the
-    largest SFT bucket: the largest prompt bucket + the stage's max_new_tokens + eos (SFT adds one; a sample
-    longer than the bucket would be dropped, all of a long-thinking policy's best ones among them)."""
-    bucket, limit = config.sampling.prompt_buckets[-1], buckets[-1]
+def check_sample_lengths(config: Config) -> None:
+    """A rejection_sampling stage whose samples sft/distill stages train on samples sequences that fit their
+    largest SFT bucket (the shortest `max_sequence_length` of them): the largest prompt bucket + the stage's
+    max_new_tokens + eos (SFT adds one; a sample longer than the bucket would be dropped, all of a
+    long-thinking policy's best ones among them)."""
+    bucket = config.sampling.prompt_buckets[-1]
     for stage in config.stages:
-        reader = next(iter(readers(config.stages, stage.name)), None) if stage.kind == "rejection_sampling" else None
-        if reader is None:
+        found = readers(config.stages, stage.name) if stage.kind == "rejection_sampling" else []
+        if not found:
             continue
+        reader = min(found, key=lambda r: r.max_sequence_length)
+        limit = reader.max_sequence_length
         budget = stage.max_new_tokens or config.sampling.max_new_tokens
         field = (f"stages[{stage.name}].max_new_tokens={budget}" if stage.max_new_tokens else
                  f"sampling.max_new_tokens={budget} (stages[{stage.name}].max_new_tokens unset)")
@@ -148,8 +152,9 @@ def check_sample_lengths(config: Config, buckets: Sequence[int] = SEQUENCE_BUCKE
             fix = f"set stages[{stage.name}].max_new_tokens to at most {most} or lower " if most >= 1 else "lower "
             raise UserError(f"{field}: the largest of sampling.prompt_buckets ({bucket}) + {budget} new tokens + "
                             f"eos = {bucket + budget + 1} tokens, longer than the largest SFT sequence bucket "
-                            f"({limit}) in which stage {reader.name} trains on stage {stage.name}'s samples; "
-                            f"{fix}the largest of sampling.prompt_buckets (the longest prompt sampled)")
+                            f"({limit}: stages[{reader.name}].max_sequence_length) in which stage {reader.name} "
+                            f"trains on stage {stage.name}'s samples; {fix}the largest of sampling.prompt_buckets "
+                            f"(the longest prompt sampled), or raise stages[{reader.name}].max_sequence_length")
 
 
 def check_micro_batches(micro_batches: int, rows: int, what: str, devices: int = 1) -> None:
@@ -240,7 +245,8 @@ def check_stage_data(config: Config, index: int, tokenizer: TokenizerLike) -> No
                             f"train on; give the stage a data_path")
         # every row of a file; of generated tasks the first of each (their worked solutions are short)
         check_sft_lengths(tokenizer, config.tokenizer.template, problems, config.tokenizer.template_vars,
-                          f"{what} (stage {stage.name})", path=data.path)
+                          f"{what} (stage {stage.name})", path=data.path,
+                          buckets=sequence_buckets(stage.max_sequence_length))
     else:
         check_prompt_lengths(config, tokenizer, [p["prompt"] for p in problems], what)
 

@@ -22,14 +22,25 @@ from r1jax.model.tokenizer import TokenizerLike, completion_text, encode_prompt,
 from r1jax.rl.data.records import read_rows
 from r1jax.rl.grpo.logprobs import token_logp_and_entropy
 from r1jax.rl.sampler import bucket_length
+from r1jax.rl.train.config import DEFAULT_MAX_SEQUENCE_LENGTH, MIN_SEQUENCE_LENGTH
 from r1jax.rl.update import UpdateConfig, add_router_losses, make_update_step
 
 
-# the lengths SFT pads a batch to; the largest bounds an SFT row (prompt + solution + eos): rows are not truncated.
-# Not a setting: preflight refuses a rejection_sampling stage whose samples an SFT/distill stage reads when its
-# largest prompt bucket + max_new_tokens + 1 exceeds it, and that stage drops a sample that does not fit
-# (rejection reason `sft_length`), so its dataset holds no row SFT refuses (rl.train.preflight, stage_rejection)
-SEQUENCE_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+def sequence_buckets(max_length: int = DEFAULT_MAX_SEQUENCE_LENGTH) -> tuple[int, ...]:
+    """The lengths SFT pads a batch to: powers of two from MIN_SEQUENCE_LENGTH below `max_length`, then
+    `max_length` (a stage's `max_sequence_length`), which bounds an SFT row (prompt + solution + eos): rows are
+    not truncated. Preflight refuses a rejection_sampling stage whose samples an SFT/distill stage reads when its
+    largest prompt bucket + max_new_tokens + 1 exceeds the reader's, and that stage drops a sample that does not
+    fit (rejection reason `sft_length`), so its dataset holds no row SFT refuses (rl.train.preflight,
+    stage_rejection)."""
+    buckets, length = [], MIN_SEQUENCE_LENGTH
+    while length < max_length:
+        buckets.append(length)
+        length *= 2
+    return (*buckets, max_length)
+
+
+SEQUENCE_BUCKETS = sequence_buckets()  # the default stage's
 
 
 def sft_sequence(tokenizer: TokenizerLike, template: str, row: Mapping[str, Any],
@@ -51,8 +62,8 @@ def fits_sft(tokenizer: TokenizerLike, template: str, row: Mapping[str, Any],
 def too_long(length: int, prompt: str, row: str = "an SFT row", buckets: Sequence[int] = SEQUENCE_BUCKETS) -> str:
     """What is wrong with `row` (prompt `prompt`) of `length` tokens, over the largest of `buckets`, and the fix."""
     return (f"{row} (prompt {prompt[:60]!r}) is {length} tokens as an SFT sequence (the prompt in the run's "
-            f"template + the solution + eos), longer than the largest SFT sequence bucket ({buckets[-1]} tokens; "
-            f"SFT does not truncate rows): shorten or remove the row")
+            f"template + the solution + eos), longer than the largest SFT sequence bucket ({buckets[-1]} tokens: the stage's max_sequence_length; "
+            f"SFT does not truncate rows): shorten or remove the row, or raise max_sequence_length")
 
 
 def check_sft_lengths(tokenizer: TokenizerLike, template: str, rows: Sequence[Mapping[str, Any]],

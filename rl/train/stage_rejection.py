@@ -25,11 +25,11 @@ import rich.markup
 from r1jax.errors import UserError
 from r1jax.files import write_atomically
 from r1jax.rl.data import make_iterator
-from r1jax.rl.train.config import StageConfig
+from r1jax.rl.train.config import DEFAULT_MAX_SEQUENCE_LENGTH, StageConfig
 from r1jax.rl.train.context import StageContext, StageResult, StageStart, Stopped, summary_with
 from r1jax.rl.train.filters import rejection_reason
 from r1jax.rl.train.rollouts import reward_metrics, sample_and_submit
-from r1jax.rl.train.sft import fits_sft
+from r1jax.rl.train.sft import fits_sft, sequence_buckets
 
 SFT_LENGTH = "sft_length"  # the rejection reason of a sample longer than SFT's largest sequence bucket
 
@@ -88,6 +88,9 @@ def run_rejection_sampling(ctx: StageContext, index: int, stage: StageConfig, st
     budget = stage.max_new_tokens or cfg.sampling.max_new_tokens
     temperature = cfg.sampling.temperature if stage.temperature is None else stage.temperature
     kept, k, global_step = KeptSet(), stage.samples_per_prompt, start.global_step
+    # the SFT bucket its samples must fit: the shortest max_sequence_length of the stages that train on them
+    sft_buckets = sequence_buckets(min((r.max_sequence_length for r in readers(cfg.stages, stage.name)),
+                                       default=DEFAULT_MAX_SEQUENCE_LENGTH))
     ctx.console.start_stage(stage.name, stage.steps, 0)
     for round_index in range(stage.steps):
         sampled = sample_and_submit(sampler, start.policy, ctx.tokenizer, cfg.tokenizer.template, next(iterator),
@@ -102,9 +105,10 @@ def run_rejection_sampling(ctx: StageContext, index: int, stage: StageConfig, st
                                       max_repetition=stage.max_repetition, rewards=cfg.rewards,
                                       max_paragraph_words=stage.max_paragraph_words,
                                       correct_only=stage.correct_only)
-            if reason is None and not fits_sft(ctx.tokenizer, cfg.tokenizer.template,
-                                               {"prompt": problem["prompt"], "solution": sampled.texts[row].strip()},
-                                               cfg.tokenizer.template_vars):
+            if reason is None and not fits_sft(
+                    ctx.tokenizer, cfg.tokenizer.template,
+                    {"prompt": problem["prompt"], "solution": sampled.texts[row].strip()}, cfg.tokenizer.template_vars,
+                    sft_buckets):
                 reason = SFT_LENGTH  # a row SFT would refuse (longer than its largest sequence bucket)
             kept.add(problem, sampled.texts[row], result.total, reason)
         global_step += 1

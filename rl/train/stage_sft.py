@@ -12,7 +12,7 @@ from r1jax.errors import UserError
 from r1jax.rl.data import make_iterator
 from r1jax.rl.train.config import StageConfig
 from r1jax.rl.train.context import StageContext, StageResult, StageStart
-from r1jax.rl.train.sft import SEQUENCE_BUCKETS, check_sft_lengths, make_sft_step, sft_batch
+from r1jax.rl.train.sft import check_sft_lengths, make_sft_step, sequence_buckets, sft_batch
 from r1jax.rl.train.stage_rejection import dataset_path
 from r1jax.rl.train.update_stage import UpdateStage
 
@@ -44,7 +44,7 @@ def run_sft(ctx: StageContext, index: int, stage: StageConfig, start: StageStart
         if missing:
             raise UserError(f"stage {stage.name}: SFT rows need a `solution`; none for prompt {missing[0]!r}")
         try:
-            batch = sft_batch(ctx.tokenizer, cfg.tokenizer.template, rows, SEQUENCE_BUCKETS,
+            batch = sft_batch(ctx.tokenizer, cfg.tokenizer.template, rows, sequence_buckets(stage.max_sequence_length),
                               cfg.tokenizer.template_vars)
         except UserError as err:
             raise UserError(f"stage {stage.name}: {err}") from None
@@ -87,6 +87,7 @@ def check_samples(ctx: StageContext, stage: StageConfig, data_path: str | None) 
                         f"run")
     check_sft_lengths(ctx.tokenizer, cfg.tokenizer.template, rows, cfg.tokenizer.template_vars,
                       f"stage {stage.name}: {data_path}", path=data_path,
+                      buckets=sequence_buckets(stage.max_sequence_length),
                       advice=f"stages[{writer.name}].max_new_tokens (default sampling.max_new_tokens) bounds the "
                              f"length of that stage's samples and it drops those that do not fit (rejection reason "
                              f"sft_length), but this file holds one (written under another template, or by an "

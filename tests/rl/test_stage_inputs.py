@@ -20,7 +20,8 @@ from r1jax.rl.train.context import StageStart
 from r1jax.rl.train.policy_io import run_tokenizer
 from r1jax.rl.train.preflight import preflight
 from r1jax.rl.train import stage_rejection, stage_sft
-from r1jax.rl.train.stage_sft import SEQUENCE_BUCKETS, run_distill, run_sft, sft_batch
+from r1jax.rl.train.sft import SEQUENCE_BUCKETS
+from r1jax.rl.train.stage_sft import run_distill, run_sft, sft_batch
 from r1jax.sharding.mesh import build_mesh
 
 from tests.rl.conftest import TRAIN_CONFIG
@@ -110,8 +111,9 @@ def test_sft_rows_longer_than_the_largest_sequence_bucket_are_named_before_train
     path = write_rows(tmp_path / "sft.jsonl", rows(8, long_at=5), blank_before=2)  # the 6th row is line 7
     message = fails(tokenizer, f"stages.0.data_path={path}",
                     named=["stages[sft].data_path=", "(stage sft)", "row 7", "'Compute 5+5'", "(4096 tokens",
-                           "largest SFT sequence bucket", "shorten or remove the row"])
+                           "largest SFT sequence bucket", "shorten or remove the row", "max_sequence_length"])
     assert "prompt_buckets" not in message
+    check(tokenizer, f"stages.0.data_path={path}", "stages.0.max_sequence_length=65536")  # a stage that takes it
     fails(tokenizer, f"data.path={path}", named=["data.path=", "(stage sft)", "row 7"])
     check(tokenizer, f"data.path={path}", "stages=[{name: grpo, kind: grpo, steps: 1}]")  # GRPO: no solution
     check(tokenizer, f"stages.0.data_path={write_rows(tmp_path / 'ok.jsonl', rows(8))}")
@@ -230,8 +232,25 @@ def test_rejection_samples_longer_than_the_sft_bucket_are_refused_in_preflight(t
     limit = SEQUENCE_BUCKETS[-1]
     fails(tokenizer, f"stages=[{rs.format(', max_new_tokens: 8000')}, {reader}]",
           named=["stages[rs].max_new_tokens=8000", "sampling.prompt_buckets (64)", f"= {64 + 8000 + 1} tokens",
-                 f"largest SFT sequence bucket ({limit})", "stage s", f"at most {limit - 64 - 1}"])
+                 f"largest SFT sequence bucket ({limit}: stages[s].max_sequence_length)", "stage s",
+                 f"at most {limit - 64 - 1}"])
     fails(tokenizer, f"sampling.max_new_tokens={limit - 64}", f"stages=[{rs.format('')}, {reader}]",
           named=[f"sampling.max_new_tokens={limit - 64} (stages[rs].max_new_tokens unset)", "prompt_buckets"])
     check(tokenizer, f"stages=[{rs.format(f', max_new_tokens: {limit - 64 - 1}')}, {reader}]")  # it fits
     check(tokenizer, f"stages=[{rs.format(', max_new_tokens: 8000')}]")  # no SFT stage reads its samples
+    longer = reader.replace("batch_size: 8", "batch_size: 8, max_sequence_length: 8192")
+    check(tokenizer, f"stages=[{rs.format(', max_new_tokens: 8000')}, {longer}]")  # a reader that takes it
+    fails(tokenizer, f"stages=[{rs.format(', max_new_tokens: 9000')}, {longer}]",
+          named=["largest SFT sequence bucket (8192: stages[s].max_sequence_length)", "raise"])
+
+
+def test_the_sft_bucket_is_a_stage_setting():
+    """SFT rows were bounded by a fixed 4096 tokens (R1's reasoning traces run longer): a stage's
+    max_sequence_length sets the largest of its power-of-two buckets."""
+    from r1jax.rl.train.sft import sequence_buckets
+
+    assert sequence_buckets() == SEQUENCE_BUCKETS == (32, 64, 128, 256, 512, 1024, 2048, 4096)
+    assert sequence_buckets(6000) == (32, 64, 128, 256, 512, 1024, 2048, 4096, 6000)
+    assert sequence_buckets(32) == (32,)
+    with pytest.raises(UserError, match=r"stages\[sft\]\.max_sequence_length=16: must be in \[32, "):
+        load_config(TRAIN_CONFIG, ["stages.0.max_sequence_length=16"])
