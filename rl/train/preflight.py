@@ -55,7 +55,7 @@ from r1jax.rl.train.checkpointing import check_compatible
 from r1jax.rl.train.config import StageConfig
 from r1jax.rl.train.policy_io import init_from_tokenizer
 from r1jax.rl.train.sft import check_sft_lengths, sequence_buckets
-from r1jax.rl.train.stage_rejection import readers
+from r1jax.rl.train.stage_rejection import is_kept_dataset, readers
 from r1jax.sharding.mesh import check_batch_rows
 from r1jax.sharding.params import abstract_sharded
 from r1jax.sharding.rules import Rules
@@ -182,6 +182,8 @@ def stage_data(config: Config, stage: StageConfig) -> DataConfig | None:
             raise UserError(f"stages[{stage.name}].data_path={source!r}: a rejection_sampling stage samples "
                             f"prompts from a data file, not from another stage's samples")
         return None
+    if stage.kind != "grpo" and is_kept_dataset(source):  # another run's samples: r1jax's own field names
+        return config.data.for_own_file(source)
     return dataclasses.replace(config.data, path=source or config.data.path)
 
 

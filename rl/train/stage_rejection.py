@@ -45,6 +45,19 @@ def dataset_path(run_dir: str | pathlib.Path, stage_name: str) -> pathlib.Path:
     return pathlib.Path(run_dir) / "datasets" / f"{stage_name}.jsonl"
 
 
+def is_kept_dataset(path: str | pathlib.Path | None) -> bool:
+    """Is `path` a rejection_sampling stage's dataset (this run's or another's: `NAME.jsonl` beside the
+    `NAME.stats.json` it writes), in r1jax's own field names, which a run's `data.fields` mapping must not be
+    applied to (a GSM8K-mapped run distilling from another run's samples found no 'question' field)?"""
+    if path is None or not str(path).endswith(".jsonl"):
+        return False
+    stats = pathlib.Path(str(path)[:-len(".jsonl")] + ".stats.json")
+    try:
+        return {"candidates", "kept"} <= set(json.loads(stats.read_text()))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 class KeptSet:
     """Kept samples and the counts behind the statistics."""
 

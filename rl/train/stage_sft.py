@@ -13,7 +13,7 @@ from r1jax.rl.data import make_iterator
 from r1jax.rl.train.config import StageConfig
 from r1jax.rl.train.context import StageContext, StageResult, StageStart
 from r1jax.rl.train.sft import check_sft_lengths, make_sft_step, sequence_buckets, sft_batch
-from r1jax.rl.train.stage_rejection import dataset_path
+from r1jax.rl.train.stage_rejection import dataset_path, is_kept_dataset
 from r1jax.rl.train.update_stage import UpdateStage
 
 
@@ -99,7 +99,7 @@ def _data_config(ctx: StageContext, path: str | None):
     run wrote (an earlier stage's samples) in r1jax's own field names; None: the run's data section."""
     if path is None:
         return ctx.config.data
-    own = _written_by(ctx, path) is not None
+    own = _written_by(ctx, path) is not None or is_kept_dataset(path)
     return ctx.config.data.for_own_file(path) if own else dataclasses.replace(ctx.config.data, path=path)
 
 

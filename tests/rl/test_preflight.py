@@ -44,7 +44,9 @@ def fails(tokenizer, *overrides, named, mesh=None):
     return message
 
 
-def write_rows(path, rows):
+def write_rows(path, rows, mkdir=False):
+    if mkdir:
+        path.parent.mkdir(parents=True)
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path
 
@@ -159,6 +161,21 @@ def test_held_out_problems_skip_the_prompts_of_every_file_the_run_trains_on(toke
     held_out = check(tokenizer, f"stages.0.data_path={cold_start}")
     assert len(held_out) == len(first) and not {p["prompt"] for p in held_out} & {r["prompt"] for r in leaked}
     assert held_out[:len(first) - 2] == first[2:]  # the next unseen ones take their places
+
+
+def test_another_runs_rejection_samples_are_read_in_r1jaxs_own_field_names(tokenizer, tmp_path):
+    """A run mapping its data file's fields (GSM8K's `question`) distilling from another run's datasets/rs.jsonl
+    applied the mapping to that file too: "row 1: field 'question' (data.fields.prompt) is missing"."""
+    gsm = write_rows(tmp_path / "gsm.jsonl", [{"question": f"Compute {i}+{i}", "answer": f"so\n#### {2 * i}"}
+                                               for i in range(8)])
+    kept = write_rows(tmp_path / "other_run" / "datasets" / "rs.jsonl", [
+        {"task": "arithmetic", "prompt": f"Compute {i}*2", "answer": str(2 * i), "solution": SOLUTION,
+         "difficulty": 2, "reward": 1.0} for i in range(8)], mkdir=True)
+    mapped = [f"data.path={gsm}", "data.fields.prompt=question", "data.answer_format=gsm8k",
+              f"stages=[{{name: student, kind: distill, steps: 1, batch_size: 8, teacher: {kept}}}]"]
+    fails(tokenizer, *mapped, named=["field 'question' (data.fields.prompt) is missing"])  # a user's file: mapped
+    (kept.parent / "rs.stats.json").write_text(json.dumps({"candidates": 16, "kept": 8}))  # as the stage writes it
+    check(tokenizer, *mapped)
 
 
 def test_stage_references_must_name_an_earlier_rejection_stage_or_an_existing_file(tokenizer, tmp_path):
