@@ -63,15 +63,22 @@ def cpu_device_count(text: str) -> int:
     return _integer(text, 1, MAX_CPU_DEVICES, "r1jax's limit on fake CPU devices")
 
 
-def seed(text: str) -> int:
-    """An argparse type: a random seed, any 64-bit integer (what jax.random.key takes)."""
+def integer_in(text: str, low: int, high: int, shown: str, noun: str = "", why: str = "") -> int:
+    """`text` as an integer in [low, high], else an argparse error saying the range as `shown` ("[-2^63, 2^63-1]"),
+    the value as `noun` ("seed") and `why` after it."""
     try:
         value = int(text)
     except ValueError:
         value = None
-    if value is None or not SEED_MIN <= value <= SEED_MAX:
-        raise argparse.ArgumentTypeError(f"expected an integer seed in [-2^63, 2^63-1], got {text[:40]!r}")
+    if value is None or not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"expected an integer{' ' + noun if noun else ''} in {shown}, "
+                                         f"got {text[:40]!r}{why}")
     return value
+
+
+def seed(text: str) -> int:
+    """An argparse type: a random seed, any 64-bit integer (what jax.random.key takes)."""
+    return integer_in(text, SEED_MIN, SEED_MAX, "[-2^63, 2^63-1]", "seed")
 
 
 def utf8_text(text: str) -> str:

@@ -13,21 +13,15 @@ import json
 import pathlib
 
 from r1jax.model.tokenizer import FILE_NAME, MIN_VOCAB, TEMPLATES, TOKENIZER_JSON
-from r1jax.rl.cli.common import INT32_MAX, check_creatable, positive_int, seed
+from r1jax.rl.cli.common import INT32_MAX, check_creatable, integer_in, positive_int, seed
 
 MIN_CORPUS_LINES = 10  # non-blank lines of text besides the prompt templates every corpus starts with
 
 
 def vocab_size(text: str) -> int:
     """An argparse type: a requested vocabulary size in [MIN_VOCAB, 2^31-1] (sentencepiece reads an int32)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or not MIN_VOCAB <= value <= INT32_MAX:
-        raise argparse.ArgumentTypeError(f"expected an integer in [{MIN_VOCAB}, 2^31-1], got {text[:40]!r} "
-                                         f"({MIN_VOCAB}: 4 control pieces, 4 tags, 256 bytes and 8 characters)")
-    return value
+    return integer_in(text, MIN_VOCAB, INT32_MAX, f"[{MIN_VOCAB}, 2^31-1]",
+                      why=f" ({MIN_VOCAB}: 4 control pieces, 4 tags, 256 bytes and 8 characters)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
