@@ -38,6 +38,13 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--workers {args.workers!r}: expected comma-separated integers") from None
         if any(w < 1 for w in workers):
             raise UserError(f"--workers {args.workers!r}: worker counts must be >= 1")
+        from r1jax.rl.rewards.config import PoolConfig
+
+        for count in workers:  # before any measuring (the pool figures come last, minutes later)
+            try:
+                PoolConfig(workers=count)
+            except UserError as err:
+                raise UserError(f"--workers {args.workers!r}: {err}") from None
     if args.against == "hf":
         _require_hf()
     result = run_bench(args.preset, args.overrides, quick=args.quick, against_hf=args.against == "hf",

@@ -185,6 +185,15 @@ def test_score_bounds_are_named_as_its_flags(capsys, tmp_path, flags, said):
     assert all(fragment in err for fragment in said) and "reward_pool." not in err, err
 
 
+def test_bench_worker_counts_past_the_pools_bound_are_refused_before_any_measuring(capsys, monkeypatch):
+    """`r1jax bench --workers 1,100000` measured for minutes, then failed at the pool figures."""
+    from r1jax.rl.bench import suite
+
+    monkeypatch.setattr(suite, "run_bench", lambda *a, **k: pytest.fail("measured before refusing"))
+    err = refused(capsys, "bench", "--workers", "1,100000")
+    assert "--workers '1,100000': " in err and "reward_pool.workers = 100000" in err and "1024" in err, err
+
+
 def test_a_held_out_scan_of_a_task_space_too_small_fails_quickly(monkeypatch):
     """`r1jax eval --task arithmetic --difficulty 1 --num-problems 100000000` read 50 x 10^8 generated problems
     (hours, no output) before saying the space is too small."""
