@@ -79,7 +79,12 @@ def read_rows(path: pathlib.Path) -> list[dict]:
 
 
 def truncate_after(path: pathlib.Path, global_step: int) -> None:
-    """Keep only rows with global_step <= `global_step` (used when resuming from a checkpoint)."""
+    """Keep only rows with global_step <= `global_step` (used when resuming from a checkpoint; 0: a run that
+    starts over keeps none, whatever the file holds, unread)."""
+    if global_step == 0:
+        if path.exists():
+            write_atomically(path, "")
+        return
     rows = [r for r in read_rows(path) if r.get("global_step", 0) <= global_step]
     write_atomically(path, "".join(json.dumps(r) + "\n" for r in rows))  # a kill here keeps the rows
 

@@ -106,8 +106,10 @@ def test_an_unreadable_metrics_line_is_named_and_kept(tmp_path):
         data = row.encode() + junk + row.replace("1", "2").encode()
         path.write_bytes(data)
         with pytest.raises(UserError, match=f"{path}: {problem}"):
-            MetricsWriter(tmp_path, plots=False).resume(0, ())
+            MetricsWriter(tmp_path, plots=False).resume(1, ())  # a resume from step 1's checkpoint
         assert path.read_bytes() == data  # nothing dropped
+    MetricsWriter(tmp_path, plots=False).resume(0, ())  # a run starting over keeps no row, so reads none
+    assert path.read_bytes() == b""
     path.write_bytes(row.encode() + b'{"global_step": 2, "st')  # cut by a kill: still skipped silently
     assert [r["global_step"] for r in read_rows(path)] == [1]
 
