@@ -25,6 +25,17 @@ def check_temperature(key: str, value: float, greedy: bool = True) -> None:
                         f"[{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]")
 
 
+def check_sampling(section: str, temperature: float, top_p: float, top_k: int) -> None:
+    """A section's sampling settings (`sampling`, `eval`): the temperature (`check_temperature`), top-p in
+    (0, 1], top-k in [0, 2^31-1] (0: no filter; the config checks it against the vocabulary too)."""
+    check_temperature(f"{section}.temperature", temperature)
+    if not 0 < top_p <= 1:
+        raise UserError(f"{section}.top_p={top_p}: must be in (0, 1]")
+    if not 0 <= top_k <= INT32_MAX:
+        raise UserError(f"{section}.top_k={top_k}: must be in [0, 2^31-1] (0: no top-k filter; at most "
+                        "model.vocab_size)")
+
+
 def check_bool(key: str, value: object) -> None:
     """A bool field given a number or a string (`plots: 2` was read as true): a UserError naming `key`."""
     if type(value) is not bool:

@@ -34,7 +34,7 @@ from r1jax.rl.continuous import generate_continuous
 from r1jax.rl.decoding import (Rollout, filter_logits, grown_slots, is_stop, merged_policy,  # noqa: F401 (API)
                                padding_routes, phase_ends, sample_token)
 from r1jax.rl.sampler_layout import LAYOUTS
-from r1jax.rl.config_checks import INT32_MAX, check_temperature
+from r1jax.rl.config_checks import INT32_MAX, check_sampling
 from r1jax.sharding import MESH_AXES
 from r1jax.sharding.distributed import replicated
 from r1jax.sharding.rules import check_rules
@@ -77,12 +77,7 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise UserError(f"sampling.max_new_tokens={self.max_new_tokens}: must be >= 1")
-        check_temperature("sampling.temperature", self.temperature)
-        if not 0 < self.top_p <= 1:
-            raise UserError(f"sampling.top_p={self.top_p}: must be in (0, 1]")
-        if not 0 <= self.top_k <= INT32_MAX:
-            raise UserError(f"sampling.top_k={self.top_k}: must be in [0, 2^31-1] (0 is off; at most "
-                            "model.vocab_size)")
+        check_sampling("sampling", self.temperature, self.top_p, self.top_k)
         if not self.prompt_buckets or list(self.prompt_buckets) != sorted(set(self.prompt_buckets)) \
                 or self.prompt_buckets[0] < 1:
             raise UserError(f"sampling.prompt_buckets={list(self.prompt_buckets)}: must be increasing lengths >= 1")

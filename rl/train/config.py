@@ -7,7 +7,7 @@ import re
 from typing import Optional
 
 from r1jax.errors import UserError
-from r1jax.rl.config_checks import INT32_MAX, check_bool, check_temperature
+from r1jax.rl.config_checks import INT32_MAX, check_bool, check_sampling, check_temperature
 
 STAGE_KINDS = ("sft", "grpo", "rejection_sampling", "distill")
 # readability filters of rejection sampling (rl.train.filters), applied in the order a stage lists them
@@ -117,12 +117,7 @@ class EvalConfig:
         if not self.reflection_words or not all(isinstance(w, str) and w.strip() for w in self.reflection_words):
             raise UserError(f"eval.reflection_words={list(self.reflection_words)}: expected a non-empty list of "
                             "non-empty words")
-        check_temperature("eval.temperature", self.temperature)
-        if not 0 < self.top_p <= 1:
-            raise UserError(f"eval.top_p={self.top_p}: expected in (0, 1]")
-        if not 0 <= self.top_k <= INT32_MAX:
-            raise UserError(f"eval.top_k={self.top_k}: expected in [0, 2^31-1] (0: no top-k filter; at most "
-                            "model.vocab_size)")
+        check_sampling("eval", self.temperature, self.top_p, self.top_k)
         if self.every < 0:
             raise UserError(f"eval.every={self.every}: expected >= 0 (0: only at the end of each stage)")
         if self.num_logged_samples < 0:
