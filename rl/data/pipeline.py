@@ -142,13 +142,22 @@ class DataIterator:
     def set_state(self, state: dict, *, checkpoint: Optional[str] = None, stage: Optional[str] = None) -> None:
         """Continue at `state`'s row, in batches of this iterator's size. `checkpoint` and `stage` (where the
         state comes from) make the advice of a changed source's UserError concrete."""
-        saved = state.get("source")
-        if saved is not None:
-            changed = source_change(saved, self.source)
-            if changed:
-                raise UserError(changed + changed_source_advice(saved, checkpoint, stage))
+        check_same_source(state, self.source, checkpoint=checkpoint, stage=stage)
         row = state["row"] if "row" in state else state["next_index"] * self.batch_size
         self._seek(int(row))
+
+
+def check_same_source(state: dict, now: dict, *, checkpoint: Optional[str] = None,
+                      stage: Optional[str] = None) -> None:
+    """A UserError when iterator state `state` was read from another source than the fingerprint `now`
+    (`read_source`'s) describes, or in another order: its position would mean other rows. The trainer checks a
+    resumed stage's data so before it writes to the run directory; `set_state` checks it again."""
+    saved = state.get("source")
+    if saved is None:  # a state before 2026-12-04: no fingerprint to compare
+        return
+    changed = source_change(saved, now)
+    if changed:
+        raise UserError(changed + changed_source_advice(saved, checkpoint, stage))
 
 
 def source_change(saved: dict, now: dict) -> Optional[str]:

@@ -5,9 +5,10 @@ and the accuracy plot as `eval/pass@1`, end-of-stage ones included.
 
 The PNG plots are redrawn at most once every `PLOT_INTERVAL_S` seconds (after an evaluation, or every
 `plot_every` rows) and always when the run closes (a stop by signal included; a run killed outright keeps
-its last draw): each draw of the nine figures takes about a second of CPU (matplotlib; four draws and the
-import were 6 s of tests/rl/data/train_tiny.yaml's 25 s run), which a seconds-long step should not pay at every
-evaluation; TensorBoard is the live view. A config with `plots: false` draws none.
+its last draw; a start refused before `resume` or any row draws none, leaving the run directory as it was):
+each draw of the nine figures takes about a second of CPU (matplotlib; four draws and the import were 6 s of
+tests/rl/data/train_tiny.yaml's 25 s run), which a seconds-long step should not pay at every evaluation;
+TensorBoard is the live view. A config with `plots: false` draws none.
 
 metrics.jsonl is appended a row at a time: a kill mid-write can cut its last line, which `read_rows` skips
 (and a resume rewrites the file without it; any other unreadable line is an error naming it); an evaluation's
@@ -120,6 +121,7 @@ class MetricsWriter:
         self._tb = None
         self._purge_step: int | None = None  # set by `resume`: TensorBoard drops earlier files' steps from it on
         self._rows_since_plot = 0
+        self._begun = False  # resumed, or something written: `close` redraws the plots
         self.start = time.time()
         self._plotted_at = time.monotonic()  # the first plots come after an interval, or at close
 
@@ -133,6 +135,7 @@ class MetricsWriter:
         are dropped, here and (by a purge event) in TensorBoard. Called before anything is written."""
         self._evals = list(evals) or None
         self._purge_step = global_step + 1
+        self._begun = True
         if self.primary:
             truncate_after(self.path, global_step)
 
@@ -147,6 +150,7 @@ class MetricsWriter:
     def write(self, row: Mapping[str, Any]) -> dict:
         """Append one step's row (must hold `global_step`, `step` and `stage`); returns the row written."""
         row = _plain({**row, "wall_time": round(time.time() - self.start, 3)})
+        self._begun = True
         if not self.primary:
             return row
         with self.path.open("a") as f:
@@ -164,6 +168,7 @@ class MetricsWriter:
         """One held-out evaluation (a summary `evals` entry): TensorBoard `eval/*` at its step, on one axis
         across stages, and the plots redrawn with it."""
         self._evals = [*(self._evals or []), entry]
+        self._begun = True
         if not self.primary:
             return
         k = entry["k"]
@@ -194,7 +199,7 @@ class MetricsWriter:
         self._plotted_at = time.monotonic()
 
     def close(self) -> None:
-        if self.primary:
+        if self.primary and self._begun:
             self.refresh_plots(force=True)
             if self._tb is not None:
                 self._tb.close()

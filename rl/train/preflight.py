@@ -27,7 +27,8 @@ UserError naming the culprit (the config field, the stage, the file and row) whe
 - a prompt cannot be rendered in the run's prompt format (`template: chat` with a tokenizer that has no chat
   template, or a chat template that fails on the prompt): the held-out prompts are always rendered.
 
-It returns the held-out problems it built, so the trainer need not build them twice.
+It returns the held-out problems it built, so the trainer need not build them twice. `check_resumed_data`
+checks what a resume adds: the stage resumed inside reads the rows its checkpoint's position counts.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from r1jax.model.tokenizer import TokenizerLike, render_prompt
 from r1jax.rl.checkpoint import load_config
 from r1jax.rl.config import Config, stage_config
 from r1jax.rl.data import DataConfig, build_source
+from r1jax.rl.data.pipeline import check_same_source, read_source
 from r1jax.rl.evaluate import held_out_problems, missing_judges
 from r1jax.rl.hf_architecture import hf_model, is_hf_dir
 from r1jax.rl.rewards.sandbox import check_sandbox
@@ -55,7 +57,7 @@ from r1jax.rl.train.checkpointing import check_compatible
 from r1jax.rl.train.config import StageConfig
 from r1jax.rl.train.policy_io import init_from_tokenizer
 from r1jax.rl.train.sft import check_sft_lengths, sequence_buckets
-from r1jax.rl.train.stage_rejection import is_kept_dataset, readers
+from r1jax.rl.train.stage_rejection import dataset_path, is_kept_dataset, readers
 from r1jax.sharding.mesh import check_batch_rows
 from r1jax.sharding.params import abstract_sharded
 from r1jax.sharding.rules import Rules
@@ -185,6 +187,19 @@ def stage_data(config: Config, stage: StageConfig) -> DataConfig | None:
     if stage.kind != "grpo" and is_kept_dataset(source):  # another run's samples: r1jax's own field names
         return config.data.for_own_file(source)
     return dataclasses.replace(config.data, path=source or config.data.path)
+
+
+def check_resumed_data(config: Config, run_dir: pathlib.Path, index: int, data_state: dict,
+                       checkpoint: str) -> None:
+    """Stage `index`, resumed inside from `checkpoint` (whose data-iterator state is `data_state`), reads the
+    rows it read then in the same order (rl.data.pipeline.check_same_source): checked before the trainer
+    writes to the run directory, so a refused resume leaves it as it was."""
+    stage = config.stages[index]
+    data = stage_data(config, stage)
+    if data is None:  # an earlier rejection_sampling stage's samples, in this run's directory
+        name = stage.teacher if stage.kind == "distill" else stage.data_path
+        data = config.data.for_own_file(str(dataset_path(run_dir, name)))
+    check_same_source(data_state, read_source(data)[1], checkpoint=checkpoint, stage=stage.name)
 
 
 def other_training_files(config: Config) -> list[tuple[str, DataConfig]]:

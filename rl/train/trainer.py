@@ -5,6 +5,8 @@ rl.train.checkpointing), `metrics.jsonl`, `tensorboard/`, `plots/`, `samples/` a
 `Trainer(config, run_dir).run()` starts a new run or resumes from the latest checkpoint: a finished stage is
 skipped, an unfinished one continues at the step after its checkpoint with the same optimizer state, RNG
 key, data-iterator position and reference policy, so the resumed run is bit-for-bit the uninterrupted one.
+Every check comes before the first write to the run directory (config.yaml, metrics.jsonl cut back to the
+checkpoint, a tokenizer built anew: `_begin`): a refused start leaves the directory as it was.
 
 The trainer owns the loop over stages and the run's state between them (policy, global step, summary): each
 stage runner receives a StageContext and a StageStart and returns a StageResult (rl.train.context).
@@ -15,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import shutil
 from typing import Any
 
 import jax
@@ -37,12 +40,15 @@ from r1jax.rl.train.context import (BatchPlacer, StageContext, StageResult, Stag
 from r1jax.rl.train.held_out import HeldOutEval
 from r1jax.rl.train.metrics import MetricsWriter
 from r1jax.rl.train.outcome import rl_gain
-from r1jax.rl.train.preflight import preflight
+from r1jax.rl.train.preflight import check_resumed_data, preflight
 from r1jax.rl.train.policy_io import RunCheckpoints, run_tokenizer, starting_policy
 from r1jax.rl.train.stages import STAGE_RUNNERS
 from r1jax.sharding import distributed
 from r1jax.sharding.context import use_mesh
 from r1jax.sharding.mesh import build_mesh
+
+# a tokenizer built anew waits here until the start's checks pass, then replaces tokenizer/ (Trainer._begin)
+STAGED_TOKENIZER = ".tokenizer.new"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +75,7 @@ class Trainer:
                             f"{len(train_devices)} of {len(train_devices) + len(self.sampler_devices)})") from None
         self.rules = config.sharding.logical_rules()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._staged: pathlib.Path | None = None  # a tokenizer built anew, not yet in tokenizer/
         # one trainer at a time (process 0 holds it for the run): a second one's saves and metrics mixed with
         # the first's (both ran to the end: two lines per step, checkpoints of either config)
         self._lock = lock_directory(self.run_dir, "run directory") if self.primary else None
@@ -97,18 +104,22 @@ class Trainer:
         self._models: dict[int, ModelConfig] = {}  # stage index -> the architecture of that stage's policy
 
     def _tokenizer(self, checkpointed: bool) -> TokenizerLike:
-        """Process 0 loads or trains the run's tokenizer (rl.train.policy_io.run_tokenizer) and saves it in
-        the run directory, where a resume finds it; the other processes load that copy. A run with a checkpoint
-        keeps its tokenizer (a resume refuses settings that name another one: checkpointing.check_compatible);
-        one without starts over, and builds its tokenizer again unless the settings it was built from are the
-        config's (the saved one was kept whatever the new settings said, with no word)."""
+        """Process 0 loads or trains the run's tokenizer (rl.train.policy_io.run_tokenizer); the other
+        processes load its copy. A run with a checkpoint keeps its tokenizer (a resume refuses settings that
+        name another one: checkpointing.check_compatible); one without starts over, and builds its tokenizer
+        again unless the settings it was built from are the config's (the saved one was kept whatever the new
+        settings said, with no word). One built anew is staged beside tokenizer/ and replaces it once the
+        start's checks pass (`_begin`): a refused start kept it there under the old config.yaml, and the next
+        start under the old settings took it for theirs."""
         saved, tokenizer = self.run_dir / "tokenizer", None
-        if self.primary:
-            if is_tokenizer_dir(saved) and (checkpointed or self._same_tokenizer_settings()):
-                tokenizer = load_tokenizer(saved)
-            else:
+        if not (is_tokenizer_dir(saved) and (checkpointed or self._same_tokenizer_settings())):
+            saved = self._staged = self.run_dir / STAGED_TOKENIZER
+            if self.primary:
+                shutil.rmtree(saved, ignore_errors=True)  # what a killed start left
                 tokenizer = run_tokenizer(self.config)
                 tokenizer.save(saved)
+        elif self.primary:
+            tokenizer = load_tokenizer(saved)
         distributed.barrier("tokenizer", "the saved tokenizer (process 0 trains it)", timeout_s=3600)
         if tokenizer is None:
             tokenizer = load_tokenizer(saved)
@@ -136,7 +147,11 @@ class Trainer:
             self.release()
 
     def release(self) -> None:
-        """Let the run directory go (another trainer may then open it)."""
+        """Let the run directory go (another trainer may then open it); a tokenizer staged by a start that
+        was refused goes with it."""
+        if self._staged is not None and self.primary:
+            shutil.rmtree(self._staged, ignore_errors=True)
+            self._staged = None
         if self._lock is not None:
             self._lock.close()
             self._lock = None
@@ -148,10 +163,13 @@ class Trainer:
             left_out = []
             self._held_out = preflight(self.config, self.tokenizer, self.mesh, self.rules, position.stage_index,
                                        left_out)
+            if (position.meta or {}).get("data_state") is not None:  # a changed data file or order, refused
+                check_resumed_data(self.config, self.run_dir, position.stage_index, position.meta["data_state"],
+                                   str(self.run_dir / "checkpoints" / str(position.meta["checkpoint"])))
             for kind in left_out:
                 self.console.log(f"held-out set: training uses every {kind} problem, so it holds none of them "
                                  "(the other kinds keep their shares)")
-            self._write_config()  # after the checks: a refused resume leaves the run's config.yaml as it was
+            self._begin()
             with self.stop.watching(self.global_step), use_mesh(self.mesh, self.rules):
                 for index, stage in enumerate(self.config.stages):
                     if index >= position.stage_index:
@@ -174,18 +192,32 @@ class Trainer:
         self._write_summary()
         return self.summary
 
-    def _write_config(self) -> None:
+    def _begin(self) -> None:
+        """The start's first writes to the run directory, once all its checks have passed: metrics.jsonl cut
+        back to the resumed step (emptied when the run starts over), a tokenizer built anew in place of the
+        saved one, and the config as config.yaml."""
+        earlier = self.run_dir / "metrics.jsonl"
+        if self.checkpoints.latest_step() is None and earlier.exists() and earlier.stat().st_size:
+            self.console.log(f"{self.run_dir} holds no checkpoint: the run starts over, and the metrics rows of "
+                             "its earlier start (metrics.jsonl) are dropped")
+        self.metrics.resume(self.global_step, self.summary["evals"])
+        if self._staged is not None:
+            distributed.barrier("tokenizer-loaded", "every process's copy of the new tokenizer")
+            if self.primary:
+                saved, old = self.run_dir / "tokenizer", self.run_dir / ".tokenizer.old"
+                shutil.rmtree(old, ignore_errors=True)
+                if saved.exists():
+                    saved.rename(old)
+                self._staged.rename(saved)
+                shutil.rmtree(old, ignore_errors=True)
+            self._staged = None
         if self.primary:
             write_atomically(self.run_dir / "config.yaml", to_yaml(self.config))
 
     def _resume_position(self) -> Position:
+        """Where the run stands; a resume's checks against its checkpoint, which write nothing (`_begin` does)."""
         step = self.checkpoints.latest_step()
         if step is None:  # a new run, or one stopped or killed before its first checkpoint: it starts over
-            earlier = self.run_dir / "metrics.jsonl"
-            if earlier.exists() and earlier.stat().st_size:
-                self.console.log(f"{self.run_dir} holds no checkpoint: the run starts over, and the metrics rows of "
-                                 "its earlier start (metrics.jsonl) are dropped")
-            self.metrics.resume(0, ())
             return Position()
         saved, meta = self.checkpoints.restore_config_and_meta(step)
         index, where = int(meta["stage_index"]), str(self.run_dir / "checkpoints" / str(step))
@@ -209,7 +241,6 @@ class Trainer:
                                                 f"(the run will not equal an uninterrupted one): {shown}"))
         self.global_step = int(meta["global_step"])
         self.summary = meta.get("summary", self.summary)
-        self.metrics.resume(self.global_step, self.summary["evals"])
         self.graphdef, self.policy = self.checkpoints.restore_policy(step, self._model(index), self.mesh,
                                                                      self.rules)
         self.console.log(f"resuming {self.run_dir} from step {self.global_step} (stage {meta['stage_name']})")

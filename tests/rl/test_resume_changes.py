@@ -1,8 +1,10 @@
 """A resume under changed inputs (found by a review of what a user changes between two starts): the config file
 given again is read again, a second trainer is kept out of a directory in use, a finished stage is not
 lengthened in silence, a changed tokenizer is refused (or, before any checkpoint, built again), a KL term turned
-on finds no reference in the checkpoint, and another device count is said."""
+on finds no reference in the checkpoint, another device count is said, and a refused start leaves the run
+directory as it was."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -15,6 +17,8 @@ from r1jax.files import lock_directory
 from r1jax.model.tokenizer import load_tokenizer
 from r1jax.rl.cli.main import main
 from r1jax.rl.config import load_config
+from r1jax.rl.data import DataConfig
+from r1jax.rl.data.pipeline import read_source
 from r1jax.rl.train import trainer as trainer_module
 from r1jax.rl.train.trainer import Trainer
 
@@ -102,8 +106,15 @@ def test_another_tokenizer_is_refused_on_resume_and_built_again_before_any_check
     monkeypatch.setattr(trainer_module, "run_tokenizer", lambda config: built.append(config) or real(config))
     resume_position(load_config(run_copy / "config.yaml"), run_copy)  # the same settings: the saved one
     assert built == [] and load_tokenizer(saved).vocab_size == 512
-    resume_position(load_config(run_copy / "config.yaml", ["tokenizer.vocab_size=400"]), run_copy)
-    assert len(built) == 1 and load_tokenizer(saved).vocab_size == 400
+    trainer = Trainer(load_config(run_copy / "config.yaml", ["tokenizer.vocab_size=400"]), run_copy)
+    try:
+        assert len(built) == 1 and trainer.tokenizer.vocab_size == 400
+        assert load_tokenizer(saved).vocab_size == 512  # the new one replaces it once the start's checks pass
+        trainer._begin()
+    finally:
+        trainer.checkpoints.close()
+        trainer.release()
+    assert load_tokenizer(saved).vocab_size == 400 and not (run_copy / ".tokenizer.new").exists()
 
 
 def test_a_kl_term_turned_on_and_another_device_count_resume_saying_so(run_copy):
@@ -118,3 +129,56 @@ def test_a_kl_term_turned_on_and_another_device_count_resume_saying_so(run_copy)
     log = console(result.stderr)
     assert "holds no reference policy (its run had no KL term): the KL reference starts from the resumed policy" in log
     assert "was saved on 2 devices in 1 process(es), this run has 1 in 1" in log
+
+
+def files_of(run_dir):
+    """Every file of a run directory and its bytes (the trainer's lock aside)."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def as_if_read_from_a_file(run_copy, tmp_path):
+    """Checkpoint 4's data position, as a run on a 40-row file read in data.seed 0's order saves it."""
+    path = tmp_path / "d.jsonl"
+    meta_file = run_copy / "checkpoints" / "4" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    meta["data_state"]["source"] = read_source(DataConfig(path=str(path)))[1]
+    meta_file.write_text(json.dumps(meta))
+    return [f"data.path={path}"]
+
+
+REFUSED = {  # what a start changes -> (what the refusal says, the overrides given the run directory)
+    "data file": ("the data changed since the checkpoint was saved: it read the generated tasks",
+                  lambda run, tmp: [f"data.path={tmp / 'd.jsonl'}"]),
+    "data order": ("is read in another order than at the checkpoint: data.seed 0 -> 1",
+                   lambda run, tmp: as_if_read_from_a_file(run, tmp) + ["data.seed=1"]),
+    "architecture": ("model.hidden_size", lambda run, tmp: ["model.hidden_size=48"]),
+    "tokenizer": (r"tokenizer\.vocab_size: checkpoint 512 vs config 400",
+                  lambda run, tmp: ["tokenizer.vocab_size=400"]),
+    "preflight": ("grpo.prompts_per_step", lambda run, tmp: ["grpo.prompts_per_step=3", "plots=true"]),
+    "longer finished stage": ("the stage finished at 3 steps", lambda run, tmp: ["stages.1.steps=5"]),
+    "no checkpoint, new tokenizer": ("grpo.prompts_per_step", lambda run, tmp: [
+        "tokenizer.vocab_size=400", "grpo.prompts_per_step=3", "plots=true"]),
+}
+
+
+@pytest.mark.parametrize("change", REFUSED)
+def test_a_refused_start_leaves_the_run_directory_as_it_was(run_copy, tmp_path, change):
+    """A resume on a changed data file (or order) was refused as its stage began: config.yaml already held the
+    new config and metrics.jsonl had lost the rows past the checkpoint; a refusal in preflight cut metrics.jsonl
+    and redrew the plots; without a checkpoint a tokenizer built anew replaced tokenizer/ under the old
+    config.yaml (the next start under the old settings took it for theirs)."""
+    match, overrides = REFUSED[change]
+    if change != "longer finished stage":  # the grpo stage resumed inside, at step 4 of 5 rows
+        shutil.rmtree(run_copy / "checkpoints" / "5")
+    if change.startswith("no checkpoint"):  # killed before its first checkpoint
+        shutil.rmtree(run_copy / "checkpoints")
+        (run_copy / "checkpoints").mkdir()
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"prompt": f"{i} + 1?", "answer": str(i + 1),
+                                                          "solution": f"{i + 1}"}) + "\n" for i in range(40)))
+    overrides = overrides(run_copy, tmp_path)
+    before, names = files_of(run_copy), sorted(p.name for p in run_copy.iterdir())
+    with pytest.raises(UserError, match=match):
+        Trainer(load_config(run_copy / "config.yaml", overrides), run_copy).run()
+    assert files_of(run_copy) == before
+    assert sorted(p.name for p in run_copy.iterdir() if p.name != ".lock") == [n for n in names if n != ".lock"]

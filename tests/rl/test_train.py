@@ -114,15 +114,18 @@ def test_a_run_resumed_before_its_first_checkpoint_starts_its_metrics_over(tmp_p
     """Killed before its first checkpoint (or stopped inside a first rejection-sampling stage, which saves none),
     a run resumed in the same directory starts over: the rows the first process wrote go, a line cut by the
     kill too, where they were kept and the new rows appended after them (global steps 1, 2, 1, 2, ...)."""
-    (tmp_path / "metrics.jsonl").write_text(json.dumps({"global_step": 1, "step": 1, "stage": "sft"}) + "\n"
-                                            + '{"global_step": 2, "st')
+    earlier = json.dumps({"global_step": 1, "step": 1, "stage": "sft"}) + "\n" + '{"global_step": 2, "st'
+    (tmp_path / "metrics.jsonl").write_text(earlier)
     trainer = Trainer(load_config(TRAIN_CONFIG), tmp_path)
     logged = []
     trainer.console.log = logged.append
     try:
         assert trainer._resume_position() == Position()
+        assert (tmp_path / "metrics.jsonl").read_text() == earlier  # kept until every check has passed
+        trainer._begin()
     finally:
         trainer.checkpoints.close()
+        trainer.release()
     assert (tmp_path / "metrics.jsonl").read_text() == ""
     assert any("holds no checkpoint: the run starts over" in line for line in logged)  # (was said nowhere)
 
