@@ -1,7 +1,8 @@
 """Evaluation with DeepSeek-R1's protocol: k samples per problem at temperature 0.6, top-p 0.95.
 
 - pass@1: the fraction of correct samples, averaged over problems (R1 reports this, "averaged over k").
-- cons@k: the majority answer among the k samples is correct (correct samples vote as one: `majority_correct`).
+- cons@k: the majority answer among the k samples is correct (correct samples vote as one: `majority_correct`;
+  a code row's samples vote with their whole programs: `vote_key`).
 - pass@k: the unbiased estimator 1 - C(n - c, k) / C(n, k) with n = k samples (Chen et al. 2021).
 - by difficulty, mean response length (tokens), format rate.
 Held-out problems come from another seed and skip every problem the training source contains (its generated
@@ -22,7 +23,7 @@ from r1jax.errors import UserError
 from r1jax.model.tokenizer import TokenizerLike
 from r1jax.rl.data import DataConfig
 from r1jax.rl.data.pipeline import TaskSource
-from r1jax.rl.rewards import RewardPool, RewardsConfig, extract_answer
+from r1jax.rl.rewards import RewardPool, RewardsConfig, extract_answer, extract_program
 from r1jax.rl.tasks import TASKS
 from r1jax.rl.train.config import DEFAULT_REFLECTION_WORDS, EvalConfig
 from r1jax.rl.train.rollouts import reflection_rate, sample_and_submit
@@ -34,7 +35,7 @@ STALE_READS_PER_PROBLEM = 20  # plus this many per problem known (training's and
 
 def held_out_problems(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | None = None,
                       left_out: list[str] | None = None,
-                      other_files: Sequence[tuple[str, DataConfig]] = ()) -> list[dict]:
+                      other_files: Sequence[tuple[str, DataConfig]] = (), read_data_file: bool = True) -> list[dict]:
     """`cfg.num_problems` problems from `cfg.seed` whose prompts never occur in the training source, in the mix
     of tasks and kinds the held-out seed draws: the i-th held-out problem is of the kind of the eval source's
     i-th problem (`Task.problem_kind`; one kind per task unless it says otherwise), the next unseen one of
@@ -49,10 +50,12 @@ def held_out_problems(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | 
     distill stage's teacher: rl.train.preflight.other_training_files), whose prompts are skipped the same way
     (a cold-start file's worked solutions to held-out problems were trained on, then evaluated). A scan that
     finds nothing new for STALE_READS + STALE_READS_PER_PROBLEM x (problems known) reads in a row fails then,
-    unless the problems found make `cfg.num_problems` (a space too small was read to 50 x num_problems before)."""
+    unless the problems found make `cfg.num_problems` (a space too small was read to 50 x num_problems before).
+    `read_data_file` false: data.path's rows are not skipped (`r1jax eval --ignore-missing-training-files`, the
+    file gone)."""
     tasks = list(tasks or data.tasks)
     difficulty = cfg.difficulty or data.difficulty
-    seen = _training_keys(data, tasks)
+    seen = _training_keys(data, tasks) if data.path is None or read_data_file else set()
     for field, other in other_files:
         seen |= _file_keys(other, tasks, field)
     source = TaskSource([data.task(t, difficulty) for t in tasks], cfg.seed, 50 * cfg.num_problems)
@@ -191,7 +194,7 @@ def summarize(problems, texts, lengths, results, k: int, answer_max_chars: int =
         rows = range(i * k, (i + 1) * k)
         judge = "code" if problem.get("task") == "code" else "accuracy"  # code: every test passed
         correct = [results[r].rewards.get(judge, 0.0) >= 1.0 for r in rows]
-        answers = [_normalize(extract_answer(texts[r], answer_max_chars)) for r in rows]
+        answers = [vote_key(texts[r], problem.get("task"), answer_max_chars) for r in rows]
         entry = {"pass@1": float(np.mean(correct)), "cons": majority_correct(answers, correct),
                  "pass@k": pass_at_k(k, sum(correct), k)}
         per_problem.append(entry)
@@ -209,7 +212,18 @@ def summarize(problems, texts, lengths, results, k: int, answer_max_chars: int =
     }
 
 
-def _normalize(answer: str | None) -> str | None:
+def vote_key(text: str, task: str | None, answer_max_chars: int = 256) -> str | None:
+    """What a sample that is not correct votes for in cons@k (None: no vote). A code row's: its program whole, as
+    the code reward reads it (rl.rewards.extract_program; no length cap: programs of more than
+    `answer_max_chars` characters cast no vote, so one correct sample outvoted three identical wrong ones), line
+    by line without trailing whitespace or blank lines, indentation kept (Python's syntax). Any other row's:
+    its final answer (at most `answer_max_chars` characters, as the accuracy reward reads it) without
+    whitespace."""
+    if task == "code":
+        program = extract_program(text)
+        lines = [line.rstrip() for line in (program or "").splitlines() if line.strip()]
+        return "\n".join(lines) or None
+    answer = extract_answer(text, answer_max_chars)
     return None if answer is None else "".join(answer.split())
 
 

@@ -5,14 +5,18 @@ Sampling: each flag given, else the checkpoint's eval section (eval.samples, eva
 eval.top_k; R1's temperature 0.6, top-p 0.95 and no top-k unless the run set its own); the settings used, and
 where each came from, go to stderr. Problems: --data FILE (JSONL/Parquet with prompt, answer[, task]; the
 first --num-problems rows), or held-out problems of --task (default: the checkpoint's training tasks) at
---difficulty, generated from another seed and never equal to a training prompt. Progress goes to stderr, so
---json's object is stdout's only output.
+--difficulty, generated from another seed and never equal to a training prompt: every training file the
+checkpoint names is read to skip its prompts; one that has moved is read where `--training-file OLD=NEW` says,
+one that is gone is left unread with `--ignore-missing-training-files` (said on stderr: the held-out problems may
+then include ones trained on). Progress goes to stderr, so --json's object is stdout's only output.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import pathlib
 import sys
 import time
 
@@ -50,13 +54,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--template", choices=TEMPLATE_NAMES, default=None,
                         help="prompt format: r1_zero, chat (the tokenizer's chat template) or none (default: the "
                              "checkpoint's tokenizer.template)")
+    parser.add_argument("--training-file", action="append", default=[], metavar="OLD=NEW",
+                        help="a training file the checkpoint names (OLD, as its error shows) is now at NEW: the "
+                             "held-out problems skip its prompts read there (repeatable)")
+    parser.add_argument("--ignore-missing-training-files", action="store_true",
+                        help="evaluate although a training file the held-out problems must skip is gone: its "
+                             "prompts are not skipped, so held-out problems may include ones trained on")
     parser.add_argument("--workers", type=pool_workers, default=None, help="reward worker processes")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from flax import nnx
 
     from r1jax.errors import UserError
@@ -66,7 +74,6 @@ def run(args: argparse.Namespace) -> int:
     from r1jax.rl.rewards.config import FieldError
     from r1jax.rl.sampler import Sampler
     from r1jax.rl.sampler_layout import inference_layout
-    from r1jax.rl.train.preflight import other_training_files
     from r1jax.rl.tasks import task_names
     from r1jax.sharding.context import use_mesh
 
@@ -76,6 +83,11 @@ def run(args: argparse.Namespace) -> int:
     if args.data and args.difficulty is not None:  # file rows are all read as difficulty 0 (rl.data.records)
         raise UserError(f"--difficulty {args.difficulty} picks held-out problems, and --data {args.data!r} "
                         "replaces them (a file's rows carry no difficulty): drop --difficulty or --data")
+    if args.data and (args.training_file or args.ignore_missing_training_files):
+        flag = "--training-file" if args.training_file else "--ignore-missing-training-files"
+        raise UserError(f"{flag} tells where the held-out problems' training files are, and --data {args.data!r} "
+                        f"replaces those problems: drop {flag} or --data")
+    moved = moved_files(args.training_file)
     config, policy, mesh, rules, tokenizer = open_for_inference(args.checkpoint)
     if tokenizer is None:
         raise UserError(f"checkpoint {args.checkpoint!r} carries no tokenizer; evaluation needs one")
@@ -96,8 +108,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         try:
             left_out = []
-            problems = held_out_problems(config.data, eval_cfg, [args.task] if args.task else None, left_out,
-                                         other_training_files(config))
+            data, others, read_data = training_files(config, moved, args.ignore_missing_training_files)
+            problems = held_out_problems(data, eval_cfg, [args.task] if args.task else None, left_out, others,
+                                         read_data_file=read_data)
             for kind in left_out:
                 print(f"r1jax eval: training used every {kind} problem; the held-out set holds none of them",
                       file=sys.stderr)
@@ -129,6 +142,54 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_table(figures)
     return 0
+
+
+def moved_files(pairs: list[str]) -> dict[str, str]:
+    """--training-file OLD=NEW flags as {OLD: NEW}; NEW must be a file."""
+    from r1jax.errors import UserError
+
+    moved = {}
+    for pair in pairs:
+        old, sep, new = pair.partition("=")
+        if not sep or not old or not new:
+            raise UserError(f"--training-file {pair!r}: expected OLD=NEW (the path the checkpoint names, then "
+                            "where the file is now)")
+        if not pathlib.Path(new).is_file():
+            raise UserError(f"--training-file {pair!r}: {new!r} is not a file")
+        moved[old] = new
+    return moved
+
+
+def training_files(config, moved: dict[str, str], ignore_missing: bool):
+    """(the data config, the other training files: rl.train.preflight.other_training_files, whether data.path is
+    read) for `held_out_problems`, each file read where `moved` says it is now. A file that is gone is a UserError
+    saying how to go on, or with `ignore_missing` left unread, said on stderr."""
+    from r1jax.errors import UserError
+    from r1jax.rl.train.preflight import other_training_files
+
+    named = ([("data.path", config.data)] if config.data.path else []) + other_training_files(config)
+    unknown = sorted(set(moved) - {data.path for _, data in named})
+    if unknown:
+        names = ", ".join(repr(data.path) for _, data in named) or "none (it trained on generated tasks)"
+        raise UserError(f"--training-file {unknown[0]}={moved[unknown[0]]}: the checkpoint names no training file "
+                        f"{unknown[0]!r}; the files it names: {names}")
+    located = {}
+    for field, data in named:
+        if data.path in moved:
+            located[field] = dataclasses.replace(data, path=moved[data.path])
+        elif pathlib.Path(data.path).is_file():
+            located[field] = data
+        elif not ignore_missing:
+            raise UserError(f"{field}={data.path!r}: the checkpoint trained on this file, whose prompts the held-out "
+                            f"problems must skip, and it is not there: give its new path (--training-file "
+                            f"{data.path}=NEW_PATH), or evaluate without skipping its prompts "
+                            "(--ignore-missing-training-files: held-out problems may then be ones trained on), or on "
+                            "problems of your own (--data FILE)")
+        else:
+            print(f"r1jax eval: {field}={data.path!r} is not there (--ignore-missing-training-files): its prompts are "
+                  "not skipped, so held-out problems may include ones trained on", file=sys.stderr)
+    others = [(field, data) for field, data in located.items() if field != "data.path"]
+    return located.get("data.path", config.data), others, config.data.path is None or "data.path" in located
 
 
 def sampling_settings(args: argparse.Namespace, eval_cfg, max_new_tokens: int) -> str:

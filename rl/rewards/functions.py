@@ -159,6 +159,30 @@ def _words(text: str) -> list[tuple[str, int]]:
     return words
 
 
+def word_count(text: str) -> int:
+    """The words of `text` for a length bound (rejection sampling's `paragraph` filter): its whitespace-separated
+    tokens, except that in scripts written without spaces every CJK, hiragana or katakana character is a word
+    (as `_words` counts them), and so is each run of letters or digits between such characters ("用3个苹果" is
+    five words; punctuation between them, "，", is none). 300 words then bound about the same text in Chinese
+    or Japanese as in English (a character of theirs is about one token of a BPE vocabulary, an English word
+    one or two); Korean is written with spaces between its words and counts as English does."""
+    count = 0
+    for token in text.split():
+        if token.isascii():
+            count += 1
+            continue
+        ideographs, run_has_word, words = 0, False, 0
+        for char in token:
+            if not char.isalnum():  # punctuation, of any script ("。" is IDEOGRAPHIC FULL STOP)
+                continue
+            if _script(char) in _IDEOGRAPHIC:
+                ideographs, words, run_has_word = ideographs + 1, words + run_has_word, False
+            else:
+                run_has_word = True
+        count += 1 if not ideographs else ideographs + words + run_has_word
+    return count
+
+
 def word_scripts(text: str, target: tuple[str, ...] = ()) -> list[str]:
     """The script of each word that counts for a language written in the scripts `target`: every word (see
     `_words`) but a Greek one of at most GREEK_VARIABLE_LETTERS letters (θ, Δx: a variable), unless `target`

@@ -13,7 +13,7 @@ from typing import Mapping, Optional, Sequence
 
 from r1jax.rl.rewards.config import RewardsConfig
 from r1jax.rl.rewards.extract import split_completion
-from r1jax.rl.rewards.functions import ScoreItem, format_reward, language_consistency
+from r1jax.rl.rewards.functions import ScoreItem, format_reward, language_consistency, word_count
 from r1jax.rl.train.config import MAX_PARAGRAPH_WORDS
 
 NGRAM = 4  # repetition is measured over word 4-grams
@@ -65,10 +65,12 @@ def has_code_block(text: str) -> bool:
 
 
 def longest_paragraph(text: str) -> int:
-    """The words (whitespace-separated) of the longest paragraph of `text`, paragraphs split on blank lines."""
+    """The words of the longest paragraph of `text`, paragraphs split on blank lines: whitespace-separated, but
+    each Chinese or Japanese character a word (rl.rewards.functions.word_count: the bound means about the same
+    length of text in every script)."""
     longest = words = 0
     for line in text.split("\n"):
-        words = words + len(line.split()) if line.strip() else 0
+        words = words + word_count(line) if line.strip() else 0
         longest = max(longest, words)
     return longest
 

@@ -1,6 +1,7 @@
 """`r1jax eval`'s options: sampling settings from the flags, else the checkpoint's eval section (R1's
 temperature 0.6 / top-p 0.95 unless the run set its own), told on stderr; flags a combination would ignore are
-refused or told; progress on stderr at a modest rate, stdout left to --json's object."""
+refused or told; progress on stderr at a modest rate, stdout left to --json's object; a training file that has
+moved or is gone."""
 
 import dataclasses
 import json
@@ -9,6 +10,8 @@ from r1jax.rl import checkpoint as checkpoint_module
 from r1jax.rl import evaluate as evaluate_module
 from r1jax.rl.cli import eval as eval_cli
 from r1jax.rl.cli.main import main
+from r1jax.rl.config import load_config
+from r1jax.rl.evaluate import held_out_problems
 
 
 def run_main(capsys, *argv):
@@ -138,3 +141,57 @@ def test_progress_bar_on_a_terminal_leaves_stdout_alone(capsys, monkeypatch):
         progress.update(8)
     captured = capsys.readouterr()
     assert captured.out == "" and "8/8" in captured.err
+
+
+def checkpoint_sft_file(monkeypatch, path):
+    """The checkpoint `eval` opens names `path` as its SFT stage's data_path (a cold-start file)."""
+    real = checkpoint_module.open_for_inference
+
+    def open_for_inference(checkpoint):
+        config, *rest = real(checkpoint)
+        stages = [dataclasses.replace(config.stages[0], data_path=str(path)), *config.stages[1:]]
+        return (dataclasses.replace(config, stages=stages), *rest)
+
+    monkeypatch.setattr(checkpoint_module, "open_for_inference", open_for_inference)
+
+
+def test_a_moved_training_file_is_read_where_told_or_left_out_when_asked(capsys, finished_run, tmp_path,
+                                                                           monkeypatch):
+    """The SFT file of a checkpoint, whose prompts the held-out problems skip, moved: `r1jax eval` refused,
+    naming the file but no way on. --training-file OLD=NEW reads it at NEW; --ignore-missing-training-files
+    evaluates without skipping its prompts, saying so."""
+    gone = tmp_path / "gone" / "cold_start.jsonl"
+    checkpoint_sft_file(monkeypatch, gone)
+    seen = record_evaluations(monkeypatch)
+    config = load_config(finished_run / "config.yaml")
+    usual = held_out_problems(config.data, dataclasses.replace(config.eval, num_problems=4))
+    moved = tmp_path / "cold_start.jsonl"  # the file trained on two of the usual held-out problems
+    moved.write_text("".join(json.dumps({"prompt": p["prompt"], "answer": p["answer"], "solution": p["answer"],
+                                         "task": "arithmetic"}) + "\n" for p in usual[:2]))
+    base = ("eval", str(finished_run), "--num-problems", "4", "--workers", "1", "--json")
+
+    code, out, err = run_main(capsys, *base)
+    assert code == 2 and not seen and out == ""
+    assert (f"stages[sft].data_path={str(gone)!r}: the checkpoint trained on this file, whose prompts the held-out "
+            f"problems must skip, and it is not there: give its new path (--training-file {gone}=NEW_PATH), or "
+            "evaluate without skipping its prompts (--ignore-missing-training-files") in " ".join(err.split())
+
+    code, _, err = run_main(capsys, *base, "--training-file", f"{gone}={moved}")
+    assert code == 0, err
+    prompts = [p["prompt"] for p in seen[-1]["problems"]]
+    assert len(prompts) == 4 and not set(prompts) & {p["prompt"] for p in usual[:2]}
+
+    code, _, err = run_main(capsys, *base, "--ignore-missing-training-files")
+    assert code == 0 and [p["prompt"] for p in seen[-1]["problems"]] == [p["prompt"] for p in usual]
+    assert "is not there (--ignore-missing-training-files): its prompts are not skipped" in " ".join(err.split())
+
+
+def test_a_training_file_flag_that_names_no_file_of_the_checkpoint_is_refused(capsys, finished_run, tmp_path):
+    (tmp_path / "new.jsonl").write_text("")
+    code, _, err = run_main(capsys, "eval", str(finished_run), "--training-file", f"old.jsonl={tmp_path / 'new.jsonl'}")
+    assert code == 2 and "the checkpoint names no training file 'old.jsonl'; the files it names: none" in err
+    code, _, err = run_main(capsys, "eval", str(finished_run), "--training-file", "old.jsonl")
+    assert code == 2 and "--training-file 'old.jsonl': expected OLD=NEW" in err
+    code, _, err = run_main(capsys, "eval", str(finished_run), "--data", str(tmp_path / "new.jsonl"),
+                            "--ignore-missing-training-files")
+    assert code == 2 and "drop --ignore-missing-training-files or --data" in err

@@ -199,6 +199,31 @@ def test_code_problems_are_judged_by_the_code_reward():
     assert figures["pass@1"] == 0.5 and figures["pass@2"] == 1.0
 
 
+LONG = "def f(x):\n" + "    y = x  # a comment that makes the program longer than 256 characters\n" * 5
+
+
+def code_result(passed):
+    return ScoreResult(rewards={"accuracy": 0.0, "code": passed, "format": 1.0}, total=passed, status="ok")
+
+
+def test_code_answers_vote_with_their_whole_programs():
+    """Code answers were read as final answers of at most 256 characters: a longer program cast no vote, so one
+    correct sample outvoted three identical wrong ones; now a program votes whole (as the code reward reads it),
+    trailing whitespace and blank lines aside, indentation kept."""
+    wrong_a, wrong_b = LONG + "    return -x\n", LONG + "    return 2 * x\n"  # alike in their first 300 chars
+    wrong_a_spaced = wrong_a.replace("\n", "   \n\n")  # trailing spaces and blank lines: the same vote
+    indented = "def f(x):\n    if x:\n        return -x\n    return x\n" + "# filler comment line\n" * 12
+    dedented = indented.replace("        return -x", "    return -x")  # another program
+    problems = [{"prompt": "p", "answer": "", "task": "code"}, {"prompt": "q", "answer": "", "task": "code"}]
+    texts = [answer_text(p) for p in ("def f(x): return x", wrong_a, wrong_a_spaced, wrong_b,
+                                      indented, "def f(x): return x", dedented, "def f(x): return x")]
+    results = [code_result(c) for c in (1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0)]
+    assert min(len(p) for p in (wrong_a, wrong_b, indented)) > 256
+    # P0: wrong_a 2 votes beat the reference's 1 (wrong_b is a third answer); P1: the reference's 2 votes win
+    # over two programs that differ in indentation alone (one vote each)
+    assert summarize(problems, texts, [3] * 8, results, k=4)["cons@4"] == 0.5
+
+
 def test_evaluate_tells_its_progress_after_each_sampler_call():
     problems = [{"prompt": f"Compute {i}+{i}", "answer": str(2 * i), "task": "arithmetic"} for i in range(5)]
     tokenizer = CharTokenizer()

@@ -5,7 +5,7 @@ import pytest
 from r1jax.errors import UserError
 from r1jax.rl.config import load_config, stage_config
 from r1jax.rl.rewards.config import RewardsConfig
-from r1jax.rl.rewards.functions import ScoreItem, combine, score_item
+from r1jax.rl.rewards.functions import ScoreItem, combine, score_item, word_count
 from r1jax.rl.train.filters import rejection_reason, repetition
 from r1jax.rl.train.stage_rejection import KeptSet
 
@@ -115,6 +115,30 @@ def test_code_blocks_and_long_paragraphs_in_the_thought_are_filtered(text, task,
     assert judged(text, ("accuracy", "code", "format"), task=task, scores=scores,
                   filters=("code_block", "paragraph")) == expected
     assert judged(text, ("accuracy", "code", "format"), task=task, scores=scores, filters=()) is None
+
+
+CHINESE_PARAGRAPH = "我们先把两个数相加，得到结果。" * 25  # 13 characters (words) a sentence: 325 words, no space
+JAPANESE_PARAGRAPH = "まず二つの数を足します。" * 30  # 11 characters a sentence: 330 words
+
+
+@pytest.mark.parametrize("paragraph", [CHINESE_PARAGRAPH, JAPANESE_PARAGRAPH], ids=["chinese", "japanese"])
+def test_the_paragraph_bound_counts_each_chinese_or_japanese_character_as_a_word(paragraph):
+    """Words were whitespace-separated: 325 Chinese characters without a space were one word, so the default
+    bound of 300 words let any paragraph of Chinese or Japanese through."""
+    scores = {"accuracy": 1.0, "format": 1.0}
+    assert judged(think(paragraph), ("accuracy", "format"), scores=scores, filters=("paragraph",)) == "paragraph"
+    half = len(paragraph) // 2
+    halves = paragraph[:half] + "\n\n" + paragraph[half:]  # two paragraphs of about 165 words
+    assert judged(think(halves), ("accuracy", "format"), scores=scores, filters=("paragraph",)) is None
+
+
+def test_a_word_of_a_script_without_spaces_is_a_character_and_punctuation_no_word():
+    assert word_count("Add 2 and 3, then check.") == 6  # whitespace-separated, as before
+    assert word_count("用3个苹果") == 5  # 用 3 个 苹 果: the digits between characters are a word
+    assert word_count("我们，你们。") == 4  # fullwidth and ideographic punctuation are none
+    assert word_count("これはペンです") == 7  # kana and kanji alike
+    assert word_count("a我们 apples") == 4
+    assert word_count("안녕하세요 세계") == 2  # Korean is written with spaces between its words
 
 
 def test_the_paragraph_bound_is_a_stage_setting():
