@@ -91,7 +91,8 @@ class Config:
 
     def _check_rollout_sizes(self) -> None:
         """top-k within the vocabulary; a sampler call's rows x (largest prompt bucket + token budget) x experts
-        per token within int32: the MoE dispatch indexes those token copies (grpo.group_size=1e11 overflowed)."""
+        per token within int32: the MoE dispatch indexes those token copies (grpo.group_size=1e11 overflowed); so
+        is an SFT or distill forward's (a micro-batch's rows x max_sequence_length x experts per token)."""
         vocab, k, bucket = self.model.vocab_size, self.model.num_experts_per_tok, self.sampling.prompt_buckets[-1]
         for key, top_k in (("sampling.top_k", self.sampling.top_k), ("eval.top_k", self.eval.top_k)):
             if top_k > vocab:
@@ -106,6 +107,19 @@ class Config:
                 raise UserError(f"{what} = {rows:,} rows: x ({bucket} + {new} tokens: the largest prompt bucket + "
                                 f"max_new_tokens) x model.num_experts_per_tok={k} is over 2^31-1 token copies (the "
                                 "MoE dispatch indexes them in int32); lower the rows or the token budget")
+        micro = self.update.micro_batches
+        for stage in self.stages:  # an SFT forward: a micro-batch's rows x its longest bucket
+            if stage.kind not in ("sft", "distill"):
+                continue
+            model = student_model(self.model, stage.student_overrides, f"stages[{stage.name}]") \
+                if stage.student_overrides else self.model
+            rows, length, k = -(-stage.batch_size // micro), stage.max_sequence_length, model.num_experts_per_tok
+            if rows * length * k > INT32_MAX:
+                raise UserError(f"stages[{stage.name}].batch_size={stage.batch_size} rows (/ update.micro_batches="
+                                f"{micro}) x max_sequence_length={length} tokens x model.num_experts_per_tok={k} "
+                                "is over 2^31-1 token copies (the MoE dispatch indexes them in int32): lower "
+                                f"stages[{stage.name}].batch_size or max_sequence_length (the longest row's tokens), "
+                                "or raise update.micro_batches")
 
 
 def _check_stage_data(stages: Sequence[StageConfig], index: int, field: str) -> None:

@@ -6,6 +6,7 @@ import dataclasses
 import re
 
 from r1jax.errors import UserError
+from r1jax.rl.config_checks import INT32_MAX
 from r1jax.rl.rewards.sandbox import MODES, SandboxLimits
 
 # Language code -> Unicode script names (the first word of unicodedata.name) that count as that language.
@@ -146,8 +147,9 @@ class PoolConfig:
         for field, high in (("timeout_s", MAX_SECONDS), ("batch_deadline_s", MAX_DEADLINE_S)):
             _require(MIN_SECONDS <= getattr(self, field) <= high, s, field, getattr(self, field),
                      f"in [{MIN_SECONDS:g}, {high:g}] seconds")
-        _require(self.max_tasks_per_worker >= 0, s, "max_tasks_per_worker", self.max_tasks_per_worker,
-                 ">= 0 (0: never recycle)")
+        # past 2^31-1 a worker would never be recycled either: such a value is a typo for 0 or a real count
+        _require(0 <= self.max_tasks_per_worker <= INT32_MAX, s, "max_tasks_per_worker", self.max_tasks_per_worker,
+                 "in [0, 2^31-1] (0: never recycle)")
         _require(self.memory_mb == 0 or 256 <= self.memory_mb <= MAX_MEMORY_MB, s, "memory_mb", self.memory_mb,
                  f"0 (no limit) or >= 256 (a warmed-up worker maps ~80 MB), at most {MAX_MEMORY_MB} (2^30 MB)")
         bad = [m for m in self.import_modules if not isinstance(m, str) or not _MODULE.fullmatch(m)]

@@ -82,11 +82,16 @@ class UpdateStage:
         """`iterations` steps on `batch`, their last metrics. `meanwhile()` runs on the host once they are
         dispatched, before their metrics are waited for (GRPO finishes a batch its own sampler devices
         generated: rl.train.stage_grpo)."""
-        for _ in range(iterations):
-            self.state, metrics = self.step_fn(self.state, batch)
-        if meanwhile is not None:
-            meanwhile()
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        try:
+            for _ in range(iterations):
+                self.state, metrics = self.step_fn(self.state, batch)
+            if meanwhile is not None:
+                meanwhile()
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        except jax.errors.JaxRuntimeError as err:
+            if "RESOURCE_EXHAUSTED" not in str(err):
+                raise
+            raise self._out_of_memory(err, batch) from None
         # the rate of the step's last applied update (the schedule counts applied updates: mu a GRPO step, none
         # for a skipped one)
         metrics["lr"] = float(self.schedule(max(int(applied_updates(self.state.opt_state)) - 1, 0)))
@@ -97,6 +102,25 @@ class UpdateStage:
                             f"without applying them: the latest checkpoint holds the last good state; lower "
                             f"the learning rate or check the data")
         return metrics
+
+    def _out_of_memory(self, err: Exception, batch: dict) -> UserError:
+        """The update step's device (or, on CPUs, host) memory ran out (XLA's RESOURCE_EXHAUSTED, raised at
+        the step or when its metrics are read): what to lower, and that the latest checkpoint is intact."""
+        stage, micro = self.stage, self.ctx.config.update.micro_batches
+        rows, tokens = (batch["tokens"].shape if "tokens" in batch else ("?", "?"))
+        if stage.kind == "grpo":
+            lower = "grpo.prompts_per_step or grpo.group_size (the rows), or sampling.max_new_tokens"
+        else:
+            lower = (f"stages[{stage.name}].batch_size (the rows) or max_sequence_length (the longest row's "
+                     f"tokens: longer rows are then refused)")
+        latest = self.ctx.checkpoints.latest_step()
+        saved = ("the run has no checkpoint yet: it starts over" if latest is None else
+                 f"the latest checkpoint (step {latest}) is intact: the run resumes from it, at the same data row "
+                 "under another batch size")
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return UserError(f"stage {stage.name}: the update step ran out of memory at stage step {self.stage_step + 1} "
+                         f"on a batch of {rows} rows x {tokens} tokens ({first[:200]}); raise update.micro_batches "
+                         f"(now {micro}; each forward holds rows / micro_batches) or lower {lower}; {saved}")
 
     def evaluate(self, sampler: Sampler, step: int) -> dict:
         """Held-out evaluation of the current policy, the policy after global step `step` (this stage's

@@ -39,6 +39,13 @@ from r1jax.rl.rewards.config import CodeConfig, FieldError, PoolConfig
     ("rewards.code.wall_s=1e300", "rewards.code.wall_s"),
     ("rewards.code.file_mb=99999999999999999", "rewards.code.file_mb"),
     ("reward_pool.workers=100000", "reward_pool.workers = 100000"),
+    # past 2^31-1 a worker was never recycled, as with 0 (-1 was refused already)
+    ("reward_pool.max_tasks_per_worker=99999999999", "reward_pool.max_tasks_per_worker = 99999999999"),
+    ("reward_pool.max_tasks_per_worker=-1", "reward_pool.max_tasks_per_worker = -1"),
+    # an SFT forward's token copies past int32 (the MoE dispatch's indices), whatever the data file holds
+    ("stages.0.batch_size=1000000", "stages[sft].batch_size=1000000 rows (/ update.micro_batches=1) x "
+                                    "max_sequence_length=4096 tokens x model.num_experts_per_tok=2"),
+    (("stages.0.batch_size=4096", "stages.0.max_sequence_length=1048576"), "stages[sft].batch_size=4096 rows"),
     # a stage's name names files in the run directory
     ("stages.0.name=a/b", "name='a/b'"),
     ("stages.1.name=../../escape", "name='../../escape'"),
@@ -122,6 +129,9 @@ def test_a_bad_value_in_a_yaml_file_names_the_file_and_key(tmp_path, body, named
     ["sampling.temperature=0", "eval.temperature=0", "grpo.kl_coef=0", "model.routing_bias_update_rate=0"],
     ["reward_pool.import_modules=[tests.rl.reward_digit]", "reward_pool.memory_mb=0", "optimizer.total_steps=1"],
     ["sampling.rules={vocab: []}", "sharding.rules={embed: [fsdp, data]}", "rewards.weights=['1.5', -2]"],
+    # 2^31-1 tasks; 1024 rows x 2^19 tokens x 2 experts per token = 2^30 copies, and 2^31 split in two
+    ["reward_pool.max_tasks_per_worker=2147483647", "stages.0.batch_size=1024", "stages.0.max_sequence_length=524288"],
+    ["stages.0.batch_size=2048", "stages.0.max_sequence_length=524288", "update.micro_batches=2"],
 ])
 def test_values_at_the_bounds_still_load(overrides):
     load_config("tiny", overrides)

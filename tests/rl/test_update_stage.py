@@ -1,0 +1,54 @@
+"""The update step's scaffold (rl/train/update_stage.py): a step that runs out of memory is a UserError naming
+what to lower and the checkpoint to resume from, not XLA's traceback."""
+
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from r1jax.errors import UserError
+from r1jax.rl.config import load_config
+from r1jax.rl.train.update_stage import UpdateStage
+
+
+def out_of_memory(state, batch):
+    raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 558849237520 bytes.")
+
+
+def stage_runner(kind, latest):
+    """An UpdateStage of the tiny preset's stage `kind` whose step runs out of memory (as XLA says it on CPUs
+    and GPUs), after `latest` (None: no checkpoint yet)."""
+    config = load_config("tiny", ["update.micro_batches=2"])
+    runner = UpdateStage.__new__(UpdateStage)
+    checkpoints = types.SimpleNamespace(latest_step=lambda: latest)
+    runner.ctx = types.SimpleNamespace(config=config, checkpoints=checkpoints)
+    runner.stage = next(s for s in config.stages if s.kind == kind)
+    runner.stage_step, runner.state, runner.step_fn = 3, None, out_of_memory
+    return runner
+
+
+@pytest.mark.parametrize("kind,latest,named", [
+    ("sft", 2, r"stage sft: the update step ran out of memory at stage step 4 on a batch of 4096 rows x 2048 "
+               r"tokens \(RESOURCE_EXHAUSTED: Out of memory allocating 558849237520 bytes.\); raise "
+               r"update.micro_batches \(now 2; .*\) or lower stages\[sft\].batch_size \(the rows\) or "
+               r"max_sequence_length .*; the latest checkpoint \(step 2\) is intact"),
+    ("grpo", None, r"stage grpo: .* or lower grpo.prompts_per_step or grpo.group_size .*no checkpoint yet"),
+])
+def test_an_update_out_of_memory_names_what_to_lower(kind, latest, named):
+    """A huge SFT batch of long rows failed at its first step with XLA's traceback (RESOURCE_EXHAUSTED: Out of
+    memory allocating 558849237520 bytes, raised where the step's metrics were read)."""
+    batch = {"tokens": np.zeros((4096, 2048), np.int32)}
+    with pytest.raises(UserError, match=named):
+        stage_runner(kind, latest).update(batch)
+
+
+def test_other_runtime_errors_pass_through():
+    runner = stage_runner("sft", None)
+
+    def broken(state, batch):
+        raise jax.errors.JaxRuntimeError("INTERNAL: something else")
+
+    runner.step_fn = broken
+    with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
+        runner.update({"tokens": np.zeros((2, 2), np.int32)})
