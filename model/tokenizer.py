@@ -261,10 +261,12 @@ def encode_prompt(tokenizer: TokenizerLike, template: str, text: str) -> list[in
 
 
 def _read_corpus(corpus: Iterable[str] | str | pathlib.Path, max_lines: int) -> list[str]:
+    what = "tokenizer corpus"
     if isinstance(corpus, (str, pathlib.Path)):
         path = pathlib.Path(corpus)
+        what = f"tokenizer corpus {str(path)!r}"
         if not path.is_file():
-            raise UserError(f"tokenizer corpus {str(path)!r} is not a file")
+            raise UserError(f"{what} is not a file")
         corpus = path.read_text(encoding="utf-8", errors="replace").splitlines()
     lines = []
     for text in corpus:  # sentencepiece reads lines; newlines reach the model through byte fallback
@@ -272,7 +274,7 @@ def _read_corpus(corpus: Iterable[str] | str | pathlib.Path, max_lines: int) -> 
         if len(lines) >= max_lines:
             break
     if not lines:
-        raise UserError("tokenizer corpus is empty")
+        raise UserError(f"{what} is empty: it holds no line of text to learn pieces from")
     return lines[:max_lines]
 
 

@@ -2,7 +2,8 @@
 
 `r1jax tokenizer train --input arithmetic,countdown --vocab-size 512 --out DIR` trains on the named
 tasks' prompts and worked solutions (the demo's own text); `--input FILE` trains on a text file's lines or
-on a JSONL/Parquet data file's text fields. DIR receives tokenizer.model; a JSON summary is printed.
+on a data file's text fields (.jsonl, .json: JSON lines, .parquet). DIR receives tokenizer.model; a JSON
+summary is printed.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def checked_corpus(corpus, spec: str):
     (a tokenizer trained on nothing, or on a line, is not one the user wanted); its items are read lazily, as
     train_tokenizer reads them, past the lines counted here."""
     from r1jax.errors import UserError
+    from r1jax.rl.data.records import SUFFIXES
 
     templates, items, lines = set(TEMPLATES.values()), [], 0
     corpus = iter(corpus)
@@ -86,7 +88,7 @@ def checked_corpus(corpus, spec: str):
             lines += sum(1 for line in item.splitlines() if line.strip())
         if lines >= MIN_CORPUS_LINES:
             return itertools.chain(items, corpus)
-    if pathlib.Path(spec).suffix in (".jsonl", ".parquet"):
+    if pathlib.Path(spec).suffix in SUFFIXES:
         where = " in its rows' prompt, answer, solution and completion fields"
     elif pathlib.Path(spec).is_file():
         where = ""

@@ -10,7 +10,7 @@ from typing import Iterator, Mapping, Sequence
 
 from r1jax.model.tokenizer import TEMPLATES, TokenizerConfig, TokenizerLike, load_tokenizer, train_tokenizer
 from r1jax.rl.data.config import DataConfig
-from r1jax.rl.data.records import read_rows
+from r1jax.rl.data.records import SUFFIXES, read_rows
 from r1jax.rl.tasks import get_task
 
 
@@ -27,11 +27,12 @@ def task_corpus(task_names: Sequence[str], problems_per_level: int = 400, seed: 
 
 
 def file_corpus(path: str | pathlib.Path, fields: Mapping[str, str] | None = None) -> Iterator[str]:
-    """The templates, then the lines of a text file or the text fields of a JSONL / Parquet data file
-    (prompt, answer, solution, completion: the columns `fields` maps them to, else their own names)."""
+    """The templates, then the lines of a text file or the text fields of a data file (JSONL, JSON lines or
+    Parquet: rl.data.records.SUFFIXES; prompt, answer, solution, completion: the columns `fields` maps them
+    to, else their own names). A `.json` data file was read as text: its tokenizer learned JSON's syntax."""
     yield from TEMPLATES.values()
     path = pathlib.Path(path)
-    if path.suffix not in (".jsonl", ".parquet"):
+    if path.suffix not in SUFFIXES:
         yield from path.read_text(encoding="utf-8", errors="replace").splitlines()
         return
     for _, row in read_rows(path):

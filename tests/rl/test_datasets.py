@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from r1jax.errors import UserError
+from r1jax.model.tokenizer import TokenizerConfig
 from r1jax.rl.config import load_config
 from r1jax.rl.data import DataConfig, build_tokenizer, file_corpus, make_iterator, split_answer
 from r1jax.rl.rewards import RewardsConfig, ScoreItem, score_item
@@ -143,6 +144,25 @@ def test_rows_in_r1jax_own_fields_read_unmapped_and_the_tokenizer_corpus_reads_m
     gsm8k = write(tmp_path / "gsm8k.jsonl", gsm8k_rows())
     corpus = list(file_corpus(gsm8k, {"prompt": "question"}))
     assert GSM8K[0][0] in corpus and GSM8K[0][1] in corpus
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_the_tokenizer_corpus_of_a_json_lines_file_is_its_rows_text_not_their_json(tmp_path, suffix):
+    """A `.json` data file (JSON lines, as the data reader takes it) was read as a text file: the run's tokenizer
+    learned `{"question": "` and the other keys, and read the columns data.fields maps as they were."""
+    path = write(tmp_path / f"gsm8k{suffix}", gsm8k_rows())
+    corpus = list(file_corpus(path, {"prompt": "question"}))
+    assert GSM8K[0][0] in corpus and GSM8K[0][1] in corpus
+    assert not any('"question"' in text for text in corpus)
+
+
+def test_a_few_rows_still_build_the_runs_tokenizer(tmp_path):
+    """Three short rows (9 lines of text; `r1jax tokenizer train` asks for 10) train the run's tokenizer: the
+    prompt templates every corpus starts with give it pieces to learn, and byte fallback encodes any text."""
+    path = write(tmp_path / "three.jsonl", [{"prompt": f"{i}+{i}?", "answer": str(2 * i), "solution": str(2 * i)}
+                                            for i in range(3)])
+    tokenizer = build_tokenizer(TokenizerConfig(vocab_size=300), DataConfig(path=str(path)))
+    assert tokenizer.vocab_size == 300 and tokenizer.decode(tokenizer.encode("7+7? 14")) == "7+7? 14"
 
 
 @pytest.mark.parametrize("mapping,row,message", [

@@ -71,6 +71,13 @@ def test_small_vocabularies_train_and_too_small_ones_fail_clearly(tiny):
         train_tokenizer(["", "  "], 300)
 
 
+def test_an_empty_corpus_file_is_named(tmp_path):
+    """"tokenizer corpus is empty" named no file."""
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(UserError, match=f"tokenizer corpus '{tmp_path / 'empty.txt'}' is empty"):
+        train_tokenizer(tmp_path / "empty.txt", 300)
+
+
 def test_training_is_deterministic_and_save_load_round_trips(tokenizer, tmp_path):
     again = train_tokenizer(task_corpus(["arithmetic", "countdown", "algebra"], problems_per_level=60), 512)
     assert again == tokenizer
