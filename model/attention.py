@@ -38,6 +38,7 @@ from flax import nnx
 from r1jax.model.config import ModelConfig
 from r1jax.model.kv_cache import KVRead, attend_blocks, step_softmax
 from r1jax.model.layers import RMSNorm, Stack, apply_rope, apply_rope_interleaved, dtype_of, make_param
+from r1jax.model.rope import mla_softmax_scale
 from r1jax.model.pallas_attention import decode_attention
 from r1jax.sharding.context import constrain
 
@@ -224,7 +225,7 @@ class MLAttention(nnx.Module):
             self.o_bias = make_param(rngs, cfg, (d,), ("embed",), stack, init="zeros")
         self.nope, self.rope, self.kv_rank = cfg.qk_nope_head_dim, r, c
         self.rotate = apply_rope_interleaved if cfg.rope_interleave else apply_rope
-        self.scale = cfg.qk_head_dim ** -0.5
+        self.scale = cfg.qk_head_dim ** -0.5 * mla_softmax_scale(cfg)  # YaRN's mscale^2 (model.rope)
         self.dt = dtype_of(cfg.compute_dtype)
 
     def _w(self, name):

@@ -11,6 +11,7 @@ import dataclasses
 from typing import Optional
 
 from r1jax.errors import UserError
+from r1jax.model.rope import ROPE_TYPES
 
 FAMILIES = ("deepseek_v3", "qwen3_moe")
 DTYPES = ("float32", "bfloat16")
@@ -67,6 +68,17 @@ class ModelConfig:
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
     max_position_embeddings: int = 4096
+    # Rotary scaling (model.rope), HF's rope_parameters keys with a `rope_` prefix: "default", or "yarn"
+    # (DeepSeek-V3's released 128K config: factor 40 over 4,096 original positions, mscale = mscale_all_dim = 1)
+    rope_type: str = "default"
+    rope_factor: float = 1.0
+    rope_original_max_position_embeddings: Optional[int] = None  # yarn: the context trained on
+    rope_beta_fast: float = 32.0
+    rope_beta_slow: float = 1.0
+    rope_mscale: float = 0.0  # 0: unset (HF None)
+    rope_mscale_all_dim: float = 0.0
+    rope_attention_factor: Optional[float] = None  # None: from factor and the mscales
+    rope_truncate: bool = True
     tie_word_embeddings: bool = False
     attention_bias: bool = False
     initializer_range: float = 0.02
@@ -119,6 +131,7 @@ class ModelConfig:
         for name in ("rope_theta", "rms_norm_eps", "initializer_range"):
             if not getattr(self, name) > 0:
                 _fail(name, getattr(self, name), "must be > 0")
+        self._check_rope()
         if self.routing_bias_update_rate < 0:
             _fail("routing_bias_update_rate", self.routing_bias_update_rate, "must be >= 0 (0: the biases stay)")
         if self.num_experts_per_tok > self.n_routed_experts:
@@ -128,6 +141,23 @@ class ModelConfig:
             self._check_deepseek()
         else:
             self._check_qwen()
+
+    def _check_rope(self) -> None:
+        _check_choice("rope_type", self.rope_type, ROPE_TYPES)
+        if self.rope_type == "default":
+            return
+        if not self.rope_factor >= 1 or self.rope_factor == float("inf"):
+            _fail("rope_factor", self.rope_factor, "must be a finite number >= 1 (the context's stretch)")
+        original = self.rope_original_max_position_embeddings
+        if original is None or not 0 < original < 1 << 31:
+            _fail("rope_original_max_position_embeddings", original, "yarn needs the context trained on (> 0)")
+        if not self.rope_beta_fast > self.rope_beta_slow > 0:
+            _fail("rope_beta_fast", self.rope_beta_fast, f"must be > rope_beta_slow ({self.rope_beta_slow}) > 0")
+        for name in ("rope_mscale", "rope_mscale_all_dim"):
+            if not 0 <= getattr(self, name) < float("inf"):
+                _fail(name, getattr(self, name), "must be a finite number >= 0 (0: unset)")
+        if self.rope_attention_factor is not None and not 0 < self.rope_attention_factor < float("inf"):
+            _fail("rope_attention_factor", self.rope_attention_factor, "must be a finite number > 0 (or null)")
 
     def _check_deepseek(self) -> None:
         for name in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "n_group",

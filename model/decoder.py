@@ -18,6 +18,7 @@ from r1jax.model.attention import attention_class, causal_mask
 from r1jax.model.kv_cache import KVRead, reads_blockwise, write_slots
 from r1jax.model.config import ModelConfig
 from r1jax.model.layers import MLP, RMSNorm, Stack, dtype_of, make_param, rope_cos_sin
+from r1jax.model.rope import cos_sin_scale, inverse_frequencies
 from r1jax.model.moe import MoE, MoEAux
 from r1jax.sharding.context import constrain
 
@@ -190,6 +191,11 @@ class Policy(nnx.Module):
     def rope_dim(self) -> int:
         return self.cfg.qk_rope_head_dim if self.cfg.is_deepseek else self.cfg.head_dim
 
+    def rope(self, positions_BT: jax.Array, within_rows: bool = False) -> tuple[jax.Array, jax.Array]:
+        """The rotary cos and sin of `positions_BT` (`layers.rope_cos_sin`, frequencies from `model.rope`)."""
+        return rope_cos_sin(positions_BT, inverse_frequencies(self.cfg, self.rope_dim()), cos_sin_scale(self.cfg),
+                            within_rows=within_rows)
+
     def __call__(self, tokens_BT: jax.Array, positions_BT: jax.Array | None = None,
                  valid_BT: jax.Array | None = None, replay_LBTK: jax.Array | None = None,
                  segment_ids_BT: jax.Array | None = None) -> PolicyOutput:
@@ -207,7 +213,7 @@ class Policy(nnx.Module):
         b, t, _ = x_BTD.shape
         positions_BT = jnp.broadcast_to(jnp.arange(t), (b, t)) if positions_BT is None else positions_BT
         valid_BT = jnp.ones((b, t), bool) if valid_BT is None else valid_BT.astype(bool)
-        cos, sin = rope_cos_sin(positions_BT, self.rope_dim(), self.cfg.rope_theta, within_rows=True)
+        cos, sin = self.rope(positions_BT, within_rows=True)
         x_BTD, aux, _ = self.run_layers(x_BTD, cos, sin, causal_mask(valid_BT, t, segment_ids_BT), valid_BT,
                                          replay_LBTK)
         return PolicyOutput(self.logits(self.norm(x_BTD)), aux)
@@ -242,7 +248,7 @@ class Policy(nnx.Module):
         query_slot_BT = jnp.reshape(cache_index, (-1, 1)) + jnp.arange(t)[None, :]
         mask_BTS = kv_valid_BS[:, None, :] & (jnp.arange(s)[None, None, :] <= query_slot_BT[:, :, None])
         kv_read = KVRead(jnp.max(cache_index) + t, kv_block) if t == 1 and reads_blockwise(s, kv_block) else None
-        cos, sin = rope_cos_sin(positions_BT, self.rope_dim(), self.cfg.rope_theta)
+        cos, sin = self.rope(positions_BT)
         x_BTD, aux, caches = self.run_layers(self.embed(tokens_BT), cos, sin, mask_BTS, valid_BT.astype(bool),
                                              replay_LBTK, caches, cache_index, kv_read)
         return PolicyOutput(self.logits(self.norm(x_BTD)), aux), caches

@@ -3,7 +3,7 @@
 Export writes the keys `DeepseekV3Config` / `Qwen3MoeConfig` of transformers 5 read, plus the legacy ones
 older readers use (`rope_theta` beside `rope_parameters`, `torch_dtype` beside `dtype`, DeepSeek's
 `scoring_func` / `topk_method`). Import reads a hub config: a key it lacks takes transformers' class default
-(the table below), never r1jax's. Every HF setting r1jax does not implement (rope scaling such as yarn,
+(the table below), never r1jax's. Every HF setting r1jax does not implement (rope scaling other than yarn,
 sliding windows, attention dropout, an activation other than silu, quantised weights, another routing
 function) is collected and reported in one UserError. Multi-token-prediction layers
 (`num_nextn_predict_layers` > 0) are ignored by transformers too, so they are accepted with a note. A config
@@ -24,6 +24,7 @@ import typing
 from typing import Any, Mapping, Optional
 
 from r1jax.model.config import ModelConfig
+from r1jax.model.rope import ROPE_TYPES
 from r1jax.errors import UserError
 
 ARCHITECTURES = {"deepseek_v3": "DeepseekV3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
@@ -38,9 +39,16 @@ _DEEPSEEK = ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_di
 _QWEN = ("num_key_value_heads", "head_dim", "mlp_only_layers", "decoder_sparse_step")
 
 
+# ModelConfig's rotary scaling fields and their keys in HF's rope_parameters (legacy: rope_scaling)
+_ROPE_KEYS = {"rope_factor": "factor", "rope_original_max_position_embeddings": "original_max_position_embeddings",
+              "rope_beta_fast": "beta_fast", "rope_beta_slow": "beta_slow", "rope_mscale": "mscale",
+              "rope_mscale_all_dim": "mscale_all_dim", "rope_attention_factor": "attention_factor",
+              "rope_truncate": "truncate"}
+
+
 def architecture_fields(family: str) -> tuple[str, ...]:
     """The ModelConfig fields a config.json of `family` sets (those the other family reads are not among them)."""
-    return ("family", "rope_theta", "n_routed_experts", *_COMMON,
+    return ("family", "rope_theta", "rope_type", *_ROPE_KEYS, "n_routed_experts", *_COMMON,
             *(_DEEPSEEK if family == "deepseek_v3" else _QWEN))
 
 
@@ -83,10 +91,21 @@ def to_hf_config(cfg: ModelConfig, dtype: str = "float32", bos_token_id: int | N
         out.update(num_experts=cfg.n_routed_experts, mlp_only_layers=list(cfg.mlp_only_layers),
                    use_sliding_window=False, sliding_window=None, max_window_layers=cfg.num_hidden_layers)
     out.update(hidden_act="silu", attention_dropout=0.0, rope_theta=cfg.rope_theta,
-               rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+               rope_parameters={"rope_type": cfg.rope_type, "rope_theta": cfg.rope_theta, **_rope_scaling(cfg)},
                bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
                dtype=dtype, torch_dtype=dtype, use_cache=True)
+    if cfg.rope_type != "default":  # the legacy key too (transformers 4, llama.cpp's converter read it)
+        out["rope_scaling"] = {"type": cfg.rope_type, "rope_type": cfg.rope_type, **_rope_scaling(cfg)}
     return out
+
+
+def _rope_scaling(cfg: ModelConfig) -> dict[str, Any]:
+    """The rope_parameters keys of `cfg`'s rotary scaling (none for the default embedding; unset mscales and
+    attention factor left out, as transformers reads a missing key)."""
+    if cfg.rope_type == "default":
+        return {}
+    keys = {hf_key: getattr(cfg, field) for field, hf_key in _ROPE_KEYS.items()}
+    return {k: v for k, v in keys.items() if v not in (None, 0.0) or k == "truncate"}
 
 
 def generation_config(bos_token_id: int | None = None, eos_token_id: int | None = None,
@@ -159,10 +178,36 @@ def _fields(hf: Mapping[str, Any], family: str, source: str) -> dict[str, Any]:
     _check_types({name: (value, _HINTS[key]) for key, (name, value) in found.items()}, source)
     fields = {key: value for key, (_, value) in found.items()}
     fields.update(family=family, rope_theta=float(fields["rope_theta"]), param_dtype=stored_dtype(hf))
+    fields.update(_rope_fields(hf, fields["max_position_embeddings"], source))
     if not deepseek:
         fields.setdefault("head_dim", fields["hidden_size"] // fields["num_attention_heads"])
         fields["mlp_only_layers"] = tuple(fields["mlp_only_layers"])
     return fields
+
+
+def _rope_fields(hf: Mapping[str, Any], max_positions: int, source: str) -> dict[str, Any]:
+    """ModelConfig's rotary scaling fields from rope_scaling / rope_parameters, read as transformers reads them:
+    a missing or null factor is max_position_embeddings / original_max_position_embeddings, missing or null
+    betas are 32 and 1, missing mscales unset, truncate true."""
+    rope = _rope(hf)
+    if rope["rope_type"] == "default":
+        return {"rope_type": "default"}
+    kinds = {"factor": Optional[float], "original_max_position_embeddings": _COUNT, "beta_fast": Optional[float],
+             "beta_slow": Optional[float], "mscale": Optional[float], "mscale_all_dim": Optional[float],
+             "attention_factor": Optional[float], "truncate": Optional[bool]}
+    _check_types({f"rope_parameters.{k}": (rope[k], kind) for k, kind in kinds.items() if k in rope}, source)
+    original = rope.get("original_max_position_embeddings")
+    factor = rope.get("factor")
+    if factor is None and original:
+        factor = max_positions / original
+    defaults = {"factor": 1.0, "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 0.0, "mscale_all_dim": 0.0,
+                "truncate": True}
+    given = {**{k: rope.get(k) for k in kinds}, "factor": factor}
+    fields = {field: given[key] if given[key] is not None else defaults.get(key)
+              for field, key in _ROPE_KEYS.items()}
+    for field in ("rope_factor", "rope_beta_fast", "rope_beta_slow", "rope_mscale", "rope_mscale_all_dim"):
+        fields[field] = float(fields[field])
+    return {"rope_type": rope["rope_type"], **fields}
 
 
 # ---------------------------------------------------------------------------------------------- value types
@@ -229,9 +274,9 @@ def _unsupported(hf: Mapping[str, Any], family: str) -> list[str]:
     """Human-readable reasons, one per HF setting whose semantics r1jax does not implement."""
     problems = []
     rope = _rope(hf)
-    if rope["rope_type"] != "default":
-        problems.append(f"rope scaling {rope['rope_type']!r} (rope_scaling/rope_parameters); only the "
-                        "default rotary embedding is implemented")
+    if rope["rope_type"] not in ROPE_TYPES:
+        problems.append(f"rope scaling {rope['rope_type']!r} (rope_scaling/rope_parameters); r1jax implements "
+                        + " and ".join(ROPE_TYPES))
     if rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) not in (1, 1.0, None):
         problems.append("partial_rotary_factor != 1")
     if hf.get("hidden_act", "silu") != "silu":

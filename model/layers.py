@@ -56,9 +56,10 @@ class RMSNorm(nnx.Module):
         return (self.weight[...] * normed.astype(x.dtype)).astype(x.dtype)
 
 
-def rope_cos_sin(positions_BT: jax.Array, dim: int, theta: float,
+def rope_cos_sin(positions_BT: jax.Array, inv_freq: jax.Array, scale: float = 1.0,
                  within_rows: bool = False) -> tuple[jax.Array, jax.Array]:
-    """cos and sin of shape [B, T, dim], laid out as HF's cat((freqs, freqs)), in float32.
+    """cos and sin of shape [B, T, 2 x len(inv_freq)], laid out as HF's cat((freqs, freqs)), in float32, times
+    `scale` (YaRN's attention factor; `model.rope` gives the frequencies and the scale).
 
     `within_rows`: every position lies in [0, T) (a row's tokens count their positions from its first real
     token, as left-padded and packed rows do: the full-sequence forward). On a CPU the values are then gathered
@@ -66,12 +67,12 @@ def rope_cos_sin(positions_BT: jax.Array, dim: int, theta: float,
     (each head of q and k, in every layer, forward and backward: 9% of the op time of bench_qwen3's update; its
     step 5.13 -> 4.78 s best of 3, interleaved), and a gather is computed once. The same float32 angles, so the
     same values; a position outside [0, T) gives NaN there."""
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
-
     def direct(positions):
         freqs = positions.astype(jnp.float32)[..., None] * inv_freq
         emb = jnp.concatenate([freqs, freqs], axis=-1)
-        return jnp.cos(emb), jnp.sin(emb)
+        if scale == 1.0:
+            return jnp.cos(emb), jnp.sin(emb)
+        return jnp.cos(emb) * scale, jnp.sin(emb) * scale
 
     def gathered(positions):
         tables = direct(jnp.arange(positions.shape[-1]))

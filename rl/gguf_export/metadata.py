@@ -51,6 +51,9 @@ _LITE_RULE = (f"llama.cpp's deepseek2 reads attention.q_lora_rank unless the mod
 def unsupported(cfg: ModelConfig) -> list[str]:
     """Reasons llama.cpp's architecture for `cfg.family` would not compute what r1jax computes."""
     problems = []
+    if cfg.rope_type != "default":
+        problems.append(f"rope_type={cfg.rope_type} (YaRN's metadata and llama.cpp's reading of it are not yet checked "
+                        "against r1jax's logits: the export writes the default rotary embedding only)")
     if cfg.attention_bias:
         problems.append("attention_bias=true (llama.cpp's deepseek2 / qwen3moe have no attention biases)")
     if cfg.is_deepseek:

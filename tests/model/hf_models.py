@@ -9,6 +9,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from r1jax.model.config import ModelConfig
+from r1jax.model.hf_config import to_hf_config
 
 # r1jax field -> HF config field, where the names differ.
 _RENAMES = {"qwen3_moe": {"n_routed_experts": "num_experts"}}
@@ -21,9 +22,10 @@ def hf_config(cfg: ModelConfig):
     fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
     for ours, theirs in _RENAMES.get(cfg.family, {}).items():
         fields[theirs] = fields.pop(ours)
-    common = dict(rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+    common = dict(rope_parameters=to_hf_config(cfg)["rope_parameters"],
                   dtype="float32", attn_implementation="eager", pad_token_id=None)
-    keep = {k: v for k, v in fields.items() if k not in ("family", "rope_theta", "param_dtype",
+    keep = {k: v for k, v in fields.items() if not k.startswith("rope_") or k == "rope_interleave"}
+    keep = {k: v for k, v in keep.items() if k not in ("family", "param_dtype",
                                                          "compute_dtype", "moe_impl", "moe_block_size",
                                                          "moe_decode_used_blocks", "moe_decode_impl", "remat", "scan_layers",
                                                          "decode_attention",

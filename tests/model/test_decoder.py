@@ -34,13 +34,13 @@ def test_rotary_gathered_from_the_rows_positions_equals_the_direct_angles_and_ma
     equals cos and sin of the positions themselves to the bit, checked against NumPy's float64 too; a position
     outside [0, T) gives NaN where it lies, not a clipped angle."""
     positions_BT = jnp.asarray([[0, 0, 0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 0, 1, 2, 7]], jnp.int32)
-    direct = jax.jit(lambda p: rope_cos_sin(p, 16, 10_000.0))(positions_BT)
-    gathered = jax.jit(lambda p: rope_cos_sin(p, 16, 10_000.0, within_rows=True))(positions_BT)
+    direct = jax.jit(lambda p: rope_cos_sin(p, 1.0 / 10_000.0 ** (jnp.arange(0, 16, 2, dtype=jnp.float32) / 16)))(positions_BT)
+    gathered = jax.jit(lambda p: rope_cos_sin(p, 1.0 / 10_000.0 ** (jnp.arange(0, 16, 2, dtype=jnp.float32) / 16), within_rows=True))(positions_BT)
     for a, b in zip(direct, gathered):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     angles = np.asarray(positions_BT, np.float64)[..., None] * 10_000.0 ** (-np.arange(0, 16, 2) / 16)
     np.testing.assert_allclose(np.asarray(gathered[0]), np.cos(np.concatenate([angles] * 2, -1)), atol=1e-5)
-    outside = jax.jit(lambda p: rope_cos_sin(p, 16, 10_000.0, within_rows=True))(positions_BT.at[1, 7].set(8))
+    outside = jax.jit(lambda p: rope_cos_sin(p, 1.0 / 10_000.0 ** (jnp.arange(0, 16, 2, dtype=jnp.float32) / 16), within_rows=True))(positions_BT.at[1, 7].set(8))
     assert np.isnan(np.asarray(outside[0][1, 7])).all() and not np.isnan(np.asarray(outside[0][:, :7])).any()
 
 

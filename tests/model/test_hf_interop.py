@@ -160,8 +160,10 @@ def test_hub_configs_take_transformers_defaults_and_legacy_keys():
 
 
 @pytest.mark.parametrize("change,named", [
-    ({"rope_scaling": {"type": "yarn", "factor": 40}}, "yarn"),
-    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4}}, "yarn"),
+    ({"rope_scaling": {"type": "dynamic", "factor": 40}}, "dynamic"),
+    ({"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4, "factor": 4}}, "longrope"),
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": "4"}}, "rope_parameters.factor"),
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4}}, "rope_original_max_position"),
     ({"use_sliding_window": True}, "use_sliding_window"),
     ({"attention_dropout": 0.1}, "attention_dropout"),
     ({"hidden_act": "gelu"}, "hidden_act"),
