@@ -5,6 +5,14 @@
 `model.safetensors` as transformers loads it, else every `*.safetensors` file. A file that cannot be read
 (config.json or the index not a JSON object, an index without `weight_map`, a shard it lists that is missing,
 a truncated or damaged shard, a tensor in two files) is a UserError naming it, never a raw traceback.
+
+Block-wise fp8 checkpoints (DeepSeek-V3/R1 as released, Qwen3's -FP8 models: `quantization_config` with
+quant_method "fp8", fmt "e4m3", `weight_block_size` [b0, b1]): a `F8_E4M3` weight W [out, in] comes with
+`W_scale_inv` [ceil(out / b0), ceil(in / b1)] (float32), and its value is W x the scale of its block, as
+DeepSeek's `fp8_cast_bf16.py` and transformers' fine-grained fp8 dequantisation compute it. `get` returns such
+a weight dequantised, in float32 (`dtype` says "F32"), and the scale tensors are not parameters
+(`is_fp8_scale`). safetensors' numpy reader has no fp8 type, so those weights are read from the file's bytes
+(its header's offsets) as ml_dtypes' float8_e4m3fn.
 """
 
 from __future__ import annotations
@@ -14,11 +22,14 @@ import json
 import pathlib
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from r1jax.errors import UserError
 
 INDEX_FILE = "model.safetensors.index.json"
+FP8_SCALE_SUFFIX = "_scale_inv"
+FP8_FORMATS = {"e4m3": "F8_E4M3"}  # quantization_config fmt -> the safetensors dtype of its weights
 
 
 class HFCheckpoint:
@@ -80,12 +91,59 @@ class HFCheckpoint:
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._handles[self.files[name]].get_slice(name).get_shape())
 
-    def dtype(self, name: str) -> str:
-        """The tensor's safetensors dtype code ("F32", "BF16", ...), from the header."""
+    def _stored_dtype(self, name: str) -> str:
         return self._handles[self.files[name]].get_slice(name).get_dtype()
 
+    def dtype(self, name: str) -> str:
+        """The tensor's safetensors dtype code ("F32", "BF16", ...), from the header; "F32" for a block-wise
+        fp8 weight (`get` dequantises it)."""
+        stored = self._stored_dtype(name)
+        return "F32" if stored in FP8_FORMATS.values() else stored
+
     def get(self, name: str) -> np.ndarray:
-        return self._handles[self.files[name]].get_tensor(name)
+        if self._stored_dtype(name) not in FP8_FORMATS.values():
+            return self._handles[self.files[name]].get_tensor(name)
+        return self._dequantised(name)
+
+    def is_fp8_scale(self, name: str) -> bool:
+        """`name` is the block scales of a fp8 weight (read with it, no parameter of its own)."""
+        weight = name[: -len(FP8_SCALE_SUFFIX)]
+        return name.endswith(FP8_SCALE_SUFFIX) and weight in self.files and self._stored_dtype(weight) in \
+            FP8_FORMATS.values()
+
+    def _dequantised(self, name: str) -> np.ndarray:
+        """A block-wise fp8 weight times its blocks' scales, float32 (module docstring)."""
+        quant = self.config.get("quantization_config") or {}
+        block = quant.get("weight_block_size")
+        fmt = quant.get("fmt", "e4m3")
+        where = f"HF checkpoint {str(self.dir)!r}: tensor {name!r}"
+        if quant.get("quant_method") != "fp8" or FP8_FORMATS.get(fmt) != self._stored_dtype(name):
+            raise UserError(f"{where} is {self._stored_dtype(name)}, but config.json's quantization_config "
+                            f"({quant or 'none'}) does not describe block-wise fp8 e4m3 weights")
+        if not (isinstance(block, list) and len(block) == 2 and all(isinstance(b, int) and b > 0 for b in block)):
+            raise UserError(f"{where}: quantization_config.weight_block_size is {block!r} (expected [rows, columns])")
+        scale_name = name + FP8_SCALE_SUFFIX
+        if scale_name not in self.files:
+            raise UserError(f"{where} is fp8 without its block scales {scale_name!r}")
+        weight = self._raw(name, ml_dtypes.float8_e4m3fn)
+        scale = np.asarray(self._handles[self.files[scale_name]].get_tensor(scale_name), np.float32)
+        blocks = tuple(-(-n // b) for n, b in zip(weight.shape, block))
+        if weight.ndim != 2 or scale.shape != blocks:
+            raise UserError(f"{where}: {list(weight.shape)} weight with {list(scale.shape)} scales {scale_name!r} "
+                            f"(expected {list(blocks)} for blocks of {block})")
+        per_element = np.repeat(np.repeat(scale, block[0], axis=0), block[1], axis=1)[: weight.shape[0], : weight.shape[1]]
+        return weight.astype(np.float32) * per_element
+
+    def _raw(self, name: str, dtype) -> np.ndarray:
+        """Tensor `name` read from its file's bytes as `dtype` (a type safetensors' numpy reader lacks)."""
+        file = self.files[name]
+        with file.open("rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size))
+        begin, end = header[name]["data_offsets"]
+        shape = tuple(header[name]["shape"])
+        data = np.memmap(file, dtype=np.uint8, mode="r", offset=8 + size + begin, shape=(end - begin,))
+        return np.asarray(data).view(dtype).reshape(shape)
 
     def close(self) -> None:
         self._stack.close()

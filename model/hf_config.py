@@ -283,9 +283,11 @@ def _unsupported(hf: Mapping[str, Any], family: str) -> list[str]:
         problems.append(f"hidden_act={hf['hidden_act']!r} (only 'silu')")
     if hf.get("attention_dropout") not in (None, 0, 0.0):
         problems.append(f"attention_dropout={hf['attention_dropout']!r} (only 0)")
-    if hf.get("quantization_config"):
-        problems.append(f"quantization_config ({hf['quantization_config'].get('quant_method', '?')}); import "
-                        "dequantised bfloat16/float32 weights")
+    quant = hf.get("quantization_config")
+    if quant and not is_block_fp8(quant):
+        problems.append(f"quantization_config ({quant.get('quant_method', '?')}, {quant.get('fmt', '?')}); r1jax "
+                        "dequantises block-wise fp8 e4m3 weights (quant_method fp8, weight_block_size [rows, "
+                        "columns]); import dequantised bfloat16/float32 weights otherwise")
     problems += _unsupported_deepseek(hf) if family == "deepseek_v3" else _unsupported_qwen(hf)
     return problems
 
@@ -311,12 +313,24 @@ def _unsupported_qwen(hf: Mapping[str, Any]) -> list[str]:
     return []
 
 
+def is_block_fp8(quant: Mapping[str, Any]) -> bool:
+    """`quantization_config` describes block-wise fp8 e4m3 weights (DeepSeek-V3's release; model.hf_checkpoint
+    dequantises them)."""
+    block = quant.get("weight_block_size")
+    return (quant.get("quant_method") == "fp8" and quant.get("fmt", "e4m3") == "e4m3" and isinstance(block, list)
+            and len(block) == 2 and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in block))
+
+
 def _notes(hf: Mapping[str, Any]) -> list[str]:
+    notes = []
     mtp = mtp_layers(hf)
     if mtp:
-        return [f"num_nextn_predict_layers={mtp}: the multi-token-prediction layers are ignored (as "
-                "transformers does); their tensors are skipped"]
-    return []
+        notes.append(f"num_nextn_predict_layers={mtp}: the multi-token-prediction layers are ignored (as "
+                     "transformers does); their tensors are skipped")
+    if hf.get("quantization_config"):
+        notes.append(f"block-wise fp8 weights: dequantised on import to {stored_dtype(hf)} (an export writes "
+                     f"them so, not in fp8)")
+    return notes
 
 
 def mtp_layers(hf: Mapping[str, Any]) -> int:

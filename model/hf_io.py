@@ -232,7 +232,7 @@ def check_tensors(ckpt: HFCheckpoint, cfg: ModelConfig, shapes: Mapping) -> None
     present = set(ckpt.files)
     missing = sorted(set(expected) - present)
     # transformers builds DeepSeek's shared experts even when there are none, zero wide, and saves them empty
-    empty = {n for n in present if ".mlp.shared_experts." in n and 0 in ckpt.shape(n)}
+    empty = {n for n in present if ".mlp.shared_experts." in n and 0 in ckpt.shape(n) or ckpt.is_fp8_scale(n)}
     unexpected = sorted(n for n in present - set(expected) - empty if not _ignored(n, cfg, mtp))
     wrong = sorted(f"{n} {list(ckpt.shape(n))} (expected {list(s)})" for n, s in expected.items()
                    if n in present and ckpt.shape(n) != s)
