@@ -6,7 +6,9 @@ gating key is absent).
 Both families: context_length (max_position_embeddings), embedding_length, block_count,
 feed_forward_length (the dense MLP width), attention.head_count, attention.head_count_kv,
 attention.key_length / value_length, attention.layer_norm_rms_epsilon, rope.freq_base, rope.dimension_count,
-rope.scaling.type = none, expert_count, expert_used_count, expert_feed_forward_length, expert_weights_norm
+rope.scaling.type (none, or yarn with rope.scaling.factor, original_context_length, yarn_beta_fast /
+yarn_beta_slow, and for deepseek2 yarn_log_multiplier = 0.1 x mscale_all_dim, from which llama.cpp scales the
+MLA softmax by mscale^2 as transformers does), expert_count, expert_used_count, expert_feed_forward_length, expert_weights_norm
 (norm_topk_prob), expert_weights_scale, expert_gating_func (sigmoid for DeepSeek-V3, softmax for Qwen3-MoE),
 expert_group_count / expert_group_used_count (0 / 0 for Qwen3-MoE: no groups), vocab_size, general.file_type.
 deepseek2 adds: leading_dense_block_count (first_k_dense_replace), attention.q_lora_rank / kv_lora_rank,
@@ -18,7 +20,9 @@ Group-limited routing: llama.cpp asserts expert_group_used_count < expert_group_
 than one group. With topk_group == n_group every group is kept, which is routing without groups, so that
 case is written as one group of all experts (count 1, used 1): the same selection.
 
-`unsupported(cfg)` lists what llama.cpp cannot run as r1jax does; the export refuses such a model.
+`unsupported(cfg)` lists what llama.cpp cannot run as r1jax does; the export refuses such a model. Under YaRN
+llama.cpp scales cos and sin by 0.1 ln(factor) + 1 (qwen3moe) or 1 (deepseek2): a config whose mscales or
+attention factor give another scale is refused (DeepSeek-V3's released mscale = mscale_all_dim = 1 gives 1).
 llama.cpp's deepseek2 loader (`llama_model_deepseek2::load_arch_hparams`) takes a model for "lite"
 (DeepSeek-V2-Lite and kin: no q LoRA) by its shape alone: 26 or 27 layers, or 48 layers with a vocabulary
 (deepseek2.vocab_size) of 128256. It reads attention.q_lora_rank only for the others, and then looks for
@@ -28,10 +32,13 @@ q_lora_rank must be set exactly when the model is not lite.
 
 from __future__ import annotations
 
+import math
+
 import gguf
 
 from r1jax.model.attention import MLA_NORM_EPS
 from r1jax.model.config import ModelConfig
+from r1jax.model.rope import cos_sin_scale, yarn_mscale
 from r1jax.rl.gguf_export.layout import FILE_TYPES
 
 _LITE_LAYERS = (26, 27)  # deepseek2 models llama.cpp loads without q_lora_rank (DeepSeek-V2-Lite and kin) ...
@@ -51,9 +58,12 @@ _LITE_RULE = (f"llama.cpp's deepseek2 reads attention.q_lora_rank unless the mod
 def unsupported(cfg: ModelConfig) -> list[str]:
     """Reasons llama.cpp's architecture for `cfg.family` would not compute what r1jax computes."""
     problems = []
-    if cfg.rope_type != "default":
-        problems.append(f"rope_type={cfg.rope_type} (YaRN's metadata and llama.cpp's reading of it are not yet checked "
-                        "against r1jax's logits: the export writes the default rotary embedding only)")
+    if cfg.rope_type == "yarn":  # llama.cpp fixes the cos/sin scale (its ggml_rope_ext mscale) per architecture
+        wanted = 1.0 if cfg.is_deepseek else yarn_mscale(cfg.rope_factor)
+        if not math.isclose(cos_sin_scale(cfg), wanted, rel_tol=1e-6):
+            problems.append(f"YaRN with cos and sin scaled by {cos_sin_scale(cfg):.6g} (rope_mscale, rope_mscale_all_dim, "
+                            f"rope_attention_factor); llama.cpp's {'deepseek2' if cfg.is_deepseek else 'qwen3moe'} "
+                            f"scales them by {wanted:.6g}")
     if cfg.attention_bias:
         problems.append("attention_bias=true (llama.cpp's deepseek2 / qwen3moe have no attention biases)")
     if cfg.is_deepseek:
@@ -91,7 +101,7 @@ def write_architecture(writer: gguf.GGUFWriter, cfg: ModelConfig, dtype: str) ->
     writer.add_head_count(cfg.num_attention_heads)
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     writer.add_rope_freq_base(cfg.rope_theta)
-    writer.add_rope_scaling_type(gguf.RopeScalingType.NONE)
+    _rope_scaling(writer, cfg)
     writer.add_expert_count(cfg.n_routed_experts)
     writer.add_expert_used_count(cfg.num_experts_per_tok)
     writer.add_expert_feed_forward_length(cfg.moe_intermediate_size)
@@ -100,6 +110,21 @@ def write_architecture(writer: gguf.GGUFWriter, cfg: ModelConfig, dtype: str) ->
         _deepseek(writer, cfg)
     else:
         _qwen(writer, cfg)
+
+
+def _rope_scaling(writer: gguf.GGUFWriter, cfg: ModelConfig) -> None:
+    """The rotary scaling as llama.cpp's converter states it: YaRN's factor, original context and betas; for
+    deepseek2 the MLA mscale's log multiplier (0.1 x mscale_all_dim), from which llama.cpp scales the softmax."""
+    if cfg.rope_type == "default":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.NONE)
+        return
+    writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+    writer.add_rope_scaling_factor(cfg.rope_factor)
+    writer.add_rope_scaling_orig_ctx_len(cfg.rope_original_max_position_embeddings)
+    writer.add_rope_scaling_yarn_beta_fast(cfg.rope_beta_fast)
+    writer.add_rope_scaling_yarn_beta_slow(cfg.rope_beta_slow)
+    if cfg.is_deepseek:
+        writer.add_rope_scaling_yarn_log_mul(0.1 * cfg.rope_mscale_all_dim)
 
 
 def _deepseek(writer: gguf.GGUFWriter, cfg: ModelConfig) -> None:

@@ -348,8 +348,10 @@ def test_cli_writes_the_file_and_refuses_bad_input_leaving_nothing_behind(tokeni
     (dict(family="deepseek_v3", q_lora_rank=None), "q_lora_rank=null"),
     (dict(family="qwen3_moe", attention_bias=True), "attention_bias=true"),
     (dict(family="deepseek_v3", rms_norm_eps=1e-5), r"rms_norm_eps=1e-05 .* MLA q_a / kv_a norms"),
-    (dict(family="qwen3_moe", rope_type="yarn", rope_factor=4.0, rope_original_max_position_embeddings=8),
-     "rope_type=yarn .* the export writes the default rotary embedding only"),
+    (dict(family="qwen3_moe", rope_type="yarn", rope_factor=4.0, rope_original_max_position_embeddings=8,
+          rope_attention_factor=1.3), r"YaRN with cos and sin scaled by 1.3 .* qwen3moe scales them by 1.13863"),
+    (dict(family="deepseek_v3", rope_type="yarn", rope_factor=4.0, rope_original_max_position_embeddings=8),
+     r"YaRN with cos and sin scaled by 1.13863 .* deepseek2 scales them by 1$"),
 ])
 def test_models_llama_cpp_cannot_run_are_refused_before_loading_weights(change, why, tokenizer, tmp_path, capsys):
     family = change.pop("family")

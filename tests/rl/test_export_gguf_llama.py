@@ -31,13 +31,22 @@ NEW_TOKENS = 8
 PROMPT = [1, 30, 41, 52, 63, 74, 85, 96, 107, 118, 129]  # bos, then ordinary pieces
 # a spread of logits well above the numeric difference, so greedy choices are not near-ties
 SCALE = dict(initializer_range=0.2)
+YARN = dict(rope_type="yarn", max_position_embeddings=64)
 CONFIGS = {"deepseek_v3": dataclasses.replace(DEEPSEEK, **SCALE),
            # HF's non-interleaved rope: the export permutes the rope rows into llama.cpp's adjacent pairs
            "deepseek_v3_rope_halves": dataclasses.replace(DEEPSEEK, rope_interleave=False, **SCALE),
            "qwen3_moe": dataclasses.replace(QWEN, mlp_only_layers=(), **SCALE),
            # tied embeddings: no output.weight in the file; llama.cpp reads the token embeddings for both
            "deepseek_v3_tied": dataclasses.replace(DEEPSEEK, tie_word_embeddings=True, **SCALE),
-           "qwen3_moe_tied": dataclasses.replace(QWEN, mlp_only_layers=(), tie_word_embeddings=True, **SCALE)}
+           "qwen3_moe_tied": dataclasses.replace(QWEN, mlp_only_layers=(), tie_word_embeddings=True, **SCALE),
+           # YaRN over an original context of 2-4 positions: the prompt and completion run past it (llama.cpp
+           # reads the betas; the default rotary embedding's logits differ by 2-3.5 from these)
+           "deepseek_v3_yarn": dataclasses.replace(DEEPSEEK, **YARN, rope_factor=8.0,
+                                                   rope_original_max_position_embeddings=2, rope_mscale=1.0,
+                                                   rope_mscale_all_dim=1.0, **SCALE),
+           "qwen3_moe_yarn": dataclasses.replace(QWEN, mlp_only_layers=(), **YARN, rope_factor=4.0,
+                                                 rope_original_max_position_embeddings=4, rope_beta_fast=16.0,
+                                                 rope_beta_slow=2.0, **SCALE)}
 
 
 @pytest.fixture(scope="module")
