@@ -34,6 +34,7 @@ from sentencepiece import sentencepiece_model_pb2
 
 from r1jax.errors import UserError
 from r1jax.model.tokenizer import BOS_ID, TEMPLATE_NAMES, TEMPLATES, Tokenizer, TokenizerLike
+from r1jax.model.tokenizer_json import CHAT_TEMPLATE_FILE, CONFIG_JSON, HFTokenizer
 
 _META, _ESC = "\u2581", "\U000f0000"  # as model.tokenizer
 
@@ -118,19 +119,20 @@ def tokenizer_json(model_proto: bytes) -> dict:
 _ASSISTANT = "Assistant:"  # the assistant header r1jax's prompt texts end with: the generation prompt
 
 
-def chat_template(template: str) -> str:
-    """A Jinja chat template for r1jax's prompt format `template`: bos, then each user turn as r1jax's
-    `apply_template(template, content)` without its closing assistant header, each assistant turn as that
-    header, a space, the content and eos; the header again when `add_generation_prompt` is true. So one user
-    turn with the generation prompt is r1jax's prompt text. The formats have no system turn: any role other
-    than user and assistant raises an error naming it (transformers' `raise_exception`)."""
+def chat_template(template: str, start: str | None = None) -> str:
+    """A Jinja chat template for r1jax's prompt format `template`: `start` (default: the bos_token), then each
+    user turn as r1jax's `apply_template(template, content)` without its closing assistant header, each assistant
+    turn as that header, a space, the content and eos; the header again when `add_generation_prompt` is true. So
+    one user turn with the generation prompt is r1jax's prompt text. The formats have no system turn: any role
+    other than user and assistant raises an error naming it (transformers' `raise_exception`)."""
     if template not in TEMPLATE_NAMES:
         raise UserError(f"unknown template {template!r}: expected one of {list(TEMPLATE_NAMES)}")
     prefix, suffix = TEMPLATES.get(template, "{prompt}").split("{prompt}")  # "none": the prompt as is
     header = _ASSISTANT if suffix.endswith(_ASSISTANT) else ""
     close = suffix[:len(suffix) - len(header)]
     unsupported = json.dumps(f" is not supported by r1jax's {template} prompt format (user and assistant turns only)")
-    return ("{{- bos_token -}}"
+    opening = "{{- bos_token -}}" if start is None else f"{{{{- {json.dumps(start)} -}}}}" if start else ""
+    return (opening +
             "{%- for message in messages -%}"
             "{%- if message['role'] == 'user' -%}"
             f"{{{{ {json.dumps(prefix)} + message['content'] + {json.dumps(close)} }}}}"
@@ -167,8 +169,24 @@ def save_hf_tokenizer(tok: Tokenizer, out_dir: str | pathlib.Path, template: str
     return [out / name for name in files]
 
 
+def save_with_prompt_format(tok: HFTokenizer, out_dir: str | pathlib.Path, template: str) -> None:
+    """A Hugging Face tokenizer's files in `out_dir` with a chat template that renders r1jax's prompt format
+    `template` (`chat_template`, opening with what the tokenizer's post-processor puts before a sequence) in
+    place of its own: tokenizer_config.json's `chat_template` replaced, chat_template.jinja (which transformers
+    would prefer) left out, every other file byte for byte. transformers' `apply_chat_template([user turn],
+    add_generation_prompt=True)` then gives r1jax's `render_prompt(tok, template, ...)` ids."""
+    out = pathlib.Path(out_dir)
+    tok.save(out)
+    (out / CHAT_TEMPLATE_FILE).unlink(missing_ok=True)
+    config = {**tok.config, "chat_template": chat_template(template, tok.start_text)}
+    (out / CONFIG_JSON).write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
 def token_ids(tok: TokenizerLike) -> dict[str, int | list[int] | None]:
     """The special ids for config.json / generation_config.json, of either tokenizer back end: eos_token_id
-    is a list when several ids stop generation (as Qwen3's and R1's generation_config.json write it)."""
+    is a list when several ids stop generation (as Qwen3's and R1's generation_config.json write it); a Hugging
+    Face tokenizer's bos_token_id is the one its configs name (`HFTokenizer.model_bos_id`: Qwen's names one
+    though its tokenizer has no bos token)."""
     eos = tok.eos_ids[0] if len(tok.eos_ids) == 1 else list(tok.eos_ids)
-    return {"bos_token_id": tok.bos_id, "eos_token_id": eos, "pad_token_id": tok.pad_id}
+    bos = tok.model_bos_id if isinstance(tok, HFTokenizer) else tok.bos_id
+    return {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": tok.pad_id}

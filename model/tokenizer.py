@@ -29,7 +29,8 @@ from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence
 
 from r1jax.errors import UserError
 from r1jax.files import write_atomically
-from r1jax.model.tokenizer_json import TOKENIZER_JSON, HFTokenizer
+from r1jax.model.chat_template import RESERVED_VARIABLES
+from r1jax.model.tokenizer_json import CONFIG_JSON, TOKENIZER_JSON, HFTokenizer
 
 THINK, END_THINK, ANSWER, END_ANSWER = "<think>", "</think>", "<answer>", "</answer>"
 TAGS = (THINK, END_THINK, ANSWER, END_ANSWER)
@@ -87,6 +88,10 @@ class TokenizerConfig:
             raise UserError(f"tokenizer.model_type = {self.model_type!r}: expected one of {MODEL_TYPES}")
         if self.template not in TEMPLATE_NAMES:
             raise UserError(f"tokenizer.template = {self.template!r}: expected one of {list(TEMPLATE_NAMES)}")
+        reserved = [name for name in RESERVED_VARIABLES if name in self.template_vars]
+        if reserved:
+            raise UserError(f"tokenizer.template_vars.{reserved[0]}: r1jax sets {reserved[0]!r} itself when it "
+                            f"renders a chat template (the names {list(RESERVED_VARIABLES)} are reserved); remove it")
 
 
 def apply_template(template: str, prompt: str) -> str:
@@ -139,8 +144,8 @@ class Tokenizer:
         self._sp = spm.SentencePieceProcessor(model_proto=self.model_proto)
         missing = [t for t in TAGS if self._sp.piece_to_id(t) == UNK_ID]
         if missing or self._sp.bos_id() != BOS_ID or self._sp.pad_id() != PAD_ID:
-            raise UserError(f"not an r1jax tokenizer (missing {missing or 'bos/pad ids'}); "
-                            "train one with `r1jax tokenizer train`")
+            raise UserError(f"a sentencepiece model but not an r1jax tokenizer (it lacks "
+                            f"{missing or 'r1jax bos/pad ids'})")
 
     @property
     def vocab_size(self) -> int:
@@ -180,12 +185,27 @@ class Tokenizer:
             return cls(path.read_bytes())
         except RuntimeError as err:  # sentencepiece's error for a file that is not a model proto
             raise UserError(f"tokenizer file {str(path)!r} is not a sentencepiece model: {err}") from err
+        except UserError as err:  # a sentencepiece model of another project, e.g. a Hugging Face checkpoint's
+            raise UserError(f"tokenizer file {str(path)!r} is {err}; {_foreign_sentencepiece_advice(path.parent)}") \
+                from None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Tokenizer) and self.model_proto == other.model_proto
 
     def __hash__(self) -> int:
         return hash(self.model_proto)
+
+
+def _foreign_sentencepiece_advice(directory: pathlib.Path) -> str:
+    """What to do with a tokenizer.model r1jax did not train: in a Hugging Face directory (config.json or
+    tokenizer_config.json beside it), get its tokenizer.json; elsewhere, train an r1jax tokenizer."""
+    if not ((directory / "config.json").is_file() or (directory / CONFIG_JSON).is_file()):
+        return (f"train one with `r1jax tokenizer train`, or set tokenizer.path to a directory holding a Hugging Face "
+                f"{TOKENIZER_JSON}")
+    return (f"r1jax reads a Hugging Face checkpoint's tokenizer from {TOKENIZER_JSON} only, not a sentencepiece "
+            f"{FILE_NAME}: write it beside the model with transformers, `AutoTokenizer.from_pretrained("
+            f"{str(directory)!r}).save_pretrained({str(directory)!r})` (a fast tokenizer saves {TOKENIZER_JSON}), or "
+            f"set tokenizer.path to a directory holding the checkpoint's {TOKENIZER_JSON}")
 
 
 def is_tokenizer_dir(path: str | pathlib.Path) -> bool:
@@ -221,8 +241,12 @@ def prompt_text(tokenizer: TokenizerLike, template: str, prompt: str,
     (`apply_chat_template(..., add_generation_prompt=True, **template_vars)`); with r1jax's own tokenizer it
     is `apply_template("chat", prompt)`. `template_vars` are read by chat templates only."""
     if _uses_chat_template(tokenizer, template):
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                              **dict(template_vars or {}))
+        if not text:  # the policy would have nothing to condition on (and SFT no token to predict from)
+            raise UserError(f"{tokenizer.chat_template.origin} rendered nothing for a user message (prompt "
+                            f"{prompt[:60]!r}) with the generation prompt: a prompt needs at least one token")
+        return text
     return apply_template(template, prompt)
 
 

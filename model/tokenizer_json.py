@@ -15,7 +15,12 @@
   no `added_tokens_decoder` (an old file), special_tokens_map.json's values win, as in transformers.
 - `eos_ids`: tokenizer_config's eos_token first, then every id of generation_config.json's `eos_token_id`
   (an int or a list); every one of them stops a row. `pad_id`: the pad_token, else generation_config's
-  `pad_token_id`, else the first eos id (rows are padded only after they stopped).
+  `pad_token_id`, else the first eos id (rows are padded only after they stopped). `model_bos_id`: the bos the
+  model's configs name (the bos token's, else generation_config's `bos_token_id`: Qwen's names one though its
+  tokenizer has none), never added by `encode`.
+- A directory without generation_config.json whose config.json names token ids gets the generation config
+  transformers makes then (`GenerationConfig.from_model_config`: config.json's bos/eos/pad_token_id, which
+  `save_pretrained` writes as generation_config.json), so its eos list stops rows as in transformers.
 - The chat template is chat_template.jinja when present, else tokenizer_config.json's `chat_template` (a
   string, or a list of {name, template} of which "default" is used), as transformers chooses.
 - The files are kept byte for byte (`FILES`), so `save(dir)` writes back exactly what was loaded.
@@ -39,6 +44,8 @@ SPECIAL_TOKENS_JSON = "special_tokens_map.json"
 GENERATION_JSON = "generation_config.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 FILES = (TOKENIZER_JSON, CONFIG_JSON, SPECIAL_TOKENS_JSON, GENERATION_JSON, CHAT_TEMPLATE_FILE)
+MODEL_CONFIG_JSON = "config.json"  # the model's; read only for a directory without generation_config.json
+_GENERATION_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")  # what r1jax reads of a generation config
 # transformers' SPECIAL_TOKENS_ATTRIBUTES: the special tokens a chat template sees by name
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 _PROBE = "a"  # a text every byte-level or byte-fallback vocabulary encodes to at least one id
@@ -57,6 +64,19 @@ def _clean_up_tokenization(text: str) -> str:
                      (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
         text = text.replace(old, new)
     return text
+
+
+def _generation_from_model_config(path: pathlib.Path) -> Optional[bytes]:
+    """generation_config.json as transformers makes it for a directory that has none (module docstring): the
+    token ids config.json names, or None when it names none."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    ids = {name: config[name] for name in _GENERATION_IDS if config.get(name) is not None}
+    return (json.dumps(ids, indent=2) + "\n").encode("utf-8") if ids else None
 
 
 class HFTokenizer:
@@ -81,6 +101,8 @@ class HFTokenizer:
         generation = self._json(GENERATION_JSON)
         self.special_tokens = self._special_tokens()
         self.bos_id = self._special_id("bos_token")
+        self.model_bos_id = self.bos_id if self.bos_id is not None else self._token_id_or_none(
+            generation.get("bos_token_id"))  # only named in configs: a value that is no id is left out
         self.eos_ids = self._eos_ids(generation)
         pad = self._special_id("pad_token")
         pad = generation.get("pad_token_id") if pad is None else pad
@@ -129,6 +151,10 @@ class HFTokenizer:
             raise UserError(f"{what} = {value!r}: expected a token id in [0, {self.vocab_size})")
         return value
 
+    def _token_id_or_none(self, value: Any) -> Optional[int]:
+        valid = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < self.vocab_size
+        return value if valid else None
+
     def _eos_ids(self, generation: dict) -> tuple[int, ...]:
         ids = [] if (eos := self._special_id("eos_token")) is None else [eos]
         listed = generation.get("eos_token_id")
@@ -175,6 +201,10 @@ class HFTokenizer:
         if not (directory / TOKENIZER_JSON).is_file():
             raise UserError(f"tokenizer directory {str(directory)!r} has no {TOKENIZER_JSON}")
         files = {name: (directory / name).read_bytes() for name in FILES if (directory / name).is_file()}
+        if GENERATION_JSON not in files and (directory / MODEL_CONFIG_JSON).is_file():
+            generation = _generation_from_model_config(directory / MODEL_CONFIG_JSON)
+            if generation is not None:
+                files[GENERATION_JSON] = generation
         return cls(files, str(directory))
 
     def save(self, directory: str | pathlib.Path) -> pathlib.Path:
@@ -196,6 +226,12 @@ class HFTokenizer:
     def eos_id(self) -> int:
         return self.eos_ids[0]
 
+    @property
+    def start_text(self) -> str:
+        """The text of what the post-processor puts before a sequence (DeepSeek's bos; "" for Qwen): a chat
+        template that writes it first gives the ids `encode(text, add_bos=True)` gives."""
+        return "".join(self._tok.id_to_token(i) for i in self._prefix)
+
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         ids = self._tok.encode(text, add_special_tokens=False).ids
         if add_bos and self._prefix and ids[:len(self._prefix)] != self._prefix:
@@ -206,7 +242,7 @@ class HFTokenizer:
         text = self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
         return _clean_up_tokenization(text) if self._clean_up else text
 
-    def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = False,
+    def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], /, add_generation_prompt: bool = False,
                             **variables: Any) -> str:
         """The chat template's text for `messages` (as `AutoTokenizer.apply_chat_template(..., tokenize=False)`);
         its ids are `encode(text)`. No chat template is a UserError naming the files looked in."""

@@ -5,7 +5,9 @@ sharded with model.safetensors.index.json above --max-shard-size, and the tokeni
 (or --tokenizer) beside them, with its bos / eos / pad ids in the configs:
 - a Hugging Face tokenizer (a model that came from the hub) is written back byte for byte: its
   tokenizer.json, tokenizer_config.json (its own chat template), special_tokens_map.json, chat_template.jinja
-  and generation_config.json (which replaces the model export's, so its eos_token_id list is kept);
+  and generation_config.json (which replaces the model export's, so its eos_token_id list is kept); with
+  --template r1_zero or none (a policy trained on that prompt format, e.g. R1-Zero from a base model) its chat
+  template is replaced by one that renders that format (model.hf_tokenizer.save_with_prompt_format);
 - an r1jax sentencepiece tokenizer becomes the files AutoTokenizer loads, with a chat template that renders
   the prompt format the checkpoint was trained with (its tokenizer.template; --template chooses another), so
   `apply_chat_template([user turn], add_generation_prompt=True)` gives the ids r1jax prompted it with
@@ -37,9 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a tokenizer directory (Hugging Face tokenizer.json or r1jax tokenizer.model) to "
                              "export beside the weights (default: the one the checkpoint carries)")
     parser.add_argument("--template", choices=TEMPLATE_NAMES, default=None,
-                        help="for an r1jax tokenizer: the prompt format the chat template renders (default: the "
-                             "checkpoint's tokenizer.template, the format it was trained with); a Hugging Face "
-                             "tokenizer keeps its own chat template")
+                        help="the prompt format the exported chat template renders (default: the checkpoint's "
+                             "tokenizer.template, the format it was trained with); a Hugging Face tokenizer keeps "
+                             "its own chat template unless this says r1_zero or none")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     from r1jax.errors import UserError
     from r1jax.model.hf_io import export_hf
-    from r1jax.model.hf_tokenizer import save_hf_tokenizer, token_ids
+    from r1jax.model.hf_tokenizer import save_hf_tokenizer, save_with_prompt_format, token_ids
     from r1jax.model.tokenizer import Tokenizer
     from r1jax.rl.checkpoint import load_config, load_policy
     from r1jax.rl.config import config_from_dicts, parse_overrides, to_dict
@@ -64,10 +66,9 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_dicts(to_dict(config), parse_overrides(args.overrides), source="overrides")
     tok = resolve_tokenizer(args.tokenizer, config.model.vocab_size, args.checkpoint)
     own_format = tok is not None and isinstance(tok, Tokenizer)  # r1jax's: the chat template is written here
-    if tok is not None and not own_format and args.template not in (None, "chat"):
-        raise UserError(f"--template {args.template}: the tokenizer is a Hugging Face one, whose files are "
-                        "exported as they came, with their own chat template")
     template = args.template or config.tokenizer.template
+    # a Hugging Face tokenizer's own chat template is replaced only when --template asks for r1jax's format
+    replaced = tok is not None and not own_format and args.template not in (None, "chat")
     mesh = build_mesh(config.sharding)
     _, policy = load_policy(args.checkpoint, mesh, config.sharding.logical_rules())
     files = export_hf(policy, out, args.dtype, max_bytes, token_ids(tok) if tok else None)
@@ -75,22 +76,28 @@ def run(args: argparse.Namespace) -> int:
     if tok is not None and jax.process_index() == 0:
         if own_format:
             save_hf_tokenizer(tok, out, template, config.model.max_position_embeddings)
+        elif replaced:  # after the model export, as below
+            save_with_prompt_format(tok, out, template)
         else:  # after the model export: the tokenizer's own generation_config.json replaces the one it wrote
             tok.save(out)
     print(f"wrote {out} ({config.model.family}, {len(weights)} safetensors file(s), "
           f"dtype {args.dtype or config.model.param_dtype}, "
-          f"{_tokenizer_note(tok, own_format, template)})")
+          f"{_tokenizer_note(tok, own_format, replaced, template)})")
     return 0
 
 
-def _tokenizer_note(tok, own_format: bool, template: str) -> str:
+def _tokenizer_note(tok, own_format: bool, replaced: bool, template: str) -> str:
     if tok is None:
         return "no tokenizer: pass --tokenizer to include one"
     if own_format:
         return f"with the tokenizer; its chat template renders the {template} prompt format"
+    if replaced:
+        return (f"with the Hugging Face tokenizer's files, its chat template replaced by one that renders the "
+                f"{template} prompt format")
     if template != "chat":
         return (f"with the Hugging Face tokenizer's files as they came; note: the checkpoint was trained with the "
-                f"{template} prompt format, not this chat template: prompt it with that text")
+                f"{template} prompt format, not this chat template: prompt it with that text, or export with "
+                f"--template {template} for a chat template that renders it")
     return "with the Hugging Face tokenizer's files as they came"
 
 

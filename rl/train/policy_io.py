@@ -5,10 +5,12 @@ The run's tokenizer (`run_tokenizer`) is read from `tokenizer.path` when it is s
 stage starts from a checkpoint that carries a tokenizer (`init_from_tokenizer`: a Hugging Face directory's
 tokenizer.json or tokenizer.model; an r1jax checkpoint's saved copy, as a run keeps it in
 `checkpoints/tokenizer`), that one, so a policy keeps the vocabulary its embeddings were trained on; else
-r1jax trains a sentencepiece tokenizer on the run's data (also when the first stage's checkpoint carries no
-tokenizer, of either kind). Every stage of a run shares that tokenizer, so a later stage that starts from a
-checkpoint with another tokenizer is an error before the first step (rl.train.preflight), unless
-`tokenizer.path` says which tokenizer to use.
+r1jax trains a sentencepiece tokenizer on the run's data (also when the first stage's r1jax checkpoint carries
+none: a run trains its tokenizer the same way from the same data). A Hugging Face directory without tokenizer
+files is an error unless `tokenizer.path` is set: its embeddings are indexed by the ids of a tokenizer r1jax
+cannot guess, and a tokenizer trained anew would silently train them under other ids. Every stage of a run shares
+that tokenizer, so a later stage that starts from a checkpoint with another tokenizer is an error before the
+first step (rl.train.preflight), unless `tokenizer.path` says which tokenizer to use.
 
 A policy travels between stages as `(params, bias)`: the nnx States of its trainable parameters and of its
 routing biases (rl.update.split_policy), with the graphdef that merges them. Checkpoints store it as one pure
@@ -26,7 +28,8 @@ from flax import nnx
 from r1jax.errors import UserError
 from r1jax.model.config import ModelConfig
 from r1jax.model.factory import abstract_policy, init_policy
-from r1jax.model.tokenizer import TokenizerLike, is_tokenizer_dir, load_tokenizer
+from r1jax.model.tokenizer import FILE_NAME, TokenizerLike, is_tokenizer_dir, load_tokenizer
+from r1jax.model.tokenizer_json import CONFIG_JSON, TOKENIZER_JSON
 from r1jax.rl.checkpoint import find_tokenizer, load_policy
 from r1jax.rl.config import Config, stage_config
 from r1jax.rl.data import build_tokenizer
@@ -41,12 +44,19 @@ from r1jax.sharding.rules import Rules
 
 def init_from_tokenizer(init_from: str) -> TokenizerLike | None:
     """The tokenizer a stage's `init_from` checkpoint carries, or None when it carries none: a Hugging Face
-    directory's own tokenizer files; an r1jax checkpoint's saved tokenizer (rl.checkpoint.find_tokenizer: in
-    the step, beside the steps, as a run saves it, or in the run directory). A path that is no checkpoint is
-    a UserError (rl.checkpoint.resolve's)."""
-    if is_hf_dir(init_from):
-        return load_tokenizer(init_from) if is_tokenizer_dir(init_from) else None
-    return find_tokenizer(init_from)
+    directory's own tokenizer files (none is a UserError: module docstring); an r1jax checkpoint's saved
+    tokenizer (rl.checkpoint.find_tokenizer: in the step, beside the steps, as a run saves it, or in the run
+    directory). A path that is no checkpoint is a UserError (rl.checkpoint.resolve's). Called only when
+    tokenizer.path is unset."""
+    if not is_hf_dir(init_from):
+        return find_tokenizer(init_from)
+    if not is_tokenizer_dir(init_from):
+        raise UserError(f"{init_from} is a Hugging Face checkpoint without tokenizer files (no {TOKENIZER_JSON} "
+                        f"or {FILE_NAME}): its embeddings are indexed by the ids of the tokenizer it was trained "
+                        f"with, which r1jax does not guess (a tokenizer trained on the run's data would give the "
+                        f"rows other meanings); copy that tokenizer's files ({TOKENIZER_JSON}, {CONFIG_JSON}, ...) "
+                        f"into it, or set tokenizer.path to a directory holding them")
+    return load_tokenizer(init_from)
 
 
 def run_tokenizer(config: Config) -> TokenizerLike:

@@ -97,16 +97,33 @@ def check_model(config: Config, index: int, tokenizer: TokenizerLike, mesh: Mesh
     """Stage `index`'s model holds the tokenizer's pieces and its parameters split over the mesh."""
     stage = config.stages[index]
     model = stage_config(config, index).model
-    field = (f"stages[{stage.name}] student model.vocab_size" if model != config.model else "model.vocab_size")
     if tokenizer.vocab_size > model.vocab_size:
-        raise UserError(f"{field}={model.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size} "
-                        f"pieces (stage {stage.name}); raise it")
+        raise UserError(_vocab_too_small(config, stage, model, tokenizer))
     if index == 0 or model != stage_config(config, index - 1).model:
         try:
             abstract_sharded(nnx.state(abstract_policy(model)), mesh, rules)
         except UserError as err:  # it names the parameter and the mesh axes; add whose model it is
             raise UserError(f"the model of stage {stage.name} does not fit the mesh {dict(mesh.shape)}: "
                             f"{err}") from None
+
+
+def _vocab_too_small(config: Config, stage: StageConfig, model, tokenizer: TokenizerLike) -> str:
+    """Stage `stage`'s model has fewer embedding rows than the tokenizer has pieces: where each comes from and
+    what to change (a Hugging Face checkpoint's vocab_size is its weights', not the config's to raise)."""
+    first = config.stages[0].init_from if config.stages else None
+    source = (f"tokenizer.path={config.tokenizer.path!r}" if config.tokenizer.path else
+              f"the tokenizer of stages[{config.stages[0].name}].init_from={first!r}" if first else
+              f"the tokenizer trained on the run's data (tokenizer.vocab_size={config.tokenizer.vocab_size})")
+    pieces = f"the {tokenizer.vocab_size} pieces of {source} (stage {stage.name})"
+    hf_dir = next((s.init_from for s in config.stages if s.init_from and is_hf_dir(s.init_from)), None)
+    if model != config.model:  # a distilled student's: the config's own
+        return f"stages[{stage.name}] student model.vocab_size={model.vocab_size} is smaller than {pieces}; raise it"
+    if hf_dir is None:
+        return f"model.vocab_size={model.vocab_size} is smaller than {pieces}; raise it"
+    return (f"{pathlib.Path(hf_dir) / 'config.json'}'s vocab_size={model.vocab_size} (the checkpoint's embedding "
+            f"rows) is smaller than {pieces}: this is not the tokenizer the checkpoint was trained with; set "
+            f"tokenizer.path to the directory of the tokenizer it was trained with (its tokenizer.json), or start "
+            f"from a checkpoint whose embedding holds this tokenizer")
 
 
 def check_batches(config: Config, mesh: Mesh, rules: Rules) -> None:

@@ -168,3 +168,63 @@ def test_bad_files_are_named(tmp_path):
     message = _broken(tmp_path, "e", lambda d: (_edit_json("tokenizer_config.json", eos_token=None)(d),
                                                _edit_json("generation_config.json", eos_token_id=None)(d)))
     assert "no eos token" in message
+
+
+def test_a_foreign_sentencepiece_model_names_the_file_and_what_r1jax_reads(tmp_path):
+    """A Hugging Face directory whose tokenizer is only tokenizer.model (Llama-style sentencepiece): the file,
+    what r1jax reads (tokenizer.json) and how to get one; elsewhere, how to get an r1jax tokenizer."""
+    import sentencepiece as spm
+
+    hf_dir, plain = tmp_path / "hf", tmp_path / "plain"
+    for directory in (hf_dir, plain):
+        directory.mkdir()
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(["plain words and numbers 12 34"] * 50),
+                                       model_prefix=str(directory / "tokenizer"), vocab_size=40, hard_vocab_limit=False,
+                                       minloglevel=2)
+    (hf_dir / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}))
+    with pytest.raises(UserError) as err:
+        load_tokenizer(hf_dir)
+    message = str(err.value)
+    for fragment in (f"tokenizer file '{hf_dir / 'tokenizer.model'}' is a sentencepiece model but not an r1jax",
+                     "tokenizer.json only", f"AutoTokenizer.from_pretrained('{hf_dir}').save_pretrained(",
+                     "tokenizer.path"):
+        assert fragment in message, message
+    assert "r1jax tokenizer train" not in message
+    with pytest.raises(UserError, match=f"'{plain / 'tokenizer.model'}' is a sentencepiece model but not an r1jax "
+                                        r"tokenizer .*; train one with `r1jax tokenizer train`"):
+        load_tokenizer(plain)
+
+
+def test_without_generation_config_the_eos_ids_of_config_json_stop_rows_as_in_transformers(tmp_path):
+    """transformers builds the generation config from config.json when generation_config.json is absent (a
+    Base checkpoint whose tokenizer's eos is <|endoftext|> and whose config.json lists <|im_end|> too): r1jax stopped
+    on the tokenizer's eos alone. The made generation_config.json travels with the tokenizer's saved copy."""
+    directory = write_hf_tokenizer(tmp_path / "hf", "qwen")
+    _edit_json("tokenizer_config.json", eos_token="<|endoftext|>")(directory)
+    generation = json.loads((directory / "generation_config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({"model_type": "qwen3_moe", **generation}))
+    with_file = load_tokenizer(directory)  # generation_config.json present: config.json is not read
+    (directory / "generation_config.json").unlink()
+    (directory / "config.json").write_text(json.dumps({"model_type": "qwen3_moe", "bos_token_id": 5,
+                                                       "eos_token_id": generation["eos_token_id"][::-1]}))
+    tok = load_tokenizer(directory)
+    theirs = transformers.GenerationConfig.from_pretrained(directory, config_file_name="config.json")
+    endoftext = tok.encode("<|endoftext|>")[0]
+    assert tok.eos_id == endoftext and set(tok.eos_ids) == {endoftext, *theirs.eos_token_id}
+    assert tok.eos_ids == with_file.eos_ids and len(tok.eos_ids) == 2
+    assert tok.model_bos_id == theirs.bos_token_id == 5
+    again = load_tokenizer(tok.save(tmp_path / "copy").parent)
+    assert again == tok and again.eos_ids == tok.eos_ids
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_the_exported_bos_token_id_is_the_one_the_configs_name(tmp_path, style):
+    """Qwen's tokenizer has no bos token, yet its config.json and generation_config.json name one: export-hf
+    wrote bos_token_id null into config.json."""
+    from r1jax.model.hf_tokenizer import token_ids
+
+    directory = write_hf_tokenizer(tmp_path, style)
+    tok = load_tokenizer(directory)
+    named = json.loads((directory / "generation_config.json").read_text())["bos_token_id"]
+    assert token_ids(tok)["bos_token_id"] == named == (tok.bos_id if style == "deepseek" else named)
+    assert (tok.bos_id is None) == (style == "qwen")

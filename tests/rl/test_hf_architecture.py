@@ -20,8 +20,9 @@ from r1jax.rl.cli.main import main
 from r1jax.rl.config import config_from_dicts, load_config, to_dict
 from r1jax.rl.hf_policy import import_hf_policy
 from r1jax.rl.train.preflight import check_init_from
-from r1jax.model.tokenizer import is_tokenizer_dir, load_tokenizer
+from r1jax.model.tokenizer import load_tokenizer
 from tests.model.hf_models import random_hf_model
+from tests.model.hf_tokenizer_files import write_hf_tokenizer
 from tests.model.tiny import DEEPSEEK, QWEN
 
 torch.set_num_threads(1)  # torch's threads spinning beside XLA's slow both down on a small machine
@@ -100,10 +101,14 @@ def test_param_dtype_is_the_checkpoints_unless_the_config_gives_one(hf_dir, tmp_
 
 
 def test_preflight_and_the_import_check_the_stage_model(hf_dir, tmp_path):
-    config = load_config(write_yaml(tmp_path / "run.yaml"), [f"stages.0.init_from={hf_dir}"])
-    tokenizer = load_tokenizer(hf_dir) if is_tokenizer_dir(hf_dir) else None  # the run's, if it came from there
+    # the directory holds weights only: tokenizer.path names the tokenizer (else the run is refused)
+    tokenizer_dir = write_hf_tokenizer(tmp_path / "tokenizer", "qwen")
+    config = load_config(write_yaml(tmp_path / "run.yaml"), [f"stages.0.init_from={hf_dir}",
+                                                             f"tokenizer.path={tokenizer_dir}"])
+    tokenizer = load_tokenizer(tokenizer_dir)
     check_init_from(config, 0, tokenizer)
-    unresolved = config_from_dicts({"stages": [{"name": "grpo", "init_from": str(hf_dir)}]})  # schema model
+    unresolved = config_from_dicts({"tokenizer": {"path": str(tokenizer_dir)},
+                                    "stages": [{"name": "grpo", "init_from": str(hf_dir)}]})  # schema model
     with pytest.raises(UserError, match=r"stages\[grpo\].init_from=.*model.hidden_size: the config says 64"):
         check_init_from(unresolved, 0, tokenizer)
     with pytest.raises(UserError, match="model.hidden_size: the config says 64"):

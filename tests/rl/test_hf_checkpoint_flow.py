@@ -112,9 +112,16 @@ def test_export_writes_the_tokenizer_files_back_byte_for_byte(qwen_dir, tmp_path
     eos = json.loads((qwen_dir / "generation_config.json").read_text())["eos_token_id"]
     assert transformers.GenerationConfig.from_pretrained(tmp_path / "out").eos_token_id == eos
     assert transformers.AutoConfig.from_pretrained(tmp_path / "out").eos_token_id == eos
-    # the files are the tokenizer's own: a format other than its chat template is refused, naming why
-    assert main(["export-hf", str(tmp_path / "ck"), str(tmp_path / "o2"), "--template", "r1_zero"]) == 2
-    assert "exported as they came" in capsys.readouterr().err
+    # the configs name the bos its tokenizer lacks (config.json had bos_token_id null)
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["bos_token_id"] == json.loads(
+        (qwen_dir / "generation_config.json").read_text())["bos_token_id"] is not None
+    # an R1-Zero policy (trained on the r1_zero format): --template r1_zero writes a chat template rendering it
+    # (README's example; it was refused)
+    assert main(["export-hf", str(tmp_path / "ck"), str(tmp_path / "o2"), "--template", "r1_zero"]) == 0
+    assert "its chat template replaced by one that renders the r1_zero prompt format" in capsys.readouterr().out
+    user = [{"role": "user", "content": PROMPT}]
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "o2").apply_chat_template(
+        user, add_generation_prompt=True)["input_ids"] == render_prompt(load_tokenizer(qwen_dir), "r1_zero", PROMPT)
 
 
 def run_config(hf_dir, *overrides):
@@ -172,6 +179,44 @@ def test_the_run_tokenizer_comes_from_the_config_the_first_stage_or_the_data(qwe
         preflight(config, run_tokenizer(config), mesh, config.sharding.logical_rules())
     chosen = dataclasses.replace(config, tokenizer=dataclasses.replace(config.tokenizer, path=str(qwen_dir)))
     preflight(chosen, run_tokenizer(chosen), mesh, chosen.sharding.logical_rules())
+
+
+def test_a_hugging_face_directory_without_tokenizer_files_is_refused_unless_tokenizer_path_is_set(qwen_dir, tmp_path):
+    """Its embeddings are indexed by its own tokenizer's ids: a tokenizer trained on the run's data (what r1jax
+    did, silently, `template: chat` falling back to r1jax's own text) would fine-tune them under other ids."""
+    weights_only = tmp_path / "weights_only"
+    weights_only.mkdir()
+    (weights_only / "config.json").write_bytes((qwen_dir / "config.json").read_bytes())
+    config = run_config(weights_only)
+    with pytest.raises(UserError, match=rf"stages\[sft\]\.init_from='{weights_only}': {weights_only} is a Hugging "
+                                        r"Face checkpoint without tokenizer files \(no tokenizer.json or "
+                                        r"tokenizer.model\).*set tokenizer.path"):
+        run_tokenizer(config)
+    chosen = run_config(weights_only, f"tokenizer.path={qwen_dir}")
+    assert run_tokenizer(chosen) == load_tokenizer(qwen_dir)
+    preflight(chosen, run_tokenizer(chosen), build_mesh(chosen.sharding), chosen.sharding.logical_rules())
+    # a later stage from it is refused the same way (its tokenizer cannot be compared with the run's)
+    config = run_config(qwen_dir)
+    config = dataclasses.replace(config, stages=(config.stages[0], dataclasses.replace(config.stages[1],
+                                                                                        init_from=str(weights_only))))
+    with pytest.raises(UserError, match=r"stages\[grpo\]\.init_from=.*without tokenizer files"):
+        preflight(config, run_tokenizer(config), build_mesh(config.sharding), config.sharding.logical_rules())
+
+
+def test_a_tokenizer_bigger_than_the_checkpoints_embedding_names_its_config_json(qwen_dir, tmp_path):
+    """model.vocab_size comes from HF_DIR/config.json there: 'raise model.vocab_size' was advice the config refuses."""
+    small = tmp_path / "small"
+    small.mkdir()
+    hf_config = json.loads((qwen_dir / "config.json").read_text())
+    (small / "config.json").write_text(json.dumps({**hf_config, "vocab_size": 300}))
+    config = run_config(small, f"tokenizer.path={qwen_dir}")
+    with pytest.raises(UserError) as err:
+        preflight(config, run_tokenizer(config), build_mesh(config.sharding), config.sharding.logical_rules())
+    message = str(err.value)
+    for fragment in (f"{small / 'config.json'}'s vocab_size=300", f"pieces of tokenizer.path='{qwen_dir}'",
+                     "not the tokenizer the checkpoint was trained with", "set tokenizer.path"):
+        assert fragment in message, message
+    assert "raise it" not in message
 
 
 def test_a_chat_format_without_a_chat_template_fails_before_the_first_step(tmp_path):
