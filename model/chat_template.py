@@ -11,7 +11,13 @@ code from the Hub, so it runs in jinja2's ImmutableSandboxedEnvironment. The env
 - the `tojson` filter is json.dumps with ensure_ascii off (jinja2's own escapes HTML characters).
 Variables: `messages`, `tools` and `documents` (None unless given), `add_generation_prompt`, the tokenizer's
 named special tokens (`bos_token`, `eos_token`, ... as strings, only those that are set), then the caller's
-extra variables (e.g. `enable_thinking`), which win over special tokens of the same name.
+extra variables (e.g. `enable_thinking`), which win over special tokens of the same name; `RESERVED_VARIABLES`
+are set by every render and cannot be extra variables.
+Bounds transformers lacks: jinja2's sandbox bounds `range()` only, so `*`, `+`, `~` and `**` refuse to build a
+value past `MAX_LENGTH` characters or items (`'a' * 2**45`, a string doubled with `~` in a loop) or an integer
+past `MAX_INT_BITS` bits (`9**9**9`), and the rendered text stops at `MAX_LENGTH` characters; a render that runs
+out of memory anyway (a filter such as `center(10**12)`) is a UserError naming the template, as every other
+failure to render is.
 """
 
 from __future__ import annotations
@@ -22,11 +28,16 @@ import json
 from typing import Any, Mapping, Sequence
 
 import jinja2
+import jinja2.compiler
 import jinja2.ext
 import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from r1jax.errors import UserError
+
+RESERVED_VARIABLES = ("messages", "add_generation_prompt")  # set by every render: never a caller's extra variable
+MAX_LENGTH = 10**7  # characters (or list items) of a value a template builds, and of its rendered text
+MAX_INT_BITS = 1 << 16  # of an integer a template computes (a chat template counts turns, not bignums)
 
 
 class _GenerationBlock(jinja2.ext.Extension):
@@ -85,10 +96,68 @@ class _TemplateNamespace(jinja2.utils.Namespace):
             raise jinja2.exceptions.SecurityError(f"a chat template cannot set {name!r} on a namespace")
 
 
+def _length(value: Any) -> int | None:
+    return len(value) if isinstance(value, (str, list, tuple)) else None
+
+
+def _too_big(what: str, size: int, limit: int) -> jinja2.exceptions.SecurityError:
+    return jinja2.exceptions.SecurityError(f"{what} would make {size}, more than the {limit} a chat template may")
+
+
+def _check_binop(operator: str, left: Any, right: Any) -> None:
+    """Refuse (SecurityError) a `*`, `+` or `**` whose result would pass MAX_LENGTH or MAX_INT_BITS."""
+    sizes = _length(left), _length(right)
+    ints = [isinstance(v, int) for v in (left, right)]
+    if operator == "*" and sizes[0] is not None and ints[1]:
+        length = sizes[0] * right
+    elif operator == "*" and sizes[1] is not None and ints[0]:
+        length = left * sizes[1]
+    elif operator == "+" and None not in sizes:
+        length = sizes[0] + sizes[1]
+    else:
+        length = 0
+    if length > MAX_LENGTH:
+        raise _too_big(f"{operator!r}", f"{length} characters or items", MAX_LENGTH)
+    if all(ints):
+        bits = (right * abs(left).bit_length() if operator == "**" and abs(left) > 1 and right > 0 else
+                left.bit_length() + right.bit_length() if operator == "*" else 0)
+        if bits > MAX_INT_BITS:
+            raise _too_big(f"{operator!r}", f"an integer of about {bits} bits", MAX_INT_BITS)
+
+
+class _CodeGenerator(jinja2.compiler.CodeGenerator):
+    """jinja2's, with `a ~ b` joined by the environment's `join_bounded` (jinja2 joins it with no hook)."""
+
+    def visit_Concat(self, node: jinja2.nodes.Concat, frame) -> None:
+        self.write("environment.join_bounded((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """jinja2's immutable sandbox whose `*`, `+`, `**` (`_check_binop`) and `~` are bounded."""
+
+    intercepted_binops = frozenset({"*", "+", "**"})
+    code_generator_class = _CodeGenerator
+
+    def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
+        _check_binop(operator, left, right)
+        return super().call_binop(context, operator, left, right)
+
+    @staticmethod
+    def join_bounded(values) -> str:
+        parts = [str(value) for value in values]  # as jinja2's str_join (autoescape is off)
+        length = sum(map(len, parts))
+        if length > MAX_LENGTH:
+            raise _too_big("'~'", f"{length} characters", MAX_LENGTH)
+        return "".join(parts)
+
+
 @functools.lru_cache(maxsize=16)
 def _compile(source: str) -> jinja2.Template:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[_GenerationBlock, jinja2.ext.loopcontrols])
+    env = _BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationBlock, jinja2.ext.loopcontrols])
     env.filters["tojson"] = _tojson
     env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now, dict=_TemplateDict(),
                        namespace=_TemplateNamespace)
@@ -116,24 +185,42 @@ class ChatTemplate:
         self.origin = origin  # e.g. "/ckpt/tokenizer_config.json's chat_template"
         self.special_tokens = dict(special_tokens)
 
-    def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = False,
+    def render(self, messages: Sequence[Mapping[str, Any]], /, add_generation_prompt: bool = False,
                tools: Sequence[Mapping] | None = None, documents: Sequence[Mapping] | None = None,
                **variables: Any) -> str:
         """The text of `messages` ([{"role": ..., "content": ...}]); a template error is a UserError."""
         if not messages:
             raise UserError(f"{self.origin}: there are no messages to render")
+        reserved = [name for name in RESERVED_VARIABLES if name in variables]
+        if reserved:
+            raise UserError(f"{self.origin}: {reserved[0]!r} is set by r1jax itself, not an extra variable")
         messages = [_normalize(m) for m in messages]
         try:
             template = _compile(self.source)
         except jinja2.TemplateSyntaxError as err:
             raise UserError(f"{self.origin} is not a valid Jinja template (line {err.lineno}: {err.message})") from None
+        context = {**self.special_tokens, **variables, "messages": messages, "tools": tools, "documents": documents,
+                   "add_generation_prompt": add_generation_prompt}
         try:
-            return template.render(messages=messages, tools=tools, documents=documents,
-                                   add_generation_prompt=add_generation_prompt,
-                                   **{**self.special_tokens, **variables})
-        # jinja2's: raise_exception(...), sandbox refusals (SecurityError), undefined calls; Python's, from the
-        # template's own expressions: str + None, 1/0, a range past the sandbox's limit (OverflowError), a macro
-        # calling itself without end
+            text = _bounded_text(template.generate(context))
+        # jinja2's: raise_exception(...), sandbox refusals (SecurityError, the bounds above), undefined calls;
+        # Python's, from the template's own expressions: str + None, 1/0, a range past the sandbox's limit
+        # (OverflowError), a macro calling itself without end, a value too big for the host (MemoryError)
         except (jinja2.TemplateError, TypeError, ValueError, AttributeError, KeyError, IndexError, ArithmeticError,
-                RecursionError) as err:
-            raise UserError(f"{self.origin} failed to render: {type(err).__name__}: {err}") from None
+                RecursionError, MemoryError) as err:
+            detail = f": {err}" if str(err) else " (out of memory)" if isinstance(err, MemoryError) else ""
+            raise UserError(f"{self.origin} failed to render: {type(err).__name__}{detail}") from None
+        if text is None:
+            raise UserError(f"{self.origin} renders more than {MAX_LENGTH} characters for one conversation")
+        return text
+
+
+def _bounded_text(chunks) -> str | None:
+    """The rendered text, or None once it passes MAX_LENGTH characters (the rest is not rendered)."""
+    text, length = [], 0
+    for chunk in chunks:
+        length += len(chunk)
+        if length > MAX_LENGTH:
+            return None
+        text.append(chunk)
+    return "".join(text)

@@ -46,9 +46,12 @@ SEQUENCE_BUCKETS = sequence_buckets()  # the default stage's
 def sft_sequence(tokenizer: TokenizerLike, template: str, row: Mapping[str, Any],
                  template_vars: Optional[Mapping[str, Any]] = None) -> tuple[list[int], int]:
     """(tokens, completion start) of one SFT row: the prompt in format `template` (as sampling renders it),
-    then the completion and EOS (module docstring); the completion's first token is at column `start`."""
+    then the completion and EOS (module docstring); the completion's first token is at column `start` >= 1."""
     text = prompt_text(tokenizer, template, row["prompt"], template_vars)
     prompt = encode_prompt(tokenizer, template, text)
+    if not prompt:  # the first completion token would have no logits to predict it from
+        raise UserError(f"the prompt {row['prompt'][:60]!r} is no tokens in prompt format {template!r} (this "
+                        f"tokenizer puts no bos first): an SFT row needs at least one prompt token")
     completion = tokenizer.encode(completion_text(text, row["solution"])) + [tokenizer.eos_id]
     return prompt + completion, len(prompt)
 
@@ -104,7 +107,7 @@ def sft_batch(tokenizer: TokenizerLike, template: str, rows: Sequence[dict], buc
     for i, (seq, start) in enumerate(zip(sequences, starts)):
         tokens[i, :len(seq)] = seq
         valid[i, :len(seq)] = True
-        mask[i, start - 1:len(seq) - 1] = True  # logits at column t - 1 predict the token at column t
+        mask[i, max(start, 1) - 1:len(seq) - 1] = True  # logits at column t - 1 predict the token at column t
     if not mask.any():
         raise UserError("an SFT batch has no completion tokens")
     return {"tokens": tokens, "positions": np.broadcast_to(np.arange(width), tokens.shape).astype(np.int32),

@@ -9,7 +9,8 @@ import pytest
 import transformers
 
 from r1jax.errors import UserError
-from r1jax.model.hf_tokenizer import save_hf_tokenizer
+from r1jax.model.chat_template import MAX_INT_BITS, MAX_LENGTH
+from r1jax.model.hf_tokenizer import save_hf_tokenizer, save_with_prompt_format
 from r1jax.model.tokenizer import (R1_ZERO_TEMPLATE, TEMPLATE_NAMES, TokenizerConfig, apply_template, load_tokenizer,
                                    prompt_text, render_prompt, train_tokenizer)
 from r1jax.rl.config import load_config
@@ -150,6 +151,35 @@ def test_python_errors_in_a_template_are_user_errors_naming_the_file(tmp_path, t
         render_prompt(_hf_dir(tmp_path, template), "chat", "q")
 
 
+LOOP = "{% for i in range(20000) %}"  # the sandbox's range() is bounded; what each turn makes is not
+
+
+@pytest.mark.parametrize("template,error", [
+    ("{{ 'a' * 2**45 }}", r"SecurityError: '\*' would make 35184372088832 characters"),  # a MemoryError traceback
+    ("{% set ns = namespace(s='ab') %}{% for i in range(25) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s[0] }}",
+     r"SecurityError: '~' would make 16777216 characters"),
+    ("{% set ns = namespace(s=[0]) %}{% for i in range(25) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ 1 }}",
+     r"SecurityError: '\+' would make 16777216 characters or items"),
+    ("{{ 9 ** (9 ** 6) > 0 }}", f"SecurityError: '\\*\\*' would make an integer of about .* more than the "
+                                f"{MAX_INT_BITS}"),
+    ("{{ 'a'|center(2**50) }}", r"MemoryError \(out of memory\)"),  # past the bounds: a UserError still
+])
+def test_a_template_that_would_exhaust_the_host_is_refused_naming_the_file(tmp_path, template, error):
+    with pytest.raises(UserError, match=f"tokenizer_config.json's chat_template failed to render: {error}"):
+        render_prompt(_hf_dir(tmp_path, template), "chat", "q")
+
+
+def test_the_rendered_text_is_bounded_and_a_template_that_renders_nothing_is_named(tmp_path):
+    assert MAX_LENGTH < 20000 * 1000
+    with pytest.raises(UserError, match=f"chat_template renders more than {MAX_LENGTH} characters"):
+        render_prompt(_hf_dir(tmp_path / "long", LOOP + "{{ 'a' * 1000 }}{% endfor %}"), "chat", "q")
+    only_system = "{% for m in messages %}{% if m.role == 'system' %}{{ m.content }}{% endif %}{% endfor %}"
+    for name, template in (("system", only_system), ("unsafe", "{{ raise_exception.__globals__ }}")):
+        with pytest.raises(UserError, match=r"/tokenizer_config.json's chat_template rendered nothing for a user "
+                                            r"message \(prompt 'q'\)"):
+            render_prompt(_hf_dir(tmp_path / name, template), "chat", "q")
+
+
 @pytest.mark.parametrize("template,refusal", [
     ("{{ messages.__class__.__mro__ }}", "unsafe"),                         # no reach into Python internals
     ("{% set xs = [] %}{{ xs.append(1) }}", "unsafe"),                      # immutable sandbox
@@ -183,3 +213,27 @@ def test_template_and_its_variables_are_run_config():
     with pytest.raises(UserError, match=r"tokenizer.template = 'alpaca': expected one of \['r1_zero', 'chat', "
                                         r"'none'\]"):
         TokenizerConfig(template="alpaca")
+    # the variables every render sets itself: a TypeError traceback from the renderer before
+    for name in ("add_generation_prompt", "messages"):
+        with pytest.raises(UserError, match=f"tokenizer.template_vars.{name}: r1jax sets '{name}' itself"):
+            load_config("tiny", ["tokenizer.template=chat", f"tokenizer.template_vars={{{name}: false}}"])
+
+
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("template", ["r1_zero", "none"])
+def test_an_hf_tokenizer_saved_with_r1jaxs_prompt_format_renders_it_in_transformers(tmp_path, style, template):
+    """export-hf --template r1_zero of a policy trained from a base model with that format: the tokenizer's files
+    with a chat template rendering it (the bos the tokenizer puts first written by the template, as transformers'
+    apply_chat_template adds no special tokens); its own chat_template.jinja, which transformers prefers, left out."""
+    source = write_hf_tokenizer(tmp_path / "src", style, template_file=True)
+    tok = load_tokenizer(source)
+    save_with_prompt_format(tok, tmp_path / "out", template)
+    assert not (tmp_path / "out" / "chat_template.jinja").exists()
+    for name in ("tokenizer.json", "special_tokens_map.json", "generation_config.json"):
+        assert (tmp_path / "out" / name).read_bytes() == (source / name).read_bytes()
+    auto = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+    for prompt in ("Compute {3}+4", "日本語 <think> x", ""):
+        user = [{"role": "user", "content": prompt}]
+        assert auto.apply_chat_template(user, add_generation_prompt=True)["input_ids"] == render_prompt(
+            tok, template, prompt), prompt
+    assert load_tokenizer(tmp_path / "out").encode("hi") == tok.encode("hi")

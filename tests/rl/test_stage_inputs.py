@@ -20,10 +20,11 @@ from r1jax.rl.train.context import StageStart
 from r1jax.rl.train.policy_io import run_tokenizer
 from r1jax.rl.train.preflight import preflight
 from r1jax.rl.train import stage_rejection, stage_sft
-from r1jax.rl.train.sft import SEQUENCE_BUCKETS
+from r1jax.rl.train.sft import SEQUENCE_BUCKETS, check_sft_lengths
 from r1jax.rl.train.stage_sft import run_distill, run_sft, sft_batch
 from r1jax.sharding.mesh import build_mesh
 
+from tests.model.hf_tokenizer_files import write_hf_tokenizer
 from tests.rl.conftest import TRAIN_CONFIG
 
 SOLUTION = "<think> 2+2=4 </think> <answer> 4 </answer>"
@@ -126,6 +127,20 @@ def test_an_sft_batch_too_long_names_the_sft_bound(tokenizer):
     assert "largest SFT sequence bucket (4096 tokens" in message and "'Compute 1+1'" in message, message
     assert "prompt_buckets" not in message
     assert sft_batch(tokenizer, "chat", rows(2), SEQUENCE_BUCKETS)["tokens"].shape[0] == 2
+
+
+def test_an_sft_row_whose_prompt_is_no_tokens_is_named(tmp_path):
+    """A tokenizer without bos and an empty prompt (format none): the first completion token has nothing to be
+    predicted from. The row's mask was sliced from column -1, so it silently had no targets."""
+    tokenizer = load_tokenizer(write_hf_tokenizer(tmp_path, "qwen"))
+    empty = [{"prompt": "", "solution": "4"}, {"prompt": "Compute 2+2", "solution": "4"}]
+    with pytest.raises(UserError, match=r"the prompt '' is no tokens in prompt format 'none' .*at least one prompt "
+                                        r"token"):
+        sft_batch(tokenizer, "none", empty, SEQUENCE_BUCKETS)
+    with pytest.raises(UserError, match=r"tokenizer.template='none' \(the rows \(stage sft\)\): the prompt ''"):
+        check_sft_lengths(tokenizer, "none", empty, None, "the rows (stage sft)")
+    batch = sft_batch(tokenizer, "none", empty[1:], SEQUENCE_BUCKETS)
+    assert batch["mask"].sum() == len(tokenizer.encode("4")) + 1  # the solution and eos
 
 
 RS = "{name: rs, kind: rejection_sampling, steps: 1, batch_size: 8}"
