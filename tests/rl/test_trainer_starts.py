@@ -24,7 +24,9 @@ def leaves(policy):
 def test_a_stage_starts_from_a_hugging_face_directory(finished_run, tmp_path):
     _, trained = load_policy(finished_run)
     export_hf(trained, tmp_path / "hf")
-    config = load_config(TRAIN_CONFIG, [f"stages=[{{name: sft, kind: sft, steps: 0, init_from: {tmp_path / 'hf'}}}]"])
+    # weights only (export_hf without a tokenizer): the tokenizer they were trained with is named
+    config = load_config(TRAIN_CONFIG, [f"stages=[{{name: sft, kind: sft, steps: 0, init_from: {tmp_path / 'hf'}}}]",
+                                        f"tokenizer.path={finished_run / 'tokenizer'}"])
     summary = Trainer(config, tmp_path / "run").run()
     assert [e["stage"] for e in summary["evals"]] == ["sft"]
     _, started = load_policy(tmp_path / "run")  # zero steps: the stage's checkpoint is the imported policy
