@@ -72,10 +72,11 @@ def fake_cpu_devices(count: int) -> None:
     """Make JAX see `count` CPU devices. Must run before JAX initialises its backends."""
     if count < 1:
         raise SystemExit(f"r1jax: --cpu-devices must be >= 1, got {count}")
-    if "jax" in sys.modules:
+    if "jax" in sys.modules:  # imported already: its config read the environment then, so set it here too
         import jax
 
         jax.config.update("jax_num_cpu_devices", count)
+        jax.config.update("jax_platforms", "cpu")  # else an installed libtpu is probed (pages of TPU errors)
     flags = os.environ.get("XLA_FLAGS", "")
     flags = " ".join(f for f in flags.split() if not f.startswith("--xla_force_host_platform_device_count"))
     os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()

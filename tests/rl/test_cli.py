@@ -180,3 +180,14 @@ def test_train_refuses_a_cloud_storage_run_directory(capsys, tmp_path, monkeypat
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "--run-dir gs://bucket/run" in err and "local file APIs" in err and "gcsfuse" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_cpu_devices_flag_pins_the_cpu_even_when_jax_was_imported_first(tmp_path):
+    """JAX reads JAX_PLATFORMS when it is imported: with JAX imported before the flag took effect, setting the
+    variable alone left the platforms unset, and an installed libtpu was probed (its TPU errors printed)."""
+    probe = ("import jax\nfrom r1jax.rl.cli.main import fake_cpu_devices\nfake_cpu_devices(2)\n"
+             "print(jax.config.jax_platforms, jax.config.jax_num_cpu_devices)\n")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # no JAX_PLATFORMS
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["cpu", "2"]
