@@ -33,7 +33,7 @@ PROGRESS_LINE_INTERVAL_S = 30.0  # stderr not a terminal (a log): a progress lin
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a run directory, checkpoint directory or step directory")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--task", help="a task name (arithmetic, countdown, algebra)")
+    source.add_argument("--task", help="a task name (arithmetic, countdown, algebra, code)")
     source.add_argument("--data", help="a JSONL or Parquet file of prompt/answer rows")
     parser.add_argument("--samples", type=positive_int, default=None,
                         help="K (default: the checkpoint's eval.samples)")

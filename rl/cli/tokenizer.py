@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                description=__doc__)
     train.add_argument("--input", required=True, metavar="FILE_OR_TASKS",
                        help="a text / JSONL / Parquet file, or comma-separated task names "
-                            "(arithmetic, countdown, algebra)")
+                            "(arithmetic, countdown, algebra, code)")
     train.add_argument("--vocab-size", type=vocab_size, default=512, metavar="N",
                        help="requested vocabulary size (>= 272; may come out smaller on a small corpus)")
     train.add_argument("--out", required=True, metavar="DIR",
