@@ -141,6 +141,9 @@ def main(argv: list[str] | None = None, *, as_program: bool | None = None) -> in
     quiet_libraries()
     try:
         return int(args._module.run(args) or 0)
+    except BrokenPipeError:  # the reader went away (`r1jax info | head`): no traceback, and none at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again
+        return 1
     except PeerLost as err:  # exit now: a normal exit would wait for the lost peer in JAX's shutdown barrier
         print(f"r1jax {args.command}: error: {err}", file=sys.stderr, flush=True)
         stop_on_error(str(err), 3)

@@ -191,3 +191,12 @@ def test_cpu_devices_flag_pins_the_cpu_even_when_jax_was_imported_first(tmp_path
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["cpu", "2"]
+
+
+def test_output_piped_to_a_reader_that_stops_early_ends_without_a_traceback(tmp_path):
+    """`r1jax info | head -1`: the reader closes the pipe early and the output finds it closed (`true` reads
+    nothing and is gone long before r1jax has started: the same, every time)."""
+    env = {**subprocess_env(), "HOME": str(tmp_path)}
+    result = subprocess.run(f"{sys.executable} -m r1jax info tiny | true", shell=True, capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
