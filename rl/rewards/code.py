@@ -75,22 +75,32 @@ class CodeOutcome:
 
 
 def extract_program(completion: str) -> str | None:
-    """The last ```python block (anywhere in the completion), else the final <answer>'s content."""
-    start = max(completion.rfind(fence) for fence in FENCES)
-    if start >= 0:
-        body = completion.find("\n", start)
-        end = completion.find("```", body + 1) if body >= 0 else -1
-        if end >= 0:
-            return completion[body + 1:end]
-    _, tail = split_completion(completion)
+    """The program the completion answers with: after the thought (`</think>`), its last ```python block, else
+    its final <answer>'s content; with neither there, the thought's last ```python block. A sketch in the
+    thought was graded in place of the answer's program (it passed where the answer failed)."""
+    thought, tail = split_completion(completion)
+    program = _last_block(tail)
+    if program is not None:
+        return program
     start = tail.rfind(ANSWER)
     end = tail.find(END_ANSWER, start) if start >= 0 else -1
-    if end < 0:
+    if end >= 0:
+        answer = tail[start + len(ANSWER):end].strip()
+        if answer.startswith("```") and answer.endswith("```") and len(answer) > 6:
+            answer = answer[answer.find("\n") + 1 if "\n" in answer else 3:-3]
+        if answer.strip():
+            return answer
+    return _last_block(thought) if thought is not None else None
+
+
+def _last_block(text: str) -> str | None:
+    """The body of the last closed ```python block of `text`, or None."""
+    start = max(text.rfind(fence) for fence in FENCES)
+    if start < 0:
         return None
-    answer = tail[start + len(ANSWER):end].strip()
-    if answer.startswith("```") and answer.endswith("```") and len(answer) > 6:
-        answer = answer[answer.find("\n") + 1 if "\n" in answer else 3:-3]
-    return answer if answer.strip() else None
+    body = text.find("\n", start)
+    end = text.find("```", body + 1) if body >= 0 else -1
+    return text[body + 1:end] if end >= 0 else None
 
 
 def parse_tests(tests, where: str) -> tuple[str, list]:

@@ -179,7 +179,10 @@ def test_partial_gives_the_passed_fraction_and_binary_needs_all():
 def test_extract_program_takes_the_last_python_block_else_the_answer():
     two = "```python\nprint(1)\n```\nthen\n```python\nprint(2)\n```"
     assert extract_program(two) == "print(2)\n"
-    assert extract_program("<think> ```python\nx\n``` </think> <answer> print(3) </answer>") == "x\n"
+    # the answer's program, not a sketch in the thought; the thought's only when the answer holds none
+    assert extract_program("<think> ```python\nx\n``` </think> <answer> print(3) </answer>") == "print(3)"
+    assert extract_program("<think> ```python\nx\n``` </think> <answer></answer>") == "x\n"
+    assert extract_program("<think> ```python\nx\n```") == "x\n"  # a thought never closed
     assert extract_program("<think> t </think> <answer>```python\nprint(4)\n```</answer>") == "print(4)\n"
     assert extract_program("<think> t </think> <answer> print(5) </answer>") == "print(5)"
     assert extract_program("```python\nprint(6)") is None  # unclosed block, no answer
