@@ -43,6 +43,7 @@ class HFCheckpoint:
             raise UserError(f"HF checkpoint {str(self.dir)!r}: no config.json")
         self.config = read_json(config_path)
         self._stack = contextlib.ExitStack()
+        self._headers: dict[pathlib.Path, tuple[int, dict]] = {}  # a shard's header, for `_raw`
         try:
             self._handles = {file: self._open(file) for file in self._files()}
             self.files = self._names()
@@ -137,9 +138,11 @@ class HFCheckpoint:
     def _raw(self, name: str, dtype) -> np.ndarray:
         """Tensor `name` read from its file's bytes as `dtype` (a type safetensors' numpy reader lacks)."""
         file = self.files[name]
-        with file.open("rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(size))
+        if file not in self._headers:  # read once per shard (DeepSeek-V3's hold ~600 fp8 weights each)
+            with file.open("rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                self._headers[file] = size, json.loads(f.read(size))
+        size, header = self._headers[file]
         begin, end = header[name]["data_offsets"]
         shape = tuple(header[name]["shape"])
         data = np.memmap(file, dtype=np.uint8, mode="r", offset=8 + size + begin, shape=(end - begin,))
