@@ -295,3 +295,39 @@ def test_top_k_under_a_mesh_picks_what_lax_top_k_picks_ties_to_the_lower_index()
     assert np.array_equal(np.asarray(got[1]), np.asarray(expected[1]))
     assert np.array_equal(np.asarray(got[0]), np.asarray(expected[0]))
     assert np.asarray(got[1])[1].tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_padding_costs_no_expert_compute_and_real_tokens_match_the_unpadded_batch(family, monkeypatch):
+    """Positions holding no token send their copies to expert E (no device's) with weight 0, so no kernel
+    computes them and no device's experts are crowded by them; their routed output is exactly 0, and each real
+    token's output is what it is with the pads left out (under a replayed route that sends every pad to
+    experts 0..K-1, as `rl.decoding.padding_routes` records). The routed part is compared with NumPy's dense
+    reference; DeepSeek's shared expert still runs on every position (dense: pads cost it nothing extra)."""
+    import r1jax.model.moe as moe
+    cfg = FAMILIES[family]
+    layer = MoE(cfg, nnx.Rngs(1))
+    x = jax.random.normal(jax.random.key(5), (2, 6, cfg.hidden_size))
+    valid = jnp.array([[0, 0, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], bool)
+    k, e = cfg.num_experts_per_tok, cfg.n_routed_experts
+    replay = jnp.where(valid[..., None], (jnp.arange(12).reshape(2, 6, 1) + jnp.arange(k)) % e, jnp.arange(k))
+    seen = {}
+    original = moe.expert_ffn
+
+    def recording(x_TD, experts_TK, weights_TK, *args, **kwargs):
+        seen.update(experts=np.asarray(experts_TK), weights=np.asarray(weights_TK))
+        return original(x_TD, experts_TK, weights_TK, *args, **kwargs)
+
+    monkeypatch.setattr(moe, "expert_ffn", recording)
+    y, aux = layer(x, valid, replay)
+    real = np.asarray(valid).reshape(-1)
+    assert np.all(seen["experts"][~real] == e) and np.all(seen["weights"][~real] == 0)
+    assert np.array_equal(seen["experts"][real], np.asarray(replay).reshape(-1, k)[real])
+    assert np.array_equal(np.asarray(aux.experts_BTK), np.asarray(replay))  # the record keeps the routes
+    shared = layer.shared_experts(x) if cfg.is_deepseek and cfg.n_shared_experts else jnp.zeros_like(x)
+    routed = np.asarray(y - shared).reshape(12, -1)
+    assert np.all(routed[~real] == 0)
+    reference = dense_reference(np.asarray(x).reshape(12, -1)[real], seen["experts"][real],
+                                seen["weights"][real], layer.gate_proj[...], layer.up_proj[...],
+                                layer.down_proj[...])
+    np.testing.assert_allclose(routed[real], reference, atol=2e-5)
