@@ -55,7 +55,7 @@ from r1jax.model.factory import abstract_policy
 from r1jax.rl.update import split_policy
 from r1jax.sharding.compile_stats import device_bytes
 from r1jax.sharding.context import use_mesh
-from r1jax.sharding.distributed import identity_to
+from r1jax.sharding.distributed import identity_to, least
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.params import abstract_sharded, tree_shardings
 from r1jax.sharding.rules import Rules
@@ -234,7 +234,10 @@ def choose_layout(sampling, model: ModelConfig, train_mesh: Mesh, train_rules: R
         if sampling.layout == "inference":
             raise
         return None, f"sampler layout: train (the inference layout does not apply: {err})"
-    free = free_hbm_bytes(mesh) if free_bytes is None else free_bytes
+    # every process decides from the least free HBM of any process's devices: each deciding from its own
+    # could pick different layouts on unequal hosts, whose collectives then never match (a hang)
+    free = least("free-hbm", free_hbm_bytes(mesh), "the sampler layout's memory check") \
+        if free_bytes is None else free_bytes
     shape = " ".join(f"{k}={v}" for k, v in mesh.shape.items())
     if free is not None and need > HBM_SHARE * free:
         message = (f"the inference layout ({shape}) needs {need / 2**30:.2f} GiB per device for its weight "

@@ -27,6 +27,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import functools
+import itertools
 import math
 import os
 import re
@@ -51,6 +52,7 @@ DONE_KEY = "r1jax/error-done/"  # + process index: that process has stopped read
 WATCH_INTERVAL_S = 0.5
 
 _peer_timeout_s = DEFAULT_PEER_TIMEOUT_S
+_gathers = itertools.count()  # gather's rounds: every process counts its calls alike
 _stop_watching = threading.Event()  # set at exit and by stop_on_error: this process's own stop comes first
 
 
@@ -153,6 +155,12 @@ def initialize(launch: Launch) -> None:
         raise UserError(f"jax.distributed.initialize failed: {first_line(err)}{hint}") from None
     if multi_process():
         _watch_peer_errors()
+        counts = {p: int(n) for p, n in gather("local-devices", str(jax.local_device_count()),
+                                              "the start-up's device count check").items()}
+        if len(set(counts.values())) > 1:
+            shown = ", ".join(f"process {p}: {n}" for p, n in sorted(counts.items()))
+            raise UserError(f"the processes hold different numbers of devices ({shown}): every process must hold "
+                            "as many (hosts of one kind; the same --cpu-devices)")
 
 
 def _client():
@@ -185,22 +193,68 @@ def barrier(name: str, what: str, timeout_s: Optional[float] = None) -> None:
         raise PeerLost(describe_barrier_failure(str(err), what, timeout_s)) from None
 
 
+def gather(name: str, text: str, what: str) -> dict[int, str]:
+    """Every process's `text`, by process index, on every process (the coordination service's key-value store;
+    one process: {0: text}). Every process must call it with the same `name`s in the same order."""
+    if not multi_process():
+        return {0: text}
+    import jax
+
+    client, key = _client(), f"r1jax/{name}/{next(_gathers)}/"  # a round per call: a name may be gathered again
+    client.key_value_set(f"{key}{jax.process_index()}", text)
+    barrier(f"{key}published", what)
+    return {int(k.rsplit("/", 1)[1]): value for k, value in client.key_value_dir_get(key)}
+
+
 def check_same(name: str, text: str, what: str) -> None:
     """Every process must hold the same `text` (e.g. the resolved config): UserError names those that differ."""
     if not multi_process():
         return
     import hashlib
 
-    import jax
-
-    client = _client()
-    client.key_value_set(f"r1jax/{name}/{jax.process_index()}", hashlib.sha256(text.encode()).hexdigest())
-    barrier(f"{name}-published", what)
-    digests = {int(key.rsplit("/", 1)[1]): value for key, value in client.key_value_dir_get(f"r1jax/{name}/")}
+    digests = gather(name, hashlib.sha256(text.encode()).hexdigest(), what)
     differ = sorted(p for p, digest in digests.items() if digest != digests[0])
     if differ:
         raise UserError(f"{what} of process{'es' if len(differ) > 1 else ''} {', '.join(map(str, differ))} "
                         "differs from process 0's: start every process with the same command")
+
+
+def least(name: str, value: Optional[int], what: str) -> Optional[int]:
+    """The smallest `value` over the processes (None from a process: no bound from it), the same on every
+    process: a decision taken from it (the sampler's layout from free HBM) is every process's, where each
+    process's own value could make them take different ones and wait forever in mismatched collectives."""
+    values = [int(v) for v in gather(name, "" if value is None else str(value), what).values() if v]
+    return min(values) if values else None
+
+
+def check_shared_directory(directory, what: str) -> None:
+    """Every process must see `directory` as the one process 0 writes (a run directory on a shared file
+    system): process 0 writes a fresh token into it, the others read it back. UserError on every process,
+    naming those that do not see it (their writes would go to a directory nobody reads, and a resume would
+    find another process's checkpoints missing)."""
+    if not multi_process():
+        return
+    import pathlib
+    import uuid
+
+    import jax
+
+    path = pathlib.Path(directory) / ".r1jax-shared"
+    if jax.process_index() == 0:
+        path.write_text(uuid.uuid4().hex)
+    barrier("shared-directory-written", f"{what}'s check")
+    try:
+        seen = path.read_text()
+    except OSError:
+        seen = ""
+    tokens = gather("shared-directory", seen, f"{what}'s check")
+    if jax.process_index() == 0:
+        path.unlink(missing_ok=True)
+    differ = sorted(p for p, token in tokens.items() if token != tokens[0])
+    if differ:
+        raise UserError(f"{what} {directory} of process{'es' if len(differ) > 1 else ''} "
+                        f"{', '.join(map(str, differ))} is not the directory process 0 writes: every process must "
+                        "see one directory (a shared file system mounted at the same path on every host)")
 
 
 def stop_on_error(message: str, code: int) -> None:
@@ -225,6 +279,15 @@ def stop_on_error(message: str, code: int) -> None:
                 break
             time.sleep(WATCH_INTERVAL_S / 5)
         client.key_value_set(f"{DONE_KEY}{me}", "1")  # process 0 waits for this before it exits (the store)
+        if me == 0:  # peers stopping on their own errors still read the store: it must outlive them (a peer
+            # whose coordinator is gone aborts, SIGABRT, exit 134, when every process hit an error at once)
+            while time.monotonic() < deadline:
+                errors = {int(key.rsplit("/", 1)[1]) for key, _ in client.key_value_dir_get(ERRORS_KEY)}
+                done = {int(key.rsplit("/", 1)[1]) for key, _ in client.key_value_dir_get(DONE_KEY)}
+                if errors <= done:
+                    break
+                time.sleep(WATCH_INTERVAL_S / 5)
+            time.sleep(WATCH_INTERVAL_S / 2)  # they exit just after they write
     except Exception:  # the store is gone (process 0 exited): the peers learn it from JAX's heartbeats
         pass
     sys.stdout.flush()

@@ -75,6 +75,7 @@ class Trainer:
                             f"{len(train_devices)} of {len(train_devices) + len(self.sampler_devices)})") from None
         self.rules = config.sharding.logical_rules()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        distributed.check_shared_directory(self.run_dir, "--run-dir")  # every process must write one directory
         self._staged: pathlib.Path | None = None  # a tokenizer built anew, not yet in tokenizer/
         # one trainer at a time (process 0 holds it for the run): a second one's saves and metrics mixed with
         # the first's (both ran to the end: two lines per step, checkpoints of either config)

@@ -55,21 +55,31 @@ def test_barrier_errors_name_the_missing_processes():
 
 
 PEER = """
-import os, sys, time
+import os, sys, tempfile, time
 from r1jax.errors import UserError
 from r1jax.sharding import distributed
-launch = distributed.Launch.resolve(sys.argv[1], 2, int(sys.argv[2]), peer_timeout_s=3)
-distributed.initialize(launch)
 import jax
+if sys.argv[3] == "devices":  # process 1 holds 2 CPU devices, process 0 one
+    jax.config.update("jax_num_cpu_devices", 1 + int(sys.argv[2]))
+launch = distributed.Launch.resolve(sys.argv[1], 2, int(sys.argv[2]), peer_timeout_s=3)
 try:
+    distributed.initialize(launch)
     if sys.argv[3] == "config":
         distributed.check_same("config", "seed: 0" if jax.process_index() == 0 else "seed: 1", "the config")
+    elif sys.argv[3] == "least":  # the same answer on both, however often asked; None bounds nothing
+        mine = [(9, 4), (None, 6), (None, None)]
+        print([distributed.least("free", pair[jax.process_index()], "x") for pair in mine], flush=True)
+    elif sys.argv[3] in ("shared", "unshared"):
+        base = sys.argv[4] if sys.argv[3] == "shared" else tempfile.mkdtemp()  # each process a directory of its own
+        distributed.check_shared_directory(base, "--run-dir")
+        print("shared", flush=True)
     else:
         if jax.process_index() == 1:
             time.sleep(60)  # alive (JAX's heartbeats go on) but never arrives
         distributed.barrier("step-1", "the end of step 1")
 except UserError as err:
     print(err, flush=True)
+    distributed.stop_on_error(str(err), 3)  # as the r1jax program does: process 0 outlives the others' reads
     os._exit(3)
 """
 
@@ -85,6 +95,8 @@ from r1jax.sharding import distributed
 def run(args):
     distributed.initialize(distributed.Launch.resolve(sys.argv[1], 2, int(sys.argv[2]), peer_timeout_s=600))
     import jax
+    if sys.argv[3] == "both-user-error":
+        raise UserError(f"process {jax.process_index()}'s data file is missing")
     if jax.process_index() == 1:
         if sys.argv[3] == "user-error":
             raise UserError("data row 7 of train.jsonl has no 'prompt'")
@@ -97,14 +109,14 @@ sys.exit(cli.main(["fail"], as_program=False))
 """
 
 
-def run_pair(mode: str, script: str = PEER):
-    """[(return code, stdout + stderr)] of two processes running `script`; process 1 is killed once process 0
-    has ended (or given 60 s more)."""
+def run_pair(mode: str, script: str = PEER, *extra: str):
+    """[(return code, stdout + stderr)] of two processes running `script` (arguments: the coordinator, the
+    process id, `mode`, `extra`); process 1 is killed once process 0 has ended (or given 60 s more)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{s.getsockname()[1]}"
     env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_PLATFORMS": "cpu"}
-    procs = [subprocess.Popen([sys.executable, "-c", script, address, str(i), mode], cwd=ROOT, env=env, text=True,
+    procs = [subprocess.Popen([sys.executable, "-c", script, address, str(i), mode, *extra], cwd=ROOT, env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
     results = []
     try:
@@ -153,3 +165,37 @@ def test_a_process_that_stops_on_an_error_stops_the_others_at_once_naming_it(mod
         assert f"r1jax fail: error: {reason}" in out_1
     else:
         assert "Traceback" in out_1 and "KeyError: 'prompt'" in out_1
+
+
+def test_processes_agree_on_the_least_value():
+    # the sampler's layout is chosen from the least free HBM of all processes' devices: each choosing from its
+    # own picked different layouts on unequal hosts, whose collectives then never matched (a hang)
+    results = run_pair("least")
+    for code, out in results:
+        assert code == 0, out[-2000:]
+        assert "[4, 6, None]" in out, out[-2000:]
+
+
+def test_processes_with_different_device_counts_are_told_so_at_start():
+    # before, the run crashed inside Orbax at its first checkpoint
+    for code, out in run_pair("devices"):
+        assert code == 3, out[-2000:]
+        assert "different numbers of devices (process 0: 1, process 1: 2)" in out, out[-2000:]
+
+
+def test_a_run_directory_must_be_one_directory_for_every_process(tmp_path):
+    for code, out in run_pair("shared", PEER, str(tmp_path)):
+        assert code == 0 and "shared" in out, out[-2000:]
+    assert os.listdir(tmp_path) == []  # the check leaves nothing behind
+    for code, out in run_pair("unshared"):  # before, each process wrote its own directory, unnoticed
+        assert code == 3, out[-2000:]
+        assert "--run-dir" in out and "of process 1 is not the directory process 0 writes" in out, out[-2000:]
+
+
+def test_an_error_on_every_process_at_once_ends_each_with_its_own_error():
+    # before, process 0 (the coordination service's host) exited at once and process 1 aborted inside JAX
+    # (SIGABRT, exit -6/134) for the lost coordinator: in 3 of 6 pairs; a pair takes ~2 s, so 4 are run
+    for _ in range(4):
+        for index, (code, out) in enumerate(run_pair("both-user-error", FAILING_COMMAND)):
+            assert code == 2, (index, out[-2000:])
+            assert f"process {index}'s data file is missing" in out
