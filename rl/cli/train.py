@@ -80,6 +80,11 @@ def _train(args: argparse.Namespace, primary: bool) -> int:
     if not run_dir.exists():
         check_creatable(run_dir, named)
     saved = run_dir / "config.yaml"
+    if name is None and not saved.exists() and run_dir.is_dir() and any(run_dir.iterdir()):
+        # what a start refused before writing config.yaml leaves (its lock, an empty checkpoints/): a
+        # resume here trained the default config
+        raise UserError(f"{named} holds no config.yaml (no start there passed its checks), so there is no run to "
+                        f"resume: name the config, r1jax train CONFIG --run-dir {str(run_dir)!r}")
     # an existing run goes on under its own config unless the command names one (an edited file is read again)
     config = load_config(saved if saved.exists() and name is None else name or DEFAULT_CONFIG, overrides)
     distributed.check_same("config", to_yaml(config), "the resolved config")  # before process 0 writes it

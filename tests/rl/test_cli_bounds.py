@@ -95,6 +95,17 @@ def test_a_run_directory_that_is_a_file_is_named(capsys, tmp_path):
         capsys, "train", str(TRAIN_CONFIG), "--run-dir", str(inside))
 
 
+def test_a_resume_of_a_run_directory_without_its_config_is_refused(capsys, tmp_path):
+    # what a start refused by its checks leaves: its lock and an empty checkpoints/, no config.yaml; a later
+    # `r1jax train --run-dir DIR` (a resume, as the user meant it) trained the default config there, unsaid
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".lock").write_text("")
+    said = refused(capsys, "train", "--run-dir", str(run))
+    assert f"--run-dir {str(run)!r} holds no config.yaml" in said and "r1jax train CONFIG --run-dir" in said
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "checkpoints"]
+
+
 def test_an_unreadable_metrics_line_is_named_and_kept(tmp_path):
     from r1jax.rl.train.metrics import MetricsWriter, read_rows
 
