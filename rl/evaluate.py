@@ -53,6 +53,8 @@ def held_out_problems(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | 
     unless the problems found make `cfg.num_problems` (a space too small was read to 50 x num_problems before).
     `read_data_file` false: data.path's rows are not skipped (`r1jax eval --ignore-missing-training-files`, the
     file gone)."""
+    if cfg.path is not None:
+        return _file_held_out(data, cfg, tasks, other_files, read_data_file)
     tasks = list(tasks or data.tasks)
     difficulty = cfg.difficulty or data.difficulty
     seen = _training_keys(data, tasks) if data.path is None or read_data_file else set()
@@ -98,6 +100,33 @@ def held_out_problems(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | 
                 left_out += [_kind_name(kind) for kind in exhausted]
             return problems
     raise _too_small(data, cfg, len(problems))
+
+
+def _file_held_out(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | None,
+                   other_files: Sequence[tuple[str, DataConfig]], read_data_file: bool) -> list[dict]:
+    """`eval.path`'s first `cfg.num_problems` rows (of `tasks`, when given) whose problem training never reads,
+    in the file's order; every row when it holds fewer. A row training reads (data.path's, a generated
+    problem, another training file's) is skipped: a test split that shares prompts with its train split
+    scored memorised answers."""
+    held_out = dataclasses.replace(data, path=cfg.path, fields=data.fields if cfg.fields is None else cfg.fields,
+                                   answer_format=cfg.answer_format or data.answer_format)
+    try:
+        rows = held_out.load_file()
+    except UserError as err:
+        raise UserError(f"eval.path={cfg.path!r} (the held-out file): {err}") from None
+    if tasks:
+        rows = [row for row in rows if row["task"] in tasks]
+        if not rows:
+            raise UserError(f"eval.path={cfg.path!r} holds no row of task {', '.join(tasks)}")
+    kinds = sorted({row["task"] for row in rows})
+    seen = _training_keys(data, kinds) if data.path is None or read_data_file else set()
+    for field, other in other_files:
+        seen |= _file_keys(other, kinds, field)
+    problems = [row for row in rows if _key(row) not in seen]
+    if not problems:
+        raise UserError(f"eval.path={cfg.path!r}: every one of its {len(rows)} rows is a problem training reads; "
+                        "give a held-out file of problems it does not")
+    return problems[:cfg.num_problems]
 
 
 def _too_small(data: DataConfig, cfg: EvalConfig, found: int) -> ValueError:

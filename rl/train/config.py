@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Optional
+from typing import Dict, Optional
 
 from r1jax.errors import UserError
 from r1jax.rl.config_checks import INT32_MAX, check_bool, check_sampling, check_temperature
@@ -106,8 +106,33 @@ class EvalConfig:
     batch_size: int = 64  # prompts per sampler call
     num_logged_samples: int = 16  # completions written to samples/ per evaluation
     reflection_words: tuple[str, ...] = DEFAULT_REFLECTION_WORDS  # counted in GRPO rows and evaluations
+    # a held-out file (JSONL, JSON or Parquet; e.g. GSM8K's test split) in place of generated problems: its first
+    # num_problems rows that training never reads, read through data's `fields`, `answer_format` and
+    # `default_task` unless these two say otherwise (rl.evaluate.held_out_problems)
+    path: Optional[str] = None
+    fields: Optional[Dict[str, str]] = None  # default: data.fields
+    answer_format: Optional[str] = None  # default: data.answer_format
 
     def __post_init__(self) -> None:
+        from r1jax.rl.data.answers import ANSWER_FORMATS  # (rl.data imports the tasks: deferred)
+        from r1jax.rl.data.records import PROBLEM_FIELDS
+
+        if self.path is not None and (not isinstance(self.path, str) or not self.path.strip()):
+            raise UserError(f"eval.path={self.path!r}: expected a file's path (or null: generated problems)")
+        if self.path is None and (self.fields is not None or self.answer_format is not None):
+            raise UserError("eval.fields and eval.answer_format describe a held-out file: set eval.path too")
+        if self.path is not None and self.difficulty is not None:
+            raise UserError(f"eval.difficulty={self.difficulty} picks generated held-out problems, and "
+                            f"eval.path={self.path!r} replaces them (a file's rows carry no difficulty): drop one")
+        for name, column in (self.fields or {}).items():
+            if name not in PROBLEM_FIELDS:
+                raise UserError(f"eval.fields.{name}: not a problem field; map any of {', '.join(PROBLEM_FIELDS)} "
+                                "to the held-out file's column names, e.g. {prompt: question}")
+            if not isinstance(column, str) or not column.strip():
+                raise UserError(f"eval.fields.{name}={column!r}: expected a column name")
+        if self.answer_format is not None and self.answer_format not in ANSWER_FORMATS:
+            raise UserError(f"eval.answer_format={self.answer_format!r}: expected one of {', '.join(ANSWER_FORMATS)} "
+                            "(or null: data.answer_format)")
         if self.num_problems < 1 or self.samples < 1 or self.batch_size < 1:
             raise UserError("eval.num_problems, eval.samples and eval.batch_size must be >= 1")
         if self.num_problems > MAX_EVAL_PROBLEMS:
