@@ -144,8 +144,10 @@ class HloTraffic:
         return min(total, full)
 
     def flops(self, comp: Computation, inst: Instruction) -> float:
-        """2 x result elements x contracted size for dots (CPU) and convolutions (TPU lowers dots to them:
-        the contracted size is the kernel's input-feature dimension; windows are not counted); a ragged dot
+        """2 x result elements x contracted size for dots (CPU) and convolutions (TPU lowers dots to them: the
+        contracted size is the kernel's input features times, per spatial dimension, the (output, window)
+        position pairs that read the input rather than its padding, as XLA's cost analysis counts them: a weight
+        gradient's contracted batch is such a window); a ragged dot
         (TPU: a Mosaic kernel, lhs [A, K] x groups' rhs [G, K, N] -> [A, N]) 2 x A x K x N, all A rows: the
         worst case of a dropless dispatch (whether the kernel skips rows past the groups' sizes at run time is not
         measured here; model.dispatch's decode chunks keep the rows near what the copies need either way)."""
@@ -156,19 +158,58 @@ class HloTraffic:
             return 2.0 * math.prod(shape_dims(lhs.shape)) * shape_dims(inst.shape)[-1] if lhs is not None else 0.0
         if inst.opcode not in ("dot", "convolution") or len(inst.operands) < 2:
             return 0.0
-        if inst.opcode == "dot":
-            operand, found = inst.operands[0], re.search(r"lhs_contracting_dims=\{([0-9,]*)\}", inst.attrs)
-        else:
-            labels = re.search(r"dim_labels=\w+_(\w+)->", inst.attrs)
-            operand, found = inst.operands[1], labels
-        if operand not in comp.instructions or not found:
+        if any(o not in comp.instructions for o in inst.operands[:2]):
             return 0.0
-        sizes = shape_dims(comp.instructions[operand].shape)
         if inst.opcode == "dot":
-            contracted = [sizes[int(d)] for d in found.group(1).split(",") if d]
+            found = re.search(r"lhs_contracting_dims=\{([0-9,]*)\}", inst.attrs)
+            if not found:
+                return 0.0
+            sizes = shape_dims(comp.instructions[inst.operands[0]].shape)
+            return 2.0 * math.prod(shape_dims(inst.shape)) * math.prod(sizes[int(d)] for d in found.group(1).split(",") if d)
+        labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", inst.attrs)
+        if not labels:
+            return 0.0
+        lhs, rhs = (shape_dims(comp.instructions[o].shape) for o in inst.operands[:2])
+        out = shape_dims(inst.shape)
+        features = math.prod(rhs[i] for i, label in enumerate(labels.group(2)) if label == "i")
+        per_position = math.prod(out) * features  # each output element x the kernel's input features
+        for spatial in sorted(label for label in labels.group(3) if label.isdigit()):
+            size_in, size_k, size_out = (dims[labels.group(g).index(spatial)]
+                                         for g, dims in ((1, lhs), (2, rhs), (3, out)))
+            window = _window(inst.attrs, int(spatial))
+            per_position *= _valid_pairs(size_in, size_k, size_out, *window) / size_out if size_out else 0
+        return 2.0 * per_position
+
+
+def _window(attrs: str, dim: int) -> tuple[int, int, int, int]:
+    """(stride, padding low, lhs dilation, rhs dilation) of a convolution's spatial dimension `dim`."""
+    body = re.search(r"window=\{([^}]*)\}", attrs)
+    fields = dict(re.findall(r"(\w+)=([0-9x_-]+)", body.group(1))) if body else {}
+
+    def get(key: str, default: str) -> str:
+        parts = fields.get(key, "").split("x")
+        return parts[dim] if dim < len(parts) and parts[dim] else default
+
+    return int(get("stride", "1")), int(get("pad", "0_0").split("_")[0]), int(get("lhs_dilate", "1")), \
+        int(get("rhs_dilate", "1"))
+
+
+def _valid_pairs(size_in: int, size_k: int, size_out: int, stride: int, pad_low: int, lhs_dilate: int,
+                 rhs_dilate: int) -> int:
+    """(output position, window position) pairs of one spatial dimension that read an input element: not
+    padding, nor a hole of a dilated input (XLA's HloCostAnalysis counts a convolution's FLOPs so)."""
+    extent = (size_in - 1) * lhs_dilate + 1  # the dilated input's positions, padding excluded
+    total = 0
+    for w in range(size_k):
+        offset = w * rhs_dilate - pad_low  # output position p reads p * stride + offset
+        if lhs_dilate == 1:  # positions 0 <= p * stride + offset < extent: a range of p
+            first = max(0, -(offset // stride))  # ceil(-offset / stride)
+            last = min(size_out - 1, (extent - 1 - offset) // stride) if extent - 1 - offset >= 0 else -1
+            total += max(0, last - first + 1)
         else:
-            contracted = [sizes[i] for i, label in enumerate(found.group(1)) if label == "i"]
-        return 2.0 * math.prod(shape_dims(inst.shape)) * math.prod(contracted)
+            total += sum(1 for p in range(size_out) if 0 <= p * stride + offset < extent
+                         and (p * stride + offset) % lhs_dilate == 0)
+    return total
 
 
 def shape_dims(shape: str) -> list[int]:
