@@ -10,6 +10,9 @@ import argparse
 import json
 
 
+INTERMIXED = True  # KEY=VALUE overrides after the options too (rl.cli.main.parse_arguments)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="bench",
                         help="the model config: a preset (bench, tiny, ...) or a YAML path; default: bench")

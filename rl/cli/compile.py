@@ -15,6 +15,9 @@ from r1jax.rl.cli.common import add_config_arguments, positive_int, positive_num
 GIB = 2**30
 
 
+INTERMIXED = True  # KEY=VALUE overrides after the options too (rl.cli.main.parse_arguments)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from r1jax.sharding.mesh_presets import MESH_PRESETS
 
@@ -144,11 +147,13 @@ def describe_update(u: dict) -> str:
 
 
 def _size(n: float) -> str:
-    """Decimal units, from bytes to GB (decode-step figures span KB to tens of GB)."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{n:.0f} B"
+    """Decimal units, from bytes to PB (decode-step figures span KB to tens of GB, an update's HBM bytes tens of
+    TB), three significant digits without an exponent: 9,160 GB read "9.16 TB", not "9.16e+03 GB"."""
+    for unit, scale in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3), ("B", 1)):
+        value = float(f"{n / scale:.3g}")  # rounded first: 999.6 GB is "1 TB"
+        if value >= 1 or unit == "B":
+            return f"{value:,.0f} {unit}" if value >= 1000 or unit == "B" else f"{value:.3g} {unit}"
+    raise AssertionError("unreachable")
 
 
 def _gib(n: int | None) -> str:

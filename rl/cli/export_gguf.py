@@ -18,6 +18,9 @@ import argparse
 DTYPE_CHOICES = ("f32", "f16", "bf16", "q8_0")  # as r1jax.rl.gguf_export.DTYPES (kept import-free for --help)
 
 
+INTERMIXED = True  # KEY=VALUE overrides after the options too (rl.cli.main.parse_arguments)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a run directory, checkpoint directory or step directory")
     parser.add_argument("out", help="the GGUF file to write, e.g. model.gguf")

@@ -25,6 +25,9 @@ from r1jax.rl.cli.common import new_output_dir
 from r1jax.sharding.topology import parse_size
 
 
+INTERMIXED = True  # KEY=VALUE overrides after the options too (rl.cli.main.parse_arguments)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a run directory, checkpoint directory or step directory")
     parser.add_argument("out", help="directory to write the HF checkpoint into (must be empty or absent)")

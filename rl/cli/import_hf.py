@@ -14,6 +14,9 @@ import argparse
 from r1jax.rl.cli.common import new_output_dir
 
 
+INTERMIXED = True  # KEY=VALUE overrides after the options too (rl.cli.main.parse_arguments)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("hf_dir", help="a local HF checkpoint directory (config.json + *.safetensors)")
     parser.add_argument("out", help="checkpoint directory to create (must not hold a checkpoint yet)")

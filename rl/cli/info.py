@@ -8,6 +8,9 @@ import json
 from r1jax.rl.cli.common import add_config_arguments, split_config_and_overrides
 
 
+INTERMIXED = True  # KEY=VALUE overrides after the options too (rl.cli.main.parse_arguments)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
 

@@ -7,6 +7,9 @@ import argparse
 from r1jax.rl.cli.common import new_output_dir, seed, split_config_and_overrides
 
 
+INTERMIXED = True  # KEY=VALUE overrides after the options too (rl.cli.main.parse_arguments)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="a preset name or a YAML path")
     parser.add_argument("out", help="checkpoint directory to create (must not hold a checkpoint yet)")

@@ -200,3 +200,12 @@ def test_output_piped_to_a_reader_that_stops_early_ends_without_a_traceback(tmp_
     result = subprocess.run(f"{sys.executable} -m r1jax info tiny | true", shell=True, capture_output=True,
                             text=True, env=env, timeout=300)
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("n, shown", [(0, "0 B"), (999, "999 B"), (1234, "1.23 KB"), (1.88e11, "188 GB"),
+                                      (9.16e12, "9.16 TB"),  # "9.16e+03 GB" before
+                                      (999.6e9, "1 TB"), (5e18, "5,000 PB")])
+def test_compile_report_sizes_read_without_exponents(n, shown):
+    from r1jax.rl.cli.compile import _size
+
+    assert _size(n) == shown

@@ -84,6 +84,18 @@ def test_values_at_the_limits_are_taken():
                                     "272"]).vocab_size == 272
 
 
+@pytest.mark.parametrize("argv", [
+    ["compile", "tiny", "--topology", "v5p-8", "seed=1"],  # refused before: "unrecognized arguments: seed=1"
+    ["bench", "--preset", "bench", "--quick", "seed=1"],
+    ["init", "tiny", "OUT", "--seed", "3", "seed=1"],
+    ["export-hf", "CK", "OUT", "--dtype", "bfloat16", "seed=1"],
+    ["export-gguf", "CK", "OUT.gguf", "--force", "seed=1"],
+    ["train", "tiny", "--run-dir", "R", "seed=1"],
+])
+def test_overrides_may_follow_a_commands_options(argv):
+    assert parse_arguments(build_parser(), argv).overrides == ["seed=1"]
+
+
 def test_a_run_directory_that_is_a_file_is_named(capsys, tmp_path):
     run = tmp_path / "run"
     run.write_text("mine")  # a FileExistsError traceback before
