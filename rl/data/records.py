@@ -159,17 +159,9 @@ def problem_from_row(row: dict, where: str, default_task: str = "math", *, need_
 
 def _code_problem(row: dict, where: str, column: dict, prompt: str, need_solution: bool) -> dict:
     tests = row.get(column["tests"])
-    if isinstance(tests, str):  # datasets that store the list as JSON text
-        try:
-            tests = json.loads(tests)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{where}: field {column['tests']!r} is a string but not a JSON list ({err.msg})") from None
-        except (ValueError, RecursionError) as err:  # an integer past 4,300 digits, nesting too deep
-            raise UserError(f"{where}: field {column['tests']!r} is a string but not readable JSON "
-                            f"({type(err).__name__})") from None
     if tests is None:
         raise UserError(f"{where}: field {column['tests']!r} is missing (code rows need tests)")
-    encoded = encode_tests(tests, where + (f" (column {column['tests']!r})" if column["tests"] != "tests" else ""))
+    encoded = encode_tests(tests, where, column["tests"])
     entry_point = check_entry_point(row.get(column["entry_point"]), where)
     problem = {"task": "code", "prompt": prompt,
                "answer": text_field(row, column["answer"], where, required=False, mapped_from="answer") or "",

@@ -130,9 +130,19 @@ def check_entry_point(entry_point, where: str) -> str | None:
     return entry_point
 
 
-def encode_tests(tests, where: str) -> str:
-    """The tests as the JSON a ScoreItem carries (rows' dicts keep only input and output)."""
-    kind, parsed = parse_tests(tests, where)
+def encode_tests(tests, where: str, column: str = "tests") -> str:
+    """The tests as the JSON a ScoreItem carries (rows' dicts keep only input and output); a string is read as
+    the list's JSON text (datasets that store it so), in data files and `r1jax score`'s input alike. `column`:
+    the row's field holding them, named in errors."""
+    if isinstance(tests, str):
+        try:
+            tests = json.loads(tests)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{where}: field {column!r} is a string but not a JSON list ({err.msg})") from None
+        except (ValueError, RecursionError) as err:  # an integer past 4,300 digits, nesting too deep
+            raise UserError(f"{where}: field {column!r} is a string but not readable JSON "
+                            f"({type(err).__name__})") from None
+    kind, parsed = parse_tests(tests, where + (f" (column {column!r})" if column != "tests" else ""))
     if kind == "stdio":
         return json.dumps([{"input": i, "output": o} for i, o in parsed])
     return json.dumps(parsed)

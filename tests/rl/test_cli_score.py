@@ -86,7 +86,7 @@ def test_score_as_a_subprocess_streams_json_lines(tmp_path):
 def test_score_runs_code_rows_in_the_sandbox_and_prints_their_code_reward(tmp_path, capsys):
     doubled = ["assert f(2) == 4", "assert f(5) == 10"]
     rows = [{"task": "code", "completion": "<think> t </think> <answer> def f(x): return 2*x </answer>",
-             "tests": doubled, "entry_point": "f"},
+             "tests": json.dumps(doubled), "entry_point": "f"},  # JSON text, as data files may hold it (refused)
             {"task": "code", "completion": "```python\ndef f(x):\n    return x + 2\n```", "tests": doubled},
             {"task": "code", "completion": "```python\nprint(2 * int(input()))\n```",
              "tests": [{"input": "4\n", "output": "8\n"}]},
@@ -104,6 +104,9 @@ def test_score_runs_code_rows_in_the_sandbox_and_prints_their_code_reward(tmp_pa
     path = write_jsonl(tmp_path / "bad.jsonl", [{"task": "code", "completion": "x"}])
     assert main(["score", str(path), "--rewards", "code"]) == 2
     assert "bad.jsonl: row 1: field 'tests' is missing" in capsys.readouterr().err
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"task": "code", "completion": "x", "tests": "[assert"}])
+    assert main(["score", str(path), "--rewards", "code"]) == 2
+    assert "bad.jsonl: row 1: field 'tests' is a string but not a JSON list" in capsys.readouterr().err
 
 
 def test_each_chunk_leaves_every_row_its_timeout(tmp_path, monkeypatch):
