@@ -90,28 +90,33 @@ def describe(r: dict) -> str:
         "dtypes: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in r["dtypes"].items()),
     ]
     own = r["sampler_devices"] > 0
+    # memory is per compile-only device: a chip, but on v4 a TensorCore (libtpu makes 2 per v4 chip)
+    chip = "chip" if topo["devices_per_chip"] == 1 else "device"
+    if topo["devices_per_chip"] > 1:
+        lines.append(f"memory per device: {topo['devices_per_chip']} devices per chip (libtpu's compile-only "
+                     f"{topo['topology'].split(':')[0]} devices are TensorCores); steps per chip")
     if own:  # the breakdown's figures are per chip of the side that holds them
         sampler_parts = ("kv_cache", "sampler_temporaries")
         lines[0] += f"; the trainer on {r['trainer_chips']} chips, the sampler on {r['sampler_chips']} of its own"
-        lines.append("per trainer chip: " + ", ".join(f"{k} {_gib(v)}" for k, v in r["breakdown"].items()
+        lines.append(f"per trainer {chip}: " + ", ".join(f"{k} {_gib(v)}" for k, v in r["breakdown"].items()
                                                       if k not in sampler_parts))
-        lines.append("per sampler chip: " + ", ".join(f"{k} {_gib(r['breakdown'][k])}" for k in sampler_parts))
+        lines.append(f"per sampler {chip}: " + ", ".join(f"{k} {_gib(r['breakdown'][k])}" for k in sampler_parts))
     else:
-        lines.append("per chip: " + ", ".join(f"{k} {_gib(v)}" for k, v in r["breakdown"].items()))
+        lines.append(f"per {chip}: " + ", ".join(f"{k} {_gib(v)}" for k, v in r["breakdown"].items()))
     for name, p in r["programs"].items():
         cost = f", {p['flops']:.3g} flops" if p["flops"] else ""
         state = f"  REFUSED: {p['error']}" if p["error"] else ""
         beside = "alone on its chips" if own and name == "sampler" else "with resident state"
         lines.append(f"  {name:9s} {_gib(r['program_totals'][name])} {beside} "
                      f"(compiled in {p['compile_seconds']:.0f} s{cost}){state}")
-    lines.append(r["sampler_layout"] + (f", a weight copy of {_gib(r['sampler_weight_bytes'])} per chip"
+    lines.append(r["sampler_layout"] + (f", a weight copy of {_gib(r['sampler_weight_bytes'])} per {chip}"
                                         if r["sampler_weight_bytes"] else ""))
     if r["decode"]:
         lines.append(describe_decode(r["decode"], r["workload"]["slots"] or r["workload"]["rows"]))  # a step's rows
     if r["update"]:
         lines.append(describe_update(r["update"]))
     verdict = "fits" if r["fits"] else "DOES NOT FIT"
-    lines.append(f"peak {_gib(r['per_chip_bytes'])} of {_gib(r['hbm_bytes'])} HBM per chip "
+    lines.append(f"peak {_gib(r['per_chip_bytes'])} of {_gib(r['hbm_bytes'])} HBM per {chip} "
                  f"({r['peak_program']}; HBM from {r['hbm_source']}): {verdict}")
     if r["alternatives"]:
         for alt in r["alternatives"]:

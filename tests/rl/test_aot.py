@@ -131,6 +131,17 @@ def test_text_report_names_the_verdict(config_path, report, capsys):
     assert "update step per chip: " in text and "MFU " in text
 
 
+def test_v4_memory_is_said_per_device_not_per_chip(report):
+    # libtpu's compile-only v4 devices are TensorCores, 2 per chip: the memory figures are a device's, and were
+    # labelled "per chip" (15.25 GiB of a 32 GiB chip)
+    report = report[1]  # (exit code, report)
+    v4 = {**report, "topology": {**report["topology"], "devices_per_chip": 2, "topology": "v4:2x2x1"}}
+    text = describe(v4)
+    assert "\nper device: " in text and "HBM per device (" in text and "\nper chip: " not in text
+    assert "2 devices per chip" in text and "update step per chip: " in text  # the steps are per chip
+    assert "\nper chip: " in describe(report) and "HBM per chip (" in describe(report)
+
+
 def test_bad_topology_and_mesh_are_clean_errors(config_path, capsys):
     assert main(["compile", config_path, "--topology", "v5p-7"]) == 2
     assert main(["compile", config_path, "--topology", "v5p-8", "--mesh", "nope"]) == 2
