@@ -256,5 +256,6 @@ def _print_table(figures: dict) -> None:
     for key in dict.fromkeys(("pass@1", f"cons@{k}", f"pass@{k}", "format_rate", "response_length", "reflection_rate")):
         table.add_row(key, f"{figures[key]:.3f}")
     for difficulty, value in figures["accuracy_by_difficulty"].items():
-        table.add_row(f"pass@1 difficulty {difficulty}", f"{value:.3f}")
+        if difficulty != "0":  # a file's rows carry no difficulty (rl.data.records reads them as 0)
+            table.add_row(f"pass@1 difficulty {difficulty}", f"{value:.3f}")
     Console().print(table)

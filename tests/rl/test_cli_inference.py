@@ -180,3 +180,13 @@ def test_eval_table_names_each_figure_once_with_one_sample(capsys):
     rows = [line.split("│")[1].strip() for line in capsys.readouterr().out.splitlines() if line.count("│") == 3]
     assert rows == ["pass@1", "cons@1", "format_rate", "response_length", "reflection_rate",
                     "pass@1 difficulty 1"]
+
+
+def test_eval_table_of_a_files_rows_has_no_difficulty_row(capsys):
+    # a file's rows carry no difficulty (read as 0): the table said "pass@1 difficulty 0"
+    from r1jax.rl.cli.eval import _print_table
+    figures = {"k": 1, "n_problems": 3, "pass@1": 0.5, "cons@1": 0.5, "format_rate": 1.0, "response_length": 9.0,
+               "reflection_rate": 0.0, "accuracy_by_difficulty": {"0": 0.5}}
+    _print_table(figures)
+    rows = [line.split("│")[1].strip() for line in capsys.readouterr().out.splitlines() if line.count("│") == 3]
+    assert rows == ["pass@1", "cons@1", "format_rate", "response_length", "reflection_rate"]
