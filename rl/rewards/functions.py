@@ -159,28 +159,37 @@ def _words(text: str) -> list[tuple[str, int]]:
     return words
 
 
-def word_count(text: str) -> int:
-    """The words of `text` for a length bound (rejection sampling's `paragraph` filter): its whitespace-separated
-    tokens, except that in scripts written without spaces every CJK, hiragana or katakana character is a word
-    (as `_words` counts them), and so is each run of letters or digits between such characters ("用3个苹果" is
-    five words; punctuation between them, "，", is none). 300 words then bound about the same text in Chinese
-    or Japanese as in English (a character of theirs is about one token of a BPE vocabulary, an English word
-    one or two); Korean is written with spaces between its words and counts as English does."""
-    count = 0
+def split_words(text: str) -> list[str]:
+    """The words of `text` for a length bound or a repetition measure (rejection sampling's `paragraph` and
+    `repetition` filters): its whitespace-separated tokens, except that in scripts written without spaces every
+    CJK, hiragana or katakana character is a word (as `_words` counts them), and so is each run of letters or
+    digits between such characters ("用3个苹果" is five words; punctuation between them, "，", is none). 300
+    words then bound about the same text in Chinese or Japanese as in English (a character of theirs is about
+    one token of a BPE vocabulary, an English word one or two), and a Chinese loop repeats its n-grams as an
+    English one does (a whole line without spaces was one word); Korean is written with spaces between its
+    words and counts as English does."""
+    words = []
     for token in text.split():
         if token.isascii():
-            count += 1
+            words.append(token)
             continue
-        ideographs, run_has_word, words = 0, False, 0
+        pieces, run, run_has_word = [], "", False
         for char in token:
-            if not char.isalnum():  # punctuation, of any script ("。" is IDEOGRAPHIC FULL STOP)
-                continue
-            if _script(char) in _IDEOGRAPHIC:
-                ideographs, words, run_has_word = ideographs + 1, words + run_has_word, False
-            else:
-                run_has_word = True
-        count += 1 if not ideographs else ideographs + words + run_has_word
-    return count
+            if char.isalnum() and _script(char) in _IDEOGRAPHIC:
+                pieces += [run, char] if run_has_word else [char]
+                run, run_has_word = "", False
+            else:  # a letter, digit or punctuation of another script: part of the run between ideographs
+                run, run_has_word = run + char, run_has_word or char.isalnum()
+        if not pieces:  # no ideograph: the token is one word
+            words.append(token)
+            continue
+        words += pieces + ([run] if run_has_word else [])
+    return words
+
+
+def word_count(text: str) -> int:
+    """The number of `split_words(text)`."""
+    return len(split_words(text))
 
 
 def word_scripts(text: str, target: tuple[str, ...] = ()) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Mapping, Optional, Sequence
 
 from r1jax.rl.rewards.config import RewardsConfig
 from r1jax.rl.rewards.extract import split_completion
-from r1jax.rl.rewards.functions import ScoreItem, format_reward, language_consistency, word_count
+from r1jax.rl.rewards.functions import ScoreItem, format_reward, language_consistency, split_words, word_count
 from r1jax.rl.train.config import MAX_PARAGRAPH_WORDS
 
 NGRAM = 4  # repetition is measured over word 4-grams
@@ -23,8 +23,9 @@ EPS = 1e-9  # a sum of weighted rewards: 0.6 + 0.3 is 0.8999999999999999
 
 
 def repetition(text: str, n: int = NGRAM) -> float:
-    """The share of a text's word n-grams that repeat an earlier one: 0 for none, near 1 for a loop."""
-    words = text.split()
+    """The share of a text's word n-grams that repeat an earlier one: 0 for none, near 1 for a loop (words as
+    rl.rewards.functions.split_words has them: a Chinese character is one)."""
+    words = split_words(text)
     grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
     if not grams:
         return 0.0

@@ -30,6 +30,15 @@ def test_repetition_is_the_share_of_repeated_word_4grams():
     assert repetition("too short") == 0.0
 
 
+def test_a_loop_in_a_script_without_spaces_is_repetition():
+    # a Chinese line has no spaces: it was one word, so a thought repeating one sentence read 0.0
+    assert repetition("我们算一算" * 3) == pytest.approx(1 - 5 / 12)  # 15 characters: 12 grams, 5 distinct
+    assert repetition("我们先算出两个数的和，然后检查结果，最后写出答案。") == 0.0
+    loop = think("我们计算一下这个数字。" * 8)
+    assert judged(loop, ("accuracy", "format"), scores={"accuracy": 1.0, "format": 1.0},
+                  filters=("repetition",)) == "repetition"
+
+
 @pytest.mark.parametrize("text,kwargs,expected", [
     (GOOD, {}, None),
     (GOOD, {"total": 1.0}, "reward"),
