@@ -227,9 +227,10 @@ def least(name: str, value: Optional[int], what: str) -> Optional[int]:
     return min(values) if values else None
 
 
-def check_shared_directory(directory, what: str) -> None:
+def check_shared_directory(directory, what: str, wait_s: float = 30.0) -> None:
     """Every process must see `directory` as the one process 0 writes (a run directory on a shared file
-    system): process 0 writes a fresh token into it, the others read it back. UserError on every process,
+    system): process 0 writes a file of a fresh name into it, the others read it back, each for up to `wait_s`
+    (a file system that caches what it lists, gcsfuse, may show a new file late). UserError on every process,
     naming those that do not see it (their writes would go to a directory nobody reads, and a resume would
     find another process's checkpoints missing)."""
     if not multi_process():
@@ -239,18 +240,25 @@ def check_shared_directory(directory, what: str) -> None:
 
     import jax
 
-    path = pathlib.Path(directory) / ".r1jax-shared"
+    token = uuid.uuid4().hex if jax.process_index() == 0 else ""
+    token = gather("shared-directory-name", token, f"{what}'s check")[0]
+    path = pathlib.Path(directory) / f".r1jax-shared-{token}"
     if jax.process_index() == 0:
-        path.write_text(uuid.uuid4().hex)
-    barrier("shared-directory-written", f"{what}'s check")
-    try:
-        seen = path.read_text()
-    except OSError:
-        seen = ""
-    tokens = gather("shared-directory", seen, f"{what}'s check")
+        path.write_text(token)
+    barrier(f"shared-directory-written/{token}", f"{what}'s check")
+    deadline = time.monotonic() + min(wait_s, _peer_timeout_s / 2)  # within the wait process 0 allows
+    while True:
+        try:
+            seen = path.read_text() == token
+        except OSError:
+            seen = False
+        if seen or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    sees = gather("shared-directory", "1" if seen else "", f"{what}'s check")
     if jax.process_index() == 0:
         path.unlink(missing_ok=True)
-    differ = sorted(p for p, token in tokens.items() if token != tokens[0])
+    differ = sorted(p for p, ok in sees.items() if not ok)
     if differ:
         raise UserError(f"{what} {directory} of process{'es' if len(differ) > 1 else ''} "
                         f"{', '.join(map(str, differ))} is not the directory process 0 writes: every process must "
