@@ -170,6 +170,9 @@ class Trainer:
             for kind in left_out:
                 self.console.log(f"held-out set: training uses every {kind} problem, so it holds none of them "
                                  "(the other kinds keep their shares)")
+            if self.config.eval.path is not None:
+                self.console.log(f"held-out set: {len(self._held_out)} rows of eval.path {self.config.eval.path} "
+                                 "(its first that training does not read)")
             self._begin()
             with self.stop.watching(self.global_step), use_mesh(self.mesh, self.rules):
                 for index, stage in enumerate(self.config.stages):
