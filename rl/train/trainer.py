@@ -74,6 +74,8 @@ class Trainer:
             raise UserError(f"{err} (sampling.devices={config.sampling.devices} leaves the trainer "
                             f"{len(train_devices)} of {len(train_devices) + len(self.sampler_devices)})") from None
         self.rules = config.sharding.logical_rules()
+        self._created = not self.run_dir.exists()  # a refused start of a new run removes what it made (release)
+        self._begun = False  # `_begin` has written to the run directory
         self.run_dir.mkdir(parents=True, exist_ok=True)
         distributed.check_shared_directory(self.run_dir, "--run-dir")  # every process must write one directory
         self._staged: pathlib.Path | None = None  # a tokenizer built anew, not yet in tokenizer/
@@ -149,10 +151,14 @@ class Trainer:
 
     def release(self) -> None:
         """Let the run directory go (another trainer may then open it); a tokenizer staged by a start that
-        was refused goes with it."""
+        was refused goes with it, and so does the directory itself when this start made it: a refused new run
+        left its lock and an empty checkpoints/ there, which the next `r1jax train --run-dir` took for a run."""
         if self._staged is not None and self.primary:
             shutil.rmtree(self._staged, ignore_errors=True)
             self._staged = None
+        if self._created and not self._begun and self.primary:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            self._created = False
         if self._lock is not None:
             self._lock.close()
             self._lock = None
@@ -200,6 +206,7 @@ class Trainer:
         """The start's first writes to the run directory, once all its checks have passed: metrics.jsonl cut
         back to the resumed step (emptied when the run starts over), a tokenizer built anew in place of the
         saved one, and the config as config.yaml."""
+        self._begun = True
         earlier = self.run_dir / "metrics.jsonl"
         if self.checkpoints.latest_step() is None and earlier.exists() and earlier.stat().st_size:
             self.console.log(f"{self.run_dir} holds no checkpoint: the run starts over, and the metrics rows of "

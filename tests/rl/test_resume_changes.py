@@ -22,7 +22,7 @@ from r1jax.rl.data.pipeline import read_source
 from r1jax.rl.train import trainer as trainer_module
 from r1jax.rl.train.trainer import Trainer
 
-from tests.rl.conftest import REPO, console, subprocess_env
+from tests.rl.conftest import REPO, TRAIN_CONFIG, console, subprocess_env
 
 
 @pytest.fixture
@@ -182,3 +182,15 @@ def test_a_refused_start_leaves_the_run_directory_as_it_was(run_copy, tmp_path, 
         Trainer(load_config(run_copy / "config.yaml", overrides), run_copy).run()
     assert files_of(run_copy) == before
     assert sorted(p.name for p in run_copy.iterdir() if p.name != ".lock") == [n for n in names if n != ".lock"]
+
+
+def test_a_refused_start_of_a_new_run_leaves_no_run_directory(tmp_path):
+    # it left its lock and an empty checkpoints/, which a later `r1jax train --run-dir` took for a run
+    run = tmp_path / "new" / "run"
+    with pytest.raises(UserError, match="grpo.prompts_per_step"):
+        Trainer(load_config(TRAIN_CONFIG, ["grpo.prompts_per_step=3"]), run).run()
+    assert not run.exists() and (tmp_path / "new").is_dir()  # only what the start made goes
+    run.mkdir()  # a directory of the user's, empty: kept
+    with pytest.raises(UserError, match="grpo.prompts_per_step"):
+        Trainer(load_config(TRAIN_CONFIG, ["grpo.prompts_per_step=3"]), run).run()
+    assert run.is_dir() and sorted(p.name for p in run.iterdir() if p.name != ".lock") == ["checkpoints"]
