@@ -104,8 +104,8 @@ def held_out_problems(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | 
 
 def _file_held_out(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | None,
                    other_files: Sequence[tuple[str, DataConfig]], read_data_file: bool) -> list[dict]:
-    """`eval.path`'s first `cfg.num_problems` rows (of `tasks`, when given) whose problem training never reads,
-    in the file's order; every row when it holds fewer. A row training reads (data.path's, a generated
+    """`eval.path`'s first `cfg.num_problems` distinct rows (of `tasks`, when given) whose problem training never
+    reads, in the file's order; every one when it holds fewer. A row training reads (data.path's, a generated
     problem, another training file's) is skipped: a test split that shares prompts with its train split
     scored memorised answers."""
     held_out = dataclasses.replace(data, path=cfg.path, fields=data.fields if cfg.fields is None else cfg.fields,
@@ -119,10 +119,19 @@ def _file_held_out(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | Non
         if not rows:
             raise UserError(f"eval.path={cfg.path!r} holds no row of task {', '.join(tasks)}")
     kinds = sorted({row["task"] for row in rows})
-    seen = _training_keys(data, kinds) if data.path is None or read_data_file else set()
+    if data.path is None:  # generated training problems, keyed as each kind's: a row without a task column
+        # is read as data.default_task's (math), and the same prompt is the same problem whatever task reads it
+        train = TaskSource([data.task(t) for t in data.tasks], data.seed, data.num_problems)
+        seen = {(kind, TASKS[kind].problem_key(train[i]["prompt"])) for i in range(len(train)) for kind in kinds}
+    else:
+        seen = _file_keys(data, kinds, "data.path") if read_data_file else set()
     for field, other in other_files:
         seen |= _file_keys(other, kinds, field)
-    problems = [row for row in rows if _key(row) not in seen]
+    problems = []
+    for row in rows:  # a row repeated in the file is one problem (it would count twice in pass@1)
+        if _key(row) not in seen:
+            seen.add(_key(row))
+            problems.append(row)
     if not problems:
         raise UserError(f"eval.path={cfg.path!r}: every one of its {len(rows)} rows is a problem training reads; "
                         "give a held-out file of problems it does not")

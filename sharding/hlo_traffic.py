@@ -172,13 +172,13 @@ class HloTraffic:
         lhs, rhs = (shape_dims(comp.instructions[o].shape) for o in inst.operands[:2])
         out = shape_dims(inst.shape)
         features = math.prod(rhs[i] for i, label in enumerate(labels.group(2)) if label == "i")
-        per_position = math.prod(out) * features  # each output element x the kernel's input features
+        # output batch x output features x the kernel's input features, times each spatial dimension's pairs
+        fmas = math.prod(out[i] for i, label in enumerate(labels.group(3)) if not label.isdigit()) * features
         for spatial in sorted(label for label in labels.group(3) if label.isdigit()):
             size_in, size_k, size_out = (dims[labels.group(g).index(spatial)]
                                          for g, dims in ((1, lhs), (2, rhs), (3, out)))
-            window = _window(inst.attrs, int(spatial))
-            per_position *= _valid_pairs(size_in, size_k, size_out, *window) / size_out if size_out else 0
-        return 2.0 * per_position
+            fmas *= _valid_pairs(size_in, size_k, size_out, *_window(inst.attrs, int(spatial)))
+        return 2.0 * fmas
 
 
 def _window(attrs: str, dim: int) -> tuple[int, int, int, int]:

@@ -79,14 +79,14 @@ def parse_topology(name: str) -> Topology:
             raise UserError(f"TPU topology {name!r}: {kind} needs {rank} positive dimensions "
                             f"({'AxB' if rank == 2 else 'AxBxC'})")
         # shapes no slice has (libtpu compiles for them all the same, so a typo gave figures for no machine):
-        # v4/v5p torus dimensions are 1, 2 (within a 2x2x1 host, 2x2x2, 2x2x4, 2x4x4) or multiples of 4
-        # (4x4x4 cubes); v5e/v6e grids are powers of two up to 16x16
-        if rank == 3 and any(d > 2 and d % 4 for d in grid):
-            raise UserError(f"TPU topology {name!r}: no {kind} slice has that shape; each dimension is 1, 2 or a "
-                            "multiple of 4 (2x2x1, 2x2x2, 2x2x4, 2x4x4, 4x4x4, 4x4x8, ...)")
-        if rank == 2 and any(d > 16 or d & (d - 1) for d in grid):
-            raise UserError(f"TPU topology {name!r}: no {kind} slice has that shape; each dimension is 1, 2, 4, 8 "
-                            "or 16 (2x2, 2x4, 4x4, ..., 16x16)")
+        # the grids Cloud TPU provisions, in any order (`_cloud_grid`)
+        shape = sorted(grid)
+        if rank == 3 and shape not in [sorted(g) for g in _GRID_3D_SMALL.values()] and any(d % 4 for d in grid):
+            raise UserError(f"TPU topology {name!r}: no {kind} slice has that shape; {kind} slices are 2x2x1, 2x2x2, "
+                            "2x2x4, 2x4x4, or multiples of 4 in every dimension (4x4x4, 4x4x8, 4x8x8, ...)")
+        if rank == 2 and shape not in [sorted(g) for g in _GRID_2D.values()]:
+            raise UserError(f"TPU topology {name!r}: no {kind} slice has that shape; {kind} slices are "
+                            f"{', '.join('x'.join(map(str, g)) for g in _GRID_2D.values())}")
         return Topology(name, kind, grid)
     return Topology(name, kind, _cloud_grid(kind, int(cloud.group(2)), name))
 

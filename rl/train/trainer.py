@@ -74,8 +74,17 @@ class Trainer:
             raise UserError(f"{err} (sampling.devices={config.sampling.devices} leaves the trainer "
                             f"{len(train_devices)} of {len(train_devices) + len(self.sampler_devices)})") from None
         self.rules = config.sharding.logical_rules()
-        self._created = not self.run_dir.exists()  # a refused start of a new run removes what it made (release)
-        self._begun = False  # `_begin` has written to the run directory
+        # a refused start of a new run removes the directory it made (release): made here by process 0 alone, at
+        # once (two starts checking that it is new, then making it, both took it for theirs)
+        self._created, self._begun = False, False  # `_begun`: `_begin` has written to the run directory
+        if self.primary:
+            self.run_dir.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.run_dir.mkdir()
+                self._created = True
+            except FileExistsError:
+                pass
+        distributed.barrier("run-directory-made", "the run directory's creation (process 0 makes it)")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         distributed.check_shared_directory(self.run_dir, "--run-dir")  # every process must write one directory
         self._staged: pathlib.Path | None = None  # a tokenizer built anew, not yet in tokenizer/
@@ -156,7 +165,7 @@ class Trainer:
         if self._staged is not None and self.primary:
             shutil.rmtree(self._staged, ignore_errors=True)
             self._staged = None
-        if self._created and not self._begun and self.primary:
+        if self._created and not self._begun and self._lock is not None:  # never a directory no lock guarded
             shutil.rmtree(self.run_dir, ignore_errors=True)
             self._created = False
         if self._lock is not None:

@@ -78,9 +78,12 @@ def test_a_held_out_file_skips_the_problems_training_generates(tmp_path):
     train = data.task("arithmetic")
     from r1jax.rl.data import TaskSource
 
-    trained = TaskSource([train], data.seed, data.num_problems)[0]
-    rows = [{"prompt": trained["prompt"], "answer": trained["answer"], "task": "arithmetic"}]
+    trained = TaskSource([train], data.seed, data.num_problems)
+    rows = [{"prompt": trained[0]["prompt"], "answer": trained[0]["answer"], "task": "arithmetic"}]
+    # without a task column a row is read as `math`: the same training prompt all the same (it leaked)
+    rows += [{"prompt": trained[1]["prompt"], "answer": trained[1]["answer"]}]
     rows += [{"prompt": p["prompt"], "answer": p["answer"], "task": "arithmetic"} for p in generated]
+    rows += rows[-1:]  # a repeated row is one problem (it counted twice)
     held_out = held_out_problems(data, EvalConfig(path=write_jsonl(tmp_path / "test.jsonl", rows)))
     assert [p["prompt"] for p in held_out] == [p["prompt"] for p in generated]
 

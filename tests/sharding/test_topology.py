@@ -13,7 +13,8 @@ GIB = 2**30
     ("v5p-8", "v5p:2x2x1", 4), ("v5p-384", "v5p:4x4x12", 192), ("v6e-256", "v6e:16x16", 256),
     ("v5e-16", "v5e:4x4", 16), ("v5litepod-8", "v5e:2x4", 8), ("v4-32", "v4:2x2x4", 16),
     ("v5p:4x4x4", "v5p:4x4x4", 64), (" V6E:2x2 ", "v6e:2x2", 4), ("v5litepod:4x4", "v5e:4x4", 16),
-    ("v5p:1x1x1", "v5p:1x1x1", 1), ("v5p:4x4x12", "v5p:4x4x12", 192), ("v6e:16x16", "v6e:16x16", 256)])
+    ("v5p:1x2x2", "v5p:1x2x2", 4), ("v5p:4x4x12", "v5p:4x4x12", 192), ("v6e:16x16", "v6e:16x16", 256),
+    ("v5e:1x1", "v5e:1x1", 1)])
 def test_cloud_names_and_topology_strings(name, topology, chips):
     parsed = parse_topology(name)
     assert (parsed.topology_string, parsed.chips) == (topology, chips)
@@ -25,7 +26,8 @@ def test_cloud_names_and_topology_strings(name, topology, chips):
     ("v5p-12", "6 chips"), ("v5p:0x2x2", "positive"),
     # shapes no slice has (libtpu compiled for them: figures for no machine)
     ("v5p:5x5x5", "no v5p slice has that shape"), ("v4:2x2x6", "no v4 slice has that shape"),
-    ("v6e:3x4", "no v6e slice has that shape"), ("v5e:32x32", "each dimension is 1, 2, 4, 8 or 16")])
+    ("v6e:3x4", "no v6e slice has that shape"), ("v5e:32x32", "v5e slices are 1x1, 2x2, 2x4"),
+    ("v5p:2x2x8", "2x4x4, or multiples of 4"), ("v5p:1x4x4", "no v5p slice"), ("v6e:1x16", "no v6e slice")])
 def test_bad_names_are_user_errors(name, why):
     with pytest.raises(UserError, match=why):
         parse_topology(name)
