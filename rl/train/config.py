@@ -8,6 +8,8 @@ from typing import Dict, Optional
 
 from r1jax.errors import UserError
 from r1jax.rl.config_checks import INT32_MAX, check_bool, check_sampling, check_temperature
+from r1jax.rl.data.answers import ANSWER_FORMATS
+from r1jax.rl.data.records import PROBLEM_FIELDS
 
 STAGE_KINDS = ("sft", "grpo", "rejection_sampling", "distill")
 # readability filters of rejection sampling (rl.train.filters), applied in the order a stage lists them
@@ -114,9 +116,6 @@ class EvalConfig:
     answer_format: Optional[str] = None  # default: data.answer_format
 
     def __post_init__(self) -> None:
-        from r1jax.rl.data.answers import ANSWER_FORMATS  # (rl.data imports the tasks: deferred)
-        from r1jax.rl.data.records import PROBLEM_FIELDS
-
         if self.path is not None and (not isinstance(self.path, str) or not self.path.strip()):
             raise UserError(f"eval.path={self.path!r}: expected a file's path (or null: generated problems)")
         if self.path is None and (self.fields is not None or self.answer_format is not None):
