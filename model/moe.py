@@ -63,7 +63,8 @@ class MoE(nnx.Module):
         # positions holding no token (padding, rows past their end, empty decode slots) send their copies to
         # expert E, no device's, with weight 0 (as model.dispatch._pad_tokens' rows): no group, block, chunk or
         # exchange counts them, so they cost no expert compute and crowd no device's experts (a batch's pads
-        # all routed alike, or replayed to one expert set, made that expert's device the step's straggler)
+        # all routed alike, or replayed to one expert set, made that expert's device the step's straggler);
+        # their routed output is exactly 0 (dispatch._zero_unrouted)
         real_T1 = valid_T[:, None]
         with jax.named_scope("dispatch"):
             y_TD = expert_ffn(x_TD, jnp.where(real_T1, routing.experts_TK, cfg.n_routed_experts),
@@ -71,9 +72,6 @@ class MoE(nnx.Module):
                               self.up_proj[...], self.down_proj[...], impl=impl,
                               block_size=cfg.moe_block_size, used_blocks_only=cfg.moe_decode_used_blocks and decode,
                               chunked=decode)
-        # their output is zero whatever a kernel leaves in rows past its groups (a value that is not finite,
-        # times weight 0, would reach real tokens through attention's values)
-        y_TD = jnp.where(real_T1, y_TD, 0)
         y_BTD = constrain(y_TD.reshape(b, t, d), ("batch", "length", "act_embed"))
         if cfg.is_deepseek and cfg.n_shared_experts:
             y_BTD = y_BTD + self.shared_experts(x_BTD)

@@ -76,11 +76,14 @@ class Report:
         return all(p.error is None for p in self.programs.values()) and self.per_chip_bytes <= self.hbm_bytes
 
     def breakdown(self) -> dict[str, int | None]:
-        """Per-device bytes by kind; a program libtpu refused has no temporaries figure (None)."""
+        """Per-device bytes by kind: the update's total is the resident state, the batch, its activations
+        (what it holds at its peak beside its arguments: `ProgramStats.working_bytes`) and its code; the
+        sampler's temporaries likewise. A program libtpu refused has no such figure (None)."""
         update, sampler = self.programs["update"], self.programs["sampler"]
         return {**self.resident, "batch": self.batch_bytes,
-                "activations": None if update.error else update.temp_bytes, "kv_cache": self.kv_cache_bytes,
-                "sampler_temporaries": None if sampler.error else sampler.temp_bytes}
+                "activations": None if update.error else update.working_bytes,
+                "code": None if update.error else update.code_bytes, "kv_cache": self.kv_cache_bytes,
+                "sampler_temporaries": None if sampler.error else sampler.working_bytes}
 
     def to_dict(self) -> dict:
         totals = self.program_totals()

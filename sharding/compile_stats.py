@@ -41,6 +41,14 @@ class ProgramStats:
     decode: DecodeStats | None = None  # per decode-loop iteration, when the program has one
     step: StepStats | None = None  # one run of the whole program, loops times their trip counts
 
+    @property
+    def working_bytes(self) -> int:
+        """What the program holds at its peak beside its arguments and code: temporaries and the outputs not
+        written over donated arguments. Not `temp_bytes`: libtpu's temporaries are not all live at once and
+        may hold what the donated arguments hold (Qwen3-30B-A3B's update on v5p-16: 50.9 GiB of temporaries,
+        43.2 GiB beside its arguments at its peak)."""
+        return max(self.peak_bytes - self.argument_bytes - self.code_bytes, 0)
+
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out.pop("decode")  # reported per token beside the programs (rl.aot.Report)

@@ -92,8 +92,9 @@ def _exchange_mesh():
 def test_padded_copies_route_to_no_expert(where, impl, chunked, monkeypatch):
     """64 tokens and the 8 rows `_pad_tokens` appends (expert E, weight 0), given to the dispatch as tokens
     (they take part in every sort, layout, chunk and exchange): the 64 rows' outputs are those of the dense
-    reference. fsdp 8: every expert on each device (no expert offset, no mask); fsdp 2 x expert 2 x tensor 2:
-    E/2 experts each; the exchange: one expert each."""
+    reference, and the 8 read exactly 0 though they hold infinities (whatever a kernel made of them).
+    fsdp 8: every expert on each device (no expert offset, no mask); fsdp 2 x expert 2 x tensor 2: E/2
+    experts each; the exchange: one expert each."""
     calls = []
     monkeypatch.setattr(dispatch, "_exchange", lambda *a, **k: calls.append(k) or exchange(*a, **k))
     x, chosen, weights, wg, wu, wd = dispatch_case(64, 8, 1)
@@ -101,7 +102,9 @@ def test_padded_copies_route_to_no_expert(where, impl, chunked, monkeypatch):
     mesh, rules = _exchange_mesh() if where == "exchange" else (_mesh(shape), Rules.preset(where))
     with use_mesh(mesh, rules):
         padded = dispatch._pad_tokens(x, chosen, weights, ("expert",), {"expert": 72}, 8)
+        padded = (padded[0].at[64:].set(jnp.inf), *padded[1:])
         got = jax.jit(lambda *a: expert_ffn(*a, impl=impl, block_size=8, chunked=chunked))(*padded, wg, wu, wd)
     assert padded[0].shape == (72, 16) and np.all(np.asarray(padded[1][64:]) == 8)
     assert bool(calls) == (where == "exchange" and chunked)
     np.testing.assert_allclose(np.asarray(got)[:64], dense_reference(x, chosen, weights, wg, wu, wd), atol=1e-5)
+    assert np.all(np.asarray(got)[64:] == 0)
