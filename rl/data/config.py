@@ -24,7 +24,7 @@ from typing import Any, Dict, Optional
 
 from r1jax.errors import UserError
 from r1jax.rl.data.answers import ANSWER_FORMATS
-from r1jax.rl.data.records import PROBLEM_FIELDS, load_problems
+from r1jax.rl.data.records import PROBLEM_FIELDS, load_problems_hashed
 from r1jax.rl.tasks import TASKS, get_task
 
 # problems generated per epoch (a run reshuffles them each epoch): the held-out set generates every training
@@ -80,15 +80,18 @@ class DataConfig:
         """Task `name` at `difficulty` (default: data.difficulty) with this config's knobs for it."""
         return get_task(name, difficulty or self.difficulty, **self.task_knobs.get(name, {}))
 
-    def load_file(self, path: Optional[str] = None, *, need_solution: bool = False, digest=None) -> list[dict]:
+    def load_file(self, path: Optional[str] = None, *, need_solution: bool = False) -> list[dict]:
         """The problems of `path` (default: data.path) read through this config's mapping: `fields`,
-        `answer_format` and `default_task` (rl.data.records.load_problems); a `digest` (hashlib) hashes the
-        file's rows as they are read."""
+        `answer_format` and `default_task` (rl.data.records.load_problems)."""
+        return self.load_file_hashed(path, need_solution=need_solution)[0]
+
+    def load_file_hashed(self, path: Optional[str] = None, *, need_solution: bool = False) -> tuple[list[dict], str]:
+        """`load_file` and the SHA-256 of the file's rows (rl.data.records.load_problems_hashed)."""
         path = path if path is not None else self.path
         if path is None:
             raise UserError("data.path is not set: no data file to read")
-        return load_problems(path, self.default_task, need_solution=need_solution, fields=self.fields,
-                             answer_format=self.answer_format, digest=digest)
+        return load_problems_hashed(path, self.default_task, need_solution=need_solution, fields=self.fields,
+                                    answer_format=self.answer_format)
 
     def for_own_file(self, path: str) -> "DataConfig":
         """This config reading `path`, a file r1jax wrote in its own field names (an earlier stage's

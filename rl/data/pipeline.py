@@ -23,7 +23,6 @@ gives every process the whole global batch; a run on N processes then sees exact
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Optional, Sequence
 
@@ -64,9 +63,8 @@ def read_source(config: DataConfig) -> tuple[Sequence, dict]:
     """`build_source` and the source's fingerprint (JSON): a file's path, row count and the SHA-256 of its
     rows, hashed while they are read; for generated tasks, the settings that define them."""
     if config.path is not None:
-        digest = hashlib.sha256()
-        problems = config.load_file(digest=digest)
-        return problems, {"file": config.path, "rows": len(problems), "sha256": digest.hexdigest(),
+        problems, sha256 = config.load_file_hashed()
+        return problems, {"file": config.path, "rows": len(problems), "sha256": sha256,
                           "order": {"seed": config.seed, "shuffle": config.shuffle}}
     tasks = {"tasks": list(config.tasks), "difficulty": config.difficulty, "task_knobs": config.task_knobs,
              "seed": config.seed, "num_problems": config.num_problems}

@@ -331,3 +331,32 @@ def test_held_out_problems_skip_the_rows_of_a_training_file(tmp_path):
     assert len(held_out) == 20 and not {p["prompt"] for p in held_out} & {r["prompt"] for r in rows}
     with pytest.raises(UserError, match="data.path='missing.jsonl' .a training file.* does not exist"):
         held_out_problems(dataclasses.replace(data, path="missing.jsonl"), evaluation)
+
+
+def test_a_file_is_parsed_once_while_unchanged_and_each_reader_gets_its_own_rows(tmp_path, monkeypatch):
+    """A run's start-up reads its data file several times (preflight, data pipeline, held-out check): parsed
+    once while its bytes are unchanged, read again when rewritten (here within the same size, as an edit
+    inside the file system's clock tick would be). The pipeline's fingerprint is the SHA-256 of the rows' lines
+    (line endings aside), as before: a run made before resumes on it."""
+    import hashlib
+
+    from r1jax.rl.data import records
+    from r1jax.rl.data.pipeline import read_source
+
+    reads, read_rows = [], records.read_rows
+    monkeypatch.setattr(records, "read_rows", lambda path, digest=None: reads.append(path) or read_rows(path, digest))
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"question": "1+1?", "answer": "#### 2"}\r\n\n{"question": "2+2?", "answer": "#### 4"}\n')
+    config = DataConfig(path=str(path), fields={"prompt": "question"}, answer_format="gsm8k")
+    first = config.load_file()
+    first[0]["prompt"] = "changed by its reader"
+    problems, fingerprint = read_source(config)
+    assert len(reads) == 1 and [p["prompt"] for p in problems] == ["1+1?", "2+2?"]
+    lines = b'{"question": "1+1?", "answer": "#### 2"}\n{"question": "2+2?", "answer": "#### 4"}\n'
+    assert fingerprint["sha256"] == hashlib.sha256(lines).hexdigest()
+    assert load_problems(path, fields={"prompt": "question"})[0]["answer"] == "#### 2"  # read another way
+    assert len(reads) == 2
+    path.write_bytes(path.read_bytes().replace(b"#### 4", b"#### 5"))
+    problems, changed = read_source(config)
+    assert len(reads) == 3 and problems[1]["answer"] == "5" and changed["sha256"] != fingerprint["sha256"]
+
