@@ -70,7 +70,9 @@ class GRPOConfig:
     # Masks against the sampler (keep in [low, high], None = no bound on that side, both None = off, the
     # default: they drop data, so a run opts in). Masked tokens add 0 to the policy gradient; the loss
     # normalisers are not changed. IcePop token mask on pi_old / pi_sampler per token, the blog's [alpha, beta]
-    # (Ling team 2025, "Small Leak Can Sink a Great Ship: Boost RL Training on MoE with IcePop!").
+    # (Ling team 2025, "Small Leak Can Sink a Great Ship: Boost RL Training on MoE with IcePop!"). The mask
+    # alone keeps a token at weight 1; IcePop's masked importance sampling also weights the tokens it keeps by
+    # pi_old / pi_sampler: set tis_cap >= token_mask_high with it (the cap then never binds inside the band).
     token_mask_low: Optional[float] = None
     token_mask_high: Optional[float] = None
     # Sequence mask on the geometric mean exp(mean_t log(pi_old / pi_sampler)) per row (the length-normalised
@@ -114,7 +116,8 @@ class GRPOConfig:
         _require_name(s, "ratio_level", self.ratio_level, RATIO_LEVELS)
         _require(0 < self.max_logratio <= MAX_LOGRATIO, s, "max_logratio", self.max_logratio,
                  f"in (0, {MAX_LOGRATIO:g}]")
-        _require(self.tis_cap is None or self.tis_cap > 0, s, "tis_cap", self.tis_cap, "None or > 0")
+        _require(self.tis_cap is None or self.tis_cap >= 1, s, "tis_cap", self.tis_cap,
+                 "None or >= 1 (it truncates pi_old / pi_sampler from above; Yao et al. 2025: 2)")
         _require_band(s, "token_mask", self.token_mask_low, self.token_mask_high)
         _require_band(s, "seq_mask", self.seq_mask_low, self.seq_mask_high)
         _require(self.pack_length is None or self.pack_length >= 2, s, "pack_length", self.pack_length,

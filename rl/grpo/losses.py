@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from r1jax.rl.grpo.config import GRPOConfig
 from r1jax.rl.grpo.kl import KL_ESTIMATORS
-from r1jax.rl.grpo.ratios import RATIO_LEVELS, masked_log_ratio_BT, sequence_mask_B, tis_weight_BT, token_mask_BT
+from r1jax.rl.grpo.ratios import RATIO_LEVELS, sequence_mask_B, tis_weight_BT, token_mask_BT
 from r1jax.rl.grpo.stats import Stats, masked_max, masked_sum
 
 
@@ -32,9 +32,12 @@ def clipped_surrogate_BT(
 
 
 def kl_penalty_BT(logp_BT: jax.Array, ref_logp_BT: jax.Array, valid_BT: jax.Array, estimator: str, max_logratio: float):
-    """Per-token KL(pi_theta || pi_ref) estimate, 0 on invalid tokens; the reference is stop-gradient."""
+    """Per-token KL(pi_theta || pi_ref) estimate, 0 on invalid tokens; the reference is stop-gradient. The log
+    ratio log(pi_ref / pi_theta) is clamped above only, where k3's exp would overflow: a token the policy
+    makes far likelier than the reference (by more than e^max_logratio) keeps the penalty's gradient, which a
+    clamp on both sides set to 0 exactly where the penalty should pull hardest."""
     ref_logp_BT = jax.lax.stop_gradient(jnp.asarray(ref_logp_BT, jnp.float32))  # float32 log-probs
-    log_r_BT = masked_log_ratio_BT(ref_logp_BT, logp_BT, valid_BT, max_logratio)
+    log_r_BT = jnp.minimum(jnp.where(valid_BT, ref_logp_BT - logp_BT, 0.0), max_logratio)
     return KL_ESTIMATORS[estimator](log_r_BT)
 
 
@@ -71,12 +74,15 @@ def grpo_loss(
     stats = _ratio_stats(ratio_BT, adv_BT, valid_BT, cfg)
     if sampler_logp_BT is not None:
         sampler_logp_BT = jnp.asarray(sampler_logp_BT, jnp.float32)  # float32 log-probs
+        keep_BT, mask_stats = _sampler_masks(old_logp_BT, sampler_logp_BT, valid_BT, cfg)
         tis_BT = None
         if cfg.tis_cap is not None:
             tis_BT = tis_weight_BT(old_logp_BT, sampler_logp_BT, valid_BT, cfg.tis_cap, cfg.max_logratio)
-            pg_BT = pg_BT * tis_BT
+            # 0 where a mask drops the token: a weight that is not finite there (a NaN sampler log-prob, which
+            # the masks drop) times the surrogate made its gradient NaN through the select that zeroes it
+            pg_BT = pg_BT * jnp.where(keep_BT, tis_BT, 0.0)
         stats |= _sampler_stats(old_logp_BT, sampler_logp_BT, valid_BT, tis_BT, cfg.tis_cap)
-        pg_BT, mask_stats = _apply_sampler_masks(pg_BT, old_logp_BT, sampler_logp_BT, valid_BT, cfg)
+        pg_BT = jnp.where(keep_BT, pg_BT, 0.0)
         stats |= mask_stats
     weight_BT = jnp.where(valid_BT, jnp.asarray(weight_BT, jnp.float32), 0.0)
     stats["pg_loss"] = jnp.sum(weight_BT * jnp.where(valid_BT, pg_BT, 0.0))
@@ -136,18 +142,18 @@ def _sampler_stats(
     return stats
 
 
-def _apply_sampler_masks(pg_BT: jax.Array, old_logp_BT: jax.Array, sampler_logp_BT: jax.Array, valid_BT: jax.Array,
-                         cfg: GRPOConfig) -> tuple[jax.Array, Stats]:
-    """pg_BT with the tokens the IcePop token mask or the geometric sequence mask drop set to 0, and the
+def _sampler_masks(old_logp_BT: jax.Array, sampler_logp_BT: jax.Array, valid_BT: jax.Array,
+                   cfg: GRPOConfig) -> tuple[jax.Array, Stats]:
+    """The tokens the IcePop token mask and the geometric sequence mask keep (all, without masks), and the
     share of valid tokens each drops (`token_mask_frac`, `seq_mask_frac`: a row's tokens count for the row)."""
-    stats = {}
+    stats, keep_BT = {}, jnp.ones(valid_BT.shape, bool)
     if cfg.token_mask_low is not None or cfg.token_mask_high is not None:
-        keep_BT = token_mask_BT(old_logp_BT, sampler_logp_BT, valid_BT, cfg.token_mask_low, cfg.token_mask_high)
-        pg_BT = jnp.where(keep_BT, pg_BT, 0.0)
-        stats["token_mask_frac_sum"] = masked_sum((~keep_BT).astype(jnp.float32), valid_BT)
+        token_BT = token_mask_BT(old_logp_BT, sampler_logp_BT, valid_BT, cfg.token_mask_low, cfg.token_mask_high)
+        keep_BT &= token_BT
+        stats["token_mask_frac_sum"] = masked_sum((~token_BT).astype(jnp.float32), valid_BT)
     if cfg.seq_mask_low is not None or cfg.seq_mask_high is not None:
         keep_B = sequence_mask_B(old_logp_BT, sampler_logp_BT, valid_BT, cfg.seq_mask_low, cfg.seq_mask_high)
-        pg_BT = jnp.where(keep_B[:, None], pg_BT, 0.0)
+        keep_BT &= keep_B[:, None]
         dropped_BT = jnp.broadcast_to(~keep_B[:, None], valid_BT.shape).astype(jnp.float32)
         stats["seq_mask_frac_sum"] = masked_sum(dropped_BT, valid_BT)
-    return pg_BT, stats
+    return keep_BT, stats

@@ -71,7 +71,7 @@ def reference(d, cfg):
                 add("tis_capped_frac", float(w >= cfg.tis_cap))
             per_token = pg
             if cfg.kl_coef > 0:
-                lr = clamp(float(d["ref"][b, t]) - lp, cfg.max_logratio)
+                lr = min(float(d["ref"][b, t]) - lp, cfg.max_logratio)  # k3's exp overflows on this side only
                 kl = {"k1": -lr, "k2": 0.5 * lr * lr, "k3": math.exp(lr) - lr - 1}[cfg.kl_estimator]
                 per_token += cfg.kl_coef * kl
                 add("kl", kl)
@@ -203,6 +203,23 @@ def test_log_ratio_is_clamped():
     np.testing.assert_allclose(stats["ratio_max"], math.exp(2.0), rtol=1e-6)
 
 
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+def test_a_token_far_likelier_than_under_the_reference_keeps_the_kl_gradient(estimator):
+    """log pi - log pi_ref = 30 > max_logratio (20): the penalty's derivative in log pi, by hand, is 1 for k1,
+    log pi - log pi_ref = 30 for k2 and 1 - pi_ref / pi = 1 - e^-30 for k3 (a clamp on that side made it 0:
+    the penalty stopped pulling where the policy had run furthest from the reference). The other side, where
+    k3's exp would overflow, is still clamped: finite, and the clamp's constant there."""
+    cfg = GRPOConfig(kl_coef=1.0, kl_estimator=estimator, max_logratio=20.0)
+    one = np.ones((1, 2), np.float32)
+    logp, ref = np.array([[-1.0, -90.0]], np.float32), np.array([[-31.0, -1.0]], np.float32)
+    kl = lambda lp: grpo_loss(lp, np.zeros(1), one, one, cfg, old_logp_BT=lp, ref_logp_BT=ref)[1]["kl_loss"]
+    grad = np.asarray(jax.grad(lambda lp: grpo_loss(lp, np.zeros(1), one, one, cfg, old_logp_BT=logp,
+                                                    ref_logp_BT=ref)[0])(logp))
+    np.testing.assert_allclose(grad[0, 0], {"k1": 1.0, "k2": 30.0, "k3": 1.0 - math.exp(-30.0)}[estimator],
+                               rtol=1e-6)
+    assert grad[0, 1] == 0.0 and np.isfinite(float(kl(logp)))
+
+
 def test_zero_kl_coef_never_reads_the_reference():
     d = make_batch()
     cfg = GRPOConfig(kl_coef=0.0)
@@ -245,7 +262,8 @@ def test_token_logp_and_entropy_match_numpy_and_ignore_garbage():
 @pytest.mark.parametrize("field,value", [
     ("clip_low", -0.1), ("clip_high", -0.2), ("kl_estimator", "k4"), ("advantage_estimator", "ppo"),
     ("loss_aggregation", "sum"), ("ratio_level", "tokens"), ("group_size", 1), ("temperature", 0.0),
-    ("kl_coef", -1.0), ("dual_clip", 0.5), ("tis_cap", 0.0), ("num_iterations", 0), ("max_logratio", 0.0),
+    ("kl_coef", -1.0), ("dual_clip", 0.5), ("tis_cap", 0.0), ("tis_cap", 0.5), ("num_iterations", 0),
+    ("max_logratio", 0.0),
 ])
 def test_bad_grpo_config_names_the_field(field, value):
     with pytest.raises(UserError, match=rf"grpo\.{field}\b"):

@@ -84,6 +84,27 @@ def test_a_dropped_row_has_no_gradient():
     np.testing.assert_array_equal(grad, [[-1.0] * 3, [0.0] * 3])
 
 
+@pytest.mark.parametrize("mask", ["token", "sequence"])
+def test_a_token_a_mask_drops_for_a_nan_sampler_logprob_leaves_the_gradient_finite(mask):
+    """A NaN sampler log-prob on a valid token, with TIS on: the mask drops the token (row), and the loss and
+    gradient are those of any sampler log-prob outside the band (the TIS weight, NaN there, times the
+    surrogate made the gradient NaN through the select that zeroed it)."""
+    bands = {"token": dict(token_mask_low=0.5, token_mask_high=2.0), "sequence": dict(seq_mask_low=0.5,
+                                                                                       seq_mask_high=2.0)}
+    cfg = GRPOConfig(kl_coef=0.0, tis_cap=2.0, **bands[mask])
+    mask_BT = np.ones((2, 3), np.float32)
+    logp = np.array([[-1.0, -2.0, -0.5], [-1.5, -0.7, -2.2]], np.float32)
+    old = logp + 0.1
+    far, nan = old.copy(), old.copy()
+    far[0, 1], nan[0, 1] = old[0, 1] - 50.0, np.nan  # both outside the band (a NaN is outside every band)
+    loss = lambda sampler: jax.value_and_grad(lambda lp: grpo_loss(lp, np.array([1.0, -0.5]), mask_BT, mask_BT,
+                                                                   cfg, old_logp_BT=old, sampler_logp_BT=sampler)[0])
+    (value_nan, grad_nan), (value_far, grad_far) = loss(nan)(logp), loss(far)(logp)
+    assert np.all(np.isfinite(grad_nan)) and float(value_nan) == float(value_far)
+    np.testing.assert_array_equal(grad_nan, grad_far)
+    assert grad_nan[0, 1] == 0.0 and np.all(np.asarray(grad_nan)[1] != 0.0)
+
+
 def test_sequence_clamp_stops_the_gradient():
     """GSPO with the mean log-ratio beyond max_logratio: the ratio is the clamp's constant, so the gradient is 0
     (it was sg[s] * weight = e^20 / 8 per token here, with A < 0 and no dual clip)."""
