@@ -76,6 +76,27 @@ _GROUPED = re.compile(r"(?<![\d.^_])\d{1,3}(?:(?:\{,\}|,\\!|%s)\d{3})+(?!\d)" % 
 _AMBIGUOUS = re.compile(r"\d(?:\s|\\[,;: !]|~|\\q?quad(?![a-zA-Z])|[\u00a0\u2009\u202f])+\d")
 
 
+# A number or a closing bracket, then an opening bracket; a closing bracket, then a number: an implicit
+# product, which math-verify reads as a mixed number ("2(3)", "(3)4", "(2)(3)" are 2 + 3; "2\\left(3\\right)"
+# 5). A fraction before a bracket it drops ("\\frac{1}{2}(x+1)" is 1/2). A letter, a function or a command
+# with a subscript before a bracket is left alone ("f(3)", "\\sin(x)", "\\log_{2}(8)").
+_BRACKET_AFTER = re.compile(r"(?<=[\d)])\s*(?=\\left\s*\(|\()|(?<=\))\s*(?=\d)")
+_FRACTION_BEFORE_BRACKET = re.compile(r"(\\[dt]?frac\s*\{[^{}]*\}\s*\{[^{}]*\})\s*(?=\\left\s*\(|\()")
+
+
+_INNER_DELIMITER = re.compile(r"\$|\\[(\[]")  # $, \( or \[ inside an answer
+
+
+def explicit_products(text: str) -> str:
+    """'2(3)', '(2)(3)', '(3)4', '\\frac{1}{2}(x+1)' -> '2\\cdot (3)', ...: implicit products made explicit."""
+    return _FRACTION_BEFORE_BRACKET.sub(r"\1\\cdot ", _BRACKET_AFTER.sub(r"\\cdot ", text))
+
+
+def normalise(text: str) -> str:
+    """An answer as the screen and the parser read it: digit groups joined, implicit products explicit."""
+    return explicit_products(join_digit_groups(text))
+
+
 def join_digit_groups(text: str) -> str:
     """'10\\,000', '10 000', '1{,}234{,}567' -> '10000', '1234567': separators between digit groups of three."""
     return _GROUPED.sub(lambda match: _SEPARATOR.sub("", match.group(0)), text)
@@ -266,7 +287,7 @@ def risky(text: str) -> str | None:
 def check_reference(reference: str) -> str | None:
     """Why a reference answer can never score (the screen refuses it), or None: for data loading to name the row,
     as countdown's check_reference does."""
-    reason = risky(join_digit_groups(reference))
+    reason = risky(normalise(reference))
     return f"the math verifier refuses this reference ({reason})" if reason else None
 
 
@@ -328,12 +349,18 @@ def _parse(text: str) -> tuple[list, bool]:
 
 
 def parse_answer(text: str) -> list:
-    """math-verify's parse, LaTeX only; bare answers such as "1/2" or "x=5" are retried inside $...$ (not after
-    a timeout: the retry would time out again)."""
+    """math-verify's parse, LaTeX only, of the answer as one formula: inside $...$ with its outer markup
+    stripped, unless math delimiters remain inside it ("x = $5$": then as math-verify finds them); each way
+    tried after the other when it does not parse (and did not time out: it would again). Unwrapped,
+    math-verify took the first fraction it found for the answer: "1 + \\frac{1}{2}" was 1/2, and
+    "y = \\frac{1}{2}x + 3" too."""
     harden_latex2sympy()
-    parsed, timed_out = _parse(text)
+    text = explicit_products(text)
+    wrapped = f"${strip_markup(text)}$"
+    tries = (text, wrapped) if _INNER_DELIMITER.search(wrapped[1:-1]) else (wrapped, text)
+    parsed, timed_out = _parse(tries[0])
     if not parsed and not timed_out:
-        parsed, _ = _parse(f"${strip_markup(text)}$")
+        parsed, _ = _parse(tries[1])
     return parsed
 
 
@@ -351,7 +378,7 @@ class MathTask(Task):
     def verify(self, candidate: str, reference: str, prompt: str = "") -> bool:
         from math_verify import verify
 
-        candidate, reference = join_digit_groups(candidate), join_digit_groups(reference)
+        candidate, reference = normalise(candidate), normalise(reference)
         if ambiguous(candidate) or risky(candidate) or risky(reference):
             return False
         gold, pred = parse_answer(reference), parse_answer(candidate)

@@ -76,3 +76,22 @@ def test_a_reference_the_screen_refuses_is_named():
     assert "refuses this reference" in check_reference(r"(99999999)!")
     assert "nested deeper" in check_reference("(" * 7 + "5" + ")" * 7)  # references get no looser limit
     assert check_reference(r"\frac{1}{2004!}") is None and check_reference(r"10\,000") is None
+
+
+@pytest.mark.parametrize("reference,candidate,expected", [
+    # a bare answer is one formula: math-verify alone took its first fraction for the answer
+    (r"\frac{3}{2}", r"1 + \frac{1}{2}", True), (r"\frac{1}{2}", r"1 + \frac{1}{2}", False),
+    (r"\frac{1}{2}", r"\sqrt{2}+\frac{1}{2}", False), (r"y = \frac{x}{2}+3", r"y = \frac{1}{2}x + 3", True),
+    (r"1+\frac{\sqrt{2}}{2}", r"\frac{\sqrt{2}}{2}", False), (r"1+\frac{\sqrt{2}}{2}", r"\frac{2+\sqrt{2}}{2}", True),
+    # math delimiters inside an answer are still where math-verify looks
+    ("5", "x = $5$", True), ("5", r"the answer is \(5\)", True),
+    # a number or a bracket next to a bracket multiplies (math-verify read "2(3)" as the mixed number 2 + 3)
+    ("6", "2(3)", True), ("5", "2(3)", False), ("12", "(3)(4)", True), ("7", "(3)(4)", False), ("12", "(3)4", True),
+    ("24", "(2)(3)(4)", True), ("6", r"2\left(3\right)", True), ("7", "2(3)+1", True),
+    (r"\frac{x+1}{2}", r"\frac{1}{2}(x+1)", True), ("1", r"2(\frac{1}{2})", True), ("6", r"\dfrac{3}{4}(8)", True),
+    # functions keep their arguments
+    ("3", r"\log_{2}(8)", True), ("f(3)", "f(3)", True), (r"\sin(30)", r"\sin(30)", True),
+])
+def test_bare_answers_read_as_one_formula_with_their_implicit_products(math_task, reference, candidate, expected):
+    """Expected values by hand (1 + 1/2 = 3/2; 2 x 3 = 6; log2 8 = 3)."""
+    assert math_task.verify(candidate, reference) is expected
