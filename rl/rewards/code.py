@@ -185,7 +185,8 @@ def _assertions(program: str, tests: list[str], entry_point: str | None, config:
         if not isinstance(results, list):
             raise ValueError("not a list")
         verdicts = [_judge(r, e) for r, e in zip(results, expected, strict=True)]
-    except (ValueError, TypeError, RecursionError):  # no line (or a malformed one): the run ended early
+    except (ValueError, TypeError, RecursionError, OverflowError):  # no line (or a malformed one, such as a
+        # float.hex past a float's range): the run ended early
         return CodeOutcome("crashed", 0, len(tests), "the program ended before its tests ran")
     passed = sum(verdicts)
     return CodeOutcome("passed" if passed == len(tests) else "failed", passed, len(tests))

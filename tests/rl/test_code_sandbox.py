@@ -54,6 +54,10 @@ def hostile_programs(canary: pathlib.Path, port: int) -> dict[str, ScoreItem]:
                                "    except OSError:\n        pass\n"
                                f"print('\\n' + nonce + ' ' + str([1] * {len(json.loads(DOUBLE))}), flush=True)\n"
                                "os._exit(0)"),
+        # the nonce read from the harness's frame, then a verdict line whose float is past a float's range
+        "forge_overflow": item("import os, sys\nnonce = sys._getframe(1).f_back.f_locals['nonce']\n"
+                               "os.write(1, ('\\n' + nonce + ' [[\"value\", [\"float\", \"0x1p+99999999\"]], 1]\\n')"
+                               ".encode())\nos._exit(0)"),
     }
 
 
@@ -103,7 +107,7 @@ def scored_batch(tmp_path_factory):
 
 
 HOSTILE = ["infinite_loop", "fork_bomb", "allocate_8gb", "write_10gb_file", "print_100mb", "network",
-           "read_secret", "write_outside_tmp", "kill_parent", "background_process", "forge_verdicts"]
+           "read_secret", "write_outside_tmp", "kill_parent", "background_process", "forge_verdicts", "forge_overflow"]
 
 
 @pytest.mark.parametrize("name", HOSTILE)
@@ -122,6 +126,7 @@ def test_the_other_items_of_the_batch_are_unharmed_and_limits_hold(scored_batch)
     assert results["allocate_8gb"].code_status == "memory"
     assert results["print_100mb"].code_status == "crashed"  # killed at the output limit
     assert results["write_10gb_file"].code_status == "failed"  # EFBIG at the file-size limit: f never defined
+    assert results["forge_overflow"].code_status == "crashed"  # a malformed verdict line: no verdicts
     assert seconds < 3 * LIMITS["wall_s"] + 5  # the loops and the fork bomb were stopped at the wall limit
 
 

@@ -78,8 +78,8 @@ def test_format_is_strict(completion, expected):
     ("3+4=7. 7*2=14.", "en", 1.0),  # numbers and symbols only: no foreign word
     ("我们先计算三加四", "en", 0.0),
     ("a我们先计算三加四", "en", 1 / 9),  # a Latin letter before the ideographs does not make them one word
-    ("x等于三加四", "zh", 5 / 6), ("x 等于三加四", "zh", 5 / 6),  # the same with or without a space
-    ("先算x等于y", "zh", 4 / 6), ("abc我def", "en", 2 / 3),
+    ("xyz等于三加四", "zh", 5 / 6), ("xyz 等于三加四", "zh", 5 / 6),  # the same with or without a space
+    ("先算xyz等于y", "zh", 4 / 5), ("abc我def", "en", 2 / 3),
     ("コーヒー", "ja", 1.0), ("コーヒー", "en", 0.0),  # ー (prolonged sound mark) is Japanese
     ("人々は〆切", "ja", 1.0), ("ｺｰﾋｰ", "ja", 1.0),  # iteration marks; halfwidth katakana
     ("", "en", 0.0),
@@ -93,6 +93,10 @@ def test_format_is_strict(completion, expected):
     ("let αβγ be the angles", "en", 4 / 5),  # 3 letters: a word
     ("Πρώτα προσθέτουμε το τρία και το τέσσερα, θ = 7", "el", 1.0), ("Let θ = 5", "el", 0.5),
     ("Η γωνία θ ∈ ℝ είναι 30°", "el", 1.0), ("他 说 θ 和 ℝ", "zh", 1.0),
+    # Latin variables (1-2 letters) and LaTeX commands are notation too, unless the target is written in Latin
+    ("设 x = 5，则 2x + 1 = 11。", "zh", 1.0), ("Пусть x = 5, тогда y = 2x, dy = 0.", "ru", 1.0),
+    (r"我们计算 \frac{1}{2} + \sqrt{4} = 2.5", "zh", 1.0), (r"we take \frac{1}{2} of x", "en", 1.0),
+    ("设 x 为 the unknown", "zh", 2 / 4), ("so x is 5", "en", 1.0), ("所以 x is 5", "en", 2 / 4),
 ])
 def test_language_consistency_is_the_share_of_target_language_words(thought, language, expected):
     completion = f"<think>{thought}</think> <answer> 7 </answer>"
