@@ -54,6 +54,7 @@ MAX_EXPONENT_DIGITS = 4  # 2^{9999} is cheap, 2^{99999999} is not
 MAX_FACTORIAL_DIGITS = 4  # 9999! (35,656 digits) takes a millisecond; MATH has 1/2004!
 MAX_SYMBOLIC_OFFSET = 9  # (n+9)!/n! and \binom{n}{9} expand to 9 factors; \binom{n}{99} outruns the 2 s alarm
 MAX_SYMBOLIC_POWER = 20  # (x+1)^{20} expands in ~50 ms, (x+1)^{999} outruns the 2 s alarm
+MAX_POWER_DIGITS = 100_000  # a numeric power's digits: 9999^{9999} has 40,000; (999!)^{999} 2.6 million (1 s)
 _OPENERS, _CLOSERS = "({[", ")}]"
 _FACTORIAL = re.compile(r"\d{%d,}\s*!" % (MAX_FACTORIAL_DIGITS + 1))
 _DIGITS = re.compile(r"\d+")
@@ -189,13 +190,29 @@ def _risky_power(text: str, caret: int) -> str | None:
     if text[:start].rstrip().endswith("^"):
         return "exponent tower"  # "2^{9}^{9}", "9^9^9": the base is itself an exponent
     if not base:
+        number = re.search(r"\d+\s*!?\s*$", text[:caret])  # "9999^{...}", "9999!^{...}"
+        if number and _number_digits(number.group(0)) * _power(exponent) > MAX_POWER_DIGITS:
+            return "power with too many digits"  # 9999^{9999+9999+...}
         return None
     inner = [_operand_at(base, m.end())[0] for m in re.finditer(r"\^", base)]
     if _digits(exponent) + sum(_digits(e) for e in inner) > MAX_EXPONENT_DIGITS:
         return "power of a power with too many digits"  # (10^{999})^{999} = 10^{998001}
     if _symbolic(base) and _power(exponent) * math.prod(_power(e) for e in inner) > MAX_SYMBOLIC_POWER:
         return f"power of a symbolic group above {MAX_SYMBOLIC_POWER}"
+    if not _symbolic(base) and _number_digits(base) * _power(exponent) > MAX_POWER_DIGITS:
+        return "power with too many digits"  # (9999!)^{9999}, 9999^{9999+9999+...}
     return None
+
+
+def _number_digits(base: str) -> float:
+    """An upper bound on the digits of a numeric group's value: its numbers' digits added (a product has at most
+    as many), k! counting log10(k!) + 1, and each power inside it counted as its exponent bound times."""
+    total = 0.0
+    for match in re.finditer(r"(\d+)(\s*!)?", base):
+        digits = match.group(1)
+        factorial = match.group(2) and len(digits) <= MAX_FACTORIAL_DIGITS
+        total += math.lgamma(int(digits) + 1) / math.log(10) + 1 if factorial else len(digits)
+    return total
 
 
 def _argument(argument: str) -> tuple[int, bool] | None:

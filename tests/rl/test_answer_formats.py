@@ -54,6 +54,9 @@ SLOW = [  # each took about 2 s (math-verify's alarm) or more before the screen 
     r"|x+1|^{999}", r"\frac{x+1}{2}^{999}", r"\binom{99999999}{49999999}", r"\Gamma(99999999)",
     r"\sum_{k=1}^{9999} k^{9999}", r"\prod_{k=1}^{9999}k", "(" * 8 + "5" + ")" * 8, "{" * 15 + "5" + "}" * 15,
     "(" * 15 + "5" + ")" * 15, r"9\,999\,999!",
+    # numeric powers of millions of digits (0.5-2 s each): of a factorial, or with a long exponent sum
+    r"(9999!)^{9999}", r"\left(9999!\right)^{9999}", r"\sqrt{9999!}^{9999}", r"9999!^{9999}", r"(999!)^{999}",
+    "9999^{" + "+".join(["9999"] * 48) + "}",
 ]
 
 
@@ -77,7 +80,8 @@ def test_slow_math_answers_score_zero_fast(math_task):
     ("3", r"\left( 3 \right)", True), (r"\frac{1}{2}", "0.5", True), ("(1,2)", "(1, 2)", True),
     (r"\{1,2\}", r"\{2,1\}", True), ("5", "x = 5", True), ("5", "45", False), ("5", "-5", False),
     ("1000000", "1000001", False), (r"\pi", "3.14", False), ("x^2-1", "x^2+1", False), ("5", r"\pm 5", False),
-    ("5", "((((5))))", True), (r"\frac{1}{\sqrt{2}}", r"\frac{\sqrt{2}}{2}", True),
+    ("5", "((((5))))", True), (r"\frac{1}{\sqrt{2}}", r"\frac{\sqrt{2}}{2}", True), ("14400", "(5!)^2", True),
+    ("1000", "(10)^{3}", True),
 ])
 def test_benign_math_answers_keep_their_verdicts(math_task, reference, candidate, expected):
     assert risky(candidate) is None
