@@ -8,7 +8,10 @@ evaluates Python). It handles fractions, decimals, percentages, sets, intervals,
 Digit groups: "10\\,000", "10 000", "10~000", "10{,}000" and "10,\\!000" are 10000 (`join_digit_groups`:
 groups of exactly three digits after a first group of one to three); math-verify alone reads "1\\,000" as
 1*0 and "3 4" as 3+4. Two numbers still side by side with only spacing between ("3 4", "1 2", "5 \\quad 4",
-"1 000 00") are ambiguous: such an answer scores 0.
+"1 000 00") are ambiguous: such an answer scores 0. A number or a closing bracket next to an opening bracket,
+or a closing bracket next to a number, is a product ("2(3)", "(3)(4)", "\\frac{1}{2}(x+1)": `explicit_products`),
+which math-verify read as a mixed number (2 + 3). An answer is parsed as one formula (inside $...$), unless
+math delimiters remain inside it: bare, math-verify took its first fraction for the answer ("1 + \\frac{1}{2}").
 
 Costs that no in-process timeout stops: sympy evaluates integer powers and factorials eagerly inside GMP
 (9^{9^{9^9}} runs for hours and ignores signals), expands powers of sums, and the ANTLR parser takes about
@@ -17,7 +20,8 @@ Costs that no in-process timeout stops: sympy evaluates integer powers and facto
 - exponent towers and products in exponents ("9^{9^9}", "2^{9}^{9}", "9^9!"); a power of a bracketed group
   is a tower too ("(10^{9999})^{9999}": the digits of its exponents add up) and, when the group holds a
   letter or a function ("(x+1)^{999}", "\\cos(x)^{999}", expanded by sympy), its exponents' product is at
-  most MAX_SYMBOLIC_POWER;
+  most MAX_SYMBOLIC_POWER; a numeric power's digits (its base's, a factorial's log10(k!), times its exponent's
+  bound) are at most MAX_POWER_DIGITS ("(9999!)^{9999}", "9999^{9999+9999+...}": millions of digits);
 - factorials, \\binom and \\Gamma of anything but a small argument: a sum of numbers and of letters with a
   one-digit factor ("5", "(n-k)!", "\\binom{n+k}{k}", "\\left(2n-k+1\\right)!"), whose numbers add up to at
   most 9999 (MAX_FACTORIAL_DIGITS digits) or, with a letter in it or in the other \\binom argument, to at
