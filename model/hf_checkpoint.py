@@ -32,16 +32,24 @@ FP8_SCALE_SUFFIX = "_scale_inv"
 FP8_FORMATS = {"e4m3": "F8_E4M3"}  # quantization_config fmt -> the safetensors dtype of its weights
 
 
+def config_path(hf_dir: str | pathlib.Path) -> pathlib.Path:
+    """`hf_dir/config.json`; UserError when `hf_dir` is missing, a file, or holds no config.json."""
+    hf_dir = pathlib.Path(hf_dir)
+    if not hf_dir.is_dir():
+        raise UserError(f"HF checkpoint {str(hf_dir)!r}: " + ("is a file, not a checkpoint directory"
+                                                              if hf_dir.exists() else "does not exist"))
+    if not (hf_dir / "config.json").is_file():
+        raise UserError(f"HF checkpoint {str(hf_dir)!r}: no config.json")
+    return hf_dir / "config.json"
+
+
 class HFCheckpoint:
     """A local HF checkpoint directory opened for lazy reading: its config and a name -> file map (module
     docstring); close it, or use it as a context manager."""
 
     def __init__(self, hf_dir: str | pathlib.Path):
         self.dir = pathlib.Path(hf_dir)
-        config_path = self.dir / "config.json"
-        if not config_path.is_file():
-            raise UserError(f"HF checkpoint {str(self.dir)!r}: no config.json")
-        self.config = read_json(config_path)
+        self.config = read_json(config_path(self.dir))
         self._stack = contextlib.ExitStack()
         self._headers: dict[pathlib.Path, tuple[int, dict]] = {}  # a shard's header, for `_raw`
         try:
@@ -58,6 +66,10 @@ class HFCheckpoint:
             return self._stack.enter_context(safe_open(str(file), framework="numpy"))
         except SafetensorError as err:  # what safetensors raises for a short file or a bad header
             raise UserError(f"{file}: not a complete safetensors file ({err})") from err
+        except OSError as err:  # a directory named like a shard, a broken link, an unreadable file
+            what = "a directory" if file.is_dir() else "a broken link" if file.is_symlink() and not file.exists() \
+                else err.strerror or str(err)
+            raise UserError(f"{file}: not a readable safetensors file ({what})") from err
 
     def _names(self) -> dict[str, pathlib.Path]:
         files: dict[str, pathlib.Path] = {}

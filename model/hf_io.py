@@ -47,7 +47,7 @@ from r1jax.model.config import ModelConfig
 from r1jax.model.decoder import Policy
 from r1jax.errors import UserError
 from r1jax.model.factory import abstract_policy
-from r1jax.model.hf_checkpoint import INDEX_FILE, HFCheckpoint, read_json
+from r1jax.model.hf_checkpoint import INDEX_FILE, HFCheckpoint, config_path, read_json
 from r1jax.model.hf_config import from_hf_config, generation_config, mtp_layers, stored_dtype, to_hf_config
 from r1jax.model.hf_weights import Tensor, tensor_map
 from r1jax.sharding.params import path_keys, state_shardings
@@ -327,9 +327,7 @@ def _unflatten(flat: Mapping[tuple, Any]) -> dict:
 
 def read_hf_config(hf_dir: str | pathlib.Path) -> tuple[ModelConfig, list[str]]:
     """(ModelConfig, notes) from `hf_dir/config.json`; UserError naming unsupported settings."""
-    path = pathlib.Path(hf_dir) / "config.json"
-    if not path.is_file():
-        raise UserError(f"HF checkpoint {str(hf_dir)!r}: no config.json")
+    path = config_path(hf_dir)
     return from_hf_config(read_json(path), source=str(path))
 
 

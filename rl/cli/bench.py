@@ -16,7 +16,7 @@ INTERMIXED = True  # KEY=VALUE overrides after the options too (rl.cli.main.pars
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="bench",
                         help="the model config: a preset (bench, tiny, ...) or a YAML path; default: bench")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+    parser.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="dotted config overrides, e.g. model.num_hidden_layers=2")
     parser.add_argument("--against", choices=["hf"], default=None,
                         help="hf: also run HF transformers generate on the exported weights (needs torch and "

@@ -58,6 +58,16 @@ def max_new_tokens(text: str) -> int:
     return _integer(text, 1, MAX_NEW_TOKENS, "2^30: token positions are int32, and the prompt needs room")
 
 
+def check_context(new_tokens: int, prompt_tokens: int, context: int) -> None:
+    """A completion of `new_tokens` after a prompt of `prompt_tokens` fits the model's context (its
+    max_position_embeddings), else a UserError naming --max-new-tokens: past it a cache of 2^30 tokens went to
+    the device and out of memory, with a traceback."""
+    if prompt_tokens + new_tokens > context:
+        prompt = f"a prompt of {prompt_tokens} tokens and " if prompt_tokens else ""
+        raise UserError(f"--max-new-tokens {new_tokens}: {prompt}{new_tokens} new tokens pass the model's context "
+                        f"of {context} tokens (model.max_position_embeddings)")
+
+
 def cpu_device_count(text: str) -> int:
     """An argparse type: a number of fake CPU devices in [1, MAX_CPU_DEVICES]."""
     return _integer(text, 1, MAX_CPU_DEVICES, "r1jax's limit on fake CPU devices")
@@ -162,7 +172,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", default="tiny",
                         help="a preset name (tiny, bench, bench_qwen3, deepseek_v3_671b, qwen3_30b_a3b, "
                              "qwen3_30b_a3b_r1zero: configs/) or a YAML path; default: tiny")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+    parser.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="dotted config overrides, e.g. model.num_hidden_layers=4; a list item by its "
                              "index: stages.0.steps=5; a whole list: rewards.names=[accuracy,format]")
 

@@ -21,8 +21,8 @@ import sys
 import time
 
 from r1jax.model.tokenizer import TEMPLATE_NAMES
-from r1jax.rl.cli.common import flags_in_error, max_new_tokens, non_negative_int, non_negative_number, pool_workers, \
-    positive_int, probability
+from r1jax.rl.cli.common import check_context, flags_in_error, max_new_tokens, non_negative_int, \
+    non_negative_number, pool_workers, positive_int, probability
 
 # (flag, the EvalConfig field it sets), in the order the settings used are told
 SAMPLING_FLAGS = (("--samples", "samples"), ("--temperature", "temperature"), ("--top-p", "top_p"),
@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     except UserError as err:  # a bound of the config's (eval.num_problems, ...): named as the flag too
         raise flags_in_error(err, "eval", {k: (f"--{k.replace('_', '-')}", v) for k, v in given.items()}) from None
     max_new = config.sampling.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
+    check_context(max_new, 0, config.model.max_position_embeddings)
     if args.data:
         problems = config.data.load_file(args.data)
         if args.num_problems is not None and len(problems) < args.num_problems:

@@ -24,7 +24,7 @@ INTERMIXED = True  # KEY=VALUE overrides after the options too (rl.cli.main.pars
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a run directory, checkpoint directory or step directory")
     parser.add_argument("out", help="the GGUF file to write, e.g. model.gguf")
-    parser.add_argument("overrides", nargs="*", metavar="sharding.KEY=VALUE",
+    parser.add_argument("overrides", nargs="*", default=[], metavar="sharding.KEY=VALUE",
                         help="mesh overrides for loading, e.g. sharding.fsdp=-1")
     parser.add_argument("--dtype", default="f32", metavar="{" + ",".join(DTYPE_CHOICES) + "}",
                         help="weight type in the file (default f32: exact)")
@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     from r1jax.errors import UserError
     from r1jax.rl.checkpoint import load_config, load_policy
+    from r1jax.rl.cli.common import check_creatable
     from r1jax.rl.cli.export_hf import resolve_tokenizer
     from r1jax.rl.config import config_from_dicts, parse_overrides, to_dict
     from r1jax.rl.gguf_export import check_exportable, export_gguf
@@ -52,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     out = pathlib.Path(args.out)
     if out.exists() and not args.force:
         raise UserError(f"output {str(out)!r} exists; pass --force to replace it")
+    if out.parent.exists():  # a directory, writable, before the weights load (the file is written beside it first)
+        check_creatable(out.parent, f"output {str(out)!r}")
     config = load_config(args.checkpoint)
     config = config_from_dicts(to_dict(config), parse_overrides(args.overrides), source="overrides")
     check_exportable(config.model, args.dtype)  # before loading the weights

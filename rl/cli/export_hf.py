@@ -31,7 +31,7 @@ INTERMIXED = True  # KEY=VALUE overrides after the options too (rl.cli.main.pars
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a run directory, checkpoint directory or step directory")
     parser.add_argument("out", help="directory to write the HF checkpoint into (must be empty or absent)")
-    parser.add_argument("overrides", nargs="*", metavar="sharding.KEY=VALUE",
+    parser.add_argument("overrides", nargs="*", default=[], metavar="sharding.KEY=VALUE",
                         help="mesh overrides for loading, e.g. sharding.fsdp=-1")
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
                         help="weight dtype in the files (default: the checkpoint's param_dtype)")

@@ -12,7 +12,7 @@ import argparse
 import json
 
 from r1jax.model.tokenizer import TEMPLATE_NAMES
-from r1jax.rl.cli.common import flags_in_error, max_new_tokens, non_negative_int, non_negative_number, \
+from r1jax.rl.cli.common import check_context, flags_in_error, max_new_tokens, non_negative_int, non_negative_number, \
     positive_int, probability, seed, utf8_text
 
 
@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         ids = render_prompt(tokenizer, template, args.prompt, config.tokenizer.template_vars)
     else:
         ids = parse_ids(args.ids)
+    check_context(args.max_new_tokens, len(ids), config.model.max_position_embeddings)
     bad = [i for i in ids if not 0 <= i < config.model.vocab_size]
     if bad:
         raise UserError(f"--ids: {bad[0]} is outside the vocabulary [0, {config.model.vocab_size})")

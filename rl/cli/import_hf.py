@@ -20,7 +20,7 @@ INTERMIXED = True  # KEY=VALUE overrides after the options too (rl.cli.main.pars
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("hf_dir", help="a local HF checkpoint directory (config.json + *.safetensors)")
     parser.add_argument("out", help="checkpoint directory to create (must not hold a checkpoint yet)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+    parser.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="dotted config overrides, e.g. sharding.expert=2 model.param_dtype=bfloat16")
 
 

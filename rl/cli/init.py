@@ -13,7 +13,7 @@ INTERMIXED = True  # KEY=VALUE overrides after the options too (rl.cli.main.pars
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="a preset name or a YAML path")
     parser.add_argument("out", help="checkpoint directory to create (must not hold a checkpoint yet)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    parser.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="dotted config overrides")
     parser.add_argument("--seed", type=seed, default=None, help="initialisation seed (default: config seed)")
 
 

@@ -153,10 +153,21 @@ def main(argv: list[str] | None = None, *, as_program: bool | None = None) -> in
         stop_on_error(str(err), 2)  # with several processes: the others stop too, naming this one's error
         return 2
     except Exception as err:  # a bug: with several processes, the others must not wait for this one
+        if out_of_memory(err):  # not a bug: what was asked for does not fit
+            message = f"out of memory: {first_line(err)[:300]}; ask for fewer rows or tokens at once"
+            print(f"r1jax {args.command}: error: {message}", file=sys.stderr, flush=True)
+            stop_on_error(message, 2)
+            return 2
         if several_processes():
             traceback.print_exc()
             stop_on_error(f"{type(err).__name__}: {first_line(err)} (the traceback is in its log)", 1)
         raise
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """XLA's allocation failure (a JaxRuntimeError saying RESOURCE_EXHAUSTED or "Out of memory")."""
+    text = str(err)
+    return type(err).__name__ == "JaxRuntimeError" and ("RESOURCE_EXHAUSTED" in text or "Out of memory" in text)
 
 
 if __name__ == "__main__":

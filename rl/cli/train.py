@@ -25,7 +25,7 @@ INTERMIXED = True  # KEY=VALUE overrides after the options too: `r1jax train CFG
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", default=None,
                         help="preset name or YAML path (default: tiny; on an existing --run-dir: its config.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+    parser.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="dotted config overrides (before or after the options)")
     parser.add_argument("--run-dir", default=None,
                         help="run directory; an existing one resumes (default: runs/<config>-<time>)")

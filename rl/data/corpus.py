@@ -8,6 +8,7 @@ from __future__ import annotations
 import pathlib
 from typing import Iterator, Mapping, Sequence
 
+from r1jax.errors import UserError
 from r1jax.model.tokenizer import TEMPLATES, TokenizerConfig, TokenizerLike, load_tokenizer, train_tokenizer
 from r1jax.rl.data.config import DataConfig
 from r1jax.rl.data.records import SUFFIXES, read_rows
@@ -33,7 +34,13 @@ def file_corpus(path: str | pathlib.Path, fields: Mapping[str, str] | None = Non
     yield from TEMPLATES.values()
     path = pathlib.Path(path)
     if path.suffix not in SUFFIXES:
-        yield from path.read_text(encoding="utf-8", errors="replace").splitlines()
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError as err:  # missing, a directory, unreadable: as read_rows names a data file's
+            what = "does not exist" if not path.exists() else "is not a file" if not path.is_file() else \
+                f"cannot be read: {err.strerror or err}"
+            raise UserError(f"data file {str(path)!r} {what}") from err
+        yield from text.splitlines()
         return
     for _, row in read_rows(path):
         for field in ("prompt", "answer", "solution", "completion"):

@@ -59,7 +59,8 @@ def export_gguf(policy: Policy, out: str | pathlib.Path, tokenizer: TokenizerLik
     if out.exists() and not force:
         raise UserError(f"output {str(out)!r} exists; pass --force to replace it")
     if not out.parent.is_dir():
-        raise UserError(f"output directory {str(out.parent)!r} does not exist")
+        raise UserError(f"output directory {str(out.parent)!r} " + ("is a file, not a directory" if
+                                                                    out.parent.exists() else "does not exist"))
     writes = jax.process_index() == 0
     if not writes:  # the tokenizer's refusals, on every process before the gathers (process 0 writes it below)
         write_tokenizer(gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[ARCHS[cfg.family]]), tokenizer, cfg.vocab_size,

@@ -24,6 +24,7 @@ MIN_SEQUENCE_LENGTH = 32  # the smallest SFT bucket
 DEFAULT_REFLECTION_WORDS = ("wait", "verify", "check", "re-examine", "recheck", "reconsider", "double-check",
                             "mistake", "however", "actually")
 MAX_EVAL_PROBLEMS = 1_000_000  # held-out problems (each sampled eval.samples times; R1's sets: <= ~1,000)
+MAX_EVAL_SAMPLES = 1024  # k per problem (R1: 64 for AIME); 10^8 ran for minutes before its first progress line
 STAGE_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a stage's name names its files (samples/NAME/, NAME.jsonl)
 
 
@@ -136,6 +137,8 @@ class EvalConfig:
             raise UserError("eval.num_problems, eval.samples and eval.batch_size must be >= 1")
         if self.num_problems > MAX_EVAL_PROBLEMS:
             raise UserError(f"eval.num_problems={self.num_problems}: must be at most {MAX_EVAL_PROBLEMS:,}")
+        if self.samples > MAX_EVAL_SAMPLES:
+            raise UserError(f"eval.samples={self.samples}: must be at most {MAX_EVAL_SAMPLES:,}")
         if self.difficulty is not None and not 1 <= self.difficulty <= 5:
             raise UserError(f"eval.difficulty={self.difficulty}: expected null (data.difficulty) or 1..5")
         if not self.reflection_words or not all(isinstance(w, str) and w.strip() for w in self.reflection_words):

@@ -254,6 +254,11 @@ class Trainer:
                             f"(checkpoint {where} holds its end, not its optimizer or data position); to train "
                             f"it longer, add a stage after it ({{name: {stage.name}_more, kind: {stage.kind}, "
                             f"steps: {stage.steps - theirs.steps}}}) or start a new run directory")
+        for ours, theirs in zip(self.config.stages[:index], saved.stages[:index]):  # finished before this one
+            if ours.steps != theirs.steps:  # it trained nothing, and config.yaml then said it had
+                raise UserError(f"stages[{ours.name}].steps={ours.steps}: the stage finished at {theirs.steps} steps "
+                                f"before checkpoint {where}; resume with its {theirs.steps}, or start a new run "
+                                "directory")
         changes = config_changes(saved, stage_config(self.config, index))
         if changes:  # allowed (a longer schedule, a new eval size), but the run is no longer the saved one's
             shown = "; ".join(changes[:12]) + (f"; and {len(changes) - 12} more" if len(changes) > 12 else "")
@@ -276,8 +281,13 @@ class Trainer:
 
     def _run_stage(self, index: int, stage: StageConfig, resume: dict | None) -> None:
         if resume is None:  # a stage resumed inside goes on with its checkpoint's policy
-            started = starting_policy(self.config, index, stage, self.tokenizer, self.policy, self.mesh,
-                                      self.rules)
+            try:
+                started = starting_policy(self.config, index, stage, self.tokenizer, self.policy, self.mesh,
+                                          self.rules)
+            except UserError:  # a stage's init_from that cannot be read (damaged, not a checkpoint)
+                if not self.summary["stages"] and self.checkpoints.latest_step() is None:
+                    self._begun = False  # nothing of the run yet: a refused start (release removes what it made)
+                raise
             if started is not None:
                 self.graphdef, self.policy = started
         self.console.log(f"stage {index + 1}/{len(self.config.stages)}: {stage.name} ({stage.kind}, "

@@ -46,7 +46,28 @@ def string_hidden_size(directory):
     return "config.json"
 
 
+def unindexed(make):
+    """The shards and index replaced by one entry `make` makes (a directory or a link named like a shard)."""
+    def damage(directory):
+        for file in [directory / INDEX_FILE, *directory.glob("*.safetensors")]:
+            file.unlink()
+        return make(directory)
+    return damage
+
+
+def shard_directory(directory):
+    (directory / "model.safetensors").mkdir()
+    return "model.safetensors"
+
+
+def broken_link(directory):
+    (directory / "model-00001-of-00002.safetensors").symlink_to(directory / "gone.safetensors")
+    return "model-00001-of-00002.safetensors"
+
+
 CASES = {  # name: (damage(directory) -> the file the error names, what it says)
+    "shard_is_a_directory": (unindexed(shard_directory), "not a readable safetensors file (a directory)"),
+    "shard_is_a_broken_link": (unindexed(broken_link), "not a readable safetensors file (a broken link)"),
     "index_not_json": (write(INDEX_FILE, "{"), "not valid JSON"),
     "index_without_weight_map": (write(INDEX_FILE, '{"metadata": {}}'), "no 'weight_map' object"),
     "truncated_shard": (truncate_second_shard, "not a complete safetensors file"),
@@ -65,6 +86,13 @@ def test_a_malformed_checkpoint_is_a_user_error_naming_the_file(case, sharded, t
     err = capsys.readouterr().err
     assert f"{directory / named}: " in err and message in err, err
     assert "Traceback" not in err
+
+
+def test_a_checkpoint_path_that_is_a_file_or_missing_is_named(sharded, tmp_path, capsys):
+    assert main(["import-hf", str(sharded / "config.json"), str(tmp_path / "a")]) == 2
+    assert "is a file, not a checkpoint directory" in capsys.readouterr().err
+    assert main(["import-hf", str(tmp_path / "nowhere"), str(tmp_path / "b")]) == 2
+    assert "nowhere': does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("cfg", [QWEN, DEEPSEEK])

@@ -193,6 +193,35 @@ def test_an_output_directory_that_cannot_be_created_is_named(capsys, tmp_path):
         capsys, "init", str(TRAIN_CONFIG), str(out))
 
 
+def test_a_gguf_output_that_cannot_be_written_is_named_before_the_weights_load(capsys, tmp_path):
+    # a FileNotFoundError traceback for its temporary file beside it, after the weights had loaded
+    err = refused(capsys, "export-gguf", str(tmp_path / "no-checkpoint"), "/proc/x.gguf")
+    assert "output '/proc/x.gguf' cannot be created: no directory can be made in '/proc'" in err
+    (tmp_path / "f").write_text("mine")
+    assert f"cannot be created: {str(tmp_path / 'f')!r} is a file, not a directory" in refused(
+        capsys, "export-gguf", str(tmp_path / "no-checkpoint"), str(tmp_path / "f" / "x.gguf"))
+
+
+def test_optional_overrides_are_not_named_as_required(capsys):
+    for argv, required in ((["init"], "config, out"), (["export-gguf", "CK"], "out"), (["import-hf", "D"], "out")):
+        err = refused_flag(capsys, *argv)
+        assert err.rstrip().endswith(f"the following arguments are required: {required}"), err
+
+
+def test_an_allocation_the_device_cannot_hold_is_one_line(capsys, monkeypatch):
+    """XLA's out-of-memory error (a JaxRuntimeError) is no bug of r1jax's: one line, exit 2."""
+    import jax
+
+    from r1jax.rl.cli import info
+
+    def allocate(args):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 1005022385968 bytes.")
+
+    monkeypatch.setattr(info, "run", allocate)
+    err = refused(capsys, "info", "tiny")
+    assert "out of memory: RESOURCE_EXHAUSTED: Out of memory allocating 1005022385968 bytes." in err
+
+
 @pytest.mark.parametrize("timeout", ["10000", "1e6"])
 def test_score_timeouts_the_pool_takes_are_not_refused_by_the_batch_deadline(capsys, tmp_path, timeout):
     # ceil(256 / workers) x --timeout past reward_pool.batch_deadline_s's bound was refused naming that field

@@ -8,6 +8,7 @@ import pytest
 from r1jax.rl import evaluate as evaluate_module
 from r1jax.rl import rewards as rewards_module
 from r1jax.rl.cli.main import main
+from r1jax.rl.config import load_config
 from r1jax.rl.sampler import Sampler
 
 
@@ -190,3 +191,17 @@ def test_eval_table_of_a_files_rows_has_no_difficulty_row(capsys):
     _print_table(figures)
     rows = [line.split("│")[1].strip() for line in capsys.readouterr().out.splitlines() if line.count("│") == 3]
     assert rows == ["pass@1", "cons@1", "format_rate", "response_length", "reflection_rate"]
+
+
+def test_a_completion_past_the_models_context_and_samples_past_the_bound_are_refused(capsys, finished_run):
+    """2^30 new tokens passed the flag's bound and went to the device as one cache (an XLA out-of-memory
+    traceback); 10^8 samples per problem ran for minutes before any progress line."""
+    context = load_config(str(finished_run / "config.yaml")).model.max_position_embeddings
+    code, _, err = run_main(capsys, "generate", str(finished_run), "--ids", "1,40,41", "--max-new-tokens",
+                            str(context - 2), "--ignore-eos")
+    assert code == 2 and f"a prompt of 3 tokens and {context - 2} new tokens pass the model's context of " \
+                          f"{context} tokens (model.max_position_embeddings)" in err and "Traceback" not in err
+    code, _, err = run_main(capsys, "eval", str(finished_run), "--max-new-tokens", str(context + 1))
+    assert code == 2 and f"--max-new-tokens {context + 1}: {context + 1} new tokens pass" in err
+    code, _, err = run_main(capsys, "eval", str(finished_run), "--samples", "1025")
+    assert code == 2 and "--samples 1025: eval.samples=1025: must be at most 1,024" in err

@@ -360,3 +360,13 @@ def test_a_file_is_parsed_once_while_unchanged_and_each_reader_gets_its_own_rows
     problems, changed = read_source(config)
     assert len(reads) == 3 and problems[1]["answer"] == "5" and changed["sha256"] != fingerprint["sha256"]
 
+
+
+def test_a_corpus_path_that_is_a_directory_or_missing_is_named(tmp_path):
+    """`data.path` (no data-file suffix) read as a tokenizer's text corpus: an IsADirectoryError traceback."""
+    from r1jax.rl.data import file_corpus
+
+    (tmp_path / "adir").mkdir()
+    for name, said in (("adir", "is not a file"), ("missing", "does not exist")):
+        with pytest.raises(UserError, match=f"data file '{tmp_path / name}' {said}"):
+            list(file_corpus(tmp_path / name))

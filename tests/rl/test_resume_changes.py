@@ -157,6 +157,9 @@ REFUSED = {  # what a start changes -> (what the refusal says, the overrides giv
                   lambda run, tmp: ["tokenizer.vocab_size=400"]),
     "preflight": ("grpo.prompts_per_step", lambda run, tmp: ["grpo.prompts_per_step=3", "plots=true"]),
     "longer finished stage": ("the stage finished at 3 steps", lambda run, tmp: ["stages.1.steps=5"]),
+    # an earlier stage's steps changed: it trained nothing, and config.yaml then said it had
+    "earlier stage's steps": (r"stages\[sft\]\.steps=99: the stage finished at 2 steps before checkpoint",
+                              lambda run, tmp: ["stages.0.steps=99"]),
     "no checkpoint, new tokenizer": ("grpo.prompts_per_step", lambda run, tmp: [
         "tokenizer.vocab_size=400", "grpo.prompts_per_step=3", "plots=true"]),
 }
@@ -182,6 +185,20 @@ def test_a_refused_start_leaves_the_run_directory_as_it_was(run_copy, tmp_path, 
         Trainer(load_config(run_copy / "config.yaml", overrides), run_copy).run()
     assert files_of(run_copy) == before
     assert sorted(p.name for p in run_copy.iterdir() if p.name != ".lock") == [n for n in names if n != ".lock"]
+
+
+def test_a_new_run_whose_init_from_checkpoint_is_damaged_leaves_no_run_directory(finished_run, tmp_path):
+    """The damage is found as the first stage loads its policy, after the start's files were written: the run
+    directory (config.yaml, tokenizer/, an empty checkpoints/) stayed, and the next start took it for a run."""
+    damaged = shutil.copytree(finished_run, tmp_path / "damaged")
+    for data in (damaged / "checkpoints").rglob("*"):
+        if data.is_file() and "params" in data.parts and data.stat().st_size > 1000:
+            data.write_bytes(data.read_bytes()[:100])
+    run = tmp_path / "new"
+    stages = "stages=[{name: sft, kind: sft, steps: 1, batch_size: 8, init_from: %s}]" % damaged
+    with pytest.raises(UserError, match="damaged"):
+        Trainer(load_config(TRAIN_CONFIG, [stages]), run).run()
+    assert not run.exists()
 
 
 def test_a_refused_start_of_a_new_run_leaves_no_run_directory(tmp_path):
