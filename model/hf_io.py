@@ -224,6 +224,9 @@ def _listing(what: str, names: Sequence[str], limit: int = 20) -> str:
     return f"{what} ({len(names)}): {', '.join(names[:limit])}{more}"
 
 
+FLOATS = ("F64", "F32", "F16", "BF16")  # safetensors dtype codes a weight may be stored in (fp8: `dtype` says F32)
+
+
 def check_tensors(ckpt: HFCheckpoint, cfg: ModelConfig, shapes: Mapping) -> None:
     """UserError listing missing, unexpected and wrongly shaped tensors (headers only; no data read)."""
     leaves = parameter_leaves(shapes)
@@ -236,9 +239,12 @@ def check_tensors(ckpt: HFCheckpoint, cfg: ModelConfig, shapes: Mapping) -> None
     unexpected = sorted(n for n in present - set(expected) - empty if not _ignored(n, cfg, mtp))
     wrong = sorted(f"{n} {list(ckpt.shape(n))} (expected {list(s)})" for n, s in expected.items()
                    if n in present and ckpt.shape(n) != s)
+    # integers and booleans are no weights (an int8 embedding imported as its codes, with a warning)
+    not_float = sorted(f"{n} ({ckpt.dtype(n)})" for n in expected if n in present and ckpt.dtype(n) not in FLOATS)
     problems = [_listing(w, names) for w, names in (("missing tensors", missing),
                                                       ("unexpected tensors", unexpected),
-                                                      ("tensors of the wrong shape", wrong)) if names]
+                                                      ("tensors of the wrong shape", wrong),
+                                                      ("tensors not stored as floats", not_float)) if names]
     if problems:
         raise UserError(f"HF checkpoint {str(ckpt.dir)!r} does not match its config.json: " + "; ".join(problems))
 
@@ -256,8 +262,11 @@ def _warn_rounded(ckpt: HFCheckpoint, cfg: ModelConfig, shapes: Mapping) -> None
     error; but an export then differs from the source, which param_dtype float32 would have kept exactly."""
     rounded = rounded_tensors(ckpt, cfg, shapes)
     if rounded and not (cfg.param_dtype == "bfloat16" and stored_dtype(ckpt.config) == "float32"):
-        log.warning("HF checkpoint %s: %s; import with model.param_dtype=float32 to keep them exact", ckpt.dir,
-                    _listing(f"tensors stored wider than param_dtype {cfg.param_dtype} are rounded to it", rounded))
+        advice = ("import with model.param_dtype=float32 to keep them exact" if cfg.param_dtype != "float32"
+                  else "r1jax keeps no float64 parameters")
+        log.warning("HF checkpoint %s: %s; %s", ckpt.dir,
+                    _listing(f"tensors stored wider than param_dtype {cfg.param_dtype} are rounded to it", rounded),
+                    advice)
 
 
 def _block(tensors: Sequence[Tensor], shape: tuple[int, ...], dtype, slices: tuple[slice, ...],

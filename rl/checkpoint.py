@@ -163,7 +163,13 @@ def load_config(path: str | pathlib.Path) -> Config:
     root, step = resolve(path)
     with _manager(root, read_only=True) as manager:
         restored = restore_items(manager, root / str(step), {"config": ocp.args.JsonRestore()})
-    return config_from_dicts(restored.config, source=f"checkpoint {root / str(step)} config")
+    where = f"checkpoint {root / str(step)}"
+    try:
+        return config_from_dicts(restored.config, source=f"{where} config")
+    except UserError as err:  # a stored config edited by hand (or by another version): name the checkpoint
+        if where in str(err):
+            raise
+        raise UserError(f"{where}: its stored config: {err}") from None
 
 
 def load_policy(path: str | pathlib.Path, mesh: Mesh | None = None,

@@ -158,7 +158,7 @@ def resolve_path(name_or_path: str | pathlib.Path) -> pathlib.Path:
     path = pathlib.Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
-            raise UserError(f"config file {str(path)!r} does not exist")
+            raise UserError(f"config file {str(path)!r} " + ("is not a file" if path.exists() else "does not exist"))
         return path
     preset = CONFIG_DIR / f"{name_or_path}.yaml"
     if not preset.is_file():
@@ -170,12 +170,16 @@ def resolve_path(name_or_path: str | pathlib.Path) -> pathlib.Path:
 def load_config(name_or_path: str | pathlib.Path = "tiny", overrides: Sequence[str] = ()) -> Config:
     path = resolve_path(name_or_path)
     try:
-        yaml = OmegaConf.load(path)
+        top = pyyaml.safe_load(path.read_text(encoding="utf-8"))  # its type: OmegaConf read "hello" as {hello: null}
     except Exception as err:  # a YAML syntax error; name the file
         raise UserError(f"config file {path}: cannot parse YAML: {err}") from err
-    if not OmegaConf.is_dict(yaml):
+    if not isinstance(top, (dict, type(None))):  # an empty file: every default
         raise UserError(f"config file {path}: the top level must be a mapping of sections (model:, grpo:, "
-                        f"stages:, ...), not a {type(OmegaConf.to_container(yaml)).__name__}")
+                        f"stages:, ...), not a {type(top).__name__}")
+    try:
+        yaml = OmegaConf.load(path)
+    except Exception as err:  # what OmegaConf refuses of valid YAML
+        raise UserError(f"config file {path}: cannot parse YAML: {err}") from err
     parsed = parse_overrides(overrides)
     config = config_from_dicts(yaml, parsed, source=str(path))
     return with_hf_architecture(config, model_fields_given(yaml, parsed, str(path)))

@@ -74,12 +74,17 @@ def run(args: argparse.Namespace) -> int:
     from r1jax.rl.rewards.config import FieldError
     from r1jax.rl.sampler import Sampler
     from r1jax.rl.sampler_layout import inference_layout
-    from r1jax.rl.tasks import task_names
+    from r1jax.rl.tasks import get_task, task_names
     from r1jax.sharding.context import use_mesh
 
     # before the checkpoint loads
     if args.task is not None and args.task not in task_names():
         raise UserError(f"--task {args.task!r}: unknown task; choose one of {', '.join(task_names())}")
+    if args.task is not None and not args.data:
+        try:  # a verifier of user data generates no held-out problems ("difficulty 2 is not one of [1]" before)
+            get_task(args.task).generate(0, 0)
+        except UserError as err:
+            raise UserError(f"--task {args.task}: {err}; evaluate its rows with --data FILE") from None
     if args.data and args.difficulty is not None:  # file rows are all read as difficulty 0 (rl.data.records)
         raise UserError(f"--difficulty {args.difficulty} picks held-out problems, and --data {args.data!r} "
                         "replaces them (a file's rows carry no difficulty): drop --difficulty or --data")

@@ -76,8 +76,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--ids: {bad[0]} is outside the vocabulary [0, {config.model.vocab_size})")
     flags = {"max_new_tokens": ("--max-new-tokens", args.max_new_tokens), "temperature": ("--temperature",
              args.temperature), "top_p": ("--top-p", args.top_p), "top_k": ("--top-k", args.top_k)}
+    buckets = tuple(config.sampling.prompt_buckets)
+    if len(ids) > buckets[-1]:  # one prompt, its own shape: a longer one gets a bucket of its own
+        buckets += (-(-len(ids) // 64) * 64,)
     try:
-        sampling = dataclasses.replace(config.sampling, **{field: value for field, (_, value) in flags.items()})
+        sampling = dataclasses.replace(config.sampling, prompt_buckets=buckets,
+                                       **{field: value for field, (_, value) in flags.items()})
     except UserError as err:  # a bound of the config's: named as the flag too
         raise flags_in_error(err, "sampling", flags) from None
     graphdef, state = nnx.split(policy)

@@ -56,6 +56,8 @@ def read_items(path: str) -> tuple[list[dict], list]:
     for number, row in read_rows(path):
         where = f"{path}: row {number}"
         completion = row.get("completion")
+        if completion is None:
+            raise UserError(f"{where}: field 'completion' is missing")
         if not isinstance(completion, str):
             raise UserError(f"{where}: field 'completion' must be a string, got {type(completion).__name__}")
         length = row.get("length")

@@ -118,3 +118,18 @@ def test_every_key_of_the_wrong_type_is_named(cfg):
         from_hf_config({**hf, experts: [8]})
     with pytest.raises(UserError, match="expected a JSON object"):
         from_hf_config([hf])
+
+
+def test_a_weight_stored_as_integers_is_refused(sharded, tmp_path, capsys):
+    """An int8 embedding imported as its codes (exit 0, a warning advising param_dtype float32 it had)."""
+    from safetensors.numpy import load_file, save_file
+
+    directory = tmp_path / "hf"
+    shutil.copytree(sharded, directory)
+    shard = next(f for f in sorted(directory.glob("*.safetensors")) if "model.embed_tokens.weight" in load_file(f))
+    tensors = load_file(shard)
+    tensors["model.embed_tokens.weight"] = tensors["model.embed_tokens.weight"].astype("int8")
+    save_file(tensors, shard, metadata={"format": "pt"})
+    assert main(["import-hf", str(directory), str(tmp_path / "ck")]) == 2
+    err = capsys.readouterr().err
+    assert "tensors not stored as floats (1): model.embed_tokens.weight (I8)" in err and "Traceback" not in err, err

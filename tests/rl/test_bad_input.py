@@ -30,6 +30,13 @@ def test_a_config_file_of_the_wrong_shape_is_named(tmp_path):
     top = tmp_path / "list.yaml"
     top.write_text("- model\n- grpo\n")  # a TypeError "Cannot merge incompatible container types" before
     load_fails(named=[str(top), "the top level must be a mapping", "not a list"], config=top)
+    for text, kind in (("hello\n", "str"), ('"a string"\n', "str"), ("5\n", "int")):  # OmegaConf read "hello"
+        top.write_text(text)  # as {hello: null} ("Key 'hello' not in 'Config'") and 5 as an unknown object type
+        load_fails(named=[str(top), "the top level must be a mapping", f"not a {kind}"], config=top)
+    top.write_text("")  # an empty file: every default (as before)
+    assert load_config(top).grpo == load_config(top, ["seed=1"]).grpo
+    (tmp_path / "dir.yaml").mkdir()  # "does not exist" before
+    load_fails(named=[f"config file {str(tmp_path / 'dir.yaml')!r} is not a file"], config=tmp_path / "dir.yaml")
     stages = tmp_path / "stages.yaml"
     stages.write_text("stages: {name: a}\n")
     load_fails(named=[str(stages), "stages: expected a list, got a mapping"], config=stages)

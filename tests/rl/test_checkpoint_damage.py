@@ -1,6 +1,7 @@
 """A damaged, partial or absent checkpoint is a one-line UserError naming the directory and what is missing:
 through `r1jax generate` / `r1jax eval` (exit code 2) and through the trainer's checkpointer on resume."""
 
+import json
 import pathlib
 import shutil
 
@@ -40,6 +41,13 @@ def truncate_files(directory: pathlib.Path, keep_fraction: float) -> None:
             path.write_bytes(data[:int(len(data) * keep_fraction)])
 
 
+def edit_stored_config(step: pathlib.Path, section: str, key: str, value) -> None:
+    stored = step / "config" / "metadata"
+    config = json.loads(stored.read_text())
+    config[section][key] = value
+    stored.write_text(json.dumps(config))
+
+
 def generate(capsys, path):
     code = main(["generate", str(path), "--ids", "1,2", "--max-new-tokens", "2", "--json"])
     return code, capsys.readouterr()
@@ -54,6 +62,9 @@ DAMAGES = {
     "params truncated to nothing": (lambda c: truncate_files(c / "0" / "params", 0), ["0", "'params' cannot be read"]),
     "config not JSON": (lambda c: truncate_files(c / "0" / "config", 0.3), ["0", "'config' cannot be read"]),
     "step directory deleted": (lambda c: shutil.rmtree(c / "0"), ["holds no checkpoint step"]),
+    # a stored config edited by hand: its refusal named no checkpoint ("eval.samples ... must be >= 1")
+    "stored config edited": (lambda c: edit_stored_config(c / "0", "eval", "samples", 0),
+                             ["0: its stored config: eval.num_problems, eval.samples"]),
     # a newer step that is damaged is named, not skipped in favour of the older complete one
     "newer step without params": (lambda c: (shutil.copytree(c / "0", c / "7"), shutil.rmtree(c / "7" / "params")),
                                   ["7", "lacks the item 'params'"]),

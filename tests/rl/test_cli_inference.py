@@ -205,3 +205,20 @@ def test_a_completion_past_the_models_context_and_samples_past_the_bound_are_ref
     assert code == 2 and f"--max-new-tokens {context + 1}: {context + 1} new tokens pass" in err
     code, _, err = run_main(capsys, "eval", str(finished_run), "--samples", "1025")
     assert code == 2 and "--samples 1025: eval.samples=1025: must be at most 1,024" in err
+
+
+def test_generate_takes_a_prompt_longer_than_the_largest_bucket(capsys, finished_run):
+    """The advice was "raise sampling.prompt_buckets", a setting generate does not take: one prompt gets a
+    bucket of its own (a multiple of 64 tokens)."""
+    largest = load_config(str(finished_run / "config.yaml")).sampling.prompt_buckets[-1]
+    ids = ",".join(str(40 + i % 20) for i in range(largest + 5))
+    code, out, err = run_main(capsys, "generate", str(finished_run), "--ids", ids, "--max-new-tokens", "3",
+                              "--temperature", "0", "--ignore-eos", "--json")
+    assert code == 0, err
+    assert len(json.loads(out.splitlines()[-1])["ids"]) == 3
+
+
+def test_eval_of_a_task_that_generates_no_problems_asks_for_its_rows(capsys, tmp_path):
+    # "task 'math': difficulty 2 is not one of [1]" before: the checkpoint's difficulty, for a task with none
+    code, _, err = run_main(capsys, "eval", str(tmp_path / "CK"), "--task", "math")
+    assert code == 2 and "--task math: task 'math' has no generator" in err and "--data FILE" in err, err

@@ -50,7 +50,10 @@ def test_score_bad_input_fails_with_file_row_and_field_before_scoring(tmp_path, 
     assert captured.out == "" and "c.jsonl: row 2: field 'answer' is missing" in captured.err
     path = write_jsonl(tmp_path / "d.jsonl", [{"completion": None, "answer": "1"}])
     assert main(["score", str(path)]) == 2
-    assert "row 1: field 'completion' must be a string" in capsys.readouterr().err
+    assert "row 1: field 'completion' is missing" in capsys.readouterr().err  # "must be a string, got NoneType"
+    path = write_jsonl(tmp_path / "e.jsonl", [{"completion": 5, "answer": "1"}])
+    assert main(["score", str(path)]) == 2
+    assert "row 1: field 'completion' must be a string, got int" in capsys.readouterr().err
     good = write_jsonl(tmp_path / "good.jsonl", ROWS[:1])
     assert main(["score", str(good), "--rewards", "accuracy,bogus"]) == 2
     assert "unknown reward(s) ['bogus']" in capsys.readouterr().err

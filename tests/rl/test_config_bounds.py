@@ -21,7 +21,7 @@ from r1jax.rl.rewards.config import CodeConfig, FieldError, PoolConfig
     ("grpo.group_size=99999999999", "grpo.group_size = 99999999999"),
     (("grpo.group_size=65536", "sampling.max_new_tokens=1000"),
      "grpo.prompts_per_step x grpo.group_size = 1,048,576 rows"),
-    ("eval.samples=99999999999", "eval.batch_size x eval.samples"),
+    ("eval.samples=99999999999", "eval.samples=99999999999: must be at most 1,024"),
     ("eval.num_problems=99999999999", "eval.num_problems=99999999999"),
     # seeds where they are used (JAX keys: int64; grain's shuffle: 0..2^32-1)
     ("seed=9223372036854775808", "seed=9223372036854775808"),
