@@ -80,7 +80,9 @@ def filter_logits(logits_BV: jax.Array, top_k: jax.Array, top_p: jax.Array) -> j
     kth_B1 = jax.lax.dynamic_slice_in_dim(sorted_BV, k - 1, 1, axis=-1)
     sorted_BV = jnp.where(sorted_BV < kth_B1, -jnp.inf, sorted_BV)
     probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
-    keep_BV = (jnp.cumsum(probs_BV, axis=-1) - probs_BV) < top_p  # the top token is always kept
+    # the top token is always kept; top_p = 1 keeps all (beside top-k, a float32 cumsum reaching 1.0 early
+    # dropped the top-k's least likely tokens)
+    keep_BV = ((jnp.cumsum(probs_BV, axis=-1) - probs_BV) < top_p) | (top_p >= 1)
     nucleus_B1 = jnp.min(jnp.where(keep_BV, sorted_BV, jnp.inf), axis=-1, keepdims=True)
     return jnp.where(logits_BV < jnp.maximum(kth_B1, nucleus_B1), -jnp.inf, logits_BV)
 

@@ -8,7 +8,7 @@ import os
 import pathlib
 import re
 import tempfile
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from r1jax.errors import UserError
 from r1jax.rl.config_checks import INT32_MAX  # counts reach the device as int32 (shapes, token ids, top-k)
@@ -66,6 +66,14 @@ def check_context(new_tokens: int, prompt_tokens: int, context: int) -> None:
         prompt = f"a prompt of {prompt_tokens} tokens and " if prompt_tokens else ""
         raise UserError(f"--max-new-tokens {new_tokens}: {prompt}{new_tokens} new tokens pass the model's context "
                         f"of {context} tokens (model.max_position_embeddings)")
+
+
+def buckets_for(buckets: Sequence[int], longest: int) -> tuple[int, ...]:
+    """The sampler's prompt buckets with one more, a multiple of 64 tokens, when the longest prompt of an
+    inference command (generate, eval) passes the largest: those commands take no sampling.prompt_buckets,
+    which the error advised raising."""
+    buckets = tuple(buckets)
+    return buckets + (-(-longest // 64) * 64,) if longest > buckets[-1] else buckets
 
 
 def cpu_device_count(text: str) -> int:

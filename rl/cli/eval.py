@@ -21,7 +21,7 @@ import sys
 import time
 
 from r1jax.model.tokenizer import TEMPLATE_NAMES
-from r1jax.rl.cli.common import check_context, flags_in_error, max_new_tokens, non_negative_int, \
+from r1jax.rl.cli.common import buckets_for, check_context, flags_in_error, max_new_tokens, non_negative_int, \
     non_negative_number, pool_workers, positive_int, probability
 
 # (flag, the EvalConfig field it sets), in the order the settings used are told
@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from flax import nnx
 
     from r1jax.errors import UserError
+    from r1jax.model.tokenizer import encode_prompt
     from r1jax.rl.checkpoint import open_for_inference
     from r1jax.rl.evaluate import evaluate, evaluation_rewards, held_out_problems
     from r1jax.rl.rewards import RewardPool
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from r1jax.rl.sampler import Sampler
     from r1jax.rl.sampler_layout import inference_layout
     from r1jax.rl.tasks import get_task, task_names
+    from r1jax.rl.train.rollouts import prompt_texts
     from r1jax.sharding.context import use_mesh
 
     # before the checkpoint loads
@@ -131,9 +133,14 @@ def run(args: argparse.Namespace) -> int:
     except FieldError as err:  # a bound of the config's: named as the flag
         raise err.for_flags({"reward_pool.workers": "--workers"}) from None
     template = args.template or config.tokenizer.template
+    texts = prompt_texts(tokenizer, template, problems, config.tokenizer.template_vars)
+    longest = max(len(encode_prompt(tokenizer, template, text)) for text in texts)
+    check_context(max_new, longest, config.model.max_position_embeddings)
+    sampling = dataclasses.replace(config.sampling, prompt_buckets=buckets_for(config.sampling.prompt_buckets,
+                                                                               longest))
     graphdef, state = nnx.split(policy)
     layout, state = inference_layout(config, state, mesh, rules)
-    sampler = Sampler(graphdef, config.sampling, tokenizer.eos_ids, tokenizer.pad_id, config.seed,
+    sampler = Sampler(graphdef, sampling, tokenizer.eos_ids, tokenizer.pad_id, config.seed,
                       tokenizer.vocab_size, layout)
     # the workers warm up the verifiers of the problems' tasks only (rl.tasks.Task.warm_up)
     tasks = sorted({problem["task"] for problem in problems})

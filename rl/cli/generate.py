@@ -12,7 +12,7 @@ import argparse
 import json
 
 from r1jax.model.tokenizer import TEMPLATE_NAMES
-from r1jax.rl.cli.common import check_context, flags_in_error, max_new_tokens, non_negative_int, non_negative_number, \
+from r1jax.rl.cli.common import buckets_for, check_context, flags_in_error, max_new_tokens, non_negative_int, non_negative_number, \
     positive_int, probability, seed, utf8_text
 
 
@@ -76,11 +76,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--ids: {bad[0]} is outside the vocabulary [0, {config.model.vocab_size})")
     flags = {"max_new_tokens": ("--max-new-tokens", args.max_new_tokens), "temperature": ("--temperature",
              args.temperature), "top_p": ("--top-p", args.top_p), "top_k": ("--top-k", args.top_k)}
-    buckets = tuple(config.sampling.prompt_buckets)
-    if len(ids) > buckets[-1]:  # one prompt, its own shape: a longer one gets a bucket of its own
-        buckets += (-(-len(ids) // 64) * 64,)
     try:
-        sampling = dataclasses.replace(config.sampling, prompt_buckets=buckets,
+        sampling = dataclasses.replace(config.sampling, prompt_buckets=buckets_for(config.sampling.prompt_buckets,
+                                                                                   len(ids)),
                                        **{field: value for field, (_, value) in flags.items()})
     except UserError as err:  # a bound of the config's: named as the flag too
         raise flags_in_error(err, "sampling", flags) from None

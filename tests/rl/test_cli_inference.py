@@ -222,3 +222,14 @@ def test_eval_of_a_task_that_generates_no_problems_asks_for_its_rows(capsys, tmp
     # "task 'math': difficulty 2 is not one of [1]" before: the checkpoint's difficulty, for a task with none
     code, _, err = run_main(capsys, "eval", str(tmp_path / "CK"), "--task", "math")
     assert code == 2 and "--task math: task 'math' has no generator" in err and "--data FILE" in err, err
+
+
+def test_eval_takes_rows_whose_prompts_pass_the_largest_bucket(capsys, finished_run, tmp_path):
+    """The advice was "raise sampling.prompt_buckets", a setting eval does not take."""
+    largest = load_config(str(finished_run / "config.yaml")).sampling.prompt_buckets[-1]
+    data = tmp_path / "long.jsonl"
+    data.write_text(json.dumps({"prompt": "Compute " + " + ".join(["1"] * largest), "answer": str(largest)}) + "\n")
+    code, out, err = run_main(capsys, "eval", str(finished_run), "--data", str(data), "--samples", "1",
+                              "--max-new-tokens", "4", "--json")
+    assert code == 0, err
+    assert json.loads(out)["n_problems"] == 1

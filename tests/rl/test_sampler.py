@@ -153,6 +153,14 @@ def test_filter_logits_matches_numpy(top_k, top_p):
         assert np.array_equal(kept[expected], row[expected])
 
 
+def test_top_p_one_beside_top_k_keeps_the_top_k_whole():
+    """Probabilities 0.665, 0.245, 0.09, then ~1e-9: float32's running sum reached 1.0 at the fourth token, so
+    top_p = 1 (off) beside top_k = 6 kept 3 (HF and vLLM skip the nucleus at p = 1)."""
+    logits = jnp.asarray([[10.0, 9.0, 8.0, -10.0, -11.0, -12.0, -13.0]])
+    kept = np.isfinite(np.asarray(filter_logits(logits, jnp.int32(6), jnp.float32(1.0))))
+    assert kept.tolist() == [[True] * 6 + [False]]
+
+
 def test_sample_token_skips_no_op_filters_and_draws_greedy_without_noise():
     logits = jax.random.normal(jax.random.key(1), (6, 50)) * 3
     key = jax.random.key(2)
