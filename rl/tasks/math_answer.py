@@ -87,9 +87,7 @@ _AMBIGUOUS = re.compile(r"\d(?:\s|\\[,;: !]|~|\\q?quad(?![a-zA-Z])|[\u00a0\u2009
 # with a subscript before a bracket is left alone ("f(3)", "\\sin(x)", "\\log_{2}(8)").
 _BRACKET_AFTER = re.compile(r"(?<=[\d)])\s*(?=\\left\s*\(|\()|(?<=\))\s*(?=\d)")
 _FRACTION_BEFORE_BRACKET = re.compile(r"(\\[dt]?frac\s*\{[^{}]*\}\s*\{[^{}]*\})\s*(?=\\left\s*\(|\()")
-
-
-_INNER_DELIMITER = re.compile(r"\$|\\[(\[]")  # $, \( or \[ inside an answer
+_INNER_DELIMITER = re.compile(r"\$|\\[(\[]")  # $, \( or \[ inside an answer (parse_answer)
 
 
 def explicit_products(text: str) -> str:
@@ -209,8 +207,8 @@ def _risky_power(text: str, caret: int) -> str | None:
 
 
 def _number_digits(base: str) -> float:
-    """An upper bound on the digits of a numeric group's value: its numbers' digits added (a product has at most
-    as many), k! counting log10(k!) + 1, and each power inside it counted as its exponent bound times."""
+    """The digits of a numeric group's value, roughly: its numbers' digits added (a product has at most as
+    many), k! counting log10(k!) + 1 (a power inside the group is the tower rule's business)."""
     total = 0.0
     for match in re.finditer(r"(\d+)(\s*!)?", base):
         digits = match.group(1)
