@@ -210,8 +210,8 @@ def _foreign_sentencepiece_advice(directory: pathlib.Path) -> str:
 
 def is_tokenizer_dir(path: str | pathlib.Path) -> bool:
     """Whether `path` is a directory holding a tokenizer `load_tokenizer` can read."""
-    path = pathlib.Path(path)
-    return (path / TOKENIZER_JSON).is_file() or (path / FILE_NAME).is_file()
+    path = pathlib.Path(path)  # one that exists but is no file is one load_tokenizer names (import-hf skipped it)
+    return (path / TOKENIZER_JSON).exists() or (path / FILE_NAME).is_file()
 
 
 def load_tokenizer(path: str | pathlib.Path) -> TokenizerLike:
@@ -220,7 +220,7 @@ def load_tokenizer(path: str | pathlib.Path) -> TokenizerLike:
     path = pathlib.Path(path)
     if path.is_file():
         return HFTokenizer.load(path.parent) if path.name == TOKENIZER_JSON else Tokenizer.load(path)
-    if (path / TOKENIZER_JSON).is_file():
+    if (path / TOKENIZER_JSON).exists():
         return HFTokenizer.load(path)
     if (path / FILE_NAME).is_file():
         return Tokenizer.load(path)

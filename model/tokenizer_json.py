@@ -198,8 +198,11 @@ class HFTokenizer:
     @classmethod
     def load(cls, directory: str | pathlib.Path) -> "HFTokenizer":
         directory = pathlib.Path(directory)
-        if not (directory / TOKENIZER_JSON).is_file():
+        if not (directory / TOKENIZER_JSON).exists():
             raise UserError(f"tokenizer directory {str(directory)!r} has no {TOKENIZER_JSON}")
+        odd = [name for name in FILES if (directory / name).exists() and not (directory / name).is_file()]
+        if odd:  # a directory named like one: skipped, the tokenizer went without it (or without a tokenizer)
+            raise UserError(f"tokenizer directory {str(directory)!r}: {odd[0]} is not a file")
         files = {name: (directory / name).read_bytes() for name in FILES if (directory / name).is_file()}
         if GENERATION_JSON not in files and (directory / MODEL_CONFIG_JSON).is_file():
             generation = _generation_from_model_config(directory / MODEL_CONFIG_JSON)

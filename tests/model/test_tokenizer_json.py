@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from r1jax.errors import UserError
-from r1jax.model.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
+from r1jax.model.tokenizer import Tokenizer, is_tokenizer_dir, load_tokenizer, train_tokenizer
 from r1jax.model.tokenizer_json import FILES, HFTokenizer
 from tests.model.hf_tokenizer_files import DEEPSEEK_BOS, STYLES, write_hf_tokenizer
 
@@ -168,6 +168,14 @@ def test_bad_files_are_named(tmp_path):
     message = _broken(tmp_path, "e", lambda d: (_edit_json("tokenizer_config.json", eos_token=None)(d),
                                                _edit_json("generation_config.json", eos_token_id=None)(d)))
     assert "no eos token" in message
+    # a directory named like a file was skipped: the tokenizer went without its config (or import-hf without
+    # a tokenizer at all)
+    for name, replaced in (("f", "tokenizer_config.json"), ("g", "tokenizer.json")):
+        def as_directory(directory, replaced=replaced):
+            (directory / replaced).unlink()
+            (directory / replaced).mkdir()
+        assert f"{replaced} is not a file" in _broken(tmp_path, name, as_directory)
+    assert is_tokenizer_dir(tmp_path / "g")  # so import-hf reads it, and names it
 
 
 def test_a_foreign_sentencepiece_model_names_the_file_and_what_r1jax_reads(tmp_path):
