@@ -204,7 +204,7 @@ def load_problems_hashed(path: str | pathlib.Path, default_task: str = "math", *
                     for number, row in read_rows(path, digest)]
         if not problems:
             raise UserError(f"data file {str(path)!r} has no rows")
-        if identity is None or _file_identity(path) != identity:  # changed while it was read: keep nothing
+        if key is None:  # a path open() refused but the rows were read from (not kept)
             return problems, digest.hexdigest()
         while len(_LOADED) >= _LOADED_KEEP:
             del _LOADED[next(iter(_LOADED))]
