@@ -20,6 +20,7 @@ generated token: `speedup = r1jax generated tokens/s / TRL generated tokens/s` (
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -32,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from r1jax.rl.bench.grpo_step import grpo_rows, summarize_steps  # noqa: E402
+from r1jax.rl.bench.hf import torch_device  # noqa: E402
 from r1jax.rl.cli.main import fake_cpu_devices  # noqa: E402
 from r1jax.rl.config import load_config  # noqa: E402
 from r1jax.rl.data import build_source  # noqa: E402
@@ -73,23 +75,25 @@ def trl_figures(config, model_dir: str, steps: int, warmup: int) -> dict:
             self.seconds.append(time.perf_counter() - self.start)
 
     rows = grpo.prompts_per_step * grpo.group_size
+    on_gpu = torch_device() == "cuda"  # TRL beside r1jax: on the GPU when JAX runs on one
     args = GRPOConfig(output_dir=tempfile.mkdtemp(prefix="trl-grpo-"), per_device_train_batch_size=rows,
                       num_generations=grpo.group_size, max_completion_length=sampling.max_new_tokens,
                       temperature=grpo.temperature, top_p=1.0, learning_rate=config.optimizer.lr, beta=0.0,
-                      num_iterations=1, max_steps=steps, logging_steps=1, use_cpu=True, report_to="none",
+                      num_iterations=1, max_steps=steps, logging_steps=1, use_cpu=not on_gpu, report_to="none",
                       save_strategy="no", bf16=False, seed=config.seed, shuffle_dataset=False,
                       gradient_checkpointing=False)  # TRL's default recomputes activations; r1jax's preset does not
     timer = StepTimer()
     trainer = GRPOTrainer(model=model_dir, reward_funcs=rule_rewards, args=args, train_dataset=dataset,
                           callbacks=[timer])
-    trainer.train()
+    with contextlib.redirect_stdout(sys.stderr):  # TRL prints its logs: stdout keeps --json's one object
+        trainer.train()
     lengths = [row["completions/mean_length"] for row in trainer.state.log_history
                if "completions/mean_length" in row]
     timed_s, timed_len = timer.seconds[warmup:], lengths[warmup:]
     per_s = [length * rows / s for length, s in zip(timed_len, timed_s)]
     return {"trl_step_seconds": float(np.median(timed_s)), "trl_generated_tokens": float(np.median(timed_len)) * rows,
             "trl_generated_tokens_per_s": float(np.median(per_s)), "trl_steps_timed": len(per_s),
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "trl_device": torch_device()}
 
 
 def main() -> None:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import signal
 import tempfile
 from typing import Sequence
 
 import numpy as np
 
 from r1jax.errors import UserError
+from r1jax.rl.bench.timing import Interrupted
 from r1jax.rl.config import Config, load_config
 from r1jax.rl.train.console import RunConsole
 from r1jax.rl.train.metrics import read_rows
@@ -48,7 +50,9 @@ def grpo_rows(config: Config, run_dir: str | pathlib.Path) -> list[dict]:
     a draw between steps would be timed as part of one, and the run directory is thrown away)."""
     if not any(stage.kind == "grpo" for stage in config.stages):
         raise UserError("bench grpo_step: the config has no grpo stage")
-    Trainer(dataclasses.replace(config, plots=False), run_dir, RunConsole(False)).run()
+    trainer = Trainer(dataclasses.replace(config, plots=False), run_dir, RunConsole(False))
+    if "stopped_at_step" in trainer.run():  # a signal stopped it: its handler held SIGTERM/SIGINT meanwhile
+        raise Interrupted(trainer.stop.signal or signal.SIGTERM)
     return [row for row in read_rows(pathlib.Path(run_dir) / "metrics.jsonl") if "time/update_s" in row]
 
 

@@ -1,4 +1,5 @@
-"""The same weights through Hugging Face transformers: greedy `generate` on the same prompts (torch, CPU).
+"""The same weights through Hugging Face transformers: greedy `generate` on the same prompts (torch, on the
+GPU when JAX runs on one and torch sees CUDA, else on the CPU: `hf_device`).
 
 The policy is exported with `model.hf_io.export_hf` (float32) and loaded with `AutoModelForCausalLM`
 (transformers' default attention); HF prefill and decode are timed exactly as the sampler's are (a
@@ -20,7 +21,15 @@ from r1jax.rl.bench.timing import best_seconds, decode_tokens_per_s
 
 # null in the JSON of a run without --against hf
 KEYS = ("hf_prefill_tokens_per_s", "hf_decode_tokens_per_s", "hf_decode_tokens_per_s_by_threads",
-        "hf_torch_threads", "hf_greedy_token_match", "decode_speedup_vs_hf")
+        "hf_torch_threads", "hf_device", "hf_greedy_token_match", "decode_speedup_vs_hf")
+
+
+def torch_device() -> str:
+    """Where HF runs: beside the sampler, so both sides of `decode_speedup_vs_hf` use the same hardware."""
+    import jax
+    import torch
+
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
 
 
 def load_exported(policy):
@@ -32,21 +41,23 @@ def load_exported(policy):
     transformers.logging.disable_progress_bar()
     with tempfile.TemporaryDirectory(prefix="r1jax-bench-hf-") as tmp:
         export_hf(policy, tmp, dtype="float32")
-        return transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+        model = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+    return model.to(torch_device()).eval()
 
 
 def hf_generate(model, prompts_BP: np.ndarray, new_tokens: int):
     """A no-argument function: HF greedy generate of `new_tokens` tokens per prompt ([B, P + N] ids)."""
     import torch
 
-    input_ids = torch.from_numpy(prompts_BP.astype(np.int64))
+    input_ids = torch.from_numpy(prompts_BP.astype(np.int64)).to(model.device)
     attention_mask = torch.ones_like(input_ids)
 
     def generate():
         with torch.inference_mode():
-            return model.generate(input_ids, attention_mask=attention_mask, do_sample=False,
-                                  max_new_tokens=new_tokens, min_new_tokens=new_tokens, eos_token_id=None,
-                                  pad_token_id=0)
+            out = model.generate(input_ids, attention_mask=attention_mask, do_sample=False,
+                                 max_new_tokens=new_tokens, min_new_tokens=new_tokens, eos_token_id=None,
+                                 pad_token_id=0)
+        return out.cpu()  # waits for the device's last kernels
     return generate
 
 
@@ -84,7 +95,7 @@ def hf_figures(policy, prompts_BP: np.ndarray, new_tokens: int, our_decode_token
     rates = {t: decode_tokens_per_s(batch, new_tokens, *timing) for t, timing in timings.items()}
     best = max(rates, key=rates.get)
     return {"hf_prefill_tokens_per_s": batch * prompt_len / timings[best][0],
-            "hf_decode_tokens_per_s": rates[best], "hf_torch_threads": best,
+            "hf_decode_tokens_per_s": rates[best], "hf_torch_threads": best, "hf_device": str(model.device),
             "hf_decode_tokens_per_s_by_threads": {str(t): r for t, r in rates.items()},
             "hf_greedy_token_match": float(np.mean(their_tokens_BN == our_tokens_BN)),
             "decode_speedup_vs_hf": our_decode_tokens_per_s / rates[best]}

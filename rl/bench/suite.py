@@ -75,14 +75,17 @@ def progress(message: str) -> None:
 
 
 def run_bench(preset: str = "bench", overrides: Sequence[str] = (), quick: bool = False,
-              against_hf: bool = False, workers: Sequence[int] | None = None, say=progress) -> dict:
-    """Every figure (see rl.bench.report), its goal, and what it was measured on, as one dict."""
+              against_hf: bool = False, workers: Sequence[int] | None = None, say=progress,
+              result: dict | None = None) -> dict:
+    """Every figure (see rl.bench.report), its goal, and what it was measured on, as one dict. `result`, when
+    given, is filled as each part finishes: what was measured before an interruption stays there."""
     size = QUICK if quick else FULL
     config = load_config(preset, overrides)
     mesh = build_mesh(config.sharding)
     rules = config.sharding.logical_rules()
-    result = {"preset": preset, "overrides": list(overrides), "quick": quick, "device": device_info(),
-              "size": dataclasses.asdict(size), "family": config.model.family, **count_params(config.model)}
+    result = {} if result is None else result
+    result.update({"preset": preset, "overrides": list(overrides), "quick": quick, "device": device_info(),
+                   "size": dataclasses.asdict(size), "family": config.model.family, **count_params(config.model)})
     device = result["device"]
     if device["backend"] == "cpu" and device["local_devices"] == 1 and (device["cpu_count"] or 1) > 1:
         say(f"one CPU device on {device['cpu_count']} cores: `r1jax --cpu-devices {device['cpu_count']} bench ...` "

@@ -7,7 +7,11 @@ the same weights. Prints a table, or one JSON object with --json; every figure w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
+import sys
 
 
 INTERMIXED = True  # KEY=VALUE overrides after the options too (rl.cli.main.parse_arguments)
@@ -30,8 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from r1jax.errors import UserError
-    from r1jax.rl.bench.report import render_table
-    from r1jax.rl.bench.suite import run_bench
+    from r1jax.rl.bench.report import FIGURES, with_goals
+    from r1jax.rl.bench.suite import progress, run_bench
+    from r1jax.sharding.distributed import first_line
 
     workers = None
     if args.workers:
@@ -50,13 +55,58 @@ def run(args: argparse.Namespace) -> int:
                 raise UserError(f"--workers {args.workers!r}: {err}") from None
     if args.against == "hf":
         _require_hf()
-    result = run_bench(args.preset, args.overrides, quick=args.quick, against_hf=args.against == "hf",
-                       workers=workers)
-    if args.json:
-        print(json.dumps(result, indent=2))
+    partial, section = {}, [""]
+
+    def say(message: str) -> None:
+        section[0] = message
+        progress(message)
+
+    try:
+        with sigterm_interrupts():
+            result = run_bench(args.preset, args.overrides, quick=args.quick, against_hf=args.against == "hf",
+                               workers=workers, say=say, result=partial)
+    except BaseException as err:  # a long run stopped (a job's time limit, Ctrl-C, a part's error): keep its figures
+        if "device" not in partial:  # nothing measured yet
+            raise
+        interrupted = isinstance(err, KeyboardInterrupt)
+        reason = "interrupted" if interrupted else f"{type(err).__name__}: {first_line(err)[:300]}"
+        partial.update({f.key: partial.get(f.key) for f in FIGURES})  # each figure's key, null if not measured
+        partial["incomplete"] = {"part": section[0], "reason": reason}
+        partial["device"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+        show(with_goals(partial), args.json)
+        print(f"r1jax bench: stopped in '{section[0]}' ({reason}): the figures above were measured before it",
+              file=sys.stderr, flush=True)
+        if interrupted:
+            return 128 + getattr(err, "signum", signal.SIGINT)
+        raise
+    show(result, args.json)
+    return 0
+
+
+def show(result: dict, as_json: bool) -> None:
+    from r1jax.rl.bench.report import render_table
+
+    if as_json:
+        print(json.dumps(result, indent=2), flush=True)
     else:
         render_table(result)
-    return 0
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """SIGTERM raises `Interrupted` in the main thread while the bench runs (Python's default ends the
+    process at once: minutes of figures lost). A GRPO run inside the bench holds SIGTERM and SIGINT as a
+    preemption while it runs, and its stop is raised as `Interrupted` after it (rl.bench.grpo_step)."""
+    from r1jax.rl.bench.timing import Interrupted
+
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _require_hf() -> None:

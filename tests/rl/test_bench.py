@@ -6,8 +6,10 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -78,6 +80,7 @@ def test_quick_bench_against_hf_reports_every_figure_with_its_goal():
     assert report["hf_greedy_token_match"] == 1.0
     by_threads = report["hf_decode_tokens_per_s_by_threads"]  # HF's baseline is its faster thread count
     assert "1" in by_threads and report["hf_decode_tokens_per_s"] == max(by_threads.values())
+    assert report["hf_device"] == "cpu"  # HF runs where JAX does: on the GPU only when JAX runs on one
     # the whole GRPO step holds its parts (the rest is metrics and bookkeeping); quick: 2 steps, 1 timed
     parts = report["grpo_sample_seconds"] + report["grpo_score_seconds"] + report["grpo_update_seconds"]
     assert report["grpo_score_seconds"] >= 0 and parts <= report["grpo_step_seconds"]
@@ -135,6 +138,50 @@ def test_grpo_step_figures_are_medians_after_the_warm_up():
                        "grpo_generated_tokens_per_s": 50.0, "grpo_steps_timed": 3}  # median of 50, 25, 100
     with pytest.raises(UserError, match="none after 4 warm-up"):
         summarize_steps(rows, warmup=4)
+
+
+def test_a_bench_stopped_by_sigterm_prints_what_it_measured_and_exits_143(monkeypatch, capsys):
+    # a job's time limit (`timeout`, a scheduler) sends SIGTERM minutes into a run: the figures measured
+    # before it are printed, the part it stopped in is named; Python's default lost them all
+    from r1jax.rl.bench import suite
+    from r1jax.rl.cli.main import main
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises here
+        raise AssertionError("SIGTERM did not stop the bench")
+
+    monkeypatch.setattr(suite, "longtail_figures", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    code = main(["bench", "--preset", "tiny", "--quick", "--json", *SMALL], as_program=False)
+    out, err = capsys.readouterr()
+    report = json.loads(out)  # stdout: the JSON object alone
+    assert code == 128 + signal.SIGTERM
+    assert positive_finite(report["decode_tokens_per_s"]) and positive_finite(report["prefill_tokens_per_s"])
+    assert report["incomplete"]["reason"] == "interrupted"
+    assert report["incomplete"]["part"].startswith("long-tail rollout")
+    assert report["longtail_speedup"] is None and report["mfu"] is None
+    assert report["goals"]["longtail_speedup"] == {"target": ">= 3", "met": None}
+    assert "stopped in 'long-tail rollout" in err
+    assert signal.getsignal(signal.SIGTERM) is before  # the bench's handler is gone again
+
+
+def test_a_bench_grpo_run_stopped_by_a_signal_stops_the_bench(monkeypatch, tmp_path):
+    # inside a bench, a GRPO run holds SIGTERM as a preemption (checkpoint, stop): the bench must stop too,
+    # not report its steps as too few
+    from r1jax.rl.bench import grpo_step
+
+    class Stopped:
+        def __init__(self, *args):
+            self.stop = type("Flag", (), {"signal": signal.SIGTERM})()
+
+        def run(self):
+            return {"stopped_at_step": 1}
+
+    monkeypatch.setattr(grpo_step, "Trainer", Stopped)
+    with pytest.raises(timing.Interrupted) as stopped:
+        grpo_step.grpo_rows(load_config("bench_qwen3"), tmp_path)
+    assert stopped.value.signum == signal.SIGTERM
 
 
 def test_the_side_by_side_workload_keeps_the_presets_model():
