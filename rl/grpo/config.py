@@ -26,6 +26,7 @@ MAX_KL_COEF = 100.0  # beta (R1: 0.001)
 MAX_ADV_EPS = 1.0  # epsilon of the advantage's std (DeepSeekMath: 1e-6, TRL: 1e-4)
 MAX_CLIP = 100.0  # epsilon_high (DAPO: 0.28): a ratio above 101 is clipped whatever it is
 MAX_LOGRATIO = 80.0  # exp(88) overflows float32
+GSPO_CLIP_NOTE = 0.01  # a sequence-level clip wider than this is said to hardly act (GSPO's: 3e-4 / 4e-4)
 
 
 def _require(ok: bool, section: str, field: str, value: object, expected: str) -> None:
@@ -129,6 +130,16 @@ class GRPOConfig:
         # DAPO's resampling rounds score each round before the next is drawn: nothing left to overlap
         _require(not (self.max_staleness and self.dynamic_sampling), s, "max_staleness", self.max_staleness,
                  "0 with grpo.dynamic_sampling: true")
+
+    def notes(self) -> list[str]:
+        """Settings that run but likely do not do what was meant (said once at the stage's start)."""
+        widest = max(self.clip_low, self.clip_high)
+        if self.ratio_level == "sequence" and widest > GSPO_CLIP_NOTE:
+            return [f"grpo.ratio_level=sequence with clip_low={self.clip_low:g}, clip_high={self.clip_high:g}: a "
+                    "sequence's ratio is the geometric mean of its tokens' ratios and seldom leaves 1 +- "
+                    f"{widest:g}, so the clip will hardly act; GSPO clips at 3e-4 / 4e-4 (grpo.clip_low=3e-4 "
+                    "grpo.clip_high=4e-4)"]
+        return []
 
     @property
     def corrects_sampler(self) -> bool:

@@ -75,6 +75,8 @@ def run_grpo(ctx: StageContext, index: int, stage: StageConfig, start: StageStar
                             f"their rows log); later batches are sampled at most {g.max_staleness} step(s) ahead")
     # the sampler on devices of its own: the last batch ahead is generated while the update runs
     overlap = bool(ctx.sampler_devices)
+    for note in g.notes() if ctx.primary else ():
+        ctx.console.log(note)
     ctx.console.start_stage(stage.name, stage.steps, runner.stage_step)
     while runner.stage_step < stage.steps:
         step_start = time.time()

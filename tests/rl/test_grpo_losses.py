@@ -273,3 +273,15 @@ def test_bad_grpo_config_names_the_field(field, value):
 def test_grpo_config_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         GRPOConfig().kl_coef = 0.1
+
+
+def test_a_sequence_level_ratio_with_token_level_clips_is_said_to_hardly_clip():
+    # GSPO's ratio is the geometric mean of a sequence's token ratios: per-token log-ratios of +-0.05 over 200
+    # tokens leave it within 1 +- 0.01, where the token-level defaults (0.2 / 0.28) clip nothing
+    rng = np.random.default_rng(0)
+    seq_ratio = np.exp(rng.normal(0, 0.05, (1000, 200)).mean(axis=1))
+    assert np.abs(seq_ratio - 1).max() < 0.02
+    (note,) = GRPOConfig(ratio_level="sequence").notes()
+    assert "clip_low=0.2, clip_high=0.28" in note and "grpo.clip_low=3e-4 grpo.clip_high=4e-4" in note
+    assert GRPOConfig(ratio_level="sequence", clip_low=3e-4, clip_high=4e-4).notes() == []
+    assert GRPOConfig().notes() == []  # token level: the defaults are PPO's / DAPO's own
