@@ -109,6 +109,9 @@ class HFTokenizer:
         self.pad_id = self._check_id(pad, f"{self._where(GENERATION_JSON)} pad_token_id") if pad is not None \
             else self.eos_ids[0]
         self._prefix = self._sequence_prefix()
+        # transformers registers the config's named tokens (eos, pad, ...) as special whatever tokenizer.json
+        # says, so its decode skips them: so does this one's
+        self._named_special = frozenset(self._tok.token_to_id(text) for text in self.special_tokens.values())
         # transformers skips the clean-up for BPE models (it would delete real spaces before punctuation)
         self._clean_up = bool(self.config.get("clean_up_tokenization_spaces", False)) and \
             type(self._tok.model).__name__ != "BPE"
@@ -242,7 +245,10 @@ class HFTokenizer:
         return ids + [self.eos_id] if add_eos else ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        text = self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        ids = [int(i) for i in ids]
+        if skip_special_tokens:
+            ids = [i for i in ids if i not in self._named_special]
+        text = self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
         return _clean_up_tokenization(text) if self._clean_up else text
 
     def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], /, add_generation_prompt: bool = False,

@@ -106,6 +106,30 @@ def test_a_save_cut_short_keeps_the_files_it_replaces(tmp_path, monkeypatch):
     assert path.read_bytes() == before and load_tokenizer(path.parent) == tok
 
 
+@pytest.mark.parametrize("style", STYLES)
+def test_tokens_the_config_names_are_skipped_in_decode_though_tokenizer_json_marks_them_ordinary(tmp_path, style):
+    # transformers registers eos / pad / bos named in tokenizer_config.json as special whatever tokenizer.json
+    # says: a pad or eos generated mid-completion leaves the decoded text, as in its decode
+    directory = write_hf_tokenizer(tmp_path, style)
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    named = {v if isinstance(v, str) else v["content"] for k, v in config.items()
+             if k in ("bos_token", "eos_token", "pad_token") and v}
+    data = json.loads((directory / "tokenizer.json").read_text())
+    for token in data["added_tokens"]:
+        if token["content"] in named:
+            token["special"] = False
+    (directory / "tokenizer.json").write_text(json.dumps(data))
+    for token in config.get("added_tokens_decoder", {}).values():
+        if token["content"] in named:
+            token["special"] = False
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    tok, auto = load_tokenizer(directory), transformers.AutoTokenizer.from_pretrained(str(directory))
+    ids = tok.encode("hi" + "x".join(sorted(named)) + "y")
+    assert any(tok.decode([i]) == "" and tok.decode([i], skip_special_tokens=False) in named for i in ids)
+    assert tok.decode(ids) == auto.decode(ids, skip_special_tokens=True)
+    assert tok.decode(ids, skip_special_tokens=False) == auto.decode(ids)
+
+
 @pytest.mark.parametrize("split_special_tokens", [False, True])
 def test_truncation_padding_and_split_special_tokens_apply_as_in_transformers(tmp_path, split_special_tokens):
     """tokenizer.json's own truncation / padding do not apply to encoding (transformers turns them off unless
