@@ -25,6 +25,7 @@ from r1jax.rl.data import DataConfig
 from r1jax.rl.data.pipeline import TaskSource
 from r1jax.rl.rewards import RewardPool, RewardsConfig, extract_answer, extract_program
 from r1jax.rl.tasks import TASKS
+from r1jax.rl.tasks.arithmetic import parse_number
 from r1jax.rl.train.config import DEFAULT_REFLECTION_WORDS, EvalConfig
 from r1jax.rl.train.rollouts import reflection_rate, sample_and_submit
 
@@ -256,13 +257,19 @@ def vote_key(text: str, task: str | None, answer_max_chars: int = 256) -> str | 
     `answer_max_chars` characters cast no vote, so one correct sample outvoted three identical wrong ones), line
     by line without trailing whitespace or blank lines, indentation kept (Python's syntax). Any other row's:
     its final answer (at most `answer_max_chars` characters, as the accuracy reward reads it) without
-    whitespace."""
+    whitespace, or, when it is a numeral (rl.tasks.arithmetic.parse_number, which evaluates nothing), its
+    value: correct samples vote as one bloc (`majority_correct`), so wrong ones that are one number written
+    differently must too, or cons@k leans to the reference. Other equal wrong answers written differently
+    ("\\frac{1}{2}" and "1/2") still split their votes."""
     if task == "code":
         program = extract_program(text)
         lines = [line.rstrip() for line in (program or "").splitlines() if line.strip()]
         return "\n".join(lines) or None
     answer = extract_answer(text, answer_max_chars)
-    return None if answer is None else "".join(answer.split())
+    if answer is None:
+        return None
+    number = parse_number(answer)  # a numeral votes by its value: "135", "135.0", "$135$", "1,35" alike
+    return "".join(answer.split()) if number is None else f"the number {number}"
 
 
 def evaluate(sampler, states, tokenizer: TokenizerLike, template: str, problems: Sequence[dict], pool: RewardPool,

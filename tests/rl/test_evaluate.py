@@ -9,7 +9,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from r1jax.rl.evaluate import evaluate, majority_correct, pass_at_k, summarize
+from r1jax.rl.evaluate import evaluate, majority_correct, pass_at_k, summarize, vote_key
 from r1jax.rl.rewards import ScoreResult, extract_answer
 from r1jax.rl.sampler import Rollout
 from r1jax.rl.train.config import EvalConfig
@@ -100,6 +100,20 @@ def test_summary_with_odd_k_names_its_figures_and_defaults_difficulty_to_zero():
 ])
 def test_majority_vote_follows_the_documented_tie_rule(answers, correct, expected):
     assert majority_correct(answers, correct) is expected
+
+
+def test_wrong_answers_that_are_one_number_vote_together_as_the_correct_ones_do():
+    # 3 of 5 samples answer 135 in three spellings, 2 the reference 136: the majority is wrong (it counted
+    # 1 + 1 + 1 against a bloc of 2 before)
+    problems = [{"task": "math", "prompt": "p", "answer": "136"}]
+    texts = [answer_text(a) for a in ("135", "135.0", "$135$", "136", "136")]
+    figures = summarize(problems, texts, [3] * 5, [ok(0.0), ok(0.0), ok(0.0), ok(1.0), ok(1.0)], k=5)
+    assert figures["cons@5"] == 0.0 and figures["pass@1"] == pytest.approx(0.4)
+    keys = {vote_key(answer_text(a), "math") for a in ("135", "135.0", "$135$", " 135 ", "1,35", "\\boxed{135}")}
+    assert len(keys) == 2  # "1,35" is no thousands grouping: not 135
+    assert vote_key(answer_text("0.50"), "math") == vote_key(answer_text("0.5"), "math") != \
+        vote_key(answer_text("1/2"), "math")  # expressions are not evaluated
+    assert vote_key(answer_text("x + 1"), "math") == "x+1" and vote_key("no answer", "math") is None
 
 
 def chen_pass_at_k(n, c, k):
