@@ -34,6 +34,7 @@ from r1jax.errors import UserError
 from r1jax.rl.data.answers import split_answer
 from r1jax.rl.rewards.code import check_entry_point, encode_tests
 from r1jax.rl.tasks import TASKS, countdown, math_answer
+from r1jax.rl.tasks.base import r1_solution
 
 PROBLEM_FIELDS = ("prompt", "answer", "solution", "task", "tests", "entry_point")  # the problem fields a data.fields mapping may name
 
@@ -153,6 +154,12 @@ def problem_from_row(row: dict, where: str, default_task: str = "math", *, need_
         problem = checks[task]()
         if problem:
             raise UserError(f"{where}: field {column['answer']!r}: {problem}")
+    # a derived worked solution in the R1 format, its reasoning thought and its reference answered, as the
+    # tasks' own solutions are (rl.tasks.base.r1_solution): GSM8K's text before `####` alone taught an SFT
+    # stage to reason and stop with no answer (accuracy and format rewards 0 on its own targets)
+    derived = r1_solution([derived], answer) if derived else ""
+    if derived and column["solution"] == column["answer"]:  # MATH's `solution` column is its answer: derive it
+        return {"task": task, "prompt": prompt, "answer": answer, "solution": derived, "difficulty": 0}
     solution = text_field(row, column["solution"], where, required=need_solution and not derived,
                           mapped_from="solution") or derived
     return {"task": task, "prompt": prompt, "answer": answer, "solution": solution, "difficulty": 0}

@@ -59,12 +59,13 @@ def math_rows():
 
 
 def expected_gsm8k():
-    return [{"task": "math", "prompt": q, "answer": ref, "solution": reasoning, "difficulty": 0}
-            for q, _, ref, reasoning, _ in GSM8K]
+    return [{"task": "math", "prompt": q, "answer": ref, "difficulty": 0,
+             "solution": f"<think> {reasoning} </think> <answer> {ref} </answer>"} for q, _, ref, reasoning, _ in GSM8K]
 
 
 def expected_math():
-    return [{"task": "math", "prompt": p, "answer": ref, "solution": s, "difficulty": 0} for p, s, ref, _ in MATH]
+    return [{"task": "math", "prompt": p, "answer": ref, "solution": f"<think> {s} </think> <answer> {ref} </answer>",
+             "difficulty": 0} for p, s, ref, _ in MATH]
 
 
 def write(path, rows):
@@ -190,9 +191,25 @@ def test_sft_rows_take_the_derived_solution_and_need_one(tmp_path):
     path = write(tmp_path / "g.jsonl", [{"question": "q", "answer": "r\n#### 1"},
                                         {"question": "q2", "answer": "#### 2"}])
     data = DataConfig(path=str(path), **GSM8K_MAPPING)
-    assert [p["solution"] for p in data.load_file()] == ["r", ""]
+    assert [p["solution"] for p in data.load_file()] == ["<think> r </think> <answer> 1 </answer>", ""]
     with pytest.raises(UserError, match=r"g.jsonl: row 2: field 'solution' is missing"):
         data.load_file(need_solution=True)
+
+
+@pytest.mark.parametrize("answer_format,answer", [
+    ("gsm8k", "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nShe sold 48+24 = <<48+24=72>>72 in all.\n#### 72"),
+    ("boxed", "We add: $48+24=\\boxed{72}$."),
+])
+def test_a_derived_worked_solution_earns_the_rewards_it_trains_for(tmp_path, answer_format, answer):
+    # an SFT stage trains on it: the reasoning alone (GSM8K's text before ####) taught the model to stop
+    # with no answer (accuracy 0 and format 0 on its own targets); a MATH text had no format
+    path = write(tmp_path / "d.jsonl", [{"question": "How many clips?", "answer": answer}])
+    (row,) = DataConfig(path=str(path), fields={"prompt": "question"}, answer_format=answer_format).load_file(
+        need_solution=True)
+    assert row["answer"] == "72" and row["solution"].endswith("</think> <answer> 72 </answer>")
+    assert ("<<48/2=24>>" in row["solution"]) == (answer_format == "gsm8k")  # the dataset's text as it is
+    item = ScoreItem(prompt=row["prompt"], completion=row["solution"], reference=row["answer"], task=row["task"])
+    assert score_item(item, RewardsConfig()) == {"accuracy": 1.0, "format": 1.0}
 
 
 @pytest.mark.parametrize("overrides,message", [

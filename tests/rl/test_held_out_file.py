@@ -37,7 +37,8 @@ def test_the_held_out_file_gives_its_rows_training_never_reads_in_order(tmp_path
     held_out = held_out_problems(data, EvalConfig(num_problems=3, path=test))
     assert [p["answer"] for p in held_out] == ["2000", "14", "16"]  # gsm8k's format: commas gone
     assert held_out[0]["prompt"] == "Tom has 1000 apples and buys 1000 more. How many now?"
-    assert held_out[0]["task"] == "math" and held_out[0]["solution"] == "He has 1000 + 1000 = 2000."
+    assert held_out[0]["task"] == "math" and held_out[0]["solution"] == \
+        "<think> He has 1000 + 1000 = 2000. </think> <answer> 2000 </answer>"
     everything = held_out_problems(data, EvalConfig(num_problems=100, path=test))  # fewer rows: all unseen ones
     assert [p["answer"] for p in everything] == ["2000", "14", "16", "18"]
     # the training rows may also come from an SFT stage's file: theirs are skipped too
