@@ -42,6 +42,7 @@ from r1jax.rl.train.rollouts import (dispatch_sample, length_metrics, reflection
 from r1jax.rl.train.stage_sft import checkpoint_dir
 from r1jax.rl.train.update_stage import UpdateStage
 from r1jax.rl.update import reset_reference
+from r1jax.sharding.distributed import replicated
 from r1jax.sharding.mesh import batch_axes
 
 
@@ -196,6 +197,10 @@ def _device_batch(ctx: StageContext, runner: UpdateStage, rollout, ahead: int = 
     on. `ahead`: how many steps after the next one it is for."""
     g, cfg = ctx.config.grpo, ctx.config
     rows = rollout.tokens_BT.shape[0]
+    if g.pack:  # packing lays out every row on the host: under several processes, positions and routes too
+        rollout = rollout._replace(positions_BT=replicated(rollout.positions_BT),
+                                   experts_LBTK=replicated(rollout.experts_LBTK) if cfg.update.routing_replay
+                                   else rollout.experts_LBTK)
     batch = rollout_batch(rollout, np.zeros((rows,), np.float32), g, cfg.sampling.max_new_tokens,
                           with_replay=cfg.update.routing_replay)
     valid_BT = np.asarray(rollout.valid_BT)

@@ -3,7 +3,8 @@
 - With the sampler on devices of its own (`sampling.devices` 4: the last 2 of each process; the weights go to
   it by sharding.transfer's copy within each process), a SIGTERM to one process stops both at the same step
   with a checkpoint (exit 0); the resumed 2-process run then equals the 1-process run (GRPO sampling two
-  batches ahead, `grpo.max_staleness` 2, so the checkpoint holds the queue of batches sampled ahead): the same
+  batches ahead, `grpo.max_staleness` 2, so the checkpoint holds the queue of batches sampled ahead; packed
+  update rows with routing replay, laid out on each host from rows split over the processes): the same
   data, samples, rewards, evaluations and discrete metrics exactly; losses and parameters to float rounding.
   Bit equality is not on offer: cross-process sums go through gloo, whose summation order differs from the
   in-process one (the last bits of a loss differ, ~1e-7 relative).
@@ -52,6 +53,10 @@ def config_path(tmp_path_factory):
     config["stages"] = [{"name": "sft", "kind": "sft", "steps": 1, "batch_size": 8, "lr": 0.003},
                         {"name": "grpo", "kind": "grpo", "steps": 5}]
     config["grpo"]["max_staleness"] = 2  # GRPO's steps update on batches sampled 0, 1 and 2 versions back
+    # packed update rows with routing replay: the host lays out every row, reading positions and routes that
+    # were split over the processes (np.asarray of a non-addressable array failed each GRPO step)
+    config["grpo"]["pack"] = True
+    config["update"] = {"routing_replay": True}
     config["eval"] = {"num_problems": 4, "samples": 2, "batch_size": 4, "num_logged_samples": 2}
     config["checkpoint"] = {"every": 100, "keep": 10}
     config["plots"] = False  # (the runs compare metrics and weights; tests/rl/test_train.py checks the plots)
