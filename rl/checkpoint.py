@@ -105,6 +105,9 @@ def resolve(path: str | pathlib.Path) -> tuple[pathlib.Path, int]:
     return path, steps[-1]
 
 
+STRUCTURE_CHANGED = "tree structures do not match"  # Orbax's words for a restore target of another structure
+
+
 def restore_items(manager: ocp.CheckpointManager, step_dir: pathlib.Path,
                   items: Mapping[str, ocp.args.CheckpointArgs]):
     """`manager.restore` of `items` from the step in `step_dir`; an item that is missing or cannot be read
@@ -127,6 +130,11 @@ def restore_items(manager: ocp.CheckpointManager, step_dir: pathlib.Path,
                 except RESTORE_ERRORS as item_err:
                     culprit, cause = [name], item_err
                     break
+        if STRUCTURE_CHANGED in str(cause):  # intact: the run asks for another tree than the one saved
+            raise UserError(f"checkpoint {step_dir}: {_items(culprit)} was saved with another structure than "
+                            "this run builds (a setting that shapes it changed since the save, e.g. "
+                            "optimizer.grad_clip_norm between null and a number for the optimizer's state; the "
+                            "config's changes are listed above): resume with the saved run's settings") from err
         raise UserError(f"checkpoint {step_dir} is damaged: {_items(culprit)} cannot be read "
                         f"({_reason(cause)})") from err
 

@@ -59,8 +59,9 @@ class Stopped(Exception):
     """A stage stopped at a step boundary after a SIGTERM/SIGINT (with a checkpoint where it had one to save);
     the run then exits cleanly. `result` is the run's state at the stop."""
 
-    def __init__(self, result: StageResult):
-        super().__init__(f"stopped at global step {result.global_step}")
+    def __init__(self, result: StageResult | None = None):
+        """`result`: None between stages (the run's state is the last stage's, already applied)."""
+        super().__init__("stopped" if result is None else f"stopped at global step {result.global_step}")
         self.result = result
 
 

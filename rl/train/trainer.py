@@ -77,6 +77,7 @@ class Trainer:
         # a refused start of a new run removes the directory it made (release): made here by process 0 alone, at
         # once (two starts checking that it is new, then making it, both took it for theirs)
         self._created, self._begun = False, False  # `_begun`: `_begin` has written to the run directory
+        self._refusable: tuple | None = None  # a resume's config.yaml before `_begin` and the run's progress then
         if self.primary:
             self.run_dir.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -190,17 +191,30 @@ class Trainer:
                                  "(its first that training does not read)")
             self._begin()
             with self.stop.watching(self.global_step), use_mesh(self.mesh, self.rules):
-                for index, stage in enumerate(self.config.stages):
-                    if index >= position.stage_index:
-                        self._run_stage(index, stage, position.meta if index == position.stage_index else None)
+                try:
+                    for index, stage in enumerate(self.config.stages):
+                        if index > position.stage_index and self.stop.requested(self.global_step):
+                            raise Stopped()  # asked for in the last stage's end (its evaluation, its save)
+                        if index >= position.stage_index:
+                            self._run_stage(index, stage, position.meta if index == position.stage_index else None)
+                except Stopped:
+                    self.checkpoints.wait()  # as below
+                    raise
+                # the saves in flight are written while the handlers hold SIGTERM/SIGINT (outside them, a signal
+                # during the last stage's end save ended the process mid-write: that checkpoint lost, exit 143)
+                self.checkpoints.wait()
         except Stopped as stopped:
-            self._apply(stopped.result)
+            if stopped.result is not None:
+                self._apply(stopped.result)
             latest = self.checkpoints.latest_step()  # a stopped rejection-sampling stage saves none
             self.console.log(f"stopped by signal {self.stop.signal} at step {self.global_step}; latest checkpoint: "
                              f"{'none' if latest is None else f'step {latest}'}")
             self.summary["stopped_at_step"] = self.global_step
         except distributed.PeerLost:
             self.checkpoints = None  # closing waits for the lost peer in Orbax's barriers: leave it
+            raise
+        except UserError:
+            self._unwrite_config()
             raise
         finally:
             if self.checkpoints is not None:
@@ -232,7 +246,22 @@ class Trainer:
                 shutil.rmtree(old, ignore_errors=True)
             self._staged = None
         if self.primary:
-            write_atomically(self.run_dir / "config.yaml", to_yaml(self.config))
+            config_yaml = self.run_dir / "config.yaml"
+            if self.checkpoints.latest_step() is not None and config_yaml.is_file():  # a resume: kept until it steps
+                self._refusable = (config_yaml.read_bytes(), self._progress())
+            write_atomically(config_yaml, to_yaml(self.config))
+
+    def _progress(self) -> tuple:
+        """What a step leaves behind: the latest checkpoint and metrics.jsonl's size."""
+        metrics = self.run_dir / "metrics.jsonl"
+        return self.checkpoints.latest_step(), metrics.stat().st_size if metrics.exists() else 0
+
+    def _unwrite_config(self) -> None:
+        """A resume refused after `_begin` (its checkpoint's optimizer state or its sampled-ahead batches do
+        not fit the changed config: both are read in the stage) leaves config.yaml as it was, as a start
+        refused before `_begin` does: the run goes on under its saved config, not under the refused one."""
+        if self._refusable is not None and self._progress() == self._refusable[1]:
+            write_atomically(self.run_dir / "config.yaml", self._refusable[0])
 
     def _resume_position(self) -> Position:
         """Where the run stands; a resume's checks against its checkpoint, which write nothing (`_begin` does)."""
@@ -254,6 +283,12 @@ class Trainer:
                             f"(checkpoint {where} holds its end, not its optimizer or data position); to train "
                             f"it longer, add a stage after it ({{name: {stage.name}_more, kind: {stage.kind}, "
                             f"steps: {stage.steps - theirs.steps}}}) or start a new run directory")
+        done_in_stage = int(meta.get("stage_step", 0))
+        if not meta["stage_done"] and self.config.stages[index].steps < done_in_stage:
+            stage = self.config.stages[index]  # it would end as done, its checkpoint and config.yaml saying fewer
+            raise UserError(f"stages[{stage.name}].steps={stage.steps}: checkpoint {where} is at step "
+                            f"{done_in_stage} of the stage; resume with steps >= {done_in_stage} ({done_in_stage} "
+                            "ends it at once), or start a new run directory")
         for ours, theirs in zip(self.config.stages[:index], saved.stages[:index]):  # finished before this one
             if ours.steps != theirs.steps:  # it trained nothing, and config.yaml then said it had
                 raise UserError(f"stages[{ours.name}].steps={ours.steps}: the stage finished at {theirs.steps} steps "

@@ -211,3 +211,27 @@ def test_a_refused_start_of_a_new_run_leaves_no_run_directory(tmp_path):
     with pytest.raises(UserError, match="grpo.prompts_per_step"):
         Trainer(load_config(TRAIN_CONFIG, ["grpo.prompts_per_step=3"]), run).run()
     assert run.is_dir() and sorted(p.name for p in run.iterdir() if p.name != ".lock") == ["checkpoints"]
+
+
+def test_a_stage_cut_below_the_steps_it_has_run_is_refused(run_copy):
+    """stages.1.steps 3 -> 1 at checkpoint 4 (the grpo stage's step 2): the stage was closed as done, its end
+    checkpoint and config.yaml saying 1 step where it had run 2, and a resume with the true 2 was refused."""
+    shutil.rmtree(run_copy / "checkpoints" / "5")
+    with pytest.raises(UserError, match=r"stages\[grpo\]\.steps=1: checkpoint .*/4 is at step 2 of the stage; "
+                                        r"resume with steps >= 2"):
+        resume_position(load_config(run_copy / "config.yaml", ["stages.1.steps=1"]), run_copy)
+    assert resume_position(load_config(run_copy / "config.yaml", ["stages.1.steps=2"]), run_copy).stage_index == 1
+
+
+def test_a_resume_whose_optimizer_state_no_longer_fits_says_so_and_leaves_config_yaml(run_copy):
+    """optimizer.grad_clip_norm null on a run saved with clipping: the optimizer's state tree is another, read
+    in the stage after config.yaml was written. It said "damaged" (a good checkpoint a user might delete) and
+    left config.yaml rewritten, so the run's own plain resume failed the same way."""
+    shutil.rmtree(run_copy / "checkpoints" / "5")  # the latest is inside the grpo stage: its state is restored
+    before = (run_copy / "config.yaml").read_bytes()
+    assert yaml.safe_load(before)["optimizer"]["grad_clip_norm"] is not None
+    config = load_config(run_copy / "config.yaml", ["optimizer.grad_clip_norm=null"])
+    with pytest.raises(UserError, match=r"checkpoints/4: the item 'opt_state' was saved with another structure "
+                                        r"than this run builds .* resume with the saved run's settings"):
+        Trainer(config, run_copy).run()
+    assert (run_copy / "config.yaml").read_bytes() == before
