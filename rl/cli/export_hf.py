@@ -98,9 +98,10 @@ def _tokenizer_note(tok, own_format: bool, replaced: bool, template: str) -> str
         return (f"with the Hugging Face tokenizer's files, its chat template replaced by one that renders the "
                 f"{template} prompt format")
     if template != "chat":
-        return (f"with the Hugging Face tokenizer's files as they came; note: the checkpoint was trained with the "
-                f"{template} prompt format, not this chat template: prompt it with that text, or export with "
-                f"--template {template} for a chat template that renders it")
+        return (f"with the Hugging Face tokenizer's files as they came; note: the checkpoint's config prompts "
+                f"with the {template} format (tokenizer.template; an imported checkpoint has the default), not "
+                f"this chat template: prompt it with that text, or export with --template {template} for a chat "
+                "template that renders it")
     return "with the Hugging Face tokenizer's files as they came"
 
 

@@ -64,6 +64,9 @@ def unsupported(cfg: ModelConfig) -> list[str]:
             problems.append(f"YaRN with cos and sin scaled by {cos_sin_scale(cfg):.6g} (rope_mscale, rope_mscale_all_dim, "
                             f"rope_attention_factor); llama.cpp's {'deepseek2' if cfg.is_deepseek else 'qwen3moe'} "
                             f"scales them by {wanted:.6g}")
+        if not cfg.rope_truncate:  # logits 1.3-2.0 apart on tiny models with it written anyway
+            problems.append("YaRN with rope truncate=false (its correction range unrounded); llama.cpp always "
+                            "rounds it (floor / ceil)")
     if cfg.attention_bias:
         problems.append("attention_bias=true (llama.cpp's deepseek2 / qwen3moe have no attention biases)")
     if cfg.is_deepseek:

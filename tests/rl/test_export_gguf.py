@@ -352,6 +352,9 @@ def test_cli_writes_the_file_and_refuses_bad_input_leaving_nothing_behind(tokeni
           rope_attention_factor=1.3), r"YaRN with cos and sin scaled by 1.3 .* qwen3moe scales them by 1.13863"),
     (dict(family="deepseek_v3", rope_type="yarn", rope_factor=4.0, rope_original_max_position_embeddings=8),
      r"YaRN with cos and sin scaled by 1.13863 .* deepseek2 scales them by 1$"),
+    # llama.cpp rounds YaRN's correction range: written anyway, logits 1.3-2.0 from r1jax's on tiny models
+    (dict(family="qwen3_moe", rope_type="yarn", rope_factor=4.0, rope_original_max_position_embeddings=8,
+          rope_truncate=False), r"YaRN with rope truncate=false .* llama.cpp always rounds it"),
 ])
 def test_models_llama_cpp_cannot_run_are_refused_before_loading_weights(change, why, tokenizer, tmp_path, capsys):
     family = change.pop("family")
