@@ -96,6 +96,7 @@ def unsupported(cfg: ModelConfig) -> list[str]:
 def write_architecture(writer: gguf.GGUFWriter, cfg: ModelConfig, dtype: str) -> None:
     """All architecture keys of `cfg` (module docstring); `dtype` is the export's (f32 | f16 | bf16 | q8_0)."""
     writer.add_file_type(FILE_TYPES[dtype])
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)  # as llama.cpp's converter and quantizer write it
     writer.add_vocab_size(cfg.vocab_size)
     writer.add_context_length(cfg.max_position_embeddings)
     writer.add_embedding_length(cfg.hidden_size)

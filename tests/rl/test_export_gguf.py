@@ -288,6 +288,7 @@ def test_quantised_exports_keep_norms_router_and_biases_in_f32(dtype, tokenizer,
     fields, tensors = read(tmp_path / "q.gguf")
     _, exact = read(tmp_path / "f32.gguf")
     assert fields["general.file_type"] == layout.FILE_TYPES[dtype]
+    assert fields["general.quantization_version"] == gguf.GGML_QUANT_VERSION  # llama.cpp's quantizer writes it
     wanted = layout.QTYPES[dtype]
     for name, t in tensors.items():
         shape = tuple(int(n) for n in reversed(t.shape))
