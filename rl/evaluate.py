@@ -268,7 +268,7 @@ def vote_key(text: str, task: str | None, answer_max_chars: int = 256) -> str | 
     answer = extract_answer(text, answer_max_chars)
     if answer is None:
         return None
-    number = parse_number(answer)  # a numeral votes by its value: "135", "135.0", "$135$", "1,35" alike
+    number = parse_number(answer)  # a numeral votes by its value: "135", "135.0", "$135$" alike
     return "".join(answer.split()) if number is None else f"the number {number}"
 
 
