@@ -28,12 +28,15 @@ from r1jax.sharding.chips import ChipSpec
 from r1jax.sharding.decode_stats import DecodeStats
 
 
-def collective_seconds(bytes_by_kind: dict[str, float], chip: ChipSpec) -> float:
+def collective_seconds(bytes_by_kind: dict[str, float], chip: ChipSpec) -> float | None:
     """Time on the chip's interconnect to receive these collective bytes (bytes received by the chip, by kind:
     `DecodeStats.collective_bytes`), all-reduces twice, at the chip's inbound bandwidth (half the published
-    bidirectional figure); a lower bound (module docstring). 0 where the chip's bandwidth is not published."""
-    if not chip.ici_bytes_per_s:
+    bidirectional figure); a lower bound (module docstring). None where the chip's bandwidth is not published
+    (v4) and there are bytes to move: not timed, and the estimates built on it say so."""
+    if not any(bytes_by_kind.values()):
         return 0.0
+    if not chip.ici_bytes_per_s:
+        return None
     inbound_bytes_per_s = chip.ici_bytes_per_s / 2
     return (sum(bytes_by_kind.values()) + bytes_by_kind.get("all-reduce", 0)) / inbound_bytes_per_s
 
@@ -42,11 +45,12 @@ def collective_seconds(bytes_by_kind: dict[str, float], chip: ChipSpec) -> float
 class Roofline:
     compute_s: float
     hbm_s: float
-    collective_s: float
+    collective_s: float | None  # None: not timed (`collective_seconds`)
 
     @property
     def step_s(self) -> float:
-        return max(self.compute_s, self.hbm_s) + self.collective_s
+        """The step's time; without a collective time, compute and HBM only (a lower bound still)."""
+        return max(self.compute_s, self.hbm_s) + (self.collective_s or 0.0)
 
 
 def estimate(stats: DecodeStats, chip: ChipSpec, devices_per_chip: int = 1) -> Roofline:

@@ -55,9 +55,9 @@ def update_report(stats: StepStats, chip: ChipSpec, *, devices_per_chip: int,
     flops, hbm = stats.flops * scale, stats.hbm_bytes * scale
     collectives = {k: stats.collective_bytes.get(k, 0) * scale for k in COLLECTIVES}
     compute_s, hbm_s = flops / chip.peak_flops, hbm / chip.hbm_bytes_per_s
-    collective_s = collective_seconds(collectives, chip)
-    step_s = max(compute_s, hbm_s) + collective_s
-    overlapped_s = max(compute_s, hbm_s, collective_s)
+    collective_s = collective_seconds(collectives, chip)  # None: not timed (no published ICI bandwidth)
+    step_s = max(compute_s, hbm_s) + (collective_s or 0.0)
+    overlapped_s = max(compute_s, hbm_s, collective_s or 0.0)
     return {
         "flops_per_chip": flops, "model_flops_per_chip": model_flops_per_chip, "hbm_bytes_per_chip": hbm,
         "collective_bytes_per_chip": collectives,

@@ -136,7 +136,7 @@ def describe_decode(d: dict, rows: int) -> str:
         f"  weight all-gathers in the decode loop: {d['weight_allgathers_per_token']} "
         f"({_size(d['weight_allgather_bytes_per_token'])})",
         f"  roofline: {d['est_step_s'] * 1e3:.2f} ms per step (compute {d['est_compute_s'] * 1e3:.2f}, HBM "
-        f"{d['est_hbm_s'] * 1e3:.2f}, collectives {d['est_collective_s'] * 1e3:.2f}), "
+        f"{d['est_hbm_s'] * 1e3:.2f}, collectives {_seconds(d['est_collective_s'], 1e3)}), "
         f"{d['est_tokens_per_s_per_chip']:.0f} tokens/s per chip; HBM-read limit "
         f"{d['hbm_read_limit_s'] * 1e3:.2f} ms" + (f" ({ratio:.2f}x)" if ratio else "")])
 
@@ -147,8 +147,13 @@ def describe_update(u: dict) -> str:
         f"update step per chip: {u['flops_per_chip']:.3g} FLOPs compiled ({u['model_flops_per_chip']:.3g} "
         f"model), HBM {_size(u['hbm_bytes_per_chip'])}, collectives: {moved or 'none'}",
         f"  roofline: {u['est_step_s']:.2f} s per step (compute {u['est_compute_s']:.2f}, HBM "
-        f"{u['est_hbm_s']:.2f}, collectives {u['est_collective_s']:.2f}; {u['est_step_overlapped_s']:.2f} "
+        f"{u['est_hbm_s']:.2f}, collectives {_seconds(u['est_collective_s'])}; {u['est_step_overlapped_s']:.2f} "
         f"if every collective overlaps), MFU {u['est_mfu']:.1%} ({u['est_mfu_overlapped']:.1%} overlapped)"])
+
+
+def _seconds(seconds: float | None, scale: float = 1.0) -> str:
+    """A roofline part; None: collectives not timed (the chip's ICI bandwidth is not published: v4)."""
+    return "not timed: no published ICI bandwidth for this chip" if seconds is None else f"{seconds * scale:.2f}"
 
 
 def _size(n: float) -> str:

@@ -357,4 +357,22 @@ def test_collective_time_is_the_bytes_received_over_the_inbound_bandwidth_all_re
              "collective-permute": 0.25e9}
     # (3 + 1 + 0.5 + 2 x 0.75 + 0.25) GB = 6.25 GB at 600 GB/s
     assert collective_seconds(moved, CHIPS["v5p"]) == pytest.approx(6.25e9 / 600e9)
-    assert collective_seconds(moved, CHIPS["v4"]) == 0.0  # v4's per-chip ICI figure is not published
+    # v4's per-chip ICI figure is not published: not timed (it read 0 s, and the step and MFU estimates then
+    # left the collectives out without saying so); nothing to move is 0 s on any chip
+    assert collective_seconds(moved, CHIPS["v4"]) is None
+    assert collective_seconds(dict.fromkeys(moved, 0), CHIPS["v4"]) == 0.0
+
+
+def test_v4_estimates_say_their_collectives_are_not_timed():
+    from r1jax.rl.cli.compile import describe_decode, describe_update
+    from r1jax.sharding.update_stats import update_report
+
+    moved = {"all-gather": 3e9, "reduce-scatter": 0, "all-to-all": 0, "all-reduce": 1e9, "collective-permute": 0}
+    stats = type("Stats", (), {"flops": 275e12 * 0.002, "hbm_bytes": 1200e9 * 0.001, "collective_bytes": moved,
+                               "weight_allgather_bytes": 0, "weight_allgathers": 0})()
+    decode = decode_report(stats, CHIPS["v4"], devices_per_chip=1, rows=8, chips=1, min_read_bytes_per_chip=1e9)
+    assert decode["est_collective_s"] is None and decode["est_step_s"] == pytest.approx(0.002)  # compute only
+    assert "collectives not timed: no published ICI bandwidth" in describe_decode(decode, rows=8)
+    update = update_report(stats, CHIPS["v4"], devices_per_chip=1, model_flops_per_chip=275e12 * 0.001)
+    assert update["est_collective_s"] is None and update["est_mfu"] == pytest.approx(0.5)
+    assert "collectives not timed" in describe_update(update)
