@@ -269,13 +269,14 @@ def kv_cache_bytes(setup: Setup, layout: SamplerLayout | None = None, *, read: b
             return _cache_bytes(setup, layout, work.decode_rows, length)
         return round(sum(share * _cache_bytes(setup, layout, work.decode_rows, length)
                          for share, length in work.phase_shares()))
-    if work.slots:
+    if work.slots:  # the prompts' prefilled caches sit whole on every device (rl.continuous: any slot copies any)
         return (_cache_bytes(setup, layout, work.slots, work.seq_len)
-                + _cache_bytes(setup, layout, work.prompts, work.prompt_len))
+                + _cache_bytes(setup, layout, work.prompts, work.prompt_len, rows_split=False))
     return _cache_bytes(setup, layout, work.rows, work.seq_len)
 
 
-def _cache_bytes(setup: Setup, layout: SamplerLayout | None, b: int, s: int) -> int:
+def _cache_bytes(setup: Setup, layout: SamplerLayout | None, b: int, s: int, rows_split: bool = True) -> int:
+    """A device's share of the caches of `b` rows of `s` positions; `rows_split=False`: every row on it."""
     model = setup.config.model
     mesh, rules = (setup.mesh, setup.rules) if layout is None else (layout.mesh, layout.rules)
     attention = attention_class(model)
@@ -284,6 +285,7 @@ def _cache_bytes(setup: Setup, layout: SamplerLayout | None, b: int, s: int) -> 
     total = 0
     for _, count in model.layer_segments():
         for shape, axes in entries:
+            axes = axes if rows_split else (None, *axes[1:])  # the first is the rows' ("batch")
             spec = rules.spec((None, *axes), (count, *shape), dict(mesh.shape), strict=False)
             total += math.prod(NamedSharding(mesh, spec).shard_shape((count, *shape))) * itemsize
     return total
