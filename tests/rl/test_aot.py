@@ -292,12 +292,13 @@ def test_continuous_batching_reports_the_slots_and_their_cache(config_path):
 def test_the_prompts_prefilled_caches_count_whole_on_every_device_under_continuous_batching(config_path):
     # the slots' caches split over the batch devices; the prompts' prefilled caches sit whole on each
     # (rl.continuous: any slot admits any prompt): counted split, the breakdown showed a quarter of them
-    config = load_config(config_path, ["sampling.slots=4", "sampling.layout=train"])  # batch over 4 devices
+    config = load_config(config_path, ["sampling.slots=4", "sampling.layout=train",  # batch over 4 devices
+                                       "grpo.prompts_per_step=4"])
     setup = make_setup(config, parse_topology("v5p:2x2x1"), config.sharding, workload_for(config, prompt_len=16))
     layout = sampler_layout(setup, 95 * GIB)[0]
     entry = (MODEL.kv_lora_rank + MODEL.qk_rope_head_dim) * 4  # MLA's latent + rope key, float32
-    # 4 slots of 16 + 8 positions, one per device; the 2 prompts of 16 positions, both on every device
-    assert aot.kv_cache_bytes(setup, layout) == MODEL.num_hidden_layers * (1 * 24 + 2 * 16) * entry
+    # 4 slots of 16 + 8 positions, one per device; the 4 prompts of 16 positions, all on every device
+    assert aot.kv_cache_bytes(setup, layout) == MODEL.num_hidden_layers * (1 * 24 + 4 * 16) * entry
 
 
 def _sampler_decode(config_path, *overrides, new_tokens: int):
