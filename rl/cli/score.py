@@ -112,5 +112,16 @@ def run(args: argparse.Namespace) -> int:
                 if result.error:
                     out["error"] = result.error
                 # default=str: a Parquet row may hold values JSON has no type for (datetime, bytes, Decimal)
-                print(json.dumps(out, ensure_ascii=False, default=str), flush=True)
+                line = json.dumps(out, ensure_ascii=False, default=str)
+                if not line.isascii() and not _utf8(line):  # a lone surrogate ("\ud83d" in the input): escaped
+                    line = json.dumps(out, default=str)  # as the input had it (UTF-8 cannot carry it)
+                print(line, flush=True)
     return 0
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

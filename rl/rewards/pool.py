@@ -47,6 +47,9 @@ from r1jax.rl.rewards.share import ScoreShare
 from r1jax.rl.tasks import TASKS
 
 STATUSES = ("ok", "timeout", "crashed", "error")
+# an item's text may take at most 1 / 16 of a worker's memory limit (in characters): a worker died reading one
+# of about half its limit (the pickled text, its copy as a str, the rewards' own copies of it)
+MEMORY_PER_CHAR = 16
 STARTUP_TIMEOUT_S = 120.0  # a cold worker may import sympy and math-verify (its tasks' warm_up), on a busy host
 
 
@@ -117,7 +120,25 @@ class RewardPool:
             initializer=worker.initialize,
             initargs=(self.config.memory_mb, tuple(self.config.import_modules), warm, self.run_root),
             context=multiprocessing.get_context("spawn"))
+        self.workers_started = self._count_worker_starts()
         self._warm_up()
+
+    def _count_worker_starts(self) -> list[int] | None:
+        """[workers started so far], counted where pebble starts each (its manager's `new_worker`): a worker
+        killed before it returned any result (a timeout, a crash) is replaced unseen by the pids of results.
+        None on a pebble without that hook (the count then comes from the pids seen)."""
+        manager = getattr(getattr(self._pool, "_pool_manager", None), "worker_manager", None)
+        new_worker = getattr(manager, "new_worker", None)
+        if new_worker is None:
+            return None
+        started = [0]
+
+        def counted(*args, **kwargs):
+            started[0] += 1
+            return new_worker(*args, **kwargs)
+
+        manager.new_worker = counted
+        return started
 
     def _warm_up(self) -> None:
         """Wait for the workers (pebble starts them all at once) before the first timed batch, so that a
@@ -136,6 +157,10 @@ class RewardPool:
         futures = []
         rows = self.share.rows(len(items)) if self.share else range(len(items))
         for item in (items[row] for row in rows):
+            too_large = self._too_large(item)
+            if too_large:
+                futures.append(_done_future(("crashed", {}, too_large, None, None)))
+                continue
             try:
                 futures.append(self._pool.submit(worker.score, self.config.timeout_s, item, self.rewards))
             except Exception as err:  # the pool is closed or broken: this item fails, nothing raises
@@ -143,6 +168,18 @@ class RewardPool:
         self.batches += 1
         return BatchHandle(futures, deadline=now + self.config.batch_deadline_s, size=len(items),
                            batch=self.batches - 1)
+
+    def _too_large(self, item: ScoreItem) -> str | None:
+        """Why `item` is not sent to a worker: text past `MEMORY_PER_CHAR` x its characters of the worker's
+        memory limit. A worker reads an item before it scores it, so one past its limit died there, unseen by
+        pebble: with no other item running the pool broke for good (every later item "error", scored 0),
+        else the batch waited for its deadline."""
+        limit_chars = self.config.memory_mb * 2 ** 20 // MEMORY_PER_CHAR
+        chars = sum(len(value) for value in vars(item).values() if isinstance(value, str))
+        if self.config.memory_mb and chars > limit_chars:
+            return (f"item of {chars:,} characters is past what a worker of reward_pool.memory_mb = "
+                    f"{self.config.memory_mb} reads safely ({limit_chars:,}): not scored")
+        return None
 
     def collect(self, handle: BatchHandle) -> list[ScoreResult]:
         """Wait for a batch (at most until its deadline) and return its results in submission order."""
@@ -192,7 +229,8 @@ class RewardPool:
         scored = sum(self.counts.values())
         out = {f"reward_pool/{s}": float(self.counts[s]) for s in STATUSES}
         out.update({f"reward_pool/code_{s}": float(self.code_counts[s]) for s in CODE_STATUSES})
-        out["reward_pool/recycled"] = float(max(0, len(self.worker_pids) - self.config.workers))
+        started = self.workers_started[0] if self.workers_started is not None else len(self.worker_pids)
+        out["reward_pool/recycled"] = float(max(0, started - self.config.workers))
         out["reward_pool/failed_fraction"] = (scored - self.counts["ok"]) / scored if scored else 0.0
         out["reward_pool/wait_s"] = self.wait_s
         return out
@@ -212,6 +250,12 @@ class RewardPool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _done_future(result) -> concurrent.futures.Future:
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    future.set_result(result)
+    return future
 
 
 def _failed_future(error: Exception) -> concurrent.futures.Future:

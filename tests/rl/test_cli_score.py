@@ -79,11 +79,18 @@ def test_score_prints_parquet_values_json_cannot_hold_as_strings(tmp_path, capsy
 
 
 def test_score_as_a_subprocess_streams_json_lines(tmp_path):
-    path = write_jsonl(tmp_path / "c.jsonl", ROWS[:2])
+    # a lone surrogate ("\ud83d", half an emoji, valid JSON) could not be printed as UTF-8: a traceback, and
+    # the rows after it lost; it comes back escaped as the input had it, other text as it is
+    odd = [{"id": 2, "note": "\ud83d", "completion": "<answer> 7 </answer>", "answer": "7"},
+           {"id": 3, "note": "日本", "completion": "<answer> 7 </answer>", "answer": "7"}]
+    path = write_jsonl(tmp_path / "c.jsonl", ROWS[:2] + odd)
     result = subprocess.run([sys.executable, "-m", "r1jax", "score", str(path), "--workers", "1"],
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert [json.loads(line)["rewards"]["accuracy"] for line in result.stdout.splitlines()] == [1.0, 1.0]
+    lines = result.stdout.splitlines()
+    assert [json.loads(line)["rewards"]["accuracy"] for line in lines] == [1.0, 1.0, 1.0, 1.0]
+    assert '"note": "\\ud83d"' in lines[2] and '"note": "日本"' in lines[3]
+    assert [json.loads(line)["note"] for line in lines[2:]] == ["\ud83d", "日本"]
 
 
 def test_score_runs_code_rows_in_the_sandbox_and_prints_their_code_reward(tmp_path, capsys):

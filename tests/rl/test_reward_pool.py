@@ -221,3 +221,26 @@ def test_bad_pool_configuration_is_a_user_error_before_any_worker_starts():
         PoolConfig(workers=0)
     with pytest.raises(UserError, match="reward_pool.memory_mb"):
         PoolConfig(memory_mb=10)
+
+
+def test_an_item_past_the_workers_memory_is_failed_unsent_and_the_pool_goes_on():
+    """A worker reads an item before it scores it: one past its memory died there, unseen by pebble, and with
+    no other item running the pool broke for good (every later item "error": every reward after it 0)."""
+    config = PoolConfig(workers=1, timeout_s=TIMEOUT_S, memory_mb=256, import_modules=PROBES)
+    with RewardPool(RewardsConfig(names=("probe",), weights=(1.0,)), config) as pool:
+        huge = ScoreItem(prompt="", completion="x" * 150_000_000, reference="0", task="math")
+        results = pool.score_batch([probe("ok"), huge, probe("ok")])
+        assert [r.status for r in results] == ["ok", "crashed", "ok"]
+        assert "item of 150,000,005 characters is past what a worker of reward_pool.memory_mb = 256" in \
+            results[1].error
+        assert [r.status for r in pool.score_batch([probe("ok")])] == ["ok"]
+
+
+def test_workers_killed_before_they_return_a_result_count_as_replaced(pool):
+    """Recycled was counted from the pids results carry: a worker killed at its timeout carries none."""
+    before = pool.metrics()["reward_pool/recycled"]
+    # 2 workers, 4 items that hang: the first 2 workers are killed, then their replacements (never seen)
+    results = pool.score_batch([probe("sleep:30") for _ in range(4)])
+    assert [r.status for r in results] == ["timeout"] * 4
+    assert_full_pool_works(pool)  # (pebble starts the replacements in its own time)
+    assert pool.metrics()["reward_pool/recycled"] - before == 4.0
