@@ -18,6 +18,7 @@ import math
 from r1jax.rl.cli.common import non_negative_int, pool_memory_mb, pool_workers, positive_int, positive_number
 
 CHUNK = 256  # rows scored per pool batch, so output streams on large files
+RESPAWN_S = 3.0  # a replacement worker's start, with room: sympy and math-verify imported in 1.4-1.6 s (README)
 # the config field each flag sets, for the configs' errors (rl.rewards.config.FieldError.for_flags)
 FLAGS = {"rewards.language": "--language", "rewards.max_length": "--max-length",
          "rewards.overlong_buffer": "--overlong-buffer", "rewards.code.sandbox": "--sandbox",
@@ -83,8 +84,9 @@ def configs(args: argparse.Namespace):
 
     names = tuple(n.strip() for n in args.rewards.split(",") if n.strip())
     # each chunk's deadline leaves every row its --timeout, queued behind the others on the workers (the default
-    # 600 s per batch scored the last rows of a chunk of slow rows as timeouts that took less than --timeout)
-    deadline = math.ceil(CHUNK / args.workers) * args.timeout + 60
+    # 600 s per batch scored the last rows of a chunk of slow rows as timeouts that took less than --timeout),
+    # and the start of the worker that replaces one killed at its timeout (1.4-1.6 s with sympy, README)
+    deadline = math.ceil(CHUNK / args.workers) * (args.timeout + RESPAWN_S) + 60
     try:
         return (RewardsConfig(names=names, weights=(1.0,) * len(names), language=args.language,
                               max_length=args.max_length, overlong_buffer=args.overlong_buffer,
