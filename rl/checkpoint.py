@@ -14,6 +14,7 @@ in between leaves only `N.previous`, which the next run's start puts back.
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import sys
 from typing import Mapping
@@ -28,7 +29,7 @@ from r1jax.model.decoder import Policy
 from r1jax.model.factory import abstract_policy
 from r1jax.model.tokenizer import TokenizerLike, is_tokenizer_dir, load_tokenizer
 from r1jax.rl.config import Config, config_from_dicts, to_dict
-from r1jax.sharding.mesh import build_mesh
+from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.params import abstract_sharded
 from r1jax.sharding.rules import Rules
 
@@ -222,10 +223,24 @@ def _in_run_directory(root: pathlib.Path, step: int) -> bool:
     return root.name == "checkpoints" and (root / str(step) / "meta").is_dir()
 
 
+def inference_sharding(sharding: ShardingConfig) -> ShardingConfig:
+    """The checkpoint's mesh when the devices present make it; else every device on fsdp, its rules kept (said on
+    stderr): a run trained with fixed axes (a slice's `expert: 16`, `data: 2`) is sampled, evaluated and
+    exported on any host, where its mesh's device count stopped generate, eval and export-hf."""
+    try:
+        build_mesh(sharding)
+        return sharding
+    except UserError as err:
+        flat = dataclasses.replace(sharding, data=1, fsdp=-1, expert=1, tensor=1)
+        print(f"{err}: loading on every device's fsdp axis instead", file=sys.stderr, flush=True)
+        return flat
+
+
 def open_for_inference(path: str | pathlib.Path):
-    """(config, policy on the config's mesh, mesh, rules, tokenizer or None) for generate/eval."""
+    """(config, policy on the config's mesh or, where the devices present cannot make it, an fsdp mesh of them;
+    mesh, rules, tokenizer or None) for generate/eval."""
     config = load_config(path)
-    mesh = build_mesh(config.sharding)
+    mesh = build_mesh(inference_sharding(config.sharding))
     rules = config.sharding.logical_rules()
     config, policy = load_policy(path, mesh, rules)
     return config, policy, mesh, rules, find_tokenizer(path)

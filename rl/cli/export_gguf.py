@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     import pathlib
 
     from r1jax.errors import UserError
-    from r1jax.rl.checkpoint import load_config, load_policy
+    from r1jax.rl.checkpoint import inference_sharding, load_config, load_policy
     from r1jax.rl.cli.common import check_creatable
     from r1jax.rl.cli.export_hf import resolve_tokenizer
     from r1jax.rl.config import config_from_dicts, parse_overrides, to_dict
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if tok is None:
         raise UserError(f"checkpoint {args.checkpoint!r} carries no tokenizer, and llama.cpp needs one in the "
                         "file: pass --tokenizer")
-    mesh = build_mesh(config.sharding)
+    mesh = build_mesh(inference_sharding(config.sharding))
     _, policy = load_policy(args.checkpoint, mesh, config.sharding.logical_rules())
     written = export_gguf(policy, out, tok, args.dtype, config.tokenizer.template, args.force)
     if written is not None:

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from r1jax.model.hf_io import export_hf
     from r1jax.model.hf_tokenizer import save_hf_tokenizer, save_with_prompt_format, token_ids
     from r1jax.model.tokenizer import Tokenizer
-    from r1jax.rl.checkpoint import load_config, load_policy
+    from r1jax.rl.checkpoint import inference_sharding, load_config, load_policy
     from r1jax.rl.config import config_from_dicts, parse_overrides, to_dict
     from r1jax.sharding.mesh import build_mesh
 
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     template = args.template or config.tokenizer.template
     # a Hugging Face tokenizer's own chat template is replaced only when --template asks for r1jax's format
     replaced = tok is not None and not own_format and args.template not in (None, "chat")
-    mesh = build_mesh(config.sharding)
+    mesh = build_mesh(inference_sharding(config.sharding))
     _, policy = load_policy(args.checkpoint, mesh, config.sharding.logical_rules())
     files = export_hf(policy, out, args.dtype, max_bytes, token_ids(tok) if tok else None)
     weights = [f for f in files if f.suffix == ".safetensors"]

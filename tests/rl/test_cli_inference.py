@@ -1,6 +1,8 @@
 """`r1jax generate` and `r1jax eval` on a trained checkpoint (the session's tiny run)."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from r1jax.rl import rewards as rewards_module
 from r1jax.rl.cli.main import main
 from r1jax.rl.config import load_config
 from r1jax.rl.sampler import Sampler
+from tests.rl.conftest import TRAIN_CONFIG, subprocess_env
 
 
 def run_main(capsys, *argv):
@@ -233,3 +236,21 @@ def test_eval_takes_rows_whose_prompts_pass_the_largest_bucket(capsys, finished_
                               "--max-new-tokens", "4", "--json")
     assert code == 0, err
     assert json.loads(out)["n_problems"] == 1
+
+
+def test_a_checkpoint_whose_mesh_the_devices_cannot_make_loads_on_an_fsdp_mesh(capsys, tmp_path):
+    """A run trained with fixed axes (a slice's expert: 16, data: 2) could not be sampled, evaluated or exported
+    on another device count: its mesh "needs 2 devices but 8 are present"."""
+    ck = tmp_path / "ck"
+    made = subprocess.run([sys.executable, "-m", "r1jax", "--cpu-devices", "2", "init", str(TRAIN_CONFIG), str(ck),
+                           "sharding.data=2", "sharding.fsdp=1"], capture_output=True, text=True,
+                          env=subprocess_env(), timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+    code, out, err = run_main(capsys, "generate", str(ck), "--ids", "5,6,7", "--max-new-tokens", "3",
+                              "--temperature", "0", "--json")
+    assert code == 0, err
+    assert len(json.loads(out.splitlines()[0])["ids"]) == 3
+    assert "needs 2 devices but 8 are present: loading on every device's fsdp axis instead" in err
+    code, _, err = run_main(capsys, "export-hf", str(ck), str(tmp_path / "hf"))
+    assert code == 0, err
+    assert (tmp_path / "hf" / "config.json").is_file()
