@@ -282,7 +282,11 @@ def check_stage_data(config: Config, index: int, tokenizer: TokenizerLike) -> No
                           f"{what} (stage {stage.name})", path=data.path,
                           buckets=sequence_buckets(stage.max_sequence_length))
     else:
-        check_prompt_lengths(config, tokenizer, [p["prompt"] for p in problems], what)
+        budget = stage.max_new_tokens if stage.kind == "rejection_sampling" and stage.max_new_tokens else \
+            config.sampling.max_new_tokens
+        context = stage_config(config, index).model.max_position_embeddings
+        check_prompt_lengths(config, tokenizer, [p["prompt"] for p in problems], what,
+                             [(context, budget, f"stage {stage.name}'s model")])
 
 
 def check_code_rows(config: Config, problems: Sequence[dict], what: str) -> None:
@@ -296,9 +300,12 @@ def check_code_rows(config: Config, problems: Sequence[dict], what: str) -> None
     check_sandbox(config.rewards.code.sandbox)
 
 
-def check_prompt_lengths(config: Config, tokenizer: TokenizerLike, prompts: Sequence[str], what: str) -> None:
+def check_prompt_lengths(config: Config, tokenizer: TokenizerLike, prompts: Sequence[str], what: str,
+                         contexts: Sequence[tuple[int, int, str]] = ()) -> None:
     """Every prompt, rendered in the run's prompt format as sampling renders it, fits the largest of
-    sampling.prompt_buckets."""
+    sampling.prompt_buckets, and with its token budget each model's context in `contexts` ((context, budget,
+    which model)): a run sampled past it, and `r1jax eval` / `generate` then refused its checkpoint at the same
+    lengths."""
     if not prompts:
         return
     template, template_vars = config.tokenizer.template, config.tokenizer.template_vars
@@ -311,6 +318,11 @@ def check_prompt_lengths(config: Config, tokenizer: TokenizerLike, prompts: Sequ
     if lengths[longest] > limit:
         raise UserError(f"{what}: the prompt {prompts[longest][:60]!r} is {lengths[longest]} tokens with the "
                         f"template, longer than the largest of sampling.prompt_buckets ({limit}); raise it")
+    for context, budget, model in contexts:
+        if lengths[longest] + budget > context:
+            raise UserError(f"{what}: the prompt {prompts[longest][:60]!r} is {lengths[longest]} tokens with the "
+                            f"template; with {budget} new tokens it passes {model}'s context of {context} tokens "
+                            f"(model.max_position_embeddings): lower the token budget or raise the context")
 
 
 def check_init_from(config: Config, index: int, tokenizer: TokenizerLike) -> None:
@@ -349,7 +361,9 @@ def check_held_out(config: Config, tokenizer: TokenizerLike, left_out: list[str]
                                      other_files=other_training_files(config))
     except ValueError as err:  # the task space is too small for eval.num_problems
         raise UserError(f"eval: {err}") from None
-    check_prompt_lengths(config, tokenizer, [p["prompt"] for p in problems], "the held-out eval set")
+    contexts = [(stage_config(config, i).model.max_position_embeddings, config.sampling.max_new_tokens,
+                 f"stage {stage.name}'s model") for i, stage in enumerate(config.stages)]  # each evaluates its own
+    check_prompt_lengths(config, tokenizer, [p["prompt"] for p in problems], "the held-out eval set", contexts)
     missing = missing_judges(config.rewards, sorted({p["task"] for p in problems}))
     if missing:  # the run's reward pool scores its evaluations: a reward it lacks would read 0
         names, weights = [*config.rewards.names, *missing], [*config.rewards.weights, *[0.0] * len(missing)]

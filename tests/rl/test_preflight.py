@@ -7,6 +7,7 @@ import re
 import jax
 import numpy as np
 import pytest
+import yaml
 
 from r1jax.errors import UserError
 from r1jax.rl.cli.main import main
@@ -89,6 +90,28 @@ def test_r1jax_eval_scores_the_judges_of_its_problems_whatever_trained():
 
 def test_prompts_longer_than_the_largest_bucket_are_named(tokenizer):
     fails(tokenizer, "sampling.prompt_buckets=[4]", named=["sampling.prompt_buckets", "(4)", "Compute"])
+
+
+def test_a_prompt_and_its_budget_past_a_models_context_are_named(tokenizer):
+    """A run sampled past model.max_position_embeddings (a student's too), and `r1jax eval` / `generate` then
+    refused its checkpoint at the same lengths."""
+    message = fails(tokenizer, "model.max_position_embeddings=16", named=[
+        "with 8 new tokens it passes stage grpo's model's context of 16 tokens", "model.max_position_embeddings"])
+    longest = int(re.search(r"is (\d+) tokens with the template", message).group(1))
+    check(tokenizer, f"model.max_position_embeddings={longest + 8}")  # the prompt and its 8 tokens fit
+    fails(tokenizer, f"model.max_position_embeddings={longest + 7}", named=f"context of {longest + 7} tokens")
+
+
+def test_the_held_out_prompts_and_their_budget_must_fit_each_evaluating_stages_model(tokenizer, tmp_path):
+    # an sft-only run samples nothing in training, but evaluates the held-out set at the stage's end
+    raw = yaml.safe_load(TRAIN_CONFIG.read_text())
+    raw["stages"], raw["model"]["max_position_embeddings"] = raw["stages"][:1], 16
+    path = tmp_path / "sft.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    config = load_config(path)
+    with pytest.raises(UserError, match=r"the held-out eval set: the prompt .* with 8 new tokens it passes stage "
+                                        r"sft's model's context of 16 tokens"):
+        preflight(config, tokenizer, build_mesh(config.sharding), config.sharding.logical_rules())
 
 
 def test_tokenizer_larger_than_a_stage_vocabulary_is_named(tokenizer):
