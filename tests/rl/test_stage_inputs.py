@@ -244,18 +244,19 @@ def test_rejection_samples_longer_than_the_sft_bucket_are_refused_in_preflight(t
     """The largest prompt bucket (64 here) + the stage's max_new_tokens + eos must fit the largest SFT bucket
     when an SFT stage trains on the samples: it failed after the stage had sampled, refusing the dataset."""
     rs = "{{name: rs, kind: rejection_sampling, steps: 1, batch_size: 8{}}}"
+    context = "model.max_position_embeddings=16384"  # room for 9,000 new tokens: the SFT buckets are under test
     limit = SEQUENCE_BUCKETS[-1]
-    fails(tokenizer, f"stages=[{rs.format(', max_new_tokens: 8000')}, {reader}]",
+    fails(tokenizer, context, f"stages=[{rs.format(', max_new_tokens: 8000')}, {reader}]",
           named=["stages[rs].max_new_tokens=8000", "sampling.prompt_buckets (64)", f"= {64 + 8000 + 1} tokens",
                  f"largest SFT sequence bucket ({limit}: stages[s].max_sequence_length)", "stage s",
                  f"at most {limit - 64 - 1}"])
-    fails(tokenizer, f"sampling.max_new_tokens={limit - 64}", f"stages=[{rs.format('')}, {reader}]",
+    fails(tokenizer, context, f"sampling.max_new_tokens={limit - 64}", f"stages=[{rs.format('')}, {reader}]",
           named=[f"sampling.max_new_tokens={limit - 64} (stages[rs].max_new_tokens unset)", "prompt_buckets"])
-    check(tokenizer, f"stages=[{rs.format(f', max_new_tokens: {limit - 64 - 1}')}, {reader}]")  # it fits
-    check(tokenizer, f"stages=[{rs.format(', max_new_tokens: 8000')}]")  # no SFT stage reads its samples
+    check(tokenizer, context, f"stages=[{rs.format(f', max_new_tokens: {limit - 64 - 1}')}, {reader}]")  # it fits
+    check(tokenizer, context, f"stages=[{rs.format(', max_new_tokens: 8000')}]")  # no SFT stage reads its samples
     longer = reader.replace("batch_size: 8", "batch_size: 8, max_sequence_length: 8192")
-    check(tokenizer, f"stages=[{rs.format(', max_new_tokens: 8000')}, {longer}]")  # a reader that takes it
-    fails(tokenizer, f"stages=[{rs.format(', max_new_tokens: 9000')}, {longer}]",
+    check(tokenizer, context, f"stages=[{rs.format(', max_new_tokens: 8000')}, {longer}]")  # a reader that takes it
+    fails(tokenizer, context, f"stages=[{rs.format(', max_new_tokens: 9000')}, {longer}]",
           named=["largest SFT sequence bucket (8192: stages[s].max_sequence_length)", "raise"])
 
 
