@@ -101,7 +101,7 @@ class Config:
         calls = [("grpo.prompts_per_step x grpo.group_size", self.grpo.prompts_per_step * self.grpo.group_size, new),
                  ("eval.batch_size x eval.samples", self.eval.batch_size * self.eval.samples, new)]
         calls += [(f"stages[{s.name}].batch_size x samples_per_prompt", s.batch_size * s.samples_per_prompt,
-                   s.max_new_tokens or new) for s in self.stages if s.kind == "rejection_sampling"]
+                   s.new_tokens(new)) for s in self.stages if s.kind == "rejection_sampling"]
         for what, rows, new in calls:
             if rows * (bucket + new) * k > INT32_MAX:
                 raise UserError(f"{what} = {rows:,} rows: x ({bucket} + {new} tokens: the largest prompt bucket + "

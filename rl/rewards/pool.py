@@ -170,10 +170,10 @@ class RewardPool:
                            batch=self.batches - 1)
 
     def _too_large(self, item: ScoreItem) -> str | None:
-        """Why `item` is not sent to a worker: text past `MEMORY_PER_CHAR` x its characters of the worker's
-        memory limit. A worker reads an item before it scores it, so one past its limit died there, unseen by
-        pebble: with no other item running the pool broke for good (every later item "error", scored 0),
-        else the batch waited for its deadline."""
+        """Why `item` is not sent to a worker (None: it is): more characters of text than 1 / `MEMORY_PER_CHAR`
+        of the worker's memory limit in bytes. A worker reads an item before it scores it, so one past its
+        limit died there, unseen by pebble: with no other item running the pool broke for good (every later
+        item "error", scored 0), else the batch waited for its deadline."""
         limit_chars = self.config.memory_mb * 2 ** 20 // MEMORY_PER_CHAR
         chars = sum(len(value) for value in vars(item).values() if isinstance(value, str))
         if self.config.memory_mb and chars > limit_chars:

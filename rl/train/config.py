@@ -93,6 +93,12 @@ class StageConfig:
         if self.student_overrides and self.kind != "distill":
             raise UserError(f"{where}.student_overrides: only a distill stage changes the model")
 
+    def new_tokens(self, sampling_max_new_tokens: int) -> int:
+        """The completion budget the stage samples with: a rejection_sampling stage's own `max_new_tokens`
+        when set, else `sampling.max_new_tokens` (what GRPO samples with)."""
+        own = self.max_new_tokens if self.kind == "rejection_sampling" else None
+        return own or sampling_max_new_tokens
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:

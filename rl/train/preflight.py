@@ -163,7 +163,7 @@ def check_sample_lengths(config: Config) -> None:
             continue
         reader = min(found, key=lambda r: r.max_sequence_length)
         limit = reader.max_sequence_length
-        budget = stage.max_new_tokens or config.sampling.max_new_tokens
+        budget = stage.new_tokens(config.sampling.max_new_tokens)
         field = (f"stages[{stage.name}].max_new_tokens={budget}" if stage.max_new_tokens else
                  f"sampling.max_new_tokens={budget} (stages[{stage.name}].max_new_tokens unset)")
         if bucket + budget + 1 > limit:
@@ -282,9 +282,8 @@ def check_stage_data(config: Config, index: int, tokenizer: TokenizerLike) -> No
                           f"{what} (stage {stage.name})", path=data.path,
                           buckets=sequence_buckets(stage.max_sequence_length))
     else:
-        budget = stage.max_new_tokens if stage.kind == "rejection_sampling" and stage.max_new_tokens else \
-            config.sampling.max_new_tokens
         context = stage_config(config, index).model.max_position_embeddings
+        budget = stage.new_tokens(config.sampling.max_new_tokens)
         check_prompt_lengths(config, tokenizer, [p["prompt"] for p in problems], what,
                              [(context, budget, f"stage {stage.name}'s model")])
 

@@ -98,7 +98,7 @@ def run_rejection_sampling(ctx: StageContext, index: int, stage: StageConfig, st
     data = dataclasses.replace(cfg.data, path=stage.data_path or cfg.data.path)
     iterator = make_iterator(data, batch_size=stage.batch_size)
     sampler = ctx.sampler(cfg.seed * 1000 + index)
-    budget = stage.max_new_tokens or cfg.sampling.max_new_tokens
+    budget = stage.new_tokens(cfg.sampling.max_new_tokens)
     temperature = cfg.sampling.temperature if stage.temperature is None else stage.temperature
     kept, k, global_step = KeptSet(), stage.samples_per_prompt, start.global_step
     # the SFT bucket its samples must fit: the shortest max_sequence_length of the stages that train on them
