@@ -11,6 +11,7 @@ import tempfile
 from typing import Mapping, Sequence
 
 from r1jax.errors import UserError
+from r1jax.rl.config import MAX_SEED
 from r1jax.rl.config_checks import INT32_MAX  # counts reach the device as int32 (shapes, token ids, top-k)
 
 
@@ -97,6 +98,11 @@ def integer_in(text: str, low: int, high: int, shown: str, noun: str = "", why: 
 def seed(text: str) -> int:
     """An argparse type: a random seed, any 64-bit integer (what jax.random.key takes)."""
     return integer_in(text, SEED_MIN, SEED_MAX, "[-2^63, 2^63-1]", "seed")
+
+
+def run_seed(text: str) -> int:
+    """An argparse type: a run config's seed (`seed`: the config's range, narrower than a JAX key's)."""
+    return integer_in(text, -MAX_SEED, MAX_SEED, "[-2^53, 2^53]", "seed")
 
 
 def utf8_text(text: str) -> str:

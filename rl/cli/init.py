@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from r1jax.rl.cli.common import new_output_dir, seed, split_config_and_overrides
+from r1jax.rl.cli.common import new_output_dir, run_seed, split_config_and_overrides
 
 
 INTERMIXED = True  # KEY=VALUE overrides after the options too (rl.cli.main.parse_arguments)
@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="a preset name or a YAML path")
     parser.add_argument("out", help="checkpoint directory to create (must not hold a checkpoint yet)")
     parser.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="dotted config overrides")
-    parser.add_argument("--seed", type=seed, default=None, help="initialisation seed (default: config seed)")
+    parser.add_argument("--seed", type=run_seed, default=None, help="initialisation seed (default: config seed)")
 
 
 def run(args: argparse.Namespace) -> int:
