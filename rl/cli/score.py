@@ -7,6 +7,7 @@ verifier, `prompt` and `length` (completion tokens, for the overlong penalty) ar
 sandbox (`--sandbox`). One JSON line per row is printed in input order: the row plus `rewards` (name ->
 value) and `status` (ok, timeout, crashed, error; failures score 0 and add an `error` field), and for code
 rows scored by `code` its `code_status` (passed, failed, syntax_error, timeout, memory, crashed, sandbox_error).
+An input row's own fields of those names (a scored file scored again) are replaced, none kept from before.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import math
 
 from r1jax.rl.cli.common import non_negative_int, pool_memory_mb, pool_workers, positive_int, positive_number
 
+OUTPUT_FIELDS = ("rewards", "status", "code_status", "error")  # what scoring adds to a row
 CHUNK = 256  # rows scored per pool batch, so output streams on large files
 RESPAWN_S = 3.0  # a replacement worker's start, with room: sympy and math-verify imported in 1.4-1.6 s (README)
 # the config field each flag sets, for the configs' errors (rl.rewards.config.FieldError.for_flags)
@@ -108,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
         for start in range(0, len(items), CHUNK):
             results = pool.score_batch(items[start:start + CHUNK])
             for row, result in zip(rows[start:start + CHUNK], results):
-                out = {**row, "rewards": result.rewards, "status": result.status}
+                out = {key: value for key, value in row.items() if key not in OUTPUT_FIELDS}
+                out.update(rewards=result.rewards, status=result.status)
                 if result.code_status is not None:
                     out["code_status"] = result.code_status
                 if result.error:

@@ -33,6 +33,18 @@ def test_score_prints_each_row_with_rewards_and_status_in_input_order(tmp_path, 
     assert {row["status"] for row in out} == {"ok"}
 
 
+def test_a_scored_file_scored_again_keeps_no_field_of_its_first_scoring(tmp_path, capsys):
+    scored = [{"id": 0, "completion": "<think> 3+4 </think> <answer> 7 </answer>", "answer": "7", "task": "arithmetic",
+               "rewards": {"accuracy": 0.0}, "status": "timeout", "error": "past the 0.1 s limit",
+               "code_status": "timeout"}]
+    path = write_jsonl(tmp_path / "scored.jsonl", scored)
+    assert main(["score", str(path), "--workers", "1"]) == 0
+    (out,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    # before: the first scoring's error and code_status stayed beside the new status "ok"
+    assert out == {"id": 0, "completion": scored[0]["completion"], "answer": "7", "task": "arithmetic",
+                   "rewards": {"accuracy": 1.0, "format": 1.0}, "status": "ok"}
+
+
 def test_score_selects_rewards_and_applies_the_overlong_budget(tmp_path, capsys):
     rows = [{"completion": "<think> deux </think> <answer> 2 </answer>", "answer": "2", "length": 900},
             {"completion": "<think> two </think> <answer> 2 </answer>", "answer": "2", "length": 10}]
