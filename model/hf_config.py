@@ -180,7 +180,8 @@ def _fields(hf: Mapping[str, Any], family: str, source: str) -> dict[str, Any]:
     fields.update(family=family, rope_theta=float(fields["rope_theta"]), param_dtype=stored_dtype(hf))
     fields.update(_rope_fields(hf, fields["max_position_embeddings"], source))
     if not deepseek:
-        fields.setdefault("head_dim", fields["hidden_size"] // fields["num_attention_heads"])
+        if "head_dim" not in fields and fields["num_attention_heads"] > 0:  # else ModelConfig names the count
+            fields["head_dim"] = fields["hidden_size"] // fields["num_attention_heads"]
         fields["mlp_only_layers"] = tuple(fields["mlp_only_layers"])
     return fields
 

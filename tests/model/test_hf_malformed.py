@@ -120,6 +120,14 @@ def test_every_key_of_the_wrong_type_is_named(cfg):
         from_hf_config([hf])
 
 
+@pytest.mark.parametrize("cfg", [QWEN, DEEPSEEK])
+def test_a_zero_head_count_is_named(cfg):
+    hf = {key: value for key, value in to_hf_config(cfg).items() if key != "head_dim"}
+    # Qwen's head_dim = hidden_size // heads was a ZeroDivisionError before the config's own check
+    with pytest.raises(UserError, match="num_attention_heads"):
+        from_hf_config({**hf, "num_attention_heads": 0})
+
+
 def test_a_weight_stored_as_integers_is_refused(sharded, tmp_path, capsys):
     """An int8 embedding imported as its codes (exit 0, a warning advising param_dtype float32 it had)."""
     from safetensors.numpy import load_file, save_file
