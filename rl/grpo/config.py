@@ -162,6 +162,9 @@ class OptimizerConfig:
     b2: float = 0.95  # Adam beta_2 (DeepSeek-V3 §4.2: 0.95)
     eps: float = 1e-8  # Adam epsilon
     weight_decay: float = 0.1  # decoupled weight decay (DeepSeek-V3 §4.2: 0.1)
+    # false: 1-D parameters (norm scales) take no weight decay, as Megatron and HF's Trainer have it; true: every
+    # parameter decays (optax.adamw's own rule)
+    decay_norms: bool = True
     grad_clip_norm: Optional[float] = 1.0  # global-norm clip (DeepSeek-V3 §4.2: 1.0); None = no clipping
     max_consecutive_skips: int = 5  # the trainer halts after this many non-finite updates in a row
     # dtype of Adam's moments (mu and nu): float32 | bfloat16; null: the parameters' dtype (optax's own rule)
@@ -182,6 +185,7 @@ class OptimizerConfig:
         _require(0 <= self.b2 < 1, s, "b2", self.b2, "in [0, 1)")
         _require(self.eps > 0, s, "eps", self.eps, "> 0")
         _require(self.weight_decay >= 0, s, "weight_decay", self.weight_decay, ">= 0")
+        _require(type(self.decay_norms) is bool, s, "decay_norms", self.decay_norms, "true or false")
         clip = self.grad_clip_norm
         _require(clip is None or clip > 0, s, "grad_clip_norm", clip, "None or > 0")
         _require(self.max_consecutive_skips >= 1, s, "max_consecutive_skips", self.max_consecutive_skips, ">= 1")

@@ -181,3 +181,35 @@ def test_adam_moments_are_kept_in_the_state_dtype(param_dtype, state_dtype, mome
     g = grads["w"].astype(jnp.promote_types(param_dtype, state_dtype or param_dtype))
     np.testing.assert_array_equal(mu["w"], ((1 - 0.9) * g).astype(moments))
     np.testing.assert_array_equal(nu["w"], ((1 - 0.95) * (g * g)).astype(moments))
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v3"])
+def test_decay_norms_false_spares_every_norm_scale_and_decays_every_matrix(family):
+    from flax import nnx
+    from r1jax.model.factory import init_policy
+    from tests.model.tiny import FAMILIES
+
+    _, params, _ = nnx.split(init_policy(FAMILIES[family]), nnx.Param, ...)
+    lr, decay = 0.5, 0.1
+    zero = jax.tree.map(jnp.zeros_like, params)  # Adam's step is 0: what moves a weight is decay alone
+    moved = {}
+    for decay_norms in (True, False):
+        opt = make_optimizer(OptimizerConfig(lr=lr, weight_decay=decay, decay_norms=decay_norms))
+        updates, _ = opt.update(zero, opt.init(params), params)
+        moved[decay_norms] = jax.tree_util.tree_leaves_with_path(optax.apply_updates(params, updates))
+    before = jax.tree_util.tree_leaves_with_path(params)
+    norms = 0
+    for (path, p), (_, all_decayed), (_, masked) in zip(before, moved[True], moved[False]):
+        p, all_decayed, masked = (np.asarray(x, np.float32) for x in (p, all_decayed, masked))
+        np.testing.assert_allclose(all_decayed, p * (1 - lr * decay), rtol=1e-6, atol=1e-7)  # optax's rule
+        if "norm" in jax.tree_util.keystr(path):  # named so by the model (stacked layers' ones are 2-D)
+            norms += 1
+            np.testing.assert_array_equal(masked, p)
+        else:
+            np.testing.assert_allclose(masked, p * (1 - lr * decay), rtol=1e-6, atol=1e-7)
+    assert norms >= 3  # a segment's two (input, post-attention) and the final one
+
+
+def test_decay_norms_must_be_a_bool():
+    with pytest.raises(UserError, match=r"optimizer\.decay_norms"):
+        OptimizerConfig(decay_norms="no")
