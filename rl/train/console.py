@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -18,10 +19,24 @@ def silence_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+class _StderrConsole(Console):
+    """Standard error's console, outliving its reader: a write to a pipe whose reader went away (`r1jax train ...
+    2>&1 | head`) quiets it, standard error going to /dev/null from then on, and the run goes on (metrics.jsonl,
+    TensorBoard and checkpoints keep it). rich's own rule (stdout to /dev/null, SystemExit(1)) stopped the run
+    at once: exit 1, no message, no checkpoint of its stage."""
+
+    def __init__(self):
+        super().__init__(stderr=True, highlight=False)
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+
+
 class RunConsole:
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
-        self.console = Console(stderr=True, highlight=False)
+        self.console = _StderrConsole()
         self.progress: Progress | None = None
         self.task = None
 
