@@ -27,11 +27,13 @@ Built in (DeepSeek-R1 and DAPO):
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
+import importlib
 import math
 import re
 import unicodedata
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from r1jax.errors import UserError
 from r1jax.rl.rewards.config import LANGUAGE_SCRIPTS, RewardsConfig
@@ -63,11 +65,21 @@ def register_reward(name: str):
     return decorate
 
 
-def check_names(config: RewardsConfig) -> None:
+def check_names(config: RewardsConfig, import_modules: Sequence[str] = ()) -> None:
+    """Every name of `config.names` is a registered reward, once `import_modules` (reward_pool.import_modules,
+    where custom rewards register) are imported; else a UserError naming the unknown ones and a likely meant one."""
+    for module in import_modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise UserError(f"reward_pool.import_modules: cannot import {module!r}: {err}") from err
     unknown = [n for n in config.names if n not in REWARDS]
     if unknown:
-        raise UserError(f"rewards.names: unknown reward(s) {unknown}; registered: {', '.join(sorted(REWARDS))}"
-                        " (custom rewards need their module in reward_pool.import_modules)")
+        close = {n: difflib.get_close_matches(n, REWARDS, n=1) for n in unknown}
+        meant = "; ".join(f"did you mean {m[0]!r} for {n!r}?" for n, m in close.items() if m)
+        raise UserError(f"rewards.names: unknown reward(s) {unknown}; {meant + ' ' if meant else ''}registered: "
+                        f"{', '.join(sorted(REWARDS))} (custom rewards need their module in "
+                        "reward_pool.import_modules)")
 
 
 @functools.lru_cache(maxsize=64)

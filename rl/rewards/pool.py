@@ -28,7 +28,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-import importlib
 import multiprocessing
 import os
 import shutil
@@ -87,12 +86,7 @@ class RewardPool:
         self.config = config or PoolConfig()
         self.share = share  # None: this process scores every row
         self.batches = 0  # batches submitted
-        for name in self.config.import_modules:  # here too, so that custom reward names validate
-            try:
-                importlib.import_module(name)
-            except ImportError as err:
-                raise UserError(f"reward_pool.import_modules: cannot import {name!r}: {err}") from err
-        check_names(self.rewards)
+        check_names(self.rewards, self.config.import_modules)  # imported here too: custom rewards and tasks
         unknown = sorted(set(tasks or ()) - set(TASKS))
         if unknown:  # (custom tasks register in the modules imported above, here as in the workers)
             raise UserError(f"reward pool: unknown task(s) {unknown}; known: {', '.join(sorted(TASKS))} (a custom "

@@ -51,6 +51,7 @@ from r1jax.rl.data import DataConfig, build_source
 from r1jax.rl.data.pipeline import check_same_source, read_source
 from r1jax.rl.evaluate import held_out_problems, missing_judges
 from r1jax.rl.hf_architecture import hf_model, is_hf_dir
+from r1jax.rl.rewards.functions import check_names
 from r1jax.rl.rewards.sandbox import check_sandbox
 from r1jax.rl.sampler_devices import split_devices
 from r1jax.rl.train.checkpointing import check_compatible
@@ -71,6 +72,7 @@ def preflight(config: Config, tokenizer: TokenizerLike, mesh: Mesh, rules: Rules
     """Check `config` against the tokenizer, mesh and files (module docstring); the held-out problems (the
     kinds of problem training used up, which they lack, appended to `left_out`: rl.evaluate.held_out_problems).
     A resumed run passes the first stage it still runs: finished stages' `init_from` sources may be gone."""
+    check_names(config.rewards, config.reward_pool.import_modules)  # the held-out judges' advice repeated a typo
     check_mesh(config, mesh)
     for index in range(len(config.stages)):
         check_model(config, index, tokenizer, mesh, rules)

@@ -77,6 +77,17 @@ def test_rewards_that_the_evaluation_reads_must_be_scored(tokenizer):
           named=["format reward", "rewards.names=[accuracy,format] rewards.weights=[1.0,0.0]"])
 
 
+def test_an_unknown_reward_name_is_named_first_with_the_one_likely_meant(tokenizer):
+    # before: the held-out judges' advice repeated the typo ("rewards.names=[acuracy,format,accuracy]"), and
+    # following it failed only when the reward pool started, the run directory written
+    fails(tokenizer, "rewards.names=[acuracy,format]", "rewards.weights=[1.0,1.0]",
+          named="rewards.names: unknown reward(s) ['acuracy']; did you mean 'accuracy' for 'acuracy'?")
+    fails(tokenizer, "rewards.names=[accuracy,format,nothing_like]", "rewards.weights=[1.0,1.0,0.0]",
+          named="unknown reward(s) ['nothing_like']; registered: accuracy, code,")
+    fails(tokenizer, "reward_pool.import_modules=[no_such_module_r1jax]",
+          named="reward_pool.import_modules: cannot import 'no_such_module_r1jax'")
+
+
 def test_r1jax_eval_scores_the_judges_of_its_problems_whatever_trained():
     from r1jax.rl.evaluate import evaluation_rewards
     from r1jax.rl.rewards import RewardsConfig
