@@ -18,8 +18,9 @@ from r1jax.rl.train.metrics import MetricsWriter
 class HeldOutEval:
     def __init__(self, config: Config, run_dir: pathlib.Path, primary: bool, tokenizer: TokenizerLike,
                  pool: RewardPool, metrics: MetricsWriter, console: RunConsole, problems: list[dict]):
-        """`problems`: the held-out set (rl.evaluate.held_out_problems; the trainer's preflight builds it)."""
-        self.config, self.run_dir, self.primary, self.tokenizer = config, run_dir, primary, tokenizer
+        """`problems`: the held-out set (rl.evaluate.held_out_problems; the trainer's preflight builds it). The
+        entries' checkpoint paths are absolute (a relative --run-dir's were relative to where the run started)."""
+        self.config, self.run_dir, self.primary, self.tokenizer = config, run_dir.absolute(), primary, tokenizer
         self.pool, self.metrics, self.console, self.problems = pool, metrics, console, problems
 
     def __call__(self, stage_name: str, sampler: Sampler, policy, step: int, checkpointed: bool) -> dict:
