@@ -73,6 +73,7 @@ class Config:
             raise UserError(f"seed={self.seed!r}: expected an integer in [-2^53, 2^53]")
         check_bool("plots", self.plots)
         self._check_rollout_sizes()
+        self._check_overlong()
         if not self.stages:
             raise UserError("stages: empty; a run needs at least one stage (sft, grpo, rejection_sampling, distill)")
         names = [s.name for s in self.stages]
@@ -88,6 +89,24 @@ class Config:
             raise UserError(f"sampling.devices={self.sampling.devices}: needs grpo.max_staleness >= 1; at 0 "
                             "every batch is sampled by the weights of the update before it, so there is no "
                             "generation to overlap with an update (set sampling.devices=0)")
+
+    def _check_overlong(self) -> None:
+        """DAPO's overlong penalty reaches a sample only past rewards.max_length - overlong_buffer tokens: a
+        stage that samples no more than that scores it 0 on every sample (the default 1024 - 256 against
+        sampling.max_new_tokens=128 did, silently). L_max is the generation budget (DAPO §3.4)."""
+        r = self.rewards
+        if "overlong" not in r.names or r.weights[r.names.index("overlong")] == 0:
+            return
+        for stage in self.stages:
+            if stage.kind not in ("grpo", "rejection_sampling"):
+                continue
+            budget = stage.new_tokens(self.sampling.max_new_tokens)
+            if budget <= r.max_length - r.overlong_buffer:
+                raise UserError(
+                    f"rewards.max_length={r.max_length}: the overlong penalty starts after max_length - "
+                    f"overlong_buffer = {r.max_length - r.overlong_buffer} tokens, but stage {stage.name} samples "
+                    f"at most {budget}, so it would score 0 on every sample; set rewards.max_length to the "
+                    f"generation budget ({budget}: DAPO's L_max) and rewards.overlong_buffer below it")
 
     def _check_rollout_sizes(self) -> None:
         """top-k within the vocabulary; a sampler call's rows x (largest prompt bucket + token budget) x experts

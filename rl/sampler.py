@@ -43,7 +43,7 @@ from r1jax.sharding.rules import check_rules
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
     max_new_tokens: int = 128
-    temperature: float = 1.0  # R1-Zero rollouts: 1.0; R1 evaluation: 0.6
+    temperature: float = 1.0  # rejection sampling's (stages[].temperature unset); GRPO samples at grpo.temperature
     top_p: float = 1.0  # R1 evaluation: 0.95
     top_k: int = 0  # 0: off. Log-probs are the unfiltered softmax(logits / T)'s: see README, off-policy
     prompt_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048)

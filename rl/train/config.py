@@ -90,6 +90,12 @@ class StageConfig:
         if self.kind == "distill" and not self.teacher:
             raise UserError(f"{where}.teacher: a distill stage needs the rejection_sampling stage (or a JSONL "
                             f"of prompt/solution rows) whose samples the student learns from")
+        own = [key for key in ("max_new_tokens", "temperature") if getattr(self, key) is not None]
+        if own and self.kind != "rejection_sampling":  # read by nothing else: a grpo stage's was ignored
+            instead = ("samples with grpo.temperature and sampling.max_new_tokens" if self.kind == "grpo"
+                       else "samples nothing")
+            raise UserError(f"{where}.{own[0]}: only a rejection_sampling stage samples with its own; a {self.kind} "
+                            f"stage {instead}")
         if self.student_overrides and self.kind != "distill":
             raise UserError(f"{where}.student_overrides: only a distill stage changes the model")
 

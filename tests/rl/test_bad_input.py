@@ -77,6 +77,12 @@ def test_nan_in_a_config_file_is_named_with_the_file(tmp_path):
     ("stages=[]", "stages: empty"),  # exit 0, nothing trained
     ("stages.0.max_new_tokens=-5", "stages[sft].max_new_tokens=-5"),  # named sampling.max_new_tokens, later
     ("stages.0.max_new_tokens=0", "stages[sft].max_new_tokens=0"),  # meant sampling.max_new_tokens silently
+    # read by rejection sampling alone: a grpo stage's was accepted and ignored
+    ("stages.1.temperature=0.6", "stages[grpo].temperature: only a rejection_sampling stage samples with its own; "
+                                 "a grpo stage samples with grpo.temperature and sampling.max_new_tokens"),
+    ("stages.1.max_new_tokens=16", "stages[grpo].max_new_tokens: only a rejection_sampling stage"),
+    ("stages.0.max_new_tokens=16", "stages[sft].max_new_tokens: only a rejection_sampling stage samples with its "
+                                   "own; a sft stage samples nothing"),
     ("sampling.layout=foo", "sampling.layout='foo'"),  # failed when the first sampler was built, after SFT
     ("sampling.mesh={foo: 2}", "sampling.mesh: unknown axes ['foo']"),  # the training layout, silently
     ("sampling.mesh={data: 0}", "sampling.mesh.data=0"),
@@ -88,9 +94,9 @@ def test_out_of_range_values_are_named_when_the_config_loads(override, named):
 
 
 def test_good_values_next_to_the_bad_ones_still_load():
-    config = load_config(TRAIN_CONFIG, ["eval.every=0", "eval.num_logged_samples=0", "stages.0.max_new_tokens=4",
+    config = load_config(TRAIN_CONFIG, ["eval.every=0", "eval.num_logged_samples=0", "stages.0.steps=4",
                                         "sampling.layout=train", "sampling.mesh={data: 2, fsdp: 1, tensor: -1}"])
-    assert config.stages[0].max_new_tokens == 4 and config.sampling.mesh == {"data": 2, "fsdp": 1, "tensor": -1}
+    assert config.stages[0].steps == 4 and config.sampling.mesh == {"data": 2, "fsdp": 1, "tensor": -1}
 
 
 def usage_error(capsys, *argv):
@@ -164,3 +170,17 @@ def test_the_config_argument_help_names_every_shipped_preset():
     command = build_parser()._subparsers._group_actions[0].choices["info"]
     help_text = next(a.help for a in command._actions if a.dest == "config")
     assert preset_names() and all(name in help_text for name in preset_names()), help_text
+
+
+def test_an_overlong_penalty_no_sample_can_reach_is_named_with_the_budget():
+    """DAPO's soft penalty starts after rewards.max_length - overlong_buffer tokens; the defaults (1024 - 256)
+    against the run's 8-token budget scored 0 on every sample, accepted silently before."""
+    scored = ["rewards.names=[accuracy,format,overlong]", "rewards.weights=[1.0,1.0,1.0]"]
+    load_fails(*scored, named="rewards.max_length=1024: the overlong penalty starts after max_length - "
+                              "overlong_buffer = 768 tokens, but stage grpo samples at most 8")
+    load_fails(*scored, "rewards.max_length=12", "rewards.overlong_buffer=4",
+               named="max_length - overlong_buffer = 8 tokens, but stage grpo samples at most 8")
+    config = load_config(TRAIN_CONFIG, [*scored, "rewards.max_length=8", "rewards.overlong_buffer=4"])
+    assert (config.rewards.max_length, config.sampling.max_new_tokens) == (8, 8)
+    # weighted 0 (logged, not trained on): taken as set
+    load_config(TRAIN_CONFIG, ["rewards.names=[accuracy,format,overlong]", "rewards.weights=[1.0,1.0,0.0]"])
