@@ -4,7 +4,9 @@
 - the batch (a dict of arrays, rows on axis 0) is split into `micro_batches` strided micro-batches
   (micro-batch i holds rows i, i + M, ...: with rows sharded contiguously over devices every micro-batch
   still spans all devices); gradients, loss stats and expert counts are summed over them in a `lax.scan`;
-  losses are normalised by global-batch quantities inside `micro_loss`, so the sum equals the full batch;
+  losses are normalised by global-batch quantities inside `micro_loss`, so the sum equals the full batch
+  (except the MoE router losses: the balance loss f . P and the z-loss are each micro-batch's, averaged, as
+  MaxText has them; f . P is not linear, so they and their gradients move a little with M);
   with M > 1 that sum is float32 whatever the parameters' dtype (bfloat16 parameters: each micro-batch
   gradient is widened, not the running sum rounded to bfloat16 M times), laid out like the parameters; with
   M = 1 the gradients are autodiff's, in the parameters' dtype;
@@ -91,7 +93,8 @@ def micro_split(batch: dict, micro: int) -> dict:
 
 
 def add_router_losses(loss, stats, aux, update: UpdateConfig, micro_batches: int):
-    """Adds the weighted balance and z losses (each micro-batch contributes 1 / M of its mean)."""
+    """Adds the weighted balance and z losses (each micro-batch contributes 1 / M of its own: not the full
+    batch's balance loss, which is not linear in the micro-batches; module docstring)."""
     if aux.load_balance_loss.shape[0]:
         balance = jnp.mean(aux.load_balance_loss) / micro_batches
         z = jnp.mean(aux.z_loss) / micro_batches

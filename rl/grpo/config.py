@@ -89,7 +89,9 @@ class GRPOConfig:
     # + max_new_tokens), which packs nothing when every sequence is longer than half of it; a shorter value
     # than a step's padded rows is raised to theirs
     dynamic_sampling: bool = False  # DAPO dynamic sampling: resample groups whose rewards are all equal
-    max_resample_rounds: int = 3  # bound on DAPO resampling rounds per step (DAPO: max_num_gen_batches)
+    # extra sampling rounds a step may draw after its first (DAPO's max_num_gen_batches counts the first too);
+    # still short of informative groups after them, the step fills its batch with uninformative ones
+    max_resample_rounds: int = 3
     # k, bounded staleness (rl.train.ahead): 0 = on-policy, each batch sampled by the weights it updates;
     # k >= 1: the batch of step n is sampled (and scored on the host) while steps n-k..n-1 update, with the
     # weights of version n-k, and its ratios and sampler corrections are taken against those weights'
@@ -133,13 +135,16 @@ class GRPOConfig:
 
     def notes(self) -> list[str]:
         """Settings that run but likely do not do what was meant (said once at the stage's start)."""
-        widest = max(self.clip_low, self.clip_high)
+        notes, widest = [], max(self.clip_low, self.clip_high)
         if self.ratio_level == "sequence" and widest > GSPO_CLIP_NOTE:
-            return [f"grpo.ratio_level=sequence with clip_low={self.clip_low:g}, clip_high={self.clip_high:g}: a "
-                    "sequence's ratio is the geometric mean of its tokens' ratios and seldom leaves 1 +- "
-                    f"{widest:g}, so the clip will hardly act; GSPO clips at 3e-4 / 4e-4 (grpo.clip_low=3e-4 "
-                    "grpo.clip_high=4e-4)"]
-        return []
+            notes.append(f"grpo.ratio_level=sequence with clip_low={self.clip_low:g}, clip_high={self.clip_high:g}: "
+                         "a sequence's ratio is the geometric mean of its tokens' ratios and seldom leaves 1 +- "
+                         f"{widest:g}, so the clip will hardly act; GSPO clips at 3e-4 / 4e-4 (grpo.clip_low=3e-4 "
+                         "grpo.clip_high=4e-4)")
+        if self.pack_length is not None and not self.pack:
+            notes.append(f"grpo.pack_length={self.pack_length} with grpo.pack=false: nothing is packed "
+                         "(grpo.pack=true packs)")
+        return notes
 
     @property
     def corrects_sampler(self) -> bool:

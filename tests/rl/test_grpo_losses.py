@@ -285,3 +285,10 @@ def test_a_sequence_level_ratio_with_token_level_clips_is_said_to_hardly_clip():
     assert "clip_low=0.2, clip_high=0.28" in note and "grpo.clip_low=3e-4 grpo.clip_high=4e-4" in note
     assert GRPOConfig(ratio_level="sequence", clip_low=3e-4, clip_high=4e-4).notes() == []
     assert GRPOConfig().notes() == []  # token level: the defaults are PPO's / DAPO's own
+
+
+def test_a_pack_length_without_packing_is_said_to_pack_nothing():
+    assert GRPOConfig(pack_length=64).notes() == [
+        "grpo.pack_length=64 with grpo.pack=false: nothing is packed (grpo.pack=true packs)"]
+    assert GRPOConfig(pack=True, pack_length=64).notes() == []
+    assert len(GRPOConfig(ratio_level="sequence", pack_length=64).notes()) == 2
