@@ -30,7 +30,7 @@ MAX_TRIES = 20
 _PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
 _PROMPT_NUMBERS = re.compile(r"from ([\d, ]+)\(")
 _PROMPT_LIST = re.compile(r"\[\s*(\d+(?:\s*,\s*\d+)+)\s*\]")  # "[19, 36, 55, 7]"
-_PROMPT_OPERATORS = re.compile(r"from [\d, ]+\(([-+*/]+)[,)]")
+_PROMPT_OPERATORS = re.compile(r"from [\d, ]+\(((?:\s*[-+*/]\s*,?)+)")  # "(+-*/, each" or "(+, -, *, /)"
 _OPERATORS = {"add": "+", "sub": "-", "neg": "-", "mul": "*", "div": "/", "pow": "^"}  # AST node -> symbol
 
 
@@ -80,9 +80,9 @@ def allowed_numbers(prompt: str, reference_node: tuple) -> Counter:
 
 
 def allowed_operators(prompt: str) -> str:
-    """The operator symbols the prompt lists ("(+-*/, each at most once)"), else + - * /."""
+    """The operator symbols the prompt lists ("(+-*/, each at most once)" or "(+, -, *, /)"), else + - * /."""
     match = _PROMPT_OPERATORS.search(prompt or "")
-    return match.group(1) if match else "+-*/"
+    return "".join(re.findall(r"[-+*/]", match.group(1))) if match else "+-*/"
 
 
 def operators(node: tuple) -> Iterator[str]:
@@ -125,6 +125,10 @@ def check_reference(prompt: str, reference: str) -> str | None:
                 "e.g. '(3+5)*2' (data.fields.answer can name such a column), or list the numbers in the prompt")
     if listed is not None and len(used) > 1 and Counter(used) - listed:
         return f"the reference {reference[:60]!r} uses numbers that the prompt does not list"
+    banned = sorted(set(operators(node)) - set(allowed_operators(prompt)))
+    if banned:  # every answer would be judged against operators the prompt seems to leave out
+        return (f"the reference {reference[:60]!r} uses {' '.join(banned)}, which the prompt's operator list "
+                f"({' '.join(allowed_operators(prompt))}) leaves out")
     return None
 
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from r1jax.errors import UserError
 from r1jax.rl.rewards import RewardsConfig, ScoreItem, score_item
-from r1jax.rl.tasks import TASKS, get_task, safe_math
+from r1jax.rl.tasks import TASKS, countdown, get_task, safe_math
 from r1jax.rl.tasks.arithmetic import parse_number, reduce_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -107,6 +107,24 @@ def test_countdown_rejects_operators_the_prompt_does_not_allow():
     assert not task.verify("2^3", "5+3")  # no prompt: still only + - * /
     only_add_sub = "Make 10 from 2, 3, 5 (+-, each at most once)"
     assert task.verify("2+3+5", "2+3+5", only_add_sub) and not task.verify("2*5", "2+3+5", only_add_sub)
+
+
+@pytest.mark.parametrize("listed, allowed", [("(+, -, *, /)", "+-*/"), ("(+ - * /)", "+-*/"), ("(+, *)", "+*"),
+                                             ("(-, each at most once)", "-")])
+def test_countdown_reads_an_operator_list_written_with_commas(listed, allowed):
+    # a data row's "(+, -, *, /)" was read as "+" alone: every correct answer with - * or / scored 0
+    task = get_task("countdown", 1)
+    prompt = f"Make 24 from 3, 8, 8, 3 {listed}"
+    assert task.verify("3*8", "3*8", prompt) == ("*" in allowed)
+    assert task.verify("8-3+8+3+8", "3*8", prompt.replace("8, 8, 3", "8, 8, 8, 3")) == ("+" in allowed and
+                                                                                          "-" in allowed)
+    assert countdown.allowed_operators(prompt) == allowed
+
+
+def test_a_countdown_reference_its_own_prompt_forbids_is_named():
+    assert countdown.check_reference("Make 24 from 3, 8, 8, 3 (+, -, *, /)", "3*8") is None
+    message = countdown.check_reference("Make 24 from 3, 8, 8, 3 (+, -)", "3*8")
+    assert "uses *, which the prompt's operator list (+ -) leaves out" in message
 
 
 @pytest.mark.parametrize("text,value", [
