@@ -33,6 +33,7 @@ from r1jax.errors import UserError
 from r1jax.rl.tasks import safe_math
 from r1jax.rl.tasks.base import Problem, Task, r1_solution, register_task, strip_markup
 
+MAX_COEF = 1000  # the `coef` knob's bound (each draw lists the 2 x coef non-zero values)
 _LEADING_VAR = re.compile(r"^\s*x\s*=(?!=)")
 _SIMPLIFY_TERM = re.compile(r"[+-]?\d*x|[+-]?\d+")
 
@@ -217,6 +218,13 @@ class AlgebraTask(Task):
         constant = self.knobs["constant"]
         if constant is not None and (isinstance(constant, bool) or not isinstance(constant, int) or constant < 0):
             raise UserError(f"task 'algebra': knob constant = {constant!r}: expected an integer >= 0")
+
+    def check_knobs(self) -> None:
+        self.knob_names("kinds", ("linear", "simplify", "expand"))  # an unknown kind generated simplify ones
+        self.knob_integer("coef", 1, MAX_COEF)
+        if type(self.knobs["integer_roots"]) is not bool:
+            raise UserError(f"task 'algebra': knob integer_roots = {self.knobs['integer_roots']!r}: expected true "
+                            "or false")
 
     def generate(self, seed: int, index: int) -> Problem:
         rng = self.rng(seed, index)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
+from r1jax.errors import UserError
 from r1jax.rl.tasks import safe_math
 from r1jax.rl.tasks.base import Problem, Task, r1_solution, register_task, strip_markup
 from r1jax.rl.tasks.math_answer import join_digit_groups
 
+MAX_DIGITS = safe_math.MAX_DIGITS  # of an answer: the verifier reads no longer number
 _PRECEDENCE = {"*": 2, "+": 1, "-": 1}
 _GROUPED = re.compile(r"[-+−]?\s*\d{1,3}(?:,\d{3})+(?:\.\d+)?")  # one number with thousands commas
 
@@ -64,6 +66,14 @@ class ArithmeticTask(Task):
         4: {"digits": 3, "operands": 3, "ops": "+-*"},
         5: {"digits": 3, "operands": 4, "ops": "+-*"},
     }
+
+    def check_knobs(self) -> None:
+        digits, count = self.knob_integer("digits", 1, MAX_DIGITS), self.knob_integer("operands", 2, 64)
+        ops = self.knob_names("ops", "+-*", separator="")
+        longest = digits * count if "*" in ops else digits + len(str(count))  # digits of the largest answer
+        if longest > MAX_DIGITS:  # an answer the verifier reads no number of (safe_math.MAX_DIGITS)
+            raise UserError(f"task 'arithmetic': knobs digits = {digits}, operands = {count}, ops = {''.join(ops)!r} "
+                            f"give answers of up to {longest} digits, past the {MAX_DIGITS} a number may have")
 
     def generate(self, seed: int, index: int) -> Problem:
         rng = self.rng(seed, index)

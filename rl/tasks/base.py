@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
-from typing import Callable
+from typing import Callable, Sequence
 
 from r1jax.errors import UserError
 
@@ -57,6 +57,28 @@ class Task:
             raise UserError(f"task {self.name!r}: unknown knob(s) {sorted(unknown)}; known: {known}")
         self.difficulty = difficulty
         self.knobs = {**dict.fromkeys(self.optional_knobs), **self.levels[difficulty], **knobs}
+        self.check_knobs()
+
+    def check_knobs(self) -> None:
+        """Refuse knob values the task cannot generate from (`knob_integer`, `knob_names`): a UserError naming
+        the knob, before the first batch (which raised KeyError, IndexError or ValueError, or generated
+        something else silently)."""
+
+    def knob_integer(self, name: str, low: int, high: int) -> int:
+        value = self.knobs[name]
+        if type(value) is not int or not low <= value <= high:
+            raise UserError(f"task {self.name!r}: knob {name} = {value!r}: expected an integer in [{low}, {high}]")
+        return value
+
+    def knob_names(self, name: str, known: Sequence[str], separator: str = ",") -> list[str]:
+        """A knob listing some of `known` ("linear,expand"; with separator "", characters: "+-*")."""
+        value = self.knobs[name]
+        parts = (value.split(separator) if separator else list(value)) if isinstance(value, str) else []
+        if not parts or any(part not in known for part in parts):
+            listed = separator.join(known) if separator else "".join(known)
+            raise UserError(f"task {self.name!r}: knob {name} = {value!r}: expected some of {listed!r}"
+                            + (f" separated by {separator!r}" if separator else ""))
+        return parts
 
     def rng(self, seed: int, index: int) -> random.Random:
         knobs = sorted((k, v) for k, v in self.knobs.items() if v is not None)  # unset knobs keep old streams

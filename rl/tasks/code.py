@@ -64,6 +64,10 @@ class CodeTask(Task):
         5: {"forms": "function,stdio,shaped", "max_constant": 999},
     }
 
+    def check_knobs(self) -> None:
+        self.knob_names("forms", ("function", "stdio", "shaped"))  # an unknown form generated stdio ones
+        self.knob_integer("max_constant", 2, 10**6)
+
     def generate(self, seed: int, index: int) -> Problem:
         rng = self.rng(seed, index)
         form = rng.choice(self.knobs["forms"].split(","))

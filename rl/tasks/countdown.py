@@ -27,6 +27,7 @@ from r1jax.rl.tasks.base import Problem, Task, r1_solution, register_task, strip
 
 MAX_TARGET = 1000
 MAX_TRIES = 20
+MAX_COUNT = 10  # numbers a problem combines (and distractors beside them)
 _PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
 _PROMPT_NUMBERS = re.compile(r"from ([\d, ]+)\(")
 _PROMPT_LIST = re.compile(r"\[\s*(\d+(?:\s*,\s*\d+)+)\s*\]")  # "[19, 36, 55, 7]"
@@ -142,6 +143,11 @@ class CountdownTask(Task):
         4: {"count": 3, "max_value": 25, "distractors": 1},
         5: {"count": 4, "max_value": 50, "distractors": 1},
     }
+
+    def check_knobs(self) -> None:
+        self.knob_integer("count", 2, MAX_COUNT)  # one number "makes" itself
+        self.knob_integer("max_value", 2, MAX_TARGET)
+        self.knob_integer("distractors", 0, MAX_COUNT)
 
     def generate(self, seed: int, index: int) -> Problem:
         rng = self.rng(seed, index)

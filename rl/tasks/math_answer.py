@@ -78,6 +78,9 @@ _NUMERIC_COMMANDS = re.compile(r"\\(?:[dt]?frac|sqrt|left|right|cdot|times|div|[
 _SPACE = r"(?:\\,|\\ |~| |\u00a0|\u2009|\u202f)"  # thin, normal, non-breaking, narrow no-break
 _SEPARATOR = re.compile(r"\{,\}|,\\!|" + _SPACE)
 _GROUPED = re.compile(r"(?<![\d.^_])\d{1,3}(?:(?:\{,\}|,\\!|%s)\d{3})+(?!\d)" % _SPACE)
+# a whole answer that is one number with thousands commas, signed or not ("-1,234", "+2,500.5"): math-verify
+# reads "1,234" as 1234 but "-1,234" as no number
+_COMMA_GROUPED = re.compile(r"\s*[-+−]?\s*\d{1,3}(?:,\d{3})+(?:\.\d+)?\s*")
 _AMBIGUOUS = re.compile(r"\d(?:\s|\\[,;: !]|~|\\q?quad(?![a-zA-Z])|[\u00a0\u2009\u202f])+\d")
 
 
@@ -101,7 +104,10 @@ def normalise(text: str) -> str:
 
 
 def join_digit_groups(text: str) -> str:
-    """'10\\,000', '10 000', '1{,}234{,}567' -> '10000', '1234567': separators between digit groups of three."""
+    """'10\\,000', '10 000', '1{,}234{,}567' -> '10000', '1234567': separators between digit groups of three; a
+    whole answer of one number with commas, '-1,234' -> '-1234'."""
+    if _COMMA_GROUPED.fullmatch(text):
+        return text.replace(",", "")
     return _GROUPED.sub(lambda match: _SEPARATOR.sub("", match.group(0)), text)
 
 

@@ -28,6 +28,9 @@ def math_task():
     # two numbers side by side with only spaces between: ambiguous, never scored
     ("7", "3 4", False), ("7", r"3\,4", False), ("2", "1 1", False), ("9", r"5 \quad 4", False),
     ("12", "1 2", False), ("100000", "1 000 00", False),
+    # a signed number with thousands commas (GSM8K's "#### -2,500"): math-verify read none, before
+    ("-1234", "-1,234", True), ("-2500", "-2,500", True), ("-1234.5", "-1,234.5", True), ("1234", "-1,234", False),
+    ("-1234", "−1,234", True), ("1234", "+1,234", True), ("-1234", "-1,23,4", False),
 ])
 def test_math_digit_groups_keep_their_value(math_task, reference, candidate, expected):
     assert math_task.verify(candidate, reference) is expected
@@ -36,7 +39,8 @@ def test_math_digit_groups_keep_their_value(math_task, reference, candidate, exp
 @pytest.mark.parametrize("text,joined", [
     (r"10\,000", "10000"), ("1 234 567", "1234567"), ("1{,}234", "1234"), (r"-12\ 345.5", "-12345.5"),
     ("x = 1, 000", "x = 1, 000"), ("(1, 000)", "(1, 000)"), ("0.123 456", "0.123 456"), ("2^3 000", "2^3 000"),
-    ("1 2 3", "1 2 3"), ("1234 567", "1234 567"), ("12 34", "12 34"),
+    ("1 2 3", "1 2 3"), ("1234 567", "1234 567"), ("12 34", "12 34"), (" -1,234 ", " -1234 "),
+    ("-1,234 + 5", "-1,234 + 5"), ("1,234, 5", "1,234, 5"),
 ])
 def test_join_digit_groups_joins_only_groups_of_three(text, joined):
     assert join_digit_groups(text) == joined

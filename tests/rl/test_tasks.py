@@ -333,3 +333,35 @@ def test_safe_math_reads_frac_as_latex_and_refuses_mixed_numbers(text, value):
             safe_math.evaluate(safe_math.parse(text))
     else:
         assert safe_math.evaluate(safe_math.parse(text)) == value
+
+
+@pytest.mark.parametrize("task, knobs, named", [
+    ("arithmetic", {"ops": "+/"}, "knob ops = '+/': expected some of '+-*'"),  # KeyError '/' at the first batch
+    ("arithmetic", {"ops": ""}, "knob ops = ''"),  # IndexError
+    ("arithmetic", {"digits": 0}, "knob digits = 0: expected an integer in [1, 24]"),  # ValueError
+    ("arithmetic", {"digits": "3"}, "knob digits = '3'"),  # TypeError
+    ("arithmetic", {"digits": 9, "operands": 3}, "give answers of up to 27 digits, past the 24"),  # 12% unverifiable
+    ("countdown", {"max_value": 0}, "knob max_value = 0: expected an integer in [2, 1000]"),
+    ("countdown", {"count": 1}, "knob count = 1"),  # "Make 1 from 1"
+    ("algebra", {"coef": 0}, "knob coef = 0"),
+    ("algebra", {"coef": 10**6}, "knob coef = 1000000"),  # 0.8 s a problem
+    ("algebra", {"kinds": "quadratic"}, "knob kinds = 'quadratic': expected some of 'linear,simplify,expand'"),
+    ("algebra", {"integer_roots": "yes"}, "knob integer_roots = 'yes'"),
+    ("code", {"forms": "bogus"}, "knob forms = 'bogus'"),  # generated stdio problems
+    ("code", {"max_constant": 1}, "knob max_constant = 1"),
+])
+def test_a_task_knob_it_cannot_generate_from_is_named_when_the_config_loads(task, knobs, named):
+    with pytest.raises(UserError) as err:
+        get_task(task, 3, **knobs)
+    assert f"task '{task}': " in str(err.value) and named in str(err.value)
+    from r1jax.rl.data import DataConfig
+    with pytest.raises(UserError, match=f"data.task_knobs.{task}: task"):
+        DataConfig(tasks=(task,), difficulty=3, task_knobs={task: knobs})
+
+
+def test_the_widest_arithmetic_knobs_taken_give_answers_the_verifier_reads():
+    task = get_task("arithmetic", 1, digits=8, operands=3)  # 24 digits at most
+    problems = [task.generate(0, i) for i in range(300)]
+    assert max(len(p.answer.lstrip("-")) for p in problems) >= 23
+    assert all(task.verify(p.answer, p.answer, p.prompt) for p in problems)
+    assert not task.verify(str(int(problems[0].answer) + 1), problems[0].answer, problems[0].prompt)
