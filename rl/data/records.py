@@ -66,7 +66,7 @@ def _jsonl_rows(path: pathlib.Path, digest=None) -> Iterator[tuple[int, dict]]:
     with handle:
         for number, raw in enumerate(handle, start=1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a BOM some editors write first
             except UnicodeDecodeError as err:
                 raise UserError(f"{path}: row {number}: not UTF-8 text ({err.reason})") from err
             if not line.strip():

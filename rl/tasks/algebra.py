@@ -251,7 +251,7 @@ class AlgebraTask(Task):
             return kind, tuple(sorted(factors.groups()))
         terms = re.findall(r"[+-]?[^+-]+", body) if kind == "Simplify" else []
         if not terms or "".join(terms) != body or not all(_SIMPLIFY_TERM.fullmatch(t) for t in terms):
-            return prompt
+            return Task.problem_key(prompt)
         xs = sorted(int(t[:-1] + "1" if t[:-1] in ("", "+", "-") else t[:-1]) for t in terms if t.endswith("x"))
         return kind, tuple(xs), tuple(sorted(int(t) for t in terms if not t.endswith("x")))
 

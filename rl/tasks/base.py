@@ -93,8 +93,9 @@ class Task:
     @staticmethod
     def problem_key(prompt: str) -> object:
         """What makes two problems of this task the same problem (held-out problems skip every training
-        problem's key): its prompt, unless the prompt can state one problem in several ways."""
-        return prompt
+        problem's key): its prompt with its whitespace runs made one space (a row's trailing newline or doubled
+        space held out a training problem), unless the prompt can state one problem in several ways."""
+        return " ".join(prompt.split())
 
     @staticmethod
     def problem_kind(prompt: str) -> object:

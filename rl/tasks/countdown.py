@@ -170,7 +170,7 @@ class CountdownTask(Task):
         numbers = _PROMPT_NUMBERS.search(prompt)
         target = re.match(r"Make (\d+) ", prompt)
         if numbers is None or target is None:
-            return prompt
+            return Task.problem_key(prompt)
         return int(target.group(1)), tuple(sorted(int(n) for n in re.findall(r"\d+", numbers.group(1))))
 
     def verify(self, candidate: str, reference: str, prompt: str = "") -> bool:

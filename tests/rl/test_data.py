@@ -103,6 +103,12 @@ def test_sft_data_needs_solutions_and_unreadable_files_are_named(tmp_path):
     (tmp_path / "latin1.jsonl").write_bytes(b'{"prompt": "a", "answer": "1"}\n{"prompt": "caf\xe9", "answer": "1"}\n')
     with pytest.raises(UserError, match=r"latin1.jsonl: row 2: not UTF-8 text"):
         load_problems(tmp_path / "latin1.jsonl")
+    # a byte-order mark first (Windows editors write one): read past; refused before ("Unexpected UTF-8 BOM")
+    (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"prompt": "a", "answer": "1"}\n{"prompt": "b", "answer": "2"}\n')
+    assert [p["prompt"] for p in load_problems(tmp_path / "bom.jsonl")] == ["a", "b"]
+    (tmp_path / "bom2.jsonl").write_bytes(b'{"prompt": "a", "answer": "1"}\n\xef\xbb\xbf{"prompt": "b", "answer": "2"}\n')
+    with pytest.raises(UserError, match=r"bom2.jsonl: row 2: not valid JSON"):  # only the file's first bytes
+        load_problems(tmp_path / "bom2.jsonl")
     (tmp_path / "dir.jsonl").mkdir()
     with pytest.raises(UserError, match=r"dir.jsonl' is not a file"):
         load_problems(tmp_path / "dir.jsonl")

@@ -307,6 +307,13 @@ def test_algebra_refuses_products_of_sums_before_sympy_expands_them():
             assert time.perf_counter() - start < 0.05, candidate
 
 
+@pytest.mark.parametrize("task", ["arithmetic", "math", "countdown", "algebra"])
+def test_a_prompt_differing_only_in_whitespace_is_the_same_problem(task):
+    # held out before: a data row's trailing newline or doubled space made a training problem a held-out one
+    key = TASKS[task].problem_key
+    assert key("What is 2+2?") == key(" What  is\n2+2? \n") != key("What is 2+3?")
+
+
 def test_algebra_problem_key_ignores_factor_and_term_order():
     key = TASKS["algebra"].problem_key
     assert key("Expand (x+3)(x-2)") == key("Expand (x-2)(x+3)") != key("Expand (x+3)(x+2)")
