@@ -35,6 +35,7 @@ class Filled(NamedTuple):
     rounds: int  # sampling rounds drawn
     informative: int  # informative groups in the batch (round.seconds: generation time over all rounds)
     tokens: int  # tokens generated over all rounds
+    drawn: list  # every round's scores (ScoreResult), in sampling order: what the policy got, unfiltered
 
 
 def informative_groups(results: Sequence[ScoreResult], group_size: int) -> np.ndarray:
@@ -67,7 +68,8 @@ def fill_informative(draw: Callable[[], Round], prompts: int, group_size: int, r
             break
     chosen = (informative + other)[:prompts]
     return Filled(_assemble(drawn, chosen, group_size, pad_id), len(drawn), min(len(informative), prompts),
-                  sum(int(np.asarray(p.rollout.lengths_B).sum()) for p in drawn))
+                  sum(int(np.asarray(p.rollout.lengths_B).sum()) for p in drawn),
+                  [result for p in drawn for result in p.results])
 
 
 def _assemble(drawn: list[Round], chosen: list[tuple[int, int]], group_size: int, pad_id: int) -> Round:

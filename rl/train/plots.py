@@ -11,7 +11,7 @@ from r1jax.files import write_atomically
 # figure name -> (title, metric keys drawn on it)
 PLOTS = {
     "reward": ("Reward", ["reward/total", "reward/accuracy", "reward/format"]),
-    "accuracy": ("Accuracy", ["reward/accuracy", "eval/pass@1"]),
+    "accuracy": ("Accuracy", ["reward/accuracy", "reward_sampled/accuracy", "eval/pass@1"]),
     "response_length": ("Response length (tokens)", ["response_length/mean", "response_length/max"]),
     "kl": ("KL to the reference policy", ["kl"]),
     "entropy": ("Entropy", ["entropy"]),

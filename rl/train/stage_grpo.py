@@ -138,6 +138,9 @@ def _draw(ctx: StageContext, iterator, sampler, runner: UpdateStage, ref_fn, ahe
                                   ctx.tokenizer.pad_id)
         rollout, _, texts, results, seconds = filled.round
         extra = {"dynamic/rounds": filled.rounds, "dynamic/informative_groups": filled.informative}
+        # the batch's reward/* leave out the all-correct groups the filter drops: the policy's own, unfiltered
+        extra.update({key.replace("reward/", "reward_sampled/", 1): value for key, value in
+                      reward_metrics(filled.drawn, ctx.config.rewards.names).items() if key.startswith("reward/")})
         generated = filled.tokens
     else:
         sampled = _sample(ctx, next(iterator), sampler, runner)

@@ -54,6 +54,10 @@ def test_informative_groups_of_later_rounds_replace_uninformative_ones_and_rows_
     assert tokens[:4, :2].tolist() == [[0, 0]] * 4 and not np.asarray(batch.rollout.valid_BT)[:4, :2].any()
     assert tokens[:, -1].tolist() == [100, 101, 130, 131, 210, 211, 220, 221]
     assert np.asarray(batch.rollout.experts_LBTK).shape == (1, 8, 4 + N, 2)
+    # what the policy scored over everything it drew (9 of 16 correct), not the filtered batch's 4 of 8
+    assert [r.total for r in filled.drawn] == [1, 0, 0, 0, 1, 1, 0, 1, 1, 1, 0, 1, 1, 0, 0, 1]
+    from r1jax.rl.train.rollouts import reward_metrics
+    assert reward_metrics(filled.drawn, ["accuracy"])["reward/accuracy"] == 9 / 16
 
 
 def test_when_rounds_run_out_uninformative_groups_fill_the_batch_in_sampling_order():

@@ -47,6 +47,9 @@ def test_stages_run_in_order_with_contiguous_steps(pipeline_run):
         if row["stage"] == "grpo":  # DAPO dynamic sampling: 1 to 1 + max_resample_rounds rounds per step
             assert 1 <= row["dynamic/rounds"] <= 3 and 0 <= row["dynamic/informative_groups"] <= 4
             assert row["dynamic/informative_groups"] == round(4 * (1 - row["frac_reward_zero_std"]))
+            assert 0 <= row["reward_sampled/accuracy"] <= 1  # every drawn completion's, beside the batch's
+            if row["dynamic/rounds"] == 1:  # one round: the batch is all it drew
+                assert row["reward_sampled/total"] == pytest.approx(row["reward/total"])
     summary = json.loads((pipeline_run / "summary.json").read_text())
     assert [e["stage"] for e in summary["evals"]] == ["sft", "grpo", "sft_rs", "distill"]
     assert [d["stage"] for d in summary["datasets"]] == ["rs"]
