@@ -190,15 +190,19 @@ def load_config(name_or_path: str | pathlib.Path = "tiny", overrides: Sequence[s
     path = resolve_path(name_or_path)
     try:
         top = pyyaml.safe_load(path.read_text(encoding="utf-8"))  # its type: OmegaConf read "hello" as {hello: null}
-    except Exception as err:  # a YAML syntax error; name the file
-        raise UserError(f"config file {path}: cannot parse YAML: {err}") from err
+    except pyyaml.MarkedYAMLError as err:  # a syntax error: one line, at the file's line and column
+        mark = err.problem_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise UserError(f"config file {where}: cannot parse YAML: {err.problem or err.context}") from None
+    except Exception as err:  # other YAML errors; name the file
+        raise UserError(f"config file {path}: cannot parse YAML: {' '.join(str(err).split())}") from err
     if not isinstance(top, (dict, type(None))):  # an empty file: every default
         raise UserError(f"config file {path}: the top level must be a mapping of sections (model:, grpo:, "
                         f"stages:, ...), not a {type(top).__name__}")
     try:
         yaml = OmegaConf.load(path)
-    except Exception as err:  # what OmegaConf refuses of valid YAML
-        raise UserError(f"config file {path}: cannot parse YAML: {err}") from err
+    except Exception as err:  # what OmegaConf refuses of valid YAML (a duplicate key), on one line
+        raise UserError(f"config file {path}: cannot parse YAML: {' '.join(str(err).split())}") from err
     parsed = parse_overrides(overrides)
     config = config_from_dicts(yaml, parsed, source=str(path))
     return with_hf_architecture(config, model_fields_given(yaml, parsed, str(path)))

@@ -26,6 +26,17 @@ def test_an_override_that_is_not_yaml_is_named(override, problem):
     load_fails(override, named=[f"overrides: {override!r}: not valid YAML", problem])  # a ParserError before
 
 
+@pytest.mark.parametrize("text, named", [
+    ("grpo:\n  group_size: [1\n", ":3:1: cannot parse YAML: expected ',' or ']', but got '<stream end>'"),
+    ("grpo:\n\tgroup_size: 1\n", ":2:1: cannot parse YAML: found character '\\t' that cannot start any token"),
+    ("seed: 1\nseed: 2\n", ": cannot parse YAML: while constructing a mapping"),  # OmegaConf's: one line too
+])
+def test_a_yaml_syntax_error_is_one_line_at_the_files_line_and_column(tmp_path, text, named):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)  # eight lines before, the file named "<unicode string>" in them
+    load_fails(named=f"config file {path}{named}", config=path)  # load_fails: a message of one line
+
+
 def test_a_config_file_of_the_wrong_shape_is_named(tmp_path):
     top = tmp_path / "list.yaml"
     top.write_text("- model\n- grpo\n")  # a TypeError "Cannot merge incompatible container types" before
