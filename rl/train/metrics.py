@@ -157,7 +157,8 @@ class MetricsWriter:
             f.write(json.dumps(row) + "\n")
         tb = self._tensorboard()
         for key, value in row.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "global_step":
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "global_step" \
+                    and not key.startswith("eval/"):  # log_eval writes those, on their own axis
                 tb.add_scalar(f"{row['stage']}/{key}", value, row["global_step"])
         self._rows_since_plot += 1
         if self._rows_since_plot >= self.plot_every:

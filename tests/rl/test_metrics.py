@@ -75,6 +75,17 @@ def test_an_evaluation_with_one_sample_writes_its_pass_at_1_once(tmp_path):
     assert purged_scalars(tmp_path / "tensorboard") == {("eval/pass_1", 1): 0.5, ("eval/cons_1", 1): 0.5}
 
 
+def test_a_rows_evaluation_figure_is_written_once_under_eval(tmp_path):
+    # a GRPO row carries the periodic evaluation's eval/pass@1: it showed as grpo/eval/pass_1 beside eval/pass_1
+    writer = MetricsWriter(tmp_path, plots=False)
+    writer.write({"global_step": 3, "step": 3, "stage": "grpo", "loss": 0.5, "eval/pass@1": 0.25})
+    writer.log_eval({"stage": "grpo", "step": 3, "k": 1, "pass@1": 0.25})
+    writer.close()
+    tags = {tag for tag, _ in purged_scalars(tmp_path / "tensorboard")}
+    assert tags == {"grpo/loss", "grpo/step", "grpo/wall_time", "eval/pass_1"}
+    assert read_rows(tmp_path / "metrics.jsonl")[0]["eval/pass@1"] == 0.25  # the row itself keeps it
+
+
 class Killed(BaseException):
     """The process killed mid-write (a BaseException, as a signal's exit is: no handler catches it)."""
 
