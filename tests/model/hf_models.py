@@ -39,13 +39,18 @@ def hf_config(cfg: ModelConfig):
     return transformers.Qwen3MoeConfig(**keep, **common)
 
 
-def random_hf_model(cfg: ModelConfig, seed: int = 0, bias_scale: float = 0.0):
-    """A randomly initialised HF model; `bias_scale` > 0 also randomises e_score_correction_bias."""
+def random_hf_model(cfg: ModelConfig, seed: int = 0, bias_scale: float = 0.0, initializer_range: float | None = None):
+    """A randomly initialised HF model; `bias_scale` > 0 also randomises e_score_correction_bias;
+    `initializer_range`: the weights' std (HF's 0.02 leaves expert outputs too small for a wrong routing to
+    show in the logits)."""
     import torch
     import transformers
 
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(hf_config(cfg), dtype=torch.float32)
+    config = hf_config(cfg)
+    if initializer_range is not None:
+        config.initializer_range = initializer_range
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:  # HF initialises norms to one; perturb them so the test sees their role
