@@ -15,7 +15,7 @@ from r1jax.rl.grpo.advantages import ADVANTAGE_ESTIMATORS, STD_KINDS
 from r1jax.rl.grpo.aggregation import AGGREGATIONS
 from r1jax.rl.grpo.kl import KL_ESTIMATORS
 from r1jax.rl.grpo.ratios import RATIO_LEVELS
-from r1jax.rl.config_checks import MAX_TEMPERATURE, MIN_TEMPERATURE
+from r1jax.rl.config_checks import INT32_MAX, MAX_TEMPERATURE, MIN_TEMPERATURE
 
 SCHEDULES = ("constant", "warmup_cosine")
 # Upper bounds of the loss's scalars: each far past any published setting, each low enough that the loss and its
@@ -179,9 +179,9 @@ class OptimizerConfig:
         s = "optimizer"
         _require(self.lr > 0, s, "lr", self.lr, "> 0")
         _require(self.schedule in SCHEDULES, s, "schedule", self.schedule, f"one of {list(SCHEDULES)}")
-        _require(self.warmup_steps >= 0, s, "warmup_steps", self.warmup_steps, ">= 0")
-        _require(self.total_steps is None or self.total_steps >= 1, s, "total_steps", self.total_steps,
-                 "null (each stage's updates) or an integer >= 1")
+        _require(0 <= self.warmup_steps <= INT32_MAX, s, "warmup_steps", self.warmup_steps, "in [0, 2^31-1]")
+        _require(self.total_steps is None or 1 <= self.total_steps <= INT32_MAX, s, "total_steps",
+                 self.total_steps, "null (each stage's updates) or an integer in [1, 2^31-1] (counted in int32)")
         if self.schedule == "warmup_cosine":
             ok = self.total_steps is None or self.total_steps > self.warmup_steps  # None: each stage's steps
             _require(ok, s, "total_steps", self.total_steps, "null or an integer > warmup_steps for warmup_cosine")

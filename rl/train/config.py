@@ -63,8 +63,8 @@ class StageConfig:
         where = f"stages[{self.name}]"
         if self.kind not in STAGE_KINDS:
             raise UserError(f"{where}.kind={self.kind!r}: choose one of {', '.join(STAGE_KINDS)}")
-        if self.steps < 0:
-            raise UserError(f"{where}.steps={self.steps}: must be >= 0")
+        if not 0 <= self.steps <= INT32_MAX:  # the schedule counts updates in int32 on the device
+            raise UserError(f"{where}.steps={self.steps}: must be in [0, 2^31-1]")
         if self.batch_size < 1:
             raise UserError(f"{where}.batch_size={self.batch_size}: must be >= 1")
         if self.lr is not None and self.lr <= 0:

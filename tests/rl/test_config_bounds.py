@@ -87,6 +87,10 @@ from r1jax.rl.rewards.config import CodeConfig, FieldError, PoolConfig
     ("stages.1.temperature=1e300", "stages[grpo].temperature=1e+300"),
     ("update.aux_loss_coef=1e308", "update.aux_loss_coef"),
     ("optimizer.total_steps=-5", "optimizer.total_steps = -5"),
+    # the schedule counts updates in int32: an OverflowError in the learning-rate schedule before
+    ("optimizer.total_steps=99999999999999", "optimizer.total_steps = 99999999999999"),
+    ("optimizer.warmup_steps=99999999999", "optimizer.warmup_steps = 99999999999: expected in [0, 2^31-1]"),
+    ("stages.0.steps=99999999999999999999", "stages[sft].steps=99999999999999999999: must be in [0, 2^31-1]"),
     ("optimizer.total_steps=0", "optimizer.total_steps = 0"),
     ("plots=2", "plots = 2: expected true or false"),
     ("checkpoint.async_save=2", "checkpoint.async_save = 2: expected true or false"),
