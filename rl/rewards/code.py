@@ -3,17 +3,18 @@
 Tests (a code item's `tests`, stored on the ScoreItem as JSON) come in two forms, never mixed:
 - assertions around a named function (HumanEval/MBPP): `["assert f(2) == 4", ...]`, with an optional
   `entry_point` ("f"), which must then be defined and callable, and is also bound to `candidate`. All
-  assertions of an item run in one sandboxed process, in order, in the program's namespace, after the program
-  is defined as a module that is not `__main__` (a main guard does not run). An assertion
-  `assert EXPR == LITERAL` (or `LITERAL == EXPR`; LITERAL: what `ast.literal_eval` reads) is split here:
-  only EXPR goes to the sandbox, which sends back its value (sandbox_runner.encode), and it passes when
-  that value == LITERAL, compared here. A value that is not of a builtin type (a custom object, a numpy
-  array), one whose encoding would be longer than sandbox_runner.MAX_VALUE_CHARS (2**18 characters: ~18k
-  small ints, a 128k-character ASCII string; encoding stops there), or an EXPR that raises fails that
+  assertions of an item run in one sandboxed run, in order, in a judge's namespace where the program's
+  functions and classes are stubs of the program's process (sandbox_runner: the program is defined there as a
+  module that is not `__main__`, so a main guard does not run; values cross between the two as builtin
+  values, sandbox_values). An assertion `assert EXPR == LITERAL` (or `LITERAL == EXPR`; LITERAL: what
+  `ast.literal_eval` reads) is split here: only EXPR goes to the sandbox, which sends back its value, and it
+  passes when that value == LITERAL, compared here. A value that is not of a builtin type (a custom object, a
+  numpy array), one whose encoding would be longer than sandbox_values.MAX_VALUE_CHARS (2**18 characters:
+  ~18k small ints, a 128k-character ASCII string; encoding stops there), or an EXPR that raises fails that
   assertion only (the values of all of them together still count in the run's `output_bytes`); a subclass of
   a builtin type compares as its builtin value (a namedtuple as a tuple; its own __eq__ is not called). Any
   other assertion (`assert abs(f(x) - y) < 1e-6`, `def check(candidate): ...`, several statements) runs
-  whole in the sandbox and passes when it raises nothing.
+  whole in the judge and passes when it raises nothing.
 - standard input/output pairs (competitive programming): `[{"input": "3\\n", "output": "6\\n"}, ...]`. Each
   pair is one sandboxed run of the program as `__main__`; it passes when it exits 0 and its output equals
   the expected one up to trailing whitespace on each line and trailing blank lines.
@@ -28,15 +29,14 @@ output limit), sandbox_error (the sandbox failed: nothing is known about the pro
 stdio tests stop at the first failure.
 
 Only the sandbox runs model text. Assertion results come back as a line marked with a random nonce, which
-reaches the runner by a pipe it empties before the program runs (a file in the sandbox could be read again:
-a program read it and forged a passing line), written to a private copy of stdout by a harness that bound
-its builtins before the program ran; one that exits early, prints fake verdicts, or replaces `builtins`,
-`json` or `sys.stdout` cannot forge it. A split assertion's expected value never enters the sandbox and
-equality is decided here, so a program passes it only by producing the right value. The assertions that
-run whole in the sandbox (with their expected values readable in its tests file) are judged in the
-program's own interpreter: a program written against the harness can still pass them by walking the
-frames (or the garbage collector) to the nonce and the harness, or by returning an object whose `__eq__`
-is always true. Stdio verdicts are decided here, on the program's output, and cannot be forged.
+reaches the judge by a pipe after the program's process was forked (a file in the sandbox could be read
+again: a program read it and forged a passing line), as do the tests; the judge runs no program code and is
+not dumpable, so neither its frames, its objects nor its memory are within the program's reach, and what the
+program returns arrives as builtin values (an object whose `__eq__` is always true arrives as a reference
+equal only to itself; until 2026-12-04 the assertions judged whole ran in the program's own interpreter,
+where such an object, or a harness rewritten through the garbage collector, passed them). A split
+assertion's expected value never enters the sandbox and equality is decided here. Stdio verdicts are decided
+here, on the program's output, and cannot be forged.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ import ast
 import dataclasses
 import functools
 import json
-import re
 import secrets
 
 from r1jax.errors import UserError
@@ -53,15 +52,11 @@ from r1jax.rl.rewards.config import CodeConfig, RewardsConfig
 from r1jax.rl.rewards.extract import ANSWER, END_ANSWER, split_completion
 from r1jax.rl.rewards.functions import ScoreItem, register_reward
 from r1jax.rl.rewards.sandbox import RunResult, run_python
+from r1jax.rl.rewards.sandbox_values import decode as decode_value
 
 CODE_STATUSES = ("passed", "failed", "syntax_error", "timeout", "memory", "crashed", "sandbox_error")
 FENCES = ("```python", "```py", "```Python")
 _IN_SANDBOX = object()  # the expected value of an assertion judged whole in the sandbox
-_MAX_DEPTH = 100  # sandbox_runner.MAX_DEPTH
-_HEX_INT = re.compile(r"-?[0-9a-f]+")
-_HEX_FLOAT = re.compile(r"-?(0x[0-9a-f]+(\.[0-9a-f]*)?p[+-][0-9]+|inf|nan)")
-_HEX_BYTES = re.compile(r"(?:[0-9a-f]{2})*")
-_CONTAINERS = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}
 _RUN_TO_CODE = {"exit": "crashed", "output_limit": "crashed", "syntax_error": "syntax_error",
                 "timeout": "timeout", "memory": "memory", "sandbox_error": "sandbox_error"}
 
@@ -220,38 +215,6 @@ def _judge(result, expected) -> bool:
     if not (isinstance(result, list) and len(result) == 2 and result[0] == "value"):
         raise ValueError(f"not a value: {result!r:.80}")
     return bool(decode_value(result[1]) == expected)
-
-
-def decode_value(node, depth: int = 0):
-    """The value sandbox_runner.encode wrote, rebuilt from its JSON with builtin types only (never eval);
-    ValueError (or TypeError: an unhashable set item) on anything else."""
-    if not (isinstance(node, list) and node and isinstance(node[0], str)) or depth > _MAX_DEPTH:
-        raise ValueError(f"not an encoded value: {node!r:.80}")
-    tag, args = node[0], node[1:]
-    if not all(isinstance(a, str) for a in args) or tag in ("list", "tuple", "set", "frozenset", "dict"):
-        return _decode_container(tag, args, depth)
-    if (tag, args) in (("none", []), ("bool", ["0"]), ("bool", ["1"])):
-        return None if tag == "none" else args == ["1"]
-    if tag == "int" and len(args) == 1 and _HEX_INT.fullmatch(args[0]):
-        return int(args[0], 16)
-    if tag in ("float", "complex") and len(args) == (1 if tag == "float" else 2):
-        if not all(_HEX_FLOAT.fullmatch(a) for a in args):
-            raise ValueError(f"not a float.hex: {args!r:.80}")
-        return float.fromhex(args[0]) if tag == "float" else complex(*map(float.fromhex, args))
-    if tag in ("str", "bytes") and len(args) == 1 and _HEX_BYTES.fullmatch(args[0]):
-        raw = bytes.fromhex(args[0])
-        return raw if tag == "bytes" else raw.decode("utf-8", "surrogatepass")
-    raise ValueError(f"not an encoded value: {node!r:.80}")
-
-
-def _decode_container(tag: str, args: list, depth: int):
-    if len(args) != 1 or not isinstance(args[0], list):
-        raise ValueError(f"not an encoded {tag}: {args!r:.80}")
-    if tag in _CONTAINERS:
-        return _CONTAINERS[tag](decode_value(item, depth + 1) for item in args[0])
-    if tag != "dict" or not all(isinstance(pair, list) and len(pair) == 2 for pair in args[0]):
-        raise ValueError(f"not an encoded value: {tag!r:.80}")
-    return {decode_value(k, depth + 1): decode_value(v, depth + 1) for k, v in args[0]}
 
 
 def _stdio(program: str, tests: list[tuple[str, str]], config: CodeConfig) -> CodeOutcome:

@@ -46,6 +46,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from r1jax.errors import UserError
@@ -57,6 +58,7 @@ MODES = ("bwrap", "rlimits_only")
 # itself failed (bwrap missing or refused, the seccomp filter not loaded), which says nothing about the program.
 RUN_STATUSES = ("ok", "exit", "syntax_error", "timeout", "memory", "output_limit", "sandbox_error")
 RUNNER = pathlib.Path(__file__).with_name("sandbox_runner.py")
+VALUES = pathlib.Path(__file__).with_name("sandbox_values.py")  # the runner's codec, copied in beside it
 SYNTAX_EXIT, MEMORY_EXIT, SECCOMP_EXIT = 65, 66, 67  # as in sandbox_runner.py
 CPU_SIGNALS = (signal.SIGXCPU, signal.SIGKILL)  # the soft and the hard RLIMIT_CPU
 CLEAN_ENV = {"PATH": "/usr/bin:/bin", "LC_CTYPE": "C.UTF-8"}
@@ -192,12 +194,14 @@ def _get_run_root() -> str:
 def run_python(source: str, *, stdin: bytes = b"", mode: str = "bwrap", limits: SandboxLimits = SandboxLimits(),
                kind: str = "stdio", tests: list[str] | None = None, entry_point: str | None = None) -> RunResult:
     """Run `source` in the sandbox: `kind` "stdio" runs it as a script on `stdin`; "assert" runs `tests`
-    (assertion statements) against it, stdin then holding the nonce line (sandbox_runner.py)."""
+    (assertion statements) against it, stdin then holding the nonce line, to which the tests and the entry
+    point are added as a JSON line (sandbox_runner.py: read only by its judge, never by the program's
+    process nor from a file the program could read)."""
     if mode not in MODES:
         raise UserError(f"rewards.code.sandbox = {mode!r}: expected one of {', '.join(MODES)}")
     uid = sandbox_uid()
     with tempfile.TemporaryDirectory(prefix="run-", dir=_get_run_root()) as run_dir:
-        _write_run_files(run_dir, uid, source, stdin if kind == "stdio" else None, tests, entry_point)
+        _write_run_files(run_dir, uid, source, stdin if kind == "stdio" else None)
         if mode == "bwrap" and shutil.which("bwrap") is None:
             return RunResult("sandbox_error", b"", None, "bwrap is not installed")
         seccomp = filter_pipe()  # read by bwrap (--seccomp), else by the runner; closed by _run
@@ -212,7 +216,8 @@ def run_python(source: str, *, stdin: bytes = b"", mode: str = "bwrap", limits: 
                          str(runner_seccomp)]
         try:
             if kind != "stdio":
-                return _run(argv, stdin, cwd, limits, seccomp)
+                return _run(argv, stdin + json.dumps([tests or [], entry_point]).encode() + b"\n", cwd, limits,
+                            seccomp)
             with open(pathlib.Path(run_dir) / "stdin", "rb") as stdin_file:
                 return _run(argv, stdin_file, cwd, limits, seccomp)
         finally:
@@ -220,12 +225,11 @@ def run_python(source: str, *, stdin: bytes = b"", mode: str = "bwrap", limits: 
                 kill_user_processes(uid)
 
 
-def _write_run_files(run_dir: str, uid: int, source: str, stdin: bytes | None, tests, entry_point) -> None:
+def _write_run_files(run_dir: str, uid: int, source: str, stdin: bytes | None) -> None:
     """The run directory is 0750, as root owned by the sandbox user and group 0 (bwrap's root reads it without
     CAP_DAC_OVERRIDE as the group): no other scoring process's programs can read it."""
     os.chmod(run_dir, 0o750)
-    files = {"program.py": source, "runner.py": RUNNER.read_text(),
-             "tests.json": json.dumps([tests or [], entry_point])}
+    files = {"program.py": source, "runner.py": RUNNER.read_text(), "sandbox_values.py": VALUES.read_text()}
     for name, text in files.items():
         (pathlib.Path(run_dir) / name).write_text(text, encoding="utf-8")
         os.chmod(pathlib.Path(run_dir) / name, 0o644)
@@ -263,16 +267,8 @@ def _run(argv: list[str], stdin, cwd: str, limits: SandboxLimits, seccomp: int |
     finally:
         if seccomp is not None:
             os.close(seccomp)
-    if piped:  # well under a pipe's buffer: the write does not wait for the reader
-        try:
-            proc.stdin.write(stdin)
-        except BrokenPipeError:  # it ended already: its status below says how
-            pass
-        finally:
-            try:
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass
+    if piped:  # by a thread: tests past a pipe's buffer wait for the judge, inside the wall time below
+        threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True).start()
     deadline = time.monotonic() + limits.wall_s
     out, err, over, timed_out = bytearray(), bytearray(), False, False
     with selectors.DefaultSelector() as selector:
@@ -299,6 +295,18 @@ def _run(argv: list[str], stdin, cwd: str, limits: SandboxLimits, seccomp: int |
     proc.stdout.close()
     proc.stderr.close()
     return _classify(proc.returncode, bytes(out), err.decode("utf-8", "replace"), timed_out, over, limits)
+
+
+def _feed(pipe, data: bytes) -> None:
+    try:
+        pipe.write(data)
+    except (BrokenPipeError, ValueError):  # it ended already (its status says how), or the run was cleaned up
+        pass
+    finally:
+        try:
+            pipe.close()
+        except (BrokenPipeError, ValueError):
+            pass
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

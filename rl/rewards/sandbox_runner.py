@@ -7,21 +7,29 @@ LIMITS_JSON: {"cpu_s", "memory_mb", "processes", "file_mb", "open_files"} applie
 anything untrusted runs (after bwrap created the namespaces, so the process count is counted inside them).
 UID >= 0 (the trainer runs as root): drop to that user id, so that the kernel enforces RLIMIT_NPROC (root
 is exempt from it). SECCOMP_FD >= 0 (`rlimits_only`): a descriptor holding the seccomp filter
-(rl.rewards.seccomp), loaded before the program runs (-1: none; bwrap loads it itself). MODE `stdio`: run
-program.py as __main__ on this process's stdin. MODE `assert`: the first stdin line is a nonce; define the
-program (as module `__solution__`, so a main guard does not run), run each test of tests.json against it, in
-order, in the program's namespace, and write `NONCE [result, ...]` as the last line, one result per test:
+(rl.rewards.seccomp), loaded before the program runs (-1: none; bwrap loads it itself).
+
+MODE `stdio`: run program.py as __main__ on this process's stdin.
+
+MODE `assert`: two processes. This one, the judge, forks the program's process first, then reads the nonce
+and the tests from stdin (a pipe: never in the program's memory or files), and runs each test in a namespace
+of its own, where the program's functions and classes are stubs: a call sends its arguments (values of builtin
+types, or references to the program's objects) to the program's process, which defines the program as module
+`__solution__` (a main guard does not run) and calls the real function; the value comes back encoded
+(sandbox_values) and is rebuilt here of builtin types, so an object whose `__eq__` is always true arrives as
+a reference, equal to nothing but itself. An object that is no builtin value (an instance of the program's
+class) arrives as a reference whose attributes and calls go back to the program; it has no other operation.
+No program code runs in this process, which is not dumpable (its memory and descriptors out of the program's
+reach), so the frames, the garbage collector, the nonce and the verdict are out of its reach too. The verdict,
+`NONCE [result, ...]` on this process's stdout (the program's is /dev/null), has one result per test:
 - `eval EXPR` (an `assert EXPR == LITERAL` the trainer split; the LITERAL never comes here): the value of
-  EXPR as `["value", ENCODED]` (encode()), or "unencodable", "too_large" (ENCODED would be longer than
-  MAX_VALUE_CHARS; encoding stops there) or "raised" (the trainer compares the value; any but a value fails);
-- `exec STATEMENTS` (any other assertion, judged here): 1 when it raises nothing, else 0.
-What the harness uses after the program started (exec, eval, compile, the encoder's builtins, os.write and a
-private duplicate of stdout) is bound before it runs, and `__main__` no longer names this module then, so a
-program that replaces builtins, `json`, `sys.stdout` or fd 1 does not change the verdicts; one that walks the
-frames or the garbage collector to this module's objects still can (the `exec` results: an `eval` value is
-judged outside).
+  EXPR as `["value", ENCODED]`, or "unencodable", "too_large" (longer than MAX_VALUE_CHARS) or "raised" (the
+  trainer compares the value; any but a value fails);
+- `exec STATEMENTS` (any other assertion): 1 when it raises nothing, else 0.
+A test's arguments do not come back: a function that changes a list in place changes the program's copy.
 Exit codes other than the program's own: SYNTAX_EXIT (the program does not compile), MEMORY_EXIT, SECCOMP_EXIT
-(the filter could not be loaded: the program never ran).
+(the filter could not be loaded: the program never ran); the program's process ended by a signal (its CPU
+limit) ends the judge by the same one.
 """
 
 import json
@@ -34,22 +42,15 @@ import types
 
 SYNTAX_EXIT, MEMORY_EXIT, SECCOMP_EXIT = 65, 66, 67
 PR_SET_PDEATHSIG, PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS, SECCOMP_MODE_FILTER = 1, 22, 38, 2
-MAX_DEPTH = 100  # nesting of an encoded value; deeper (or self-containing) is "unencodable"
-MAX_VALUE_CHARS = 1 << 18  # length of one encoded value; longer is "too_large" (~18k small ints, a 128k-char str)
+PR_SET_DUMPABLE = 4
 HERE = os.path.dirname(os.path.abspath(__file__))
-# Bound now, before any program runs: it can then replace the builtins and modules' names, not these.
-_exec, _eval, _compile, _write, _exit = exec, eval, compile, os.write, os._exit
-_type, _isinstance, _enumerate, _BaseException, _MemoryError = (type, isinstance, enumerate, BaseException,
-                                                                MemoryError)
-_int_hex, _int_bits, _float_hex, _complex_parts = int.__format__, int.bit_length, float.hex, complex.__getnewargs__
-_len, _str_len, _bytes_len, _bytearray_len = len, str.__len__, bytes.__len__, bytearray.__len__
-_str_bytes, _bytes_hex, _bytearray_hex = str.encode, bytes.hex, bytearray.hex
-_list_iter, _tuple_iter, _set_iter, _dict_items = list.__iter__, tuple.__iter__, set.__iter__, dict.items
-_frozenset_iter, _join = frozenset.__iter__, str.join
-_CONTAINERS = ((list, "list", _list_iter), (tuple, "tuple", _tuple_iter), (set, "set", _set_iter),
-               (frozenset, "frozenset", _frozenset_iter))
-_int, _float, _complex, _str, _bytes, _bytearray, _dict, _callable = (int, float, complex, str, bytes, bytearray,
-                                                                       dict, callable)
+sys.path.insert(0, HERE)  # (-I left the script's directory out)
+import sandbox_values as values  # noqa: E402  (copied in beside this file)
+del sys.path[0]  # a test's `import math` must not find a math.py the program wrote there (rlimits_only)
+_BUILTIN_NAMES = frozenset(dir(__builtins__))  # never a program's name in the tests: its `abs` would judge them
+_UNIMPORTED = frozenset({"antigravity", "this"})  # standard modules whose import does something
+
+MAX_REPLY_CHARS = values.MAX_VALUE_CHARS + 64  # a reply line of the program's process, its frame included
 
 
 def limit(limits: dict) -> None:
@@ -130,7 +131,6 @@ def main() -> None:
     drop_root(uid)
     die_with_parent(prctl, parent)
     load_seccomp(prctl, seccomp_fd)
-    nonce = sys.stdin.readline().strip() if mode == "assert" else ""
     with open(os.path.join(HERE, "program.py"), encoding="utf-8") as handle:
         source = handle.read()
     try:
@@ -144,20 +144,261 @@ def main() -> None:
         run(code, "__main__")
         sys.stdout.flush()
         return
-    with open(os.path.join(HERE, "tests.json"), encoding="utf-8") as handle:
-        tests, entry_point = json.load(handle)
-    verdict_fd = os.dup(1)  # the program may replace sys.stdout or fd 1: the verdict goes here
-    sys.modules["__main__"] = types.ModuleType("__main__")  # `import __main__` no longer reaches these names
-    namespace = run(code, "__solution__", exit_on_error=False)
+    judge(code, prctl)
+
+
+def judge(code, prctl) -> None:
+    """The assert mode (module docstring): fork the program's process, then judge the tests here."""
+    if prctl is not None:
+        import ctypes
+
+        prctl(PR_SET_DUMPABLE, ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+    requests_r, requests_w = os.pipe()
+    replies_r, replies_w = os.pipe()
+    here = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        os.close(requests_w)
+        os.close(replies_r)
+        die_with_parent(prctl, here)
+        serve(code, requests_r, replies_w)
+    os.close(requests_r)
+    os.close(replies_w)
+    nonce = sys.stdin.readline().strip()  # read only now: the program's process never held them
+    tests, entry_point = json.loads(sys.stdin.readline())
+    channel = Channel(pid, requests_w, replies_r)
+    namespace = channel.program_names()
     results = [0 if test[:4] == "exec" else '"raised"' for test in tests]  # also without the entry point
-    if namespace is not None and (not entry_point or _callable(namespace.get(entry_point))):
+    if namespace is not None and (not entry_point or isinstance(namespace.get(entry_point), Stub)):
         if entry_point:
             namespace["candidate"] = namespace[entry_point]  # HumanEval's check(candidate) convention
-        for index, test in _enumerate(tests):
+        for index, test in enumerate(tests):
             results[index] = run_test(test, index, namespace)
-    line = "\n" + nonce + " [" + _join(", ", [r if _type(r) is str else "1" if r else "0" for r in results]) + "]\n"
-    write_all(verdict_fd, _str_bytes(line, "ascii"))
-    _exit(0)  # no atexit handler, finalizer or buffered output of the program runs after the verdict
+    line = "\n" + nonce + " [" + ", ".join([r if type(r) is str else "1" if r else "0" for r in results]) + "]\n"
+    write_all(1, line.encode("ascii"))
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+    os._exit(0)
+
+
+def serve(code, requests_fd: int, replies_fd: int) -> None:
+    """The program's process: define the program, say what it defines, then call what the judge asks for."""
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)  # the judge's stdin (nonce, tests) and stdout (the verdict) are not the program's
+    os.dup2(null, 1)
+    os.close(null)
+    namespace = run(code, "__solution__", exit_on_error=False)
+    if namespace is None:
+        write_all(replies_fd, b'["failed"]\n')
+        os._exit(0)
+    names, room = [], [values.MAX_VALUE_CHARS]
+    for name, value in list(namespace.items()):
+        if name.startswith("__"):
+            continue
+        if isinstance(value, types.ModuleType):
+            names.append(f'["module", {json.dumps(name)}, {json.dumps(value.__name__)}]')
+        elif callable(value):
+            names.append(f'["call", {json.dumps(name)}]')
+        else:
+            try:
+                names.append(f'["value", {json.dumps(name)}, {values.encode(value, 0, room)}]')
+            except MemoryError:
+                os._exit(MEMORY_EXIT)
+            except BaseException:  # an object, or past the room: the tests cannot name it
+                pass
+    write_all(replies_fd, ('["ready", [' + ", ".join(names) + "]]\n").encode("ascii"))
+    handles, lines = [], LineReader(requests_fd)
+    while True:
+        request = lines.next()
+        if request is None:
+            os._exit(0)
+        kind, target, args, kwargs = json.loads(request)
+        try:
+            if kind == "getattr":
+                value = getattr(handles[target], args)
+            else:
+                function = namespace[target] if kind == "call" else handles[target]
+                unpack = lambda a: handles[a[1]] if a[0] == "ref" else values.decode(a)  # noqa: E731
+                value = function(*[unpack(a) for a in args], **{k: unpack(v) for k, v in kwargs.items()})
+        except MemoryError:
+            os._exit(MEMORY_EXIT)
+        except BaseException:  # an exception, sys.exit: that call raised
+            write_all(replies_fd, b'["raised"]\n')
+            continue
+        try:
+            reply = '["value", ' + values.encode(value, 0, [values.MAX_VALUE_CHARS]) + "]"
+        except MemoryError:
+            os._exit(MEMORY_EXIT)
+        except values.ValueTooLarge:
+            reply = '["too_large"]'
+        except BaseException:  # no builtin value: the judge gets a reference to it
+            handles.append(value)
+            reply = f'["ref", {len(handles) - 1}]'
+        write_all(replies_fd, reply.encode("ascii") + b"\n")
+
+
+class LineReader:
+    """Lines of a pipe, each at most MAX_REPLY_CHARS long (None at the end, and for a longer one: `too_long`)."""
+
+    def __init__(self, fd: int):
+        self.fd, self.buffer, self.too_long = fd, b"", False
+
+    def next(self):
+        while b"\n" not in self.buffer:
+            self.too_long = len(self.buffer) > MAX_REPLY_CHARS
+            chunk = b"" if self.too_long else os.read(self.fd, 65536)
+            if not chunk:
+                return None
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line
+
+
+class ProgramRaised(Exception):
+    """The program's function raised (its exception stays in its process)."""
+
+
+class Unsent(Exception):
+    """The program's value did not come back: "too_large" (its encoding past MAX_VALUE_CHARS)."""
+
+    def __init__(self, kind: str):
+        super().__init__(kind)
+        self.kind = kind
+
+
+class Stub:
+    """A function or class of the program, in the judge's namespace: a call runs in the program's process."""
+
+    __slots__ = ("_channel", "_name")
+
+    def __init__(self, channel, name: str):
+        self._channel, self._name = channel, name
+
+    def __call__(self, *args, **kwargs):
+        return self._channel.call("call", self._name, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<the program's {self._name}>"
+
+
+class Reference:
+    """An object of the program that is no builtin value: its attributes and calls go back to the program; it
+    equals only itself and has no other operation."""
+
+    __slots__ = ("_channel", "_handle")
+
+    def __init__(self, channel, handle: int):
+        self._channel, self._handle = channel, handle
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self._channel.call("getattr", self._handle, name, None)
+
+    def __call__(self, *args, **kwargs):
+        return self._channel.call("callref", self._handle, args, kwargs)
+
+    def __repr__(self) -> str:
+        return "<an object of the program>"
+
+
+class Channel:
+    """The judge's end of the pipes to the program's process. What comes back is parsed strictly (JSON of
+    encoded builtin values; anything else ends the conversation: every later call raises)."""
+
+    def __init__(self, pid: int, requests_fd: int, replies_fd: int):
+        self.pid, self.requests_fd, self.replies, self.over = pid, requests_fd, LineReader(replies_fd), False
+
+    def program_names(self) -> dict | None:
+        """The judge's namespace: the program's functions and classes as stubs, its values of builtin types,
+        the standard modules it imported; None when the program raised while it was defined."""
+        reply = self._reply(ended_early=True)
+        if reply == ["failed"]:
+            return None
+        if not (isinstance(reply, list) and len(reply) == 2 and reply[0] == "ready" and isinstance(reply[1], list)):
+            self._end(True, broken=True)
+        namespace = {"__name__": "__tests__", "__builtins__": __builtins__}
+        for entry in reply[1]:
+            if not (isinstance(entry, list) and len(entry) in (2, 3) and isinstance(entry[1], str)
+                    and entry[1].isidentifier()) or entry[1] in _BUILTIN_NAMES:
+                continue
+            kind, name = entry[0], entry[1]
+            try:
+                if kind == "call" and len(entry) == 2:
+                    namespace[name] = Stub(self, name)
+                elif kind == "value" and len(entry) == 3:
+                    namespace[name] = values.decode(entry[2])
+                elif kind == "module" and len(entry) == 3 and entry[2] == name and name in sys.stdlib_module_names \
+                        and name not in _UNIMPORTED:  # `import math` (the judge's own math), no alias
+                    namespace[name] = __import__(name)
+            except (ValueError, TypeError, RecursionError, ImportError):
+                continue
+        return namespace
+
+    def call(self, kind: str, target, args, kwargs):
+        if self.over:
+            raise ProgramRaised("the program's process has ended")
+        if kind == "getattr":
+            sent = json.dumps(args)
+        else:
+            sent = "[" + ", ".join(self._argument(a) for a in args) + "], {" + ", ".join(
+                json.dumps(k) + ": " + self._argument(v) for k, v in kwargs.items()) + "}"
+        message = "[" + json.dumps(kind) + ", " + json.dumps(target) + ", " + sent + ("" if kind != "getattr"
+                                                                                    else ", null") + "]\n"
+        try:
+            write_all(self.requests_fd, message.encode("ascii"))
+        except OSError:  # it has ended
+            self._end(False)
+        reply = self._reply(ended_early=False)
+        if reply == ["raised"]:
+            raise ProgramRaised()
+        if reply == ["too_large"]:
+            raise Unsent("too_large")
+        if isinstance(reply, list) and len(reply) == 2 and reply[0] == "value":
+            try:
+                return values.decode(reply[1])
+            except (ValueError, TypeError, RecursionError):
+                self._end(False, broken=True)
+        if isinstance(reply, list) and len(reply) == 2 and reply[0] == "ref" and type(reply[1]) is int:
+            return Reference(self, reply[1])
+        self._end(False, broken=True)
+
+    def _argument(self, value) -> str:
+        if isinstance(value, Reference) and value._channel is self:
+            return f'["ref", {value._handle}]'
+        return values.encode(value, 0, [values.MAX_VALUE_CHARS])  # TypeError, ValueTooLarge: this test fails
+
+    def _reply(self, ended_early: bool):
+        line = self.replies.next()
+        if line is None:
+            self._end(ended_early, broken=self.replies.too_long)
+        try:
+            return json.loads(line)
+        except (ValueError, RecursionError):
+            self._end(ended_early, broken=True)
+
+    def _end(self, early: bool, broken: bool = False):
+        """The program's process ended, or broke the conversation (`broken`: it is killed). Ended by a signal
+        (its CPU limit) or out of memory, the judge ends the same way; ended before its tests ran, the judge
+        ends with its exit code (1 for 0: it ended before its tests); during them, this and every later call
+        raises."""
+        self.over = True
+        if broken:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        _, status = os.waitpid(self.pid, 0)
+        if not broken and os.WIFSIGNALED(status):
+            signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+            os.kill(os.getpid(), os.WTERMSIG(status))
+        if not broken and os.WIFEXITED(status) and os.WEXITSTATUS(status) == MEMORY_EXIT:
+            os._exit(MEMORY_EXIT)
+        if early:
+            os._exit((os.WEXITSTATUS(status) if os.WIFEXITED(status) else 0) or 1)
+        raise ProgramRaised("the program's process has ended")
 
 
 def run_test(test: str, index: int, namespace: dict):
@@ -166,100 +407,28 @@ def run_test(test: str, index: int, namespace: dict):
     kind, source = test[:4], test[5:]
     try:
         if kind == "exec":
-            _exec(_compile(source, f"test_{index}", "exec"), namespace)
+            exec(compile(source, f"test_{index}", "exec"), namespace)
             return 1
-        value = _eval(_compile(source, f"test_{index}", "eval"), namespace)
-    except _MemoryError:
-        _exit(MEMORY_EXIT)
-    except _BaseException:  # a failed assertion, an exception, sys.exit: this test fails
+        value = eval(compile(source, f"test_{index}", "eval"), namespace)
+    except MemoryError:
+        os._exit(MEMORY_EXIT)
+    except Unsent as err:
+        return 0 if kind == "exec" else f'"{err.kind}"'
+    except BaseException:  # a failed assertion, an exception, sys.exit: this test fails
         return 0 if kind == "exec" else '"raised"'
     try:
-        return '["value", ' + encode(value, 0, [MAX_VALUE_CHARS]) + "]"
-    except _MemoryError:
-        _exit(MEMORY_EXIT)
-    except ValueTooLarge:
+        return '["value", ' + values.encode(value, 0, [values.MAX_VALUE_CHARS]) + "]"
+    except MemoryError:
+        os._exit(MEMORY_EXIT)
+    except values.ValueTooLarge:
         return '"too_large"'
-    except _BaseException:
+    except BaseException:
         return '"unencodable"'
-
-
-class ValueTooLarge(Exception):
-    """The encoded value would be longer than MAX_VALUE_CHARS."""
-
-
-def encode(value, depth: int, room: list) -> str:
-    """A value of a builtin type as JSON `[tag, ...]` whose leaves are ASCII strings, so that the trainer
-    rebuilds an equal value: tags none, bool, int (hex), float (float.hex: nan and inf exact), complex, str
-    (UTF-8 hex), bytes (also bytearray), list, tuple, set, frozenset, dict. A subclass of one of them is
-    encoded as its builtin value, read with the builtin's own methods (its __eq__ is never called); anything
-    else (a custom object, a numpy array) raises TypeError: "unencodable". `room`: [characters left], of
-    MAX_VALUE_CHARS; each value takes its text and a separator's 2, a container its tag and brackets before its
-    items; ValueTooLarge as soon as none is left (a str, bytes or int before its text is built)."""
-    if depth > MAX_DEPTH:
-        raise ValueError("nested too deeply")
-    if value is None:
-        return _taken('["none"]', room)
-    if value is True or value is False:
-        return _taken('["bool", "1"]' if value else '["bool", "0"]', room)
-    leaf = _leaf(value, room)
-    if leaf is not None:
-        return _taken(leaf, room)
-    for base, tag, items in _CONTAINERS:
-        if _isinstance(value, base):
-            _take(_len(tag) + 12, room)
-            return '["' + tag + '", [' + _join(", ", [encode(v, depth + 1, room) for v in items(value)]) + "]]"
-    if _isinstance(value, _dict):
-        _take(16, room)
-        return '["dict", [' + _join(", ", [_pair(k, v, depth + 1, room) for k, v in _dict_items(value)]) + "]]"
-    raise TypeError(f"cannot encode {_type(value).__name__}")
-
-
-def _pair(key, value, depth: int, room: list) -> str:
-    _take(2, room)  # its brackets
-    return "[" + encode(key, depth, room) + ", " + encode(value, depth, room) + "]"
-
-
-def _take(chars: int, room: list) -> None:
-    room[0] -= chars
-    if room[0] < 0:
-        raise ValueTooLarge()
-
-
-def _taken(text: str, room: list) -> str:
-    _take(_len(text) + 2, room)
-    return text
-
-
-def _fits(chars: int, room: list) -> None:
-    """ValueTooLarge when a leaf's text, at least `chars` long, cannot fit: before it is built."""
-    if chars > room[0]:
-        raise ValueTooLarge()
-
-
-def _leaf(value, room: list):
-    if _isinstance(value, _int):
-        _fits(_int_bits(value) // 4, room)
-        return '["int", "' + _int_hex(value, "x") + '"]'
-    if _isinstance(value, _float):
-        return '["float", "' + _float_hex(value) + '"]'
-    if _isinstance(value, _complex):
-        real, imag = _complex_parts(value)
-        return '["complex", "' + _float_hex(real) + '", "' + _float_hex(imag) + '"]'
-    if _isinstance(value, _str):  # (its UTF-8: at least a byte, two hex digits, a character)
-        _fits(2 * _str_len(value), room)
-        return '["str", "' + _bytes_hex(_str_bytes(value, "utf-8", "surrogatepass")) + '"]'
-    if _isinstance(value, _bytes):
-        _fits(2 * _bytes_len(value), room)
-        return '["bytes", "' + _bytes_hex(value) + '"]'
-    if _isinstance(value, _bytearray):  # bytearray(b"a") == b"a"
-        _fits(2 * _bytearray_len(value), room)
-        return '["bytes", "' + _bytearray_hex(value) + '"]'
-    return None
 
 
 def write_all(fd: int, data: bytes) -> None:
     while data:
-        data = data[_write(fd, data):]
+        data = data[os.write(fd, data):]
 
 
 def run(code, name: str, exit_on_error: bool = True):

@@ -1,4 +1,4 @@
-"""The sandbox's seccomp filter: no namespaces, mounts or memfds for a program, in both sandbox modes.
+"""The sandbox's seccomp filter: no namespaces, mounts, memfds, ptrace or keyrings for a program, in both modes.
 
     program = seccomp_filter()      # classic BPF (struct sock_filter rows), or None: not written for this host
     read_end = filter_pipe()        # a pipe's read end holding it (None where there is no filter)
@@ -29,7 +29,11 @@ AUDIT_ARCH_X86_64 = 0xC000003E
 X32_SYSCALL_BIT = 0x40000000
 DENIED_SYSCALLS = {"mount": 165, "umount2": 166, "pivot_root": 155, "unshare": 272, "setns": 308,
                    "memfd_create": 319, "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431,
-                   "fsmount": 432, "fspick": 433, "mount_setattr": 442, "memfd_secret": 447}
+                   "fsmount": 432, "fspick": 433, "mount_setattr": 442, "memfd_secret": 447,
+                   # the judge's memory (sandbox_runner: its process is not dumpable either), and the kernel
+                   # keyring, which carried data from one run to the next of a worker's (one user id)
+                   "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "add_key": 248,
+                   "request_key": 249, "keyctl": 250}
 CLONE, CLONE3 = 56, 435
 CLONE_NAMESPACES = 0x7E020000  # CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
 

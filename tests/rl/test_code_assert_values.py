@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from r1jax.rl.rewards import CodeConfig, PoolConfig, RewardPool, RewardsConfig, ScoreItem, sandbox_runner
+from r1jax.rl.rewards import CodeConfig, PoolConfig, RewardPool, RewardsConfig, ScoreItem, sandbox_values
 from r1jax.rl.rewards.code import code_outcome, decode_value, split_assertion
 
 LIMITS = dict(wall_s=3.0, cpu_s=2, memory_mb=256, processes=16, file_mb=1, output_bytes=65536, tmp_mb=16)
@@ -106,12 +106,12 @@ def test_a_value_too_large_to_send_back_fails_that_assertion_only(mode):
 
 
 def test_an_encoded_value_never_exceeds_the_cap():
-    cap = sandbox_runner.MAX_VALUE_CHARS
+    cap = sandbox_values.MAX_VALUE_CHARS
 
     def encoded(value):
         try:
-            return sandbox_runner.encode(value, 0, [cap])
-        except sandbox_runner.ValueTooLarge:
+            return sandbox_values.encode(value, 0, [cap])
+        except sandbox_values.ValueTooLarge:
             return None
 
     shapes = {"ints": lambda n: list(range(n)), "dict": lambda n: {i: None for i in range(n)},
@@ -124,3 +124,46 @@ def test_an_encoded_value_never_exceeds_the_cap():
             fits, over = (middle, over) if encoded(make(middle)) is not None else (fits, middle)
         largest = encoded(make(fits))
         assert cap // 2 < len(largest) <= cap and decode_value(json.loads(largest)) == make(fits), name
+
+
+ALWAYS_EQUAL = "class A:\n    __eq__ = lambda *a: True\n    __ne__ = lambda *a: False\n    __bool__ = lambda s: True\n" \
+               "    __lt__ = lambda *a: True\n    __sub__ = lambda *a: 0\n    __abs__ = lambda s: 0\n"
+JUDGED_WHOLE = ["def check(candidate):\n    assert candidate(3) == 6\ncheck(f)", "assert f(5) == 2*5",
+                "assert abs(f(2) - 4.0) < 1e-6", "assert f(2) in [4]", "assert (f(2) == 4) == True",
+                "x = f(5)\nassert x == 10"]
+# A reviewer's programs (session 42), each scoring every assertion judged whole in the sandbox before: those ran
+# in the program's own interpreter, where an object could equal anything and the harness could be rewritten.
+HACKS = {
+    "always_equal": ALWAYS_EQUAL + "def f(x): return A()",
+    "gc_patch_harness": "import gc\nfor o in gc.get_objects():\n    if isinstance(o, dict) and 'run_test' in o:\n"
+                        "        o['_exec'] = lambda *a, **k: None\ndef f(x): return x",
+    "frame_forge": "import os, sys\nf = sys._getframe()\nwhile f is not None and 'verdict_fd' not in f.f_locals:\n"
+                   "    f = f.f_back\nL = f.f_locals\nos.write(L['verdict_fd'], ('\\n' + L['nonce'] + ' ' + "
+                   "str([1] * len(L['tests'])) + '\\n').encode())\nos._exit(0)",
+    "shadow_builtins": "def abs(x): return 0\ndef isinstance(*a): return True\ndef f(x): return x",
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", HACKS)
+def test_assertions_judged_whole_cannot_be_passed_without_the_values(name, mode):
+    assert outcome(HACKS[name], JUDGED_WHOLE, mode) == (0, len(JUDGED_WHOLE), "failed")  # frame_forge: no frame
+    assert outcome("def f(x): return 2 * x", JUDGED_WHOLE, mode) == (len(JUDGED_WHOLE),) * 2 + ("passed",)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_programs_classes_and_standard_modules_reach_the_tests(mode):
+    program = ("import math\nclass Solution:\n    def __init__(self, k): self.k = k\n"
+               "    def scale(self, xs): return [self.k * x for x in xs]\n    def pair(self): return Solution(2 * self.k)\n"
+               "def f(x): return math.sqrt(x)\nLIMIT = (3, 'x')")
+    tests = ["assert Solution(3).scale([1, 2]) == [3, 6]", "s = Solution(2).pair()\nassert s.scale([1]) == [4]",
+             "assert s.k == 4", "assert math.isclose(f(16), 4)", "assert LIMIT == (3, 'x')",
+             "assert Solution(1) != Solution(1)", "assert Solution(1) == 1"]  # objects equal only themselves
+    assert outcome(program, tests, mode, entry_point=None) == (6, 7, "failed")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_keyring_entry_does_not_carry_data_to_the_next_run(mode):
+    add = ("import ctypes\nr = ctypes.CDLL(None, use_errno=True).syscall(248, b'user', b'r1jax-probe', b'left', 4, -4)\n"
+           "def f(x): return r")
+    assert outcome(add, ["assert f(0) == -1"], mode) == (1, 1, "passed")  # add_key refused (EPERM)
