@@ -325,7 +325,8 @@ def _classify(code: int, stdout: bytes, stderr: str, timed_out: bool, over: bool
         return RunResult("timeout", stdout, code, f"wall time over {limits.wall_s} s")
     if over:
         return RunResult("output_limit", stdout, code, f"printed more than {limits.output_bytes} bytes")
-    if stderr.startswith("bwrap:"):  # bubblewrap's own errors (a program's stderr cannot make it fail more)
+    if code != 0 and stderr.startswith("bwrap:"):  # bubblewrap's own errors end it (a program that writes
+        # "bwrap:" first to its stderr and exits 0 is judged on its output: a correct one scored 0 before)
         return RunResult("sandbox_error", stdout, code, tail)
     signal_number = -code if code < 0 else code - 128 if code > 128 else 0  # bwrap reports 128 + signal
     if signal_number in CPU_SIGNALS:

@@ -167,3 +167,11 @@ def test_a_keyring_entry_does_not_carry_data_to_the_next_run(mode):
     add = ("import ctypes\nr = ctypes.CDLL(None, use_errno=True).syscall(248, b'user', b'r1jax-probe', b'left', 4, -4)\n"
            "def f(x): return r")
     assert outcome(add, ["assert f(0) == -1"], mode) == (1, 1, "passed")  # add_key refused (EPERM)
+
+
+def test_rlimits_only_as_root_imports_the_common_standard_modules():
+    # an interpreter under /root (0700) imported nothing more once the runner dropped to the sandbox's user:
+    # a correct program importing heapq scored 0 as "crashed" (ModuleNotFoundError)
+    program = "import heapq, fractions, decimal, statistics, bisect\ndef f(xs): return heapq.nsmallest(2, xs)"
+    for mode in ("rlimits_only", *(["bwrap"] if shutil.which("bwrap") else [])):
+        assert outcome(program, ["assert f([3, 1, 2]) == [1, 2]"], mode) == (1, 1, "passed"), mode

@@ -165,6 +165,8 @@ def test_the_secret_never_appears_in_the_program_output(monkeypatch):
     (STDIO, None, "n = int(input())\nprint(n * n)", 1, "failed"),  # 2*2 == 2**2: one of two
     (STDIO, None, "raise SystemExit(3)", 0, "crashed"),
     (STDIO, None, "print(", 0, "syntax_error"),
+    # a correct program whose stderr starts like bubblewrap's errors: judged on its output (sandbox_error before)
+    (STDIO, None, "import sys\nsys.stderr.write('bwrap: note\\n')\nprint(2 * int(input()))", 2, "passed"),
 ])
 def test_correct_and_wrong_programs_in_both_forms(tests, entry_point, program, passed, status):
     config = CodeConfig(**LIMITS, partial=True)
