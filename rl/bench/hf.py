@@ -5,7 +5,10 @@ The policy is exported with `model.hf_io.export_hf` (float32) and loaded with `A
 (transformers' default attention); HF prefill and decode are timed exactly as the sampler's are (a
 one-token generate, then the full one; `timing.decode_tokens_per_s`), EOS disabled so every row
 runs to N tokens. transformers and torch are bench/interop-only dependencies, imported here only.
-HF runs with 1 torch thread and with torch's default count; the faster is the baseline.
+HF runs with 1 torch thread and with torch's default count; the faster is the baseline (`hf_torch_threads`),
+and the ratio `decode_speedup_vs_hf` comes from a last timing of both sides in turns, the sampler's one-token and
+full generates beside HF's (`best_seconds_in_turns`): until 2026-12-04 the sampler's figure came from its own
+part of the bench, minutes before HF's, so a change in the machine's load between them moved the ratio.
 `hf_greedy_token_match` is the fraction of generated tokens that equal the sampler's greedy tokens: near 1
 says both ran the same model (random weights make near-ties, so a late flip or two is expected).
 """
@@ -17,11 +20,12 @@ import tempfile
 import numpy as np
 
 from r1jax.model.hf_io import export_hf
-from r1jax.rl.bench.timing import best_seconds, decode_tokens_per_s
+from r1jax.rl.bench.timing import best_seconds, best_seconds_in_turns, decode_tokens_per_s
 
 # null in the JSON of a run without --against hf
 KEYS = ("hf_prefill_tokens_per_s", "hf_decode_tokens_per_s", "hf_decode_tokens_per_s_by_threads",
-        "hf_torch_threads", "hf_device", "hf_greedy_token_match", "decode_speedup_vs_hf")
+        "hf_torch_threads", "hf_device", "hf_greedy_token_match", "decode_tokens_per_s_beside_hf",
+        "decode_speedup_vs_hf")
 
 
 def torch_device() -> str:
@@ -73,10 +77,11 @@ def hf_timing(model, prompts_BP: np.ndarray, new_tokens: int, repeats: int,
     return prefill_s, full_s
 
 
-def hf_figures(policy, prompts_BP: np.ndarray, new_tokens: int, our_decode_tokens_per_s: float,
-               our_tokens_BN: np.ndarray, repeats: int = 3) -> dict:
+def hf_figures(policy, prompts_BP: np.ndarray, new_tokens: int, our_generates: tuple, our_tokens_BN: np.ndarray,
+               repeats: int = 3) -> dict:
     """HF timed with 1 torch thread and with torch's default; the faster is the baseline (on a loaded
-    machine torch's threads can wait on each other for a hundredfold slowdown)."""
+    machine torch's threads can wait on each other for a hundredfold slowdown); then, with it, the sampler's
+    one-token and full generates (`our_generates`, no-argument functions) and HF's, in turns."""
     import torch
 
     model = load_exported(policy)
@@ -90,12 +95,18 @@ def hf_figures(policy, prompts_BP: np.ndarray, new_tokens: int, our_decode_token
             torch.set_num_threads(threads)
             baseline_s = timings[1][1] if 1 in timings else None
             timings[threads] = hf_timing(model, prompts_BP, new_tokens, repeats, baseline_s)
+        rates = {t: decode_tokens_per_s(batch, new_tokens, *timing) for t, timing in timings.items()}
+        best = max(rates, key=rates.get)
+        torch.set_num_threads(best)
+        ours_one, ours_full, hf_one, hf_full = best_seconds_in_turns(
+            *our_generates, hf_generate(model, prompts_BP, 1), hf_generate(model, prompts_BP, new_tokens),
+            repeats=repeats)
     finally:
         torch.set_num_threads(default)
-    rates = {t: decode_tokens_per_s(batch, new_tokens, *timing) for t, timing in timings.items()}
-    best = max(rates, key=rates.get)
-    return {"hf_prefill_tokens_per_s": batch * prompt_len / timings[best][0],
-            "hf_decode_tokens_per_s": rates[best], "hf_torch_threads": best, "hf_device": str(model.device),
+    ours, theirs = (decode_tokens_per_s(batch, new_tokens, one, full) for one, full in ((ours_one, ours_full),
+                                                                                        (hf_one, hf_full)))
+    return {"hf_prefill_tokens_per_s": batch * prompt_len / hf_one,
+            "hf_decode_tokens_per_s": theirs, "hf_torch_threads": best, "hf_device": str(model.device),
             "hf_decode_tokens_per_s_by_threads": {str(t): r for t, r in rates.items()},
             "hf_greedy_token_match": float(np.mean(their_tokens_BN == our_tokens_BN)),
-            "decode_speedup_vs_hf": our_decode_tokens_per_s / rates[best]}
+            "decode_tokens_per_s_beside_hf": ours, "decode_speedup_vs_hf": ours / theirs}

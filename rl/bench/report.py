@@ -49,7 +49,9 @@ FIGURES = (
     Figure("code_scaling", "code in the sandbox, N vs 1 workers", "x"),
     Figure("moe_step_ratio_64_vs_8", "MoE layer step, 64 vs 8 experts", "x", ("<=", 1.3)),
     Figure("hf_decode_tokens_per_s", "HF generate decode", "tokens/s"),
-    Figure("decode_speedup_vs_hf", "sampler decode vs HF generate", "x", (">=", 5.0)),
+    Figure("hf_torch_threads", "HF torch threads (the faster of 1 and the default)", "threads"),
+    Figure("decode_tokens_per_s_beside_hf", "sampler decode, timed in turns with HF", "tokens/s"),
+    Figure("decode_speedup_vs_hf", "sampler decode vs HF generate (in turns)", "x", (">=", 5.0)),
 )
 CAPTION = ("MFU: 6 x active params x tokens + attention FLOPs, over the matmul peak measured in this run. "
            "MoE: same top-k and active params per token. HF: greedy generate of the same exported weights.")

@@ -10,6 +10,7 @@ initialised from the config on its mesh; throughput does not depend on the weigh
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -74,6 +75,11 @@ def progress(message: str) -> None:
     print(f"bench [{time.perf_counter() - _START:6.1f} s]: {message}", file=sys.stderr, flush=True)
 
 
+def _in_mesh(fn, mesh, rules):
+    with use_mesh(mesh, rules):
+        return fn()
+
+
 def run_bench(preset: str = "bench", overrides: Sequence[str] = (), quick: bool = False,
               against_hf: bool = False, workers: Sequence[int] | None = None, say=progress,
               result: dict | None = None) -> dict:
@@ -109,14 +115,16 @@ def run_bench(preset: str = "bench", overrides: Sequence[str] = (), quick: bool 
                                        config.sampling.cache_phases))
         result.update(dict.fromkeys(hf.KEYS))
         if against_hf:
-            ours_BN = np.asarray(greedy_generate(sample_graphdef, sample_state, prompts_BP, size.new_tokens,
-                                                 config.sampling.kv_block, config.sampling.cache_phases
-                                                 )().completion_BN)
-    del sample_state
+            ours = (greedy_generate(sample_graphdef, sample_state, prompts_BP, 1, config.sampling.kv_block),
+                    greedy_generate(sample_graphdef, sample_state, prompts_BP, size.new_tokens,
+                                    config.sampling.kv_block, config.sampling.cache_phases))
+            ours_BN = np.asarray(ours[1]().completion_BN)
     if against_hf:
-        say("HF transformers generate on the exported weights")
-        result.update(hf.hf_figures(policy, prompts_BP, size.new_tokens, result["decode_tokens_per_s"], ours_BN,
-                                    size.repeats))
+        say("HF transformers generate on the exported weights, and in turns with the sampler's")
+        in_mesh = tuple(functools.partial(_in_mesh, fn, sample_mesh, sample_rules) for fn in ours)
+        result.update(hf.hf_figures(policy, prompts_BP, size.new_tokens, in_mesh, ours_BN, size.repeats))
+        del ours, in_mesh
+    del sample_state
     with use_mesh(mesh, rules):
         say(f"GRPO train step ({size.train_rows} x {size.prompt_len + size.new_tokens} tokens) and, in turns with it, "
             f"the matmul peak ({size.matmul_n}^2 float32 per device)")
