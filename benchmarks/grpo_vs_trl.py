@@ -6,13 +6,18 @@
 
 1. r1jax: `r1jax.rl.bench.grpo_step` runs the preset's GRPO stage through the trainer (from its random
    initialisation) and takes the medians of the steps after the warm-up.
-2. The run's final policy and tokenizer are exported with `r1jax export-hf` (float32), so TRL starts from
-   the weights r1jax ended with, and its prompts are rendered by the same chat template.
+2. That initialisation (`r1jax init`, the config's seed) is exported with `r1jax export-hf` (float32), so TRL
+   starts from the weights r1jax started from (before 2026-12-04: from those it ended with), and its prompts are
+   rendered by the same chat template.
 3. TRL: `GRPOTrainer` on that directory with the preset's settings: P prompts x G samples per step (one
    generation batch per optimizer step), the token budget, temperature, learning rate, beta = 0, one
-   iteration per batch, no gradient checkpointing (as the preset), the same training problems in the same
-   order, and the same rule rewards (r1jax's accuracy + format, called in-process). Each step is timed from
-   TRL's step-begin to step-end callbacks; generated tokens are its logged mean completion length x rows.
+   iteration per batch, no gradient checkpointing (as the preset), the training problems r1jax's data iterator
+   gave its steps in the same order (before 2026-12-04: the source's first ones in order, other problems than
+   r1jax's shuffled ones), and the same rule rewards (r1jax's accuracy + format, called in-process). Torch runs
+   with 1 thread or its default, whichever generates faster in a short probe before training (on a loaded
+   2-core machine torch's 2 threads ran 88x slower than 1: `rl/bench/hf.py` chooses so too; before 2026-12-04
+   TRL always ran with the default). Each step is timed from TRL's step-begin to step-end callbacks; generated
+   tokens are its logged mean completion length x rows.
 Completion lengths differ with each implementation's end-of-sequence odds, so the comparison is per
 generated token: `speedup = r1jax generated tokens/s / TRL generated tokens/s` (issue #19's goal: >= 3).
 """
@@ -36,7 +41,8 @@ from r1jax.rl.bench.grpo_step import grpo_rows, summarize_steps  # noqa: E402
 from r1jax.rl.bench.hf import torch_device  # noqa: E402
 from r1jax.rl.cli.main import fake_cpu_devices  # noqa: E402
 from r1jax.rl.config import load_config  # noqa: E402
-from r1jax.rl.data import build_source  # noqa: E402
+from r1jax.rl.bench.timing import best_seconds  # noqa: E402
+from r1jax.rl.data import make_iterator  # noqa: E402
 from r1jax.rl.host_allocator import retain_freed_memory  # noqa: E402
 from r1jax.rl.host_info import host_info  # noqa: E402
 from r1jax.rl.rewards import ScoreItem, combine, score_item  # noqa: E402
@@ -49,8 +55,8 @@ def trl_figures(config, model_dir: str, steps: int, warmup: int) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     grpo, sampling = config.grpo, config.sampling
-    source = build_source(config.data)
-    problems = [source[i] for i in range(steps * grpo.prompts_per_step)]
+    iterator = make_iterator(config.data, batch_size=grpo.prompts_per_step)  # as rl.train.stage_grpo draws them
+    problems = [problem for _ in range(steps) for problem in next(iterator)]
     by_prompt = {p["prompt"]: p for p in problems}
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": p["prompt"]}], "question": p["prompt"]}
                                  for p in problems])
@@ -76,6 +82,9 @@ def trl_figures(config, model_dir: str, steps: int, warmup: int) -> dict:
 
     rows = grpo.prompts_per_step * grpo.group_size
     on_gpu = torch_device() == "cuda"  # TRL beside r1jax: on the GPU when JAX runs on one
+    probe = {} if on_gpu else thread_probe(model_dir, rows, config.model.vocab_size)
+    if probe:
+        torch.set_num_threads(int(max(probe, key=probe.get)))
     args = GRPOConfig(output_dir=tempfile.mkdtemp(prefix="trl-grpo-"), per_device_train_batch_size=rows,
                       num_generations=grpo.group_size, max_completion_length=sampling.max_new_tokens,
                       temperature=grpo.temperature, top_p=1.0, learning_rate=config.optimizer.lr, beta=0.0,
@@ -93,7 +102,28 @@ def trl_figures(config, model_dir: str, steps: int, warmup: int) -> dict:
     per_s = [length * rows / s for length, s in zip(timed_len, timed_s)]
     return {"trl_step_seconds": float(np.median(timed_s)), "trl_generated_tokens": float(np.median(timed_len)) * rows,
             "trl_generated_tokens_per_s": float(np.median(per_s)), "trl_steps_timed": len(per_s),
-            "torch_threads": torch.get_num_threads(), "trl_device": torch_device()}
+            "torch_threads": torch.get_num_threads(), "trl_generate_tokens_per_s_by_threads": probe,
+            "trl_device": torch_device()}
+
+
+def thread_probe(model_dir: str, rows: int, vocab_size: int, new_tokens: int = 16) -> dict:
+    """Greedy generate tokens/s of the exported model at 1 torch thread and at torch's default (rows x 16 new
+    tokens after 16 random prompt tokens, best of 2): the faster count is the one TRL trains with."""
+    import torch
+    import transformers
+
+    from r1jax.rl.bench.hf import hf_generate
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    prompts = np.random.default_rng(0).integers(1, vocab_size, (rows, 16))
+    default, rates = torch.get_num_threads(), {}
+    try:
+        for threads in sorted({1, default}):
+            torch.set_num_threads(threads)
+            rates[str(threads)] = rows * new_tokens / best_seconds(hf_generate(model, prompts, new_tokens), repeats=2)
+    finally:
+        torch.set_num_threads(default)
+    return rates
 
 
 def main() -> None:
@@ -109,16 +139,25 @@ def main() -> None:
     if args.cpu_devices is not None:
         fake_cpu_devices(args.cpu_devices)  # before JAX starts its backends
     retain_freed_memory()  # as `r1jax` does on a CPU-only host (before JAX starts; TRL's torch gets it too)
-    config = load_config(args.preset, [f"stages.0.steps={args.steps}", *args.overrides])
+    overrides = [f"stages.0.steps={args.steps}", *args.overrides]
+    config = load_config(args.preset, overrides)
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    if load_start[0] >= (os.cpu_count() or 1):
+        print(f"load average {load_start[0]} at the start, at or past the {os.cpu_count()} cores: the figures will "
+              "show the neighbours' load", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="grpo-vs-trl-") as work:
-        run_dir, model_dir = os.path.join(work, "run"), os.path.join(work, "hf")
+        run_dir, init_dir, model_dir = (os.path.join(work, name) for name in ("run", "init", "hf"))
         ours = summarize_steps(grpo_rows(config, run_dir), args.warmup)
-        subprocess.run([sys.executable, "-m", "r1jax", "export-hf", run_dir, model_dir, "--dtype", "float32"],
-                       check=True, stdout=subprocess.DEVNULL)
+        r1jax = [sys.executable, "-m", "r1jax", *([f"--cpu-devices={args.cpu_devices}"] if args.cpu_devices else [])]
+        subprocess.run([*r1jax, "init", args.preset, init_dir, *overrides], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([*r1jax, "export-hf", init_dir, model_dir, "--dtype", "float32", "--tokenizer",
+                        os.path.join(run_dir, "tokenizer"), "--template", config.tokenizer.template], check=True,
+                       stdout=subprocess.DEVNULL)  # the tokenizer the run trained with
         theirs = trl_figures(config, model_dir, args.steps, args.warmup)
     result = {"preset": args.preset, "overrides": args.overrides, "cpu_devices": args.cpu_devices, **ours, **theirs,
               "speedup_per_generated_token": ours["grpo_generated_tokens_per_s"] / theirs["trl_generated_tokens_per_s"],
-              "load_average_end": [round(x, 2) for x in os.getloadavg()], "host": host_info()}
+              "load_average_start": load_start, "load_average_end": [round(x, 2) for x in os.getloadavg()],
+              "host": host_info()}
     if args.json:
         print(json.dumps(result))
     else:
