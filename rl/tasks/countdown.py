@@ -166,9 +166,10 @@ class CountdownTask(Task):
     @staticmethod
     def problem_key(prompt: str) -> object:
         """The target and the multiset of numbers: the prompt shows the numbers shuffled, so one problem has many
-        prompts (held out by prompt, 191 of 200 held-out problems were training problems reordered)."""
-        numbers = _PROMPT_NUMBERS.search(prompt)
-        target = re.match(r"Make (\d+) ", prompt)
+        prompts (held out by prompt, 191 of 200 held-out problems were training problems reordered). Also for
+        a data file's list form ("Using the numbers [19, 36, 55, 7], create an equation that equals 91")."""
+        numbers = _PROMPT_NUMBERS.search(prompt) or _PROMPT_LIST.search(prompt)
+        target = re.match(r"Make (\d+) ", prompt) or re.search(r"equals? (\d+)\b", prompt)
         if numbers is None or target is None:
             return Task.problem_key(prompt)
         return int(target.group(1)), tuple(sorted(int(n) for n in re.findall(r"\d+", numbers.group(1))))

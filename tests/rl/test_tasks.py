@@ -314,6 +314,15 @@ def test_a_prompt_differing_only_in_whitespace_is_the_same_problem(task):
     assert key("What is 2+2?") == key(" What  is\n2+2? \n") != key("What is 2+3?")
 
 
+def test_a_countdown_list_prompt_reordered_is_the_same_problem():
+    # a data file's TinyZero-style prompt: its reorderings were held out as new problems before
+    key = TASKS["countdown"].problem_key
+    prompt = "Using the numbers [{}], create an equation that equals {}. Each number can only be used once."
+    assert key(prompt.format("19, 36, 55, 7", 91)) == key(prompt.format("7, 55, 19, 36", 91)) == (91, (7, 19, 36, 55))
+    assert key(prompt.format("19, 36, 55, 7", 92)) != key(prompt.format("19, 36, 55, 7", 91))
+    assert key("Make 16 from 5, 3, 2 (+-*/, each at most once)") == key("Make 16 from 2, 3, 5 (+-*/, each at most once)")
+
+
 def test_algebra_problem_key_ignores_factor_and_term_order():
     key = TASKS["algebra"].problem_key
     assert key("Expand (x+3)(x-2)") == key("Expand (x-2)(x+3)") != key("Expand (x+3)(x+2)")
