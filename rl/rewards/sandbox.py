@@ -59,6 +59,7 @@ MODES = ("bwrap", "rlimits_only")
 RUN_STATUSES = ("ok", "exit", "syntax_error", "timeout", "memory", "output_limit", "sandbox_error")
 RUNNER = pathlib.Path(__file__).with_name("sandbox_runner.py")
 VALUES = pathlib.Path(__file__).with_name("sandbox_values.py")  # the runner's codec, copied in beside it
+JUDGE = pathlib.Path(__file__).with_name("sandbox_judge.py")  # the assert mode's judge, copied in beside it
 SYNTAX_EXIT, MEMORY_EXIT, SECCOMP_EXIT = 65, 66, 67  # as in sandbox_runner.py
 CPU_SIGNALS = (signal.SIGXCPU, signal.SIGKILL)  # the soft and the hard RLIMIT_CPU
 CLEAN_ENV = {"PATH": "/usr/bin:/bin", "LC_CTYPE": "C.UTF-8"}
@@ -229,7 +230,8 @@ def _write_run_files(run_dir: str, uid: int, source: str, stdin: bytes | None) -
     """The run directory is 0750, as root owned by the sandbox user and group 0 (bwrap's root reads it without
     CAP_DAC_OVERRIDE as the group): no other scoring process's programs can read it."""
     os.chmod(run_dir, 0o750)
-    files = {"program.py": source, "runner.py": RUNNER.read_text(), "sandbox_values.py": VALUES.read_text()}
+    files = {"program.py": source, "runner.py": RUNNER.read_text(), "sandbox_values.py": VALUES.read_text(),
+             "sandbox_judge.py": JUDGE.read_text()}
     for name, text in files.items():
         (pathlib.Path(run_dir) / name).write_text(text, encoding="utf-8")
         os.chmod(pathlib.Path(run_dir) / name, 0o644)

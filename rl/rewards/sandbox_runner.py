@@ -45,12 +45,9 @@ PR_SET_PDEATHSIG, PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS, SECCOMP_MODE_FILTER = 1, 
 PR_SET_DUMPABLE = 4
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)  # (-I left the script's directory out)
-import sandbox_values as values  # noqa: E402  (copied in beside this file)
+import sandbox_values as values  # noqa: E402  (copied in beside this file, as is the judge)
+import sandbox_judge as judging  # noqa: E402
 del sys.path[0]  # a test's `import math` must not find a math.py the program wrote there (rlimits_only)
-_BUILTIN_NAMES = frozenset(dir(__builtins__))  # never a program's name in the tests: its `abs` would judge them
-_UNIMPORTED = frozenset({"antigravity", "this"})  # standard modules whose import does something
-
-MAX_REPLY_CHARS = values.MAX_VALUE_CHARS + 64  # a reply line of the program's process, its frame included
 
 
 def limit(limits: dict) -> None:
@@ -177,23 +174,7 @@ def judge(code, prctl) -> None:
         serve(code, requests_r, replies_w)
     os.close(requests_r)
     os.close(replies_w)
-    nonce = sys.stdin.readline().strip()  # read only now: the program's process never held them
-    tests, entry_point = json.loads(sys.stdin.readline())
-    channel = Channel(pid, requests_w, replies_r)
-    namespace = channel.program_names()
-    results = [0 if test[:4] == "exec" else '"raised"' for test in tests]  # also without the entry point
-    if namespace is not None and (not entry_point or isinstance(namespace.get(entry_point), Stub)):
-        if entry_point:
-            namespace["candidate"] = namespace[entry_point]  # HumanEval's check(candidate) convention
-        for index, test in enumerate(tests):
-            results[index] = run_test(test, index, namespace)
-    line = "\n" + nonce + " [" + ", ".join([r if type(r) is str else "1" if r else "0" for r in results]) + "]\n"
-    write_all(1, line.encode("ascii"))
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except OSError:
-        pass
-    os._exit(0)
+    judging.judge_tests(pid, requests_w, replies_r)
 
 
 def serve(code, requests_fd: int, replies_fd: int) -> None:
@@ -204,7 +185,7 @@ def serve(code, requests_fd: int, replies_fd: int) -> None:
     os.close(null)
     namespace = run(code, "__solution__", exit_on_error=False)
     if namespace is None:
-        write_all(replies_fd, b'["failed"]\n')
+        judging.write_all(replies_fd, b'["failed"]\n')
         os._exit(0)
     names, room = [], [values.MAX_VALUE_CHARS]
     for name, value in list(namespace.items()):
@@ -221,8 +202,8 @@ def serve(code, requests_fd: int, replies_fd: int) -> None:
                 os._exit(MEMORY_EXIT)
             except BaseException:  # an object, or past the room: the tests cannot name it
                 pass
-    write_all(replies_fd, ('["ready", [' + ", ".join(names) + "]]\n").encode("ascii"))
-    handles, lines = [], LineReader(requests_fd)
+    judging.write_all(replies_fd, ('["ready", [' + ", ".join(names) + "]]\n").encode("ascii"))
+    handles, lines = [], judging.LineReader(requests_fd)
     while True:
         request = lines.next()
         if request is None:
@@ -238,7 +219,7 @@ def serve(code, requests_fd: int, replies_fd: int) -> None:
         except MemoryError:
             os._exit(MEMORY_EXIT)
         except BaseException:  # an exception, sys.exit: that call raised
-            write_all(replies_fd, b'["raised"]\n')
+            judging.write_all(replies_fd, b'["raised"]\n')
             continue
         try:
             reply = '["value", ' + values.encode(value, 0, [values.MAX_VALUE_CHARS]) + "]"
@@ -249,199 +230,10 @@ def serve(code, requests_fd: int, replies_fd: int) -> None:
         except BaseException:  # no builtin value: the judge gets a reference to it
             handles.append(value)
             reply = f'["ref", {len(handles) - 1}]'
-        write_all(replies_fd, reply.encode("ascii") + b"\n")
+        judging.write_all(replies_fd, reply.encode("ascii") + b"\n")
 
 
-class LineReader:
-    """Lines of a pipe, each at most MAX_REPLY_CHARS long (None at the end, and for a longer one: `too_long`)."""
 
-    def __init__(self, fd: int):
-        self.fd, self.buffer, self.too_long = fd, b"", False
-
-    def next(self):
-        while b"\n" not in self.buffer:
-            self.too_long = len(self.buffer) > MAX_REPLY_CHARS
-            chunk = b"" if self.too_long else os.read(self.fd, 65536)
-            if not chunk:
-                return None
-            self.buffer += chunk
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        return line
-
-
-class ProgramRaised(Exception):
-    """The program's function raised (its exception stays in its process)."""
-
-
-class Unsent(Exception):
-    """The program's value did not come back: "too_large" (its encoding past MAX_VALUE_CHARS)."""
-
-    def __init__(self, kind: str):
-        super().__init__(kind)
-        self.kind = kind
-
-
-class Stub:
-    """A function or class of the program, in the judge's namespace: a call runs in the program's process."""
-
-    __slots__ = ("_channel", "_name")
-
-    def __init__(self, channel, name: str):
-        self._channel, self._name = channel, name
-
-    def __call__(self, *args, **kwargs):
-        return self._channel.call("call", self._name, args, kwargs)
-
-    def __repr__(self) -> str:
-        return f"<the program's {self._name}>"
-
-
-class Reference:
-    """An object of the program that is no builtin value: its attributes and calls go back to the program; it
-    equals only itself and has no other operation."""
-
-    __slots__ = ("_channel", "_handle")
-
-    def __init__(self, channel, handle: int):
-        self._channel, self._handle = channel, handle
-
-    def __getattr__(self, name: str):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return self._channel.call("getattr", self._handle, name, None)
-
-    def __call__(self, *args, **kwargs):
-        return self._channel.call("callref", self._handle, args, kwargs)
-
-    def __repr__(self) -> str:
-        return "<an object of the program>"
-
-
-class Channel:
-    """The judge's end of the pipes to the program's process. What comes back is parsed strictly (JSON of
-    encoded builtin values; anything else ends the conversation: every later call raises)."""
-
-    def __init__(self, pid: int, requests_fd: int, replies_fd: int):
-        self.pid, self.requests_fd, self.replies, self.over = pid, requests_fd, LineReader(replies_fd), False
-
-    def program_names(self) -> dict | None:
-        """The judge's namespace: the program's functions and classes as stubs, its values of builtin types,
-        the standard modules it imported; None when the program raised while it was defined."""
-        reply = self._reply(ended_early=True)
-        if reply == ["failed"]:
-            return None
-        if not (isinstance(reply, list) and len(reply) == 2 and reply[0] == "ready" and isinstance(reply[1], list)):
-            self._end(True, broken=True)
-        namespace = {"__name__": "__tests__", "__builtins__": __builtins__}
-        for entry in reply[1]:
-            if not (isinstance(entry, list) and len(entry) in (2, 3) and isinstance(entry[1], str)
-                    and entry[1].isidentifier()) or entry[1] in _BUILTIN_NAMES:
-                continue
-            kind, name = entry[0], entry[1]
-            try:
-                if kind == "call" and len(entry) == 2:
-                    namespace[name] = Stub(self, name)
-                elif kind == "value" and len(entry) == 3:
-                    namespace[name] = values.decode(entry[2])
-                elif kind == "module" and len(entry) == 3 and entry[2] == name and name in sys.stdlib_module_names \
-                        and name not in _UNIMPORTED:  # `import math` (the judge's own math), no alias
-                    namespace[name] = __import__(name)
-            except (ValueError, TypeError, RecursionError, ImportError):
-                continue
-        return namespace
-
-    def call(self, kind: str, target, args, kwargs):
-        if self.over:
-            raise ProgramRaised("the program's process has ended")
-        if kind == "getattr":
-            sent = json.dumps(args)
-        else:
-            sent = "[" + ", ".join(self._argument(a) for a in args) + "], {" + ", ".join(
-                json.dumps(k) + ": " + self._argument(v) for k, v in kwargs.items()) + "}"
-        message = "[" + json.dumps(kind) + ", " + json.dumps(target) + ", " + sent + ("" if kind != "getattr"
-                                                                                    else ", null") + "]\n"
-        try:
-            write_all(self.requests_fd, message.encode("ascii"))
-        except OSError:  # it has ended
-            self._end(False)
-        reply = self._reply(ended_early=False)
-        if reply == ["raised"]:
-            raise ProgramRaised()
-        if reply == ["too_large"]:
-            raise Unsent("too_large")
-        if isinstance(reply, list) and len(reply) == 2 and reply[0] == "value":
-            try:
-                return values.decode(reply[1])
-            except (ValueError, TypeError, RecursionError):
-                self._end(False, broken=True)
-        if isinstance(reply, list) and len(reply) == 2 and reply[0] == "ref" and type(reply[1]) is int:
-            return Reference(self, reply[1])
-        self._end(False, broken=True)
-
-    def _argument(self, value) -> str:
-        if isinstance(value, Reference) and value._channel is self:
-            return f'["ref", {value._handle}]'
-        return values.encode(value, 0, [values.MAX_VALUE_CHARS])  # TypeError, ValueTooLarge: this test fails
-
-    def _reply(self, ended_early: bool):
-        line = self.replies.next()
-        if line is None:
-            self._end(ended_early, broken=self.replies.too_long)
-        try:
-            return json.loads(line)
-        except (ValueError, RecursionError):
-            self._end(ended_early, broken=True)
-
-    def _end(self, early: bool, broken: bool = False):
-        """The program's process ended, or broke the conversation (`broken`: it is killed). Ended by a signal
-        (its CPU limit) or out of memory, the judge ends the same way; ended before its tests ran, the judge
-        ends with its exit code (1 for 0: it ended before its tests); during them, this and every later call
-        raises."""
-        self.over = True
-        if broken:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except OSError:
-                pass
-        _, status = os.waitpid(self.pid, 0)
-        if not broken and os.WIFSIGNALED(status):
-            signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
-            os.kill(os.getpid(), os.WTERMSIG(status))
-        if not broken and os.WIFEXITED(status) and os.WEXITSTATUS(status) == MEMORY_EXIT:
-            os._exit(MEMORY_EXIT)
-        if early:
-            os._exit((os.WEXITSTATUS(status) if os.WIFEXITED(status) else 0) or 1)
-        raise ProgramRaised("the program's process has ended")
-
-
-def run_test(test: str, index: int, namespace: dict):
-    """1 or 0 for an `exec` test; the encoded value (a JSON string), "unencodable", "too_large" or "raised" for
-    `eval`."""
-    kind, source = test[:4], test[5:]
-    try:
-        if kind == "exec":
-            exec(compile(source, f"test_{index}", "exec"), namespace)
-            return 1
-        value = eval(compile(source, f"test_{index}", "eval"), namespace)
-    except MemoryError:
-        os._exit(MEMORY_EXIT)
-    except Unsent as err:
-        return 0 if kind == "exec" else f'"{err.kind}"'
-    except BaseException:  # a failed assertion, an exception, sys.exit: this test fails
-        return 0 if kind == "exec" else '"raised"'
-    try:
-        return '["value", ' + values.encode(value, 0, [values.MAX_VALUE_CHARS]) + "]"
-    except MemoryError:
-        os._exit(MEMORY_EXIT)
-    except values.ValueTooLarge:
-        return '"too_large"'
-    except BaseException:
-        return '"unencodable"'
-
-
-def write_all(fd: int, data: bytes) -> None:
-    while data:
-        data = data[os.write(fd, data):]
 
 
 def run(code, name: str, exit_on_error: bool = True):
