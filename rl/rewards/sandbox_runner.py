@@ -51,11 +51,12 @@ del sys.path[0]  # a test's `import math` must not find a math.py the program wr
 
 
 def limit(limits: dict) -> None:
+    """Every limit but the process count (`limit_processes`, set after the assert mode's fork: without root the
+    count is the trainer's user's, whose own threads can already pass it)."""
     mb = 1024 * 1024
     cpu = limits["cpu_s"]
     for kind, soft, hard in ((resource.RLIMIT_CPU, cpu, cpu + 1),
                              (resource.RLIMIT_AS, limits["memory_mb"] * mb, limits["memory_mb"] * mb),
-                             (resource.RLIMIT_NPROC, limits["processes"], limits["processes"]),
                              (resource.RLIMIT_FSIZE, limits["file_mb"] * mb, limits["file_mb"] * mb),
                              (resource.RLIMIT_NOFILE, limits["open_files"], limits["open_files"]),
                              (resource.RLIMIT_CORE, 0, 0)):
@@ -68,6 +69,10 @@ def limit(limits: dict) -> None:
 PRELOADED = ("array", "bisect", "cmath", "collections", "copy", "dataclasses", "datetime", "decimal", "enum",
              "fractions", "functools", "heapq", "itertools", "math", "numbers", "operator", "queue", "random", "re",
              "statistics", "string", "textwrap", "typing", "unicodedata")
+
+
+def limit_processes(limits: dict) -> None:
+    resource.setrlimit(resource.RLIMIT_NPROC, (limits["processes"], limits["processes"]))
 
 
 def drop_root(uid: int) -> None:
@@ -151,13 +156,14 @@ def main() -> None:
         os._exit(SYNTAX_EXIT)
     del sys.argv[1:]
     if mode == "stdio":
+        limit_processes(limits)
         run(code, "__main__")
         sys.stdout.flush()
         return
-    judge(code, prctl)
+    judge(code, prctl, limits)
 
 
-def judge(code, prctl) -> None:
+def judge(code, prctl, limits: dict) -> None:
     """The assert mode (module docstring): fork the program's process, then judge the tests here."""
     if prctl is not None:
         import ctypes
@@ -167,6 +173,7 @@ def judge(code, prctl) -> None:
     replies_r, replies_w = os.pipe()
     here = os.getpid()
     pid = os.fork()
+    limit_processes(limits)  # in both, after the fork (limit's docstring)
     if pid == 0:
         os.close(requests_w)
         os.close(replies_r)
