@@ -185,6 +185,9 @@ class OptimizerConfig:
         if self.schedule == "warmup_cosine":
             ok = self.total_steps is None or self.total_steps > self.warmup_steps  # None: each stage's steps
             _require(ok, s, "total_steps", self.total_steps, "null or an integer > warmup_steps for warmup_cosine")
+        else:  # the constant schedule reads no end: one set here was accepted and ignored
+            _require(self.total_steps is None, s, "total_steps", self.total_steps,
+                     "null with schedule=constant (only warmup_cosine decays to an end)")
         _require(0 <= self.min_lr_ratio <= 1, s, "min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
         _require(0 <= self.b1 < 1, s, "b1", self.b1, "in [0, 1)")
         _require(0 <= self.b2 < 1, s, "b2", self.b2, "in [0, 1)")

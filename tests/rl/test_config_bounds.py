@@ -131,7 +131,8 @@ def test_a_bad_value_in_a_yaml_file_names_the_file_and_key(tmp_path, body, named
     ["seed=-1", "seed=9007199254740992", "data.seed=0", "data.seed=4294967295"],
     ["stages.0.name=cold-start_v1.2", "plots=false", "checkpoint.async_save=false"],
     ["sampling.temperature=0", "eval.temperature=0", "grpo.kl_coef=0", "model.routing_bias_update_rate=0"],
-    ["reward_pool.import_modules=[tests.rl.reward_digit]", "reward_pool.memory_mb=0", "optimizer.total_steps=1"],
+    ["reward_pool.import_modules=[tests.rl.reward_digit]", "reward_pool.memory_mb=0", "optimizer.total_steps=1",
+     "optimizer.schedule=warmup_cosine"],
     ["sampling.rules={vocab: []}", "sharding.rules={embed: [fsdp, data]}", "rewards.weights=['1.5', -2]"],
     # 2^31-1 tasks; 1024 rows x 2^19 tokens x 2 experts per token = 2^30 copies, and 2^31 split in two
     ["reward_pool.max_tasks_per_worker=2147483647", "stages.0.batch_size=1024", "stages.0.max_sequence_length=524288"],

@@ -149,6 +149,12 @@ def test_warmup_cosine_total_steps_is_null_or_after_the_warmup():
         OptimizerConfig(schedule="warmup_cosine", warmup_steps=10, total_steps=10)
 
 
+def test_a_constant_schedule_refuses_an_end_it_would_ignore():
+    with pytest.raises(UserError, match=r"optimizer\.total_steps = 100: expected null with schedule=constant"):
+        OptimizerConfig(schedule="constant", total_steps=100)
+    assert OptimizerConfig(schedule="constant").total_steps is None
+
+
 def test_optimizer_config_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         OptimizerConfig().lr = 1.0
