@@ -195,7 +195,10 @@ class Channel:
                 pass
         _, status = os.waitpid(self.pid, 0)
         if not broken and os.WIFSIGNALED(status):
-            signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+            try:
+                signal.signal(os.WTERMSIG(status), signal.SIG_DFL)  # (SIGKILL's cannot be set: it is)
+            except (OSError, ValueError):
+                pass
             os.kill(os.getpid(), os.WTERMSIG(status))
         if not broken and os.WIFEXITED(status) and os.WEXITSTATUS(status) == MEMORY_EXIT:
             os._exit(MEMORY_EXIT)

@@ -194,21 +194,24 @@ def serve(code, requests_fd: int, replies_fd: int) -> None:
     if namespace is None:
         judging.write_all(replies_fd, b'["failed"]\n')
         os._exit(0)
-    names, room = [], [values.MAX_VALUE_CHARS]
+    # the names' entries and the values' encodings take half the reply's room each (a line past it is refused)
+    names, name_chars, room = [], 0, [values.MAX_VALUE_CHARS // 2]
     for name, value in list(namespace.items()):
         if name.startswith("__"):
             continue
-        if isinstance(value, types.ModuleType):
-            names.append(f'["module", {json.dumps(name)}, {json.dumps(value.__name__)}]')
-        elif callable(value):
-            names.append(f'["call", {json.dumps(name)}]')
-        else:
-            try:
-                names.append(f'["value", {json.dumps(name)}, {values.encode(value, 0, room)}]')
-            except MemoryError:
-                os._exit(MEMORY_EXIT)
-            except BaseException:  # an object, or past the room: the tests cannot name it
-                pass
+        if isinstance(value, types.ModuleType) or callable(value):
+            entry = (f'["module", {json.dumps(name)}, {json.dumps(value.__name__)}]'
+                     if isinstance(value, types.ModuleType) else f'["call", {json.dumps(name)}]')
+            name_chars += len(entry) + 2
+            if name_chars < values.MAX_VALUE_CHARS // 2:  # past it (thousands of functions): not named
+                names.append(entry)
+            continue
+        try:
+            names.append(f'["value", {json.dumps(name)}, {values.encode(value, 0, room)}]')
+        except MemoryError:
+            os._exit(MEMORY_EXIT)
+        except BaseException:  # an object, or past the room: the tests cannot name it
+            pass
     judging.write_all(replies_fd, ('["ready", [' + ", ".join(names) + "]]\n").encode("ascii"))
     handles, lines = [], judging.LineReader(requests_fd)
     while True:
