@@ -36,12 +36,15 @@ def with_slow_reward(config: Config, max_staleness: int) -> Config:
 
 
 def summarize_staleness(rows_by_k: dict[int, list[dict]], warmup: int) -> dict:
-    """The figures of KEYS from each max_staleness's GRPO rows (medians after `warmup` rows)."""
+    """The figures of KEYS from each max_staleness's GRPO rows: medians after `warmup` rows, without the last k
+    rows of max_staleness k (they drain the queue sampled ahead and sample nothing: in the median, they
+    flattered k = 1 until 2026-12-04)."""
     out = {"staleness_reward_seconds": slow_reward.SECONDS}
     for k, rows in rows_by_k.items():
-        timed = rows[warmup:]
+        timed = rows[warmup:len(rows) - k]
         if not timed:
-            raise UserError(f"bench staleness: {len(rows)} GRPO steps leave none after {warmup} warm-up steps")
+            raise UserError(f"bench staleness: {len(rows)} GRPO steps leave none after {warmup} warm-up steps"
+                            + (f" and the last {k}, which sample nothing" if k else ""))
         out[f"staleness_step_seconds_k{k}"] = float(np.median([r["step_time_s"] for r in timed]))
         out[f"staleness_host_wait_seconds_k{k}"] = float(np.median([r["time/host_wait_s"] for r in timed]))
     out["staleness_speedup"] = out["staleness_step_seconds_k0"] / out["staleness_step_seconds_k1"]
