@@ -43,6 +43,17 @@ def make_param(rngs: nnx.Rngs, cfg: ModelConfig, shape: Sequence[int], axes: Seq
     return nnx.Param(value, axes=("layers",) * len(stack) + tuple(axes))
 
 
+def matrices(params):
+    """A weight-decay mask (optax's `mask`) of a policy's parameters: true for each of two or more dimensions,
+    the leading "layers" axis of stacked layers (make_param) not counted, so that each layer's norm scale is a
+    vector (stacked, it is 2-D)."""
+    def is_matrix(leaf) -> bool:
+        axes = leaf.get_metadata().get("axes") if isinstance(leaf, nnx.Variable) else None
+        return len(leaf.shape) - (axes or ()).count("layers") >= 2
+
+    return jax.tree.map(is_matrix, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
 class RMSNorm(nnx.Module):
     """RMSNorm with Hugging Face's numerics: normalise in float32, cast back, then scale."""
 

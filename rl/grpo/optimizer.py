@@ -27,8 +27,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 
+from r1jax.model.layers import matrices
 from r1jax.rl.grpo.config import OptimizerConfig
 
 
@@ -107,20 +107,10 @@ def state_in(inner: optax.GradientTransformation, dtype: str) -> optax.GradientT
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def matrices(params):
-    """optax's weight-decay mask of a policy's parameters: true for each of two or more dimensions, the leading
-    "layers" axis of stacked layers (model.layers) not counted, so that each layer's norm scale is a vector."""
-    def is_matrix(leaf) -> bool:
-        axes = leaf.get_metadata().get("axes") if isinstance(leaf, nnx.Variable) else None
-        return len(leaf.shape) - (axes or ()).count("layers") >= 2
-
-    return jax.tree.map(is_matrix, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
-
-
 def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
     """AdamW (Loshchilov & Hutter 2019) on clipped gradients, skipping non-finite steps; with
     `cfg.decay_norms` false, 1-D parameters (norm scales) are not decayed."""
-    mask = None if cfg.decay_norms else matrices
+    mask = None if cfg.decay_norms else matrices  # model.layers: what a parameter's axes say
     adamw = optax.adamw(lr_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
                         mask=mask)
     if cfg.state_dtype is not None:
