@@ -50,6 +50,7 @@ import threading
 import time
 
 from r1jax.errors import UserError
+from r1jax.rl.rewards.sandbox_values import MEMORY_EXIT, SECCOMP_EXIT, SYNTAX_EXIT
 from r1jax.rl.rewards.seccomp import filter_pipe, seccomp_filter
 
 MODES = ("bwrap", "rlimits_only")
@@ -60,7 +61,6 @@ RUN_STATUSES = ("ok", "exit", "syntax_error", "timeout", "memory", "output_limit
 RUNNER = pathlib.Path(__file__).with_name("sandbox_runner.py")
 VALUES = pathlib.Path(__file__).with_name("sandbox_values.py")  # the runner's codec, copied in beside it
 JUDGE = pathlib.Path(__file__).with_name("sandbox_judge.py")  # the assert mode's judge, copied in beside it
-SYNTAX_EXIT, MEMORY_EXIT, SECCOMP_EXIT = 65, 66, 67  # as in sandbox_runner.py
 CPU_SIGNALS = (signal.SIGXCPU, signal.SIGKILL)  # the soft and the hard RLIMIT_CPU
 CLEAN_ENV = {"PATH": "/usr/bin:/bin", "LC_CTYPE": "C.UTF-8"}
 LINKER_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d")

@@ -14,7 +14,6 @@ import sys
 
 import sandbox_values as values  # (sandbox_runner put its directory on the path for this import)
 
-MEMORY_EXIT = 66  # sandbox_runner.MEMORY_EXIT
 _BUILTIN_NAMES = frozenset(dir(builtins))  # never a program's name in the tests: its `abs` would judge them
 _UNIMPORTED = frozenset({"antigravity", "this"})  # standard modules whose import does something
 MAX_REPLY_CHARS = values.MAX_VALUE_CHARS + 64  # a reply line of the program's process, its frame included
@@ -200,8 +199,8 @@ class Channel:
             except (OSError, ValueError):
                 pass
             os.kill(os.getpid(), os.WTERMSIG(status))
-        if not broken and os.WIFEXITED(status) and os.WEXITSTATUS(status) == MEMORY_EXIT:
-            os._exit(MEMORY_EXIT)
+        if not broken and os.WIFEXITED(status) and os.WEXITSTATUS(status) == values.MEMORY_EXIT:
+            os._exit(values.MEMORY_EXIT)
         if early:
             os._exit((os.WEXITSTATUS(status) if os.WIFEXITED(status) else 0) or 1)
         raise ProgramRaised("the program's process has ended")
@@ -217,7 +216,7 @@ def run_test(test: str, index: int, namespace: dict):
             return 1
         value = eval(compile(source, f"test_{index}", "eval"), namespace)
     except MemoryError:
-        os._exit(MEMORY_EXIT)
+        os._exit(values.MEMORY_EXIT)
     except Unsent as err:
         return 0 if kind == "exec" else f'"{err.kind}"'
     except BaseException:  # a failed assertion, an exception, sys.exit: this test fails
@@ -225,7 +224,7 @@ def run_test(test: str, index: int, namespace: dict):
     try:
         return '["value", ' + values.encode(value, 0, [values.MAX_VALUE_CHARS]) + "]"
     except MemoryError:
-        os._exit(MEMORY_EXIT)
+        os._exit(values.MEMORY_EXIT)
     except values.ValueTooLarge:
         return '"too_large"'
     except BaseException:

@@ -27,9 +27,9 @@ reach), so the frames, the garbage collector, the nonce and the verdict are out 
   trainer compares the value; any but a value fails);
 - `exec STATEMENTS` (any other assertion): 1 when it raises nothing, else 0.
 A test's arguments do not come back: a function that changes a list in place changes the program's copy.
-Exit codes other than the program's own: SYNTAX_EXIT (the program does not compile), MEMORY_EXIT, SECCOMP_EXIT
-(the filter could not be loaded: the program never ran); the program's process ended by a signal (its CPU
-limit) ends the judge by the same one.
+Exit codes other than the program's own (sandbox_values): SYNTAX_EXIT (the program does not compile),
+MEMORY_EXIT, SECCOMP_EXIT (the filter could not be loaded: the program never ran); the program's process ended
+by a signal (its CPU limit) ends the judge by the same one.
 """
 
 import json
@@ -40,13 +40,13 @@ import sys
 import traceback
 import types
 
-SYNTAX_EXIT, MEMORY_EXIT, SECCOMP_EXIT = 65, 66, 67
 PR_SET_PDEATHSIG, PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS, SECCOMP_MODE_FILTER = 1, 22, 38, 2
 PR_SET_DUMPABLE = 4
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)  # (-I left the script's directory out)
 import sandbox_values as values  # noqa: E402  (copied in beside this file, as is the judge)
 import sandbox_judge as judging  # noqa: E402
+from sandbox_values import MEMORY_EXIT, SECCOMP_EXIT, SYNTAX_EXIT  # noqa: E402
 del sys.path[0]  # a test's `import math` must not find a math.py the program wrote there (rlimits_only)
 
 

@@ -9,11 +9,15 @@ deeper than MAX_DEPTH ValueError; one whose text would pass the room given Value
 TypeError: an unhashable set item) on anything else: what it reads may have been written by the program.
 
 Used on both sides of the sandbox (rl.rewards.sandbox_runner, copied into it beside the runner, and
-rl.rewards.code), never importing anything of the project.
+rl.rewards.code), never importing anything of the project; so it also holds the exit codes by which the
+sandbox's processes say how a program ended (read by rl.rewards.sandbox).
 """
 
 import re
 
+# exit codes other than a program's own: it does not compile; it ran out of memory; the seccomp filter could not
+# be loaded (the program never ran)
+SYNTAX_EXIT, MEMORY_EXIT, SECCOMP_EXIT = 65, 66, 67
 MAX_DEPTH = 100  # nesting of an encoded value; deeper (or self-containing) is refused
 MAX_VALUE_CHARS = 1 << 18  # length of one encoded value; longer is "too_large" (~18k small ints, a 128k-char str)
 _HEX_INT = re.compile(r"-?[0-9a-f]+")
