@@ -8,7 +8,10 @@ lists no numbers, the numbers of the reference are the allowed multiset, so the 
 expression of at least two numbers (a data file's row that is not is refused when it loads:
 `check_reference`; a bare target then scores nothing). The operators allowed are the prompt's ("(+-*/,
 ...)"), else + - * /; any other (a power "2^3") fails. A candidate may be the expression alone or
-"expression = target"; it is evaluated exactly by `safe_math` (never `eval`).
+"expression = target"; it is evaluated exactly by `safe_math` (never `eval`). Each number may be used at
+most once, unless the prompt asks for all of them ("each number exactly once", "use all the numbers", "every
+number": TinyZero's rule, whose judge wants every listed number): then a candidate must use each listed number
+exactly as often as the prompt lists it.
 
 Knobs: `count` numbers that build the target, `max_value` of each number, `distractors` extra numbers
 that the target does not need. Targets stay at most MAX_TARGET: a draw above it is drawn again, like one
@@ -32,6 +35,9 @@ _PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
 _PROMPT_NUMBERS = re.compile(r"from ([\d, ]+)\(")
 _PROMPT_LIST = re.compile(r"\[\s*(\d+(?:\s*,\s*\d+)+)\s*\]")  # "[19, 36, 55, 7]"
 _PROMPT_OPERATORS = re.compile(r"from [\d, ]+\(((?:\s*[-+*/]\s*,?)+)")  # "(+-*/, each" or "(+, -, *, /)"
+_EVERY_NUMBER = re.compile(r"exactly once|\ball (?:of )?the (?:\w+ )?numbers|\bevery number|\buse all\b"
+                           r"|\ball \d+ numbers", re.IGNORECASE)  # "each number exactly once", "use all 4 numbers"
+_NEGATION = re.compile(r"\b(?:not|no|need not|never)\b|n't\b", re.IGNORECASE)
 _OPERATORS = {"add": "+", "sub": "-", "neg": "-", "mul": "*", "div": "/", "pow": "^"}  # AST node -> symbol
 
 
@@ -80,6 +86,16 @@ def allowed_numbers(prompt: str, reference_node: tuple) -> Counter:
     return listed if listed is not None else Counter(safe_math.numbers(reference_node))
 
 
+def uses_every_number(prompt: str) -> bool:
+    """Whether the prompt asks for every listed number (exactly once each), not for at most once."""
+    if prompt_numbers(prompt) is None:
+        return False
+    for match in _EVERY_NUMBER.finditer(prompt):  # not "you do not need to use all the numbers"
+        if not _NEGATION.search(prompt[max(0, match.start() - 40):match.start()].rsplit(".", 1)[-1]):
+            return True
+    return False
+
+
 def allowed_operators(prompt: str) -> str:
     """The operator symbols the prompt lists ("(+-*/, each at most once)" or "(+, -, *, /)"), else + - * /."""
     match = _PROMPT_OPERATORS.search(prompt or "")
@@ -126,6 +142,9 @@ def check_reference(prompt: str, reference: str) -> str | None:
                 "e.g. '(3+5)*2' (data.fields.answer can name such a column), or list the numbers in the prompt")
     if listed is not None and len(used) > 1 and Counter(used) - listed:
         return f"the reference {reference[:60]!r} uses numbers that the prompt does not list"
+    if listed is not None and len(used) > 1 and uses_every_number(prompt) and Counter(used) != listed:
+        return (f"the reference {reference[:60]!r} leaves out numbers that its prompt asks to use all of "
+                f"({', '.join(str(n) for n in sorted(listed.elements()))})")
     banned = sorted(set(operators(node)) - set(allowed_operators(prompt)))
     if banned:  # every answer would be judged against operators the prompt seems to leave out
         return (f"the reference {reference[:60]!r} uses {' '.join(banned)}, which the prompt's operator list "
@@ -190,4 +209,6 @@ class CountdownTask(Task):
         used = list(safe_math.numbers(node))
         if any(n.denominator != 1 for n in used):
             return False
+        if uses_every_number(prompt):
+            return Counter(used) == prompt_numbers(prompt)
         return not (Counter(used) - allowed_numbers(prompt, reference_node))

@@ -121,6 +121,22 @@ def test_countdown_reads_an_operator_list_written_with_commas(listed, allowed):
     assert countdown.allowed_operators(prompt) == allowed
 
 
+@pytest.mark.parametrize("rule, every", [
+    ("You can use basic arithmetic operations (+, -, *, /) and each number can only be used once.", False),
+    ("Use each number exactly once.", True), ("Use all the numbers.", True), ("use all 4 numbers", True),
+    ("Every number must be used once.", True), ("You do not need to use all the numbers.", False),
+    ("You don't have to use every number.", False)])
+def test_a_countdown_prompt_that_asks_for_every_number_wants_each_exactly_as_listed(rule, every):
+    # TinyZero's judge wants every listed number; "at most once" passed "55+36-19" for 72 from [19, 36, 55, 7, 7]
+    task = get_task("countdown", 1)
+    prompt = f"Using the numbers [19, 36, 55, 7, 7], create an equation that equals 72. {rule}"
+    assert countdown.uses_every_number(prompt) == every
+    assert task.verify("55+36-19", "72", prompt) == (not every)
+    assert task.verify("55+7+36-19-7", "72", prompt)  # all five, 7 twice as listed
+    assert not task.verify("55+7+36-19-7+7-7", "72", prompt)  # 7 four times: never
+    assert (countdown.check_reference(prompt, "55+36-19") is None) == (not every)
+
+
 def test_a_countdown_reference_its_own_prompt_forbids_is_named():
     assert countdown.check_reference("Make 24 from 3, 8, 8, 3 (+, -, *, /)", "3*8") is None
     message = countdown.check_reference("Make 24 from 3, 8, 8, 3 (+, -)", "3*8")
