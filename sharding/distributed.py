@@ -16,15 +16,11 @@ a fatal error after the same timeout: a peer that never starts ("RegisterTask ..
 name) and a silent peer while this process waits in a collective ("The following tasks are unhealthy
 (stopped sending heartbeats): 1").
 
-A process that stops on an error must not leave the others waiting for it either (they would wait the peer
-timeout, then abort inside JAX without its reason): `stop_on_error` publishes the reason in the coordination
-service's key-value store and exits; every process's watcher thread (started by `initialize`) polls the store
-and exits at once, printing which process stopped and why.
+A process that stops on an error must not leave the others waiting for it either: sharding.peer_errors.
 """
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import functools
 import itertools
@@ -32,7 +28,6 @@ import math
 import os
 import re
 import sys
-import threading
 import time
 from typing import Mapping, Optional
 
@@ -46,14 +41,9 @@ ENV_PEER_TIMEOUT = "R1JAX_PEER_TIMEOUT_S"
 DEFAULT_PEER_TIMEOUT_S = 300.0
 MAX_PEER_TIMEOUT_S = 1e6  # ~11.6 days (JAX takes whole seconds as a C integer: 1e300 overflowed it)
 MAX_PROCESSES = 2**31 - 1  # JAX's process count and ids are int32
-ERRORS_KEY = "r1jax/error/"  # + process index: why that process stopped
-SEEN_KEY = "r1jax/error-seen/"  # + process index: that process read an error and is exiting
-DONE_KEY = "r1jax/error-done/"  # + process index: that process has stopped reading the store
-WATCH_INTERVAL_S = 0.5
 
 _peer_timeout_s = DEFAULT_PEER_TIMEOUT_S
 _gathers = itertools.count()  # gather's rounds: every process counts its calls alike
-_stop_watching = threading.Event()  # set at exit and by stop_on_error: this process's own stop comes first
 
 
 class PeerLost(UserError):
@@ -154,7 +144,9 @@ def initialize(launch: Launch) -> None:
             if launch.auto else ""
         raise UserError(f"jax.distributed.initialize failed: {first_line(err)}{hint}") from None
     if multi_process():
-        _watch_peer_errors()
+        from r1jax.sharding import peer_errors  # (which imports this module)
+
+        peer_errors.watch()
         counts = {p: int(n) for p, n in gather("local-devices", str(jax.local_device_count()),
                                               "the start-up's device count check").items()}
         if len(set(counts.values())) > 1:
@@ -163,7 +155,8 @@ def initialize(launch: Launch) -> None:
                             "as many (hosts of one kind; the same --cpu-devices)")
 
 
-def _client():
+def coordination_client():
+    """jax.distributed's client of the coordination service (its key-value store and barriers), or None."""
     from r1jax.sharding.jax_private import distributed_client  # imports JAX, which this module defers
 
     return distributed_client()
@@ -172,7 +165,12 @@ def _client():
 def multi_process() -> bool:
     import jax
 
-    return _client() is not None and jax.process_count() > 1
+    return coordination_client() is not None and jax.process_count() > 1
+
+
+def peer_timeout_s() -> float:
+    """How long a process waits for a peer before it names it lost (--peer-timeout-s; default 300 s)."""
+    return _peer_timeout_s
 
 
 def several_processes() -> bool:
@@ -188,7 +186,7 @@ def barrier(name: str, what: str, timeout_s: Optional[float] = None) -> None:
         return
     timeout_s = _peer_timeout_s if timeout_s is None else max(timeout_s, _peer_timeout_s)
     try:
-        _client().wait_at_barrier(f"r1jax/{name}", int(timeout_s * 1000))
+        coordination_client().wait_at_barrier(f"r1jax/{name}", int(timeout_s * 1000))
     except Exception as err:  # JaxRuntimeError: DEADLINE_EXCEEDED, or a peer already reported dead
         raise PeerLost(describe_barrier_failure(str(err), what, timeout_s)) from None
 
@@ -200,7 +198,7 @@ def gather(name: str, text: str, what: str) -> dict[int, str]:
         return {0: text}
     import jax
 
-    client, key = _client(), f"r1jax/{name}/{next(_gathers)}/"  # a round per call: a name may be gathered again
+    client, key = coordination_client(), f"r1jax/{name}/{next(_gathers)}/"  # a round per call: a name may be gathered again
     client.key_value_set(f"{key}{jax.process_index()}", text)
     barrier(f"{key}published", what)
     return {int(k.rsplit("/", 1)[1]): value for k, value in client.key_value_dir_get(key)}
@@ -263,79 +261,6 @@ def check_shared_directory(directory, what: str, wait_s: float = 30.0) -> None:
         raise UserError(f"{what} {directory} of process{'es' if len(differ) > 1 else ''} "
                         f"{', '.join(map(str, differ))} is not the directory process 0 writes: every process must "
                         "see one directory (a shared file system mounted at the same path on every host)")
-
-
-def stop_on_error(message: str, code: int) -> None:
-    """With several processes: tell the others why this one stops (their watchers exit them with `message`),
-    wait briefly until they have read it (process 0 hosts the store: it must outlive their reads), and exit
-    with `code` at once: a normal exit would wait for the peers in JAX's shutdown barrier, then abort. With
-    one process: return, for the caller's normal exit."""
-    if not several_processes():
-        return
-    import jax
-
-    _stop_watching.set()
-    me, count = jax.process_index(), jax.process_count()
-    client = _client()
-    deadline = time.monotonic() + 10 * WATCH_INTERVAL_S + 5
-    try:
-        client.key_value_set(f"{ERRORS_KEY}{me}", message)
-        while time.monotonic() < deadline:
-            seen = {int(key.rsplit("/", 1)[1]) for key, _ in client.key_value_dir_get(SEEN_KEY)}
-            errors = {int(key.rsplit("/", 1)[1]) for key, _ in client.key_value_dir_get(ERRORS_KEY)}
-            if len((seen | errors) - {me}) >= count - 1:  # each peer read it, or stopped on its own error
-                break
-            time.sleep(WATCH_INTERVAL_S / 5)
-        client.key_value_set(f"{DONE_KEY}{me}", "1")  # process 0 waits for this before it exits (the store)
-        if me == 0:  # peers stopping on their own errors still read the store: it must outlive them (a peer
-            # whose coordinator is gone aborts, SIGABRT, exit 134, when every process hit an error at once)
-            while time.monotonic() < deadline:
-                errors = {int(key.rsplit("/", 1)[1]) for key, _ in client.key_value_dir_get(ERRORS_KEY)}
-                done = {int(key.rsplit("/", 1)[1]) for key, _ in client.key_value_dir_get(DONE_KEY)}
-                if errors <= done:
-                    break
-                time.sleep(WATCH_INTERVAL_S / 5)
-            time.sleep(WATCH_INTERVAL_S / 2)  # they exit just after they write
-    except Exception:  # the store is gone (process 0 exited): the peers learn it from JAX's heartbeats
-        pass
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-def _watch_peer_errors() -> None:
-    """Start the thread that exits this process when another one publishes an error (`stop_on_error`)."""
-    import jax
-
-    me = jax.process_index()
-    client = _client()
-
-    def watch() -> None:
-        while not _stop_watching.wait(WATCH_INTERVAL_S):
-            try:
-                errors = sorted((int(key.rsplit("/", 1)[1]), text)
-                                for key, text in client.key_value_dir_get(ERRORS_KEY))
-            except Exception:  # shutting down, or the store is gone: JAX's heartbeats take it from here
-                return
-            errors = [(index, text) for index, text in errors if index != me]
-            if errors and not _stop_watching.is_set():
-                index, text = errors[0]
-                print(f"r1jax: error: process {index} of this run stopped: {text}", file=sys.stderr, flush=True)
-                try:
-                    client.key_value_set(f"{SEEN_KEY}{me}", "1")
-                    if me == 0:  # this process hosts the store: a process still reading it when it goes aborts
-                        deadline = time.monotonic() + 10 * WATCH_INTERVAL_S + 5
-                        done = f"{DONE_KEY}{index}"
-                        while time.monotonic() < deadline and done not in dict(client.key_value_dir_get(DONE_KEY)):
-                            time.sleep(WATCH_INTERVAL_S / 5)
-                        time.sleep(WATCH_INTERVAL_S / 2)  # the stopped process exits just after it writes
-                except Exception:
-                    pass
-                sys.stdout.flush()
-                os._exit(3)
-
-    threading.Thread(target=watch, name="r1jax-peer-errors", daemon=True).start()
-    atexit.register(_stop_watching.set)  # runs before JAX's own exit handler shuts the client down
 
 
 def describe_barrier_failure(message: str, what: str, timeout_s: float) -> str:

@@ -18,7 +18,8 @@ from r1jax.errors import UserError
 from r1jax.rl.cli.common import cpu_device_count
 from r1jax.rl.host_allocator import retain_freed_memory
 # sharding.distributed defers JAX's import itself
-from r1jax.sharding.distributed import PeerLost, first_line, several_processes, stop_on_error
+from r1jax.sharding.distributed import PeerLost, first_line, several_processes
+from r1jax.sharding.peer_errors import exit_if_a_peer_stopped, stop_on_error
 
 # (name, module, one-line help). A module defines add_arguments(parser) and run(args) -> int.
 COMMANDS = [
@@ -148,6 +149,11 @@ def main(argv: list[str] | None = None, *, as_program: bool | None = None) -> in
         print(f"r1jax {args.command}: error: {err}", file=sys.stderr, flush=True)
         stop_on_error(str(err), 3)
         os._exit(3)
+    except KeyboardInterrupt:  # a second Ctrl-C (the first asks for a checkpoint at the step's end)
+        if several_processes():  # the others must not wait for this one until the peer timeout, then abort
+            print(f"r1jax {args.command}: interrupted", file=sys.stderr, flush=True)
+            stop_on_error("interrupted (a second Ctrl-C)", 130)
+        raise
     except UserError as err:
         print(f"r1jax {args.command}: error: {err}", file=sys.stderr, flush=True)
         stop_on_error(str(err), 2)  # with several processes: the others stop too, naming this one's error
@@ -159,6 +165,7 @@ def main(argv: list[str] | None = None, *, as_program: bool | None = None) -> in
             stop_on_error(message, 2)
             return 2
         if several_processes():
+            exit_if_a_peer_stopped()  # (exits when this failure follows another process's stop)
             traceback.print_exc()
             stop_on_error(f"{type(err).__name__}: {first_line(err)} (the traceback is in its log)", 1)
         raise

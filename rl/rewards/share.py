@@ -17,6 +17,8 @@ import dataclasses
 import json
 from typing import Any
 
+from r1jax.sharding.distributed import PeerLost  # (imports no JAX)
+
 
 @dataclasses.dataclass(frozen=True)
 class ScoreShare:
@@ -55,7 +57,13 @@ class ScoreShare:
             if process == self.index:
                 part = own
             else:
-                text = self.client.blocking_key_value_get(prefix.format(batch, process), int(self.timeout_s * 1000))
+                try:
+                    text = self.client.blocking_key_value_get(prefix.format(batch, process),
+                                                              int(self.timeout_s * 1000))
+                except Exception as err:  # DEADLINE_EXCEEDED, or the coordination service gone with process 0
+                    raise PeerLost(f"process {process} published no rewards of batch {batch} within "
+                                   f"{self.timeout_s:.0f} s (its share of the scoring; it stopped, hung or died: "
+                                   f"{str(err).splitlines()[0][:200] if str(err) else type(err).__name__})") from None
                 part = json.loads(text)
             for row, result in zip(range(process, size, self.count), part):
                 results[row] = result

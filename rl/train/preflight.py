@@ -38,7 +38,6 @@ import math
 import pathlib
 from typing import Sequence
 
-import jax
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -131,26 +130,20 @@ def _vocab_too_small(config: Config, stage: StageConfig, model, tokenizer: Token
 def check_batches(config: Config, mesh: Mesh, rules: Rules) -> None:
     """The rows each stage places on the mesh split over the data-parallel devices and, in a stage that
     updates, into `update.micro_batches` (rl.update.micro_split; with grpo.pack, the packing plan's micro-batches
-    x devices: rl.grpo.packing), and the prompts or sequences it draws split over the processes (each process
-    does the host work of the whole batch)."""
+    x devices: rl.grpo.packing). Any batch suits any number of processes: each does the host work of the whole
+    batch."""
     g = config.grpo
-    processes = jax.process_count()
     for stage in config.stages:
         if stage.kind == "grpo":
-            drawn, what = g.prompts_per_step, "grpo.prompts_per_step"
             rows, rows_what = g.prompts_per_step * g.group_size, (
                 f"a GRPO batch (grpo.prompts_per_step x grpo.group_size = {g.prompts_per_step} x {g.group_size})")
         else:
-            drawn, what = stage.batch_size, f"stages[{stage.name}].batch_size"
-            rows, rows_what = stage.batch_size, what
+            rows, rows_what = stage.batch_size, f"stages[{stage.name}].batch_size"
         if stage.kind == "grpo" or stage.kind in SFT_KINDS:
             axes = check_batch_rows(rows, mesh, rules, rows_what)
             packed = stage.kind == "grpo" and g.pack
             check_micro_batches(config.update.micro_batches, rows, f"{rows_what} (stage {stage.name})",
                                 math.prod(mesh.shape[a] for a in axes) if packed else 1)
-        if drawn % processes:
-            raise UserError(f"{what}={drawn} does not split over the {processes} processes of this run; make "
-                            f"it a multiple of {processes}")
 
 
 def check_sample_lengths(config: Config) -> None:

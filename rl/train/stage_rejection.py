@@ -19,7 +19,6 @@ import json
 import pathlib
 from typing import Sequence
 
-import jax
 import rich.markup
 
 from r1jax.errors import UserError
@@ -148,12 +147,10 @@ def run_rejection_sampling(ctx: StageContext, index: int, stage: StageConfig, st
     ctx.console.log(f"{stage.name}: kept {stats['kept']} of {stats['candidates']} samples "
                     f"({stats['kept_rate']:.1%}) -> {stats['path']}")
     for reader in readers(cfg.stages, stage.name):
-        processes = jax.process_count()
-        if stats["kept"] < reader.batch_size * processes:
+        if stats["kept"] < reader.batch_size:
             ctx.console.log(rich.markup.escape(
                 f"warning: {stage.name} kept {stats['kept']} samples, fewer than one batch of stage {reader.name} "
-                f"that trains on them (stages[{reader.name}].batch_size={reader.batch_size} on each of {processes} "
-                f"processes): that stage will fail; lower its batch_size (a resume keeps these samples), or sample "
+                f"that trains on them (stages[{reader.name}].batch_size={reader.batch_size}): that stage will fail; lower its batch_size (a resume keeps these samples), or sample "
                 f"more here (steps, batch_size, samples_per_prompt) or keep more (reward_threshold, filters)"))
     ctx.checkpoints.save(index, stage, graphdef=ctx.graphdef, policy=start.policy, global_step=global_step,
                          stage_step=stage.steps, summary=summary_with(start.summary, datasets=result.datasets),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import time
 
-import jax
 
 from r1jax.errors import UserError
 from r1jax.rl.data import make_iterator
@@ -70,18 +69,17 @@ def checkpoint_dir(ctx: StageContext, start: StageStart) -> str | None:
 
 def check_samples(ctx: StageContext, stage: StageConfig, data_path: str | None) -> None:
     """When `data_path` is an earlier rejection_sampling stage's samples (written after preflight read the
-    run's files), they fill one batch on each process and fit the largest SFT sequence bucket: checked as the
-    stage starts, before training."""
+    run's files), they fill one batch (every process draws the whole batch) and fit the largest SFT sequence
+    bucket: checked as the stage starts, before training."""
     writer = _written_by(ctx, data_path)
     if writer is None:  # a user's file or the generated tasks: preflight checked them
         return
     cfg = ctx.config
     rows = _data_config(ctx, data_path).load_file(need_solution=True)
-    processes = jax.process_count()
-    if len(rows) < stage.batch_size * processes:
+    if len(rows) < stage.batch_size:
         raise UserError(f"stage {stage.name}: {data_path} (datasets/{writer.name}.jsonl, the samples stage "
                         f"{writer.name} kept) holds {len(rows)} rows, fewer than one batch of "
-                        f"stages[{stage.name}].batch_size={stage.batch_size} on each of {processes} processes; "
+                        f"stages[{stage.name}].batch_size={stage.batch_size}; "
                         f"lower stages[{stage.name}].batch_size and resume, or sample more in stage {writer.name} "
                         f"(steps, batch_size, samples_per_prompt; or keep more: reward_threshold, filters) in a new "
                         f"run")

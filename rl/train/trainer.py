@@ -340,7 +340,7 @@ class Trainer:
         if self._pool is None:
             # under several processes each scores its share of every batch (rl.rewards.share)
             share = ScoreShare.of_jax_processes(self.config.reward_pool.batch_deadline_s
-                                                + distributed.DEFAULT_PEER_TIMEOUT_S)
+                                                + distributed.peer_timeout_s())
             data = self.config.data  # generated tasks: their verifiers alone are warmed up; a data file's: all
             self._pool = RewardPool(self.config.rewards, self.config.reward_pool, share=share,
                                     tasks=None if data.path else data.tasks)

@@ -7,8 +7,12 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from r1jax.rl.rewards import CodeConfig, PoolConfig, RewardPool, RewardsConfig, ScoreItem
+from r1jax.rl.rewards.share import ScoreShare
 from r1jax.rl.tasks import get_task
+from r1jax.sharding.distributed import PeerLost
 
 from tests.rl.conftest import REPO, subprocess_env
 
@@ -51,3 +55,29 @@ def test_two_processes_each_score_half_and_return_what_one_process_returns():
         assert [without_pid(b) for b in report["results"]] == [without_pid(b) for b in alone]
         assert report["counts"] == dict(pool.counts) and report["code_counts"] == dict(pool.code_counts)
     assert {r["code_status"] for b in alone for r in b} == {"passed", "failed", None}  # right, wrong, math
+
+
+class SilentPeerStore:
+    """A coordination service's client whose peers never publish (their get times out, as JAX's does)."""
+
+    def __init__(self):
+        self.values, self.waits_ms = {}, []
+
+    def key_value_set(self, key, value):
+        self.values[key] = value
+
+    def key_value_delete(self, key):
+        self.values.pop(key, None)
+
+    def blocking_key_value_get(self, key, timeout_ms):
+        self.waits_ms.append(timeout_ms)
+        raise RuntimeError("DEADLINE_EXCEEDED: GetKeyValue() timed out with key: " + key)
+
+
+def test_a_peer_that_never_publishes_its_share_is_named_within_the_timeout():
+    """It read as a bug (a JaxRuntimeError and a traceback, the other processes left to their own timeouts)."""
+    store = SilentPeerStore()
+    share = ScoreShare(index=0, count=3, timeout_s=7.0, client=store)
+    with pytest.raises(PeerLost, match=r"process 1 published no rewards of batch 4 within 7 s .*DEADLINE_EXCEEDED"):
+        share.gather(4, 5, [{"total": 1.0}, {"total": 0.0}])
+    assert store.waits_ms == [7000] and "r1jax/scores/4/0" in store.values

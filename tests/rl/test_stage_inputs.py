@@ -6,6 +6,7 @@ file in preflight, an earlier stage's samples when the stage starts), and in a b
 import json
 import types
 
+import jax
 import pytest
 from rich.text import Text
 
@@ -164,6 +165,21 @@ def test_an_earlier_stages_samples_too_long_are_named_when_the_stage_starts(toke
         assert fragment in message, message
     write_rows(dataset, rows(8, difficulty=2, reward=3.0))
     stage_sft.check_samples(ctx, config.stages[1], str(dataset))  # rows that fit
+
+
+def test_an_earlier_stages_samples_fill_a_batch_on_any_number_of_processes(tokenizer, tmp_path, monkeypatch):
+    """Every process draws the whole batch: 8 rows fill batch_size 8 on 2 processes too (asked for 8 x 2 before,
+    refused after the whole sampling stage ran); 7 do not."""
+    config = load_config(TRAIN_CONFIG, [f"stages=[{RS}, {{name: sft2, kind: sft, steps: 1, batch_size: 8, "
+                                        f"data_path: rs}}]"])
+    ctx = types.SimpleNamespace(config=config, run_dir=tmp_path, tokenizer=tokenizer)
+    (tmp_path / "datasets").mkdir()
+    dataset = write_rows(tmp_path / "datasets" / "rs.jsonl", rows(8, difficulty=2, reward=3.0))
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    stage_sft.check_samples(ctx, config.stages[1], str(dataset))
+    write_rows(dataset, rows(7, difficulty=2, reward=3.0))
+    with pytest.raises(UserError, match=r"holds 7 rows, fewer than one batch of stages\[sft2\].batch_size=8; "):
+        stage_sft.check_samples(ctx, config.stages[1], str(dataset))
 
 
 def rejection_ctx(config, run_dir, tokenizer, logs):

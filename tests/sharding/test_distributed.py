@@ -57,7 +57,7 @@ def test_barrier_errors_name_the_missing_processes():
 PEER = """
 import os, sys, tempfile, time
 from r1jax.errors import UserError
-from r1jax.sharding import distributed
+from r1jax.sharding import distributed, peer_errors
 import jax
 if sys.argv[3] == "devices":  # process 1 holds 2 CPU devices, process 0 one
     jax.config.update("jax_num_cpu_devices", 1 + int(sys.argv[2]))
@@ -79,7 +79,7 @@ try:
         distributed.barrier("step-1", "the end of step 1")
 except UserError as err:
     print(err, flush=True)
-    distributed.stop_on_error(str(err), 3)  # as the r1jax program does: process 0 outlives the others' reads
+    peer_errors.stop_on_error(str(err), 3)  # as the r1jax program does: process 0 outlives the others' reads
     os._exit(3)
 """
 
@@ -98,9 +98,16 @@ def run(args):
     if sys.argv[3] == "both-user-error":
         raise UserError(f"process {jax.process_index()}'s data file is missing")
     if jax.process_index() == 1:
-        if sys.argv[3] == "user-error":
+        if sys.argv[3] in ("user-error", "consequence"):
             raise UserError("data row 7 of train.jsonl has no 'prompt'")
+        if sys.argv[3] == "interrupt":
+            raise KeyboardInterrupt  # a second Ctrl-C (rl.train.preemption)
         raise KeyError("prompt")
+    if sys.argv[3] == "consequence":  # a collective process 1 left fails here before the watcher's next look
+        client = distributed.coordination_client()
+        while not client.key_value_dir_get("r1jax/error/"):
+            pass
+        raise RuntimeError("UNKNOWN: Gloo AllGather failed: Connection closed by peer")
     distributed.barrier("step-1", "the end of step 1")
 
 sys.modules["failing_command"] = types.SimpleNamespace(add_arguments=lambda parser: None, run=run, __doc__="")
@@ -152,6 +159,8 @@ def test_processes_started_with_different_configs_are_told_so():
 @pytest.mark.parametrize("mode, reason, code", [
     ("user-error", "data row 7 of train.jsonl has no 'prompt'", 2),
     ("bug", "KeyError: 'prompt' (the traceback is in its log)", 1),
+    ("interrupt", "interrupted (a second Ctrl-C)", 130),  # the others waited the peer timeout, then aborted
+    ("consequence", "data row 7 of train.jsonl has no 'prompt'", 2),  # process 0's failure: no traceback
 ])
 def test_a_process_that_stops_on_an_error_stops_the_others_at_once_naming_it(mode, reason, code):
     # before, the others waited the whole peer timeout (here 600 s), then aborted inside JAX without the reason
@@ -161,8 +170,11 @@ def test_a_process_that_stops_on_an_error_stops_the_others_at_once_naming_it(mod
     assert time.time() - start < 60, (out_0[-2000:], out_1[-2000:])
     assert code_0 == 3 and f"r1jax: error: process 1 of this run stopped: {reason}" in out_0, out_0[-2000:]
     assert code_1 == code, out_1[-2000:]
-    if mode == "user-error":
+    if mode in ("user-error", "consequence"):
         assert f"r1jax fail: error: {reason}" in out_1
+        assert "Traceback" not in out_0 and "Gloo" not in out_0
+    elif mode == "interrupt":
+        assert "r1jax fail: interrupted" in out_1
     else:
         assert "Traceback" in out_1 and "KeyError: 'prompt'" in out_1
 
