@@ -83,6 +83,13 @@ class Config:
             _check_stage_data(self.stages, index, "teacher" if stage.kind == "distill" else "data_path")
             if stage.student_overrides:
                 student_model(self.model, stage.student_overrides, where=f"stages[{stage.name}]")
+        for stage in self.stages:
+            if stage.kind == "grpo" and self.grpo.max_staleness >= stage.steps:
+                # every batch of the stage would be drawn at its first step, all by its starting weights (and
+                # held on the devices together, each checkpoint storing the whole queue)
+                raise UserError(f"grpo.max_staleness={self.grpo.max_staleness} is not below stage {stage.name}'s "
+                                f"{stage.steps} steps: every batch of it would be sampled by the stage's starting "
+                                f"weights; lower it (1 or 2 is usual) or give the stage more steps")
         if self.sampling.devices and not self.grpo.max_staleness:
             # the sampler's devices generate the next batch while the trainer's update: with k = 0 each batch
             # waits for the update before it, so they would only idle in turn

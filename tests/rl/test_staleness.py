@@ -46,6 +46,14 @@ def test_bad_max_staleness_is_a_user_error_naming_the_key(value, message):
         load_config(CONFIG, [f"grpo.max_staleness={value}"])
 
 
+def test_max_staleness_not_below_a_grpo_stages_steps_is_refused():
+    # accepted before: at 4 (the stage's steps) every batch was drawn at step 1 by the starting weights
+    load_config(CONFIG, ["grpo.max_staleness=3"])
+    with pytest.raises(UserError, match=r"grpo.max_staleness=4 is not below stage grpo's 4 steps: every batch of "
+                                        r"it would be sampled by the stage's starting weights"):
+        load_config(CONFIG, ["grpo.max_staleness=4"])
+
+
 def test_max_staleness_with_dynamic_sampling_is_refused():
     with pytest.raises(UserError, match="grpo.max_staleness = 1: expected 0 with grpo.dynamic_sampling"):
         load_config(CONFIG, ["grpo.dynamic_sampling=true"])
