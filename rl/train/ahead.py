@@ -139,10 +139,11 @@ class RestoredQueue:
 
 
 def restore_queue(meta: dict, restore_trees: Callable[[dict], dict],
-                  place: Callable[[Rollout], tuple[dict, dict]], with_experts: bool = False,
+                  place: Callable[[Rollout, int], tuple[dict, dict]], with_experts: bool = False,
                   settings: dict | None = None) -> RestoredQueue:
     """The queue a checkpoint's `meta` describes (empty for a checkpoint without one). `restore_trees(targets)`
-    reads the checkpoint's items; `place(rollout)` builds a rollout's training batch and layout metrics;
+    reads the checkpoint's items; `place(rollout, ahead)` builds a rollout's training batch and layout metrics
+    (`ahead`: its place in the queue, 0 for the next step's);
     `with_experts`: the run replays routing, so the queued batches must carry their routing record;
     `settings`: the run's `sampled_under`, which the batches kept were sampled under (module docstring)."""
     entries = meta.get(ITEM) or []
@@ -171,7 +172,7 @@ def restore_queue(meta: dict, restore_trees: Callable[[dict], dict],
         saved = arrays[str(i)]
         fields = {f: np.asarray(saved[f]) if f in saved else np.zeros((0,), np.int32) for f in ROLLOUT_FIELDS}
         rollout = Rollout(**fields, steps=np.int32(entry["steps"]))
-        batch, layout = place(rollout)
+        batch, layout = place(rollout, i)
         batch["old_logp"] = jax.device_put(jnp.asarray(saved["old_logp"]), batch["mask"].sharding)
         queue.append(SampledBatch(rollout, entry["texts"], entry["seconds"], entry["generated"], entry["extra"],
                                   entry["version"], batch, layout,

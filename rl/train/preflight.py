@@ -104,7 +104,10 @@ def check_model(config: Config, index: int, tokenizer: TokenizerLike, mesh: Mesh
         try:
             abstract_sharded(nnx.state(abstract_policy(model)), mesh, rules)
         except UserError as err:  # it names the parameter and the mesh axes; add whose model it is
-            raise UserError(f"the model of stage {stage.name} does not fit the mesh {dict(mesh.shape)}: "
+            devices = config.sampling.devices
+            trainer = (f" (the trainer's {mesh.size} devices: all but sampling.devices={devices}; another "
+                       f"sampling.devices may split them better)" if devices else "")
+            raise UserError(f"the model of stage {stage.name} does not fit the mesh {dict(mesh.shape)}{trainer}: "
                             f"{err}") from None
 
 

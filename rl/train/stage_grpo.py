@@ -63,7 +63,7 @@ def run_grpo(ctx: StageContext, index: int, stage: StageConfig, start: StageStar
     if start.resume is not None:
         sampler.key = jax.random.wrap_key_data(jnp.asarray(start.resume["sampler_key"], jnp.uint32))
         restored = restore_queue(start.resume, lambda targets: ctx.checkpoints.restore_trees(
-            start.resume["checkpoint"], targets), lambda rollout: _device_batch(ctx, runner, rollout),
+            start.resume["checkpoint"], targets), lambda rollout, ahead: _device_batch(ctx, runner, rollout, ahead),
             cfg.update.routing_replay, sampled_under(cfg))
         queue = restored.batches
         if restored.note:  # batches sampled under settings this run changed: their prompts are drawn again

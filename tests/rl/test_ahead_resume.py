@@ -38,7 +38,7 @@ def restore(entries, settings, with_experts=False):
         reads.append(sorted(targets[ITEM]))
         return targets
 
-    place = lambda rollout: ({"mask": jnp.zeros((4, 2), bool)}, {"padding_fraction": 0.0})
+    place = lambda rollout, ahead: ({"mask": jnp.zeros((4, 2), bool)}, {"padding_fraction": 0.0})
     meta = {"checkpoint": 7, ITEM: entries}
     return restore_queue(meta, restore_trees, place, with_experts, settings), reads
 

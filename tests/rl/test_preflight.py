@@ -138,6 +138,10 @@ def test_a_mesh_that_does_not_fit_the_devices_or_the_model_is_named(tokenizer):
     fails(tokenizer, mesh=other, named=["sharding", "the mesh"])
     # 2 attention heads do not split over tensor=8
     fails(tokenizer, "sharding.fsdp=1", "sharding.tensor=8", named=["heads", "tensor"])
+    # the trainer's 5 devices come from sampling.devices=3: said (the message named a mesh of 5 alone)
+    trainer = build_mesh(ShardingConfig(), jax.devices()[:5])
+    fails(tokenizer, "sampling.devices=3", "grpo.max_staleness=1", mesh=trainer,
+          named=["'fsdp': 5", "the trainer's 5 devices: all but sampling.devices=3", "does not divide"])
 
 
 def test_batches_that_do_not_split_over_the_data_parallel_devices_are_named(tokenizer):

@@ -145,7 +145,7 @@ def test_routing_replay_turned_on_over_a_queue_saved_without_routing_is_a_user_e
 
     meta = {ITEM: [{"shapes": {"tokens_BT": [[2, 3], "int32"], "old_logp": [[2, 3], "float32"]}}]}
     with pytest.raises(UserError, match=r"update.routing_replay=true, but the checkpoint's 1 batch\(es\) sampled"):
-        restore_queue(meta, lambda targets: pytest.fail("read"), lambda rollout: pytest.fail("placed"), True)
+        restore_queue(meta, lambda targets: pytest.fail("read"), lambda rollout, ahead: pytest.fail("placed"), True)
 
 
 @pytest.mark.parametrize("preset", ["bench", "bench_qwen3"])
