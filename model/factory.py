@@ -1,4 +1,5 @@
-"""Creating policies: abstractly (shapes only), initialised on a mesh, and parameter counts."""
+"""Creating policies: abstractly (shapes only), initialised on a mesh; parameter counts and the bytes a decode
+step reads."""
 
 from __future__ import annotations
 
@@ -52,6 +53,29 @@ def count_params(cfg: ModelConfig) -> dict[str, int]:
                  if _is_routed_expert(tuple(path_name(path).split(".")), moe_segments))
     unused = routed * (cfg.n_routed_experts - cfg.num_experts_per_tok) // cfg.n_routed_experts
     return {"params_total": total, "params_active": total - unused}
+
+
+# used in float32 whatever the compute dtype: routers (model.routing), the LM head (Policy.logits), norm scales
+# (RMSNorm's `weight`) and the routing bias
+_FLOAT32_USES = ("router", "lm_head", "weight", "e_score_correction_bias")
+
+
+def decode_read_bytes(cfg: ModelConfig) -> int:
+    """The least bytes of the policy's state one decode step reads, all chips together: each array once, at the
+    narrower of its dtype and the compute dtype where the layers cast it to the compute dtype (a cast of a weight
+    the decode loop closes over is hoisted out of the loop, which then reads the narrow copy), at its own dtype
+    where it is used in float32 (_FLOAT32_USES); an untied embedding table not at all (a step gathers a row
+    per token)."""
+    compute = jax.numpy.dtype(cfg.compute_dtype).itemsize
+    total = 0
+    for path, x in jax.tree_util.tree_leaves_with_path(nnx.state(abstract_policy(cfg))):
+        keys = [k for k in path_name(path).split(".") if k != "value"]  # (an nnx.Variable's own leaf)
+        if keys[0] == "embed_tokens" and not cfg.tie_word_embeddings:
+            continue
+        size = jax.numpy.dtype(x.dtype).itemsize
+        own = keys[0] == "embed_tokens" or keys[-1] in _FLOAT32_USES
+        total += math.prod(x.shape) * (size if own else min(size, compute))
+    return total
 
 
 def _is_routed_expert(keys: tuple, moe_segments: set[str]) -> bool:

@@ -48,7 +48,7 @@ from r1jax.model.attention import attention_class
 from r1jax.model.kv_cache import reads_blockwise
 from r1jax.model.config import ModelConfig
 from r1jax.model.dispatch import resolve_impl
-from r1jax.model.factory import abstract_policy
+from r1jax.model.factory import abstract_policy, decode_read_bytes
 from r1jax.rl.aot_report import Report
 from r1jax.rl.continuous import generate_continuous
 from r1jax.rl.decoding import phase_ends
@@ -148,11 +148,6 @@ class Setup:
         model = self.config.model
         return {"parameters": model.param_dtype, "optimizer_state": self.config.optimizer.state_dtype or
                 model.param_dtype, "compute": model.compute_dtype}
-
-    def weight_bytes(self) -> int:
-        """The policy's parameters (and routing bias), whole: what all chips together hold once."""
-        return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize
-                   for x in jax.tree.leaves((self.state.params, self.state.bias)))
 
     def resident(self) -> dict[str, int]:
         return {"parameters": device_bytes((self.state.params, self.state.bias)),
@@ -321,7 +316,7 @@ def _report(setup: Setup, topology: Topology, mesh: str, hbm: tuple[int, str]) -
     copy = 0 if layout is None else device_bytes(layout.abstract((setup.state.params, setup.state.bias)))
     return Report(topology, mesh, setup.config.sharding, dict(setup.mesh.shape), setup.workload, hbm[0], hbm[1],
                   setup.resident(), device_bytes(setup.batch), kv_cache_bytes(setup, layout),
-                  compile_setup(setup, layout), setup.dtypes(), setup.weight_bytes(), note, copy,
+                  compile_setup(setup, layout), setup.dtypes(), decode_read_bytes(setup.config.model), note, copy,
                   model=setup.config.model, decode_cache_read_bytes=kv_cache_bytes(setup, layout, read=True),
                   sampler_devices=len(setup.sampler_devices))
 

@@ -37,7 +37,7 @@ class Report:
     kv_cache_bytes: int
     programs: dict[str, ProgramStats]
     dtypes: dict[str, str]  # parameters, optimizer_state, compute
-    weight_bytes: int = 0  # the whole policy, once (Setup.weight_bytes)
+    weight_read_bytes: int = 0  # the policy's state a decode step reads at least, once (decode_read_bytes)
     sampler_layout: str = "train"  # rl.sampler_layout's line saying which layout the sampler ran in
     sampler_weight_bytes: int = 0  # per device, the inference layout's weight copy (0: the training layout)
     alternatives: list[dict] = dataclasses.field(default_factory=list)
@@ -118,12 +118,13 @@ class Report:
 
     def decode(self) -> dict | None:
         """The sampler's decode step per chip and token (`sharding.roofline.decode_report`); the HBM-read
-        limit reads the chip's even share of the weights and, once per step, the KV cache its rows hold in the
-        sampler's layout (`kv_cache_bytes(read=True)`), over the sampler's chips."""
+        limit reads the chip's even share of the weights (as a step reads them at least:
+        model.factory.decode_read_bytes) and, once per step, the KV cache its rows hold in the sampler's layout
+        (`kv_cache_bytes(read=True)`), over the sampler's chips."""
         stats = self.programs["sampler"].decode
         if stats is None:
             return None
         per_chip, chips = DEVICES_PER_CHIP[self.topology.kind], self.chips("sampler")
-        read_bytes = self.weight_bytes // chips + self.decode_cache_read_bytes * per_chip
+        read_bytes = self.weight_read_bytes // chips + self.decode_cache_read_bytes * per_chip
         return decode_report(stats, CHIPS[self.topology.kind], devices_per_chip=per_chip,
                              rows=self.workload.decode_rows, chips=chips, min_read_bytes_per_chip=read_bytes)

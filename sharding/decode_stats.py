@@ -12,8 +12,9 @@ Collective bytes, per device, by kind: what a device receives over the interconn
 `hlo_text.replica_group_size`): an all-gather (n - 1) / n of its gathered result (the device holds its own 1/n
 already); a reduce-scatter or an all-to-all (n - 1) / n of its operand (its own share stays on the device; of
 a ragged all-to-all, its input: an upper bound); an all-reduce (n - 1) / n of its operand, one phase of the
-two it runs (a reduce-scatter then an all-gather: `sharding.roofline.collective_seconds` counts it twice); a
-collective-permute its whole operand. Before 2026-12-03 the whole result or operand was counted, 8/7 of what a
+two it runs (a reduce-scatter then an all-gather: `sharding.roofline.collective_seconds` counts it twice), but
+a reduce-scatter's when libtpu fused it with the slice each device keeps (a fusion calling
+`%all-reduce-scatter...`: it runs as one); a collective-permute its whole operand. Before 2026-12-03 the whole result or operand was counted, 8/7 of what a
 device receives in a group of 8. A weight all-gather (counted the same way) is one whose data is
 loop-invariant in the decode loop: followed back through data movement (bitcast, copy, reshape, transpose,
 convert, slices, fusions of those), it reaches a decode-loop value that every iteration passes on unchanged,
@@ -37,6 +38,9 @@ COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "coll
 _MOVES_DATA = {"bitcast", "copy", "reshape", "transpose", "convert", "slice", "dynamic-slice", "broadcast",
                "bitcast-convert", "copy-start", "copy-done", "all-gather", "all-gather-start",
                "all-gather-done", "get-tuple-element", "fusion", "pad", "concatenate"}
+# libtpu's fusion of an all-reduce and the slice each device keeps: it runs as a reduce-scatter (each device
+# receives (n - 1) / n of the operand once), so its inner all-reduce counts as one
+_ALL_REDUCE_SCATTER = re.compile(r"%?all-reduce-scatter(?:\.|$)")
 _EXPECTED_TRIPS = re.compile(r"(?:^|/)expected_trips_(\d+)/while$")  # a traced loop's stated trip count
 # a decode loop: the first (or only) phase's, or a later phase's over a cache grown to prompt + `end` slots
 # (rl.decoding.phase_ends; the loops of continuous batching's tail, `decode_tail_N`, are not read)
@@ -89,11 +93,27 @@ class _Module(HloTraffic):
         root = body.root
         if root.opcode != "tuple" or index >= len(root.operands):
             return False
-        inst = body.instructions.get(root.operands[index])
+        return self._passes_on(body, root.operands[index], index)
+
+    def _passes_on(self, body: Computation, name: str, index: int, depth: int = 0) -> bool:
+        """Is value `name` of loop body `body` the body's own tuple element `index`: read from its parameter, or
+        handed through an inner loop that passes it on (libtpu's decode body returns the layer scan's copy of
+        the stacked weights, `get-tuple-element(while), index=j`, not its own parameter's)?"""
+        inst = body.instructions.get(name)
         while inst is not None and inst.opcode in ("copy", "bitcast"):
             inst = body.instructions.get(inst.operands[0])
-        return (inst is not None and inst.opcode == "get-tuple-element" and inst.tuple_index == index
-                and body.instructions[inst.operands[0]].opcode == "parameter")
+        if inst is None or inst.opcode != "get-tuple-element" or depth > 20:
+            return False
+        source = body.instructions.get(inst.operands[0])
+        if source is not None and source.opcode == "parameter":
+            return inst.tuple_index == index
+        if source is None or source.opcode != "while":
+            return False
+        inner = self.comps.get(source.attr("body"))
+        init = body.instructions.get(source.operands[0])
+        return (inner is not None and init is not None and init.opcode == "tuple"
+                and inst.tuple_index < len(init.operands) and self.invariant_index(inner, inst.tuple_index)
+                and self._passes_on(body, init.operands[inst.tuple_index], index, depth + 1))
 
     def is_invariant(self, comp: Computation, name: str, decode_body: str, depth: int = 0) -> bool:
         """Is value `name` of `comp` loop-invariant data of the decode loop (see the module docstring)?"""
@@ -217,8 +237,11 @@ def _walk(module: _Module, comp: Computation, decode_body: Optional[str], seen: 
     """Per-iteration totals of one computation (and everything it calls); weight all-gathers are told apart
     only inside a decode loop (`decode_body`, None elsewhere)."""
     totals = {"hbm": 0, "flops": 0.0, "weight_ag": 0, "weight_ag_count": 0}
+    scatters = _ALL_REDUCE_SCATTER.match(comp.name) is not None  # (its all-reduce: a reduce-scatter)
     for inst in comp.instructions.values():
         kind = collective_kind(inst.opcode)
+        if scatters and kind == "all-reduce":
+            kind = "reduce-scatter"
         if kind is not None:
             moved = module.collective_bytes(comp, inst, kind)
             _add(totals, {kind: moved})

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from r1jax.model.factory import init_policy
+from r1jax.model.factory import decode_read_bytes, init_policy
 from r1jax.model.layers import rope_cos_sin
-from tests.model.tiny import FAMILIES
+from tests.model.tiny import FAMILIES, QWEN
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -148,3 +148,21 @@ def test_unrolled_decoding_matches_the_scan(family):
         np.testing.assert_array_equal(np.asarray(rollouts[1].experts_LBTK), np.asarray(rollouts[0].experts_LBTK))
         np.testing.assert_allclose(np.asarray(rollouts[1].logprobs_BN), np.asarray(rollouts[0].logprobs_BN),
                                    atol=1e-5)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_decode_step_reads_cast_weights_narrow_and_float32_uses_whole(tied):
+    """The HBM-read limit of `r1jax compile` (rl.aot_report): float32 parameters of a bfloat16 model are read as
+    the bfloat16 copies the decode loop holds, but routers, norm scales and the LM head as they are (used in
+    float32), and an untied embedding table not at all (it counted float32 and whole: 2x for the r1zero preset).
+    Counted by hand for QWEN: layer 1 dense (mlp_only_layers), 0 and 2 MoE."""
+    cfg = dataclasses.replace(QWEN, param_dtype="float32", compute_dtype="bfloat16", tie_word_embeddings=tied)
+    d, v, n, k, h, e, f, i = 32, 128, 4, 2, 8, 8, 16, 64
+    attention = (d * n * h + 2 * d * k * h + n * h * d) * 2 + 2 * h * 4  # projections narrow; q/k norms float32
+    layer_norms = 2 * d * 4
+    moe = 3 * e * d * f * 2 + d * e * 4  # experts narrow, router float32
+    dense = 3 * d * i * 2
+    expected = 3 * (attention + layer_norms) + 2 * moe + dense + d * 4 + v * d * 4  # final norm, LM head
+    assert decode_read_bytes(cfg) == expected
+    narrow = dataclasses.replace(cfg, param_dtype="bfloat16")  # already narrow: float32 uses read at 2 bytes
+    assert decode_read_bytes(narrow) == expected - (2 * 3 * h + 3 * 2 * d + 2 * d * e + d + v * d) * 2

@@ -154,6 +154,10 @@ def test_bad_topology_and_mesh_are_clean_errors(config_path, capsys):
     assert main(["compile", config_path, "--topology", "v5p-8", "--mesh", "nope"]) == 2
     err = capsys.readouterr().err
     assert "must be even" in err and "unknown mesh preset 'nope'" in err
+    # past the model's context (4096): refused before anything compiles (it compiled for minutes)
+    assert main(["compile", config_path, "--topology", "v5p-8", "--new-tokens", "5000"]) == 2
+    assert ("and 5000 new tokens (--prompt-len; --new-tokens or sampling.max_new_tokens) pass the model's context "
+            "of 4096 tokens") in capsys.readouterr().err
 
 
 def test_a_batch_that_does_not_split_names_the_config_fields(config_path):
@@ -284,8 +288,10 @@ def test_continuous_batching_reports_the_slots_and_their_cache(config_path):
     entry = (MODEL.kv_lora_rank + MODEL.qk_rope_head_dim) * 4
     assert r["breakdown"]["kv_cache"] == MODEL.num_hidden_layers * (4 * 24 + 2 * 16) * entry
     # a decode step reads the slots' caches up to the mean live length, 16 + 8 // 2 = 20 (5 blocks of 4),
-    # and a quarter of the weights (float32, the one MoE layer's routing bias included)
-    weights = (count_params(MODEL)["params_total"] + MODEL.n_routed_experts) * 4
+    # and a quarter of the weights (float32, the one MoE layer's routing bias included; not the untied
+    # embedding table, of which a step gathers a row per token)
+    embedding = 0 if MODEL.tie_word_embeddings else MODEL.vocab_size * MODEL.hidden_size
+    weights = (count_params(MODEL)["params_total"] + MODEL.n_routed_experts - embedding) * 4
     assert d["hbm_read_limit_bytes"] == weights // 4 + MODEL.num_hidden_layers * 4 * 20 * entry
 
 
