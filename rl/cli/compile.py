@@ -141,10 +141,20 @@ def describe_decode(d: dict, rows: int) -> str:
         f"collectives: {moved or 'none'}",
         f"  weight all-gathers in the decode loop: {d['weight_allgathers_per_token']} "
         f"({_size(d['weight_allgather_bytes_per_token'])})",
-        f"  roofline: {d['est_step_s'] * 1e3:.2f} ms per step (compute {d['est_compute_s'] * 1e3:.2f}, HBM "
-        f"{d['est_hbm_s'] * 1e3:.2f}, collectives {_seconds(d['est_collective_s'], 1e3)}), "
+        f"  roofline: {_duration(d['est_step_s'])} per step (compute {_duration(d['est_compute_s'])}, HBM "
+        f"{_duration(d['est_hbm_s'])}, collectives {_duration(d['est_collective_s'])}), "
         f"{d['est_tokens_per_s_per_chip']:.0f} tokens/s per chip; HBM-read limit "
-        f"{d['hbm_read_limit_s'] * 1e3:.2f} ms" + (f" ({ratio:.2f}x)" if ratio else "")])
+        f"{_duration(d['hbm_read_limit_s'])}" + (f" ({ratio:.2f}x)" if ratio else "")
+        + ("; below the limit: the compiled loop keeps weights or cache in on-chip memory (S(1)), which the limit "
+           "counts as HBM reads" if ratio is not None and ratio < 1 else "")])
+
+
+def _duration(seconds: float | None) -> str:
+    """A decode step's part, three significant digits in ms or us (a small model's step is microseconds: it
+    read "0.02 ms"); None: collectives not timed."""
+    if seconds is None:
+        return _seconds(None)
+    return f"{seconds * 1e3:.3g} ms" if seconds >= 1e-4 else f"{seconds * 1e6:.3g} us"
 
 
 def describe_update(u: dict) -> str:

@@ -447,3 +447,21 @@ def test_libtpus_all_reduce_scatter_fusion_counts_as_a_reduce_scatter():
     assert stats.collective_bytes["reduce-scatter"] == received
     assert stats.collective_bytes["all-reduce"] == received  # the plain one: one phase of its two
     assert program_costs(ALL_REDUCE_SCATTER_IN_LOOP)[0]["reduce-scatter"] == 5 * received
+
+
+def test_a_small_models_decode_step_reads_in_microseconds_and_a_step_under_the_limit_is_explained():
+    """It read "0.02 ms per step"; an estimate below the HBM-read limit (a model held in on-chip memory,
+    `S(1)`: bench_qwen3 on v5e-8 read 0.49x) went without a word."""
+    from r1jax.rl.cli.compile import describe_decode
+
+    moved = dict.fromkeys(["all-gather", "reduce-scatter", "all-to-all", "all-reduce", "collective-permute"], 0)
+    stats = type("Stats", (), {"flops": 0.0, "hbm_bytes": 2765e9 * 19.3e-6, "collective_bytes": moved,
+                               "weight_allgather_bytes": 0, "weight_allgathers": 0})()
+    below = decode_report(stats, CHIPS["v5p"], devices_per_chip=1, rows=8, chips=1,
+                          min_read_bytes_per_chip=2765e9 * 40e-6)
+    text = describe_decode(below, rows=8)
+    assert "roofline: 19.3 us per step (compute 0 us, HBM 19.3 us, collectives 0 us)" in text
+    assert "HBM-read limit 40 us (0.48x); below the limit: the compiled loop keeps weights or cache in on-chip" in text
+    above = decode_report(stats, CHIPS["v5p"], devices_per_chip=1, rows=8, chips=1,
+                          min_read_bytes_per_chip=2765e9 * 10e-6)
+    assert "(1.93x)" in describe_decode(above, rows=8) and "below the limit" not in describe_decode(above, rows=8)
