@@ -224,8 +224,9 @@ def load_tokenizer(path: str | pathlib.Path) -> TokenizerLike:
         return HFTokenizer.load(path)
     if (path / FILE_NAME).is_file():
         return Tokenizer.load(path)
-    what = "has neither" if path.is_dir() else "does not exist: expected a directory with"
-    raise UserError(f"tokenizer directory {str(path)!r} {what} {TOKENIZER_JSON} (Hugging Face) nor {FILE_NAME} "
+    what = "has neither" if path.is_dir() else "does not exist: expected a directory with either"
+    joined = "nor" if path.is_dir() else "or"
+    raise UserError(f"tokenizer directory {str(path)!r} {what} {TOKENIZER_JSON} (Hugging Face) {joined} {FILE_NAME} "
                     "(r1jax sentencepiece)")
 
 

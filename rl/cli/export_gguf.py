@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         raise UserError(f"override {bad[0]!r}: export-gguf only takes sharding.KEY=VALUE overrides")
     out = pathlib.Path(args.out)
+    if out.is_dir():  # (before the --force advice: --force cannot replace a directory)
+        raise UserError(f"output {str(out)!r} is a directory; give a file name such as {str(out / 'model.gguf')!r}")
     if out.exists() and not args.force:
         raise UserError(f"output {str(out)!r} exists; pass --force to replace it")
     if out.parent.exists():  # a directory, writable, before the weights load (the file is written beside it first)

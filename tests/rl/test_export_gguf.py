@@ -322,6 +322,9 @@ def test_cli_writes_the_file_and_refuses_bad_input_leaving_nothing_behind(tokeni
     assert f"output {str(out)!r} exists; pass --force" in capsys.readouterr().err
     assert main(["export-gguf", str(tmp_path / "ck"), str(tmp_path / "x.gguf"), "--dtype", "q4_k"]) == 2
     assert "--dtype 'q4_k': expected one of f32, f16, bf16, q8_0" in capsys.readouterr().err
+    # a directory: said at once (it advised --force, which then loaded the weights and failed on the directory)
+    assert main(["export-gguf", str(tmp_path / "ck"), str(tmp_path / "direct")]) == 2
+    assert f"output {str(tmp_path / 'direct')!r} is a directory; give a file name such as" in capsys.readouterr().err
     # a failure while writing leaves neither the output nor a temporary file, and an existing output intact
     calls = []
 
