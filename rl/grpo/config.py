@@ -26,6 +26,7 @@ MAX_KL_COEF = 100.0  # beta (R1: 0.001)
 MAX_ADV_EPS = 1.0  # epsilon of the advantage's std (DeepSeekMath: 1e-6, TRL: 1e-4)
 MAX_CLIP = 100.0  # epsilon_high (DAPO: 0.28): a ratio above 101 is clipped whatever it is
 MAX_LOGRATIO = 80.0  # exp(88) overflows float32
+MAX_PACK_SHAPES = 1024  # packed row counts (a compile each; more than a group's rows changes nothing)
 GSPO_CLIP_NOTE = 0.01  # a sequence-level clip wider than this is said to hardly act (GSPO's: 3e-4 / 4e-4)
 
 
@@ -88,6 +89,11 @@ class GRPOConfig:
     pack_length: Optional[int] = None  # packed row length in tokens; null: the padded row length (prompt bucket
     # + max_new_tokens), which packs nothing when every sequence is longer than half of it; a shorter value
     # than a step's padded rows is raised to theirs
+    # distinct packed row counts (rows per group rounded up to a multiple of ceil(group rows / pack_shapes)):
+    # the update and the reference forward compile once per count and prompt bucket, so up to pack_shapes x
+    # len(sampling.prompt_buckets) compiles each over a run; fewer for a large model on a TPU (1: every step
+    # keeps the padded row count, so packing saves no rows)
+    pack_shapes: int = 8
     dynamic_sampling: bool = False  # DAPO dynamic sampling: resample groups whose rewards are all equal
     # extra sampling rounds a step may draw after its first (DAPO's max_num_gen_batches counts the first too);
     # still short of informative groups after them, the step fills its batch with uninformative ones
@@ -125,6 +131,8 @@ class GRPOConfig:
         _require_band(s, "seq_mask", self.seq_mask_low, self.seq_mask_high)
         _require(self.pack_length is None or self.pack_length >= 2, s, "pack_length", self.pack_length,
                  "null or an integer >= 2")
+        _require(type(self.pack_shapes) is int and 1 <= self.pack_shapes <= MAX_PACK_SHAPES, s, "pack_shapes",
+                 self.pack_shapes, f"an integer in [1, {MAX_PACK_SHAPES}]")
         _require(self.num_iterations >= 1, s, "num_iterations", self.num_iterations, "an integer >= 1")
         _require(self.max_resample_rounds >= 0, s, "max_resample_rounds", self.max_resample_rounds, ">= 0")
         _require(type(self.max_staleness) is int and self.max_staleness >= 0, s, "max_staleness",
@@ -143,6 +151,9 @@ class GRPOConfig:
                          "grpo.clip_high=4e-4)")
         if self.pack_length is not None and not self.pack:
             notes.append(f"grpo.pack_length={self.pack_length} with grpo.pack=false: nothing is packed "
+                         "(grpo.pack=true packs)")
+        if self.pack_shapes != type(self).pack_shapes and not self.pack:
+            notes.append(f"grpo.pack_shapes={self.pack_shapes} with grpo.pack=false: nothing is packed "
                          "(grpo.pack=true packs)")
         return notes
 

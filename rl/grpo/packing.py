@@ -16,7 +16,8 @@ Groups: the update splits a batch into M strided micro-batches (`rl.update`: mic
 ...) whose rows lie contiguously on the D data-parallel devices. Sequences are packed within their
 (micro-batch, device) group into that group's own packed rows, so a micro-batch of packed rows holds exactly
 the sequences of the same micro-batch of padded rows, and each device packs its own rows. Packed rows per
-group are rounded up to a multiple of ceil(padded rows per group / 8), so at most 8 shapes compile.
+group are rounded up to a multiple of ceil(padded rows per group / shapes), so at most `shapes` row counts
+compile (`grpo.pack_shapes`, default 8).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import numpy as np
 
 from r1jax.errors import UserError
 
-SHAPES = 8  # distinct packed row counts at most (a jit compile each)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,9 +73,9 @@ def _first_fit_decreasing(rows: list[int], length_B: np.ndarray, capacity: int) 
 
 
 def plan_packing(valid_BT: np.ndarray, micro_batches: int = 1, devices: int = 1,
-                 row_length: int | None = None) -> PackPlan:
+                 row_length: int | None = None, shapes: int = 8) -> PackPlan:
     """The packing of the sequences in `valid_BT` ([B, T] bool) for M micro-batches on D devices into rows of
-    max(row_length, T) tokens (None: T)."""
+    max(row_length, T) tokens (None: T), in one of at most `shapes` packed row counts."""
     valid_BT = np.asarray(valid_BT, bool)
     b_rows, t = valid_BT.shape
     length = max(row_length or t, t)
@@ -90,7 +90,7 @@ def plan_packing(valid_BT: np.ndarray, micro_batches: int = 1, devices: int = 1,
     bins = {key: _first_fit_decreasing([b for b in rows if length_B[b]], length_B, length)
             for key, rows in groups.items()}
     group_rows = max(len(rows) for rows in groups.values())
-    step = -(-group_rows // SHAPES)
+    step = -(-group_rows // shapes)
     needed = max(1, max(len(b) for b in bins.values()))
     rows_per_group = min(group_rows, -(-needed // step) * step)
     src_RT = np.zeros((rows_per_group * micro_batches * devices, length), np.int32)

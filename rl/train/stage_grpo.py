@@ -210,7 +210,7 @@ def _device_batch(ctx: StageContext, runner: UpdateStage, rollout, ahead: int = 
     layout = {"padding_fraction": padding_fraction(valid_BT)}
     if g.pack:
         devices = math.prod(ctx.mesh.shape[a] for a in batch_axes(ctx.mesh, ctx.rules))
-        plan = plan_packing(valid_BT, cfg.update.micro_batches, devices, g.pack_length)
+        plan = plan_packing(valid_BT, cfg.update.micro_batches, devices, g.pack_length, g.pack_shapes)
         batch = pack_batch(batch, plan)
         layout["padding_fraction_packed"] = padding_fraction(valid_BT, plan.src_RT.size)
     return ctx.place(batch, runner.global_step + 1 + ahead), layout

@@ -62,6 +62,21 @@ def test_plan_moves_every_real_token_once_within_its_group(micro, devices, row_l
     assert padding_fraction(valid, plan.src_RT.size) <= padding_fraction(valid)
 
 
+@pytest.mark.parametrize("shapes", [1, 2, 8, 64])
+def test_packed_row_counts_take_at_most_pack_shapes_values(shapes):
+    """Each packed row count is a compile of the update and the reference forward: `grpo.pack_shapes` bounds
+    them (it was 8 fixed: up to 8 x prompt buckets full-model compiles each on a TPU)."""
+    rows, t = 64, 16
+    counts = set()
+    for needed in range(1, rows + 1):  # `needed` sequences of 9 tokens: one per row (two do not fit in 16)
+        valid = np.zeros((rows, t), bool)
+        valid[:needed, :9] = True
+        plan = plan_packing(valid, shapes=shapes)
+        assert needed <= plan.rows <= rows  # room for every sequence, never more rows than padded
+        counts.add(plan.rows)
+    assert len(counts) == min(shapes, rows) and max(counts) == rows
+
+
 def test_non_contiguous_rows_are_refused():
     with pytest.raises(ValueError, match="contiguous"):
         sequence_spans(np.array([[True, False, True]]))
