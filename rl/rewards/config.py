@@ -140,6 +140,9 @@ class PoolConfig:
     max_tasks_per_worker: int = 1000  # a worker is replaced by a fresh process after this many completions
     memory_mb: int = 2048  # address-space limit per worker (RLIMIT_AS); 0: no limit
     import_modules: tuple[str, ...] = ()  # modules imported in every worker, e.g. ones registering rewards
+    # GRPO halts after this many steps in a row in which no completion was scored (every item an error, a
+    # timeout or a crash: a broken reward or pool, whose zero rewards would train nothing); 0: never
+    max_failed_steps: int = 3
 
     def __post_init__(self) -> None:
         s = "reward_pool"
@@ -152,6 +155,8 @@ class PoolConfig:
                  "in [0, 2^31-1] (0: never recycle)")
         _require(self.memory_mb == 0 or 256 <= self.memory_mb <= MAX_MEMORY_MB, s, "memory_mb", self.memory_mb,
                  f"0 (no limit) or >= 256 (a warmed-up worker maps ~80 MB), at most {MAX_MEMORY_MB} (2^30 MB)")
+        _require(type(self.max_failed_steps) is int and 0 <= self.max_failed_steps <= INT32_MAX, s,
+                 "max_failed_steps", self.max_failed_steps, "an integer in [0, 2^31-1] (0: never halt)")
         bad = [m for m in self.import_modules if not isinstance(m, str) or not _MODULE.fullmatch(m)]
         _require(not bad, s, "import_modules", list(self.import_modules),
                  f"absolute dotted module names (package.module); not {bad}")

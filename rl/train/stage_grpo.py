@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from r1jax.errors import UserError
 from r1jax.rl.data import make_iterator
 from r1jax.rl.grpo.advantages import compute_advantages
 from r1jax.rl.grpo.packing import pack_batch, padding_fraction, plan_packing
@@ -79,6 +80,7 @@ def run_grpo(ctx: StageContext, index: int, stage: StageConfig, start: StageStar
     for note in g.notes() if ctx.primary else ():
         ctx.console.log(note)
     ctx.console.start_stage(stage.name, stage.steps, runner.stage_step)
+    failed_steps = 0  # steps in a row in which no completion was scored (reward_pool.max_failed_steps)
     while runner.stage_step < stage.steps:
         step_start = time.time()
         # the batches of this step and the next max_staleness ones, each sampled by the weights of now
@@ -94,6 +96,9 @@ def run_grpo(ctx: StageContext, index: int, stage: StageConfig, start: StageStar
         wait_start = time.time()
         results = sampled.collect(ctx.pool)
         host_wait = time.time() - wait_start
+        failed_steps = 0 if any(r.status == "ok" for r in results) else failed_steps + 1
+        if failed_steps and failed_steps == cfg.reward_pool.max_failed_steps:
+            raise UserError(_unscored(stage, runner.stage_step + 1, failed_steps, results))
         rewards_PG = np.array([r.total for r in results], np.float32).reshape(-1, g.group_size)
         adv_PG, adv_metrics = compute_advantages(rewards_PG, g.advantage_estimator, g.adv_eps, g.adv_std)
         batch["adv"] = ctx.place({"adv": adv_PG.reshape(-1)}, runner.global_step + 1)["adv"]
@@ -124,6 +129,17 @@ def run_grpo(ctx: StageContext, index: int, stage: StageConfig, start: StageStar
         runner.finish_step(row, meta, saved_with=queue_saver(queue, ctx.pool, cfg.update.routing_replay))
     return runner.finish_stage({"data_state": iterator.get_state(), "sampler_key": _key_data(sampler.key)},
                                sampler)
+
+
+def _unscored(stage, step: int, steps: int, results) -> str:
+    counts = collections.Counter(r.status for r in results)
+    first = next((r.error for r in results if r.error), None)
+    return (f"stage {stage.name}: no completion was scored in {steps} steps in a row (reward_pool.max_failed_steps="
+            f"{steps}); halting at step {step}, before its update: "
+            + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+            + (f", e.g. {first[:300]}" if first else "")
+            + "; fix the reward (rewards.names, reward_pool.import_modules) or the pool (reward_pool.timeout_s, "
+              "memory_mb) and resume: the latest checkpoint holds")
 
 
 def _draw(ctx: StageContext, iterator, sampler, runner: UpdateStage, ref_fn, ahead: int) -> SampledBatch:

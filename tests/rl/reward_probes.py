@@ -59,3 +59,9 @@ def barrier(directory: str, count: str) -> float:
             return 1.0
         time.sleep(0.01)
     return 0.0
+
+
+@register_reward("broken")
+def broken(item, config) -> float:
+    """A reward whose every call fails (a bug in a user's reward): no completion is ever scored."""
+    raise KeyError("answer")

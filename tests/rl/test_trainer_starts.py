@@ -34,6 +34,22 @@ def test_a_stage_starts_from_a_hugging_face_directory(finished_run, tmp_path):
         assert a.tobytes() == b.tobytes()
 
 
+def test_grpo_halts_when_no_completion_is_scored_steps_in_a_row(tmp_path):
+    """A reward that fails on every item (here a KeyError) scored every completion 0 and the run trained on
+    nothing to its end, rc 0; now it halts at the second such step (reward_pool.max_failed_steps=2), before its
+    update, naming the failure; the first step's update and checkpoint stand."""
+    config = load_config(TRAIN_CONFIG, ["stages=[{name: grpo, kind: grpo, steps: 3}]", "checkpoint.every=1",
+                                        "rewards.names=[broken,accuracy,format]", "rewards.weights=[1.0,0.0,0.0]",
+                                        "reward_pool.import_modules=[tests.rl.reward_probes]",
+                                        "reward_pool.max_failed_steps=2", "eval.every=0"])
+    with pytest.raises(UserError, match=r"stage grpo: no completion was scored in 2 steps in a row .*halting at "
+                                        r"step 2, before its update: 8 error, e.g. KeyError: 'answer'"):
+        Trainer(config, tmp_path / "run").run()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1] and rows[0]["pool/error"] == 8
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]
+
+
 def test_consecutive_non_finite_updates_halt_the_run_with_a_clear_error(tmp_path):
     config = load_config(TRAIN_CONFIG, ["stages=[{name: sft, kind: sft, steps: 6, batch_size: 8, lr: 1.0e+30}]",
                                         "optimizer.max_consecutive_skips=2", "optimizer.grad_clip_norm=null"])
