@@ -123,11 +123,11 @@ def bwrap_args(limits: SandboxLimits, run_dir: str, seccomp_fd: int | None = Non
         elif os.path.isdir(top):
             args += ["--ro-bind", top, top]
     args += sum((["--ro-bind-try", f, f] for f in LINKER_FILES), [])
-    for directory in _python_dirs():
-        args += _bind_with_parents(directory)
     args += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",  # (a writable /dev/shm has no size cap)
-             "--perms", "1777", "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp",
-             "--ro-bind", run_dir, "/sandbox", "--chdir", "/tmp"]
+             "--perms", "1777", "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp"]
+    for directory in _python_dirs():  # after /tmp's tmpfs, which hid a Python (a venv) under /tmp
+        args += _bind_with_parents(directory)
+    args += ["--ro-bind", run_dir, "/sandbox", "--chdir", "/tmp"]
     if seccomp_fd is not None:
         args += ["--seccomp", str(seccomp_fd)]
     if os.geteuid() == 0:  # no user namespace: the runner needs these two to drop to its own uid
@@ -354,7 +354,11 @@ def check_sandbox(mode: str) -> str:
                         "running them with resource limits only (no namespaces: see the README)")
     result = run_python("print(6 * 7)", mode=mode, limits=SandboxLimits(wall_s=30))
     if result.status != "ok" or result.stdout.strip() != b"42":
-        hint = ("bubblewrap cannot create its namespaces: unprivileged user namespaces may be disabled "
+        hidden = "execvp" in result.detail and "No such file" in result.detail
+        hint = (f"the interpreter {sys.executable} is not visible inside the sandbox (its directories are "
+                f"bound read-only: {', '.join(_python_dirs())}); or set rewards.code.sandbox=rlimits_only"
+                if mode == "bwrap" and hidden else
+                "bubblewrap cannot create its namespaces: unprivileged user namespaces may be disabled "
                 "(sysctl kernel.unprivileged_userns_clone=1, or user.max_user_namespaces > 0; inside a "
                 "container, allow them); or set rewards.code.sandbox=rlimits_only" if mode == "bwrap" else
                 "the host Python could not run a program, or the kernel refused the seccomp filter")

@@ -218,3 +218,18 @@ def test_the_pool_runs_programs_under_its_run_root_and_removes_it_at_close():
         root = pool.run_root
         assert os.path.isdir(root) and pool.score_batch([item])[0].status == "ok"
     assert not os.path.exists(root)
+
+
+@needs_bwrap
+def test_bwrap_runs_programs_with_a_python_of_a_virtual_environment_under_tmp(tmp_path):
+    """A venv under /tmp: its directory was bound before /tmp's tmpfs, which hid it (every code reward a
+    sandbox_error, and the check blamed user namespaces)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    probe = ("from r1jax.rl.rewards import sandbox\n"
+             "run = sandbox.run_python('import os; open(\"/tmp/x\", \"w\").write(\"1\"); print(6 * 7)', mode='bwrap',"
+             " limits=sandbox.SandboxLimits(wall_s=30))\n"
+             "print(run.status, run.stdout.strip().decode(), sandbox.check_sandbox('bwrap').split(' ')[0])")
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
+    assert str(tmp_path).startswith("/tmp/") and out.stdout.split() == ["ok", "42", "bwrap"], out.stderr[-2000:]
