@@ -1,4 +1,5 @@
-"""The repository's layout: one direction of dependencies, and every package folder shipped in the wheel.
+"""The repository's layout: one direction of dependencies, every package folder shipped in the wheel, every
+third-party import a declared dependency.
 
 `sharding` imports nothing of the project but `r1jax.errors` and `r1jax.files`; `model` also imports
 `sharding`; `rl` imports both. Imports are read with `ast` from every module under sharding/, model/ and rl/,
@@ -114,3 +115,62 @@ def test_a_new_subpackage_is_found(tmp_path):
         (tmp_path / folder / "__init__.py").write_text("")
     (tmp_path / "rl" / "data_only").mkdir()  # no __init__.py: not a package
     assert package_folders(tmp_path) == {"r1jax.rl", "r1jax.rl.new", "r1jax.model", "r1jax.sharding"}
+
+
+def _distribution(requirement: str) -> str:
+    """A requirement's distribution name, normalised as PEP 503 does ("PyYAML>=6" -> "pyyaml")."""
+    name = requirement.split(";")[0].split("[")[0]
+    for mark in "<>=!~ ":
+        name = name.split(mark)[0]
+    return name.strip().lower().replace("_", "-").replace(".", "-")
+
+
+def third_party_imports() -> dict[str, bool]:
+    """Top-level modules outside the standard library and r1jax that the shipped code imports -> whether any
+    import of it is at a module's top level (else only inside functions: an optional, lazy import)."""
+    import sys
+
+    found: dict[str, bool] = {}
+    for package in (*PACKAGES, "r1jax"):
+        for path in (ROOT / package).rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            top = {id(node) for node in tree.body}
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    root = name.split(".")[0]
+                    if root in sys.stdlib_module_names or root in ("r1jax", "__future__") or root in PACKAGES:
+                        continue
+                    if path.name in ("sandbox_runner.py", "sandbox_judge.py") and root.startswith("sandbox_"):
+                        continue  # copied in beside the runner, imported by its file name
+                    found[root] = found.get(root, False) or id(node) in top
+    return found
+
+
+def test_every_third_party_module_the_package_imports_is_a_declared_dependency():
+    """PyYAML (rl.config) and latex2sympy2_extended (whose private helpers rl.tasks.math_answer hardens) came
+    only through other packages' dependencies; psutil was declared and imported by a test alone. A module
+    imported at a module's top level must be a runtime dependency; one imported only inside a function (the
+    benchmarks' torch and transformers, libtpu's) may be an extra's."""
+    from importlib.metadata import packages_distributions
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = {_distribution(r) for r in project["dependencies"]}
+    extras = {_distribution(r) for group in project["optional-dependencies"].values() for r in group}
+    providers = packages_distributions()
+    undeclared, lazy_only = [], []
+    for module, at_top in sorted(third_party_imports().items()):
+        dists = {_distribution(d) for d in providers.get(module, [module])}
+        if dists & runtime:
+            continue
+        (lazy_only if not at_top and dists & extras else undeclared).append(module)
+    assert undeclared == []
+    used = {_distribution(d) for m in third_party_imports() for d in providers.get(m, [m])}
+    # every runtime dependency is imported by the package (protobuf aside: sentencepiece's model proto module,
+    # which model.hf_tokenizer reads, needs its runtime)
+    assert runtime - used - {"protobuf"} == set()

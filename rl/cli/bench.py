@@ -117,4 +117,6 @@ def _require_hf() -> None:
 
     missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
     if missing:
-        raise UserError(f"--against hf needs {' and '.join(missing)}: pip install -e '.[test]'")
+        raise UserError(f"--against hf needs {' and '.join(missing)}: pip install torch==2.13.0 "
+                        f"'transformers>=5.24,<6' (the `test` extra's pins; or pip install -e '.[test]' in a "
+                        f"source checkout)")

@@ -68,6 +68,9 @@ def read_items(path: str) -> tuple[list[dict], list]:
             raise UserError(f"{where}: field 'length' must be a non-negative integer, got {length!r}")
         task = check_task(row, where, "math")
         code = task == "code"
+        if not code and row.get("tests") is not None and "task" not in row:  # it read "field 'answer' is missing"
+            raise UserError(f"{where}: the row has 'tests' but no 'task': a code row needs \"task\": \"code\" "
+                            "(without it the row is a math row, judged against its 'answer')")
         if code and row.get("tests") is None:
             raise UserError(f"{where}: field 'tests' is missing (code rows need tests)")
         items.append(ScoreItem(prompt=text_field(row, "prompt", where, required=False) or "",

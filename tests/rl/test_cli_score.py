@@ -129,6 +129,9 @@ def test_score_runs_code_rows_in_the_sandbox_and_prints_their_code_reward(tmp_pa
     path = write_jsonl(tmp_path / "bad.jsonl", [{"task": "code", "completion": "x", "tests": "[assert"}])
     assert main(["score", str(path), "--rewards", "code"]) == 2
     assert "bad.jsonl: row 1: field 'tests' is a string but not a JSON list" in capsys.readouterr().err
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"completion": "x", "tests": doubled}])  # no "task"
+    assert main(["score", str(path), "--rewards", "code"]) == 2  # it said "field 'answer' is missing"
+    assert "row 1: the row has 'tests' but no 'task': a code row needs \"task\": \"code\"" in capsys.readouterr().err
 
 
 def test_each_chunk_leaves_every_row_its_timeout(tmp_path, monkeypatch):
