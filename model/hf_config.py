@@ -337,10 +337,3 @@ def _notes(hf: Mapping[str, Any]) -> list[str]:
 def mtp_layers(hf: Mapping[str, Any]) -> int:
     """How many multi-token-prediction layers follow the decoder in the checkpoint (DeepSeek-V3)."""
     return int(hf.get("num_nextn_predict_layers", hf.get("num_mtp_layers", 0)) or 0)
-
-
-def model_fields(cfg: ModelConfig) -> dict[str, Any]:
-    """`cfg` as plain data (tuples as lists), for merging into a run config."""
-    fields = dataclasses.asdict(cfg)
-    fields["mlp_only_layers"] = list(cfg.mlp_only_layers)
-    return fields

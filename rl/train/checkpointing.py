@@ -187,11 +187,3 @@ def config_changes(saved: Config, current: Config) -> list[str]:
 _RUNTIME_FIELDS = {"compute_dtype", "moe_impl", "moe_block_size", "moe_decode_used_blocks", "moe_decode_impl", "remat",
                    "scan_layers", "decode_attention",
                    "routing_bias_update_rate"}
-
-
-def abstract_like(tree: Any, shardings: Any = None) -> Any:
-    """ShapeDtypeStructs of `tree` (optionally with shardings) to restore into."""
-    if shardings is None:
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-                            tree)
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
