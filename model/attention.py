@@ -37,7 +37,8 @@ from flax import nnx
 
 from r1jax.model.config import ModelConfig
 from r1jax.model.kv_cache import KVRead, attend_blocks, step_softmax
-from r1jax.model.layers import RMSNorm, Stack, apply_rope, apply_rope_interleaved, dtype_of, make_param
+from r1jax.model.layers import (RMSNorm, Stack, apply_rope, apply_rope_interleaved, dtype_of, make_param,
+                                project_heads)
 from r1jax.model.rope import mla_softmax_scale
 from r1jax.model.pallas_attention import decode_attention
 from r1jax.sharding.context import constrain
@@ -88,7 +89,7 @@ class GQAttention(nnx.Module):
         self.decode_attention = cfg.decode_attention
 
     def _project(self, x_BTD, w, bias_name):
-        y = jnp.einsum("BTD,DNH->BTNH", x_BTD, w[...].astype(self.dt))
+        y = project_heads(x_BTD, w[...].astype(self.dt))
         return y + getattr(self, bias_name)[...].astype(self.dt) if self.has_bias else y
 
     def queries(self, x_BTD, cos, sin):
