@@ -56,10 +56,11 @@ def matrices(params):
 
 @jax.custom_vjp
 def project_heads(x_BTD: jax.Array, w_DNH: jax.Array) -> jax.Array:
-    """einsum("BTD,DNH->BTNH"), whose weight gradient takes the input as its left operand: autodiff's
-    einsum("BTNH,BTD->DNH") had XLA's CPU transpose the cotangent ([N H, B T]) inside the q/k norm and rotary
-    backward's fusion, a slow strided copy (10-11% of a bench_qwen3 GRPO update step); the same product, the
-    other way round, reads both operands as they lie."""
+    """einsum("BTD,DNH->BTNH"), whose weight gradient, on a CPU, takes the input as its left operand:
+    autodiff's einsum("BTNH,BTD->DNH") had XLA's CPU transpose the cotangent ([N H, B T]) inside the q/k norm
+    and rotary backward's fusion, a slow strided copy (10-11% of a bench_qwen3 GRPO update step); the same
+    product, the other way round, reads both operands as they lie. Other platforms differentiate the einsum as
+    autodiff does (their programs, and `r1jax compile`'s figures, unchanged)."""
     return jnp.einsum("BTD,DNH->BTNH", x_BTD, w_DNH)
 
 
@@ -68,8 +69,14 @@ def _project_heads_fwd(x_BTD, w_DNH):
 
 
 def _project_heads_bwd(residuals, dy_BTNH):
-    x_BTD, w_DNH = residuals
-    return jnp.einsum("BTNH,DNH->BTD", dy_BTNH, w_DNH), jnp.einsum("BTD,BTNH->DNH", x_BTD, dy_BTNH)
+    def input_left(x_BTD, w_DNH, dy_BTNH):  # (cotangents in their primals' dtypes, as autodiff's)
+        return (jnp.einsum("BTNH,DNH->BTD", dy_BTNH, w_DNH).astype(x_BTD.dtype),
+                jnp.einsum("BTD,BTNH->DNH", x_BTD, dy_BTNH).astype(w_DNH.dtype))
+
+    def as_autodiff(x_BTD, w_DNH, dy_BTNH):
+        return jax.vjp(lambda x, w: jnp.einsum("BTD,DNH->BTNH", x, w), x_BTD, w_DNH)[1](dy_BTNH)
+
+    return jax.lax.platform_dependent(*residuals, dy_BTNH, cpu=input_left, default=as_autodiff)
 
 
 project_heads.defvjp(_project_heads_fwd, _project_heads_bwd)

@@ -88,8 +88,9 @@ class Config:
                 # every batch of the stage would be drawn at its first step, all by its starting weights (and
                 # held on the devices together, each checkpoint storing the whole queue)
                 raise UserError(f"grpo.max_staleness={self.grpo.max_staleness} is not below stage {stage.name}'s "
-                                f"{stage.steps} steps: every batch of it would be sampled by the stage's starting "
-                                f"weights; lower it (1 or 2 is usual) or give the stage more steps")
+                                f"{stage.steps} steps: no batch of it can be that stale (from steps - 1 on, the "
+                                f"whole stage is sampled at its first step, by its starting weights); lower it "
+                                f"(1 or 2 is usual) or give the stage more steps")
         if self.sampling.devices and not self.grpo.max_staleness:
             # the sampler's devices generate the next batch while the trainer's update: with k = 0 each batch
             # waits for the update before it, so they would only idle in turn

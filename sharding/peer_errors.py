@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import sys
 import threading
 import time
@@ -33,6 +34,10 @@ def stop_on_error(message: str, code: int) -> None:
         return
     import jax
 
+    try:  # another Ctrl-C must not cut the wait short: it would skip os._exit for a normal exit (the barrier)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        pass
     _stop_watching.set()
     me, count = jax.process_index(), jax.process_count()
     client = coordination_client()

@@ -154,7 +154,11 @@ def _duration(seconds: float | None) -> str:
     read "0.02 ms"); None: collectives not timed."""
     if seconds is None:
         return _seconds(None)
-    return f"{seconds * 1e3:.3g} ms" if seconds >= 1e-4 else f"{seconds * 1e6:.3g} us"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        value = float(f"{seconds / scale:.3g}")  # rounded first: 999.6 ms is "1 s"
+        if value >= 1 or unit == "us":
+            return f"{value:,.0f} {unit}" if value >= 1000 else f"{value:.3g} {unit}"
+    raise AssertionError("unreachable")
 
 
 def describe_update(u: dict) -> str:

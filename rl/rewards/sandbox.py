@@ -126,6 +126,8 @@ def bwrap_args(limits: SandboxLimits, run_dir: str, seccomp_fd: int | None = Non
     args += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",  # (a writable /dev/shm has no size cap)
              "--perms", "1777", "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp"]
     for directory in _python_dirs():  # after /tmp's tmpfs, which hid a Python (a venv) under /tmp
+        if directory in ("/", "/tmp") or (run_dir + "/").startswith(directory.rstrip("/") + "/"):
+            continue  # (it would lay the host's /tmp, or the run directories, over the private /tmp)
         args += _bind_with_parents(directory)
     args += ["--ro-bind", run_dir, "/sandbox", "--chdir", "/tmp"]
     if seccomp_fd is not None:

@@ -35,8 +35,11 @@ _PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
 _PROMPT_NUMBERS = re.compile(r"from ([\d, ]+)\(")
 _PROMPT_LIST = re.compile(r"\[\s*(\d+(?:\s*,\s*\d+)+)\s*\]")  # "[19, 36, 55, 7]"
 _PROMPT_OPERATORS = re.compile(r"from [\d, ]+\(((?:\s*[-+*/]\s*,?)+)")  # "(+-*/, each" or "(+, -, *, /)"
-_EVERY_NUMBER = re.compile(r"exactly once|\ball (?:of )?the (?:\w+ )?numbers|\bevery number|\buse all\b"
-                           r"|\ball \d+ numbers", re.IGNORECASE)  # "each number exactly once", "use all 4 numbers"
+# "each number exactly once", "use all (of) the (4 / given) numbers", "every number must be used", "all 4
+# numbers"; not "some or all of the numbers", "use all four operations"
+_EVERY_NUMBER = re.compile(r"\bnumbers?\b[^.;]{0,30}?\b(?:exactly once|once and only once|exactly one time)"
+                           r"|(?<!some or )(?<!any or )\ball (?:of )?(?:the )?(?:\w+ )?numbers\b"
+                           r"|\bevery number\b", re.IGNORECASE)
 _NEGATION = re.compile(r"\b(?:not|no|need not|never)\b|n't\b", re.IGNORECASE)
 _OPERATORS = {"add": "+", "sub": "-", "neg": "-", "mul": "*", "div": "/", "pow": "^"}  # AST node -> symbol
 
@@ -91,7 +94,7 @@ def uses_every_number(prompt: str) -> bool:
     if prompt_numbers(prompt) is None:
         return False
     for match in _EVERY_NUMBER.finditer(prompt):  # not "you do not need to use all the numbers"
-        if not _NEGATION.search(prompt[max(0, match.start() - 40):match.start()].rsplit(".", 1)[-1]):
+        if not _NEGATION.search(re.split(r"[.,;]", prompt[max(0, match.start() - 40):match.start()])[-1]):
             return True
     return False
 

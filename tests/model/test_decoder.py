@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from r1jax.model.factory import decode_read_bytes, init_policy
-from r1jax.model.layers import rope_cos_sin
+from r1jax.model.layers import project_heads, rope_cos_sin
 from tests.model.tiny import FAMILIES, QWEN
 
 
@@ -168,16 +168,21 @@ def test_a_decode_step_reads_cast_weights_narrow_and_float32_uses_whole(tied):
     assert decode_read_bytes(narrow) == expected - (2 * 3 * h + 3 * 2 * d + 2 * d * e + d + v * d) * 2
 
 
-def test_project_heads_gradients_equal_the_einsums():
+@pytest.mark.parametrize("x_dtype, w_dtype", [("float32", "float32"), ("bfloat16", "bfloat16"),
+                                             ("float32", "bfloat16")])
+def test_project_heads_gradients_equal_the_einsums(x_dtype, w_dtype):
     """model.layers.project_heads: einsum("BTD,DNH->BTNH") with its weight gradient's operands the other way
-    round (a faster product on a CPU); both gradients equal autodiff's of the plain einsum."""
-    from r1jax.model.layers import project_heads
-
+    round (a faster product on a CPU); both gradients equal autodiff's of the plain einsum, in the primals'
+    dtypes (a float32 input gave a bfloat16 weight a float32 gradient)."""
     kx, kw, kg = jax.random.split(jax.random.key(0), 3)
-    x, w = jax.random.normal(kx, (2, 5, 16)), jax.random.normal(kw, (16, 3, 4))
-    dy = jax.random.normal(kg, (2, 5, 3, 4))
+    x = jax.random.normal(kx, (2, 5, 16)).astype(x_dtype)
+    w = jax.random.normal(kw, (16, 3, 4)).astype(w_dtype)
     y, pullback = jax.vjp(project_heads, x, w)
     y_ref, pullback_ref = jax.vjp(lambda a, b: jnp.einsum("BTD,DNH->BTNH", a, b), x, w)
     np.testing.assert_array_equal(y, y_ref)
+    dy = jax.random.normal(kg, y.shape).astype(y.dtype)
+    tolerance = 1e-5 if x_dtype == w_dtype == "float32" else 2e-2
     for got, want in zip(pullback(dy), pullback_ref(dy)):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        assert got.dtype == want.dtype
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=tolerance,
+                                   atol=tolerance * 4)

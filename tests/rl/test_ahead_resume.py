@@ -38,9 +38,15 @@ def restore(entries, settings, with_experts=False):
         reads.append(sorted(targets[ITEM]))
         return targets
 
-    place = lambda rollout, ahead: ({"mask": jnp.zeros((4, 2), bool)}, {"padding_fraction": 0.0})
+    def place(rollout, ahead):
+        reads.append(("placed ahead", ahead))  # each batch for its own step: 0 for the next, 1 after it, ...
+        return {"mask": jnp.zeros((4, 2), bool)}, {"padding_fraction": 0.0}
+
     meta = {"checkpoint": 7, ITEM: entries}
-    return restore_queue(meta, restore_trees, place, with_experts, settings), reads
+    restored = restore_queue(meta, restore_trees, place, with_experts, settings)
+    placed = [r[1] for r in reads if r[0] == "placed ahead"]
+    assert placed == list(range(len(placed)))
+    return restored, [r for r in reads if r[0] != "placed ahead"]
 
 
 def settings(*overrides):

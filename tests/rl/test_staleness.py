@@ -49,8 +49,8 @@ def test_bad_max_staleness_is_a_user_error_naming_the_key(value, message):
 def test_max_staleness_not_below_a_grpo_stages_steps_is_refused():
     # accepted before: at 4 (the stage's steps) every batch was drawn at step 1 by the starting weights
     load_config(CONFIG, ["grpo.max_staleness=3"])
-    with pytest.raises(UserError, match=r"grpo.max_staleness=4 is not below stage grpo's 4 steps: every batch of "
-                                        r"it would be sampled by the stage's starting weights"):
+    with pytest.raises(UserError, match=r"grpo.max_staleness=4 is not below stage grpo's 4 steps: no batch of it "
+                                        r"can be that stale"):
         load_config(CONFIG, ["grpo.max_staleness=4"])
 
 

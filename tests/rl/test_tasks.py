@@ -125,7 +125,11 @@ def test_countdown_reads_an_operator_list_written_with_commas(listed, allowed):
     ("You can use basic arithmetic operations (+, -, *, /) and each number can only be used once.", False),
     ("Use each number exactly once.", True), ("Use all the numbers.", True), ("use all 4 numbers", True),
     ("Every number must be used once.", True), ("You do not need to use all the numbers.", False),
-    ("You don't have to use every number.", False)])
+    ("You don't have to use every number.", False), ("Using some or all of the numbers, any order.", False),
+    ("You can use all four basic arithmetic operations and each number can only be used once.", False),
+    ("Use each operator exactly once at most; numbers at most once.", False),
+    ("Each number must be used once and only once.", True), ("Use each of the numbers exactly one time.", True),
+    ("No number may be used twice, and use all the numbers.", True)])
 def test_a_countdown_prompt_that_asks_for_every_number_wants_each_exactly_as_listed(rule, every):
     # TinyZero's judge wants every listed number; "at most once" passed "55+36-19" for 72 from [19, 36, 55, 7, 7]
     task = get_task("countdown", 1)
