@@ -59,14 +59,16 @@ def max_new_tokens(text: str) -> int:
     return _integer(text, 1, MAX_NEW_TOKENS, "2^30: token positions are int32, and the prompt needs room")
 
 
-def check_context(new_tokens: int, prompt_tokens: int, context: int) -> None:
+def check_context(new_tokens: int, prompt_tokens: int, context: int, *, prompt: str = "",
+                  flags: str = "") -> None:
     """A completion of `new_tokens` after a prompt of `prompt_tokens` fits the model's context (its
-    max_position_embeddings), else a UserError naming --max-new-tokens: past it a cache of 2^30 tokens went to
-    the device and out of memory, with a traceback."""
+    max_position_embeddings), else a UserError naming the `flags` that set them (default --max-new-tokens) and
+    the prompt as `prompt` ("a prompt bucket"): past it a cache of 2^30 tokens went to the device and out of
+    memory, with a traceback, and `r1jax compile` compiled for minutes a policy that cannot run."""
     if prompt_tokens + new_tokens > context:
-        prompt = f"a prompt of {prompt_tokens} tokens and " if prompt_tokens else ""
-        raise UserError(f"--max-new-tokens {new_tokens}: {prompt}{new_tokens} new tokens pass the model's context "
-                        f"of {context} tokens (model.max_position_embeddings)")
+        shown = f"{prompt or 'a prompt'} of {prompt_tokens} tokens and " if prompt_tokens else ""
+        raise UserError(f"{flags or f'--max-new-tokens {new_tokens}'}: {shown}{new_tokens} new tokens pass the "
+                        f"model's context of {context} tokens (model.max_position_embeddings)")
 
 
 def buckets_for(buckets: Sequence[int], longest: int) -> tuple[int, ...]:

@@ -11,7 +11,8 @@ import os
 import sys
 
 from r1jax.errors import UserError
-from r1jax.rl.cli.common import add_config_arguments, positive_int, positive_number, split_config_and_overrides
+from r1jax.rl.cli.common import (add_config_arguments, check_context, positive_int, positive_number,
+                                  split_config_and_overrides)
 
 GIB = 2**30
 
@@ -63,11 +64,8 @@ def run(args: argparse.Namespace) -> int:
     resolve_mesh(args.mesh, config.sharding)  # an unknown preset fails before anything compiles
     work = workload_for(config, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
                         micro_batches=args.micro_batches)
-    context = config.model.max_position_embeddings
-    if work.seq_len > context:  # (compiled anyway, it took minutes, for a policy that cannot run it)
-        raise UserError(f"a prompt bucket of {work.prompt_len} tokens and {work.new_tokens} new tokens "
-                        f"(--prompt-len; --new-tokens or sampling.max_new_tokens) pass the model's context of "
-                        f"{context} tokens (model.max_position_embeddings)")
+    check_context(work.new_tokens, work.prompt_len, config.model.max_position_embeddings,
+                  prompt="a prompt bucket", flags="--prompt-len, --new-tokens (or sampling.max_new_tokens)")
     hbm = (hbm_per_device(args.hbm_gib, topology), "override") if args.hbm_gib else device_hbm_bytes(topology)
     report = compile_report(config, topology, args.mesh, work, hbm)
     if not report.fits and not args.no_alternatives:

@@ -156,8 +156,8 @@ def test_bad_topology_and_mesh_are_clean_errors(config_path, capsys):
     assert "must be even" in err and "unknown mesh preset 'nope'" in err
     # past the model's context (4096): refused before anything compiles (it compiled for minutes)
     assert main(["compile", config_path, "--topology", "v5p-8", "--new-tokens", "5000"]) == 2
-    assert ("and 5000 new tokens (--prompt-len; --new-tokens or sampling.max_new_tokens) pass the model's context "
-            "of 4096 tokens") in capsys.readouterr().err
+    assert ("--prompt-len, --new-tokens (or sampling.max_new_tokens): a prompt bucket of 16 tokens and 5000 new "
+            "tokens pass the model's context of 4096 tokens") in capsys.readouterr().err
 
 
 def test_a_batch_that_does_not_split_names_the_config_fields(config_path):
