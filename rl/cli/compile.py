@@ -152,11 +152,7 @@ def _duration(seconds: float | None) -> str:
     read "0.02 ms"); None: collectives not timed."""
     if seconds is None:
         return _seconds(None)
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
-        value = float(f"{seconds / scale:.3g}")  # rounded first: 999.6 ms is "1 s"
-        if value >= 1 or unit == "us":
-            return f"{value:,.0f} {unit}" if value >= 1000 else f"{value:.3g} {unit}"
-    raise AssertionError("unreachable")
+    return _in_units(seconds, (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)))
 
 
 def describe_update(u: dict) -> str:
@@ -177,10 +173,16 @@ def _seconds(seconds: float | None, scale: float = 1.0) -> str:
 def _size(n: float) -> str:
     """Decimal units, from bytes to PB (decode-step figures span KB to tens of GB, an update's HBM bytes tens of
     TB), three significant digits without an exponent: 9,160 GB read "9.16 TB", not "9.16e+03 GB"."""
-    for unit, scale in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3), ("B", 1)):
-        value = float(f"{n / scale:.3g}")  # rounded first: 999.6 GB is "1 TB"
-        if value >= 1 or unit == "B":
-            return f"{value:,.0f} {unit}" if value >= 1000 or unit == "B" else f"{value:.3g} {unit}"
+    return _in_units(n, (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3), ("B", 1)), whole="B")
+
+
+def _in_units(n: float, units: tuple[tuple[str, float], ...], whole: str = "") -> str:
+    """`n` in the largest of `units` (largest first) where it is at least 1 (else the last), three significant
+    digits, rounded first (999.6 ms is "1 s"); thousands and the `whole` unit as integers."""
+    for unit, scale in units:
+        value = float(f"{n / scale:.3g}")
+        if value >= 1 or unit == units[-1][0]:
+            return f"{value:,.0f} {unit}" if value >= 1000 or unit == whole else f"{value:.3g} {unit}"
     raise AssertionError("unreachable")
 
 
