@@ -217,13 +217,19 @@ def word_scripts(text: str, target: tuple[str, ...] = ()) -> list[str]:
             if script not in _VARIABLE_SCRIPTS or letters > VARIABLE_LETTERS or script in target]
 
 
+_TAG = re.compile("|".join(map(re.escape, (THINK, END_THINK, ANSWER, END_ANSWER))))
+
+
 @register_reward("language")
 def language_consistency(item: ScoreItem, config: RewardsConfig) -> float:
+    """The share of the completion's words in the target language's scripts: the chain of thought's and all the
+    rest (the answer, text before or after the tags, other think blocks; the last thought alone let a completion
+    write anything outside it), 0 without a thought."""
     thought, _ = split_completion(item.completion)
     if thought is None or not thought.strip():
         return 0.0
     target = LANGUAGE_SCRIPTS[config.language]
-    scripts = word_scripts(thought, target)
+    scripts = word_scripts(_TAG.sub(" ", item.completion), target)
     if not scripts:
         return 1.0  # only numbers and symbols ("3+4=7.", "θ ∈ ℝ"): no word in another language
     return sum(s in target for s in scripts) / len(scripts)

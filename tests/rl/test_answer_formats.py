@@ -9,7 +9,8 @@ import pytest
 
 from r1jax.rl.tasks import get_task
 from r1jax.rl.tasks.countdown import MAX_TARGET, check_reference, prompt_numbers
-from r1jax.rl.tasks.math_answer import ambiguous, join_digit_groups, parse_answer, risky
+from r1jax.rl.tasks.math_answer import ambiguous, join_digit_groups, parse_answer
+from r1jax.rl.tasks.math_screen import risky
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,15 @@
 "(n-k)!" and "\\binom{n+k}{k}" are verified, while arguments whose value can be huge, and the forms that put
 numbers in place of letters ("n!|_{n=99999999}", \\lim, \\int), are refused before math-verify sees them."""
 
+import subprocess
+import sys
 import time
 
 import pytest
 
 from r1jax.rl.tasks import get_task
-from r1jax.rl.tasks.math_answer import check_reference, join_digit_groups, risky
+from r1jax.rl.tasks.math_answer import check_reference, join_digit_groups
+from r1jax.rl.tasks.math_screen import risky
 from tests.rl.test_answer_formats import SLOW
 
 
@@ -20,7 +23,8 @@ def math_task():
 
 SYMBOLIC = [r"(n-k)!", r"\binom{n+k}{k}", r"\left(n+1\right)!", r"(a+b)!", r"(2n-k+1)!", r"\Gamma\left(n+1\right)",
             r"{n+1}!", r"\left( n + 1 \right) !", r"\binom{2n+2}{n+1}", r"\binom{n}{9}", r"\frac{1}{2004!}", "9999!",
-            r"(999+999)!", r"\binom{n}{k-1}", r"\frac{(2n)!}{n!(n+1)!}", r"|x|^{2}", r"\left|x-1\right|^3"]
+            r"(999+999)!", r"\binom{n}{k-1}", r"\frac{(2n)!}{n!(n+1)!}", r"|x|^{2}", r"\left|x-1\right|^3",
+            r"2^\frac{1}{2}", r"e^\pi", r"10^\,{3}", r"\left(\frac{1}{2}\right)^{2}", r"(n \, - \, k)!"]
 
 
 @pytest.mark.parametrize("text", SYMBOLIC)
@@ -45,6 +49,10 @@ HUGE = [  # values that can be huge, or forms that put a number in place of a le
     r"(n^n)!", r"(10n)!", r"(n!)!", r"(\pi)!", r"\binom{n}{k}!", r"n!|_{n=99999999}", r"n! |^{n=99999999}",
     r"n!|^{7}_{n=99999999}", r"\left.n!\right|_{n=99999999}", r"\lim_{n \to 99999999} n!",
     r"\int_{0}^{99999999} \frac{d}{dx} x! dx", r"\iint x! \, dx",
+    # spacing, sizing or a command as the exponent or the base hid the rest from the screen
+    r"9^\,{9^{9}}", r"9^\;{9^{9}}", r"9^\quad{9^{9}}", r"9^\left(9^{9}\right)", r"7^\,{9999^{9}}",
+    r"10^\,{10^{4}\cdot 10^{4}}", r"9^\mathrm{9^{9}}", r"2^\sqrt{9^{9}}", r"99999999\,!", r"99999999\!!",
+    r"(99999999)\,!", r"99999999 \; !",
 ]
 
 
@@ -70,6 +78,17 @@ def test_the_screen_stays_fast_on_the_hostile_corpus():
     for text in texts:
         risky(text)
     assert time.perf_counter() - start < 0.05  # ~1 ms for these 60 (answers are at most 256 characters)
+
+
+def test_spaced_sums_in_arguments_are_read_in_linear_time():
+    """A sum with runs of spaces inside a factorial, \\binom or \\Gamma: "\\s*" on both sides of each term made
+    the match exponential in the terms (5 terms: 15 s; 6 never ended). Run apart, to survive a regression."""
+    sums = [("a +" + " " * 30) * 12 + "!", " + ".join(["n"] * 200)]
+    texts = [f"\\binom{{{sums[0]}}}{{1}}", f"({sums[0]})!", f"\\Gamma({sums[0]})", f"({sums[1]})!"]
+    code = ("import sys; from r1jax.rl.tasks.math_screen import risky; "
+            "print([risky(t) is not None for t in sys.argv[1:]])")
+    result = subprocess.run([sys.executable, "-c", code, *texts], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "[True, True, True, False]", result.stderr
 
 
 def test_a_reference_the_screen_refuses_is_named():

@@ -30,6 +30,14 @@ MATH = [  # (reference, completion, expected)
     ("2", a("3"), 0), ("[1,2)", a("(1,2)"), 0), (r"\pi", a("3.14159"), 0), (r"\frac{1}{2}", a("0.49"), 0),
     (r"\{1,2\}", a(r"\{1,2,3\}"), 0), ("x^2-1", a("x^2+1"), 0), ("-3", a("3"), 0), ("12", a("21"), 0),
     ("5", a("x = 6"), 0), (r"\sqrt{2}", a("1.41"), 0),
+    # words compare as words (math-verify read "On" as o*n, equal to "\text{No}"'s n*o)
+    (r"\text{No}", a("No"), 1), (r"\text{No}", a(r"$\text{no}$."), 1), (r"\text{Devon}", a(r"\text{ devon }"), 1),
+    (r"\text{No}", a(r"\text{On}"), 0), (r"\text{BCA}", a("ABC"), 0), (r"\text{listen}", a("silent"), 0),
+    (r"\text{even}", a(r"\text{neve}"), 0), ("10", a(r"\text{10}"), 1), (r"\text{(C)}", a("(C)"), 1),
+    # decimals: 6 places and also 1e-4 of the value (6 places alone took -0.0000004 for 0.0000001)
+    (r"\pi", a("3.141593"), 1), (r"\frac{1}{3}", a("0.333333"), 1), (r"\frac{1}{1000000}", a("0.000001"), 1),
+    ("0.0000001", a("-0.0000004"), 0), ("0.0000003", a("0.0000001"), 0), (r"\frac{1}{1000000}", a("0.0000014"), 0),
+    ("0", a("-0.0000001"), 0), ("0.0000001", a("x = -0.0000004"), 0),
     # malformed output
     ("7", "7", 0), ("7", "<answer> 7", 0), ("7", "<think> 7 </think> <answer> </answer>", 0),
     ("7", "<think> 7 </think>", 0), ("7", "<think> the answer is 7", 0), ("7", r"<think> \boxed{7}", 0),

@@ -104,6 +104,20 @@ def test_language_consistency_is_the_share_of_target_language_words(thought, lan
     assert score("language", "<answer> seven </answer>", language=language) == 0.0  # no thought at all
 
 
+@pytest.mark.parametrize("completion, expected", [
+    ("我们来计算一下 <think> so three </think> <answer> 3 </answer>", 2 / 9),  # 7 ideographs before the thought
+    ("<think> 我们来计算 </think> <think> ok three </think> <answer> 3 </answer>", 2 / 7),
+    ("<think> ok three </think> 我们来计算 <answer> 3 </answer>", 2 / 7),
+    ("<think> ok three </think> <answer> 3 </answer> 我们来计算", 2 / 7),
+    ("<think> ok three </think> <answer> 三 </answer>", 2 / 3),
+    ("<think> ok three </think> <answer> 3 </answer>", 1.0),
+])
+def test_language_counts_every_word_of_the_completion(completion, expected):
+    """Words outside the (last) thought count too: Chinese before the think tags, in another think block, between
+    the tags or after the answer scored 1.0 for `en` when the last thought was English."""
+    assert score("language", completion, language="en") == pytest.approx(expected)
+
+
 def test_a_code_answer_is_not_held_to_answer_max_chars():
     """A program in <answer> is as long as it needs (the code reward has its own limit, max_program_chars);
     any other task's answer longer than answer_max_chars is still no answer, for format as for accuracy."""
