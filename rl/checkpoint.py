@@ -101,8 +101,10 @@ def resolve(path: str | pathlib.Path) -> tuple[pathlib.Path, int]:
     if path.name.isdigit() and not steps:
         return path.parent, int(path.name)
     if not steps:
+        hf = (path / "config.json").is_file() and any(path.glob("*.safetensors"))
         raise UserError(f"checkpoint {str(path)!r} holds no checkpoint step (no numbered step directory"
-                        f"{_interrupted_resave(path)})")
+                        f"{_interrupted_resave(path)})" + ("; it looks like a Hugging Face checkpoint: convert it "
+                                                          "with `r1jax import-hf`" if hf else ""))
     return path, steps[-1]
 
 
@@ -218,9 +220,18 @@ def find_tokenizer(path: str | pathlib.Path) -> TokenizerLike | None:
 
 
 def _in_run_directory(root: pathlib.Path, step: int) -> bool:
-    """Whether `root` is a run directory's `checkpoints/` that the trainer wrote (its steps hold `meta`, which
-    `r1jax init` and `import-hf` steps lack)."""
-    return root.name == "checkpoints" and (root / str(step) / "meta").is_dir()
+    """Whether `root` is a run directory's `checkpoints/` that the trainer wrote."""
+    return root.name == "checkpoints" and _written_by_trainer(root, step)
+
+
+def _written_by_trainer(root: pathlib.Path, step: int) -> bool:
+    return (root / str(step) / "meta").is_dir()  # r1jax init and import-hf write no `meta`
+
+
+def trained(path: str | pathlib.Path) -> bool:
+    """Whether the checkpoint is the trainer's (it trained on its config's data), not weights that `r1jax init`
+    or `import-hf` wrote, which trained on nothing: their config's data section is the default's."""
+    return _written_by_trainer(*resolve(path))
 
 
 def inference_sharding(sharding: ShardingConfig) -> ShardingConfig:

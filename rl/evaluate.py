@@ -52,13 +52,14 @@ def held_out_problems(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | 
     (a cold-start file's worked solutions to held-out problems were trained on, then evaluated). A scan that
     finds nothing new for STALE_READS + STALE_READS_PER_PROBLEM x (problems known) reads in a row fails then,
     unless the problems found make `cfg.num_problems` (a space too small was read to 50 x num_problems before).
-    `read_data_file` false: data.path's rows are not skipped (`r1jax eval --ignore-missing-training-files`, the
-    file gone)."""
+    `read_data_file` false: training's own problems are not skipped, data.path's rows (`r1jax eval
+    --ignore-missing-training-files`, the file gone) or the generated ones (weights that trained on nothing:
+    `r1jax init`, `import-hf`)."""
     if cfg.path is not None:
         return _file_held_out(data, cfg, tasks, other_files, read_data_file)
     tasks = list(tasks or data.tasks)
     difficulty = cfg.difficulty or data.difficulty
-    seen = _training_keys(data, tasks) if data.path is None or read_data_file else set()
+    seen = _training_keys(data, tasks) if read_data_file else set()
     for field, other in other_files:
         seen |= _file_keys(other, tasks, field)
     source = TaskSource([data.task(t, difficulty) for t in tasks], cfg.seed, 50 * cfg.num_problems)

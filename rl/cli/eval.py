@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     from r1jax.errors import UserError
     from r1jax.model.tokenizer import encode_prompt
-    from r1jax.rl.checkpoint import open_for_inference
+    from r1jax.rl.checkpoint import open_for_inference, trained
     from r1jax.rl.evaluate import evaluate, evaluation_rewards, held_out_problems
     from r1jax.rl.rewards import RewardPool
     from r1jax.rl.rewards.config import FieldError
@@ -116,7 +116,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         try:
             left_out = []
-            data, others, read_data = training_files(config, moved, args.ignore_missing_training_files)
+            if trained(args.checkpoint):
+                data, others, read_data = training_files(config, moved, args.ignore_missing_training_files)
+            elif moved:
+                raise UserError(f"--training-file: {args.checkpoint!r} holds weights that trained on nothing "
+                                "(written by r1jax init or import-hf): drop --training-file")
+            else:  # its config's data section is the default's, not a record of training (all was skipped)
+                data, others, read_data = config.data, [], False
             problems = held_out_problems(data, eval_cfg, [args.task] if args.task else None, left_out, others,
                                          read_data_file=read_data)
             for kind in left_out:

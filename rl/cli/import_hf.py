@@ -10,6 +10,7 @@ has them, are copied byte for byte into OUT/tokenizer/, where `r1jax generate / 
 from __future__ import annotations
 
 import argparse
+import pathlib
 
 from r1jax.rl.cli.common import new_output_dir
 
@@ -50,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
     step_dir = save_policy(out, config, policy)
     if tokenizer is not None and jax.process_index() == 0:
         tokenizer.save(out / "tokenizer")
+    partial = [name for name in ("tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
+               if (pathlib.Path(args.hf_dir) / name).is_file()]
+    missing = (f"no tokenizer.json there (beside its {', '.join(partial)}): no tokenizer copied, generate needs --ids"
+               if partial else "no tokenizer files there: generate needs --ids")
     print(f"wrote {step_dir} ({config.model.family}, {config.model.num_hidden_layers} layers, from {args.hf_dir}; "
-          f"{'with its tokenizer' if tokenizer is not None else 'no tokenizer files there: generate needs --ids'})")
+          f"{'with its tokenizer' if tokenizer is not None else missing})")
     return 0

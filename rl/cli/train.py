@@ -102,8 +102,8 @@ def _print_outcome(console, summary: dict) -> None:
     evals = summary.get("evals", [])
     for entry in evals:
         k = entry["k"]
-        console.log(f"{entry['stage']:>12}: pass@1 {entry['pass@1']:.3f}  cons@{k} {entry[f'cons@{k}']:.3f}  "
-                    f"pass@{k} {entry[f'pass@{k}']:.3f}  format {entry['format_rate']:.2f}  "
+        of_k = f"  cons@{k} {entry[f'cons@{k}']:.3f}  pass@{k} {entry[f'pass@{k}']:.3f}" if k > 1 else ""
+        console.log(f"{entry['stage']:>12}: pass@1 {entry['pass@1']:.3f}{of_k}  format {entry['format_rate']:.2f}  "
                     f"({entry['n_problems']} held-out problems x {k})")
     if summary.get("stopped_at_step") is not None:
         console.log(f"stopped at step {summary['stopped_at_step']}; resume with --run-dir")

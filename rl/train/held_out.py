@@ -36,7 +36,8 @@ class HeldOutEval:
         self.metrics.write_samples(f"{stage_name}-step{step}", samples)  # whole or not at all; primary only
         self.metrics.log_eval(entry)
         k = figures["k"]
+        cons = f"cons@{k} {figures[f'cons@{k}']:.3f}, " if k > 1 else ""  # (cons@1 is pass@1)
         self.console.log(f"eval after {stage_name} step {step}: pass@1 {figures['pass@1']:.3f}, "
-                         f"cons@{k} {figures[f'cons@{k}']:.3f}, format {figures['format_rate']:.2f}, "
+                         f"{cons}format {figures['format_rate']:.2f}, "
                          f"length {figures['response_length']:.1f}")
         return entry

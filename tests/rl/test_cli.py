@@ -209,3 +209,19 @@ def test_compile_report_sizes_read_without_exponents(n, shown):
     from r1jax.rl.cli.compile import _size
 
     assert _size(n) == shown
+
+
+def test_the_outcome_names_pass_at_1_once_with_one_sample():
+    """With eval.samples 1 the summary read "pass@1 0.000 cons@1 0.000 pass@1 0.000"."""
+    from r1jax.rl.cli.train import _print_outcome
+
+    lines = []
+
+    class Console:
+        def log(self, text):
+            lines.append(text)
+
+    entry = {"stage": "grpo", "k": 1, "pass@1": 0.5, "cons@1": 0.5, "format_rate": 1.0, "n_problems": 4}
+    _print_outcome(Console(), {"evals": [entry, {**entry, "k": 4, "cons@4": 0.75, "pass@4": 1.0}]})
+    assert lines[0].count("pass@1") == 1 and "cons@1" not in lines[0] and "x 1)" in lines[0]
+    assert "pass@1 0.500  cons@4 0.750  pass@4 1.000" in lines[1]

@@ -5,13 +5,17 @@ moved or is gone."""
 
 import dataclasses
 import json
+import shutil
 
 from r1jax.rl import checkpoint as checkpoint_module
 from r1jax.rl import evaluate as evaluate_module
 from r1jax.rl.cli import eval as eval_cli
+from r1jax.rl.checkpoint import load_config as checkpoint_config, trained
 from r1jax.rl.cli.main import main
 from r1jax.rl.config import load_config
+from r1jax.rl.data import TaskSource
 from r1jax.rl.evaluate import held_out_problems
+from tests.rl.conftest import TRAIN_CONFIG
 
 
 def run_main(capsys, *argv):
@@ -184,6 +188,26 @@ def test_a_moved_training_file_is_read_where_told_or_left_out_when_asked(capsys,
     code, _, err = run_main(capsys, *base, "--ignore-missing-training-files")
     assert code == 0 and [p["prompt"] for p in seen[-1]["problems"]] == [p["prompt"] for p in usual]
     assert "is not there (--ignore-missing-training-files): its prompts are not skipped" in " ".join(err.split())
+
+
+def test_weights_that_trained_on_nothing_skip_no_problem(capsys, finished_run, tmp_path, monkeypatch):
+    """`r1jax init` and `import-hf` write weights that trained on nothing, under a config whose data section is
+    the default's: eval skipped its generated problems as trained on, and an imported checkpoint's 100,000
+    arithmetic problems at difficulty 1 left none ("only 0 held-out problems differ from the training data")."""
+    out = tmp_path / "init"
+    assert main(["init", str(TRAIN_CONFIG), str(out), "data.difficulty=1", "data.num_problems=100000"]) == 0
+    shutil.copytree(finished_run / "tokenizer", out / "tokenizer")
+    assert not trained(out) and not trained(out / "0") and trained(finished_run)
+    seen = record_evaluations(monkeypatch)
+    config = checkpoint_config(out)
+    code, _, err = run_main(capsys, "eval", str(out), "--num-problems", "4", "--workers", "1", "--json")
+    assert code == 0, err
+    trained_on = {p["prompt"] for p in TaskSource([config.data.task("arithmetic")], config.data.seed, 100000)}
+    prompts = [p["prompt"] for p in seen[-1]["problems"]]
+    assert len(prompts) == 4 and set(prompts) <= trained_on  # the config's "training" problems, not skipped
+    (tmp_path / "b.jsonl").write_text("")
+    code, _, err = run_main(capsys, "eval", str(out), "--training-file", f"a.jsonl={tmp_path / 'b.jsonl'}")
+    assert code == 2 and "holds weights that trained on nothing (written by r1jax init or import-hf)" in err
 
 
 def test_a_training_file_flag_that_names_no_file_of_the_checkpoint_is_refused(capsys, finished_run, tmp_path):

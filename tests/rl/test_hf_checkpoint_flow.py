@@ -8,6 +8,7 @@ Also: export of an r1jax tokenizer writes the chat template of the format the ch
 import dataclasses
 import json
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -201,6 +202,18 @@ def test_a_hugging_face_directory_without_tokenizer_files_is_refused_unless_toke
                                                                                         init_from=str(weights_only))))
     with pytest.raises(UserError, match=r"stages\[grpo\]\.init_from=.*without tokenizer files"):
         preflight(config, run_tokenizer(config), build_mesh(config.sharding), config.sharding.logical_rules())
+
+
+def test_a_hugging_face_directory_given_as_a_checkpoint_or_missing_tokenizer_json_is_named(qwen_dir, tmp_path,
+                                                                                            capsys):
+    """`r1jax generate HF_DIR` said only that the folder held no checkpoint step; import-hf of a folder with
+    tokenizer_config.json but no tokenizer.json said "no tokenizer files there"."""
+    assert main(["generate", str(qwen_dir), "--ids", "1,2"]) == 2
+    assert "it looks like a Hugging Face checkpoint: convert it with `r1jax import-hf`" in capsys.readouterr().err
+    no_json = tmp_path / "no_json"
+    shutil.copytree(qwen_dir, no_json, ignore=shutil.ignore_patterns("tokenizer.json"))
+    assert main(["import-hf", str(no_json), str(tmp_path / "ck")]) == 0
+    assert "no tokenizer.json there (beside its tokenizer_config.json" in capsys.readouterr().out
 
 
 def test_a_tokenizer_bigger_than_the_checkpoints_embedding_names_its_config_json(qwen_dir, tmp_path):
