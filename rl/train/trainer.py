@@ -189,6 +189,11 @@ class Trainer:
             if self.config.eval.path is not None:
                 self.console.log(f"held-out set: {len(self._held_out)} rows of eval.path {self.config.eval.path} "
                                  "(its first that training does not read)")
+            narrow = self.config.model.param_dtype
+            if narrow != "float32" and any(s.kind != "rejection_sampling" for s in self.config.stages[
+                    position.stage_index:]):  # (a bfloat16 checkpoint keeps its dtype unless the config says)
+                self.console.log(f"note: model.param_dtype is {narrow}: Adam steps of lr ~1e-6 round away in "
+                                 f"{narrow} weights (README, Dtypes); say model.param_dtype=float32 to train")
             self._begin()
             with self.stop.watching(self.global_step), use_mesh(self.mesh, self.rules):
                 try:

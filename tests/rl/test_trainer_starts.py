@@ -60,3 +60,16 @@ def test_consecutive_non_finite_updates_halt_the_run_with_a_clear_error(tmp_path
     assert rows[-1]["grad_norm"] is None  # non-finite figures are JSON null
     assert not (tmp_path / "run" / "summary.json").exists() or "final_eval" not in json.loads(
         (tmp_path / "run" / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("dtype, stages, told", [
+    ("bfloat16", None, True), ("float32", None, False),
+    ("bfloat16", [{"name": "rs", "kind": "rejection_sampling", "steps": 1}], False)])
+def test_training_narrow_weights_is_told(tmp_path, capsys, monkeypatch, dtype, stages, told):
+    """A bfloat16 Hugging Face checkpoint keeps its dtype: GRPO at lr 3e-6 then moved nothing, silently."""
+    overrides = [f"model.param_dtype={dtype}"] + ([f"stages={json.dumps(stages)}"] if stages else [])
+    config = load_config(str(TRAIN_CONFIG), overrides)
+    monkeypatch.setattr(Trainer, "_run_stage", lambda *args: None)  # the note comes before any stage
+    Trainer(config, tmp_path / "run").run()
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("note: model.param_dtype is bfloat16: Adam steps of lr ~1e-6 round away" in err) is told
