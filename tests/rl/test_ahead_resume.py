@@ -62,7 +62,7 @@ def test_a_batch_remembers_the_settings_its_data_means_something_under():
     assert saved["grpo.group_size"] == 2 and saved["grpo.prompts_per_step"] == 4
     assert saved["rewards.names"] == ["accuracy", "format", "has_digit"] and saved["rewards.weights"] == [1.0] * 3
     assert json.loads(json.dumps(saved)) == saved  # as a checkpoint's meta gives it back
-    for override, key in [("grpo.group_size=4", "grpo.group_size"), ("grpo.temperature=0.7", "grpo.temperature"),
+    for override, key in [("grpo.group_size=4", "grpo.group_size"), ("grpo.temperature=1.0", "grpo.temperature"),
                           ("grpo.prompts_per_step=8", "grpo.prompts_per_step"),
                           ("sampling.max_new_tokens=16", "sampling.max_new_tokens"),
                           ("sampling.top_p=0.9", "sampling.top_p"),

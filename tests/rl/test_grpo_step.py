@@ -270,6 +270,14 @@ def test_beta_zero_needs_no_reference():
     assert "kl" not in metrics and int(new.step) == 1
 
 
+def test_the_reference_forward_in_the_step_is_at_the_sampling_temperature():
+    """With no precomputed ref_logp the step runs the reference itself; at grpo.temperature 0.7 a reference equal
+    to the policy has KL 0 only when both forwards divide by it (no test ran GRPO at T != 1)."""
+    state, step = make(grpo=dataclasses.replace(GRPO, temperature=0.7))
+    _, metrics = step(state, synthetic_batch())
+    assert abs(float(metrics["kl"])) < 1e-6
+
+
 def test_unrolled_layers_give_the_scans_losses_and_gradients():
     # model.scan_layers: false changes only XLA's fusion (float rounding). With SGD at lr 1 the parameters
     # move by exactly -grad, so equal new parameters are equal gradients. Measured: parameters within
@@ -287,3 +295,25 @@ def test_unrolled_layers_give_the_scans_losses_and_gradients():
         np.testing.assert_allclose(x, y, atol=1e-6, rtol=0)
     for key in ("loss", "pg_loss", "kl", "entropy", "aux_loss", "grad_norm"):
         assert float(unrolled_metrics[key]) == pytest.approx(float(scanned_metrics[key]), rel=1e-5, abs=1e-7), key
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_each_targets_log_prob_comes_from_the_logits_one_position_before(temperature):
+    """logp[b, t] = log softmax(logits[b, t] / T)[tokens[b, t + 1]], against NumPy on the model's own logits: an
+    off-by-one in the alignment passed every test but the learning one (the losses compare like with like)."""
+    from r1jax.rl.grpo.step import reference_logprobs
+    from r1jax.rl.update import split_policy
+
+    policy = init_policy(CFG, 0)
+    graphdef, params, bias = split_policy(policy)
+    batch = synthetic_batch()
+    got = np.asarray(reference_logprobs(graphdef, (params, bias), batch, temperature))
+    logits = np.asarray(policy(batch["tokens"], batch["positions"], batch["valid"]).logits_BTV, np.float64)
+    scaled = logits / temperature
+    log_softmax = scaled - scaled.max(-1, keepdims=True)
+    log_softmax -= np.log(np.exp(log_softmax).sum(-1, keepdims=True))
+    tokens = np.asarray(batch["tokens"])
+    want = np.take_along_axis(log_softmax[:, :-1], tokens[:, 1:, None], axis=-1)[..., 0]
+    mask = np.asarray(batch["mask"])
+    assert got.shape == mask.shape and mask.sum() > 10
+    np.testing.assert_allclose(got[mask], want[mask], atol=2e-5)

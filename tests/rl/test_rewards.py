@@ -65,6 +65,7 @@ def test_split_completion():
     ("<think> a </think> <answer> 7 </answer> <answer> 8 </answer>", 0.0),
     ("<think> step </think> <answer> 7 </think> </answer>", 0.0),
     ("<think> step <answer> 7 </answer>", 0.0), (r"<think> step </think> \boxed{7}", 0.0), ("", 0.0),
+    ("<think> step <answer> 7 </think> </answer>", 0.0),  # each tag once, interleaved: the order counts
 ])
 def test_format_is_strict(completion, expected):
     assert score("format", completion) == expected

@@ -52,10 +52,11 @@ def replay_expert_0_twice(rollout_batch):
 @pytest.fixture(scope="module")
 def grpo_rows(tmp_path_factory):
     """4 GRPO steps, KL to a reference reset every 2 steps, one update per batch, replayed routes, all on
-    packed update batches (`grpo.pack`: the reference, the replayed routes and the loss go through it)."""
+    packed update batches (`grpo.pack`: the reference, the replayed routes and the loss go through it), at
+    temperature 0.7 (the reference's forward divides by it as the policy's does, or KL is not 0 after a reset)."""
     run_dir = tmp_path_factory.mktemp("grpo_options")
     config = load_config(CONFIG, [*GRPO_MOE, "stages.0.steps=4", "grpo.kl_coef=0.01", "grpo.ref_reset_every=2",
-                                  "update.routing_replay=true", "grpo.pack=true"])
+                                  "update.routing_replay=true", "grpo.pack=true", "grpo.temperature=0.7"])
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(stage_grpo, "rollout_batch", replay_expert_0_twice(stage_grpo.rollout_batch))
         Trainer(config, run_dir).run()
@@ -86,6 +87,15 @@ def test_packing_reports_the_padding_it_leaves(grpo_rows):
 def test_one_update_per_batch_has_ratio_one(grpo_rows):
     for row in grpo_rows:  # old log-probs are the current ones: every ratio is exactly 1
         assert row["ratio_max"] == 1.0 and row["clip_low_frac"] == row["clip_high_frac"] == 0.0
+
+
+def test_old_log_probs_are_at_the_sampling_temperature(tmp_path):
+    """mu = 2 at temperature 0.7 and a learning rate too small to move the policy: the old log-probs (the
+    policy before the first of the mu updates) equal the current ones only when their forward divides by T."""
+    Trainer(load_config(CONFIG, [*GRPO_MOE, "stages.0.steps=1", "grpo.num_iterations=2", "grpo.temperature=0.7",
+                                 "optimizer.lr=1e-12"]), tmp_path).run()
+    for row in metrics_rows(tmp_path):
+        assert abs(row["ratio_max"] - 1) < 1e-5, row
 
 
 def test_several_updates_per_batch_use_the_old_log_probs(tmp_path):
