@@ -38,7 +38,7 @@ from flax import nnx
 from r1jax.model.config import ModelConfig
 from r1jax.model.kv_cache import KVRead, attend_blocks, step_softmax
 from r1jax.model.layers import (RMSNorm, Stack, apply_rope, apply_rope_interleaved, dtype_of, make_param,
-                                project_heads)
+                                project)
 from r1jax.model.rope import mla_softmax_scale
 from r1jax.model.pallas_attention import decode_attention
 from r1jax.sharding.context import constrain
@@ -89,7 +89,7 @@ class GQAttention(nnx.Module):
         self.decode_attention = cfg.decode_attention
 
     def _project(self, x_BTD, w, bias_name):
-        y = project_heads(x_BTD, w[...].astype(self.dt))
+        y = project(x_BTD, w[...].astype(self.dt), "BTD,DNH->BTNH")
         return y + getattr(self, bias_name)[...].astype(self.dt) if self.has_bias else y
 
     def queries(self, x_BTD, cos, sin):
@@ -189,7 +189,7 @@ class GQAttention(nnx.Module):
                              mask_BS, read)
 
     def _output(self, out_BTNH):
-        y = jnp.einsum("BTNH,NHD->BTD", out_BTNH, self.o_proj[...].astype(self.dt))
+        y = project(out_BTNH, self.o_proj[...].astype(self.dt), "BTNH,NHD->BTD")
         return y + self.o_bias[...].astype(self.dt) if self.has_bias else y
 
     def __call__(self, x_BTD, cos, sin, mask_BTS):
@@ -234,19 +234,19 @@ class MLAttention(nnx.Module):
 
     def queries(self, x_BTD, cos, sin):
         if self.q_lora:
-            q_BTC = jnp.einsum("BTD,DC->BTC", x_BTD, self._w("q_a_proj"))
+            q_BTC = project(x_BTD, self._w("q_a_proj"), "BTD,DC->BTC")
             if self.has_bias:
                 q_BTC = q_BTC + self._w("q_a_bias")
-            q_BTNH = jnp.einsum("BTC,CNH->BTNH", self.q_a_layernorm(q_BTC), self._w("q_b_proj"))
+            q_BTNH = project(self.q_a_layernorm(q_BTC), self._w("q_b_proj"), "BTC,CNH->BTNH")
         else:
-            q_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, self._w("q_proj"))
+            q_BTNH = project(x_BTD, self._w("q_proj"), "BTD,DNH->BTNH")
         q_BTNH = constrain(q_BTNH, ("batch", "length", "act_heads", None))
         q_nope, q_rope = q_BTNH[..., : self.nope], q_BTNH[..., self.nope:]
         return q_nope, self.rotate(q_rope, cos, sin)
 
     def entries(self, x_BTD, cos, sin):
         """The cacheable normalised latent c_BSC and rotated shared rope key k_BSR."""
-        ckv = jnp.einsum("BTD,DC->BTC", x_BTD, self._w("kv_a_proj_with_mqa"))
+        ckv = project(x_BTD, self._w("kv_a_proj_with_mqa"), "BTD,DC->BTC")
         if self.has_bias:
             ckv = ckv + self._w("kv_a_bias")
         c_BSC = self.kv_a_layernorm(ckv[..., : self.kv_rank])
@@ -341,7 +341,7 @@ class MLAttention(nnx.Module):
         return self._output(out_BTNH)
 
     def _output(self, out_BTNH):
-        y = jnp.einsum("BTNH,NHD->BTD", out_BTNH, self._w("o_proj"))
+        y = project(out_BTNH, self._w("o_proj"), "BTNH,NHD->BTD")
         return y + self._w("o_bias") if self.has_bias else y
 
     def __call__(self, x_BTD, cos, sin, mask_BTS):

@@ -17,7 +17,7 @@ from flax import nnx
 from r1jax.model.attention import attention_class, causal_mask
 from r1jax.model.kv_cache import KVRead, reads_blockwise, write_slots
 from r1jax.model.config import ModelConfig
-from r1jax.model.layers import MLP, RMSNorm, Stack, dtype_of, make_param, rope_cos_sin
+from r1jax.model.layers import MLP, RMSNorm, Stack, dtype_of, make_param, project, rope_cos_sin
 from r1jax.model.rope import cos_sin_scale, inverse_frequencies
 from r1jax.model.moe import MoE, MoEAux
 from r1jax.sharding.context import constrain
@@ -229,7 +229,7 @@ class Policy(nnx.Module):
         else:
             w_DV = self.lm_head[...].astype(jnp.float32)
         x_BTD = constrain(x_BTD, ("batch", "length", "act_embed"))
-        logits = jnp.einsum("BTD,DV->BTV", x_BTD.astype(jnp.float32), w_DV)
+        logits = project(x_BTD.astype(jnp.float32), w_DV, "BTD,DV->BTV")
         return constrain(logits, ("batch", "length", "act_vocab"))
 
     def forward_cached(self, tokens_BT: jax.Array, positions_BT: jax.Array, valid_BT: jax.Array,

@@ -7,6 +7,7 @@ get a leading "layers" axis, and the stack's forward scans over it (model.decode
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Sequence
 
 import jax
@@ -54,32 +55,36 @@ def matrices(params):
     return jax.tree.map(is_matrix, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-@jax.custom_vjp
-def project_heads(x_BTD: jax.Array, w_DNH: jax.Array) -> jax.Array:
-    """einsum("BTD,DNH->BTNH"), whose weight gradient, on a CPU, takes the input as its left operand:
-    autodiff's einsum("BTNH,BTD->DNH") had XLA's CPU transpose the cotangent ([N H, B T]) inside the q/k norm
-    and rotary backward's fusion, a slow strided copy (10-11% of a bench_qwen3 GRPO update step); the same
-    product, the other way round, reads both operands as they lie. Other platforms differentiate the einsum as
-    autodiff does (their programs, and `r1jax compile`'s figures, unchanged)."""
-    return jnp.einsum("BTD,DNH->BTNH", x_BTD, w_DNH)
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def project(x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
+    """einsum(spec, x, w) for a weight product ("BTD,DF->BTF", "BTD,DNH->BTNH", "BTNH,NHD->BTD"), whose weight
+    gradient, on a CPU, takes the input as its left operand. Autodiff's ("BTF,BTD->DF") had XLA's CPU transpose
+    the cotangent ([F, B T]) as a copy of its own or inside the fusion that makes it (the q/k norm and rotary
+    backward's: a slow strided copy, 10-11% of a bench_qwen3 GRPO update step; silu's backward in bench's MLPs);
+    the same product, the other way round, reads both operands as they lie. Other platforms differentiate the
+    product as autodiff does (their programs, and `r1jax compile`'s figures, unchanged)."""
+    return jnp.einsum(spec, x, w)
 
 
-def _project_heads_fwd(x_BTD, w_DNH):
-    return project_heads(x_BTD, w_DNH), (x_BTD, w_DNH)
+def _project_fwd(x, w, spec):
+    return project(x, w, spec), (x, w)
 
 
-def _project_heads_bwd(residuals, dy_BTNH):
-    def input_left(x_BTD, w_DNH, dy_BTNH):  # (cotangents in their primals' dtypes, as autodiff's)
-        return (jnp.einsum("BTNH,DNH->BTD", dy_BTNH, w_DNH).astype(x_BTD.dtype),
-                jnp.einsum("BTD,BTNH->DNH", x_BTD, dy_BTNH).astype(w_DNH.dtype))
+def _project_bwd(spec, residuals, dy):
+    operands, out = spec.split("->")
+    x_axes, w_axes = operands.split(",")
 
-    def as_autodiff(x_BTD, w_DNH, dy_BTNH):
-        return jax.vjp(lambda x, w: jnp.einsum("BTD,DNH->BTNH", x, w), x_BTD, w_DNH)[1](dy_BTNH)
+    def input_left(x, w, dy):  # (cotangents in their primals' dtypes, as autodiff's)
+        return (jnp.einsum(f"{out},{w_axes}->{x_axes}", dy, w).astype(x.dtype),
+                jnp.einsum(f"{x_axes},{out}->{w_axes}", x, dy).astype(w.dtype))
 
-    return jax.lax.platform_dependent(*residuals, dy_BTNH, cpu=input_left, default=as_autodiff)
+    def as_autodiff(x, w, dy):
+        return jax.vjp(lambda x, w: jnp.einsum(spec, x, w), x, w)[1](dy)
+
+    return jax.lax.platform_dependent(*residuals, dy, cpu=input_left, default=as_autodiff)
 
 
-project_heads.defvjp(_project_heads_fwd, _project_heads_bwd)
+project.defvjp(_project_fwd, _project_bwd)
 
 
 class RMSNorm(nnx.Module):
@@ -153,7 +158,7 @@ class MLP(nnx.Module):
 
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
         dt = self.compute_dtype
-        gate_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.gate_proj[...].astype(dt))
-        up_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.up_proj[...].astype(dt))
+        gate_BTF = project(x_BTD, self.gate_proj[...].astype(dt), "BTD,DF->BTF")
+        up_BTF = project(x_BTD, self.up_proj[...].astype(dt), "BTD,DF->BTF")
         h_BTF = constrain(jax.nn.silu(gate_BTF) * up_BTF, ("batch", "length", "act_mlp"))
-        return jnp.einsum("BTF,FD->BTD", h_BTF, self.down_proj[...].astype(dt))
+        return project(h_BTF, self.down_proj[...].astype(dt), "BTF,FD->BTD")

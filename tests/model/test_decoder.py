@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from r1jax.model.factory import decode_read_bytes, init_policy
-from r1jax.model.layers import project_heads, rope_cos_sin
+from r1jax.model.layers import project, rope_cos_sin
 from tests.model.tiny import FAMILIES, QWEN
 
 
@@ -170,19 +170,22 @@ def test_a_decode_step_reads_cast_weights_narrow_and_float32_uses_whole(tied):
 
 @pytest.mark.parametrize("x_dtype, w_dtype", [("float32", "float32"), ("bfloat16", "bfloat16"),
                                              ("float32", "bfloat16")])
-def test_project_heads_gradients_equal_the_einsums(x_dtype, w_dtype):
-    """model.layers.project_heads: einsum("BTD,DNH->BTNH") with its weight gradient's operands the other way
-    round (a faster product on a CPU); both gradients equal autodiff's of the plain einsum, in the primals'
+@pytest.mark.parametrize("spec, x_shape, w_shape", [("BTD,DF->BTF", (2, 5, 16), (16, 12)),
+                                                    ("BTD,DNH->BTNH", (2, 5, 16), (16, 3, 4)),
+                                                    ("BTNH,NHD->BTD", (2, 5, 3, 4), (3, 4, 16))])
+def test_projection_gradients_equal_the_einsums(x_dtype, w_dtype, spec, x_shape, w_shape):
+    """model.layers.project: a weight product (heads in or out) with its weight gradient's operands the other
+    way round (a faster product on a CPU); both gradients equal autodiff's of the plain einsum, in the primals'
     dtypes (a float32 input gave a bfloat16 weight a float32 gradient)."""
     kx, kw, kg = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(kx, (2, 5, 16)).astype(x_dtype)
-    w = jax.random.normal(kw, (16, 3, 4)).astype(w_dtype)
-    y, pullback = jax.vjp(project_heads, x, w)
-    y_ref, pullback_ref = jax.vjp(lambda a, b: jnp.einsum("BTD,DNH->BTNH", a, b), x, w)
+    x = jax.random.normal(kx, x_shape).astype(x_dtype)
+    w = jax.random.normal(kw, w_shape).astype(w_dtype)
+    y, pullback = jax.vjp(lambda a, b: project(a, b, spec), x, w)
+    y_ref, pullback_ref = jax.vjp(lambda a, b: jnp.einsum(spec, a, b), x, w)
     np.testing.assert_array_equal(y, y_ref)
     dy = jax.random.normal(kg, y.shape).astype(y.dtype)
     tolerance = 1e-5 if x_dtype == w_dtype == "float32" else 2e-2
     for got, want in zip(pullback(dy), pullback_ref(dy)):
-        assert got.dtype == want.dtype
+        assert got.dtype == want.dtype and got.shape == want.shape
         np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=tolerance,
                                    atol=tolerance * 4)
