@@ -62,7 +62,9 @@ def project(x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
     the cotangent ([F, B T]) as a copy of its own or inside the fusion that makes it (the q/k norm and rotary
     backward's: a slow strided copy, 10-11% of a bench_qwen3 GRPO update step; silu's backward in bench's MLPs);
     the same product, the other way round, reads both operands as they lie. Other platforms differentiate the
-    product as autodiff does (their programs, and `r1jax compile`'s figures, unchanged)."""
+    product as autodiff does (their programs, and `r1jax compile`'s figures, unchanged). Not for use inside a
+    shard_map: the CPU branch adds no psum over the axes a replicated weight's cotangent varies along (and
+    platform_dependent traces both branches, so it fails there on every platform; no caller does)."""
     return jnp.einsum(spec, x, w)
 
 

@@ -121,12 +121,14 @@ def _file_held_out(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | Non
         if not rows:
             raise UserError(f"eval.path={cfg.path!r} holds no row of task {', '.join(tasks)}")
     kinds = sorted({row["task"] for row in rows})
-    if data.path is None:  # generated training problems, keyed as each kind's: a row without a task column
+    if not read_data_file:
+        seen = set()
+    elif data.path is None:  # generated training problems, keyed as each kind's: a row without a task column
         # is read as data.default_task's (math), and the same prompt is the same problem whatever task reads it
         train = TaskSource([data.task(t) for t in data.tasks], data.seed, data.num_problems)
         seen = {(kind, TASKS[kind].problem_key(train[i]["prompt"])) for i in range(len(train)) for kind in kinds}
     else:
-        seen = _file_keys(data, kinds, "data.path") if read_data_file else set()
+        seen = _file_keys(data, kinds, "data.path")
     for field, other in other_files:
         seen |= _file_keys(other, kinds, field)
     problems = []

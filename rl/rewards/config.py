@@ -106,7 +106,7 @@ class RewardsConfig:
 
     names: tuple[str, ...] = ("accuracy", "format")  # registered reward names (rl.rewards.REWARDS)
     weights: tuple[float, ...] = (1.0, 1.0)  # R1-Zero: Reward_rule = Reward_acc + Reward_format (R1, Nature)
-    language: str = "en"  # target language of the chain of thought (R1's language-consistency reward)
+    language: str = "en"  # target language of the chain of thought and the text around it (R1's language reward)
     max_length: int = 1024  # L_max of DAPO's soft overlong penalty, in completion tokens
     overlong_buffer: int = 256  # L_cache: the penalty ramps from 0 to -1 over the last L_cache tokens (DAPO)
     answer_max_chars: int = 256  # K: a longer extracted answer is no answer (never shortened: rl.rewards.extract)

@@ -220,16 +220,27 @@ def word_scripts(text: str, target: tuple[str, ...] = ()) -> list[str]:
 _TAG = re.compile("|".join(map(re.escape, (THINK, END_THINK, ANSWER, END_ANSWER))))
 
 
+def _without_answers(text: str) -> str:
+    """`text` less each <answer>...</answer> block, in one pass (a lazy regex rescans the rest of the text from
+    every unclosed <answer>)."""
+    parts, position = [], 0
+    while (start := text.find(ANSWER, position)) >= 0 and (end := text.find(END_ANSWER, start)) >= 0:
+        parts.append(text[position:start])
+        position = end + len(END_ANSWER)
+    return " ".join(parts + [text[position:]])
+
+
 @register_reward("language")
 def language_consistency(item: ScoreItem, config: RewardsConfig) -> float:
     """The share of the completion's words in the target language's scripts: the chain of thought's and all the
-    rest (the answer, text before or after the tags, other think blocks; the last thought alone let a completion
-    write anything outside it), 0 without a thought."""
+    rest but its answers (text before or after the tags, other think blocks: the last thought alone let a
+    completion write anything outside it; an answer is a value, a word or a program, of no language), 0
+    without a thought."""
     thought, _ = split_completion(item.completion)
     if thought is None or not thought.strip():
         return 0.0
     target = LANGUAGE_SCRIPTS[config.language]
-    scripts = word_scripts(_TAG.sub(" ", item.completion), target)
+    scripts = word_scripts(_TAG.sub(" ", _without_answers(item.completion)), target)
     if not scripts:
         return 1.0  # only numbers and symbols ("3+4=7.", "θ ∈ ℝ"): no word in another language
     return sum(s in target for s in scripts) / len(scripts)

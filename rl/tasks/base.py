@@ -129,7 +129,8 @@ def get_task(name: str, difficulty: int = 1, **knobs) -> Task:
 
 
 # Markup a model (or a user's reference) may wrap a plain answer in; removed before the strict parsers run.
-_WRAPPERS = re.compile(r"^(?:\\boxed|\\text|\\mathrm|\\textbf|\\mathbf)\s*\{(.*)\}$", re.DOTALL)
+_WRAPPERS = re.compile(r"^(?:\\boxed|\\text|\\mathrm|\\textbf|\\mathbf|\\textit|\\textrm|\\emph|\\mbox)\s*\{(.*)\}$",
+                       re.DOTALL)
 _DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 
 

@@ -176,8 +176,8 @@ class MathTask(Task):
         return bool(verify(gold, pred, timeout_seconds=_timeout())) and _relatively_close(gold[0], pred[0])
 
 
-_TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm)\s*\{")
-_WORDS = re.compile(r"[A-Za-z]*[A-Za-z]{2}[A-Za-z]*(?:\s+[A-Za-z]+)*")
+_TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|emph|mbox)\s*\{")
+_WORDS = re.compile(r"[A-Za-z]+(?:\s+[A-Za-z]+)*")  # and a word of two letters or more (`_words`)
 
 
 def _words(answer: str, wrapped: bool = True) -> str | None:
@@ -188,7 +188,8 @@ def _words(answer: str, wrapped: bool = True) -> str | None:
     if wrapped and not _TEXT_WRAPPER.search(answer):
         return None
     text = strip_markup(answer)
-    return " ".join(text.lower().split()) if _WORDS.fullmatch(text) else None
+    words = _WORDS.fullmatch(text) and re.search(r"[A-Za-z]{2}", text)
+    return " ".join(text.lower().split()) if words else None
 
 
 # math-verify compares a decimal with a number rounded to 6 places: -0.0000004 matched 0.0000001, 0.0000014
@@ -198,21 +199,20 @@ RELATIVE_TOLERANCE = 1e-4
 
 
 def _relatively_close(gold, pred) -> bool:
-    """Whether two parsed answers, when both are numbers (an equation's right side) and one holds a decimal,
-    differ by at most RELATIVE_TOLERANCE of the larger; True for anything else (math-verify decided)."""
+    """Whether two parsed answers that math-verify found equal, where both are numbers (an equation's right
+    side) and one holds a decimal, differ by at most RELATIVE_TOLERANCE of the larger, element by element in
+    sets, tuples and intervals; True for anything else (math-verify decided)."""
     import sympy
 
-    values = []
-    for answer in (gold, pred):
-        if isinstance(answer, sympy.Eq):
-            answer = answer.rhs
-        if not isinstance(answer, sympy.Expr) or not answer.is_number:
-            return True
-        values.append(answer)
-    if not any(value.has(sympy.Float) for value in values):
+    gold, pred = (answer.rhs if isinstance(answer, sympy.Eq) else answer for answer in (gold, pred))
+    if isinstance(gold, (sympy.FiniteSet, sympy.Tuple, sympy.Interval)) and type(gold) is type(pred):
+        return len(gold.args) != len(pred.args) or all(map(_relatively_close, gold.args, pred.args))
+    if not all(isinstance(answer, sympy.Expr) and answer.is_number for answer in (gold, pred)):
         return True
+    if not (gold.has(sympy.Float) or pred.has(sympy.Float)):
+        return True
+    a, b = gold.evalf(15), pred.evalf(15)  # sympy's floats: 1.5 x 10^400 overflowed a Python complex
     try:
-        a, b = (complex(value.evalf(15)) for value in values)
-    except (TypeError, ValueError):
+        return bool(abs(a - b) <= RELATIVE_TOLERANCE * sympy.Max(abs(a), abs(b)))
+    except (TypeError, ValueError):  # no order: a value sympy cannot compare (a percent's "12.0*Abs(1/100)")
         return True
-    return abs(a - b) <= RELATIVE_TOLERANCE * max(abs(a), abs(b))

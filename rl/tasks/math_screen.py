@@ -89,9 +89,9 @@ def _operand_at(text: str, start: int) -> tuple[str, int]:
         return text[start:end], end
     match = _OPERAND.match(text, start)
     end = match.end()
-    if len(match.group(0)) > 1 and match.group(0).startswith("\\"):  # a command with its groups: "\sqrt{9^9}"
-        group = end
-        while group < len(text) and (text[group] == " " or text[group] in _OPENERS):
+    if len(match.group(0)) > 1 and match.group(0).startswith("\\"):  # a command with its arguments: "\sqrt[3]{9^9}"
+        group = end  # (in braces or brackets: "e^\pi(e^2-1)" is e^pi times a bracket)
+        while group < len(text) and text[group] in " {[":
             if text[group] == " ":
                 group += 1
             else:

@@ -205,6 +205,18 @@ def test_weights_that_trained_on_nothing_skip_no_problem(capsys, finished_run, t
     trained_on = {p["prompt"] for p in TaskSource([config.data.task("arithmetic")], config.data.seed, 100000)}
     prompts = [p["prompt"] for p in seen[-1]["problems"]]
     assert len(prompts) == 4 and set(prompts) <= trained_on  # the config's "training" problems, not skipped
+    # nor does a held-out file's row that the config's data would generate (eval.path)
+    source = TaskSource([config.data.task("arithmetic")], config.data.seed, 3)
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text("".join(json.dumps({"prompt": source[i]["prompt"], "answer": source[i]["answer"],
+                                            "task": "arithmetic"}) + "\n" for i in range(3)))
+    with_file = tmp_path / "init_file"
+    assert main(["init", str(TRAIN_CONFIG), str(with_file), "data.difficulty=1", "data.num_problems=100000",
+                 f"eval.path={held_out}"]) == 0
+    shutil.copytree(finished_run / "tokenizer", with_file / "tokenizer")
+    code, _, err = run_main(capsys, "eval", str(with_file), "--workers", "1", "--json")
+    assert code == 0, err
+    assert [p["prompt"] for p in seen[-1]["problems"]] == [source[i]["prompt"] for i in range(3)]
     (tmp_path / "b.jsonl").write_text("")
     code, _, err = run_main(capsys, "eval", str(out), "--training-file", f"a.jsonl={tmp_path / 'b.jsonl'}")
     assert code == 2 and "holds weights that trained on nothing (written by r1jax init or import-hf)" in err

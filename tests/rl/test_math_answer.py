@@ -24,7 +24,8 @@ def math_task():
 SYMBOLIC = [r"(n-k)!", r"\binom{n+k}{k}", r"\left(n+1\right)!", r"(a+b)!", r"(2n-k+1)!", r"\Gamma\left(n+1\right)",
             r"{n+1}!", r"\left( n + 1 \right) !", r"\binom{2n+2}{n+1}", r"\binom{n}{9}", r"\frac{1}{2004!}", "9999!",
             r"(999+999)!", r"\binom{n}{k-1}", r"\frac{(2n)!}{n!(n+1)!}", r"|x|^{2}", r"\left|x-1\right|^3",
-            r"2^\frac{1}{2}", r"e^\pi", r"10^\,{3}", r"\left(\frac{1}{2}\right)^{2}", r"(n \, - \, k)!"]
+            r"2^\frac{1}{2}", r"e^\pi", r"10^\,{3}", r"\left(\frac{1}{2}\right)^{2}", r"(n \, - \, k)!",
+            r"e^\pi(e^2-1)", r"10^\circ (2^3)"]
 
 
 @pytest.mark.parametrize("text", SYMBOLIC)
@@ -51,7 +52,8 @@ HUGE = [  # values that can be huge, or forms that put a number in place of a le
     r"\int_{0}^{99999999} \frac{d}{dx} x! dx", r"\iint x! \, dx",
     # spacing, sizing or a command as the exponent or the base hid the rest from the screen
     r"9^\,{9^{9}}", r"9^\;{9^{9}}", r"9^\quad{9^{9}}", r"9^\left(9^{9}\right)", r"7^\,{9999^{9}}",
-    r"10^\,{10^{4}\cdot 10^{4}}", r"9^\mathrm{9^{9}}", r"2^\sqrt{9^{9}}", r"99999999\,!", r"99999999\!!",
+    r"10^\,{10^{4}\cdot 10^{4}}", r"9^\mathrm{9^{9}}", r"2^\sqrt{9^{9}}", r"2^\sqrt[3]{9^{9}}", r"99999999\,!",
+    r"99999999\!!",
     r"(99999999)\,!", r"99999999 \; !",
 ]
 

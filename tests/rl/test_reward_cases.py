@@ -38,6 +38,13 @@ MATH = [  # (reference, completion, expected)
     (r"\pi", a("3.141593"), 1), (r"\frac{1}{3}", a("0.333333"), 1), (r"\frac{1}{1000000}", a("0.000001"), 1),
     ("0.0000001", a("-0.0000004"), 0), ("0.0000003", a("0.0000001"), 0), (r"\frac{1}{1000000}", a("0.0000014"), 0),
     ("0", a("-0.0000001"), 0), ("0.0000001", a("x = -0.0000004"), 0),
+    (r"\{0.0000001\}", a(r"\{-0.0000004\}"), 0), ("(0.0000001, 1)", a("(-0.0000004, 1)"), 0),
+    (r"\{0.5, 2\}", a(r"\{\frac{1}{2}, 2\}"), 1), ("(0.5, 1]", a(r"(\frac{1}{2}, 1]"), 1),
+    (r"1.5\times 10^{400}", a(r"1.5\times 10^{400}"), 1), ("10^{400}", a(r"1.0\times10^{400}"), 1),  # (overflowed)
+    (r"\text{Sunday}", a(r"\textit{Sunday}"), 1), (r"\text{Sunday}", a(r"\mbox{Sunday}"), 1),
+    (r"\text{a cat}", a("a cat"), 1), (r"\text{a cat}", a("cat a"), 0),
+    # a command's arguments are its braces and brackets: e^\pi(...) is a product, not a tower
+    (r"e^{\pi}(e^{2}-1)", a(r"e^\pi(e^2-1)"), 1), (r"e^{\pi}(e^{2}-1)", a(r"e^\pi\left(e^{2}-1\right)"), 1),
     # malformed output
     ("7", "7", 0), ("7", "<answer> 7", 0), ("7", "<think> 7 </think> <answer> </answer>", 0),
     ("7", "<think> 7 </think>", 0), ("7", "<think> the answer is 7", 0), ("7", r"<think> \boxed{7}", 0),

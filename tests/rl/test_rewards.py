@@ -2,6 +2,7 @@
 
 import builtins
 import pickle
+import time
 
 import pytest
 
@@ -110,13 +111,27 @@ def test_language_consistency_is_the_share_of_target_language_words(thought, lan
     ("<think> 我们来计算 </think> <think> ok three </think> <answer> 3 </answer>", 2 / 7),
     ("<think> ok three </think> 我们来计算 <answer> 3 </answer>", 2 / 7),
     ("<think> ok three </think> <answer> 3 </answer> 我们来计算", 2 / 7),
-    ("<think> ok three </think> <answer> 三 </answer>", 2 / 3),
+    ("<think> ok three </think> <answer> 三 </answer>", 1.0),  # an answer is of no language (a value, a program)
     ("<think> ok three </think> <answer> 3 </answer>", 1.0),
+    ("<think> 我们来计算 </think> <answer> def solve(n): return sorted(n) </answer>", 0.0),
 ])
-def test_language_counts_every_word_of_the_completion(completion, expected):
+def test_language_counts_every_word_but_the_answers(completion, expected):
     """Words outside the (last) thought count too: Chinese before the think tags, in another think block, between
-    the tags or after the answer scored 1.0 for `en` when the last thought was English."""
+    the tags or after the answer scored 1.0 for `en` when the last thought was English. The answer does not
+    count: a program's words would push a `zh` run's code rewards towards shorter programs."""
     assert score("language", completion, language="en") == pytest.approx(expected)
+
+
+def test_a_program_answer_leaves_a_chinese_thought_consistent():
+    completion = "<think> 我们来计算一下这个问题的答案 </think> <answer> def solve(numbers): return sorted(numbers) </answer>"
+    assert score("language", completion, language="zh") == 1.0  # 0.7 when the program's words counted
+
+
+def test_the_language_reward_is_linear_in_unclosed_answer_tags():
+    completion = "<think> a </think> " + "<answer> x " * 50_000
+    start = time.perf_counter()
+    assert score("language", completion) == 1.0
+    assert time.perf_counter() - start < 5  # ~0.1 s; a lazy regex rescanned the rest from each tag
 
 
 def test_a_code_answer_is_not_held_to_answer_max_chars():
