@@ -210,6 +210,9 @@ def test_a_hugging_face_directory_given_as_a_checkpoint_or_missing_tokenizer_jso
     tokenizer_config.json but no tokenizer.json said "no tokenizer files there"."""
     assert main(["generate", str(qwen_dir), "--ids", "1,2"]) == 2
     assert "it looks like a Hugging Face checkpoint: convert it with `r1jax import-hf`" in capsys.readouterr().err
+    assert main(["info", str(qwen_dir)]) == 2
+    assert f"is a Hugging Face checkpoint: give a config with stages.0.init_from={qwen_dir}" in " ".join(
+        capsys.readouterr().err.split())
     no_json = tmp_path / "no_json"
     shutil.copytree(qwen_dir, no_json, ignore=shutil.ignore_patterns("tokenizer.json"))
     assert main(["import-hf", str(no_json), str(tmp_path / "ck")]) == 0
