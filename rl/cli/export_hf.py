@@ -19,6 +19,7 @@ sharding.KEY=VALUE overrides adapt the mesh to the devices at hand.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from r1jax.model.tokenizer import TEMPLATE_NAMES
 from r1jax.rl.cli.common import new_output_dir
@@ -117,4 +118,8 @@ def resolve_tokenizer(path: str | None, vocab_size: int, checkpoint: str):
     if tok.vocab_size > vocab_size:
         raise UserError(f"--tokenizer {path}: {tok.vocab_size} pieces do not fit the model's vocab_size "
                         f"{vocab_size}")
+    own = find_tokenizer(checkpoint)
+    if own is not None and own != tok:  # (another model's that fits the vocabulary shipped silently)
+        print(f"r1jax export-hf: note: --tokenizer {path} is not the tokenizer {checkpoint} carries (the one it "
+              "trained with): the export ships it, and the model's ids are read by its pieces", file=sys.stderr)
     return tok

@@ -217,6 +217,14 @@ def test_a_hugging_face_directory_given_as_a_checkpoint_or_missing_tokenizer_jso
     shutil.copytree(qwen_dir, no_json, ignore=shutil.ignore_patterns("tokenizer.json"))
     assert main(["import-hf", str(no_json), str(tmp_path / "ck")]) == 0
     assert "no tokenizer.json there (beside its tokenizer_config.json" in capsys.readouterr().out
+    # export-hf --tokenizer of another model (one that fits the vocabulary) shipped it silently
+    assert main(["import-hf", str(qwen_dir), str(tmp_path / "ck2")]) == 0
+    train_tokenizer(["other words for another small tokenizer"] * 20, 280).save(tmp_path / "other")
+    capsys.readouterr()
+    for tokenizer, noted in ((tmp_path / "other", True), (qwen_dir, False)):
+        assert main(["export-hf", str(tmp_path / "ck2"), str(tmp_path / f"out_{noted}"), "--tokenizer",
+                     str(tokenizer)]) == 0
+        assert ("is not the tokenizer" in capsys.readouterr().err) is noted
 
 
 def test_a_tokenizer_bigger_than_the_checkpoints_embedding_names_its_config_json(qwen_dir, tmp_path):
