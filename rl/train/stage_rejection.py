@@ -33,6 +33,12 @@ from r1jax.rl.train.sft import fits_sft, sequence_buckets
 SFT_LENGTH = "sft_length"  # the rejection reason of a sample longer than SFT's largest sequence bucket
 
 
+def kept_length(stages: Sequence[StageConfig], name: str) -> int:
+    """The longest sequence a kept sample may make: the shortest max_sequence_length of the stages that train on
+    stage `name`'s samples (a row one of them cannot take stopped it at its start, after the whole sampling)."""
+    return min((r.max_sequence_length for r in readers(stages, name)), default=DEFAULT_MAX_SEQUENCE_LENGTH)
+
+
 def readers(stages: Sequence[StageConfig], name: str) -> list[StageConfig]:
     """The sft (`data_path`) and distill (`teacher`) stages that train on rejection_sampling stage `name`'s
     samples."""
@@ -100,9 +106,7 @@ def run_rejection_sampling(ctx: StageContext, index: int, stage: StageConfig, st
     budget = stage.new_tokens(cfg.sampling.max_new_tokens)
     temperature = cfg.sampling.temperature if stage.temperature is None else stage.temperature
     kept, k, global_step = KeptSet(), stage.samples_per_prompt, start.global_step
-    # the SFT bucket its samples must fit: the shortest max_sequence_length of the stages that train on them
-    sft_buckets = sequence_buckets(min((r.max_sequence_length for r in readers(cfg.stages, stage.name)),
-                                       default=DEFAULT_MAX_SEQUENCE_LENGTH))
+    sft_buckets = sequence_buckets(kept_length(cfg.stages, stage.name))
     ctx.console.start_stage(stage.name, stage.steps, 0)
     for round_index in range(stage.steps):
         sampled = sample_and_submit(sampler, start.policy, ctx.tokenizer, cfg.tokenizer.template, next(iterator),

@@ -74,6 +74,14 @@ def test_summary_figures_equal_hand_counts():
     assert figures["pool_failures"] == 1 and figures["k"] == 4 and figures["n_problems"] == 6
 
 
+def test_the_format_rate_counts_every_sample_of_a_problem():
+    """Every first sample badly formatted, every other well: 18 of 24 (the table above gives the same rate
+    from all samples or from the first of each problem, so it could not tell them apart)."""
+    problems, texts, lengths, results = made_up_rows()
+    results = [ok(r.rewards["accuracy"], 0.0 if i % 4 == 0 else 1.0) for i, r in enumerate(results)]
+    assert summarize(problems, texts, lengths, results, k=4, reflection_words=())["format_rate"] == 18 / 24
+
+
 def test_summary_with_odd_k_names_its_figures_and_defaults_difficulty_to_zero():
     problems = [{"prompt": "a", "answer": "1"}, {"prompt": "b", "answer": "2"}]
     texts = [answer_text(a) for a in ("1", "9", "9", "2", None, None)]

@@ -128,6 +128,11 @@ def test_metadata_states_every_architecture_and_routing_field(tokenizer, tmp_pat
     export_gguf(init_policy(dataclasses.replace(ds, topk_group=4), 0), tmp_path / "all.gguf", tokenizer, "f32")
     fields, _ = read(tmp_path / "all.gguf")
     assert (fields[a + "expert_group_count"], fields[a + "expert_group_used_count"]) == (1, 1)
+    # the config's own values, not the defaults (both were untested: a constant passed)
+    export_gguf(init_policy(dataclasses.replace(ds, norm_topk_prob=False), 0), tmp_path / "nn.gguf", tokenizer, "f32")
+    assert read(tmp_path / "nn.gguf")[0][a + "expert_weights_norm"] is False
+    export_gguf(init_policy(dataclasses.replace(qw, rms_norm_eps=1e-5), 0), tmp_path / "eps.gguf", tokenizer, "f32")
+    assert read(tmp_path / "eps.gguf")[0]["qwen3moe.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-5)
     export_gguf(init_policy(qw, 0), tmp_path / "qw.gguf", tokenizer, "f32")
     fields, _ = read(tmp_path / "qw.gguf")
     q = "qwen3moe."

@@ -112,3 +112,27 @@ def test_the_sft_loss_is_the_mean_completion_token_loss(qwen):
     assert float(loss) == pytest.approx(reference / count, rel=1e-5)
     prompt_tokens = int(np.asarray(batch["valid"]).sum()) - count
     assert prompt_tokens > count  # most tokens are prompt: a loss over them too would be another number
+
+
+def test_two_sft_micro_batches_equal_one(qwen):
+    """update.micro_batches splits an SFT batch whose token weights are the whole batch's: the sum over the
+    micro-batches is the batch's loss and gradient (a loss divided by M passed every test: only GRPO's was
+    checked)."""
+    import optax
+
+    from r1jax.rl.grpo.optimizer import skip_nonfinite
+    from r1jax.rl.train.sft import make_sft_step
+    from r1jax.rl.update import init_train_state
+
+    model = dataclasses.replace(QWEN, vocab_size=qwen.vocab_size + 3)
+    batch = sft_batch(qwen, "chat", rows(), BUCKETS)
+    optimizer = skip_nonfinite(optax.sgd(1.0))  # parameters move by exactly -grad
+    results = []
+    for micro_batches in (1, 2):
+        graphdef, state = init_train_state(init_policy(model, 0), optimizer, with_ref=False)
+        update = UpdateConfig(micro_batches=micro_batches, aux_loss_coef=0.0)
+        results.append(jax.jit(make_sft_step(graphdef, optimizer, update, model, None))(state, batch))
+    (one, one_metrics), (two, two_metrics) = results
+    assert float(one_metrics["loss"]) == pytest.approx(float(two_metrics["loss"]), rel=1e-5)
+    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0)

@@ -118,6 +118,7 @@ LONG_PARAGRAPH = " ".join(f"step{i} adds to the sum." for i in range(80))  # 320
     (think(LONG_PARAGRAPH), "arithmetic", "paragraph"),
     (think(LONG_PARAGRAPH.replace("step40 ", "\n\nstep40 ")), "arithmetic", None),  # two of 160 words
     (think(LONG_PARAGRAPH.replace("step40 ", "\n  \nstep40 ")), "arithmetic", None),  # a blank line of spaces
+    (think(LONG_PARAGRAPH.replace("0 ", "0\n")), "arithmetic", "paragraph"),  # one paragraph over many lines
 ])
 def test_code_blocks_and_long_paragraphs_in_the_thought_are_filtered(text, task, expected):
     scores = {"accuracy": 1.0, "code": 1.0, "format": 1.0}
@@ -176,10 +177,27 @@ def test_kept_set_keeps_duplicates_once_and_counts_by_task_and_difficulty():
     assert stats["by_task"]["arithmetic"] == {"candidates": 2, "kept": 1, "kept_rate": 0.5}
     assert stats["by_difficulty"]["2"] == {"candidates": 2, "kept": 1, "kept_rate": 0.5}
     assert [r["solution"] for r in kept.rows] == [GOOD, "<think> x=1 </think> <answer> 1 </answer>"]
+    # another correct solution of the same problem is a row of its own (R1 keeps every correct sample), stripped
+    assert kept.add(problem, "\n<think> 3+2=5. </think> <answer> 5 </answer> \n", 2.0, None)
+    assert kept.rows[-1]["solution"] == "<think> 3+2=5. </think> <answer> 5 </answer>"
+    assert kept.stats()["kept"] == 3
 
 
 def stages(*entries):
     return "stages=[" + ", ".join(entries) + "]"
+
+
+def test_kept_samples_fit_the_shortest_reader():
+    from r1jax.rl.train.config import DEFAULT_MAX_SEQUENCE_LENGTH
+    from r1jax.rl.train.stage_rejection import kept_length
+
+    config = load_config("tiny", [stages("{name: rs, kind: rejection_sampling}",
+                                         "{name: a, kind: sft, data_path: rs, max_sequence_length: 2048}",
+                                         "{name: b, kind: distill, teacher: rs, max_sequence_length: 512}",
+                                         "{name: g, kind: grpo}")])
+    assert kept_length(config.stages, "rs") == 512
+    alone = load_config("tiny", [stages("{name: rs, kind: rejection_sampling}", "{name: g, kind: grpo}")])
+    assert kept_length(alone.stages, "rs") == DEFAULT_MAX_SEQUENCE_LENGTH
 
 
 def test_distill_stage_swaps_the_model_from_its_position_on():

@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from r1jax.errors import UserError
 from r1jax.model.factory import init_policy
 from r1jax.rl.grpo.config import GRPOConfig
 from r1jax.rl.grpo.step import grpo_micro_loss, reference_logprobs, rollout_batch
@@ -183,6 +184,17 @@ def test_prompts_in_one_bucket_share_one_compilation():
     assert generate_padded._cache_size() == before
     tokens, valid = left_pad([[1, 2, 3], [4]], (8, 16), pad_id=0)
     assert tokens.shape == (2, 8) and valid.sum() == 4 and tokens[1, -1] == 4
+
+
+def test_a_prompt_that_fills_a_bucket_exactly_takes_that_bucket():
+    """A prompt of exactly a bucket's length fits it (not the next: twice the prefill), and one of the largest
+    bucket's length is no error (SFT rows of exactly max_sequence_length take the same function)."""
+    from r1jax.rl.sampler import bucket_length
+
+    assert [bucket_length(n, (8, 16)) for n in (1, 8, 9, 16)] == [8, 8, 16, 16]
+    assert left_pad([list(range(1, 9))], (8, 16), pad_id=0)[0].shape == (1, 8)
+    with pytest.raises(UserError, match="longer than the largest prompt bucket"):
+        bucket_length(17, (8, 16))
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
