@@ -189,12 +189,10 @@ def resolve_path(name_or_path: str | pathlib.Path) -> pathlib.Path:
         return path
     preset = CONFIG_DIR / f"{name_or_path}.yaml"
     if not preset.is_file():
-        hint = ""
-        if (path / "config.json").is_file():  # a Hugging Face checkpoint: a config reads it through a stage
-            hint = (f"; {str(path)!r} is a Hugging Face checkpoint: give a config with stages.0.init_from="
-                    f"{path} (or convert it with `r1jax import-hf`)")
-        elif path.is_dir():
-            hint = f"; {str(path)!r} is a directory (a run directory keeps its config as config.yaml)"
+        hint = (f"; {str(path)!r} is a Hugging Face checkpoint: give a config with stages.0.init_from={path} (or "
+                "convert it with `r1jax import-hf`)" if (path / "config.json").is_file() else
+                f"; {str(path)!r} is a directory (a run directory keeps its config as config.yaml)" if path.is_dir()
+                else "")
         raise UserError(f"unknown config {str(name_or_path)!r}: not a YAML file and not one of the presets "
                         f"({', '.join(preset_names())}){hint}")
     return preset

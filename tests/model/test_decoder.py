@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from r1jax.model.factory import decode_read_bytes, init_policy
-from r1jax.model.layers import project, rope_cos_sin
+from r1jax.model.layers import RMSNorm, project, rope_cos_sin
 from tests.model.tiny import FAMILIES, QWEN
 
 
@@ -189,3 +189,16 @@ def test_projection_gradients_equal_the_einsums(x_dtype, w_dtype, spec, x_shape,
         assert got.dtype == want.dtype and got.shape == want.shape
         np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=tolerance,
                                    atol=tolerance * 4)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-4])
+def test_rms_norm_equals_numpy_where_its_epsilon_matters(scale):
+    """x / sqrt(mean(x^2) + eps) * w against NumPy, on activations of ~1 and of ~1e-4 (where eps is 100x the
+    mean square: 1 / (sqrt(ms) + eps) differed by 10x there and by 1e-6 at ~1, below HF parity's tolerance)."""
+    cfg = dataclasses.replace(QWEN, rms_norm_eps=1e-6)
+    norm = RMSNorm(16, cfg, nnx.Rngs(0))
+    norm.weight[...] = jnp.linspace(0.5, 1.5, 16)
+    x = scale * np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
+    x64 = x.astype(np.float64)
+    want = x64 / np.sqrt((x64 ** 2).mean(-1, keepdims=True) + 1e-6) * np.linspace(0.5, 1.5, 16)
+    np.testing.assert_allclose(np.asarray(norm(jnp.asarray(x)), np.float64), want, rtol=1e-5, atol=0)
