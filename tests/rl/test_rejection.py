@@ -30,6 +30,17 @@ def test_repetition_is_the_share_of_repeated_word_4grams():
     assert repetition("too short") == 0.0
 
 
+def test_a_share_of_repetition_at_the_bound_is_kept():
+    """stages[].max_repetition is the most a kept sample may repeat: at it kept, just above it refused."""
+    text = "<think> " + "so 2+3=5 . " * 12 + "</think> <answer> 5 </answer>"
+    scored, share = item(text), repetition(text)
+    common = dict(scores=score_item(scored, RewardsConfig()), threshold=2.0, filters=("repetition",),
+                  rewards=RewardsConfig())
+    assert 0 < share < 1
+    assert rejection_reason(scored, 2.0, "ok", max_repetition=share, **common) is None
+    assert rejection_reason(scored, 2.0, "ok", max_repetition=share - 1e-9, **common) == "repetition"
+
+
 def test_a_loop_in_a_script_without_spaces_is_repetition():
     # a Chinese line has no spaces: it was one word, so a thought repeating one sentence read 0.0
     assert repetition("我们算一算" * 3) == pytest.approx(1 - 5 / 12)  # 15 characters: 12 grams, 5 distinct
