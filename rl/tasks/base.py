@@ -129,8 +129,8 @@ def get_task(name: str, difficulty: int = 1, **knobs) -> Task:
 
 
 # Markup a model (or a user's reference) may wrap a plain answer in; removed before the strict parsers run.
-_WRAPPERS = re.compile(r"^(?:\\boxed|\\text|\\mathrm|\\textbf|\\mathbf|\\textit|\\textrm|\\emph|\\mbox)\s*\{(.*)\}$",
-                       re.DOTALL)
+TEXT_COMMANDS = ("text", "textbf", "textit", "textrm", "mathrm", "emph", "mbox")  # text in a formula
+_WRAPPERS = re.compile(r"^\\(?:%s)\s*\{(.*)\}$" % "|".join(("boxed", "mathbf") + TEXT_COMMANDS), re.DOTALL)
 _DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 
 

@@ -26,7 +26,7 @@ import re
 import threading
 
 from r1jax.errors import UserError
-from r1jax.rl.tasks.base import Problem, Task, register_task, strip_markup
+from r1jax.rl.tasks.base import TEXT_COMMANDS, Problem, Task, register_task, strip_markup
 from r1jax.rl.tasks.math_screen import risky
 
 _SPACE = r"(?:\\,|\\ |~| |\u00a0|\u2009|\u202f)"  # thin, normal, non-breaking, narrow no-break
@@ -176,7 +176,7 @@ class MathTask(Task):
         return bool(verify(gold, pred, timeout_seconds=_timeout())) and _relatively_close(gold[0], pred[0])
 
 
-_TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|emph|mbox)\s*\{")
+_TEXT_WRAPPER = re.compile(r"\\(?:%s)\s*\{" % "|".join(TEXT_COMMANDS))
 _WORDS = re.compile(r"[A-Za-z]+(?:\s+[A-Za-z]+)*")  # and a word of two letters or more (`_words`)
 
 
