@@ -9,6 +9,7 @@ with AutoTokenizer and decodes (and encodes) as r1jax does.
 import dataclasses
 import json
 
+import gguf
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -279,6 +280,10 @@ def test_tokenizer_round_trip_through_auto_tokenizer(tokenizer, tmp_path):
     chat = theirs.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
     assert chat == "<s>" + apply_template("r1_zero", prompt)  # bos first, as r1jax prompts the policy
     assert theirs(prompt)["input_ids"] == tokenizer.encode(prompt, add_bos=True)
+    # llama.cpp's converter lets tokenizer_config.json's add_bos_token override the post-processor: bos too
+    special = gguf.SpecialVocab(tmp_path, load_merges=False)
+    assert (special.special_token_ids["bos"], special.special_token_ids["eos"]) == (1, 2)
+    assert (special.add_special_token.get("bos"), special.add_special_token.get("eos")) == (True, False)
 
 
 def test_cli_import_then_export(tmp_path, capsys):

@@ -196,3 +196,13 @@ def test_a_step_saved_again_while_its_async_save_runs_is_replaced_whole(tmp_path
         reopened.close()
     assert meta["again"] is True and float(np.asarray(w).min()) == 2.0
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
+
+
+def test_the_latest_step_is_the_highest_number(tmp_path):
+    """Step 100 after 9 and 10 (as strings "9" is the largest): eval, generate and export open the newest."""
+    for step in (2, 9, 10, 100):
+        (tmp_path / "checkpoints" / str(step)).mkdir(parents=True)
+    assert resolve(tmp_path) == (tmp_path / "checkpoints", 100)
+    assert resolve(tmp_path / "checkpoints") == (tmp_path / "checkpoints", 100)
+    (tmp_path / "checkpoints" / "100").rmdir()
+    assert resolve(tmp_path)[1] == 10

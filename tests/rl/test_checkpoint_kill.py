@@ -247,3 +247,16 @@ def test_two_processes_save_a_step_again_and_put_back_an_old_copy_together(tmp_p
         assert child.returncode == 0, output[-3000:]
         result = [line for line in output.splitlines() if line.startswith("RESULT")]
         assert result == ["RESULT [3, 3, 3.0, ['3']] [3, 1, 1.0, ['3']]"], output[-3000:]
+
+
+def test_retention_keeps_the_latest_and_the_best_and_drops_steps_without_metrics(tmp_path):
+    """keep 2, keep_best 1 by eval/pass@1, six saves with metrics at steps 2 (best) and 4 only: 2, 5 and 6
+    remain (steps saved without metrics are not kept for good)."""
+    checkpointer = TrainCheckpointer(tmp_path, keep=2, keep_best=1, async_save=False)
+    for step in range(1, 7):
+        metrics = {"eval/pass@1": 0.9} if step == 2 else {"eval/pass@1": 0.1} if step == 4 else None
+        checkpointer.save(step, Config(), {"params": {"w": np.full((4, 3), step, np.float32)}}, {"step": step},
+                          metrics)
+    checkpointer.wait()
+    assert sorted(checkpointer.manager.all_steps()) == [2, 5, 6]
+    checkpointer.close()

@@ -8,6 +8,7 @@ import pytest
 
 from r1jax.errors import UserError
 from r1jax.model.tokenizer import Tokenizer
+from r1jax.rl.cli.common import check_context
 from r1jax.rl.cli.main import build_parser, main, parse_arguments
 from r1jax.sharding.distributed import Launch
 
@@ -76,9 +77,9 @@ def test_values_at_the_limits_are_taken():
     parser = build_parser()
     args = parse_arguments(parser, ["--cpu-devices", "4096", "generate", "CK", "--ids", "1", "--top-k",
                                     str(2**31 - 1), "--samples", str(2**31 - 1), "--max-new-tokens", str(2**30),
-                                    "--seed", str(2**63 - 1)])
-    assert (args.cpu_devices, args.top_k, args.samples, args.max_new_tokens, args.seed) == (
-        4096, 2**31 - 1, 2**31 - 1, 2**30, 2**63 - 1)
+                                    "--seed", str(2**63 - 1), "--top-p", "1"])
+    assert (args.cpu_devices, args.top_k, args.samples, args.max_new_tokens, args.seed, args.top_p) == (
+        4096, 2**31 - 1, 2**31 - 1, 2**30, 2**63 - 1, 1.0)
     assert parse_arguments(parser, ["init", "tiny", "OUT", "--seed", str(-2**53)]).seed == -2**53
     text = "Grüße, 数学 ✓"
     assert parse_arguments(parser, ["generate", "CK", "--prompt", text]).prompt == text
@@ -288,3 +289,9 @@ def test_process_counts_and_peer_timeouts_past_the_limits_are_named():
         Launch.resolve("h:1", 2**31, 0, environ={})
     with pytest.raises(UserError, match=r"--peer-timeout-s 1e\+300: must be at most 1e\+06 seconds"):
         Launch.resolve(peer_timeout_s=1e300, environ={})
+
+
+def test_a_completion_that_exactly_fills_the_context_fits():
+    check_context(24, 8, 32)
+    with pytest.raises(UserError, match="32"):
+        check_context(25, 8, 32)

@@ -14,7 +14,8 @@ from r1jax.errors import UserError
 from r1jax.rl.rewards import (CodeConfig, PoolConfig, RewardPool, RewardsConfig, ScoreItem, extract_program,
                               score_item)
 from r1jax.rl.rewards import sandbox
-from r1jax.rl.rewards.code import code_outcome
+from r1jax.rl.rewards import code as code_module
+from r1jax.rl.rewards.code import code_outcome, same_output
 
 LIMITS = dict(wall_s=2.0, cpu_s=1, memory_mb=256, processes=16, file_mb=1, output_bytes=65536, tmp_mb=16)
 REWARDS = RewardsConfig(names=("code",), weights=(1.0,), code=CodeConfig(**LIMITS))
@@ -164,6 +165,10 @@ def test_the_secret_never_appears_in_the_program_output(monkeypatch):
     (STDIO, None, "print(2 * int(input()))", 2, "passed"),
     (STDIO, None, "n = int(input())\nprint(n * n)", 1, "failed"),  # 2*2 == 2**2: one of two
     (STDIO, None, "raise SystemExit(3)", 0, "crashed"),
+    # the right output, then a bad end: a stdio test counts only when the run exits 0
+    (STDIO, None, "import sys\nprint(2 * int(input()), flush=True)\nraise ValueError('after')", 0, "crashed"),
+    (STDIO, None, "import sys\nprint(2 * int(input()), flush=True)\nsys.exit(3)", 0, "crashed"),
+    (STDIO, None, "print(2 * int(input()), flush=True)\nwhile True:\n    pass", 0, "timeout"),
     (STDIO, None, "print(", 0, "syntax_error"),
     # a correct program whose stderr starts like bubblewrap's errors: judged on its output (sandbox_error before)
     (STDIO, None, "import sys\nsys.stderr.write('bwrap: note\\n')\nprint(2 * int(input()))", 2, "passed"),
@@ -183,6 +188,24 @@ def test_partial_gives_the_passed_fraction_and_binary_needs_all():
     assert score_item(half, partial) == {"code": 0.5}
     math_item = ScoreItem("Compute 3+4", "<answer> 7 </answer>", "7", "arithmetic")
     assert score_item(math_item, partial) == {"code": 0.0}  # only code items earn the code reward
+
+
+def test_only_trailing_whitespace_of_the_output_is_forgiven():
+    """A line's indent is part of the answer (patterns, pyramids); trailing spaces and blank lines are not."""
+    assert same_output(b" *\n***  \n\n", " *\n***")
+    assert not same_output(b"*\n***\n", " *\n***")
+    assert not same_output(b"  4\n", "4\n")
+
+
+@pytest.mark.parametrize("stdout", [b"", b"garbage\n", b"\nnonce-not-ours [1, 1]\n"])
+def test_an_ok_run_without_its_verdict_line_passes_nothing(monkeypatch, stdout):
+    """The assert mode's verdict line missing or forged in a run that exited 0: crashed, no test passed (the last
+    guard against a program that ends the interpreter before the tests run)."""
+    monkeypatch.setattr(code_module, "run_python", lambda *a, **k: sandbox.RunResult("ok", stdout, 0, ""))
+    code_outcome.cache_clear()
+    outcome = code_outcome(item("def f(x):\n    return 2 * x"), CodeConfig(**LIMITS, partial=True))
+    code_outcome.cache_clear()
+    assert (outcome.status, outcome.passed) == ("crashed", 0)
 
 
 def test_extract_program_takes_the_last_python_block_else_the_answer():

@@ -12,6 +12,7 @@ import yaml
 
 from r1jax.errors import UserError
 from r1jax.rl.data import DataConfig, make_iterator
+from r1jax.rl.data.pipeline import row_stream
 
 from tests.rl.conftest import REPO, TRAIN_CONFIG, console, run_signalled_at, subprocess_env, train_command
 
@@ -183,3 +184,13 @@ def test_a_run_resumed_on_a_changed_sft_file_is_refused_before_it_trains(tmp_pat
     assert result.returncode != 0, log[-3000:]
     assert f"data file {str(path)!r} changed since the checkpoint was saved: 40 rows then, 50 now" in log, log
     assert f"`init_from: {run_dir / 'checkpoints' / '1'}`" in log, log
+
+
+def test_a_source_of_exactly_one_batch_per_process_fills_it():
+    rows = [{"prompt": str(i)} for i in range(4)]
+    stream = row_stream(rows, batch_size=4, shuffle=False, repeat=False, process_index=0, process_count=1)
+    assert [r["prompt"] for r in stream] == ["0", "1", "2", "3"]
+    second = row_stream(rows, batch_size=2, shuffle=False, repeat=False, process_index=1, process_count=2)
+    assert [r["prompt"] for r in second] == ["1", "3"]
+    with pytest.raises(UserError, match="3 problems cannot fill a batch of 2 on each of 2 processes"):
+        row_stream(rows[:3], batch_size=2, process_index=0, process_count=2)

@@ -109,3 +109,17 @@ def test_the_trainer_evaluates_on_the_held_out_file(tmp_path):
     problems = preflight(config, tokenizer, build_mesh(config.sharding), config.sharding.logical_rules())
     assert [p["prompt"] for p in problems] == [f"What is {n} + {n}?" for n in range(1000, 1004)]
     assert {p["task"] for p in problems} == {"math"}  # data.default_task
+
+
+def test_a_held_out_row_stating_a_training_problem_another_way_is_skipped(tmp_path):
+    """Training rows are matched by the task's problem key, not the raw prompt: whitespace, or a countdown's
+    numbers in another order, is the same problem."""
+    train = write_jsonl(tmp_path / "train.jsonl", [
+        {"prompt": "Tom has 3 apples  and buys 3 more.\n", "answer": "6"},
+        {"prompt": "Make 16 from 2, 3, 5 (+-*/, each at most once)", "answer": "(3+5)*2", "task": "countdown"}])
+    test = write_jsonl(tmp_path / "test.jsonl", [
+        {"prompt": "Tom has 3 apples and buys 3 more.", "answer": "6"},
+        {"prompt": "Make 16 from 5, 2, 3 (+-*/, each at most once)", "answer": "(3+5)*2", "task": "countdown"},
+        {"prompt": "Tom has 4 apples and buys 4 more.", "answer": "8"}])
+    held_out = held_out_problems(DataConfig(path=train), EvalConfig(num_problems=10, path=test))
+    assert [p["answer"] for p in held_out] == ["8"]

@@ -99,6 +99,10 @@ def test_another_tokenizer_is_refused_on_resume_and_built_again_before_any_check
     checkpoint (the run starts over) the old one was kept too, with no word."""
     with pytest.raises(UserError, match=r"tokenizer\.vocab_size: checkpoint 512 vs config 400"):
         resume_position(load_config(run_copy / "config.yaml", ["tokenizer.vocab_size=400"]), run_copy)
+    saved_type = load_config(run_copy / "config.yaml").tokenizer.model_type
+    other = "unigram" if saved_type == "bpe" else "bpe"
+    with pytest.raises(UserError, match=rf"tokenizer\.model_type: checkpoint '{saved_type}' vs config '{other}'"):
+        resume_position(load_config(run_copy / "config.yaml", [f"tokenizer.model_type={other}"]), run_copy)
     shutil.rmtree(run_copy / "checkpoints")
     saved = run_copy / "tokenizer"
     built = []

@@ -233,3 +233,36 @@ def test_bwrap_runs_programs_with_a_python_of_a_virtual_environment_under_tmp(tm
     out = subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True, timeout=120,
                          cwd=tmp_path)
     assert str(tmp_path).startswith("/tmp/") and out.stdout.split() == ["ok", "42", "bwrap"], out.stderr[-2000:]
+
+
+SMALL = sandbox.SandboxLimits(wall_s=5.0, cpu_s=4, memory_mb=256, processes=16, file_mb=1, open_files=32,
+                              output_bytes=65536, tmp_mb=16)
+
+
+def test_a_file_past_file_mb_cannot_be_written():
+    """RLIMIT_FSIZE: a 3 MB write under a 1 MB limit is refused or cut at 1 MB."""
+    run = sandbox.run_python("import signal, tempfile\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+                             "f = tempfile.TemporaryFile()\ntry:\n    f.write(b'x' * (3 << 20)); f.flush()\n"
+                             "    print('wrote', f.tell())\nexcept OSError as e:\n    print('refused', e.errno)",
+                             limits=SMALL)
+    assert run.status == "ok", run.detail
+    assert run.stdout.startswith(b"refused") or int(run.stdout.split()[1]) <= 1 << 20, run.stdout
+
+
+def test_open_files_past_the_limit_are_refused():
+    """RLIMIT_NOFILE: at most `open_files` descriptors, the three standard ones among them."""
+    run = sandbox.run_python("fs = []\ntry:\n    while len(fs) < 200:\n        fs.append(open('/dev/null'))\n"
+                             "except OSError:\n    pass\nprint(len(fs))", limits=SMALL)
+    assert run.status == "ok", run.detail
+    assert 16 < int(run.stdout) < SMALL.open_files, run.stdout
+
+
+def test_endless_output_is_cut_at_the_limit_not_at_the_wall_time():
+    """A program printing without end is stopped once its output passes `output_bytes` (output_limit), not left
+    to hold a worker until the wall time."""
+    start = time.monotonic()
+    run = sandbox.run_python("import time\nwhile True:\n    print('x' * 1000, flush=True)\n    time.sleep(0.001)",
+                             limits=SMALL)
+    assert run.status == "output_limit", (run.status, run.detail)
+    assert len(run.stdout) <= SMALL.output_bytes
+    assert time.monotonic() - start < SMALL.wall_s / 2

@@ -207,7 +207,8 @@ def test_safe_math_evaluates_exactly_with_standard_precedence(text, value):
     ("9^9^9^9", "exponent"), ("2^99999", "exponent"), ("(" * 100 + "1" + ")" * 100, "nesting"),
     ("1" * 100, "digits"), ("1/0", "division by zero"), ("x+1", "name"), ("__import__('os')", "character"),
     ("2 3", "after the expression"), ("(1+2", "end of answer"), ("1+", "end of answer"), ("", "empty"),
-    ("((2^60)^60)^60", "bits"), ("1" + "+1" * 300, "longer than"),
+    ("((2^60)^60)^60", "bits"), ("1" + "+1" * 300, "longer than"), ("0^-1", "division by zero"),
+    ("(3-3)^(-2)", "division by zero"),
 ])
 def test_safe_math_rejects_what_it_cannot_bound(text, reason):
     with pytest.raises(safe_math.MathError, match=reason):
