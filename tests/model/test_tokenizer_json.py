@@ -260,3 +260,16 @@ def test_the_exported_bos_token_id_is_the_one_the_configs_name(tmp_path, style):
     named = json.loads((directory / "generation_config.json").read_text())["bos_token_id"]
     assert token_ids(tok)["bos_token_id"] == named == (tok.bos_id if style == "deepseek" else named)
     assert (tok.bos_id is None) == (style == "qwen")
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_clean_up_of_tokenization_spaces_is_skipped_for_bpe_as_in_transformers(tmp_path, style):
+    """`clean_up_tokenization_spaces: true` in a BPE tokenizer's config: transformers leaves the decoded text as it
+    is (the clean-up would delete real spaces before punctuation and in contractions)."""
+    directory = write_hf_tokenizer(tmp_path, style)
+    _edit_json("tokenizer_config.json", clean_up_tokenization_spaces=True)(directory)
+    tok, auto = load_tokenizer(directory), transformers.AutoTokenizer.from_pretrained(str(directory))
+    for text in ("don't stop , he said ! a . b ?", "it 's n't 're", *TEXTS):
+        ids = tok.encode(text)
+        assert tok.decode(ids) == auto.decode(ids, skip_special_tokens=True)
+    assert tok.decode(tok.encode("a , b")) == "a , b"

@@ -17,7 +17,7 @@ from r1jax.rl.sampler import Sampler, SamplingConfig, generate_padded
 from r1jax.sharding.context import use_mesh
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.params import state_shardings
-from tests.model.tiny import FAMILIES
+from tests.model.tiny import FAMILIES, QWEN
 
 PROMPTS = [[5, 6, 7], [9, 10, 11, 12, 13, 14], [20], [30, 31]]
 CONFIG = SamplingConfig(max_new_tokens=8, prompt_buckets=(8,))
@@ -242,3 +242,39 @@ def test_an_admission_over_slots_split_across_devices_moves_no_cache(family):
     _, _, admission = _samplers_step_collectives(family, data=2, expert=4)
     assert admission and not [line for line in admission if re.search(r"= \(?(f32|bf16)\[", line)], \
         "\n".join(admission)
+
+
+def _uniform_sampler(stop_ids):
+    """A Qwen3 policy with its LM head zeroed (every id equally likely) and a sampler of 8 new tokens."""
+    policy = init_policy(QWEN, seed=0)
+    policy.lm_head[...] = jnp.zeros_like(policy.lm_head[...])
+    graphdef, state = nnx.split(policy)
+    return Sampler(graphdef, SamplingConfig(max_new_tokens=8, prompt_buckets=(8,)), stop_ids=stop_ids,
+                   pad_id=0), state
+
+
+@pytest.mark.parametrize("slots", [0, 2])
+def test_every_token_draws_fresh_noise(slots):
+    """Uniform logits: a row's tokens are independent draws over the 128 ids (8 tokens with fewer than 4 ids has
+    probability < 1e-9), each with log-prob -log 128; a key that left out the step or the token index repeats
+    one draw along the row (both samplers' keys)."""
+    sampler, state = _uniform_sampler(stop_ids=())
+    result = sampler.generate(state, [[5, 6, 7], [9, 10, 11, 12, 13, 14]], samples=2, key=jax.random.key(0),
+                              temperature=1.0, ignore_eos=True, **({"slots": slots} if slots else {}))
+    completions = np.asarray(result.completion_BN)
+    assert completions.shape == (4, 8)
+    assert all(len(set(row.tolist())) >= 4 for row in completions), completions
+    np.testing.assert_allclose(np.asarray(result.logprobs_BN), -np.log(128), atol=1e-5)
+
+
+def test_no_request_past_the_last_is_admitted_when_slots_free_together():
+    """Half the ids stop a row, so rows end after ~2 tokens, often together: with one request left and two slots
+    free, a phantom request past the last, counted finished, could end the loop before the real last row (seeds
+    3, 9 and 22 lost row 2 that way). One slot and two give the same rollout, every row at least one token."""
+    sampler, state = _uniform_sampler(stop_ids=tuple(range(1, 65)))
+    for seed in range(24):
+        one, two = (sampler.generate(state, [[5, 6, 7], [9, 10], [20]], key=jax.random.key(seed), temperature=1.0,
+                                     slots=slots) for slots in (1, 2))
+        for name in ("tokens_BT", "lengths_B", "valid_BT"):
+            assert np.array_equal(np.asarray(getattr(one, name)), np.asarray(getattr(two, name))), (seed, name)
+        assert np.all(np.asarray(two.lengths_B) > 0), seed

@@ -154,6 +154,23 @@ def test_filter_logits_matches_numpy(top_k, top_p):
         assert np.array_equal(kept[expected], row[expected])
 
 
+EXACT_LOGITS = np.log(np.array([[4.0, 2.0, 1.0, 1.0], [1.0, 1.0, 2.0, 4.0]], np.float32))  # p: 1/2, 1/4, 1/8, 1/8
+
+
+@pytest.mark.parametrize("top_p,kept", [(0.5, 1), (0.75, 2), (0.875, 4), (0.5000001, 2)])
+def test_top_p_drops_a_token_whose_mass_before_it_equals_p(top_p, kept):
+    """Exact float32 masses before each token (0, 0.5, 0.75, 0.875): a token whose prior mass equals top_p goes,
+    as in transformers' TopPLogitsWarper and vLLM (0.875: the last two tie, so both stay)."""
+    out = np.isfinite(np.asarray(filter_logits(jnp.asarray(EXACT_LOGITS), jnp.int32(0), jnp.float32(top_p))))
+    for row, order in zip(out, np.argsort(-EXACT_LOGITS, axis=-1, kind="stable")):
+        assert row.sum() == kept and row[order[:kept]].all(), row
+    if top_p in (0.5, 0.75):
+        import torch  # the test extra's, imported here only
+        import transformers
+        theirs = transformers.TopPLogitsWarper(top_p)(None, torch.tensor(EXACT_LOGITS)).numpy()
+        assert np.array_equal(out, np.isfinite(theirs))
+
+
 def test_top_p_one_beside_top_k_keeps_the_top_k_whole():
     """Probabilities 0.665, 0.245, 0.09, then ~1e-9: float32's running sum reached 1.0 at the fourth token, so
     top_p = 1 (off) beside top_k = 6 kept 3 (HF and vLLM skip the nucleus at p = 1)."""
