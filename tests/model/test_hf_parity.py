@@ -40,3 +40,24 @@ def test_logits_match_transformers(case, tmp_path):
     ours = np.asarray(policy(jnp.asarray(tokens), valid_BT=jnp.asarray(mask)).logits_BTV)
     assert np.abs(theirs[mask]).max() > 1.0  # logits large enough that a wrong expert or weight shows
     np.testing.assert_allclose(ours[mask], theirs[mask], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family_cfg", [QWEN, DEEPSEEK], ids=["qwen3_moe", "deepseek_v3"])
+def test_every_norm_uses_transformers_epsilon(family_cfg):
+    """With rms_norm_eps 1e-2 (not the usual 1e-6), each kind of norm takes the epsilon transformers gives it:
+    the config's for the layer and q/k norms, a fixed 1e-6 for MLA's q_a / kv_a norms (an epsilon of 1e-5 there
+    passes the logits comparison above at its activations)."""
+    from flax import nnx
+
+    from r1jax.model.factory import init_policy
+    from r1jax.model.layers import RMSNorm
+
+    cfg = dataclasses.replace(family_cfg, rms_norm_eps=1e-2)
+    theirs, ours = {}, {}
+    for name, module in random_hf_model(cfg).named_modules():
+        if hasattr(module, "variance_epsilon"):
+            theirs.setdefault(name.rsplit(".", 1)[-1], set()).add(module.variance_epsilon)
+    for path, module in nnx.iter_graph(init_policy(cfg, seed=0)):
+        if isinstance(module, RMSNorm):
+            ours.setdefault(path[-1], set()).add(module.eps)
+    assert ours == theirs and len(ours) >= 4, (ours, theirs)

@@ -14,7 +14,7 @@ from r1jax.model.hf_tokenizer import save_hf_tokenizer, save_with_prompt_format
 from r1jax.model.tokenizer import (R1_ZERO_TEMPLATE, TEMPLATE_NAMES, TokenizerConfig, apply_template, load_tokenizer,
                                    prompt_text, render_prompt, train_tokenizer)
 from r1jax.rl.config import load_config
-from tests.model.hf_tokenizer_files import DEEPSEEK_BOS, STYLES, write_hf_tokenizer
+from tests.model.hf_tokenizer_files import DEEPSEEK_BOS, DEEPSEEK_CHAT_TEMPLATE, STYLES, write_hf_tokenizer
 
 TOOL = {"type": "function", "function": {"name": "add", "description": "a + b — «exact»",
                                          "parameters": {"type": "object", "properties": {"a": {"type": "number"}}}}}
@@ -237,3 +237,31 @@ def test_an_hf_tokenizer_saved_with_r1jaxs_prompt_format_renders_it_in_transform
         assert auto.apply_chat_template(user, add_generation_prompt=True)["input_ids"] == render_prompt(
             tok, template, prompt), prompt
     assert load_tokenizer(tmp_path / "out").encode("hi") == tok.encode("hi")
+
+
+def test_a_chat_template_without_bos_is_encoded_without_one_though_the_post_processor_adds_it(tmp_path):
+    """DeepSeek's post-processor puts bos first; a chat template that does not write it (some fine-tunes'
+    templates) renders a prompt without bos in transformers' apply_chat_template(tokenize=True), which encodes
+    the text as is: so does render_prompt. The other formats get bos (the tokenizer's own sequence start)."""
+    template = DEEPSEEK_CHAT_TEMPLATE.replace("{{ bos_token }}", "")
+    directory = write_hf_tokenizer(tmp_path, "deepseek", chat_template=template)
+    tok, auto = load_tokenizer(directory), transformers.AutoTokenizer.from_pretrained(str(directory))
+    user = [{"role": "user", "content": "Compute 3+4"}]
+    ids = render_prompt(tok, "chat", "Compute 3+4")
+    assert ids == auto.apply_chat_template(user, add_generation_prompt=True)["input_ids"]
+    assert ids[0] != auto.bos_token_id
+    assert render_prompt(tok, "r1_zero", "Compute 3+4")[0] == auto.bos_token_id
+
+
+def test_messages_reach_the_template_as_transformers_passes_them(tmp_path):
+    """Keys whose value is None are dropped (templates test `'tool_calls' in message`), and a message's reasoning
+    is readable as `thinking` and `reasoning_content` whichever name it came under."""
+    template = ("{% for m in messages %}[{% if 'tool_calls' in m %}T{% endif %}{{ m.thinking or '' }}|"
+                "{{ m.reasoning_content or '' }}|{{ m.reasoning or '' }}|{{ m.content }}]{% endfor %}")
+    directory = write_hf_tokenizer(tmp_path, "qwen", chat_template=template)
+    tok, auto = load_tokenizer(directory), transformers.AutoTokenizer.from_pretrained(str(directory))
+    for message, rendered in (({"tool_calls": None, "reasoning_content": "R"}, "[R|R||A]"),
+                              ({"thinking": "X"}, "[X|X||A]"),
+                              ({"reasoning": "Y", "tool_calls": [{"name": "f"}]}, "[TY|Y|Y|A]")):
+        messages = [{"role": "assistant", "content": "A", **message}]
+        assert tok.apply_chat_template(messages) == auto.apply_chat_template(messages, tokenize=False) == rendered

@@ -190,6 +190,15 @@ def test_partial_gives_the_passed_fraction_and_binary_needs_all():
     assert score_item(math_item, partial) == {"code": 0.0}  # only code items earn the code reward
 
 
+def test_a_program_longer_than_max_program_chars_is_not_run():
+    config = CodeConfig(**{**LIMITS, "max_program_chars": 40}, partial=True)
+    body = "def f(x):\n    return 2 * x\n"
+    fits = body + "#" * (39 - len(body))  # with the newline before the closing fence: exactly 40, run
+    assert len(extract_program(item(fits).completion)) == 40
+    assert (code_outcome(item(fits), config).passed, code_outcome(item(fits + "#"), config).status) == (2, "failed")
+    assert "longer than 40 chars" in code_outcome(item(fits + "#"), config).detail
+
+
 def test_only_trailing_whitespace_of_the_output_is_forgiven():
     """A line's indent is part of the answer (patterns, pyramids); trailing spaces and blank lines are not."""
     assert same_output(b" *\n***  \n\n", " *\n***")
@@ -242,6 +251,8 @@ def test_pool_limits_that_cannot_hold_a_program_run_are_user_errors():
     code = RewardsConfig(names=("code",), weights=(1.0,))  # programs: 3 s wall, 512 MB by default
     with pytest.raises(UserError, match="reward_pool.timeout_s = 2.0 must exceed rewards.code.wall_s = 3.0"):
         RewardPool(code, PoolConfig(timeout_s=2.0))
+    with pytest.raises(UserError, match="reward_pool.timeout_s = 3.0 must exceed rewards.code.wall_s = 3.0"):
+        RewardPool(code, PoolConfig(timeout_s=3.0))  # equal: the item's last test would run past the deadline
     with pytest.raises(UserError, match="rewards.code.memory_mb = 512 must be below reward_pool.memory_mb = 512"):
         RewardPool(code, PoolConfig(memory_mb=512))
 

@@ -202,6 +202,26 @@ def test_hugging_face_tokenizer_keys_and_pre_tokenizer_names(tmp_path):
             assert read(tmp_path / "d.gguf")[0]["tokenizer.ggml.pre"] == outcome
 
 
+@pytest.mark.parametrize("style,bos_token", [("qwen", "<|endoftext|>"), ("deepseek", None)])
+def test_add_bos_token_says_whether_the_tokenizer_puts_bos_first_as_transformers_encodes(tmp_path, style, bos_token):
+    """A bos token the config names but the post-processor never adds (Qwen's ByteLevel, given a bos_token):
+    add_bos_token false, as transformers encodes "a" without it; DeepSeek's TemplateProcessing adds it: true."""
+    import transformers
+
+    directory = write_hf_tokenizer(tmp_path / style, style)
+    if bos_token is not None:
+        config = json.loads((directory / "tokenizer_config.json").read_text())
+        (directory / "tokenizer_config.json").write_text(json.dumps({**config, "bos_token": bos_token}))
+    tok = HFTokenizer.load(directory)
+    auto = transformers.AutoTokenizer.from_pretrained(str(directory))
+    assert tok.bos_id is not None and tok.bos_id == auto.bos_token_id
+    cfg = dataclasses.replace(CONFIGS["qwen3_moe"], vocab_size=640)
+    export_gguf(init_policy(cfg, 0), tmp_path / "m.gguf", tok, "f32")
+    fields, _ = read(tmp_path / "m.gguf")
+    assert fields["tokenizer.ggml.add_bos_token"] == (auto("a")["input_ids"][0] == auto.bos_token_id) == (
+        style == "deepseek")
+
+
 def test_added_tokens_that_look_special_are_control_as_llama_cpps_converter_types_them(tmp_path):
     """convert_hf_to_gguf.py types an added token control when it is special or looks special
     (does_token_look_special): Qwen's FIM tokens and DeepSeek's <｜...｜> placeholders ship unmarked. Other added

@@ -198,6 +198,7 @@ def test_bad_task_requests_are_user_errors():
 @pytest.mark.parametrize("text,value", [
     ("1+2*3", 7), ("(1+2)*3", 9), ("2^3^2", 512), ("-2^2", -4), ("2*-3", -6), ("7/2", Fraction(7, 2)),
     (r"\frac{3}{4}+1", Fraction(7, 4)), ("2(3+4)", 14), ("1.5*2", 3), ("10-2-3", 5), ("12/3/2", 2),
+    ("2^64", 2**64), ("2^-64", Fraction(1, 2**64)),  # the exponent bound (MAX_EXPONENT) is inclusive
 ])
 def test_safe_math_evaluates_exactly_with_standard_precedence(text, value):
     assert safe_math.evaluate(safe_math.parse(text)) == value
