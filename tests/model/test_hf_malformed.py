@@ -11,7 +11,8 @@ from r1jax.errors import UserError
 from r1jax.model.hf_config import from_hf_config, to_hf_config
 from r1jax.model.hf_io import INDEX_FILE
 from r1jax.rl.cli.main import main
-from tests.model.hf_models import random_hf_model
+from r1jax.rl.hf_policy import load_hf_policy
+from tests.model.hf_models import random_hf_model, read_safetensors
 from tests.model.tiny import DEEPSEEK, QWEN
 
 torch.set_num_threads(1)
@@ -141,3 +142,30 @@ def test_a_weight_stored_as_integers_is_refused(sharded, tmp_path, capsys):
     assert main(["import-hf", str(directory), str(tmp_path / "ck")]) == 2
     err = capsys.readouterr().err
     assert "tensors not stored as floats (1): model.embed_tokens.weight (I8)" in err and "Traceback" not in err, err
+
+
+def _edit_config(path, **changes):
+    config = json.loads((path / "config.json").read_text())
+    config.update(changes)
+    (path / "config.json").write_text(json.dumps(config))
+
+
+def test_layers_past_num_hidden_layers_without_mtp_are_unexpected(tmp_path):
+    # a config.json saying fewer layers than the weights hold (no multi-token prediction): the import kept the
+    # first layers and dropped the rest without a word
+    hf = random_hf_model(QWEN, seed=3)
+    hf.save_pretrained(tmp_path)
+    _edit_config(tmp_path, num_hidden_layers=QWEN.num_hidden_layers - 1)
+    with pytest.raises(UserError, match=rf"unexpected tensors \(\d+\): model.layers.{QWEN.num_hidden_layers - 1}\."):
+        load_hf_policy(tmp_path)
+
+
+def test_non_empty_shared_experts_under_a_config_without_them_are_unexpected(tmp_path):
+    # only transformers' zero-wide shared experts are no weights; real ones must not vanish
+    assert DEEPSEEK.n_shared_experts > 0
+    hf = random_hf_model(DEEPSEEK, seed=6)
+    hf.save_pretrained(tmp_path)
+    assert any(".shared_experts." in n and v.size for n, v in read_safetensors(tmp_path).items())
+    _edit_config(tmp_path, n_shared_experts=0)
+    with pytest.raises(UserError, match=r"unexpected tensors \(\d+\): .*shared_experts"):
+        load_hf_policy(tmp_path)

@@ -168,3 +168,29 @@ def test_a_weight_copy_that_does_not_fit_falls_back_to_the_training_layout():
         dataclasses.replace(CONFIG, mesh={"pipeline": 2})
     layout, _ = choose_layout(dataclasses.replace(auto, mesh={"expert": 2, "tensor": 2}), QWEN, mesh, TRAIN_RULES)
     assert dict(layout.mesh.shape) == {"data": 1, "fsdp": 2, "expert": 2, "tensor": 2}
+
+
+def test_sampling_rules_beat_the_deepseek_default():
+    assert default_sharding(DEEPSEEK, 8).rules == EXPERTS_OVER_TENSOR  # names experts and expert_mlp
+    sampling = SamplingConfig(max_new_tokens=6, prompt_buckets=(8, 16), layout="inference",
+                              rules={"experts": ["expert"], "expert_mlp": ["tensor"]})
+    mesh = build_mesh(ShardingConfig(fsdp=8, preset="fsdp"))
+    layout, _ = choose_layout(sampling, DEEPSEEK, mesh, Rules.preset("fsdp"))
+    assert layout.rules.mesh_axes("experts") == ("expert",)
+    assert layout.rules.mesh_axes("expert_mlp") == ("tensor",)
+
+
+def test_the_weight_copy_may_take_at_most_half_the_free_hbm():
+    from r1jax.model.factory import abstract_policy
+    from r1jax.rl.sampler_layout import inference_sharding
+    from r1jax.sharding.compile_stats import device_bytes
+    from r1jax.sharding.params import abstract_sharded
+
+    sampling = SamplingConfig(max_new_tokens=6, prompt_buckets=(8, 16), layout="auto")
+    mesh = build_mesh(ShardingConfig(fsdp=8, preset="fsdp"))
+    sharding = inference_sharding(sampling, QWEN, 8)
+    _, params, bias = split_policy(abstract_policy(QWEN))
+    need = device_bytes(abstract_sharded((params, bias), build_mesh(sharding), sharding.logical_rules()))
+    assert choose_layout(sampling, QWEN, mesh, Rules.preset("fsdp"), free_bytes=2 * need)[0] is not None
+    layout, note = choose_layout(sampling, QWEN, mesh, Rules.preset("fsdp"), free_bytes=2 * need - 2)
+    assert layout is None and "more than 50% of the" in note

@@ -7,9 +7,11 @@ import subprocess
 import sys
 import time
 
+import jax
 import pytest
 
 from r1jax.errors import UserError
+from r1jax.sharding import distributed
 from r1jax.sharding.distributed import Launch, describe_barrier_failure
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -211,3 +213,42 @@ def test_an_error_on_every_process_at_once_ends_each_with_its_own_error():
         for index, (code, out) in enumerate(run_pair("both-user-error", FAILING_COMMAND)):
             assert code == 2, (index, out[-2000:])
             assert f"process {index}'s data file is missing" in out
+
+
+def test_the_peer_timeout_bounds_jax_distributed_start_up_and_heartbeats(monkeypatch):
+    seen = {}
+
+    def fake_initialize(*args, **kwargs):
+        seen.update(kwargs, args=args)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(jax.distributed, "initialize", fake_initialize)
+    monkeypatch.setattr(jax.config, "update", lambda *a, **k: None)
+    monkeypatch.setattr(distributed, "_peer_timeout_s", distributed._peer_timeout_s)  # restored at teardown
+    with pytest.raises(UserError, match="stop here"):
+        distributed.initialize(Launch("h:1234", 2, 1, False, 7.5))
+    assert seen["args"] == ("h:1234", 2, 1)
+    assert seen["initialization_timeout"] == seen["heartbeat_timeout_seconds"] == 8  # ceil(7.5)
+    assert seen["shutdown_timeout_seconds"] == 8
+
+
+def test_a_barrier_waits_at_least_the_peer_timeout_and_longer_when_asked(monkeypatch):
+    waits = []
+
+    class Client:
+        def wait_at_barrier(self, name, ms):
+            waits.append(ms)
+
+    monkeypatch.setattr(distributed, "multi_process", lambda: True)
+    monkeypatch.setattr(distributed, "coordination_client", lambda: Client())
+    monkeypatch.setattr(distributed, "_peer_timeout_s", 30.0)
+    distributed.barrier("a", "a")
+    distributed.barrier("b", "b", timeout_s=600)  # process 0's long work (a checkpoint): wait for it
+    distributed.barrier("c", "c", timeout_s=5)
+    assert waits == [30_000, 600_000, 30_000]
+
+
+def test_a_port_past_65535_is_refused():
+    with pytest.raises(UserError, match="port 65536 is not in"):
+        Launch.resolve("h:65536", 2, 0, environ={})
+    assert Launch.resolve("h:65535", 2, 0, environ={}).coordinator == "h:65535"

@@ -3,7 +3,8 @@
 import pytest
 
 from r1jax.errors import UserError
-from r1jax.sharding.topology import parse_oom, parse_topology
+from r1jax.sharding.chips import CHIPS
+from r1jax.sharding.topology import HBM_GIB, parse_oom, parse_topology
 
 GIB = 2**30
 
@@ -41,3 +42,24 @@ def test_out_of_memory_messages_parse_in_binary_units():
     assert parse_oom(temporaries) == (int(18.12 * GIB), int(15.75 * GIB))
     assert parse_oom(used) == (int(120.5 * GIB), int(95.74 * GIB))
     assert parse_oom("INTERNAL: something else") == (None, None)
+
+
+# generation: (bf16 TFLOP/s, HBM GB/s, ICI GB/s bidirectional or None, HBM GiB) as the Cloud TPU pages state them
+PUBLISHED = {"v4": (275, 1200, None, 32), "v5e": (197, 819, 400, 16), "v5p": (459, 2765, 1200, 95),
+             "v6e": (918, 1638, 800, 32)}
+
+
+@pytest.mark.parametrize("kind", sorted(PUBLISHED))
+def test_chip_figures_are_the_published_ones(kind):
+    tflops, hbm_gbs, ici_gbs, hbm_gib = PUBLISHED[kind]
+    chip = CHIPS[kind]
+    assert chip.peak_flops == tflops * 1e12 and chip.hbm_bytes_per_s == hbm_gbs * 1e9
+    assert chip.ici_bytes_per_s == (None if ici_gbs is None else ici_gbs * 1e9)
+    assert HBM_GIB[kind] == hbm_gib
+
+
+@pytest.mark.parametrize("name, chips, devices, hbm_gib", [
+    ("v4-32", 16, 32, 32), ("v5e-16", 16, 16, 16), ("v5p-128", 64, 64, 95), ("v6e-8", 8, 8, 32)])
+def test_topology_counts_chips_devices_and_hbm(name, chips, devices, hbm_gib):
+    d = parse_topology(name).to_dict()
+    assert (d["chips"], d["devices"], d["chip_hbm_bytes"]) == (chips, devices, hbm_gib * GIB)

@@ -222,3 +222,22 @@ def test_a_loop_of_traced_length_counts_the_trips_its_name_scope_states():
 
     text = jax.jit(program).lower(jnp.ones((D, D)), jnp.ones((ROWS, D)), 3).compile().as_text()
     assert StepStats.from_hlo(text).flops == (5 + 1) * 2 * ROWS * D * D
+
+
+CHIP = ChipSpec(peak_flops=400e12, hbm_bytes_per_s=2e12, ici_bytes_per_s=1e12, source="test")  # 5e11 B/s in
+
+
+def test_a_collective_bound_step_is_bounded_by_its_collectives_even_when_all_overlap():
+    # compute 1 s, HBM 0.5 s, all-gathers 3 s at 5e11 B/s inbound: overlapped, the step still takes 3 s
+    stats = StepStats({"all-gather": 1.5e12}, hbm_bytes=int(1e12), flops=4e14)
+    u = update_report(stats, CHIP, devices_per_chip=1, model_flops_per_chip=2e14)
+    assert u["est_collective_s"] == pytest.approx(3.0)
+    assert u["est_step_overlapped_s"] == pytest.approx(3.0) and u["est_step_s"] == pytest.approx(4.0)
+    assert u["est_mfu_overlapped"] == pytest.approx(2e14 / (3.0 * 400e12))
+
+
+def test_two_devices_per_chip_double_the_hardware_flops():
+    stats = StepStats({}, hbm_bytes=0, flops=1e14)  # per device; a v4 chip runs two
+    u = update_report(stats, CHIP, devices_per_chip=2, model_flops_per_chip=1e14)
+    assert u["flops_per_chip"] == 2e14 and u["est_step_s"] == pytest.approx(0.5)
+    assert u["est_hfu"] == pytest.approx(1.0)  # the chip's FLOPs over the step: 2e14 / (0.5 s x 400e12)

@@ -1,0 +1,44 @@
+"""`r1jax compile`'s verdict: a program libtpu refused never fits; the sampler's inference copy sits beside
+the training parameters; the layout's fit check counts the resident state."""
+
+from r1jax.rl.aot import Workload, make_setup, sampler_layout, workload_for
+from r1jax.rl.aot_report import Report
+from r1jax.rl.config import load_config
+from r1jax.sharding.compile_stats import ProgramStats
+from r1jax.sharding.mesh import ShardingConfig
+from r1jax.sharding.topology import parse_topology
+from tests.rl.test_aot import _config_file
+
+GIB = 2**30
+RESIDENT = {"parameters": 10 * GIB, "optimizer": 20 * GIB, "reference": 10 * GIB}
+
+
+def _report(programs, sampler_weight_bytes=0, hbm=95 * GIB):
+    return Report(parse_topology("v5p:2x2x1"), "config", ShardingConfig(), {"fsdp": 4}, Workload(2, 4, 16, 8), hbm,
+                  "override", dict(RESIDENT), 0, 0, programs, {}, sampler_layout="x",
+                  sampler_weight_bytes=sampler_weight_bytes)
+
+
+def test_a_program_libtpu_refused_does_not_fit_whatever_the_hbm_figure():
+    refused = ProgramStats(peak_bytes=60 * GIB, error="RESOURCE_EXHAUSTED: Used 60G of 50G hbm")
+    report = _report({"sampler": ProgramStats(peak_bytes=GIB), "update": refused}, hbm=200 * GIB)
+    assert report.per_chip_bytes <= report.hbm_bytes and report.fits is False
+
+
+def test_the_inference_copy_runs_beside_the_training_parameters():
+    programs = {"sampler": ProgramStats(peak_bytes=5 * GIB), "update": ProgramStats(peak_bytes=GIB)}
+    inference = _report(programs, sampler_weight_bytes=3 * GIB).program_totals()["sampler"]
+    train = _report(programs).program_totals()["sampler"]
+    assert train == 5 * GIB + 20 * GIB + 10 * GIB  # optimizer and reference stay resident
+    assert inference == train + 10 * GIB  # and the training parameters beside the sampler's own copy
+
+
+def test_compiles_sampler_layout_is_judged_against_what_the_resident_state_leaves(tmp_path):
+    path = _config_file(tmp_path)
+    config = load_config(path)
+    setup = make_setup(config, parse_topology("v5p:2x2x1"), config.sharding, workload_for(config, prompt_len=12))
+    resident = sum(setup.resident().values())
+    layout, note = sampler_layout(setup, resident + 1)  # one byte left beside the state: no room for a copy
+    assert layout is None and note.startswith("sampler layout: train (the inference layout"), note
+    layout, note = sampler_layout(setup, 95 * GIB)
+    assert layout is not None and note.startswith("sampler layout: inference"), note
