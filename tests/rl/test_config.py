@@ -101,3 +101,19 @@ def test_a_bad_list_or_malformed_override_names_the_override(override, message):
     assert "\n" not in str(info.value)
     if not message.startswith("stages["):
         assert repr(override) in str(info.value)
+
+
+def test_grpo_and_optimizer_defaults_are_r1_zeros():
+    """DeepSeek-R1's supplementary "Training details of DeepSeek-R1-Zero": lr 3e-6, beta 0.001, G 16, 32
+    questions a step, T 1.0, the reference reset every 400 steps, epsilon 0.2; one update per batch (mu 1), k3 KL,
+    group-normalised advantages, on-policy. A config leaving a field out trains at these."""
+    from r1jax.rl.grpo.config import GRPOConfig, OptimizerConfig
+
+    g, o = GRPOConfig(), OptimizerConfig()
+    assert (g.group_size, g.prompts_per_step, g.temperature, g.kl_coef, g.ref_reset_every, g.clip_low,
+            g.num_iterations, g.kl_estimator, g.advantage_estimator, g.max_staleness) == (
+        16, 32, 1.0, 0.001, 400, 0.2, 1, "k3", "grpo", 0)
+    assert (o.lr, o.schedule, o.b1, o.b2, o.weight_decay, o.grad_clip_norm) == (3e-6, "constant", 0.9, 0.95, 0.1, 1.0)
+    assert GRPOConfig(ref_reset_every=0).ref_reset_every == 0  # never reset
+    with pytest.raises(UserError, match="ref_reset_every"):
+        GRPOConfig(ref_reset_every=-1)

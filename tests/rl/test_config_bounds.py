@@ -153,3 +153,19 @@ def test_pool_and_code_bounds_are_field_errors(make, named):
     with pytest.raises(FieldError, match=re.escape(named)):
         make()
     assert PoolConfig(timeout_s=1e6, batch_deadline_s=256 * 1e6 + 60).timeout_s == 1e6  # score's derived deadline
+
+
+def test_one_sample_per_prompt_and_the_temperature_bounds_are_accepted():
+    from r1jax.rl.config_checks import MAX_TEMPERATURE, MIN_TEMPERATURE, check_temperature
+    from r1jax.rl.train.config import StageConfig
+
+    assert StageConfig(name="rs", kind="rejection_sampling", samples_per_prompt=1).samples_per_prompt == 1
+    with pytest.raises(UserError, match="samples_per_prompt=0"):
+        StageConfig(name="rs", kind="rejection_sampling", samples_per_prompt=0)
+    for value in (0, MIN_TEMPERATURE, 1.0, MAX_TEMPERATURE):
+        check_temperature("t", value)
+    for value in (MIN_TEMPERATURE * 0.9, MAX_TEMPERATURE * 1.01, -1.0):
+        with pytest.raises(UserError, match="t="):
+            check_temperature("t", value)
+    with pytest.raises(UserError):
+        check_temperature("t", 0, greedy=False)

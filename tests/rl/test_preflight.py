@@ -239,3 +239,9 @@ def test_init_from_must_be_a_checkpoint_of_the_stage_architecture(tokenizer, tmp
     (hf / "config.json").write_text("{broken")
     fails(tokenizer, f"stages.1.init_from={hf}", named=["config.json", "not valid JSON"])
     capsys.readouterr()
+
+
+def test_the_first_stages_init_from_is_checked_before_training(tokenizer, tmp_path):
+    config = load_config(TRAIN_CONFIG, [f"stages.0.init_from={tmp_path / 'nothing'}"])
+    with pytest.raises(UserError, match=r"stages\[sft\]\.init_from=.*no such checkpoint"):
+        preflight(config, tokenizer, build_mesh(config.sharding), config.sharding.logical_rules())

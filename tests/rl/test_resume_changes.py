@@ -239,3 +239,9 @@ def test_a_resume_whose_optimizer_state_no_longer_fits_says_so_and_leaves_config
                                         r"than this run builds .* resume with the saved run's settings"):
         Trainer(config, run_copy).run()
     assert (run_copy / "config.yaml").read_bytes() == before
+
+
+def test_a_finished_stage_made_one_step_longer_is_refused(run_copy):
+    """It would train nothing while config.yaml claimed the new count (+2 was refused, +1 was not tested)."""
+    with pytest.raises(UserError, match=r"stages\[grpo\]\.steps=4: the stage finished at 3 steps"):
+        resume_position(load_config(run_copy / "config.yaml", ["stages.1.steps=4"]), run_copy)

@@ -159,3 +159,16 @@ def test_the_staleness_benchmark_config_passes_the_evaluation_judges_check(prese
     assert config.rewards.names[0] == "host_20ms" and config.rewards.weights[0] == 1.0
     assert not missing_judges(config.rewards, config.data.tasks)
     assert all(w == 0.0 for w in config.rewards.weights[1:]) and config.grpo.max_staleness == 1
+
+
+def test_sampling_ahead_draws_no_batch_past_the_stages_end(tmp_path, monkeypatch):
+    """max_staleness 1 over 3 steps: 3 batches drawn, one per step (a 4th, for a step the stage does not have,
+    would be sampled and scored for nothing, and move the stage's saved data position past it)."""
+    from r1jax.rl.train import stage_grpo
+    from r1jax.rl.train.trainer import Trainer
+
+    drawn = []
+    real = stage_grpo._draw
+    monkeypatch.setattr(stage_grpo, "_draw", lambda *a, **k: drawn.append(k.get("ahead")) or real(*a, **k))
+    Trainer(load_config(CONFIG, ["stages.0.steps=3", "checkpoint.every=100"]), tmp_path / "run").run()
+    assert len(drawn) == 3 and [r["staleness"] for r in metrics_rows(tmp_path / "run")] == [0, 1, 1]

@@ -52,3 +52,16 @@ def test_other_runtime_errors_pass_through():
     runner.step_fn = broken
     with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
         runner.update({"tokens": np.zeros((2, 2), np.int32)})
+
+
+def test_a_warmup_longer_than_the_stage_keeps_warming_up(tmp_path):
+    """warmup_cosine with the stage's 2 updates inside a 4-update warmup: lr x (step + 1) / 4 at each (the
+    schedule's end is raised past the warmup, not refused as an optimizer.total_steps the user never set)."""
+    from r1jax.rl.train.trainer import Trainer
+    from tests.rl.conftest import TRAIN_CONFIG, metrics_rows
+
+    config = load_config(TRAIN_CONFIG, ["stages=[{name: sft, kind: sft, steps: 2, batch_size: 8, lr: 0.004}]",
+                                        "optimizer.schedule=warmup_cosine", "optimizer.warmup_steps=4",
+                                        "optimizer.min_lr_ratio=0.1", "eval.num_problems=2", "eval.samples=1"])
+    Trainer(config, tmp_path / "run").run()
+    assert [r["lr"] for r in metrics_rows(tmp_path / "run")] == pytest.approx([0.001, 0.002], rel=1e-6)

@@ -1,0 +1,103 @@
+"""What a run records about itself: the summary (final evaluation, each stage's end, the RL gain, rejection
+sampling's datasets), the metrics rows (learning rate, tokens/s, pool statuses, lengths, reflection words) and
+the evaluation figures in TensorBoard; by hand-computed cases and on the shared finished run of
+tests/rl/data/train_tiny.yaml (2 SFT steps at the stage's lr 0.003, then 3 GRPO steps at optimizer.lr 0.001)."""
+
+import json
+import types
+
+import numpy as np
+import pytest
+
+from r1jax.rl.config import load_config
+from r1jax.rl.decoding import Rollout
+from r1jax.rl.rewards.pool import ScoreResult
+from r1jax.rl.train import stage_grpo
+from r1jax.rl.train.config import StageConfig
+from r1jax.rl.train.context import summary_with
+from r1jax.rl.train.metrics import MetricsWriter
+from r1jax.rl.train.outcome import rl_gain
+from r1jax.rl.train.rollouts import length_metrics, reward_metrics
+from r1jax.rl.train.trainer import Trainer
+from r1jax.rl.train.update_stage import UpdateStage
+from tests.rl.conftest import TRAIN_CONFIG, metrics_rows
+from tests.rl.test_metrics import purged_scalars
+
+
+def test_the_summary_ends_with_the_last_evaluation_and_each_stages_end_step(finished_run):
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert summary["final_eval"] == summary["evals"][-1] and summary["final_eval"]["step"] == 5
+    assert [(s["name"], s["end_step"]) for s in summary["stages"]] == [("sft", 2), ("grpo", 5)]
+
+
+def test_a_stages_own_lr_is_the_one_it_trains_at(finished_run):
+    rows = metrics_rows(finished_run)
+    assert [r["stage"] for r in rows] == ["sft"] * 2 + ["grpo"] * 3
+    assert [r["lr"] for r in rows] == pytest.approx([0.003] * 2 + [0.001] * 3, rel=1e-6)
+
+
+def test_grpo_tokens_per_s_is_the_sampling_rate(finished_run):
+    """tokens_per_s: the step's generated tokens over its sampling seconds (not the whole step's)."""
+    for row in (r for r in metrics_rows(finished_run) if r["stage"] == "grpo"):
+        assert row["tokens_per_s"] == pytest.approx(row["generated_tokens"] / row["time/sample_s"], rel=1e-6), row
+
+
+def test_rl_gain_compares_with_the_grpo_stages_last_evaluation():
+    """With eval.every, a GRPO stage evaluates several times: the gain is to its last (its end), not its first."""
+    def entry(stage, step, p):
+        return {"stage": stage, "step": step, "pass@1": p, "format_rate": p, "k": 2, "n_problems": 4}
+
+    evals = [entry("sft", 2, 0.1), entry("grpo", 4, 0.2), entry("grpo", 6, 0.5)]
+    gain = rl_gain(evals, [StageConfig(name="sft", kind="sft"), StageConfig(name="grpo", kind="grpo")])
+    assert (gain["before_pass@1"], gain["after_pass@1"], gain["format_rate"]) == (0.1, 0.5, 0.5)
+    assert gain["gain_points"] == pytest.approx(40.0)
+
+
+def test_the_summary_keeps_the_datasets_of_earlier_stages():
+    summary = {"evals": [], "datasets": [{"stage": "rs1"}]}
+    assert summary_with(summary, (), [{"stage": "rs2"}])["datasets"] == [{"stage": "rs1"}, {"stage": "rs2"}]
+
+
+def test_a_stages_last_step_is_not_a_periodic_save():
+    """finish_stage saves the last step as done: a periodic save there too would write the checkpoint twice."""
+    stage = types.SimpleNamespace(ctx=types.SimpleNamespace(config=types.SimpleNamespace(
+        checkpoint=types.SimpleNamespace(every=2))), stage=types.SimpleNamespace(steps=4))
+    assert [s for s in range(1, 5) if UpdateStage._save_due(stage, s)] == [2]
+
+
+def test_pool_ok_is_logged_0_when_nothing_was_scored():
+    """A step whose every completion failed logs pool/ok = 0 (a gap in the figure would hide the failure)."""
+    out = reward_metrics([ScoreResult({"accuracy": 0.0}, 0.0, "error", "KeyError")] * 3, ["accuracy"])
+    assert out["pool/ok"] == 0 and out["pool/error"] == 3 and out["reward/total"] == 0.0
+
+
+def test_length_metrics_by_hand():
+    """A prompt of 2 columns, a budget of 4, eos id 9: lengths 1, 2, 4 (stopped), 4 (cut): mean 2.75, max 4, one
+    row of four truncated, 11 tokens."""
+    completions = np.array([[9, 0, 0, 0], [5, 9, 0, 0], [5, 5, 5, 9], [5, 5, 5, 5]], np.int32)
+    tokens = np.concatenate([np.ones((4, 2), np.int32), completions], axis=1)
+    rollout = Rollout(tokens, tokens > 0, np.zeros_like(tokens), np.zeros((4, 4), np.float32),
+                      np.array([1, 2, 4, 4], np.int32), np.zeros((1, 4, 6, 1), np.int32), np.int32(4))
+    assert length_metrics(rollout, 4, [9]) == {"response_length/mean": 2.75, "response_length/max": 4,
+                                               "truncation_rate": 0.25, "generated_tokens": 11,
+                                               "completion_columns": 4}
+
+
+def test_every_evaluation_figure_reaches_tensorboard(tmp_path):
+    writer = MetricsWriter(tmp_path, plots=False)
+    writer.log_eval({"stage": "grpo", "step": 3, "k": 4, "pass@1": 0.5, "cons@4": 0.75, "pass@4": 1.0,
+                     "format_rate": 0.25, "response_length": 9.0, "reflection_rate": 0.125})
+    writer.close()
+    assert purged_scalars(tmp_path / "tensorboard") == {
+        ("eval/pass_1", 3): 0.5, ("eval/cons_4", 3): 0.75, ("eval/pass_4", 3): 1.0, ("eval/format_rate", 3): 0.25,
+        ("eval/response_length", 3): 9.0, ("eval/reflection_rate", 3): 0.125}
+
+
+def test_grpo_rows_count_the_configured_reflection_words(tmp_path, monkeypatch):
+    """eval.reflection_words is "counted in GRPO rows and evaluations": the rows count the configured words."""
+    seen = []
+    monkeypatch.setattr(stage_grpo, "reflection_rate",
+                        lambda texts, words=None: seen.append(None if words is None else tuple(words)) or 0.0)
+    config = load_config(TRAIN_CONFIG, ["stages=[{name: grpo, kind: grpo, steps: 1}]", "eval.reflection_words=[hmm]"])
+    Trainer(config, tmp_path / "run").run()
+    assert seen == [("hmm",)]
