@@ -108,3 +108,29 @@ def test_padded_copies_route_to_no_expert(where, impl, chunked, monkeypatch):
     assert bool(calls) == (where == "exchange" and chunked)
     np.testing.assert_allclose(np.asarray(got)[:64], dense_reference(x, chosen, weights, wg, wu, wd), atol=1e-5)
     assert np.all(np.asarray(got)[64:] == 0)
+
+
+@pytest.mark.parametrize("where", [None, "fsdp", "fsdp_expert_tensor"])
+def test_whatever_a_kernel_leaves_in_padded_rows_reads_zero(where, monkeypatch):
+    """A TPU kernel may leave anything in the rows it was given no copy for (CPU's kernels leave 0): a NaN there,
+    times combine weight 0, would still reach real tokens through attention's values. The local kernel is made
+    to write NaN into the padded rows (every copy to expert E = 8); the dispatch's output reads exactly 0 there
+    and the dense reference elsewhere, with no mesh and under one."""
+    real = dispatch.local_expert_ffn
+
+    def leaves_nan(x_TD, experts_TK, *args, **kwargs):
+        y_TD = real(x_TD, experts_TK, *args, **kwargs)
+        return jnp.where((experts_TK == 8).all(axis=1, keepdims=True), jnp.nan, y_TD)
+
+    monkeypatch.setattr(dispatch, "local_expert_ffn", leaves_nan)
+    x, chosen, weights, wg, wu, wd = dispatch_case(64, 8, 1)
+    shape = {"fsdp": (1, 8, 1, 1), "fsdp_expert_tensor": (1, 2, 2, 2)}.get(where, (1, 8, 1, 1))
+    run = jax.jit(lambda *a: expert_ffn(*a, impl="blocked", block_size=8))
+    with use_mesh(_mesh(shape), Rules.preset(where or "fsdp")):
+        padded = dispatch._pad_tokens(x, chosen, weights, ("expert",), {"expert": 72}, 8)
+        if where is not None:
+            got = run(*padded, wg, wu, wd)
+    if where is None:  # no mesh: the dispatch's single-device path
+        got = run(*(jax.device_put(a, jax.devices()[0]) for a in padded), wg, wu, wd)
+    np.testing.assert_allclose(np.asarray(got)[:64], dense_reference(x, chosen, weights, wg, wu, wd), atol=1e-5)
+    assert np.all(np.asarray(got)[64:] == 0)
