@@ -24,3 +24,11 @@ def test_a_deepseek_config_without_routing_groups_takes_transformers_groups():
     cfg, _ = from_hf_config(hub)
     ref = transformers.DeepseekV3Config()
     assert (cfg.n_group, cfg.topk_group, cfg.rms_norm_eps) == (ref.n_group, ref.topk_group, ref.rms_norm_eps)
+
+
+def test_null_routing_groups_mean_no_groups():
+    """`n_group: null` / `topk_group: null` in a hub config: routing without groups (1 and 1), not the class
+    defaults' 8 and 4."""
+    hub = to_hf_config(DEEPSEEK) | {"n_group": None, "topk_group": None}
+    cfg, _ = from_hf_config(hub)
+    assert (cfg.n_group, cfg.topk_group) == (1, 1)

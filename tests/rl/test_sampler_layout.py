@@ -194,3 +194,19 @@ def test_the_weight_copy_may_take_at_most_half_the_free_hbm():
     assert choose_layout(sampling, QWEN, mesh, Rules.preset("fsdp"), free_bytes=2 * need)[0] is not None
     layout, note = choose_layout(sampling, QWEN, mesh, Rules.preset("fsdp"), free_bytes=2 * need - 2)
     assert layout is None and "more than 50% of the" in note
+
+
+def test_reshard_seconds_add_up_until_taken(monkeypatch):
+    """Two reshards between two reads of time/reshard_s (a rollout's and a second model's, or a retried one) both
+    count: each takes 1 s on a clock that ticks one second a reading."""
+    import types
+
+    from r1jax.rl import sampler_layout
+
+    _, state, _, layout, _ = _trained_layout("qwen3_moe")
+    layout.take_seconds()
+    ticks = iter(range(100))
+    monkeypatch.setattr(sampler_layout, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    layout.reshard(state)
+    layout.reshard(state)
+    assert layout.take_seconds() == 2.0 and layout.take_seconds() == 0.0
