@@ -25,11 +25,14 @@ from collections import Counter
 from fractions import Fraction
 from typing import Iterator
 
+from r1jax.errors import UserError
 from r1jax.rl.tasks import safe_math
 from r1jax.rl.tasks.base import Problem, Task, r1_solution, register_task, strip_markup
 
 MAX_TARGET = 1000
-MAX_TRIES = 20
+# draws before a problem is given up (the shipped levels need at most 5 in 100,000 problems; 10 numbers up to 1,000
+# missed MAX_TARGET 20 times in a row in 8 of 1,000 problems, which then kept a target past it)
+MAX_TRIES = 1000
 MAX_COUNT = 10  # numbers a problem combines (and distractors beside them)
 _PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
 _PROMPT_NUMBERS = re.compile(r"from ([\d, ]+)\(")
@@ -178,6 +181,9 @@ class CountdownTask(Task):
             expression, target, steps = build_equation(rng, used)
             if target not in used and target <= MAX_TARGET:
                 break
+        else:
+            raise UserError(f"task countdown {self.knobs}: no draw of {MAX_TRIES} made a target of at most "
+                            f"{MAX_TARGET} that is not one of its numbers (fewer or smaller numbers)")
         extra = [_distractor(rng, self.knobs["max_value"], target) for _ in range(self.knobs["distractors"])]
         shown = used + extra
         rng.shuffle(shown)

@@ -252,3 +252,16 @@ def test_model_text_never_reaches_eval_sympify_or_parse_expr(monkeypatch, tmp_pa
                        config)
     assert calls == []
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_overlong_buffer_may_be_0_or_the_whole_length():
+    """DAPO's soft overlong punishment (eq. 13): 0 up to L_max - L_cache, ((L_max - L_cache) - |y|) / L_cache up
+    to L_max, -1 past it; L_cache 0 is the hard cut-off, L_cache = L_max a ramp from the first token."""
+    from r1jax.rl.rewards.functions import overlong_penalty
+
+    def overlong(length, max_length, buffer):
+        return overlong_penalty(ScoreItem("p", "x", "r", length=length),
+                                RewardsConfig(max_length=max_length, overlong_buffer=buffer))
+
+    assert [overlong(n, 8, 0) for n in (7, 8, 9)] == [0.0, 0.0, -1.0]
+    assert [overlong(n, 8, 8) for n in (0, 2, 4, 8, 9)] == [0.0, -0.25, -0.5, -1.0, -1.0]

@@ -7,10 +7,12 @@ import re
 from collections import Counter
 from fractions import Fraction
 
+import pytest
 import sympy
 from sympy.parsing.sympy_parser import implicit_multiplication_application, parse_expr, standard_transformations
 
-from r1jax.rl.tasks import get_task
+from r1jax.errors import UserError
+from r1jax.rl.tasks import countdown, get_task
 
 PER_LEVEL = 60  # x 5 levels: 300 problems per task
 LEVELS = range(1, 6)
@@ -122,3 +124,32 @@ def test_countdown_answers_reach_the_target_and_a_searched_solution_verifies():
         assert found is not None and exact_value(found) == target, problem
         assert task.verify(found, problem.answer, problem.prompt), (found, problem)
 
+
+def countdown_targets(level, problems=300, **knobs):
+    task = get_task("countdown", level, **knobs)
+    for i in range(problems):
+        prompt = task.generate(7, i).prompt
+        yield int(prompt.split()[1]), countdown.prompt_numbers(prompt)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_countdown_targets_are_never_one_of_the_numbers_shown(level):
+    """"Make 7 from 7, 2, 3" is answered by copying a number (a distractor equal to the target alike)."""
+    for target, shown in countdown_targets(level):
+        assert target not in shown, (target, shown)
+
+
+def test_countdown_targets_stay_at_most_max_target_or_the_problem_is_refused(monkeypatch):
+    """10 numbers up to 1,000 missed MAX_TARGET 20 draws in a row in 8 of 1,000 problems, which then kept a target
+    past it (4,297); a problem no draw makes is refused, naming its knobs."""
+    for target, _ in countdown_targets(1, 1000, count=10, max_value=1000):
+        assert 1 <= target <= countdown.MAX_TARGET
+    monkeypatch.setattr(countdown, "build_equation", lambda rng, used: ("+".join(map(str, used)), 5000, []))
+    with pytest.raises(UserError, match=r"countdown .*'count': 3.*no draw of 1000 made a target of at most 1000"):
+        get_task("countdown", 1).generate(0, 0)
+
+
+def test_arithmetic_answers_one_digit_past_the_verifier_are_refused():
+    get_task("arithmetic", 1, digits=8, operands=3)  # 24 digits: the most a number may have
+    with pytest.raises(UserError, match="up to 25 digits"):
+        get_task("arithmetic", 1, digits=5, operands=5)
