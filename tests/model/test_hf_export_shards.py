@@ -3,7 +3,6 @@ which transformers' and r1jax's own readers do not check: both load every file t
 tensor it maps to which file)."""
 
 import json
-import re
 
 import pytest
 from safetensors import safe_open

@@ -6,7 +6,10 @@ import sys
 
 import pytest
 
+from r1jax.rl import rewards as rewards_module
+from r1jax.rl.cli import score
 from r1jax.rl.cli.main import main
+from r1jax.rl.rewards import ScoreResult
 from tests.rl.test_data import ROOT, write_jsonl
 
 ROWS = [
@@ -152,3 +155,36 @@ def test_each_chunk_leaves_every_row_its_timeout(tmp_path, monkeypatch):
     # and each row killed at its timeout has its worker replaced (1.4-1.6 s with sympy): 60 s of slack was
     # short of 256 replacements, and a fast row behind them scored 0 as "batch deadline passed"
     assert given[0].batch_deadline_s >= CHUNK * (10 + 1.6)
+
+
+def test_rows_past_the_first_chunk_keep_their_own_results(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(score, "CHUNK", 2)  # 5 rows: chunks of 2, 2 and 1
+    right = [True, False, False, True, True]
+    rows = [{"id": i, "completion": f"<think> t </think> <answer> {i if ok else 99} </answer>", "answer": str(i),
+             "task": "arithmetic"} for i, ok in enumerate(right)]
+    path = write_jsonl(tmp_path / "c.jsonl", rows)
+    assert main(["score", str(path), "--timeout", "5", "--workers", "1"]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["id"] for row in out] == [0, 1, 2, 3, 4]
+    assert [row["rewards"]["accuracy"] for row in out] == [1.0, 0.0, 0.0, 1.0, 1.0]
+
+
+def test_a_failed_rows_error_is_printed(tmp_path, capsys, monkeypatch):
+    class FailingPool:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def score_batch(self, items):
+            return [ScoreResult({"accuracy": 0.0, "format": 0.0}, 0.0, "error", "ValueError: boom") for _ in items]
+
+    monkeypatch.setattr(rewards_module, "RewardPool", FailingPool)  # rl.cli.score imports it when it runs
+    path = write_jsonl(tmp_path / "c.jsonl", [{"completion": "<answer> 7 </answer>", "answer": "7"}])
+    assert main(["score", str(path)]) == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert row["status"] == "error" and row["error"] == "ValueError: boom"

@@ -231,3 +231,33 @@ def test_a_training_file_flag_that_names_no_file_of_the_checkpoint_is_refused(ca
     code, _, err = run_main(capsys, "eval", str(finished_run), "--data", str(tmp_path / "new.jsonl"),
                             "--ignore-missing-training-files")
     assert code == 2 and "drop --ignore-missing-training-files or --data" in err
+
+
+def test_eval_of_a_trained_checkpoint_skips_its_generated_training_problems(capsys, finished_run, monkeypatch):
+    """With the eval seed set to the training seed, the held-out source reads training's problems first: none of
+    them may be evaluated (the checkpoint's own seed rarely draws one, so a lost skip went unseen)."""
+    config = checkpoint_config(finished_run)
+    assert config.data.path is None  # trained on generated problems
+    checkpoint_eval_section(monkeypatch, seed=config.data.seed)
+    seen = record_evaluations(monkeypatch)
+    code, _, err = run_main(capsys, "eval", str(finished_run), "--num-problems", "50", "--workers", "1", "--json")
+    assert code == 0, err
+    trained_on = {p["prompt"] for p in TaskSource([config.data.task(t) for t in config.data.tasks],
+                                                  config.data.seed, config.data.num_problems)}
+    prompts = [p["prompt"] for p in seen[-1]["problems"]]
+    assert len(prompts) == 50 and not set(prompts) & trained_on
+    assert seen[-1]["problems"] == held_out_problems(config.data, seen[-1]["cfg"])
+
+
+def test_eval_table_shows_each_figures_own_value_with_k_samples(capsys):
+    """Each row its own figure, pass@k included (at k = 1 pass@k is pass@1's row, so names alone told nothing)."""
+    figures = {"k": 4, "n_problems": 6, "pass@1": 0.125, "cons@4": 0.25, "pass@4": 0.75, "format_rate": 0.5,
+               "response_length": 42.0, "reflection_rate": 0.375, "accuracy_by_difficulty": {"1": 0.625, "2": 0.875}}
+    eval_cli._print_table(figures)
+    out = capsys.readouterr().out
+    assert "6 problems x 4 samples" in out
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip()
+            for line in out.splitlines() if line.count("│") == 3}
+    assert rows == {"pass@1": "0.125", "cons@4": "0.250", "pass@4": "0.750", "format_rate": "0.500",
+                    "response_length": "42.000", "reflection_rate": "0.375",
+                    "pass@1 difficulty 1": "0.625", "pass@1 difficulty 2": "0.875"}

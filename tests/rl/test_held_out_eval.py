@@ -3,7 +3,11 @@
 import json
 
 from r1jax.rl.config import load_config
+from r1jax.rl.data.config import DataConfig
+from r1jax.rl.data.pipeline import TaskSource
+from r1jax.rl.evaluate import held_out_problems
 from r1jax.rl.train import held_out
+from r1jax.rl.train.config import EvalConfig
 from r1jax.rl.train.console import RunConsole
 from r1jax.rl.train.metrics import MetricsWriter
 from tests.rl.conftest import TRAIN_CONFIG
@@ -25,3 +29,26 @@ def test_an_entrys_checkpoint_is_the_absolute_path_of_the_step_also_for_a_relati
     assert entry["checkpoint"] == str(run_dir / "checkpoints" / "7")
     assert evaluator("grpo", None, None, step=8, checkpointed=False)["checkpoint"] is None
     assert json.loads((run_dir / "samples" / "grpo-step7.jsonl").read_text().splitlines()[0])["completion"] == "c"
+
+
+def _training_prompts(data: DataConfig) -> set[str]:
+    source = TaskSource([data.task(t) for t in data.tasks], data.seed, data.num_problems)
+    return {source[i]["prompt"] for i in range(len(source))}
+
+
+def test_generated_held_out_problems_skip_every_training_problem_the_last_included():
+    data = DataConfig(tasks=("arithmetic",), difficulty=3, seed=7, num_problems=20)
+    trained = _training_prompts(data)
+    assert len(trained) == 20
+    held_out = held_out_problems(data, EvalConfig(num_problems=10, seed=7))
+    assert len(held_out) == 10 and not {p["prompt"] for p in held_out} & trained
+
+
+def test_a_held_out_file_skips_every_generated_training_problem_the_last_included(tmp_path):
+    data = DataConfig(tasks=("arithmetic",), difficulty=3, seed=7, num_problems=20)
+    source = TaskSource([data.task("arithmetic")], 7, 25)  # training's 20 problems, then 5 more
+    path = tmp_path / "held_out.jsonl"
+    path.write_text("".join(json.dumps({"prompt": source[i]["prompt"], "answer": source[i]["answer"],
+                                        "task": "arithmetic"}) + "\n" for i in range(25)))
+    held_out = held_out_problems(data, EvalConfig(num_problems=25, path=str(path)))
+    assert [p["prompt"] for p in held_out] == [source[i]["prompt"] for i in range(20, 25)]

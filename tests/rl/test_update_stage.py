@@ -9,6 +9,7 @@ import pytest
 
 from r1jax.errors import UserError
 from r1jax.rl.config import load_config
+from r1jax.rl.train import update_stage
 from r1jax.rl.train.update_stage import UpdateStage
 
 
@@ -65,3 +66,31 @@ def test_a_warmup_longer_than_the_stage_keeps_warming_up(tmp_path):
                                         "optimizer.min_lr_ratio=0.1", "eval.num_problems=2", "eval.samples=1"])
     Trainer(config, tmp_path / "run").run()
     assert [r["lr"] for r in metrics_rows(tmp_path / "run")] == pytest.approx([0.001, 0.002], rel=1e-6)
+
+
+def test_meanwhile_runs_after_the_steps_are_dispatched_and_before_their_metrics_are_read(monkeypatch):
+    events = []
+    config = load_config("tiny")
+    runner = UpdateStage.__new__(UpdateStage)
+    runner.ctx = types.SimpleNamespace(config=config)
+    runner.stage = next(s for s in config.stages if s.kind == "grpo")
+    runner.stage_step, runner.state = 0, types.SimpleNamespace(opt_state=None)
+    runner.opt_cfg, runner.schedule = config.optimizer, lambda count: 0.5
+
+    def step(state, batch):
+        events.append("step")
+        return state, {"loss": np.float32(1.0), "consecutive_skips": np.int32(0)}
+
+    real_get = jax.device_get
+
+    def device_get(tree):
+        events.append("metrics read")
+        return real_get(tree)
+
+    runner.step_fn = step
+    monkeypatch.setattr(jax, "device_get", device_get)
+    monkeypatch.setattr(update_stage, "applied_updates", lambda opt_state: 2)
+    metrics = runner.update({"tokens": np.zeros((2, 2), np.int32)}, iterations=3,
+                            meanwhile=lambda: events.append("meanwhile"))
+    assert events == ["step", "step", "step", "meanwhile", "metrics read"]
+    assert metrics["loss"] == 1.0 and metrics["lr"] == 0.5
