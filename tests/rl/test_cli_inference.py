@@ -254,3 +254,23 @@ def test_a_checkpoint_whose_mesh_the_devices_cannot_make_loads_on_an_fsdp_mesh(c
     code, _, err = run_main(capsys, "export-hf", str(ck), str(tmp_path / "hf"))
     assert code == 0, err
     assert (tmp_path / "hf" / "config.json").is_file()
+
+
+def test_generate_json_log_probs_are_each_samples_own(capsys, finished_run):
+    """Each sample's log-probs against a teacher-forced forward of the checkpoint over its own ids (T 1, no top-p
+    or top-k): a record showing another sample's log-probs differs by far more than float rounding."""
+    from r1jax.rl.checkpoint import load_policy
+
+    code, out, _ = run_main(capsys, "generate", str(finished_run), "--ids", "1,40,41,42", "--samples", "3",
+                            "--max-new-tokens", "5", "--temperature", "1.0", "--top-p", "1", "--top-k", "0",
+                            "--ignore-eos", "--json", "--seed", "4")
+    assert code == 0
+    records = [json.loads(line) for line in out.splitlines()]
+    assert len({tuple(r["ids"]) for r in records}) == 3
+    _, policy = load_policy(finished_run)
+    for r in records:
+        logits = np.asarray(policy(np.asarray([[1, 40, 41, 42, *r["ids"]]])).logits_BTV, np.float64)[0]
+        log_probs = logits - logits.max(-1, keepdims=True)
+        log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+        want = [log_probs[3 + i, token] for i, token in enumerate(r["ids"])]
+        np.testing.assert_allclose(r["logprobs"], want, atol=1e-5)
