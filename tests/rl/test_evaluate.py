@@ -2,6 +2,7 @@
 missing answers never vote), unbiased pass@k against an independent estimator, accuracy by difficulty,
 format rate and pool failures; and `evaluate` keeps every completion with its own problem across chunks."""
 
+import dataclasses
 import itertools
 import math
 from fractions import Fraction
@@ -256,26 +257,18 @@ def test_evaluate_tells_its_progress_after_each_sampler_call():
     assert told == [2, 4, 5]  # problems sampled after each of the three calls
 
 
-def _answer(a):
-    return f"<think>working</think> <answer>{a}</answer>"
-
-
-def _ok(acc):
-    return ScoreResult(rewards={"accuracy": acc, "format": 1.0}, total=acc + 1.0, status="ok")
-
-
 def test_response_length_is_the_mean_not_the_median_of_skewed_lengths():
     # R1-style lengths are long-tailed: three short rows and one at the budget. Mean 28, median 4.
     problems = [{"prompt": "p", "answer": "1"}]
-    texts = [_answer("1")] * 4
-    figures = summarize(problems, texts, [4, 4, 4, 100], [_ok(1.0)] * 4, k=4)
+    texts = [answer_text("1")] * 4
+    figures = summarize(problems, texts, [4, 4, 4, 100], [ok(1.0)] * 4, k=4)
     assert figures["response_length"] == pytest.approx((4 + 4 + 4 + 100) / 4)
 
 
 @pytest.mark.parametrize("status", ["timeout", "crashed", "error"])
 def test_every_failed_status_counts_as_a_pool_failure(status):
     # rl.rewards.pool.STATUSES: any status but "ok" is a failed item that scored 0 on every reward
-    failed = ScoreResult(rewards={"accuracy": 0.0, "format": 0.0}, total=0.0, status=status)
+    failed = dataclasses.replace(FAILED, status=status)
     problems = [{"prompt": "p", "answer": "1"}]
-    figures = summarize(problems, [_answer("1")] * 2, [3, 3], [_ok(1.0), failed], k=2)
+    figures = summarize(problems, [answer_text("1")] * 2, [3, 3], [ok(1.0), failed], k=2)
     assert figures["pool_failures"] == 1

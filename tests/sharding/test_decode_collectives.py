@@ -12,13 +12,7 @@ from r1jax.sharding.chips import CHIPS
 from r1jax.sharding.decode_stats import decode_stats, program_costs
 from r1jax.sharding.roofline import collective_seconds, decode_report
 from r1jax.sharding.hlo_text import module_devices, parse_instruction
-
-D, ROWS, STEPS = 64, 16, 5
-
-
-@pytest.fixture(scope="module")
-def mesh():
-    return jax.make_mesh((8,), ("x",), axis_types=(AxisType.Auto,))
+from tests.sharding.test_decode_stats import D, ROWS, STEPS, mesh  # noqa: F401 (mesh: a fixture)
 
 
 def test_a_collective_whose_operand_is_staged_on_chip_moves_its_bytes_all_the_same(mesh):
