@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from r1jax.rl.bench.grpo_step import grpo_rows, summarize_steps  # noqa: E402
+from r1jax.rl.bench.grpo_step import grpo_rows, summarize_steps, trl_step_figures  # noqa: E402
 from r1jax.rl.bench.hf import torch_device  # noqa: E402
 from r1jax.rl.cli.main import fake_cpu_devices  # noqa: E402
 from r1jax.rl.config import load_config  # noqa: E402
@@ -98,12 +98,8 @@ def trl_figures(config, model_dir: str, steps: int, warmup: int) -> dict:
         trainer.train()
     lengths = [row["completions/mean_length"] for row in trainer.state.log_history
                if "completions/mean_length" in row]
-    timed_s, timed_len = timer.seconds[warmup:], lengths[warmup:]
-    per_s = [length * rows / s for length, s in zip(timed_len, timed_s)]
-    return {"trl_step_seconds": float(np.median(timed_s)), "trl_generated_tokens": float(np.median(timed_len)) * rows,
-            "trl_generated_tokens_per_s": float(np.median(per_s)), "trl_steps_timed": len(per_s),
-            "torch_threads": torch.get_num_threads(), "trl_generate_tokens_per_s_by_threads": probe,
-            "trl_device": torch_device()}
+    return {**trl_step_figures(timer.seconds, lengths, rows, warmup), "torch_threads": torch.get_num_threads(),
+            "trl_generate_tokens_per_s_by_threads": probe, "trl_device": torch_device()}
 
 
 def thread_probe(model_dir: str, rows: int, vocab_size: int, new_tokens: int = 16) -> dict:

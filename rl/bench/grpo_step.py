@@ -71,6 +71,22 @@ def summarize_steps(rows: Sequence[dict], warmup: int) -> dict:
             "grpo_steps_timed": len(timed)}
 
 
+def trl_step_figures(step_seconds: Sequence[float], mean_lengths: Sequence[float], rows: int, warmup: int) -> dict:
+    """TRL's steps summarised as `summarize_steps` does r1jax's (benchmarks/grpo_vs_trl.py): each step's time and
+    the mean completion length TRL logs for it (`completions/mean_length`), `rows` completions a step, the
+    first `warmup` steps dropped; generated tokens/s the median of each step's rows x mean length over its time."""
+    if len(step_seconds) != len(mean_lengths):
+        raise UserError(f"bench grpo_vs_trl: {len(step_seconds)} timed TRL steps but {len(mean_lengths)} logged "
+                        "completion lengths (logging_steps must be 1)")
+    timed_s, timed_len = list(step_seconds)[warmup:], list(mean_lengths)[warmup:]
+    if not timed_s:
+        raise UserError(f"bench grpo_vs_trl: {len(step_seconds)} TRL steps leave none after {warmup} warm-up steps")
+    return {"trl_step_seconds": float(np.median(timed_s)),
+            "trl_generated_tokens": float(np.median(timed_len)) * rows,
+            "trl_generated_tokens_per_s": float(np.median([n * rows / s for n, s in zip(timed_len, timed_s)])),
+            "trl_steps_timed": len(timed_s)}
+
+
 def grpo_step_figures(config: Config, warmup: int = 2) -> dict:
     with tempfile.TemporaryDirectory(prefix="r1jax-bench-grpo-") as run_dir:
         return summarize_steps(grpo_rows(config, run_dir), warmup)

@@ -273,3 +273,19 @@ def test_clean_up_of_tokenization_spaces_is_skipped_for_bpe_as_in_transformers(t
         ids = tok.encode(text)
         assert tok.decode(ids) == auto.decode(ids, skip_special_tokens=True)
     assert tok.decode(tok.encode("a , b")) == "a , b"
+
+
+def test_without_a_pad_token_rows_are_padded_with_the_first_eos_as_transformers_generate_does(tmp_path):
+    """No pad token in any config and several eos ids: transformers' generate pads with the generation config's
+    first eos id (`_prepare_special_tokens`), which is also the tokenizer's own eos here."""
+    directory = write_hf_tokenizer(tmp_path, "qwen")
+    _edit_json("tokenizer_config.json", pad_token=None)(directory)
+    _edit_json("special_tokens_map.json", pad_token=None)(directory)
+    generation = json.loads((directory / "generation_config.json").read_text())
+    del generation["pad_token_id"]
+    (directory / "generation_config.json").write_text(json.dumps(generation))
+    tok = load_tokenizer(directory)
+    theirs = transformers.GenerationConfig.from_pretrained(directory)
+    im_end, endoftext = tok.encode("<|im_end|>")[0], tok.encode("<|endoftext|>")[0]
+    assert theirs.pad_token_id is None and theirs.eos_token_id == [im_end, endoftext]
+    assert tok.eos_ids == (im_end, endoftext) and tok.pad_id == im_end

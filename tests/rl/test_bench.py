@@ -21,7 +21,7 @@ from r1jax.model.factory import init_policy
 from r1jax.model.moe import MoE
 from r1jax.errors import UserError
 from r1jax.rl.bench.flops import train_step_flops
-from r1jax.rl.bench.grpo_step import side_by_side, summarize_steps
+from r1jax.rl.bench.grpo_step import side_by_side, summarize_steps, trl_step_figures
 from r1jax.rl.bench.longtail import longtail_lengths
 from r1jax.rl.bench.matmul import matmul_flops, matmul_peak, sharded_operands
 from r1jax.rl.bench.moe import moe_active_params, with_experts
@@ -142,6 +142,22 @@ def test_grpo_step_figures_are_medians_after_the_warm_up():
                        "grpo_generated_tokens_per_s": 50.0, "grpo_steps_timed": 3}  # median of 50, 25, 100
     with pytest.raises(UserError, match="none after 4 warm-up"):
         summarize_steps(rows, warmup=4)
+
+
+def test_trl_steps_are_summarised_per_generated_token_after_the_warm_up():
+    """benchmarks/grpo_vs_trl.py's TRL side (TRL is not installed by the test extra: its arithmetic alone). 8 rows
+    a step; steps of (seconds, mean completion length): the first dropped; tokens/s 8 x 40 / 2 = 160, 8 x 30 /
+    4 = 60, 8 x 50 / 1 = 400: median 160, where the median length over the median time would read 8 x 40 / 2."""
+    figures = trl_step_figures([30.0, 2.0, 4.0, 1.0], [10.0, 40.0, 30.0, 50.0], rows=8, warmup=1)
+    assert figures == {"trl_step_seconds": 2.0, "trl_generated_tokens": 320.0, "trl_generated_tokens_per_s": 160.0,
+                       "trl_steps_timed": 3}
+    skewed = trl_step_figures([2.0, 4.0, 1.0, 8.0], [40.0, 30.0, 50.0, 20.0], rows=8, warmup=0)
+    assert skewed["trl_generated_tokens_per_s"] == 110.0  # median of 160, 60, 400, 20 (the pair's mean)
+    assert skewed["trl_generated_tokens"] == 280.0 and skewed["trl_step_seconds"] == 3.0
+    with pytest.raises(UserError, match="none after 4 warm-up"):
+        trl_step_figures([1.0] * 4, [5.0] * 4, rows=8, warmup=4)
+    with pytest.raises(UserError, match="3 timed TRL steps but 2 logged"):
+        trl_step_figures([1.0] * 3, [5.0] * 2, rows=8, warmup=0)
 
 
 def test_a_bench_stopped_by_sigterm_prints_what_it_measured_and_exits_143(monkeypatch, capsys):
