@@ -52,3 +52,60 @@ def test_a_held_out_file_skips_every_generated_training_problem_the_last_include
                                         "task": "arithmetic"}) + "\n" for i in range(25)))
     held_out = held_out_problems(data, EvalConfig(num_problems=25, path=str(path)))
     assert [p["prompt"] for p in held_out] == [source[i]["prompt"] for i in range(20, 25)]
+
+
+class _Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def write_samples(self, name, rows):
+        self.calls.append(("write_samples", name, rows))
+
+    def log_eval(self, entry):
+        self.calls.append(("log_eval", entry))
+
+    def log(self, message):
+        self.calls.append(("log", message))
+
+
+def _run(monkeypatch, tmp_path, figures, stage="sft", step=3):
+    cfg = load_config(TRAIN_CONFIG)
+    seen = {}
+
+    def fake_evaluate(*args):
+        seen["args"] = args
+        return figures, [{"prompt": "p", "completion": "c"}]
+
+    monkeypatch.setattr(held_out, "evaluate", fake_evaluate)
+    metrics, console = _Recorder(), _Recorder()
+    problems = [{"prompt": "q", "answer": "1", "task": "arithmetic"}]
+    evaluator = held_out.HeldOutEval(cfg, tmp_path, True, "TOK", "POOL", metrics, console, problems)
+    entry = evaluator(stage, "SAMPLER", "POLICY", step=step, checkpointed=True)
+    return cfg, seen["args"], entry, metrics.calls, console.calls
+
+
+def test_evaluate_gets_the_runs_settings_in_order(monkeypatch, tmp_path):
+    figures = {"k": 2, "pass@1": 0.5, "cons@2": 0.25, "pass@2": 1.0, "format_rate": 1.0, "response_length": 3.0}
+    cfg, args, _, _, _ = _run(monkeypatch, tmp_path, figures)
+    assert cfg.sampling.max_new_tokens != cfg.rewards.answer_max_chars  # else the order check is void
+    assert args[:4] == ("SAMPLER", "POLICY", "TOK", cfg.tokenizer.template)
+    assert args[4][0]["prompt"] == "q" and args[5] == "POOL" and args[6] is cfg.eval
+    assert args[7] == cfg.sampling.max_new_tokens
+    assert args[8] == cfg.rewards.answer_max_chars
+    assert args[9] == cfg.tokenizer.template_vars
+
+
+def test_the_entry_is_logged_with_the_metrics_writer_and_the_console(monkeypatch, tmp_path):
+    figures = {"k": 2, "pass@1": 0.5, "cons@2": 0.25, "pass@2": 1.0, "format_rate": 1.0, "response_length": 3.0}
+    _, _, entry, metrics, console = _run(monkeypatch, tmp_path, figures, stage="sft", step=3)
+    expected = {"stage": "sft", "checkpoint": str(tmp_path.absolute() / "checkpoints" / "3"), "step": 3, **figures}
+    assert entry == expected
+    assert metrics == [("write_samples", "sft-step3", [{"prompt": "p", "completion": "c"}]),
+                       ("log_eval", expected)]
+    assert console == [("log", "eval after sft step 3: pass@1 0.500, cons@2 0.250, format 1.00, length 3.0")]
+
+
+def test_with_one_sample_the_console_line_has_no_cons(monkeypatch, tmp_path):
+    figures = {"k": 1, "pass@1": 0.5, "cons@1": 0.5, "format_rate": 0.5, "response_length": 2.5}
+    _, _, _, _, console = _run(monkeypatch, tmp_path, figures, stage="grpo", step=10)
+    assert console == [("log", "eval after grpo step 10: pass@1 0.500, format 0.50, length 2.5")]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from r1jax.rl.train.plots import _series, write_plots
+from r1jax.rl.train.plots import _mark_stages, _series, write_plots
 
 ROWS = [{"global_step": 1, "stage": "sft", "sft/loss": 2.0},
         {"global_step": 2, "stage": "sft", "sft/loss": 1.5},
@@ -81,3 +81,30 @@ def test_a_draw_killed_mid_write_keeps_the_last_complete_plot(tmp_path, monkeypa
     with pytest.raises(Killed):
         write_plots(ROWS, tmp_path, EVALS)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no cut PNG, no temporary file left
+
+
+class FakeAx:
+    def __init__(self):
+        self.lines = []
+
+    def axvline(self, x, **style):
+        self.lines.append(x)
+
+
+def test_none_values_are_no_points():
+    rows = [{"global_step": 1, "loss": None}, {"global_step": 2, "loss": 0.5}, {"global_step": 3}]
+    assert _series("loss", rows, None) == [(2, 0.5)]
+    evals = [{"step": 2, "pass@1": None}, {"step": 4, "pass@1": 0.75}, {"step": 5}]
+    assert _series("eval/pass@1", rows, evals) == [(4, 0.75)]
+
+
+def test_each_stage_change_is_marked_at_the_new_stages_first_step():
+    rows = [{"global_step": 1, "stage": "sft"}, {"global_step": 2, "stage": "sft"},
+            {"global_step": 3, "stage": "grpo"}, {"global_step": 4, "stage": "grpo"},
+            {"global_step": 5, "stage": "rejection"}, {"global_step": 6, "stage": "grpo"}]
+    ax = FakeAx()
+    _mark_stages(ax, rows)
+    assert ax.lines == [3, 5, 6]
+    one = FakeAx()
+    _mark_stages(one, rows[:2])
+    assert one.lines == []

@@ -6,7 +6,7 @@ from r1jax.errors import UserError
 from r1jax.rl.config import load_config, stage_config
 from r1jax.rl.rewards.config import RewardsConfig
 from r1jax.rl.rewards.functions import ScoreItem, combine, score_item, word_count
-from r1jax.rl.train.filters import rejection_reason, repetition
+from r1jax.rl.train.filters import has_code_block, rejection_reason, repetition
 from r1jax.rl.train.stage_rejection import KeptSet
 
 GOOD = "<think> 2+3=5. </think> <answer> 5 </answer>"
@@ -237,3 +237,19 @@ def test_distill_stage_swaps_the_model_from_its_position_on():
 def test_bad_pipeline_stages_are_refused_naming_the_field(entries, message):
     with pytest.raises(UserError, match=message):
         load_config("tiny", [stages(*entries)])
+
+
+def test_tab_indented_lines_after_a_blank_line_are_a_code_block():
+    assert has_code_block("Let me code it:\n\n\tx = 2 + 3\n\tprint(x)\n\nIt prints 5.")
+    assert has_code_block("\tx = 1\n\ty = 2")  # at the start counts as after a blank line
+    assert not has_code_block("Let me code it:\n\n\tx = 2 + 3\n\nIt prints 5.")  # one line is no block
+    assert not has_code_block("Steps:\n\tadd\n\tthem")  # no blank line before: a continuation
+
+
+def test_the_code_block_filter_refuses_a_tab_indented_block_in_the_thought():
+    text = "<think> Let me code it:\n\n\tx = 2 + 3\n\tprint(x)\n\nIt prints 5. </think> <answer> 5 </answer>"
+    row = ScoreItem(prompt="Compute 2+3", completion=text, reference="5", task="arithmetic", length=10)
+    rewards = RewardsConfig(names=("accuracy", "format"), weights=(1.0, 1.0))
+    why = rejection_reason(row, 2.0, "ok", scores={"accuracy": 1.0, "format": 1.0}, threshold=2.0,
+                              filters=("code_block",), max_repetition=0.5, rewards=rewards)
+    assert why == "code_block"

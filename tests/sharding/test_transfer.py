@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from r1jax.sharding import transfer
 from r1jax.sharding.transfer import _pairing, copy_to
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -136,3 +137,31 @@ def test_two_processes_copy_both_ways_within_each_process(tmp_path):
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     assert [f"copied {i}" in out for i, out in enumerate(outputs)] == [True, True]
+
+
+def test_sharded_arrays_take_the_by_process_copies_and_host_values_the_shortcut(monkeypatch):
+    """In one process too: the equal-to-device_put tests above check those copies, not the single-device
+    shortcut through the host."""
+    calls = []
+    for name in ("_gathered_to", "_spread_to"):
+        real = getattr(transfer, name)
+        monkeypatch.setattr(transfer, name, lambda x, t, p, real=real, name=name: (calls.append(name),
+                                                                                   real(x, t, p))[1])
+    source, target = meshes()
+    x = jax.device_put(jnp.arange(48.0).reshape(6, 8), NamedSharding(source, P("a", "b")))
+    there = copy_to(x, NamedSharding(target, P(None, "y")), by_process=True)
+    back = copy_to(there, NamedSharding(source, P("b", None)), by_process=True)
+    assert calls == ["_gathered_to", "_spread_to"]
+    np.testing.assert_array_equal(np.asarray(back), np.arange(48.0).reshape(6, 8))
+    copy_to(np.arange(4.0), NamedSharding(target, P()), by_process=True)  # a host value: no collective copy
+    copy_to(jax.device_put(jnp.ones(4), jax.devices()[0]), NamedSharding(target, P()), by_process=True)
+    assert calls == ["_gathered_to", "_spread_to"]
+
+
+def test_a_typed_key_of_another_implementation_keeps_it():
+    _, target = meshes()
+    key = jax.random.key(5, impl="rbg")
+    copied = copy_to({"key": key}, {"key": NamedSharding(target, P())}, by_process=True)["key"]
+    assert str(jax.random.key_impl(copied)) == str(jax.random.key_impl(key))
+    np.testing.assert_array_equal(jax.random.key_data(copied), jax.random.key_data(key))
+    assert copied.sharding == NamedSharding(target, P())

@@ -1,0 +1,107 @@
+"""rl.train.preemption.StopRequest in one process and, with distributed faked, in several: which signals it
+holds, the second Ctrl-C, handlers restored, and the per-step agreement of a multi-process run."""
+
+import signal
+
+import pytest
+
+from r1jax.rl.train import preemption
+from r1jax.rl.train.preemption import StopRequest
+
+
+@pytest.fixture
+def guard_signals():
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
+
+
+def _mark(_signum, _frame):
+    pass
+
+
+def test_one_process_holds_sigterm_and_sigint_and_gives_them_back(guard_signals):
+    signal.signal(signal.SIGTERM, _mark)
+    signal.signal(signal.SIGINT, _mark)
+    with StopRequest() as stop:
+        assert not stop and stop.signal is None
+        assert signal.getsignal(signal.SIGTERM) != _mark and signal.getsignal(signal.SIGINT) != _mark
+        signal.raise_signal(signal.SIGTERM)
+        assert stop and stop.signal == signal.SIGTERM
+        try:
+            signal.raise_signal(signal.SIGTERM)  # a second SIGTERM is no Ctrl-C: no KeyboardInterrupt
+        except KeyboardInterrupt:
+            pytest.fail("a second SIGTERM raised KeyboardInterrupt")
+        assert stop.signal == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is _mark and signal.getsignal(signal.SIGINT) is _mark
+
+
+def test_a_second_ctrl_c_stops_at_once(guard_signals):
+    with StopRequest() as stop:
+        signal.raise_signal(signal.SIGINT)
+        assert stop and stop.signal == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+
+
+def test_a_ctrl_c_after_a_sigterm_stops_at_once(guard_signals):
+    with StopRequest() as stop:
+        signal.raise_signal(signal.SIGTERM)
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+
+
+class _FakeDistributed:
+    def __init__(self, stop_at):
+        self.stop_at, self.barriers, self.syncs = stop_at, [], []
+
+    def multi_process(self):
+        return True
+
+    def barrier(self, name, what):
+        self.barriers.append(name)
+
+    def reached_preemption_sync_point(self, step):
+        self.syncs.append(step)
+        return step == self.stop_at
+
+
+def test_several_processes_agree_once_per_step_and_leave_sigterm_to_jax(monkeypatch, guard_signals):
+    fake = _FakeDistributed(stop_at=5)
+    monkeypatch.setattr(preemption, "distributed", fake)
+    forwarded = []
+    signal.signal(signal.SIGTERM, lambda s, f: forwarded.append(s))  # stands in for JAX's notifier
+    current = [3]
+    with StopRequest(step=lambda: current[0]) as stop:
+        assert fake.syncs == [3]  # the sync manager counts from the step the run starts at
+        assert signal.getsignal(signal.SIGTERM) is not signal.getsignal(signal.SIGINT)  # SIGTERM not ours
+        current[0] = 4
+        assert not stop and not stop  # asked twice at one step: one barrier, one sync point
+        assert fake.barriers == ["step-4"] and fake.syncs == [3, 4]
+        current[0] = 5
+        assert stop and stop.signal == signal.SIGTERM  # a peer's notice, no signal here
+        assert fake.barriers == ["step-4", "step-5"] and fake.syncs == [3, 4, 5]
+
+
+def test_a_ctrl_c_among_several_processes_goes_to_jaxs_notifier(monkeypatch, guard_signals):
+    fake = _FakeDistributed(stop_at=2)
+    monkeypatch.setattr(preemption, "distributed", fake)
+    forwarded = []
+    signal.signal(signal.SIGTERM, lambda s, f: forwarded.append(s))  # stands in for JAX's notifier
+    current = [1]
+    with StopRequest(step=lambda: current[0]) as stop:
+        signal.raise_signal(signal.SIGINT)  # forwarded to the notifier as SIGTERM
+        assert forwarded == [signal.SIGTERM] and stop.signal == signal.SIGINT
+        assert not stop  # the stop waits for the step the processes agree on
+        current[0] = 2
+        assert stop and stop.signal == signal.SIGINT  # the signal this process got is kept
+
+
+def test_without_a_step_function_one_process_rules_apply_even_with_peers(monkeypatch, guard_signals):
+    fake = _FakeDistributed(stop_at=0)
+    monkeypatch.setattr(preemption, "distributed", fake)
+    with StopRequest() as stop:
+        assert not stop and fake.syncs == [] and fake.barriers == []
+        signal.raise_signal(signal.SIGTERM)
+        assert stop
