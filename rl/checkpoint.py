@@ -36,8 +36,19 @@ from r1jax.sharding.rules import Rules
 PREVIOUS_SUFFIX = ".previous"  # step N's committed copy while N is saved again: N.previous
 
 # What Orbax and tensorstore raise for a missing, truncated or mismatched item (KeyError: no such item;
-# ValueError: unreadable data, bad JSON, a tree that differs from the target; OSError: missing files).
+# ValueError: unreadable data, bad JSON, a tree that differs from the target; OSError: missing files), also as
+# the cause of the bare Exception Orbax wraps an array's failed read in (a data file of the item missing)
 RESTORE_ERRORS = (KeyError, ValueError, OSError)
+
+
+def restore_error(err: BaseException) -> BaseException | None:
+    """The error itself, or the first in its chain of causes, when it is one of RESTORE_ERRORS; else None."""
+    seen = 0
+    while err is not None and seen < 8:
+        if isinstance(err, RESTORE_ERRORS):
+            return err
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
 
 
 def _manager(root: pathlib.Path, **options) -> ocp.CheckpointManager:
@@ -124,15 +135,18 @@ def restore_items(manager: ocp.CheckpointManager, step_dir: pathlib.Path,
     step = int(step_dir.name)
     try:
         return manager.restore(step, args=ocp.args.Composite(**items))
-    except RESTORE_ERRORS as err:
-        culprit, cause = list(items), err
+    except Exception as err:  # noqa: BLE001 - anything else goes on up (restore_error)
+        culprit, cause = list(items), restore_error(err)
+        if cause is None:
+            raise
         if len(items) > 1:  # name the item that fails alone (a failed restore does not say which one did)
             for name, args in items.items():
                 try:
                     manager.restore(step, args=ocp.args.Composite(**{name: args}))
-                except RESTORE_ERRORS as item_err:
-                    culprit, cause = [name], item_err
-                    break
+                except Exception as item_err:  # noqa: BLE001
+                    if restore_error(item_err) is not None:
+                        culprit, cause = [name], restore_error(item_err)
+                        break
         if STRUCTURE_CHANGED in str(cause):  # intact: the run asks for another tree than the one saved
             raise UserError(f"checkpoint {step_dir}: {_items(culprit)} was saved with another structure than "
                             "this run builds (a setting that shapes it changed since the save, e.g. "

@@ -48,6 +48,13 @@ def edit_stored_config(step: pathlib.Path, section: str, key: str, value) -> Non
     stored.write_text(json.dumps(config))
 
 
+def remove_largest_data_file(item: pathlib.Path) -> None:
+    """One array's chunks gone from an item (a partial copy, a sync that skipped a file): Orbax wraps the failed
+    read in a bare Exception, which was a traceback."""
+    data = sorted((item / "ocdbt.process_0" / "d").iterdir(), key=lambda p: p.stat().st_size)
+    data[-1].unlink()
+
+
 def generate(capsys, path):
     code = main(["generate", str(path), "--ids", "1,2", "--max-new-tokens", "2", "--json"])
     return code, capsys.readouterr()
@@ -60,6 +67,8 @@ DAMAGES = {
                      ["0", "lacks the item 'config'", "holds no items"]),
     "params truncated to half": (lambda c: truncate_files(c / "0" / "params", 0.5), ["0", "'params' cannot be read"]),
     "params truncated to nothing": (lambda c: truncate_files(c / "0" / "params", 0), ["0", "'params' cannot be read"]),
+    "params data file removed": (lambda c: remove_largest_data_file(c / "0" / "params"),
+                                 ["0", "'params' cannot be read"]),
     "config not JSON": (lambda c: truncate_files(c / "0" / "config", 0.3), ["0", "'config' cannot be read"]),
     "step directory deleted": (lambda c: shutil.rmtree(c / "0"), ["holds no checkpoint step"]),
     # a stored config edited by hand: its refusal named no checkpoint ("eval.samples ... must be >= 1")
@@ -83,6 +92,16 @@ def test_generate_on_a_damaged_checkpoint_names_the_directory_and_what_is_missin
     assert str(path) in lines[0]
     for fragment in expected:
         assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("command", [["eval", "{ck}", "--num-problems", "1", "--samples", "1", "--workers", "1"],
+                                     ["export-hf", "{ck}", "{out}"]])
+def test_eval_and_export_name_a_step_missing_a_params_data_file(capsys, checkpoint, tmp_path, command):
+    path = damaged(checkpoint, tmp_path, lambda c: remove_largest_data_file(c / "0" / "params"))
+    code = main([part.format(ck=path, out=tmp_path / "out") for part in command])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and f"checkpoint {path / '0'} is damaged: the item 'params' cannot be read" in err, err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
 def test_missing_paths_empty_directories_and_run_dirs_without_checkpoints_are_named(capsys, tmp_path):
