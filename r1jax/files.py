@@ -17,6 +17,27 @@ from r1jax.errors import UserError
 LOCK_NAME = ".lock"  # in a run directory: who trains in it (a flock held while the trainer lives)
 
 
+def not_utf8(text: str) -> str | None:
+    """Where `text` is not valid UTF-8 ("byte 0xff at character 3"; a byte that is not arrives from argv and the
+    os module as a surrogate escape), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        char = ord(err.object[err.start])
+        what = f"byte 0x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF else f"character U+{char:04X}"
+        return f"{what} at character {err.start}"
+    return None
+
+
+def check_checkpoint_path(path: str | os.PathLike, what: str) -> None:
+    """A UserError naming `what` when `path` is not valid UTF-8: Orbax's storage layer (tensorstore) takes
+    UTF-8 paths only, and failed with a traceback at the first save (a run's first stage trained, then lost)."""
+    where = not_utf8(os.fspath(path))
+    if where:
+        raise UserError(f"{what} {os.fspath(path)!r} is not valid UTF-8 ({where}): checkpoints are read and written "
+                        "by tensorstore, which takes UTF-8 paths only; rename it")
+
+
 def write_atomically(path: str | os.PathLike, data: str | bytes) -> None:
     """`path` holds `data` whole, or what it held before: written beside it, then renamed over it (a rename
     within one directory is atomic on POSIX file systems)."""

@@ -25,6 +25,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from r1jax.errors import UserError
+from r1jax.files import check_checkpoint_path
 from r1jax.model.decoder import Policy
 from r1jax.model.factory import abstract_policy
 from r1jax.model.tokenizer import TokenizerLike, is_tokenizer_dir, load_tokenizer
@@ -59,6 +60,7 @@ def _manager(root: pathlib.Path, **options) -> ocp.CheckpointManager:
 def save_policy(root: str | pathlib.Path, config: Config, policy: Policy, step: int = 0) -> pathlib.Path:
     """Write `policy` and `config` as step `step` under `root`; returns the step directory."""
     root = pathlib.Path(root)
+    check_checkpoint_path(root, "checkpoint")
     try:
         with _manager(root) as manager:
             state = nnx.to_pure_dict(nnx.state(policy))
@@ -101,6 +103,7 @@ def resolve(path: str | pathlib.Path) -> tuple[pathlib.Path, int]:
     path = pathlib.Path(path)
     if not path.exists():
         raise UserError(f"checkpoint {str(path)!r} does not exist")
+    check_checkpoint_path(path.absolute(), "checkpoint")
     if not path.is_dir():
         raise UserError(f"checkpoint {str(path)!r} is a file, not a checkpoint directory")
     if (path / "checkpoints").is_dir():

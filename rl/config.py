@@ -31,6 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from r1jax.model.config import ModelConfig
 from r1jax.errors import UserError
+from r1jax.files import not_utf8
 from r1jax.model.tokenizer import TokenizerConfig
 from r1jax.rl.data.config import DataConfig
 from r1jax.rl.grpo.config import GRPOConfig, OptimizerConfig
@@ -265,6 +266,8 @@ def parse_overrides(overrides: Sequence[str], where: str = "overrides",
         parts = tuple(key.split("."))
         if not equals or not all(_KEY_PART.fullmatch(part) for part in parts) or parts[0].isdigit():
             raise UserError(f"{where}: {text!r} is not of the form {form}")
+        if bad := not_utf8(raw):  # a byte that is not arrives from argv as a surrogate: YAML cannot read it
+            raise UserError(f"{where}: {text!r}: the value of {key} is not valid UTF-8 ({bad})")
         try:  # the value as OmegaConf's own dotlist parser reads it (YAML: numbers, lists, null, ...)
             value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={raw}"]))["value"]
         except OmegaConfBaseException as err:

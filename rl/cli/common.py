@@ -11,6 +11,7 @@ import tempfile
 from typing import Mapping, Sequence
 
 from r1jax.errors import UserError
+from r1jax.files import not_utf8
 from r1jax.rl.config import MAX_SEED
 from r1jax.rl.config_checks import INT32_MAX  # counts reach the device as int32 (shapes, token ids, top-k)
 
@@ -110,12 +111,9 @@ def run_seed(text: str) -> int:
 def utf8_text(text: str) -> str:
     """An argparse type: text that is valid UTF-8 (a byte that is not arrives as a surrogate escape, which the
     tokenizer cannot encode)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        char = ord(err.object[err.start])
-        what = f"byte 0x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF else f"character U+{char:04X}"
-        raise argparse.ArgumentTypeError(f"not valid UTF-8 text: {what} at character {err.start}") from None
+    where = not_utf8(text)
+    if where:
+        raise argparse.ArgumentTypeError(f"not valid UTF-8 text: {where}")
     return text
 
 

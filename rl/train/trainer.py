@@ -14,8 +14,10 @@ stage runner receives a StageContext and a StageStart and returns a StageResult 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import pathlib
 import shutil
 from typing import Any
@@ -24,7 +26,7 @@ import jax
 import rich.markup
 
 from r1jax.errors import UserError
-from r1jax.files import lock_directory, write_atomically
+from r1jax.files import LOCK_NAME, check_checkpoint_path, lock_directory, write_atomically
 from r1jax.model.config import ModelConfig
 from r1jax.model.tokenizer import TokenizerLike, is_tokenizer_dir, load_tokenizer
 from r1jax.rl.config import Config, load_config, stage_config, to_yaml
@@ -62,6 +64,7 @@ class Position:
 class Trainer:
     def __init__(self, config: Config, run_dir: str | pathlib.Path, console: RunConsole | None = None):
         self.config, self.run_dir = config, pathlib.Path(run_dir)
+        check_checkpoint_path(self.run_dir.absolute(), "run directory")  # before anything is made there
         self.primary = jax.process_index() == 0
         self.console = console or RunConsole(self.primary)
         # with `sampling.devices` > 0 the trainer's mesh leaves the last devices to the sampler (rl.sampler_devices)
@@ -89,6 +92,9 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         distributed.check_shared_directory(self.run_dir, "--run-dir")  # every process must write one directory
         self._staged: pathlib.Path | None = None  # a tokenizer built anew, not yet in tokenizer/
+        # what this start adds to a directory it did not make, taken away again by a refused start (`release`)
+        self._added = [path for path in (self.run_dir / LOCK_NAME, self.run_dir / "checkpoints")
+                       if self.primary and not self._created and not os.path.lexists(path)]
         # one trainer at a time (process 0 holds it for the run): a second one's saves and metrics mixed with
         # the first's (both ran to the end: two lines per step, checkpoints of either config)
         self._lock = lock_directory(self.run_dir, "run directory") if self.primary else None
@@ -169,9 +175,18 @@ class Trainer:
         if self._created and not self._begun and self._lock is not None:  # never a directory no lock guarded
             shutil.rmtree(self.run_dir, ignore_errors=True)
             self._created = False
+        refused_here = not self._begun and self._lock is not None
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+        if refused_here:  # a directory the user made: as it was (README: nothing is written before the checks)
+            for path in self._added:
+                with contextlib.suppress(OSError):  # checkpoints/ only when empty
+                    if path.is_dir():
+                        path.rmdir()
+                    else:
+                        path.unlink()
+        self._added = []
 
     def _run(self) -> dict:
         try:

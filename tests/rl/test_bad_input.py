@@ -26,6 +26,16 @@ def test_an_override_that_is_not_yaml_is_named(override, problem):
     load_fails(override, named=[f"overrides: {override!r}: not valid YAML", problem])  # a ParserError before
 
 
+def test_an_override_value_that_is_not_utf8_is_named(capsys):
+    """A Latin-1 file name (`data.path=/data/caf\\xe9.jsonl`) arrives from argv as a surrogate escape: PyYAML's
+    UnicodeEncodeError was a traceback for every command taking overrides."""
+    load_fails("data.path=/tmp/caf\udce9.jsonl", named="overrides: 'data.path=/tmp/caf\\udce9.jsonl': the value of "
+                                                       "data.path is not valid UTF-8 (byte 0xe9 at character 8)")
+    assert main(["info", str(TRAIN_CONFIG), "data.path=/tmp/caf\udce9.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert "data.path is not valid UTF-8" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("text, named", [
     ("grpo:\n  group_size: [1\n", ":3:1: cannot parse YAML: expected ',' or ']', but got '<stream end>'"),
     ("grpo:\n\tgroup_size: 1\n", ":2:1: cannot parse YAML: found character '\\t' that cannot start any token"),

@@ -225,3 +225,15 @@ def test_the_latest_step_is_the_highest_number(tmp_path):
     assert resolve(tmp_path / "checkpoints") == (tmp_path / "checkpoints", 100)
     (tmp_path / "checkpoints" / "100").rmdir()
     assert resolve(tmp_path)[1] == 10
+
+
+def test_checkpoint_paths_that_are_not_utf8_are_named(capsys, checkpoint, tmp_path):
+    """tensorstore takes UTF-8 paths only (a Latin-1 directory name arrives from argv as a surrogate escape):
+    `init` there was a traceback from its C++ bindings, and so was reading a checkpoint moved there."""
+    assert main(["init", str(TRAIN_CONFIG), str(tmp_path / "ck\udcff")]) == 2
+    err = capsys.readouterr().err
+    assert "ck\\udcff' is not valid UTF-8 (byte 0xff at character" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+    moved = shutil.copytree(checkpoint, tmp_path / "moved\udce9")
+    code, out = generate(capsys, moved)
+    assert code == 2 and "is not valid UTF-8 (byte 0xe9 at character" in out.err and out.out == ""

@@ -211,10 +211,20 @@ def test_a_refused_start_of_a_new_run_leaves_no_run_directory(tmp_path):
     with pytest.raises(UserError, match="grpo.prompts_per_step"):
         Trainer(load_config(TRAIN_CONFIG, ["grpo.prompts_per_step=3"]), run).run()
     assert not run.exists() and (tmp_path / "new").is_dir()  # only what the start made goes
-    run.mkdir()  # a directory of the user's, empty: kept
+    run.mkdir()  # a directory of the user's: kept as it was (its lock and an empty checkpoints/ stayed there)
+    (run / "notes.txt").write_text("mine\n")
     with pytest.raises(UserError, match="grpo.prompts_per_step"):
         Trainer(load_config(TRAIN_CONFIG, ["grpo.prompts_per_step=3"]), run).run()
-    assert run.is_dir() and sorted(p.name for p in run.iterdir() if p.name != ".lock") == ["checkpoints"]
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"] and (run / "notes.txt").read_text() == "mine\n"
+
+
+def test_a_run_directory_that_is_not_utf8_is_refused_before_anything_is_made(tmp_path):
+    """tensorstore takes UTF-8 paths only: such a run trained its first stage, then failed with a traceback at
+    its first save, the stage lost (a Latin-1 directory name arrives from argv as a surrogate escape)."""
+    run = tmp_path / "r\udcffun"
+    with pytest.raises(UserError, match=r"run directory .* is not valid UTF-8 \(byte 0xff at character \d+\)"):
+        Trainer(load_config(TRAIN_CONFIG), run).run()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_stage_cut_below_the_steps_it_has_run_is_refused(run_copy):
