@@ -232,7 +232,11 @@ def find_tokenizer(path: str | pathlib.Path) -> TokenizerLike | None:
         candidates.append(root.parent / "tokenizer")
     for candidate in candidates:
         if is_tokenizer_dir(candidate):
-            return load_tokenizer(candidate)
+            tokenizer, vocab = load_tokenizer(candidate), load_config(path).model.vocab_size
+            if tokenizer.vocab_size > vocab:  # a copy from another model: ids past the embedding's rows
+                raise UserError(f"checkpoint {root / str(step)}: its tokenizer {candidate} has {tokenizer.vocab_size} "
+                                f"pieces, more than the model's vocab_size {vocab} (a tokenizer of another model?)")
+            return tokenizer
     return None
 
 

@@ -5,7 +5,7 @@ merely sits beside a checkpoint root (the directory above an `r1jax init` root m
 import numpy as np
 import pytest
 
-from r1jax.model.tokenizer import train_tokenizer
+from r1jax.model.tokenizer import load_tokenizer, train_tokenizer
 from r1jax.rl.checkpoint import find_tokenizer
 from r1jax.rl.cli.main import main
 from r1jax.rl.config import Config
@@ -50,3 +50,30 @@ def test_a_trainer_checkpoint_finds_the_run_directorys_tokenizer(tokenizer, tmp_
     moved = trainer_checkpoint(tmp_path / "elsewhere").parent.rename(tmp_path / "elsewhere" / "ckpts")
     tokenizer.save(tmp_path / "elsewhere" / "tokenizer")
     assert find_tokenizer(moved) is None
+
+
+@pytest.fixture(scope="module")
+def checkpoint_with_a_larger_tokenizer(tmp_path_factory):
+    """An init checkpoint (vocab_size 512) whose tokenizer beside the steps has more pieces: a copy from another
+    model, by hand or by a sync."""
+    root = tmp_path_factory.mktemp("ck") / "ck"
+    assert main(["init", str(TRAIN_CONFIG), str(root)]) == 0
+    assert main(["tokenizer", "train", "--input", "arithmetic,algebra", "--vocab-size", "700", "--out",
+                 str(root / "tokenizer")]) == 0
+    return root
+
+
+@pytest.mark.parametrize("command", [["generate", "{ck}", "--prompt", "Compute 12+34", "--max-new-tokens", "2"],
+                                     ["eval", "{ck}", "--num-problems", "2", "--samples", "1", "--workers", "1"],
+                                     ["export-hf", "{ck}", "{out}"]])
+def test_a_checkpoints_own_tokenizer_larger_than_the_vocabulary_is_named(capsys, checkpoint_with_a_larger_tokenizer,
+                                                                        tmp_path, command):
+    """generate blamed `--ids`, a flag never passed ("661 is outside the vocabulary"), eval scored prompts with
+    ids past the embedding, export-hf wrote a tokenizer emitting ids the model has no rows for."""
+    root = checkpoint_with_a_larger_tokenizer
+    pieces = load_tokenizer(root / "tokenizer").vocab_size  # 670: sentencepiece stops short of 700 on this corpus
+    assert main([part.format(ck=root, out=tmp_path / "out") for part in command]) == 2
+    err = capsys.readouterr().err
+    assert pieces > 512 and f"checkpoint {root / '0'}: its tokenizer {root / 'tokenizer'} has {pieces} pieces, " \
+                            "more than the model's vocab_size 512" in err and "--ids" not in err
+    assert not (tmp_path / "out").exists()
