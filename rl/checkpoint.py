@@ -52,9 +52,8 @@ def restore_error(err: BaseException) -> BaseException | None:
     return None
 
 
-def _manager(root: pathlib.Path, **options) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(root.absolute(), item_names=("config", "params"),
-                                 options=ocp.CheckpointManagerOptions(**options))
+def _manager(root: pathlib.Path, items=("config", "params"), **options) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(root.absolute(), item_names=items, options=ocp.CheckpointManagerOptions(**options))
 
 
 def save_policy(root: str | pathlib.Path, config: Config, policy: Policy, step: int = 0) -> pathlib.Path:
@@ -247,6 +246,17 @@ def _in_run_directory(root: pathlib.Path, step: int) -> bool:
 
 def _written_by_trainer(root: pathlib.Path, step: int) -> bool:
     return (root / str(step) / "meta").is_dir()  # r1jax init and import-hf write no `meta`
+
+
+def data_source(path: str | pathlib.Path) -> dict | None:
+    """The fingerprint of the data the trainer's checkpoint was reading when saved (its stage's file: path, rows,
+    SHA-256; rl.data.pipeline.read_source), or None (no trainer's checkpoint, or a stage without one)."""
+    root, step = resolve(path)
+    if not _written_by_trainer(root, step):
+        return None
+    with _manager(root, ("meta",), read_only=True) as manager:
+        meta = restore_items(manager, root / str(step), {"meta": ocp.args.JsonRestore()}).meta
+    return ((meta or {}).get("data_state") or {}).get("source")
 
 
 def trained(path: str | pathlib.Path) -> bool:

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     from r1jax.errors import UserError
     from r1jax.model.tokenizer import encode_prompt
-    from r1jax.rl.checkpoint import open_for_inference, trained
+    from r1jax.rl.checkpoint import data_source, open_for_inference, trained
     from r1jax.rl.evaluate import evaluate, evaluation_rewards, held_out_problems
     from r1jax.rl.rewards import RewardPool
     from r1jax.rl.rewards.config import FieldError
@@ -117,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             left_out = []
             if trained(args.checkpoint):
-                data, others, read_data = training_files(config, moved, args.ignore_missing_training_files)
+                data, others, read_data = training_files(config, moved, args.ignore_missing_training_files,
+                                                         data_source(args.checkpoint))
             elif moved:
                 raise UserError(f"--training-file: {args.checkpoint!r} holds weights that trained on nothing "
                                 "(written by r1jax init or import-hf): drop --training-file")
@@ -179,11 +180,13 @@ def moved_files(pairs: list[str]) -> dict[str, str]:
     return moved
 
 
-def training_files(config, moved: dict[str, str], ignore_missing: bool):
+def training_files(config, moved: dict[str, str], ignore_missing: bool, source: dict | None = None):
     """(the data config, the other training files: rl.train.preflight.other_training_files, whether data.path is
     read) for `held_out_problems`, each file read where `moved` says it is now. A file that is gone is a UserError
-    saying how to go on, or with `ignore_missing` left unread, said on stderr."""
+    saying how to go on, or with `ignore_missing` left unread, said on stderr. `source`: the fingerprint of the
+    file the checkpoint was reading (rl.checkpoint.data_source): that file moved must hold the same rows."""
     from r1jax.errors import UserError
+    from r1jax.rl.data.pipeline import read_source, source_change
     from r1jax.rl.train.preflight import other_training_files
 
     named = ([("data.path", config.data)] if config.data.path else []) + other_training_files(config)
@@ -196,6 +199,12 @@ def training_files(config, moved: dict[str, str], ignore_missing: bool):
     for field, data in named:
         if data.path in moved:
             located[field] = dataclasses.replace(data, path=moved[data.path])
+            if source is not None and source.get("file") == data.path:  # the rows it trained on, or a refusal
+                now = read_source(located[field])[1]
+                changed = source_change({**source, "order": now["order"]}, now)  # eval reads them in any order
+                if changed:
+                    raise UserError(f"--training-file {data.path}={moved[data.path]}: {changed}; the held-out "
+                                    "problems would skip other prompts than the ones trained on")
         elif pathlib.Path(data.path).is_file():
             located[field] = data
         elif not ignore_missing:

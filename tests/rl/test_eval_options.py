@@ -7,13 +7,17 @@ import dataclasses
 import json
 import shutil
 
+import pytest
+
 from r1jax.rl import checkpoint as checkpoint_module
 from r1jax.rl import evaluate as evaluate_module
 from r1jax.rl.cli import eval as eval_cli
-from r1jax.rl.checkpoint import load_config as checkpoint_config, trained
+from r1jax.errors import UserError
+from r1jax.rl.checkpoint import data_source, load_config as checkpoint_config, trained
 from r1jax.rl.cli.main import main
 from r1jax.rl.config import load_config
 from r1jax.rl.data import TaskSource
+from r1jax.rl.data.pipeline import read_source
 from r1jax.rl.evaluate import held_out_problems
 from tests.rl.conftest import TRAIN_CONFIG
 
@@ -231,6 +235,32 @@ def test_a_training_file_flag_that_names_no_file_of_the_checkpoint_is_refused(ca
     code, _, err = run_main(capsys, "eval", str(finished_run), "--data", str(tmp_path / "new.jsonl"),
                             "--ignore-missing-training-files")
     assert code == 2 and "drop --ignore-missing-training-files or --data" in err
+
+
+def test_a_moved_training_file_must_hold_the_rows_the_checkpoint_read(finished_run, tmp_path):
+    """--training-file OLD=NEW took any NEW (one row for the 20 trained on): the held-out set then skipped other
+    prompts, and pass@1 could count problems trained on. The checkpoint's fingerprint of the file it was reading
+    (rows, SHA-256) must match NEW's, in any order; a file it has no fingerprint of is taken as before."""
+    assert data_source(finished_run)["tasks"]["tasks"] == list(checkpoint_config(finished_run).data.tasks)  # generated
+    rows = [json.dumps({"prompt": f"Compute {i}+1", "answer": str(i + 1), "task": "arithmetic"}) for i in range(20)]
+    old = tmp_path / "train.jsonl"
+    old.write_text("".join(row + "\n" for row in rows))
+    config = load_config(TRAIN_CONFIG, [f"data.path={old}"])
+    source = read_source(config.data)[1]
+    same, other = tmp_path / "moved.jsonl", tmp_path / "other.jsonl"
+    same.write_text(old.read_text())
+    other.write_text(rows[0] + "\n")
+    old.unlink()
+    data, _, _ = eval_cli.training_files(config, {str(old): str(same)}, False, source)
+    assert data.path == str(same)
+    reordered = dataclasses.replace(config, data=dataclasses.replace(config.data, seed=config.data.seed + 1))
+    assert eval_cli.training_files(reordered, {str(old): str(same)}, False, source)[0].path == str(same)
+    with pytest.raises(UserError) as info:
+        eval_cli.training_files(config, {str(old): str(other)}, False, source)
+    assert f"--training-file {old}={other}: data file {str(other)!r} (the checkpoint read {str(old)!r}) changed " \
+           "since the checkpoint was saved: 20 rows then, 1 now" in str(info.value)
+    elsewhere = {**source, "file": str(tmp_path / "another.jsonl")}  # a fingerprint of another stage's file
+    assert eval_cli.training_files(config, {str(old): str(other)}, False, elsewhere)[0].path == str(other)
 
 
 def test_eval_of_a_trained_checkpoint_skips_its_generated_training_problems(capsys, finished_run, monkeypatch):
