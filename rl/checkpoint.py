@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import sys
-from typing import Mapping
+from typing import Callable, Mapping, TypeVar
 
 import jax
 import orbax.checkpoint as ocp
@@ -34,6 +34,7 @@ from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.params import abstract_sharded
 from r1jax.sharding.rules import Rules
 
+T = TypeVar("T")
 PREVIOUS_SUFFIX = ".previous"  # step N's committed copy while N is saved again: N.previous
 
 # What Orbax and tensorstore raise for a missing, truncated or mismatched item (KeyError: no such item;
@@ -119,6 +120,29 @@ def resolve(path: str | pathlib.Path) -> tuple[pathlib.Path, int]:
                         f"{_interrupted_resave(path)})" + ("; it looks like a Hugging Face checkpoint: convert it "
                                                           "with `r1jax import-hf`" if hf else ""))
     return path, steps[-1]
+
+
+LIVE_READ_TRIES = 4  # reads of a run directory's latest step while its trainer saves and rotates steps
+
+
+def read_latest(path: str | pathlib.Path, read: Callable[[pathlib.Path], T]) -> T:
+    """`read(step directory)` of the step `path` names (a run directory or checkpoint root: its latest). A trainer
+    may save and rotate steps there meanwhile (`checkpoint.keep`): a read that fails while the steps listed
+    change is tried again on the new latest step, so inspecting a live run reads one whole step, or fails naming
+    real damage. (Read once, a live run's step could vanish under generate or eval: a traceback, or a healthy
+    run reported damaged or incomplete.)"""
+    for attempt in range(LIVE_READ_TRIES):
+        root, step = resolve(path)
+        listed = _steps(root)
+        try:
+            return read(root / str(step))
+        except (UserError, OSError) as err:
+            if not root.is_dir() or _steps(root) == listed:
+                raise
+            if attempt + 1 == LIVE_READ_TRIES:
+                raise UserError(f"checkpoint {root}: its steps changed under each of {LIVE_READ_TRIES} reads (a "
+                                f"trainer saving and rotating them?), the last of step {step}: {err}") from err
+    raise AssertionError("unreachable")
 
 
 STRUCTURE_CHANGED = "tree structures do not match"  # Orbax's words for a restore target of another structure
@@ -280,7 +304,11 @@ def inference_sharding(sharding: ShardingConfig) -> ShardingConfig:
 
 def open_for_inference(path: str | pathlib.Path):
     """(config, policy on the config's mesh or, where the devices present cannot make it, an fsdp mesh of them;
-    mesh, rules, tokenizer or None) for generate/eval."""
+    mesh, rules, tokenizer or None) for generate/eval, all of one step (`read_latest`)."""
+    return read_latest(path, _open_for_inference)
+
+
+def _open_for_inference(path: pathlib.Path):
     config = load_config(path)
     mesh = build_mesh(inference_sharding(config.sharding))
     rules = config.sharding.logical_rules()

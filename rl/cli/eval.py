@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     from r1jax.errors import UserError
     from r1jax.model.tokenizer import encode_prompt
-    from r1jax.rl.checkpoint import data_source, open_for_inference, trained
+    from r1jax.rl.checkpoint import data_source, open_for_inference, read_latest, trained
     from r1jax.rl.evaluate import evaluate, evaluation_rewards, held_out_problems
     from r1jax.rl.rewards import RewardPool
     from r1jax.rl.rewards.config import FieldError
@@ -95,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{flag} tells where the held-out problems' training files are, and --data {args.data!r} "
                         f"replaces those problems: drop {flag} or --data")
     moved = moved_files(args.training_file)
-    config, policy, mesh, rules, tokenizer = open_for_inference(args.checkpoint)
+    # one step's policy, its training record and data fingerprint (a live run's steps may rotate meanwhile)
+    (config, policy, mesh, rules, tokenizer), was_trained, source = read_latest(args.checkpoint, lambda step: (
+        open_for_inference(step), trained(step), data_source(step)))
     if tokenizer is None:
         raise UserError(f"checkpoint {args.checkpoint!r} carries no tokenizer; evaluation needs one")
     fields = {"samples": args.samples, "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
@@ -116,9 +118,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         try:
             left_out = []
-            if trained(args.checkpoint):
-                data, others, read_data = training_files(config, moved, args.ignore_missing_training_files,
-                                                         data_source(args.checkpoint))
+            if was_trained:
+                data, others, read_data = training_files(config, moved, args.ignore_missing_training_files, source)
             elif moved:
                 raise UserError(f"--training-file: {args.checkpoint!r} holds weights that trained on nothing "
                                 "(written by r1jax init or import-hf): drop --training-file")

@@ -38,12 +38,10 @@ def run(args: argparse.Namespace) -> int:
     import pathlib
 
     from r1jax.errors import UserError
-    from r1jax.rl.checkpoint import inference_sharding, load_config, load_policy
+    from r1jax.rl.checkpoint import read_latest
     from r1jax.rl.cli.common import check_creatable
-    from r1jax.rl.cli.export_hf import resolve_tokenizer
-    from r1jax.rl.config import config_from_dicts, parse_overrides, to_dict
+    from r1jax.rl.cli.export_hf import load_checkpoint
     from r1jax.rl.gguf_export import check_exportable, export_gguf
-    from r1jax.sharding.mesh import build_mesh
 
     if args.dtype not in DTYPE_CHOICES:
         raise UserError(f"--dtype {args.dtype!r}: expected one of {', '.join(DTYPE_CHOICES)}")
@@ -57,15 +55,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"output {str(out)!r} exists; pass --force to replace it")
     if out.parent.exists():  # a directory, writable, before the weights load (the file is written beside it first)
         check_creatable(out.parent, f"output {str(out)!r}")
-    config = load_config(args.checkpoint)
-    config = config_from_dicts(to_dict(config), parse_overrides(args.overrides), source="overrides")
-    check_exportable(config.model, args.dtype)  # before loading the weights
-    tok = resolve_tokenizer(args.tokenizer, config.model.vocab_size, args.checkpoint)
-    if tok is None:
-        raise UserError(f"checkpoint {args.checkpoint!r} carries no tokenizer, and llama.cpp needs one in the "
-                        "file: pass --tokenizer")
-    mesh = build_mesh(inference_sharding(config.sharding))
-    _, policy = load_policy(args.checkpoint, mesh, config.sharding.logical_rules())
+
+    def before_weights(config, tok):
+        check_exportable(config.model, args.dtype)
+        if tok is None:
+            raise UserError(f"checkpoint {args.checkpoint!r} carries no tokenizer, and llama.cpp needs one in the "
+                            "file: pass --tokenizer")
+
+    config, tok, policy = read_latest(args.checkpoint, lambda step: load_checkpoint(step, args, before_weights))
     written = export_gguf(policy, out, tok, args.dtype, config.tokenizer.template, args.force)
     if written is not None:
         print(f"wrote {written} ({config.model.family} as llama.cpp's "

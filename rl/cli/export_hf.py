@@ -55,9 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from r1jax.model.hf_io import export_hf
     from r1jax.model.hf_tokenizer import save_hf_tokenizer, save_with_prompt_format, token_ids
     from r1jax.model.tokenizer import Tokenizer
-    from r1jax.rl.checkpoint import inference_sharding, load_config, load_policy
-    from r1jax.rl.config import config_from_dicts, parse_overrides, to_dict
-    from r1jax.sharding.mesh import build_mesh
+    from r1jax.rl.checkpoint import read_latest
 
     bad = [o for o in args.overrides if not o.startswith("sharding.")]
     if bad:
@@ -66,15 +64,11 @@ def run(args: argparse.Namespace) -> int:
     if max_bytes <= 0:
         raise UserError(f"--max-shard-size {args.max_shard_size!r}: must be at least one byte")
     out = new_output_dir(args.out)
-    config = load_config(args.checkpoint)
-    config = config_from_dicts(to_dict(config), parse_overrides(args.overrides), source="overrides")
-    tok = resolve_tokenizer(args.tokenizer, config.model.vocab_size, args.checkpoint)
+    config, tok, policy = read_latest(args.checkpoint, lambda step: load_checkpoint(step, args))
     own_format = tok is not None and isinstance(tok, Tokenizer)  # r1jax's: the chat template is written here
     template = args.template or config.tokenizer.template
     # a Hugging Face tokenizer's own chat template is replaced only when --template asks for r1jax's format
     replaced = tok is not None and not own_format and args.template not in (None, "chat")
-    mesh = build_mesh(inference_sharding(config.sharding))
-    _, policy = load_policy(args.checkpoint, mesh, config.sharding.logical_rules())
     files = export_hf(policy, out, args.dtype, max_bytes, token_ids(tok) if tok else None)
     weights = [f for f in files if f.suffix == ".safetensors"]
     if tok is not None and jax.process_index() == 0:
@@ -88,6 +82,21 @@ def run(args: argparse.Namespace) -> int:
           f"dtype {args.dtype or config.model.param_dtype}, "
           f"{_tokenizer_note(tok, own_format, replaced, template)})")
     return 0
+
+
+def load_checkpoint(step, args: argparse.Namespace, before_weights=None):
+    """(config with the sharding overrides, tokenizer or None, policy) of checkpoint step `step` for an export;
+    `before_weights(config, tokenizer)` checks what it can before the weights load."""
+    from r1jax.rl.checkpoint import inference_sharding, load_config, load_policy
+    from r1jax.rl.config import config_from_dicts, parse_overrides, to_dict
+    from r1jax.sharding.mesh import build_mesh
+
+    config = config_from_dicts(to_dict(load_config(step)), parse_overrides(args.overrides), source="overrides")
+    tok = resolve_tokenizer(args.tokenizer, config.model.vocab_size, step)
+    if before_weights is not None:
+        before_weights(config, tok)
+    _, policy = load_policy(step, build_mesh(inference_sharding(config.sharding)), config.sharding.logical_rules())
+    return config, tok, policy
 
 
 def _tokenizer_note(tok, own_format: bool, replaced: bool, template: str) -> str:

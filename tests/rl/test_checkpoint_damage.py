@@ -237,3 +237,32 @@ def test_checkpoint_paths_that_are_not_utf8_are_named(capsys, checkpoint, tmp_pa
     moved = shutil.copytree(checkpoint, tmp_path / "moved\udce9")
     code, out = generate(capsys, moved)
     assert code == 2 and "is not valid UTF-8 (byte 0xe9 at character" in out.err and out.out == ""
+
+
+def test_a_step_rotated_away_while_it_is_read_is_read_again_from_the_new_latest(capsys, checkpoint, tmp_path,
+                                                                                 monkeypatch):
+    """A live run's trainer saves step N+1 and deletes N (checkpoint.keep) while generate reads N: that was a
+    traceback, or the healthy run reported damaged. The read goes again on the new latest step; a step that
+    fails with the steps unchanged is real damage (the cases above), and a run that keeps rotating under every
+    try fails after LIVE_READ_TRIES, naming the step."""
+    from r1jax.rl import checkpoint as checkpoint_module
+
+    root = shutil.copytree(checkpoint, tmp_path / "live")
+    real, reads = checkpoint_module.load_policy, []
+
+    def rotating(path, *args, rotations=1):
+        reads.append(pathlib.Path(path).name)
+        if len(reads) <= rotations:  # the trainer's next save lands and the step being read is deleted
+            shutil.copytree(root / reads[-1], root / str(int(reads[-1]) + 1))
+            shutil.rmtree(root / reads[-1])
+        return real(path, *args)
+
+    monkeypatch.setattr(checkpoint_module, "load_policy", rotating)
+    code, out = generate(capsys, root)
+    assert code == 0 and reads == ["0", "1"] and len(json.loads(out.out)["ids"]) == 2
+    reads.clear()
+    monkeypatch.setattr(checkpoint_module, "load_policy", lambda path, *args: rotating(path, *args, rotations=9))
+    code, out = generate(capsys, root)
+    assert code == 2 and reads == [str(n) for n in range(1, 1 + checkpoint_module.LIVE_READ_TRIES)]
+    assert f"checkpoint {root}: its steps changed under each of 4 reads (a trainer saving and rotating them?), " \
+           f"the last of step 4: checkpoint '{root / '4'}' does not exist" in out.err
