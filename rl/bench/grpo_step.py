@@ -18,8 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from r1jax.errors import UserError
-from r1jax.rl.bench.timing import Interrupted
+from r1jax.errors import Interrupted, UserError
 from r1jax.rl.config import Config, load_config
 from r1jax.rl.train.console import RunConsole
 from r1jax.rl.train.metrics import read_rows

@@ -14,15 +14,6 @@ import jax
 from r1jax.rl.host_info import host_info
 
 
-class Interrupted(KeyboardInterrupt):
-    """A signal stopped the bench (SIGTERM from a job's time limit or `timeout`, SIGINT): it stops as Ctrl-C
-    does, keeping the figures measured so far (rl.cli.bench)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
 def best_seconds(fn: Callable, *args, repeats: int = 3, warm_up: bool = True) -> float:
     """Seconds of the fastest of `repeats` calls of `fn(*args)`, after one untimed call that compiles
     (`warm_up=False`: the caller made it)."""

@@ -7,7 +7,6 @@ the same weights. Prints a table, or one JSON object with --json; every figure w
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
@@ -36,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from r1jax.errors import UserError
     from r1jax.rl.bench.report import FIGURES, with_goals
     from r1jax.rl.bench.suite import progress, run_bench
+    from r1jax.rl.cli.common import sigterm_interrupts
     from r1jax.sharding.distributed import first_line
 
     workers = None
@@ -90,23 +90,6 @@ def show(result: dict, as_json: bool) -> None:
         print(json.dumps(result, indent=2), flush=True)
     else:
         render_table(result)
-
-
-@contextlib.contextmanager
-def sigterm_interrupts():
-    """SIGTERM raises `Interrupted` in the main thread while the bench runs (Python's default ends the
-    process at once: minutes of figures lost). A GRPO run inside the bench holds SIGTERM and SIGINT as a
-    preemption while it runs, and its stop is raised as `Interrupted` after it (rl.bench.grpo_step)."""
-    from r1jax.rl.bench.timing import Interrupted
-
-    def interrupt(signum, frame):
-        raise Interrupted(signum)
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _require_hf() -> None:

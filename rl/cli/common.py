@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import pathlib
 import re
+import signal
 import tempfile
 from typing import Mapping, Sequence
 
-from r1jax.errors import UserError
+from r1jax.errors import Interrupted, UserError
 from r1jax.files import not_utf8
 from r1jax.rl.config import MAX_SEED
 from r1jax.rl.config_checks import INT32_MAX  # counts reach the device as int32 (shapes, token ids, top-k)
@@ -196,3 +198,19 @@ def split_config_and_overrides(config: str, overrides: list[str]) -> tuple[str, 
     if "=" in config:
         return "tiny", [config, *overrides]
     return config, overrides
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """SIGTERM raises `Interrupted` in the main thread while the block runs, so a command stopped by a job's time
+    limit or `timeout` cleans up as after Ctrl-C (Python's default ends the process at once: a bench's minutes of
+    figures lost, an export's partial files left). A GRPO run inside the bench holds SIGTERM and SIGINT as a
+    preemption while it runs, and its stop is raised as `Interrupted` after it (rl.bench.grpo_step)."""
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

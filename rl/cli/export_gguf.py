@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     from r1jax.errors import UserError
     from r1jax.rl.checkpoint import read_latest
-    from r1jax.rl.cli.common import check_creatable
+    from r1jax.rl.cli.common import check_creatable, sigterm_interrupts
     from r1jax.rl.cli.export_hf import load_checkpoint
     from r1jax.rl.gguf_export import check_exportable, export_gguf
 
@@ -62,8 +62,9 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"checkpoint {args.checkpoint!r} carries no tokenizer, and llama.cpp needs one in the "
                             "file: pass --tokenizer")
 
-    config, tok, policy = read_latest(args.checkpoint, lambda step: load_checkpoint(step, args, before_weights))
-    written = export_gguf(policy, out, tok, args.dtype, config.tokenizer.template, args.force)
+    with sigterm_interrupts():  # a stop (Ctrl-C, SIGTERM) leaves no partial file beside OUT (export_gguf)
+        config, tok, policy = read_latest(args.checkpoint, lambda step: load_checkpoint(step, args, before_weights))
+        written = export_gguf(policy, out, tok, args.dtype, config.tokenizer.template, args.force)
     if written is not None:
         print(f"wrote {written} ({config.model.family} as llama.cpp's "
               f"{'deepseek2' if config.model.is_deepseek else 'qwen3moe'}, dtype {args.dtype}, "

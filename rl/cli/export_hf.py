@@ -19,10 +19,14 @@ sharding.KEY=VALUE overrides adapt the mesh to the devices at hand.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import pathlib
+import shutil
 import sys
 
 from r1jax.model.tokenizer import TEMPLATE_NAMES
-from r1jax.rl.cli.common import new_output_dir
+from r1jax.rl.cli.common import new_output_dir, sigterm_interrupts
 from r1jax.sharding.topology import parse_size
 
 
@@ -64,24 +68,48 @@ def run(args: argparse.Namespace) -> int:
     if max_bytes <= 0:
         raise UserError(f"--max-shard-size {args.max_shard_size!r}: must be at least one byte")
     out = new_output_dir(args.out)
-    config, tok, policy = read_latest(args.checkpoint, lambda step: load_checkpoint(step, args))
+    with sigterm_interrupts():
+        config, tok, policy = read_latest(args.checkpoint, lambda step: load_checkpoint(step, args))
     own_format = tok is not None and isinstance(tok, Tokenizer)  # r1jax's: the chat template is written here
     template = args.template or config.tokenizer.template
     # a Hugging Face tokenizer's own chat template is replaced only when --template asks for r1jax's format
     replaced = tok is not None and not own_format and args.template not in (None, "chat")
-    files = export_hf(policy, out, args.dtype, max_bytes, token_ids(tok) if tok else None)
+    with sigterm_interrupts(), staged_directory(out) as staged:  # OUT appears whole, or not at all
+        files = export_hf(policy, staged, args.dtype, max_bytes, token_ids(tok) if tok else None)
+        if tok is not None and jax.process_index() == 0:
+            if own_format:
+                save_hf_tokenizer(tok, staged, template, config.model.max_position_embeddings)
+            elif replaced:  # after the model export, as below
+                save_with_prompt_format(tok, staged, template)
+            else:  # after the model export: the tokenizer's own generation_config.json replaces the one it wrote
+                tok.save(staged)
     weights = [f for f in files if f.suffix == ".safetensors"]
-    if tok is not None and jax.process_index() == 0:
-        if own_format:
-            save_hf_tokenizer(tok, out, template, config.model.max_position_embeddings)
-        elif replaced:  # after the model export, as below
-            save_with_prompt_format(tok, out, template)
-        else:  # after the model export: the tokenizer's own generation_config.json replaces the one it wrote
-            tok.save(out)
     print(f"wrote {out} ({config.model.family}, {len(weights)} safetensors file(s), "
           f"dtype {args.dtype or config.model.param_dtype}, "
           f"{_tokenizer_note(tok, own_format, replaced, template)})")
     return 0
+
+
+@contextlib.contextmanager
+def staged_directory(out: pathlib.Path):
+    """A directory beside `out` (new or empty) to write into, renamed to `out` when the block ends (process 0;
+    the others write nothing); removed when it raises (an error, Ctrl-C, SIGTERM under sigterm_interrupts): an
+    export written straight into `out` left a truncated model.safetensors there, which the same command then
+    refused to overwrite."""
+    import jax
+
+    if jax.process_index() != 0:
+        yield out
+        return
+    staged = out.parent / f".{out.name}.{os.getpid()}.partial"
+    staged.mkdir(parents=True)
+    try:
+        yield staged
+        if out.is_dir():  # (new_output_dir: empty) rename(2) replaces an empty directory
+            out.rmdir()
+        os.replace(staged, out)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
 
 
 def load_checkpoint(step, args: argparse.Namespace, before_weights=None):

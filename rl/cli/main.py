@@ -11,6 +11,7 @@ import atexit
 import gc
 import importlib
 import os
+import signal
 import sys
 import traceback
 
@@ -149,11 +150,13 @@ def main(argv: list[str] | None = None, *, as_program: bool | None = None) -> in
         print(f"r1jax {args.command}: error: {err}", file=sys.stderr, flush=True)
         stop_on_error(str(err), 3)
         os._exit(3)
-    except KeyboardInterrupt:  # a second Ctrl-C (the first asks for a checkpoint at the step's end)
+    except KeyboardInterrupt as err:  # Ctrl-C (in train a second one: the first asks for a checkpoint) or a
+        # SIGTERM a command turned into one (`Interrupted`, after its clean-up): one line, no traceback
+        signum = getattr(err, "signum", signal.SIGINT)
+        print(f"r1jax {args.command}: interrupted ({signal.Signals(signum).name})", file=sys.stderr, flush=True)
         if several_processes():  # the others must not wait for this one until the peer timeout, then abort
-            print(f"r1jax {args.command}: interrupted", file=sys.stderr, flush=True)
-            stop_on_error("interrupted (a second Ctrl-C)", 130)
-        raise
+            stop_on_error(f"interrupted ({signal.Signals(signum).name})", 128 + signum)
+        return 128 + signum
     except UserError as err:
         print(f"r1jax {args.command}: error: {err}", file=sys.stderr, flush=True)
         stop_on_error(str(err), 2)  # with several processes: the others stop too, naming this one's error

@@ -19,7 +19,7 @@ from flax import nnx
 from r1jax.model.config import ModelConfig
 from r1jax.model.factory import init_policy
 from r1jax.model.moe import MoE
-from r1jax.errors import UserError
+from r1jax.errors import Interrupted, UserError
 from r1jax.rl.bench.flops import train_step_flops
 from r1jax.rl.bench.grpo_step import side_by_side, summarize_steps, trl_step_figures
 from r1jax.rl.bench.longtail import longtail_lengths
@@ -199,7 +199,7 @@ def test_a_bench_grpo_run_stopped_by_a_signal_stops_the_bench(monkeypatch, tmp_p
             return {"stopped_at_step": 1}
 
     monkeypatch.setattr(grpo_step, "Trainer", Stopped)
-    with pytest.raises(timing.Interrupted) as stopped:
+    with pytest.raises(Interrupted) as stopped:
         grpo_step.grpo_rows(load_config("bench_qwen3"), tmp_path)
     assert stopped.value.signum == signal.SIGTERM
 
