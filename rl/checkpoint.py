@@ -29,6 +29,7 @@ from r1jax.files import check_checkpoint_path
 from r1jax.model.decoder import Policy
 from r1jax.model.factory import abstract_policy
 from r1jax.model.tokenizer import TokenizerLike, is_tokenizer_dir, load_tokenizer
+from r1jax.rl import checksums
 from r1jax.rl.config import Config, config_from_dicts, to_dict
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.params import abstract_sharded
@@ -53,7 +54,7 @@ def restore_error(err: BaseException) -> BaseException | None:
     return None
 
 
-def _manager(root: pathlib.Path, items=("config", "params"), **options) -> ocp.CheckpointManager:
+def _manager(root: pathlib.Path, items=("config", "params", checksums.ITEM), **options) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(root.absolute(), item_names=items, options=ocp.CheckpointManagerOptions(**options))
 
 
@@ -64,8 +65,9 @@ def save_policy(root: str | pathlib.Path, config: Config, policy: Policy, step: 
     try:
         with _manager(root) as manager:
             state = nnx.to_pure_dict(nnx.state(policy))
-            manager.save(step, args=ocp.args.Composite(config=ocp.args.JsonSave(to_dict(config)),
-                                                       params=ocp.args.StandardSave(state)))
+            manager.save(step, args=ocp.args.Composite(**{
+                "config": ocp.args.JsonSave(to_dict(config)), "params": ocp.args.StandardSave(state),
+                checksums.ITEM: ocp.args.JsonSave(checksums.checksums({"params": state}))}))
             manager.wait_until_finished()
     except OSError as err:  # a parent that is a file, a read-only or missing mount, a full disk
         raise UserError(f"checkpoint {str(root)!r} cannot be written: {err.strerror or err}"
@@ -160,7 +162,7 @@ def restore_items(manager: ocp.CheckpointManager, step_dir: pathlib.Path,
     _drop_closed_loop_reports()
     step = int(step_dir.name)
     try:
-        return manager.restore(step, args=ocp.args.Composite(**items))
+        restored = manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as err:  # noqa: BLE001 - anything else goes on up (restore_error)
         culprit, cause = list(items), restore_error(err)
         if cause is None:
@@ -180,6 +182,14 @@ def restore_items(manager: ocp.CheckpointManager, step_dir: pathlib.Path,
                             "config's changes are listed above): resume with the saved run's settings") from err
         raise UserError(f"checkpoint {step_dir} is damaged: {_items(culprit)} cannot be read "
                         f"({_reason(cause)})") from err
+    trees = {name: restored[name] for name, args in items.items() if isinstance(args, ocp.args.StandardRestore)}
+    damaged = checksums.damaged_leaves(step_dir, trees)
+    if damaged:  # bits flipped in storage: garbage weights were restored without a word
+        name, leaves = next(iter(damaged.items()))
+        raise UserError(f"checkpoint {step_dir} is damaged: {_items([name])} does not hold what was saved (its "
+                        f"checksum differs for {len(leaves)} array(s): {', '.join(leaves[:3])}"
+                        f"{' ...' if len(leaves) > 3 else ''}); restore another step or copy it again")
+    return restored
 
 
 def _drop_closed_loop_reports() -> None:

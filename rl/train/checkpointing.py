@@ -31,6 +31,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from r1jax.errors import UserError
+from r1jax.rl import checksums
 from r1jax.rl.checkpoint import PREVIOUS_SUFFIX, previous_copies, restore_items
 from r1jax.rl.config import Config, config_from_dicts, to_dict
 from r1jax.sharding import distributed
@@ -67,6 +68,7 @@ class TrainCheckpointer:
         items = {name: ocp.args.StandardSave(tree) for name, tree in trees.items()}
         items["config"] = ocp.args.JsonSave(to_dict(config))
         items["meta"] = ocp.args.JsonSave(dict(meta))
+        items[checksums.ITEM] = ocp.args.JsonSave(checksums.checksums(trees))  # checked on restore
         metrics = dict(metrics) if metrics and BEST_METRIC in metrics else None
         if self._replacing or step in self.manager.all_steps():
             self.manager.wait_until_finished()  # listed while still in flight: moving it mid-write breaks it
