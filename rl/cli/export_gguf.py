@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     out = pathlib.Path(args.out)
     if out.is_dir():  # (before the --force advice: --force cannot replace a directory)
         raise UserError(f"output {str(out)!r} is a directory; give a file name such as {str(out / 'model.gguf')!r}")
+    if out.exists() and not out.is_file():  # --force renames over it: /dev/full became a 774 KB file
+        raise UserError(f"output {str(out)!r} exists and is not a regular file; give a file name")
     if out.exists() and not args.force:
         raise UserError(f"output {str(out)!r} exists; pass --force to replace it")
     if out.parent.exists():  # a directory, writable, before the weights load (the file is written beside it first)

@@ -9,6 +9,7 @@ cannot run, no partial file) are checked too. Running the files in llama.cpp: te
 
 import dataclasses
 import json
+import os
 import re
 
 import gguf
@@ -350,6 +351,10 @@ def test_cli_writes_the_file_and_refuses_bad_input_leaving_nothing_behind(tokeni
     # a directory: said at once (it advised --force, which then loaded the weights and failed on the directory)
     assert main(["export-gguf", str(tmp_path / "ck"), str(tmp_path / "direct")]) == 2
     assert f"output {str(tmp_path / 'direct')!r} is a directory; give a file name such as" in capsys.readouterr().err
+    os.mkfifo(tmp_path / "fifo")  # not a regular file: --force renamed over it (as root, /dev/full became a file)
+    assert main(["export-gguf", str(tmp_path / "ck"), str(tmp_path / "fifo"), "--force"]) == 2
+    assert "exists and is not a regular file" in capsys.readouterr().err and (tmp_path / "fifo").is_fifo()
+    (tmp_path / "fifo").unlink()
     # a failure while writing leaves neither the output nor a temporary file, and an existing output intact
     calls = []
 
