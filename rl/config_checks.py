@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import difflib
 import functools
 import typing
 from typing import Any, Sequence
@@ -78,6 +79,10 @@ def check_items(hint: Any, value: Any, where: str, key: str = "", item: bool = F
         for name, element in value.items():
             if name in _hints(hint):
                 check_items(_hints(hint)[name], element, where, f"{key}.{name}" if key else str(name))
+            elif item:  # in a list's item OmegaConf names the key without its place ("key 'stepz'")
+                close = difflib.get_close_matches(str(name), list(_hints(hint)), n=1)
+                raise UserError(f"{where}: key '{key}.{name}': not in {hint.__name__}"
+                                + (f". Did you mean: '{close[0]}'?" if close else ""))
     elif origin in (list, tuple) and args and isinstance(value, (list, tuple)):
         for index, element in enumerate(value):
             check_items(args[0], element, where, f"{key}.{index}", item=True)

@@ -26,6 +26,15 @@ def test_an_override_that_is_not_yaml_is_named(override, problem):
     load_fails(override, named=[f"overrides: {override!r}: not valid YAML", problem])  # a ParserError before
 
 
+def test_an_unknown_key_in_a_config_files_list_item_is_named_with_its_place(tmp_path):
+    """OmegaConf named a stage's misspelled key without the stage ("key 'stepz'"), as it does for an override."""
+    config = tmp_path / "run.yaml"
+    config.write_text("stages:\n  - {name: a, kind: sft, steps: 1}\n  - {name: g, kind: grpo, stepz: 3}\n")
+    load_fails(config=config, named=f"{config}: key 'stages.1.stepz': not in StageConfig. Did you mean: 'steps'?")
+    config.write_text("stages:\n  - {name: g, kind: grpo, zzz: 3}\n")
+    assert load_fails(config=config, named="key 'stages.0.zzz': not in StageConfig").endswith("StageConfig")
+
+
 def test_an_override_value_that_is_not_utf8_is_named(capsys):
     """A Latin-1 file name (`data.path=/data/caf\\xe9.jsonl`) arrives from argv as a surrogate escape: PyYAML's
     UnicodeEncodeError was a traceback for every command taking overrides."""
