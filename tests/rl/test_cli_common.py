@@ -1,0 +1,150 @@
+"""What every `r1jax` command shares (rl/cli/main.py, rl/cli/common.py) and `r1jax info`: out-of-memory and a closed
+output pipe as one line, the lowest value each integer flag takes, prompt buckets, the write check leaving
+nothing, config bounds named as the flag that set them, `info`'s architecture fields (found by a mutation review:
+each case let a mutation of the code through before)."""
+
+import argparse
+import json
+
+import pytest
+
+from r1jax.rl.cli import common
+from r1jax.rl.cli.main import build_parser, main, out_of_memory, parse_arguments
+
+
+def refused(capsys, *argv):
+    """The command's one error line (exit code 2, no traceback)."""
+    assert main(list(argv), as_program=False) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"r1jax {argv[0]}: error: " in err, err
+    return err
+
+
+# --- main.py: out_of_memory -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("message", [
+    "RESOURCE_EXHAUSTED: Attempting to reserve 12.00G at the bottom of memory. That was not possible.",  # TPU's
+    "Out of memory while trying to allocate 4294967296 bytes.",  # XLA's GPU allocator, no status prefix
+])
+def test_either_of_xlas_out_of_memory_phrasings_is_one_line_exit_2(capsys, monkeypatch, message):
+    """Either phrase alone marks XLA's allocation failure (a mutation requiring both let these through as bugs)."""
+    import jax
+
+    from r1jax.rl.cli import info
+
+    def allocate(args):
+        raise jax.errors.JaxRuntimeError(message)
+
+    monkeypatch.setattr(info, "run", allocate)
+    err = refused(capsys, "info", "tiny")
+    assert f"r1jax info: error: out of memory: {message}; ask for fewer rows or tokens at once" in err, err
+
+
+def test_out_of_memory_is_only_xlas_runtime_error():
+    import jax
+
+    assert out_of_memory(jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: x"))
+    assert out_of_memory(jax.errors.JaxRuntimeError("Out of memory allocating 8 bytes"))
+    assert not out_of_memory(jax.errors.JaxRuntimeError("INTERNAL: something else"))
+    assert not out_of_memory(ValueError("RESOURCE_EXHAUSTED: Out of memory"))  # not XLA's: a bug, re-raised
+
+
+# --- common.py: the integer types' lower bounds are inclusive ----------------------------------------------------
+
+def test_the_lowest_value_each_integer_type_allows_is_taken():
+    assert common.positive_int("1") == 1 and common.non_negative_int("0") == 0
+    assert common.max_new_tokens("1") == 1 and common.cpu_device_count("1") == 1
+    assert common.pool_workers("1") == 1 and common.pool_memory_mb("0") == 0
+    for parse, low in ((common.positive_int, 0), (common.non_negative_int, -1), (common.max_new_tokens, 0)):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"expected an integer >= {low + 1}, got {low}"):
+            parse(str(low))
+    args = parse_arguments(build_parser(), ["--cpu-devices", "1", "generate", "CK", "--ids", "1", "--samples", "1",
+                                            "--max-new-tokens", "1", "--top-k", "0"])
+    assert (args.cpu_devices, args.samples, args.max_new_tokens, args.top_k) == (1, 1, 1, 0)
+
+
+# --- common.py: buckets_for, check_creatable, flags_in_error -----------------------------------------------------
+
+@pytest.mark.parametrize("buckets, longest, expected", [
+    ((64,), 64, (64,)),            # fits the largest: unchanged
+    ((64,), 65, (64, 128)),        # one more bucket, rounded up to a multiple of 64
+    ((64,), 128, (64, 128)),       # already a multiple of 64: that multiple, not the next one
+    ((32, 64), 192, (32, 64, 192)),
+    ((64, 128), 100, (64, 128)),   # below the largest (not the smallest): unchanged
+])
+def test_buckets_for_adds_the_longest_prompt_rounded_up_to_64(buckets, longest, expected):
+    assert common.buckets_for(buckets, longest) == expected
+
+
+def test_the_write_check_leaves_nothing_behind(tmp_path):
+    """check_creatable tries a scratch directory and removes it: a refused command leaves no trace."""
+    (tmp_path / "empty").mkdir()
+    common.check_creatable(tmp_path / "a" / "b", "x")  # tried in tmp_path, its nearest existing parent
+    common.check_creatable(tmp_path / "empty", "x")
+    assert common.new_output_dir(tmp_path / "new") == tmp_path / "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+    assert list((tmp_path / "empty").iterdir()) == []
+
+
+def test_a_config_bound_is_named_as_the_flag_that_set_it():
+    from r1jax.errors import UserError
+
+    flags = {"top_k": ("--top-k", 5), "top_p": ("--top-p", 0.5)}
+    err = UserError("sampling.top_k=5: must be at most model.vocab_size=4 (0: no top-k filter)")
+    named = common.flags_in_error(err, "sampling", flags)
+    assert str(named) == "--top-k 5: sampling.top_k=5: must be at most model.vocab_size=4 (0: no top-k filter)"
+    other = UserError("sampling.max_new_tokens=9: too long")  # a field no flag set: the error itself
+    assert common.flags_in_error(other, "sampling", flags) is other
+    prefixed = UserError("eval.sampling.top_k=5: bad")  # another section's field of that name: not the flag's
+    assert common.flags_in_error(prefixed, "sampling", flags) is prefixed
+
+
+# --- info.py: every field of the report, and overrides without a config name ------------------------------------
+
+def info(capsys, *argv):
+    assert main(["info", *argv], as_program=False) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("preset, expected", [
+    # DeepSeek-V3's published architecture: 61 layers, the first 3 dense; 256 routed experts, 8 per token
+    ("deepseek_v3_671b", dict(family="deepseek_v3", num_hidden_layers=61, layer_segments=[["dense", 3], ["moe", 58]],
+                              n_routed_experts=256, num_experts_per_tok=8, vocab_size=129280, hidden_size=7168)),
+    # Qwen3-30B-A3B's: 48 MoE layers, 128 experts, 8 per token
+    ("qwen3_30b_a3b", dict(family="qwen3_moe", num_hidden_layers=48, layer_segments=[["moe", 48]],
+                           n_routed_experts=128, num_experts_per_tok=8, vocab_size=151936, hidden_size=2048)),
+])
+def test_info_reports_each_architecture_field_of_the_preset(capsys, preset, expected):
+    report = info(capsys, preset)
+    assert {k: report[k] for k in expected} == expected
+    assert set(report) == {*expected, "params_total", "params_active"}
+
+
+def test_info_with_overrides_alone_reads_the_default_config(capsys):
+    """`r1jax info model.x=1` is the tiny preset with that override (common.split_config_and_overrides)."""
+    report = info(capsys, "model.num_hidden_layers=3", "model.n_routed_experts=4")
+    assert (report["family"], report["num_hidden_layers"], report["n_routed_experts"], report["vocab_size"]) == (
+        "deepseek_v3", 3, 4, 512)  # configs/tiny.yaml: a deepseek_v3 of vocabulary 512, first layer dense
+    assert report["layer_segments"] == [["dense", 1], ["moe", 2]]
+
+
+# --- main.py: a reader that went away ------------------------------------------------------------------------------
+
+def test_a_closed_output_pipe_exits_1_without_a_traceback():
+    """`r1jax info | head`: the repository's test pipes into `true`, whose status the shell reports; here r1jax's
+    own exit status: 1 (the output was not all written), and nothing on stderr."""
+    import subprocess
+    import sys
+
+    from tests.rl.conftest import subprocess_env
+
+    program = ("import sys\n"
+               "from r1jax.rl.cli import info\n"
+               "from r1jax.rl.cli.main import main\n"
+               "def run(args):\n"
+               "    raise BrokenPipeError(32, 'Broken pipe')\n"
+               "info.run = run\n"
+               "sys.exit(main(['info', 'tiny']))\n")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=subprocess_env(),
+                            timeout=120)
+    assert result.returncode == 1 and result.stderr == "", result.stderr

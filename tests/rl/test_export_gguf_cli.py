@@ -1,0 +1,68 @@
+"""`r1jax export-gguf`'s command (rl/cli/export_gguf.py): the chat template in the file renders the prompt format
+the checkpoint was trained with (its tokenizer.template, not always chat); overrides other than sharding.* are
+refused naming the first; sharding overrides reach the loading mesh."""
+
+from r1jax.model.hf_tokenizer import chat_template
+from r1jax.rl.checkpoint import load_config
+from r1jax.rl.cli.main import main
+from tests.rl.test_export_gguf import CONFIGS, read, save_checkpoint, tokenizer  # noqa: F401 (a fixture)
+
+
+def test_the_files_chat_template_is_the_checkpoints_prompt_format(tokenizer, tmp_path, capsys):  # noqa: F811
+    save_checkpoint(tmp_path / "ck", CONFIGS["qwen3_moe"], tokenizer, template="r1_zero")
+    assert load_config(tmp_path / "ck").tokenizer.template == "r1_zero"
+    assert main(["export-gguf", str(tmp_path / "ck"), str(tmp_path / "m.gguf")], as_program=False) == 0
+    assert read(tmp_path / "m.gguf")[0]["tokenizer.chat_template"] == chat_template("r1_zero")
+    assert chat_template("r1_zero") != chat_template("chat")
+
+
+def test_only_sharding_overrides_are_taken(tokenizer, tmp_path, capsys):  # noqa: F811
+    save_checkpoint(tmp_path / "ck", CONFIGS["qwen3_moe"], tokenizer)
+    out = tmp_path / "m.gguf"
+    argv = ["export-gguf", str(tmp_path / "ck"), str(out), "sharding.fsdp=2", "model.hidden_size=8", "seed=1"]
+    assert main(argv, as_program=False) == 2
+    err = capsys.readouterr().err
+    assert "r1jax export-gguf: error: override 'model.hidden_size=8': export-gguf only takes sharding.KEY=VALUE " \
+           "overrides" in err, err
+    assert not out.exists()
+    # a sharding override reaches the loading mesh: data=3 does not divide 8 devices, and the loader says so
+    assert main(["export-gguf", str(tmp_path / "ck"), str(out), "sharding.data=3"], as_program=False) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the fixed mesh axes (data=3, fsdp=-1, expert=1, tensor=1) multiply to 3, which does not divide" in err
+    assert out.exists()
+
+
+def test_a_model_llama_cpp_cannot_run_is_refused_without_loading_its_weights(tokenizer, tmp_path, capsys,  # noqa: F811
+                                                                             monkeypatch):
+    import dataclasses
+
+    from r1jax.rl import checkpoint
+
+    save_checkpoint(tmp_path / "ck", dataclasses.replace(CONFIGS["qwen3_moe"], norm_topk_prob=False), tokenizer)
+    monkeypatch.setattr(checkpoint, "load_policy", lambda *a, **k: (_ for _ in ()).throw(
+        AssertionError("the weights were loaded before the refusal")))
+    assert main(["export-gguf", str(tmp_path / "ck"), str(tmp_path / "m.gguf")], as_program=False) == 2
+    err = capsys.readouterr().err
+    assert "this qwen3_moe model cannot run in llama.cpp as" in err and "norm_topk_prob=false" in err, err
+
+
+def test_tokenizer_puts_that_tokenizer_in_the_file(tokenizer, tmp_path, capsys):  # noqa: F811
+    """A checkpoint without a tokenizer exports with --tokenizer's (it was refused only without one)."""
+    import dataclasses
+
+    from r1jax.model.factory import init_policy
+    from r1jax.rl.checkpoint import save_policy
+    from r1jax.rl.config import load_config as load_run_config
+    from tests.rl.conftest import TRAIN_CONFIG
+
+    cfg = CONFIGS["qwen3_moe"]
+    save_policy(tmp_path / "ck", dataclasses.replace(load_run_config(TRAIN_CONFIG), model=cfg), init_policy(cfg, 0))
+    tokenizer.save(tmp_path / "tok")
+    out = tmp_path / "m.gguf"
+    assert main(["export-gguf", str(tmp_path / "ck"), str(out), "--tokenizer", str(tmp_path / "tok")],
+                as_program=False) == 0
+    fields = read(out)[0]
+    assert fields["tokenizer.ggml.model"] == "llama"  # llama.cpp's SPM: a sentencepiece model
+    tokens = list(fields["tokenizer.ggml.tokens"])  # its 300 pieces, then padding to the model's 320 rows
+    assert tokens[:tokenizer.vocab_size] == [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
+    assert tokens[tokenizer.vocab_size:] == [f"[PAD{i}]" for i in range(tokenizer.vocab_size, cfg.vocab_size)]

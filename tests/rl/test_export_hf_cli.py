@@ -1,0 +1,47 @@
+"""`r1jax export-hf`'s flags reach the export (rl/cli/export_hf.py): --dtype sets every tensor's dtype in the
+files, --max-shard-size splits them, read back from the safetensors headers themselves."""
+
+import json
+import struct
+
+from r1jax.rl.cli.main import main
+
+SMALL = ["model.num_hidden_layers=2", "model.hidden_size=64", "model.intermediate_size=128",
+         "model.moe_intermediate_size=32", "model.vocab_size=300"]
+
+
+def header(path) -> dict:
+    """A safetensors file's JSON header: {name: {"dtype", "shape", "data_offsets"}} (and __metadata__)."""
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        return {k: v for k, v in json.loads(f.read(size)).items() if k != "__metadata__"}
+
+
+def test_dtype_and_shard_size_reach_the_files(tmp_path, capsys):
+    assert main(["init", "tiny", str(tmp_path / "ck"), *SMALL], as_program=False) == 0  # float32 parameters
+    out = tmp_path / "out"
+    assert main(["export-hf", str(tmp_path / "ck"), str(out), "--dtype", "bfloat16", "--max-shard-size", "200KB"],
+                as_program=False) == 0
+    said = capsys.readouterr().out
+    files = sorted(out.glob("*.safetensors"))
+    assert f"{len(files)} safetensors file(s), dtype bfloat16" in said, said
+    headers = {f.name: header(f) for f in files}
+    tensors = {name: meta for h in headers.values() for name, meta in h.items()}
+    router = ("mlp.gate.weight", "mlp.gate.e_score_correction_bias")  # DeepSeek-V3's router: float32, as transformers
+    assert {meta["dtype"] for name, meta in tensors.items() if not name.endswith(router)} == {"BF16"}
+    assert {meta["dtype"] for name, meta in tensors.items() if name.endswith(router)} == {"F32"}
+    # 200 KB = 200,000 bytes: every file holds at most that, unless one tensor alone is larger
+    for h in headers.values():
+        sizes = [meta["data_offsets"][1] - meta["data_offsets"][0] for meta in h.values()]
+        assert sum(sizes) <= 200_000 or len(sizes) == 1, sizes
+    total = sum(meta["data_offsets"][1] - meta["data_offsets"][0] for meta in tensors.values())
+    assert len(files) >= total // 200_000 > 1
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(tensors)
+    assert {index["weight_map"][n] for n in tensors} == set(headers)
+    # the default: the checkpoint's float32, in one file below 5 GB
+    assert main(["export-hf", str(tmp_path / "ck"), str(tmp_path / "default")], as_program=False) == 0
+    assert "1 safetensors file(s), dtype float32" in capsys.readouterr().out
+    (single,) = (tmp_path / "default").glob("*.safetensors")
+    assert {meta["dtype"] for meta in header(single).values()} == {"F32"}
+    assert set(header(single)) == set(tensors)

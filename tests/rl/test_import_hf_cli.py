@@ -1,0 +1,74 @@
+"""`r1jax import-hf`'s own checks (rl/cli/import_hf.py): a tokenizer that exactly fills the model's vocabulary is
+imported with it, one token more is refused naming both sizes before anything is written, and the architecture's
+notes (here: DeepSeek-V3's multi-token-prediction layers, skipped) are printed."""
+
+import dataclasses
+import json
+
+from r1jax.model.tokenizer import load_tokenizer
+from r1jax.rl.checkpoint import find_tokenizer
+from r1jax.rl.cli.main import main
+from tests.model.hf_models import random_hf_model
+from tests.model.hf_tokenizer_files import write_hf_tokenizer
+from tests.model.tiny import DEEPSEEK
+
+
+def test_a_tokenizer_exactly_filling_the_vocabulary_is_imported_and_one_more_token_is_refused(tmp_path, capsys):
+    tokens = load_tokenizer(write_hf_tokenizer(tmp_path / "tok", "deepseek")).vocab_size
+    hf_dir = tmp_path / "hf"
+    random_hf_model(dataclasses.replace(DEEPSEEK, vocab_size=tokens), seed=1).save_pretrained(hf_dir)
+    write_hf_tokenizer(hf_dir, "deepseek")
+    config = json.loads((hf_dir / "config.json").read_text())
+    (hf_dir / "config.json").write_text(json.dumps({**config, "num_nextn_predict_layers": 1}))
+    assert main(["import-hf", str(hf_dir), str(tmp_path / "ck")], as_program=False) == 0
+    out = capsys.readouterr().out
+    assert "note: num_nextn_predict_layers=1: the multi-token-prediction layers are ignored" in out, out
+    assert "with its tokenizer)" in out
+    assert find_tokenizer(tmp_path / "ck") == load_tokenizer(hf_dir)  # in OUT/tokenizer, where generate finds it
+    assert (tmp_path / "ck" / "tokenizer" / "tokenizer.json").read_bytes() == (hf_dir / "tokenizer.json").read_bytes()
+
+    (hf_dir / "config.json").write_text(json.dumps({**config, "vocab_size": tokens - 1}))
+    assert main(["import-hf", str(hf_dir), str(tmp_path / "ck2")], as_program=False) == 2
+    err = capsys.readouterr().err
+    assert (f"r1jax import-hf: error: {hf_dir}: the tokenizer's {tokens} tokens do not fit the model's "
+            f"vocab_size {tokens - 1}") in err, err
+    assert not (tmp_path / "ck2").exists()
+
+
+def test_export_of_an_imported_checkpoint_keeps_or_replaces_the_chat_template_as_template_says(tmp_path, capsys):
+    """--template chat (the Hugging Face tokenizer's own format) keeps its files as they came; r1_zero replaces
+    the chat template; the exported tokenizer_config.json says which."""
+    hf_dir = tmp_path / "hf"
+    random_hf_model(dataclasses.replace(DEEPSEEK, vocab_size=640), seed=1).save_pretrained(hf_dir)  # > 424 tokens
+    write_hf_tokenizer(hf_dir, "deepseek")
+    assert main(["import-hf", str(hf_dir), str(tmp_path / "ck")], as_program=False) == 0
+    own = json.loads((hf_dir / "tokenizer_config.json").read_text())["chat_template"]
+    # into a directory that holds anything: refused, nothing overwritten
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("keep me")
+    capsys.readouterr()
+    assert main(["import-hf", str(hf_dir), str(tmp_path / "full")], as_program=False) == 2
+    assert (f"r1jax import-hf: error: output directory {str(tmp_path / 'full')!r} exists and is not empty; refusing "
+            "to overwrite") in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "full").iterdir()] == ["x"] and (tmp_path / "full" / "x").read_text() == "keep me"
+    for template, kept in (("chat", True), ("r1_zero", False)):
+        out = tmp_path / template
+        assert main(["export-hf", str(tmp_path / "ck"), str(out), "--template", template], as_program=False) == 0
+        said = capsys.readouterr().out
+        written = json.loads((out / "tokenizer_config.json").read_text())["chat_template"]
+        if kept:
+            assert said.rstrip().endswith("with the Hugging Face tokenizer's files as they came)"), said
+            assert (out / "tokenizer_config.json").read_bytes() == (hf_dir / "tokenizer_config.json").read_bytes()
+        else:
+            assert "its chat template replaced by one that renders the r1_zero prompt format" in said, said
+            assert written != own
+    # a checkpoint trained on r1_zero exported without --template: its files as they came, with a note naming the
+    # format and the flag that writes a template for it
+    assert main(["import-hf", str(hf_dir), str(tmp_path / "ck_r1"), "tokenizer.template=r1_zero"],
+                as_program=False) == 0
+    capsys.readouterr()
+    assert main(["export-hf", str(tmp_path / "ck_r1"), str(tmp_path / "plain")], as_program=False) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert ("with the Hugging Face tokenizer's files as they came; note: the checkpoint's config prompts with the "
+            "r1_zero format") in said and "export with --template r1_zero" in said, said
+    assert (tmp_path / "plain" / "tokenizer_config.json").read_bytes() == (hf_dir / "tokenizer_config.json").read_bytes()

@@ -1,0 +1,56 @@
+"""`r1jax tokenizer train` (rl/cli/tokenizer.py): its flags reach the training (--model-type, --seed, the default
+--vocab-size), its JSON summary says the requested size beside the one reached, tokenizer.json in --out is a
+tokenizer too (not overwritten), and `math` (no generator: a data set) is not a task to train on."""
+
+import json
+
+from r1jax.model.hf_tokenizer import read_model_proto
+from r1jax.model.tokenizer import Tokenizer, train_tokenizer
+from r1jax.rl.cli.main import main
+from r1jax.rl.data import task_corpus
+
+
+def train(capsys, *flags):
+    assert main(["tokenizer", "train", *flags], as_program=False) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_model_type_and_seed_reach_the_training(tmp_path, capsys):
+    summary = train(capsys, "--input", "arithmetic", "--problems-per-level", "5", "--vocab-size", "300", "--seed", "7",
+                    "--model-type", "unigram", "--out", str(tmp_path / "u"))
+    tok = Tokenizer.load(tmp_path / "u")
+    assert read_model_proto(tok.model_proto)[0] == "unigram"
+    assert summary == {"path": str(tmp_path / "u" / "tokenizer.model"), "vocab_size": tok.vocab_size,
+                       "requested_vocab_size": 300, "input": "arithmetic"}
+    train(capsys, "--input", "arithmetic", "--problems-per-level", "5", "--vocab-size", "300", "--seed", "7",
+          "--out", str(tmp_path / "b7"))
+    train(capsys, "--input", "arithmetic", "--problems-per-level", "5", "--vocab-size", "300",
+          "--out", str(tmp_path / "b0"))  # --seed defaults to 0
+    b7, b0 = (Tokenizer.load(tmp_path / d).model_proto for d in ("b7", "b0"))
+    assert read_model_proto(b7)[0] == "bpe"  # the default algorithm
+    assert b7 == train_tokenizer(task_corpus(["arithmetic"], 5, 7), 300, "bpe").model_proto
+    assert b0 == train_tokenizer(task_corpus(["arithmetic"], 5, 0), 300, "bpe").model_proto != b7
+
+
+def test_the_summary_says_the_requested_size_and_the_default_is_512(tmp_path, capsys):
+    (tmp_path / "small.txt").write_text("".join(f"line {i} of a small corpus\n" for i in range(12)))
+    summary = train(capsys, "--input", str(tmp_path / "small.txt"), "--vocab-size", "5000", "--out", str(tmp_path / "s"))
+    reached = Tokenizer.load(tmp_path / "s").vocab_size
+    assert reached < 5000 and summary["vocab_size"] == reached and summary["requested_vocab_size"] == 5000
+    summary = train(capsys, "--input", "arithmetic", "--problems-per-level", "20", "--out", str(tmp_path / "d"))
+    assert summary["requested_vocab_size"] == 512 and summary["vocab_size"] == Tokenizer.load(tmp_path / "d").vocab_size
+
+
+def test_a_hugging_face_tokenizer_in_out_is_not_overwritten_and_math_is_no_task(tmp_path, capsys):
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / "tokenizer.json").write_text("{}")
+    assert main(["tokenizer", "train", "--input", "arithmetic", "--out", str(held)], as_program=False) == 2
+    assert (f"--out {str(held)!r} already holds a tokenizer (tokenizer.json); refusing to overwrite"
+            in capsys.readouterr().err)
+    assert sorted(p.name for p in held.iterdir()) == ["tokenizer.json"]
+    assert main(["tokenizer", "train", "--input", "arithmetic,math", "--out", str(tmp_path / "m")],
+                as_program=False) == 2
+    assert ("--input 'arithmetic,math': not a file and not task names (choose from algebra, arithmetic, code, "
+            "countdown)") in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
