@@ -59,11 +59,17 @@ def checksums(trees: Mapping[str, Any]) -> dict[str, dict[str, list]]:
 
 def damaged_leaves(step_dir: pathlib.Path, restored: Mapping[str, Any]) -> dict[str, list[str]]:
     """{tree name: leaf paths whose bytes differ from what was saved}, for the trees of `restored` the step's
-    saved checksums cover (none when it has no such item)."""
+    saved checksums cover (none when it has no such item); {ITEM: []} when the item itself cannot be read."""
     saved_file = step_dir / ITEM / "metadata"
     if not saved_file.is_file():
         return {}
-    saved = json.loads(saved_file.read_text())
+    try:
+        saved = json.loads(saved_file.read_bytes())
+        valid = all(isinstance(v, list) and len(v) == 3 for sums in saved.values() for v in sums.values())
+    except (ValueError, AttributeError):  # not JSON, or not the shape a save writes
+        valid = False
+    if not valid:
+        return {ITEM: []}
     damaged = {}
     for name, tree in restored.items():
         if name not in saved:

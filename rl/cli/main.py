@@ -153,9 +153,11 @@ def main(argv: list[str] | None = None, *, as_program: bool | None = None) -> in
     except KeyboardInterrupt as err:  # Ctrl-C (in train a second one: the first asks for a checkpoint) or a
         # SIGTERM a command turned into one (`Interrupted`, after its clean-up): one line, no traceback
         signum = getattr(err, "signum", signal.SIGINT)
-        print(f"r1jax {args.command}: interrupted ({signal.Signals(signum).name})", file=sys.stderr, flush=True)
+        why = signal.Signals(signum).name if hasattr(err, "signum") else \
+            "a second Ctrl-C" if args.command == "train" else "Ctrl-C"
+        print(f"r1jax {args.command}: interrupted ({why})", file=sys.stderr, flush=True)
         if several_processes():  # the others must not wait for this one until the peer timeout, then abort
-            stop_on_error(f"interrupted ({signal.Signals(signum).name})", 128 + signum)
+            stop_on_error(f"interrupted ({why})", 128 + signum)
         return 128 + signum
     except UserError as err:
         print(f"r1jax {args.command}: error: {err}", file=sys.stderr, flush=True)

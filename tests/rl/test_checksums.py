@@ -95,5 +95,8 @@ def test_a_resume_from_a_step_whose_bits_flipped_is_refused_naming_the_array(sav
     import jax.numpy as jnp
     cast = restore(root, jnp.bfloat16)  # restored in another dtype: other bytes, not damage
     np.testing.assert_array_equal(np.asarray(cast), w.astype(jnp.bfloat16))
+    (root / "1" / checksums.ITEM / "metadata").write_text("{not json")
+    with pytest.raises(UserError, match=r"is damaged: the item 'checksums' cannot be read \(not the JSON"):
+        restore(root)
     shutil.rmtree(root / "1" / checksums.ITEM)  # a step saved before checksums
     np.testing.assert_array_equal(np.asarray(restore(root)), w)

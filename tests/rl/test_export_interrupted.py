@@ -48,7 +48,7 @@ def ctrl_c():
     raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("stop, code, name", [(ctrl_c, 130, "SIGINT"), (sigterm, 143, "SIGTERM")])
+@pytest.mark.parametrize("stop, code, name", [(ctrl_c, 130, "Ctrl-C"), (sigterm, 143, "SIGTERM")])
 def test_a_stopped_export_hf_leaves_no_output_and_the_same_command_runs_again(capsys, checkpoint, tmp_path,
                                                                            monkeypatch, stop, code, name):
     root, tokenizer = checkpoint

@@ -161,7 +161,8 @@ def test_processes_started_with_different_configs_are_told_so():
 @pytest.mark.parametrize("mode, reason, code", [
     ("user-error", "data row 7 of train.jsonl has no 'prompt'", 2),
     ("bug", "KeyError: 'prompt' (the traceback is in its log)", 1),
-    ("interrupt", "interrupted (a second Ctrl-C)", 130),  # the others waited the peer timeout, then aborted
+    ("interrupt", "interrupted (Ctrl-C)", 130),  # the others waited the peer timeout, then aborted (in `r1jax
+    # train`, where the first Ctrl-C asks for a checkpoint, the reason says "a second Ctrl-C")
     ("consequence", "data row 7 of train.jsonl has no 'prompt'", 2),  # process 0's failure: no traceback
 ])
 def test_a_process_that_stops_on_an_error_stops_the_others_at_once_naming_it(mode, reason, code):
