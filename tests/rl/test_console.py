@@ -26,14 +26,19 @@ WATCHED_RUN = textwrap.dedent("""
 """)
 
 
-def test_a_reader_that_goes_away_quiets_the_console_and_the_run_goes_on():
-    # `r1jax train ... 2>&1 | head -1`: before, rich's broken-pipe rule raised SystemExit(1) inside the run
+def without_a_reader(script: str) -> tuple[int, bytes]:
+    """`script`'s exit code and stdout, its stderr a pipe whose reader has gone."""
     read, write = os.pipe()
-    run = subprocess.Popen([sys.executable, "-c", WATCHED_RUN], stdout=subprocess.PIPE, stderr=write)
+    run = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=write)
     os.close(write)
     os.close(read)
     out, _ = run.communicate(timeout=120)
-    assert (run.returncode, out) == (0, b"the run went on\n")
+    return run.returncode, out
+
+
+def test_a_reader_that_goes_away_quiets_the_console_and_the_run_goes_on():
+    # `r1jax train ... 2>&1 | head -1`: before, rich's broken-pipe rule raised SystemExit(1) inside the run
+    assert without_a_reader(WATCHED_RUN) == (0, b"the run went on\n")
 
 
 def test_a_reader_that_stays_sees_every_line():
@@ -60,12 +65,7 @@ def test_after_the_reader_goes_away_stderr_is_dev_null_for_every_writer():
     """After the console's reader went away, standard error goes to /dev/null (console.py's docstring): a later
     write to stderr by anything else in the process (a warning, a log handler) must not fail the run with a
     BrokenPipeError, and the console itself writes no more."""
-    read, write = os.pipe()
-    run = subprocess.Popen([sys.executable, "-c", LATER_WRITER], stdout=subprocess.PIPE, stderr=write)
-    os.close(write)
-    os.close(read)
-    out, _ = run.communicate(timeout=120)
-    assert (run.returncode, out) == (0, b"quiet True\nthe run went on\n")
+    assert without_a_reader(LATER_WRITER) == (0, b"quiet True\nthe run went on\n")
 
 
 def _console(enabled=True):

@@ -67,11 +67,17 @@ class _FakeDistributed:
         return step == self.stop_at
 
 
-def test_several_processes_agree_once_per_step_and_leave_sigterm_to_jax(monkeypatch, guard_signals):
-    fake = _FakeDistributed(stop_at=5)
+def several_processes(monkeypatch, stop_at: int) -> tuple[_FakeDistributed, list]:
+    """A faked multi-process run agreeing to stop at step `stop_at`, and the signals JAX's notifier got."""
+    fake = _FakeDistributed(stop_at=stop_at)
     monkeypatch.setattr(preemption, "distributed", fake)
     forwarded = []
     signal.signal(signal.SIGTERM, lambda s, f: forwarded.append(s))  # stands in for JAX's notifier
+    return fake, forwarded
+
+
+def test_several_processes_agree_once_per_step_and_leave_sigterm_to_jax(monkeypatch, guard_signals):
+    fake, _ = several_processes(monkeypatch, stop_at=5)
     current = [3]
     with StopRequest(step=lambda: current[0]) as stop:
         assert fake.syncs == [3]  # the sync manager counts from the step the run starts at
@@ -85,10 +91,7 @@ def test_several_processes_agree_once_per_step_and_leave_sigterm_to_jax(monkeypa
 
 
 def test_a_ctrl_c_among_several_processes_goes_to_jaxs_notifier(monkeypatch, guard_signals):
-    fake = _FakeDistributed(stop_at=2)
-    monkeypatch.setattr(preemption, "distributed", fake)
-    forwarded = []
-    signal.signal(signal.SIGTERM, lambda s, f: forwarded.append(s))  # stands in for JAX's notifier
+    _, forwarded = several_processes(monkeypatch, stop_at=2)
     current = [1]
     with StopRequest(step=lambda: current[0]) as stop:
         signal.raise_signal(signal.SIGINT)  # forwarded to the notifier as SIGTERM
