@@ -38,6 +38,16 @@ def check_checkpoint_path(path: str | os.PathLike, what: str) -> None:
                         "by tensorstore, which takes UTF-8 paths only; rename it")
 
 
+def _same_file(handle: IO, path: pathlib.Path) -> bool:
+    """Whether the open file `handle` is still the file at `path`."""
+    try:
+        there = os.stat(path)
+    except FileNotFoundError:
+        return False
+    here = os.fstat(handle.fileno())
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
 def write_atomically(path: str | os.PathLike, data: str | bytes) -> None:
     """`path` holds `data` whole, or what it held before: written beside it, then renamed over it (a rename
     within one directory is atomic on POSIX file systems)."""
@@ -64,20 +74,29 @@ def lock_directory(directory: str | os.PathLike, what: str) -> IO | None:
     UserError naming `what` and the holder. A file system without flock (some FUSE mounts): a warning, and
     None: the directory goes unguarded."""
     path = pathlib.Path(directory) / LOCK_NAME
-    handle = open(path, "a+", encoding="utf-8")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "a process that has not written its name yet"
+    for _ in range(10):
+        handle = open(path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "a process that has not written its name yet"
+            handle.close()
+            raise UserError(f"{what} {directory} is in use by another trainer ({holder}; {path}): wait for it to "
+                            "end, or stop it (SIGTERM saves a checkpoint), then run again") from None
+        except OSError as err:
+            handle.close()
+            logging.getLogger(__name__).warning("%s %s cannot be locked (%s): nothing keeps a second trainer out",
+                                                what, directory, err)
+            return None
+        if _same_file(handle, path):
+            break
+        # removed after it was opened (a refused start takes back the lock file it added): a lock on it guards
+        # nothing, and the next trainer would lock a new .lock beside it
         handle.close()
-        raise UserError(f"{what} {directory} is in use by another trainer ({holder}; {path}): wait for it to end, "
-                        "or stop it (SIGTERM saves a checkpoint), then run again") from None
-    except OSError as err:
-        handle.close()
-        logging.getLogger(__name__).warning("%s %s cannot be locked (%s): nothing keeps a second trainer out",
-                                            what, directory, err)
-        return None
+    else:
+        raise UserError(f"{what} {directory}: its lock file {path} was replaced under each of 10 tries: other "
+                        "trainers are starting there")
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")

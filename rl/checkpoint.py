@@ -61,7 +61,7 @@ def _manager(root: pathlib.Path, items=("config", "params", checksums.ITEM), **o
 def save_policy(root: str | pathlib.Path, config: Config, policy: Policy, step: int = 0) -> pathlib.Path:
     """Write `policy` and `config` as step `step` under `root`; returns the step directory."""
     root = pathlib.Path(root)
-    check_checkpoint_path(root, "checkpoint")
+    check_checkpoint_path(root.absolute(), "checkpoint")  # (a relative path in a directory that is not UTF-8)
     try:
         with _manager(root) as manager:
             state = nnx.to_pure_dict(nnx.state(policy))
@@ -139,7 +139,8 @@ def read_latest(path: str | pathlib.Path, read: Callable[[pathlib.Path], T]) -> 
         try:
             return read(root / str(step))
         except (UserError, OSError) as err:
-            if not root.is_dir() or _steps(root) == listed:
+            named = pathlib.Path(path).absolute() == (root / str(step)).absolute()  # a step given: no other
+            if named or not root.is_dir() or _steps(root) == listed:
                 raise
             if attempt + 1 == LIVE_READ_TRIES:
                 raise UserError(f"checkpoint {root}: its steps changed under each of {LIVE_READ_TRIES} reads (a "
@@ -255,23 +256,26 @@ def load_policy(path: str | pathlib.Path, mesh: Mesh | None = None,
     return config, nnx.merge(graphdef, abstract_state)
 
 
-def find_tokenizer(path: str | pathlib.Path) -> TokenizerLike | None:
+def find_tokenizer(path: str | pathlib.Path, check_vocab: bool = True) -> TokenizerLike | None:
     """The tokenizer a checkpoint carries, or None: a `tokenizer/` directory (Hugging Face tokenizer.json or
     r1jax tokenizer.model) in the step or beside the steps (the trainer's and `r1jax import-hf`'s copy); for a
     trainer's checkpoint in a run directory, also the run directory's own (`RUN/tokenizer` beside
     `RUN/checkpoints`, as every version of the trainer writes it). A `tokenizer/` beside any other checkpoint
     root is not its: `r1jax init` writes none, and the directory above the root may hold anything (another
-    run's tokenizer beside `r1jax init runs/init`)."""
+    run's tokenizer beside `r1jax init runs/init`). `check_vocab`: one with more pieces than the model's vocab_size
+    (a copy of another model's) is a UserError."""
     root, step = resolve(path)
     candidates = [root / str(step) / "tokenizer", root / "tokenizer"]
     if _in_run_directory(root, step):
         candidates.append(root.parent / "tokenizer")
     for candidate in candidates:
         if is_tokenizer_dir(candidate):
-            tokenizer, vocab = load_tokenizer(candidate), load_config(path).model.vocab_size
+            tokenizer = load_tokenizer(candidate)
+            vocab = load_config(path).model.vocab_size if check_vocab else tokenizer.vocab_size
             if tokenizer.vocab_size > vocab:  # a copy from another model: ids past the embedding's rows
                 raise UserError(f"checkpoint {root / str(step)}: its tokenizer {candidate} has {tokenizer.vocab_size} "
-                                f"pieces, more than the model's vocab_size {vocab} (a tokenizer of another model?)")
+                                f"pieces, more than the model's vocab_size {vocab} (a tokenizer of another model?; "
+                                "an export takes the right one as --tokenizer DIR)")
             return tokenizer
     return None
 
@@ -318,10 +322,11 @@ def inference_sharding(sharding: ShardingConfig) -> ShardingConfig:
 def open_for_inference(path: str | pathlib.Path):
     """(config, policy on the config's mesh or, where the devices present cannot make it, an fsdp mesh of them;
     mesh, rules, tokenizer or None) for generate/eval, all of one step (`read_latest`)."""
-    return read_latest(path, _open_for_inference)
+    return read_latest(path, open_step_for_inference)
 
 
-def _open_for_inference(path: pathlib.Path):
+def open_step_for_inference(path: pathlib.Path):
+    """`open_for_inference` of the step directory `path`, read once."""
     config = load_config(path)
     mesh = build_mesh(inference_sharding(config.sharding))
     rules = config.sharding.logical_rules()

@@ -4,9 +4,10 @@ Storage that flips bits (a failing disk, a copy gone wrong) restored garbage wei
 64 flipped bytes in one params data file read back as values up to 1.5e38, and `r1jax generate` exited 0 with
 degenerate samples. Each leaf's checksum is the wrapping uint32 sum of its 32-bit words (narrower dtypes widened
 word by word), each times an odd number hashed from its flat position: one flipped bit always changes it (an odd
-multiple of a power of two below 2^32), and so does a swap of two words. An integer sum is exact whatever the
-order of the reduction, so it is the same for any sharding of the leaf. Computed on the devices, a pass over the
-leaves' bytes; checked only for leaves restored in the dtype and shape they were saved in (a restore that casts
+multiple of a power of two below 2^32), as do most swaps of words. An integer sum is exact whatever the order of
+the reduction, so it is the same for any sharding of the leaf, and each device sums its own share (the positions
+are built in the leaf's shape: nothing is gathered). Computed on the devices, a pass over the leaves' bytes;
+checked only for leaves restored in the dtype and shape they were saved in (a restore that casts
 changes the bytes), and not for checkpoints saved before 2026-12-05 (no such item).
 """
 
@@ -32,11 +33,21 @@ def _words(x: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
 
 
+def _flat_positions(shape: tuple[int, ...]) -> jax.Array:
+    """Each element's row-major flat index (mod 2^32), built in `shape` itself: a `reshape(-1)` of a leaf split
+    over a minor axis (fsdp's embed, the experts' axes) gathered the whole leaf onto every device first."""
+    position, stride = jnp.zeros(shape, jnp.uint32), 1
+    for axis in reversed(range(len(shape))):
+        position = position + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride % 2**32)
+        stride *= shape[axis]
+    return position
+
+
 @jax.jit
 def _sums(leaves: list) -> list:
     def one(x):
-        words = _words(x).reshape(-1)
-        odd = jnp.arange(words.shape[0], dtype=jnp.uint32) * jnp.uint32(0x9E3779B9) | jnp.uint32(1)
+        words = _words(x)
+        odd = _flat_positions(words.shape) * jnp.uint32(0x9E3779B9) | jnp.uint32(1)
         return jnp.sum(words * odd, dtype=jnp.uint32)
     return [one(x) for x in leaves]
 

@@ -1,10 +1,13 @@
-"""r1jax.files.write_atomically: the new content whole, or the old one, never a cut file or a stray temporary."""
+"""r1jax.files.write_atomically: the new content whole, or the old one, never a cut file or a stray temporary; the
+run directory's lock: one holder, also when a refused start takes back the lock file it added."""
 
+import fcntl
 import os
 
 import pytest
 
 from r1jax import files
+from r1jax.errors import UserError
 
 
 def test_a_write_replaces_the_content_whole(tmp_path):
@@ -41,3 +44,25 @@ def test_the_data_and_the_rename_reach_the_disk(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", recording)
     files.write_atomically(tmp_path / "summary.json", "{}")
     assert synced == [False, True]  # the temporary file's data, then the directory holding the new name
+
+
+def test_a_lock_file_removed_after_it_was_opened_is_not_taken_for_the_lock(tmp_path, monkeypatch):
+    """Trainer B opens .lock; A's refused start removes the .lock it added and lets go; B's flock then took the
+    removed file, and trainer C a new .lock: two trainers in one directory. B now locks the file at the path."""
+    a = files.lock_directory(tmp_path, "run directory")
+    real, pending = fcntl.flock, [True]
+
+    def flock(handle, operation):  # between B's open and its flock, A's release (Trainer.release's order)
+        if pending[0]:
+            pending[0] = False
+            (tmp_path / files.LOCK_NAME).unlink()
+            a.close()
+        return real(handle, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    b = files.lock_directory(tmp_path, "run directory")
+    monkeypatch.setattr(fcntl, "flock", real)
+    assert os.fstat(b.fileno()).st_ino == os.stat(tmp_path / files.LOCK_NAME).st_ino
+    with pytest.raises(UserError, match=r"in use by another trainer \(pid \d+ on "):
+        files.lock_directory(tmp_path, "run directory")
+    b.close()

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     from r1jax.errors import UserError
     from r1jax.model.tokenizer import encode_prompt
-    from r1jax.rl.checkpoint import data_source, open_for_inference, read_latest, trained
+    from r1jax.rl.checkpoint import data_source, open_step_for_inference, read_latest, trained
     from r1jax.rl.evaluate import evaluate, evaluation_rewards, held_out_problems
     from r1jax.rl.rewards import RewardPool
     from r1jax.rl.rewards.config import FieldError
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     moved = moved_files(args.training_file)
     # one step's policy, its training record and data fingerprint (a live run's steps may rotate meanwhile)
     (config, policy, mesh, rules, tokenizer), was_trained, source = read_latest(args.checkpoint, lambda step: (
-        open_for_inference(step), trained(step), data_source(step)))
+        open_step_for_inference(step), trained(step), data_source(step)))
     if tokenizer is None:
         raise UserError(f"checkpoint {args.checkpoint!r} carries no tokenizer; evaluation needs one")
     fields = {"samples": args.samples, "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,

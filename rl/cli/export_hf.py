@@ -92,21 +92,32 @@ def run(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def staged_directory(out: pathlib.Path):
-    """A directory beside `out` (new or empty) to write into, renamed to `out` when the block ends (process 0;
-    the others write nothing); removed when it raises (an error, Ctrl-C, SIGTERM under sigterm_interrupts): an
-    export written straight into `out` left a truncated model.safetensors there, which the same command then
-    refused to overwrite."""
+    """Where to write the export to `out` (a new path, or an empty directory: new_output_dir), so that a stop
+    (an error, Ctrl-C, SIGTERM under sigterm_interrupts) leaves nothing: an export written straight into `out`
+    left a truncated model.safetensors there, which the same command then refused to overwrite. A new path: a
+    directory beside it, renamed to it at the end. An empty directory (maybe a symlink, `.`, a mount point, none
+    of which can be renamed over): `out` itself, emptied again on a stop. Process 0 only: the others write
+    nothing."""
     import jax
 
     if jax.process_index() != 0:
         yield out
         return
+    if out.exists():
+        try:
+            yield out
+        except BaseException:
+            for child in out.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+            raise
+        return
     staged = out.parent / f".{out.name}.{os.getpid()}.partial"
     staged.mkdir(parents=True)
     try:
         yield staged
-        if out.is_dir():  # (new_output_dir: empty) rename(2) replaces an empty directory
-            out.rmdir()
         os.replace(staged, out)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
@@ -155,7 +166,7 @@ def resolve_tokenizer(path: str | None, vocab_size: int, checkpoint: str):
     if tok.vocab_size > vocab_size:
         raise UserError(f"--tokenizer {path}: {tok.vocab_size} pieces do not fit the model's vocab_size "
                         f"{vocab_size}")
-    own = find_tokenizer(checkpoint)
+    own = find_tokenizer(checkpoint, check_vocab=False)  # (for the note only: --tokenizer replaces it)
     if own is not None and own != tok:  # (another model's that fits the vocabulary shipped silently)
         print(f"r1jax export-hf: note: --tokenizer {path} is not the tokenizer {checkpoint} carries (the one it "
               "trained with): the export ships it, and the model's ids are read by its pieces", file=sys.stderr)

@@ -61,6 +61,11 @@ class Position:
     meta: dict | None = None
 
 
+# what a start writes in its run directory (a refused one in a directory the user made takes back what it added)
+RUN_FILES = ("checkpoints", "config.yaml", "tokenizer", "metrics.jsonl", "tensorboard", "plots", "summary.json",
+             "samples", "datasets")
+
+
 class Trainer:
     def __init__(self, config: Config, run_dir: str | pathlib.Path, console: RunConsole | None = None):
         self.config, self.run_dir = config, pathlib.Path(run_dir)
@@ -92,12 +97,16 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         distributed.check_shared_directory(self.run_dir, "--run-dir")  # every process must write one directory
         self._staged: pathlib.Path | None = None  # a tokenizer built anew, not yet in tokenizer/
-        # what this start adds to a directory it did not make, taken away again by a refused start (`release`)
-        self._added = [path for path in (self.run_dir / LOCK_NAME, self.run_dir / "checkpoints")
-                       if self.primary and not self._created and not os.path.lexists(path)]
+        lock_added = not os.path.lexists(self.run_dir / LOCK_NAME)
         # one trainer at a time (process 0 holds it for the run): a second one's saves and metrics mixed with
         # the first's (both ran to the end: two lines per step, checkpoints of either config)
         self._lock = lock_directory(self.run_dir, "run directory") if self.primary else None
+        # what this start may add to a directory it did not make (listed once it holds the lock: no other
+        # trainer writes there now), taken away again by a refused start (`release`)
+        self._added = [path for path in (self.run_dir / name for name in RUN_FILES)
+                       if self.primary and not self._created and not os.path.lexists(path)]
+        if self.primary and not self._created and lock_added:
+            self._added.append(self.run_dir / LOCK_NAME)
         try:
             self._open(config)
         except BaseException:
@@ -175,18 +184,17 @@ class Trainer:
         if self._created and not self._begun and self._lock is not None:  # never a directory no lock guarded
             shutil.rmtree(self.run_dir, ignore_errors=True)
             self._created = False
-        refused_here = not self._begun and self._lock is not None
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
-        if refused_here:  # a directory the user made: as it was (README: nothing is written before the checks)
-            for path in self._added:
-                with contextlib.suppress(OSError):  # checkpoints/ only when empty
-                    if path.is_dir():
-                        path.rmdir()
+        if not self._begun and self._lock is not None:  # a directory the user made: as it was before the start
+            for path in self._added:  # (the lock file last, still held: r1jax.files.lock_directory)
+                with contextlib.suppress(OSError):
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path)
                     else:
                         path.unlink()
         self._added = []
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def _run(self) -> dict:
         try:

@@ -266,3 +266,31 @@ def test_a_step_rotated_away_while_it_is_read_is_read_again_from_the_new_latest(
     assert code == 2 and reads == [str(n) for n in range(1, 1 + checkpoint_module.LIVE_READ_TRIES)]
     assert f"checkpoint {root}: its steps changed under each of 4 reads (a trainer saving and rotating them?), " \
            f"the last of step 4: checkpoint '{root / '4'}' does not exist" in out.err
+
+
+def test_a_relative_checkpoint_path_in_a_working_directory_that_is_not_utf8_is_named(capsys, tmp_path,
+                                                                                   monkeypatch):
+    (tmp_path / "run\udcff").mkdir()
+    monkeypatch.chdir(tmp_path / "run\udcff")
+    assert main(["init", str(TRAIN_CONFIG), "ck"]) == 2  # a C++ cast traceback from tensorstore before
+    assert "is not valid UTF-8 (byte 0xff at character" in capsys.readouterr().err
+    assert list(pathlib.Path(".").iterdir()) == []
+
+
+def test_a_step_named_is_read_once_and_its_damage_named_while_a_trainer_saves_others(tmp_path):
+    """Only the latest step of a run directory or root is read again; a step given by its path was retried, and
+    its real damage reported as steps that changed while a trainer saved others."""
+    from r1jax.rl.checkpoint import read_latest
+
+    root = tmp_path / "checkpoints"
+    (root / "3").mkdir(parents=True)
+    saves, tried = iter(range(10, 20)), []
+
+    def read(step_dir):
+        tried.append(step_dir.name)
+        (root / str(next(saves))).mkdir()  # the trainer saves a step meanwhile
+        raise UserError(f"checkpoint {step_dir} is damaged: the item 'params' cannot be read")
+
+    with pytest.raises(UserError, match="3 is damaged: the item 'params' cannot be read"):
+        read_latest(root / "3", read)
+    assert tried == ["3"]

@@ -57,7 +57,7 @@ def checkpoint_with_a_larger_tokenizer(tmp_path_factory):
     """An init checkpoint (vocab_size 512) whose tokenizer beside the steps has more pieces: a copy from another
     model, by hand or by a sync."""
     root = tmp_path_factory.mktemp("ck") / "ck"
-    assert main(["init", str(TRAIN_CONFIG), str(root)]) == 0
+    assert main(["init", str(TRAIN_CONFIG), str(root), "model.q_lora_rank=16"]) == 0  # (llama.cpp reads one)
     assert main(["tokenizer", "train", "--input", "arithmetic,algebra", "--vocab-size", "700", "--out",
                  str(root / "tokenizer")]) == 0
     return root
@@ -77,3 +77,14 @@ def test_a_checkpoints_own_tokenizer_larger_than_the_vocabulary_is_named(capsys,
     assert pieces > 512 and f"checkpoint {root / '0'}: its tokenizer {root / 'tokenizer'} has {pieces} pieces, " \
                             "more than the model's vocab_size 512" in err and "--ids" not in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", [["export-hf", "{ck}", "{out}"], ["export-gguf", "{ck}", "{out}.gguf"]])
+def test_an_export_given_the_right_tokenizer_goes_around_the_oversized_one(capsys, checkpoint_with_a_larger_tokenizer,
+                                                                          tmp_path, command):
+    """The way out the error names: --tokenizer DIR (the carried one was still loaded and checked for a note)."""
+    root, good = checkpoint_with_a_larger_tokenizer, tmp_path / "good"
+    assert main(["tokenizer", "train", "--input", "arithmetic", "--vocab-size", "400", "--out", str(good)]) == 0
+    argv = [part.format(ck=root, out=tmp_path / "out") for part in command] + ["--tokenizer", str(good)]
+    assert main(argv) == 0, capsys.readouterr().err[-400:]
+    assert "is not the tokenizer" in capsys.readouterr().err

@@ -37,13 +37,13 @@ def problems_file(tmp_path, count):
 
 def checkpoint_eval_section(monkeypatch, **eval_fields):
     """The checkpoint `eval` opens carries `eval_fields` in its config's eval section."""
-    real = checkpoint_module.open_for_inference
+    real = checkpoint_module.open_step_for_inference
 
-    def open_for_inference(path):
+    def open_step_for_inference(path):
         config, *rest = real(path)
         return (dataclasses.replace(config, eval=dataclasses.replace(config.eval, **eval_fields)), *rest)
 
-    monkeypatch.setattr(checkpoint_module, "open_for_inference", open_for_inference)  # the CLI imports it late
+    monkeypatch.setattr(checkpoint_module, "open_step_for_inference", open_step_for_inference)  # imported late
 
 
 def record_evaluations(monkeypatch):
@@ -153,14 +153,14 @@ def test_progress_bar_on_a_terminal_leaves_stdout_alone(capsys, monkeypatch):
 
 def checkpoint_sft_file(monkeypatch, path):
     """The checkpoint `eval` opens names `path` as its SFT stage's data_path (a cold-start file)."""
-    real = checkpoint_module.open_for_inference
+    real = checkpoint_module.open_step_for_inference
 
-    def open_for_inference(checkpoint):
+    def open_step_for_inference(checkpoint):
         config, *rest = real(checkpoint)
         stages = [dataclasses.replace(config.stages[0], data_path=str(path)), *config.stages[1:]]
         return (dataclasses.replace(config, stages=stages), *rest)
 
-    monkeypatch.setattr(checkpoint_module, "open_for_inference", open_for_inference)
+    monkeypatch.setattr(checkpoint_module, "open_step_for_inference", open_step_for_inference)
 
 
 def test_a_moved_training_file_is_read_where_told_or_left_out_when_asked(capsys, finished_run, tmp_path,

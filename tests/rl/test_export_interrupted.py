@@ -73,3 +73,26 @@ def test_a_stopped_export_gguf_leaves_no_partial_file(capsys, checkpoint, tmp_pa
     assert "interrupted" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
     assert main(["export-gguf", str(root), str(out), "--tokenizer", str(tokenizer)]) == 0
     assert [p.name for p in tmp_path.iterdir()] == ["model.gguf"]
+
+
+@pytest.mark.parametrize("kind", ["symlink", "cwd"])
+def test_an_export_hf_into_an_existing_empty_directory_writes_there_and_a_stop_empties_it(
+        capsys, checkpoint, tmp_path, monkeypatch, kind):
+    """OUT may be an empty directory that cannot be renamed over (a symlink to one, `.`, a mount point): the export
+    is written in it (staged beside and renamed, its rmdir failed after the whole export: a traceback), and a
+    stopped export leaves it empty."""
+    root, tokenizer = checkpoint
+    (tmp_path / "empty").mkdir()
+    if kind == "symlink":
+        (tmp_path / "link").symlink_to("empty")
+        out = str(tmp_path / "link")
+    else:
+        monkeypatch.chdir(tmp_path / "empty")
+        out = "."
+    with monkeypatch.context() as patch:
+        stopped_at_the_third_call(patch, hf_io, "host_slot", sigterm)
+        assert main(["export-hf", str(root), out, "--tokenizer", str(tokenizer)]) == 143
+    assert list((tmp_path / "empty").iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == (
+        ["empty", "link"] if kind == "symlink" else ["empty"])
+    assert main(["export-hf", str(root), out, "--tokenizer", str(tokenizer)]) == 0, capsys.readouterr().err
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (tmp_path / "empty").iterdir()}

@@ -203,6 +203,11 @@ def test_a_new_run_whose_init_from_checkpoint_is_damaged_leaves_no_run_directory
     with pytest.raises(UserError, match="damaged"):
         Trainer(load_config(TRAIN_CONFIG, [stages]), run).run()
     assert not run.exists()
+    run.mkdir()  # a directory of the user's: config.yaml and tokenizer/, written as the start began, stayed
+    (run / "notes.txt").write_text("mine\n")
+    with pytest.raises(UserError, match="damaged"):
+        Trainer(load_config(TRAIN_CONFIG, [stages]), run).run()
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
 
 
 def test_a_refused_start_of_a_new_run_leaves_no_run_directory(tmp_path):
