@@ -256,14 +256,14 @@ def load_policy(path: str | pathlib.Path, mesh: Mesh | None = None,
     return config, nnx.merge(graphdef, abstract_state)
 
 
-def find_tokenizer(path: str | pathlib.Path, check_vocab: bool = True) -> TokenizerLike | None:
+def find_tokenizer(path: str | pathlib.Path, vocab_size: int | None = None) -> TokenizerLike | None:
     """The tokenizer a checkpoint carries, or None: a `tokenizer/` directory (Hugging Face tokenizer.json or
     r1jax tokenizer.model) in the step or beside the steps (the trainer's and `r1jax import-hf`'s copy); for a
     trainer's checkpoint in a run directory, also the run directory's own (`RUN/tokenizer` beside
     `RUN/checkpoints`, as every version of the trainer writes it). A `tokenizer/` beside any other checkpoint
     root is not its: `r1jax init` writes none, and the directory above the root may hold anything (another
-    run's tokenizer beside `r1jax init runs/init`). `check_vocab`: one with more pieces than the model's vocab_size
-    (a copy of another model's) is a UserError."""
+    run's tokenizer beside `r1jax init runs/init`). With the model's `vocab_size`: one with more pieces (a copy of
+    another model's) is a UserError."""
     root, step = resolve(path)
     candidates = [root / str(step) / "tokenizer", root / "tokenizer"]
     if _in_run_directory(root, step):
@@ -271,11 +271,10 @@ def find_tokenizer(path: str | pathlib.Path, check_vocab: bool = True) -> Tokeni
     for candidate in candidates:
         if is_tokenizer_dir(candidate):
             tokenizer = load_tokenizer(candidate)
-            vocab = load_config(path).model.vocab_size if check_vocab else tokenizer.vocab_size
-            if tokenizer.vocab_size > vocab:  # a copy from another model: ids past the embedding's rows
+            if vocab_size is not None and tokenizer.vocab_size > vocab_size:  # ids past the embedding's rows
                 raise UserError(f"checkpoint {root / str(step)}: its tokenizer {candidate} has {tokenizer.vocab_size} "
-                                f"pieces, more than the model's vocab_size {vocab} (a tokenizer of another model?; "
-                                "an export takes the right one as --tokenizer DIR)")
+                                f"pieces, more than the model's vocab_size {vocab_size} (a tokenizer of another "
+                                "model?; an export takes the right one as --tokenizer DIR)")
             return tokenizer
     return None
 
@@ -331,4 +330,4 @@ def open_step_for_inference(path: pathlib.Path):
     mesh = build_mesh(inference_sharding(config.sharding))
     rules = config.sharding.logical_rules()
     config, policy = load_policy(path, mesh, rules)
-    return config, policy, mesh, rules, find_tokenizer(path)
+    return config, policy, mesh, rules, find_tokenizer(path, config.model.vocab_size)

@@ -161,12 +161,12 @@ def resolve_tokenizer(path: str | None, vocab_size: int, checkpoint: str):
     from r1jax.rl.checkpoint import find_tokenizer
 
     if path is None:  # the tokenizer a checkpoint carries, if any
-        return find_tokenizer(checkpoint)
+        return find_tokenizer(checkpoint, vocab_size)
     tok = load_tokenizer(path)
     if tok.vocab_size > vocab_size:
         raise UserError(f"--tokenizer {path}: {tok.vocab_size} pieces do not fit the model's vocab_size "
                         f"{vocab_size}")
-    own = find_tokenizer(checkpoint, check_vocab=False)  # (for the note only: --tokenizer replaces it)
+    own = find_tokenizer(checkpoint)  # (for the note only: --tokenizer replaces it, whatever its size)
     if own is not None and own != tok:  # (another model's that fits the vocabulary shipped silently)
         print(f"r1jax export-hf: note: --tokenizer {path} is not the tokenizer {checkpoint} carries (the one it "
               "trained with): the export ships it, and the model's ids are read by its pieces", file=sys.stderr)
