@@ -1,6 +1,6 @@
 """Files a kill must not leave half-written: run state rewritten in place (config.yaml, summary.json, metrics.jsonl
-cut back on resume, the tokenizer saved beside every checkpoint, datasets); and a run directory's lock, which
-keeps a second trainer out of it."""
+cut back on resume, the tokenizer saved beside every checkpoint, datasets); a run directory's lock, which
+keeps a second trainer out of it; the paths tensorstore can write (UTF-8 only); a path removed whatever it is."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import fcntl
 import logging
 import os
 import pathlib
+import shutil
 import socket
 import time
 from typing import IO
@@ -36,6 +37,14 @@ def check_checkpoint_path(path: str | os.PathLike, what: str) -> None:
     if where:
         raise UserError(f"{what} {os.fspath(path)!r} is not valid UTF-8 ({where}): checkpoints are read and written "
                         "by tensorstore, which takes UTF-8 paths only; rename it")
+
+
+def remove(path: pathlib.Path) -> None:
+    """`path` gone, a directory with what it holds (a link: the link only)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def _same_file(handle: IO, path: pathlib.Path) -> bool:

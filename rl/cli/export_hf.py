@@ -25,6 +25,7 @@ import pathlib
 import shutil
 import sys
 
+from r1jax.files import remove
 from r1jax.model.tokenizer import TEMPLATE_NAMES
 from r1jax.rl.cli.common import new_output_dir, sigterm_interrupts
 from r1jax.sharding.topology import parse_size
@@ -108,10 +109,7 @@ def staged_directory(out: pathlib.Path):
             yield out
         except BaseException:
             for child in out.iterdir():
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
+                remove(child)
             raise
         return
     staged = out.parent / f".{out.name}.{os.getpid()}.partial"

@@ -26,7 +26,7 @@ import jax
 import rich.markup
 
 from r1jax.errors import UserError
-from r1jax.files import LOCK_NAME, check_checkpoint_path, lock_directory, write_atomically
+from r1jax.files import LOCK_NAME, check_checkpoint_path, lock_directory, remove, write_atomically
 from r1jax.model.config import ModelConfig
 from r1jax.model.tokenizer import TokenizerLike, is_tokenizer_dir, load_tokenizer
 from r1jax.rl.config import Config, load_config, stage_config, to_yaml
@@ -187,10 +187,7 @@ class Trainer:
         if not self._begun and self._lock is not None:  # a directory the user made: as it was before the start
             for path in self._added:  # (the lock file last, still held: r1jax.files.lock_directory)
                 with contextlib.suppress(OSError):
-                    if path.is_dir() and not path.is_symlink():
-                        shutil.rmtree(path)
-                    else:
-                        path.unlink()
+                    remove(path)
         self._added = []
         if self._lock is not None:
             self._lock.close()
