@@ -1,6 +1,7 @@
 """Files a kill must not leave half-written: run state rewritten in place (config.yaml, summary.json, metrics.jsonl
 cut back on resume, the tokenizer saved beside every checkpoint, datasets); a run directory's lock, which
-keeps a second trainer out of it; the paths tensorstore can write (UTF-8 only); a path removed whatever it is."""
+keeps a second trainer out of it; the paths tensorstore can write (UTF-8 only); a path removed whatever it is;
+where to stage a file or directory before it takes its name, and the stages a killed process left."""
 
 from __future__ import annotations
 
@@ -47,6 +48,39 @@ def remove(path: pathlib.Path) -> None:
         path.unlink()
 
 
+def staging_path(path: pathlib.Path, kind: str) -> pathlib.Path:
+    """Where to write what becomes `path` (`.NAME.HOST-PID.KIND` beside it: renamed to `path` when whole), after
+    removing the ones processes of this host that no longer run left there (a SIGKILL or a host crash lets no
+    cleanup run: an export's partial directory held up to the whole model's bytes). Another host's (a shared
+    file system) and a live process's are left alone."""
+    host = socket.gethostname()
+    prefix, suffix = f".{path.name}.{host}-", f".{kind}"
+    ours = path.with_name(f"{prefix}{os.getpid()}{suffix}")
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return ours  # no directory to look in: the write itself says what is wrong
+    for sibling in siblings:
+        pid = sibling.name[len(prefix):-len(suffix)]
+        if sibling.name.startswith(prefix) and sibling.name.endswith(suffix) and pid.isdigit() and not _alive(int(pid)):
+            try:
+                remove(sibling)
+            except OSError:  # another process's sweep took it first, or it cannot be removed: not this write's concern
+                pass
+    return ours
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process `pid` runs on this host (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _same_file(handle: IO, path: pathlib.Path) -> bool:
     """Whether the open file `handle` is still the file at `path`."""
     try:
@@ -61,7 +95,7 @@ def write_atomically(path: str | os.PathLike, data: str | bytes) -> None:
     """`path` holds `data` whole, or what it held before: written beside it, then renamed over it (a rename
     within one directory is atomic on POSIX file systems)."""
     path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = staging_path(path, "tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data if isinstance(data, bytes) else data.encode())

@@ -3,6 +3,9 @@ run directory's lock: one holder, also when a refused start takes back the lock 
 
 import fcntl
 import os
+import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -66,3 +69,26 @@ def test_a_lock_file_removed_after_it_was_opened_is_not_taken_for_the_lock(tmp_p
     with pytest.raises(UserError, match=r"in use by another trainer \(pid \d+ on "):
         files.lock_directory(tmp_path, "run directory")
     b.close()
+
+
+def test_a_write_takes_away_the_temporaries_of_killed_writers_only(tmp_path):
+    """A writer killed between its write and its rename (SIGKILL: no cleanup runs) left `.NAME.HOST-PID.tmp`
+    for good; the next write of NAME removes it, but not a live writer's, another host's, or another name's."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    host = socket.gethostname()
+    killed = tmp_path / f".summary.json.{host}-{child.pid}.tmp"
+    killed_dir = tmp_path / f".summary.json.{host}-{child.pid}.partial"
+    kept = [tmp_path / f".summary.json.{host}-{os.getppid()}.tmp",  # alive
+            tmp_path / f".summary.json.other-host-{child.pid}.tmp",  # a shared file system's other host
+            tmp_path / f".config.yaml.{host}-{child.pid}.tmp",  # another file's: its own write sweeps it
+            tmp_path / f".summary.json.{host}-x{child.pid}.tmp"]  # not a pid
+    for path in [killed] + kept:
+        path.write_text("half")
+    killed_dir.mkdir()
+    (killed_dir / "weights").write_text("half")
+    files.write_atomically(tmp_path / "summary.json", "{}")
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(["summary.json", killed_dir.name] + [p.name for p in kept])
+    assert files.staging_path(tmp_path / "summary.json", "partial") == (
+        tmp_path / f".summary.json.{host}-{os.getpid()}.partial") and not killed_dir.exists()

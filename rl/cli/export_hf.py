@@ -25,7 +25,7 @@ import pathlib
 import shutil
 import sys
 
-from r1jax.files import remove
+from r1jax.files import remove, staging_path
 from r1jax.model.tokenizer import TEMPLATE_NAMES
 from r1jax.rl.cli.common import new_output_dir, sigterm_interrupts
 from r1jax.sharding.topology import parse_size
@@ -112,7 +112,7 @@ def staged_directory(out: pathlib.Path):
                 remove(child)
             raise
         return
-    staged = out.parent / f".{out.name}.{os.getpid()}.partial"
+    staged = staging_path(out, "partial")
     staged.mkdir(parents=True)
     try:
         yield staged

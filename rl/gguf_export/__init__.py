@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from r1jax.errors import UserError
+from r1jax.files import staging_path
 from r1jax.model.config import ModelConfig
 from r1jax.model.decoder import Policy
 from r1jax.model.hf_io import parameter_leaves
@@ -67,7 +68,7 @@ def export_gguf(policy: Policy, out: str | pathlib.Path, tokenizer: TokenizerLik
                         template)
     leaves = parameter_leaves(nnx.to_pure_dict(nnx.state(policy)))
     entries = plan(cfg, {path: tuple(leaf.shape) for path, leaf in leaves.items()}, dtype)
-    tmp = out.parent / f".{out.name}.{os.getpid()}.partial"
+    tmp = staging_path(out, "partial") if writes else None
     writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[ARCHS[cfg.family]]) if writes else None
     try:
         if writer is not None:

@@ -5,6 +5,9 @@ SIGTERM, whose default ends the process at once (a hidden 123 MB `.OUT.PID.parti
 
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -73,6 +76,30 @@ def test_a_stopped_export_gguf_leaves_no_partial_file(capsys, checkpoint, tmp_pa
     assert "interrupted" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
     assert main(["export-gguf", str(root), str(out), "--tokenizer", str(tokenizer)]) == 0
     assert [p.name for p in tmp_path.iterdir()] == ["model.gguf"]
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.parametrize("command, out_name", [("export-hf", "hf"), ("export-gguf", "model.gguf")])
+def test_an_export_removes_what_a_killed_export_left_beside_its_output(checkpoint, tmp_path, command, out_name):
+    """SIGKILL lets no cleanup run: the killed export's hidden partial output (up to the model's bytes) stayed
+    beside OUT for good. The next export to OUT takes it away; a live export's, and another host's, stay."""
+    root, tokenizer = checkpoint
+    host = socket.gethostname()
+    killed = tmp_path / f".{out_name}.{host}-{dead_pid()}.partial"
+    killed.mkdir()
+    (killed / "model.safetensors").write_bytes(b"\0" * 1000)
+    live = tmp_path / f".{out_name}.{host}-{os.getppid()}.partial"
+    elsewhere = tmp_path / f".{out_name}.another-host-{dead_pid()}.partial"
+    live.write_bytes(b"")
+    elsewhere.write_bytes(b"")
+    assert main([command, str(root), str(tmp_path / out_name), "--tokenizer", str(tokenizer)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out_name, live.name, elsewhere.name])
 
 
 @pytest.mark.parametrize("kind", ["symlink", "cwd"])
