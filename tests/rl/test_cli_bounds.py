@@ -110,9 +110,15 @@ def test_a_run_directory_that_is_a_file_is_named(capsys, tmp_path):
         capsys, "train", str(TRAIN_CONFIG), "--run-dir", str(inside))
 
 
-def test_a_resume_of_a_run_directory_without_its_config_is_refused(capsys, tmp_path):
+def test_a_resume_of_a_run_directory_without_its_config_is_refused(capsys, tmp_path, monkeypatch):
     # what a start refused by its checks leaves: its lock and an empty checkpoints/, no config.yaml; a later
     # `r1jax train --run-dir DIR` (a resume, as the user meant it) trained the default config there, unsaid
+    from r1jax.rl.train.trainer import Trainer
+
+    def trains(self):  # a regression fails here at once, not after training the default config for minutes
+        raise AssertionError(f"trained {self.run_dir}")
+
+    monkeypatch.setattr(Trainer, "run", trains)
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / ".lock").write_text("")
