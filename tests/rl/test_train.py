@@ -72,6 +72,46 @@ def test_run_directory_has_every_artifact_and_schema(finished_run):
         assert entry["checkpoint"].endswith(f"checkpoints/{entry['step']}")
 
 
+def test_the_run_directory_holds_every_name_the_readme_documents(finished_run):
+    """README, "A run directory": each file, checkpoint item, metrics.jsonl key and summary.json field it names
+    for a run like this one (SFT then GRPO with a KL term, no packing, masks or staleness), under that name: a
+    renamed key would leave the README describing a field no run writes."""
+    metrics = metrics_rows(finished_run)
+    every = {"global_step", "step", "stage", "wall_time", "tokens_per_s", "lr", "grad_norm", "grad_norm_clipped",
+             "skipped", "consecutive_skips", "total_skips", "token_count", "aux_loss", "z_loss", "expert_load/min",
+             "expert_load/max", "expert_load/cv"}
+    sft = every | {"sft/loss", "token_accuracy"}
+    grpo = every | {"loss", "pg_loss", "kl_loss", "kl", "entropy", "ratio", "ratio_max", "clip_low_frac",
+                    "clip_high_frac", "sampler_logp_absdiff", "sampler_logp_absdiff_max", "reward/total",
+                    "reward/accuracy", "reward/format", "pool/ok", "pool/recycled", "reward_mean", "reward_std",
+                    "frac_reward_zero_std", "response_length/mean", "response_length/max", "truncation_rate",
+                    "completion_columns", "generated_tokens", "reflection_rate", "padding_fraction", "step_time_s",
+                    "time/sample_s", "time/rollout_s", "time/update_s", "time/host_wait_s", "staleness"}
+    for row in metrics:
+        missing = (sft if row["stage"] == "sft" else grpo) - set(row)
+        assert not missing, (row["stage"], row["step"], sorted(missing))
+    assert any("eval/pass@1" in row for row in metrics)  # at the GRPO step that evaluated (eval.every)
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert {"evals", "final_eval", "final_step", "stages", "rl_gain", "host"} <= set(summary)
+    assert {"before_pass@1", "after_pass@1", "gain_points"} <= set(summary["rl_gain"])
+    assert {"backend", "device_kind", "local_devices", "processes", "cpu_count", "cpu_model", "cpu_vector_isa",
+            "jax_version"} <= set(summary["host"])
+    for entry in summary["evals"]:
+        assert {"stage", "checkpoint", "step", "pass@1", "cons@2", "pass@2", "k", "n_problems", "pool_failures",
+                "accuracy_by_difficulty", "response_length", "format_rate", "reflection_rate"} <= set(entry)
+    checkpoints = finished_run / "checkpoints"
+    assert (checkpoints / "tokenizer" / "tokenizer.model").is_file()
+    steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    within = [s for s in steps if s not in (2, 5)]  # 2: SFT's end, 5: GRPO's end; 4: inside GRPO (every 2)
+    assert within and {"params", "opt_state", "ref", "config", "meta", "checksums"} <= \
+        {p.name for p in (checkpoints / str(within[-1])).iterdir()}
+    assert {"params", "config", "meta", "metrics", "checksums"} <= {p.name for p in (checkpoints / "5").iterdir()}
+    events = b"".join(p.read_bytes() for p in (finished_run / "tensorboard").iterdir())  # tags: STAGE/NAME, eval/*
+    for tag in ("sft/sft/loss", "grpo/reward/total", "eval/pass_1", "eval/cons_2", "eval/pass_2", "eval/format_rate",
+                "eval/response_length", "eval/reflection_rate"):
+        assert tag.encode() in events, tag
+
+
 def test_sigint_sigterm_and_sigkill_then_each_resume_continues_and_the_end_is_exact(finished_run, tmp_path):
     """One run stopped three ways, each resumed: SIGINT on the SFT stage's last step (global step 2) saves that
     step unfinished (exit 0); the resumed run trains nothing of SFT, evaluates and closes it, and a SIGTERM in
