@@ -13,7 +13,9 @@ or a closing bracket next to a number, is a product ("2(3)", "(3)(4)", "\\frac{1
 which math-verify read as a mixed number (2 + 3). An answer is parsed as one formula (inside $...$), unless
 math delimiters remain inside it: bare, math-verify took its first fraction for the answer ("1 + \\frac{1}{2}").
 A reference of words in \\text ("\\text{No}") compares as words (`_words`), and a decimal must also agree to
-RELATIVE_TOLERANCE of the value (`_relatively_close`). Shapes whose parsing or comparison could run away are
+RELATIVE_TOLERANCE of the value (`_relatively_close`). Text math-verify drops may not hide a second answer
+("5 \\text{ or 6}", "5 \\textbf{6}": `hedged`), and each side of an approximation with a digit must verify, a
+decimal to its last place ("5 \\approx 6" was 5; "\\frac{1}{3} \\approx 0.333" still scores). Shapes whose parsing or comparison could run away are
 refused first (rl.tasks.math_screen).
 
 sympy, latex2sympy2 and math-verify are imported inside the functions that use them: they take seconds to
@@ -22,6 +24,7 @@ import and are needed only where answers are verified (the reward workers), not 
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 
@@ -167,6 +170,12 @@ class MathTask(Task):
         words = _words(reference)
         if words is not None:
             return _words(candidate, wrapped=False) == words
+        if hedged(candidate, reference):
+            return False
+        sides = [side for side in _APPROX.split(strip_markup(candidate)) if re.search(r"\d", side)]
+        if _APPROX.search(candidate):  # "5 \\approx 6": math-verify read its left side (5), "x \\approx 5" its right
+            return bool(sides) and all(_approximates(side, reference) if _DECIMAL.fullmatch(side)
+                                       else self.verify(side, reference, prompt) for side in sides)
         candidate, reference = normalise(candidate), normalise(reference)
         if ambiguous(candidate) or risky(candidate) or risky(reference):
             return False
@@ -174,6 +183,54 @@ class MathTask(Task):
         if not gold or not pred:
             return False
         return bool(verify(gold, pred, timeout_seconds=_timeout())) and _relatively_close(gold[0], pred[0])
+
+
+# Text in a formula, whose content math-verify drops: "5 \\text{ or 6}", "5 \\textbf{6}" and "5 \\mathit{ (or 6)}" were
+# 5. A group that holds a digit or a hedging word is refused unless the reference holds the same group.
+_TEXT_GROUP = re.compile(r"\\(?:text[a-z]*|math[a-z]*|[mh]box|emph|operatorname)\s*\{")
+_HEDGE = re.compile(r"\d|(?<![A-Za-z])(?:or|either|maybe|perhaps|possibly|probably|not|otherwise)(?![A-Za-z])", re.I)
+# An approximation: each side with a digit must verify, a decimal to its last place ("5 \\approx 6" scored for 5);
+# a side without one ("x", "\\pi") is left out
+_APPROX = re.compile(r"\\(?:approx|approxeq|thickapprox)(?![a-zA-Z])|\u2248")
+_DECIMAL = re.compile(r"\s*[-+]?\d{1,30}\.\d{1,30}\s*")
+
+
+def _approximates(decimal: str, reference: str) -> bool:
+    """Whether a decimal is the reference's value to its last place (rounded or cut), as the
+    side of an approximation ("\\frac{1}{3} \\approx 0.333"); False for a reference that is no number."""
+    import sympy
+
+    reference = normalise(reference)
+    gold = [] if ambiguous(reference) or risky(reference) else parse_answer(reference)
+    value = gold[0].rhs if gold and isinstance(gold[0], sympy.Eq) else gold[0] if gold else None
+    if not (isinstance(value, sympy.Expr) and value.is_number):
+        return False
+    places, digits = len(decimal.strip().split(".")[1]), int(decimal.replace(".", ""))
+    try:
+        scaled = float(value.evalf(30)) * 10 ** places
+        return digits in (round(scaled), math.trunc(scaled))
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+def _text_groups(text: str) -> list[str]:
+    """The contents of the text commands' brace groups in `text`, spaces collapsed."""
+    groups = []
+    for match in _TEXT_GROUP.finditer(text):
+        depth, start = 0, match.end() - 1
+        for end in range(start, len(text)):
+            depth += (text[end] == "{") - (text[end] == "}")
+            if depth == 0:
+                groups.append(" ".join(text[start + 1:end].split()))
+                break
+    return groups
+
+
+def hedged(candidate: str, reference: str) -> bool:
+    """Whether the candidate hides another answer in text math-verify drops: a \\text-like group (not the whole
+    answer) holding a digit or a hedging word, which the reference does not hold."""
+    known = set(_text_groups(reference))
+    return any(_HEDGE.search(group) and group not in known for group in _text_groups(strip_markup(candidate)))
 
 
 _TEXT_WRAPPER = re.compile(r"\\(?:%s)\s*\{" % "|".join(TEXT_COMMANDS))
