@@ -7,7 +7,8 @@ pure function of the item and the RewardsConfig, so scoring in a worker process 
 Built in (DeepSeek-R1 and DAPO):
 - accuracy: 1 when the final answer (see `extract.py`) verifies against the reference with the item's
   task verifier (`math`: math-verify; `arithmetic`, `countdown`, `algebra`: their own exact verifiers).
-- format: 1 for exactly `<think> T </think> <answer> A </answer>` with non-empty T and A (A of at most
+- format: 1 for exactly `<think> T </think> <answer> A </answer>` with T and A that show something (not only
+  whitespace or zero-width characters; A of at most
   `answer_max_chars` characters, the longest answer `extract.py` reads, except for `code` items: a program's
   length is the code reward's business, `rewards.code.max_program_chars`), else 0.
 - language: the share of chain-of-thought words written in the target language's script (R1's
@@ -109,10 +110,20 @@ def format_reward(item: ScoreItem, config: RewardsConfig) -> float:
         return 0.0  # the answer must follow the thought, with only whitespace between
     thought = text[len(THINK):think_end]
     answer = text[answer_start + len(ANSWER):-len(END_ANSWER)].strip()
-    if not thought.strip() or not answer:
+    if blank(thought) or blank(answer):  # (a zero-width space alone was a thought, and an answer)
         return 0.0
     # as extract_answer, except a program: the code reward reads the whole <answer> (extract_program)
     return float(item.task == "code" or len(answer) <= config.answer_max_chars)
+
+
+_INVISIBLE = frozenset("\u115f\u1160\u2800\u3164\uffa0")  # Hangul fillers, the blank Braille pattern
+_INVISIBLE_CATEGORIES = ("Cc", "Cf", "Mn", "Me", "Zs", "Zl", "Zp")  # controls, format (zero-width), lone marks
+
+
+def blank(text: str) -> bool:
+    """Whether `text` shows nothing: whitespace, zero-width and other format characters, lone combining marks."""
+    return all(char.isspace() or char in _INVISIBLE or unicodedata.category(char) in _INVISIBLE_CATEGORIES
+               for char in text)
 
 
 _WORD = re.compile(r"[^\W\d_]+")  # runs of letters (and numbers other than digits): digits are no word

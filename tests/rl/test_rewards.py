@@ -67,6 +67,10 @@ def test_split_completion():
     ("<think> step </think> <answer> 7 </think> </answer>", 0.0),
     ("<think> step <answer> 7 </answer>", 0.0), (r"<think> step </think> \boxed{7}", 0.0), ("", 0.0),
     ("<think> step <answer> 7 </think> </answer>", 0.0),  # each tag once, interleaved: the order counts
+    # a thought or an answer that shows nothing (zero-width, format or filler characters) is empty: 1.0 before
+    ("<think>\u200b</think><answer>7</answer>", 0.0), ("<think> step </think><answer>\u200b</answer>", 0.0),
+    ("<think>\u2060\ufeff \u200d</think><answer>7</answer>", 0.0), ("<think>\u3164</think><answer>7</answer>", 0.0),
+    ("<think> step </think><answer>\u0301</answer>", 0.0), ("<think> 步骤 </think><answer>七</answer>", 1.0),
 ])
 def test_format_is_strict(completion, expected):
     assert score("format", completion) == expected
