@@ -197,9 +197,10 @@ def _get_run_root() -> str:
 def run_python(source: str, *, stdin: bytes = b"", mode: str = "bwrap", limits: SandboxLimits = SandboxLimits(),
                kind: str = "stdio", tests: list[str] | None = None, entry_point: str | None = None) -> RunResult:
     """Run `source` in the sandbox: `kind` "stdio" runs it as a script on `stdin`; "assert" runs `tests`
-    (assertion statements) against it, stdin then holding the nonce line, to which the tests and the entry
-    point are added as a JSON line (sandbox_runner.py: read only by its judge, never by the program's
-    process nor from a file the program could read)."""
+    (assertion statements) against it, `stdin` then holding the nonce line, to which the tests and the entry
+    point are added as a JSON line, all sent by a pipe of the judge's own (sandbox_runner.py: read only by its
+    judge, never by the program's process, nor from a file or a descriptor the program could read; the run's
+    stdin is /dev/null)."""
     if mode not in MODES:
         raise UserError(f"rewards.code.sandbox = {mode!r}: expected one of {', '.join(MODES)}")
     uid = sandbox_uid()
@@ -215,12 +216,18 @@ def run_python(source: str, *, stdin: bytes = b"", mode: str = "bwrap", limits: 
             if uid >= 0:
                 os.chown(work, uid, uid)
             prefix, root, cwd, runner_seccomp = [], run_dir, work, -1 if seccomp is None else seccomp
+        # the assert mode's nonce and tests go by a pipe of their own, never the run's stdin: bwrap's pid 1 holds
+        # stdin and, without root, ran as the program's user and was dumpable: a program opened /proc/1/fd/0, read
+        # the nonce and the tests before the judge did, wrote tests of its own back and passed (7 runs in 30).
+        # bwrap's pid 1 closes every descriptor but stdio (--as-pid-1 would drop it, but the runner then outlived
+        # a wall-time kill)
+        judge_fd = os.pipe() if kind != "stdio" else None
         argv = prefix + [sys.executable, "-I", "-B", f"{root}/runner.py", limits.runner_limits(), kind, str(uid),
-                         str(runner_seccomp)]
+                         str(runner_seccomp), str(judge_fd[0]) if judge_fd else "-1"]
         try:
-            if kind != "stdio":
+            if judge_fd is not None:
                 return _run(argv, stdin + json.dumps([tests or [], entry_point]).encode() + b"\n", cwd, limits,
-                            seccomp)
+                            seccomp, judge_fd)
             with open(pathlib.Path(run_dir) / "stdin", "rb") as stdin_file:
                 return _run(argv, stdin_file, cwd, limits, seccomp)
         finally:
@@ -257,22 +264,26 @@ def kill_user_processes(uid: int) -> None:
         pass
 
 
-def _run(argv: list[str], stdin, cwd: str, limits: SandboxLimits, seccomp: int | None = None) -> RunResult:
-    """`stdin`: an open file, or a few bytes written to a pipe and closed (never a file the program could read
-    again: the assert mode's nonce). `seccomp`: a descriptor bwrap or the runner reads its filter from (closed
-    here)."""
-    piped = isinstance(stdin, bytes)
+def _run(argv: list[str], stdin, cwd: str, limits: SandboxLimits, seccomp: int | None = None,
+         judge_fd: tuple[int, int] | None = None) -> RunResult:
+    """`stdin`: an open file (the program's input), or, with `judge_fd` (a pipe: the runner gets its read end, by
+    number in argv), a few bytes written to that pipe and closed (never a file or a descriptor the program could
+    read: the assert mode's nonce; stdin is then /dev/null). `seccomp`: a descriptor bwrap or the runner reads its
+    filter from. Both are closed here."""
+    passed = tuple(fd for fd in (seccomp, judge_fd[0] if judge_fd else None) if fd is not None)
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE if piped else stdin, stdout=subprocess.PIPE,
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL if judge_fd else stdin, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, cwd=cwd, env=CLEAN_ENV, start_new_session=True,
-                                close_fds=True, pass_fds=() if seccomp is None else (seccomp,))
+                                close_fds=True, pass_fds=passed)
     except OSError as err:
+        if judge_fd:
+            os.close(judge_fd[1])
         return RunResult("sandbox_error", b"", None, f"cannot start: {err}")
     finally:
-        if seccomp is not None:
-            os.close(seccomp)
-    if piped:  # by a thread: tests past a pipe's buffer wait for the judge, inside the wall time below
-        threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True).start()
+        for fd in passed:
+            os.close(fd)
+    if judge_fd:  # by a thread: tests past a pipe's buffer wait for the judge, inside the wall time below
+        threading.Thread(target=_feed, args=(os.fdopen(judge_fd[1], "wb"), stdin), daemon=True).start()
     deadline = time.monotonic() + limits.wall_s
     out, err, over, timed_out = bytearray(), bytearray(), False, False
     with selectors.DefaultSelector() as selector:

@@ -19,11 +19,13 @@ _UNIMPORTED = frozenset({"antigravity", "this"})  # standard modules whose impor
 MAX_REPLY_CHARS = values.MAX_VALUE_CHARS + 64  # a reply line of the program's process, its frame included
 
 
-def judge_tests(pid: int, requests_fd: int, replies_fd: int) -> None:
-    """Read the nonce and the tests (stdin: read only now, after the program's process `pid` was forked), run
-    them against the program through the pipes, write the verdict line, end the program's process and exit."""
-    nonce = sys.stdin.readline().strip()  # read only now: the program's process never held them
-    tests, entry_point = json.loads(sys.stdin.readline())
+def judge_tests(pid: int, requests_fd: int, replies_fd: int, judge_fd: int) -> None:
+    """Read the nonce and the tests (`judge_fd`: read only now, after the program's process `pid` was forked and
+    closed it), run them against the program through the pipes, write the verdict line, end the program's process
+    and exit."""
+    with os.fdopen(judge_fd, "rb") as given:  # read only now: the program's process never held them
+        nonce = given.readline().decode().strip()
+        tests, entry_point = json.loads(given.readline())
     channel = Channel(pid, requests_fd, replies_fd)
     namespace = channel.program_names()
     results = [0 if test[:4] == "exec" else '"raised"' for test in tests]  # also without the entry point

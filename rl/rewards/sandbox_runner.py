@@ -1,18 +1,20 @@
 """Runs INSIDE the sandbox (copied in as a file, never imported by the trainer): set the limits, drop root,
 load the seccomp filter, then compile and run the untrusted program.
 
-    python -I -B runner.py LIMITS_JSON MODE UID SECCOMP_FD
+    python -I -B runner.py LIMITS_JSON MODE UID SECCOMP_FD JUDGE_FD
 
 LIMITS_JSON: {"cpu_s", "memory_mb", "processes", "file_mb", "open_files"} applied with setrlimit before
 anything untrusted runs (after bwrap created the namespaces, so the process count is counted inside them).
 UID >= 0 (the trainer runs as root): drop to that user id, so that the kernel enforces RLIMIT_NPROC (root
 is exempt from it). SECCOMP_FD >= 0 (`rlimits_only`): a descriptor holding the seccomp filter
-(rl.rewards.seccomp), loaded before the program runs (-1: none; bwrap loads it itself).
+(rl.rewards.seccomp), loaded before the program runs (-1: none; bwrap loads it itself). JUDGE_FD (`assert`): a
+pipe holding the nonce and the tests, which the program's process closes at once (-1 in `stdio`).
 
 MODE `stdio`: run program.py as __main__ on this process's stdin.
 
 MODE `assert`: two processes. This one, the judge, forks the program's process first, then reads the nonce
-and the tests from stdin (a pipe: never in the program's memory or files), and runs each test in a namespace
+and the tests from JUDGE_FD (a pipe: never in the program's memory, files or descriptors; not stdin, which
+bwrap's pid 1 holds), and runs each test in a namespace
 of its own, where the program's functions and classes are stubs: a call sends its arguments (values of builtin
 types, or references to the program's objects) to the program's process, which defines the program as module
 `__solution__` (a main guard does not run) and calls the real function; the value comes back encoded
@@ -142,6 +144,7 @@ def load_seccomp(prctl, fd: int) -> None:
 def main() -> None:
     parent, prctl = os.getppid(), libc_prctl()
     limits, mode, uid, seccomp_fd = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    judge_fd = int(sys.argv[5])
     limit(limits)
     drop_root(uid)
     die_with_parent(prctl, parent)
@@ -160,10 +163,10 @@ def main() -> None:
         run(code, "__main__")
         sys.stdout.flush()
         return
-    judge(code, prctl, limits)
+    judge(code, prctl, limits, judge_fd)
 
 
-def judge(code, prctl, limits: dict) -> None:
+def judge(code, prctl, limits: dict, judge_fd: int) -> None:
     """The assert mode (module docstring): fork the program's process, then judge the tests here."""
     if prctl is not None:
         import ctypes
@@ -177,11 +180,12 @@ def judge(code, prctl, limits: dict) -> None:
     if pid == 0:
         os.close(requests_w)
         os.close(replies_r)
+        os.close(judge_fd)  # the nonce and the tests: the judge's alone
         die_with_parent(prctl, here)
         serve(code, requests_r, replies_w)
     os.close(requests_r)
     os.close(replies_w)
-    judging.judge_tests(pid, requests_w, replies_r)
+    judging.judge_tests(pid, requests_w, replies_r, judge_fd)
 
 
 def serve(code, requests_fd: int, replies_fd: int) -> None:

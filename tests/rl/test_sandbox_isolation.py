@@ -115,6 +115,32 @@ def test_bwrap_ordinary_programs_still_thread_fork_and_write_tmp():
 
 
 @needs_bwrap
+def test_the_nonce_and_the_tests_reach_the_judge_by_a_pipe_of_its_own_not_stdin(monkeypatch):
+    """bwrap's pid 1 holds the run's stdin and, without root, ran as the program's user, dumpable: an assert-mode
+    program opened /proc/1/fd/0, read the nonce and the tests before the judge did, wrote "pass" tests back and
+    passed (7 runs in 30 as nobody). The judge's pipe is now an extra descriptor, which bwrap's pid 1 closes and
+    the program's process closes at once; stdin is /dev/null."""
+    started = []
+    popen = subprocess.Popen
+
+    def spy(argv, **kwargs):
+        started.append(kwargs)
+        return popen(argv, **kwargs)
+
+    monkeypatch.setattr(sandbox.subprocess, "Popen", spy)
+    program = ("import os\ndef f():\n    return [os.readlink(f'/proc/self/fd/{fd}')[:4] for fd in (0, 1)]\n"
+               "def g():\n    return sorted(os.listdir('/proc/self/fd'))\n")
+    run = sandbox.run_python(program, stdin=b"n0nce\n", mode="bwrap", limits=LIMITS, kind="assert",
+                             tests=["eval f()", "eval len(g())"], entry_point="f")
+    assert started[0]["stdin"] is subprocess.DEVNULL and len(started[0]["pass_fds"]) == 2
+    line = run.stdout.split(b"\n")[-2].decode()
+    assert run.status == "ok" and line.startswith("n0nce "), run
+    # /dev/null twice; the program's process holds stdio, its two pipes to the judge and listdir's own: no more
+    assert line.split(" ", 1)[1] == '[["value", ["list", [["str", "2f646576"], ["str", "2f646576"]]]], ' \
+                                    '["value", ["int", "6"]]]', line
+
+
+@needs_bwrap
 def test_the_seccomp_filter_is_well_formed():
     program = sandbox.seccomp_filter()
     assert len(program) % 8 == 0 and 0 < len(program) // 8 < 256
