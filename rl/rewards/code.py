@@ -30,7 +30,8 @@ stdio tests stop at the first failure.
 
 Only the sandbox runs model text. Assertion results come back as a line marked with a random nonce, which
 reaches the judge by a pipe after the program's process was forked (a file in the sandbox could be read
-again: a program read it and forged a passing line), as do the tests; the judge runs no program code and is
+again: a program read it and forged a passing line), as do the tests, and the line comes back by a pipe of the
+judge's own (not stdio, which bwrap's pid 1 holds: sandbox.run_python); the judge runs no program code and is
 not dumpable, so neither its frames, its objects nor its memory are within the program's reach, and what the
 program returns arrives as builtin values (an object whose `__eq__` is always true arrives as a reference
 equal only to itself; until 2026-12-04 the assertions judged whole ran in the program's own interpreter,

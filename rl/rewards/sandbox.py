@@ -216,14 +216,15 @@ def run_python(source: str, *, stdin: bytes = b"", mode: str = "bwrap", limits: 
             if uid >= 0:
                 os.chown(work, uid, uid)
             prefix, root, cwd, runner_seccomp = [], run_dir, work, -1 if seccomp is None else seccomp
-        # the assert mode's nonce and tests go by a pipe of their own, never the run's stdin: bwrap's pid 1 holds
-        # stdin and, without root, ran as the program's user and was dumpable: a program opened /proc/1/fd/0, read
-        # the nonce and the tests before the judge did, wrote tests of its own back and passed (7 runs in 30).
-        # bwrap's pid 1 closes every descriptor but stdio (--as-pid-1 would drop it, but the runner then outlived
-        # a wall-time kill)
-        judge_fd = os.pipe() if kind != "stdio" else None
+        # the assert mode's nonce and tests, and its verdict, go by pipes of their own, never the run's stdin and
+        # stdout: bwrap's pid 1 holds those and, without root, ran as the program's user and was dumpable: a
+        # program opened /proc/1/fd/0 and read the nonce and the tests before the judge did (then wrote "pass"
+        # tests back), or /proc/1/fd/1 and read the verdict line before the trainer did (then wrote one of 1s):
+        # 7 and 10 forged passes in 20-30 runs. bwrap's pid 1 closes every descriptor but stdio (--as-pid-1 would
+        # drop it, but the runner then outlived a wall-time kill)
+        judge_fd = os.pipe() + os.pipe() if kind != "stdio" else None  # (tests: read, write; verdict: read, write)
         argv = prefix + [sys.executable, "-I", "-B", f"{root}/runner.py", limits.runner_limits(), kind, str(uid),
-                         str(runner_seccomp), str(judge_fd[0]) if judge_fd else "-1"]
+                         str(runner_seccomp), f"{judge_fd[0]},{judge_fd[3]}" if judge_fd else "-1,-1"]
         try:
             if judge_fd is not None:
                 return _run(argv, stdin + json.dumps([tests or [], entry_point]).encode() + b"\n", cwd, limits,
@@ -265,12 +266,13 @@ def kill_user_processes(uid: int) -> None:
 
 
 def _run(argv: list[str], stdin, cwd: str, limits: SandboxLimits, seccomp: int | None = None,
-         judge_fd: tuple[int, int] | None = None) -> RunResult:
-    """`stdin`: an open file (the program's input), or, with `judge_fd` (a pipe: the runner gets its read end, by
-    number in argv), a few bytes written to that pipe and closed (never a file or a descriptor the program could
-    read: the assert mode's nonce; stdin is then /dev/null). `seccomp`: a descriptor bwrap or the runner reads its
-    filter from. Both are closed here."""
-    passed = tuple(fd for fd in (seccomp, judge_fd[0] if judge_fd else None) if fd is not None)
+         judge_fd: tuple[int, int, int, int] | None = None) -> RunResult:
+    """`stdin`: an open file (the program's input), or, with `judge_fd` (two pipes: the runner gets the first's
+    read end and the second's write end, by number in argv), a few bytes written to the first and closed (never a
+    file or a descriptor the program could read: the assert mode's nonce; stdin is then /dev/null), and the
+    result's stdout is what the judge wrote to the second (the run's own stdout is read and dropped).
+    `seccomp`: a descriptor bwrap or the runner reads its filter from. All are closed here."""
+    passed = tuple(fd for fd in (seccomp, *(judge_fd[0::3] if judge_fd else ())) if fd is not None)
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL if judge_fd else stdin, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, cwd=cwd, env=CLEAN_ENV, start_new_session=True,
@@ -278,6 +280,7 @@ def _run(argv: list[str], stdin, cwd: str, limits: SandboxLimits, seccomp: int |
     except OSError as err:
         if judge_fd:
             os.close(judge_fd[1])
+            os.close(judge_fd[2])
         return RunResult("sandbox_error", b"", None, f"cannot start: {err}")
     finally:
         for fd in passed:
@@ -285,10 +288,12 @@ def _run(argv: list[str], stdin, cwd: str, limits: SandboxLimits, seccomp: int |
     if judge_fd:  # by a thread: tests past a pipe's buffer wait for the judge, inside the wall time below
         threading.Thread(target=_feed, args=(os.fdopen(judge_fd[1], "wb"), stdin), daemon=True).start()
     deadline = time.monotonic() + limits.wall_s
-    out, err, over, timed_out = bytearray(), bytearray(), False, False
+    out, err, verdict, over, timed_out = bytearray(), bytearray(), bytearray(), False, False
     with selectors.DefaultSelector() as selector:
         selector.register(proc.stdout, selectors.EVENT_READ, out)
         selector.register(proc.stderr, selectors.EVENT_READ, err)
+        if judge_fd:
+            selector.register(judge_fd[2], selectors.EVENT_READ, verdict)
         while selector.get_map():
             left = deadline - time.monotonic()
             if left <= 0:
@@ -300,16 +305,19 @@ def _run(argv: list[str], stdin, cwd: str, limits: SandboxLimits, seccomp: int |
                     selector.unregister(key.fileobj)
                     continue
                 buffer = key.data
-                room = (limits.output_bytes if buffer is out else STDERR_KEEP) - len(buffer)
+                room = (STDERR_KEEP if buffer is err else limits.output_bytes) - len(buffer)
                 buffer += chunk[:max(room, 0)]
-                if buffer is out and len(chunk) > room:
+                if buffer is not err and len(chunk) > room:
                     over = True
             if over:
                 break
     _kill_group(proc)
     proc.stdout.close()
     proc.stderr.close()
-    return _classify(proc.returncode, bytes(out), err.decode("utf-8", "replace"), timed_out, over, limits)
+    if judge_fd:
+        os.close(judge_fd[2])
+    return _classify(proc.returncode, bytes(verdict if judge_fd else out), err.decode("utf-8", "replace"),
+                     timed_out, over, limits)
 
 
 def _feed(pipe, data: bytes) -> None:

@@ -19,10 +19,10 @@ _UNIMPORTED = frozenset({"antigravity", "this"})  # standard modules whose impor
 MAX_REPLY_CHARS = values.MAX_VALUE_CHARS + 64  # a reply line of the program's process, its frame included
 
 
-def judge_tests(pid: int, requests_fd: int, replies_fd: int, judge_fd: int) -> None:
+def judge_tests(pid: int, requests_fd: int, replies_fd: int, judge_fd: int, verdict_fd: int) -> None:
     """Read the nonce and the tests (`judge_fd`: read only now, after the program's process `pid` was forked and
-    closed it), run them against the program through the pipes, write the verdict line, end the program's process
-    and exit."""
+    closed it), run them against the program through the pipes, write the verdict line (to `verdict_fd`), end the
+    program's process and exit."""
     with os.fdopen(judge_fd, "rb") as given:  # read only now: the program's process never held them
         nonce = given.readline().decode().strip()
         tests, entry_point = json.loads(given.readline())
@@ -35,7 +35,7 @@ def judge_tests(pid: int, requests_fd: int, replies_fd: int, judge_fd: int) -> N
         for index, test in enumerate(tests):
             results[index] = run_test(test, index, namespace)
     line = "\n" + nonce + " [" + ", ".join([r if type(r) is str else "1" if r else "0" for r in results]) + "]\n"
-    write_all(1, line.encode("ascii"))
+    write_all(verdict_fd, line.encode("ascii"))  # (not stdout, which bwrap's pid 1 holds: sandbox.run_python)
     try:
         os.kill(pid, signal.SIGKILL)
     except OSError:

@@ -1,14 +1,15 @@
 """Runs INSIDE the sandbox (copied in as a file, never imported by the trainer): set the limits, drop root,
 load the seccomp filter, then compile and run the untrusted program.
 
-    python -I -B runner.py LIMITS_JSON MODE UID SECCOMP_FD JUDGE_FD
+    python -I -B runner.py LIMITS_JSON MODE UID SECCOMP_FD JUDGE_FD,VERDICT_FD
 
 LIMITS_JSON: {"cpu_s", "memory_mb", "processes", "file_mb", "open_files"} applied with setrlimit before
 anything untrusted runs (after bwrap created the namespaces, so the process count is counted inside them).
 UID >= 0 (the trainer runs as root): drop to that user id, so that the kernel enforces RLIMIT_NPROC (root
 is exempt from it). SECCOMP_FD >= 0 (`rlimits_only`): a descriptor holding the seccomp filter
-(rl.rewards.seccomp), loaded before the program runs (-1: none; bwrap loads it itself). JUDGE_FD (`assert`): a
-pipe holding the nonce and the tests, which the program's process closes at once (-1 in `stdio`).
+(rl.rewards.seccomp), loaded before the program runs (-1: none; bwrap loads it itself). JUDGE_FD and VERDICT_FD
+(`assert`): pipes holding the nonce and the tests, and taking the verdict, which the program's process closes
+at once (-1 in `stdio`).
 
 MODE `stdio`: run program.py as __main__ on this process's stdin.
 
@@ -23,7 +24,7 @@ a reference, equal to nothing but itself. An object that is no builtin value (an
 class) arrives as a reference whose attributes and calls go back to the program; it has no other operation.
 No program code runs in this process, which is not dumpable (its memory and descriptors out of the program's
 reach), so the frames, the garbage collector, the nonce and the verdict are out of its reach too. The verdict,
-`NONCE [result, ...]` on this process's stdout (the program's is /dev/null), has one result per test:
+`NONCE [result, ...]` on VERDICT_FD (the program's stdout is /dev/null), has one result per test:
 - `eval EXPR` (an `assert EXPR == LITERAL` the trainer split; the LITERAL never comes here): the value of
   EXPR as `["value", ENCODED]`, or "unencodable", "too_large" (longer than MAX_VALUE_CHARS) or "raised" (the
   trainer compares the value; any but a value fails);
@@ -144,7 +145,7 @@ def load_seccomp(prctl, fd: int) -> None:
 def main() -> None:
     parent, prctl = os.getppid(), libc_prctl()
     limits, mode, uid, seccomp_fd = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    judge_fd = int(sys.argv[5])
+    judge_fd, verdict_fd = map(int, sys.argv[5].split(","))
     limit(limits)
     drop_root(uid)
     die_with_parent(prctl, parent)
@@ -163,10 +164,10 @@ def main() -> None:
         run(code, "__main__")
         sys.stdout.flush()
         return
-    judge(code, prctl, limits, judge_fd)
+    judge(code, prctl, limits, judge_fd, verdict_fd)
 
 
-def judge(code, prctl, limits: dict, judge_fd: int) -> None:
+def judge(code, prctl, limits: dict, judge_fd: int, verdict_fd: int) -> None:
     """The assert mode (module docstring): fork the program's process, then judge the tests here."""
     if prctl is not None:
         import ctypes
@@ -180,12 +181,13 @@ def judge(code, prctl, limits: dict, judge_fd: int) -> None:
     if pid == 0:
         os.close(requests_w)
         os.close(replies_r)
-        os.close(judge_fd)  # the nonce and the tests: the judge's alone
+        os.close(judge_fd)  # the nonce and the tests, and the verdict: the judge's alone
+        os.close(verdict_fd)
         die_with_parent(prctl, here)
         serve(code, requests_r, replies_w)
     os.close(requests_r)
     os.close(replies_w)
-    judging.judge_tests(pid, requests_w, replies_r, judge_fd)
+    judging.judge_tests(pid, requests_w, replies_r, judge_fd, verdict_fd)
 
 
 def serve(code, requests_fd: int, replies_fd: int) -> None:

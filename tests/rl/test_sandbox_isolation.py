@@ -115,11 +115,12 @@ def test_bwrap_ordinary_programs_still_thread_fork_and_write_tmp():
 
 
 @needs_bwrap
-def test_the_nonce_and_the_tests_reach_the_judge_by_a_pipe_of_its_own_not_stdin(monkeypatch):
-    """bwrap's pid 1 holds the run's stdin and, without root, ran as the program's user, dumpable: an assert-mode
-    program opened /proc/1/fd/0, read the nonce and the tests before the judge did, wrote "pass" tests back and
-    passed (7 runs in 30 as nobody). The judge's pipe is now an extra descriptor, which bwrap's pid 1 closes and
-    the program's process closes at once; stdin is /dev/null."""
+def test_the_judge_reads_the_tests_and_writes_the_verdict_by_pipes_of_its_own_not_stdio(monkeypatch):
+    """bwrap's pid 1 holds the run's stdin and stdout and, without root, ran as the program's user, dumpable: an
+    assert-mode program opened /proc/1/fd/0 and read the nonce and the tests before the judge did (then wrote
+    "pass" tests back), or /proc/1/fd/1 and read the verdict before the trainer did (then wrote one of 1s): 7 in
+    30 and 10 in 20 runs as nobody passed. The judge's pipes are now extra descriptors, which bwrap's pid 1 closes
+    and the program's process closes at once; stdin is /dev/null, and what reaches stdout is dropped."""
     started = []
     popen = subprocess.Popen
 
@@ -132,7 +133,7 @@ def test_the_nonce_and_the_tests_reach_the_judge_by_a_pipe_of_its_own_not_stdin(
                "def g():\n    return sorted(os.listdir('/proc/self/fd'))\n")
     run = sandbox.run_python(program, stdin=b"n0nce\n", mode="bwrap", limits=LIMITS, kind="assert",
                              tests=["eval f()", "eval len(g())"], entry_point="f")
-    assert started[0]["stdin"] is subprocess.DEVNULL and len(started[0]["pass_fds"]) == 2
+    assert started[0]["stdin"] is subprocess.DEVNULL and len(started[0]["pass_fds"]) == 3
     line = run.stdout.split(b"\n")[-2].decode()
     assert run.status == "ok" and line.startswith("n0nce "), run
     # /dev/null twice; the program's process holds stdio, its two pipes to the judge and listdir's own: no more
