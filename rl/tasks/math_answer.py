@@ -200,7 +200,7 @@ def _approximates(decimal: str, reference: str) -> bool:
     side of an approximation ("\\frac{1}{3} \\approx 0.333"); False for a reference that is no number."""
     import sympy
 
-    reference = normalise(reference)
+    reference = normalise(_APPROX.split(strip_markup(reference))[-1])  # (a reference "\\approx 3.14": its value)
     gold = [] if ambiguous(reference) or risky(reference) else parse_answer(reference)
     value = gold[0].rhs if gold and isinstance(gold[0], sympy.Eq) else gold[0] if gold else None
     if not (isinstance(value, sympy.Expr) and value.is_number):
