@@ -15,8 +15,8 @@ math delimiters remain inside it: bare, math-verify took its first fraction for 
 A reference of words in \\text ("\\text{No}") compares as words (`_words`), and a decimal must also agree to
 RELATIVE_TOLERANCE of the value (`_relatively_close`). Text math-verify drops may not hide a second answer
 ("5 \\text{ or 6}", "5 \\textbf{6}": `hedged`), and each side of an approximation with a digit must verify, a
-decimal to its last place ("5 \\approx 6" was 5; "\\frac{1}{3} \\approx 0.333" still scores). Shapes whose parsing or comparison could run away are
-refused first (rl.tasks.math_screen).
+decimal to its last place ("5 \\approx 6" was 5; "\\frac{1}{3} \\approx 0.333" still scores). Shapes whose
+parsing or comparison could run away are refused first (rl.tasks.math_screen).
 
 sympy, latex2sympy2 and math-verify are imported inside the functions that use them: they take seconds to
 import and are needed only where answers are verified (the reward workers), not in the trainer.
