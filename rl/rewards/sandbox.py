@@ -64,7 +64,7 @@ JUDGE = pathlib.Path(__file__).with_name("sandbox_judge.py")  # the assert mode'
 CPU_SIGNALS = (signal.SIGXCPU, signal.SIGKILL)  # the soft and the hard RLIMIT_CPU
 CLEAN_ENV = {"PATH": "/usr/bin:/bin", "LC_CTYPE": "C.UTF-8"}
 LINKER_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d")
-SANDBOX_UID_BASE = 2_000_000  # as root, programs run as uid BASE + (pid of the scoring process % 1e6)
+SANDBOX_UID_BASE = 2_000_000  # as root, programs run as uid BASE + the pid of the scoring process
 STDERR_KEEP = 4096  # bytes of the program's stderr kept for diagnostics
 RUN_ROOT_PREFIX = "r1jax-sandbox-"  # run directories live in /tmp/r1jax-sandbox-PID-XXXX/ (PID: its owner)
 RUN_ROOT_NAME = re.compile(re.escape(RUN_ROOT_PREFIX) + r"([0-9]+)-[A-Za-z0-9_]+")  # tempfile.mkdtemp's suffix
@@ -141,8 +141,10 @@ def bwrap_args(limits: SandboxLimits, run_dir: str, seccomp_fd: int | None = Non
 
 def sandbox_uid() -> int:
     """-1 (stay) unless root; then a per-process unprivileged uid, so that RLIMIT_NPROC counts only the
-    programs of this scoring process."""
-    return SANDBOX_UID_BASE + os.getpid() % 1_000_000 if os.geteuid() == 0 else -1
+    programs of this scoring process, and a run's leftover processes killed by uid are its own. The whole pid
+    (under 2^22, the kernel's limit): pid % 10^6 gave two workers one uid where pids pass a million (systemd's
+    pid_max is 4,194,304), and each killed the other's running programs."""
+    return SANDBOX_UID_BASE + os.getpid() if os.geteuid() == 0 else -1
 
 
 _run_root: str | None = None  # this process's parent of run directories (set_run_root, or made on first use)

@@ -293,3 +293,15 @@ def test_endless_output_is_cut_at_the_limit_not_at_the_wall_time():
     assert run.status == "output_limit", (run.status, run.detail)
     assert len(run.stdout) <= SMALL.output_bytes
     assert time.monotonic() - start < SMALL.wall_s / 2
+
+
+def test_scoring_processes_whose_pids_differ_by_a_million_run_programs_as_different_users(monkeypatch):
+    """As root each scoring process's programs run as a uid of their own (RLIMIT_NPROC, and the kill of a run's
+    leftover processes by uid, count only its own): uid = BASE + pid % 10^6 gave workers 1,000,123 and 2,000,123
+    one uid where pids pass a million (systemd's pid_max is 4,194,304)."""
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    uids = set()
+    for pid in (1_000_123, 2_000_123, 4_194_303):
+        monkeypatch.setattr(os, "getpid", lambda pid=pid: pid)
+        uids.add(sandbox.sandbox_uid())
+    assert len(uids) == 3 and min(uids) >= sandbox.SANDBOX_UID_BASE and max(uids) < 2 ** 31
