@@ -15,13 +15,15 @@ extra variables (e.g. `enable_thinking`), which win over special tokens of the s
 are set by every render and cannot be extra variables.
 Bounds transformers lacks: jinja2's sandbox bounds `range()` only, so `*`, `+`, `~` and `**` refuse to build a
 value past `MAX_LENGTH` characters or items (`'a' * 2**45`, a string doubled with `~` in a loop) or an integer
-past `MAX_INT_BITS` bits (`9**9**9`), and the rendered text stops at `MAX_LENGTH` characters; a render that runs
-out of memory anyway (a filter such as `center(10**12)`) is a UserError naming the template, as every other
-failure to render is.
+past `MAX_INT_BITS` bits (`9**9**9`), a render's loops turn at most `MAX_LOOP_TURNS` times in all (nested
+`range(100000)` loops ran for hours, making nothing), and the rendered text stops at `MAX_LENGTH` characters; a
+render that runs out of memory anyway (a filter such as `center(10**12)`) is a UserError naming the template, as
+every other failure to render is.
 """
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import functools
 import json
@@ -38,6 +40,8 @@ from r1jax.errors import UserError
 RESERVED_VARIABLES = ("messages", "add_generation_prompt")  # set by every render: never a caller's extra variable
 MAX_LENGTH = 10**7  # characters (or list items) of a value a template builds, and of its rendered text
 MAX_INT_BITS = 1 << 16  # of an integer a template computes (a chat template counts turns, not bignums)
+MAX_LOOP_TURNS = 10**6  # of all a render's {% for %} loops together (a conversation's messages and tools: far fewer)
+_TURNS_LEFT: contextvars.ContextVar[list[int]] = contextvars.ContextVar("chat_template_turns_left")
 
 
 class _GenerationBlock(jinja2.ext.Extension):
@@ -126,7 +130,18 @@ def _check_binop(operator: str, left: Any, right: Any) -> None:
 
 
 class _CodeGenerator(jinja2.compiler.CodeGenerator):
-    """jinja2's, with `a ~ b` joined by the environment's `join_bounded` (jinja2 joins it with no hook)."""
+    """jinja2's, with `a ~ b` joined by the environment's `join_bounded` (jinja2 joins it with no hook) and each
+    turn of a `{% for %}` loop counted (jinja2 bounds neither)."""
+
+    def visit_For(self, node: jinja2.nodes.For, frame) -> None:
+        # each turn is counted (`_BoundedSandbox.count_turn`): by the loop's filter, where it has one (`{% for x
+        # in xs if test %}` turns through items the body never sees), else by the body's first statement
+        nodes = jinja2.nodes
+        count = nodes.Call(nodes.EnvironmentAttribute("count_turn"), [], [], None, None, lineno=node.lineno)
+        body, test = (node.body, nodes.And(count, node.test, lineno=node.lineno)) if node.test else (
+            [nodes.ExprStmt(count, lineno=node.lineno), *node.body], None)
+        super().visit_For(nodes.For(node.target, node.iter, body, node.else_, test, node.recursive,
+                                    lineno=node.lineno), frame)
 
     def visit_Concat(self, node: jinja2.nodes.Concat, frame) -> None:
         self.write("environment.join_bounded((")
@@ -145,6 +160,15 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
     def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
         _check_binop(operator, left, right)
         return super().call_binop(context, operator, left, right)
+
+    @staticmethod
+    def count_turn() -> bool:
+        left = _TURNS_LEFT.get()  # ChatTemplate.render sets each render's
+        left[0] -= 1
+        if left[0] < 0:
+            raise jinja2.exceptions.SecurityError(f"its loops would turn more than the {MAX_LOOP_TURNS} times a "
+                                                  f"chat template may in one render")
+        return True
 
     @staticmethod
     def join_bounded(values) -> str:
@@ -201,6 +225,7 @@ class ChatTemplate:
             raise UserError(f"{self.origin} is not a valid Jinja template (line {err.lineno}: {err.message})") from None
         context = {**self.special_tokens, **variables, "messages": messages, "tools": tools, "documents": documents,
                    "add_generation_prompt": add_generation_prompt}
+        turns = _TURNS_LEFT.set([MAX_LOOP_TURNS])
         try:
             text = _bounded_text(template.generate(context))
         # jinja2's: raise_exception(...), sandbox refusals (SecurityError, the bounds above), undefined calls;
@@ -210,6 +235,8 @@ class ChatTemplate:
                 RecursionError, MemoryError) as err:
             detail = f": {err}" if str(err) else " (out of memory)" if isinstance(err, MemoryError) else ""
             raise UserError(f"{self.origin} failed to render: {type(err).__name__}{detail}") from None
+        finally:
+            _TURNS_LEFT.reset(turns)
         if text is None:
             raise UserError(f"{self.origin} renders more than {MAX_LENGTH} characters for one conversation")
         return text

@@ -9,7 +9,7 @@ import pytest
 import transformers
 
 from r1jax.errors import UserError
-from r1jax.model.chat_template import MAX_INT_BITS, MAX_LENGTH
+from r1jax.model.chat_template import MAX_INT_BITS, MAX_LENGTH, MAX_LOOP_TURNS
 from r1jax.model.hf_tokenizer import save_hf_tokenizer, save_with_prompt_format
 from r1jax.model.tokenizer import (R1_ZERO_TEMPLATE, TEMPLATE_NAMES, TokenizerConfig, apply_template, load_tokenizer,
                                    prompt_text, render_prompt, train_tokenizer)
@@ -166,6 +166,19 @@ LOOP = "{% for i in range(20000) %}"  # the sandbox's range() is bounded; what e
 ])
 def test_a_template_that_would_exhaust_the_host_is_refused_naming_the_file(tmp_path, template, error):
     with pytest.raises(UserError, match=f"tokenizer_config.json's chat_template failed to render: {error}"):
+        render_prompt(_hf_dir(tmp_path, template), "chat", "q")
+
+
+@pytest.mark.parametrize("template", [
+    LOOP + LOOP + "{% endfor %}{% endfor %}",                                 # 4 * 10**8 turns making nothing
+    LOOP + "{% for j in range(20000) if false %}{% endfor %}{% endfor %}",  # items its filter drops turn too
+    "{% for i in range(20000) recursive %}{% if loop.depth < 3 %}{{ loop(range(20000)) }}{% endif %}{% endfor %}",
+])
+def test_a_template_whose_loops_would_turn_for_hours_is_refused_naming_the_file(tmp_path, template):
+    """jinja2's sandbox bounds each range(), not the loops over them: these ran for minutes to hours."""
+    assert MAX_LOOP_TURNS < 20000 * 20000
+    with pytest.raises(UserError, match=f"tokenizer_config.json's chat_template failed to render: SecurityError: its "
+                                        f"loops would turn more than the {MAX_LOOP_TURNS} times"):
         render_prompt(_hf_dir(tmp_path, template), "chat", "q")
 
 
