@@ -52,11 +52,14 @@ def run(args: argparse.Namespace) -> int:
     if args.run_dir is not None and "://" in args.run_dir:
         raise UserError(f"--run-dir {args.run_dir}: the run directory is written with local file APIs; mount the "
                         "bucket on every host (Cloud Storage FUSE: gcsfuse) and pass the mount path")
+    several = "--run-dir is required with several processes: they all write one run directory"
+    if args.run_dir is None and (launch.num_processes or 1) > 1:  # before start-up waits for the peers
+        raise UserError(several)
     distributed.initialize(launch)  # before anything touches a JAX device
     import jax
 
-    if jax.process_count() > 1 and args.run_dir is None:
-        raise UserError("--run-dir is required with several processes: they all write one run directory")
+    if jax.process_count() > 1 and args.run_dir is None:  # --distributed auto: the count is known only now
+        raise UserError(several)
     return _train(args, primary=jax.process_index() == 0)
 
 

@@ -61,3 +61,16 @@ def test_a_stopped_run_says_its_step_and_how_to_resume():
     _print_outcome(console, {"evals": [entry], "stopped_at_step": None})
     assert console.lines == ["        grpo: pass@1 0.250  cons@4 0.500  pass@4 0.750  format 0.90  "
                              "(20 held-out problems x 4)"]
+
+
+def test_several_processes_without_a_run_dir_are_refused_before_waiting_for_the_peers(capsys):
+    """--num-processes 2 says there are several: before, process 0 waited the peer timeout for process 1 (300 s by
+    default; then exit 3, the peer named) and only a started pair was told that --run-dir is required."""
+    import time
+
+    start = time.monotonic()
+    code = main(["train", str(TRAIN_CONFIG), "--coordinator", "127.0.0.1:1", "--num-processes", "2",
+                 "--process-id", "0", "--peer-timeout-s", "20"], as_program=False)
+    assert code == 2 and time.monotonic() - start < 10
+    assert ("r1jax train: error: --run-dir is required with several processes: they all write one run directory"
+            in capsys.readouterr().err)
