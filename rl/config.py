@@ -85,9 +85,10 @@ class Config:
             if stage.student_overrides:
                 student_model(self.model, stage.student_overrides, where=f"stages[{stage.name}]")
         for stage in self.stages:
-            if stage.kind == "grpo" and self.grpo.max_staleness >= stage.steps:
+            if stage.kind == "grpo" and 0 < self.grpo.max_staleness >= stage.steps:
                 # every batch of the stage would be drawn at its first step, all by its starting weights (and
-                # held on the devices together, each checkpoint storing the whole queue)
+                # held on the devices together, each checkpoint storing the whole queue); on policy (k = 0) a
+                # stage of 0 steps only evaluates its start, as an sft one does
                 raise UserError(f"grpo.max_staleness={self.grpo.max_staleness} is not below stage {stage.name}'s "
                                 f"{stage.steps} steps: no batch of it can be that stale (from steps - 1 on, the "
                                 f"whole stage is sampled at its first step, by its starting weights); lower it "

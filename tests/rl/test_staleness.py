@@ -54,6 +54,16 @@ def test_max_staleness_not_below_a_grpo_stages_steps_is_refused():
         load_config(CONFIG, ["grpo.max_staleness=4"])
 
 
+def test_an_on_policy_grpo_stage_of_0_steps_is_accepted_as_a_stage_of_another_kind_is():
+    # refused before, blaming grpo.max_staleness=0 ("lower it (1 or 2 is usual)"): 0 >= the stage's 0 steps; on
+    # policy (k = 0) nothing is sampled ahead, and the stage, as an sft one of 0 steps, only evaluates its start
+    config = load_config(CONFIG, ["grpo.max_staleness=0",
+                                  "stages=[{name: g, kind: grpo, steps: 0}, {name: s, kind: sft, steps: 0}]"])
+    assert [stage.steps for stage in config.stages] == [0, 0] and config.grpo.max_staleness == 0
+    with pytest.raises(UserError, match=r"grpo.max_staleness=1 is not below stage g's 0 steps"):
+        load_config(CONFIG, ["grpo.max_staleness=1", "stages=[{name: g, kind: grpo, steps: 0}]"])
+
+
 def test_max_staleness_with_dynamic_sampling_is_refused():
     with pytest.raises(UserError, match="grpo.max_staleness = 1: expected 0 with grpo.dynamic_sampling"):
         load_config(CONFIG, ["grpo.dynamic_sampling=true"])
