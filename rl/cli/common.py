@@ -74,6 +74,17 @@ def check_context(new_tokens: int, prompt_tokens: int, context: int, *, prompt: 
                         f"model's context of {context} tokens (model.max_position_embeddings)")
 
 
+def check_token_copies(rows: int, tokens: int, experts: int, flags: str) -> None:
+    """A sampler call of `rows` rows of `tokens` tokens (the prompt's bucket + the new tokens) routes each to
+    `experts` experts: at most 2^31-1 token copies, which the MoE dispatch indexes in int32 (the bound the config
+    sets on a run's sampler calls, rl.config), else a UserError naming the `flags`: `generate --samples
+    2147483647` was an OverflowError traceback from inside the MoE layer."""
+    if rows * tokens * experts > INT32_MAX:
+        raise UserError(f"{flags}: {rows:,} rows x {tokens} tokens (the prompt's bucket + the new tokens) x "
+                        f"model.num_experts_per_tok={experts} is over 2^31-1 token copies (the MoE dispatch "
+                        f"indexes them in int32); ask for fewer samples or new tokens")
+
+
 def buckets_for(buckets: Sequence[int], longest: int) -> tuple[int, ...]:
     """The sampler's prompt buckets with one more, a multiple of 64 tokens, when the longest prompt of an
     inference command (generate, eval) passes the largest: those commands take no sampling.prompt_buckets,

@@ -12,8 +12,8 @@ import argparse
 import json
 
 from r1jax.model.tokenizer import TEMPLATE_NAMES
-from r1jax.rl.cli.common import buckets_for, check_context, flags_in_error, max_new_tokens, non_negative_int, non_negative_number, \
-    positive_int, probability, seed, utf8_text
+from r1jax.rl.cli.common import buckets_for, check_context, check_token_copies, flags_in_error, max_new_tokens, \
+    non_negative_int, non_negative_number, positive_int, probability, seed, utf8_text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from r1jax.errors import UserError
     from r1jax.model.tokenizer import render_prompt
     from r1jax.rl.checkpoint import open_for_inference
-    from r1jax.rl.sampler import Sampler
+    from r1jax.rl.sampler import Sampler, bucket_length
     from r1jax.rl.sampler_layout import inference_layout
     from r1jax.sharding.context import use_mesh
 
@@ -82,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
                                        **{field: value for field, (_, value) in flags.items()})
     except UserError as err:  # a bound of the config's: named as the flag too
         raise flags_in_error(err, "sampling", flags) from None
+    check_token_copies(args.samples, bucket_length(len(ids), sampling.prompt_buckets) + sampling.max_new_tokens,
+                       config.model.num_experts_per_tok, f"--samples {args.samples}")
     graphdef, state = nnx.split(policy)
     # without a tokenizer (--ids on a bare checkpoint) nothing stops a row and every id may be sampled
     stop_ids, pad = (tokenizer.eos_ids, tokenizer.pad_id) if tokenizer else ((), 0)

@@ -210,6 +210,16 @@ def test_a_completion_past_the_models_context_and_samples_past_the_bound_are_ref
     assert code == 2 and "--samples 1025: eval.samples=1025: must be at most 1,024" in err
 
 
+def test_generate_samples_past_the_moe_dispatchs_int32_index_are_refused_naming_the_flag(capsys, finished_run):
+    """--samples 2^31-1 passed the flag's bound and overflowed the MoE dispatch's int32 index (an OverflowError
+    traceback), as rows x tokens x experts per token past 2^31-1 do: the config bounds a run's sampler calls so."""
+    code, _, err = run_main(capsys, "generate", str(finished_run), "--ids", "1,40,41", "--max-new-tokens", "4",
+                            "--samples", "2147483647")
+    assert code == 2 and "Traceback" not in err, err
+    assert ("r1jax generate: error: --samples 2147483647: 2,147,483,647 rows x " in err
+            and "is over 2^31-1 token copies (the MoE dispatch indexes them in int32)" in err), err
+
+
 def test_generate_takes_a_prompt_longer_than_the_largest_bucket(capsys, finished_run):
     """The advice was "raise sampling.prompt_buckets", a setting generate does not take: one prompt gets a
     bucket of its own (a multiple of 64 tokens)."""
