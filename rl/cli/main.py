@@ -177,9 +177,11 @@ def main(argv: list[str] | None = None, *, as_program: bool | None = None) -> in
 
 
 def out_of_memory(err: BaseException) -> bool:
-    """XLA's allocation failure (a JaxRuntimeError saying RESOURCE_EXHAUSTED or "Out of memory")."""
+    """XLA's allocation failure (a JaxRuntimeError saying RESOURCE_EXHAUSTED or "Out of memory"), or the host's
+    (a MemoryError: numpy's copy of a device array, e.g. eval's completions of 1024 samples x 10^6 new tokens)."""
     text = str(err)
-    return type(err).__name__ == "JaxRuntimeError" and ("RESOURCE_EXHAUSTED" in text or "Out of memory" in text)
+    return isinstance(err, MemoryError) or (
+        type(err).__name__ == "JaxRuntimeError" and ("RESOURCE_EXHAUSTED" in text or "Out of memory" in text))
 
 
 if __name__ == "__main__":

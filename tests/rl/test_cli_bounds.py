@@ -231,6 +231,22 @@ def test_an_allocation_the_device_cannot_hold_is_one_line(capsys, monkeypatch):
     assert "out of memory: RESOURCE_EXHAUSTED: Out of memory allocating 1005022385968 bytes." in err
 
 
+def test_an_allocation_the_host_cannot_hold_is_one_line(capsys, monkeypatch):
+    """numpy's MemoryError copying a device array to the host (eval of 1024 samples x 1,100,000 new tokens) was a
+    traceback (exit 1): it is what was asked for not fitting, as XLA's out-of-memory error is."""
+    import numpy as np
+
+    from r1jax.rl.cli import info
+
+    def allocate(args):
+        np.empty((1 << 40, 1 << 10), np.int32)  # 4 PiB: refused at once, nothing allocated
+
+    monkeypatch.setattr(info, "run", allocate)
+    err = refused(capsys, "info", "tiny")
+    assert "r1jax info: error: out of memory: Unable to allocate" in err and "ask for fewer rows or tokens" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
 @pytest.mark.parametrize("timeout", ["10000", "1e6"])
 def test_score_timeouts_the_pool_takes_are_not_refused_by_the_batch_deadline(capsys, tmp_path, timeout):
     # ceil(256 / workers) x --timeout past reward_pool.batch_deadline_s's bound was refused naming that field
