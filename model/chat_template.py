@@ -16,9 +16,9 @@ are set by every render and cannot be extra variables.
 Bounds transformers lacks: jinja2's sandbox bounds `range()` only, so `*`, `+`, `~` and `**` refuse to build a
 value past `MAX_LENGTH` characters or items (`'a' * 2**45`, a string doubled with `~` in a loop) or an integer
 past `MAX_INT_BITS` bits (`9**9**9`), a render's loops turn at most `MAX_LOOP_TURNS` times in all (nested
-`range(100000)` loops ran for hours, making nothing), and the rendered text stops at `MAX_LENGTH` characters; a
-render that runs out of memory anyway (a filter such as `center(10**12)`) is a UserError naming the template, as
-every other failure to render is.
+`range(100000)` loops ran for hours, making nothing), `lipsum` writes at most `MAX_LENGTH // 10` words, and the
+rendered text stops at `MAX_LENGTH` characters; a render that runs out of memory anyway (a filter such as
+`center(10**12)`) is a UserError naming the template, as every other failure to render is.
 """
 
 from __future__ import annotations
@@ -64,6 +64,16 @@ def _raise_exception(message: str):
 
 def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _lipsum(n=5, html=True, min=20, max=100) -> str:
+    """jinja2's `lipsum` global, bounded: `lipsum(100000, False, 99999, 100000)` wrote 10^10 words (hours, and
+    the host's memory) outside any loop a template runs."""
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n, min, max)):
+        raise TypeError("lipsum takes integers n, min and max")
+    if n * max > MAX_LENGTH // 10:  # words of about 7 characters
+        raise _too_big("lipsum", f"up to {n * max} words", MAX_LENGTH // 10)
+    return jinja2.utils.generate_lorem_ipsum(n, html, min, max)
 
 
 def _strftime_now(format: str) -> str:
@@ -184,7 +194,7 @@ def _compile(source: str) -> jinja2.Template:
     env = _BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationBlock, jinja2.ext.loopcontrols])
     env.filters["tojson"] = _tojson
     env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now, dict=_TemplateDict(),
-                       namespace=_TemplateNamespace)
+                       namespace=_TemplateNamespace, lipsum=_lipsum)
     return env.from_string(source)
 
 
