@@ -16,9 +16,10 @@ are set by every render and cannot be extra variables.
 Bounds transformers lacks: jinja2's sandbox bounds `range()` only, so `*`, `+`, `~` and `**` refuse to build a
 value past `MAX_LENGTH` characters or items (`'a' * 2**45`, a string doubled with `~` in a loop) or an integer
 past `MAX_INT_BITS` bits (`9**9**9`), a render's loops turn at most `MAX_LOOP_TURNS` times in all (nested
-`range(100000)` loops ran for hours, making nothing), `lipsum` writes at most `MAX_LENGTH // 10` words, and the
-rendered text stops at `MAX_LENGTH` characters; a render that runs out of memory anyway (a filter such as
-`center(10**12)`) is a UserError naming the template, as every other failure to render is.
+`range(100000)` loops ran for hours, making nothing), `lipsum` writes at most `MAX_LENGTH // 10` words,
+`wordwrap` takes at most `MAX_WORDWRAP` characters (quadratic in a long word), and the rendered text stops at
+`MAX_LENGTH` characters; a render that runs out of memory anyway (a filter such as `center(10**12)`) is a
+UserError naming the template, as every other failure to render is.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any, Mapping, Sequence
 import jinja2
 import jinja2.compiler
 import jinja2.ext
+import jinja2.filters
 import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -74,6 +76,17 @@ def _lipsum(n=5, html=True, min=20, max=100) -> str:
     if n * max > MAX_LENGTH // 10:  # words of about 7 characters
         raise _too_big("lipsum", f"up to {n * max} words", MAX_LENGTH // 10)
     return jinja2.utils.generate_lorem_ipsum(n, html, min, max)
+
+
+MAX_WORDWRAP = 10**5  # characters `wordwrap` takes: Python's textwrap is quadratic in a long word's length
+
+
+def _wordwrap(environment, text, *args, **kwargs) -> str:
+    """jinja2's `wordwrap` filter, bounded: `('a' * 10**7)|wordwrap(1)` ran for about 40 minutes (textwrap cuts a
+    long word one slice at a time: 2.5 s for 400,000 characters)."""
+    if len(str(text)) > MAX_WORDWRAP:
+        raise _too_big("wordwrap", f"a text of {len(str(text))} characters to wrap", MAX_WORDWRAP)
+    return jinja2.filters.do_wordwrap(environment, text, *args, **kwargs)
 
 
 def _strftime_now(format: str) -> str:
@@ -192,7 +205,7 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
 @functools.lru_cache(maxsize=16)
 def _compile(source: str) -> jinja2.Template:
     env = _BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationBlock, jinja2.ext.loopcontrols])
-    env.filters["tojson"] = _tojson
+    env.filters.update(tojson=_tojson, wordwrap=jinja2.pass_environment(_wordwrap))
     env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now, dict=_TemplateDict(),
                        namespace=_TemplateNamespace, lipsum=_lipsum)
     return env.from_string(source)
