@@ -17,9 +17,11 @@ Bounds transformers lacks: jinja2's sandbox bounds `range()` only, so `*`, `+`, 
 value past `MAX_LENGTH` characters or items (`'a' * 2**45`, a string doubled with `~` in a loop) or an integer
 past `MAX_INT_BITS` bits (`9**9**9`), a render's loops turn at most `MAX_LOOP_TURNS` times in all (nested
 `range(100000)` loops ran for hours, making nothing), `lipsum` writes at most `MAX_LENGTH // 10` words,
-`wordwrap` takes at most `MAX_WORDWRAP` characters (quadratic in a long word), and the rendered text stops at
-`MAX_LENGTH` characters; a render that runs out of memory anyway (a filter such as `center(10**12)`) is a
-UserError naming the template, as every other failure to render is.
+`wordwrap` takes at most `MAX_WORDWRAP` characters (quadratic in a long word), a filter or a string method takes
+no integer past `MAX_LENGTH` (`center(10**10)`, `slice(10**10)`) and makes no text past it (`replace`, `join`,
+`indent`, `expandtabs`, `format` and `%`, whose lengths are bounded from their arguments: `_check_call`), and the
+rendered text stops at `MAX_LENGTH` characters; a render that runs out of memory anyway is a UserError naming the
+template, as every other failure to render is.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import contextvars
 import datetime
 import functools
 import json
+import re
+import types
 from typing import Any, Mapping, Sequence
 
 import jinja2
@@ -35,6 +39,7 @@ import jinja2.compiler
 import jinja2.ext
 import jinja2.filters
 import jinja2.nodes
+import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from r1jax.errors import UserError
@@ -64,7 +69,13 @@ def _raise_exception(message: str):
     raise jinja2.exceptions.TemplateError(message)
 
 
+MAX_JSON_INDENT = 64  # tojson's indent (each item of each level repeats it: indent=10**7 made gigabytes)
+
+
 def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:
+    if indent is not None and (indent if isinstance(indent, int) else len(str(indent))) > MAX_JSON_INDENT:
+        raise _too_big("tojson", f"an indent of {indent if isinstance(indent, int) else len(str(indent))}",
+                       MAX_JSON_INDENT)
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
@@ -152,6 +163,68 @@ def _check_binop(operator: str, left: Any, right: Any) -> None:
             raise _too_big(f"{operator!r}", f"an integer of about {bits} bits", MAX_INT_BITS)
 
 
+_FORMAT_FIELD = re.compile(r"%[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?|\{[^{}]*\}")
+
+
+def _check_call(name: str, subject: Any, args: tuple, kwargs: Mapping) -> None:
+    """Refuse (SecurityError) a filter or string method `name` of `subject` given an integer past MAX_LENGTH (a
+    width, a count: `center(10**10)` allocated 10 GB before any bound saw it), or whose text would pass MAX_LENGTH
+    though each input is within it (`replace`, `join`, `indent`, `expandtabs`, `format` and `%`: a bound of the
+    result's length from the inputs')."""
+    values = (*args, *kwargs.values())
+    for value in values:
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_LENGTH:
+            raise jinja2.exceptions.SecurityError(f"{name} was given {value}, more than the {MAX_LENGTH} a chat "
+                                                  "template may pass (a width, a count)")
+    size = _result_length(name, subject, args, kwargs)
+    if size > MAX_LENGTH:
+        raise _too_big(name, f"up to {size} characters", MAX_LENGTH)
+
+
+def _result_length(name: str, subject: Any, args: tuple, kwargs: Mapping) -> int:
+    """An upper bound of the length of the text `name` makes (0 where no input can multiply another)."""
+    if name == "replace" and len(args) >= 2 and isinstance(subject, str):
+        old, new = str(args[0]), str(args[1])
+        return len(subject) + subject.count(old) * max(len(new) - len(old), 0)
+    if name in ("indent", "expandtabs"):
+        text = str(subject)
+        width = args[0] if args else kwargs.get("width" if name == "indent" else "tabsize", 4)
+        width = width if isinstance(width, int) else len(str(width))
+        return len(text) + (text.count("\n") + 1 if name == "indent" else text.count("\t")) * width
+    if name in ("join", "str.join"):
+        items, separator = (args[0] if args else (), subject) if name == "str.join" else (
+            subject, args[0] if args else kwargs.get("d", ""))
+        if isinstance(items, (str, list, tuple, dict)):
+            return sum(len(str(item)) for item in items) + len(str(separator)) * len(items)
+    if name in ("format", "%", "format_map") and isinstance(subject, str):
+        values = [v for arg in (*args, *kwargs.values())
+                  for v in (arg.values() if isinstance(arg, Mapping) else arg if isinstance(arg, tuple) else [arg])]
+        fields = _FORMAT_FIELD.findall(subject)
+        widest = max([len(str(v)) for v in values] + [v for v in values if isinstance(v, int)] + [
+            int(number) for field in fields for number in re.findall(r"\d+", "".join(field) if isinstance(
+                field, tuple) else field) if len(number) <= len(str(MAX_LENGTH)) + 1] + [0])
+        if any(len(number) > len(str(MAX_LENGTH)) for number in re.findall(r"\d+", subject)):
+            widest = max(widest, MAX_LENGTH + 1)  # a width or a precision of more digits than any bound
+        return len(subject) + len(fields) * widest
+    return 0
+
+
+def _bounded_filter(name: str, function):
+    """jinja2's filter `name`, refusing what `_check_call` refuses (the filter's value is its first argument after
+    the environment or context jinja2 passes it)."""
+    skip = 1 if jinja2.utils._PassArg.from_obj(function) is not None else 0
+
+    @functools.wraps(function)
+    def bounded(*args, **kwargs):
+        args = list(args)
+        if name == "join" and len(args) > skip and not isinstance(args[skip], (str, list, tuple, dict)):
+            args[skip] = list(args[skip])  # a generator (map, select): its items counted, then joined
+        _check_call(name, args[skip] if len(args) > skip else None, tuple(args[skip + 1:]), kwargs)
+        return function(*args, **kwargs)
+
+    return bounded
+
+
 class _CodeGenerator(jinja2.compiler.CodeGenerator):
     """jinja2's, with `a ~ b` joined by the environment's `join_bounded` (jinja2 joins it with no hook) and each
     turn of a `{% for %}` loop counted (jinja2 bounds neither)."""
@@ -175,14 +248,35 @@ class _CodeGenerator(jinja2.compiler.CodeGenerator):
 
 
 class _BoundedSandbox(ImmutableSandboxedEnvironment):
-    """jinja2's immutable sandbox whose `*`, `+`, `**` (`_check_binop`) and `~` are bounded."""
+    """jinja2's immutable sandbox whose `*`, `+`, `**` (`_check_binop`), `%`, `~`, filters and string methods
+    (`_check_call`) are bounded."""
 
-    intercepted_binops = frozenset({"*", "+", "**"})
+    intercepted_binops = frozenset({"*", "+", "**", "%"})
     code_generator_class = _CodeGenerator
 
     def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
-        _check_binop(operator, left, right)
+        if operator == "%":
+            _check_call("%", left, (right,), {})
+        else:
+            _check_binop(operator, left, right)
         return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja2's signature: keywords pass through)
+        if isinstance(__obj, types.BuiltinMethodType) and isinstance(__obj.__self__, str):
+            name = "str.join" if __obj.__name__ == "join" else __obj.__name__
+            _check_call(name, __obj.__self__, args, kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any):
+        wrapped = super().wrap_str_format(value)  # str.format / format_map, sandboxed by jinja2
+        if wrapped is None:
+            return None
+
+        def bounded(*args, **kwargs):
+            _check_call(value.__name__, value.__self__, args, kwargs)
+            return wrapped(*args, **kwargs)
+
+        return bounded
 
     @staticmethod
     def count_turn() -> bool:
@@ -206,6 +300,7 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
 def _compile(source: str) -> jinja2.Template:
     env = _BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationBlock, jinja2.ext.loopcontrols])
     env.filters.update(tojson=_tojson, wordwrap=jinja2.pass_environment(_wordwrap))
+    env.filters.update({name: _bounded_filter(name, function) for name, function in env.filters.items()})
     env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now, dict=_TemplateDict(),
                        namespace=_TemplateNamespace, lipsum=_lipsum)
     return env.from_string(source)

@@ -162,7 +162,21 @@ LOOP = "{% for i in range(20000) %}"  # the sandbox's range() is bounded; what e
      r"SecurityError: '\+' would make 16777216 characters or items"),
     ("{{ 9 ** (9 ** 6) > 0 }}", f"SecurityError: '\\*\\*' would make an integer of about .* more than the "
                                 f"{MAX_INT_BITS}"),
-    ("{{ 'a'|center(2**50) }}", r"MemoryError \(out of memory\)"),  # past the bounds: a UserError still
+    # a width, a count or a repeat past the bounds: 10 GB or more allocated before the rendered text's bound
+    ("{{ 'a'|center(10**10) }}", r"SecurityError: center was given 10000000000, more than the 10000000"),
+    ("{{ 'x'.ljust(10**10) }}", r"SecurityError: ljust was given 10000000000"),
+    ("{{ 'a\n'|indent(10**9) }}", r"SecurityError: indent was given 1000000000"),
+    ("{{ '%*d'|format(10**9, 1) }}", r"SecurityError: format was given 1000000000"),
+    ("{{ [1]|slice(10**10)|list }}", r"SecurityError: slice was given 10000000000"),
+    ("{{ ('a' * 10**6)|replace('a', 'b' * 1000) }}", r"SecurityError: replace would make up to 1000000000 characters"),
+    ("{{ (' ' * 10**6).join(['a'] * 1000) }}", r"SecurityError: str.join would make up to 1000001000 characters"),
+    ("{{ (['a' * 10**6] * 100)|map('upper')|join }}", r"SecurityError: join would make up to 100000000 characters"),
+    ("{{ ('\t' * 10**4).expandtabs(10**6) }}", r"SecurityError: expandtabs would make up to 10000010000 characters"),
+    ("{{ ('{0}' * 1000).format('a' * 10**5) }}", r"SecurityError: format would make up to 100003000 characters"),
+    ("{{ ('%s' * 1000) % (('a' * 10**5,) * 1000) }}", r"SecurityError: % would make up to 100002000 characters"),
+    ("{{ '%99999999999d' % 1 }}", r"SecurityError: % would make up to 10000014 characters"),
+    ("{{ '{:>99999999999}'.format(1) }}", r"SecurityError: format would make up to 10000016 characters"),
+    ("{{ [1, 2]|tojson(indent=10**7) }}", r"SecurityError: tojson would make an indent of 10000000, more than the 64"),
     # hours each
     ("{{ lipsum(100000, False, 99999, 100000) }}", r"SecurityError: lipsum would make up to 10000000000 words"),
     ("{{ ('a' * 10**7)|wordwrap(1) }}", r"SecurityError: wordwrap would make a text of 10000000 characters"),
@@ -170,6 +184,33 @@ LOOP = "{% for i in range(20000) %}"  # the sandbox's range() is bounded; what e
 def test_a_template_that_would_exhaust_the_host_is_refused_naming_the_file(tmp_path, template, error):
     with pytest.raises(UserError, match=f"tokenizer_config.json's chat_template failed to render: {error}"):
         render_prompt(_hf_dir(tmp_path, template), "chat", "q")
+
+
+def test_a_template_the_host_has_no_memory_for_is_a_user_error(tmp_path, monkeypatch):
+    from r1jax.model import chat_template
+
+    def exhausted(format):
+        raise MemoryError
+
+    monkeypatch.setattr(chat_template, "_strftime_now", exhausted)
+    with pytest.raises(UserError, match=r"chat_template failed to render: MemoryError \(out of memory\)"):
+        render_prompt(_hf_dir(tmp_path, "{{ strftime_now('%Y') }} (the host is out of memory)"), "chat", "q")
+
+
+@pytest.mark.parametrize("template,text", [
+    ("{{ 'hi %s' % 'there' }} {{ '%5.2f'|format(3.14159) }} {{ 'a,b'.replace(',', ', ') }}", "hi there  3.14 a, b"),
+    ("{{ ['x', 'y']|join(', ') }}|{{ 'a\nb'|indent(2) }}|{{ {'a': 1}|tojson(indent=2) }}|{{ '{}-{}'.format(1, 2) }}",
+     'x, y|a\n  b|{\n  "a": 1\n}|1-2'),
+    ("{{ 'abc'|center(9) }}|{{ ('\t' * 3).expandtabs(2)|length }}|{{ (['a'] * 3)|map('upper')|join('-') }}",
+     "   abc   |6|A-A-A"),
+])
+def test_the_bounded_filters_and_methods_make_what_jinja2s_do(template, text):
+    import jinja2.sandbox
+
+    from r1jax.model.chat_template import ChatTemplate
+
+    assert jinja2.sandbox.ImmutableSandboxedEnvironment().from_string(template).render() == text
+    assert ChatTemplate(template, "a test's template", {}).render([{"role": "user", "content": "q"}]) == text
 
 
 @pytest.mark.parametrize("template", [
