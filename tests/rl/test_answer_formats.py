@@ -171,3 +171,14 @@ def test_countdown_targets_stay_within_max_target():
 ])
 def test_hedged_and_approximate_math_answers(math_task, reference, candidate, expected):
     assert math_task.verify(candidate, reference) is expected
+
+
+@pytest.mark.parametrize("text,answer", [
+    ("so #### 1,234", "1234"), ("so #### -1,000.5", "-1000.5"),
+    # a comma before more than three digits, or fewer, is no thousands separator: kept as written
+    ("so #### 1,2345", "1,2345"), ("so #### 12,34", "12,34"), ("so #### 1, 2", "1, 2"),
+])
+def test_gsm8k_removes_only_thousands_separators(text, answer):
+    from r1jax.rl.data import split_answer
+
+    assert split_answer(text, "gsm8k") == (answer, "so")
