@@ -272,3 +272,18 @@ def test_every_failed_status_counts_as_a_pool_failure(status):
     problems = [{"prompt": "p", "answer": "1"}]
     figures = summarize(problems, [answer_text("1")] * 2, [3, 3], [ok(1.0), failed], k=2)
     assert figures["pool_failures"] == 1
+
+
+@pytest.mark.parametrize("eval_difficulty,expected", [(3, 3), (None, 2)])
+def test_held_out_problems_are_at_eval_difficulty_else_the_datas(eval_difficulty, expected):
+    from r1jax.rl.data import DataConfig
+    from r1jax.rl.evaluate import held_out_problems
+    from r1jax.rl.tasks import get_task
+
+    data = DataConfig(tasks=("arithmetic",), difficulty=2, num_problems=8)
+    cfg = EvalConfig(num_problems=4, seed=1, difficulty=eval_difficulty)
+    problems = held_out_problems(data, cfg, read_data_file=False)
+    assert [p["difficulty"] for p in problems] == [expected] * 4
+    # the held-out seed's first problems at that level, in order (read_data_file=False: none skipped)
+    task = get_task("arithmetic", expected)
+    assert [p["prompt"] for p in problems] == [task.generate(1, i).prompt for i in range(4)]
