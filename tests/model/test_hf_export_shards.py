@@ -62,3 +62,56 @@ def test_two_shards_come_with_an_index(policy, tmp_path):
     index = json.loads((tmp_path / "two" / INDEX).read_text())
     assert set(index["weight_map"].values()) == set(files)
     assert index["metadata"]["total_size"] == total
+
+
+def test_a_shard_fills_up_to_exactly_the_limit(policy, tmp_path):
+    export_hf(policy, tmp_path / "one", max_shard_bytes=10**9)
+    raw = (tmp_path / "one" / "model.safetensors").read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    order = [(k, v["data_offsets"][1] - v["data_offsets"][0]) for k, v in header.items() if k != "__metadata__"]
+    (first, a), (second, b) = order[:2]
+    export_hf(policy, tmp_path / "split", max_shard_bytes=a + b)  # the first two tensors make the limit exactly
+    files = layout(tmp_path / "split")
+    assert files["model-00001-of-%05d.safetensors" % len(files)][0] == {first, second}
+
+
+def test_an_export_dtype_it_cannot_write_is_a_user_error(policy, tmp_path):
+    from r1jax.errors import UserError
+
+    with pytest.raises(UserError, match="export dtype 'float16'"):
+        export_hf(policy, tmp_path, dtype="float16")
+    assert not list(tmp_path.iterdir())
+
+
+def test_import_skips_the_tensors_transformers_skips_and_lists_long_names_briefly():
+    import dataclasses
+
+    from r1jax.model.hf_io import _ignored, _listing
+
+    tied = dataclasses.replace(QWEN, tie_word_embeddings=True)
+    assert _ignored("lm_head.weight", tied, 0) and not _ignored("lm_head.weight", QWEN, 0)
+    last = QWEN.num_hidden_layers  # a multi-token-prediction layer follows the last decoder layer
+    assert _ignored(f"model.layers.{last}.mlp.gate.weight", QWEN, 1)
+    assert not _ignored(f"model.layers.{last - 1}.mlp.gate.weight", QWEN, 1)
+    assert not _ignored(f"model.layers.{last}.mlp.gate.weight", QWEN, 0)
+    names = [f"t{i}" for i in range(25)]
+    assert _listing("missing", names) == f"missing (25): {', '.join(names[:20])} ... and 5 more"
+    assert _listing("missing", names[:20]) == f"missing (20): {', '.join(names[:20])}"
+
+
+def test_a_tensor_of_the_wrong_shape_is_named_before_anything_is_read(policy, tmp_path):
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    from r1jax.errors import UserError
+    from r1jax.model.hf_checkpoint import HFCheckpoint
+    from r1jax.model.hf_io import import_params
+
+    export_hf(policy, tmp_path)
+    path = tmp_path / "model.safetensors"
+    tensors = load_file(str(path))
+    tensors["model.norm.weight"] = np.ones(QWEN.hidden_size + 1, np.float32)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    with pytest.raises(UserError, match=rf"wrong shape \(1\): model.norm.weight \[{QWEN.hidden_size + 1}\] "
+                                        rf"\(expected \[{QWEN.hidden_size}\]\)"):
+        import_params(HFCheckpoint(tmp_path), QWEN)
