@@ -289,3 +289,44 @@ def test_without_a_pad_token_rows_are_padded_with_the_first_eos_as_transformers_
     im_end, endoftext = tok.encode("<|im_end|>")[0], tok.encode("<|endoftext|>")[0]
     assert theirs.pad_token_id is None and theirs.eos_token_id == [im_end, endoftext]
     assert tok.eos_ids == (im_end, endoftext) and tok.pad_id == im_end
+
+
+def _edited_qwen(tmp_path, config=None, generation=None):
+    """The qwen-style files with tokenizer_config / generation_config entries replaced (None: removed)."""
+    directory = write_hf_tokenizer(tmp_path / "tok", "qwen")
+    for name, changes in (("tokenizer_config.json", config), ("generation_config.json", generation)):
+        content = json.loads((directory / name).read_text())
+        for key, value in (changes or {}).items():
+            content.pop(key) if value is None else content.__setitem__(key, value)
+        (directory / name).write_text(json.dumps(content))
+    return directory
+
+
+def test_the_pad_id_is_the_pad_token_else_generation_configs_else_the_first_eos(tmp_path):
+    plain = load_tokenizer(write_hf_tokenizer(tmp_path / "plain", "qwen"))
+    think = plain.encode("<think>")[0]
+    tok = HFTokenizer.load(_edited_qwen(tmp_path / "a", config={"pad_token": None},
+                                        generation={"pad_token_id": think}))
+    assert tok.pad_id == think != plain.pad_id
+    tok = HFTokenizer.load(_edited_qwen(tmp_path / "b", config={"pad_token": None}, generation={"pad_token_id": None}))
+    assert tok.pad_id == tok.eos_ids[0] == plain.encode("<|im_end|>")[0]
+
+
+def test_a_list_of_named_chat_templates_uses_the_default_one(tmp_path):
+    templates = [{"name": "tool_use", "template": "TOOLS {{ messages[0]['content'] }}"},
+                 {"name": "default", "template": "DEFAULT {{ messages[0]['content'] }}"}]
+    tok = HFTokenizer.load(_edited_qwen(tmp_path, config={"chat_template": templates}))
+    assert tok.apply_chat_template([{"role": "user", "content": "hi"}]) == "DEFAULT hi"
+
+
+def test_generation_config_ids_must_be_ids_of_the_vocabulary(tmp_path):
+    size = load_tokenizer(write_hf_tokenizer(tmp_path / "plain", "qwen")).vocab_size
+    assert size - 1 in HFTokenizer.load(_edited_qwen(tmp_path / "last", generation={"eos_token_id": size - 1})).eos_ids
+    with pytest.raises(UserError, match=rf"eos_token_id = {size}: expected a token id in \[0, {size}\)"):
+        HFTokenizer.load(_edited_qwen(tmp_path / "past", generation={"eos_token_id": size}))
+    # a bos only named in the configs is left out when it is no id (qwen's tokenizer has no bos token)
+    for index, value in enumerate((size, True, -1)):
+        assert HFTokenizer.load(_edited_qwen(tmp_path / f"bos{index}", generation={"bos_token_id": value})
+                                ).model_bos_id is None
+    assert HFTokenizer.load(_edited_qwen(tmp_path / "bos", generation={"bos_token_id": size - 1})).model_bos_id \
+        == size - 1
