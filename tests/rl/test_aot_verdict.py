@@ -42,3 +42,32 @@ def test_compiles_sampler_layout_is_judged_against_what_the_resident_state_leave
     assert layout is None and note.startswith("sampler layout: train (the inference layout"), note
     layout, note = sampler_layout(setup, 95 * GIB)
     assert layout is not None and note.startswith("sampler layout: inference"), note
+
+
+def test_a_sampler_on_devices_of_its_own_counts_its_chips_and_the_trainers_state_apart():
+    programs = {"sampler": ProgramStats(peak_bytes=5 * GIB), "reference": ProgramStats(peak_bytes=2 * GIB),
+                "update": ProgramStats(peak_bytes=GIB)}
+    report = _report(programs)
+    report.sampler_devices = 1  # v5p:2x2x1: 4 chips of one device each; the sampler takes one of them
+    assert (report.chips("sampler"), report.chips("reference"), report.chips("update")) == (1, 3, 3)
+    totals = report.program_totals()
+    assert totals["sampler"] == 5 * GIB  # the trainer's state lives on the other chips
+    # the reference pass holds the parameters, the optimizer and the copy that sampled the batch ahead
+    assert totals["reference"] == 2 * GIB + 10 * GIB + 20 * GIB + 10 * GIB
+    assert totals["update"] == GIB + 10 * GIB  # the update takes its state as arguments; the copy sits beside it
+    assert report.per_chip_bytes == 42 * GIB
+
+
+def test_a_peak_of_exactly_the_hbm_fits_and_one_byte_more_does_not():
+    programs = {"sampler": ProgramStats(peak_bytes=GIB), "update": ProgramStats(peak_bytes=GIB)}
+    peak = _report(programs).per_chip_bytes  # the sampler's peak beside the optimizer and reference
+    assert peak == GIB + 30 * GIB
+    assert _report(programs, hbm=peak).fits is True
+    assert _report(programs, hbm=peak - 1).fits is False
+
+
+def test_a_refused_program_has_no_activation_code_or_temporary_figure():
+    refused = ProgramStats(peak_bytes=60 * GIB, error="RESOURCE_EXHAUSTED: Used 60G of 50G hbm")
+    parts = _report({"sampler": refused, "update": refused}).breakdown()
+    assert (parts["activations"], parts["code"], parts["sampler_temporaries"]) == (None, None, None)
+    assert {k: parts[k] for k in RESIDENT} == RESIDENT  # the resident state is known without a compile
