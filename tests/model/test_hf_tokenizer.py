@@ -1,4 +1,5 @@
-"""read_model_proto (the proto read through sentencepiece's own message classes) agrees with sentencepiece."""
+"""read_model_proto (the proto read through sentencepiece's own message classes) agrees with sentencepiece; the
+converted BPE merges encode as sentencepiece does; the written config and chat template's opening."""
 
 import pytest
 import sentencepiece as spm
@@ -25,3 +26,39 @@ def test_pieces_scores_and_kinds_are_sentencepieces_own(model_type, vocab_size):
     assert user_defined == ["<think>", "</think>", "<answer>", "</answer>"]  # the R1 tags, ids 4..7
     assert sum(kind == "byte" for _, _, kind in pieces) == 256
     assert {kind for _, _, kind in pieces} == {"unknown", "control", "user_defined", "byte", "normal"}
+
+
+def test_the_bpe_merges_encode_as_sentencepiece_does():
+    import json
+
+    from tokenizers import Tokenizer as RustTokenizer
+
+    from r1jax.model.hf_tokenizer import tokenizer_json
+
+    corpus = CORPUS + ["Solve x^2 - 4 = 0 for x, then check the answer twice.",
+                       "Numbers 1234567890 and words: tokenizer, tokenization, tokens."] * 30
+    tok = train_tokenizer(corpus, 600, model_type="bpe")
+    theirs = RustTokenizer.from_str(json.dumps(tokenizer_json(tok.model_proto)))
+    texts = ["The quick brown fox jumps over the lazy dog.", "tokenization of 1234567890 numbers, twice",
+             "Solve x^2 - 4 = 0", "unseen words: zebra quixotic"]
+    for text in texts:
+        assert theirs.encode(text, add_special_tokens=False).ids == tok.encode(text), text
+
+
+def test_the_written_config_keeps_the_length_and_the_chat_template_opens_with_the_given_start(tmp_path):
+    import json
+
+    from r1jax.model.chat_template import ChatTemplate
+    from r1jax.model.hf_tokenizer import chat_template, save_hf_tokenizer
+    from r1jax.model.tokenizer import apply_template
+
+    tok = train_tokenizer(CORPUS, 320)
+    save_hf_tokenizer(tok, tmp_path / "a", model_max_length=4096)
+    save_hf_tokenizer(tok, tmp_path / "b")
+    assert json.loads((tmp_path / "a" / "tokenizer_config.json").read_text())["model_max_length"] == 4096
+    assert "model_max_length" not in json.loads((tmp_path / "b" / "tokenizer_config.json").read_text())
+    user = [{"role": "user", "content": "1+1"}]
+    named = {"bos_token": "<s>", "eos_token": "</s>"}
+    for start, first in ((None, "<s>"), ("", ""), ("<|begin|>", "<|begin|>")):
+        text = ChatTemplate(chat_template("r1_zero", start), "test", named).render(user, add_generation_prompt=True)
+        assert text == first + apply_template("r1_zero", "1+1")
