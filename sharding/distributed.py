@@ -106,7 +106,9 @@ class Launch:
         if len(given) < 2:
             raise UserError("--coordinator needs --num-processes N and --process-id I (or the environment "
                             f"variables {ENV_NUM_PROCESSES} and {ENV_PROCESS_ID})")
-        if self.num_processes < 1 or not 0 <= self.process_id < self.num_processes:
+        if self.num_processes < 1:
+            raise UserError(f"--num-processes {self.num_processes}: expected at least 1")
+        if not 0 <= self.process_id < self.num_processes:
             raise UserError(f"--process-id {self.process_id} is not in [0, {self.num_processes}) "
                             f"(--num-processes {self.num_processes})")
         if self.num_processes > MAX_PROCESSES:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 
 from r1jax.rl.cli.common import non_negative_int, pool_memory_mb, pool_workers, positive_int, positive_number
 
@@ -109,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
     rewards, pool_config = configs(args)
     check_names(rewards)  # before reading a large file
     rows, items = read_items(args.file)
+    if not rows:  # said, rather than an empty output alone: most often the wrong file
+        print(f"r1jax score: {args.file} holds no rows: nothing scored", file=sys.stderr)
+        return 0
     with RewardPool(rewards, pool_config, tasks=sorted({item.task for item in items})) as pool:
         for start in range(0, len(items), CHUNK):
             results = pool.score_batch(items[start:start + CHUNK])
@@ -119,12 +123,25 @@ def run(args: argparse.Namespace) -> int:
                     out["code_status"] = result.code_status
                 if result.error:
                     out["error"] = result.error
-                # default=str: a Parquet row may hold values JSON has no type for (datetime, bytes, Decimal)
+                # default=str: a Parquet row may hold values JSON has no type for (datetime, bytes, Decimal; NaN and
+                # infinities, which json.dumps wrote bare, no JSON reader taking the line: _finite)
+                out = _finite(out)
                 line = json.dumps(out, ensure_ascii=False, default=str)
                 if not line.isascii() and not _utf8(line):  # a lone surrogate ("\ud83d" in the input): escaped
                     line = json.dumps(out, default=str)  # as the input had it (UTF-8 cannot carry it)
                 print(line, flush=True)
     return 0
+
+
+def _finite(value):
+    """`value` with each float NaN or infinity (a Parquet column's) as its string, "nan", "inf" or "-inf"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _utf8(text: str) -> bool:

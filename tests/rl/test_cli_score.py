@@ -84,13 +84,24 @@ def test_score_prints_parquet_values_json_cannot_hold_as_strings(tmp_path, capsy
     import pyarrow.parquet as pq
 
     when = datetime.datetime(2024, 5, 6, 7, 8, 9)
-    rows = [{**ROWS[0], "id": i, "created": when, "blob": b"\x00ab"} for i in range(2)]
+    rows = [{**ROWS[0], "id": i, "created": when, "blob": b"\x00ab", "score": [float("nan"), -float("inf"), 0.5][i],
+             "scores": [float("inf"), 1.0]} for i in range(2)]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "c.parquet")
     assert main(["score", str(tmp_path / "c.parquet"), "--workers", "1"]) == 0
-    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    # strict JSON: a bare NaN or Infinity, which json.dumps writes, is refused (jq, JSON.parse, Go's encoding/json)
+    out = [json.loads(line, parse_constant=pytest.fail) for line in capsys.readouterr().out.splitlines()]
     assert [(row["id"], row["created"], row["blob"]) for row in out] == [
         (0, "2024-05-06 07:08:09", "b'\\x00ab'"), (1, "2024-05-06 07:08:09", "b'\\x00ab'")]
+    assert [(row["score"], row["scores"]) for row in out] == [("nan", ["inf", 1.0]), ("-inf", ["inf", 1.0])]
     assert [row["rewards"] for row in out] == [{"accuracy": 1.0, "format": 1.0}] * 2
+
+
+def test_an_empty_file_is_said_to_hold_no_rows(tmp_path, capsys):
+    (tmp_path / "empty.jsonl").write_text("")
+    assert main(["score", str(tmp_path / "empty.jsonl")]) == 0  # no output at all before, nothing said
+    said = capsys.readouterr()
+    assert said.out == "" and said.err.strip() == (
+        f"r1jax score: {tmp_path / 'empty.jsonl'} holds no rows: nothing scored")
 
 
 def test_score_as_a_subprocess_streams_json_lines(tmp_path):

@@ -35,6 +35,7 @@ def test_launch_takes_flags_then_the_environment():
     (dict(coordinator="h:1", num_processes=2), "needs --num-processes N and --process-id I"),
     (dict(num_processes=2, process_id=0), "without --coordinator"),
     (dict(coordinator="h:1", num_processes=2, process_id=2), r"--process-id 2 is not in \[0, 2\)"),
+    (dict(coordinator="h:1", num_processes=0, process_id=0), r"^--num-processes 0: expected at least 1$"),
     (dict(mode="slurm"), "the only mode is 'auto'"),
     (dict(peer_timeout_s=0), "must be a finite number > 0"),
     (dict(peer_timeout_s=float("nan")), "--peer-timeout-s nan: must be a finite number > 0"),  # tracebacks before
