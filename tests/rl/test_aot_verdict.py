@@ -71,3 +71,18 @@ def test_a_refused_program_has_no_activation_code_or_temporary_figure():
     parts = _report({"sampler": refused, "update": refused}).breakdown()
     assert (parts["activations"], parts["code"], parts["sampler_temporaries"]) == (None, None, None)
     assert {k: parts[k] for k in RESIDENT} == RESIDENT  # the resident state is known without a compile
+
+
+def test_the_decode_read_limit_counts_every_device_of_a_chip():
+    """On v4 each chip is two devices, each holding its own rows' KV cache: a step reads the chip's share of the
+    weights and both devices' caches (hand-computed: 4 chips, 8 devices)."""
+    from r1jax.sharding.decode_stats import DecodeStats
+
+    decode = DecodeStats(collective_bytes={}, weight_allgather_bytes=0, weight_allgathers=0, hbm_bytes=10 * GIB,
+                         flops=1e9, loops=1)
+    report = _report({"sampler": ProgramStats(peak_bytes=GIB, decode=decode), "update": ProgramStats(peak_bytes=GIB)})
+    report.topology = parse_topology("v4:2x2x1")
+    report.weight_read_bytes, report.decode_cache_read_bytes = 8 * GIB, GIB
+    out = report.decode()
+    assert out["hbm_read_limit_bytes"] == 8 * GIB // 4 + 2 * GIB
+    assert out["hbm_bytes_per_token"] == 2 * 10 * GIB  # a device's traffic, times the chip's two devices
