@@ -169,3 +169,17 @@ def test_non_empty_shared_experts_under_a_config_without_them_are_unexpected(tmp
     _edit_config(tmp_path, n_shared_experts=0)
     with pytest.raises(UserError, match=r"unexpected tensors \(\d+\): .*shared_experts"):
         load_hf_policy(tmp_path)
+
+
+def test_the_zero_wide_shared_experts_transformers_saves_without_shared_experts_are_no_weights(tmp_path):
+    # transformers builds DeepSeek's shared experts even with n_shared_experts 0, zero wide, and saves them: a
+    # checkpoint it wrote imports, and its other weights arrive
+    import dataclasses
+
+    hf = random_hf_model(dataclasses.replace(DEEPSEEK, n_shared_experts=0), seed=6)
+    hf.save_pretrained(tmp_path)
+    saved = read_safetensors(tmp_path)
+    assert any(".shared_experts." in n and v.size == 0 for n, v in saved.items())
+    config, policy = load_hf_policy(tmp_path)
+    assert config.model.n_shared_experts == 0
+    assert (abs(policy.embed_tokens[...] - saved["model.embed_tokens.weight"]) < 1e-6).all()
