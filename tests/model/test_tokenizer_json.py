@@ -330,3 +330,13 @@ def test_generation_config_ids_must_be_ids_of_the_vocabulary(tmp_path):
                                 ).model_bos_id is None
     assert HFTokenizer.load(_edited_qwen(tmp_path / "bos", generation={"bos_token_id": size - 1})).model_bos_id \
         == size - 1
+
+
+def test_the_clean_up_of_tokenization_spaces_is_transformers_own():
+    """For a tokenizer that is no BPE (a WordPiece, a Unigram) with the clean-up on, decode cleans as transformers'
+    clean_up_tokenization does, every punctuation mark and contraction of it."""
+    from r1jax.model.tokenizer_json import _clean_up_tokenization
+
+    text = "a . b ? c ! d , e ' f don 't I 'm it 's n't we 've they 're ok"
+    assert _clean_up_tokenization(text) == transformers.PreTrainedTokenizerBase.clean_up_tokenization(None, text)
+    assert _clean_up_tokenization(text) != text
