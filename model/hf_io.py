@@ -320,8 +320,22 @@ def import_params(ckpt: HFCheckpoint, cfg: ModelConfig, mesh: Mesh | None = None
     uncovered = sorted(str(p) for p in leaves if p not in by_path)
     assert not uncovered, f"parameters without an HF tensor: {uncovered}"  # a tensor_map bug, not input
     values = {p: _place(by_path[p], a, shardings and shardings[p], ckpt) for p, a in leaves.items()}
+    _check_finite(ckpt, by_path, values)
     nnx.replace_by_pure_dict(abstract_state, _unflatten(values))
     return nnx.merge(graphdef, abstract_state)
+
+
+def _check_finite(ckpt: HFCheckpoint, by_path: Mapping[tuple, Sequence[Tensor]], values: Mapping) -> None:
+    """UserError naming the HF tensors holding a NaN or an infinity (a damaged download, a bad conversion): they
+    were imported without a word, every logit then NaN. Checked where the arrays lie, in one program; the
+    tensors of a parameter that fails (an expert of a stacked one) are then looked at one by one."""
+    paths = list(values)
+    finite = jax.device_get(jax.jit(lambda xs: [jnp.isfinite(x).all() for x in xs])([values[p] for p in paths]))
+    bad = sorted(t.hf_name for p, ok in zip(paths, finite) if not ok for t in by_path[p]
+                 if not bool(jnp.isfinite(values[p][t.index]).all()))
+    if bad:
+        raise UserError(f"HF checkpoint {str(ckpt.dir)!r} holds NaN or infinite values: "
+                        f"{_listing('tensors', bad)}")
 
 
 def _unflatten(flat: Mapping[tuple, Any]) -> dict:

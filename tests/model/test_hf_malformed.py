@@ -183,3 +183,21 @@ def test_the_zero_wide_shared_experts_transformers_saves_without_shared_experts_
     config, policy = load_hf_policy(tmp_path)
     assert config.model.n_shared_experts == 0
     assert (abs(policy.embed_tokens[...] - saved["model.embed_tokens.weight"]) < 1e-6).all()
+
+
+def test_tensors_holding_nan_or_infinity_are_named(tmp_path, capsys):
+    # a damaged download or a bad conversion: imported without a word before, every logit then NaN
+    from safetensors.torch import load_file, save_file
+
+    random_hf_model(DEEPSEEK, seed=6).save_pretrained(tmp_path)
+    (file,) = tmp_path.glob("*.safetensors")
+    tensors = load_file(file)
+    expert = "model.layers.1.mlp.experts.3.up_proj.weight"  # one expert of a stacked parameter
+    tensors[expert][0, 1] = float("nan")
+    tensors["model.norm.weight"][2] = float("inf")
+    save_file(tensors, file, metadata={"format": "pt"})
+    with pytest.raises(UserError, match=r"holds NaN or infinite values: tensors \(2\): model.layers.1.mlp.experts.3."
+                                        r"up_proj.weight, model.norm.weight$"):
+        load_hf_policy(tmp_path)
+    assert main(["import-hf", str(tmp_path), str(tmp_path / "out")]) == 2
+    assert "holds NaN or infinite values" in capsys.readouterr().err and not (tmp_path / "out").exists()
