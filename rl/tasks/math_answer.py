@@ -24,7 +24,6 @@ import and are needed only where answers are verified (the reward workers), not 
 
 from __future__ import annotations
 
-import math
 import re
 import threading
 
@@ -206,9 +205,9 @@ def _approximates(decimal: str, reference: str) -> bool:
     if not (isinstance(value, sympy.Expr) and value.is_number):
         return False
     places, digits = len(decimal.strip().split(".")[1]), int(decimal.replace(".", ""))
-    try:
-        scaled = float(value.evalf(30)) * 10 ** places
-        return digits in (round(scaled), math.trunc(scaled))
+    try:  # in sympy's arbitrary precision: a float's 16 digits cut "\\frac{1}{7} \\approx 0.142857142857142857" short
+        scaled = (value * sympy.Integer(10) ** places).evalf(len(str(abs(digits))) + 40)
+        return digits in (int(sympy.floor(scaled + sympy.Rational(1, 2))), int(scaled))
     except (TypeError, ValueError, OverflowError):
         return False
 

@@ -182,3 +182,15 @@ def test_gsm8k_removes_only_thousands_separators(text, answer):
     from r1jax.rl.data import split_answer
 
     assert split_answer(text, "gsm8k") == (answer, "so")
+
+
+@pytest.mark.parametrize("reference,candidate,expected", [
+    # a decimal side of more digits than a float holds is compared to its last place (it scored 0 when right)
+    (r"\frac{1}{7}", r"\frac{1}{7} \approx 0.142857142857142857", True),
+    (r"\frac{1}{3}", r"\frac{1}{3} \approx 0.33333333333333333333", True),
+    (r"\pi", r"\pi \approx 3.14159265358979323846", True),
+    (r"\frac{1}{7}", r"\frac{1}{7} \approx 0.142857142857142858", False),
+    (r"\pi", r"\pi \approx 3.14159265358979323856", False),
+])
+def test_long_decimal_approximations_compare_to_their_last_place(math_task, reference, candidate, expected):
+    assert math_task.verify(candidate, reference) is expected
