@@ -169,6 +169,8 @@ class MathTask(Task):
         words = _words(reference)
         if words is not None:
             return _words(candidate, wrapped=False) == words
+        # "x = 2 \\text{ or } x = 3": the list "x = 2, x = 3"
+        candidate, reference = _CONNECTOR.sub(", ", candidate), _CONNECTOR.sub(", ", reference)
         if hedged(candidate, reference):
             return False
         sides = [side for side in _APPROX.split(strip_markup(candidate)) if re.search(r"\d", side)]
@@ -187,6 +189,9 @@ class MathTask(Task):
 # Text in a formula, whose content math-verify drops: "5 \\text{ or 6}", "5 \\textbf{6}" and "5 \\mathit{ (or 6)}" were
 # 5. A group that holds a digit or a hedging word is refused unless the reference holds the same group.
 _TEXT_GROUP = re.compile(r"\\(?:text[a-z]*|math[a-z]*|[mh]box|emph|operatorname)\s*\{")
+# A text group of only "or" or "and" between answers: a list of them ("x = 2 \\text{ or } x = 3" for the solutions
+# "2, 3"), compared as one; a hedge ("5 \\text{ or } 6" for 5) is a list of two, which fails a single reference
+_CONNECTOR = re.compile(r"\s*,?\s*\\(?:text[a-z]*|mathrm|[mh]box)\s*\{\s*,?\s*(?:or|and)\s*\}\s*", re.I)
 _HEDGE = re.compile(r"\d|(?<![A-Za-z])(?:or|either|maybe|perhaps|possibly|probably|not|otherwise)(?![A-Za-z])", re.I)
 # An approximation: each side with a digit must verify, a decimal to its last place ("5 \\approx 6" scored for 5);
 # a side without one ("x", "\\pi") is left out

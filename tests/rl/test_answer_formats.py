@@ -194,3 +194,16 @@ def test_gsm8k_removes_only_thousands_separators(text, answer):
 ])
 def test_long_decimal_approximations_compare_to_their_last_place(math_task, reference, candidate, expected):
     assert math_task.verify(candidate, reference) is expected
+
+
+@pytest.mark.parametrize("reference,candidate,expected", [
+    # the solutions joined by a text "or" / "and" are a list (scored 0 as a hedge, though each was right)
+    ("2, 3", r"x = 2 \text{ or } x = 3", True), ("-1, 4", r"x = -1 \text{ or } x = 4", True),
+    ("1, 2", r"1 \text{ or } 2", True), ("1, 2", r"1, \text{ and } 2", True),
+    (r"2 \text{ or } 3", r"x = 2 \text{ or } x = 3", True), (r"2 \text{ or } 3", "2, 3", True),
+    ("(5, 6)", r"x = 5 \text{ and } y = 6", True),
+    # a hedge stays a list of two, which a single reference refuses
+    ("5", r"5 \text{ or } 6", False), ("2", r"x = 2 \text{ or } x = 3", False), ("2, 3", r"x = 2 \text{ or } 4", False),
+])
+def test_answers_joined_by_text_or_are_lists(math_task, reference, candidate, expected):
+    assert math_task.verify(candidate, reference) is expected
