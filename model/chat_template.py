@@ -199,10 +199,11 @@ def _result_length(name: str, subject: Any, args: tuple, kwargs: Mapping) -> int
     if name in ("format", "%", "format_map") and isinstance(subject, str):
         values = [v for arg in (*args, *kwargs.values())
                   for v in (arg.values() if isinstance(arg, Mapping) else arg if isinstance(arg, tuple) else [arg])]
-        fields = _FORMAT_FIELD.findall(subject)
+        # whole fields (findall gave only the %-fields' groups: "{0:>9999999}" counted no width, 3 GB in 300)
+        fields = [match.group(0) for match in _FORMAT_FIELD.finditer(subject)]
         widest = max([len(str(v)) for v in values] + [v for v in values if isinstance(v, int)] + [
-            int(number) for field in fields for number in re.findall(r"\d+", "".join(field) if isinstance(
-                field, tuple) else field) if len(number) <= len(str(MAX_LENGTH)) + 1] + [0])
+            int(number) for field in fields for number in re.findall(r"\d+", field)
+            if len(number) <= len(str(MAX_LENGTH)) + 1] + [0])
         if any(len(number) > len(str(MAX_LENGTH)) for number in re.findall(r"\d+", subject)):
             widest = max(widest, MAX_LENGTH + 1)  # a width or a precision of more digits than any bound
         return len(subject) + len(fields) * widest

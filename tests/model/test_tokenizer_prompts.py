@@ -176,6 +176,8 @@ LOOP = "{% for i in range(20000) %}"  # the sandbox's range() is bounded; what e
     ("{{ ('%s' * 1000) % (('a' * 10**5,) * 1000) }}", r"SecurityError: % would make up to 100002000 characters"),
     ("{{ '%99999999999d' % 1 }}", r"SecurityError: % would make up to 10000014 characters"),
     ("{{ '{:>99999999999}'.format(1) }}", r"SecurityError: format would make up to 10000016 characters"),
+    # a width within MAX_LENGTH in a str.format field, repeated (3 GB from 300 fields: the fields' widths went uncounted)
+    ("{{ ('{0:>9999999}' * 300).format(1) }}", r"SecurityError: format would make up to 3000003300 characters"),
     ("{{ [1, 2]|tojson(indent=10**7) }}", r"SecurityError: tojson would make an indent of 10000000, more than the 64"),
     # hours each
     ("{{ lipsum(100000, False, 99999, 100000) }}", r"SecurityError: lipsum would make up to 10000000000 words"),
