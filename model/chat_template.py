@@ -163,7 +163,8 @@ def _check_binop(operator: str, left: Any, right: Any) -> None:
             raise _too_big(f"{operator!r}", f"an integer of about {bits} bits", MAX_INT_BITS)
 
 
-_FORMAT_FIELD = re.compile(r"%[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?|\{[^{}]*\}")
+# a %-field with its mapping key ("%(a)9999999s": the width after a key went uncounted), or a {}-field
+_FORMAT_FIELD = re.compile(r"%(?:\([^()]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?|\{[^{}]*\}")
 
 
 def _check_call(name: str, subject: Any, args: tuple, kwargs: Mapping) -> None:

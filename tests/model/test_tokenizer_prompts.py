@@ -178,6 +178,9 @@ LOOP = "{% for i in range(20000) %}"  # the sandbox's range() is bounded; what e
     ("{{ '{:>99999999999}'.format(1) }}", r"SecurityError: format would make up to 10000016 characters"),
     # a width within MAX_LENGTH in a str.format field, repeated (3 GB from 300 fields: the fields' widths went uncounted)
     ("{{ ('{0:>9999999}' * 300).format(1) }}", r"SecurityError: format would make up to 3000003300 characters"),
+    # and a %-field's width after a mapping key (1 GB from 100 fields)
+    ("{{ ('%(a)9999999s' * 100) % {'a': 1} }}", r"SecurityError: % would make up to 1000001100 characters"),
+    ("{{ ('%(a)9999999s' * 100)|format(a=1) }}", r"SecurityError: format would make up to 1000001100 characters"),
     ("{{ [1, 2]|tojson(indent=10**7) }}", r"SecurityError: tojson would make an indent of 10000000, more than the 64"),
     # hours each
     ("{{ lipsum(100000, False, 99999, 100000) }}", r"SecurityError: lipsum would make up to 10000000000 words"),
