@@ -166,13 +166,25 @@ def _check_binop(operator: str, left: Any, right: Any) -> None:
 # a %-field with its mapping key ("%(a)9999999s": the width after a key went uncounted), or a {}-field
 _FORMAT_FIELD = re.compile(r"%(?:\([^()]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?|\{[^{}]*\}")
 
+_FORMATS = ("format", "%", "format_map")  # the str.format method and jinja2's filter share the name
+_DYNAMIC_WIDTH = re.compile(r"%(?:\([^()]*\))?[#0\- +]*(?:\*|\d*\.\*)|\{[^{}]*\{")  # '%*d', '%.*f', '{0:{1}}'
+
+
+def _dynamic_width(subject: Any) -> bool:
+    """Whether a format string takes a width or a precision from its values."""
+    return isinstance(subject, str) and _DYNAMIC_WIDTH.search(subject) is not None
+
 
 def _check_call(name: str, subject: Any, args: tuple, kwargs: Mapping) -> None:
     """Refuse (SecurityError) a filter or string method `name` of `subject` given an integer past MAX_LENGTH (a
     width, a count: `center(10**10)` allocated 10 GB before any bound saw it), or whose text would pass MAX_LENGTH
     though each input is within it (`replace`, `join`, `indent`, `expandtabs`, `format` and `%`: a bound of the
     result's length from the inputs')."""
-    values = (*args, *kwargs.values())
+    if name == "%" and not isinstance(subject, str):
+        return  # a number's remainder ("loop.index0 % 2"), which makes no text
+    # the integers a format string formats are values, not widths ("%d" % 20240726), unless it takes a width from
+    # them ("%*d", "{0:{1}}")
+    values = () if name in _FORMATS and not _dynamic_width(subject) else (*args, *kwargs.values())
     for value in values:
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_LENGTH:
             raise jinja2.exceptions.SecurityError(f"{name} was given {value}, more than the {MAX_LENGTH} a chat "
@@ -197,12 +209,13 @@ def _result_length(name: str, subject: Any, args: tuple, kwargs: Mapping) -> int
             subject, args[0] if args else kwargs.get("d", ""))
         if isinstance(items, (str, list, tuple, dict)):
             return sum(len(str(item)) for item in items) + len(str(separator)) * len(items)
-    if name in ("format", "%", "format_map") and isinstance(subject, str):
+    if name in _FORMATS and isinstance(subject, str):
         values = [v for arg in (*args, *kwargs.values())
                   for v in (arg.values() if isinstance(arg, Mapping) else arg if isinstance(arg, tuple) else [arg])]
         # whole fields (findall gave only the %-fields' groups: "{0:>9999999}" counted no width, 3 GB in 300)
         fields = [match.group(0) for match in _FORMAT_FIELD.finditer(subject)]
-        widest = max([len(str(v)) for v in values] + [v for v in values if isinstance(v, int)] + [
+        widths = [v for v in values if isinstance(v, int)] if _dynamic_width(subject) else []
+        widest = max([len(str(v)) for v in values] + widths + [
             int(number) for field in fields for number in re.findall(r"\d+", field)
             if len(number) <= len(str(MAX_LENGTH)) + 1] + [0])
         if any(len(number) > len(str(MAX_LENGTH)) for number in re.findall(r"\d+", subject)):

@@ -176,7 +176,7 @@ LOOP = "{% for i in range(20000) %}"  # the sandbox's range() is bounded; what e
     ("{{ ('%s' * 1000) % (('a' * 10**5,) * 1000) }}", r"SecurityError: % would make up to 100002000 characters"),
     ("{{ '%99999999999d' % 1 }}", r"SecurityError: % would make up to 10000014 characters"),
     ("{{ '{:>99999999999}'.format(1) }}", r"SecurityError: format would make up to 10000016 characters"),
-    # a width within MAX_LENGTH in a str.format field, repeated (3 GB from 300 fields: the fields' widths went uncounted)
+    # a width within MAX_LENGTH in a str.format field, repeated (3 GB from 300 fields: their widths went uncounted)
     ("{{ ('{0:>9999999}' * 300).format(1) }}", r"SecurityError: format would make up to 3000003300 characters"),
     # and a %-field's width after a mapping key (1 GB from 100 fields)
     ("{{ ('%(a)9999999s' * 100) % {'a': 1} }}", r"SecurityError: % would make up to 1000001100 characters"),
@@ -208,6 +208,10 @@ def test_a_template_the_host_has_no_memory_for_is_a_user_error(tmp_path, monkeyp
      'x, y|a\n  b|{\n  "a": 1\n}|1-2'),
     ("{{ 'abc'|center(9) }}|{{ ('\t' * 3).expandtabs(2)|length }}|{{ (['a'] * 3)|map('upper')|join('-') }}",
      "   abc   |6|A-A-A"),
+    # integers formatted as values, not widths, and a large number's remainder (refused as widths past MAX_LENGTH)
+    ("{{ 'cutoff %d' % 20240726 }}|{{ 'id {}'.format(123456789012) }}|{{ '%d, %d, %d'|format(9000000, 9000000, 1) }}|"
+     "{{ 12345678901 % 10**8 }}|{{ '%(n)d' % {'n': 10**9} }}", "cutoff 20240726|id 123456789012|9000000, 9000000, 1|"
+     "45678901|1000000000"),
 ])
 def test_the_bounded_filters_and_methods_make_what_jinja2s_do(template, text):
     import jinja2.sandbox
