@@ -279,6 +279,8 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
     def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja2's signature: keywords pass through)
         if isinstance(__obj, types.BuiltinMethodType) and isinstance(__obj.__self__, str):
             name = "str.join" if __obj.__name__ == "join" else __obj.__name__
+            if name == "str.join" and args and not isinstance(args[0], (str, list, tuple, dict)):
+                args = (list(args[0]), *args[1:])  # a generator (map, select): its items counted, then joined
             _check_call(name, __obj.__self__, args, kwargs)
         return super().call(__context, __obj, *args, **kwargs)
 

@@ -171,6 +171,8 @@ LOOP = "{% for i in range(20000) %}"  # the sandbox's range() is bounded; what e
     ("{{ ('a' * 10**6)|replace('a', 'b' * 1000) }}", r"SecurityError: replace would make up to 1000000000 characters"),
     ("{{ (' ' * 10**6).join(['a'] * 1000) }}", r"SecurityError: str.join would make up to 1000001000 characters"),
     ("{{ (['a' * 10**6] * 100)|map('upper')|join }}", r"SecurityError: join would make up to 100000000 characters"),
+    ("{{ (' ' * 10**6).join((['a'] * 1000)|map('upper')) }}",  # a generator's items went uncounted: 1 GB
+     r"SecurityError: str.join would make up to 1000001000 characters"),
     ("{{ ('\t' * 10**4).expandtabs(10**6) }}", r"SecurityError: expandtabs would make up to 10000010000 characters"),
     ("{{ ('{0}' * 1000).format('a' * 10**5) }}", r"SecurityError: format would make up to 100003000 characters"),
     ("{{ ('%s' * 1000) % (('a' * 10**5,) * 1000) }}", r"SecurityError: % would make up to 100002000 characters"),
