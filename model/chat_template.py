@@ -16,7 +16,8 @@ are set by every render and cannot be extra variables.
 Bounds transformers lacks: jinja2's sandbox bounds `range()` only, so `*`, `+`, `~` and `**` refuse to build a
 value past `MAX_LENGTH` characters or items (`'a' * 2**45`, a string doubled with `~` in a loop) or an integer
 past `MAX_INT_BITS` bits (`9**9**9`), a render's loops turn at most `MAX_LOOP_TURNS` times in all (nested
-`range(100000)` loops ran for hours, making nothing), `lipsum` writes at most `MAX_LENGTH // 10` words,
+`range(100000)` loops ran for hours, making nothing) for at most `MAX_RENDER_SECONDS` (each turn's work bounded
+but repeated: a loop of `wordwrap`s ran 0.2 s a turn, hours in all), `lipsum` writes at most `MAX_LENGTH // 10` words,
 `wordwrap` takes at most `MAX_WORDWRAP` characters (quadratic in a long word), a filter or a string method takes
 no integer past `MAX_LENGTH` (`center(10**10)`, `slice(10**10)`) and makes no text past it (`replace`, `join`,
 `indent`, `expandtabs`, `format` and `%`, whose lengths are bounded from their arguments: `_check_call`), and the
@@ -31,6 +32,7 @@ import datetime
 import functools
 import json
 import re
+import time
 import types
 from typing import Any, Mapping, Sequence
 
@@ -48,7 +50,8 @@ RESERVED_VARIABLES = ("messages", "add_generation_prompt")  # set by every rende
 MAX_LENGTH = 10**7  # characters (or list items) of a value a template builds, and of its rendered text
 MAX_INT_BITS = 1 << 16  # of an integer a template computes (a chat template counts turns, not bignums)
 MAX_LOOP_TURNS = 10**6  # of all a render's {% for %} loops together (a conversation's messages and tools: far fewer)
-_TURNS_LEFT: contextvars.ContextVar[list[int]] = contextvars.ContextVar("chat_template_turns_left")
+MAX_RENDER_SECONDS = 60.0  # a render's loops turn no more after it (a real template's render takes milliseconds)
+_TURNS_LEFT: contextvars.ContextVar[list] = contextvars.ContextVar("chat_template_turns_left")  # [turns, deadline]
 
 
 class _GenerationBlock(jinja2.ext.Extension):
@@ -302,6 +305,9 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
         if left[0] < 0:
             raise jinja2.exceptions.SecurityError(f"its loops would turn more than the {MAX_LOOP_TURNS} times a "
                                                   f"chat template may in one render")
+        if time.monotonic() > left[1]:
+            raise jinja2.exceptions.SecurityError(f"its loops ran past the {MAX_RENDER_SECONDS} s a chat template may "
+                                                  "take in one render")
         return True
 
     @staticmethod
@@ -360,7 +366,7 @@ class ChatTemplate:
             raise UserError(f"{self.origin} is not a valid Jinja template (line {err.lineno}: {err.message})") from None
         context = {**self.special_tokens, **variables, "messages": messages, "tools": tools, "documents": documents,
                    "add_generation_prompt": add_generation_prompt}
-        turns = _TURNS_LEFT.set([MAX_LOOP_TURNS])
+        turns = _TURNS_LEFT.set([MAX_LOOP_TURNS, time.monotonic() + MAX_RENDER_SECONDS])
         try:
             text = _bounded_text(template.generate(context))
         # jinja2's: raise_exception(...), sandbox refusals (SecurityError, the bounds above), undefined calls;

@@ -237,6 +237,17 @@ def test_a_template_whose_loops_would_turn_for_hours_is_refused_naming_the_file(
         render_prompt(_hf_dir(tmp_path, template), "chat", "q")
 
 
+def test_a_template_whose_loop_repeats_bounded_slow_work_stops_at_the_render_time(tmp_path, monkeypatch):
+    """Each wordwrap is bounded (MAX_WORDWRAP characters: 0.2 s) and the loops' turns are (10**6), but not their
+    product: a loop of wordwraps ran for hours. The loops stop turning after MAX_RENDER_SECONDS (here 0.5 s)."""
+    from r1jax.model import chat_template
+
+    monkeypatch.setattr(chat_template, "MAX_RENDER_SECONDS", 0.5, raising=False)
+    template = "{% for i in range(40) %}{{ (('a' * 10**5)|wordwrap(1))|length }}{% endfor %}"  # 8 s unbounded
+    with pytest.raises(UserError, match="chat_template failed to render: SecurityError: its loops ran past the 0.5 s"):
+        render_prompt(_hf_dir(tmp_path, template), "chat", "q")
+
+
 def test_the_rendered_text_is_bounded_and_a_template_that_renders_nothing_is_named(tmp_path):
     assert MAX_LENGTH < 20000 * 1000
     with pytest.raises(UserError, match=f"chat_template renders more than {MAX_LENGTH} characters"):
