@@ -192,6 +192,7 @@ _TEXT_GROUP = re.compile(r"\\(?:text[a-z]*|math[a-z]*|[mh]box|emph|operatorname)
 # A text group of only "or" or "and" between answers: a list of them ("x = 2 \\text{ or } x = 3" for the solutions
 # "2, 3"), compared as one; a hedge ("5 \\text{ or } 6" for 5) is a list of two, which fails a single reference
 _CONNECTOR = re.compile(r"\s*,?\s*\\(?:text[a-z]*|mathrm|[mh]box)\s*\{\s*,?\s*(?:or|and)\s*\}\s*", re.I)
+_POWER = re.compile(r"[\^_]\s*(?:\d|\{\s*-?\d+\s*\})")  # a unit's power or index ("\\mathrm{cm^2}", "H_2O"): no answer
 _HEDGE = re.compile(r"\d|(?<![A-Za-z])(?:or|either|maybe|perhaps|possibly|probably|not|otherwise)(?![A-Za-z])", re.I)
 # An approximation: each side with a digit must verify, a decimal to its last place ("5 \\approx 6" scored for 5);
 # a side without one ("x", "\\pi") is left out
@@ -234,7 +235,8 @@ def hedged(candidate: str, reference: str) -> bool:
     """Whether the candidate hides another answer in text math-verify drops: a \\text-like group (not the whole
     answer) holding a digit or a hedging word, which the reference does not hold."""
     known = set(_text_groups(reference))
-    return any(_HEDGE.search(group) and group not in known for group in _text_groups(strip_markup(candidate)))
+    return any(_HEDGE.search(_POWER.sub("", group)) and group not in known
+               for group in _text_groups(strip_markup(candidate)))
 
 
 _TEXT_WRAPPER = re.compile(r"\\(?:%s)\s*\{" % "|".join(TEXT_COMMANDS))

@@ -207,3 +207,15 @@ def test_long_decimal_approximations_compare_to_their_last_place(math_task, refe
 ])
 def test_answers_joined_by_text_or_are_lists(math_task, reference, candidate, expected):
     assert math_task.verify(candidate, reference) is expected
+
+
+@pytest.mark.parametrize("reference,candidate,expected", [
+    # a unit's power inside its text group is no hidden answer (all scored 0 as hedges, 1 before)
+    ("5", r"5\,\mathrm{cm^2}", True), ("12", r"12\,\mathrm{m^3}", True), ("9.8", r"9.8 \mathrm{m/s^2}", True),
+    ("4", r"4 \mathrm{~km^{2}}", True), (r"\frac{3}{2}", r"\frac{3}{2}\,\mathrm{m^2}", True),
+    ("5", r"5 \text{ cm^2}", True),
+    # a digit that is no power still is
+    ("5", r"5 \mathrm{ or 6^2}", False), ("5", r"5 \textbf{6^2}", False), ("5", r"5\,\mathrm{cm} \text{ (6)}", False),
+])
+def test_units_with_powers_in_their_text_group_are_no_hedge(math_task, reference, candidate, expected):
+    assert math_task.verify(candidate, reference) is expected
