@@ -173,10 +173,12 @@ class MathTask(Task):
         candidate, reference = _CONNECTOR.sub(", ", candidate), _CONNECTOR.sub(", ", reference)
         if hedged(candidate, reference):
             return False
-        sides = [side for side in _APPROX.split(strip_markup(candidate)) if re.search(r"\d", side)]
+        # each side without its unit ("3.33 \\text{ cm}"), which hedged checked
+        sides = [(side, _UNIT.sub("", side)) for side in _APPROX.split(strip_markup(candidate))]
+        sides = [(side, bare) for side, bare in sides if re.search(r"\d", bare)]
         if _APPROX.search(candidate):  # "5 \\approx 6": math-verify read its left side (5), "x \\approx 5" its right
-            return bool(sides) and all(_approximates(side, reference) if _DECIMAL.fullmatch(side)
-                                       else self.verify(side, reference, prompt) for side in sides)
+            return bool(sides) and all(_approximates(bare, reference) if _DECIMAL.fullmatch(bare)
+                                       else self.verify(side, reference, prompt) for side, bare in sides)
         candidate, reference = normalise(candidate), normalise(reference)
         if ambiguous(candidate) or risky(candidate) or risky(reference):
             return False
@@ -197,6 +199,9 @@ _HEDGE = re.compile(r"\d|(?<![A-Za-z])(?:or|either|maybe|perhaps|possibly|probab
 # An approximation: each side with a digit must verify, a decimal to its last place ("5 \\approx 6" scored for 5);
 # a side without one ("x", "\\pi") is left out
 _APPROX = re.compile(r"\\(?:approx|approxeq|thickapprox)(?![a-zA-Z])|\u2248")
+# a side's trailing unit, its power too ("3.33 \\text{ cm}^2"): a decimal with a unit is still a decimal
+_UNIT = re.compile(r"(?:\s|\\[,;: !]|~)*\\(?:text[a-z]*|mathrm|[mh]box)\s*\{[^{}]*\}"
+                   r"(?:\s*\^\s*(?:\d|\{\s*\d+\s*\}))?\s*$")
 _DECIMAL = re.compile(r"\s*[-+]?\d{1,30}\.\d{1,30}\s*")
 
 

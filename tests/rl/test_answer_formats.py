@@ -219,3 +219,15 @@ def test_answers_joined_by_text_or_are_lists(math_task, reference, candidate, ex
 ])
 def test_units_with_powers_in_their_text_group_are_no_hedge(math_task, reference, candidate, expected):
     assert math_task.verify(candidate, reference) is expected
+
+
+@pytest.mark.parametrize("reference,candidate,expected", [
+    # a decimal side with its unit is still compared as a decimal (the first two scored 0 as formulas, 1 before)
+    (r"\frac{10}{3}", r"\frac{10}{3} \text{ cm} \approx 3.33 \text{ cm}", True),
+    (r"\pi", r"\pi \text{ cm}^2 \approx 3.14 \text{ cm}^2", True),
+    (r"\frac{10}{3}", r"\approx 3.33\,\mathrm{cm}", True),
+    (r"\frac{10}{3}", r"\frac{10}{3} \text{ cm} \approx 3.34 \text{ cm}", False),
+    (r"\frac{10}{3}", r"\frac{10}{3} \text{ cm} \approx 3.33 \text{ cm or } 4", False),
+])
+def test_approximations_with_units_compare_their_decimals(math_task, reference, candidate, expected):
+    assert math_task.verify(candidate, reference) is expected
