@@ -170,6 +170,9 @@ def _check_binop(operator: str, left: Any, right: Any) -> None:
 _FORMAT_FIELD = re.compile(r"%(?:\([^()]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?|\{[^{}]*\}")
 
 _FORMATS = ("format", "%", "format_map")  # the str.format method and jinja2's filter share the name
+# what builds its text (or turns) from an integer it is given, a width or a count: the others take integers that
+# are values or harmless bounds (|default(12345678901), truncate(10**10), batch(10**10))
+_WIDTH_TAKERS = frozenset({"center", "ljust", "rjust", "zfill", "indent", "expandtabs", "slice"})
 _DYNAMIC_WIDTH = re.compile(r"%(?:\([^()]*\))?[#0\- +]*(?:\*|\d*\.\*)|\{[^{}]*\{")  # '%*d', '%.*f', '{0:{1}}'
 
 
@@ -187,8 +190,8 @@ def _check_call(name: str, subject: Any, args: tuple, kwargs: Mapping) -> None:
         return  # a number's remainder ("loop.index0 % 2"), which makes no text
     # the integers a format string formats are values, not widths ("%d" % 20240726), unless it takes a width from
     # them ("%*d", "{0:{1}}")
-    values = () if name in _FORMATS and not _dynamic_width(subject) else (*args, *kwargs.values())
-    for value in values:
+    takes_width = name in _WIDTH_TAKERS or name in _FORMATS and _dynamic_width(subject)
+    for value in (*args, *kwargs.values()) if takes_width else ():
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_LENGTH:
             raise jinja2.exceptions.SecurityError(f"{name} was given {value}, more than the {MAX_LENGTH} a chat "
                                                   "template may pass (a width, a count)")
@@ -218,11 +221,9 @@ def _result_length(name: str, subject: Any, args: tuple, kwargs: Mapping) -> int
         # whole fields (findall gave only the %-fields' groups: "{0:>9999999}" counted no width, 3 GB in 300)
         fields = [match.group(0) for match in _FORMAT_FIELD.finditer(subject)]
         widths = [v for v in values if isinstance(v, int)] if _dynamic_width(subject) else []
+        numbers = [number for field in fields for number in re.findall(r"\d+", field)]  # widths, precisions
         widest = max([len(str(v)) for v in values] + widths + [
-            int(number) for field in fields for number in re.findall(r"\d+", field)
-            if len(number) <= len(str(MAX_LENGTH)) + 1] + [0])
-        if any(len(number) > len(str(MAX_LENGTH)) for number in re.findall(r"\d+", subject)):
-            widest = max(widest, MAX_LENGTH + 1)  # a width or a precision of more digits than any bound
+            int(number) if len(number) <= len(str(MAX_LENGTH)) else MAX_LENGTH + 1 for number in numbers] + [0])
         return len(subject) + len(fields) * widest
     return 0
 

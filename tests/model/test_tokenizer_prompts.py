@@ -214,6 +214,9 @@ def test_a_template_the_host_has_no_memory_for_is_a_user_error(tmp_path, monkeyp
     ("{{ 'cutoff %d' % 20240726 }}|{{ 'id {}'.format(123456789012) }}|{{ '%d, %d, %d'|format(9000000, 9000000, 1) }}|"
      "{{ 12345678901 % 10**8 }}|{{ '%(n)d' % {'n': 10**9} }}", "cutoff 20240726|id 123456789012|9000000, 9000000, 1|"
      "45678901|1000000000"),
+    # integers that are no width (refused as widths by any filter), long numbers in a format string's plain text
+    ("{{ x|default(12345678901) }}|{{ 'build 123456789012: %s' % 'a' }}|{{ 'v 20240726123 {}'.format(1) }}",
+     "12345678901|build 123456789012: a|v 20240726123 1"),
 ])
 def test_the_bounded_filters_and_methods_make_what_jinja2s_do(template, text):
     import jinja2.sandbox
