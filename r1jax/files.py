@@ -49,12 +49,12 @@ def remove(path: pathlib.Path) -> None:
 
 
 def staging_path(path: pathlib.Path, kind: str) -> pathlib.Path:
-    """Where to write what becomes `path` (`.NAME.HOST-PID.KIND` beside it: renamed to `path` when whole), after
-    removing the ones processes of this host that no longer run left there (a SIGKILL or a host crash lets no
-    cleanup run: an export's partial directory held up to the whole model's bytes). Another host's (a shared
-    file system) and a live process's are left alone."""
-    host = socket.gethostname()
-    prefix, suffix = f".{path.name}.{host}-", f".{kind}"
+    """Where to write what becomes `path` (`.NAME.HOST-PIDNS-PID.KIND` beside it: renamed to `path` when whole),
+    after removing the ones processes of this host and pid namespace that no longer run left there (a SIGKILL or
+    a host crash lets no cleanup run: an export's partial directory held up to the whole model's bytes). Another
+    host's (a shared file system), another container's (a pid namespace of its own) and a live process's are left
+    alone."""
+    prefix, suffix = f".{path.name}.{process_home()}-", f".{kind}"
     ours = path.with_name(f"{prefix}{os.getpid()}{suffix}")
     try:
         siblings = list(path.parent.iterdir())
@@ -68,6 +68,16 @@ def staging_path(path: pathlib.Path, kind: str) -> pathlib.Path:
             except OSError:  # another process's sweep took it first, or it cannot be removed: not this write's concern
                 pass
     return ours
+
+
+def process_home() -> str:
+    """Where this process's pid means this process: its host name and its pid namespace (containers sharing a
+    host name, as with host networking, each have their own pids)."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{socket.gethostname()}-{namespace}"
 
 
 def _alive(pid: int) -> bool:

@@ -73,14 +73,16 @@ def test_a_lock_file_removed_after_it_was_opened_is_not_taken_for_the_lock(tmp_p
 
 def test_a_write_takes_away_the_temporaries_of_killed_writers_only(tmp_path):
     """A writer killed between its write and its rename (SIGKILL: no cleanup runs) left `.NAME.HOST-PID.tmp`
-    for good; the next write of NAME removes it, but not a live writer's, another host's, or another name's."""
+    for good; the next write of NAME removes it, but not a live writer's, another host's, another container's (a
+    pid namespace of its own: its pids are not this one's), or another name's."""
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
-    host = socket.gethostname()
+    host = files.process_home()
     killed = tmp_path / f".summary.json.{host}-{child.pid}.tmp"
     killed_dir = tmp_path / f".summary.json.{host}-{child.pid}.partial"
     kept = [tmp_path / f".summary.json.{host}-{os.getppid()}.tmp",  # alive
             tmp_path / f".summary.json.other-host-{child.pid}.tmp",  # a shared file system's other host
+            tmp_path / f".summary.json.{socket.gethostname()}-1-{child.pid}.tmp",  # another pid namespace
             tmp_path / f".config.yaml.{host}-{child.pid}.tmp",  # another file's: its own write sweeps it
             tmp_path / f".summary.json.{host}-x{child.pid}.tmp"]  # not a pid
     for path in [killed] + kept:
@@ -90,5 +92,8 @@ def test_a_write_takes_away_the_temporaries_of_killed_writers_only(tmp_path):
     files.write_atomically(tmp_path / "summary.json", "{}")
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted(["summary.json", killed_dir.name] + [p.name for p in kept])
-    assert files.staging_path(tmp_path / "summary.json", "partial") == (
-        tmp_path / f".summary.json.{host}-{os.getpid()}.partial") and not killed_dir.exists()
+    # named by this host, this pid namespace and this pid
+    namespace = os.stat("/proc/self/ns/pid").st_ino
+    staged = files.staging_path(tmp_path / "summary.json", "partial")
+    assert staged == tmp_path / f".summary.json.{socket.gethostname()}-{namespace}-{os.getpid()}.partial"
+    assert not killed_dir.exists()

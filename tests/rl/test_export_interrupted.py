@@ -5,13 +5,13 @@ SIGTERM, whose default ends the process at once (a hidden 123 MB `.OUT.PID.parti
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
+from r1jax.files import process_home
 from r1jax.model import hf_io
 from r1jax.rl import gguf_export
 from r1jax.rl.cli.main import main
@@ -90,7 +90,7 @@ def test_an_export_removes_what_a_killed_export_left_beside_its_output(checkpoin
     """SIGKILL lets no cleanup run: the killed export's hidden partial output (up to the model's bytes) stayed
     beside OUT for good. The next export to OUT takes it away; a live export's, and another host's, stay."""
     root, tokenizer = checkpoint
-    host = socket.gethostname()
+    host = process_home()
     killed = tmp_path / f".{out_name}.{host}-{dead_pid()}.partial"
     killed.mkdir()
     (killed / "model.safetensors").write_bytes(b"\0" * 1000)
