@@ -134,3 +134,41 @@ def test_packed_step_equals_padded(family, row_length, packed_rows):
         assert float(metrics_b[key]) == pytest.approx(float(metrics_a[key]), rel=1e-5, abs=1e-6), key
     for x, y in zip(jax.tree.leaves((a.params, a.bias)), jax.tree.leaves((b.params, b.bias))):
         np.testing.assert_allclose(np.asarray(y), np.asarray(x), atol=1e-6, rtol=1e-5)
+
+
+def _spans(lengths, t):
+    """Rows of `t` slots whose first `lengths[b]` tokens are real."""
+    return np.arange(t) < np.asarray(lengths)[:, None]
+
+
+def test_sequences_go_longest_first_into_the_first_row_with_room():
+    """Lengths 3, 3, 7, 7 in rows of 10: first-fit decreasing fills two rows exactly (7 + 3 each); smallest
+    first would take three (3 + 3, 7, 7), and a row with exactly the room left must still take a sequence."""
+    plan = plan_packing(_spans([3, 3, 7, 7], 10))
+    assert plan.rows == 2
+    np.testing.assert_array_equal(plan.segments_RT > 0, np.ones((2, 10), bool))  # no padding left
+    np.testing.assert_array_equal(plan.segments_RT[:, :7], 1)  # the 7 first, then the 3
+    np.testing.assert_array_equal(plan.segments_RT[:, 7:], 2)
+
+
+def test_a_row_length_shorter_than_the_padded_rows_is_raised_to_theirs():
+    """`grpo.pack_length` below a step's padded row length T is raised to T: a full row still fits."""
+    valid = _spans([14, 5, 9, 2], 14)
+    plan = plan_packing(valid, row_length=4)
+    assert plan.src_RT.shape[1] == 14
+    np.testing.assert_array_equal(np.sort(plan.src_RT[plan.segments_RT > 0]), np.flatnonzero(valid))
+
+
+def test_rounded_row_counts_never_exceed_the_padded_rows():
+    """10 rows, 3 shapes: row counts are multiples of ceil(10 / 3) = 4, capped at the 10 padded rows; a batch
+    with no real token still gets one row per group."""
+    for needed, expected in [(1, 4), (4, 4), (5, 8), (8, 8), (9, 10), (10, 10)]:
+        plan = plan_packing(_spans([9] * needed + [0] * (10 - needed), 16), shapes=3)
+        assert plan.rows == expected, needed
+    assert plan_packing(np.zeros((4, 6), bool), micro_batches=2).rows == 2
+
+
+def test_padding_fraction_of_a_packed_layout_counts_its_own_slots():
+    valid = _spans([3, 1, 0, 4], 5)  # 8 real tokens in 20 padded slots
+    assert padding_fraction(valid) == pytest.approx(1 - 8 / 20)
+    assert padding_fraction(valid, slots=10) == pytest.approx(1 - 8 / 10)  # 2 packed rows of 5
