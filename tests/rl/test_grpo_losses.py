@@ -292,3 +292,23 @@ def test_a_pack_length_without_packing_is_said_to_pack_nothing():
         "grpo.pack_length=64 with grpo.pack=false: nothing is packed (grpo.pack=true packs)"]
     assert GRPOConfig(pack=True, pack_length=64).notes() == []
     assert len(GRPOConfig(ratio_level="sequence", pack_length=64).notes()) == 2
+
+
+@pytest.mark.parametrize("ratio_level", ["token", "sequence"])
+def test_ratio_max_reads_only_valid_tokens(ratio_level):
+    """Every valid token moved down by 0.5 nats since the rollout: ratio_max is exp(-0.5), not the ratio of 1
+    that masked-off positions hold."""
+    cfg = GRPOConfig(kl_coef=0.0, ratio_level=ratio_level)
+    mask = np.array([[True, True, False]])
+    old = np.array([[-1.0, -2.0, 0.0]], np.float32)
+    _, stats = grpo_loss(old - 0.5, np.ones(1), mask, np.ones((1, 3)), cfg, old_logp_BT=old)
+    np.testing.assert_allclose(float(stats["ratio_max"]), math.exp(-0.5), rtol=1e-6)
+
+
+def test_stats_of_no_valid_token_finalize_to_zero_not_nan():
+    """A batch (or host's share) with no valid token: `*_sum` / max(count, 1) is 0, not 0 / 0; a count of 1
+    divides by 1."""
+    out = finalize_stats({"token_count": jnp.float32(0.0), "ratio_sum": jnp.float32(0.0), "loss": jnp.float32(0.0)})
+    assert float(out["ratio"]) == 0.0 and float(out["loss"]) == 0.0
+    assert float(finalize_stats({"token_count": jnp.float32(1.0), "kl_sum": jnp.float32(0.3)})["kl"]) \
+        == pytest.approx(0.3)
