@@ -12,7 +12,7 @@ import pytest
 from r1jax.errors import UserError
 from r1jax.rl.grpo import OptimizerConfig, grad_norms, lr_schedule, make_optimizer
 from r1jax.rl.grpo.config import SCHEDULES
-from r1jax.rl.grpo.optimizer import DECAYS, applied_updates
+from r1jax.rl.grpo.optimizer import DECAYS, applied_updates, skip_nonfinite
 
 
 def make_params():
@@ -219,3 +219,25 @@ def test_decay_norms_false_spares_every_norm_scale_and_decays_every_matrix(famil
 def test_decay_norms_must_be_a_bool():
     with pytest.raises(UserError, match=r"optimizer\.decay_norms"):
         OptimizerConfig(decay_norms="no")
+
+
+def test_a_step_is_skipped_when_either_the_gradients_or_the_updates_are_not_finite():
+    """Finite gradients that the inner optimizer turns into an infinite update, and a NaN gradient that it
+    zeroes: both steps are skipped (updates -0.0, Adam's state kept, counters advanced)."""
+    params = {"w": jnp.array([1.0, -2.0])}
+    cases = [(optax.chain(optax.scale_by_adam(), optax.scale(np.inf)), jnp.array([0.1, 0.2])),
+             (optax.chain(optax.scale_by_adam(), optax.set_to_zero()), jnp.array([np.nan, 0.2]))]
+    for inner, grad in cases:
+        opt = skip_nonfinite(inner)
+        state = opt.init(params)
+        updates, new_state = opt.update({"w": grad}, state, params)
+        assert bitwise_equal(updates, {"w": jnp.array([-0.0, -0.0])})
+        assert bitwise_equal(new_state.inner_state, state.inner_state)
+        assert (int(new_state.consecutive_skips), int(new_state.total_skips)) == (1, 1)
+
+
+def test_applied_updates_refuses_a_state_with_two_schedules():
+    params = {"w": jnp.ones(2)}
+    two = optax.chain(optax.adamw(lr_schedule(OptimizerConfig())), optax.adamw(lr_schedule(OptimizerConfig())))
+    with pytest.raises(ValueError, match="found 2"):
+        applied_updates(two.init(params))
