@@ -5,11 +5,13 @@ instrumentation: reflection words per completion (R1's "aha")."""
 import numpy as np
 import pytest
 
-from r1jax.model.tokenizer import apply_template
+from r1jax.model.tokenizer import THINK, apply_template
 from r1jax.rl.evaluate import summarize
 from r1jax.rl.rewards import ScoreResult
 from r1jax.rl.sampler import Rollout
-from r1jax.rl.train.rollouts import length_metrics, merge_rollouts, reflection_rate, sample_and_submit
+from r1jax.rl.train.rollouts import (
+    completion_ids, length_metrics, merge_rollouts, reflection_rate, sample_and_submit, score_items, stopped_rows,
+)
 
 TEXTS = ["Wait, let me verify: 2+2=4. Wait.", "x = 3, checked twice", "no reflection here",
          "However, actually re-examine: CHECK it"]
@@ -110,3 +112,38 @@ def test_merged_rollouts_route_the_extra_left_padding_to_k_distinct_experts():
     assert np.all(np.diff(np.sort(experts, axis=-1), axis=-1) != 0)
     assert np.array_equal(experts[:, :2, 3:], narrow.experts_LBTK) and np.array_equal(experts[:, 2:], wide.experts_LBTK)
     assert not np.asarray(merged.valid_BT)[:2, :3].any()
+
+
+def test_a_prompt_that_opens_a_thought_gives_its_own_rows_a_think_and_no_other_rows():
+    """Template "none": the first problem's prompt ends in <think>, the second's does not; each row's response
+    reads its own prompt."""
+    problems = [{"prompt": "a" + THINK, "answer": "1", "task": "t"}, {"prompt": "b", "answer": "2", "task": "t"}]
+    sampled = sample_and_submit(FakeSampler(), "policy", FakeTokenizer(), "none", problems, FakePool(), 2)
+    assert sampled.texts == [THINK + "00x", THINK + "01", "10", "11"]
+
+
+def test_score_items_carry_each_code_problems_tests_and_entry_point():
+    problems = [{"prompt": "p", "answer": "", "task": "code", "tests": '["assert f(1) == 2"]', "entry_point": "f"},
+                {"prompt": "q", "answer": 3, "task": "arithmetic"}]
+    items = score_items(problems, ["x", "y", "z", "w"], [1, 2, 3, 4], samples=2)
+    assert [(i.tests, i.entry_point) for i in items] == [('["assert f(1) == 2"]', "f")] * 2 + [(None, None)] * 2
+    assert [i.truncated for i in items] == [False] * 4 and [i.length for i in items] == [1, 2, 3, 4]
+
+
+def test_a_row_that_generated_nothing_has_not_stopped_even_where_padding_is_an_eos_id():
+    """Rows of a 3-token budget after a 1-token prompt: EOS (1) on the budget's last token, EOS mid-way, no EOS,
+    and an empty row whose padding is the EOS id (a tokenizer with pad == eos)."""
+    tokens = np.array([[5, 7, 8, 1], [5, 7, 1, 1], [5, 7, 8, 9], [5, 1, 1, 1]], np.int32)
+    lengths = np.array([3, 2, 3, 0], np.int32)
+    rollout = Rollout(tokens, np.ones_like(tokens, bool), np.zeros_like(tokens), np.zeros((4, 3), np.float32),
+                      lengths, np.zeros((1, 4, 4, 2), np.int32), np.int32(3))
+    assert stopped_rows(rollout, [1]).tolist() == [True, True, False, False]
+    assert completion_ids(rollout, [1]) == [[7, 8], [7], [7, 8, 9], []]
+
+
+def test_merged_rollouts_ran_as_many_decode_steps_as_the_longest():
+    def rollout(steps):
+        tokens = np.ones((1, 4), np.int32)
+        return Rollout(tokens, np.ones_like(tokens, bool), np.zeros_like(tokens), np.zeros((1, 3), np.float32),
+                       np.array([steps], np.int32), np.zeros((1, 1, 4, 2), np.int32), np.int32(steps))
+    assert int(merge_rollouts([rollout(2), rollout(3), rollout(1)], pad_id=0).steps) == 3
