@@ -27,6 +27,9 @@ def score(name, completion, reference="7", task="math", length=None, **config):
     ("</think> <answer> 3 </answer>", "3"),  # a template that opens <think> in the prompt
     ("<think> <answer> 3 </answer>", None),  # unclosed thought: no final answer
     ("<answer> 3", None), ("<answer>   </answer>", None), ("plain text", None),
+    ("<think> a </think> <answer> 2 </answer> wait </think>", None),  # before the last </think>: still thought
+    (r"\boxed {5}", "5"),  # spaces between \boxed and its brace
+    (r"\boxed{3} <answer> 4", None),  # an unclosed <answer> does not fall back to a box
 ])
 def test_extract_answer(completion, answer):
     assert extract_answer(completion) == answer
@@ -50,6 +53,9 @@ def test_split_completion():
     assert split_completion("<think> t </think> rest") == (" t ", " rest")
     assert split_completion("no tags") == (None, "no tags")
     assert split_completion("<think> open") == (" open", "")
+    assert split_completion("<think> a <think> b </think> r") == (" b ", " r")  # after the last <think> before it
+    assert split_completion("<think> a </think> b </think> c") == (" a </think> b ", " c")  # to the last </think>
+    assert split_completion("reasoning </think> r") == ("reasoning ", " r")  # <think> was in the prompt
 
 
 @pytest.mark.parametrize("completion,expected", [
