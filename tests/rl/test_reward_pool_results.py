@@ -1,0 +1,55 @@
+"""The reward pool's bookkeeping, without workers: what `collect` makes of the workers' answers (weighted
+totals, code statuses passed on and counted, failures zeroed), `metrics`' failed fraction, and the size past
+which an item is failed unsent."""
+
+import collections
+import concurrent.futures
+
+import pebble
+import pytest
+
+from r1jax.rl.rewards import PoolConfig, RewardPool, RewardsConfig, ScoreItem
+from r1jax.rl.rewards.pool import BatchHandle, MEMORY_PER_CHAR
+
+
+def idle_pool(rewards: RewardsConfig, config: PoolConfig = PoolConfig()) -> RewardPool:
+    """A RewardPool's state with no worker started (what __init__ sets besides the process pool)."""
+    pool = RewardPool.__new__(RewardPool)
+    pool.rewards, pool.config, pool.share, pool.batches = rewards, config, None, 0
+    pool.counts, pool.code_counts = collections.Counter(), collections.Counter()
+    pool.worker_pids, pool.wait_s, pool.workers_started = set(), 0.0, None
+    return pool
+
+
+def answered(value=None, error=None) -> concurrent.futures.Future:
+    future = concurrent.futures.Future()
+    future.set_result(value) if error is None else future.set_exception(error)
+    return future
+
+
+def test_collect_weighs_rewards_passes_code_statuses_on_and_counts_failures():
+    rewards = RewardsConfig(names=("code", "format"), weights=(2.0, 0.5))
+    pool = idle_pool(rewards)
+    futures = [answered(("ok", {"code": 1.0, "format": 1.0}, None, 11, "passed")),
+               answered(("ok", {"code": 0.0, "format": 1.0}, None, 12, "failed")),
+               answered(("error", {}, "ValueError: x", 11, None)),
+               answered(error=pebble.ProcessExpired("gone", code=-9, pid=13)),
+               answered(("ok", {"code": 1.0, "format": 0.0}, None, 12, "passed"))]
+    results = pool.collect(BatchHandle(futures, deadline=float("inf"), size=5))
+    assert [r.total for r in results] == [2.5, 0.5, 0.0, 0.0, 2.0]  # 2 * code + 0.5 * format
+    assert [r.status for r in results] == ["ok", "ok", "error", "crashed", "ok"]
+    assert [r.code_status for r in results] == ["passed", "failed", None, None, "passed"]
+    assert results[3].rewards == {"code": 0.0, "format": 0.0} and "signal 9" in results[3].error
+    metrics = pool.metrics()
+    assert metrics["reward_pool/code_passed"] == 2.0 and metrics["reward_pool/code_failed"] == 1.0
+    assert metrics["reward_pool/failed_fraction"] == pytest.approx(2 / 5)  # an error and a crash of 5
+    assert pool.worker_pids == {11, 12, 13}
+
+
+def test_an_item_of_exactly_the_safe_size_is_still_sent():
+    pool = idle_pool(RewardsConfig(), PoolConfig(memory_mb=256))
+    limit = 256 * 2 ** 20 // MEMORY_PER_CHAR
+    item = lambda chars: ScoreItem(prompt="", completion="x" * (chars - 5), reference="0", task="math")
+    assert pool._too_large(item(limit)) is None
+    assert "not scored" in pool._too_large(item(limit + 1))
+    assert idle_pool(RewardsConfig(), PoolConfig(memory_mb=0))._too_large(item(limit + 1)) is None  # no limit
