@@ -1,11 +1,13 @@
 """Scoring split across 2 JAX processes (rl.rewards.share): each process scores half of every batch, and
 both return exactly what one process scoring the whole batch returns."""
 
+import concurrent.futures
 import dataclasses
 import json
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -81,3 +83,39 @@ def test_a_peer_that_never_publishes_its_share_is_named_within_the_timeout():
     with pytest.raises(PeerLost, match=r"process 1 published no rewards of batch 4 within 7 s .*DEADLINE_EXCEEDED"):
         share.gather(4, 5, [{"total": 1.0}, {"total": 0.0}])
     assert store.waits_ms == [7000] and "r1jax/scores/4/0" in store.values
+
+
+class SharedStore:
+    """An in-process key-value store shared by threads standing for processes (blocking gets, as JAX's)."""
+
+    def __init__(self):
+        self.values, self.changed = {}, threading.Condition()
+
+    def key_value_set(self, key, value):
+        with self.changed:
+            self.values[key] = value
+            self.changed.notify_all()
+
+    def key_value_delete(self, key):
+        with self.changed:
+            del self.values[key]
+
+    def blocking_key_value_get(self, key, timeout_ms):
+        with self.changed:
+            if not self.changed.wait_for(lambda: key in self.values, timeout_ms / 1000):
+                raise RuntimeError("DEADLINE_EXCEEDED: " + key)
+            return self.values[key]
+
+
+def test_three_shares_score_strided_rows_and_free_the_batch_before_last():
+    """3 processes, batches of 7 rows: process p scores rows p, p + 3, ...; each gathers every row in order;
+    publishing batch k frees its own key of batch k - 2 (every peer read it before publishing k - 1)."""
+    store, size = SharedStore(), 7
+    shares = [ScoreShare(index=p, count=3, timeout_s=10.0, client=store) for p in range(3)]
+    assert [list(s.rows(size)) for s in shares] == [[0, 3, 6], [1, 4], [2, 5]]
+    for batch in range(3):
+        own = [[{"row": row, "batch": batch} for row in share.rows(size)] for share in shares]
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            gathered = list(pool.map(lambda p: shares[p].gather(batch, size, own[p]), range(3)))
+        assert gathered == [[{"row": row, "batch": batch} for row in range(size)]] * 3
+    assert sorted(store.values) == [f"r1jax/scores/{b}/{p}" for b in (1, 2) for p in range(3)]
