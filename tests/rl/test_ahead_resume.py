@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from r1jax.errors import UserError
 from r1jax.rl.config import load_config
 from r1jax.rl.train.ahead import ITEM, restore_queue
 
@@ -65,7 +66,8 @@ def test_a_batch_remembers_the_settings_its_data_means_something_under():
     for override, key in [("grpo.group_size=4", "grpo.group_size"), ("grpo.temperature=1.0", "grpo.temperature"),
                           ("grpo.prompts_per_step=8", "grpo.prompts_per_step"),
                           ("sampling.max_new_tokens=16", "sampling.max_new_tokens"),
-                          ("sampling.top_p=0.9", "sampling.top_p"),
+                          ("sampling.top_p=0.9", "sampling.top_p"), ("sampling.top_k=5", "sampling.top_k"),
+                          ("rewards.code.wall_s=5.0", "rewards.code.wall_s"),  # nested sections by full key
                           ("tokenizer.template=r1_zero", "tokenizer.template"),
                           ("rewards.weights=[1.0,0.5,1.0]", "rewards.weights"),
                           ("rewards.max_length=512", "rewards.max_length")]:
@@ -73,6 +75,9 @@ def test_a_batch_remembers_the_settings_its_data_means_something_under():
     # the update's settings apply when it is updated on: they keep a batch
     assert settings_changes(saved, settings("grpo.kl_coef=0.1", "grpo.max_staleness=0", "optimizer.lr=0.1")) == []
     assert settings_changes(None, saved) == [] and settings_changes(saved, None) == []
+    # a setting one side does not record (a later version's) drops nothing
+    assert settings_changes(saved, {**saved, "sampling.min_p": 0.1}) == []
+    assert settings_changes({**saved, "sampling.min_p": 0.1}, saved) == []
 
 
 def test_a_queue_sampled_under_the_same_settings_is_kept_whole():
@@ -120,6 +125,10 @@ def test_routing_is_required_of_the_kept_batches_only():
     """A dropped batch is never updated on: its missing routing record does not stop the resume."""
     restored, _ = restore([entry(settings(), 3)], settings("grpo.group_size=4"), with_experts=True)
     assert len(restored.batches) == 0
+    routed = entry(settings(), 3)
+    routed["shapes"]["experts_LBTK"] = [[1, 4, 3, 2], "int32"]
+    with pytest.raises(UserError, match="routing_replay=true, but the checkpoint's 2 batch"):
+        restore([routed, entry(settings(), 4)], settings(), with_experts=True)  # one kept batch lacks it
 
 
 def probe(*args, timeout=900):
