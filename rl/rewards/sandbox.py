@@ -25,10 +25,10 @@ In both modes the runner (sandbox_runner.py) sets RLIMIT_CPU, _AS (memory), _NPR
 id (`sandbox_uid`): root is exempt from RLIMIT_NPROC. As another user, bwrap's --unshare-user makes the
 limit count the sandbox's own processes only (kernel >= 5.14; checked on 6.18: 13 threads and 1 fork under
 a limit of 16, beside a parent of 40 threads), while `rlimits_only` counts all of that user's, the trainer's
-threads included, so there a program can start no thread or process of its own. The trainer side enforces wall
-time (SIGKILL to the whole process group at the limit) and reads at most `output_bytes` of stdout (the run is killed when it
-prints more). The interpreter is the host's own (sys.executable), started with -I (no PYTHON* variables,
-no user site) and -B.
+threads included, so there a program can start no thread or process of its own. The trainer side enforces wall time
+(SIGKILL to the whole process group at the limit) and reads at most `output_bytes` of stdout (the run is killed when
+it prints more). The interpreter is the host's own (sys.executable), started with -I (no PYTHON* variables, no user
+site) and -B.
 """
 
 from __future__ import annotations

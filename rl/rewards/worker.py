@@ -8,9 +8,9 @@ when workers stop), makes itself non-dumpable (PR_SET_DUMPABLE 0: a program run 
 puts its programs' run directories under the pool's (rl.rewards.sandbox.set_run_root), and imports the
 modules that register custom rewards and tasks.
 
-`score` never raises: it returns (status, rewards, error, pid, code status or None: rl.rewards.code). Out of
-memory is the exception to the rule: the worker exits with OOM_EXIT_CODE (its state may be damaged), the pool reports the item as
-crashed and starts a fresh worker.
+`score` never raises: it returns (status, rewards, error, pid, code status or None: rl.rewards.code). Out of memory
+is the exception to the rule: the worker exits with OOM_EXIT_CODE (its state may be damaged), the pool reports the
+item as crashed and starts a fresh worker.
 """
 
 from __future__ import annotations
