@@ -5,10 +5,13 @@ where to stage a file or directory before it takes its name, and the stages a ki
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import logging
 import os
 import pathlib
+import re
 import shutil
 import socket
 import time
@@ -101,11 +104,29 @@ def _same_file(handle: IO, path: pathlib.Path) -> bool:
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, *aliases: str | os.PathLike):
+    """An OSError raised inside names `path`: a write's or a flush's (ENOSPC from `f.write`) names no file, and
+    one naming a staging file (`aliases`) would name a file the user never sees."""
+    try:
+        yield
+    except OSError as err:
+        named = None if err.filename is None else os.fspath(err.filename)
+        if err.errno is not None and (named is None or named in {os.fspath(a) for a in aliases}):
+            raise OSError(err.errno, err.strerror, os.fspath(path)) from err
+        raise
+
+
 def write_atomically(path: str | os.PathLike, data: str | bytes) -> None:
     """`path` holds `data` whole, or what it held before: written beside it, then renamed over it (a rename
-    within one directory is atomic on POSIX file systems)."""
+    within one directory is atomic on POSIX file systems). A failure names `path` (`writing`)."""
     path = pathlib.Path(path)
     tmp = staging_path(path, "tmp")
+    with writing(path, tmp):
+        _write_atomically(path, tmp, data)
+
+
+def _write_atomically(path: pathlib.Path, tmp: pathlib.Path, data: str | bytes) -> None:
     try:
         with open(tmp, "wb") as f:
             f.write(data if isinstance(data, bytes) else data.encode())
@@ -155,3 +176,39 @@ def lock_directory(directory: str | os.PathLike, what: str) -> IO | None:
     handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     handle.flush()
     return handle
+
+
+# a file system refusing a write: full, over quota, read-only, or not ours to write (chattr +i, permissions)
+_STORAGE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                   errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                   errno.EPERM: "operation not permitted", errno.EFBIG: "file too large"}
+
+
+def storage_failure(err: BaseException) -> str | None:
+    """One line saying what the file system refused and where ("no space left on device: PATH"), when
+    `err` is such a refusal: an OSError with its errno, or tensorstore's (Orbax's checkpoint writes), which
+    arrives as a ValueError whose text holds the errno as `[os_error_code='28']` and the path as `"PATH"`.
+    Anything else: None."""
+    code, path = None, None
+    for link in _chain(err):
+        if isinstance(link, OSError) and link.errno in _STORAGE_ERRNOS:
+            code, path = link.errno, link.filename
+            break
+        found = re.search(r"\[os_error_code='?(\d+)'?\]", str(link))
+        if found and int(found.group(1)) in _STORAGE_ERRNOS:
+            code = int(found.group(1))
+            paths = re.findall(r'(?:Failed writing|file|local file|Error opening file|path):? "([^"]+)"', str(link))
+            path = paths[-1] if paths else None
+            break
+    if code is None:
+        return None
+    return f"{_STORAGE_ERRNOS[code]}: {os.fsdecode(path)}" if path else _STORAGE_ERRNOS[code]
+
+
+def _chain(err: BaseException):
+    """`err`, then the errors it was raised from or during (each once)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__

@@ -160,7 +160,7 @@ def restore_items(manager: ocp.CheckpointManager, step_dir: pathlib.Path,
         present = sorted(p.name for p in step_dir.iterdir() if p.is_dir()) if step_dir.is_dir() else []
         raise UserError(f"checkpoint {step_dir} is incomplete: it lacks {_items(missing)} (it holds "
                         f"{_items(present) if present else 'no items'})")
-    _drop_closed_loop_reports()
+    drop_closed_loop_reports()
     step = int(step_dir.name)
     try:
         restored = manager.restore(step, args=ocp.args.Composite(**items))
@@ -196,7 +196,7 @@ def restore_items(manager: ocp.CheckpointManager, step_dir: pathlib.Path,
     return restored
 
 
-def _drop_closed_loop_reports() -> None:
+def drop_closed_loop_reports() -> None:
     """After a failed restore, tensorstore still finishes the reads Orbax started and hands each result to
     Orbax's event loop, which the failure closed; every hand-off then reports "Event loop is closed" through
     sys.unraisablehook, a page of tracebacks around the error, before or after it. Drop those reports (only

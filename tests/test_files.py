@@ -97,3 +97,40 @@ def test_a_write_takes_away_the_temporaries_of_killed_writers_only(tmp_path):
     staged = files.staging_path(tmp_path / "summary.json", "partial")
     assert staged == tmp_path / f".summary.json.{socket.gethostname()}-{namespace}-{os.getpid()}.partial"
     assert not killed_dir.exists()
+
+
+def test_a_full_disk_names_the_file_written_not_its_staging_file(tmp_path, monkeypatch):
+    """ENOSPC from a write or its fsync names no file (Python's OSError has none): the error names the file the
+    user sees, and the old content stays."""
+    import errno
+
+    path = tmp_path / "summary.json"
+    path.write_text("{}")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as caught:
+        files.write_atomically(path, "{\"evals\": []}")
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(path)
+    assert files.storage_failure(caught.value) == f"no space left on device: {path}"
+    assert path.read_text() == "{}" and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_storage_failures_are_told_from_other_errors():
+    import errno
+
+    tensorstore = ValueError('RESOURCE_EXHAUSTED: Error writing "embed_tokens/0.0" in OCDBT database at local file '
+                             '"/r/checkpoints/2.orbax-checkpoint-tmp/params/": Failed writing: "/r/checkpoints/2.orbax-'
+                             'checkpoint-tmp/params/d/a6": Failed to write 36295 bytes to file 22: No space left on '
+                             "device [os_error_code='28']")
+    assert files.storage_failure(tensorstore) == \
+        "no space left on device: /r/checkpoints/2.orbax-checkpoint-tmp/params/d/a6"
+    assert files.storage_failure(OSError(errno.EROFS, "Read-only file system", "/r/x")) == "read-only file system: /r/x"
+    wrapped = RuntimeError("save failed")
+    wrapped.__cause__ = OSError(errno.EDQUOT, "Disk quota exceeded")
+    assert files.storage_failure(wrapped) == "disk quota exceeded"
+    assert files.storage_failure(OSError(errno.ENOENT, "No such file", "/r/x")) is None
+    assert files.storage_failure(ValueError("[os_error_code='2'] not found")) is None
+    assert files.storage_failure(ValueError("bad value")) is None

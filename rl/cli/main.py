@@ -13,9 +13,11 @@ import importlib
 import os
 import signal
 import sys
+import threading
 import traceback
 
 from r1jax.errors import UserError
+from r1jax.files import storage_failure
 from r1jax.rl.cli.common import cpu_device_count
 from r1jax.rl.host_allocator import retain_freed_memory
 # sharding.distributed defers JAX's import itself
@@ -125,6 +127,31 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def report_background_storage_failures(command: str) -> None:
+    """A background writer the disk refuses (TensorBoard's event thread, its flush at exit, Orbax's closed
+    loop) reports it as one line, once, not as a traceback: the command stops at its own next write, saying
+    which file (main's handler below)."""
+    previous_thread_hook, previous_unraisable_hook = threading.excepthook, sys.unraisablehook
+    reported = set()
+
+    def once(error: BaseException | None) -> bool:
+        refused = storage_failure(error) if error is not None else None
+        if refused and refused not in reported:
+            reported.add(refused)
+            print(f"r1jax {command}: error: {refused} (in a background writer)", file=sys.stderr, flush=True)
+        return bool(refused)
+
+    def thread_hook(args) -> None:
+        if not once(args.exc_value):
+            previous_thread_hook(args)
+
+    def unraisable_hook(unraisable) -> None:
+        if not once(unraisable.exc_value):
+            previous_unraisable_hook(unraisable)
+
+    threading.excepthook, sys.unraisablehook = thread_hook, unraisable_hook
+
+
 def main(argv: list[str] | None = None, *, as_program: bool | None = None) -> int:
     """Run one command. `as_program` (default: when `argv` comes from the command line) says the process is
     the `r1jax` program, not a caller's (a test runner, a notebook): the malloc options and the collector's
@@ -140,6 +167,7 @@ def main(argv: list[str] | None = None, *, as_program: bool | None = None) -> in
         retain_freed_memory()
     if as_program:
         collect_garbage_less_often()
+        report_background_storage_failures(args.command)
     quiet_libraries()
     try:
         return int(args._module.run(args) or 0)
@@ -164,6 +192,14 @@ def main(argv: list[str] | None = None, *, as_program: bool | None = None) -> in
         stop_on_error(str(err), 2)  # with several processes: the others stop too, naming this one's error
         return 2
     except Exception as err:  # a bug: with several processes, the others must not wait for this one
+        refused = storage_failure(err)
+        if refused:  # not a bug: the disk is full or read-only (a checkpoint, metrics.jsonl, an export's file)
+            message = (f"{refused[:600]}; free space or make it writable, then run again"
+                       + (" (`r1jax train --run-dir DIR` resumes from the last checkpoint)"
+                          if args.command == "train" else ""))
+            print(f"r1jax {args.command}: error: {message}", file=sys.stderr, flush=True)
+            stop_on_error(message, 2)
+            return 2
         if out_of_memory(err):  # not a bug: what was asked for does not fit
             message = f"out of memory: {first_line(err)[:300]}; ask for fewer rows or tokens at once"
             print(f"r1jax {args.command}: error: {message}", file=sys.stderr, flush=True)

@@ -35,7 +35,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from r1jax.errors import UserError
-from r1jax.files import write_atomically
+from r1jax.files import write_atomically, writing
 from r1jax.rl.train.plots import write_plots
 
 
@@ -153,7 +153,7 @@ class MetricsWriter:
         self._begun = True
         if not self.primary:
             return row
-        with self.path.open("a") as f:
+        with writing(self.path), self.path.open("a") as f:  # a full disk names the file
             f.write(json.dumps(row) + "\n")
         tb = self._tensorboard()
         for key, value in row.items():
@@ -203,4 +203,5 @@ class MetricsWriter:
         if self.primary and self._begun:
             self.refresh_plots(force=True)
             if self._tb is not None:
-                self._tb.close()
+                with writing(self.run_dir / "tensorboard"):  # its flush: a full disk names the directory
+                    self._tb.close()

@@ -294,3 +294,27 @@ def test_a_step_named_is_read_once_and_its_damage_named_while_a_trainer_saves_ot
     with pytest.raises(UserError, match="3 is damaged: the item 'params' cannot be read"):
         read_latest(root / "3", read)
     assert tried == ["3"]
+
+
+def test_orbax_reports_of_a_save_the_disk_refused_are_dropped(tmp_path):
+    """A save into a full disk printed a page of tracebacks per Orbax thread (the error then reaches the trainer
+    at its next save, printed as one line); other Orbax errors are still logged."""
+    import logging
+    import sys
+
+    from r1jax.rl.train.checkpointing import TrainCheckpointer
+
+    hook = sys.unraisablehook
+    logger = logging.getLogger("absl")
+    filters = list(logger.filters)
+    try:
+        TrainCheckpointer(tmp_path / "checkpoints", keep=1, keep_best=0).close()
+        full = ValueError("Failed writing: \"/r/checkpoints/2.orbax-checkpoint-tmp/d/a\": No space left on device "
+                          "[os_error_code='28']")
+        record = logger.makeRecord("absl", logging.ERROR, __file__, 1, "raised an exception: %s", (full,),
+                                   (ValueError, full, None))
+        other = logger.makeRecord("absl", logging.ERROR, __file__, 1, "raised an exception: %s", ("bug",), None)
+        assert not logger.filter(record) and logger.filter(other)
+    finally:
+        logger.filters[:] = filters
+        sys.unraisablehook = hook

@@ -49,6 +49,48 @@ def test_out_of_memory_is_only_xlas_runtime_error():
     assert not out_of_memory(ValueError("RESOURCE_EXHAUSTED: Out of memory"))  # not XLA's: a bug, re-raised
 
 
+# --- main.py: a full or read-only disk ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("error", [
+    OSError(28, "No space left on device", "/run/metrics.jsonl"),
+    ValueError('RESOURCE_EXHAUSTED: Error writing "w/0" in OCDBT database at local file "/run/checkpoints/4.orbax-'
+               'checkpoint-tmp/": Failed writing: "/run/metrics.jsonl": Failed to write 36295 bytes to file 22: No '
+               "space left on device [os_error_code='28']"),  # tensorstore's, from an Orbax checkpoint save
+])
+def test_a_full_disk_is_one_line_naming_the_file_exit_2(capsys, monkeypatch, error):
+    """A checkpoint save or a metrics row the disk refuses printed a traceback (exit 1); now one line naming the
+    file and how to go on (the run keeps its last whole checkpoint and resumes from it)."""
+    from r1jax.rl.cli import info
+
+    def write(args):
+        raise error
+
+    monkeypatch.setattr(info, "run", write)
+    err = refused(capsys, "info", "tiny")
+    assert "r1jax info: error: no space left on device: /run/metrics.jsonl; free space or make it writable" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_background_writers_full_disk_is_one_line_once(capsys):
+    """TensorBoard's event thread and its flush at exit printed a traceback each when the disk filled."""
+    import sys
+    import threading
+
+    from r1jax.rl.cli.main import report_background_storage_failures
+
+    hooks = threading.excepthook, sys.unraisablehook
+    try:
+        report_background_storage_failures("train")
+        for _ in range(2):
+            thread = threading.Thread(target=lambda: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+            thread.start()
+            thread.join()
+        err = capsys.readouterr().err
+        assert err == "r1jax train: error: no space left on device (in a background writer)\n", err
+    finally:
+        threading.excepthook, sys.unraisablehook = hooks
+
+
 # --- common.py: the integer types' lower bounds are inclusive ----------------------------------------------------
 
 def test_the_lowest_value_each_integer_type_allows_is_taken():

@@ -123,3 +123,32 @@ def test_a_row_cut_by_a_kill_is_skipped_and_a_resume_writes_on_after_the_whole_r
     resumed.close()
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["global_step"] for line in lines] == [1, 2, 3]  # every line whole
+
+
+def test_a_full_disk_names_metrics_jsonl(tmp_path, monkeypatch):
+    """A row the disk refuses raised an OSError naming no file (the command's one line said only "no space left
+    on device"); it names metrics.jsonl."""
+    import builtins
+    import errno
+
+    writer = MetricsWriter(tmp_path, plots=False)
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, *args, **kwargs):
+            self.file = real_open(*args, **kwargs)
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+    monkeypatch.setattr("pathlib.io.open", Full, raising=False)
+    monkeypatch.setattr(builtins, "open", Full)
+    with pytest.raises(OSError) as caught:
+        writer.write({"global_step": 1, "step": 1, "stage": "sft", "loss": 1.0})
+    assert caught.value.filename == str(tmp_path / "metrics.jsonl")
