@@ -46,6 +46,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from r1jax.model.config import ModelConfig
 from r1jax.model.decoder import Policy
 from r1jax.errors import UserError
+from r1jax.files import writing
 from r1jax.model.factory import abstract_policy
 from r1jax.model.hf_checkpoint import INDEX_FILE, HFCheckpoint, config_path, read_json
 from r1jax.model.hf_config import from_hf_config, generation_config, mtp_layers, stored_dtype, to_hf_config
@@ -183,7 +184,7 @@ def export_hf(policy: Policy, out_dir: str | pathlib.Path, dtype: str | None = N
     shards = _plan(cfg, params, dtype, max_shard_bytes)
     names = shard_names(len(shards))
     for name, entries in zip(names, shards):
-        with (open(out / name, "wb") if writer else contextlib.nullcontext()) as f:
+        with writing(out / name), (open(out / name, "wb") if writer else contextlib.nullcontext()) as f:
             if writer:
                 f.write(_header(entries))
             for e in entries:
@@ -205,7 +206,8 @@ def export_hf(policy: Policy, out_dir: str | pathlib.Path, dtype: str | None = N
 
 
 def _write_json(path: pathlib.Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    with writing(path):  # a full disk names the file
+        path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------- import

@@ -45,3 +45,27 @@ def test_dtype_and_shard_size_reach_the_files(tmp_path, capsys):
     (single,) = (tmp_path / "default").glob("*.safetensors")
     assert {meta["dtype"] for meta in header(single).values()} == {"F32"}
     assert set(header(single)) == set(tensors)
+
+
+def test_a_full_disk_names_the_file_and_leaves_no_export(tmp_path, capsys, monkeypatch):
+    """A disk that filled while a safetensors file was written said only "no space left on device" (Python's write
+    error names no file); the line names the file, and the partial export is gone."""
+    import builtins
+    import errno
+
+    assert main(["init", "tiny", str(tmp_path / "ck"), *SMALL], as_program=False) == 0
+    real_open = builtins.open
+
+    def full_disk(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        if str(file).endswith(".safetensors") and "w" in mode:
+            handle.close()
+            raise OSError(errno.ENOSPC, "No space left on device")  # as a write's: no file named
+        return handle
+
+    monkeypatch.setattr(builtins, "open", full_disk)
+    out = tmp_path / "out"
+    assert main(["export-hf", str(tmp_path / "ck"), str(out)], as_program=False) == 2
+    err = capsys.readouterr().err
+    assert "r1jax export-hf: error: no space left on device: " in err and "model.safetensors" in err, err
+    assert "Traceback" not in err and not out.exists()
