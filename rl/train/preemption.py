@@ -1,4 +1,5 @@
-"""SIGTERM / SIGINT become a request to checkpoint and stop at a step boundary (exit code 0).
+"""SIGTERM / SIGINT / SIGHUP become a request to checkpoint and stop at a step boundary (exit code 0). SIGHUP (the
+terminal closed, an ssh session dropped) killed the run outright before, losing the steps since its last checkpoint.
 
 One process: the handler sets a flag that the next step boundary sees.
 
@@ -7,7 +8,7 @@ Several JAX processes must stop at the same step, since the checkpoint is writte
 handler would replace it), so SIGTERM is left to it: the notice reaches every process through the
 coordination service, which picks the first step every process can still reach (the largest step reported,
 plus one; `multihost_utils.reached_preemption_sync_point`). Our SIGINT handler forwards SIGINT to that
-notifier as a SIGTERM. Each step boundary is also a barrier bounded by the peer timeout, so a peer that stops
+notifier as a SIGTERM, and so does our SIGHUP handler. Each step boundary is also a barrier bounded by the peer timeout, so a peer that stops
 answering fails the others with its name instead of hanging them (sharding.distributed.PeerLost).
 """
 
@@ -29,7 +30,7 @@ class StopRequest:
         self._decided: tuple[int, bool] | None = None  # (step, stop) agreed at the last step boundary
 
     def __enter__(self) -> "StopRequest":
-        owned = (signal.SIGINT,) if self._peers else (signal.SIGTERM, signal.SIGINT)
+        owned = (signal.SIGINT, signal.SIGHUP) if self._peers else (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         for sig in owned:
             self._previous[sig] = signal.signal(sig, self._handle)
         if self._peers:  # the sync manager counts from the step this run starts at (resumed or 0)

@@ -11,7 +11,7 @@ from r1jax.rl.train.preemption import StopRequest
 
 @pytest.fixture
 def guard_signals():
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     yield
     for s, h in saved.items():
         signal.signal(s, h)
@@ -35,6 +35,22 @@ def test_one_process_holds_sigterm_and_sigint_and_gives_them_back(guard_signals)
             pytest.fail("a second SIGTERM raised KeyboardInterrupt")
         assert stop.signal == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is _mark and signal.getsignal(signal.SIGINT) is _mark
+
+
+def test_a_closed_terminals_sighup_checkpoints_and_stops_as_sigterm_does(guard_signals):
+    """SIGHUP killed a run outright (exit 129), losing its steps since the last checkpoint."""
+    signal.signal(signal.SIGHUP, _mark)
+    with StopRequest() as stop:
+        signal.raise_signal(signal.SIGHUP)
+        assert stop and stop.signal == signal.SIGHUP
+    assert signal.getsignal(signal.SIGHUP) is _mark
+
+
+def test_a_sighup_among_several_processes_goes_to_jaxs_notifier(monkeypatch, guard_signals):
+    _, forwarded = several_processes(monkeypatch, stop_at=2)
+    with StopRequest(step=lambda: 2) as stop:
+        signal.raise_signal(signal.SIGHUP)
+        assert forwarded == [signal.SIGTERM] and stop and stop.signal == signal.SIGHUP
 
 
 def test_a_second_ctrl_c_stops_at_once(guard_signals):
