@@ -8,7 +8,8 @@
 Every result has a status: "ok"; "timeout" (the item ran past `timeout_s` and its worker was killed, or the
 batch passed `batch_deadline_s`); "crashed" (its worker died: a signal, a segfault, out of memory);
 "error" (a reward raised). A failed item scores 0 on every reward; only that item fails, and pebble
-replaces a killed worker so the pool is back to N workers. Counts by status feed the trainer's metrics,
+replaces a killed worker so the pool is back to N workers (one killed while idle breaks pebble's pool: a fresh
+one takes its place, and the items it dropped are sent again once). Counts by status feed the trainer's metrics,
 and so do code items' statuses (rl.rewards.code.CODE_STATUSES: passed, failed, timeout, ...) and the number
 of workers replaced (recycled after max_tasks_per_worker, or after a crash or a timeout).
 
@@ -28,10 +29,12 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import logging
 import multiprocessing
 import os
 import shutil
 import time
+from concurrent.futures.process import BrokenProcessPool
 from typing import Sequence
 
 import pebble
@@ -71,6 +74,7 @@ class BatchHandle:
     size: int = 0  # rows in the batch
     batch: int = 0  # the pool's batch counter when submitted (names the batch in a share's exchange)
     results: list | None = None  # filled by the first collect; collecting again returns them
+    items: list = dataclasses.field(default_factory=list)  # each future's item (sent again if the pool broke)
 
     def done(self) -> bool:
         """Whether `collect` would return without waiting."""
@@ -108,16 +112,35 @@ class RewardPool:
         self.code_counts: collections.Counter = collections.Counter()
         self.worker_pids: set[int] = set()  # every worker seen: more than `workers` means some were replaced
         self.wait_s = 0.0  # time callers spent blocked in collect: how long scoring stalled the trainer
-        warm = None if tasks is None else tuple(tasks)
-        self._pool = pebble.ProcessPool(
-            max_workers=self.config.workers, max_tasks=self.config.max_tasks_per_worker,
-            initializer=worker.initialize,
-            initargs=(self.config.memory_mb, tuple(self.config.import_modules), warm, self.run_root),
-            context=multiprocessing.get_context("spawn"))
-        self.workers_started = self._count_worker_starts()
+        self._warm = None if tasks is None else tuple(tasks)
+        self.workers_started: list[int] | None = [0]
+        self._pool = self._start()
         self._warm_up()
 
-    def _count_worker_starts(self) -> list[int] | None:
+    def _start(self) -> pebble.ProcessPool:
+        pool = pebble.ProcessPool(
+            max_workers=self.config.workers, max_tasks=self.config.max_tasks_per_worker,
+            initializer=worker.initialize,
+            initargs=(self.config.memory_mb, tuple(self.config.import_modules), self._warm, self.run_root),
+            context=multiprocessing.get_context("spawn"))
+        self._pool = pool
+        if self.workers_started is not None:
+            self.workers_started = self._count_worker_starts(self.workers_started)
+        return pool
+
+    def _restart_if_broken(self) -> None:
+        """A fresh pebble pool in place of a broken one. A worker that dies while no item runs (killed from
+        outside, by `kill -9` or the host's out-of-memory killer) breaks pebble's pool for good ("All workers
+        expired"): every later item failed as "error", scored 0, until reward_pool.max_failed_steps halted the
+        run. Its workers are replaced like any killed worker (`recycled` counts them)."""
+        if self._pool.active:
+            return
+        logging.getLogger(__name__).warning("reward pool: a worker died while idle (killed from outside?) and "
+                                            "broke the pool; starting its %d workers again", self.config.workers)
+        self._pool.stop()
+        self._start()
+
+    def _count_worker_starts(self, started: list[int]) -> list[int] | None:
         """[workers started so far], counted where pebble starts each (its manager's `new_worker`): a worker
         killed before it returned any result (a timeout, a crash) is replaced unseen by the pids of results.
         None on a pebble without that hook (the count then comes from the pids seen)."""
@@ -125,7 +148,6 @@ class RewardPool:
         new_worker = getattr(manager, "new_worker", None)
         if new_worker is None:
             return None
-        started = [0]
 
         def counted(*args, **kwargs):
             started[0] += 1
@@ -147,21 +169,34 @@ class RewardPool:
                             f"check reward_pool.memory_mb and reward_pool.import_modules") from err
 
     def submit(self, items: Sequence[ScoreItem]) -> BatchHandle:
+        self._restart_if_broken()
         now = time.monotonic()
-        futures = []
         rows = self.share.rows(len(items)) if self.share else range(len(items))
-        for item in (items[row] for row in rows):
-            too_large = self._too_large(item)
-            if too_large:
-                futures.append(_done_future(("crashed", {}, too_large, None, None)))
-                continue
-            try:
-                futures.append(self._pool.submit(worker.score, self.config.timeout_s, item, self.rewards))
-            except Exception as err:  # the pool is closed or broken: this item fails, nothing raises
-                futures.append(_failed_future(err))
+        sent = [items[row] for row in rows]
         self.batches += 1
-        return BatchHandle(futures, deadline=now + self.config.batch_deadline_s, size=len(items),
-                           batch=self.batches - 1)
+        return BatchHandle([self._send(item) for item in sent], deadline=now + self.config.batch_deadline_s,
+                           size=len(items), batch=self.batches - 1, items=sent)
+
+    def _send(self, item: ScoreItem) -> concurrent.futures.Future:
+        too_large = self._too_large(item)
+        if too_large:
+            return _done_future(("crashed", {}, too_large, None, None))
+        try:
+            return self._pool.submit(worker.score, self.config.timeout_s, item, self.rewards)
+        except Exception as err:  # the pool is closed or broken: this item fails, nothing raises
+            return _failed_future(err)
+
+    def _send_again_if_broken(self, handle: BatchHandle) -> None:
+        """The items the pool dropped when it broke under them (a worker killed from outside as they were
+        queued: pebble fails them all with BrokenProcessPool) sent once more to a fresh pool."""
+        dropped = [i for i, future in enumerate(handle.futures) if future.done() and not future.cancelled()
+                   and _broke(future.exception())]
+        if not dropped or not handle.items:
+            return
+        self._restart_if_broken()
+        for i in dropped:
+            handle.futures[i] = self._send(handle.items[i])
+        concurrent.futures.wait(handle.futures, timeout=max(0.0, handle.deadline - time.monotonic()))
 
     def _too_large(self, item: ScoreItem) -> str | None:
         """Why `item` is not sent to a worker (None: it is): more characters of text than 1 / `MEMORY_PER_CHAR`
@@ -180,6 +215,7 @@ class RewardPool:
         if handle.results is None:
             start = time.monotonic()
             concurrent.futures.wait(handle.futures, timeout=max(0.0, handle.deadline - start))
+            self._send_again_if_broken(handle)
             own = [self._result(future) for future in handle.futures]
             self.worker_pids.update(r.pid for r in own if r.pid is not None)
             if self.share is None:
@@ -244,6 +280,12 @@ class RewardPool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _broke(error: BaseException | None) -> bool:
+    """Whether pebble failed an item because its pool broke (not because of the item)."""
+    return isinstance(error, BrokenProcessPool) or (
+        isinstance(error, RuntimeError) and str(error) == "Unexpected error within the Pool")
 
 
 def _done_future(result) -> concurrent.futures.Future:

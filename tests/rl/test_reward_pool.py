@@ -244,3 +244,40 @@ def test_workers_killed_before_they_return_a_result_count_as_replaced(pool):
     assert [r.status for r in results] == ["timeout"] * 4
     assert_full_pool_works(pool)  # (pebble starts the replacements in its own time)
     assert pool.metrics()["reward_pool/recycled"] - before == 4.0
+
+
+def test_a_worker_killed_from_outside_while_idle_is_replaced_and_the_pool_goes_on():
+    """`kill -9` of an idle worker (or the host's out-of-memory killer) broke pebble's pool for good ("All workers
+    expired"): every later item was "error", scored 0, until reward_pool.max_failed_steps halted the run."""
+    import signal
+
+    config = PoolConfig(workers=1, timeout_s=TIMEOUT_S, import_modules=PROBES)
+    pool = RewardPool(RewardsConfig(names=("probe",), weights=(1.0,)), config)
+    try:
+        [idle] = worker_pids(pool)
+        os.kill(idle, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while pool._pool._context.status != 4 and time.monotonic() < deadline:  # pebble's PoolStatus.ERROR
+            time.sleep(0.05)
+        results = pool.score_batch([probe("ok") for _ in range(2)])
+        assert [r.status for r in results] == ["ok", "ok"], [r.error for r in results]
+        assert pool.metrics()["reward_pool/recycled"] == 1.0
+    finally:
+        pool.close()
+
+
+def test_a_batch_the_pool_dropped_as_it_broke_is_sent_again():
+    """The items queued when an idle worker was killed were all failed by pebble (BrokenProcessPool): a step's
+    whole batch scored 0 as "error". They are sent again to a fresh pool, once."""
+    import signal
+
+    config = PoolConfig(workers=1, timeout_s=TIMEOUT_S, import_modules=PROBES)
+    pool = RewardPool(RewardsConfig(names=("probe",), weights=(1.0,)), config)
+    try:
+        [idle] = worker_pids(pool)
+        os.kill(idle, signal.SIGKILL)  # queued before pebble sees the worker gone: no worker ever takes them
+        handle = pool.submit([probe("ok") for _ in range(3)])
+        results = pool.collect(handle)
+        assert [r.status for r in results] == ["ok"] * 3, [r.error for r in results]
+    finally:
+        pool.close()
