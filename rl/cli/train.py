@@ -96,7 +96,14 @@ def _train(args: argparse.Namespace, primary: bool) -> int:
     if saved.exists():
         source = "the run's config.yaml" if name is None else name
         console.log(f"config: {source}" + (f" with {' '.join(overrides)}" if overrides else ""))
-    summary = Trainer(config, run_dir, console).run()
+    try:
+        summary = Trainer(config, run_dir, console).run()
+    except Exception as err:
+        if not run_dir.is_dir():  # each later write failed with a traceback (FileNotFoundError: metrics.jsonl)
+            raise UserError(f"{named} was removed or moved while the run trained ({type(err).__name__}: "
+                            f"{str(err)[:200]}): its checkpoints are where it went; resume it there with "
+                            "`r1jax train --run-dir` and its new path, or move it back") from err
+        raise
     _print_outcome(console, summary)
     return 0
 

@@ -225,3 +225,29 @@ def test_the_outcome_names_pass_at_1_once_with_one_sample():
     _print_outcome(Console(), {"evals": [entry, {**entry, "k": 4, "cons@4": 0.75, "pass@4": 1.0}]})
     assert lines[0].count("pass@1") == 1 and "cons@1" not in lines[0] and "x 1)" in lines[0]
     assert "pass@1 0.500  cons@4 0.750  pass@4 1.000" in lines[1]
+
+
+def test_a_run_directory_moved_while_the_run_trains_is_one_line_naming_it(capsys, tmp_path, monkeypatch):
+    """A run directory renamed mid-run ended the run with a traceback (FileNotFoundError: .../metrics.jsonl at the
+    next row); now one line saying it was moved and where to resume."""
+    import pathlib
+
+    from r1jax.rl.train import trainer
+
+    run_dir, moved = tmp_path / "run", tmp_path / "moved"
+
+    class Moved:
+        def __init__(self, config, run_dir, console):
+            self.run_dir = pathlib.Path(run_dir)
+
+        def run(self):
+            self.run_dir.mkdir()
+            self.run_dir.rename(moved)
+            (self.run_dir / "metrics.jsonl").open("a")  # what the next row's write meets
+
+    monkeypatch.setattr(trainer, "Trainer", Moved)
+    config = pathlib.Path(__file__).parent / "data" / "train_tiny.yaml"
+    assert main(["train", str(config), "--run-dir", str(run_dir)], as_program=False) == 2
+    err = capsys.readouterr().err
+    assert f"r1jax train: error: --run-dir {str(run_dir)!r} was removed or moved while the run trained" in err, err
+    assert "Traceback" not in err and moved.is_dir()
