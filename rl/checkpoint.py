@@ -15,7 +15,9 @@ in between leaves only `N.previous`, which the next run's start puts back.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pathlib
+import shutil
 import sys
 from typing import Callable, Mapping, TypeVar
 
@@ -25,7 +27,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from r1jax.errors import UserError
-from r1jax.files import check_checkpoint_path
+from r1jax.files import check_checkpoint_path, storage_failure
 from r1jax.model.decoder import Policy
 from r1jax.model.factory import abstract_policy
 from r1jax.model.tokenizer import TokenizerLike, is_tokenizer_dir, load_tokenizer
@@ -62,6 +64,8 @@ def save_policy(root: str | pathlib.Path, config: Config, policy: Policy, step: 
     """Write `policy` and `config` as step `step` under `root`; returns the step directory."""
     root = pathlib.Path(root)
     check_checkpoint_path(root.absolute(), "checkpoint")  # (a relative path in a directory that is not UTF-8)
+    made = not root.exists()
+    quiet_failed_saves()
     try:
         with _manager(root) as manager:
             state = nnx.to_pure_dict(nnx.state(policy))
@@ -70,9 +74,24 @@ def save_policy(root: str | pathlib.Path, config: Config, policy: Policy, step: 
                 checksums.ITEM: ocp.args.JsonSave(checksums.checksums({"params": state}))}))
             manager.wait_until_finished()
     except OSError as err:  # a parent that is a file, a read-only or missing mount, a full disk
+        _take_back(root, step, made)
         raise UserError(f"checkpoint {str(root)!r} cannot be written: {err.strerror or err}"
                         f"{f' ({err.filename!r})' if err.filename else ''}") from None
+    except Exception as err:  # tensorstore's (a ValueError) for a disk that filled mid-write
+        refused = storage_failure(err)
+        if not refused:
+            raise
+        _take_back(root, step, made)
+        raise UserError(f"checkpoint {str(root)!r} cannot be written: {refused}") from None
     return root / str(step)
+
+
+def _take_back(root: pathlib.Path, step: int, made: bool) -> None:
+    """What a failed save left: its uncommitted step, and `root` itself when the save made it (it then held a
+    partial step that refused the next try: "exists and is not empty; refusing to overwrite")."""
+    shutil.rmtree(root / f"{step}.orbax-checkpoint-tmp", ignore_errors=True)
+    if made:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _steps(path: pathlib.Path) -> list[int]:
@@ -194,6 +213,25 @@ def restore_items(manager: ocp.CheckpointManager, step_dir: pathlib.Path,
                         f"checksum differs for {len(leaves)} array(s): {', '.join(leaves[:3])}"
                         f"{' ...' if len(leaves) > 3 else ''}); restore another step or copy it again")
     return restored
+
+
+class _StorageFailureReports(logging.Filter):
+    """Drops Orbax's reports of a save the file system refused (full, read-only): each of its background threads
+    logged the error with its traceback (a page per thread), and the same error reaches the trainer at the next
+    save or at the end, where the command prints it as one line naming the file (rl.cli.main)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not ((error is not None and storage_failure(error)) or storage_failure(ValueError(record.getMessage())))
+
+
+def quiet_failed_saves() -> None:
+    """A save the disk refuses leaves one line, not pages: Orbax's threads' reports dropped, and the "Event loop
+    is closed" reports of the writes tensorstore finishes after the failure closed Orbax's loop."""
+    logger = logging.getLogger("absl")
+    if not any(isinstance(f, _StorageFailureReports) for f in logger.filters):
+        logger.addFilter(_StorageFailureReports())
+    drop_closed_loop_reports()
 
 
 def drop_closed_loop_reports() -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import logging
 import pathlib
 import shutil
 from typing import Any, Mapping
@@ -32,9 +31,8 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from r1jax.errors import UserError
-from r1jax.files import storage_failure
 from r1jax.rl import checksums
-from r1jax.rl.checkpoint import PREVIOUS_SUFFIX, drop_closed_loop_reports, previous_copies, restore_items
+from r1jax.rl.checkpoint import PREVIOUS_SUFFIX, previous_copies, quiet_failed_saves, restore_items
 from r1jax.rl.config import Config, config_from_dicts, to_dict
 from r1jax.sharding import distributed
 
@@ -58,7 +56,7 @@ class TrainCheckpointer:
         self.manager = ocp.CheckpointManager(self.root, options=options)
         self._replacing = False  # a re-save's old copy is aside until the new one commits
         self._settle_previous_copies()
-        _quiet_failed_saves()
+        quiet_failed_saves()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -136,25 +134,6 @@ class TrainCheckpointer:
     def close(self) -> None:
         self.wait()
         self.manager.close()
-
-
-class _StorageFailureReports(logging.Filter):
-    """Drops Orbax's reports of a save the file system refused (full, read-only): each of its background threads
-    logged the error with its traceback (a page per thread), and the same error reaches the trainer at the next
-    save or at the end, where the command prints it as one line naming the file (rl.cli.main)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        return not ((error is not None and storage_failure(error)) or storage_failure(ValueError(record.getMessage())))
-
-
-def _quiet_failed_saves() -> None:
-    """A save the disk refuses leaves one line, not pages: Orbax's threads' reports dropped, and the "Event loop
-    is closed" reports of the writes tensorstore finishes after the failure closed Orbax's loop."""
-    logger = logging.getLogger("absl")
-    if not any(isinstance(f, _StorageFailureReports) for f in logger.filters):
-        logger.addFilter(_StorageFailureReports())
-    drop_closed_loop_reports()
 
 
 def _is_primary() -> bool:

@@ -251,3 +251,21 @@ def test_a_run_directory_moved_while_the_run_trains_is_one_line_naming_it(capsys
     err = capsys.readouterr().err
     assert f"r1jax train: error: --run-dir {str(run_dir)!r} was removed or moved while the run trained" in err, err
     assert "Traceback" not in err and moved.is_dir()
+
+
+def test_a_checkpoint_the_disk_refused_leaves_no_partial_directory(capsys, tmp_path, monkeypatch):
+    """`init` / `import-hf` into a disk that filled mid-save printed Orbax's tracebacks and left OUT holding a
+    partial step, which refused the next try ("exists and is not empty; refusing to overwrite")."""
+    import orbax.checkpoint as ocp
+
+    def full(self):
+        (self.directory / "0.orbax-checkpoint-tmp").mkdir(exist_ok=True)
+        raise ValueError(f'RESOURCE_EXHAUSTED: Failed writing: "{self.directory}/0.orbax-checkpoint-tmp/d/a": Failed '
+                         "to write 36295 bytes to file 22: No space left on device [os_error_code='28']")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "wait_until_finished", full)
+    out = tmp_path / "ck"
+    assert main(["init", "tiny", str(out), "model.num_hidden_layers=1"], as_program=False) == 2
+    err = capsys.readouterr().err
+    assert f"r1jax init: error: checkpoint {str(out)!r} cannot be written: no space left on device: " in err, err
+    assert "Traceback" not in err and not out.exists()
