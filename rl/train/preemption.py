@@ -8,8 +8,9 @@ Several JAX processes must stop at the same step, since the checkpoint is writte
 handler would replace it), so SIGTERM is left to it: the notice reaches every process through the
 coordination service, which picks the first step every process can still reach (the largest step reported,
 plus one; `multihost_utils.reached_preemption_sync_point`). Our SIGINT handler forwards SIGINT to that
-notifier as a SIGTERM, and so does our SIGHUP handler. Each step boundary is also a barrier bounded by the peer timeout, so a peer that stops
-answering fails the others with its name instead of hanging them (sharding.distributed.PeerLost).
+notifier as a SIGTERM, and so does our SIGHUP handler. Each step boundary is also a barrier bounded by the peer
+timeout, so a peer that stops answering fails the others with its name instead of hanging them
+(sharding.distributed.PeerLost).
 """
 
 from __future__ import annotations
