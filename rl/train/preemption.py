@@ -33,6 +33,8 @@ class StopRequest:
     def __enter__(self) -> "StopRequest":
         owned = (signal.SIGINT, signal.SIGHUP) if self._peers else (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         for sig in owned:
+            if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+                continue  # `nohup r1jax train`: the hang-up is ignored, as the user asked, and the run goes on
             self._previous[sig] = signal.signal(sig, self._handle)
         if self._peers:  # the sync manager counts from the step this run starts at (resumed or 0)
             distributed.reached_preemption_sync_point(self._step())

@@ -46,6 +46,16 @@ def test_a_closed_terminals_sighup_checkpoints_and_stops_as_sigterm_does(guard_s
     assert signal.getsignal(signal.SIGHUP) is _mark
 
 
+def test_a_hang_up_ignored_by_nohup_stays_ignored(guard_signals):
+    """`nohup r1jax train &` asks for the run to outlive the terminal: a SIGHUP must not stop it."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    with StopRequest() as stop:
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        signal.raise_signal(signal.SIGHUP)
+        assert not stop and stop.signal is None
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+
+
 def test_a_sighup_among_several_processes_goes_to_jaxs_notifier(monkeypatch, guard_signals):
     _, forwarded = several_processes(monkeypatch, stop_at=2)
     with StopRequest(step=lambda: 2) as stop:
