@@ -7,6 +7,8 @@ import struct
 import pytest
 from tensorboardX.proto.event_pb2 import Event, SessionLog
 
+from r1jax.errors import UserError
+from r1jax.rl.train import metrics
 from r1jax.rl.train.metrics import MetricsWriter, read_rows
 
 
@@ -152,3 +154,87 @@ def test_a_full_disk_names_metrics_jsonl(tmp_path, monkeypatch):
     with pytest.raises(OSError) as caught:
         writer.write({"global_step": 1, "step": 1, "stage": "sft", "loss": 1.0})
     assert caught.value.filename == str(tmp_path / "metrics.jsonl")
+
+
+def test_numpy_scalars_become_numbers_and_non_finite_floats_null(tmp_path):
+    import numpy as np
+
+    writer = MetricsWriter(tmp_path, plots=False)
+    row = writer.write({"global_step": np.int32(2), "step": 2, "stage": "grpo", "loss": np.float32(0.5),
+                        "kl": float("nan"), "grad_norm": float("inf"), "lengths": [np.int64(3), float("-inf")]})
+    writer.close()
+
+    def strict(constant):  # NaN / Infinity are not JSON: another reader of metrics.jsonl refuses them
+        raise ValueError(constant)
+
+    (line,) = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    written = json.loads(line, parse_constant=strict)
+    assert {k: written[k] for k in ("global_step", "loss", "kl", "grad_norm", "lengths")} == {
+        "global_step": 2, "loss": 0.5, "kl": None, "grad_norm": None, "lengths": [3, None]}
+    assert type(written["global_step"]) is int and row["loss"] == 0.5 and type(row["loss"]) is float
+
+
+def test_an_unreadable_last_line_that_ends_with_its_newline_is_named(tmp_path):
+    # only a last line without its newline can be one a kill cut mid-write; a whole bad line is an error
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"global_step": 1}\n{not json\n')
+    with pytest.raises(UserError, match="line 2: not JSON"):
+        read_rows(path)
+    path.write_bytes(b'{"global_step": 1}\n{not json')
+    assert read_rows(path) == [{"global_step": 1}]
+
+
+def drawn(monkeypatch):
+    """The plot draws a MetricsWriter makes, each as the global steps of the rows it draws."""
+    calls = []
+    monkeypatch.setattr(metrics, "write_plots",
+                        lambda rows, out, evals: calls.append([r["global_step"] for r in rows]))
+    return calls
+
+
+def test_plots_are_redrawn_every_plot_every_rows(tmp_path, monkeypatch):
+    calls = drawn(monkeypatch)
+    writer = MetricsWriter(tmp_path, plot_every=3, plot_interval_s=0)
+    for step in range(1, 8):
+        writer.write({"global_step": step, "step": step, "stage": "grpo", "loss": 0.5})
+    assert calls == [[1, 2, 3], [1, 2, 3, 4, 5, 6]]
+    writer.log_eval({"stage": "grpo", "step": 7, "k": 1, "pass@1": 0.5})  # drawn with it: 3 rows to the next
+    for step in range(8, 11):
+        writer.write({"global_step": step, "step": step, "stage": "grpo", "loss": 0.5})
+    assert [len(c) for c in calls] == [3, 6, 7, 10]
+
+
+def test_plots_false_or_a_secondary_process_draws_and_writes_nothing(tmp_path, monkeypatch):
+    calls = drawn(monkeypatch)
+    for run_dir, options in [(tmp_path / "off", {"plots": False}), (tmp_path / "other", {"primary": False})]:
+        run_dir.mkdir()
+        writer = MetricsWriter(run_dir, plot_every=1, plot_interval_s=0, **options)
+        writer.write({"global_step": 1, "step": 1, "stage": "grpo", "loss": 0.5})
+        writer.log_eval({"stage": "grpo", "step": 1, "k": 1, "pass@1": 0.5})
+        writer.close()
+        assert calls == []
+        if options.get("primary") is False:
+            assert list(run_dir.iterdir()) == []  # no metrics.jsonl, no TensorBoard file
+    assert [p.name for p in (tmp_path / "off").iterdir()] and (tmp_path / "off" / "metrics.jsonl").exists()
+
+
+def test_a_writer_closed_before_resume_or_any_row_draws_nothing(tmp_path, monkeypatch):
+    calls = drawn(monkeypatch)
+    MetricsWriter(tmp_path).close()  # a start refused: the run directory stays as it was
+    assert calls == [] and list(tmp_path.iterdir()) == []
+    resumed = MetricsWriter(tmp_path)
+    resumed.resume(0, ())
+    resumed.close()
+    assert calls == [[]]
+
+
+def test_a_resume_restores_the_evaluations_the_plots_draw(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(metrics, "write_plots", lambda rows, out, evals: seen.append(evals))
+    entry = {"stage": "grpo", "step": 2, "k": 1, "pass@1": 0.5}
+    writer = MetricsWriter(tmp_path)
+    writer.resume(3, [entry])
+    assert writer.evals() == [entry]
+    writer.log_eval({**entry, "step": 4})
+    writer.close()
+    assert seen[-1] == [entry, {**entry, "step": 4}]
