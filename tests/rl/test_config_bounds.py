@@ -169,3 +169,41 @@ def test_one_sample_per_prompt_and_the_temperature_bounds_are_accepted():
             check_temperature("t", value)
     with pytest.raises(UserError):
         check_temperature("t", 0, greedy=False)
+
+
+@pytest.mark.parametrize("overrides,named", [
+    (["sampling.top_p=0"], "sampling.top_p=0.0: must be in (0, 1]"),
+    (["eval.top_p=0"], "eval.top_p=0.0: must be in (0, 1]"),
+    # a bool is no number: OmegaConf read `true` in an int or float list as 1
+    (["model.mlp_only_layers=[true]"], "model.mlp_only_layers.0 = True: expected an integer"),
+    (["rewards.weights=[true,1]"], "rewards.weights.0 = True: expected a number"),
+    # the items of an optional mapping's lists, set whole or by their key
+    (["sampling.rules={batch: [[data]]}"], "sampling.rules.batch.0 = ['data']: expected a string"),
+    (["sampling.rules={batch: [data]}", "sampling.rules.batch=[[data]]"],
+     "sampling.rules.batch.0 = ['data']: expected a string"),
+])
+def test_bad_items_and_sampling_bounds_are_named(overrides, named):
+    with pytest.raises(UserError, match=re.escape(named)):
+        load_config("tiny", overrides)
+
+
+def test_an_interpolation_is_left_to_omegaconf_to_resolve():
+    assert load_config("tiny", ["checkpoint.async_save=false", "plots=${checkpoint.async_save}"]).plots is False
+
+
+def test_the_shared_checks_refuse_past_their_bounds_when_called_directly():
+    """The sampler's and the eval section's own checks (a config built in code skips the YAML checks)."""
+    from r1jax.rl.config_checks import INT32_MAX, check_bool, check_sampling
+
+    check_sampling("s", 1.0, 1.0, INT32_MAX)
+    check_sampling("s", 0.0, 1e-9, 0)
+    for temperature, top_p, top_k, named in [(1.0, 1.0, INT32_MAX + 1, "s.top_k=2147483648"),
+                                             (1.0, 1.0, -1, "s.top_k=-1"), (1.0, 0.0, 0, "s.top_p=0.0"),
+                                             (1.0, 1.5, 0, "s.top_p=1.5"), (-1.0, 1.0, 0, "s.temperature=-1.0")]:
+        with pytest.raises(UserError, match=re.escape(named)):
+            check_sampling("s", temperature, top_p, top_k)
+    check_bool("k", True)
+    check_bool("k", False)
+    for value in (1, 0, "true", None):
+        with pytest.raises(UserError, match=re.escape(f"k={value!r}: expected true or false")):
+            check_bool("k", value)
