@@ -170,6 +170,7 @@ def test_rows_that_do_not_split_into_micro_batches_are_named_before_any_stage_tr
     ([json.dumps({"prompt": "Compute 1+1", "answer": "2", "task": "nope"})] * 8, "'task'"),
     ("binary", "not UTF-8"),
     ([json.dumps(r) for r in rows(3)], "holds only 3 problems"),
+    ([json.dumps(r) for r in rows(7)], "holds only 7 problems, fewer than one batch"),  # one short of batch_size 8
 ])
 def test_a_bad_data_file_is_named_with_its_field(tokenizer, tmp_path, content, named):
     path = tmp_path / "data.jsonl"
@@ -245,3 +246,38 @@ def test_the_first_stages_init_from_is_checked_before_training(tokenizer, tmp_pa
     config = load_config(TRAIN_CONFIG, [f"stages.0.init_from={tmp_path / 'nothing'}"])
     with pytest.raises(UserError, match=r"stages\[sft\]\.init_from=.*no such checkpoint"):
         preflight(config, tokenizer, build_mesh(config.sharding), config.sharding.logical_rules())
+
+
+def test_a_tokenizer_one_piece_past_the_vocabulary_is_named(tokenizer):
+    fails(tokenizer, "model.vocab_size=511", named=["model.vocab_size=511 is smaller than the 512 pieces"])
+
+
+def test_the_longest_prompt_may_fill_the_largest_bucket_exactly(tokenizer):
+    message = fails(tokenizer, "sampling.prompt_buckets=[4]", named="longer than the largest of sampling.prompt_buckets")
+    longest = int(re.search(r"is (\d+) tokens with the template", message).group(1))
+    check(tokenizer, f"sampling.prompt_buckets=[{longest}]")
+    fails(tokenizer, f"sampling.prompt_buckets=[{longest - 1}]", named=f"sampling.prompt_buckets ({longest - 1})")
+
+
+def test_the_shortest_sft_bucket_of_the_stages_reading_rejection_samples_bounds_them(tokenizer):
+    rs = "{name: rs, kind: rejection_sampling, steps: 1, batch_size: 8, max_new_tokens: 8000}"
+    long_reader = "{name: long, kind: sft, steps: 1, batch_size: 8, data_path: rs, max_sequence_length: 8192}"
+    short_reader = "{name: short, kind: sft, steps: 1, batch_size: 8, data_path: rs}"  # 4096 tokens
+    fails(tokenizer, "model.max_position_embeddings=16384", f"stages=[{rs}, {long_reader}, {short_reader}]",
+          named=["(4096: stages[short].max_sequence_length)", "stage short"])
+
+
+def test_code_rows_need_the_code_reward(tokenizer, tmp_path):
+    code = write_rows(tmp_path / "code.jsonl", [
+        {"task": "code", "prompt": f"Write f(x) that doubles x ({i}).", "tests": ["assert f(2) == 4"],
+         "entry_point": "f"} for i in range(8)])
+    grpo = [f"data.path={code}", "stages=[{name: grpo, kind: grpo, steps: 1}]"]
+    fails(tokenizer, *grpo, named=[f"data.path={str(code)!r} holds code problems", "has no 'code' reward"])
+    check(tokenizer, *grpo, "rewards.names=[code,accuracy,format]", "rewards.weights=[1.0,0.0,1.0]")
+
+
+def test_a_grpo_stage_reads_data_path_and_is_named_by_it(tokenizer, tmp_path):
+    """A GRPO stage samples data.path's prompts (its own data_path is not read): a short file is named by it."""
+    few = write_rows(tmp_path / "few.jsonl", rows(1, solution=False))
+    fails(tokenizer, f"data.path={few}", f"stages=[{{name: g, kind: grpo, steps: 1, data_path: {tmp_path / 'x'}}}]",
+          named=f"grpo.prompts_per_step=4: data.path={str(few)!r} holds only 1 problems")
