@@ -1,0 +1,88 @@
+"""The pure-Python path logic of rl.checkpoint, on directories made by hand (no Orbax save): which step a path
+names, the previous copies a killed re-save left, what a read of a live run's latest step retries, and which
+errors of a failed restore are a checkpoint's damage."""
+
+import pytest
+
+from r1jax.errors import UserError
+from r1jax.rl.checkpoint import data_source, previous_copies, read_latest, resolve, restore_error, trained
+
+
+def steps(root, *names):
+    for name in names:
+        (root / str(name)).mkdir(parents=True)
+    return root
+
+
+def test_a_file_with_a_numbered_name_is_no_step(tmp_path):
+    root = steps(tmp_path / "ck", 2)
+    (root / "7").write_text("not a step")
+    assert resolve(root) == (root, 2)
+
+
+def test_a_checkpoint_root_with_a_numbered_name_opens_its_latest_step(tmp_path):
+    root = steps(tmp_path / "2024", 1, 3)  # e.g. a root named for its year
+    assert resolve(root) == (root, 3)
+    assert resolve(root / "1") == (root, 1)  # a step directory itself
+
+
+def test_previous_copies_are_numbered_steps_only_and_the_latest_is_named(tmp_path):
+    root = tmp_path / "checkpoints"
+    steps(root, "3.previous", "5.previous", "best.previous")
+    (root / "6.previous").write_text("a file")
+    assert previous_copies(root) == {3: root / "3.previous", 5: root / "5.previous"}
+    with pytest.raises(UserError, match=r"has no checkpoint yet .*a re-save of step 5 was interrupted .*"
+                                        r"5\.previous.*or rename it to .*checkpoints/5\)"):
+        resolve(tmp_path)
+
+
+def test_only_a_directory_with_config_json_and_safetensors_is_said_to_be_hugging_faces(tmp_path):
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    with pytest.raises(UserError) as info:
+        resolve(tmp_path / "hf")
+    assert "holds no checkpoint step" in str(info.value) and "Hugging Face" not in str(info.value)
+    (tmp_path / "hf" / "model.safetensors").write_bytes(b"")
+    with pytest.raises(UserError, match="looks like a Hugging Face checkpoint: convert it with `r1jax import-hf`"):
+        resolve(tmp_path / "hf")
+
+
+def test_a_read_that_fails_while_the_steps_stay_the_same_is_real_damage_named_at_once(tmp_path):
+    root = steps(tmp_path / "checkpoints", 1, 3)
+    tried = []
+
+    def read(step_dir):
+        tried.append(step_dir.name)
+        raise UserError(f"checkpoint {step_dir} is damaged")
+
+    with pytest.raises(UserError, match=r"checkpoints/3 is damaged$"):
+        read_latest(tmp_path, read)
+    assert tried == ["3"]
+
+
+def test_a_checkpoint_without_the_trainers_meta_has_no_data_source(tmp_path):
+    root = steps(tmp_path / "ck", "0/config", "0/params")  # as `r1jax init` and import-hf write them
+    assert data_source(root) is None and trained(root) is False
+
+
+def test_a_restore_error_is_found_as_a_cause_or_as_the_error_being_handled():
+    def chained(inner, explicit):
+        try:
+            try:
+                raise inner
+            except Exception as err:
+                if explicit:
+                    raise RuntimeError("wrapped") from err
+                raise RuntimeError("while handling")  # Orbax's bare Exception around a failed read
+        except RuntimeError as outer:
+            return outer
+
+    for explicit in (True, False):
+        inner = KeyError("params")
+        assert restore_error(chained(inner, explicit)) is inner
+    assert restore_error(chained(ZeroDivisionError(), False)) is None
+    loop = RuntimeError("a")
+    loop.__cause__ = RuntimeError("b")
+    loop.__cause__.__cause__ = loop  # a cycle ends the search
+    assert restore_error(loop) is None
+    assert restore_error(OSError("missing")).args == ("missing",)
