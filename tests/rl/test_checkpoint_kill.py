@@ -251,10 +251,11 @@ def test_two_processes_save_a_step_again_and_put_back_an_old_copy_together(tmp_p
 
 def test_retention_keeps_the_latest_and_the_best_and_drops_steps_without_metrics(tmp_path):
     """keep 2, keep_best 1 by eval/pass@1, six saves with metrics at steps 2 (best) and 4 only: 2, 5 and 6
-    remain (steps saved without metrics are not kept for good)."""
+    remain (steps saved without metrics, or with rows lacking eval/pass@1, are not kept for good)."""
     checkpointer = TrainCheckpointer(tmp_path, keep=2, keep_best=1, async_save=False)
     for step in range(1, 7):
-        metrics = {"eval/pass@1": 0.9} if step == 2 else {"eval/pass@1": 0.1} if step == 4 else None
+        metrics = {"eval/pass@1": 0.9} if step == 2 else {"eval/pass@1": 0.1} if step == 4 else \
+            {"loss": 0.5} if step in (3, 5) else None
         checkpointer.save(step, Config(), {"params": {"w": np.full((4, 3), step, np.float32)}}, {"step": step},
                           metrics)
     checkpointer.wait()
