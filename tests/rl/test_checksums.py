@@ -2,6 +2,7 @@
 flipped bits in a saved step named on restore, by `r1jax generate` and by the trainer's checkpointer; a restore
 that casts and a checkpoint saved before checksums restore as before."""
 
+import json
 import pathlib
 import shutil
 
@@ -113,3 +114,33 @@ def test_the_checksum_of_a_leaf_split_on_a_minor_axis_gathers_nothing():
     assert compiled.memory_analysis().temp_size_in_bytes < 2 * leaf.addressable_shards[0].data.nbytes
     ones = np.ones((64, 4096), np.float32)
     assert int(jax.device_get(checksums._sums([leaf]))[0]) == numpy_checksum(ones.view(np.uint32))
+
+
+def test_a_key_leaf_is_summed_as_its_key_data_and_non_array_leaves_are_skipped():
+    key = jax.random.key(7)
+    sums = checksums.checksums({"t": {"key": key, "count": 3, "name": "x"}})["t"]
+    data = np.asarray(jax.random.key_data(key))
+    assert list(sums) == ["['key']"] and sums["['key']"][2] == numpy_checksum(data.view(np.uint32))
+
+
+def saved_checksums(tmp_path, text):
+    (tmp_path / checksums.ITEM).mkdir(exist_ok=True)
+    (tmp_path / checksums.ITEM / "metadata").write_text(text)
+    return tmp_path
+
+
+def test_only_the_trees_the_saved_checksums_cover_are_checked(tmp_path):
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    step = saved_checksums(tmp_path, json.dumps(checksums.checksums({"params": {"w": w}})))
+    bad = w.copy()
+    bad[1, 2] = -1.0
+    # a tree saved without checksums (none in the item) restores unchecked, beside one that is checked
+    assert checksums.damaged_leaves(step, {"params": {"w": w}, "opt_state": {"mu": bad}}) == {}
+    assert checksums.damaged_leaves(step, {"params": {"w": bad}, "opt_state": {"mu": w}}) == {"params": ["['w']"]}
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '{"params": [1]}', '{"params": {"[\'w\']": 5}}',
+                                  '{"params": {"[\'w\']": ["float32", [2, 3]]}}'])
+def test_a_checksums_item_not_in_the_shape_a_save_writes_is_unreadable(tmp_path, text):
+    w = np.zeros((2, 3), np.float32)
+    assert checksums.damaged_leaves(saved_checksums(tmp_path, text), {"params": {"w": w}}) == {checksums.ITEM: []}
