@@ -16,7 +16,7 @@ from r1jax.rl.train import stage_grpo
 from r1jax.rl.train.config import StageConfig
 from r1jax.rl.train.context import summary_with
 from r1jax.rl.train.metrics import MetricsWriter
-from r1jax.rl.train.outcome import rl_gain
+from r1jax.rl.train.outcome import describe, rl_gain
 from r1jax.rl.train.rollouts import length_metrics, reward_metrics
 from r1jax.rl.train.trainer import Trainer
 from r1jax.rl.train.update_stage import UpdateStage
@@ -51,6 +51,24 @@ def test_rl_gain_compares_with_the_grpo_stages_last_evaluation():
     gain = rl_gain(evals, [StageConfig(name="sft", kind="sft"), StageConfig(name="grpo", kind="grpo")])
     assert (gain["before_pass@1"], gain["after_pass@1"], gain["format_rate"]) == (0.1, 0.5, 0.5)
     assert gain["gain_points"] == pytest.approx(40.0)
+
+
+def test_rl_gain_is_from_the_last_evaluation_before_the_first_grpo_stage():
+    def entry(stage, step, p, k=2, n=4):
+        return {"stage": stage, "step": step, "pass@1": p, "format_rate": p, "k": k, "n_problems": n}
+
+    stages = [StageConfig(name="sft", kind="sft"), StageConfig(name="r1", kind="grpo"),
+              StageConfig(name="r2", kind="grpo")]
+    evals = [entry("sft", 1, 0.05, k=1, n=2), entry("sft", 2, 0.125, k=1, n=2), entry("r1", 4, 0.5),
+             entry("r2", 6, 0.75)]
+    gain = rl_gain(evals, stages)
+    assert gain == {"before_stage": "sft", "before_pass@1": 0.125, "after_stage": "r1", "after_pass@1": 0.5,
+                    "gain_points": 37.5, "format_rate": 0.5, "k": 2, "n_problems": 4}
+    assert describe(gain) == ("GRPO moved held-out pass@1 from 0.125 (sft) to 0.500 (r1): +37.5 points; "
+                              "format 0.50 (4 problems x 2 samples)")
+    assert describe({**gain, "gain_points": -2.5}).endswith(": -2.5 points; format 0.50 (4 problems x 2 samples)")
+    assert rl_gain(evals[2:], stages) is None  # no evaluation before GRPO: nothing to compare with
+    assert rl_gain(evals[:2], stages) is None  # GRPO never evaluated
 
 
 def test_the_summary_keeps_the_datasets_of_earlier_stages():
