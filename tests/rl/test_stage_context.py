@@ -63,3 +63,43 @@ def test_batches_are_split_over_the_batch_axes_and_a_bad_one_is_refused():
     with pytest.raises(UserError, match=f"a batch of {ways + 1} rows does not split over the {ways} "):
         place({"x": np.zeros((ways + 1, 3))}, for_step=2)
     assert jax.device_count() == 8
+
+
+def test_a_stages_evaluations_and_datasets_are_copied_into_the_checkpoints_summary():
+    evals, datasets = [{"stage": "grpo", "pass@1": 0.7}], [{"stage": "rs", "kept": 3}]
+    saved = summary_with({"evals": []}, evals, datasets)
+    evals[0]["pass@1"], datasets[0]["kept"] = 0.0, 0  # the stage goes on with its own records
+    assert saved == {"evals": [{"stage": "grpo", "pass@1": 0.7}], "datasets": [{"stage": "rs", "kept": 3}]}
+
+
+def test_processes_agree_on_a_stop_at_the_step_the_stage_asks_about(monkeypatch):
+    """With several processes the stop is agreed per global step: the step asked about (and, on entering, the
+    step the run starts at) is the one the processes meet at."""
+    from r1jax.rl.train import context
+
+    met = []
+    monkeypatch.setattr(context.distributed, "multi_process", lambda: True)
+    monkeypatch.setattr(context.distributed, "barrier", lambda name, what, **k: met.append(name))
+    monkeypatch.setattr(context.distributed, "reached_preemption_sync_point", lambda step: met.append(step) or step == 6)
+    flag = context.StopFlag()
+    with flag.watching(4):
+        assert met == [4]
+        assert not flag.requested(5) and flag.requested(6) and flag.requested(6)
+    assert met == [4, "step-5", 5, "step-6", 6]  # each step agreed once
+
+
+def test_only_the_primary_process_says_the_samplers_layout(monkeypatch):
+    import types
+
+    from r1jax.rl.train import context
+
+    monkeypatch.setattr(context, "choose_layout", lambda *a: ("layout", "sampling in layout L"))
+    monkeypatch.setattr(context, "Sampler", lambda *a: a)
+    said = []
+    tokenizer = types.SimpleNamespace(eos_ids=(2,), pad_id=0, vocab_size=9)
+    for primary in (True, False):
+        ctx = types.SimpleNamespace(sampler_devices=(), primary=primary, console=types.SimpleNamespace(
+            log=said.append), config=types.SimpleNamespace(sampling="S"), model="M", mesh="mesh", rules="rules",
+            graphdef="G", tokenizer=tokenizer)
+        assert context.StageContext.sampler(ctx, 11) == ("G", "S", (2,), 0, 11, 9, "layout")
+    assert said == ["sampling in layout L"]
