@@ -238,3 +238,19 @@ def test_a_resume_restores_the_evaluations_the_plots_draw(tmp_path, monkeypatch)
     writer.log_eval({**entry, "step": 4})
     writer.close()
     assert seen[-1] == [entry, {**entry, "step": 4}]
+
+
+def test_bools_and_missing_evaluation_figures_reach_no_scalar(tmp_path):
+    writer = MetricsWriter(tmp_path, plots=False)
+    writer.write({"global_step": 1, "step": 1, "stage": "grpo", "loss": 0.5, "stopped": True})
+    writer.log_eval({"stage": "grpo", "step": 1, "k": 2, "pass@1": 0.5, "cons@2": None, "format_rate": "n/a"})
+    writer.close()
+    tags = {tag for tag, _ in purged_scalars(tmp_path / "tensorboard")}
+    assert tags == {"grpo/loss", "grpo/step", "grpo/wall_time", "eval/pass_1"}
+    assert read_rows(tmp_path / "metrics.jsonl")[0]["stopped"] is True
+
+
+def test_blank_lines_are_no_rows(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"global_step": 1}\n  \n\n{"global_step": 2}\n')
+    assert read_rows(path) == [{"global_step": 1}, {"global_step": 2}]
