@@ -253,7 +253,8 @@ def test_a_tokenizer_one_piece_past_the_vocabulary_is_named(tokenizer):
 
 
 def test_the_longest_prompt_may_fill_the_largest_bucket_exactly(tokenizer):
-    message = fails(tokenizer, "sampling.prompt_buckets=[4]", named="longer than the largest of sampling.prompt_buckets")
+    message = fails(tokenizer, "sampling.prompt_buckets=[4]",
+                    named="longer than the largest of sampling.prompt_buckets")
     longest = int(re.search(r"is (\d+) tokens with the template", message).group(1))
     check(tokenizer, f"sampling.prompt_buckets=[{longest}]")
     fails(tokenizer, f"sampling.prompt_buckets=[{longest - 1}]", named=f"sampling.prompt_buckets ({longest - 1})")

@@ -80,7 +80,8 @@ def test_processes_agree_on_a_stop_at_the_step_the_stage_asks_about(monkeypatch)
     met = []
     monkeypatch.setattr(context.distributed, "multi_process", lambda: True)
     monkeypatch.setattr(context.distributed, "barrier", lambda name, what, **k: met.append(name))
-    monkeypatch.setattr(context.distributed, "reached_preemption_sync_point", lambda step: met.append(step) or step == 6)
+    monkeypatch.setattr(context.distributed, "reached_preemption_sync_point",
+                        lambda step: met.append(step) or step == 6)
     flag = context.StopFlag()
     with flag.watching(4):
         assert met == [4]
