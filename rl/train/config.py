@@ -38,7 +38,8 @@ class StageConfig:
     lr: Optional[float] = None  # overrides optimizer.lr for this stage
     batch_size: int = 32  # sft/distill: sequences per step; rejection_sampling: prompts per round
     init_from: Optional[str] = None  # an r1jax checkpoint or a Hugging Face directory
-    data_path: Optional[str] = None  # sft/distill: a JSONL of prompt/solution (default: task solutions)
+    data_path: Optional[str] = None  # sft: a JSONL of prompt/solution (default: task solutions); rejection_sampling:
+    # the prompts it samples (default: data.path, else the tasks)
     # rejection sampling (R1 §2.3.3): K samples per prompt, keep those with reward >= threshold
     samples_per_prompt: int = 4
     # sft/distill: the longest row in tokens (prompt + solution + eos; never truncated), the largest of the
@@ -98,6 +99,13 @@ class StageConfig:
                             f"stage {instead}")
         if self.student_overrides and self.kind != "distill":
             raise UserError(f"{where}.student_overrides: only a distill stage changes the model")
+        if self.data_path is not None and self.kind not in ("sft", "rejection_sampling"):  # ignored: a grpo stage
+            instead = "samples data.path's prompts" if self.kind == "grpo" else "learns from its teacher"
+            raise UserError(f"{where}.data_path: only sft and rejection_sampling stages read a file of their own; a "
+                            f"{self.kind} stage {instead}")
+        if self.teacher is not None and self.kind != "distill":
+            raise UserError(f"{where}.teacher: only a distill stage learns from a teacher (an sft stage reads its "
+                            "data_path)")
 
     def new_tokens(self, sampling_max_new_tokens: int) -> int:
         """The completion budget the stage samples with: a rejection_sampling stage's own `max_new_tokens`

@@ -113,6 +113,10 @@ def test_nan_in_a_config_file_is_named_with_the_file(tmp_path):
     ("stages.1.max_new_tokens=16", "stages[grpo].max_new_tokens: only a rejection_sampling stage"),
     ("stages.0.max_new_tokens=16", "stages[sft].max_new_tokens: only a rejection_sampling stage samples with its "
                                    "own; a sft stage samples nothing"),
+    # a grpo stage samples data.path's prompts, a distill stage its teacher's rows: a data_path was ignored
+    ("stages.1.data_path=mine.jsonl", "stages[grpo].data_path: only sft and rejection_sampling stages read a file "
+                                      "of their own; a grpo stage samples data.path's prompts"),
+    ("stages.0.teacher=rs", "stages[sft].teacher: only a distill stage learns from a teacher"),
     ("sampling.layout=foo", "sampling.layout='foo'"),  # failed when the first sampler was built, after SFT
     ("sampling.mesh={foo: 2}", "sampling.mesh: unknown axes ['foo']"),  # the training layout, silently
     ("sampling.mesh={data: 0}", "sampling.mesh.data=0"),

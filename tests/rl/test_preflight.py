@@ -278,7 +278,8 @@ def test_code_rows_need_the_code_reward(tokenizer, tmp_path):
 
 
 def test_a_grpo_stage_reads_data_path_and_is_named_by_it(tokenizer, tmp_path):
-    """A GRPO stage samples data.path's prompts (its own data_path is not read): a short file is named by it."""
+    """A GRPO stage samples data.path's prompts (a data_path of its own is refused: rl.train.config): a short file
+    is named by it."""
     few = write_rows(tmp_path / "few.jsonl", rows(1, solution=False))
-    fails(tokenizer, f"data.path={few}", f"stages=[{{name: g, kind: grpo, steps: 1, data_path: {tmp_path / 'x'}}}]",
+    fails(tokenizer, f"data.path={few}", "stages=[{name: g, kind: grpo, steps: 1}]",
           named=f"grpo.prompts_per_step=4: data.path={str(few)!r} holds only 1 problems")
