@@ -98,14 +98,36 @@ def _train(args: argparse.Namespace, primary: bool) -> int:
         console.log(f"config: {source}" + (f" with {' '.join(overrides)}" if overrides else ""))
     try:
         summary = Trainer(config, run_dir, console).run()
+    except UserError:  # a refused start (a fresh run's directory is then taken back: it is gone, as it should be)
+        raise
     except Exception as err:
-        if not run_dir.is_dir():  # each later write failed with a traceback (FileNotFoundError: metrics.jsonl)
+        # each later write failed with a traceback (FileNotFoundError: metrics.jsonl); any other error is a bug
+        # and keeps its traceback, the directory gone or not
+        if not run_dir.is_dir() and _missing_under(err, run_dir):
             raise UserError(f"{named} was removed or moved while the run trained ({type(err).__name__}: "
                             f"{str(err)[:200]}): its checkpoints are where it went; resume it there with "
                             "`r1jax train --run-dir` and its new path, or move it back") from err
         raise
     _print_outcome(console, summary)
     return 0
+
+
+def _missing_under(err: BaseException, run_dir: pathlib.Path) -> bool:
+    """Whether `err` (or an error it was raised from or during) is an OSError naming a path in `run_dir`."""
+    import os
+
+    root = os.path.abspath(run_dir)
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError):
+            for name in (err.filename, err.filename2):
+                if isinstance(name, (str, bytes, os.PathLike)):
+                    path = os.path.abspath(os.fsdecode(name))
+                    if path == root or path.startswith(root.rstrip(os.sep) + os.sep):
+                        return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _print_outcome(console, summary: dict) -> None:

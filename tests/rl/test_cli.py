@@ -269,3 +269,40 @@ def test_a_checkpoint_the_disk_refused_leaves_no_partial_directory(capsys, tmp_p
     err = capsys.readouterr().err
     assert f"r1jax init: error: checkpoint {str(out)!r} cannot be written: no space left on device: " in err, err
     assert "Traceback" not in err and not out.exists()
+
+
+def test_a_refused_new_run_says_its_own_error_not_that_its_directory_moved(capsys, tmp_path):
+    """A new run refused by its checks takes its directory back; the catch-all for a directory moved mid-run read
+    that as a move and said "was removed or moved while the run trained (UserError: ...)" for every refused start."""
+    import pathlib
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": 1}\n')
+    config = pathlib.Path(__file__).parent / "data" / "train_tiny.yaml"
+    run_dir = tmp_path / "run"
+    assert main(["train", str(config), "--run-dir", str(run_dir), f"data.path={bad}"], as_program=False) == 2
+    err = capsys.readouterr().err
+    assert "removed or moved" not in err and "field 'prompt' must be a string" in err, err
+    assert not run_dir.exists()
+
+
+def test_a_bug_keeps_its_traceback_when_the_run_directory_is_gone(tmp_path, monkeypatch):
+    """A bug in a new run's start (its directory then taken back) is a bug: it is raised, not one line."""
+    import pathlib
+    import shutil
+
+    from r1jax.rl.train import trainer
+
+    class Buggy:
+        def __init__(self, config, run_dir, console):
+            self.run_dir = pathlib.Path(run_dir)
+
+        def run(self):
+            self.run_dir.mkdir()
+            shutil.rmtree(self.run_dir)  # what Trainer.release does for a start that did not begin
+            raise KeyError("a bug")
+
+    monkeypatch.setattr(trainer, "Trainer", Buggy)
+    config = pathlib.Path(__file__).parent / "data" / "train_tiny.yaml"
+    with pytest.raises(KeyError, match="a bug"):
+        main(["train", str(config), "--run-dir", str(tmp_path / "run")], as_program=False)
