@@ -184,6 +184,11 @@ _STORAGE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk 
                    errno.EPERM: "operation not permitted", errno.EFBIG: "file too large"}
 
 
+# refusals that are the file system's only when they name a file: EPERM and EACCES without one are os.kill's,
+# setuid's, a socket's (ENOSPC and the others from a write name no file either: `writing` names it)
+_NAMED_ONLY = {errno.EACCES, errno.EPERM}
+
+
 def storage_failure(err: BaseException) -> str | None:
     """One line saying what the file system refused and where ("no space left on device: PATH"), when
     `err` is such a refusal: an OSError with its errno, or tensorstore's (Orbax's checkpoint writes), which
@@ -192,6 +197,8 @@ def storage_failure(err: BaseException) -> str | None:
     code, path = None, None
     for link in _chain(err):
         if isinstance(link, OSError) and link.errno in _STORAGE_ERRNOS:
+            if link.errno in _NAMED_ONLY and link.filename is None:
+                continue  # no file refused: a process's (os.kill, setuid) or a socket's, not the file system's
             code, path = link.errno, link.filename
             break
         found = re.search(r"\[os_error_code='?(\d+)'?\]", str(link))

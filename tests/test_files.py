@@ -134,3 +134,17 @@ def test_storage_failures_are_told_from_other_errors():
     assert files.storage_failure(OSError(errno.ENOENT, "No such file", "/r/x")) is None
     assert files.storage_failure(ValueError("[os_error_code='2'] not found")) is None
     assert files.storage_failure(ValueError("bad value")) is None
+
+
+def test_a_permission_refused_to_no_file_is_no_storage_failure():
+    """EPERM/EACCES naming no file (os.kill of another user's process, setuid, a socket) is not the disk's: a bug
+    raising one lost its traceback to "operation not permitted"."""
+    import errno
+
+    try:
+        os.kill(1, 0) if os.getuid() != 0 else None
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+    except PermissionError as err:
+        assert err.filename is None and files.storage_failure(err) is None
+    assert files.storage_failure(PermissionError(errno.EACCES, "Permission denied")) is None
+    assert files.storage_failure(PermissionError(errno.EACCES, "Permission denied", "/r/x")) == "permission denied: /r/x"
