@@ -114,6 +114,7 @@ class RewardPool:
         self.wait_s = 0.0  # time callers spent blocked in collect: how long scoring stalled the trainer
         self._warm = None if tasks is None else tuple(tasks)
         self.workers_started: list[int] | None = [0]
+        self._closed = False
         self._pool = self._start()
         self._warm_up()
 
@@ -133,7 +134,7 @@ class RewardPool:
         outside, by `kill -9` or the host's out-of-memory killer) breaks pebble's pool for good ("All workers
         expired"): every later item failed as "error", scored 0, until reward_pool.max_failed_steps halted the
         run. Its workers are replaced like any killed worker (`recycled` counts them)."""
-        if self._pool.active:
+        if self._closed or self._pool.active:  # (a closed pool is stopped, not broken: its items fail)
             return
         logging.getLogger(__name__).warning("reward pool: a worker died while idle (killed from outside?) and "
                                             "broke the pool; starting its %d workers again", self.config.workers)
@@ -267,6 +268,7 @@ class RewardPool:
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop every worker now (running items are abandoned) and wait for them to exit."""
+        self._closed = True
         self._pool.stop()
         try:
             self._pool.join(timeout=timeout_s)

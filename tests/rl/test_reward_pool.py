@@ -281,3 +281,18 @@ def test_a_batch_the_pool_dropped_as_it_broke_is_sent_again():
         assert [r.status for r in results] == ["ok"] * 3, [r.error for r in results]
     finally:
         pool.close()
+
+
+def test_a_closed_pool_starts_no_workers_again():
+    """A closed pool is not a broken one: a submit after close started a fresh pool (workers no close reaped, the
+    sandbox's run root already gone) where its items fail, as before the restart of a broken pool."""
+    config = PoolConfig(workers=1, timeout_s=TIMEOUT_S, import_modules=PROBES)
+    pool = RewardPool(RewardsConfig(names=("probe",), weights=(1.0,)), config)
+    pool.close()
+    before = {child.pid for child in psutil.Process().children(recursive=True)}
+    try:
+        results = pool.score_batch([probe("ok")])
+        assert [r.status for r in results] == ["error"]
+        assert {child.pid for child in psutil.Process().children(recursive=True)} <= before
+    finally:
+        pool.close()
