@@ -134,3 +134,24 @@ def test_without_a_step_function_one_process_rules_apply_even_with_peers(monkeyp
         assert not stop and fake.syncs == [] and fake.barriers == []
         signal.raise_signal(signal.SIGTERM)
         assert stop
+
+
+def test_a_closed_terminals_sighup_leaves_the_runs_last_lines_no_terminal_to_fail_on(tmp_path):
+    """After the hang-up every write to the terminal fails (EIO): the run's "stopped by signal 1" line ended the
+    stop with a traceback and exit 1 (its checkpoint written). Its output now goes nowhere, and it exits 0."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "hang_up.py"
+    script.write_text(
+        "import os, pty, signal, sys\n"
+        "from r1jax.rl.train.preemption import StopRequest\n"
+        "master, slave = pty.openpty()\n"
+        "os.dup2(slave, 1)\n"
+        "os.close(master)  # the terminal closes\n"
+        "with StopRequest() as stop:\n"
+        "    signal.raise_signal(signal.SIGHUP)\n"
+        "    assert stop\n"
+        "    print('stopped by signal 1 at step 3', flush=True)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
