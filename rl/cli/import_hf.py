@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import shutil
 
 from r1jax.rl.cli.common import new_output_dir
 
@@ -48,9 +49,15 @@ def run(args: argparse.Namespace) -> int:
     rules = config.sharding.logical_rules()
     with HFCheckpoint(args.hf_dir) as ckpt:
         policy = import_params(ckpt, config.model, mesh, rules)
+    made = not out.exists()
     step_dir = save_policy(out, config, policy)
     if tokenizer is not None and jax.process_index() == 0:
-        tokenizer.save(out / "tokenizer")
+        try:
+            tokenizer.save(out / "tokenizer")
+        except BaseException:  # a full disk: OUT as it was (absent, or empty: new_output_dir), or a rerun is refused
+            for path in [out] if made else list(out.iterdir()):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            raise
     partial = [name for name in ("tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
                if (pathlib.Path(args.hf_dir) / name).is_file()]
     missing = (f"no tokenizer.json there (beside its {', '.join(partial)}): no tokenizer copied, generate needs --ids"

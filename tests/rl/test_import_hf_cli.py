@@ -72,3 +72,28 @@ def test_export_of_an_imported_checkpoint_keeps_or_replaces_the_chat_template_as
     assert ("with the Hugging Face tokenizer's files as they came; note: the checkpoint's config prompts with the "
             "r1_zero format") in said and "export with --template r1_zero" in said, said
     assert (tmp_path / "plain" / "tokenizer_config.json").read_bytes() == (hf_dir / "tokenizer_config.json").read_bytes()
+
+
+def test_a_tokenizer_the_disk_refused_leaves_no_partial_directory(tmp_path, capsys, monkeypatch):
+    """The weights saved, a full disk refused the tokenizer's copy: OUT kept the weights without it, and the next
+    try once there was room was refused ("exists and is not empty; refusing to overwrite")."""
+    import errno
+
+    from r1jax.model import tokenizer_json
+
+    tokens = load_tokenizer(write_hf_tokenizer(tmp_path / "tok", "deepseek")).vocab_size
+    hf_dir = tmp_path / "hf"
+    random_hf_model(dataclasses.replace(DEEPSEEK, vocab_size=tokens), seed=1).save_pretrained(hf_dir)
+    write_hf_tokenizer(hf_dir, "deepseek")
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(tokenizer_json, "write_atomically", full)
+    for out in (tmp_path / "ck", tmp_path / "empty"):  # made by the command, or an empty directory given
+        if out.name == "empty":
+            out.mkdir()
+        assert main(["import-hf", str(hf_dir), str(out)], as_program=False) == 2
+        err = capsys.readouterr().err
+        assert "no space left on device" in err and "Traceback" not in err, err
+        assert not out.exists() if out.name == "ck" else not any(out.iterdir())
