@@ -221,8 +221,14 @@ class _StorageFailureReports(logging.Filter):
     save or at the end, where the command prints it as one line naming the file (rl.cli.main)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if "orbax" not in pathlib.PurePath(record.pathname).parts:  # another library's: not a save of ours
+            return True
         error = record.exc_info[1] if record.exc_info else None
-        return not ((error is not None and storage_failure(error)) or storage_failure(ValueError(record.getMessage())))
+        try:
+            text = record.getMessage()
+        except Exception:  # a report that does not format: logging's own handler says so (raised here, its caller's)
+            return True
+        return not ((error is not None and storage_failure(error)) or storage_failure(ValueError(text)))
 
 
 def quiet_failed_saves() -> None:

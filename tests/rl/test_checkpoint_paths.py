@@ -86,3 +86,27 @@ def test_a_restore_error_is_found_as_a_cause_or_as_the_error_being_handled():
     loop.__cause__.__cause__ = loop  # a cycle ends the search
     assert restore_error(loop) is None
     assert restore_error(OSError("missing")).args == ("missing",)
+
+
+def test_only_orbaxs_reports_of_a_refused_save_are_dropped():
+    """The filter on absl's logger dropped any library's report holding a storage error, and a report whose
+    arguments did not fit its format raised into the code that logged it (logging says so, and goes on)."""
+    import errno
+    import logging
+
+    from r1jax.rl.checkpoint import quiet_failed_saves
+
+    quiet_failed_saves()
+    absl = logging.getLogger("absl")
+    full = "Failed writing: \"/r/c/d/a6\": No space left on device [os_error_code='28']"
+    orbax = "/x/site-packages/orbax/checkpoint/_src/async_utils.py"
+
+    def record(path, msg, args=(), error=None):
+        exc_info = (type(error), error, None) if error else None
+        return logging.LogRecord("absl", logging.ERROR, path, 1, msg, args, exc_info)
+
+    assert not absl.filter(record(orbax, full))
+    assert not absl.filter(record(orbax, "save failed", error=OSError(errno.ENOSPC, "No space left", "/r/c")))
+    denied = PermissionError(errno.EACCES, "Permission denied", "/etc/shadow")
+    assert absl.filter(record("/x/site-packages/other/reader.py", "could not read", error=denied))
+    assert absl.filter(record(orbax, "bad %s %s", (1,)))  # no TypeError here
