@@ -2,7 +2,7 @@
 
 `initialize` runs once per worker before any task: it hides accelerators (JAX_PLATFORMS=cpu, no visible
 CUDA/ROCm/TPU devices) so nothing in a worker can claim a chip the trainer owns, caps the address space
-(RLIMIT_AS) so a runaway allocation fails here and not in the host, ignores SIGINT (the trainer decides
+(RLIMIT_AS) so a runaway allocation fails here and not in the host, ignores SIGINT and SIGHUP (the trainer decides
 when workers stop), makes itself non-dumpable (PR_SET_DUMPABLE 0: a program run as the same user, in
 `rlimits_only` mode without root, can then neither read its /proc/PID/environ nor write its /proc/PID/mem),
 puts its programs' run directories under the pool's (rl.rewards.sandbox.set_run_root), and imports the
@@ -38,7 +38,10 @@ HIDDEN_DEVICES_ENV = {
 def initialize(memory_mb: int, modules: Sequence[str], tasks: Sequence[str] | None = None,
                run_root: str | None = None) -> None:
     os.environ.update(HIDDEN_DEVICES_ENV)
+    # Ctrl-C and a closed terminal's SIGHUP reach the whole job: the trainer checkpoints at either, after the step
+    # whose items these workers score (a worker killed by SIGHUP scored its item "crashed", 0, in that step)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     set_not_dumpable()
     if memory_mb:
         limit = memory_mb * 1024 * 1024

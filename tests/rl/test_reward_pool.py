@@ -296,3 +296,30 @@ def test_a_closed_pool_starts_no_workers_again():
         assert {child.pid for child in psutil.Process().children(recursive=True)} <= before
     finally:
         pool.close()
+
+
+def test_a_hang_up_leaves_the_items_being_scored_alone(tmp_path):
+    """A closed terminal's SIGHUP reaches the whole job (the shell sends it to the process group), workers too:
+    they ignored SIGINT but not SIGHUP, so the trainer, now checkpointing at the hang-up, scored the items in
+    flight as "crashed" (0) and trained its last step on them."""
+    import pathlib
+    import subprocess
+    import sys
+
+    script = tmp_path / "hang_up.py"
+    script.write_text(
+        "import os, signal, sys, time\n"
+        "from r1jax.rl.rewards import PoolConfig, RewardPool, RewardsConfig, ScoreItem\n"
+        "from r1jax.rl.train.preemption import StopRequest\n"
+        "if __name__ == '__main__':\n"
+        "    config = PoolConfig(workers=1, timeout_s=10, import_modules=('tests.rl.reward_probes',))\n"
+        "    with RewardPool(RewardsConfig(names=('probe',), weights=(1.0,)), config) as pool, StopRequest():\n"
+        "        handle = pool.submit([ScoreItem(prompt='', completion='sleep:2', reference='0', task='math')])\n"
+        "        time.sleep(0.5)\n"
+        "        os.killpg(0, signal.SIGHUP)  # the shell's hang-up, to the job\n"
+        "        print([(r.status, r.error) for r in pool.collect(handle)])\n")
+    root = pathlib.Path(__file__).parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=root,
+                          env=env, start_new_session=True)
+    assert done.returncode == 0 and "[('ok', None)]" in done.stdout, (done.stdout, done.stderr)
