@@ -139,6 +139,10 @@ class RewardPool:
         logging.getLogger(__name__).warning("reward pool: a worker died while idle (killed from outside?) and "
                                             "broke the pool; starting its %d workers again", self.config.workers)
         self._pool.stop()
+        try:
+            self._pool.join(timeout=10.0)  # pebble stops the workers the kill spared here, not in stop()
+        except TimeoutError:  # it has sent them SIGKILL
+            pass
         self._start()
 
     def _count_worker_starts(self, started: list[int]) -> list[int] | None:

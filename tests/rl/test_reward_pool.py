@@ -323,3 +323,23 @@ def test_a_hang_up_leaves_the_items_being_scored_alone(tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=root,
                           env=env, start_new_session=True)
     assert done.returncode == 0 and "[('ok', None)]" in done.stdout, (done.stdout, done.stderr)
+
+
+def test_a_broken_pools_other_workers_are_stopped_with_it():
+    """The restart of a broken pool stopped pebble's pool without joining it, and pebble stops workers in its join:
+    the workers the kill spared lived on beside the new ones (one more per restart), and close never reaped them."""
+    import signal
+
+    config = PoolConfig(workers=2, timeout_s=TIMEOUT_S, import_modules=PROBES)
+    pool = RewardPool(RewardsConfig(names=("probe",), weights=(1.0,)), config)
+    try:
+        killed, spared = worker_pids(pool)
+        os.kill(killed, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while pool._pool._context.status != 4 and time.monotonic() < deadline:  # pebble's PoolStatus.ERROR
+            time.sleep(0.05)
+        assert [r.status for r in pool.score_batch([probe("ok")])] == ["ok"]
+        assert not alive(spared) and spared not in worker_pids(pool)
+    finally:
+        pool.close()
+    assert not alive(spared)
