@@ -117,6 +117,11 @@ def staged_directory(out: pathlib.Path):
     try:
         yield staged
         os.replace(staged, out)
+    except OSError as err:  # a full disk names the file as the user knows it, not its hidden, removed stage
+        named = os.fsdecode(err.filename) if isinstance(err.filename, (str, bytes, os.PathLike)) else None
+        if err.errno is None or named is None or not pathlib.Path(named).is_relative_to(staged):
+            raise
+        raise OSError(err.errno, err.strerror, str(out / pathlib.Path(named).relative_to(staged))) from err
     finally:
         shutil.rmtree(staged, ignore_errors=True)
 

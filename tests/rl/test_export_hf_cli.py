@@ -68,4 +68,6 @@ def test_a_full_disk_names_the_file_and_leaves_no_export(tmp_path, capsys, monke
     assert main(["export-hf", str(tmp_path / "ck"), str(out)], as_program=False) == 2
     err = capsys.readouterr().err
     assert "r1jax export-hf: error: no space left on device: " in err and "model.safetensors" in err, err
+    # the file as the user knows it: not the hidden staging directory's (.out.HOST-PIDNS-PID.partial), removed now
+    assert f"no space left on device: {out / 'model.safetensors'};" in err, err
     assert "Traceback" not in err and not out.exists()
