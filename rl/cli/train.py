@@ -2,7 +2,7 @@
 
 With --run-dir on an existing run, resume from its latest checkpoint: without CONFIG under the run's saved
 config.yaml, with CONFIG under that config; overrides apply on top either way; what differs from the
-checkpoint's config is logged, and an architecture change refused. SIGTERM/SIGINT checkpoint and exit 0.
+checkpoint's config is logged, and an architecture change refused. SIGTERM/SIGINT/SIGHUP checkpoint and exit 0.
 
 Several processes (hosts) run one job when each is started with the same command plus --coordinator
 HOST:PORT --num-processes N --process-id I (or R1JAX_COORDINATOR / R1JAX_NUM_PROCESSES / R1JAX_PROCESS_ID),
