@@ -10,9 +10,10 @@ has them, are copied byte for byte into OUT/tokenizer/, where `r1jax generate / 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import pathlib
-import shutil
 
+from r1jax.files import remove
 from r1jax.rl.cli.common import new_output_dir
 
 
@@ -56,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
             tokenizer.save(out / "tokenizer")
         except BaseException:  # a full disk: OUT as it was (absent, or empty: new_output_dir), or a rerun is refused
             for path in [out] if made else list(out.iterdir()):
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # the disk's error is the one to report
+                    remove(path)
             raise
     partial = [name for name in ("tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
                if (pathlib.Path(args.hf_dir) / name).is_file()]
