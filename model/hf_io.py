@@ -327,12 +327,18 @@ def import_params(ckpt: HFCheckpoint, cfg: ModelConfig, mesh: Mesh | None = None
     return nnx.merge(graphdef, abstract_state)
 
 
+@jax.jit
+def _all_finite(arrays: list) -> list:
+    """Whether each array holds only finite values (one program for them all, compiled once per model)."""
+    return [jnp.isfinite(x).all() for x in arrays]
+
+
 def _check_finite(ckpt: HFCheckpoint, by_path: Mapping[tuple, Sequence[Tensor]], values: Mapping) -> None:
     """UserError naming the HF tensors holding a NaN or an infinity (a damaged download, a bad conversion): they
     were imported without a word, every logit then NaN. Checked where the arrays lie, in one program; the
     tensors of a parameter that fails (an expert of a stacked one) are then looked at one by one."""
     paths = list(values)
-    finite = jax.device_get(jax.jit(lambda xs: [jnp.isfinite(x).all() for x in xs])([values[p] for p in paths]))
+    finite = jax.device_get(_all_finite([values[p] for p in paths]))
     bad = sorted(t.hf_name for p, ok in zip(paths, finite) if not ok for t in by_path[p]
                  if not bool(jnp.isfinite(values[p][t.index]).all()))
     if bad:
