@@ -1,8 +1,11 @@
 """The error type for bad user input, shared by every r1jax package.
 
 The CLI prints a UserError as one clean line (exit code 2); its message names the culprit: the config key,
-data file and row, checkpoint path or CLI argument.
+data file and row, checkpoint path or CLI argument. `error_chain` walks an error and those it was raised from or
+during, where the culprit of a library's wrapped error is found.
 """
+
+from typing import Iterator
 
 
 class UserError(ValueError):
@@ -16,3 +19,12 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+
+
+def error_chain(err: BaseException | None) -> Iterator[BaseException]:
+    """`err`, then the errors it was raised from (`__cause__`) or during (`__context__`), each once."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__

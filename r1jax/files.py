@@ -17,7 +17,7 @@ import socket
 import time
 from typing import IO
 
-from r1jax.errors import UserError
+from r1jax.errors import UserError, error_chain
 
 LOCK_NAME = ".lock"  # in a run directory: who trains in it (a flock held while the trainer lives)
 
@@ -195,7 +195,7 @@ def storage_failure(err: BaseException) -> str | None:
     arrives as a ValueError whose text holds the errno as `[os_error_code='28']` and the path as `"PATH"`.
     Anything else: None."""
     code, path = None, None
-    for link in _chain(err):
+    for link in error_chain(err):
         if isinstance(link, OSError) and link.errno in _STORAGE_ERRNOS:
             if link.errno in _NAMED_ONLY and link.filename is None:
                 continue  # no file refused: a process's (os.kill, setuid) or a socket's, not the file system's
@@ -210,12 +210,3 @@ def storage_failure(err: BaseException) -> str | None:
     if code is None:
         return None
     return f"{_STORAGE_ERRNOS[code]}: {os.fsdecode(path)}" if path else _STORAGE_ERRNOS[code]
-
-
-def _chain(err: BaseException):
-    """`err`, then the errors it was raised from or during (each once)."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        yield err
-        err = err.__cause__ or err.__context__

@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
 
-from r1jax.errors import UserError
+from r1jax.errors import UserError, error_chain
 from r1jax.files import check_checkpoint_path, storage_failure
 from r1jax.model.decoder import Policy
 from r1jax.model.factory import abstract_policy
@@ -48,12 +48,7 @@ RESTORE_ERRORS = (KeyError, ValueError, OSError)
 
 def restore_error(err: BaseException) -> BaseException | None:
     """The error itself, or the first in its chain of causes, when it is one of RESTORE_ERRORS; else None."""
-    seen = 0
-    while err is not None and seen < 8:
-        if isinstance(err, RESTORE_ERRORS):
-            return err
-        err, seen = err.__cause__ or err.__context__, seen + 1
-    return None
+    return next((link for link in error_chain(err) if isinstance(link, RESTORE_ERRORS)), None)
 
 
 def _manager(root: pathlib.Path, items=("config", "params", checksums.ITEM), **options) -> ocp.CheckpointManager:

@@ -116,17 +116,15 @@ def _missing_under(err: BaseException, run_dir: pathlib.Path) -> bool:
     """Whether `err` (or an error it was raised from or during) is an OSError naming a path in `run_dir`."""
     import os
 
+    from r1jax.errors import error_chain
+
     root = os.path.abspath(run_dir)
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, OSError):
-            for name in (err.filename, err.filename2):
-                if isinstance(name, (str, bytes, os.PathLike)):
-                    path = os.path.abspath(os.fsdecode(name))
-                    if path == root or path.startswith(root.rstrip(os.sep) + os.sep):
-                        return True
-        err = err.__cause__ or err.__context__
+    for link in error_chain(err):
+        for name in (link.filename, link.filename2) if isinstance(link, OSError) else ():
+            if isinstance(name, (str, bytes, os.PathLike)):
+                path = os.path.abspath(os.fsdecode(name))
+                if path == root or path.startswith(root.rstrip(os.sep) + os.sep):
+                    return True
     return False
 
 
