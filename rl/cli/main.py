@@ -192,16 +192,8 @@ def main(argv: list[str] | None = None, *, as_program: bool | None = None) -> in
         stop_on_error(str(err), 2)  # with several processes: the others stop too, naming this one's error
         return 2
     except Exception as err:  # a bug: with several processes, the others must not wait for this one
-        refused = storage_failure(err)
-        if refused:  # not a bug: the disk is full or read-only (a checkpoint, metrics.jsonl, an export's file)
-            message = (f"{refused[:600]}; free space or make it writable, then run again"
-                       + (" (`r1jax train --run-dir DIR` resumes from the last checkpoint)"
-                          if args.command == "train" else ""))
-            print(f"r1jax {args.command}: error: {message}", file=sys.stderr, flush=True)
-            stop_on_error(message, 2)
-            return 2
-        if out_of_memory(err):  # not a bug: what was asked for does not fit
-            message = f"out of memory: {first_line(err)[:300]}; ask for fewer rows or tokens at once"
+        message = not_a_bug(err, args.command)
+        if message:  # the disk refused a write, or what was asked for does not fit: one line
             print(f"r1jax {args.command}: error: {message}", file=sys.stderr, flush=True)
             stop_on_error(message, 2)
             return 2
@@ -210,6 +202,18 @@ def main(argv: list[str] | None = None, *, as_program: bool | None = None) -> in
             traceback.print_exc()
             stop_on_error(f"{type(err).__name__}: {first_line(err)} (the traceback is in its log)", 1)
         raise
+
+
+def not_a_bug(err: BaseException, command: str) -> str | None:
+    """The one line for an error that is no bug of r1jax's, or None: a write the disk refused (full, read-only:
+    a checkpoint, metrics.jsonl, an export's file), or an allocation that does not fit."""
+    refused = storage_failure(err)
+    if refused:
+        return (f"{refused[:600]}; free space or make it writable, then run again"
+                + (" (`r1jax train --run-dir DIR` resumes from the last checkpoint)" if command == "train" else ""))
+    if out_of_memory(err):
+        return f"out of memory: {first_line(err)[:300]}; ask for fewer rows or tokens at once"
+    return None
 
 
 def out_of_memory(err: BaseException) -> bool:
