@@ -2,7 +2,8 @@
 
 The CLI prints a UserError as one clean line (exit code 2); its message names the culprit: the config key,
 data file and row, checkpoint path or CLI argument. `error_chain` walks an error and those it was raised from or
-during, where the culprit of a library's wrapped error is found.
+during, where the culprit of a library's wrapped error is found; `out_of_memory` tells an allocation that did not
+fit (no bug: the user asked for more rows or tokens at once than the memory holds).
 """
 
 from typing import Iterator
@@ -28,3 +29,11 @@ def error_chain(err: BaseException | None) -> Iterator[BaseException]:
         seen.add(id(err))
         yield err
         err = err.__cause__ or err.__context__
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """XLA's allocation failure (a JaxRuntimeError saying RESOURCE_EXHAUSTED or "Out of memory"), or the host's
+    (a MemoryError: numpy's copy of a device array, e.g. eval's completions of 1024 samples x 10^6 new tokens)."""
+    text = str(err)
+    return isinstance(err, MemoryError) or (
+        type(err).__name__ == "JaxRuntimeError" and ("RESOURCE_EXHAUSTED" in text or "Out of memory" in text))

@@ -16,7 +16,7 @@ import sys
 import threading
 import traceback
 
-from r1jax.errors import UserError
+from r1jax.errors import UserError, out_of_memory
 from r1jax.files import storage_failure
 from r1jax.rl.cli.common import cpu_device_count
 from r1jax.rl.host_allocator import retain_freed_memory
@@ -214,14 +214,6 @@ def not_a_bug(err: BaseException, command: str) -> str | None:
     if out_of_memory(err):
         return f"out of memory: {first_line(err)[:300]}; ask for fewer rows or tokens at once"
     return None
-
-
-def out_of_memory(err: BaseException) -> bool:
-    """XLA's allocation failure (a JaxRuntimeError saying RESOURCE_EXHAUSTED or "Out of memory"), or the host's
-    (a MemoryError: numpy's copy of a device array, e.g. eval's completions of 1024 samples x 10^6 new tokens)."""
-    text = str(err)
-    return isinstance(err, MemoryError) or (
-        type(err).__name__ == "JaxRuntimeError" and ("RESOURCE_EXHAUSTED" in text or "Out of memory" in text))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from r1jax.errors import UserError
+from r1jax.errors import UserError, out_of_memory
 from r1jax.rl.grpo.optimizer import applied_updates, lr_schedule, make_optimizer
 from r1jax.rl.sampler import Sampler
 from r1jax.rl.train.config import StageConfig
@@ -88,10 +88,10 @@ class UpdateStage:
             if meanwhile is not None:
                 meanwhile()
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        except jax.errors.JaxRuntimeError as err:
-            if "RESOURCE_EXHAUSTED" not in str(err):
+        except (jax.errors.JaxRuntimeError, MemoryError) as err:
+            if not out_of_memory(err):
                 raise
-            raise self._out_of_memory(err, batch) from None
+            raise self._ran_out_of_memory(err, batch) from None
         # the rate of the step's last applied update (the schedule counts applied updates: mu a GRPO step, none
         # for a skipped one)
         metrics["lr"] = float(self.schedule(max(int(applied_updates(self.state.opt_state)) - 1, 0)))
@@ -103,7 +103,7 @@ class UpdateStage:
                             f"the learning rate or check the data")
         return metrics
 
-    def _out_of_memory(self, err: Exception, batch: dict) -> UserError:
+    def _ran_out_of_memory(self, err: Exception, batch: dict) -> UserError:
         """The update step's device (or, on CPUs, host) memory ran out (XLA's RESOURCE_EXHAUSTED, raised at
         the step or when its metrics are read): what to lower, and that the latest checkpoint is intact."""
         stage, micro = self.stage, self.ctx.config.update.micro_batches

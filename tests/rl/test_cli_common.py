@@ -8,8 +8,9 @@ import json
 
 import pytest
 
+from r1jax.errors import out_of_memory
 from r1jax.rl.cli import common
-from r1jax.rl.cli.main import build_parser, main, out_of_memory, parse_arguments
+from r1jax.rl.cli.main import build_parser, main, parse_arguments
 
 
 def refused(capsys, *argv):

@@ -44,6 +44,24 @@ def test_an_update_out_of_memory_names_what_to_lower(kind, latest, named):
         stage_runner(kind, latest).update(batch)
 
 
+@pytest.mark.parametrize("failure", [
+    jax.errors.JaxRuntimeError("INTERNAL: Out of memory allocating 558849237520 bytes."),  # XLA's other phrasing
+    MemoryError("Unable to allocate 520. GiB for an array with shape (4096, 2048, 16384)"),  # the host's
+])
+def test_every_out_of_memory_phrasing_names_what_to_lower(failure):
+    """The update step spotted only XLA's RESOURCE_EXHAUSTED: its other phrasing and the host's MemoryError,
+    which main reads as out of memory, reached main without the batch and the checkpoint to resume from."""
+    runner = stage_runner("sft", 2)
+
+    def exhausted(state, batch):
+        raise failure
+
+    runner.step_fn = exhausted
+    with pytest.raises(UserError, match=r"ran out of memory at stage step 4 on a batch of 4 rows x 3 tokens .*"
+                                        r"the latest checkpoint \(step 2\) is intact"):
+        runner.update({"tokens": np.zeros((4, 3), np.int32)})
+
+
 def test_other_runtime_errors_pass_through():
     runner = stage_runner("sft", None)
 
