@@ -188,14 +188,21 @@ _STORAGE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk 
 # setuid's, a socket's (ENOSPC and the others from a write name no file either: `writing` names it)
 _NAMED_ONLY = {errno.EACCES, errno.EPERM}
 
+# errors that are a program's mistake: one raised while a refused write was being handled is a bug of that
+# handler, reported as itself (with its traceback), not as the disk's refusal it happened during
+_MISTAKES = (TypeError, AttributeError, NameError, LookupError, AssertionError, ArithmeticError,
+             NotImplementedError, RecursionError)
+
 
 def storage_failure(err: BaseException) -> str | None:
     """One line saying what the file system refused and where ("no space left on device: PATH"), when
     `err` is such a refusal: an OSError with its errno, or tensorstore's (Orbax's checkpoint writes), which
     arrives as a ValueError whose text holds the errno as `[os_error_code='28']` and the path as `"PATH"`.
-    Anything else: None."""
+    Anything else, or a program's mistake made while handling a refusal (`_MISTAKES`): None."""
     code, path = None, None
     for link in error_chain(err):
+        if isinstance(link, _MISTAKES):
+            return None
         if isinstance(link, OSError) and link.errno in _STORAGE_ERRNOS:
             if link.errno in _NAMED_ONLY and link.filename is None:
                 continue  # no file refused: a process's (os.kill, setuid) or a socket's, not the file system's

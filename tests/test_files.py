@@ -136,6 +136,27 @@ def test_storage_failures_are_told_from_other_errors():
     assert files.storage_failure(ValueError("bad value")) is None
 
 
+def test_a_mistake_made_while_handling_a_full_disk_is_reported_as_itself():
+    """A bug in a handler of a refused write (here an AttributeError) was read as the disk's refusal it was raised
+    during (error_chain follows __context__): one line, "free space", and the bug's traceback hidden."""
+    import errno
+
+    def handle_full_disk():
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "/r/metrics.jsonl")
+        except OSError as refused:
+            refused.filenmae.upper()  # the handler's bug
+
+    with pytest.raises(AttributeError) as caught:
+        handle_full_disk()
+    assert isinstance(caught.value.__context__, OSError)
+    assert files.storage_failure(caught.value) is None
+    assert files.storage_failure(caught.value.__context__) == "no space left on device: /r/metrics.jsonl"
+    bug = KeyError("step")
+    bug.__cause__ = OSError(errno.EROFS, "Read-only file system", "/r/x")
+    assert files.storage_failure(bug) is None
+
+
 def test_a_permission_refused_to_no_file_is_no_storage_failure():
     """EPERM/EACCES naming no file (os.kill of another user's process, setuid, a socket) is not the disk's: a bug
     raising one lost its traceback to "operation not permitted"."""
