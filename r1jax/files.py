@@ -182,6 +182,10 @@ def lock_directory(directory: str | os.PathLike, what: str) -> IO | None:
 _STORAGE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
                    errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
                    errno.EPERM: "operation not permitted", errno.EFBIG: "file too large"}
+_REMEDIES = {errno.ENOSPC: "free space", errno.EDQUOT: "free space or raise the quota",
+             errno.EROFS: "make it writable", errno.EACCES: "make it writable",
+             errno.EPERM: "make it writable (an immutable file: chattr -i; another owner)",
+             errno.EFBIG: "write where no file-size limit stops it (the file system's, or the shell's `ulimit -f`)"}
 
 
 # refusals that are the file system's only when they name a file: EPERM and EACCES without one are os.kill's,
@@ -199,21 +203,31 @@ def storage_failure(err: BaseException) -> str | None:
     `err` is such a refusal: an OSError with its errno, or tensorstore's (Orbax's checkpoint writes), which
     arrives as a ValueError whose text holds the errno as `[os_error_code='28']` and the path as `"PATH"`.
     Anything else, or a program's mistake made while handling a refusal (`_MISTAKES`): None."""
-    code, path = None, None
+    refusal = _refusal(err)
+    if refusal is None:
+        return None
+    code, path = refusal
+    return f"{_STORAGE_ERRNOS[code]}: {os.fsdecode(path)}" if path else _STORAGE_ERRNOS[code]
+
+
+def storage_remedy(err: BaseException) -> str | None:
+    """What the user can do about the refusal `storage_failure` reads in `err` ("free space", "make it
+    writable", a file-size limit), or None."""
+    refusal = _refusal(err)
+    return None if refusal is None else _REMEDIES[refusal[0]]
+
+
+def _refusal(err: BaseException) -> tuple[int, str | bytes | None] | None:
+    """(errno, the refused path or None) of the file system's refusal in `err`'s chain (storage_failure)."""
     for link in error_chain(err):
         if isinstance(link, _MISTAKES):
             return None
         if isinstance(link, OSError) and link.errno in _STORAGE_ERRNOS:
             if link.errno in _NAMED_ONLY and link.filename is None:
                 continue  # no file refused: a process's (os.kill, setuid) or a socket's, not the file system's
-            code, path = link.errno, link.filename
-            break
+            return link.errno, link.filename
         found = re.search(r"\[os_error_code='?(\d+)'?\]", str(link))
         if found and int(found.group(1)) in _STORAGE_ERRNOS:
-            code = int(found.group(1))
             paths = re.findall(r'(?:Failed writing|file|local file|Error opening file|path):? "([^"]+)"', str(link))
-            path = paths[-1] if paths else None
-            break
-    if code is None:
-        return None
-    return f"{_STORAGE_ERRNOS[code]}: {os.fsdecode(path)}" if path else _STORAGE_ERRNOS[code]
+            return int(found.group(1)), (paths[-1] if paths else None)
+    return None

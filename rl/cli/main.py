@@ -17,7 +17,7 @@ import threading
 import traceback
 
 from r1jax.errors import UserError, out_of_memory
-from r1jax.files import storage_failure
+from r1jax.files import storage_failure, storage_remedy
 from r1jax.rl.cli.common import cpu_device_count
 from r1jax.rl.host_allocator import retain_freed_memory
 # sharding.distributed defers JAX's import itself
@@ -209,7 +209,7 @@ def not_a_bug(err: BaseException, command: str) -> str | None:
     a checkpoint, metrics.jsonl, an export's file), or an allocation that does not fit."""
     refused = storage_failure(err)
     if refused:
-        return (f"{refused[:600]}; free space or make it writable, then run again"
+        return (f"{refused[:600]}; {storage_remedy(err)}, then run again"
                 + (" (`r1jax train --run-dir DIR` resumes from the last checkpoint)" if command == "train" else ""))
     if out_of_memory(err):
         return f"out of memory: {first_line(err)[:300]}; ask for fewer rows or tokens at once"

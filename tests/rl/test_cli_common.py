@@ -68,8 +68,26 @@ def test_a_full_disk_is_one_line_naming_the_file_exit_2(capsys, monkeypatch, err
 
     monkeypatch.setattr(info, "run", write)
     err = refused(capsys, "info", "tiny")
-    assert "r1jax info: error: no space left on device: /run/metrics.jsonl; free space or make it writable" in err, err
+    assert "r1jax info: error: no space left on device: /run/metrics.jsonl; free space, then run again" in err, err
     assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("code,remedy", [
+    (30, "read-only file system: /run/m; make it writable, then"),
+    (27, "file too large: /run/m; write where no file-size limit stops it (the file system's, or the shell's "
+         "`ulimit -f`), then"),
+    (122, "disk quota exceeded: /run/m; free space or raise the quota, then"),
+])
+def test_each_refusal_names_its_own_remedy(capsys, monkeypatch, code, remedy):
+    """Every refusal read "free space or make it writable": no help for a file-size limit (EFBIG), half wrong
+    for the others."""
+    from r1jax.rl.cli import info
+
+    def write(args):
+        raise OSError(code, "refused", "/run/m")
+
+    monkeypatch.setattr(info, "run", write)
+    assert f"r1jax info: error: {remedy} run again" in refused(capsys, "info", "tiny")
 
 
 def test_a_background_writers_full_disk_is_one_line_once(capsys):
