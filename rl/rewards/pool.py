@@ -115,19 +115,18 @@ class RewardPool:
         self._warm = None if tasks is None else tuple(tasks)
         self.workers_started: list[int] | None = [0]
         self._closed = False
-        self._pool = self._start()
+        self._start()
         self._warm_up()
 
-    def _start(self) -> pebble.ProcessPool:
-        pool = pebble.ProcessPool(
+    def _start(self) -> None:
+        """A fresh pebble pool of `workers` (at construction, and in place of a broken one)."""
+        self._pool = pebble.ProcessPool(
             max_workers=self.config.workers, max_tasks=self.config.max_tasks_per_worker,
             initializer=worker.initialize,
             initargs=(self.config.memory_mb, tuple(self.config.import_modules), self._warm, self.run_root),
             context=multiprocessing.get_context("spawn"))
-        self._pool = pool
         if self.workers_started is not None:
             self.workers_started = self._count_worker_starts(self.workers_started)
-        return pool
 
     def _restart_if_broken(self) -> None:
         """A fresh pebble pool in place of a broken one. A worker that dies while no item runs (killed from
