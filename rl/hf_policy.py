@@ -19,7 +19,8 @@ from jax.sharding import Mesh
 from r1jax.model.config import ModelConfig
 from r1jax.model.decoder import Policy
 from r1jax.model.hf_io import HFCheckpoint, import_params, read_hf_config
-from r1jax.rl.config import Config, config_from_dicts, model_fields_given, parse_overrides
+from r1jax.rl.config import Config, config_from_dicts, model_fields_given
+from r1jax.rl.config_overrides import parse_overrides
 from r1jax.rl.hf_architecture import hf_model
 from r1jax.sharding.rules import Rules
 

@@ -130,7 +130,8 @@ def load_checkpoint(step, args: argparse.Namespace, before_weights=None):
     """(config with the sharding overrides, tokenizer or None, policy) of checkpoint step `step` for an export;
     `before_weights(config, tokenizer)` checks what it can before the weights load."""
     from r1jax.rl.checkpoint import inference_sharding, load_config, load_policy
-    from r1jax.rl.config import config_from_dicts, parse_overrides, to_dict
+    from r1jax.rl.config import config_from_dicts, to_dict
+    from r1jax.rl.config_overrides import parse_overrides
     from r1jax.sharding.mesh import build_mesh
 
     config = config_from_dicts(to_dict(load_config(step)), parse_overrides(args.overrides), source="overrides")
