@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from r1jax.errors import UserError
-from r1jax.files import staging_path
+from r1jax.files import staging_path, writing
 from r1jax.model.config import ModelConfig
 from r1jax.model.decoder import Policy
 from r1jax.model.hf_io import parameter_leaves
@@ -70,29 +70,39 @@ def export_gguf(policy: Policy, out: str | pathlib.Path, tokenizer: TokenizerLik
     entries = plan(cfg, {path: tuple(leaf.shape) for path, leaf in leaves.items()}, dtype)
     tmp = staging_path(out, "partial") if writes else None
     writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[ARCHS[cfg.family]]) if writes else None
-    try:
-        if writer is not None:
-            writer.add_name(name or out.stem)
-            write_architecture(writer, cfg, dtype)
-            write_tokenizer(writer, tokenizer, cfg.vocab_size, template)
-            for e in entries:
-                # a float dtype with raw_dtype: the writer takes e.shape as the element shape for every type
-                writer.add_tensor_info(e.name, e.shape, np.dtype(np.float32), e.nbytes, e.qtype)
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_ti_data_to_file()
-        for e in entries:
-            data = tensor_data(e, leaves)
+    with writing(out, *([tmp] if tmp else [])):  # a full disk names OUT, not its hidden staging file
+        try:
             if writer is not None:
-                writer.write_tensor_data(data)
-        if writer is not None:
-            writer.close()
-            os.replace(tmp, out)
-    except BaseException:
-        if writer is not None:
-            with contextlib.suppress(Exception):
+                writer.add_name(name or out.stem)
+                write_architecture(writer, cfg, dtype)
+                write_tokenizer(writer, tokenizer, cfg.vocab_size, template)
+                for e in entries:
+                    # a float dtype with raw_dtype: the writer takes e.shape as the element shape for every type
+                    writer.add_tensor_info(e.name, e.shape, np.dtype(np.float32), e.nbytes, e.qtype)
+                writer.write_header_to_file()
+                writer.write_kv_data_to_file()
+                writer.write_ti_data_to_file()
+            for e in entries:
+                data = tensor_data(e, leaves)
+                if writer is not None:
+                    writer.write_tensor_data(data.view(_FileWrite))
+            if writer is not None:
                 writer.close()
-            tmp.unlink(missing_ok=True)
-        raise
+                os.replace(tmp, out)
+        except BaseException:
+            if writer is not None:
+                with contextlib.suppress(Exception):
+                    writer.close()
+                tmp.unlink(missing_ok=True)
+            raise
     return out if writes else None
+
+
+class _FileWrite(np.ndarray):
+    """An array the GGUF writer writes through the file object (it calls `tofile`): numpy's own `tofile` on a
+    full disk raises an OSError without errno ("2048 requested and 632 written"), which reads as a bug (a
+    traceback) where the file's `write` raises ENOSPC, the disk's refusal, named (r1jax.files.writing)."""
+
+    def tofile(self, fid, sep="", format="%s"):
+        fid.write(memoryview(np.ascontiguousarray(self.view(np.ndarray))).cast("B"))
 

@@ -66,3 +66,30 @@ def test_tokenizer_puts_that_tokenizer_in_the_file(tokenizer, tmp_path, capsys):
     tokens = list(fields["tokenizer.ggml.tokens"])  # its 300 pieces, then padding to the model's 320 rows
     assert tokens[:tokenizer.vocab_size] == [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
     assert tokens[tokenizer.vocab_size:] == [f"[PAD{i}]" for i in range(tokenizer.vocab_size, cfg.vocab_size)]
+
+
+def test_a_disk_that_fills_during_the_tensors_names_the_file_and_leaves_none(tokenizer, tmp_path, capsys):  # noqa: F811
+    """numpy's `tofile` (the gguf writer's) on a full disk raised an errno-less OSError ("2048 requested and 632
+    written"): a traceback. The file limit (RLIMIT_FSIZE: EFBIG, as ENOSPC a short write, and no root needed for
+    a small tmpfs) falls inside the tensor data; the line names OUT and nothing is left beside it."""
+    import resource
+    import signal
+
+    import gguf
+
+    save_checkpoint(tmp_path / "ck", CONFIGS["qwen3_moe"], tokenizer)
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "cut").mkdir()
+    assert main(["export-gguf", str(tmp_path / "ck"), str(tmp_path / "whole" / "m.gguf")], as_program=False) == 0
+    header = gguf.GGUFReader(tmp_path / "whole" / "m.gguf").data_offset  # the same for the same file name
+    out = tmp_path / "cut" / "m.gguf"
+    limits, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (header + 1000, limits[1]))
+    try:
+        code = main(["export-gguf", str(tmp_path / "ck"), str(out)], as_program=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    err = capsys.readouterr().err
+    assert code == 2 and f"r1jax export-gguf: error: file too large: {out};" in err, err
+    assert "Traceback" not in err and list((tmp_path / "cut").iterdir()) == []
