@@ -45,8 +45,9 @@ class GGUFTensor:
     name: str
     shape: tuple[int, ...]  # numpy (row-major) shape of the data written
     qtype: gguf.GGMLQuantizationType
-    parts: tuple[Tensor, ...]  # HF tensors, stacked along a new axis 0 when there are several (experts)
+    parts: tuple[Tensor, ...]  # HF tensors, stacked along a new axis 0 when `stacked` (a layer's experts)
     rearrange: Callable[[np.ndarray], np.ndarray]  # the HF array (stacked) -> this tensor's float32 data
+    stacked: bool = False  # (a model of one expert stacks one part: [1, out, in])
 
     @property
     def nbytes(self) -> int:
@@ -107,10 +108,10 @@ def plan(cfg: ModelConfig, shapes: Mapping[tuple, tuple[int, ...]], dtype: str) 
     out: list[GGUFTensor] = []
     experts: dict[tuple[str, str], list[Tensor]] = {}
 
-    def add(hf_name: str, shape: tuple[int, ...], parts: tuple[Tensor, ...], rearrange=_same) -> None:
+    def add(hf_name: str, shape: tuple[int, ...], parts: tuple[Tensor, ...], rearrange=_same, stacked=False) -> None:
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         assert name is not None, f"llama.cpp has no name for {hf_name}"  # a layout bug, not user input
-        out.append(GGUFTensor(name, shape, storage_type(name, shape, dtype), parts, rearrange))
+        out.append(GGUFTensor(name, shape, storage_type(name, shape, dtype), parts, rearrange, stacked))
 
     for t in tensor_map(cfg):
         shape = t.hf_shape(shapes[t.path][len(t.index):])
@@ -120,7 +121,7 @@ def plan(cfg: ModelConfig, shapes: Mapping[tuple, tuple[int, ...]], dtype: str) 
             group = experts.setdefault((layer, proj), [])
             group.append(t)
             if len(group) == cfg.n_routed_experts:
-                add(f"model.layers.{layer}.mlp.experts.{proj}.weight", (len(group), *shape), tuple(group))
+                add(f"model.layers.{layer}.mlp.experts.{proj}.weight", (len(group), *shape), tuple(group), stacked=True)
         elif t.hf_name.endswith("kv_b_proj.weight"):
             for (rearrange, split_shape), part in zip(_kv_b_split(cfg), ("k_b_proj", "v_b_proj")):
                 add(t.hf_name.replace("kv_b_proj", part), split_shape, (t,), rearrange)
@@ -140,7 +141,7 @@ def tensor_data(entry: GGUFTensor, leaves: Mapping[tuple, object]) -> np.ndarray
     def part(t: Tensor) -> np.ndarray:
         return t.to_hf(host_slot(leaves[t.path], t.index, "float32"))
 
-    if len(entry.parts) == 1:
+    if not entry.stacked:
         data = entry.rearrange(part(entry.parts[0]))
     else:  # filled in place: host memory stays near one GGUF tensor
         data = np.empty(entry.shape, np.float32)
