@@ -161,6 +161,9 @@ def new_output_dir(out: str | pathlib.Path, what: str | None = None) -> pathlib.
     when it cannot be created. `what` names it in the errors (default: "output directory 'OUT'")."""
     out = pathlib.Path(out)
     what = what or f"output directory {str(out)!r}"
+    if out.is_symlink() and not out.exists():  # (export-hf renamed its whole export onto it at the end: ENOTDIR)
+        raise UserError(f"{what} is a symlink to {os.readlink(out)!r}, which does not exist; give a new or empty "
+                        "directory, or make the one it names")
     if out.exists() and not out.is_dir():
         raise UserError(f"{what} is a file; give a new or empty directory")
     if out.exists() and any(out.iterdir()):

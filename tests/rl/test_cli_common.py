@@ -147,6 +147,17 @@ def test_the_write_check_leaves_nothing_behind(tmp_path):
     assert list((tmp_path / "empty").iterdir()) == []
 
 
+def test_a_dangling_symlink_as_output_directory_is_refused_naming_its_target(tmp_path):
+    """export-hf wrote the whole export, then its rename onto the link failed: NotADirectoryError's traceback."""
+    from r1jax.errors import UserError
+
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    with pytest.raises(UserError, match=r"output directory '.*link' is a symlink to '.*gone', which does not exist"):
+        common.new_output_dir(tmp_path / "link")
+    (tmp_path / "gone").mkdir()  # the directory it names, made: an empty one, taken
+    assert common.new_output_dir(tmp_path / "link") == tmp_path / "link"
+
+
 def test_a_config_bound_is_named_as_the_flag_that_set_it():
     from r1jax.errors import UserError
 
