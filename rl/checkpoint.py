@@ -165,10 +165,16 @@ def read_latest(path: str | pathlib.Path, read: Callable[[pathlib.Path], T]) -> 
 STRUCTURE_CHANGED = "tree structures do not match"  # Orbax's words for a restore target of another structure
 
 
+RESUMED_ANOTHER = ("this run builds (a setting that shapes it changed since the save, e.g. optimizer.grad_clip_norm "
+                   "between null and a number for the optimizer's state; the config's changes are listed above): "
+                   "resume with the saved run's settings")
+
+
 def restore_items(manager: ocp.CheckpointManager, step_dir: pathlib.Path,
-                  items: Mapping[str, ocp.args.CheckpointArgs]):
+                  items: Mapping[str, ocp.args.CheckpointArgs], structure: str = RESUMED_ANOTHER):
     """`manager.restore` of `items` from the step in `step_dir`; an item that is missing or cannot be read
-    is a UserError naming the step directory and the item."""
+    is a UserError naming the step directory and the item; one saved with another tree than asked for, that
+    and `structure` (what the tree asked for is built from, and what to do)."""
     missing = [name for name in items if not (step_dir / name).is_dir()]
     if missing:
         present = sorted(p.name for p in step_dir.iterdir() if p.is_dir()) if step_dir.is_dir() else []
@@ -192,9 +198,7 @@ def restore_items(manager: ocp.CheckpointManager, step_dir: pathlib.Path,
                         break
         if STRUCTURE_CHANGED in str(cause):  # intact: the run asks for another tree than the one saved
             raise UserError(f"checkpoint {step_dir}: {_items(culprit)} was saved with another structure than "
-                            "this run builds (a setting that shapes it changed since the save, e.g. "
-                            "optimizer.grad_clip_norm between null and a number for the optimizer's state; the "
-                            "config's changes are listed above): resume with the saved run's settings") from err
+                            f"{structure}") from err
         raise UserError(f"checkpoint {step_dir} is damaged: {_items(culprit)} cannot be read "
                         f"({_reason(cause)})") from err
     trees = {name: restored[name] for name, args in items.items() if isinstance(args, ocp.args.StandardRestore)}
@@ -290,7 +294,10 @@ def load_policy(path: str | pathlib.Path, mesh: Mesh | None = None,
         target = abstract_sharded(abstract_state, mesh, rules)
     with _manager(root, read_only=True) as manager:
         restored = restore_items(manager, root / str(step),
-                                 {"params": ocp.args.StandardRestore(nnx.to_pure_dict(target))})
+                                 {"params": ocp.args.StandardRestore(nnx.to_pure_dict(target))},
+                                 f"its own stored config builds (a {config.model.family} model of "
+                                 f"{config.model.num_hidden_layers} layers): its config item is not the one saved "
+                                 "with these weights (copied from another checkpoint, or edited)")
     nnx.replace_by_pure_dict(abstract_state, restored.params)
     return config, nnx.merge(graphdef, abstract_state)
 

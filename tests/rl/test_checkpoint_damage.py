@@ -104,6 +104,19 @@ def test_eval_and_export_name_a_step_missing_a_params_data_file(capsys, checkpoi
     assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
+def test_an_export_of_weights_under_another_models_config_names_that_config(capsys, checkpoint, tmp_path):
+    """A step whose config item came from another model (the other family): the refusal spoke of a resume and of
+    "the config's changes listed above", where an export lists none."""
+    path = damaged(checkpoint, tmp_path, lambda c: edit_stored_config(c / "0", "model", "family", "qwen3_moe"))
+    code = main(["export-hf", str(path), str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == (
+        f"r1jax export-hf: error: checkpoint {path / '0'}: the item 'params' was saved with another structure than "
+        "its own stored config builds (a qwen3_moe model of 1 layers): its config item is not the one saved with "
+        "these weights (copied from another checkpoint, or edited)"), err
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_paths_empty_directories_and_run_dirs_without_checkpoints_are_named(capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
