@@ -59,7 +59,7 @@ def save_policy(root: str | pathlib.Path, config: Config, policy: Policy, step: 
     """Write `policy` and `config` as step `step` under `root`; returns the step directory."""
     root = pathlib.Path(root)
     check_checkpoint_path(root.absolute(), "checkpoint")  # (a relative path in a directory that is not UTF-8)
-    made = not root.exists()
+    made, step_made = not root.exists(), not (root / str(step)).exists()
     quiet_failed_saves()
     try:
         with _manager(root) as manager:
@@ -68,23 +68,25 @@ def save_policy(root: str | pathlib.Path, config: Config, policy: Policy, step: 
                 "config": ocp.args.JsonSave(to_dict(config)), "params": ocp.args.StandardSave(state),
                 checksums.ITEM: ocp.args.JsonSave(checksums.checksums({"params": state}))}))
             manager.wait_until_finished()
-    except OSError as err:  # a parent that is a file, a read-only or missing mount, a full disk
-        _take_back(root, step, made)
-        raise UserError(f"checkpoint {str(root)!r} cannot be written: {err.strerror or err}"
-                        f"{f' ({err.filename!r})' if err.filename else ''}") from None
-    except Exception as err:  # tensorstore's (a ValueError) for a disk that filled mid-write
-        refused = storage_failure(err)
-        if not refused:
-            raise
-        _take_back(root, step, made)
-        raise UserError(f"checkpoint {str(root)!r} cannot be written: {refused}") from None
+    except BaseException as err:  # a stop too (Ctrl-C, SIGTERM under sigterm_interrupts): nothing left behind
+        _take_back(root, step, made, step_made)
+        if isinstance(err, OSError):  # a parent that is a file, a read-only or missing mount, a full disk
+            raise UserError(f"checkpoint {str(root)!r} cannot be written: {err.strerror or err}"
+                            f"{f' ({err.filename!r})' if err.filename else ''}") from None
+        refused = storage_failure(err)  # tensorstore's (a ValueError) for a disk that filled mid-write
+        if refused:
+            raise UserError(f"checkpoint {str(root)!r} cannot be written: {refused}") from None
+        raise
     return root / str(step)
 
 
-def _take_back(root: pathlib.Path, step: int, made: bool) -> None:
-    """What a failed save left: its uncommitted step, and `root` itself when the save made it (it then held a
-    partial step that refused the next try: "exists and is not empty; refusing to overwrite")."""
+def _take_back(root: pathlib.Path, step: int, made: bool, step_made: bool) -> None:
+    """What a failed or stopped save left: its uncommitted step (or the step it committed as it stopped), and
+    `root` itself when the save made it (it then held a partial step that refused the next try: "exists and is
+    not empty; refusing to overwrite")."""
     shutil.rmtree(root / f"{step}.orbax-checkpoint-tmp", ignore_errors=True)
+    if step_made:
+        shutil.rmtree(root / str(step), ignore_errors=True)
     if made:
         shutil.rmtree(root, ignore_errors=True)
 

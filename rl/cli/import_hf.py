@@ -14,7 +14,7 @@ import contextlib
 import pathlib
 
 from r1jax.files import remove
-from r1jax.rl.cli.common import new_output_dir
+from r1jax.rl.cli.common import new_output_dir, sigterm_interrupts
 
 
 INTERMIXED = True  # KEY=VALUE overrides after the options too (rl.cli.main.parse_arguments)
@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     with HFCheckpoint(args.hf_dir) as ckpt:
         policy = import_params(ckpt, config.model, mesh, rules)
     made = not out.exists()
-    step_dir = save_policy(out, config, policy)
+    with sigterm_interrupts():  # a stop leaves no partial step in OUT (save_policy), which refused the next try
+        step_dir = save_policy(out, config, policy)
     if tokenizer is not None and jax.process_index() == 0:
         try:
             tokenizer.save(out / "tokenizer")

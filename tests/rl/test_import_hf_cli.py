@@ -97,3 +97,28 @@ def test_a_tokenizer_the_disk_refused_leaves_no_partial_directory(tmp_path, caps
         err = capsys.readouterr().err
         assert "no space left on device" in err and "Traceback" not in err, err
         assert not out.exists() if out.name == "ck" else not any(out.iterdir())
+
+
+def test_a_stopped_import_leaves_no_partial_step_and_the_same_command_runs_again(tmp_path, capsys, monkeypatch):
+    """Ctrl-C while the checkpoint was saved left OUT/0.orbax-checkpoint-tmp (or a step committed as it stopped),
+    and the same command then said "exists and is not empty; refusing to overwrite"."""
+    import orbax.checkpoint as ocp
+
+    hf_dir = tmp_path / "hf"
+    random_hf_model(DEEPSEEK, seed=1).save_pretrained(hf_dir)
+    wait = ocp.CheckpointManager.wait_until_finished
+
+    def stopped(manager):  # the save written, then Ctrl-C before the command returns
+        wait(manager)
+        raise KeyboardInterrupt
+
+    for out in (tmp_path / "ck", tmp_path / "empty"):  # made by the command, or an empty directory given
+        if out.name == "empty":
+            out.mkdir()
+        with monkeypatch.context() as patch:
+            patch.setattr(ocp.CheckpointManager, "wait_until_finished", stopped)
+            assert main(["import-hf", str(hf_dir), str(out)], as_program=False) == 130
+        assert "interrupted (Ctrl-C)" in capsys.readouterr().err
+        assert not out.exists() if out.name == "ck" else list(out.iterdir()) == []
+        assert main(["import-hf", str(hf_dir), str(out)], as_program=False) == 0
+        assert (out / "0" / "params").is_dir()
