@@ -126,6 +126,15 @@ class TrainCheckpointer:
         """Did step `step` save the item `name` (a tree such as `ref`)?"""
         return (self.root / str(step) / name).is_dir()
 
+    def raise_failed_save(self) -> None:
+        """Raise the error of an asynchronous save that has failed (a disk that filled under it), without waiting
+        for one still running. Orbax holds that error until the next save or the end: the steps trained between
+        a failed save and the next one were trained for nothing (the run stopped there with no record of them);
+        a step boundary calls this, so the run stops at the step after the failure, its last whole checkpoint
+        intact."""
+        if not self.manager.is_saving_in_progress():
+            self.manager.wait_until_finished()  # returns at once; raises a finished save's error
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
         if self._replacing:

@@ -158,6 +158,9 @@ class RunCheckpoints:
         graphdef = split_policy(abstract_policy(model))[0]
         return graphdef, policy_from_state(restored, model, mesh, rules)
 
+    def raise_failed_save(self) -> None:
+        self.checkpointer.raise_failed_save()
+
     def wait(self) -> None:
         self.checkpointer.wait()
 

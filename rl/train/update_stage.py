@@ -151,6 +151,7 @@ class UpdateStage:
         """Count the step, write its metrics, checkpoint when due or when a stop was requested.
         `saved_with()` gives more (trees, meta) for that checkpoint (GRPO's rollouts sampled ahead)."""
         ctx = self.ctx
+        ctx.checkpoints.raise_failed_save()  # an earlier save that failed stops the run here, not at the next save
         self.stage_step += 1
         self.global_step += 1
         row = ctx.metrics.write({"global_step": self.global_step, "step": self.stage_step, "stage": self.stage.name,

@@ -332,3 +332,36 @@ def test_orbax_reports_of_a_save_the_disk_refused_are_dropped(tmp_path):
     finally:
         logger.filters[:] = filters
         sys.unraisablehook = hook
+
+
+def test_a_failed_async_save_stops_the_run_at_the_next_step_boundary(tmp_path, monkeypatch):
+    """A save the disk refused in the background was raised only at the next save (`checkpoint.every` steps
+    later, trained for nothing) or at the end: a step boundary now raises it, and the last whole step is kept."""
+    import orbax.checkpoint as ocp
+
+    from r1jax.files import storage_failure
+
+    config = load_run_config(TRAIN_CONFIG)
+    checkpointer = TrainCheckpointer(tmp_path / "checkpoints", keep=1, keep_best=0, async_save=True)
+    tree = {"params": {"w": np.arange(8, dtype=np.float32)}}
+    checkpointer.save(1, config, tree, {"global_step": 1})
+    checkpointer.wait()
+    checkpointer.raise_failed_save()  # none failed: nothing raised
+    wait_for_writes = ocp.CheckpointManager._wait_for_checkpointers
+
+    def full(self):  # the background commit of step 2 (Orbax's finalize thread) meets a full disk
+        wait_for_writes(self)
+        raise ValueError(f'RESOURCE_EXHAUSTED: Failed writing: "{tmp_path}/checkpoints/2.orbax-checkpoint-tmp/'
+                         "params/d/a\": No space left on device [os_error_code='28']")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "_wait_for_checkpointers", full)
+    checkpointer.save(2, config, {"params": {"w": np.ones(8, np.float32)}}, {"global_step": 2})
+    while checkpointer.manager.is_saving_in_progress():
+        pass
+    with pytest.raises(ValueError) as raised:
+        checkpointer.raise_failed_save()
+    assert storage_failure(raised.value) == ("no space left on device: "
+                                             f"{tmp_path}/checkpoints/2.orbax-checkpoint-tmp/params/d/a")
+    assert (tmp_path / "checkpoints" / "1").is_dir()  # not rotated away by the failed step
+    monkeypatch.undo()
+    checkpointer.close()

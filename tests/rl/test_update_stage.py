@@ -112,3 +112,24 @@ def test_meanwhile_runs_after_the_steps_are_dispatched_and_before_their_metrics_
                             meanwhile=lambda: events.append("meanwhile"))
     assert events == ["step", "step", "step", "meanwhile", "metrics read"]
     assert metrics["loss"] == 1.0 and metrics["lr"] == 0.5
+
+
+def test_a_step_boundary_stops_on_an_earlier_save_that_failed():
+    """A background save the disk refused was raised at the next save only (`checkpoint.every` steps trained for
+    nothing meanwhile): the next step boundary raises it, before the step is counted or its metrics written."""
+    full = ValueError("RESOURCE_EXHAUSTED: Failed writing: \"/r/checkpoints/2.orbax-checkpoint-tmp/d/a\": No space "
+                      "left on device [os_error_code='28']")
+    written = []
+
+    def raise_failed_save():
+        raise full
+
+    config = load_config("tiny", ["checkpoint.every=100"])
+    runner = UpdateStage.__new__(UpdateStage)
+    runner.ctx = types.SimpleNamespace(config=config, checkpoints=types.SimpleNamespace(
+        raise_failed_save=raise_failed_save), metrics=types.SimpleNamespace(write=written.append))
+    runner.stage = next(s for s in config.stages if s.kind == "sft")
+    runner.stage_step = runner.global_step = 2
+    with pytest.raises(ValueError) as raised:
+        runner.finish_step({"loss": 1.0}, {})
+    assert raised.value is full and written == [] and runner.global_step == 2
