@@ -147,6 +147,18 @@ class MetricsWriter:
                                                filename_suffix=f".{self._purge_step or 1}.{os.getpid()}")
         return self._tb
 
+    def _add_scalar(self, tag: str, value: float, step: int) -> None:
+        """TensorBoard's scalar, once its writer is known alive. tensorboardX writes on a thread of its own, which a
+        refused write (a full disk) ends, said in one line (rl.cli.main); add_scalar then blocks for good once its
+        queue is full: metrics.jsonl, still taking rows (a partly filled page), let the run reach that: it hung."""
+        tb = self._tensorboard()
+        worker = getattr(getattr(tb._get_file_writer(), "event_writer", None), "_worker", None)
+        if worker is not None and not worker.is_alive():
+            raise UserError(f"{self.run_dir / 'tensorboard'}: TensorBoard's writer stopped (its error is said above: "
+                            "a full or read-only disk?); free space or make it writable, then run again (`r1jax "
+                            "train --run-dir DIR` resumes from the last checkpoint)")
+        tb.add_scalar(tag, value, step)
+
     def write(self, row: Mapping[str, Any]) -> dict:
         """Append one step's row (must hold `global_step`, `step` and `stage`); returns the row written."""
         row = _plain({**row, "wall_time": round(time.time() - self.start, 3)})
@@ -155,11 +167,10 @@ class MetricsWriter:
             return row
         with writing(self.path), self.path.open("a") as f:  # a full disk names the file
             f.write(json.dumps(row) + "\n")
-        tb = self._tensorboard()
         for key, value in row.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "global_step" \
                     and not key.startswith("eval/"):  # log_eval writes those, on their own axis
-                tb.add_scalar(f"{row['stage']}/{key}", value, row["global_step"])
+                self._add_scalar(f"{row['stage']}/{key}", value, row["global_step"])
         self._rows_since_plot += 1
         if self._rows_since_plot >= self.plot_every:
             self.refresh_plots()
@@ -173,12 +184,11 @@ class MetricsWriter:
         if not self.primary:
             return
         k = entry["k"]
-        tb = self._tensorboard()
         # dict.fromkeys: with k = 1, pass@k is pass@1, written once
         for key in dict.fromkeys(("pass@1", f"cons@{k}", f"pass@{k}", "format_rate", "response_length",
                                   "reflection_rate")):
             if isinstance(entry.get(key), (int, float)):
-                tb.add_scalar(f"eval/{key}", entry[key], entry["step"])
+                self._add_scalar(f"eval/{key}", entry[key], entry["step"])
         self.refresh_plots()
 
     def write_samples(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:

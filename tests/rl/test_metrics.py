@@ -254,3 +254,36 @@ def test_blank_lines_are_no_rows(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_bytes(b'{"global_step": 1}\n  \n\n{"global_step": 2}\n')
     assert read_rows(path) == [{"global_step": 1}, {"global_step": 2}]
+
+
+def test_tensorboards_writer_thread_dying_on_a_full_disk_stops_the_next_row(tmp_path, monkeypatch):
+    """TensorBoard's writer thread died on a full disk (its own line) while metrics.jsonl still took rows (a
+    partly filled page): the next rows' scalars filled its queue, which nothing reads any more, and the trainer
+    hung. The next row now raises, naming the directory, and the writer still closes."""
+    import errno
+    import threading
+
+    from tensorboardX import record_writer
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer = MetricsWriter(tmp_path, plots=False)
+    writer.write({"global_step": 1, "step": 1, "stage": "sft", "loss": 1.0})  # starts TensorBoard's thread
+    monkeypatch.setattr(record_writer.RecordWriter, "write", full)
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)  # its report: the command's hook's line
+    raised = []
+
+    def rows():
+        try:
+            for step in range(2, 40):
+                writer.write({"global_step": step, "step": step, "stage": "sft", "loss": 1.0, "lr": 0.1})
+        except UserError as err:
+            raised.append(err)
+        writer.close()
+
+    row_writer = threading.Thread(target=rows, daemon=True)
+    row_writer.start()
+    row_writer.join(timeout=30)
+    assert not row_writer.is_alive(), "hung on TensorBoard's full queue"
+    assert raised and str(raised[0]).startswith(f"{tmp_path / 'tensorboard'}: TensorBoard's writer stopped")
