@@ -287,3 +287,18 @@ def test_tensorboards_writer_thread_dying_on_a_full_disk_stops_the_next_row(tmp_
     row_writer.join(timeout=30)
     assert not row_writer.is_alive(), "hung on TensorBoard's full queue"
     assert raised and str(raised[0]).startswith(f"{tmp_path / 'tensorboard'}: TensorBoard's writer stopped")
+
+
+def test_a_line_of_json_that_is_no_object_is_named(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"global_step": 1}\n[1, 2]\n')
+    with pytest.raises(UserError, match="line 2: a metrics row must be a JSON object, got list"):
+        read_rows(path)
+
+
+def test_a_restart_from_step_0_empties_the_file_unread(tmp_path):
+    """A run that starts over keeps no row, not even one without a global step or one it cannot read."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"step": 1}\n{"global_step": 0}\n{not json\n{"global_step": 1}\n')
+    metrics.truncate_after(path, 0)
+    assert path.read_text() == ""
