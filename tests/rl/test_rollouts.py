@@ -10,7 +10,8 @@ from r1jax.rl.evaluate import summarize
 from r1jax.rl.rewards import ScoreResult
 from r1jax.rl.sampler import Rollout
 from r1jax.rl.train.rollouts import (
-    completion_ids, length_metrics, merge_rollouts, reflection_rate, sample_and_submit, score_items, stopped_rows,
+    completion_ids, length_metrics, merge_rollouts, reflection_rate, reward_metrics, sample_and_submit, score_items,
+    stopped_rows,
 )
 
 TEXTS = ["Wait, let me verify: 2+2=4. Wait.", "x = 3, checked twice", "no reflection here",
@@ -21,6 +22,7 @@ def test_reflection_words_are_counted_as_whole_words_in_any_case():
     # 3 (wait, verify, wait) + 0 ("checked" is not "check") + 0 + 4 (however, actually, re-examine, check)
     assert reflection_rate(TEXTS) == pytest.approx(7 / 4)
     assert reflection_rate([]) == 0.0
+    assert reflection_rate(["Await it, then double-check: a precheck"]) == 1.0  # "check" alone, not in a word
 
 
 def test_configured_words_replace_the_default_list():
@@ -139,6 +141,10 @@ def test_a_row_that_generated_nothing_has_not_stopped_even_where_padding_is_an_e
                       lengths, np.zeros((1, 4, 4, 2), np.int32), np.int32(3))
     assert stopped_rows(rollout, [1]).tolist() == [True, True, False, False]
     assert completion_ids(rollout, [1]) == [[7, 8], [7], [7, 8, 9], []]
+    # only the row that ran to the budget without a stop was cut off by it: not the one that generated nothing
+    assert length_metrics(rollout, 3, [1]) == {"response_length/mean": 2.0, "response_length/max": 3,
+                                               "truncation_rate": 0.25, "generated_tokens": 8,
+                                               "completion_columns": 3}
 
 
 def test_merged_rollouts_ran_as_many_decode_steps_as_the_longest():
@@ -147,3 +153,14 @@ def test_merged_rollouts_ran_as_many_decode_steps_as_the_longest():
         return Rollout(tokens, np.ones_like(tokens, bool), np.zeros_like(tokens), np.zeros((1, 3), np.float32),
                        np.array([steps], np.int32), np.zeros((1, 1, 4, 2), np.int32), np.int32(steps))
     assert int(merge_rollouts([rollout(2), rollout(3), rollout(1)], pad_id=0).steps) == 3
+
+
+def test_reward_metrics_average_every_row_and_count_each_status():
+    results = [ScoreResult({"accuracy": 1.0, "format": 0.0}, 1.0, "ok"),
+               ScoreResult({"accuracy": 0.0}, 0.0, "ok", code_status="passed"),
+               ScoreResult({"accuracy": 1.0, "format": 1.0}, 2.0, "timeout")]
+    assert reward_metrics(results, ["accuracy", "format"]) == {
+        "reward/total": 1.0, "reward/accuracy": pytest.approx(2 / 3), "reward/format": pytest.approx(1 / 3),
+        "pool/ok": 2, "pool/timeout": 1, "code/passed": 1}
+    # a batch the pool scored none of still logs pool/ok, as 0 (the column stays continuous)
+    assert reward_metrics([ScoreResult({}, 0.0, "crashed")], [])["pool/ok"] == 0
