@@ -162,5 +162,3 @@ def test_reward_metrics_average_every_row_and_count_each_status():
     assert reward_metrics(results, ["accuracy", "format"]) == {
         "reward/total": 1.0, "reward/accuracy": pytest.approx(2 / 3), "reward/format": pytest.approx(1 / 3),
         "pool/ok": 2, "pool/timeout": 1, "code/passed": 1}
-    # a batch the pool scored none of still logs pool/ok, as 0 (the column stays continuous)
-    assert reward_metrics([ScoreResult({}, 0.0, "crashed")], [])["pool/ok"] == 0
