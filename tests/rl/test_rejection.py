@@ -253,3 +253,39 @@ def test_the_code_block_filter_refuses_a_tab_indented_block_in_the_thought():
     why = rejection_reason(row, 2.0, "ok", scores={"accuracy": 1.0, "format": 1.0}, threshold=2.0,
                               filters=("code_block",), max_repetition=0.5, rewards=rewards)
     assert why == "code_block"
+
+
+def test_a_rejected_repeat_of_a_kept_sample_is_counted_under_its_own_reason():
+    kept = KeptSet()
+    problem = {"task": "arithmetic", "prompt": "Compute 2+3", "answer": "5", "difficulty": 1}
+    assert kept.add(problem, GOOD, 2.0, None)
+    assert not kept.add(problem, GOOD, 0.5, "reward")  # the same text, scored below the threshold this time
+    assert not kept.add(problem, GOOD, 2.0, None)
+    assert kept.stats()["rejected"] == {"reward": 1, "duplicate": 1}
+    # the same text for another prompt is no duplicate
+    assert kept.add({"task": "arithmetic", "prompt": "Compute 1+4", "answer": "5"}, GOOD, 2.0, None)
+
+
+def test_a_kept_dataset_is_a_jsonl_beside_the_statistics_rejection_sampling_writes(tmp_path):
+    from r1jax.rl.train.stage_rejection import is_kept_dataset
+
+    samples = tmp_path / "rs.jsonl"
+    samples.write_text('{"prompt": "p", "solution": "s"}\n')
+    assert not is_kept_dataset(samples)  # a user's file: no statistics beside it
+    (tmp_path / "rs.stats.json").write_text('{"candidates": 4}')
+    assert not is_kept_dataset(samples)  # statistics of something else
+    (tmp_path / "rs.stats.json").write_text("not json")
+    assert not is_kept_dataset(samples)
+    (tmp_path / "rs.stats.json").write_text('{"candidates": 4, "kept": 2}')
+    assert is_kept_dataset(samples) and is_kept_dataset(str(samples))
+    assert not is_kept_dataset(tmp_path / "rs.parquet") and not is_kept_dataset(None)
+
+
+def test_a_kept_row_holds_the_answer_as_text_and_a_code_problems_tests():
+    kept = KeptSet()
+    code = {"task": "code", "prompt": "Write f", "answer": 0, "tests": '["assert f() == 1"]', "entry_point": "f"}
+    assert kept.add(code, " <think> t </think> <answer> def f(): return 1 </answer> ", 1.0, None)
+    assert kept.rows == [{"task": "code", "prompt": "Write f", "answer": "0",
+                          "solution": "<think> t </think> <answer> def f(): return 1 </answer>", "difficulty": 0,
+                          "reward": 1.0, "tests": '["assert f() == 1"]', "entry_point": "f"}]
+    assert kept.stats()["by_difficulty"] == {"0": {"candidates": 1, "kept": 1, "kept_rate": 1.0}}
