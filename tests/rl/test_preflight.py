@@ -283,3 +283,15 @@ def test_a_grpo_stage_reads_data_path_and_is_named_by_it(tokenizer, tmp_path):
     few = write_rows(tmp_path / "few.jsonl", rows(1, solution=False))
     fails(tokenizer, f"data.path={few}", "stages=[{name: g, kind: grpo, steps: 1}]",
           named=f"grpo.prompts_per_step=4: data.path={str(few)!r} holds only 1 problems")
+
+
+def test_the_longest_prompt_is_measured_wherever_it_stands(tokenizer):
+    """The prompts' longest, not their first, is held against the largest bucket and each model's context."""
+    from r1jax.rl.train.preflight import check_prompt_lengths
+
+    short, long = "Compute 1+1", "Compute " + "+".join(["12"] * 30)
+    config = load_config(TRAIN_CONFIG)
+    bucket = config.sampling.prompt_buckets[-1]
+    with pytest.raises(UserError, match=re.escape(f"the prompt {long[:60]!r} is")):
+        check_prompt_lengths(config, tokenizer, [short, long, short], "the test's prompts", [(bucket, 10 ** 6, "m")])
+    check_prompt_lengths(config, tokenizer, [short, short], "the test's prompts", [(bucket, 8, "m")])
