@@ -44,3 +44,37 @@ def test_the_tokenizer_settings_must_match_only_on_resume(saved):
     check_compatible(saved, other, "ck")  # init_from: the checkpoint's tokenizer is checked by its files
     with pytest.raises(UserError, match=r"tokenizer.vocab_size: checkpoint \d+ vs config \d+ \(the run keeps"):
         check_compatible(saved, other, "ck", same_tokenizer=True)
+
+
+def test_a_restart_builds_its_tokenizer_again_when_the_first_stages_init_from_or_the_data_changed(saved):
+    """rl.train.trainer keeps a run directory's tokenizer on a restart without a checkpoint only when the
+    settings it was built from are the config's: the first stage's init_from (whose tokenizer it carries) and
+    the data it was trained on count; a later stage's init_from, or the template, do not."""
+    from r1jax.rl.train.checkpointing import tokenizer_settings
+
+    def with_init_from(index, path):
+        stages = list(saved.stages)
+        stages[index] = dataclasses.replace(stages[index], init_from=path)
+        return dataclasses.replace(saved, stages=stages)
+
+    assert tokenizer_settings(with_init_from(0, "/elsewhere")) != tokenizer_settings(saved)
+    assert tokenizer_settings(dataclasses.replace(saved, data=dataclasses.replace(saved.data, path="x.jsonl"))) \
+        != tokenizer_settings(saved)
+    assert tokenizer_settings(with_init_from(len(saved.stages) - 1, "/elsewhere")) == tokenizer_settings(saved)
+    template = "chat" if saved.tokenizer.template != "chat" else "r1_zero"
+    assert tokenizer_settings(dataclasses.replace(saved, tokenizer=dataclasses.replace(
+        saved.tokenizer, template=template))) == tokenizer_settings(saved)
+
+
+def test_config_changes_name_a_list_of_values_whole_and_each_setting_of_an_added_stage(saved):
+    from r1jax.rl.train.checkpointing import config_changes
+
+    fewer = load_config("tiny", ["rewards.names=[accuracy]", "rewards.weights=[1.0]", "stages.1.steps=7"])
+    assert config_changes(saved, fewer) == ["rewards.names: ('accuracy', 'format') -> ('accuracy',)",
+                                            "rewards.weights: (1.0, 1.0) -> (1.0,)", "stages.1.steps: 100 -> 7"]
+    one_stage = load_config("tiny", ["stages=[{name: sft, kind: sft, steps: 600, lr: 0.002}]"])
+    added = config_changes(one_stage, saved)
+    # every setting of the added stage, an unset (None) one included, and no stage of both configs
+    assert {"stages.1.lr: absent -> None", "stages.1.teacher: absent -> None", "stages.1.steps: absent -> 100",
+            "stages.1.kind: absent -> 'grpo'"} <= set(added)
+    assert not [line for line in added if not line.startswith("stages.1.")], added
