@@ -171,3 +171,40 @@ def test_a_resume_with_another_group_size_groups_by_it_and_draws_the_dropped_pro
     assert ("grpo.max_staleness=0: the next 2 steps update on the checkpoint's 2 batch(es) sampled ahead "
             "(staleness up to 2, as their rows log)") in out and "dropped" not in out
     assert [r["staleness"] for r in metrics_rows(tmp_path / "drain")[1:]] == [1, 2, 0]
+
+
+def test_a_saved_queue_restores_its_rollouts_scores_and_data_position():
+    """save_queue then restore_queue by hand: the routing record only with routing replay, the behaviour
+    log-probs, texts, scores, settings and each batch's data position come back as they went in."""
+    from r1jax.rl.rewards import ScoreResult
+    from r1jax.rl.sampler import Rollout
+    from r1jax.rl.train.ahead import SampledBatch, save_queue
+
+    class Pool:
+        def collect(self, pending):
+            return [ScoreResult({"accuracy": float(i % 2)}, float(i % 2), "ok") for i in range(4)]
+
+    def batch(version):
+        tokens = np.arange(12, dtype=np.int32).reshape(4, 3) + version
+        rollout = Rollout(jnp.asarray(tokens), jnp.ones((4, 3), bool), jnp.zeros((4, 3), jnp.int32),
+                          jnp.full((4, 1), -0.5), jnp.full((4,), 1, jnp.int32),
+                          jnp.full((1, 4, 3, 2), version, jnp.int32), np.int32(1))
+        return SampledBatch(rollout, ["a", "b", "c", "d"], 0.1, 4.0, {}, version,
+                            {"mask": jnp.zeros((4, 2), bool), "old_logp": jnp.full((4, 2), -float(version))}, {},
+                            pending="handle", settings=settings(), data_state={"next_index": 2 * version})
+
+    for with_experts in (False, True):
+        trees, meta = save_queue([batch(1), batch(2)], Pool(), with_experts)
+        assert ("experts_LBTK" in trees[ITEM]["0"]) == with_experts
+        json.dumps(meta)  # the checkpoint's meta is JSON
+        restored = restore_queue({"checkpoint": 7, **meta}, lambda targets: trees,
+                                 lambda rollout, ahead: ({"mask": jnp.zeros((4, 2), bool)}, {}), with_experts,
+                                 settings())
+        assert restored.note is None
+        got = list(restored.batches)
+        assert [b.version for b in got] == [1, 2] and [int(b.rollout.tokens_BT[0, 0]) for b in got] == [1, 2]
+        assert [b.data_state for b in got] == [{"next_index": 2}, {"next_index": 4}]
+        assert [r.total for r in got[1].results] == [0.0, 1.0, 0.0, 1.0] and got[0].texts == ["a", "b", "c", "d"]
+        np.testing.assert_array_equal(np.asarray(got[1].batch["old_logp"]), np.full((4, 2), -2.0))
+    # the queue restored by a run that replays routing carries each batch's own record
+    assert {int(np.asarray(b.rollout.experts_LBTK).max()) for b in got} == {1, 2}
