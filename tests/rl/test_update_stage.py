@@ -1,6 +1,7 @@
 """The update step's scaffold (rl/train/update_stage.py): a step that runs out of memory is a UserError naming
 what to lower and the checkpoint to resume from, not XLA's traceback."""
 
+import dataclasses
 import types
 
 import jax
@@ -133,3 +134,43 @@ def test_a_step_boundary_stops_on_an_earlier_save_that_failed():
     with pytest.raises(ValueError) as raised:
         runner.finish_step({"loss": 1.0}, {})
     assert raised.value is full and written == [] and runner.global_step == 2
+
+
+@pytest.mark.parametrize("lr,updates_per_step,warmup,total", [(None, 1, 0, 10), (None, 3, 0, 30), (0.5, 3, 40, 41)])
+def test_a_stages_schedule_ends_after_its_steps_times_the_updates_each_applies(monkeypatch, lr, updates_per_step,
+                                                                               warmup, total):
+    """warmup_cosine without optimizer.total_steps: the schedule counts applied updates, so it ends after the
+    stage's steps x mu (GRPO's grpo.num_iterations), past a longer warmup; the stage's own lr replaces
+    optimizer.lr."""
+    class Built(Exception):
+        pass
+
+    def schedule(opt_cfg):
+        raise Built(opt_cfg)
+
+    monkeypatch.setattr(update_stage, "lr_schedule", schedule)
+    config = load_config("tiny", ["optimizer.schedule=warmup_cosine", f"optimizer.warmup_steps={warmup}"])
+    stage = next(s for s in config.stages if s.kind == "grpo")
+    stage = dataclasses.replace(stage, steps=10, lr=lr)
+    with pytest.raises(Built) as built:
+        UpdateStage(types.SimpleNamespace(config=config), 0, stage, None, with_ref=False, make_step=None,
+                    updates_per_step=updates_per_step)
+    opt_cfg = built.value.args[0]
+    assert opt_cfg.total_steps == total and opt_cfg.lr == (config.optimizer.lr if lr is None else lr)
+
+
+def test_an_evaluation_names_a_checkpoint_only_at_a_step_that_saves_one():
+    """checkpoint.every = 2 over a 5-step stage: steps 2 and 4 save periodically, step 5 as the stage's end; an
+    evaluation at the step being finished (global step + 1) counts that step."""
+    asked = []
+    runner = UpdateStage.__new__(UpdateStage)
+    runner.ctx = types.SimpleNamespace(
+        config=types.SimpleNamespace(checkpoint=types.SimpleNamespace(every=2)),
+        evaluate=lambda name, sampler, policy, step, checkpointed: asked.append((step, checkpointed)) or {})
+    runner.stage = types.SimpleNamespace(name="grpo", steps=5)
+    runner.state, runner.evals = types.SimpleNamespace(params=None, bias=None), []
+    for stage_step in range(6):
+        runner.stage_step, runner.global_step = stage_step, 10 + stage_step  # the stage began after global step 10
+        runner.evaluate(None, runner.global_step + 1)  # mid-step: the step being finished
+    runner.evaluate(None, runner.global_step)  # the stage's end
+    assert asked == [(11, False), (12, True), (13, False), (14, True), (15, True), (16, False), (15, True)]
