@@ -119,3 +119,10 @@ def test_grpo_rows_count_the_configured_reflection_words(tmp_path, monkeypatch):
     config = load_config(TRAIN_CONFIG, ["stages=[{name: grpo, kind: grpo, steps: 1}]", "eval.reflection_words=[hmm]"])
     Trainer(config, tmp_path / "run").run()
     assert seen == [("hmm",)]
+
+
+def test_grpo_rows_log_the_advantages_reward_statistics(finished_run):
+    """reward_mean (the advantages' groups' mean) is the batch's reward/total; the zero-std share is a share."""
+    for row in (r for r in metrics_rows(finished_run) if r["stage"] == "grpo"):
+        assert row["reward_mean"] == pytest.approx(row["reward/total"], abs=1e-6), row
+        assert 0.0 <= row["frac_reward_zero_std"] <= 1.0 and row["reward_std"] >= 0.0, row
