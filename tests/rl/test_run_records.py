@@ -126,3 +126,13 @@ def test_grpo_rows_log_the_advantages_reward_statistics(finished_run):
     for row in (r for r in metrics_rows(finished_run) if r["stage"] == "grpo"):
         assert row["reward_mean"] == pytest.approx(row["reward/total"], abs=1e-6), row
         assert 0.0 <= row["frac_reward_zero_std"] <= 1.0 and row["reward_std"] >= 0.0, row
+
+
+def test_a_grpo_stages_last_step_is_evaluated_once(tmp_path):
+    """eval.every dividing the stage's steps: the stage's end evaluates its last step; a periodic evaluation
+    there too would evaluate the same policy twice and list it twice."""
+    config = load_config(TRAIN_CONFIG, ["stages=[{name: grpo, kind: grpo, steps: 2}]", "eval.every=1",
+                                        "eval.num_problems=2", "eval.samples=1", "checkpoint.every=100"])
+    summary = Trainer(config, tmp_path / "run").run()
+    assert [(e["stage"], e["step"]) for e in summary["evals"]] == [("grpo", 1), ("grpo", 2)]
+    assert [("eval/pass@1" in r) for r in metrics_rows(tmp_path / "run")] == [True, False]
