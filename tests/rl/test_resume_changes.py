@@ -260,3 +260,12 @@ def test_a_finished_stage_made_one_step_longer_is_refused(run_copy):
     """It would train nothing while config.yaml claimed the new count (+2 was refused, +1 was not tested)."""
     with pytest.raises(UserError, match=r"stages\[grpo\]\.steps=4: the stage finished at 3 steps"):
         resume_position(load_config(run_copy / "config.yaml", ["stages.1.steps=4"]), run_copy)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_a_stage_finished_before_the_checkpoint_keeps_its_steps(run_copy, steps):
+    """stages.0.steps changed on a run resumed in its second stage: the first trained its 2 steps and nothing
+    more or less; config.yaml would say otherwise."""
+    with pytest.raises(UserError, match=rf"stages\[sft\]\.steps={steps}: the stage finished at 2 steps before "
+                                        r"checkpoint .*/5; resume with its 2"):
+        resume_position(load_config(run_copy / "config.yaml", [f"stages.0.steps={steps}"]), run_copy)

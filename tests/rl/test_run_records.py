@@ -27,6 +27,7 @@ from tests.rl.test_metrics import purged_scalars
 def test_the_summary_ends_with_the_last_evaluation_and_each_stages_end_step(finished_run):
     summary = json.loads((finished_run / "summary.json").read_text())
     assert summary["final_eval"] == summary["evals"][-1] and summary["final_eval"]["step"] == 5
+    assert summary["final_step"] == 5
     assert [(s["name"], s["end_step"]) for s in summary["stages"]] == [("sft", 2), ("grpo", 5)]
 
 
