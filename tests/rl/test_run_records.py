@@ -34,6 +34,7 @@ def test_the_summary_ends_with_the_last_evaluation_and_each_stages_end_step(fini
 def test_a_stages_own_lr_is_the_one_it_trains_at(finished_run):
     rows = metrics_rows(finished_run)
     assert [r["stage"] for r in rows] == ["sft"] * 2 + ["grpo"] * 3
+    assert all("sft/loss" in r and "loss" not in r for r in rows[:2])  # SFT's loss, apart from GRPO's
     assert [r["lr"] for r in rows] == pytest.approx([0.003] * 2 + [0.001] * 3, rel=1e-6)
 
 

@@ -286,3 +286,19 @@ def test_the_sft_bucket_is_a_stage_setting():
     assert sequence_buckets(32) == (32,)
     with pytest.raises(UserError, match=r"stages\[sft\]\.max_sequence_length=16: must be in \[32, "):
         load_config(TRAIN_CONFIG, ["stages.0.max_sequence_length=16"])
+
+
+def test_the_stage_reads_another_runs_samples_in_r1jaxs_own_field_names(tmp_path):
+    """As preflight does (test_preflight): a run mapping its data file's fields reads another run's
+    rejection-sampling dataset unmapped, and a user's file through the mapping."""
+    from r1jax.rl.train.stage_sft import _data_config
+
+    config = load_config("tiny", ["data.fields.prompt=question"])
+    ctx = types.SimpleNamespace(config=config, run_dir=tmp_path / "run")
+    kept = tmp_path / "other_run" / "datasets" / "rs.jsonl"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("")
+    assert _data_config(ctx, str(kept)).fields == {"prompt": "question"}  # no statistics beside it: a user's file
+    (kept.parent / "rs.stats.json").write_text('{"candidates": 2, "kept": 1}')
+    read = _data_config(ctx, str(kept))
+    assert (read.path, read.fields, read.answer_format) == (str(kept), {}, "raw")
