@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from r1jax.errors import UserError
+from r1jax.model.factory import init_policy
 from r1jax.rl.config import load_config, stage_config
 from r1jax.rl.train.policy_io import starting_policy
+from r1jax.rl.update import split_policy
 from r1jax.sharding.mesh import build_mesh
 from tests.rl.conftest import TRAIN_CONFIG
 
@@ -45,3 +47,9 @@ def test_a_distilled_student_starts_fresh_in_its_own_shape():
     _, (params, _) = started
     widths = {leaf.shape[-1] for leaf in jax.tree.leaves(params) if np.ndim(leaf) == 2}
     assert 64 in widths and stage_config(config, 1).model.hidden_size == 64
+    # drawn from the run's seed + the stage's index: a student of a run's first stage's seed would start where a
+    # fresh first stage of its shape starts
+    own, first = (split_policy(init_policy(stage_config(config, 1).model, config.seed + k, mesh, rules))[1]
+                  for k in (1, 0))
+    assert jax.tree.all(jax.tree.map(np.array_equal, params, own))
+    assert not np.array_equal(jax.tree.leaves(params)[0], jax.tree.leaves(first)[0])
