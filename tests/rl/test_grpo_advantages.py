@@ -57,3 +57,11 @@ def test_batch_std_divides_by_the_std_of_the_whole_batch():
 
 def test_nonzero_std_mask_for_dynamic_sampling():
     np.testing.assert_array_equal(nonzero_std_mask_P(REWARDS_PG), [True, False, True])
+
+
+def test_logged_reward_std_is_the_population_std_whatever_the_advantage_std():
+    rewards_PG = np.array([[0.0, 1.0, 1.0], [1.0, 1.0, 0.5]], np.float32)
+    for std in ("population", "sample"):
+        _, metrics = compute_advantages(rewards_PG, "grpo", 1e-6, std)
+        assert metrics["reward_std"] == pytest.approx(float(np.std(rewards_PG.astype(np.float64))), rel=1e-6)
+        assert metrics["reward_mean"] == pytest.approx(4.5 / 6, rel=1e-6)
