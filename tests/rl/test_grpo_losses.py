@@ -312,3 +312,37 @@ def test_stats_of_no_valid_token_finalize_to_zero_not_nan():
     assert float(out["ratio"]) == 0.0 and float(out["loss"]) == 0.0
     assert float(finalize_stats({"token_count": jnp.float32(1.0), "kl_sum": jnp.float32(0.3)})["kl"]) \
         == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("aggregation", ["seq_mean_token_mean", "token_mean", "constant"])
+def test_weights_of_empty_rows_and_of_an_all_empty_batch_are_exactly_zero(aggregation):
+    mask_BT = np.array([[1, 1, 0], [0, 0, 0], [1, 0, 0]], bool)
+    w = np.asarray(token_weights_BT(mask_BT, aggregation, global_normalisers(mask_BT, 4)))
+    expected = {"seq_mean_token_mean": [[1 / 6, 1 / 6, 0], [0, 0, 0], [1 / 3, 0, 0]],
+                "token_mean": [[1 / 3, 1 / 3, 0], [0, 0, 0], [1 / 3, 0, 0]],
+                "constant": [[1 / 12, 1 / 12, 0], [0, 0, 0], [1 / 12, 0, 0]]}[aggregation]
+    np.testing.assert_allclose(w, expected, rtol=1e-6, atol=0)
+    empty_BT = np.zeros((2, 3), bool)
+    w = np.asarray(token_weights_BT(empty_BT, aggregation, global_normalisers(empty_BT, 4)))
+    assert np.array_equal(w, np.zeros((2, 3), np.float32))  # not NaN (0 / 0)
+
+
+def test_garbage_weights_off_the_mask_reach_neither_the_loss_nor_its_gradient():
+    """grpo_loss's contract: every input may hold garbage on prompt and padding tokens, the weights included."""
+    mask_BT = np.array([[1, 1, 0], [0, 1, 1]], bool)
+    logp_BT = np.array([[-0.5, -1.0, 0.0], [0.0, -2.0, -0.25]], np.float32)
+    adv_B = np.array([1.0, -0.5], np.float32)
+    weight_BT = np.where(mask_BT, 0.25, 0.0).astype(np.float32)
+    bad_BT = np.where(mask_BT, weight_BT, np.array([[0, 0, np.nan], [np.inf, 0, 0]], np.float32))
+    cfg = GRPOConfig(kl_coef=0.1)
+    ref_BT = logp_BT - 0.3
+
+    def loss(w, lp):
+        return grpo_loss(lp, adv_B, mask_BT, w, cfg, ref_logp_BT=ref_BT)[0]
+    (good, g_good), (bad, g_bad) = (jax.value_and_grad(loss, argnums=1)(w, logp_BT) for w in (weight_BT, bad_BT))
+    # on-policy: pg = -A per token (ratio 1), k3 at log r = -0.3: e^-0.3 + 0.3 - 1
+    k3 = np.exp(-0.3) + 0.3 - 1
+    expected = 0.25 * (2 * (-1.0) + 2 * 0.5) + 0.1 * 0.25 * 4 * k3
+    assert float(good) == pytest.approx(expected, rel=1e-5)
+    assert float(bad) == pytest.approx(expected, rel=1e-5)
+    np.testing.assert_array_equal(np.asarray(g_bad), np.asarray(g_good))
