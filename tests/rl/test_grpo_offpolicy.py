@@ -4,6 +4,7 @@ NumPy reference; GSPO's clamp in the gradient; the advantage's std choice agains
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -11,6 +12,7 @@ from r1jax.errors import UserError
 from r1jax.rl.grpo import (
     GRPOConfig, compute_advantages, finalize_stats, global_normalisers, grpo_loss, token_weights_BT,
 )
+from r1jax.rl.grpo.ratios import outside_band
 from tests.rl.test_grpo_losses import B, L, T, make_batch
 
 TOKEN_BAND, SEQ_BAND = (0.7, 1.4), (0.85, 1.15)
@@ -146,3 +148,13 @@ def test_advantage_std_matches_numpy(std, ddof, estimator):
     expected = (r - r.mean(axis=1, keepdims=True)) / (scale + eps)
     expected[r.max(axis=1) == r.min(axis=1)] = 0.0
     np.testing.assert_allclose(adv_PG, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_mask_band_is_closed_and_nan_lies_outside_it():
+    """outside_band: exp(log_ratio) outside [low, high] (a ratio exactly at a bound is kept) or NaN."""
+    at_low, at_high = np.float32(math.log(0.5)), np.float32(math.log(2.0))
+    x = jnp.array([at_low, at_high, 0.0, np.nextafter(at_low, np.float32(-1)), np.nextafter(at_high, np.float32(9)),
+                   np.nan], jnp.float32)
+    assert np.asarray(outside_band(x, 0.5, 2.0)).tolist() == [False, False, False, True, True, True]
+    assert np.asarray(outside_band(x, None, None)).tolist() == [False] * 5 + [True]
+    assert np.asarray(outside_band(x, 0.5, None)).tolist() == [False, False, False, True, False, True]
