@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax.rl.decoding import categorical, first_argmax
+from r1jax.rl.decoding import categorical, first_argmax, sample_token
 
 
 def _rows_with_ties_nans_and_infs() -> np.ndarray:
@@ -35,3 +35,31 @@ def test_categorical_draws_what_jax_random_categorical_draws():
         key = jax.random.fold_in(jax.random.key(7), seed)
         np.testing.assert_array_equal(jax.jit(categorical)(key, logits),
                                       jax.jit(lambda k, x: jax.random.categorical(k, x, axis=-1))(key, logits))
+
+
+def test_a_padded_vocabulary_id_is_never_drawn_and_log_probs_are_the_full_rows():
+    """sample_token with vocab_size 3 of 5 ids, the padded ids likeliest: no draw reaches them (greedy, or
+    filtered and not), and the log-prob is log softmax(logits / T) over the whole row, unfiltered (the trainer's
+    `token_logp_and_entropy` scores the same row)."""
+    logits = np.array([[1.0, 0.5, -1.0, 4.0, 3.0]], np.float32)
+    draw = jax.jit(sample_token, static_argnames="vocab_size")  # one compilation for every case
+    for temperature, top_k, top_p in ((0.0, 0, 1.0), (0.7, 0, 1.0), (0.7, 2, 0.9)):
+        for seed in range(6):
+            token, logp = draw(jnp.asarray(logits), jax.random.key(seed), jnp.float32(temperature),
+                               jnp.int32(top_k), jnp.float32(top_p), vocab_size=3)
+            x = logits[0].astype(np.float64) / (temperature or 1.0)
+            logq = x - np.log(np.sum(np.exp(x)))
+            assert int(token[0]) < 3, (temperature, top_k, seed)
+            np.testing.assert_allclose(float(logp[0]), logq[int(token[0])], rtol=1e-5, atol=1e-6)
+            if temperature == 0.0:
+                assert int(token[0]) == 0  # the first maximum among the drawable ids
+
+
+def test_an_unfiltered_draw_at_temperature_t_is_a_categorical_draw_from_logits_over_t():
+    logits = jnp.asarray(np.random.default_rng(0).normal(0, 2, (64, 9)).astype(np.float32))
+    key = jax.random.key(3)
+    token, logp = sample_token(logits, key, jnp.float32(0.5), jnp.int32(0), jnp.float32(1.0))
+    np.testing.assert_array_equal(np.asarray(token), np.asarray(jax.random.categorical(key, logits / 0.5, axis=-1)))
+    x = np.asarray(logits, np.float64) / 0.5
+    logq = x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(np.asarray(logp), logq[np.arange(64), np.asarray(token)], rtol=1e-5, atol=1e-6)
