@@ -317,3 +317,25 @@ def test_each_targets_log_prob_comes_from_the_logits_one_position_before(tempera
     mask = np.asarray(batch["mask"])
     assert got.shape == mask.shape and mask.sum() > 10
     np.testing.assert_allclose(got[mask], want[mask], atol=2e-5)
+
+
+@pytest.mark.parametrize("aggregation", ["constant", "token_mean", "seq_mean_token_mean"])
+def test_rollout_batch_targets_and_weights_by_hand(aggregation):
+    """A hand-built Rollout (prompt 2 wide, budget 4, max_new_tokens 6 > the completion's 4 columns): the mask
+    marks the targets that are completion tokens, sampler log-probs sit under them, and the weights are the
+    aggregation's with Dr.GRPO's constant the sampler's budget (B x 6), not the padded width."""
+    from r1jax.rl.decoding import Rollout
+    from r1jax.rl.grpo.step import rollout_batch
+    valid_BT = np.array([[0, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]], bool)  # completions of 3 and 1 tokens
+    logprobs_BN = np.array([[-0.1, -0.2, -0.3, 0.0], [-0.4, 0.0, 0.0, 0.0]], np.float32)
+    rollout = Rollout(tokens_BT=jnp.arange(12, dtype=jnp.int32).reshape(2, 6), valid_BT=jnp.asarray(valid_BT),
+                      positions_BT=jnp.zeros((2, 6), jnp.int32), logprobs_BN=jnp.asarray(logprobs_BN),
+                      lengths_B=jnp.array([3, 1], jnp.int32), experts_LBTK=jnp.zeros((1, 2, 6, 2), jnp.int32),
+                      steps=jnp.int32(3))
+    batch = rollout_batch(rollout, np.array([0.5, -0.5], np.float32), GRPOConfig(loss_aggregation=aggregation), 6)
+    mask = np.array([[0, 1, 1, 1, 0], [0, 1, 0, 0, 0]], bool)  # target t is token t + 1
+    np.testing.assert_array_equal(np.asarray(batch["mask"]), mask)
+    np.testing.assert_allclose(np.asarray(batch["sampler_logp"])[mask], [-0.1, -0.2, -0.3, -0.4])
+    scale = {"constant": np.full((2, 1), 2 * 6.0), "token_mean": np.full((2, 1), 4.0),
+             "seq_mean_token_mean": np.array([[2 * 3.0], [2 * 1.0]])}[aggregation]
+    np.testing.assert_allclose(np.asarray(batch["weight"]), mask / scale, rtol=1e-6)
