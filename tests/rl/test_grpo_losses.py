@@ -263,7 +263,7 @@ def test_token_logp_and_entropy_match_numpy_and_ignore_garbage():
     ("clip_low", -0.1), ("clip_high", -0.2), ("kl_estimator", "k4"), ("advantage_estimator", "ppo"),
     ("loss_aggregation", "sum"), ("ratio_level", "tokens"), ("group_size", 1), ("temperature", 0.0),
     ("kl_coef", -1.0), ("dual_clip", 0.5), ("tis_cap", 0.0), ("tis_cap", 0.5), ("num_iterations", 0),
-    ("max_logratio", 0.0),
+    ("max_logratio", 0.0), ("clip_low", 0.0), ("clip_low", 1.0), ("dual_clip", 1.0),
 ])
 def test_bad_grpo_config_names_the_field(field, value):
     with pytest.raises(UserError, match=rf"grpo\.{field}\b"):
