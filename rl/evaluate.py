@@ -206,7 +206,9 @@ def _kind(problem: Mapping) -> tuple:
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples with c correct."""
+    """Unbiased pass@k from n samples with c correct (1 <= k <= n, 0 <= c <= n)."""
+    if not (1 <= k <= n and 0 <= c <= n):  # k > n read 1.0 for c = 0 (n - c < k), a pass with no correct sample
+        raise ValueError(f"pass_at_k: needs 1 <= k <= n and 0 <= c <= n, got n={n}, c={c}, k={k}")
     if n - c < k:
         return 1.0
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)

@@ -146,6 +146,13 @@ def test_unbiased_pass_at_k_equals_chen_estimator_and_subset_count(n):
     assert pass_at_k(100, 3, 10) == pytest.approx(float(chen_pass_at_k(100, 3, 10)), rel=1e-12)
 
 
+@pytest.mark.parametrize("n,c,k", [(2, 0, 3), (4, 5, 2), (4, -1, 2), (4, 1, 0)])
+def test_pass_at_k_refuses_k_past_n_and_a_correct_count_outside_0_to_n(n, c, k):
+    """k > n samples with none correct read pass@k = 1.0 (n - c < k), c > n read 1.0 too."""
+    with pytest.raises(ValueError, match=rf"n={n}, c={c}, k={k}"):
+        pass_at_k(n, c, k)
+
+
 class CharTokenizer:
     """One id per character (offset past the control ids); enough for `evaluate`'s encode and decode."""
 
