@@ -28,6 +28,7 @@ def test_phase_ends_split_the_budget_evenly_rounded_up_to_eight_slots():
     assert phase_ends(128, 4) == (32, 64, 96, 128)
     assert phase_ends(100, 3) == (40, 72, 100)  # ceil(100 / 3) = 34 -> 40, ceil(200 / 3) = 67 -> 72
     assert phase_ends(20, 3) == (8, 16, 20)
+    assert phase_ends(17, 2) == (16, 17)  # ceil(17 / 2) = 9 -> 16 (the floor, 8, would end the first phase early)
     assert phase_ends(10, 4) == (8, 10)  # 3 -> 8, 5 -> 8 (an empty phase, dropped), 8 -> 8, 10
     assert phase_ends(5, 4) == (5,)  # a budget under the alignment: one phase
     assert phase_ends(128, 1) == (128,)
