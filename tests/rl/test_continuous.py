@@ -278,3 +278,14 @@ def test_no_request_past_the_last_is_admitted_when_slots_free_together():
         for name in ("tokens_BT", "lengths_B", "valid_BT"):
             assert np.array_equal(np.asarray(getattr(one, name)), np.asarray(getattr(two, name))), (seed, name)
         assert np.all(np.asarray(two.lengths_B) > 0), seed
+
+
+@pytest.mark.parametrize("slots", [0, 2])
+def test_ignore_eos_runs_every_row_to_the_budget_in_both_samplers(slots):
+    """Half the ids stop a row (uniform logits: 8 tokens without one has probability 1/256 per row): with
+    ignore_eos every row still runs its 8 tokens, stop ids included, in the fixed-batch and continuous samplers."""
+    sampler, state = _uniform_sampler(stop_ids=tuple(range(1, 65)))
+    result = sampler.generate(state, [[5, 6, 7], [9, 10, 11]], samples=2, key=jax.random.key(1), temperature=1.0,
+                              ignore_eos=True, **({"slots": slots} if slots else {}))
+    np.testing.assert_array_equal(np.asarray(result.lengths_B), [8, 8, 8, 8])
+    assert np.isin(np.asarray(result.completion_BN), np.arange(1, 65)).any()  # stop ids were drawn, not obeyed
