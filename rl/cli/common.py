@@ -172,8 +172,9 @@ def new_output_dir(out: str | pathlib.Path, what: str | None = None) -> pathlib.
     return out
 
 
-def check_creatable(directory: pathlib.Path, what: str) -> None:
-    """A UserError naming `what` unless files can be written in `directory` (made with its missing parents):
+def check_creatable(directory: pathlib.Path, what: str, named: pathlib.Path | None = None) -> None:
+    """A UserError naming `what` unless files can be written in `directory` (made with its missing parents; what
+    `what` names, `named` or `directory`, "cannot be written" when it exists, else "cannot be created"):
     tried with a scratch directory in it, or in its nearest existing parent, removed at once (so nothing is left
     behind when the command fails later)."""
     parent = directory
@@ -183,8 +184,9 @@ def check_creatable(directory: pathlib.Path, what: str) -> None:
         raise UserError(f"{what} cannot be created: {str(parent)!r} is a file, not a directory")
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".r1jax-write-check-", dir=parent))
-    except OSError as err:
-        raise UserError(f"{what} cannot be created: no directory can be made in {str(parent)!r} "
+    except OSError as err:  # (an empty read-only directory given exists: it cannot be written)
+        verb = "cannot be written" if (named or directory).exists() else "cannot be created"
+        raise UserError(f"{what} {verb}: no directory can be made in {str(parent)!r} "
                         f"({err.strerror or err})") from None
 
 

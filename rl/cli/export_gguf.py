@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         raise UserError(f"output {str(out)!r} exists; pass --force to replace it")
     if out.parent.exists():  # a directory, writable, before the weights load (the file is written beside it first)
-        check_creatable(out.parent, f"output {str(out)!r}")
+        check_creatable(out.parent, f"output {str(out)!r}", out)
 
     def before_weights(config, tok):
         check_exportable(config.model, args.dtype)

@@ -202,6 +202,24 @@ def test_an_output_directory_that_cannot_be_created_is_named(capsys, tmp_path):
         capsys, "init", str(TRAIN_CONFIG), str(out))
 
 
+def test_an_empty_output_directory_that_is_read_only_cannot_be_written_not_created(capsys, tmp_path, monkeypatch):
+    """It exists, and was said to be one that "cannot be created" (a read-only mount, simulated: root writes
+    through permission bits)."""
+    import errno
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    (tmp_path / "rofs").mkdir()
+    err = refused(capsys, "init", str(TRAIN_CONFIG), str(tmp_path / "rofs"))
+    assert f"output directory {str(tmp_path / 'rofs')!r} cannot be written: " in err, err
+    assert "(Read-only file system)" in err
+    err = refused(capsys, "init", str(TRAIN_CONFIG), str(tmp_path / "rofs" / "new"))  # a new one inside it
+    assert f"output directory {str(tmp_path / 'rofs' / 'new')!r} cannot be created: " in err, err
+
+
 def test_a_gguf_output_that_cannot_be_written_is_named_before_the_weights_load(capsys, tmp_path):
     # a FileNotFoundError traceback for its temporary file beside it, after the weights had loaded
     err = refused(capsys, "export-gguf", str(tmp_path / "no-checkpoint"), "/proc/x.gguf")
