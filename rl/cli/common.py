@@ -186,7 +186,7 @@ def check_creatable(directory: pathlib.Path, what: str, named: pathlib.Path | No
         os.rmdir(tempfile.mkdtemp(prefix=".r1jax-write-check-", dir=parent))
     except OSError as err:  # (an empty read-only directory given exists: it cannot be written)
         verb = "cannot be written" if (named or directory).exists() else "cannot be created"
-        raise UserError(f"{what} {verb}: no directory can be made in {str(parent)!r} "
+        raise UserError(f"{what} {verb}: nothing can be written in {str(parent)!r} "
                         f"({err.strerror or err})") from None
 
 

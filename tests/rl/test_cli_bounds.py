@@ -223,7 +223,8 @@ def test_an_empty_output_directory_that_is_read_only_cannot_be_written_not_creat
 def test_a_gguf_output_that_cannot_be_written_is_named_before_the_weights_load(capsys, tmp_path):
     # a FileNotFoundError traceback for its temporary file beside it, after the weights had loaded
     err = refused(capsys, "export-gguf", str(tmp_path / "no-checkpoint"), "/proc/x.gguf")
-    assert "output '/proc/x.gguf' cannot be created: no directory can be made in '/proc'" in err
+    # its OUT is a file: the refusal said "no directory can be made in '/proc'"
+    assert "output '/proc/x.gguf' cannot be created: nothing can be written in '/proc'" in err, err
     (tmp_path / "f").write_text("mine")
     assert f"cannot be created: {str(tmp_path / 'f')!r} is a file, not a directory" in refused(
         capsys, "export-gguf", str(tmp_path / "no-checkpoint"), str(tmp_path / "f" / "x.gguf"))
