@@ -15,12 +15,9 @@ in between leaves only `N.previous`, which the next run's start puts back.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import pathlib
 import shutil
 import sys
-import threading
-import time
 from typing import Callable, Mapping, TypeVar
 
 import jax
@@ -35,6 +32,8 @@ from r1jax.model.factory import abstract_policy
 from r1jax.model.tokenizer import TokenizerLike, is_tokenizer_dir, load_tokenizer
 from r1jax.rl import checksums
 from r1jax.rl.config import Config, config_from_dicts, to_dict
+from r1jax.rl.failed_saves import (close_failed, drop_closed_loop_reports, quiet_failed_saves, save_threads,
+                                   wait_for_writers)
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.params import abstract_sharded
 from r1jax.sharding.rules import Rules
@@ -63,7 +62,7 @@ def save_policy(root: str | pathlib.Path, config: Config, policy: Policy, step: 
     check_checkpoint_path(root.absolute(), "checkpoint")  # (a relative path in a directory that is not UTF-8)
     made, step_made = not root.exists(), not (root / str(step)).exists()
     quiet_failed_saves()
-    before = _save_threads()
+    before = save_threads()
     manager = None
     try:
         manager = _manager(root)
@@ -74,8 +73,8 @@ def save_policy(root: str | pathlib.Path, config: Config, policy: Policy, step: 
         manager.wait_until_finished()
         manager.close()
     except BaseException as err:  # a stop too (Ctrl-C, SIGTERM under sigterm_interrupts): nothing left behind
-        _shut(manager)
-        _wait_for_writers(before)  # else they write on into what is taken back (and die at exit on a traceback)
+        close_failed(manager)
+        wait_for_writers(before)  # else they write on into what is taken back (and die at exit on a traceback)
         _take_back(root, step, made, step_made)
         if isinstance(err, OSError):  # a parent that is a file, a read-only or missing mount, a full disk
             raise UserError(f"checkpoint {str(root)!r} cannot be written: {err.strerror or err}"
@@ -85,46 +84,6 @@ def save_policy(root: str | pathlib.Path, config: Config, policy: Policy, step: 
             raise UserError(f"checkpoint {str(root)!r} cannot be written: {refused}") from None
         raise
     return root / str(step)
-
-
-WRITERS_WAIT_S = 120.0  # the most a failed save waits for Orbax's writes still under way
-
-
-CLOSE_TRIES = 3
-
-
-def _shut(manager: ocp.CheckpointManager | None) -> None:
-    """Close a manager whose save failed, its errors dropped (the save's is the one raised): its close raises
-    that error again before it shuts down its checkpointer and metadata stores, whose threads then wrote on
-    into the step after it was taken back; a close tried again shuts them down."""
-    for _ in range(CLOSE_TRIES if manager is not None else 0):
-        try:
-            manager.close()
-            return
-        except BaseException:  # noqa: BLE001 - the save's own error, again
-            continue
-
-
-def _save_threads() -> set[threading.Thread]:
-    """The threads that write a save's files: Orbax's (a commit future's: an item's arrays, its metadata) and
-    their event loops' executor workers (asyncio's `asyncio_N`: Orbax's directory creations)."""
-    return {t for t in threading.enumerate()
-            if type(t).__module__.split(".")[0] == "orbax" or t.name.startswith("asyncio_")}
-
-
-def _wait_for_writers(before: set[threading.Thread], timeout_s: float = WRITERS_WAIT_S) -> None:
-    """Wait (at most `timeout_s`) until every writer thread that a save started (not in `before`) has ended.
-    A failed save raises at its first item's error while the others' threads still write: the partial step
-    reappeared after it was taken back (refusing the next try) and their writes died at the interpreter's exit
-    on a traceback ("cannot schedule new futures after interpreter shutdown"). A writer may start another
-    (the metadata after the arrays): the threads are listed again until none is left."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        running = [t for t in _save_threads() - before if t.is_alive() and t is not threading.current_thread()]
-        if not running:
-            return
-        for thread in running:  # Thread.join itself: Orbax's join raises its thread's error
-            threading.Thread.join(thread, max(0.0, deadline - time.monotonic()))
 
 
 def _take_back(root: pathlib.Path, step: int, made: bool, step_made: bool) -> None:
@@ -261,51 +220,6 @@ def restore_items(manager: ocp.CheckpointManager, step_dir: pathlib.Path,
                         f"checksum differs for {len(leaves)} array(s): {', '.join(leaves[:3])}"
                         f"{' ...' if len(leaves) > 3 else ''}); restore another step or copy it again")
     return restored
-
-
-class _StorageFailureReports(logging.Filter):
-    """Drops Orbax's reports of a save the file system refused (full, read-only): each of its background threads
-    logged the error with its traceback (a page per thread), and the same error reaches the trainer at the next
-    save or at the end, where the command prints it as one line naming the file (rl.cli.main). Also asyncio's
-    "Future exception was never retrieved" of such a refusal: a tensorstore write that the failed save's event
-    loop no longer awaited, reported with its tensorstore spec when collected."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.name != "asyncio" and "orbax" not in pathlib.PurePath(record.pathname).parts:  # not a save's
-            return True
-        error = record.exc_info[1] if record.exc_info else None
-        try:
-            text = record.getMessage()
-        except Exception:  # a report that does not format: logging's own handler says so (raised here, its caller's)
-            return True
-        return not ((error is not None and storage_failure(error)) or storage_failure(ValueError(text)))
-
-
-def quiet_failed_saves() -> None:
-    """A save the disk refuses leaves one line, not pages: Orbax's threads' reports dropped, and the "Event loop
-    is closed" reports of the writes tensorstore finishes after the failure closed Orbax's loop."""
-    for logger in map(logging.getLogger, ("absl", "asyncio")):
-        if not any(isinstance(f, _StorageFailureReports) for f in logger.filters):
-            logger.addFilter(_StorageFailureReports())
-    drop_closed_loop_reports()
-
-
-def drop_closed_loop_reports() -> None:
-    """After a failed restore, tensorstore still finishes the reads Orbax started and hands each result to
-    Orbax's event loop, which the failure closed; every hand-off then reports "Event loop is closed" through
-    sys.unraisablehook, a page of tracebacks around the error, before or after it. Drop those reports (only
-    those; a restore that succeeds makes none) from the first restore on."""
-    previous = sys.unraisablehook
-    if getattr(previous, "drops_closed_loop_reports", False):
-        return
-
-    def hook(unraisable) -> None:
-        error = unraisable.exc_value
-        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
-            previous(unraisable)
-
-    hook.drops_closed_loop_reports = True
-    sys.unraisablehook = hook
 
 
 def _items(names) -> str:

@@ -32,7 +32,8 @@ from orbax.checkpoint import checkpoint_managers
 
 from r1jax.errors import UserError
 from r1jax.rl import checksums
-from r1jax.rl.checkpoint import PREVIOUS_SUFFIX, previous_copies, quiet_failed_saves, restore_items
+from r1jax.rl.checkpoint import PREVIOUS_SUFFIX, previous_copies, restore_items
+from r1jax.rl.failed_saves import close_failed, quiet_failed_saves, save_threads, wait_for_writers
 from r1jax.rl.config import Config, config_from_dicts, to_dict
 from r1jax.sharding import distributed
 
@@ -43,6 +44,7 @@ _SYNCS = itertools.count()  # barrier names: every process opens and saves in th
 class TrainCheckpointer:
     def __init__(self, root: str | pathlib.Path, keep: int = 3, keep_best: int = 1, async_save: bool = True):
         self.root = pathlib.Path(root).absolute()
+        self._threads_before = save_threads()  # (the writers a failed save leaves are the others: close)
         policies = [checkpoint_managers.LatestN(n=keep)]
         if keep_best:
             policies.append(checkpoint_managers.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=keep_best,
@@ -141,7 +143,15 @@ class TrainCheckpointer:
             self._settle_previous_copies()
 
     def close(self) -> None:
-        self.wait()
+        """Wait for the save in flight and close the manager. A save that failed (a full disk) raises here, after
+        the manager is closed whole and its writer threads have ended (rl.failed_saves): the manager was left
+        open, its threads wrote on into the partial step, and the process could hang at exit."""
+        try:
+            self.wait()
+        except BaseException:
+            close_failed(self.manager)
+            wait_for_writers(self._threads_before)
+            raise
         self.manager.close()
 
 

@@ -94,7 +94,7 @@ def test_only_orbaxs_reports_of_a_refused_save_are_dropped():
     import errno
     import logging
 
-    from r1jax.rl.checkpoint import quiet_failed_saves
+    from r1jax.rl.failed_saves import quiet_failed_saves
 
     quiet_failed_saves()
     absl = logging.getLogger("absl")
