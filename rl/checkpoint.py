@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import re
 import shutil
 import sys
 from typing import Callable, Mapping, TypeVar
@@ -171,6 +172,8 @@ def read_latest(path: str | pathlib.Path, read: Callable[[pathlib.Path], T]) -> 
 
 
 STRUCTURE_CHANGED = "tree structures do not match"  # Orbax's words for a restore target of another structure
+# and for an array of another shape (a restore target of the same structure, other sizes: hidden_size, experts)
+SHAPE_CHANGED = re.compile(r"Requested shape: (\([\d, ]*\)) is not compatible with the stored shape: (\([\d, ]*\))")
 
 
 RESUMED_ANOTHER = ("this run builds (a setting that shapes it changed since the save, e.g. optimizer.grad_clip_norm "
@@ -204,8 +207,11 @@ def restore_items(manager: ocp.CheckpointManager, step_dir: pathlib.Path,
                     if restore_error(item_err) is not None:
                         culprit, cause = [name], restore_error(item_err)
                         break
-        if STRUCTURE_CHANGED in str(cause):  # intact: the run asks for another tree than the one saved
-            raise UserError(f"checkpoint {step_dir}: {_items(culprit)} was saved with another structure than "
+        shapes = SHAPE_CHANGED.search(str(cause))
+        if STRUCTURE_CHANGED in str(cause) or shapes:  # intact: the run asks for another tree than the one saved
+            other = (f"other shapes (an array stored {shapes.group(2)}, asked for as {shapes.group(1)})" if shapes
+                     else "another structure")
+            raise UserError(f"checkpoint {step_dir}: {_items(culprit)} was saved with {other} than "
                             f"{structure}") from err
         raise UserError(f"checkpoint {step_dir} is damaged: {_items(culprit)} cannot be read "
                         f"({_reason(cause)})") from err
@@ -257,12 +263,13 @@ def load_policy(path: str | pathlib.Path, mesh: Mesh | None = None,
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), abstract_state)
     else:
         target = abstract_sharded(abstract_state, mesh, rules)
+    layers = config.model.num_hidden_layers
     with _manager(root, read_only=True) as manager:
         restored = restore_items(manager, root / str(step),
                                  {"params": ocp.args.StandardRestore(nnx.to_pure_dict(target))},
-                                 f"its own stored config builds (a {config.model.family} model of "
-                                 f"{config.model.num_hidden_layers} layers): its config item is not the one saved "
-                                 "with these weights (copied from another checkpoint, or edited)")
+                                 f"its own stored config builds (a {config.model.family} model of {layers} "
+                                 f"layer{'s' * (layers != 1)}): its config item is not the one saved with these "
+                                 "weights (copied from another checkpoint, or edited)")
     nnx.replace_by_pure_dict(abstract_state, restored.params)
     return config, nnx.merge(graphdef, abstract_state)
 
