@@ -152,7 +152,9 @@ class MetricsWriter:
         refused write (a full disk) ends, said in one line (rl.cli.main); add_scalar then blocks for good once its
         queue is full: metrics.jsonl, still taking rows (a partly filled page), let the run reach that: it hung."""
         tb = self._tensorboard()
-        worker = getattr(getattr(tb._get_file_writer(), "event_writer", None), "_worker", None)
+        # tensorboardX's private parts: where another version lacks them, nothing to check
+        file_writer = getattr(tb, "_get_file_writer", None)
+        worker = getattr(getattr(file_writer() if file_writer else None, "event_writer", None), "_worker", None)
         if worker is not None and not worker.is_alive():
             raise UserError(f"{self.run_dir / 'tensorboard'}: TensorBoard's writer stopped (its error is said above: "
                             "a full or read-only disk?); free space or make it writable, then run again (`r1jax "

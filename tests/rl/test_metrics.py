@@ -302,3 +302,17 @@ def test_a_restart_from_step_0_empties_the_file_unread(tmp_path):
     path.write_bytes(b'{"step": 1}\n{"global_step": 0}\n{not json\n{"global_step": 1}\n')
     metrics.truncate_after(path, 0)
     assert path.read_text() == ""
+
+
+def test_a_tensorboardx_without_the_private_writer_parts_writes_scalars_as_before(tmp_path, monkeypatch):
+    """MetricsWriter looks at tensorboardX's private _get_file_writer().event_writer._worker for a dead writer
+    thread; a version without them must write scalars as before, not fail on an AttributeError."""
+    from tensorboardX import SummaryWriter
+
+    scalars = []
+    writer = MetricsWriter(tmp_path, plots=False)
+    writer._tensorboard()  # (its constructor calls _get_file_writer)
+    monkeypatch.delattr(SummaryWriter, "_get_file_writer")
+    monkeypatch.setattr(SummaryWriter, "add_scalar", lambda self, tag, value, step: scalars.append((tag, value, step)))
+    writer.write({"global_step": 1, "step": 1, "stage": "sft", "loss": 1.5})
+    assert ("sft/loss", 1.5, 1) in scalars
