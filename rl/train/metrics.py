@@ -24,6 +24,7 @@ and evaluations run again, and a restart without a checkpoint drops them all) an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -147,18 +148,29 @@ class MetricsWriter:
                                                filename_suffix=f".{self._purge_step or 1}.{os.getpid()}")
         return self._tb
 
+    def _writer_thread(self):
+        """(thread, queue) of tensorboardX's writer (private parts: None where another version lacks them)."""
+        file_writer = getattr(self._tb, "_get_file_writer", None)
+        events = getattr(file_writer() if file_writer else None, "event_writer", None)
+        worker, queue = getattr(events, "_worker", None), getattr(events, "_event_queue", None)
+        return (worker, queue) if worker is not None and queue is not None else None
+
     def _add_scalar(self, tag: str, value: float, step: int) -> None:
         """TensorBoard's scalar, once its writer is known alive. tensorboardX writes on a thread of its own, which a
         refused write (a full disk) ends, said in one line (rl.cli.main); add_scalar then blocks for good once its
-        queue is full: metrics.jsonl, still taking rows (a partly filled page), let the run reach that: it hung."""
+        queue is full: metrics.jsonl, still taking rows (a partly filled page), let the run reach that: it hung.
+        A full queue is waited on here while the thread lives (a slow disk), so the put cannot block on a thread
+        that dies meanwhile (this thread is the queue's only writer)."""
         tb = self._tensorboard()
-        # tensorboardX's private parts: where another version lacks them, nothing to check
-        file_writer = getattr(tb, "_get_file_writer", None)
-        worker = getattr(getattr(file_writer() if file_writer else None, "event_writer", None), "_worker", None)
-        if worker is not None and not worker.is_alive():
-            raise UserError(f"{self.run_dir / 'tensorboard'}: TensorBoard's writer stopped (its error is said above: "
-                            "a full or read-only disk?); free space or make it writable, then run again (`r1jax "
-                            "train --run-dir DIR` resumes from the last checkpoint)")
+        thread = self._writer_thread()
+        if thread is not None:
+            worker, queue = thread
+            while worker.is_alive() and queue.full():
+                worker.join(0.05)
+            if not worker.is_alive():
+                raise UserError(f"{self.run_dir / 'tensorboard'}: TensorBoard's writer stopped (its error is said "
+                                "above: a full or read-only disk?); free space or make it writable, then run again "
+                                "(`r1jax train --run-dir DIR` resumes from the last checkpoint)")
         tb.add_scalar(tag, value, step)
 
     def write(self, row: Mapping[str, Any]) -> dict:
@@ -215,5 +227,17 @@ class MetricsWriter:
         if self.primary and self._begun:
             self.refresh_plots(force=True)
             if self._tb is not None:
+                thread = self._writer_thread()
+                if thread is not None and not thread[0].is_alive():  # its stop signal would wait on a full queue
+                    _drain(thread[1])
                 with writing(self.run_dir / "tensorboard"):  # its flush: a full disk names the directory
                     self._tb.close()
+
+
+def _drain(events) -> None:
+    """Empty a queue no thread reads any more (items still in its feeder's flight included)."""
+    import queue
+
+    with contextlib.suppress(queue.Empty):
+        while True:
+            events.get(timeout=0.2)

@@ -316,3 +316,36 @@ def test_a_tensorboardx_without_the_private_writer_parts_writes_scalars_as_befor
     monkeypatch.setattr(SummaryWriter, "add_scalar", lambda self, tag, value, step: scalars.append((tag, value, step)))
     writer.write({"global_step": 1, "step": 1, "stage": "sft", "loss": 1.5})
     assert ("sft/loss", 1.5, 1) in scalars
+
+
+def test_tensorboards_writer_thread_dying_after_a_slow_write_stops_the_run_too(tmp_path, monkeypatch):
+    """A slow disk that then refuses (NFS): the rows filled the writer's queue while its thread was still writing,
+    the next scalar waited on that full queue, and the thread then died: add_scalar (and, after the error, close's
+    stop signal) waited for good."""
+    import errno
+    import threading
+    import time
+
+    from tensorboardX import record_writer
+
+    def slow_then_full(self, data):
+        time.sleep(0.3)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer = MetricsWriter(tmp_path, plots=False)
+    writer.write({"global_step": 1, "step": 1, "stage": "sft", "loss": 1.0})
+    monkeypatch.setattr(record_writer.RecordWriter, "write", slow_then_full)
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)
+    done = []
+
+    def rows():
+        with pytest.raises(UserError, match="TensorBoard's writer stopped"):
+            for step in range(2, 40):
+                writer.write({"global_step": step, "step": step, "stage": "sft", "loss": 1.0, "lr": 0.1})
+        writer.close()
+        done.append(True)
+
+    row_writer = threading.Thread(target=rows, daemon=True)
+    row_writer.start()
+    row_writer.join(timeout=10)
+    assert done, "hung on TensorBoard's full queue"
