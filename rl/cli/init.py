@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from r1jax.rl.cli.common import new_output_dir, run_seed, split_config_and_overrides
+from r1jax.rl.cli.common import new_output_dir, run_seed, sigterm_interrupts, split_config_and_overrides
 
 
 INTERMIXED = True  # KEY=VALUE overrides after the options too (rl.cli.main.parse_arguments)
@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     rules = config.sharding.logical_rules()
     with use_mesh(mesh, rules):
         policy = init_policy(config.model, config.seed, mesh, rules)
-    step_dir = save_policy(out, config, policy)
+    with sigterm_interrupts():  # a stop (a job's time limit too) leaves no partial step in OUT (save_policy)
+        step_dir = save_policy(out, config, policy)
     mesh_text = " ".join(f"{axis}={size}" for axis, size in mesh.shape.items())
     print(f"wrote {step_dir} ({config.model.family}, seed {config.seed}, mesh {mesh_text})")
     return 0

@@ -123,3 +123,22 @@ def test_an_export_hf_into_an_existing_empty_directory_writes_there_and_a_stop_e
         ["empty", "link"] if kind == "symlink" else ["empty"])
     assert main(["export-hf", str(root), out, "--tokenizer", str(tokenizer)]) == 0, capsys.readouterr().err
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (tmp_path / "empty").iterdir()}
+
+
+def test_a_sigterm_while_init_saves_leaves_no_partial_step(capsys, tmp_path, monkeypatch):
+    """init, stopped by SIGTERM (a job's time limit) while it saved, ended at once: OUT kept a partial step and
+    the same command was refused ('exists and is not empty; refusing to overwrite')."""
+    import orbax.checkpoint as ocp
+
+    out, wait = tmp_path / "ck", ocp.CheckpointManager.wait_until_finished
+
+    def stopped(manager):
+        wait(manager)
+        sigterm()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ocp.CheckpointManager, "wait_until_finished", stopped)
+        assert main(["init", str(TRAIN_CONFIG), str(out)]) == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "r1jax init: interrupted (SIGTERM)"
+    assert not out.exists()
+    assert main(["init", str(TRAIN_CONFIG), str(out)]) == 0
