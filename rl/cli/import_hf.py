@@ -51,16 +51,16 @@ def run(args: argparse.Namespace) -> int:
     with HFCheckpoint(args.hf_dir) as ckpt:
         policy = import_params(ckpt, config.model, mesh, rules)
     made = not out.exists()
-    with sigterm_interrupts():  # a stop leaves no partial step in OUT (save_policy), which refused the next try
+    with sigterm_interrupts():  # a stop leaves no partial step (save_policy) nor a step without its tokenizer
         step_dir = save_policy(out, config, policy)
-    if tokenizer is not None and jax.process_index() == 0:
-        try:
-            tokenizer.save(out / "tokenizer")
-        except BaseException:  # a full disk: OUT as it was (absent, or empty: new_output_dir), or a rerun is refused
-            for path in [out] if made else list(out.iterdir()):
-                with contextlib.suppress(OSError):  # the disk's error is the one to report
-                    remove(path)
-            raise
+        if tokenizer is not None and jax.process_index() == 0:
+            try:
+                tokenizer.save(out / "tokenizer")
+            except BaseException:  # a full disk, a stop: OUT as it was (absent, or empty: new_output_dir), or a
+                for path in [out] if made else list(out.iterdir()):  # rerun is refused
+                    with contextlib.suppress(OSError):  # the disk's error is the one to report
+                        remove(path)
+                raise
     partial = [name for name in ("tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
                if (pathlib.Path(args.hf_dir) / name).is_file()]
     missing = (f"no tokenizer.json there (beside its {', '.join(partial)}): no tokenizer copied, generate needs --ids"
