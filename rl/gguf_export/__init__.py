@@ -104,5 +104,5 @@ class _FileWrite(np.ndarray):
     traceback) where the file's `write` raises ENOSPC, the disk's refusal, named (r1jax.files.writing)."""
 
     def tofile(self, fid, sep="", format="%s"):
-        fid.write(memoryview(np.ascontiguousarray(self.view(np.ndarray))).cast("B"))
+        fid.write(np.ascontiguousarray(self.view(np.ndarray)).reshape(-1).view(np.uint8).data)  # any dtype, size
 

@@ -2,6 +2,10 @@
 the checkpoint was trained with (its tokenizer.template, not always chat); overrides other than sharding.* are
 refused naming the first; sharding overrides reach the loading mesh."""
 
+import ml_dtypes
+import numpy as np
+import pytest
+
 from r1jax.model.hf_tokenizer import chat_template
 from r1jax.rl.checkpoint import load_config
 from r1jax.rl.cli.main import main
@@ -93,3 +97,18 @@ def test_a_disk_that_fills_during_the_tensors_names_the_file_and_leaves_none(tok
     err = capsys.readouterr().err
     assert code == 2 and f"r1jax export-gguf: error: file too large: {out};" in err, err
     assert "Traceback" not in err and list((tmp_path / "cut").iterdir()) == []
+
+
+@pytest.mark.parametrize("array", [np.zeros((0, 4), np.float32), np.arange(6, dtype=np.float32).reshape(2, 3).T,
+                                   np.arange(4, dtype=">f4"), np.ones((2, 2), ml_dtypes.bfloat16),
+                                   np.arange(12, dtype=np.uint8).reshape(3, 4)[:, ::2]])
+def test_tensor_data_goes_through_the_file_object_byte_for_byte(array):
+    """The GGUF writer's `tofile` through the file object: an empty array or a bfloat16 one failed
+    (memoryview.cast refuses both); every layout writes numpy's own bytes."""
+    import io
+
+    from r1jax.rl.gguf_export import _FileWrite
+
+    written = io.BytesIO()
+    array.view(_FileWrite).tofile(written)
+    assert written.getvalue() == array.tobytes()
