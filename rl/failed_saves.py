@@ -7,6 +7,7 @@ rl.checkpoint's one-off saves (init, import-hf) and by the trainer's checkpointe
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
 import sys
 import threading
@@ -42,19 +43,41 @@ def save_threads() -> set[threading.Thread]:
             if type(t).__module__.split(".")[0] == "orbax" or t.name.startswith("asyncio_")}
 
 
+def _writing(thread: threading.Thread) -> bool:
+    """Whether `thread` still writes: an Orbax thread while it lives; an executor worker (`asyncio_N`) only while
+    it runs a call or has one queued. An idle worker lives as long as its loop's executor, which another event
+    loop (any library's, started after the snapshot) may never shut down: waiting for it took the full
+    WRITERS_WAIT_S at every failed save."""
+    if not thread.is_alive() or thread is threading.current_thread():
+        return False
+    if type(thread).__module__.split(".")[0] == "orbax":
+        return True
+    work = next((a for a in getattr(thread, "_args", ()) if hasattr(a, "empty")), None)  # its executor's queue
+    if work is not None and not work.empty():
+        return True
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None:  # a call under way: the worker's _WorkItem.run is on its stack
+        if frame.f_code.co_name == "run" and frame.f_code.co_filename.endswith(os.path.join("futures", "thread.py")):
+            return True
+        frame = frame.f_back
+    return work is None  # not a thread-pool worker: unknown, waited for while it lives
+
+
 def wait_for_writers(before: set[threading.Thread], timeout_s: float = WRITERS_WAIT_S) -> None:
-    """Wait (at most `timeout_s`) until every writer thread that a save started (not in `before`) has ended.
-    A failed save raises at its first item's error while the others' threads still write: the partial step
-    reappeared after it was taken back (refusing the next try) and their writes died at the interpreter's exit
-    on a traceback ("cannot schedule new futures after interpreter shutdown"). A writer may start another
-    (the metadata after the arrays): the threads are listed again until none is left."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        running = [t for t in save_threads() - before if t.is_alive() and t is not threading.current_thread()]
-        if not running:
-            return
-        for thread in running:  # Thread.join itself: Orbax's join raises its thread's error
-            threading.Thread.join(thread, max(0.0, deadline - time.monotonic()))
+    """Wait (at most `timeout_s`) until every writer thread that a save started (not in `before`) has ended or,
+    an executor worker, gone idle (`_writing`). A failed save raises at its first item's error while the
+    others' threads still write: the partial step reappeared after it was taken back (refusing the next try)
+    and their writes died at the interpreter's exit on a traceback ("cannot schedule new futures after
+    interpreter shutdown"). A writer may start another (the metadata after the arrays): the threads are listed
+    again until none writes, twice in a row (a worker between taking a call and running it looks idle)."""
+    deadline, quiet = time.monotonic() + timeout_s, 0
+    while quiet < 2 and time.monotonic() < deadline:
+        running = [t for t in save_threads() - before if _writing(t)]
+        quiet = 0 if running else quiet + 1
+        if running:  # Thread.join itself: Orbax's join raises its thread's error
+            threading.Thread.join(running[0], max(0.0, min(0.05, deadline - time.monotonic())))
+        else:
+            time.sleep(0.01)
 
 
 class _StorageFailureReports(logging.Filter):
