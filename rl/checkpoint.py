@@ -74,9 +74,11 @@ def save_policy(root: str | pathlib.Path, config: Config, policy: Policy, step: 
         manager.wait_until_finished()
         manager.close()
     except BaseException as err:  # a stop too (Ctrl-C, SIGTERM under sigterm_interrupts): nothing left behind
-        close_failed(manager)
-        wait_for_writers(before)  # else they write on into what is taken back (and die at exit on a traceback)
-        _take_back(root, step, made, step_made)
+        try:  # a second stop (Ctrl-C, a job's SIGTERM then more) in the wait still takes the step back
+            close_failed(manager)
+            wait_for_writers(before)  # else they write on into what is taken back (and die at exit on a traceback)
+        finally:
+            _take_back(root, step, made, step_made)
         if isinstance(err, OSError):  # a parent that is a file, a read-only or missing mount, a full disk
             raise UserError(f"checkpoint {str(root)!r} cannot be written: {err.strerror or err}"
                             f"{f' ({err.filename!r})' if err.filename else ''}") from None
