@@ -162,16 +162,23 @@ class MetricsWriter:
         A full queue is waited on here while the thread lives (a slow disk), so the put cannot block on a thread
         that dies meanwhile (this thread is the queue's only writer)."""
         tb = self._tensorboard()
-        thread = self._writer_thread()
-        if thread is not None:
-            worker, queue = thread
-            while worker.is_alive() and queue.full():
-                worker.join(0.05)
-            if not worker.is_alive():
-                raise UserError(f"{self.run_dir / 'tensorboard'}: TensorBoard's writer stopped (its error is said "
+        if self._room_in_queue() is False:
+            raise UserError(f"{self.run_dir / 'tensorboard'}: TensorBoard's writer stopped (its error is said "
                                 "above: a full or read-only disk?); free space or make it writable, then run again "
                                 "(`r1jax train --run-dir DIR` resumes from the last checkpoint)")
         tb.add_scalar(tag, value, step)
+
+    def _room_in_queue(self) -> bool | None:
+        """Wait while tensorboardX's writer thread lives and its queue is full (a slow disk), so that a put (a
+        scalar, close's stop signal) cannot block on a thread that dies meanwhile (this thread is the queue's only
+        writer); whether the thread lives (None: tensorboardX's private parts absent)."""
+        thread = self._writer_thread()
+        if thread is None:
+            return None
+        worker, queue = thread
+        while worker.is_alive() and queue.full():
+            worker.join(0.05)
+        return worker.is_alive()
 
     def write(self, row: Mapping[str, Any]) -> dict:
         """Append one step's row (must hold `global_step`, `step` and `stage`); returns the row written."""
@@ -227,9 +234,8 @@ class MetricsWriter:
         if self.primary and self._begun:
             self.refresh_plots(force=True)
             if self._tb is not None:
-                thread = self._writer_thread()
-                if thread is not None and not thread[0].is_alive():  # its stop signal would wait on a full queue
-                    _drain(thread[1])
+                if self._room_in_queue() is False:  # its stop signal would wait on a full queue for good
+                    _drain(self._writer_thread()[1])
                 with writing(self.run_dir / "tensorboard"):  # its flush: a full disk names the directory
                     self._tb.close()
 

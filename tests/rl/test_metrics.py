@@ -349,3 +349,42 @@ def test_tensorboards_writer_thread_dying_after_a_slow_write_stops_the_run_too(t
     row_writer.start()
     row_writer.join(timeout=10)
     assert done, "hung on TensorBoard's full queue"
+
+
+def test_close_waits_out_a_full_queue_whose_writer_dies_in_a_slow_write(tmp_path, monkeypatch):
+    """close() checked the writer thread once: alive, its queue full, then dying in a slow write that failed,
+    tensorboardX's stop signal waited on that full queue for good. close now waits while the thread lives and
+    the queue is full, and empties a dead thread's queue."""
+    import errno
+    import threading
+    import time
+
+    from tensorboardX import record_writer
+
+    def slow_then_full(self, data):
+        time.sleep(0.5)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer = MetricsWriter(tmp_path, plots=False)
+    writer.write({"global_step": 1, "step": 1, "stage": "sft", "loss": 1.0})
+    events = writer._writer_thread()[1]
+    time.sleep(0.2)  # the first row written: the thread waits on an empty queue
+    monkeypatch.setattr(record_writer.RecordWriter, "write", slow_then_full)
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)
+    tb = writer._tensorboard()
+    tb.add_scalar("sft/loss", 2.0, 2)  # taken at once: the thread is in its slow write
+    time.sleep(0.1)
+    while not events.full():
+        tb.add_scalar("sft/loss", 3.0, 3)
+    closed = []
+
+    def close():
+        try:
+            writer.close()
+        finally:  # (whatever close says of the dead writer: the point is that it returns)
+            closed.append(True)
+
+    closer = threading.Thread(target=close, daemon=True)
+    closer.start()
+    closer.join(timeout=10)
+    assert closed, "close hung on TensorBoard's full queue"
