@@ -127,25 +127,16 @@ def test_a_stopped_import_leaves_no_partial_step_and_the_same_command_runs_again
 def test_a_sigterm_while_the_tokenizer_is_copied_leaves_no_step_without_it(tmp_path, capsys, monkeypatch):
     """The tokenizer's copy ran outside the SIGTERM handling of the weights' save: a job's time limit there ended
     the process at once, OUT holding the weights without their tokenizer (and the next try refused)."""
-    import os
-    import signal
-    import time
-
     from r1jax.model import tokenizer_json
+    from tests.rl.test_export_interrupted import sigterm
 
     tokens = load_tokenizer(write_hf_tokenizer(tmp_path / "tok", "deepseek")).vocab_size
     hf_dir = tmp_path / "hf"
     random_hf_model(dataclasses.replace(DEEPSEEK, vocab_size=tokens), seed=1).save_pretrained(hf_dir)
     write_hf_tokenizer(hf_dir, "deepseek")
-
-    def sigterm(path, data):
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)  # the handler raises here
-        raise AssertionError("SIGTERM did not stop the import")
-
     out = tmp_path / "ck"
     with monkeypatch.context() as patch:
-        patch.setattr(tokenizer_json, "write_atomically", sigterm)
+        patch.setattr(tokenizer_json, "write_atomically", lambda path, data: sigterm())
         assert main(["import-hf", str(hf_dir), str(out)], as_program=False) == 143
     assert "interrupted (SIGTERM)" in capsys.readouterr().err and not out.exists()
     assert main(["import-hf", str(hf_dir), str(out)], as_program=False) == 0
