@@ -94,13 +94,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _same_file(handle: IO, path: pathlib.Path) -> bool:
-    """Whether the open file `handle` is still the file at `path`."""
+def same_file(handle: IO | int, path: pathlib.Path) -> bool:
+    """Whether the open file `handle` (or file descriptor) is still the file at `path`."""
     try:
         there = os.stat(path)
     except FileNotFoundError:
         return False
-    here = os.fstat(handle.fileno())
+    here = os.fstat(handle if isinstance(handle, int) else handle.fileno())
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
@@ -163,7 +163,7 @@ def lock_directory(directory: str | os.PathLike, what: str) -> IO | None:
             logging.getLogger(__name__).warning("%s %s cannot be locked (%s): nothing keeps a second trainer out",
                                                 what, directory, err)
             return None
-        if _same_file(handle, path):
+        if same_file(handle, path):
             break
         # removed after it was opened (a refused start takes back the lock file it added): a lock on it guards
         # nothing, and the next trainer would lock a new .lock beside it

@@ -35,6 +35,7 @@ from r1jax.rl import checksums
 from r1jax.rl.config import Config, config_from_dicts, to_dict
 from r1jax.rl.failed_saves import (close_failed, drop_closed_loop_reports, quiet_failed_saves, save_threads,
                                    wait_for_writers)
+from r1jax.rl.step_leases import StepGone, held
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.params import abstract_sharded
 from r1jax.sharding.rules import Rules
@@ -154,18 +155,22 @@ LIVE_READ_TRIES = 4  # reads of a run directory's latest step while its trainer 
 
 def read_latest(path: str | pathlib.Path, read: Callable[[pathlib.Path], T]) -> T:
     """`read(step directory)` of the step `path` names (a run directory or checkpoint root: its latest). A trainer
-    may save and rotate steps there meanwhile (`checkpoint.keep`): a read that fails while the steps listed
-    change is tried again on the new latest step, so inspecting a live run reads one whole step, or fails naming
-    real damage. (Read once, a live run's step could vanish under generate or eval: a traceback, or a healthy
-    run reported damaged or incomplete.)"""
+    may save and rotate steps there meanwhile (`checkpoint.keep`): the read holds its step (rl.step_leases), so
+    the trainer's pruning leaves it to a later save; where no lease can be taken (a file system without flock), a
+    read that fails while the steps listed change is tried again on the new latest step. Either way inspecting
+    a live run reads one whole step, or fails naming real damage. (Read once and unheld, a live run's step
+    could vanish under generate or eval: a traceback, or a healthy run reported damaged or incomplete.)"""
     for attempt in range(LIVE_READ_TRIES):
         root, step = resolve(path)
         listed = _steps(root)
         try:
-            return read(root / str(step))
-        except (UserError, OSError) as err:
+            with held(root, step):
+                return read(root / str(step))
+        except (UserError, OSError, StepGone) as err:
             named = pathlib.Path(path).absolute() == (root / str(step)).absolute()  # a step given: no other
-            if named or not root.is_dir() or _steps(root) == listed:
+            if isinstance(err, StepGone) and named:
+                raise UserError(f"checkpoint {root / str(step)} was deleted (a trainer rotating its steps?)") from None
+            if not isinstance(err, StepGone) and (named or not root.is_dir() or _steps(root) == listed):
                 raise
             if attempt + 1 == LIVE_READ_TRIES:
                 raise UserError(f"checkpoint {root}: its steps changed under each of {LIVE_READ_TRIES} reads (a "

@@ -5,7 +5,8 @@ counters, eval metrics) plus one PyTree item per state tree (`params`, `opt_stat
 Orbax writes a step into a temporary directory and renames it on commit, so a process killed mid-save leaves
 no step that restore would load half-written; restore only ever sees committed steps.
 
-Retention: the latest `keep` steps plus the best `keep_best` by evaluation accuracy (`eval/pass@1`).
+Retention: the latest `keep` steps plus the best `keep_best` by evaluation accuracy (`eval/pass@1`); a step that
+a reader (export, eval, generate) holds is deleted by a later save instead (rl.step_leases).
 
 Saving a step that exists (a stage's end saved again after a stop in its last step; a stage of no steps) moves
 the committed copy aside as `N.previous` (rl.checkpoint.PREVIOUS_SUFFIX) and drops it only once the new `N` is
@@ -34,6 +35,7 @@ from r1jax.errors import UserError
 from r1jax.rl import checksums
 from r1jax.rl.checkpoint import PREVIOUS_SUFFIX, previous_copies, restore_items
 from r1jax.rl.failed_saves import close_failed, quiet_failed_saves, save_threads, wait_for_writers
+from r1jax.rl.step_leases import LeaseRespectingDeleter
 from r1jax.rl.config import Config, config_from_dicts, to_dict
 from r1jax.sharding import distributed
 
@@ -56,6 +58,8 @@ class TrainCheckpointer:
             enable_async_checkpointing=async_save, best_fn=(lambda m: m[BEST_METRIC]) if keep_best else None,
             preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies))
         self.manager = ocp.CheckpointManager(self.root, options=options)
+        if _is_primary():  # (Orbax's deletes are process 0's) a step a reader holds is deleted by a later save
+            self.manager._checkpoint_deleter = LeaseRespectingDeleter(self.manager._checkpoint_deleter, self.root)
         self._replacing = False  # a re-save's old copy is aside until the new one commits
         self._settle_previous_copies()
         quiet_failed_saves()
