@@ -15,8 +15,9 @@ math delimiters remain inside it: bare, math-verify took its first fraction for 
 A reference of words in \\text ("\\text{No}") compares as words (`_words`), and a decimal must also agree to
 RELATIVE_TOLERANCE of the value (`_relatively_close`). Text math-verify drops may not hide a second answer
 ("5 \\text{ or 6}", "5 \\textbf{6}": `hedged`), and each side of an approximation with a digit must verify, a
-decimal to its last place ("5 \\approx 6" was 5; "\\frac{1}{3} \\approx 0.333" still scores). Shapes whose
-parsing or comparison could run away are refused first (rl.tasks.math_screen).
+decimal (a percent: over 100) to its last place ("5 \\approx 6" was 5; "\\frac{1}{3} \\approx 0.333" and
+"\\frac{2}{3} \\approx 66.7\\%" score). Shapes whose parsing or comparison could run away are refused first
+(rl.tasks.math_screen).
 
 sympy, latex2sympy2 and math-verify are imported inside the functions that use them: they take seconds to
 import and are needed only where answers are verified (the reward workers), not in the trainer.
@@ -202,12 +203,14 @@ _APPROX = re.compile(r"\\(?:approx|approxeq|thickapprox)(?![a-zA-Z])|\u2248")
 # a side's trailing unit, its power too ("3.33 \\text{ cm}^2"): a decimal with a unit is still a decimal
 _UNIT = re.compile(r"(?:\s|\\[,;: !]|~)*\\(?:text[a-z]*|mathrm|[mh]box)\s*\{[^{}]*\}"
                    r"(?:\s*\^\s*(?:\d|\{\s*\d+\s*\}))?\s*$")
-_DECIMAL = re.compile(r"\s*[-+]?\d{1,30}\.\d{1,30}\s*")
+# a decimal, or a number in percent ("66.7\\%", "67%": its value over 100, to its last place)
+_DECIMAL = re.compile(r"\s*(?P<number>[-+]?\d{1,30}\.\d{1,30}|[-+]?\d{1,30}(?=\s*\\?%))\s*(?P<percent>\\?%)?\s*")
 
 
 def _approximates(decimal: str, reference: str) -> bool:
-    """Whether a decimal is the reference's value to its last place (rounded or cut), as the
-    side of an approximation ("\\frac{1}{3} \\approx 0.333"); False for a reference that is no number."""
+    """Whether a decimal (_DECIMAL: a percent's over 100) is the reference's value to its last place (rounded or
+    cut), as the side of an approximation ("\\frac{1}{3} \\approx 0.333", "\\frac{2}{3} \\approx 66.7\\%"); False
+    for a reference that is no number."""
     import sympy
 
     reference = normalise(_APPROX.split(strip_markup(reference))[-1])  # (a reference "\\approx 3.14": its value)
@@ -215,7 +218,10 @@ def _approximates(decimal: str, reference: str) -> bool:
     value = gold[0].rhs if gold and isinstance(gold[0], sympy.Eq) else gold[0] if gold else None
     if not (isinstance(value, sympy.Expr) and value.is_number):
         return False
-    places, digits = len(decimal.strip().split(".")[1]), int(decimal.replace(".", ""))
+    match = _DECIMAL.fullmatch(decimal)
+    number = match.group("number")
+    places = len(number.split(".")[1]) if "." in number else 0
+    places, digits = places + 2 * bool(match.group("percent")), int(number.replace(".", ""))
     try:  # in sympy's arbitrary precision: a float's 16 digits cut "\\frac{1}{7} \\approx 0.142857142857142857" short
         scaled = (value * sympy.Integer(10) ** places).evalf(len(str(abs(digits))) + 40)
         return digits in (int(sympy.floor(scaled + sympy.Rational(1, 2))), int(scaled))

@@ -193,6 +193,12 @@ def test_countdown_targets_stay_within_max_target():
     (r"\frac{10}{3}", r"\approx 3.33\,\mathrm{cm}", True),
     (r"\frac{10}{3}", r"\frac{10}{3} \text{ cm} \approx 3.34 \text{ cm}", False),
     (r"\frac{10}{3}", r"\frac{10}{3} \text{ cm} \approx 3.33 \text{ cm or } 4", False),
+    # a percent side is its value over 100 to its last place (the first three scored 0; math-verify scores the
+    # whole answer for its first side, 2/3, and 66.7% alone as 0.667 != 2/3 past its 6-digit rounding)
+    (r"\frac{2}{3}", r"\frac{2}{3} \approx 66.7\%", True), (r"\frac{2}{3}", r"\frac{2}{3} \approx 67\%", True),
+    ("2/3", r"\frac{2}{3} \approx 66.67 \%", True), (r"\frac{2}{3}", r"\frac{2}{3} \approx 66.6\%", True),
+    (r"\frac{2}{3}", r"\frac{2}{3} \approx 66.8\%", False), (r"\frac{2}{3}", r"\frac{2}{3} \approx 66.7", False),
+    (r"\frac{2}{3}", r"\frac{2}{3} \approx 6.67\%", False), ("67", r"\frac{2}{3} \approx 67\%", False),
 ])
 def test_hedged_and_approximate_math_answers(math_task, reference, candidate, expected):
     assert math_task.verify(candidate, reference) is expected
