@@ -36,7 +36,8 @@ STALE_READS_PER_PROBLEM = 20  # plus this many per problem known (training's and
 
 def held_out_problems(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | None = None,
                       left_out: list[str] | None = None,
-                      other_files: Sequence[tuple[str, DataConfig]] = (), read_data_file: bool = True) -> list[dict]:
+                      other_files: Sequence[tuple[str, DataConfig]] = (), read_data_file: bool = True,
+                      rows_read: Mapping[str, Sequence[dict]] | None = None) -> list[dict]:
     """`cfg.num_problems` problems from `cfg.seed` whose prompts never occur in the training source, in the mix
     of tasks and kinds the held-out seed draws: the i-th held-out problem is of the kind of the eval source's
     i-th problem (`Task.problem_kind`; one kind per task unless it says otherwise), the next unseen one of
@@ -54,14 +55,17 @@ def held_out_problems(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | 
     unless the problems found make `cfg.num_problems` (a space too small was read to 50 x num_problems before).
     `read_data_file` false: training's own problems are not skipped, data.path's rows (`r1jax eval
     --ignore-missing-training-files`, the file gone) or the generated ones (weights that trained on nothing:
-    `r1jax init`, `import-hf`)."""
+    `r1jax init`, `import-hf`). `rows_read`: a training file's rows already read, by path (`r1jax eval` checks a
+    moved file's fingerprint on them: read again, a file changed between the reads passed the check with other
+    rows than the ones skipped)."""
+    rows_read = rows_read or {}
     if cfg.path is not None:
-        return _file_held_out(data, cfg, tasks, other_files, read_data_file)
+        return _file_held_out(data, cfg, tasks, other_files, read_data_file, rows_read)
     tasks = list(tasks or data.tasks)
     difficulty = cfg.difficulty or data.difficulty
-    seen = _training_keys(data, tasks) if read_data_file else set()
+    seen = _training_keys(data, tasks, rows_read) if read_data_file else set()
     for field, other in other_files:
-        seen |= _file_keys(other, tasks, field)
+        seen |= _file_keys(other, tasks, field, rows_read)
     source = TaskSource([data.task(t, difficulty) for t in tasks], cfg.seed, 50 * cfg.num_problems)
     kinds: list[tuple] = []  # the kind of each problem of `source` read so far
     unseen: dict[tuple, collections.deque] = collections.defaultdict(collections.deque)  # not yet taken, by kind
@@ -105,7 +109,8 @@ def held_out_problems(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | 
 
 
 def _file_held_out(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | None,
-                   other_files: Sequence[tuple[str, DataConfig]], read_data_file: bool) -> list[dict]:
+                   other_files: Sequence[tuple[str, DataConfig]], read_data_file: bool,
+                   rows_read: Mapping[str, Sequence[dict]]) -> list[dict]:
     """`eval.path`'s first `cfg.num_problems` distinct rows (of `tasks`, when given) whose problem training never
     reads, in the file's order; every one when it holds fewer. A row training reads (data.path's, a generated
     problem, another training file's) is skipped: a test split that shares prompts with its train split
@@ -128,9 +133,9 @@ def _file_held_out(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | Non
         train = TaskSource([data.task(t) for t in data.tasks], data.seed, data.num_problems)
         seen = {(kind, TASKS[kind].problem_key(train[i]["prompt"])) for i in range(len(train)) for kind in kinds}
     else:
-        seen = _file_keys(data, kinds, "data.path")
+        seen = _file_keys(data, kinds, "data.path", rows_read)
     for field, other in other_files:
-        seen |= _file_keys(other, kinds, field)
+        seen |= _file_keys(other, kinds, field, rows_read)
     problems = []
     for row in rows:  # a row repeated in the file is one problem (it would count twice in pass@1)
         if _key(row) not in seen:
@@ -151,7 +156,7 @@ def _too_small(data: DataConfig, cfg: EvalConfig, found: int) -> ValueError:
                       "add tasks or lower the numbers of problems")
 
 
-def _training_keys(data: DataConfig, tasks: Sequence[str]) -> set[tuple]:
+def _training_keys(data: DataConfig, tasks: Sequence[str], rows_read: Mapping[str, Sequence[dict]]) -> set[tuple]:
     """The `_key`s of the problems training reads (its generated problems, or its data file's), for held-out
     problems of `tasks`. A file row is keyed as a problem of each of `tasks`: its task column names the verifier
     that scores it, and a prompt a held-out task generates is the same problem whichever verifier the file
@@ -159,13 +164,15 @@ def _training_keys(data: DataConfig, tasks: Sequence[str]) -> set[tuple]:
     if data.path is None:
         train = TaskSource([data.task(t) for t in data.tasks], data.seed, data.num_problems)
         return {_key(train[i]) for i in range(len(train))}
-    return _file_keys(data, tasks, "data.path")
+    return _file_keys(data, tasks, "data.path", rows_read)
 
 
-def _file_keys(data: DataConfig, tasks: Sequence[str], field: str) -> set[tuple]:
-    """The `_key`s of a training file's rows (`data.path`, named in errors as the config's `field`)."""
+def _file_keys(data: DataConfig, tasks: Sequence[str], field: str,
+               rows_read: Mapping[str, Sequence[dict]]) -> set[tuple]:
+    """The `_key`s of a training file's rows (`data.path`, named in errors as the config's `field`; its rows from
+    `rows_read` when they were read already)."""
     try:
-        rows = data.load_file()
+        rows = rows_read[data.path] if data.path in rows_read else data.load_file()
     except UserError as err:  # `r1jax eval` of a checkpoint whose training file has moved
         raise UserError(f"{field}={data.path!r} (a training file, whose problems the held-out set must "
                         f"skip): {err}") from None

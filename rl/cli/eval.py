@@ -119,14 +119,15 @@ def run(args: argparse.Namespace) -> int:
         try:
             left_out = []
             if was_trained:
-                data, others, read_data = training_files(config, moved, args.ignore_missing_training_files, source)
+                data, others, read_data, rows_read = training_files(config, moved, args.ignore_missing_training_files,
+                                                                    source)
             elif moved:
                 raise UserError(f"--training-file: {args.checkpoint!r} holds weights that trained on nothing "
                                 "(written by r1jax init or import-hf): drop --training-file")
             else:  # its config's data section is the default's, not a record of training (all was skipped)
-                data, others, read_data = config.data, [], False
+                data, others, read_data, rows_read = config.data, [], False, {}
             problems = held_out_problems(data, eval_cfg, [args.task] if args.task else None, left_out, others,
-                                         read_data_file=read_data)
+                                         read_data_file=read_data, rows_read=rows_read)
             for kind in left_out:
                 print(f"r1jax eval: training used every {kind} problem; the held-out set holds none of them",
                       file=sys.stderr)
@@ -183,9 +184,10 @@ def moved_files(pairs: list[str]) -> dict[str, str]:
 
 def training_files(config, moved: dict[str, str], ignore_missing: bool, source: dict | None = None):
     """(the data config, the other training files: rl.train.preflight.other_training_files, whether data.path is
-    read) for `held_out_problems`, each file read where `moved` says it is now. A file that is gone is a UserError
+    read, the rows read here by path) for `held_out_problems`, each file read where `moved` says it is now. A file that is gone is a UserError
     saying how to go on, or with `ignore_missing` left unread, said on stderr. `source`: the fingerprint of the
-    file the checkpoint was reading (rl.checkpoint.data_source): that file moved must hold the same rows."""
+    file the checkpoint was reading (rl.checkpoint.data_source): that file moved must hold the same rows, and the
+    rows checked are the ones held-out problems skip (read once: a file changed between two reads passed)."""
     from r1jax.errors import UserError
     from r1jax.rl.data.pipeline import read_source, source_change
     from r1jax.rl.train.preflight import other_training_files
@@ -196,12 +198,12 @@ def training_files(config, moved: dict[str, str], ignore_missing: bool, source: 
         names = ", ".join(repr(data.path) for _, data in named) or "none (it trained on generated tasks)"
         raise UserError(f"--training-file {unknown[0]}={moved[unknown[0]]}: the checkpoint names no training file "
                         f"{unknown[0]!r}; the files it names: {names}")
-    located = {}
+    located, rows_read = {}, {}
     for field, data in named:
         if data.path in moved:
             located[field] = dataclasses.replace(data, path=moved[data.path])
             if source is not None and source.get("file") == data.path:  # the rows it trained on, or a refusal
-                now = read_source(located[field])[1]
+                rows_read[moved[data.path]], now = read_source(located[field])
                 changed = source_change({**source, "order": now["order"]}, now)  # eval reads them in any order
                 if changed:
                     raise UserError(f"--training-file {data.path}={moved[data.path]}: {changed}; the held-out "
@@ -218,7 +220,8 @@ def training_files(config, moved: dict[str, str], ignore_missing: bool, source: 
             print(f"r1jax eval: {field}={data.path!r} is not there (--ignore-missing-training-files): its prompts are "
                   "not skipped, so held-out problems may include ones trained on", file=sys.stderr)
     others = [(field, data) for field, data in located.items() if field != "data.path"]
-    return located.get("data.path", config.data), others, config.data.path is None or "data.path" in located
+    return (located.get("data.path", config.data), others, config.data.path is None or "data.path" in located,
+            rows_read)
 
 
 def sampling_settings(args: argparse.Namespace, eval_cfg, max_new_tokens: int) -> str:

@@ -194,6 +194,31 @@ def test_a_moved_training_file_is_read_where_told_or_left_out_when_asked(capsys,
     assert "is not there (--ignore-missing-training-files): its prompts are not skipped" in " ".join(err.split())
 
 
+def test_a_moved_training_file_is_read_once_for_its_check_and_its_skipped_prompts(capsys, finished_run, tmp_path,
+                                                                                  monkeypatch):
+    """--training-file OLD=NEW of the file the checkpoint was reading: NEW was read for the fingerprint check, then
+    again for the prompts to skip (a file changed between the reads passed the check with other rows skipped)."""
+    from r1jax.rl.data import config as data_config
+
+    gone, moved = tmp_path / "gone" / "cold_start.jsonl", tmp_path / "cold_start.jsonl"
+    checkpoint_sft_file(monkeypatch, gone)
+    config = load_config(finished_run / "config.yaml")
+    usual = held_out_problems(config.data, dataclasses.replace(config.eval, num_problems=4))
+    moved.write_text("".join(json.dumps({"prompt": p["prompt"], "answer": p["answer"], "solution": p["answer"],
+                                         "task": "arithmetic"}) + "\n" for p in usual[:2]))
+    fingerprint = {**read_source(dataclasses.replace(config.data, path=str(moved)))[1], "file": str(gone)}
+    monkeypatch.setattr(checkpoint_module, "data_source", lambda step: fingerprint)  # it was reading that file
+    reads, real = [], data_config.load_problems_hashed
+    monkeypatch.setattr(data_config, "load_problems_hashed",
+                        lambda path, *args, **kwargs: reads.append(path) or real(path, *args, **kwargs))
+    seen = record_evaluations(monkeypatch)
+    code, _, err = run_main(capsys, "eval", str(finished_run), "--num-problems", "4", "--workers", "1", "--json",
+                            "--training-file", f"{gone}={moved}")
+    assert code == 0, err
+    assert reads.count(str(moved)) == 1
+    assert not {p["prompt"] for p in seen[-1]["problems"]} & {p["prompt"] for p in usual[:2]}
+
+
 def test_weights_that_trained_on_nothing_skip_no_problem(capsys, finished_run, tmp_path, monkeypatch):
     """`r1jax init` and `import-hf` write weights that trained on nothing, under a config whose data section is
     the default's: eval skipped its generated problems as trained on, and an imported checkpoint's 100,000
@@ -251,7 +276,7 @@ def test_a_moved_training_file_must_hold_the_rows_the_checkpoint_read(finished_r
     same.write_text(old.read_text())
     other.write_text(rows[0] + "\n")
     old.unlink()
-    data, _, _ = eval_cli.training_files(config, {str(old): str(same)}, False, source)
+    data, _, _, _ = eval_cli.training_files(config, {str(old): str(same)}, False, source)
     assert data.path == str(same)
     reordered = dataclasses.replace(config, data=dataclasses.replace(config.data, seed=config.data.seed + 1))
     assert eval_cli.training_files(reordered, {str(old): str(same)}, False, source)[0].path == str(same)
