@@ -161,15 +161,29 @@ def new_output_dir(out: str | pathlib.Path, what: str | None = None) -> pathlib.
     when it cannot be created. `what` names it in the errors (default: "output directory 'OUT'")."""
     out = pathlib.Path(out)
     what = what or f"output directory {str(out)!r}"
-    if out.is_symlink() and not out.exists():  # (export-hf renamed its whole export onto it at the end: ENOTDIR)
-        raise UserError(f"{what} is a symlink to {os.readlink(out)!r}, which does not exist; give a new or empty "
-                        "directory, or make the one it names")
+    # (export-hf renamed its whole export onto a dangling link at the end: ENOTDIR)
+    refuse_dangling_link(out, what, "give a new or empty directory, or make the one it names")
     if out.exists() and not out.is_dir():
         raise UserError(f"{what} is a file; give a new or empty directory")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{what} exists and is not empty; refusing to overwrite")
     check_creatable(out, what)
     return out
+
+
+def refuse_dangling_link(out: pathlib.Path, what: str, remedy: str) -> None:
+    """A UserError naming `what`, each hop of its symlink chain and `remedy` when `out` is a symlink whose chain
+    ends nowhere (a link to a link to nothing named only the first hop, which exists as a link)."""
+    if not out.is_symlink() or out.exists():
+        return
+    hops, link = [], out
+    while link.is_symlink() and len(hops) < 40:  # (the kernel's own limit: a loop ends here)
+        target = os.readlink(link)
+        hops.append(target)
+        link = link.parent / target
+    ends = "a symlink loop" if link.is_symlink() else "which does not exist"
+    chain = " -> ".join(repr(hop) for hop in hops[:4]) + (" -> ..." if len(hops) > 4 else "")
+    raise UserError(f"{what} is a symlink to {chain}, {ends}; {remedy}")
 
 
 def check_creatable(directory: pathlib.Path, what: str, named: pathlib.Path | None = None) -> None:

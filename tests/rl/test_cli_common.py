@@ -158,6 +158,21 @@ def test_a_dangling_symlink_as_output_directory_is_refused_naming_its_target(tmp
     assert common.new_output_dir(tmp_path / "link") == tmp_path / "link"
 
 
+def test_a_symlink_chain_to_nothing_names_each_hop_and_a_loop_is_said(tmp_path):
+    """A link to a link to nothing named only the first hop (a link that exists), not the path that is missing."""
+    from r1jax.errors import UserError
+
+    (tmp_path / "b").symlink_to(tmp_path / "gone")
+    (tmp_path / "a").symlink_to("b")
+    with pytest.raises(UserError, match=r"output directory '.*/a' is a symlink to 'b' -> '.*/gone', which does "
+                                        r"not exist; give a new or empty directory"):
+        common.new_output_dir(tmp_path / "a")
+    (tmp_path / "c").symlink_to("d")
+    (tmp_path / "d").symlink_to("c")
+    with pytest.raises(UserError, match=r"'.*/c' is a symlink to 'd' -> 'c' -> 'd' -> 'c' -> \.\.\., a symlink loop"):
+        common.new_output_dir(tmp_path / "c")
+
+
 def test_a_config_bound_is_named_as_the_flag_that_set_it():
     from r1jax.errors import UserError
 
