@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     from r1jax.errors import UserError
     from r1jax.rl.checkpoint import read_latest
-    from r1jax.rl.cli.common import check_creatable, sigterm_interrupts
+    from r1jax.rl.cli.common import check_creatable, refuse_dangling_link, sigterm_interrupts
     from r1jax.rl.cli.export_hf import load_checkpoint
     from r1jax.rl.gguf_export import check_exportable, export_gguf
 
@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         raise UserError(f"override {bad[0]!r}: export-gguf only takes sharding.KEY=VALUE overrides")
     out = pathlib.Path(args.out)
+    # (it was replaced by the file, the link gone)
+    refuse_dangling_link(out, f"output {str(out)!r}", "give a new file name, or remove the link")
     if out.is_dir():  # (before the --force advice: --force cannot replace a directory)
         raise UserError(f"output {str(out)!r} is a directory; give a file name such as {str(out / 'model.gguf')!r}")
     if out.exists() and not out.is_file():  # --force renames over it: /dev/full became a 774 KB file

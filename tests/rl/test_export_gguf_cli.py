@@ -20,6 +20,17 @@ def test_the_files_chat_template_is_the_checkpoints_prompt_format(tokenizer, tmp
     assert chat_template("r1_zero") != chat_template("chat")
 
 
+def test_a_dangling_symlink_as_output_is_refused_up_front_naming_its_target(tmp_path, capsys):
+    """export-gguf replaced a link to nothing with the file (export-hf and init refuse it: rl.cli.common)."""
+    out = tmp_path / "m.gguf"
+    out.symlink_to(tmp_path / "models" / "m.gguf")
+    assert main(["export-gguf", str(tmp_path / "no-checkpoint"), str(out)], as_program=False) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"output {str(out)!r} is a symlink to {str(tmp_path / 'models' / 'm.gguf')!r}, which does not exist; " \
+           "give a new file name, or remove the link" in err, err
+    assert out.is_symlink()
+
+
 def test_only_sharding_overrides_are_taken(tokenizer, tmp_path, capsys):  # noqa: F811
     save_checkpoint(tmp_path / "ck", CONFIGS["qwen3_moe"], tokenizer)
     out = tmp_path / "m.gguf"
