@@ -14,7 +14,7 @@ import json
 import pathlib
 
 from r1jax.model.tokenizer import FILE_NAME, MIN_VOCAB, TEMPLATES, TOKENIZER_JSON
-from r1jax.rl.cli.common import INT32_MAX, check_creatable, integer_in, positive_int, seed
+from r1jax.rl.cli.common import INT32_MAX, check_creatable, integer_in, positive_int, refuse_dangling_link, seed
 
 MIN_CORPUS_LINES = 10  # non-blank lines of text besides the prompt templates every corpus starts with
 
@@ -64,6 +64,7 @@ def check_out(out: str) -> None:
     from r1jax.errors import UserError
 
     path = pathlib.Path(out)
+    refuse_dangling_link(path, f"--out {out!r}", "give a new or empty directory, or make the one it names")
     if path.exists() and not path.is_dir():
         raise UserError(f"--out {out!r} is a file; give a directory (tokenizer.model is written in it)")
     held = [name for name in (FILE_NAME, TOKENIZER_JSON) if (path / name).exists()]

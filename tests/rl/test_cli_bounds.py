@@ -165,6 +165,19 @@ def test_tokenizer_output_that_cannot_be_written_or_holds_a_tokenizer_is_refused
     assert not list(tmp_path.glob(".r1jax-write-check-*"))
 
 
+def test_a_tokenizer_output_that_is_a_symlink_to_nothing_is_refused_before_training(capsys, tmp_path, monkeypatch):
+    """A dangling --out passed the checks (its nearest existing parent is writable), trained, then failed to
+    save with "cannot be written: File exists": now named as a symlink to nothing, before any training."""
+    import r1jax.model.tokenizer as tokenizer_module
+
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "gone")
+    monkeypatch.setattr(tokenizer_module, "train_tokenizer", lambda *a, **k: pytest.fail("trained"))
+    err = refused(capsys, *TOKENIZER_TRAIN, "--out", str(link))
+    assert f"--out {str(link)!r} is a symlink to {str(tmp_path / 'gone')!r}, which does not exist" in err
+    assert link.is_symlink() and not (tmp_path / "gone").exists()
+
+
 def test_tokenizer_save_names_a_path_it_cannot_write(tmp_path):
     (tmp_path / "f").write_text("")
     tokenizer = Tokenizer.__new__(Tokenizer)
