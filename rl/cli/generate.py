@@ -1,9 +1,9 @@
 """Generate completions from a checkpoint with the training sampler (KV cache, one compiled program).
 
 --prompt is rendered in the checkpoint's prompt format (tokenizer.template; --template chooses another,
---raw is --template none) and needs the checkpoint's tokenizer; --ids takes token ids as given. --json
-prints one object per sample: ids (generated only), logprobs (one per id, under the temperature-scaled
-distribution; at temperature 0 the log-softmax of the logits), text.
+--raw is --template none) and needs the checkpoint's tokenizer; --ids takes token ids as given (no
+--template or --raw beside it). --json prints one object per sample: ids (generated only), logprobs (one per
+id, under the temperature-scaled distribution; at temperature 0 the log-softmax of the logits), text.
 """
 
 from __future__ import annotations
@@ -62,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
     from r1jax.rl.sampler_layout import inference_layout
     from r1jax.sharding.context import use_mesh
 
+    if args.ids is not None and (args.raw or args.template is not None):  # (they format --prompt; were ignored)
+        flag = "--raw" if args.raw else f"--template {args.template}"
+        raise UserError(f"{flag} formats --prompt's text, and --ids gives token ids as they are: drop {flag} "
+                        "or give --prompt")
     config, policy, mesh, rules, tokenizer = open_for_inference(args.checkpoint)
     if args.prompt is not None:
         if tokenizer is None:

@@ -182,6 +182,15 @@ def test_eval_names_an_unknown_task_before_anything_else(capsys, tmp_path):
     assert "--task 'bogus': unknown task" in err and "arithmetic" in err and "--num-problems" not in err
 
 
+@pytest.mark.parametrize("flags, named", [(["--raw"], "--raw"), (["--template", "chat"], "--template chat")])
+def test_generate_refuses_a_prompt_format_beside_ids(capsys, tmp_path, flags, named):
+    # the format was ignored for --ids (their tokens sampled unformatted, exit 0); now refused before the checkpoint
+    assert main(["generate", str(tmp_path / "no-checkpoint"), "--ids", "1,2", *flags]) == 2
+    err = capsys.readouterr().err
+    assert f"r1jax generate: error: {named} formats --prompt's text, and --ids gives token ids" in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_train_takes_overrides_after_its_options(capsys, tmp_path):
     parser = build_parser()
     args = parse_arguments(parser, ["train", "cfg.yaml", "--run-dir", "D", "a.b=1", "c=2"])
