@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from r1jax.sharding.distributed import first_line
 
     workers = None
-    if args.workers:
+    if args.workers is not None:
         try:
             workers = [int(w) for w in args.workers.split(",")]
         except ValueError:

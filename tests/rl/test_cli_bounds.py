@@ -303,6 +303,8 @@ def test_bench_worker_counts_past_the_pools_bound_are_refused_before_any_measuri
     monkeypatch.setattr(suite, "run_bench", lambda *a, **k: pytest.fail("measured before refusing"))
     err = refused(capsys, "bench", "--workers", "1,100000")
     assert "--workers '1,100000': " in err and "reward_pool.workers = 100000" in err and "1024" in err, err
+    # an empty list (`--workers=`, a script's unset variable) measured the default counts for minutes
+    assert "--workers '': expected comma-separated integers" in refused(capsys, "bench", "--workers=")
 
 
 def test_a_held_out_scan_of_a_task_space_too_small_fails_quickly(monkeypatch):
