@@ -23,7 +23,7 @@ OUTPUT_FIELDS = ("rewards", "status", "code_status", "error")  # what scoring ad
 CHUNK = 256  # rows scored per pool batch, so output streams on large files
 RESPAWN_S = 3.0  # a replacement worker's start, with room: sympy and math-verify imported in 1.4-1.6 s (README)
 # the config field each flag sets, for the configs' errors (rl.rewards.config.FieldError.for_flags)
-FLAGS = {"rewards.language": "--language", "rewards.max_length": "--max-length",
+FLAGS = {"rewards.names": "--rewards", "rewards.language": "--language", "rewards.max_length": "--max-length",
          "rewards.overlong_buffer": "--overlong-buffer", "rewards.code.sandbox": "--sandbox",
          "reward_pool.workers": "--workers", "reward_pool.timeout_s": "--timeout",
          "reward_pool.memory_mb": "--memory-mb"}

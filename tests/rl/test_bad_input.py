@@ -168,6 +168,8 @@ def test_bad_flag_values_are_usage_errors_naming_the_flag(capsys, argv, said):
     (["--memory-mb", "100"], "--memory-mb 100: expected 0 (no limit) or >= 256"),
     (["--max-length", "8", "--overlong-buffer", "9"], "--overlong-buffer 9: expected in [0, --max-length 8]"),
     (["--language", "xx"], "--language 'xx': expected one of ['ar', 'de',"),
+    (["--rewards="], "--rewards (): expected at least one reward"),  # "rewards.names = ()", a field, not the flag
+    (["--rewards", "format,format"], "--rewards ('format', 'format'): expected no duplicates"),
 ])
 def test_score_flags_checked_together_are_named(capsys, tmp_path, flags, said):
     assert main(["score", str(tmp_path / "missing.jsonl"), *flags]) == 2  # before the file is read
