@@ -17,7 +17,8 @@ import json
 import math
 import sys
 
-from r1jax.rl.cli.common import non_negative_int, pool_memory_mb, pool_workers, positive_int, positive_number
+from r1jax.rl.cli.common import non_negative_int, pool_memory_mb, pool_workers, positive_int, positive_number, \
+    sigterm_interrupts
 
 OUTPUT_FIELDS = ("rewards", "status", "code_status", "error")  # what scoring adds to a row
 CHUNK = 256  # rows scored per pool batch, so output streams on large files
@@ -113,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
     if not rows:  # said, rather than an empty output alone: most often the wrong file
         print(f"r1jax score: {args.file} holds no rows: nothing scored", file=sys.stderr)
         return 0
-    with RewardPool(rewards, pool_config, tasks=sorted({item.task for item in items})) as pool:
+    # SIGTERM (a job's time limit, `timeout`) stops as Ctrl-C does: the pool closed, one line, exit 143 (it killed
+    # the process and left the workers to the resource tracker's "leaked semaphore objects" warnings on stderr)
+    with sigterm_interrupts(), RewardPool(rewards, pool_config, tasks=sorted({item.task for item in items})) as pool:
         for start in range(0, len(items), CHUNK):
             results = pool.score_batch(items[start:start + CHUNK])
             for row, result in zip(rows[start:start + CHUNK], results):

@@ -199,3 +199,45 @@ def test_a_failed_rows_error_is_printed(tmp_path, capsys, monkeypatch):
     assert main(["score", str(path)]) == 0
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert row["status"] == "error" and row["error"] == "ValueError: boom"
+
+
+def test_sigterm_stops_scoring_as_ctrl_c_does_keeping_the_rows_printed(tmp_path, capsys, monkeypatch):
+    """A job's SIGTERM killed score outright (exit -15), its workers left to the resource tracker's "leaked
+    semaphore objects" warnings; now the pool closes, one line says so, exit 143, the rows printed stay."""
+    import os
+    import signal
+
+    closed = []
+
+    class StoppedPool:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            closed.append(exc[0])
+            return False
+
+        def score_batch(self, items):
+            if items[0].reference == "2":  # the second chunk: the job's time is up
+                os.kill(os.getpid(), signal.SIGTERM)
+            return [ScoreResult({"accuracy": 1.0}, 1.0, "ok", None) for _ in items]
+
+    def unhandled(signum, frame):  # stands in for the default action (ending the test process) on the old code
+        raise RuntimeError("SIGTERM not handled by score")
+
+    monkeypatch.setattr(rewards_module, "RewardPool", StoppedPool)
+    monkeypatch.setattr(score, "CHUNK", 1)
+    path = write_jsonl(tmp_path / "c.jsonl", [{"completion": "x", "answer": str(i)} for i in (1, 2, 3)])
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        code = main(["score", str(path), "--rewards", "accuracy"])
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # put back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    out = capsys.readouterr()
+    assert code == 128 + signal.SIGTERM and closed and closed[0] is not None
+    assert [json.loads(line)["answer"] for line in out.out.splitlines()] == ["1"]
+    assert out.err.strip() == "r1jax score: interrupted (SIGTERM)"
