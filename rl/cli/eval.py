@@ -22,7 +22,7 @@ import time
 
 from r1jax.model.tokenizer import TEMPLATE_NAMES
 from r1jax.rl.cli.common import buckets_for, check_context, flags_in_error, max_new_tokens, non_negative_int, \
-    non_negative_number, pool_workers, positive_int, probability
+    non_negative_number, pool_workers, positive_int, probability, sigterm_interrupts
 
 # (flag, the EvalConfig field it sets), in the order the settings used are told
 SAMPLING_FLAGS = (("--samples", "samples"), ("--temperature", "temperature"), ("--top-p", "top_p"),
@@ -154,7 +154,9 @@ def run(args: argparse.Namespace) -> int:
     # the workers warm up the verifiers of the problems' tasks only (rl.tasks.Task.warm_up)
     tasks = sorted({problem["task"] for problem in problems})
     rewards = evaluation_rewards(config.rewards, tasks)  # pass@1's and format_rate's, whatever trained
-    with RewardPool(rewards, pool_cfg, tasks=tasks) as pool, use_mesh(mesh, rules), \
+    # SIGTERM stops as Ctrl-C does (the pool closed, one line, exit 143): it killed eval at once, leaving the workers
+    # to the resource tracker's "leaked semaphore objects" warnings
+    with sigterm_interrupts(), RewardPool(rewards, pool_cfg, tasks=tasks) as pool, use_mesh(mesh, rules), \
             EvalProgress(len(problems)) as progress:
         figures, _ = evaluate(sampler, state, tokenizer, template, problems, pool, eval_cfg, max_new,
                               config.rewards.answer_max_chars, config.tokenizer.template_vars,

@@ -316,3 +316,28 @@ def test_eval_table_shows_each_figures_own_value_with_k_samples(capsys):
     assert rows == {"pass@1": "0.125", "cons@4": "0.250", "pass@4": "0.750", "format_rate": "0.500",
                     "response_length": "42.000", "reflection_rate": "0.375",
                     "pass@1 difficulty 1": "0.625", "pass@1 difficulty 2": "0.875"}
+
+
+def test_sigterm_stops_an_evaluation_as_ctrl_c_does(capsys, finished_run, tmp_path, monkeypatch):
+    """A job's SIGTERM killed eval outright (exit -15), its reward workers left to the resource tracker's "leaked
+    semaphore objects" warnings; now the pool closes and one line says so, exit 143."""
+    import os
+    import signal
+
+    def evaluate(*args, **kwargs):  # the job's time runs out while the problems are sampled
+        os.kill(os.getpid(), signal.SIGTERM)
+        pytest.fail("SIGTERM did not stop the evaluation")
+
+    def unhandled(signum, frame):  # stands in for the default action (ending the test process) on the old code
+        raise RuntimeError("SIGTERM not handled by eval")
+
+    monkeypatch.setattr(evaluate_module, "evaluate", evaluate)
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        code, out, err = run_main(capsys, "eval", str(finished_run), "--data", str(problems_file(tmp_path, 2)),
+                                  "--workers", "1", "--json")
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # put back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert code == 128 + signal.SIGTERM and out == ""
+    assert err.strip().splitlines()[-1] == "r1jax eval: interrupted (SIGTERM)" and "Traceback" not in err
