@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from r1jax.rl.rewards.functions import check_names
 
     rewards, pool_config = configs(args)
-    check_names(rewards)  # before reading a large file
+    check_names(rewards, named="--rewards", custom="score runs these only")  # before reading a large file
     rows, items = read_items(args.file)
     if not rows:  # said, rather than an empty output alone: most often the wrong file
         print(f"r1jax score: {args.file} holds no rows: nothing scored", file=sys.stderr)

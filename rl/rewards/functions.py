@@ -66,9 +66,12 @@ def register_reward(name: str):
     return decorate
 
 
-def check_names(config: RewardsConfig, import_modules: Sequence[str] = ()) -> None:
+def check_names(config: RewardsConfig, import_modules: Sequence[str] = (), named: str = "rewards.names",
+                custom: str = "custom rewards need their module in reward_pool.import_modules") -> None:
     """Every name of `config.names` is a registered reward, once `import_modules` (reward_pool.import_modules,
-    where custom rewards register) are imported; else a UserError naming the unknown ones and a likely meant one."""
+    where custom rewards register) are imported; else a UserError naming the unknown ones and a likely meant one.
+    `named` and `custom`: what the error calls the names and says of custom rewards (a command's flag and its
+    own way, if any, to bring them)."""
     for module in import_modules:
         try:
             importlib.import_module(module)
@@ -78,9 +81,8 @@ def check_names(config: RewardsConfig, import_modules: Sequence[str] = ()) -> No
     if unknown:
         close = {n: difflib.get_close_matches(n, REWARDS, n=1) for n in unknown}
         meant = "; ".join(f"did you mean {m[0]!r} for {n!r}?" for n, m in close.items() if m)
-        raise UserError(f"rewards.names: unknown reward(s) {unknown}; {meant + ' ' if meant else ''}registered: "
-                        f"{', '.join(sorted(REWARDS))} (custom rewards need their module in "
-                        "reward_pool.import_modules)")
+        raise UserError(f"{named}: unknown reward(s) {unknown}; {meant + ' ' if meant else ''}registered: "
+                        f"{', '.join(sorted(REWARDS))} ({custom})")
 
 
 @functools.lru_cache(maxsize=64)
