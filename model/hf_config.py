@@ -151,24 +151,29 @@ def _family(hf: Mapping[str, Any], source: str) -> str:
     return families[0]
 
 
-def _lookup(hf: Mapping[str, Any], family: str, key: str, *aliases: str) -> tuple[str, Any]:
+# the config.json keys that give n_routed_experts, in the order transformers resolves them: its attribute_map's
+# alias is set after the field, so it wins when both are given; Qwen3MoeConfig reads no `n_routed_experts`
+_EXPERT_KEYS = {"deepseek_v3": ("num_local_experts", "n_routed_experts"),
+                "qwen3_moe": ("num_local_experts", "num_experts")}
+
+
+def _lookup(hf: Mapping[str, Any], family: str, key: str) -> tuple[str, Any]:
     """(the config.json key that gives `key`, its value); a key it lacks takes transformers' default."""
-    for name in (key, *aliases):
+    for name in _EXPERT_KEYS[family] if key == "n_routed_experts" else (key,):
         if name in hf:
             return name, hf[name]
     return key, HF_DEFAULTS[family].get(key)
 
 
-def _get(hf: Mapping[str, Any], family: str, key: str, *aliases: str):
-    return _lookup(hf, family, key, *aliases)[1]
+def _get(hf: Mapping[str, Any], family: str, key: str):
+    return _lookup(hf, family, key)[1]
 
 
 def _fields(hf: Mapping[str, Any], family: str, source: str) -> dict[str, Any]:
     deepseek = family == "deepseek_v3"
-    aliases = {"n_routed_experts": ("num_local_experts",) if deepseek else ("num_experts", "num_local_experts")}
     found = {"rope_theta": ("rope_theta", _rope_theta(hf))}
     for key in dict.fromkeys(("n_routed_experts", *_COMMON, *(_DEEPSEEK if deepseek else _QWEN))):
-        found[key] = _lookup(hf, family, key, *aliases.get(key, ()))
+        found[key] = _lookup(hf, family, key)
     # null means: DeepSeek's routing without groups, no dense layers; Qwen's head_dim = D / N, no dense layers
     none_means = {"n_group": 1, "topk_group": 1, "first_k_dense_replace": 0, "mlp_only_layers": ()}
     found = {k: (name, none_means[k] if value is None and k in none_means else value)

@@ -100,3 +100,17 @@ def test_yarn_keys_a_hub_config_leaves_out_take_transformers_values(cfg, rope):
     assert (ours.rope_beta_fast, ours.rope_beta_slow, ours.rope_truncate) == (rope.get("beta_fast", 32), 1, True)
     import numpy as np
     np.testing.assert_allclose(np.asarray(inverse_frequencies(ours, 64)), inv_freq.numpy(), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("cfg,keys", [
+    (DEEPSEEK, {"n_routed_experts": 4, "num_local_experts": 8}),
+    (QWEN, {"num_experts": 4, "num_local_experts": 8}),
+    (QWEN, {"n_routed_experts": 4, "num_experts": 8}),  # no key of Qwen3MoeConfig's
+    (QWEN, {"n_routed_experts": 4, "num_experts": None}),  # so the class default (128)
+], ids=["deepseek-both-names", "qwen-both-names", "qwen-deepseek-name", "qwen-deepseek-name-only"])
+def test_the_expert_count_is_the_one_transformers_reads(cfg, keys):
+    """A config.json naming the routed experts twice: transformers' attribute_map alias (num_local_experts) is
+    set after the field and wins; Qwen3MoeConfig reads num_experts, never n_routed_experts."""
+    config = hub(cfg, **keys)
+    theirs = CLASSES[cfg.family](**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
+    assert from_hf_config(config)[0].n_routed_experts == theirs.num_local_experts
