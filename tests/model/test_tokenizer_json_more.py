@@ -1,0 +1,36 @@
+"""More of the Hugging Face tokenizer back end against transformers (and hand-made files): which config names a
+special token, and the vocabulary size of a tokenizer whose ids have a gap."""
+
+import json
+
+import transformers
+
+from r1jax.model.tokenizer import load_tokenizer
+from tests.model.hf_tokenizer_files import write_hf_tokenizer
+
+
+def test_an_old_config_takes_its_special_tokens_from_special_tokens_map_as_transformers_does(tmp_path):
+    """tokenizer_config.json without added_tokens_decoder (an old file): special_tokens_map.json's value wins
+    over the config's own, also where the config names one."""
+    directory = write_hf_tokenizer(tmp_path, "qwen")
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    config.pop("added_tokens_decoder", None)
+    config["eos_token"] = "<|endoftext|>"
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    special = json.loads((directory / "special_tokens_map.json").read_text())
+    assert special["eos_token"] == "<|im_end|>"
+    tok, auto = load_tokenizer(directory), transformers.AutoTokenizer.from_pretrained(str(directory))
+    assert auto.eos_token == "<|im_end|>"
+    assert (tok.special_tokens["eos_token"], tok.eos_id) == (auto.eos_token, auto.eos_token_id)
+
+
+def test_the_vocabulary_size_is_one_past_the_largest_id_when_ids_have_a_gap(tmp_path):
+    """The embedding needs a row for every id the tokenizer can give: 6 rows for ids {0, 1, 5}, not 3."""
+    tokenizer = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
+                 "pre_tokenizer": {"type": "Whitespace"}, "post_processor": None, "decoder": None,
+                 "model": {"type": "WordLevel", "vocab": {"<unk>": 0, "a": 1, "b": 5}, "unk_token": "<unk>"}}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(tokenizer))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<unk>"}))
+    tok = load_tokenizer(tmp_path)
+    assert tok.encode("a b") == [1, 5]
+    assert tok.vocab_size == 6
