@@ -40,3 +40,26 @@ def test_reserved_variables_and_no_messages_are_refused():
         template.render(USER, messages=[])  # `messages` is positional-only: this one is an extra variable
     with pytest.raises(UserError, match="no messages to render"):
         render("{{ messages | length }}", messages=[])
+
+
+@pytest.mark.parametrize("tools", [None, [], [{"type": "function", "function": {"name": "f"}}]])
+def test_tools_and_documents_reach_the_template_as_transformers_passes_them(tmp_path, tools):
+    """No tools is none (a template testing `tools is not none`, as Llama 3.1's does, writes no tool block), not
+    an empty list."""
+    import transformers
+
+    from r1jax.model.tokenizer import load_tokenizer
+    from tests.model.hf_tokenizer_files import write_hf_tokenizer
+
+    template = "{{ tools is none }}|{{ tools | length if tools is not none else '-' }}|{{ documents is none }}"
+    directory = write_hf_tokenizer(tmp_path, "qwen", chat_template=template)
+    theirs = transformers.AutoTokenizer.from_pretrained(str(directory)).apply_chat_template(
+        USER, tools=tools, tokenize=False)
+    assert theirs.startswith(str(tools is None))
+    assert load_tokenizer(directory).apply_chat_template(USER, tools=tools) == theirs
+
+
+def test_a_text_of_exactly_the_bound_renders_and_one_more_character_is_refused():
+    assert len(render("{{ 'a' * n }}", n=MAX_LENGTH)) == MAX_LENGTH
+    with pytest.raises(UserError, match=f"renders more than {MAX_LENGTH} characters"):
+        render("{{ 'a' * n }}{{ 'b' }}", n=MAX_LENGTH)
