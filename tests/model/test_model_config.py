@@ -22,3 +22,12 @@ def test_deepseek_may_have_every_layer_dense():
     assert ModelConfig(**{**DEEPSEEK, "first_k_dense_replace": 2}).layer_segments() == (("dense", 2),)
     with pytest.raises(UserError, match="first_k_dense_replace"):
         ModelConfig(**{**DEEPSEEK, "first_k_dense_replace": 3})
+
+
+@pytest.mark.parametrize("family,field", [("qwen3_moe", "head_dim"), ("deepseek_v3", "qk_rope_head_dim")])
+def test_an_odd_rotary_width_is_named(family, field):
+    """Rotary embedding turns pairs of dimensions: an odd width has a dimension left over."""
+    base = {**DEEPSEEK} if family == "deepseek_v3" else {"family": family}
+    ModelConfig(**{**base, field: 8})
+    with pytest.raises(UserError, match=f"model.{field}=7: must be even"):
+        ModelConfig(**{**base, field: 7})
