@@ -34,3 +34,14 @@ def test_the_vocabulary_size_is_one_past_the_largest_id_when_ids_have_a_gap(tmp_
     tok = load_tokenizer(tmp_path)
     assert tok.encode("a b") == [1, 5]
     assert tok.vocab_size == 6
+
+
+def test_the_exported_eos_ids_are_every_id_that_stops_a_row(tmp_path):
+    """Several eos ids (Qwen3's <|im_end|> and <|endoftext|>): config.json / generation_config.json list them
+    all, as the checkpoint's own generation_config.json does, so transformers' generate stops on each."""
+    from r1jax.model.hf_tokenizer import token_ids
+
+    directory = write_hf_tokenizer(tmp_path, "qwen")
+    listed = json.loads((directory / "generation_config.json").read_text())["eos_token_id"]
+    tok = load_tokenizer(directory)
+    assert len(listed) == 2 and token_ids(tok)["eos_token_id"] == listed == list(tok.eos_ids)
