@@ -63,3 +63,19 @@ def test_a_text_of_exactly_the_bound_renders_and_one_more_character_is_refused()
     assert len(render("{{ 'a' * n }}", n=MAX_LENGTH)) == MAX_LENGTH
     with pytest.raises(UserError, match=f"renders more than {MAX_LENGTH} characters"):
         render("{{ 'a' * n }}{{ 'b' }}", n=MAX_LENGTH)
+
+
+def test_a_message_giving_its_reasoning_under_two_names_renders_as_in_transformers(tmp_path):
+    """reasoning_content is the one templates read: it wins over `thinking` (each name keeps its own value)."""
+    import transformers
+
+    from r1jax.model.tokenizer import load_tokenizer
+    from tests.model.hf_tokenizer_files import write_hf_tokenizer
+
+    template = "{% for m in messages %}{{ m.reasoning_content }}|{{ m.thinking }}|{{ m.content }};{% endfor %}"
+    directory = write_hf_tokenizer(tmp_path, "qwen", chat_template=template)
+    messages = [USER[0], {"role": "assistant", "content": "a", "thinking": "T", "reasoning_content": "R"},
+                {"role": "assistant", "content": "b", "reasoning": "S"}]
+    theirs = transformers.AutoTokenizer.from_pretrained(str(directory)).apply_chat_template(messages, tokenize=False)
+    assert theirs == "||hi;R|T|a;S|S|b;"
+    assert load_tokenizer(directory).apply_chat_template(messages) == theirs
