@@ -55,6 +55,7 @@ REPLICA_GROUPS = {
     "mesh['axis_0'=4,'axis_1'=1,'axis_2'=2], device_ids=([2,4]T(1,0)) {'axis_0'}": 4,
     "mesh['a'=2,'b'=4] {'a','b'}": 8,
     "mesh['x'=8] {'x':(1)2}": 2,  # a sub-axis: 2 of x's 8
+    "maximal_mesh[device_id=5] {}": 1,  # one device
     "{}": None,  # every device of the module: its replica_count / num_partitions
 }
 
@@ -188,3 +189,49 @@ def test_async_multi_operand_and_ragged_collectives_in_the_decode_loop():
     assert (stats.weight_allgathers, stats.weight_allgather_bytes) == (1, weight)
     assert stats.collective_bytes["all-gather"] == weight + (64 * 16 + 32 * 16) * 4 * 7 // 8
     assert stats.collective_bytes["all-to-all"] == 4 * 16 * 4 * 7 // 8
+
+
+MOVED_WEIGHT = """HloModule m, num_partitions=8
+%body (t: (s32[], f32[8,16], f32[8,16])) -> (s32[], f32[8,16], f32[8,16]) {
+  %t = (s32[], f32[8,16]{1,0}, f32[8,16]{1,0}) parameter(0)
+  %i = s32[] get-tuple-element(%t), index=0
+  %w = f32[8,16]{1,0} get-tuple-element(%t), index=1
+  %x = f32[8,16]{1,0} get-tuple-element(%t), index=2
+  MOVED
+  %ag = f32[64,16]{1,0} all-gather(%moved), channel_id=1, replica_groups=[1,8]<=[8], dimensions={0}, use_global_device_ids=true
+  %x2 = f32[8,16]{1,0} negate(%x)
+  %one = s32[] constant(1)
+  %next = s32[] add(%i, %one)
+  ROOT %out = (s32[], f32[8,16]{1,0}, f32[8,16]{1,0}) tuple(%next, %w, %x2)
+}
+%cond (u: (s32[], f32[8,16], f32[8,16])) -> pred[] {
+  %u = (s32[], f32[8,16]{1,0}, f32[8,16]{1,0}) parameter(0)
+  %j = s32[] get-tuple-element(%u), index=0
+  %n = s32[] constant(5)
+  ROOT %lt = pred[] compare(%j, %n), direction=LT
+}
+ENTRY %main (a: f32[8,16], b: f32[8,16]) -> (s32[], f32[8,16], f32[8,16]) {
+  %a = f32[8,16]{1,0} parameter(0)
+  %b = f32[8,16]{1,0} parameter(1)
+  %z = s32[] constant(0)
+  %init = (s32[], f32[8,16]{1,0}, f32[8,16]{1,0}) tuple(%z, %a, %b)
+  ROOT %loop = (s32[], f32[8,16]{1,0}, f32[8,16]{1,0}) while(%init), condition=%cond, body=%body, metadata={op_name="f/decode/while"}
+}
+"""
+
+
+@pytest.mark.parametrize("moved", [
+    "%moved = f32[16,8]{1,0} transpose(%w), dimensions={1,0}",
+    "%moved = f32[2,8,16]{2,1,0} broadcast(%w), dimensions={1,2}",
+    "%moved = f32[16,16]{1,0} concatenate(%w, %w), dimensions={0}",
+    "%c = f32[8,16]{1,0} copy(%w)\n  %moved = f32[128]{0} reshape(%c)",
+])
+def test_a_weight_moved_about_before_its_gather_is_still_a_weight_allgather(moved):
+    """The loop-invariant weight (element 1: the body passes it on) transposed, broadcast, concatenated or
+    copied and reshaped before its all-gather: a weight all-gather; the same of the carried activation
+    (element 2: the body changes it) is none."""
+    weight = decode_stats(MOVED_WEIGHT.replace("MOVED", moved))
+    carried = decode_stats(MOVED_WEIGHT.replace("MOVED", moved.replace("(%w", "(%x").replace(", %w)", ", %x)")))
+    assert (weight.weight_allgathers, weight.weight_allgather_bytes) == (1, 64 * 16 * 4 * 7 // 8)
+    assert (carried.weight_allgathers, carried.weight_allgather_bytes) == (0, 0)
+    assert carried.collective_bytes["all-gather"] == weight.collective_bytes["all-gather"] == 64 * 16 * 4 * 7 // 8
