@@ -86,3 +86,30 @@ def test_the_decode_read_limit_counts_every_device_of_a_chip():
     out = report.decode()
     assert out["hbm_read_limit_bytes"] == 8 * GIB // 4 + 2 * GIB
     assert out["hbm_bytes_per_token"] == 2 * 10 * GIB  # a device's traffic, times the chip's two devices
+
+
+def test_a_v4_sampler_on_devices_of_its_own_counts_chips_not_devices():
+    """v4:2x2x1 is 4 chips of 2 compile-only devices: a sampler on 4 devices has 2 chips, the trainer the other
+    2; the update's model FLOPs are split over the trainer's 2 chips (hand-computed)."""
+    from r1jax.rl.bench.flops import train_step_flops
+    from r1jax.sharding.update_stats import StepStats
+    from tests.model.tiny import QWEN
+
+    step = StepStats({}, hbm_bytes=1, flops=1.0)
+    report = _report({"sampler": ProgramStats(peak_bytes=GIB), "update": ProgramStats(peak_bytes=GIB, step=step)})
+    report.topology, report.sampler_devices, report.model = parse_topology("v4:2x2x1"), 4, QWEN
+    assert (report.chips("sampler"), report.chips("update")) == (2, 2)
+    assert report.update()["model_flops_per_chip"] == train_step_flops(QWEN, 8, 24) / 2  # Workload(2, 4, 16, 8)
+    report.topology, report.sampler_devices = parse_topology("v5p:2x2x1"), 1  # 3 trainer chips of 4
+    assert report.update()["model_flops_per_chip"] == train_step_flops(QWEN, 8, 24) / 3
+
+
+def test_the_report_names_the_peak_program_and_only_the_meshes_that_fit():
+    programs = {"sampler": ProgramStats(peak_bytes=GIB), "update": ProgramStats(peak_bytes=40 * GIB)}
+    report = _report(programs)
+    report.alternatives = [{"mesh": "fsdp", "fits": True, "per_chip_bytes": GIB},
+                           {"mesh": "ep8", "fits": False, "reason": "does not divide"}]
+    out = report.to_dict()
+    # the update's 40 GiB (it takes the state as arguments) over the sampler's 1 + 20 + 10 GiB
+    assert out["peak_program"] == "update" and out["per_chip_bytes"] == 40 * GIB
+    assert out["fitting_meshes"] == ["fsdp"]
