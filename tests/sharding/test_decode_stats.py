@@ -296,3 +296,6 @@ def test_a_chip_of_two_devices_reports_both_devices_work(mesh):
     for key in ("flops_per_token", "hbm_bytes_per_token", "weight_allgather_bytes_per_token", "est_compute_s",
                 "est_hbm_s", "est_collective_s"):
         assert two[key] == pytest.approx(2 * one[key]) and one[key] > 0, key
+    assert two["collective_bytes_per_token"]["all-gather"] == 2 * one["collective_bytes_per_token"]["all-gather"] > 0
+    # a count of collectives per step, which the chip's devices run together: not doubled
+    assert one["weight_allgathers_per_token"] == two["weight_allgathers_per_token"] == LAYERS
