@@ -115,3 +115,25 @@ def test_whole_rows_split_over_the_batch_axes_then_the_vocabularys(rows, expecte
     assert y.sharding.is_equivalent_to(jax.sharding.NamedSharding(mesh, expected), 2), y.sharding.spec
     assert (y == x).all()
     assert constrain_whole_rows(x) is x
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(data=-2), r"sharding.data=-2: a mesh axis size must be >= 1 or -1 \(fill\)"),
+    (dict(rules={"vocab": "tensor"}), r"sharding.rules.vocab='tensor': expected a list of mesh axes"),
+    (dict(rules={"vocab": ["tensor", "tensor"]}), r"sharding.rules.vocab=\['tensor', 'tensor'\]: a mesh axis may appear once"),
+    (dict(rules={"nope": ["data"]}), r"sharding.rules.nope: unknown logical axis 'nope'"),
+    (dict(preset="nope"), r"sharding.preset='nope': unknown; choose one of inference, fsdp"),
+])
+def test_a_sharding_config_that_cannot_work_names_the_field(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        ShardingConfig(**kwargs)
+
+
+def test_a_batch_must_split_evenly_not_just_cover_the_data_parallel_devices():
+    from r1jax.sharding.mesh import check_batch_rows
+
+    mesh = build_mesh(ShardingConfig(data=4, fsdp=-1))  # 4 x 2 = 8 data-parallel devices (fsdp is a batch axis)
+    assert check_batch_rows(16, mesh, Rules.preset("fsdp")) == ("data", "fsdp", "expert")  # (expert: 1)
+    with pytest.raises(UserError, match="a batch of 12 rows does not split over the 8 data-parallel devices "
+                                        r"\(dataxfsdpxexpert\); make it a multiple of 8"):
+        check_batch_rows(12, mesh, Rules.preset("fsdp"))
