@@ -82,7 +82,8 @@ class HloTraffic:
         nested fusions, and writes only an in-place update: a buffer that the fusion only updates and slices
         (a read-modify-write of one slice, `x.at[i].add(v)`, or of scattered rows, `x.at[rows].add(v)`) is
         updated in place, as XLA's buffer assignment shares a dynamic-update-slice or scatter fusion's
-        output with that operand; a scatter reads and writes the rows of its updates."""
+        output with that operand (only where the update is the fusion's output: `_is_output`); a scatter reads
+        and writes the rows of its updates."""
         reads = list(reads)
         for inst in fused.instructions.values():
             if inst.opcode != "parameter" or not inst.attrs.isdigit() or int(inst.attrs) >= len(reads):
@@ -90,12 +91,20 @@ class HloTraffic:
             index = int(inst.attrs)
             reads[index] = min(reads[index], self._read_bytes(fused, inst.name, reads[index]))
             uses = self._users(fused).get(inst.name, [])
-            updates = [u for u in uses if u.operands[0] == inst.name and (
-                u.opcode == "dynamic-update-slice" or (u.opcode == "scatter" and u is fused.root))]
+            updates = [u for u in uses if u.operands[0] == inst.name and self._is_output(fused, u)
+                       and u.opcode in ("dynamic-update-slice", "scatter")]
             if updates and all(u in updates or u.opcode in ("dynamic-slice", "slice") for u in uses):
                 write = min(write, sum(self._operand(fused, u, 1) if u.opcode == "dynamic-update-slice"
                                        else self._scatter_updates(fused, u) for u in updates))
         return reads, write
+
+    def _is_output(self, comp: Computation, inst: Instruction) -> bool:
+        """Is `inst` the computation's result (its root, or only an element of its root tuple)? Only an update
+        that is the fusion's output is done in place; one whose result the fusion computes on (`x.at[i].set(v)
+        * 2`) reads its buffer whole and writes a new one."""
+        root = comp.root
+        users = self._users(comp).get(inst.name, [])
+        return inst is root or (root.opcode == "tuple" and bool(users) and all(u is root for u in users))
 
     @staticmethod
     def _operand(comp: Computation, inst: Instruction, index: int) -> int:
@@ -119,7 +128,8 @@ class HloTraffic:
 
     def _read_bytes(self, comp: Computation, name: str, full: int, depth: int = 0) -> int:
         """Bytes of value `name` (of `full` bytes) that `comp` reads: slices and gathers read what they take,
-        an in-place update's buffer nothing, bitcasts and nested fusions pass it on; anything else all."""
+        an in-place update's buffer (one that is the computation's output, `_is_output`) nothing, bitcasts and
+        nested fusions pass it on; anything else all."""
         uses = self._users(comp).get(name, [])
         if not uses or depth > 20:
             return full
@@ -127,10 +137,10 @@ class HloTraffic:
         for use in uses:
             if use.opcode in _SLICES and use.operands[0] == name:
                 total += use.bytes
-            elif use.opcode == "dynamic-update-slice" and use.operands[0] == name:
+            elif use.opcode == "dynamic-update-slice" and use.operands[0] == name and self._is_output(comp, use):
                 continue
-            elif use.opcode == "scatter" and use.operands[0] == name:  # read-modify-write of the updated rows
-                total += self._scatter_updates(comp, use)
+            elif use.opcode == "scatter" and use.operands[0] == name and self._is_output(comp, use):
+                total += self._scatter_updates(comp, use)  # read-modify-write of the updated rows
             elif use.opcode == "bitcast":
                 total += self._read_bytes(comp, use.name, full, depth + 1)
             elif use.opcode == "fusion" and use.attr("calls") in self.comps:

@@ -121,3 +121,23 @@ def test_a_nested_fusion_reads_of_each_operand_what_its_own_parameter_takes():
     traffic = HloTraffic(NESTED_PARAMETERS)
     (entry,) = [c for c in traffic.comps.values() if c.entry]
     assert traffic.hbm_bytes(entry, entry.instructions["g"]) == 8 * 4 + 64 * 4 + 64 * 4 + 8 * 4
+
+
+@pytest.mark.parametrize("then", ["multiply", "none"])
+def test_an_update_the_fusion_computes_on_reads_and_writes_the_whole_buffer(then):
+    """`x.at[i].set(v) * 2` compiles (CPU) to one loop fusion whose update is not its output: it reads the
+    [1024, 64] buffer whole and writes a new one (it was counted as an in-place update: 516 bytes of 524,548);
+    `x.at[i].set(v)` alone updates in place: the row read and written, the index read."""
+    import jax
+    import jax.numpy as jnp
+
+    from r1jax.sharding.decode_stats import program_costs
+
+    def update(x, v, i):
+        y = jax.lax.dynamic_update_slice(x, v, (i, 0))
+        return y * 2 if then == "multiply" else y
+
+    text = jax.jit(update, donate_argnums=0).lower(jnp.ones((1024, 64)), jnp.ones((1, 64)), 3).compile().as_text()
+    buffer, row = 1024 * 64 * 4, 64 * 4
+    expected = buffer + row + 4 + buffer if then == "multiply" else row + 4 + row
+    assert program_costs(text)[1] == expected
