@@ -113,3 +113,13 @@ def test_the_report_names_the_peak_program_and_only_the_meshes_that_fit():
     # the update's 40 GiB (it takes the state as arguments) over the sampler's 1 + 20 + 10 GiB
     assert out["peak_program"] == "update" and out["per_chip_bytes"] == 40 * GIB
     assert out["fitting_meshes"] == ["fsdp"]
+
+
+def test_a_block_wise_read_takes_the_blocks_that_hold_the_mean_live_length_rounded_up():
+    """Prompt 16 + half of 8 new tokens = 20 live slots on average: 3 blocks of 8 (the third partly live), not
+    2; a cache read whole (no kv_block) is one trip."""
+    from r1jax.rl.aot import dynamic_trips
+
+    assert dynamic_trips(Workload(2, 4, 16, 8, kv_block=8)) == 3
+    assert dynamic_trips(Workload(2, 4, 16, 8, kv_block=4)) == 5
+    assert dynamic_trips(Workload(2, 4, 16, 8)) == 1

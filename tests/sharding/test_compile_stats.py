@@ -43,3 +43,19 @@ def test_a_program_libtpu_refuses_gives_its_stated_need(mesh):
     stats = compile_stats(jax.jit(lambda v: jnp.broadcast_to(v, (2**38,)) * 2).lower(x), mesh)  # 1 TiB out
     assert stats.error.startswith("RESOURCE_EXHAUSTED") and stats.peak_bytes == 2**40
     assert stats.flops is None and stats.temp_bytes == 0
+
+
+def test_without_the_compilers_peak_a_program_needs_its_buffers_less_the_donated_ones_plus_its_code():
+    """Where memory_analysis states no peak: arguments + outputs - aliased (donated) + temporaries, and the
+    generated code (hand-computed from a stand-in compiled program)."""
+    from types import SimpleNamespace
+
+    from r1jax.sharding.compile_stats import _compile
+
+    memory = SimpleNamespace(argument_size_in_bytes=1000, output_size_in_bytes=300, alias_size_in_bytes=200,
+                             temp_size_in_bytes=50, generated_code_size_in_bytes=7)
+    compiled = SimpleNamespace(memory_analysis=lambda: memory, cost_analysis=lambda: {"flops": 3.0},
+                               as_text=lambda: "HloModule m\n\nENTRY %main () -> f32[] {\n  ROOT %c = f32[] constant(1)\n}\n")
+    stats = _compile(SimpleNamespace(compile=lambda: compiled), 1, ())
+    assert stats.peak_bytes == 1000 + 300 - 200 + 50 + 7 and stats.flops == 3.0
+    assert stats.working_bytes == 1157 - 1000 - 7  # beside its arguments and code: 150
