@@ -30,6 +30,8 @@ def score(name, completion, reference="7", task="math", length=None, **config):
     ("<think> a </think> <answer> 2 </answer> wait </think>", None),  # before the last </think>: still thought
     (r"\boxed {5}", "5"),  # spaces between \boxed and its brace
     (r"\boxed{3} <answer> 4", None),  # an unclosed <answer> does not fall back to a box
+    # MAX_BOXED_TRIES = 4: a balanced box behind 3 unbalanced ones is found; behind 4 the search gives up
+    (r"\boxed{7} then \boxed{ a \boxed{ b \boxed{ c", "7"), (r"\boxed{7} \boxed{ \boxed{ \boxed{ \boxed{", None),
 ])
 def test_extract_answer(completion, answer):
     assert extract_answer(completion) == answer
@@ -77,6 +79,8 @@ def test_split_completion():
     ("<think>\u200b</think><answer>7</answer>", 0.0), ("<think> step </think><answer>\u200b</answer>", 0.0),
     ("<think>\u2060\ufeff \u200d</think><answer>7</answer>", 0.0), ("<think>\u3164</think><answer>7</answer>", 0.0),
     ("<think> step </think><answer>\u0301</answer>", 0.0), ("<think> 步骤 </think><answer>七</answer>", 1.0),
+    ("<think>x</think><answer>7</answer>", 1.0),  # a thought of one character is a thought
+    ("<think>\x00\x07</think><answer>7</answer>", 0.0), ("<think> t </think><answer>\x1b</answer>", 0.0),  # controls
 ])
 def test_format_is_strict(completion, expected):
     assert score("format", completion) == expected
@@ -109,6 +113,8 @@ def test_format_is_strict(completion, expected):
     ("设 x = 5，则 2x + 1 = 11。", "zh", 1.0), ("Пусть x = 5, тогда y = 2x, dy = 0.", "ru", 1.0),
     (r"我们计算 \frac{1}{2} + \sqrt{4} = 2.5", "zh", 1.0), (r"we take \frac{1}{2} of x", "en", 1.0),
     ("设 x 为 the unknown", "zh", 2 / 4), ("so x is 5", "en", 1.0), ("所以 x is 5", "en", 2 / 4),
+    ("三〇 equals thirty", "zh", 2 / 4),  # 〇 (IDEOGRAPHIC NUMBER ZERO) is a number written in CJK: a word
+    ("the 2ª term", "en", 1.0),  # ª (<super> a, FEMININE ORDINAL INDICATOR) is a symbol, not a word
 ])
 def test_language_consistency_is_the_share_of_target_language_words(thought, language, expected):
     completion = f"<think>{thought}</think> <answer> 7 </answer>"
@@ -124,6 +130,8 @@ def test_language_consistency_is_the_share_of_target_language_words(thought, lan
     ("<think> ok three </think> <answer> 三 </answer>", 1.0),  # an answer is of no language (a value, a program)
     ("<think> ok three </think> <answer> 3 </answer>", 1.0),
     ("<think> 我们来计算 </think> <answer> def solve(n): return sorted(n) </answer>", 0.0),
+    ("<think> ok three </think> <answer> 三 </answer> <answer> 四 </answer>", 1.0),  # every answer left out
+    ("<think>我们 one</think>two <answer> 3 </answer>", 2 / 4),  # a tag ends a word: "one", "two"
 ])
 def test_language_counts_every_word_but_the_answers(completion, expected):
     """Words outside the (last) thought count too: Chinese before the think tags, in another think block, between
@@ -262,6 +270,19 @@ def test_model_text_never_reaches_eval_sympify_or_parse_expr(monkeypatch, tmp_pa
                        config)
     assert calls == []
     assert list(tmp_path.iterdir()) == []
+
+
+def test_accuracy_checks_a_countdown_answer_against_the_numbers_and_operators_its_prompt_lists():
+    """The prompt reaches the verifier: 8*2 uses a listed 8 (not in the reference (3+5)*2), and a prompt listing
+    only + and - refuses the product; without a prompt the reference's numbers are the allowed ones."""
+    def countdown(prompt, answer):
+        item = ScoreItem(prompt, f"<think> t </think> <answer> {answer} </answer>", "(3+5)*2", "countdown")
+        return score_item(item, RewardsConfig(names=("accuracy",), weights=(1.0,)))["accuracy"]
+
+    assert countdown("Make 16 from 2, 3, 5, 8 (+-*/, each at most once)", "8*2") == 1.0
+    assert countdown("Make 16 from 2, 3, 5 (+-*/, each at most once)", "8*2") == 0.0
+    assert countdown("q", "8*2") == 0.0 and countdown("q", "(3+5)*2") == 1.0
+    assert countdown("Make 16 from 2, 3, 5 (+-, each at most once)", "(3+5)*2") == 0.0
 
 
 def test_the_overlong_buffer_may_be_0_or_the_whole_length():
