@@ -272,6 +272,23 @@ def _words(answer: str, wrapped: bool = True) -> str | None:
 RELATIVE_TOLERANCE = 1e-4
 
 
+def _by_value(elements: tuple) -> tuple:
+    """A set's elements, numbers by value first (real part, then imaginary), the rest in sympy's order: sympy
+    orders a set's floats before its rationals, so {-1, 0.5} and {\\frac{1}{2}, -1} were paired -1 with 1/2 and
+    0.5 with -1 and a right answer scored 0."""
+    import sympy
+
+    def key(element):
+        if isinstance(element, sympy.Expr) and element.is_number:
+            return (0, *element.evalf(15).as_real_imag())
+        return (1, sympy.default_sort_key(element))
+
+    try:
+        return tuple(sorted(elements, key=key))
+    except TypeError:  # no order: a value sympy cannot compare (nan, zoo)
+        return elements
+
+
 def _relatively_close(gold, pred) -> bool:
     """Whether two parsed answers that math-verify found equal, where both are numbers (an equation's right
     side) and one holds a decimal, differ by at most RELATIVE_TOLERANCE of the larger, element by element in
@@ -280,7 +297,9 @@ def _relatively_close(gold, pred) -> bool:
 
     gold, pred = (answer.rhs if isinstance(answer, sympy.Eq) else answer for answer in (gold, pred))
     if isinstance(gold, (sympy.FiniteSet, sympy.Tuple, sympy.Interval)) and type(gold) is type(pred):
-        return len(gold.args) != len(pred.args) or all(map(_relatively_close, gold.args, pred.args))
+        pairs = zip(*map(_by_value, (gold.args, pred.args))) if isinstance(gold, sympy.FiniteSet) \
+            else zip(gold.args, pred.args)  # (a set's elements are paired by value, a tuple's by place)
+        return len(gold.args) != len(pred.args) or all(_relatively_close(g, p) for g, p in pairs)
     if not all(isinstance(answer, sympy.Expr) and answer.is_number for answer in (gold, pred)):
         return True
     if not (gold.has(sympy.Float) or pred.has(sympy.Float)):

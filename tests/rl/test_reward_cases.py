@@ -42,6 +42,9 @@ MATH = [  # (reference, completion, expected)
     (r"\frac{1}{3000}", a("0.000333"), 0), (r"\frac{1}{30000}", a("0.0000333"), 0),  # 0.1-0.4% off: not 1e-4
     (r"\{0.0000001\}", a(r"\{-0.0000004\}"), 0), ("(0.0000001, 1)", a("(-0.0000004, 1)"), 0),
     (r"\{0.5, 2\}", a(r"\{\frac{1}{2}, 2\}"), 1), ("(0.5, 1]", a(r"(\frac{1}{2}, 1]"), 1),
+    # a set's elements pair by value: sympy puts floats before rationals, which paired -1 with 1/2 (scored 0)
+    (r"\{-1, 0.5\}", a(r"\{\frac{1}{2}, -1\}"), 1), (r"\{\frac{1}{2}, 0.3\}", a(r"\{0.5, \frac{3}{10}\}"), 1),
+    (r"\{\sqrt{2}, 0.5\}", a(r"\{\frac{1}{2}, 1.414214\}"), 1), (r"\{-1, \frac{1}{10000000}\}", a(r"\{0.0000004, -1\}"), 0),
     (r"1.5\times 10^{400}", a(r"1.5\times 10^{400}"), 1), ("10^{400}", a(r"1.0\times10^{400}"), 1),  # (overflowed)
     (r"\text{Sunday}", a(r"\textit{Sunday}"), 1), (r"\text{Sunday}", a(r"\mbox{Sunday}"), 1),
     (r"\text{a cat}", a("a cat"), 1), (r"\text{a cat}", a("cat a"), 0),
