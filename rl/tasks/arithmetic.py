@@ -8,7 +8,6 @@ expression such as "148-12" is not accepted as a final answer.
 
 from __future__ import annotations
 
-import re
 from fractions import Fraction
 
 from r1jax.errors import UserError
@@ -18,7 +17,6 @@ from r1jax.rl.tasks.math_answer import join_digit_groups
 
 MAX_DIGITS = safe_math.MAX_DIGITS  # of an answer: the verifier reads no longer number
 _PRECEDENCE = {"*": 2, "+": 1, "-": 1}
-_GROUPED = re.compile(r"[-+−]?\s*\d{1,3}(?:,\d{3})+(?:\.\d+)?")  # one number with thousands commas
 
 
 def _apply(a: int, op: str, b: int) -> int:
@@ -45,10 +43,8 @@ def _show(n: int) -> str:
 def parse_number(text: str) -> Fraction | None:
     """A signed number literal ("136", "-7", "1,360", "136.0"), or None for anything else ("1 2", "2, 333").
     Digit groups read as the math task reads them ("1{,}360", "1,\\!360", "1\\,360", "1 360":
-    math_answer.join_digit_groups), and plain commas between groups of three ("1,360")."""
+    math_answer.join_digit_groups), and so do plain commas between groups of three ("1,360"; not "0,136")."""
     text = join_digit_groups(strip_markup(text))
-    if _GROUPED.fullmatch(text):
-        text = text.replace(",", "")  # thousands separators only, in groups of 3: "1,360"
     try:
         node = safe_math.parse(text)
     except safe_math.MathError:

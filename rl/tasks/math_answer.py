@@ -6,7 +6,8 @@ evaluates Python). It handles fractions, decimals, percentages, sets, intervals,
 "5") and symbolic equality.
 
 Digit groups: "10\\,000", "10 000", "10~000", "10{,}000" and "10,\\!000" are 10000 (`join_digit_groups`:
-groups of exactly three digits after a first group of one to three); math-verify alone reads "1\\,000" as
+groups of exactly three digits after a first group of one to three, not led by a 0: "0,111" is 0.111 as
+math-verify reads it, never 111); math-verify alone reads "1\\,000" as
 1*0 and "3 4" as 3+4. Two numbers still side by side with only spacing between ("3 4", "1 2", "5 \\quad 4",
 "1 000 00") are ambiguous: such an answer scores 0. A number or a closing bracket next to an opening bracket,
 or a closing bracket next to a number, is a product ("2(3)", "(3)(4)", "\\frac{1}{2}(x+1)": `explicit_products`),
@@ -34,10 +35,10 @@ from r1jax.rl.tasks.math_screen import risky
 
 _SPACE = r"(?:\\,|\\ |~| |\u00a0|\u2009|\u202f)"  # thin, normal, non-breaking, narrow no-break
 _SEPARATOR = re.compile(r"\{,\}|,\\!|" + _SPACE)
-_GROUPED = re.compile(r"(?<![\d.^_])\d{1,3}(?:(?:\{,\}|,\\!|%s)\d{3})+(?!\d)" % _SPACE)
+_GROUPED = re.compile(r"(?<![\d.^_])[1-9]\d{0,2}(?:(?:\{,\}|,\\!|%s)\d{3})+(?!\d)" % _SPACE)
 # a whole answer that is one number with thousands commas, signed or not ("-1,234", "+2,500.5"): math-verify
 # reads "1,234" as 1234 but "-1,234" as no number
-_COMMA_GROUPED = re.compile(r"\s*[-+−]?\s*\d{1,3}(?:,\d{3})+(?:\.\d+)?\s*")
+_COMMA_GROUPED = re.compile(r"\s*[-+−]?\s*[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?\s*")
 _AMBIGUOUS = re.compile(r"\d(?:\s|\\[,;: !]|~|\\q?quad(?![a-zA-Z])|[\u00a0\u2009\u202f])+\d")
 
 

@@ -32,6 +32,9 @@ def math_task():
     # a signed number with thousands commas (GSM8K's "#### -2,500"): math-verify read none, before
     ("-1234", "-1,234", True), ("-2500", "-2,500", True), ("-1234.5", "-1,234.5", True), ("1234", "-1,234", False),
     ("-1234", "−1,234", True), ("1234", "+1,234", True), ("-1234", "-1,23,4", False),
+    # a group led by 0 is no thousands group: "0,111" is a decimal comma (0.111 to math-verify), never 111
+    ("111", "0,111", False), ("0.111", "0,111", True), ("-111", "-0,111", False), ("1111", "01,111", False),
+    ("111", r"0\,111", False), ("1111", r"01\,111", False),
 ])
 def test_math_digit_groups_keep_their_value(math_task, reference, candidate, expected):
     assert math_task.verify(candidate, reference) is expected
@@ -42,6 +45,7 @@ def test_math_digit_groups_keep_their_value(math_task, reference, candidate, exp
     ("x = 1, 000", "x = 1, 000"), ("(1, 000)", "(1, 000)"), ("0.123 456", "0.123 456"), ("2^3 000", "2^3 000"),
     ("1 2 3", "1 2 3"), ("1234 567", "1234 567"), ("12 34", "12 34"), (" -1,234 ", " -1234 "),
     ("-1,234 + 5", "-1,234 + 5"), ("1,234, 5", "1,234, 5"),
+    ("0,111", "0,111"), (r"0\,111", r"0\,111"), ("01{,}111", "01{,}111"),
 ])
 def test_join_digit_groups_joins_only_groups_of_three(text, joined):
     assert join_digit_groups(text) == joined
@@ -119,6 +123,7 @@ def test_a_parse_that_timed_out_is_not_retried(monkeypatch):
 @pytest.mark.parametrize("candidate,expected", [
     (r"1,\!360", True), ("1{,}360", True), (r"\boxed{1{,}360}", True), ("1,360", True), (r"1\,360", True),
     ("1{,}36", False), ("13{,}60", False), (r"1,\!36", False), ("1{,}360{,}0", False),
+    ("01{,}360", False), ("01,360", False), ("0,001,360", False),
 ])
 def test_arithmetic_reads_math_thousands_separators(candidate, expected):
     assert get_task("arithmetic").verify(candidate, "1360") is expected

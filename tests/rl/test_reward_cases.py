@@ -74,6 +74,7 @@ ARITHMETIC = [
     ("136", a("1.36e2"), 0), ("136", a("__import__('os')"), 0),
     ("2333", a("2, 333"), 0), ("12", a("1 2"), 0), ("12345678", a("12345,678"), 0),  # never merged
     ("136", a("0^-1"), 0), ("136", a("(3-3)^-1"), 0),  # a division by zero scores 0, never raises
+    ("136", a("0,136"), 0), ("1360", a("01,360"), 0),  # a group led by 0 is no thousands group (0,136 is 0.136)
 ]
 
 COUNTDOWN = [
