@@ -31,10 +31,11 @@ MAX_DIGITS = 24  # per number literal
 MAX_EXPONENT = 64  # |integer exponent|
 MAX_BITS = 4096  # numerator or denominator of any exact intermediate result
 
-# LaTeX spellings folded to the plain grammar before tokenising (the order matters: longest first).
+# LaTeX spellings folded to the plain grammar before tokenising (the order matters: longest first). Spacing is a
+# space, as it reads: "1\,2" is two numbers (refused), not 12 (digit groups are joined before: "1\,360").
 _LATEX = (
     (r"\left", ""), (r"\right", ""), (r"\cdot", "*"), (r"\times", "*"), (r"\div", "/"),
-    (r"\dfrac", r"\frac"), (r"\tfrac", r"\frac"), (r"\!", ""), (r"\,", ""), (r"\;", ""), (r"\ ", ""),
+    (r"\dfrac", r"\frac"), (r"\tfrac", r"\frac"), (r"\!", " "), (r"\,", " "), (r"\;", " "), (r"\ ", " "),
     ("×", "*"), ("·", "*"), ("÷", "/"), ("−", "-"), ("**", "^"), ("[", "("), ("]", ")"),
     ("{", "("), ("}", ")"),
 )
