@@ -7,7 +7,7 @@ import time
 import pytest
 
 from r1jax.errors import UserError
-from r1jax.rl.rewards import (REWARDS, CodeConfig, RewardsConfig, ScoreItem, combine, extract_answer,
+from r1jax.rl.rewards import (REWARDS, CodeConfig, PoolConfig, RewardsConfig, ScoreItem, combine, extract_answer,
                               register_reward, score_item)
 from r1jax.rl.rewards.config import FieldError
 from r1jax.rl.rewards.extract import split_completion
@@ -212,6 +212,29 @@ def test_rewards_combine_with_config_weights_and_custom_rewards_register_by_name
 def test_rewards_config_errors_name_the_field(kwargs, field):
     with pytest.raises(UserError, match=field.replace(".", r"\.")):
         RewardsConfig(**kwargs)
+
+
+@pytest.mark.parametrize("make,named", [
+    (lambda: RewardsConfig(names=("accuracy",), weights=(1.0, 2.0)), "rewards.weights"),  # a weight too many
+    (lambda: RewardsConfig(max_length=0, overlong_buffer=0), "rewards.max_length"),
+    (lambda: RewardsConfig(names=("accuracy", ""), weights=(1.0, 1.0)), "rewards.names"),
+    (lambda: PoolConfig(workers=0), "reward_pool.workers"), (lambda: PoolConfig(workers=1025), "reward_pool.workers"),
+    (lambda: PoolConfig(timeout_s=0.0), "reward_pool.timeout_s"),
+    (lambda: PoolConfig(max_tasks_per_worker=-1), "reward_pool.max_tasks_per_worker"),
+    (lambda: PoolConfig(memory_mb=255), "reward_pool.memory_mb"),
+    (lambda: PoolConfig(max_failed_steps=1.5), "reward_pool.max_failed_steps"),
+    (lambda: CodeConfig(wall_s=0.0), "rewards.code.wall_s"), (lambda: CodeConfig(memory_mb=63), "rewards.code.memory_mb"),
+])
+def test_each_bound_refuses_the_value_just_past_it(make, named):
+    with pytest.raises(FieldError, match=named.replace(".", r"\.") + " = "):
+        make()
+
+
+def test_the_values_at_the_bounds_are_accepted():
+    assert RewardsConfig(max_length=1, overlong_buffer=1).max_length == 1
+    assert PoolConfig(workers=1024, timeout_s=0.01, max_tasks_per_worker=0, memory_mb=256).workers == 1024
+    assert PoolConfig(workers=1, memory_mb=0, max_failed_steps=0).workers == 1
+    assert CodeConfig(wall_s=0.01, memory_mb=64).memory_mb == 64
 
 
 def test_config_errors_can_name_a_commands_flags():
