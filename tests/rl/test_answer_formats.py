@@ -28,7 +28,7 @@ def math_task():
     ("10000", r"10,\!000", True), (r"10\,000", "10000", True), ("5", r"5\,000", False), ("1000", "1,000", True),
     # two numbers side by side with only spaces between: ambiguous, never scored
     ("7", "3 4", False), ("7", r"3\,4", False), ("2", "1 1", False), ("9", r"5 \quad 4", False),
-    ("12", "1 2", False), ("100000", "1 000 00", False),
+    ("12", "1 2", False), ("100000", "1 000 00", False), ("10000", "1 0000", False),  # a group of four: no group
     # a signed number with thousands commas (GSM8K's "#### -2,500"): math-verify read none, before
     ("-1234", "-1,234", True), ("-2500", "-2,500", True), ("-1234.5", "-1,234.5", True), ("1234", "-1,234", False),
     ("-1234", "−1,234", True), ("1234", "+1,234", True), ("-1234", "-1,23,4", False),
@@ -44,7 +44,7 @@ def test_math_digit_groups_keep_their_value(math_task, reference, candidate, exp
     (r"10\,000", "10000"), ("1 234 567", "1234567"), ("1{,}234", "1234"), (r"-12\ 345.5", "-12345.5"),
     ("x = 1, 000", "x = 1, 000"), ("(1, 000)", "(1, 000)"), ("0.123 456", "0.123 456"), ("2^3 000", "2^3 000"),
     ("1 2 3", "1 2 3"), ("1234 567", "1234 567"), ("12 34", "12 34"), (" -1,234 ", " -1234 "),
-    ("-1,234 + 5", "-1,234 + 5"), ("1,234, 5", "1,234, 5"),
+    ("-1,234 + 5", "-1,234 + 5"), ("1,234, 5", "1,234, 5"), ("1 0000", "1 0000"), (r"2\,0001", r"2\,0001"),
     ("0,111", "0,111"), (r"0\,111", r"0\,111"), ("01{,}111", "01{,}111"),
 ])
 def test_join_digit_groups_joins_only_groups_of_three(text, joined):
@@ -171,6 +171,8 @@ def test_countdown_targets_stay_within_max_target():
     # units, a whole answer in text, a reference's own text, and true approximations keep their verdicts
     ("5", r"5\text{ cm}^2", True), ("5", r"\text{5}", True), (r"\text{June 20}", r"\text{June 20}", True),
     ("5", r"x \approx 5", True), (r"\pi", r"\pi \approx 3.14", True),
+    # a text group the reference holds too is no hedge; another one is
+    (r"6 \text{ (mod 7)}", r"6 \text{ (mod 7)}", True), (r"6 \text{ (mod 7)}", r"6 \text{ (mod 8)}", False),
     (r"\frac{1}{3}", r"\frac{1}{3} \approx 0.333", True),
     (r"\frac{2}{3}", r"$\frac{2}{3} \approx 0.667$", True), ("5", r"x \approx 5.0", True),
     # a decimal side of more digits than a float holds is compared to its last place (it scored 0 when right)

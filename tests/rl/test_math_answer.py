@@ -116,3 +116,38 @@ def test_a_reference_the_screen_refuses_is_named():
 def test_bare_answers_read_as_one_formula_with_their_implicit_products(math_task, reference, candidate, expected):
     """Expected values by hand (1 + 1/2 = 3/2; 2 x 3 = 6; log2 8 = 3)."""
     assert math_task.verify(candidate, reference) is expected
+
+
+@pytest.mark.parametrize("reference,candidate,expected", [
+    # the reference is math-verify's gold: an inequality reference takes its interval (by hand: x < 5 is
+    # (-inf, 5), 1 <= x <= 2 is [1, 2]); verify(pred, gold) read the interval as gold and refused them
+    ("x<5", r"(-\infty,5)", True), ("x<5", r"(-\infty,5]", False),
+    (r"1 \le x \le 2", "[1,2]", True), (r"1 \le x \le 2", "(1,2]", False),
+    # one letter is a choice, not a word: math-verify reads it, brackets and all ("(C)" is choice C)
+    (r"\text{C}", "(C)", True), (r"\text{C}", r"\text{(C)}", True), (r"\text{A}", "B", False),
+])
+def test_the_reference_is_the_gold_and_a_single_letter_is_no_word(math_task, reference, candidate, expected):
+    assert math_task.verify(candidate, reference) is expected
+
+
+def test_the_screen_bounds_are_where_its_constants_put_them():
+    """MAX_NESTING = 6 brackets deep (the deepest anywhere, not the last), a factorial's number and an exponent's
+    of at most 4 digits (MAX_FACTORIAL_DIGITS, MAX_EXPONENT_DIGITS), no factorial in an exponent."""
+    assert risky("(" * 6 + "1" + ")" * 6) is None
+    assert "nested deeper than 6" in risky("(" * 7 + "1" + ")" * 7)
+    assert "nested deeper than 6" in risky("(" * 7 + "1" + ")" * 7 + "(2)")  # a shallow bracket after the deep one
+    assert "nested deeper than 6" in risky(")" + "(" * 7 + "1" + ")" * 7)  # a stray closer lowers no level
+    assert risky("9999!") is None and "factorial of a large number" in risky("99999!")
+    assert risky("2^{9999}") is None and "too many digits" in risky("2^{99999}")  # MAX_EXPONENT_DIGITS = 4
+    assert "tower or product" in risky("2^{9!}")  # 2^362880: a factorial inside the exponent's braces
+    assert risky("(x+1)^{20}") is None and "symbolic group above 20" in risky("(x+1)^{21}")  # MAX_SYMBOLIC_POWER
+    assert "double factorial" in risky("5!!")
+    assert "evaluation at a point" in risky(r"n!|_{99999999}")  # a numeric subscript substitutes too
+
+
+@pytest.mark.parametrize("reference,candidate,expected", [
+    # an approximation of an equation's reference is compared with its right side (by hand: 1/3 = 0.333...)
+    (r"x = \frac{1}{3}", r"x \approx 0.333", True), (r"x = \frac{1}{3}", r"x \approx 0.334", False),
+])
+def test_an_approximation_reads_the_right_side_of_an_equation_reference(math_task, reference, candidate, expected):
+    assert math_task.verify(candidate, reference) is expected
