@@ -4,11 +4,13 @@ which an item is failed unsent."""
 
 import collections
 import concurrent.futures
+import re
 
 import pebble
 import pytest
 
-from r1jax.rl.rewards import PoolConfig, RewardPool, RewardsConfig, ScoreItem
+from r1jax.errors import UserError
+from r1jax.rl.rewards import CodeConfig, PoolConfig, RewardPool, RewardsConfig, ScoreItem, worker
 from r1jax.rl.rewards.pool import BatchHandle, MEMORY_PER_CHAR
 
 
@@ -53,3 +55,21 @@ def test_an_item_of_exactly_the_safe_size_is_still_sent():
     assert pool._too_large(item(limit)) is None
     assert "not scored" in pool._too_large(item(limit + 1))
     assert idle_pool(RewardsConfig(), PoolConfig(memory_mb=0))._too_large(item(limit + 1)) is None  # no limit
+
+
+@pytest.mark.parametrize("code,config,named", [
+    (CodeConfig(memory_mb=512), PoolConfig(memory_mb=512), "rewards.code.memory_mb = 512 must be below"),
+    (CodeConfig(wall_s=3.0), PoolConfig(timeout_s=3.0), "reward_pool.timeout_s = 3.0 must exceed"),
+])
+def test_a_code_limit_equal_to_the_pools_is_refused_before_any_worker_starts(code, config, named):
+    """A program inherits its worker's memory limit and shares its item's time: equal leaves it nothing."""
+    with pytest.raises(UserError, match=re.escape(named)):
+        RewardPool(RewardsConfig(names=("code",), weights=(1.0,), code=code), config)
+
+
+def test_a_code_item_gets_a_code_status_only_where_the_code_reward_ran():
+    """Without the `code` reward an item's tests are never run (no program, no status to count)."""
+    item = ScoreItem("Double x.", "<think> t </think> <answer> def f(x): return 2 * x </answer>", "", "code",
+                     tests='["assert f(2) == 4"]', entry_point="f")
+    status, rewards, error, _, code_status = worker.score(item, RewardsConfig(names=("format",), weights=(1.0,)))
+    assert (status, rewards, error, code_status) == ("ok", {"format": 1.0}, None, None)
