@@ -26,7 +26,7 @@ from r1jax.rl.data.config import DataConfig
 from r1jax.rl.grpo.config import GRPOConfig, OptimizerConfig
 from r1jax.rl.hf_architecture import run_model
 from r1jax.rl.rewards.config import PoolConfig, RewardsConfig
-from r1jax.rl.config_checks import INT32_MAX, check_bool
+from r1jax.rl.config_checks import INT32_MAX, check_bool, check_top_k
 from r1jax.rl.config_overrides import Overrides, build_structured, parse_overrides
 from r1jax.rl.sampler import SamplingConfig
 from r1jax.rl.train.config import CheckpointConfig, EvalConfig, StageConfig
@@ -114,8 +114,7 @@ class Config:
         is an SFT or distill forward's (a micro-batch's rows x max_sequence_length x experts per token)."""
         vocab, k, bucket = self.model.vocab_size, self.model.num_experts_per_tok, self.sampling.prompt_buckets[-1]
         for key, top_k in (("sampling.top_k", self.sampling.top_k), ("eval.top_k", self.eval.top_k)):
-            if top_k > vocab:
-                raise UserError(f"{key}={top_k}: must be at most model.vocab_size={vocab} (0: no top-k filter)")
+            check_top_k(key, top_k, vocab)
         new = self.sampling.max_new_tokens
         calls = [("grpo.prompts_per_step x grpo.group_size", self.grpo.prompts_per_step * self.grpo.group_size, new),
                  ("eval.batch_size x eval.samples", self.eval.batch_size * self.eval.samples, new)]

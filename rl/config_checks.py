@@ -37,6 +37,13 @@ def check_sampling(section: str, temperature: float, top_p: float, top_k: int) -
                         "model.vocab_size)")
 
 
+def check_top_k(key: str, top_k: int, vocab_size: int) -> None:
+    """A top-k within the model's vocabulary (the config's `sampling.top_k` / `eval.top_k`, and the flags
+    `generate --top-k` / `eval --top-k` that replace them): else a UserError naming `key`."""
+    if top_k > vocab_size:
+        raise UserError(f"{key}={top_k}: must be at most model.vocab_size={vocab_size} (0: no top-k filter)")
+
+
 def check_bool(key: str, value: object) -> None:
     """A bool field given a number or a string (`plots: 2` was read as true): a UserError naming `key`."""
     if type(value) is not bool:

@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from r1jax.errors import UserError
     from r1jax.model.tokenizer import encode_prompt
     from r1jax.rl.checkpoint import data_source, open_step_for_inference, read_latest, trained
+    from r1jax.rl.config_checks import check_top_k
     from r1jax.rl.evaluate import evaluate, evaluation_rewards, held_out_problems
     from r1jax.rl.rewards import RewardPool
     from r1jax.rl.rewards.config import FieldError
@@ -105,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     given = {k: v for k, v in fields.items() if v is not None}
     try:
         eval_cfg = dataclasses.replace(config.eval, **given)
+        check_top_k("eval.top_k", eval_cfg.top_k, config.model.vocab_size)  # the config's own check
     except UserError as err:  # a bound of the config's (eval.num_problems, ...): named as the flag too
         raise flags_in_error(err, "eval", {k: (f"--{k.replace('_', '-')}", v) for k, v in given.items()}) from None
     max_new = config.sampling.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens

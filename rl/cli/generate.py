@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from r1jax.errors import UserError
     from r1jax.model.tokenizer import render_prompt
     from r1jax.rl.checkpoint import open_for_inference
+    from r1jax.rl.config_checks import check_top_k
     from r1jax.rl.sampler import Sampler, bucket_length
     from r1jax.rl.sampler_layout import inference_layout
     from r1jax.sharding.context import use_mesh
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         sampling = dataclasses.replace(config.sampling, prompt_buckets=buckets_for(config.sampling.prompt_buckets,
                                                                                    len(ids)),
                                        **{field: value for field, (_, value) in flags.items()})
+        check_top_k("sampling.top_k", sampling.top_k, config.model.vocab_size)  # the config's own check
     except UserError as err:  # a bound of the config's: named as the flag too
         raise flags_in_error(err, "sampling", flags) from None
     check_token_copies(args.samples, bucket_length(len(ids), sampling.prompt_buckets) + sampling.max_new_tokens,

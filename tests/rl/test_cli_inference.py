@@ -176,6 +176,15 @@ def test_eval_top_k_one_makes_the_k_samples_one_and_a_negative_top_k_is_refused(
     assert exit_info.value.code == 2 and "--top-k: expected an integer >= 0, got -1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command, flags, section", [("generate", ["--ids", "1,2"], "sampling"), ("eval", [], "eval")])
+def test_a_top_k_past_the_vocabulary_is_refused_naming_the_flag(capsys, finished_run, command, flags, section):
+    """The config refuses sampling.top_k / eval.top_k past model.vocab_size (512 here); the flags that replace
+    them took any count and sampled unfiltered."""
+    code, out, err = run_main(capsys, command, str(finished_run), *flags, "--top-k", "513")
+    assert code == 2 and out == ""
+    assert f"--top-k 513: {section}.top_k=513: must be at most model.vocab_size=512" in err
+
+
 def test_eval_table_names_each_figure_once_with_one_sample(capsys):
     from r1jax.rl.cli.eval import _print_table
     figures = {"k": 1, "n_problems": 3, "pass@1": 0.5, "cons@1": 0.5, "format_rate": 1.0, "response_length": 9.0,
