@@ -26,13 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="prompt format for --prompt: r1_zero, chat (the tokenizer's chat template) or "
                                "none (default: the checkpoint's tokenizer.template)")
     template.add_argument("--raw", action="store_true", help="do not format --prompt (--template none)")
-    parser.add_argument("--max-new-tokens", type=max_new_tokens, default=64)
+    parser.add_argument("--max-new-tokens", type=max_new_tokens, default=64, help="(default %(default)s)")
     parser.add_argument("--temperature", type=non_negative_number, default=0.6,
                         help="0 is greedy (default 0.6, as R1)")
-    parser.add_argument("--top-p", type=probability, default=0.95)
-    parser.add_argument("--top-k", type=non_negative_int, default=0, help="0: off")
-    parser.add_argument("--samples", type=positive_int, default=1, help="completions per prompt")
-    parser.add_argument("--seed", type=seed, default=0)
+    parser.add_argument("--top-p", type=probability, default=0.95, help="(default %(default)s, as R1)")
+    parser.add_argument("--top-k", type=non_negative_int, default=0, help="0: off (default %(default)s)")
+    parser.add_argument("--samples", type=positive_int, default=1, help="completions per prompt (default %(default)s)")
+    parser.add_argument("--seed", type=seed, default=0, help="(default %(default)s)")
     parser.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
     parser.add_argument("--json", action="store_true", help="one JSON object per sample per line")
 

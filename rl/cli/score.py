@@ -33,21 +33,24 @@ FLAGS = {"rewards.names": "--rewards", "rewards.language": "--language", "reward
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE.jsonl", help="rows with completion and answer")
     parser.add_argument("--rewards", default="accuracy,format", metavar="NAMES",
-                        help="comma-separated reward names (accuracy, format, language, overlong, code)")
+                        help="comma-separated reward names (accuracy, format, language, overlong, code; "
+                             "default %(default)s)")
     parser.add_argument("--sandbox", default="bwrap", choices=("bwrap", "rlimits_only"),
-                        help="how the code reward isolates programs (rlimits_only: no namespaces, weaker)")
+                        help="how the code reward isolates programs (rlimits_only: no namespaces, weaker; "
+                             "default %(default)s)")
     parser.add_argument("--partial", action="store_true",
                         help="code reward: the fraction of tests passed instead of all-or-nothing")
     parser.add_argument("--timeout", type=positive_number, default=10.0, metavar="SECONDS",
-                        help="per-row time limit; a row past it scores 0 with status timeout")
-    parser.add_argument("--workers", type=pool_workers, default=2, metavar="N", help="worker processes")
+                        help="per-row time limit; a row past it scores 0 with status timeout (default %(default)s)")
+    parser.add_argument("--workers", type=pool_workers, default=2, metavar="N",
+                        help="worker processes (default %(default)s)")
     parser.add_argument("--memory-mb", type=pool_memory_mb, default=2048, metavar="MB",
-                        help="address-space limit per worker (0: none)")
-    parser.add_argument("--language", default="en", help="target language of the language reward")
+                        help="address-space limit per worker (0: none; default %(default)s)")
+    parser.add_argument("--language", default="en", help="target language of the language reward (default %(default)s)")
     parser.add_argument("--max-length", type=positive_int, default=1024, metavar="N",
-                        help="overlong penalty: the length budget L_max")
+                        help="overlong penalty: the length budget L_max (default %(default)s)")
     parser.add_argument("--overlong-buffer", type=non_negative_int, default=256, metavar="N",
-                        help="overlong penalty: the soft zone L_cache before L_max")
+                        help="overlong penalty: the soft zone L_cache before L_max (default %(default)s)")
 
 
 def read_items(path: str) -> tuple[list[dict], list]:

@@ -33,14 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="a text / JSONL / Parquet file, or comma-separated task names "
                             "(arithmetic, countdown, algebra, code)")
     train.add_argument("--vocab-size", type=vocab_size, default=512, metavar="N",
-                       help="requested vocabulary size (>= 272; may come out smaller on a small corpus)")
+                       help="requested vocabulary size (>= 272; may come out smaller on a small corpus; "
+                            "default %(default)s)")
     train.add_argument("--out", required=True, metavar="DIR",
                        help="directory to write tokenizer.model to (not one that holds a tokenizer already)")
     train.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe",
                        help="sentencepiece algorithm (default: bpe)")
     train.add_argument("--problems-per-level", type=positive_int, default=400, metavar="N",
-                       help="with task names: problems generated per task and difficulty level")
-    train.add_argument("--seed", type=seed, default=0, help="with task names: the problems' seed")
+                       help="with task names: problems generated per task and difficulty level (default %(default)s)")
+    train.add_argument("--seed", type=seed, default=0, help="with task names: the problems' seed (default %(default)s)")
 
 
 def corpus_for(spec: str, problems_per_level: int, seed: int):

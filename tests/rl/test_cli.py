@@ -52,6 +52,33 @@ def test_help_explains_every_subcommand(capsys):
         assert len(capsys.readouterr().out.splitlines()) > 3
 
 
+def test_every_option_with_a_default_says_it_in_its_help():
+    """`r1jax COMMAND --help` names each option's default where the option has one (a flag's off state aside):
+    generate's --max-new-tokens 64, --top-p 0.95 and --samples 1, score's --rewards, --timeout, --workers, ...
+    and tokenizer train's --vocab-size were used without the help saying what they were."""
+    import argparse
+
+    from r1jax.rl.cli.main import build_parser
+
+    def options(parser, name):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, child in action.choices.items():
+                    yield from options(child, f"{name} {sub}")
+            elif action.option_strings and action.default not in (None, argparse.SUPPRESS, []) \
+                    and not isinstance(action.default, bool):  # a repeatable flag's [] is none given
+                yield name, action
+
+    found = list(options(build_parser(), "r1jax"))
+    assert len(found) >= 13  # generate, score, tokenizer train
+    silent = [f"{name} {action.option_strings[0]}" for name, action in found
+              if "default" not in (action.help or "")]
+    assert not silent, silent
+    generate = next(p for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+                    for n, p in a.choices.items() if n == "generate")
+    assert "(default 64)" in " ".join(generate.format_help().split())  # the value itself, as argparse fills it
+
+
 def test_init_writes_a_checkpoint_that_restores_equal_params(capsys, tmp_path):
     code, out, _ = run_main(capsys, "init", "tiny", str(tmp_path / "ck"), "model.num_hidden_layers=2",
                             "--seed", "3")
