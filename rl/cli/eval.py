@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ignore-missing-training-files", action="store_true",
                         help="evaluate although a training file the held-out problems must skip is gone: its "
                              "prompts are not skipped, so held-out problems may include ones trained on")
-    parser.add_argument("--workers", type=pool_workers, default=None, help="reward worker processes")
+    parser.add_argument("--workers", type=pool_workers, default=None,
+                        help="reward worker processes (default: the checkpoint's reward_pool.workers)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
