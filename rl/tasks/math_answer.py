@@ -165,6 +165,16 @@ class MathTask(Task):
     def warm_up(self) -> None:
         self.verify("x^2-1", "(x-1)(x+1)")  # math-verify and sympy: parse, compare, simplify (sympy.physics)
 
+    def _approximate_side(self, side: str, bare: str, reference: str, prompt: str) -> bool:
+        """One side of an approximation: a decimal to its last place (_approximates); a percent ("66.7\\%") also
+        as math-verify reads it, its percent dropped, as the reference "50\\%" or "25" (a percent asked for) was
+        compared before percents were read over 100; anything else verified as an answer."""
+        decimal = _DECIMAL.fullmatch(bare)
+        if decimal is None:
+            return self.verify(side, reference, prompt)
+        percent = bool(decimal.group("percent"))
+        return _approximates(bare, reference) or (percent and self.verify(side, reference, prompt))
+
     def verify(self, candidate: str, reference: str, prompt: str = "") -> bool:
         from math_verify import verify
 
@@ -179,8 +189,7 @@ class MathTask(Task):
         sides = [(side, _UNIT.sub("", side)) for side in _APPROX.split(strip_markup(candidate))]
         sides = [(side, bare) for side, bare in sides if re.search(r"\d", bare)]
         if _APPROX.search(candidate):  # "5 \\approx 6": math-verify read its left side (5), "x \\approx 5" its right
-            return bool(sides) and all(_approximates(bare, reference) if _DECIMAL.fullmatch(bare)
-                                       else self.verify(side, reference, prompt) for side, bare in sides)
+            return bool(sides) and all(self._approximate_side(side, bare, reference, prompt) for side, bare in sides)
         candidate, reference = normalise(candidate), normalise(reference)
         if ambiguous(candidate) or risky(candidate) or risky(reference):
             return False

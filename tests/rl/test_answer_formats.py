@@ -206,6 +206,10 @@ def test_countdown_targets_stay_within_max_target():
     ("2/3", r"\frac{2}{3} \approx 66.67 \%", True), (r"\frac{2}{3}", r"\frac{2}{3} \approx 66.6\%", True),
     (r"\frac{2}{3}", r"\frac{2}{3} \approx 66.8\%", False), (r"\frac{2}{3}", r"\frac{2}{3} \approx 66.7", False),
     (r"\frac{2}{3}", r"\frac{2}{3} \approx 6.67\%", False), ("67", r"\frac{2}{3} \approx 67\%", False),
+    # ... and still as math-verify reads a percent, its sign dropped, where the reference is one or asks for one
+    # (these four scored before percents were read over 100, and 0 after); that reading adds no decimal's slack
+    (r"50\%", r"\approx 50\%", True), (r"66.7\%", r"\approx 66.7\%", True), ("25", r"\approx 25\%", True),
+    (r"12\%", r"x \approx 12\%", True), (r"\frac{2}{3}", r"\frac{2}{3} \approx 0.67\%", False),
 ])
 def test_hedged_and_approximate_math_answers(math_task, reference, candidate, expected):
     assert math_task.verify(candidate, reference) is expected
