@@ -176,13 +176,22 @@ def refuse_dangling_link(out: pathlib.Path, what: str, remedy: str) -> None:
     ends nowhere (a link to a link to nothing named only the first hop, which exists as a link)."""
     if not out.is_symlink() or out.exists():
         return
-    hops, link = [], out
-    while link.is_symlink() and len(hops) < 40:  # (the kernel's own limit: a loop ends here)
+    hops, link, seen, loop = [], out, set(), False
+    while link.is_symlink() and len(hops) < 40:  # (the kernel's own limit)
+        stat = link.lstat()
+        loop = loop or (stat.st_dev, stat.st_ino) in seen  # (a link met again: the chain goes round)
+        seen.add((stat.st_dev, stat.st_ino))
         target = os.readlink(link)
         hops.append(target)
         link = link.parent / target
-    ends = "a symlink loop" if link.is_symlink() else "which does not exist"
-    chain = " -> ".join(repr(hop) for hop in hops[:4]) + (" -> ..." if len(hops) > 4 else "")
+    shown = [repr(hop) for hop in hops]
+    if link.is_symlink():
+        ends = "a symlink loop" if loop else "more than 40 links, which no path follows"
+        shown = shown[:4] + ["..."] if len(shown) > 4 else shown
+    else:  # more than 4 hops: the first 3 and the missing path
+        ends = "which does not exist"
+        shown = shown[:3] + ["...", shown[-1]] if len(shown) > 4 else shown
+    chain = " -> ".join(shown)
     raise UserError(f"{what} is a symlink to {chain}, {ends}; {remedy}")
 
 

@@ -173,6 +173,21 @@ def test_a_symlink_chain_to_nothing_names_each_hop_and_a_loop_is_said(tmp_path):
         common.new_output_dir(tmp_path / "c")
 
 
+def test_a_long_symlink_chain_names_the_missing_path_and_a_too_long_one_is_no_loop(tmp_path):
+    """A chain of more than 4 hops showed its first 4 only: the missing path, the one to make, went unnamed; a
+    chain of more than 40 links (the kernel follows 40) was called a loop."""
+    from r1jax.errors import UserError
+
+    for i in range(1, 46):  # l1 -> gone, l2 -> l1, ..., l45 -> l44
+        (tmp_path / f"l{i}").symlink_to("gone" if i == 1 else f"l{i - 1}")
+    with pytest.raises(UserError, match=r"'.*/l6' is a symlink to 'l5' -> 'l4' -> 'l3' -> \.\.\. -> 'gone', which "
+                                        r"does not exist"):
+        common.new_output_dir(tmp_path / "l6")
+    with pytest.raises(UserError, match=r"'.*/l45' is a symlink to 'l44' -> 'l43' -> 'l42' -> 'l41' -> \.\.\., "
+                                        r"more than 40 links, which no path follows"):
+        common.new_output_dir(tmp_path / "l45")
+
+
 def test_a_config_bound_is_named_as_the_flag_that_set_it():
     from r1jax.errors import UserError
 
