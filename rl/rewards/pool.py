@@ -115,8 +115,12 @@ class RewardPool:
         self._warm = None if tasks is None else tuple(tasks)
         self.workers_started: list[int] | None = [0]
         self._closed = False
-        self._start()
-        self._warm_up()
+        try:  # stopped while the workers start (Ctrl-C, a SIGTERM made an exception): no `with` would close it
+            self._start()
+            self._warm_up()
+        except BaseException:
+            self.close()
+            raise
 
     def _start(self) -> None:
         """A fresh pebble pool of `workers` (at construction, and in place of a broken one)."""
@@ -272,11 +276,12 @@ class RewardPool:
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop every worker now (running items are abandoned) and wait for them to exit."""
         self._closed = True
-        self._pool.stop()
-        try:
-            self._pool.join(timeout=timeout_s)
-        except TimeoutError:  # pebble has already sent SIGKILL; never raise into the trainer's shutdown
-            pass
+        if getattr(self, "_pool", None) is not None:  # (None: stopped before its pebble pool started)
+            self._pool.stop()
+            try:
+                self._pool.join(timeout=timeout_s)
+            except TimeoutError:  # pebble has already sent SIGKILL; never raise into the trainer's shutdown
+                pass
         if getattr(self, "run_root", None):
             shutil.rmtree(self.run_root, ignore_errors=True)
 

@@ -247,6 +247,30 @@ def test_the_pool_runs_programs_under_its_run_root_and_removes_it_at_close():
     assert not os.path.exists(root)
 
 
+@pytest.mark.parametrize("stopped_in", ["_start", "_warm_up"])
+def test_a_pool_stopped_while_it_starts_removes_its_run_root_and_stops_its_workers(monkeypatch, stopped_in):
+    """A SIGTERM (raised as an exception by r1jax score and eval) or Ctrl-C while the workers started: the pool was
+    never made, so no `with` closed it, and its run root stayed in /tmp (and its pebble pool ran on)."""
+    from r1jax.errors import Interrupted
+
+    made, real = [], getattr(RewardPool, stopped_in)
+
+    def stop(self):
+        made.append(self)
+        if stopped_in == "_warm_up":
+            real(self)  # _warm_up: the workers started, then the stop
+        raise Interrupted(15)
+
+    monkeypatch.setattr(RewardPool, stopped_in, stop)
+    rewards = RewardsConfig(names=("code",), weights=(1.0,), code=CodeConfig(wall_s=5, sandbox="rlimits_only"))
+    with pytest.raises(Interrupted):
+        RewardPool(rewards, PoolConfig(workers=1, timeout_s=30), tasks=["code"])
+    (pool,) = made
+    assert not os.path.exists(pool.run_root)
+    if stopped_in == "_warm_up":
+        assert not pool._pool.active  # pebble's pool stopped
+
+
 @needs_bwrap
 def test_bwrap_runs_programs_with_a_python_of_a_virtual_environment_under_tmp(tmp_path):
     """A venv under /tmp: its directory was bound before /tmp's tmpfs, which hid it (every code reward a
