@@ -126,10 +126,11 @@ class HloTraffic:
             self._user_maps[comp.name] = users
         return self._user_maps[comp.name]
 
-    def _read_bytes(self, comp: Computation, name: str, full: int, depth: int = 0) -> int:
+    def _read_bytes(self, comp: Computation, name: str, full: int, depth: int = 0, outer_output: bool = True) -> int:
         """Bytes of value `name` (of `full` bytes) that `comp` reads: slices and gathers read what they take,
-        an in-place update's buffer (one that is the computation's output, `_is_output`) nothing, bitcasts and
-        nested fusions pass it on; anything else all."""
+        an in-place update's buffer (one that is the computation's output, `_is_output`, and so, through nested
+        fusions, the outer fusion's: `outer_output`) nothing, bitcasts and nested fusions pass it on; anything
+        else all."""
         uses = self._users(comp).get(name, [])
         if not uses or depth > 20:
             return full
@@ -137,9 +138,10 @@ class HloTraffic:
         for use in uses:
             if use.opcode in _SLICES and use.operands[0] == name:
                 total += use.bytes
-            elif use.opcode == "dynamic-update-slice" and use.operands[0] == name and self._is_output(comp, use):
+            elif use.opcode == "dynamic-update-slice" and use.operands[0] == name and outer_output \
+                    and self._is_output(comp, use):
                 continue
-            elif use.opcode == "scatter" and use.operands[0] == name and self._is_output(comp, use):
+            elif use.opcode == "scatter" and use.operands[0] == name and outer_output and self._is_output(comp, use):
                 total += self._scatter_updates(comp, use)  # read-modify-write of the updated rows
             elif use.opcode == "bitcast":
                 total += self._read_bytes(comp, use.name, full, depth + 1)
@@ -147,8 +149,9 @@ class HloTraffic:
                 nested = self.comps[use.attr("calls")]
                 for index, operand in enumerate(use.operands):
                     param = nested.parameter(index) if operand == name else None
-                    if param is not None:
-                        total += self._read_bytes(nested, param.name, full, depth + 1)
+                    if param is not None:  # (its update is in place only where the nested result is output)
+                        total += self._read_bytes(nested, param.name, full, depth + 1,
+                                                  outer_output and self._is_output(comp, use))
             else:
                 return full
         return min(total, full)

@@ -141,3 +141,41 @@ def test_an_update_the_fusion_computes_on_reads_and_writes_the_whole_buffer(then
     buffer, row = 1024 * 64 * 4, 64 * 4
     expected = buffer + row + 4 + buffer if then == "multiply" else row + 4 + row
     assert program_costs(text)[1] == expected
+
+
+NESTED_UPDATE = """HloModule m
+%inner (p0: f32[1024,64], p1: f32[1,64], p2: s32[]) -> f32[1024,64] {
+  %p0 = f32[1024,64]{1,0} parameter(0)
+  %p1 = f32[1,64]{1,0} parameter(1)
+  %p2 = s32[] parameter(2)
+  %z = s32[] constant(0)
+  ROOT %d = f32[1024,64]{1,0} dynamic-update-slice(%p0, %p1, %p2, %z)
+}
+%outer (q0: f32[1024,64], q1: f32[1,64], q2: s32[]) -> f32[1024,64] {
+  %q0 = f32[1024,64]{1,0} parameter(0)
+  %q1 = f32[1,64]{1,0} parameter(1)
+  %q2 = s32[] parameter(2)
+  ROOT_IF_ALONE%n = f32[1024,64]{1,0} fusion(%q0, %q1, %q2), kind=kLoop, calls=%inner
+  THEN
+}
+ENTRY %main (x: f32[1024,64], v: f32[1,64], i: s32[]) -> f32[1024,64] {
+  %x = f32[1024,64]{1,0} parameter(0)
+  %v = f32[1,64]{1,0} parameter(1)
+  %i = s32[] parameter(2)
+  ROOT %f = f32[1024,64]{1,0} fusion(%x, %v, %i), kind=kLoop, calls=%outer
+}
+"""
+
+
+@pytest.mark.parametrize("then", ["multiply", "none"])
+def test_an_update_in_a_nested_fusion_is_in_place_only_where_the_outer_fusion_outputs_it(then):
+    """The nested fusion's update is its root, but the outer fusion multiplies its result: the [1024, 64] buffer
+    is read whole (the update was counted in place, reading only the row and the index); as the outer fusion's
+    own root it is still read as the row and the index alone (its output, 262,144 bytes, written either way)."""
+    text = NESTED_UPDATE.replace("ROOT_IF_ALONE", "" if then == "multiply" else "ROOT ").replace(
+        "THEN", "ROOT %r = f32[1024,64]{1,0} multiply(%n, %n)" if then == "multiply" else "")
+    traffic = HloTraffic(text)
+    (entry,) = [c for c in traffic.comps.values() if c.entry]
+    buffer, row = 1024 * 64 * 4, 64 * 4
+    expected = buffer + row + 4 + buffer if then == "multiply" else row + 4 + buffer
+    assert traffic.hbm_bytes(entry, entry.instructions["f"]) == expected
