@@ -276,14 +276,16 @@ class RewardPool:
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop every worker now (running items are abandoned) and wait for them to exit."""
         self._closed = True
-        if getattr(self, "_pool", None) is not None:  # (None: stopped before its pebble pool started)
-            self._pool.stop()
-            try:
-                self._pool.join(timeout=timeout_s)
-            except TimeoutError:  # pebble has already sent SIGKILL; never raise into the trainer's shutdown
-                pass
-        if getattr(self, "run_root", None):
-            shutil.rmtree(self.run_root, ignore_errors=True)
+        try:
+            if getattr(self, "_pool", None) is not None:  # (None: stopped before its pebble pool started)
+                self._pool.stop()
+                try:
+                    self._pool.join(timeout=timeout_s)
+                except TimeoutError:  # pebble has already sent SIGKILL; never raise into the trainer's shutdown
+                    pass
+        finally:  # a second SIGTERM or Ctrl-C while it closes (raised here): the run root still goes
+            if getattr(self, "run_root", None):
+                shutil.rmtree(self.run_root, ignore_errors=True)
 
     def __enter__(self) -> "RewardPool":
         return self

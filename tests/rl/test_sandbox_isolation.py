@@ -271,6 +271,28 @@ def test_a_pool_stopped_while_it_starts_removes_its_run_root_and_stops_its_worke
         assert not pool._pool.active  # pebble's pool stopped
 
 
+def test_a_pool_stopped_again_while_it_closes_still_removes_its_run_root():
+    """A second SIGTERM (r1jax score and eval raise it in the main thread) or Ctrl-C as the pool closed raised out
+    of close before the run root was removed: it stayed in /tmp until a later pool swept it."""
+    from r1jax.errors import Interrupted
+
+    rewards = RewardsConfig(names=("code",), weights=(1.0,), code=CodeConfig(wall_s=5, sandbox="rlimits_only"))
+    pool = RewardPool(rewards, PoolConfig(workers=1, timeout_s=30), tasks=["code"])
+    stop = pool._pool.stop
+
+    def stopped_again():
+        raise Interrupted(15)
+
+    pool._pool.stop = stopped_again
+    try:
+        with pytest.raises(Interrupted):
+            pool.close()
+        assert not os.path.exists(pool.run_root)
+    finally:
+        stop()
+        pool._pool.join(timeout=10)
+
+
 @needs_bwrap
 def test_bwrap_runs_programs_with_a_python_of_a_virtual_environment_under_tmp(tmp_path):
     """A venv under /tmp: its directory was bound before /tmp's tmpfs, which hid it (every code reward a
