@@ -35,7 +35,7 @@ from r1jax.rl import checksums
 from r1jax.rl.config import Config, config_from_dicts, to_dict
 from r1jax.rl.failed_saves import (close_failed, drop_closed_loop_reports, quiet_failed_saves, save_threads,
                                    wait_for_writers)
-from r1jax.rl.step_leases import StepGone, held
+from r1jax.rl.step_leases import StepGone, StepSavedAgain, held
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.params import abstract_sharded
 from r1jax.sharding.rules import Rules
@@ -156,7 +156,8 @@ LIVE_READ_TRIES = 4  # reads of a run directory's latest step while its trainer 
 def read_latest(path: str | pathlib.Path, read: Callable[[pathlib.Path], T]) -> T:
     """`read(step directory)` of the step `path` names (a run directory or checkpoint root: its latest). A trainer
     may save and rotate steps there meanwhile (`checkpoint.keep`): the read holds its step (rl.step_leases), so
-    the trainer's pruning leaves it to a later save; where no lease can be taken (a file system without flock), a
+    the trainer's pruning leaves it to a later save (a step saved again while read, moved aside for its new copy,
+    is read again: the read by path may have mixed the copies); where no lease can be taken (a file system without flock), a
     read that fails while the steps listed change is tried again on the new latest step. Either way inspecting
     a live run reads one whole step, or fails naming real damage. (Read once and unheld, a live run's step
     could vanish under generate or eval: a traceback, or a healthy run reported damaged or incomplete.)"""
@@ -164,11 +165,19 @@ def read_latest(path: str | pathlib.Path, read: Callable[[pathlib.Path], T]) -> 
         root, step = resolve(path)
         listed = _steps(root)
         try:
-            with held(root, step):
-                return read(root / str(step))
+            with held(root, step) as lease:
+                try:
+                    value = read(root / str(step))
+                except (UserError, OSError):
+                    if lease.saved_again():  # its failure may be the mix of two copies: read the new one
+                        raise StepSavedAgain(f"step {step} was saved again while it was read") from None
+                    raise
+                if lease.saved_again():
+                    raise StepSavedAgain(f"step {step} was saved again while it was read")
+                return value
         except (UserError, OSError, StepGone) as err:
             named = pathlib.Path(path).absolute() == (root / str(step)).absolute()  # a step given: no other
-            if isinstance(err, StepGone) and named:
+            if isinstance(err, StepGone) and named and not isinstance(err, StepSavedAgain):
                 raise UserError(f"checkpoint {root / str(step)} was deleted (a trainer rotating its steps?)") from None
             if not isinstance(err, StepGone) and (named or not root.is_dir() or _steps(root) == listed):
                 raise

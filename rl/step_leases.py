@@ -28,6 +28,10 @@ class StepGone(Exception):
     """The step was deleted (or is being deleted) before the reader's lease held it."""
 
 
+class StepSavedAgain(StepGone):
+    """The step was saved again while it was read (`Lease.saved_again`): a new copy stands at its path."""
+
+
 def _open(step_dir: pathlib.Path) -> int | None:
     try:
         return os.open(step_dir, os.O_RDONLY | os.O_DIRECTORY)
@@ -35,11 +39,26 @@ def _open(step_dir: pathlib.Path) -> int | None:
         return None
 
 
+class Lease:
+    """What `held` yields: true when a lease is held (false: none can be taken here, the read goes on unheld)."""
+
+    def __init__(self, fd: int, step_dir: pathlib.Path, holding: bool):
+        self._fd, self._step_dir, self.holding = fd, step_dir, holding
+
+    def __bool__(self) -> bool:
+        return self.holding
+
+    def saved_again(self) -> bool:
+        """Whether another directory stands at the step's path: a lease does not stop a trainer that saves the
+        same step again (a stage's end saved again after a stop) from moving it aside as `N.previous` and
+        writing a new `N`, so a read by path may have mixed the two copies. (A step deleted is not this.)"""
+        return self._step_dir.exists() and not same_file(self._fd, self._step_dir)
+
+
 @contextlib.contextmanager
-def held(root: pathlib.Path, step: int) -> Iterator[bool]:
-    """Hold step `step` of `root` against a trainer's pruning for the `with` block; yields whether a lease is
-    held (False: none can be taken here, the read goes on unheld). Raises StepGone when the step is deleted or
-    being deleted."""
+def held(root: pathlib.Path, step: int) -> Iterator[Lease]:
+    """Hold step `step` of `root` against a trainer's pruning for the `with` block (the `Lease`). Raises
+    StepGone when the step is deleted or being deleted."""
     step_dir = root / str(step)
     fd = _open(step_dir)
     if fd is None:
@@ -50,11 +69,11 @@ def held(root: pathlib.Path, step: int) -> Iterator[bool]:
         except BlockingIOError:
             raise StepGone(f"step {step} is being deleted") from None
         except OSError:  # a file system without flock on directories
-            yield False
+            yield Lease(fd, step_dir, False)
             return
         if not same_file(fd, step_dir):  # deleted (or moved aside) before the lease held it
             raise StepGone(f"step {step} was deleted")
-        yield True
+        yield Lease(fd, step_dir, True)
     finally:
         os.close(fd)
 

@@ -90,3 +90,42 @@ def test_a_step_moved_aside_after_the_reader_opened_it_is_gone(tmp_path, monkeyp
     with pytest.raises(StepGone, match="step 5 was deleted"):
         with held(root, 5):
             pass
+
+
+@pytest.mark.parametrize("named", [False, True])
+def test_a_step_saved_again_while_it_is_read_is_read_again_whole(tmp_path, named):
+    """A lease does not stop a re-save of the same step (a stage's end saved again after a stop: N moved aside
+    as N.previous, a new N written): a read during it may have mixed the two copies, so it is read again,
+    whether the run or the step was named (before: the mixed read was returned, or reported as damage)."""
+    root = tmp_path / "checkpoints"
+    (root / "7").mkdir(parents=True)
+    (root / "7" / "part").write_text("old")
+    reads = []
+
+    def read(step_dir):
+        reads.append((step_dir / "part").read_text())
+        if len(reads) == 1:  # the trainer saves step 7 again under this read
+            step_dir.rename(root / "7.previous")
+            step_dir.mkdir()
+            (step_dir / "part").write_text("new")
+            return "mixed"
+        return (step_dir / "part").read_text()
+
+    assert read_latest(root / "7" if named else root, read) == "new"
+    assert reads == ["old", "new"]
+
+
+def test_a_failed_read_of_a_step_saved_again_meanwhile_is_not_called_damage(tmp_path):
+    root = tmp_path / "checkpoints"
+    (root / "7").mkdir(parents=True)
+    reads = []
+
+    def read(step_dir):
+        reads.append(step_dir.name)
+        if len(reads) == 1:  # half of the old copy, then the rest from the new: a read that fails as damaged
+            step_dir.rename(root / "7.previous")
+            step_dir.mkdir()
+            raise UserError(f"checkpoint {step_dir} is damaged")
+        return "whole"
+
+    assert read_latest(root, read) == "whole" and reads == ["7", "7"]
