@@ -107,6 +107,13 @@ def run(args: argparse.Namespace) -> int:
     corpus = checked_corpus(corpus_for(args.input, args.problems_per_level, args.seed), args.input)
     tokenizer = train_tokenizer(corpus, args.vocab_size, args.model_type)
     path = tokenizer.save(args.out)
-    print(json.dumps({"path": str(path), "vocab_size": tokenizer.vocab_size,
-                      "requested_vocab_size": args.vocab_size, "input": args.input}))
+    try:
+        print(json.dumps({"path": str(path), "vocab_size": tokenizer.vocab_size,
+                          "requested_vocab_size": args.vocab_size, "input": args.input}), flush=True)
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): main's quiet exit
+    except OSError as err:  # a full or failing stdout: the tokenizer is saved, and a second run would refuse --out
+        from r1jax.errors import UserError
+        raise UserError(f"the tokenizer is saved in {path.parent} (use it as it is), but its summary could not be "
+                        f"printed: {err.strerror or err}") from None
     return 0

@@ -57,3 +57,26 @@ def test_a_hugging_face_tokenizer_in_out_is_not_overwritten_and_math_is_no_task(
     assert named and {"algebra", "arithmetic", "code", "countdown"} <= set(named.group(1).split(", "))
     assert "math" not in named.group(1).split(", ")
     assert not (tmp_path / "m").exists()
+
+
+def test_a_stdout_that_fails_after_the_save_says_the_tokenizer_is_saved(tmp_path, capsys, monkeypatch):
+    """`> /dev/full`: the summary's print failed after the save, and the one line said to free space and run
+    again, which refuses an --out holding a tokenizer; it now says the tokenizer is saved there."""
+    import errno
+    import sys
+
+    class Full:  # stdout on a full disk (/dev/full)
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", Full())
+    code = main(["tokenizer", "train", "--input", "arithmetic", "--problems-per-level", "5", "--vocab-size", "300",
+                 "--out", str(tmp_path / "t")], as_program=False)
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert code == 2 and Tokenizer.load(tmp_path / "t").vocab_size > 256
+    assert f"the tokenizer is saved in {tmp_path / 't'} (use it as it is), but its summary could not be printed: " \
+           "No space left on device" in err
