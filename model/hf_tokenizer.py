@@ -1,7 +1,10 @@
 """The r1jax sentencepiece tokenizer as Hugging Face tokenizer files, written without transformers.
 
 `save_hf_tokenizer` writes `tokenizer.json` (the `tokenizers` format `AutoTokenizer` loads as a fast
-tokenizer), `tokenizer_config.json` (special tokens, `chat_template`) and `special_tokens_map.json`:
+tokenizer), `tokenizer_config.json` (special tokens, `chat_template`), `special_tokens_map.json` and the
+sentencepiece model itself as `tokenizer.model`, as Llama-style repositories ship it (transformers and r1jax
+read tokenizer.json; `r1jax import-hf` carries the model along and `export-gguf` writes it as llama.cpp's SPM
+tokenizer when `written_from` says the tokenizer.json is still its conversion):
 - the model is the sentencepiece model's own: BPE (vocabulary plus merges recovered from the piece scores,
   as transformers' SentencePieceExtractor does) or Unigram (pieces and log-probabilities), byte fallback on;
 - <unk> <s> </s> <pad> are special added tokens; the R1 tags are added tokens that are not special, so they
@@ -31,10 +34,11 @@ import json
 import pathlib
 
 from sentencepiece import sentencepiece_model_pb2
+from tokenizers import Tokenizer as RustTokenizer
 
 from r1jax.errors import UserError
 from r1jax.model.tokenizer import BOS_ID, TEMPLATE_NAMES, TEMPLATES, Tokenizer, TokenizerLike
-from r1jax.model.tokenizer_json import CHAT_TEMPLATE_FILE, CONFIG_JSON, HFTokenizer
+from r1jax.model.tokenizer_json import CHAT_TEMPLATE_FILE, CONFIG_JSON, SENTENCEPIECE_MODEL, HFTokenizer
 
 _META, _ESC = "\u2581", "\U000f0000"  # as model.tokenizer
 
@@ -113,6 +117,16 @@ def tokenizer_json(model_proto: bytes) -> dict:
     }
 
 
+def written_from(model_proto: bytes, tokenizer_json_text: str) -> bool:
+    """Whether `tokenizer_json_text` is `tokenizer_json(model_proto)`, compared as `tokenizers` serialises both
+    (so a copy that transformers saved again still is; one with a token added, or another model's, is not)."""
+    try:
+        ours = RustTokenizer.from_str(json.dumps(tokenizer_json(model_proto))).to_str()
+        return RustTokenizer.from_str(tokenizer_json_text).to_str() == ours
+    except Exception:  # not a model proto (protobuf's DecodeError), a model type without a form, a bad file
+        return False
+
+
 # ---------------------------------------------------------------------------------------- config + files
 
 
@@ -166,7 +180,8 @@ def save_hf_tokenizer(tok: Tokenizer, out_dir: str | pathlib.Path, template: str
     files = {"tokenizer.json": data, "tokenizer_config.json": config, "special_tokens_map.json": special}
     for name, content in files.items():
         (out / name).write_text(json.dumps(content, ensure_ascii=False, indent=1) + "\n")
-    return [out / name for name in files]
+    (out / SENTENCEPIECE_MODEL).write_bytes(tok.model_proto)
+    return [out / name for name in (*files, SENTENCEPIECE_MODEL)]
 
 
 def save_with_prompt_format(tok: HFTokenizer, out_dir: str | pathlib.Path, template: str) -> None:

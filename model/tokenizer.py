@@ -14,8 +14,10 @@ Conventions:
   carry it: `tok.save(dir)` / `Tokenizer.load(dir)`.
 
 Both back ends (this one and `HFTokenizer`, a checkpoint's tokenizer.json) offer `TokenizerLike`;
-`load_tokenizer(dir)` picks one by the files present, and `render_prompt` gives a problem's prompt ids in a
-run's prompt format (`TEMPLATE_NAMES`).
+`load_tokenizer(dir)` picks one by the files present (a directory with both tokenizer.json and tokenizer.model,
+as a Llama-style Hugging Face repository or r1jax's own `export-hf` ships, is read from tokenizer.json, as
+transformers' fast tokenizers read it: the sentencepiece file travels with it, unread), and `render_prompt`
+gives a problem's prompt ids in a run's prompt format (`TEMPLATE_NAMES`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence
 from r1jax.errors import UserError
 from r1jax.files import write_atomically
 from r1jax.model.chat_template import RESERVED_VARIABLES
-from r1jax.model.tokenizer_json import CONFIG_JSON, TOKENIZER_JSON, HFTokenizer
+from r1jax.model.tokenizer_json import CONFIG_JSON, SENTENCEPIECE_MODEL, TOKENIZER_JSON, HFTokenizer
 
 THINK, END_THINK, ANSWER, END_ANSWER = "<think>", "</think>", "<answer>", "</answer>"
 TAGS = (THINK, END_THINK, ANSWER, END_ANSWER)
@@ -39,7 +41,7 @@ NUM_BYTES = 256
 MIN_LEARNED_CHARS = 8  # a vocabulary needs a few plain characters besides the byte pieces
 MIN_VOCAB = 4 + len(TAGS) + NUM_BYTES + MIN_LEARNED_CHARS
 INT32_MAX = 2**31 - 1
-FILE_NAME = "tokenizer.model"
+FILE_NAME = SENTENCEPIECE_MODEL  # "tokenizer.model"
 MODEL_TYPES = ("bpe", "unigram")
 
 R1_ZERO_TEMPLATE = (

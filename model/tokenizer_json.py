@@ -23,7 +23,11 @@
   `save_pretrained` writes as generation_config.json), so its eos list stops rows as in transformers.
 - The chat template is chat_template.jinja when present, else tokenizer_config.json's `chat_template` (a
   string, or a list of {name, template} of which "default" is used), as transformers chooses.
-- The files are kept byte for byte (`FILES`), so `save(dir)` writes back exactly what was loaded.
+- The files are kept byte for byte (`FILES`), so `save(dir)` writes back exactly what was loaded. A
+  sentencepiece `tokenizer.model` beside tokenizer.json (as Llama-style repositories and r1jax's `export-hf`
+  ship one) is carried as one of them but never read here: tokenizer.json is the tokenizer, as in
+  transformers' fast tokenizers, and equality ignores the passenger. The GGUF export reads it
+  (`rl.gguf_export.vocab`) when it is the model the tokenizer.json was written from.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ CONFIG_JSON = "tokenizer_config.json"
 SPECIAL_TOKENS_JSON = "special_tokens_map.json"
 GENERATION_JSON = "generation_config.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
-FILES = (TOKENIZER_JSON, CONFIG_JSON, SPECIAL_TOKENS_JSON, GENERATION_JSON, CHAT_TEMPLATE_FILE)
+SENTENCEPIECE_MODEL = "tokenizer.model"  # a sentencepiece model: r1jax's own tokenizer file (model.tokenizer)
+FILES = (TOKENIZER_JSON, CONFIG_JSON, SPECIAL_TOKENS_JSON, GENERATION_JSON, CHAT_TEMPLATE_FILE, SENTENCEPIECE_MODEL)
 MODEL_CONFIG_JSON = "config.json"  # the model's; read only for a directory without generation_config.json
 _GENERATION_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")  # what r1jax reads of a generation config
 # transformers' SPECIAL_TOKENS_ATTRIBUTES: the special tokens a chat template sees by name
@@ -260,8 +265,12 @@ class HFTokenizer:
                             f"in {CONFIG_JSON}); use tokenizer.template r1_zero or none")
         return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **variables)
 
+    def _defining_files(self) -> dict[str, bytes]:
+        """The files that make the tokenizer (all but a carried tokenizer.model: module docstring)."""
+        return {name: content for name, content in self.files.items() if name != SENTENCEPIECE_MODEL}
+
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, HFTokenizer) and self.files == other.files
+        return isinstance(other, HFTokenizer) and self._defining_files() == other._defining_files()
 
     def __hash__(self) -> int:
-        return hash(tuple(sorted(self.files.items())))
+        return hash(tuple(sorted(self._defining_files().items())))

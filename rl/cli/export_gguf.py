@@ -3,9 +3,10 @@
 The file holds the weights in llama.cpp's layout (experts stacked per layer; DeepSeek-V3's MLA with kv_b split
 per head into attn_k_b / attn_v_b), every architecture and routing field written explicitly (sigmoid gating,
 group-limited routing, the routing bias and scaling factor for DeepSeek-V3), and the tokenizer: the
-checkpoint's (or --tokenizer's) sentencepiece model as llama.cpp's SPM tokenizer, or its Hugging Face
-tokenizer.json as a byte-level BPE with a pre-tokenizer llama.cpp knows (qwen2, deepseek-v3), with the special
-token ids and the chat template (for an r1jax tokenizer: the prompt format the checkpoint was trained with).
+checkpoint's (or --tokenizer's) sentencepiece model as llama.cpp's SPM tokenizer (also one imported from
+export-hf's files, which carry it as tokenizer.model), or its Hugging Face tokenizer.json as a byte-level BPE
+with a pre-tokenizer llama.cpp knows (qwen2, deepseek-v3), with the special token ids and the chat template (for
+an r1jax tokenizer: the prompt format the checkpoint was trained with).
 --dtype: f32 (exact), f16, bf16 or q8_0; norms, the router and biases stay f32 as llama.cpp's converter keeps
 them. Tensors stream one at a time; the file appears only when complete. sharding.KEY=VALUE overrides adapt
 the mesh to the devices at hand.

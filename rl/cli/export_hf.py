@@ -11,7 +11,9 @@ sharded with model.safetensors.index.json above --max-shard-size, and the tokeni
 - an r1jax sentencepiece tokenizer becomes the files AutoTokenizer loads, with a chat template that renders
   the prompt format the checkpoint was trained with (its tokenizer.template; --template chooses another), so
   `apply_chat_template([user turn], add_generation_prompt=True)` gives the ids r1jax prompted it with
-  (known gaps, such as a literal "<s>" in the text, and how to get r1jax's ids then: model.hf_tokenizer).
+  (known gaps, such as a literal "<s>" in the text, and how to get r1jax's ids then: model.hf_tokenizer);
+  the sentencepiece model goes beside them as tokenizer.model, which import-hf carries and export-gguf writes
+  as llama.cpp's SPM tokenizer (a hub copy of the model needs no run directory for its GGUF).
 Tensors stream one at a time from the (possibly sharded, multi-host) checkpoint; process 0 writes.
 sharding.KEY=VALUE overrides adapt the mesh to the devices at hand.
 """

@@ -3,8 +3,9 @@
 Tensors are read lazily and placed directly in their shards on the mesh of the config's sharding section
 (override it with sharding.KEY=VALUE, as for `r1jax init`). Unsupported settings or missing/unexpected
 tensors are errors that list them. The directory's tokenizer files (tokenizer.json, tokenizer_config.json,
-special_tokens_map.json, generation_config.json, chat_template.jinja; or an r1jax tokenizer.model), when it
-has them, are copied byte for byte into OUT/tokenizer/, where `r1jax generate / eval / export-hf` find them.
+special_tokens_map.json, generation_config.json, chat_template.jinja, and a tokenizer.model beside them; or an
+r1jax tokenizer.model alone), when it has them, are copied byte for byte into OUT/tokenizer/, where `r1jax
+generate / eval / export-hf / export-gguf` find them (tokenizer.json is the tokenizer when both are there).
 """
 
 from __future__ import annotations

@@ -9,6 +9,13 @@
   into other pieces (often characters), and llama.cpp's UGM (`t5`) tokenizer differs from it more still.
   Known gap: r1jax escapes U+2581 and U+F0000 in text before sentencepiece; llama.cpp does not, so text
   containing those two characters tokenizes differently there.
+- the same, for a Hugging Face tokenizer whose tokenizer.json is r1jax's conversion of the tokenizer.model
+  beside it (`model.hf_tokenizer.written_from`): what `export-hf` writes for an r1jax tokenizer and `import-hf`
+  brings back, so a model moved through the hub exports without its run directory. Its ids and chat template
+  are the tokenizer's (those r1jax runs it with); where that tokenizer.json differs from its model (the known
+  gaps of `model.hf_tokenizer`, e.g. a literal "<s>" in text), llama.cpp tokenizes as the model. A
+  tokenizer.model that is not its tokenizer.json's source (a Llama-style repository's, a tokenizer.json edited
+  since) is ignored: the tokenizer.json is exported as below.
 - a Hugging Face tokenizer.json (a byte-level BPE, as Qwen3's and DeepSeek-V3's) -> `tokenizer.ggml.model =
   gpt2`: the vocabulary in id order, the merges, token types (typed as llama.cpp's convert_hf_to_gguf.py
   types them: added tokens control when special or when they look special, `_looks_special`, other added
@@ -32,9 +39,9 @@ from typing import Any
 import gguf
 
 from r1jax.errors import UserError
-from r1jax.model.hf_tokenizer import chat_template, read_model_proto
+from r1jax.model.hf_tokenizer import chat_template, read_model_proto, written_from
 from r1jax.model.tokenizer import Tokenizer, TokenizerLike
-from r1jax.model.tokenizer_json import GENERATION_JSON, TOKENIZER_JSON, HFTokenizer
+from r1jax.model.tokenizer_json import GENERATION_JSON, SENTENCEPIECE_MODEL, TOKENIZER_JSON, HFTokenizer
 
 _SP_TYPES = {"normal": gguf.TokenType.NORMAL, "unknown": gguf.TokenType.UNKNOWN, "control": gguf.TokenType.CONTROL,
              "user_defined": gguf.TokenType.USER_DEFINED, "unused": gguf.TokenType.UNUSED,
@@ -57,15 +64,32 @@ def write_tokenizer(writer: gguf.GGUFWriter, tok: TokenizerLike, vocab_size: int
     if tok.vocab_size > vocab_size:
         raise UserError(f"the tokenizer has {tok.vocab_size} tokens, more than the model's vocab_size {vocab_size}")
     if isinstance(tok, Tokenizer):
-        _sentencepiece(writer, tok, vocab_size, template)
+        _sentencepiece(writer, tok.model_proto, tok, vocab_size, chat_template(template))
+    elif isinstance(tok, HFTokenizer) and _is_sentencepiece_conversion(tok):
+        _sentencepiece(writer, tok.files[SENTENCEPIECE_MODEL], tok, vocab_size,
+                       tok.chat_template.source if tok.chat_template is not None else None)
     elif isinstance(tok, HFTokenizer):
         _byte_level_bpe(writer, tok, vocab_size)
     else:  # a new TokenizerLike back end without a GGUF form
         raise UserError(f"tokenizer {type(tok).__name__}: no GGUF form (expected sentencepiece or tokenizer.json)")
 
 
-def _sentencepiece(writer: gguf.GGUFWriter, tok: Tokenizer, vocab_size: int, template: str) -> None:
-    model_type, pieces = read_model_proto(tok.model_proto)
+def _is_sentencepiece_conversion(tok: HFTokenizer) -> bool:
+    """Whether `tok`'s tokenizer.json is r1jax's conversion of the r1jax tokenizer.model it carries."""
+    proto = tok.files.get(SENTENCEPIECE_MODEL)
+    if proto is None or not written_from(proto, tok.files[TOKENIZER_JSON].decode("utf-8")):
+        return False
+    try:
+        Tokenizer(proto)  # r1jax's ids: the ids the SPM keys below name
+    except (UserError, RuntimeError):  # another project's sentencepiece model
+        return False
+    return True
+
+
+def _sentencepiece(writer: gguf.GGUFWriter, proto: bytes, tok: TokenizerLike, vocab_size: int,
+                   template_source: str | None) -> None:
+    """The SPM keys of sentencepiece model `proto`, with `tok`'s special ids and the chat template given."""
+    model_type, pieces = read_model_proto(proto)
     if model_type != "bpe":  # llama.cpp would tokenize text differently (module docstring)
         raise UserError(f"the tokenizer is a sentencepiece {model_type} model; llama.cpp's SPM tokenizer "
                         "(tokenizer.ggml.model llama) tokenizes only bpe ones as sentencepiece does, so text would "
@@ -79,11 +103,12 @@ def _sentencepiece(writer: gguf.GGUFWriter, tok: Tokenizer, vocab_size: int, tem
     writer.add_add_space_prefix(False)
     writer.add_bos_token_id(tok.bos_id)
     writer.add_eos_token_id(tok.eos_id)
-    writer.add_unk_token_id(tok.unk_id)
+    writer.add_unk_token_id(next(i for i, (_, _, kind) in enumerate(pieces) if kind == "unknown"))
     writer.add_pad_token_id(tok.pad_id)
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
-    writer.add_chat_template(chat_template(template))
+    if template_source is not None:
+        writer.add_chat_template(template_source)
 
 
 def _split_patterns(pre: Any) -> tuple[str, ...]:
@@ -109,8 +134,11 @@ def _byte_level_bpe(writer: gguf.GGUFWriter, tok: HFTokenizer, vocab_size: int) 
     data = json.loads(tok.files[TOKENIZER_JSON].decode("utf-8"))
     model = data.get("model", {})
     if model.get("type") != "BPE" or not _has_byte_level(data.get("pre_tokenizer")):
+        source = "is not the one it was written from" if SENTENCEPIECE_MODEL in tok.files else "is missing"
         raise UserError(f"{where}: a {model.get('type')} model without a ByteLevel pre-tokenizer; llama.cpp's "
-                        "gpt2 tokenizer reads byte-level BPE tokenizers (as Qwen3's and DeepSeek-V3's)")
+                        "gpt2 tokenizer reads byte-level BPE tokenizers (as Qwen3's and DeepSeek-V3's), and an r1jax "
+                        f"tokenizer's export goes through the sentencepiece {SENTENCEPIECE_MODEL} that export-hf "
+                        f"writes beside it, which {source} there")
     patterns = _split_patterns(data.get("pre_tokenizer"))
     pre = PRE_TOKENIZERS.get(patterns)
     if pre is None:

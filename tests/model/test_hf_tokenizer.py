@@ -62,3 +62,45 @@ def test_the_written_config_keeps_the_length_and_the_chat_template_opens_with_th
     for start, first in ((None, "<s>"), ("", ""), ("<|begin|>", "<|begin|>")):
         text = ChatTemplate(chat_template("r1_zero", start), "test", named).render(user, add_generation_prompt=True)
         assert text == first + apply_template("r1_zero", "1+1")
+
+
+def test_the_export_ships_the_sentencepiece_model_which_only_the_gguf_export_reads(tmp_path):
+    """save_hf_tokenizer writes tokenizer.model beside tokenizer.json (as Llama-style repositories do); transformers
+    and r1jax still tokenize with tokenizer.json, whose ids are those of the same files without it; `written_from`
+    knows the file as the model's conversion, also after transformers saved it again, and not once edited."""
+    import json
+    import shutil
+
+    import transformers
+
+    from r1jax.model.hf_tokenizer import save_hf_tokenizer, written_from
+    from r1jax.model.tokenizer import load_tokenizer
+    from r1jax.model.tokenizer_json import HFTokenizer
+    from tests.model.hf_tokenizer_files import write_hf_tokenizer
+
+    tok = train_tokenizer(CORPUS, 320)
+    save_hf_tokenizer(tok, tmp_path / "both")
+    assert (tmp_path / "both" / "tokenizer.model").read_bytes() == tok.model_proto
+    shutil.copytree(tmp_path / "both", tmp_path / "json")
+    (tmp_path / "json" / "tokenizer.model").unlink()
+    both, json_only = load_tokenizer(tmp_path / "both"), load_tokenizer(tmp_path / "json")
+    assert isinstance(both, HFTokenizer) and both == json_only and "tokenizer.model" in both.files
+    theirs = [transformers.AutoTokenizer.from_pretrained(tmp_path / name) for name in ("both", "json")]
+    for text in CORPUS[:3] + ["0123 ✓ <answer>", ""]:  # (not "<s>": a known gap, model.hf_tokenizer)
+        ids = [t(text)["input_ids"] for t in theirs]
+        assert ids[0] == ids[1] == both.encode(text, add_bos=True) == tok.encode(text, add_bos=True), text
+    both.save(tmp_path / "copy")  # what import-hf and the trainer write: the model travels along
+    assert (tmp_path / "copy" / "tokenizer.model").read_bytes() == tok.model_proto
+    text = (tmp_path / "both" / "tokenizer.json").read_text()
+    theirs[0].save_pretrained(tmp_path / "resaved")
+    assert written_from(tok.model_proto, text)
+    assert written_from(tok.model_proto, (tmp_path / "resaved" / "tokenizer.json").read_text())
+    edited = json.loads(text)
+    edited["added_tokens"].append({**edited["added_tokens"][-1], "id": 320, "content": "<tool>"})
+    assert not written_from(tok.model_proto, json.dumps(edited))
+    assert not written_from(tok.model_proto, (write_hf_tokenizer(tmp_path / "qwen", "qwen") / "tokenizer.json")
+                            .read_text())
+    assert not written_from(b"not a model", text)
+    # a stray r1jax model beside another tokenizer.json: that tokenizer.json is still the tokenizer
+    tok.save(tmp_path / "qwen")
+    assert load_tokenizer(tmp_path / "qwen") == HFTokenizer.load(write_hf_tokenizer(tmp_path / "q2", "qwen"))

@@ -1,6 +1,9 @@
 """`r1jax export-gguf`'s command (rl/cli/export_gguf.py): the chat template in the file renders the prompt format
 the checkpoint was trained with (its tokenizer.template, not always chat); overrides other than sharding.* are
-refused naming the first; sharding overrides reach the loading mesh."""
+refused naming the first; sharding overrides reach the loading mesh; a tokenizer.json goes into the file through the
+tokenizer.model beside it only when it is r1jax's conversion of that model."""
+
+import dataclasses
 
 import ml_dtypes
 import numpy as np
@@ -49,8 +52,6 @@ def test_only_sharding_overrides_are_taken(tokenizer, tmp_path, capsys):  # noqa
 
 def test_a_model_llama_cpp_cannot_run_is_refused_without_loading_its_weights(tokenizer, tmp_path, capsys,  # noqa: F811
                                                                              monkeypatch):
-    import dataclasses
-
     from r1jax.rl import checkpoint
 
     save_checkpoint(tmp_path / "ck", dataclasses.replace(CONFIGS["qwen3_moe"], norm_topk_prob=False), tokenizer)
@@ -63,8 +64,6 @@ def test_a_model_llama_cpp_cannot_run_is_refused_without_loading_its_weights(tok
 
 def test_tokenizer_puts_that_tokenizer_in_the_file(tokenizer, tmp_path, capsys):  # noqa: F811
     """A checkpoint without a tokenizer exports with --tokenizer's (it was refused only without one)."""
-    import dataclasses
-
     from r1jax.model.factory import init_policy
     from r1jax.rl.checkpoint import save_policy
     from r1jax.rl.config import load_config as load_run_config
@@ -123,3 +122,38 @@ def test_tensor_data_goes_through_the_file_object_byte_for_byte(array):
     written = io.BytesIO()
     array.view(_FileWrite).tofile(written)
     assert written.getvalue() == array.tobytes()
+
+
+def test_a_tokenizer_json_exports_through_its_tokenizer_model_only_if_made_from_it(tokenizer, tmp_path):  # noqa: F811
+    """export-hf's files (tokenizer.json, and tokenizer.model since) export as llama.cpp's SPM tokenizer, the
+    path test_export_gguf_llama.py runs end to end; a stray r1jax model beside Qwen's tokenizer.json leaves it
+    a byte-level BPE; without the model, or with a tokenizer.json edited since, the refusal names the model."""
+    import json
+
+    from r1jax.errors import UserError
+    from r1jax.model.factory import init_policy
+    from r1jax.model.hf_tokenizer import save_hf_tokenizer
+    from r1jax.model.tokenizer import HFTokenizer
+    from r1jax.rl.gguf_export import export_gguf
+    from tests.model.hf_tokenizer_files import write_hf_tokenizer
+
+    policy = init_policy(dataclasses.replace(CONFIGS["qwen3_moe"], vocab_size=640), 0)  # Qwen's tokens fit
+    save_hf_tokenizer(tokenizer, tmp_path / "hf", "r1_zero")
+    exported = HFTokenizer.load(tmp_path / "hf")
+
+    def model(tok):
+        export_gguf(policy, tmp_path / "m.gguf", tok, "f32", force=True)
+        return read(tmp_path / "m.gguf")[0]["tokenizer.ggml.model"]
+
+    assert model(exported) == "llama"
+    qwen = write_hf_tokenizer(tmp_path / "qwen", "qwen")
+    tokenizer.save(qwen)
+    assert model(HFTokenizer.load(qwen)) == "gpt2"
+    edited = json.loads(exported.files["tokenizer.json"])
+    edited["added_tokens"].append({**edited["added_tokens"][-1], "id": 300, "content": "<tool>"})
+    for files, why in (({**exported.files, "tokenizer.json": json.dumps(edited).encode()}, "is not the one it was "
+                        "written from"), ({k: v for k, v in exported.files.items() if k != "tokenizer.model"},
+                                          "is missing")):
+        with pytest.raises(UserError, match=f"a BPE model without a ByteLevel pre-tokenizer; .* the sentencepiece "
+                                            f"tokenizer.model that export-hf writes beside it, which {why} there"):
+            model(HFTokenizer(files, str(tmp_path / "edited")))

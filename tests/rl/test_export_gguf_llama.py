@@ -3,23 +3,28 @@ r1jax's outputs: for small random DeepSeek-V3 and Qwen3-MoE policies, greedy gen
 at temperature 0 (what `r1jax generate --temperature 0` runs) token for token, the logits of every prompt position agree with r1jax's
 forward pass within LOGIT_TOL, and the log-probabilities of the generated tokens with r1jax's within
 LOGPROB_TOL (f32 export, f32 KV cache in llama.cpp). llama.cpp also tokenizes text as r1jax does, with the
-tokenizer the file carries (sentencepiece as llama.cpp's SPM, a Qwen-style tokenizer.json as its qwen2 BPE).
+tokenizer the file carries (sentencepiece as llama.cpp's SPM, a Qwen-style tokenizer.json as its qwen2 BPE), also
+for a checkpoint moved through Hugging Face files (export-hf, then import-hf) with no run directory left.
 """
 
 import dataclasses
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from r1jax.model.hf_tokenizer import chat_template
 from r1jax.model.tokenizer import HFTokenizer, train_tokenizer
 from r1jax.model.factory import init_policy
+from r1jax.rl.checkpoint import find_tokenizer
+from r1jax.rl.cli.main import main
 from r1jax.rl.gguf_export import export_gguf
 from r1jax.rl.sampler import Sampler, SamplingConfig
 from tests.model.hf_tokenizer_files import write_hf_tokenizer
 from tests.model.tiny import DEEPSEEK, QWEN
-from tests.rl.test_export_gguf import CORPUS
+from tests.rl.test_export_gguf import CORPUS, read, save_checkpoint
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (the test extra) is not installed")
 
@@ -100,11 +105,13 @@ def test_llama_cpp_generates_what_r1jax_generates(case, tokenizer, tmp_path):
     np.testing.assert_allclose(logprobs, our_logprobs, rtol=0, atol=LOGPROB_TOL)
 
 
+TEXTS = ["What is 12 + 35?", "The quick brown fox <think> jumps </think> over", "x^2 - 4 = 0 <answer>2</answer>",
+         "数学の問題 — ответ: 42\n  two  spaces"]
+
+
 def test_llama_cpp_tokenizes_as_r1jax(tokenizer, tmp_path):
     """The file's tokenizer in llama.cpp: r1jax's sentencepiece (SPM) and tokenizer.json files of both styles
     (byte-level BPE with Qwen's split regexes; the DeepSeek style's post-processor adds bos)."""
-    texts = ["What is 12 + 35?", "The quick brown fox <think> jumps </think> over", "x^2 - 4 = 0 <answer>2</answer>",
-             "数学の問題 — ответ: 42\n  two  spaces"]
     cases = [("sp", tokenizer, 320)]
     for style in ("qwen", "deepseek"):
         cases.append((style, HFTokenizer.load(write_hf_tokenizer(tmp_path / style, style)), 640))
@@ -112,7 +119,34 @@ def test_llama_cpp_tokenizes_as_r1jax(tokenizer, tmp_path):
         path = tmp_path / f"{name}.gguf"
         export_gguf(init_policy(dataclasses.replace(QWEN, vocab_size=vocab, mlp_only_layers=()), 0), path, tok, "f32")
         llm = load(path, vocab_only=True)
-        for text in texts:
+        for text in TEXTS:
             theirs = llm.tokenize(text.encode(), add_bos=True, special=False)
             assert theirs == tok.encode(text, add_bos=True), (name, text)
             assert llm.detokenize(theirs).decode() == text, (name, text)
+
+
+def test_a_checkpoint_moved_through_hugging_face_files_exports_with_its_tokenizer(tokenizer, tmp_path, capsys):
+    """train -> export-hf -> import-hf -> export-gguf, the run directory gone (a model fetched from the hub):
+    export-gguf refused the imported tokenizer.json ("a BPE model without a ByteLevel pre-tokenizer"). export-hf
+    now writes the sentencepiece tokenizer.model beside it, import-hf carries it, and the file holds it as
+    llama.cpp's SPM tokenizer: llama.cpp tokenizes as r1jax does and computes r1jax's logits."""
+    cfg = dataclasses.replace(CONFIGS["qwen3_moe"], vocab_size=320)
+    policy = save_checkpoint(tmp_path / "run", cfg, tokenizer, template="r1_zero")
+    assert main(["export-hf", str(tmp_path / "run"), str(tmp_path / "hf"), "--dtype", "float32"]) == 0
+    shutil.rmtree(tmp_path / "run")
+    assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "ck")]) == 0
+    imported = find_tokenizer(tmp_path / "ck")
+    assert isinstance(imported, HFTokenizer)  # r1jax reads the tokenizer.json, as before
+    assert main(["export-gguf", str(tmp_path / "ck"), str(tmp_path / "m.gguf")]) == 0, capsys.readouterr().err
+    fields = read(tmp_path / "m.gguf")[0]
+    assert fields["tokenizer.ggml.model"] == "llama"
+    assert fields["tokenizer.chat_template"] == chat_template("r1_zero")  # the export's, which r1jax renders
+    llm = load(tmp_path / "m.gguf")
+    for text in TEXTS + ["<answer>12</answer>", "0123456789 ÿ é 🙂"]:
+        theirs = llm.tokenize(text.encode(), add_bos=True, special=False)
+        assert theirs == imported.encode(text, add_bos=True) == tokenizer.encode(text, add_bos=True), text
+        assert llm.detokenize(theirs).decode() == text
+    prompt = tokenizer.encode("What is 12 + 35? <think>", add_bos=True)
+    prompt_logits = llama_greedy(llm, prompt, 1)[0]
+    reference = np.asarray(policy(jnp.asarray([prompt])).logits_BTV[0], np.float64)
+    np.testing.assert_allclose(prompt_logits, reference, rtol=0, atol=LOGIT_TOL)
