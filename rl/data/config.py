@@ -50,9 +50,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not self.tasks and self.path is None:
             raise UserError("data.tasks is empty and data.path is not set: nothing to train on")
-        for name in (*self.tasks, self.default_task):
+        for field, name in [*(("data.tasks", name) for name in self.tasks), ("data.default_task", self.default_task)]:
             if name not in TASKS:
-                raise UserError(f"data.tasks: unknown task {name!r}; known: {', '.join(sorted(TASKS))}")
+                raise UserError(f"{field}: unknown task {name!r}; known: {', '.join(sorted(TASKS))}")
         if not 1 <= self.difficulty <= 5:
             raise UserError(f"data.difficulty = {self.difficulty}: expected 1..5")
         if not 1 <= self.num_problems <= MAX_NUM_PROBLEMS:
