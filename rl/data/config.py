@@ -53,6 +53,11 @@ class DataConfig:
         for field, name in [*(("data.tasks", name) for name in self.tasks), ("data.default_task", self.default_task)]:
             if name not in TASKS:
                 raise UserError(f"{field}: unknown task {name!r}; known: {', '.join(sorted(TASKS))}")
+        repeated = sorted({name for name in self.tasks if self.tasks.count(name) > 1})
+        if repeated:  # task i of T generates problem i // T of its stream: a second copy generated the same problems
+            raise UserError(f"data.tasks lists {', '.join(map(repr, repeated))} more than once: each of its problems "
+                            "would be generated once per listing, the copies side by side in a batch; list each "
+                            "task once")
         if not 1 <= self.difficulty <= 5:
             raise UserError(f"data.difficulty = {self.difficulty}: expected 1..5")
         if not 1 <= self.num_problems <= MAX_NUM_PROBLEMS:

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from r1jax.errors import UserError
-from r1jax.rl.data import DataConfig, load_problems, split_answer
+from r1jax.rl.data import DataConfig, TaskSource, load_problems, make_iterator, split_answer
+from r1jax.rl.tasks import get_task
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -26,3 +27,12 @@ def test_data_config_bounds_themselves_are_accepted():
     DataConfig(difficulty=5, num_problems=1_000_000, seed=2**32 - 1)
     DataConfig(difficulty=1, num_problems=1, seed=0)
     assert DataConfig(tasks=(), path="d.jsonl").tasks == ()  # a file alone is something to train on
+
+
+def test_a_task_listed_twice_is_refused_not_generated_twice():
+    # (arithmetic, arithmetic, countdown) generated every arithmetic problem twice, side by side in a batch
+    with pytest.raises(UserError, match=r"data.tasks lists 'arithmetic' more than once"):
+        DataConfig(tasks=("arithmetic", "countdown", "arithmetic"))
+    source = TaskSource([get_task("arithmetic"), get_task("countdown")], seed=0, size=40)
+    prompts = [source[i]["prompt"] for i in range(40)]
+    assert len(set(prompts[0::2])) > 15 and all(p.startswith("Make") for p in prompts[1::2])
