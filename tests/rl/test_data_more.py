@@ -10,6 +10,44 @@ from r1jax.rl.data import DataConfig, TaskSource, load_problems, make_iterator, 
 from r1jax.rl.tasks import get_task
 
 
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_a_row_without_a_task_column_is_read_as_data_default_task(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Compute 2+3", "answer": "5"},
+                                              {"prompt": "Solve 2x=4", "answer": "2", "task": "algebra"}])
+    problems = DataConfig(path=str(path), default_task="arithmetic").load_file()
+    assert [p["task"] for p in problems] == ["arithmetic", "algebra"]  # not math: arithmetic's verifier scores it
+    assert [p["task"] for p in load_problems(path)] == ["math", "algebra"]  # the default default
+
+
+def test_a_rows_own_solution_column_wins_over_the_solution_a_gsm8k_answer_derives(tmp_path):
+    rows = [{"question": "q1", "answer": "1+1=2\n#### 2", "solution": "<think> own </think> <answer> 2 </answer>"},
+            {"question": "q2", "answer": "2+2=4\n#### 4"}]
+    path = write_jsonl(tmp_path / "g.jsonl", rows)
+    problems = DataConfig(path=str(path), fields={"prompt": "question"}, answer_format="gsm8k").load_file()
+    assert [(p["answer"], p["solution"]) for p in problems] == [
+        ("2", "<think> own </think> <answer> 2 </answer>"),
+        ("4", "<think> 2+2=4 </think> <answer> 4 </answer>")]
+
+
+def test_sft_data_needs_a_worked_solution_of_code_rows_too(tmp_path):
+    row = {"prompt": "Write f(x) that returns x+1.", "task": "code", "tests": ["assert f(1) == 2"],
+           "entry_point": "f"}
+    path = write_jsonl(tmp_path / "c.jsonl", [row])
+    assert load_problems(path)[0]["solution"] == ""  # RL data: no solution needed
+    with pytest.raises(UserError, match=r"c.jsonl: row 1: field 'solution' is missing"):
+        load_problems(path, need_solution=True)
+
+
+@pytest.mark.parametrize("text,answer", [("so \\boxed{ 42 }.", "42"), ("\\boxed{\n\\frac{1}{2} }", "\\frac{1}{2}"),
+                                         ("\\fbox{ x+1 }", "x+1")])
+def test_a_boxed_answer_loses_the_spaces_inside_its_braces(text, answer):
+    assert split_answer(text, "boxed")[0] == answer
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"tasks": ()}, "data.tasks is empty and data.path is not set: nothing to train on"),
     ({"default_task": "chess"}, "data.default_task: unknown task 'chess'"),
@@ -27,6 +65,20 @@ def test_data_config_bounds_themselves_are_accepted():
     DataConfig(difficulty=5, num_problems=1_000_000, seed=2**32 - 1)
     DataConfig(difficulty=1, num_problems=1, seed=0)
     assert DataConfig(tasks=(), path="d.jsonl").tasks == ()  # a file alone is something to train on
+
+
+def test_a_task_source_has_no_negative_items():
+    source = TaskSource([get_task("arithmetic")], seed=0, size=5)
+    assert source[4] == get_task("arithmetic").generate(0, 4).to_dict()
+    for index in (-1, 5):  # Python's negative indexing would hand out a problem of index -1, not one of the 5
+        with pytest.raises(IndexError):
+            source[index]
+
+
+@pytest.mark.parametrize("batch_size", [0, -3])
+def test_a_batch_size_below_one_is_refused_with_its_value(batch_size):
+    with pytest.raises(UserError, match=f"batch size {batch_size}: expected >= 1"):
+        make_iterator(DataConfig(num_problems=10), batch_size)
 
 
 def test_a_task_listed_twice_is_refused_not_generated_twice():
