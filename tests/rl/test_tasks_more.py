@@ -1,0 +1,130 @@
+"""Task generators and verifiers, cases the mutation rounds found untested: each test pins what a user sees (a
+knob refused, the numbers a problem draws, a verdict) against a hand-written or brute-force answer."""
+
+import re
+
+import pytest
+
+from r1jax.errors import UserError
+from r1jax.rl.tasks import get_task
+
+
+@pytest.mark.parametrize("task,knob", [("arithmetic", "digits"), ("arithmetic", "operands"),
+                                       ("countdown", "count"), ("code", "max_constant")])
+def test_a_boolean_knob_is_no_integer(task, knob):
+    with pytest.raises(UserError, match=f"knob {knob} = True: expected an integer"):
+        get_task(task, 1, **{knob: True})  # YAML's `yes`: read as 1 before
+
+
+@pytest.mark.parametrize("digits,low", [(1, 0), (2, 10), (3, 100)])
+def test_arithmetic_operands_span_exactly_the_numbers_of_that_many_digits(digits, low):
+    task = get_task("arithmetic", digits=digits, operands=4, ops="+")
+    drawn = {int(n) for i in range(600) for n in re.findall(r"\d+", task.generate(3, i).prompt)}
+    high = 10 ** digits - 1
+    assert min(drawn) == low and max(drawn) == high  # both ends drawn, nothing past them
+
+
+def algebra_problems(level, count=300):
+    task = get_task("algebra", level)
+    return [task.generate(7, i) for i in range(count)]
+
+
+@pytest.mark.parametrize("level", [2, 3, 4, 5])
+def test_algebra_text_writes_no_unit_or_zero_coefficient_and_no_plus_minus(level):
+    for problem in algebra_problems(level):
+        for text in (problem.prompt, problem.answer):
+            assert not re.search(r"(?<![\d./])[01]x", text), text  # "-1x", "+0x": written "-x", left out
+            assert "+-" not in text and "--" not in text, text
+            assert text.strip(), problem.prompt
+
+
+def test_algebra_polynomials_print_as_the_module_says():
+    import sympy
+
+    from r1jax.rl.tasks.algebra import format_poly
+
+    x = sympy.Symbol("x")
+    assert format_poly((x + 2) * (x - 3) - (x * x - x - 6)) == "0"  # everything cancelled: "0", not ""
+    assert format_poly(sympy.expand((x + 3) * (x - 3))) == "x^2-9"
+    assert format_poly(sympy.Rational(7, 3) * x - sympy.Rational(1, 2)) == "(7/3)x-1/2"
+    assert format_poly(-x + 0) == "-x" and format_poly(sympy.Rational(-7, 3) + 0 * x) == "-7/3"
+
+
+@pytest.mark.parametrize("level", [1, 3, 5])
+def test_countdown_worked_steps_stay_positive_integers_and_reach_the_target(level):
+    task = get_task("countdown", level)
+    for index in range(300):
+        problem = task.generate(2, index)
+        steps = re.findall(r"(\d+)([-+*/])(\d+)=(-?\d+)\.", problem.solution)
+        assert steps, problem.solution
+        for a, op, b, value in steps:  # a >= b, "-" never of equal numbers (a 0), "/" exact and never by 1
+            a, b, value = int(a), int(b), int(value)
+            assert value >= 1 and a >= b, problem.solution
+            assert value == {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op]
+            assert op != "/" or (b > 1 and a % b == 0)
+        assert int(re.match(r"Make (\d+) ", problem.prompt).group(1)) == int(steps[-1][3])
+
+
+def test_countdown_every_number_rule_without_a_listed_prompt_reads_the_reference_numbers():
+    task = get_task("countdown", 1)
+    prompt = "Reach 16 using every number exactly once."  # no list: the reference's numbers are the allowed ones
+    assert task.verify("(3+5)*2", "(3+5)*2", prompt) and task.verify("2*(5+3)", "(3+5)*2", prompt)
+    assert not task.verify("8*2", "(3+5)*2", prompt) and not task.verify("(3+5)*2+2-2", "(3+5)*2", prompt)
+
+
+@pytest.mark.parametrize("candidate", ["\\boxed{\\textbf{42}}", "$\\boxed{\\text{42}}$.", "\\[\\boxed{$42$}\\]",
+                                       "\\boxed{\\mathbf{\\text{42}}}"])
+def test_nested_markup_around_an_answer_is_removed_layer_by_layer(candidate):
+    from r1jax.rl.tasks.base import strip_markup
+
+    assert strip_markup(candidate) == "42"
+    assert get_task("arithmetic").verify(candidate, "42") and not get_task("arithmetic").verify(candidate, "43")
+
+
+def code_problems(level, count=200):
+    task = get_task("code", level)
+    return [task.generate(5, i) for i in range(count)]
+
+
+def test_code_prompts_state_their_constant_and_their_tests_compute_it():
+    import json
+
+    seen = set()
+    for problem in code_problems(2):
+        assert "{" not in problem.prompt and "{" not in problem.answer, problem.prompt
+        function = re.fullmatch(r"Write f\(x\) that returns x([-+*])(\d+)\.", problem.prompt)
+        script = re.fullmatch(r"Read n and print n([-+*])(\d+)\.", problem.prompt)
+        pair = problem.prompt == "Read a b on one line, print a+b."
+        assert function or script or pair, problem.prompt
+        tests = json.loads(problem.tests)
+        assert len(tests) == 3
+        if function:
+            seen.add("function")
+            op, k = function.group(1), int(function.group(2))
+            assert k >= 2 and problem.entry_point == "f"  # no "x*1": k from 2
+            for test in tests:
+                x, y = map(int, re.fullmatch(r"assert f\((-?\d+)\) == (-?\d+)", test).groups())
+                assert y == {"+": x + k, "-": x - k, "*": x * k}[op], (problem.prompt, test)
+            assert len({t for t in tests}) == 3  # three different arguments
+        else:
+            seen.add("stdio")
+            assert problem.entry_point is None and problem.to_dict().get("entry_point") is None
+            for test in tests:
+                numbers = [int(n) for n in test["input"].split()]
+                assert test["input"].endswith("\n") and test["output"].endswith("\n")
+                want = sum(numbers) if pair else {"+": numbers[0] + int(script.group(2)),
+                                                  "*": numbers[0] * int(script.group(2))}[script.group(1)]
+                assert int(test["output"]) == want
+    assert seen == {"function", "stdio"}  # level 2 draws both forms
+
+
+def test_code_level_three_draws_shaped_problems_with_python_literals_in_their_tests():
+    import ast
+    import json
+
+    shaped = [p for p in code_problems(3) if not p.prompt.startswith(("Write f(x)", "Read"))]
+    assert len(shaped) > 30
+    for problem in shaped:
+        for test in json.loads(problem.tests):
+            call, _, want = test.removeprefix("assert ").partition(" == ")
+            ast.literal_eval(want)  # "'cba'", not a bare cba (a NameError in every program's test)
