@@ -33,7 +33,7 @@ from typing import Iterator
 from r1jax.errors import UserError
 from r1jax.rl.data.answers import split_answer
 from r1jax.rl.rewards.code import check_entry_point, encode_tests
-from r1jax.rl.tasks import TASKS, countdown, math_answer
+from r1jax.rl.tasks import TASKS, algebra, arithmetic, countdown, math_answer
 from r1jax.rl.tasks.base import r1_solution
 
 PROBLEM_FIELDS = ("prompt", "answer", "solution", "task", "tests", "entry_point")  # the problem fields a data.fields mapping may name
@@ -149,7 +149,9 @@ def problem_from_row(row: dict, where: str, default_task: str = "math", *, need_
     except ValueError as err:
         raise UserError(f"{where}: field {column['answer']!r} (data.answer_format={answer_format}): {err}") from None
     checks = {"countdown": lambda: countdown.check_reference(prompt, answer),
-              "math": lambda: math_answer.check_reference(answer)}
+              "math": lambda: math_answer.check_reference(answer),
+              "arithmetic": lambda: arithmetic.check_reference(answer),
+              "algebra": lambda: algebra.check_reference(answer)}
     if task in checks:  # a reference that can never score: the row would train on rewards of 0 for every answer
         problem = checks[task]()
         if problem:

@@ -119,6 +119,16 @@ def parse_answer(text: str) -> tuple:
     return safe_math.parse(_LEADING_VAR.sub("", strip_markup(text), count=1), names="x")
 
 
+def check_reference(reference: str) -> str | None:
+    """Why a data row's reference can never score (the safe parser refuses it: every answer would be wrong), or
+    None."""
+    try:
+        parse_answer(reference)
+    except safe_math.MathError as err:
+        return f"the reference {reference[:60]!r} is not an answer in x the algebra verifier reads ({err})"
+    return None
+
+
 def _x_power(node: tuple) -> int:
     """n for x or x^n (n a positive integer literal), else 0."""
     if node == ("var", "x"):

@@ -52,6 +52,14 @@ def parse_number(text: str) -> Fraction | None:
     return safe_math.evaluate(node) if safe_math.is_number(node) else None
 
 
+def check_reference(reference: str) -> str | None:
+    """Why a data row's reference can never score (no number `parse_number` reads: every answer would be wrong),
+    or None."""
+    if parse_number(reference) is None:
+        return f"the reference {reference[:60]!r} is not a number the arithmetic verifier reads (such as '-136')"
+    return None
+
+
 @register_task
 class ArithmeticTask(Task):
     name = "arithmetic"

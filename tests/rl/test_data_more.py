@@ -2,6 +2,7 @@
 (the verifier a row gets, the worked solution it trains on, a refused row) against a hand-written answer."""
 
 import json
+import re
 
 import pytest
 
@@ -88,3 +89,26 @@ def test_a_task_listed_twice_is_refused_not_generated_twice():
     source = TaskSource([get_task("arithmetic"), get_task("countdown")], seed=0, size=40)
     prompts = [source[i]["prompt"] for i in range(40)]
     assert len(set(prompts[0::2])) > 15 and all(p.startswith("Make") for p in prompts[1::2])
+
+
+@pytest.mark.parametrize("task,answer,message", [
+    ("arithmetic", "twelve", "is not a number the arithmetic verifier reads"),
+    ("arithmetic", "3+4", "is not a number the arithmetic verifier reads"),
+    ("algebra", "x = ", "is not an answer in x the algebra verifier reads"),
+    ("algebra", "y^2", "is not an answer in x the algebra verifier reads")])
+def test_a_reference_the_tasks_verifier_never_reads_is_named_at_load(tmp_path, task, answer, message):
+    # loaded silently before: every answer to the row scored 0 (and an unreadable answer to it stayed unreadable)
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "q", "answer": "7", "task": task},
+                                              {"prompt": "q2", "answer": answer, "task": task}])
+    expected = f"d.jsonl: row 2: field 'answer': the reference {answer!r} {message}"
+    with pytest.raises(UserError, match=re.escape(expected)):
+        load_problems(path)
+    assert not get_task(task).verify(answer, answer)  # the verifier that would have scored it
+
+
+def test_readable_arithmetic_and_algebra_references_load(tmp_path):
+    rows = [("arithmetic", "-136"), ("arithmetic", "1,360"), ("algebra", "x^2-x-6"), ("algebra", "x = -7/3"),
+            ("algebra", "(x+2)(x-3)")]
+    path = write_jsonl(tmp_path / "ok.jsonl", [{"prompt": "q", "answer": a, "task": t} for t, a in rows])
+    assert [p["answer"] for p in load_problems(path)] == [a for _, a in rows]
+    assert all(get_task(t).verify(a, a) for t, a in rows)
