@@ -4,6 +4,7 @@
 import json
 import re
 
+import grain
 import pytest
 
 from r1jax.errors import UserError
@@ -76,12 +77,6 @@ def test_a_task_source_has_no_negative_items():
             source[index]
 
 
-@pytest.mark.parametrize("batch_size", [0, -3])
-def test_a_batch_size_below_one_is_refused_with_its_value(batch_size):
-    with pytest.raises(UserError, match=f"batch size {batch_size}: expected >= 1"):
-        make_iterator(DataConfig(num_problems=10), batch_size)
-
-
 def test_a_task_listed_twice_is_refused_not_generated_twice():
     # (arithmetic, arithmetic, countdown) generated every arithmetic problem twice, side by side in a batch
     with pytest.raises(UserError, match=r"data.tasks lists 'arithmetic' more than once"):
@@ -112,3 +107,19 @@ def test_readable_arithmetic_and_algebra_references_load(tmp_path):
     path = write_jsonl(tmp_path / "ok.jsonl", [{"prompt": "q", "answer": a, "task": t} for t, a in rows])
     assert [p["answer"] for p in load_problems(path)] == [a for _, a in rows]
     assert all(get_task(t).verify(a, a) for t, a in rows)
+
+
+def test_data_seed_orders_a_files_rows(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"q{i}", "answer": str(i)} for i in range(40)])
+    rows = load_problems(path)
+
+    def first_batches(seed, shuffle=True):
+        it = make_iterator(DataConfig(path=str(path), seed=seed, shuffle=shuffle), 10)
+        return [p["prompt"] for _ in range(4) for p in next(it)]
+
+    orders = {seed: first_batches(seed) for seed in (0, 1, 2)}
+    for seed, order in orders.items():  # an epoch is a permutation, the one grain's shuffle of that seed makes
+        assert sorted(order) == sorted(p["prompt"] for p in rows)
+        assert order == [rows[i]["prompt"] for i in grain.MapDataset.range(40).shuffle(seed=seed)]
+    assert len({tuple(order) for order in orders.values()}) == 3
+    assert first_batches(5, shuffle=False) == [p["prompt"] for p in rows]
