@@ -128,3 +128,10 @@ def test_code_level_three_draws_shaped_problems_with_python_literals_in_their_te
         for test in json.loads(problem.tests):
             call, _, want = test.removeprefix("assert ").partition(" == ")
             ast.literal_eval(want)  # "'cba'", not a bare cba (a NameError in every program's test)
+
+
+def test_arithmetic_needs_two_operands_and_scores_no_unreadable_pair():
+    with pytest.raises(UserError, match=r"knob operands = 1: expected an integer in \[2, 64\]"):
+        get_task("arithmetic", operands=1)  # "Compute 7": the answer in the question
+    task = get_task("arithmetic")
+    assert not task.verify("foo", "bar") and not task.verify("", "") and not task.verify("7", "bar")
