@@ -135,3 +135,14 @@ def test_arithmetic_needs_two_operands_and_scores_no_unreadable_pair():
         get_task("arithmetic", operands=1)  # "Compute 7": the answer in the question
     task = get_task("arithmetic")
     assert not task.verify("foo", "bar") and not task.verify("", "") and not task.verify("7", "bar")
+
+
+@pytest.mark.parametrize("candidate,expected", [("3x/2", True), ("(3/2)x", True), ("x/(2/3)", False),
+                                                ("3/(2/x)", False), ("x*3/2", True), ("(3x)/(2/1)", False)])
+def test_algebra_takes_one_number_over_one_integer_never_a_fraction_in_a_denominator(candidate, expected):
+    assert get_task("algebra").verify(candidate, "(3/2)x") == expected
+
+
+@pytest.mark.parametrize("candidate,reference", [("x*x", "x"), ("x*x", "x^2"), ("x^2*x", "x^3"), ("x*x+1", "x+1")])
+def test_algebra_refuses_a_product_of_powers_of_x(candidate, reference):
+    assert not get_task("algebra").verify(candidate, reference)  # "x*x" read as x (the last x won) would pass "x"
