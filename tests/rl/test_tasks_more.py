@@ -146,3 +146,15 @@ def test_algebra_takes_one_number_over_one_integer_never_a_fraction_in_a_denomin
 @pytest.mark.parametrize("candidate,reference", [("x*x", "x"), ("x*x", "x^2"), ("x^2*x", "x^3"), ("x*x+1", "x+1")])
 def test_algebra_refuses_a_product_of_powers_of_x(candidate, reference):
     assert not get_task("algebra").verify(candidate, reference)  # "x*x" read as x (the last x won) would pass "x"
+
+
+def test_countdown_references_are_checked_against_the_listed_numbers_and_all_four_operators():
+    from r1jax.rl.tasks import countdown
+
+    assert countdown.check_reference("Using the numbers [2, 3, 5], make 16.", "(3+5)*2") is None
+    assert "uses numbers that the prompt does not list" in countdown.check_reference(
+        "Using the numbers [2, 3, 5], make 14.", "(2+5)*2")  # 2 twice, listed once
+    assert "is not an expression of the numbers" in countdown.check_reference("Reach 16.", "16")
+    assert countdown.check_reference("Reach 16.", "32/2") is None  # no operator list: + - * / all allowed
+    assert get_task("countdown").verify("32/2", "32/2", "Reach 16.")
+    assert not get_task("countdown").verify("32/2", "32/2", "Reach 16 from 32, 2 (+-*, each at most once)")
