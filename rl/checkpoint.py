@@ -157,10 +157,11 @@ def read_latest(path: str | pathlib.Path, read: Callable[[pathlib.Path], T]) -> 
     """`read(step directory)` of the step `path` names (a run directory or checkpoint root: its latest). A trainer
     may save and rotate steps there meanwhile (`checkpoint.keep`): the read holds its step (rl.step_leases), so
     the trainer's pruning leaves it to a later save (a step saved again while read, moved aside for its new copy,
-    is read again: the read by path may have mixed the copies); where no lease can be taken (a file system without flock), a
-    read that fails while the steps listed change is tried again on the new latest step. Either way inspecting
-    a live run reads one whole step, or fails naming real damage. (Read once and unheld, a live run's step
-    could vanish under generate or eval: a traceback, or a healthy run reported damaged or incomplete.)"""
+    is read again: the read by path may have mixed the copies); where no lease can be taken (a file system
+    without flock), a read that fails while the steps listed change is tried again on the new latest step.
+    Either way inspecting a live run reads one whole step, or fails naming real damage. (Read once and unheld,
+    a live run's step could vanish under generate or eval: a traceback, or a healthy run reported damaged or
+    incomplete.)"""
     for attempt in range(LIVE_READ_TRIES):
         root, step = resolve(path)
         listed = _steps(root)

@@ -189,10 +189,11 @@ def moved_files(pairs: list[str]) -> dict[str, str]:
 
 def training_files(config, moved: dict[str, str], ignore_missing: bool, source: dict | None = None):
     """(the data config, the other training files: rl.train.preflight.other_training_files, whether data.path is
-    read, the rows read here by path) for `held_out_problems`, each file read where `moved` says it is now. A file that is gone is a UserError
-    saying how to go on, or with `ignore_missing` left unread, said on stderr. `source`: the fingerprint of the
-    file the checkpoint was reading (rl.checkpoint.data_source): that file moved must hold the same rows, and the
-    rows checked are the ones held-out problems skip (read once: a file changed between two reads passed)."""
+    read, the rows read here by path) for `held_out_problems`, each file read where `moved` says it is now. A
+    file that is gone is a UserError saying how to go on, or with `ignore_missing` left unread, said on stderr.
+    `source`: the fingerprint of the file the checkpoint was reading (rl.checkpoint.data_source): that file moved
+    must hold the same rows, and the rows checked are the ones held-out problems skip (read once: a file changed
+    between two reads passed)."""
     from r1jax.errors import UserError
     from r1jax.rl.data.pipeline import read_source, source_change
     from r1jax.rl.train.preflight import other_training_files
