@@ -32,6 +32,7 @@ from fractions import Fraction
 from r1jax.errors import UserError
 from r1jax.rl.tasks import safe_math
 from r1jax.rl.tasks.base import Problem, Task, r1_solution, register_task, strip_markup
+from r1jax.rl.tasks.math_answer import join_digit_groups
 
 MAX_COEF = 1000  # the `coef` knob's bound (each draw lists the 2 x coef non-zero values)
 _LEADING_VAR = re.compile(r"^\s*x\s*=(?!=)")
@@ -115,8 +116,9 @@ def _simplify(rng, coef: int) -> tuple[str, str, list[str]]:
 
 
 def parse_answer(text: str) -> tuple:
-    """The safe parser's AST of answer text in x ("x = " before it dropped); raises MathError."""
-    return safe_math.parse(_LEADING_VAR.sub("", strip_markup(text), count=1), names="x")
+    """The safe parser's AST of answer text in x ("x = " before it dropped, digit groups joined as the math and
+    arithmetic tasks join them: "1\\,000x" is 1000x, "1\\,2x" two numbers side by side); raises MathError."""
+    return safe_math.parse(join_digit_groups(_LEADING_VAR.sub("", strip_markup(text), count=1)), names="x")
 
 
 def check_reference(reference: str) -> str | None:

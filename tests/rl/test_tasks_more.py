@@ -158,3 +158,11 @@ def test_countdown_references_are_checked_against_the_listed_numbers_and_all_fou
     assert countdown.check_reference("Reach 16.", "32/2") is None  # no operator list: + - * / all allowed
     assert get_task("countdown").verify("32/2", "32/2", "Reach 16.")
     assert not get_task("countdown").verify("32/2", "32/2", "Reach 16 from 32, 2 (+-*, each at most once)")
+
+
+@pytest.mark.parametrize("candidate,reference,expected", [
+    ("1\\,000x", "1000x", True), ("x = 1\\,000", "1000", True), ("x^2+1\\,200x-5", "x^2+1200x-5", True),
+    ("1 000x", "1000x", True), ("1,000", "1000", True), ("1\\,2x", "12x", False), ("x = 0\\,111", "111", False)])
+def test_algebra_reads_digit_groups_as_the_math_and_arithmetic_tasks_do(candidate, reference, expected):
+    # 37b54e5 made '\\,' a space: algebra, which joined no digit groups, then refused "1\\,000x" for 1000x
+    assert get_task("algebra").verify(candidate, reference) == expected
