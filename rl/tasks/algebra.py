@@ -122,11 +122,19 @@ def parse_answer(text: str) -> tuple:
 
 
 def check_reference(reference: str) -> str | None:
-    """Why a data row's reference can never score (the safe parser refuses it: every answer would be wrong), or
-    None."""
+    """Why a data row's reference can never score (every answer would be wrong), or None: the verifier reads it
+    as `AlgebraTask.verify` does, the safe parser, then its coefficients (a division by zero: "x/0") or, in
+    another form, `safe_math.to_sympy` ("(x+1)^100", "2^x": a power past its bounds) and sympy's equality, which
+    an undefined value fails even against itself ("0^-1" is sympy's zoo)."""
     try:
-        parse_answer(reference)
-    except safe_math.MathError as err:
+        want = parse_answer(reference)
+        if answer_form(want) is None:
+            import sympy
+
+            value = safe_math.to_sympy(want)
+            if sympy.cancel(value - value) != 0:
+                raise safe_math.MathError("an undefined value, equal to nothing")
+    except (safe_math.MathError, ZeroDivisionError) as err:
         return f"the reference {reference[:60]!r} is not an answer in x the algebra verifier reads ({err})"
     return None
 

@@ -109,6 +109,19 @@ def test_readable_arithmetic_and_algebra_references_load(tmp_path):
     assert all(get_task(t).verify(a, a) for t, a in rows)
 
 
+@pytest.mark.parametrize("task,answer", [
+    ("algebra", "(x+1)^100"), ("algebra", "2^x"), ("algebra", "x^(1/2)"), ("algebra", "x/0"), ("algebra", "1/0"),
+    ("algebra", "(x+1)/0"), ("algebra", "1/(x-x)"), ("algebra", "0^-1"), ("algebra", "0^-1x"), ("algebra", "(x+2)(x-3)"), ("algebra", "x^1000"),
+    ("algebra", "1\\,000x"), ("arithmetic", "1/0"), ("arithmetic", "-0.5"), ("arithmetic", "1\\,000")])
+def test_a_reference_is_refused_exactly_when_it_cannot_score_against_itself(task, answer):
+    # "(x+1)^100", "2^x" and "x/0" parsed, so they loaded, and every answer to them scored 0 (to_sympy's bounds,
+    # a division by zero); the verifier itself is the reference: a reference that scores 1 for itself loads
+    from r1jax.rl.tasks import algebra, arithmetic
+
+    check = {"algebra": algebra.check_reference, "arithmetic": arithmetic.check_reference}[task]
+    assert (check(answer) is None) == get_task(task).verify(answer, answer)
+
+
 def test_data_seed_orders_a_files_rows(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"q{i}", "answer": str(i)} for i in range(40)])
     rows = load_problems(path)
