@@ -47,17 +47,23 @@ class DataConfig:
     fields: Dict[str, str] = dataclasses.field(default_factory=dict)  # problem field -> the file's column
     answer_format: str = "raw"  # raw | gsm8k | boxed: how the answer column's text gives the answer
 
+    def check_listed_once(self) -> None:
+        """Refuse a task listed twice in data.tasks: task i of T generates problem i // T of its own stream, so a
+        second listing generated the same problems, the copies side by side in a batch. Checked before training
+        (rl.train.preflight), not on every load: a checkpoint saved with one before this check still loads for
+        generate, eval and the exports."""
+        repeated = sorted({name for name in self.tasks if self.tasks.count(name) > 1})
+        if repeated:
+            raise UserError(f"data.tasks lists {', '.join(map(repr, repeated))} more than once: each of its problems "
+                            "would be generated once per listing, the copies side by side in a batch; list each "
+                            "task once")
+
     def __post_init__(self) -> None:
         if not self.tasks and self.path is None:
             raise UserError("data.tasks is empty and data.path is not set: nothing to train on")
         for field, name in [*(("data.tasks", name) for name in self.tasks), ("data.default_task", self.default_task)]:
             if name not in TASKS:
                 raise UserError(f"{field}: unknown task {name!r}; known: {', '.join(sorted(TASKS))}")
-        repeated = sorted({name for name in self.tasks if self.tasks.count(name) > 1})
-        if repeated:  # task i of T generates problem i // T of its stream: a second copy generated the same problems
-            raise UserError(f"data.tasks lists {', '.join(map(repr, repeated))} more than once: each of its problems "
-                            "would be generated once per listing, the copies side by side in a batch; list each "
-                            "task once")
         if not 1 <= self.difficulty <= 5:
             raise UserError(f"data.difficulty = {self.difficulty}: expected 1..5")
         if not 1 <= self.num_problems <= MAX_NUM_PROBLEMS:

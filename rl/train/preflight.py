@@ -72,6 +72,7 @@ def preflight(config: Config, tokenizer: TokenizerLike, mesh: Mesh, rules: Rules
     kinds of problem training used up, which they lack, appended to `left_out`: rl.evaluate.held_out_problems).
     A resumed run passes the first stage it still runs: finished stages' `init_from` sources may be gone."""
     check_names(config.rewards, config.reward_pool.import_modules)  # the held-out judges' advice repeated a typo
+    config.data.check_listed_once()
     check_mesh(config, mesh)
     for index in range(len(config.stages)):
         check_model(config, index, tokenizer, mesh, rules)

@@ -80,7 +80,7 @@ def test_a_task_source_has_no_negative_items():
 def test_a_task_listed_twice_is_refused_not_generated_twice():
     # (arithmetic, arithmetic, countdown) generated every arithmetic problem twice, side by side in a batch
     with pytest.raises(UserError, match=r"data.tasks lists 'arithmetic' more than once"):
-        DataConfig(tasks=("arithmetic", "countdown", "arithmetic"))
+        DataConfig(tasks=("arithmetic", "countdown", "arithmetic")).check_listed_once()  # before training
     source = TaskSource([get_task("arithmetic"), get_task("countdown")], seed=0, size=40)
     prompts = [source[i]["prompt"] for i in range(40)]
     assert len(set(prompts[0::2])) > 15 and all(p.startswith("Make") for p in prompts[1::2])

@@ -295,3 +295,14 @@ def test_the_longest_prompt_is_measured_wherever_it_stands(tokenizer):
     with pytest.raises(UserError, match=re.escape(f"the prompt {long[:60]!r} is")):
         check_prompt_lengths(config, tokenizer, [short, long, short], "the test's prompts", [(bucket, 10 ** 6, "m")])
     check_prompt_lengths(config, tokenizer, [short, short], "the test's prompts", [(bucket, 8, "m")])
+
+
+def test_a_task_listed_twice_is_refused_before_training_yet_a_stored_config_with_one_still_loads(tokenizer):
+    # 26e27f9 refused it in DataConfig itself, so a checkpoint saved before (its stored config listing a task
+    # twice) could no longer be read by generate, eval, export-hf or export-gguf ("its stored config: ...")
+    from r1jax.rl.config import config_from_dicts, to_dict
+
+    config = load_config(TRAIN_CONFIG, ["data.tasks=[arithmetic,countdown,arithmetic]"])
+    assert config_from_dicts(to_dict(config)).data.tasks == ("arithmetic", "countdown", "arithmetic")
+    fails(tokenizer, "data.tasks=[arithmetic,countdown,arithmetic]",
+          named="data.tasks lists 'arithmetic' more than once")
