@@ -28,6 +28,7 @@ from typing import Iterator
 from r1jax.errors import UserError
 from r1jax.rl.tasks import safe_math
 from r1jax.rl.tasks.base import Problem, Task, r1_solution, register_task, strip_markup
+from r1jax.rl.tasks.math_answer import join_digit_groups
 
 MAX_TARGET = 1000
 # draws before a problem is given up (the shipped levels need at most 5 in 100,000 problems; 10 numbers up to 1,000
@@ -120,7 +121,8 @@ def operators(node: tuple) -> Iterator[str]:
 def _split_equation(text: str, target: Fraction | None) -> tuple | None:
     """The expression side of 'expr', 'expr = target' or 'target = expr' (None when it is neither). Without a
     target (a reference), 'expr = n' is taken when n is the expression's value."""
-    sides = [safe_math.parse(s) for s in strip_markup(text).split("=")]
+    # digit groups joined as the math and arithmetic tasks join them: "1\\,000" is 1000, "2\\,5" two numbers
+    sides = [safe_math.parse(join_digit_groups(s)) for s in strip_markup(text).split("=")]
     if len(sides) == 1:
         return sides[0]
     if len(sides) == 2:

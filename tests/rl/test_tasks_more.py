@@ -166,3 +166,12 @@ def test_countdown_references_are_checked_against_the_listed_numbers_and_all_fou
 def test_algebra_reads_digit_groups_as_the_math_and_arithmetic_tasks_do(candidate, reference, expected):
     # 37b54e5 made '\\,' a space: algebra, which joined no digit groups, then refused "1\\,000x" for 1000x
     assert get_task("algebra").verify(candidate, reference) == expected
+
+
+@pytest.mark.parametrize("candidate,expected", [
+    ("1\\,000/10", True), ("1{,}000/10 = 100", True), ("100 = 1\\,000/10", True), ("1000/10", True),
+    ("1\\,0\\,00/10", False), ("10\\,0*1", False)])
+def test_countdown_reads_digit_groups_as_the_math_and_arithmetic_tasks_do(candidate, expected):
+    # 37b54e5 made '\\,' a space: countdown, which joined no digit groups, then refused "1\\,000/10" for 1000/10
+    prompt = "Using the numbers [1000, 10, 1], create an equation that equals 100."
+    assert get_task("countdown").verify(candidate, "1000/10", prompt) == expected
