@@ -5,10 +5,10 @@ math-verify parses LaTeX with an ANTLR grammar (latex2sympy2), so model text nev
 evaluates Python). It handles fractions, decimals, percentages, sets, intervals, equations ("x=5" equals
 "5") and symbolic equality.
 
-Digit groups: "10\\,000", "10 000", "10~000", "10{,}000" and "10,\\!000" are 10000 (`join_digit_groups`:
-groups of exactly three digits after a first group of one to three, not led by a 0: "0,111" is 0.111 as
-math-verify reads it, never 111); math-verify alone reads "1\\,000" as
-1*0 and "3 4" as 3+4. Two numbers still side by side with only spacing between ("3 4", "1 2", "5 \\quad 4",
+Digit groups: "10\\,000", "10\\!000", "10\\;000", "10 000", "10~000", "10{,}000" and "10,\\!000" are 10000
+(`join_digit_groups`: groups of exactly three digits after a first group of one to three, not led by a 0: "0,111"
+is 0.111 as math-verify reads it, never 111); math-verify alone reads "1\\,000" and "1\\;000" as 1*0 and "3 4" as
+3+4. Two numbers still side by side with only spacing between ("3 4", "1 2", "5 \\quad 4",
 "1 000 00") are ambiguous: such an answer scores 0. A number or a closing bracket next to an opening bracket,
 or a closing bracket next to a number, is a product ("2(3)", "(3)(4)", "\\frac{1}{2}(x+1)": `explicit_products`),
 which math-verify read as a mixed number (2 + 3). An answer is parsed as one formula (inside $...$), unless
@@ -33,7 +33,8 @@ from r1jax.errors import UserError
 from r1jax.rl.tasks.base import TEXT_COMMANDS, Problem, Task, register_task, strip_markup
 from r1jax.rl.tasks.math_screen import risky
 
-_SPACE = r"(?:\\,|\\ |~| |\u00a0|\u2009|\u202f)"  # thin, normal, non-breaking, narrow no-break
+# LaTeX's spacing (thin, medium, thick, negative thin, normal), non-breaking, narrow no-break
+_SPACE = r"(?:\\[,:;! ]|~| |\u00a0|\u2009|\u202f)"
 _SEPARATOR = re.compile(r"\{,\}|,\\!|" + _SPACE)
 _GROUPED = re.compile(r"(?<![\d.^_])[1-9]\d{0,2}(?:(?:\{,\}|,\\!|%s)\d{3})+(?!\d)" % _SPACE)
 # a whole answer that is one number with thousands commas, signed or not ("-1,234", "+2,500.5"): math-verify

@@ -129,6 +129,19 @@ def test_arithmetic_reads_math_thousands_separators(candidate, expected):
     assert get_task("arithmetic").verify(candidate, "1360") is expected
 
 
+@pytest.mark.parametrize("spacing", [r"\!", r"\;", r"\:"])
+def test_thousands_groups_spaced_by_any_latex_spacing_are_joined_in_every_task(math_task, spacing):
+    # "1\!000" (math-verify: 1000) and "1\;000" scored 0 in math and arithmetic: only "\," and "\ " were joined
+    assert math_task.verify(f"1{spacing}000", "1000") and math_task.verify(f"12{spacing}345{spacing}678", "12345678")
+    assert get_task("arithmetic").verify(f"1{spacing}360", "1360")
+    assert get_task("algebra").verify(f"x = 1{spacing}000", "1000")
+    assert get_task("countdown").verify(f"1{spacing}000/10", "1000/10", "Using the numbers [1000, 10], make 100.")
+    # not groups of three: two numbers side by side, still refused
+    assert not math_task.verify(f"1{spacing}2", "12") and not math_task.verify(f"2{spacing}5", "25")
+    assert not get_task("arithmetic").verify(f"1{spacing}2", "12") and not math_task.verify(f"0{spacing}111", "111")
+    assert [join_digit_groups(f"1{spacing}{digits}") for digits in ("2", "0000")] == [f"1{spacing}2", f"1{spacing}0000"]
+
+
 LISTED = "Using the numbers [19, 36, 55, 7], create an equation that equals 65. Use each number once."
 
 
