@@ -7,8 +7,8 @@ evaluates Python). It handles fractions, decimals, percentages, sets, intervals,
 
 Digit groups: "10\\,000", "10\\!000", "10\\;000", "10 000", "10~000", "10{,}000" and "10,\\!000" are 10000
 (`join_digit_groups`: groups of exactly three digits after a first group of one to three, not led by a 0: "0,111"
-is 0.111 as math-verify reads it, never 111); math-verify alone reads "1\\,000" and "1\\;000" as 1*0 and "3 4" as
-3+4. Two numbers still side by side with only spacing between ("3 4", "1 2", "5 \\quad 4",
+is 0.111 as math-verify reads it, never 111, and "-0,111" -0.111); math-verify alone reads "1\\,000" and "1\\;000"
+as 1*0 and "3 4" as 3+4. Two numbers still side by side with only spacing between ("3 4", "1 2", "5 \\quad 4",
 "1 000 00") are ambiguous: such an answer scores 0. A number or a closing bracket next to an opening bracket,
 or a closing bracket next to a number, is a product ("2(3)", "(3)(4)", "\\frac{1}{2}(x+1)": `explicit_products`),
 which math-verify read as a mixed number (2 + 3). An answer is parsed as one formula (inside $...$), unless
@@ -40,6 +40,9 @@ _GROUPED = re.compile(r"(?<![\d.^_])[1-9]\d{0,2}(?:(?:\{,\}|,\\!|%s)\d{3})+(?!\d
 # a whole answer that is one number with thousands commas, signed or not ("-1,234", "+2,500.5"): math-verify
 # reads "1,234" as 1234 but "-1,234" as no number
 _COMMA_GROUPED = re.compile(r"\s*[-+−]?\s*[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?\s*")
+# a whole answer that is 0, a comma and three digits, signed or not: a decimal comma ("0,111" is 0.111 to math-verify,
+# "-0,111" no number; "0,5" and "1,5" stay the lists {0, 5} and {1, 5}, as math-verify reads them)
+_DECIMAL_COMMA = re.compile(r"\s*(?P<sign>[-+−]?)\s*0,(?P<digits>\d{3})\s*")
 _AMBIGUOUS = re.compile(r"\d(?:\s|\\[,;: !]|~|\\q?quad(?![a-zA-Z])|[\u00a0\u2009\u202f])+\d")
 
 
@@ -58,7 +61,11 @@ def explicit_products(text: str) -> str:
 
 
 def normalise(text: str) -> str:
-    """An answer as the screen and the parser read it: digit groups joined, implicit products explicit."""
+    """An answer as the screen and the parser read it: a decimal comma a point ("-0,111"), digit groups joined,
+    implicit products explicit."""
+    comma = _DECIMAL_COMMA.fullmatch(strip_markup(text))  # (in \\boxed{} or $...$ too)
+    if comma:
+        return f"{comma.group('sign').replace('−', '-')}0.{comma.group('digits')}"
     return explicit_products(join_digit_groups(text))
 
 

@@ -40,6 +40,18 @@ def test_math_digit_groups_keep_their_value(math_task, reference, candidate, exp
     assert math_task.verify(candidate, reference) is expected
 
 
+def test_a_decimal_comma_reads_the_same_signed_or_not(math_task):
+    # "0,111" is 0.111 (math-verify's reading) and "-0,111" was no number: a right signed answer scored 0
+    assert math_task.verify("0,111", "0.111") and math_task.verify("-0,111", "-0.111")
+    assert math_task.verify("−0,111", "-0.111") and math_task.verify(r"\boxed{-0,111}", "-0.111")
+    assert math_task.verify("-0.111", "-0,111") and math_task.verify("+0,111", "0.111")
+    assert not math_task.verify("-0,111", "0.111") and not math_task.verify("0.111", "-0,111")
+    # not a decimal comma: the lists {0, 5}, {-0, 5}, {1, 5} (math-verify's reading too), and 1000 never 1.0
+    for candidate, reference in [("0,5", "0.5"), ("-0,5", "-0.5"), ("1,5", "1.5"), ("1,000", "1.0")]:
+        assert not math_task.verify(candidate, reference)
+    assert math_task.verify("0,5", r"\{0, 5\}") and math_task.verify("1,000", "1000")
+
+
 @pytest.mark.parametrize("text,joined", [
     (r"10\,000", "10000"), ("1 234 567", "1234567"), ("1{,}234", "1234"), (r"-12\ 345.5", "-12345.5"),
     ("x = 1, 000", "x = 1, 000"), ("(1, 000)", "(1, 000)"), ("0.123 456", "0.123 456"), ("2^3 000", "2^3 000"),
