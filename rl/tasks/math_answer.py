@@ -71,9 +71,10 @@ def normalise(text: str) -> str:
 
 def join_digit_groups(text: str) -> str:
     """'10\\,000', '10 000', '1{,}234{,}567' -> '10000', '1234567': separators between digit groups of three; a
-    whole answer of one number with commas, '-1,234' -> '-1234'."""
-    if _COMMA_GROUPED.fullmatch(text):
-        return text.replace(",", "")
+    whole answer of one number with commas, '-1,234' or '\\boxed{-1,234}' -> '-1234'."""
+    bare = strip_markup(text)
+    if _COMMA_GROUPED.fullmatch(bare):
+        return bare.replace(",", "")
     return _GROUPED.sub(lambda match: _SEPARATOR.sub("", match.group(0)), text)
 
 
