@@ -227,15 +227,13 @@ _DECIMAL = re.compile(r"\s*(?P<number>[-+]?\d{1,30}\.\d{1,30}|[-+]?\d{1,30}(?=\s
 
 
 def _approximates(decimal: str, reference: str) -> bool:
-    """Whether a decimal (_DECIMAL: a percent's over 100) is the reference's value to its last place (rounded or
-    cut), as the side of an approximation ("\\frac{1}{3} \\approx 0.333", "\\frac{2}{3} \\approx 66.7\\%"); False
-    for a reference that is no number."""
+    """Whether a decimal (_DECIMAL: a percent's over 100) is the reference's value (`_exact_value`) to its last place
+    (rounded or cut), as the side of an approximation ("\\frac{1}{3} \\approx 0.333", "\\frac{2}{3} \\approx
+    66.7\\%"); False for a reference that is no number."""
     import sympy
 
-    reference = normalise(_APPROX.split(strip_markup(reference))[-1])  # (a reference "\\approx 3.14": its value)
-    gold = [] if ambiguous(reference) or risky(reference) else parse_answer(reference)
-    value = gold[0].rhs if gold and isinstance(gold[0], sympy.Eq) else gold[0] if gold else None
-    if not (isinstance(value, sympy.Expr) and value.is_number):
+    value = _exact_value(reference)
+    if value is None:
         return False
     match = _DECIMAL.fullmatch(decimal)
     number = match.group("number")
@@ -246,6 +244,21 @@ def _approximates(decimal: str, reference: str) -> bool:
         return digits in (int(sympy.floor(scaled + sympy.Rational(1, 2))), int(scaled))
     except (TypeError, ValueError, OverflowError):
         return False
+
+
+def _exact_value(reference: str):
+    """The reference's value as a sympy number, else None: of an approximation, its first side that is a number
+    ("\\frac{1}{3} \\approx 0.33": 1/3, where its rounding 0.33 made "\\frac13 \\approx 0.333" score 0; "x \\approx
+    3.14" and "\\approx 3.14": 3.14)."""
+    import sympy
+
+    for side in _APPROX.split(strip_markup(reference)):
+        side = normalise(side)
+        gold = [] if not side.strip() or ambiguous(side) or risky(side) else parse_answer(side)
+        value = gold[0].rhs if gold and isinstance(gold[0], sympy.Eq) else gold[0] if gold else None
+        if isinstance(value, sympy.Expr) and value.is_number:
+            return value
+    return None
 
 
 def _text_groups(text: str) -> list[str]:

@@ -151,3 +151,18 @@ def test_the_screen_bounds_are_where_its_constants_put_them():
 ])
 def test_an_approximation_reads_the_right_side_of_an_equation_reference(math_task, reference, candidate, expected):
     assert math_task.verify(candidate, reference) is expected
+
+
+@pytest.mark.parametrize("reference,candidate,expected", [
+    # a reference that is itself an approximation: its exact side is the value (by hand: 1/3 = 0.333..., pi =
+    # 3.14159...); compared with its rounding 0.33, "\frac13 \approx 0.333" scored 0
+    (r"\frac13 \approx 0.33", r"\frac13 \approx 0.333", True), (r"\frac13 \approx 0.33", r"\approx 0.333", True),
+    (r"\frac13 \approx 0.33", r"\approx 0.3334", False), (r"\frac13 \approx 0.33", r"\frac13 \approx 0.34", False),
+    (r"\pi \approx 3.14", r"\approx 3.1416", True), (r"\pi \approx 3.14", r"\approx 3.1415", True),  # cut
+    (r"\pi \approx 3.14", r"\approx 3.1417", False), (r"x = \frac{2}{3} \approx 0.667", r"x \approx 0.6667", True),
+    # no exact side: the decimal is the value, as before
+    (r"\approx 3.14", r"\approx 3.14", True), (r"x \approx 3.14", r"\approx 3.1", True),
+    (r"x \approx 3.14", r"\approx 3.1416", False),
+])
+def test_an_approximate_reference_is_compared_at_its_exact_value(math_task, reference, candidate, expected):
+    assert math_task.verify(candidate, reference) is expected
