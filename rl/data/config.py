@@ -51,7 +51,10 @@ class DataConfig:
         """Refuse a task listed twice in data.tasks: task i of T generates problem i // T of its own stream, so a
         second listing generated the same problems, the copies side by side in a batch. Checked before training
         (rl.train.preflight), not on every load: a checkpoint saved with one before this check still loads for
-        generate, eval and the exports."""
+        generate, eval and the exports. With `path` no stage generates from data.tasks (every stage reads the file;
+        only a generated held-out set draws on it, its repeats skipped): nothing to refuse."""
+        if self.path is not None:
+            return
         repeated = sorted({name for name in self.tasks if self.tasks.count(name) > 1})
         if repeated:
             raise UserError(f"data.tasks lists {', '.join(map(repr, repeated))} more than once: each of its problems "

@@ -86,6 +86,11 @@ def test_a_task_listed_twice_is_refused_not_generated_twice():
     assert len(set(prompts[0::2])) > 15 and all(p.startswith("Make") for p in prompts[1::2])
 
 
+def test_a_task_listed_twice_beside_a_data_file_is_not_refused():
+    # with data.path every stage reads the file, none generates from data.tasks: preflight refused such a run
+    DataConfig(tasks=("arithmetic", "arithmetic"), path="rows.jsonl").check_listed_once()
+
+
 @pytest.mark.parametrize("task,answer,message", [
     ("arithmetic", "twelve", "is not a number the arithmetic verifier reads"),
     ("arithmetic", "3+4", "is not a number the arithmetic verifier reads"),

@@ -306,3 +306,10 @@ def test_a_task_listed_twice_is_refused_before_training_yet_a_stored_config_with
     assert config_from_dicts(to_dict(config)).data.tasks == ("arithmetic", "countdown", "arithmetic")
     fails(tokenizer, "data.tasks=[arithmetic,countdown,arithmetic]",
           named="data.tasks lists 'arithmetic' more than once")
+
+
+def test_a_task_listed_twice_beside_a_data_file_passes_preflight(tokenizer, tmp_path):
+    # every stage reads data.path, none generates data.tasks' problems: preflight refused the run all the same
+    data = write_rows(tmp_path / "d.jsonl", rows(8))
+    problems = check(tokenizer, "data.tasks=[arithmetic,countdown,arithmetic]", f"data.path={data}")
+    assert problems and not {p["prompt"] for p in problems} & {r["prompt"] for r in rows(8)}
