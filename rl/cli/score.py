@@ -8,6 +8,7 @@ sandbox (`--sandbox`). One JSON line per row is printed in input order: the row 
 value) and `status` (ok, timeout, crashed, error; failures score 0 and add an `error` field), and for code
 rows scored by `code` its `code_status` (passed, failed, syntax_error, timeout, memory, crashed, sandbox_error).
 An input row's own fields of those names (a scored file scored again) are replaced, none kept from before.
+Rows a reward can only score 0 (`code` without tests, `accuracy` of code rows) are counted on stderr first.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     if not rows:  # said, rather than an empty output alone: most often the wrong file
         print(f"r1jax score: {args.file} holds no rows: nothing scored", file=sys.stderr)
         return 0
+    say_rows_scored_zero(rewards.names, items)
     # SIGTERM (a job's time limit, `timeout`) stops as Ctrl-C does: the pool closed, one line, exit 143 (it killed
     # the process and left the workers to the resource tracker's "leaked semaphore objects" warnings on stderr)
     with sigterm_interrupts(), RewardPool(rewards, pool_config, tasks=sorted({item.task for item in items})) as pool:
@@ -137,6 +139,20 @@ def run(args: argparse.Namespace) -> int:
                     line = json.dumps(out, default=str)  # as the input had it (UTF-8 cannot carry it)
                 print(line, flush=True)
     return 0
+
+
+def say_rows_scored_zero(names, items) -> None:
+    """One stderr line for each reward that scores some rows 0 whatever their completions: `code` rows without
+    tests (not task code), `accuracy` code rows (verify is always False: only `code` runs their tests). A file of
+    maths rows scored with --rewards code (the wrong file, most often) printed a code reward of 0 for each row, and
+    nothing else."""
+    untested = sum(item.tests is None for item in items)
+    if "code" in names and untested:
+        print(f"r1jax score: {untested} of {len(items)} rows hold no tests (not task code): the code reward scores "
+              "them 0", file=sys.stderr)
+    if "accuracy" in names and untested < len(items):
+        print(f"r1jax score: {len(items) - untested} of {len(items)} rows are code rows: the accuracy reward scores "
+              "them 0 (the code reward runs their tests)", file=sys.stderr)
 
 
 def _finite(value):

@@ -244,3 +244,33 @@ def test_sigterm_stops_scoring_as_ctrl_c_does_keeping_the_rows_printed(tmp_path,
     assert code == 128 + signal.SIGTERM and closed and closed[0] is not None
     assert [json.loads(line)["answer"] for line in out.out.splitlines()] == ["1"]
     assert out.err.strip() == "r1jax score: interrupted (SIGTERM)"
+
+
+def test_rows_a_reward_can_only_score_zero_are_counted_on_stderr(tmp_path, capsys, monkeypatch):
+    """Maths rows scored with --rewards code (the wrong file) each printed code 0, and nothing said why."""
+    class Pool:  # the rows' rewards do not matter here: what is said before scoring does
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def score_batch(self, items):
+            return [ScoreResult({}, 0.0, "ok", None) for _ in items]
+
+    monkeypatch.setattr(rewards_module, "RewardPool", Pool)
+    code_row = {"task": "code", "completion": "x", "tests": ["assert True"]}
+    maths = write_jsonl(tmp_path / "maths.jsonl", [{"completion": "7", "answer": str(i)} for i in range(3)])
+    assert main(["score", str(maths), "--rewards", "code"]) == 0
+    assert capsys.readouterr().err == ("r1jax score: 3 of 3 rows hold no tests (not task code): the code reward "
+                                       "scores them 0\n")
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [code_row, {"completion": "7", "answer": "7"}])
+    assert main(["score", str(mixed), "--rewards", "accuracy,format"]) == 0
+    assert capsys.readouterr().err == ("r1jax score: 1 of 2 rows are code rows: the accuracy reward scores them 0 "
+                                       "(the code reward runs their tests)\n")
+    assert main(["score", str(maths), "--rewards", "accuracy,format"]) == 0  # each reward can score each row
+    assert main(["score", str(write_jsonl(tmp_path / "code.jsonl", [code_row])), "--rewards", "code,format"]) == 0
+    assert capsys.readouterr().err == ""
