@@ -324,6 +324,19 @@ def test_sigterm_stops_an_evaluation_as_ctrl_c_does(capsys, finished_run, tmp_pa
     import os
     import signal
 
+    from r1jax.rl import rewards as rewards_module
+
+    pools, closed = [], []
+
+    class RecordedPool(rewards_module.RewardPool):  # the real pool, its close recorded
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            pools.append(self)
+
+        def close(self, *args, **kwargs):
+            closed.append(self)
+            super().close(*args, **kwargs)
+
     def evaluate(*args, **kwargs):  # the job's time runs out while the problems are sampled
         os.kill(os.getpid(), signal.SIGTERM)
         pytest.fail("SIGTERM did not stop the evaluation")
@@ -332,6 +345,7 @@ def test_sigterm_stops_an_evaluation_as_ctrl_c_does(capsys, finished_run, tmp_pa
         raise RuntimeError("SIGTERM not handled by eval")
 
     monkeypatch.setattr(evaluate_module, "evaluate", evaluate)
+    monkeypatch.setattr(rewards_module, "RewardPool", RecordedPool)  # rl.cli.eval imports it when it runs
     previous = signal.signal(signal.SIGTERM, unhandled)
     try:
         code, out, err = run_main(capsys, "eval", str(finished_run), "--data", str(problems_file(tmp_path, 2)),
@@ -340,4 +354,5 @@ def test_sigterm_stops_an_evaluation_as_ctrl_c_does(capsys, finished_run, tmp_pa
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert code == 128 + signal.SIGTERM and out == ""
+    assert len(pools) == 1 and closed == pools  # its workers stopped, none left behind
     assert err.strip().splitlines()[-1] == "r1jax eval: interrupted (SIGTERM)" and "Traceback" not in err
