@@ -171,10 +171,12 @@ class _Module(HloTraffic):
                 and self.is_invariant(comp, inst.operands[index], decode_body, depth + 1))
 
     def trip_count(self, parent: Computation, loop: Instruction) -> int:
-        """The compiler's stated trip count, else read from the loop: a condition `counter < N` on a tuple
-        element whose initial value is a constant (libtpu states none); when N is not a constant, the count
-        a loop made under the name scope `expected_trips_M` states (the blocked MoE kernel's used blocks:
-        `model.blocked.block_loop`), else `dynamic_trips`; when the condition is not of that form, M or 1."""
+        """The compiler's stated trip count, else read from the loop: a condition comparing a counter (a tuple
+        element whose initial value is a constant, stepped by a constant in the body: +1 where the step is not
+        readable, as in every loop JAX emits) with a constant bound, in any direction XLA prints
+        (`_trips`); when the bound is not a constant, the count a loop made under the name scope
+        `expected_trips_M` states (the blocked MoE kernel's used blocks: `model.blocked.block_loop`), else
+        `dynamic_trips`; when the condition is not of that form, or it never ends, unknown: M or 1."""
         if loop.trip_count is not None:
             return loop.trip_count
         stated = _EXPECTED_TRIPS.search(loop.op_name)
@@ -189,9 +191,14 @@ class _Module(HloTraffic):
                 return fallback
             operands = [root.operands[int(fused.instructions[o].attrs)] for o in inner.operands]
             root = inner
-        if root is None or root.opcode != "compare" or "direction=LT" not in root.attrs or len(operands) != 2:
+        direction = re.search(r"\bdirection=([A-Z]{2})\b", root.attrs) if root is not None else None
+        if root is None or root.opcode != "compare" or direction is None or len(operands) != 2:
             return fallback
+        direction = direction.group(1)
         counter, bound = (cond.instructions.get(o) for o in operands)
+        if bound is not None and bound.opcode == "get-tuple-element" and counter is not None \
+                and counter.opcode != "get-tuple-element":  # `N > i`: read as `i < N`
+            counter, bound, direction = bound, counter, _MIRRORED.get(direction, direction)
         if counter is None or bound is None or counter.opcode != "get-tuple-element":
             return fallback
         if bound.integer is None:  # a traced bound (e.g. the block-wise cache read's live blocks)
@@ -203,7 +210,9 @@ class _Module(HloTraffic):
             while first is not None and first.opcode == "copy":
                 first = parent.instructions.get(first.operands[0])
             start = first.integer if first is not None and first.integer is not None else 0
-        return max(bound.integer - start, 0)
+        body = self.comps.get(loop.attr("body"))
+        trips = _trips(direction, start, bound.integer, _step(body, counter.tuple_index) if body else 1)
+        return fallback if trips is None else trips
 
     # -- costs ----------------------------------------------------------------------------------------
     def collective_bytes(self, comp: Computation, inst: Instruction, kind: str) -> float:
@@ -227,6 +236,49 @@ class _Module(HloTraffic):
             moved = sum(operands)
         n = collective_group_size(inst, kind, self.devices)
         return moved if not n else moved * (n - 1) / n
+
+_MIRRORED = {"LT": "GT", "LE": "GE", "GT": "LT", "GE": "LE"}  # `a < b` is `b > a`
+
+
+def _step(body: Computation, index: int) -> int:
+    """What a loop body adds to its tuple element `index` each iteration: `add(element, c)` or
+    `subtract(element, c)` for a constant c (through copies); +1 where it is not of that form."""
+    root = body.root
+    inst = body.instructions.get(root.operands[index]) if root.opcode == "tuple" and index < len(
+        root.operands) else None
+    while inst is not None and inst.opcode == "copy":
+        inst = body.instructions.get(inst.operands[0])
+    if inst is None or inst.opcode not in ("add", "subtract") or len(inst.operands) != 2:
+        return 1
+    a, b = (body.instructions.get(o) for o in inst.operands)
+    if inst.opcode == "add" and a is not None and a.integer is not None:
+        a, b = b, a
+    if a is None or b is None or b.integer is None or a.opcode != "get-tuple-element" or a.tuple_index != index:
+        return 1
+    return b.integer if inst.opcode == "add" else -b.integer
+
+
+def _trips(direction: str, start: int, bound: int, step: int) -> Optional[int]:
+    """How many times `counter <direction> bound` holds for counter = start, start + step, ... before it first
+    fails (the compare is numeric: signed, as XLA's on s32; an unsigned counter's values are never negative);
+    None where it never fails (a loop that runs forever, or until its counter wraps around: not read)."""
+    if direction in ("GT", "GE"):  # `i > n` counting down is `-i < -n` counting up
+        direction, start, bound, step = "L" + direction[1], -start, -bound, -step
+    if direction == "LE":  # on integers `i <= n` is `i < n + 1`
+        direction, bound = "LT", bound + 1
+    if direction == "LT":
+        if start >= bound:
+            return 0
+        return None if step <= 0 else -((start - bound) // step)  # ceil((bound - start) / step)
+    if direction == "NE":
+        if start == bound:
+            return 0
+        return (bound - start) // step if step and (bound - start) % step == 0 and (bound - start) // step > 0 \
+            else None
+    if direction == "EQ":
+        return 0 if start != bound else (None if step == 0 else 1)
+    return None
+
 
 def _add(into: dict, other: dict, scale: float = 1) -> None:
     for key, value in other.items():
