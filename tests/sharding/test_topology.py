@@ -63,3 +63,37 @@ def test_chip_figures_are_the_published_ones(kind):
 def test_topology_counts_chips_devices_and_hbm(name, chips, devices, hbm_gib):
     d = parse_topology(name).to_dict()
     assert (d["chips"], d["devices"], d["chip_hbm_bytes"]) == (chips, devices, hbm_gib * GIB)
+
+
+class _FailsToCompile:
+    """jax.jit's stand-in: lowers, then fails to compile with `message` (as libtpu does on a program past HBM)."""
+
+    def __init__(self, message):
+        self.message = message
+
+    def lower(self, *args):
+        return self
+
+    def compile(self):
+        import jax
+        raise jax.errors.JaxRuntimeError(self.message)
+
+
+@pytest.mark.parametrize("name, message, expected", [
+    # no figure in the compiler's error: the spec table's per chip, split among the chip's devices (v4: 2)
+    ("v4-32", "INTERNAL: something else", (16 * GIB, "table")),
+    ("v5p-8", "INTERNAL: something else", (95 * GIB, "table")),
+    ("v6e-8", "INTERNAL: something else", (32 * GIB, "table")),
+    # the compiler's own figure, per device, as it states it
+    ("v4-32", "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
+              "(1024.00G) exceeds available HBM (15.75G).", (int(15.75 * GIB), "compiler")),
+])
+def test_a_devices_hbm_is_the_compilers_figure_else_the_tables_per_device(monkeypatch, name, message, expected):
+    import jax
+
+    from r1jax.sharding import topology
+
+    monkeypatch.setattr(topology, "abstract_devices", lambda _: (jax.devices("cpu")[0],))
+    monkeypatch.setattr(jax, "jit", lambda _: _FailsToCompile(message))
+    # (device_hbm_bytes is cached per topology: the uncached function, so no figure leaks between cases)
+    assert topology.device_hbm_bytes.__wrapped__(parse_topology(name)) == expected
