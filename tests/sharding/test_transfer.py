@@ -165,3 +165,11 @@ def test_a_typed_key_of_another_implementation_keeps_it():
     assert str(jax.random.key_impl(copied)) == str(jax.random.key_impl(key))
     np.testing.assert_array_equal(jax.random.key_data(copied), jax.random.key_data(key))
     assert copied.sharding == NamedSharding(target, P())
+
+
+def test_a_copy_to_or_from_a_sharding_without_a_mesh_is_refused_naming_both():
+    source, target = meshes()
+    x = jax.device_put(jnp.ones((6, 8)), NamedSharding(source, P("a", "b")))
+    with pytest.raises(ValueError, match="copy_to: needs NamedShardings on both sides, got NamedSharding.* -> "
+                                         "SingleDeviceSharding"):
+        copy_to(x, jax.sharding.SingleDeviceSharding(jax.devices()[7]), by_process=True)
