@@ -33,10 +33,11 @@ ENTRY %main (a: f32[8,8]) -> (s32[], f32[8,8]) {
 """
 
 
-def _trips(direction, start, bound, step=1, op="add", swapped=False, name="f"):
+def _trips(direction, start, bound, step=1, op="add", swapped=False, name="f", commuted=False):
     """The trip count the reader gives a loop `for (i = start; i <direction> bound; i = i <op> step)`."""
     text = (LOOP.replace("DIR", direction).replace("START", str(start)).replace("BOUND", str(bound))
             .replace("STEP", str(step)).replace("OP", op).replace("NAME", name)
+            .replace("(%i, %step)", "(%step, %i)" if commuted else "(%i, %step)")
             .replace("COMPARED", "%n, %j" if swapped else "%j, %n"))
     _, _, flops = program_costs(text)
     assert flops % DOT == 0
@@ -70,11 +71,17 @@ def test_a_condition_with_the_bound_first_reads_as_its_mirror(direction, trips):
     assert _trips(direction, 0, 5, swapped=True) == trips
 
 
+def test_a_step_added_first_is_read_as_well():
+    """`i = 2 + i`: 0, 2, 4 below 5."""
+    assert _trips("LT", 0, 5, 2, op="add", commuted=True) == 3
+
+
 @pytest.mark.parametrize("direction, start, bound, step, op", [
     ("LT", 0, 5, 1, "subtract"),  # i < 5 counting down from 0: never ends (until i wraps around)
     ("GT", 5, 0, 1, "add"),  # i > 0 counting up from 5
     ("NE", 0, 5, 2, "add"),  # 0, 2, 4, 6, ... steps over 5
     ("LT", 0, 5, 0, "add"),  # a counter that does not move
+    ("EQ", 3, 3, 0, "add"),
 ])
 def test_a_loop_that_never_ends_by_its_condition_has_an_unknown_count(direction, start, bound, step, op):
     """Unknown: 1, or the count its name scope states (`expected_trips_M`: the blocked MoE kernel's loops)."""
