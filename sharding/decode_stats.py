@@ -182,20 +182,12 @@ class _Module(HloTraffic):
         stated = _EXPECTED_TRIPS.search(loop.op_name)
         fallback = int(stated.group(1)) if stated else 1
         cond = self.comps.get(loop.attr("condition"))
-        root = cond.root if cond is not None else None
-        operands = root.operands if root is not None else []
-        if root is not None and root.opcode == "fusion":  # CPU wraps the compare in a fusion
-            fused = self.comps.get(root.attr("calls"))
-            inner = fused.root if fused is not None else None
-            if inner is None or not all(fused.instructions[o].opcode == "parameter" for o in inner.operands):
-                return fallback
-            operands = [root.operands[int(fused.instructions[o].attrs)] for o in inner.operands]
-            root = inner
+        root, operands = self._unfused(cond, cond.root) if cond is not None else (None, [])
         direction = re.search(r"\bdirection=([A-Z]{2})\b", root.attrs) if root is not None else None
         if root is None or root.opcode != "compare" or direction is None or len(operands) != 2:
             return fallback
         direction = direction.group(1)
-        counter, bound = (cond.instructions.get(o) for o in operands)
+        counter, bound = operands
         if bound is not None and bound.opcode == "get-tuple-element" and counter is not None \
                 and counter.opcode != "get-tuple-element":  # `N > i`: read as `i < N`
             counter, bound, direction = bound, counter, _MIRRORED.get(direction, direction)
@@ -211,8 +203,46 @@ class _Module(HloTraffic):
                 first = parent.instructions.get(first.operands[0])
             start = first.integer if first is not None and first.integer is not None else 0
         body = self.comps.get(loop.attr("body"))
-        trips = _trips(direction, start, bound.integer, _step(body, counter.tuple_index) if body else 1)
+        trips = _trips(direction, start, bound.integer, self._step(body, counter.tuple_index) if body else 1)
         return fallback if trips is None else trips
+
+    def _unfused(self, comp: Computation, inst: Instruction) -> tuple[Optional[Instruction], list]:
+        """An instruction and its operands' instructions, or, for a fusion of one (CPU wraps a loop's compare and
+        its counter's add each in a fusion of its own), the fused instruction and its operands: the fusion's
+        operands for its parameters, constants as fused. (None, []) where a fused operand is neither."""
+        if inst.opcode != "fusion":
+            return inst, [comp.instructions.get(o) for o in inst.operands]
+        fused = self.comps.get(inst.attr("calls"))
+        if fused is None:
+            return None, []
+        operands = []
+        for name in fused.root.operands:
+            operand = fused.instructions.get(name)
+            if operand is not None and operand.opcode == "parameter" and int(operand.attrs) < len(inst.operands):
+                operand = comp.instructions.get(inst.operands[int(operand.attrs)])
+            elif operand is None or operand.opcode != "constant":
+                return None, []
+            operands.append(operand)
+        return fused.root, operands
+
+    def _step(self, body: Computation, index: int) -> int:
+        """What a loop body adds to its tuple element `index` each iteration: `add(element, c)`, `add(c, element)`
+        or `subtract(element, c)` for a constant c (through copies and a fusion of it); +1 where it is not of
+        that form."""
+        root = body.root
+        inst = body.instructions.get(root.operands[index]) if root.opcode == "tuple" and index < len(
+            root.operands) else None
+        while inst is not None and inst.opcode == "copy":
+            inst = body.instructions.get(inst.operands[0])
+        inst, operands = self._unfused(body, inst) if inst is not None else (None, [])
+        if inst is None or inst.opcode not in ("add", "subtract") or len(operands) != 2:
+            return 1
+        a, b = operands
+        if inst.opcode == "add" and a is not None and a.integer is not None:
+            a, b = b, a
+        if a is None or b is None or b.integer is None or a.opcode != "get-tuple-element" or a.tuple_index != index:
+            return 1
+        return b.integer if inst.opcode == "add" else -b.integer
 
     # -- costs ----------------------------------------------------------------------------------------
     def collective_bytes(self, comp: Computation, inst: Instruction, kind: str) -> float:
@@ -238,24 +268,6 @@ class _Module(HloTraffic):
         return moved if not n else moved * (n - 1) / n
 
 _MIRRORED = {"LT": "GT", "LE": "GE", "GT": "LT", "GE": "LE"}  # `a < b` is `b > a`
-
-
-def _step(body: Computation, index: int) -> int:
-    """What a loop body adds to its tuple element `index` each iteration: `add(element, c)` or
-    `subtract(element, c)` for a constant c (through copies); +1 where it is not of that form."""
-    root = body.root
-    inst = body.instructions.get(root.operands[index]) if root.opcode == "tuple" and index < len(
-        root.operands) else None
-    while inst is not None and inst.opcode == "copy":
-        inst = body.instructions.get(inst.operands[0])
-    if inst is None or inst.opcode not in ("add", "subtract") or len(inst.operands) != 2:
-        return 1
-    a, b = (body.instructions.get(o) for o in inst.operands)
-    if inst.opcode == "add" and a is not None and a.integer is not None:
-        a, b = b, a
-    if a is None or b is None or b.integer is None or a.opcode != "get-tuple-element" or a.tuple_index != index:
-        return 1
-    return b.integer if inst.opcode == "add" else -b.integer
 
 
 def _trips(direction: str, start: int, bound: int, step: int) -> Optional[int]:

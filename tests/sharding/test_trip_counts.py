@@ -94,3 +94,56 @@ def test_a_stated_trip_count_is_taken_as_stated():
     text = (text.replace("DIR", "LT").replace("START", "0").replace("BOUND", "5").replace("STEP", "1")
             .replace("OP", "add").replace("NAME", "f").replace("COMPARED", "%j, %n"))
     assert program_costs(text)[2] == 9 * DOT
+
+
+@pytest.mark.parametrize("cond, step, start, trips", [
+    (lambda c: c[0] > 0, -1, 10, 10), (lambda c: c[0] <= 6, 1, 2, 5), (lambda c: c[0] != 9, 3, 0, 3),
+    (lambda c: c[0] >= 1, -2, 9, 5)])
+def test_a_compiled_inner_loop_in_any_direction_counts_as_the_compiler_states(cond, step, start, trips):
+    """JAX loops inside the decode loop, their stated trip counts removed (libtpu states none): each counts as
+    XLA counted it."""
+    import re
+
+    import jax
+    import jax.numpy as jnp
+
+    from r1jax.sharding.decode_stats import decode_stats
+
+    def program(w, x):
+        def body(carry):
+            i, x = carry
+            _, x = jax.lax.while_loop(cond, lambda c: (c[0] + step, jnp.tanh(c[1] @ w)), (start, x))
+            return i + 1, x
+
+        with jax.named_scope("decode"):
+            return jax.lax.while_loop(lambda c: c[0] < 5, body, (0, x))
+
+    text = jax.jit(program).lower(jnp.ones((8, 8)), jnp.ones((4, 8))).compile().as_text()
+    assert f'"known_trip_count":{{"n":"{trips}"}}' in text
+    unstated = re.sub(r'"known_trip_count":\{"n":"\d+"\},?', "", text)
+    assert decode_stats(unstated).flops == decode_stats(text).flops == trips * 2 * 4 * 8 * 8
+
+
+@pytest.mark.parametrize("fused_constants", [False, True])
+def test_a_bound_and_a_step_fused_with_their_compare_and_add_are_read(fused_constants):
+    """`i < 5` stepping by 2 (3 trips), its compare and its add each in a fusion, as XLA:CPU compiles them by
+    default (`wrapped_add`, `wrapped_compare`: the constants its operands), or with the constants fused too."""
+    if fused_constants:
+        stepped, below = "fusion(%i)", "fusion(%j)"
+        two, five = "  %two = s32[] constant(2)\n", "  %five = s32[] constant(5)\n"
+        params = ("(s0: s32[])", "(b0: s32[])")
+    else:
+        stepped, below = "fusion(%i, %step)", "fusion(%j, %n)"
+        two, five = "  %two = s32[] parameter(1)\n", "  %five = s32[] parameter(1)\n"
+        params = ("(s0: s32[], two: s32[])", "(b0: s32[], five: s32[])")
+    text = (LOOP.replace("DIR", "LT").replace("START", "0").replace("BOUND", "5").replace("STEP", "2")
+            .replace("NAME", "f").replace("COMPARED", "%j, %n")
+            .replace("  %next = s32[] OP(%i, %step)", f"  %next = s32[] {stepped}, kind=kLoop, calls=%stepped")
+            .replace("  ROOT %c = pred[] compare(%j, %n), direction=LT",
+                     f"  ROOT %c = pred[] {below}, kind=kLoop, calls=%below")
+            .replace("%body (t:", f"%stepped {params[0]} -> s32[] {{\n  %s0 = s32[] parameter(0)\n{two}"
+                     f"  ROOT %sum = s32[] add(%s0, %two)\n}}\n"
+                     f"%below {params[1]} -> pred[] {{\n  %b0 = s32[] parameter(0)\n{five}"
+                     "  ROOT %lt = pred[] compare(%b0, %five), direction=LT\n}\n%body (t:"))
+    assert "calls=%stepped" in text and "calls=%below" in text
+    assert program_costs(text)[2] == 3 * DOT
