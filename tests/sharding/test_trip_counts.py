@@ -147,3 +147,34 @@ def test_a_bound_and_a_step_fused_with_their_compare_and_add_are_read(fused_cons
                      "  ROOT %lt = pred[] compare(%b0, %five), direction=LT\n}\n%body (t:"))
     assert "calls=%stepped" in text and "calls=%below" in text
     assert program_costs(text)[2] == 3 * DOT
+
+
+@pytest.mark.parametrize("cond, step, start, trips", [
+    (lambda c: c[0] < 7, 1, 0, 7), (lambda c: c[0] > 0, -1, 10, 10), (lambda c: c[0] <= 6, 1, 2, 5),
+    (lambda c: c[0] != 9, 3, 0, 3), (lambda c: c[0] >= 1, -2, 9, 5)])
+def test_libtpus_inner_loops_count_their_trips_in_any_direction(cond, step, start, trips):
+    """Compiled for a compile-only v5p device, which states no trip count: `i > 0` counting down, `i <= 6`,
+    `i != 9` by 3 and `i >= 1` by -2 each counted 1 trip before (only `i < N` was read)."""
+    import re
+
+    import jax
+    import jax.numpy as jnp
+
+    from r1jax.sharding.decode_stats import decode_stats
+    from r1jax.sharding.topology import abstract_devices
+
+    def program(w, x):
+        def body(carry):
+            i, x = carry
+            _, x = jax.lax.while_loop(cond, lambda c: (c[0] + step, jnp.tanh(c[1] @ w)), (start, x))
+            return i + 1, x
+
+        with jax.named_scope("decode"):
+            return jax.lax.while_loop(lambda c: c[0] < 5, body, (0, x))
+
+    tpu = jax.sharding.SingleDeviceSharding(abstract_devices("v5p:2x2x1")[0])
+    args = (jax.ShapeDtypeStruct((256, 256), jnp.float32, sharding=tpu),
+            jax.ShapeDtypeStruct((128, 256), jnp.float32, sharding=tpu))
+    text = jax.jit(program).lower(*args).compile().as_text()
+    assert not re.search("known_trip_count", text)
+    assert decode_stats(text).flops == trips * 2 * 128 * 256 * 256
