@@ -196,12 +196,16 @@ class _Module(HloTraffic):
         if bound.integer is None:  # a traced bound (e.g. the block-wise cache read's live blocks)
             return fallback if stated else self.dynamic_trips
         init = parent.instructions.get(loop.operands[0]) if loop.operands else None
-        start = 0
+        start = None
         if init is not None and init.opcode == "tuple" and counter.tuple_index < len(init.operands):
             first = parent.instructions.get(init.operands[counter.tuple_index])
             while first is not None and first.opcode == "copy":
                 first = parent.instructions.get(first.operands[0])
-            start = first.integer if first is not None and first.integer is not None else 0
+            start = first.integer if first is not None else None
+        if start is None:  # a traced start: read only as a counter up from 0 (JAX's loops), else unknown
+            if direction != "LT":  # (a count down from it to N read as from 0 gave 0 trips)
+                return fallback
+            start = 0
         body = self.comps.get(loop.attr("body"))
         trips = _trips(direction, start, bound.integer, self._step(body, counter.tuple_index) if body else 1)
         return fallback if trips is None else trips

@@ -178,3 +178,15 @@ def test_libtpus_inner_loops_count_their_trips_in_any_direction(cond, step, star
     text = jax.jit(program).lower(*args).compile().as_text()
     assert not re.search("known_trip_count", text)
     assert decode_stats(text).flops == trips * 2 * 128 * 256 * 256
+
+
+@pytest.mark.parametrize("direction, bound, op, trips", [("LT", 5, "add", 5), ("GT", 0, "subtract", 1),
+                                                         ("GE", 0, "subtract", 1), ("NE", 5, "add", 1)])
+def test_a_traced_start_is_read_only_for_a_counter_up_to_its_bound(direction, bound, op, trips):
+    """A counter whose start is a parameter (not a constant): `i < N` is read from 0, as JAX's loops count; a
+    count down from it (`i > 0`) is unknown (1, or its stated count), not 0 trips from a start taken as 0."""
+    text = (LOOP.replace("DIR", direction).replace("BOUND", str(bound)).replace("STEP", "1").replace("OP", op)
+            .replace("NAME", "f").replace("COMPARED", "%j, %n")
+            .replace("ENTRY %main (a: f32[8,8])", "ENTRY %main (a: f32[8,8], s: s32[])")
+            .replace("%z = s32[] constant(START)", "%z = s32[] parameter(1)"))
+    assert program_costs(text)[2] == trips * DOT
