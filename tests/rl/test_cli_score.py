@@ -183,8 +183,12 @@ def test_rows_past_the_first_chunk_keep_their_own_results(tmp_path, capsys, monk
     assert [row["rewards"]["accuracy"] for row in out] == [1.0, 0.0, 0.0, 1.0, 1.0]
 
 
-def test_a_failed_rows_error_is_printed(tmp_path, capsys, monkeypatch):
-    class FailingPool:
+def fake_pool(monkeypatch, score_batch):
+    """rl.cli.score's RewardPool (imported when it runs) replaced by one whose results are `score_batch(items)`;
+    returns the list of each exit's exception type (None for a normal exit)."""
+    closed = []
+
+    class Pool:
         def __init__(self, *args, **kwargs):
             pass
 
@@ -192,12 +196,19 @@ def test_a_failed_rows_error_is_printed(tmp_path, capsys, monkeypatch):
             return self
 
         def __exit__(self, *exc):
+            closed.append(exc[0])
             return False
 
         def score_batch(self, items):
-            return [ScoreResult({"accuracy": 0.0, "format": 0.0}, 0.0, "error", "ValueError: boom") for _ in items]
+            return score_batch(items)
 
-    monkeypatch.setattr(rewards_module, "RewardPool", FailingPool)  # rl.cli.score imports it when it runs
+    monkeypatch.setattr(rewards_module, "RewardPool", Pool)
+    return closed
+
+
+def test_a_failed_rows_error_is_printed(tmp_path, capsys, monkeypatch):
+    fake_pool(monkeypatch, lambda items: [ScoreResult({"accuracy": 0.0, "format": 0.0}, 0.0, "error", "ValueError: boom")
+                                          for _ in items])
     path = write_jsonl(tmp_path / "c.jsonl", [{"completion": "<answer> 7 </answer>", "answer": "7"}])
     assert main(["score", str(path)]) == 0
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -210,28 +221,15 @@ def test_sigterm_stops_scoring_as_ctrl_c_does_keeping_the_rows_printed(tmp_path,
     import os
     import signal
 
-    closed = []
-
-    class StoppedPool:
-        def __init__(self, *args, **kwargs):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            closed.append(exc[0])
-            return False
-
-        def score_batch(self, items):
-            if items[0].reference == "2":  # the second chunk: the job's time is up
-                os.kill(os.getpid(), signal.SIGTERM)
-            return [ScoreResult({"accuracy": 1.0}, 1.0, "ok", None) for _ in items]
+    def stopped(items):
+        if items[0].reference == "2":  # the second chunk: the job's time is up
+            os.kill(os.getpid(), signal.SIGTERM)
+        return [ScoreResult({"accuracy": 1.0}, 1.0, "ok", None) for _ in items]
 
     def unhandled(signum, frame):  # stands in for the default action (ending the test process) on the old code
         raise RuntimeError("SIGTERM not handled by score")
 
-    monkeypatch.setattr(rewards_module, "RewardPool", StoppedPool)
+    closed = fake_pool(monkeypatch, stopped)
     monkeypatch.setattr(score, "CHUNK", 1)
     path = write_jsonl(tmp_path / "c.jsonl", [{"completion": "x", "answer": str(i)} for i in (1, 2, 3)])
     previous = signal.signal(signal.SIGTERM, unhandled)
@@ -248,20 +246,8 @@ def test_sigterm_stops_scoring_as_ctrl_c_does_keeping_the_rows_printed(tmp_path,
 
 def test_rows_a_reward_can_only_score_zero_are_counted_on_stderr(tmp_path, capsys, monkeypatch):
     """Maths rows scored with --rewards code (the wrong file) each printed code 0, and nothing said why."""
-    class Pool:  # the rows' rewards do not matter here: what is said before scoring does
-        def __init__(self, *args, **kwargs):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def score_batch(self, items):
-            return [ScoreResult({}, 0.0, "ok", None) for _ in items]
-
-    monkeypatch.setattr(rewards_module, "RewardPool", Pool)
+    fake_pool(monkeypatch, lambda items: [ScoreResult({}, 0.0, "ok", None) for _ in items])  # (what is said
+    # before scoring matters here, not the rows' rewards)
     code_row = {"task": "code", "completion": "x", "tests": ["assert True"]}
     maths = write_jsonl(tmp_path / "maths.jsonl", [{"completion": "7", "answer": str(i)} for i in range(3)])
     assert main(["score", str(maths), "--rewards", "code"]) == 0

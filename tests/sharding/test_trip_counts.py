@@ -96,6 +96,23 @@ def test_a_stated_trip_count_is_taken_as_stated():
     assert program_costs(text)[2] == 9 * DOT
 
 
+def decode_with_inner_loop(cond, step, start):
+    """A 5-step decode loop whose body runs an inner JAX loop `for (i = start; cond(i); i += step) x = tanh(x @ w)`."""
+    import jax
+    import jax.numpy as jnp
+
+    def program(w, x):
+        def body(carry):
+            i, x = carry
+            _, x = jax.lax.while_loop(cond, lambda c: (c[0] + step, jnp.tanh(c[1] @ w)), (start, x))
+            return i + 1, x
+
+        with jax.named_scope("decode"):
+            return jax.lax.while_loop(lambda c: c[0] < 5, body, (0, x))
+
+    return program
+
+
 @pytest.mark.parametrize("cond, step, start, trips", [
     (lambda c: c[0] > 0, -1, 10, 10), (lambda c: c[0] <= 6, 1, 2, 5), (lambda c: c[0] != 9, 3, 0, 3),
     (lambda c: c[0] >= 1, -2, 9, 5)])
@@ -109,15 +126,7 @@ def test_a_compiled_inner_loop_in_any_direction_counts_as_the_compiler_states(co
 
     from r1jax.sharding.decode_stats import decode_stats
 
-    def program(w, x):
-        def body(carry):
-            i, x = carry
-            _, x = jax.lax.while_loop(cond, lambda c: (c[0] + step, jnp.tanh(c[1] @ w)), (start, x))
-            return i + 1, x
-
-        with jax.named_scope("decode"):
-            return jax.lax.while_loop(lambda c: c[0] < 5, body, (0, x))
-
+    program = decode_with_inner_loop(cond, step, start)
     text = jax.jit(program).lower(jnp.ones((8, 8)), jnp.ones((4, 8))).compile().as_text()
     assert f'"known_trip_count":{{"n":"{trips}"}}' in text
     unstated = re.sub(r'"known_trip_count":\{"n":"\d+"\},?', "", text)
@@ -163,15 +172,7 @@ def test_libtpus_inner_loops_count_their_trips_in_any_direction(cond, step, star
     from r1jax.sharding.decode_stats import decode_stats
     from r1jax.sharding.topology import abstract_devices
 
-    def program(w, x):
-        def body(carry):
-            i, x = carry
-            _, x = jax.lax.while_loop(cond, lambda c: (c[0] + step, jnp.tanh(c[1] @ w)), (start, x))
-            return i + 1, x
-
-        with jax.named_scope("decode"):
-            return jax.lax.while_loop(lambda c: c[0] < 5, body, (0, x))
-
+    program = decode_with_inner_loop(cond, step, start)
     tpu = jax.sharding.SingleDeviceSharding(abstract_devices("v5p:2x2x1")[0])
     args = (jax.ShapeDtypeStruct((256, 256), jnp.float32, sharding=tpu),
             jax.ShapeDtypeStruct((128, 256), jnp.float32, sharding=tpu))
