@@ -40,11 +40,6 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules) -> nnx.State:
     return jax.tree_util.tree_map_with_path(one, state, is_leaf=_is_variable)
 
 
-def logical_axes(state: nnx.State):
-    """The `axes` metadata of every Variable, as a tree of tuples."""
-    return jax.tree.map(lambda v: v.get_metadata().get("axes"), state, is_leaf=_is_variable)
-
-
 def tree_shardings(tree, mesh: Mesh, rules: Rules):
     """Shardings for any tree holding NNX Variables (params, optimizer moments) and plain arrays: Variables
     by their logical axes, plain arrays (step counters, scalars) replicated."""
