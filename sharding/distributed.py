@@ -72,9 +72,9 @@ class Launch:
         process_id = _int(process_id, environ.get(ENV_PROCESS_ID), "--process-id")
         mode = mode or environ.get(ENV_DISTRIBUTED) or None
         timeout = peer_timeout_s
-        if timeout is None:
+        if timeout is None:  # an empty variable is unset, as the others are
             try:
-                timeout = float(environ.get(ENV_PEER_TIMEOUT, DEFAULT_PEER_TIMEOUT_S))
+                timeout = float(environ.get(ENV_PEER_TIMEOUT) or DEFAULT_PEER_TIMEOUT_S)
             except ValueError:
                 raise UserError(f"--peer-timeout-s: environment value {environ[ENV_PEER_TIMEOUT]!r} is not a "
                                 "number") from None

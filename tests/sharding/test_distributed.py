@@ -28,6 +28,9 @@ def test_launch_takes_flags_then_the_environment():
     assert Launch.resolve(process_id=0, environ=env).process_id == 0  # a flag beats the environment
     assert Launch.resolve(mode="auto", environ={}).auto
     assert Launch.resolve(environ={"R1JAX_DISTRIBUTED": "auto"}).enabled
+    empty = dict.fromkeys(("R1JAX_COORDINATOR", "R1JAX_NUM_PROCESSES", "R1JAX_PROCESS_ID", "R1JAX_DISTRIBUTED",
+                           "R1JAX_PEER_TIMEOUT_S"), "")  # exported but empty (a launch script's blank): unset
+    assert Launch.resolve(environ=empty) == Launch()
 
 
 @pytest.mark.parametrize("kwargs, message", [
