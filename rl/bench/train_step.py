@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from r1jax.errors import UserError
 from r1jax.rl.bench.flops import train_step_flops
 from r1jax.rl.bench.matmul import peak_call, peak_figures
 from r1jax.rl.bench.timing import best_seconds_in_turns, threaded_call
@@ -22,6 +21,7 @@ from r1jax.rl.grpo.aggregation import global_normalisers, token_weights_BT
 from r1jax.rl.grpo.optimizer import make_optimizer
 from r1jax.rl.grpo.step import make_grpo_step
 from r1jax.rl.update import init_train_state
+from r1jax.sharding.mesh import check_batch_rows
 from r1jax.sharding.params import tree_shardings
 
 
@@ -43,14 +43,8 @@ def synthetic_batch(config, rows: int, prompt_len: int, new_tokens: int, seed: i
 
 
 def place_rows(batch: dict, mesh, rules) -> dict:
-    """Rows split over the mesh's batch axes, as the trainer places a batch."""
-    axes = tuple(a for a in rules.mesh_axes("batch") if a in mesh.shape)
-    ways = 1
-    for axis in axes:
-        ways *= mesh.shape[axis]
-    rows = batch["tokens"].shape[0]
-    if rows % ways:
-        raise UserError(f"bench: {rows} train rows do not split over {ways} data-parallel devices")
+    """Rows split over the mesh's batch axes, as the trainer places a batch (UserError if they do not split)."""
+    axes = check_batch_rows(batch["tokens"].shape[0], mesh, rules, "bench: the train batch")
     return jax.device_put(batch, NamedSharding(mesh, P(axes or None)))
 
 
