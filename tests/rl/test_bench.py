@@ -214,6 +214,8 @@ def test_the_side_by_side_workload_keeps_the_presets_model():
     # the sampler's layout is the preset's (where it runs), the rest of sampling the workload's
     assert config.sampling.mesh == load_config("bench").sampling.mesh == {"fsdp": 1, "expert": -1}
     assert config.sampling.kv_block == workload.sampling.kv_block == 0 and workload.sampling.mesh is None
+    mine = load_config("bench", ["seed=7", "sampling.layout=train"])
+    assert (side_by_side(mine, steps=3).seed, side_by_side(mine, steps=3).sampling.layout) == (7, "train")
 
 
 def tiny_one_layer() -> ModelConfig:

@@ -71,6 +71,8 @@ def test_an_interrupted_bench_prints_its_figures_and_exits_128_plus_the_signal(m
     assert report["decode_tokens_per_s"] == 12.5 and report["incomplete"] == {"part": "sampler",
                                                                               "reason": "interrupted"}
     assert all(f.key in report for f in FIGURES) and report["prefill_tokens_per_s"] is None
+    assert set(report["goals"]) == {f.key for f in FIGURES}  # each with its target, no verdict without a value
+    assert report["goals"]["decode_step_ratio_1024_vs_128"] == {"target": "<= 2", "met": None}
     assert len(report["device"]["load_average_end"]) == 3
     assert "r1jax bench: stopped in 'sampler' (interrupted): the figures above were measured before it" in err
 

@@ -37,6 +37,8 @@ def test_decode_tokens_per_s_counts_the_tokens_after_the_first_over_the_decode_s
     assert timing.decode_tokens_per_s(4, 11, prefill_s=1.0, full_s=3.0) == pytest.approx(20.0)
     # noise made the full generate no slower than the one-token one: the full seconds, a lower bound
     assert timing.decode_tokens_per_s(4, 11, prefill_s=3.0, full_s=2.0) == pytest.approx(20.0)
+    # equal to the clock's resolution: no decode seconds left to divide by, the full seconds again (not 1 / 0)
+    assert timing.decode_tokens_per_s(4, 11, prefill_s=2.0, full_s=2.0) == pytest.approx(20.0)
 
 
 # The ratio figures with goals, from fixed seconds (each part's timing stubbed: the formula, not the machine,
@@ -127,3 +129,114 @@ def test_goals_compare_each_way_and_at_the_threshold():
                decode_step_ratio_1024_vs_128=2.01) == dict.fromkeys(targets, False)
     assert met(mfu=None, longtail_speedup=float("nan"), moe_step_ratio_64_vs_8=float("inf")) == \
         {"mfu": None, "longtail_speedup": None, "moe_step_ratio_64_vs_8": None}  # a stopped part: no verdict
+    assert met(longtail_speedup=3, moe_step_ratio_64_vs_8=2) == {"longtail_speedup": True,
+                                                                "moe_step_ratio_64_vs_8": False}  # ints too
+
+
+def test_best_seconds_leaves_out_the_warm_up_call_and_times_one_call_at_least(monkeypatch):
+    clock, calls = [0.0], []
+    durations = iter([0.5, 4.0, 3.0, 0.25, 6.0, 0.75])  # a fast first call: timed only without the warm-up
+
+    def fn():
+        calls.append(1)
+        clock[0] += next(durations)
+        return np.zeros(())
+
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    assert timing.best_seconds(fn, repeats=2) == 3.0 and len(calls) == 3  # 0.5 was the untimed warm-up
+    assert timing.best_seconds(fn, repeats=2, warm_up=False) == 0.25 and len(calls) == 5  # the caller warmed up
+    assert timing.best_seconds(fn, repeats=0, warm_up=False) == 0.75  # one timed call, never inf
+
+
+def test_the_tables_values_read_in_their_units():
+    from r1jax.rl.bench.report import format_value
+    assert format_value(0.524, "fraction") == "52.4%"  # MFU
+    assert format_value(2.534, "x") == "2.53x"
+    assert format_value(2.7e11, "FLOP/s") == "270.0 GFLOP/s"
+    assert format_value(8229.4, "tokens/s") == "8,229"
+    assert format_value({"1": 410.0, "2": 734.4}, "verifications/s") == "1: 410, 2: 734"
+    assert format_value(None, "x") == "—"
+
+
+def test_every_figure_the_readme_describes_has_a_row_in_the_table_and_a_goal_entry(monkeypatch, capsys):
+    """The figures of README's Benchmarks section, listed by hand: one dropped from FIGURES would vanish from the
+    table, from `goals` and (in a stopped run) from the JSON."""
+    from r1jax.rl.bench.report import FIGURES, render_table, with_goals
+    described = {"prefill_tokens_per_s", "decode_tokens_per_s", "decode_step_ratio_1024_vs_128", "longtail_speedup",
+                 "matmul_peak_flops", "train_tokens_per_s", "mfu", "grpo_generated_tokens_per_s", "staleness_speedup",
+                 "pool_verifications_per_s", "pool_scaling", "code_verifications_per_s", "code_scaling",
+                 "moe_step_ratio_64_vs_8", "hf_decode_tokens_per_s", "hf_torch_threads",
+                 "decode_tokens_per_s_beside_hf", "decode_speedup_vs_hf"}
+    assert {f.key for f in FIGURES} == described
+    result = with_goals({"mfu": 0.524, "staleness_speedup": 1.38, "moe_step_ratio_64_vs_8": 1.54, "preset": "bench",
+                         "quick": False, "device": {"local_devices": 2, "device_kind": "cpu", "backend": "cpu",
+                                                    "cpu_count": 2, "load_average": [1.0], "load_average_end": [1.5]}})
+    assert set(result["goals"]) == described
+    monkeypatch.setenv("COLUMNS", "200")
+    render_table(result)
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+            for line in capsys.readouterr().out.splitlines() if line.count("│") > 4}
+    assert rows["train-step MFU"] == ["52.4%", "", ">= 50.0%", "yes"]
+    assert rows["MoE layer step, 64 vs 8 experts"] == ["1.54x", "", "<= 1.30x", "no"]
+    assert rows["GRPO step, max_staleness 1 vs 0 (20 ms reward)"] == ["1.38x", "", "—", ""]
+    assert len(rows) == len(described)  # one row per figure
+
+
+def test_about_one_longtail_row_in_16_runs_to_the_budget():
+    from r1jax.rl.bench.longtail import longtail_lengths
+    lengths = longtail_lengths(4096, 128)  # README: "about one in 16 the whole budget" (binomial sd 0.004)
+    assert 0.05 <= (lengths == 128).mean() <= 0.075 and (lengths == 16).mean() == 1 - (lengths == 128).mean()
+    assert set(longtail_lengths(16, 4).tolist()) <= {1, 4}  # a budget under 8: short rows of 1 token, never 0
+
+
+def test_the_moe_comparison_keeps_two_experts_a_routing_group():
+    from r1jax.rl.bench.moe import with_experts
+    cfg = ModelConfig(family="deepseek_v3", n_routed_experts=16, n_group=8, topk_group=6, num_experts_per_tok=2)
+    few, many = with_experts(cfg, 8), with_experts(cfg, 64)
+    assert (few.n_group, few.topk_group) == (4, 4)  # 8 groups of 1 expert cannot score by top-2; 6 of 4 groups
+    assert (many.n_group, many.topk_group) == (8, 6)
+
+
+def test_the_synthetic_train_batch_trains_every_completion_token_and_splits_over_the_batch_axes():
+    from r1jax.errors import UserError
+    from r1jax.rl.bench.train_step import place_rows, synthetic_batch
+    from r1jax.rl.config import load_config
+    from r1jax.sharding.mesh import build_mesh
+    config = load_config("tiny")
+    batch = synthetic_batch(config, rows=2, prompt_len=4, new_tokens=12)
+    # targets are tokens 1..15; the completion's 12 (positions 4..15) are trained, the prompt's 3 are not
+    assert batch["mask"].shape == (2, 15) and np.asarray(batch["mask"]).sum(1).tolist() == [12, 12]
+    assert not np.asarray(batch["mask"])[:, :3].any()
+    mesh = build_mesh(config.sharding)  # fsdp over the 8 CPU devices
+    with pytest.raises(UserError, match="12 rows does not split over the 8 data-parallel devices"):
+        place_rows(synthetic_batch(config, rows=12, prompt_len=4, new_tokens=4), mesh, config.sharding.logical_rules())
+
+
+def test_reward_pool_rates_are_items_over_seconds_and_scaling_is_n_workers_over_1(monkeypatch):
+    from r1jax.rl.bench import reward_pool
+    clock = [0.0]
+
+    class Pool:  # scores a batch in 0.5 s per item over the workers, every item "ok" with reward 1
+        def __init__(self, config, pool_config, tasks):
+            self.workers = pool_config.workers
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def score_batch(self, items):
+            clock[0] += 0.5 * len(items) / self.workers
+            return [types.SimpleNamespace(status="ok", rewards={"accuracy": 1.0, "code": 1.0}) for _ in items]
+
+    monkeypatch.setattr(reward_pool, "RewardPool", Pool)
+    monkeypatch.setattr(reward_pool, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    items = reward_pool.make_items(8)
+    measured = reward_pool.measure(2, items)
+    assert (measured["seconds"], measured["verifications_per_s"], measured["ok"]) == (2.0, 4.0, 8)  # 8 items / 2 s
+    figures = reward_pool.pool_figures(8, (1, 4))
+    assert figures["pool_verifications_per_s"] == {"1": 2.0, "4": 8.0} and figures["pool_scaling"] == 4.0
+    monkeypatch.setattr(reward_pool, "make_code_items", lambda count: items[:count])
+    code = reward_pool.code_figures(4, (1, 2))
+    assert code["code_verifications_per_s"] == {"1": 2.0, "2": 4.0} and code["code_scaling"] == 2.0
