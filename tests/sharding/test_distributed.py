@@ -26,6 +26,9 @@ def test_launch_takes_flags_then_the_environment():
            "R1JAX_PEER_TIMEOUT_S": "7.5"}
     assert Launch.resolve(environ=env) == Launch("host:99", 2, 1, False, 7.5)
     assert Launch.resolve(process_id=0, environ=env).process_id == 0  # a flag beats the environment
+    assert Launch.resolve("flag:1", 3, 2, peer_timeout_s=9, environ=env) == Launch("flag:1", 3, 2, False, 9)
+    # auto detects what is not given (the coordinator) and takes what is
+    assert Launch.resolve(mode="auto", num_processes=4, process_id=1, environ={}) == Launch(None, 4, 1, True)
     assert Launch.resolve(mode="auto", environ={}).auto
     assert Launch.resolve(environ={"R1JAX_DISTRIBUTED": "auto"}).enabled
     empty = dict.fromkeys(("R1JAX_COORDINATOR", "R1JAX_NUM_PROCESSES", "R1JAX_PROCESS_ID", "R1JAX_DISTRIBUTED",
@@ -58,6 +61,10 @@ def test_barrier_errors_name_the_missing_processes():
     named = "Some timed out task names:\n/job:jax_worker/replica:0/task:1\n/job:jax_worker/replica:0/task:3\n\n"
     assert describe_barrier_failure(named, "x", 5).startswith("processes 1, 3 did not reach x")
     assert "lost each other at x: INTERNAL: boom" in describe_barrier_failure("INTERNAL: boom\nmore", "x", 5)
+    unhealthy = "UNAVAILABLE: The following tasks are unhealthy (stopped sending heartbeats): 2\n\nRPC: /x"
+    assert describe_barrier_failure(unhealthy, "x", 5).startswith("process 2 did not reach x within 5 s")
+    heartbeat = "ABORTED: Task 3 heartbeat timeout. This indicates that the remote task has failed"
+    assert describe_barrier_failure(heartbeat, "x", 5).startswith("process 3 did not reach x within 5 s")
 
 
 PEER = """
@@ -235,6 +242,11 @@ def test_the_peer_timeout_bounds_jax_distributed_start_up_and_heartbeats(monkeyp
     assert seen["args"] == ("h:1234", 2, 1)
     assert seen["initialization_timeout"] == seen["heartbeat_timeout_seconds"] == 8  # ceil(7.5)
     assert seen["shutdown_timeout_seconds"] == 8
+    assert distributed.peer_timeout_s() == 7.5  # the barriers' wait too
+    with pytest.raises(UserError, match=r"failed: stop here$"):  # the coordinator was given: no hint
+        distributed.initialize(Launch("h:1234", 2, 1))
+    with pytest.raises(UserError, match=r"stop here \(--distributed auto found no cluster: give --coordinator"):
+        distributed.initialize(Launch(auto=True))
 
 
 def test_a_barrier_waits_at_least_the_peer_timeout_and_longer_when_asked(monkeypatch):
@@ -251,6 +263,15 @@ def test_a_barrier_waits_at_least_the_peer_timeout_and_longer_when_asked(monkeyp
     distributed.barrier("b", "b", timeout_s=600)  # process 0's long work (a checkpoint): wait for it
     distributed.barrier("c", "c", timeout_s=5)
     assert waits == [30_000, 600_000, 30_000]
+
+
+def test_the_largest_peer_timeout_and_process_count_are_taken_one_more_refused():
+    assert Launch.resolve(peer_timeout_s=1e6, environ={}).peer_timeout_s == 1e6
+    with pytest.raises(UserError, match="must be at most 1e"):
+        Launch.resolve(peer_timeout_s=1e6 + 1, environ={})
+    assert Launch.resolve("h:1", 2**31 - 1, 0, environ={}).num_processes == 2**31 - 1  # JAX's int32
+    with pytest.raises(UserError, match=r"--num-processes 2147483648: expected at most 2147483647"):
+        Launch.resolve("h:1", 2**31, 0, environ={})
 
 
 def test_a_port_past_65535_is_refused():

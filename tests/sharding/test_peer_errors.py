@@ -114,3 +114,71 @@ def test_with_one_process_stop_on_error_returns_for_the_callers_exit(fake_world)
     fake_world.setattr(peer_errors, "coordination_client", lambda: pytest.fail("no store with one process"))
     assert peer_errors.stop_on_error("bad", 2) is None  # no os._exit (Exited would be raised)
     assert not peer_errors._stop_watching.is_set()
+
+
+def test_a_stopping_process_waits_for_every_other_peer_not_counting_its_own_error(fake_world):
+    e, s = peer_errors.ERRORS_KEY, peer_errors.SEEN_KEY
+    client = FakeClient({f"{s}0": "1"})  # process 0 read it at once; process 2 reads it after three looks
+    fake_world.setattr(peer_errors, "coordination_client", lambda: client)
+    fake_world.setattr(jax, "process_index", lambda: 1)
+    fake_world.setattr(jax, "process_count", lambda: 3)
+    slept = []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        if len(slept) == 3:
+            client.store[f"{s}2"] = "1"
+
+    fake_world.setattr(peer_errors.time, "sleep", sleep)
+    with pytest.raises(Exited):
+        peer_errors.stop_on_error("mine", 2)
+    assert len(slept) == 3 and f"{e}1" in client.store  # its own error is no peer's reading of it
+    assert peer_errors._stop_watching.is_set()  # the watcher must not exit it for a peer meanwhile
+
+
+def exit_for_peer(client, me, index, text):
+    try:
+        peer_errors._exit_for_peer(client, me, index, text)
+    finally:
+        peer_errors._exiting.release()  # os._exit would have ended the process holding it
+
+
+def test_a_process_exits_3_naming_the_peer_and_its_error_and_says_it_read_it(fake_world, capsys):
+    client = FakeClient()
+    with pytest.raises(Exited) as exited:
+        exit_for_peer(client, 2, 0, "data row 7 is bad")
+    assert exited.value.args == (3,)
+    assert capsys.readouterr().err == "r1jax: error: process 0 of this run stopped: data row 7 is bad\n"
+    assert client.sets == [(f"{peer_errors.SEEN_KEY}2", "1")]
+
+
+def test_process_0_exiting_for_a_peer_waits_until_that_peer_is_done_with_the_store(fake_world):
+    client, slept = FakeClient(), []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        if len(slept) == 3:
+            client.store[f"{peer_errors.DONE_KEY}1"] = "1"
+
+    fake_world.setattr(peer_errors.time, "sleep", sleep)
+    start = time.monotonic()
+    with pytest.raises(Exited):
+        exit_for_peer(client, 0, 1, "boom")
+    assert time.monotonic() - start < 2.0 and len(slept) == 4  # three looks, then the half-wait
+
+
+def test_the_watcher_leaves_this_processs_own_stop_first(fake_world):
+    called = []
+
+    class Stopping(FakeClient):  # this process starts stopping on its own error while the watcher reads
+        def key_value_dir_get(self, prefix):
+            peer_errors._stop_watching.set()
+            return super().key_value_dir_get(prefix)
+
+    client = Stopping({f"{peer_errors.ERRORS_KEY}1": "peer's"})
+    fake_world.setattr(peer_errors, "coordination_client", lambda: client)
+    fake_world.setattr(jax, "process_index", lambda: 0)
+    fake_world.setattr(peer_errors, "_exit_for_peer", lambda *args: called.append(args))
+    peer_errors.watch()
+    time.sleep(0.3)
+    assert called == []
