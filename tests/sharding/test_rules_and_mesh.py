@@ -1,5 +1,7 @@
 """Logical rules, presets, mesh construction and the errors a mesh that cannot work gives."""
 
+import dataclasses
+
 import jax
 import pytest
 from flax import nnx
@@ -137,3 +139,44 @@ def test_a_batch_must_split_evenly_not_just_cover_the_data_parallel_devices():
     with pytest.raises(UserError, match="a batch of 12 rows does not split over the 8 data-parallel devices "
                                         r"\(dataxfsdpxexpert\); make it a multiple of 8"):
         check_batch_rows(12, mesh, Rules.preset("fsdp"))
+
+
+def test_activation_hints_split_what_divides_replicate_what_does_not_and_vanish_on_one_device():
+    from r1jax.sharding.context import active_rules, constrain, use_mesh
+
+    hint = jax.jit(lambda x: constrain(x, ("batch", None)))
+    mesh = build_mesh(ShardingConfig())  # fsdp over the 8 devices
+    with use_mesh(mesh, Rules.preset("fsdp")):
+        split, odd = hint(jax.numpy.ones((8, 4))), hint(jax.numpy.ones((3, 4)))  # 3 rows: no error, replicated
+    assert split.sharding.is_equivalent_to(jax.sharding.NamedSharding(mesh, P("fsdp", None)), 2)
+    assert odd.sharding.is_fully_replicated
+    with use_mesh(build_mesh(ShardingConfig(), devices=jax.devices()[:1]), Rules.preset("fsdp")):
+        assert active_rules() is None  # one device: nothing to hint
+    assert active_rules() is None
+    outer, inner = Rules.preset("fsdp"), Rules.preset("inference")
+    with use_mesh(mesh, outer):
+        with use_mesh(mesh, inner):
+            assert active_rules() is inner
+        assert active_rules() is outer  # the inner block's rules end with it
+
+
+def test_a_mesh_of_fewer_devices_than_present_is_refused_as_one_of_more():
+    with pytest.raises(UserError, match="mesh data=1, fsdp=2, expert=1, tensor=1 needs 2 devices but 8 are present"):
+        ShardingConfig(data=1, fsdp=2).shape_for(8)
+
+
+def test_the_mesh_presets_are_the_readmes():
+    """README (`r1jax compile --mesh`): fsdp, fsdp_tp4, ep8 / ep16 / ep64, ep16_lora (ep16 with MLA's latent
+    axes also split over the expert axis); `config` is the config's own section."""
+    from r1jax.sharding.mesh_presets import MESH_PRESETS, resolve_mesh
+
+    assert list(MESH_PRESETS) == ["fsdp", "fsdp_tp4", "ep8", "ep16", "ep16_lora", "ep64"]
+    fields = lambda name: dataclasses.astuple(resolve_mesh(name, None))  # data, fsdp, expert, tensor, preset, rules
+    assert fields("fsdp") == (1, -1, 1, 1, "fsdp", None)
+    assert fields("fsdp_tp4") == (1, -1, 1, 4, "fsdp_tensor", None)
+    assert [fields(f"ep{n}")[:5] for n in (8, 16, 64)] == [(1, -1, n, 1, "fsdp_expert") for n in (8, 16, 64)]
+    assert fields("ep16_lora") == (1, -1, 16, 1, "fsdp_expert", {"q_lora": ["expert"], "kv_lora": ["expert"]})
+    own = ShardingConfig(data=2)
+    assert resolve_mesh("config", own) is own
+    with pytest.raises(UserError, match="unknown mesh preset 'ep32'; choose config or one of fsdp, fsdp_tp4, ep8"):
+        resolve_mesh("ep32", own)
