@@ -61,6 +61,7 @@ def test_barrier_errors_name_the_missing_processes():
     named = "Some timed out task names:\n/job:jax_worker/replica:0/task:1\n/job:jax_worker/replica:0/task:3\n\n"
     assert describe_barrier_failure(named, "x", 5).startswith("processes 1, 3 did not reach x")
     assert "lost each other at x: INTERNAL: boom" in describe_barrier_failure("INTERNAL: boom\nmore", "x", 5)
+    assert distributed.first_line(RuntimeError()) == "RuntimeError"  # a message-less error still says something
     unhealthy = "UNAVAILABLE: The following tasks are unhealthy (stopped sending heartbeats): 2\n\nRPC: /x"
     assert describe_barrier_failure(unhealthy, "x", 5).startswith("process 2 did not reach x within 5 s")
     heartbeat = "ABORTED: Task 3 heartbeat timeout. This indicates that the remote task has failed"
