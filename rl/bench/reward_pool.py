@@ -66,13 +66,18 @@ def measure(workers: int, items: list[ScoreItem], config: RewardsConfig = MATH_R
             "reward_mean": round(sum(r.rewards[config.names[0]] for r in results) / len(results), 3)}
 
 
+def scaling(rates: dict, workers: Sequence[int]) -> float:
+    """The rate with the most workers over the rate with the fewest ("N vs 1 workers"), in whatever order
+    --workers lists them (until 2026-12-05 the last listed over the first: `--workers 4,1` read 0.25 for 4x)."""
+    fewest, most = rates[str(min(workers))], rates[str(max(workers))]
+    return most / fewest if fewest else float("nan")
+
+
 def pool_figures(items: int, workers: Sequence[int]) -> dict:
     """`pool_verifications_per_s` {workers: rate} (JSON keys are strings) and the N-vs-1 scaling."""
     batch = make_items(items)
     rates = {str(w): measure(w, batch)["verifications_per_s"] for w in workers}
-    first, last = rates[str(workers[0])], rates[str(workers[-1])]
-    return {"pool_items": items, "pool_verifications_per_s": rates,
-            "pool_scaling": last / first if first else float("nan")}
+    return {"pool_items": items, "pool_verifications_per_s": rates, "pool_scaling": scaling(rates, workers)}
 
 
 def code_figures(items: int, workers: Sequence[int]) -> dict:
@@ -84,6 +89,5 @@ def code_figures(items: int, workers: Sequence[int]) -> dict:
     except UserError as err:
         return {"code_items": items, "code_verifications_per_s": None, "code_scaling": None,
                 "code_sandbox": str(err)}
-    first, last = rates[str(workers[0])], rates[str(workers[-1])]
     return {"code_items": items, "code_verifications_per_s": rates, "code_sandbox": "bwrap",
-            "code_scaling": last / first if first else float("nan")}
+            "code_scaling": scaling(rates, workers)}

@@ -240,3 +240,6 @@ def test_reward_pool_rates_are_items_over_seconds_and_scaling_is_n_workers_over_
     monkeypatch.setattr(reward_pool, "make_code_items", lambda count: items[:count])
     code = reward_pool.code_figures(4, (1, 2))
     assert code["code_verifications_per_s"] == {"1": 2.0, "2": 4.0} and code["code_scaling"] == 2.0
+    # --workers listed most first: still the most workers' rate over the fewest's
+    assert reward_pool.pool_figures(8, (4, 1))["pool_scaling"] == 4.0
+    assert reward_pool.code_figures(4, (2, 1))["code_scaling"] == 2.0
