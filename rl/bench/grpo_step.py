@@ -61,9 +61,10 @@ def summarize_steps(rows: Sequence[dict], warmup: int) -> dict:
     if not timed:
         raise UserError(f"bench grpo_step: {len(rows)} GRPO steps leave none after {warmup} warm-up steps")
     median = lambda key: float(np.median([row[key] for row in timed]))
-    step, sample, rollout = median("step_time_s"), median("time/sample_s"), median("time/rollout_s")
-    tokens = median("generated_tokens")
-    return {"grpo_step_seconds": step, "grpo_sample_seconds": sample, "grpo_score_seconds": rollout - sample,
+    step, sample, tokens = median("step_time_s"), median("time/sample_s"), median("generated_tokens")
+    # each step's score part, then their median (the difference of two medians is no step's part: it can be < 0)
+    score = float(np.median([row["time/rollout_s"] - row["time/sample_s"] for row in timed]))
+    return {"grpo_step_seconds": step, "grpo_sample_seconds": sample, "grpo_score_seconds": score,
             "grpo_update_seconds": median("time/update_s"), "grpo_generated_tokens": tokens,
             "grpo_generated_tokens_per_s": float(np.median([row["generated_tokens"] / row["step_time_s"]
                                                             for row in timed])),

@@ -142,6 +142,10 @@ def test_grpo_step_figures_are_medians_after_the_warm_up():
                        "grpo_generated_tokens_per_s": 50.0, "grpo_steps_timed": 3}  # median of 50, 25, 100
     with pytest.raises(UserError, match="none after 4 warm-up"):
         summarize_steps(rows, warmup=4)
+    # the score part varies: its median over the steps, not the rollout's median minus the sample's
+    varied = [{**row, "time/sample_s": sample, "time/rollout_s": rollout}
+              for row, (sample, rollout) in zip(rows[1:], ((0.5, 1.0), (0.6, 2.0), (2.9, 3.0)))]
+    assert summarize_steps(varied, warmup=0)["grpo_score_seconds"] == pytest.approx(np.median([0.5, 1.4, 0.1]))
 
 
 def test_trl_steps_are_summarised_per_generated_token_after_the_warm_up():
