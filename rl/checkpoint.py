@@ -19,6 +19,7 @@ import pathlib
 import re
 import shutil
 import sys
+import time
 from typing import Callable, Mapping, TypeVar
 
 import jax
@@ -129,7 +130,7 @@ def resolve(path: str | pathlib.Path) -> tuple[pathlib.Path, int]:
     The latest step is the highest-numbered step directory (Orbax renames a step into place only once it is
     complete); if it is damaged, opening it fails naming it rather than falling back to an older step."""
     path = pathlib.Path(path)
-    if not path.exists():
+    if not path.exists() and not _saved_again(path):
         raise UserError(f"checkpoint {str(path)!r} does not exist")
     check_checkpoint_path(path.absolute(), "checkpoint")
     if not path.is_dir():
@@ -148,6 +149,25 @@ def resolve(path: str | pathlib.Path) -> tuple[pathlib.Path, int]:
                         f"{_interrupted_resave(path)})" + ("; it looks like a Hugging Face checkpoint: convert it "
                                                           "with `r1jax import-hf`" if hf else ""))
     return path, steps[-1]
+
+
+RESAVE_WAIT_S = 10.0  # how long a read of step N waits for a trainer's re-save of N to put its new copy in place
+
+
+def _saved_again(step_dir: pathlib.Path, wait_s: float | None = None) -> bool:
+    """Whether the step directory `step_dir` (N), absent, is a step a trainer saves again: N moved aside as
+    `N.previous` and the new N not yet renamed into place. Waits (at most `wait_s`, RESAVE_WAIT_S) for the new N:
+    true once it stands; a re-save that outlasts the wait (or was killed) is a UserError naming the copy aside."""
+    aside = step_dir.with_name(step_dir.name + PREVIOUS_SUFFIX)
+    if not step_dir.name.isdigit() or not aside.is_dir():
+        return False
+    deadline = time.monotonic() + (RESAVE_WAIT_S if wait_s is None else wait_s)
+    while not step_dir.exists() and aside.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if step_dir.exists():
+        return True
+    raise UserError(f"checkpoint {str(step_dir)!r} does not exist: step {step_dir.name} is being saved again, or "
+                    f"its re-save was interrupted, its previous copy in {aside} (resuming the run puts it back)")
 
 
 LIVE_READ_TRIES = 4  # reads of a run directory's latest step while its trainer saves and rotates steps
@@ -178,7 +198,8 @@ def read_latest(path: str | pathlib.Path, read: Callable[[pathlib.Path], T]) -> 
                 return value
         except (UserError, OSError, StepGone) as err:
             named = pathlib.Path(path).absolute() == (root / str(step)).absolute()  # a step given: no other
-            if isinstance(err, StepGone) and named and not isinstance(err, StepSavedAgain):
+            if isinstance(err, StepGone) and named and not isinstance(err, StepSavedAgain) \
+                    and not (root / f"{step}{PREVIOUS_SUFFIX}").is_dir():  # moved aside to be saved again: wait
                 raise UserError(f"checkpoint {root / str(step)} was deleted (a trainer rotating its steps?)") from None
             if not isinstance(err, StepGone) and (named or not root.is_dir() or _steps(root) == listed):
                 raise

@@ -110,3 +110,75 @@ def test_only_orbaxs_reports_of_a_refused_save_are_dropped():
     denied = PermissionError(errno.EACCES, "Permission denied", "/etc/shadow")
     assert absl.filter(record("/x/site-packages/other/reader.py", "could not read", error=denied))
     assert absl.filter(record(orbax, "bad %s %s", (1,)))  # no TypeError here
+
+
+def _resave_finishing_on_first_wait(monkeypatch, root, step):
+    """A trainer's re-save of `step` in its window (`step.previous` aside, the new copy not yet in place): the
+    reader's first wait lets a thread rename the new copy into place and drop the old one, as the trainer
+    does once the new copy commits. Returns the waits made."""
+    import threading
+
+    import r1jax.rl.checkpoint as checkpoint
+
+    (root / f"{step}.orbax-checkpoint-tmp").mkdir()
+    (root / f"{step}.orbax-checkpoint-tmp" / "new").write_text("")
+    waits = []
+
+    def commit():
+        (root / f"{step}.orbax-checkpoint-tmp").rename(root / str(step))
+        (root / f"{step}.previous").rmdir()
+
+    def sleep(seconds):
+        if not waits:
+            trainer = threading.Thread(target=commit)
+            trainer.start()
+            trainer.join()
+        waits.append(seconds)
+
+    monkeypatch.setattr(checkpoint.time, "sleep", sleep)
+    return waits
+
+
+def test_a_step_named_while_it_is_saved_again_is_read_once_its_new_copy_stands(tmp_path, monkeypatch):
+    """Step 3 moved aside as `3.previous` and its new copy not yet renamed into place: a read of `.../3` by
+    name waits for the new copy (it failed "does not exist")."""
+    root = steps(tmp_path / "checkpoints", 2, "3.previous")
+    waits = _resave_finishing_on_first_wait(monkeypatch, root, 3)
+    assert read_latest(root / "3", lambda d: sorted(p.name for p in d.iterdir())) == ["new"]
+    assert len(waits) == 1 and resolve(root / "3") == (root, 3)
+
+
+def test_a_step_moved_aside_between_finding_it_and_holding_it_is_read_from_its_new_copy(tmp_path, monkeypatch):
+    """The re-save moves step 3 aside after the reader found it, before its lease held it: read again once the
+    new copy stands (it failed "was deleted")."""
+    import r1jax.rl.checkpoint as checkpoint
+
+    root = steps(tmp_path / "checkpoints", 3)
+    waits, held = _resave_finishing_on_first_wait(monkeypatch, root, 3), checkpoint.held
+    moved = []
+
+    def move_aside_then_hold(root_, step):
+        if not moved:
+            moved.append((root / "3").rename(root / "3.previous"))
+        return held(root_, step)
+
+    monkeypatch.setattr(checkpoint, "held", move_aside_then_hold)
+    assert read_latest(root / "3", lambda d: sorted(p.name for p in d.iterdir())) == ["new"]
+    assert moved and len(waits) == 1
+
+
+def test_a_step_that_does_not_exist_fails_at_once_and_an_endless_resave_after_the_wait(tmp_path, monkeypatch):
+    import r1jax.rl.checkpoint as checkpoint
+
+    root = steps(tmp_path / "checkpoints", 2, "3.previous")
+    waits = []
+    monkeypatch.setattr(checkpoint.time, "sleep", waits.append)
+    with pytest.raises(UserError, match=r"^checkpoint '.*checkpoints/4' does not exist$"):
+        read_latest(root / "4", lambda d: d)
+    with pytest.raises(UserError, match=r"^checkpoint '.*checkpoints/2.previous' does not exist$"):
+        read_latest(root / "2.previous", lambda d: d)
+    assert waits == []  # no step 4 being saved again: no wait
+    monkeypatch.setattr(checkpoint, "RESAVE_WAIT_S", 0.0)  # a killed re-save: 3.previous alone, for good
+    with pytest.raises(UserError, match=r"checkpoints/3' does not exist: step 3 is being saved again, or its "
+                                        r"re-save was interrupted, its previous copy in .*checkpoints/3\.previous"):
+        read_latest(root / "3", lambda d: d)
