@@ -64,6 +64,7 @@ class DecodeStats:
     hbm_bytes: int
     flops: float  # dot FLOPs per device (2 x output elements x contracted size)
     loops: int  # decode loops found
+    assumed_trips: tuple[str, ...] = ()  # the loops whose trip count was not read but assumed, and what was taken
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -76,6 +77,7 @@ class _Module(HloTraffic):
     def __init__(self, text: str, dynamic_trips: int = 1):
         super().__init__(text, dynamic_trips)
         self.devices = module_devices(text)  # (replicas, partitions); None without the module's header line
+        self.assumed: dict[str, str] = {}  # a loop's name -> the trip count taken for it and why (not read)
         self.callers: dict[str, tuple[Computation, Instruction]] = {}
         for comp in self.comps.values():
             for inst in comp.instructions.values():
@@ -176,39 +178,53 @@ class _Module(HloTraffic):
         readable, as in every loop JAX emits) with a constant bound, in any direction XLA prints
         (`_trips`); when the bound is not a constant, the count a loop made under the name scope
         `expected_trips_M` states (the blocked MoE kernel's used blocks: `model.blocked.block_loop`), else
-        `dynamic_trips`; when the condition is not of that form, or it never ends, unknown: M or 1."""
+        `dynamic_trips`; when the condition is not of that form, or it never ends, unknown: M or 1. A count
+        neither read nor stated is recorded in `assumed` (the report says so)."""
         if loop.trip_count is not None:
             return loop.trip_count
         stated = _EXPECTED_TRIPS.search(loop.op_name)
-        fallback = int(stated.group(1)) if stated else 1
+        trips, why = self._read_trips(parent, loop, int(stated.group(1)) if stated else None)
+        if why is not None:
+            self.assumed[loop.name] = f"{loop.op_name or loop.name}: {trips} trip(s) assumed, {why}"
+        return trips
+
+    def _read_trips(self, parent: Computation, loop: Instruction, stated: Optional[int]
+                    ) -> tuple[int, Optional[str]]:
+        """`trip_count`'s reading: (trips, None) when read or stated; else (the count taken, why not read)."""
+        def unread(why: str, taken: int = 1) -> tuple[int, Optional[str]]:
+            return (stated, None) if stated is not None else (taken, why)
         cond = self.comps.get(loop.attr("condition"))
         root, operands = self._unfused(cond, cond.root) if cond is not None else (None, [])
         direction = re.search(r"\bdirection=([A-Z]{2})\b", root.attrs) if root is not None else None
         if root is None or root.opcode != "compare" or direction is None or len(operands) != 2:
-            return fallback
+            return unread("its condition is not a counter compared with a bound")
         direction = direction.group(1)
         counter, bound = operands
         if bound is not None and bound.opcode == "get-tuple-element" and counter is not None \
                 and counter.opcode != "get-tuple-element":  # `N > i`: read as `i < N`
             counter, bound, direction = bound, counter, _MIRRORED.get(direction, direction)
         if counter is None or bound is None or counter.opcode != "get-tuple-element":
-            return fallback
+            return unread("its condition is not a counter compared with a bound")
         if bound.integer is None:  # a traced bound (e.g. the block-wise cache read's live blocks)
-            return fallback if stated else self.dynamic_trips
+            return unread("its bound is traced (the caller's dynamic_trips)", self.dynamic_trips)
         init = parent.instructions.get(loop.operands[0]) if loop.operands else None
-        start = None
+        start, guesses = None, []
         if init is not None and init.opcode == "tuple" and counter.tuple_index < len(init.operands):
-            first = parent.instructions.get(init.operands[counter.tuple_index])
-            while first is not None and first.opcode == "copy":
-                first = parent.instructions.get(first.operands[0])
+            first = _uncopied(parent, parent.instructions.get(init.operands[counter.tuple_index]))
             start = first.integer if first is not None else None
         if start is None:  # a traced start: read only as a counter up from 0 (JAX's loops), else unknown
             if direction != "LT":  # (a count down from it to N read as from 0 gave 0 trips)
-                return fallback
+                return unread("its counter's start is traced")
             start = 0
+            guesses.append("its counter's start is traced: counted from 0")
         body = self.comps.get(loop.attr("body"))
-        trips = _trips(direction, start, bound.integer, self._step(body, counter.tuple_index) if body else 1)
-        return fallback if trips is None else trips
+        step = self._step(body, counter.tuple_index) if body else None
+        trips = _trips(direction, start, bound.integer, 1 if step is None else step)
+        if trips is None:
+            return unread("it never ends by its condition")
+        if step is None:
+            guesses.append("its counter's step is not readable: +1 taken")
+        return trips, "; ".join(guesses) or None
 
     def _unfused(self, comp: Computation, inst: Instruction) -> tuple[Optional[Instruction], list]:
         """An instruction and its operands' instructions, or, for a fusion of one (CPU wraps a loop's compare and
@@ -229,23 +245,21 @@ class _Module(HloTraffic):
             operands.append(operand)
         return fused.root, operands
 
-    def _step(self, body: Computation, index: int) -> int:
+    def _step(self, body: Computation, index: int) -> Optional[int]:
         """What a loop body adds to its tuple element `index` each iteration: `add(element, c)`, `add(c, element)`
-        or `subtract(element, c)` for a constant c (through copies and a fusion of it); +1 where it is not of
+        or `subtract(element, c)` for a constant c (through copies and a fusion of it); None where it is not of
         that form."""
         root = body.root
-        inst = body.instructions.get(root.operands[index]) if root.opcode == "tuple" and index < len(
-            root.operands) else None
-        while inst is not None and inst.opcode == "copy":
-            inst = body.instructions.get(inst.operands[0])
+        inst = _uncopied(body, body.instructions.get(root.operands[index]) if root.opcode == "tuple" and index < len(
+            root.operands) else None)
         inst, operands = self._unfused(body, inst) if inst is not None else (None, [])
         if inst is None or inst.opcode not in ("add", "subtract") or len(operands) != 2:
-            return 1
-        a, b = operands
+            return None
+        a, b = (_uncopied(body, x) for x in operands)  # (XLA:CPU adds to a copy of the counter)
         if inst.opcode == "add" and a is not None and a.integer is not None:
             a, b = b, a
         if a is None or b is None or b.integer is None or a.opcode != "get-tuple-element" or a.tuple_index != index:
-            return 1
+            return None
         return b.integer if inst.opcode == "add" else -b.integer
 
     # -- costs ----------------------------------------------------------------------------------------
@@ -270,6 +284,13 @@ class _Module(HloTraffic):
             moved = sum(operands)
         n = collective_group_size(inst, kind, self.devices)
         return moved if not n else moved * (n - 1) / n
+
+def _uncopied(comp: Computation, inst: Optional[Instruction]) -> Optional[Instruction]:
+    """The value a chain of copies copies."""
+    while inst is not None and inst.opcode == "copy":
+        inst = comp.instructions.get(inst.operands[0])
+    return inst
+
 
 _MIRRORED = {"LT": "GT", "LE": "GE", "GT": "LT", "GE": "LE"}  # `a < b` is `b > a`
 
@@ -365,13 +386,20 @@ def decode_stats(hlo_text: str, dynamic_trips: int = 1, phase_ends: tuple[int, .
             raise ValueError(f"decode loop {loop.op_name!r} belongs to no phase of {phase_ends}")
         _add(totals, _walk(module, body, body.name, (body.name,)), weight.get(phase, 1))
     return DecodeStats({k: round(totals.get(k, 0)) for k in COLLECTIVES}, round(totals["weight_ag"]),
-                       round(totals["weight_ag_count"]), round(totals["hbm"]), float(totals["flops"]), len(loops))
+                       round(totals["weight_ag_count"]), round(totals["hbm"]), float(totals["flops"]), len(loops),
+                       tuple(module.assumed.values()))
 
 
 def program_costs(hlo_text: str) -> tuple[dict[str, int], int, float]:
     """A whole program's costs per device, counted as in a decode step (loops times their trip counts):
     (collective bytes received by kind, HBM bytes, dot FLOPs)."""
+    return program_stats(hlo_text)[:3]
+
+
+def program_stats(hlo_text: str) -> tuple[dict[str, int], int, float, tuple[str, ...]]:
+    """`program_costs` and the loops whose trip count was assumed, not read (`_Module.trip_count`)."""
     module = _Module(hlo_text)
     entry = next(c for c in module.comps.values() if c.entry)
     totals = _walk(module, entry, None, (entry.name,))
-    return {k: round(totals.get(k, 0)) for k in COLLECTIVES}, int(totals["hbm"]), float(totals["flops"])
+    return ({k: round(totals.get(k, 0)) for k in COLLECTIVES}, int(totals["hbm"]), float(totals["flops"]),
+            tuple(module.assumed.values()))

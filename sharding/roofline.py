@@ -80,5 +80,6 @@ def decode_report(stats: DecodeStats, chip: ChipSpec, *, devices_per_chip: int, 
         "est_tokens_per_s_per_chip": rows / roof.step_s / chips if roof.step_s > 0 else None,
         "hbm_read_limit_bytes": min_read_bytes_per_chip, "hbm_read_limit_s": limit_s,
         "est_vs_hbm_read_limit": roof.step_s / limit_s if limit_s > 0 else None,
+        "assumed_trip_counts": len(stats.assumed_trips), "assumed_trips": list(stats.assumed_trips),
         "chip": chip.to_dict(),
     }

@@ -1,7 +1,7 @@
 """What one update step costs per chip, read from its compiled program, and a roofline estimate of its time
 and MFU from the chip's published figures (`sharding.chips`, the table the decode estimate uses).
 
-Costs per device (`StepStats`, from `compiled.as_text()` by `sharding.decode_stats.program_costs`): dot and
+Costs per device (`StepStats`, from `compiled.as_text()` by `sharding.decode_stats.program_stats`): dot and
 convolution FLOPs, HBM bytes (each instruction's operands read and result written) and collective bytes by
 kind (received per device: `sharding.decode_stats`), every loop counted times its trip count. XLA's own
 `cost_analysis()` counts a loop body once, so a layer scan (and its backward) would be counted for one layer
@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 
 from r1jax.sharding.chips import ChipSpec
-from r1jax.sharding.decode_stats import COLLECTIVES, program_costs
+from r1jax.sharding.decode_stats import COLLECTIVES, program_stats
 from r1jax.sharding.roofline import collective_seconds
 
 
@@ -39,10 +39,11 @@ class StepStats:
     collective_bytes: dict[str, int]  # by kind, bytes received per device (an all-reduce's: one of its 2 phases)
     hbm_bytes: int
     flops: float
+    assumed_trips: tuple[str, ...] = ()  # the loops whose trip count was not read but assumed, and what was taken
 
     @classmethod
     def from_hlo(cls, hlo_text: str) -> "StepStats":
-        return cls(*program_costs(hlo_text))
+        return cls(*program_stats(hlo_text))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -66,5 +67,6 @@ def update_report(stats: StepStats, chip: ChipSpec, *, devices_per_chip: int,
         "est_mfu": model_flops_per_chip / (step_s * chip.peak_flops) if step_s > 0 else None,
         "est_mfu_overlapped": model_flops_per_chip / (overlapped_s * chip.peak_flops) if overlapped_s > 0 else None,
         "est_hfu": flops / (step_s * chip.peak_flops) if step_s > 0 else None,
+        "assumed_trip_counts": len(stats.assumed_trips), "assumed_trips": list(stats.assumed_trips),
         "chip": chip.to_dict(),
     }

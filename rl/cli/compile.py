@@ -144,7 +144,7 @@ def describe_decode(d: dict, rows: int) -> str:
         f"{d['est_tokens_per_s_per_chip']:.0f} tokens/s per chip; HBM-read limit "
         f"{_duration(d['hbm_read_limit_s'])}" + (f" ({ratio:.2f}x)" if ratio else "")
         + ("; below the limit: the compiled loop keeps weights or cache in on-chip memory (S(1)), which the limit "
-           "counts as HBM reads" if ratio is not None and ratio < 1 else "")])
+           "counts as HBM reads" if ratio is not None and ratio < 1 else "")] + _assumed(d))
 
 
 def _duration(seconds: float | None) -> str:
@@ -162,7 +162,14 @@ def describe_update(u: dict) -> str:
         f"model), HBM {_size(u['hbm_bytes_per_chip'])}, collectives: {moved or 'none'}",
         f"  roofline: {u['est_step_s']:.2f} s per step (compute {u['est_compute_s']:.2f}, HBM "
         f"{u['est_hbm_s']:.2f}, collectives {_seconds(u['est_collective_s'])}; {u['est_step_overlapped_s']:.2f} "
-        f"if every collective overlaps), MFU {u['est_mfu']:.1%} ({u['est_mfu_overlapped']:.1%} overlapped)"])
+        f"if every collective overlaps), MFU {u['est_mfu']:.1%} ({u['est_mfu_overlapped']:.1%} overlapped)"]
+        + _assumed(u))
+
+
+def _assumed(report: dict) -> list[str]:
+    """One line when the estimate counts loops whose trip count was assumed, not read from the program."""
+    n, first = report["assumed_trip_counts"], (report["assumed_trips"] or [""])[0]
+    return [f"  an estimate on a guess: {n} loop trip count(s) assumed, not read (e.g. {first})"] if n else []
 
 
 def _seconds(seconds: float | None, scale: float = 1.0) -> str:

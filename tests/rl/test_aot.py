@@ -186,6 +186,8 @@ def test_the_report_has_the_decode_step_per_chip_and_token(config_path, report):
     assert d["est_step_s"] == pytest.approx(max(d["est_compute_s"], d["est_hbm_s"]) + d["est_collective_s"])
     assert d["est_tokens_per_s_per_chip"] == pytest.approx(r["workload"]["rows"] / d["est_step_s"] / 4)
     assert d["chip"]["hbm_bytes_per_s"] == 2765e9  # v5p
+    # libtpu states no trip count: every loop of the decode step (the layer scan, the blocked kernels') is read
+    assert d["assumed_trip_counts"] == 0 and d["assumed_trips"] == []
 
 
 
@@ -202,6 +204,7 @@ def test_the_report_estimates_the_update_step_per_chip(report):
     assert u["est_step_s"] == pytest.approx(max(u["est_compute_s"], u["est_hbm_s"]) + u["est_collective_s"])
     assert u["est_mfu"] == pytest.approx(u["model_flops_per_chip"] / (u["est_step_s"] * peak))
     assert u["est_mfu"] <= u["est_mfu_overlapped"] and 0 < u["est_mfu"] < 1
+    assert u["assumed_trip_counts"] == 0 and u["assumed_trips"] == []  # every loop's trip count read
 
 
 def _lowered_sampler(config_path, *overrides, program: str = "sampler", compiled: bool = False) -> str:

@@ -138,7 +138,7 @@ def test_v4_estimates_say_their_collectives_are_not_timed():
 
     moved = {"all-gather": 3e9, "reduce-scatter": 0, "all-to-all": 0, "all-reduce": 1e9, "collective-permute": 0}
     stats = type("Stats", (), {"flops": 275e12 * 0.002, "hbm_bytes": 1200e9 * 0.001, "collective_bytes": moved,
-                               "weight_allgather_bytes": 0, "weight_allgathers": 0})()
+                               "weight_allgather_bytes": 0, "weight_allgathers": 0, "assumed_trips": ()})()
     decode = decode_report(stats, CHIPS["v4"], devices_per_chip=1, rows=8, chips=1, min_read_bytes_per_chip=1e9)
     assert decode["est_collective_s"] is None and decode["est_step_s"] == pytest.approx(0.002)  # compute only
     assert "collectives not timed: no published ICI bandwidth" in describe_decode(decode, rows=8)

@@ -97,7 +97,7 @@ def test_a_small_models_decode_step_reads_in_microseconds_and_a_step_under_the_l
 
     moved = dict.fromkeys(["all-gather", "reduce-scatter", "all-to-all", "all-reduce", "collective-permute"], 0)
     stats = type("Stats", (), {"flops": 0.0, "hbm_bytes": 2765e9 * 19.3e-6, "collective_bytes": moved,
-                               "weight_allgather_bytes": 0, "weight_allgathers": 0})()
+                               "weight_allgather_bytes": 0, "weight_allgathers": 0, "assumed_trips": ()})()
     below = decode_report(stats, CHIPS["v5p"], devices_per_chip=1, rows=8, chips=1,
                           min_read_bytes_per_chip=2765e9 * 40e-6)
     text = describe_decode(below, rows=8)
@@ -107,6 +107,6 @@ def test_a_small_models_decode_step_reads_in_microseconds_and_a_step_under_the_l
                           min_read_bytes_per_chip=2765e9 * 10e-6)
     assert "(1.93x)" in describe_decode(above, rows=8) and "below the limit" not in describe_decode(above, rows=8)
     slow = type("Stats", (), {"flops": 0.0, "hbm_bytes": 2765e9 * 1.5, "collective_bytes": moved,
-                              "weight_allgather_bytes": 0, "weight_allgathers": 0})()
+                              "weight_allgather_bytes": 0, "weight_allgathers": 0, "assumed_trips": ()})()
     seconds = decode_report(slow, CHIPS["v5p"], devices_per_chip=1, rows=8, chips=1, min_read_bytes_per_chip=2765e9)
     assert "roofline: 1.5 s per step" in describe_decode(seconds, rows=8)  # it read "1.5e+03 ms"

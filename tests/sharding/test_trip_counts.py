@@ -191,3 +191,66 @@ def test_a_traced_start_is_read_only_for_a_counter_up_to_its_bound(direction, bo
             .replace("ENTRY %main (a: f32[8,8])", "ENTRY %main (a: f32[8,8], s: s32[])")
             .replace("%z = s32[] constant(START)", "%z = s32[] parameter(1)"))
     assert program_costs(text)[2] == trips * DOT
+
+
+def _assumed(direction, start, bound, step=1, op="add", name="f", cond=None):
+    """The assumptions the reader records for the hand-written loop (`_trips`'s), its condition optionally
+    replaced by `cond`."""
+    from r1jax.sharding.decode_stats import program_stats
+
+    text = (LOOP.replace("DIR", direction).replace("START", str(start)).replace("BOUND", str(bound))
+            .replace("STEP", str(step)).replace("OP", op).replace("NAME", name).replace("COMPARED", "%j, %n"))
+    if cond is not None:
+        text = text.replace("  ROOT %c = pred[] compare(%j, %n), direction=" + direction, cond)
+    return program_stats(text)[3]
+
+
+@pytest.mark.parametrize("direction, start, bound, step, op, cond, why", [
+    ("LT", 0, 5, 1, "subtract", None, "never ends"),  # counts down from 0 below 5
+    ("NE", 0, 5, 2, "add", None, "never ends"),  # steps over its bound
+    ("LT", 0, 5, 1, "add", "  ROOT %c = pred[] constant(true)", "not a counter compared"),  # not a compare
+    ("LT", 0, 5, 1, "multiply", None, "step is not readable"),  # i *= 1: +1 taken, 5 trips
+])
+def test_a_trip_count_not_read_is_recorded_as_assumed(direction, start, bound, step, op, cond, why):
+    """A count the reader could not read (it took 1, or +1 for an unreadable step) is recorded with what it
+    took and why, so the report can say its estimate rests on a guess; a read or stated count is not."""
+    assumed = _assumed(direction, start, bound, step, op, cond=cond)
+    assert len(assumed) == 1 and why in assumed[0] and assumed[0].startswith("f/while: ")
+    assert ("5 trip(s)" if op == "multiply" else "1 trip(s)") in assumed[0]
+    stated = _assumed(direction, start, bound, step, op, name="f/expected_trips_7", cond=cond)
+    assert len(stated) == (op == "multiply")  # a stated count is not a guess (a read one with +1 still is)
+    assert _assumed("LT", 0, 5) == ()
+
+
+def test_a_traced_bound_is_recorded_as_assumed_with_the_trips_taken():
+    """A traced bound (`%n` a loop value, not a constant): the caller's `dynamic_trips` taken, and said."""
+    from r1jax.sharding.decode_stats import _Module, _walk
+
+    text = LOOP.replace("DIR", "LT").replace("START", "0").replace("STEP", "1").replace("OP", "add")
+    text = text.replace("NAME", "f").replace("COMPARED", "%j, %n").replace(
+        "%n = s32[] constant(BOUND)", "%n = s32[] get-tuple-element(%u), index=0")
+    module = _Module(text, dynamic_trips=4)
+    entry = next(c for c in module.comps.values() if c.entry)
+    assert _walk(module, entry, None, (entry.name,))["flops"] == 4 * DOT
+    assert list(module.assumed.values()) == [
+        "f/while: 4 trip(s) assumed, its bound is traced (the caller's dynamic_trips)"]
+
+
+def test_the_reports_count_the_assumed_loops_and_the_text_says_so_when_there_are_any():
+    from r1jax.rl.cli.compile import describe_update
+    from r1jax.sharding.chips import CHIPS
+    from r1jax.sharding.decode_stats import DecodeStats
+    from r1jax.sharding.roofline import decode_report
+    from r1jax.sharding.update_stats import StepStats, update_report
+
+    guess = "f/while: 1 trip(s) assumed, it never ends by its condition"
+    for assumed in ((), (guess,)):
+        step = StepStats({"all-gather": 1e9}, hbm_bytes=10**9, flops=1e12, assumed_trips=assumed)
+        update = update_report(step, CHIPS["v5p"], devices_per_chip=1, model_flops_per_chip=1e12)
+        decode = decode_report(DecodeStats({}, 0, 0, 10**6, 1e9, 1, assumed), CHIPS["v5p"], devices_per_chip=1,
+                               rows=8, chips=1, min_read_bytes_per_chip=10**6)
+        for report in (update, decode):
+            assert report["assumed_trip_counts"] == len(assumed) and report["assumed_trips"] == list(assumed)
+        lines = [line for line in describe_update(update).splitlines() if "assumed" in line]
+        assert lines == ([f"  an estimate on a guess: 1 loop trip count(s) assumed, not read (e.g. {guess})"]
+                         if assumed else [])
