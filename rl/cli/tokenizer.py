@@ -12,6 +12,7 @@ import argparse
 import itertools
 import json
 import pathlib
+import sys
 
 from r1jax.model.tokenizer import FILE_NAME, MIN_VOCAB, TEMPLATES, TOKENIZER_JSON
 from r1jax.rl.cli.common import INT32_MAX, check_creatable, integer_in, positive_int, refuse_dangling_link, seed
@@ -25,8 +26,17 @@ def vocab_size(text: str) -> int:
                       why=f" ({MIN_VOCAB}: 4 control pieces, 4 tags, 256 bytes and 8 characters)")
 
 
+class _ActionParser(argparse.ArgumentParser):
+    """An action's parser whose refusals say `r1jax tokenizer: error: ...`, as every other refusal of the command
+    does (its own and `rl.cli.main`'s); argparse's would name the action (`r1jax tokenizer train: error:`)."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog.rsplit(' ', 1)[0]}: error: {message}\n")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=_ActionParser)
     train = actions.add_parser("train", help="train a tokenizer from tasks or a text file",
                                description=__doc__)
     train.add_argument("--input", required=True, metavar="FILE_OR_TASKS",

@@ -80,3 +80,25 @@ def test_a_stdout_that_fails_after_the_save_says_the_tokenizer_is_saved(tmp_path
     assert code == 2 and Tokenizer.load(tmp_path / "t").vocab_size > 256
     assert f"the tokenizer is saved in {tmp_path / 't'} (use it as it is), but its summary could not be printed: " \
            "No space left on device" in err
+
+
+def test_every_refusal_of_the_command_says_r1jax_tokenizer(tmp_path, capsys):
+    """Its flags' refusals (argparse's) read `r1jax tokenizer train: error:` and its input's `r1jax tokenizer:
+    error:`: one prefix now, the command's, as every other command's refusals."""
+    import pytest
+
+    refusals = [["--input", "arithmetic"],  # --out missing
+                ["--input", "arithmetic", "--out", str(tmp_path / "t"), "--vocab-size", "abc"],
+                ["--input", "arithmetic", "--out", str(tmp_path / "t"), "--model-type", "wordpiece"],
+                ["--input", "no_such_task", "--out", str(tmp_path / "t")]]
+    for flags in refusals:
+        try:
+            code = main(["tokenizer", "train", *flags], as_program=False)
+        except SystemExit as exit_:
+            code = exit_.code
+        assert code == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith("r1jax tokenizer: error: ") and "train: error" not in last, last
+    with pytest.raises(SystemExit):
+        main(["tokenizer", "train", "-h"], as_program=False)
+    assert capsys.readouterr().out.startswith("usage: r1jax tokenizer train ")  # its usage still names the action
