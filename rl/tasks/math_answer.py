@@ -37,9 +37,10 @@ from r1jax.rl.tasks.math_screen import risky
 _SPACE = r"(?:\\[,:;! ]|~| |\u00a0|\u2009|\u202f)"
 _SEPARATOR = re.compile(r"\{,\}|,\\!|" + _SPACE)
 _GROUPED = re.compile(r"(?<![\d.^_])[1-9]\d{0,2}(?:(?:\{,\}|,\\!|%s)\d{3})+(?!\d)" % _SPACE)
-# a whole answer that is one number with thousands commas, signed or not ("-1,234", "+2,500.5"): math-verify
-# reads "1,234" as 1234 but "-1,234" as no number
-_COMMA_GROUPED = re.compile(r"\s*[-+−]?\s*[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?\s*")
+# a whole answer that is one number with thousands commas, signed or not ("-1,234", "+2,500.5"), or a letter equal
+# to one ("x = 1,234"): math-verify reads "1,234" as 1234 but "-1,234" as no number, and "x = 1,234" as 1234 as
+# text (its default) but x = {1, 234} as LaTeX (the only way r1jax parses), which scored a right answer 0
+_COMMA_GROUPED = re.compile(r"\s*(?:[a-zA-Z]\s*=\s*)?[-+−]?\s*[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?\s*")
 # a whole answer that is 0, a comma and three digits, signed or not: a decimal comma ("0,111" is 0.111 to math-verify,
 # "-0,111" no number; "0,5" and "1,5" stay the lists {0, 5} and {1, 5}, as math-verify reads them)
 _DECIMAL_COMMA = re.compile(r"\s*(?P<sign>[-+−]?)\s*0,(?P<digits>\d{3})\s*")
@@ -71,7 +72,8 @@ def normalise(text: str) -> str:
 
 def join_digit_groups(text: str) -> str:
     """'10\\,000', '10 000', '1{,}234{,}567' -> '10000', '1234567': separators between digit groups of three; a
-    whole answer of one number with commas, '-1,234' or '\\boxed{-1,234}' -> '-1234'."""
+    whole answer of one number with commas, '-1,234' or '\\boxed{-1,234}' -> '-1234', or a letter equal to one,
+    'x = 1,234' -> 'x = 1234'."""
     bare = strip_markup(text)
     if _COMMA_GROUPED.fullmatch(bare):
         return bare.replace(",", "")
