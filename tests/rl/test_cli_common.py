@@ -250,3 +250,71 @@ def test_a_closed_output_pipe_exits_1_without_a_traceback():
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=subprocess_env(),
                             timeout=120)
     assert result.returncode == 1 and result.stderr == "", result.stderr
+
+
+# --- main.py: what a mutation review of round 19 let through --------------------------------------------------------
+
+def test_cpu_devices_replaces_only_the_device_count_in_the_users_xla_flags(monkeypatch):
+    """--cpu-devices keeps the user's other XLA flags (a dump directory) and leaves one device count, its own."""
+    import os
+    import sys
+
+    from r1jax.rl.cli.main import fake_cpu_devices
+
+    monkeypatch.delitem(sys.modules, "jax")  # as before JAX starts: only the environment is set
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/d --xla_force_host_platform_device_count=8 --xla_x=1")
+    monkeypatch.setenv("JAX_PLATFORMS", "tpu")
+    fake_cpu_devices(3)
+    assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/d --xla_x=1 --xla_force_host_platform_device_count=3"
+    assert os.environ["JAX_PLATFORMS"] == "cpu"
+
+
+def test_only_the_program_itself_tunes_the_process(monkeypatch):
+    """main(None) (the console script: argv from the command line) installs the process-wide settings; a caller's
+    main([...]) (a test, a notebook) does not, unless it says as_program=True."""
+    from r1jax.rl.cli import info, main as main_module
+
+    calls = []
+    monkeypatch.setattr(info, "run", lambda args: 0)
+    monkeypatch.setattr(main_module, "collect_garbage_less_often", lambda: calls.append("gc"))
+    monkeypatch.setattr(main_module, "report_background_storage_failures", lambda command: calls.append(command))
+    monkeypatch.setattr(main_module, "retain_freed_memory", lambda: calls.append("malloc"))
+    monkeypatch.setattr("sys.argv", ["r1jax", "info", "tiny"])
+    assert main(["info", "tiny"]) == 0 and calls == []
+    assert main() == 0 and calls == ["malloc", "gc", "info"]  # (JAX_PLATFORMS=cpu in the tests)
+
+
+@pytest.mark.parametrize("command, resume", [("train", True), ("export-hf", False)])
+def test_only_train_is_told_that_a_run_dir_resumes_after_a_full_disk(command, resume):
+    from r1jax.rl.cli.main import not_a_bug
+
+    said = not_a_bug(OSError(28, "No space left on device", "/run/m"), command)
+    assert said == ("no space left on device: /run/m; free space, then run again"
+                    + (" (`r1jax train --run-dir DIR` resumes from the last checkpoint)" if resume else ""))
+
+
+def test_an_out_of_memory_error_is_said_by_its_first_line_only():
+    import jax
+
+    from r1jax.rl.cli.main import not_a_bug
+
+    said = not_a_bug(jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: 12G\nbuffer dump\nmore"), "eval")
+    assert said == "out of memory: RESOURCE_EXHAUSTED: 12G; ask for fewer rows or tokens at once"
+
+
+def test_a_background_thread_error_that_is_no_full_disk_keeps_its_traceback(capsys):
+    import sys
+    import threading
+
+    from r1jax.rl.cli.main import report_background_storage_failures
+
+    hooks, seen = (threading.excepthook, sys.unraisablehook), []
+    try:
+        threading.excepthook = lambda args: seen.append(type(args.exc_value).__name__)
+        report_background_storage_failures("train")
+        thread = threading.Thread(target=lambda: (_ for _ in ()).throw(ValueError("a bug")))
+        thread.start()
+        thread.join()
+    finally:
+        threading.excepthook, sys.unraisablehook = hooks
+    assert seen == ["ValueError"] and capsys.readouterr().err == ""
