@@ -1,0 +1,79 @@
+"""rl/cli/common.py's shared checks at their exact bounds, and `r1jax init` / `r1jax compile`'s own, where a mutation
+review (round 19) found a mutation of the code that no test caught."""
+
+import argparse
+import signal
+
+import pytest
+
+from r1jax.errors import UserError
+from r1jax.rl.cli import common
+
+
+def test_token_copies_up_to_int32_max_are_taken_and_one_more_is_refused():
+    common.check_token_copies(1, 2**31 - 1, 1, "--samples")  # exactly 2^31-1 copies
+    common.check_token_copies(3, 7, 2**31 // 21, "--samples")  # 21 x 102261126 = 2147483646
+    with pytest.raises(UserError, match=r"^--samples 9: 1 rows x 2147483648 tokens .* "
+                                        r"model.num_experts_per_tok=1 is over 2\^31-1 token copies"):
+        common.check_token_copies(1, 2**31, 1, "--samples 9")
+    with pytest.raises(UserError, match="x 1024 tokens .* model.num_experts_per_tok=8 is over"):  # the experts count
+        common.check_token_copies(2**18, 1024, 8, "--samples")  # 2^31 copies: 2^28 rows x tokens alone fit
+
+
+@pytest.mark.parametrize("text, ok", [(str(-2**63), True), (str(2**63 - 1), True), (str(-2**63 - 1), False),
+                                      (str(2**63), False)])
+def test_a_seed_is_any_64_bit_integer_and_no_more(text, ok):
+    if ok:
+        assert common.seed(text) == int(text)
+    else:
+        with pytest.raises(argparse.ArgumentTypeError, match=r"expected an integer seed in \[-2\^63, 2\^63-1\]"):
+            common.seed(text)
+
+
+def test_top_p_of_0_is_refused_and_1_taken():
+    assert common.probability("1") == 1.0
+    with pytest.raises(argparse.ArgumentTypeError, match=r"expected a finite number in \(0, 1\], got '0'"):
+        common.probability("0")
+
+
+def test_a_five_hop_chain_to_nothing_shows_three_hops_and_the_missing_path(tmp_path):
+    for i in range(1, 5):  # l1 -> gone, l2 -> l1, l3 -> l2, l4 -> l3
+        (tmp_path / f"l{i}").symlink_to("gone" if i == 1 else f"l{i - 1}")
+    with pytest.raises(UserError, match=r"'.*/l4' is a symlink to 'l3' -> 'l2' -> 'l1' -> 'gone', which does not"):
+        common.new_output_dir(tmp_path / "l4")  # 4 hops: each shown
+    (tmp_path / "l5").symlink_to("l4")
+    with pytest.raises(UserError, match=r"'.*/l5' is a symlink to 'l4' -> 'l3' -> 'l2' -> \.\.\. -> 'gone', which"):
+        common.new_output_dir(tmp_path / "l5")
+
+
+def test_a_file_to_write_is_said_as_created_when_it_does_not_exist_yet(tmp_path, monkeypatch):
+    """export-gguf checks the file's directory (`named` the file): a new file "cannot be created", an existing one
+    "cannot be written", whatever the directory."""
+    def refuse(**kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(common.tempfile, "mkdtemp", refuse)
+    with pytest.raises(UserError, match=r"^output 'x.gguf' cannot be created: nothing can be written in .* "
+                                        r"\(Permission denied\)$"):
+        common.check_creatable(tmp_path, "output 'x.gguf'", tmp_path / "x.gguf")
+    (tmp_path / "x.gguf").write_text("")
+    with pytest.raises(UserError, match=r"^output 'x.gguf' cannot be written: "):
+        common.check_creatable(tmp_path, "output 'x.gguf'", tmp_path / "x.gguf")
+
+
+def test_a_longer_field_of_the_same_prefix_is_not_the_flags():
+    err = UserError("sampling.top_k_experts=3: bad")
+    assert common.flags_in_error(err, "sampling", {"top_k": ("--top-k", 5)}) is err
+
+
+def test_sigterm_interrupts_only_inside_its_block():
+    def mine(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        with common.sigterm_interrupts():
+            assert signal.getsignal(signal.SIGTERM) is not mine
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
