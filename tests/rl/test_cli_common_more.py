@@ -77,3 +77,19 @@ def test_sigterm_interrupts_only_inside_its_block():
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# --- init.py ---------------------------------------------------------------------------------------------------------
+
+def test_init_seed_0_overrides_the_configs_seed_and_the_line_says_what_was_written(capsys, tmp_path):
+    from r1jax.rl.checkpoint import load_config as checkpoint_config
+    from r1jax.rl.cli.main import main
+
+    out = tmp_path / "ck"
+    assert main(["init", "tiny", str(out), "seed=5", "--seed", "0", "model.num_hidden_layers=1"]) == 0
+    config = checkpoint_config(out)
+    assert (config.seed, config.model.num_hidden_layers) == (0, 1)  # --seed 0 is a seed, not "none given"
+    # configs/tiny.yaml: fsdp fills the 8 test devices
+    assert capsys.readouterr().out == f"wrote {out / '0'} (deepseek_v3, seed 0, mesh data=1 fsdp=8 expert=1 tensor=1)\n"
+    assert main(["init", "tiny", str(tmp_path / "ck5"), "seed=5", "model.num_hidden_layers=1"]) == 0
+    assert ", seed 5, mesh" in capsys.readouterr().out  # no --seed: the config's
