@@ -141,3 +141,22 @@ def test_a_sigterm_while_the_tokenizer_is_copied_leaves_no_step_without_it(tmp_p
     assert "interrupted (SIGTERM)" in capsys.readouterr().err and not out.exists()
     assert main(["import-hf", str(hf_dir), str(out)], as_program=False) == 0
     assert (out / "tokenizer" / "tokenizer.json").is_file()
+
+
+def test_a_directory_with_tokenizer_files_but_no_tokenizer_json_names_the_files_it_has(tmp_path, capsys):
+    """Found by a mutation review (round 19): the line names the files the directory holds, and the layers."""
+    hf_dir = tmp_path / "hf"
+    random_hf_model(DEEPSEEK, seed=1).save_pretrained(hf_dir)
+    (hf_dir / "tokenizer_config.json").write_text("{}")
+    assert main(["import-hf", str(hf_dir), str(tmp_path / "ck")], as_program=False) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"wrote {tmp_path / 'ck' / '0'} (deepseek_v3, 3 layers, from {hf_dir}; no tokenizer.json there (beside its "
+        "tokenizer_config.json): no tokenizer copied, generate needs --ids)")
+
+
+def test_export_hf_refuses_an_override_outside_sharding_before_reading_the_checkpoint(tmp_path, capsys):
+    assert main(["export-hf", str(tmp_path / "nothing"), str(tmp_path / "out"), "sharding.fsdp=-1", "seed=1"],
+                as_program=False) == 2
+    assert capsys.readouterr().err == ("r1jax export-hf: error: override 'seed=1': export-hf only takes "
+                                       "sharding.KEY=VALUE overrides\n")
+    assert not (tmp_path / "out").exists()
