@@ -318,3 +318,19 @@ def test_a_background_thread_error_that_is_no_full_disk_keeps_its_traceback(caps
     finally:
         threading.excepthook, sys.unraisablehook = hooks
     assert seen == ["ValueError"] and capsys.readouterr().err == ""
+
+
+def test_the_users_jax_platforms_wins_over_the_cpu_pin(monkeypatch):
+    """On a host with no accelerator the CPU is pinned, unless the user's JAX_PLATFORMS says otherwise."""
+    import os
+
+    from r1jax.rl.cli.main import pin_cpu_without_accelerators
+    from r1jax.sharding import jax_private
+
+    monkeypatch.setattr(jax_private, "accelerators_visible", lambda: False)
+    monkeypatch.setenv("JAX_PLATFORMS", "tpu")
+    pin_cpu_without_accelerators()
+    assert os.environ["JAX_PLATFORMS"] == "tpu"
+    monkeypatch.delenv("JAX_PLATFORMS")
+    pin_cpu_without_accelerators()
+    assert os.environ["JAX_PLATFORMS"] == "cpu"
