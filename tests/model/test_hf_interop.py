@@ -25,8 +25,9 @@ from r1jax.errors import UserError
 from r1jax.model.hf_config import from_hf_config, to_hf_config
 from r1jax.model.hf_io import export_hf, host_slot
 from r1jax.model.hf_tokenizer import save_hf_tokenizer
-from r1jax.model.tokenizer import MIN_VOCAB, apply_template, train_tokenizer
+from r1jax.model.tokenizer import MIN_VOCAB, apply_template, load_tokenizer, train_tokenizer
 from r1jax.rl.checkpoint import load_config
+from r1jax.rl.cli.export_hf import resolve_tokenizer
 from r1jax.rl.cli.main import main
 from r1jax.rl.hf_policy import hf_run_config, load_hf_policy
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
@@ -305,6 +306,11 @@ def test_cli_import_then_export(tmp_path, capsys):
     train_tokenizer(["more text, and some other text"] * 20, MIN_VOCAB + 40).save(tmp_path / "big")
     assert main(["export-hf", str(tmp_path / "ck"), str(tmp_path / "o3"), "--tokenizer", str(tmp_path / "big")]) == 2
     assert "do not fit the model's vocab_size" in capsys.readouterr().err
+    big = load_tokenizer(tmp_path / "big")  # one that exactly fills the vocabulary fits
+    assert resolve_tokenizer(str(tmp_path / "big"), big.vocab_size, str(tmp_path / "ck")) == big
+    fits_not = f"{big.vocab_size} pieces do not fit the model's vocab_size {big.vocab_size - 1}"
+    with pytest.raises(UserError, match=fits_not):
+        resolve_tokenizer(str(tmp_path / "big"), big.vocab_size - 1, str(tmp_path / "ck"))
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, "hidden_act": "gelu"}))
     assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "ck2")]) == 2
