@@ -66,7 +66,7 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> 
     if not extra:
         return args
     if not getattr(args._module, "INTERMIXED", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args._parser.error(f"unrecognized arguments: {' '.join(extra)}")  # names the command
     argv = sys.argv[1:] if argv is None else list(argv)
     rest = argv[argv.index(args.command) + 1:]  # the top-level options before it take no command-like value
     return argparse.Namespace(**{**vars(args), **vars(args._parser.parse_intermixed_args(rest))})

@@ -207,6 +207,11 @@ def test_train_takes_overrides_after_its_options(capsys, tmp_path):
     # other commands still refuse what they do not take
     assert "unrecognized arguments: --bogus" in usage_error(capsys, "info", "tiny", "--bogus")
     assert "unrecognized arguments: --bogus" in usage_error(capsys, "train", "tiny", "--bogus")
+    # a command that takes no options after its arguments names itself, as every other refusal does ("r1jax:" before)
+    err = usage_error(capsys, "tokenizer", "train", "--input", "a", "--out", "o", "--bogus")
+    assert err.splitlines()[-1] == "r1jax tokenizer: error: unrecognized arguments: --bogus", err
+    assert usage_error(capsys, "score", "rows.jsonl", "--bogus").splitlines()[-1] == (
+        "r1jax score: error: unrecognized arguments: --bogus")
 
 
 def test_the_config_argument_help_names_every_shipped_preset():
