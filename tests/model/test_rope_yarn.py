@@ -33,7 +33,12 @@ def imported(hf: dict) -> ModelConfig:
     ("deepseek_v3", {**DEEPSEEK_V3_YARN, "mscale": 0.707, "attention_factor": None}, 163840),
     # the ramp's end past the last dimension (clipped to dim - 1), and a ramp of zero width (widened by 0.001)
     ("qwen3_moe", {**QWEN3_YARN, "beta_fast": 64, "beta_slow": 0.25, "rope_theta": 100.0}, 131072),
-    ("qwen3_moe", {**QWEN3_YARN, "beta_fast": 8000, "beta_slow": 6000}, 131072)])
+    ("qwen3_moe", {**QWEN3_YARN, "beta_fast": 8000, "beta_slow": 6000}, 131072),
+    # an attention factor given outright; mscale without mscale_all_dim (cos and sin x mscale(factor), the
+    # softmax scale unchanged)
+    ("qwen3_moe", {**QWEN3_YARN, "attention_factor": 1.3}, 131072),
+    ("deepseek_v3", {k: v for k, v in DEEPSEEK_V3_YARN.items() if k != "mscale_all_dim"} | {"mscale": 0.707},
+     163840)])
 def test_frequencies_and_scales_equal_transformers_for_published_settings(family, rope_scaling, max_positions):
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, yarn_apply_mscale
     base = to_hf_config(DEEPSEEK if family == "deepseek_v3" else QWEN)
