@@ -2,6 +2,8 @@
 pin single decisions; these pin the rule wherever it can differ), the router's float32 logits, and the blocked
 kernel's layout of expert groups in blocks, computed by hand."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,3 +84,15 @@ def test_block_layout_pads_each_group_to_whole_blocks_and_gives_empty_groups_non
     assert np.asarray(lay.starts_E).tolist() == [0, 0, 3, 11]
     assert np.asarray(lay.padded_starts_E).tolist() == [0, 0, 4, 12]
     assert np.asarray(lay.group_N)[:6].tolist() == [1, 2, 2, 3, 3, 3]  # the used blocks' groups, in order
+
+
+def test_a_bfloat16_deepseek_router_is_made_float32_and_qwens_in_the_model_dtype():
+    """transformers keeps DeepSeek-V3's router weight float32 in a bfloat16 model (`_keep_in_fp32_modules_strict`;
+    a hub checkpoint stores it so); Qwen3-MoE's gate is a plain Linear in the model's dtype."""
+    from flax import nnx
+    from r1jax.model.moe import MoE
+    from tests.model.tiny import DEEPSEEK, QWEN
+    for cfg, dtype in ((DEEPSEEK, jnp.float32), (QWEN, jnp.bfloat16)):
+        layer = MoE(dataclasses.replace(cfg, param_dtype="bfloat16"), nnx.Rngs(0))
+        assert layer.router[...].dtype == dtype, cfg.family
+        assert layer.gate_proj[...].dtype == jnp.bfloat16
