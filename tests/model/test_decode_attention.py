@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from r1jax.model.kv_cache import DENSE_READ_BLOCKS
+from r1jax.model.kv_cache import DENSE_READ_BLOCKS, reads_blockwise
 from r1jax.model.factory import init_policy
 from r1jax.rl.continuous import generate_continuous
 from r1jax.rl.sampler import Sampler, SamplingConfig, generate_padded
@@ -92,6 +92,8 @@ def test_a_cache_of_at_most_two_blocks_is_read_whole(family):
     """Both sides of `DENSE_READ_BLOCKS`: 13 slots in blocks of 7 (two blocks) are read exactly as the dense
     read does, bit for bit; in blocks of 6 (two and a bit) block-wise, so the unfilled slots are not read."""
     assert DENSE_READ_BLOCKS == 2
+    # the boundary itself: exactly two blocks are read whole, one slot more block-wise; kv_block 0 never
+    assert [reads_blockwise(n, 7) for n in (13, 14, 15)] == [False, False, True] and not reads_blockwise(99, 0)
     policy = init_policy(FAMILIES[family], seed=0)
     caches, valid_BS = filled_cache(policy, seed=3)
     index = (2, 5, 3)
