@@ -237,7 +237,7 @@ def test_a_traced_bound_is_recorded_as_assumed_with_the_trips_taken():
 
 
 def test_the_reports_count_the_assumed_loops_and_the_text_says_so_when_there_are_any():
-    from r1jax.rl.cli.compile import describe_update
+    from r1jax.rl.cli.compile import describe_decode, describe_update
     from r1jax.sharding.chips import CHIPS
     from r1jax.sharding.decode_stats import DecodeStats
     from r1jax.sharding.roofline import decode_report
@@ -251,6 +251,22 @@ def test_the_reports_count_the_assumed_loops_and_the_text_says_so_when_there_are
                                rows=8, chips=1, min_read_bytes_per_chip=10**6)
         for report in (update, decode):
             assert report["assumed_trip_counts"] == len(assumed) and report["assumed_trips"] == list(assumed)
-        lines = [line for line in describe_update(update).splitlines() if "assumed" in line]
-        assert lines == ([f"  an estimate on a guess: 1 loop trip count(s) assumed, not read (e.g. {guess})"]
-                         if assumed else [])
+        for text in (describe_update(update), describe_decode(decode, rows=8)):
+            lines = [line for line in text.splitlines() if "assumed" in line]
+            assert lines == ([f"  an estimate on a guess: 1 loop trip count(s) assumed, not read (e.g. {guess})"]
+                             if assumed else [])
+
+
+@pytest.mark.parametrize("commuted", [False, True])
+def test_a_step_added_to_a_copy_of_the_counter_is_read(commuted):
+    """XLA:CPU adds the step to a copy of the counter (`add(copy(i), 2)`): 0, 2, 4 below 5 are 3 trips, read and
+    not assumed (the step was taken as +1: 5 trips)."""
+    from r1jax.sharding.decode_stats import program_stats
+
+    text = (LOOP.replace("DIR", "LT").replace("START", "0").replace("BOUND", "5").replace("STEP", "2")
+            .replace("NAME", "f").replace("COMPARED", "%j, %n")
+            .replace("  %next = s32[] OP(%i, %step)", "  %copied = s32[] copy(%i)\n  %next = s32[] add("
+                     + ("%step, %copied)" if commuted else "%copied, %step)")))
+    assert "copy(%i)" in text
+    _, _, flops, assumed = program_stats(text)
+    assert flops == 3 * DOT and assumed == ()
