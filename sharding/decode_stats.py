@@ -5,7 +5,7 @@ The decode loop is the `while` whose op_name ends in `decode/while` (the sampler
 `decode_phase_{end}/while` and each counts by its share of the steps: `decode_stats`). One iteration of its
 body decodes one token for every row, so everything counted in the body is per decoded token (one step of the
 batch), per device. Nested loops (the layer scan) count once per iteration: their body's figures are
-multiplied by their trip count (`_Module.trip_count`). A conditional counts its costliest branch.
+multiplied by their trip count (`sharding.loop_trips`). A conditional counts its costliest branch.
 
 Collective bytes, per device, by kind: what a device receives over the interconnect
 (`_Module.collective_bytes`), for a group of n devices (the instruction's `replica_groups`,
@@ -32,7 +32,7 @@ import re
 from typing import Optional
 
 from r1jax.sharding.hlo_text import Computation, Instruction, collective_group_size, module_devices, shape_bytes
-from r1jax.sharding.hlo_traffic import HloTraffic
+from r1jax.sharding.loop_trips import LoopTrips
 
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
 _MOVES_DATA = {"bitcast", "copy", "reshape", "transpose", "convert", "slice", "dynamic-slice", "broadcast",
@@ -41,7 +41,6 @@ _MOVES_DATA = {"bitcast", "copy", "reshape", "transpose", "convert", "slice", "d
 # libtpu's fusion of an all-reduce and the slice each device keeps: it runs as a reduce-scatter (each device
 # receives (n - 1) / n of the operand once), so its inner all-reduce counts as one
 _ALL_REDUCE_SCATTER = re.compile(r"%?all-reduce-scatter(?:\.|$)")
-_EXPECTED_TRIPS = re.compile(r"(?:^|/)expected_trips_(\d+)/while$")  # a traced loop's stated trip count
 # a decode loop: the first (or only) phase's, or a later phase's over a cache grown to prompt + `end` slots
 # (rl.decoding.phase_ends; the loops of continuous batching's tail, `decode_tail_N`, are not read)
 _DECODE_LOOP = re.compile(r"(?:^|/)decode(?:_phase_(\d+))?/while$")
@@ -70,14 +69,13 @@ class DecodeStats:
         return dataclasses.asdict(self)
 
 
-class _Module(HloTraffic):
-    """A compiled program's HLO: its HBM traffic and FLOPs (HloTraffic), collectives, loops' trip counts and
-    which values are the decode loop's loop-invariant data."""
+class _Module(LoopTrips):
+    """A compiled program's HLO: its HBM traffic and FLOPs (HloTraffic), loops' trip counts (LoopTrips),
+    collectives and which values are the decode loop's loop-invariant data."""
 
     def __init__(self, text: str, dynamic_trips: int = 1):
         super().__init__(text, dynamic_trips)
         self.devices = module_devices(text)  # (replicas, partitions); None without the module's header line
-        self.assumed: dict[str, str] = {}  # a loop's name -> the trip count taken for it and why (not read)
         self.callers: dict[str, tuple[Computation, Instruction]] = {}
         for comp in self.comps.values():
             for inst in comp.instructions.values():
@@ -172,96 +170,6 @@ class _Module(HloTraffic):
         return (inst is not None and inst.opcode == "tuple"
                 and self.is_invariant(comp, inst.operands[index], decode_body, depth + 1))
 
-    def trip_count(self, parent: Computation, loop: Instruction) -> int:
-        """The compiler's stated trip count, else read from the loop: a condition comparing a counter (a tuple
-        element whose initial value is a constant, stepped by a constant in the body: +1 where the step is not
-        readable, as in every loop JAX emits) with a constant bound, in any direction XLA prints
-        (`_trips`); when the bound is not a constant, the count a loop made under the name scope
-        `expected_trips_M` states (the blocked MoE kernel's used blocks: `model.blocked.block_loop`), else
-        `dynamic_trips`; when the condition is not of that form, or it never ends, unknown: M or 1. A count
-        neither read nor stated is recorded in `assumed` (the report says so)."""
-        if loop.trip_count is not None:
-            return loop.trip_count
-        stated = _EXPECTED_TRIPS.search(loop.op_name)
-        trips, why = self._read_trips(parent, loop, int(stated.group(1)) if stated else None)
-        if why is not None:
-            self.assumed[loop.name] = f"{loop.op_name or loop.name}: {trips} trip(s) assumed, {why}"
-        return trips
-
-    def _read_trips(self, parent: Computation, loop: Instruction, stated: Optional[int]
-                    ) -> tuple[int, Optional[str]]:
-        """`trip_count`'s reading: (trips, None) when read or stated; else (the count taken, why not read)."""
-        def unread(why: str, taken: int = 1) -> tuple[int, Optional[str]]:
-            return (stated, None) if stated is not None else (taken, why)
-        cond = self.comps.get(loop.attr("condition"))
-        root, operands = self._unfused(cond, cond.root) if cond is not None else (None, [])
-        direction = re.search(r"\bdirection=([A-Z]{2})\b", root.attrs) if root is not None else None
-        if root is None or root.opcode != "compare" or direction is None or len(operands) != 2:
-            return unread("its condition is not a counter compared with a bound")
-        direction = direction.group(1)
-        counter, bound = operands
-        if bound is not None and bound.opcode == "get-tuple-element" and counter is not None \
-                and counter.opcode != "get-tuple-element":  # `N > i`: read as `i < N`
-            counter, bound, direction = bound, counter, _MIRRORED.get(direction, direction)
-        if counter is None or bound is None or counter.opcode != "get-tuple-element":
-            return unread("its condition is not a counter compared with a bound")
-        if bound.integer is None:  # a traced bound (e.g. the block-wise cache read's live blocks)
-            return unread("its bound is traced (the caller's dynamic_trips)", self.dynamic_trips)
-        init = parent.instructions.get(loop.operands[0]) if loop.operands else None
-        start, guesses = None, []
-        if init is not None and init.opcode == "tuple" and counter.tuple_index < len(init.operands):
-            first = _uncopied(parent, parent.instructions.get(init.operands[counter.tuple_index]))
-            start = first.integer if first is not None else None
-        if start is None:  # a traced start: read only as a counter up from 0 (JAX's loops), else unknown
-            if direction != "LT":  # (a count down from it to N read as from 0 gave 0 trips)
-                return unread("its counter's start is traced")
-            start = 0
-            guesses.append("its counter's start is traced: counted from 0")
-        body = self.comps.get(loop.attr("body"))
-        step = self._step(body, counter.tuple_index) if body else None
-        trips = _trips(direction, start, bound.integer, 1 if step is None else step)
-        if trips is None:
-            return unread("it never ends by its condition")
-        if step is None:
-            guesses.append("its counter's step is not readable: +1 taken")
-        return trips, "; ".join(guesses) or None
-
-    def _unfused(self, comp: Computation, inst: Instruction) -> tuple[Optional[Instruction], list]:
-        """An instruction and its operands' instructions, or, for a fusion of one (CPU wraps a loop's compare and
-        its counter's add each in a fusion of its own), the fused instruction and its operands: the fusion's
-        operands for its parameters, constants as fused. (None, []) where a fused operand is neither."""
-        if inst.opcode != "fusion":
-            return inst, [comp.instructions.get(o) for o in inst.operands]
-        fused = self.comps.get(inst.attr("calls"))
-        if fused is None:
-            return None, []
-        operands = []
-        for name in fused.root.operands:
-            operand = fused.instructions.get(name)
-            if operand is not None and operand.opcode == "parameter" and int(operand.attrs) < len(inst.operands):
-                operand = comp.instructions.get(inst.operands[int(operand.attrs)])
-            elif operand is None or operand.opcode != "constant":
-                return None, []
-            operands.append(operand)
-        return fused.root, operands
-
-    def _step(self, body: Computation, index: int) -> Optional[int]:
-        """What a loop body adds to its tuple element `index` each iteration: `add(element, c)`, `add(c, element)`
-        or `subtract(element, c)` for a constant c (through copies and a fusion of it); None where it is not of
-        that form."""
-        root = body.root
-        inst = _uncopied(body, body.instructions.get(root.operands[index]) if root.opcode == "tuple" and index < len(
-            root.operands) else None)
-        inst, operands = self._unfused(body, inst) if inst is not None else (None, [])
-        if inst is None or inst.opcode not in ("add", "subtract") or len(operands) != 2:
-            return None
-        a, b = (_uncopied(body, x) for x in operands)  # (XLA:CPU adds to a copy of the counter)
-        if inst.opcode == "add" and a is not None and a.integer is not None:
-            a, b = b, a
-        if a is None or b is None or b.integer is None or a.opcode != "get-tuple-element" or a.tuple_index != index:
-            return None
-        return b.integer if inst.opcode == "add" else -b.integer
-
     # -- costs ----------------------------------------------------------------------------------------
     def collective_bytes(self, comp: Computation, inst: Instruction, kind: str) -> float:
         """The bytes one device receives over the interconnect for this collective (the module docstring): of
@@ -284,38 +192,6 @@ class _Module(HloTraffic):
             moved = sum(operands)
         n = collective_group_size(inst, kind, self.devices)
         return moved if not n else moved * (n - 1) / n
-
-def _uncopied(comp: Computation, inst: Optional[Instruction]) -> Optional[Instruction]:
-    """The value a chain of copies copies."""
-    while inst is not None and inst.opcode == "copy":
-        inst = comp.instructions.get(inst.operands[0])
-    return inst
-
-
-_MIRRORED = {"LT": "GT", "LE": "GE", "GT": "LT", "GE": "LE"}  # `a < b` is `b > a`
-
-
-def _trips(direction: str, start: int, bound: int, step: int) -> Optional[int]:
-    """How many times `counter <direction> bound` holds for counter = start, start + step, ... before it first
-    fails (the compare is numeric: signed, as XLA's on s32; an unsigned counter's values are never negative);
-    None where it never fails (a loop that runs forever, or until its counter wraps around: not read)."""
-    if direction in ("GT", "GE"):  # `i > n` counting down is `-i < -n` counting up
-        direction, start, bound, step = "L" + direction[1], -start, -bound, -step
-    if direction == "LE":  # on integers `i <= n` is `i < n + 1`
-        direction, bound = "LT", bound + 1
-    if direction == "LT":
-        if start >= bound:
-            return 0
-        return None if step <= 0 else -((start - bound) // step)  # ceil((bound - start) / step)
-    if direction == "NE":
-        if start == bound:
-            return 0
-        return (bound - start) // step if step and (bound - start) % step == 0 and (bound - start) // step > 0 \
-            else None
-    if direction == "EQ":
-        return 0 if start != bound else (None if step == 0 else 1)
-    return None
-
 
 def _add(into: dict, other: dict, scale: float = 1) -> None:
     for key, value in other.items():
@@ -397,7 +273,7 @@ def program_costs(hlo_text: str) -> tuple[dict[str, int], int, float]:
 
 
 def program_stats(hlo_text: str) -> tuple[dict[str, int], int, float, tuple[str, ...]]:
-    """`program_costs` and the loops whose trip count was assumed, not read (`_Module.trip_count`)."""
+    """`program_costs` and the loops whose trip count was assumed, not read (`sharding.loop_trips`)."""
     module = _Module(hlo_text)
     entry = next(c for c in module.comps.values() if c.entry)
     totals = _walk(module, entry, None, (entry.name,))

@@ -1,5 +1,5 @@
 """Loop trip counts the compiler does not state (libtpu states none), read from the loop's condition and its
-counter's step (sharding.decode_stats._Module.trip_count), on hand-written loops: every compare direction XLA
+counter's step (sharding.loop_trips.LoopTrips.trip_count), on hand-written loops: every compare direction XLA
 prints, counters that count down, step by more than one, or start past their bound."""
 
 import pytest
