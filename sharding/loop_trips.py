@@ -5,7 +5,7 @@ A loop's trip count is the one XLA states (`known_trip_count`); libtpu states no
 condition (a counter compared with a constant bound, in any direction XLA prints: `_trips`), the counter's start
 (its initial tuple element) and its step (what the body adds to it, through copies and fusions); a traced bound
 takes the count its name scope states (`expected_trips_M`: `model.blocked.block_loop`) or the caller's
-`dynamic_trips`. A count neither read nor stated is recorded in `LoopTrips.assumed`, which the reports carry
+`dynamic_trips` (estimated). A count neither read nor stated is recorded in `LoopTrips.assumed`, which the reports carry
 (`assumed_trips`).
 """
 
@@ -40,14 +40,15 @@ class LoopTrips(HloTraffic):
         stated = _EXPECTED_TRIPS.search(loop.op_name)
         trips, why = self._read_trips(parent, loop, int(stated.group(1)) if stated else None)
         if why is not None:
-            self.assumed[loop.name] = f"{loop.op_name or loop.name}: {trips} trip(s) assumed, {why}"
+            self.assumed[loop.name] = f"{loop.op_name or loop.name}: {trips} trip(s) {why}"
         return trips
 
     def _read_trips(self, parent: Computation, loop: Instruction, stated: Optional[int]
                     ) -> tuple[int, Optional[str]]:
-        """`trip_count`'s reading: (trips, None) when read or stated; else (the count taken, why not read)."""
+        """`trip_count`'s reading: (trips, None) when read or stated; else (the count taken, "assumed, <why not
+        read>", or "estimated, ..." for the caller's mean count of a traced bound)."""
         def unread(why: str, taken: int = 1) -> tuple[int, Optional[str]]:
-            return (stated, None) if stated is not None else (taken, why)
+            return (stated, None) if stated is not None else (taken, f"assumed, {why}")
         cond = self.comps.get(loop.attr("condition"))
         root, operands = self._unfused(cond, cond.root) if cond is not None else (None, [])
         direction = re.search(r"\bdirection=([A-Z]{2})\b", root.attrs) if root is not None else None
@@ -61,7 +62,10 @@ class LoopTrips(HloTraffic):
         if counter is None or bound is None or counter.opcode != "get-tuple-element":
             return unread("its condition is not a counter compared with a bound")
         if bound.integer is None:  # a traced bound (e.g. the block-wise cache read's live blocks)
-            return unread("its bound is traced (the caller's dynamic_trips)", self.dynamic_trips)
+            if stated is None and self.dynamic_trips > 1:  # the caller's estimate (rl.aot.dynamic_trips), no guess
+                return self.dynamic_trips, ("estimated, its bound is traced: the caller's mean count (a block-wise "
+                                            "KV-cache read's live blocks over a rollout)")
+            return unread("its bound is traced", self.dynamic_trips)
         init = parent.instructions.get(loop.operands[0]) if loop.operands else None
         start, guesses = None, []
         if init is not None and init.opcode == "tuple" and counter.tuple_index < len(init.operands):
@@ -79,7 +83,7 @@ class LoopTrips(HloTraffic):
             return unread("it never ends by its condition")
         if step is None:
             guesses.append("its counter's step is not readable: +1 taken")
-        return trips, "; ".join(guesses) or None
+        return trips, ("assumed, " + "; ".join(guesses)) if guesses else None
 
     def _unfused(self, comp: Computation, inst: Instruction) -> tuple[Optional[Instruction], list]:
         """An instruction and its operands' instructions, or, for a fusion of one (CPU wraps a loop's compare and

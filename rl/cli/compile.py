@@ -167,9 +167,10 @@ def describe_update(u: dict) -> str:
 
 
 def _assumed(report: dict) -> list[str]:
-    """One line when the estimate counts loops whose trip count was assumed, not read from the program."""
+    """One line when the estimate counts loops whose trip count was not read from the program (assumed, or the
+    caller's estimate for a traced bound)."""
     n, first = report["assumed_trip_counts"], (report["assumed_trips"] or [""])[0]
-    return [f"  an estimate on a guess: {n} loop trip count(s) assumed, not read (e.g. {first})"] if n else []
+    return [f"  loop trip counts not read from the program: {n} assumed or estimated (e.g. {first})"] if n else []
 
 
 def _seconds(seconds: float | None, scale: float = 1.0) -> str:

@@ -222,18 +222,29 @@ def test_a_trip_count_not_read_is_recorded_as_assumed(direction, start, bound, s
     assert _assumed("LT", 0, 5) == ()
 
 
-def test_a_traced_bound_is_recorded_as_assumed_with_the_trips_taken():
-    """A traced bound (`%n` a loop value, not a constant): the caller's `dynamic_trips` taken, and said."""
+@pytest.mark.parametrize("dynamic_trips, said", [
+    # the compile's mean live blocks of a block-wise KV-cache read (rl.aot.dynamic_trips): an estimate, said so
+    (4, "f/while: 4 trip(s) estimated, its bound is traced: the caller's mean count (a block-wise KV-cache read's "
+        "live blocks over a rollout)"),
+    (1, "f/while: 1 trip(s) assumed, its bound is traced"),  # no count given (an update program's): a guess
+])
+def test_a_traced_bound_is_recorded_with_the_trips_taken(dynamic_trips, said):
+    """A traced bound (`%n` a loop value, not a constant): the caller's `dynamic_trips` taken, and said (it read
+    "4 trip(s) assumed, its bound is traced (the caller's dynamic_trips)", and the report "an estimate on a
+    guess", for the block-wise cache read's documented mean)."""
     from r1jax.sharding.decode_stats import _Module, _walk
 
     text = LOOP.replace("DIR", "LT").replace("START", "0").replace("STEP", "1").replace("OP", "add")
     text = text.replace("NAME", "f").replace("COMPARED", "%j, %n").replace(
         "%n = s32[] constant(BOUND)", "%n = s32[] get-tuple-element(%u), index=0")
-    module = _Module(text, dynamic_trips=4)
+    module = _Module(text, dynamic_trips=dynamic_trips)
     entry = next(c for c in module.comps.values() if c.entry)
-    assert _walk(module, entry, None, (entry.name,))["flops"] == 4 * DOT
-    assert list(module.assumed.values()) == [
-        "f/while: 4 trip(s) assumed, its bound is traced (the caller's dynamic_trips)"]
+    assert _walk(module, entry, None, (entry.name,))["flops"] == dynamic_trips * DOT
+    assert list(module.assumed.values()) == [said]
+    stated = _Module(text.replace("NAME", "f").replace('op_name="f/while"', 'op_name="f/expected_trips_3/while"'),
+                     dynamic_trips=dynamic_trips)
+    entry = next(c for c in stated.comps.values() if c.entry)
+    assert _walk(stated, entry, None, (entry.name,))["flops"] == 3 * DOT and stated.assumed == {}
 
 
 def test_the_reports_count_the_assumed_loops_and_the_text_says_so_when_there_are_any():
@@ -253,7 +264,7 @@ def test_the_reports_count_the_assumed_loops_and_the_text_says_so_when_there_are
             assert report["assumed_trip_counts"] == len(assumed) and report["assumed_trips"] == list(assumed)
         for text in (describe_update(update), describe_decode(decode, rows=8)):
             lines = [line for line in text.splitlines() if "assumed" in line]
-            assert lines == ([f"  an estimate on a guess: 1 loop trip count(s) assumed, not read (e.g. {guess})"]
+            assert lines == ([f"  loop trip counts not read from the program: 1 assumed or estimated (e.g. {guess})"]
                              if assumed else [])
 
 
