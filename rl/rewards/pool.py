@@ -32,7 +32,6 @@ import dataclasses
 import logging
 import multiprocessing
 import os
-import shutil
 import time
 from concurrent.futures.process import BrokenProcessPool
 from typing import Sequence
@@ -44,7 +43,8 @@ from r1jax.rl.rewards import worker
 from r1jax.rl.rewards.code import CODE_STATUSES
 from r1jax.rl.rewards.config import PoolConfig, RewardsConfig
 from r1jax.rl.rewards.functions import ScoreItem, check_names, combine
-from r1jax.rl.rewards.sandbox import check_sandbox, make_run_root
+from r1jax.rl.rewards.sandbox import check_sandbox
+from r1jax.rl.rewards.sandbox_dirs import make_run_root, remove_tree
 from r1jax.rl.rewards.share import ScoreShare
 from r1jax.rl.tasks import TASKS
 
@@ -285,7 +285,7 @@ class RewardPool:
                     pass
         finally:  # a second SIGTERM or Ctrl-C while it closes (raised here): the run root still goes
             if getattr(self, "run_root", None):
-                shutil.rmtree(self.run_root, ignore_errors=True)
+                remove_tree(self.run_root)
 
     def __enter__(self) -> "RewardPool":
         return self

@@ -33,13 +33,11 @@ site) and -B.
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import functools
 import json
 import os
 import pathlib
-import re
 import selectors
 import shutil
 import signal
@@ -50,6 +48,7 @@ import threading
 import time
 
 from r1jax.errors import UserError
+from r1jax.rl.rewards.sandbox_dirs import get_run_root, remove_tree
 from r1jax.rl.rewards.sandbox_values import MEMORY_EXIT, SECCOMP_EXIT, SYNTAX_EXIT
 from r1jax.rl.rewards.seccomp import filter_pipe, seccomp_filter
 
@@ -66,8 +65,6 @@ CLEAN_ENV = {"PATH": "/usr/bin:/bin", "LC_CTYPE": "C.UTF-8"}
 LINKER_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d")
 SANDBOX_UID_BASE = 2_000_000  # as root, programs run as uid BASE + the pid of the scoring process
 STDERR_KEEP = 4096  # bytes of the program's stderr kept for diagnostics
-RUN_ROOT_PREFIX = "r1jax-sandbox-"  # run directories live in /tmp/r1jax-sandbox-PID-XXXX/ (PID: its owner)
-RUN_ROOT_NAME = re.compile(re.escape(RUN_ROOT_PREFIX) + r"([0-9]+)-[A-Za-z0-9_]+")  # tempfile.mkdtemp's suffix
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,55 +144,6 @@ def sandbox_uid() -> int:
     return SANDBOX_UID_BASE + os.getpid() if os.geteuid() == 0 else -1
 
 
-_run_root: str | None = None  # this process's parent of run directories (set_run_root, or made on first use)
-
-
-def make_run_root() -> str:
-    """A fresh parent for run directories, mode 0711 (the sandbox users reach their own run directory, list no
-    one's), after removing those of processes that are gone (sweep_stale_run_roots)."""
-    sweep_stale_run_roots()
-    root = tempfile.mkdtemp(prefix=f"{RUN_ROOT_PREFIX}{os.getpid()}-")
-    os.chmod(root, 0o711)
-    return root
-
-
-def sweep_stale_run_roots() -> list[str]:
-    """Remove the run roots of processes that are gone (killed: their cleanup never ran): only names
-    RUN_ROOT_NAME matches, only real directories (a symlink is never followed) owned by this user, only when
-    the owner pid in the name is not alive. Anything else, or a root another pool removes meanwhile, is left.
-    Returns the paths removed."""
-    removed, temp = [], tempfile.gettempdir()
-    try:
-        entries = list(os.scandir(temp))
-    except OSError:
-        return removed
-    for entry in entries:
-        match = RUN_ROOT_NAME.fullmatch(entry.name)
-        try:
-            if (match is None or not entry.is_dir(follow_symlinks=False) or os.path.exists(f"/proc/{int(match[1])}")
-                    or entry.stat(follow_symlinks=False).st_uid != os.geteuid()):
-                continue
-        except OSError:
-            continue
-        shutil.rmtree(entry.path, ignore_errors=True)  # (rmtree itself refuses a symlink, follows none inside)
-        removed.append(entry.path)
-    return removed
-
-
-def set_run_root(path: str) -> None:
-    """Put this process's run directories under `path` (the reward pool's, which it removes at close)."""
-    global _run_root
-    _run_root = path
-
-
-def _get_run_root() -> str:
-    global _run_root
-    if _run_root is None or not os.path.isdir(_run_root):
-        _run_root = make_run_root()
-        atexit.register(shutil.rmtree, _run_root, True)
-    return _run_root
-
-
 def run_python(source: str, *, stdin: bytes = b"", mode: str = "bwrap", limits: SandboxLimits = SandboxLimits(),
                kind: str = "stdio", tests: list[str] | None = None, entry_point: str | None = None) -> RunResult:
     """Run `source` in the sandbox: `kind` "stdio" runs it as a script on `stdin`; "assert" runs `tests`
@@ -205,8 +153,9 @@ def run_python(source: str, *, stdin: bytes = b"", mode: str = "bwrap", limits: 
     stdin is /dev/null)."""
     if mode not in MODES:
         raise UserError(f"rewards.code.sandbox = {mode!r}: expected one of {', '.join(MODES)}")
-    uid = sandbox_uid()
-    with tempfile.TemporaryDirectory(prefix="run-", dir=_get_run_root()) as run_dir:
+    uid, temp = sandbox_uid(), tempfile.TemporaryDirectory(prefix="run-", dir=get_run_root())
+    run_dir = temp.name
+    try:
         _write_run_files(run_dir, uid, source, stdin if kind == "stdio" else None)
         if mode == "bwrap" and shutil.which("bwrap") is None:
             return RunResult("sandbox_error", b"", None, "bwrap is not installed")
@@ -236,6 +185,8 @@ def run_python(source: str, *, stdin: bytes = b"", mode: str = "bwrap", limits: 
         finally:
             if mode == "rlimits_only" and uid >= 0:
                 kill_user_processes(uid)
+    finally:
+        remove_tree(run_dir, temp.cleanup)
 
 
 def _write_run_files(run_dir: str, uid: int, source: str, stdin: bytes | None) -> None:

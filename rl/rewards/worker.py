@@ -5,7 +5,7 @@ CUDA/ROCm/TPU devices) so nothing in a worker can claim a chip the trainer owns,
 (RLIMIT_AS) so a runaway allocation fails here and not in the host, ignores SIGINT and SIGHUP (the trainer decides
 when workers stop), makes itself non-dumpable (PR_SET_DUMPABLE 0: a program run as the same user, in
 `rlimits_only` mode without root, can then neither read its /proc/PID/environ nor write its /proc/PID/mem),
-puts its programs' run directories under the pool's (rl.rewards.sandbox.set_run_root), and imports the
+puts its programs' run directories under the pool's (rl.rewards.sandbox_dirs.set_run_root), and imports the
 modules that register custom rewards and tasks.
 
 `score` never raises: it returns (status, rewards, error, pid, code status or None: rl.rewards.code). Out of memory
@@ -47,7 +47,7 @@ def initialize(memory_mb: int, modules: Sequence[str], tasks: Sequence[str] | No
         limit = memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     if run_root is not None:
-        from r1jax.rl.rewards.sandbox import set_run_root
+        from r1jax.rl.rewards.sandbox_dirs import set_run_root
 
         set_run_root(run_root)
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout disabled" notice, per worker

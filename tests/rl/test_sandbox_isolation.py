@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from r1jax.rl.rewards import CodeConfig, PoolConfig, RewardPool, RewardsConfig, ScoreItem, sandbox
+from r1jax.rl.rewards import CodeConfig, PoolConfig, RewardPool, RewardsConfig, ScoreItem, sandbox, sandbox_dirs
 
 LIMITS = sandbox.SandboxLimits(wall_s=10, cpu_s=5, memory_mb=256, tmp_mb=16)
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None or platform.machine() != "x86_64",
@@ -190,12 +190,12 @@ def _alive(pid: int) -> bool:
 def test_a_new_run_root_sweeps_those_of_dead_processes():
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = pathlib.Path(f"/tmp/{sandbox.RUN_ROOT_PREFIX}{dead.pid}-stale")
-    live = pathlib.Path(f"/tmp/{sandbox.RUN_ROOT_PREFIX}{os.getpid()}-live")
+    stale = pathlib.Path(f"/tmp/{sandbox_dirs.RUN_ROOT_PREFIX}{dead.pid}-stale")
+    live = pathlib.Path(f"/tmp/{sandbox_dirs.RUN_ROOT_PREFIX}{os.getpid()}-live")
     for directory in (stale, live):
         (directory / "run-x").mkdir(parents=True, exist_ok=True)
     try:
-        root = sandbox.make_run_root()
+        root = sandbox_dirs.make_run_root()
         assert not stale.exists() and live.exists()
         assert oct(os.stat(root).st_mode & 0o777) == "0o711"
         os.rmdir(root)
@@ -211,7 +211,7 @@ def test_the_sweep_leaves_what_is_not_our_own_directory_and_does_not_stop_at_it(
     left where they are, and the stale root beside them is still removed."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    named = pathlib.Path(tempfile.gettempdir(), f"{sandbox.RUN_ROOT_PREFIX}{dead.pid}")
+    named = pathlib.Path(tempfile.gettempdir(), f"{sandbox_dirs.RUN_ROOT_PREFIX}{dead.pid}")
     stale, foreign, link = (pathlib.Path(f"{named}-{suffix}") for suffix in ("stale", "foreign", "link"))
     target = pathlib.Path(tempfile.mkdtemp(prefix="r1jax-test-"))
     (target / "keep").write_text("x")
@@ -221,7 +221,7 @@ def test_the_sweep_leaves_what_is_not_our_own_directory_and_does_not_stop_at_it(
     link.symlink_to(target)
     named.mkdir()  # no mkdtemp suffix
     try:
-        os.rmdir(sandbox.make_run_root())
+        os.rmdir(sandbox_dirs.make_run_root())
         assert not stale.exists()
         assert foreign.is_dir() and link.is_symlink() and (target / "keep").exists() and named.is_dir()
     finally:
@@ -351,3 +351,31 @@ def test_scoring_processes_whose_pids_differ_by_a_million_run_programs_as_differ
         monkeypatch.setattr(os, "getpid", lambda pid=pid: pid)
         uids.add(sandbox.sandbox_uid())
     assert len(uids) == 3 and min(uids) >= sandbox.SANDBOX_UID_BASE and max(uids) < 2 ** 31
+
+
+DEEP = "import os\nfor _ in range(3000):\n    os.mkdir('d')\n    os.chdir('d')\nprint('deep')\n"
+
+
+def test_a_tree_deeper_than_the_recursion_limit_is_removed_and_never_raises():
+    """An rlimits_only program nested 3,000 directories in its working directory: shutil.rmtree's RecursionError
+    came out of run_python (the item an error), left the tree behind, and came out of every later sweep of that
+    stale run root: no sandbox and no reward pool could start on the host again until someone removed it."""
+    run = sandbox.run_python(DEEP, mode="rlimits_only", limits=LIMITS)
+    assert (run.status, run.stdout) == ("ok", b"deep\n"), run.detail
+    assert os.listdir(sandbox_dirs.get_run_root()) == []
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = pathlib.Path(f"/tmp/{sandbox_dirs.RUN_ROOT_PREFIX}{dead.pid}-deep")
+    stale.mkdir()
+    here = os.getcwd()
+    try:
+        os.chdir(stale)
+        for _ in range(3000):
+            os.mkdir("d")
+            os.chdir("d")
+        os.chdir(here)
+        os.rmdir(sandbox_dirs.make_run_root())
+        assert not stale.exists()
+    finally:
+        os.chdir(here)
+        subprocess.run(["rm", "-rf", "--", str(stale)], check=False)
