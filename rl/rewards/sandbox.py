@@ -129,8 +129,10 @@ def bwrap_args(limits: SandboxLimits, run_dir: str, seccomp_fd: int | None = Non
     args += ["--ro-bind", run_dir, "/sandbox", "--chdir", "/tmp"]
     if seccomp_fd is not None:
         args += ["--seccomp", str(seccomp_fd)]
-    if os.geteuid() == 0:  # no user namespace: the runner needs these two to drop to its own uid
-        args += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    if os.geteuid() == 0:  # no user namespace: the runner needs these two to drop to its own uid, and the third to
+        # make oom_score_adj 1000 a floor (sandbox_runner.limit); setuid clears all three before the program runs
+        args += ["--cap-drop", "ALL", *sum((["--cap-add", f"CAP_{c}"] for c in ("SETUID", "SETGID", "SYS_RESOURCE")),
+                                           [])]
     else:
         args += ["--unshare-user"]
     return args + ["--"]

@@ -64,6 +64,14 @@ def limit(limits: dict) -> None:
                              (resource.RLIMIT_NOFILE, limits["open_files"], limits["open_files"]),
                              (resource.RLIMIT_CORE, 0, 0)):
         resource.setrlimit(kind, (soft, hard))
+    # RLIMIT_AS bounds each process, not the tree (up to `processes` of them): the kernel's out-of-memory killer
+    # takes the sandbox's processes first, not the largest process of the host (the trainer). Written with
+    # CAP_SYS_RESOURCE (as root: bwrap keeps it for this), it is also their floor: a program cannot lower it
+    try:
+        with open("/proc/self/oom_score_adj", "w") as adj:
+            adj.write("1000")
+    except OSError:
+        pass
 
 
 # Standard modules a program commonly imports, imported before the user id drops: an interpreter installed

@@ -379,3 +379,20 @@ def test_a_tree_deeper_than_the_recursion_limit_is_removed_and_never_raises():
     finally:
         os.chdir(here)
         subprocess.run(["rm", "-rf", "--", str(stale)], check=False)
+
+
+OOM_ADJ = ("import os\nadj = open('/proc/self/oom_score_adj').read().strip()\nif os.fork() == 0:\n    try:\n"
+           "        open('/proc/self/oom_score_adj', 'w').write('0')\n    except OSError:\n        pass\n"
+           "    print(adj, open('/proc/self/oom_score_adj').read().strip(), flush=True)\n    os._exit(0)\nos.wait()\n")
+
+
+@needs_root
+@pytest.mark.parametrize("mode", ["bwrap", "rlimits_only"])
+def test_the_out_of_memory_killer_takes_the_programs_first_and_they_cannot_change_that(mode):
+    """RLIMIT_AS bounds each process, not the tree: 15 forks of memory_mb each (16 x 512 MB by default, per
+    worker) could drive the host out of memory, and the kernel's OOM killer then chose the largest process, the
+    trainer. Every process of a run now has oom_score_adj 1000 (the first to go), which a program cannot lower."""
+    if mode == "bwrap" and shutil.which("bwrap") is None:
+        pytest.skip("no bwrap")
+    run = sandbox.run_python(OOM_ADJ, mode=mode, limits=LIMITS)
+    assert (run.status, run.stdout) == ("ok", b"1000 1000\n"), run.detail
