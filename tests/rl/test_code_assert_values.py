@@ -169,6 +169,31 @@ def test_a_keyring_entry_does_not_carry_data_to_the_next_run(mode):
     assert outcome(add, ["assert f(0) == -1"], mode) == (1, 1, "passed")  # add_key refused (EPERM)
 
 
+# the judge (the program's parent) holds the nonce in its memory and the verdict's pipe among its descriptors: each
+# probe that reached either could forge a passing verdict line
+PROBE_THE_JUDGE = """import ctypes, os
+libc, judge, reached = ctypes.CDLL(None, use_errno=True), os.getppid(), []
+for name, read in (("mem", lambda: open(f"/proc/{judge}/mem", "rb")), ("fds", lambda: os.listdir(f"/proc/{judge}/fd")),
+                   ("environ", lambda: open(f"/proc/{judge}/environ", "rb").read()),
+                   ("pid1_environ", lambda: open("/proc/1/environ", "rb").read())):
+    try:
+        read()
+        reached.append(name)
+    except OSError:
+        pass
+pidfd = libc.syscall(434, judge, 0)  # pidfd_open, then pidfd_getfd of each descriptor
+reached += [f"getfd{n}" for n in range(12) if pidfd >= 0 and libc.syscall(438, pidfd, n, 0) >= 0]
+if libc.ptrace(16, judge, None, None) == 0:  # PTRACE_ATTACH
+    reached.append("ptrace")
+def f(x): return reached
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_program_reaches_neither_the_judges_memory_nor_its_descriptors(mode):
+    assert outcome(PROBE_THE_JUDGE, ["assert f(0) == []"], mode) == (1, 1, "passed")
+
+
 def test_rlimits_only_as_root_imports_the_common_standard_modules():
     # an interpreter under /root (0700) imported nothing more once the runner dropped to the sandbox's user:
     # a correct program importing heapq scored 0 as "crashed" (ModuleNotFoundError)
