@@ -49,7 +49,7 @@ import time
 
 from r1jax.errors import UserError
 from r1jax.rl.rewards.sandbox_dirs import get_run_root, remove_tree
-from r1jax.rl.rewards.sandbox_values import MEMORY_EXIT, SECCOMP_EXIT, SYNTAX_EXIT
+from r1jax.rl.rewards.sandbox_values import MEMORY_EXIT, STARTED, SYNTAX_EXIT
 from r1jax.rl.rewards.seccomp import filter_pipe, seccomp_filter
 
 MODES = ("bwrap", "rlimits_only")
@@ -298,13 +298,14 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 def _classify(code: int, stdout: bytes, stderr: str, timed_out: bool, over: bool,
               limits: SandboxLimits) -> RunResult:
-    tail = stderr[-500:]
+    started = stderr.startswith(STARTED)  # (the runner's mark: the sandbox was whole when the program started)
+    tail = stderr[len(STARTED) if started else 0:][-500:]
     if timed_out:
         return RunResult("timeout", stdout, code, f"wall time over {limits.wall_s} s")
     if over:
         return RunResult("output_limit", stdout, code, f"printed more than {limits.output_bytes} bytes")
-    if code != 0 and stderr.startswith("bwrap:"):  # bubblewrap's own errors end it (a program that writes
-        # "bwrap:" first to its stderr and exits 0 is judged on its output: a correct one scored 0 before)
+    if code != 0 and not started:  # bubblewrap's own errors, the filter not loaded (SECCOMP_EXIT): a program's
+        # "bwrap: ..." on its stderr, or its exit code SECCOMP_EXIT, passed for one before, and was counted so
         return RunResult("sandbox_error", stdout, code, tail)
     signal_number = -code if code < 0 else code - 128 if code > 128 else 0  # bwrap reports 128 + signal
     if signal_number in CPU_SIGNALS:
@@ -313,8 +314,6 @@ def _classify(code: int, stdout: bytes, stderr: str, timed_out: bool, over: bool
         return RunResult("memory", stdout, code, f"memory over {limits.memory_mb} MB")
     if code == SYNTAX_EXIT:
         return RunResult("syntax_error", stdout, code, tail)
-    if code == SECCOMP_EXIT:
-        return RunResult("sandbox_error", stdout, code, tail)
     return RunResult("ok" if code == 0 else "exit", stdout, code, tail)
 
 

@@ -30,7 +30,9 @@ reach), so the frames, the garbage collector, the nonce and the verdict are out 
   trainer compares the value; any but a value fails);
 - `exec STATEMENTS` (any other assertion): 1 when it raises nothing, else 0.
 A test's arguments do not come back: a function that changes a list in place changes the program's copy.
-Exit codes other than the program's own (sandbox_values): SYNTAX_EXIT (the program does not compile),
+Its first byte on stderr, once the sandbox is whole and before the program runs, is sandbox_values.STARTED (a
+run without it failed in the sandbox, not in the program). Exit codes other than the program's own
+(sandbox_values): SYNTAX_EXIT (the program does not compile),
 MEMORY_EXIT, SECCOMP_EXIT (the filter could not be loaded: the program never ran); the program's process ended
 by a signal (its CPU limit) ends the judge by the same one.
 """
@@ -158,6 +160,7 @@ def main() -> None:
     drop_root(uid)
     die_with_parent(prctl, parent)
     load_seccomp(prctl, seccomp_fd)
+    os.write(2, values.STARTED.encode())  # the sandbox is whole: what fails from here on is the program's
     with open(os.path.join(HERE, "program.py"), encoding="utf-8") as handle:
         source = handle.read()
     try:

@@ -18,6 +18,8 @@ import re
 # exit codes other than a program's own: it does not compile; it ran out of memory; the seccomp filter could not
 # be loaded (the program never ran)
 SYNTAX_EXIT, MEMORY_EXIT, SECCOMP_EXIT = 65, 66, 67
+STARTED = "\x00"  # the runner's first byte on stderr, once the sandbox is whole and before the program runs: a run
+# whose stderr lacks it failed in the sandbox (bwrap's own errors, the filter not loaded), not in the program
 MAX_DEPTH = 100  # nesting of an encoded value; deeper (or self-containing) is refused
 MAX_VALUE_CHARS = 1 << 18  # length of one encoded value; longer is "too_large" (~18k small ints, a 128k-char str)
 _HEX_INT = re.compile(r"-?[0-9a-f]+")

@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from r1jax.rl.rewards import CodeConfig, PoolConfig, RewardPool, RewardsConfig, ScoreItem, sandbox, sandbox_dirs
+from r1jax.rl.rewards import (CodeConfig, PoolConfig, RewardPool, RewardsConfig, ScoreItem, sandbox, sandbox_dirs,
+                              sandbox_values)
 
 LIMITS = sandbox.SandboxLimits(wall_s=10, cpu_s=5, memory_mb=256, tmp_mb=16)
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None or platform.machine() != "x86_64",
@@ -396,3 +397,21 @@ def test_the_out_of_memory_killer_takes_the_programs_first_and_they_cannot_chang
         pytest.skip("no bwrap")
     run = sandbox.run_python(OOM_ADJ, mode=mode, limits=LIMITS)
     assert (run.status, run.stdout) == ("ok", b"1000 1000\n"), run.detail
+
+
+@needs_bwrap
+def test_a_program_cannot_pass_itself_off_as_a_sandbox_failure(monkeypatch):
+    """sandbox_error says the sandbox failed and nothing is known of the program: a program wrote 'bwrap: ...' to
+    its stderr and exited 1, or exited with SECCOMP_EXIT, and was counted so (in both test forms). Now only a run
+    that failed before its program started is; bubblewrap's own refusal still is."""
+    spoofs = ["import os, sys\nsys.stderr.write('bwrap: Creating new namespace failed\\n')\nsys.stderr.flush()\n"
+              "os._exit(1)", f"import os\nos._exit({sandbox_values.SECCOMP_EXIT})"]
+    for mode in ("bwrap", "rlimits_only"):
+        for program in spoofs:
+            assert sandbox.run_python(program, mode=mode, limits=LIMITS).status == "exit", (mode, program)
+            assert sandbox.run_python(program, mode=mode, limits=LIMITS, kind="assert", tests=["exec pass"],
+                                      stdin=b"0\n").status == "exit", (mode, program)
+    real = sandbox.bwrap_args
+    monkeypatch.setattr(sandbox, "bwrap_args", lambda *args: real(*args)[:1] + ["--no-such-option"] + real(*args)[1:])
+    run = sandbox.run_python("print(1)", mode="bwrap", limits=LIMITS)
+    assert run.status == "sandbox_error" and "bwrap:" in run.detail, run
