@@ -1,0 +1,80 @@
+"""Hostile programs against the sandbox's host side (rl/rewards/sandbox.py, sandbox_dirs.py, sandbox_runner.py): a
+tree too deep to remove, a tree of processes out of memory, a program posing as a sandbox failure. Each let a
+program harm the host or mislead the trainer before its fix."""
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from r1jax.rl.rewards import sandbox, sandbox_dirs, sandbox_values
+
+LIMITS = sandbox.SandboxLimits(wall_s=10, cpu_s=5, memory_mb=256, tmp_mb=16)
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="rlimits_only drops to a sandbox uid only as root")
+needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="no bwrap")
+
+
+DEEP = "import os\nfor _ in range(3000):\n    os.mkdir('d')\n    os.chdir('d')\nprint('deep')\n"
+
+
+def test_a_tree_deeper_than_the_recursion_limit_is_removed_and_never_raises():
+    """An rlimits_only program nested 3,000 directories in its working directory: shutil.rmtree's RecursionError
+    came out of run_python (the item an error), left the tree behind, and came out of every later sweep of that
+    stale run root: no sandbox and no reward pool could start on the host again until someone removed it."""
+    run = sandbox.run_python(DEEP, mode="rlimits_only", limits=LIMITS)
+    assert (run.status, run.stdout) == ("ok", b"deep\n"), run.detail
+    assert os.listdir(sandbox_dirs.get_run_root()) == []
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = pathlib.Path(f"/tmp/{sandbox_dirs.RUN_ROOT_PREFIX}{dead.pid}-deep")
+    stale.mkdir()
+    here = os.getcwd()
+    try:
+        os.chdir(stale)
+        for _ in range(3000):
+            os.mkdir("d")
+            os.chdir("d")
+        os.chdir(here)
+        os.rmdir(sandbox_dirs.make_run_root())
+        assert not stale.exists()
+    finally:
+        os.chdir(here)
+        subprocess.run(["rm", "-rf", "--", str(stale)], check=False)
+
+
+OOM_ADJ = ("import os\nadj = open('/proc/self/oom_score_adj').read().strip()\nif os.fork() == 0:\n    try:\n"
+           "        open('/proc/self/oom_score_adj', 'w').write('0')\n    except OSError:\n        pass\n"
+           "    print(adj, open('/proc/self/oom_score_adj').read().strip(), flush=True)\n    os._exit(0)\nos.wait()\n")
+
+
+@needs_root
+@pytest.mark.parametrize("mode", ["bwrap", "rlimits_only"])
+def test_the_out_of_memory_killer_takes_the_programs_first_and_they_cannot_change_that(mode):
+    """RLIMIT_AS bounds each process, not the tree: 15 forks of memory_mb each (16 x 512 MB by default, per
+    worker) could drive the host out of memory, and the kernel's OOM killer then chose the largest process, the
+    trainer. Every process of a run now has oom_score_adj 1000 (the first to go), which a program cannot lower."""
+    if mode == "bwrap" and shutil.which("bwrap") is None:
+        pytest.skip("no bwrap")
+    run = sandbox.run_python(OOM_ADJ, mode=mode, limits=LIMITS)
+    assert (run.status, run.stdout) == ("ok", b"1000 1000\n"), run.detail
+
+
+@needs_bwrap
+def test_a_program_cannot_pass_itself_off_as_a_sandbox_failure(monkeypatch):
+    """sandbox_error says the sandbox failed and nothing is known of the program: a program wrote 'bwrap: ...' to
+    its stderr and exited 1, or exited with SECCOMP_EXIT, and was counted so (in both test forms). Now only a run
+    that failed before its program started is; bubblewrap's own refusal still is."""
+    spoofs = ["import os, sys\nsys.stderr.write('bwrap: Creating new namespace failed\\n')\nsys.stderr.flush()\n"
+              "os._exit(1)", f"import os\nos._exit({sandbox_values.SECCOMP_EXIT})"]
+    for mode in ("bwrap", "rlimits_only"):
+        for program in spoofs:
+            assert sandbox.run_python(program, mode=mode, limits=LIMITS).status == "exit", (mode, program)
+            assert sandbox.run_python(program, mode=mode, limits=LIMITS, kind="assert", tests=["exec pass"],
+                                      stdin=b"0\n").status == "exit", (mode, program)
+    real = sandbox.bwrap_args
+    monkeypatch.setattr(sandbox, "bwrap_args", lambda *args: real(*args)[:1] + ["--no-such-option"] + real(*args)[1:])
+    run = sandbox.run_python("print(1)", mode="bwrap", limits=LIMITS)
+    assert run.status == "sandbox_error" and "bwrap:" in run.detail, run
