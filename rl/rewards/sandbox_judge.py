@@ -126,8 +126,9 @@ class Channel:
         namespace = {"__name__": "__tests__", "__builtins__": builtins}
         for entry in reply[1]:
             if not (isinstance(entry, list) and len(entry) in (2, 3) and isinstance(entry[1], str)
-                    and entry[1].isidentifier()) or entry[1] in _BUILTIN_NAMES:
-                continue
+                    and entry[1].isidentifier()) or entry[1] in _BUILTIN_NAMES or entry[1].startswith("__"):
+                continue  # (a dunder name is never the program's: serve sends none, a forged line's `__builtins__`
+                # made the tests' builtin names the program's values)
             kind, name = entry[0], entry[1]
             try:
                 if kind == "call" and len(entry) == 2:

@@ -214,3 +214,23 @@ def test_a_large_constant_table_beside_the_functions_is_no_crash_and_a_self_kill
     # SIGKILL's default raised before, and the run read as failed tests)
     killed = "import os, signal\ndef f(x):\n    os.kill(os.getpid(), signal.SIGKILL)"
     assert outcome(killed, ["assert f(5) == 5", "assert abs(f(7) - 7) < 1"], mode) == (0, 2, "timeout")
+
+
+# the program's process writes the judge's "ready" line itself, naming `__builtins__` (a dict of its data), then its
+# reply to the call, and blocks: the tests' builtin names were then the program's values
+FORGED_BUILTINS = """import os, time
+def f(x): return 1
+forged = (b'["ready", [["call", "f"], ["value", "__builtins__", ["dict", [[["str", "%s"], ["int", "1"]]]]]]]\\n'
+          b'["value", ["int", "1"]]\\n')
+for fd in range(3, 30):
+    try:
+        os.write(fd, forged)
+    except OSError:
+        pass
+time.sleep(100)
+""" % "Ellipsis".encode().hex()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_program_cannot_name_the_tests_builtins(mode):
+    assert outcome(FORGED_BUILTINS, ["assert f(0) == Ellipsis"], mode) == (0, 1, "failed")
