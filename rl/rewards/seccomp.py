@@ -1,4 +1,5 @@
-"""The sandbox's seccomp filter: no namespaces, mounts, memfds, ptrace or keyrings for a program, in both modes.
+"""The sandbox's seccomp filter: no namespaces, mounts, memfds, ptrace, keyrings, io_uring, userfaultfd, perf
+events, BPF or file handles for a program, in both modes.
 
     program = seccomp_filter()      # classic BPF (struct sock_filter rows), or None: not written for this host
     read_end = filter_pipe()        # a pipe's read end holding it (None where there is no filter)
@@ -33,7 +34,10 @@ DENIED_SYSCALLS = {"mount": 165, "umount2": 166, "pivot_root": 155, "unshare": 2
                    # the judge's memory (sandbox_runner: its process is not dumpable either), and the kernel
                    # keyring, which carried data from one run to the next of a worker's (one user id)
                    "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "add_key": 248,
-                   "request_key": 249, "keyctl": 250}
+                   "request_key": 249, "keyctl": 250,
+                   # kernel surface no test program needs, denied as Docker's default profile denies it
+                   "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "userfaultfd": 323,
+                   "perf_event_open": 298, "bpf": 321, "name_to_handle_at": 303, "open_by_handle_at": 304}
 CLONE, CLONE3 = 56, 435
 CLONE_NAMESPACES = 0x7E020000  # CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
 

@@ -2,6 +2,7 @@
 read-only /dev, private run directories (the roots of killed processes swept, nothing else) and no process
 that outlives its run (rl/rewards/sandbox.py, seccomp.py, worker.py, pool.py)."""
 
+import errno
 import logging
 import os
 import pathlib
@@ -34,7 +35,15 @@ try:
     print("memfd", 0)
 except OSError as err:
     print("memfd", err.errno)
+def errno_if_failed(result):  # a syscall's fd or -1
+    return ctypes.get_errno() if result < 0 else 0
+print("io_uring", errno_if_failed(libc.syscall(425, 4, ctypes.create_string_buffer(120))))  # io_uring_params
+print("userfaultfd", errno_if_failed(libc.syscall(323, 0)))
+attr = ctypes.create_string_buffer(128); attr[4] = 128  # perf_event_attr of size 128: a software clock
+print("perf_event", errno_if_failed(libc.syscall(298, attr, 0, -1, -1, 0)))
+print("bpf", errno_if_failed(libc.syscall(321, 0, ctypes.create_string_buffer(128), 128)))
 """
+KERNEL_SURFACE = ("io_uring", "userfaultfd", "perf_event", "bpf")  # unfiltered on the dev host: 0, 1, 13, 22
 FILL_DEV_SHM = """try:
     open("/dev/shm/fill", "wb").write(b"x")
     print("dev_shm", 0)
@@ -67,6 +76,7 @@ def test_bwrap_programs_cannot_nest_namespaces_mount_use_memfd_or_fill_dev_shm()
     assert run.status == "ok", run.detail
     results = dict(line.split() for line in run.stdout.decode().splitlines())
     assert {k: int(v) != 0 for k, v in results.items()} == dict.fromkeys(results, True), results
+    assert all(int(results[k]) == errno.EPERM for k in KERNEL_SURFACE), results  # the filter's refusal
 
 
 @needs_x86_64
@@ -74,8 +84,9 @@ def test_rlimits_only_programs_cannot_nest_namespaces_mount_or_use_memfd():
     run = sandbox.run_python(ESCAPES + OS_UNSHARE, mode="rlimits_only", limits=LIMITS)
     assert run.status == "ok", run.detail
     results = dict(line.split() for line in run.stdout.decode().splitlines())
-    assert {"unshare_user", "unshare_mount", "mount", "memfd"} <= set(results)
+    assert {"unshare_user", "unshare_mount", "mount", "memfd", *KERNEL_SURFACE} <= set(results)
     assert {k: int(v) != 0 for k, v in results.items()} == dict.fromkeys(results, True), results
+    assert all(int(results[k]) == errno.EPERM for k in KERNEL_SURFACE), results  # the filter's refusal
 
 
 @needs_root
