@@ -2,7 +2,8 @@
 process and then calls `judge_tests`; never imported by the trainer): the tests run here, in a namespace of
 this process's own, against stubs of the program's functions and classes whose calls go through a pipe to the
 program's process (sandbox_runner.serve) and come back as values of builtin types (sandbox_values) or as
-references to the program's objects. Everything read from the program's process is parsed strictly; this
+references to the program's objects (a raise, as an exception of its nearest builtin class: `raised_reply`,
+`program_error`). Everything read from the program's process is parsed strictly; this
 process runs no program code. sandbox_runner's docstring says the whole design.
 """
 
@@ -17,6 +18,13 @@ import sandbox_values as values  # (sandbox_runner put its directory on the path
 _BUILTIN_NAMES = frozenset(dir(builtins))  # never a program's name in the tests: its `abs` would judge them
 _UNIMPORTED = frozenset({"antigravity", "this"})  # standard modules whose import does something
 MAX_REPLY_CHARS = values.MAX_VALUE_CHARS + 64  # a reply line of the program's process, its frame included
+# The builtin exceptions a program's raise crosses as, by their exact names (no alias, nothing looked up): the
+# Exception subclasses of this process's builtins. Not MemoryError: the program's process exits MEMORY_EXIT on one,
+# and the judge's own ends the run the same way. A BaseException-only one (SystemExit, KeyboardInterrupt) is a plain
+# raise, ProgramRaised.
+RAISABLE = {name: kind for name, kind in vars(builtins).items() if isinstance(kind, type)
+            and issubclass(kind, Exception) and kind.__name__ == name and kind is not MemoryError}
+MAX_ERROR_CHARS = 4096  # the encoded arguments of a raised exception; longer ones cross as none
 
 
 def judge_tests(pid: int, requests_fd: int, replies_fd: int, judge_fd: int, verdict_fd: int) -> None:
@@ -61,7 +69,48 @@ class LineReader:
 
 
 class ProgramRaised(Exception):
-    """The program's function raised (its exception stays in its process)."""
+    """The program's function raised an exception of no builtin class (RAISABLE), or its process ended."""
+
+
+def raised_reply(error: BaseException) -> bytes:
+    """The program's process's reply for a raise: `["raised", NAME, ARGS]`, NAME the nearest class of RAISABLE
+    among the error's classes (a program's `class Invalid(ValueError)` crosses as ValueError), ARGS its arguments
+    when they are builtin values within MAX_ERROR_CHARS (else none); `["raised"]` for any other."""
+    try:
+        for kind in type(error).__mro__:
+            if RAISABLE.get(kind.__name__) is kind:
+                try:
+                    args = values.encode(tuple(error.args), 0, [MAX_ERROR_CHARS])
+                except BaseException:  # an object, too long, an `args` that raises: no arguments
+                    args = '["tuple", []]'
+                return ('["raised", "' + kind.__name__ + '", ' + args + "]\n").encode("ascii")
+    except BaseException:
+        pass
+    return b'["raised"]\n'
+
+
+def program_error(reply: list) -> Exception:
+    """What the judge raises for the program's raise (`raised_reply`): an instance of the named builtin class, so
+    that a test's `except ValueError` (or `except Exception`) catches it as it would the program's own; a name
+    outside RAISABLE, or a reply that is not strictly one, is a plain raise (ProgramRaised). A program could raise
+    any of these classes with any such arguments itself: a forged reply gains it nothing."""
+    if len(reply) == 3 and type(reply[1]) is str and reply[1] in RAISABLE:
+        kind = RAISABLE[reply[1]]
+        try:
+            args = values.decode(reply[2])
+            values.encode(args, 0, [MAX_ERROR_CHARS])  # (ValueTooLarge: no arguments)
+            if type(args) is not tuple:
+                raise TypeError("not a tuple")
+        except (ValueError, TypeError, RecursionError, values.ValueTooLarge):
+            args = ()
+        for given in (args, ()):  # (UnicodeDecodeError needs five arguments; ExceptionGroup, exceptions)
+            try:
+                error = kind(*given)
+            except Exception:
+                continue
+            if isinstance(error, kind):
+                return error
+    return ProgramRaised()
 
 
 class Unsent(Exception):
@@ -157,8 +206,8 @@ class Channel:
         except OSError:  # it has ended
             self._end(False)
         reply = self._reply(ended_early=False)
-        if reply == ["raised"]:
-            raise ProgramRaised()
+        if isinstance(reply, list) and reply[:1] == ["raised"]:
+            raise program_error(reply)
         if reply == ["too_large"]:
             raise Unsent("too_large")
         if isinstance(reply, list) and len(reply) == 2 and reply[0] == "value":

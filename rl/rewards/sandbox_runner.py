@@ -22,6 +22,9 @@ types, or references to the program's objects) to the program's process, which d
 (sandbox_values) and is rebuilt here of builtin types, so an object whose `__eq__` is always true arrives as
 a reference, equal to nothing but itself. An object that is no builtin value (an instance of the program's
 class) arrives as a reference whose attributes and calls go back to the program; it has no other operation.
+A raise arrives as an exception of its nearest builtin class (sandbox_judge.RAISABLE: the builtins' Exception
+subclasses but MemoryError; a program's `class Invalid(ValueError)` as ValueError) with its arguments when they are
+builtin values, so that a test's `except ValueError` catches it; any other (sys.exit) as sandbox_judge.ProgramRaised.
 No program code runs in this process, which is not dumpable (its memory and descriptors out of the program's
 reach), so the frames, the garbage collector, the nonce and the verdict are out of its reach too. The verdict,
 `NONCE [result, ...]` on VERDICT_FD (the program's stdout is /dev/null), has one result per test:
@@ -245,8 +248,8 @@ def serve(code, requests_fd: int, replies_fd: int) -> None:
                 value = function(*[unpack(a) for a in args], **{k: unpack(v) for k, v in kwargs.items()})
         except MemoryError:
             os._exit(MEMORY_EXIT)
-        except BaseException:  # an exception, sys.exit: that call raised
-            judging.write_all(replies_fd, b'["raised"]\n')
+        except BaseException as error:  # an exception, sys.exit: that call raised (a builtin class by its name)
+            judging.write_all(replies_fd, judging.raised_reply(error))
             continue
         try:
             reply = '["value", ' + values.encode(value, 0, [values.MAX_VALUE_CHARS]) + "]"

@@ -1,0 +1,99 @@
+"""Tests that check which exception the program raises (the sandbox's assert mode, rl/rewards/sandbox_judge.py):
+the tests run in the judge against stubs of the program's functions, and a program's raise of a builtin exception
+class comes back as that class, so `except ValueError` catches it as it would in the program's own interpreter.
+Until 2026-12-05 every raise came back as the judge's ProgramRaised, and a correct program scored 0 on them."""
+
+import importlib
+import os
+
+import pytest
+
+from r1jax.rl.rewards import sandbox_values
+from tests.rl.test_code_assert_values import MODES, outcome
+
+EXPECT_VALUE_ERROR = "try:\n    candidate(-1)\n    assert False\nexcept ValueError:\n    pass"
+EXPECT_ANY = "try:\n    candidate(-1)\n    assert False\nexcept Exception:\n    pass"
+ASSERT_RAISES = ("def assert_raises(kind, function, *args):\n    try:\n        function(*args)\n    except kind:\n"
+                 "        return\n    raise AssertionError('nothing raised')\nassert_raises(ValueError, candidate, -1)")
+MESSAGE = "try:\n    candidate(-1)\nexcept ValueError as e:\n    assert isinstance(e, ValueError) and str(e) == 'neg'"
+NO_RAISE = ["assert candidate(3) == 3", "assert abs(candidate(2) - 2) < 1e-9"]  # split, and judged whole
+RAISING = "def f(x):\n    if x < 0:\n        raise %s\n    return x"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_builtin_exception_is_caught_by_its_class_and_its_bases(mode):
+    tests = [EXPECT_VALUE_ERROR, EXPECT_ANY, ASSERT_RAISES, MESSAGE, *NO_RAISE]
+    assert outcome(RAISING % "ValueError('neg')", tests, mode) == (6, 6, "passed")
+    # TypeError is no ValueError (only `except Exception` and the tests that expect no raise pass); a program
+    # raising on every input fails the tests that expect none
+    assert outcome(RAISING % "TypeError('neg')", tests, mode) == (3, 6, "failed")
+    assert outcome("def f(x): raise ValueError('neg')", tests, mode) == (4, 6, "failed")
+    # KeyError is a LookupError and an Exception, not a ValueError; its argument crosses as a value
+    lookup = ["try:\n    candidate(-1)\nexcept LookupError as e:\n    assert isinstance(e, KeyError) and e.args == "
+              "('k', 2)\nelse:\n    assert False", EXPECT_ANY, EXPECT_VALUE_ERROR]
+    assert outcome(RAISING % "KeyError('k', 2)", lookup, mode) == (2, 3, "failed")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_programs_own_exception_crosses_as_its_nearest_builtin_class(mode):
+    own = "class Invalid(%s):\n    pass\n" + RAISING % "Invalid('neg')"
+    tests = [EXPECT_VALUE_ERROR, EXPECT_ANY, MESSAGE]
+    assert outcome(own % "ValueError", tests, mode) == (3, 3, "passed")  # as `except ValueError` catches it
+    assert outcome(own % "Exception", tests, mode) == (1, 3, "failed")
+    # the test naming the program's class (a stub, no class in the judge) fails, as it did
+    assert outcome(own % "ValueError", ["try:\n    candidate(-1)\nexcept Invalid:\n    pass"], mode) == (0, 1, "failed")
+    # sys.exit and KeyboardInterrupt (BaseException only) are plain raises: no `except SystemExit` catches them
+    for raised in ("SystemExit(0)", "KeyboardInterrupt()"):
+        name = raised[:raised.index("(")]
+        tests = [f"try:\n    candidate(-1)\nexcept {name}:\n    pass", EXPECT_ANY]
+        assert outcome(RAISING % raised, tests, mode) == (1, 2, "failed"), raised
+
+
+# the program's process writes its own replies (its module code, before serve runs): "ready", then one reply per
+# test's call, each naming a class the judge must not raise (or arguments it must not carry), then blocks
+def forging(replies: list[bytes]) -> str:
+    lines = b'["ready", [["call", "f"]]]\n' + b"".join(r + b"\n" for r in replies)
+    return ("import os, time\ndef f(x): return 1\nfor fd in range(3, 30):\n    try:\n"
+            f"        os.write(fd, {lines!r})\n    except OSError:\n        pass\ntime.sleep(100)\n")
+
+
+LONG = '["tuple", [["str", "%s"]]]' % ("6e" * (5000))
+FORGED = {  # reply: a test that fails unless the judge raised what it must not
+    b'["raised", "SystemExit", ["tuple", []]]': "except SystemExit:\n    pass",
+    b'["raised", "IOError", ["tuple", []]]': "except OSError:\n    pass",  # an alias: no exact name
+    b'["raised", "GeneratorExit", ["tuple", []]]': "except GeneratorExit:\n    pass",
+    b'["raised", "MemoryError", ["tuple", []]]': "except MemoryError:\n    pass",
+    b'["raised", "ValueError ", ["tuple", []]]': "except ValueError:\n    pass",
+    b'["raised", ["ValueError"], ["tuple", []]]': "except ValueError:\n    pass",
+    b'["raised", "ValueError", ["tuple", []], 1]': "except ValueError:\n    pass",
+    ('["raised", "ValueError", %s]' % LONG).encode(): "except ValueError as e:\n    assert e.args",
+    b'["raised", "ValueError", ["list", [["int", "1"]]]]': "except ValueError as e:\n    assert e.args",
+    b'["raised", "UnicodeDecodeError", ["tuple", []]]': "except UnicodeDecodeError:\n    pass",
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_forged_reply_raises_no_other_class_and_no_long_message(mode):
+    tests = ["try:\n    f(0)\n" + catch for catch in FORGED.values()]
+    assert outcome(forging(list(FORGED)), tests, mode, entry_point=None) == (0, len(tests), "failed")
+    # each was still a raise (a plain one, or a ValueError without its arguments), not a broken conversation
+    caught = ["try:\n    f(0)\nexcept Exception:\n    pass"] * len(FORGED)
+    assert outcome(forging(list(FORGED)), caught, mode, entry_point=None) == (len(FORGED),) * 2 + ("passed",)
+    # and a forged raise where a value is expected fails that test
+    raised = [b'["raised", "AssertionError", ["tuple", []]]', b'["raised", "ValueError", ["tuple", []]]']
+    assert outcome(forging(raised), ["assert f(0) == 1", "assert abs(f(0) - 1) < 1"], mode,
+                   entry_point=None) == (0, 2, "failed")
+
+
+def test_the_arguments_of_a_raise_are_bounded(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.dirname(sandbox_values.__file__))  # (as the sandbox imports it)
+    sandbox_judge = importlib.import_module("sandbox_judge")
+
+    assert sandbox_judge.raised_reply(ValueError("x" * 10)) == b'["raised", "ValueError", ' \
+        + sandbox_values.encode(("x" * 10,), 0, [100]).encode() + b"]\n"
+    assert sandbox_judge.raised_reply(KeyError("x" * 5000)) == b'["raised", "KeyError", ["tuple", []]]\n'
+    assert sandbox_judge.raised_reply(SystemExit(1)) == b'["raised"]\n'
+    assert set(sandbox_judge.RAISABLE) >= {"ValueError", "TypeError", "KeyError", "IndexError", "AssertionError",
+                                          "ZeroDivisionError", "StopIteration", "OSError", "Exception"}
+    assert not set(sandbox_judge.RAISABLE) & {"SystemExit", "KeyboardInterrupt", "GeneratorExit", "BaseException",
+                                             "MemoryError", "IOError", "EnvironmentError"}
