@@ -32,6 +32,10 @@ def test_a_builtin_exception_is_caught_by_its_class_and_its_bases(mode):
     lookup = ["try:\n    candidate(-1)\nexcept LookupError as e:\n    assert isinstance(e, KeyError) and e.args == "
               "('k', 2)\nelse:\n    assert False", EXPECT_ANY, EXPECT_VALUE_ERROR]
     assert outcome(RAISING % "KeyError('k', 2)", lookup, mode) == (2, 3, "failed")
+    # an attribute the program's object lacks is an AttributeError: hasattr and getattr's default read it
+    attributes = "class S:\n    k = 1\ndef f(): return S()"
+    tests = ["assert not hasattr(f(), 'missing') and hasattr(f(), 'k')", "assert getattr(f(), 'missing', 5) == 5"]
+    assert outcome(attributes, tests, mode, entry_point=None) == (2, 2, "passed")
 
 
 @pytest.mark.parametrize("mode", MODES)
