@@ -1,12 +1,12 @@
 """Loop trip counts read from a compiled program's HLO text (`LoopTrips.trip_count`; the costs read with them:
 sharding.decode_stats, sharding.hlo_traffic).
 
-A loop's trip count is the one XLA states (`known_trip_count`); libtpu states none, so it is read from the loop's
-condition (a counter compared with a constant bound, in any direction XLA prints: `_trips`), the counter's start
-(its initial tuple element) and its step (what the body adds to it, through copies and fusions); a traced bound
-takes the count its name scope states (`expected_trips_M`: `model.blocked.block_loop`) or the caller's
-`dynamic_trips` (estimated). A count neither read nor stated is recorded in `LoopTrips.assumed`, which the reports carry
-(`assumed_trips`).
+A loop's trip count is the one XLA states (`known_trip_count`), else the one its name scope states
+(`expected_trips_M`: `model.blocked.block_loop`, whatever its condition, start and step); libtpu states none, so
+it is read from the loop's condition (a counter compared with a constant bound, in any direction XLA prints:
+`_trips`), the counter's start (its initial tuple element) and its step (what the body adds to it, through
+copies and fusions); a traced bound takes the caller's `dynamic_trips` (estimated). A count neither read nor
+stated is recorded in `LoopTrips.assumed`, which the reports carry (`assumed_trips`).
 """
 
 from __future__ import annotations
@@ -28,27 +28,29 @@ class LoopTrips(HloTraffic):
         self.assumed: dict[str, str] = {}  # a loop's name -> the trip count taken for it and why (not read)
 
     def trip_count(self, parent: Computation, loop: Instruction) -> int:
-        """The compiler's stated trip count, else read from the loop: a condition comparing a counter (a tuple
-        element whose initial value is a constant, stepped by a constant in the body: +1 where the step is not
-        readable, as in every loop JAX emits) with a constant bound, in any direction XLA prints
-        (`_trips`); when the bound is not a constant, the count a loop made under the name scope
-        `expected_trips_M` states (the blocked MoE kernel's used blocks: `model.blocked.block_loop`), else
-        `dynamic_trips`; when the condition is not of that form, or it never ends, unknown: M or 1. A count
-        neither read nor stated is recorded in `assumed` (the report says so)."""
+        """The compiler's stated trip count, else the count a loop made under the name scope `expected_trips_M`
+        states (the blocked MoE kernel's used blocks: `model.blocked.block_loop`; the model's own statement of
+        the count, taken whatever its condition, start and step), else read from the loop: a condition comparing
+        a counter (a tuple element whose initial value is a constant, stepped by a constant in the body: +1
+        where the step is not readable, as in every loop JAX emits) with a constant bound, in any direction XLA
+        prints (`_trips`); when the bound is not a constant, `dynamic_trips`; when the condition is not of that
+        form, or it never ends, unknown: 1. A count neither read nor stated is recorded in `assumed` (the report
+        says so)."""
         if loop.trip_count is not None:
             return loop.trip_count
         stated = _EXPECTED_TRIPS.search(loop.op_name)
-        trips, why = self._read_trips(parent, loop, int(stated.group(1)) if stated else None)
+        if stated:
+            return int(stated.group(1))
+        trips, why = self._read_trips(parent, loop)
         if why is not None:
             self.assumed[loop.name] = f"{loop.op_name or loop.name}: {trips} trip(s) {why}"
         return trips
 
-    def _read_trips(self, parent: Computation, loop: Instruction, stated: Optional[int]
-                    ) -> tuple[int, Optional[str]]:
-        """`trip_count`'s reading: (trips, None) when read or stated; else (the count taken, "assumed, <why not
-        read>", or "estimated, ..." for the caller's mean count of a traced bound)."""
+    def _read_trips(self, parent: Computation, loop: Instruction) -> tuple[int, Optional[str]]:
+        """`trip_count`'s reading: (trips, None) when read; else (the count taken, "assumed, <why not read>", or
+        "estimated, ..." for the caller's mean count of a traced bound)."""
         def unread(why: str, taken: int = 1) -> tuple[int, Optional[str]]:
-            return (stated, None) if stated is not None else (taken, f"assumed, {why}")
+            return taken, f"assumed, {why}"
         cond = self.comps.get(loop.attr("condition"))
         root, operands = self._unfused(cond, cond.root) if cond is not None else (None, [])
         direction = re.search(r"\bdirection=([A-Z]{2})\b", root.attrs) if root is not None else None
@@ -62,7 +64,7 @@ class LoopTrips(HloTraffic):
         if counter is None or bound is None or counter.opcode != "get-tuple-element":
             return unread("its condition is not a counter compared with a bound")
         if bound.integer is None:  # a traced bound (e.g. the block-wise cache read's live blocks)
-            if stated is None and self.dynamic_trips > 1:  # the caller's estimate (rl.aot.dynamic_trips), no guess
+            if self.dynamic_trips > 1:  # the caller's estimate (rl.aot.dynamic_trips), no guess
                 return self.dynamic_trips, ("estimated, its bound is traced: the caller's mean count (a block-wise "
                                             "KV-cache read's live blocks over a rollout)")
             return unread("its bound is traced", self.dynamic_trips)

@@ -193,6 +193,31 @@ def test_a_traced_start_is_read_only_for_a_counter_up_to_its_bound(direction, bo
     assert program_costs(text)[2] == trips * DOT
 
 
+@pytest.mark.parametrize("start, op, read", [
+    ("parameter", "add", 5),  # a traced start: counted from 0 below 5, assumed (it was)
+    ("constant", "multiply", 5),  # an unreadable step: +1 taken, assumed (it was)
+    ("parameter", "multiply", 5),  # both
+    ("constant", "add", 5),  # read whole: 0..4 (the stated count still wins: the model's own statement)
+])
+def test_a_stated_count_wins_over_a_traced_start_or_an_unreadable_step(start, op, read):
+    """A loop under `expected_trips_7` with a constant bound of 5 takes 7 trips, none assumed, whatever its start
+    and step (the reader took +1 or a start of 0 and recorded '5 trip(s) assumed'); unstated, the same loop reads
+    5 trips (assumed unless read whole)."""
+    from r1jax.sharding.decode_stats import program_stats
+
+    text = (LOOP.replace("DIR", "LT").replace("BOUND", "5").replace("STEP", "1").replace("OP", op)
+            .replace("COMPARED", "%j, %n"))
+    if start == "parameter":
+        text = (text.replace("ENTRY %main (a: f32[8,8])", "ENTRY %main (a: f32[8,8], s: s32[])")
+                .replace("%z = s32[] constant(START)", "%z = s32[] parameter(1)"))
+    text = text.replace("START", "0")
+    _, _, flops, assumed = program_stats(text.replace("NAME", "f/expected_trips_7"))
+    assert flops == 7 * DOT and assumed == ()
+    _, _, flops, assumed = program_stats(text.replace("NAME", "f"))
+    assert flops == read * DOT and len(assumed) == ((start, op) != ("constant", "add"))
+    assert all(a.startswith(f"f/while: {read} trip(s) assumed") for a in assumed)
+
+
 def _assumed(direction, start, bound, step=1, op="add", name="f", cond=None):
     """The assumptions the reader records for the hand-written loop (`_trips`'s), its condition optionally
     replaced by `cond`."""
@@ -218,7 +243,7 @@ def test_a_trip_count_not_read_is_recorded_as_assumed(direction, start, bound, s
     assert len(assumed) == 1 and why in assumed[0] and assumed[0].startswith("f/while: ")
     assert ("5 trip(s)" if op == "multiply" else "1 trip(s)") in assumed[0]
     stated = _assumed(direction, start, bound, step, op, name="f/expected_trips_7", cond=cond)
-    assert len(stated) == (op == "multiply")  # a stated count is not a guess (a read one with +1 still is)
+    assert stated == ()  # a stated count is not a guess (it was when read with +1 for an unreadable step)
     assert _assumed("LT", 0, 5) == ()
 
 
