@@ -178,6 +178,24 @@ def lock_directory(directory: str | os.PathLike, what: str) -> IO | None:
     return handle
 
 
+def lock_held(directory: str | os.PathLike) -> bool:
+    """Whether a process holds `directory`/.lock (`lock_directory`'s: a trainer lives there), probed by a shared
+    flock taken and dropped at once without waiting. No lock file: False. True also where it cannot be told (a
+    lock file not ours to read, a file system without flock): the caller takes it as held."""
+    try:
+        handle = open(pathlib.Path(directory) / LOCK_NAME, "rb")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:  # BlockingIOError: held; any other: no flock here
+            return True
+        return False  # (closing drops the probe's lock)
+
+
 # a file system refusing a write: full, over quota, read-only, or not ours to write (chattr +i, permissions)
 _STORAGE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
                    errno.EROFS: "read-only file system", errno.EACCES: "permission denied",

@@ -9,7 +9,9 @@ or one step directory.
 
 A trainer that saves a step again first moves the committed copy aside as `N.previous` (a name neither Orbax
 nor `resolve` takes for a step) and drops it once the new copy is committed (rl.train.checkpointing); a kill
-in between leaves only `N.previous`, which the next run's start puts back.
+in between leaves only `N.previous`, which the next run's start puts back. A read of N (named, or the latest
+step) meanwhile waits for the new N while a trainer holds the run directory, and names a killed run's copy aside
+at once (`_saved_again`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from r1jax.errors import UserError, error_chain
-from r1jax.files import check_checkpoint_path, storage_failure
+from r1jax.files import check_checkpoint_path, lock_held, storage_failure
 from r1jax.model.decoder import Policy
 from r1jax.model.factory import abstract_policy
 from r1jax.model.tokenizer import TokenizerLike, is_tokenizer_dir, load_tokenizer
@@ -114,60 +116,60 @@ def previous_copies(root: pathlib.Path) -> dict[int, pathlib.Path]:
             if p.name.endswith(PREVIOUS_SUFFIX) and p.name[:-len(PREVIOUS_SUFFIX)].isdigit() and p.is_dir()}
 
 
-def _interrupted_resave(root: pathlib.Path) -> str:
-    """What a checkpoint root without steps says when a killed re-save left a step's previous copy aside."""
-    aside = previous_copies(root)
-    if not aside:
-        return ""
-    step, copy = max(aside.items())
-    return (f"; a re-save of step {step} was interrupted and left its previous copy in {copy}: resuming the run "
-            f"puts it back (or rename it to {root / str(step)})")
-
-
 def resolve(path: str | pathlib.Path) -> tuple[pathlib.Path, int]:
     """(checkpoint root, step) for a run directory, a checkpoint root (its latest step) or a step directory.
 
     The latest step is the highest-numbered step directory (Orbax renames a step into place only once it is
-    complete); if it is damaged, opening it fails naming it rather than falling back to an older step."""
+    complete); if it is damaged, opening it fails naming it rather than falling back to an older step. A copy
+    aside (`N.previous`) newer than every step is the latest being saved again: `_saved_again`."""
     path = pathlib.Path(path)
-    if not path.exists() and not _saved_again(path):
+    if not path.exists() and not _saved_again(path, f"checkpoint {str(path)!r} does not exist"):
         raise UserError(f"checkpoint {str(path)!r} does not exist")
     check_checkpoint_path(path.absolute(), "checkpoint")
     if not path.is_dir():
         raise UserError(f"checkpoint {str(path)!r} is a file, not a checkpoint directory")
-    if (path / "checkpoints").is_dir():
-        if not _steps(path / "checkpoints"):
-            raise UserError(f"run directory {str(path)!r} has no checkpoint yet ({path / 'checkpoints'} holds "
-                            f"no step directory{_interrupted_resave(path / 'checkpoints')})")
-        path = path / "checkpoints"
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    aside = previous_copies(root)
+    if aside and max(aside) > max(_steps(root), default=-1):  # (not an older step: the latest is asked for)
+        _saved_again(root / str(max(aside)), f"checkpoint {str(path)!r}")
+    if root != path:
+        if not _steps(root):
+            raise UserError(f"run directory {str(path)!r} has no checkpoint yet ({root} holds no step directory)")
+        path = root
     steps = _steps(path)
     if path.name.isdigit() and not steps:
         return path.parent, int(path.name)
     if not steps:
         hf = (path / "config.json").is_file() and any(path.glob("*.safetensors"))
-        raise UserError(f"checkpoint {str(path)!r} holds no checkpoint step (no numbered step directory"
-                        f"{_interrupted_resave(path)})" + ("; it looks like a Hugging Face checkpoint: convert it "
-                                                          "with `r1jax import-hf`" if hf else ""))
+        raise UserError(f"checkpoint {str(path)!r} holds no checkpoint step (no numbered step directory)"
+                        + ("; it looks like a Hugging Face checkpoint: convert it with `r1jax import-hf`" if hf
+                           else ""))
     return path, steps[-1]
 
 
 RESAVE_WAIT_S = 10.0  # how long a read of step N waits for a trainer's re-save of N to put its new copy in place
 
 
-def _saved_again(step_dir: pathlib.Path, wait_s: float | None = None) -> bool:
-    """Whether the step directory `step_dir` (N), absent, is a step a trainer saves again: N moved aside as
-    `N.previous` and the new N not yet renamed into place. Waits (at most `wait_s`, RESAVE_WAIT_S) for the new N:
-    true once it stands; a re-save that outlasts the wait (or was killed) is a UserError naming the copy aside."""
+def _saved_again(step_dir: pathlib.Path, said: str) -> bool:
+    """Whether the step directory `step_dir` (N), absent, is a step saved again: N moved aside as `N.previous`
+    and the new N not yet renamed into place. While a trainer holds the run directory (its lock, beside the
+    checkpoint root: r1jax.files.lock_held) this waits (at most RESAVE_WAIT_S, polling) for the new N: true once
+    it stands. A re-save that outlasts the wait, or a copy aside that no trainer will finish (a killed run's: its
+    next start puts it back, rl.train.checkpointing), is a UserError at once, `said` and the copy aside."""
     aside = step_dir.with_name(step_dir.name + PREVIOUS_SUFFIX)
     if not step_dir.name.isdigit() or not aside.is_dir():
         return False
-    deadline = time.monotonic() + (RESAVE_WAIT_S if wait_s is None else wait_s)
-    while not step_dir.exists() and aside.exists() and time.monotonic() < deadline:
+    live = lock_held(step_dir.absolute().parent.parent)  # (the run directory: a relative `3` is in it)
+    deadline = time.monotonic() + RESAVE_WAIT_S
+    while live and not step_dir.exists() and aside.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
-    if step_dir.exists():
-        return True
-    raise UserError(f"checkpoint {str(step_dir)!r} does not exist: step {step_dir.name} is being saved again, or "
-                    f"its re-save was interrupted, its previous copy in {aside} (resuming the run puts it back)")
+    if step_dir.exists() or not aside.exists():  # (put back, or dropped once the new copy committed)
+        return step_dir.exists()
+    if live:
+        raise UserError(f"{said}: step {step_dir.name} is being saved again (not in place after {RESAVE_WAIT_S:g} s), "
+                        f"its previous copy in {aside}")
+    raise UserError(f"{said}: a re-save of step {step_dir.name} was interrupted and left its previous copy in "
+                    f"{aside}: resuming the run puts it back (or rename it to {step_dir})")
 
 
 LIVE_READ_TRIES = 4  # reads of a run directory's latest step while its trainer saves and rotates steps

@@ -71,6 +71,17 @@ def test_a_lock_file_removed_after_it_was_opened_is_not_taken_for_the_lock(tmp_p
     b.close()
 
 
+def test_a_lock_is_seen_held_while_a_trainer_holds_it_and_the_probe_keeps_none(tmp_path, monkeypatch):
+    assert not files.lock_held(tmp_path)  # no lock file: no trainer ever ran here
+    trainer = files.lock_directory(tmp_path, "run directory")
+    assert files.lock_held(tmp_path)
+    trainer.close()
+    assert not files.lock_held(tmp_path)  # a killed trainer's file: the kernel dropped its lock
+    files.lock_directory(tmp_path, "run directory").close()  # the probe left no lock behind to refuse a start
+    monkeypatch.setattr(fcntl, "flock", lambda *a: (_ for _ in ()).throw(OSError(38, "Function not implemented")))
+    assert files.lock_held(tmp_path)  # no flock here: cannot be told, taken as held
+
+
 def test_a_write_takes_away_the_temporaries_of_killed_writers_only(tmp_path):
     """A writer killed between its write and its rename (SIGKILL: no cleanup runs) left `.NAME.HOST-PID.tmp`
     for good; the next write of NAME removes it, but not a live writer's, another host's, another container's (a

@@ -31,8 +31,8 @@ def test_previous_copies_are_numbered_steps_only_and_the_latest_is_named(tmp_pat
     steps(root, "3.previous", "5.previous", "best.previous")
     (root / "6.previous").write_text("a file")
     assert previous_copies(root) == {3: root / "3.previous", 5: root / "5.previous"}
-    with pytest.raises(UserError, match=r"has no checkpoint yet .*a re-save of step 5 was interrupted .*"
-                                        r"5\.previous.*or rename it to .*checkpoints/5\)"):
+    with pytest.raises(UserError, match=r"^checkpoint '.*': a re-save of step 5 was interrupted .*"
+                                        r"5\.previous.*or rename it to .*checkpoints/5\)$"):
         resolve(tmp_path)
 
 
@@ -139,7 +139,17 @@ def _resave_finishing_on_first_wait(monkeypatch, root, step):
     return waits
 
 
-def test_a_step_named_while_it_is_saved_again_is_read_once_its_new_copy_stands(tmp_path, monkeypatch):
+@pytest.fixture
+def trainer(tmp_path):
+    """A trainer that holds the run directory `tmp_path` (its lock: r1jax.files.lock_directory)."""
+    from r1jax.files import lock_directory
+
+    handle = lock_directory(tmp_path, "run directory")
+    yield handle
+    handle.close()
+
+
+def test_a_step_named_while_it_is_saved_again_is_read_once_its_new_copy_stands(tmp_path, monkeypatch, trainer):
     """Step 3 moved aside as `3.previous` and its new copy not yet renamed into place: a read of `.../3` by
     name waits for the new copy (it failed "does not exist")."""
     root = steps(tmp_path / "checkpoints", 2, "3.previous")
@@ -148,7 +158,8 @@ def test_a_step_named_while_it_is_saved_again_is_read_once_its_new_copy_stands(t
     assert len(waits) == 1 and resolve(root / "3") == (root, 3)
 
 
-def test_a_step_moved_aside_between_finding_it_and_holding_it_is_read_from_its_new_copy(tmp_path, monkeypatch):
+def test_a_step_moved_aside_between_finding_it_and_holding_it_is_read_from_its_new_copy(tmp_path, monkeypatch,
+                                                                                          trainer):
     """The re-save moves step 3 aside after the reader found it, before its lease held it: read again once the
     new copy stands (it failed "was deleted")."""
     import r1jax.rl.checkpoint as checkpoint
@@ -167,7 +178,8 @@ def test_a_step_moved_aside_between_finding_it_and_holding_it_is_read_from_its_n
     assert moved and len(waits) == 1
 
 
-def test_a_step_that_does_not_exist_fails_at_once_and_an_endless_resave_after_the_wait(tmp_path, monkeypatch):
+def test_a_step_that_does_not_exist_fails_at_once_and_an_endless_resave_after_the_wait(tmp_path, monkeypatch,
+                                                                                      trainer):
     import r1jax.rl.checkpoint as checkpoint
 
     root = steps(tmp_path / "checkpoints", 2, "3.previous")
@@ -178,7 +190,45 @@ def test_a_step_that_does_not_exist_fails_at_once_and_an_endless_resave_after_th
     with pytest.raises(UserError, match=r"^checkpoint '.*checkpoints/2.previous' does not exist$"):
         read_latest(root / "2.previous", lambda d: d)
     assert waits == []  # no step 4 being saved again: no wait
-    monkeypatch.setattr(checkpoint, "RESAVE_WAIT_S", 0.0)  # a killed re-save: 3.previous alone, for good
-    with pytest.raises(UserError, match=r"checkpoints/3' does not exist: step 3 is being saved again, or its "
-                                        r"re-save was interrupted, its previous copy in .*checkpoints/3\.previous"):
+    monkeypatch.setattr(checkpoint, "RESAVE_WAIT_S", 0.0)  # a live trainer's re-save that does not end
+    with pytest.raises(UserError, match=r"^checkpoint '.*checkpoints/3' does not exist: step 3 is being saved again "
+                                        r"\(not in place after 0 s\), its previous copy in .*checkpoints/3\.previous$"):
         read_latest(root / "3", lambda d: d)
+    monkeypatch.chdir(root)  # `3` named from within the checkpoint root: the trainer's lock is in the directory above
+    with pytest.raises(UserError, match=r"^checkpoint '3' does not exist: step 3 is being saved again"):
+        read_latest("3", lambda d: d)
+
+
+@pytest.mark.parametrize("only", [False, True])  # steps 2 and 3, or (checkpoint.keep: 1) step 3 alone
+@pytest.mark.parametrize("given", ["run", "root"])
+def test_the_latest_step_while_it_is_saved_again_is_read_once_its_new_copy_stands(tmp_path, monkeypatch, trainer,
+                                                                                   only, given):
+    """The run directory or the checkpoint root given (export-hf RUN, eval RUN) while a live trainer saves the
+    latest step 3 again: the read waits for the new 3 (it read step 2, an older model than asked for, or under
+    `keep: 1` failed 're-save of step 3 was interrupted')."""
+    root = steps(tmp_path / "checkpoints", *([] if only else [2]), "3.previous")
+    waits = _resave_finishing_on_first_wait(monkeypatch, root, 3)
+    path = tmp_path if given == "run" else root
+    assert read_latest(path, lambda d: (d.name, sorted(p.name for p in d.iterdir()))) == ("3", ["new"])
+    assert len(waits) == 1 and resolve(path) == (root, 3)
+
+
+@pytest.mark.parametrize("lock_file", [False, True])  # none (no trainer ever ran), or a killed trainer's
+def test_a_killed_resaves_copy_aside_is_named_at_once_by_every_read(tmp_path, monkeypatch, lock_file):
+    """No trainer holds the run directory: the `3.previous` a killed re-save left is named at once, the step named
+    or the latest asked for (a named read waited 10 s for it each time; a read of the run read step 2), as the
+    trainer's next start puts it back as step 3 (TrainCheckpointer._settle_previous_copies)."""
+    import r1jax.rl.checkpoint as checkpoint
+    from r1jax.files import lock_directory
+
+    if lock_file:
+        lock_directory(tmp_path, "run directory").close()
+    root = steps(tmp_path / "checkpoints", 2, "3.previous")
+    waits = []
+    monkeypatch.setattr(checkpoint.time, "sleep", waits.append)
+    for path in (tmp_path, root, root / "3"):
+        with pytest.raises(UserError, match=rf"^checkpoint '{path}'.*: a re-save of step 3 was interrupted and left "
+                                            rf"its previous copy in {root}/3\.previous: resuming the run puts it "
+                                            rf"back \(or rename it to {root}/3\)$"):
+            read_latest(path, lambda d: d.name)
+    assert waits == [] and read_latest(root / "2", lambda d: d.name) == "2"  # a committed step named: read
