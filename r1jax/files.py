@@ -151,7 +151,7 @@ def lock_directory(directory: str | os.PathLike, what: str) -> IO | None:
     for _ in range(10):
         handle = open(path, "a+", encoding="utf-8")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_exclusive(handle)
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "a process that has not written its name yet"
@@ -176,6 +176,23 @@ def lock_directory(directory: str | os.PathLike, what: str) -> IO | None:
     handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     handle.flush()
     return handle
+
+
+PROBE_GRACE_S = 0.1  # how long a start waits out a reader's `lock_held` probe (held for microseconds)
+
+
+def _lock_exclusive(handle: IO) -> None:
+    """An exclusive flock on `handle` taken without waiting for a holder, but past a reader's probe of it
+    (`lock_held`): that refused a trainer's start as 'in use by another trainer'. BlockingIOError: held."""
+    deadline = time.monotonic() + PROBE_GRACE_S
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def lock_held(directory: str | os.PathLike) -> bool:

@@ -82,6 +82,17 @@ def test_a_lock_is_seen_held_while_a_trainer_holds_it_and_the_probe_keeps_none(t
     assert files.lock_held(tmp_path)  # no flock here: cannot be told, taken as held
 
 
+def test_a_readers_probe_of_the_lock_does_not_refuse_a_trainers_start(tmp_path, monkeypatch):
+    """A reader's `lock_held` holds a shared flock for microseconds: a trainer starting then waits it out (it was
+    refused: 'in use by another trainer (a process that has not written its name yet ...)')."""
+    (tmp_path / files.LOCK_NAME).touch()
+    probe = open(tmp_path / files.LOCK_NAME, "rb")
+    fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # the reader, mid-probe
+    monkeypatch.setattr(files.time, "sleep", lambda s: probe.close())  # its probe ends
+    files.lock_directory(tmp_path, "run directory").close()
+    assert probe.closed
+
+
 def test_a_write_takes_away_the_temporaries_of_killed_writers_only(tmp_path):
     """A writer killed between its write and its rename (SIGKILL: no cleanup runs) left `.NAME.HOST-PID.tmp`
     for good; the next write of NAME removes it, but not a live writer's, another host's, another container's (a
