@@ -202,3 +202,17 @@ def test_rms_norm_equals_numpy_where_its_epsilon_matters(scale):
     x64 = x.astype(np.float64)
     want = x64 / np.sqrt((x64 ** 2).mean(-1, keepdims=True) + 1e-6) * np.linspace(0.5, 1.5, 16)
     np.testing.assert_allclose(np.asarray(norm(jnp.asarray(x)), np.float64), want, rtol=1e-5, atol=0)
+
+
+def test_each_moe_segment_replays_its_own_layers_routes():
+    """`replay_LBTK` is stacked over the MoE layers of every MoE segment in order: with MoE layers 0, 1 | dense 2 |
+    MoE 3 (two MoE segments, the first of two layers), each layer keeps exactly the experts given for it (a
+    second segment reading the first's rows, or counting its offset by segments, survived the tests: their
+    models have one MoE segment, or MoE segments of one layer each)."""
+    cfg = dataclasses.replace(QWEN, num_hidden_layers=4, mlp_only_layers=(2,))
+    assert cfg.layer_segments() == (("moe", 2), ("dense", 1), ("moe", 1))
+    tokens = jax.random.randint(jax.random.key(3), (2, 6), 0, cfg.vocab_size)
+    # layer l routes every token to experts (l, l + 4): no two layers alike
+    replay = jnp.broadcast_to(jnp.array([[layer, layer + 4] for layer in range(3)])[:, None, None, :], (3, 2, 6, 2))
+    out = init_policy(cfg, seed=0)(tokens, replay_LBTK=replay)
+    np.testing.assert_array_equal(np.asarray(out.aux.experts_BTK), np.asarray(replay))
