@@ -173,7 +173,8 @@ def test_an_unknown_decode_kernel_is_refused_by_name():
         dataclasses.replace(FAMILIES["qwen3_moe"], moe_decode_impl="dense")
 
 
-@pytest.mark.parametrize("copies,expected,rows", [(512, 16, 64), (4096, 512, 2048), (512, 200, None), (24, 1, 8)])
+@pytest.mark.parametrize("copies,expected,rows", [(512, 16, 64), (4096, 512, 2048), (512, 200, None), (24, 1, 8),
+                                                   (64, 16, None)])
 def test_a_decode_chunk_holds_four_even_shares_and_is_not_taken_when_it_would_hold_every_copy(copies, expected, rows):
     assert chunk_rows(copies, expected) == rows
 
@@ -292,3 +293,46 @@ def test_the_sampler_decodes_with_the_exchange_as_unsharded(monkeypatch):
     np.testing.assert_array_equal(np.asarray(got.tokens_BT), np.asarray(expected.tokens_BT))
     np.testing.assert_array_equal(np.asarray(got.experts_LBTK), np.asarray(expected.experts_LBTK))
     np.testing.assert_allclose(np.asarray(got.logprobs_BN), np.asarray(expected.logprobs_BN), atol=1e-5)
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_ragged_decode_drops_whatever_a_kernel_leaves_in_rows_past_its_groups(monkeypatch, chunked):
+    """A TPU ragged dot may leave anything in the rows past its groups (CPU's leaves 0): the rows of other
+    devices' experts and a chunk's padding. The kernel is made to write NaN there; each device's output, in
+    chunks or in one pass, still equals its share of the dense reference (adding those rows, times weight 0,
+    gave NaN)."""
+    real = dispatch.swiglu_ragged
+
+    def leaves_nan(x_AD, group_sizes_E, *weights):
+        past_groups = jnp.arange(x_AD.shape[0])[:, None] >= jnp.sum(group_sizes_E)
+        return jnp.where(past_groups, jnp.nan, real(x_AD, group_sizes_E, *weights))
+
+    monkeypatch.setattr(dispatch, "swiglu_ragged", leaves_nan)
+    x, chosen, weights, wg, wu, wd = dispatch_case(36, 8, 3)
+    for start in (0, 4):  # two devices of 4 experts each: about half of each chunk is the other's copies
+        local = [start <= e < start + 4 for e in np.asarray(chosen).ravel()]
+        got = local_expert_ffn(x, chosen, weights, wg[start:start + 4], wu[start:start + 4], wd[start:start + 4],
+                               expert_offset=start, impl="ragged", expected_copies=2, chunked=chunked)
+        mine = jnp.where(jnp.asarray(local).reshape(chosen.shape), weights, 0)
+        np.testing.assert_allclose(np.asarray(got), dense_reference(x, chosen, mine, wg, wu, wd), atol=1e-5)
+
+
+def test_ragged_decode_chunks_pad_a_last_partial_chunk_that_holds_copies():
+    """Every expert local (offset 0): 5 tokens x top-2 = 10 copies in chunks of 8, the second chunk holding 2
+    copies and 6 padded rows; unpadded, its slice past the copies' end starts earlier (dynamic_slice clamps)
+    and reads other copies against the sizes of its own (survived: the tests' last chunks held no copy)."""
+    x, chosen, weights, wg, wu, wd = dispatch_case(5, 8, 2)
+    got = local_expert_ffn(x, chosen, weights, wg, wu, wd, expert_offset=0, impl="ragged", expected_copies=1,
+                           chunked=True)
+    np.testing.assert_allclose(np.asarray(got), dense_reference(x, chosen, weights, wg, wu, wd), atol=1e-5)
+
+
+@pytest.mark.parametrize("impl,decode,backend,want", [
+    ("auto", False, "cpu", "blocked"), ("auto", True, "cpu", "blocked"),  # ragged_dot is a dense product there
+    ("auto", False, "tpu", "blocked"), ("auto", True, "tpu", "ragged"),  # the update's kernel; a decode step's
+    ("auto", False, "gpu", "ragged"), ("auto", True, "gpu", "ragged"),
+    ("ragged", False, "cpu", "ragged"), ("blocked", True, "tpu", "blocked"),  # named: as it is, anywhere
+    ("blocked_autodiff", True, "gpu", "blocked_autodiff")])
+def test_auto_resolves_per_platform_and_phase_and_a_named_kernel_is_kept(impl, decode, backend, want):
+    """resolve_impl's table (its docstring): the tests' CPU runs reach only the CPU row."""
+    assert dispatch.resolve_impl(impl, decode=decode, backend=backend) == want
