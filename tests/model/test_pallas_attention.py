@@ -85,6 +85,20 @@ def test_kernel_equals_the_dense_softmax_and_the_xla_read(layer, block):
     np.testing.assert_allclose(got, xla, atol=2e-6, rtol=1e-5)
 
 
+def test_kernel_scores_far_below_zero_still_weigh_their_values():
+    """Every score about -200 (exp underflows to 0 in float32 unless the running max starts below them): the
+    kernel equals NumPy's softmax; a running max started at 0 read zeros (survived the tests' scores of ~1)."""
+    q, k, v, visible = cache_and_query(seed=5)
+    noise = np.random.default_rng(6).normal(size=k.shape).astype(np.float32)
+    k = 1.0 + 0.05 * noise
+    q = np.full_like(q, -50.0)  # q . k * 16 ** -0.5 = about -200
+    got = np.asarray(decode_attention_local(q, *in_cache_layout(k, v), jnp.int32(1), visible, block=8,
+                                            scale=HEAD_DIM ** -0.5, interpret=True))
+    # scores of ~200 carry float32 rounding of ~1.5e-5 (one ulp) into the weights: 1.4e-5 measured
+    np.testing.assert_allclose(got, dense_reference(q, k, v, visible, 1), atol=1e-4, rtol=1e-4)
+    assert np.abs(got[0]).max() > 0.1  # row 0 sees one slot: its value, not zeros
+
+
 def test_under_a_mesh_the_kernel_runs_per_shard_without_gathering_the_cache():
     """Rows over data x fsdp, kv heads over tensor: the shard_map's layout is the cache's own, so the
     compiled program moves no cache between devices, and the result is the single-device one."""
