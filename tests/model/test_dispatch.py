@@ -134,3 +134,16 @@ def test_whatever_a_kernel_leaves_in_padded_rows_reads_zero(where, monkeypatch):
         got = run(*(jax.device_put(a, jax.devices()[0]) for a in padded), wg, wu, wd)
     np.testing.assert_allclose(np.asarray(got)[:64], dense_reference(x, chosen, weights, wg, wu, wd), atol=1e-5)
     assert np.all(np.asarray(got)[64:] == 0)
+
+
+def test_bfloat16_tokens_gathered_over_the_expert_axis_come_back_bfloat16():
+    """bfloat16 tokens are all-gathered apart from their float32 routes (one array with them would be float32):
+    the output keeps the tokens' dtype and equals the dense reference to bfloat16's precision."""
+    x, chosen, weights, wg, wu, wd = dispatch_case(8, 16, 2)
+    x, wg, wu, wd = (a.astype(jnp.bfloat16) for a in (x, wg, wu, wd))
+    with use_mesh(_mesh((1, 2, 2, 2)), Rules.preset("fsdp_expert_tensor")):
+        got = jax.jit(lambda *a: expert_ffn(*a, impl="blocked", block_size=8))(x, chosen, weights, wg, wu, wd)
+    assert got.dtype == jnp.bfloat16
+    x, wg, wu, wd = (np.asarray(a, np.float32) for a in (x, wg, wu, wd))
+    want = dense_reference(x, chosen, weights, wg, wu, wd)
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=3e-2, rtol=3e-2)

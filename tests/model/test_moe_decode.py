@@ -232,7 +232,8 @@ def test_ragged_decode_under_expert_parallelism_runs_chunks_and_samples_as_unsha
 @pytest.mark.parametrize("rows,top_k,destinations,columns,capacity", [
     (32, 8, 16, 16, 8),  # DeepSeek-V3's sampler on v5p-512: about 1 copy per destination, 8 rows sent, not 32
     (64, 8, 8, 1, None),  # Qwen3's on v5p-16: 64 copies per destination; gathering the 64 tokens moves less
-    (16, 1, 4, 2, 8), (16, 2, 4, 2, None), (128, 1, 4, 2, 64)])
+    (16, 1, 4, 2, 8), (16, 2, 4, 2, None), (128, 1, 4, 2, 64),
+    (16, 1, 2, 3, None)])  # an even share of 16/6 rounds up to 3: 4 x 3 -> 16 rows, not fewer than 16
 def test_the_exchange_sends_four_even_shares_per_destination_where_that_is_fewer_than_the_rows(
         rows, top_k, destinations, columns, capacity):
     assert exchange_capacity(rows, top_k, destinations, columns) == capacity
