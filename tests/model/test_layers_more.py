@@ -96,3 +96,11 @@ def test_blockwise_softmax_equals_numpy_and_a_row_with_every_key_masked_reads_ze
     assert np.isfinite(np.asarray(got)).all()
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(got)[1], 0)
+
+
+def test_parameters_start_as_hugging_faces_normal_of_the_initializer_range():
+    """make_param's "normal": std initializer_range (0.02 here; 1.0 without the factor), mean 0."""
+    from r1jax.model.factory import init_policy
+    embed = np.asarray(init_policy(QWEN, seed=0).embed_tokens[...])
+    assert abs(embed.std() - QWEN.initializer_range) < 0.1 * QWEN.initializer_range
+    assert abs(embed.mean()) < 0.1 * QWEN.initializer_range
