@@ -274,6 +274,18 @@ def test_an_exchanged_decode_step_equals_the_dense_reference_and_moves_copies_no
     assert sorted(m for m in moved if m) == [4 * 8 * 16] * 4
 
 
+def test_an_exchange_where_one_group_alone_needs_a_second_trip_equals_the_dense_reference():
+    """The first `expert` group's 16 tokens all pick expert 3 (2 trips of 8 rows to its device), the other
+    groups' copies fit one trip: every device runs the most trips any needs (each trip's all-to-all takes all
+    of them), and nothing is dropped."""
+    x, chosen, weights, wg, wu, wd = dispatch_case(64, 8, 1)
+    chosen = jnp.where(jnp.arange(64)[:, None] < 16, 3, chosen)
+    mesh, rules = _experts_over_expert_and_tensor()
+    with use_mesh(mesh, rules):
+        got = jax.jit(lambda *a: expert_ffn(*a, impl="ragged", chunked=True))(x, chosen, weights, wg, wu, wd)
+    np.testing.assert_allclose(np.asarray(got), dense_reference(x, chosen, weights, wg, wu, wd), atol=1e-5)
+
+
 def test_the_sampler_decodes_with_the_exchange_as_unsharded(monkeypatch):
     """DeepSeek-V3's tiny policy, 8 experts top-1, one per device: 64 rows decode through the exchange (seen
     at trace time) and sample the unsharded policy's tokens."""
