@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from r1jax.model.decoder import unstack_layers
 from r1jax.model.factory import decode_read_bytes, init_policy
 from r1jax.model.layers import RMSNorm, project, rope_cos_sin
 from tests.model.tiny import FAMILIES, QWEN
@@ -216,3 +217,13 @@ def test_each_moe_segment_replays_its_own_layers_routes():
     replay = jnp.broadcast_to(jnp.array([[layer, layer + 4] for layer in range(3)])[:, None, None, :], (3, 2, 6, 2))
     out = init_policy(cfg, seed=0)(tokens, replay_LBTK=replay)
     np.testing.assert_array_equal(np.asarray(out.aux.experts_BTK), np.asarray(replay))
+
+
+def test_unstacked_layers_keep_one_logical_axis_per_dimension():
+    """unstack_layers drops the "layers" axis from each sliced variable's `axes` (sharding.rules reads one name
+    per dimension): every variable of the per-layer state names as many axes as it has dimensions, none of
+    them "layers"; keeping the stack's axes survived the tests."""
+    state = unstack_layers(nnx.state(init_policy(QWEN, seed=0), nnx.Param))
+    for path, var in nnx.to_flat_state(state):
+        axes = var.get_metadata().get("axes")
+        assert len(axes) == var.ndim and "layers" not in axes, (path, axes, var.shape)
