@@ -21,9 +21,11 @@ MAX_REPLY_CHARS = values.MAX_VALUE_CHARS + 64  # a reply line of the program's p
 # The builtin exceptions a program's raise crosses as, by their exact names (no alias, nothing looked up): the
 # Exception subclasses of this process's builtins. Not MemoryError: the program's process exits MEMORY_EXIT on one,
 # and the judge's own ends the run the same way. A BaseException-only one (SystemExit, KeyboardInterrupt) is a plain
-# raise, ProgramRaised.
+# raise, ProgramRaised. Nor StopIteration, StopAsyncIteration: map, filter and iter(f, sentinel) end at one their
+# function raises, so a program raising it on every input passed `all(map(candidate, ...))` and its `not any`.
 RAISABLE = {name: kind for name, kind in vars(builtins).items() if isinstance(kind, type)
-            and issubclass(kind, Exception) and kind.__name__ == name and kind is not MemoryError}
+            and issubclass(kind, Exception) and kind.__name__ == name
+            and kind not in (MemoryError, StopIteration, StopAsyncIteration)}
 MAX_ERROR_CHARS = 4096  # the encoded arguments of a raised exception; longer ones cross as none
 
 

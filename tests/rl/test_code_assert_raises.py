@@ -98,6 +98,19 @@ def test_the_arguments_of_a_raise_are_bounded(monkeypatch):
     assert sandbox_judge.raised_reply(KeyError("x" * 5000)) == b'["raised", "KeyError", ["tuple", []]]\n'
     assert sandbox_judge.raised_reply(SystemExit(1)) == b'["raised"]\n'
     assert set(sandbox_judge.RAISABLE) >= {"ValueError", "TypeError", "KeyError", "IndexError", "AssertionError",
-                                          "ZeroDivisionError", "StopIteration", "OSError", "Exception"}
+                                          "ZeroDivisionError", "OSError", "Exception"}
     assert not set(sandbox_judge.RAISABLE) & {"SystemExit", "KeyboardInterrupt", "GeneratorExit", "BaseException",
-                                             "MemoryError", "IOError", "EnvironmentError"}
+                                             "MemoryError", "IOError", "EnvironmentError", "StopIteration",
+                                             "StopAsyncIteration"}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_raised_stop_iteration_does_not_end_a_tests_map_early(mode):
+    # map, filter and iter(f, sentinel) end at a StopIteration raised by the function they call: a program raising
+    # it on every input passed both `all(map(...))` and `not any(map(...))` (and any comparison put in a lambda)
+    tests = ["assert all(map(candidate, [2, 3, 5]))", "assert not any(map(candidate, [4, 6]))",
+             "assert all(map(lambda p: candidate(p[0]) == p[1], [(2, True), (4, False)]))"]
+    for raised in ("StopIteration", "StopAsyncIteration"):
+        assert outcome(f"def f(n): raise {raised}", tests, mode) == (0, 3, "failed"), raised
+        assert outcome(f"def f(n): raise {raised}", [EXPECT_ANY], mode) == (1, 1, "passed"), raised
+    assert outcome("def f(n): return all(n % d for d in range(2, n))", tests, mode) == (3, 3, "passed")
