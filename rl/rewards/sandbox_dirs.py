@@ -8,12 +8,14 @@ directories under it, the roots of killed processes swept, and trees removed wit
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import re
 import shutil
 import subprocess
 import tempfile
 
+log = logging.getLogger(__name__)
 RUN_ROOT_PREFIX = "r1jax-sandbox-"  # run directories live in /tmp/r1jax-sandbox-PID-XXXX/ (PID: its owner)
 RUN_ROOT_NAME = re.compile(re.escape(RUN_ROOT_PREFIX) + r"([0-9]+)-[A-Za-z0-9_]+")  # tempfile.mkdtemp's suffix
 
@@ -71,9 +73,13 @@ def remove_tree(path: str, remove=None) -> None:
     """`remove()` (default: shutil.rmtree(path, ignore_errors=True)), never raising: a tree it cannot remove (one
     deeper than Python's recursion limit: an rlimits_only program's 3,000 nested directories raised RecursionError
     out of its run, then out of every later sweep of its run root, and no sandbox or pool could start on the host)
-    goes by `rm -rf`, which has no depth limit and follows no symlink."""
+    goes by `rm -rf`, which has no depth limit and follows no symlink; where that cannot run (no `rm` on PATH, past
+    60 s) the tree stays, with a warning (before, its FileNotFoundError or TimeoutExpired came out)."""
     try:
         (remove or (lambda: shutil.rmtree(path, ignore_errors=True)))()
     except (RecursionError, OSError):
-        subprocess.run(["rm", "-rf", "--", path], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, timeout=60, check=False)
+        try:
+            subprocess.run(["rm", "-rf", "--", path], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=60, check=False)
+        except (OSError, subprocess.SubprocessError) as err:
+            log.warning("code sandbox: cannot remove %s (%s); remove it by hand", path, err)

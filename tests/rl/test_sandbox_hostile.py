@@ -78,3 +78,13 @@ def test_a_program_cannot_pass_itself_off_as_a_sandbox_failure(monkeypatch):
     monkeypatch.setattr(sandbox, "bwrap_args", lambda *args: real(*args)[:1] + ["--no-such-option"] + real(*args)[1:])
     run = sandbox.run_python("print(1)", mode="bwrap", limits=LIMITS)
     assert run.status == "sandbox_error" and "bwrap:" in run.detail, run
+
+
+def test_removing_a_tree_never_raises_even_where_rm_cannot_run(monkeypatch, tmp_path, caplog):
+    """remove_tree's fallback, `rm -rf`, raised itself where it could not run (FileNotFoundError: no `rm` on PATH;
+    TimeoutExpired past 60 s), out of run_python, the sweep and the pool's close, which it is there to protect."""
+    def too_deep():
+        raise RecursionError("too deep")
+    monkeypatch.setenv("PATH", str(tmp_path))  # (no rm there)
+    sandbox_dirs.remove_tree(str(tmp_path / "tree"), too_deep)
+    assert "cannot remove" in caplog.text
