@@ -64,6 +64,7 @@ CPU_SIGNALS = (signal.SIGXCPU, signal.SIGKILL)  # the soft and the hard RLIMIT_C
 CLEAN_ENV = {"PATH": "/usr/bin:/bin", "LC_CTYPE": "C.UTF-8"}
 LINKER_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d")
 SANDBOX_UID_BASE = 2_000_000  # as root, programs run as uid BASE + the pid of the scoring process
+PROBE = "print(6 * 7)\ntry:\n    print(open('/proc/self/oom_score_adj').read())\nexcept OSError:\n    pass\n"  # check_sandbox
 STDERR_KEEP = 4096  # bytes of the program's stderr kept for diagnostics
 
 
@@ -327,8 +328,8 @@ def check_sandbox(mode: str) -> str:
         raise UserError("code rewards run programs in a bubblewrap sandbox, but `bwrap` is not installed "
                         "(apt-get install bubblewrap); or set rewards.code.sandbox=rlimits_only to accept "
                         "running them with resource limits only (no namespaces: see the README)")
-    result = run_python("print(6 * 7)", mode=mode, limits=SandboxLimits(wall_s=30))
-    if result.status != "ok" or result.stdout.strip() != b"42":
+    result = run_python(PROBE, mode=mode, limits=SandboxLimits(wall_s=30))
+    if result.status != "ok" or result.stdout.split()[:1] != [b"42"]:
         hidden = "execvp" in result.detail and "No such file" in result.detail
         hint = (f"the interpreter {sys.executable} is not visible inside the sandbox (its directories are "
                 f"bound read-only: {', '.join(_python_dirs())}); or set rewards.code.sandbox=rlimits_only"
@@ -339,6 +340,9 @@ def check_sandbox(mode: str) -> str:
                 "the host Python could not run a program, or the kernel refused the seccomp filter")
         raise UserError(f"code sandbox ({mode}) does not work: {result.status}: {result.detail.strip()}; {hint}")
     filtered = "seccomp" if seccomp_filter() is not None else "NO seccomp filter (not x86_64)"
+    if result.stdout.split()[1:] != [b"1000"]:  # (sandbox_runner.limit: the host refused it, and says nothing)
+        filtered += (" (oom_score_adj NOT raised: the host refuses /proc/self/oom_score_adj, so the out-of-memory "
+                     "killer may take the trainer before a program)")
     if mode == "bwrap":
         return (f"bwrap (namespaces: no network, no other processes, read-only file system, private /tmp) + "
                 f"{filtered} + rlimits")

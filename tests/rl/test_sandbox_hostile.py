@@ -88,3 +88,17 @@ def test_removing_a_tree_never_raises_even_where_rm_cannot_run(monkeypatch, tmp_
     monkeypatch.setenv("PATH", str(tmp_path))  # (no rm there)
     sandbox_dirs.remove_tree(str(tmp_path / "tree"), too_deep)
     assert "cannot remove" in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "rlimits_only"])
+def test_a_host_that_refuses_oom_score_adj_is_named_in_the_sandboxs_description(mode, monkeypatch, tmp_path):
+    """The runner ignores a refused write of oom_score_adj (a container may forbid it: the sandbox still works), but
+    nothing said so, and the trainer's log claimed the protection it lacked."""
+    if mode == "bwrap" and shutil.which("bwrap") is None:
+        pytest.skip("no bwrap")
+    assert "oom_score_adj" not in sandbox.check_sandbox.__wrapped__(mode)
+    refusing = tmp_path / "runner.py"  # (its write goes nowhere: as where /proc/self/oom_score_adj is read-only)
+    refusing.write_text(sandbox.RUNNER.read_text().replace('open("/proc/self/oom_score_adj", "w")',
+                                                           'open("/nonexistent/oom_score_adj", "w")'))
+    monkeypatch.setattr(sandbox, "RUNNER", refusing)
+    assert "oom_score_adj NOT raised" in sandbox.check_sandbox.__wrapped__(mode)
