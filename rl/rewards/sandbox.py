@@ -65,6 +65,7 @@ CLEAN_ENV = {"PATH": "/usr/bin:/bin", "LC_CTYPE": "C.UTF-8"}
 LINKER_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d")
 SANDBOX_UID_BASE = 2_000_000  # as root, programs run as uid BASE + the pid of the scoring process
 PROBE = "print(6 * 7)\ntry:\n    print(open('/proc/self/oom_score_adj').read())\nexcept OSError:\n    pass\n"  # check_sandbox
+SHM_BYTES = 1 << 20  # bwrap's /dev/shm: multiprocessing's locks and queues (a page per semaphore) need one
 STDERR_KEEP = 4096  # bytes of the program's stderr kept for diagnostics
 
 
@@ -122,6 +123,7 @@ def bwrap_args(limits: SandboxLimits, run_dir: str, seccomp_fd: int | None = Non
             args += ["--ro-bind", top, top]
     args += sum((["--ro-bind-try", f, f] for f in LINKER_FILES), [])
     args += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",  # (a writable /dev/shm has no size cap)
+             "--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm",  # a capped one, for semaphores
              "--perms", "1777", "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp"]
     for directory in _python_dirs():  # after /tmp's tmpfs, which hid a Python (a venv) under /tmp
         if directory in ("/", "/tmp") or (run_dir + "/").startswith(directory.rstrip("/") + "/"):

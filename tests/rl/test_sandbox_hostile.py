@@ -102,3 +102,12 @@ def test_a_host_that_refuses_oom_score_adj_is_named_in_the_sandboxs_description(
                                                            'open("/nonexistent/oom_score_adj", "w")'))
     monkeypatch.setattr(sandbox, "RUNNER", refusing)
     assert "oom_score_adj NOT raised" in sandbox.check_sandbox.__wrapped__(mode)
+
+
+@needs_bwrap
+def test_multiprocessing_works_in_bwrap_on_a_capped_dev_shm():
+    """/dev was read-only in bwrap mode (a writable /dev/shm has no size cap), and a program using multiprocessing's
+    Pool, Queue or Lock (a POSIX semaphore in /dev/shm) failed with 'Read-only file system'."""
+    program = "import multiprocessing as mp\nwith mp.get_context('fork').Pool(2) as pool:\n    print(sum(pool.map(abs, [-1, 2])))"
+    run = sandbox.run_python(program, mode="bwrap", limits=LIMITS)  # (filling it: test_sandbox_isolation's escapes)
+    assert (run.status, run.stdout) == ("ok", b"3\n"), run.detail

@@ -45,7 +45,7 @@ print("bpf", errno_if_failed(libc.syscall(321, 0, ctypes.create_string_buffer(12
 """
 KERNEL_SURFACE = ("io_uring", "userfaultfd", "perf_event", "bpf")  # unfiltered on the dev host: 0, 1, 13, 22
 FILL_DEV_SHM = """try:
-    open("/dev/shm/fill", "wb").write(b"x")
+    open("/dev/shm/fill", "wb").write(bytes(2 << 20))  # (past its 1 MiB: ENOSPC)
     print("dev_shm", 0)
 except OSError as err:
     print("dev_shm", err.errno)
