@@ -1,5 +1,5 @@
 """The sandbox's seccomp filter: no namespaces, mounts, memfds, ptrace, keyrings, io_uring, userfaultfd, perf
-events, BPF or file handles for a program, in both modes.
+events, BPF, file handles or System V IPC objects for a program, in both modes.
 
     program = seccomp_filter()      # classic BPF (struct sock_filter rows), or None: not written for this host
     read_end = filter_pipe()        # a pipe's read end holding it (None where there is no filter)
@@ -37,7 +37,10 @@ DENIED_SYSCALLS = {"mount": 165, "umount2": 166, "pivot_root": 155, "unshare": 2
                    "request_key": 249, "keyctl": 250,
                    # kernel surface no test program needs, denied as Docker's default profile denies it
                    "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "userfaultfd": 323,
-                   "perf_event_open": 298, "bpf": 321, "name_to_handle_at": 303, "open_by_handle_at": 304}
+                   "perf_event_open": 298, "bpf": 321, "name_to_handle_at": 303, "open_by_handle_at": 304,
+                   # System V IPC objects outlive the run (rlimits_only: the host's IPC namespace; a segment's
+                   # memory, once detached, is outside RLIMIT_AS): 128 MB of segments were left per run
+                   "shmget": 29, "semget": 64, "msgget": 68}
 CLONE, CLONE3 = 56, 435
 CLONE_NAMESPACES = 0x7E020000  # CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
 
