@@ -48,7 +48,7 @@ import threading
 import time
 
 from r1jax.errors import UserError
-from r1jax.rl.rewards.sandbox_dirs import get_run_root, remove_tree
+from r1jax.rl.rewards.sandbox_dirs import get_run_root, remove_tree, remove_user_files
 from r1jax.rl.rewards.sandbox_values import MEMORY_EXIT, STARTED, SYNTAX_EXIT
 from r1jax.rl.rewards.seccomp import filter_pipe, seccomp_filter
 
@@ -64,7 +64,8 @@ CPU_SIGNALS = (signal.SIGXCPU, signal.SIGKILL)  # the soft and the hard RLIMIT_C
 CLEAN_ENV = {"PATH": "/usr/bin:/bin", "LC_CTYPE": "C.UTF-8"}
 LINKER_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d")
 SANDBOX_UID_BASE = 2_000_000  # as root, programs run as uid BASE + the pid of the scoring process
-PROBE = "print(6 * 7)\ntry:\n    print(open('/proc/self/oom_score_adj').read())\nexcept OSError:\n    pass\n"  # check_sandbox
+PROBE = "print(6 * 7)\ntry:\n    print(open('/proc/self/oom_score_adj').read())\nexcept OSError:\n    pass\n"
+# (check_sandbox's program: 42, and the oom_score_adj its runner set)
 SHM_BYTES = 1 << 20  # bwrap's /dev/shm: multiprocessing's locks and queues (a page per semaphore) need one
 STDERR_KEEP = 4096  # bytes of the program's stderr kept for diagnostics
 
@@ -190,6 +191,7 @@ def run_python(source: str, *, stdin: bytes = b"", mode: str = "bwrap", limits: 
         finally:
             if mode == "rlimits_only" and uid >= 0:
                 kill_user_processes(uid)
+                remove_user_files(uid)
     finally:
         remove_tree(run_dir, temp.cleanup)
 

@@ -69,6 +69,34 @@ def get_run_root() -> str:
     return _run_root
 
 
+SHARED_TEMP = ("/tmp", "/dev/shm", "/var/tmp")  # world-writable places (and tempfile's) a run's files outlived it
+
+
+def remove_user_files(uid: int) -> list[str]:
+    """Remove what `uid` (a run's sandbox user, rlimits_only as root, its processes killed) left at the top of the
+    host's world-writable temporary directories, where nothing else of that user lives: a program wrote files of
+    RLIMIT_FSIZE each, as many as its wall time allowed, into /dev/shm (the host's memory) and /tmp, and they
+    outlived the run. A symlink is removed, never followed. Returns the paths removed."""
+    removed = []
+    for directory in dict.fromkeys((tempfile.gettempdir(), *SHARED_TEMP)):
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_uid != uid:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    remove_tree(entry.path)
+                else:
+                    os.unlink(entry.path)
+            except OSError:
+                continue
+            removed.append(entry.path)
+    return removed
+
+
 def remove_tree(path: str, remove=None) -> None:
     """`remove()` (default: shutil.rmtree(path, ignore_errors=True)), never raising: a tree it cannot remove (one
     deeper than Python's recursion limit: an rlimits_only program's 3,000 nested directories raised RecursionError

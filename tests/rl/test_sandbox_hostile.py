@@ -109,7 +109,8 @@ def test_a_host_that_refuses_oom_score_adj_is_named_in_the_sandboxs_description(
 def test_multiprocessing_works_in_bwrap_on_a_capped_dev_shm():
     """/dev was read-only in bwrap mode (a writable /dev/shm has no size cap), and a program using multiprocessing's
     Pool, Queue or Lock (a POSIX semaphore in /dev/shm) failed with 'Read-only file system'."""
-    program = "import multiprocessing as mp\nwith mp.get_context('fork').Pool(2) as pool:\n    print(sum(pool.map(abs, [-1, 2])))"
+    program = ("import multiprocessing as mp\nwith mp.get_context('fork').Pool(2) as pool:\n"
+               "    print(sum(pool.map(abs, [-1, 2])))")
     run = sandbox.run_python(program, mode="bwrap", limits=LIMITS)  # (filling it: test_sandbox_isolation's escapes)
     assert (run.status, run.stdout) == ("ok", b"3\n"), run.detail
 
@@ -131,3 +132,26 @@ def test_rlimits_only_programs_cannot_leave_system_v_ipc_objects_behind():
     of RLIMIT_AS) outlived its run and every later one's (128 MB a run measured), held by the host's kernel."""
     run = sandbox.run_python(SYSV_IPC, mode="rlimits_only", limits=LIMITS)
     assert (run.status, run.stdout) == ("ok", b"shm 1\nsem 1\nmsg 1\n"), run.detail  # EPERM, the filter's
+
+
+LEAVES = ("import os\nfor top in ('/dev/shm', '/tmp', '/var/tmp'):\n"
+          "    open(f'{top}/r1jax-left-file', 'wb').write(bytes(1 << 20))\n"
+          "    os.mkdir(f'{top}/r1jax-left-dir')\n    os.symlink(%r, f'{top}/r1jax-left-dir/link')\n"
+          "os.symlink(%r, '/tmp/r1jax-left-link')\nprint('left')\n")
+
+
+@needs_root
+def test_rlimits_only_programs_leave_no_files_in_the_hosts_temporary_directories(tmp_path):
+    """rlimits_only as root: a program's files in /dev/shm (the host's memory), /tmp and /var/tmp outlived its run
+    (16 MB each, as many as its wall time allowed); now its user's entries there go with it, symlinks unfollowed."""
+    host = tmp_path / "host-file"
+    host.write_text("kept")
+    left = [f"{top}/r1jax-left-{kind}" for top in ("/dev/shm", "/tmp", "/var/tmp") for kind in ("file", "dir")]
+    try:
+        run = sandbox.run_python(LEAVES % (str(host), str(host)), mode="rlimits_only", limits=LIMITS)
+        assert (run.status, run.stdout) == ("ok", b"left\n"), run.detail
+        assert [path for path in left + ["/tmp/r1jax-left-link"] if os.path.lexists(path)] == []
+        assert host.read_text() == "kept"
+    finally:
+        for path in left + ["/tmp/r1jax-left-link"]:
+            subprocess.run(["rm", "-rf", "--", path], check=False)
