@@ -64,8 +64,12 @@ CPU_SIGNALS = (signal.SIGXCPU, signal.SIGKILL)  # the soft and the hard RLIMIT_C
 CLEAN_ENV = {"PATH": "/usr/bin:/bin", "LC_CTYPE": "C.UTF-8"}
 LINKER_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d")
 SANDBOX_UID_BASE = 2_000_000  # as root, programs run as uid BASE + the pid of the scoring process
-PROBE = "print(6 * 7)\ntry:\n    print(open('/proc/self/oom_score_adj').read())\nexcept OSError:\n    pass\n"
-# (check_sandbox's program: 42, and the oom_score_adj its runner set)
+# check_sandbox's program: 42, the oom_score_adj its runner set, then its value after a program's try to lower it
+# (dumpable again, its /proc/self files are its own: without CAP_SYS_RESOURCE where the runner set it, it can)
+PROBE = ("import ctypes\nprint(6 * 7)\ntry:\n    print(open('/proc/self/oom_score_adj').read())\n"
+         "    ctypes.CDLL(None).prctl(4, *map(ctypes.c_ulong, (1, 0, 0, 0)))\n"
+         "    open('/proc/self/oom_score_adj', 'w').write('0')\n    print(open('/proc/self/oom_score_adj').read())\n"
+         "except (OSError, AttributeError):\n    pass\n")
 SHM_BYTES = 1 << 20  # bwrap's /dev/shm: multiprocessing's locks and queues (a page per semaphore) need one
 STDERR_KEEP = 4096  # bytes of the program's stderr kept for diagnostics
 
@@ -344,9 +348,13 @@ def check_sandbox(mode: str) -> str:
                 "the host Python could not run a program, or the kernel refused the seccomp filter")
         raise UserError(f"code sandbox ({mode}) does not work: {result.status}: {result.detail.strip()}; {hint}")
     filtered = "seccomp" if seccomp_filter() is not None else "NO seccomp filter (not x86_64)"
-    if result.stdout.split()[1:] != [b"1000"]:  # (sandbox_runner.limit: the host refused it, and says nothing)
+    adj = result.stdout.split()[1:]
+    if adj[:1] != [b"1000"]:  # (sandbox_runner.limit: the host refused it, and says nothing)
         filtered += (" (oom_score_adj NOT raised: the host refuses /proc/self/oom_score_adj, so the out-of-memory "
                      "killer may take the trainer before a program)")
+    elif adj[1:]:
+        filtered += (" (oom_score_adj 1000 is NO floor: without CAP_SYS_RESOURCE a program lowers it to the "
+                     "trainer's, and the out-of-memory killer may take the trainer before it)")
     if mode == "bwrap":
         return (f"bwrap (namespaces: no network, no other processes, read-only file system, private /tmp) + "
                 f"{filtered} + rlimits")

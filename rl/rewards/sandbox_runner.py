@@ -72,7 +72,8 @@ def limit(limits: dict) -> None:
         resource.setrlimit(kind, (soft, hard))
     # RLIMIT_AS bounds each process, not the tree (up to `processes` of them): the kernel's out-of-memory killer
     # takes the sandbox's processes first, not the largest process of the host (the trainer). Written with
-    # CAP_SYS_RESOURCE (as root: bwrap keeps it for this), it is also their floor: a program cannot lower it
+    # CAP_SYS_RESOURCE (as root: bwrap keeps it for this), it is also their floor (without it, a program made
+    # dumpable again lowers it: check_sandbox's description says so)
     try:
         with open("/proc/self/oom_score_adj", "w") as adj:
             adj.write("1000")

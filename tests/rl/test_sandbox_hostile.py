@@ -56,11 +56,29 @@ OOM_ADJ = ("import os\nadj = open('/proc/self/oom_score_adj').read().strip()\nif
 def test_the_out_of_memory_killer_takes_the_programs_first_and_they_cannot_change_that(mode):
     """RLIMIT_AS bounds each process, not the tree: 15 forks of memory_mb each (16 x 512 MB by default, per
     worker) could drive the host out of memory, and the kernel's OOM killer then chose the largest process, the
-    trainer. Every process of a run now has oom_score_adj 1000 (the first to go), which a program cannot lower."""
+    trainer. Every process of a run now has oom_score_adj 1000 (the first to go), which a program cannot lower by
+    writing it (made dumpable again, it can where the runner lacked CAP_SYS_RESOURCE: the next test)."""
     if mode == "bwrap" and shutil.which("bwrap") is None:
         pytest.skip("no bwrap")
     run = sandbox.run_python(OOM_ADJ, mode=mode, limits=LIMITS)
     assert (run.status, run.stdout) == ("ok", b"1000 1000\n"), run.detail
+
+
+LOWER_OOM_ADJ = ("import ctypes\nctypes.CDLL(None).prctl(4, *map(ctypes.c_ulong, (1, 0, 0, 0)))\ntry:\n"
+                 "    open('/proc/self/oom_score_adj', 'w').write('0')\nexcept OSError:\n    pass\n"
+                 "print(open('/proc/self/oom_score_adj').read().strip())\n")
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "rlimits_only"])
+def test_the_sandboxs_description_says_when_a_program_can_lower_its_oom_score_adj(mode):
+    """Made dumpable again (or by exec), a program owns its /proc/self files and lowers its oom_score_adj to the
+    trainer's wherever the runner set it without CAP_SYS_RESOURCE (without root; as root in a container with
+    Docker's default capabilities, as on the dev host): the log said the sandbox's processes went first all the same."""
+    if mode == "bwrap" and shutil.which("bwrap") is None:
+        pytest.skip("no bwrap")
+    run = sandbox.run_python(LOWER_OOM_ADJ, mode=mode, limits=LIMITS)
+    assert run.status == "ok" and run.stdout in (b"0\n", b"1000\n"), run
+    assert ("oom_score_adj 1000 is NO floor" in sandbox.check_sandbox.__wrapped__(mode)) == (run.stdout == b"0\n")
 
 
 @needs_bwrap
@@ -97,7 +115,7 @@ def test_a_host_that_refuses_oom_score_adj_is_named_in_the_sandboxs_description(
     nothing said so, and the trainer's log claimed the protection it lacked."""
     if mode == "bwrap" and shutil.which("bwrap") is None:
         pytest.skip("no bwrap")
-    assert "oom_score_adj" not in sandbox.check_sandbox.__wrapped__(mode)
+    assert "oom_score_adj NOT raised" not in sandbox.check_sandbox.__wrapped__(mode)
     refusing = tmp_path / "runner.py"  # (its write goes nowhere: as where /proc/self/oom_score_adj is read-only)
     refusing.write_text(sandbox.RUNNER.read_text().replace('open("/proc/self/oom_score_adj", "w")',
                                                            'open("/nonexistent/oom_score_adj", "w")'))
