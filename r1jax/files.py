@@ -151,18 +151,22 @@ def lock_directory(directory: str | os.PathLike, what: str) -> IO | None:
     for _ in range(10):
         handle = open(path, "a+", encoding="utf-8")
         try:
-            _lock_exclusive(handle)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "a process that has not written its name yet"
-            handle.close()
-            raise UserError(f"{what} {directory} is in use by another trainer ({holder}; {path}): wait for it to "
-                            "end, or stop it (SIGTERM saves a checkpoint), then run again") from None
+            held = _lock_exclusive(handle, path)
         except OSError as err:
             handle.close()
             logging.getLogger(__name__).warning("%s %s cannot be locked (%s): nothing keeps a second trainer out",
                                                 what, directory, err)
             return None
+        if held:
+            handle.seek(0)
+            holder = handle.read().strip() or "a process that has not written its name yet"
+            handle.close()
+            if held == "shared":  # readers' probes only, past PROBE_GRACE_S: one stopped mid-probe
+                raise UserError(f"{what} {directory}: its lock {path} is held shared, by no trainer, for over "
+                                f"{PROBE_GRACE_S:g} s (a reader of the run stopped while probing it, e.g. "
+                                "Ctrl-Z: let it go on or end it), then run again") from None
+            raise UserError(f"{what} {directory} is in use by another trainer ({holder}; {path}): wait for it to "
+                            "end, or stop it (SIGTERM saves a checkpoint), then run again") from None
         if same_file(handle, path):
             break
         # removed after it was opened (a refused start takes back the lock file it added): a lock on it guards
@@ -178,21 +182,37 @@ def lock_directory(directory: str | os.PathLike, what: str) -> IO | None:
     return handle
 
 
-PROBE_GRACE_S = 0.1  # how long a start waits out a reader's `lock_held` probe (held for microseconds)
+PROBE_GRACE_S = 5.0  # how long a start waits out readers' `lock_held` probes (each held for microseconds)
 
 
-def _lock_exclusive(handle: IO) -> None:
-    """An exclusive flock on `handle` taken without waiting for a holder, but past a reader's probe of it
-    (`lock_held`): that refused a trainer's start as 'in use by another trainer'. BlockingIOError: held."""
+def _lock_exclusive(handle: IO, path: pathlib.Path) -> str | None:
+    """An exclusive flock on `handle` taken without waiting for a trainer that holds it, but past readers' probes
+    of it (`lock_held`'s shared flocks: a probe refused a trainer's start as 'in use by another trainer', and
+    one descheduled on a loaded host held it past a fixed 0.1 s). None: locked; "exclusive": a trainer holds it
+    (said at once); "shared": readers held it all of PROBE_GRACE_S. OSError: no flock here."""
     deadline = time.monotonic() + PROBE_GRACE_S
     while True:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
+            return None
         except BlockingIOError:
+            if _held_exclusively(path):
+                return "exclusive"
             if time.monotonic() >= deadline:
-                raise
+                return "shared"
             time.sleep(0.01)
+
+
+def _held_exclusively(path: pathlib.Path) -> bool:
+    """Whether a process holds an exclusive flock on `path` (a trainer's), not only shared ones (readers')."""
+    try:
+        with open(path, "rb") as probe:
+            fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # (a shared lock beside readers' ones; closing drops it)
+    except BlockingIOError:
+        return True
+    except OSError:  # gone (the next try opens the new one), or unreadable: its holders cannot be told apart
+        return False
+    return False
 
 
 def lock_held(directory: str | os.PathLike) -> bool:

@@ -93,6 +93,46 @@ def test_a_readers_probe_of_the_lock_does_not_refuse_a_trainers_start(tmp_path, 
     assert probe.closed
 
 
+def _clock(monkeypatch, at=None):
+    """files' clock, moved on by its sleeps only; `at(now)` runs at each sleep (a reader's probe ending)."""
+    now = [0.0]
+
+    def sleep(seconds):
+        now[0] += seconds
+        if at:
+            at(now[0])
+
+    monkeypatch.setattr(files.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(files.time, "sleep", sleep)
+    return now
+
+
+def test_a_start_waits_out_a_readers_probe_held_past_a_tenth_of_a_second(tmp_path, monkeypatch):
+    """A probe descheduled on a loaded host (or held by many readers in turn) outlasted the fixed 0.1 s, and the
+    start was refused as 'in use by another trainer': a lock held shared only is readers', waited out."""
+    (tmp_path / files.LOCK_NAME).touch()
+    probe = open(tmp_path / files.LOCK_NAME, "rb")
+    fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    _clock(monkeypatch, lambda now: now >= 0.5 and probe.close())
+    files.lock_directory(tmp_path, "run directory").close()
+    assert probe.closed
+
+
+def test_a_trainers_lock_refuses_a_start_at_once_and_a_probe_stuck_past_the_grace_is_named(tmp_path, monkeypatch):
+    now = _clock(monkeypatch)
+    trainer = files.lock_directory(tmp_path, "run directory")
+    with pytest.raises(UserError, match=r"in use by another trainer \(pid \d+ on "):
+        files.lock_directory(tmp_path, "run directory")
+    assert now[0] == 0  # no wait for a lock held exclusively
+    trainer.close()
+    probe = open(tmp_path / files.LOCK_NAME, "rb")
+    fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a reader stopped mid-probe (Ctrl-Z)
+    with pytest.raises(UserError, match=r"held shared, by no trainer, for over 5 s \(a reader of the run stopped"):
+        files.lock_directory(tmp_path, "run directory")
+    assert now[0] >= files.PROBE_GRACE_S
+    probe.close()
+
+
 def test_a_write_takes_away_the_temporaries_of_killed_writers_only(tmp_path):
     """A writer killed between its write and its rename (SIGKILL: no cleanup runs) left `.NAME.HOST-PID.tmp`
     for good; the next write of NAME removes it, but not a live writer's, another host's, another container's (a
