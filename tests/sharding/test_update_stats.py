@@ -224,6 +224,19 @@ def test_a_loop_of_traced_length_counts_the_trips_its_name_scope_states():
     assert StepStats.from_hlo(text).flops == (5 + 1) * 2 * ROWS * D * D
 
 
+def test_only_the_loop_directly_under_the_name_scope_takes_its_stated_count():
+    """A loop nested in the body of the `expected_trips_5` loop (op_name `.../expected_trips_5/while/body/while`)
+    is not the stated one: its traced length counts once per outer trip (5 x 1), not 5 (5 x 5)."""
+    def program(w_DD, x_BD, used, inner):
+        body = lambda _, x: jax.lax.fori_loop(0, inner, lambda _, y: jnp.tanh(y @ w_DD), x)
+        with jax.named_scope("expected_trips_5"):
+            return jax.lax.fori_loop(0, used, body, x_BD)
+
+    text = jax.jit(program).lower(jnp.ones((D, D)), jnp.ones((ROWS, D)), 3, 2).compile().as_text()
+    assert 'expected_trips_5/while/body/while"' in text
+    assert StepStats.from_hlo(text).flops == 5 * 2 * ROWS * D * D
+
+
 CHIP = ChipSpec(peak_flops=400e12, hbm_bytes_per_s=2e12, ici_bytes_per_s=1e12, source="test")  # 5e11 B/s in
 
 
