@@ -153,16 +153,18 @@ RESAVE_WAIT_S = 10.0  # how long a read of step N waits for a trainer's re-save 
 def _saved_again(step_dir: pathlib.Path, said: str) -> bool:
     """Whether the step directory `step_dir` (N), absent, is a step saved again: N moved aside as `N.previous`
     and the new N not yet renamed into place. While a trainer holds the run directory (its lock, beside the
-    checkpoint root: r1jax.files.lock_held) this waits (at most RESAVE_WAIT_S, polling) for the new N: true once
-    it stands. A re-save that outlasts the wait, or a copy aside that no trainer will finish (a killed run's: its
+    checkpoint root: r1jax.files.lock_held, probed again at each poll) this waits (at most RESAVE_WAIT_S,
+    polling) for the new N: true once it stands. A re-save that outlasts the wait, or a copy aside that no trainer will finish (a killed run's: its
     next start puts it back, rl.train.checkpointing), is a UserError at once, `said` and the copy aside."""
     aside = step_dir.with_name(step_dir.name + PREVIOUS_SUFFIX)
     if not step_dir.name.isdigit() or not aside.is_dir():
         return False
-    live = lock_held(step_dir.absolute().parent.parent)  # (the run directory: a relative `3` is in it)
+    run_dir = step_dir.absolute().parent.parent  # (the run directory: a relative `3` is in it)
+    live = lock_held(run_dir)
     deadline = time.monotonic() + RESAVE_WAIT_S
     while live and not step_dir.exists() and aside.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
+        live = lock_held(run_dir)  # a trainer killed meanwhile: its copy aside is named now, not after the wait
     if step_dir.exists() or not aside.exists():  # (put back, or dropped once the new copy committed)
         return step_dir.exists()
     if live:

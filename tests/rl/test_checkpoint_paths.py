@@ -232,3 +232,24 @@ def test_a_killed_resaves_copy_aside_is_named_at_once_by_every_read(tmp_path, mo
                                             rf"back \(or rename it to {root}/3\)$"):
             read_latest(path, lambda d: d.name)
     assert waits == [] and read_latest(root / "2", lambda d: d.name) == "2"  # a committed step named: read
+
+
+def test_a_read_waiting_for_a_resave_whose_trainer_is_killed_names_its_copy_aside_at_once(tmp_path, monkeypatch,
+                                                                                          trainer):
+    """The trainer is killed while a read waits for its re-save of step 3: the read names the copy aside and what
+    to do when the lock goes (it waited out the 10 s, then said 'being saved again', nothing to do)."""
+    import r1jax.rl.checkpoint as checkpoint
+
+    root, now = steps(tmp_path / "checkpoints", 2, "3.previous"), [0.0]
+
+    def sleep(seconds):  # the trainer dies at the read's first poll
+        now[0] += seconds
+        trainer.close()
+
+    monkeypatch.setattr(checkpoint.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(checkpoint.time, "sleep", sleep)
+    for path in (tmp_path, root / "3"):
+        now[0] = 0.0
+        with pytest.raises(UserError, match=r": a re-save of step 3 was interrupted .* resuming the run puts it back"):
+            read_latest(path, lambda d: d.name)
+        assert now[0] < 0.1
