@@ -169,7 +169,8 @@ def _saved_again(step_dir: pathlib.Path, said: str) -> bool:
         return step_dir.exists()
     if live:
         raise UserError(f"{said}: step {step_dir.name} is being saved again (not in place after {RESAVE_WAIT_S:g} s), "
-                        f"its previous copy in {aside}")
+                        f"its previous copy in {aside}: read again once the trainer's save of it ends (a large model's "
+                        "outlasts the wait)")
     raise UserError(f"{said}: a re-save of step {step_dir.name} was interrupted and left its previous copy in "
                     f"{aside}: resuming the run puts it back (or rename it to {step_dir})")
 

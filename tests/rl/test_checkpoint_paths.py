@@ -192,7 +192,8 @@ def test_a_step_that_does_not_exist_fails_at_once_and_an_endless_resave_after_th
     assert waits == []  # no step 4 being saved again: no wait
     monkeypatch.setattr(checkpoint, "RESAVE_WAIT_S", 0.0)  # a live trainer's re-save that does not end
     with pytest.raises(UserError, match=r"^checkpoint '.*checkpoints/3' does not exist: step 3 is being saved again "
-                                        r"\(not in place after 0 s\), its previous copy in .*checkpoints/3\.previous$"):
+                                        r"\(not in place after 0 s\), its previous copy in .*checkpoints/3\.previous: "
+                                        r"read again once the trainer's save of it ends"):
         read_latest(root / "3", lambda d: d)
     monkeypatch.chdir(root)  # `3` named from within the checkpoint root: the trainer's lock is in the directory above
     with pytest.raises(UserError, match=r"^checkpoint '3' does not exist: step 3 is being saved again"):
