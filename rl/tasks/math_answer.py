@@ -40,10 +40,10 @@ _GROUPED = re.compile(r"(?<![\d.^_])[1-9]\d{0,2}(?:(?:\{,\}|,\\!|%s)\d{3})+(?!\d
 # a whole answer that is one number with thousands commas, signed or not ("-1,234", "+2,500.5"), or a letter equal
 # to one ("x = 1,234"): math-verify reads "1,234" as 1234 but "-1,234" as no number, and "x = 1,234" as 1234 as
 # text (its default) but x = {1, 234} as LaTeX (the only way r1jax parses), which scored a right answer 0
-_COMMA_GROUPED = re.compile(r"\s*(?:[a-zA-Z]\s*=\s*)?[-+−]?\s*[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?\s*")
+_COMMA_GROUPED = re.compile(r"\s*+(?:[a-zA-Z]\s*+=\s*+)?(?:[-+−]\s*+)?[1-9]\d{0,2}(?:,\d{3})++(?:\.\d++)?\s*+")
 # a whole answer that is 0, a comma and three digits, signed or not: a decimal comma ("0,111" is 0.111 to math-verify,
 # "-0,111" no number; "0,5" and "1,5" stay the lists {0, 5} and {1, 5}, as math-verify reads them)
-_DECIMAL_COMMA = re.compile(r"\s*(?P<sign>[-+−]?)\s*0,(?P<digits>\d{3})\s*")
+_DECIMAL_COMMA = re.compile(r"\s*+(?P<sign>[-+−]?)\s*+0,(?P<digits>\d{3})\s*+")
 _AMBIGUOUS = re.compile(r"\d(?:\s|\\[,;: !]|~|\\q?quad(?![a-zA-Z])|[\u00a0\u2009\u202f])+\d")
 
 
@@ -97,7 +97,7 @@ def _timeout() -> int | None:
     return 2 if threading.current_thread() is threading.main_thread() else None
 
 
-_NUMERAL = re.compile(r"\d*\.?\d*")
+_NUMERAL = re.compile(r"\d*+\.?\d*+")
 _hardened = False
 
 
@@ -215,17 +215,18 @@ class MathTask(Task):
 _TEXT_GROUP = re.compile(r"\\(?:text[a-z]*|math[a-z]*|[mh]box|emph|operatorname)\s*\{")
 # A text group of only "or" or "and" between answers: a list of them ("x = 2 \\text{ or } x = 3" for the solutions
 # "2, 3"), compared as one; a hedge ("5 \\text{ or } 6" for 5) is a list of two, which fails a single reference
-_CONNECTOR = re.compile(r"\s*,?\s*\\(?:text[a-z]*|mathrm|[mh]box)\s*\{\s*,?\s*(?:or|and)\s*\}\s*", re.I)
+_CONNECTOR = re.compile(r"(?!(?<=\s)\s)\s*+,?\s*+\\(?:text[a-z]*+|mathrm|[mh]box)\s*+\{\s*+,?\s*+(?:or|and)\s*+\}\s*+",
+                        re.I)
 _POWER = re.compile(r"[\^_]\s*(?:\d|\{\s*-?\d+\s*\})")  # a unit's power or index ("\\mathrm{cm^2}", "H_2O"): no answer
 _HEDGE = re.compile(r"\d|(?<![A-Za-z])(?:or|either|maybe|perhaps|possibly|probably|not|otherwise)(?![A-Za-z])", re.I)
 # An approximation: each side with a digit must verify, a decimal to its last place ("5 \\approx 6" scored for 5);
 # a side without one ("x", "\\pi") is left out
 _APPROX = re.compile(r"\\(?:approx|approxeq|thickapprox)(?![a-zA-Z])|\u2248")
 # a side's trailing unit, its power too ("3.33 \\text{ cm}^2"): a decimal with a unit is still a decimal
-_UNIT = re.compile(r"(?:\s|\\[,;: !]|~)*\\(?:text[a-z]*|mathrm|[mh]box)\s*\{[^{}]*\}"
-                   r"(?:\s*\^\s*(?:\d|\{\s*\d+\s*\}))?\s*$")
+_UNIT = re.compile(r"(?<![\s~])(?<!\\[,;: !])(?:\s|\\[,;: !]|~)*+\\(?:text[a-z]*+|mathrm|[mh]box)\s*+\{[^{}]*+\}"
+                   r"(?:\s*+\^\s*+(?:\d|\{\s*+\d++\s*+\}))?\s*+$")
 # a decimal, or a number in percent ("66.7\\%", "67%": its value over 100, to its last place)
-_DECIMAL = re.compile(r"\s*(?P<number>[-+]?\d{1,30}\.\d{1,30}|[-+]?\d{1,30}(?=\s*\\?%))\s*(?P<percent>\\?%)?\s*")
+_DECIMAL = re.compile(r"\s*+(?P<number>[-+]?\d{1,30}\.\d{1,30}|[-+]?\d{1,30}(?=\s*+\\?%))\s*+(?P<percent>\\?%)?\s*+")
 
 
 def _approximates(decimal: str, reference: str) -> bool:

@@ -41,8 +41,11 @@ MAX_SYMBOLIC_OFFSET = 9  # (n+9)!/n! and \binom{n}{9} expand to 9 factors; \bino
 MAX_SYMBOLIC_POWER = 20  # (x+1)^{20} expands in ~50 ms, (x+1)^{999} outruns the 2 s alarm
 MAX_POWER_DIGITS = 100_000  # a numeric power's digits: 9999^{9999} has 40,000; (999!)^{999} 2.6 million (1 s)
 _OPENERS, _CLOSERS = "({[", ")}]"
-_FACTORIAL = re.compile(r"\d{%d,}\s*!" % (MAX_FACTORIAL_DIGITS + 1))
+_FACTORIAL = re.compile(r"(?<!\d)\d{%d,}+\s*+!" % (MAX_FACTORIAL_DIGITS + 1))
 _DIGITS = re.compile(r"\d+")
+# A number or a letter (a plain base), a number and its factorial, at the end of the text before a '^' or a '!'
+_PLAIN_BEFORE = re.compile(r"(?:(?<!\d)\d++|[a-zA-Z])\s*+$")
+_NUMBER_BEFORE = re.compile(r"(?<!\d)\d++\s*+!?\s*+$")
 _OPERAND = re.compile(r"\\[a-zA-Z]+|\d+|.")
 # Inside an exponent these make a tower or a product; a plain exponent is a number, a letter or a sum.
 _EXPONENT_FORBIDDEN = ("^", "*", "\\cdot", "\\times", "!", "\\exp", "\\binom", "\\uparrow")
@@ -146,12 +149,12 @@ def _risky_power(text: str, caret: int) -> str | None:
         return "factorial in an exponent"  # "9^9!" is 9^(9!)
     base, start = _base_before(text, caret)
     if not base:
-        plain = re.search(r"(?:\d+|[a-zA-Z])\s*$", text[:caret])
+        plain = _PLAIN_BEFORE.search(text[:caret])
         start = plain.start() if plain else caret
     if text[:start].rstrip().endswith("^"):
         return "exponent tower"  # "2^{9}^{9}", "9^9^9": the base is itself an exponent
     if not base:
-        number = re.search(r"\d+\s*!?\s*$", text[:caret])  # "9999^{...}", "9999!^{...}"
+        number = _NUMBER_BEFORE.search(text[:caret])  # "9999^{...}", "9999!^{...}"
         if number and _number_digits(number.group(0)) * _power(exponent) > MAX_POWER_DIGITS:
             return "power with too many digits"  # 9999^{9999+9999+...}
         return None
@@ -207,7 +210,7 @@ def _risky_factorial(text: str, bang: int) -> str | None:
     if base and not _small([base]):
         return "factorial of more than a small argument"  # "(99999999)!", "(2^{99})!", "(n+99)!"
     if not base:
-        plain = re.search(r"(?:\d+|[a-zA-Z])\s*$", text[:bang])
+        plain = _PLAIN_BEFORE.search(text[:bang])
         start = plain.start() if plain else bang
     if text[:start].rstrip().endswith("^"):
         return "factorial in an exponent"  # "9^9!" is 9^(9!)
