@@ -18,7 +18,9 @@ RELATIVE_TOLERANCE of the value (`_relatively_close`). Text math-verify drops ma
 ("5 \\text{ or 6}", "5 \\textbf{6}": `hedged`), and each side of an approximation with a digit must verify, a
 decimal (a percent: over 100) to its last place ("5 \\approx 6" was 5; "\\frac{1}{3} \\approx 0.333" and
 "\\frac{2}{3} \\approx 66.7\\%" score). Shapes whose parsing or comparison could run away are refused first
-(rl.tasks.math_screen).
+(rl.tasks.math_screen), and so is an answer or a reference of more than MAX_ANSWER_CHARS characters (whitespace
+around it aside): math-verify's own normalisation is quadratic in runs of spaces (0.5 s for 1,000 in "x = ... a",
+2 s, its alarm, for 2,000 and beyond).
 
 sympy, latex2sympy2 and math-verify are imported inside the functions that use them: they take seconds to
 import and are needed only where answers are verified (the reward workers), not in the trainer.
@@ -33,6 +35,7 @@ from r1jax.errors import UserError
 from r1jax.rl.tasks.base import TEXT_COMMANDS, Problem, Task, register_task, strip_markup
 from r1jax.rl.tasks.math_screen import risky
 
+MAX_ANSWER_CHARS = 1000  # four times the longest answer the accuracy reward reads by default (answer_max_chars)
 # LaTeX's spacing (thin, medium, thick, negative thin, normal), non-breaking, narrow no-break
 _SPACE = r"(?:\\[,:;! ]|~| |\u00a0|\u2009|\u202f)"
 _SEPARATOR = re.compile(r"\{,\}|,\\!|" + _SPACE)
@@ -88,6 +91,9 @@ def ambiguous(text: str) -> bool:
 def check_reference(reference: str) -> str | None:
     """Why a reference answer can never score (the screen refuses it), or None: for data loading to name the row,
     as countdown's check_reference does."""
+    if len(reference.strip()) > MAX_ANSWER_CHARS:
+        return f"the math verifier reads answers of at most {MAX_ANSWER_CHARS} characters, this reference has " \
+               f"{len(reference.strip())}"
     reason = risky(normalise(reference))
     return f"the math verifier refuses this reference ({reason})" if reason else None
 
@@ -189,6 +195,8 @@ class MathTask(Task):
     def verify(self, candidate: str, reference: str, prompt: str = "") -> bool:
         from math_verify import verify
 
+        if max(len(candidate.strip()), len(reference.strip())) > MAX_ANSWER_CHARS:
+            return False  # (module docstring)
         words = _words(reference)
         if words is not None:
             return _words(candidate, wrapped=False) == words

@@ -37,3 +37,18 @@ def test_hostile_answer_is_checked_in_linear_time(tasks, case):
     verdict = HOSTILE[case](tasks)
     assert time.perf_counter() - start < 0.5  # ~1-10 ms each
     assert not verdict  # none is an answer, a refusal, a unit or a decimal
+
+
+def test_math_answer_past_the_bound_scores_zero_at_once(tasks):
+    """math-verify's own normalisation is quadratic in runs of spaces: an answer or a reference of more than
+    MAX_ANSWER_CHARS characters (whitespace around it aside) scores 0 before it (2 s, math-verify's alarm, before)."""
+    start = time.perf_counter()
+    assert not tasks["math"].verify("x =" + " " * 20000 + "1234", "1234")
+    assert time.perf_counter() - start < 0.5
+    bound = math_answer.MAX_ANSWER_CHARS
+    assert tasks["math"].verify("0" * (bound - 4) + "1234", "1234")
+    assert not tasks["math"].verify("0" * (bound - 3) + "1234", "1234")
+    assert not tasks["math"].verify("1234", "0" * (bound - 3) + "1234")
+    assert tasks["math"].verify(" " * 5000 + "1234" + " " * 5000, "1234")
+    assert math_answer.check_reference("1" * (bound + 1)) == \
+        f"the math verifier reads answers of at most {bound} characters, this reference has {bound + 1}"
