@@ -154,8 +154,9 @@ def _saved_again(step_dir: pathlib.Path, said: str) -> bool:
     """Whether the step directory `step_dir` (N), absent, is a step saved again: N moved aside as `N.previous`
     and the new N not yet renamed into place. While a trainer holds the run directory (its lock, beside the
     checkpoint root: r1jax.files.lock_held, probed again at each poll) this waits (at most RESAVE_WAIT_S,
-    polling) for the new N: true once it stands. A re-save that outlasts the wait, or a copy aside that no trainer will finish (a killed run's: its
-    next start puts it back, rl.train.checkpointing), is a UserError at once, `said` and the copy aside."""
+    polling) for the new N: true once it stands. A re-save that outlasts the wait, or a copy aside that no
+    trainer will finish (a killed run's: its next start puts it back, rl.train.checkpointing), is a UserError
+    at once, `said` and the copy aside."""
     aside = step_dir.with_name(step_dir.name + PREVIOUS_SUFFIX)
     if not step_dir.name.isdigit() or not aside.is_dir():
         return False
