@@ -207,3 +207,41 @@ def test_the_shared_checks_refuse_past_their_bounds_when_called_directly():
     for value in (1, 0, "true", None):
         with pytest.raises(UserError, match=re.escape(f"k={value!r}: expected true or false")):
             check_bool("k", value)
+
+
+# --- mutation round 21: the config's cross-section checks, at their bounds (hand-computed) ---
+
+# tiny: model.num_experts_per_tok=2, sampling.prompt_buckets=(32, 64), sampling.max_new_tokens=40; an SFT stage
+# of max_sequence_length=4096. INT32_MAX = 2,147,483,647.
+@pytest.mark.parametrize("overrides,named", [
+    # eval.batch_size x samples = 10,083 x 1,024 = 10,324,992 rows x (64 + 40) x 2 = 2,147,598,336 > 2^31-1
+    (["eval.samples=1024", "eval.batch_size=10083"], "eval.batch_size x eval.samples = 10,324,992 rows: x (64 + 40 "
+                                                     "tokens: the largest prompt bucket"),
+    # ceil(786,430 / 3) = 262,144 rows x 4096 x 2 = 2^31 (the floor, 262,143, would fit)
+    (["stages.0.batch_size=786430", "update.micro_batches=3"], "stages[sft].batch_size=786430 rows (/ "
+                                                               "update.micro_batches=3) x max_sequence_length=4096"),
+    # a distill forward is checked as an SFT one: 262,144 x 4096 x 2 = 2^31
+    (["stages=[{name: d, kind: distill, teacher: /nonexistent, batch_size: 262144}]"], "stages[d].batch_size=262144"),
+    (["stages=[]"], "stages: empty; a run needs at least one stage"),
+    (["stages.1.name=sft"], "stages: names must be unique, got ['sft', 'sft']"),
+])
+def test_a_cross_section_bound_names_its_keys_at_the_first_value_past_it(overrides, named):
+    with pytest.raises(UserError, match=re.escape(named)):
+        load_config("tiny", overrides)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["eval.samples=1024", "eval.batch_size=10082"],  # 10,323,968 x 104 x 2 = 2,147,385,344 <= 2^31-1
+    ["stages.0.batch_size=786429", "update.micro_batches=3"],  # 262,143 x 4096 x 2 = 2,147,475,456
+    ["stages=[{name: d, kind: distill, teacher: /nonexistent, batch_size: 262143}]"],
+    # an overlong reward of weight 0 never scores, so its unreachable start is no error
+    ["rewards.names=[accuracy,format,overlong]", "rewards.weights=[1.0,1.0,0.0]"],
+])
+def test_the_last_value_within_a_cross_section_bound_loads(overrides):
+    load_config("tiny", overrides)
+
+
+def test_an_unreachable_overlong_penalty_is_named_for_a_rejection_sampling_stage_too():
+    with pytest.raises(UserError, match=re.escape("but stage rs samples at most 40")):
+        load_config("tiny", ["rewards.names=[accuracy,format,overlong]", "rewards.weights=[1.0,1.0,1.0]",
+                             "stages=[{name: rs, kind: rejection_sampling}]"])
