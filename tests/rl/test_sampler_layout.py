@@ -210,3 +210,62 @@ def test_reshard_seconds_add_up_until_taken(monkeypatch):
     layout.reshard(state)
     layout.reshard(state)
     assert layout.take_seconds() == 2.0 and layout.take_seconds() == 0.0
+
+
+def test_the_placed_copy_splits_no_weight_over_fsdp_and_its_bytes_are_what_the_fit_check_counts():
+    """Read from the placed arrays: no weight of the inference copy is split over `fsdp` (a decode loop would
+    gather it at every token), the experts are split over `expert`; the fit check's bytes per device are the
+    bytes device 0 holds, so the copy fits in twice them and falls back 2 bytes below."""
+    _, state, mesh, layout, _ = _trained_layout("qwen3_moe")
+    placed = layout.reshard(state)
+    specs = [x.sharding.spec for x in jax.tree.leaves(placed)]
+    axes = {a for spec in specs for part in spec if part for a in ((part,) if isinstance(part, str) else part)}
+    assert "fsdp" not in axes and "expert" in axes
+    device = mesh.devices.flat[0]
+    held = sum(s.data.nbytes for x in jax.tree.leaves(placed) for s in x.addressable_shards if s.device == device)
+    sampling = dataclasses.replace(CONFIG, layout="auto")
+    assert choose_layout(sampling, MODELS["qwen3_moe"], mesh, TRAIN_RULES, free_bytes=2 * held)[0] is not None
+    layout, note = choose_layout(sampling, MODELS["qwen3_moe"], mesh, TRAIN_RULES, free_bytes=2 * held - 2)
+    assert layout is None and "more than 50% of the" in note
+
+
+def test_free_hbm_is_the_least_free_of_this_process_devices_and_none_where_one_states_none():
+    import types
+
+    from r1jax.rl.sampler_layout import free_hbm_bytes
+
+    def device(limit, used, process=0):
+        stats = {"bytes_limit": limit, "bytes_in_use": used} if limit else {}
+        return types.SimpleNamespace(process_index=process, memory_stats=lambda: stats)
+
+    mesh = lambda *devices: types.SimpleNamespace(devices=np.array(devices, dtype=object))
+    assert free_hbm_bytes(mesh(device(100, 30), device(100, 60), device(10, 0, process=1))) == 40
+    assert free_hbm_bytes(mesh(device(100, 30), device(0, 0))) is None
+    assert free_hbm_bytes(mesh(device(0, 0, process=1))) is None  # no device of this process
+
+
+def test_reshard_time_is_a_metric_only_for_a_sampler_that_reshards():
+    import types
+
+    layout = types.SimpleNamespace(take_seconds=lambda: 1.5)
+    assert reshard_metrics(types.SimpleNamespace(layout=layout)) == {"time/reshard_s": 1.5}
+    assert reshard_metrics(types.SimpleNamespace(layout=None)) == {} == reshard_metrics(object())
+
+
+def test_an_inference_mesh_that_does_not_divide_falls_back_under_auto_and_is_refused_when_asked_for():
+    mesh = build_mesh(ShardingConfig(fsdp=8, preset="fsdp"))
+    sampling = dataclasses.replace(CONFIG, mesh={"expert": 3})  # 3 does not divide 8 devices
+    with pytest.raises(UserError):
+        choose_layout(sampling, QWEN, mesh, TRAIN_RULES)
+    layout, note = choose_layout(dataclasses.replace(sampling, layout="auto"), QWEN, mesh, TRAIN_RULES)
+    assert layout is None and note.startswith("sampler layout: train (the inference layout does not apply: ")
+
+
+def test_the_fallback_line_states_the_copy_and_the_free_hbm_in_gib():
+    """Shapes only (no array is made): an untied 2^17 x 2^12 float32 embedding and head are 2 GiB each, held
+    whole on every device (`tensor` = 1), so the copy needs 4.0x GiB per device: past half of 3 GiB free."""
+    big = dataclasses.replace(QWEN, vocab_size=2**17, hidden_size=2**12)
+    mesh = build_mesh(ShardingConfig(fsdp=8, preset="fsdp"))
+    layout, note = choose_layout(dataclasses.replace(CONFIG, layout="auto"), big, mesh, TRAIN_RULES,
+                                 free_bytes=3 * 2**30)
+    assert layout is None and re.search(r"needs 4\.0\d GiB per device .* more than 50% of the 3\.00 GiB free", note)
