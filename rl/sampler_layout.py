@@ -230,10 +230,13 @@ def choose_layout(sampling, model: ModelConfig, train_mesh: Mesh, train_rules: R
         rules = sharding.logical_rules()
         _, params, bias = split_policy(abstract_policy(model))
         need = device_bytes(abstract_sharded((params, bias), mesh, rules))
-    except UserError as err:
+    except UserError as err:  # the mesh is sampling.mesh's or the family's, not the `sharding` section's
+        mesh_of = f"sampling.mesh={sampling.mesh}" if sampling.mesh is not None else "the family's default mesh"
+        why = f"the inference layout ({mesh_of}) does not apply: {str(err).removeprefix('sharding: ')}"
         if sampling.layout == "inference":
-            raise
-        return None, f"sampler layout: train (the inference layout does not apply: {err})"
+            raise UserError(f"sampling.layout=inference: {why}; set sampling.mesh to one that does, or "
+                            "sampling.layout=auto") from None
+        return None, f"sampler layout: train ({why})"
     # every process decides from the least free HBM of any process's devices: each deciding from its own
     # could pick different layouts on unequal hosts, whose collectives then never match (a hang)
     free = least("free-hbm", free_hbm_bytes(mesh), "the sampler layout's memory check") \

@@ -258,7 +258,8 @@ def test_an_inference_mesh_that_does_not_divide_falls_back_under_auto_and_is_ref
     with pytest.raises(UserError):
         choose_layout(sampling, QWEN, mesh, TRAIN_RULES)
     layout, note = choose_layout(dataclasses.replace(sampling, layout="auto"), QWEN, mesh, TRAIN_RULES)
-    assert layout is None and note.startswith("sampler layout: train (the inference layout does not apply: ")
+    assert layout is None and note.startswith("sampler layout: train (the inference layout (sampling.mesh="
+                                                  "{'expert': 3}) does not apply: the fixed mesh axes")
 
 
 def test_the_fallback_line_states_the_copy_and_the_free_hbm_in_gib():
@@ -269,3 +270,16 @@ def test_the_fallback_line_states_the_copy_and_the_free_hbm_in_gib():
     layout, note = choose_layout(dataclasses.replace(CONFIG, layout="auto"), big, mesh, TRAIN_RULES,
                                  free_bytes=3 * 2**30)
     assert layout is None and re.search(r"needs 4\.0\d GiB per device .* more than 50% of the 3\.00 GiB free", note)
+
+
+def test_an_inference_mesh_that_does_not_fit_is_named_as_sampling_mesh_not_the_sharding_section():
+    """`sampling.mesh={expert: 16}` on 8 devices said "sharding: the fixed mesh axes ... multiply to 16" under
+    `layout: inference`: the trainer's `sharding` section, which fits; the error names sampling.mesh."""
+    mesh = build_mesh(ShardingConfig(fsdp=8, preset="fsdp"))
+    sampling = dataclasses.replace(CONFIG, mesh={"expert": 16})
+    with pytest.raises(UserError, match=re.escape("sampling.layout=inference: the inference layout (sampling.mesh="
+                                                  "{'expert': 16}) does not apply: the fixed mesh axes")) as info:
+        choose_layout(sampling, QWEN, mesh, TRAIN_RULES)
+    assert "sharding" not in str(info.value)
+    layout, note = choose_layout(dataclasses.replace(sampling, layout="auto"), QWEN, mesh, TRAIN_RULES)
+    assert layout is None and "(sampling.mesh={'expert': 16}) does not apply: " in note
