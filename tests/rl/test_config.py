@@ -117,3 +117,22 @@ def test_grpo_and_optimizer_defaults_are_r1_zeros():
     assert GRPOConfig(ref_reset_every=0).ref_reset_every == 0  # never reset
     with pytest.raises(UserError, match="ref_reset_every"):
         GRPOConfig(ref_reset_every=-1)
+
+
+def test_a_yml_file_loads_as_a_yaml_one(tmp_path):
+    """`.yml` is as much a YAML file as `.yaml`: read as the config, not looked up as a preset name."""
+    (tmp_path / "run.yml").write_text("seed: 3\nstages:\n  - {name: only, kind: sft, steps: 2}\n")
+    config = load_config(tmp_path / "run.yml", ["stages.0.steps=5"])
+    assert (config.seed, [(s.name, s.steps) for s in config.stages]) == (3, [("only", 5)])
+    with pytest.raises(UserError, match=re.escape(f"config file {str(tmp_path / 'gone.yml')!r} does not exist")):
+        load_config(tmp_path / "gone.yml")
+
+
+def test_a_field_of_a_tuple_item_is_refused_not_written_over_the_item():
+    """`rewards.names.0.x=format`: a string item has no field x; the override is refused, naming how the
+    tuple is set, where replacing the whole tuple would have put 'format' in place of item 0."""
+    with pytest.raises(UserError, match=re.escape("'rewards.names.0.x=format': rewards.names is set as a whole "
+                                                  "list (rewards.names=[...]) or item by item")):
+        load_config("tiny", ["rewards.names.0.x=format"])
+    assert load_config("tiny", ["rewards.names.1=accuracy", "rewards.names.0=format"]).rewards.names == \
+        ("format", "accuracy")

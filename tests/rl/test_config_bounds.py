@@ -245,3 +245,13 @@ def test_an_unreachable_overlong_penalty_is_named_for_a_rejection_sampling_stage
     with pytest.raises(UserError, match=re.escape("but stage rs samples at most 40")):
         load_config("tiny", ["rewards.names=[accuracy,format,overlong]", "rewards.weights=[1.0,1.0,1.0]",
                              "stages=[{name: rs, kind: rejection_sampling}]"])
+
+
+def test_a_mapping_item_of_the_wrong_kind_and_a_nan_in_a_yaml_file_are_named(tmp_path):
+    """A dict field's values are items: `sampling.mesh={expert: true}` is no mesh size of 1; a file's NaN is caught
+    after its merge as an override's is after its update."""
+    with pytest.raises(UserError, match=re.escape("sampling.mesh.expert = True: expected an integer")):
+        load_config("tiny", ["sampling.mesh={expert: true}"])
+    (tmp_path / "c.yaml").write_text("sampling: {temperature: .nan}\n")
+    with pytest.raises(UserError, match=re.escape("c.yaml: sampling.temperature = nan: expected a finite number")):
+        load_config(tmp_path / "c.yaml")
