@@ -283,3 +283,25 @@ def test_an_inference_mesh_that_does_not_fit_is_named_as_sampling_mesh_not_the_s
     assert "sharding" not in str(info.value)
     layout, note = choose_layout(dataclasses.replace(sampling, layout="auto"), QWEN, mesh, TRAIN_RULES)
     assert layout is None and "(sampling.mesh={'expert': 16}) does not apply: " in note
+
+
+def test_a_rollout_comes_back_split_by_rows_on_the_trainer_mesh_and_the_cpu_copy_stays_stacked():
+    """Each of the 8 trainer devices holds one row of every field, the routing record [L, B, T, K] split on B
+    (its axis 1), the scalar `steps` whole; on CPU the inference copy keeps its layers stacked (module docstring)."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from r1jax.rl.decoding import Rollout
+
+    _, state, mesh, layout, _ = _trained_layout("qwen3_moe")
+    assert layout.per_layer is False
+    here = lambda shape: jax.device_put(np.zeros(shape, np.int32), NamedSharding(layout.mesh, PartitionSpec()))
+    fake = lambda placed: Rollout(here((8, 5)), here((8, 5)), here((8, 5)), here((8, 2)), here((8,)),
+                                  here((3, 8, 5, 2)), here(()))
+    rollout = layout.run(state, fake)
+    for name, value in rollout._asdict().items():
+        if value is None:
+            continue
+        shapes = {s.data.shape for s in value.addressable_shards}
+        assert shapes == ({()} if name == "steps" else {(3, 1, 5, 2)} if name == "experts_LBTK" else
+                          {(1, *value.shape[1:])}), name
+        assert {s.device for s in value.addressable_shards} == set(mesh.devices.flat)
