@@ -151,3 +151,15 @@ def test_a_trainer_mesh_that_does_not_fit_the_devices_left_says_how_many_the_sam
                                   "sharding.fsdp=1"])
     with pytest.raises(UserError, match=r"needs 8 devices .* \(sampling.devices=1 leaves the trainer 7 of 8\)"):
         Trainer(config, tmp_path)
+
+
+def test_a_training_layout_whose_weights_do_not_split_over_the_sampler_devices_is_named_at_once():
+    """Trainer 4 devices (fsdp=4 divides the hidden size 32), sampler 3 (fsdp=3 does not): the mesh builds, the
+    weights do not split, and that is said when the layout is chosen rather than when the weights move."""
+    train_devices, devices = split_devices(SamplingConfig(devices=3), jax.devices()[:7])
+    sharding = ShardingConfig(data=1, fsdp=-1)
+    train_mesh = build_mesh(sharding, train_devices)
+    with pytest.raises(UserError, match=r"sampling.devices=3: the sampler's training layout .* does not fit its 3 "
+                                        r"devices: .*\('embed', size 32\) does not divide by mesh axes fsdp of size 3"):
+        own_devices_layout(SamplingConfig(devices=3, layout="train"), sharding, QWEN, train_mesh,
+                           sharding.logical_rules(), devices)
