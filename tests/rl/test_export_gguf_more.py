@@ -19,12 +19,12 @@ from tests.model.tiny import DEEPSEEK, QWEN
 from tests.rl.test_export_gguf import CORPUS, VOCAB, read
 
 DS = dataclasses.replace(DEEPSEEK, vocab_size=VOCAB, num_hidden_layers=4, first_k_dense_replace=2,
-                         n_shared_experts=2, kv_lora_rank=24, qk_nope_head_dim=16, num_experts_per_tok=3,
-                         routed_scaling_factor=2.5, rope_theta=5e5, max_position_embeddings=1024,
+                         n_shared_experts=2, kv_lora_rank=32, qk_nope_head_dim=24, v_head_dim=16, n_routed_experts=16,
+                         num_experts_per_tok=3, routed_scaling_factor=2.5, rope_theta=5e5, max_position_embeddings=1024,
                          intermediate_size=48, moe_intermediate_size=24)
 QW = dataclasses.replace(QWEN, vocab_size=VOCAB, mlp_only_layers=(), rope_theta=1e6, max_position_embeddings=512,
-                         rms_norm_eps=1e-5, num_experts_per_tok=3, intermediate_size=48, moe_intermediate_size=24,
-                         num_key_value_heads=1, head_dim=16)
+                         rms_norm_eps=1e-5, n_routed_experts=16, num_experts_per_tok=3, intermediate_size=48,
+                         moe_intermediate_size=24, num_key_value_heads=1, head_dim=16)
 DS_YARN = dataclasses.replace(DS, rope_type="yarn", rope_factor=8.0, rope_original_max_position_embeddings=128,
                               rope_beta_fast=24.0, rope_beta_slow=2.0, rope_mscale=0.5, rope_mscale_all_dim=0.5)
 QW_YARN = dataclasses.replace(QW, rope_type="yarn", rope_factor=4.0, rope_original_max_position_embeddings=128,
@@ -58,10 +58,10 @@ def test_deepseek2_metadata_is_the_configs(exported):
         "feed_forward_length": 48, "attention.head_count": c.num_attention_heads, "attention.head_count_kv": 1,
         "attention.layer_norm_rms_epsilon": c.rms_norm_eps, "rope.freq_base": 5e5, "rope.scaling.type": "none",
         "rope.dimension_count": c.qk_rope_head_dim, "leading_dense_block_count": 2,
-        "attention.q_lora_rank": c.q_lora_rank, "attention.kv_lora_rank": 24,
-        "attention.key_length": 24 + c.qk_rope_head_dim, "attention.value_length": 24,
-        "attention.key_length_mla": 16 + c.qk_rope_head_dim, "attention.value_length_mla": c.v_head_dim,
-        "expert_count": c.n_routed_experts, "expert_used_count": 3, "expert_feed_forward_length": 24,
+        "attention.q_lora_rank": c.q_lora_rank, "attention.kv_lora_rank": 32,
+        "attention.key_length": 32 + 8, "attention.value_length": 32,
+        "attention.key_length_mla": 24 + 8, "attention.value_length_mla": 16, "expert_count": 16,
+        "expert_used_count": 3, "expert_feed_forward_length": 24,
         "expert_shared_count": 2, "expert_weights_scale": 2.5, "expert_weights_norm": c.norm_topk_prob,
         "expert_gating_func": int(gguf.ExpertGatingFuncType.SIGMOID), "expert_group_count": c.n_group,
         "expert_group_used_count": c.topk_group})
@@ -71,10 +71,10 @@ def test_qwen3moe_metadata_is_the_configs(exported):
     fields, _, c = exported["qw"]
     assert arch_keys(fields, "qwen3moe") == pytest.approx({
         "vocab_size": c.vocab_size, "context_length": 512, "embedding_length": c.hidden_size,
-        "block_count": c.num_hidden_layers, "feed_forward_length": 48, "attention.head_count": c.num_attention_heads,
+        "block_count": 3, "feed_forward_length": 48, "attention.head_count": c.num_attention_heads,
         "attention.head_count_kv": 1, "attention.key_length": 16, "attention.value_length": 16,
         "attention.layer_norm_rms_epsilon": 1e-5, "rope.freq_base": 1e6, "rope.scaling.type": "none",
-        "rope.dimension_count": 16, "expert_count": c.n_routed_experts, "expert_used_count": 3,
+        "rope.dimension_count": 16, "expert_count": 16, "expert_used_count": 3,
         "expert_feed_forward_length": 24, "expert_shared_count": 0, "expert_weights_scale": 1.0,
         "expert_weights_norm": True, "expert_gating_func": int(gguf.ExpertGatingFuncType.SOFTMAX),
         "expert_group_count": 0, "expert_group_used_count": 0})
@@ -114,8 +114,8 @@ def test_every_tensor_name_is_one_llama_cpp_has_for_the_architecture(exported, n
     shapes = {"blk.3.ffn_gate_exps.weight": (e, width, hidden), "blk.3.ffn_up_exps.weight": (e, width, hidden),
               "blk.3.ffn_down_exps.weight": (e, hidden, width), "blk.0.ffn_norm.weight": (hidden,)}
     if c.is_deepseek:
-        shapes.update({"blk.0.attn_k_b.weight": (c.num_attention_heads, 24, 16),
-                       "blk.0.attn_v_b.weight": (c.num_attention_heads, c.v_head_dim, 24),
+        shapes.update({"blk.0.attn_k_b.weight": (c.num_attention_heads, 32, 24),
+                       "blk.0.attn_v_b.weight": (c.num_attention_heads, 16, 32),
                        "blk.0.ffn_gate.weight": (48, hidden),
                        "blk.3.ffn_gate_shexp.weight": (2 * width, hidden), "blk.3.exp_probs_b.bias": (e,)})
     else:
@@ -166,8 +166,8 @@ def test_a_tokenizer_with_more_tokens_than_the_model_has_rows_is_refused(tmp_pat
 
 def test_byte_level_bpe_rows_past_the_tokenizer_are_unused_padding(tmp_path):
     """As convert_hf_to_gguf.py writes them: `[PAD<id>]` of type unused up to vocab_size; the vocabulary's own
-    tokens normal (added ones aside); padding_token_id the id of tokenizer_config.json's pad_token; an out-of-range bos_token_id in
-    generation_config.json ignored for <|endoftext|> (the id llama.cpp would otherwise look up past the list)."""
+    tokens normal (added ones aside); padding_token_id the id of tokenizer_config.json's pad_token; an
+    out-of-range bos_token_id in generation_config.json ignored for <|endoftext|>."""
     import json
 
     from r1jax.model.tokenizer import HFTokenizer
@@ -190,3 +190,27 @@ def test_byte_level_bpe_rows_past_the_tokenizer_are_unused_padding(tmp_path):
     pad = json.loads((directory / "tokenizer_config.json").read_text())["pad_token"]
     assert tokens[fields["tokenizer.ggml.padding_token_id"]] == pad
     assert tokens[fields["tokenizer.ggml.bos_token_id"]] == "<|endoftext|>"
+    assert fields["tokenizer.ggml.add_eos_token"] is False  # transformers' encode puts no eos last
+
+
+def test_sentencepiece_keys_are_those_of_llama_cpps_spm_converter(exported, tokenizer):
+    """tokenizer.ggml.model llama with pre `default` and no eos appended, one token per embedding row."""
+    fields, _, c = exported["qw"]
+    assert (fields["tokenizer.ggml.model"], fields["tokenizer.ggml.pre"]) == ("llama", "default")
+    assert fields["tokenizer.ggml.add_eos_token"] is False
+    assert len(fields["tokenizer.ggml.tokens"]) == len(fields["tokenizer.ggml.scores"]) == c.vocab_size
+    assert fields["tokenizer.ggml.tokens"][fields["tokenizer.ggml.unknown_token_id"]] == "<unk>"
+
+
+def test_an_existing_output_is_replaced_only_when_forced(tokenizer, tmp_path):
+    """export_gguf itself (not only the CLI) refuses to overwrite a file; force replaces it with a GGUF."""
+    from r1jax.errors import UserError
+
+    out = tmp_path / "m.gguf"
+    out.write_bytes(b"keep")
+    policy = init_policy(QW, 0)
+    with pytest.raises(UserError, match=rf"output {str(out)!r} exists; pass --force to replace it"):
+        export_gguf(policy, out, tokenizer, "f32")
+    assert out.read_bytes() == b"keep" and sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+    export_gguf(policy, out, tokenizer, "f32", force=True)
+    assert read(out)[0]["general.architecture"] == "qwen3moe"
