@@ -5,7 +5,7 @@
   [B, kv_heads, head_dim, S] (slots last), V [B, kv_heads, S, head_dim]. A step's scores are then one product
   per (row, kv head) over the slots as they lie, [G, head_dim] x [head_dim, S], and its values another,
   [G, S] x [S, head_dim]: on a CPU 2.5-5x faster than reading a [B, S, kv_heads, head_dim] cache, whose slots
-  are not the minor axis of either product (the README's decode figures).
+  are not the minor axis of either product (benchmarks/HISTORY.md's decode figures).
 - `MLAttention` (deepseek_v3): multi-head latent attention. Its cache entries are the normalised latent
   c_BSC and the rotated shared rope key k_BSR, not full per-head K/V; `attend` expands the latent.
 
@@ -20,7 +20,7 @@ normaliser and weighted sum of the FlashAttention papers), so a step costs what 
 the cache's budget. Both equal the dense softmax up to float rounding; a row with every key masked gives
 zeros from the blocks, a finite mix from the whole read. On a CPU every block is copied out of the cache
 before its products read it (XLA's dots take whole buffers), so there the whole read is faster up to caches
-of about a thousand slots (README, decode figures). GQA's block-wise read runs as a Pallas kernel when
+of about a thousand slots (benchmarks/HISTORY.md, decode figures). GQA's block-wise read runs as a Pallas kernel when
 compiled for TPU (model.pallas_attention, the same online softmax over the same blocks, reading the cache
 where it lies). MLA's latent read always runs as the XLA loop here.
 

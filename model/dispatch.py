@@ -40,8 +40,9 @@ def resolve_impl(impl: str, *, decode: bool = False, backend: str | None = None)
     dense product over all experts there). TPU: `ragged` for a decode step (one pass over each expert's
     weights per step), else `blocked`: any other forward may be differentiated (the update), and XLA compiles
     `ragged_dot`'s weight gradient for TPU as a dense product over every local expert (`qwen3_30b_a3b`'s
-    update step estimated at 43.1 s per v5p chip with ragged, 8.15 s blocked in blocks of 64 rows; README,
-    "Estimated ... one update step"). Other backends (GPU): `ragged`, not measured against `blocked`."""
+    update step estimated at 43.1 s per v5p chip with ragged, 8.15 s blocked in blocks of 64 rows;
+    benchmarks/HISTORY.md, "Ahead-of-time compilation"). Other backends (GPU): `ragged`, not measured
+    against `blocked`."""
     if impl != "auto":
         return impl
     backend = backend or jax.default_backend()

@@ -32,8 +32,8 @@ for bit; DeepSeek-V3's tokens and routing, its log-probs to float rounding: the 
 sum in another order). Compiled for TPU, each layer apart took Qwen3's decode step from 35.3 to 20.7 GB of HBM
 (`qwen3_30b_a3b`, v5p-16); for DeepSeek-V3 (`deepseek_v3_671b`, v5p-512) it is what lets the decode's chunked
 expert dispatch (model.dispatch) pay off: with its layers stacked, the chunk loop made XLA copy each layer's
-expert weights again (the README's decode table: 16.6 GB per step before, 11.3 GB after). The price is compile
-time: the sampler's unrolled layers take minutes to compile (DeepSeek-V3's: 322-338 s, was 33 s stacked).
+expert weights again (benchmarks/HISTORY.md's decode table: 16.6 GB per step before, 11.3 GB after). The price
+is compile time: the sampler's unrolled layers take minutes to compile (DeepSeek-V3's: 322-338 s, was 33 s stacked).
 """
 
 from __future__ import annotations

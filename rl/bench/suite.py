@@ -51,7 +51,7 @@ class BenchSize:
     code_items: int = 200  # code verifications: each a sandboxed run of a program against its tests
     longtail_prompts: int = 32  # the long-tail rollout: P x G rows decoded by `longtail_slots` slots
     longtail_samples: int = 8
-    longtail_slots: int = 64  # the sampler figure's batch (32 before the tail's slots: README, Benchmarks)
+    longtail_slots: int = 64  # the sampler figure's batch (32 before the tail's slots: benchmarks/HISTORY.md)
     longtail_tail_slots: tuple[int, ...] = (32, 16, 8, 4, 2, 1)  # sampling.tail_slots: halving in the tail
     repeats: int = 3  # timed repeats after a warm-up; the best counts
 
@@ -95,7 +95,7 @@ def run_bench(preset: str = "bench", overrides: Sequence[str] = (), quick: bool 
     device = result["device"]
     if device["backend"] == "cpu" and device["local_devices"] == 1 and (device["cpu_count"] or 1) > 1:
         say(f"one CPU device on {device['cpu_count']} cores: `r1jax --cpu-devices {device['cpu_count']} bench ...` "
-            "runs a device per core (README, Benchmarks)")
+            "runs a device per core (README, Testing sharding on a CPU mesh)")
     prompts_BP = bench_prompts(config.model.vocab_size, size.batch, size.prompt_len)
     with use_mesh(mesh, rules):
         policy = init_policy(config.model, config.seed, mesh, rules)
