@@ -24,8 +24,9 @@ a reference, equal to nothing but itself. An object that is no builtin value (an
 class) arrives as a reference whose attributes and calls go back to the program; it has no other operation.
 A raise arrives as an exception of its nearest builtin class (sandbox_judge.RAISABLE: the builtins' Exception
 subclasses but MemoryError, StopIteration and StopAsyncIteration, which cross as Exception; a program's
-`class Invalid(ValueError)` as ValueError) with its arguments when they are builtin values, so that a test's
-`except ValueError` catches it; any other (sys.exit) as sandbox_judge.ProgramRaised.
+`class Invalid(ValueError)` as ValueError, its `class E(KeyError, ValueError)` as a class deriving from both)
+with its arguments when they are builtin values, so that a test's `except ValueError` catches it; any other
+(sys.exit) as sandbox_judge.ProgramRaised.
 No program code runs in this process, which is not dumpable (its memory and descriptors out of the program's
 reach), so the frames, the garbage collector, the nonce and the verdict are out of its reach too. The verdict,
 `NONCE [result, ...]` on VERDICT_FD (the program's stdout is /dev/null), has one result per test:

@@ -4,6 +4,7 @@ class comes back as that class, so `except ValueError` catches it as it would in
 Until 2026-12-05 every raise came back as the judge's ProgramRaised, and a correct program scored 0 on them."""
 
 import importlib
+import json
 import os
 
 import pytest
@@ -53,6 +54,19 @@ def test_the_programs_own_exception_crosses_as_its_nearest_builtin_class(mode):
         assert outcome(RAISING % raised, tests, mode) == (1, 2, "failed"), raised
 
 
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_exception_with_several_builtin_bases_is_caught_by_each(mode):
+    # until 2026-12-05 `class E(KeyError, ValueError)` crossed as KeyError only: `except ValueError` missed it
+    program = "class E(KeyError, ValueError):\n    pass\n" + RAISING % "E('neg')"
+    tests = [EXPECT_VALUE_ERROR, EXPECT_ANY, "try:\n    candidate(-1)\nexcept LookupError as e:\n    assert "
+             "isinstance(e, KeyError) and isinstance(e, ValueError) and e.args == ('neg',)\nelse:\n    assert False",
+             "try:\n    candidate(-1)\nexcept TypeError:\n    pass\nexcept Exception:\n    assert False", *NO_RAISE]
+    assert outcome(program, tests, mode) == (5, 6, "failed")  # (not a TypeError: that test's raise escapes)
+    # a builtin class with a builtin subclass among the bases crosses as the subclass alone, as before
+    assert outcome("class E(UnicodeError, ValueError):\n    pass\n" + RAISING % "E('neg')",
+                   [EXPECT_VALUE_ERROR, "try:\n    candidate(-1)\nexcept UnicodeError:\n    pass"], mode) == (2, 2, "passed")
+
 # the program's process writes its own replies (its module code, before serve runs): "ready", then one reply per
 # test's call, each naming a class the judge must not raise (or arguments it must not carry), then blocks
 def forging(replies: list[bytes]) -> str:
@@ -73,6 +87,17 @@ FORGED = {  # reply: a test that fails unless the judge raised what it must not
     ('["raised", "ValueError", %s]' % LONG).encode(): "except ValueError as e:\n    assert e.args",
     b'["raised", "ValueError", ["list", [["int", "1"]]]]': "except ValueError as e:\n    assert e.args",
     b'["raised", "UnicodeDecodeError", ["tuple", []]]': "except UnicodeDecodeError:\n    pass",
+    # several bases: each an exact RAISABLE name, distinct, at most MAX_BASES, that Python accepts together
+    b'["raised", "KeyError", ["tuple", []], ["SystemExit"]]': "except SystemExit:\n    pass",
+    b'["raised", "KeyError", ["tuple", []], ["ValueError", "MemoryError"]]': "except ValueError:\n    pass",
+    b'["raised", "KeyError", ["tuple", []], ["KeyError"]]': "except KeyError:\n    pass",
+    b'["raised", "KeyError", ["tuple", []], [["ValueError"]]]': "except KeyError:\n    pass",
+    b'["raised", "KeyError", ["tuple", []], []]': "except KeyError:\n    pass",
+    b'["raised", "OSError", ["tuple", []], ["SyntaxError"]]': "except OSError:\n    pass",  # lay-out conflict
+    b'["raised", "Exception", ["tuple", []], ["ValueError"]]': "except ValueError:\n    pass",  # no MRO
+    ('["raised", "KeyError", ["tuple", []], [%s]]' % ", ".join(
+        f'"{name}"' for name in ("ValueError", "TypeError", "IndexError", "AssertionError", "NameError",
+                                 "EOFError", "RuntimeError", "ArithmeticError"))).encode(): "except KeyError:\n    pass",
 }
 
 
@@ -97,6 +122,15 @@ def test_the_arguments_of_a_raise_are_bounded(monkeypatch):
         + sandbox_values.encode(("x" * 10,), 0, [100]).encode() + b"]\n"
     assert sandbox_judge.raised_reply(KeyError("x" * 5000)) == b'["raised", "KeyError", ["tuple", []]]\n'
     assert sandbox_judge.raised_reply(SystemExit(1)) == b'["raised"]\n'
+    several = type("E", (KeyError, ValueError, ZeroDivisionError), {})
+    assert sandbox_judge.raised_reply(several()) == b'["raised", "KeyError", ["tuple", []], ' \
+        b'["ValueError", "ZeroDivisionError"]]\n'
+    assert sandbox_judge.raised_reply(type("E", (UnicodeError, ValueError), {})()) \
+        == b'["raised", "UnicodeError", ["tuple", []]]\n'
+    error = sandbox_judge.program_error(json.loads(sandbox_judge.raised_reply(several("k"))))
+    assert isinstance(error, (KeyError)) and isinstance(error, ValueError) and isinstance(error, ArithmeticError)
+    assert error.args == ("k",) and type(error) is type(sandbox_judge.program_error(
+        json.loads(sandbox_judge.raised_reply(several()))))  # (one class of the judge's per set of names)
     assert set(sandbox_judge.RAISABLE) >= {"ValueError", "TypeError", "KeyError", "IndexError", "AssertionError",
                                           "ZeroDivisionError", "OSError", "Exception"}
     assert not set(sandbox_judge.RAISABLE) & {"SystemExit", "KeyboardInterrupt", "GeneratorExit", "BaseException",
