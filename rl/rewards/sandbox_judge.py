@@ -23,6 +23,11 @@ MAX_REPLY_CHARS = values.MAX_VALUE_CHARS + 64  # a reply line of the program's p
 # and the judge's own ends the run the same way. A BaseException-only one (SystemExit, KeyboardInterrupt) is a plain
 # raise, ProgramRaised. Nor StopIteration, StopAsyncIteration: map, filter and iter(f, sentinel) end at one their
 # function raises, so a program raising it on every input passed `all(map(candidate, ...))` and its `not any`.
+# No narrower rule keeps that and lets a test's `except StopIteration` catch one: the except clause and a C
+# iterator's end (map's, filter's, PyIter_Next's) match the raise by the same subclass test (no __subclasscheck__:
+# any class the one catches ends the other), which of the two a raise will meet is not known when it crosses, and a
+# test that names StopIteration can still hand map a stub, a lambda calling one, or a program's callable it got back.
+# A program's own `next(it, default)` and `except StopIteration` run in its process and are not affected.
 RAISABLE = {name: kind for name, kind in vars(builtins).items() if isinstance(kind, type)
             and issubclass(kind, Exception) and kind.__name__ == name
             and kind not in (MemoryError, StopIteration, StopAsyncIteration)}
