@@ -64,8 +64,9 @@ def test_an_exception_with_several_builtin_bases_is_caught_by_each(mode):
              "try:\n    candidate(-1)\nexcept TypeError:\n    pass\nexcept Exception:\n    assert False", *NO_RAISE]
     assert outcome(program, tests, mode) == (5, 6, "failed")  # (not a TypeError: that test's raise escapes)
     # a builtin class with a builtin subclass among the bases crosses as the subclass alone, as before
-    assert outcome("class E(UnicodeError, ValueError):\n    pass\n" + RAISING % "E('neg')",
-                   [EXPECT_VALUE_ERROR, "try:\n    candidate(-1)\nexcept UnicodeError:\n    pass"], mode) == (2, 2, "passed")
+    tests = [EXPECT_VALUE_ERROR, "try:\n    candidate(-1)\nexcept UnicodeError:\n    pass"]
+    assert outcome("class E(UnicodeError, ValueError):\n    pass\n" + RAISING % "E('neg')", tests, mode) \
+        == (2, 2, "passed")
 
 # the program's process writes its own replies (its module code, before serve runs): "ready", then one reply per
 # test's call, each naming a class the judge must not raise (or arguments it must not carry), then blocks
@@ -95,9 +96,9 @@ FORGED = {  # reply: a test that fails unless the judge raised what it must not
     b'["raised", "KeyError", ["tuple", []], []]': "except KeyError:\n    pass",
     b'["raised", "OSError", ["tuple", []], ["SyntaxError"]]': "except OSError:\n    pass",  # lay-out conflict
     b'["raised", "Exception", ["tuple", []], ["ValueError"]]': "except ValueError:\n    pass",  # no MRO
-    ('["raised", "KeyError", ["tuple", []], [%s]]' % ", ".join(
-        f'"{name}"' for name in ("ValueError", "TypeError", "IndexError", "AssertionError", "NameError",
-                                 "EOFError", "RuntimeError", "ArithmeticError"))).encode(): "except KeyError:\n    pass",
+    ('["raised", "KeyError", ["tuple", []], [%s]]' % ", ".join(  # one past MAX_BASES
+        f'"{name}"' for name in ("ValueError", "TypeError", "IndexError", "AssertionError", "NameError", "EOFError",
+                                 "RuntimeError", "ArithmeticError"))).encode(): "except KeyError:\n    pass",
 }
 
 
