@@ -69,16 +69,17 @@ def get_run_root() -> str:
     return _run_root
 
 
-SHARED_TEMP = ("/tmp", "/dev/shm", "/var/tmp")  # world-writable places (and tempfile's) a run's files outlived it
+SHARED_TEMP = ("/tmp", "/dev/shm", "/var/tmp", "/run/lock", "/var/lock")  # world-writable places (and tempfile's)
+# a run's files outlived it (/var/lock: often a link to /run/lock, swept once)
 
 
 def remove_user_files(uid: int) -> list[str]:
     """Remove what `uid` (a run's sandbox user, rlimits_only as root, its processes killed) left at the top of the
     host's world-writable temporary directories, where nothing else of that user lives: a program wrote files of
-    RLIMIT_FSIZE each, as many as its wall time allowed, into /dev/shm (the host's memory) and /tmp, and they
-    outlived the run. A symlink is removed, never followed. Returns the paths removed."""
+    RLIMIT_FSIZE each, as many as its wall time allowed, into /dev/shm (the host's memory), /tmp and /run/lock,
+    and they outlived the run. A symlink is removed, never followed. Returns the paths removed."""
     removed = []
-    for directory in dict.fromkeys((tempfile.gettempdir(), *SHARED_TEMP)):
+    for directory in dict.fromkeys(os.path.realpath(top) for top in (tempfile.gettempdir(), *SHARED_TEMP)):
         try:
             entries = list(os.scandir(directory))
         except OSError:

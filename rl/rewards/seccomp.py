@@ -1,5 +1,5 @@
 """The sandbox's seccomp filter: no namespaces, mounts, memfds, ptrace, keyrings, io_uring, userfaultfd, perf
-events, BPF, file handles or System V IPC objects for a program, in both modes.
+events, BPF, file handles, System V IPC objects or POSIX message queues for a program, in both modes.
 
     program = seccomp_filter()      # classic BPF (struct sock_filter rows), or None: not written for this host
     read_end = filter_pipe()        # a pipe's read end holding it (None where there is no filter)
@@ -40,7 +40,10 @@ DENIED_SYSCALLS = {"mount": 165, "umount2": 166, "pivot_root": 155, "unshare": 2
                    "perf_event_open": 298, "bpf": 321, "name_to_handle_at": 303, "open_by_handle_at": 304,
                    # System V IPC objects outlive the run (rlimits_only: the host's IPC namespace; a segment's
                    # memory, once detached, is outside RLIMIT_AS): 128 MB of segments were left per run
-                   "shmget": 29, "semget": 64, "msgget": 68}
+                   "shmget": 29, "semget": 64, "msgget": 68,
+                   # and so do POSIX message queues (mq_open works without /dev/mqueue mounted): one a run made
+                   # in rlimits_only stayed in the host's kernel, counted against the sandbox user's RLIMIT_MSGQUEUE
+                   "mq_open": 240}
 CLONE, CLONE3 = 56, 435
 CLONE_NAMESPACES = 0x7E020000  # CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
 

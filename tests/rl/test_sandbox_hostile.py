@@ -2,6 +2,7 @@
 tree too deep to remove, a tree of processes out of memory, a program posing as a sandbox failure. Each let a
 program harm the host or mislead the trainer before its fix."""
 
+import ctypes
 import os
 import pathlib
 import platform
@@ -152,7 +153,28 @@ def test_rlimits_only_programs_cannot_leave_system_v_ipc_objects_behind():
     assert (run.status, run.stdout) == ("ok", b"shm 1\nsem 1\nmsg 1\n"), run.detail  # EPERM, the filter's
 
 
-LEAVES = ("import os\nfor top in ('/dev/shm', '/tmp', '/var/tmp'):\n"
+POSIX_QUEUE = """import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+made = libc.syscall(240, b"r1jax-left-queue", os.O_CREAT | os.O_RDWR, 0o600, None)  # mq_open
+print("mq", ctypes.get_errno() if made < 0 else 0)
+"""
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the filter is x86_64's")
+def test_rlimits_only_programs_cannot_leave_posix_message_queues_behind():
+    """A POSIX message queue (mq_open, no /dev/mqueue needed) a program made in rlimits_only outlived its run in
+    the host's kernel, as System V objects did."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        run = sandbox.run_python(POSIX_QUEUE, mode="rlimits_only", limits=LIMITS)
+        assert (run.status, run.stdout) == ("ok", b"mq 1\n"), run.detail  # EPERM, the filter's
+        assert libc.syscall(240, b"r1jax-left-queue", os.O_RDWR, 0, None) < 0  # none in the host's kernel
+    finally:
+        libc.syscall(241, b"r1jax-left-queue")  # mq_unlink
+
+
+TOPS = tuple(top for top in ("/dev/shm", "/tmp", "/var/tmp", "/run/lock") if os.path.isdir(top))
+LEAVES = ("import os\nfor top in %r:\n" % (TOPS,) +
           "    open(f'{top}/r1jax-left-file', 'wb').write(bytes(1 << 20))\n"
           "    os.mkdir(f'{top}/r1jax-left-dir')\n    os.symlink(%r, f'{top}/r1jax-left-dir/link')\n"
           "os.symlink(%r, '/tmp/r1jax-left-link')\nprint('left')\n")
@@ -160,11 +182,12 @@ LEAVES = ("import os\nfor top in ('/dev/shm', '/tmp', '/var/tmp'):\n"
 
 @needs_root
 def test_rlimits_only_programs_leave_no_files_in_the_hosts_temporary_directories(tmp_path):
-    """rlimits_only as root: a program's files in /dev/shm (the host's memory), /tmp and /var/tmp outlived its run
-    (16 MB each, as many as its wall time allowed); now its user's entries there go with it, symlinks unfollowed."""
+    """rlimits_only as root: a program's files in /dev/shm (the host's memory), /tmp, /var/tmp and /run/lock
+    outlived its run (16 MB each, as many as its wall time allowed); now its user's entries there go with it,
+    symlinks unfollowed."""
     host = tmp_path / "host-file"
     host.write_text("kept")
-    left = [f"{top}/r1jax-left-{kind}" for top in ("/dev/shm", "/tmp", "/var/tmp") for kind in ("file", "dir")]
+    left = [f"{top}/r1jax-left-{kind}" for top in TOPS for kind in ("file", "dir")]
     try:
         run = sandbox.run_python(LEAVES % (str(host), str(host)), mode="rlimits_only", limits=LIMITS)
         assert (run.status, run.stdout) == ("ok", b"left\n"), run.detail
