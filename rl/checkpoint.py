@@ -160,12 +160,14 @@ def _saved_again(step_dir: pathlib.Path, said: str) -> bool:
     aside = step_dir.with_name(step_dir.name + PREVIOUS_SUFFIX)
     if not step_dir.name.isdigit() or not aside.is_dir():
         return False
-    run_dir = step_dir.absolute().parent.parent  # (the run directory: a relative `3` is in it)
-    live = lock_held(run_dir)
+    # the run directory, above the checkpoint root as named (a relative `3` is in it; a RUN/checkpoints that links
+    # elsewhere) and above its real path (a root named through a link to RUN/checkpoints: no lock was found)
+    run_dirs = dict.fromkeys((step_dir.absolute().parent.parent, step_dir.parent.resolve().parent))
+    live = any(lock_held(run_dir) for run_dir in run_dirs)
     deadline = time.monotonic() + RESAVE_WAIT_S
     while live and not step_dir.exists() and aside.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-        live = lock_held(run_dir)  # a trainer killed meanwhile: its copy aside is named now, not after the wait
+        time.sleep(0.02)  # a trainer killed meanwhile: its copy aside is named now, not after the wait
+        live = any(lock_held(run_dir) for run_dir in run_dirs)
     if step_dir.exists() or not aside.exists():  # (put back, or dropped once the new copy committed)
         return step_dir.exists()
     if live:

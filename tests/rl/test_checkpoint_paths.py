@@ -254,3 +254,16 @@ def test_a_read_waiting_for_a_resave_whose_trainer_is_killed_names_its_copy_asid
         with pytest.raises(UserError, match=r": a re-save of step 3 was interrupted .* resuming the run puts it back"):
             read_latest(path, lambda d: d.name)
         assert now[0] < 0.1
+
+
+def test_a_checkpoint_root_named_through_a_link_finds_its_trainers_lock(tmp_path, monkeypatch, trainer):
+    """The root named by a link to RUN/checkpoints: the lock above it was looked for beside the link, none found,
+    and a live re-save of step 3 was said 'interrupted' at once; now the real path's run directory is probed too
+    (and a RUN/checkpoints that is itself a link, named through RUN, still finds RUN's lock)."""
+    root = steps(tmp_path / "checkpoints", 2, "3.previous")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "link").symlink_to(root)
+    waits = _resave_finishing_on_first_wait(monkeypatch, root, 3)
+    assert read_latest(tmp_path / "elsewhere" / "link" / "3", lambda d: sorted(p.name for p in d.iterdir())) \
+        == ["new"] and len(waits) == 1
+
