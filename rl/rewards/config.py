@@ -8,6 +8,7 @@ import re
 from r1jax.errors import UserError
 from r1jax.rl.config_checks import INT32_MAX
 from r1jax.rl.rewards.sandbox import MODES, SandboxLimits
+from r1jax.rl.tasks.math_answer import MAX_ANSWER_CHARS
 
 # Language code -> Unicode script names (the first word of unicodedata.name) that count as that language.
 LANGUAGE_SCRIPTS = {
@@ -127,7 +128,10 @@ class RewardsConfig:
         _require(self.max_length >= 1, s, "max_length", self.max_length, ">= 1")
         _require(0 <= self.overlong_buffer <= self.max_length, s, "overlong_buffer", self.overlong_buffer,
                  "in [0, {max_length}]", max_length=self.max_length)
-        _require(self.answer_max_chars >= 1, s, "answer_max_chars", self.answer_max_chars, ">= 1")
+        # (past the math verifier's cap every longer answer scored 0, whatever this said)
+        _require(1 <= self.answer_max_chars <= MAX_ANSWER_CHARS, s, "answer_max_chars", self.answer_max_chars,
+                 f"in [1, {MAX_ANSWER_CHARS}] (the math verifier reads answers of at most {MAX_ANSWER_CHARS} "
+                 "characters: rl.tasks.math_answer.MAX_ANSWER_CHARS)")
 
 
 @dataclasses.dataclass(frozen=True)

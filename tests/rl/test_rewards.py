@@ -208,6 +208,8 @@ def test_rewards_combine_with_config_weights_and_custom_rewards_register_by_name
     ({"names": ()}, "rewards.names"), ({"names": ("accuracy", "accuracy"), "weights": (1, 1)}, "rewards.names"),
     ({"weights": (1.0,)}, "rewards.weights"), ({"language": "xx"}, "rewards.language"),
     ({"overlong_buffer": 2000}, "rewards.overlong_buffer"), ({"answer_max_chars": 0}, "rewards.answer_max_chars"),
+    # past the math verifier's cap a longer answer scored 0 whatever the config said (it was taken silently)
+    ({"answer_max_chars": 1001}, "rewards.answer_max_chars"),
 ])
 def test_rewards_config_errors_name_the_field(kwargs, field):
     with pytest.raises(UserError, match=field.replace(".", r"\.")):
