@@ -66,18 +66,23 @@ def measure(workers: int, items: list[ScoreItem], config: RewardsConfig = MATH_R
             "reward_mean": round(sum(r.rewards[config.names[0]] for r in results) / len(results), 3)}
 
 
-def scaling(rates: dict, workers: Sequence[int]) -> float:
-    """The rate with the most workers over the rate with the fewest ("N vs 1 workers"), in whatever order
-    --workers lists them (until 2026-12-05 the last listed over the first: `--workers 4,1` read 0.25 for 4x)."""
+def scaling(prefix: str, rates: dict, workers: Sequence[int]) -> dict:
+    """`{prefix}_scaling`: the rate with the most workers over the rate with the fewest ("N vs 1 workers"), in
+    whatever order --workers lists them (until 2026-12-05 the last listed over the first: `--workers 4,1` read 0.25
+    for 4x); null with the reason in `{prefix}_scaling_unmeasured` where the fewest workers' rate is 0 (rounded:
+    items slower than 20 s each). It was NaN there: invalid JSON, and `nanx` on the console."""
     fewest, most = rates[str(min(workers))], rates[str(max(workers))]
-    return most / fewest if fewest else float("nan")
+    if fewest:
+        return {f"{prefix}_scaling": most / fewest}
+    return {f"{prefix}_scaling": None, f"{prefix}_scaling_unmeasured": f"the {min(workers)}-worker rate is "
+            f"{fewest} verifications/s (rounded to 0.1): no ratio over it"}
 
 
 def pool_figures(items: int, workers: Sequence[int]) -> dict:
     """`pool_verifications_per_s` {workers: rate} (JSON keys are strings) and the N-vs-1 scaling."""
     batch = make_items(items)
     rates = {str(w): measure(w, batch)["verifications_per_s"] for w in workers}
-    return {"pool_items": items, "pool_verifications_per_s": rates, "pool_scaling": scaling(rates, workers)}
+    return {"pool_items": items, "pool_verifications_per_s": rates, **scaling("pool", rates, workers)}
 
 
 def code_figures(items: int, workers: Sequence[int]) -> dict:
@@ -90,4 +95,4 @@ def code_figures(items: int, workers: Sequence[int]) -> dict:
         return {"code_items": items, "code_verifications_per_s": None, "code_scaling": None,
                 "code_sandbox": str(err)}
     return {"code_items": items, "code_verifications_per_s": rates, "code_sandbox": "bwrap",
-            "code_scaling": scaling(rates, workers)}
+            **scaling("code", rates, workers)}

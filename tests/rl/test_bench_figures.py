@@ -1,6 +1,7 @@
 """`r1jax bench`'s figures from hand counts, independent of the timings a run measures (fake clocks, fixed
 seconds): attention FLOPs, best-of timings, decode tokens/s, every ratio with a goal, MFU, and the goals' verdicts."""
 
+import json
 import types
 
 import numpy as np
@@ -243,3 +244,14 @@ def test_reward_pool_rates_are_items_over_seconds_and_scaling_is_n_workers_over_
     # --workers listed most first: still the most workers' rate over the fewest's
     assert reward_pool.pool_figures(8, (4, 1))["pool_scaling"] == 4.0
     assert reward_pool.code_figures(4, (2, 1))["code_scaling"] == 2.0
+    # one worker 200 s an item (a rate that rounds to 0): the scaling was NaN, invalid JSON and `nanx` on the table
+    slow = Pool.score_batch
+    monkeypatch.setattr(Pool, "score_batch", lambda self, items: slow(self, items * (400 if self.workers == 1 else 1)))
+    figures = reward_pool.pool_figures(8, (4, 1))
+    assert figures["pool_verifications_per_s"] == {"4": 8.0, "1": 0.0} and figures["pool_scaling"] is None
+    assert figures["pool_scaling_unmeasured"] == "the 1-worker rate is 0.0 verifications/s (rounded to 0.1): no " \
+                                                "ratio over it"
+    assert json.loads(json.dumps(figures, allow_nan=False)) == figures
+    from r1jax.rl.bench.report import FIGURES, format_value
+    unit = next(f.unit for f in FIGURES if f.key == "pool_scaling")
+    assert format_value(figures["pool_scaling"], unit) == "—"
