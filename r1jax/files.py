@@ -182,12 +182,12 @@ def lock_directory(directory: str | os.PathLike, what: str) -> IO | None:
     return handle
 
 
-PROBE_GRACE_S = 5.0  # how long a start waits out readers' `lock_held` probes (each held for microseconds)
+PROBE_GRACE_S = 5.0  # how long a start waits out readers' `lock_probe` probes (each held for microseconds)
 
 
 def _lock_exclusive(handle: IO, path: pathlib.Path) -> str | None:
     """An exclusive flock on `handle` taken without waiting for a trainer that holds it, but past readers' probes
-    of it (`lock_held`'s shared flocks: a probe refused a trainer's start as 'in use by another trainer', and
+    of it (`lock_probe`'s shared flocks: a probe refused a trainer's start as 'in use by another trainer', and
     one descheduled on a loaded host held it past a fixed 0.1 s). None: locked; "exclusive": a trainer holds it
     (said at once); "shared": readers held it all of PROBE_GRACE_S. OSError: no flock here."""
     deadline = time.monotonic() + PROBE_GRACE_S
@@ -216,20 +216,29 @@ def _held_exclusively(path: pathlib.Path) -> bool:
 
 
 def lock_held(directory: str | os.PathLike) -> bool:
-    """Whether a process holds `directory`/.lock (`lock_directory`'s: a trainer lives there), probed by a shared
-    flock taken and dropped at once without waiting. No lock file: False. True also where it cannot be told (a
-    lock file not ours to read, a file system without flock): the caller takes it as held."""
+    """Whether a process holds `directory`/.lock (`lock_directory`'s: a trainer lives there). True also where
+    it cannot be told (`lock_probe`'s reason): the caller takes it as held."""
+    return lock_probe(directory) is not False
+
+
+def lock_probe(directory: str | os.PathLike) -> bool | str:
+    """Whether a process holds `directory`/.lock, probed by a shared flock taken and dropped at once without
+    waiting (no lock file: False), or why that cannot be told: a lock file not ours to read, a file system without
+    flock (not told by /proc/locks either: it lists no other host's lock on a shared file system)."""
+    path = pathlib.Path(directory) / LOCK_NAME
     try:
-        handle = open(pathlib.Path(directory) / LOCK_NAME, "rb")
+        handle = open(path, "rb")
     except FileNotFoundError:
         return False
-    except OSError:
-        return True
+    except OSError as err:
+        return f"{path} cannot be read ({err.strerror or err})"
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:  # BlockingIOError: held; any other: no flock here
+        except BlockingIOError:
             return True
+        except OSError as err:
+            return f"{path} cannot be locked here ({err.strerror or err})"
         return False  # (closing drops the probe's lock)
 
 

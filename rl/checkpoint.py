@@ -30,7 +30,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from r1jax.errors import UserError, error_chain
-from r1jax.files import check_checkpoint_path, lock_held, storage_failure
+from r1jax.files import check_checkpoint_path, lock_probe, storage_failure
 from r1jax.model.decoder import Policy
 from r1jax.model.factory import abstract_policy
 from r1jax.model.tokenizer import TokenizerLike, is_tokenizer_dir, load_tokenizer
@@ -153,7 +153,7 @@ RESAVE_WAIT_S = 10.0  # how long a read of step N waits for a trainer's re-save 
 def _saved_again(step_dir: pathlib.Path, said: str) -> bool:
     """Whether the step directory `step_dir` (N), absent, is a step saved again: N moved aside as `N.previous`
     and the new N not yet renamed into place. While a trainer holds the run directory (its lock, beside the
-    checkpoint root: r1jax.files.lock_held, probed again at each poll) this waits (at most RESAVE_WAIT_S,
+    checkpoint root: r1jax.files.lock_probe, probed again at each poll) this waits (at most RESAVE_WAIT_S,
     polling) for the new N: true once it stands. A re-save that outlasts the wait, or a copy aside that no
     trainer will finish (a killed run's: its next start puts it back, rl.train.checkpointing), is a UserError
     at once, `said` and the copy aside."""
@@ -163,14 +163,18 @@ def _saved_again(step_dir: pathlib.Path, said: str) -> bool:
     # the run directory, above the checkpoint root as named (a relative `3` is in it; a RUN/checkpoints that links
     # elsewhere) and above its real path (a root named through a link to RUN/checkpoints: no lock was found)
     run_dirs = dict.fromkeys((step_dir.absolute().parent.parent, step_dir.parent.resolve().parent))
-    live = any(lock_held(run_dir) for run_dir in run_dirs)
+    probes = [lock_probe(run_dir) for run_dir in run_dirs]
     deadline = time.monotonic() + RESAVE_WAIT_S
-    while live and not step_dir.exists() and aside.exists() and time.monotonic() < deadline:
+    while any(probes) and not step_dir.exists() and aside.exists() and time.monotonic() < deadline:
         time.sleep(0.02)  # a trainer killed meanwhile: its copy aside is named now, not after the wait
-        live = any(lock_held(run_dir) for run_dir in run_dirs)
+        probes = [lock_probe(run_dir) for run_dir in run_dirs]
     if step_dir.exists() or not aside.exists():  # (put back, or dropped once the new copy committed)
         return step_dir.exists()
-    if live:
+    if True not in probes and any(probes):  # (waited as if held: a live re-save is not to be cut short)
+        raise UserError(f"{said}: step {step_dir.name} is not in place after {RESAVE_WAIT_S:g} s, its previous copy in "
+                        f"{aside}; whether a trainer saves it again cannot be told ({[p for p in probes if p][0]}): read "
+                        "again later; if no trainer runs there, resuming the run puts it back")
+    if any(probes):
         raise UserError(f"{said}: step {step_dir.name} is being saved again (not in place after {RESAVE_WAIT_S:g} s), "
                         f"its previous copy in {aside}: read again once the trainer's save of it ends (a large model's "
                         "outlasts the wait)")

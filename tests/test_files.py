@@ -80,6 +80,30 @@ def test_a_lock_is_seen_held_while_a_trainer_holds_it_and_the_probe_keeps_none(t
     files.lock_directory(tmp_path, "run directory").close()  # the probe left no lock behind to refuse a start
     monkeypatch.setattr(fcntl, "flock", lambda *a: (_ for _ in ()).throw(OSError(38, "Function not implemented")))
     assert files.lock_held(tmp_path)  # no flock here: cannot be told, taken as held
+    assert files.lock_probe(tmp_path) == f"{tmp_path}/.lock cannot be locked here (Function not implemented)"
+
+
+def unreadable_lock(monkeypatch):
+    """The run directory's lock file not ours to read (another user's run; root reads any, so it is faked)."""
+    real = open
+
+    def refusing(path, *args, **kwargs):
+        if str(path).endswith("/" + files.LOCK_NAME):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(files, "open", refusing, raising=False)
+
+
+def test_a_lock_file_not_ours_to_read_is_taken_as_held_and_says_why(tmp_path, monkeypatch):
+    """Held where it cannot be told (a live trainer's re-save is not to be cut short), with the reason, so a reader
+    can say that rather than 'being saved again' (rl.checkpoint._saved_again)."""
+    assert files.lock_probe(tmp_path) is False  # no lock file
+    files.lock_directory(tmp_path, "run directory").close()
+    assert files.lock_probe(tmp_path) is False
+    unreadable_lock(monkeypatch)
+    assert files.lock_held(tmp_path)
+    assert files.lock_probe(tmp_path) == f"{tmp_path}/.lock cannot be read (Permission denied)"
 
 
 def test_a_readers_probe_of_the_lock_does_not_refuse_a_trainers_start(tmp_path, monkeypatch):

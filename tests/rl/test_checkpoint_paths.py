@@ -267,3 +267,21 @@ def test_a_checkpoint_root_named_through_a_link_finds_its_trainers_lock(tmp_path
     assert read_latest(tmp_path / "elsewhere" / "link" / "3", lambda d: sorted(p.name for p in d.iterdir())) \
         == ["new"] and len(waits) == 1
 
+
+
+def test_a_resave_under_a_lock_file_not_ours_to_read_is_waited_for_and_says_it_cannot_be_told(tmp_path, monkeypatch):
+    """No trainer, its lock file not readable by this user: the read waits as if one held it (a live re-save is not
+    to be cut short), then says the lock could not be probed (it said 'being saved again', which it cannot know)."""
+    import r1jax.rl.checkpoint as checkpoint
+    from r1jax.files import lock_directory
+    from tests.test_files import unreadable_lock
+
+    lock_directory(tmp_path, "run directory").close()
+    root = steps(tmp_path / "checkpoints", 2, "3.previous")
+    unreadable_lock(monkeypatch)
+    monkeypatch.setattr(checkpoint, "RESAVE_WAIT_S", 0.0)
+    with pytest.raises(UserError, match=r": step 3 is not in place after 0 s, its previous copy in .*3\.previous; "
+                                        r"whether a trainer saves it again cannot be told \(.*/\.lock cannot be read "
+                                        r"\(Permission denied\)\): read again later; if no trainer runs there, "
+                                        r"resuming the run puts it back$"):
+        read_latest(root / "3", lambda d: d.name)
