@@ -138,10 +138,35 @@ def encode_tests(tests, where: str, column: str = "tests") -> str:
         except (ValueError, RecursionError) as err:  # an integer past 4,300 digits, nesting too deep
             raise UserError(f"{where}: field {column!r} is a string but not readable JSON "
                             f"({type(err).__name__})") from None
-    kind, parsed = parse_tests(tests, where + (f" (column {column!r})" if column != "tests" else ""))
+    where += f" (column {column!r})" if column != "tests" else ""
+    kind, parsed = parse_tests(tests, where)
     if kind == "stdio":
         return json.dumps([{"input": i, "output": o} for i, o in parsed])
+    for number, test in enumerate(parsed):
+        if _checks_nothing(test):
+            raise UserError(f"{where}: tests[{number}] checks nothing (no assert, call or raise runs outside its "
+                            f"functions), so every program passes it: HumanEval's `def check(candidate): ...` needs "
+                            f"the `check(candidate)` its harness adds, and an import belongs in the tests that use it")
     return json.dumps(parsed)
+
+
+def _checks_nothing(test: str) -> bool:
+    """Whether an assertion test passes whatever the program does: outside function bodies (which a definition
+    does not run) it holds no assert, call or raise. HumanEval's test field defines `check(candidate)` and leaves
+    the call to its harness: loaded as it is, every program defining the entry point scored 1."""
+    try:
+        pending = list(ast.parse(test).body)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False  # (it fails for every program)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.Assert, ast.Call, ast.Raise)) or getattr(node, "decorator_list", None):
+            return False  # (a decorator is a call)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):  # its defaults run, its body not
+            pending += [*node.args.defaults, *(d for d in node.args.kw_defaults if d is not None)]
+            continue
+        pending += ast.iter_child_nodes(node)
+    return True
 
 
 def same_output(got: bytes, expected: str) -> bool:

@@ -58,6 +58,26 @@ def test_a_bad_code_row_names_file_row_and_field(tmp_path, row, message):
         load_problems(write_jsonl(tmp_path / "bad.jsonl", [row]))
 
 
+HUMANEVAL_TEST = "METADATA = {'author': 'jt'}\n\n\ndef check(candidate):\n    assert candidate(2) == 4\n"
+
+
+@pytest.mark.parametrize("tests", [[HUMANEVAL_TEST], ["import math", "assert f(2) == 4"], ["def check(c): pass"],
+                                   ["class T:\n    def check(self): assert f(2) == 4"]])
+def test_an_assertion_test_that_checks_nothing_is_refused_not_passed_by_every_program(tmp_path, tests):
+    """HumanEval's test field defines check(candidate) and leaves the call to its harness: loaded as it was, a
+    program `def f(x): return 0` scored 1 on it (and an import as a test gave every program a partial share)."""
+    row = {"task": "code", "prompt": "p", "tests": tests, "entry_point": "f"}
+    with pytest.raises(UserError, match=r"bad.jsonl: row 1: tests\[0\] checks nothing .* `check\(candidate\)`"):
+        load_problems(write_jsonl(tmp_path / "bad.jsonl", [row]))
+    runs = [HUMANEVAL_TEST + "check(candidate)", "import math\nassert math.isclose(f(2), 4)",
+            "def h(x=f(2)):\n    return x\nassert h() == 4"]
+    loaded = load_problems(write_jsonl(tmp_path / "ok.jsonl", [{**row, "tests": runs}, {
+        **row, "tests": ["@f\ndef g(): pass", "for x in [2]:\n    assert x", "if 1:\n    x = f(2)"]}]))
+    for program, passed in (("def f(x): return 0", 0), ("def f(x): return 2 * x", 3)):
+        item = ScoreItem("p", f"```python\n{program}\n```", "", "code", tests=loaded[0]["tests"], entry_point="f")
+        assert code_outcome(item, FAST).passed == passed, program
+
+
 @pytest.mark.parametrize("level", [2, 3, 5])
 def test_generated_worked_solutions_pass_their_tests_and_a_wrong_program_does_not(level):
     task = get_task("code", level)
