@@ -130,6 +130,28 @@ def test_code_level_three_draws_shaped_problems_with_python_literals_in_their_te
             ast.literal_eval(want)  # "'cba'", not a bare cba (a NameError in every program's test)
 
 
+def test_code_shaped_tests_fail_the_wrong_programs_a_policy_could_write():
+    """`return a` passed 12-16% of the "larger" problems' three tests, `return xs[0]` 5-9% of the sums', `return
+    s` 1-2% of the reversals': a policy scored on those without solving them."""
+    import ast
+    import json
+
+    wrong = {"larger": [lambda a, b: a, lambda a, b: b], "reversed": [lambda s: s],
+             "sum": [lambda xs: 0, lambda xs: len(xs), lambda xs: xs[0] if xs else 0, lambda xs: xs[-1] if xs else 0],
+             "capitals": [lambda s: s, lambda s: s.title()]}
+    seen = set()
+    for problem in code_problems(3, 400) + code_problems(5, 200):
+        kind = next((k for k in wrong if k in problem.prompt), None)
+        if kind is None:
+            continue
+        seen.add(kind)
+        calls = [ast.parse(t).body[0].test for t in json.loads(problem.tests)]
+        cases = [([ast.literal_eval(a) for a in c.left.args], ast.literal_eval(c.comparators[0])) for c in calls]
+        for program in wrong[kind]:
+            assert not all(program(*args) == want for args, want in cases), (problem.prompt, problem.tests)
+    assert seen == set(wrong)
+
+
 def test_arithmetic_needs_two_operands_and_scores_no_unreadable_pair():
     with pytest.raises(UserError, match=r"knob operands = 1: expected an integer in \[2, 64\]"):
         get_task("arithmetic", operands=1)  # "Compute 7": the answer in the question
