@@ -207,7 +207,7 @@ class Channel:
             return None
         if not (isinstance(reply, list) and len(reply) == 2 and reply[0] == "ready" and isinstance(reply[1], list)):
             self._end(True, broken=True)
-        namespace = {"__name__": "__tests__", "__builtins__": builtins}
+        namespace = {"__name__": "__main__", "__builtins__": builtins}  # (a test is a script: its main guard runs)
         for entry in reply[1]:
             if not (isinstance(entry, list) and len(entry) in (2, 3) and isinstance(entry[1], str)
                     and entry[1].isidentifier()) or entry[1] in _BUILTIN_NAMES or entry[1].startswith("__"):

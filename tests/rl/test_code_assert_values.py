@@ -234,3 +234,12 @@ time.sleep(100)
 @pytest.mark.parametrize("mode", MODES)
 def test_a_program_cannot_name_the_tests_builtins(mode):
     assert outcome(FORGED_BUILTINS, ["assert f(0) == Ellipsis"], mode) == (0, 1, "failed")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_tests_main_guard_runs(mode):
+    """A test written as a script (`if __name__ == "__main__": check(f)`) ran in a namespace named `__tests__`: its
+    guard skipped every check and a program `return 0` passed it."""
+    tests = ["def check(candidate):\n    assert candidate(2) == 4\nif __name__ == '__main__':\n    check(f)"]
+    assert outcome("def f(x): return 0", tests, mode) == (0, 1, "failed")
+    assert outcome("def f(x): return 2 * x", tests, mode) == (1, 1, "passed")
