@@ -141,6 +141,9 @@ def encode_tests(tests, where: str, column: str = "tests") -> str:
     where += f" (column {column!r})" if column != "tests" else ""
     kind, parsed = parse_tests(tests, where)
     if kind == "stdio":
+        if not any(output.strip() for _, output in parsed):
+            raise UserError(f"{where}: every test's 'output' is blank, so a program that prints nothing passes them "
+                            f"all")
         return json.dumps([{"input": i, "output": o} for i, o in parsed])
     for number, test in enumerate(parsed):
         if _checks_nothing(test):
