@@ -43,6 +43,7 @@ here, on the program's output, and cannot be forged.
 from __future__ import annotations
 
 import ast
+import builtins
 import dataclasses
 import functools
 import json
@@ -123,6 +124,9 @@ def check_entry_point(entry_point, where: str) -> str | None:
         return None
     if not isinstance(entry_point, str) or not entry_point.isidentifier():
         raise UserError(f"{where}: field 'entry_point' must be a Python identifier, got {entry_point!r}")
+    if entry_point in dir(builtins):  # (the judge never lets a program shadow one: sandbox_judge._BUILTIN_NAMES)
+        raise UserError(f"{where}: field 'entry_point' {entry_point!r} is a builtin's name: the tests would call the "
+                        f"builtin, not the program (rename the function)")
     return entry_point
 
 

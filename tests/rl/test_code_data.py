@@ -51,6 +51,8 @@ def test_code_rows_load_from_jsonl_and_parquet_with_both_test_forms(tmp_path):
     ({"task": "code", "prompt": "p", "tests": [{"input": "1"}]}, r"row 1: tests\[0\] must be"),
     ({"task": "code", "prompt": "p", "tests": [{"input": "1\n", "output": ""}, {"input": "2\n", "output": " \n\n"}]},
      r"row 1: every test's 'output' is blank, so a program that prints nothing passes them all"),
+    ({"task": "code", "prompt": "p", "tests": ["assert max([1, 3]) == 3"], "entry_point": "max"},
+     r"row 1: field 'entry_point' 'max' is a builtin's name: the tests would call the builtin"),
     ({"task": "code", "prompt": "p", "tests": "not json"}, r"row 1: field 'tests' is a string but not a JSON"),
     ({"task": "code", "prompt": "p", "tests": ["assert f(1)"], "entry_point": "f()"},
      r"row 1: field 'entry_point' must be a Python identifier"),
