@@ -173,7 +173,7 @@ class Stub:
 
 class Reference:
     """An object of the program that is no builtin value: its attributes and calls go back to the program; it
-    equals only itself and has no other operation."""
+    equals only itself and has no other operation (an iterable's: IterableReference, IteratorReference)."""
 
     __slots__ = ("_channel", "_handle")
 
@@ -190,6 +190,47 @@ class Reference:
 
     def __repr__(self) -> str:
         return "<an object of the program>"
+
+
+class IterableReference(Reference):
+    """A reference to the program's iterable (a range, a dict's keys, its class with `__iter__`): iter() asks
+    the program's process for an iterator over it, which comes back as an IteratorReference."""
+
+    __slots__ = ()
+
+    def __iter__(self):
+        return self._channel.call("iter", self._handle, (), {})
+
+
+class IteratorReference(IterableReference):
+    """A reference to the program's iterator (a generator, a map): each next() asks the program's process for its
+    next item, which comes back as any value does; its end (`["stop"]`, read only as the answer to a next) is
+    StopIteration here. So `list(f(3))`, `next(f(3), 9)`, `sum`, `sorted` and `for` read it as in the program's
+    interpreter; a forged end or item is one the program's own iterator could have given."""
+
+    __slots__ = ()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self._channel.call("next", self._handle, (), {})
+
+
+REFERENCES = {None: Reference, "iterable": IterableReference, "iterator": IteratorReference}
+STOP = object()  # (the program's process: what its next() gave at an iterator's end)
+
+
+def iterable_kind(value) -> str:
+    """The program's process's tag in the reply `["ref", HANDLE, TAG]` for a value that is no builtin value:
+    `, "iterator"` (its class has `__next__` and `__iter__`), `, "iterable"` (`__iter__`), else none."""
+    try:
+        kind = type(value)
+        if getattr(kind, "__iter__", None) is None:
+            return ""
+        return ', "iterator"' if getattr(kind, "__next__", None) is not None else ', "iterable"'
+    except BaseException:  # (a metaclass's __getattr__ raising: a plain reference)
+        return ""
 
 
 class Channel:
@@ -243,6 +284,8 @@ class Channel:
         reply = self._reply(ended_early=False)
         if isinstance(reply, list) and reply[:1] == ["raised"]:
             raise program_error(reply)
+        if reply == ["stop"] and kind == "next":  # (to any other request: broken; a call's crosses as Exception)
+            raise StopIteration
         if reply == ["too_large"]:
             raise Unsent("too_large")
         if isinstance(reply, list) and len(reply) == 2 and reply[0] == "value":
@@ -250,8 +293,9 @@ class Channel:
                 return values.decode(reply[1])
             except (ValueError, TypeError, RecursionError):
                 self._end(False, broken=True)
-        if isinstance(reply, list) and len(reply) == 2 and reply[0] == "ref" and type(reply[1]) is int:
-            return Reference(self, reply[1])
+        if isinstance(reply, list) and len(reply) in (2, 3) and reply[0] == "ref" and type(reply[1]) is int \
+                and (len(reply) == 2 or reply[2] in ("iterable", "iterator")):
+            return REFERENCES[reply[2] if len(reply) == 3 else None](self, reply[1])
         self._end(False, broken=True)
 
     def _argument(self, value) -> str:

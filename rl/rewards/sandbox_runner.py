@@ -21,7 +21,8 @@ types, or references to the program's objects) to the program's process, which d
 `__solution__` (a main guard does not run) and calls the real function; the value comes back encoded
 (sandbox_values) and is rebuilt here of builtin types, so an object whose `__eq__` is always true arrives as
 a reference, equal to nothing but itself. An object that is no builtin value (an instance of the program's
-class) arrives as a reference whose attributes and calls go back to the program; it has no other operation.
+class) arrives as a reference whose attributes and calls go back to the program; it has no other operation but
+iteration where it is iterable (a generator: each next goes back to the program, sandbox_judge.IteratorReference).
 A raise arrives as an exception of its nearest builtin class (sandbox_judge.RAISABLE: the builtins' Exception
 subclasses but MemoryError, StopIteration and StopAsyncIteration, which cross as Exception; a program's
 `class Invalid(ValueError)` as ValueError, its `class E(KeyError, ValueError)` as a class deriving from both)
@@ -245,6 +246,8 @@ def serve(code, requests_fd: int, replies_fd: int) -> None:
         try:
             if kind == "getattr":
                 value = getattr(handles[target], args)
+            elif kind in ("iter", "next"):  # (a reference the judge was told is iterable, or an iterator)
+                value = iter(handles[target]) if kind == "iter" else next(handles[target], judging.STOP)
             else:
                 function = namespace[target] if kind == "call" else handles[target]
                 unpack = lambda a: handles[a[1]] if a[0] == "ref" else values.decode(a)  # noqa: E731
@@ -254,15 +257,18 @@ def serve(code, requests_fd: int, replies_fd: int) -> None:
         except BaseException as error:  # an exception, sys.exit: that call raised (a builtin class by its name)
             judging.write_all(replies_fd, judging.raised_reply(error))
             continue
+        if value is judging.STOP:  # the iterator's end (a raise of StopIteration elsewhere crosses as Exception)
+            judging.write_all(replies_fd, b'["stop"]\n')
+            continue
         try:
             reply = '["value", ' + values.encode(value, 0, [values.MAX_VALUE_CHARS]) + "]"
         except MemoryError:
             os._exit(MEMORY_EXIT)
         except values.ValueTooLarge:
             reply = '["too_large"]'
-        except BaseException:  # no builtin value: the judge gets a reference to it
+        except BaseException:  # no builtin value: the judge gets a reference to it (iterable: judging.iterable_kind)
             handles.append(value)
-            reply = f'["ref", {len(handles) - 1}]'
+            reply = f'["ref", {len(handles) - 1}{judging.iterable_kind(value)}]'
         judging.write_all(replies_fd, reply.encode("ascii") + b"\n")
 
 

@@ -162,6 +162,44 @@ def test_the_programs_classes_and_standard_modules_reach_the_tests(mode):
     assert outcome(program, tests, mode, entry_point=None) == (6, 7, "failed")
 
 
+ITERATING = ["assert list(f(3)) == [0, 1, 2]", "assert next(f(3), 9) == 0", "assert next(f(0), 9) == 9",
+             "assert sum(f(4)) == 6", "assert sorted(f(3), reverse=True) == [2, 1, 0]", "assert tuple(f(2)) == (0, 1)",
+             "it = f(2)\nassert next(it) == 0 and list(it) == [1] and iter(it) is it", "assert 2 in f(3)",
+             "assert [x for x in f(3)] == [0, 1, 2] and list(zip(f(2), f(3))) == [(0, 0), (1, 1)]",
+             "assert list(map(list, f(3, nested=True))) == [[], [0], [0, 1]]", "assert list(f(3)) == [0, 1]"]
+RETURNING = {"generator": "def f(n, nested=False):\n    for i in range(n):\n        yield range(i) if nested else i",
+             "map": "def f(n, nested=False): return map(range if nested else int, range(n))",
+             "range": "def f(n, nested=False): return (range(i) for i in range(n)) if nested else range(n)",
+             "empty": "def f(n, nested=False): return iter([])",
+             "class": "class It:\n    def __init__(self, n): self.i, self.n = -1, n\n"
+                      "    def __iter__(self): return self\n    def __next__(self):\n        self.i += 1\n"
+                      "        if self.i == self.n: raise StopIteration\n"
+                      "        return self.i\ndef f(n, nested=False): return It(n)"}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", RETURNING)
+def test_a_returned_iterator_is_read_by_the_tests_as_in_python(name, mode):
+    # until 2026-12-05 it crossed as a reference with no __iter__: `list(f(3))` raised, a correct program scored 0
+    expected = []
+    for test in ITERATING:  # the reference: the same program and test in this interpreter
+        try:
+            exec(test, {"f": _defined(RETURNING[name])["f"]})
+            expected.append(1)
+        except Exception:
+            expected.append(0)
+    assert expected == {"generator": [1] * 10 + [0], "map": [1] * 10 + [0], "class": [1] * 9 + [0, 0],
+                        "range": [1, 0, 0, 1, 1, 1, 0, 1, 1, 1, 0], "empty": [0, 0, 1] + [0] * 8}[name]
+    passed = sum(expected)
+    assert outcome(RETURNING[name], ITERATING, mode, entry_point=None) == (passed, len(ITERATING), "failed")
+
+
+def _defined(program: str) -> dict:
+    namespace = {}
+    exec(program, namespace)  # (the tests' own programs, never a model's)
+    return namespace
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_a_keyring_entry_does_not_carry_data_to_the_next_run(mode):
     add = ("import ctypes\nr = ctypes.CDLL(None, use_errno=True).syscall(248, b'user', b'r1jax-probe', b'left', 4, -4)\n"
