@@ -223,11 +223,12 @@ STOP = object()  # (the program's process: what its next() gave at an iterator's
 
 def iterable_kind(value) -> str:
     """The program's process's tag in the reply `["ref", HANDLE, TAG]` for a value that is no builtin value:
-    `, "iterator"` (its class has `__next__` and `__iter__`), `, "iterable"` (`__iter__`), else none."""
+    `, "iterator"` (its class has `__next__` and `__iter__`), `, "iterable"` (`__iter__`, or a sequence's
+    `__getitem__`: iter() reads it from 0 on), else none."""
     try:
         kind = type(value)
         if getattr(kind, "__iter__", None) is None:
-            return ""
+            return ', "iterable"' if getattr(kind, "__getitem__", None) is not None else ""
         return ', "iterator"' if getattr(kind, "__next__", None) is not None else ', "iterable"'
     except BaseException:  # (a metaclass's __getattr__ raising: a plain reference)
         return ""

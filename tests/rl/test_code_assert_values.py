@@ -174,7 +174,10 @@ RETURNING = {"generator": "def f(n, nested=False):\n    for i in range(n):\n    
              "class": "class It:\n    def __init__(self, n): self.i, self.n = -1, n\n"
                       "    def __iter__(self): return self\n    def __next__(self):\n        self.i += 1\n"
                       "        if self.i == self.n: raise StopIteration\n"
-                      "        return self.i\ndef f(n, nested=False): return It(n)"}
+                      "        return self.i\ndef f(n, nested=False): return It(n)",
+             "sequence": "class Seq:\n    def __init__(self, n): self.n = n\n    def __getitem__(self, i):\n"
+                         "        if i >= self.n: raise IndexError(i)\n        return i\n"
+                         "def f(n, nested=False): return Seq(n)"}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -189,7 +192,8 @@ def test_a_returned_iterator_is_read_by_the_tests_as_in_python(name, mode):
         except Exception:
             expected.append(0)
     assert expected == {"generator": [1] * 10 + [0], "map": [1] * 10 + [0], "class": [1] * 9 + [0, 0],
-                        "range": [1, 0, 0, 1, 1, 1, 0, 1, 1, 1, 0], "empty": [0, 0, 1] + [0] * 8}[name]
+                        "range": [1, 0, 0, 1, 1, 1, 0, 1, 1, 1, 0],
+                        "sequence": [1, 0, 0, 1, 1, 1, 0, 1, 1, 0, 0], "empty": [0, 0, 1] + [0] * 8}[name]
     passed = sum(expected)
     assert outcome(RETURNING[name], ITERATING, mode, entry_point=None) == (passed, len(ITERATING), "failed")
 
