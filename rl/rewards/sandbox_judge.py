@@ -201,6 +201,9 @@ class IterableReference(Reference):
     def __iter__(self):
         return self._channel.call("iter", self._handle, (), {})
 
+    def __contains__(self, item) -> bool:  # (asked of the program: its class's __contains__ decides, not its items)
+        return self._channel.call("contains", self._handle, (item,), {}) is True
+
 
 class IteratorReference(IterableReference):
     """A reference to the program's iterator (a generator, a map): each next() asks the program's process for its

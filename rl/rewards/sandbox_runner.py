@@ -243,14 +243,16 @@ def serve(code, requests_fd: int, replies_fd: int) -> None:
         if request is None:
             os._exit(0)
         kind, target, args, kwargs = json.loads(request)
+        unpack = lambda a: handles[a[1]] if a[0] == "ref" else values.decode(a)  # noqa: E731
         try:
             if kind == "getattr":
                 value = getattr(handles[target], args)
             elif kind in ("iter", "next"):  # (a reference the judge was told is iterable, or an iterator)
                 value = iter(handles[target]) if kind == "iter" else next(handles[target], judging.STOP)
+            elif kind == "contains":  # (its `in`: __contains__ where its class has one, as Python reads it)
+                value = unpack(args[0]) in handles[target]
             else:
                 function = namespace[target] if kind == "call" else handles[target]
-                unpack = lambda a: handles[a[1]] if a[0] == "ref" else values.decode(a)  # noqa: E731
                 value = function(*[unpack(a) for a in args], **{k: unpack(v) for k, v in kwargs.items()})
         except MemoryError:
             os._exit(MEMORY_EXIT)

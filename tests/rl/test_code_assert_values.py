@@ -198,6 +198,19 @@ def test_a_returned_iterator_is_read_by_the_tests_as_in_python(name, mode):
     assert outcome(RETURNING[name], ITERATING, mode, entry_point=None) == (passed, len(ITERATING), "failed")
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_in_asks_the_programs_own_contains(mode):
+    # a class's __contains__ decides `in`, as in Python (an iterable's items did: `1 in Bag()` was true)
+    program = ("class Bag:\n    def __iter__(self): return iter([1, 2])\n    def __contains__(self, x): return x == 7\n"
+               "def f(n): return Bag() if n else (i for i in range(3))")
+    tests = ["assert 7 in f(1) and 1 not in f(1)", "assert list(f(1)) == [1, 2]", "assert 2 in f(0) and 5 not in f(0)",
+             "assert (7 in f(1)) is True", "assert 1 in f(1)"]
+    namespace = {}
+    exec(program, namespace)
+    assert [bool(eval(test[7:], namespace)) for test in tests] == [True] * 4 + [False]  # Python's own reading
+    assert outcome(program, tests, mode, entry_point=None) == (4, 5, "failed")
+
+
 def _defined(program: str) -> dict:
     namespace = {}
     exec(program, namespace)  # (the tests' own programs, never a model's)
