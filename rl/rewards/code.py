@@ -103,12 +103,22 @@ def _last_block(text: str) -> str | None:
 def parse_tests(tests, where: str) -> tuple[str, list]:
     """("assert", [statement, ...]) or ("stdio", [(input, output), ...]); UserError naming `where`."""
     if not isinstance(tests, (list, tuple)) or not tests:
+        got = "an empty list" if isinstance(tests, (list, tuple)) else type(tests).__name__
         raise UserError(f"{where}: field 'tests' must be a non-empty list (assertion strings or "
-                        f"{{input, output}} objects), got {type(tests).__name__}")
+                        f"{{input, output}} objects), got {got}")
     if all(isinstance(t, str) for t in tests):
         if not all(t.strip() for t in tests):
             raise UserError(f"{where}: field 'tests' holds an empty assertion")
+        for number, test in enumerate(tests):  # a test that does not parse would fail every program
+            try:
+                ast.parse(test)
+            except (SyntaxError, ValueError, RecursionError, MemoryError) as err:
+                raise UserError(f"{where}: tests[{number}] is not valid Python ({type(err).__name__}: "
+                                f"{getattr(err, 'msg', err)}): {test!r:.80}") from None
         return "assert", list(tests)
+    if any(isinstance(t, str) for t in tests) and any(isinstance(t, dict) for t in tests):
+        raise UserError(f"{where}: field 'tests' mixes assertion strings and {{input, output}} objects "
+                        f"(one form per row)")
     pairs = []
     for number, test in enumerate(tests):
         if not (isinstance(test, dict) and isinstance(test.get("input"), str)

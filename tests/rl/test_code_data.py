@@ -45,9 +45,14 @@ def test_code_rows_load_from_jsonl_and_parquet_with_both_test_forms(tmp_path):
 
 @pytest.mark.parametrize("row,message", [
     ({"task": "code", "prompt": "p"}, r"row 1: field 'tests' is missing"),
-    ({"task": "code", "prompt": "p", "tests": []}, r"row 1: field 'tests' must be a non-empty list"),
+    ({"task": "code", "prompt": "p", "tests": []},
+     r"row 1: field 'tests' must be a non-empty list \(.*\), got an empty list$"),
     ({"task": "code", "prompt": "p", "tests": ["assert f(1)", {"input": "", "output": ""}]},
-     r"row 1: tests\[0\] must be an assertion string or an object"),
+     r"row 1: field 'tests' mixes assertion strings and \{input, output\} objects \(one form per row\)$"),
+    ({"task": "code", "prompt": "p", "tests": ["assert f(1) == 2", "assert f(2) =="]},  # would fail every program
+     r"row 1: tests\[1\] is not valid Python \(SyntaxError: invalid syntax\): 'assert f\(2\) =='$"),
+    ({"task": "code", "prompt": "p", "tests": '["assert f(1) == 2", "assert (f(2)"]'},  # the JSON-string form
+     r"row 1: tests\[1\] is not valid Python \(SyntaxError: '\(' was never closed\)"),
     ({"task": "code", "prompt": "p", "tests": [{"input": "1"}]}, r"row 1: tests\[0\] must be"),
     ({"task": "code", "prompt": "p", "tests": [{"input": "1\n", "output": ""}, {"input": "2\n", "output": " \n\n"}]},
      r"row 1: every test's 'output' is blank, so a program that prints nothing passes them all"),
