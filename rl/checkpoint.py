@@ -140,10 +140,12 @@ def resolve(path: str | pathlib.Path) -> tuple[pathlib.Path, int]:
     if path.name.isdigit() and not steps:
         return path.parent, int(path.name)
     if not steps:
-        hf = (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+        weights, config = any(path.glob("*.safetensors")), (path / "config.json").is_file()
         raise UserError(f"checkpoint {str(path)!r} holds no checkpoint step (no numbered step directory)"
-                        + ("; it looks like a Hugging Face checkpoint: convert it with `r1jax import-hf`" if hf
-                           else ""))
+                        + ("; it looks like a Hugging Face checkpoint: convert it with `r1jax import-hf`"
+                           if weights and config else
+                           "; it holds *.safetensors but no config.json, which a Hugging Face checkpoint needs "
+                           "(an incomplete download?)" if weights else ""))
     return path, steps[-1]
 
 

@@ -45,6 +45,11 @@ def test_only_a_directory_with_config_json_and_safetensors_is_said_to_be_hugging
     (tmp_path / "hf" / "model.safetensors").write_bytes(b"")
     with pytest.raises(UserError, match="looks like a Hugging Face checkpoint: convert it with `r1jax import-hf`"):
         resolve(tmp_path / "hf")
+    (tmp_path / "hf" / "config.json").unlink()  # a download that lost its config.json: named, not just "no step"
+    with pytest.raises(UserError, match=r"holds no checkpoint step \(no numbered step directory\); it holds "
+                                        r"\*\.safetensors but no config\.json, which a Hugging Face checkpoint "
+                                        r"needs \(an incomplete download\?\)$"):
+        resolve(tmp_path / "hf")
 
 
 def test_a_read_that_fails_while_the_steps_stay_the_same_is_real_damage_named_at_once(tmp_path):
