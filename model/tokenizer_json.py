@@ -262,7 +262,8 @@ class HFTokenizer:
         its ids are `encode(text)`. No chat template is a UserError naming the files looked in."""
         if self.chat_template is None:
             raise UserError(f"{self.origin} has no chat template (neither {CHAT_TEMPLATE_FILE} nor a chat_template "
-                            f"in {CONFIG_JSON}); use tokenizer.template r1_zero or none")
+                            f"in {CONFIG_JSON}); use the prompt format r1_zero or none (tokenizer.template, or "
+                            f"--template on generate and eval)")
         return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **variables)
 
     def _defining_files(self) -> dict[str, bytes]:

@@ -130,7 +130,9 @@ def test_chat_without_a_template_or_with_a_broken_one_is_a_user_error_naming_the
     tok = _hf_dir(tmp_path / "none", "")
     assert render_prompt(tok, "r1_zero", "q") == tok.encode(R1_ZERO_TEMPLATE.replace("{prompt}", "q"))
     with pytest.raises(UserError, match=r"none has no chat template \(neither chat_template.jinja nor a "
-                                        r"chat_template in tokenizer_config.json\)"):
+                                        r"chat_template in tokenizer_config.json\); use the prompt format "
+                                        r"r1_zero or none \(tokenizer.template, or --template on generate and "
+                                        r"eval\)$"):  # (named only the config key, where the CLI's is --template)
         render_prompt(tok, "chat", "q")
     with pytest.raises(UserError, match=r"tokenizer_config.json's chat_template is not a valid Jinja template "
                                         r"\(line 1"):
