@@ -73,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
     out = new_output_dir(args.out)
     with sigterm_interrupts():
         config, tok, policy = read_latest(args.checkpoint, lambda step: load_checkpoint(step, args))
+    if tok is None and args.template is not None:  # (was dropped: the model alone written, "no tokenizer")
+        raise UserError(f"--template {args.template}: the checkpoint carries no tokenizer to write a chat template "
+                        f"for; pass --tokenizer DIR, or drop --template")
     own_format = tok is not None and isinstance(tok, Tokenizer)  # r1jax's: the chat template is written here
     template = args.template or config.tokenizer.template
     # a Hugging Face tokenizer's own chat template is replaced only when --template asks for r1jax's format

@@ -71,3 +71,16 @@ def test_a_full_disk_names_the_file_and_leaves_no_export(tmp_path, capsys, monke
     # the file as the user knows it: not the hidden staging directory's (.out.HOST-PIDNS-PID.partial), removed now
     assert f"no space left on device: {out / 'model.safetensors'};" in err, err
     assert "Traceback" not in err and not out.exists()
+
+
+def test_a_template_for_a_checkpoint_without_a_tokenizer_is_refused_before_anything_is_written(tmp_path, capsys):
+    """--template writes a chat template into the tokenizer's files; a checkpoint with none (`r1jax init`, an
+    import without tokenizer files) wrote the model alone and said "no tokenizer", the asked-for template lost."""
+    assert main(["init", "tiny", str(tmp_path / "ck"), *SMALL], as_program=False) == 0  # no tokenizer
+    out = tmp_path / "out"
+    assert main(["export-hf", str(tmp_path / "ck"), str(out), "--template", "r1_zero"], as_program=False) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        "r1jax export-hf: error: --template r1_zero: the checkpoint carries no tokenizer to write a chat "
+        "template for; pass --tokenizer DIR, or drop --template"], err
+    assert not out.exists()
