@@ -291,10 +291,11 @@ def check_code_rows(config: Config, problems: Sequence[dict], what: str) -> None
     """Code rows need the `code` reward (nothing else scores them) and a sandbox that works here."""
     if not any(p["task"] == "code" for p in problems):
         return
-    if "code" not in config.rewards.names:
+    if "code" not in config.rewards.names:  # (the hint keeps the run's rewards: the held-out set may need them)
+        names, weights = [*config.rewards.names, "code"], [*config.rewards.weights, 1.0]
         raise UserError(f"{what} holds code problems but rewards.names={list(config.rewards.names)} has no "
                         f"'code' reward to score them (accuracy scores them 0): add it, e.g. "
-                        f"rewards.names=[code,format] rewards.weights=[1.0,1.0]")
+                        f"rewards.names=[{','.join(names)}] rewards.weights=[{','.join(map(str, weights))}]")
     check_sandbox(config.rewards.code.sandbox)
 
 

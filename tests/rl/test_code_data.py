@@ -2,6 +2,7 @@
 worked solutions pass their own tests in the sandbox, and a tiny training run that scores code rows."""
 
 import json
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -109,8 +110,14 @@ def test_generated_worked_solutions_pass_their_tests_and_a_wrong_program_does_no
 def test_code_rows_without_the_code_reward_are_refused(tmp_path):
     config = load_config(TRAIN_CONFIG, ["data.tasks=[code]", "eval.difficulty=5",
                                         "stages=[{name: grpo, kind: grpo, steps: 1}]"])
-    with pytest.raises(UserError, match=r"code problems but rewards.names=\['accuracy', 'format'\] has no 'code'"):
+    with pytest.raises(UserError, match=r"code problems but rewards.names=\['accuracy', 'format'\] has no 'code'"
+                                        r".*: add it, e.g. (rewards.names=\S+) (rewards.weights=\S+)$") as info:
         Trainer(config, tmp_path / "run").run()
+    # the hint adds code to the run's rewards (it said [code,format], and a held-out set of math problems
+    # then stopped the run for want of the accuracy reward it had dropped)
+    hinted = load_config(TRAIN_CONFIG, re.search(r"e\.g\. (\S+) (\S+)$", str(info.value)).groups())
+    assert hinted.rewards.names == ("accuracy", "format", "code")
+    assert hinted.rewards.weights == (*config.rewards.weights, 1.0)
 
 
 def test_a_tiny_run_on_code_tasks_scores_code_rows(tmp_path):
