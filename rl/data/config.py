@@ -37,7 +37,9 @@ MAX_SEED = 2**32 - 1  # grain's shuffle seed
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     tasks: tuple[str, ...] = ("arithmetic",)  # generated tasks, interleaved round-robin (ignored with `path`)
-    difficulty: int = 1  # difficulty level of every generated task (1-5)
+    # difficulty level of every generated task (1-5); at 1 arithmetic's few hundred problems leave none held out
+    # beside num_problems' training problems (a config stating only a model could not train)
+    difficulty: int = 3
     task_knobs: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)  # {task: {knob: value}}
     path: Optional[str] = None  # user data: JSONL or Parquet, its columns per `fields` (module docstring)
     num_problems: int = 100_000  # generated problems per epoch (a generator is unbounded; grain needs a size)

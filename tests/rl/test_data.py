@@ -131,7 +131,7 @@ def test_task_knobs_reach_the_training_source_and_the_held_out_set():
     from r1jax.rl.evaluate import held_out_problems
     from r1jax.rl.train.config import EvalConfig
 
-    data = DataConfig(tasks=("algebra",), task_knobs={"algebra": {"constant": 40}}, num_problems=50)
+    data = DataConfig(tasks=("algebra",), difficulty=1, task_knobs={"algebra": {"constant": 40}}, num_problems=50)
     train = build_source(data)
     assert [train[i] for i in range(50)] == [get_task("algebra", 1, constant=40).generate(0, i).to_dict()
                                            for i in range(50)]
