@@ -93,8 +93,10 @@ def _train(args: argparse.Namespace, primary: bool) -> int:
     distributed.check_same("config", to_yaml(config), "the resolved config")  # before process 0 writes it
     console = RunConsole(enabled=primary)
     console.log(f"run directory: {run_dir}")
-    if saved.exists():
-        source = "the run's config.yaml" if name is None else name
+    if saved.exists() or name is None:  # a fresh start with no CONFIG trains the default: said, as a mistyped
+        # `--run-dir` meant as a resume starts the default run there
+        source = name or ("the run's config.yaml" if saved.exists() else
+                          f"{DEFAULT_CONFIG} (the default: no CONFIG named and no run to resume here)")
         console.log(f"config: {source}" + (f" with {' '.join(overrides)}" if overrides else ""))
     try:
         summary = Trainer(config, run_dir, console).run()

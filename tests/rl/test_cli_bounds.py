@@ -127,6 +127,20 @@ def test_a_resume_of_a_run_directory_without_its_config_is_refused(capsys, tmp_p
     assert sorted(p.name for p in run.iterdir()) == [".lock", "checkpoints"]
 
 
+def test_a_start_with_no_config_says_it_trains_the_default(capsys, tmp_path, monkeypatch):
+    # `r1jax train --run-dir DIR` meant as a resume, DIR mistyped: a fresh run of the default config starts
+    # there; the console named no config before, so nothing said it was not the run the user meant
+    from r1jax.rl.train.trainer import Trainer
+
+    def stops(self):  # stop where training would start: the lines before it are what is checked
+        raise UserError("stopped by the test")
+
+    monkeypatch.setattr(Trainer, "run", stops)
+    said = " ".join(refused(capsys, "train", "--run-dir", str(tmp_path / "typo"), "seed=3").split())  # unwrapped
+    assert "config: tiny (the default: no CONFIG named and no run to resume here) with seed=3" in said
+    assert "config:" not in refused(capsys, "train", str(TRAIN_CONFIG), "--run-dir", str(tmp_path / "named"))
+
+
 def test_an_unreadable_metrics_line_is_named_and_kept(tmp_path):
     from r1jax.rl.train.metrics import MetricsWriter, read_rows
 
