@@ -96,6 +96,11 @@ def check_items(hint: Any, value: Any, where: str, key: str = "", item: bool = F
     elif origin is dict and len(args) == 2 and isinstance(value, collections.abc.Mapping):
         for name, element in value.items():
             check_items(args[1], element, where, f"{key}.{name}", item=True)
+    elif not isinstance(value, (collections.abc.Mapping, list, tuple)) and (
+            origin in (list, tuple, dict) or dataclasses.is_dataclass(hint)):  # OmegaConf: "str is not a ListConfig"
+        want = f"a list, e.g. [{value}]" if origin in (list, tuple) else \
+            f"a mapping of {hint.__name__}'s fields" if dataclasses.is_dataclass(hint) else "a mapping"
+        raise UserError(f"{where}: {key} = {value!r}: expected {want}")
     elif (item or hint is bool) and hint in _SCALARS and not _fits(hint, value):
         raise UserError(f"{where}: {key} = {value!r}: expected {_SCALARS[hint]}")
 

@@ -101,6 +101,12 @@ from r1jax.rl.rewards.config import CodeConfig, FieldError, PoolConfig
     ("rewards.names=[[a]]", "rewards.names.0 = ['a']: expected a string"),
     ("data.tasks=[[algebra]]", "data.tasks.0"),
     ("stages.0.filters=[[format]]", "stages.0.filters.0"),
+    # one value where a list or a group goes: OmegaConf's "str is not a TupleConfig, ListConfig, list, or tuple"
+    ("data.tasks=algebra", "data.tasks = 'algebra': expected a list, e.g. [algebra]"),
+    ("rewards.names=accuracy", "rewards.names = 'accuracy': expected a list, e.g. [accuracy]"),
+    ("sharding.rules={embed: fsdp}", "sharding.rules.embed = 'fsdp': expected a list, e.g. [fsdp]"),
+    ("stages.0=5", "stages.0 = 5: expected a mapping of StageConfig's fields"),
+    ("data.task_knobs=x", "data.task_knobs = 'x': expected a mapping"),
 ])
 def test_a_bad_value_is_a_user_error_naming_its_key(override, named):
     with pytest.raises(UserError, match=re.escape(named)) as info:
@@ -115,6 +121,8 @@ def test_a_bad_value_is_a_user_error_naming_its_key(override, named):
     ("plots: 2\n", "plots = 2: expected true or false"),
     ("checkpoint: {async_save: 2}\n", "checkpoint.async_save = 2: expected true or false"),
     ("stages:\n  - {name: a/b, kind: sft}\n", "name='a/b'"),
+    ("data: {tasks: algebra}\n", "data.tasks = 'algebra': expected a list, e.g. [algebra]"),
+    ("model: 3\n", "model = 3: expected a mapping of ModelConfig's fields"),  # "Merge error: int is not ..."
 ])
 def test_a_bad_value_in_a_yaml_file_names_the_file_and_key(tmp_path, body, named):
     path = tmp_path / "c.yaml"
