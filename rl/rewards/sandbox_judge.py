@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+import types
 
 import sandbox_values as values  # (sandbox_runner put its directory on the path for this import)
 
@@ -252,7 +253,12 @@ class Channel:
             return None
         if not (isinstance(reply, list) and len(reply) == 2 and reply[0] == "ready" and isinstance(reply[1], list)):
             self._end(True, broken=True)
-        namespace = {"__name__": "__main__", "__builtins__": builtins}  # (a test is a script: its main guard runs)
+        # A test is a script: its main guard runs, and it is sys.modules' `__main__` (as a script's module is), so
+        # pickle, typing.get_type_hints and unittest.main find its classes (they found the runner's module: every
+        # program failed a test pickling its own class or ending `if __name__ == '__main__': unittest.main()`).
+        main = sys.modules["__main__"] = types.ModuleType("__main__")
+        namespace = vars(main)
+        namespace["__builtins__"] = builtins
         for entry in reply[1]:
             if not (isinstance(entry, list) and len(entry) in (2, 3) and isinstance(entry[1], str)
                     and entry[1].isidentifier()) or entry[1] in _BUILTIN_NAMES or entry[1].startswith("__"):
@@ -354,7 +360,12 @@ def run_test(test: str, index: int, namespace: dict):
         os._exit(values.MEMORY_EXIT)
     except Unsent as err:
         return 0 if kind == "exec" else f'"{err.kind}"'
-    except BaseException:  # a failed assertion, an exception, sys.exit: this test fails
+    except SystemExit as err:  # the test's own (the program's raise is a ProgramRaised): a script's end, as
+        # unittest.main()'s, passes with code 0 (None, False) and fails with any other
+        if kind != "exec":
+            return '"raised"'
+        return int(err.code is None or type(err.code) in (int, bool) and err.code == 0)
+    except BaseException:  # a failed assertion, an exception: this test fails
         return 0 if kind == "exec" else '"raised"'
     try:
         return '["value", ' + values.encode(value, 0, [values.MAX_VALUE_CHARS]) + "]"

@@ -15,7 +15,8 @@ MODE `stdio`: run program.py as __main__ on this process's stdin.
 
 MODE `assert`: two processes. This one, the judge, forks the program's process first, then reads the nonce
 and the tests from JUDGE_FD (a pipe: never in the program's memory, files or descriptors; not stdin, which
-bwrap's pid 1 holds), and runs each test in a namespace of its own (`__main__`: a test's main guard runs),
+bwrap's pid 1 holds), and runs each test in a namespace of its own (module `__main__`, in sys.modules too: a
+test's main guard runs, pickle finds its classes, and its sys.exit(0) passes it, as a script's would),
 where the program's functions and classes are stubs: a call sends its arguments (values of builtin
 types, or references to the program's objects) to the program's process, which defines the program as module
 `__solution__` (a main guard does not run) and calls the real function; the value comes back encoded

@@ -298,3 +298,21 @@ def test_a_tests_main_guard_runs(mode):
     tests = ["def check(candidate):\n    assert candidate(2) == 4\nif __name__ == '__main__':\n    check(f)"]
     assert outcome("def f(x): return 0", tests, mode) == (0, 1, "failed")
     assert outcome("def f(x): return 2 * x", tests, mode) == (1, 1, "passed")
+
+
+SCRIPT_TESTS = [  # each failed every program, a correct one too: sys.modules' __main__ was the runner's module
+    "import pickle\nclass P:\n    def __init__(self, v): self.v = v\nassert pickle.loads(pickle.dumps(P(f(2)))).v == 4",
+    "import typing\nclass P:\n    v: 'Q'\nclass Q: pass\nassert typing.get_type_hints(P)['v'] is Q and f(2) == 4",
+    "import __main__\nX = f(2)\nassert __main__.X == 4",
+    "import unittest\nclass T(unittest.TestCase):\n    def test_f(self):\n        self.assertEqual(f(2), 4)\n"
+    "if __name__ == '__main__':\n    unittest.main()",  # (its sys.exit(False) failed the test too)
+    "import sys\nsys.exit(f(2) - 4)",
+]
+
+
+@pytest.mark.parametrize("test", SCRIPT_TESTS)
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="no bwrap")  # (rlimits_only's user imports no pickle)
+def test_a_test_is_the_main_module_as_a_script_is(test):
+    assert outcome("def f(x): return 2 * x", [test]) == (1, 1, "passed")
+    assert outcome("def f(x): return 0", [test]) == (0, 1, "failed")
+    assert outcome("def f(x): raise ValueError(x)", [test]) == (0, 1, "failed")
