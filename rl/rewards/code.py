@@ -160,23 +160,30 @@ def encode_tests(tests, where: str, column: str = "tests") -> str:
                             f"all")
         return json.dumps([{"input": i, "output": o} for i, o in parsed])
     for number, test in enumerate(parsed):
+        if _asserts_a_tuple(test):
+            raise UserError(f"{where}: tests[{number}] asserts a tuple, which is always true (`assert (f(2) == 4, "
+                            f"'msg')` passed every program that did not raise): write `assert f(2) == 4, 'msg'`")
         if _checks_nothing(test):
-            raise UserError(f"{where}: tests[{number}] checks nothing (no assert, call or raise runs outside its "
-                            f"functions), so every program passes it: HumanEval's `def check(candidate): ...` needs "
-                            f"the `check(candidate)` its harness adds, and an import belongs in the tests that use it")
+            raise UserError(f"{where}: tests[{number}] checks nothing (outside its functions no call or raise "
+                            f"runs, nor an assert but `assert True`), so every program passes it: HumanEval's `def "
+                            f"check(candidate): ...` needs the `check(candidate)` its harness adds, and an import "
+                            f"belongs in the tests that use it")
     return json.dumps(parsed)
 
 
 def _checks_nothing(test: str) -> bool:
     """Whether an assertion test passes whatever the program does: outside function bodies (which a definition
-    does not run) it holds no assert, call or raise. HumanEval's test field defines `check(candidate)` and leaves
-    the call to its harness: loaded as it is, every program defining the entry point scored 1."""
+    does not run) it holds no call, raise or assert but of a true constant. HumanEval's test field defines
+    `check(candidate)` and leaves the call to its harness: loaded as it is, every program defining the entry point
+    scored 1."""
     try:
         pending = list(ast.parse(test).body)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return False  # (it fails for every program)
     while pending:
         node = pending.pop()
+        if isinstance(node, ast.Assert) and isinstance(node.test, ast.Constant) and node.test.value:
+            continue  # HumanEval's `assert True, "This prints if this assert fails 1"`, made a test of its own
         if isinstance(node, (ast.Assert, ast.Call, ast.Raise)) or getattr(node, "decorator_list", None):
             return False  # (a decorator is a call)
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):  # its defaults run, its body not
@@ -184,6 +191,15 @@ def _checks_nothing(test: str) -> bool:
             continue
         pending += ast.iter_child_nodes(node)
     return True
+
+
+def _asserts_a_tuple(test: str) -> bool:
+    """Whether the test holds `assert (CONDITION, MESSAGE)` (Python warns: a non-empty tuple is always true)."""
+    try:
+        return any(isinstance(node, ast.Assert) and isinstance(node.test, ast.Tuple) and node.test.elts
+                   for node in ast.walk(ast.parse(test)))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False  # (it fails for every program)
 
 
 def same_output(got: bytes, expected: str) -> bool:

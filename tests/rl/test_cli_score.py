@@ -248,7 +248,7 @@ def test_rows_a_reward_can_only_score_zero_are_counted_on_stderr(tmp_path, capsy
     """Maths rows scored with --rewards code (the wrong file) each printed code 0, and nothing said why."""
     fake_pool(monkeypatch, lambda items: [ScoreResult({}, 0.0, "ok", None) for _ in items])  # (what is said
     # before scoring matters here, not the rows' rewards)
-    code_row = {"task": "code", "completion": "x", "tests": ["assert True"]}
+    code_row = {"task": "code", "completion": "x", "tests": ["assert f(1) == 2"]}
     maths = write_jsonl(tmp_path / "maths.jsonl", [{"completion": "7", "answer": str(i)} for i in range(3)])
     assert main(["score", str(maths), "--rewards", "code"]) == 0
     assert capsys.readouterr().err == ("r1jax score: 3 of 3 rows hold no tests (not task code): the code reward "

@@ -68,14 +68,17 @@ def test_a_bad_code_row_names_file_row_and_field(tmp_path, row, message):
         load_problems(write_jsonl(tmp_path / "bad.jsonl", [row]))
 
 
-HUMANEVAL_TEST = "METADATA = {'author': 'jt'}\n\n\ndef check(candidate):\n    assert candidate(2) == 4\n"
+HUMANEVAL_TEST = ("METADATA = {'author': 'jt'}\n\n\ndef check(candidate):\n    assert True, 'This prints if this "
+                  "assert fails 1'\n    assert candidate(2) == 4\n")
 
 
 @pytest.mark.parametrize("tests", [[HUMANEVAL_TEST], ["import math", "assert f(2) == 4"], ["def check(c): pass"],
-                                   ["class T:\n    def check(self): assert f(2) == 4"]])
+                                   ["class T:\n    def check(self): assert f(2) == 4"],
+                                   ["assert True, 'This prints if this assert fails 1'", "assert f(2) == 4"]])
 def test_an_assertion_test_that_checks_nothing_is_refused_not_passed_by_every_program(tmp_path, tests):
     """HumanEval's test field defines check(candidate) and leaves the call to its harness: loaded as it was, a
-    program `def f(x): return 0` scored 1 on it (and an import as a test gave every program a partial share)."""
+    program `def f(x): return 0` scored 1 on it (and an import, or its `assert True, "This prints..."`, as a test
+    gave every program a partial share)."""
     row = {"task": "code", "prompt": "p", "tests": tests, "entry_point": "f"}
     with pytest.raises(UserError, match=r"bad.jsonl: row 1: tests\[0\] checks nothing .* `check\(candidate\)`"):
         load_problems(write_jsonl(tmp_path / "bad.jsonl", [row]))
@@ -86,6 +89,14 @@ def test_an_assertion_test_that_checks_nothing_is_refused_not_passed_by_every_pr
     for program, passed in (("def f(x): return 0", 0), ("def f(x): return 2 * x", 3)):
         item = ScoreItem("p", f"```python\n{program}\n```", "", "code", tests=loaded[0]["tests"], entry_point="f")
         assert code_outcome(item, FAST).passed == passed, program
+
+
+def test_an_assertion_of_a_tuple_is_refused_not_passed_by_every_program(tmp_path):
+    """`assert (f(2) == 4, 'msg')` is always true (a non-empty tuple): `def f(x): return 0` scored 1 on it."""
+    for test in ["assert (f(2) == 4, 'f(2) is 4')", "def check(c):\n    assert (c(2) == 4, 'no')\ncheck(f)"]:
+        row = {"task": "code", "prompt": "p", "tests": ["assert f(1) == 2", test], "entry_point": "f"}
+        with pytest.raises(UserError, match=r"bad.jsonl: row 1: tests\[1\] asserts a tuple, which is always true"):
+            load_problems(write_jsonl(tmp_path / "bad.jsonl", [row]))
 
 
 @pytest.mark.parametrize("level", [2, 3, 5])
