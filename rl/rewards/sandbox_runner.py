@@ -279,7 +279,12 @@ def serve(code, requests_fd: int, replies_fd: int) -> None:
 
 
 def run(code, name: str, exit_on_error: bool = True):
-    namespace = {"__name__": name, "__builtins__": __builtins__}
+    """The program defined as module `name`, which sys.modules holds (as Python's own import would): a program
+    pickling its own class, or a dataclass under `from __future__ import annotations`, looks its module up there
+    (it found this file's `__main__`, or none for `__solution__`: such a correct program failed every test)."""
+    module = sys.modules[name] = types.ModuleType(name)
+    namespace = vars(module)
+    namespace["__builtins__"] = __builtins__
     try:
         exec(code, namespace)
     except MemoryError:

@@ -162,6 +162,11 @@ def test_the_secret_never_appears_in_the_program_output(monkeypatch):
     (DOUBLE, None, "import os\nos._exit(0)", 0, "crashed"),  # exiting before the tests is no pass
     (DOUBLE, None, "print('\\n00 [1, 1]')\ndef f(x):\n    return 0", 0, "failed"),  # a forged verdict line
     (DOUBLE, None, "def f(x) return 2 * x", 0, "syntax_error"),
+    # a correct program needing its module in sys.modules (`__solution__` was in none: it raised while defined)
+    (DOUBLE, "f", "from __future__ import annotations\nimport dataclasses, pickle\n@dataclasses.dataclass\n"
+                  "class P:\n    v: int\ndef f(x):\n    return pickle.loads(pickle.dumps(P(2 * x))).v", 2, "passed"),
+    (STDIO, None, "import pickle\nclass P:\n    v = 2\nprint(pickle.loads(pickle.dumps(P())).v * int(input()))", 2,
+     "passed"),  # (sys.modules' __main__ was the runner: a PicklingError)
     (STDIO, None, "print(2 * int(input()))", 2, "passed"),
     (STDIO, None, "n = int(input())\nprint(n * n)", 1, "failed"),  # 2*2 == 2**2: one of two
     (STDIO, None, "raise SystemExit(3)", 0, "crashed"),
