@@ -82,8 +82,9 @@ def read_items(path: str) -> tuple[list[dict], list]:
         items.append(ScoreItem(prompt=text_field(row, "prompt", where, required=False) or "",
                                completion=completion,
                                reference=text_field(row, "answer", where, required=not code, numbers_ok=True) or "",
-                               task=task, length=length, tests=encode_tests(row["tests"], where) if code else None,
-                               entry_point=check_entry_point(row.get("entry_point"), where) if code else None))
+                               task=task, length=length,  # (the entry point first: `max`'s tests name no program)
+                               entry_point=check_entry_point(row.get("entry_point"), where) if code else None,
+                               tests=encode_tests(row["tests"], where) if code else None))
         rows.append(row)
     return rows, items
 

@@ -171,8 +171,8 @@ def _code_problem(row: dict, where: str, column: dict, prompt: str, need_solutio
     tests = row.get(column["tests"])
     if tests is None:
         raise UserError(f"{where}: field {column['tests']!r} is missing (code rows need tests)")
+    entry_point = check_entry_point(row.get(column["entry_point"]), where)  # (first: `max`'s tests name no program)
     encoded = encode_tests(tests, where, column["tests"])
-    entry_point = check_entry_point(row.get(column["entry_point"]), where)
     problem = {"task": "code", "prompt": prompt,
                "answer": text_field(row, column["answer"], where, required=False, mapped_from="answer") or "",
                "solution": text_field(row, column["solution"], where, required=need_solution,

@@ -48,6 +48,7 @@ import dataclasses
 import functools
 import json
 import secrets
+import symtable
 
 from r1jax.errors import UserError
 from r1jax.rl.rewards.config import CodeConfig, RewardsConfig
@@ -58,6 +59,7 @@ from r1jax.rl.rewards.sandbox_values import decode as decode_value
 
 CODE_STATUSES = ("passed", "failed", "syntax_error", "timeout", "memory", "crashed", "sandbox_error")
 FENCES = ("```python", "```py", "```Python")
+_BUILTIN_NAMES = frozenset(dir(builtins))  # (sandbox_judge's, which shadow the program's)
 _IN_SANDBOX = object()  # the expected value of an assertion judged whole in the sandbox
 _RUN_TO_CODE = {"exit": "crashed", "output_limit": "crashed", "syntax_error": "syntax_error",
                 "timeout": "timeout", "memory": "memory", "sandbox_error": "sandbox_error"}
@@ -134,7 +136,7 @@ def check_entry_point(entry_point, where: str) -> str | None:
         return None
     if not isinstance(entry_point, str) or not entry_point.isidentifier():
         raise UserError(f"{where}: field 'entry_point' must be a Python identifier, got {entry_point!r}")
-    if entry_point in dir(builtins):  # (the judge never lets a program shadow one: sandbox_judge._BUILTIN_NAMES)
+    if entry_point in _BUILTIN_NAMES:  # (the judge never lets a program shadow one)
         raise UserError(f"{where}: field 'entry_point' {entry_point!r} is a builtin's name: the tests would call the "
                         f"builtin, not the program (rename the function)")
     return entry_point
@@ -168,6 +170,10 @@ def encode_tests(tests, where: str, column: str = "tests") -> str:
                             f"runs, nor an assert but `assert True`), so every program passes it: HumanEval's `def "
                             f"check(candidate): ...` needs the `check(candidate)` its harness adds, and an import "
                             f"belongs in the tests that use it")
+        if not _names_the_program(test):
+            raise UserError(f"{where}: tests[{number}] names nothing of the program (each name it uses is a builtin "
+                            f"or its own), so every program scores the same on it; a function named like a builtin "
+                            f"(`max`) is never the program's: rename it")
     return json.dumps(parsed)
 
 
@@ -191,6 +197,30 @@ def _checks_nothing(test: str) -> bool:
             continue
         pending += ast.iter_child_nodes(node)
     return True
+
+
+_DYNAMIC = frozenset({"globals", "vars", "locals", "dir", "eval", "exec", "__import__"})  # reach names unnamed
+
+
+def _names_the_program(test: str) -> bool:
+    """Whether the test uses a name it neither binds at its top level nor finds among the builtins (which the
+    judge never lets a program shadow): a name of the program's, or `candidate`. A row without entry_point whose
+    tests call `max` ran the builtin, and `def max(xs): return 0` passed `assert max([1, 3]) == 3`."""
+    try:
+        table = symtable.symtable(test, "test", "exec")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return True  # (it fails for every program)
+    own = {s.get_name() for s in table.get_symbols() if s.is_assigned() or s.is_imported()}
+    pending = [table]
+    while pending:
+        scope = pending.pop()
+        pending += scope.get_children()
+        for symbol in scope.get_symbols():
+            name = symbol.get_name()
+            if symbol.is_referenced() and (scope is table or symbol.is_global()) and (
+                    name in _DYNAMIC or name not in own and name not in _BUILTIN_NAMES):
+                return True
+    return "__main__" in own  # (import __main__: the judge's namespace, the program's names in it)
 
 
 def _asserts_a_tuple(test: str) -> bool:

@@ -85,9 +85,25 @@ def test_an_assertion_test_that_checks_nothing_is_refused_not_passed_by_every_pr
     runs = [HUMANEVAL_TEST + "check(candidate)", "import math\nassert math.isclose(f(2), 4)",
             "def h(x=f(2)):\n    return x\nassert h() == 4"]
     loaded = load_problems(write_jsonl(tmp_path / "ok.jsonl", [{**row, "tests": runs}, {
-        **row, "tests": ["@f\ndef g(): pass", "for x in [2]:\n    assert x", "if 1:\n    x = f(2)"]}]))
+        **row, "tests": ["@f\ndef g(): pass", "for x in [2]:\n    assert f(x)", "if 1:\n    x = f(2)"]}]))
     for program, passed in (("def f(x): return 0", 0), ("def f(x): return 2 * x", 3)):
         item = ScoreItem("p", f"```python\n{program}\n```", "", "code", tests=loaded[0]["tests"], entry_point="f")
+        assert code_outcome(item, FAST).passed == passed, program
+
+
+def test_a_test_naming_nothing_of_the_program_is_refused_not_passed_by_every_program(tmp_path):
+    """Without entry_point, a function named like a builtin is the judge's builtin: `def max(xs): return 0` passed
+    `assert max([1, 3]) == 3` (and a test naming only builtins gave every program a partial share)."""
+    for tests, entry_point in ((["assert max([1, 3]) == 3"], None), (["assert f(1) == 2", "assert abs(-2) == 2"], "f")):
+        row = {"task": "code", "prompt": "p", "tests": tests, "entry_point": entry_point}
+        last = len(tests) - 1
+        with pytest.raises(UserError, match=rf"bad.jsonl: row 1: tests\[{last}\] names nothing of the program"):
+            load_problems(write_jsonl(tmp_path / "bad.jsonl", [row]))
+    named = ["def check(solution):\n    assert solution(2) == 4\ncheck(solution)", "assert 'solution' in dir()",
+             "import __main__\nassert __main__.solution(2) == 4", "assert eval('solution(2)') == 4"]
+    loaded = load_problems(write_jsonl(tmp_path / "ok.jsonl", [{"task": "code", "prompt": "p", "tests": named}]))
+    for program, passed in (("def solution(x): return 0", 1), ("def solution(x): return 2 * x", 4)):  # (dir())
+        item = ScoreItem("p", f"```python\n{program}\n```", "", "code", tests=loaded[0]["tests"])
         assert code_outcome(item, FAST).passed == passed, program
 
 
