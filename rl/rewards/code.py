@@ -14,7 +14,7 @@ Tests (a code item's `tests`, stored on the ScoreItem as JSON) come in two forms
   assertion only (the values of all of them together still count in the run's `output_bytes`); a subclass of
   a builtin type compares as its builtin value (a namedtuple as a tuple; its own __eq__ is not called). Any
   other assertion (`assert abs(f(x) - y) < 1e-6`, `def check(candidate): ...`, several statements) runs
-  whole in the judge and passes when it raises nothing.
+  whole in the judge and passes when it raises nothing (or ends by sys.exit(0), as unittest.main() does).
 - standard input/output pairs (competitive programming): `[{"input": "3\\n", "output": "6\\n"}, ...]`. Each
   pair is one sandboxed run of the program as `__main__`; it passes when it exits 0 and its output equals
   the expected one up to trailing whitespace on each line and trailing blank lines.
