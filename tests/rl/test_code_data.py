@@ -74,7 +74,8 @@ HUMANEVAL_TEST = ("METADATA = {'author': 'jt'}\n\n\ndef check(candidate):\n    a
 
 @pytest.mark.parametrize("tests", [[HUMANEVAL_TEST], ["import math", "assert f(2) == 4"], ["def check(c): pass"],
                                    ["class T:\n    def check(self): assert f(2) == 4"],
-                                   ["assert True, 'This prints if this assert fails 1'", "assert f(2) == 4"]])
+                                   ["assert True, 'This prints if this assert fails 1'", "assert f(2) == 4"],
+                                   ["async def check(candidate):\n    assert candidate(2) == 4\ncheck(candidate)"]])
 def test_an_assertion_test_that_checks_nothing_is_refused_not_passed_by_every_program(tmp_path, tests):
     """HumanEval's test field defines check(candidate) and leaves the call to its harness: loaded as it was, a
     program `def f(x): return 0` scored 1 on it (and an import, or its `assert True, "This prints..."`, as a test
@@ -85,7 +86,8 @@ def test_an_assertion_test_that_checks_nothing_is_refused_not_passed_by_every_pr
     runs = [HUMANEVAL_TEST + "check(candidate)", "import math\nassert math.isclose(f(2), 4)",
             "def h(x=f(2)):\n    return x\nassert h() == 4"]
     loaded = load_problems(write_jsonl(tmp_path / "ok.jsonl", [{**row, "tests": runs}, {
-        **row, "tests": ["@f\ndef g(): pass", "for x in [2]:\n    assert f(x)", "if 1:\n    x = f(2)"]}]))
+        **row, "tests": ["@f\ndef g(): pass", "for x in [2]:\n    assert f(x)", "if 1:\n    x = f(2)",
+        "import asyncio\nasync def check(c):\n    assert c(2) == 4\nasyncio.run(check(f))"]}]))
     for program, passed in (("def f(x): return 0", 0), ("def f(x): return 2 * x", 3)):
         item = ScoreItem("p", f"```python\n{program}\n```", "", "code", tests=loaded[0]["tests"], entry_point="f")
         assert code_outcome(item, FAST).passed == passed, program
