@@ -162,9 +162,9 @@ def encode_tests(tests, where: str, column: str = "tests") -> str:
                             f"all")
         return json.dumps([{"input": i, "output": o} for i, o in parsed])
     for number, test in enumerate(parsed):
-        if _asserts_a_tuple(test):
-            raise UserError(f"{where}: tests[{number}] asserts a tuple, which is always true (`assert (f(2) == 4, "
-                            f"'msg')` passed every program that did not raise): write `assert f(2) == 4, 'msg'`")
+        flaw = _never_fails(test)
+        if flaw:
+            raise UserError(f"{where}: tests[{number}] {flaw}")
         if _checks_nothing(test):
             raise UserError(f"{where}: tests[{number}] checks nothing (outside its functions no call or raise "
                             f"runs, nor an assert but `assert True`), so every program passes it: HumanEval's `def "
@@ -227,13 +227,22 @@ def _names_the_program(test: str) -> bool:
     return "__main__" in own  # (import __main__: the judge's namespace, the program's names in it)
 
 
-def _asserts_a_tuple(test: str) -> bool:
-    """Whether the test holds `assert (CONDITION, MESSAGE)` (Python warns: a non-empty tuple is always true)."""
+def _never_fails(test: str) -> str | None:
+    """What in the test passes every program that does not raise, or None: `assert (CONDITION, MESSAGE)` (a
+    non-empty tuple is always true; Python warns) or `unittest.main(exit=False)` (failures recorded, never
+    raised: `def f(x): return 0` passed either)."""
     try:
-        return any(isinstance(node, ast.Assert) and isinstance(node.test, ast.Tuple) and node.test.elts
-                   for node in ast.walk(ast.parse(test)))
+        nodes = list(ast.walk(ast.parse(test)))
     except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return False  # (it fails for every program)
+        return None  # (it fails for every program)
+    for node in nodes:
+        if isinstance(node, ast.Assert) and isinstance(node.test, ast.Tuple) and node.test.elts:
+            return ("asserts a tuple, which is always true: write `assert f(2) == 4, 'msg'`, not `assert (f(2) "
+                    "== 4, 'msg')`")
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "main" and any(
+                k.arg == "exit" and isinstance(k.value, ast.Constant) and not k.value.value for k in node.keywords):
+            return "calls main(exit=False), whose failed tests raise nothing: drop exit=False (sys.exit(0) passes)"
+    return None
 
 
 def same_output(got: bytes, expected: str) -> bool:

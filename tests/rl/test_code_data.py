@@ -109,12 +109,20 @@ def test_a_test_naming_nothing_of_the_program_is_refused_not_passed_by_every_pro
         assert code_outcome(item, FAST).passed == passed, program
 
 
-def test_an_assertion_of_a_tuple_is_refused_not_passed_by_every_program(tmp_path):
-    """`assert (f(2) == 4, 'msg')` is always true (a non-empty tuple): `def f(x): return 0` scored 1 on it."""
-    for test in ["assert (f(2) == 4, 'f(2) is 4')", "def check(c):\n    assert (c(2) == 4, 'no')\ncheck(f)"]:
-        row = {"task": "code", "prompt": "p", "tests": ["assert f(1) == 2", test], "entry_point": "f"}
-        with pytest.raises(UserError, match=r"bad.jsonl: row 1: tests\[1\] asserts a tuple, which is always true"):
-            load_problems(write_jsonl(tmp_path / "bad.jsonl", [row]))
+UNITTEST = ("import unittest\nclass T(unittest.TestCase):\n    def test_f(self):\n        self.assertEqual(f(2), 4)\n"
+            "unittest.main(argv=[''], exit=False)")
+
+
+@pytest.mark.parametrize("test,message", [
+    ("assert (f(2) == 4, 'f(2) is 4')", "asserts a tuple, which is always true"),
+    ("def check(c):\n    assert (c(2) == 4, 'no')\ncheck(f)", "asserts a tuple, which is always true"),
+    (UNITTEST, r"calls main\(exit=False\), whose failed tests raise nothing")])
+def test_a_test_no_program_fails_is_refused(tmp_path, test, message):
+    """`assert (f(2) == 4, 'msg')` is always true (a non-empty tuple), and unittest.main(exit=False) records a
+    failure without raising it: `def f(x): return 0` scored 1 on either."""
+    row = {"task": "code", "prompt": "p", "tests": ["assert f(1) == 2", test], "entry_point": "f"}
+    with pytest.raises(UserError, match=rf"bad.jsonl: row 1: tests\[1\] {message}"):
+        load_problems(write_jsonl(tmp_path / "bad.jsonl", [row]))
 
 
 @pytest.mark.parametrize("level", [2, 3, 5])
