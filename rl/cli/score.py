@@ -79,12 +79,13 @@ def read_items(path: str) -> tuple[list[dict], list]:
                             "(without it the row is a math row, judged against its 'answer')")
         if code and row.get("tests") is None:
             raise UserError(f"{where}: field 'tests' is missing (code rows need tests)")
+        # the entry point before the tests: a test calling `max` names no program, and `candidate` needs one
+        entry_point = check_entry_point(row.get("entry_point"), where) if code else None
         items.append(ScoreItem(prompt=text_field(row, "prompt", where, required=False) or "",
                                completion=completion,
                                reference=text_field(row, "answer", where, required=not code, numbers_ok=True) or "",
-                               task=task, length=length,  # (the entry point first: `max`'s tests name no program)
-                               entry_point=check_entry_point(row.get("entry_point"), where) if code else None,
-                               tests=encode_tests(row["tests"], where) if code else None))
+                               task=task, length=length, entry_point=entry_point,
+                               tests=encode_tests(row["tests"], where, entry_point) if code else None))
         rows.append(row)
     return rows, items
 

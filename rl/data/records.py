@@ -172,7 +172,7 @@ def _code_problem(row: dict, where: str, column: dict, prompt: str, need_solutio
     if tests is None:
         raise UserError(f"{where}: field {column['tests']!r} is missing (code rows need tests)")
     entry_point = check_entry_point(row.get(column["entry_point"]), where)  # (first: `max`'s tests name no program)
-    encoded = encode_tests(tests, where, column["tests"])
+    encoded = encode_tests(tests, where, entry_point, column["tests"])
     problem = {"task": "code", "prompt": prompt,
                "answer": text_field(row, column["answer"], where, required=False, mapped_from="answer") or "",
                "solution": text_field(row, column["solution"], where, required=need_solution,

@@ -142,10 +142,10 @@ def check_entry_point(entry_point, where: str) -> str | None:
     return entry_point
 
 
-def encode_tests(tests, where: str, column: str = "tests") -> str:
+def encode_tests(tests, where: str, entry_point: str | None, column: str = "tests") -> str:
     """The tests as the JSON a ScoreItem carries (rows' dicts keep only input and output); a string is read as
     the list's JSON text (datasets that store it so), in data files and `r1jax score`'s input alike. `column`:
-    the row's field holding them, named in errors."""
+    the row's field holding them, named in errors; `entry_point`: the row's (checked), which binds `candidate`."""
     if isinstance(tests, str):
         try:
             tests = json.loads(tests)
@@ -170,6 +170,10 @@ def encode_tests(tests, where: str, column: str = "tests") -> str:
                             f"runs, nor an assert but `assert True`), so every program passes it: HumanEval's `def "
                             f"check(candidate): ...` needs the `check(candidate)` its harness adds, and an import "
                             f"belongs in the tests that use it")
+        if entry_point is None and _uses_candidate(test):
+            raise UserError(f"{where}: tests[{number}] calls `candidate`, which only the row's 'entry_point' binds "
+                            f"(HumanEval's check(candidate)): without it every program fails; give the function's "
+                            f"name as entry_point")
         if not _names_the_program(test):
             raise UserError(f"{where}: tests[{number}] names nothing of the program (each name it uses is a builtin "
                             f"or its own), so every program scores the same on it; a function named like a builtin "
@@ -225,6 +229,25 @@ def _names_the_program(test: str) -> bool:
                     name in _DYNAMIC or name not in own and name not in _BUILTIN_NAMES):
                 return True
     return "__main__" in own  # (import __main__: the judge's namespace, the program's names in it)
+
+
+def _uses_candidate(test: str) -> bool:
+    """Whether the test reads `candidate` without binding it at its top level (a parameter of its own `check` is
+    its own): the judge binds it to the entry point, so a row without one failed every program."""
+    try:
+        table = symtable.symtable(test, "test", "exec")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False  # (it fails for every program)
+    if any(s.get_name() == "candidate" and (s.is_assigned() or s.is_imported()) for s in table.get_symbols()):
+        return False
+    pending = [table]
+    while pending:
+        scope = pending.pop()
+        pending += scope.get_children()
+        if any(s.get_name() == "candidate" and s.is_referenced() and (scope is table or s.is_global())
+               for s in scope.get_symbols()):
+            return True
+    return False
 
 
 def _never_fails(test: str) -> str | None:

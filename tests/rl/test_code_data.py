@@ -93,6 +93,23 @@ def test_an_assertion_test_that_checks_nothing_is_refused_not_passed_by_every_pr
         assert code_outcome(item, FAST).passed == passed, program
 
 
+def test_a_test_calling_candidate_without_an_entry_point_is_refused_not_failed_by_every_program(tmp_path):
+    """HumanEval's check(candidate) with no entry_point: `candidate` was never bound, so `def f(x): return 2 * x`
+    scored 0 with every other program (a silently useless row). A test binding or taking its own `candidate`
+    needs none."""
+    row = {"task": "code", "prompt": "p", "tests": [HUMANEVAL_TEST + "check(candidate)"]}
+    with pytest.raises(UserError, match=r"bad.jsonl: row 1: tests\[0\] calls `candidate`, which only the row's "
+                                        r"'entry_point' binds"):
+        load_problems(write_jsonl(tmp_path / "bad.jsonl", [row]))
+    own = ["candidate = f\nassert candidate(2) == 4", "def check(candidate):\n    assert candidate(2) == 4\ncheck(f)"]
+    (loaded, with_entry) = load_problems(write_jsonl(tmp_path / "ok.jsonl", [{**row, "tests": own},
+                                                                              {**row, "entry_point": "f"}]))
+    for problem, entry_point in ((loaded, None), (with_entry, "f")):
+        item = ScoreItem("p", "```python\ndef f(x): return 2 * x\n```", "", "code", tests=problem["tests"],
+                         entry_point=entry_point)
+        assert code_outcome(item, FAST).status == "passed"
+
+
 def test_a_test_naming_nothing_of_the_program_is_refused_not_passed_by_every_program(tmp_path):
     """Without entry_point, a function named like a builtin is the judge's builtin: `def max(xs): return 0` passed
     `assert max([1, 3]) == 3` (and a test naming only builtins gave every program a partial share)."""
