@@ -14,6 +14,7 @@ import pathlib
 import re
 import shutil
 import socket
+import stat
 import time
 from typing import IO
 
@@ -149,6 +150,9 @@ def lock_directory(directory: str | os.PathLike, what: str) -> IO | None:
     None: the directory goes unguarded."""
     path = pathlib.Path(directory) / LOCK_NAME
     for _ in range(10):
+        if path.exists() and not path.is_file():  # (a FIFO's open was a traceback: not seekable)
+            raise UserError(f"{what} {directory}: its lock {path} is not a regular file (a FIFO or a device): "
+                            "remove it, then run again")
         handle = open(path, "a+", encoding="utf-8")
         try:
             held = _lock_exclusive(handle, path)
@@ -206,13 +210,25 @@ def _lock_exclusive(handle: IO, path: pathlib.Path) -> str | None:
 def _held_exclusively(path: pathlib.Path) -> bool:
     """Whether a process holds an exclusive flock on `path` (a trainer's), not only shared ones (readers')."""
     try:
-        with open(path, "rb") as probe:
+        with _open_lock(path) as probe:
             fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # (a shared lock beside readers' ones; closing drops it)
     except BlockingIOError:
         return True
     except OSError:  # gone (the next try opens the new one), or unreadable: its holders cannot be told apart
         return False
     return False
+
+
+def _open_lock(path: pathlib.Path) -> IO:
+    """`path` opened for reading without waiting (a FIFO there blocked its open until a writer came: forever);
+    OSError (naming what it is) when it is not a regular file, which no trainer's lock is."""
+    handle = open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK))
+    kind = os.fstat(handle.fileno()).st_mode
+    if not stat.S_ISREG(kind):
+        handle.close()
+        raise OSError(errno.ENODEV, "a FIFO, not a lock file" if stat.S_ISFIFO(kind) else "not a regular file",
+                      str(path))
+    return handle
 
 
 def lock_held(directory: str | os.PathLike) -> bool:
@@ -223,11 +239,12 @@ def lock_held(directory: str | os.PathLike) -> bool:
 
 def lock_probe(directory: str | os.PathLike) -> bool | str:
     """Whether a process holds `directory`/.lock, probed by a shared flock taken and dropped at once without
-    waiting (no lock file: False), or why that cannot be told: a lock file not ours to read, a file system without
-    flock (not told by /proc/locks either: it lists no other host's lock on a shared file system)."""
+    waiting (no lock file: False), or why that cannot be told: a lock file not ours to read, or no regular file (a
+    FIFO: its open no longer waits for a writer), a file system without flock (not told by /proc/locks either: it
+    lists no other host's lock on a shared file system)."""
     path = pathlib.Path(directory) / LOCK_NAME
     try:
-        handle = open(path, "rb")
+        handle = _open_lock(path)
     except FileNotFoundError:
         return False
     except OSError as err:

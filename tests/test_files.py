@@ -255,3 +255,18 @@ def test_a_permission_refused_to_no_file_is_no_storage_failure():
         assert err.filename is None and files.storage_failure(err) is None
     assert files.storage_failure(PermissionError(errno.EACCES, "Permission denied")) is None
     assert files.storage_failure(PermissionError(errno.EACCES, "Permission denied", "/r/x")) == "permission denied: /r/x"
+
+
+def test_a_lock_path_that_is_a_fifo_or_a_device_is_answered_not_waited_on(tmp_path):
+    """A FIFO at RUN/.lock blocked a reader's probe in open() until a writer came (forever): now an answer (cannot
+    be told, taken as held), as a device's is; a trainer's start there is refused in a line (it was a traceback)."""
+    os.mkfifo(tmp_path / files.LOCK_NAME)
+    probe = "import sys; from r1jax import files; print(files.lock_probe(sys.argv[1]), files.lock_held(sys.argv[1]))"
+    done = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, timeout=20)
+    assert done.stdout == f"{tmp_path}/.lock cannot be read (a FIFO, not a lock file) True\n", done.stderr
+    assert files._held_exclusively(tmp_path / files.LOCK_NAME) is False  # (a start's check of it: answered too)
+    with pytest.raises(UserError, match=r"its lock .*/\.lock is not a regular file \(a FIFO or a device\)"):
+        files.lock_directory(tmp_path, "run directory")
+    os.unlink(tmp_path / files.LOCK_NAME)
+    os.symlink("/dev/null", tmp_path / files.LOCK_NAME)
+    assert files.lock_probe(tmp_path) == f"{tmp_path}/.lock cannot be read (not a regular file)"
