@@ -9,6 +9,7 @@ process runs no program code. sandbox_runner's docstring says the whole design.
 
 import builtins
 import json
+import operator
 import os
 import signal
 import sys
@@ -174,7 +175,7 @@ class Stub:
 
 class Reference:
     """An object of the program that is no builtin value: its attributes and calls go back to the program; it
-    equals only itself and has no other operation (an iterable's: IterableReference, IteratorReference)."""
+    equals only itself and has no other operation but those its class defines of OPERATIONS (`reference_class`)."""
 
     __slots__ = ("_channel", "_handle")
 
@@ -193,49 +194,59 @@ class Reference:
         return "<an object of the program>"
 
 
-class IterableReference(Reference):
-    """A reference to the program's iterable (a range, a dict's keys, its class with `__iter__`): iter() asks
-    the program's process for an iterator over it, which comes back as an IteratorReference."""
-
-    __slots__ = ()
-
-    def __iter__(self):
-        return self._channel.call("iter", self._handle, (), {})
-
-    def __contains__(self, item) -> bool:  # (asked of the program: its class's __contains__ decides, not its items)
-        return self._channel.call("contains", self._handle, (item,), {}) is True
-
-
-class IteratorReference(IterableReference):
-    """A reference to the program's iterator (a generator, a map): each next() asks the program's process for its
-    next item, which comes back as any value does; its end (`["stop"]`, read only as the answer to a next) is
-    StopIteration here. So `list(f(3))`, `next(f(3), 9)`, `sum`, `sorted` and `for` read it as in the program's
-    interpreter; a forged end or item is one the program's own iterator could have given."""
-
-    __slots__ = ()
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        return self._channel.call("next", self._handle, (), {})
-
-
-REFERENCES = {None: Reference, "iterable": IterableReference, "iterator": IteratorReference}
+# The operations a reference has, each where the program's class defines one of the special methods that give it
+# in Python (marked at crossing: `operations`; the judge's class for them: `reference_class`): an operation's
+# name -> those methods, and what the program's process answers with (Python's own, on its object). No other
+# (`==`: a reference equals only itself; `bool` of one with neither __bool__ nor __len__ is true, as in Python).
+OPERATIONS = {"iter": (("__iter__", "__getitem__"), iter), "next": (("__next__",), lambda o: next(o, STOP)),
+              "len": (("__len__",), len), "bool": (("__bool__", "__len__"), bool),
+              "getitem": (("__getitem__",), operator.getitem), "reversed": (("__reversed__",), reversed),
+              "contains": (("__contains__", "__iter__", "__getitem__"), operator.contains)}
 STOP = object()  # (the program's process: what its next() gave at an iterator's end)
+_CLASSES = {}  # frozenset of OPERATIONS names -> the judge's Reference subclass with their special methods
 
 
-def iterable_kind(value) -> str:
-    """The program's process's tag in the reply `["ref", HANDLE, TAG]` for a value that is no builtin value:
-    `, "iterator"` (its class has `__next__` and `__iter__`), `, "iterable"` (`__iter__`, or a sequence's
-    `__getitem__`: iter() reads it from 0 on), else none."""
+def operations(value) -> str:
+    """The program's process's mark in the reply `["ref", HANDLE, [NAME, ...]]` for a value that is no builtin
+    value: `, [NAME, ...]`, the OPERATIONS its class defines (as Python looks them up: the class's MRO, not
+    the instance), or none."""
     try:
-        kind = type(value)
-        if getattr(kind, "__iter__", None) is None:
-            return ', "iterable"' if getattr(kind, "__getitem__", None) is not None else ""
-        return ', "iterator"' if getattr(kind, "__next__", None) is not None else ', "iterable"'
-    except BaseException:  # (a metaclass's __getattr__ raising: a plain reference)
+        defined = set().union(*(vars(kind) for kind in type(value).__mro__))
+        names = [name for name, (given, _) in OPERATIONS.items() if not defined.isdisjoint(given)]
+        return ", [" + ", ".join('"' + name + '"' for name in names) + "]" if names else ""
+    except BaseException:  # (a class whose MRO or dicts raise: a plain reference)
         return ""
+
+
+def reference_class(names) -> type:
+    """The judge's class of a reference to a program's object whose class defines the OPERATIONS `names` (a
+    reply's list; None: a plain Reference): each special method asks the program's process, whose answer
+    crosses as any value does (`bool` and `in`: true only for True). An iterator's end (`["stop"]`, read only as
+    the answer to a next) is StopIteration here, so `list(f(3))`, `next(f(3), 9)`, `sum`, `for`, `len`, `x[1:3]`
+    read it as in the program's interpreter; a forged answer is one the program's own class could have given.
+    None where `names` is not a list of distinct OPERATIONS names."""
+    if names is None:
+        return Reference
+    if not (type(names) is list and all(type(n) is str and n in OPERATIONS for n in names)
+            and len(set(names)) == len(names)):
+        return None
+    key = frozenset(names)
+    if key not in _CLASSES:
+        methods = {"__slots__": ()}
+        for name in key:
+            methods["__" + name + "__"] = _asking(name)
+        if "iter" in key and "next" in key:  # (an iterator is its own: `iter(it) is it`, no round trip)
+            methods["__iter__"] = lambda self: self
+        _CLASSES[key] = type("Reference", (Reference,), methods)
+    return _CLASSES[key]
+
+
+def _asking(name: str):
+    def ask(self, *args):
+        answer = self._channel.call(name, self._handle, args, {})
+        return answer is True if name in ("bool", "contains") else answer
+
+    return ask
 
 
 class Channel:
@@ -304,8 +315,8 @@ class Channel:
             except (ValueError, TypeError, RecursionError):
                 self._end(False, broken=True)
         if isinstance(reply, list) and len(reply) in (2, 3) and reply[0] == "ref" and type(reply[1]) is int \
-                and (len(reply) == 2 or reply[2] in ("iterable", "iterator")):
-            return REFERENCES[reply[2] if len(reply) == 3 else None](self, reply[1])
+                and reference_class(reply[2] if len(reply) == 3 else None) is not None:
+            return reference_class(reply[2] if len(reply) == 3 else None)(self, reply[1])
         self._end(False, broken=True)
 
     def _argument(self, value) -> str:

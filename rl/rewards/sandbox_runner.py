@@ -22,8 +22,9 @@ types, or references to the program's objects) to the program's process, which d
 `__solution__` (a main guard does not run) and calls the real function; the value comes back encoded
 (sandbox_values) and is rebuilt here of builtin types, so an object whose `__eq__` is always true arrives as
 a reference, equal to nothing but itself. An object that is no builtin value (an instance of the program's
-class) arrives as a reference whose attributes and calls go back to the program; it has no other operation but
-iteration where it is iterable (a generator: each next goes back to the program, sandbox_judge.IteratorReference).
+class) arrives as a reference whose attributes and calls go back to the program; its only other operations are
+those of sandbox_judge.OPERATIONS its class defines (iter, next, len, bool, x[i], in, reversed: each goes back to
+the program, sandbox_judge.reference_class).
 A raise arrives as an exception of its nearest builtin class (sandbox_judge.RAISABLE: the builtins' Exception
 subclasses but MemoryError, StopIteration and StopAsyncIteration, which cross as Exception; a program's
 `class Invalid(ValueError)` as ValueError, its `class E(KeyError, ValueError)` as a class deriving from both)
@@ -248,10 +249,8 @@ def serve(code, requests_fd: int, replies_fd: int) -> None:
         try:
             if kind == "getattr":
                 value = getattr(handles[target], args)
-            elif kind in ("iter", "next"):  # (a reference the judge was told is iterable, or an iterator)
-                value = iter(handles[target]) if kind == "iter" else next(handles[target], judging.STOP)
-            elif kind == "contains":  # (its `in`: __contains__ where its class has one, as Python reads it)
-                value = unpack(args[0]) in handles[target]
+            elif kind in judging.OPERATIONS:  # (one the program's class defines: judging.operations marked it)
+                value = judging.OPERATIONS[kind][1](handles[target], *[unpack(a) for a in args])
             else:
                 function = namespace[target] if kind == "call" else handles[target]
                 value = function(*[unpack(a) for a in args], **{k: unpack(v) for k, v in kwargs.items()})
@@ -269,9 +268,9 @@ def serve(code, requests_fd: int, replies_fd: int) -> None:
             os._exit(MEMORY_EXIT)
         except values.ValueTooLarge:
             reply = '["too_large"]'
-        except BaseException:  # no builtin value: the judge gets a reference to it (iterable: judging.iterable_kind)
+        except BaseException:  # no builtin value: the judge gets a reference to it (judging.operations)
             handles.append(value)
-            reply = f'["ref", {len(handles) - 1}{judging.iterable_kind(value)}]'
+            reply = f'["ref", {len(handles) - 1}{judging.operations(value)}]'
         judging.write_all(replies_fd, reply.encode("ascii") + b"\n")
 
 

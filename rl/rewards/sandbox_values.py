@@ -1,10 +1,11 @@
 """Values of builtin types as ASCII JSON, and back: how a program's values leave the process that ran it.
 
 `encode(value, 0, [MAX_VALUE_CHARS])` writes `[tag, ...]` with ASCII leaves: none, bool, int (hex), float
-(float.hex: nan and inf exact), complex, str (UTF-8 hex), bytes (also bytearray), list, tuple, set, frozenset,
-dict. A subclass of one of them is written as its builtin value, read with the builtin's own methods (its
-`__eq__` is never called); anything else (a custom object, a numpy array) raises TypeError; a value nested
-deeper than MAX_DEPTH ValueError; one whose text would pass the room given ValueTooLarge, before it is built.
+(float.hex: nan and inf exact), complex, str (UTF-8 hex), bytes (also bytearray), range (start, stop and step),
+list, tuple, set, frozenset, dict, slice (`x[1:3]`'s key: its start, stop and step, any values). A subclass of
+one of them is written as its builtin value, read with the builtin's own methods (its `__eq__` is never called);
+anything else (a custom object, a numpy array) raises TypeError; a value nested deeper than MAX_DEPTH ValueError;
+one whose text would pass the room given ValueTooLarge, before it is built.
 `decode(node)` rebuilds an equal value of builtin types only (never eval) and raises ValueError (or
 TypeError: an unhashable set item) on anything else: what it reads may have been written by the program.
 
@@ -46,6 +47,10 @@ def encode(value, depth: int, room: list) -> str:
     leaf = _leaf(value, room)
     if leaf is not None:
         return _taken(leaf, room)
+    if isinstance(value, slice):  # (final, as range is: no subclass)
+        _take(17, room)
+        return '["slice", [' + ", ".join([encode(v, depth + 1, room) for v in (value.start, value.stop,
+                                                                                 value.step)]) + "]]"
     for base, tag, items in _CONTAINERS:
         if isinstance(value, base):
             _take(len(tag) + 12, room)
@@ -90,6 +95,10 @@ def _leaf(value, room: list):
     if isinstance(value, str):  # (its UTF-8: at least a byte, two hex digits, a character)
         _fits(2 * str.__len__(value), room)
         return '["str", "' + bytes.hex(str.encode(value, "utf-8", "surrogatepass")) + '"]'
+    if isinstance(value, range):
+        ends = (value.start, value.stop, value.step)
+        _fits(sum(int.bit_length(end) // 4 for end in ends), room)
+        return '["range", ' + ", ".join('"' + int.__format__(end, "x") + '"' for end in ends) + "]"
     if isinstance(value, bytes):
         _fits(2 * bytes.__len__(value), room)
         return '["bytes", "' + bytes.hex(value) + '"]'
@@ -104,7 +113,8 @@ def decode(node, depth: int = 0):
     if not (isinstance(node, list) and node and isinstance(node[0], str)) or depth > MAX_DEPTH:
         raise ValueError(f"not an encoded value: {node!r:.80}")
     tag, args = node[0], node[1:]
-    if not all(isinstance(a, str) for a in args) or tag in ("list", "tuple", "set", "frozenset", "dict"):
+    if not all(isinstance(a, str) for a in args) or tag in ("list", "tuple", "set", "frozenset", "dict",
+                                                                                   "slice"):
         return _decode_container(tag, args, depth)
     if (tag, args) in (("none", []), ("bool", ["0"]), ("bool", ["1"])):
         return None if tag == "none" else args == ["1"]
@@ -114,6 +124,8 @@ def decode(node, depth: int = 0):
         if not all(_HEX_FLOAT.fullmatch(a) for a in args):
             raise ValueError(f"not a float.hex: {args!r:.80}")
         return float.fromhex(args[0]) if tag == "float" else complex(*map(float.fromhex, args))
+    if tag == "range" and len(args) == 3 and all(_HEX_INT.fullmatch(a) for a in args):
+        return range(*(int(a, 16) for a in args))  # (a step of 0: ValueError)
     if tag in ("str", "bytes") and len(args) == 1 and _HEX_BYTES.fullmatch(args[0]):
         raw = bytes.fromhex(args[0])
         return raw if tag == "bytes" else raw.decode("utf-8", "surrogatepass")
@@ -123,6 +135,8 @@ def decode(node, depth: int = 0):
 def _decode_container(tag: str, args: list, depth: int):
     if len(args) != 1 or not isinstance(args[0], list):
         raise ValueError(f"not an encoded {tag}: {args!r:.80}")
+    if tag == "slice" and len(args[0]) == 3:
+        return slice(*(decode(item, depth + 1) for item in args[0]))
     if tag in _BUILDERS:
         return _BUILDERS[tag](decode(item, depth + 1) for item in args[0])
     if tag != "dict" or not all(isinstance(pair, list) and len(pair) == 2 for pair in args[0]):

@@ -159,15 +159,18 @@ def test_a_raised_stop_iteration_does_not_end_a_tests_map_early(mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_forged_iterator_reply_gains_nothing(mode):
-    # an iterator's end crosses only as the answer to a next (sandbox_judge.IteratorReference): a "stop" answering a
+    # an iterator's end crosses only as the answer to a next (sandbox_judge.reference_class): a "stop" answering a
     # call (map would end at it), an iter or a reference of another kind breaks the conversation
     for replies, test in (([b'["stop"]'], "assert all(map(f, [1, 2]))"),
                           ([b'["stop"]'], "try:\n    f(0)\nexcept StopIteration:\n    pass"),
-                          ([b'["ref", 0, "iterable"]', b'["stop"]'], "assert list(f(0)) == []"),
-                          ([b'["ref", 0, "iterator"]', b'["raised", "StopIteration", ["tuple", []]]'],
+                          ([b'["ref", 0, ["iter"]]', b'["stop"]'], "assert list(f(0)) == []"),
+                          ([b'["ref", 0, ["iter", "next"]]', b'["raised", "StopIteration", ["tuple", []]]'],
                            "assert list(f(0)) == []"),
-                          ([b'["ref", 0, "bogus"]'], "assert f(0) is not None")):
+                          ([b'["ref", 0, ["len"]]', b'["stop"]'], "assert len(f(0)) == 0"),
+                          ([b'["ref", 0, "iterator"]'], "assert f(0) is not None"),
+                          ([b'["ref", 0, ["next", "next"]]'], "assert f(0) is not None"),
+                          ([b'["ref", 0, ["bogus"]]'], "assert f(0) is not None")):
         assert outcome(forging(replies), [test], mode, entry_point=None) == (0, 1, "failed"), (replies, test)
     # what a forged iterator gives, the program's own could have: its items and its end, read in order
-    forged = [b'["ref", 0, "iterator"]', b'["value", ["int", "7"]]', b'["stop"]']
+    forged = [b'["ref", 0, ["iter", "next"]]', b'["value", ["int", "7"]]', b'["stop"]']
     assert outcome(forging(forged), ["assert list(f(0)) == [7]"], mode, entry_point=None) == (1, 1, "passed")

@@ -91,7 +91,10 @@ def test_split_keeps_the_expected_value_outside_and_decoding_is_strict():
     for whole in ("assert f(2) == 4 == g(2)", "assert f(2) != 4", "assert f(2) == float('inf')", "f(2) == 4"):
         assert split_assertion(whole)[0] == "exec " + whole
     assert decode_value(["tuple", [["float", "nan"], ["str", "c3a9"]]])[1] == "é"
-    for bad in (["int", "0x10"], ["eval", "1"], ["list", "ab"], ["set", [["list", []]]], ["float", "1e3"]):
+    assert decode_value(["list", [["range", "1", "-a", "-2"], ["slice", [["none"], ["int", "3"], ["none"]]]]]) == \
+        [range(1, -10, -2), slice(None, 3)]  # (a range, and the key of `x[:3]`: a program's class's)
+    for bad in (["int", "0x10"], ["eval", "1"], ["list", "ab"], ["set", [["list", []]]], ["float", "1e3"],
+                ["range", "0", "1", "0"], ["range", "0", "1"], ["slice", [["none"]]], ["slice", "1", "2", "3"]):
         with pytest.raises((ValueError, TypeError)):
             decode_value(bad)
 
@@ -116,7 +119,8 @@ def test_an_encoded_value_never_exceeds_the_cap():
 
     shapes = {"ints": lambda n: list(range(n)), "dict": lambda n: {i: None for i in range(n)},
               "str": lambda n: "é" * n, "bytes": lambda n: bytearray(n), "nested": lambda n: [[(), {""}]] * n,
-              "int": lambda n: 16 ** n}
+              "int": lambda n: 16 ** n, "range": lambda n: range(-(16 ** n), 16 ** n, 16 ** n),
+              "slices": lambda n: [slice(n, None, ())] * n}
     for name, make in shapes.items():
         fits, over = 0, 1 << 20  # the largest n known to fit, the smallest known not to
         while over - fits > 1:
@@ -209,6 +213,44 @@ def test_in_asks_the_programs_own_contains(mode):
     exec(program, namespace)
     assert [bool(eval(test[7:], namespace)) for test in tests] == [True] * 4 + [False]  # Python's own reading
     assert outcome(program, tests, mode, entry_point=None) == (4, 5, "failed")
+
+
+SEQUENCES = {  # a program returning a range, or its own class of sequence operations, and one without them
+    "range": "def f(n): return range(n)",
+    "box": "class Box:\n    def __init__(self, n): self.items = list(range(n))\n"
+           "    def __len__(self): return len(self.items)\n    def __getitem__(self, i): return self.items[i]\n"
+           "    def __contains__(self, x): return x == 7\ndef f(n): return Box(n)",
+    "backwards": "class B:\n    def __len__(self): return 3\n    def __getitem__(self, i): return [0, 1, 2][i]\n"
+                 "    def __reversed__(self): return iter('no')\n    def __bool__(self): return False\n"
+                 "def f(n): return B()",
+    "plain": "class P:\n    pass\ndef f(n): return P()"}
+SEQUENCE_TESTS = ["assert len(f(5)) == 5", "assert f(5)[2] == 2", "assert f(5) == range(5)",
+                  "assert f(5)[1:3] == [1, 2]", "assert f(5)[1:3] == range(1, 3)", "assert f(5)[-1] == 4", "assert 7 in f(5)", "assert 3 in f(5)",
+                  "assert not f(0)", "assert f(2)", "assert list(f(3)) == [0, 1, 2]",
+                  "assert list(reversed(f(3))) == [2, 1, 0]", "assert list(reversed(f(3))) == ['n', 'o']",
+                  "try:\n    f(2)[5]\nexcept IndexError:\n    pass\nelse:\n    assert False",
+                  "try:\n    len(f(2))\nexcept TypeError:\n    pass\nelse:\n    assert False"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", SEQUENCES)
+def test_len_indexing_slices_in_and_truth_of_a_returned_object_are_as_in_python(name, mode):
+    # until 2026-12-05 a range and a program's sequence crossed as references without len, [i], == or truth (all
+    # true: `assert not f(0)` failed, a falsy object passed `assert f(2)`); its class's operations are now marked
+    # at crossing (sandbox_judge.OPERATIONS), each asked of the program, and a range crosses as a value
+    expected = []
+    for test in SEQUENCE_TESTS:  # the reference: the same program and test in this interpreter
+        try:
+            exec(test, {"f": _defined(SEQUENCES[name])["f"]})
+            expected.append(1)
+        except Exception:
+            expected.append(0)
+    assert expected == {"range": [1, 1, 1, 0, 1, 1, 0, 1, 1, 1, 1, 1, 0, 1, 0],
+                        "box": [1, 1, 0, 1, 0, 1, 1, 0, 1, 1, 1, 1, 0, 1, 0],
+                        "backwards": [0, 1, 0, 1, 0, 0, 0, 0, 1, 0, 1, 0, 1, 1, 0],
+                        "plain": [0] * 9 + [1] + [0] * 4 + [1]}[name]
+    for index, test in enumerate(SEQUENCE_TESTS):  # one run each: a pass where Python fails cannot hide a miss
+        assert outcome(SEQUENCES[name], [test], mode, entry_point=None)[0] == expected[index], (name, test)
 
 
 def _defined(program: str) -> dict:
