@@ -174,3 +174,33 @@ def test_a_forged_iterator_reply_gains_nothing(mode):
     # what a forged iterator gives, the program's own could have: its items and its end, read in order
     forged = [b'["ref", 0, ["iter", "next"]]', b'["value", ["int", "7"]]', b'["stop"]']
     assert outcome(forging(forged), ["assert list(f(0)) == [7]"], mode, entry_point=None) == (1, 1, "passed")
+
+
+LAZY = ("class P:\n    def __init__(s, v): s.v = v\ndef f():\n    i = 0\n    while True:\n        yield i\n"
+        "        i += 1\ndef g(n):\n    for i in range(n):\n        if i == 2:\n"
+        "            raise ValueError('two', i)\n        yield i\n"
+        "def h(n): return (P(i) for i in range(n))\ndef k(n): return ((j for j in range(i)) for i in range(n))")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_endless_or_raising_generator_is_read_item_by_item_as_in_python(mode):
+    # each next is one round trip: islice, zip, any, `in` stop an endless generator where Python does; a raise
+    # mid-iteration is the test's ValueError with its arguments, and the generator is then over; a generator of the
+    # program's objects or of generators gives references, read in turn
+    tests = ["import itertools\nassert list(itertools.islice(f(), 3)) == [0, 1, 2]",
+             "assert list(zip(f(), 'ab')) == [(0, 'a'), (1, 'b')] and any(x > 5 for x in f()) and 10 in f()",
+             "it = g(5)\nassert next(it) == 0 and next(it) == 1\ntry:\n    next(it)\nexcept ValueError as e:\n"
+             "    assert e.args == ('two', 2)\nelse:\n    assert False\nassert list(it) == []",
+             "assert [p.v for p in h(3)] == [0, 1, 2] and [list(x) for x in k(3)] == [[], [0], [0, 1]]",
+             "assert sum(g(5)) == 1", "assert next(f(), None) is None"]
+    namespace = {}
+    exec(LAZY, namespace)  # (the test's own program: Python's reading of each test)
+    expected = []
+    for test in tests:
+        try:
+            exec(test, dict(namespace))
+            expected.append(1)
+        except Exception:
+            expected.append(0)
+    assert expected == [1, 1, 1, 1, 0, 0]
+    assert outcome(LAZY, tests, mode, entry_point=None) == (4, 6, "failed")
