@@ -201,7 +201,8 @@ class Reference:
 OPERATIONS = {"iter": (("__iter__", "__getitem__"), iter), "next": (("__next__",), lambda o: next(o, STOP)),
               "len": (("__len__",), len), "bool": (("__bool__", "__len__"), bool),
               "getitem": (("__getitem__",), operator.getitem), "reversed": (("__reversed__",), reversed),
-              "contains": (("__contains__", "__iter__", "__getitem__"), operator.contains)}
+              "contains": (("__contains__", "__iter__", "__getitem__"), operator.contains),
+              "str": (("__str__",), str), "repr": (("__repr__",), repr)}  # (every class's: object's at least)
 STOP = object()  # (the program's process: what its next() gave at an iterator's end)
 _CLASSES = {}  # frozenset of OPERATIONS names -> the judge's Reference subclass with their special methods
 
@@ -221,10 +222,10 @@ def operations(value) -> str:
 def reference_class(names) -> type:
     """The judge's class of a reference to a program's object whose class defines the OPERATIONS `names` (a
     reply's list; None: a plain Reference): each special method asks the program's process, whose answer
-    crosses as any value does (`bool` and `in`: true only for True). An iterator's end (`["stop"]`, read only as
-    the answer to a next) is StopIteration here, so `list(f(3))`, `next(f(3), 9)`, `sum`, `for`, `len`, `x[1:3]`
-    read it as in the program's interpreter; a forged answer is one the program's own class could have given.
-    None where `names` is not a list of distinct OPERATIONS names."""
+    crosses as any value does (`bool` and `in`: true only for True; `str`, `repr`: a str). An iterator's end
+    (`["stop"]`, read only as the answer to a next) is StopIteration here, so `list(f(3))`, `next(f(3), 9)`, `sum`,
+    `for`, `len`, `x[1:3]` read it as in the program's interpreter; a forged answer is one the program's own class
+    could have given. None where `names` is not a list of distinct OPERATIONS names."""
     if names is None:
         return Reference
     if not (type(names) is list and all(type(n) is str and n in OPERATIONS for n in names)

@@ -23,8 +23,8 @@ types, or references to the program's objects) to the program's process, which d
 (sandbox_values) and is rebuilt here of builtin types, so an object whose `__eq__` is always true arrives as
 a reference, equal to nothing but itself. An object that is no builtin value (an instance of the program's
 class) arrives as a reference whose attributes and calls go back to the program; its only other operations are
-those of sandbox_judge.OPERATIONS its class defines (iter, next, len, bool, x[i], in, reversed: each goes back to
-the program, sandbox_judge.reference_class).
+those of sandbox_judge.OPERATIONS its class defines (iter, next, len, bool, x[i], in, reversed, str, repr: each
+goes back to the program, sandbox_judge.reference_class).
 A raise arrives as an exception of its nearest builtin class (sandbox_judge.RAISABLE: the builtins' Exception
 subclasses but MemoryError, StopIteration and StopAsyncIteration, which cross as Exception; a program's
 `class Invalid(ValueError)` as ValueError, its `class E(KeyError, ValueError)` as a class deriving from both)
