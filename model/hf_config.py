@@ -165,6 +165,21 @@ def _lookup(hf: Mapping[str, Any], family: str, key: str) -> tuple[str, Any]:
     return key, HF_DEFAULTS[family].get(key)
 
 
+# the keys that size or place a tensor: one a config.json lacks takes transformers' default, which a checkpoint's
+# tensors then contradict (a missing hidden_size reads 2048 and every tensor is named of the wrong shape)
+_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_size", "num_hidden_layers",
+          "num_attention_heads", "n_routed_experts", "tie_word_embeddings", "attention_bias", "q_lora_rank",
+          "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "n_shared_experts",
+          "first_k_dense_replace", "num_key_value_heads", "mlp_only_layers", "decoder_sparse_step")
+
+
+def defaulted_sizes(hf: Mapping[str, Any], family: str) -> list[str]:
+    """'key (transformers' default value)' for each tensor-sizing key the config.json does not state."""
+    keys = [key for key in _SIZES if key in HF_DEFAULTS[family] and _lookup(hf, family, key)[0] not in hf]
+    return [f"{' or '.join(reversed(_EXPERT_KEYS[family])) if key == 'n_routed_experts' else key} "
+            f"(transformers' default {json.dumps(HF_DEFAULTS[family][key])})" for key in keys]
+
+
 def _get(hf: Mapping[str, Any], family: str, key: str):
     return _lookup(hf, family, key)[1]
 

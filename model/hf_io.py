@@ -49,7 +49,8 @@ from r1jax.errors import UserError
 from r1jax.files import writing
 from r1jax.model.factory import abstract_policy
 from r1jax.model.hf_checkpoint import INDEX_FILE, HFCheckpoint, config_path, read_json
-from r1jax.model.hf_config import from_hf_config, generation_config, mtp_layers, stored_dtype, to_hf_config
+from r1jax.model.hf_config import (defaulted_sizes, from_hf_config, generation_config, mtp_layers, stored_dtype,
+                                   to_hf_config)
 from r1jax.model.hf_weights import Tensor, tensor_map
 from r1jax.sharding.params import path_keys, state_shardings
 from r1jax.sharding.rules import Rules
@@ -248,7 +249,10 @@ def check_tensors(ckpt: HFCheckpoint, cfg: ModelConfig, shapes: Mapping) -> None
                                                       ("tensors of the wrong shape", wrong),
                                                       ("tensors not stored as floats", not_float)) if names]
     if problems:
-        raise UserError(f"HF checkpoint {str(ckpt.dir)!r} does not match its config.json: " + "; ".join(problems))
+        defaulted = defaulted_sizes(ckpt.config, cfg.family) if missing or unexpected or wrong else []
+        lacks = f"config.json does not state {', '.join(defaulted)}; " if defaulted else ""
+        raise UserError(f"HF checkpoint {str(ckpt.dir)!r} does not match its config.json: {lacks}"
+                        + "; ".join(problems))
 
 
 def rounded_tensors(ckpt: HFCheckpoint, cfg: ModelConfig, shapes: Mapping) -> list[str]:

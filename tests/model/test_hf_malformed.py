@@ -201,3 +201,25 @@ def test_tensors_holding_nan_or_infinity_are_named(tmp_path, capsys):
         load_hf_policy(tmp_path)
     assert main(["import-hf", str(tmp_path), str(tmp_path / "out")]) == 2
     assert "holds NaN or infinite values" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+
+@pytest.mark.parametrize("key, named, default", [("hidden_size", "hidden_size", 2048),
+                                                 ("num_local_experts", "num_experts or num_local_experts", 128)])
+def test_a_size_key_the_config_lacks_is_named_beside_the_tensors_it_contradicts(key, named, default, sharded,
+                                                                                  tmp_path, capsys):
+    # the key took transformers' default and the error listed only tensors of the wrong shape (or missing ones),
+    # never the key: the user had to guess which line of config.json was gone
+    directory = tmp_path / "hf"
+    shutil.copytree(sharded, directory)
+    config = json.loads((directory / "config.json").read_text())
+    stated = config.pop(key)
+    (directory / "config.json").write_text(json.dumps(config))
+    assert main(["import-hf", str(directory), str(tmp_path / "ck")]) == 2
+    err = capsys.readouterr().err
+    assert f"does not match its config.json: config.json does not state {named} (transformers' default {default}); " \
+        in err and "Traceback" not in err, err
+    _edit_config(directory, **{key: stated + 1})  # a complete config.json its tensors contradict names no key
+    with pytest.raises(UserError, match="does not match its config.json") as intact:
+        load_hf_policy(directory)
+    assert "does not state" not in str(intact.value)
