@@ -269,8 +269,8 @@ def check_stage_data(config: Config, index: int, tokenizer: TokenizerLike) -> No
         size, what = len(problems), field
     check_code_rows(config, problems, what)
     if size < batch:
-        raise UserError(f"{batch_field}={batch}: {what} holds only {size} problems, fewer than one batch "
-                        f"(stage {stage.name})")
+        raise UserError(f"{batch_field}={batch}: {what} holds only {size} problem{'' if size == 1 else 's'}, fewer "
+                        f"than one batch (stage {stage.name})")
     if needs_solution:
         unsolved = [p for p in problems if not p["solution"]]
         if unsolved:

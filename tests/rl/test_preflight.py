@@ -282,7 +282,7 @@ def test_a_grpo_stage_reads_data_path_and_is_named_by_it(tokenizer, tmp_path):
     is named by it."""
     few = write_rows(tmp_path / "few.jsonl", rows(1, solution=False))
     fails(tokenizer, f"data.path={few}", "stages=[{name: g, kind: grpo, steps: 1}]",
-          named=f"grpo.prompts_per_step=4: data.path={str(few)!r} holds only 1 problems")
+          named=f"grpo.prompts_per_step=4: data.path={str(few)!r} holds only 1 problem, fewer than one batch")
 
 
 def test_the_longest_prompt_is_measured_wherever_it_stands(tokenizer):
