@@ -118,9 +118,13 @@ def parse_tests(tests, where: str) -> tuple[str, list]:
                 raise UserError(f"{where}: tests[{number}] is not valid Python ({type(err).__name__}: "
                                 f"{getattr(err, 'msg', err)}): {test!r:.80}") from None
         return "assert", list(tests)
-    if any(isinstance(t, str) for t in tests) and any(isinstance(t, dict) for t in tests):
-        raise UserError(f"{where}: field 'tests' mixes assertion strings and {{input, output}} objects "
-                        f"(one form per row)")
+    if any(isinstance(t, str) for t in tests):  # the first test that is no string is the culprit, not tests[0]
+        number, test = next((n, t) for n, t in enumerate(tests) if not isinstance(t, str))
+        if isinstance(test, dict):
+            raise UserError(f"{where}: field 'tests' mixes assertion strings and {{input, output}} objects "
+                            f"(one form per row)")
+        raise UserError(f"{where}: tests[{number}] must be an assertion string, as the row's others are, got "
+                        f"{test!r:.80}")
     pairs = []
     for number, test in enumerate(tests):
         if not (isinstance(test, dict) and isinstance(test.get("input"), str)

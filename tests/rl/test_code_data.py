@@ -50,6 +50,10 @@ def test_code_rows_load_from_jsonl_and_parquet_with_both_test_forms(tmp_path):
      r"row 1: field 'tests' must be a non-empty list \(.*\), got an empty list$"),
     ({"task": "code", "prompt": "p", "tests": ["assert f(1)", {"input": "", "output": ""}]},
      r"row 1: field 'tests' mixes assertion strings and \{input, output\} objects \(one form per row\)$"),
+    ({"task": "code", "prompt": "p", "tests": ["assert f(1) == 2", None]},  # blamed tests[0], a valid assertion
+     r"row 1: tests\[1\] must be an assertion string, as the row's others are, got None$"),
+    ({"task": "code", "prompt": "p", "tests": [3, "assert f(1) == 2"]}, r"row 1: tests\[0\] must be an assertion "
+     r"string, as the row's others are, got 3$"),
     ({"task": "code", "prompt": "p", "tests": ["assert f(1) == 2", "assert f(2) =="]},  # would fail every program
      r"row 1: tests\[1\] is not valid Python \(SyntaxError: invalid syntax\): 'assert f\(2\) =='$"),
     ({"task": "code", "prompt": "p", "tests": '["assert f(1) == 2", "assert (f(2)"]'},  # the JSON-string form
