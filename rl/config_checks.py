@@ -98,7 +98,11 @@ def check_items(hint: Any, value: Any, where: str, key: str = "", item: bool = F
             check_items(args[1], element, where, f"{key}.{name}", item=True)
     elif not isinstance(value, (collections.abc.Mapping, list, tuple)) and (
             origin in (list, tuple, dict) or dataclasses.is_dataclass(hint)):  # OmegaConf: "str is not a ListConfig"
-        want = f"a list, e.g. [{value}]" if origin in (list, tuple) else \
+        group = origin in (list, tuple) and args and dataclasses.is_dataclass(args[0])  # (stages=grpo: "[grpo]"
+        # led to "stages.0 = 'grpo': expected a mapping")
+        want = (f"a list of mappings of {args[0].__name__}'s fields, e.g. [{{"
+                + ", ".join(f"{name}: ..." for name in list(_hints(args[0]))[:2]) + "}]") if group else \
+            f"a list, e.g. [{value}]" if origin in (list, tuple) else \
             f"a mapping of {hint.__name__}'s fields" if dataclasses.is_dataclass(hint) else "a mapping"
         raise UserError(f"{where}: {key} = {value!r}: expected {want}")
     elif (item or hint is bool) and hint in _SCALARS and not _fits(hint, value):

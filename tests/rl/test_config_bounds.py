@@ -106,6 +106,8 @@ from r1jax.rl.rewards.config import CodeConfig, FieldError, PoolConfig
     ("rewards.names=accuracy", "rewards.names = 'accuracy': expected a list, e.g. [accuracy]"),
     ("sharding.rules={embed: fsdp}", "sharding.rules.embed = 'fsdp': expected a list, e.g. [fsdp]"),
     ("stages.0=5", "stages.0 = 5: expected a mapping of StageConfig's fields"),
+    ("stages=grpo", "stages = 'grpo': expected a list of mappings of StageConfig's fields, e.g. [{name: ..., "
+     "kind: ...}]"),  # was "e.g. [grpo]", which then read "stages.0 = 'grpo': expected a mapping"
     ("data.task_knobs=x", "data.task_knobs = 'x': expected a mapping"),
 ])
 def test_a_bad_value_is_a_user_error_naming_its_key(override, named):
