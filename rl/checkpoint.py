@@ -145,7 +145,10 @@ def resolve(path: str | pathlib.Path) -> tuple[pathlib.Path, int]:
                         + ("; it looks like a Hugging Face checkpoint: convert it with `r1jax import-hf`"
                            if weights and config else
                            "; it holds *.safetensors but no config.json, which a Hugging Face checkpoint needs "
-                           "(an incomplete download?)" if weights else ""))
+                           "(an incomplete download?)" if weights else
+                           "; it looks like a Hugging Face checkpoint with PyTorch *.bin weights: r1jax reads "
+                           "*.safetensors only (convert .bin first, then `r1jax import-hf`)"
+                           if config and any(path.glob("*.bin")) else ""))
     return path, steps[-1]
 
 

@@ -42,6 +42,11 @@ def test_only_a_directory_with_config_json_and_safetensors_is_said_to_be_hugging
     with pytest.raises(UserError) as info:
         resolve(tmp_path / "hf")
     assert "holds no checkpoint step" in str(info.value) and "Hugging Face" not in str(info.value)
+    (tmp_path / "hf" / "pytorch_model.bin").write_bytes(b"")  # an older hub layout: said, not just "no step"
+    with pytest.raises(UserError, match=r"no numbered step directory\); it looks like a Hugging Face checkpoint with "
+                                        r"PyTorch \*\.bin weights: r1jax reads \*\.safetensors only"):
+        resolve(tmp_path / "hf")
+    (tmp_path / "hf" / "pytorch_model.bin").unlink()
     (tmp_path / "hf" / "model.safetensors").write_bytes(b"")
     with pytest.raises(UserError, match="looks like a Hugging Face checkpoint: convert it with `r1jax import-hf`"):
         resolve(tmp_path / "hf")
