@@ -111,9 +111,9 @@ def parse_tests(tests, where: str) -> tuple[str, list]:
     if all(isinstance(t, str) for t in tests):
         if not all(t.strip() for t in tests):
             raise UserError(f"{where}: field 'tests' holds an empty assertion")
-        for number, test in enumerate(tests):  # a test that does not parse would fail every program
-            try:
-                ast.parse(test)
+        for number, test in enumerate(tests):  # a test that does not compile would fail every program
+            try:  # compiled as sandbox_judge compiles it: ast.parse alone passed `return f(1) == 1`, `break`
+                compile(test, f"tests[{number}]", "exec", dont_inherit=True)
             except (SyntaxError, ValueError, RecursionError, MemoryError) as err:
                 raise UserError(f"{where}: tests[{number}] is not valid Python ({type(err).__name__}: "
                                 f"{getattr(err, 'msg', err)}): {test!r:.80}") from None

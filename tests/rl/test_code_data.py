@@ -56,6 +56,8 @@ def test_code_rows_load_from_jsonl_and_parquet_with_both_test_forms(tmp_path):
      r"string, as the row's others are, got 3$"),
     ({"task": "code", "prompt": "p", "tests": ["assert f(1) == 2", "assert f(2) =="]},  # would fail every program
      r"row 1: tests\[1\] is not valid Python \(SyntaxError: invalid syntax\): 'assert f\(2\) =='$"),
+    ({"task": "code", "prompt": "p", "tests": ["assert f(1) == 2", "return f(2) == 3"]},  # parses, never compiles
+     r"row 1: tests\[1\] is not valid Python \(SyntaxError: 'return' outside function\): 'return f\(2\) == 3'$"),
     ({"task": "code", "prompt": "p", "tests": '["assert f(1) == 2", "assert (f(2)"]'},  # the JSON-string form
      r"row 1: tests\[1\] is not valid Python \(SyntaxError: '\(' was never closed\)"),
     ({"task": "code", "prompt": "p", "tests": [{"input": "1"}]}, r"row 1: tests\[0\] must be"),
