@@ -173,11 +173,12 @@ _SIZES = ("vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_si
           "first_k_dense_replace", "num_key_value_heads", "mlp_only_layers", "decoder_sparse_step")
 
 
-def defaulted_sizes(hf: Mapping[str, Any], family: str) -> list[str]:
-    """'key (transformers' default value)' for each tensor-sizing key the config.json does not state."""
+def defaulted_sizes(hf: Mapping[str, Any], family: str) -> dict[str, str]:
+    """{ModelConfig field: 'key (transformers' default value)'} for each tensor-sizing key the config.json does
+    not state."""
     keys = [key for key in _SIZES if key in HF_DEFAULTS[family] and _lookup(hf, family, key)[0] not in hf]
-    return [f"{' or '.join(reversed(_EXPERT_KEYS[family])) if key == 'n_routed_experts' else key} "
-            f"(transformers' default {json.dumps(HF_DEFAULTS[family][key])})" for key in keys]
+    return {key: f"{' or '.join(reversed(_EXPERT_KEYS[family])) if key == 'n_routed_experts' else key} "
+                 f"(transformers' default {json.dumps(HF_DEFAULTS[family][key])})" for key in keys}
 
 
 def _get(hf: Mapping[str, Any], family: str, key: str):

@@ -250,7 +250,7 @@ def check_tensors(ckpt: HFCheckpoint, cfg: ModelConfig, shapes: Mapping) -> None
                                                       ("tensors not stored as floats", not_float)) if names]
     if problems:
         defaulted = defaulted_sizes(ckpt.config, cfg.family) if missing or unexpected or wrong else []
-        lacks = f"config.json does not state {', '.join(defaulted)}; " if defaulted else ""
+        lacks = f"config.json does not state {', '.join(defaulted.values())}; " if defaulted else ""
         raise UserError(f"HF checkpoint {str(ckpt.dir)!r} does not match its config.json: {lacks}"
                         + "; ".join(problems))
 

@@ -5,7 +5,8 @@ the architecture (`model.hf_config.architecture_fields` of its family). The conf
 needs only r1jax's own fields (`model.hf_config.R1JAX_FIELDS`: param_dtype, compute_dtype, moe_impl,
 moe_block_size, remat, scan_layers, routing_bias_update_rate); an architecture field it does give must equal the
 checkpoint's, else a UserError names it (`model.hidden_size: run.yaml says 64, HF_DIR/config.json says
-2048`). `param_dtype`, unless the config gives it, is the dtype the checkpoint stores (a bfloat16 checkpoint
+2048`; a size key config.json lacks: `... config.json does not state hidden_size (transformers' default 2048)`).
+`param_dtype`, unless the config gives it, is the dtype the checkpoint stores (a bfloat16 checkpoint
 stays bfloat16). Fields only the other family reads keep the config's values.
 
 `given` maps the model fields the user set to where they were set (a YAML file, an override); `None` means
@@ -20,7 +21,8 @@ from typing import Any, Mapping, Sequence
 
 from r1jax.errors import UserError
 from r1jax.model.config import ModelConfig
-from r1jax.model.hf_config import architecture_fields
+from r1jax.model.hf_checkpoint import read_json
+from r1jax.model.hf_config import architecture_fields, defaulted_sizes
 from r1jax.model.hf_io import read_hf_config
 
 
@@ -36,7 +38,9 @@ def hf_model(model: ModelConfig, hf_dir: str | pathlib.Path, given: Mapping[str,
     source = pathlib.Path(hf_dir) / "config.json"
     fields = architecture_fields(checkpoint.family)
     given = {f.name: "the config" for f in dataclasses.fields(model)} if given is None else given
-    differ = [f"model.{name}: {where} says {getattr(model, name)!r}, {source} says {getattr(checkpoint, name)!r}"
+    unstated = defaulted_sizes(read_json(source), checkpoint.family)  # (it "said 2048", a default, not the file)
+    differ = [f"model.{name}: {where} says {getattr(model, name)!r}, {source} "
+              + (f"does not state {unstated[name]}" if name in unstated else f"says {getattr(checkpoint, name)!r}")
               for name, where in given.items() if name in fields
               and _plain(getattr(model, name)) != _plain(getattr(checkpoint, name))]
     if differ:

@@ -162,3 +162,20 @@ def test_the_r1zero_config_agrees_with_the_base_checkpoint(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(instruct))  # the post-trained model is another checkpoint
     with pytest.raises(UserError, match="model.max_position_embeddings: .* says 32768, .* says 40960"):
         load_config("qwen3_30b_a3b_r1zero", [f"stages.0.init_from={tmp_path}"])
+
+
+def test_a_contradicted_field_the_config_json_does_not_state_is_named_as_unstated(hf_dir, tmp_path):
+    # config.json lost hidden_size: the run's 32 was said to contradict "config.json says 2048", a value the
+    # file never held (transformers' default)
+    import shutil
+
+    directory = tmp_path / "hf"
+    shutil.copytree(hf_dir, directory)
+    config = json.loads((directory / "config.json").read_text())
+    del config["hidden_size"]
+    (directory / "config.json").write_text(json.dumps(config))
+    config_path = write_yaml(tmp_path / "run.yaml", {"hidden_size": QWEN.hidden_size})
+    with pytest.raises(UserError) as err:
+        load_config(config_path, [f"stages.0.init_from={directory}"])
+    assert (f"model.hidden_size: {config_path} says {QWEN.hidden_size}, {directory / 'config.json'} does not state "
+            f"hidden_size (transformers' default 2048)") in str(err.value), str(err.value)
