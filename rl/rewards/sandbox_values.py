@@ -7,7 +7,8 @@ one of them is written as its builtin value, read with the builtin's own methods
 anything else (a custom object, a numpy array) raises TypeError; a value nested deeper than MAX_DEPTH ValueError;
 one whose text would pass the room given ValueTooLarge, before it is built.
 `decode(node)` rebuilds an equal value of builtin types only (never eval) and raises ValueError (or
-TypeError: an unhashable set item) on anything else: what it reads may have been written by the program.
+TypeError: an unhashable set item) on anything else, a float.hex past a float's range too (not OverflowError,
+which a judge reading the program's names did not catch): what it reads may have been written by the program.
 
 Used on both sides of the sandbox (rl.rewards.sandbox_runner, copied into it beside the runner, and
 rl.rewards.code), never importing anything of the project; so it also holds the exit codes by which the
@@ -123,7 +124,11 @@ def decode(node, depth: int = 0):
     if tag in ("float", "complex") and len(args) == (1 if tag == "float" else 2):
         if not all(_HEX_FLOAT.fullmatch(a) for a in args):
             raise ValueError(f"not a float.hex: {args!r:.80}")
-        return float.fromhex(args[0]) if tag == "float" else complex(*map(float.fromhex, args))
+        try:  # (float.hex never writes one past a float's range: only a forged line has it)
+            parts = [float.fromhex(a) for a in args]
+        except OverflowError:
+            raise ValueError(f"a float.hex past a float's range: {args!r:.80}") from None
+        return parts[0] if tag == "float" else complex(*parts)
     if tag == "range" and len(args) == 3 and all(_HEX_INT.fullmatch(a) for a in args):
         return range(*(int(a, 16) for a in args))  # (a step of 0: ValueError)
     if tag in ("str", "bytes") and len(args) == 1 and _HEX_BYTES.fullmatch(args[0]):
