@@ -225,7 +225,10 @@ def reference_class(names) -> type:
     crosses as any value does (`bool` and `in`: true only for True; `str`, `repr`: a str). An iterator's end
     (`["stop"]`, read only as the answer to a next) is StopIteration here, so `list(f(3))`, `next(f(3), 9)`, `sum`,
     `for`, `len`, `x[1:3]` read it as in the program's interpreter; a forged answer is one the program's own class
-    could have given. None where `names` is not a list of distinct OPERATIONS names."""
+    could have given. An iterator's iter asks too (its class's __iter__ may give another object: taken as itself,
+    `list(it)` read its __next__ where Python read that one's); one object is one reference (`Channel.references`),
+    so `iter(it) is it` where the program's gives itself. None where `names` is not a list of distinct OPERATIONS
+    names."""
     if names is None:
         return Reference
     if not (type(names) is list and all(type(n) is str and n in OPERATIONS for n in names)
@@ -236,8 +239,6 @@ def reference_class(names) -> type:
         methods = {"__slots__": ()}
         for name in key:
             methods["__" + name + "__"] = _asking(name)
-        if "iter" in key and "next" in key:  # (an iterator is its own: `iter(it) is it`, no round trip)
-            methods["__iter__"] = lambda self: self
         _CLASSES[key] = type("Reference", (Reference,), methods)
     return _CLASSES[key]
 
@@ -256,6 +257,7 @@ class Channel:
 
     def __init__(self, pid: int, requests_fd: int, replies_fd: int):
         self.pid, self.requests_fd, self.replies, self.over = pid, requests_fd, LineReader(replies_fd), False
+        self.references = {}  # handle -> its reference (the program's process gives one object one handle)
 
     def program_names(self) -> dict | None:
         """The judge's namespace: the program's functions and classes as stubs, its values of builtin types,
@@ -317,7 +319,9 @@ class Channel:
                 self._end(False, broken=True)
         if isinstance(reply, list) and len(reply) in (2, 3) and reply[0] == "ref" and type(reply[1]) is int \
                 and reference_class(reply[2] if len(reply) == 3 else None) is not None:
-            return reference_class(reply[2] if len(reply) == 3 else None)(self, reply[1])
+            if reply[1] not in self.references:  # (the same object again: the same reference, as `is` expects)
+                self.references[reply[1]] = reference_class(reply[2] if len(reply) == 3 else None)(self, reply[1])
+            return self.references[reply[1]]
         self._end(False, broken=True)
 
     def _argument(self, value) -> str:

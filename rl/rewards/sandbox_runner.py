@@ -239,7 +239,7 @@ def serve(code, requests_fd: int, replies_fd: int) -> None:
         except BaseException:  # an object, or past the room: the tests cannot name it
             pass
     judging.write_all(replies_fd, ('["ready", [' + ", ".join(names) + "]]\n").encode("ascii"))
-    handles, lines = [], judging.LineReader(requests_fd)
+    handles, handled, lines = [], {}, judging.LineReader(requests_fd)  # (handled: id -> handle, one per object)
     while True:
         request = lines.next()
         if request is None:
@@ -269,8 +269,10 @@ def serve(code, requests_fd: int, replies_fd: int) -> None:
         except values.ValueTooLarge:
             reply = '["too_large"]'
         except BaseException:  # no builtin value: the judge gets a reference to it (judging.operations)
-            handles.append(value)
-            reply = f'["ref", {len(handles) - 1}{judging.operations(value)}]'
+            if id(value) not in handled:  # (held in handles: its id stays its own)
+                handled[id(value)] = len(handles)
+                handles.append(value)
+            reply = f'["ref", {handled[id(value)]}{judging.operations(value)}]'
         judging.write_all(replies_fd, reply.encode("ascii") + b"\n")
 
 

@@ -171,8 +171,8 @@ def test_a_forged_iterator_reply_gains_nothing(mode):
                           ([b'["ref", 0, ["next", "next"]]'], "assert f(0) is not None"),
                           ([b'["ref", 0, ["bogus"]]'], "assert f(0) is not None")):
         assert outcome(forging(replies), [test], mode, entry_point=None) == (0, 1, "failed"), (replies, test)
-    # what a forged iterator gives, the program's own could have: its items and its end, read in order
-    forged = [b'["ref", 0, ["iter", "next"]]', b'["value", ["int", "7"]]', b'["stop"]']
+    # what a forged iterator gives, the program's own could have: itself as its iter, its items and its end, in order
+    forged = [b'["ref", 0, ["iter", "next"]]', b'["ref", 0, ["iter", "next"]]', b'["value", ["int", "7"]]', b'["stop"]']
     assert outcome(forging(forged), ["assert list(f(0)) == [7]"], mode, entry_point=None) == (1, 1, "passed")
 
 
