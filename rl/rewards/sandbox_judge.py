@@ -306,6 +306,11 @@ class Channel:
         except OSError:  # it has ended
             self._end(False)
         reply = self._reply(ended_early=False)
+        if isinstance(reply, list) and reply[:1] == ["changed"] and kind != "getattr":
+            unsent = self._changed(reply, args, kwargs)
+            reply = self._reply(ended_early=False)
+            if unsent:
+                raise Unsent(unsent)
         if isinstance(reply, list) and reply[:1] == ["raised"]:
             raise program_error(reply)
         if reply == ["stop"] and kind == "next":  # (to any other request: broken; a call's crosses as Exception)
@@ -323,6 +328,32 @@ class Channel:
                 self.references[reply[1]] = reference_class(reply[2] if len(reply) == 3 else None)(self, reply[1])
             return self.references[reply[1]]
         self._end(False, broken=True)
+
+    def _changed(self, reply: list, args, kwargs: dict) -> str:
+        """Write the program's changes to this call's arguments (sandbox_runner.changed) into the test's own (a
+        list sorted in place by the program is sorted here too, as in Python); the Unsent kind of one that could
+        not come back, else "". A line naming no argument of the call's, or a change of another type, breaks the
+        conversation: any other the program's function could have made itself."""
+        unsent = ""
+        entries = reply[1] if len(reply) == 2 and type(reply[1]) is list else None
+        for entry in entries if entries is not None else [None]:
+            try:
+                position, node = entry
+                target = args[position] if type(position) is int and position >= 0 else kwargs[position]
+                if node in ("too_large", "unencodable"):
+                    unsent = node
+                    continue
+                new = values.decode(node)
+                if isinstance(target, list) and type(new) is list:
+                    target[:] = new
+                elif isinstance(target, (dict, set)) and type(new) is (dict if isinstance(target, dict) else set):
+                    target.clear()
+                    target.update(new)
+                else:
+                    raise TypeError("not a change of a list, dict or set to its own type")
+            except (ValueError, TypeError, KeyError, IndexError, RecursionError):
+                self._end(False, broken=True)
+        return unsent
 
     def _argument(self, value) -> str:
         if isinstance(value, Reference) and value._channel is self:

@@ -37,7 +37,8 @@ reach), so the frames, the garbage collector, the nonce and the verdict are out 
   EXPR as `["value", ENCODED]`, or "unencodable", "too_large" (longer than MAX_VALUE_CHARS) or "raised" (the
   trainer compares the value; any but a value fails);
 - `exec STATEMENTS` (any other assertion): 1 when it raises nothing, else 0.
-A test's arguments do not come back: a function that changes a list in place changes the program's copy.
+A call's arguments are the program's copies, and those of type list, dict or set that the call changed come back
+(`changed`) and are written into the test's own (a function that sorts its argument in place sorts the test's).
 Its first byte on stderr, once the sandbox is whole and before the program runs, is sandbox_values.STARTED (a
 run without it failed in the sandbox, not in the program). Exit codes other than the program's own
 (sandbox_values): SYNTAX_EXIT (the program does not compile),
@@ -45,6 +46,7 @@ MEMORY_EXIT, SECCOMP_EXIT (the filter could not be loaded: the program never ran
 by a signal (its CPU limit) ends the judge by the same one.
 """
 
+import copy
 import json
 import os
 import resource
@@ -246,19 +248,27 @@ def serve(code, requests_fd: int, replies_fd: int) -> None:
             os._exit(0)
         kind, target, args, kwargs = json.loads(request)
         unpack = lambda a: handles[a[1]] if a[0] == "ref" else values.decode(a)  # noqa: E731
+        sent = {} if kind == "getattr" else {**dict(enumerate(args)), **kwargs}  # position or name -> encoded
+        given, before = {}, {}
         try:
+            given = {position: unpack(node) for position, node in sent.items()}
+            before = copy.deepcopy({p: v for p, v in given.items()  # (a reference's object is the program's own)
+                                    if type(v) in (list, dict, set) and sent[p][:1] != ["ref"]})
             if kind == "getattr":
                 value = getattr(handles[target], args)
             elif kind in judging.OPERATIONS:  # (one the program's class defines: judging.operations marked it)
-                value = judging.OPERATIONS[kind][1](handles[target], *[unpack(a) for a in args])
+                value = judging.OPERATIONS[kind][1](handles[target], *[given[i] for i in range(len(args))])
             else:
                 function = namespace[target] if kind == "call" else handles[target]
-                value = function(*[unpack(a) for a in args], **{k: unpack(v) for k, v in kwargs.items()})
+                value = function(*[given[i] for i in range(len(args))], **{k: given[k] for k in kwargs})
         except MemoryError:
             os._exit(MEMORY_EXIT)
         except BaseException as error:  # an exception, sys.exit: that call raised (a builtin class by its name)
-            judging.write_all(replies_fd, judging.raised_reply(error))
+            judging.write_all(replies_fd, changed(sent, given, before) + judging.raised_reply(error))
             continue
+        changes = changed(sent, given, before)
+        if changes:
+            judging.write_all(replies_fd, changes)
         if value is judging.STOP:  # the iterator's end (a raise of StopIteration elsewhere crosses as Exception)
             judging.write_all(replies_fd, b'["stop"]\n')
             continue
@@ -277,6 +287,36 @@ def serve(code, requests_fd: int, replies_fd: int) -> None:
 
 
 
+
+
+def changed(sent: dict, given: dict, before: dict) -> bytes:
+    """The line `["changed", [[POSITION, ENCODED], ...]]` (b"" when none) for the call's arguments of a mutable
+    builtin type (list, dict, set) that no longer equal their copy `before` the call and whose encoding differs
+    from what the judge sent (a function that sorts or appends to its argument), ENCODED "too_large" or
+    "unencodable" where it cannot come back (the judge's call then fails): the judge writes each into its own
+    argument, as the function would have changed it in Python. (The copy's == is 4x cheaper than an encoding.)"""
+    entries, room = [], [values.MAX_VALUE_CHARS - 48]  # (the line within the judge's MAX_REPLY_CHARS)
+    for position, old in before.items():
+        value = given[position]
+        try:
+            if value == old:
+                continue
+        except MemoryError:
+            os._exit(MEMORY_EXIT)
+        except BaseException:  # (an object of the program's in it now, whose == raised: encoded below)
+            pass
+        room[0] -= len(json.dumps(position)) + 4
+        try:
+            text = values.encode(value, 0, room)
+        except MemoryError:
+            os._exit(MEMORY_EXIT)
+        except values.ValueTooLarge:
+            text = '"too_large"'
+        except BaseException:  # (it holds an object of the program's now)
+            text = '"unencodable"'
+        if text != json.dumps(sent[position]):
+            entries.append("[" + json.dumps(position) + ", " + text + "]")
+    return ('["changed", [' + ", ".join(entries) + "]]\n").encode("ascii") if entries else b""
 
 
 def run(code, name: str, exit_on_error: bool = True):

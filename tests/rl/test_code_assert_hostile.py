@@ -9,6 +9,7 @@ import pytest
 
 from r1jax.rl.rewards import CodeConfig, ScoreItem, sandbox_values
 from r1jax.rl.rewards.code import code_outcome
+from tests.rl.test_code_assert_raises import forging
 
 LIMITS = dict(wall_s=3.0, cpu_s=2, memory_mb=256, processes=16, file_mb=1, output_bytes=65536, tmp_mb=16)
 MODES = [pytest.param("bwrap", marks=pytest.mark.skipif(shutil.which("bwrap") is None, reason="no bwrap")),
@@ -72,3 +73,48 @@ def test_an_iterators_iter_is_its_classs_and_one_object_is_one_reference(mode):
         want = python_passes(program, test)
         assert outcome(program, [test], mode) == (int(want), 1, "passed" if want else "failed"), (program, test)
     assert [python_passes(p, t) for p, t in cases] == [False, True, True, True, True]
+
+
+SORTS_IN_PLACE = "def f(a):\n    a.sort()\n    return a\n"
+KEEPS = "def f(a):\n    return sorted(a)\n"
+FILLS = "def f(d, s=None):\n    d['k'] = 1\n    s.add(2)\n    raise ValueError('after')\n"
+KEPT = "a = [3, 1, 2]\nassert f(a) == [1, 2, 3]\nassert a == [3, 1, 2]"  # the argument must not change
+SORTED = "a = [3, 1, 2]\nf(a)\nassert a == [1, 2, 3]"  # the function sorts it in place
+FILLED = "d, s = {}, set()\ntry:\n    f(d, s=s)\nexcept ValueError:\n    pass\nassert d == {'k': 1} and s == {2}"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_calls_changes_to_its_arguments_reach_the_tests_own_as_in_python(mode):
+    """The program changed only its copy of an argument: a program sorting the test's list in place passed a test
+    that the list is kept ([3, 1, 2]), which Python fails, and a correct one sorting in place failed; a list, dict
+    or set the call changed (also before a raise, by keyword) is now written into the test's own."""
+    for program, test in ((SORTS_IN_PLACE, KEPT), (KEEPS, KEPT), (SORTS_IN_PLACE, SORTED), (KEEPS, SORTED),
+                          (FILLS, FILLED)):
+        want = python_passes(program, test)
+        assert outcome(program, [test], mode) == (int(want), 1, "passed" if want else "failed"), (program, test)
+    assert [python_passes(p, t) for p, t in ((SORTS_IN_PLACE, KEPT), (KEEPS, KEPT))] == [False, True]
+    # a list of the program's own, passed back as a reference, is the program's: its changes stay there, as they do
+    stack = "class P:\n    pass\ndef make():\n    return [P()]\ndef f(s, x):\n    s.append(x)\n    return len(s)\n"
+    pushes = "s = make()\nassert f(s, 3) == 2 and f(s, 4) == 3 and len(s) == 3"
+    assert outcome(stack, [pushes], mode) == (1, 1, "passed")
+    # an argument as large as a value may be (12,000 ints, ~200k characters) comes back sorted
+    large = "a = list(range(12000, 0, -1))\nf(a)\nassert a == list(range(1, 12001))"
+    assert outcome(SORTS_IN_PLACE, [large], mode) == (1, 1, "passed")
+    # a change that cannot come back (past the value limit, or holding an object of the program's) fails the call
+    # rather than leave the test's argument as it was
+    grows = "class P:\n    pass\ndef f(a, n):\n    a.extend([P()] if n < 0 else range(n))\n    return 1\n"
+    assert outcome(grows, ["a = [3]\nassert f(a, 2) == 1 and a == [3, 0, 1]", "assert f([3], 10 ** 5) == 1",
+                           "assert f([3], -1) == 1"], mode) == (1, 3, "failed")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_forged_change_of_an_argument_gains_nothing(mode):
+    """A `changed` line naming no argument of the call's, changing an argument's type, or malformed breaks the
+    conversation (the test fails); a well-formed one is a change the program's function could have made itself."""
+    test = "a = [3]\nf(a)\nassert a == [3]"
+    for line in (b'["changed", [[1, ["list", []]]]]', b'["changed", [[0, ["dict", []]]]]', b'["changed", [[-1, '
+                 b'["list", []]]]]', b'["changed", [["x", ["list", []]]]]', b'["changed", 0]', b'["changed"]'):
+        assert outcome(forging([line, b'["value", ["none"]]']), [test], mode) == (0, 1, "failed"), line
+    changed = [b'["changed", [[0, ["list", [["int", "1"]]]]]]', b'["value", ["none"]]']
+    assert outcome(forging(changed), ["a = [3]\nf(a)\nassert a == [1]"], mode) == (1, 1, "passed")
+    assert outcome(forging([b'["value", ["none"]]']), [test], mode) == (1, 1, "passed")
