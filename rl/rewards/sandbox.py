@@ -60,6 +60,7 @@ RUN_STATUSES = ("ok", "exit", "syntax_error", "timeout", "memory", "output_limit
 RUNNER = pathlib.Path(__file__).with_name("sandbox_runner.py")
 VALUES = pathlib.Path(__file__).with_name("sandbox_values.py")  # the runner's codec, copied in beside it
 JUDGE = pathlib.Path(__file__).with_name("sandbox_judge.py")  # the assert mode's judge, copied in beside it
+RAISES = pathlib.Path(__file__).with_name("sandbox_raises.py")  # how a raise crosses to the judge, likewise
 CPU_SIGNALS = (signal.SIGXCPU, signal.SIGKILL)  # the soft and the hard RLIMIT_CPU
 CLEAN_ENV = {"PATH": "/usr/bin:/bin", "LC_CTYPE": "C.UTF-8"}
 LINKER_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d")
@@ -205,7 +206,7 @@ def _write_run_files(run_dir: str, uid: int, source: str, stdin: bytes | None) -
     CAP_DAC_OVERRIDE as the group): no other scoring process's programs can read it."""
     os.chmod(run_dir, 0o750)
     files = {"program.py": source, "runner.py": RUNNER.read_text(), "sandbox_values.py": VALUES.read_text(),
-             "sandbox_judge.py": JUDGE.read_text()}
+             "sandbox_judge.py": JUDGE.read_text(), "sandbox_raises.py": RAISES.read_text()}
     for name, text in files.items():
         (pathlib.Path(run_dir) / name).write_text(text, encoding="utf-8")
         os.chmod(pathlib.Path(run_dir) / name, 0o644)

@@ -25,11 +25,11 @@ a reference, equal to nothing but itself. An object that is no builtin value (an
 class) arrives as a reference whose attributes and calls go back to the program; its only other operations are
 those of sandbox_judge.OPERATIONS its class defines (iter, next, len, bool, x[i], in, reversed, str, repr: each
 goes back to the program, sandbox_judge.reference_class).
-A raise arrives as an exception of its nearest builtin class (sandbox_judge.RAISABLE: the builtins' Exception
+A raise arrives as an exception of its nearest builtin class (sandbox_raises.RAISABLE: the builtins' Exception
 subclasses but MemoryError, StopIteration and StopAsyncIteration, which cross as Exception; a program's
 `class Invalid(ValueError)` as ValueError, its `class E(KeyError, ValueError)` as a class deriving from both)
 with its arguments when they are builtin values, so that a test's `except ValueError` catches it; any other
-(sys.exit) as sandbox_judge.ProgramRaised.
+(sys.exit) as sandbox_raises.ProgramRaised.
 No program code runs in this process, which is not dumpable (its memory and descriptors out of the program's
 reach), so the frames, the garbage collector, the nonce and the verdict are out of its reach too. The verdict,
 `NONCE [result, ...]` on VERDICT_FD (the program's stdout is /dev/null), has one result per test:
@@ -61,6 +61,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)  # (-I left the script's directory out)
 import sandbox_values as values  # noqa: E402  (copied in beside this file, as is the judge)
 import sandbox_judge as judging  # noqa: E402
+import sandbox_raises as raises  # noqa: E402
 from sandbox_values import MEMORY_EXIT, SECCOMP_EXIT, SYNTAX_EXIT  # noqa: E402
 del sys.path[0]  # a test's `import math` must not find a math.py the program wrote there (rlimits_only)
 
@@ -264,7 +265,7 @@ def serve(code, requests_fd: int, replies_fd: int) -> None:
         except MemoryError:
             os._exit(MEMORY_EXIT)
         except BaseException as error:  # an exception, sys.exit: that call raised (a builtin class by its name)
-            judging.write_all(replies_fd, changed(sent, given, before) + judging.raised_reply(error))
+            judging.write_all(replies_fd, changed(sent, given, before) + raises.raised_reply(error))
             continue
         changes = changed(sent, given, before)
         if changes:

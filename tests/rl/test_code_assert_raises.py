@@ -1,4 +1,4 @@
-"""Tests that check which exception the program raises (the sandbox's assert mode, rl/rewards/sandbox_judge.py):
+"""Tests that check which exception the program raises (the sandbox's assert mode, rl/rewards/sandbox_raises.py):
 the tests run in the judge against stubs of the program's functions, and a program's raise of a builtin exception
 class comes back as that class, so `except ValueError` catches it as it would in the program's own interpreter.
 Until 2026-12-05 every raise came back as the judge's ProgramRaised, and a correct program scored 0 on them."""
@@ -117,24 +117,24 @@ def test_a_forged_reply_raises_no_other_class_and_no_long_message(mode):
 
 def test_the_arguments_of_a_raise_are_bounded(monkeypatch):
     monkeypatch.syspath_prepend(os.path.dirname(sandbox_values.__file__))  # (as the sandbox imports it)
-    sandbox_judge = importlib.import_module("sandbox_judge")
+    sandbox_raises = importlib.import_module("sandbox_raises")
 
-    assert sandbox_judge.raised_reply(ValueError("x" * 10)) == b'["raised", "ValueError", ' \
+    assert sandbox_raises.raised_reply(ValueError("x" * 10)) == b'["raised", "ValueError", ' \
         + sandbox_values.encode(("x" * 10,), 0, [100]).encode() + b"]\n"
-    assert sandbox_judge.raised_reply(KeyError("x" * 5000)) == b'["raised", "KeyError", ["tuple", []]]\n'
-    assert sandbox_judge.raised_reply(SystemExit(1)) == b'["raised"]\n'
+    assert sandbox_raises.raised_reply(KeyError("x" * 5000)) == b'["raised", "KeyError", ["tuple", []]]\n'
+    assert sandbox_raises.raised_reply(SystemExit(1)) == b'["raised"]\n'
     several = type("E", (KeyError, ValueError, ZeroDivisionError), {})
-    assert sandbox_judge.raised_reply(several()) == b'["raised", "KeyError", ["tuple", []], ' \
+    assert sandbox_raises.raised_reply(several()) == b'["raised", "KeyError", ["tuple", []], ' \
         b'["ValueError", "ZeroDivisionError"]]\n'
-    assert sandbox_judge.raised_reply(type("E", (UnicodeError, ValueError), {})()) \
+    assert sandbox_raises.raised_reply(type("E", (UnicodeError, ValueError), {})()) \
         == b'["raised", "UnicodeError", ["tuple", []]]\n'
-    error = sandbox_judge.program_error(json.loads(sandbox_judge.raised_reply(several("k"))))
+    error = sandbox_raises.program_error(json.loads(sandbox_raises.raised_reply(several("k"))))
     assert isinstance(error, (KeyError)) and isinstance(error, ValueError) and isinstance(error, ArithmeticError)
-    assert error.args == ("k",) and type(error) is type(sandbox_judge.program_error(
-        json.loads(sandbox_judge.raised_reply(several()))))  # (one class of the judge's per set of names)
-    assert set(sandbox_judge.RAISABLE) >= {"ValueError", "TypeError", "KeyError", "IndexError", "AssertionError",
+    assert error.args == ("k",) and type(error) is type(sandbox_raises.program_error(
+        json.loads(sandbox_raises.raised_reply(several()))))  # (one class of the judge's per set of names)
+    assert set(sandbox_raises.RAISABLE) >= {"ValueError", "TypeError", "KeyError", "IndexError", "AssertionError",
                                           "ZeroDivisionError", "OSError", "Exception"}
-    assert not set(sandbox_judge.RAISABLE) & {"SystemExit", "KeyboardInterrupt", "GeneratorExit", "BaseException",
+    assert not set(sandbox_raises.RAISABLE) & {"SystemExit", "KeyboardInterrupt", "GeneratorExit", "BaseException",
                                              "MemoryError", "IOError", "EnvironmentError", "StopIteration",
                                              "StopAsyncIteration"}
 
@@ -148,7 +148,7 @@ def test_a_raised_stop_iteration_does_not_end_a_tests_map_early(mode):
     for raised in ("StopIteration", "StopAsyncIteration"):
         assert outcome(f"def f(n): raise {raised}", tests, mode) == (0, 3, "failed"), raised
         assert outcome(f"def f(n): raise {raised}", [EXPECT_ANY], mode) == (1, 1, "passed"), raised
-        # the price, kept on purpose (sandbox_judge.RAISABLE): a test's own `except StopIteration` misses it
+        # the price, kept on purpose (sandbox_raises.RAISABLE): a test's own `except StopIteration` misses it
         assert outcome(f"def f(n): raise {raised}", [EXPECT_ANY.replace("Exception", raised)], mode) == (0, 1, "failed")
     # a program's own next(it, default) and except StopIteration are its process's: unaffected
     own = "def f(n):\n    it = iter(range(n))\n    try:\n        next(it)\n    except StopIteration:\n" \
