@@ -3,9 +3,11 @@ the tests run in the judge against stubs of the program's functions, and a progr
 class comes back as that class, so `except ValueError` catches it as it would in the program's own interpreter.
 Until 2026-12-05 every raise came back as the judge's ProgramRaised, and a correct program scored 0 on them."""
 
+import builtins
 import importlib
 import json
 import os
+import shutil
 
 import pytest
 
@@ -99,6 +101,8 @@ FORGED = {  # reply: a test that fails unless the judge raised what it must not
     ('["raised", "KeyError", ["tuple", []], [%s]]' % ", ".join(  # one past MAX_BASES
         f'"{name}"' for name in ("ValueError", "TypeError", "IndexError", "AssertionError", "NameError", "EOFError",
                                  "RuntimeError", "ArithmeticError"))).encode(): "except KeyError:\n    pass",
+    b'["raised", "KeyError", ["tuple", []], ["ValueError"], 1]': "except ValueError:\n    pass",  # one too many
+    b'["raised", "ValueError", ["tuple", []], ["NoSuchError"]]': "except LookupError:\n    pass",  # (no KeyError)
 }
 
 
@@ -128,6 +132,14 @@ def test_the_arguments_of_a_raise_are_bounded(monkeypatch):
         b'["ValueError", "ZeroDivisionError"]]\n'
     assert sandbox_raises.raised_reply(type("E", (UnicodeError, ValueError), {})()) \
         == b'["raised", "UnicodeError", ["tuple", []]]\n'
+    # nine nearest builtin bases (Python accepts them together) cross as the first MAX_BASES = 8, which the judge
+    # accepts: `except ArithmeticError` still catches it (nine crossed as a plain raise)
+    nine = ("ArithmeticError", "AssertionError", "AttributeError", "BufferError", "EOFError", "LookupError",
+            "ReferenceError", "RuntimeError", "TypeError")
+    reply = sandbox_raises.raised_reply(type("E", tuple(getattr(builtins, n) for n in nine), {})())
+    assert reply == ('["raised", "ArithmeticError", ["tuple", []], [%s]]\n' % ", ".join(
+        f'"{name}"' for name in nine[1:8])).encode()
+    assert isinstance(sandbox_raises.program_error(json.loads(reply)), ArithmeticError)
     error = sandbox_raises.program_error(json.loads(sandbox_raises.raised_reply(several("k"))))
     assert isinstance(error, (KeyError)) and isinstance(error, ValueError) and isinstance(error, ArithmeticError)
     assert error.args == ("k",) and type(error) is type(sandbox_raises.program_error(
@@ -169,7 +181,10 @@ def test_a_forged_iterator_reply_gains_nothing(mode):
                           ([b'["ref", 0, ["len"]]', b'["stop"]'], "assert len(f(0)) == 0"),
                           ([b'["ref", 0, "iterator"]'], "assert f(0) is not None"),
                           ([b'["ref", 0, ["next", "next"]]'], "assert f(0) is not None"),
-                          ([b'["ref", 0, ["bogus"]]'], "assert f(0) is not None")):
+                          ([b'["ref", 0, ["bogus"]]'], "assert f(0) is not None"),
+                          # `in` and truth are true only for True (a class's own answer is a bool)
+                          ([b'["ref", 0, ["contains"]]', b'["value", ["int", "1"]]'], "assert 1 in f(0)"),
+                          ([b'["ref", 0, ["bool"]]', b'["value", ["str", "78"]]'], "assert f(0)")):
         assert outcome(forging(replies), [test], mode, entry_point=None) == (0, 1, "failed"), (replies, test)
     # what a forged iterator gives, the program's own could have: itself as its iter, its items and its end, in order
     forged = [b'["ref", 0, ["iter", "next"]]', b'["ref", 0, ["iter", "next"]]', b'["value", ["int", "7"]]', b'["stop"]']
@@ -204,3 +219,33 @@ def test_an_endless_or_raising_generator_is_read_item_by_item_as_in_python(mode)
             expected.append(0)
     assert expected == [1, 1, 1, 1, 0, 0]
     assert outcome(LAZY, tests, mode, entry_point=None) == (4, 6, "failed")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_object_with_next_but_no_iter_is_not_iterable_as_in_python(mode):
+    # only a class defining both is its own iterator (sandbox_judge.reference_class): iter() of one with __next__
+    # alone is a TypeError in Python, and in the judge
+    program = "class N:\n    def __next__(self): return 1\ndef f(): return N()"
+    tests = ["assert next(f()) == 1", "try:\n    iter(f())\nexcept TypeError:\n    pass\nelse:\n    assert False"]
+    assert outcome(program, tests, mode, entry_point=None) == (2, 2, "passed")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_tests_exit_passes_only_with_a_zero_status_as_a_script_does(mode):
+    # `python -c "import sys; sys.exit(0.0)"` (or sys.exit('')) prints its value and exits 1; None and False exit 0;
+    # a SystemExit inside a split assertion's expression is no pass either
+    tests = ["import sys\nsys.exit(f(2) - 4.0)", "import sys\nsys.exit('' if f(2) == 4 else 'no')",
+             "import sys\nsys.exit(None if f(2) == 4 else 1)", "import sys\nsys.exit(f(2) != 4)",
+             "assert f(__import__('sys').exit(0)) == 4"]
+    assert outcome("def f(x): return 2 * x", tests, mode) == (2, 5, "failed")
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="no bwrap")  # (rlimits_only's user imports no pickle)
+def test_a_program_pickling_its_own_class_finds_its_module():
+    # the program's module is in sys.modules (as __solution__ in assert mode, __main__ in stdio mode), as an
+    # imported or run script's is: pickle looks its class up there
+    pickling = "import pickle\nclass P:\n    def __init__(self, v): self.v = v\n"
+    assert outcome(pickling + "def f(x): return pickle.loads(pickle.dumps(P(2 * x))).v", ["assert f(2) == 4"]) \
+        == (1, 1, "passed")
+    script = pickling + "print(pickle.loads(pickle.dumps(P(int(input()) * 2))).v)"
+    assert outcome(script, [{"input": "2\n", "output": "4\n"}], entry_point=None) == (1, 1, "passed")
