@@ -7,7 +7,7 @@ import pytest
 
 from r1jax.errors import UserError
 from r1jax.rl.config import load_config
-from r1jax.rl.rewards.config import CodeConfig, FieldError, PoolConfig
+from r1jax.rl.rewards.config import CodeConfig, FieldError, PoolConfig, RewardsConfig
 
 
 @pytest.mark.parametrize("override,named", [
@@ -265,3 +265,10 @@ def test_a_mapping_item_of_the_wrong_kind_and_a_nan_in_a_yaml_file_are_named(tmp
     (tmp_path / "c.yaml").write_text("sampling: {temperature: .nan}\n")
     with pytest.raises(UserError, match=re.escape("c.yaml: sampling.temperature = nan: expected a finite number")):
         load_config(tmp_path / "c.yaml")
+
+
+def test_answer_max_chars_reaches_the_math_verifiers_cap_and_no_further():
+    # the cap itself is a valid setting (1000: rl.tasks.math_answer.MAX_ANSWER_CHARS, by hand); one past it is not
+    assert RewardsConfig(answer_max_chars=1000).answer_max_chars == 1000
+    with pytest.raises(FieldError, match=r"^rewards\.answer_max_chars = 1001: expected in \[1, 1000\]"):
+        RewardsConfig(answer_max_chars=1001)
