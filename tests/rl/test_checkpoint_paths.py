@@ -2,6 +2,8 @@
 names, the previous copies a killed re-save left, what a read of a live run's latest step retries, and which
 errors of a failed restore are a checkpoint's damage."""
 
+import os
+
 import pytest
 
 from r1jax.errors import UserError
@@ -278,6 +280,15 @@ def test_a_checkpoint_root_named_through_a_link_finds_its_trainers_lock(tmp_path
         == ["new"] and len(waits) == 1
 
 
+def test_a_checkpoint_root_that_is_a_link_elsewhere_named_through_its_run_finds_the_runs_lock(tmp_path, monkeypatch,
+                                                                                              trainer):
+    # RUN/checkpoints links to a store whose parent no trainer holds: RUN's lock (beside the link) still counts
+    store = steps(tmp_path / "store" / "ck", 2, "3.previous")
+    (tmp_path / "checkpoints").symlink_to(store)
+    waits = _resave_finishing_on_first_wait(monkeypatch, store, 3)
+    assert read_latest(tmp_path / "checkpoints" / "3", lambda d: sorted(p.name for p in d.iterdir())) == ["new"]
+    assert len(waits) == 1
+
 
 def test_a_resave_under_a_lock_file_not_ours_to_read_is_waited_for_and_says_it_cannot_be_told(tmp_path, monkeypatch):
     """No trainer, its lock file not readable by this user: the read waits as if one held it (a live re-save is not
@@ -295,3 +306,27 @@ def test_a_resave_under_a_lock_file_not_ours_to_read_is_waited_for_and_says_it_c
                                         r"\(Permission denied\)\): read again later; if no trainer runs there, "
                                         r"resuming the run puts it back$"):
         read_latest(root / "3", lambda d: d.name)
+
+
+def test_the_reason_a_lock_cannot_be_told_is_the_probe_that_gave_one(tmp_path, monkeypatch):
+    # RUN/checkpoints links to store/ck: RUN holds no lock (told: none), store's lock is not ours to read (not told):
+    # the message names store's reason, not RUN's "no lock"
+    import r1jax.files as files
+    import r1jax.rl.checkpoint as checkpoint
+
+    (tmp_path / "store").mkdir()
+    files.lock_directory(tmp_path / "store", "run directory").close()
+    store = steps(tmp_path / "store" / "ck", 2, "3.previous")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoints").symlink_to(store)
+    real = open
+
+    def refusing(path, *args, **kwargs):  # (root reads any file: a lock not ours to read is faked)
+        if str(path).endswith("/" + files.LOCK_NAME) and os.path.exists(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(files, "open", refusing, raising=False)
+    monkeypatch.setattr(checkpoint, "RESAVE_WAIT_S", 0.0)
+    with pytest.raises(UserError, match=r"cannot be told \(.*/store/\.lock cannot be read \(Permission denied\)\)"):
+        read_latest(tmp_path / "run" / "checkpoints" / "3", lambda d: d.name)
