@@ -127,6 +127,9 @@ def test_the_arguments_of_a_raise_are_bounded(monkeypatch):
         + sandbox_values.encode(("x" * 10,), 0, [100]).encode() + b"]\n"
     assert sandbox_raises.raised_reply(KeyError("x" * 5000)) == b'["raised", "KeyError", ["tuple", []]]\n'
     assert sandbox_raises.raised_reply(SystemExit(1)) == b'["raised"]\n'
+    # a program's own class named like a builtin one is not it: it crosses as its real builtin base
+    assert sandbox_raises.raised_reply(type("ValueError", (Exception,), {})()) \
+        == b'["raised", "Exception", ["tuple", []]]\n'
     several = type("E", (KeyError, ValueError, ZeroDivisionError), {})
     assert sandbox_raises.raised_reply(several()) == b'["raised", "KeyError", ["tuple", []], ' \
         b'["ValueError", "ZeroDivisionError"]]\n'
@@ -176,12 +179,14 @@ def test_a_forged_iterator_reply_gains_nothing(mode):
     for replies, test in (([b'["stop"]'], "assert all(map(f, [1, 2]))"),
                           ([b'["stop"]'], "try:\n    f(0)\nexcept StopIteration:\n    pass"),
                           ([b'["ref", 0, ["iter"]]', b'["stop"]'], "assert list(f(0)) == []"),
+                          ([b'["ref", 0, ["iter"]]', b'["stop"]'], "assert not any(map(iter, [f(0)]))"),
                           ([b'["ref", 0, ["iter", "next"]]', b'["raised", "StopIteration", ["tuple", []]]'],
                            "assert list(f(0)) == []"),
                           ([b'["ref", 0, ["len"]]', b'["stop"]'], "assert len(f(0)) == 0"),
                           ([b'["ref", 0, "iterator"]'], "assert f(0) is not None"),
                           ([b'["ref", 0, ["next", "next"]]'], "assert f(0) is not None"),
                           ([b'["ref", 0, ["bogus"]]'], "assert f(0) is not None"),
+                          ([b'["ref", 0, ["bogus"]]'], "try:\n    f(0)\nexcept TypeError:\n    pass"),
                           # `in` and truth are true only for True (a class's own answer is a bool)
                           ([b'["ref", 0, ["contains"]]', b'["value", ["int", "1"]]'], "assert 1 in f(0)"),
                           ([b'["ref", 0, ["bool"]]', b'["value", ["str", "78"]]'], "assert f(0)")):

@@ -97,6 +97,11 @@ def test_split_keeps_the_expected_value_outside_and_decoding_is_strict():
                 ["range", "0", "1", "0"], ["range", "0", "1"], ["slice", [["none"]]], ["slice", "1", "2", "3"]):
         with pytest.raises((ValueError, TypeError)):
             decode_value(bad)
+    nested = ["none"]  # slices within slices count toward MAX_DEPTH (100) as any container does
+    for _ in range(101):
+        nested = ["slice", [nested, ["none"], ["none"]]]
+    with pytest.raises(ValueError, match="not an encoded value"):
+        decode_value(nested)
 
 
 @pytest.mark.parametrize("mode", MODES)
