@@ -255,3 +255,10 @@ def test_reward_pool_rates_are_items_over_seconds_and_scaling_is_n_workers_over_
     from r1jax.rl.bench.report import FIGURES, format_value
     unit = next(f.unit for f in FIGURES if f.key == "pool_scaling")
     assert format_value(figures["pool_scaling"], unit) == "—"
+
+
+def test_a_slow_but_measured_fewest_rate_still_gives_a_scaling():
+    from r1jax.rl.bench import reward_pool
+
+    # 0.5 verifications/s with one worker is measured (only a rate rounded to 0 is not): 2.0 / 0.5 = 4x
+    assert reward_pool.scaling("code", {"1": 0.5, "4": 2.0}, (4, 1)) == {"code_scaling": 4.0}
