@@ -140,7 +140,7 @@ def test_code_shaped_tests_fail_the_wrong_programs_a_policy_could_write():
              "sum": [lambda xs: 0, lambda xs: len(xs), lambda xs: xs[0] if xs else 0, lambda xs: xs[-1] if xs else 0],
              "capitals": [lambda s: s, lambda s: s.title()]}
     seen = set()
-    for problem in code_problems(3, 400) + code_problems(5, 200):
+    for problem in code_problems(3, 1000) + code_problems(5, 500):  # (draws where `xs[-1]` and title() would pass)
         kind = next((k for k in wrong if k in problem.prompt), None)
         if kind is None:
             continue
