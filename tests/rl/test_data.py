@@ -376,3 +376,12 @@ def test_a_corpus_path_that_is_a_directory_or_missing_is_named(tmp_path):
     for name, said in (("adir", "is not a file"), ("missing", "does not exist")):
         with pytest.raises(UserError, match=f"data file '{tmp_path / name}' {said}"):
             list(file_corpus(tmp_path / name))
+
+
+def test_the_default_data_config_leaves_a_held_out_set():
+    # at difficulty 1 (the default until 2026-12-05) the default 100,000 training problems used up arithmetic's
+    # few hundred: a config stating only a model was refused by the held-out check before training
+    from r1jax.rl.evaluate import held_out_problems
+    from r1jax.rl.train.config import EvalConfig
+
+    assert len(held_out_problems(DataConfig(), EvalConfig())) == EvalConfig().num_problems == 200
