@@ -103,6 +103,7 @@ FORGED = {  # reply: a test that fails unless the judge raised what it must not
                                  "RuntimeError", "ArithmeticError"))).encode(): "except KeyError:\n    pass",
     b'["raised", "KeyError", ["tuple", []], ["ValueError"], 1]': "except ValueError:\n    pass",  # one too many
     b'["raised", "ValueError", ["tuple", []], ["NoSuchError"]]': "except LookupError:\n    pass",  # (no KeyError)
+    b'["raised", ["ValueError"], ["tuple", []], ["KeyError"]]': "except TypeError:\n    pass",  # (unhashable)
 }
 
 
@@ -254,3 +255,14 @@ def test_a_program_pickling_its_own_class_finds_its_module():
         == (1, 1, "passed")
     script = pickling + "print(pickle.loads(pickle.dumps(P(int(input()) * 2))).v)"
     assert outcome(script, [{"input": "2\n", "output": "4\n"}], entry_point=None) == (1, 1, "passed")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_reference_is_an_operand_of_in_and_of_indexing(mode):
+    # `x in bag` and `d[x]` with x a program's object: it goes back as that object, as a call's argument does
+    program = ("class P:\n    pass\nclass Bag:\n    def __init__(self): self.items = [P()]\n"
+               "    def __contains__(self, x): return x in self.items\n"
+               "    def __getitem__(self, x): return self.items.index(x)\ndef f(): return Bag()\n"
+               "def g(b): return b.items[0]")
+    tests = ["b = f()\nassert g(b) in b", "b = f()\nassert b[g(b)] == 0", "b = f()\nassert g(f()) not in b"]
+    assert outcome(program, tests, mode, entry_point=None) == (3, 3, "passed")
