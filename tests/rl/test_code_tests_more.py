@@ -31,6 +31,13 @@ def test_a_blank_expected_output_beside_others_is_kept_but_all_blank_is_refused(
         encode_tests([{**pair, "output": " \n"} for pair in pairs], "w", None)
 
 
+def test_a_lambda_never_called_checks_nothing():
+    # a lambda's body runs only when called (its defaults at once): `g = lambda: f(2)` passed every program
+    with pytest.raises(UserError, match=r"^w: tests\[0\] checks nothing"):
+        encode_tests(["g = lambda: f(2)"], "w", "f")
+    assert json.loads(encode_tests(["g = lambda x=f(2): x"], "w", "f")) == ["g = lambda x=f(2): x"]
+
+
 @pytest.mark.parametrize("test", ["import math\nassert math.sqrt(4) == 2", "from math import sqrt\nassert sqrt(4) == 2",
                                   "def g(x):\n    return x\nassert g(2) == 2",
                                   "def g():\n    global Y\n    Y = 1\ng()\nassert len([1]) == 1"])  # Y: only written
