@@ -270,3 +270,5 @@ def test_a_lock_path_that_is_a_fifo_or_a_device_is_answered_not_waited_on(tmp_pa
     os.unlink(tmp_path / files.LOCK_NAME)
     os.symlink("/dev/null", tmp_path / files.LOCK_NAME)
     assert files.lock_probe(tmp_path) == f"{tmp_path}/.lock cannot be read (not a regular file)"
+    with pytest.raises(UserError, match=r"its lock .*/\.lock is not a regular file"):  # (a device: no flock on it)
+        files.lock_directory(tmp_path, "run directory")
