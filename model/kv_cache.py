@@ -67,7 +67,8 @@ class KVRead(NamedTuple):
 
 # A cache of at most this many blocks is read whole (the dense read), not block-wise: there the loop saves at
 # most a block's read and pays for its trips. (On a CPU the whole read, which copies nothing, is as fast as
-# 64-slot blocks at ~128 slots and faster at ~1,024, where each block is copied out before it is read; benchmarks/HISTORY.md.)
+# 64-slot blocks at ~128 slots and faster at ~1,024, where each block is copied out before it is read;
+# benchmarks/HISTORY.md.)
 DENSE_READ_BLOCKS = 2
 
 

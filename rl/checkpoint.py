@@ -177,8 +177,9 @@ def _saved_again(step_dir: pathlib.Path, said: str) -> bool:
         return step_dir.exists()
     if True not in probes and any(probes):  # (waited as if held: a live re-save is not to be cut short)
         raise UserError(f"{said}: step {step_dir.name} is not in place after {RESAVE_WAIT_S:g} s, its previous copy in "
-                        f"{aside}; whether a trainer saves it again cannot be told ({[p for p in probes if p][0]}): read "
-                        "again later; if no trainer runs there, resuming the run puts it back")
+                        f"{aside}; whether a trainer saves it again cannot be told "
+                        f"({[p for p in probes if p][0]}): read again later; if no trainer runs there, resuming the "
+                        "run puts it back")
     if any(probes):
         raise UserError(f"{said}: step {step_dir.name} is being saved again (not in place after {RESAVE_WAIT_S:g} s), "
                         f"its previous copy in {aside}: read again once the trainer's save of it ends (a large model's "

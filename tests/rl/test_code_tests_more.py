@@ -15,9 +15,9 @@ from r1jax.rl.rewards.code import encode_tests
     ("def h(x=f(2)):\n    pass", "f"),  # a positional default too
     ("async def g(**k):\n    pass\ng(k=f(2))", "f"),  # an un-awaited coroutine's keyword arguments still run
     ("assert globals()['f'](2) == 4", None),  # the program's name reached through globals()
-    ("def check():\n    assert f(2) == 4\ncheck()", None),
+    ("def check():\n    assert f(2) == 4\ncheck()", None),  # the program's name read in a function of the test's
     ("import unittest\nclass T(unittest.TestCase):\n    def test(self):\n        self.assertEqual(f(2), 4)\n"
-     "unittest.main(exit=True)", None),  # (only exit=False records failures without raising)  # the program's name read in a function of the test's
+     "unittest.main(exit=True)", None),  # (only exit=False records failures without raising)
 ])
 def test_a_test_that_checks_the_program_is_kept(test, entry_point):
     assert json.loads(encode_tests([test], "w", entry_point)) == [test]
