@@ -193,13 +193,7 @@ RETURNING = {"generator": "def f(n, nested=False):\n    for i in range(n):\n    
 @pytest.mark.parametrize("name", RETURNING)
 def test_a_returned_iterator_is_read_by_the_tests_as_in_python(name, mode):
     # until 2026-12-05 it crossed as a reference with no __iter__: `list(f(3))` raised, a correct program scored 0
-    expected = []
-    for test in ITERATING:  # the reference: the same program and test in this interpreter
-        try:
-            exec(test, {"f": _defined(RETURNING[name])["f"]})
-            expected.append(1)
-        except Exception:
-            expected.append(0)
+    expected = _passes_in_python(RETURNING[name], ITERATING)  # the reference: this interpreter
     assert expected == {"generator": [1] * 10 + [0], "map": [1] * 10 + [0], "class": [1] * 9 + [0, 0],
                         "range": [1, 0, 0, 1, 1, 1, 0, 1, 1, 1, 0],
                         "sequence": [1, 0, 0, 1, 1, 1, 0, 1, 1, 0, 0], "empty": [0, 0, 1] + [0] * 8}[name]
@@ -244,13 +238,7 @@ def test_len_indexing_slices_in_and_truth_of_a_returned_object_are_as_in_python(
     # until 2026-12-05 a range and a program's sequence crossed as references without len, [i], == or truth (all
     # true: `assert not f(0)` failed, a falsy object passed `assert f(2)`); its class's operations are now marked
     # at crossing (sandbox_judge.OPERATIONS), each asked of the program, and a range crosses as a value
-    expected = []
-    for test in SEQUENCE_TESTS:  # the reference: the same program and test in this interpreter
-        try:
-            exec(test, {"f": _defined(SEQUENCES[name])["f"]})
-            expected.append(1)
-        except Exception:
-            expected.append(0)
+    expected = _passes_in_python(SEQUENCES[name], SEQUENCE_TESTS)  # the reference: this interpreter
     assert expected == {"range": [1, 1, 1, 0, 1, 1, 0, 1, 1, 1, 1, 1, 0, 1, 0],
                         "box": [1, 1, 0, 1, 0, 1, 1, 0, 1, 1, 1, 1, 0, 1, 0],
                         "backwards": [0, 1, 0, 1, 0, 0, 0, 0, 1, 0, 1, 0, 1, 1, 0],
@@ -286,6 +274,18 @@ def _defined(program: str) -> dict:
     namespace = {}
     exec(program, namespace)  # (the tests' own programs, never a model's)
     return namespace
+
+
+def _passes_in_python(program: str, tests: list[str]) -> list[int]:
+    """1 or 0 for each test run against the program's `f` in this interpreter (a fresh program for each test)."""
+    passes = []
+    for test in tests:
+        try:
+            exec(test, {"f": _defined(program)["f"]})
+            passes.append(1)
+        except Exception:
+            passes.append(0)
+    return passes
 
 
 @pytest.mark.parametrize("mode", MODES)
