@@ -1,7 +1,7 @@
 """What a run or a measurement ran on: JAX's backend and devices, and the CPU with its widest vector
 instructions. XLA compiles CPU code for the host's instruction set, which orders float sums differently, so a
-CPU run's numbers are reproducible on one instruction set, not across them (README: the default run on an
-AVX2 machine); results name it."""
+CPU run's numbers are reproducible on one instruction set, not across them (benchmarks/HISTORY.md: the default
+run on an AVX2 machine); results name it."""
 
 from __future__ import annotations
 
