@@ -37,7 +37,10 @@ def judge_tests(pid: int, requests_fd: int, replies_fd: int, judge_fd: int, verd
         if entry_point:
             namespace["candidate"] = namespace[entry_point]  # HumanEval's check(candidate) convention
         for index, test in enumerate(tests):
+            channel.unsent = ""
             results[index] = run_test(test, index, namespace)
+            if channel.unsent:  # (a test's `except Exception` caught it: what Python had was never here)
+                results[index] = 0 if test[:4] == "exec" else f'"{channel.unsent}"'
     line = "\n" + nonce + " [" + ", ".join([r if type(r) is str else "1" if r else "0" for r in results]) + "]\n"
     write_all(verdict_fd, line.encode("ascii"))  # (not stdout, which bwrap's pid 1 holds: sandbox.run_python)
     try:
@@ -65,7 +68,8 @@ class LineReader:
 
 
 class Unsent(Exception):
-    """The program's value did not come back: "too_large" (its encoding past MAX_VALUE_CHARS)."""
+    """The program's value, or its change to an argument, did not come back: "too_large" (its encoding past
+    MAX_VALUE_CHARS) or "unencodable"; the test fails even where it catches this (Channel.unsent)."""
 
     def __init__(self, kind: str):
         super().__init__(kind)
@@ -172,6 +176,7 @@ class Channel:
     def __init__(self, pid: int, requests_fd: int, replies_fd: int):
         self.pid, self.requests_fd, self.replies, self.over = pid, requests_fd, LineReader(replies_fd), False
         self.references = {}  # handle -> its reference (the program's process gives one object one handle)
+        self.unsent = ""  # the kind of the current test's last Unsent: it fails the test even when the test caught it
 
     def program_names(self) -> dict | None:
         """The judge's namespace: the program's functions and classes as stubs, its values of builtin types,
@@ -224,12 +229,14 @@ class Channel:
             unsent = self._changed(reply, args, kwargs)
             reply = self._reply(ended_early=False)
             if unsent:
+                self.unsent = unsent
                 raise Unsent(unsent)
         if isinstance(reply, list) and reply[:1] == ["raised"]:
             raise program_error(reply)
         if reply == ["stop"] and kind == "next":  # (to any other request: broken; a call's crosses as Exception)
             raise StopIteration
         if reply == ["too_large"]:
+            self.unsent = "too_large"
             raise Unsent("too_large")
         if isinstance(reply, list) and len(reply) == 2 and reply[0] == "value":
             try:

@@ -118,3 +118,20 @@ def test_a_forged_change_of_an_argument_gains_nothing(mode):
     changed = [b'["changed", [[0, ["list", [["int", "1"]]]]]]', b'["value", ["none"]]']
     assert outcome(forging(changed), ["a = [3]\nf(a)\nassert a == [1]"], mode) == (1, 1, "passed")
     assert outcome(forging([b'["value", ["none"]]']), [test], mode) == (1, 1, "passed")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_what_did_not_come_back_fails_the_test_that_catches_it(mode):
+    """A value or a change to an argument that could not come back raised Unsent, an Exception the test's own
+    `except Exception` caught: the test went on with what Python never had (the argument unchanged, no value) and
+    passed where Python fails; it now fails the test whatever the test catches."""
+    catching = "a = [3]\ntry:\n    r = f(a)\nexcept Exception:\n    r = None\nassert a == [3] and r is None"
+    programs = ["class P:\n    pass\ndef f(a):\n    a.append(P())\n",  # a change holding the program's object
+                "def f(a):\n    a.extend(range(10 ** 5))\n",  # a change past the value's limit
+                "def f(a):\n    return list(range(10 ** 5))\n"]  # a value past it
+    for program in programs:
+        assert not python_passes(program, catching)
+        assert outcome(program, [catching], mode) == (0, 1, "failed"), program
+    # the next test starts afresh; one that catches what came back passes
+    assert outcome(programs[2], [catching, "assert len([3]) == 1"], mode) == (1, 2, "failed")
+    assert outcome("def f(a):\n    return None\n", [catching], mode) == (1, 1, "passed")
