@@ -169,6 +169,30 @@ def _asking(name: str):
     return ask
 
 
+def _held_elsewhere(value, alone: int) -> bool:
+    """Whether a list, dict or set nested in `value` is held elsewhere too (by a test's variable, another argument,
+    twice in it: its count of references past `alone`): the program's process changed copies of each, so writing
+    its change into `value` would leave those as they were, where Python changes them too."""
+    for item in value.values() if type(value) is dict else value if type(value) in (list, tuple) else ():
+        if type(item) in (list, dict, set) and sys.getrefcount(item) > alone or type(item) in (list, dict, tuple) \
+                and _held_elsewhere(item, alone):
+            return True
+    return False
+
+
+def _alone() -> int:
+    """_held_elsewhere's count of references to an item held by its container alone (CPython's count varies)."""
+    return min(count for count in range(1, 16) if not _held_elsewhere([[]], count))
+
+
+def _containers(value) -> set:
+    """The ids of the lists, dicts and sets `value` is or holds."""
+    found = {id(value)} if type(value) in (list, dict, set) else set()
+    for item in value.values() if type(value) is dict else value if type(value) in (list, tuple) else ():
+        found |= _containers(item) if type(item) in (list, dict, tuple) else {id(item)} if type(item) is set else set()
+    return found
+
+
 class Channel:
     """The judge's end of the pipes to the program's process. What comes back is parsed strictly (JSON of
     encoded builtin values; anything else ends the conversation: every later call raises)."""
@@ -265,13 +289,17 @@ class Channel:
                     unsent = node
                     continue
                 new = values.decode(node)
-                if isinstance(target, list) and type(new) is list:
+                if not (isinstance(target, list) and type(new) is list or isinstance(target, (dict, set))
+                        and type(new) is (dict if isinstance(target, dict) else set)):
+                    raise TypeError("not a change of a list, dict or set to its own type")
+                others = [v for p, v in (*enumerate(args), *kwargs.items()) if p != position]
+                if _held_elsewhere(target, _alone()) or any(id(target) in _containers(v) for v in others):
+                    unsent = "unencodable"  # (the program changed copies, which Python would have shared)
+                elif isinstance(target, list):
                     target[:] = new
-                elif isinstance(target, (dict, set)) and type(new) is (dict if isinstance(target, dict) else set):
+                else:
                     target.clear()
                     target.update(new)
-                else:
-                    raise TypeError("not a change of a list, dict or set to its own type")
             except (ValueError, TypeError, KeyError, IndexError, RecursionError):
                 self._end(False, broken=True)
         return unsent

@@ -135,3 +135,29 @@ def test_what_did_not_come_back_fails_the_test_that_catches_it(mode):
     # the next test starts afresh; one that catches what came back passes
     assert outcome(programs[2], [catching, "assert len([3]) == 1"], mode) == (1, 2, "failed")
     assert outcome("def f(a):\n    return None\n", [catching], mode) == (1, 1, "passed")
+
+
+ROTATES = "def f(m):\n    m[:] = [list(r) for r in zip(*m[::-1])]\n    m[0][0] += 0\n"
+SHARED = [("def f(d):\n    d['k'].append(2)\n", "inner = [1]\nd = {'k': inner}\nf(d)\nassert inner == [1]"),
+          ("def f(m):\n    m[0].append(2)\n", "row = [1]\nm = [row]\nf(m)\nassert row == [1] and m == [[1, 2]]"),
+          ("def f(x, y):\n    x.append(1)\n    y.append(2)\n", "a = []\nf(a, a)\nassert a == [2]"),
+          ("def f(x, y):\n    x.append(1)\n    return len(y)\n", "a = []\nassert f(a, a) == 0"),
+          ("def f(x, y):\n    y.append(1)\n", "a = [[]]\nf(a, y=a[0])\nassert a == [[]]")]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_change_to_an_object_the_test_shares_fails_rather_than_pass_where_python_fails(mode):
+    """The program's process changes its own copies, one for each place an object sits: the judge wrote a changed
+    dict into the test's own but left a list nested in it that the test also held (inner) as it was, and wrote
+    f(a, a)'s two copies into a one after the other, so each of these passed where Python fails. A change to an
+    argument holding an object the test shares (by a variable, another argument, twice) now fails the call; a
+    change to nested lists that only their argument holds (a matrix rotated in place) still comes back."""
+    for program, test in SHARED:
+        assert not python_passes(program, test), (program, test)
+        assert outcome(program, [test], mode) == (0, 1, "failed"), (program, test)
+    rotated = "m = [[1, 2], [3, 4]]\nf(m)\nassert m == [[3, 1], [4, 2]]"
+    built = "m = [[1, 2] for _ in range(2)]\nd = {'m': m}\nf(m)\nassert m == [[1, 1], [2, 2]] and d['m'] is m"
+    unchanged = "inner = [1]\nd = {'k': inner}\nassert f(d, d) is None and d == {'k': [1]}"
+    assert all(python_passes(p, t) for p, t in ((ROTATES, rotated), (ROTATES, built)))
+    assert outcome(ROTATES, [rotated, built], mode) == (2, 2, "passed")
+    assert outcome("def f(x, y):\n    return None\n", [unchanged], mode) == (1, 1, "passed")
