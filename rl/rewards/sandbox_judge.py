@@ -180,16 +180,33 @@ def _held_elsewhere(value, alone: int) -> bool:
     return False
 
 
+def _write_into(target, new, check_only: bool = False) -> None:
+    """Write the program's change `new` into the test's list, dict or set `target` (into a tuple's ones: its other
+    items cannot change); TypeError for a change of another type or length (a forged one)."""
+    if type(target) is tuple and type(new) is tuple and len(new) == len(target):
+        for old_item, new_item in zip(target, new):
+            if type(old_item) in (list, dict, set, tuple):
+                _write_into(old_item, new_item, check_only)
+    elif not (isinstance(target, list) and type(new) is list or isinstance(target, (dict, set))
+              and type(new) is (dict if isinstance(target, dict) else set)):
+        raise TypeError("not a change of a list, dict or set to its own type")
+    elif not check_only and isinstance(target, list):
+        target[:] = new
+    elif not check_only:
+        target.clear()
+        target.update(new)
+
+
 def _alone() -> int:
     """_held_elsewhere's count of references to an item held by its container alone (CPython's count varies)."""
     return min(count for count in range(1, 16) if not _held_elsewhere([[]], count))
 
 
-def _containers(value) -> set:
+def containers(value) -> set:
     """The ids of the lists, dicts and sets `value` is or holds."""
     found = {id(value)} if type(value) in (list, dict, set) else set()
     for item in value.values() if type(value) is dict else value if type(value) in (list, tuple) else ():
-        found |= _containers(item) if type(item) in (list, dict, tuple) else {id(item)} if type(item) is set else set()
+        found |= containers(item) if type(item) in (list, dict, tuple) else {id(item)} if type(item) is set else set()
     return found
 
 
@@ -289,17 +306,12 @@ class Channel:
                     unsent = node
                     continue
                 new = values.decode(node)
-                if not (isinstance(target, list) and type(new) is list or isinstance(target, (dict, set))
-                        and type(new) is (dict if isinstance(target, dict) else set)):
-                    raise TypeError("not a change of a list, dict or set to its own type")
+                _write_into(target, new, check_only=True)
                 others = [v for p, v in (*enumerate(args), *kwargs.items()) if p != position]
-                if _held_elsewhere(target, _alone()) or any(id(target) in _containers(v) for v in others):
+                if _held_elsewhere(target, _alone()) or any(id(target) in containers(v) for v in others):
                     unsent = "unencodable"  # (the program changed copies, which Python would have shared)
-                elif isinstance(target, list):
-                    target[:] = new
                 else:
-                    target.clear()
-                    target.update(new)
+                    _write_into(target, new)
             except (ValueError, TypeError, KeyError, IndexError, RecursionError):
                 self._end(False, broken=True)
         return unsent

@@ -37,8 +37,9 @@ reach), so the frames, the garbage collector, the nonce and the verdict are out 
   EXPR as `["value", ENCODED]`, or "unencodable", "too_large" (longer than MAX_VALUE_CHARS) or "raised" (the
   trainer compares the value; any but a value fails);
 - `exec STATEMENTS` (any other assertion): 1 when it raises nothing, else 0.
-A call's arguments are the program's copies, and those of type list, dict or set that the call changed come back
-(`changed`) and are written into the test's own (a function that sorts its argument in place sorts the test's).
+A call's arguments are the program's copies, and those of type list, dict or set (or a tuple holding one) that
+the call changed come back (`changed`) and are written into the test's own (a function that sorts its argument in
+place sorts the test's).
 Its first byte on stderr, once the sandbox is whole and before the program runs, is sandbox_values.STARTED (a
 run without it failed in the sandbox, not in the program). Exit codes other than the program's own
 (sandbox_values): SYNTAX_EXIT (the program does not compile),
@@ -254,7 +255,8 @@ def serve(code, requests_fd: int, replies_fd: int) -> None:
         try:
             given = {position: unpack(node) for position, node in sent.items()}
             before = copy.deepcopy({p: v for p, v in given.items()  # (a reference's object is the program's own)
-                                    if type(v) in (list, dict, set) and sent[p][:1] != ["ref"]})
+                                    if (type(v) in (list, dict, set) or type(v) is tuple and judging.containers(v))
+                                    and sent[p][:1] != ["ref"]})
             if kind == "getattr":
                 value = getattr(handles[target], args)
             elif kind in judging.OPERATIONS:  # (one the program's class defines: judging.operations marked it)

@@ -161,3 +161,21 @@ def test_a_change_to_an_object_the_test_shares_fails_rather_than_pass_where_pyth
     assert all(python_passes(p, t) for p, t in ((ROTATES, rotated), (ROTATES, built)))
     assert outcome(ROTATES, [rotated, built], mode) == (2, 2, "passed")
     assert outcome("def f(x, y):\n    return None\n", [unchanged], mode) == (1, 1, "passed")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_change_to_a_list_inside_a_tuple_argument_reaches_the_tests_own(mode):
+    """A tuple argument never came back, so a program sorting the list inside it (t[0].sort()) left the test's
+    as it was and passed a test that it is kept, which Python fails; the tuple's lists, dicts and sets come back."""
+    sorts = "def f(t):\n    t[0].sort()\n    t[1]['k'] = 1\n"
+    kept, held = "t = ([3, 1], {})\nf(t)\nassert t == ([3, 1], {})", "a = [3, 1]\nf((a, {}))\nassert a == [3, 1]"
+    both = "t = ([3, 1], {})\nf(t)\nassert t == ([1, 3], {'k': 1})"
+    assert [python_passes(sorts, t) for t in (kept, held, both)] == [False, False, True]
+    assert outcome(sorts, [kept, held, both], mode) == (1, 3, "failed")
+    # a forged change of a tuple's other item, or of its length, gains nothing
+    for line in (b'["changed", [[0, ["tuple", [["int", "1"]]]]]]', b'["changed", [[0, ["list", []]]]]'):
+        assert outcome(forging([line, b'["value", ["none"]]']), ["t = ([3],)\nf(t)\nassert t == ([3],)"],
+                       mode) == (0, 1, "failed"), line
+    changed = b'["changed", [[0, ["tuple", [["list", []], ["int", "9"]]]]]]'
+    assert outcome(forging([changed, b'["value", ["none"]]']), ["t = ([3], 1)\nf(t)\nassert t == ([], 1)"],
+                   mode) == (1, 1, "passed")
