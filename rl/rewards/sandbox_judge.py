@@ -169,13 +169,16 @@ def _asking(name: str):
     return ask
 
 
+_NESTING = frozenset((list, dict, set, tuple))  # (what may hold, or be, a list, dict or set)
+
+
 def _held_elsewhere(value, alone: int) -> bool:
     """Whether a list, dict or set nested in `value` is held elsewhere too (by a test's variable, another argument,
     twice in it: its count of references past `alone`): the program's process changed copies of each, so writing
     its change into `value` would leave those as they were, where Python changes them too."""
     for item in value.values() if type(value) is dict else value if type(value) in (list, tuple) else ():
-        if type(item) in (list, dict, set) and sys.getrefcount(item) > alone or type(item) in (list, dict, tuple) \
-                and _held_elsewhere(item, alone):
+        if type(item) in _NESTING and (type(item) is not tuple and sys.getrefcount(item) > alone
+                                       or _held_elsewhere(item, alone)):
             return True
     return False
 
@@ -185,7 +188,7 @@ def _write_into(target, new, check_only: bool = False) -> None:
     items cannot change); TypeError for a change of another type or length (a forged one)."""
     if type(target) is tuple and type(new) is tuple and len(new) == len(target):
         for old_item, new_item in zip(target, new):
-            if type(old_item) in (list, dict, set, tuple):
+            if type(old_item) in _NESTING:
                 _write_into(old_item, new_item, check_only)
     elif not (isinstance(target, list) and type(new) is list or isinstance(target, (dict, set))
               and type(new) is (dict if isinstance(target, dict) else set)):
@@ -202,11 +205,14 @@ def _alone() -> int:
     return min(count for count in range(1, 16) if not _held_elsewhere([[]], count))
 
 
-def containers(value) -> set:
+def containers(value, found: set | None = None) -> set:
     """The ids of the lists, dicts and sets `value` is or holds."""
-    found = {id(value)} if type(value) in (list, dict, set) else set()
+    found = set() if found is None else found
+    if type(value) in (list, dict, set):
+        found.add(id(value))
     for item in value.values() if type(value) is dict else value if type(value) in (list, tuple) else ():
-        found |= containers(item) if type(item) in (list, dict, tuple) else {id(item)} if type(item) is set else set()
+        if type(item) in _NESTING:
+            containers(item, found)
     return found
 
 
