@@ -169,16 +169,17 @@ def _asking(name: str):
     return ask
 
 
-_NESTING = frozenset((list, dict, set, tuple))  # (what may hold, or be, a list, dict or set)
+_NESTING = (list, dict, set, tuple)  # (their subclasses too: a test's defaultdict crosses as a dict)
+_ATOMS = frozenset((int, float, str, bool, type(None), bytes, complex))  # (skipped at once)
 
 
 def _held_elsewhere(value, alone: int) -> bool:
     """Whether a list, dict or set nested in `value` is held elsewhere too (by a test's variable, another argument,
     twice in it: its count of references past `alone`): the program's process changed copies of each, so writing
     its change into `value` would leave those as they were, where Python changes them too."""
-    for item in value.values() if type(value) is dict else value if type(value) in (list, tuple) else ():
-        if type(item) in _NESTING and (type(item) is not tuple and sys.getrefcount(item) > alone
-                                       or _held_elsewhere(item, alone)):
+    for item in value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ():
+        if type(item) not in _ATOMS and isinstance(item, _NESTING) and (
+                not isinstance(item, tuple) and sys.getrefcount(item) > alone or _held_elsewhere(item, alone)):
             return True
     return False
 
@@ -186,9 +187,9 @@ def _held_elsewhere(value, alone: int) -> bool:
 def _write_into(target, new, check_only: bool = False) -> None:
     """Write the program's change `new` into the test's list, dict or set `target` (into a tuple's ones: its other
     items cannot change); TypeError for a change of another type or length (a forged one)."""
-    if type(target) is tuple and type(new) is tuple and len(new) == len(target):
+    if isinstance(target, tuple) and type(new) is tuple and len(new) == len(target):
         for old_item, new_item in zip(target, new):
-            if type(old_item) in _NESTING:
+            if isinstance(old_item, _NESTING):
                 _write_into(old_item, new_item, check_only)
     elif not (isinstance(target, list) and type(new) is list or isinstance(target, (dict, set))
               and type(new) is (dict if isinstance(target, dict) else set)):
@@ -208,10 +209,10 @@ def _alone() -> int:
 def containers(value, found: set | None = None) -> set:
     """The ids of the lists, dicts and sets `value` is or holds."""
     found = set() if found is None else found
-    if type(value) in (list, dict, set):
+    if isinstance(value, (list, dict, set)):
         found.add(id(value))
-    for item in value.values() if type(value) is dict else value if type(value) in (list, tuple) else ():
-        if type(item) in _NESTING:
+    for item in value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ():
+        if type(item) not in _ATOMS and isinstance(item, _NESTING):
             containers(item, found)
     return found
 

@@ -179,3 +179,14 @@ def test_a_change_to_a_list_inside_a_tuple_argument_reaches_the_tests_own(mode):
     changed = b'["changed", [[0, ["tuple", [["list", []], ["int", "9"]]]]]]'
     assert outcome(forging([changed, b'["value", ["none"]]']), ["t = ([3], 1)\nf(t)\nassert t == ([], 1)"],
                    mode) == (1, 1, "passed")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_shared_list_inside_a_tests_dict_subclass_is_seen(mode):
+    """A defaultdict (or a list subclass) crosses as a dict, but the check for a list the test holds elsewhere too
+    walked exact dicts and lists only: inner = d['k'] stayed [] while Python appended to it, and the test passed."""
+    program = "def f(d):\n    d['k'].append(1)\n"
+    test = "from collections import defaultdict\nd = defaultdict(list)\ninner = d['k']\nf(d)\nassert inner == []"
+    alone = "from collections import defaultdict\nd = defaultdict(list, k=[])\nf(d)\nassert d == {'k': [1]}"
+    assert [python_passes(program, t) for t in (test, alone)] == [False, True]
+    assert outcome(program, [test, alone], mode) == (1, 2, "failed")
