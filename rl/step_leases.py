@@ -9,7 +9,7 @@ A reader that locks after the trainer, or locks a directory no longer at N, find
 new latest. Training never waits on a reader: the worst a reader costs is one step kept a little longer.
 
 A file system without flock on directories (some network and FUSE mounts): no lease, and
-`rl.checkpoint.read_latest` rereads as before.
+`rl.checkpoint_paths.read_latest` rereads as before.
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ def unreadable_lock(monkeypatch):
 
 def test_a_lock_file_not_ours_to_read_is_taken_as_held_and_says_why(tmp_path, monkeypatch):
     """Held where it cannot be told (a live trainer's re-save is not to be cut short), with the reason, so a reader
-    can say that rather than 'being saved again' (rl.checkpoint._saved_again)."""
+    can say that rather than 'being saved again' (rl.checkpoint_paths._saved_again)."""
     assert files.lock_probe(tmp_path) is False  # no lock file
     files.lock_directory(tmp_path, "run directory").close()
     assert files.lock_probe(tmp_path) is False

@@ -9,7 +9,7 @@ Retention: the latest `keep` steps plus the best `keep_best` by evaluation accur
 a reader (export, eval, generate) holds is deleted by a later save instead (rl.step_leases).
 
 Saving a step that exists (a stage's end saved again after a stop in its last step; a stage of no steps) moves
-the committed copy aside as `N.previous` (rl.checkpoint.PREVIOUS_SUFFIX) and drops it only once the new `N` is
+the committed copy aside as `N.previous` (rl.checkpoint_paths.PREVIOUS_SUFFIX) and drops it only once the new `N` is
 committed: deleting it first left a kill in the new save's window with no copy of the step, and under
 `keep: 1` no checkpoint at all. Opening the directory puts back a `N.previous` whose `N` never committed
 (and drops one whose `N` did). Process 0 renames and deletes, as Orbax's own deletes do; every process waits
@@ -33,7 +33,8 @@ from orbax.checkpoint import checkpoint_managers
 
 from r1jax.errors import UserError
 from r1jax.rl import checksums
-from r1jax.rl.checkpoint import PREVIOUS_SUFFIX, previous_copies, restore_items
+from r1jax.rl.checkpoint import restore_items
+from r1jax.rl.checkpoint_paths import PREVIOUS_SUFFIX, previous_copies
 from r1jax.rl.failed_saves import close_failed, quiet_failed_saves, save_threads, wait_for_writers
 from r1jax.rl.step_leases import LeaseRespectingDeleter
 from r1jax.rl.config import Config, config_from_dicts, to_dict

@@ -46,7 +46,7 @@ def init_from_tokenizer(init_from: str) -> TokenizerLike | None:
     """The tokenizer a stage's `init_from` checkpoint carries, or None when it carries none: a Hugging Face
     directory's own tokenizer files (none is a UserError: module docstring); an r1jax checkpoint's saved
     tokenizer (rl.checkpoint.find_tokenizer: in the step, beside the steps, as a run saves it, or in the run
-    directory). A path that is no checkpoint is a UserError (rl.checkpoint.resolve's). Called only when
+    directory). A path that is no checkpoint is a UserError (rl.checkpoint_paths.resolve's). Called only when
     tokenizer.path is unset."""
     if not is_hf_dir(init_from):
         return find_tokenizer(init_from)

@@ -12,7 +12,8 @@ import pytest
 from flax import nnx
 
 from r1jax.errors import UserError
-from r1jax.rl.checkpoint import load_config, load_policy, resolve
+from r1jax.rl.checkpoint import load_config, load_policy
+from r1jax.rl.checkpoint_paths import resolve
 from r1jax.rl.cli.main import main
 from r1jax.rl.config import load_config as load_run_config
 from r1jax.rl.train.checkpointing import TrainCheckpointer
@@ -268,6 +269,7 @@ def test_a_step_rotated_away_while_it_is_read_is_read_again_from_the_new_latest(
     fails with the steps unchanged is real damage (the cases above), and a run that keeps rotating under every
     try fails after LIVE_READ_TRIES, naming the step."""
     from r1jax.rl import checkpoint as checkpoint_module
+    from r1jax.rl.checkpoint_paths import LIVE_READ_TRIES
 
     root = shutil.copytree(checkpoint, tmp_path / "live")
     real, reads = checkpoint_module.load_policy, []
@@ -285,7 +287,7 @@ def test_a_step_rotated_away_while_it_is_read_is_read_again_from_the_new_latest(
     reads.clear()
     monkeypatch.setattr(checkpoint_module, "load_policy", lambda path, *args: rotating(path, *args, rotations=9))
     code, out = generate(capsys, root)
-    assert code == 2 and reads == [str(n) for n in range(1, 1 + checkpoint_module.LIVE_READ_TRIES)]
+    assert code == 2 and reads == [str(n) for n in range(1, 1 + LIVE_READ_TRIES)]
     assert f"checkpoint {root}: its steps changed under each of 4 reads (a trainer saving and rotating them?), " \
            f"the last of step 4: checkpoint '{root / '4'}' does not exist" in out.err
 
@@ -302,7 +304,7 @@ def test_a_relative_checkpoint_path_in_a_working_directory_that_is_not_utf8_is_n
 def test_a_step_named_is_read_once_and_its_damage_named_while_a_trainer_saves_others(tmp_path):
     """Only the latest step of a run directory or root is read again; a step given by its path was retried, and
     its real damage reported as steps that changed while a trainer saved others."""
-    from r1jax.rl.checkpoint import read_latest
+    from r1jax.rl.checkpoint_paths import read_latest
 
     root = tmp_path / "checkpoints"
     (root / "3").mkdir(parents=True)

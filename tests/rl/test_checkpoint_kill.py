@@ -132,7 +132,7 @@ def test_a_step_saved_again_replaces_it_and_leaves_no_copy_aside(tmp_path):
 
 def test_a_run_directory_left_with_only_an_old_copy_says_so_before_a_resume_puts_it_back(tmp_path, monkeypatch):
     from r1jax.errors import UserError
-    from r1jax.rl.checkpoint import resolve
+    from r1jax.rl.checkpoint_paths import resolve
 
     root = tmp_path / "run" / "checkpoints"
     checkpointer = TrainCheckpointer(root, keep=1, keep_best=0, async_save=False)

@@ -1,13 +1,14 @@
-"""The pure-Python path logic of rl.checkpoint, on directories made by hand (no Orbax save): which step a path
-names, the previous copies a killed re-save left, what a read of a live run's latest step retries, and which
-errors of a failed restore are a checkpoint's damage."""
+"""The pure-Python path logic of rl.checkpoint_paths (and rl.checkpoint's restore errors), on directories made by
+hand (no Orbax save): which step a path names, the previous copies a killed re-save left, what a read of a live
+run's latest step retries, and which errors of a failed restore are a checkpoint's damage."""
 
 import os
 
 import pytest
 
 from r1jax.errors import UserError
-from r1jax.rl.checkpoint import data_source, previous_copies, read_latest, resolve, restore_error, trained
+from r1jax.rl.checkpoint import data_source, restore_error, trained
+from r1jax.rl.checkpoint_paths import previous_copies, read_latest, resolve
 
 
 def steps(root, *names):
@@ -130,7 +131,7 @@ def _resave_finishing_on_first_wait(monkeypatch, root, step):
     does once the new copy commits. Returns the waits made."""
     import threading
 
-    import r1jax.rl.checkpoint as checkpoint
+    import r1jax.rl.checkpoint_paths as paths
 
     (root / f"{step}.orbax-checkpoint-tmp").mkdir()
     (root / f"{step}.orbax-checkpoint-tmp" / "new").write_text("")
@@ -147,7 +148,7 @@ def _resave_finishing_on_first_wait(monkeypatch, root, step):
             trainer.join()
         waits.append(seconds)
 
-    monkeypatch.setattr(checkpoint.time, "sleep", sleep)
+    monkeypatch.setattr(paths.time, "sleep", sleep)
     return waits
 
 
@@ -174,10 +175,10 @@ def test_a_step_moved_aside_between_finding_it_and_holding_it_is_read_from_its_n
                                                                                           trainer):
     """The re-save moves step 3 aside after the reader found it, before its lease held it: read again once the
     new copy stands (it failed "was deleted")."""
-    import r1jax.rl.checkpoint as checkpoint
+    import r1jax.rl.checkpoint_paths as paths
 
     root = steps(tmp_path / "checkpoints", 3)
-    waits, held = _resave_finishing_on_first_wait(monkeypatch, root, 3), checkpoint.held
+    waits, held = _resave_finishing_on_first_wait(monkeypatch, root, 3), paths.held
     moved = []
 
     def move_aside_then_hold(root_, step):
@@ -185,24 +186,24 @@ def test_a_step_moved_aside_between_finding_it_and_holding_it_is_read_from_its_n
             moved.append((root / "3").rename(root / "3.previous"))
         return held(root_, step)
 
-    monkeypatch.setattr(checkpoint, "held", move_aside_then_hold)
+    monkeypatch.setattr(paths, "held", move_aside_then_hold)
     assert read_latest(root / "3", lambda d: sorted(p.name for p in d.iterdir())) == ["new"]
     assert moved and len(waits) == 1
 
 
 def test_a_step_that_does_not_exist_fails_at_once_and_an_endless_resave_after_the_wait(tmp_path, monkeypatch,
                                                                                       trainer):
-    import r1jax.rl.checkpoint as checkpoint
+    import r1jax.rl.checkpoint_paths as paths
 
     root = steps(tmp_path / "checkpoints", 2, "3.previous")
     waits = []
-    monkeypatch.setattr(checkpoint.time, "sleep", waits.append)
+    monkeypatch.setattr(paths.time, "sleep", waits.append)
     with pytest.raises(UserError, match=r"^checkpoint '.*checkpoints/4' does not exist$"):
         read_latest(root / "4", lambda d: d)
     with pytest.raises(UserError, match=r"^checkpoint '.*checkpoints/2.previous' does not exist$"):
         read_latest(root / "2.previous", lambda d: d)
     assert waits == []  # no step 4 being saved again: no wait
-    monkeypatch.setattr(checkpoint, "RESAVE_WAIT_S", 0.0)  # a live trainer's re-save that does not end
+    monkeypatch.setattr(paths, "RESAVE_WAIT_S", 0.0)  # a live trainer's re-save that does not end
     with pytest.raises(UserError, match=r"^checkpoint '.*checkpoints/3' does not exist: step 3 is being saved again "
                                         r"\(not in place after 0 s\), its previous copy in .*checkpoints/3\.previous: "
                                         r"read again once the trainer's save of it ends"):
@@ -231,14 +232,14 @@ def test_a_killed_resaves_copy_aside_is_named_at_once_by_every_read(tmp_path, mo
     """No trainer holds the run directory: the `3.previous` a killed re-save left is named at once, the step named
     or the latest asked for (a named read waited 10 s for it each time; a read of the run read step 2), as the
     trainer's next start puts it back as step 3 (TrainCheckpointer._settle_previous_copies)."""
-    import r1jax.rl.checkpoint as checkpoint
+    import r1jax.rl.checkpoint_paths as paths
     from r1jax.files import lock_directory
 
     if lock_file:
         lock_directory(tmp_path, "run directory").close()
     root = steps(tmp_path / "checkpoints", 2, "3.previous")
     waits = []
-    monkeypatch.setattr(checkpoint.time, "sleep", waits.append)
+    monkeypatch.setattr(paths.time, "sleep", waits.append)
     for path in (tmp_path, root, root / "3"):
         with pytest.raises(UserError, match=rf"^checkpoint '{path}'.*: a re-save of step 3 was interrupted and left "
                                             rf"its previous copy in {root}/3\.previous: resuming the run puts it "
@@ -251,7 +252,7 @@ def test_a_read_waiting_for_a_resave_whose_trainer_is_killed_names_its_copy_asid
                                                                                           trainer):
     """The trainer is killed while a read waits for its re-save of step 3: the read names the copy aside and what
     to do when the lock goes (it waited out the 10 s, then said 'being saved again', nothing to do)."""
-    import r1jax.rl.checkpoint as checkpoint
+    import r1jax.rl.checkpoint_paths as paths
 
     root, now = steps(tmp_path / "checkpoints", 2, "3.previous"), [0.0]
 
@@ -259,8 +260,8 @@ def test_a_read_waiting_for_a_resave_whose_trainer_is_killed_names_its_copy_asid
         now[0] += seconds
         trainer.close()
 
-    monkeypatch.setattr(checkpoint.time, "monotonic", lambda: now[0])
-    monkeypatch.setattr(checkpoint.time, "sleep", sleep)
+    monkeypatch.setattr(paths.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(paths.time, "sleep", sleep)
     for path in (tmp_path, root / "3"):
         now[0] = 0.0
         with pytest.raises(UserError, match=r": a re-save of step 3 was interrupted .* resuming the run puts it back"):
@@ -293,14 +294,14 @@ def test_a_checkpoint_root_that_is_a_link_elsewhere_named_through_its_run_finds_
 def test_a_resave_under_a_lock_file_not_ours_to_read_is_waited_for_and_says_it_cannot_be_told(tmp_path, monkeypatch):
     """No trainer, its lock file not readable by this user: the read waits as if one held it (a live re-save is not
     to be cut short), then says the lock could not be probed (it said 'being saved again', which it cannot know)."""
-    import r1jax.rl.checkpoint as checkpoint
+    import r1jax.rl.checkpoint_paths as paths
     from r1jax.files import lock_directory
     from tests.test_files import unreadable_lock
 
     lock_directory(tmp_path, "run directory").close()
     root = steps(tmp_path / "checkpoints", 2, "3.previous")
     unreadable_lock(monkeypatch)
-    monkeypatch.setattr(checkpoint, "RESAVE_WAIT_S", 0.0)
+    monkeypatch.setattr(paths, "RESAVE_WAIT_S", 0.0)
     with pytest.raises(UserError, match=r": step 3 is not in place after 0 s, its previous copy in .*3\.previous; "
                                         r"whether a trainer saves it again cannot be told \(.*/\.lock cannot be read "
                                         r"\(Permission denied\)\): read again later; if no trainer runs there, "
@@ -312,7 +313,7 @@ def test_the_reason_a_lock_cannot_be_told_is_the_probe_that_gave_one(tmp_path, m
     # RUN/checkpoints links to store/ck: RUN holds no lock (told: none), store's lock is not ours to read (not told):
     # the message names store's reason, not RUN's "no lock"
     import r1jax.files as files
-    import r1jax.rl.checkpoint as checkpoint
+    import r1jax.rl.checkpoint_paths as paths
 
     (tmp_path / "store").mkdir()
     files.lock_directory(tmp_path / "store", "run directory").close()
@@ -327,6 +328,6 @@ def test_the_reason_a_lock_cannot_be_told_is_the_probe_that_gave_one(tmp_path, m
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(files, "open", refusing, raising=False)
-    monkeypatch.setattr(checkpoint, "RESAVE_WAIT_S", 0.0)
+    monkeypatch.setattr(paths, "RESAVE_WAIT_S", 0.0)
     with pytest.raises(UserError, match=r"cannot be told \(.*/store/\.lock cannot be read \(Permission denied\)\)"):
         read_latest(tmp_path / "run" / "checkpoints" / "3", lambda d: d.name)

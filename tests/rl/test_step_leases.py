@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from r1jax.errors import UserError
-from r1jax.rl.checkpoint import load_config, read_latest
+from r1jax.rl.checkpoint import load_config
+from r1jax.rl.checkpoint_paths import read_latest
 from r1jax.rl.config import Config
 from r1jax.rl.step_leases import StepGone, delete_unless_held, held
 from r1jax.rl.train.checkpointing import TrainCheckpointer
