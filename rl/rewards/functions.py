@@ -201,17 +201,19 @@ def split_words(text: str) -> list[str]:
         if token.isascii():
             words.append(token)
             continue
-        pieces, run, run_has_word = [], "", False
-        for char in token:
+        # the run between ideographs is a slice from `start` (a string grown by a character at a time was
+        # quadratic: 33 s for a token of 10^6 "é", 8 min for 10^6 "𝐚", in the trainer's rejection filters)
+        pieces, start, run_has_word = [], 0, False
+        for index, char in enumerate(token):
             if char.isalnum() and _script(char) in _IDEOGRAPHIC:
-                pieces += [run, char] if run_has_word else [char]
-                run, run_has_word = "", False
+                pieces += [token[start:index], char] if run_has_word else [char]
+                start, run_has_word = index + 1, False
             else:  # a letter, digit or punctuation of another script: part of the run between ideographs
-                run, run_has_word = run + char, run_has_word or char.isalnum()
+                run_has_word = run_has_word or char.isalnum()
         if not pieces:  # no ideograph: the token is one word
             words.append(token)
             continue
-        words += pieces + ([run] if run_has_word else [])
+        words += pieces + ([token[start:]] if run_has_word else [])
     return words
 
 
