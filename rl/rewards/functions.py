@@ -250,12 +250,17 @@ def language_consistency(item: ScoreItem, config: RewardsConfig) -> float:
     """The share of the completion's words in the target language's scripts: the chain of thought's and all the
     rest but its answers (text before or after the tags, other think blocks: the last thought alone let a
     completion write anything outside it; an answer is a value, a word or a program, of no language), 0
-    without a thought."""
+    without a thought. An answer is an <answer> block after the thought (where `extract_answer` reads one):
+    one before its end is thought (a Chinese thought wrapped in <answer> tags inside <think> scored 1.0 for
+    `en` beside a few English words)."""
     thought, _ = split_completion(item.completion)
     if thought is None or not thought.strip():
         return 0.0
     target = LANGUAGE_SCRIPTS[config.language]
-    scripts = word_scripts(_TAG.sub(" ", _without_answers(item.completion)), target)
+    end = item.completion.rfind(END_THINK)  # (none: an unclosed <think>, all of the completion is thought)
+    end = len(item.completion) if end < 0 else end + len(END_THINK)
+    text = item.completion[:end] + " " + _without_answers(item.completion[end:])
+    scripts = word_scripts(_TAG.sub(" ", text), target)
     if not scripts:
         return 1.0  # only numbers and symbols ("3+4=7.", "θ ∈ ℝ"): no word in another language
     return sum(s in target for s in scripts) / len(scripts)

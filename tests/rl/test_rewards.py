@@ -132,6 +132,10 @@ def test_language_consistency_is_the_share_of_target_language_words(thought, lan
     ("<think> 我们来计算 </think> <answer> def solve(n): return sorted(n) </answer>", 0.0),
     ("<think> ok three </think> <answer> 三 </answer> <answer> 四 </answer>", 1.0),  # every answer left out
     ("<think>我们 one</think>two <answer> 3 </answer>", 2 / 4),  # a tag ends a word: "one", "two"
+    # an <answer> block before the thought's end is thought: it hid a Chinese thought from the reward
+    ("<think> ok three <answer> 我们来计算 </answer> </think> <answer> 3 </answer>", 2 / 7),
+    ("<answer> 我们来计算 </answer> <think> ok three </think> <answer> 3 </answer>", 2 / 7),
+    ("<think> ok <answer> 我们来计算 </answer> three", 2 / 7),  # unclosed: all thought, no answer
 ])
 def test_language_counts_every_word_but_the_answers(completion, expected):
     """Words outside the (last) thought count too: Chinese before the think tags, in another think block, between
