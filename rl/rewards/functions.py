@@ -14,7 +14,9 @@ Built in (DeepSeek-R1 and DAPO):
 - language: the share of chain-of-thought words written in the target language's script (R1's
   language-consistency reward, 'Reasoning-oriented Reinforcement Learning': it targets mixed natural
   languages, not notation); 0 without a chain of thought, 1 for one made only of numbers and symbols.
-  Letter-like symbols are of no language and are left out of the words (`word_scripts`): ℝ ℓ ℏ 𝐱 (Letterlike
+  A styled letter (𝐚 ℱ ⁿ ⓐ: `_letter_script`) is a letter of its plain form's script, so a word of three or more
+  of them is text; alone or in pairs they are variables, as below. Otherwise letter-like symbols are of no
+  language and are left out of the words (`word_scripts`): ℝ ℓ ℏ 𝐱 (Letterlike
   Symbols, Mathematical Alphanumeric Symbols, other font variants), ⁿ ₐ ᵃ (superscripts, subscripts, modifier
   letters), µ (micro sign), ² ½ Ⅻ (numbers). A Greek or Latin word of at most 2 letters (θ, Δx, αβ, x, dy: a
   variable) is left out unless the target language is written in its script (Greek for `el`, Latin for `en`);
@@ -128,7 +130,10 @@ def blank(text: str) -> bool:
                for char in text)
 
 
-_WORD = re.compile(r"[^\W\d_]+")  # runs of letters (and numbers other than digits): digits are no word
+# Latin letters that Unicode files as symbols (So): parenthesized ⒜, circled Ⓐ ⓐ, squared 🄰, negative circled 🅐 and
+# squared 🅰; read as letters, or English written in them was no word for any language (`_letter_script`)
+_ENCLOSED_LETTERS = "\u249c-\u24e9\U0001f130-\U0001f189"
+_WORD = re.compile(r"(?:[^\W\d_]|[%s])+" % _ENCLOSED_LETTERS)  # runs of letters (and numbers other than digits)
 _IDEOGRAPHIC = ("CJK", "HIRAGANA", "KATAKANA")  # scripts written without spaces: each character is a word
 _FORMS = ("HALFWIDTH ", "FULLWIDTH ", "VERTICAL ")  # presentation forms: the script is the next word
 # Japanese marks whose names start with no script: ー (KATAKANA-HIRAGANA PROLONGED SOUND MARK), the kana
@@ -165,6 +170,26 @@ def _script(char: str) -> str:
     return script
 
 
+@functools.lru_cache(maxsize=8192)
+def _letter_script(char: str) -> str:
+    """The script a character of a word counts in: its own (`_script`), but a letter-like symbol that is a styled
+    letter (𝐚 𝒂 𝔞 ℱ ⁿ ª ⓐ ⒜ 🄰: its compatibility form, or its name, is a letter) counts as that letter: English
+    written in 𝐛𝐨𝐥𝐝 or ⓒⓘⓡⓒⓛⓔⓢ scored 1.0 for `zh`, as no word. Alone or in pairs (ℝ, ℓ, 𝐱, ℝⁿ) such letters
+    are variables (`word_scripts`), of no language as before; numbers (² ½ Ⅻ) and other symbols stay SYMBOL."""
+    script = _script(char)
+    if script != SYMBOL and not _ENCLOSED.fullmatch(char):
+        return script
+    if not unicodedata.category(char).startswith(("L", "So")):
+        return SYMBOL  # ² ½ Ⅻ
+    plain = unicodedata.normalize("NFKC", char).strip("()")
+    if len(plain) == 1 and plain.isalpha() and plain != char and _script(plain) != SYMBOL:
+        return _script(plain)
+    return "LATIN" if " LATIN " in f" {unicodedata.name(char, '')} " or _ENCLOSED.fullmatch(char) else SYMBOL
+
+
+_ENCLOSED = re.compile("[%s]" % _ENCLOSED_LETTERS)
+
+
 def _words(text: str) -> list[tuple[str, int]]:
     """(script, letters) of each word: every CJK, hiragana or katakana character is a word wherever it stands
     ("a我们" is three words), and each run of other letters between them is one word, of its first letter;
@@ -173,7 +198,7 @@ def _words(text: str) -> list[tuple[str, int]]:
     for run in _WORD.findall(text):
         open_word = False  # inside a word of a script written with spaces (the last of `words`)
         for char in run:
-            script = _script(char)
+            script = _letter_script(char)
             if script == SYMBOL:
                 continue
             if script in _IDEOGRAPHIC:

@@ -115,6 +115,13 @@ def test_format_is_strict(completion, expected):
     ("设 x 为 the unknown", "zh", 2 / 4), ("so x is 5", "en", 1.0), ("所以 x is 5", "en", 2 / 4),
     ("三〇 equals thirty", "zh", 2 / 4),  # 〇 (IDEOGRAPHIC NUMBER ZERO) is a number written in CJK: a word
     ("the 2ª term", "en", 1.0),  # ª (<super> a, FEMININE ORDINAL INDICATOR) is a symbol, not a word
+    # styled letters are letters: English in them was no word at all, so it scored 1.0 for zh beside one ideograph
+    ("\U0001d405\U0001d422\U0001d42b\U0001d42c\U0001d42d \U0001d41a\U0001d41d\U0001d41d 先", "zh", 1 / 3),  # bold
+    ("Ⓕⓘⓡⓢⓣ ⓐⓓⓓ 先", "zh", 1 / 3), ("⒡⒤⒭⒮⒯ 先", "zh", 1 / 2), ("ᶠⁱʳˢᵗ 先", "zh", 1 / 2),  # circled, <super>
+    ("\U0001f175\U0001f178\U0001f181\U0001f182\U0001f183 先", "zh", 1 / 2),  # negative squared
+    ("\U0001d413\U0001d421e\U0001d42b\U0001d41e 先", "zh", 1 / 2),  # styled and plain letters: one word
+    ("\U0001d405\U0001d422\U0001d42b\U0001d42c\U0001d42d \U0001d41a\U0001d41d\U0001d41d", "en", 1.0),
+    ("设 ℝⁿ 和 𝐱", "zh", 1.0),  # alone or in pairs they are still variables
 ])
 def test_language_consistency_is_the_share_of_target_language_words(thought, language, expected):
     completion = f"<think>{thought}</think> <answer> 7 </answer>"
