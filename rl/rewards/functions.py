@@ -15,7 +15,7 @@ Built in (DeepSeek-R1 and DAPO):
   language-consistency reward, 'Reasoning-oriented Reinforcement Learning': it targets mixed natural
   languages, not notation); 0 without a chain of thought, 1 for one made only of numbers and symbols.
   A styled letter (𝐚 ℱ ⁿ ⓐ: `_letter_script`) is a letter of its plain form's script, so a word of three or more
-  of them is text; alone or in pairs they are variables, as below. Otherwise letter-like symbols are of no
+  of them in one style is text; alone or in pairs they are variables, as below. Otherwise letter-like symbols are of no
   language and are left out of the words (`word_scripts`): ℝ ℓ ℏ 𝐱 (Letterlike
   Symbols, Mathematical Alphanumeric Symbols, other font variants), ⁿ ₐ ᵃ (superscripts, subscripts, modifier
   letters), µ (micro sign), ² ½ Ⅻ (numbers). A Greek or Latin word of at most 2 letters (θ, Δx, αβ, x, dy: a
@@ -171,20 +171,22 @@ def _script(char: str) -> str:
 
 
 @functools.lru_cache(maxsize=8192)
-def _letter_script(char: str) -> str:
-    """The script a character of a word counts in: its own (`_script`), but a letter-like symbol that is a styled
-    letter (𝐚 𝒂 𝔞 ℱ ⁿ ª ⓐ ⒜ 🄰: its compatibility form, or its name, is a letter) counts as that letter: English
-    written in 𝐛𝐨𝐥𝐝 or ⓒⓘⓡⓒⓛⓔⓢ scored 1.0 for `zh`, as no word. Alone or in pairs (ℝ, ℓ, 𝐱, ℝⁿ) such letters
-    are variables (`word_scripts`), of no language as before; numbers (² ½ Ⅻ) and other symbols stay SYMBOL."""
+def _letter_script(char: str) -> tuple[str, str]:
+    """(script, style) of a character of a word. The script is its own (`_script`), but a letter-like symbol that is
+    a styled letter (𝐚 𝒂 𝔞 ℱ ⁿ ª ⓐ ⒜ 🄰: its compatibility form, or its name, is a letter) counts as that letter:
+    English written in 𝐛𝐨𝐥𝐝 or ⓒⓘⓡⓒⓛⓔⓢ scored 1.0 for `zh`, as no word; numbers (² ½ Ⅻ) and other symbols stay
+    SYMBOL. The style is the letter's decomposition tag ('<font>', '<super>', '<circle>'; '' for a plain letter):
+    a word ends where it changes, so notation stays variables ("𝐀ᵀ𝐱", "aᵢ", "µm": one or two letters each)."""
     script = _script(char)
     if script != SYMBOL and not _ENCLOSED.fullmatch(char):
-        return script
+        return script, ""
     if not unicodedata.category(char).startswith(("L", "So")):
-        return SYMBOL  # ² ½ Ⅻ
+        return SYMBOL, ""  # ² ½ Ⅻ
+    style = unicodedata.decomposition(char).partition(" ")[0] or "<enclosed>"
     plain = unicodedata.normalize("NFKC", char).strip("()")
     if len(plain) == 1 and plain.isalpha() and plain != char and _script(plain) != SYMBOL:
-        return _script(plain)
-    return "LATIN" if " LATIN " in f" {unicodedata.name(char, '')} " or _ENCLOSED.fullmatch(char) else SYMBOL
+        return _script(plain), style
+    return ("LATIN" if " LATIN " in f" {unicodedata.name(char, '')} " or _ENCLOSED.fullmatch(char) else SYMBOL), style
 
 
 _ENCLOSED = re.compile("[%s]" % _ENCLOSED_LETTERS)
@@ -192,23 +194,24 @@ _ENCLOSED = re.compile("[%s]" % _ENCLOSED_LETTERS)
 
 def _words(text: str) -> list[tuple[str, int]]:
     """(script, letters) of each word: every CJK, hiragana or katakana character is a word wherever it stands
-    ("a我们" is three words), and each run of other letters between them is one word, of its first letter;
-    letter-like symbols are left out as if absent ("5 µm" has the one word "m", "ℝⁿ" none)."""
+    ("a我们" is three words), and each run of other letters between them is one word, of its first letter, until
+    the letters' style changes (`_letter_script`: "𝐀ᵀ𝐱" is three words); symbols that are no letter are left out
+    as if absent ("x²y" is the one word "xy")."""
     words: list[tuple[str, int]] = []
     for run in _WORD.findall(text):
-        open_word = False  # inside a word of a script written with spaces (the last of `words`)
+        open_word, open_style = False, ""  # inside a word of a script written with spaces (the last of `words`)
         for char in run:
-            script = _letter_script(char)
+            script, style = _letter_script(char)
             if script == SYMBOL:
                 continue
             if script in _IDEOGRAPHIC:
                 words.append((script, 1))
                 open_word = False
-            elif open_word:
+            elif open_word and style == open_style:
                 words[-1] = (words[-1][0], words[-1][1] + 1)
             else:
                 words.append((script, 1))
-                open_word = True
+                open_word, open_style = True, style
     return words
 
 

@@ -119,7 +119,8 @@ def test_format_is_strict(completion, expected):
     ("\U0001d405\U0001d422\U0001d42b\U0001d42c\U0001d42d \U0001d41a\U0001d41d\U0001d41d 先", "zh", 1 / 3),  # bold
     ("Ⓕⓘⓡⓢⓣ ⓐⓓⓓ 先", "zh", 1 / 3), ("⒡⒤⒭⒮⒯ 先", "zh", 1 / 2), ("ᶠⁱʳˢᵗ 先", "zh", 1 / 2),  # circled, <super>
     ("\U0001f175\U0001f178\U0001f181\U0001f182\U0001f183 先", "zh", 1 / 2),  # negative squared
-    ("\U0001d413\U0001d421e\U0001d42b\U0001d41e 先", "zh", 1 / 2),  # styled and plain letters: one word
+    ("ℱ\U0001d4be\U0001d4c7\U0001d4c8\U0001d4c9 先", "zh", 1 / 2),  # script letters of two blocks: one word
+    ("设 \U0001d400ᵀ\U0001d431 = 5", "zh", 1.0),  # a change of style ends a word: three variables, not "ATx"
     ("\U0001d405\U0001d422\U0001d42b\U0001d42c\U0001d42d \U0001d41a\U0001d41d\U0001d41d", "en", 1.0),
     ("设 ℝⁿ 和 𝐱", "zh", 1.0),  # alone or in pairs they are still variables
 ])
