@@ -177,6 +177,8 @@ def _letter_script(char: str) -> tuple[str, str]:
     English written in 𝐛𝐨𝐥𝐝 or ⓒⓘⓡⓒⓛⓔⓢ scored 1.0 for `zh`, as no word; numbers (² ½ Ⅻ) and other symbols stay
     SYMBOL. The style is the letter's decomposition tag ('<font>', '<super>', '<circle>'; '' for a plain letter):
     a word ends where it changes, so notation stays variables ("𝐀ᵀ𝐱", "aᵢ", "µm": one or two letters each)."""
+    if char in _INVISIBLE:  # a Hangul filler shows nothing: padding of them was Korean words for `ko`
+        return SYMBOL, ""
     script = _script(char)
     if script != SYMBOL and not _ENCLOSED.fullmatch(char):
         return script, ""
@@ -282,7 +284,7 @@ def language_consistency(item: ScoreItem, config: RewardsConfig) -> float:
     one before its end is thought (a Chinese thought wrapped in <answer> tags inside <think> scored 1.0 for
     `en` beside a few English words)."""
     thought, _ = split_completion(item.completion)
-    if thought is None or not thought.strip():
+    if thought is None or blank(thought):  # (a zero-width space or a Hangul filler alone scored 1.0)
         return 0.0
     target = LANGUAGE_SCRIPTS[config.language]
     end = item.completion.rfind(END_THINK)  # (none: an unclosed <think>, all of the completion is thought)

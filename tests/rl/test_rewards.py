@@ -130,6 +130,16 @@ def test_language_consistency_is_the_share_of_target_language_words(thought, lan
     assert score("language", "<answer> seven </answer>", language=language) == 0.0  # no thought at all
 
 
+@pytest.mark.parametrize("thought", ["\u200b", "\u2800", "\u3164", " \u3164\u200b "])
+def test_a_thought_that_shows_nothing_is_no_thought_for_the_language_reward(thought):
+    """As for the format reward (`blank`): a zero-width space or a blank Braille pattern scored 1.0 (no word), a
+    Hangul filler 1.0 for `ko` (a Korean word); and fillers are no words beside text either."""
+    for language in ("en", "ko"):
+        assert score("language", f"<think>{thought}</think> <answer> 7 </answer>", language=language) == 0.0
+    padded = "<think> First add three and four " + "\u3164 " * 20 + "</think> <answer> 7 </answer>"
+    assert score("language", padded, language="ko") == 0.0
+
+
 @pytest.mark.parametrize("completion, expected", [
     ("我们来计算一下 <think> so three </think> <answer> 3 </answer>", 2 / 9),  # 7 ideographs before the thought
     ("<think> 我们来计算 </think> <think> ok three </think> <answer> 3 </answer>", 2 / 7),
