@@ -265,12 +265,22 @@ def word_scripts(text: str, target: tuple[str, ...] = ()) -> list[str]:
 _TAG = re.compile("|".join(map(re.escape, (THINK, END_THINK, ANSWER, END_ANSWER))))
 
 
-def _without_answers(text: str) -> str:
+# An answer of at most this many words (`word_scripts`) is a value or a name ("\text{north east}", "十四"), of no
+# language; a longer one is prose beside its value (a thought moved into the answer, around \boxed{} or $...$,
+# which math-verify reads past: it scored 1.0 for any language, with format and accuracy 1)
+ANSWER_VALUE_WORDS = 4
+
+
+def _without_answers(text: str, keep_prose: tuple[str, ...] | None = None) -> str:
     """`text` less each <answer>...</answer> block, in one pass (a lazy regex rescans the rest of the text from
-    every unclosed <answer>)."""
+    every unclosed <answer>); with `keep_prose` (the target's scripts), a block of more than ANSWER_VALUE_WORDS
+    words stays."""
     parts, position = [], 0
     while (start := text.find(ANSWER, position)) >= 0 and (end := text.find(END_ANSWER, start)) >= 0:
         parts.append(text[position:start])
+        answer = text[start + len(ANSWER):end]
+        if keep_prose is not None and len(word_scripts(answer, keep_prose)) > ANSWER_VALUE_WORDS:
+            parts.append(answer)
         position = end + len(END_ANSWER)
     return " ".join(parts + [text[position:]])
 
@@ -282,14 +292,17 @@ def language_consistency(item: ScoreItem, config: RewardsConfig) -> float:
     completion write anything outside it; an answer is a value, a word or a program, of no language), 0
     without a thought. An answer is an <answer> block after the thought (where `extract_answer` reads one):
     one before its end is thought (a Chinese thought wrapped in <answer> tags inside <think> scored 1.0 for
-    `en` beside a few English words)."""
+    `en` beside a few English words); and one of more than ANSWER_VALUE_WORDS words counts, unless it is a
+    program (a `code` item)."""
     thought, _ = split_completion(item.completion)
     if thought is None or blank(thought):  # (a zero-width space or a Hangul filler alone scored 1.0)
         return 0.0
     target = LANGUAGE_SCRIPTS[config.language]
     end = item.completion.rfind(END_THINK)  # (none: an unclosed <think>, all of the completion is thought)
     end = len(item.completion) if end < 0 else end + len(END_THINK)
-    text = item.completion[:end] + " " + _without_answers(item.completion[end:])
+    # (a program is no prose: its words would push a zh run's code rewards towards shorter programs)
+    prose = None if item.task == "code" else target
+    text = item.completion[:end] + " " + _without_answers(item.completion[end:], prose)
     scripts = word_scripts(_TAG.sub(" ", text), target)
     if not scripts:
         return 1.0  # only numbers and symbols ("3+4=7.", "θ ∈ ℝ"): no word in another language

@@ -147,7 +147,7 @@ def test_a_thought_that_shows_nothing_is_no_thought_for_the_language_reward(thou
     ("<think> ok three </think> <answer> 3 </answer> 我们来计算", 2 / 7),
     ("<think> ok three </think> <answer> 三 </answer>", 1.0),  # an answer is of no language (a value, a program)
     ("<think> ok three </think> <answer> 3 </answer>", 1.0),
-    ("<think> 我们来计算 </think> <answer> def solve(n): return sorted(n) </answer>", 0.0),
+    ("<think> 我们来计算 </think> <answer> def solve(n): return sorted(n) </answer>", 6 / 11),  # not a code item
     ("<think> ok three </think> <answer> 三 </answer> <answer> 四 </answer>", 1.0),  # every answer left out
     ("<think>我们 one</think>two <answer> 3 </answer>", 2 / 4),  # a tag ends a word: "one", "two"
     # an <answer> block before the thought's end is thought: it hid a Chinese thought from the reward
@@ -162,9 +162,22 @@ def test_language_counts_every_word_but_the_answers(completion, expected):
     assert score("language", completion, language="en") == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("answer, expected", [
+    (r"我们先算三加四等于七，再乘以二得十四 \boxed{14}", 2 / 19),  # 17 ideographs: scored 1.0, as format and accuracy
+    (r"我们先算三加四等于七再乘以二得十四 $14$", 2 / 19), (r"14 \text{ 我们先算三加四等于七再乘以二得十四}", 2 / 19),
+    (r"\text{十四}", 1.0), (r"\text{north east}", 1.0), ("14", 1.0),  # a value or a name of a few words: none
+])
+def test_prose_in_the_answer_counts_for_the_language_reward(answer, expected):
+    """A thought moved into the answer, beside the value math-verify reads, was of no language: English thought
+    'ok three' and a Chinese one in <answer> scored 1.0 for `en` (and 1.0 for accuracy and format)."""
+    completion = f"<think> ok three </think> <answer> {answer} </answer>"
+    assert score("language", completion, reference="14", language="en") == pytest.approx(expected)
+    assert score("accuracy", completion, reference="14") == float("14" in answer)  # math-verify reads past the prose
+
+
 def test_a_program_answer_leaves_a_chinese_thought_consistent():
     completion = "<think> 我们来计算一下这个问题的答案 </think> <answer> def solve(numbers): return sorted(numbers) </answer>"
-    assert score("language", completion, language="zh") == 1.0  # 0.7 when the program's words counted
+    assert score("language", completion, language="zh", task="code") == 1.0  # 0.7 when the program's words counted
 
 
 def test_the_language_reward_is_linear_in_unclosed_answer_tags():
