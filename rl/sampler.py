@@ -267,6 +267,8 @@ class Sampler:
         the SamplingConfig for this call (temperature, top_p, top_k, max_new_tokens, slots, ...).
         `row_max_new` (a test and bench hook): per row (prompt-major), stop after that many tokens."""
         cfg = dataclasses.replace(self.config, **overrides) if overrides else self.config
+        if samples < 1:
+            raise UserError(f"samples={samples}: completions per prompt must be >= 1")
         tokens, valid = left_pad(prompts, cfg.prompt_buckets, self.pad_id)
         key = self.next_key() if key is None else key
         rows = len(prompts) * samples

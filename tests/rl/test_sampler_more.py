@@ -184,6 +184,8 @@ def test_continuous_batching_log_probs_equal_the_trainers_recomputed_ones():
     ([[5]], 1, dict(slots=-1), "sampling.slots=-1"),
     ([[5]], 1, dict(temperature=-0.5), "sampling.temperature=-0.5"),
     ([], 1, {}, "at least one token"),
+    ([[5]], 0, {}, "samples=0"),  # was a TypeError from inside the jitted gather
+    ([[5]], 0, dict(slots=2), "samples=0"),
 ])
 def test_bad_input_is_one_user_error_naming_the_option(prompts, samples, options, match):
     sampler, state = _sampler(())
