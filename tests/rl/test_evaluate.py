@@ -83,6 +83,12 @@ def test_the_format_rate_counts_every_sample_of_a_problem():
     assert summarize(problems, texts, lengths, results, k=4, reflection_words=())["format_rate"] == 18 / 24
 
 
+def test_a_partial_format_reward_is_not_a_well_formatted_row():
+    problems, texts, lengths, results = made_up_rows()
+    results = [ok(r.rewards["accuracy"], 0.75 if i % 2 else 1.0) for i, r in enumerate(results)]
+    assert summarize(problems, texts, lengths, results, k=4, reflection_words=())["format_rate"] == 12 / 24
+
+
 def test_summary_with_odd_k_names_its_figures_and_defaults_difficulty_to_zero():
     problems = [{"prompt": "a", "answer": "1"}, {"prompt": "b", "answer": "2"}]
     texts = [answer_text(a) for a in ("1", "9", "9", "2", None, None)]
@@ -216,6 +222,7 @@ def test_evaluate_scores_every_completion_against_its_own_problem_across_chunks(
     assert figures["pass@3"] == pytest.approx(4 / 5)
     assert figures["accuracy_by_difficulty"] == pytest.approx({"1": (3 + 1 + 3) / 3 / 3, "2": (0 + 2) / 3 / 2})
     assert [s["prompt"] for s in samples] == ["Compute 0+0"] * 3 + ["Compute 1+1"]
+    assert [s["answer"] for s in samples] == ["0"] * 3 + ["2"]  # each row's own problem's reference
     assert [s["rewards"]["accuracy"] for s in samples] == [1.0, 1.0, 1.0, 0.0]
 
 
