@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax.rl.decoding import categorical, first_argmax, sample_token
+from r1jax.rl.decoding import categorical, filter_logits, first_argmax, sample_token
 
 
 def _rows_with_ties_nans_and_infs() -> np.ndarray:
@@ -63,3 +63,21 @@ def test_an_unfiltered_draw_at_temperature_t_is_a_categorical_draw_from_logits_o
     x = np.asarray(logits, np.float64) / 0.5
     logq = x - np.log(np.exp(x).sum(axis=1, keepdims=True))
     np.testing.assert_allclose(np.asarray(logp), logq[np.arange(64), np.asarray(token)], rtol=1e-5, atol=1e-6)
+
+
+def test_one_padded_id_past_the_tokenizer_is_never_drawn():
+    """A model vocabulary one id past the tokenizer's (vocab_size 2 of 3), that id the likeliest by far."""
+    logits = jnp.asarray([[1.0, 0.5, 9.0]])
+    for temperature in (0.0, 0.7):
+        for seed in range(4):
+            token, _ = sample_token(logits, jax.random.key(seed), jnp.float32(temperature), jnp.int32(0),
+                                    jnp.float32(1.0), vocab_size=2)
+            assert int(token[0]) in (0, 1), (temperature, seed)
+
+
+def test_a_top_k_at_or_past_the_vocabulary_keeps_every_id():
+    logits = jnp.asarray([[0.3, -2.0, 1.5, 0.0, -7.0]])
+    for top_k in (5, 6, 1000):
+        np.testing.assert_array_equal(filter_logits(logits, jnp.int32(top_k), jnp.float32(1.0)), logits)
+    kept = np.isfinite(np.asarray(filter_logits(logits, jnp.int32(4), jnp.float32(1.0))))
+    np.testing.assert_array_equal(kept[0], [True, True, True, True, False])  # by hand: -7 is fifth
