@@ -66,6 +66,17 @@ def _stop_ids():
 
 @pytest.mark.parametrize("slots", SLOTS)
 def test_greedy_rows_equal_an_uncached_loop_one_prompt_at_a_time(slots):
+    _check_greedy_rows(slots)
+
+
+@pytest.mark.parametrize("options", [dict(kv_block=4), dict(slots=2, tail_slots=(1,), kv_block=4)])
+def test_block_wise_cache_reads_give_the_uncached_loops_rows(options):
+    """A 14-slot cache read in blocks of 4 (past model.kv_cache's two-block dense read; cache phases need a
+    budget past 8 slots: tests/rl/test_cache_phases.py)."""
+    _check_greedy_rows(options)
+
+
+def _check_greedy_rows(slots):
     _, _, reference = _policy()
     stop_ids = _stop_ids()
     sampler, state = _sampler(stop_ids)
@@ -184,6 +195,7 @@ def test_continuous_batching_log_probs_equal_the_trainers_recomputed_ones():
     ([[5]], 1, dict(slots=-1), "sampling.slots=-1"),
     ([[5]], 1, dict(temperature=-0.5), "sampling.temperature=-0.5"),
     ([], 1, {}, "at least one token"),
+    ([[5], []], 1, {}, "at least one token"),  # an empty prompt among others
     ([[5]], 0, {}, "samples=0"),  # was a TypeError from inside the jitted gather
     ([[5]], 0, dict(slots=2), "samples=0"),
 ])
