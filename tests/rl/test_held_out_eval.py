@@ -52,6 +52,9 @@ def test_a_held_out_file_skips_every_generated_training_problem_the_last_include
                                         "task": "arithmetic"}) + "\n" for i in range(25)))
     held_out = held_out_problems(data, EvalConfig(num_problems=25, path=str(path)))
     assert [p["prompt"] for p in held_out] == [source[i]["prompt"] for i in range(20, 25)]
+    # eval.num_problems caps the file's unseen rows, the first in the file's order
+    held_out = held_out_problems(data, EvalConfig(num_problems=3, path=str(path)))
+    assert [p["prompt"] for p in held_out] == [source[i]["prompt"] for i in range(20, 23)]
 
 
 class _Recorder:
