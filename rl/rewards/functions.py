@@ -272,17 +272,17 @@ ANSWER_VALUE_WORDS = 4
 
 
 def _without_answers(text: str, keep_prose: tuple[str, ...] | None = None) -> str:
-    """`text` less each <answer>...</answer> block, in one pass (a lazy regex rescans the rest of the text from
-    every unclosed <answer>); with `keep_prose` (the target's scripts), a block of more than ANSWER_VALUE_WORDS
-    words stays."""
-    parts, position = [], 0
+    """`text` less its <answer>...</answer> blocks, in one pass (a lazy regex rescans the rest of the text from
+    every unclosed <answer>); with `keep_prose` (the target's scripts), they stay when they hold more than
+    ANSWER_VALUE_WORDS words together (a block measured alone let prose cut into blocks of 4 ideographs pass)."""
+    parts, answers, words, position = [], [], 0, 0
     while (start := text.find(ANSWER, position)) >= 0 and (end := text.find(END_ANSWER, start)) >= 0:
         parts.append(text[position:start])
-        answer = text[start + len(ANSWER):end]
-        if keep_prose is not None and len(word_scripts(answer, keep_prose)) > ANSWER_VALUE_WORDS:
-            parts.append(answer)
+        answers.append(text[start + len(ANSWER):end])
+        if keep_prose is not None:
+            words += len(word_scripts(answers[-1], keep_prose))
         position = end + len(END_ANSWER)
-    return " ".join(parts + [text[position:]])
+    return " ".join(parts + [text[position:]] + (answers if words > ANSWER_VALUE_WORDS else []))
 
 
 @register_reward("language")
@@ -292,7 +292,7 @@ def language_consistency(item: ScoreItem, config: RewardsConfig) -> float:
     completion write anything outside it; an answer is a value, a word or a program, of no language), 0
     without a thought. An answer is an <answer> block after the thought (where `extract_answer` reads one):
     one before its end is thought (a Chinese thought wrapped in <answer> tags inside <think> scored 1.0 for
-    `en` beside a few English words); and one of more than ANSWER_VALUE_WORDS words counts, unless it is a
+    `en` beside a few English words); and those of more than ANSWER_VALUE_WORDS words together count, unless a
     program (a `code` item)."""
     thought, _ = split_completion(item.completion)
     if thought is None or blank(thought):  # (a zero-width space or a Hangul filler alone scored 1.0)

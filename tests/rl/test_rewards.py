@@ -175,6 +175,19 @@ def test_prose_in_the_answer_counts_for_the_language_reward(answer, expected):
     assert score("accuracy", completion, reference="14") == float("14" in answer)  # math-verify reads past the prose
 
 
+def test_prose_cut_into_short_answer_blocks_counts_for_the_language_reward():
+    """Each <answer> block of at most ANSWER_VALUE_WORDS words was a value, so a Chinese thought cut into blocks of
+    four ideographs, the last holding the value, scored 1.0 for `en` (a human reads 22 Chinese words beside 'ok
+    three'); the blocks' words now count together. Two one-word values together are still values."""
+    prose = "我们先把三和四相加得到七然后再乘以二得到十四"
+    blocks = " ".join(f"<answer>{prose[i:i + 4]}</answer>" for i in range(0, len(prose), 4))
+    completion = f"<think> ok three </think> {blocks} <answer> 14 </answer>"
+    # 22 ideographs, 2 English words
+    assert score("language", completion, reference="14", language="en") == pytest.approx(2 / 24)
+    assert score("accuracy", completion, reference="14") == 1.0  # the last block is the answer
+    assert score("language", "<think> ok three </think> <answer> 三 </answer> <answer> 十四 </answer>") == 1.0
+
+
 def test_a_program_answer_leaves_a_chinese_thought_consistent():
     completion = "<think> 我们来计算一下这个问题的答案 </think> <answer> def solve(numbers): return sorted(numbers) </answer>"
     assert score("language", completion, language="zh", task="code") == 1.0  # 0.7 when the program's words counted
