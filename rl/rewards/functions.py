@@ -20,7 +20,7 @@ Built in (DeepSeek-R1 and DAPO):
   Symbols, Mathematical Alphanumeric Symbols, other font variants), ⁿ ₐ ᵃ (superscripts, subscripts, modifier
   letters), µ (micro sign), ² ½ Ⅻ (numbers). A Greek or Latin word of at most 2 letters (θ, Δx, αβ, x, dy: a
   variable) is left out unless the target language is written in its script (Greek for `el`, Latin for `en`);
-  longer words count as their script's. LaTeX commands (\\frac, \\sqrt) are notation and left out.
+  longer words count as their script's. LaTeX commands (\\frac, \\sqrt, \\begin{pmatrix}) are notation and left out.
 - overlong: DAPO's soft overlong punishment, 0 below L_max - L_cache, a linear ramp to -1 at L_max, -1
   beyond (DAPO §3.4, soft overlong punishment). Length in tokens when the item has it, else in characters.
 - code (rl.rewards.code): the completion's program run against the item's tests in the sandbox; 0 for
@@ -150,7 +150,8 @@ _SYMBOL_NAMES = ("MATHEMATICAL ", "DOUBLE-STRUCK ", "SCRIPT ", "BLACK-LETTER ", 
 _LANGUAGE_SCRIPTS = frozenset(s for scripts in LANGUAGE_SCRIPTS.values() for s in scripts)
 VARIABLE_LETTERS = 2  # a Greek or Latin word of at most this many letters is a variable (θ, Δx, x, dy), not text
 _VARIABLE_SCRIPTS = ("GREEK", "LATIN")
-_LATEX_COMMAND = re.compile(r"\\[a-zA-Z]+")
+# a LaTeX command (\frac), with the environment a \begin or \end names (pmatrix, cases, aligned*): notation
+_LATEX_COMMAND = re.compile(r"\\(?:begin|end)\{[a-zA-Z]+\*?\}|\\[a-zA-Z]+")
 
 
 @functools.lru_cache(maxsize=8192)
@@ -254,10 +255,10 @@ def word_count(text: str) -> int:
 
 def word_scripts(text: str, target: tuple[str, ...] = ()) -> list[str]:
     """The script of each word that counts for a language written in the scripts `target`: every word (see
-    `_words`) outside LaTeX commands ("\\frac", "\\sqrt": notation) but a Greek or Latin one of at most
-    VARIABLE_LETTERS letters (θ, Δx, x, dy: a variable), unless `target` is written in that script ("Let θ = 5"
-    is one Latin word and one Greek for `el`; "Η γωνία θ" is three Greek words; "设 x = 5" one Chinese word
-    for `zh`, where the x counted against it)."""
+    `_words`) outside LaTeX commands ("\\frac", "\\sqrt", "\\begin{pmatrix}": notation) but a Greek or Latin
+    one of at most VARIABLE_LETTERS letters (θ, Δx, x, dy: a variable), unless `target` is written in that
+    script ("Let θ = 5" is one Latin word and one Greek for `el`; "Η γωνία θ" is three Greek words; "设 x = 5"
+    one Chinese word for `zh`, where the x counted against it)."""
     return [script for script, letters in _words(_LATEX_COMMAND.sub(" ", text))
             if script not in _VARIABLE_SCRIPTS or letters > VARIABLE_LETTERS or script in target]
 

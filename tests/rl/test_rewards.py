@@ -188,6 +188,23 @@ def test_prose_cut_into_short_answer_blocks_counts_for_the_language_reward():
     assert score("language", "<think> ok three </think> <answer> 三 </answer> <answer> 十四 </answer>") == 1.0
 
 
+def test_a_latex_environment_is_notation_for_the_language_reward():
+    """\begin{pmatrix} names an environment, as \frac names a command: notation. 'pmatrix' was a Latin word, so a
+    Chinese thought holding a matrix scored 4/6 for `zh`, and an answer of three vectors (6 such words, past
+    ANSWER_VALUE_WORDS: prose) lowered an all-Chinese completion to 3/4; a human reads only Chinese in both."""
+    matrix = r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}"
+    assert score("language", f"<think> 我们计算 {matrix} </think> <answer> 7 </answer>", language="zh") == 1.0
+    vectors = ", ".join(rf"\begin{{pmatrix}} {i} \\ {i + 1} \end{{pmatrix}}" for i in (1, 3, 5))
+    assert score("language", f"<think> 我们先把三和四相加得到七然后再乘以二 </think> <answer> {vectors} </answer>",
+                 language="zh") == 1.0
+    cases = r"\begin{cases} x = 1 \\ y = 2 \end{cases} \begin{align*} a \end{align*}"
+    assert score("language", f"<think> 我们 {cases} </think> <answer> 7 </answer>", language="ru") == 0.0
+    assert score("language", r"<think> \begin{pmatrix} matrix \end{pmatrix} </think> <answer> 7 </answer>",
+                 language="zh") == 0.0  # the words inside still count: 'matrix'
+    unclosed = r"<think> 我们 \begin{pmatrix </think> <answer> 7 </answer>"  # no environment: 'pmatrix' a word
+    assert score("language", unclosed, language="zh") == pytest.approx(2 / 3)
+
+
 def test_a_program_answer_leaves_a_chinese_thought_consistent():
     completion = "<think> 我们来计算一下这个问题的答案 </think> <answer> def solve(numbers): return sorted(numbers) </answer>"
     assert score("language", completion, language="zh", task="code") == 1.0  # 0.7 when the program's words counted
