@@ -195,12 +195,12 @@ def _letter_script(char: str) -> tuple[str, str]:
 _ENCLOSED = re.compile("[%s]" % _ENCLOSED_LETTERS)
 
 
-def _words(text: str) -> list[tuple[str, int]]:
-    """(script, letters) of each word: every CJK, hiragana or katakana character is a word wherever it stands
-    ("a我们" is three words), and each run of other letters between them is one word, of its first letter, until
-    the letters' style changes (`_letter_script`: "𝐀ᵀ𝐱" is three words); symbols that are no letter are left out
-    as if absent ("x²y" is the one word "xy")."""
-    words: list[tuple[str, int]] = []
+def _words(text: str) -> list[tuple[str, int, bool]]:
+    """(script, letters, styled) of each word: every CJK, hiragana or katakana character is a word wherever it
+    stands ("a我们" is three words), and each run of other letters between them is one word, of its first letter,
+    until the letters' style changes (`_letter_script`: "𝐀ᵀ𝐱" is three words, styled but the ᵀ); symbols that are
+    no letter are left out as if absent ("x²y" is the one word "xy")."""
+    words: list[tuple[str, int, bool]] = []
     for run in _WORD.findall(text):
         open_word, open_style = False, ""  # inside a word of a script written with spaces (the last of `words`)
         for char in run:
@@ -208,12 +208,12 @@ def _words(text: str) -> list[tuple[str, int]]:
             if script == SYMBOL:
                 continue
             if script in _IDEOGRAPHIC:
-                words.append((script, 1))
+                words.append((script, 1, bool(style)))
                 open_word = False
             elif open_word and style == open_style:
-                words[-1] = (words[-1][0], words[-1][1] + 1)
+                words[-1] = (words[-1][0], words[-1][1] + 1, words[-1][2])
             else:
-                words.append((script, 1))
+                words.append((script, 1, bool(style)))
                 open_word, open_style = True, style
     return words
 
@@ -256,11 +256,12 @@ def word_count(text: str) -> int:
 def word_scripts(text: str, target: tuple[str, ...] = ()) -> list[str]:
     """The script of each word that counts for a language written in the scripts `target`: every word (see
     `_words`) outside LaTeX commands ("\\frac", "\\sqrt", "\\begin{pmatrix}": notation) but a Greek or Latin
-    one of at most VARIABLE_LETTERS letters (θ, Δx, x, dy: a variable), unless `target` is written in that
-    script ("Let θ = 5" is one Latin word and one Greek for `el`; "Η γωνία θ" is three Greek words; "设 x = 5"
-    one Chinese word for `zh`, where the x counted against it)."""
-    return [script for script, letters in _words(_LATEX_COMMAND.sub(" ", text))
-            if script not in _VARIABLE_SCRIPTS or letters > VARIABLE_LETTERS or script in target]
+    one, or a styled one of any script (ℵ₀: the styled Hebrew alef of set theory), of at most VARIABLE_LETTERS
+    letters (θ, Δx, x, dy, 𝐱: a variable), unless `target` is written in that script ("Let θ = 5" is one Latin
+    word and one Greek for `el`; "Η γωνία θ" is three Greek words; "设 x = 5" one Chinese word for `zh`, where
+    the x counted against it)."""
+    return [script for script, letters, styled in _words(_LATEX_COMMAND.sub(" ", text))
+            if not (styled or script in _VARIABLE_SCRIPTS) or letters > VARIABLE_LETTERS or script in target]
 
 
 _TAG = re.compile("|".join(map(re.escape, (THINK, END_THINK, ANSWER, END_ANSWER))))

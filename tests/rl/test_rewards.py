@@ -123,6 +123,10 @@ def test_format_is_strict(completion, expected):
     ("设 \U0001d400ᵀ\U0001d431 = 5", "zh", 1.0),  # a change of style ends a word: three variables, not "ATx"
     ("\U0001d405\U0001d422\U0001d42b\U0001d42c\U0001d42d \U0001d41a\U0001d41d\U0001d41d", "en", 1.0),
     ("设 ℝⁿ 和 𝐱", "zh", 1.0),  # alone or in pairs they are still variables
+    # of any script: ℵ (ALEF SYMBOL, <compat> of the Hebrew א) was a Hebrew word against every language, as the
+    # Arabic mathematical 𞸀; a human reads the cardinal ℵ₀ (or beth ℶ₁) as notation
+    ("the set of naturals has cardinality ℵ₀", "en", 1.0), ("所以 ℵ₀ 小于 ℶ₁", "zh", 1.0),
+    ("the \U0001ee00 here", "en", 1.0),
 ])
 def test_language_consistency_is_the_share_of_target_language_words(thought, language, expected):
     completion = f"<think>{thought}</think> <answer> 7 </answer>"
