@@ -133,7 +133,16 @@ def blank(text: str) -> bool:
 # Latin letters that Unicode files as symbols (So): parenthesized ⒜, circled Ⓐ ⓐ, squared 🄰, negative circled 🅐 and
 # squared 🅰; read as letters, or English written in them was no word for any language (`_letter_script`)
 _ENCLOSED_LETTERS = "\u249c-\u24e9\U0001f130-\U0001f189"
-_WORD = re.compile(r"(?:[^\W\d_]|[%s])+" % _ENCLOSED_LETTERS)  # runs of letters (and numbers other than digits)
+# Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt): what shows nothing (soft hyphen, zero-width
+# space, joiners ZWJ ZWNJ, bidi marks, variation selectors, Hangul fillers, tags); inside a word, part of it and no
+# letter: a zero-width space every two letters made English variables ("Fi\u200brs\u200bt") that scored 1.0 for
+# `zh`, and Persian writes a ZWNJ inside a word (می\u200cخواهم: one word)
+_IGNORABLE_CHARS = ("\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+                    "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3"
+                    "\U0001d173-\U0001d17a\U000e0000-\U000e0fff")
+_IGNORABLE = re.compile("[%s]" % _IGNORABLE_CHARS)
+# runs of letters (and numbers other than digits), with what shows nothing inside them
+_WORD = re.compile(r"(?:[^\W\d_]|[%s%s])+" % (_ENCLOSED_LETTERS, _IGNORABLE_CHARS))
 _IDEOGRAPHIC = ("CJK", "HIRAGANA", "KATAKANA")  # scripts written without spaces: each character is a word
 _FORMS = ("HALFWIDTH ", "FULLWIDTH ", "VERTICAL ")  # presentation forms: the script is the next word
 # Japanese marks whose names start with no script: ー (KATAKANA-HIRAGANA PROLONGED SOUND MARK), the kana
@@ -178,7 +187,7 @@ def _letter_script(char: str) -> tuple[str, str]:
     English written in 𝐛𝐨𝐥𝐝 or ⓒⓘⓡⓒⓛⓔⓢ scored 1.0 for `zh`, as no word; numbers (² ½ Ⅻ) and other symbols stay
     SYMBOL. The style is the letter's decomposition tag ('<font>', '<super>', '<circle>'; '' for a plain letter):
     a word ends where it changes, so notation stays variables ("𝐀ᵀ𝐱", "aᵢ", "µm": one or two letters each)."""
-    if char in _INVISIBLE:  # a Hangul filler shows nothing: padding of them was Korean words for `ko`
+    if _IGNORABLE.fullmatch(char):  # shows nothing: a Hangul filler's padding was Korean words for `ko`
         return SYMBOL, ""
     script = _script(char)
     if script != SYMBOL and not _ENCLOSED.fullmatch(char):

@@ -144,6 +144,19 @@ def test_a_thought_that_shows_nothing_is_no_thought_for_the_language_reward(thou
     assert score("language", padded, language="ko") == 0.0
 
 
+@pytest.mark.parametrize("mark", ["\u200b", "\u200c", "\u200d", "\u00ad", "\u2060", "\ufe0f", "\u3164"])
+def test_what_shows_nothing_inside_a_word_neither_splits_nor_counts(mark):
+    """A human reads 'Fi?rs?t we ad?d ...' with an invisible mark every two letters as the English it shows: 10
+    words of 3+ letters beside 2 ideographs (1/6 for `zh`); the marks cut it into 1-2 letter variables, so it
+    scored 1.0. Persian writes a ZWNJ inside a word: 'I think می\u200cخواهم' is 2 English words and 1 Persian (2/3)."""
+    english = "First we add three and four to get seven then multiply by two"
+    hidden = " ".join(mark.join(word[i:i + 2] for i in range(0, len(word), 2)) for word in english.split())
+    for thought in (english, hidden):
+        assert score("language", f"<think> 我们 {thought} </think> <answer> 7 </answer>", language="zh") == \
+            pytest.approx(1 / 6)
+    assert score("language", "<think> I think می\u200cخواهم </think> <answer> 7 </answer>") == pytest.approx(2 / 3)
+
+
 @pytest.mark.parametrize("completion, expected", [
     ("我们来计算一下 <think> so three </think> <answer> 3 </answer>", 2 / 9),  # 7 ideographs before the thought
     ("<think> 我们来计算 </think> <think> ok three </think> <answer> 3 </answer>", 2 / 7),
