@@ -235,9 +235,10 @@ def split_words(text: str) -> list[str]:
     words then bound about the same text in Chinese or Japanese as in English (a character of theirs is about
     one token of a BPE vocabulary, an English word one or two), and a Chinese loop repeats its n-grams as an
     English one does (a whole line without spaces was one word); Korean is written with spaces between its
-    words and counts as English does."""
+    words and counts as English does. What shows nothing (`_IGNORABLE`) is no part of a word: a loop with
+    zero-width spaces strewn in still repeats, and Hangul fillers are no words, as for the language reward."""
     words = []
-    for token in text.split():
+    for token in _IGNORABLE.sub("", text).split():
         if token.isascii():
             words.append(token)
             continue
