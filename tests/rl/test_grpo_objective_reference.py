@@ -206,3 +206,67 @@ def test_a_ratio_exactly_on_a_clip_bound_has_a_subgradient(bound):
     np.testing.assert_allclose(loss, -a * np.float32(target), rtol=1e-6)
     full = -a * float(np.float32(target))
     assert min(0.0, full) <= float(grad[0, 0]) <= max(0.0, full)
+
+
+# -- the packed layout: the loss reads log-probs unpacked from packed rows; every variant equals the padded one --
+PACK_LENGTHS = [12, 1, 5, 3, 1, 7, 2, 9]  # sequences (prompt + completion): one fills a row of T_P = 12 exactly,
+PROMPTS = [4, 1, 2, 1, 1, 3, 1, 4]  # two are one token (no targets), the rest of different lengths
+T_P, MICRO = 12, 2
+
+
+def packed_case(seed=0):
+    """Padded valid [B, T_P] (left-padded prompts), completion targets [B, T_P - 1], random padded log-probs and
+    the plan, for 2 strided micro-batches."""
+    from r1jax.rl.grpo.packing import plan_packing
+    rng = np.random.default_rng(seed)
+    n = len(PACK_LENGTHS)
+    start = np.array([rng.integers(0, T_P - k + 1) for k in PACK_LENGTHS])
+    cols = np.arange(T_P)
+    valid = (cols >= start[:, None]) & (cols < (start + PACK_LENGTHS)[:, None])
+    # target t predicts token t + 1: a completion token is one past the prompt, still inside the sequence
+    tcols = cols[:-1]
+    mask = (tcols >= (start + np.array(PROMPTS))[:, None] - 1) & (tcols < (start + PACK_LENGTHS)[:, None] - 1)
+    data = {k: np.where(mask, -rng.exponential(1.0, (n, T_P - 1)), np.nan).astype(np.float32)
+            for k in ("lp", "old", "ref", "sampler")}
+    data["old"] = np.where(mask, data["lp"] + rng.normal(0, 0.3, mask.shape), np.nan).astype(np.float32)
+    data["sampler"] = np.where(mask, data["old"] + rng.normal(0, 0.3, mask.shape), np.nan).astype(np.float32)
+    return valid, mask, data, plan_packing(valid, micro_batches=MICRO)
+
+
+def packed_logp(plan, lp_BT):
+    """The packed rows' per-target log-probs written from the plan's source indices alone: packed target (r, j)
+    predicts packed token j + 1, padded target (b, t) when both tokens are of one segment."""
+    x = np.zeros((plan.rows, plan.src_RT.shape[1] - 1), np.float32)
+    seg = plan.segments_RT
+    for r, j in zip(*np.nonzero((seg[:, :-1] > 0) & (seg[:, :-1] == seg[:, 1:]))):
+        b, t = divmod(int(plan.src_RT[r, j]), T_P)
+        x[r, j] = lp_BT[b, t]
+    return x
+
+
+@pytest.mark.parametrize("aggregation,ratio_level", list(itertools.product(
+    ["seq_mean_token_mean", "token_mean", "constant"], ["token", "sequence"])))
+def test_the_packed_layout_gives_the_padded_loss_and_gradient(aggregation, ratio_level):
+    from r1jax.rl.grpo.packing import unpack_targets
+    valid, mask, data, plan = packed_case()
+    assert plan.rows < len(PACK_LENGTHS) and (plan.segments_RT[:, -1] > 0).any()  # something packs; a full row
+    adv = np.linspace(-1.5, 1.5, len(PACK_LENGTHS)).astype(np.float32)
+    weights = token_weights_BT(mask, aggregation, global_normalisers(mask, T_P))
+    x_RT = packed_logp(plan, np.nan_to_num(data["lp"]))
+    for correction, dual_clip, kl_coef in itertools.product(sorted(CORRECTIONS), [None, 1.5], [0.0, 0.05]):
+        cfg = config(aggregation, ratio_level, correction, dual_clip, kl_coef)
+
+        def micro(i, lp_BT, unpack):
+            rows = slice(i, None, MICRO)
+            logp = unpack_targets(lp_BT, plan.unpack_BT[rows], mask[rows]) if unpack else lp_BT
+            return grpo_loss(logp, adv[rows], mask[rows], weights[rows], cfg, old_logp_BT=data["old"][rows],
+                             ref_logp_BT=data["ref"][rows], sampler_logp_BT=data["sampler"][rows])[0]
+
+        padded = lambda lp: sum(micro(i, lp[i::MICRO], False) for i in range(MICRO))
+        packed = lambda x: sum(micro(i, x[i::MICRO], True) for i in range(MICRO))
+        loss, grad = jax.value_and_grad(padded)(jnp.asarray(np.where(mask, data["lp"], 0.0)))
+        loss_p, grad_p = jax.value_and_grad(packed)(jnp.asarray(x_RT))
+        msg = f"{correction} dual_clip={dual_clip} kl={kl_coef}"
+        np.testing.assert_allclose(loss_p, loss, rtol=1e-6, atol=1e-8, err_msg=msg)
+        np.testing.assert_allclose(grad_p, packed_logp(plan, np.asarray(grad)), rtol=1e-6, atol=1e-8, err_msg=msg)
+        assert np.abs(np.asarray(grad)).sum() > 0
