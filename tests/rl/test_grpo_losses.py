@@ -196,6 +196,17 @@ def test_shape_mismatch_raises():
         grpo_loss(one, np.ones(4), one, one, GRPOConfig(kl_coef=0.0))
 
 
+@pytest.mark.parametrize("name", ["mask_BT", "weight_BT", "old_logp_BT", "ref_logp_BT", "sampler_logp_BT", "entropy_BT"])
+def test_a_per_token_input_that_would_broadcast_is_refused_by_name(name):
+    """A [1, T] array broadcasts against [B, T] logp without complaint: it must be refused, named."""
+    one, row = np.ones((2, 3), np.float32), np.ones((1, 3), np.float32)
+    kw = dict(old_logp_BT=one, ref_logp_BT=one, sampler_logp_BT=one, entropy_BT=one)
+    args = {"mask_BT": one, "weight_BT": one}
+    (args if name in args else kw)[name] = row
+    with pytest.raises(ValueError, match=f"{name} has shape \\(1, 3\\), expected \\(2, 3\\)"):
+        grpo_loss(one, np.ones(2), args["mask_BT"], args["weight_BT"], GRPOConfig(kl_coef=0.1), **kw)
+
+
 def test_log_ratio_is_clamped():
     cfg = GRPOConfig(kl_coef=0.0, max_logratio=2.0, clip_high=100.0)
     loss, stats = grpo_loss(np.array([[50.0]]), np.array([1.0]), np.ones((1, 1)), np.ones((1, 1)), cfg,

@@ -28,7 +28,7 @@ P, G, T, LMAX = 3, 3, 7, 9
 B = P * G
 LENGTHS = [5, 1, 7, 3, 0, 4, 2, 6, 1]  # a row of length 1, an empty row, a full row
 REWARDS = [[1.0, 0.0, 0.5], [0.3, 0.3, 0.3], [2.0, -1.0, 0.0]]  # group 1: all equal
-FAR_ROW = 5  # log pi - log pi_old = +25 on every token: past max_logratio = 20
+FAR_ROW = 7  # log pi - log pi_old = +25 on every token: past max_logratio = 20, a negative advantage
 CORRECTIONS = {
     "none": {}, "tis": {"tis_cap": 1.3}, "token_mask": {"token_mask_low": 0.7, "token_mask_high": 1.4},
     "seq_mask_tis": {"seq_mask_low": 0.85, "seq_mask_high": 1.15, "tis_cap": 1.3},
@@ -44,6 +44,7 @@ def make_data(seed=0):
     lp = -rng.exponential(1.0, (B, T))
     old = lp + rng.normal(0, 0.3, (B, T))
     old[FAR_ROW] = lp[FAR_ROW] - 25.0
+    old[8] = lp[8] + 0.5  # ratio e^-0.5 < 1 - eps_low on a one-token row of negative advantage
     ref = lp + rng.normal(0, 0.5, (B, T))
     sampler = old + rng.normal(0, 0.3, (B, T))
     f32 = lambda x: np.where(mask, x, rng.choice([np.nan, np.inf, -1e30], (B, T))).astype(np.float32)
