@@ -271,3 +271,15 @@ def test_the_packed_layout_gives_the_padded_loss_and_gradient(aggregation, ratio
         np.testing.assert_allclose(loss_p, loss, rtol=1e-6, atol=1e-8, err_msg=msg)
         np.testing.assert_allclose(grad_p, packed_logp(plan, np.asarray(grad)), rtol=1e-6, atol=1e-8, err_msg=msg)
         assert np.abs(np.asarray(grad)).sum() > 0
+
+
+def test_unpacked_log_probs_are_the_packed_ones_on_the_mask_and_exactly_zero_off_it():
+    """unpack_targets per micro-batch: each completion target's packed value, 0 on prompt and padding (index 0
+    of the packed rows holds a real, non-zero value: a plain gather would put it there)."""
+    from r1jax.rl.grpo.packing import unpack_targets
+    _, mask, data, plan = packed_case(1)
+    x_RT = packed_logp(plan, np.where(mask, data["lp"], 0.0)) + 7.0  # non-zero in every packed slot
+    for i in range(MICRO):
+        got = np.asarray(unpack_targets(jnp.asarray(x_RT[i::MICRO]), plan.unpack_BT[i::MICRO], mask[i::MICRO]))
+        want = np.where(mask[i::MICRO], data["lp"][i::MICRO] + 7.0, 0.0)
+        np.testing.assert_array_equal(got, want)
