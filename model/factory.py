@@ -60,21 +60,45 @@ def count_params(cfg: ModelConfig) -> dict[str, int]:
 _FLOAT32_USES = ("router", "lm_head", "weight", "e_score_correction_bias")
 
 
+def _keys(path) -> list[str]:
+    return [k for k in path_name(path).split(".") if k != "value"]  # (an nnx.Variable's own leaf)
+
+
+def cast_to_compute(cfg: ModelConfig, keys: list[str]) -> bool:
+    """Whether the layers use the state's array at `keys` (its dotted path) only cast to the compute dtype: all
+    but those used in float32 (_FLOAT32_USES) and a tied embedding table (the LM head's weight, float32)."""
+    if keys[0] == "embed_tokens":
+        return not cfg.tie_word_embeddings
+    return keys[-1] not in _FLOAT32_USES
+
+
+def in_compute_dtype(cfg: ModelConfig, tree):
+    """`tree` (nnx.States, e.g. the sampler's params and routing bias; traced or abstract) with every array the
+    layers cast to the compute dtype (`cast_to_compute`) cast to it where it is wider: the policy computes the
+    same from it (each use casts it to the compute dtype anyway) and reads half the bytes of float32 master
+    weights under bfloat16 compute; the rest as it is."""
+    compute = jax.numpy.dtype(cfg.compute_dtype)
+
+    def cast(path, x):
+        narrower = jax.numpy.issubdtype(x.dtype, jax.numpy.floating) and compute.itemsize < x.dtype.itemsize
+        return x.astype(compute) if narrower and cast_to_compute(cfg, _keys(path)) else x
+
+    return jax.tree_util.tree_map_with_path(cast, tree)
+
+
 def decode_read_bytes(cfg: ModelConfig) -> int:
     """The least bytes of the policy's state one decode step reads, all chips together: each array once, at the
-    narrower of its dtype and the compute dtype where the layers cast it to the compute dtype (a cast of a weight
-    the decode loop closes over is hoisted out of the loop, which then reads the narrow copy), at its own dtype
-    where it is used in float32 (_FLOAT32_USES); an untied embedding table not at all (a step gathers a row
-    per token)."""
+    narrower of its dtype and the compute dtype where the layers cast it to the compute dtype (`cast_to_compute`;
+    the sampler's inference copy holds them so: `in_compute_dtype`), at its own dtype where it is used in float32
+    (_FLOAT32_USES); an untied embedding table not at all (a step gathers a row per token)."""
     compute = jax.numpy.dtype(cfg.compute_dtype).itemsize
     total = 0
     for path, x in jax.tree_util.tree_leaves_with_path(nnx.state(abstract_policy(cfg))):
-        keys = [k for k in path_name(path).split(".") if k != "value"]  # (an nnx.Variable's own leaf)
+        keys = _keys(path)
         if keys[0] == "embed_tokens" and not cfg.tie_word_embeddings:
             continue
         size = jax.numpy.dtype(x.dtype).itemsize
-        own = keys[0] == "embed_tokens" or keys[-1] in _FLOAT32_USES
-        total += math.prod(x.shape) * (size if own else min(size, compute))
+        total += math.prod(x.shape) * (min(size, compute) if cast_to_compute(cfg, keys) else size)
     return total
 
 

@@ -34,6 +34,12 @@ sum in another order). Compiled for TPU, each layer apart took Qwen3's decode st
 expert dispatch (model.dispatch) pay off: with its layers stacked, the chunk loop made XLA copy each layer's
 expert weights again (benchmarks/HISTORY.md's decode table: 16.6 GB per step before, 11.3 GB after). The price
 is compile time: the sampler's unrolled layers take minutes to compile (DeepSeek-V3's: 322-338 s, was 33 s stacked).
+
+The copy holds the weights in the compute dtype where the layers only use them cast to it (model.factory.
+in_compute_dtype; also part of the reshard): float32 master weights under bfloat16 compute are copied at half
+their bytes, the norms, routers and LM head kept float32. The policy computes the same from it, to the bit (each
+use casts to the compute dtype anyway); the update and the reference log-probs read the float32 state. Equal
+dtypes (float32/float32: configs/bench*.yaml) copy nothing more.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ from jax.sharding import Mesh, NamedSharding
 from r1jax.errors import UserError
 from r1jax.model.config import ModelConfig
 from r1jax.model.decoder import unstack_layers
-from r1jax.model.factory import abstract_policy
+from r1jax.model.factory import abstract_policy, in_compute_dtype
 from r1jax.rl.update import split_policy
 from r1jax.sharding.compile_stats import device_bytes
 from r1jax.sharding.context import use_mesh
@@ -84,6 +90,7 @@ class SamplerLayout:
     train_rules: Rules
     graphdef: Any
     per_layer: bool
+    model: Optional[ModelConfig] = None  # its weights cast to the compute dtype once, at reshard (None: kept)
     reshard_seconds: float = 0.0
     _arrangements: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
@@ -93,7 +100,7 @@ class SamplerLayout:
         start = time.perf_counter()
         arrange, shardings = self._arrangement(state)
         if self._disjoint():  # one program cannot span both device sets: arrange here, then move
-            placed = copy_to(arrange(state) if self.per_layer else state, shardings)
+            placed = copy_to(arrange(state) if self._rearranges() else state, shardings)
         else:
             placed = arrange(state)
         placed = jax.block_until_ready(placed)
@@ -116,11 +123,22 @@ class SamplerLayout:
         return abstract_sharded(jax.eval_shape(self._arranged, state), self.mesh, self.rules)
 
     def _arranged(self, tree):
-        """Every nnx.State in `tree` with each layer's variables apart (`unstack_layers`) with `per_layer`."""
-        if not self.per_layer:
+        """Every nnx.State in `tree` with each layer's variables apart (`unstack_layers`) with `per_layer`, in
+        the compute dtype where the layers cast to it (model.factory.in_compute_dtype) with `model`."""
+        if not self._rearranges():
             return tree
-        return jax.tree.map(lambda x: unstack_layers(x) if isinstance(x, nnx.State) else x, tree,
+
+        def arranged(state):
+            state = unstack_layers(state) if self.per_layer else state
+            return state if self.model is None else in_compute_dtype(self.model, state)
+
+        return jax.tree.map(lambda x: arranged(x) if isinstance(x, nnx.State) else x, tree,
                             is_leaf=lambda x: isinstance(x, nnx.State))
+
+    def _rearranges(self) -> bool:
+        """Whether the copy differs from the trained state beyond its layout: per layer, or in a narrower dtype."""
+        return self.per_layer or (self.model is not None and jax.numpy.dtype(self.model.param_dtype).itemsize
+                                  > jax.numpy.dtype(self.model.compute_dtype).itemsize)
 
     def run(self, state, generate: Callable[[Any], Any]):
         """`generate(state in this layout)` traced under this layout's rules, its rows put back on the
@@ -229,7 +247,8 @@ def choose_layout(sampling, model: ModelConfig, train_mesh: Mesh, train_rules: R
         mesh = build_mesh(sharding, devices)
         rules = sharding.logical_rules()
         _, params, bias = split_policy(abstract_policy(model))
-        need = device_bytes(abstract_sharded((params, bias), mesh, rules))
+        copy = jax.eval_shape(lambda state: in_compute_dtype(model, state), (params, bias))
+        need = device_bytes(abstract_sharded(copy, mesh, rules))
     except UserError as err:  # the mesh is sampling.mesh's or the family's, not the `sharding` section's
         mesh_of = f"sampling.mesh={sampling.mesh}" if sampling.mesh is not None else "the family's default mesh"
         why = f"the inference layout ({mesh_of}) does not apply: {str(err).removeprefix('sharding: ')}"
@@ -252,7 +271,7 @@ def choose_layout(sampling, model: ModelConfig, train_mesh: Mesh, train_rules: R
     if per_layer is None:
         per_layer = devices[0].platform != "cpu"
     graphdef = split_policy(abstract_policy(model, stacked=not per_layer))[0]
-    return (SamplerLayout(sharding, mesh, rules, train_mesh, train_rules, graphdef, per_layer),
+    return (SamplerLayout(sharding, mesh, rules, train_mesh, train_rules, graphdef, per_layer, model),
             f"sampler layout: inference ({shape}; {need / 2**30:.2f} GiB of weights per device)")
 
 

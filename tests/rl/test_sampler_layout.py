@@ -18,7 +18,7 @@ from r1jax.rl.update import split_policy
 from r1jax.sharding.context import use_mesh
 from r1jax.sharding.decode_stats import decode_stats
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
-from r1jax.sharding.params import tree_shardings
+from r1jax.sharding.params import path_name, tree_shardings
 from r1jax.sharding.rules import Rules
 from tests.model.tiny import DEEPSEEK, FAMILIES, QWEN
 
@@ -305,3 +305,38 @@ def test_a_rollout_comes_back_split_by_rows_on_the_trainer_mesh_and_the_cpu_copy
         assert shapes == ({()} if name == "steps" else {(3, 1, 5, 2)} if name == "experts_LBTK" else
                           {(1, *value.shape[1:])}), name
         assert {s.device for s in value.addressable_shards} == set(mesh.devices.flat)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_inference_copy_holds_weights_in_the_compute_dtype_and_samples_as_the_float32_copy(family):
+    """float32 master weights under bfloat16 compute: the copy the decode reads is cast once, at reshard, where
+    the layers cast to the compute dtype (model.factory.cast_to_compute); norms, router and LM head stay float32.
+    Its rollout is the float32 copy's to the bit (each use cast the weight to bfloat16 anyway), and the fit check
+    counts the narrow copy."""
+    model = dataclasses.replace(MODELS[family], compute_dtype="bfloat16")
+    graphdef, params, bias = split_policy(init_policy(model, 0))
+    mesh = build_mesh(ShardingConfig(fsdp=8, preset="fsdp"))
+    state = jax.device_put((params, bias), tree_shardings((params, bias), mesh, TRAIN_RULES))
+    layout, note = choose_layout(CONFIG, model, mesh, TRAIN_RULES)
+    placed = layout.reshard(state)
+    dtypes = {path_name(p): x.dtype for p, x in jax.tree_util.tree_leaves_with_path(placed[0])}
+    float32 = {name for name, dtype in dtypes.items() if dtype == jnp.float32}
+    assert float32 and all(name.split(".")[-2] in ("router", "lm_head", "weight") for name in float32), float32
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(placed[1]))  # DeepSeek's routing bias
+    assert dtypes["embed_tokens.value"] == jnp.bfloat16 and any(".mlp.gate_proj" in n for n in dtypes
+                                                                 if dtypes[n] == jnp.bfloat16)
+    device = layout.mesh.devices.flat[0]
+    held = sum(s.data.nbytes for x in jax.tree.leaves(placed) for s in x.addressable_shards if s.device == device)
+    assert f"{held / 2**30:.2f} GiB of weights per device" in note
+    wide = dataclasses.replace(layout, model=None, _arrangements={})  # as it was: float32, cast at each use
+    assert jax.tree.leaves(wide.reshard(state))[0].dtype == jnp.float32
+    key = jax.random.key(5)
+    got, expected = (_sample(graphdef, copy.reshard((state, key))[0], key, copy) for copy in (layout, wide))
+    for name in ("tokens_BT", "lengths_B", "experts_LBTK", "logprobs_BN"):
+        np.testing.assert_array_equal(np.asarray(getattr(got, name)), np.asarray(getattr(expected, name)), name)
+
+
+def test_a_copy_whose_dtypes_equal_the_compute_dtype_is_the_trained_state():
+    """float32/float32 (configs/bench*.yaml): the reshard casts nothing and the CPU copy passes through as is."""
+    _, state, _, layout, _ = _trained_layout("qwen3_moe")
+    assert layout.model is not None and layout._arranged(state) is state
