@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from r1jax.errors import UserError
-from r1jax.model.factory import init_policy
+from r1jax.model.factory import abstract_policy, init_policy
 from r1jax.rl.sampler import Sampler, SamplingConfig, generate_padded, left_pad
 from r1jax.rl.sampler_layout import EXPERTS_OVER_TENSOR, choose_layout, default_sharding, reshard_metrics
 from r1jax.rl.update import split_policy
@@ -340,3 +340,26 @@ def test_a_copy_whose_dtypes_equal_the_compute_dtype_is_the_trained_state():
     """float32/float32 (configs/bench*.yaml): the reshard casts nothing and the CPU copy passes through as is."""
     _, state, _, layout, _ = _trained_layout("qwen3_moe")
     assert layout.model is not None and layout._arranged(state) is state
+
+
+def test_the_r1zero_samplers_copy_on_its_v5p_64_slice_holds_each_device_an_even_share():
+    """configs/qwen3_30b_a3b_r1zero.yaml on its 32 chips: experts over expert=32 alone left every attention
+    weight and the LM head whole on each device (5.54 GB of weights per device against an even share of 1.93;
+    a decode step reads them all). Its sampling.mesh and rules split them over tensor: 2.75 GB."""
+    from r1jax.model.factory import in_compute_dtype
+    from r1jax.rl.config import load_config
+    from r1jax.rl.sampler_layout import inference_sharding
+    from r1jax.sharding import MESH_AXES
+
+    config = load_config("qwen3_30b_a3b_r1zero")
+    sharding = inference_sharding(config.sampling, config.model, 32)
+    mesh_shape, rules = dict(zip(MESH_AXES, sharding.shape_for(32))), sharding.logical_rules()
+    copy = jax.eval_shape(lambda s: in_compute_dtype(config.model, s), nnx.state(abstract_policy(config.model)))
+    total = held = 0
+    for var in jax.tree.leaves(copy, is_leaf=lambda x: isinstance(x, nnx.Variable)):
+        spec = rules.spec(var.get_metadata()["axes"], var.shape, mesh_shape)
+        split = [np.prod([mesh_shape[a] for a in ((p,) if isinstance(p, str) else p or ())]) for p in spec]
+        size = jnp.dtype(var.get_value().dtype).itemsize
+        total += np.prod(var.shape) * size
+        held += np.prod([n // s for n, s in zip(var.shape, split + [1] * len(var.shape))]) * size
+    assert held <= 1.5 * total / 32, (held / 1e9, total / 32e9)
