@@ -131,6 +131,21 @@ def bucket_length(length: int, buckets: Sequence[int]) -> int:
                     "raise sampling.prompt_buckets")
 
 
+def check_token_ids(prompts: Sequence[Sequence[int]], vocab_size: int | None) -> None:
+    """A UserError naming the first prompt id that is not a token: not an integer, negative, or (`vocab_size`
+    given) past the vocabulary (an id past the embedding read row 0, a negative one wrapped around)."""
+    for row, prompt in enumerate(prompts):
+        ids = np.asarray(prompt)
+        if ids.size == 0:
+            continue
+        if ids.dtype.kind not in "iu":
+            raise UserError(f"prompt {row}: token ids must be integers, not {ids.dtype}")
+        bad = ids[(ids < 0) | (ids >= (vocab_size if vocab_size is not None else 2**31))]  # (int32 ids)
+        if bad.size:
+            raise UserError(f"prompt {row}: token id {int(bad[0])} is outside the vocabulary (ids 0 to "
+                            f"{'the model vocabulary' if vocab_size is None else vocab_size - 1})")
+
+
 def left_pad(prompts: Sequence[Sequence[int]], buckets: Sequence[int], pad_id: int):
     """[B, P] tokens and valid mask, each prompt right-aligned in the smallest bucket that fits all."""
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -269,6 +284,7 @@ class Sampler:
         cfg = dataclasses.replace(self.config, **overrides) if overrides else self.config
         if samples < 1:
             raise UserError(f"samples={samples}: completions per prompt must be >= 1")
+        check_token_ids(prompts, self.vocab_size)
         tokens, valid = left_pad(prompts, cfg.prompt_buckets, self.pad_id)
         key = self.next_key() if key is None else key
         rows = len(prompts) * samples

@@ -204,3 +204,18 @@ def test_bad_input_is_one_user_error_naming_the_option(prompts, samples, options
     with pytest.raises(UserError, match=match) as err:
         sampler.generate(state, prompts, samples, **{"temperature": 0.0, **options})
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("vocab_size,prompt,match", [
+    (50, [3, 50], "prompt 1: token id 50 is outside the vocabulary \\(ids 0 to 49\\)"),  # read row 0 before
+    (None, [3, -1], "prompt 1: token id -1 is outside the vocabulary"),  # wrapped around to the last id
+    (None, [3, 2**40], "prompt 1: token id 1099511627776 is outside"),  # an OverflowError in the padding
+    (None, [3, 1.5], "prompt 1: token ids must be integers, not float64"),  # truncated to 1
+])
+def test_a_prompt_id_that_is_no_token_is_one_user_error(vocab_size, prompt, match):
+    graphdef, state, _ = _policy()
+    sampler = Sampler(graphdef, SamplingConfig(max_new_tokens=BUDGET, prompt_buckets=(BUCKET,)), stop_ids=(),
+                      pad_id=0, vocab_size=vocab_size)
+    with pytest.raises(UserError, match=match):
+        sampler.generate(state, [[5], prompt], 1, temperature=0.0)
+    assert sampler.generate(state, [[5], [3, 49]], 1, temperature=0.0).lengths_B.shape == (2,)
