@@ -66,8 +66,10 @@ def _keys(path) -> list[str]:
 
 def cast_to_compute(cfg: ModelConfig, keys: list[str]) -> bool:
     """Whether the layers use the state's array at `keys` (its dotted path) only cast to the compute dtype: all
-    but those used in float32 (_FLOAT32_USES) and a tied embedding table (the LM head's weight, float32)."""
-    if keys[0] == "embed_tokens":
+    but those used in float32 (_FLOAT32_USES) and a tied embedding table (the LM head's weight, float32). Matched
+    by the last key, as the others: `keys` may start with the place of the state in a larger tree (e.g. `(params,
+    bias)`'s 0, which as a first key took a tied table for a weight cast)."""
+    if keys[-1] == "embed_tokens":
         return not cfg.tie_word_embeddings
     return keys[-1] not in _FLOAT32_USES
 

@@ -30,12 +30,14 @@ TRAIN_RULES = Rules.preset("fsdp")
 MODELS = {"qwen3_moe": dataclasses.replace(QWEN, mlp_only_layers=()), "deepseek_v3": DEEPSEEK}
 
 
-def _trained_layout(family, per_layer=None):
-    """The policy as the trainer holds it on an 8-way FSDP mesh, and the sampler's inference layout."""
-    graphdef, params, bias = split_policy(init_policy(MODELS[family], 0))
+def _trained_layout(family, per_layer=None, **model):
+    """The policy as the trainer holds it on an 8-way FSDP mesh, and the sampler's inference layout; `model`:
+    fields of the family's tiny config replaced."""
+    graphdef, params, bias = split_policy(init_policy(dataclasses.replace(MODELS[family], **model), 0))
     mesh = build_mesh(ShardingConfig(fsdp=8, preset="fsdp"))
     state = jax.device_put((params, bias), tree_shardings((params, bias), mesh, TRAIN_RULES))
-    layout, note = choose_layout(CONFIG, MODELS[family], mesh, TRAIN_RULES, per_layer=per_layer)
+    layout, note = choose_layout(CONFIG, dataclasses.replace(MODELS[family], **model), mesh, TRAIN_RULES,
+                                 per_layer=per_layer)
     return graphdef, state, mesh, layout, note
 
 
@@ -212,20 +214,22 @@ def test_reshard_seconds_add_up_until_taken(monkeypatch):
     assert layout.take_seconds() == 2.0 and layout.take_seconds() == 0.0
 
 
-def test_the_placed_copy_splits_no_weight_over_fsdp_and_its_bytes_are_what_the_fit_check_counts():
+@pytest.mark.parametrize("model", [{}, {"compute_dtype": "bfloat16", "tie_word_embeddings": True}])
+def test_the_placed_copy_splits_no_weight_over_fsdp_and_its_bytes_are_what_the_fit_check_counts(model):
     """Read from the placed arrays: no weight of the inference copy is split over `fsdp` (a decode loop would
     gather it at every token), the experts are split over `expert`; the fit check's bytes per device are the
-    bytes device 0 holds, so the copy fits in twice them and falls back 2 bytes below."""
-    _, state, mesh, layout, _ = _trained_layout("qwen3_moe")
+    bytes device 0 holds, so the copy fits in twice them and falls back 2 bytes below. Also for the bfloat16
+    copy of a tied model, whose embedding table (its LM head) stays float32: the fit check counted it cast."""
+    _, state, mesh, layout, _ = _trained_layout("qwen3_moe", **model)
     placed = layout.reshard(state)
     specs = [x.sharding.spec for x in jax.tree.leaves(placed)]
     axes = {a for spec in specs for part in spec if part for a in ((part,) if isinstance(part, str) else part)}
     assert "fsdp" not in axes and "expert" in axes
     device = mesh.devices.flat[0]
     held = sum(s.data.nbytes for x in jax.tree.leaves(placed) for s in x.addressable_shards if s.device == device)
-    sampling = dataclasses.replace(CONFIG, layout="auto")
-    assert choose_layout(sampling, MODELS["qwen3_moe"], mesh, TRAIN_RULES, free_bytes=2 * held)[0] is not None
-    layout, note = choose_layout(sampling, MODELS["qwen3_moe"], mesh, TRAIN_RULES, free_bytes=2 * held - 2)
+    sampling, config = dataclasses.replace(CONFIG, layout="auto"), dataclasses.replace(MODELS["qwen3_moe"], **model)
+    assert choose_layout(sampling, config, mesh, TRAIN_RULES, free_bytes=2 * held)[0] is not None
+    layout, note = choose_layout(sampling, config, mesh, TRAIN_RULES, free_bytes=2 * held - 2)
     assert layout is None and "more than 50% of the" in note
 
 
