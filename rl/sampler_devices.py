@@ -82,9 +82,10 @@ def own_devices_layout(sampling, sharding: ShardingConfig, model: ModelConfig, t
         except UserError as err:
             raise UserError(f"sampling.devices={len(devices)}: the sampler's training layout (the sharding "
                             f"config) does not fit its {len(devices)} devices: {err}") from None
-        # the training layout, stacked as trained (a per-layer copy is the inference layout's)
+        # the training layout, stacked as trained (a per-layer copy is the inference layout's), in the compute
+        # dtype where the layers only use the weights cast, as the inference copy (the weights move anyway)
         graphdef = split_policy(abstract_policy(model))[0]
-        layout = SamplerLayout(sharding, mesh, train_rules, train_mesh, train_rules, graphdef, False)
+        layout = SamplerLayout(sharding, mesh, train_rules, train_mesh, train_rules, graphdef, False, model)
         note = f"{note or 'sampler layout: train'} ({' '.join(f'{k}={v}' for k, v in mesh.shape.items())})"
     return layout, (f"{note}; on devices of its own: {id_ranges(devices)} (the trainer's: "
                     f"{id_ranges(train_mesh.devices.flat)})")

@@ -117,15 +117,24 @@ def test_under_several_processes_each_gives_the_sampler_an_even_share():
                                            ("train", {"fsdp": 2})])
 def test_the_sampler_layout_is_built_over_its_own_devices(layout, shape):
     """Every layout choice (rl.sampler_layout) over the sampler's 2 devices, the trainer's mesh over the other
-    6; the training layout is the sharding config over the sampler's devices."""
+    6; the training layout is the sharding config over the sampler's devices. Under bfloat16 compute each copy
+    holds the weights the layers only use cast in bfloat16 (model.factory.in_compute_dtype), the training
+    layout's too (it held float32 master weights: twice the bytes moved and held)."""
+    from r1jax.model.factory import init_policy
+    from r1jax.rl.update import split_policy
+
     train_devices, devices = split_devices(SamplingConfig(devices=2))
     sharding = ShardingConfig()
     train_mesh = build_mesh(sharding, train_devices)
     sampling = SamplingConfig(devices=2, layout=layout)
-    placed, note = own_devices_layout(sampling, sharding, QWEN, train_mesh, sharding.logical_rules(), devices)
+    model = dataclasses.replace(QWEN, compute_dtype="bfloat16")
+    placed, note = own_devices_layout(sampling, sharding, model, train_mesh, sharding.logical_rules(), devices)
     assert list(placed.mesh.devices.flat) == devices and placed.train_mesh is train_mesh
     assert {k: v for k, v in placed.mesh.shape.items() if v > 1} == shape
     assert "on devices of its own: [6-7] (the trainer's: [0-5])" in note
+    copy = placed.reshard(split_policy(init_policy(model, 0))[1])
+    dtypes = {jax.numpy.dtype(x.dtype).name for x in jax.tree.leaves(copy)}
+    assert dtypes == {"bfloat16", "float32"}  # (norms, routers and the LM head float32)
 
 
 def test_device_ids_print_as_runs():
