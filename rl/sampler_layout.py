@@ -248,7 +248,7 @@ def choose_layout(sampling, model: ModelConfig, train_mesh: Mesh, train_rules: R
         rules = sharding.logical_rules()
         _, params, bias = split_policy(abstract_policy(model))
         copy = jax.eval_shape(lambda state: in_compute_dtype(model, state), (params, bias))
-        need = device_bytes(abstract_sharded(copy, mesh, rules))
+        need = sum(device_bytes(abstract_sharded(part, mesh, rules)) for part in copy)  # (each: its own names)
     except UserError as err:  # the mesh is sampling.mesh's or the family's, not the `sharding` section's
         mesh_of = f"sampling.mesh={sampling.mesh}" if sampling.mesh is not None else "the family's default mesh"
         why = f"the inference layout ({mesh_of}) does not apply: {str(err).removeprefix('sharding: ')}"

@@ -289,6 +289,14 @@ def test_an_inference_mesh_that_does_not_fit_is_named_as_sampling_mesh_not_the_s
     assert layout is None and "(sampling.mesh={'expert': 16}) does not apply: " in note
 
 
+def test_a_weight_the_inference_mesh_cannot_split_is_named_by_its_own_path():
+    """tensor 4 against the tiny Qwen's 2 KV heads: the message named '0.segments.0...' (the index of the
+    (params, bias) pair the fit check sharded together) where the parameter is 'segments.0...'."""
+    mesh = build_mesh(ShardingConfig(fsdp=8, preset="fsdp"))
+    with pytest.raises(UserError, match=r"does not apply: segments\.0\.block\.self_attn\.k_proj: dimension 2"):
+        choose_layout(dataclasses.replace(CONFIG, mesh={"tensor": 4}), QWEN, mesh, TRAIN_RULES)
+
+
 def test_a_rollout_comes_back_split_by_rows_on_the_trainer_mesh_and_the_cpu_copy_stays_stacked():
     """Each of the 8 trainer devices holds one row of every field, the routing record [L, B, T, K] split on B
     (its axis 1), the scalar `steps` whole; on CPU the inference copy keeps its layers stacked (module docstring)."""
