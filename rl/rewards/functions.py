@@ -141,8 +141,25 @@ _IGNORABLE_CHARS = ("\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u20
                     "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3"
                     "\U0001d173-\U0001d17a\U000e0000-\U000e0fff")
 _IGNORABLE = re.compile("[%s]" % _IGNORABLE_CHARS)
-# runs of letters (and numbers other than digits), with what shows nothing inside them
-_WORD = re.compile(r"(?:[^\W\d_]|[%s%s])+" % (_ENCLOSED_LETTERS, _IGNORABLE_CHARS))
+
+
+def _mark_chars() -> str:
+    """A regex class body of every combining mark (Mn, Mc, Me: accents, the vowel signs of Indic scripts; all lie
+    below U+20000 or in U+E0000-U+E0FFF): inside a word, part of it and no letter, as what shows nothing (an
+    acute or a combining low line every two letters made English variables that scored 1.0 for `zh`)."""
+    ranges: list[list[int]] = []
+    for code in (*range(0x20000), *range(0xE0000, 0xE1000)):
+        if unicodedata.category(chr(code)).startswith("M"):
+            if ranges and ranges[-1][1] == code - 1:
+                ranges[-1][1] = code
+            else:
+                ranges.append([code, code])
+    return "".join("\\U%08x-\\U%08x" % (low, high) for low, high in ranges)
+
+
+_MARKS = re.compile("[%s]" % _mark_chars())
+# runs of letters (and numbers other than digits), with what shows nothing and combining marks inside them
+_WORD = re.compile(r"(?:[^\W\d_]|[%s%s])+" % (_ENCLOSED_LETTERS, _IGNORABLE_CHARS + _MARKS.pattern[1:-1]))
 _IDEOGRAPHIC = ("CJK", "HIRAGANA", "KATAKANA")  # scripts written without spaces: each character is a word
 _FORMS = ("HALFWIDTH ", "FULLWIDTH ", "VERTICAL ")  # presentation forms: the script is the next word
 # Japanese marks whose names start with no script: ー (KATAKANA-HIRAGANA PROLONGED SOUND MARK), the kana
@@ -187,8 +204,8 @@ def _letter_script(char: str) -> tuple[str, str]:
     English written in 𝐛𝐨𝐥𝐝 or ⓒⓘⓡⓒⓛⓔⓢ scored 1.0 for `zh`, as no word; numbers (² ½ Ⅻ) and other symbols stay
     SYMBOL. The style is the letter's decomposition tag ('<font>', '<super>', '<circle>'; '' for a plain letter):
     a word ends where it changes, so notation stays variables ("𝐀ᵀ𝐱", "aᵢ", "µm": one or two letters each)."""
-    if _IGNORABLE.fullmatch(char):  # shows nothing: a Hangul filler's padding was Korean words for `ko`
-        return SYMBOL, ""
+    if _IGNORABLE.fullmatch(char) or _MARKS.fullmatch(char):  # shows nothing (a Hangul filler's padding was
+        return SYMBOL, ""  # Korean words for `ko`), or a mark on a letter: no letter, and no end of the word
     script = _script(char)
     if script != SYMBOL and not _ENCLOSED.fullmatch(char):
         return script, ""
