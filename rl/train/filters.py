@@ -17,7 +17,9 @@ from r1jax.rl.rewards.functions import ScoreItem, format_reward, language_consis
 from r1jax.rl.train.config import MAX_PARAGRAPH_WORDS
 
 NGRAM = 4  # repetition is measured over word 4-grams
-FENCE = "```"  # a Markdown code fence
+FENCE = "```"  # a Markdown code fence, anywhere
+# CommonMark's other fence: ~~~ opening a line indented by at most 3 spaces (a block in it passed the filter)
+TILDE_FENCES = tuple(" " * indent + "~~~" for indent in range(4))
 INDENTED_CODE_LINES = 2  # consecutive lines indented by 4+ spaces (or a tab) after a blank line: a code block
 EPS = 1e-9  # a sum of weighted rewards: 0.6 + 0.3 is 0.8999999999999999
 
@@ -46,12 +48,14 @@ def thought(text: str) -> str:
 
 
 def has_code_block(text: str) -> bool:
-    """A fenced (```) code block, or an indented one (Markdown's: `INDENTED_CODE_LINES` or more consecutive
+    """A fenced (```, or ~~~ opening a line) code block, or an indented one (Markdown's: `INDENTED_CODE_LINES` or more consecutive
     lines indented by 4+ spaces or a tab, after a blank line or at the start), in `text`."""
     if FENCE in text:
         return True
     run, after_blank = 0, True
     for line in text.split("\n"):
+        if line.startswith(TILDE_FENCES):
+            return True
         if not line.strip():
             run, after_blank = 0, True
             continue

@@ -34,3 +34,13 @@ def test_an_indented_block_is_consecutive_indented_lines():
     # a prose line between two indented lines ends the first: each is one indented line, no block
     assert not has_code_block("Let me see:\n\n    x = 1\nthen\n    y = 2\nso")
     assert has_code_block("Let me see:\n\n    x = 1\n    y = 2\nso")
+
+
+def test_a_tilde_fence_is_a_code_block():
+    """CommonMark fences code with ~~~ as with ```: a thought holding a ~~~ block passed the code_block filter.
+    A fence opens a line, indented by at most 3 spaces; ~~~ inside a line is no fence."""
+    assert has_code_block("Let me code it:\n~~~python\nprint(2 + 3)\n~~~\nIt prints 5.")
+    assert has_code_block("Let me code it:\n   ~~~\nprint(2 + 3)\n   ~~~")
+    assert not has_code_block("x ~~~ y: about equal")
+    assert judged("<think> Let me code it:\n~~~\nprint(2 + 3)\n~~~\nIt prints 5. </think> <answer> 5 </answer>",
+                  {"accuracy": 1.0}, filters=("code_block",)) == "code_block"
