@@ -4,7 +4,7 @@ its answers, and what score_item and check_names tell a user. Each case is count
 import pytest
 
 from r1jax.errors import UserError
-from r1jax.rl.rewards import RewardsConfig, ScoreItem, score_item
+from r1jax.rl.rewards import RewardsConfig, ScoreItem, extract_answer, score_item
 from r1jax.rl.rewards.functions import check_names, word_scripts
 
 
@@ -97,3 +97,37 @@ def test_negative_bounds_are_refused_naming_the_field():
 def test_korean_counts_for_ko():
     assert language("<think> 둘 더하기 셋은 다섯 </think> <answer> 5 </answer>", "ko") == 1.0
     assert language("<think> 둘 더하기 셋은 다섯 </think> <answer> 5 </answer>", "zh") == 0.0
+
+
+@pytest.mark.parametrize("completion, lang, expected", [
+    ("<think> 我们来计算 </think><answer> seven </answer>", "zh", 1.0),  # an answer right after the thought: a value
+    ("<think> 我们 </think> ab<answer> 7 </answer>cd", "zh", 1.0),  # ab, cd: two variables, not the word "abcd"
+])
+def test_what_an_answer_block_leaves_behind(completion, lang, expected):
+    assert language(completion, lang) == pytest.approx(expected)
+
+
+def test_an_unknown_task_is_named_not_a_traceback():
+    cfg = RewardsConfig(names=("accuracy",), weights=(1.0,))
+    with pytest.raises(UserError, match="nosuch"):
+        score_item(ScoreItem("q", "<answer> 7 </answer>", "7", "nosuch"), cfg)
+
+
+def test_a_reward_module_that_does_not_import_is_named():
+    with pytest.raises(UserError, match=r"reward_pool.import_modules: cannot import 'r1jax_no_such_module'"):
+        check_names(RewardsConfig(), ("r1jax_no_such_module",))
+
+
+@pytest.mark.parametrize("completion, answer", [
+    (r"\boxed{7} then \boxed 5", "7"),  # a \boxed with no brace is skipped for the one before it
+    ("<answer>" + "1" * 256 + "</answer>", "1" * 256),  # K = 256 characters by default: kept whole
+])
+def test_extract_answer_edges(completion, answer):
+    assert extract_answer(completion) == answer
+
+
+def test_a_rejection_sampling_stage_the_overlong_penalty_cannot_reach_is_named():
+    from r1jax.rl.config import load_config
+    scored = ["rewards.names=[accuracy,format,overlong]", "rewards.weights=[1.0,1.0,1.0]"]
+    with pytest.raises(UserError, match="but stage rs samples at most 8"):
+        load_config("tiny", ["stages=[{name: rs, kind: rejection_sampling, max_new_tokens: 8}]", *scored])
