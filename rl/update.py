@@ -77,6 +77,12 @@ def init_train_state(policy, optimizer: optax.GradientTransformation, with_ref: 
     return graphdef, TrainState(params, bias, optimizer.init(params), jnp.zeros([], jnp.int32), ref)
 
 
+def reference_due(stage_step: int, every: int) -> bool:
+    """Whether the reference resets after the update of the stage's step `stage_step` (0-based): after each
+    `every`-th step of the stage (grpo.ref_reset_every; R1: 400), never for 0."""
+    return every > 0 and (stage_step + 1) % every == 0
+
+
 def reset_reference(state: TrainState) -> TrainState:
     """The reference policy becomes a copy of the current one (R1: every 400 steps)."""
     return state.replace(ref=(jax.tree.map(jnp.copy, state.params), jax.tree.map(jnp.copy, state.bias)))

@@ -42,7 +42,7 @@ from r1jax.rl.train.rollouts import (dispatch_sample, length_metrics, reflection
                                      sample_and_submit, submit_sample)
 from r1jax.rl.train.stage_sft import checkpoint_dir
 from r1jax.rl.train.update_stage import UpdateStage
-from r1jax.rl.update import reset_reference
+from r1jax.rl.update import reference_due, reset_reference
 from r1jax.sharding.distributed import replicated
 from r1jax.sharding.mesh import batch_axes
 
@@ -111,7 +111,7 @@ def run_grpo(ctx: StageContext, index: int, stage: StageConfig, start: StageStar
         metrics = runner.update(batch, g.num_iterations, meanwhile=finish_ahead)
         update_seconds = time.time() - update_start
         finish_ahead = None  # lets go of its copy of the sampling weights
-        if runner.state.ref is not None and g.ref_reset_every and (runner.stage_step + 1) % g.ref_reset_every == 0:
+        if runner.state.ref is not None and reference_due(runner.stage_step, g.ref_reset_every):
             runner.state = reset_reference(runner.state)
         lengths = length_metrics(sampled.rollout, cfg.sampling.max_new_tokens, ctx.tokenizer.eos_ids)
         row = {**metrics, **reward_metrics(results, cfg.rewards.names), **lengths,

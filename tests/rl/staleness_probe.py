@@ -37,7 +37,7 @@ from r1jax.rl.train import stage_grpo
 from r1jax.rl.train.rollouts import length_metrics, reflection_rate, reward_metrics
 from r1jax.rl.train.stages import STAGE_RUNNERS
 from r1jax.rl.train.update_stage import UpdateStage
-from r1jax.rl.update import reset_reference
+from r1jax.rl.update import reference_due, reset_reference
 
 from tests.rl.signal_at_step import signal_after_row
 
@@ -67,7 +67,7 @@ def sequential_grpo(ctx, index, stage, start):
         if g.num_iterations > 1:
             batch["old_logp"] = ref_fn(ctx.graphdef, runner.policy, batch, g.temperature)
         metrics = runner.update(batch, g.num_iterations)
-        if runner.state.ref is not None and g.ref_reset_every and (runner.stage_step + 1) % g.ref_reset_every == 0:
+        if runner.state.ref is not None and reference_due(runner.stage_step, g.ref_reset_every):
             runner.state = reset_reference(runner.state)
         row = {**metrics, **reward_metrics(results, ctx.config.rewards.names),
                **length_metrics(rollout, ctx.config.sampling.max_new_tokens, ctx.tokenizer.eos_ids),

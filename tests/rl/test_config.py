@@ -119,6 +119,14 @@ def test_grpo_and_optimizer_defaults_are_r1_zeros():
         GRPOConfig(ref_reset_every=-1)
 
 
+def test_the_reference_resets_after_each_nth_step_of_the_stage_and_never_for_0():
+    from r1jax.rl.update import reference_due
+
+    assert [s for s in range(1200) if reference_due(s, 400)] == [399, 799, 1199]  # after steps 400, 800, 1200
+    assert [s for s in range(5) if reference_due(s, 1)] == [0, 1, 2, 3, 4]
+    assert not any(reference_due(s, 0) for s in range(1000))  # 0: never (it divided by 0 without the guard)
+
+
 def test_a_yml_file_loads_as_a_yaml_one(tmp_path):
     """`.yml` is as much a YAML file as `.yaml`: read as the config, not looked up as a preset name."""
     (tmp_path / "run.yml").write_text("seed: 3\nstages:\n  - {name: only, kind: sft, steps: 2}\n")
