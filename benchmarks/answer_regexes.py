@@ -100,10 +100,12 @@ REGEXES = [
     ("safe_math._TOKEN", M + "safe_math", "_TOKEN",
      r"\s*(?:(?P<num>\d+(?:\.\d+)?|\.\d+)|(?P<name>[a-zA-Z])|(?P<frac>\\frac)|(?P<op>[-+*/^()]))", 0, "match"),
     # (no rewrite for speed: their meaning changed on purpose, styled letters and zero-width characters in a word,
-    # \begin{...} names as notation; the OLD column is the code's own pattern, timed, never different)
+    # \begin{...} names, operator names and index groups as notation; the OLD column is the code's own pattern,
+    # timed, never different)
     ("functions._WORD", "r1jax.rl.rewards.functions", "_WORD", _FUNCTIONS._WORD.pattern, 0, "findall"),
     ("functions._LATEX_COMMAND", "r1jax.rl.rewards.functions", "_LATEX_COMMAND", _FUNCTIONS._LATEX_COMMAND.pattern,
      0, "sub"),
+    ("functions._NOTATION", "r1jax.rl.rewards.functions", "_NOTATION", _FUNCTIONS._NOTATION.pattern, 0, "sub"),
     ("functions._TAG", "r1jax.rl.rewards.functions", "_TAG", r"<think>|</think>|<answer>|</answer>", 0, "sub"),
     ("sandbox_values._HEX_INT", "r1jax.rl.rewards.sandbox_values", "_HEX_INT", r"-?[0-9a-f]+", 0, "fullmatch"),
     ("sandbox_values._HEX_FLOAT", "r1jax.rl.rewards.sandbox_values", "_HEX_FLOAT",

@@ -20,7 +20,9 @@ Built in (DeepSeek-R1 and DAPO):
   Symbols, Mathematical Alphanumeric Symbols, other font variants), ⁿ ₐ ᵃ (superscripts, subscripts, modifier
   letters), µ (micro sign), ² ½ Ⅻ (numbers). A Greek or Latin word of at most 2 letters (θ, Δx, αβ, x, dy: a
   variable) is left out unless the target language is written in its script (Greek for `el`, Latin for `en`);
-  longer words count as their script's. LaTeX commands (\\frac, \\sqrt, \\begin{pmatrix}) are notation and left out.
+  longer words count as their script's. LaTeX commands (\\frac, \\sqrt, \\begin{pmatrix}) are notation and left out;
+  so are operator names (sin, max, gcd: LaTeX's \\operatorname set, lcm, mod) and indices attached to a symbol
+  (x_{max}, εᵢⱼₖ), unless the target language is written in Latin.
 - overlong: DAPO's soft overlong punishment, 0 below L_max - L_cache, a linear ramp to -1 at L_max, -1
   beyond (DAPO §3.4, soft overlong punishment). Length in tokens when the item has it, else in characters.
 - code (rl.rewards.code): the completion's program run against the item's tests in the sandbox; 0 for
@@ -178,6 +180,16 @@ VARIABLE_LETTERS = 2  # a Greek or Latin word of at most this many letters is a 
 _VARIABLE_SCRIPTS = ("GREEK", "LATIN")
 # a LaTeX command (\frac), with the environment a \begin or \end names (pmatrix, cases, aligned*): notation
 _LATEX_COMMAND = re.compile(r"\\(?:begin|end)\{[a-zA-Z]+\*?\}|\\[a-zA-Z]+")
+# Notation written in Latin letters, of no language unless the target is written in Latin (as a Latin variable):
+# the operator names of LaTeX's \operatorname set (\sin ... \Pr) and lcm, mod, argmax, argmin, with or without
+# their backslash ("所以 sin x + cos x" scored 0.5 for `zh`; a longer word holding one, "Using", is no name), and a
+# sub- or superscript group attached to what it indexes (x_{max}, \epsilon_{ijk}, R^{ij}_{kl}): one token of
+# letters and digits (n-1, i,j: pieces of at most 2 after the first), so no sentence fits in one
+_OPERATOR_NAMES = ("arccos", "arcsin", "arctan", "argmax", "argmin", "liminf", "limsup", "cosh", "coth", "sinh",
+                   "tanh", "arg", "cos", "cot", "csc", "deg", "det", "dim", "exp", "gcd", "hom", "inf", "ker", "lcm",
+                   "lim", "log", "max", "min", "mod", "sec", "sin", "sup", "tan", "lg", "ln", "Pr")
+_NOTATION = re.compile(r"(?<![A-Za-z])(?:%s)(?![A-Za-z])|(?<=\S)[_^]\{[A-Za-z0-9]*(?:[-+=*,'.][A-Za-z0-9]{0,2})*\}"
+                       % "|".join(_OPERATOR_NAMES))
 
 
 @functools.lru_cache(maxsize=8192)
@@ -221,25 +233,35 @@ def _letter_script(char: str) -> tuple[str, str]:
 _ENCLOSED = re.compile("[%s]" % _ENCLOSED_LETTERS)
 
 
-def _words(text: str) -> list[tuple[str, int, bool]]:
-    """(script, letters, styled) of each word: every CJK, hiragana or katakana character is a word wherever it
+_INDEX_STYLES = ("<sub>", "<super>")  # letters of an index: ᵢ ⱼ ₘ ᵃ ⁿ
+
+
+def _words(text: str) -> list[tuple[str, int, str]]:
+    """(script, letters, kind) of each word: every CJK, hiragana or katakana character is a word wherever it
     stands ("a我们" is three words), and each run of other letters between them is one word, of its first letter,
-    until the letters' style changes (`_letter_script`: "𝐀ᵀ𝐱" is three words, styled but the ᵀ); symbols that are
-    no letter are left out as if absent ("x²y" is the one word "xy")."""
-    words: list[tuple[str, int, bool]] = []
+    until the letters' style changes (`_letter_script`: "𝐀ᵀ𝐱" is three words); symbols that are no letter are left
+    out as if absent ("x²y" is the one word "xy"). The kind is "styled" for a word of styled letters, "index" for
+    sub- or superscript letters attached to what they index (εᵢⱼₖ, Rᵢⱼₖₗ, xₘₐₓ: notation; "ᶠⁱʳˢᵗ" alone is a
+    styled word), "" for plain letters."""
+    words: list[tuple[str, int, str]] = []
     for run in _WORD.findall(text):
         open_word, open_style = False, ""  # inside a word of a script written with spaces (the last of `words`)
+        base = False  # the last character shown was one an index can be attached to (no index, no ideograph)
         for char in run:
             script, style = _letter_script(char)
+            if _IGNORABLE.fullmatch(char):
+                continue
+            attached, base = base, style not in _INDEX_STYLES and script not in _IDEOGRAPHIC
             if script == SYMBOL:
                 continue
             if script in _IDEOGRAPHIC:
-                words.append((script, 1, bool(style)))
+                words.append((script, 1, "styled" if style else ""))
                 open_word = False
             elif open_word and style == open_style:
                 words[-1] = (words[-1][0], words[-1][1] + 1, words[-1][2])
             else:
-                words.append((script, 1, bool(style)))
+                kind = "index" if attached and style in _INDEX_STYLES else "styled" if style else ""
+                words.append((script, 1, kind))
                 open_word, open_style = True, style
     return words
 
@@ -284,11 +306,15 @@ def word_scripts(text: str, target: tuple[str, ...] = ()) -> list[str]:
     """The script of each word that counts for a language written in the scripts `target`: every word (see
     `_words`) outside LaTeX commands ("\\frac", "\\sqrt", "\\begin{pmatrix}": notation) but a Greek or Latin
     one, or a styled one of any script (ℵ₀: the styled Hebrew alef of set theory), of at most VARIABLE_LETTERS
-    letters (θ, Δx, x, dy, 𝐱: a variable), unless `target` is written in that script ("Let θ = 5" is one Latin
+    letters (θ, Δx, x, dy, 𝐱: a variable), and notation (operator names, sin, max; sub- and superscripts,
+    x_{max}, εᵢⱼₖ: `_NOTATION`, `_words`), unless `target` is written in that script ("Let θ = 5" is one Latin
     word and one Greek for `el`; "Η γωνία θ" is three Greek words; "设 x = 5" one Chinese word for `zh`, where
-    the x counted against it)."""
-    return [script for script, letters, styled in _words(_LATEX_COMMAND.sub(" ", text))
-            if not (styled or script in _VARIABLE_SCRIPTS) or letters > VARIABLE_LETTERS or script in target]
+    the x counted against it; "the max of x" is all English for `en`, "所以 max" one Chinese word for `zh`)."""
+    if "LATIN" not in target:  # (before the commands go: \epsilon_{ijk}'s group is attached to \epsilon)
+        text = _NOTATION.sub(" ", text)
+    return [script for script, letters, kind in _words(_LATEX_COMMAND.sub(" ", text))
+            if script in target or (kind != "index" and (letters > VARIABLE_LETTERS
+                                                         or not (kind or script in _VARIABLE_SCRIPTS)))]
 
 
 _TAG = re.compile("|".join(map(re.escape, (THINK, END_THINK, ANSWER, END_ANSWER))))
