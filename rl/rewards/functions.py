@@ -23,6 +23,8 @@ Built in (DeepSeek-R1 and DAPO):
   longer words count as their script's. LaTeX commands (\\frac, \\sqrt, \\begin{pmatrix}) are notation and left out;
   so are operator names (sin, max, gcd: LaTeX's \\operatorname set, lcm, mod) and indices attached to a symbol
   (x_{max}, εᵢⱼₖ), unless the target language is written in Latin.
+  A word is read by its scripts: "Python으로" is an English word and a Korean one; a word of look-alike
+  scripts (Latin, Cyrillic, Greek) is of the script most of its letters are in ("Cначала" is Russian).
 - overlong: DAPO's soft overlong punishment, 0 below L_max - L_cache, a linear ramp to -1 at L_max, -1
   beyond (DAPO §3.4, soft overlong punishment). Length in tokens when the item has it, else in characters.
 - code (rl.rewards.code): the completion's program run against the item's tests in the sandbox; 0 for
@@ -234,18 +236,24 @@ _ENCLOSED = re.compile("[%s]" % _ENCLOSED_LETTERS)
 
 
 _INDEX_STYLES = ("<sub>", "<super>")  # letters of an index: ᵢ ⱼ ₘ ᵃ ⁿ
+# scripts with letters alike to the eye (Latin C c e o p x, Cyrillic С с е о р х, Greek Ο ο ρ χ): one word
+_LOOKALIKE_SCRIPTS = ("LATIN", "CYRILLIC", "GREEK")
 
 
 def _words(text: str) -> list[tuple[str, int, str]]:
     """(script, letters, kind) of each word: every CJK, hiragana or katakana character is a word wherever it
-    stands ("a我们" is three words), and each run of other letters between them is one word, of its first letter,
-    until the letters' style changes (`_letter_script`: "𝐀ᵀ𝐱" is three words); symbols that are no letter are left
-    out as if absent ("x²y" is the one word "xy"). The kind is "styled" for a word of styled letters, "index" for
-    sub- or superscript letters attached to what they index (εᵢⱼₖ, Rᵢⱼₖₗ, xₘₐₓ: notation; "ᶠⁱʳˢᵗ" alone is a
-    styled word), "" for plain letters."""
+    stands ("a我们" is three words), and each run of other letters between them is one word until the letters'
+    style (`_letter_script`: "𝐀ᵀ𝐱" is three words) or script changes ("Python으로" is a Latin word and a Korean
+    one: the particle was Latin), but for scripts that share look-alike letters (`_LOOKALIKE_SCRIPTS`): a word of
+    those is one word of the script most of its letters are in, the first letter's at a tie ("Cначала", Russian
+    with a Latin C, is Cyrillic: it was a Latin word, and 'Cначала cложим тpи' scored 2/3 for `en`); symbols that
+    are no letter are left out as if absent ("x²y" is the one word "xy"). The kind is "styled" for a word of
+    styled letters, "index" for sub- or superscript letters attached to what they index (εᵢⱼₖ, Rᵢⱼₖₗ, xₘₐₓ:
+    notation; "ᶠⁱʳˢᵗ" alone is a styled word), "" for plain letters."""
     words: list[tuple[str, int, str]] = []
     for run in _WORD.findall(text):
         open_word, open_style = False, ""  # inside a word of a script written with spaces (the last of `words`)
+        first, tally = "", None  # its first letter's script; its letters by script, once it has two
         base = False  # the last character shown was one an index can be attached to (no index, no ideograph)
         for char in run:
             script, style = _letter_script(char)
@@ -257,12 +265,19 @@ def _words(text: str) -> list[tuple[str, int, str]]:
             if script in _IDEOGRAPHIC:
                 words.append((script, 1, "styled" if style else ""))
                 open_word = False
-            elif open_word and style == open_style:
-                words[-1] = (words[-1][0], words[-1][1] + 1, words[-1][2])
+            elif open_word and style == open_style and (script == first or (
+                    script in _LOOKALIKE_SCRIPTS and first in _LOOKALIKE_SCRIPTS)):
+                lead = words[-1][0]
+                if script != first or tally:  # of look-alike scripts: of the one most letters are in, first at a tie
+                    tally = tally or {first: words[-1][1]}
+                    tally[script] = tally.get(script, 0) + 1
+                    if tally[script] > tally[lead] or (tally[script] == tally[lead] and script == first):
+                        lead = script
+                words[-1] = (lead, words[-1][1] + 1, words[-1][2])
             else:
                 kind = "index" if attached and style in _INDEX_STYLES else "styled" if style else ""
                 words.append((script, 1, kind))
-                open_word, open_style = True, style
+                open_word, open_style, first, tally = True, style, script, None
     return words
 
 

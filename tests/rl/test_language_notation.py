@@ -15,7 +15,7 @@ def language(thought, target):
 
 
 @pytest.mark.parametrize("thought, target, expected", [
-    # a human reads each as Chinese (Russian) with formulas: operator names and indices are notation (0.5 to 0.15 before)
+    # a human reads each as Chinese (Russian) with formulas: operator names and indices are notation (0.15-0.67 before)
     ("所以 sin x + cos x", "zh", 1.0), ("所以 log max min gcd lcm mod det exp lim arg ln tan", "zh", 1.0),
     (r"张量 \epsilon_{ijk}", "zh", 1.0), ("张量 x_{max} 与 R^{ij}_{kl}", "zh", 1.0), ("和 a_{n-1} 与 x_{i,j}", "zh", 1.0),
     ("张量 εᵢⱼₖ", "zh", 1.0), ("张量 Rᵢⱼₖₗ", "zh", 1.0), ("张量 xₘₐₓ", "zh", 1.0), (r"所以 \operatorname{lcm}(a,b)", "zh", 1.0),
@@ -39,3 +39,34 @@ def test_notation_is_read_in_linear_time():
         start = time.perf_counter()
         word_scripts(text, ("CJK",))
         assert time.perf_counter() - start < 2.0, text[:20]
+
+
+@pytest.mark.parametrize("thought, target, expected", [
+    # Russian written with Latin look-alikes (C c p e): a human reads five Russian words; each was a Latin word of
+    # its first letter (0.4 for en, 0.6 for ru); a word of look-alike scripts is of its most letters' script
+    ("Cначала cложим тpи и чeтыpe", "en", 0.0), ("Cначала cложим тpи и чeтыpe", "ru", 1.0),
+    ("Hеllo world", "en", 1.0), ("wοrd thе 先", "zh", 1 / 3),  # English with a Cyrillic е or a Greek ο is English
+    # a Korean particle on an English stem is Korean, the stem an English word (as '用 Python 调用 API' is for zh:
+    # 3/5): a human reads three Korean words and two English names; the particles were Latin (1/3 for ko)
+    ("Python으로 API를 호출합니다", "ko", 3 / 5), ("Python으로 API를 호출합니다", "en", 2 / 5),
+    ("x를 구하면 y는 5", "ko", 1.0),  # a variable with its particle: the particle counts, the variable is notation
+    ("コーヒーを飲む", "ja", 1.0), ("漢字とカタカナ", "ja", 1.0),  # kana and kanji: one language, as before
+    ("café naïve l'équation don't", "en", 1.0), ("café naïve l'équation 先", "zh", 1 / 4),  # Latin with marks
+    ("Let Δx be small 先", "zh", 1 / 3),  # Δx: a Greek-Latin pair of 2 letters, a variable as before
+])
+def test_a_word_is_read_by_its_scripts(thought, target, expected):
+    assert language(thought, target) == pytest.approx(expected)
+
+
+def test_words_of_several_scripts_are_read_in_linear_time():
+    for text in ("Cн" * 500_000, "a으" * 500_000, "тpи" * 333_333):
+        start = time.perf_counter()
+        word_scripts(text, ("CJK",))
+        assert time.perf_counter() - start < 2.0, text[:20]
+
+
+def test_the_script_of_a_word_of_look_alike_scripts_is_its_most_letters():
+    """Counted over the whole word, whichever script comes first or last (a tie: the first letter's)."""
+    assert word_scripts("Cнн") == ["CYRILLIC"] and word_scripts("CнCC") == ["LATIN"]
+    assert word_scripts("CннCC") == ["LATIN"]
+    assert word_scripts("нCCнн") == ["CYRILLIC"] and word_scripts("Cн") == [] and word_scripts("нC") == ["CYRILLIC"]
