@@ -70,3 +70,18 @@ def test_the_script_of_a_word_of_look_alike_scripts_is_its_most_letters():
     assert word_scripts("Cнн") == ["CYRILLIC"] and word_scripts("CнCC") == ["LATIN"]
     assert word_scripts("CннCC") == ["LATIN"]
     assert word_scripts("нCCнн") == ["CYRILLIC"] and word_scripts("Cн") == [] and word_scripts("нC") == ["CYRILLIC"]
+
+
+def test_the_rejection_filter_keeps_mathematics_in_the_target_language():
+    """R1's rejection sampling keeps only samples of one language: a Chinese thought with sin and x_{max} was refused
+    as mixed ('language'), a Russian one written with Latin look-alikes kept for `en`; the filter reads the reward."""
+    from r1jax.rl.train.filters import rejection_reason
+
+    def reason(thought, target):
+        cfg = RewardsConfig(names=("accuracy",), weights=(1.0,), language=target)
+        item = ScoreItem("q", f"<think>{thought}</think><answer>7</answer>", "7", "math")
+        return rejection_reason(item, 1.0, "ok", scores={"accuracy": 1.0}, threshold=0.0, filters=("language",),
+                                max_repetition=1.0, rewards=cfg)
+    assert reason("所以 sin x + cos x 且 x_{max} 为 7", "zh") is None
+    assert reason("Cначала cложим тpи и чeтыpe", "ru") is None and reason("Cначала cложим тpи", "en") == "language"
+    assert reason("所以 the sum is 7", "zh") == "language"
