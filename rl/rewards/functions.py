@@ -246,12 +246,15 @@ def _words(text: str) -> list[tuple[str, int, str]]:
     style (`_letter_script`: "𝐀ᵀ𝐱" is three words) or script changes ("Python으로" is a Latin word and a Korean
     one: the particle was Latin), but for scripts that share look-alike letters (`_LOOKALIKE_SCRIPTS`): a word of
     those is one word of the script most of its letters are in, the first letter's at a tie ("Cначала", Russian
-    with a Latin C, is Cyrillic: it was a Latin word, and 'Cначала cложим тpи' scored 2/3 for `en`); symbols that
+    with a Latin C, is Cyrillic: it was a Latin word, and 'Cначала cложим тpи' scored 2/3 for `en`), and the
+    Greek and Latin pieces of a token so cut, no ideograph in it, are as long as they are together ("x를": a
+    variable and a particle; "Fi가rs가t": English, 1.0 for `ko` as 2-letter variables); symbols that
     are no letter are left out as if absent ("x²y" is the one word "xy"). The kind is "styled" for a word of
     styled letters, "index" for sub- or superscript letters attached to what they index (εᵢⱼₖ, Rᵢⱼₖₗ, xₘₐₓ:
     notation; "ᶠⁱʳˢᵗ" alone is a styled word), "" for plain letters."""
     words: list[tuple[str, int, str]] = []
     for run in _WORD.findall(text):
+        start = len(words)
         open_word, open_style = False, ""  # inside a word of a script written with spaces (the last of `words`)
         first, tally = "", None  # its first letter's script; its letters by script, once it has two
         base = False  # the last character shown was one an index can be attached to (no index, no ideograph)
@@ -278,6 +281,11 @@ def _words(text: str) -> list[tuple[str, int, str]]:
                 kind = "index" if attached and style in _INDEX_STYLES else "styled" if style else ""
                 words.append((script, 1, kind))
                 open_word, open_style, first, tally = True, style, script, None
+        pieces = words[start:]  # a token cut by scripts, no ideograph: its Greek and Latin letters are one variable
+        if len(pieces) > 1 and not any(script in _IDEOGRAPHIC for script, _, _ in pieces):  # "x를", not "Fi가rs가t"
+            letters = sum(n for script, n, kind in pieces if script in _VARIABLE_SCRIPTS and not kind)
+            words[start:] = [(script, max(n, letters) if script in _VARIABLE_SCRIPTS and not kind else n, kind)
+                             for script, n, kind in pieces]
     return words
 
 

@@ -50,6 +50,10 @@ def test_notation_is_read_in_linear_time():
     # 3/5): a human reads three Korean words and two English names; the particles were Latin (1/3 for ko)
     ("Python으로 API를 호출합니다", "ko", 3 / 5), ("Python으로 API를 호출합니다", "en", 2 / 5),
     ("x를 구하면 y는 5", "ko", 1.0),  # a variable with its particle: the particle counts, the variable is notation
+    ("선분 AB와 Δx를 구하면", "ko", 1.0),
+    # ...but a token's Latin letters are one variable: English cut by syllables strewn in ('Fi가rs가t', 2 or fewer
+    # letters a piece) scored 1.0 for ko once the script split the word; a human reads 5 English words (4/9 here)
+    ("Fi가rs가t we가 ad가d", "ko", 4 / 9),
     ("コーヒーを飲む", "ja", 1.0), ("漢字とカタカナ", "ja", 1.0),  # kana and kanji: one language, as before
     ("café naïve l'équation don't", "en", 1.0), ("café naïve l'équation 先", "zh", 1 / 4),  # Latin with marks
     ("Let Δx be small 先", "zh", 1 / 3),  # Δx: a Greek-Latin pair of 2 letters, a variable as before
