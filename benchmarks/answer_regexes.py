@@ -33,7 +33,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 M = "r1jax.rl.tasks."
-_FUNCTIONS = importlib.import_module("r1jax.rl.rewards.functions")
+_WORDS = importlib.import_module("r1jax.rl.rewards.words")
 _S = r"(?:\\[,:;! ]|~| |\u00a0|\u2009|\u202f)"
 _TERM = r"(?:\d{1,4}|\d?[a-zA-Z])"
 # (label, module, attribute or None for a pattern written inline, the OLD pattern and flags, how the code applies it)
@@ -102,10 +102,10 @@ REGEXES = [
     # (no rewrite for speed: their meaning changed on purpose, styled letters and zero-width characters in a word,
     # \begin{...} names, operator names and index groups as notation; the OLD column is the code's own pattern,
     # timed, never different)
-    ("functions._WORD", "r1jax.rl.rewards.functions", "_WORD", _FUNCTIONS._WORD.pattern, 0, "findall"),
-    ("functions._LATEX_COMMAND", "r1jax.rl.rewards.functions", "_LATEX_COMMAND", _FUNCTIONS._LATEX_COMMAND.pattern,
+    ("words._WORD", "r1jax.rl.rewards.words", "_WORD", _WORDS._WORD.pattern, 0, "findall"),
+    ("words._LATEX_COMMAND", "r1jax.rl.rewards.words", "_LATEX_COMMAND", _WORDS._LATEX_COMMAND.pattern,
      0, "sub"),
-    ("functions._NOTATION", "r1jax.rl.rewards.functions", "_NOTATION", _FUNCTIONS._NOTATION.pattern, 0, "sub"),
+    ("words._NOTATION", "r1jax.rl.rewards.words", "_NOTATION", _WORDS._NOTATION.pattern, 0, "sub"),
     ("functions._TAG", "r1jax.rl.rewards.functions", "_TAG", r"<think>|</think>|<answer>|</answer>", 0, "sub"),
     ("sandbox_values._HEX_INT", "r1jax.rl.rewards.sandbox_values", "_HEX_INT", r"-?[0-9a-f]+", 0, "fullmatch"),
     ("sandbox_values._HEX_FLOAT", "r1jax.rl.rewards.sandbox_values", "_HEX_FLOAT",

@@ -13,7 +13,8 @@ from typing import Mapping, Optional, Sequence
 
 from r1jax.rl.rewards.config import RewardsConfig
 from r1jax.rl.rewards.extract import split_completion
-from r1jax.rl.rewards.functions import ScoreItem, format_reward, language_consistency, split_words, word_count
+from r1jax.rl.rewards.functions import ScoreItem, format_reward, language_consistency
+from r1jax.rl.rewards.words import split_words, word_count
 from r1jax.rl.train.config import MAX_PARAGRAPH_WORDS
 
 NGRAM = 4  # repetition is measured over word 4-grams
@@ -26,7 +27,7 @@ EPS = 1e-9  # a sum of weighted rewards: 0.6 + 0.3 is 0.8999999999999999
 
 def repetition(text: str, n: int = NGRAM) -> float:
     """The share of a text's word n-grams that repeat an earlier one: 0 for none, near 1 for a loop (words as
-    rl.rewards.functions.split_words has them: a Chinese character is one)."""
+    rl.rewards.words.split_words has them: a Chinese character is one)."""
     words = split_words(text)
     grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
     if not grams:
@@ -71,7 +72,7 @@ def has_code_block(text: str) -> bool:
 
 def longest_paragraph(text: str) -> int:
     """The words of the longest paragraph of `text`, paragraphs split on blank lines: whitespace-separated, but
-    each Chinese or Japanese character a word (rl.rewards.functions.word_count: the bound means about the same
+    each Chinese or Japanese character a word (rl.rewards.words.word_count: the bound means about the same
     length of text in every script)."""
     longest = words = 0
     for line in text.split("\n"):

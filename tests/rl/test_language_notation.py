@@ -1,4 +1,4 @@
-"""The language reward reads notation as no language and a word by its scripts (rl.rewards.functions.word_scripts,
+"""The language reward reads notation as no language and a word by its scripts (rl.rewards.words.word_scripts,
 _words): honest mathematics in a non-Latin language is not penalised, and no prose hides as notation."""
 
 import time
@@ -6,7 +6,7 @@ import time
 import pytest
 
 from r1jax.rl.rewards import RewardsConfig, ScoreItem, score_item
-from r1jax.rl.rewards.functions import word_scripts
+from r1jax.rl.rewards.words import word_scripts
 
 
 def language(thought, target):

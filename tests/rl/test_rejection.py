@@ -7,7 +7,8 @@ import pytest
 from r1jax.errors import UserError
 from r1jax.rl.config import load_config, stage_config
 from r1jax.rl.rewards.config import RewardsConfig
-from r1jax.rl.rewards.functions import ScoreItem, combine, score_item, split_words, word_count
+from r1jax.rl.rewards.functions import ScoreItem, combine, score_item
+from r1jax.rl.rewards.words import split_words, word_count
 from r1jax.rl.train.filters import has_code_block, rejection_reason, repetition
 from r1jax.rl.train.stage_rejection import KeptSet
 

@@ -5,7 +5,8 @@ import pytest
 
 from r1jax.errors import UserError
 from r1jax.rl.rewards import RewardsConfig, ScoreItem, extract_answer, score_item
-from r1jax.rl.rewards.functions import check_names, word_scripts
+from r1jax.rl.rewards.functions import check_names
+from r1jax.rl.rewards.words import word_scripts
 
 
 def language(completion, lang="en", task="math"):
