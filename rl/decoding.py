@@ -129,7 +129,9 @@ def sample_token(logits_BV, key, temperature, top_k, top_p, vocab_size: int | No
         return first_argmax(drawable_BV)
 
     token_B = jax.lax.cond(temperature > 0, draw, greedy)
-    logp_B = jnp.take_along_axis(jax.nn.log_softmax(scaled_BV, axis=-1), token_B[:, None], axis=-1)[:, 0]
+    # the drawn logit less the row's logsumexp, as the trainer scores it (rl.grpo.logprobs): a log_softmax
+    # wrote the whole [B, V] float32 row again to read one entry of it
+    logp_B = jnp.take_along_axis(scaled_BV, token_B[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(scaled_BV, axis=-1)
     return token_B, logp_B
 
 
