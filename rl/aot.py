@@ -233,7 +233,7 @@ def compile_sampler(setup: Setup, layout: SamplerLayout | None = None) -> Progra
     args = (graphdef, weights, scalar(jnp.int32, prompts), scalar(jnp.bool_, prompts),
             scalar(key.dtype, key.shape), scalar(jnp.float32), scalar(jnp.int32), scalar(jnp.float32))
     options = dict(max_new=work.new_tokens, samples=work.group_size, stop_ids=(1,), pad_id=0, ignore_eos=False,
-                   kv_block=work.kv_block, cache_phases=work.cache_phases)
+                   kv_block=work.kv_block, cache_phases=work.cache_phases, filters=setup.config.sampling.filters)
     with use_mesh(mesh, rules):
         if work.slots:
             lowered = generate_continuous.lower(*args, slots=work.slots, tail_slots=work.tail_slots, **options)

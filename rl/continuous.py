@@ -60,12 +60,12 @@ def _row_keys(key, request_S, count_S, samples: int):
     return jax.vmap(one)(request_S, count_S)
 
 
-def _sample_rows(logits_SV, keys_S, temperature, top_k, top_p, vocab_size):
+def _sample_rows(logits_SV, keys_S, temperature, top_k, top_p, vocab_size, filters: bool = True):
     """`sample_token` row by row, each row with its own key."""
     logits_SV = constrain_whole_rows(logits_SV)  # as sample_token does for a batch
 
     def one(logits_V, key):
-        token, logp = sample_token(logits_V[None], key, temperature, top_k, top_p, vocab_size)
+        token, logp = sample_token(logits_V[None], key, temperature, top_k, top_p, vocab_size, filters)
         return token[0], logp[0]
     return jax.vmap(one)(logits_SV, keys_S)
 
@@ -139,12 +139,12 @@ def slot_phases(slots: int, tail_slots: tuple[int, ...]) -> tuple[int, ...]:
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "samples", "slots", "tail_slots", "stop_ids",
                                              "pad_id", "ignore_eos", "keep_logits", "vocab_size", "kv_block",
-                                             "cache_phases"))
+                                             "cache_phases", "filters"))
 def generate_continuous(graphdef, state, prompt_PP, prompt_valid_PP, key, temperature, top_k, top_p,
                         row_max_new_R=None, *, max_new: int, samples: int, slots: int,
                         stop_ids: tuple[int, ...], pad_id: int, ignore_eos: bool, keep_logits: bool = False,
                         vocab_size: int | None = None, kv_block: int = 0,
-                        tail_slots: tuple[int, ...] = (), cache_phases: int = 1) -> Rollout:
+                        tail_slots: tuple[int, ...] = (), cache_phases: int = 1, filters: bool = True) -> Rollout:
     """`generate_padded`'s rollout (same arguments and conventions) decoded by `slots` slots.
 
     `tail_slots`: smaller slot counts for the rollout's tail. Once no request is pending and at most N rows
@@ -195,7 +195,7 @@ def generate_continuous(graphdef, state, prompt_PP, prompt_valid_PP, key, temper
             s = jax.lax.cond((_live_rows(s) < slots) & (s.next_request < requests), admit, lambda s: s, s)
         live_S, count_S = s.active_S, s.count_S
         token_S, logp_S = _sample_rows(s.logits_SV, _row_keys(key, s.request_S, count_S, samples), temperature,
-                                       top_k, top_p, vocab_size)
+                                       top_k, top_p, vocab_size, filters)
         token_S = jnp.where(live_S, token_S, pad_id)
         slot_S = jnp.where(live_S, p + count_S, p)  # an idle slot writes a masked entry at P
         kv_valid_SC = jax.vmap(lambda row, slot, live: row.at[slot].set(live))(s.kv_valid_SC, slot_S, live_S)

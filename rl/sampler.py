@@ -74,6 +74,11 @@ class SamplingConfig:
     # trainer's devices
     devices: int = 0
 
+    @property
+    def filters(self) -> bool:
+        """Whether top_k or top_p can remove a token: the sampler compiles its filters only then."""
+        return self.top_k > 0 or self.top_p < 1
+
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise UserError(f"sampling.max_new_tokens={self.max_new_tokens}: must be >= 1")
@@ -178,17 +183,18 @@ def _repeat_rows(tree, samples: int, axis: int):
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "samples", "stop_ids", "pad_id",
                                              "ignore_eos", "keep_logits", "vocab_size", "kv_block",
-                                             "cache_phases"))
+                                             "cache_phases", "filters"))
 def generate_padded(graphdef, state, prompt_BP, prompt_valid_BP, key, temperature, top_k, top_p, *,
                     max_new: int, samples: int, stop_ids: tuple[int, ...], pad_id: int, ignore_eos: bool,
                     keep_logits: bool = False, vocab_size: int | None = None, kv_block: int = 0,
-                    cache_phases: int = 1, row_max_new_B: jax.Array | None = None) -> Rollout:
+                    cache_phases: int = 1, row_max_new_B: jax.Array | None = None, filters: bool = True) -> Rollout:
     """Sample `samples` completions per left-padded prompt. Rows are prompt-major: row = prompt * G + g.
 
     A row stops at its first id in `stop_ids`; ids at or past `vocab_size` (None: none) are never sampled.
     `kv_block` > 0: decode steps read the cache block-wise up to the filled slots (`SamplingConfig.kv_block`).
     `cache_phases` > 1: the decode loop runs in phases over caches that grow (`SamplingConfig.cache_phases`);
     the same tokens and log-probs up to float rounding.
+    `filters` False: top_k and top_p are known to remove nothing; no filter is compiled (`sample_token`).
     `row_max_new_B` (optional, [B]): a row also stops after that many tokens (a test and bench hook).
 
     `state` is the policy's nnx.State, or a tuple of States (e.g. trainable params and routing bias) that
@@ -217,7 +223,7 @@ def generate_padded(graphdef, state, prompt_BP, prompt_valid_BP, key, temperatur
 
     def body(s: _Loop) -> _Loop:
         token_B, logp_B = sample_token(s.logits_BV, jax.random.fold_in(key, s.step), temperature, top_k, top_p,
-                                       vocab_size)
+                                       vocab_size, filters)
         live_B = ~s.done_B
         token_B = jnp.where(live_B, token_B, pad_id)
         slot = p + s.step
@@ -292,7 +298,7 @@ class Sampler:
             raise UserError(f"row_max_new has {len(row_max_new)} entries for {rows} rows")
         options = dict(max_new=cfg.max_new_tokens, samples=samples, stop_ids=self.stop_ids, pad_id=self.pad_id,
                        ignore_eos=ignore_eos, keep_logits=keep_logits, vocab_size=self.vocab_size,
-                       kv_block=cfg.kv_block, cache_phases=cfg.cache_phases)
+                       kv_block=cfg.kv_block, cache_phases=cfg.cache_phases, filters=cfg.filters)
 
         # the inference layout's copy holds each layer's parameters apart: its own graph merges it
         graphdef = self.graphdef if self.layout is None else self.layout.graphdef
