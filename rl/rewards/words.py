@@ -86,10 +86,13 @@ _LATEX_COMMAND = re.compile(r"\\(?:begin|end)\{[a-zA-Z]+\*?\}|\\[a-zA-Z]+")
 # the operator names of LaTeX's \operatorname set (\sin ... \Pr) and lcm, mod, argmax, argmin, with or without
 # their backslash ("所以 sin x + cos x" scored 0.5 for `zh`; a longer word holding one, "Using", is no name), and a
 # sub- or superscript group attached to what it indexes (x_{max}, \epsilon_{ijk}, R^{ij}_{kl}): one token of
-# letters and digits (n-1, i,j: pieces of at most 2 after the first), so no sentence fits in one
+# letters and digits (n-1, i,j: pieces of at most 2 after the first), so no sentence fits in one, and no run of
+# more than INDEX_LETTERS letters (x_{thesumofall}, aᶠⁱʳˢᵗ: English scored 1.0 for `zh`; Rᵢⱼₖₗ, x_{init} stay)
 _OPERATOR_NAMES = ("arccos", "arcsin", "arctan", "argmax", "argmin", "liminf", "limsup", "cosh", "coth", "sinh",
                    "tanh", "arg", "cos", "cot", "csc", "deg", "det", "dim", "exp", "gcd", "hom", "inf", "ker", "lcm",
                    "lim", "log", "max", "min", "mod", "sec", "sin", "sup", "tan", "lg", "ln", "Pr")
+INDEX_LETTERS = 4  # the most letters in a row of an index (R_{ijkl}, x_{init}); a longer run is a word
+_INDEX_RUN = re.compile("[A-Za-z]{%d}" % (INDEX_LETTERS + 1))
 _NOTATION = re.compile(r"(?<![A-Za-z])(?:%s)(?![A-Za-z])|(?<=\S)[_^]\{[A-Za-z0-9]*(?:[-+=*,'.][A-Za-z0-9]{0,2})*\}"
                        % "|".join(_OPERATOR_NAMES))
 
@@ -181,6 +184,8 @@ def _words(text: str) -> list[tuple[str, int, str]]:
                 kind = "index" if attached and style in _INDEX_STYLES else "styled" if style else ""
                 words.append((script, 1, kind))
                 open_word, open_style, first, tally = True, style, script, None
+        words[start:] = [(script, n, "styled" if kind == "index" and n > INDEX_LETTERS else kind)
+                         for script, n, kind in words[start:]]  # (aᶠⁱʳˢᵗ: a styled word, no index)
         pieces = words[start:]  # a token cut by scripts, no ideograph: its Greek and Latin letters are one variable
         if len(pieces) > 1 and not any(script in _IDEOGRAPHIC for script, _, _ in pieces):  # "x를", not "Fi가rs가t"
             letters = sum(n for script, n, kind in pieces if script in _VARIABLE_SCRIPTS and not kind)
@@ -234,7 +239,7 @@ def word_scripts(text: str, target: tuple[str, ...] = ()) -> list[str]:
     word and one Greek for `el`; "Η γωνία θ" is three Greek words; "设 x = 5" one Chinese word for `zh`, where
     the x counted against it; "the max of x" is all English for `en`, "所以 max" one Chinese word for `zh`)."""
     if "LATIN" not in target:  # (before the commands go: \epsilon_{ijk}'s group is attached to \epsilon)
-        text = _NOTATION.sub(" ", text)
+        text = _NOTATION.sub(lambda match: match[0] if _INDEX_RUN.search(match[0]) else " ", text)
     return [script for script, letters, kind in _words(_LATEX_COMMAND.sub(" ", text))
             if script in target or (kind != "index" and (letters > VARIABLE_LETTERS
                                                          or not (kind or script in _VARIABLE_SCRIPTS)))]

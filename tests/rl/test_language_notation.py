@@ -89,3 +89,14 @@ def test_the_rejection_filter_keeps_mathematics_in_the_target_language():
     assert reason("所以 sin x + cos x 且 x_{max} 为 7", "zh") is None
     assert reason("Cначала cложим тpи и чeтыpe", "ru") is None and reason("Cначала cложим тpи", "en") == "language"
     assert reason("所以 the sum is 7", "zh") == "language"
+
+
+@pytest.mark.parametrize("thought, expected", [
+    # an index holds at most 4 letters in a row: English glued into one index ('the sum of all') or written as
+    # superscripts ('first') is a word a human reads (1/2 beside one ideograph); both scored 1.0 for zh
+    ("先 x_{thesumofall}", 1 / 2), ("先 aᶠⁱʳˢᵗ", 1 / 2), ("先 a^{first} b^{we} c^{three}", 1 / 3),
+    # real indices of up to 4 letters stay notation
+    ("张量 R_{ijkl} 与 Rᵢⱼₖₗ", 1.0), ("初值 x_{init} 与 x^{test}", 1.0),
+])
+def test_an_index_holds_no_long_word(thought, expected):
+    assert language(thought, "zh") == pytest.approx(expected)
