@@ -141,6 +141,12 @@ _ENCLOSED = re.compile("[%s]" % _ENCLOSED_LETTERS)
 _INDEX_STYLES = ("<sub>", "<super>")  # letters of an index: ᵢ ⱼ ₘ ᵃ ⁿ
 # scripts with letters alike to the eye (Latin C c e o p x, Cyrillic С с е о р х, Greek Ο ο ρ χ): one word
 _LOOKALIKE_SCRIPTS = ("LATIN", "CYRILLIC", "GREEK")
+# their letters with a twin in another of them: a word of look-alike scripts is of the script most of its other
+# letters (its own) are in, then of the one most of all its letters are in: English with half its letters Cyrillic
+# twins ('ѕеcоnd ԝе аԁԁ') was Russian for `ru` (1.0) and `en` (0.0); "Cначала" is Russian by н ч л
+_LOOKALIKE_LETTERS = frozenset("ABCEHIJKMNOPSTXYZacdehijklopqsuvwxy"  # Latin
+                               "АВСЕНІЈКМОРЅТХУҮӀаԁсеһіјкӏорԛѕԝхуүѵ"  # Cyrillic
+                               "ΑΒΕΖΗΙΚΜΝΟΡΤΥΧϹαικνορυχϲϳ")  # Greek
 
 
 def _words(text: str) -> list[tuple[str, int, str]]:
@@ -148,7 +154,8 @@ def _words(text: str) -> list[tuple[str, int, str]]:
     stands ("a我们" is three words), and each run of other letters between them is one word until the letters'
     style (`_letter_script`: "𝐀ᵀ𝐱" is three words) or script changes ("Python으로" is a Latin word and a Korean
     one: the particle was Latin), but for scripts that share look-alike letters (`_LOOKALIKE_SCRIPTS`): a word of
-    those is one word of the script most of its letters are in, the first letter's at a tie ("Cначала", Russian
+    those is one word of the script most of its letters without a twin are in, then most of all its letters, the
+    first letter's at a tie (`_LOOKALIKE_LETTERS`; "Cначала", Russian
     with a Latin C, is Cyrillic: it was a Latin word, and 'Cначала cложим тpи' scored 2/3 for `en`), and the
     Greek and Latin pieces of a token so cut, no ideograph in it, are as long as they are together ("x를": a
     variable and a particle; "Fi가rs가t": English, 1.0 for `ko` as 2-letter variables); symbols that
@@ -173,17 +180,21 @@ def _words(text: str) -> list[tuple[str, int, str]]:
                 open_word = False
             elif open_word and style == open_style and (script == first or (
                     script in _LOOKALIKE_SCRIPTS and first in _LOOKALIKE_SCRIPTS)):
-                lead = words[-1][0]
+                lead, own = words[-1][0], char not in _LOOKALIKE_LETTERS
                 if script != first or tally:  # of look-alike scripts: of the one most letters are in, first at a tie
-                    tally = tally or {first: words[-1][1]}
-                    tally[script] = tally.get(script, 0) + 1
-                    if tally[script] > tally[lead] or (tally[script] == tally[lead] and script == first):
+                    tally = tally or {first: [first_own, words[-1][1]]}  # (letters of its own, all letters)
+                    counts = tally.setdefault(script, [0, 0])
+                    counts[0], counts[1] = counts[0] + own, counts[1] + 1
+                    if counts > tally[lead] or (counts == tally[lead] and script == first):
                         lead = script
+                else:
+                    first_own += own
                 words[-1] = (lead, words[-1][1] + 1, words[-1][2])
             else:
                 kind = "index" if attached and style in _INDEX_STYLES else "styled" if style else ""
                 words.append((script, 1, kind))
                 open_word, open_style, first, tally = True, style, script, None
+                first_own = char not in _LOOKALIKE_LETTERS
         words[start:] = [(script, n, "styled" if kind == "index" and n > INDEX_LETTERS else kind)
                          for script, n, kind in words[start:]]  # (aᶠⁱʳˢᵗ: a styled word, no index)
         pieces = words[start:]  # a token cut by scripts, no ideograph: its Greek and Latin letters are one variable

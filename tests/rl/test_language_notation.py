@@ -70,10 +70,22 @@ def test_words_of_several_scripts_are_read_in_linear_time():
 
 
 def test_the_script_of_a_word_of_look_alike_scripts_is_its_most_letters():
-    """Counted over the whole word, whichever script comes first or last (a tie: the first letter's)."""
-    assert word_scripts("Cнн") == ["CYRILLIC"] and word_scripts("CнCC") == ["LATIN"]
-    assert word_scripts("CннCC") == ["LATIN"]
-    assert word_scripts("нCCнн") == ["CYRILLIC"] and word_scripts("Cн") == [] and word_scripts("нC") == ["CYRILLIC"]
+    """Counted over the whole word, whichever script comes first or last: its letters with no twin in another
+    script first (н, t), then all (a tie: the first letter's)."""
+    assert word_scripts("Cнн") == ["CYRILLIC"] and word_scripts("CнCC") == ["CYRILLIC"]  # C has a twin, н none
+    assert word_scripts("CннCtt") == ["LATIN"] and word_scripts("Cн") == ["CYRILLIC"]
+    assert word_scripts("нCCнн") == ["CYRILLIC"] and word_scripts("нC") == ["CYRILLIC"]
+    assert word_scripts("Ccс") == ["LATIN"] and word_scripts("Cсс") == ["CYRILLIC"] and word_scripts("Cс") == []
+
+
+@pytest.mark.parametrize("thought, target, expected", [
+    # English with half or more of its letters swapped for Cyrillic twins (ѕ е о ԁ): a human reads English, as
+    # its letters with no twin (n, t, u, m) say; it was Russian by its most letters (1.0 for ru, 0.0 for en)
+    ("ѕеcоnd thеn ѕum", "ru", 0.0), ("ѕеcоnd thеn ѕum", "en", 1.0),
+    ("Cначала cложим тpи и чeтыpe", "ru", 1.0),  # Russian by н ч л ж м т и ы, whatever its twins
+])
+def test_a_word_of_look_alike_scripts_is_read_by_its_letters_without_twins(thought, target, expected):
+    assert language(thought, target) == pytest.approx(expected)
 
 
 def test_the_rejection_filter_keeps_mathematics_in_the_target_language():
