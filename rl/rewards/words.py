@@ -250,7 +250,8 @@ def word_scripts(text: str, target: tuple[str, ...] = ()) -> list[str]:
     word and one Greek for `el`; "Η γωνία θ" is three Greek words; "设 x = 5" one Chinese word for `zh`, where
     the x counted against it; "the max of x" is all English for `en`, "所以 max" one Chinese word for `zh`)."""
     if "LATIN" not in target:  # (before the commands go: \epsilon_{ijk}'s group is attached to \epsilon)
-        text = _NOTATION.sub(lambda match: match[0] if _INDEX_RUN.search(match[0]) else " ", text)
+        text = _NOTATION.sub(lambda match: match[0] if match[0][0] in "_^" and _INDEX_RUN.search(match[0]) else " ",
+                             text)  # (an operator name of 6 letters, arccos, is one)
     return [script for script, letters, kind in _words(_LATEX_COMMAND.sub(" ", text))
             if script in target or (kind != "index" and (letters > VARIABLE_LETTERS
                                                          or not (kind or script in _VARIABLE_SCRIPTS)))]

@@ -109,6 +109,7 @@ def test_the_rejection_filter_keeps_mathematics_in_the_target_language():
     ("先 x_{thesumofall}", 1 / 2), ("先 aᶠⁱʳˢᵗ", 1 / 2), ("先 a^{first} b^{we} c^{three}", 1 / 3),
     # real indices of up to 4 letters stay notation
     ("张量 R_{ijkl} 与 Rᵢⱼₖₗ", 1.0), ("初值 x_{init} 与 x^{test}", 1.0),
+    ("所以 arccos x 与 argmax f 与 limsup", 1.0),  # operator names of 6 letters are no index
 ])
 def test_an_index_holds_no_long_word(thought, expected):
     assert language(thought, "zh") == pytest.approx(expected)
