@@ -9,7 +9,7 @@ letters), µ (micro sign), ² ½ Ⅻ (numbers). A Greek or Latin word of at most
 variable) is left out unless the target language is written in its script (Greek for `el`, Latin for `en`);
 longer words count as their script's. LaTeX commands (\\frac, \\sqrt, \\begin{pmatrix}) are notation and left out;
 so are operator names (sin, max, gcd: LaTeX's \\operatorname set, lcm, mod) and indices attached to a symbol
-(x_{max}, εᵢⱼₖ), unless the target language is written in Latin.
+(x_{max}, T_{\\mathrm{eff}}, εᵢⱼₖ: at most 4 letters in a row), unless the target language is written in Latin.
 A word is read by its scripts: "Python으로" is an English word and a Korean one; a word of look-alike
 scripts (Latin, Cyrillic, Greek) is of the script most of its letters are in ("Cначала" is Russian).
 Every pattern here runs in linear time on hostile text (benchmarks/answer_regexes.py times them).
@@ -93,8 +93,16 @@ _OPERATOR_NAMES = ("arccos", "arcsin", "arctan", "argmax", "argmin", "liminf", "
                    "lim", "log", "max", "min", "mod", "sec", "sin", "sup", "tan", "lg", "ln", "Pr")
 INDEX_LETTERS = 4  # the most letters in a row of an index (R_{ijkl}, x_{init}); a longer run is a word
 _INDEX_RUN = re.compile("[A-Za-z]{%d}" % (INDEX_LETTERS + 1))
-_NOTATION = re.compile(r"(?<![A-Za-z])(?:%s)(?![A-Za-z])|(?<=\S)[_^]\{[A-Za-z0-9]*(?:[-+=*,'.][A-Za-z0-9]{0,2})*\}"
-                       % "|".join(_OPERATOR_NAMES))
+# (a group may be written upright: T_{\mathrm{eff}}, E_{\text{kin}}: 'eff', 'kin' were English words for `zh`)
+_NOTATION = re.compile(r"(?<![A-Za-z])(?:%s)(?![A-Za-z])|(?<=\S)[_^]\{(?:\\(?:text|mathrm|rm|textrm|mathit|mathsf)\{"
+                       r"[A-Za-z0-9]*\}|[A-Za-z0-9]*(?:[-+=*,'.][A-Za-z0-9]{0,2})*)\}" % "|".join(_OPERATOR_NAMES))
+
+
+def _notation(match: re.Match) -> str:
+    """What a `_NOTATION` match leaves: nothing, but an index with a run of more than INDEX_LETTERS letters (its
+    \\mathrm aside) stays as written, a word (an operator name of 6 letters, arccos, is no index)."""
+    index = match[0][0] in "_^" and _INDEX_RUN.search(_LATEX_COMMAND.sub(" ", match[0]))
+    return match[0] if index else " "
 
 
 @functools.lru_cache(maxsize=8192)
@@ -250,8 +258,7 @@ def word_scripts(text: str, target: tuple[str, ...] = ()) -> list[str]:
     word and one Greek for `el`; "Η γωνία θ" is three Greek words; "设 x = 5" one Chinese word for `zh`, where
     the x counted against it; "the max of x" is all English for `en`, "所以 max" one Chinese word for `zh`)."""
     if "LATIN" not in target:  # (before the commands go: \epsilon_{ijk}'s group is attached to \epsilon)
-        text = _NOTATION.sub(lambda match: match[0] if match[0][0] in "_^" and _INDEX_RUN.search(match[0]) else " ",
-                             text)  # (an operator name of 6 letters, arccos, is one)
+        text = _NOTATION.sub(_notation, text)
     return [script for script, letters, kind in _words(_LATEX_COMMAND.sub(" ", text))
             if script in target or (kind != "index" and (letters > VARIABLE_LETTERS
                                                          or not (kind or script in _VARIABLE_SCRIPTS)))]

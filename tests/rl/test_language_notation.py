@@ -110,6 +110,15 @@ def test_the_rejection_filter_keeps_mathematics_in_the_target_language():
     # real indices of up to 4 letters stay notation
     ("张量 R_{ijkl} 与 Rᵢⱼₖₗ", 1.0), ("初值 x_{init} 与 x^{test}", 1.0),
     ("所以 arccos x 与 argmax f 与 limsup", 1.0),  # operator names of 6 letters are no index
+    # an upright index is an index (eff, kin were English words: 1/3), with the same bound
+    (r"温度 T_{\mathrm{eff}} 与 E_{\text{kin}}", 1.0), (r"先 x_{\text{thesumofall}}", 1 / 2),
 ])
 def test_an_index_holds_no_long_word(thought, expected):
     assert language(thought, "zh") == pytest.approx(expected)
+
+
+def test_bounded_indices_are_read_in_linear_time():
+    for text in ("x_{\\text{" * 125_000, "x_{\\mathrm{" + "a" * 999_988, "x_{abcde}" * 111_111, "aᶠⁱʳˢᵗ" * 166_666):
+        start = time.perf_counter()
+        word_scripts(text, ("CJK",))
+        assert time.perf_counter() - start < 2.0, text[:20]
