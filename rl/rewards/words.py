@@ -174,7 +174,8 @@ def _words(text: str) -> list[tuple[str, int, str]]:
     for run in _WORD.findall(text):
         start = len(words)
         open_word, open_style = False, ""  # inside a word of a script written with spaces (the last of `words`)
-        first, tally = "", None  # its first letter's script; its letters by script, once it has two
+        first, tally, first_own = "", None, 0  # its first letter's script; its letters by script, once it has
+        # two; its letters of the first script that have no twin in another
         base = False  # the last character shown was one an index can be attached to (no index, no ideograph)
         for char in run:
             script, style = _letter_script(char)
