@@ -1,7 +1,7 @@
 """Sampler throughput: prefill and decode tokens/s, and one decode step at cache position 128 vs 1024.
 
-Greedy decoding (temperature 0: neither the draw nor a top-k/top-p filter runs) of B random prompts of P tokens, N new tokens
-each, EOS ignored so every row runs to N. Prefill is timed as a generate of one token (the prefill plus
+Greedy decoding (temperature 0: neither the draw nor a top-k/top-p filter runs) of B random prompts of P tokens,
+N new tokens each, EOS ignored so every row runs to N. Prefill is timed as a generate of one token (the prefill plus
 one decode step); decode tokens/s is B * (N - 1) over the difference between the full generate and that.
 The decode step is one `forward_cached` call at a cache slot, with the cache sized to that slot (+8): the
 cost of a step with ~128 vs ~1024 tokens of context.

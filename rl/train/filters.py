@@ -49,8 +49,8 @@ def thought(text: str) -> str:
 
 
 def has_code_block(text: str) -> bool:
-    """A fenced (```, or ~~~ opening a line) code block, or an indented one (Markdown's: `INDENTED_CODE_LINES` or more consecutive
-    lines indented by 4+ spaces or a tab, after a blank line or at the start), in `text`."""
+    """A fenced (```, or ~~~ opening a line) code block, or an indented one (Markdown's: `INDENTED_CODE_LINES` or
+    more consecutive lines indented by 4+ spaces or a tab, after a blank line or at the start), in `text`."""
     if FENCE in text:
         return True
     run, after_blank = 0, True

@@ -196,7 +196,8 @@ def test_shape_mismatch_raises():
         grpo_loss(one, np.ones(4), one, one, GRPOConfig(kl_coef=0.0))
 
 
-@pytest.mark.parametrize("name", ["mask_BT", "weight_BT", "old_logp_BT", "ref_logp_BT", "sampler_logp_BT", "entropy_BT"])
+@pytest.mark.parametrize("name", ["mask_BT", "weight_BT", "old_logp_BT", "ref_logp_BT", "sampler_logp_BT",
+                                  "entropy_BT"])
 def test_a_per_token_input_that_would_broadcast_is_refused_by_name(name):
     """A [1, T] array broadcasts against [B, T] logp without complaint: it must be refused, named."""
     one, row = np.ones((2, 3), np.float32), np.ones((1, 3), np.float32)

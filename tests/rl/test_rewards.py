@@ -307,7 +307,8 @@ def test_rewards_config_errors_name_the_field(kwargs, field):
     (lambda: PoolConfig(max_tasks_per_worker=-1), "reward_pool.max_tasks_per_worker"),
     (lambda: PoolConfig(memory_mb=255), "reward_pool.memory_mb"),
     (lambda: PoolConfig(max_failed_steps=1.5), "reward_pool.max_failed_steps"),
-    (lambda: CodeConfig(wall_s=0.0), "rewards.code.wall_s"), (lambda: CodeConfig(memory_mb=63), "rewards.code.memory_mb"),
+    (lambda: CodeConfig(wall_s=0.0), "rewards.code.wall_s"),
+    (lambda: CodeConfig(memory_mb=63), "rewards.code.memory_mb"),
 ])
 def test_each_bound_refuses_the_value_just_past_it(make, named):
     with pytest.raises(FieldError, match=named.replace(".", r"\.") + " = "):

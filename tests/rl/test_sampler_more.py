@@ -134,8 +134,8 @@ def test_sampled_tokens_lie_in_numpys_nucleus_with_log_probs_of_the_unfiltered_s
 
 
 def test_a_draw_follows_numpys_filtered_distribution():
-    """4,000 draws from one row: the frequencies of the ids top-k 4 / top-p 0.85 at T 0.7 keep (by hand: 0, 1, 2; id 6 holds 0.111 after 0.888) are NumPy's
-    renormalised probabilities (each within 4 standard errors), and no other id is drawn."""
+    """4,000 draws from one row: the frequencies of the ids top-k 4 / top-p 0.85 at T 0.7 keep (by hand: 0, 1, 2;
+    id 6 holds 0.111 after 0.888) are NumPy's renormalised probabilities (each within 4 standard errors), and no other id is drawn."""
     logits = np.array([2.0, 1.5, 1.4, 0.3, 0.2, -1.0, 1.0, 0.0], np.float32)
     t, top_k, top_p, draws = 0.7, 4, 0.85, 4000
     keys = jax.random.split(jax.random.key(0), draws)
