@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def read_items(path: str) -> tuple[list[dict], list]:
     """Every row validated up front (a bad row fails before anything is scored)."""
     from r1jax.errors import UserError
-    from r1jax.rl.data.records import check_task, read_rows, text_field
+    from r1jax.rl.data.records import check_reference, check_task, read_rows, text_field
     from r1jax.rl.rewards import ScoreItem
     from r1jax.rl.rewards.code import check_entry_point, encode_tests
 
@@ -81,9 +81,11 @@ def read_items(path: str) -> tuple[list[dict], list]:
             raise UserError(f"{where}: field 'tests' is missing (code rows need tests)")
         # the entry point before the tests: a test calling `max` names no program, and `candidate` needs one
         entry_point = check_entry_point(row.get("entry_point"), where) if code else None
-        items.append(ScoreItem(prompt=text_field(row, "prompt", where, required=False) or "",
-                               completion=completion,
-                               reference=text_field(row, "answer", where, required=not code, numbers_ok=True) or "",
+        prompt = text_field(row, "prompt", where, required=False) or ""
+        reference = text_field(row, "answer", where, required=not code, numbers_ok=True) or ""
+        if not code:  # as training's data loading: a countdown target without its numbers scored every row 0
+            check_reference(task, prompt, reference, f"{where}: field 'answer'")
+        items.append(ScoreItem(prompt=prompt, completion=completion, reference=reference,
                                task=task, length=length, entry_point=entry_point,
                                tests=encode_tests(row["tests"], where, entry_point) if code else None))
         rows.append(row)

@@ -126,6 +126,18 @@ def text_field(row: dict, field: str, where: str, required: bool, numbers_ok: bo
     return value
 
 
+def check_reference(task: str, prompt: str, answer: str, where: str) -> None:
+    """UserError (`where`: the reference's file, row and field) for a reference the task's verifier can never
+    score: the row would earn a reward of 0 for every answer, in training and in `r1jax score` alike."""
+    checks = {"countdown": lambda: countdown.check_reference(prompt, answer),
+              "math": lambda: math_answer.check_reference(answer),
+              "arithmetic": lambda: arithmetic.check_reference(answer),
+              "algebra": lambda: algebra.check_reference(answer)}
+    problem = checks[task]() if task in checks else None
+    if problem:
+        raise UserError(f"{where}: {problem}")
+
+
 def check_task(row: dict, where: str, default: str, field: str = "task") -> str:
     task = text_field(row, field, where, required=False, mapped_from="task") or default
     if task not in TASKS:
@@ -148,14 +160,7 @@ def problem_from_row(row: dict, where: str, default_task: str = "math", *, need_
         answer, derived = split_answer(text, answer_format)
     except ValueError as err:
         raise UserError(f"{where}: field {column['answer']!r} (data.answer_format={answer_format}): {err}") from None
-    checks = {"countdown": lambda: countdown.check_reference(prompt, answer),
-              "math": lambda: math_answer.check_reference(answer),
-              "arithmetic": lambda: arithmetic.check_reference(answer),
-              "algebra": lambda: algebra.check_reference(answer)}
-    if task in checks:  # a reference that can never score: the row would train on rewards of 0 for every answer
-        problem = checks[task]()
-        if problem:
-            raise UserError(f"{where}: field {column['answer']!r}: {problem}")
+    check_reference(task, prompt, answer, f"{where}: field {column['answer']!r}")
     # a derived worked solution in the R1 format, its reasoning thought and its reference answered, as the
     # tasks' own solutions are (rl.tasks.base.r1_solution): GSM8K's text before `####` alone taught an SFT
     # stage to reason and stop with no answer (accuracy and format rewards 0 on its own targets)

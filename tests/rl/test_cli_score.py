@@ -80,6 +80,20 @@ def test_score_bad_input_fails_with_file_row_and_field_before_scoring(tmp_path, 
     assert exit_info.value.code == 2 and "--workers: expected an integer >= 1, got 0" in capsys.readouterr().err
 
 
+def test_score_refuses_a_reference_no_answer_can_match_as_training_does(tmp_path, capsys):
+    # a countdown target with no numbers in its prompt: a correct expression scored 0 (training refuses the row)
+    rows = [ROWS[3], {"completion": "<answer> (3+5)*2 </answer>", "answer": "16", "task": "countdown"}]
+    path = write_jsonl(tmp_path / "c.jsonl", rows)
+    assert main(["score", str(path), "--workers", "1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "c.jsonl: row 2: field 'answer': the reference '16' is not an expression of the numbers" in captured.err
+    path = write_jsonl(tmp_path / "d.jsonl", [{"completion": "<answer> 1 </answer>", "answer": "x",
+                                              "task": "arithmetic"}])
+    assert main(["score", str(path), "--workers", "1"]) == 2
+    assert "d.jsonl: row 1: field 'answer': the reference 'x' is not a number" in capsys.readouterr().err
+
+
 def test_score_prints_parquet_values_json_cannot_hold_as_strings(tmp_path, capsys):
     import datetime
 
