@@ -56,11 +56,15 @@ SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_
 _PROBE = "a"  # a text every byte-level or byte-fallback vocabulary encodes to at least one id
 
 
-def _token_text(value: Any) -> Optional[str]:
-    """A special token as tokenizer_config writes it: a string, an AddedToken dict, or null."""
-    if isinstance(value, Mapping):
-        value = value.get("content")
-    return value if isinstance(value, str) else None
+def _token_text(value: Any, where: str) -> Optional[str]:
+    """A special token as tokenizer_config writes it: a string, an AddedToken dict, or null. Anything else (an
+    id such as `"eos_token": 151645`) is a UserError naming `where` (the file and key): it was left out, and the
+    token stayed the one the other files name."""
+    text = value.get("content") if isinstance(value, Mapping) else value
+    if value is not None and not isinstance(text, str):
+        raise UserError(f"{where} = {value!r}: expected the token's text (a string such as \"<|im_end|>\", or "
+                        "an AddedToken object with its \"content\"), or null")
+    return text
 
 
 def _clean_up_tokenization(text: str) -> str:
@@ -139,10 +143,12 @@ class HFTokenizer:
         return content
 
     def _special_tokens(self) -> dict[str, str]:
-        values = {name: self.config.get(name) for name in SPECIAL_TOKEN_NAMES}
+        values = {name: (CONFIG_JSON, self.config.get(name)) for name in SPECIAL_TOKEN_NAMES}
         if "added_tokens_decoder" not in self.config:  # an old config: special_tokens_map.json wins
-            values.update({k: v for k, v in self._json(SPECIAL_TOKENS_JSON).items() if k in values})
-        return {name: text for name, value in values.items() if (text := _token_text(value)) is not None}
+            values.update({k: (SPECIAL_TOKENS_JSON, v) for k, v in self._json(SPECIAL_TOKENS_JSON).items()
+                           if k in values})
+        return {name: text for name, (file, value) in values.items()
+                if (text := _token_text(value, f"{self._where(file)}: {name}")) is not None}
 
     def _special_id(self, name: str) -> Optional[int]:
         text = self.special_tokens.get(name)

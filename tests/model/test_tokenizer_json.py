@@ -202,6 +202,14 @@ def test_bad_files_are_named(tmp_path):
     assert is_tokenizer_dir(tmp_path / "g")  # so import-hf reads it, and names it
 
 
+@pytest.mark.parametrize("value", [151645, {"content": 7}, ["<|im_end|>"]])
+def test_a_special_token_that_is_not_a_tokens_text_is_named(tmp_path, value):
+    # an id where the token's text goes (a hand edit to end SFT rows with <|im_end|>): it was left out, and the
+    # eos stayed generation_config.json's first id with no word said
+    message = _broken(tmp_path, "a", _edit_json("tokenizer_config.json", eos_token=value))
+    assert f"tokenizer_config.json: eos_token = {value!r}: expected the token's text" in message
+
+
 def test_a_foreign_sentencepiece_model_names_the_file_and_what_r1jax_reads(tmp_path):
     """A Hugging Face directory whose tokenizer is only tokenizer.model (Llama-style sentencepiece): the file,
     what r1jax reads (tokenizer.json) and how to get one; elsewhere, how to get an r1jax tokenizer."""
