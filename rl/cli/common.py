@@ -67,7 +67,12 @@ def check_context(new_tokens: int, prompt_tokens: int, context: int, *, prompt: 
     """A completion of `new_tokens` after a prompt of `prompt_tokens` fits the model's context (its
     max_position_embeddings), else a UserError naming the `flags` that set them (default --max-new-tokens) and
     the prompt as `prompt` ("a prompt bucket"): past it a cache of 2^30 tokens went to the device and out of
-    memory, with a traceback, and `r1jax compile` compiled for minutes a policy that cannot run."""
+    memory, with a traceback, and `r1jax compile` compiled for minutes a policy that cannot run. A prompt that
+    fills the context alone is named as the culprit, not the flags."""
+    if prompt_tokens >= context:  # no budget fits: naming --max-new-tokens sent the user to the wrong knob
+        raise UserError(f"{flags + ': ' if flags else ''}{prompt or 'the prompt'} is {prompt_tokens} tokens long: it "
+                        f"fills the model's context of {context} tokens (model.max_position_embeddings) by itself, "
+                        "leaving no room for a new token")
     if prompt_tokens + new_tokens > context:
         shown = f"{prompt or 'a prompt'} of {prompt_tokens} tokens and " if prompt_tokens else ""
         raise UserError(f"{flags or f'--max-new-tokens {new_tokens}'}: {shown}{new_tokens} new tokens pass the "

@@ -146,8 +146,12 @@ def run(args: argparse.Namespace) -> int:
         raise err.for_flags({"reward_pool.workers": "--workers"}) from None
     template = args.template or config.tokenizer.template
     texts = prompt_texts(tokenizer, template, problems, config.tokenizer.template_vars)
-    longest = max(len(encode_prompt(tokenizer, template, text)) for text in texts)
-    check_context(max_new, longest, config.model.max_position_embeddings)
+    lengths = [len(encode_prompt(tokenizer, template, text)) for text in texts]
+    longest = max(lengths)
+    where = f"problem {lengths.index(longest) + 1} of {args.data}" if args.data else \
+        f"held-out problem {lengths.index(longest) + 1}"
+    check_context(max_new, longest, config.model.max_position_embeddings,
+                  prompt=f"the prompt of {where} (in the {template} format)")
     sampling = dataclasses.replace(config.sampling, prompt_buckets=buckets_for(config.sampling.prompt_buckets,
                                                                                longest))
     graphdef, state = nnx.split(policy)

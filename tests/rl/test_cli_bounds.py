@@ -365,3 +365,10 @@ def test_a_completion_that_exactly_fills_the_context_fits():
     check_context(24, 8, 32)
     with pytest.raises(UserError, match="32"):
         check_context(25, 8, 32)
+    # a prompt that fills the context alone is the culprit, whatever the budget: it named --max-new-tokens 1
+    for prompt_tokens in (32, 33):
+        with pytest.raises(UserError) as err:
+            check_context(1, prompt_tokens, 32, prompt="the prompt of problem 2 of t.jsonl")
+        assert str(err.value) == (f"the prompt of problem 2 of t.jsonl is {prompt_tokens} tokens long: it fills the "
+                                  "model's context of 32 tokens (model.max_position_embeddings) by itself, leaving "
+                                  "no room for a new token")
