@@ -26,6 +26,17 @@ DEFAULT_REFLECTION_WORDS = ("wait", "verify", "check", "re-examine", "recheck", 
 MAX_EVAL_PROBLEMS = 1_000_000  # held-out problems (each sampled eval.samples times; R1's sets: <= ~1,000)
 MAX_EVAL_SAMPLES = 1024  # k per problem (R1: 64 for AIME); 10^8 ran for minutes before its first progress line
 STAGE_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a stage's name names its files (samples/NAME/, NAME.jsonl)
+_REJECTION = ("rejection_sampling",)
+# the stage settings with a default that only some kinds read, and what another kind reads in their place
+STAGE_READERS = {
+    "batch_size": (("sft", "distill", "rejection_sampling"),
+                   {"grpo": "grpo.prompts_per_step prompts x grpo.group_size samples make its batch"}),
+    "max_sequence_length": (("sft", "distill"), {"rejection_sampling": "the sft or distill stage that trains on its "
+                                                 "samples bounds them with its own max_sequence_length"}),
+    "samples_per_prompt": (_REJECTION, {"grpo": "grpo.group_size samples each prompt"}),
+    **{key: (_REJECTION, {}) for key in ("reward_threshold", "filters", "max_repetition", "max_paragraph_words",
+                                         "correct_only")},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,11 +118,27 @@ class StageConfig:
             raise UserError(f"{where}.teacher: only a distill stage learns from a teacher (an sft stage reads its "
                             "data_path)")
 
+    def check_settings_read(self) -> None:
+        """UserError for a setting (STAGE_READERS) that this stage's kind never reads, given another value than
+        its default: `stages.1.batch_size=64` on a grpo stage trained on grpo.prompts_per_step's batch, saying
+        nothing. A run's start checks its stages so (rl.train.preflight); a checkpoint's config, which generate
+        and eval read, is not refused for it."""
+        for key, (kinds, instead) in STAGE_READERS.items():
+            value = getattr(self, key)
+            if self.kind not in kinds and value != STAGE_DEFAULTS[key]:
+                said = instead.get(self.kind, f"a stage of kind {self.kind} never reads it")
+                readers = " and ".join([", ".join(kinds[:-1]), kinds[-1]] if len(kinds) > 1 else kinds)
+                raise UserError(f"stages[{self.name}].{key}={value!r}: only {readers} stages read it; "
+                                f"{said} (drop the setting)")
+
     def new_tokens(self, sampling_max_new_tokens: int) -> int:
         """The completion budget the stage samples with: a rejection_sampling stage's own `max_new_tokens`
         when set, else `sampling.max_new_tokens` (what GRPO samples with)."""
         own = self.max_new_tokens if self.kind == "rejection_sampling" else None
         return own or sampling_max_new_tokens
+
+
+STAGE_DEFAULTS = {field.name: field.default for field in dataclasses.fields(StageConfig)}
 
 
 @dataclasses.dataclass(frozen=True)

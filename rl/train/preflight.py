@@ -81,6 +81,7 @@ def preflight(config: Config, tokenizer: TokenizerLike, mesh: Mesh, rules: Rules
     for index in range(len(config.stages)):
         check_stage_data(config, index, tokenizer)
         if index >= first_stage:
+            config.stages[index].check_settings_read()
             check_init_from(config, index, tokenizer)
     return check_held_out(config, tokenizer, left_out)
 

@@ -313,3 +313,22 @@ def test_a_task_listed_twice_beside_a_data_file_passes_preflight(tokenizer, tmp_
     data = write_rows(tmp_path / "d.jsonl", rows(8))
     problems = check(tokenizer, "data.tasks=[arithmetic,countdown,arithmetic]", f"data.path={data}")
     assert problems and not {p["prompt"] for p in problems} & {r["prompt"] for r in rows(8)}
+
+
+@pytest.mark.parametrize("override, named", [
+    ("stages.1.batch_size=64", "stages[grpo].batch_size=64: only sft, distill and rejection_sampling stages read "
+                               "it; grpo.prompts_per_step prompts x grpo.group_size samples make its batch"),
+    ("stages.1.samples_per_prompt=8", "stages[grpo].samples_per_prompt=8: only rejection_sampling stages read it; "
+                                      "grpo.group_size samples each prompt"),
+    ("stages.0.reward_threshold=1.0", "stages[sft].reward_threshold=1.0: only rejection_sampling stages read it"),
+    ("stages.1.max_sequence_length=512", "stages[grpo].max_sequence_length=512: only sft and distill stages"),
+])
+def test_a_stage_setting_its_kind_never_reads_is_refused_yet_a_stored_config_with_one_still_loads(tokenizer, override,
+                                                                                                named):
+    # a grpo stage's batch_size trained on grpo.prompts_per_step's batch with no word said
+    from r1jax.rl.config import config_from_dicts, to_dict
+
+    config_from_dicts(to_dict(load_config(TRAIN_CONFIG, [override])))  # generate and eval still read its checkpoints
+    fails(tokenizer, override, named=named)
+    if override.startswith("stages.1.batch_size"):
+        check(tokenizer, "stages.1.batch_size=32")  # the default, written out, is no setting of its own
