@@ -43,6 +43,7 @@ from r1jax.rl.train.held_out import HeldOutEval
 from r1jax.rl.train.metrics import MetricsWriter
 from r1jax.rl.train.outcome import rl_gain
 from r1jax.rl.train.preflight import check_resumed_data, preflight
+from r1jax.rl.train.run_layout import RUN_ENTRIES, check_run_entries
 from r1jax.rl.train.policy_io import RunCheckpoints, run_tokenizer, starting_policy
 from r1jax.rl.train.stages import STAGE_RUNNERS
 from r1jax.sharding import distributed
@@ -59,11 +60,6 @@ class Position:
 
     stage_index: int = 0
     meta: dict | None = None
-
-
-# what a start writes in its run directory (a refused one in a directory the user made takes back what it added)
-RUN_FILES = ("checkpoints", "config.yaml", "tokenizer", "metrics.jsonl", "tensorboard", "plots", "summary.json",
-             "samples", "datasets")
 
 
 class Trainer:
@@ -101,13 +97,14 @@ class Trainer:
         # one trainer at a time (process 0 holds it for the run): a second one's saves and metrics mixed with
         # the first's (both ran to the end: two lines per step, checkpoints of either config)
         self._lock = lock_directory(self.run_dir, "run directory") if self.primary else None
-        # what this start may add to a directory it did not make (listed once it holds the lock: no other
-        # trainer writes there now), taken away again by a refused start (`release`)
-        self._added = [path for path in (self.run_dir / name for name in RUN_FILES)
+        # what this start may add to a directory it did not make (of RUN_ENTRIES; listed once it holds the lock:
+        # no other trainer writes there now), taken away again by a refused start (`release`)
+        self._added = [path for path in (self.run_dir / name for name in RUN_ENTRIES)
                        if self.primary and not self._created and not os.path.lexists(path)]
         if self.primary and not self._created and lock_added:
             self._added.append(self.run_dir / LOCK_NAME)
         try:
+            check_run_entries(self.run_dir)
             self._open(config)
         except BaseException:
             self.release()

@@ -110,6 +110,24 @@ def test_a_run_directory_that_is_a_file_is_named(capsys, tmp_path):
         capsys, "train", str(TRAIN_CONFIG), "--run-dir", str(inside))
 
 
+@pytest.mark.parametrize("name, kind, found", [("plots", "file", "a file"), ("metrics.jsonl", "dir", "a directory"),
+                                               ("samples", "dangling", "a symlink to nothing")])
+def test_a_run_directory_entry_of_the_wrong_kind_is_named_before_anything_is_written(capsys, tmp_path, monkeypatch,
+                                                                                   name, kind, found):
+    # a file named plots: the run trained to its end, then stopped with a FileExistsError traceback at its plots
+    from r1jax.rl.train.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "run", lambda self: pytest.fail(f"trained {self.run_dir}"))
+    run = tmp_path / "run"
+    run.mkdir()
+    entry = run / name
+    entry.mkdir() if kind == "dir" else entry.symlink_to(tmp_path / "gone") if kind == "dangling" else \
+        entry.write_text("mine")
+    said = refused(capsys, "train", str(TRAIN_CONFIG), "--run-dir", str(run), "plots=true")
+    assert f"run directory {str(run)!r}: {name!r} is {found}, where the run writes a " in said
+    assert [p.name for p in run.iterdir()] == [name]  # the user's own, and nothing the start added
+
+
 def test_a_resume_of_a_run_directory_without_its_config_is_refused(capsys, tmp_path, monkeypatch):
     # what a start refused by its checks leaves: its lock and an empty checkpoints/, no config.yaml; a later
     # `r1jax train --run-dir DIR` (a resume, as the user meant it) trained the default config there, unsaid
