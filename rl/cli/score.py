@@ -54,8 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="overlong penalty: the soft zone L_cache before L_max (default %(default)s)")
 
 
-def read_items(path: str) -> tuple[list[dict], list]:
-    """Every row validated up front (a bad row fails before anything is scored)."""
+def read_items(path: str, accuracy: bool = True) -> tuple[list[dict], list]:
+    """Every row validated up front (a bad row fails before anything is scored); with `accuracy` (the reward is
+    scored), a reference it can never match too."""
     from r1jax.errors import UserError
     from r1jax.rl.data.records import check_reference, check_task, read_rows, text_field
     from r1jax.rl.rewards import ScoreItem
@@ -83,7 +84,7 @@ def read_items(path: str) -> tuple[list[dict], list]:
         entry_point = check_entry_point(row.get("entry_point"), where) if code else None
         prompt = text_field(row, "prompt", where, required=False) or ""
         reference = text_field(row, "answer", where, required=not code, numbers_ok=True) or ""
-        if not code:  # as training's data loading: a countdown target without its numbers scored every row 0
+        if accuracy and not code:  # as training's data loading: a bare countdown target scored every row 0
             check_reference(task, prompt, reference, f"{where}: field 'answer'")
         items.append(ScoreItem(prompt=prompt, completion=completion, reference=reference,
                                task=task, length=length, entry_point=entry_point,
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
 
     rewards, pool_config = configs(args)
     check_names(rewards, named="--rewards", custom="score runs these only")  # before reading a large file
-    rows, items = read_items(args.file)
+    rows, items = read_items(args.file, accuracy="accuracy" in rewards.names)
     if not rows:  # said, rather than an empty output alone: most often the wrong file
         print(f"r1jax score: {args.file} holds no rows: nothing scored", file=sys.stderr)
         return 0

@@ -92,6 +92,8 @@ def test_score_refuses_a_reference_no_answer_can_match_as_training_does(tmp_path
                                               "task": "arithmetic"}])
     assert main(["score", str(path), "--workers", "1"]) == 2
     assert "d.jsonl: row 1: field 'answer': the reference 'x' is not a number" in capsys.readouterr().err
+    assert main(["score", str(path), "--workers", "1", "--rewards", "format"]) == 0  # no accuracy: no reference
+    assert json.loads(capsys.readouterr().out)["rewards"] == {"format": 0.0}
 
 
 def test_score_prints_parquet_values_json_cannot_hold_as_strings(tmp_path, capsys):
