@@ -107,7 +107,7 @@ def text_field(row: dict, field: str, where: str, required: bool, numbers_ok: bo
     value = row.get(field)
     if value is None:
         if required:
-            raise UserError(f"{where}: field {name} is missing")
+            raise UserError(f"{where}: field {name} is missing" + ("" if field in row else _columns(row, mapped_from)))
         return None
     if numbers_ok and isinstance(value, (int, float)) and not isinstance(value, bool):
         if isinstance(value, float) and not math.isfinite(value):  # JSON NaN, Infinity, 1e400; a Parquet NaN
@@ -124,6 +124,14 @@ def text_field(row: dict, field: str, where: str, required: bool, numbers_ok: bo
     if required and not value.strip():
         raise UserError(f"{where}: field {name} is empty")
     return value
+
+
+def _columns(row: dict, mapped_from: str | None) -> str:
+    """The columns a row has, for a missing field's message: another dataset's names (GSM8K's `question`) are
+    mapped with data.fields, which the message names when the field is a problem field."""
+    shown = ", ".join(repr(str(key)) for key in list(row)[:12]) + (", ..." if len(row) > 12 else "")
+    mapping = f"; data.fields.{mapped_from} names the column that holds it" if mapped_from else ""
+    return f" (the row's columns: {shown or 'none'}{mapping})"
 
 
 def check_reference(task: str, prompt: str, answer: str, where: str) -> None:

@@ -37,6 +37,10 @@ def test_user_jsonl_and_parquet_load_as_problems(tmp_path):
 @pytest.mark.parametrize("bad_row,message", [
     ({"answer": "2"}, r"row 2: field 'prompt' is missing"),
     ({"prompt": "q"}, r"row 2: field 'answer' is missing"),
+    # another dataset's column names (GSM8K's): the row's columns and the mapping that reads them are named
+    ({"question": "q", "answer": "2"}, r"row 2: field 'prompt' is missing \(the row's columns: 'question', "
+                                       r"'answer'; data.fields.prompt names the column that holds it\)$"),
+    ({"prompt": None, "answer": "2"}, r"row 2: field 'prompt' is missing$"),  # a null: the column is there
     ({"prompt": "q", "answer": "  "}, r"row 2: field 'answer' is empty"),
     ({"prompt": ["q"], "answer": "2"}, r"row 2: field 'prompt' must be a string, got list"),
     ({"prompt": "q", "answer": True}, r"row 2: field 'answer' must be a string, got bool"),
