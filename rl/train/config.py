@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from typing import Dict, Optional
 
@@ -122,14 +123,18 @@ class StageConfig:
         """UserError for a setting (STAGE_READERS) that this stage's kind never reads, given another value than
         its default: `stages.1.batch_size=64` on a grpo stage trained on grpo.prompts_per_step's batch, saying
         nothing. A run's start checks its stages so (rl.train.preflight); a checkpoint's config, which generate
-        and eval read, is not refused for it."""
+        and eval read, is not refused for it. A resume reads the run's saved config.yaml, which no override can
+        drop a key from: the message gives the default to set instead."""
         for key, (kinds, instead) in STAGE_READERS.items():
             value = getattr(self, key)
             if self.kind not in kinds and value != STAGE_DEFAULTS[key]:
                 said = instead.get(self.kind, f"a stage of kind {self.kind} never reads it")
                 readers = " and ".join([", ".join(kinds[:-1]), kinds[-1]] if len(kinds) > 1 else kinds)
+                default = STAGE_DEFAULTS[key]
+                default = json.dumps(list(default) if isinstance(default, tuple) else default)  # as an override
                 raise UserError(f"stages[{self.name}].{key}={value!r}: only {readers} stages read it; "
-                                f"{said} (drop the setting)")
+                                f"{said} (drop the setting; to resume a run whose config.yaml holds it, set it to "
+                                f"its default, {default})")
 
     def new_tokens(self, sampling_max_new_tokens: int) -> int:
         """The completion budget the stage samples with: a rejection_sampling stage's own `max_new_tokens`

@@ -332,3 +332,15 @@ def test_a_stage_setting_its_kind_never_reads_is_refused_yet_a_stored_config_wit
     fails(tokenizer, override, named=named)
     if override.startswith("stages.1.batch_size"):
         check(tokenizer, "stages.1.batch_size=32")  # the default, written out, is no setting of its own
+
+
+@pytest.mark.parametrize("override", ["stages.1.batch_size=64", "stages.1.filters=[format]",
+                                      "stages.1.correct_only=false", "stages.1.reward_threshold=1.5"])
+def test_a_setting_never_read_names_the_default_a_resume_can_set_in_its_place(override):
+    # a resume reads the run's saved config.yaml, from which no override drops a key: "(drop the setting)" alone
+    # left a run started with one stuck; the value the message gives, set as an override, must pass
+    key = override.split("=")[0]
+    with pytest.raises(UserError) as err:
+        load_config(TRAIN_CONFIG, [override]).stages[1].check_settings_read()
+    default = re.search(r"set it to its default, (.+)\)$", str(err.value)).group(1)
+    load_config(TRAIN_CONFIG, [override, f"{key}={default}"]).stages[1].check_settings_read()
