@@ -319,6 +319,10 @@ def check_prompt_lengths(config: Config, tokenizer: TokenizerLike, prompts: Sequ
         raise UserError(f"{what}: the prompt {prompts[longest][:60]!r} is {lengths[longest]} tokens with the "
                         f"template, longer than the largest of sampling.prompt_buckets ({limit}); raise it")
     for context, budget, model in contexts:
+        if lengths[longest] >= context:  # no budget fits: "lower the token budget" named the wrong knob
+            raise UserError(f"{what}: the prompt {prompts[longest][:60]!r} is {lengths[longest]} tokens with the "
+                            f"template: it fills {model}'s context of {context} tokens (model.max_position_embeddings)"
+                            " by itself, leaving no room for a new token: shorten it or raise the context")
         if lengths[longest] + budget > context:
             raise UserError(f"{what}: the prompt {prompts[longest][:60]!r} is {lengths[longest]} tokens with the "
                             f"template; with {budget} new tokens it passes {model}'s context of {context} tokens "

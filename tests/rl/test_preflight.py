@@ -111,6 +111,11 @@ def test_a_prompt_and_its_budget_past_a_models_context_are_named(tokenizer):
     longest = int(re.search(r"is (\d+) tokens with the template", message).group(1))
     check(tokenizer, f"model.max_position_embeddings={longest + 8}")  # the prompt and its 8 tokens fit
     fails(tokenizer, f"model.max_position_embeddings={longest + 7}", named=f"context of {longest + 7} tokens")
+    # a prompt that fills the context alone: no token budget helps, so none is the culprit (as in r1jax eval)
+    message = fails(tokenizer, f"model.max_position_embeddings={longest}", named=[
+        f"is {longest} tokens with the template: it fills stage grpo's model's context of {longest} tokens "
+        "(model.max_position_embeddings) by itself", "shorten it or raise the context"])
+    assert "token budget" not in message
 
 
 def test_the_held_out_prompts_and_their_budget_must_fit_each_evaluating_stages_model(tokenizer, tmp_path):
