@@ -21,7 +21,7 @@ def make_round(name: str, rewards_PG: list[list[float]], prompt_width: int) -> R
                       positions_BT=np.tile(np.arange(prompt_width + N, dtype=np.int32), (len(rows), 1)),
                       logprobs_BN=np.full((len(rows), N), -0.5, np.float32),
                       lengths_B=np.full((len(rows),), N, np.int32),
-                      experts_LBTK=np.zeros((1, len(rows), prompt_width + N, 2), np.int32), steps=np.int32(N))
+                      experts_LBTK=np.repeat(tokens[None, :, :, None], 2, axis=3), steps=np.int32(N))
     problems = [{"prompt": f"{name}{p}", "answer": "1", "task": "arithmetic"} for p in range(len(rewards_PG))]
     texts = [f"{name}{p}.{g}" for p, g in rows]
     results = [ScoreResult(rewards={"accuracy": r}, total=r, status="ok") for group in rewards_PG for r in group]
@@ -53,7 +53,9 @@ def test_informative_groups_of_later_rounds_replace_uninformative_ones_and_rows_
     assert tokens.shape == (8, 4 + N)  # the narrower round is left-padded to the wider prompt
     assert tokens[:4, :2].tolist() == [[0, 0]] * 4 and not np.asarray(batch.rollout.valid_BT)[:4, :2].any()
     assert tokens[:, -1].tolist() == [100, 101, 130, 131, 210, 211, 220, 221]
-    assert np.asarray(batch.rollout.experts_LBTK).shape == (1, 8, 4 + N, 2)
+    experts = np.asarray(batch.rollout.experts_LBTK)
+    assert experts.shape == (1, 8, 4 + N, 2)  # each row's routing record travels with its row
+    assert experts[0, :, -1, 0].tolist() == [100, 101, 130, 131, 210, 211, 220, 221]
     # what the policy scored over everything it drew (9 of 16 correct), not the filtered batch's 4 of 8
     assert [r.total for r in filled.drawn] == [1, 0, 0, 0, 1, 1, 0, 1, 1, 1, 0, 1, 1, 0, 0, 1]
     from r1jax.rl.train.rollouts import reward_metrics

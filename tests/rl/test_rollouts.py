@@ -162,3 +162,12 @@ def test_reward_metrics_average_every_row_and_count_each_status():
     assert reward_metrics(results, ["accuracy", "format"]) == {
         "reward/total": 1.0, "reward/accuracy": pytest.approx(2 / 3), "reward/format": pytest.approx(1 / 3),
         "pool/ok": 2, "pool/timeout": 1, "code/passed": 1}
+
+
+def test_reward_metrics_of_a_batch_without_one_scored_row_report_none_ok():
+    """Totals 0.5, 0 and 0.25 average to 0.25 (not the first row's 0.5); no row scored "ok": `pool/ok` is 0, not
+    missing (a dashboard plots it on every step)."""
+    results = [ScoreResult({"accuracy": 0.5}, 0.5, "timeout"), ScoreResult({}, 0.0, "error"),
+               ScoreResult({"accuracy": 0.25}, 0.25, "timeout")]
+    assert reward_metrics(results, ["accuracy"]) == {
+        "reward/total": 0.25, "reward/accuracy": 0.25, "pool/ok": 0, "pool/timeout": 2, "pool/error": 1}
