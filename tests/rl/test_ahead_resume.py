@@ -188,7 +188,7 @@ def test_a_saved_queue_restores_its_rollouts_scores_and_data_position():
         tokens = np.arange(12, dtype=np.int32).reshape(4, 3) + version
         rollout = Rollout(jnp.asarray(tokens), jnp.ones((4, 3), bool), jnp.zeros((4, 3), jnp.int32),
                           jnp.full((4, 1), -0.5), jnp.full((4,), 1, jnp.int32),
-                          jnp.full((1, 4, 3, 2), version, jnp.int32), np.int32(1))
+                          jnp.full((1, 4, 3, 2), version, jnp.int32), np.int32(version + 2))
         return SampledBatch(rollout, ["a", "b", "c", "d"], 0.1, 4.0, {}, version,
                             {"mask": jnp.zeros((4, 2), bool), "old_logp": jnp.full((4, 2), -float(version))}, {},
                             pending="handle", settings=settings(), data_state={"next_index": 2 * version})
@@ -204,6 +204,7 @@ def test_a_saved_queue_restores_its_rollouts_scores_and_data_position():
         got = list(restored.batches)
         assert [b.version for b in got] == [1, 2] and [int(b.rollout.tokens_BT[0, 0]) for b in got] == [1, 2]
         assert [b.data_state for b in got] == [{"next_index": 2}, {"next_index": 4}]
+        assert [int(b.rollout.steps) for b in got] == [3, 4]  # each batch's own decode steps
         assert [r.total for r in got[1].results] == [0.0, 1.0, 0.0, 1.0] and got[0].texts == ["a", "b", "c", "d"]
         np.testing.assert_array_equal(np.asarray(got[1].batch["old_logp"]), np.full((4, 2), -2.0))
     # the queue restored by a run that replays routing carries each batch's own record
