@@ -127,6 +127,19 @@ def test_the_reference_resets_after_each_nth_step_of_the_stage_and_never_for_0()
     assert not any(reference_due(s, 0) for s in range(1000))  # 0: never (it divided by 0 without the guard)
 
 
+def test_a_reference_reset_copies_the_current_params_and_routing_bias():
+    import jax.numpy as jnp
+    from r1jax.rl.update import TrainState, reset_reference
+
+    state = TrainState({"w": jnp.array([1.0, 2.0])}, {"b": jnp.array([3.0])}, None, jnp.int32(5),
+                       ({"w": jnp.zeros(2)}, {"b": jnp.zeros(1)}))
+    reset = reset_reference(state)
+    assert reset.ref[0]["w"].tolist() == [1.0, 2.0] and reset.ref[1]["b"].tolist() == [3.0]
+    assert reset.params["w"].tolist() == [1.0, 2.0] and int(reset.step) == 5
+    # a copy, not the policy's own buffers: the next update donates those
+    assert reset.ref[0]["w"] is not reset.params["w"] and reset.ref[1]["b"] is not reset.bias["b"]
+
+
 def test_a_yml_file_loads_as_a_yaml_one(tmp_path):
     """`.yml` is as much a YAML file as `.yaml`: read as the config, not looked up as a preset name."""
     (tmp_path / "run.yml").write_text("seed: 3\nstages:\n  - {name: only, kind: sft, steps: 2}\n")
