@@ -228,8 +228,12 @@ def test_kept_samples_fit_the_shortest_reader():
     config = load_config("tiny", [stages("{name: rs, kind: rejection_sampling}",
                                          "{name: a, kind: sft, data_path: rs, max_sequence_length: 2048}",
                                          "{name: b, kind: distill, teacher: rs, max_sequence_length: 512}",
-                                         "{name: g, kind: grpo}")])
-    assert kept_length(config.stages, "rs") == 512
+                                         "{name: g, kind: grpo}",
+                                         "{name: c, kind: sft, max_sequence_length: 256}",
+                                         "{name: rs2, kind: rejection_sampling}",
+                                         "{name: e, kind: distill, teacher: rs2, max_sequence_length: 128}")])
+    # stage c trains on data.path and stage e on rs2's samples, not on rs's
+    assert kept_length(config.stages, "rs") == 512 and kept_length(config.stages, "rs2") == 128
     alone = load_config("tiny", [stages("{name: rs, kind: rejection_sampling}", "{name: g, kind: grpo}")])
     assert kept_length(alone.stages, "rs") == DEFAULT_MAX_SEQUENCE_LENGTH
 
