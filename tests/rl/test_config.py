@@ -140,6 +140,17 @@ def test_a_reference_reset_copies_the_current_params_and_routing_bias():
     assert reset.ref[0]["w"] is not reset.params["w"] and reset.ref[1]["b"] is not reset.bias["b"]
 
 
+def test_micro_batch_i_holds_rows_i_i_plus_m_and_so_on():
+    """Strided, not contiguous: with rows sharded contiguously over devices every micro-batch spans them all."""
+    import numpy as np
+    from r1jax.rl.update import micro_split
+
+    split = micro_split({"x": np.arange(12).reshape(6, 2)}, 3)["x"]
+    assert np.asarray(split)[:, :, 0].tolist() == [[0, 6], [2, 8], [4, 10]]
+    with pytest.raises(UserError, match="micro_batches=4"):
+        micro_split({"x": np.zeros((6, 2))}, 4)
+
+
 def test_a_yml_file_loads_as_a_yaml_one(tmp_path):
     """`.yml` is as much a YAML file as `.yaml`: read as the config, not looked up as a preset name."""
     (tmp_path / "run.yml").write_text("seed: 3\nstages:\n  - {name: only, kind: sft, steps: 2}\n")
