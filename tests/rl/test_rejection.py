@@ -306,6 +306,7 @@ def test_a_kept_dataset_is_a_jsonl_beside_the_statistics_rejection_sampling_writ
     (tmp_path / "rs.stats.json").write_text('{"candidates": 4, "kept": 2}')
     assert is_kept_dataset(samples) and is_kept_dataset(str(samples))
     assert not is_kept_dataset(tmp_path / "rs.parquet") and not is_kept_dataset(None)
+    assert not is_kept_dataset(tmp_path / "rs.jsonx")  # beside the same statistics, but no JSONL
 
 
 def test_a_kept_row_holds_the_answer_as_text_and_a_code_problems_tests():

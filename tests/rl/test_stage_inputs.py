@@ -212,13 +212,16 @@ def fake_samples(texts):
 def test_rejection_sampling_keeps_correct_samples_that_fit_sft(tokenizer, tmp_path, monkeypatch):
     """At threshold 1.0 a wrong answer in good format (0 + 1) was kept, and a sample longer than SFT's
     largest bucket was written to the dataset the next stage refused whole; both are rejected now, each under
-    its own reason; the end of the stage warns that the SFT stage reading it cannot fill a batch."""
+    its own reason; the end of the stage warns that the SFT stage reading it cannot fill a batch. A long wrong
+    sample is `incorrect` (the first rule it breaks); the right one is second of each prompt's 4 samples, so a
+    row read as another prompt's (row % prompts for row // samples) keeps a solution under the wrong prompt."""
     config = load_config(TRAIN_CONFIG, [
-        "stages=[{name: rs, kind: rejection_sampling, steps: 1, batch_size: 2, samples_per_prompt: 3, "
+        "stages=[{name: rs, kind: rejection_sampling, steps: 1, batch_size: 2, samples_per_prompt: 4, "
         "reward_threshold: 1.0, filters: []}, {name: s, kind: sft, steps: 1, batch_size: 8, data_path: rs}]"])
     right = lambda p: f"<think> ok </think> <answer> {p['answer']} </answer>"
     long = lambda p: "<think> " + "1 + 1 = 2. " * 1200 + f"</think> <answer> {p['answer']} </answer>"
-    texts = lambda p: [right(p), "<think> ok </think> <answer> -1 </answer>", long(p)]
+    long_wrong = lambda p: "<think> " + "1 + 1 = 2. " * 1200 + "</think> <answer> -1 </answer>"
+    texts = lambda p: ["<think> ok </think> <answer> -1 </answer>", right(p), long(p), long_wrong(p)]
     monkeypatch.setattr(stage_rejection, "sample_and_submit", fake_samples(texts))
     logs = []
     ctx = rejection_ctx(config, tmp_path, tokenizer, logs)
@@ -227,8 +230,9 @@ def test_rejection_sampling_keeps_correct_samples_that_fit_sft(tokenizer, tmp_pa
     dataset = tmp_path / "datasets" / "rs.jsonl"
     rows = [json.loads(line) for line in dataset.read_text().splitlines()]
     assert [r["solution"] for r in rows] == [right(r) for r in rows] and len(rows) == 2
+    assert len({r["prompt"] for r in rows}) == 2  # one kept per prompt, each under its own
     stats = result.datasets[0]
-    assert (stats["candidates"], stats["kept"], stats["rejected"]) == (6, 2, {"incorrect": 2, "sft_length": 2})
+    assert (stats["candidates"], stats["kept"], stats["rejected"]) == (8, 2, {"incorrect": 4, "sft_length": 2})
     stage_sft.check_sft_lengths(tokenizer, "chat", rows, None, "the dataset")  # every row fits SFT
     warning = " ".join(Text.from_markup(line).plain for line in logs)  # as the run's console prints them
     for fragment in ["warning: rs kept 2 samples", "stage s", "stages[s].batch_size=8"]:
