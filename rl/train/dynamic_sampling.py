@@ -17,7 +17,7 @@ import numpy as np
 from r1jax.rl.grpo.advantages import nonzero_std_mask_P
 from r1jax.rl.rewards import ScoreResult
 from r1jax.rl.sampler import Rollout
-from r1jax.rl.train.rollouts import merge_rollouts, take_rows
+from r1jax.rl.train.rollouts import group_rewards, merge_rollouts, take_rows
 
 
 class Round(NamedTuple):
@@ -39,8 +39,7 @@ class Filled(NamedTuple):
 
 
 def informative_groups(results: Sequence[ScoreResult], group_size: int) -> np.ndarray:
-    rewards = np.array([r.total for r in results], np.float32).reshape(-1, group_size)
-    return nonzero_std_mask_P(rewards)  # on the host: NumPy in, NumPy out
+    return nonzero_std_mask_P(group_rewards(results, group_size))  # on the host: NumPy in, NumPy out
 
 
 def fill_informative(draw: Callable[[], Round], prompts: int, group_size: int, rounds: int,

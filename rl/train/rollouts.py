@@ -118,6 +118,11 @@ def submit_sample(generating: Generating, tokenizer: TokenizerLike, pool: Reward
     return Sampled(problems, rollout, texts, items, pool.submit(items), seconds)
 
 
+def group_rewards(results: Sequence[ScoreResult], group_size: int) -> np.ndarray:
+    """[P, G] float32 total rewards of prompt-major rows (row = prompt * G + g): group p is rows p*G..p*G+G-1."""
+    return np.array([r.total for r in results], np.float32).reshape(-1, group_size)
+
+
 def reward_metrics(results: Sequence[ScoreResult], names: Sequence[str]) -> dict[str, float]:
     out = {"reward/total": float(np.mean([r.total for r in results]))}
     for name in names:

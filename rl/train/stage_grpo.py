@@ -38,7 +38,7 @@ from r1jax.rl.train.ahead import (SampledBatch, behaviour_logp, dispatch_ahead, 
 from r1jax.rl.train.config import StageConfig
 from r1jax.rl.train.context import StageContext, StageResult, StageStart
 from r1jax.rl.train.dynamic_sampling import Round, fill_informative
-from r1jax.rl.train.rollouts import (dispatch_sample, length_metrics, reflection_rate, reward_metrics,
+from r1jax.rl.train.rollouts import (dispatch_sample, group_rewards, length_metrics, reflection_rate, reward_metrics,
                                      sample_and_submit, submit_sample)
 from r1jax.rl.train.stage_sft import checkpoint_dir
 from r1jax.rl.train.update_stage import UpdateStage
@@ -99,8 +99,7 @@ def run_grpo(ctx: StageContext, index: int, stage: StageConfig, start: StageStar
         failed_steps = 0 if any(r.status == "ok" for r in results) else failed_steps + 1
         if failed_steps and failed_steps == cfg.reward_pool.max_failed_steps:
             raise UserError(_unscored(stage, runner.stage_step + 1, failed_steps, results))
-        rewards_PG = np.array([r.total for r in results], np.float32).reshape(-1, g.group_size)
-        adv_PG, adv_metrics = compute_advantages(rewards_PG, g.advantage_estimator, g.adv_eps, g.adv_std)
+        adv_PG, adv_metrics = compute_advantages(group_rewards(results, g.group_size), g.advantage_estimator, g.adv_eps, g.adv_std)
         batch["adv"] = ctx.place({"adv": adv_PG.reshape(-1)}, runner.global_step + 1)["adv"]
         if ref_logp is not None:
             batch["ref_logp"] = ref_logp

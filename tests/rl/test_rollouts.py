@@ -10,7 +10,7 @@ from r1jax.rl.evaluate import summarize
 from r1jax.rl.rewards import ScoreResult
 from r1jax.rl.sampler import Rollout
 from r1jax.rl.train.rollouts import (
-    completion_ids, length_metrics, merge_rollouts, reflection_rate, reward_metrics, sample_and_submit, score_items,
+    completion_ids, group_rewards, length_metrics, merge_rollouts, reflection_rate, reward_metrics, sample_and_submit, score_items,
     stopped_rows,
 )
 
@@ -171,3 +171,11 @@ def test_reward_metrics_of_a_batch_without_one_scored_row_report_none_ok():
                ScoreResult({"accuracy": 0.25}, 0.25, "timeout")]
     assert reward_metrics(results, ["accuracy"]) == {
         "reward/total": 0.25, "reward/accuracy": 0.25, "pool/ok": 0, "pool/timeout": 2, "pool/error": 1}
+
+
+def test_group_rewards_gather_each_prompts_consecutive_rows():
+    """Rows are prompt-major: with G = 3, rows 0-2 are prompt 0's samples and rows 3-5 prompt 1's (a transposed
+    read would group rows 0, 2, 4 and 1, 3, 5, each group mixing both prompts' samples)."""
+    results = [ScoreResult({}, total, "ok") for total in (1.0, 0.0, 0.5, 2.0, 2.0, 3.0)]
+    assert group_rewards(results, 3).tolist() == [[1.0, 0.0, 0.5], [2.0, 2.0, 3.0]]
+    assert group_rewards(results, 2).tolist() == [[1.0, 0.0], [0.5, 2.0], [2.0, 3.0]]
