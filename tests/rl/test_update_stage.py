@@ -174,3 +174,30 @@ def test_an_evaluation_names_a_checkpoint_only_at_a_step_that_saves_one():
         runner.evaluate(None, runner.global_step + 1)  # mid-step: the step being finished
     runner.evaluate(None, runner.global_step)  # the stage's end
     assert asked == [(11, False), (12, True), (13, False), (14, True), (15, True), (16, False), (15, True)]
+
+
+def test_a_stop_requested_between_periodic_saves_saves_that_step_with_the_queue_and_stops():
+    """checkpoint.every = 100: step 3 neither saves nor stops; a stop requested at step 4 saves it (the trees and
+    meta `saved_with` adds beside the optimizer state: GRPO's queue sampled ahead), waits for the save, and stops."""
+    from r1jax.rl.train.context import Stopped
+
+    saved, waited = [], []
+    config = load_config("tiny", ["checkpoint.every=100"])
+    runner = UpdateStage.__new__(UpdateStage)
+    runner.ctx = types.SimpleNamespace(
+        config=config, graphdef=None, metrics=types.SimpleNamespace(write=lambda row: row),
+        console=types.SimpleNamespace(update=lambda *a: None), stop=types.SimpleNamespace(requested=lambda s: s == 4),
+        checkpoints=types.SimpleNamespace(raise_failed_save=lambda: None, save=lambda *a, **k: saved.append(k),
+                                          wait=lambda: waited.append(True)))
+    runner.stage, runner.index = next(s for s in config.stages if s.kind == "sft"), 0
+    runner.state = types.SimpleNamespace(params="p", bias="b", opt_state="o", ref=None)
+    runner.start, runner.evals = types.SimpleNamespace(summary={"evals": []}), []
+    runner.stage_step = runner.global_step = 2
+    queue = lambda: ({"ahead": "q"}, {"ahead": ["m"]})
+    runner.finish_step({}, {"data_state": 3}, saved_with=queue)
+    assert saved == [] and waited == []
+    with pytest.raises(Stopped):
+        runner.finish_step({}, {"data_state": 4}, saved_with=queue)
+    [save] = saved
+    assert (save["stage_step"], save["global_step"], save["stage_done"]) == (4, 4, False) and waited == [True]
+    assert save["trees"] == {"opt_state": "o", "ahead": "q"} and save["extra_meta"] == {"data_state": 4, "ahead": ["m"]}
