@@ -22,7 +22,8 @@ from r1jax.rl.grpo.aggregation import global_normalisers, token_weights_BT
 from r1jax.rl.grpo.config import GRPOConfig, OptimizerConfig
 from r1jax.rl.grpo.optimizer import make_optimizer, skip_nonfinite
 from r1jax.rl.grpo.step import grpo_micro_loss, make_grpo_step
-from r1jax.rl.update import TrainState, UpdateConfig, add_router_losses, init_train_state, micro_split
+from r1jax.rl.update import (TrainState, UpdateConfig, add_router_losses, expert_load_metrics, init_train_state,
+                             micro_split)
 from r1jax.sharding.context import use_mesh
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.params import state_shardings
@@ -339,3 +340,13 @@ def test_rollout_batch_targets_and_weights_by_hand(aggregation):
     scale = {"constant": np.full((2, 1), 2 * 6.0), "token_mean": np.full((2, 1), 4.0),
              "seq_mean_token_mean": np.array([[2 * 3.0], [2 * 1.0]])}[aggregation]
     np.testing.assert_allclose(np.asarray(batch["weight"]), mask / scale, rtol=1e-6)
+
+
+def test_expert_load_is_each_layers_counts_over_its_mean_by_hand():
+    """Layer 0 routes 1 and 3 tokens (loads 0.5, 1.5: std 0.5), layer 1 two and two (std 0): cv is the layers'
+    mean std, 0.25 (the std over all layers' loads together is 0.354); no MoE layer, no figures."""
+    metrics = expert_load_metrics(jnp.array([[1.0, 3.0], [2.0, 2.0]]))
+    assert {k: float(v) for k, v in metrics.items()} == pytest.approx(
+        {"expert_load/min": 0.5, "expert_load/max": 1.5, "expert_load/cv": 0.25})
+    assert float(expert_load_metrics(jnp.array([[0.0, 1.0]]))["expert_load/max"]) == 2.0  # a mean below 1 token
+    assert expert_load_metrics(jnp.zeros((0, 4))) == {}
