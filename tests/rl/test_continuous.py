@@ -267,6 +267,28 @@ def test_every_token_draws_fresh_noise(slots):
     np.testing.assert_allclose(np.asarray(result.logprobs_BN), -np.log(128), atol=1e-5)
 
 
+
+def test_free_slots_take_the_pending_requests_in_order_and_count_only_those_admitted():
+    """2 prompts x G 2 (requests 0-3, prompt = request // 2); request 0 is done and slot 1 runs request 1: of
+    the three free slots, 0 and 2 take requests 2 and 3 (prompt 1's prefilled logits, valid mask and length),
+    slot 3 stays idle, and the next pending request is 4 (all admitted), not 5 (every free slot counted)."""
+    slots = continuous._Slots(
+        step=jnp.int32(3), next_request=jnp.int32(2), finished=jnp.int32(1), longest=jnp.int32(2),
+        request_S=jnp.asarray([4, 1, 4, 4]), count_S=jnp.asarray([2, 2, 0, 0]),
+        active_S=jnp.asarray([False, True, False, False]), logits_SV=jnp.full((4, 2), -1.0), caches=[],
+        kv_valid_SC=jnp.zeros((4, 4), bool), next_pos_S=jnp.asarray([0, 4, 0, 0]),
+        tokens_RN=jnp.zeros((5, 2), jnp.int32), logprobs_RN=jnp.zeros((5, 2)), lengths_R=jnp.zeros(5, jnp.int32),
+        experts_LRNK=jnp.zeros((1, 5, 2, 2), jnp.int32), logits_RNV=None)
+    valid_PP = jnp.asarray([[True, True], [False, True]])  # prompt 1 left-padded
+    out = continuous._admit(slots, [], [], jnp.asarray([[0.0, 0.0], [1.0, 1.0]]), valid_PP, jnp.asarray([2, 1]),
+                            samples=2, requests=4)
+    assert int(out.next_request) == 4 and int(continuous._live_rows(out)) == 3
+    assert out.request_S.tolist() == [2, 1, 3, 4] and out.active_S.tolist() == [True, True, True, False]
+    assert out.count_S.tolist() == [0, 2, 0, 0] and out.next_pos_S.tolist() == [1, 4, 1, 0]
+    assert out.logits_SV[:, 0].tolist() == [1.0, -1.0, 1.0, -1.0]
+    assert np.asarray(out.kv_valid_SC).tolist() == [[False, True, False, False], [False] * 4,
+                                                    [False, True, False, False], [False] * 4]
+
 def test_no_request_past_the_last_is_admitted_when_slots_free_together():
     """Half the ids stop a row, so rows end after ~2 tokens, often together: with one request left and two slots
     free, a phantom request past the last, counted finished, could end the loop before the real last row (seeds
