@@ -185,10 +185,13 @@ def _state_shardings(state: TrainState, mesh, rules):
     return TrainState(params, bias, opt, replicated, (params, bias))
 
 
-def test_routing_bias_moves_by_the_sign_rule_on_global_load():
-    # the 3-layer preset: one dense layer, then two MoE layers stacked in one segment (bias [2, 8])
+@pytest.mark.parametrize("micro_batches", [1, 4])
+def test_routing_bias_moves_by_the_sign_rule_on_global_load(micro_batches):
+    # the 3-layer preset: one dense layer, then two MoE layers stacked in one segment (bias [2, 8]); with
+    # micro-batches, the load is every micro-batch's summed, not the first's
     graphdef, state = init_train_state(init_policy(DEEPSEEK, 0), SGD, with_ref=True)
-    step = jax.jit(make_grpo_step(graphdef, SGD, GRPO, UpdateConfig(aux_loss_coef=0.0), DEEPSEEK, None,
+    update = UpdateConfig(micro_batches=micro_batches, aux_loss_coef=0.0)
+    step = jax.jit(make_grpo_step(graphdef, SGD, GRPO, update, DEEPSEEK, None,
                                   bias_rate=0.01))
     batch = synthetic_batch()
     new, metrics = step(state, batch)
