@@ -97,7 +97,7 @@ def run_grpo(ctx: StageContext, index: int, stage: StageConfig, start: StageStar
         results = sampled.collect(ctx.pool)
         host_wait = time.time() - wait_start
         failed_steps = 0 if any(r.status == "ok" for r in results) else failed_steps + 1
-        if failed_steps and failed_steps == cfg.reward_pool.max_failed_steps:
+        if halts_unscored(failed_steps, cfg.reward_pool.max_failed_steps):
             raise UserError(_unscored(stage, runner.stage_step + 1, failed_steps, results))
         adv_PG, adv_metrics = compute_advantages(group_rewards(results, g.group_size), g.advantage_estimator, g.adv_eps, g.adv_std)
         batch["adv"] = ctx.place({"adv": adv_PG.reshape(-1)}, runner.global_step + 1)["adv"]
@@ -128,6 +128,12 @@ def run_grpo(ctx: StageContext, index: int, stage: StageConfig, start: StageStar
         runner.finish_step(row, meta, saved_with=queue_saver(queue, ctx.pool, cfg.update.routing_replay))
     return runner.finish_stage({"data_state": iterator.get_state(), "sampler_key": _key_data(sampler.key)},
                                sampler)
+
+
+def halts_unscored(failed_steps: int, max_failed_steps: int) -> bool:
+    """Whether `failed_steps` steps in a row in which no completion was scored halt the run: at
+    reward_pool.max_failed_steps of them, never for 0."""
+    return failed_steps > 0 and failed_steps == max_failed_steps
 
 
 def _unscored(stage, step: int, steps: int, results) -> str:

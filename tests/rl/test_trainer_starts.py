@@ -50,6 +50,13 @@ def test_grpo_halts_when_no_completion_is_scored_steps_in_a_row(tmp_path):
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]
 
 
+def test_unscored_steps_halt_at_max_failed_steps_in_a_row_and_never_for_0():
+    from r1jax.rl.train.stage_grpo import halts_unscored
+
+    assert [n for n in range(6) if halts_unscored(n, 3)] == [3]
+    assert not any(halts_unscored(n, 0) for n in range(6))  # 0: never halt (a scored step has 0 failed)
+
+
 def test_consecutive_non_finite_updates_halt_the_run_with_a_clear_error(tmp_path):
     config = load_config(TRAIN_CONFIG, ["stages=[{name: sft, kind: sft, steps: 6, batch_size: 8, lr: 1.0e+30}]",
                                         "optimizer.max_consecutive_skips=2", "optimizer.grad_clip_norm=null"])
