@@ -353,3 +353,16 @@ def test_expert_load_is_each_layers_counts_over_its_mean_by_hand():
         {"expert_load/min": 0.5, "expert_load/max": 1.5, "expert_load/cv": 0.25})
     assert float(expert_load_metrics(jnp.array([[0.0, 1.0]]))["expert_load/max"]) == 2.0  # a mean below 1 token
     assert expert_load_metrics(jnp.zeros((0, 4))) == {}
+
+
+def test_each_moe_segments_bias_moves_by_its_own_layers_load():
+    """Segments dense, moe x2, dense, moe x1: the second MoE segment's one layer is counts row 2 (the MoE layers'
+    third), not row 1 or row 0; each row's sign rule by hand (+rate below the layer's mean load, -rate above)."""
+    from r1jax.rl.update import _updated_bias
+
+    segments = (("dense", 1), ("moe", 2), ("dense", 1), ("moe", 1))
+    bias = {"segments": {1: {"b": jnp.zeros((2, 3))}, 3: {"b": jnp.zeros((1, 3))}}}
+    counts_LE = jnp.array([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0], [2.0, 4.0, 0.0]])
+    new = _updated_bias(segments, bias, counts_LE, 0.5)
+    assert new["segments"][1]["b"].tolist() == [[0.5, 0.0, -0.5], [-0.5, 0.0, 0.5]]
+    assert new["segments"][3]["b"].tolist() == [[0.0, -0.5, 0.5]]
