@@ -171,35 +171,26 @@ def test_the_staleness_benchmark_config_passes_the_evaluation_judges_check(prese
     assert all(w == 0.0 for w in config.rewards.weights[1:]) and config.grpo.max_staleness == 1
 
 
-def test_sampling_ahead_draws_no_batch_past_the_stages_end(tmp_path, monkeypatch):
+def test_sampling_ahead_draws_no_batch_past_the_stages_end_and_updates_against_its_sampling_weights(
+        tmp_path, monkeypatch):
     """max_staleness 1 over 3 steps: 3 batches drawn, one per step (a 4th, for a step the stage does not have,
-    would be sampled and scored for nothing, and move the stage's saved data position past it)."""
-    from r1jax.rl.train import stage_grpo
-    from r1jax.rl.train.trainer import Trainer
-
-    drawn = []
-    real = stage_grpo._draw
-    monkeypatch.setattr(stage_grpo, "_draw", lambda *a, **k: drawn.append(k.get("ahead")) or real(*a, **k))
-    Trainer(load_config(CONFIG, ["stages.0.steps=3", "checkpoint.every=100"]), tmp_path / "run").run()
-    assert len(drawn) == 3 and [r["staleness"] for r in metrics_rows(tmp_path / "run")] == [0, 1, 1]
-
-
-def test_several_updates_on_a_batch_sampled_ahead_take_ratios_against_its_sampling_weights(tmp_path, monkeypatch):
-    """max_staleness 1, mu = 2: each update's `old_logp` is the batch's behaviour log-probs (the weights that
-    sampled it, rl.train.ahead), not the log-probs under the policy of the update's start, which at step 2 has
-    moved twice since batch 2 was sampled."""
+    would be sampled and scored for nothing, and move the stage's saved data position past it). With mu = 2, each
+    update's `old_logp` is its batch's behaviour log-probs (the weights that sampled it, rl.train.ahead), not the
+    log-probs under the policy of the update's start, which has moved twice since the batch was sampled."""
     from r1jax.rl.train import stage_grpo
     from r1jax.rl.train.trainer import Trainer
     from r1jax.rl.train.update_stage import UpdateStage
 
-    behaviour, updated_on = [], []
-    real_logp, real_update = stage_grpo.behaviour_logp, UpdateStage.update
+    drawn, behaviour, updated_on = [], [], []
+    real_draw, real_logp, real_update = stage_grpo._draw, stage_grpo.behaviour_logp, UpdateStage.update
+    monkeypatch.setattr(stage_grpo, "_draw", lambda *a, **k: drawn.append(k.get("ahead")) or real_draw(*a, **k))
     monkeypatch.setattr(stage_grpo, "behaviour_logp",
                         lambda *a, **k: behaviour.append(real_logp(*a, **k)) or behaviour[-1])
     monkeypatch.setattr(UpdateStage, "update", lambda self, batch, *a, **k: updated_on.append(
         np.asarray(batch["old_logp"])) or real_update(self, batch, *a, **k))
-    Trainer(load_config(CONFIG, ["stages.0.steps=2", "grpo.num_iterations=2", "checkpoint.every=100",
+    Trainer(load_config(CONFIG, ["stages.0.steps=3", "grpo.num_iterations=2", "checkpoint.every=100",
                                  "eval.every=0"]), tmp_path / "run").run()
-    assert len(behaviour) == len(updated_on) == 2
+    assert len(drawn) == 3 and [r["staleness"] for r in metrics_rows(tmp_path / "run")] == [0, 1, 1]
+    assert len(behaviour) == len(updated_on) == 3
     for sampled, used in zip(behaviour, updated_on):
         np.testing.assert_array_equal(used, np.asarray(sampled))
