@@ -54,10 +54,11 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
 
 def constrain_whole_rows(x_BV: jax.Array) -> jax.Array:
     """Hint that each row of `x_BV` lies whole on one device, the rows split over the batch's mesh axes and
-    then the vocabulary's: for work over whole rows (the token draw's sort, softmax and argmax over the
-    vocabulary). Logits leave the LM head with the vocabulary split over `tensor`; left so, that work would
-    gather every row to each `tensor` shard and repeat it there (an all-to-all moves 1/tensor of those
-    bytes). Axes that would not divide the rows are skipped; with none left, `x_BV` is left as it is."""
+    then the vocabulary's: for work over whole rows (the token filters' sort, continuous batching's draw row by
+    row; rl.decoding.sample_token draws from split rows when no filter runs). Logits leave the LM head with the
+    vocabulary split over `tensor`; left so, that work would gather every row to each `tensor` shard and repeat
+    it there (an all-to-all moves 1/tensor of those bytes). Axes that would not divide the rows are skipped;
+    with none left, `x_BV` is left as it is."""
     rules = active_rules()
     if rules is None:
         return x_BV
