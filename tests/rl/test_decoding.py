@@ -4,6 +4,7 @@ must not move)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from r1jax.rl.decoding import categorical, filter_logits, first_argmax, sample_token
 
@@ -135,3 +136,33 @@ def test_an_unfiltered_draw_on_vocabulary_split_logits_moves_no_logits_and_draws
     # a few float32 values a row at most (maxima, sums, the drawn index and logit): no [rows, vocab] slice moves
     assert collectives["all-to-all"] == collectives["all-gather"] == 0, collectives
     assert sum(collectives.values()) <= rows * 8 * 4, collectives
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_an_unfiltered_draw_on_split_logits_breaks_a_tie_across_shards_at_the_first_index(temperature):
+    """Equal maxima on different vocabulary shards, so large that the Gumbel noise is lost in them (a tie in the
+    draw too): the first index, as NumPy's argmax, where the split draw joins each shard's maximum and first index.
+    A larger logit past `usable` is never drawn yet counts in the logsumexp; the -inf entries elsewhere in each row
+    leave the drawn logit (`picked`, a masked sum) exact."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from r1jax.sharding.context import use_mesh
+    from r1jax.sharding.mesh import ShardingConfig, build_mesh
+    from r1jax.sharding.rules import Rules
+
+    rows, vocab, usable = 8, 64, 60
+    logits = np.full((rows, vocab), -np.inf, np.float32)
+    logits[:, 1::2] = 0.0
+    for row in range(rows):  # ties on shards 1 + row % 3 and 6 of the 8 (8 ids each), a larger one in the padding
+        logits[row, [8 * (1 + row % 3) + 3, 53]] = 1e12
+    logits[:, 62] = 2e12
+    mesh = build_mesh(ShardingConfig(data=1, fsdp=1, expert=1, tensor=8))
+    split = jax.device_put(logits, NamedSharding(mesh, P(None, "tensor")))
+    draw = jax.jit(lambda x, k: sample_token(x, k, jnp.float32(temperature), jnp.int32(0), jnp.float32(1.0), usable,
+                                             filters=False))
+    with use_mesh(mesh, Rules.preset("inference")):
+        token, logp = draw(split, jax.random.key(0))
+    want = np.argmax(np.where(np.arange(vocab) < usable, logits, -np.inf), axis=-1)
+    np.testing.assert_array_equal(token, want)
+    np.testing.assert_array_equal(want, 8 * (1 + np.arange(rows) % 3) + 3)
+    np.testing.assert_array_equal(logp, np.full(rows, -1e12, np.float32))  # 1e12 - (2e12 + log 1)
