@@ -36,7 +36,8 @@ from r1jax.rl.rewards.code import check_entry_point, encode_tests
 from r1jax.rl.tasks import TASKS, algebra, arithmetic, countdown, math_answer
 from r1jax.rl.tasks.base import r1_solution
 
-PROBLEM_FIELDS = ("prompt", "answer", "solution", "task", "tests", "entry_point")  # the problem fields a data.fields mapping may name
+# the problem fields a data.fields mapping may name
+PROBLEM_FIELDS = ("prompt", "answer", "solution", "task", "tests", "entry_point")
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
 

@@ -99,7 +99,8 @@ def run_grpo(ctx: StageContext, index: int, stage: StageConfig, start: StageStar
         failed_steps = 0 if any(r.status == "ok" for r in results) else failed_steps + 1
         if halts_unscored(failed_steps, cfg.reward_pool.max_failed_steps):
             raise UserError(_unscored(stage, runner.stage_step + 1, failed_steps, results))
-        adv_PG, adv_metrics = compute_advantages(group_rewards(results, g.group_size), g.advantage_estimator, g.adv_eps, g.adv_std)
+        adv_PG, adv_metrics = compute_advantages(group_rewards(results, g.group_size), g.advantage_estimator,
+                                                 g.adv_eps, g.adv_std)
         batch["adv"] = ctx.place({"adv": adv_PG.reshape(-1)}, runner.global_step + 1)["adv"]
         if ref_logp is not None:
             batch["ref_logp"] = ref_logp

@@ -10,7 +10,8 @@ from r1jax.rl.evaluate import summarize
 from r1jax.rl.rewards import ScoreResult
 from r1jax.rl.sampler import Rollout
 from r1jax.rl.train.rollouts import (
-    completion_ids, group_rewards, length_metrics, merge_rollouts, reflection_rate, reward_metrics, sample_and_submit, score_items,
+    completion_ids, group_rewards, length_metrics, merge_rollouts, reflection_rate, reward_metrics, sample_and_submit,
+    score_items,
     stopped_rows,
 )
 
