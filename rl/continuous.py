@@ -62,7 +62,7 @@ def _row_keys(key, request_S, count_S, samples: int):
 
 def _sample_rows(logits_SV, keys_S, temperature, top_k, top_p, vocab_size, filters: bool = True):
     """`sample_token` row by row, each row with its own key."""
-    logits_SV = constrain_whole_rows(logits_SV)  # as sample_token does for a batch
+    logits_SV = constrain_whole_rows(logits_SV)  # each row drawn whole on one device (sample_token filters so)
 
     def one(logits_V, key):
         token, logp = sample_token(logits_V[None], key, temperature, top_k, top_p, vocab_size, filters)
