@@ -150,35 +150,40 @@ def test_a_draw_follows_numpys_filtered_distribution():
     np.testing.assert_array_less(np.abs(counts - probs), 4 * np.sqrt(probs * (1 - probs) / draws) + 1e-9)
 
 
-@pytest.mark.parametrize("slots", [{}, dict(slots=2)])
+@pytest.mark.parametrize("slots", [{}, dict(slots=5, tail_slots=(2,))])
 def test_top_k_one_tiny_top_p_and_tiny_temperature_draw_the_greedy_tokens(slots):
+    """Every call keeps the logits (an output only: the draws are the same) with 3 samples: the filtered draws
+    run the very programs test_sampled_tokens_... compiles (same slots, samples, stop ids, filters on), the
+    unfiltered ones (T 0 and T 0.001) one more program per slot count."""
     policy = init_policy(QWEN, seed=0)
     policy.lm_head[...] = policy.lm_head[...] * 100  # the tiny model's top two logits lie 0.002 apart
     graphdef, state = nnx.split(policy)
     sampler = Sampler(graphdef, SamplingConfig(max_new_tokens=BUDGET, prompt_buckets=(BUCKET,)), (), pad_id=0)
-    greedy = sampler.generate(state, PROMPTS, samples=2, temperature=0.0, keep_logits=True, **slots)
+    greedy = sampler.generate(state, PROMPTS, samples=3, temperature=0.0, keep_logits=True, **slots)
     expected = np.asarray(greedy.tokens_BT)
     logits = np.asarray(greedy.logits_BNV, np.float64)
     top2 = -np.sort(-logits, axis=-1)[..., :2]
     assert np.min(top2[..., 0] - top2[..., 1]) > 0.05  # T 0.001: a gap of > 50 for Gumbel noise
     for options in (dict(top_k=1), dict(top_p=1e-6), dict(temperature=0.001)):
-        sampled = sampler.generate(state, PROMPTS, samples=2, key=jax.random.key(2),
+        sampled = sampler.generate(state, PROMPTS, samples=3, key=jax.random.key(2), keep_logits=True,
                                    **{"temperature": 1.0, **options}, **slots)
         assert np.array_equal(np.asarray(sampled.tokens_BT), expected), options
+    tiny = sampled  # the T 0.001 draw
     # T 0: log-probs of softmax(logits); T 0.001: of softmax(logits / 0.001), the greedy token's ~0
     chosen = np.take_along_axis(logits, np.asarray(greedy.completion_BN)[..., None], -1)[..., 0]
     np.testing.assert_allclose(np.asarray(greedy.logprobs_BN),
                                chosen - np.log(np.sum(np.exp(logits), -1)), atol=2e-5)
-    tiny = sampler.generate(state, PROMPTS, samples=2, key=jax.random.key(2), temperature=0.001, **slots)
     # ~0 to float32 rounding of logits / T near 1e5 (log-probs a hair above 0 included)
     np.testing.assert_allclose(np.asarray(tiny.logprobs_BN), 0.0, atol=5e-3)
 
 
 def test_continuous_batching_log_probs_equal_the_trainers_recomputed_ones():
+    """Sampled by the program test_sampled_tokens_... compiles (5 slots, a tail of 2, 3 samples, kept logits:
+    an output rollout_batch does not read)."""
     graphdef, _, _ = _policy()
     sampler, state = _sampler(())
-    r = sampler.generate(state, PROMPTS, samples=2, temperature=0.7, top_k=5, top_p=0.9, slots=3,
-                         tail_slots=(1,))
+    r = sampler.generate(state, PROMPTS, samples=3, temperature=0.7, top_k=5, top_p=0.9, slots=5,
+                         tail_slots=(2,), keep_logits=True)
     graphdef, params, bias = split_policy(nnx.merge(graphdef, state))
     for with_replay in (False, True):
         batch = rollout_batch(r, jnp.zeros(len(r.tokens_BT)), GRPOConfig(), BUDGET, with_replay)
