@@ -41,19 +41,21 @@ def _trained_layout(family, per_layer=None, **model):
     return graphdef, state, mesh, layout, note
 
 
-def _compiled_sampler(graphdef, state_key, mesh, rules) -> str:
-    """The sampler's program as `Sampler.generate` compiles it above (same arguments: a cache hit)."""
+def _compiled_sampler(graphdef, state_key, mesh, rules, filters=True) -> str:
+    """The sampler's program for `Sampler.generate`'s greedy draw above; `filters` False: the very program that
+    draw compiled (CONFIG's top-k and top-p remove nothing: a cache hit), True: the one top-k or top-p compile."""
     tokens, valid = left_pad(PROMPTS, CONFIG.prompt_buckets, 0)
     with use_mesh(mesh, rules):
         lowered = generate_padded.lower(graphdef, state_key[0], jnp.asarray(tokens), jnp.asarray(valid), state_key[1],
                                         jnp.float32(0), jnp.int32(0), jnp.float32(1),
                                         max_new=CONFIG.max_new_tokens, samples=1, stop_ids=(3,), pad_id=0,
-                                        ignore_eos=True, keep_logits=False, vocab_size=None)
+                                        ignore_eos=True, keep_logits=False, vocab_size=None, filters=filters)
     return lowered.compile().as_text()
 
 
 def _weight_allgather_bytes(graphdef, state_key, mesh, rules) -> int:
-    return decode_stats(_compiled_sampler(graphdef, state_key, mesh, rules)).weight_allgather_bytes
+    """In the training layout's program that `Sampler.generate` ran (no filters: nothing compiled again)."""
+    return decode_stats(_compiled_sampler(graphdef, state_key, mesh, rules, filters=False)).weight_allgather_bytes
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
