@@ -33,6 +33,11 @@ from tests.model.tiny import DEEPSEEK
 CFG = dataclasses.replace(DEEPSEEK, num_hidden_layers=2)
 GRPO = GRPOConfig(group_size=4, kl_coef=0.05, loss_aggregation="token_mean")
 SGD = skip_nonfinite(optax.sgd(1.0))  # params move by exactly -grad: steps compare gradients
+ADAMW = skip_nonfinite(optax.adamw(1e-3))
+NO_KL = dataclasses.replace(GRPO, kl_coef=0.0)
+# the 3-layer preset: one dense layer, then two MoE layers stacked in one segment; its steps with the router's
+# aux loss and bias updates on are shared by the routing-bias, sharding and unrolled-layers tests
+ROUTED = dict(rate=0.01, cfg=DEEPSEEK)
 
 
 def synthetic_batch(rows=8, length=12, prompt=4, seed=0):
@@ -48,10 +53,16 @@ def synthetic_batch(rows=8, length=12, prompt=4, seed=0):
             "adv": jax.random.normal(keys[3], (rows,))}
 
 
-@functools.cache  # one (state, jitted step) per setting: tests asking for the same one share its trace
-def make(update=UpdateConfig(aux_loss_coef=0.0), grpo=GRPO, optimizer=SGD, with_ref=True, rate=0.0):
-    graphdef, state = init_train_state(init_policy(CFG, 0), optimizer, with_ref=with_ref)
-    return state, jax.jit(make_grpo_step(graphdef, optimizer, grpo, update, CFG, None, bias_rate=rate))
+def make(update=UpdateConfig(aux_loss_coef=0.0), grpo=GRPO, optimizer=SGD, with_ref=True, rate=0.0, cfg=CFG):
+    """One (state, jitted step) per setting, however the test spells it: tests asking for the same one share
+    its compiled program (each compile costs seconds, each run milliseconds)."""
+    return _make(update, grpo, optimizer, with_ref, rate, cfg)
+
+
+@functools.cache
+def _make(update, grpo, optimizer, with_ref, rate, cfg):
+    graphdef, state = init_train_state(init_policy(cfg, 0), optimizer, with_ref=with_ref)
+    return state, jax.jit(make_grpo_step(graphdef, optimizer, grpo, update, cfg, None, bias_rate=rate))
 
 
 def leaves(tree):
@@ -94,20 +105,30 @@ BF16 = dataclasses.replace(CFG, param_dtype="bfloat16")
 
 
 def _gradient_recorder() -> optax.GradientTransformation:
-    """An optimizer that moves nothing and keeps, as its state, the gradients the step handed it (in float32)."""
+    """Passes the gradients the step handed it on unchanged and keeps them, as its state, in float32."""
     wide = lambda tree: jax.tree.map(lambda x: x.astype(jnp.float32), tree)
-    keep = lambda grads, state, params=None: (jax.tree.map(jnp.zeros_like, grads), wide(grads))
-    return skip_nonfinite(optax.GradientTransformation(wide, keep))
+    keep = lambda grads, state, params=None: (grads, wide(grads))
+    return optax.GradientTransformation(wide, keep)
+
+
+@functools.cache
+def bf16_step():
+    """bfloat16 parameters, 4 micro-batches, one step: the gradients recorded on their way to AdamW (moments in
+    the parameters' bfloat16). Both bfloat16 tests read this one compiled step."""
+    optimizer = skip_nonfinite(optax.chain(_gradient_recorder(), make_optimizer(OptimizerConfig(lr=1e-3))))
+    update = UpdateConfig(micro_batches=4, aux_loss_coef=0.0)
+    graphdef, state = init_train_state(init_policy(BF16, 0), optimizer, with_ref=True)
+    step = jax.jit(make_grpo_step(graphdef, optimizer, GRPO, update, BF16, None, bias_rate=0.0))
+    batch = synthetic_batch()
+    new, metrics = step(state, batch)
+    return graphdef, update, state, batch, new, metrics
 
 
 def test_bfloat16_micro_batch_gradients_are_summed_in_float32():
     """bfloat16 parameters, 4 micro-batches: the step hands the optimizer the float32 sum of the 4 micro-batch
     gradients, not a running bfloat16 sum rounded at every add."""
-    update, recorder = UpdateConfig(micro_batches=4, aux_loss_coef=0.0), _gradient_recorder()
-    graphdef, state = init_train_state(init_policy(BF16, 0), recorder, with_ref=True)
-    step = jax.jit(make_grpo_step(graphdef, recorder, GRPO, update, BF16, None, bias_rate=0.0))
-    batch = synthetic_batch()
-    handed = leaves(step(state, batch)[0].opt_state.inner_state)
+    graphdef, update, state, batch, new, _ = bf16_step()
+    handed = leaves(new.opt_state.inner_state[0])
     loss = grpo_micro_loss(graphdef, GRPO, update, 4)
     grad = jax.jit(jax.grad(lambda params, mb: loss(params, state.bias, state.ref, mb)[0]))
     micro = micro_split(batch, 4)
@@ -128,20 +149,17 @@ def test_bfloat16_micro_batch_gradients_are_summed_in_float32():
 def test_bfloat16_parameters_and_adam_state_keep_their_dtypes_through_micro_batches():
     """float32 gradient sums reach AdamW (moments in the parameters' bfloat16): the step returns the state's
     dtypes unchanged, so a donated state is reused and a checkpoint restores into the same arrays."""
-    optimizer = make_optimizer(OptimizerConfig(lr=1e-3))
-    graphdef, state = init_train_state(init_policy(BF16, 0), optimizer, with_ref=False)
-    step = jax.jit(make_grpo_step(graphdef, optimizer, dataclasses.replace(GRPO, kl_coef=0.0),
-                                  UpdateConfig(micro_batches=4, aux_loss_coef=0.0), BF16, None, bias_rate=0.0))
-    new, metrics = step(state, synthetic_batch())
+    _, _, state, _, new, metrics = bf16_step()
     assert int(metrics["skipped"]) == 0
     dtypes = lambda tree: [x.dtype for x in jax.tree.leaves(tree)]
-    assert jnp.bfloat16 in dtypes(state.opt_state) and jnp.bfloat16 in dtypes(state.params)  # router: float32
+    adam = state.opt_state.inner_state[1]  # the recorder's state, inner_state[0], is float32
+    assert jnp.bfloat16 in dtypes(adam) and jnp.bfloat16 in dtypes(state.params)  # router: float32
     assert dtypes(new.params) == dtypes(state.params) and dtypes(new.opt_state) == dtypes(state.opt_state)
     assert any(not np.array_equal(x, y) for x, y in zip(leaves(new.params), leaves(state.params)))
 
 
 def test_nan_gradients_leave_state_bitwise_unchanged():
-    state, step = make(optimizer=skip_nonfinite(optax.adamw(1e-3)), rate=0.01)
+    state, step = make(grpo=NO_KL, optimizer=ADAMW, with_ref=False, rate=0.01)  # the beta-zero test's step
     state, _ = step(state, synthetic_batch(seed=1))  # a real step first: non-trivial optimizer state
     bad = synthetic_batch(seed=2)
     bad["adv"] = bad["adv"].at[3].set(jnp.nan)
@@ -163,7 +181,8 @@ def test_nan_gradients_leave_state_bitwise_unchanged():
 @pytest.mark.parametrize("mesh_shape", [(2, 2, 2, 1)], ids=lambda s: "x".join(map(str, s)))
 def test_sharded_step_equals_single_device(mesh_shape):
     batch = synthetic_batch()
-    state, step = make(UpdateConfig(micro_batches=2, aux_loss_coef=0.01), rate=0.01)
+    # the single-device step is the routing-bias test's with 2 micro-batches
+    state, step = make(UpdateConfig(micro_batches=2, aux_loss_coef=0.01), **ROUTED)
     expected, expected_metrics = step(state, batch)
     mesh = build_mesh(ShardingConfig(*mesh_shape))
     rules = Rules.preset("fsdp_expert_tensor")
@@ -185,14 +204,12 @@ def _state_shardings(state: TrainState, mesh, rules):
     return TrainState(params, bias, opt, replicated, (params, bias))
 
 
-@pytest.mark.parametrize("micro_batches", [1, 4])
+@pytest.mark.parametrize("micro_batches", [1, 2])
 def test_routing_bias_moves_by_the_sign_rule_on_global_load(micro_batches):
     # the 3-layer preset: one dense layer, then two MoE layers stacked in one segment (bias [2, 8]); with
-    # micro-batches, the load is every micro-batch's summed, not the first's
-    graphdef, state = init_train_state(init_policy(DEEPSEEK, 0), SGD, with_ref=True)
-    update = UpdateConfig(micro_batches=micro_batches, aux_loss_coef=0.0)
-    step = jax.jit(make_grpo_step(graphdef, SGD, GRPO, update, DEEPSEEK, None,
-                                  bias_rate=0.01))
+    # micro-batches, the load is every micro-batch's summed, not the first's. The aux loss is on (its gradient
+    # moves the router's weights, never the bias): the steps are the sharding and unrolled-layers tests'.
+    state, step = make(UpdateConfig(micro_batches=micro_batches, aux_loss_coef=0.01), **ROUTED)
     batch = synthetic_batch()
     new, metrics = step(state, batch)
     # the load the step saw, recounted from a forward pass of the same policy on the same real tokens
@@ -268,7 +285,7 @@ def test_remat_puts_a_checkpoint_in_the_step_only_when_on(remat):
 
 
 def test_beta_zero_needs_no_reference():
-    state, step = make(grpo=dataclasses.replace(GRPO, kl_coef=0.0), with_ref=False)
+    state, step = make(grpo=NO_KL, optimizer=ADAMW, with_ref=False, rate=0.01)  # the NaN test's step
     assert state.ref is None
     new, metrics = step(state, synthetic_batch())
     assert "kl" not in metrics and int(new.step) == 1
@@ -288,11 +305,9 @@ def test_unrolled_layers_give_the_scans_losses_and_gradients():
     # 7.5e-9, the metrics equal; the tolerances leave room for another XLA's fusion choices.
     batch = synthetic_batch()
     results = []
-    for scan in (True, False):
+    for scan in (True, False):  # scanned: the routing-bias test's step
         cfg = dataclasses.replace(DEEPSEEK, scan_layers=scan)  # a 2-layer MoE segment to unroll
-        graphdef, state = init_train_state(init_policy(cfg, 0), SGD, with_ref=True)
-        step = jax.jit(make_grpo_step(graphdef, SGD, GRPO, UpdateConfig(aux_loss_coef=0.01), cfg, None,
-                                      bias_rate=0.01))
+        state, step = make(UpdateConfig(aux_loss_coef=0.01), rate=0.01, cfg=cfg)
         results.append(step(state, batch))
     (scanned, scanned_metrics), (unrolled, unrolled_metrics) = results
     for x, y in zip(leaves(unrolled.params) + leaves(unrolled.bias), leaves(scanned.params) + leaves(scanned.bias)):
