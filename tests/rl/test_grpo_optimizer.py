@@ -197,12 +197,18 @@ def test_decay_norms_false_spares_every_norm_scale_and_decays_every_matrix(famil
 
     _, params, _ = nnx.split(init_policy(FAMILIES[family]), nnx.Param, ...)
     lr, decay = 0.5, 0.1
-    zero = jax.tree.map(jnp.zeros_like, params)  # Adam's step is 0: what moves a weight is decay alone
-    moved = {}
-    for decay_norms in (True, False):
-        opt = make_optimizer(OptimizerConfig(lr=lr, weight_decay=decay, decay_norms=decay_norms))
-        updates, _ = opt.update(zero, opt.init(params), params)
-        moved[decay_norms] = jax.tree_util.tree_leaves_with_path(optax.apply_updates(params, updates))
+
+    @jax.jit  # both optimizers' first steps in one program (eagerly, each of their ops on each leaf compiled)
+    def first_steps(params):
+        zero = jax.tree.map(jnp.zeros_like, params)  # Adam's step is 0: what moves a weight is decay alone
+        moved = {}
+        for decay_norms in (True, False):
+            opt = make_optimizer(OptimizerConfig(lr=lr, weight_decay=decay, decay_norms=decay_norms))
+            updates, _ = opt.update(zero, opt.init(params), params)
+            moved[decay_norms] = optax.apply_updates(params, updates)
+        return moved
+
+    moved = {k: jax.tree_util.tree_leaves_with_path(v) for k, v in first_steps(params).items()}
     before = jax.tree_util.tree_leaves_with_path(params)
     norms = 0
     for (path, p), (_, all_decayed), (_, masked) in zip(before, moved[True], moved[False]):
