@@ -120,7 +120,7 @@ def test_the_router_loss_coefficients_add_their_terms():
     """For GRPO's and SFT's loss: loss(c_z, c_aux) = loss(0, 0) + c_z * z_loss + c_aux * aux_loss, with z_loss
     and aux_loss the model's own router losses (mean over MoE layers). With a zero advantage and no KL the
     router losses are GRPO's only gradient: none without them. (One program computes every case.)"""
-    model = dataclasses.replace(DEEPSEEK, num_hidden_layers=2)  # one dense layer, one MoE layer
+    model = dataclasses.replace(DEEPSEEK, num_hidden_layers=1, first_k_dense_replace=0)  # one MoE layer alone
     policy = init_policy(model, 0)
     graphdef, params, bias = split_policy(policy)
     rows_, length = 4, 10
