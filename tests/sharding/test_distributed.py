@@ -80,13 +80,15 @@ try:
     distributed.initialize(launch)
     if sys.argv[3] == "config":
         distributed.check_same("config", "seed: 0" if jax.process_index() == 0 else "seed: 1", "the config")
-    elif sys.argv[3] == "least":  # the same answer on both, however often asked; None bounds nothing
-        mine = [(9, 4), (None, 6), (None, None)]
-        print([distributed.least("free", pair[jax.process_index()], "x") for pair in mine], flush=True)
-    elif sys.argv[3] in ("shared", "unshared"):
-        base = sys.argv[4] if sys.argv[3] == "shared" else tempfile.mkdtemp()  # each process a directory of its own
-        distributed.check_shared_directory(base, "--run-dir")
-        print("shared", flush=True)
+    elif sys.argv[3] in ("least", "shared", "unshared", "least+shared"):  # least+shared: one pair, both checks
+        if sys.argv[3].startswith("least"):  # the same answer on both, however often asked; None bounds nothing
+            mine = [(9, 4), (None, 6), (None, None)]
+            print([distributed.least("free", pair[jax.process_index()], "x") for pair in mine], flush=True)
+        if sys.argv[3].endswith("shared"):
+            # "unshared": each process a directory of its own
+            base = sys.argv[4] if sys.argv[3] != "unshared" else tempfile.mkdtemp()
+            distributed.check_shared_directory(base, "--run-dir")
+            print("shared", flush=True)
     else:
         if jax.process_index() == 1:
             time.sleep(60)  # alive (JAX's heartbeats go on) but never arrives
@@ -133,12 +135,19 @@ sys.exit(cli.main(["fail"], as_program=False))
 def run_pair(mode: str, script: str = PEER, *extra: str):
     """[(return code, stdout + stderr)] of two processes running `script` (arguments: the coordinator, the
     process id, `mode`, `extra`); process 1 is killed once process 0 has ended (or given 60 s more)."""
+    return finish_pair(start_pair(mode, script, *extra))
+
+
+def start_pair(mode: str, script: str = PEER, *extra: str) -> list:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{s.getsockname()[1]}"
     env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_PLATFORMS": "cpu"}
-    procs = [subprocess.Popen([sys.executable, "-c", script, address, str(i), mode, *extra], cwd=ROOT, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+    return [subprocess.Popen([sys.executable, "-c", script, address, str(i), mode, *extra], cwd=ROOT, env=env,
+                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+
+
+def finish_pair(procs: list):
     results = []
     try:
         for p, timeout in zip(procs, (120, 60)):
@@ -194,10 +203,18 @@ def test_a_process_that_stops_on_an_error_stops_the_others_at_once_naming_it(mod
         assert "Traceback" in out_1 and "KeyError: 'prompt'" in out_1
 
 
-def test_processes_agree_on_the_least_value():
+@pytest.fixture(scope="module")
+def least_and_shared(tmp_path_factory):
+    """One pair asked for the least values, then to check a directory both share (a pair each before: ~5 s of
+    CPU time for two JAX processes' start-up); (its results, the directory)."""
+    base = tmp_path_factory.mktemp("shared_run_dir")
+    return run_pair("least+shared", PEER, str(base)), base
+
+
+def test_processes_agree_on_the_least_value(least_and_shared):
     # the sampler's layout is chosen from the least free HBM of all processes' devices: each choosing from its
     # own picked different layouts on unequal hosts, whose collectives then never matched (a hang)
-    results = run_pair("least")
+    results, _ = least_and_shared
     for code, out in results:
         assert code == 0, out[-2000:]
         assert "[4, 6, None]" in out, out[-2000:]
@@ -210,10 +227,11 @@ def test_processes_with_different_device_counts_are_told_so_at_start():
         assert "different numbers of devices (process 0: 1, process 1: 2)" in out, out[-2000:]
 
 
-def test_a_run_directory_must_be_one_directory_for_every_process(tmp_path):
-    for code, out in run_pair("shared", PEER, str(tmp_path)):
+def test_a_run_directory_must_be_one_directory_for_every_process(least_and_shared):
+    results, base = least_and_shared
+    for code, out in results:
         assert code == 0 and "shared" in out, out[-2000:]
-    assert os.listdir(tmp_path) == []  # the check leaves nothing behind
+    assert os.listdir(base) == []  # the check leaves nothing behind
     for code, out in run_pair("unshared"):  # before, each process wrote its own directory, unnoticed
         assert code == 3, out[-2000:]
         assert "--run-dir" in out and "of process 1 is not the directory process 0 writes" in out, out[-2000:]
@@ -221,9 +239,12 @@ def test_a_run_directory_must_be_one_directory_for_every_process(tmp_path):
 
 def test_an_error_on_every_process_at_once_ends_each_with_its_own_error():
     # before, process 0 (the coordination service's host) exited at once and process 1 aborted inside JAX
-    # (SIGABRT, exit -6/134) for the lost coordinator: in 3 of 6 pairs; a pair takes ~2 s, so 4 are run
-    for _ in range(4):
-        for index, (code, out) in enumerate(run_pair("both-user-error", FAILING_COMMAND)):
+    # (SIGABRT, exit -6/134) for the lost coordinator: in 3 of 6 pairs; a pair takes ~2 s, so 4 are run, at
+    # the same time (one after another they held a test worker ~16 s)
+    pairs = [start_pair("both-user-error", FAILING_COMMAND) for _ in range(4)]
+    results = [finish_pair(procs) for procs in pairs]  # each pair's processes are ended, whatever it found
+    for pair in results:
+        for index, (code, out) in enumerate(pair):
             assert code == 2, (index, out[-2000:])
             assert f"process {index}'s data file is missing" in out
 
