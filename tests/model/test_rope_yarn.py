@@ -4,10 +4,12 @@ and decoded token by token from a cache; the settings read from and written to c
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 from r1jax.errors import UserError
 from r1jax.model.config import ModelConfig
@@ -67,6 +69,12 @@ CASES = {
 }
 
 
+def logits(policy, tokens) -> np.ndarray:
+    """The full-sequence forward's logits, one compiled program (run op by op, it took seconds more)."""
+    graphdef, state = nnx.split(policy)
+    return np.asarray(jax.jit(lambda s, t: nnx.merge(graphdef, s)(t).logits_BTV)(state, jnp.asarray(tokens)))
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_yarn_logits_past_the_original_context_match_transformers_full_and_cached(case, tmp_path):
     """30 positions over an original context of 8: every frequency band of the ramp is exercised."""
@@ -78,23 +86,29 @@ def test_yarn_logits_past_the_original_context_match_transformers_full_and_cache
     tokens = np.random.RandomState(1).randint(0, cfg.vocab_size, (2, 30))
     with torch.no_grad():
         theirs = hf(torch.tensor(tokens)).logits.numpy()
-    ours = np.asarray(policy(jnp.asarray(tokens)).logits_BTV)
+    ours = logits(policy, tokens)
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
-    # the decode path: a prefill of 20, then one token at a time from the cache
-    valid = jnp.ones((2, 30), bool)
-    positions = jnp.broadcast_to(jnp.arange(30), (2, 30))
-    out, caches = policy.forward_cached(jnp.asarray(tokens[:, :20]), positions[:, :20], valid[:, :20],
-                                        policy.init_cache(2, 30), jnp.int32(0), valid)
-    steps = [np.asarray(out.logits_BTV)]
+    # the decode path: a prefill of 20, then one token at a time from the cache (one compiled step for the 10)
+    valid = np.ones((2, 30), bool)
+    positions = np.broadcast_to(np.arange(30, dtype=np.int32), (2, 30))
+    graphdef, state = nnx.split(policy)
+
+    @jax.jit
+    def forward_cached(state, tokens_BT, positions_BT, caches, cache_index):
+        out, caches = nnx.merge(graphdef, state).forward_cached(tokens_BT, positions_BT, jnp.ones_like(tokens_BT, bool),
+                                                                caches, cache_index, jnp.asarray(valid))
+        return out.logits_BTV, caches
+
+    out, caches = forward_cached(state, tokens[:, :20], positions[:, :20], policy.init_cache(2, 30), np.int32(0))
+    steps = [np.asarray(out)]
     for t in range(20, 30):
-        out, caches = policy.forward_cached(jnp.asarray(tokens[:, t:t + 1]), positions[:, t:t + 1],
-                                            valid[:, t:t + 1], caches, jnp.int32(t), valid)
-        steps.append(np.asarray(out.logits_BTV))
+        out, caches = forward_cached(state, tokens[:, t:t + 1], positions[:, t:t + 1], caches, np.int32(t))
+        steps.append(np.asarray(out))
     np.testing.assert_allclose(np.concatenate(steps, axis=1), theirs, atol=1e-4, rtol=0)
     # not the default embedding's logits (a tiny random model's logits move little: compared with our error)
     plain = dataclasses.replace(cfg, rope_type="default")
     with HFCheckpoint(tmp_path) as ckpt:
-        default = np.asarray(import_params(ckpt, plain)(jnp.asarray(tokens)).logits_BTV)
+        default = logits(import_params(ckpt, plain), tokens)
     assert np.abs(default - theirs).max() > 20 * np.abs(ours - theirs).max()
 
 
