@@ -14,6 +14,12 @@ from r1jax.model.layers import RMSNorm, project, rope_cos_sin
 from tests.model.tiny import FAMILIES, QWEN
 
 
+def forward(policy, tokens_BT, **arrays):
+    """policy(tokens_BT, **arrays) as one compiled program (op by op, a forward took seconds of dispatching)."""
+    graphdef, state = nnx.split(policy)
+    return jax.jit(lambda s, t, a: nnx.merge(graphdef, s)(t, **a))(state, tokens_BT, arrays)
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_logits_at_t_do_not_depend_on_later_tokens(family):
     cfg = FAMILIES[family]
@@ -52,25 +58,25 @@ def test_padding_is_never_attended(family):
     tokens = jax.random.randint(jax.random.key(2), (2, 9), 0, cfg.vocab_size)
     garbage = tokens.at[:, 6:].set(jax.random.randint(jax.random.key(3), (2, 3), 0, cfg.vocab_size))
     valid = jnp.arange(9)[None] < 6
-    a = policy(tokens, valid_BT=jnp.broadcast_to(valid, (2, 9))).logits_BTV[:, :6]
-    b = policy(garbage, valid_BT=jnp.broadcast_to(valid, (2, 9))).logits_BTV[:, :6]
+    a = forward(policy, tokens, valid_BT=jnp.broadcast_to(valid, (2, 9))).logits_BTV[:, :6]
+    b = forward(policy, garbage, valid_BT=jnp.broadcast_to(valid, (2, 9))).logits_BTV[:, :6]
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
     # left padding with explicit positions gives the same logits as the unpadded sequence
     left = jnp.concatenate([jnp.zeros((2, 3), tokens.dtype), tokens[:, :6]], axis=1)
     positions = jnp.broadcast_to(jnp.maximum(jnp.arange(9) - 3, 0), (2, 9))
-    c = policy(left, positions_BT=positions, valid_BT=jnp.broadcast_to(jnp.arange(9) >= 3, (2, 9)))
+    c = forward(policy, left, positions_BT=positions, valid_BT=jnp.broadcast_to(jnp.arange(9) >= 3, (2, 9)))
     np.testing.assert_allclose(np.asarray(c.logits_BTV[:, 3:]), np.asarray(a), atol=1e-5)
 
 
 def test_aux_has_one_row_per_moe_layer_and_bfloat16_compute_stays_close():
     cfg = FAMILIES["deepseek_v3"]
     tokens = jax.random.randint(jax.random.key(4), (2, 8), 0, cfg.vocab_size)
-    out32 = init_policy(cfg, seed=0)(tokens)
+    out32 = forward(init_policy(cfg, seed=0), tokens)
     moe_layers = sum(cfg.layer_is_moe(i) for i in range(cfg.num_hidden_layers))
     assert out32.aux.counts_E.shape == (moe_layers, cfg.n_routed_experts)
     assert out32.aux.experts_BTK.shape == (moe_layers, 2, 8, cfg.num_experts_per_tok)
     bf16 = dataclasses.replace(cfg, compute_dtype="bfloat16", remat=True)
-    out16 = init_policy(bf16, seed=0)(tokens)
+    out16 = forward(init_policy(bf16, seed=0), tokens)
     assert out16.logits_BTV.dtype == jnp.float32  # logits always in float32
     # measured max |bf16 - f32| = 0.0023 on logits spanning 0.71 (bf16 keeps 8 bits of mantissa); 0.006 is
     # under 3x that. A positive difference shows the bf16 compute really ran.
@@ -215,7 +221,7 @@ def test_each_moe_segment_replays_its_own_layers_routes():
     tokens = jax.random.randint(jax.random.key(3), (2, 6), 0, cfg.vocab_size)
     # layer l routes every token to experts (l, l + 4): no two layers alike
     replay = jnp.broadcast_to(jnp.array([[layer, layer + 4] for layer in range(3)])[:, None, None, :], (3, 2, 6, 2))
-    out = init_policy(cfg, seed=0)(tokens, replay_LBTK=replay)
+    out = forward(init_policy(cfg, seed=0), tokens, replay_LBTK=replay)
     np.testing.assert_array_equal(np.asarray(out.aux.experts_BTK), np.asarray(replay))
 
 
