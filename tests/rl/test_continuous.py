@@ -24,8 +24,13 @@ CONFIG = SamplingConfig(max_new_tokens=8, prompt_buckets=(8,))
 ROW_MAX_NEW = [8, 2, 5, 1, 3, 8, 2, 6]  # per row: rows stop at different steps, so slots are reused
 
 
+@functools.cache
+def _policy(family):
+    return nnx.split(init_policy(FAMILIES[family], seed=0))
+
+
 def make(family):
-    graphdef, state = nnx.split(init_policy(FAMILIES[family], seed=0))
+    graphdef, state = _policy(family)
     return state, Sampler(graphdef, CONFIG, stop_ids=(3,), pad_id=0)
 
 
@@ -112,14 +117,15 @@ def test_sampled_completions_do_not_depend_on_the_slot_count():
     np.testing.assert_allclose(tail["logprobs_BN"], one["logprobs_BN"], atol=1e-5)
     completions = one["tokens_BT"][:, 8:]
     assert len({tuple(row) for row in completions}) > len(PROMPTS)  # the samples of a prompt differ
-    other = sampler.generate(state, PROMPTS, samples=3, key=jax.random.key(4), temperature=1.0, slots=5)
-    assert not np.array_equal(np.asarray(other.tokens_BT), one["tokens_BT"])
+    other = sampler.generate(state, PROMPTS, samples=3, key=jax.random.key(4), temperature=1.0, slots=1)
+    assert not np.array_equal(np.asarray(other.tokens_BT), one["tokens_BT"])  # the one-slot program, another key
 
 
 def test_a_stop_id_frees_the_slot_and_pads_after_it():
     state, sampler = make("qwen3_moe")
-    greedy = sampler.generate(state, PROMPTS, temperature=0.0)
-    first = int(np.asarray(greedy.completion_BN)[1, 2])  # make row 1's third token a stop id
+    # prompt 1 alone (the greedy test's one-prompt program): the batch's row 1 is the same
+    greedy = sampler.generate(state, PROMPTS[1:2], temperature=0.0)
+    first = int(np.asarray(greedy.completion_BN)[0, 2])  # make row 1's third token a stop id
     stopping = Sampler(sampler.graphdef, CONFIG, stop_ids=(first,), pad_id=0)
     fixed = arrays(stopping.generate(state, PROMPTS, temperature=0.0))
     ours = arrays(stopping.generate(state, PROMPTS, temperature=0.0, slots=2))
@@ -154,9 +160,11 @@ SHORT_ROWS = [1, 2, 1, 1, 3, 1, 2, 1]  # most rows stop at once: most of their c
 def test_positions_past_a_rows_end_record_k_distinct_experts(slots):
     """Past a row's end continuous batching never routes a token, and the fixed batch none past its last step
     (3 of 8 here): both record `padding_routes` there, K distinct experts as a router's top-k are (the
-    replayed forward routes those positions too; one expert K times broke model.dispatch's ragged path)."""
+    replayed forward routes those positions too; one expert K times broke model.dispatch's ragged path).
+    The logits are kept (an output only): the programs of the greedy test above (Qwen3, 3 slots or none)."""
     state, sampler = make("qwen3_moe")
-    rollout = sampler.generate(state, PROMPTS, samples=2, temperature=0.0, row_max_new=SHORT_ROWS, **slots)
+    rollout = sampler.generate(state, PROMPTS, samples=2, temperature=0.0, row_max_new=SHORT_ROWS,
+                               keep_logits=True, **slots)
     assert np.asarray(rollout.lengths_B).tolist() == SHORT_ROWS
     assert distinct_experts(rollout.experts_LBTK)
 
@@ -194,7 +202,7 @@ def _samplers_step_collectives(family, data: int, expert: int):
     """The per-step collectives of the fixed-batch sampler and of continuous batching (8 slots), and those of
     continuous batching's admission alone, 16 rows over a (data, expert) mesh with the inference rules; each
     program compiled once for the tests that read it."""
-    graphdef, state = nnx.split(init_policy(FAMILIES[family], seed=0))
+    graphdef, state = _policy(family)
     mesh = build_mesh(ShardingConfig(data=data, expert=expert))
     rules = ShardingConfig(preset="inference").logical_rules()
     sharded = jax.device_put(state, state_shardings(state, mesh, rules))
@@ -244,8 +252,13 @@ def test_an_admission_over_slots_split_across_devices_moves_no_cache(family):
         "\n".join(admission)
 
 
+HALF = tuple(range(1, 65))  # stop ids: half the vocabulary
+
+
+@functools.cache
 def _uniform_sampler(stop_ids):
-    """A Qwen3 policy with its LM head zeroed (every id equally likely) and a sampler of 8 new tokens."""
+    """A Qwen3 policy with its LM head zeroed (every id equally likely) and a sampler of 8 new tokens (one a
+    module for each `stop_ids`: a generate program compiled once serves every test that runs it)."""
     policy = init_policy(QWEN, seed=0)
     policy.lm_head[...] = jnp.zeros_like(policy.lm_head[...])
     graphdef, state = nnx.split(policy)
@@ -257,8 +270,9 @@ def _uniform_sampler(stop_ids):
 def test_every_token_draws_fresh_noise(slots):
     """Uniform logits: a row's tokens are independent draws over the 128 ids (8 tokens with fewer than 4 ids has
     probability < 1e-9), each with log-prob -log 128; a key that left out the step or the token index repeats
-    one draw along the row (both samplers' keys)."""
-    sampler, state = _uniform_sampler(stop_ids=())
+    one draw along the row (both samplers' keys). Half the ids stop a row, ignored (ignore_eos): the programs
+    test_ignore_eos_runs_every_row_to_the_budget_in_both_samplers runs."""
+    sampler, state = _uniform_sampler(stop_ids=HALF)
     result = sampler.generate(state, [[5, 6, 7], [9, 10, 11, 12, 13, 14]], samples=2, key=jax.random.key(0),
                               temperature=1.0, ignore_eos=True, **({"slots": slots} if slots else {}))
     completions = np.asarray(result.completion_BN)
@@ -293,7 +307,7 @@ def test_no_request_past_the_last_is_admitted_when_slots_free_together():
     """Half the ids stop a row, so rows end after ~2 tokens, often together: with one request left and two slots
     free, a phantom request past the last, counted finished, could end the loop before the real last row (seeds
     3, 9 and 22 lost row 2 that way). One slot and two give the same rollout, every row at least one token."""
-    sampler, state = _uniform_sampler(stop_ids=tuple(range(1, 65)))
+    sampler, state = _uniform_sampler(stop_ids=HALF)
     for seed in range(24):
         one, two = (sampler.generate(state, [[5, 6, 7], [9, 10], [20]], key=jax.random.key(seed), temperature=1.0,
                                      slots=slots) for slots in (1, 2))
@@ -306,7 +320,7 @@ def test_no_request_past_the_last_is_admitted_when_slots_free_together():
 def test_ignore_eos_runs_every_row_to_the_budget_in_both_samplers(slots):
     """Half the ids stop a row (uniform logits: 8 tokens without one has probability 1/256 per row): with
     ignore_eos every row still runs its 8 tokens, stop ids included, in the fixed-batch and continuous samplers."""
-    sampler, state = _uniform_sampler(stop_ids=tuple(range(1, 65)))
+    sampler, state = _uniform_sampler(stop_ids=HALF)
     result = sampler.generate(state, [[5, 6, 7], [9, 10, 11]], samples=2, key=jax.random.key(1), temperature=1.0,
                               ignore_eos=True, **({"slots": slots} if slots else {}))
     np.testing.assert_array_equal(np.asarray(result.lengths_B), [8, 8, 8, 8])
