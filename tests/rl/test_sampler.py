@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from r1jax.errors import UserError
 from r1jax.model.factory import init_policy
@@ -22,6 +21,10 @@ from tests.model.tiny import FAMILIES
 
 PROMPTS = [[5, 6, 7], [9, 10, 11, 12, 13, 14], [20], [30, 31]]
 CONFIG = SamplingConfig(max_new_tokens=10, prompt_buckets=(8, 16))
+# G = 2 draws at T 0.7, top-p 0.9 (filtered): one program per family, shared by the tests that sample so
+SAMPLED = dict(samples=2, temperature=0.7, top_p=0.9)
+# greedy to the budget with the logits kept: one program per family, shared likewise
+GREEDY = dict(temperature=0.0, ignore_eos=True, keep_logits=True)
 
 
 def make(family, seed=0):
@@ -32,7 +35,7 @@ def make(family, seed=0):
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_greedy_step_logits_equal_full_forward(family):
     graphdef, state, sampler = make(family)
-    r = sampler.generate(state, PROMPTS, temperature=0.0, ignore_eos=True, keep_logits=True)
+    r = sampler.generate(state, PROMPTS, **GREEDY)
     policy = nnx.merge(graphdef, state)
     full = jax.jit(lambda t, p, v: policy(t, p, v).logits_BTV)(r.tokens_BT, r.positions_BT, r.valid_BT)
     expected_BNV = np.asarray(full)[:, r.prompt_length - 1: -1]
@@ -48,7 +51,7 @@ def test_sampler_logprobs_equal_trainer_logprobs(family):
     """The GRPO trainer's own path (rollout_batch, then the policy's log-probs as reference_logprobs scores
     them), with and without routing replay."""
     graphdef, state, sampler = make(family)
-    r = sampler.generate(state, PROMPTS, samples=2, temperature=0.7, top_p=0.9)
+    r = sampler.generate(state, PROMPTS, **SAMPLED)
     graphdef, params, bias = split_policy(nnx.merge(graphdef, state))
     for with_replay in (False, True):
         batch = rollout_batch(r, jnp.zeros(len(r.tokens_BT)), GRPOConfig(), CONFIG.max_new_tokens, with_replay)
@@ -63,7 +66,7 @@ def test_routing_replay_reproduces_sampling_time_routes_after_the_router_changes
     # weights are the unbiased scores). Changing it after sampling makes the policy route differently; with
     # the sampler's routes replayed, the trainer must still get the sampler's log-probs, without them not.
     graphdef, state, sampler = make("deepseek_v3")
-    r = sampler.generate(state, PROMPTS, samples=2, temperature=0.7, top_p=0.9)
+    r = sampler.generate(state, PROMPTS, **SAMPLED)
     split_graphdef, params, bias = split_policy(nnx.merge(graphdef, state))
     moved = jax.tree.map(lambda b: jax.random.normal(jax.random.key(7), b.shape), bias)  # scores are in (0, 1)
     mask = np.asarray(r.completion_mask_BN)
@@ -90,14 +93,16 @@ def test_routing_replay_reproduces_sampling_time_routes_after_the_router_changes
 
 
 def test_eos_stops_a_row_and_pads_after_it():
+    """Row 0's third greedy token made the stop token: the program test_a_row_stops_at_any_of_several_stop_ids
+    runs with that id alone."""
     graphdef, state, sampler = make("qwen3_moe")
-    free = sampler.generate(state, PROMPTS, temperature=0.0, ignore_eos=True)
-    eos = int(free.completion_BN[0, 3])  # make row 0's fourth greedy token the stop token
+    free = sampler.generate(state, PROMPTS, **GREEDY)
+    eos = int(free.completion_BN[0, 2])
     stopping = Sampler(graphdef, CONFIG, stop_ids=(eos,), pad_id=0)
     r = stopping.generate(state, PROMPTS, temperature=0.0)
     row = np.asarray(r.completion_BN[0])
     stop = int(np.argmax(row == eos))
-    assert stop <= 3 and int(r.lengths_B[0]) == stop + 1
+    assert stop <= 2 and int(r.lengths_B[0]) == stop + 1
     assert np.all(row[stop + 1:] == 0) and not np.any(np.asarray(r.completion_mask_BN[0, stop + 1:]))
     assert np.all(np.asarray(r.logprobs_BN[0, stop + 1:]) == 0)
     for i in range(len(PROMPTS)):  # every row stops at its first EOS or runs to the budget
@@ -107,30 +112,22 @@ def test_eos_stops_a_row_and_pads_after_it():
 
 def test_loop_exits_early_when_every_row_has_stopped():
     graphdef, state, sampler = make("qwen3_moe")
-    free = sampler.generate(state, [[5, 6, 7]], temperature=0.0, ignore_eos=True)
+    free = sampler.generate(state, PROMPTS, **GREEDY)  # row 0: [5, 6, 7]'s greedy completion, as alone
     r = Sampler(graphdef, CONFIG, stop_ids=(int(free.completion_BN[0, 1]),), pad_id=0).generate(
         state, [[5, 6, 7]], temperature=0.0)
     assert int(r.steps) <= 2 < CONFIG.max_new_tokens
 
 
 def test_same_seed_reproduces_and_another_seed_differs():
-    graphdef, state, _ = make("deepseek_v3")
-    a = Sampler(graphdef, CONFIG, (3,), 0, seed=1).generate(state, PROMPTS, samples=2, ignore_eos=True)
-    b = Sampler(graphdef, CONFIG, (3,), 0, seed=1).generate(state, PROMPTS, samples=2, ignore_eos=True)
-    c = Sampler(graphdef, CONFIG, (3,), 0, seed=2).generate(state, PROMPTS, samples=2, ignore_eos=True)
+    graphdef, state, _ = make("deepseek_v3")  # every draw here runs the SAMPLED program
+    a = Sampler(graphdef, CONFIG, (3,), 0, seed=1).generate(state, PROMPTS, **SAMPLED)
+    b = Sampler(graphdef, CONFIG, (3,), 0, seed=1).generate(state, PROMPTS, **SAMPLED)
+    c = Sampler(graphdef, CONFIG, (3,), 0, seed=2).generate(state, PROMPTS, **SAMPLED)
     assert np.array_equal(np.asarray(a.tokens_BT), np.asarray(b.tokens_BT))
     assert not np.array_equal(np.asarray(a.tokens_BT), np.asarray(c.tokens_BT))
     sampler = Sampler(graphdef, CONFIG, (3,), 0, seed=1)  # successive calls never reuse a key
-    first, second = (sampler.generate(state, PROMPTS, ignore_eos=True) for _ in range(2))
+    first, second = (sampler.generate(state, PROMPTS, **SAMPLED) for _ in range(2))
     assert not np.array_equal(np.asarray(first.tokens_BT), np.asarray(second.tokens_BT))
-
-
-def test_top_k_one_and_tiny_top_p_are_greedy():
-    graphdef, state, sampler = make("qwen3_moe")
-    greedy = sampler.generate(state, PROMPTS, temperature=0.0, ignore_eos=True)
-    for kwargs in ({"top_k": 1}, {"top_p": 1e-6}):
-        sampled = sampler.generate(state, PROMPTS, temperature=1.0, ignore_eos=True, **kwargs)
-        assert np.array_equal(np.asarray(sampled.tokens_BT), np.asarray(greedy.tokens_BT))
 
 
 def numpy_filter(row: np.ndarray, k: int, p: float) -> np.ndarray:
@@ -195,11 +192,13 @@ def test_sample_token_skips_no_op_filters_and_draws_greedy_without_noise():
 
 def test_prompts_in_one_bucket_share_one_compilation():
     graphdef, state, sampler = make("qwen3_moe")
-    # both calls filter (top_k > 0: SamplingConfig.filters, a static argument), so whether another test in this
-    # process compiled the other program first cannot change the count; temperature and top_k are traced
-    sampler.generate(state, [[1, 2, 3], [4, 5]], temperature=0.0, top_k=5)
+    # both calls filter (top_p < 1: SamplingConfig.filters, a static argument), so whether another test in this
+    # process compiled the other program first cannot change the count; temperature and top_k are traced (the
+    # first call is the SAMPLED program)
+    sampler.generate(state, PROMPTS, **SAMPLED)
     before = generate_padded._cache_size()
-    sampler.generate(state, [[1, 2, 3, 4, 5, 6, 7], [4]], temperature=0.5, top_k=3)  # same bucket (8)
+    other = [[1, 2, 3, 4, 5, 6, 7], [4], [1, 2, 3, 4, 5, 6, 7, 8], [9, 9]]  # same bucket (8)
+    sampler.generate(state, other, **{**SAMPLED, "temperature": 0.5}, top_k=3)
     assert generate_padded._cache_size() == before
     tokens, valid = left_pad([[1, 2, 3], [4]], (8, 16), pad_id=0)
     assert tokens.shape == (2, 8) and valid.sum() == 4 and tokens[1, -1] == 4
@@ -249,7 +248,7 @@ def test_sampling_fewer_rows_than_devices_in_the_training_layout_equals_unsharde
 def test_a_row_stops_at_any_of_several_stop_ids():
     """Two stop ids (Qwen3's <|im_end|> and <|endoftext|>): each row stops at the first of either."""
     graphdef, state, sampler = make("qwen3_moe")
-    free = np.asarray(sampler.generate(state, PROMPTS, temperature=0.0, ignore_eos=True).completion_BN)
+    free = np.asarray(sampler.generate(state, PROMPTS, **GREEDY).completion_BN)
     first, second = int(free[0, 2]), int(free[1, 4])  # row 0 meets `first`, row 1 meets `second`
     r = Sampler(graphdef, CONFIG, stop_ids=(first, second), pad_id=0).generate(state, PROMPTS, temperature=0.0)
     for i, row in enumerate(free):
@@ -264,14 +263,15 @@ def test_a_row_stops_at_any_of_several_stop_ids():
 
 def test_a_model_vocabulary_padded_past_the_tokenizer_never_samples_a_padded_id():
     """Ids >= the tokenizer's vocab_size get -inf before the draw, even when their logits are huge; the
-    log-probs stay those of the whole vocabulary (the trainer's)."""
+    log-probs stay those of the whole vocabulary (the trainer's). Unmasked, with stop id 3, the draws run the
+    programs test_a_tokenizer_filling_the_vocabulary_compiles_no_mask and SAMPLED run."""
     graphdef, state, _ = make("qwen3_moe")
     limit = 100  # a tokenizer of 100 tokens on a model of 128 rows
     pure = nnx.to_pure_dict(state)
     pure["lm_head"] = pure["lm_head"].at[:, limit:].multiply(1000.0)  # padded rows: logits of +-1000s
     nnx.replace_by_pure_dict(state, pure)
     for kwargs in ({"temperature": 0.0}, {"temperature": 1.0}, {"temperature": 1.0, "top_k": 5, "top_p": 0.9}):
-        unmasked = Sampler(graphdef, CONFIG, (), 0, seed=3).generate(state, PROMPTS, samples=2, **kwargs)
+        unmasked = Sampler(graphdef, CONFIG, (3,), 0, seed=3).generate(state, PROMPTS, samples=2, **kwargs)
         assert np.any(np.asarray(unmasked.completion_BN) >= limit), kwargs  # without the mask they win
         masked = Sampler(graphdef, CONFIG, (), 0, seed=3, vocab_size=limit).generate(
             state, PROMPTS, samples=2, keep_logits=True, **kwargs)
