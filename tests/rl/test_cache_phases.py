@@ -1,6 +1,7 @@
 """The fixed-batch sampler's decode loop in phases over a cache that grows (`sampling.cache_phases`)."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -40,10 +41,17 @@ def test_cache_phases_must_be_a_positive_integer():
             SamplingConfig(cache_phases=bad)
 
 
-def _rollouts(family, config, stop_ids=(), **kwargs):
-    graphdef, state = nnx.split(init_policy(FAMILIES[family], 0))
+@functools.cache
+def _policy(family):
+    return nnx.split(init_policy(FAMILIES[family], 0))
+
+
+def _rollouts(family, config, stop_ids=(), state=None, **kwargs):
+    """`state`: the family's policy state placed elsewhere (a mesh's shards); None: on one device."""
+    graphdef, one_device = _policy(family)
     sampler = Sampler(graphdef, config, stop_ids=stop_ids, pad_id=0)
-    return sampler.generate(state, PROMPTS, key=jax.random.key(5), keep_logits=True, **kwargs)
+    return sampler.generate(one_device if state is None else state, PROMPTS, key=jax.random.key(5),
+                            keep_logits=True, **kwargs)
 
 
 def _assert_same_rollout(got, want):
@@ -110,7 +118,7 @@ def test_continuous_batching_in_phases_gives_the_one_loop_fixed_batch_rollout(re
 def _traced_sampler(generate, name, **options):
     """The jitted program of sampler `generate` (named `name`): Qwen3-MoE, 4 prompts in a bucket of 8, 20
     new tokens, G = 2."""
-    graphdef, state = nnx.split(init_policy(FAMILIES["qwen3_moe"], 0))
+    graphdef, state = _policy("qwen3_moe")
     tokens, valid = left_pad(PROMPTS, (8,), 0)
     jaxpr = jax.make_jaxpr(lambda s, t, v: generate(
         graphdef, s, t, v, jax.random.key(0), jnp.float32(1.0), jnp.int32(0), jnp.float32(1.0), max_new=20,
@@ -154,14 +162,15 @@ def test_continuous_batching_prefills_its_prompts_into_caches_of_their_slots_onl
 
 
 def test_phased_decoding_on_a_mesh_equals_one_device():
-    graphdef, state = nnx.split(init_policy(FAMILIES["deepseek_v3"], 0))
-    prompts = PROMPTS * 2  # 8 rows over the data and fsdp axes
-    key = jax.random.key(11)
-    expected = Sampler(graphdef, ONE_LOOP, (3,), 0).generate(state, prompts, key=key, ignore_eos=True)
+    """G = 2: 8 rows over the data and fsdp axes, sampled (temperature 0.7) to the budget; the one-device
+    one-loop rollout is the `reference` fixture's (the same program)."""
+    options = dict(samples=2, temperature=0.7, ignore_eos=True)
+    expected = _rollouts("deepseek_v3", ONE_LOOP, **options)
     mesh = build_mesh(ShardingConfig(data=2, fsdp=2, expert=2, tensor=1))
     rules = Rules.preset("fsdp_expert_tensor")
+    _, state = _policy("deepseek_v3")
     sharded = jax.device_put(state, state_shardings(state, mesh, rules))
     with use_mesh(mesh, rules):
-        got = Sampler(graphdef, PHASED, (3,), 0).generate(sharded, prompts, key=key, ignore_eos=True)
+        got = _rollouts("deepseek_v3", PHASED, state=sharded, **options)
     assert np.array_equal(np.asarray(got.tokens_BT), np.asarray(expected.tokens_BT))
     np.testing.assert_allclose(np.asarray(got.logprobs_BN), np.asarray(expected.logprobs_BN), atol=1e-5)
