@@ -113,16 +113,6 @@ def test_every_evaluation_figure_reaches_tensorboard(tmp_path):
         ("eval/response_length", 3): 9.0, ("eval/reflection_rate", 3): 0.125}
 
 
-def test_grpo_rows_count_the_configured_reflection_words(tmp_path, monkeypatch):
-    """eval.reflection_words is "counted in GRPO rows and evaluations": the rows count the configured words."""
-    seen = []
-    monkeypatch.setattr(stage_grpo, "reflection_rate",
-                        lambda texts, words=None: seen.append(None if words is None else tuple(words)) or 0.0)
-    config = load_config(TRAIN_CONFIG, ["stages=[{name: grpo, kind: grpo, steps: 1}]", "eval.reflection_words=[hmm]"])
-    Trainer(config, tmp_path / "run").run()
-    assert seen == [("hmm",)]
-
-
 def test_grpo_rows_log_the_advantages_reward_statistics(finished_run):
     """reward_mean (the advantages' groups' mean) is the batch's reward/total; the zero-std share is a share."""
     for row in (r for r in metrics_rows(finished_run) if r["stage"] == "grpo"):
@@ -130,11 +120,19 @@ def test_grpo_rows_log_the_advantages_reward_statistics(finished_run):
         assert 0.0 <= row["frac_reward_zero_std"] <= 1.0 and row["reward_std"] >= 0.0, row
 
 
-def test_a_grpo_stages_last_step_is_evaluated_once(tmp_path):
+def test_a_grpo_stages_last_step_is_evaluated_once_and_its_rows_count_the_configured_reflection_words(
+        tmp_path, monkeypatch):
     """eval.every dividing the stage's steps: the stage's end evaluates its last step; a periodic evaluation
-    there too would evaluate the same policy twice and list it twice."""
+    there too would evaluate the same policy twice and list it twice. eval.reflection_words is "counted in GRPO
+    rows and evaluations": each row counts the configured words (one run serves both: each Trainer traces its
+    programs anew)."""
+    seen = []
+    monkeypatch.setattr(stage_grpo, "reflection_rate",
+                        lambda texts, words=None: seen.append(None if words is None else tuple(words)) or 0.0)
     config = load_config(TRAIN_CONFIG, ["stages=[{name: grpo, kind: grpo, steps: 2}]", "eval.every=1",
-                                        "eval.num_problems=2", "eval.samples=1", "checkpoint.every=100"])
+                                        "eval.num_problems=2", "eval.samples=1", "checkpoint.every=100",
+                                        "eval.reflection_words=[hmm]"])
     summary = Trainer(config, tmp_path / "run").run()
+    assert seen == [("hmm",)] * 2  # one per GRPO row
     assert [(e["stage"], e["step"]) for e in summary["evals"]] == [("grpo", 1), ("grpo", 2)]
     assert [("eval/pass@1" in r) for r in metrics_rows(tmp_path / "run")] == [True, False]
