@@ -60,6 +60,21 @@ def run_signalled_at(run_dir, sig, global_step, config=TRAIN_CONFIG):
     return result.returncode, result.stderr
 
 
+def run_series(run_dir, stops, config=TRAIN_CONFIG):
+    """The training command run once per stop of `stops` ("INT:5,TERM:9,none": a signal after that global
+    step's row; none: to the end) in one process, each resuming the one before (tests/rl/signal_at_step.py's
+    `series`): (exit code, [each run's stderr], [each finished run's exit code and run directory state], the
+    whole stderr)."""
+    state = pathlib.Path(run_dir).parent / f"{pathlib.Path(run_dir).name}.series.jsonl"
+    command = [sys.executable, "-m", "tests.rl.signal_at_step", "series", str(state), stops,
+               *train_command(run_dir, config)[3:]]
+    result = subprocess.run(command, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
+    from tests.rl.signal_at_step import SERIES_MARK
+
+    states = [json.loads(line) for line in state.read_text().splitlines()] if state.exists() else []
+    return result.returncode, result.stderr.split(SERIES_MARK)[1:], states, result.stderr
+
+
 def console(stderr: str) -> str:
     """The run's console log as one line: rich wraps long lines at the terminal's width."""
     return " ".join(stderr.split())

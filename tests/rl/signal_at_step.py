@@ -5,9 +5,18 @@ A signal sent from outside lands wherever the run happens to be; this one lands 
 step's row and before its step boundary (the stop check and the checkpoint): the tests of stops and kills
 at a chosen step (a stage's last step, inside rejection sampling or distillation) use it. The run itself is
 the real command line in a real process: only MetricsWriter.write is wrapped.
+
+`python -m tests.rl.signal_at_step series STATE STOPS ARGS...` runs `r1jax ARGS...` once per comma-separated
+stop of STOPS (`INT:5`, `TERM:9`, ...; `none`: no signal, to the end), one after another in this process, each
+resuming where the one before stopped (the later runs reuse the earlier ones' traced and compiled programs:
+one process start and one tracing instead of one each), until one fails. Before each run it prints SERIES_MARK
+to stderr; after each it writes one JSON line to STATE: its exit code and the run directory as it was left
+(checkpoint steps, dataset files, metrics rows, the summary's evaluations). A SIGKILL ends the series.
 """
 
+import json
 import os
+import pathlib
 import signal
 import sys
 
@@ -27,6 +36,36 @@ def signal_after_row(sig: signal.Signals, global_step: int) -> None:
     MetricsWriter.write = write_then_signal
 
 
+SERIES_MARK = "=== signal_at_step: next run ==="
+
+
+def run_dir_state(run_dir: pathlib.Path) -> dict:
+    listing = lambda name: sorted(p.name for p in (run_dir / name).iterdir()) if (run_dir / name).is_dir() else []
+    metrics, summary = run_dir / "metrics.jsonl", run_dir / "summary.json"
+    return {"checkpoints": sorted(int(n) for n in listing("checkpoints") if n.isdigit()),
+            "datasets": listing("datasets"),
+            "rows": [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else [],
+            "evals": json.loads(summary.read_text())["evals"] if summary.exists() else None}
+
+
+def series(state_path: str, stops: str, argv: list[str]) -> int:
+    write, run_dir = MetricsWriter.write, pathlib.Path(argv[argv.index("--run-dir") + 1])
+    for stop in stops.split(","):
+        MetricsWriter.write = write  # the stop before disarmed: a resumed stage writes its step's row again
+        if stop != "none":
+            name, step = stop.split(":")
+            signal_after_row(signal.Signals[f"SIG{name}"], int(step))
+        print(SERIES_MARK, file=sys.stderr, flush=True)
+        code = main(argv, as_program=True)
+        with open(state_path, "a") as f:
+            f.write(json.dumps({"code": code, **run_dir_state(run_dir)}) + "\n")
+        if code:
+            return code
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "series":
+        sys.exit(series(sys.argv[2], sys.argv[3], sys.argv[4:]))
     signal_after_row(signal.Signals[f"SIG{sys.argv[1]}"], int(sys.argv[2]))
     sys.exit(main(sys.argv[3:], as_program=True))

@@ -22,8 +22,7 @@ from r1jax.rl.config import load_config as load_run_config
 from r1jax.rl.rewards.functions import ScoreItem, combine, score_item
 from r1jax.rl.train.plots import PLOTS, write_plots
 from tests.rl import reward_digit  # noqa: F401  (registers has_digit here, to re-score the kept samples)
-from tests.rl.conftest import (comparable, console, latest_checkpoint, metrics_rows, run_signalled_at,
-                               run_to_end, summary)
+from tests.rl.conftest import comparable, console, metrics_rows, run_series, run_to_end, summary
 
 CONFIG = pathlib.Path(__file__).parent / "data" / "pipeline_tiny.yaml"
 STAGES = [("sft", 2), ("grpo", 2), ("rs", 2), ("sft_rs", 2), ("distill", 8)]
@@ -116,22 +115,22 @@ def test_stops_inside_rejection_sampling_and_distillation_resume_to_the_same_res
     config = tmp_path / "pipeline_no_plots.yaml"
     config.write_text(CONFIG.read_text() + "plots: false\n")
     run_dir = tmp_path / "stopped"
+    # the three runs are one process (tests/rl/signal_at_step.py's `series`), each resuming from the run
+    # directory the one before left: the later runs reuse the first one's traced and compiled programs
     # SIGINT in rejection-sampling round 1 (global step 5): the stage stops before round 2 and saves nothing;
-    # the run stands at the end of GRPO (4) and no partial dataset exists
-    code, err = run_signalled_at(run_dir, signal.SIGINT, 5, config)
-    assert code == 0, err[-3000:]
-    assert f"stopped by signal {int(signal.SIGINT)} at step 4" in console(err)
-    assert latest_checkpoint(run_dir) == 4
-    assert not (run_dir / "datasets").exists() or not any((run_dir / "datasets").iterdir())
-    # resumed: rejection sampling reruns from its first round; SIGINT in distillation step 1 (global step 9)
-    # saves that step
-    code, err = run_signalled_at(run_dir, signal.SIGINT, 9, config)
-    assert code == 0, err[-3000:]
-    assert "from step 4 (stage grpo)" in console(err)
-    assert f"stopped by signal {int(signal.SIGINT)} at step 9" in console(err)
-    assert latest_checkpoint(run_dir) == 9
-    result = run_to_end(run_dir, config)
-    assert "from step 9 (stage distill)" in console(result.stderr)
+    # the run stands at the end of GRPO (4) and no partial dataset exists. Resumed: rejection sampling reruns
+    # from its first round; SIGTERM in distillation step 1 (global step 9) saves that step (a stop inside a
+    # stage, off the checkpoint period, resumed bit for bit below; tests/rl/test_train.py stops with SIGINT
+    # and SIGKILL). Resumed again, to the end.
+    code, runs, states, err = run_series(run_dir, "INT:5,TERM:9,none", config)
+    assert code == 0 and [s["code"] for s in states] == [0, 0, 0], err[-3000:]
+    assert f"stopped by signal {int(signal.SIGINT)} at step 4" in console(runs[0])
+    assert max(states[0]["checkpoints"]) == 4
+    assert states[0]["datasets"] == []
+    assert "from step 4 (stage grpo)" in console(runs[1])
+    assert f"stopped by signal {int(signal.SIGTERM)} at step 9" in console(runs[1])
+    assert max(states[1]["checkpoints"]) == 9
+    assert "from step 9 (stage distill)" in console(runs[2])
     assert comparable(metrics_rows(run_dir)) == comparable(metrics_rows(pipeline_run))
     assert summary(run_dir) == summary(pipeline_run)
     for name in ("rs.jsonl", "rs.stats.json"):

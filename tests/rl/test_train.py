@@ -1,5 +1,5 @@
-"""`r1jax train` end to end on a seconds-scale config: artifacts and schema, exact resume after SIGTERM,
-SIGINT and SIGKILL of real subprocesses at known steps (a stop on a stage's last step included), restore on
+"""`r1jax train` end to end on a seconds-scale config: artifacts and schema, exact resume after SIGINT and
+SIGKILL of real subprocesses at known steps (a stop on a stage's last step included), restore on
 another mesh and in a process with fewer devices, and a mismatched checkpoint refused early."""
 
 import json
@@ -21,7 +21,7 @@ from r1jax.rl.train.trainer import Position, Trainer
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
 from r1jax.sharding.rules import Rules
 
-from tests.rl.conftest import (TRAIN_CONFIG, comparable, console, latest_checkpoint, metrics_rows, run_signalled_at,
+from tests.rl.conftest import (TRAIN_CONFIG, comparable, console, latest_checkpoint, metrics_rows, run_series,
                                run_to_end, subprocess_env, summary)
 
 TOTAL_STEPS = 5  # 2 SFT + 3 GRPO
@@ -112,38 +112,29 @@ def test_the_run_directory_holds_every_name_the_readme_documents(finished_run):
         assert tag.encode() in events, tag
 
 
-def test_sigint_sigterm_and_sigkill_then_each_resume_continues_and_the_end_is_exact(finished_run, tmp_path):
-    """One run stopped three ways, each resumed: SIGINT on the SFT stage's last step (global step 2) saves that
-    step unfinished (exit 0); the resumed run trains nothing of SFT, evaluates and closes it, and a SIGTERM in
-    GRPO stops it with a checkpoint (exit 0); the next is killed (SIGKILL) after one more step's row, before
-    that step's boundary, so its checkpoint is never written; the last resumes from the SIGTERM's checkpoint.
-    Metrics, summary and parameters equal the uninterrupted run's, bit for bit."""
+def test_sigint_and_sigkill_then_each_resume_continues_and_the_end_is_exact(finished_run, tmp_path):
+    """One run stopped two ways, each resumed: SIGINT on the SFT stage's last step (global step 2) saves that
+    step unfinished (exit 0); the resumed run (in the same process: tests/rl/signal_at_step.py's `series`)
+    trains nothing of SFT, evaluates and closes it, and is killed (SIGKILL) after GRPO's second row (global
+    step 4), before that step's boundary, so its periodic checkpoint is never written; the last, a new
+    process, resumes from the SIGINT's checkpoint. Metrics, summary and parameters equal the uninterrupted
+    run's, bit for bit. (A SIGTERM inside a stage, saved at its step and resumed to the same result bit for
+    bit, runs in tests/rl/test_pipeline.py.)"""
     run_dir = tmp_path / "stopped"
-    code, err = run_signalled_at(run_dir, signal.SIGINT, 2)
-    assert code == 0, err[-3000:]
-    assert f"stopped by signal {int(signal.SIGINT)} at step 2" in console(err)
-    stopped = metrics_rows(run_dir)
-    assert [r["global_step"] for r in stopped] == [1, 2] and latest_checkpoint(run_dir) == 2
-    assert json.loads((run_dir / "summary.json").read_text())["evals"] == []  # SFT's evaluation not yet run
+    code, runs, states, err = run_series(run_dir, "INT:2,KILL:4")
+    assert code == -signal.SIGKILL and [s["code"] for s in states] == [0], err[-3000:]
+    assert f"stopped by signal {int(signal.SIGINT)} at step 2" in console(runs[0])
+    stopped = states[0]["rows"]
+    assert [r["global_step"] for r in stopped] == [1, 2] and max(states[0]["checkpoints"]) == 2
+    assert states[0]["evals"] == []  # SFT's evaluation not yet run
 
-    # at a known step: sent from outside once step 3's row showed, it landed after step 4's boundary on a loaded
-    # host (the run's cached steps take a fraction of a second) and the stop fell on the run's last step
-    # (tests/rl/test_multihost.py sends its SIGTERM from outside, at whatever step the run has reached)
-    code, err = run_signalled_at(run_dir, signal.SIGTERM, 3)
-    assert code == 0, err[-3000:]
-    assert "from step 2 (stage sft)" in console(err)
-    stopped_at = max(r["global_step"] for r in metrics_rows(run_dir))
-    assert stopped_at == 3 < TOTAL_STEPS
-    assert (run_dir / "checkpoints" / str(stopped_at)).is_dir()  # a checkpoint at the step it stopped
-
-    code, err = run_signalled_at(run_dir, signal.SIGKILL, stopped_at + 1)
-    assert code == -signal.SIGKILL, err[-3000:]
-    assert max(r["global_step"] for r in metrics_rows(run_dir)) == stopped_at + 1
-    assert latest_checkpoint(run_dir) == stopped_at
+    assert "from step 2 (stage sft)" in console(runs[1])
+    assert max(r["global_step"] for r in metrics_rows(run_dir)) == 4 < TOTAL_STEPS
+    assert latest_checkpoint(run_dir) == 2  # step 4's (checkpoint.every 2) never written
 
     result = run_to_end(run_dir)
-    assert f"from step {stopped_at} (stage grpo)" in console(result.stderr)  # the checkpoint before the kill
-    assert metrics_rows(run_dir)[:2] == stopped  # SFT's rows, wall times included, are the first process's
+    assert "from step 2 (stage sft)" in console(result.stderr)  # the checkpoint before the kill
+    assert metrics_rows(run_dir)[:2] == stopped  # SFT's rows, wall times included, are the first run's
     assert comparable(metrics_rows(run_dir)) == comparable(metrics_rows(finished_run))
     assert summary(run_dir) == summary(finished_run)
     for a, b in zip(final_params(run_dir), final_params(finished_run)):
