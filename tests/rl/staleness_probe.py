@@ -7,6 +7,9 @@ cache, so the programs they have in common compile once):
 - `python -m tests.rl.staleness_probe both DIR SEQUENTIAL_DIR ARGS...` runs `r1jax ARGS... --run-dir DIR`, then
   in the same process `sequential`'s run into SEQUENTIAL_DIR (the second run reuses the first's traced and
   compiled programs: one process start and one tracing of the trainer instead of two);
+- `python -m tests.rl.staleness_probe both-then-watch DIR SEQUENTIAL_DIR WATCH_DIR OUT SIGNAL STEP OPTIONS ARGS...`
+  runs `both`'s two runs of `r1jax ARGS... OPTIONS...` (OPTIONS: a JSON list), then in the same process
+  `watch`'s run of `r1jax ARGS... --run-dir WATCH_DIR` (reusing the programs the first two traced);
 - `python -m tests.rl.staleness_probe watch OUT SIGNAL STEP ARGS...` runs `r1jax ARGS...` as
   tests/rl/signal_at_step.py does (SIGNAL after the row of global step STEP) and writes one JSON line per
   GRPO update to OUT, found without the trainer's own bookkeeping: which generate call sampled the batch
@@ -16,11 +19,16 @@ cache, so the programs they have in common compile once):
 - `python -m tests.rl.staleness_probe groups OUT STEP ARGS...` runs `r1jax ARGS...` (STEP > 0: SIGTERM after the
   row of global step STEP, as `watch`) and writes one JSON line to OUT per generate call (its G and a hash of
   each prompt) and per GRPO update (its rows, and whether each run of `grpo.group_size` rows, the rows its
-  advantages normalise together, holds one prompt).
+  advantages normalise together, holds one prompt);
+- `python -m tests.rl.staleness_probe groups-series SPEC` runs `groups` once per item of the JSON list SPEC
+  ({"out", "step", "argv", "copies": [[FROM, TO], ...]}) one after another in this process (the later runs
+  reuse the earlier ones' traced and compiled programs), printing signal_at_step.SERIES_MARK to stderr
+  before each and copying each run directory FROM to TO after it, until one fails.
 """
 
 import hashlib
 import json
+import shutil
 import signal
 import sys
 
@@ -34,12 +42,13 @@ from r1jax.rl.grpo.step import make_grpo_step, reference_logprobs, rollout_batch
 from r1jax.rl.sampler import Sampler
 from r1jax.rl.sampler_layout import reshard_metrics
 from r1jax.rl.train import stage_grpo
+from r1jax.rl.train.metrics import MetricsWriter
 from r1jax.rl.train.rollouts import length_metrics, reflection_rate, reward_metrics
 from r1jax.rl.train.stages import STAGE_RUNNERS
 from r1jax.rl.train.update_stage import UpdateStage
 from r1jax.rl.update import reference_due, reset_reference
 
-from tests.rl.signal_at_step import signal_after_row
+from tests.rl.signal_at_step import SERIES_MARK, signal_after_row
 
 
 def sequential_grpo(ctx, index, stage, start):
@@ -141,11 +150,41 @@ def record_groups(out_path: str) -> None:
     Sampler.generate, UpdateStage.update = recorded_generate, recorded_update
 
 
+def groups_series(spec: list[dict]) -> int:
+    generate, update, write = Sampler.generate, UpdateStage.update, MetricsWriter.write
+    for item in spec:
+        Sampler.generate, UpdateStage.update, MetricsWriter.write = generate, update, write  # the last run's off
+        record_groups(item["out"])
+        if item["step"] > 0:
+            signal_after_row(signal.SIGTERM, item["step"])
+        print(SERIES_MARK, file=sys.stderr, flush=True)
+        code = main(item["argv"], as_program=True)
+        if code:
+            return code
+        for source, target in item.get("copies", ()):
+            shutil.copytree(source, target)
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "groups-series":
+        sys.exit(groups_series(json.loads(sys.argv[2])))
     if sys.argv[1] == "both":
         code = main([*sys.argv[4:], "--run-dir", sys.argv[2]], as_program=True)
         STAGE_RUNNERS["grpo"] = sequential_grpo
         sys.exit(code or main([*sys.argv[4:], "--run-dir", sys.argv[3]], as_program=True))
+    if sys.argv[1] == "both-then-watch":
+        (run_dir, sequential_dir, watch_dir, out, sig, step, options), args = sys.argv[2:9], sys.argv[9:]
+        options, pipelined = json.loads(options), STAGE_RUNNERS["grpo"]
+        code = main([*args, *options, "--run-dir", run_dir], as_program=True)
+        STAGE_RUNNERS["grpo"] = sequential_grpo
+        code = code or main([*args, *options, "--run-dir", sequential_dir], as_program=True)
+        STAGE_RUNNERS["grpo"] = pipelined
+        if code:
+            sys.exit(code)
+        watch_grpo(out)
+        signal_after_row(signal.Signals[f"SIG{sig}"], int(step))
+        sys.exit(main([*args, "--run-dir", watch_dir], as_program=True))
     if sys.argv[1] in ("run", "sequential"):
         if sys.argv[1] == "sequential":
             STAGE_RUNNERS["grpo"] = sequential_grpo

@@ -2,10 +2,9 @@
 scored under settings the run changed (G, the rewards, the sampling) is dropped with a log line and its prompts
 drawn again in order; the batches that still match are kept; a queue longer than a smaller max_staleness drains,
 said in a log line. The unit tests restore a checkpoint's meta with stand-ins for the reads; the end-to-end one
-runs tests/rl/data/stale_tiny.yaml at max_staleness 2 in real processes (tests/rl/staleness_probe.py)."""
+runs tests/rl/data/stale_tiny.yaml at max_staleness 2 in a real process (tests/rl/staleness_probe.py)."""
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -18,6 +17,7 @@ from r1jax.rl.config import load_config
 from r1jax.rl.train.ahead import ITEM, restore_queue
 
 from tests.rl.conftest import REPO, latest_checkpoint, metrics_rows, subprocess_env
+from tests.rl.signal_at_step import SERIES_MARK
 from tests.rl.test_staleness import CONFIG
 
 
@@ -131,12 +131,17 @@ def test_routing_is_required_of_the_kept_batches_only():
         restore([routed, entry(settings(), 4)], settings(), with_experts=True)  # one kept batch lacks it
 
 
-def probe(*args, timeout=900):
-    command = [sys.executable, "-m", "tests.rl.staleness_probe", "groups", *map(str, args[:2]), "--cpu-devices", "2",
-               "train", str(CONFIG), *args[2:]]
+def probe_series(*runs, copies=(), timeout=900):
+    """tests/rl/staleness_probe.py's `groups` runs of CONFIG, one per (OUT, STEP, ARGS...) of `runs`, in one
+    process (`groups-series`), the run directories `copies` ([(FROM, TO)]) copied after the first: each run's
+    console output as one line (the console wraps its lines)."""
+    spec = [{"out": str(out), "step": step, "argv": ["--cpu-devices", "2", "train", str(CONFIG), *map(str, args)],
+             "copies": [list(map(str, c)) for c in copies] if i == 0 else []}
+            for i, (out, step, *args) in enumerate(runs)]
+    command = [sys.executable, "-m", "tests.rl.staleness_probe", "groups-series", json.dumps(spec)]
     result = subprocess.run(command, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
-    return " ".join((result.stdout + result.stderr).split())  # the console wraps its lines
+    return [" ".join(err.split()) for err in result.stderr.split(SERIES_MARK)[1:]]
 
 
 def lines(path, call):
@@ -147,15 +152,19 @@ def test_a_resume_with_another_group_size_groups_by_it_and_draws_the_dropped_pro
     """Stopped after step 1 at max_staleness 2 (the checkpoint holds batches 1 and 2, G = 2, sampled by version
     0). Resumed with G = 4: both are dropped, batches 1-3 sampled again at G = 4 from batch 1's prompts on, and
     every update's runs of 4 rows hold one prompt each (the queued G = 2 batches were reshaped by 4: two prompts
-    normalised together). Resumed with max_staleness 0 instead: the queue drains, its staleness logged."""
+    normalised together). Resumed with max_staleness 0 instead: the queue drains, its staleness logged. The
+    three runs are one process (the later ones reuse the first one's traced and compiled programs); the
+    stopped run directory is copied for the second resume and as it was left."""
     run_dir, first, second = tmp_path / "run", tmp_path / "first.jsonl", tmp_path / "second.jsonl"
-    probe(first, 1, "grpo.max_staleness=2", "--run-dir", str(run_dir))
-    assert latest_checkpoint(run_dir) == 1
-    meta = json.loads((run_dir / "checkpoints" / "1" / "meta" / "metadata").read_text())
+    _, out, drain_out = probe_series(
+        (first, 1, "grpo.max_staleness=2", "--run-dir", run_dir),
+        (second, 0, "grpo.max_staleness=2", "grpo.group_size=4", "--run-dir", run_dir),
+        (tmp_path / "drain.jsonl", 0, "grpo.max_staleness=0", "--run-dir", tmp_path / "drain"),
+        copies=[(run_dir, tmp_path / "drain"), (run_dir, tmp_path / "stopped")])
+    assert latest_checkpoint(tmp_path / "stopped") == 1
+    meta = json.loads((tmp_path / "stopped" / "checkpoints" / "1" / "meta" / "metadata").read_text())
     assert [b["version"] for b in meta[ITEM]] == [0, 0]
-    shutil.copytree(run_dir, tmp_path / "drain")
 
-    out = probe(second, 0, "grpo.max_staleness=2", "grpo.group_size=4", "--run-dir", str(run_dir))
     assert ("dropped 2 of the 2 batch(es) sampled ahead in checkpoint 1, sampled and scored under other settings "
             "(grpo.group_size: 2 -> 4)") in out
     drawn_before, drawn = lines(first, "generate"), lines(second, "generate")
@@ -167,9 +176,8 @@ def test_a_resume_with_another_group_size_groups_by_it_and_draws_the_dropped_pro
     assert [r["global_step"] for r in rows] == [1, 2, 3, 4]
     assert [r["staleness"] for r in rows[1:]] == [0, 1, 2]  # batches 1-3 sampled again by version 1
 
-    out = probe(tmp_path / "drain.jsonl", 0, "grpo.max_staleness=0", "--run-dir", str(tmp_path / "drain"))
     assert ("grpo.max_staleness=0: the next 2 steps update on the checkpoint's 2 batch(es) sampled ahead "
-            "(staleness up to 2, as their rows log)") in out and "dropped" not in out
+            "(staleness up to 2, as their rows log)") in drain_out and "dropped" not in drain_out
     assert [r["staleness"] for r in metrics_rows(tmp_path / "drain")[1:]] == [1, 2, 0]
 
 
