@@ -69,29 +69,43 @@ def test_max_staleness_with_dynamic_sampling_is_refused():
         load_config(CONFIG, ["grpo.dynamic_sampling=true"])
 
 
-def test_max_staleness_0_is_the_sequential_loop_to_the_last_digit(tmp_path):
+@pytest.fixture(scope="module")
+def probed_runs(tmp_path_factory):
+    """One process for the two tests below (staleness_probe.py's `both-then-watch`): max_staleness 0 over 3
+    steps, as the trainer runs it and as the sequential loop did, then CONFIG (max_staleness 1) watched and
+    killed (SIGKILL) right after the row of its last step. The later runs reuse the earlier ones' programs:
+    one process start and one tracing instead of two. (exit code, stderr, {name: run directory}, probe file)."""
+    root = tmp_path_factory.mktemp("staleness")
+    dirs = {name: root / name for name in ("pipelined", "sequential", "killed")}
+    probe = root / "probe.jsonl"
+    options = ["grpo.max_staleness=0", "stages.0.steps=3", "checkpoint.every=100"]
+    code, err = run(None, "both-then-watch", *map(str, dirs.values()), str(probe), "KILL", str(STEPS),
+                    json.dumps(options))
+    return code, err, dirs, probe
+
+
+def test_max_staleness_0_is_the_sequential_loop_to_the_last_digit(probed_runs):
     """The trainer at max_staleness 0 against the loop as it was before (staleness_probe.sequential_grpo): the
     same rows but the new `staleness` (0) and timings, and the same final weights, bit for bit."""
-    options = ["grpo.max_staleness=0", "stages.0.steps=3", "checkpoint.every=100"]
-    code, err = run(None, "both", str(tmp_path / "pipelined"), str(tmp_path / "sequential"), overrides=options)
-    assert code == 0, err[-3000:]
-    rows, reference = metrics_rows(tmp_path / "pipelined"), metrics_rows(tmp_path / "sequential")
+    code, err, dirs, _ = probed_runs
+    assert (dirs["sequential"] / "summary.json").exists(), err[-3000:]  # both finished (the third was killed)
+    rows, reference = metrics_rows(dirs["pipelined"]), metrics_rows(dirs["sequential"])
     assert [r["staleness"] for r in rows] == [0, 0, 0]
-    assert not (tmp_path / "pipelined" / "plots").exists()  # the config's `plots: false`
+    assert not (dirs["pipelined"] / "plots").exists()  # the config's `plots: false`
     assert all(0 <= r["time/host_wait_s"] <= r["time/rollout_s"] for r in rows)
     assert comparable([{k: v for k, v in r.items() if k != "staleness"} for r in rows]) == comparable(reference)
-    for a, b in zip(final_params(tmp_path / "pipelined"), final_params(tmp_path / "sequential")):
+    for a, b in zip(final_params(dirs["pipelined"]), final_params(dirs["sequential"])):
         assert a.tobytes() == b.tobytes()
 
 
-def test_max_staleness_1_samples_with_the_previous_weights_and_resumes_exactly_after_sigkill(tmp_path):
+def test_max_staleness_1_samples_with_the_previous_weights_and_resumes_exactly_after_sigkill(probed_runs):
     """Killed right after the row of step 4, before its step boundary: the latest checkpoint is step 2's,
     holding batch 3 (sampled by version 1 and scored, not yet used). Until the kill, the probe sees each
     update's batch sampled one generate call ahead by the weights of one update before, with `old_logp`
     those weights' log-probs: what the ratio, TIS and the token mask compare. The resumed run's rows 3 and
     4 are the killed run's."""
-    run_dir, probe = tmp_path / "run", tmp_path / "probe.jsonl"
-    code, err = run(run_dir, "watch", str(probe), "KILL", str(STEPS))
+    code, err, dirs, probe = probed_runs
+    run_dir = dirs["killed"]
     assert code == -signal.SIGKILL, err[-3000:]
     killed = metrics_rows(run_dir)
     assert [r["global_step"] for r in killed] == [1, 2, 3, 4] and latest_checkpoint(run_dir) == 2
