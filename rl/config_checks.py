@@ -2,7 +2,7 @@
 fields checked on the plain values a YAML file or an override gives, where OmegaConf reads a wrong one silently
 or names no key: a bool field given a non-bool (`plots: 2` was true), a list or dict item of the wrong kind
 (`rewards.weights: [a]` said "Value '$VALUE' ... could not be converted"; `rewards.names: [[a]]` "unhashable
-type")."""
+type"); and the one rule of a prompt and its token budget against the model's context (`context_overflow`)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,18 @@ from r1jax.errors import UserError
 
 INT32_MAX = 2**31 - 1  # token ids, positions, top-k and row indices are int32 on the device
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 100.0  # below: logits / T overflow float32; above: uniform draws
+
+
+def context_overflow(prompt_tokens: int, new_tokens: int, context: int) -> str | None:
+    """How a completion of `new_tokens` after a prompt of `prompt_tokens` fails to fit a model's `context` (its
+    model.max_position_embeddings; positions past it have no rotary angles or cache slots): "prompt" when the
+    prompt fills the context by itself (no token budget fits, so the prompt is the culprit, not the budget),
+    "budget" when the two together pass it, None when they fit (a completion that exactly fills it fits). The
+    callers word the error: `r1jax eval` / `generate` / `compile` (rl.cli.common.check_context) and the trainer's
+    preflight (rl.train.preflight.check_prompt_lengths), which refuse the same lengths."""
+    if prompt_tokens >= context:
+        return "prompt"
+    return "budget" if prompt_tokens + new_tokens > context else None
 
 
 def check_temperature(key: str, value: float, greedy: bool = True) -> None:

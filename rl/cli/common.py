@@ -15,7 +15,8 @@ from typing import Mapping, Sequence
 from r1jax.errors import Interrupted, UserError
 from r1jax.files import not_utf8
 from r1jax.rl.config import MAX_SEED
-from r1jax.rl.config_checks import INT32_MAX  # counts reach the device as int32 (shapes, token ids, top-k)
+# INT32_MAX: counts reach the device as int32 (shapes, token ids, top-k)
+from r1jax.rl.config_checks import INT32_MAX, context_overflow
 
 
 SEED_MIN, SEED_MAX = -2**63, 2**63 - 1  # jax.random.key takes a 64-bit integer seed
@@ -62,19 +63,23 @@ def max_new_tokens(text: str) -> int:
     return _integer(text, 1, MAX_NEW_TOKENS, "2^30: token positions are int32, and the prompt needs room")
 
 
-def check_context(new_tokens: int, prompt_tokens: int, context: int, *, prompt: str = "",
-                  flags: str = "") -> None:
+def check_context(new_tokens: int, prompt_tokens: int, context: int, *, prompt: str = "", flags: str = "",
+                  where: str = "") -> None:
     """A completion of `new_tokens` after a prompt of `prompt_tokens` fits the model's context (its
-    max_position_embeddings), else a UserError naming the `flags` that set them (default --max-new-tokens) and
-    the prompt as `prompt` ("a prompt bucket"): past it a cache of 2^30 tokens went to the device and out of
-    memory, with a traceback, and `r1jax compile` compiled for minutes a policy that cannot run. A prompt that
-    fills the context alone is named as the culprit, not the flags."""
-    if prompt_tokens >= context:  # no budget fits: naming --max-new-tokens sent the user to the wrong knob
-        raise UserError(f"{flags + ': ' if flags else ''}{prompt or 'the prompt'} is {prompt_tokens} tokens long: it "
+    max_position_embeddings: rl.config_checks.context_overflow), else a UserError naming the `flags` that set them
+    (default --max-new-tokens), the prompt as `prompt` ("a prompt bucket") and its place as `where` (a data file's
+    row, "FILE: row N"): past it a cache of 2^30 tokens went to the device and out of memory, with a traceback, and
+    `r1jax compile` compiled for minutes a policy that cannot run. A prompt that fills the context alone is named
+    as the culprit (led by its place), not the flags."""
+    overflow = context_overflow(prompt_tokens, new_tokens, context)
+    if overflow == "prompt":  # no budget fits: naming --max-new-tokens sent the user to the wrong knob
+        lead = where or flags
+        raise UserError(f"{lead + ': ' if lead else ''}{prompt or 'the prompt'} is {prompt_tokens} tokens long: it "
                         f"fills the model's context of {context} tokens (model.max_position_embeddings) by itself, "
                         "leaving no room for a new token")
-    if prompt_tokens + new_tokens > context:
-        shown = f"{prompt or 'a prompt'} of {prompt_tokens} tokens and " if prompt_tokens else ""
+    if overflow == "budget":
+        shown = f"{prompt or 'a prompt'}{f' ({where})' if where else ''} of {prompt_tokens} tokens and " \
+            if prompt_tokens else ""
         raise UserError(f"{flags or f'--max-new-tokens {new_tokens}'}: {shown}{new_tokens} new tokens pass the "
                         f"model's context of {context} tokens (model.max_position_embeddings)")
 

@@ -46,6 +46,7 @@ from r1jax.model.factory import abstract_policy
 from r1jax.model.tokenizer import TokenizerLike, render_prompt
 from r1jax.rl.checkpoint import load_config
 from r1jax.rl.config import Config, stage_config
+from r1jax.rl.config_checks import context_overflow
 from r1jax.rl.data import DataConfig, build_source
 from r1jax.rl.data.pipeline import check_same_source, read_source
 from r1jax.rl.evaluate import held_out_problems, missing_judges
@@ -304,7 +305,7 @@ def check_prompt_lengths(config: Config, tokenizer: TokenizerLike, prompts: Sequ
                          contexts: Sequence[tuple[int, int, str]] = ()) -> None:
     """Every prompt, rendered in the run's prompt format as sampling renders it, fits the largest of
     sampling.prompt_buckets, and with its token budget each model's context in `contexts` ((context, budget,
-    which model)): a run sampled past it, and `r1jax eval` / `generate` then refused its checkpoint at the same
+    which model); the rule: rl.config_checks.context_overflow): a run sampled past it, and `r1jax eval` / `generate` then refused its checkpoint at the same
     lengths."""
     if not prompts:
         return
@@ -319,11 +320,12 @@ def check_prompt_lengths(config: Config, tokenizer: TokenizerLike, prompts: Sequ
         raise UserError(f"{what}: the prompt {prompts[longest][:60]!r} is {lengths[longest]} tokens with the "
                         f"template, longer than the largest of sampling.prompt_buckets ({limit}); raise it")
     for context, budget, model in contexts:
-        if lengths[longest] >= context:  # no budget fits: "lower the token budget" named the wrong knob
+        overflow = context_overflow(lengths[longest], budget, context)
+        if overflow == "prompt":  # no budget fits: "lower the token budget" named the wrong knob
             raise UserError(f"{what}: the prompt {prompts[longest][:60]!r} is {lengths[longest]} tokens with the "
                             f"template: it fills {model}'s context of {context} tokens (model.max_position_embeddings)"
                             " by itself, leaving no room for a new token: shorten it or raise the context")
-        if lengths[longest] + budget > context:
+        if overflow == "budget":
             raise UserError(f"{what}: the prompt {prompts[longest][:60]!r} is {lengths[longest]} tokens with the "
                             f"template; with {budget} new tokens it passes {model}'s context of {context} tokens "
                             f"(model.max_position_embeddings): lower the token budget or raise the context")

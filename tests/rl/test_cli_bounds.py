@@ -383,10 +383,17 @@ def test_a_completion_that_exactly_fills_the_context_fits():
     check_context(24, 8, 32)
     with pytest.raises(UserError, match="32"):
         check_context(25, 8, 32)
-    # a prompt that fills the context alone is the culprit, whatever the budget: it named --max-new-tokens 1
+    # a prompt that fills the context alone is the culprit, whatever the budget: it named --max-new-tokens 1; its
+    # place leads, as the data loaders name a row ("FILE: row N: ...")
     for prompt_tokens in (32, 33):
         with pytest.raises(UserError) as err:
-            check_context(1, prompt_tokens, 32, prompt="the prompt of problem 2 of t.jsonl")
-        assert str(err.value) == (f"the prompt of problem 2 of t.jsonl is {prompt_tokens} tokens long: it fills the "
-                                  "model's context of 32 tokens (model.max_position_embeddings) by itself, leaving "
-                                  "no room for a new token")
+            check_context(1, prompt_tokens, 32, prompt="the prompt in the chat format", where="t.jsonl: row 2")
+        assert str(err.value) == (f"t.jsonl: row 2: the prompt in the chat format is {prompt_tokens} tokens long: it "
+                                  "fills the model's context of 32 tokens (model.max_position_embeddings) by itself, "
+                                  "leaving no room for a new token")
+    # a prompt that fits with a budget that does not: the budget's flag leads, the prompt's place beside it
+    with pytest.raises(UserError) as err:
+        check_context(25, 8, 32, prompt="the prompt in the chat format", where="t.jsonl: row 2")
+    assert str(err.value) == ("--max-new-tokens 25: the prompt in the chat format (t.jsonl: row 2) of 8 tokens and 25 "
+                              "new tokens pass the model's context of 32 tokens (model.max_position_embeddings)")
+

@@ -302,6 +302,32 @@ def test_the_longest_prompt_is_measured_wherever_it_stands(tokenizer):
     check_prompt_lengths(config, tokenizer, [short, short], "the test's prompts", [(bucket, 8, "m")])
 
 
+def test_the_preflight_and_the_cli_refuse_a_prompt_and_its_budget_at_the_same_lengths(tokenizer):
+    """One rule (rl.config_checks.context_overflow): `r1jax eval` / `generate` (rl.cli.common.check_context) refused
+    a checkpoint's prompts at the lengths its run's preflight did, each naming the prompt, not the budget, when the
+    prompt fills the context alone; a completion that exactly fills it fits."""
+    from r1jax.model.tokenizer import render_prompt
+    from r1jax.rl.cli.common import check_context
+    from r1jax.rl.train.preflight import check_prompt_lengths
+
+    config, prompt = load_config(TRAIN_CONFIG), "Compute 12+34"
+    length = len(render_prompt(tokenizer, config.tokenizer.template, prompt, config.tokenizer.template_vars))
+
+    def refusal(check):
+        try:
+            check()
+        except UserError as err:
+            return "budget" if "new tokens" in str(err) else "prompt"
+        return None
+
+    cases = [(length - 1, 0, "prompt"), (length, 0, "prompt"), (length, 4, "prompt"), (length + 1, 0, None),
+             (length + 3, 4, "budget"), (length + 4, 4, None), (length + 9, 4, None)]
+    for context, budget, expected in cases:
+        assert refusal(lambda: check_context(budget, length, context)) == expected, (context, budget)
+        assert refusal(lambda: check_prompt_lengths(config, tokenizer, [prompt], "p", [(context, budget, "m")])) \
+            == expected, (context, budget)
+
+
 def test_a_task_listed_twice_is_refused_before_training_yet_a_stored_config_with_one_still_loads(tokenizer):
     # 26e27f9 refused it in DataConfig itself, so a checkpoint saved before (its stored config listing a task
     # twice) could no longer be read by generate, eval, export-hf or export-gguf ("its stored config: ...")
