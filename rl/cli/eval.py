@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     from r1jax.errors import UserError
     from r1jax.model.tokenizer import encode_prompt
     from r1jax.rl.checkpoint import data_source, open_step_for_inference, read_latest, trained
-    from r1jax.rl.config_checks import check_top_k
+    from r1jax.rl.config_checks import check_top_k, context_overflow
+    from r1jax.rl.data.records import row_number
     from r1jax.rl.evaluate import evaluate, evaluation_rewards, held_out_problems
     from r1jax.rl.rewards import RewardPool
     from r1jax.rl.rewards.config import FieldError
@@ -148,10 +149,11 @@ def run(args: argparse.Namespace) -> int:
     texts = prompt_texts(tokenizer, template, problems, config.tokenizer.template_vars)
     lengths = [len(encode_prompt(tokenizer, template, text)) for text in texts]
     longest = max(lengths)
-    where = f"problem {lengths.index(longest) + 1} of {args.data}" if args.data else \
-        f"held-out problem {lengths.index(longest) + 1}"
-    check_context(max_new, longest, config.model.max_position_embeddings,
-                  prompt=f"the prompt of {where} (in the {template} format)")
+    if context_overflow(longest, max_new, config.model.max_position_embeddings):  # named as its loader names it
+        index = lengths.index(longest)
+        where = f"{args.data}: row {row_number(args.data, index)}" if args.data else f"held-out problem {index + 1}"
+        check_context(max_new, longest, config.model.max_position_embeddings,
+                      prompt=f"the prompt in the {template} format", where=where)
     sampling = dataclasses.replace(config.sampling, prompt_buckets=buckets_for(config.sampling.prompt_buckets,
                                                                                longest))
     graphdef, state = nnx.split(policy)

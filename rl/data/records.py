@@ -25,6 +25,7 @@ the problem carries the tests as JSON. Their `answer` is optional (a reference p
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import pathlib
@@ -57,6 +58,13 @@ def read_rows(path: str | pathlib.Path, digest=None) -> Iterator[tuple[int, dict
         yield from _jsonl_rows(path, digest)
     else:
         raise UserError(f"data file {str(path)!r}: expected one of {', '.join(SUFFIXES)}")
+
+
+def row_number(path: str | pathlib.Path, index: int) -> int:
+    """The row number (module docstring: a JSONL file's blank lines count) of the `index`-th (0-based) problem
+    `load_problems` reads from `path`, for a message naming it as its loader does ("FILE: row N"); the file is
+    read again up to that row (only when a problem is refused)."""
+    return next(itertools.islice(read_rows(path), index, None))[0]
 
 
 def _jsonl_rows(path: pathlib.Path, digest=None) -> Iterator[tuple[int, dict]]:

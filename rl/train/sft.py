@@ -7,7 +7,6 @@ generates after that prompt when sampled. Only those completion tokens are targe
 
 from __future__ import annotations
 
-import itertools
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
@@ -19,7 +18,7 @@ from flax import nnx
 from r1jax.model.config import ModelConfig
 from r1jax.errors import UserError
 from r1jax.model.tokenizer import TokenizerLike, completion_text, encode_prompt, prompt_text
-from r1jax.rl.data.records import read_rows
+from r1jax.rl.data.records import row_number
 from r1jax.rl.grpo.logprobs import token_logp_and_entropy
 from r1jax.rl.sampler import bucket_length
 from r1jax.rl.train.config import DEFAULT_MAX_SEQUENCE_LENGTH, MIN_SEQUENCE_LENGTH
@@ -83,7 +82,7 @@ def check_sft_lengths(tokenizer: TokenizerLike, template: str, rows: Sequence[Ma
     longest = max(range(len(rows)), key=lengths.__getitem__)
     if lengths[longest] <= buckets[-1]:
         return
-    number = next(itertools.islice(read_rows(path), longest, None))[0] if path else longest + 1
+    number = row_number(path, longest) if path else longest + 1
     raise UserError(f"{what}: {too_long(lengths[longest], rows[longest]['prompt'], f'row {number}', buckets)}"
                     f"{'; ' + advice if advice else ''}")
 

@@ -215,12 +215,13 @@ def test_a_completion_past_the_models_context_and_samples_past_the_bound_are_ref
                           f"{context} tokens (model.max_position_embeddings)" in err and "Traceback" not in err
     code, _, err = run_main(capsys, "eval", str(finished_run), "--max-new-tokens", str(context + 1))
     assert code == 2 and f"--max-new-tokens {context + 1}: {context + 1} new tokens pass" in err
-    # a data file's prompt too long for any budget is named by its place in the file, not as --max-new-tokens
+    # a data file's prompt too long for any budget is named by its row, as the data loaders name one ("FILE: row N":
+    # the blank line counts), not as --max-new-tokens
     rows = tmp_path / "long.jsonl"
-    rows.write_text(json.dumps({"prompt": "1+1", "answer": "2"}) + "\n"
+    rows.write_text(json.dumps({"prompt": "1+1", "answer": "2"}) + "\n\n"
                     + json.dumps({"prompt": "7 " * context, "answer": "7"}) + "\n")
     code, _, err = run_main(capsys, "eval", str(finished_run), "--data", str(rows), "--max-new-tokens", "1")
-    assert code == 2 and f"the prompt of problem 2 of {rows} (in the " in err and "--max-new-tokens" not in \
+    assert code == 2 and f"{rows}: row 3: the prompt in the " in err and "--max-new-tokens" not in \
         err.splitlines()[-1] and f"fills the model's context of {context} tokens" in err
     code, _, err = run_main(capsys, "eval", str(finished_run), "--samples", "1025")
     assert code == 2 and "--samples 1025: eval.samples=1025: must be at most 1,024" in err
