@@ -5,7 +5,8 @@ field names: `prompt`, `answer`, optional `task` (the verifier; default `default
 worked solution, for SFT). Other datasets are read as they are through two settings:
 
 - `fields`: problem field -> the file's column, for any of prompt, answer, solution, task; unmapped fields
-  keep their own names. GSM8K: `{prompt: question}`; MATH: `{prompt: problem, answer: solution}`.
+  keep their own names. GSM8K: `{prompt: question}`; MATH: `{prompt: problem, answer: solution}`. Two fields
+  read one column only as answer and solution do (MATH's): `{prompt: answer}` is refused (rl.data.records).
 - `answer_format`: how the answer column's text becomes the reference answer (rl.data.answers):
   `raw` (as it is), `gsm8k` (the number after the last `####`, thousands commas removed; the reasoning
   before it is the worked solution), `boxed` (the content of the last `\\boxed{...}`, `\\fbox{...}` or
@@ -24,7 +25,7 @@ from typing import Any, Dict, Optional
 
 from r1jax.errors import UserError
 from r1jax.rl.data.answers import ANSWER_FORMATS
-from r1jax.rl.data.records import PROBLEM_FIELDS, load_problems_hashed
+from r1jax.rl.data.records import check_field_mapping, load_problems_hashed
 from r1jax.rl.tasks import TASKS, get_task
 
 # problems generated per epoch (a run reshuffles them each epoch): the held-out set generates every training
@@ -76,12 +77,7 @@ class DataConfig:
                             "epoch's generated problems; a run reshuffles them every epoch)")
         if not 0 <= self.seed <= MAX_SEED:
             raise UserError(f"data.seed = {self.seed}: expected an integer in [0, 2^32-1]")
-        for name, column in self.fields.items():
-            if name not in PROBLEM_FIELDS:
-                raise UserError(f"data.fields.{name}: not a problem field; map any of {', '.join(PROBLEM_FIELDS)} "
-                                f"to the data file's column names, e.g. {{prompt: question}}")
-            if not isinstance(column, str) or not column.strip():
-                raise UserError(f"data.fields.{name}={column!r}: expected a column name")
+        check_field_mapping(self.fields, "data.fields", "the data file")
         if self.answer_format not in ANSWER_FORMATS:
             raise UserError(f"data.answer_format={self.answer_format!r}: expected one of {', '.join(ANSWER_FORMATS)}")
         for name, knobs in self.task_knobs.items():

@@ -29,7 +29,7 @@ import itertools
 import json
 import math
 import pathlib
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from r1jax.errors import UserError
 from r1jax.rl.data.answers import split_answer
@@ -39,6 +39,40 @@ from r1jax.rl.tasks.base import r1_solution
 
 # the problem fields a data.fields mapping may name
 PROBLEM_FIELDS = ("prompt", "answer", "solution", "task", "tests", "entry_point")
+# the fields that may read one column: the answer's text gives the worked solution too (data.answer_format gsm8k /
+# boxed; MATH's {answer: solution} reads its `solution` column for both)
+SHARED_COLUMN_FIELDS = ("answer", "solution")
+
+
+def field_columns(fields: Mapping[str, str] | None) -> dict[str, str]:
+    """Each problem field's column under a field mapping: the column it maps the field to, else the field's name."""
+    return {name: (fields or {}).get(name, name) for name in PROBLEM_FIELDS}
+
+
+def check_field_mapping(fields: Mapping[str, str], key: str, file: str) -> None:
+    """A field mapping (`key`: data.fields, eval.fields) maps problem fields to column names of `file` ("the data
+    file"), and no two fields read one column, mapped or by their own name (answer and solution aside:
+    SHARED_COLUMN_FIELDS): {prompt: answer} trained on each row's answer as its prompt."""
+    for name, column in fields.items():
+        if name not in PROBLEM_FIELDS:
+            raise UserError(f"{key}.{name}: not a problem field; map any of {', '.join(PROBLEM_FIELDS)} to {file}'s "
+                            "column names, e.g. {prompt: question}")
+        if not isinstance(column, str) or not column.strip():
+            raise UserError(f"{key}.{name}={column!r}: expected a column name")
+    readers: dict[str, list[str]] = {}
+    for name, column in field_columns(fields).items():
+        readers.setdefault(column, []).append(name)
+    for column, names in readers.items():
+        if len(names) == 1 or set(names) <= set(SHARED_COLUMN_FIELDS):
+            continue
+        first = next(name for name in names if name not in SHARED_COLUMN_FIELDS)
+        other = next(name for name in names if name != first)
+        mapped, unmapped = sorted((first, other), key=lambda name: name not in fields)
+        said, fix = (f"{key}.{mapped} and {key}.{unmapped} both name column {column!r}", "one of them") \
+            if unmapped in fields else (f"{key}.{mapped}={column!r} is the column {unmapped} reads by its own name "
+                                        "(unmapped)", f"{key}.{unmapped}")
+        raise UserError(f"{said}: each problem field reads a column of its own (only answer and solution may share "
+                        f"one: the answer's text gives the worked solution); map {fix} to another column")
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -166,7 +200,7 @@ def problem_from_row(row: dict, where: str, default_task: str = "math", *, need_
                      fields: dict | None = None, answer_format: str = "raw") -> dict:
     """A problem dict (task, prompt, answer, solution, difficulty 0) from one row, through the mapping.
     The solution is the row's solution column when present, else what the answer format derives ("")."""
-    column = {name: (fields or {}).get(name, name) for name in PROBLEM_FIELDS}
+    column = field_columns(fields)
     task = check_task(row, where, default_task, column["task"])
     prompt = text_field(row, column["prompt"], where, required=True, mapped_from="prompt")
     if task == "code":

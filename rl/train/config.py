@@ -10,7 +10,7 @@ from typing import Dict, Optional
 from r1jax.errors import UserError
 from r1jax.rl.config_checks import INT32_MAX, check_bool, check_sampling, check_temperature
 from r1jax.rl.data.answers import ANSWER_FORMATS
-from r1jax.rl.data.records import PROBLEM_FIELDS
+from r1jax.rl.data.records import check_field_mapping
 
 STAGE_KINDS = ("sft", "grpo", "rejection_sampling", "distill")
 # readability filters of rejection sampling (rl.train.filters), applied in the order a stage lists them
@@ -176,12 +176,7 @@ class EvalConfig:
         if self.path is not None and self.difficulty is not None:
             raise UserError(f"eval.difficulty={self.difficulty} picks generated held-out problems, and "
                             f"eval.path={self.path!r} replaces them (a file's rows carry no difficulty): drop one")
-        for name, column in (self.fields or {}).items():
-            if name not in PROBLEM_FIELDS:
-                raise UserError(f"eval.fields.{name}: not a problem field; map any of {', '.join(PROBLEM_FIELDS)} "
-                                "to the held-out file's column names, e.g. {prompt: question}")
-            if not isinstance(column, str) or not column.strip():
-                raise UserError(f"eval.fields.{name}={column!r}: expected a column name")
+        check_field_mapping(self.fields or {}, "eval.fields", "the held-out file")
         if self.answer_format is not None and self.answer_format not in ANSWER_FORMATS:
             raise UserError(f"eval.answer_format={self.answer_format!r}: expected one of {', '.join(ANSWER_FORMATS)} "
                             "(or null: data.answer_format)")

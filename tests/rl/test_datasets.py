@@ -216,11 +216,29 @@ def test_a_derived_worked_solution_earns_the_rewards_it_trains_for(tmp_path, ans
     (["data.answer_format=latex"], "data.answer_format='latex': expected one of raw, gsm8k, boxed"),
     (["data.fields.question=prompt"], "data.fields.question: not a problem field"),
     (["data.fields.prompt=''"], "data.fields.prompt='': expected a column name"),
+    # two fields read one column: {prompt: answer} trained on each row's answer as its prompt
+    (["data.fields.prompt=text", "data.fields.answer=text"],
+     "data.fields.prompt and data.fields.answer both name column 'text': each problem field reads a column of its "
+     "own (only answer and solution may share one: the answer's text gives the worked solution); map one of them "
+     "to another column"),
+    # a field left unmapped reads the column of its own name, which the mapping gave another field
+    (["data.fields.prompt=answer"], "data.fields.prompt='answer' is the column answer reads by its own name "
+                                    "(unmapped): each problem field reads a column of its own"),
+    (["data.fields.answer=task"], "data.fields.answer='task' is the column task reads by its own name"),
+    (["data.fields.prompt=x", "data.fields.answer=x", "data.fields.solution=x"], "data.fields.prompt and "
+                                                                                  "data.fields.answer both name"),
 ])
 def test_a_bad_mapping_is_named_when_the_config_loads(overrides, message):
     with pytest.raises(UserError, match=message.replace("(", "\\(").replace(")", "\\)")) as info:
         load_config("tiny", overrides)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("fields", [{"answer": "solution"}, {"solution": "answer"}, {"answer": "x", "solution": "x"},
+                                    {"prompt": "problem", "answer": "solution"}, {"prompt": "question"}])
+def test_answer_and_solution_may_share_a_column_and_other_mappings_load(fields):
+    """MATH's {answer: solution}: the answer's text gives the reference answer and the worked solution."""
+    assert DataConfig(fields=fields).fields == fields
 
 
 # Countdown rows as the usual dataset has them: the numbers in a list, the target in its own column.

@@ -94,6 +94,8 @@ def test_a_held_out_file_skips_the_problems_training_generates(tmp_path):
     (["eval.path=t.jsonl", "eval.difficulty=2"], "eval.difficulty=2 picks generated held-out problems"),
     (["eval.path=t.jsonl", "eval.answer_format=gsm"], "eval.answer_format='gsm': expected one of"),
     (["eval.path=t.jsonl", "eval.fields={question: prompt}"], "eval.fields.question: not a problem field"),
+    (["eval.path=t.jsonl", "eval.fields={prompt: q, answer: q}"], "eval.fields.prompt and eval.fields.answer both "
+                                                                  "name column 'q'"),
 ])
 def test_bad_held_out_file_settings_are_named(overrides, named):
     with pytest.raises(UserError, match=named):
