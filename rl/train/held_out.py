@@ -13,6 +13,7 @@ from r1jax.rl.rewards import RewardPool
 from r1jax.rl.sampler import Sampler
 from r1jax.rl.train.console import RunConsole
 from r1jax.rl.train.metrics import MetricsWriter
+from r1jax.rl.train.run_layout import samples_name
 
 
 class HeldOutEval:
@@ -33,7 +34,7 @@ class HeldOutEval:
                                     cfg.tokenizer.template_vars)
         checkpoint = str(self.run_dir / "checkpoints" / str(step)) if checkpointed else None
         entry = {"stage": stage_name, "checkpoint": checkpoint, "step": step, **figures}
-        self.metrics.write_samples(f"{stage_name}-step{step}", samples)  # whole or not at all; primary only
+        self.metrics.write_samples(samples_name(stage_name, step), samples)  # whole or not at all; primary only
         self.metrics.log_eval(entry)
         k = figures["k"]
         cons = f"cons@{k} {figures[f'cons@{k}']:.3f}, " if k > 1 else ""  # (cons@1 is pass@1)

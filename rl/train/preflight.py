@@ -58,7 +58,8 @@ from r1jax.rl.train.checkpointing import check_compatible
 from r1jax.rl.train.config import StageConfig
 from r1jax.rl.train.policy_io import init_from_tokenizer
 from r1jax.rl.train.sft import check_sft_lengths, sequence_buckets
-from r1jax.rl.train.stage_rejection import dataset_path, is_kept_dataset, readers
+from r1jax.rl.train.run_layout import dataset_path
+from r1jax.rl.train.stage_rejection import is_kept_dataset, readers
 from r1jax.sharding.mesh import check_batch_rows
 from r1jax.sharding.params import abstract_sharded
 from r1jax.sharding.rules import Rules

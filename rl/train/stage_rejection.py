@@ -28,6 +28,7 @@ from r1jax.rl.train.config import DEFAULT_MAX_SEQUENCE_LENGTH, StageConfig
 from r1jax.rl.train.context import StageContext, StageResult, StageStart, Stopped, summary_with
 from r1jax.rl.train.filters import rejection_reason
 from r1jax.rl.train.rollouts import reward_metrics, sample_and_submit
+from r1jax.rl.train.run_layout import dataset_path, stats_path
 from r1jax.rl.train.sft import fits_sft, sequence_buckets
 
 SFT_LENGTH = "sft_length"  # the rejection reason of a sample longer than SFT's largest sequence bucket
@@ -46,19 +47,14 @@ def readers(stages: Sequence[StageConfig], name: str) -> list[StageConfig]:
                                                                               s.teacher == name)]
 
 
-def dataset_path(run_dir: str | pathlib.Path, stage_name: str) -> pathlib.Path:
-    return pathlib.Path(run_dir) / "datasets" / f"{stage_name}.jsonl"
-
-
 def is_kept_dataset(path: str | pathlib.Path | None) -> bool:
     """Is `path` a rejection_sampling stage's dataset (this run's or another's: `NAME.jsonl` beside the
     `NAME.stats.json` it writes), in r1jax's own field names, which a run's `data.fields` mapping must not be
     applied to (a GSM8K-mapped run distilling from another run's samples found no 'question' field)?"""
     if path is None or not str(path).endswith(".jsonl"):
         return False
-    stats = pathlib.Path(str(path)[:-len(".jsonl")] + ".stats.json")
     try:
-        return {"candidates", "kept"} <= set(json.loads(stats.read_text()))
+        return {"candidates", "kept"} <= set(json.loads(stats_path(path).read_text()))
     except (OSError, ValueError, TypeError):
         return False
 
@@ -171,5 +167,5 @@ def _write(ctx: StageContext, stage: StageConfig, kept: KeptSet) -> dict:
     if ctx.primary:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, "".join(json.dumps(row) + "\n" for row in kept.rows))
-        write_atomically(path.with_suffix(".stats.json"), json.dumps(stats, indent=2))
+        write_atomically(stats_path(path), json.dumps(stats, indent=2))
     return stats

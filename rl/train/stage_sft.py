@@ -12,7 +12,8 @@ from r1jax.rl.data import make_iterator
 from r1jax.rl.train.config import StageConfig
 from r1jax.rl.train.context import StageContext, StageResult, StageStart
 from r1jax.rl.train.sft import check_sft_lengths, make_sft_step, sequence_buckets, sft_batch
-from r1jax.rl.train.stage_rejection import dataset_path, is_kept_dataset
+from r1jax.rl.train.run_layout import dataset_path
+from r1jax.rl.train.stage_rejection import is_kept_dataset
 from r1jax.rl.train.update_stage import UpdateStage
 
 

@@ -104,7 +104,7 @@ class Trainer:
         if self.primary and not self._created and lock_added:
             self._added.append(self.run_dir / LOCK_NAME)
         try:
-            check_run_entries(self.run_dir)
+            check_run_entries(self.run_dir, config.stages, config.plots)
             self._open(config)
         except BaseException:
             self.release()
