@@ -306,8 +306,8 @@ def check_prompt_lengths(config: Config, tokenizer: TokenizerLike, prompts: Sequ
                          contexts: Sequence[tuple[int, int, str]] = ()) -> None:
     """Every prompt, rendered in the run's prompt format as sampling renders it, fits the largest of
     sampling.prompt_buckets, and with its token budget each model's context in `contexts` ((context, budget,
-    which model); the rule: rl.config_checks.context_overflow): a run sampled past it, and `r1jax eval` / `generate` then refused its checkpoint at the same
-    lengths."""
+    which model); the rule: rl.config_checks.context_overflow): a run sampled past it, and `r1jax eval` /
+    `generate` then refused its checkpoint at the same lengths."""
     if not prompts:
         return
     template, template_vars = config.tokenizer.template, config.tokenizer.template_vars
