@@ -8,7 +8,8 @@ sliding windows, attention dropout, an activation other than silu, quantised wei
 function) is collected and reported in one UserError. Multi-token-prediction layers
 (`num_nextn_predict_layers` > 0) are ignored by transformers too, so they are accepted with a note. A config
 that is not a JSON object, or a key r1jax reads whose value is of the wrong type (`"hidden_size": "2048"`),
-is a UserError naming the file and the keys, as transformers' strict config classes refuse them.
+is a UserError naming the file and the keys, as transformers' strict config classes refuse them; so is a
+`dtype` / `torch_dtype` naming no float type r1jax imports (`stored_dtype`: float32, bfloat16, float16, float64).
 
 A config.json states the architecture (`architecture_fields` of its family) and the dtype its weights are
 stored in (`stored_dtype`, import's `param_dtype`); the other ModelConfig fields (`R1JAX_FIELDS`: compute
@@ -198,7 +199,7 @@ def _fields(hf: Mapping[str, Any], family: str, source: str) -> dict[str, Any]:
         found.pop("head_dim")
     _check_types({name: (value, _HINTS[key]) for key, (name, value) in found.items()}, source)
     fields = {key: value for key, (_, value) in found.items()}
-    fields.update(family=family, rope_theta=float(fields["rope_theta"]), param_dtype=stored_dtype(hf))
+    fields.update(family=family, rope_theta=float(fields["rope_theta"]), param_dtype=stored_dtype(hf, source))
     fields.update(_rope_fields(hf, fields["max_position_embeddings"], source))
     if not deepseek:
         if "head_dim" not in fields and fields["num_attention_heads"] > 0:  # else ModelConfig names the count
@@ -275,10 +276,29 @@ def _describe(kind) -> str:
     return "a list of integers" if typing.get_origin(kind) is tuple else names[kind]
 
 
-def stored_dtype(hf: Mapping[str, Any]) -> str:
-    """The r1jax dtype that holds the checkpoint's weights exactly: bfloat16 for a bfloat16 checkpoint
-    (`dtype`, or the legacy `torch_dtype`), else float32 (float16 widens exactly; r1jax has no float16)."""
-    return "bfloat16" if (hf.get("dtype") or hf.get("torch_dtype")) == "bfloat16" else "float32"
+# config.json's dtype (a torch dtype name) -> the r1jax dtype its weights import in: float16 widens to float32
+# exactly (r1jax has no float16); float64, which transformers loads as it is, is rounded to float32 (a note says so)
+_STORED_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float32", "float64": "float32"}
+
+
+def _dtype_key(hf: Mapping[str, Any]) -> str:
+    """The key that names the weights' dtype: `dtype`, else the legacy `torch_dtype` (transformers keeps `dtype`
+    when both are given)."""
+    return "dtype" if hf.get("dtype") is not None else "torch_dtype"
+
+
+def stored_dtype(hf: Mapping[str, Any], source: str = "config.json") -> str:
+    """The r1jax dtype that holds the checkpoint's weights (`_STORED_DTYPES`; float32 when config.json names
+    none); UserError naming `source` and the key when it names a dtype r1jax does not know, or no string."""
+    key = _dtype_key(hf)
+    value = hf.get(key)
+    if value is None:
+        return "float32"
+    if not isinstance(value, str) or value not in _STORED_DTYPES:
+        accepted = ", ".join(f'"{name}"' for name in _STORED_DTYPES)
+        raise UserError(f"{source}: {key} is {json.dumps(value, default=repr)} (expected one of {accepted} or null: "
+                        "the dtype the weights are stored in)")
+    return _STORED_DTYPES[value]
 
 
 def _rope(hf: Mapping[str, Any]) -> dict[str, Any]:
@@ -349,6 +369,9 @@ def _notes(hf: Mapping[str, Any]) -> list[str]:
     if mtp:
         notes.append(f"num_nextn_predict_layers={mtp}: the multi-token-prediction layers are ignored (as "
                      "transformers does); their tensors are skipped")
+    if hf.get(_dtype_key(hf)) == "float64":
+        notes.append(f"{_dtype_key(hf)} float64: the weights are rounded to float32 on import (r1jax keeps no "
+                     "float64 parameters; transformers loads them in float64)")
     if hf.get("quantization_config"):
         notes.append(f"block-wise fp8 weights: dequantised on import to {stored_dtype(hf)} (an export writes "
                      f"them so, not in fp8)")

@@ -17,9 +17,9 @@ sliced and put on the devices holding it, so host memory stays near one device s
 each process reads only what its devices hold (a tensor shared by several shards is read once per shard; the
 OS page cache absorbs the repeats). Each tensor takes its parameter's dtype: param_dtype (by default the
 config's), but float32 for DeepSeek-V3's router weight and bias whatever param_dtype, as transformers keeps
-them. A tensor stored wider than its parameter (in a bfloat16 checkpoint, a float32 tensor other than those)
-is rounded, with a warning naming it. Otherwise conversion is reshapes and transposes only: HF -> r1jax -> HF
-is bitwise exact.
+them. A tensor stored wider than its parameter (in a bfloat16 checkpoint, a float32 tensor other than those;
+every tensor of a float64 checkpoint, which imports in float32) is rounded, with a warning naming it.
+Otherwise conversion is reshapes and transposes only: HF -> r1jax -> HF is bitwise exact.
 
 Neither direction imports transformers or torch.
 """
@@ -267,7 +267,8 @@ def _warn_rounded(ckpt: HFCheckpoint, cfg: ModelConfig, shapes: Mapping) -> None
     checkpoint). transformers rounds them too when it loads the checkpoint in its config's dtype, so it is no
     error; but an export then differs from the source, which param_dtype float32 would have kept exactly."""
     rounded = rounded_tensors(ckpt, cfg, shapes)
-    if rounded and not (cfg.param_dtype == "bfloat16" and stored_dtype(ckpt.config) == "float32"):
+    stored = stored_dtype(ckpt.config, str(ckpt.dir / "config.json"))
+    if rounded and not (cfg.param_dtype == "bfloat16" and stored == "float32"):
         advice = ("import with model.param_dtype=float32 to keep them exact" if cfg.param_dtype != "float32"
                   else "r1jax keeps no float64 parameters")
         log.warning("HF checkpoint %s: %s; %s", ckpt.dir,

@@ -1,6 +1,8 @@
 """config.json read as transformers' own config classes read it (the independent reference): legacy keys,
 aliases, and the settings r1jax refuses or notes."""
 
+import json
+
 import pytest
 import torch
 import transformers
@@ -114,3 +116,39 @@ def test_the_expert_count_is_the_one_transformers_reads(cfg, keys):
     config = hub(cfg, **keys)
     theirs = CLASSES[cfg.family](**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
     assert from_hf_config(config)[0].n_routed_experts == theirs.num_local_experts
+
+
+@pytest.mark.parametrize("key", ["dtype", "torch_dtype"])
+@pytest.mark.parametrize("value", ["banana", "bf16", 16, True, ["bfloat16"]])
+def test_a_dtype_naming_no_float_type_is_named_with_the_accepted_ones(key, value):
+    """transformers turns config.json's dtype into `getattr(torch, dtype)`: "bf16" fails there; r1jax read
+    every value but "bfloat16" as float32 without a word."""
+    config = hub(QWEN, **{"dtype": None, "torch_dtype": None, key: value})
+    if isinstance(value, str):
+        with pytest.raises(AttributeError):
+            transformers.Qwen3MoeConfig(**{key: value})
+    with pytest.raises(UserError) as err:
+        from_hf_config(config, source="hf/config.json")
+    assert str(err.value).startswith(f"hf/config.json: {key} is {json.dumps(value)} (expected one of \"float32\", "
+                                     '"bfloat16", "float16", "float64" or null')
+
+
+@pytest.mark.parametrize("value, param_dtype", [("float32", "float32"), ("bfloat16", "bfloat16"),
+                                                ("float16", "float32"), ("float64", "float32"), (None, "float32")])
+def test_the_dtypes_transformers_stores_import_in_the_float_type_that_holds_them(value, param_dtype):
+    """float16 widens to float32 exactly; float64 is rounded to float32, with a note; no dtype is float32.
+    Block-wise fp8 checkpoints state the dtype of their other tensors (DeepSeek-V3's: bfloat16)."""
+    config = hub(QWEN, dtype=value, torch_dtype=None)
+    cfg, notes = from_hf_config(config)
+    assert cfg.param_dtype == param_dtype
+    assert any("float64: the weights are rounded to float32" in n for n in notes) == (value == "float64")
+    fp8 = {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128], "activation_scheme": "dynamic"}
+    cfg, notes = from_hf_config(hub(DEEPSEEK, dtype=None, torch_dtype=value, quantization_config=fp8))
+    assert cfg.param_dtype == param_dtype and f"dequantised on import to {param_dtype}" in " ".join(notes)
+
+
+def test_a_bad_legacy_torch_dtype_beside_a_dtype_is_not_read():
+    """transformers keeps `dtype` when both are given, and drops `torch_dtype`."""
+    config = hub(QWEN, dtype="bfloat16", torch_dtype="banana")
+    assert transformers.Qwen3MoeConfig(dtype="bfloat16", torch_dtype="banana").dtype == torch.bfloat16
+    assert from_hf_config(config)[0].param_dtype == "bfloat16"

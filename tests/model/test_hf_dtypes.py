@@ -103,3 +103,23 @@ def test_a_checkpoint_saved_with_a_bfloat16_router_restores_it_in_float32(tmp_pa
     for before, after in zip(old, routers(restored)):
         assert after.get_value().dtype == jnp.float32
         assert np.asarray(after[...]).tobytes() == before.astype(np.float32).tobytes()
+
+
+def test_a_float64_checkpoint_imports_rounded_to_float32_with_a_note_and_a_warning(tmp_path, caplog):
+    """transformers loads a float64 checkpoint as it is; r1jax keeps no float64 parameters, so it rounds each
+    tensor to float32 as transformers does when asked for float32, and says so."""
+    from r1jax.rl.hf_policy import hf_run_config
+
+    random_hf_model(QWEN, seed=2).to(torch.float64).save_pretrained(tmp_path / "hf")
+    hf_dir = tmp_path / "hf"
+    assert read_safetensors(hf_dir)["model.norm.weight"].dtype == np.float64
+    config, notes = hf_run_config(hf_dir)
+    assert config.model.param_dtype == "float32"
+    assert [n for n in notes if "float64" in n] == [
+        "dtype float64: the weights are rounded to float32 on import (r1jax keeps no float64 parameters; "
+        "transformers loads them in float64)"]
+    with caplog.at_level(logging.WARNING):
+        _, policy = load_hf_policy(hf_dir)
+    assert ROUNDED in caplog.text and "r1jax keeps no float64 parameters" in caplog.text
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    assert np.asarray(policy.norm.weight[...]).tobytes() == theirs.model.norm.weight.detach().numpy().tobytes()

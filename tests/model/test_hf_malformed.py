@@ -47,6 +47,12 @@ def string_hidden_size(directory):
     return "config.json"
 
 
+def unknown_dtype(directory):
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "dtype": "banana"}))
+    return "config.json"
+
+
 def unindexed(make):
     """The shards and index replaced by one entry `make` makes (a directory or a link named like a shard)."""
     def damage(directory):
@@ -74,6 +80,8 @@ CASES = {  # name: (damage(directory) -> the file the error names, what it says)
     "truncated_shard": (truncate_second_shard, "not a complete safetensors file"),
     "config_is_a_list": (write("config.json", "[]"), "expected a JSON object ({...}), found a list"),
     "hidden_size_a_string": (string_hidden_size, 'hidden_size is "32" (expected an integer)'),
+    "dtype_unknown": (unknown_dtype, 'dtype is "banana" (expected one of "float32", "bfloat16", "float16", '
+                                     '"float64" or null'),
 }
 
 
