@@ -22,6 +22,7 @@ gives a problem's prompt ids in a run's prompt format (`TEMPLATE_NAMES`).
 
 from __future__ import annotations
 
+import codecs
 import collections
 import dataclasses
 import io
@@ -30,7 +31,7 @@ import re
 from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence
 
 from r1jax.errors import UserError
-from r1jax.files import write_atomically
+from r1jax.files import not_utf8, write_atomically
 from r1jax.model.chat_template import RESERVED_VARIABLES
 from r1jax.model.tokenizer_json import CONFIG_JSON, SENTENCEPIECE_MODEL, TOKENIZER_JSON, HFTokenizer
 
@@ -287,6 +288,20 @@ def encode_prompt(tokenizer: TokenizerLike, template: str, text: str) -> list[in
     return tokenizer.encode(text, add_bos=not _uses_chat_template(tokenizer, template))
 
 
+def read_text_lines(path: pathlib.Path) -> list[str]:
+    """The lines of a UTF-8 text file (a byte-order mark some editors write first dropped); UserError naming the
+    file and its first line that is not UTF-8 (read with errors="replace", it trained U+FFFD into a vocabulary).
+    OSError as `read_bytes` raises it."""
+    data = path.read_bytes()
+    body = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = body[: err.start].count(b"\n") + 1
+        raise UserError(f"{path}: line {line}: not UTF-8 text ({err.reason}); save the file as UTF-8") from None
+    return text.splitlines()
+
+
 def _read_corpus(corpus: Iterable[str] | str | pathlib.Path, max_lines: int) -> list[str]:
     what = "tokenizer corpus"
     if isinstance(corpus, (str, pathlib.Path)):
@@ -294,9 +309,14 @@ def _read_corpus(corpus: Iterable[str] | str | pathlib.Path, max_lines: int) -> 
         what = f"tokenizer corpus {str(path)!r}"
         if not path.is_file():
             raise UserError(f"{what} is not a file")
-        corpus = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        try:
+            corpus = read_text_lines(path)
+        except OSError as err:
+            raise UserError(f"{what} cannot be read: {err.strerror or err}") from err
     lines = []
-    for text in corpus:  # sentencepiece reads lines; newlines reach the model through byte fallback
+    for number, text in enumerate(corpus, start=1):  # sentencepiece reads lines; newlines reach it as bytes
+        if bad := not_utf8(text):  # a lone surrogate (JSON's "\ud800"): sentencepiece's binding cannot take it
+            raise UserError(f"{what}: text {number} is not valid Unicode ({bad})")
         lines.extend(line for line in _escape(text).splitlines() if line.strip())
         if len(lines) >= max_lines:
             break

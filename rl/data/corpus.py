@@ -9,9 +9,10 @@ import pathlib
 from typing import Iterator, Mapping, Sequence
 
 from r1jax.errors import UserError
-from r1jax.model.tokenizer import TEMPLATES, TokenizerConfig, TokenizerLike, load_tokenizer, train_tokenizer
+from r1jax.model.tokenizer import (TEMPLATES, TokenizerConfig, TokenizerLike, load_tokenizer, read_text_lines,
+                                   train_tokenizer)
 from r1jax.rl.data.config import DataConfig
-from r1jax.rl.data.records import SUFFIXES, read_rows
+from r1jax.rl.data.records import SUFFIXES, lone_surrogate, read_rows
 from r1jax.rl.tasks import get_task
 
 
@@ -30,23 +31,27 @@ def task_corpus(task_names: Sequence[str], problems_per_level: int = 400, seed: 
 def file_corpus(path: str | pathlib.Path, fields: Mapping[str, str] | None = None) -> Iterator[str]:
     """The templates, then the lines of a text file or the text fields of a data file (JSONL, JSON lines or
     Parquet: rl.data.records.SUFFIXES; prompt, answer, solution, completion: the columns `fields` maps them
-    to, else their own names). A `.json` data file was read as text: its tokenizer learned JSON's syntax."""
+    to, else their own names). A `.json` data file was read as text: its tokenizer learned JSON's syntax. Text
+    that is not UTF-8, or a field holding a lone surrogate, is a UserError naming the file and the line or row."""
     yield from TEMPLATES.values()
     path = pathlib.Path(path)
     if path.suffix not in SUFFIXES:
         try:
-            text = path.read_text(encoding="utf-8", errors="replace")
+            lines = read_text_lines(path)  # UserError naming the first line that is not UTF-8
         except OSError as err:  # missing, a directory, unreadable: as read_rows names a data file's
             what = "does not exist" if not path.exists() else "is not a file" if not path.is_file() else \
                 f"cannot be read: {err.strerror or err}"
             raise UserError(f"data file {str(path)!r} {what}") from err
-        yield from text.splitlines()
+        yield from lines
         return
-    for _, row in read_rows(path):
+    for number, row in read_rows(path):  # a row that is not UTF-8: a UserError naming it
         for field in ("prompt", "answer", "solution", "completion"):
             column = (fields or {}).get(field, field)
-            if isinstance(row.get(column), str):
-                yield row[column]
+            value = row.get(column)
+            if isinstance(value, str):
+                if bad := lone_surrogate(value):  # as rl.data.records.text_field refuses it for training
+                    raise UserError(f"{path}: row {number}: field {column!r} is not valid Unicode ({bad})")
+                yield value
 
 
 def build_tokenizer(tokenizer: TokenizerConfig, data: DataConfig) -> TokenizerLike:

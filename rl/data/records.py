@@ -136,10 +136,35 @@ def _parquet_rows(path: pathlib.Path, digest=None) -> Iterator[tuple[int, dict]]
         table = pq.read_table(path)
     except Exception as err:  # pyarrow raises several types for a file that is not Parquet
         raise UserError(f"{path}: cannot read Parquet: {err}") from err
-    for number, row in enumerate(table.to_pylist(), start=1):
+    try:
+        rows = table.to_pylist()
+    except UnicodeDecodeError as err:  # pyarrow reads a string column's bytes unchecked; Python decodes them
+        raise UserError(_not_utf8_cell(path, table) or f"{path}: a string is not UTF-8 text ({err.reason})") from None
+    for number, row in enumerate(rows, start=1):
         if digest is not None:
             digest.update(json.dumps(row, sort_keys=True, default=repr).encode() + b"\n")
         yield number, row
+
+
+def _not_utf8_cell(path: pathlib.Path, table) -> str | None:
+    """'PATH: row N: field F is not UTF-8 text (why)' for the first row of a string column whose bytes are not
+    UTF-8, or None when that is in a nested column."""
+    import pyarrow as pa
+
+    bad = []
+    for name, column in zip(table.column_names, table.columns):
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            for number, raw in enumerate(column.cast(pa.large_binary()).to_pylist(), start=1):
+                try:
+                    if raw is not None:
+                        raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    bad.append((number, name, err.reason))
+                    break
+    if not bad:
+        return None
+    number, name, reason = min(bad)
+    return f"{path}: row {number}: field {name!r} is not UTF-8 text ({reason})"
 
 
 def text_field(row: dict, field: str, where: str, required: bool, numbers_ok: bool = False,
@@ -159,14 +184,20 @@ def text_field(row: dict, field: str, where: str, required: bool, numbers_ok: bo
         value = str(value)
     if not isinstance(value, str):
         raise UserError(f"{where}: field {name} must be a string, got {type(value).__name__}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as err:  # JSON's "\ud800": a lone surrogate, which no tokenizer can encode
-        raise UserError(f"{where}: field {name} is not valid Unicode (a lone surrogate at character "
-                        f"{err.start})") from None
+    if bad := lone_surrogate(value):
+        raise UserError(f"{where}: field {name} is not valid Unicode ({bad})")
     if required and not value.strip():
         raise UserError(f"{where}: field {name} is empty")
     return value
+
+
+def lone_surrogate(value: str) -> str | None:
+    """Where `value` holds a lone surrogate (JSON's "\\ud800", which no tokenizer can encode), or None."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return f"a lone surrogate at character {err.start}"
+    return None
 
 
 def _columns(row: dict, mapped_from: str | None) -> str:

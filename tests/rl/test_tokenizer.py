@@ -127,3 +127,51 @@ def test_a_run_loads_its_tokenizer_or_trains_one_on_its_data(tokenizer, tmp_path
     (tmp_path / "d.jsonl").write_text('{"prompt": "Wie viel ist zwei plus zwei", "answer": "vier"}\n' * 20)
     trained = build_tokenizer(TokenizerConfig(vocab_size=300), DataConfig(path=str(tmp_path / "d.jsonl")))
     assert trained.vocab_size <= 300 and len(trained.encode("zwei plus zwei")) < len("zwei plus zwei")
+
+
+def _latin1_text(path):
+    path.write_bytes("".join(f"line {i} of plain words\n" for i in range(5)).encode() + "café\n".encode("latin-1")
+                     + b"more words\n" * 20)
+
+
+def _surrogate_row(path):
+    path.write_text('{"prompt": "plain words", "answer": "1"}\n' * 12 + '{"prompt": "ok", "answer": "a \\udfff"}\n')
+
+
+def _latin1_row(path):
+    path.write_bytes(b'{"prompt": "plain words", "answer": "1"}\n' * 3 + '{"prompt": "café"}\n'.encode("latin-1"))
+
+
+def _latin1_parquet(path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    raw = pa.array([b"1", b"caf\xe9 au lait", b"2"], pa.binary())  # pyarrow itself refuses such a string column
+    answers = pa.Array.from_buffers(pa.string(), len(raw), raw.buffers())
+    pq.write_table(pa.table({"prompt": ["a", "b", "c"], "answer": answers}), path)
+
+
+@pytest.mark.parametrize("name, write, message", [
+    ("corpus.txt", _latin1_text, "line 6: not UTF-8 text (invalid continuation byte); save the file as UTF-8"),
+    ("rows.jsonl", _surrogate_row, "row 13: field 'answer' is not valid Unicode (a lone surrogate at character 2)"),
+    ("rows.jsonl", _latin1_row, "row 4: not UTF-8 text (invalid continuation byte)"),
+    ("rows.parquet", _latin1_parquet, "row 2: field 'answer' is not UTF-8 text (invalid continuation byte)"),
+], ids=["text", "jsonl-surrogate", "jsonl-latin1", "parquet-latin1"])
+def test_training_on_text_that_is_not_utf8_names_the_file_and_line(tmp_path, capsys, name, write, message):
+    """A Latin-1 line was read as U+FFFD (errors="replace") and trained into the vocabulary without a word; a
+    lone surrogate or a Parquet string that is not UTF-8 was a traceback."""
+    write(tmp_path / name)
+    assert main(["tokenizer", "train", "--input", str(tmp_path / name), "--vocab-size", "600",
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / name}: {message}" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out" / "tokenizer.model").exists()
+
+
+def test_a_byte_order_mark_is_no_character_of_the_corpus_and_strings_must_be_unicode(tmp_path):
+    from r1jax.rl.data import file_corpus
+
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfcaf\xc3\xa9\nau lait\n")
+    assert list(file_corpus(tmp_path / "bom.txt"))[-2:] == ["café", "au lait"]
+    with pytest.raises(UserError, match=r"tokenizer corpus: text 2 is not valid Unicode \(character U\+D800 at "):
+        train_tokenizer(["plain words", "a \ud800 b"] * 20, 600)  # a RuntimeError from sentencepiece's binding
