@@ -76,7 +76,8 @@ class TokenizerConfig:
     vocab_size: int = 512  # requested pieces; at least MIN_VOCAB (byte fallback needs 256 of them)
     model_type: str = "bpe"  # sentencepiece algorithm: "bpe" | "unigram"
     template: str = "r1_zero"  # prompt format: "r1_zero" (R1-Zero paper, Table 1) | "chat" | "none"
-    # variables the chat template reads besides messages, e.g. {enable_thinking: false} (Qwen3); chat only
+    # variables the chat template reads besides messages, e.g. {enable_thinking: false} (Qwen3); template chat
+    # only (refused beside another, and beside r1jax's own tokenizer when a prompt is rendered: `prompt_text`)
     template_vars: dict[str, Any] = dataclasses.field(default_factory=dict)
     # a directory holding tokenizer.json (Hugging Face) or tokenizer.model (r1jax); None: the tokenizer the
     # first stage's init_from carries (an HF directory's, an r1jax checkpoint's saved one), else one trained
@@ -91,6 +92,10 @@ class TokenizerConfig:
             raise UserError(f"tokenizer.model_type = {self.model_type!r}: expected one of {MODEL_TYPES}")
         if self.template not in TEMPLATE_NAMES:
             raise UserError(f"tokenizer.template = {self.template!r}: expected one of {list(TEMPLATE_NAMES)}")
+        if self.template_vars and self.template != "chat":  # were ignored without a word
+            raise UserError(f"tokenizer.template_vars {list(self.template_vars)}: only a chat template reads them "
+                            f"(tokenizer.template=chat with a Hugging Face tokenizer), and tokenizer.template is "
+                            f"{self.template!r}, which reads none; remove them, or set tokenizer.template=chat")
         reserved = [name for name in RESERVED_VARIABLES if name in self.template_vars]
         if reserved:
             raise UserError(f"tokenizer.template_vars.{reserved[0]}: r1jax sets {reserved[0]!r} itself when it "
@@ -243,7 +248,13 @@ def prompt_text(tokenizer: TokenizerLike, template: str, prompt: str,
 
     "chat" with an HF tokenizer is its chat template on one user message with the generation prompt
     (`apply_chat_template(..., add_generation_prompt=True, **template_vars)`); with r1jax's own tokenizer it
-    is `apply_template("chat", prompt)`. `template_vars` are read by chat templates only."""
+    is `apply_template("chat", prompt)`. `template_vars` are read by chat templates only: r1jax's own formats
+    ("r1_zero", "none": a run config refuses them there, `TokenizerConfig`) ignore them, and "chat" with r1jax's
+    own tokenizer, whose text reads none, refuses them (it is known only once the tokenizer is)."""
+    if template_vars and template == "chat" and not isinstance(tokenizer, HFTokenizer):
+        raise UserError(f"tokenizer.template_vars {list(template_vars)}: only a Hugging Face tokenizer's chat "
+                        f"template reads them; with r1jax's own tokenizer, tokenizer.template='chat' is the text "
+                        f"{CHAT_TEMPLATE!r}, which reads none: remove them, or use a tokenizer with a chat template")
     if _uses_chat_template(tokenizer, template):
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                              **dict(template_vars or {}))

@@ -25,7 +25,8 @@ UserError naming the culprit (the config field, the stage, the file and row) whe
   does not work on this host in `rewards.code.sandbox`'s mode (rl.rewards.sandbox.check_sandbox);
 - the held-out evaluation set cannot be built (its task space is too small) or its prompts are too long;
 - a prompt cannot be rendered in the run's prompt format (`template: chat` with a tokenizer that has no chat
-  template, or a chat template that fails on the prompt): the held-out prompts are always rendered.
+  template, or a chat template that fails on the prompt, or `template_vars` beside r1jax's own tokenizer, whose
+  chat text reads none): the held-out prompts are always rendered.
 
 It returns the held-out problems it built, so the trainer need not build them twice. `check_resumed_data`
 checks what a resume adds: the stage resumed inside reads the rows its checkpoint's position counts.

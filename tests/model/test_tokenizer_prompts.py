@@ -67,8 +67,7 @@ def test_prompt_formats_of_an_hf_tokenizer(pair, prompt):
 def test_prompt_formats_of_the_sentencepiece_tokenizer_are_unchanged():
     tok = train_tokenizer(["User: Assistant: A conversation between", "Compute 3+4 = 7"] * 20, 300)
     prompt = "Compute 3+4"
-    assert render_prompt(tok, "chat", prompt, {"enable_thinking": False}) == tok.encode(
-        "User: Compute 3+4\nAssistant:", add_bos=True)
+    assert render_prompt(tok, "chat", prompt) == tok.encode("User: Compute 3+4\nAssistant:", add_bos=True)
     assert render_prompt(tok, "r1_zero", prompt) == tok.encode(R1_ZERO_TEMPLATE.replace("{prompt}", prompt),
                                                                add_bos=True)
     assert render_prompt(tok, "none", prompt) == [tok.bos_id, *tok.encode(prompt)]
@@ -298,6 +297,11 @@ def test_template_and_its_variables_are_run_config():
     config = load_config("tiny", ["tokenizer.template=chat", "tokenizer.template_vars.enable_thinking=false"])
     assert config.tokenizer.template == "chat" and config.tokenizer.template_vars == {"enable_thinking": False}
     assert load_config("tiny").tokenizer.template_vars == {}
+    # variables only a chat template reads, beside a format that reads none: ignored without a word before
+    for template in ("r1_zero", "none"):
+        with pytest.raises(UserError, match=rf"tokenizer.template_vars \['enable_thinking'\]: only a chat template "
+                                            rf"reads them .* and tokenizer.template is '{template}', which reads none"):
+            load_config("tiny", [f"tokenizer.template={template}", "tokenizer.template_vars.enable_thinking=false"])
     with pytest.raises(UserError, match=r"tokenizer.template = 'alpaca': expected one of \['r1_zero', 'chat', "
                                         r"'none'\]"):
         TokenizerConfig(template="alpaca")

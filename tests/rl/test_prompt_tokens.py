@@ -10,11 +10,13 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from r1jax.errors import UserError
 from r1jax.model.factory import init_policy
 from r1jax.model.tokenizer import TEMPLATE_NAMES, apply_template, encode_prompt, load_tokenizer, render_prompt
 from r1jax.rl.config import load_config
 from r1jax.rl.data import build_source, build_tokenizer
 from r1jax.rl.evaluate import held_out_problems
+from r1jax.rl.train.preflight import check_prompt_lengths
 from r1jax.rl.train.rollouts import prompt_texts
 from r1jax.rl.train.sft import sft_batch, sft_micro_loss
 from r1jax.rl.update import UpdateConfig, split_policy
@@ -58,8 +60,18 @@ def test_the_default_run_prompts_the_policy_with_the_same_ids(default_run):
     for template in TEMPLATE_NAMES:
         expected = [old_prompt_ids(tokenizer, template, p["prompt"]) for p in problems]
         assert encode_prompts(tokenizer, template, problems, config.tokenizer.template_vars) == expected, template
-        # variables are for chat templates only: r1jax's own formats ignore them
-        assert encode_prompts(tokenizer, template, problems[:20], {"enable_thinking": False}) == expected[:20]
+        # variables are for chat templates only: r1_zero and none ignore them (a run config refuses them there; a
+        # --template override of generate or eval keeps the checkpoint's), r1jax's own chat text refuses them
+        if template == "chat":
+            with pytest.raises(UserError, match=r"tokenizer.template_vars \['enable_thinking'\]: only a Hugging "
+                                                r"Face tokenizer's chat template reads them; with r1jax's own"):
+                encode_prompts(tokenizer, template, problems[:20], {"enable_thinking": False})
+        else:
+            assert encode_prompts(tokenizer, template, problems[:20], {"enable_thinking": False}) == expected[:20]
+    with_vars = dataclasses.replace(config, tokenizer=dataclasses.replace(config.tokenizer,
+                                                                          template_vars={"enable_thinking": False}))
+    with pytest.raises(UserError, match=r"tokenizer.template='chat' \(held-out\): tokenizer.template_vars"):
+        check_prompt_lengths(with_vars, tokenizer, ["q"], "held-out")  # what preflight renders before a run
 
 
 @settings(max_examples=200, deadline=None)
@@ -78,9 +90,10 @@ def rows(count=4):
 @pytest.mark.parametrize("which", ["sentencepiece", "qwen"])
 def test_sft_targets_are_the_completion_and_its_eos_only(default_run, qwen, which):
     tokenizer = default_run[1] if which == "sentencepiece" else qwen
-    batch = sft_batch(tokenizer, "chat", rows(), BUCKETS, {"enable_thinking": False})
+    variables = {} if which == "sentencepiece" else {"enable_thinking": False}  # (r1jax's chat text reads none)
+    batch = sft_batch(tokenizer, "chat", rows(), BUCKETS, variables)
     for i, row in enumerate(rows()):
-        prompt = render_prompt(tokenizer, "chat", row["prompt"], {"enable_thinking": False})
+        prompt = render_prompt(tokenizer, "chat", row["prompt"], variables)
         completion = tokenizer.encode(row["solution"]) + [tokenizer.eos_id]
         assert batch["tokens"][i, :len(prompt) + len(completion)].tolist() == prompt + completion
         targets = batch["tokens"][i, 1:][batch["mask"][i]].tolist()  # mask[t]: the token at t + 1 is a target
