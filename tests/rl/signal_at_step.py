@@ -12,13 +12,16 @@ resuming where the one before stopped (the later runs reuse the earlier ones' tr
 one process start and one tracing instead of one each), until one fails. Before each run it prints SERIES_MARK
 to stderr; after each it writes one JSON line to STATE: its exit code and the run directory as it was left
 (checkpoint steps, dataset files, metrics rows, the summary's evaluations). A SIGKILL ends the series.
+`run_in_turn` holds that loop; tests/rl/staleness_probe.py's series of runs use it too.
 """
 
+import dataclasses
 import json
 import os
 import pathlib
 import signal
 import sys
+from typing import Any, Callable, Iterable, Sequence
 
 from r1jax.rl.cli.main import main
 from r1jax.rl.train.metrics import MetricsWriter
@@ -48,20 +51,53 @@ def run_dir_state(run_dir: pathlib.Path) -> dict:
             "evals": json.loads(summary.read_text())["evals"] if summary.exists() else None}
 
 
-def series(state_path: str, stops: str, argv: list[str]) -> int:
-    write, run_dir = MetricsWriter.write, pathlib.Path(argv[argv.index("--run-dir") + 1])
-    for stop in stops.split(","):
-        MetricsWriter.write = write  # the stop before disarmed: a resumed stage writes its step's row again
-        if stop != "none":
-            name, step = stop.split(":")
-            signal_after_row(signal.Signals[f"SIG{name}"], int(step))
+@dataclasses.dataclass
+class SeriesRun:
+    """One run of `run_in_turn`: `r1jax argv`, once `arm()` has wrapped what this run needs; `after(code)` gets
+    its exit code."""
+
+    argv: list[str]
+    arm: Callable[[], None] = lambda: None
+    after: Callable[[int], None] = lambda code: None
+
+
+def run_in_turn(runs: Iterable[SeriesRun], wrapped: Sequence[tuple[Any, str]] = ((MetricsWriter, "write"),)) -> int:
+    """`r1jax` once per item of `runs`, one after another in this process (the later runs reuse the earlier
+    ones' traced and compiled programs: one process start and one tracing instead of one each), until one
+    fails: its exit code (0: every run ended well). Before each run every attribute of `wrapped` ((class, name)
+    or (dict, key) pairs) is put back as it was before the first (the run before's wrappers are off: a resumed
+    stage writes its step's row again), the run's `arm` wraps its own, and SERIES_MARK goes to stderr."""
+    get = lambda owner, name: owner[name] if isinstance(owner, dict) else getattr(owner, name)
+    originals = [(owner, name, get(owner, name)) for owner, name in wrapped]
+    for run in runs:
+        for owner, name, original in originals:
+            if isinstance(owner, dict):
+                owner[name] = original
+            else:
+                setattr(owner, name, original)
+        run.arm()
         print(SERIES_MARK, file=sys.stderr, flush=True)
-        code = main(argv, as_program=True)
-        with open(state_path, "a") as f:
-            f.write(json.dumps({"code": code, **run_dir_state(run_dir)}) + "\n")
+        code = main(run.argv, as_program=True)
+        run.after(code)
         if code:
             return code
     return 0
+
+
+def series(state_path: str, stops: str, argv: list[str]) -> int:
+    run_dir = pathlib.Path(argv[argv.index("--run-dir") + 1])
+
+    def arm(stop: str) -> Callable[[], None]:
+        if stop == "none":
+            return lambda: None
+        name, step = stop.split(":")
+        return lambda: signal_after_row(signal.Signals[f"SIG{name}"], int(step))
+
+    def write_state(code: int) -> None:
+        with open(state_path, "a") as f:
+            f.write(json.dumps({"code": code, **run_dir_state(run_dir)}) + "\n")
+
+    return run_in_turn(SeriesRun(argv, arm(stop), write_state) for stop in stops.split(","))
 
 
 if __name__ == "__main__":

@@ -24,8 +24,12 @@ cache, so the programs they have in common compile once):
   ({"out", "step", "argv", "copies": [[FROM, TO], ...]}) one after another in this process (the later runs
   reuse the earlier ones' traced and compiled programs), printing signal_at_step.SERIES_MARK to stderr
   before each and copying each run directory FROM to TO after it, until one fails.
+
+The runs of one process (`both`, `both-then-watch`, `groups-series`) go through signal_at_step.run_in_turn, which
+puts back what the run before wrapped (WRAPPED) before each.
 """
 
+import functools
 import hashlib
 import json
 import shutil
@@ -48,7 +52,7 @@ from r1jax.rl.train.stages import STAGE_RUNNERS
 from r1jax.rl.train.update_stage import UpdateStage
 from r1jax.rl.update import reference_due, reset_reference
 
-from tests.rl.signal_at_step import SERIES_MARK, signal_after_row
+from tests.rl.signal_at_step import SeriesRun, run_in_turn, signal_after_row
 
 
 def sequential_grpo(ctx, index, stage, start):
@@ -150,50 +154,61 @@ def record_groups(out_path: str) -> None:
     Sampler.generate, UpdateStage.update = recorded_generate, recorded_update
 
 
+# what the probes wrap: put back before each run of a series (signal_at_step.run_in_turn)
+WRAPPED = ((MetricsWriter, "write"), (Sampler, "generate"), (UpdateStage, "update"), (STAGE_RUNNERS, "grpo"))
+
+
+def use_sequential_grpo() -> None:
+    STAGE_RUNNERS["grpo"] = sequential_grpo
+
+
+def arm_watch(out: str, sig: str, step: int) -> None:
+    """`watch`'s wrappers: the lines to OUT, and SIGNAL after the row of global step STEP."""
+    watch_grpo(out)
+    signal_after_row(signal.Signals[f"SIG{sig}"], step)
+
+
+def arm_groups(out: str, step: int) -> None:
+    """`groups`' wrappers: the lines to OUT, and (STEP > 0) SIGTERM after the row of global step STEP."""
+    record_groups(out)
+    if step > 0:
+        signal_after_row(signal.SIGTERM, step)
+
+
 def groups_series(spec: list[dict]) -> int:
-    generate, update, write = Sampler.generate, UpdateStage.update, MetricsWriter.write
-    for item in spec:
-        Sampler.generate, UpdateStage.update, MetricsWriter.write = generate, update, write  # the last run's off
-        record_groups(item["out"])
-        if item["step"] > 0:
-            signal_after_row(signal.SIGTERM, item["step"])
-        print(SERIES_MARK, file=sys.stderr, flush=True)
-        code = main(item["argv"], as_program=True)
-        if code:
-            return code
-        for source, target in item.get("copies", ()):
+    def copy_run_dirs(copies, code: int) -> None:
+        for source, target in copies if code == 0 else ():
             shutil.copytree(source, target)
-    return 0
+
+    return run_in_turn((SeriesRun(item["argv"], functools.partial(arm_groups, item["out"], item["step"]),
+                                  functools.partial(copy_run_dirs, item.get("copies", ()))) for item in spec), WRAPPED)
+
+
+def both_then_watch(run_dir: str, sequential_dir: str, args: list[str], options: list[str],
+                    watch: tuple[str, str, str, int] | None = None) -> int:
+    """`both`'s two runs and (`watch`: WATCH_DIR, OUT, SIGNAL, STEP) `watch`'s run after them."""
+    runs = [SeriesRun([*args, *options, "--run-dir", run_dir]),
+            SeriesRun([*args, *options, "--run-dir", sequential_dir], arm=use_sequential_grpo)]
+    if watch is not None:
+        watch_dir, *probe = watch
+        runs.append(SeriesRun([*args, "--run-dir", watch_dir], arm=functools.partial(arm_watch, *probe)))
+    return run_in_turn(runs, WRAPPED)
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "groups-series":
         sys.exit(groups_series(json.loads(sys.argv[2])))
     if sys.argv[1] == "both":
-        code = main([*sys.argv[4:], "--run-dir", sys.argv[2]], as_program=True)
-        STAGE_RUNNERS["grpo"] = sequential_grpo
-        sys.exit(code or main([*sys.argv[4:], "--run-dir", sys.argv[3]], as_program=True))
+        sys.exit(both_then_watch(sys.argv[2], sys.argv[3], sys.argv[4:], []))
     if sys.argv[1] == "both-then-watch":
         (run_dir, sequential_dir, watch_dir, out, sig, step, options), args = sys.argv[2:9], sys.argv[9:]
-        options, pipelined = json.loads(options), STAGE_RUNNERS["grpo"]
-        code = main([*args, *options, "--run-dir", run_dir], as_program=True)
-        STAGE_RUNNERS["grpo"] = sequential_grpo
-        code = code or main([*args, *options, "--run-dir", sequential_dir], as_program=True)
-        STAGE_RUNNERS["grpo"] = pipelined
-        if code:
-            sys.exit(code)
-        watch_grpo(out)
-        signal_after_row(signal.Signals[f"SIG{sig}"], int(step))
-        sys.exit(main([*args, "--run-dir", watch_dir], as_program=True))
+        sys.exit(both_then_watch(run_dir, sequential_dir, args, json.loads(options), (watch_dir, out, sig, int(step))))
     if sys.argv[1] in ("run", "sequential"):
         if sys.argv[1] == "sequential":
-            STAGE_RUNNERS["grpo"] = sequential_grpo
+            use_sequential_grpo()
         sys.exit(main(sys.argv[2:], as_program=True))
     if sys.argv[1] == "groups":
-        record_groups(sys.argv[2])
-        if int(sys.argv[3]) > 0:
-            signal_after_row(signal.SIGTERM, int(sys.argv[3]))
+        arm_groups(sys.argv[2], int(sys.argv[3]))
         sys.exit(main(sys.argv[4:], as_program=True))
-    watch_grpo(sys.argv[2])
-    signal_after_row(signal.Signals[f"SIG{sys.argv[3]}"], int(sys.argv[4]))
+    arm_watch(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     sys.exit(main(sys.argv[5:], as_program=True))
