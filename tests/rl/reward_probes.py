@@ -6,6 +6,7 @@ The completion is the command:
 - "sigkill": the worker kills itself; "hog": allocate 8 GiB; "raise": raise ValueError;
 - "nan" / "inf": return that float; "exit": call sys.exit(3);
 - "env": 1.0 when the worker's accelerators are hidden;
+- "clock": the time (time.time()) at which the worker scored it;
 - "tower:LATEX": math-verify on LATEX with no screen and no timeout, the unguarded path that hangs in GMP;
 - "loaded:MODULE": 1.0 when the worker has imported MODULE;
 - anything else: 1.0.
@@ -39,6 +40,8 @@ def probe(item, config) -> float:
     elif command == "env":
         return float(os.environ.get("JAX_PLATFORMS") == "cpu" and os.environ.get("CUDA_VISIBLE_DEVICES") == ""
                      and os.environ.get("TPU_VISIBLE_CHIPS") == "")
+    elif command == "clock":
+        return time.time()
     elif command.startswith("loaded:"):
         return float(command[len("loaded:"):] in sys.modules)
     elif command.startswith("tower:"):

@@ -71,14 +71,22 @@ def test_items_are_scored_in_workers_with_accelerators_hidden(pool):
 
 
 def test_each_failure_fails_only_its_item_and_results_keep_input_order(pool):
-    before = pool.metrics()
-    start = time.monotonic()
-    results = pool.score_batch([probe("ok"), probe("raise"), probe("sigkill"), probe("sleep:30"), probe("ok")])
-    elapsed = time.monotonic() - start
+    """The last item waits for a replacement worker (one original died, the other sleeps until it is killed at
+    its timeout); the batch is back within SLACK_S of the later of that timeout and the moment the replacement
+    scored the last item ("clock"). That moment is measured, not bounded: a replacement's start (spawn, imports)
+    took 1.5 s on an idle host and over 4 s on a loaded one, past the fixed `TIMEOUT_S + SLACK_S + 1 s` this
+    test had (it failed ~1 run in 15 there)."""
+    before, originals = pool.metrics(), set(worker_pids(pool))
+    start = time.time()
+    results = pool.score_batch([probe("ok"), probe("raise"), probe("sigkill"), probe("sleep:30"), probe("clock")])
+    end = time.time()
     assert [r.status for r in results] == ["ok", "error", "crashed", "timeout", "ok"]
-    assert [r.total for r in results] == [1.0, 0.0, 0.0, 0.0, 1.0]
+    assert [r.total for r in results[:4]] == [1.0, 0.0, 0.0, 0.0]
     assert "probe asked to raise" in results[1].error and "signal 9" in results[2].error
-    assert elapsed < TIMEOUT_S + SLACK_S + 1.0  # +1: the killed worker's replacement starting
+    assert f"took longer than {TIMEOUT_S} s" in results[3].error  # killed at its own timeout, not at the batch deadline
+    scored_at = results[4].total
+    assert results[4].pid not in originals and start < scored_at < end
+    assert end - max(start + TIMEOUT_S, scored_at) < SLACK_S
     after = pool.metrics()
     assert {s: after[f"reward_pool/{s}"] - before[f"reward_pool/{s}"]
             for s in ("ok", "error", "crashed", "timeout")} == {"ok": 2, "error": 1, "crashed": 1, "timeout": 1}
