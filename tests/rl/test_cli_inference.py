@@ -1,18 +1,21 @@
 """`r1jax generate` and `r1jax eval` on a trained checkpoint (the session's tiny run)."""
 
 import json
-import subprocess
-import sys
 
+import jax
 import numpy as np
 import pytest
 
+from r1jax.model.factory import init_policy
 from r1jax.rl import evaluate as evaluate_module
 from r1jax.rl import rewards as rewards_module
+from r1jax.rl.checkpoint import save_policy
 from r1jax.rl.cli.main import main
 from r1jax.rl.config import load_config
 from r1jax.rl.sampler import Sampler
-from tests.rl.conftest import TRAIN_CONFIG, subprocess_env
+from r1jax.sharding.context import use_mesh
+from r1jax.sharding.mesh import build_mesh
+from tests.rl.conftest import TRAIN_CONFIG
 
 
 def run_main(capsys, *argv):
@@ -36,12 +39,13 @@ def test_generate_json_gives_ids_logprobs_and_text(capsys, finished_run):
 
 
 def test_generate_greedy_from_ids_is_deterministic_and_bad_ids_are_named(capsys, finished_run):
-    args = ("generate", str(finished_run), "--ids", "1,40,41,42", "--temperature", "0", "--max-new-tokens", "4",
+    # 3 new tokens, one sample, ignoring eos: test_generate_and_eval_take_a_prompt_format's compiled program
+    args = ("generate", str(finished_run), "--ids", "1,40,41,42", "--temperature", "0", "--max-new-tokens", "3",
             "--ignore-eos", "--json")
     _, first, _ = run_main(capsys, *args)
     _, second, _ = run_main(capsys, *args)
     record = json.loads(first)
-    assert first == second and len(record["ids"]) == 4
+    assert first == second and len(record["ids"]) == 3
     code, _, err = run_main(capsys, "generate", str(finished_run), "--ids", "1,99999")
     assert code == 2 and "99999" in err
     code, _, err = run_main(capsys, "generate", str(finished_run), "--ids", "1,x")
@@ -52,13 +56,15 @@ def test_eval_json_reports_r1_protocol_figures(capsys, finished_run, tmp_path):
     data = tmp_path / "problems.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Compute {a}+{a}", "answer": str(2 * a),
                                         "task": "arithmetic"}) + "\n" for a in range(10, 16)))
-    code, out, _ = run_main(capsys, "eval", str(finished_run), "--data", str(data), "--samples", "2",
+    # 6 problems in sampler calls of eval.batch_size 4 then 2, 3 samples each: the 2 x 3 call's compiled program
+    # serves the other arithmetic evals (test_eval_task_picks_..., test_eval_top_k_one_...)
+    code, out, _ = run_main(capsys, "eval", str(finished_run), "--data", str(data), "--samples", "3",
                             "--workers", "1", "--json")
     assert code == 0
     figures = json.loads(out)
-    assert figures["n_problems"] == 6 and figures["k"] == 2
-    assert {"pass@1", "cons@2", "pass@2", "format_rate", "response_length", "accuracy_by_difficulty"} <= set(figures)
-    assert 0 <= figures["pass@1"] <= figures["pass@2"] <= 1
+    assert figures["n_problems"] == 6 and figures["k"] == 3
+    assert {"pass@1", "cons@3", "pass@3", "format_rate", "response_length", "accuracy_by_difficulty"} <= set(figures)
+    assert 0 <= figures["pass@1"] <= figures["pass@3"] <= 1
     code, _, err = run_main(capsys, "eval", str(finished_run), "--data", str(tmp_path / "missing.jsonl"))
     assert code == 2
 
@@ -95,9 +101,11 @@ def test_generate_and_eval_take_a_prompt_format(capsys, finished_run):
 
 
 def test_generate_top_k_one_is_greedy_at_any_temperature(capsys, finished_run):
+    # 3 samples of at most 5 new tokens: test_generate_json_gives_ids_logprobs_and_text's compiled program (eos
+    # stops a row alike in the greedy and the top-k 1 samples: the same tokens up to it)
     def ids(*options):
         code, out, _ = run_main(capsys, "generate", str(finished_run), "--prompt", "Compute 12+34", "--samples",
-                                "3", "--max-new-tokens", "6", "--ignore-eos", "--json", "--seed", "2", *options)
+                                "3", "--max-new-tokens", "5", "--json", "--seed", "2", *options)
         assert code == 0
         return [json.loads(line)["ids"] for line in out.splitlines()]
 
@@ -133,27 +141,31 @@ def spy_on_evaluation(monkeypatch):
 
 
 def test_eval_task_picks_its_problems_and_tiny_top_p_makes_the_k_samples_one(capsys, finished_run, monkeypatch):
-    # the run trained on arithmetic only; --task countdown must evaluate countdown problems
+    # the run trained on arithmetic only; --task countdown must evaluate countdown problems. 2 problems x 3
+    # samples a call, as the other evals (countdown's prompts take the 64-token bucket: a program of its own)
     seen = spy_on_evaluation(monkeypatch)
-    k = 4
-    code, out, _ = run_main(capsys, "eval", str(finished_run), "--task", "countdown", "--num-problems", "3",
+    k = 3
+    code, out, _ = run_main(capsys, "eval", str(finished_run), "--task", "countdown", "--num-problems", "2",
                             "--samples", str(k), "--temperature", "1.0", "--top-p", "1e-6", "--workers", "1",
                             "--json")
     assert code == 0
     figures = json.loads(out)
-    assert len(seen["problems"]) == 3 == figures["n_problems"]
+    assert len(seen["problems"]) == 2 == figures["n_problems"]
     assert all(p["task"] == "countdown" and p["prompt"].startswith("Make ") for p in seen["problems"])
     assert seen["pool_tasks"] == [["countdown"]]  # its workers load no other task's verifier
     groups = [seen["completions"][i:i + k] for i in range(0, len(seen["completions"]), k)]
-    assert len(groups) == 3 and all(len(set(g)) == 1 for g in groups)  # top-p 1e-6 keeps only the argmax
+    assert len(groups) == 2 and all(len(set(g)) == 1 for g in groups)  # top-p 1e-6 keeps only the argmax
     # k identical samples: each problem is all right or all wrong, so the three figures coincide
     assert figures["pass@1"] == figures[f"cons@{k}"] == figures[f"pass@{k}"]
 
     seen["problems"].clear()
     seen["completions"].clear()
-    code, out, _ = run_main(capsys, "eval", str(finished_run), "--task", "arithmetic", "--num-problems", "3",
-                            "--samples", str(k), "--temperature", "1.0", "--top-p", "1.0", "--workers", "1",
-                            "--json")
+    # top-k 512 (the whole vocabulary) with top-p 1 removes no token, as no filter does; the sampler compiles its
+    # filters all the same (rl.sampler: SamplingConfig.filters), so this call reuses the arithmetic evals' 2 x 3
+    # program (test_eval_json_reports_r1_protocol_figures)
+    code, out, _ = run_main(capsys, "eval", str(finished_run), "--task", "arithmetic", "--num-problems", "2",
+                            "--samples", str(k), "--temperature", "1.0", "--top-p", "1.0", "--top-k", "512",
+                            "--workers", "1", "--json")
     assert code == 0
     assert all(p["task"] == "arithmetic" and p["prompt"].startswith("Compute ") for p in seen["problems"])
     groups = [seen["completions"][i:i + k] for i in range(0, len(seen["completions"]), k)]
@@ -267,12 +279,15 @@ def test_eval_takes_rows_whose_prompts_pass_the_largest_bucket(capsys, finished_
 
 def test_a_checkpoint_whose_mesh_the_devices_cannot_make_loads_on_an_fsdp_mesh(capsys, tmp_path):
     """A run trained with fixed axes (a slice's expert: 16, data: 2) could not be sampled, evaluated or exported
-    on another device count: its mesh "needs 2 devices but 8 are present"."""
+    on another device count: its mesh "needs 2 devices but 8 are present". The checkpoint is what `r1jax
+    --cpu-devices 2 init` writes (rl/cli/init.py, tests/rl/test_cli.py), made here on 2 of the 8 test devices
+    (no second JAX process to start)."""
     ck = tmp_path / "ck"
-    made = subprocess.run([sys.executable, "-m", "r1jax", "--cpu-devices", "2", "init", str(TRAIN_CONFIG), str(ck),
-                           "sharding.data=2", "sharding.fsdp=1"], capture_output=True, text=True,
-                          env=subprocess_env(), timeout=300)
-    assert made.returncode == 0, made.stderr[-2000:]
+    config = load_config(TRAIN_CONFIG, ["sharding.data=2", "sharding.fsdp=1"])
+    mesh, rules = build_mesh(config.sharding, jax.devices()[:2]), config.sharding.logical_rules()
+    with use_mesh(mesh, rules):
+        save_policy(ck, config, init_policy(config.model, config.seed, mesh, rules))
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 1, "expert": 1, "tensor": 1}
     code, out, err = run_main(capsys, "generate", str(ck), "--ids", "5,6,7", "--max-new-tokens", "3",
                               "--temperature", "0", "--json")
     assert code == 0, err
