@@ -13,13 +13,12 @@ Two processes whose sampler shares the trainer's devices are not run here any mo
 until it moved to devices of its own; the suite's time allows one such pair): one process runs that path.
 - Under several processes every process draws the global batch (what one process would draw).
 
-The runs share JAX's persistent compilation cache (in pytest's cache directory): the resume and the
-stalled-peer runs reuse the first runs' programs, and so does a later session.
+The runs share JAX's persistent compilation cache (in pytest's cache directory): the resume reuses the first
+runs' programs, and so does a later session; the stalled-peer pair is stopped once it has started up.
 """
 
 import json
 import math
-import os
 import re
 import signal
 import socket
@@ -112,6 +111,14 @@ class Pair:
             time.sleep(0.2)
         raise AssertionError(f"step {step} not reached: {[p.poll() for p in self.procs]}\n{self.output(0)[-3000:]}")
 
+    def wait_for_output(self, index: int, text: str, timeout: float = 900) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline and all(p.poll() is None for p in self.procs):
+            if text in self.output(index):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"{text!r} not logged: {[p.poll() for p in self.procs]}\n{self.output(0)[-3000:]}")
+
     def wait(self, timeout: float = 900) -> list[int]:
         return [p.wait(timeout=timeout) for p in self.procs]
 
@@ -196,7 +203,10 @@ def test_a_stopped_peer_makes_the_other_fail_naming_it_within_the_timeout(config
     timeout = 10
     pair = Pair(tmp_path / "stalled", config_path, env, "--peer-timeout-s", str(timeout))
     try:
-        pair.wait_for_step(1)
+        # both processes have started up: process 0 logs the run directory once every process has passed the
+        # check that they resolved one config (through the coordination service); the stop comes before the
+        # trainer sets up and compiles (waiting for step 1 cost both processes that work too)
+        pair.wait_for_output(0, "run directory:")
         pair.procs[1].send_signal(signal.SIGSTOP)
         stopped_at = time.time()
         code = pair.procs[0].wait(timeout=timeout + 60)
