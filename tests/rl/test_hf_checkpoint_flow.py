@@ -154,9 +154,11 @@ def test_a_run_from_a_hugging_face_directory_trains_and_evaluates_with_its_token
     grpo = [r for r in rows if r.get("stage") == "grpo" and "response_length/mean" in r]
     assert len(grpo) == 2 and all(0 < r["response_length/mean"] <= 8 for r in grpo)
     assert all(np.isfinite(r["sft/loss"]) for r in rows if "sft/loss" in r)
-    assert main(["eval", str(tmp_path / "run"), "--num-problems", "2", "--samples", "1", "--json"]) == 0
+    # in the run's own evaluation shape (eval.batch_size 4 problems x 2 samples a call: the trainer's compiled
+    # program), twice the run's eval.num_problems
+    assert main(["eval", str(tmp_path / "run"), "--num-problems", "8", "--samples", "2", "--json"]) == 0
     figures = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert figures["n_problems"] == 2 and 0 < figures["response_length"] <= 8
+    assert figures["n_problems"] == 8 and figures["k"] == 2 and 0 < figures["response_length"] <= 8
 
 
 def test_the_run_tokenizer_comes_from_the_config_the_first_stage_or_the_data(qwen_dir, tmp_path):
