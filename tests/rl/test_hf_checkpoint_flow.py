@@ -142,7 +142,8 @@ def run_config(hf_dir, *overrides):
 
 
 def test_a_run_from_a_hugging_face_directory_trains_and_evaluates_with_its_tokenizer(qwen_dir, tmp_path, capsys):
-    config = run_config(qwen_dir)
+    # evaluation at GRPO's top-p 1 (R1's 0.95 compiles the sampler's filters): the rollouts' compiled program
+    config = run_config(qwen_dir, "eval.top_p=1.0")
     summary = Trainer(config, tmp_path / "run").run()
     assert [e["stage"] for e in summary["evals"]] == ["sft", "grpo"]
     assert summary["final_step"] == 4
