@@ -277,8 +277,11 @@ def _describe(kind) -> str:
 
 
 # config.json's dtype (a torch dtype name) -> the r1jax dtype its weights import in: float16 widens to float32
-# exactly (r1jax has no float16); float64, which transformers loads as it is, is rounded to float32 (a note says so)
-_STORED_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float32", "float64": "float32"}
+# exactly (r1jax has no float16); float64, which transformers loads as it is, is rounded to float32 (a note says so);
+# an fp8 checkpoint's config may name its fp8 type (transformers takes any torch dtype): its block-wise fp8 weights
+# are dequantised, and its other tensors, stored wider, kept, in float32, as before 2026-12-06
+_STORED_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float32", "float64": "float32",
+                  "float8_e4m3fn": "float32", "float8_e5m2": "float32"}
 
 
 def _dtype_key(hf: Mapping[str, Any]) -> str:

@@ -242,19 +242,24 @@ def _uses_chat_template(tokenizer: TokenizerLike, template: str) -> bool:
     return template == "chat" and isinstance(tokenizer, HFTokenizer)
 
 
+def check_template_vars(tokenizer: TokenizerLike, template: str, template_vars: Mapping[str, Any]) -> None:
+    """UserError when `template_vars` are set beside "chat" on r1jax's own tokenizer, whose chat text reads none
+    (beside "r1_zero" / "none" the config refuses them: `TokenizerConfig`); known only once the tokenizer is."""
+    if template_vars and template == "chat" and not isinstance(tokenizer, HFTokenizer):
+        raise UserError(f"tokenizer.template_vars {list(template_vars)}: only a Hugging Face tokenizer's chat "
+                        f"template reads them; with r1jax's own tokenizer, tokenizer.template='chat' is the text "
+                        f"{CHAT_TEMPLATE!r}, which reads none: remove them, or use a tokenizer with a chat template")
+
+
 def prompt_text(tokenizer: TokenizerLike, template: str, prompt: str,
                 template_vars: Optional[Mapping[str, Any]] = None) -> str:
     """The text a problem's prompt becomes in prompt format `template` (TEMPLATE_NAMES).
 
     "chat" with an HF tokenizer is its chat template on one user message with the generation prompt
     (`apply_chat_template(..., add_generation_prompt=True, **template_vars)`); with r1jax's own tokenizer it
-    is `apply_template("chat", prompt)`. `template_vars` are read by chat templates only: r1jax's own formats
-    ("r1_zero", "none": a run config refuses them there, `TokenizerConfig`) ignore them, and "chat" with r1jax's
-    own tokenizer, whose text reads none, refuses them (it is known only once the tokenizer is)."""
-    if template_vars and template == "chat" and not isinstance(tokenizer, HFTokenizer):
-        raise UserError(f"tokenizer.template_vars {list(template_vars)}: only a Hugging Face tokenizer's chat "
-                        f"template reads them; with r1jax's own tokenizer, tokenizer.template='chat' is the text "
-                        f"{CHAT_TEMPLATE!r}, which reads none: remove them, or use a tokenizer with a chat template")
+    is `apply_template("chat", prompt)`. `template_vars` are read by chat templates only; r1jax's own formats
+    ignore them (a run refuses them there before it starts: `TokenizerConfig`, `check_template_vars`; a checkpoint
+    saved before 2026-12-06 may carry them, and generate / eval ignore them as they did)."""
     if _uses_chat_template(tokenizer, template):
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                              **dict(template_vars or {}))

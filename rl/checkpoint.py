@@ -30,7 +30,7 @@ from r1jax.model.factory import abstract_policy
 from r1jax.model.tokenizer import TokenizerLike, is_tokenizer_dir, load_tokenizer
 from r1jax.rl import checksums
 from r1jax.rl.checkpoint_paths import read_latest, resolve
-from r1jax.rl.config import Config, config_from_dicts, to_dict
+from r1jax.rl.config import Config, stored_config, to_dict
 from r1jax.rl.failed_saves import (close_failed, drop_closed_loop_reports, quiet_failed_saves, save_threads,
                                    wait_for_writers)
 from r1jax.sharding.mesh import ShardingConfig, build_mesh
@@ -168,7 +168,7 @@ def load_config(path: str | pathlib.Path) -> Config:
         restored = restore_items(manager, root / str(step), {"config": ocp.args.JsonRestore()})
     where = f"checkpoint {root / str(step)}"
     try:
-        return config_from_dicts(restored.config, source=f"{where} config")
+        return stored_config(restored.config, source=f"{where} config")
     except UserError as err:  # a stored config edited by hand (or by another version): name the checkpoint
         if where in str(err):
             raise

@@ -13,6 +13,7 @@ Overrides (`dotted.key=value`), the merge over the schema and the finiteness che
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pathlib
 from typing import Any, Sequence
 
@@ -233,6 +234,20 @@ def model_fields_given(yaml: Any, overrides: Overrides, source: str) -> dict[str
 def config_from_dicts(*parts: Any, source: str = "config") -> Config:
     """Merge dicts / OmegaConf nodes over the schema, apply `Overrides` parts, build the validated Config."""
     return build_structured(OmegaConf.structured(Config), parts, source)
+
+
+def stored_config(stored: Any, source: str) -> Config:
+    """A checkpoint's stored config (a plain dict) as a Config. What an earlier version stored and the config now
+    refuses, though it changed nothing, is dropped with a warning naming `source`, so that the checkpoint still
+    resumes, evaluates and exports (an override could not remove it: overrides merge): `tokenizer.template_vars`
+    beside a template that reads none (ignored before 2026-12-06)."""
+    tokenizer = stored.get("tokenizer") if isinstance(stored, dict) else None
+    if isinstance(tokenizer, dict) and tokenizer.get("template_vars") and tokenizer.get("template") != "chat":
+        logging.getLogger(__name__).warning(
+            "%s: tokenizer.template_vars %s are dropped: tokenizer.template %r reads none (they were ignored)",
+            source, list(tokenizer["template_vars"]), tokenizer.get("template"))
+        stored = {**stored, "tokenizer": {**tokenizer, "template_vars": {}}}
+    return config_from_dicts(stored, source=source)
 
 
 def to_dict(config: Config) -> dict:

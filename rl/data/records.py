@@ -71,8 +71,9 @@ def check_field_mapping(fields: Mapping[str, str], key: str, file: str) -> None:
         said, fix = (f"{key}.{mapped} and {key}.{unmapped} both name column {column!r}", "one of them") \
             if unmapped in fields else (f"{key}.{mapped}={column!r} is the column {unmapped} reads by its own name "
                                         "(unmapped)", f"{key}.{unmapped}")
+        lacks = " (one the file lacks: every row's task is then the default task)" if fix.endswith(".task") else ""
         raise UserError(f"{said}: each problem field reads a column of its own (only answer and solution may share "
-                        f"one: the answer's text gives the worked solution); map {fix} to another column")
+                        f"one: the answer's text gives the worked solution); map {fix} to another column{lacks}")
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
 

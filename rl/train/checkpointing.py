@@ -37,7 +37,7 @@ from r1jax.rl.checkpoint import restore_items
 from r1jax.rl.checkpoint_paths import PREVIOUS_SUFFIX, previous_copies
 from r1jax.rl.failed_saves import close_failed, quiet_failed_saves, save_threads, wait_for_writers
 from r1jax.rl.step_leases import LeaseRespectingDeleter
-from r1jax.rl.config import Config, config_from_dicts, to_dict
+from r1jax.rl.config import Config, stored_config, to_dict
 from r1jax.sharding import distributed
 
 BEST_METRIC = "eval/pass@1"
@@ -120,7 +120,7 @@ class TrainCheckpointer:
         """The step's config and meta; a missing or unreadable item is a UserError naming the step."""
         restored = restore_items(self.manager, self.root / str(step),
                                  {"config": ocp.args.JsonRestore(), "meta": ocp.args.JsonRestore()})
-        config = config_from_dicts(restored.config, source=f"checkpoint {self.root / str(step)} config")
+        config = stored_config(restored.config, source=f"checkpoint {self.root / str(step)} config")
         return config, dict(restored.meta)
 
     def restore_trees(self, step: int, targets: Mapping[str, Any]) -> dict[str, Any]:

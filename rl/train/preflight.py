@@ -44,7 +44,7 @@ from jax.sharding import Mesh
 
 from r1jax.errors import UserError
 from r1jax.model.factory import abstract_policy
-from r1jax.model.tokenizer import TokenizerLike, render_prompt
+from r1jax.model.tokenizer import TokenizerLike, check_template_vars, render_prompt
 from r1jax.rl.checkpoint import load_config
 from r1jax.rl.config import Config, stage_config
 from r1jax.rl.config_checks import context_overflow
@@ -313,6 +313,7 @@ def check_prompt_lengths(config: Config, tokenizer: TokenizerLike, prompts: Sequ
         return
     template, template_vars = config.tokenizer.template, config.tokenizer.template_vars
     try:
+        check_template_vars(tokenizer, template, template_vars)
         lengths = [len(render_prompt(tokenizer, template, p, template_vars)) for p in prompts]
     except UserError as err:  # no chat template, or one that fails to render: it names the file
         raise UserError(f"tokenizer.template={template!r} ({what}): {err}") from None

@@ -130,14 +130,18 @@ def test_a_dtype_naming_no_float_type_is_named_with_the_accepted_ones(key, value
     with pytest.raises(UserError) as err:
         from_hf_config(config, source="hf/config.json")
     assert str(err.value).startswith(f"hf/config.json: {key} is {json.dumps(value)} (expected one of \"float32\", "
-                                     '"bfloat16", "float16", "float64" or null')
+                                     '"bfloat16", "float16", "float64", "float8_e4m3fn", "float8_e5m2" or null')
 
 
 @pytest.mark.parametrize("value, param_dtype", [("float32", "float32"), ("bfloat16", "bfloat16"),
-                                                ("float16", "float32"), ("float64", "float32"), (None, "float32")])
+                                                ("float16", "float32"), ("float64", "float32"), (None, "float32"),
+                                                ("float8_e4m3fn", "float32"), ("float8_e5m2", "float32")])
 def test_the_dtypes_transformers_stores_import_in_the_float_type_that_holds_them(value, param_dtype):
     """float16 widens to float32 exactly; float64 is rounded to float32, with a note; no dtype is float32.
-    Block-wise fp8 checkpoints state the dtype of their other tensors (DeepSeek-V3's: bfloat16)."""
+    Block-wise fp8 checkpoints state the dtype of their other tensors (DeepSeek-V3's: bfloat16), or their fp8
+    type (transformers takes any torch dtype; such configs are on the Hub): float32 then, as before 2026-12-06."""
+    if value is not None:
+        assert str(transformers.Qwen3MoeConfig(dtype=value).dtype) == f"torch.{value}"  # a dtype transformers takes
     config = hub(QWEN, dtype=value, torch_dtype=None)
     cfg, notes = from_hf_config(config)
     assert cfg.param_dtype == param_dtype

@@ -3,11 +3,12 @@ run (parameters' shapes and meaning) and which it may differ in (how the model r
 a resume must share."""
 
 import dataclasses
+import logging
 
 import pytest
 
 from r1jax.errors import UserError
-from r1jax.rl.config import load_config
+from r1jax.rl.config import config_from_dicts, load_config, stored_config, to_dict
 from r1jax.rl.train.checkpointing import _RUNTIME_FIELDS, check_compatible
 
 
@@ -78,3 +79,21 @@ def test_config_changes_name_a_list_of_values_whole_and_each_setting_of_an_added
     assert {"stages.1.lr: absent -> None", "stages.1.teacher: absent -> None", "stages.1.steps: absent -> 100",
             "stages.1.kind: absent -> 'grpo'"} <= set(added)
     assert not [line for line in added if not line.startswith("stages.1.")], added
+
+
+@pytest.mark.parametrize("template", ["r1_zero", "none"])
+def test_a_stored_config_with_variables_no_template_reads_still_loads_without_them(saved, template, caplog):
+    """Before 2026-12-06 tokenizer.template_vars beside r1_zero / none were accepted and ignored; the config now
+    refuses them, and an override cannot remove them (overrides merge): a checkpoint's stored config drops them
+    with a warning, so that it still resumes, evaluates and exports. Beside chat they stay."""
+    stored = to_dict(saved)
+    stored["tokenizer"] = {**stored["tokenizer"], "template": template, "template_vars": {"enable_thinking": False}}
+    with pytest.raises(UserError, match="tokenizer.template_vars"):
+        config_from_dicts(stored)
+    with caplog.at_level(logging.WARNING):
+        config = stored_config(stored, source="checkpoint ck/4 config")
+    assert config.tokenizer.template == template and config.tokenizer.template_vars == {}
+    assert "checkpoint ck/4 config: tokenizer.template_vars ['enable_thinking'] are dropped" in caplog.text
+    assert stored["tokenizer"]["template_vars"] == {"enable_thinking": False}  # the caller's dict is left as it was
+    stored["tokenizer"]["template"] = "chat"
+    assert stored_config(stored, source="ck").tokenizer.template_vars == {"enable_thinking": False}

@@ -224,7 +224,11 @@ def test_a_derived_worked_solution_earns_the_rewards_it_trains_for(tmp_path, ans
     # a field left unmapped reads the column of its own name, which the mapping gave another field
     (["data.fields.prompt=answer"], "data.fields.prompt='answer' is the column answer reads by its own name "
                                     "(unmapped): each problem field reads a column of its own"),
-    (["data.fields.answer=task"], "data.fields.answer='task' is the column task reads by its own name"),
+    (["data.fields.answer=task"], "data.fields.answer='task' is the column task reads by its own name (unmapped): "
+                                  "each problem field reads a column of its own (only answer and solution may share "
+                                  "one: the answer's text gives the worked solution); map data.fields.task to another "
+                                  "column (one the file lacks: every row's task is then the default task)"),
+    (["data.fields.task=prompt"], "map data.fields.prompt to another column$"),  # no such advice for a prompt
     (["data.fields.prompt=x", "data.fields.answer=x", "data.fields.solution=x"], "data.fields.prompt and "
                                                                                   "data.fields.answer both name"),
 ])
