@@ -109,16 +109,19 @@ def test_tail_slots_need_continuous_batching_and_fewer_slots():
 
 
 def test_sampled_completions_do_not_depend_on_the_slot_count():
+    """3 slots against 4, then 2, then 1 (rows stopping at different steps, so slots are reused in another
+    order): the programs of the greedy test above (DeepSeek), sampled; a row's draws are keyed by its prompt,
+    sample and token index, never by the slot it ran in."""
     state, sampler = make("deepseek_v3")
-    key = jax.random.key(3)
-    one, tail = (arrays(sampler.generate(state, PROMPTS, samples=3, key=key, temperature=1.0, **slots))
-                 for slots in (dict(slots=1), dict(slots=5, tail_slots=(2,))))  # 5 slots, then 2
-    assert np.array_equal(tail["tokens_BT"], one["tokens_BT"])
-    np.testing.assert_allclose(tail["logprobs_BN"], one["logprobs_BN"], atol=1e-5)
-    completions = one["tokens_BT"][:, 8:]
+    options = dict(samples=2, temperature=1.0, row_max_new=ROW_MAX_NEW, keep_logits=True)
+    three, tail = (arrays(sampler.generate(state, PROMPTS, key=jax.random.key(3), **options, **slots))
+                   for slots in (dict(slots=3), dict(slots=4, tail_slots=(1, 2))))
+    assert np.array_equal(tail["tokens_BT"], three["tokens_BT"])
+    np.testing.assert_allclose(tail["logprobs_BN"], three["logprobs_BN"], atol=1e-5)
+    completions = three["tokens_BT"][:, 8:]
     assert len({tuple(row) for row in completions}) > len(PROMPTS)  # the samples of a prompt differ
-    other = sampler.generate(state, PROMPTS, samples=3, key=jax.random.key(4), temperature=1.0, slots=1)
-    assert not np.array_equal(np.asarray(other.tokens_BT), one["tokens_BT"])  # the one-slot program, another key
+    other = sampler.generate(state, PROMPTS, key=jax.random.key(4), **options, slots=3)
+    assert not np.array_equal(np.asarray(other.tokens_BT), three["tokens_BT"])  # the 3-slot program, another key
 
 
 def test_a_stop_id_frees_the_slot_and_pads_after_it():
