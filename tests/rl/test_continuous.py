@@ -125,16 +125,26 @@ def test_sampled_completions_do_not_depend_on_the_slot_count():
 
 
 def test_a_stop_id_frees_the_slot_and_pads_after_it():
+    """The id row 2 (prompt 1, sample 0) drew third in the greedy test's fixed batch (Qwen3) made a stop id: with
+    3 slots each row ends at its first stop id or its `row_max_new`, whichever comes first, padded after; its
+    tokens up to there are the fixed batch's (the greedy test's programs, the fixed batch's without a stop)."""
     state, sampler = make("qwen3_moe")
-    # prompt 1 alone (the greedy test's one-prompt program): the batch's row 1 is the same
-    greedy = sampler.generate(state, PROMPTS[1:2], temperature=0.0)
-    first = int(np.asarray(greedy.completion_BN)[0, 2])  # make row 1's third token a stop id
-    stopping = Sampler(sampler.graphdef, CONFIG, stop_ids=(first,), pad_id=0)
-    fixed = arrays(stopping.generate(state, PROMPTS, temperature=0.0))
-    ours = arrays(stopping.generate(state, PROMPTS, temperature=0.0, slots=2))
-    assert fixed["lengths_B"][1] <= 3
-    for name in ("tokens_BT", "lengths_B", "valid_BT"):
-        assert np.array_equal(ours[name], fixed[name]), name
+    options = dict(samples=2, temperature=0.0, row_max_new=ROW_MAX_NEW, keep_logits=True)
+    free = arrays(sampler.generate(state, PROMPTS, **options))  # no row drew the stop id 3
+    width = CONFIG.max_new_tokens
+    stop = int(free["tokens_BT"][2, -width + 2])
+    stopping = Sampler(sampler.graphdef, CONFIG, stop_ids=(stop,), pad_id=0)
+    ours = arrays(stopping.generate(state, PROMPTS, **options, slots=3))
+    lengths = []
+    for row, limit in zip(free["tokens_BT"][:, -width:], ROW_MAX_NEW):
+        hits = np.flatnonzero(row[:limit] == stop)
+        lengths.append(int(hits[0]) + 1 if hits.size else limit)
+    assert lengths[2] == 3 and ours["lengths_B"].tolist() == lengths
+    kept = np.arange(width)[None, :] < np.asarray(lengths)[:, None]
+    assert np.array_equal(ours["tokens_BT"][:, -width:], np.where(kept, free["tokens_BT"][:, -width:], 0))
+    assert np.array_equal(ours["valid_BT"][:, -width:], kept)
+    assert np.array_equal(ours["tokens_BT"][:, :-width], free["tokens_BT"][:, :-width])  # the prompts
+    assert np.array_equal(ours["valid_BT"][:, :-width], free["valid_BT"][:, :-width])
 
 
 def test_sharded_continuous_batching_equals_unsharded():
