@@ -77,20 +77,36 @@ def _first_stop_lengths(completion_BN, stop_ids, cut):
     return lengths
 
 
+def _cut(rollout, lengths):
+    """`rollout` (run to the budget) as a fixed batch that ended row r after lengths[r] tokens gives it: pads,
+    invalid, position clamped and log-prob 0 after; the loop run to the longest row (test_sampler.py's stop
+    tests check the fixed batch's stops so)."""
+    lengths = np.asarray(lengths, np.int32)
+    tokens, valid = np.asarray(rollout.tokens_BT), np.asarray(rollout.valid_BT)
+    p = rollout.prompt_length
+    kept_BN = np.arange(tokens.shape[1] - p)[None, :] < lengths[:, None]
+    valid = np.concatenate([valid[:, :p], kept_BN], axis=1)
+    return rollout._replace(
+        tokens_BT=np.concatenate([tokens[:, :p], np.where(kept_BN, tokens[:, p:], 0)], axis=1), valid_BT=valid,
+        positions_BT=np.maximum(np.cumsum(valid, axis=1) - 1, 0), lengths_B=lengths,
+        logprobs_BN=np.where(kept_BN, np.asarray(rollout.logprobs_BN), 0.0), steps=lengths.max())
+
+
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def reference(request):
     """One family's one-loop rollouts (G = 2, a fixed key), sampled (temperature 0.7) and greedy (the same
-    programs): run to the budget, and stopped at the ids row 0 drew at completion slot 11 in either (inside the
-    second phase) with rows cut by `CUT`. The phased and continuous-batching tests compare against these."""
+    program), run to the budget; the ids row 0 drew at completion slot 11 in either (inside the second phase)
+    as stop ids; and the rollouts stopped at those with rows cut by `CUT`, each to-the-budget rollout cut after
+    each row's first stop id or its cut (`_cut`: an independent reference, no second program). The phased and
+    continuous-batching tests compare against these."""
     family = request.param
     to_budget = {t: _rollouts(family, ONE_LOOP, samples=2, temperature=t, ignore_eos=True) for t in (0.7, 0.0)}
     stop_ids = tuple(sorted({int(np.asarray(r.completion_BN)[0, 11]) for r in to_budget.values()}))
     stopped = {}
     for t, rollout in to_budget.items():
-        stopped[t] = _rollouts(family, ONE_LOOP, stop_ids=stop_ids, samples=2, temperature=t, row_max_new=CUT)
         lengths = _first_stop_lengths(rollout.completion_BN, stop_ids, CUT)
-        assert np.array_equal(np.asarray(stopped[t].lengths_B), lengths)
         assert lengths[0] <= 12 and max(lengths) > 16  # row 0 stops in phase 2; a row runs into phase 3
+        stopped[t] = _cut(rollout, lengths)
     return family, to_budget, stop_ids, stopped
 
 
