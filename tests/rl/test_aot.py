@@ -37,7 +37,7 @@ def _config_file(tmp_path):
     body = {"model": model,
             "sharding": {"data": 1, "fsdp": 2, "expert": 2, "tensor": 1, "preset": "fsdp_expert"},
             "grpo": {"prompts_per_step": 2, "group_size": 4, "kl_coef": 0.01},
-            "sampling": {"max_new_tokens": 8, "prompt_buckets": [8, 16]}}
+            "sampling": {"max_new_tokens": 16, "prompt_buckets": [8, 16]}}
     path = tmp_path / "tiny_aot.yaml"
     path.write_text(yaml.safe_dump(body))
     return str(path)
@@ -64,8 +64,8 @@ def test_tiny_grpo_step_fits_a_v5p_slice(report):
     code, r = report
     assert code == 0 and r["fits"] is True
     assert r["mesh_shape"] == {"data": 1, "fsdp": 2, "expert": 2, "tensor": 1}
-    assert r["workload"] == {"prompts": 2, "group_size": 4, "prompt_len": 16, "new_tokens": 8, "micro_batches": 1,
-                             "slots": 0, "kv_block": 0, "tail_slots": [], "cache_phases": 1, "rows": 8, "seq_len": 24}
+    assert r["workload"] == {"prompts": 2, "group_size": 4, "prompt_len": 16, "new_tokens": 16, "micro_batches": 1,
+                             "slots": 0, "kv_block": 0, "tail_slots": [], "cache_phases": 1, "rows": 8, "seq_len": 32}
     assert r["hbm_source"] == "compiler" and 90 * GIB < r["hbm_bytes"] < 100 * GIB  # v5p: 95 GiB per chip
     assert set(r["programs"]) == {"sampler", "reference", "update"}
     for stats in r["programs"].values():
@@ -198,8 +198,8 @@ def test_the_report_estimates_the_update_step_per_chip(report):
                                                    "collective-permute"}
     assert u["collective_bytes_per_chip"]["all-gather"] > 0  # the fsdp mesh gathers the weights
     assert u["flops_per_chip"] > 0 and u["hbm_bytes_per_chip"] > 0
-    # the model's own FLOPs (8 rows of 24 tokens, forward + backward), split over the 4 chips
-    assert u["model_flops_per_chip"] == train_step_flops(MODEL, 8, 24) / 4
+    # the model's own FLOPs (8 rows of 32 tokens, forward + backward), split over the 4 chips
+    assert u["model_flops_per_chip"] == train_step_flops(MODEL, 8, 32) / 4
     peak = u["chip"]["peak_flops"]
     assert u["est_step_s"] == pytest.approx(max(u["est_compute_s"], u["est_hbm_s"]) + u["est_collective_s"])
     assert u["est_mfu"] == pytest.approx(u["model_flops_per_chip"] / (u["est_step_s"] * peak))
@@ -286,16 +286,16 @@ def test_continuous_batching_reports_the_slots_and_their_cache(config_path):
     d = r["decode"]
     assert d["est_tokens_per_s_per_chip"] == pytest.approx(4 / d["est_step_s"] / 4)  # 4 slots, 4 chips
     assert "one token for each of 4 rows" in describe(r)  # a step's rows are the slots (it said the batch's 8)
-    # the slots' caches (24 long) and the prompts' (16 long), MLA's latent + rope key, float32, 2 layers;
+    # the slots' caches (32 long) and the prompts' (16 long), MLA's latent + rope key, float32, 2 layers;
     # rows are not split: the inference layout's batch axes have one device
     entry = (MODEL.kv_lora_rank + MODEL.qk_rope_head_dim) * 4
-    assert r["breakdown"]["kv_cache"] == MODEL.num_hidden_layers * (4 * 24 + 2 * 16) * entry
-    # a decode step reads the slots' caches up to the mean live length, 16 + 8 // 2 = 20 (5 blocks of 4),
+    assert r["breakdown"]["kv_cache"] == MODEL.num_hidden_layers * (4 * 32 + 2 * 16) * entry
+    # a decode step reads the slots' caches up to the mean live length, 16 + 16 // 2 = 24 (6 blocks of 4),
     # and a quarter of the weights (float32, the one MoE layer's routing bias included; not the untied
     # embedding table, of which a step gathers a row per token)
     embedding = 0 if MODEL.tie_word_embeddings else MODEL.vocab_size * MODEL.hidden_size
     weights = (count_params(MODEL)["params_total"] + MODEL.n_routed_experts - embedding) * 4
-    assert d["hbm_read_limit_bytes"] == weights // 4 + MODEL.num_hidden_layers * 4 * 20 * entry
+    assert d["hbm_read_limit_bytes"] == weights // 4 + MODEL.num_hidden_layers * 4 * 24 * entry
 
 
 def test_the_prompts_prefilled_caches_count_whole_on_every_device_under_continuous_batching(config_path):
@@ -306,8 +306,8 @@ def test_the_prompts_prefilled_caches_count_whole_on_every_device_under_continuo
     setup = make_setup(config, parse_topology("v5p:2x2x1"), config.sharding, workload_for(config, prompt_len=16))
     layout = sampler_layout(setup, 95 * GIB)[0]
     entry = (MODEL.kv_lora_rank + MODEL.qk_rope_head_dim) * 4  # MLA's latent + rope key, float32
-    # 4 slots of 16 + 8 positions, one per device; the 4 prompts of 16 positions, all on every device
-    assert aot.kv_cache_bytes(setup, layout) == MODEL.num_hidden_layers * (1 * 24 + 4 * 16) * entry
+    # 4 slots of 16 + 16 positions, one per device; the 4 prompts of 16 positions, all on every device
+    assert aot.kv_cache_bytes(setup, layout) == MODEL.num_hidden_layers * (1 * 32 + 4 * 16) * entry
 
 
 def _sampler_decode(config_path, *overrides, new_tokens: int):
@@ -319,10 +319,11 @@ def _sampler_decode(config_path, *overrides, new_tokens: int):
     return aot.compile_sampler(setup, layout).decode, aot.kv_cache_bytes(setup, layout, read=True)
 
 
-def test_decode_phases_are_read_by_their_share_of_the_steps(config_path):
+def test_decode_phases_are_read_by_their_share_of_the_steps(config_path, report):
     """`sampling.cache_phases: 2` over 16 new tokens: two decode loops over caches of 16 + 8 and 16 + 16 slots,
     each half the steps; a step reads the mean, 16 + 12 = 28 slots of each row's cache, where the one loop
-    reads all 32 at every step."""
+    reads all 32 at every step. (The one loop's sampler is the report's, compiled once per process:
+    sharding.compile_stats; the config's 16 new tokens are the fewest that make two phases of 8.)"""
     one, one_read = _sampler_decode(config_path, new_tokens=16)
     phased, phased_read = _sampler_decode(config_path, "sampling.cache_phases=2", new_tokens=16)
     entry = (MODEL.kv_lora_rank + MODEL.qk_rope_head_dim) * 4  # MLA's latent + rope key, float32
@@ -359,7 +360,7 @@ def test_a_sampler_on_devices_of_its_own_compiles_there_and_leaves_the_trainer_t
     assert "per sampler chip: kv_cache " in text and "per trainer chip: parameters " in text
     assert re.search(r"sampler +[0-9.]+ GiB alone on its chips", text)
     # per-chip figures over each program's own chips
-    assert r["update"]["model_flops_per_chip"] == pytest.approx(train_step_flops(MODEL, 8, 24) / 4)
+    assert r["update"]["model_flops_per_chip"] == pytest.approx(train_step_flops(MODEL, 8, 32) / 4)
     d = r["decode"]
     assert d["est_tokens_per_s_per_chip"] == pytest.approx(8 / d["est_step_s"] / 4)
     # a share the hosts cannot split evenly is the run's own error, naming the counts that fit
