@@ -91,17 +91,26 @@ def _loss(graphdef):
     return jax.grad(loss)
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-@pytest.mark.parametrize("mesh_shape", [(2, 2, 2, 1), (1, 2, 2, 2)], ids=lambda s: "x".join(map(str, s)))
-def test_sharded_gradient_equals_single_device(family, mesh_shape):
-    graphdef, state, tokens, valid, expected = single_device(family, "gradient")
-    probe = _probe(FAMILIES[family])
+@functools.cache
+def sharded_gradient(family: str, mesh_shape: tuple[int, ...]):
+    """(the sharded gradient, its compiled program's text) of a family on a mesh, compiled once: the gradient
+    test and the reduce-scatter test read the same program (each compile of it took about 8 s)."""
+    graphdef, state, tokens, valid, _ = single_device(family, "gradient")
     mesh = build_mesh(ShardingConfig(*mesh_shape))
     rules = Rules.preset("fsdp_expert_tensor")
     sharded_state = jax.device_put(state, state_shardings(state, mesh, rules))
     batch = NamedSharding(mesh, P(("data", "fsdp", "expert")))
+    args = (sharded_state, *(jax.device_put(x, batch) for x in (tokens, valid, _probe(FAMILIES[family]))))
     with use_mesh(mesh, rules):
-        got = jax.jit(_loss(graphdef))(sharded_state, *(jax.device_put(x, batch) for x in (tokens, valid, probe)))
+        compiled = jax.jit(_loss(graphdef)).lower(*args).compile()
+        return compiled(*args), compiled.as_text()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("mesh_shape", [(2, 2, 2, 1), (1, 2, 2, 2)], ids=lambda s: "x".join(map(str, s)))
+def test_sharded_gradient_equals_single_device(family, mesh_shape):
+    expected = single_device(family, "gradient")[-1]
+    got, _ = sharded_gradient(family, mesh_shape)
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(expected)):
         scale = max(1.0, float(np.abs(np.asarray(b)).max()))
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5 * scale, rtol=0,
@@ -118,16 +127,8 @@ def test_the_experts_weight_gradient_is_reduce_scattered_to_each_devices_shard()
     """The dispatch gathers the experts' hidden axis (FSDP) inside its shard_map: the gradient goes back by a
     reduce-scatter over fsdp and a sum over data of each device's shard. Gathered outside, it was an
     all-reduce of the whole [local experts, D, F] gradient (twice a reduce-scatter's interconnect bytes)."""
-    family = "qwen3_moe"
-    cfg = FAMILIES[family]
-    graphdef, state, tokens, valid, _ = single_device(family, "gradient")
-    mesh = build_mesh(ShardingConfig(2, 2, 2, 1))  # data, fsdp, expert, tensor
-    rules = Rules.preset("fsdp_expert_tensor")
-    sharded_state = jax.device_put(state, state_shardings(state, mesh, rules))
-    batch = NamedSharding(mesh, P(("data", "fsdp", "expert")))
-    with use_mesh(mesh, rules):
-        text = jax.jit(_loss(graphdef)).lower(
-            sharded_state, *(jax.device_put(x, batch) for x in (tokens, valid, _probe(cfg)))).compile().as_text()
+    cfg = FAMILIES["qwen3_moe"]
+    _, text = sharded_gradient("qwen3_moe", (2, 2, 2, 1))  # data, fsdp, expert, tensor
     e, d, f = cfg.n_routed_experts // 2, cfg.hidden_size, cfg.moe_intermediate_size
     whole = {f"f32[{e},{d},{f}]", f"f32[{e},{f},{d}]"}
     shards = {f"f32[{e},{d // 2},{f}]", f"f32[{e},{f},{d // 2}]"}  # gate and up; down
