@@ -81,7 +81,7 @@ CASES = {  # name: (damage(directory) -> the file the error names, what it says)
     "config_is_a_list": (write("config.json", "[]"), "expected a JSON object ({...}), found a list"),
     "hidden_size_a_string": (string_hidden_size, 'hidden_size is "32" (expected an integer)'),
     "dtype_unknown": (unknown_dtype, 'dtype is "banana" (expected one of "float32", "bfloat16", "float16", '
-                                     '"float64" or null'),
+                                     '"float64", "float8_e4m3fn", "float8_e5m2" or null'),
 }
 
 
