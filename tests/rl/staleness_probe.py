@@ -7,9 +7,11 @@ cache, so the programs they have in common compile once):
 - `python -m tests.rl.staleness_probe both DIR SEQUENTIAL_DIR ARGS...` runs `r1jax ARGS... --run-dir DIR`, then
   in the same process `sequential`'s run into SEQUENTIAL_DIR (the second run reuses the first's traced and
   compiled programs: one process start and one tracing of the trainer instead of two);
-- `python -m tests.rl.staleness_probe both-then-watch DIR SEQUENTIAL_DIR WATCH_DIR OUT SIGNAL STEP OPTIONS ARGS...`
-  runs `both`'s two runs of `r1jax ARGS... OPTIONS...` (OPTIONS: a JSON list), then in the same process
-  `watch`'s run of `r1jax ARGS... --run-dir WATCH_DIR` (reusing the programs the first two traced);
+- `python -m tests.rl.staleness_probe both-then-watch DIR SEQUENTIAL_DIR WATCH_DIR OUT SIGNAL STEP OPTIONS AHEAD
+  ARGS...` runs `both`'s two runs of `r1jax ARGS... OPTIONS...` (OPTIONS: a JSON list), then (AHEAD: JSON,
+  {"dir", "out", "options"} or null) `r1jax ARGS... OPTIONS... --run-dir DIR` recording as `record_ahead` does
+  into OUT, then in the same process `watch`'s run of `r1jax ARGS... --run-dir WATCH_DIR` (each run reusing the
+  programs the runs before it traced);
 - `python -m tests.rl.staleness_probe watch OUT SIGNAL STEP ARGS...` runs `r1jax ARGS...` as
   tests/rl/signal_at_step.py does (SIGNAL after the row of global step STEP) and writes one JSON line per
   GRPO update to OUT, found without the trainer's own bookkeeping: which generate call sampled the batch
@@ -154,8 +156,39 @@ def record_groups(out_path: str) -> None:
     Sampler.generate, UpdateStage.update = recorded_generate, recorded_update
 
 
+def record_ahead(out_path: str) -> None:
+    """Wrap stage_grpo._draw, stage_grpo.behaviour_logp and UpdateStage.update to write one JSON line to OUT per
+    batch drawn (its `ahead`), per behaviour log-probs computed and per update (a digest of the log-probs, of the
+    update's `old_logp`: equal digests, equal shapes, dtypes and bytes)."""
+    draw, behaviour, update = stage_grpo._draw, stage_grpo.behaviour_logp, UpdateStage.update
+
+    def write(line: dict) -> None:
+        with open(out_path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+    def digest(x) -> str:
+        x = np.ascontiguousarray(np.asarray(x))
+        return f"{x.dtype}{list(x.shape)}:{hashlib.sha1(x.tobytes()).hexdigest()}"
+
+    def recorded_draw(*args, **kwargs):
+        write({"call": "draw", "ahead": kwargs.get("ahead")})
+        return draw(*args, **kwargs)
+
+    def recorded_behaviour(*args, **kwargs):
+        logp = behaviour(*args, **kwargs)
+        write({"call": "behaviour", "logp": digest(logp)})
+        return logp
+
+    def recorded_update(self, batch, *args, **kwargs):
+        write({"call": "update", "old_logp": digest(batch["old_logp"])})
+        return update(self, batch, *args, **kwargs)
+
+    stage_grpo._draw, stage_grpo.behaviour_logp, UpdateStage.update = recorded_draw, recorded_behaviour, recorded_update
+
+
 # what the probes wrap: put back before each run of a series (signal_at_step.run_in_turn)
-WRAPPED = ((MetricsWriter, "write"), (Sampler, "generate"), (UpdateStage, "update"), (STAGE_RUNNERS, "grpo"))
+WRAPPED = ((MetricsWriter, "write"), (Sampler, "generate"), (UpdateStage, "update"), (STAGE_RUNNERS, "grpo"),
+           (stage_grpo, "_draw"), (stage_grpo, "behaviour_logp"))
 
 
 def use_sequential_grpo() -> None:
@@ -185,10 +218,14 @@ def groups_series(spec: list[dict]) -> int:
 
 
 def both_then_watch(run_dir: str, sequential_dir: str, args: list[str], options: list[str],
-                    watch: tuple[str, str, str, int] | None = None) -> int:
-    """`both`'s two runs and (`watch`: WATCH_DIR, OUT, SIGNAL, STEP) `watch`'s run after them."""
+                    watch: tuple[str, str, str, int] | None = None, ahead: dict | None = None) -> int:
+    """`both`'s two runs, (`ahead`: {"dir", "out", "options"}) a run recorded by `record_ahead`, and (`watch`:
+    WATCH_DIR, OUT, SIGNAL, STEP) `watch`'s run after them."""
     runs = [SeriesRun([*args, *options, "--run-dir", run_dir]),
             SeriesRun([*args, *options, "--run-dir", sequential_dir], arm=use_sequential_grpo)]
+    if ahead is not None:
+        runs.append(SeriesRun([*args, *ahead["options"], "--run-dir", ahead["dir"]],
+                              arm=functools.partial(record_ahead, ahead["out"])))
     if watch is not None:
         watch_dir, *probe = watch
         runs.append(SeriesRun([*args, "--run-dir", watch_dir], arm=functools.partial(arm_watch, *probe)))
@@ -201,8 +238,9 @@ if __name__ == "__main__":
     if sys.argv[1] == "both":
         sys.exit(both_then_watch(sys.argv[2], sys.argv[3], sys.argv[4:], []))
     if sys.argv[1] == "both-then-watch":
-        (run_dir, sequential_dir, watch_dir, out, sig, step, options), args = sys.argv[2:9], sys.argv[9:]
-        sys.exit(both_then_watch(run_dir, sequential_dir, args, json.loads(options), (watch_dir, out, sig, int(step))))
+        (run_dir, sequential_dir, watch_dir, out, sig, step, options, ahead), args = sys.argv[2:10], sys.argv[10:]
+        sys.exit(both_then_watch(run_dir, sequential_dir, args, json.loads(options), (watch_dir, out, sig, int(step)),
+                                 json.loads(ahead)))
     if sys.argv[1] in ("run", "sequential"):
         if sys.argv[1] == "sequential":
             use_sequential_grpo()

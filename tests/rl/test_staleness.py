@@ -69,19 +69,26 @@ def test_max_staleness_with_dynamic_sampling_is_refused():
         load_config(CONFIG, ["grpo.dynamic_sampling=true"])
 
 
+AHEAD_OPTIONS = ["stages.0.steps=3", "grpo.num_iterations=2", "checkpoint.every=100", "eval.every=0"]
+
+
 @pytest.fixture(scope="module")
 def probed_runs(tmp_path_factory):
-    """One process for the two tests below (staleness_probe.py's `both-then-watch`): max_staleness 0 over 3
-    steps, as the trainer runs it and as the sequential loop did, then CONFIG (max_staleness 1) watched and
-    killed (SIGKILL) right after the row of its last step. The later runs reuse the earlier ones' programs:
-    one process start and one tracing instead of two. (exit code, stderr, {name: run directory}, probe file)."""
+    """One process for three tests, the two below and the last (staleness_probe.py's `both-then-watch`):
+    max_staleness 0 over 3 steps, as the trainer runs it and as the sequential loop did, then CONFIG at
+    max_staleness 1 over 3 steps with mu = 2 (AHEAD_OPTIONS) recorded by `record_ahead`, then CONFIG
+    (max_staleness 1) watched and killed (SIGKILL) right after the row of its last step. The later runs reuse
+    the earlier ones' programs: one process start and one tracing instead of three (the mu = 2 run was an
+    in-process Trainer of the test process's 8 devices, compiling its own programs).
+    (exit code, stderr, {name: run directory}, {name: probe file})."""
     root = tmp_path_factory.mktemp("staleness")
-    dirs = {name: root / name for name in ("pipelined", "sequential", "killed")}
-    probe = root / "probe.jsonl"
+    dirs = {name: root / name for name in ("pipelined", "sequential", "killed", "ahead")}
+    probes = {name: root / f"{name}.jsonl" for name in ("killed", "ahead")}
     options = ["grpo.max_staleness=0", "stages.0.steps=3", "checkpoint.every=100"]
-    code, err = run(None, "both-then-watch", *map(str, dirs.values()), str(probe), "KILL", str(STEPS),
-                    json.dumps(options))
-    return code, err, dirs, probe
+    ahead = {"dir": str(dirs["ahead"]), "out": str(probes["ahead"]), "options": AHEAD_OPTIONS}
+    code, err = run(None, "both-then-watch", *(str(dirs[name]) for name in ("pipelined", "sequential", "killed")),
+                    str(probes["killed"]), "KILL", str(STEPS), json.dumps(options), json.dumps(ahead))
+    return code, err, dirs, probes
 
 
 def test_max_staleness_0_is_the_sequential_loop_to_the_last_digit(probed_runs):
@@ -104,8 +111,8 @@ def test_max_staleness_1_samples_with_the_previous_weights_and_resumes_exactly_a
     update's batch sampled one generate call ahead by the weights of one update before, with `old_logp`
     those weights' log-probs: what the ratio, TIS and the token mask compare. The resumed run's rows 3 and
     4 are the killed run's."""
-    code, err, dirs, probe = probed_runs
-    run_dir = dirs["killed"]
+    code, err, dirs, probes = probed_runs
+    run_dir, probe = dirs["killed"], probes["killed"]
     assert code == -signal.SIGKILL, err[-3000:]
     killed = metrics_rows(run_dir)
     assert [r["global_step"] for r in killed] == [1, 2, 3, 4] and latest_checkpoint(run_dir) == 2
@@ -185,26 +192,17 @@ def test_the_staleness_benchmark_config_passes_the_evaluation_judges_check(prese
     assert all(w == 0.0 for w in config.rewards.weights[1:]) and config.grpo.max_staleness == 1
 
 
-def test_sampling_ahead_draws_no_batch_past_the_stages_end_and_updates_against_its_sampling_weights(
-        tmp_path, monkeypatch):
+def test_sampling_ahead_draws_no_batch_past_the_stages_end_and_updates_against_its_sampling_weights(probed_runs):
     """max_staleness 1 over 3 steps: 3 batches drawn, one per step (a 4th, for a step the stage does not have,
     would be sampled and scored for nothing, and move the stage's saved data position past it). With mu = 2, each
     update's `old_logp` is its batch's behaviour log-probs (the weights that sampled it, rl.train.ahead), not the
-    log-probs under the policy of the update's start, which has moved twice since the batch was sampled."""
-    from r1jax.rl.train import stage_grpo
-    from r1jax.rl.train.trainer import Trainer
-    from r1jax.rl.train.update_stage import UpdateStage
-
-    drawn, behaviour, updated_on = [], [], []
-    real_draw, real_logp, real_update = stage_grpo._draw, stage_grpo.behaviour_logp, UpdateStage.update
-    monkeypatch.setattr(stage_grpo, "_draw", lambda *a, **k: drawn.append(k.get("ahead")) or real_draw(*a, **k))
-    monkeypatch.setattr(stage_grpo, "behaviour_logp",
-                        lambda *a, **k: behaviour.append(real_logp(*a, **k)) or behaviour[-1])
-    monkeypatch.setattr(UpdateStage, "update", lambda self, batch, *a, **k: updated_on.append(
-        np.asarray(batch["old_logp"])) or real_update(self, batch, *a, **k))
-    Trainer(load_config(CONFIG, ["stages.0.steps=3", "grpo.num_iterations=2", "checkpoint.every=100",
-                                 "eval.every=0"]), tmp_path / "run").run()
-    assert len(drawn) == 3 and [r["staleness"] for r in metrics_rows(tmp_path / "run")] == [0, 1, 1]
+    log-probs under the policy of the update's start, which has moved twice since the batch was sampled. The
+    probe process's third run (AHEAD_OPTIONS), recorded by staleness_probe.record_ahead: the log-probs by digest."""
+    _, err, dirs, probes = probed_runs
+    assert (dirs["ahead"] / "summary.json").exists(), err[-3000:]
+    lines = [json.loads(line) for line in probes["ahead"].read_text().splitlines()]
+    calls = lambda call, key: [line[key] for line in lines if line["call"] == call]
+    drawn, behaviour, updated_on = calls("draw", "ahead"), calls("behaviour", "logp"), calls("update", "old_logp")
+    assert len(drawn) == 3 and [r["staleness"] for r in metrics_rows(dirs["ahead"])] == [0, 1, 1]
     assert len(behaviour) == len(updated_on) == 3
-    for sampled, used in zip(behaviour, updated_on):
-        np.testing.assert_array_equal(used, np.asarray(sampled))
+    assert updated_on == behaviour  # bitwise, batch by batch
