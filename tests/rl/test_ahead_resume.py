@@ -4,6 +4,8 @@ drawn again in order; the batches that still match are kept; a queue longer than
 said in a log line. The unit tests restore a checkpoint's meta with stand-ins for the reads; the end-to-end one
 runs tests/rl/data/stale_tiny.yaml at max_staleness 2 in a real process (tests/rl/staleness_probe.py)."""
 
+import copy
+import functools
 import json
 import subprocess
 import sys
@@ -51,6 +53,13 @@ def restore(entries, settings, with_experts=False):
 
 
 def settings(*overrides):
+    """The settings a batch records, for CONFIG under `overrides`: a fresh copy of each computed once (a
+    load_config costs ~0.1 s and the tests ask for the same ones ~20 times)."""
+    return copy.deepcopy(_settings(overrides))
+
+
+@functools.cache
+def _settings(overrides: tuple[str, ...]) -> dict:
     from r1jax.rl.train.ahead import sampled_under
 
     return sampled_under(load_config(CONFIG, list(overrides)))
