@@ -77,12 +77,16 @@ def test_blockwise_reads_nothing_past_the_live_slots(family):
 
 
 def test_sampler_with_blockwise_attention_equals_the_dense_sampler():
-    # deepseek_v3 (the default run's family); tests/rl/test_continuous.py samples qwen3_moe block-wise
+    """Greedy rollouts read block-wise (a 10-slot cache in blocks of 4: two and a half) equal the dense read's.
+    deepseek_v3 (the default run's family); tests/rl/test_continuous.py samples qwen3_moe block-wise. The dense
+    sampler's program is test_the_compiled_decode_loop_never_copies_a_whole_cache[deepseek_v3-True-0]'s (the
+    same shapes and options: compiled once in a session)."""
+    assert reads_blockwise(4 + 6, 4)
     graphdef, state = nnx.split(init_policy(FAMILIES["deepseek_v3"], seed=0))
-    prompts = [[5, 6, 7], [9, 10, 11, 12, 13, 14], [20]]
-    rollouts = {block: Sampler(graphdef, SamplingConfig(max_new_tokens=9, prompt_buckets=(8,), kv_block=block),
-                               stop_ids=(3,), pad_id=0).generate(state, prompts, samples=2, temperature=0.0)
-                for block in (0, 4)}
+    prompts = [[5, 6, 7], [9, 10, 11, 12], [20]]
+    config = SamplingConfig(max_new_tokens=6, prompt_buckets=(4,), top_p=0.99)  # top_p: the filters compiled
+    rollouts = {block: Sampler(graphdef, dataclasses.replace(config, kv_block=block), stop_ids=(3,), pad_id=0)
+                .generate(state, prompts, samples=2, temperature=0.0) for block in (0, 4)}
     assert np.array_equal(np.asarray(rollouts[4].tokens_BT), np.asarray(rollouts[0].tokens_BT))
     np.testing.assert_allclose(np.asarray(rollouts[4].logprobs_BN), np.asarray(rollouts[0].logprobs_BN), atol=1e-5)
 
@@ -116,9 +120,10 @@ def test_the_compiled_decode_loop_never_copies_a_whole_cache(family, scan_layers
     cfg = dataclasses.replace(FAMILIES[family], scan_layers=scan_layers)
     policy = init_policy(cfg, seed=0)
     graphdef, state = nnx.split(policy)
-    prompts, valid = jnp.full((2, 4), 5, jnp.int32), jnp.ones((2, 4), bool)
+    # 3 prompts x 2 samples, as test_sampler_with_blockwise_attention_equals_the_dense_sampler (one program)
+    prompts, valid = jnp.full((3, 4), 5, jnp.int32), jnp.ones((3, 4), bool)
     args = (jax.random.key(0), jnp.float32(1.0), jnp.int32(0), jnp.float32(1.0))
-    options = dict(max_new=6, samples=3, stop_ids=(3,), pad_id=0, ignore_eos=False)
+    options = dict(max_new=6, samples=2, stop_ids=(3,), pad_id=0, ignore_eos=False)
     generate = functools.partial(generate_continuous.lower, slots=slots) if slots else generate_padded.lower
     hlo = generate(graphdef, state, prompts, valid, *args, **options).compile().as_text()
     caches = policy.for_decoding().init_cache(6, 10)

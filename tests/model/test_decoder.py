@@ -1,6 +1,7 @@
 """Decoder behaviour: causality, padding, positions, dtype policy, remat, unrolled layers."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -41,59 +42,83 @@ def test_rotary_gathered_from_the_rows_positions_equals_the_direct_angles_and_ma
     equals cos and sin of the positions themselves to the bit, checked against NumPy's float64 too; a position
     outside [0, T) gives NaN where it lies, not a clipped angle."""
     positions_BT = jnp.asarray([[0, 0, 0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 0, 1, 2, 7]], jnp.int32)
-    direct = jax.jit(lambda p: rope_cos_sin(p, 1.0 / 10_000.0 ** (jnp.arange(0, 16, 2, dtype=jnp.float32) / 16)))(positions_BT)
-    gathered = jax.jit(lambda p: rope_cos_sin(p, 1.0 / 10_000.0 ** (jnp.arange(0, 16, 2, dtype=jnp.float32) / 16), within_rows=True))(positions_BT)
+    inv_freq = 1.0 / 10_000.0 ** (jnp.arange(0, 16, 2, dtype=jnp.float32) / 16)
+    direct = jax.jit(lambda p: rope_cos_sin(p, inv_freq))(positions_BT)
+    gathered = jax.jit(lambda p: rope_cos_sin(p, inv_freq, within_rows=True))(positions_BT)
     for a, b in zip(direct, gathered):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     angles = np.asarray(positions_BT, np.float64)[..., None] * 10_000.0 ** (-np.arange(0, 16, 2) / 16)
     np.testing.assert_allclose(np.asarray(gathered[0]), np.cos(np.concatenate([angles] * 2, -1)), atol=1e-5)
-    outside = jax.jit(lambda p: rope_cos_sin(p, 1.0 / 10_000.0 ** (jnp.arange(0, 16, 2, dtype=jnp.float32) / 16), within_rows=True))(positions_BT.at[1, 7].set(8))
+    outside = jax.jit(lambda p: rope_cos_sin(p, inv_freq, within_rows=True))(positions_BT.at[1, 7].set(8))
     assert np.isnan(np.asarray(outside[0][1, 7])).all() and not np.isnan(np.asarray(outside[0][:, :7])).any()
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_padding_is_never_attended(family):
+    """Garbage tokens in padded positions change no real position's logits, and a left-padded row with explicit
+    positions gives the unpadded row's logits: the three batches run as the rows of one compiled forward."""
     cfg = FAMILIES[family]
     policy = init_policy(cfg, seed=0)
     tokens = jax.random.randint(jax.random.key(2), (2, 9), 0, cfg.vocab_size)
     garbage = tokens.at[:, 6:].set(jax.random.randint(jax.random.key(3), (2, 3), 0, cfg.vocab_size))
-    valid = jnp.arange(9)[None] < 6
-    a = forward(policy, tokens, valid_BT=jnp.broadcast_to(valid, (2, 9))).logits_BTV[:, :6]
-    b = forward(policy, garbage, valid_BT=jnp.broadcast_to(valid, (2, 9))).logits_BTV[:, :6]
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
-    # left padding with explicit positions gives the same logits as the unpadded sequence
     left = jnp.concatenate([jnp.zeros((2, 3), tokens.dtype), tokens[:, :6]], axis=1)
-    positions = jnp.broadcast_to(jnp.maximum(jnp.arange(9) - 3, 0), (2, 9))
-    c = forward(policy, left, positions_BT=positions, valid_BT=jnp.broadcast_to(jnp.arange(9) >= 3, (2, 9)))
-    np.testing.assert_allclose(np.asarray(c.logits_BTV[:, 3:]), np.asarray(a), atol=1e-5)
+    arange, shifted = jnp.arange(9), jnp.maximum(jnp.arange(9) - 3, 0)
+    positions = jnp.stack([arange] * 4 + [shifted] * 2)
+    valid = jnp.stack([arange < 6] * 4 + [arange >= 3] * 2)
+    logits = np.asarray(forward(policy, jnp.concatenate([tokens, garbage, left]), positions_BT=positions,
+                                valid_BT=valid).logits_BTV)
+    a, b, c = logits[0:2, :6], logits[2:4, :6], logits[4:6, 3:]
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    # left padding with explicit positions gives the same logits as the unpadded sequence
+    np.testing.assert_allclose(c, a, atol=1e-5)
+
+
+def tokens_2x8(cfg):
+    """The [2, 8] tokens of the gradient tests (and of the bfloat16 one, which reads the same float32 run)."""
+    return jax.random.randint(jax.random.key(6), (2, 8), 0, cfg.vocab_size)
+
+
+@functools.cache
+def output_and_gradients(cfg):
+    """(policy output, gradient of mean(logits^2)) of init_policy(cfg, seed=0) on `tokens_2x8`, one compiled
+    program; cached: the scan's run is compared with the unrolled, the remat and the bfloat16 runs."""
+    graphdef, state = nnx.split(init_policy(cfg, seed=0))
+    tokens = tokens_2x8(cfg)
+
+    def loss(s):
+        out = nnx.merge(graphdef, s)(tokens)
+        return jnp.mean(out.logits_BTV ** 2), out
+
+    (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(state)
+    return out, grads
 
 
 def test_aux_has_one_row_per_moe_layer_and_bfloat16_compute_stays_close():
+    """The float32 run's aux has one row per MoE layer; the bfloat16 (remat) forward's logits are float32 and
+    differ from float32's by more than nothing and less than bfloat16 rounding allows."""
     cfg = FAMILIES["deepseek_v3"]
-    tokens = jax.random.randint(jax.random.key(4), (2, 8), 0, cfg.vocab_size)
-    out32 = forward(init_policy(cfg, seed=0), tokens)
+    assert cfg.mlp_only_layers == ()  # the same config (and program) as test_unrolled_layers_match_the_scan's
+    out32, _ = output_and_gradients(cfg)
     moe_layers = sum(cfg.layer_is_moe(i) for i in range(cfg.num_hidden_layers))
     assert out32.aux.counts_E.shape == (moe_layers, cfg.n_routed_experts)
     assert out32.aux.experts_BTK.shape == (moe_layers, 2, 8, cfg.num_experts_per_tok)
     bf16 = dataclasses.replace(cfg, compute_dtype="bfloat16", remat=True)
-    out16 = forward(init_policy(bf16, seed=0), tokens)
+    out16 = forward(init_policy(bf16, seed=0), tokens_2x8(cfg))
     assert out16.logits_BTV.dtype == jnp.float32  # logits always in float32
-    # measured max |bf16 - f32| = 0.0023 on logits spanning 0.71 (bf16 keeps 8 bits of mantissa); 0.006 is
+    # measured max |bf16 - f32| = 0.0026 on logits spanning 0.81 (bf16 keeps 8 bits of mantissa); 0.006 is
     # under 3x that. A positive difference shows the bf16 compute really ran.
     difference = np.abs(np.asarray(out16.logits_BTV - out32.logits_BTV)).max()
     assert 1e-4 < difference < 0.006, difference
 
 
 def test_remat_gives_identical_gradients():
-    cfg = FAMILIES["qwen3_moe"]
-    tokens = jax.random.randint(jax.random.key(5), (2, 8), 0, cfg.vocab_size)
-
-    def grads(c):
-        graphdef, state = nnx.split(init_policy(c, seed=0))
-        loss = lambda s: jnp.mean(nnx.merge(graphdef, s)(tokens).logits_BTV ** 2)
-        return jax.jit(jax.grad(loss))(state)
-
-    for a, b in zip(jax.tree.leaves(grads(cfg)), jax.tree.leaves(grads(dataclasses.replace(cfg, remat=True)))):
+    """Remat (jax.checkpoint per layer) recomputes the same logits and gradients: qwen3_moe's three MoE layers
+    in one scanned segment, the config test_unrolled_layers_match_the_scan compiles."""
+    cfg = dataclasses.replace(FAMILIES["qwen3_moe"], mlp_only_layers=())
+    (out, grads), (out_remat, grads_remat) = output_and_gradients(cfg), output_and_gradients(
+        dataclasses.replace(cfg, remat=True))
+    np.testing.assert_allclose(np.asarray(out_remat.logits_BTV), np.asarray(out.logits_BTV), atol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_remat)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
@@ -102,19 +127,8 @@ def test_unrolled_layers_match_the_scan(family):
     # model.scan_layers: false runs the same layers one by one; only XLA's fusion (float rounding) differs.
     # Measured: logits differ by <= 1.2e-7 and gradients by <= 2.3e-9 here; the tolerances are ~10-40x that.
     cfg = dataclasses.replace(FAMILIES[family], mlp_only_layers=())  # Qwen: one 3-layer MoE segment
-    tokens = jax.random.randint(jax.random.key(6), (2, 8), 0, cfg.vocab_size)
-
-    def run(c):  # (policy output, gradient of a loss on the logits), one compiled program
-        graphdef, state = nnx.split(init_policy(c, seed=0))
-
-        def loss(s):
-            out = nnx.merge(graphdef, s)(tokens)
-            return jnp.mean(out.logits_BTV ** 2), out
-
-        (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(state)
-        return out, grads
-
-    (scanned, grads_scanned), (unrolled, grads_unrolled) = run(cfg), run(dataclasses.replace(cfg, scan_layers=False))
+    (scanned, grads_scanned), (unrolled, grads_unrolled) = (
+        output_and_gradients(cfg), output_and_gradients(dataclasses.replace(cfg, scan_layers=False)))
     assert any(count > 1 for kind, count in cfg.layer_segments())  # a segment really is unrolled
     np.testing.assert_allclose(np.asarray(unrolled.logits_BTV), np.asarray(scanned.logits_BTV), atol=1e-6)
     np.testing.assert_array_equal(np.asarray(unrolled.aux.experts_BTK), np.asarray(scanned.aux.experts_BTK))

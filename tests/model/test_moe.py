@@ -2,6 +2,7 @@
 replay, aux losses, and the aux-loss-free bias update."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +50,7 @@ CASES = [(37, 8, 2, 8), (64, 16, 4, 16), (5, 8, 3, 4), (6, 16, 2, 64)]  # last: 
 @pytest.mark.parametrize("tokens,experts,top_k,block", CASES)
 def test_grouped_dispatch_equals_dense_reference(impl, tokens, experts, top_k, block):
     x, chosen, weights, wg, wu, wd = dispatch_case(tokens, experts, top_k)
-    got = local_expert_ffn(x, chosen, weights, wg, wu, wd, impl=impl, block_size=block)
+    got = jax.jit(functools.partial(local_expert_ffn, impl=impl, block_size=block))(x, chosen, weights, wg, wu, wd)
     np.testing.assert_allclose(np.asarray(got), dense_reference(x, chosen, weights, wg, wu, wd), atol=1e-5)
 
 
@@ -71,8 +72,8 @@ def test_blocked_gradients_equal_the_dense_formulas(impl, tokens, experts, top_k
     sparse = lambda x, weights, wg, wu, wd: jnp.sum(
         jnp.sin(y := local_expert_ffn(x, chosen, weights, wg, wu, wd, impl=impl, block_size=block)) * y)
     args = (x, weights, wg, wu, wd)
-    got = jax.grad(sparse, argnums=range(5))(*args)
-    expected = jax.grad(lambda *a: dense_loss(*a, chosen), argnums=range(5))(*args)
+    got = jax.jit(jax.grad(sparse, argnums=range(5)))(*args)
+    expected = jax.jit(jax.grad(lambda *a: dense_loss(*a, chosen), argnums=range(5)))(*args)
     for name, g, e in zip(("x", "routing weights", "w_gate", "w_up", "w_down"), got, expected):
         np.testing.assert_allclose(np.asarray(g), np.asarray(e), atol=2e-5, rtol=1e-4, err_msg=name)
 
@@ -87,8 +88,8 @@ def test_blocked_bfloat16_gradients_on_a_cpu_come_from_float32_products_and_sums
     args = tuple(a.astype(jnp.bfloat16) for a in (x, weights, wg, wu, wd))
     sparse = lambda x, weights, wg, wu, wd: jnp.sum(jnp.sin(y := local_expert_ffn(
         x, chosen, weights, wg, wu, wd, impl="blocked", block_size=8).astype(jnp.float32)) * y)
-    got = jax.grad(sparse, argnums=range(5))(*args)
-    expected = jax.grad(lambda *a: dense_loss(*a, chosen), argnums=range(5))(
+    got = jax.jit(jax.grad(sparse, argnums=range(5)))(*args)
+    expected = jax.jit(jax.grad(lambda *a: dense_loss(*a, chosen), argnums=range(5)))(
         *(a.astype(jnp.float32) for a in args))
     for name, g, e, bound in zip(("x", "routing weights", "w_gate", "w_up", "w_down"), got, expected,
                                  (0.012, 0.012, 0.0075, 0.0075, 0.0075)):
@@ -123,8 +124,9 @@ def test_dispatch_with_expert_offset_uses_only_local_experts():
     weights, chosen = jax.lax.top_k(jax.nn.softmax(jax.random.normal(keys[1], (20, 8))), 2)
     wg, wu = (jax.random.normal(k, (8, 8, 4)) for k in keys[2:4])
     wd = jax.random.normal(keys[4], (8, 4, 8))
-    halves = [local_expert_ffn(x, chosen, weights, wg[s:s + 4], wu[s:s + 4], wd[s:s + 4], expert_offset=s)
-              for s in (0, 4)]
+    halves = jax.jit(lambda x, weights, wg, wu, wd: [local_expert_ffn(
+        x, chosen, weights, wg[s:s + 4], wu[s:s + 4], wd[s:s + 4], expert_offset=s) for s in (0, 4)])(
+        x, weights, wg, wu, wd)  # one compiled program
     np.testing.assert_allclose(np.asarray(halves[0] + halves[1]),
                                dense_reference(x, chosen, weights, wg, wu, wd), atol=1e-4)
 
@@ -132,17 +134,18 @@ def test_dispatch_with_expert_offset_uses_only_local_experts():
 @pytest.mark.parametrize("impl", ["blocked", "ragged"])
 def test_fewer_local_experts_than_top_k_dispatch_every_local_copy(impl):
     """One or two experts per device under top-3 routing: the ragged kernel then runs only tokens x local
-    experts copies (every local one, whatever the routing), and the devices' outputs still add up."""
+    experts copies (every local one, whatever the routing), and the devices' outputs still add up. The offset
+    is traced (as a device's is under shard_map): one compiled program per number of local experts."""
     x, chosen, weights, wg, wu, wd = dispatch_case(24, 8, 3)
+    ffn = jax.jit(functools.partial(local_expert_ffn, impl=impl, block_size=8))
     for per_device in (1, 2):
-        parts = [local_expert_ffn(x, chosen, weights, wg[s:s + per_device], wu[s:s + per_device],
-                                  wd[s:s + per_device], expert_offset=s, impl=impl, block_size=8)
-                 for s in range(0, 8, per_device)]
+        parts = [ffn(x, chosen, weights, wg[s:s + per_device], wu[s:s + per_device], wd[s:s + per_device],
+                     expert_offset=jnp.int32(s)) for s in range(0, 8, per_device)]
         np.testing.assert_allclose(np.asarray(sum(parts)), dense_reference(x, chosen, weights, wg, wu, wd),
                                    atol=1e-4)
     # a token whose copies all go to one device's two experts: both are kept
     crowded = jnp.tile(jnp.array([[0, 1, 5]]), (24, 1))
-    local = local_expert_ffn(x, crowded, weights, wg[:2], wu[:2], wd[:2], expert_offset=0, impl=impl, block_size=8)
+    local = ffn(x, crowded, weights, wg[:2], wu[:2], wd[:2], expert_offset=jnp.int32(0))
     reference = dense_reference(x, crowded.at[:, 2].set(0), weights.at[:, 2].set(0), wg, wu, wd)
     np.testing.assert_allclose(np.asarray(local), reference, atol=1e-4)
 
@@ -232,7 +235,8 @@ def test_moe_layer_aux_losses_equal_numpy_on_its_router_logits(family):
     layer = MoE(cfg, nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(3), (2, 5, cfg.hidden_size))
     valid = jnp.array([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]], bool)
-    _, aux = layer(x, valid)
+    graphdef, state = nnx.split(layer)
+    _, aux = jax.jit(lambda s, x, valid: nnx.merge(graphdef, s)(x, valid))(state, x, valid)  # one program
     real = np.asarray(valid).reshape(-1)
     logits = (np.asarray(x, np.float64).reshape(10, -1) @ np.asarray(layer.router[...], np.float64))[real]
     z = np.mean(np.log(np.exp(logits).sum(-1)) ** 2)
@@ -269,12 +273,14 @@ def test_bias_update_moves_skewed_load_towards_balance():
     valid = jnp.ones(512, bool)
     bias = jnp.zeros((1, 8))
 
+    @jax.jit
     def load(b):
         return expert_counts(route(x, router, b[0], cfg).experts_TK, valid, 8)
 
+    step = jax.jit(lambda b: update_routing_bias(b, load(b)[None], rate=0.005))  # one program per update
     first = np.asarray(load(bias))
     for _ in range(100):
-        bias = update_routing_bias(bias, load(bias)[None], rate=0.005)
+        bias = step(bias)
     last = np.asarray(load(bias))
     cv = lambda c: c.std() / c.mean()
     assert cv(last) < 0.5 * cv(first), (first, last)
@@ -314,17 +320,25 @@ def test_padding_costs_no_expert_compute_and_real_tokens_match_the_unpadded_batc
     seen = {}
     original = moe.expert_ffn
 
-    def recording(x_TD, experts_TK, weights_TK, *args, **kwargs):
-        seen.update(experts=np.asarray(experts_TK), weights=np.asarray(weights_TK))
+    def recording(x_TD, experts_TK, weights_TK, *args, **kwargs):  # traced: the program returns them
+        seen.update(experts=experts_TK, weights=weights_TK)
         return original(x_TD, experts_TK, weights_TK, *args, **kwargs)
 
     monkeypatch.setattr(moe, "expert_ffn", recording)
-    y, aux = layer(x, valid, replay)
+    graphdef, state = nnx.split(layer)
+
+    def run(state, x, valid, replay):  # the layer, its expert inputs and its shared expert: one program
+        layer = nnx.merge(graphdef, state)
+        y, aux = layer(x, valid, replay)
+        shared = layer.shared_experts(x) if cfg.is_deepseek and cfg.n_shared_experts else jnp.zeros_like(x)
+        return y, aux, shared, seen["experts"], seen["weights"]
+
+    y, aux, shared, experts, weights = jax.jit(run)(state, x, valid, replay)
+    seen.update(experts=np.asarray(experts), weights=np.asarray(weights))
     real = np.asarray(valid).reshape(-1)
     assert np.all(seen["experts"][~real] == e) and np.all(seen["weights"][~real] == 0)
     assert np.array_equal(seen["experts"][real], np.asarray(replay).reshape(-1, k)[real])
     assert np.array_equal(np.asarray(aux.experts_BTK), np.asarray(replay))  # the record keeps the routes
-    shared = layer.shared_experts(x) if cfg.is_deepseek and cfg.n_shared_experts else jnp.zeros_like(x)
     routed = np.asarray(y - shared).reshape(12, -1)
     assert np.all(routed[~real] == 0)
     reference = dense_reference(np.asarray(x).reshape(12, -1)[real], seen["experts"][real],
