@@ -60,14 +60,18 @@ def run_signalled_at(run_dir, sig, global_step, config=TRAIN_CONFIG):
     return result.returncode, result.stderr
 
 
-def run_series(run_dir, stops, config=TRAIN_CONFIG):
+def run_series(run_dir, stops, config=TRAIN_CONFIG, before=()):
     """The training command run once per stop of `stops` ("INT:5,TERM:9,none": a signal after that global
     step's row; none: to the end) in one process, each resuming the one before (tests/rl/signal_at_step.py's
-    `series`): (exit code, [each run's stderr], [each finished run's exit code and run directory state], the
-    whole stderr)."""
+    `series`), after those of each (run_dir, stops, config) of `before`: (exit code, [each run's stderr], [each
+    finished run's exit code and run directory state], the whole stderr)."""
+    from tests.rl.signal_at_step import THEN
+
     state = pathlib.Path(run_dir).parent / f"{pathlib.Path(run_dir).name}.series.jsonl"
-    command = [sys.executable, "-m", "tests.rl.signal_at_step", "series", str(state), stops,
-               *train_command(run_dir, config)[3:]]
+    command = [sys.executable, "-m", "tests.rl.signal_at_step", "series", str(state)]
+    for group_dir, group_stops, group_config in [*before, (run_dir, stops, config)]:
+        command += [group_stops, *train_command(group_dir, group_config)[3:], THEN]
+    command = command[:-1]
     result = subprocess.run(command, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
     from tests.rl.signal_at_step import SERIES_MARK
 

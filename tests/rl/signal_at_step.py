@@ -12,7 +12,9 @@ resuming where the one before stopped (the later runs reuse the earlier ones' tr
 one process start and one tracing instead of one each), until one fails. Before each run it prints SERIES_MARK
 to stderr; after each it writes one JSON line to STATE: its exit code and the run directory as it was left
 (checkpoint steps, dataset files, metrics rows, the summary's evaluations). A SIGKILL ends the series.
-`run_in_turn` holds that loop; tests/rl/staleness_probe.py's series of runs use it too.
+`series STATE STOPS ARGS... THEN STOPS ARGS...` goes on, after the runs of the first ARGS, with those of the
+next (another run directory, another config): tests/rl/test_pipeline.py's uninterrupted run and its stopped
+ones are one process. `run_in_turn` holds that loop; tests/rl/staleness_probe.py's series of runs use it too.
 """
 
 import dataclasses
@@ -84,8 +86,11 @@ def run_in_turn(runs: Iterable[SeriesRun], wrapped: Sequence[tuple[Any, str]] = 
     return 0
 
 
-def series(state_path: str, stops: str, argv: list[str]) -> int:
-    run_dir = pathlib.Path(argv[argv.index("--run-dir") + 1])
+THEN = "THEN"  # between the (STOPS, ARGS...) groups of one series
+
+
+def series(state_path: str, groups: list[tuple[str, list[str]]]) -> int:
+    """The runs of each (STOPS, ARGS) group in turn; one STATE line per finished run."""
 
     def arm(stop: str) -> Callable[[], None]:
         if stop == "none":
@@ -93,15 +98,30 @@ def series(state_path: str, stops: str, argv: list[str]) -> int:
         name, step = stop.split(":")
         return lambda: signal_after_row(signal.Signals[f"SIG{name}"], int(step))
 
-    def write_state(code: int) -> None:
-        with open(state_path, "a") as f:
-            f.write(json.dumps({"code": code, **run_dir_state(run_dir)}) + "\n")
+    def write_state(run_dir: pathlib.Path) -> Callable[[int], None]:
+        def write(code: int) -> None:
+            with open(state_path, "a") as f:
+                f.write(json.dumps({"code": code, **run_dir_state(run_dir)}) + "\n")
+        return write
 
-    return run_in_turn(SeriesRun(argv, arm(stop), write_state) for stop in stops.split(","))
+    return run_in_turn(SeriesRun(argv, arm(stop), write_state(pathlib.Path(argv[argv.index("--run-dir") + 1])))
+                       for stops, argv in groups for stop in stops.split(","))
+
+
+def series_groups(args: list[str]) -> list[tuple[str, list[str]]]:
+    """STOPS ARGS... [THEN STOPS ARGS...]... as (STOPS, ARGS) groups."""
+    groups, group = [], []
+    for arg in [*args, THEN]:
+        if arg == THEN:
+            groups.append((group[0], group[1:]))
+            group = []
+        else:
+            group.append(arg)
+    return groups
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "series":
-        sys.exit(series(sys.argv[2], sys.argv[3], sys.argv[4:]))
+        sys.exit(series(sys.argv[2], series_groups(sys.argv[3:])))
     signal_after_row(signal.Signals[f"SIG{sys.argv[1]}"], int(sys.argv[2]))
     sys.exit(main(sys.argv[3:], as_program=True))

@@ -22,17 +22,37 @@ from r1jax.rl.config import load_config as load_run_config
 from r1jax.rl.rewards.functions import ScoreItem, combine, score_item
 from r1jax.rl.train.plots import PLOTS, write_plots
 from tests.rl import reward_digit  # noqa: F401  (registers has_digit here, to re-score the kept samples)
-from tests.rl.conftest import comparable, console, metrics_rows, run_series, run_to_end, summary
+from tests.rl.conftest import comparable, console, metrics_rows, run_series, summary
 
 CONFIG = pathlib.Path(__file__).parent / "data" / "pipeline_tiny.yaml"
 STAGES = [("sft", 2), ("grpo", 2), ("rs", 2), ("sft_rs", 2), ("distill", 8)]
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("pipeline")
-    run_to_end(run_dir, CONFIG)
-    return run_dir
+def pipeline_runs(tmp_path_factory):
+    """The pipeline run to its end, then the same pipeline stopped and resumed twice in another directory
+    (test_stops_inside_rejection_sampling_and_distillation_resume_to_the_same_result), all in one process
+    (tests/rl/signal_at_step.py's `series`): the later runs reuse the first one's traced and compiled programs.
+    SIGINT in rejection-sampling round 1 (global step 5): the stage stops before round 2 and saves nothing; the
+    run stands at the end of GRPO (4) and no partial dataset exists. Resumed: rejection sampling reruns from its
+    first round; SIGTERM in distillation step 1 (global step 9) saves that step (a stop inside a stage, off the
+    checkpoint period; tests/rl/test_train.py stops with SIGINT and SIGKILL). Resumed again, to the end. The
+    stopped runs draw no plots (test_plots_draw_the_metrics_and_evaluations checks the uninterrupted run's);
+    the summary, metrics, datasets and weights compared do not depend on them. (uninterrupted run directory,
+    stopped run directory, run_series's result)"""
+    root = tmp_path_factory.mktemp("pipeline")
+    config = root / "pipeline_no_plots.yaml"
+    config.write_text(CONFIG.read_text() + "plots: false\n")
+    run_dir, stopped = root / "uninterrupted", root / "stopped"
+    result = run_series(stopped, "INT:5,TERM:9,none", config, before=[(run_dir, "none", CONFIG)])
+    code, runs, states, err = result
+    assert states and states[0]["code"] == 0, err[-3000:]  # the uninterrupted run (the stopped ones: below)
+    return run_dir, stopped, (code, runs[1:], states[1:], err)
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(pipeline_runs):
+    return pipeline_runs[0]
 
 
 def test_stages_run_in_order_with_contiguous_steps(pipeline_run):
@@ -109,20 +129,10 @@ def leaves(run_dir):
     return [np.asarray(x) for x in jax.tree.leaves(nnx.state(load_policy(run_dir)[1]))]
 
 
-def test_stops_inside_rejection_sampling_and_distillation_resume_to_the_same_result(pipeline_run, tmp_path):
-    # the stopped and resumed runs draw no plots (test_plots_draw_the_metrics_and_evaluations checks the
-    # uninterrupted run's); the summary, metrics, datasets and weights compared below do not depend on them
-    config = tmp_path / "pipeline_no_plots.yaml"
-    config.write_text(CONFIG.read_text() + "plots: false\n")
-    run_dir = tmp_path / "stopped"
-    # the three runs are one process (tests/rl/signal_at_step.py's `series`), each resuming from the run
-    # directory the one before left: the later runs reuse the first one's traced and compiled programs
-    # SIGINT in rejection-sampling round 1 (global step 5): the stage stops before round 2 and saves nothing;
-    # the run stands at the end of GRPO (4) and no partial dataset exists. Resumed: rejection sampling reruns
-    # from its first round; SIGTERM in distillation step 1 (global step 9) saves that step (a stop inside a
-    # stage, off the checkpoint period, resumed bit for bit below; tests/rl/test_train.py stops with SIGINT
-    # and SIGKILL). Resumed again, to the end.
-    code, runs, states, err = run_series(run_dir, "INT:5,TERM:9,none", config)
+def test_stops_inside_rejection_sampling_and_distillation_resume_to_the_same_result(pipeline_runs):
+    """The stops and resumes of `pipeline_runs`: each run's log and what it left, and the end equal to the
+    uninterrupted run's, bit for bit."""
+    pipeline_run, run_dir, (code, runs, states, err) = pipeline_runs
     assert code == 0 and [s["code"] for s in states] == [0, 0, 0], err[-3000:]
     assert f"stopped by signal {int(signal.SIGINT)} at step 4" in console(runs[0])
     assert max(states[0]["checkpoints"]) == 4

@@ -1,8 +1,8 @@
 """The reward worker pool: isolation, timeouts that kill, crashes and OOM that fail one item, hostile input.
 
-Timeouts are short (2 s) and every pool has 2 workers or fewer, so the whole file runs in well under a
-minute on 2 cores. Every pool is closed by its fixture; `test_close_leaves_no_process` checks that closing
-really reaps the workers.
+Timeouts are short (2 s), every pool has 2 workers or fewer, and the workers of the pools whose items need
+no verifier load none (PLAIN), so the whole file runs in well under a minute on 2 cores. Every pool is closed by
+its fixture; `test_close_leaves_no_process` checks that closing really reaps the workers.
 """
 
 import os
@@ -19,6 +19,8 @@ from r1jax.rl.rewards.worker import HIDDEN_DEVICES_ENV
 TIMEOUT_S = 2.0
 SLACK_S = 1.0  # the contract: a hostile item finishes within timeout + 1 s
 PROBES = ("tests.rl.reward_probes",)
+PLAIN = ("arithmetic",)  # tasks whose verifiers load nothing: a worker (and each replacement) starts without
+# importing sympy and math-verify (~1-2 s of CPU each), for the pools whose items need neither
 ENV_BEFORE_POOLS = dict(os.environ)
 
 
@@ -35,7 +37,7 @@ def probe(command: str) -> ScoreItem:
 @pytest.fixture(scope="module")
 def pool():
     config = PoolConfig(workers=2, timeout_s=TIMEOUT_S, memory_mb=1024, import_modules=PROBES)
-    with RewardPool(RewardsConfig(names=("probe",), weights=(1.0,)), config) as p:
+    with RewardPool(RewardsConfig(names=("probe",), weights=(1.0,)), config, tasks=PLAIN) as p:
         yield p
 
 
@@ -110,14 +112,18 @@ def test_a_worker_over_its_memory_limit_fails_only_its_item(pool):
     assert_full_pool_works(pool)
 
 
-def test_a_tower_past_the_screen_is_killed_at_the_timeout(pool):
-    """The unguarded math-verify path hangs in GMP; the pool still returns each item by timeout + 1 s."""
-    towers = [probe("tower:$9^{9^{9^{9}}}$"), probe("tower:$5^{5^{5^{5^{5}}}}$")]
-    start = time.monotonic()
-    results = pool.score_batch(towers)
-    assert time.monotonic() - start < TIMEOUT_S + SLACK_S
-    assert all(r.status in ("timeout", "crashed") and r.total == 0.0 for r in results)
-    assert_full_pool_works(pool)
+def test_a_tower_past_the_screen_is_killed_at_the_timeout():
+    """The unguarded math-verify path hangs in GMP; the pool still returns each item by timeout + 1 s. The
+    workers load math-verify before their first item (tasks ("math",)): the items hang in GMP, not in imports."""
+    config = PoolConfig(workers=2, timeout_s=TIMEOUT_S, memory_mb=1024, import_modules=PROBES)
+    with RewardPool(RewardsConfig(names=("probe",), weights=(1.0,)), config, tasks=("math",)) as pool:
+        assert_full_pool_works(pool)  # both workers serving: the clock below starts with no worker still loading
+        towers = [probe("tower:$9^{9^{9^{9}}}$"), probe("tower:$5^{5^{5^{5^{5}}}}$")]
+        start = time.monotonic()
+        results = pool.score_batch(towers)
+        assert time.monotonic() - start < TIMEOUT_S + SLACK_S
+        assert all(r.status in ("timeout", "crashed") and r.total == 0.0 for r in results)
+        assert_full_pool_works(pool)
 
 
 def test_submit_returns_at_once_and_collect_in_any_order(pool):
@@ -165,7 +171,7 @@ def test_hostile_completions_score_zero_in_time_and_leave_no_trace(accuracy_pool
 
 def test_batch_deadline_is_a_backstop_for_slow_items():
     config = PoolConfig(workers=1, timeout_s=30.0, batch_deadline_s=1.0, import_modules=PROBES)
-    with RewardPool(RewardsConfig(names=("probe",), weights=(1.0,)), config) as pool:
+    with RewardPool(RewardsConfig(names=("probe",), weights=(1.0,)), config, tasks=PLAIN) as pool:
         [sleeper] = worker_pids(pool)
         start = time.monotonic()
         results = pool.score_batch([probe("ok"), probe("sleep:30")])
@@ -194,7 +200,7 @@ def wait_until(condition, seconds: float) -> bool:
 
 def test_workers_are_recycled_after_max_tasks_and_close_leaves_no_process():
     config = PoolConfig(workers=1, timeout_s=TIMEOUT_S, max_tasks_per_worker=2, import_modules=PROBES)
-    pool = RewardPool(RewardsConfig(names=("probe",), weights=(1.0,)), config)
+    pool = RewardPool(RewardsConfig(names=("probe",), weights=(1.0,)), config, tasks=PLAIN)
     try:
         pids = [r.pid for r in pool.score_batch([probe("ok") for _ in range(5)])]
         # The warm-up ping was the first worker's first task, so it scores one item before retiring.
@@ -235,7 +241,7 @@ def test_an_item_past_the_workers_memory_is_failed_unsent_and_the_pool_goes_on()
     """A worker reads an item before it scores it: one past its memory died there, unseen by pebble, and with
     no other item running the pool broke for good (every later item "error": every reward after it 0)."""
     config = PoolConfig(workers=1, timeout_s=TIMEOUT_S, memory_mb=256, import_modules=PROBES)
-    with RewardPool(RewardsConfig(names=("probe",), weights=(1.0,)), config) as pool:
+    with RewardPool(RewardsConfig(names=("probe",), weights=(1.0,)), config, tasks=PLAIN) as pool:
         huge = ScoreItem(prompt="", completion="x" * 150_000_000, reference="0", task="math")
         results = pool.score_batch([probe("ok"), huge, probe("ok")])
         assert [r.status for r in results] == ["ok", "crashed", "ok"]
@@ -260,7 +266,7 @@ def test_a_worker_killed_from_outside_while_idle_is_replaced_and_the_pool_goes_o
     import signal
 
     config = PoolConfig(workers=1, timeout_s=TIMEOUT_S, import_modules=PROBES)
-    pool = RewardPool(RewardsConfig(names=("probe",), weights=(1.0,)), config)
+    pool = RewardPool(RewardsConfig(names=("probe",), weights=(1.0,)), config, tasks=PLAIN)
     try:
         [idle] = worker_pids(pool)
         os.kill(idle, signal.SIGKILL)
@@ -280,7 +286,7 @@ def test_a_batch_the_pool_dropped_as_it_broke_is_sent_again():
     import signal
 
     config = PoolConfig(workers=1, timeout_s=TIMEOUT_S, import_modules=PROBES)
-    pool = RewardPool(RewardsConfig(names=("probe",), weights=(1.0,)), config)
+    pool = RewardPool(RewardsConfig(names=("probe",), weights=(1.0,)), config, tasks=PLAIN)
     try:
         [idle] = worker_pids(pool)
         os.kill(idle, signal.SIGKILL)  # queued before pebble sees the worker gone: no worker ever takes them
@@ -295,7 +301,7 @@ def test_a_closed_pool_starts_no_workers_again():
     """A closed pool is not a broken one: a submit after close started a fresh pool (workers no close reaped, the
     sandbox's run root already gone) where its items fail, as before the restart of a broken pool."""
     config = PoolConfig(workers=1, timeout_s=TIMEOUT_S, import_modules=PROBES)
-    pool = RewardPool(RewardsConfig(names=("probe",), weights=(1.0,)), config)
+    pool = RewardPool(RewardsConfig(names=("probe",), weights=(1.0,)), config, tasks=PLAIN)
     pool.close()
     before = {child.pid for child in psutil.Process().children(recursive=True)}
     try:
@@ -321,7 +327,8 @@ def test_a_hang_up_leaves_the_items_being_scored_alone(tmp_path):
         "from r1jax.rl.train.preemption import StopRequest\n"
         "if __name__ == '__main__':\n"
         "    config = PoolConfig(workers=1, timeout_s=10, import_modules=('tests.rl.reward_probes',))\n"
-        "    with RewardPool(RewardsConfig(names=('probe',), weights=(1.0,)), config) as pool, StopRequest():\n"
+        "    with RewardPool(RewardsConfig(names=('probe',), weights=(1.0,)), config,\n"
+        "                    tasks=('arithmetic',)) as pool, StopRequest():\n"
         "        handle = pool.submit([ScoreItem(prompt='', completion='sleep:2', reference='0', task='math')])\n"
         "        time.sleep(0.5)\n"
         "        os.killpg(0, signal.SIGHUP)  # the shell's hang-up, to the job\n"
@@ -339,7 +346,7 @@ def test_a_broken_pools_other_workers_are_stopped_with_it():
     import signal
 
     config = PoolConfig(workers=2, timeout_s=TIMEOUT_S, import_modules=PROBES)
-    pool = RewardPool(RewardsConfig(names=("probe",), weights=(1.0,)), config)
+    pool = RewardPool(RewardsConfig(names=("probe",), weights=(1.0,)), config, tasks=PLAIN)
     try:
         killed, spared = worker_pids(pool)
         os.kill(killed, signal.SIGKILL)
