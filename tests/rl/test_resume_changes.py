@@ -1,11 +1,13 @@
 """A resume under changed inputs (found by a review of what a user changes between two starts): the config file
 given again is read again, a second trainer is kept out of a directory in use, a finished stage is not
-lengthened in silence, a changed tokenizer is refused (or, before any checkpoint, built again), and a refused
-start leaves the run directory as it was. (A KL term turned on over a checkpoint without a reference, and
-another device count said on resume: tests/rl/test_train.py.)"""
+lengthened in silence, a changed tokenizer is refused (or, before any checkpoint, built again), a KL term turned
+on finds no reference in the checkpoint, another device count is said, and a refused start leaves the run
+directory as it was."""
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -20,7 +22,7 @@ from r1jax.rl.data.pipeline import read_source
 from r1jax.rl.train import trainer as trainer_module
 from r1jax.rl.train.trainer import Trainer
 
-from tests.rl.conftest import TRAIN_CONFIG
+from tests.rl.conftest import REPO, TRAIN_CONFIG, console, subprocess_env
 
 
 @pytest.fixture
@@ -117,6 +119,20 @@ def test_another_tokenizer_is_refused_on_resume_and_built_again_before_any_check
         trainer.checkpoints.close()
         trainer.release()
     assert load_tokenizer(saved).vocab_size == 400 and not (run_copy / ".tokenizer.new").exists()
+
+
+def test_a_kl_term_turned_on_and_another_device_count_resume_saying_so(run_copy):
+    """A checkpoint saved without a KL term holds no reference: a resume with grpo.kl_coef > 0 failed with
+    "checkpoint ... is incomplete: it lacks the item 'ref'" (blaming a sound checkpoint); on another device count
+    the resume said nothing."""
+    shutil.rmtree(run_copy / "checkpoints" / "5")
+    shutil.rmtree(run_copy / "checkpoints" / "4" / "ref")  # as a run under grpo.kl_coef=0 saves it
+    command = [sys.executable, "-m", "r1jax", "--cpu-devices", "1", "train", "--run-dir", str(run_copy)]
+    result = subprocess.run(command, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = console(result.stderr)
+    assert "holds no reference policy (its run had no KL term): the KL reference starts from the resumed policy" in log
+    assert "was saved on 2 devices in 1 process(es), this run has 1 in 1" in log
 
 
 def files_of(run_dir):
