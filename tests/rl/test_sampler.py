@@ -111,11 +111,15 @@ def test_eos_stops_a_row_and_pads_after_it():
 
 
 def test_loop_exits_early_when_every_row_has_stopped():
+    """Four copies of row 0's prompt (PROMPTS' shape) stopping on its third greedy token: the program
+    test_eos_stops_a_row_and_pads_after_it runs; every row stops there, so the loop ends after 3 of 10 steps."""
     graphdef, state, sampler = make("qwen3_moe")
-    free = sampler.generate(state, PROMPTS, **GREEDY)  # row 0: [5, 6, 7]'s greedy completion, as alone
-    r = Sampler(graphdef, CONFIG, stop_ids=(int(free.completion_BN[0, 1]),), pad_id=0).generate(
-        state, [[5, 6, 7]], temperature=0.0)
-    assert int(r.steps) <= 2 < CONFIG.max_new_tokens
+    free = sampler.generate(state, PROMPTS, **GREEDY)  # row 0: [5, 6, 7]'s greedy completion
+    eos = int(free.completion_BN[0, 2])
+    r = Sampler(graphdef, CONFIG, stop_ids=(eos,), pad_id=0).generate(state, [[5, 6, 7]] * 4, temperature=0.0)
+    stop = int(np.argmax(np.asarray(free.completion_BN[0]) == eos))  # its first EOS (<= 2)
+    assert np.all(np.asarray(r.lengths_B) == stop + 1)
+    assert int(r.steps) == stop + 1 <= 3 < CONFIG.max_new_tokens
 
 
 def test_same_seed_reproduces_and_another_seed_differs():
@@ -217,15 +221,16 @@ def test_a_prompt_that_fills_a_bucket_exactly_takes_that_bucket():
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_sharded_sampling_equals_unsharded(family):
+    """4 prompts x G 2 = 8 rows: the batch splits over the 8 devices; unsharded, the SAMPLED program."""
     graphdef, state, sampler = make(family)
-    prompts = PROMPTS * 2  # 8 rows: the batch splits over the 8 devices
     key = jax.random.key(11)
-    expected = sampler.generate(state, prompts, key=key, ignore_eos=True)
+    expected = sampler.generate(state, PROMPTS, key=key, **SAMPLED)
     mesh = build_mesh(ShardingConfig(data=2, fsdp=2, expert=2, tensor=1))
     rules = Rules.preset("fsdp_expert_tensor")
     sharded = jax.device_put(state, state_shardings(state, mesh, rules))
     with use_mesh(mesh, rules):
-        got = sampler.generate(sharded, prompts, key=key, ignore_eos=True)
+        got = sampler.generate(sharded, PROMPTS, key=key, **SAMPLED)
+    assert got.tokens_BT.shape[0] == 8
     assert np.array_equal(np.asarray(got.tokens_BT), np.asarray(expected.tokens_BT))
     np.testing.assert_allclose(np.asarray(got.logprobs_BN), np.asarray(expected.logprobs_BN), atol=1e-5)
 
