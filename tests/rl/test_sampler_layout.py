@@ -101,13 +101,12 @@ def _traces(run) -> int:
 
 
 def _sample(graphdef, weights, key, layout):
-    """The fixed-batch sampler's rollout (temperature 1, every row to the budget) in `layout`'s mesh and rules:
-    for a stacked float32 copy, the program `_compiled_sampler` compiles for the inference layout."""
+    """The fixed-batch sampler's rollout (temperature 1: draws and log-probs) in `layout`'s mesh and rules."""
     tokens, valid = left_pad(PROMPTS, CONFIG.prompt_buckets, 0)
     with use_mesh(layout.mesh, layout.rules):
         return generate_padded(graphdef, weights, jnp.asarray(tokens), jnp.asarray(valid), key, jnp.float32(1),
-                               jnp.int32(0), jnp.float32(1), max_new=CONFIG.max_new_tokens, samples=1,
-                               stop_ids=(3,), pad_id=0, ignore_eos=True, keep_logits=False, vocab_size=None)
+                               jnp.int32(0), jnp.float32(1), max_new=CONFIG.max_new_tokens, samples=2,
+                               stop_ids=(3,), pad_id=0, ignore_eos=False)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
