@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from r1jax.model.config import ModelConfig
-from r1jax.sharding.context import active_rules
+from r1jax.sharding.context import active_rules, constrain
 
 
 class Routing(NamedTuple):
@@ -33,7 +33,8 @@ class Routing(NamedTuple):
 def route(x_TD: jax.Array, router_DE: jax.Array, bias_E: jax.Array | None, cfg: ModelConfig,
           replay_TK: jax.Array | None = None) -> Routing:
     # cast to fp32: routing decisions must not depend on the compute dtype
-    logits_TE = jnp.einsum("TD,DE->TE", x_TD.astype(jnp.float32), router_DE.astype(jnp.float32))
+    x_TD = _split_like_router(x_TD.astype(jnp.float32))
+    logits_TE = jnp.einsum("TD,DE->TE", x_TD, router_DE.astype(jnp.float32))
     if cfg.is_deepseek:
         probs_TE = jax.nn.sigmoid(logits_TE)
         experts_TK = replay_TK if replay_TK is not None else _select_grouped(probs_TE + bias_E, cfg)
@@ -53,6 +54,22 @@ def route(x_TD: jax.Array, router_DE: jax.Array, bias_E: jax.Array | None, cfg: 
         if cfg.norm_topk_prob:
             weights_TK = weights_TK / jnp.sum(weights_TK, axis=-1, keepdims=True)
     return Routing(experts_TK.astype(jnp.int32), weights_TK, probs_TE, logits_TE)
+
+
+def _split_like_router(x_TD: jax.Array) -> jax.Array:
+    """`x_TD` hinted to be split over the hidden size as the router's weight is (`embed_in`), where the rows'
+    mesh axes leave those axes free (the inference layout: `embed_in` on `tensor`): each device multiplies its
+    share of the hidden size and the small partial logits are summed, as sharding.rules intends. Left to XLA's
+    propagation, DeepSeek's tiny inference-layout rollout with stop ids gathered the whole router weight in the
+    decode loop at every token. The input is pinned first as the residual stream the other readers take (rows
+    split, hidden whole): the split alone spread back to the MoE dispatch and shared experts, which then gathered
+    their input. In the training layouts the weight's hidden axis is `fsdp`, which also splits the rows: there
+    the update gathers it, as every weight."""
+    rules = active_rules()
+    if rules is None or set(rules.mesh_axes("batch")) & set(rules.mesh_axes("embed_in")):
+        return x_TD
+    x_TD = constrain(x_TD, ("batch", "act_embed"))
+    return constrain(x_TD, ("batch", "embed_in"))
 
 
 def _select_grouped(choice_TE: jax.Array, cfg: ModelConfig) -> jax.Array:

@@ -41,15 +41,16 @@ def _trained_layout(family, per_layer=None, **model):
     return graphdef, state, mesh, layout, note
 
 
-def _compiled_sampler(graphdef, state_key, mesh, rules, filters=True) -> str:
+def _compiled_sampler(graphdef, state_key, mesh, rules, filters=True, samples=1, ignore_eos=True) -> str:
     """The sampler's program for `Sampler.generate`'s greedy draw above; `filters` False: the very program that
-    draw compiled (CONFIG's top-k and top-p remove nothing: a cache hit), True: the one top-k or top-p compile."""
+    draw compiled (CONFIG's top-k and top-p remove nothing: a cache hit), True: the one top-k or top-p compile.
+    With `samples=2, ignore_eos=False`: `_sample`'s program, a rollout as GRPO runs it (rows stop)."""
     tokens, valid = left_pad(PROMPTS, CONFIG.prompt_buckets, 0)
     with use_mesh(mesh, rules):
         lowered = generate_padded.lower(graphdef, state_key[0], jnp.asarray(tokens), jnp.asarray(valid), state_key[1],
                                         jnp.float32(0), jnp.int32(0), jnp.float32(1),
-                                        max_new=CONFIG.max_new_tokens, samples=1, stop_ids=(3,), pad_id=0,
-                                        ignore_eos=True, keep_logits=False, vocab_size=None, filters=filters)
+                                        max_new=CONFIG.max_new_tokens, samples=samples, stop_ids=(3,), pad_id=0,
+                                        ignore_eos=ignore_eos, keep_logits=False, vocab_size=None, filters=filters)
     return lowered.compile().as_text()
 
 
@@ -77,7 +78,10 @@ def test_the_inference_layout_samples_the_same_without_gathering_weights_in_the_
     assert reshard_metrics(inferring)["time/reshard_s"] > 0 and reshard_metrics(inferring)["time/reshard_s"] == 0
     assert reshard_metrics(trained) == {}
     assert _weight_allgather_bytes(graphdef, (state, key), mesh, TRAIN_RULES) > 0
-    program = _compiled_sampler(layout.graphdef, layout.reshard((state, key)), layout.mesh, layout.rules)
+    # the rollout's program with rows that stop (its stop mask once tipped XLA into gathering DeepSeek's router
+    # weight, split over `tensor`, at every token: model.routing._split_like_router)
+    program = _compiled_sampler(layout.graphdef, layout.reshard((state, key)), layout.mesh, layout.rules,
+                                samples=2, ignore_eos=False)
     assert decode_stats(program).weight_allgather_bytes == 0
     # the token draw takes each row whole on one device (sharding.context.constrain_whole_rows): the logits,
     # vocabulary over `tensor` (4 in DeepSeek's layout), are not gathered to every `tensor` device
