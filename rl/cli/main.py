@@ -65,11 +65,27 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> 
     args, extra = parser.parse_known_args(argv)
     if not extra:
         return args
+    argv = sys.argv[1:] if argv is None else list(argv)
+    at = argv.index(args.command)  # the top-level options before it take no command-like value
+    before = unknown_before_command(argv[:at], extra)
+    if before:  # (`r1jax --cpu_devices=2 train ...` was dropped silently: a command taking KEY=VALUE parsed on)
+        parser.error(f"unrecognized arguments before {args.command}: {' '.join(before)} (r1jax's own options: "
+                     "--cpu-devices N; a command's options go after its name)")
     if not getattr(args._module, "INTERMIXED", False):
         args._parser.error(f"unrecognized arguments: {' '.join(extra)}")  # names the command
-    argv = sys.argv[1:] if argv is None else list(argv)
-    rest = argv[argv.index(args.command) + 1:]  # the top-level options before it take no command-like value
+    rest = argv[at + 1:]
     return argparse.Namespace(**{**vars(args), **vars(args._parser.parse_intermixed_args(rest))})
+
+
+def unknown_before_command(prefix: list[str], extra: list[str]) -> list[str]:
+    """The arguments of `extra` (parse_known_args' leftovers, in the order given) that came from `prefix`, the
+    arguments before the command's name: argparse lists those first, so they are the leading run of `extra`
+    found in `prefix` in order. Only options: a word there is taken as the command (--cpu-devices' value too)."""
+    found = 0
+    for argument in prefix:
+        if found < len(extra) and argument.startswith("-") and argument == extra[found]:
+            found += 1
+    return extra[:found]
 
 
 def fake_cpu_devices(count: int) -> None:

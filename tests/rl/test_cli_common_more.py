@@ -93,3 +93,28 @@ def test_init_seed_0_overrides_the_configs_seed_and_the_line_says_what_was_writt
     assert capsys.readouterr().out == f"wrote {out / '0'} (deepseek_v3, seed 0, mesh data=1 fsdp=8 expert=1 tensor=1)\n"
     assert main(["init", "tiny", str(tmp_path / "ck5"), "seed=5", "model.num_hidden_layers=1"]) == 0
     assert ", seed 5, mesh" in capsys.readouterr().out  # no --seed: the config's
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--cpu_devices=2", "info"], "--cpu_devices=2"),  # a typo of the global option: ran on one device
+    (["--cpu-devices", "2", "--verbose", "info", "tiny"], "--verbose"),
+    (["-x", "generate", "run", "--ids", "1"], "-x"),  # a command without KEY=VALUE: named the command, not r1jax
+])
+def test_an_unknown_option_before_the_command_is_refused_not_dropped(capsys, argv, named):
+    from r1jax.rl.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2
+    command = next(a for a in argv[argv.index(named) + 1:] if not a.startswith("-"))
+    assert err.startswith(f"r1jax: error: unrecognized arguments before {command}: {named}"), err
+    assert named in err and "--cpu-devices N" in err
+
+
+def test_options_after_the_command_and_a_global_option_before_it_still_parse():
+    from r1jax.rl.cli.main import build_parser, parse_arguments
+
+    argv = ["--cpu-devices", "2", "export-gguf", "ck", "out.gguf", "--dtype", "f16", "sharding.fsdp=2"]
+    args = parse_arguments(build_parser(), argv)
+    assert args.cpu_devices == 2 and args.dtype == "f16" and args.overrides == ["sharding.fsdp=2"]
