@@ -149,6 +149,9 @@ class Tokenizer:
         import sentencepiece as spm
 
         self.model_proto = bytes(model_proto)
+        if not self.model_proto:  # protobuf parses it as a model with no pieces: a misleading "lacks ['<think>', ...]",
+            # after sentencepiece logged "Model is not initialized" to stderr for each piece looked up
+            raise UserError("an empty file (0 bytes), not a sentencepiece model")
         self._sp = spm.SentencePieceProcessor(model_proto=self.model_proto)
         missing = [t for t in TAGS if self._sp.piece_to_id(t) == UNK_ID]
         if missing or self._sp.bos_id() != BOS_ID or self._sp.pad_id() != PAD_ID:

@@ -94,6 +94,17 @@ def test_training_is_deterministic_and_save_load_round_trips(tokenizer, tmp_path
         Tokenizer.load(tmp_path / "junk")
 
 
+def test_an_empty_tokenizer_file_is_named_as_empty_without_sentencepiece_logs(tmp_path, capfd):
+    """0 bytes (a copy cut short, a disk that filled) parse as a model with no pieces: it was "a sentencepiece model
+    but not an r1jax tokenizer (it lacks ['<think>', ...])", after eight lines of sentencepiece's C++ log."""
+    (tmp_path / "tokenizer.model").write_bytes(b"")
+    with pytest.raises(UserError) as refused:
+        Tokenizer.load(tmp_path)
+    assert str(refused.value).startswith(f"tokenizer file {str(tmp_path / 'tokenizer.model')!r} is an empty file "
+                                         "(0 bytes), not a sentencepiece model; train one")
+    assert "not initialized" not in capfd.readouterr().err
+
+
 def test_templates():
     assert apply_template("r1_zero", "Compute 3+4") == R1_ZERO_TEMPLATE.replace("{prompt}", "Compute 3+4")
     assert apply_template("r1_zero", "Compute 3+4").startswith("A conversation between User and Assistant.")
