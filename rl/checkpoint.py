@@ -49,6 +49,11 @@ def restore_error(err: BaseException) -> BaseException | None:
 
 
 def _manager(root: pathlib.Path, items=("config", "params", checksums.ITEM), **options) -> ocp.CheckpointManager:
+    """A manager of `root`. One that reads (read_only) skips every step's `metrics` item, which only the trainer's
+    keep_best uses: Orbax reads them all as it starts, and one step's damaged metrics file stopped generate / eval /
+    the exports of any other step with a JSONDecodeError traceback."""
+    if options.get("read_only"):
+        options.setdefault("lightweight_initialize", True)
     return ocp.CheckpointManager(root.absolute(), item_names=items, options=ocp.CheckpointManagerOptions(**options))
 
 

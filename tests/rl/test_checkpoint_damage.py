@@ -96,6 +96,15 @@ def test_generate_on_a_damaged_checkpoint_names_the_directory_and_what_is_missin
         assert fragment in lines[0], lines[0]
 
 
+def test_a_damaged_metrics_item_of_any_step_does_not_stop_generate(capsys, checkpoint, tmp_path):
+    """Only the trainer reads a step's metrics (keep_best): Orbax's manager read every step's as it opened the
+    directory, and one that is not JSON was a JSONDecodeError traceback."""
+    path = damaged(checkpoint, tmp_path, lambda c: ((c / "0" / "metrics").mkdir(),
+                                                    (c / "0" / "metrics" / "metrics").write_text("xx")))
+    code, out = generate(capsys, path)
+    assert code == 0 and len(out.out.strip().splitlines()) == 1, out.err
+
+
 @pytest.mark.parametrize("command", [["eval", "{ck}", "--num-problems", "1", "--samples", "1", "--workers", "1"],
                                      ["export-hf", "{ck}", "{out}"]])
 def test_eval_and_export_name_a_step_missing_a_params_data_file(capsys, checkpoint, tmp_path, command):
