@@ -181,6 +181,21 @@ def new_output_dir(out: str | pathlib.Path, what: str | None = None) -> pathlib.
     return out
 
 
+def refuse_inside_checkpoint(out: pathlib.Path, checkpoint: str, what: str) -> None:
+    """A UserError naming `what` when `out` lies inside the checkpoint root that `checkpoint` names (a run directory's
+    checkpoints/, or the directory of its steps): its entries are steps, so an export named 99 there became the
+    run's latest step, which generate, eval and a resume then refused as incomplete; one inside a step is deleted
+    with it when the trainer rotates the step away; and `export-gguf --force` replaced the checkpoint's own
+    tokenizer.model with the GGUF file."""
+    from r1jax.rl.checkpoint_paths import resolve
+
+    root, _ = resolve(checkpoint)
+    if out.resolve().is_relative_to(root.resolve()):
+        raise UserError(f"{what} is inside checkpoint directory {str(root)!r}, whose entries are its steps (a "
+                        "numbered name is read as a step, and a step rotated away is deleted with all it holds): "
+                        "write the export outside it")
+
+
 def refuse_dangling_link(out: pathlib.Path, what: str, remedy: str) -> None:
     """A UserError naming `what`, each hop of its symlink chain and `remedy` when `out` is a symlink whose chain
     ends nowhere (a link to a link to nothing named only the first hop, which exists as a link)."""

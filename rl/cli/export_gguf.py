@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
 
     from r1jax.errors import UserError
     from r1jax.rl.checkpoint import read_latest
-    from r1jax.rl.cli.common import check_creatable, refuse_dangling_link, sigterm_interrupts
+    from r1jax.rl.cli.common import check_creatable, refuse_dangling_link, refuse_inside_checkpoint, \
+        sigterm_interrupts
     from r1jax.rl.cli.export_hf import load_checkpoint
     from r1jax.rl.gguf_export import check_exportable, export_gguf
 
@@ -60,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"output {str(out)!r} exists; pass --force to replace it")
     if out.parent.exists():  # a directory, writable, before the weights load (the file is written beside it first)
         check_creatable(out.parent, f"output {str(out)!r}", out)
+    refuse_inside_checkpoint(out, args.checkpoint, f"output {str(out)!r}")
 
     def before_weights(config, tok):
         check_exportable(config.model, args.dtype)

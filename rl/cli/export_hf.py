@@ -29,7 +29,7 @@ import sys
 
 from r1jax.files import remove, staging_path
 from r1jax.model.tokenizer import TEMPLATE_NAMES
-from r1jax.rl.cli.common import new_output_dir, sigterm_interrupts
+from r1jax.rl.cli.common import new_output_dir, refuse_inside_checkpoint, sigterm_interrupts
 from r1jax.sharding.topology import parse_size
 
 
@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if max_bytes <= 0:
         raise UserError(f"--max-shard-size {args.max_shard_size!r}: must be at least one byte")
     out = new_output_dir(args.out)
+    refuse_inside_checkpoint(out, args.checkpoint, f"output directory {str(out)!r}")
     with sigterm_interrupts():
         config, tok, policy = read_latest(args.checkpoint, lambda step: load_checkpoint(step, args))
     if tok is None and args.template is not None:  # (was dropped: the model alone written, "no tokenizer")

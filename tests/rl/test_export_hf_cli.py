@@ -84,3 +84,24 @@ def test_a_template_for_a_checkpoint_without_a_tokenizer_is_refused_before_anyth
         "r1jax export-hf: error: --template r1_zero: the checkpoint carries no tokenizer to write a chat "
         "template for; pass --tokenizer DIR, or drop --template"], err
     assert not out.exists()
+
+
+def test_an_export_inside_the_checkpoint_directory_it_reads_is_refused(tmp_path, capsys):
+    """The checkpoint root's entries are steps: an export-hf named 7 there became the latest step (generate and a
+    resume then refused the run as incomplete), one in a step went when the step rotated away, and export-gguf
+    --force replaced the checkpoint's own tokenizer.model with the GGUF file."""
+    ck = tmp_path / "ck"
+    assert main(["init", "tiny", str(ck), *SMALL], as_program=False) == 0
+    cases = [(["export-hf", str(ck), str(ck / "7")], ck / "7"),
+             (["export-hf", str(ck / "0"), str(ck / "0" / "hf")], ck / "0" / "hf"),
+             (["export-gguf", str(ck), str(ck / "tokenizer" / "tokenizer.model"), "--force"], None)]
+    for argv, made in cases:
+        if argv[0] == "export-gguf":  # (export-hf's: no tokenizer, so nothing stops them but the check)
+            (ck / "tokenizer").mkdir()
+            (ck / "tokenizer" / "tokenizer.model").write_bytes(b"the checkpoint's own")
+        assert main(argv, as_program=False) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{argv[2]!r} is inside checkpoint directory {str(ck)!r}" in err[0], err
+        assert made is None or not made.exists()
+    assert (ck / "tokenizer" / "tokenizer.model").read_bytes() == b"the checkpoint's own"
+    assert sorted(p.name for p in ck.iterdir()) == ["0", "tokenizer"]
