@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import pathlib
 from typing import Any
 
@@ -38,9 +39,12 @@ def config_path(hf_dir: str | pathlib.Path) -> pathlib.Path:
     if not hf_dir.is_dir():
         raise UserError(f"HF checkpoint {str(hf_dir)!r}: " + ("is a file, not a checkpoint directory"
                                                               if hf_dir.exists() else "does not exist"))
-    if not (hf_dir / "config.json").is_file():
-        raise UserError(f"HF checkpoint {str(hf_dir)!r}: no config.json")
-    return hf_dir / "config.json"
+    config = hf_dir / "config.json"
+    if not config.is_file():  # (one that is a directory or a broken link was "no config.json" too)
+        what = "is a directory, not a file" if config.is_dir() else \
+            f"is a symlink to {os.readlink(config)!r}, which does not exist" if config.is_symlink() else None
+        raise UserError(f"HF checkpoint {str(hf_dir)!r}: " + (f"config.json {what}" if what else "no config.json"))
+    return config
 
 
 class HFCheckpoint:

@@ -104,6 +104,19 @@ def test_a_checkpoint_path_that_is_a_file_or_missing_is_named(sharded, tmp_path,
     assert "nowhere': does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("make, said", [(lambda path: path.mkdir(), "config.json is a directory, not a file"),
+                                        (lambda path: path.symlink_to(path.parent / "gone.json"),
+                                         "config.json is a symlink to '{dir}/gone.json', which does not exist")])
+def test_a_config_json_that_is_no_file_is_named_as_what_it_is(tmp_path, capsys, make, said):
+    """Either was "no config.json", though the listing shows one."""
+    (tmp_path / "hf").mkdir()
+    make(tmp_path / "hf" / "config.json")
+    assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"r1jax import-hf: error: HF checkpoint {str(tmp_path / 'hf')!r}: " \
+        + said.format(dir=tmp_path / "hf"), err
+
+
 @pytest.mark.parametrize("cfg", [QWEN, DEEPSEEK])
 def test_every_key_of_the_wrong_type_is_named(cfg):
     hf = to_hf_config(cfg)
