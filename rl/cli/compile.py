@@ -10,7 +10,6 @@ import json
 import os
 import sys
 
-from r1jax.errors import UserError
 from r1jax.rl.cli.common import (add_config_arguments, check_context, positive_int, positive_number,
                                   split_config_and_overrides)
 

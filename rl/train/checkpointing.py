@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import pathlib
 import shutil
 from typing import Any, Mapping
@@ -58,7 +59,15 @@ class TrainCheckpointer:
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=async_save, best_fn=(lambda m: m[BEST_METRIC]) if keep_best else None,
             preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies))
-        self.manager = ocp.CheckpointManager(self.root, options=options)
+        try:
+            self.manager = ocp.CheckpointManager(self.root, options=options)
+        except ValueError:  # (json's JSONDecodeError) Orbax reads back every step's metrics as it opens the root
+            damaged = _unreadable_metrics(self.root)
+            if damaged is None:
+                raise
+            raise UserError(f"checkpoint metrics {damaged} is not JSON (a damaged file?): a run reads every step's to "
+                            f"keep the best ones (checkpoint.keep_best); restore it, or delete {damaged.parent} (that "
+                            "step then counts as one without an evaluation) and run again") from None
         if _is_primary():  # (Orbax's deletes are process 0's) a step a reader holds is deleted by a later save
             self.manager._checkpoint_deleter = LeaseRespectingDeleter(self.manager._checkpoint_deleter, self.root)
         self._replacing = False  # a re-save's old copy is aside until the new one commits
@@ -158,6 +167,16 @@ class TrainCheckpointer:
             wait_for_writers(self._threads_before)
             raise
         self.manager.close()
+
+
+def _unreadable_metrics(root: pathlib.Path) -> pathlib.Path | None:
+    """The first step's `metrics/metrics` file under `root` that is not JSON (None: every one is)."""
+    for path in sorted(root.glob("*/metrics/metrics")):
+        try:
+            json.loads(path.read_bytes())
+        except (ValueError, OSError):
+            return path
+    return None
 
 
 def _is_primary() -> bool:

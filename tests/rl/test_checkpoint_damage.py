@@ -207,26 +207,6 @@ def test_resume_from_a_damaged_latest_step_names_it_instead_of_skipping_it(train
     assert str(root / "2") in message and expected in message and "\n" not in message
 
 
-def test_the_best_step_outlives_a_resume(tmp_path):
-    """checkpoint.keep 2 and keep_best 1: step 1 (pass@1 0.9, the best) stays through two later saves, also when
-    the directory is reopened between them as a resumed run opens it: its score is read back from disk (it was
-    kept in memory only, so after a resume the latest two steps alone stayed)."""
-    config = load_run_config(TRAIN_CONFIG)
-    kept = []
-    for reopen in (False, True):
-        root = tmp_path / f"reopen-{reopen}"
-        checkpointer = TrainCheckpointer(root, keep=2, keep_best=1, async_save=False)
-        for step, score in ((1, 0.9), (2, 0.1), (3, None), (4, None)):
-            if step == 3 and reopen:
-                checkpointer.close()
-                checkpointer = TrainCheckpointer(root, keep=2, keep_best=1, async_save=False)
-            checkpointer.save(step, config, {"params": {"w": np.zeros(2, np.float32)}}, {"global_step": step},
-                              None if score is None else {"eval/pass@1": score})
-        kept.append(sorted(checkpointer.manager.all_steps()))
-        checkpointer.close()
-    assert kept == [[1, 3, 4], [1, 3, 4]]
-
-
 def test_a_step_saved_again_while_its_async_save_runs_is_replaced_whole(tmp_path):
     """A stage of 0 steps saves the previous stage's step again at once: the re-save deleted the first save's
     directory mid-write (a NOT_FOUND error, the step lost; two processes hung). It now waits for it."""
