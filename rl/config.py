@@ -64,6 +64,9 @@ class Config:
         if type(self.seed) is not int or not -MAX_SEED <= self.seed <= MAX_SEED:
             raise UserError(f"seed={self.seed!r}: expected an integer in [-2^53, 2^53]")
         check_bool("plots", self.plots)
+        if self.tokenizer.path is not None and not self.tokenizer.path.strip():  # was read as the directory '.'
+            raise UserError(f"tokenizer.path={self.tokenizer.path!r}: expected a tokenizer directory (or null: the "
+                            "first stage's init_from tokenizer, else one trained on the run's data)")
         self._check_rollout_sizes()
         self._check_overlong()
         if not self.stages:

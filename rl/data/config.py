@@ -65,6 +65,9 @@ class DataConfig:
                             "task once")
 
     def __post_init__(self) -> None:
+        if self.path is not None and not self.path.strip():  # read as '.': "data file '.' is not a file"
+            raise UserError(f"data.path={self.path!r}: expected a data file's path (or null: problems generated "
+                            "from data.tasks)")
         if not self.tasks and self.path is None:
             raise UserError("data.tasks is empty and data.path is not set: nothing to train on")
         for field, name in [*(("data.tasks", name) for name in self.tasks), ("data.default_task", self.default_task)]:

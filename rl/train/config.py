@@ -136,6 +136,17 @@ class StageConfig:
                                 f"{said} (drop the setting; to resume a run whose config.yaml holds it, set it to "
                                 f"its default, {default})")
 
+    def check_paths(self) -> None:
+        """UserError for an empty `data_path` or `init_from` (`init_from: ""`): read as unset, the stage trained
+        on data.path's rows or from the previous stage without a word. A run's start checks its stages so
+        (rl.train.preflight), not every load: a checkpoint's config that holds one still evaluates."""
+        for key in ("data_path", "init_from"):
+            value = getattr(self, key)
+            if value is not None and not value.strip():
+                raise UserError(f"stages[{self.name}].{key}={value!r}: expected a path (or null: "
+                                + ("data.path, else the tasks" if key == "data_path" else "the previous stage's "
+                                   "final checkpoint, or a fresh policy for the first stage") + ")")
+
     def new_tokens(self, sampling_max_new_tokens: int) -> int:
         """The completion budget the stage samples with: a rejection_sampling stage's own `max_new_tokens`
         when set, else `sampling.max_new_tokens` (what GRPO samples with)."""

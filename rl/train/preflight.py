@@ -85,6 +85,7 @@ def preflight(config: Config, tokenizer: TokenizerLike, mesh: Mesh, rules: Rules
         check_stage_data(config, index, tokenizer)
         if index >= first_stage:
             config.stages[index].check_settings_read()
+            config.stages[index].check_paths()
             check_init_from(config, index, tokenizer)
     return check_held_out(config, tokenizer, left_out)
 

@@ -60,6 +60,8 @@ from r1jax.rl.rewards.config import CodeConfig, FieldError, PoolConfig, RewardsC
     ("model.n_routed_experts=1000000", "model.n_routed_experts=1000000"),
     ("data.num_problems=99999999999999", "data.num_problems = 99999999999999"),
     # silently accepted nonsense
+    ("data.path=''", "data.path='': expected a data file's path"),  # was "data file '.' is not a file"
+    ("tokenizer.path=' '", "tokenizer.path=' ': expected a tokenizer directory"),  # was "directory '.'"
     ("eval.difficulty=0", "eval.difficulty=0"),
     ("eval.difficulty=-1", "eval.difficulty=-1"),
     ("eval.difficulty=6", "eval.difficulty=6"),

@@ -253,6 +253,13 @@ def test_the_first_stages_init_from_is_checked_before_training(tokenizer, tmp_pa
         preflight(config, tokenizer, build_mesh(config.sharding), config.sharding.logical_rules())
 
 
+@pytest.mark.parametrize("override,named", [("stages.0.data_path=''", "stages[sft].data_path='': expected a path"),
+                                            ("stages.1.init_from=''", "stages[grpo].init_from='': expected a path")])
+def test_an_empty_data_path_or_init_from_is_named_not_read_as_unset(tokenizer, override, named):
+    """`init_from: ""` trained from the previous stage, `data_path: ""` on data.path's rows, without a word."""
+    fails(tokenizer, override, named=named)
+
+
 def test_a_tokenizer_one_piece_past_the_vocabulary_is_named(tokenizer):
     fails(tokenizer, "model.vocab_size=511", named=["model.vocab_size=511 is smaller than the 512 pieces"])
 
