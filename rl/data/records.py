@@ -108,6 +108,7 @@ def _jsonl_rows(path: pathlib.Path, digest=None) -> Iterator[tuple[int, dict]]:
     except OSError as err:
         raise UserError(f"data file {str(path)!r} cannot be read: {err.strerror or err}") from err
     with handle:
+        first = True  # the first row that is not blank: where a JSON document that is not JSON Lines shows
         for number, raw in enumerate(handle, start=1):
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a BOM some editors write first
@@ -117,17 +118,31 @@ def _jsonl_rows(path: pathlib.Path, digest=None) -> Iterator[tuple[int, dict]]:
                 continue
             if digest is not None:
                 digest.update(raw.rstrip(b"\r\n") + b"\n")
+            hint = _not_json_lines(line) if first else ""
+            first = False
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise UserError(f"{path}: row {number}: not valid JSON ({err.msg})") from err
+                raise UserError(f"{path}: row {number}: not valid JSON ({err.msg}){hint}") from err
             except RecursionError as err:  # json's decoder recurses once per nested [ or {
                 raise UserError(f"{path}: row {number}: not valid JSON (nested too deeply)") from err
             except ValueError as err:  # an integer past Python's 4,300 digits
                 raise UserError(f"{path}: row {number}: not readable JSON ({err})") from err
             if not isinstance(row, dict):
-                raise UserError(f"{path}: row {number}: expected a JSON object, got {type(row).__name__}")
+                raise UserError(f"{path}: row {number}: expected a JSON object, got {type(row).__name__}{hint}")
             yield number, row
+
+
+def _not_json_lines(line: str) -> str:
+    """What a data file's first row says when it opens a JSON array or an object spread over lines (a `.json`
+    dataset saved whole): the reader takes JSON Lines, one object per line, and said only "row 1: expected a
+    JSON object, got list" or "not valid JSON (Expecting property name ...)"."""
+    array = line.lstrip().startswith("[")
+    if not array and line.strip() != "{":
+        return ""
+    return ("; a data file holds JSON Lines, one JSON object per line, not " + ("a JSON array" if array else
+            "an object over several lines") + ": convert it, e.g. jq -c " + ("'.[]'" if array else ".")
+            + " FILE.json > FILE.jsonl")
 
 
 def _parquet_rows(path: pathlib.Path, digest=None) -> Iterator[tuple[int, dict]]:

@@ -58,3 +58,19 @@ def test_a_trained_tokenizer_learns_the_corpus_of_the_configs_seed(monkeypatch):
     assert build_tokenizer(TokenizerConfig(), DataConfig(tasks=("arithmetic",), seed=7)) == "tokenizer"
     assert seen["corpus"] == list(task_corpus(["arithmetic"], problems_per_level=2, seed=7))
     assert seen["corpus"] != list(task_corpus(["arithmetic"], problems_per_level=2, seed=0))
+
+
+@pytest.mark.parametrize("text,named", [
+    ('[{"prompt": "q", "answer": "1"}]',
+     r"row 1: expected a JSON object, got list; .*not a JSON array: .*jq -c '\.\[\]'"),
+    ('[\n {"prompt": "q", "answer": "1"}\n]\n', r"row 1: not valid JSON \(Expecting value\); .*not a JSON array"),
+    ('\n{\n "prompt": "q",\n "answer": "1"\n}\n',
+     r"row 2: not valid JSON .*not an object over several lines: .*jq -c \."),
+])
+def test_a_json_file_that_is_one_document_is_named_as_not_json_lines(tmp_path, text, named):
+    """A `.json` dataset saved whole (an array, or an indented object) said only "expected a JSON object, got
+    list" or "Expecting property name": the reader takes JSON Lines, and the message now says so."""
+    path = tmp_path / "data.json"
+    path.write_text(text)
+    with pytest.raises(UserError, match=named):
+        load_problems(path)
