@@ -108,6 +108,12 @@ def check_items(hint: Any, value: Any, where: str, key: str = "", item: bool = F
     elif origin is dict and len(args) == 2 and isinstance(value, collections.abc.Mapping):
         for name, element in value.items():
             check_items(args[1], element, where, f"{key}.{name}", item=True)
+    elif isinstance(value, (list, tuple)) and (origin is dict or dataclasses.is_dataclass(hint)) or \
+            isinstance(value, collections.abc.Mapping) and origin in (list, tuple):  # OmegaConf: "Cannot merge
+        # incompatible container types" (`sharding.rules=[]`, `stages={name: x}`), or "dict is not a TupleConfig"
+        have, want = ("a list", f"a mapping of {hint.__name__}'s fields" if dataclasses.is_dataclass(hint) else
+                      "a mapping") if isinstance(value, (list, tuple)) else ("a mapping", "a list")
+        raise UserError(f"{where}: {key}: expected {want}, got {have}")
     elif not isinstance(value, (collections.abc.Mapping, list, tuple)) and (
             origin in (list, tuple, dict) or dataclasses.is_dataclass(hint)):  # OmegaConf: "str is not a ListConfig"
         group = origin in (list, tuple) and args and dataclasses.is_dataclass(args[0])  # (stages=grpo: "[grpo]"

@@ -26,6 +26,17 @@ def test_an_override_that_is_not_yaml_is_named(override, problem):
     load_fails(override, named=[f"overrides: {override!r}: not valid YAML", problem])  # a ParserError before
 
 
+@pytest.mark.parametrize("override, named", [
+    ("sharding.rules=[]", "sharding.rules: expected a mapping, got a list"),  # "Cannot merge incompatible
+    ("data.fields=[prompt]", "data.fields: expected a mapping, got a list"),  # container types"
+    ("stages={name: x}", "stages: expected a list, got a mapping"),
+    ("stages.0=[1]", "stages.0: expected a mapping of StageConfig's fields, got a list"),  # "key 'stages0'"
+    ("data.tasks={a: 1}", "data.tasks: expected a list, got a mapping"),  # "dict is not a TupleConfig"
+])
+def test_an_override_giving_a_list_for_a_mapping_or_the_reverse_is_named(override, named):
+    load_fails(override, named=f"overrides: {override!r}: {named}")
+
+
 def test_an_unknown_key_in_a_config_files_list_item_is_named_with_its_place(tmp_path):
     """OmegaConf named a stage's misspelled key without the stage ("key 'stepz'"), as it does for an override."""
     config = tmp_path / "run.yaml"
