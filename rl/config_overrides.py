@@ -56,9 +56,34 @@ def parse_overrides(overrides: Sequence[str], where: str = "overrides",
             raise UserError(f"{where}: {text!r}: {_describe(err)}") from err
         except pyyaml.YAMLError as err:  # an unclosed [ or {
             problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise UserError(f"{where}: {text!r}: not valid YAML ({problem})") from None
+            raise UserError(f"{where}: {text!r}: not valid YAML ({problem}){_colon_hint(raw)}") from None
+        if hint := _colon_hint(raw, value):
+            raise UserError(f"{where}: {text!r}: {hint.lstrip('; ')}")
         items.append((text, parts, value))
     return Overrides(tuple(items), where)
+
+
+# a flow mapping's `key:value` with no space: `{prompt:question}`, `{arithmetic:{digits:2}}`
+_NO_SPACE = re.compile(r"[{,]\s*([^\s{},:\[\]'\"]+):([^\s{},:\[\]]+|[{\[])")
+
+
+def _colon_hint(raw: str, value: Any = None) -> str:
+    """For a flow mapping with no space after a colon: YAML reads `{prompt:question}` as the key
+    `prompt:question` with no value ("field 'data.fields.prompt:question' is not Optional") and
+    `{arithmetic:{digits:2}}` as a syntax error ("found unexpected ':'"). With `value` (the parsed value), only
+    when it holds such a key with no value."""
+    found = _NO_SPACE.search(raw)
+    if not found or value is not None and not _valueless_colon_key(value):
+        return ""
+    key, rest = found.groups()
+    rest += "..." if rest in "{[" else ""
+    return f"; YAML needs a space after the colon in a mapping: write '{key}: {rest}', not '{key}:{rest}'"
+
+
+def _valueless_colon_key(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(isinstance(k, str) and ":" in k and v is None or _valueless_colon_key(v) for k, v in value.items())
+    return isinstance(value, list) and any(_valueless_colon_key(item) for item in value)
 
 
 def build_structured(schema, parts: Sequence[Any], source: str):

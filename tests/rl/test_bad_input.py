@@ -27,6 +27,20 @@ def test_an_override_that_is_not_yaml_is_named(override, problem):
 
 
 @pytest.mark.parametrize("override, named", [
+    ("data.fields={prompt:question}", "write 'prompt: question', not 'prompt:question'"),  # "... is not Optional"
+    ("stages=[{name:a, kind: sft}]", "write 'name: a', not 'name:a'"),
+    ("data.task_knobs={arithmetic: {digits:2}}", "write 'digits: 2', not 'digits:2'"),  # "unknown knob(s)"
+    ("data.task_knobs={arithmetic:{digits: 2}}", "found unexpected ':'); YAML needs a space after the colon in a "
+                                                 "mapping: write 'arithmetic: {...', not 'arithmetic:{...'"),
+])
+def test_a_mapping_override_without_a_space_after_its_colon_is_named(override, named):
+    """YAML reads `{prompt:question}` as the key `prompt:question` with no value: the message named a key the
+    user never wrote ("field 'data.fields.prompt:question' is not Optional")."""
+    load_fails(override, named=[f"overrides: {override!r}: ", named])
+    assert load_config(TRAIN_CONFIG, ["data.fields={prompt: 'a:b'}"]).data.fields == {"prompt": "a:b"}
+
+
+@pytest.mark.parametrize("override, named", [
     ("sharding.rules=[]", "sharding.rules: expected a mapping, got a list"),  # "Cannot merge incompatible
     ("data.fields=[prompt]", "data.fields: expected a mapping, got a list"),  # container types"
     ("stages={name: x}", "stages: expected a list, got a mapping"),
