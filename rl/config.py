@@ -178,7 +178,7 @@ def preset_names() -> list[str]:
 
 def resolve_path(name_or_path: str | pathlib.Path) -> pathlib.Path:
     path = pathlib.Path(name_or_path)
-    if path.suffix in (".yaml", ".yml"):
+    if path.suffix.lower() in (".yaml", ".yml"):  # (run.YAML was "not a YAML file and not one of the presets")
         if not path.is_file():
             raise UserError(f"config file {str(path)!r} " + ("is not a file" if path.exists() else "does not exist"))
         return path
@@ -187,7 +187,8 @@ def resolve_path(name_or_path: str | pathlib.Path) -> pathlib.Path:
         hint = (f"; {str(path)!r} is a Hugging Face checkpoint: give a config with stages.0.init_from={path} (or "
                 "convert it with `r1jax import-hf`)" if (path / "config.json").is_file() else
                 f"; {str(path)!r} is a directory (a run directory keeps its config as config.yaml)" if path.is_dir()
-                else "")
+                else f"; {str(path)!r} is a file, but a config file's name ends in .yaml or .yml: rename it"
+                if path.is_file() else "")
         raise UserError(f"unknown config {str(name_or_path)!r}: not a YAML file and not one of the presets "
                         f"({', '.join(preset_names())}){hint}")
     return preset

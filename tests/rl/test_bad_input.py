@@ -259,3 +259,13 @@ def test_an_overlong_penalty_no_sample_can_reach_is_named_with_the_budget():
     assert (config.rewards.max_length, config.sampling.max_new_tokens) == (8, 8)
     # weighted 0 (logged, not trained on): taken as set
     load_config(TRAIN_CONFIG, ["rewards.names=[accuracy,format,overlong]", "rewards.weights=[1.0,1.0,0.0]"])
+
+
+def test_a_config_file_named_otherwise_than_yaml_is_read_or_named(tmp_path):
+    """run.YAML and a file without the suffix were "not a YAML file and not one of the presets" (they are files)."""
+    upper = tmp_path / "run.YAML"
+    upper.write_text(TRAIN_CONFIG.read_text())
+    assert load_config(upper) == load_config(TRAIN_CONFIG)
+    plain = tmp_path / "run"
+    plain.write_text(TRAIN_CONFIG.read_text())
+    load_fails(config=plain, named=f"{str(plain)!r} is a file, but a config file's name ends in .yaml or .yml")
