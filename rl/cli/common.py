@@ -258,8 +258,13 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def split_config_and_overrides(config: str, overrides: list[str]) -> tuple[str, list[str]]:
-    """`r1jax info model.x=1` means the default config with an override."""
+    """`r1jax info model.x=1` means the default config with an override. The config after overrides
+    (`r1jax train seed=1 run.yaml`) is named as misplaced: it was "'run.yaml' is not of the form dotted.key=value"."""
     if "=" in config:
+        misplaced = next((text for text in overrides if "=" not in text), None)
+        if misplaced is not None:
+            raise UserError(f"{misplaced!r} after the override {config!r}: the config (a preset name or YAML path) "
+                            f"comes first, before its KEY=VALUE overrides")
         return "tiny", [config, *overrides]
     return config, overrides
 

@@ -79,6 +79,17 @@ def test_sigterm_interrupts_only_inside_its_block():
         signal.signal(signal.SIGTERM, previous)
 
 
+def test_a_config_after_its_overrides_is_named_as_misplaced(capsys, tmp_path):
+    """`r1jax train seed=1 run.yaml` said "'run.yaml' is not of the form dotted.key=value"."""
+    from r1jax.rl.cli.main import main
+
+    assert common.split_config_and_overrides("seed=1", ["grpo.kl_coef=0"]) == ("tiny", ["seed=1", "grpo.kl_coef=0"])
+    with pytest.raises(UserError, match=r"^'run.yaml' after the override 'seed=1': the config .* comes first"):
+        common.split_config_and_overrides("seed=1", ["grpo.kl_coef=0", "run.yaml"])
+    assert main(["train", "seed=1", "tiny", "--run-dir", str(tmp_path / "run")]) == 2
+    assert "'tiny' after the override 'seed=1'" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
 # --- init.py ---------------------------------------------------------------------------------------------------------
 
 def test_init_seed_0_overrides_the_configs_seed_and_the_line_says_what_was_written(capsys, tmp_path):
