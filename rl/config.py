@@ -160,7 +160,12 @@ def _check_stage_data(stages: Sequence[StageConfig], index: int, field: str) -> 
 def student_model(model: ModelConfig, overrides: Sequence[str], where: str = "student_overrides") -> ModelConfig:
     """`model` with a distill stage's overrides ("hidden_size=64", "num_hidden_layers=1") applied."""
     where = f"{where}.student_overrides"
-    return build_structured(OmegaConf.structured(model), [parse_overrides(overrides, where, "key=value")], where)
+    try:
+        return build_structured(OmegaConf.structured(model), [parse_overrides(overrides, where, "key=value")], where)
+    except UserError as err:  # the model's own checks name "model.family=..." only: say whose model it is
+        if str(err).startswith(where):
+            raise
+        raise UserError(f"{where}: {err}") from None
 
 
 def stage_config(config: Config, index: int) -> Config:

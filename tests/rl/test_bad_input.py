@@ -269,3 +269,12 @@ def test_a_config_file_named_otherwise_than_yaml_is_read_or_named(tmp_path):
     plain = tmp_path / "run"
     plain.write_text(TRAIN_CONFIG.read_text())
     load_fails(config=plain, named=f"{str(plain)!r} is a file, but a config file's name ends in .yaml or .yml")
+
+
+@pytest.mark.parametrize("student, named", [("family=qwen3", "model.family='qwen3': must be one of"),
+                                            ("num_experts_per_tok=9", "model.num_experts_per_tok=9: must be <=")])
+def test_a_student_override_the_model_refuses_names_the_distill_stage(student, named):
+    """The model's own check said "model.family='qwen3': ..." of a `model:` section that holds no such value."""
+    stages = ("stages=[{name: rs, kind: rejection_sampling, steps: 1, batch_size: 8}, {name: student, kind: "
+              f"distill, steps: 1, batch_size: 8, teacher: rs, student_overrides: [{student}]}}]")
+    load_fails(stages, named=f"stages[student].student_overrides: {named}")
