@@ -90,6 +90,11 @@ def check_items(hint: Any, value: Any, where: str, key: str = "", item: bool = F
     """`value` (plain data for a field of type `hint`) refused naming `where` and the key where OmegaConf reads
     it silently or names no key: a bool field given a non-bool (`plots: 2` was true), a list or dict item of the
     wrong kind (`weights: [a]`: "Value '$VALUE' ... could not be converted"; `names: [[a]]`: "unhashable")."""
+    if value is None and item and (hint in _SCALARS or dataclasses.is_dataclass(hint)):  # a list item (`tasks:
+        # [arithmetic, ~]`, a YAML list's empty `-`): OmegaConf named no key ("Incompatible value 'None' for field
+        # of type 'str'"), or a stage as "NoneType is not a subclass of StageConfig"
+        want = _SCALARS[hint] if hint in _SCALARS else f"a mapping of {hint.__name__}'s fields"
+        raise UserError(f"{where}: {key} = null: expected {want}")
     hint = _unwrap_optional(hint)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if value is None or isinstance(value, str) and "${" in value:  # null: OmegaConf's check; interpolations

@@ -278,3 +278,14 @@ def test_a_student_override_the_model_refuses_names_the_distill_stage(student, n
     stages = ("stages=[{name: rs, kind: rejection_sampling, steps: 1, batch_size: 8}, {name: student, kind: "
               f"distill, steps: 1, batch_size: 8, teacher: rs, student_overrides: [{student}]}}]")
     load_fails(stages, named=f"stages[student].student_overrides: {named}")
+
+
+def test_a_null_list_item_is_named_with_its_place(tmp_path):
+    """A YAML list's empty `-` (or `~`) said "Incompatible value 'None' for field of type 'str'", naming no key."""
+    path = tmp_path / "run.yaml"
+    path.write_text("data:\n  tasks:\n    - arithmetic\n    -\n")
+    load_fails(config=path, named=f"{path}: data.tasks.1 = null: expected a string")
+    load_fails("sampling.prompt_buckets=[32,null]", named="sampling.prompt_buckets.1 = null: expected an integer")
+    load_fails("rewards.weights=[1,~]", named="rewards.weights.1 = null: expected a number")
+    path.write_text("stages:\n  - {name: a, kind: sft, steps: 1}\n  -\n")
+    load_fails(config=path, named=f"{path}: stages.1 = null: expected a mapping of StageConfig's fields")
