@@ -88,6 +88,10 @@ def _train(args: argparse.Namespace, primary: bool) -> int:
         # resume here trained the default config
         raise UserError(f"{named} holds no config.yaml (no start there passed its checks), so there is no run to "
                         f"resume: name the config, r1jax train CONFIG --run-dir {str(run_dir)!r}")
+    if name is None and saved.is_file() and not saved.read_bytes().strip():  # (a config file of the user's that is
+        # empty means every default; the run's own, which r1jax writes whole, is damaged: a resume trained defaults)
+        raise UserError(f"{str(saved)!r} is empty: it should hold the run's whole resolved config, so there is no "
+                        f"config to resume under; name it, r1jax train CONFIG --run-dir {str(run_dir)!r}")
     # an existing run goes on under its own config unless the command names one (an edited file is read again)
     config = load_config(saved if saved.exists() and name is None else name or DEFAULT_CONFIG, overrides)
     distributed.check_same("config", to_yaml(config), "the resolved config")  # before process 0 writes it

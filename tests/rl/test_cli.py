@@ -333,3 +333,21 @@ def test_a_bug_keeps_its_traceback_when_the_run_directory_is_gone(tmp_path, monk
     config = pathlib.Path(__file__).parent / "data" / "train_tiny.yaml"
     with pytest.raises(KeyError, match="a bug"):
         main(["train", str(config), "--run-dir", str(tmp_path / "run")], as_program=False)
+
+
+def test_a_resume_under_an_empty_saved_config_is_refused(capsys, tmp_path, monkeypatch):
+    """An empty config.yaml in a run directory (a file cut short) read as every default: the resume trained the
+    default config there and wrote it over config.yaml."""
+    from r1jax.rl.train.trainer import Trainer
+
+    def trains(self):
+        raise AssertionError(f"trained {self.run_dir}")
+
+    monkeypatch.setattr(Trainer, "run", trains)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("\n")
+    assert main(["train", "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"'{run / 'config.yaml'}' is empty" in err and "r1jax train CONFIG --run-dir" in err, err
+    assert (run / "config.yaml").read_text() == "\n"
