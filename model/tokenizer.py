@@ -269,6 +269,10 @@ def prompt_text(tokenizer: TokenizerLike, template: str, prompt: str,
         if not text:  # the policy would have nothing to condition on (and SFT no token to predict from)
             raise UserError(f"{tokenizer.chat_template.origin} rendered nothing for a user message (prompt "
                             f"{prompt[:60]!r}) with the generation prompt: a prompt needs at least one token")
+        if prompt.strip() not in text:  # every problem would get one prompt: nothing to learn from (" " included)
+            raise UserError(f"{tokenizer.chat_template.origin} rendered a user message without its text (prompt "
+                            f"{prompt[:60]!r}, rendered {text[:60]!r}): every problem's prompt would be the same; "
+                            "the template must write the message's content")
         return text
     return apply_template(template, prompt)
 

@@ -267,6 +267,19 @@ def test_the_rendered_text_is_bounded_and_a_template_that_renders_nothing_is_nam
             render_prompt(_hf_dir(tmp_path / name, template), "chat", "q")
 
 
+@pytest.mark.parametrize("template", [
+    "{% for m in messages %}<|{{ m.role }}|>{% endfor %}<|assistant|>",  # every prompt the same text
+    "{% for m in messages %}   {% endfor %}",  # blanks only
+])
+def test_a_template_that_drops_the_users_text_is_named(tmp_path, template):
+    """Every problem's prompt rendered the same: training ran on a policy that could not see its problems."""
+    with pytest.raises(UserError, match=r"chat_template rendered a user message without its text \(prompt 'What is "
+                                        r"2 \+ 2\?', rendered '"):
+        render_prompt(_hf_dir(tmp_path, template), "chat", "What is 2 + 2?")
+    trimmed = "{% for m in messages %}<|{{ m.role }}|>{{ m.content | trim }}{% endfor %}<|assistant|>"
+    assert render_prompt(_hf_dir(tmp_path / "trimmed", trimmed), "chat", " What is 2 + 2?\n")  # its text, trimmed
+
+
 @pytest.mark.parametrize("template,refusal", [
     ("{{ messages.__class__.__mro__ }}", "unsafe"),                         # no reach into Python internals
     ("{% set xs = [] %}{{ xs.append(1) }}", "unsafe"),                      # immutable sandbox
