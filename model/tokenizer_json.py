@@ -124,6 +124,7 @@ class HFTokenizer:
         # transformers skips the clean-up for BPE models (it would delete real spaces before punctuation)
         self._clean_up = bool(self.config.get("clean_up_tokenization_spaces", False)) and \
             type(self._tok.model).__name__ != "BPE"
+        self._undefaulted: list[str] = []  # named chat templates of which none is 'default'
         self.chat_template = self._chat_template()
 
     # --------------------------------------------------------------------------------------------- loading
@@ -203,6 +204,7 @@ class HFTokenizer:
         if isinstance(source, list):  # named templates: [{"name": "default", "template": ...}, ...]
             named = {t.get("name"): t.get("template") for t in source if isinstance(t, Mapping)}
             source, origin = named.get("default"), f"{origin} named 'default'"
+            self._undefaulted = [str(name) for name in named] if source is None else []
         if source is None:
             return None
         if not isinstance(source, str):
@@ -266,6 +268,11 @@ class HFTokenizer:
                             **variables: Any) -> str:
         """The chat template's text for `messages` (as `AutoTokenizer.apply_chat_template(..., tokenize=False)`);
         its ids are `encode(text)`. No chat template is a UserError naming the files looked in."""
+        if self.chat_template is None and self._undefaulted:
+            raise UserError(f"{self._where(CONFIG_JSON)}'s chat_template is a list of named templates "
+                            f"({', '.join(map(repr, self._undefaulted))}) without one named 'default', the one "
+                            "used (as transformers uses it): name the one to use 'default', or use the prompt format "
+                            "r1_zero or none (tokenizer.template, or --template on generate and eval)")
         if self.chat_template is None:
             raise UserError(f"{self.origin} has no chat template (neither {CHAT_TEMPLATE_FILE} nor a chat_template "
                             f"in {CONFIG_JSON}); use the prompt format r1_zero or none (tokenizer.template, or "

@@ -325,6 +325,11 @@ def test_a_list_of_named_chat_templates_uses_the_default_one(tmp_path):
                  {"name": "default", "template": "DEFAULT {{ messages[0]['content'] }}"}]
     tok = HFTokenizer.load(_edited_qwen(tmp_path, config={"chat_template": templates}))
     assert tok.apply_chat_template([{"role": "user", "content": "hi"}]) == "DEFAULT hi"
+    # none named 'default' (transformers refuses to pick one): named as such, not as a tokenizer without a template
+    tok = HFTokenizer.load(_edited_qwen(tmp_path / "none", config={"chat_template": templates[:1]}))
+    with pytest.raises(UserError, match=r"chat_template is a list of named templates \('tool_use'\) without one "
+                                        r"named 'default'"):
+        tok.apply_chat_template([{"role": "user", "content": "hi"}])
 
 
 def test_generation_config_ids_must_be_ids_of_the_vocabulary(tmp_path):
