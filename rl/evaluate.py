@@ -147,6 +147,14 @@ def _file_held_out(data: DataConfig, cfg: EvalConfig, tasks: Sequence[str] | Non
     return problems[:cfg.num_problems]
 
 
+def held_out_file_note(cfg: EvalConfig, rows: int) -> str:
+    """The run's line on a held-out file (`eval.path`) of which `rows` were taken: fewer than eval.num_problems
+    when the file holds no more that training does not read, which the line then says."""
+    taken = (f"all it holds that training does not read: fewer than eval.num_problems={cfg.num_problems}"
+             if rows < cfg.num_problems else "its first that training does not read")
+    return f"held-out set: {rows} rows of eval.path {cfg.path} ({taken})"
+
+
 def _too_small(data: DataConfig, cfg: EvalConfig, found: int) -> ValueError:
     used = (f"training's {data.num_problems} generated problems ({', '.join(data.tasks)} at difficulty "
             f"{data.difficulty}: data.num_problems) use it up; " if data.path is None else

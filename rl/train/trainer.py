@@ -30,6 +30,7 @@ from r1jax.files import LOCK_NAME, check_checkpoint_path, lock_directory, remove
 from r1jax.model.config import ModelConfig
 from r1jax.model.tokenizer import TokenizerLike, is_tokenizer_dir, load_tokenizer
 from r1jax.rl.config import Config, load_config, stage_config, to_yaml
+from r1jax.rl.evaluate import held_out_file_note
 from r1jax.rl.host_info import host_info
 from r1jax.rl.rewards import RewardPool
 from r1jax.rl.rewards.share import ScoreShare
@@ -204,8 +205,7 @@ class Trainer:
                 self.console.log(f"held-out set: training uses every {kind} problem, so it holds none of them "
                                  "(the other kinds keep their shares)")
             if self.config.eval.path is not None:
-                self.console.log(f"held-out set: {len(self._held_out)} rows of eval.path {self.config.eval.path} "
-                                 "(its first that training does not read)")
+                self.console.log(held_out_file_note(self.config.eval, len(self._held_out)))
             narrow = self.config.model.param_dtype
             if narrow != "float32" and any(s.kind != "rejection_sampling" for s in self.config.stages[
                     position.stage_index:]):  # (a bfloat16 checkpoint keeps its dtype unless the config says)

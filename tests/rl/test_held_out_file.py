@@ -11,7 +11,7 @@ import pytest
 from r1jax.errors import UserError
 from r1jax.rl.config import load_config
 from r1jax.rl.data import DataConfig, build_tokenizer
-from r1jax.rl.evaluate import held_out_problems
+from r1jax.rl.evaluate import held_out_file_note, held_out_problems
 from r1jax.rl.train.config import EvalConfig
 from r1jax.rl.train.preflight import preflight
 from r1jax.sharding.mesh import build_mesh
@@ -41,6 +41,12 @@ def test_the_held_out_file_gives_its_rows_training_never_reads_in_order(tmp_path
         "<think> He has 1000 + 1000 = 2000. </think> <answer> 2000 </answer>"
     everything = held_out_problems(data, EvalConfig(num_problems=100, path=test))  # fewer rows: all unseen ones
     assert [p["answer"] for p in everything] == ["2000", "14", "16", "18"]
+    # the run's line says when the file gave fewer than asked
+    assert held_out_file_note(EvalConfig(num_problems=100, path=test), len(everything)) == (
+        f"held-out set: 4 rows of eval.path {test} (all it holds that training does not read: fewer than "
+        "eval.num_problems=100)")
+    assert held_out_file_note(EvalConfig(num_problems=3, path=test), len(held_out)).endswith(
+        "(its first that training does not read)")
     # the training rows may also come from an SFT stage's file: theirs are skipped too
     sft = dataclasses.replace(data, path=write_jsonl(tmp_path / "sft.jsonl", gsm8k_rows([1000])))
     assert [p["answer"] for p in held_out_problems(data, EvalConfig(num_problems=2, path=test),
