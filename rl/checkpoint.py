@@ -252,17 +252,36 @@ def trained(path: str | pathlib.Path) -> bool:
     return _written_by_trainer(*resolve(path))
 
 
-def inference_sharding(sharding: ShardingConfig) -> ShardingConfig:
-    """The checkpoint's mesh when the devices present make it; else every device on fsdp, its rules kept (said on
-    stderr): a run trained with fixed axes (a slice's `expert: 16`, `data: 2`) is sampled, evaluated and
-    exported on any host, where its mesh's device count stopped generate, eval and export-hf."""
+def inference_mesh(sharding: ShardingConfig, model, devices: list | None = None) -> Mesh:
+    """The checkpoint's mesh when the devices present (default: all) make it and its weights split over it; else
+    fsdp over the most of them the weights split over, its rules kept (said on stderr): a run trained with fixed
+    axes (a slice's `expert: 16`, `data: 2`) or on another device count (hidden size 32 on 3 devices) is sampled,
+    evaluated and exported on any host, where generate and eval take no sharding to change."""
+    devices = list(jax.devices() if devices is None else devices)
+    state = nnx.split(abstract_policy(model))[1]
+
+    def fitting(candidate: ShardingConfig, on: list) -> Mesh:
+        mesh = build_mesh(candidate, on)
+        abstract_sharded(state, mesh, candidate.logical_rules())  # a weight that does not split: UserError
+        return mesh
+
     try:
-        build_mesh(sharding)
-        return sharding
+        return fitting(sharding, devices)
     except UserError as err:
-        flat = dataclasses.replace(sharding, data=1, fsdp=-1, expert=1, tensor=1)
-        print(f"{err}: loading on every device's fsdp axis instead", file=sys.stderr, flush=True)
-        return flat
+        reason = str(err).removesuffix("; change the mesh or sharding.rules")  # advice for training, not here
+    flat = dataclasses.replace(sharding, data=1, fsdp=-1, expert=1, tensor=1)
+    # one process's mesh may leave out devices; a mesh over several processes must hold every device
+    for count in range(len(devices), 0, -1) if jax.process_count() == 1 else [len(devices)]:
+        try:
+            mesh = fitting(flat, devices[:count])
+        except UserError:
+            continue
+        where = "every device's fsdp axis" if count == len(devices) else \
+            f"fsdp={count} ({count} of the {len(devices)} devices: the most the weights split over)"
+        print(f"{reason}: loading on {where} instead", file=sys.stderr, flush=True)
+        return mesh
+    raise UserError(f"{reason}; nor do the weights split over fsdp={len(devices)}: run on a device count that "
+                    "divides the model's sizes (r1jax --cpu-devices N on CPUs)")
 
 
 def open_for_inference(path: str | pathlib.Path):
@@ -274,7 +293,7 @@ def open_for_inference(path: str | pathlib.Path):
 def open_step_for_inference(path: pathlib.Path):
     """`open_for_inference` of the step directory `path`, read once."""
     config = load_config(path)
-    mesh = build_mesh(inference_sharding(config.sharding))
+    mesh = inference_mesh(config.sharding, config.model)
     rules = config.sharding.logical_rules()
     config, policy = load_policy(path, mesh, rules)
     return config, policy, mesh, rules, find_tokenizer(path, config.model.vocab_size)

@@ -135,16 +135,15 @@ def staged_directory(out: pathlib.Path):
 def load_checkpoint(step, args: argparse.Namespace, before_weights=None):
     """(config with the sharding overrides, tokenizer or None, policy) of checkpoint step `step` for an export;
     `before_weights(config, tokenizer)` checks what it can before the weights load."""
-    from r1jax.rl.checkpoint import inference_sharding, load_config, load_policy
+    from r1jax.rl.checkpoint import inference_mesh, load_config, load_policy
     from r1jax.rl.config import config_from_dicts, to_dict
     from r1jax.rl.config_overrides import parse_overrides
-    from r1jax.sharding.mesh import build_mesh
 
     config = config_from_dicts(to_dict(load_config(step)), parse_overrides(args.overrides), source="overrides")
     tok = resolve_tokenizer(args.tokenizer, config.model.vocab_size, step)
     if before_weights is not None:
         before_weights(config, tok)
-    _, policy = load_policy(step, build_mesh(inference_sharding(config.sharding)), config.sharding.logical_rules())
+    _, policy = load_policy(step, inference_mesh(config.sharding, config.model), config.sharding.logical_rules())
     return config, tok, policy
 
 

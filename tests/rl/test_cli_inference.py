@@ -316,3 +316,21 @@ def test_generate_json_log_probs_are_each_samples_own(capsys, finished_run):
         log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
         want = [log_probs[3 + i, token] for i, token in enumerate(r["ids"])]
         np.testing.assert_allclose(r["logprobs"], want, atol=1e-5)
+
+
+def test_a_checkpoint_whose_weights_do_not_split_over_the_devices_loads_on_fewer(capsys, tmp_path):
+    """A run trained on 2 devices (fsdp=-1), opened on 3: fsdp=3 builds but the hidden size 32 does not split over
+    it, and generate (which takes no sharding) failed saying "change the mesh or sharding.rules"."""
+    from r1jax.rl.checkpoint import inference_mesh, load_policy
+
+    ck = tmp_path / "ck"
+    config = load_config(TRAIN_CONFIG)
+    mesh, rules = build_mesh(config.sharding, jax.devices()[:2]), config.sharding.logical_rules()
+    with use_mesh(mesh, rules):
+        save_policy(ck, config, init_policy(config.model, config.seed, mesh, rules))
+    mesh = inference_mesh(config.sharding, config.model, jax.devices()[:3])
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 2, "expert": 1, "tensor": 1}
+    assert "size 32) does not divide by mesh axes fsdp of size 3: loading on fsdp=2 (2 of the 3 devices" in \
+        capsys.readouterr().err
+    _, policy = load_policy(ck, mesh, rules)
+    assert policy(np.asarray([[5, 6, 7]])).logits_BTV.shape[:2] == (1, 3)
