@@ -145,9 +145,9 @@ class HFTokenizer:
 
     def _special_tokens(self) -> dict[str, str]:
         values = {name: (CONFIG_JSON, self.config.get(name)) for name in SPECIAL_TOKEN_NAMES}
+        special = self._json(SPECIAL_TOKENS_JSON)  # read also where unused: export-hf ships it, transformers reads it
         if "added_tokens_decoder" not in self.config:  # an old config: special_tokens_map.json wins
-            values.update({k: (SPECIAL_TOKENS_JSON, v) for k, v in self._json(SPECIAL_TOKENS_JSON).items()
-                           if k in values})
+            values.update({k: (SPECIAL_TOKENS_JSON, v) for k, v in special.items() if k in values})
         return {name: text for name, (file, value) in values.items()
                 if (text := _token_text(value, f"{self._where(file)}: {name}")) is not None}
 

@@ -3,6 +3,7 @@ special token, and the vocabulary size of a tokenizer whose ids have a gap."""
 
 import json
 
+import pytest
 import transformers
 
 from r1jax.model.tokenizer import load_tokenizer
@@ -45,3 +46,16 @@ def test_the_exported_eos_ids_are_every_id_that_stops_a_row(tmp_path):
     listed = json.loads((directory / "generation_config.json").read_text())["eos_token_id"]
     tok = load_tokenizer(directory)
     assert len(listed) == 2 and token_ids(tok)["eos_token_id"] == listed == list(tok.eos_ids)
+
+
+def test_a_special_tokens_map_that_is_not_json_is_named_also_beside_a_new_config(tmp_path):
+    """A config with added_tokens_decoder does not take its tokens from special_tokens_map.json, so a garbage one
+    was imported byte for byte, and export-hf shipped a directory transformers cannot load."""
+    from r1jax.errors import UserError
+
+    directory = write_hf_tokenizer(tmp_path, "qwen")
+    assert "added_tokens_decoder" in json.loads((directory / "tokenizer_config.json").read_text())
+    for garbage, said in (("{not json", "is not valid JSON"), ("[]", "expected a JSON object, got list")):
+        (directory / "special_tokens_map.json").write_text(garbage)
+        with pytest.raises(UserError, match=f"special_tokens_map.json:? {said}"):
+            load_tokenizer(directory)
