@@ -149,8 +149,9 @@ def restore_items(manager: ocp.CheckpointManager, step_dir: pathlib.Path,
     if damaged:  # bits flipped in storage: garbage weights were restored without a word
         name, leaves = next(iter(damaged.items()))
         if name == checksums.ITEM:
-            raise UserError(f"checkpoint {step_dir} is damaged: {_items([name])} cannot be read (not the JSON a "
-                            "save writes)")
+            what = f"holds no checksums of {_items(leaves)} (every save writes them)" if leaves else \
+                "cannot be read (not the JSON a save writes)"
+            raise UserError(f"checkpoint {step_dir} is damaged: {_items([name])} {what}")
         raise UserError(f"checkpoint {step_dir} is damaged: {_items([name])} does not hold what was saved (its "
                         f"checksum differs for {len(leaves)} array(s): {', '.join(leaves[:3])}"
                         f"{' ...' if len(leaves) > 3 else ''}); restore another step or copy it again")

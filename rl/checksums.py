@@ -69,8 +69,10 @@ def checksums(trees: Mapping[str, Any]) -> dict[str, dict[str, list]]:
 
 
 def damaged_leaves(step_dir: pathlib.Path, restored: Mapping[str, Any]) -> dict[str, list[str]]:
-    """{tree name: leaf paths whose bytes differ from what was saved}, for the trees of `restored` the step's
-    saved checksums cover (none when it has no such item); {ITEM: []} when the item itself cannot be read."""
+    """{tree name: leaf paths whose bytes differ from what was saved} of the trees of `restored` (none when the
+    step has no such item); {ITEM: []} when the item itself cannot be read, {ITEM: [tree names]} when it lacks
+    restored trees: every save writes the checksums of each tree it saves, so a tree without them (an item
+    replaced by `{}`) is damage, not a step to restore unchecked."""
     saved_file = step_dir / ITEM / "metadata"
     if not saved_file.is_file():
         return {}
@@ -81,10 +83,11 @@ def damaged_leaves(step_dir: pathlib.Path, restored: Mapping[str, Any]) -> dict[
         valid = False
     if not valid:
         return {ITEM: []}
+    missing = [name for name in restored if name not in saved]
+    if missing:
+        return {ITEM: missing}
     damaged = {}
     for name, tree in restored.items():
-        if name not in saved:
-            continue
         now = _described({path: leaf for path, leaf in _leaves(tree).items() if path in saved[name]})
         bad = [path for path, (dtype, shape, total) in now.items()
                if [dtype, shape] == saved[name][path][:2] and total != saved[name][path][2]]

@@ -129,14 +129,28 @@ def saved_checksums(tmp_path, text):
     return tmp_path
 
 
-def test_only_the_trees_the_saved_checksums_cover_are_checked(tmp_path):
+def test_a_tree_the_saved_checksums_do_not_cover_is_damage(tmp_path):
+    """Every save writes the checksums of each tree it saves: a restored tree the item lacks (an item replaced by
+    `{}`) restored unchecked, with no word said."""
     w = np.arange(6, dtype=np.float32).reshape(2, 3)
     step = saved_checksums(tmp_path, json.dumps(checksums.checksums({"params": {"w": w}})))
     bad = w.copy()
     bad[1, 2] = -1.0
-    # a tree saved without checksums (none in the item) restores unchecked, beside one that is checked
-    assert checksums.damaged_leaves(step, {"params": {"w": w}, "opt_state": {"mu": bad}}) == {}
-    assert checksums.damaged_leaves(step, {"params": {"w": bad}, "opt_state": {"mu": w}}) == {"params": ["['w']"]}
+    assert checksums.damaged_leaves(step, {"params": {"w": w}, "opt_state": {"mu": bad}}) == \
+        {checksums.ITEM: ["opt_state"]}
+    assert checksums.damaged_leaves(step, {"params": {"w": bad}}) == {"params": ["['w']"]}
+
+
+def test_generate_names_a_step_whose_checksums_item_is_emptied(capsys, tmp_path):
+    root = tmp_path / "ck"
+    assert main(["init", str(TRAIN_CONFIG), str(root)]) == 0
+    (root / "0" / checksums.ITEM / "metadata").write_text("{}")
+    capsys.readouterr()
+    assert main(["generate", str(root), "--ids", "1,2", "--max-new-tokens", "2", "--json"]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.strip().endswith(f"checkpoint {root / '0'} is damaged: the item 'checksums' "
+                                                      "holds no checksums of the item 'params' (every save writes "
+                                                      "them)")
 
 
 @pytest.mark.parametrize("text", ["[1, 2]", '{"params": [1]}', '{"params": {"[\'w\']": 5}}',
