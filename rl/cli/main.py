@@ -11,6 +11,7 @@ import atexit
 import gc
 import importlib
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -71,6 +72,12 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> 
     if before:  # (`r1jax --cpu_devices=2 train ...` was dropped silently: a command taking KEY=VALUE parsed on)
         parser.error(f"unrecognized arguments before {args.command}: {' '.join(before)} (r1jax's own options: "
                      "--cpu-devices N; a command's options go after its name)")
+    own = own_options_after_command(parser, argv[at + 1:], extra)
+    if own:  # (`r1jax info tiny --cpu-devices 2` said only "unrecognized arguments")
+        rest = [a for i, a in enumerate(argv[at + 1:]) if i not in own]
+        moved = [argv[at + 1 + i] for i in own]
+        parser.error(f"{' '.join(moved)}: r1jax's own option goes before the command: "
+                     f"{shlex.join(['r1jax', *moved, args.command, *rest])}")
     if not getattr(args._module, "INTERMIXED", False):
         args._parser.error(f"unrecognized arguments: {' '.join(extra)}")  # names the command
     rest = argv[at + 1:]
@@ -86,6 +93,22 @@ def unknown_before_command(prefix: list[str], extra: list[str]) -> list[str]:
         if found < len(extra) and argument.startswith("-") and argument == extra[found]:
             found += 1
     return extra[:found]
+
+
+def own_options_after_command(parser: argparse.ArgumentParser, after: list[str], extra: list[str]) -> list[int]:
+    """The indices in `after` (the arguments after the command's name) of r1jax's own options (--cpu-devices N,
+    --cpu-devices=N) and their values, where parse_known_args left them unrecognized (`extra`): argparse takes
+    them only before the command."""
+    own = {s: action for action in parser._actions for s in action.option_strings if s not in ("-h", "--help")}
+    found: list[int] = []
+    for i, argument in enumerate(after):
+        action = own.get(argument.split("=", 1)[0])
+        if action is None or argument not in extra or (found and i == found[-1]):
+            continue
+        found.append(i)
+        if "=" not in argument and action.nargs != 0 and i + 1 < len(after):
+            found.append(i + 1)  # its value
+    return found
 
 
 def fake_cpu_devices(count: int) -> None:

@@ -129,3 +129,19 @@ def test_options_after_the_command_and_a_global_option_before_it_still_parse():
     argv = ["--cpu-devices", "2", "export-gguf", "ck", "out.gguf", "--dtype", "f16", "sharding.fsdp=2"]
     args = parse_arguments(build_parser(), argv)
     assert args.cpu_devices == 2 and args.dtype == "f16" and args.overrides == ["sharding.fsdp=2"]
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["info", "tiny", "--cpu-devices", "2"], "--cpu-devices 2: r1jax's own option goes before the command: "
+                                             "r1jax --cpu-devices 2 info tiny"),
+    (["train", "tiny", "--cpu-devices=2", "stages.0.steps=2"],  # a command taking KEY=VALUE
+     "--cpu-devices=2: r1jax's own option goes before the command: r1jax --cpu-devices=2 train tiny stages.0.steps=2"),
+])
+def test_the_global_option_after_the_command_says_where_it_goes(capsys, argv, said):
+    """It said only "unrecognized arguments: --cpu-devices 2", as if r1jax had no such option."""
+    from r1jax.rl.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"r1jax: error: {said}"
