@@ -8,9 +8,9 @@ booleans are not, nor non-finite floats (JSON's NaN, Infinity or 1e400, a Parque
 
 A field mapping (`data.fields`: problem field -> the file's column, e.g. {prompt: question}) names the
 columns that hold a problem's `prompt`, `answer`, `solution`, `task`, `tests` and `entry_point`; unmapped
-fields keep their own names. The answer column's text goes through `data.answer_format` (rl.data.answers): GSM8K's `#### 42` or
-MATH's last `\\boxed{}` give the reference answer and, when the row has no solution column, the worked
-solution.
+fields keep their own names. The answer column's text goes through `data.answer_format` (rl.data.answers):
+GSM8K's `#### 42` or MATH's last `\\boxed{}` give the reference answer and, when the row has no solution column,
+the worked solution.
 
 Countdown rows (`task: countdown`) need a reference the verifier can check (rl.tasks.countdown): an
 expression of the numbers such as "(3+5)*2", or the target alone when the prompt lists the numbers
