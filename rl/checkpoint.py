@@ -149,13 +149,20 @@ def restore_items(manager: ocp.CheckpointManager, step_dir: pathlib.Path,
     if damaged:  # bits flipped in storage: garbage weights were restored without a word
         name, leaves = next(iter(damaged.items()))
         if name == checksums.ITEM:
-            what = f"holds no checksums of {_items(leaves)} (every save writes them)" if leaves else \
+            what = f"holds no checksums of {_checksummed(leaves, trees)} (every save writes them)" if leaves else \
                 "cannot be read (not the JSON a save writes)"
             raise UserError(f"checkpoint {step_dir} is damaged: {_items([name])} {what}")
         raise UserError(f"checkpoint {step_dir} is damaged: {_items([name])} does not hold what was saved (its "
                         f"checksum differs for {len(leaves)} array(s): {', '.join(leaves[:3])}"
                         f"{' ...' if len(leaves) > 3 else ''}); restore another step or copy it again")
     return restored
+
+
+def _checksummed(names, trees) -> str:
+    """Trees (`_items`) or arrays ("params['w']", ...: at most three named) a checksums item lacks."""
+    if all(name in trees for name in names):
+        return _items(names)
+    return f"{len(names)} array(s): {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
 
 
 def _items(names) -> str:

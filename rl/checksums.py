@@ -56,9 +56,13 @@ def _leaves(tree) -> dict[str, Any]:
     return {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def _is_array(leaf) -> bool:
+    return hasattr(leaf, "dtype") and hasattr(leaf, "shape")
+
+
 def _described(leaves: Mapping[str, Any]) -> dict[str, list]:
     """{leaf path: [dtype, shape, checksum]} of array leaves."""
-    arrays = {path: leaf for path, leaf in leaves.items() if hasattr(leaf, "dtype") and hasattr(leaf, "shape")}
+    arrays = {path: leaf for path, leaf in leaves.items() if _is_array(leaf)}
     sums = jax.device_get(_sums([jnp.asarray(leaf) for leaf in arrays.values()]))
     return {path: [str(leaf.dtype), list(leaf.shape), int(total)] for (path, leaf), total in zip(arrays.items(), sums)}
 
@@ -71,8 +75,9 @@ def checksums(trees: Mapping[str, Any]) -> dict[str, dict[str, list]]:
 def damaged_leaves(step_dir: pathlib.Path, restored: Mapping[str, Any]) -> dict[str, list[str]]:
     """{tree name: leaf paths whose bytes differ from what was saved} of the trees of `restored` (none when the
     step has no such item); {ITEM: []} when the item itself cannot be read, {ITEM: [tree names]} when it lacks
-    restored trees: every save writes the checksums of each tree it saves, so a tree without them (an item
-    replaced by `{}`) is damage, not a step to restore unchecked."""
+    restored trees, {ITEM: ["tree['leaf']", ...]} when it lacks restored arrays: every save writes the checksum
+    of each array of each tree it saves, so an array without one (an item replaced by `{}`, or by
+    `{"params": {}}`) is damage, not an array to restore unchecked."""
     saved_file = step_dir / ITEM / "metadata"
     if not saved_file.is_file():
         return {}
@@ -86,6 +91,10 @@ def damaged_leaves(step_dir: pathlib.Path, restored: Mapping[str, Any]) -> dict[
     missing = [name for name in restored if name not in saved]
     if missing:
         return {ITEM: missing}
+    unsummed = [f"{name}{path}" for name, tree in restored.items() for path, leaf in _leaves(tree).items()
+                if _is_array(leaf) and path not in saved[name]]
+    if unsummed:  # (an item naming a tree but not its arrays: `{"params": {}}` restored every array unchecked)
+        return {ITEM: unsummed}
     damaged = {}
     for name, tree in restored.items():
         now = _described({path: leaf for path, leaf in _leaves(tree).items() if path in saved[name]})

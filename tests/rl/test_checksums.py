@@ -4,6 +4,7 @@ that casts and a checkpoint saved before checksums restore as before."""
 
 import json
 import pathlib
+import re
 import shutil
 
 import jax
@@ -139,6 +140,10 @@ def test_a_tree_the_saved_checksums_do_not_cover_is_damage(tmp_path):
     assert checksums.damaged_leaves(step, {"params": {"w": w}, "opt_state": {"mu": bad}}) == \
         {checksums.ITEM: ["opt_state"]}
     assert checksums.damaged_leaves(step, {"params": {"w": bad}}) == {"params": ["['w']"]}
+    # the item names the tree but lacks some of its arrays: those restored unchecked before
+    for text in ('{"params": {}}', json.dumps(checksums.checksums({"params": {"v": w}}))):
+        saved_checksums(tmp_path, text)
+        assert checksums.damaged_leaves(step, {"params": {"w": bad, "n": 3}}) == {checksums.ITEM: ["params['w']"]}
 
 
 def test_generate_names_a_step_whose_checksums_item_is_emptied(capsys, tmp_path):
@@ -151,6 +156,11 @@ def test_generate_names_a_step_whose_checksums_item_is_emptied(capsys, tmp_path)
     assert out.out == "" and out.err.strip().endswith(f"checkpoint {root / '0'} is damaged: the item 'checksums' "
                                                       "holds no checksums of the item 'params' (every save writes "
                                                       "them)")
+    (root / "0" / checksums.ITEM / "metadata").write_text('{"params": {}}')
+    assert main(["generate", str(root), "--ids", "1,2", "--max-new-tokens", "2", "--json"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.search(r"is damaged: the item 'checksums' holds no checksums of \d+ array\(s\): params\['.+ \.\.\. "
+                     r"\(every save writes them\)$", err), err
 
 
 @pytest.mark.parametrize("text", ["[1, 2]", '{"params": [1]}', '{"params": {"[\'w\']": 5}}',
