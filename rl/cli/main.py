@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import difflib
 import gc
 import importlib
 import os
@@ -72,12 +73,16 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> 
     if before:  # (`r1jax --cpu_devices=2 train ...` was dropped silently: a command taking KEY=VALUE parsed on)
         parser.error(f"unrecognized arguments before {args.command}: {' '.join(before)} (r1jax's own options: "
                      "--cpu-devices N; a command's options go after its name)")
-    own = own_options_after_command(parser, argv[at + 1:], extra)
+    own, moved = own_options_after_command(parser, argv[at + 1:], extra)
     if own:  # (`r1jax info tiny --cpu-devices 2` said only "unrecognized arguments")
         rest = [a for i, a in enumerate(argv[at + 1:]) if i not in own]
-        moved = [argv[at + 1 + i] for i in own]
-        parser.error(f"{' '.join(moved)}: r1jax's own option goes before the command: "
+        given = [argv[at + 1 + i] for i in own]
+        parser.error(f"{' '.join(given)}: r1jax's own option goes before the command"
+                     f"{'' if given == moved else ', with its value'}: "
                      f"{shlex.join(['r1jax', *moved, args.command, *rest])}")
+    typos = misspelt_options(parser, args._parser, extra)
+    if typos:  # (`r1jax info tiny --cpu_devices 2` said only "unrecognized arguments: --cpu_devices 2")
+        args._parser.error("; ".join(typos))
     if not getattr(args._module, "INTERMIXED", False):
         args._parser.error(f"unrecognized arguments: {' '.join(extra)}")  # names the command
     rest = argv[at + 1:]
@@ -95,20 +100,51 @@ def unknown_before_command(prefix: list[str], extra: list[str]) -> list[str]:
     return extra[:found]
 
 
-def own_options_after_command(parser: argparse.ArgumentParser, after: list[str], extra: list[str]) -> list[int]:
-    """The indices in `after` (the arguments after the command's name) of r1jax's own options (--cpu-devices N,
-    --cpu-devices=N) and their values, where parse_known_args left them unrecognized (`extra`): argparse takes
-    them only before the command."""
-    own = {s: action for action in parser._actions for s in action.option_strings if s not in ("-h", "--help")}
+def _own_options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {s: action for action in parser._actions for s in action.option_strings if s not in ("-h", "--help")}
+
+
+def own_options_after_command(parser: argparse.ArgumentParser, after: list[str],
+                              extra: list[str]) -> tuple[list[int], list[str]]:
+    """(indices, moved): the indices in `after` (the arguments after the command's name) of r1jax's own options
+    (--cpu-devices N, --cpu-devices=N) and their values, where parse_known_args left them unrecognized (`extra`):
+    argparse takes them only before the command; and those arguments as they go before it, an option given no
+    value followed by its metavar (`--cpu-devices N`: it would take the command's name as its value)."""
+    own = _own_options(parser)
     found: list[int] = []
+    moved: list[str] = []
     for i, argument in enumerate(after):
         action = own.get(argument.split("=", 1)[0])
         if action is None or argument not in extra or (found and i == found[-1]):
             continue
         found.append(i)
-        if "=" not in argument and action.nargs != 0 and i + 1 < len(after):
-            found.append(i + 1)  # its value
-    return found
+        moved.append(argument)
+        if "=" not in argument and action.nargs != 0:
+            if i + 1 < len(after) and not after[i + 1].startswith("-"):
+                found.append(i + 1)  # its value
+                moved.append(after[i + 1])
+            else:
+                moved.append(action.metavar or "VALUE")
+    return found, moved
+
+
+def misspelt_options(parser: argparse.ArgumentParser, command: argparse.ArgumentParser,
+                     extra: list[str]) -> list[str]:
+    """For each unrecognized option in `extra` that is close to one the command or r1jax itself takes (a typo:
+    `--cpu_devices`, `--run_dir`), "unrecognized option --x: did you mean --y?", saying where r1jax's own
+    options go."""
+    own = _own_options(parser)
+    known = [*own, *_own_options(command)]
+    hints = []
+    for argument in extra:
+        name = argument.split("=", 1)[0]
+        if not name.startswith("--"):
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        if close:
+            where = " (r1jax's own option: it goes before the command)" if close[0] in own else ""
+            hints.append(f"unrecognized option {name}: did you mean {close[0]}{where}?")
+    return hints
 
 
 def fake_cpu_devices(count: int) -> None:

@@ -136,6 +136,11 @@ def test_options_after_the_command_and_a_global_option_before_it_still_parse():
                                              "r1jax --cpu-devices 2 info tiny"),
     (["train", "tiny", "--cpu-devices=2", "stages.0.steps=2"],  # a command taking KEY=VALUE
      "--cpu-devices=2: r1jax's own option goes before the command: r1jax --cpu-devices=2 train tiny stages.0.steps=2"),
+    # given no value: "r1jax --cpu-devices info tiny" was suggested, which takes 'info' as the device count
+    (["info", "tiny", "--cpu-devices"], "--cpu-devices: r1jax's own option goes before the command, with its value: "
+                                        "r1jax --cpu-devices N info tiny"),
+    (["info", "tiny", "--cpu-devices", "--json"], "--cpu-devices: r1jax's own option goes before the command, with "
+                                                  "its value: r1jax --cpu-devices N info tiny --json"),
 ])
 def test_the_global_option_after_the_command_says_where_it_goes(capsys, argv, said):
     """It said only "unrecognized arguments: --cpu-devices 2", as if r1jax had no such option."""
@@ -145,3 +150,22 @@ def test_the_global_option_after_the_command_says_where_it_goes(capsys, argv, sa
         main(argv)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"r1jax: error: {said}"
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["info", "tiny", "--cpu_devices", "2"], "r1jax info: error: unrecognized option --cpu_devices: did you mean "
+                                             "--cpu-devices (r1jax's own option: it goes before the command)?"),
+    (["train", "tiny", "--run_dir", "x", "a=1"], "r1jax train: error: unrecognized option --run_dir: did you mean "
+                                                 "--run-dir?"),
+    (["generate", "ck", "--ids", "1", "--max_new_tokens=3"], "r1jax generate: error: unrecognized option "
+                                                             "--max_new_tokens: did you mean --max-new-tokens?"),
+    (["info", "tiny", "--bogus"], "r1jax info: error: unrecognized arguments: --bogus"),  # close to nothing
+])
+def test_a_misspelt_option_after_the_command_names_the_one_meant(capsys, argv, said):
+    """A typo'd option said only "unrecognized arguments: --cpu_devices 2"."""
+    from r1jax.rl.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == said
