@@ -1,11 +1,13 @@
 """`r1jax generate` and `r1jax eval` on a trained checkpoint (the session's tiny run)."""
 
+import dataclasses
 import json
 
 import jax
 import numpy as np
 import pytest
 
+from r1jax.errors import UserError
 from r1jax.model.factory import init_policy
 from r1jax.rl import evaluate as evaluate_module
 from r1jax.rl import rewards as rewards_module
@@ -334,3 +336,23 @@ def test_a_checkpoint_whose_weights_do_not_split_over_the_devices_loads_on_fewer
         capsys.readouterr().err
     _, policy = load_policy(ck, mesh, rules)
     assert policy(np.asarray([[5, 6, 7]])).logits_BTV.shape[:2] == (1, 3)
+
+
+def test_on_several_processes_a_checkpoint_whose_weights_do_not_split_is_refused_not_loaded_on_fewer(
+        capsys, monkeypatch):
+    """A mesh over several processes must hold every device: the fallback tries fsdp over all of them only (2 of
+    3 devices would leave a process's device out), and names what to do when the weights do not split there."""
+    from r1jax.rl.checkpoint import inference_mesh
+
+    config = load_config(TRAIN_CONFIG)
+    sharding = dataclasses.replace(config.sharding, expert=2)  # not on 3 devices, nor on 4 (hidden 32 splits)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(UserError) as info:
+        inference_mesh(sharding, config.model, jax.devices()[:3])
+    assert "nor do the weights split over fsdp=3: run on a device count that divides the model's sizes" in \
+        str(info.value)
+    assert dict(inference_mesh(sharding, config.model, jax.devices()[:4]).shape) == \
+        {"data": 1, "fsdp": 2, "expert": 2, "tensor": 1}  # the checkpoint's own mesh where the devices make it
+    mesh = inference_mesh(dataclasses.replace(sharding, expert=3), config.model, jax.devices()[:4])
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 4, "expert": 1, "tensor": 1}
+    assert "loading on every device's fsdp axis instead" in capsys.readouterr().err
