@@ -13,6 +13,8 @@ import pathlib
 import tomllib
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("sharding", "model", "rl")
@@ -107,6 +109,17 @@ def test_every_package_folder_ships_in_the_wheel():
     in_packages = {name for name in listed if name.partition(".")[2].split(".")[0] in PACKAGES}
     assert in_packages == package_folders(ROOT)  # and nothing listed is gone
     assert {setuptools["package-dir"][f"r1jax.{p}"] for p in PACKAGES} == set(PACKAGES)
+
+
+def test_the_build_requires_a_setuptools_that_reads_the_license_expression():
+    """`license = "MIT"` is an SPDX expression (PEP 639), which setuptools reads from 77 on: 76 refused the
+    file ("`project.license` must be valid exactly by one definition"), so `pip install .` without build
+    isolation failed under the `setuptools>=68` the build system asked for."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert isinstance(pyproject["project"]["license"], str)
+    floors = [Requirement(r) for r in pyproject["build-system"]["requires"]]
+    floors = [spec for r in floors if r.name == "setuptools" for spec in r.specifier if spec.operator == ">="]
+    assert floors and all(Version(spec.version) >= Version("77") for spec in floors)
 
 
 def test_a_new_subpackage_is_found(tmp_path):
