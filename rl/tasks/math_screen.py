@@ -77,8 +77,10 @@ def _nesting(text: str) -> int:
 
 def _operand_at(text: str, start: int) -> tuple[str, int]:
     """The operand that starts at `start` (after a '^' or a command) and where it ends: a bracketed group, a
-    command, a digit run or a char."""
-    while start < len(text) and text[start] == " ":
+    command, a digit run or a char. Any whitespace before it is skipped, as TeX skips it (a newline made the
+    match None and the screen raise; a tab was read as the exponent, so 9^99999999999 with a tab after the
+    caret passed)."""
+    while start < len(text) and text[start].isspace():
         start += 1
     if start >= len(text):
         return "", start
@@ -94,8 +96,8 @@ def _operand_at(text: str, start: int) -> tuple[str, int]:
     end = match.end()
     if len(match.group(0)) > 1 and match.group(0).startswith("\\"):  # a command with its arguments: "\sqrt[3]{9^9}"
         group = end  # (in braces or brackets: "e^\pi(e^2-1)" is e^pi times a bracket)
-        while group < len(text) and text[group] in " {[":
-            if text[group] == " ":
+        while group < len(text) and (text[group].isspace() or text[group] in "{["):
+            if text[group].isspace():
                 group += 1
             else:
                 end = group = _operand_at(text, group)[1]

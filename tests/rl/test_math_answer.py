@@ -166,3 +166,13 @@ def test_an_approximation_reads_the_right_side_of_an_equation_reference(math_tas
 ])
 def test_an_approximate_reference_is_compared_at_its_exact_value(math_task, reference, candidate, expected):
     assert math_task.verify(candidate, reference) is expected
+
+
+@pytest.mark.parametrize("space", ["\n", "\t", "\r\n", "\x0b"])
+def test_whitespace_after_a_caret_is_read_as_tex_skips_it(space):
+    """A newline after '^' made the screen raise AttributeError (an answer scored as an `error`, a data file's
+    reference stopped the run with a traceback, `benchmarks/answer_regexes.py diff` crashed); a tab was read
+    as the exponent and let 9^99999999999 through to math-verify's 2-3 s alarm."""
+    assert risky(f"9^{space}99999999999") == "exponent with too many digits"
+    assert risky(f"2^{space}3") is None and check_reference(f"2^{space}3") is None
+    assert risky(f"2^\\sqrt{space}{{9^{{9}}}}") is not None  # a command's arguments after whitespace too
