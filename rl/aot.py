@@ -297,8 +297,19 @@ def sampler_layout(setup: Setup, hbm_bytes: int) -> tuple[SamplerLayout | None, 
     return layout, note or "sampler layout: train (one device)"
 
 
+def compile_reshard(setup: Setup, layout: SamplerLayout) -> ProgramStats:
+    """The program that copies the policy's weights into the sampler's inference layout before each rollout
+    (rl.sampler_layout.SamplerLayout.reshard): its arguments are the resident parameters, its outputs the copy,
+    and what it holds beside them while it runs (a weight XLA cannot move between the two layouts' shards
+    directly is gathered whole first: its "involuntary full rematerialization") counts toward the peak."""
+    return compile_stats(layout.lowered_reshard((setup.state.params, setup.state.bias)), layout.mesh)
+
+
 def compile_setup(setup: Setup, layout: SamplerLayout | None = None) -> dict[str, ProgramStats]:
-    programs = {"sampler": compile_sampler(setup, layout)}
+    programs = {}
+    if layout is not None and not setup.sampler_devices:  # (on devices of its own: copied between device sets)
+        programs["reshard"] = compile_reshard(setup, layout)
+    programs["sampler"] = compile_sampler(setup, layout)
     if setup.state.ref is not None:
         programs["reference"] = compile_reference(setup)
     programs["update"] = compile_update(setup)

@@ -61,6 +61,7 @@ class Report:
         trainer's devices for its behaviour log-probs while the update runs: rl.train.stage_grpo)."""
         r = self.resident
         besides = {"sampler": r["optimizer"] + r["reference"] + (r["parameters"] if self.sampler_weight_bytes else 0),
+                   "reshard": r["optimizer"] + r["reference"],  # (its arguments: the parameters; its output: the copy)
                    "reference": r["parameters"] + r["optimizer"], "update": 0}
         if self.sampler_devices:
             besides = {"sampler": 0, "reference": besides["reference"] + r["parameters"],

@@ -118,6 +118,11 @@ class SamplerLayout:
                                        shardings)
         return self._arrangements[key]
 
+    def lowered_reshard(self, state):
+        """`reshard`'s program lowered for `state` (arrays or ShapeDtypeStructs with their shardings), for
+        `r1jax compile` to count its memory (rl.aot.compile_reshard)."""
+        return self._arrangement(state)[0].lower(state)
+
     def abstract(self, state):
         """ShapeDtypeStructs of what `reshard(state)` gives (`state` may be abstract), with their shardings."""
         return abstract_sharded(jax.eval_shape(self._arranged, state), self.mesh, self.rules)

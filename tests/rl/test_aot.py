@@ -67,9 +67,9 @@ def test_tiny_grpo_step_fits_a_v5p_slice(report):
     assert r["workload"] == {"prompts": 2, "group_size": 4, "prompt_len": 16, "new_tokens": 16, "micro_batches": 1,
                              "slots": 0, "kv_block": 0, "tail_slots": [], "cache_phases": 1, "rows": 8, "seq_len": 32}
     assert r["hbm_source"] == "compiler" and 90 * GIB < r["hbm_bytes"] < 100 * GIB  # v5p: 95 GiB per chip
-    assert set(r["programs"]) == {"sampler", "reference", "update"}
-    for stats in r["programs"].values():
-        assert stats["error"] is None and stats["flops"] > 0 and stats["peak_bytes"] > 0
+    assert set(r["programs"]) == {"reshard", "sampler", "reference", "update"}  # reshard: into the sampler's layout
+    for name, stats in r["programs"].items():
+        assert stats["error"] is None and stats["peak_bytes"] > 0 and (name == "reshard" or stats["flops"] > 0)
 
 
 def test_report_memory_is_consistent(report):
@@ -89,6 +89,11 @@ def test_report_memory_is_consistent(report):
     assert parts["kv_cache"] > 0 and 0 < parts["sampler_temporaries"] < r["program_totals"]["sampler"]
     assert r["per_chip_bytes"] == max(r["program_totals"].values())
     assert r["per_chip_bytes"] > parts["parameters"] + parts["optimizer"] + parts["reference"]
+    # the reshard takes the parameters and makes the sampler's copy, the optimizer and reference beside it
+    reshard = r["programs"]["reshard"]
+    assert reshard["argument_bytes"] >= parts["parameters"] and reshard["output_bytes"] >= r["sampler_weight_bytes"] > 0
+    assert r["program_totals"]["reshard"] == reshard["peak_bytes"] + parts["optimizer"] + parts["reference"]
+    assert reshard["peak_bytes"] >= reshard["argument_bytes"] + reshard["output_bytes"] - reshard["alias_bytes"]
     assert r["program_totals"][r["peak_program"]] == r["per_chip_bytes"]
 
 
@@ -179,7 +184,7 @@ def test_the_report_has_the_decode_step_per_chip_and_token(config_path, report):
     # ... where the training layout (fsdp) gathers the layers' weights at every token
     code, train = _compile(config_path, "sampling.layout=train")
     assert code == 0 and train["sampler_layout"].startswith("sampler layout: train")
-    assert train["sampler_weight_bytes"] == 0
+    assert train["sampler_weight_bytes"] == 0 and "reshard" not in train["programs"]
     assert 0 < train["decode"]["weight_allgather_bytes_per_token"] <= train["decode"][
         "collective_bytes_per_token"]["all-gather"]
     assert d["hbm_bytes_per_token"] > 0 and d["flops_per_token"] > 0
