@@ -138,7 +138,7 @@ def misspelt_options(parser: argparse.ArgumentParser, command: argparse.Argument
     hints = []
     for argument in extra:
         name = argument.split("=", 1)[0]
-        if not name.startswith("--"):
+        if not name.startswith("--") or name in known:  # (a known option left over is argparse's to name)
             continue
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
         if close:
