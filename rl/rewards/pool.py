@@ -174,7 +174,7 @@ class RewardPool:
         except Exception as err:
             self.close()
             raise UserError(f"reward pool: workers failed to start ({type(err).__name__}: {err}); "
-                            f"check reward_pool.memory_mb and reward_pool.import_modules") from err
+                            f"each worker's reason is on stderr above (r1jax reward worker PID: ...)") from err
 
     def submit(self, items: Sequence[ScoreItem]) -> BatchHandle:
         self._restart_if_broken()

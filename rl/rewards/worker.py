@@ -20,6 +20,7 @@ import logging
 import os
 import resource
 import signal
+import sys
 from typing import Sequence
 
 OOM_EXIT_CODE = 75
@@ -51,12 +52,39 @@ def initialize(memory_mb: int, modules: Sequence[str], tasks: Sequence[str] | No
 
         set_run_root(run_root)
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout disabled" notice, per worker
-    # project modules load only after the accelerators are hidden above, here and in the functions below
-    import r1jax.rl.rewards.functions  # noqa: F401  (the built-in rewards and tasks)
+    try:
+        # project modules load only after the accelerators are hidden above, here and in the functions below
+        import r1jax.rl.rewards.functions  # noqa: F401  (the built-in rewards and tasks)
 
-    for name in modules:
-        importlib.import_module(name)
-    _warm_up(tasks)
+        for name in modules:
+            importlib.import_module(name)
+        _warm_up(tasks)
+    except BaseException as err:  # pebble would log the traceback and start no worker: say why in one line
+        print(f"r1jax reward worker {os.getpid()}: {start_failure(err, memory_mb)}", file=sys.stderr, flush=True)
+        os._exit(1 if _failed_allocation(err) is None else OOM_EXIT_CODE)
+
+
+def start_failure(err: BaseException, memory_mb: int) -> str:
+    """Why a worker could not load its modules, naming the setting to change."""
+    allocation = _failed_allocation(err)
+    what = f"{type(allocation or err).__name__}: {allocation or err}".splitlines()[0][:300]
+    if memory_mb and allocation is not None:
+        return (f"cannot load its rewards and verifiers within reward_pool.memory_mb = {memory_mb} MB of address "
+                f"space ({what}); raise it (default 2048; 0: no limit)")
+    return f"failed to load its rewards, verifiers and reward_pool.import_modules ({what})"
+
+
+def _failed_allocation(err: BaseException | None) -> BaseException | None:
+    """`err`, or the error it was raised from or while handling, that is an allocation that failed (a
+    MemoryError, or a shared library the dynamic loader could not map: an ImportError); None if none is."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        text = str(err).lower()
+        if isinstance(err, MemoryError) or "failed to map segment" in text or "cannot allocate memory" in text:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def set_not_dumpable() -> None:

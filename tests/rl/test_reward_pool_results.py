@@ -73,3 +73,32 @@ def test_a_code_item_gets_a_code_status_only_where_the_code_reward_ran():
                      tests='["assert f(2) == 4"]', entry_point="f")
     status, rewards, error, _, code_status = worker.score(item, RewardsConfig(names=("format",), weights=(1.0,)))
     assert (status, rewards, error, code_status) == ("ok", {"format": 1.0}, None, None)
+
+
+def test_workers_without_the_memory_to_load_their_modules_say_so_in_one_line(capfd):
+    """Under a reward_pool.memory_mb too small for what a worker loads it could not start: pebble printed its
+    initializer's 40-line traceback (sympy's "now depends on mpmath", the real cause two errors down) and the
+    pool said only "check reward_pool.memory_mb and reward_pool.import_modules"."""
+    config = PoolConfig(workers=1, memory_mb=300, import_modules=("tests.rl.reward_needs_memory",))
+    with pytest.raises(UserError, match=r"workers failed to start .*each worker's reason is on stderr above"):
+        RewardPool(RewardsConfig(), config, tasks=("arithmetic",))
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    assert re.search(r"r1jax reward worker \d+: cannot load its rewards and verifiers within reward_pool.memory_mb "
+                     r"= 300 MB of address space \(MemoryError.*\); raise it", err), err
+
+
+def test_a_start_failure_names_the_allocation_that_failed_however_deep_it_was_raised():
+    try:
+        try:
+            raise ImportError("/lib/cmath.so: failed to map segment from shared object")
+        except ImportError:
+            raise ImportError("SymPy now depends on mpmath")  # raised while handling the loader's error
+    except ImportError as err:
+        nested = err
+    assert "memory_mb = 512 MB" in worker.start_failure(nested, 512) and "cmath.so: failed to map" in \
+        worker.start_failure(nested, 512)
+    assert worker.start_failure(nested, 0).startswith("failed to load")  # no limit: not the limit's fault
+    plain = worker.start_failure(ModuleNotFoundError("No module named 'mine'"), 512)
+    assert plain == ("failed to load its rewards, verifiers and reward_pool.import_modules "
+                     "(ModuleNotFoundError: No module named 'mine')")
