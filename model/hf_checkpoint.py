@@ -148,7 +148,8 @@ class HFCheckpoint:
         if weight.ndim != 2 or scale.shape != blocks:
             raise UserError(f"{where}: {list(weight.shape)} weight with {list(scale.shape)} scales {scale_name!r} "
                             f"(expected {list(blocks)} for blocks of {block})")
-        per_element = np.repeat(np.repeat(scale, block[0], axis=0), block[1], axis=1)[: weight.shape[0], : weight.shape[1]]
+        per_element = np.repeat(np.repeat(scale, block[0], axis=0), block[1], axis=1)
+        per_element = per_element[: weight.shape[0], : weight.shape[1]]
         return weight.astype(np.float32) * per_element
 
     def _raw(self, name: str, dtype) -> np.ndarray:

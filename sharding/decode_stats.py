@@ -14,11 +14,11 @@ already); a reduce-scatter or an all-to-all (n - 1) / n of its operand (its own 
 a ragged all-to-all, its input: an upper bound); an all-reduce (n - 1) / n of its operand, one phase of the
 two it runs (a reduce-scatter then an all-gather: `sharding.roofline.collective_seconds` counts it twice), but
 a reduce-scatter's when libtpu fused it with the slice each device keeps (a fusion calling
-`%all-reduce-scatter...`: it runs as one); a collective-permute its whole operand. Before 2026-12-03 the whole result or operand was counted, 8/7 of what a
-device receives in a group of 8. A weight all-gather (counted the same way) is one whose data is
-loop-invariant in the decode loop: followed back through data movement (bitcast, copy, reshape, transpose,
-convert, slices, fusions of those), it reaches a decode-loop value that every iteration passes on unchanged,
-i.e. a parameter the loop closes over.
+`%all-reduce-scatter...`: it runs as one); a collective-permute its whole operand. Before 2026-12-03 the whole
+result or operand was counted, 8/7 of what a device receives in a group of 8. A weight all-gather (counted the
+same way) is one whose data is loop-invariant in the decode loop: followed back through data movement
+(bitcast, copy, reshape, transpose, convert, slices, fusions of those), it reaches a decode-loop value that
+every iteration passes on unchanged, i.e. a parameter the loop closes over.
 
 HBM bytes and dot FLOPs: sharding.hlo_traffic.
 

@@ -200,7 +200,8 @@ def gather(name: str, text: str, what: str) -> dict[int, str]:
         return {0: text}
     import jax
 
-    client, key = coordination_client(), f"r1jax/{name}/{next(_gathers)}/"  # a round per call: a name may be gathered again
+    # a round per call: a name may be gathered again
+    client, key = coordination_client(), f"r1jax/{name}/{next(_gathers)}/"
     client.key_value_set(f"{key}{jax.process_index()}", text)
     barrier(f"{key}published", what)
     return {int(k.rsplit("/", 1)[1]): value for k, value in client.key_value_dir_get(key)}

@@ -178,7 +178,8 @@ class HloTraffic:
             if not found:
                 return 0.0
             sizes = shape_dims(comp.instructions[inst.operands[0]].shape)
-            return 2.0 * math.prod(shape_dims(inst.shape)) * math.prod(sizes[int(d)] for d in found.group(1).split(",") if d)
+            contracted = math.prod(sizes[int(d)] for d in found.group(1).split(",") if d)
+            return 2.0 * math.prod(shape_dims(inst.shape)) * contracted
         labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", inst.attrs)
         if not labels:
             return 0.0

@@ -8,9 +8,10 @@ feed_forward_length (the dense MLP width), attention.head_count, attention.head_
 attention.key_length / value_length, attention.layer_norm_rms_epsilon, rope.freq_base, rope.dimension_count,
 rope.scaling.type (none, or yarn with rope.scaling.factor, original_context_length, yarn_beta_fast /
 yarn_beta_slow, and for deepseek2 yarn_log_multiplier = 0.1 x mscale_all_dim, from which llama.cpp scales the
-MLA softmax by mscale^2 as transformers does), expert_count, expert_used_count, expert_feed_forward_length, expert_weights_norm
-(norm_topk_prob), expert_weights_scale, expert_gating_func (sigmoid for DeepSeek-V3, softmax for Qwen3-MoE),
-expert_group_count / expert_group_used_count (0 / 0 for Qwen3-MoE: no groups), vocab_size, general.file_type.
+MLA softmax by mscale^2 as transformers does), expert_count, expert_used_count, expert_feed_forward_length,
+expert_weights_norm (norm_topk_prob), expert_weights_scale, expert_gating_func (sigmoid for DeepSeek-V3,
+softmax for Qwen3-MoE), expert_group_count / expert_group_used_count (0 / 0 for Qwen3-MoE: no groups),
+vocab_size, general.file_type.
 deepseek2 adds: leading_dense_block_count (first_k_dense_replace), attention.q_lora_rank / kv_lora_rank,
 head_count_kv = 1 with key_length = kv_lora + rope and value_length = kv_lora (MLA stored as one shared
 latent, the layout of llama.cpp's converter), key_length_mla = nope + rope and value_length_mla = v_head_dim
@@ -61,8 +62,9 @@ def unsupported(cfg: ModelConfig) -> list[str]:
     if cfg.rope_type == "yarn":  # llama.cpp fixes the cos/sin scale (its ggml_rope_ext mscale) per architecture
         wanted = 1.0 if cfg.is_deepseek else yarn_mscale(cfg.rope_factor)
         if not math.isclose(cos_sin_scale(cfg), wanted, rel_tol=1e-6):
-            problems.append(f"YaRN with cos and sin scaled by {cos_sin_scale(cfg):.6g} (rope_mscale, rope_mscale_all_dim, "
-                            f"rope_attention_factor); llama.cpp's {'deepseek2' if cfg.is_deepseek else 'qwen3moe'} "
+            architecture = "deepseek2" if cfg.is_deepseek else "qwen3moe"
+            problems.append(f"YaRN with cos and sin scaled by {cos_sin_scale(cfg):.6g} (rope_mscale, "
+                            f"rope_mscale_all_dim, rope_attention_factor); llama.cpp's {architecture} "
                             f"scales them by {wanted:.6g}")
         if not cfg.rope_truncate:  # logits 1.3-2.0 apart on tiny models with it written anyway
             problems.append("YaRN with rope truncate=false (its correction range unrounded); llama.cpp always "

@@ -64,8 +64,9 @@ def fits_sft(tokenizer: TokenizerLike, template: str, row: Mapping[str, Any],
 def too_long(length: int, prompt: str, row: str = "an SFT row", buckets: Sequence[int] = SEQUENCE_BUCKETS) -> str:
     """What is wrong with `row` (prompt `prompt`) of `length` tokens, over the largest of `buckets`, and the fix."""
     return (f"{row} (prompt {prompt[:60]!r}) is {length} tokens as an SFT sequence (the prompt in the run's "
-            f"template + the solution + eos), longer than the largest SFT sequence bucket ({buckets[-1]} tokens: the stage's max_sequence_length; "
-            f"SFT does not truncate rows): shorten or remove the row, or raise max_sequence_length")
+            f"template + the solution + eos), longer than the largest SFT sequence bucket ({buckets[-1]} tokens: "
+            f"the stage's max_sequence_length; SFT does not truncate rows): shorten or remove the row, or raise "
+            f"max_sequence_length")
 
 
 def check_sft_lengths(tokenizer: TokenizerLike, template: str, rows: Sequence[Mapping[str, Any]],
@@ -93,7 +94,8 @@ def sft_batch(tokenizer: TokenizerLike, template: str, rows: Sequence[dict], buc
     bucket (a row longer than the largest is a UserError naming SFT's bound).
 
     `rows` hold `prompt` and `solution` (a whole response; after a prompt that opened `<think>` itself the
-    target is the solution without its leading `<think>`: `model.tokenizer.completion_text`). `mask` marks the completion targets (aligned with tokens[:, 1:]);
+    target is the solution without its leading `<think>`: `model.tokenizer.completion_text`). `mask` marks the
+    completion targets (aligned with tokens[:, 1:]);
     `weight` = mask / (completion tokens in the batch): the global token mean."""
     sequences, starts = zip(*(sft_sequence(tokenizer, template, row, template_vars) for row in rows))
     longest = max(range(len(rows)), key=lambda i: len(sequences[i]))

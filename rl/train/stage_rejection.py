@@ -150,8 +150,9 @@ def run_rejection_sampling(ctx: StageContext, index: int, stage: StageConfig, st
         if stats["kept"] < reader.batch_size:
             ctx.console.log(rich.markup.escape(
                 f"warning: {stage.name} kept {stats['kept']} samples, fewer than one batch of stage {reader.name} "
-                f"that trains on them (stages[{reader.name}].batch_size={reader.batch_size}): that stage will fail; lower its batch_size (a resume keeps these samples), or sample "
-                f"more here (steps, batch_size, samples_per_prompt) or keep more (reward_threshold, filters)"))
+                f"that trains on them (stages[{reader.name}].batch_size={reader.batch_size}): that stage will "
+                f"fail; lower its batch_size (a resume keeps these samples), or sample more here (steps, "
+                f"batch_size, samples_per_prompt) or keep more (reward_threshold, filters)"))
     ctx.checkpoints.save(index, stage, graphdef=ctx.graphdef, policy=start.policy, global_step=global_step,
                          stage_step=stage.steps, summary=summary_with(start.summary, datasets=result.datasets),
                          stage_done=True)
