@@ -41,6 +41,7 @@ def pytest_configure(config):
     if getattr(config, "cache", None) is not None:
         path = str(config.cache.mkdir("jax-compilation-cache"))
         os.environ["R1JAX_TEST_COMPILATION_CACHE"] = path
+        os.environ["R1JAX_COMPILATION_CACHE"] = path  # every `r1jax` subprocess's, not the user's ~/.cache
         jax.config.update("jax_compilation_cache_dir", path)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

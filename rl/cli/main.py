@@ -21,6 +21,7 @@ import traceback
 from r1jax.errors import UserError, out_of_memory
 from r1jax.files import storage_failure, storage_remedy
 from r1jax.rl.cli.common import cpu_device_count
+from r1jax.rl.cli.compilation_cache import use_compilation_cache
 from r1jax.rl.host_allocator import retain_freed_memory
 # sharding.distributed defers JAX's import itself
 from r1jax.sharding.distributed import PeerLost, first_line, several_processes
@@ -52,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--cpu-devices", type=cpu_device_count, metavar="N", default=None,
         help="fake N CPU devices (set before JAX starts) to run any command on a CPU mesh",
     )
+    parser.add_argument(
+        "--compilation-cache", metavar="DIR", default=None,
+        help="JAX's persistent compilation cache: programs compiled once load from DIR in later runs (a resume "
+             "skips recompiling); default $JAX_COMPILATION_CACHE_DIR, else ~/.cache/r1jax/jax-compilation "
+             "($XDG_CACHE_HOME), at most 16 GiB; 'none': off (rl/cli/compilation_cache.py)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name, help_text in COMMANDS:
         module = importlib.import_module(module_name)
@@ -72,7 +79,7 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> 
     before = unknown_before_command(argv[:at], extra)
     if before:  # (`r1jax --cpu_devices=2 train ...` was dropped silently: a command taking KEY=VALUE parsed on)
         parser.error(f"unrecognized arguments before {args.command}: {' '.join(before)} (r1jax's own options: "
-                     "--cpu-devices N; a command's options go after its name)")
+                     "--cpu-devices N, --compilation-cache DIR; a command's options go after its name)")
     own, moved = own_options_after_command(parser, argv[at + 1:], extra)
     if own:  # (`r1jax info tiny --cpu-devices 2` said only "unrecognized arguments")
         rest = [a for i, a in enumerate(argv[at + 1:]) if i not in own]
@@ -232,12 +239,18 @@ def main(argv: list[str] | None = None, *, as_program: bool | None = None) -> in
     the `r1jax` program, not a caller's (a test runner, a notebook): the malloc options and the collector's
     are process-wide, so only the program sets them, and the malloc options act best before JAX's backend
     starts. A script that wraps the program (tests/rl/signal_at_step.py) passes its own argv with True."""
-    args = parse_arguments(build_parser(), argv)
+    parser = build_parser()
+    args = parse_arguments(parser, argv)
     if args.cpu_devices is not None:
         fake_cpu_devices(args.cpu_devices)
     pin_cpu_without_accelerators()
     if as_program is None:
         as_program = argv is None
+    if as_program or args.compilation_cache is not None:  # process-wide: a caller's own setting stays
+        try:
+            use_compilation_cache(args.compilation_cache, args.command)
+        except UserError as err:
+            parser.error(str(err))
     if as_program and os.environ.get("JAX_PLATFORMS") == "cpu":
         retain_freed_memory()
     if as_program:
