@@ -16,9 +16,12 @@ which JAX cannot load back."""
 
 from __future__ import annotations
 
+import glob
 import os
 import pathlib
+import re
 import sys
+import warnings
 
 from r1jax.errors import UserError
 
@@ -70,6 +73,8 @@ def use_compilation_cache(option: str | None, command: str) -> str | None:
         # only r1jax's own directory: JAX's LRU cache reads an access-time file beside every entry, which a
         # process writing without a limit (a user's other JAX programs in a directory they named) does not write
         jax.config.update("jax_compilation_cache_max_size", DEFAULT_MAX_BYTES)
+    if local:
+        replace_damaged_entries(path, bounded=jax.config.jax_compilation_cache_max_size != -1)
     return path
 
 
@@ -80,3 +85,47 @@ def _unusable(path: str) -> str | None:
     except OSError as err:
         return f"{type(err).__name__}: {err}"
     return None if os.access(path, os.W_OK | os.X_OK) else "not writable"
+
+
+def replace_damaged_entries(path: str, bounded: bool) -> None:
+    """Mend the local cache `path` where JAX only warns, one line on stderr in place of its warning:
+    - an entry JAX cannot read (cut short by a full disk or a kill while JAX wrote it in place) is removed, so
+      the program compiled in its stead is written again: JAX warned at every later run and kept the file (its
+      `put` skips a file that exists). JAX names only the program, so every entry of that name goes (its other
+      shapes compile once more);
+    - after a write that failed, in a `bounded` directory every entry without its access-time file (written
+      before its access time was) is removed: JAX's eviction reads that file for every entry, so one missing
+      failed every later write."""
+    previous = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        found = _CACHE_ERROR.match(str(message))
+        if found is None:
+            return previous(message, category, filename, lineno, file, line)
+        action, name, why = found.group(1), found.group(2), found.group(3).splitlines()[0][:200]
+        if action == "reading":
+            for entry in pathlib.Path(path).glob(f"{glob.escape(name)}-*-cache"):
+                _remove_entry(entry)
+            done = "compiled again, the copy replaced"
+        else:
+            if bounded:
+                for entry in pathlib.Path(path).glob("*-cache"):
+                    if not _access_time_file(entry).exists():
+                        _remove_entry(entry)
+            done = "compiled, not kept"
+        print(f"r1jax: {action} {name!r} in the compilation cache {path} failed ({why}): {done}", file=sys.stderr,
+              flush=True)
+
+    warnings.showwarning = showwarning
+
+
+def _access_time_file(entry: pathlib.Path) -> pathlib.Path:
+    return entry.with_name(entry.name.removesuffix("-cache") + "-atime")
+
+
+def _remove_entry(entry: pathlib.Path) -> None:
+    for stale in (entry, _access_time_file(entry)):
+        stale.unlink(missing_ok=True)
+
+
+_CACHE_ERROR = re.compile(r"Error (reading|writing) persistent compilation cache entry for '([^'/]+)': (.*)", re.S)

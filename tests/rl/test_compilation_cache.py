@@ -3,8 +3,10 @@ off, and that a second run loads the first run's programs."""
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
+import warnings
 
 import jax
 import pytest
@@ -78,14 +80,43 @@ def r1jax_init(tmp_path, out, *options, **env):
                           env=base, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
-def test_a_second_run_loads_the_programs_the_first_wrote(tmp_path):
+def test_a_second_run_loads_the_programs_the_first_wrote_and_replaces_a_damaged_one(tmp_path):
     cache = tmp_path / "xdg" / "r1jax" / "jax-compilation"
     assert r1jax_init(tmp_path, "first").returncode == 0
     written = {p.name: p.read_bytes() for p in cache.glob("*-atime")}  # when each program was last read
     assert written and len(written) == len(list(cache.glob("*-cache")))
-    assert r1jax_init(tmp_path, "second").returncode == 0
+    damaged = max(cache.glob("*-cache"), key=lambda p: p.stat().st_size)
+    whole = damaged.stat().st_size
+    damaged.write_bytes(damaged.read_bytes()[:1000])  # cut short, as by a full disk
+    second = r1jax_init(tmp_path, "second")
+    assert second.returncode == 0 and "Warning" not in second.stderr, second.stderr
+    program = damaged.name.split("-")[0]
+    assert re.search(rf"r1jax: reading '{program}' in the compilation cache {cache} failed \(\w+Error: .*\): "
+                     r"compiled again, the copy replaced", second.stderr), second.stderr
     read = {p.name: p.read_bytes() for p in cache.glob("*-atime")}
     assert read.keys() == written.keys() and all(read[k] != written[k] for k in read)  # each loaded, none new
+    assert damaged.stat().st_size > whole // 2  # written again, whole (the same program, compiled anew)
     off = r1jax_init(tmp_path, "third", "--compilation-cache", "none", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "j"))
     assert off.returncode == 0 and not (tmp_path / "j").exists()
     assert pathlib.Path(tmp_path / "third" / "0").is_dir() and os.listdir(cache)
+
+
+def test_entries_a_failed_write_left_without_their_access_time_are_removed_in_a_bounded_cache(tmp_path, monkeypatch,
+                                                                                             capsys):
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # restored after the test
+    for name in ("jit_a-1", "jit_b-2", "jit_c-3"):
+        (tmp_path / f"{name}-cache").write_bytes(b"x")
+    for name in ("jit_b-2", "jit_c-3"):
+        (tmp_path / f"{name}-atime").write_bytes(b"t")
+    compilation_cache.replace_damaged_entries(str(tmp_path), bounded=True)
+    warnings.showwarning(UserWarning(f"Error writing persistent compilation cache entry for 'jit_d': "
+                                     f"FileNotFoundError: [Errno 2] No such file: '{tmp_path}/jit_a-1-atime'"),
+                         UserWarning, "compiler.py", 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jit_b-2-atime", "jit_b-2-cache", "jit_c-3-atime",
+                                                          "jit_c-3-cache"]
+    warnings.showwarning(UserWarning("Error reading persistent compilation cache entry for 'jit_b': ZstdError: x"),
+                         UserWarning, "compiler.py", 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jit_c-3-atime", "jit_c-3-cache"]
+    err = capsys.readouterr().err
+    assert "r1jax: writing 'jit_d' in the compilation cache" in err and "failed (FileNotFoundError" in err
+    assert "compiled again, the copy replaced" in err
