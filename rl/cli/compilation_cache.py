@@ -20,6 +20,7 @@ import glob
 import os
 import pathlib
 import re
+import stat
 import sys
 import warnings
 
@@ -79,11 +80,17 @@ def use_compilation_cache(option: str | None, command: str) -> str | None:
 
 
 def _unusable(path: str) -> str | None:
-    """Why the local directory `path` (made if missing) cannot hold the cache, or None."""
+    """Why the local directory `path` (made if missing, private) cannot hold the cache, or None. It holds
+    executables this process loads and runs, so a directory every user may write to (/tmp itself) is refused."""
     try:
-        pathlib.Path(path).mkdir(parents=True, exist_ok=True)
+        pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(path).mkdir(mode=0o700, exist_ok=True)
+        mode = os.stat(path).st_mode
     except OSError as err:
         return f"{type(err).__name__}: {err}"
+    if mode & stat.S_IWOTH:
+        return (f"writable by every user (mode {stat.S_IMODE(mode):o}): a program planted there would run in this "
+                "process")
     return None if os.access(path, os.W_OK | os.X_OK) else "not writable"
 
 

@@ -65,11 +65,20 @@ def test_a_named_directory_that_cannot_be_one_is_refused_the_default_skipped(mon
                                                                            capsys):
     (tmp_path / "file").write_text("")
     with pytest.raises(UserError, match=r"--compilation-cache .*/file/cache: cannot use it as the compilation "
-                                        r"cache \(NotADirectoryError.*name another directory, or 'none'"):
+                                        r"cache \(\w+Error.*name another directory, or 'none'"):
         use_compilation_cache(str(tmp_path / "file" / "cache"), "train")
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o1777)  # as /tmp: anyone could plant an executable there
+    with pytest.raises(UserError, match=r"writable by every user \(mode 1777\)"):
+        use_compilation_cache(str(shared), "train")
+    assert use_compilation_cache(str(tmp_path / "mine"), "train") == str(tmp_path / "mine")
+    assert (tmp_path / "mine").stat().st_mode & 0o777 == 0o700
+    settings.clear()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))  # a read-only home must not stop a run
     assert use_compilation_cache(None, "train") is None and settings == {"jax_enable_compilation_cache": False}
-    assert "cannot be made (NotADirectoryError" in capsys.readouterr().err
+    assert re.search(r"the compilation cache .*/file/r1jax/jax-compilation cannot be made \(\w+Error",
+                     capsys.readouterr().err)
 
 
 def r1jax_init(tmp_path, out, *options, **env):
