@@ -40,6 +40,7 @@ def pytest_configure(config):
     a busy 2-core host). A cached executable is the very program compiled before: results are unchanged."""
     if getattr(config, "cache", None) is not None:
         path = str(config.cache.mkdir("jax-compilation-cache"))
+        os.chmod(path, 0o700)  # whatever the umask: `r1jax` refuses a cache directory every user may write to
         os.environ["R1JAX_TEST_COMPILATION_CACHE"] = path
         os.environ["R1JAX_COMPILATION_CACHE"] = path  # every `r1jax` subprocess's, not the user's ~/.cache
         jax.config.update("jax_compilation_cache_dir", path)
