@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--compilation-cache", metavar="DIR", default=None,
         help="JAX's persistent compilation cache: programs compiled once load from DIR in later runs (a resume "
-             "skips recompiling); default $JAX_COMPILATION_CACHE_DIR, else ~/.cache/r1jax/jax-compilation "
-             "($XDG_CACHE_HOME), at most 16 GiB; 'none': off (rl/cli/compilation_cache.py)",
+             "skips recompiling); default $R1JAX_COMPILATION_CACHE, else $JAX_COMPILATION_CACHE_DIR, else "
+             "~/.cache/r1jax/jax-compilation ($XDG_CACHE_HOME; at most 16 GiB); 'none': off",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name, help_text in COMMANDS:
