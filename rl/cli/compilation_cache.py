@@ -11,8 +11,10 @@ environment: a job spec, the test session's own cache in tests/conftest.py), els
 off. That default directory is capped at DEFAULT_MAX_BYTES, least recently used programs evicted first (JAX's
 LRU cache); a directory named is JAX's to bound (`JAX_COMPILATION_CACHE_MAX_SIZE`, unbounded by default).
 Under several processes JAX writes from process 0 only, so the hosts of a slice gain only from a directory they
-all read (a `gs://` bucket). `r1jax compile` never uses it: its programs are for compile-only TPU devices,
-which JAX cannot load back."""
+all read: `train` moves the default into the run directory (`share_with_the_slice`). JAX keys a program by the
+cache's path as well (`jax_persistent_cache_enable_xla_caches`: its GPU autotune cache lives there), so a
+cache is found again only at the path it was written to. `r1jax compile` never uses it: its programs are for
+compile-only TPU devices, which JAX cannot load back."""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ OFF = "none"
 ENVIRONMENT = "R1JAX_COMPILATION_CACHE"
 DEFAULT_MAX_BYTES = 16 << 30
 UNCACHED_COMMANDS = frozenset({"compile"})
+_chosen: dict = {}  # (use_compilation_cache's path and source: share_with_the_slice moves only the default)
 
 
 def default_directory() -> pathlib.Path:
@@ -53,6 +56,7 @@ def use_compilation_cache(option: str | None, command: str) -> str | None:
     import jax
 
     path, source = cache_directory(option)
+    _chosen.update(path=path, source=source)
     if path is None or command in UNCACHED_COMMANDS:
         jax.config.update("jax_enable_compilation_cache", False)
         return None
@@ -76,6 +80,27 @@ def use_compilation_cache(option: str | None, command: str) -> str | None:
         jax.config.update("jax_compilation_cache_max_size", DEFAULT_MAX_BYTES)
     if local:
         replace_damaged_entries(path, bounded=jax.config.jax_compilation_cache_max_size != -1)
+    return path
+
+
+def share_with_the_slice(run_dir: pathlib.Path) -> str | None:
+    """Under several processes, before the first compile: r1jax's default directory (each host's own) moves into
+    the run directory, which every host mounts (rl.cli.train), so that a resumed run's processes all load its
+    programs: JAX writes from process 0 only, so in their own directories the other hosts never found one and
+    compiled every program at every restart (which the slowest host's start decides). Unbounded there (a run's
+    few programs; JAX's LRU locks a file, which a bucket's mount may not lock). A directory the user named stays
+    as it is: it is theirs to share. Returns the new directory, or None."""
+    if _chosen.get("path") is None or _chosen.get("source") is not None:
+        return None
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    path = str(pathlib.Path(run_dir).absolute() / "compilation-cache")  # JAX makes it at its first compile
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_compilation_cache_max_size", -1)
+    compilation_cache.reset_cache()  # (read again at the next compile)
+    replace_damaged_entries(path, bounded=False)
+    _chosen.update(path=path, source="the run directory")
     return path
 
 

@@ -60,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
 
     if jax.process_count() > 1 and args.run_dir is None:  # --distributed auto: the count is known only now
         raise UserError(several)
+    if jax.process_count() > 1:
+        from r1jax.rl.cli.compilation_cache import share_with_the_slice
+
+        share_with_the_slice(pathlib.Path(args.run_dir))
     return _train(args, primary=jax.process_index() == 0)
 
 

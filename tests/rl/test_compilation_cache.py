@@ -129,3 +129,20 @@ def test_entries_a_failed_write_left_without_their_access_time_are_removed_in_a_
     err = capsys.readouterr().err
     assert "r1jax: writing 'jit_d' in the compilation cache" in err and "failed (FileNotFoundError" in err
     assert "compiled again, the copy replaced" in err
+
+
+def test_several_processes_move_the_default_into_the_run_directory_a_named_one_stays(tmp_path, settings,
+                                                                                    monkeypatch):
+    from jax.experimental.compilation_cache import compilation_cache as jax_cache
+
+    monkeypatch.setattr(jax_cache, "reset_cache", lambda: settings.__setitem__("reset", True))
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # restored after the test
+    use_compilation_cache(None, "train")
+    settings.clear()
+    moved = compilation_cache.share_with_the_slice(tmp_path / "run")
+    assert moved == str(tmp_path / "run" / "compilation-cache")
+    assert settings == {"jax_compilation_cache_dir": moved, "jax_compilation_cache_max_size": -1, "reset": True}
+    settings.clear()
+    use_compilation_cache(str(tmp_path / "mine"), "train")  # the user's: theirs to share
+    settings.clear()
+    assert compilation_cache.share_with_the_slice(tmp_path / "run") is None and settings == {}
