@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """`parser`'s parse_args, except that a command whose module sets INTERMIXED = True takes its positional
     arguments (a train's KEY=VALUE overrides) after its options too: argparse alone takes them only before."""
+    misspelt = misspelt_before_command(parser, sys.argv[1:] if argv is None else list(argv))
+    if misspelt:  # (`r1jax --cpu_devices 2 info` said "invalid choice: '2'": the value taken as the command)
+        parser.error(misspelt)
     args, extra = parser.parse_known_args(argv)
     if not extra:
         return args
@@ -133,6 +136,24 @@ def own_options_after_command(parser: argparse.ArgumentParser, after: list[str],
             else:
                 moved.append(action.metavar or "VALUE")
     return found, moved
+
+
+def misspelt_before_command(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """"unrecognized option --x: did you mean --y?" for the first option before the command that r1jax does not
+    take but one of its own is close to (`--cpu_devices 2`), else None."""
+    own = _own_options(parser)
+    arguments = iter(argv)
+    for argument in arguments:
+        name = argument.split("=", 1)[0]
+        if not name.startswith("--") or name == "--help":
+            return None  # the command: what follows is the command's
+        if name in own:
+            if "=" not in argument and own[name].nargs != 0:
+                next(arguments, None)  # its value
+            continue
+        close = difflib.get_close_matches(name, list(own), n=1, cutoff=0.8)
+        return f"unrecognized option {name}: did you mean {close[0]}?" if close else None
+    return None
 
 
 def misspelt_options(parser: argparse.ArgumentParser, command: argparse.ArgumentParser,

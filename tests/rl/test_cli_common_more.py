@@ -107,7 +107,8 @@ def test_init_seed_0_overrides_the_configs_seed_and_the_line_says_what_was_writt
 
 
 @pytest.mark.parametrize("argv, named", [
-    (["--cpu_devices=2", "info"], "--cpu_devices=2"),  # a typo of the global option: ran on one device
+    (["--cpus=2", "info"], "--cpus=2"),  # a guess at the global option: ran on one device (a near miss, as
+    # --cpu_devices, is named with the option meant: test_a_misspelt_option_after_the_command_names_the_one_meant)
     (["--cpu-devices", "2", "--verbose", "info", "tiny"], "--verbose"),
     (["-x", "generate", "run", "--ids", "1"], "-x"),  # a command without KEY=VALUE: named the command, not r1jax
 ])
@@ -160,6 +161,13 @@ def test_the_global_option_after_the_command_says_where_it_goes(capsys, argv, sa
     (["generate", "ck", "--ids", "1", "--max_new_tokens=3"], "r1jax generate: error: unrecognized option "
                                                              "--max_new_tokens: did you mean --max-new-tokens?"),
     (["info", "tiny", "--bogus"], "r1jax info: error: unrecognized arguments: --bogus"),  # close to nothing
+    # before the command the value was taken as the command: "invalid choice: '2'"
+    (["--cpu_devices", "2", "info", "tiny"], "r1jax: error: unrecognized option --cpu_devices: did you mean "
+                                             "--cpu-devices?"),
+    (["--cpu-devices", "2", "--compilation_cache", "none", "info", "tiny"],
+     "r1jax: error: unrecognized option --compilation_cache: did you mean --compilation-cache?"),
+    (["--compilation-cache=none", "--cpu_devices=2", "info"], "r1jax: error: unrecognized option --cpu_devices: did "
+                                                              "you mean --cpu-devices?"),
 ])
 def test_a_misspelt_option_after_the_command_names_the_one_meant(capsys, argv, said):
     """A typo'd option said only "unrecognized arguments: --cpu_devices 2"."""
