@@ -82,10 +82,12 @@ def test_a_named_directory_that_cannot_be_one_is_refused_the_default_skipped(mon
 
 
 def r1jax_init(tmp_path, out, *options, **env):
-    """`r1jax init tiny OUT` as a program, every program it compiles cached (no 1 s floor), no cache named."""
+    """`r1jax init tiny OUT` (one layer) as a program, every program it compiles cached (no 1 s floor), no cache
+    named."""
     base = {k: v for k, v in subprocess_env().items() if k not in VARIABLES}
     base.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **env)
-    return subprocess.run([sys.executable, "-m", "r1jax", *options, "init", "tiny", str(tmp_path / out)],
+    return subprocess.run([sys.executable, "-m", "r1jax", *options, "init", "tiny", str(tmp_path / out),
+                           "model.num_hidden_layers=1"],
                           env=base, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
