@@ -1,5 +1,5 @@
 """The repository's layout: one direction of dependencies, every package folder shipped in the wheel, every
-third-party import a declared dependency.
+third-party import a declared dependency, and no dependency's floor a release that fails beside the others.
 
 `sharding` imports nothing of the project but `r1jax.errors` and `r1jax.files`; `model` also imports
 `sharding`; `rl` imports both. Imports are read with `ast` from every module under sharding/, model/ and rl/,
@@ -188,3 +188,28 @@ def test_every_third_party_module_the_package_imports_is_a_declared_dependency()
     # every runtime dependency is imported by the package (protobuf aside: sentencepiece's model proto module,
     # which model.hf_tokenizer reads, needs its runtime; filelock: JAX's LRU compilation cache imports it)
     assert runtime - used - {"protobuf", "filelock"} == set()
+
+
+# Floors a release below which fails under the rest of the declared dependencies (checked by installing each
+# floor into a fresh environment: a resolver may pick one when another package holds it back)
+WORKING_FLOORS = {
+    "matplotlib": "3.8.4",  # 3.8.0-3.8.3 are built against numpy 1: their import fails under numpy 2
+    "pyarrow": "16",  # 15 is built against numpy 1: its import fails under numpy 2
+}
+
+
+def declared_floor(requirement: str) -> Version | None:
+    """The highest `>=` bound of a requirement (None where it states none)."""
+    floors = [Version(spec.version) for spec in Requirement(requirement).specifier if spec.operator == ">="]
+    return max(floors, default=None)
+
+
+@pytest.mark.parametrize("distribution", sorted(WORKING_FLOORS))
+def test_a_runtime_dependency_floor_is_a_release_that_works_with_the_others(distribution):
+    """`pip install r1jax` beside an older matplotlib or pyarrow kept it (the range admitted it), and then every
+    command that plots or reads Parquet failed on import."""
+    runtime = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    declared = [r for r in runtime if _distribution(r) == _distribution(distribution)]
+    assert len(declared) == 1
+    floor = declared_floor(declared[0])
+    assert floor is not None and floor >= Version(WORKING_FLOORS[distribution]), declared[0]
