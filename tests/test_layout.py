@@ -190,10 +190,12 @@ def test_every_third_party_module_the_package_imports_is_a_declared_dependency()
     assert runtime - used - {"protobuf", "filelock"} == set()
 
 
-# Floors a release below which fails under the rest of the declared dependencies (checked by installing each
-# floor into a fresh environment: a resolver may pick one when another package holds it back)
+# The first release of each that works beside the rest of the declared dependencies (every floor installed into
+# one fresh environment and run, 2026-12-06): pip keeps an installed older one the range admits
 WORKING_FLOORS = {
     "matplotlib": "3.8.4",  # 3.8.0-3.8.3 are built against numpy 1: their import fails under numpy 2
+    # 2.3.x: merging a config file over rl.config's frozen dataclasses fails (its nodes are read-only)
+    "omegaconf": "2.4",
     "pyarrow": "16",  # 15 is built against numpy 1: its import fails under numpy 2
     # 2.6: its protobuf code is too old for protobuf 7; 2.6.1: add_scalar raises TypeError under numpy 2
     "tensorboardX": "2.6.2.2",
@@ -209,7 +211,8 @@ def declared_floor(requirement: str) -> Version | None:
 @pytest.mark.parametrize("distribution", sorted(WORKING_FLOORS))
 def test_a_runtime_dependency_floor_is_a_release_that_works_with_the_others(distribution):
     """`pip install r1jax` beside an older matplotlib, pyarrow or tensorboardX kept it (the range admitted it),
-    and then every command that plots, reads Parquet or writes TensorBoard events (training) failed."""
+    and then every command that plots, reads Parquet or writes TensorBoard events (training) failed; beside
+    omegaconf 2.3, every command that reads a config."""
     runtime = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     declared = [r for r in runtime if _distribution(r) == _distribution(distribution)]
     assert len(declared) == 1
