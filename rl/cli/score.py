@@ -14,8 +14,10 @@ Rows a reward can only score 0 (`code` without tests, `accuracy` of code rows) a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import re
 import sys
 
 from r1jax.rl.cli.common import non_negative_int, pool_memory_mb, pool_workers, positive_int, positive_number, \
@@ -23,7 +25,7 @@ from r1jax.rl.cli.common import non_negative_int, pool_memory_mb, pool_workers, 
 
 OUTPUT_FIELDS = ("rewards", "status", "code_status", "error")  # what scoring adds to a row
 CHUNK = 256  # rows scored per pool batch, so output streams on large files
-RESPAWN_S = 3.0  # a replacement worker's start, with room: sympy and math-verify imported in 1.4-1.6 s (README)
+RESPAWN_S = 3.0  # a replacement worker's start, with room: a pool of two with sympy and math-verify 0.8 s (README)
 # the config field each flag sets, for the configs' errors (rl.rewards.config.FieldError.for_flags)
 FLAGS = {"rewards.names": "--rewards", "rewards.language": "--language", "rewards.max_length": "--max-length",
          "rewards.overlong_buffer": "--overlong-buffer", "rewards.code.sandbox": "--sandbox",
@@ -101,7 +103,7 @@ def configs(args: argparse.Namespace):
     names = tuple(n.strip() for n in args.rewards.split(",") if n.strip())
     # each chunk's deadline leaves every row its --timeout, queued behind the others on the workers (the default
     # 600 s per batch scored the last rows of a chunk of slow rows as timeouts that took less than --timeout),
-    # and the start of the worker that replaces one killed at its timeout (1.4-1.6 s with sympy, README)
+    # and the start of the worker that replaces one killed at its timeout (RESPAWN_S)
     deadline = math.ceil(CHUNK / args.workers) * (args.timeout + RESPAWN_S) + 60
     try:
         return (RewardsConfig(names=names, weights=(1.0,) * len(names), language=args.language,
@@ -111,6 +113,23 @@ def configs(args: argparse.Namespace):
                            batch_deadline_s=max(deadline, PoolConfig.batch_deadline_s)))
     except FieldError as err:
         raise err.for_flags(FLAGS) from None
+
+
+@contextlib.contextmanager
+def errors_in_flags():
+    """A UserError whose advice sets a config field (the sandbox's "or set rewards.code.sandbox=rlimits_only")
+    says the flag of `score` that sets it instead: score takes no config fields."""
+    from r1jax.errors import UserError
+
+    try:
+        yield
+    except UserError as err:
+        text = str(err)
+        for field, flag in FLAGS.items():
+            text = re.sub(rf"\bset {re.escape(field)}=(\S+)", rf"pass {flag} \1", text)
+        if text == str(err):
+            raise
+        raise UserError(text) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
     say_rows_scored_zero(rewards.names, items)
     # SIGTERM (a job's time limit, `timeout`) stops as Ctrl-C does: the pool closed, one line, exit 143 (it killed
     # the process and left the workers to the resource tracker's "leaked semaphore objects" warnings on stderr)
-    with sigterm_interrupts(), RewardPool(rewards, pool_config, tasks=sorted({item.task for item in items})) as pool:
+    with sigterm_interrupts(), errors_in_flags(), \
+            RewardPool(rewards, pool_config, tasks=sorted({item.task for item in items})) as pool:
         for start in range(0, len(items), CHUNK):
             results = pool.score_batch(items[start:start + CHUNK])
             for row, result in zip(rows[start:start + CHUNK], results):

@@ -276,3 +276,20 @@ def test_rows_a_reward_can_only_score_zero_are_counted_on_stderr(tmp_path, capsy
     assert main(["score", str(maths), "--rewards", "accuracy,format"]) == 0  # each reward can score each row
     assert main(["score", str(write_jsonl(tmp_path / "code.jsonl", [code_row])), "--rewards", "code,format"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_a_sandbox_refusal_names_score_s_flag_not_a_config_field(tmp_path, capsys, monkeypatch):
+    """Without bwrap the advice was "set rewards.code.sandbox=rlimits_only", a config field score does not take."""
+    from r1jax.rl.rewards import sandbox
+
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    sandbox.check_sandbox.cache_clear()
+    path = write_jsonl(tmp_path / "c.jsonl", [{"task": "code", "completion": "x", "tests": ["assert f(1) == 2"],
+                                                      "entry_point": "f"}])
+    try:
+        assert main(["score", str(path), "--rewards", "code"]) == 2
+    finally:
+        sandbox.check_sandbox.cache_clear()
+    err = capsys.readouterr().err
+    assert "`bwrap` is not installed (apt-get install bubblewrap); or pass --sandbox rlimits_only to accept" in err
+    assert "rewards.code.sandbox" not in err
