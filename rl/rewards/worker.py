@@ -77,13 +77,12 @@ def start_failure(err: BaseException, memory_mb: int) -> str:
 def _failed_allocation(err: BaseException | None) -> BaseException | None:
     """`err`, or the error it was raised from or while handling, that is an allocation that failed (a
     MemoryError, or a shared library the dynamic loader could not map: an ImportError); None if none is."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        text = str(err).lower()
-        if isinstance(err, MemoryError) or "failed to map segment" in text or "cannot allocate memory" in text:
-            return err
-        err = err.__cause__ or err.__context__
+    from r1jax.errors import error_chain
+
+    for link in error_chain(err):
+        text = str(link).lower()
+        if isinstance(link, MemoryError) or "failed to map segment" in text or "cannot allocate memory" in text:
+            return link
     return None
 
 
