@@ -218,3 +218,16 @@ def test_a_runtime_dependency_floor_is_a_release_that_works_with_the_others(dist
     assert len(declared) == 1
     floor = declared_floor(declared[0])
     assert floor is not None and floor >= Version(WORKING_FLOORS[distribution]), declared[0]
+
+
+# runtime dependencies left without an upper bound, each for a reason given beside it in pyproject.toml
+UNCAPPED = {"pyarrow"}
+
+
+def test_every_runtime_dependency_has_an_upper_bound_but_the_uncapped_ones():
+    """A dependency's next major release may change what r1jax calls: each range stops below it (`<`), so a
+    fresh install gets releases r1jax was tested with; pyarrow alone stays open (pyproject.toml says why)."""
+    runtime = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    open_ended = {_distribution(r) for r in runtime
+                  if not any(spec.operator in ("<", "<=", "==", "~=") for spec in Requirement(r).specifier)}
+    assert open_ended == {_distribution(d) for d in UNCAPPED}
