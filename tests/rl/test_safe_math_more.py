@@ -1,5 +1,5 @@
 """safe_math's bounds and grammar at their edges (rl.tasks.safe_math), by hand: what mutation round 16 found
-untested in test_tasks.py."""
+untested in test_tasks.py (now test_safe_math.py)."""
 
 from fractions import Fraction
 
