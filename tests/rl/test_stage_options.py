@@ -5,8 +5,9 @@
 (`checkpoint.keep_best`).
 
 The runs are in-process (8 CPU devices) on tests/rl/data/learn_tiny.yaml's policy, its one layer made MoE
-for GRPO (the GRPO runs share the sampler's compiled program); the router losses are checked on the loss
-functions of a tiny model, without a run.
+for GRPO (the GRPO runs share the sampler's compiled program); their stage-end evaluations are scripted
+(`scripted_evaluations`: no test here reads an evaluation's figures, and sampling one compiled a program of its
+own); the router losses are checked on the loss functions of a tiny model, without a run.
 """
 
 import dataclasses
@@ -59,6 +60,7 @@ def grpo_rows(tmp_path_factory):
                                   "update.routing_replay=true", "grpo.pack=true", "grpo.temperature=0.7"])
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(stage_grpo, "rollout_batch", replay_expert_0_twice(stage_grpo.rollout_batch))
+        patch.setattr(held_out, "evaluate", scripted_evaluations([0.0]))  # the stage's end: nothing reads it
         Trainer(config, run_dir).run()
     return metrics_rows(run_dir)
 
@@ -89,19 +91,22 @@ def test_one_update_per_batch_has_ratio_one(grpo_rows):
         assert row["ratio_max"] == 1.0 and row["clip_low_frac"] == row["clip_high_frac"] == 0.0
 
 
-def test_old_log_probs_are_at_the_sampling_temperature(tmp_path):
+def test_old_log_probs_are_at_the_sampling_temperature(tmp_path, monkeypatch):
     """mu = 2 at temperature 0.7 and a learning rate too small to move the policy: the old log-probs (the
     policy before the first of the mu updates) equal the current ones only when their forward divides by T."""
+    monkeypatch.setattr(held_out, "evaluate", scripted_evaluations([0.0]))
     Trainer(load_config(CONFIG, [*GRPO_MOE, "stages.0.steps=1", "grpo.num_iterations=2", "grpo.temperature=0.7",
                                  "optimizer.lr=1e-12"]), tmp_path).run()
     for row in metrics_rows(tmp_path):
         assert abs(row["ratio_max"] - 1) < 1e-5, row
 
 
-def test_several_updates_per_batch_use_the_old_log_probs(tmp_path):
+def test_several_updates_per_batch_use_the_old_log_probs(tmp_path, monkeypatch):
     """mu = 2: the second update's ratios are against the policy that sampled, which the first update moved
     (with mu = 1 they are exactly 1, previous test); at lr 0.05 some leave the clip range. The cosine schedule
-    runs over the stage's 4 updates (2 steps x mu), and each row logs the rate of its step's last update."""
+    runs over the stage's 4 updates (2 steps x mu), and each row logs the rate of its step's last update. The
+    evaluations (scripted) are where they run and which checkpoint each names, not their figures."""
+    monkeypatch.setattr(held_out, "evaluate", scripted_evaluations([0.0, 0.0]))
     Trainer(load_config(CONFIG, [*GRPO_MOE, "stages.0.steps=2", "grpo.num_iterations=2", "eval.every=1",
                                  "optimizer.schedule=warmup_cosine", "optimizer.min_lr_ratio=0.1"]), tmp_path).run()
     rows = metrics_rows(tmp_path)
