@@ -57,14 +57,15 @@ def test_generate_greedy_from_ids_is_deterministic_and_bad_ids_are_named(capsys,
 def test_eval_json_reports_r1_protocol_figures(capsys, finished_run, tmp_path):
     data = tmp_path / "problems.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Compute {a}+{a}", "answer": str(2 * a),
-                                        "task": "arithmetic"}) + "\n" for a in range(10, 16)))
-    # 6 problems in sampler calls of eval.batch_size 4 then 2, 3 samples each: the 2 x 3 call's compiled program
-    # serves the other arithmetic evals (test_eval_task_picks_..., test_eval_top_k_one_...)
+                                        "task": "arithmetic"}) + "\n" for a in range(10, 12)))
+    # 2 problems in one sampler call, 3 samples each: the compiled program of the other arithmetic evals
+    # (test_eval_task_picks_..., test_eval_top_k_one_...). 6 problems compiled a 4 x 3 call too (eval.batch_size 4)
+    # for nothing read here: tests/rl/test_evaluate.py checks the calls of batch_size prompts and their remainder
     code, out, _ = run_main(capsys, "eval", str(finished_run), "--data", str(data), "--samples", "3",
                             "--workers", "1", "--json")
     assert code == 0
     figures = json.loads(out)
-    assert figures["n_problems"] == 6 and figures["k"] == 3
+    assert figures["n_problems"] == 2 and figures["k"] == 3
     assert {"pass@1", "cons@3", "pass@3", "format_rate", "response_length", "accuracy_by_difficulty"} <= set(figures)
     assert 0 <= figures["pass@1"] <= figures["pass@3"] <= 1
     code, _, err = run_main(capsys, "eval", str(finished_run), "--data", str(tmp_path / "missing.jsonl"))
