@@ -104,8 +104,8 @@ def test_generate_and_eval_take_a_prompt_format(capsys, finished_run):
 
 
 def test_generate_top_k_one_is_greedy_at_any_temperature(capsys, finished_run):
-    # 3 samples of at most 5 new tokens: test_generate_json_gives_ids_logprobs_and_text's compiled program (eos
-    # stops a row alike in the greedy and the top-k 1 samples: the same tokens up to it)
+    # 3 samples of at most 5 new tokens; top-k 1 compiles the sampler's filters, a program of its own (eos stops
+    # a row alike in the greedy and the top-k 1 samples: the same tokens up to it)
     def ids(*options):
         code, out, _ = run_main(capsys, "generate", str(finished_run), "--prompt", "Compute 12+34", "--samples",
                                 "3", "--max-new-tokens", "5", "--json", "--seed", "2", *options)
