@@ -18,13 +18,18 @@ from jax.sharding import Mesh
 from r1jax.sharding.rules import Rules
 
 _RULES: contextvars.ContextVar[Rules | None] = contextvars.ContextVar("r1jax_rules", default=None)
+# The rules in force, in JAX's jit cache key: a jitted function traced under one table was otherwise reused
+# under another on the same mesh (JAX's key holds the mesh, not r1jax's rules), its sharding hints the first
+# table's: the module-level samplers (rl.sampler, rl.continuous) ran and `r1jax compile` reported programs
+# constrained by whichever rules traced them first
+_RULES_IN_JIT_KEY = jax.make_user_context(None)
 
 
 @contextlib.contextmanager
 def use_mesh(mesh: Mesh, rules: Rules) -> Iterator[None]:
     token = _RULES.set(rules)
     try:
-        with jax.set_mesh(mesh):
+        with jax.set_mesh(mesh), _RULES_IN_JIT_KEY(rules):
             yield
     finally:
         _RULES.reset(token)

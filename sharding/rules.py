@@ -75,9 +75,20 @@ PRESETS: dict[str, dict[str, MeshAxes]] = {
 
 @dataclasses.dataclass(frozen=True)
 class Rules:
-    """A logical-to-mesh table. `table[name]` is a tuple of mesh axes (major to minor)."""
+    """A logical-to-mesh table. `table[name]` is a tuple of mesh axes (major to minor). Hashable (equal tables,
+    equal hashes): sharding.context.use_mesh puts the rules in force into JAX's jit cache key."""
 
     table: Mapping[str, MeshAxes]
+
+    def __post_init__(self):
+        # a copy of the caller's table, its axes tuples
+        object.__setattr__(self, "table", {name: tuple(axes) for name, axes in self.table.items()})
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Rules) and self.table == other.table
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self.table.items()))
 
     @classmethod
     def preset(cls, name: str, overrides: Mapping[str, Sequence[str]] | None = None) -> "Rules":

@@ -1,8 +1,10 @@
 """Logical rules, presets, mesh construction and the errors a mesh that cannot work gives."""
 
 import dataclasses
+import pickle
 
 import jax
+import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
@@ -158,6 +160,31 @@ def test_activation_hints_split_what_divides_replicate_what_does_not_and_vanish_
         with use_mesh(mesh, inner):
             assert active_rules() is inner
         assert active_rules() is outer  # the inner block's rules end with it
+
+
+def test_a_function_jitted_under_one_rules_table_is_traced_again_under_another_on_the_same_mesh():
+    """JAX's jit cache holds the mesh, not r1jax's rules: a module-level jitted function (rl.sampler's
+    generate_padded) traced under the training rules was reused under the inference rules on the same mesh, its
+    hints the first table's. Equal tables still share one trace; a Rules is hashable by its table, whatever the
+    process (the hash is not stored: pickled rules meet fresh ones)."""
+    from r1jax.sharding.context import constrain, use_mesh
+
+    traces = []
+
+    @jax.jit
+    def hint(x):
+        traces.append(1)
+        return constrain(x * 2, ("batch", None))
+
+    mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "fsdp"))
+    specs = []
+    for axes in (("data",), ("fsdp",), ("fsdp",), ("data",)):
+        with use_mesh(mesh, Rules({"batch": axes})):
+            specs.append(hint(jax.numpy.ones((8, 4))).sharding.spec)
+    assert specs == [P("data"), P("fsdp"), P("fsdp"), P("data")] and len(traces) == 2
+    same = Rules({"batch": ["data", "fsdp"]})
+    assert same == Rules({"batch": ("data", "fsdp")}) and hash(same) == hash(Rules({"batch": ("data", "fsdp")}))
+    assert same != Rules({"batch": ("fsdp", "data")}) and pickle.loads(pickle.dumps(same)) in {same}
 
 
 def test_a_mesh_of_fewer_devices_than_present_is_refused_as_one_of_more():
