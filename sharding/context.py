@@ -18,10 +18,10 @@ from jax.sharding import Mesh
 from r1jax.sharding.rules import Rules
 
 _RULES: contextvars.ContextVar[Rules | None] = contextvars.ContextVar("r1jax_rules", default=None)
-# The rules in force, in JAX's jit cache key: a jitted function traced under one table was otherwise reused
-# under another on the same mesh (JAX's key holds the mesh, not r1jax's rules), its sharding hints the first
-# table's: the module-level samplers (rl.sampler, rl.continuous) ran and `r1jax compile` reported programs
-# constrained by whichever rules traced them first
+# The rules in force, in JAX's jit cache key: JAX's key holds the mesh, not r1jax's rules, so a function jitted
+# once (the module-level samplers: rl.sampler, rl.continuous) and called under another table on a mesh of the
+# same shape ran the first table's trace, its sharding hints that table's (a process meeting two tables on one
+# mesh shape: a sampling.rules override beside the training rules, a test comparing layouts)
 _RULES_IN_JIT_KEY = jax.make_user_context(None)
 
 
